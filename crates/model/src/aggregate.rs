@@ -1,0 +1,254 @@
+//! Partial aggregates: what the grouper emits per (project, issue, minute, release, environment)
+//! and batch, and how partial aggregates merge.
+
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+
+/// Wire format version of [`AggregateRecord`].
+pub const AGGREGATE_FORMAT_VERSION: u8 = 1;
+
+/// Default bound on the user hashes one aggregate carries exactly (past it, a KMV sketch).
+pub const DEFAULT_MAX_USERS: usize = 4096;
+
+/// Where an aggregate came from: one grouper batch, a range of offsets of one source partition.
+///
+/// A batch is deterministic: rebuilding the same range yields the same records with the same
+/// `index`, so the writer can recognise re-emitted records by `(partition, first_offset, index)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRef {
+    /// Source (raw events) topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// First source offset of the batch.
+    pub first_offset: i64,
+    /// Last source offset of the batch (inclusive).
+    pub last_offset: i64,
+    /// Position of this record among the batch's records (0-based, in emission order).
+    pub index: u32,
+    /// Number of records the batch emitted.
+    pub count: u32,
+}
+
+/// A bounded set of distinct user hashes: exact up to `max` members; past that it keeps the
+/// `max` smallest hashes (a k-minimum-values sketch), which merges exactly and estimates the
+/// distinct count within about `1/sqrt(max)`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserSet {
+    /// Sorted, distinct hashes (the smallest ones when saturated).
+    pub hashes: Vec<u64>,
+    /// True when members were dropped to keep the bound.
+    pub saturated: bool,
+}
+
+impl UserSet {
+    /// Adds one user hash, keeping at most `max` hashes.
+    pub fn insert(&mut self, h: u64, max: usize) {
+        match self.hashes.binary_search(&h) {
+            Ok(_) => {}
+            Err(pos) => {
+                if self.hashes.len() < max {
+                    self.hashes.insert(pos, h);
+                } else if pos < self.hashes.len() {
+                    self.hashes.pop();
+                    self.hashes.insert(pos, h);
+                    self.saturated = true;
+                } else {
+                    self.saturated = true;
+                }
+            }
+        }
+    }
+
+    /// Merges another set into this one, keeping at most `max` hashes.
+    pub fn merge(&mut self, other: &UserSet, max: usize) {
+        let mut out = Vec::with_capacity((self.hashes.len() + other.hashes.len()).min(max));
+        let (mut i, mut j) = (0, 0);
+        let (a, b) = (&self.hashes, &other.hashes);
+        while out.len() < max && (i < a.len() || j < b.len()) {
+            let next = match (a.get(i), b.get(j)) {
+                (Some(&x), Some(&y)) if x == y => {
+                    i += 1;
+                    j += 1;
+                    x
+                }
+                (Some(&x), Some(&y)) if x < y => {
+                    i += 1;
+                    x
+                }
+                (Some(_), Some(&y)) => {
+                    j += 1;
+                    y
+                }
+                (Some(&x), None) => {
+                    i += 1;
+                    x
+                }
+                (None, Some(&y)) => {
+                    j += 1;
+                    y
+                }
+                (None, None) => unreachable!(),
+            };
+            out.push(next);
+        }
+        self.saturated |= other.saturated || i < a.len() || j < b.len();
+        self.hashes = out;
+    }
+
+    /// The number of distinct users: exact when not saturated, else the KMV estimate.
+    pub fn estimate(&self) -> u64 {
+        if !self.saturated {
+            return self.hashes.len() as u64;
+        }
+        let k = self.hashes.len();
+        match self.hashes.last() {
+            Some(&kth) if k > 1 => {
+                let frac = (kth as f64 + 1.0) / (u64::MAX as f64 + 1.0);
+                ((k - 1) as f64 / frac).round() as u64
+            }
+            _ => k as u64,
+        }
+    }
+}
+
+/// Stable 64-bit hash of a user identity (`id`, else `email`, else `username`, else
+/// `ip_address`), tagged by which field it came from. `None` for anonymous events.
+pub fn user_hash(user: Option<&crate::event::User<'_>>) -> Option<u64> {
+    let u = user?;
+    let (tag, v): (&[u8], &str) = if let Some(id) = u.id.as_deref().filter(|s| !s.is_empty()) {
+        (b"id:", id)
+    } else if let Some(e) = u.email.as_deref().filter(|s| !s.is_empty()) {
+        (b"email:", e)
+    } else if let Some(n) = u.username.as_deref().filter(|s| !s.is_empty()) {
+        (b"username:", n)
+    } else if let Some(ip) = u.ip_address.as_deref().filter(|s| !s.is_empty()) {
+        (b"ip:", ip)
+    } else {
+        return None;
+    };
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(tag);
+    h.update(v.as_bytes());
+    Some(h.digest())
+}
+
+/// One partial aggregate on the aggregates topic (JSON), keyed by `project/issue_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregateRecord {
+    /// Wire format version, [`AGGREGATE_FORMAT_VERSION`].
+    pub v: u8,
+    /// The grouper batch this record belongs to.
+    pub batch: BatchRef,
+    /// Project slug.
+    pub project: String,
+    /// Issue id: the fingerprint as 32 lower-case hex digits.
+    pub issue_id: String,
+    /// Start of the minute bucket, Unix seconds.
+    pub minute: i64,
+    /// Release, empty when the events had none.
+    pub release: String,
+    /// Environment, empty when the events had none.
+    pub environment: String,
+    /// Number of events.
+    pub count: u64,
+    /// Distinct affected users.
+    pub users: UserSet,
+    /// Earliest event time, ms.
+    pub first_seen_ms: Millis,
+    /// Latest event time, ms.
+    pub last_seen_ms: Millis,
+    /// Issue title (exception type and message, parameterized).
+    pub title: String,
+    /// Where it happened: the top in-app frame's module/file and function.
+    pub culprit: String,
+    /// Exception type of the raised exception (empty for message events).
+    pub exc_type: String,
+    /// Level of the sample event.
+    pub level: String,
+    /// Platform of the sample event.
+    pub platform: String,
+    /// Grouping config version that produced `issue_id`.
+    pub grouping_version: String,
+    /// The first event of the bucket in this batch, verbatim JSON.
+    pub sample: String,
+}
+
+impl AggregateRecord {
+    /// The Kafka key: `project/issue_id`, so that all partial counts of an issue meet.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.project, self.issue_id)
+    }
+
+    /// Folds another record of the same (project, issue, minute, release, environment) into
+    /// this one: counts add, users union, first/last seen widen; the earlier sample stays.
+    pub fn merge(&mut self, other: &AggregateRecord, max_users: usize) {
+        debug_assert_eq!(
+            (&self.project, &self.issue_id, self.minute, &self.release, &self.environment),
+            (&other.project, &other.issue_id, other.minute, &other.release, &other.environment)
+        );
+        self.count += other.count;
+        self.users.merge(&other.users, max_users);
+        if other.first_seen_ms < self.first_seen_ms {
+            self.first_seen_ms = other.first_seen_ms;
+            self.sample.clone_from(&other.sample);
+        }
+        self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
+    }
+}
+
+/// Start of the minute containing `ms`, as Unix seconds.
+pub fn minute_of(ms: Millis) -> i64 {
+    ms.div_euclid(60_000) * 60
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    proptest! {
+        #[test]
+        fn user_set_is_exact_below_the_bound(hs in proptest::collection::vec(any::<u64>(), 0..200)) {
+            let mut s = UserSet::default();
+            for h in &hs { s.insert(*h, 256); }
+            let distinct: BTreeSet<u64> = hs.iter().copied().collect();
+            prop_assert_eq!(s.estimate(), distinct.len() as u64);
+            prop_assert_eq!(s.hashes, distinct.into_iter().collect::<Vec<_>>());
+            prop_assert!(!s.saturated);
+        }
+
+        #[test]
+        fn merge_equals_inserting_everything(a in proptest::collection::vec(any::<u64>(), 0..100),
+                                             b in proptest::collection::vec(any::<u64>(), 0..100),
+                                             max in 1usize..64) {
+            let (mut sa, mut sb, mut all) = (UserSet::default(), UserSet::default(), UserSet::default());
+            for h in &a { sa.insert(*h, max); all.insert(*h, max); }
+            for h in &b { sb.insert(*h, max); all.insert(*h, max); }
+            sa.merge(&sb, max);
+            prop_assert_eq!(&sa.hashes, &all.hashes);
+            prop_assert_eq!(sa.saturated, all.saturated);
+        }
+    }
+
+    #[test]
+    fn sketch_estimate_is_close_past_the_bound() {
+        let mut s = UserSet::default();
+        let n = 100_000u64;
+        for i in 0..n {
+            s.insert(xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()), DEFAULT_MAX_USERS);
+        }
+        assert!(s.saturated);
+        let est = s.estimate() as f64;
+        let err = (est - n as f64).abs() / n as f64;
+        assert!(err < 0.05, "estimate {est} for {n}, error {err}");
+    }
+
+    #[test]
+    fn minute_buckets() {
+        assert_eq!(minute_of(1_795_671_540_000), 1_795_671_540);
+        assert_eq!(minute_of(1_795_671_599_999), 1_795_671_540);
+        assert_eq!(minute_of(-1), -60);
+    }
+}

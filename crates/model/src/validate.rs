@@ -1,0 +1,243 @@
+//! Validation of events against the model's rules; the JSON Schema in `schemas/` says the same.
+
+use crate::event::Event;
+use crate::time::Millis;
+use std::fmt;
+
+/// Longest accepted project slug.
+pub const MAX_PROJECT_LEN: usize = 64;
+/// Longest accepted release string.
+pub const MAX_RELEASE_LEN: usize = 200;
+/// Longest accepted environment name.
+pub const MAX_ENVIRONMENT_LEN: usize = 64;
+/// Most exceptions in one chain.
+pub const MAX_EXCEPTIONS: usize = 32;
+/// Events dated further in the future than this (relative to when they were received) are
+/// clamped to the receive time.
+pub const MAX_FUTURE_MS: Millis = 24 * 3600 * 1000;
+/// Events dated further in the past than this are clamped to the receive time.
+pub const MAX_PAST_MS: Millis = 30 * 24 * 3600 * 1000;
+
+/// Why an event was rejected. `field` is a JSON path into the event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    /// JSON path of the offending field, e.g. `exception[0].type`.
+    pub field: String,
+    /// What is wrong with it, lower-case.
+    pub reason: String,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Severity of an event, normalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Level {
+    /// `debug`
+    Debug,
+    /// `info` (also `log`)
+    Info,
+    /// `warning` (also `warn`)
+    Warning,
+    /// `error`, the default
+    #[default]
+    Error,
+    /// `fatal` (also `critical`)
+    Fatal,
+}
+
+impl Level {
+    /// Parses a level name, accepting the common aliases.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "debug" => Self::Debug,
+            "info" | "log" => Self::Info,
+            "warning" | "warn" => Self::Warning,
+            "error" => Self::Error,
+            "fatal" | "critical" => Self::Fatal,
+            _ => return None,
+        })
+    }
+
+    /// The canonical name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Error => "error",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What validation derives from a valid event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validated {
+    /// The event time used for bucketing, clamped to a window around `received_ms`.
+    pub timestamp_ms: Millis,
+    /// True when the event's own timestamp was missing or out of the window.
+    pub timestamp_clamped: bool,
+    /// The normalized level.
+    pub level: Level,
+}
+
+/// Checks `event` and derives its bucketing time relative to `received_ms` (the producer's
+/// receive time, or the Kafka message timestamp in the grouper, so that replays decide alike).
+///
+/// # Errors
+/// The first rule the event breaks, with the path of the field.
+pub fn validate(event: &Event<'_>, received_ms: Millis) -> Result<Validated, ValidationError> {
+    match event.event_id.as_deref() {
+        None => return Err(ValidationError::new("event_id", "missing")),
+        Some(id) if !is_event_id(id) => {
+            return Err(ValidationError::new("event_id", "must be 32 hex digits or a UUID"))
+        }
+        _ => {}
+    }
+    match event.project.as_deref() {
+        None => return Err(ValidationError::new("project", "missing")),
+        Some(p) if !is_project_slug(p) => {
+            return Err(ValidationError::new(
+                "project",
+                "must match [a-z0-9][a-z0-9_-]* and be at most 64 characters",
+            ))
+        }
+        _ => {}
+    }
+    let level = match event.level.as_deref() {
+        None => Level::Error,
+        Some(l) => Level::parse(l).ok_or_else(|| {
+            ValidationError::new("level", "must be one of fatal, error, warning, info, debug")
+        })?,
+    };
+    check_len("release", event.release.as_deref(), MAX_RELEASE_LEN)?;
+    check_len("environment", event.environment.as_deref(), MAX_ENVIRONMENT_LEN)?;
+    if let Some(env) = event.environment.as_deref() {
+        if env.contains(['/', '\n', '\r', '\t']) {
+            return Err(ValidationError::new("environment", "must not contain '/' or control characters"));
+        }
+    }
+    if event.exception.len() > MAX_EXCEPTIONS {
+        return Err(ValidationError::new("exception", format!("more than {MAX_EXCEPTIONS} exceptions in the chain")));
+    }
+    let has_message = event.message.as_deref().is_some_and(|m| !m.trim().is_empty())
+        || event
+            .logentry
+            .as_ref()
+            .is_some_and(|l| l.message.as_deref().or(l.formatted.as_deref()).is_some_and(|m| !m.trim().is_empty()));
+    if event.exception.is_empty() && !has_message {
+        return Err(ValidationError::new("exception", "an event needs an exception or a message"));
+    }
+    for (i, exc) in event.exception.iter().enumerate() {
+        let has_type = exc.ty.as_deref().is_some_and(|t| !t.is_empty());
+        let has_value = exc.value.as_deref().is_some_and(|v| !v.is_empty());
+        if !has_type && !has_value {
+            return Err(ValidationError::new(format!("exception[{i}]"), "needs a type or a value"));
+        }
+    }
+    let (timestamp_ms, timestamp_clamped) = match event.timestamp {
+        Some(ts) if ts <= received_ms + MAX_FUTURE_MS && ts >= received_ms - MAX_PAST_MS => (ts, false),
+        _ => (received_ms, true),
+    };
+    Ok(Validated { timestamp_ms, timestamp_clamped, level })
+}
+
+fn check_len(field: &'static str, v: Option<&str>, max: usize) -> Result<(), ValidationError> {
+    match v {
+        Some(s) if s.len() > max => Err(ValidationError::new(field, format!("longer than {max} bytes"))),
+        _ => Ok(()),
+    }
+}
+
+/// 32 hex digits, or a UUID in its 36-character dashed form.
+pub fn is_event_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    match b.len() {
+        32 => b.iter().all(u8::is_ascii_hexdigit),
+        36 => b.iter().enumerate().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        }),
+        _ => false,
+    }
+}
+
+/// `[a-z0-9][a-z0-9_-]*`, at most [`MAX_PROJECT_LEN`] bytes.
+pub fn is_project_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_PROJECT_LEN
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_event_slice;
+
+    const NOW: Millis = 1_795_671_540_000;
+
+    fn check(json: &str) -> Result<Validated, ValidationError> {
+        let mut buf = json.as_bytes().to_vec();
+        let ev = parse_event_slice(&mut buf).expect("parses");
+        validate(&ev, NOW)
+    }
+
+    #[test]
+    fn accepts_a_minimal_exception_event() {
+        let v = check(r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","timestamp":1795671500,
+            "exception":[{"type":"TypeError","value":"x is undefined"}]}"#)
+        .unwrap();
+        assert_eq!(v.level, Level::Error);
+        assert_eq!(v.timestamp_ms, 1_795_671_500_000);
+        assert!(!v.timestamp_clamped);
+    }
+
+    #[test]
+    fn names_the_field_that_is_wrong() {
+        let cases = [
+            (r#"{"project":"web","message":"m"}"#, "event_id"),
+            (r#"{"event_id":"xyz","project":"web","message":"m"}"#, "event_id"),
+            (r#"{"event_id":"0123456789abcdef0123456789abcdef","message":"m"}"#, "project"),
+            (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"Web!","message":"m"}"#, "project"),
+            (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web"}"#, "exception"),
+            (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"m","level":"loud"}"#, "level"),
+            (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","exception":[{"module":"m"}]}"#, "exception[0]"),
+            (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"m","environment":"a/b"}"#, "environment"),
+        ];
+        for (json, field) in cases {
+            assert_eq!(check(json).unwrap_err().field, field, "{json}");
+        }
+    }
+
+    #[test]
+    fn clamps_timestamps_out_of_window_to_receive_time() {
+        let future = r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"m","timestamp":"2030-01-01T00:00:00Z"}"#;
+        let v = check(future).unwrap();
+        assert_eq!((v.timestamp_ms, v.timestamp_clamped), (NOW, true));
+        let missing = r#"{"event_id":"01234567-89ab-cdef-0123-456789abcdef","project":"web","message":"m"}"#;
+        assert_eq!(check(missing).unwrap().timestamp_ms, NOW);
+    }
+
+    #[test]
+    fn level_aliases() {
+        assert_eq!(Level::parse("warn"), Some(Level::Warning));
+        assert_eq!(Level::parse("critical"), Some(Level::Fatal));
+        assert_eq!(Level::parse("WARN"), None);
+    }
+}
