@@ -1,0 +1,458 @@
+//! Normalizers for the parts of a frame and a message that go into a fingerprint. Each writes
+//! into a caller's reusable buffer, so that fingerprinting does not allocate per frame.
+
+/// Function names that say nothing about the code (anonymous functions, unknown symbols).
+const ANONYMOUS_FUNCTIONS: &[&str] = &[
+    "?",
+    "<anonymous>",
+    "anonymous",
+    "Anonymous function",
+    "<unknown>",
+    "unknown",
+    "<redacted>",
+    "<lambda>",
+    "<module>",
+    "*/<",
+    "<Anonymous>",
+    "Object.<anonymous>",
+];
+
+/// File names that are not files.
+const NOT_FILES: &[&str] = &["<anonymous>", "[native code]", "native", "eval code", "<eval>", "<unknown>", "unknown"];
+
+/// Normalizes a file path or URL: drops origin, query and fragment, keeps the base name,
+/// lower-cases it and replaces content hashes (`main.3f9a2c1b.js` -> `main.<hash>.js`).
+/// Writes nothing for pseudo-files such as `<anonymous>` or `[native code]`.
+pub fn filename(input: &str, out: &mut String) {
+    out.clear();
+    let s = input.trim();
+    if NOT_FILES.contains(&s) {
+        return;
+    }
+    let s = s.split(['?', '#']).next().unwrap_or(s);
+    let base = s.rsplit(['/', '\\']).next().unwrap_or(s);
+    if NOT_FILES.contains(&base) {
+        return;
+    }
+    for (i, seg) in base.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if is_content_hash(seg) {
+            out.push_str("<hash>");
+        } else {
+            for c in seg.chars() {
+                out.extend(c.to_lowercase());
+            }
+        }
+    }
+}
+
+/// A bundler content hash: 8 or more hex digits with at least one digit, or 16+ characters
+/// of `[A-Za-z0-9_-]` with at least one digit.
+fn is_content_hash(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    let has_digit = b.iter().any(u8::is_ascii_digit);
+    has_digit
+        && ((b.len() >= 8 && b.iter().all(u8::is_ascii_hexdigit))
+            || (b.len() >= 16 && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')))
+}
+
+/// Normalizes a module name: strips generated class suffixes (Java lambdas and anonymous
+/// classes, CGLIB/javassist proxies) and version segments (`pkg@1.2.3`).
+pub fn module(input: &str, out: &mut String) {
+    out.clear();
+    let mut s = input.trim();
+    for marker in ["$$Lambda", "$$EnhancerBy", "$$FastClassBy", "_$$_javassist", "$$"] {
+        if let Some(i) = s.find(marker) {
+            s = &s[..i];
+        }
+    }
+    // Anonymous inner classes: Foo$1 -> Foo
+    while let Some(i) = s.rfind('$') {
+        if s[i + 1..].bytes().all(|c| c.is_ascii_digit()) {
+            s = &s[..i];
+        } else {
+            break;
+        }
+    }
+    for part in s.split('/') {
+        if !out.is_empty() {
+            out.push('/');
+        }
+        match part.find('@') {
+            Some(at) if at > 0 && part[at + 1..].starts_with(|c: char| c.is_ascii_digit()) => out.push_str(&part[..at]),
+            _ => out.push_str(part),
+        }
+    }
+}
+
+/// Normalizes a function name: drops anonymous names, strips receivers the platform adds
+/// (`Object.foo`), generated suffixes (Rust `::h<hash>`, Go `.func1`, Java lambdas, Clojure
+/// `$fn__123`, .NET `<Main>b__0_1`, Ruby `block in`), and parameter lists.
+pub fn function(input: &str, out: &mut String) {
+    out.clear();
+    let mut s = input.trim();
+    if ANONYMOUS_FUNCTIONS.contains(&s) || s.starts_with("class@anonymous") {
+        return;
+    }
+    // Ruby: "block (2 levels) in foo", "rescue in foo"
+    for prefix in ["block in ", "rescue in ", "ensure in "] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            s = rest;
+        }
+    }
+    if let Some(rest) = s.strip_prefix("block (") {
+        if let Some(i) = rest.find(" in ") {
+            s = &rest[i + 4..];
+        }
+    }
+    for prefix in ["new ", "async ", "Object.", "Module.", "global.", "Function."] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            s = rest;
+        }
+    }
+    // Parameter lists and return types of native signatures: "foo(int, char*) const"
+    if let Some(i) = s.find('(') {
+        if i > 0 {
+            s = &s[..i];
+        }
+    }
+    // Rust legacy symbol hash: "::h0123456789abcdef"
+    if s.len() > 19 {
+        let tail = &s[s.len() - 19..];
+        if tail.starts_with("::h") && tail[3..].bytes().all(|c| c.is_ascii_hexdigit()) {
+            s = &s[..s.len() - 19];
+        }
+    }
+    // .NET compiler-generated: "<Main>b__0_1", "<DoWork>d__12"
+    if let Some(rest) = s.strip_prefix('<') {
+        if let Some(end) = rest.find('>') {
+            let after = &rest[end + 1..];
+            if after.starts_with("b__") || after.starts_with("d__") || after.starts_with("g__") {
+                s = &rest[..end];
+            }
+        }
+    }
+    for marker in ["$$Lambda", "$$Enhancer", "$fn__"] {
+        if let Some(i) = s.find(marker) {
+            s = &s[..i];
+        }
+    }
+    // Java lambda bodies and anonymous classes: "lambda$run$0" -> "lambda$run"
+    while let Some(i) = s.rfind('$') {
+        if i + 1 < s.len() && s[i + 1..].bytes().all(|c| c.is_ascii_digit()) {
+            s = &s[..i];
+        } else {
+            break;
+        }
+    }
+    // Go closures: "main.handler.func1", "pkg.glob..func2"
+    loop {
+        let Some(i) = s.rfind(".func") else { break };
+        if i + 5 < s.len() && s[i + 5..].bytes().all(|c| c.is_ascii_digit()) {
+            s = s[..i].trim_end_matches('.');
+        } else {
+            break;
+        }
+    }
+    if s.ends_with(".glob") {
+        s = &s[..s.len() - 5];
+    }
+    // ERB templates: "_app_views_foo_html_erb__123_456" -> without the numbers
+    if s.ends_with(|c: char| c.is_ascii_digit()) {
+        if let Some(i) = s.find("__") {
+            if s[i + 2..].bytes().all(|c| c.is_ascii_digit() || c == b'_') {
+                s = &s[..i];
+            }
+        }
+    }
+    if ANONYMOUS_FUNCTIONS.contains(&s) {
+        return;
+    }
+    out.push_str(s);
+}
+
+/// Longest parameterized message kept, in bytes.
+pub const MAX_MESSAGE_LEN: usize = 512;
+
+/// Replaces the variable parts of a message with placeholders: e-mail, URL, IP, UUID, hex
+/// (`0x..`, SHA/MD5 runs), numbers, dates and times, and quoted values after `=`. Keeps the
+/// first two non-empty lines and at most [`MAX_MESSAGE_LEN`] bytes.
+pub fn message(input: &str, out: &mut String) {
+    out.clear();
+    let mut lines = 0;
+    for line in input.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if lines > 0 {
+            out.push('\n');
+        }
+        parameterize_line(line, out);
+        lines += 1;
+        if lines == 2 {
+            break;
+        }
+    }
+    if out.len() > MAX_MESSAGE_LEN {
+        let mut cut = MAX_MESSAGE_LEN;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'@' | b':' | b'/' | b'%' | b'+' | b'~')
+}
+
+fn parameterize_line(line: &str, out: &mut String) {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if !is_word_byte(c) {
+            // Quoted value after '=': key="value" or key='value'
+            if (c == b'"' || c == b'\'') && i > 0 && b[i - 1] == b'=' {
+                if let Some(end) = line[i + 1..].find(c as char) {
+                    out.push(c as char);
+                    out.push_str("<value>");
+                    out.push(c as char);
+                    i += end + 2;
+                    continue;
+                }
+            }
+            let ch = line[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+            continue;
+        }
+        let start = i;
+        while i < b.len() && is_word_byte(b[i]) {
+            i += 1;
+        }
+        if line[start..i].contains("://") {
+            // A URL runs to the next space or closing quote/bracket, query string included.
+            while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'"' | b'\'' | b')' | b']' | b'>') {
+                i += 1;
+            }
+        }
+        let mut word = &line[start..i];
+        // Keep sentence punctuation out of the token.
+        let mut trail = "";
+        while let Some(last) = word.bytes().last() {
+            if matches!(last, b'.' | b':' | b',') && word.len() > 1 {
+                trail = &line[start + word.len() - 1..i];
+                word = &word[..word.len() - 1];
+                if !trail.is_empty() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        match classify(word) {
+            Some(placeholder) => out.push_str(placeholder),
+            None => parameterize_inner(word, out),
+        }
+        out.push_str(trail);
+    }
+}
+
+/// Within a word that is not a whole token of a known kind, replace embedded numbers
+/// (`user42` stays, `id=42` -> `id=<int>`, `a/123/b` -> `a/<int>/b`).
+fn parameterize_inner(word: &str, out: &mut String) {
+    for (k, part) in word.split_inclusive(['=', '/', ':']).enumerate() {
+        let _ = k;
+        let (body, sep) = match part.as_bytes().last() {
+            Some(b'=' | b'/' | b':') => (&part[..part.len() - 1], &part[part.len() - 1..]),
+            _ => (part, ""),
+        };
+        match classify(body) {
+            Some(p) if !body.is_empty() => out.push_str(p),
+            _ => out.push_str(body),
+        }
+        out.push_str(sep);
+    }
+}
+
+fn classify(w: &str) -> Option<&'static str> {
+    let b = w.as_bytes();
+    if b.is_empty() {
+        return None;
+    }
+    if w.contains("://") {
+        return Some("<url>");
+    }
+    if let Some(at) = w.find('@') {
+        if at > 0 && w[at + 1..].contains('.') && !w[at + 1..].starts_with(|c: char| c.is_ascii_digit()) {
+            return Some("<email>");
+        }
+    }
+    if is_uuid(b) {
+        return Some("<uuid>");
+    }
+    if is_ipv4(w) {
+        return Some("<ip>");
+    }
+    if w.matches(':').count() >= 2 && b.iter().all(|c| c.is_ascii_hexdigit() || *c == b':') && b.iter().any(u8::is_ascii_digit) {
+        if b.len() == 8 && b[2] == b':' && b[5] == b':' {
+            return Some("<time>");
+        }
+        return Some("<ip>");
+    }
+    if is_date(b) {
+        return Some("<date>");
+    }
+    if (w.starts_with("0x") || w.starts_with("0X")) && b.len() > 2 && b[2..].iter().all(u8::is_ascii_hexdigit) {
+        return Some("<hex>");
+    }
+    if b.iter().all(u8::is_ascii_hexdigit) && b.iter().any(u8::is_ascii_digit) {
+        return match b.len() {
+            40 => Some("<sha1>"),
+            32 => Some("<md5>"),
+            n if n >= 8 && b.iter().any(|c| c.is_ascii_alphabetic()) => Some("<hex>"),
+            _ if b.iter().all(u8::is_ascii_digit) => Some("<int>"),
+            _ => None,
+        };
+    }
+    if let Some(num) = duration_number(w) {
+        if is_number(num) {
+            return Some("<duration>");
+        }
+    }
+    if is_number(w) {
+        return Some(if w.contains('.') { "<float>" } else { "<int>" });
+    }
+    if matches!(w, "true" | "false" | "True" | "False") {
+        return None;
+    }
+    None
+}
+
+fn duration_number(w: &str) -> Option<&str> {
+    for unit in ["ms", "us", "µs", "ns", "s", "m", "h"] {
+        if let Some(n) = w.strip_suffix(unit) {
+            if !n.is_empty() {
+                return Some(n);
+            }
+        }
+    }
+    None
+}
+
+fn is_number(w: &str) -> bool {
+    let w = w.strip_prefix(['-', '+']).unwrap_or(w);
+    let mut dots = 0;
+    !w.is_empty()
+        && w.bytes().all(|c| {
+            if c == b'.' {
+                dots += 1;
+                true
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+        && dots <= 1
+        && w.bytes().next().is_some_and(|c| c.is_ascii_digit())
+        && w.bytes().last().is_some_and(|c| c.is_ascii_digit())
+}
+
+fn is_uuid(b: &[u8]) -> bool {
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
+}
+
+fn is_ipv4(w: &str) -> bool {
+    let w = w.split(':').next().unwrap_or(w);
+    let mut n = 0;
+    for part in w.split('.') {
+        n += 1;
+        if part.is_empty() || part.len() > 3 || !part.bytes().all(|c| c.is_ascii_digit()) {
+            return false;
+        }
+    }
+    n == 4
+}
+
+/// `2026-11-26`, `2026-11-26T05:39:00Z` and similar.
+fn is_date(b: &[u8]) -> bool {
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(n: fn(&str, &mut String), s: &str) -> String {
+        let mut out = String::new();
+        n(s, &mut out);
+        out
+    }
+
+    #[test]
+    fn filenames() {
+        assert_eq!(f(filename, "https://cdn.example.com/static/js/main.3f9a2c1b.js?v=2"), "main.<hash>.js");
+        assert_eq!(f(filename, "C:\\App\\Controllers\\HomeController.cs"), "homecontroller.cs");
+        assert_eq!(f(filename, "[native code]"), "");
+        assert_eq!(f(filename, "<anonymous>"), "");
+        assert_eq!(f(filename, "app/models/user.rb"), "user.rb");
+    }
+
+    #[test]
+    fn functions() {
+        let cases = [
+            ("Object.renderCart", "renderCart"),
+            ("<anonymous>", ""),
+            ("my_crate::db::query::h0123456789abcdef", "my_crate::db::query"),
+            ("main.handler.func1", "main.handler"),
+            ("pkg.glob..func2", "pkg"),
+            ("com.example.Foo.lambda$run$0", "com.example.Foo.lambda$run"),
+            ("lambda$run$12", "lambda$run"),
+            ("<Main>b__0_1", "Main"),
+            ("block (2 levels) in process", "process"),
+            ("myapp.core$handler$fn__1234", "myapp.core$handler"),
+            ("_app_views_users_show_html_erb__123_456", "_app_views_users_show_html_erb"),
+            ("foo(int, char const*)", "foo"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(f(function, input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn modules() {
+        assert_eq!(f(module, "com.example.Service$$EnhancerByCGLIB$$a1b2c3"), "com.example.Service");
+        assert_eq!(f(module, "com.example.Outer$1"), "com.example.Outer");
+        assert_eq!(f(module, "node_modules/lodash@4.17.21/lodash"), "node_modules/lodash/lodash");
+    }
+
+    #[test]
+    fn messages() {
+        let cases = [
+            ("user 12345 not found", "user <int> not found"),
+            ("failed to fetch https://api.example.com/v1/users/7?x=1", "failed to fetch <url>"),
+            ("mail to bob@example.com bounced", "mail to <email> bounced"),
+            ("request 3fa85f64-5717-4562-b3fc-2c963f66afa6 timed out after 250ms", "request <uuid> timed out after <duration>"),
+            ("connect to 10.0.0.12:5432 refused", "connect to <ip> refused"),
+            ("segfault at 0x7ffd1234", "segfault at <hex>"),
+            ("commit deadbeefcafe1234 missing", "commit <hex> missing"),
+            ("ratio 0.75 too high.", "ratio <float> too high."),
+            ("key=\"secret value\" rejected", "key=\"<value>\" rejected"),
+            ("item id=42 and path /a/123/b", "item id=<int> and path /a/<int>/b"),
+            ("at 2026-11-26T05:39:00Z", "at <date>"),
+            ("first\n\n second \nthird", "first\nsecond"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(f(message, input), want, "{input}");
+        }
+    }
+}
