@@ -1,0 +1,290 @@
+//! Configuration: typed structs with documented defaults, read from a TOML file, then
+//! overridden by environment variables, then by command-line flags. Unknown keys are errors
+//! that name the key and the file.
+//!
+//! Environment overrides: `TRACEFOLD__SECTION__KEY=value` sets `[section] key = value`
+//! (`__` separates levels; names are lower-cased; the value is read as a TOML value when it
+//! parses as one, else as a string). Example: `TRACEFOLD__CLICKHOUSE__URL=http://ch:8123`.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "TRACEFOLD__";
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key, line and column.
+        message: String,
+    },
+    /// An environment override has an unknown key or a value of the wrong type.
+    #[error("invalid config from environment ({vars}): {message}")]
+    Env {
+        /// The overriding variables that were applied.
+        vars: String,
+        /// The deserializer's message, naming the key.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("invalid config value {key} in {source_name}: {message}")]
+    Value {
+        /// The key, dotted.
+        key: String,
+        /// The file name, or `defaults`.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Loads a config: defaults, then the file (when given), then environment overrides taken
+/// from `env` (pass `std::env::vars()` in binaries; tests pass their own pairs).
+///
+/// # Errors
+/// [`ConfigError`] naming the file or variables and the offending key.
+pub fn load<T, I>(path: Option<&Path>, env: I) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+    I: IntoIterator<Item = (String, String)>,
+{
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?,
+        None => String::new(),
+    };
+    let from_file: T = toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.map(Path::to_owned).unwrap_or_default(),
+        message: e.to_string().trim().replace('\n', " "),
+    })?;
+    let overrides: Vec<(String, String)> =
+        env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len()).collect();
+    if overrides.is_empty() {
+        return Ok(from_file);
+    }
+    let mut table = toml::Table::try_from(&from_file).map_err(|e| ConfigError::Env {
+        vars: String::new(),
+        message: format!("cannot re-serialize config: {e}"),
+    })?;
+    for (k, v) in &overrides {
+        set_path(&mut table, &k[ENV_PREFIX.len()..], v);
+    }
+    let vars = overrides.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");
+    T::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env { vars, message: e.to_string().trim().replace('\n', " ") })
+}
+
+fn set_path(table: &mut toml::Table, path: &str, raw: &str) {
+    let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        cur = entry.as_table_mut().expect("just made a table");
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    cur.insert(parts[parts.len() - 1].clone(), value);
+}
+
+/// Kafka connection settings shared by every service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `host:port,...` of the brokers.
+    pub bootstrap_servers: String,
+    /// Options passed through to librdkafka as they are (`security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`, tuning ...). They win over
+    /// tracefold's own settings.
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self { bootstrap_servers: "127.0.0.1:9092".into(), librdkafka: BTreeMap::new() }
+    }
+}
+
+/// Topic names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Raw events.
+    pub events: String,
+    /// Partial aggregates from the grouper.
+    pub aggregates: String,
+    /// Rejected events, with the reason.
+    pub dlq: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self { events: "tracefold.events".into(), aggregates: "tracefold.aggregates".into(), dlq: "tracefold.dlq".into() }
+    }
+}
+
+/// ClickHouse connection settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface URL.
+    pub url: String,
+    /// User name.
+    pub user: String,
+    /// Password (prefer the `TRACEFOLD__CLICKHOUSE__PASSWORD` variable to a file).
+    pub password: String,
+    /// Database that holds tracefold's tables.
+    pub database: String,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            user: "default".into(),
+            password: String::new(),
+            database: "tracefold".into(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `tracefold_grouper=debug,info`; `RUST_LOG` wins.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_format: LogFormat::Text, log_level: "info".into() }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Cfg {
+        kafka: KafkaConfig,
+        clickhouse: ClickHouseConfig,
+        batch: Batch,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Batch {
+        max_events: usize,
+    }
+
+    impl Default for Batch {
+        fn default() -> Self {
+            Self { max_events: 10 }
+        }
+    }
+
+    fn write(text: &str) -> (tempdir::Dir, PathBuf) {
+        let dir = tempdir::Dir::new();
+        let p = dir.0.join("svc.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "tracefold-config-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_file_and_env_layer_in_order() {
+        let (_d, p) = write("[batch]\nmax_events = 500\n[kafka]\nbootstrap_servers = \"k:9092\"\n[kafka.librdkafka]\n\"security.protocol\" = \"SASL_SSL\"\n");
+        let env = vec![
+            ("TRACEFOLD__BATCH__MAX_EVENTS".to_string(), "700".to_string()),
+            ("TRACEFOLD__CLICKHOUSE__PASSWORD".to_string(), "s3cret".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c: Cfg = load(Some(&p), env).unwrap();
+        assert_eq!(c.batch.max_events, 700);
+        assert_eq!(c.kafka.bootstrap_servers, "k:9092");
+        assert_eq!(c.kafka.librdkafka["security.protocol"], "SASL_SSL");
+        assert_eq!(c.clickhouse.password, "s3cret");
+        assert_eq!(c.clickhouse.url, "http://127.0.0.1:8123");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let (_d, p) = write("[batch]\nmax_evnts = 5\n");
+        let err = load::<Cfg, _>(Some(&p), Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("max_evnts"), "{err}");
+        assert!(err.contains("svc.toml"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_file() {
+        let (_d, p) = write("[batch]\nmax_events = \"many\"\n");
+        let err = load::<Cfg, _>(Some(&p), Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("max_events") && err.contains("svc.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_override_names_the_variable() {
+        let env = vec![("TRACEFOLD__BATCH__MAX_EVENTZ".to_string(), "1".to_string())];
+        let err = load::<Cfg, _>(None, env).unwrap_err().to_string();
+        assert!(err.contains("TRACEFOLD__BATCH__MAX_EVENTZ") && err.contains("max_eventz"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = load::<Cfg, _>(Some(Path::new("/nonexistent/tracefold.toml")), Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/tracefold.toml"), "{err}");
+    }
+}

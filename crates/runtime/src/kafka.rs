@@ -1,0 +1,75 @@
+//! Kafka client construction with tracefold's defaults and the user's pass-through options.
+
+use crate::config::KafkaConfig;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer;
+use std::time::Duration;
+
+/// A client config with the bootstrap servers and, last, the pass-through options.
+pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
+    for (k, v) in &kafka.librdkafka {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Consumer defaults: manual offset handling (commit only what is durable downstream).
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    client_config(
+        kafka,
+        &[
+            ("group.id", group_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+            ("max.poll.interval.ms", "300000"),
+            ("fetch.wait.max.ms", "50"),
+            ("queued.max.messages.kbytes", "65536"),
+            ("statistics.interval.ms", "0"),
+        ],
+    )
+}
+
+/// Producer defaults: idempotent (ordered, no duplicates from retries), batching, lz4.
+/// `message_timeout_ms` 0 means "retry until delivered", which services that must not
+/// lose or reorder output use.
+pub fn producer_config(kafka: &KafkaConfig, message_timeout_ms: u64) -> ClientConfig {
+    let timeout = message_timeout_ms.to_string();
+    client_config(
+        kafka,
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.kbytes", "262144"),
+            ("message.timeout.ms", &timeout),
+        ],
+    )
+}
+
+/// Checks that each topic exists, with a message that says how to create it.
+///
+/// # Errors
+/// Names the first missing topic, or the metadata error.
+pub fn check_topics<C: Consumer>(client: &C, topics: &[&str], timeout: Duration) -> anyhow::Result<()> {
+    for t in topics {
+        let md = client
+            .fetch_metadata(Some(t), timeout)
+            .map_err(|e| anyhow::anyhow!("cannot fetch metadata of topic {t}: {e}"))?;
+        let ok = md.topics().iter().any(|mt| mt.name() == *t && mt.error().is_none() && !mt.partitions().is_empty());
+        if !ok {
+            anyhow::bail!("topic {t} does not exist; create it as schemas/topics.toml describes");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! Shared runtime pieces of tracefold's services: configuration loading, Kafka client
+//! construction, topic definitions, logs and metrics, shutdown, and the embedded dev broker.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod devbroker;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;
+
+pub use shutdown::Shutdown;
