@@ -1,0 +1,52 @@
+//! The grouper's configuration (TOML file, `TRACEFOLD__...` overrides, flags).
+
+use serde::{Deserialize, Serialize};
+use tracefold_fingerprint::GroupingConfig;
+use tracefold_runtime::config::{KafkaConfig, TelemetryConfig, TopicsConfig};
+
+/// Everything the grouper reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka connection.
+    pub kafka: KafkaConfig,
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// Batching and the consumer group.
+    pub grouper: GrouperSection,
+    /// Grouping options.
+    pub grouping: GroupingConfig,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[grouper]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrouperSection {
+    /// Consumer group.
+    pub group_id: String,
+    /// A batch closes after this many events...
+    pub batch_max_events: u64,
+    /// ...or this many payload bytes...
+    pub batch_max_bytes: u64,
+    /// ...or when its first event is this old (ms).
+    pub batch_max_age_ms: u64,
+    /// Exact user hashes per aggregate before the sketch takes over.
+    pub max_users: usize,
+    /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
+    pub listen: String,
+}
+
+impl Default for GrouperSection {
+    fn default() -> Self {
+        Self {
+            group_id: "tracefold-grouper".into(),
+            batch_max_events: 50_000,
+            batch_max_bytes: 64 << 20,
+            batch_max_age_ms: 1000,
+            max_users: tracefold_model::aggregate::DEFAULT_MAX_USERS,
+            listen: "127.0.0.1:9101".into(),
+        }
+    }
+}

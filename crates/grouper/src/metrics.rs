@@ -1,0 +1,16 @@
+//! Metric names of the grouper (Prometheus), emitted once per batch.
+
+/// Events read, by `outcome` (`accepted`, `rejected`).
+pub const EVENTS_TOTAL: &str = "tracefold_grouper_events_total";
+/// Events whose timestamp was missing or out of range and was set to the receive time.
+pub const CLAMPED_TOTAL: &str = "tracefold_grouper_timestamps_clamped_total";
+/// Batches emitted, by `kind` (`new`, `replay`).
+pub const BATCHES_TOTAL: &str = "tracefold_grouper_batches_total";
+/// Aggregate records produced.
+pub const AGGREGATES_TOTAL: &str = "tracefold_grouper_aggregates_total";
+/// Messages sent to the DLQ.
+pub const DLQ_TOTAL: &str = "tracefold_grouper_dlq_total";
+/// Events per batch.
+pub const BATCH_EVENTS: &str = "tracefold_grouper_batch_events";
+/// Time from a batch's cut to its commit, seconds.
+pub const EMIT_SECONDS: &str = "tracefold_grouper_emit_seconds";

@@ -1,0 +1,355 @@
+//! The grouper service: consumes raw events, cuts replayable batches per source partition,
+//! and emits their aggregates (and rejected events to the DLQ) before committing past them.
+//!
+//! Protocol per batch `[first, last]` of partition `p` (see ARCHITECTURE.md):
+//! 1. commit offset `first` with metadata `tracefold:v1:<first>:<last>` (synchronous): the
+//!    range is now durable;
+//! 2. produce the batch's records with an idempotent producer that retries until delivered,
+//!    and wait for every acknowledgement;
+//! 3. commit `last + 1` without metadata.
+//!
+//! A grouper that is assigned `p` and finds pending metadata rebuilds exactly that range and
+//! re-emits identical records; the writer drops the copies it already stored.
+
+use crate::batch::{BatchBuilder, BatchOptions, BatchOutput};
+use crate::config::Config;
+use crate::metrics as m;
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracefold_runtime::telemetry::Health;
+use tracefold_runtime::Shutdown;
+
+const METADATA_PREFIX: &str = "tracefold:v1:";
+
+/// Encodes a pending batch range as commit metadata.
+pub fn encode_pending(first: i64, last: i64) -> String {
+    format!("{METADATA_PREFIX}{first}:{last}")
+}
+
+/// Decodes commit metadata written by [`encode_pending`].
+pub fn decode_pending(meta: &str) -> Option<(i64, i64)> {
+    let rest = meta.strip_prefix(METADATA_PREFIX)?;
+    let (a, b) = rest.split_once(':')?;
+    let (first, last) = (a.parse().ok()?, b.parse().ok()?);
+    (first <= last).then_some((first, last))
+}
+
+enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+struct GroupCtx {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ClientContext for GroupCtx {}
+
+impl ConsumerContext for GroupCtx {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
+            self.events.lock().expect("not poisoned").push(RebalanceEvent::Revoked(parts));
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
+            self.events.lock().expect("not poisoned").push(RebalanceEvent::Assigned(parts));
+        }
+    }
+}
+
+#[derive(Default)]
+struct DeliveryCtx {
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCtx {}
+
+impl ProducerContext for DeliveryCtx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+        }
+    }
+}
+
+struct PartState {
+    builder: BatchBuilder,
+    first: Option<i64>,
+    last: i64,
+    started: Instant,
+    /// Set while rebuilding a pending batch: its last offset.
+    replay_last: Option<i64>,
+}
+
+/// Runs the grouper until `shutdown` fires (then drains: emits open batches and commits).
+/// Blocking: call it from a dedicated thread.
+///
+/// # Errors
+/// Infrastructure failures that a restart should handle (Kafka fatal errors, a producer that
+/// could not deliver).
+pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+    let consumer: BaseConsumer<GroupCtx> = tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.grouper.group_id)
+        .create_with_context(GroupCtx { events: Mutex::new(Vec::new()) })
+        .context("cannot create the grouper's consumer")?;
+    let producer: ThreadedProducer<DeliveryCtx> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
+        .create_with_context(DeliveryCtx::default())
+        .context("cannot create the grouper's producer")?;
+    tracefold_runtime::kafka::check_topics(
+        &consumer,
+        &[&cfg.topics.events, &cfg.topics.aggregates, &cfg.topics.dlq],
+        Duration::from_secs(10),
+    )?;
+    consumer.subscribe(&[&cfg.topics.events]).context("cannot subscribe")?;
+    health.set_ready(true);
+    tracing::info!(topic = %cfg.topics.events, group = %cfg.grouper.group_id, "grouper started");
+
+    let opts = BatchOptions { max_users: cfg.grouper.max_users, grouping: cfg.grouping.clone() };
+    let mut parts: HashMap<i32, PartState> = HashMap::new();
+    let max_age = Duration::from_millis(cfg.grouper.batch_max_age_ms);
+    let mut last_age_check = Instant::now();
+    let mut g = Grouper { cfg, consumer: &consumer, producer: &producer };
+
+    while !shutdown.is_triggered() {
+        let msg = consumer.poll(Duration::from_millis(100));
+        g.handle_rebalances(&mut parts, &opts)?;
+        match msg {
+            Some(Ok(msg)) => {
+                let p = msg.partition();
+                let offset = msg.offset();
+                let st = parts.entry(p).or_insert_with(|| PartState {
+                    builder: BatchBuilder::new(opts.clone()),
+                    first: None,
+                    last: -1,
+                    started: Instant::now(),
+                    replay_last: None,
+                });
+                // A replayed range ends at its recorded last offset, whatever comes after.
+                if let (Some(rl), Some(_)) = (st.replay_last, st.first) {
+                    if offset > rl {
+                        g.emit(p, st)?;
+                    }
+                }
+                if st.first.is_none() {
+                    st.first = Some(offset);
+                    st.started = Instant::now();
+                }
+                st.last = offset;
+                let ts = msg.timestamp().to_millis().unwrap_or(0);
+                st.builder.add(msg.payload().unwrap_or(&[]), offset, ts);
+                let cut = match st.replay_last {
+                    Some(rl) => offset >= rl,
+                    None => {
+                        st.builder.events() >= cfg.grouper.batch_max_events
+                            || st.builder.bytes() >= cfg.grouper.batch_max_bytes
+                    }
+                };
+                if cut {
+                    g.emit(p, st)?;
+                }
+            }
+            Some(Err(e)) => {
+                if let rdkafka::error::KafkaError::MessageConsumptionFatal(_) = e {
+                    return Err(e).context("fatal consumer error");
+                }
+                tracing::warn!(error = %e, "consumer error");
+            }
+            None => {}
+        }
+        if last_age_check.elapsed() >= Duration::from_millis(50) {
+            last_age_check = Instant::now();
+            for (p, st) in parts.iter_mut() {
+                if st.first.is_some() && st.replay_last.is_none() && st.started.elapsed() >= max_age {
+                    g.emit(*p, st)?;
+                }
+            }
+        }
+    }
+    health.set_ready(false);
+    tracing::info!("grouper draining");
+    for (p, st) in parts.iter_mut() {
+        if st.first.is_some() && st.replay_last.is_none() {
+            g.emit(*p, st)?;
+        }
+    }
+    producer.flush(Duration::from_secs(30)).context("final flush")?;
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    consumer.unsubscribe();
+    tracing::info!("grouper stopped");
+    Ok(())
+}
+
+struct Grouper<'a> {
+    cfg: &'a Config,
+    consumer: &'a BaseConsumer<GroupCtx>,
+    producer: &'a ThreadedProducer<DeliveryCtx>,
+}
+
+impl Grouper<'_> {
+    fn handle_rebalances(&mut self, parts: &mut HashMap<i32, PartState>, opts: &BatchOptions) -> anyhow::Result<()> {
+        let events = std::mem::take(&mut *self.consumer.context().events.lock().expect("not poisoned"));
+        for ev in events {
+            match ev {
+                RebalanceEvent::Revoked(ps) => {
+                    for p in ps {
+                        // Not emitted, not committed: the next owner rebuilds from the commit.
+                        parts.remove(&p);
+                    }
+                    tracing::info!("partitions revoked");
+                }
+                RebalanceEvent::Assigned(ps) => {
+                    let mut tpl = TopicPartitionList::new();
+                    for p in &ps {
+                        tpl.add_partition(&self.cfg.topics.events, *p);
+                    }
+                    let committed = self
+                        .consumer
+                        .committed_offsets(tpl, Duration::from_secs(10))
+                        .context("cannot read committed offsets")?;
+                    for e in committed.elements() {
+                        let pending = decode_pending(e.metadata());
+                        let replay_last = match (pending, e.offset()) {
+                            (Some((first, last)), Offset::Offset(o)) if o == first => Some(last),
+                            _ => None,
+                        };
+                        if let Some(last) = replay_last {
+                            tracing::info!(partition = e.partition(), from = ?e.offset(), to = last, "rebuilding an unfinished batch");
+                        }
+                        parts.insert(
+                            e.partition(),
+                            PartState {
+                                builder: BatchBuilder::new(opts.clone()),
+                                first: None,
+                                last: -1,
+                                started: Instant::now(),
+                                replay_last,
+                            },
+                        );
+                    }
+                    tracing::info!(partitions = ?ps, "partitions assigned");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, partition: i32, st: &mut PartState) -> anyhow::Result<()> {
+        let Some(first) = st.first else { return Ok(()) };
+        let last = match st.replay_last {
+            Some(rl) => rl,
+            None => st.last,
+        };
+        let replay = st.replay_last.is_some();
+        let t0 = Instant::now();
+        let events = st.builder.events();
+        let topic = &self.cfg.topics.events;
+        let out = st.builder.finish(topic, partition, first, last);
+        st.first = None;
+        st.replay_last = None;
+        if !replay {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(first))?;
+            set_metadata(&mut tpl, topic, partition, &encode_pending(first, last));
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+                // Most likely the partition was revoked: its next owner reads from the last
+                // commit. Rewind, so that this range is read again if it is still ours.
+                tracing::warn!(partition, error = %e, "cannot record the batch range; rewinding");
+                let _ = self.consumer.seek(topic, partition, Offset::Offset(first), Duration::from_secs(5));
+                return Ok(());
+            }
+        }
+        self.produce(&out, partition)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(last + 1))?;
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(partition, error = %e, "cannot commit past the batch; it will be rebuilt if needed");
+        }
+        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "accepted").increment(out.accepted);
+        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "rejected").increment(out.rejected.len() as u64);
+        metrics::counter!(m::CLAMPED_TOTAL).increment(out.clamped);
+        metrics::counter!(m::BATCHES_TOTAL, "kind" => if replay { "replay" } else { "new" }).increment(1);
+        metrics::counter!(m::AGGREGATES_TOTAL).increment(out.records.len() as u64);
+        metrics::counter!(m::DLQ_TOTAL).increment(out.rejected.len() as u64);
+        metrics::histogram!(m::BATCH_EVENTS).record(events as f64);
+        metrics::histogram!(m::EMIT_SECONDS).record(t0.elapsed().as_secs_f64());
+        tracing::debug!(partition, first, last, records = out.records.len(), rejected = out.rejected.len(), replay, "batch emitted");
+        Ok(())
+    }
+
+    fn produce(&self, out: &BatchOutput, partition: i32) -> anyhow::Result<()> {
+        let failed_before = self.producer.context().failed.load(Ordering::SeqCst);
+        let src_partition = partition.to_string();
+        for r in &out.records {
+            let key = r.key();
+            let payload = serde_json::to_vec(r).context("serialize aggregate")?;
+            self.send(BaseRecord::to(&self.cfg.topics.aggregates).key(&key).payload(payload.as_slice()))?;
+        }
+        for rej in &out.rejected {
+            let key = format!("{}/{}/{}", self.cfg.topics.events, partition, rej.offset);
+            let offset = rej.offset.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "tracefold-error", value: Some(rej.reason.as_bytes()) })
+                .insert(Header { key: "tracefold-source-topic", value: Some(self.cfg.topics.events.as_bytes()) })
+                .insert(Header { key: "tracefold-source-partition", value: Some(src_partition.as_bytes()) })
+                .insert(Header { key: "tracefold-source-offset", value: Some(offset.as_bytes()) });
+            self.send(BaseRecord::to(&self.cfg.topics.dlq).key(&key).payload(rej.payload.as_slice()).headers(headers))?;
+        }
+        // Wait for every acknowledgement; the producer retries until delivered.
+        loop {
+            match self.producer.flush(Duration::from_secs(10)) {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(), "waiting for Kafka to acknowledge aggregates"),
+            }
+        }
+        let failed = self.producer.context().failed.load(Ordering::SeqCst) - failed_before;
+        if failed > 0 {
+            let err = self.producer.context().last_error.lock().expect("not poisoned").clone();
+            anyhow::bail!("{failed} aggregate records were not delivered ({}); restarting rebuilds the batch", err.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    fn send(&self, mut rec: BaseRecord<'_, String, [u8]>) -> anyhow::Result<()> {
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e).context("cannot enqueue an aggregate"),
+            }
+        }
+    }
+}
+
+fn set_metadata(tpl: &mut TopicPartitionList, topic: &str, partition: i32, meta: &str) {
+    if let Some(mut e) = tpl.find_partition(topic, partition) {
+        e.set_metadata(meta);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_metadata_round_trips() {
+        assert_eq!(decode_pending(&encode_pending(10, 99)), Some((10, 99)));
+        assert_eq!(decode_pending(""), None);
+        assert_eq!(decode_pending("tracefold:v1:9:3"), None);
+        assert_eq!(decode_pending("other:v1:1:2"), None);
+    }
+}
