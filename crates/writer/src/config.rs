@@ -1,0 +1,57 @@
+//! The writer's configuration (TOML file, `TRACEFOLD__...` overrides, flags).
+
+use serde::{Deserialize, Serialize};
+use tracefold_runtime::config::{ClickHouseConfig, KafkaConfig, TelemetryConfig, TopicsConfig};
+
+/// Everything the writer reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka connection.
+    pub kafka: KafkaConfig,
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// ClickHouse connection.
+    pub clickhouse: ClickHouseConfig,
+    /// Batching, retries and the consumer group.
+    pub writer: WriterSection,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[writer]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterSection {
+    /// Consumer group.
+    pub group_id: String,
+    /// An insert is sent after this many rows...
+    pub batch_max_rows: usize,
+    /// ...or this many bytes of aggregate JSON...
+    pub batch_max_bytes: usize,
+    /// ...or when its oldest row waited this long (ms).
+    pub batch_max_age_ms: u64,
+    /// First retry delay after a failed insert (ms); doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay (ms).
+    pub retry_max_ms: u64,
+    /// Timeout of one insert (ms).
+    pub insert_timeout_ms: u64,
+    /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
+    pub listen: String,
+}
+
+impl Default for WriterSection {
+    fn default() -> Self {
+        Self {
+            group_id: "tracefold-writer".into(),
+            batch_max_rows: 20_000,
+            batch_max_bytes: 32 << 20,
+            batch_max_age_ms: 1000,
+            retry_initial_ms: 200,
+            retry_max_ms: 10_000,
+            insert_timeout_ms: 30_000,
+            listen: "127.0.0.1:9102".into(),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Metric names of the writer (Prometheus), emitted once per insert.
+
+/// Aggregate rows inserted into ClickHouse.
+pub const ROWS_INSERTED_TOTAL: &str = "tracefold_writer_rows_inserted_total";
+/// Aggregate records skipped because ClickHouse already held them (replays).
+pub const ROWS_DUPLICATE_TOTAL: &str = "tracefold_writer_rows_duplicate_total";
+/// Inserts, by `outcome` (`ok`, `error`).
+pub const INSERTS_TOTAL: &str = "tracefold_writer_inserts_total";
+/// Insert latency, seconds.
+pub const INSERT_SECONDS: &str = "tracefold_writer_insert_seconds";
+/// Rows per insert.
+pub const INSERT_ROWS: &str = "tracefold_writer_insert_rows";
+/// Aggregate messages that could not be read (sent to the DLQ).
+pub const MALFORMED_TOTAL: &str = "tracefold_writer_malformed_total";

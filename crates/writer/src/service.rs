@@ -1,0 +1,312 @@
+//! The writer service: consumes partial aggregates and inserts them into ClickHouse in
+//! batches, exactly once.
+//!
+//! - One INSERT into one table per batch (atomic); derived tables follow by materialized views.
+//! - Before inserting, records at or below the stored watermark of their (aggregates partition,
+//!   source partition) are dropped: replays from the grouper or from this consumer's own
+//!   restart are recognised (see [`crate::store`]).
+//! - Offsets are committed only after ClickHouse acknowledged the insert.
+//! - When an insert fails its outcome is unknown: the partitions are paused, and after a
+//!   backoff the watermarks are read again from ClickHouse and the batch is filtered anew.
+
+use crate::config::Config;
+use crate::metrics as m;
+use crate::store::{admit, load_watermarks, AggregateRow, Watermarks};
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracefold_model::AggregateRecord;
+use tracefold_runtime::telemetry::Health;
+use tracefold_runtime::Shutdown;
+
+enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+struct WriterCtx {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ClientContext for WriterCtx {}
+
+impl ConsumerContext for WriterCtx {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
+            self.events.lock().expect("not poisoned").push(RebalanceEvent::Revoked(parts));
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
+            self.events.lock().expect("not poisoned").push(RebalanceEvent::Assigned(parts));
+        }
+    }
+}
+
+struct Pending {
+    record: AggregateRecord,
+    partition: i32,
+    offset: i64,
+}
+
+/// The state of the writer loop.
+struct Writer<'a> {
+    cfg: &'a Config,
+    consumer: &'a BaseConsumer<WriterCtx>,
+    dlq: &'a ThreadedProducer<DefaultProducerContext>,
+    client: clickhouse::Client,
+    rt: tokio::runtime::Runtime,
+    /// Watermarks per aggregates partition; absent means "read from ClickHouse first".
+    watermarks: HashMap<i32, Watermarks>,
+    pending: Vec<Pending>,
+    pending_bytes: usize,
+    oldest: Option<Instant>,
+    /// Next offset to commit per partition, once the pending batch is stored.
+    next_offsets: HashMap<i32, i64>,
+}
+
+/// Runs the writer until `shutdown` fires, then stores what it holds and commits.
+/// Blocking: call it from a dedicated thread (it runs its own small async runtime).
+///
+/// # Errors
+/// Kafka fatal errors; ClickHouse errors are retried, not returned.
+pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+    let consumer: BaseConsumer<WriterCtx> = tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.writer.group_id)
+        .create_with_context(WriterCtx { events: Mutex::new(Vec::new()) })
+        .context("cannot create the writer's consumer")?;
+    let dlq: ThreadedProducer<DefaultProducerContext> =
+        tracefold_runtime::kafka::producer_config(&cfg.kafka, 0).create().context("cannot create the DLQ producer")?;
+    tracefold_runtime::kafka::check_topics(&consumer, &[&cfg.topics.aggregates, &cfg.topics.dlq], Duration::from_secs(10))?;
+    consumer.subscribe(&[&cfg.topics.aggregates]).context("cannot subscribe")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = crate::migrate::client(&cfg.clickhouse).with_database(&cfg.clickhouse.database);
+    let mut w = Writer {
+        cfg,
+        consumer: &consumer,
+        dlq: &dlq,
+        client,
+        rt,
+        watermarks: HashMap::new(),
+        pending: Vec::new(),
+        pending_bytes: 0,
+        oldest: None,
+        next_offsets: HashMap::new(),
+    };
+    health.set_ready(true);
+    tracing::info!(topic = %cfg.topics.aggregates, group = %cfg.writer.group_id, "writer started");
+    let max_age = Duration::from_millis(cfg.writer.batch_max_age_ms);
+    while !shutdown.is_triggered() {
+        let msg = consumer.poll(Duration::from_millis(100));
+        w.handle_rebalances();
+        match msg {
+            Some(Ok(msg)) => {
+                let (p, o) = (msg.partition(), msg.offset());
+                let payload = msg.payload().unwrap_or(&[]);
+                match serde_json::from_slice::<AggregateRecord>(payload) {
+                    Ok(record) => {
+                        w.pending_bytes += payload.len();
+                        w.pending.push(Pending { record, partition: p, offset: o });
+                        w.oldest.get_or_insert_with(Instant::now);
+                    }
+                    Err(e) => w.to_dlq(payload, p, o, &format!("malformed aggregate: {e}"))?,
+                }
+                w.next_offsets.insert(p, o + 1);
+            }
+            Some(Err(e)) => {
+                if let rdkafka::error::KafkaError::MessageConsumptionFatal(_) = e {
+                    return Err(e).context("fatal consumer error");
+                }
+                tracing::warn!(error = %e, "consumer error");
+            }
+            None => {}
+        }
+        let full = w.pending.len() >= cfg.writer.batch_max_rows || w.pending_bytes >= cfg.writer.batch_max_bytes;
+        let old = w.oldest.is_some_and(|t| t.elapsed() >= max_age);
+        if full || old || (w.pending.is_empty() && !w.next_offsets.is_empty()) {
+            w.flush_with_retry(shutdown, health)?;
+        }
+    }
+    health.set_ready(false);
+    tracing::info!("writer draining");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.next_offsets.is_empty() && Instant::now() < deadline {
+        if w.try_flush().is_err() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let _ = dlq.flush(Duration::from_secs(10));
+    consumer.unsubscribe();
+    tracing::info!("writer stopped");
+    Ok(())
+}
+
+impl Writer<'_> {
+    fn handle_rebalances(&mut self) {
+        let events = std::mem::take(&mut *self.consumer.context().events.lock().expect("not poisoned"));
+        for ev in events {
+            match ev {
+                RebalanceEvent::Revoked(ps) => {
+                    // Not stored, not committed: the next owner reads them again.
+                    self.pending.retain(|r| !ps.contains(&r.partition));
+                    self.pending_bytes = self.pending.iter().map(|r| r.record.sample.len() + 256).sum();
+                    for p in &ps {
+                        self.watermarks.remove(p);
+                        self.next_offsets.remove(p);
+                    }
+                    if self.pending.is_empty() {
+                        self.oldest = None;
+                    }
+                    tracing::info!(partitions = ?ps, "partitions revoked");
+                }
+                RebalanceEvent::Assigned(ps) => {
+                    for p in &ps {
+                        self.watermarks.remove(p);
+                    }
+                    tracing::info!(partitions = ?ps, "partitions assigned");
+                }
+            }
+        }
+    }
+
+    fn flush_with_retry(&mut self, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(self.cfg.writer.retry_initial_ms);
+        let mut paused = false;
+        loop {
+            match self.try_flush() {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics::counter!(m::INSERTS_TOTAL, "outcome" => "error").increment(1);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, rows = self.pending.len(), "insert failed; pausing and retrying");
+                    health.set_ready(false);
+                    if !paused {
+                        if let Ok(a) = self.consumer.assignment() {
+                            let _ = self.consumer.pause(&a);
+                        }
+                        paused = true;
+                    }
+                    // The outcome is unknown: read the watermarks again before the next try.
+                    self.watermarks.clear();
+                    let until = Instant::now() + delay;
+                    while Instant::now() < until {
+                        // Keep group membership alive; nothing is delivered while paused.
+                        if let Some(Ok(msg)) = self.consumer.poll(Duration::from_millis(100)) {
+                            // A partition assigned during the outage is not paused yet.
+                            let p = msg.partition();
+                            let _ = self.consumer.seek(msg.topic(), p, Offset::Offset(msg.offset()), Duration::from_secs(1));
+                            if let Ok(a) = self.consumer.assignment() {
+                                let _ = self.consumer.pause(&a);
+                            }
+                        }
+                        self.handle_rebalances();
+                        if shutdown.is_triggered() {
+                            return Ok(());
+                        }
+                    }
+                    delay = (delay * 2).min(Duration::from_millis(self.cfg.writer.retry_max_ms));
+                }
+            }
+        }
+        if paused {
+            if let Ok(a) = self.consumer.assignment() {
+                let _ = self.consumer.resume(&a);
+            }
+            health.set_ready(true);
+            tracing::info!("ClickHouse is back; resumed");
+        }
+        Ok(())
+    }
+
+    /// Inserts the pending rows that ClickHouse does not hold yet, then commits.
+    fn try_flush(&mut self) -> anyhow::Result<()> {
+        let db = self.cfg.clickhouse.database.clone();
+        let agg_topic = self.cfg.topics.aggregates.clone();
+        let mut parts: Vec<i32> = self.pending.iter().map(|r| r.partition).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        for p in parts {
+            if !self.watermarks.contains_key(&p) {
+                let wm = self
+                    .rt
+                    .block_on(load_watermarks(&self.client, &db, &agg_topic, p))
+                    .with_context(|| format!("cannot read watermarks of partition {p}"))?;
+                self.watermarks.insert(p, wm);
+            }
+        }
+        // Filter against a copy: the real watermarks advance only once the insert succeeded.
+        let mut wms = self.watermarks.clone();
+        let mut keep = Vec::with_capacity(self.pending.len());
+        for (i, r) in self.pending.iter().enumerate() {
+            if admit(wms.get_mut(&r.partition).expect("loaded above"), &r.record) {
+                keep.push(i);
+            }
+        }
+        let duplicates = self.pending.len() - keep.len();
+        if !keep.is_empty() {
+            let t0 = Instant::now();
+            let timeout = Duration::from_millis(self.cfg.writer.insert_timeout_ms);
+            let rows: Vec<AggregateRow<'_>> = keep
+                .iter()
+                .map(|&i| {
+                    let r = &self.pending[i];
+                    AggregateRow::new(&r.record, &agg_topic, r.partition, r.offset)
+                })
+                .collect();
+            let client = &self.client;
+            self.rt
+                .block_on(async {
+                    let mut ins = client.insert::<AggregateRow<'_>>("aggregates").await?.with_timeouts(Some(timeout), Some(timeout));
+                    for row in &rows {
+                        ins.write(row).await?;
+                    }
+                    ins.end().await
+                })
+                .context("insert into aggregates")?;
+            metrics::counter!(m::INSERTS_TOTAL, "outcome" => "ok").increment(1);
+            metrics::histogram!(m::INSERT_SECONDS).record(t0.elapsed().as_secs_f64());
+            metrics::histogram!(m::INSERT_ROWS).record(rows.len() as f64);
+            metrics::counter!(m::ROWS_INSERTED_TOTAL).increment(rows.len() as u64);
+            tracing::debug!(rows = rows.len(), duplicates, "inserted");
+        }
+        metrics::counter!(m::ROWS_DUPLICATE_TOTAL).increment(duplicates as u64);
+        self.watermarks = wms;
+        if !self.next_offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in &self.next_offsets {
+                tpl.add_partition_offset(&self.cfg.topics.aggregates, *p, Offset::Offset(*o))?;
+            }
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!(error = %e, "offset commit failed; stored rows will be recognised on replay");
+            }
+        }
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.oldest = None;
+        self.next_offsets.clear();
+        Ok(())
+    }
+
+    fn to_dlq(&self, payload: &[u8], p: i32, o: i64, reason: &str) -> anyhow::Result<()> {
+        metrics::counter!(m::MALFORMED_TOTAL).increment(1);
+        tracing::warn!(partition = p, offset = o, reason, "malformed aggregate sent to the DLQ");
+        let key = format!("{}/{p}/{o}", self.cfg.topics.aggregates);
+        let (ps, os) = (p.to_string(), o.to_string());
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "tracefold-error", value: Some(reason.as_bytes()) })
+            .insert(Header { key: "tracefold-source-topic", value: Some(self.cfg.topics.aggregates.as_bytes()) })
+            .insert(Header { key: "tracefold-source-partition", value: Some(ps.as_bytes()) })
+            .insert(Header { key: "tracefold-source-offset", value: Some(os.as_bytes()) });
+        self.dlq
+            .send(BaseRecord::to(&self.cfg.topics.dlq).key(&key).payload(payload).headers(headers))
+            .map_err(|(e, _)| e)
+            .context("cannot enqueue a DLQ message")?;
+        Ok(())
+    }
+}

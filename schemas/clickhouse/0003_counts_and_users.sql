@@ -1,0 +1,36 @@
+-- Per-minute event counts by release and environment.
+CREATE TABLE IF NOT EXISTS {db}.issue_counts_1m
+(
+    project     String,
+    issue_id    String,
+    minute      DateTime,
+    release     String,
+    environment String,
+    count       UInt64
+)
+ENGINE = SummingMergeTree((count))
+PARTITION BY toYYYYMMDD(minute)
+ORDER BY (project, issue_id, minute, release, environment);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.issue_counts_1m_mv TO {db}.issue_counts_1m AS
+SELECT project, issue_id, minute, release, environment, sum(count) AS count
+FROM {db}.aggregates
+GROUP BY project, issue_id, minute, release, environment;
+
+-- Affected users per issue and hour (exact set of user hashes; merge across hours for totals).
+CREATE TABLE IF NOT EXISTS {db}.issue_users_1h
+(
+    project  String,
+    issue_id String,
+    hour     DateTime,
+    users    AggregateFunction(uniqExact, UInt64)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(hour)
+ORDER BY (project, issue_id, hour);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.issue_users_1h_mv TO {db}.issue_users_1h AS
+SELECT project, issue_id, toStartOfHour(minute) AS hour, uniqExactState(user) AS users
+FROM {db}.aggregates
+ARRAY JOIN users AS user
+GROUP BY project, issue_id, hour;
