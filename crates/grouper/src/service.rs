@@ -108,7 +108,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         .create_with_context(DeliveryCtx::default())
         .context("cannot create the grouper's producer")?;
     tracefold_runtime::kafka::check_topics(
-        &consumer,
+        consumer.client(),
         &[&cfg.topics.events, &cfg.topics.aggregates, &cfg.topics.dlq],
         Duration::from_secs(10),
     )?;

@@ -2,7 +2,7 @@
 
 use crate::config::KafkaConfig;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::client::{Client, ClientContext};
 use std::time::Duration;
 
 /// A client config with the bootstrap servers and, last, the pass-through options.
@@ -61,7 +61,7 @@ pub fn producer_config(kafka: &KafkaConfig, message_timeout_ms: u64) -> ClientCo
 ///
 /// # Errors
 /// Names the first missing topic, or the metadata error.
-pub fn check_topics<X: ConsumerContext, C: Consumer<X>>(client: &C, topics: &[&str], timeout: Duration) -> anyhow::Result<()> {
+pub fn check_topics<C: ClientContext>(client: &Client<C>, topics: &[&str], timeout: Duration) -> anyhow::Result<()> {
     for t in topics {
         let md = client
             .fetch_metadata(Some(t), timeout)

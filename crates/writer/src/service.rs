@@ -84,7 +84,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         .context("cannot create the writer's consumer")?;
     let dlq: ThreadedProducer<DefaultProducerContext> =
         tracefold_runtime::kafka::producer_config(&cfg.kafka, 0).create().context("cannot create the DLQ producer")?;
-    tracefold_runtime::kafka::check_topics(&consumer, &[&cfg.topics.aggregates, &cfg.topics.dlq], Duration::from_secs(10))?;
+    tracefold_runtime::kafka::check_topics(consumer.client(), &[&cfg.topics.aggregates, &cfg.topics.dlq], Duration::from_secs(10))?;
     consumer.subscribe(&[&cfg.topics.aggregates]).context("cannot subscribe")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = crate::migrate::client(&cfg.clickhouse).with_database(&cfg.clickhouse.database);

@@ -1,0 +1,270 @@
+//! The ingestion endpoint.
+//!
+//! `POST /api/v1/projects/{project}/events` takes one JSON event, or an NDJSON batch (one
+//! event per line; `Content-Type: application/x-ndjson`, or any body with more than one
+//! non-empty line). A batch is all or nothing: when any line is invalid, nothing is published
+//! and the 400 response lists every bad line. `event_id` and `project` are filled in when the
+//! event lacks them; a `project` that differs from the path is an error.
+//!
+//! Responses are JSON: `200 {"accepted": n, "ids": [...]}`; errors
+//! `{"error": "...", "details": [{"line": 1, "field": "...", "reason": "..."}]}`.
+
+use crate::config::Config;
+use crate::metrics as m;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracefold_model::validate::is_project_slug;
+use tracefold_model::{parse_event_str, validate};
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Config.
+    pub cfg: Arc<Config>,
+    /// The Kafka producer.
+    pub producer: FutureProducer,
+}
+
+/// One problem with a request.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Detail {
+    /// 1-based line of an NDJSON body (1 for a single event).
+    pub line: usize,
+    /// JSON path of the offending field, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// An error response.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    #[serde(skip)]
+    retry_after_secs: Option<u32>,
+    /// Summary.
+    pub error: String,
+    /// Per-line problems.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Detail>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self { status, retry_after_secs: None, error: error.into(), details: Vec::new() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        metrics::counter!(m::REQUESTS_TOTAL, "status" => self.status.as_u16().to_string()).increment(1);
+        let mut resp = (self.status, Json(&self)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        resp
+    }
+}
+
+/// The success response.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// Events published.
+    pub accepted: usize,
+    /// Their ids, in request order.
+    pub ids: Vec<String>,
+}
+
+/// The ingestion routes, with ops routes merged in by the caller.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/projects/{project}/events", post(ingest))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; POST events to /api/v1/projects/{project}/events") })
+        .with_state(state)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn new_event_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A validated event ready to publish.
+#[derive(Debug)]
+struct Ready {
+    id: String,
+    payload: Vec<u8>,
+}
+
+/// Checks one event and returns the bytes to publish (with `event_id`/`project` filled in).
+fn prepare(line: &str, project: &str, received_ms: i64) -> Result<Ready, (Option<String>, String)> {
+    let mut ev = parse_event_str(line).map_err(|e| (None, e.to_string()))?;
+    let mut inject = String::new();
+    if let Some(p) = ev.project.as_deref() {
+        if p != project {
+            return Err((Some("project".into()), format!("event says project {p:?} but the URL says {project:?}")));
+        }
+    } else {
+        inject.push_str(&format!("\"project\":{},", serde_json::to_string(project).unwrap_or_default()));
+        ev.project = Some(project.into());
+    }
+    let id = match ev.event_id.as_deref() {
+        Some(id) => id.to_owned(),
+        None => {
+            let id = new_event_id();
+            inject.push_str(&format!("\"event_id\":\"{id}\","));
+            ev.event_id = Some(id.clone().into());
+            id
+        }
+    };
+    validate(&ev, received_ms).map_err(|e| (Some(e.field), e.reason))?;
+    let payload = if inject.is_empty() {
+        line.as_bytes().to_vec()
+    } else {
+        // The event is a non-empty JSON object (validation needs an exception or a message):
+        // splice the missing fields in right after its opening brace.
+        let brace = line.find('{').expect("parsed as an object");
+        let mut out = Vec::with_capacity(line.len() + inject.len());
+        out.extend_from_slice(&line.as_bytes()[..=brace]);
+        out.extend_from_slice(inject.as_bytes());
+        out.extend_from_slice(&line.as_bytes()[brace + 1..]);
+        out
+    };
+    Ok(Ready { id, payload })
+}
+
+async fn ingest(State(st): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: Body) -> Result<Json<Accepted>, ApiError> {
+    let t0 = Instant::now();
+    let cfg = &st.cfg.http;
+    if !is_project_slug(&project) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "project in the URL must match [a-z0-9][a-z0-9_-]* (at most 64 characters)"));
+    }
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+        if len > cfg.max_body_bytes {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {len} bytes is larger than {} bytes", cfg.max_body_bytes)));
+        }
+    }
+    let bytes = axum::body::to_bytes(body, cfg.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {} bytes", cfg.max_body_bytes)))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body is not UTF-8: {e}")))?;
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl"));
+    // Without an NDJSON content type, a body that is one JSON value (even pretty-printed) is
+    // one event; otherwise it is read as lines.
+    let single = !ndjson && (!text.trim().contains('\n') || serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
+    let lines: Vec<(usize, &str)> = if !single {
+        text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty()).collect()
+    } else {
+        vec![(1, text.trim())]
+    };
+    if lines.is_empty() || lines.iter().all(|(_, l)| l.is_empty()) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "request body is empty; send one JSON event or NDJSON lines"));
+    }
+    if lines.len() > cfg.max_events_per_request {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{} events in one request; at most {}", lines.len(), cfg.max_events_per_request)));
+    }
+    let received = now_ms();
+    let mut ready = Vec::with_capacity(lines.len());
+    let mut details = Vec::new();
+    let mut too_large = false;
+    for (line_no, line) in &lines {
+        if line.len() > cfg.max_event_bytes {
+            too_large = true;
+            details.push(Detail { line: *line_no, field: None, reason: format!("event of {} bytes is larger than {} bytes", line.len(), cfg.max_event_bytes) });
+            continue;
+        }
+        match prepare(line, &project, received) {
+            Ok(r) => ready.push(r),
+            Err((field, reason)) => details.push(Detail { line: *line_no, field, reason }),
+        }
+    }
+    if !details.is_empty() {
+        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "invalid").increment(details.len() as u64);
+        let status = if too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+        let mut err = ApiError::new(status, format!("{} of {} events are invalid; nothing was accepted", details.len(), lines.len()));
+        err.details = details;
+        return Err(err);
+    }
+    // Many sends in flight at once; the request answers when Kafka acknowledged them all.
+    let topic = &st.cfg.topics.events;
+    let mut futures = Vec::with_capacity(ready.len());
+    for r in &ready {
+        let rec = FutureRecord::to(topic).key(r.id.as_bytes()).payload(r.payload.as_slice());
+        match st.producer.send_result(rec) {
+            Ok(f) => futures.push(f),
+            Err((e, _)) => {
+                metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
+                return Err(with_retry_after(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot queue events for Kafka: {e}"))));
+            }
+        }
+    }
+    let results = tokio::time::timeout(Duration::from_millis(cfg.delivery_timeout_ms + 1000), futures::future::join_all(futures)).await;
+    let failed = match results {
+        Ok(rs) => rs.into_iter().filter(|r| !matches!(r, Ok(Ok(_)))).count(),
+        Err(_) => ready.len(),
+    };
+    if failed > 0 {
+        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(failed as u64);
+        return Err(with_retry_after(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Kafka did not acknowledge {failed} of {} events; retry the request", ready.len()),
+        )));
+    }
+    metrics::counter!(m::EVENTS_TOTAL, "outcome" => "accepted").increment(ready.len() as u64);
+    metrics::counter!(m::REQUESTS_TOTAL, "status" => "200").increment(1);
+    metrics::histogram!(m::REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+    Ok(Json(Accepted { accepted: ready.len(), ids: ready.into_iter().map(|r| r.id).collect() }))
+}
+
+/// Kafka is unavailable or slow: tell the client when to come back.
+fn with_retry_after(mut e: ApiError) -> ApiError {
+    e.retry_after_secs = Some(5);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_671_540_000;
+
+    #[test]
+    fn prepare_fills_in_missing_ids_and_project() {
+        let r = prepare(r#"{"message":"boom"}"#, "web", NOW).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(v["project"], "web");
+        assert_eq!(v["event_id"], r.id.as_str());
+        assert_eq!(v["message"], "boom");
+        assert_eq!(r.id.len(), 32);
+    }
+
+    #[test]
+    fn prepare_keeps_given_bytes_verbatim() {
+        let line = r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"x"}"#;
+        let r = prepare(line, "web", NOW).unwrap();
+        assert_eq!(r.payload, line.as_bytes());
+        assert_eq!(r.id, "0123456789abcdef0123456789abcdef");
+    }
+
+    #[test]
+    fn prepare_rejects_with_field() {
+        assert_eq!(prepare(r#"{"project":"api","message":"x"}"#, "web", NOW).unwrap_err().0.as_deref(), Some("project"));
+        assert_eq!(prepare(r#"{"level":"loud","message":"x"}"#, "web", NOW).unwrap_err().0.as_deref(), Some("level"));
+        assert_eq!(prepare("{", "web", NOW).unwrap_err().0, None);
+    }
+}

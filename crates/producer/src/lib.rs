@@ -1,0 +1,55 @@
+//! The tracefold producer: an HTTP endpoint that validates error events and publishes them
+//! to the raw events topic with an idempotent, batching, compressing Kafka producer.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+
+pub use config::Config;
+
+use anyhow::Context as _;
+use rdkafka::producer::{FutureProducer, Producer};
+use std::sync::Arc;
+use std::time::Duration;
+use tracefold_runtime::telemetry::{ops_router, Health};
+use tracefold_runtime::Shutdown;
+
+/// Builds the Kafka producer for `cfg` and checks that the events topic exists.
+///
+/// # Errors
+/// When the producer cannot be created or the topic is missing.
+pub fn kafka_producer(cfg: &Config) -> anyhow::Result<FutureProducer> {
+    let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&cfg.kafka, cfg.http.delivery_timeout_ms)
+        .create()
+        .context("cannot create the Kafka producer")?;
+    tracefold_runtime::kafka::check_topics(producer.client(), &[&cfg.topics.events], Duration::from_secs(10))?;
+    Ok(producer)
+}
+
+/// Serves the ingestion endpoint (and `/metrics`, `/healthz`, `/readyz`, ready when every
+/// `health` is) on `listener` until `shutdown` fires, then flushes the producer.
+///
+/// # Errors
+/// When Kafka is unusable at start-up or the server fails.
+pub async fn serve(cfg: Config, listener: tokio::net::TcpListener, shutdown: Shutdown, health: Health, others: Vec<Health>) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let c = cfg.clone();
+    let producer = tokio::task::spawn_blocking(move || kafka_producer(&c)).await??;
+    let mut all = vec![health.clone()];
+    all.extend(others);
+    let app = http::router(http::AppState { cfg: cfg.clone(), producer: producer.clone() }).merge(ops_router(all));
+    health.set_ready(true);
+    tracing::info!(addr = %listener.local_addr()?, "producer listening");
+    let s = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            s.wait().await;
+        })
+        .await
+        .context("http server failed")?;
+    health.set_ready(false);
+    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await??;
+    tracing::info!("producer stopped");
+    Ok(())
+}
