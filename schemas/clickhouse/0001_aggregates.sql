@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS {db}.aggregates
     platform         String,
     grouping_version String,
     sample           String,
+    src_epoch        String,
     src_topic        String,
     src_partition    Int32,
     src_first_offset Int64,

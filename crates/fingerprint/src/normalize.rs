@@ -265,10 +265,9 @@ fn parameterize_line(line: &str, out: &mut String) {
 /// Within a word that is not a whole token of a known kind, replace embedded numbers
 /// (`user42` stays, `id=42` -> `id=<int>`, `a/123/b` -> `a/<int>/b`).
 fn parameterize_inner(word: &str, out: &mut String) {
-    for (k, part) in word.split_inclusive(['=', '/', ':']).enumerate() {
-        let _ = k;
+    for part in word.split_inclusive(['=', '/', ':', '_']) {
         let (body, sep) = match part.as_bytes().last() {
-            Some(b'=' | b'/' | b':') => (&part[..part.len() - 1], &part[part.len() - 1..]),
+            Some(b'=' | b'/' | b':' | b'_') => (&part[..part.len() - 1], &part[part.len() - 1..]),
             _ => (part, ""),
         };
         match classify(body) {
@@ -448,6 +447,7 @@ mod tests {
             ("ratio 0.75 too high.", "ratio <float> too high."),
             ("key=\"secret value\" rejected", "key=\"<value>\" rejected"),
             ("item id=42 and path /a/123/b", "item id=<int> and path /a/<int>/b"),
+            ("Undefined index: report_2085606151", "Undefined index: report_<int>"),
             ("at 2026-11-26T05:39:00Z", "at <date>"),
             ("first\n\n second \nthird", "first\nsecond"),
         ];

@@ -135,7 +135,15 @@ impl BatchBuilder {
                 let i = self.partials.len();
                 self.partials.push(AggregateRecord {
                     v: AGGREGATE_FORMAT_VERSION,
-                    batch: BatchRef { topic: String::new(), partition: 0, first_offset: 0, last_offset: 0, index: 0, count: 0 },
+                    batch: BatchRef {
+                        epoch: String::new(),
+                        topic: String::new(),
+                        partition: 0,
+                        first_offset: 0,
+                        last_offset: 0,
+                        index: 0,
+                        count: 0,
+                    },
                     project: project.to_owned(),
                     issue_id: fp.to_hex(),
                     minute,
@@ -169,13 +177,14 @@ impl BatchBuilder {
         Ok(())
     }
 
-    /// Closes the batch `[first_offset, last_offset]` of `topic`/`partition` and returns its
-    /// output; the builder is empty afterwards.
-    pub fn finish(&mut self, topic: &str, partition: i32, first_offset: i64, last_offset: i64) -> BatchOutput {
+    /// Closes the batch `[first_offset, last_offset]` of `topic`/`partition` (of source log
+    /// incarnation `epoch`) and returns its output; the builder is empty afterwards.
+    pub fn finish(&mut self, epoch: &str, topic: &str, partition: i32, first_offset: i64, last_offset: i64) -> BatchOutput {
         let mut records = std::mem::take(&mut self.partials);
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
         for (i, r) in records.iter_mut().enumerate() {
             r.batch = BatchRef {
+                epoch: epoch.to_owned(),
                 topic: topic.to_owned(),
                 partition,
                 first_offset,
@@ -236,7 +245,7 @@ mod tests {
         b.add(event(4, 2, 1, 0).as_bytes(), 14, NOW);
         b.add(event(5, 1, 1, 1).as_bytes(), 15, NOW);
         b.add(br#"{"event_id":"00000000000000000000000000000006","message":"no project"}"#, 16, NOW);
-        let out = b.finish("t", 3, 10, 16);
+        let out = b.finish("e1", "t", 3, 10, 16);
         assert_eq!(out.accepted, 5);
         assert_eq!(out.records.len(), 3);
         let r0 = &out.records[0];
@@ -249,7 +258,7 @@ mod tests {
         assert_eq!(out.rejected[1].reason, "invalid event: project: missing");
         assert_eq!(out.rejected[0].payload, b"{not json");
         // The builder is reusable and empty.
-        assert_eq!(b.finish("t", 3, 17, 17), BatchOutput::default());
+        assert_eq!(b.finish("e1", "t", 3, 17, 17), BatchOutput::default());
     }
 
     proptest! {
@@ -271,7 +280,7 @@ mod tests {
                     *per_issue.entry(format!("Error{issue}")).or_default() += 1;
                 }
             }
-            let first = b.finish("t", 0, 0, evs.len() as i64);
+            let first = b.finish("e1", "t", 0, 0, evs.len() as i64);
             let total: u64 = first.records.iter().map(|r| r.count).sum();
             prop_assert_eq!(total, expected_ok);
             prop_assert_eq!(first.accepted, expected_ok);
@@ -289,7 +298,7 @@ mod tests {
                     b.add(event(i as u64, *issue, *user, *minute).as_bytes(), i as i64, NOW);
                 }
             }
-            let replay = b.finish("t", 0, 0, evs.len() as i64);
+            let replay = b.finish("e1", "t", 0, 0, evs.len() as i64);
             prop_assert_eq!(first, replay);
         }
     }

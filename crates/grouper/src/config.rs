@@ -36,6 +36,10 @@ pub struct GrouperSection {
     pub max_users: usize,
     /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
     pub listen: String,
+    /// Incarnation of the events log, recorded with every aggregate so that offsets of a
+    /// recreated topic are not mistaken for replays. Empty: the Kafka cluster id. Set a new
+    /// value after deleting and recreating the events topic on the same cluster.
+    pub epoch: String,
 }
 
 impl Default for GrouperSection {
@@ -47,6 +51,7 @@ impl Default for GrouperSection {
             batch_max_age_ms: 1000,
             max_users: tracefold_model::aggregate::DEFAULT_MAX_USERS,
             listen: "127.0.0.1:9101".into(),
+            epoch: String::new(),
         }
     }
 }

@@ -112,6 +112,11 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         &[&cfg.topics.events, &cfg.topics.aggregates, &cfg.topics.dlq],
         Duration::from_secs(10),
     )?;
+    let epoch = if cfg.grouper.epoch.is_empty() {
+        consumer.client().fetch_cluster_id(Duration::from_secs(10)).context("cannot read the Kafka cluster id (set grouper.epoch)")?
+    } else {
+        cfg.grouper.epoch.clone()
+    };
     consumer.subscribe(&[&cfg.topics.events]).context("cannot subscribe")?;
     health.set_ready(true);
     tracing::info!(topic = %cfg.topics.events, group = %cfg.grouper.group_id, "grouper started");
@@ -120,7 +125,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     let mut parts: HashMap<i32, PartState> = HashMap::new();
     let max_age = Duration::from_millis(cfg.grouper.batch_max_age_ms);
     let mut last_age_check = Instant::now();
-    let mut g = Grouper { cfg, consumer: &consumer, producer: &producer };
+    let mut g = Grouper { cfg, epoch: &epoch, consumer: &consumer, producer: &producer };
 
     while !shutdown.is_triggered() {
         let msg = consumer.poll(Duration::from_millis(100));
@@ -193,6 +198,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
 
 struct Grouper<'a> {
     cfg: &'a Config,
+    epoch: &'a str,
     consumer: &'a BaseConsumer<GroupCtx>,
     producer: &'a ThreadedProducer<DeliveryCtx>,
 }
@@ -255,7 +261,7 @@ impl Grouper<'_> {
         let t0 = Instant::now();
         let events = st.builder.events();
         let topic = &self.cfg.topics.events;
-        let out = st.builder.finish(topic, partition, first, last);
+        let out = st.builder.finish(self.epoch, topic, partition, first, last);
         st.first = None;
         st.replay_last = None;
         if !replay {

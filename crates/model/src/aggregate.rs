@@ -16,6 +16,10 @@ pub const DEFAULT_MAX_USERS: usize = 4096;
 /// `index`, so the writer can recognise re-emitted records by `(partition, first_offset, index)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchRef {
+    /// Which incarnation of the source log: the Kafka cluster id, or the grouper's configured
+    /// epoch. Offsets restart when a topic is recreated; the epoch keeps identities apart.
+    #[serde(default)]
+    pub epoch: String,
     /// Source (raw events) topic.
     pub topic: String,
     /// Source partition.

@@ -30,6 +30,7 @@ pub struct AggregateRow<'a> {
     platform: &'a str,
     grouping_version: &'a str,
     sample: &'a str,
+    src_epoch: &'a str,
     src_topic: &'a str,
     src_partition: i32,
     src_first_offset: i64,
@@ -66,6 +67,7 @@ impl<'a> AggregateRow<'a> {
             platform: &r.platform,
             grouping_version: &r.grouping_version,
             sample: &r.sample,
+            src_epoch: &r.batch.epoch,
             src_topic: &r.batch.topic,
             src_partition: r.batch.partition,
             src_first_offset: r.batch.first_offset,
@@ -82,11 +84,12 @@ impl<'a> AggregateRow<'a> {
 /// Position of a record within its source partition's batches.
 pub type Mark = (i64, u32);
 
-/// Watermarks of one aggregates partition: source topic -> source partition -> largest stored.
-pub type Watermarks = HashMap<String, HashMap<i32, Mark>>;
+/// Watermarks of one aggregates partition: (source epoch, topic, partition) -> largest stored.
+pub type Watermarks = HashMap<(String, String, i32), Mark>;
 
 #[derive(clickhouse::Row, serde::Deserialize)]
 struct WatermarkRow {
+    src_epoch: String,
     src_topic: String,
     src_partition: i32,
     first: i64,
@@ -100,37 +103,33 @@ struct WatermarkRow {
 pub async fn load_watermarks(client: &Client, db: &str, agg_topic: &str, agg_partition: i32) -> clickhouse::error::Result<Watermarks> {
     let rows = client
         .query(&format!(
-            "SELECT src_topic, src_partition, m.1 AS first, m.2 AS index FROM ( \
-               SELECT src_topic, src_partition, max((src_first_offset, rec_index)) AS m \
+            "SELECT src_epoch, src_topic, src_partition, m.1 AS first, m.2 AS index FROM ( \
+               SELECT src_epoch, src_topic, src_partition, max((src_first_offset, rec_index)) AS m \
                FROM {db}.aggregates WHERE agg_topic = ? AND agg_partition = ? \
-               GROUP BY src_topic, src_partition)"
+               GROUP BY src_epoch, src_topic, src_partition)"
         ))
         .bind(agg_topic)
         .bind(agg_partition)
         .fetch_all::<WatermarkRow>()
         .await?;
-    let mut wm = Watermarks::new();
-    for r in rows {
-        wm.entry(r.src_topic).or_default().insert(r.src_partition, (r.first, r.index));
-    }
-    Ok(wm)
+    Ok(rows.into_iter().map(|r| ((r.src_epoch, r.src_topic, r.src_partition), (r.first, r.index))).collect())
 }
 
 /// Whether `r` is new relative to `wm`; if so, advances `wm` past it.
 pub fn admit(wm: &mut Watermarks, r: &AggregateRecord) -> bool {
     let mark = (r.batch.first_offset, r.batch.index);
-    let by_partition = match wm.get_mut(r.batch.topic.as_str()) {
-        Some(m) => m,
-        None => wm.entry(r.batch.topic.clone()).or_default(),
-    };
-    match by_partition.get_mut(&r.batch.partition) {
-        Some(m) if *m >= mark => false,
-        Some(m) => {
-            *m = mark;
-            true
+    // One small allocation per aggregate row (not per event): rows are few.
+    match wm.entry((r.batch.epoch.clone(), r.batch.topic.clone(), r.batch.partition)) {
+        std::collections::hash_map::Entry::Occupied(mut o) => {
+            if *o.get() >= mark {
+                false
+            } else {
+                o.insert(mark);
+                true
+            }
         }
-        None => {
-            by_partition.insert(r.batch.partition, mark);
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(mark);
             true
         }
     }
@@ -144,7 +143,7 @@ mod tests {
     fn rec(p: i32, first: i64, index: u32) -> AggregateRecord {
         AggregateRecord {
             v: 1,
-            batch: BatchRef { topic: "e".into(), partition: p, first_offset: first, last_offset: first + 9, index, count: 3 },
+            batch: BatchRef { epoch: "x".into(), topic: "e".into(), partition: p, first_offset: first, last_offset: first + 9, index, count: 3 },
             project: "p".into(),
             issue_id: "i".into(),
             minute: 0,

@@ -1,0 +1,258 @@
+//! `tracefold dev`: the whole pipeline in one process on an embedded Kafka (librdkafka's mock
+//! cluster) against a ClickHouse server.
+
+use crate::loadgen::{LoadOptions, LoadSummary, Target};
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tracefold_runtime::config::{ClickHouseConfig, KafkaConfig, TelemetryConfig, TopicsConfig};
+use tracefold_runtime::devbroker::DevBroker;
+use tracefold_runtime::telemetry::Health;
+use tracefold_runtime::Shutdown;
+
+/// The config file of `tracefold dev`: every service's sections in one file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevConfig {
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// ClickHouse connection.
+    pub clickhouse: ClickHouseConfig,
+    /// HTTP endpoint.
+    pub http: tracefold_producer::config::HttpSection,
+    /// Grouper options.
+    pub grouper: tracefold_grouper::config::GrouperSection,
+    /// Grouping options.
+    pub grouping: tracefold_fingerprint::GroupingConfig,
+    /// Writer options.
+    pub writer: tracefold_writer::config::WriterSection,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Options of `tracefold dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Combined config file.
+    pub config: Option<PathBuf>,
+    /// ClickHouse URL (overrides the config).
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database (overrides the config).
+    pub database: Option<String>,
+    /// HTTP listen address.
+    pub listen: String,
+    /// Only run the embedded Kafka.
+    pub broker_only: bool,
+    /// Partitions of the events and aggregates topics.
+    pub partitions: Option<i32>,
+    /// Send this many sample events once started, then show the top issues.
+    pub sample_events: u64,
+    /// Issues in the sample load.
+    pub sample_issues: usize,
+    /// Stop after the sample load is stored and shown.
+    pub exit_after_sample: bool,
+}
+
+/// A running pipeline: broker, grouper, writer and producer.
+pub struct Pipeline {
+    /// The embedded Kafka.
+    pub broker: DevBroker,
+    /// The config in force.
+    pub cfg: DevConfig,
+    /// Fires to stop everything.
+    pub shutdown: Shutdown,
+    /// Where the producer listens.
+    pub http_addr: SocketAddr,
+    threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+    producer: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Pipeline {
+    /// Starts broker, migrations, grouper, writer and producer. Call on the thread that will
+    /// keep the returned value (the mock cluster stays on it).
+    ///
+    /// # Errors
+    /// When Kafka, ClickHouse or the listen address is unusable.
+    pub async fn start(cfg: DevConfig, listen: &str, partitions: Option<i32>, quiet: bool) -> anyhow::Result<Self> {
+        let broker = DevBroker::start(1, &cfg.topics, partitions)?;
+        let bootstrap = broker.bootstrap_servers();
+        let kafka = KafkaConfig { bootstrap_servers: bootstrap.clone(), ..KafkaConfig::default() };
+        let report = tracefold_writer::migrate::migrate(&cfg.clickhouse, |m, done| {
+            if !quiet && !done {
+                eprintln!("  migration {:04}_{} ...", m.version, m.name);
+            }
+        })
+        .await?;
+        if !quiet {
+            eprintln!(
+                "ClickHouse {} at {}: database {} ({} migrations applied, {} already there)",
+                report.server_version,
+                cfg.clickhouse.url,
+                cfg.clickhouse.database,
+                report.applied.len(),
+                report.skipped.len()
+            );
+        }
+        let shutdown = Shutdown::new();
+        let (gh, wh, ph) = (Health::default(), Health::default(), Health::default());
+        let mut grouper_section = cfg.grouper.clone();
+        if grouper_section.epoch.is_empty() {
+            // The embedded Kafka is new on every start; its offsets restart at 0.
+            grouper_section.epoch = format!("dev-{:016x}", rand::random::<u64>());
+        }
+        let gcfg = tracefold_grouper::Config {
+            kafka: kafka.clone(),
+            topics: cfg.topics.clone(),
+            grouper: grouper_section,
+            grouping: cfg.grouping.clone(),
+            telemetry: cfg.telemetry.clone(),
+        };
+        let wcfg = tracefold_writer::Config {
+            kafka: kafka.clone(),
+            topics: cfg.topics.clone(),
+            clickhouse: cfg.clickhouse.clone(),
+            writer: cfg.writer.clone(),
+            telemetry: cfg.telemetry.clone(),
+        };
+        let pcfg = tracefold_producer::Config { kafka, topics: cfg.topics.clone(), http: cfg.http.clone(), telemetry: cfg.telemetry.clone() };
+        let mut threads = Vec::new();
+        for (name, run) in [
+            ("grouper", Box::new(move |s: Shutdown, h: Health| tracefold_grouper::service::run(&gcfg, &s, &h)) as Box<dyn FnOnce(Shutdown, Health) -> anyhow::Result<()> + Send>),
+            ("writer", Box::new(move |s: Shutdown, h: Health| tracefold_writer::service::run(&wcfg, &s, &h))),
+        ] {
+            let s = shutdown.clone();
+            let h = if name == "grouper" { gh.clone() } else { wh.clone() };
+            threads.push(std::thread::Builder::new().name(name.into()).spawn(move || {
+                let r = run(s.clone(), h);
+                if let Err(e) = &r {
+                    tracing::error!(service = name, error = %format!("{e:#}"), "service failed; stopping");
+                    s.trigger();
+                }
+                r
+            })?);
+        }
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let http_addr = listener.local_addr()?;
+        let producer = tokio::spawn(tracefold_producer::serve(pcfg, listener, shutdown.clone(), ph, vec![gh, wh]));
+        Ok(Self { broker, cfg, shutdown, http_addr, threads, producer })
+    }
+
+    /// The embedded Kafka's bootstrap servers.
+    pub fn bootstrap_servers(&self) -> String {
+        self.broker.bootstrap_servers()
+    }
+
+    /// Stops every service and waits for them.
+    ///
+    /// # Errors
+    /// The first service error.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        let mut first_err = None;
+        match self.producer.await {
+            Ok(Err(e)) => first_err = first_err.or(Some(e)),
+            Err(e) => first_err = first_err.or(Some(e.into())),
+            Ok(Ok(())) => {}
+        }
+        for t in self.threads {
+            match tokio::task::spawn_blocking(move || t.join()).await? {
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(_) => first_err = first_err.or(Some(anyhow::anyhow!("a service thread panicked"))),
+                Ok(Ok(())) => {}
+            }
+        }
+        drop(self.broker);
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Waits until ClickHouse holds `expected` events (or `timeout` passes); returns the count.
+///
+/// # Errors
+/// When ClickHouse does not answer.
+pub async fn wait_for_events(ch: &ClickHouseConfig, expected: u64, timeout: Duration, progress: bool) -> anyhow::Result<u64> {
+    let client = tracefold_writer::migrate::client(ch);
+    let deadline = Instant::now() + timeout;
+    let mut last = u64::MAX;
+    loop {
+        let n = crate::query::total_events(&client, &ch.database).await?;
+        if progress && n != last {
+            eprintln!("  {n} of {expected} events stored in ClickHouse");
+            last = n;
+        }
+        if n >= expected || Instant::now() >= deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs `tracefold dev`.
+///
+/// # Errors
+/// When the pipeline cannot start, or a service fails.
+pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    let mut cfg: DevConfig = tracefold_runtime::config::load(opts.config.as_deref(), std::env::vars())?;
+    if let Some(u) = &opts.clickhouse_url {
+        cfg.clickhouse.url.clone_from(u);
+    }
+    if let Some(d) = &opts.database {
+        cfg.clickhouse.database.clone_from(d);
+    }
+    tracefold_runtime::telemetry::init_logging(&cfg.telemetry);
+    if opts.broker_only {
+        let broker = DevBroker::start(1, &cfg.topics, opts.partitions)?;
+        println!("{}", broker.bootstrap_servers());
+        eprintln!(
+            "embedded Kafka running (topics {}, {}, {}); Ctrl-C stops it",
+            cfg.topics.events, cfg.topics.aggregates, cfg.topics.dlq
+        );
+        let s = Shutdown::new();
+        s.trigger_on_signals();
+        s.wait().await;
+        return Ok(());
+    }
+    let pipeline = Pipeline::start(cfg.clone(), &opts.listen, opts.partitions, false).await?;
+    pipeline.shutdown.trigger_on_signals();
+    let url = format!("http://{}", pipeline.http_addr);
+    eprintln!("\ntracefold dev is running");
+    eprintln!("  ingest:    POST {url}/api/v1/projects/{{project}}/events   (one JSON event or NDJSON)");
+    eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
+    eprintln!("  kafka:     {}", pipeline.bootstrap_servers());
+    eprintln!("  try:       tracefold loadgen --http {url} --events 10000");
+    eprintln!("             tracefold top --since 1h --clickhouse-url {}", cfg.clickhouse.url);
+    eprintln!("  Ctrl-C stops it\n");
+    if opts.sample_events > 0 {
+        let summary = sample_load(&url, &opts).await?;
+        eprintln!(
+            "sample load: {} events sent, {} accepted, {} failed in {:.1}s ({:.0} events/s)",
+            summary.sent, summary.accepted, summary.failed, summary.elapsed_secs, summary.events_per_sec
+        );
+        let stored = wait_for_events(&cfg.clickhouse, summary.accepted, Duration::from_secs(120), true).await?;
+        let client = tracefold_writer::migrate::client(&cfg.clickhouse);
+        let rows = crate::query::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
+        println!("\nTop issues (last 2 hours), {stored} events stored:\n");
+        print!("{}", crate::query::render_top(&rows));
+        if opts.exit_after_sample {
+            pipeline.shutdown.trigger();
+        }
+    }
+    pipeline.shutdown.wait().await;
+    eprintln!("stopping ...");
+    pipeline.stop().await
+}
+
+async fn sample_load(url: &str, opts: &DevOptions) -> anyhow::Result<LoadSummary> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let load = LoadOptions {
+        events: opts.sample_events,
+        rate: 0,
+        batch: 200,
+        concurrency: 4,
+        progress: true,
+        gen: crate::gen::GenOptions { issues: opts.sample_issues, now_secs: now, seed: rand::random(), ..Default::default() },
+    };
+    crate::loadgen::run(&Target::Http(url.to_owned()), &load).await
+}

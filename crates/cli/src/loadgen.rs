@@ -1,0 +1,236 @@
+//! `tracefold loadgen`: sends generated events to the HTTP endpoint or straight to Kafka,
+//! with pacing, a progress bar and a summary.
+
+use crate::gen::{GenOptions, Generator};
+use anyhow::Context as _;
+use futures::stream::{FuturesUnordered, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Where events go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Base URL of a producer, e.g. `http://127.0.0.1:8080`.
+    Http(String),
+    /// Kafka bootstrap servers and the events topic.
+    Kafka {
+        /// `host:port,...`
+        bootstrap_servers: String,
+        /// Events topic.
+        topic: String,
+    },
+}
+
+/// Load options.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Events to send.
+    pub events: u64,
+    /// Events per second; 0 for as fast as possible.
+    pub rate: u64,
+    /// Events per HTTP request.
+    pub batch: usize,
+    /// HTTP requests in flight.
+    pub concurrency: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Generator options.
+    pub gen: GenOptions,
+}
+
+/// What a load run did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LoadSummary {
+    /// Events sent.
+    pub sent: u64,
+    /// Events acknowledged (HTTP 200 or Kafka ack).
+    pub accepted: u64,
+    /// Events refused or not acknowledged.
+    pub failed: u64,
+    /// Seconds.
+    pub elapsed_secs: f64,
+    /// Accepted events per second.
+    pub events_per_sec: f64,
+    /// Accepted events per issue index.
+    #[serde(skip)]
+    pub per_issue: HashMap<usize, u64>,
+    /// Distinct users per issue index (of accepted events).
+    #[serde(skip)]
+    pub users_per_issue: HashMap<usize, std::collections::HashSet<u64>>,
+}
+
+fn bar(total: u64, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+async fn pace(start: Instant, sent: u64, rate: u64) {
+    if rate > 0 {
+        let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+    }
+}
+
+/// Runs the load.
+///
+/// # Errors
+/// When the target cannot be reached at all.
+pub async fn run(target: &Target, opts: &LoadOptions) -> anyhow::Result<LoadSummary> {
+    match target {
+        Target::Http(url) => run_http(url, opts).await,
+        Target::Kafka { bootstrap_servers, topic } => run_kafka(bootstrap_servers, topic, opts).await,
+    }
+}
+
+type Batch = Vec<(usize, u64, String)>;
+
+async fn run_http(url: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let mut g = Generator::new(opts.gen.clone());
+    let pb = bar(opts.events, opts.progress);
+    let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut buckets: HashMap<&'static str, Batch> = HashMap::new();
+    let start = Instant::now();
+    let mut summary = LoadSummary::default();
+    let base = url.trim_end_matches('/').to_owned();
+    let send = |project: &'static str, batch: Batch, tasks: &mut tokio::task::JoinSet<(Batch, bool)>, permit| {
+        let client = client.clone();
+        let url = format!("{base}/api/v1/projects/{project}/events");
+        let pb = pb.clone();
+        tasks.spawn(async move {
+            let _permit: tokio::sync::OwnedSemaphorePermit = permit;
+            let body: String = batch.iter().map(|(_, _, j)| j.as_str()).collect::<Vec<_>>().join("\n");
+            let ok = match client.post(&url).header("content-type", "application/x-ndjson").body(body).send().await {
+                Ok(r) if r.status().is_success() => true,
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    tracing::warn!(%status, body = %text.chars().take(300).collect::<String>(), "request refused");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "request failed");
+                    false
+                }
+            };
+            pb.inc(batch.len() as u64);
+            (batch, ok)
+        });
+    };
+    for i in 0..opts.events {
+        let e = g.next_event();
+        let b = buckets.entry(e.project).or_default();
+        b.push((e.issue, e.user, e.json));
+        if b.len() >= opts.batch || i + 1 == opts.events {
+            let batch = std::mem::take(b);
+            pace(start, i + 1, opts.rate).await;
+            let permit = sem.clone().acquire_owned().await?;
+            send(e.project, batch, &mut tasks, permit);
+        }
+        summary.sent += 1;
+        while let Some(done) = tasks.try_join_next() {
+            account(&mut summary, done?);
+        }
+    }
+    for (project, batch) in buckets.drain() {
+        if !batch.is_empty() {
+            let permit = sem.clone().acquire_owned().await?;
+            send(project, batch, &mut tasks, permit);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        account(&mut summary, done?);
+    }
+    pb.finish_and_clear();
+    finish(&mut summary, start);
+    Ok(summary)
+}
+
+fn account(s: &mut LoadSummary, (batch, ok): (Batch, bool)) {
+    if ok {
+        s.accepted += batch.len() as u64;
+        for (issue, user, _) in batch {
+            *s.per_issue.entry(issue).or_default() += 1;
+            s.users_per_issue.entry(issue).or_default().insert(user);
+        }
+    } else {
+        s.failed += batch.len() as u64;
+    }
+}
+
+fn finish(s: &mut LoadSummary, start: Instant) {
+    s.elapsed_secs = start.elapsed().as_secs_f64();
+    s.events_per_sec = if s.elapsed_secs > 0.0 { s.accepted as f64 / s.elapsed_secs } else { 0.0 };
+}
+
+async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> {
+    let kafka = tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
+    let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&kafka, 30_000).create().context("cannot create the Kafka producer")?;
+    let mut g = Generator::new(opts.gen.clone());
+    let pb = bar(opts.events, opts.progress);
+    let start = Instant::now();
+    let mut summary = LoadSummary::default();
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..opts.events {
+        let e = g.next_event();
+        if i % 1000 == 0 {
+            pace(start, i, opts.rate).await;
+        }
+        loop {
+            match producer.send_result(FutureRecord::to(topic).key(e.event_id.as_bytes()).payload(e.json.as_bytes())) {
+                Ok(f) => {
+                    inflight.push(async move { (e.issue, e.user, matches!(f.await, Ok(Ok(_)))) });
+                    break;
+                }
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    if let Some(done) = inflight.next().await {
+                        account_one(&mut summary, done, &pb);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                Err((err, _)) => return Err(err).context("cannot enqueue an event"),
+            }
+        }
+        summary.sent += 1;
+        while inflight.len() > 100_000 {
+            if let Some(done) = inflight.next().await {
+                account_one(&mut summary, done, &pb);
+            }
+        }
+    }
+    while let Some(done) = inflight.next().await {
+        account_one(&mut summary, done, &pb);
+    }
+    let _ = producer.flush(Duration::from_secs(30));
+    pb.finish_and_clear();
+    finish(&mut summary, start);
+    Ok(summary)
+}
+
+fn account_one(s: &mut LoadSummary, (issue, user, ok): (usize, u64, bool), pb: &ProgressBar) {
+    pb.inc(1);
+    if ok {
+        s.accepted += 1;
+        *s.per_issue.entry(issue).or_default() += 1;
+        s.users_per_issue.entry(issue).or_default().insert(user);
+    } else {
+        s.failed += 1;
+    }
+}

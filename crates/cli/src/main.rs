@@ -1,0 +1,365 @@
+//! `tracefold`: run the pipeline locally, apply migrations, generate load, look at issues.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tracefold_cli::{dev, gen, loadgen, query};
+use tracefold_runtime::config::ClickHouseConfig;
+
+#[derive(Parser)]
+#[command(name = "tracefold", version, about = "Error events -> issues, counted in ClickHouse")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Clone)]
+struct ChArgs {
+    /// ClickHouse HTTP URL.
+    #[arg(long, default_value = "http://127.0.0.1:8123", env = "TRACEFOLD_CLICKHOUSE_URL")]
+    clickhouse_url: String,
+    /// ClickHouse database.
+    #[arg(long, default_value = "tracefold", env = "TRACEFOLD_CLICKHOUSE_DATABASE")]
+    database: String,
+    /// ClickHouse user.
+    #[arg(long, default_value = "default", env = "TRACEFOLD_CLICKHOUSE_USER")]
+    user: String,
+    /// ClickHouse password.
+    #[arg(long, default_value = "", env = "TRACEFOLD_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    password: String,
+}
+
+impl ChArgs {
+    fn config(&self) -> ClickHouseConfig {
+        ClickHouseConfig { url: self.clickhouse_url.clone(), user: self.user.clone(), password: self.password.clone(), database: self.database.clone() }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole pipeline in one process on an embedded Kafka, until Ctrl-C.
+    Dev {
+        /// Combined config file (sections of every service).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// ClickHouse HTTP URL.
+        #[arg(long, default_value = "http://127.0.0.1:8123")]
+        clickhouse_url: String,
+        /// ClickHouse database.
+        #[arg(long)]
+        database: Option<String>,
+        /// HTTP listen address of the producer.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Only run the embedded Kafka and print its bootstrap servers.
+        #[arg(long)]
+        broker_only: bool,
+        /// Partitions of the events and aggregates topics.
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Send this many sample events once started, then show the top issues.
+        #[arg(long, default_value_t = 0)]
+        sample_events: u64,
+        /// Distinct issues in the sample load.
+        #[arg(long, default_value_t = 40)]
+        sample_issues: usize,
+        /// Exit once the sample load is stored and shown.
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Create or upgrade the ClickHouse schema (idempotent).
+    Migrate {
+        #[command(flatten)]
+        ch: ChArgs,
+    },
+    /// Send synthetic error events to the HTTP endpoint or straight to Kafka.
+    Loadgen {
+        /// Producer base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, conflicts_with = "bootstrap_servers", required_unless_present = "bootstrap_servers")]
+        http: Option<String>,
+        /// Kafka bootstrap servers (publishes to the events topic directly).
+        #[arg(long)]
+        bootstrap_servers: Option<String>,
+        /// Events topic (with --bootstrap-servers).
+        #[arg(long, default_value = "tracefold.events")]
+        topic: String,
+        /// Events to send.
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Events per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Distinct issues.
+        #[arg(long, default_value_t = 50)]
+        issues: usize,
+        /// Distinct users.
+        #[arg(long, default_value_t = 5_000)]
+        users: u64,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Events per HTTP request.
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+        /// HTTP requests in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Summary format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show the issues with the most events in a recent window.
+    Top {
+        /// Window, e.g. 15m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        since: Duration,
+        /// Most issues shown.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        /// Only this project.
+        #[arg(long)]
+        project: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        ch: ChArgs,
+    },
+    /// Fingerprint events read as NDJSON from files or stdin; one JSON line per event.
+    Fingerprint {
+        /// Files (default: stdin).
+        files: Vec<PathBuf>,
+        /// Include the contributing and dropped components.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Measure the whole pipeline: load into Kafka -> grouper -> writer -> ClickHouse.
+    BenchPipeline {
+        /// Events to send.
+        #[arg(long, default_value_t = 500_000)]
+        events: u64,
+        /// Distinct issues.
+        #[arg(long, default_value_t = 200)]
+        issues: usize,
+        /// Partitions of the events and aggregates topics.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Result format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        ch: ChArgs,
+    },
+}
+
+/// Parses `90s`, `15m`, `1h`, `2d` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 15m, 1h, 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "w" => n * 7 * 86_400,
+        _ => return Err(format!("invalid duration unit {unit:?} in {s:?}: use s, m, h, d or w")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Dev { config, clickhouse_url, database, listen, broker_only, partitions, sample_events, sample_issues, exit } => {
+            dev::run(dev::DevOptions {
+                config,
+                clickhouse_url: Some(clickhouse_url),
+                database,
+                listen,
+                broker_only,
+                partitions,
+                sample_events,
+                sample_issues,
+                exit_after_sample: exit,
+            })
+            .await
+        }
+        Cmd::Migrate { ch } => {
+            let cfg = ch.config();
+            let report = tracefold_writer::migrate::migrate(&cfg, |m, done| {
+                eprintln!("  {:04}_{:<24} {}", m.version, m.name, if done { "already applied" } else { "applying" });
+            })
+            .await?;
+            println!(
+                "ClickHouse {}: database {}: {} applied, {} already there",
+                report.server_version,
+                cfg.database,
+                report.applied.len(),
+                report.skipped.len()
+            );
+            Ok(())
+        }
+        Cmd::Loadgen { http, bootstrap_servers, topic, events, rate, issues, users, seed, batch, concurrency, format } => {
+            tracefold_runtime::telemetry::init_logging(&Default::default());
+            let target = match (http, bootstrap_servers) {
+                (Some(u), _) => loadgen::Target::Http(u),
+                (None, Some(b)) => loadgen::Target::Kafka { bootstrap_servers: b, topic },
+                (None, None) => anyhow::bail!("give --http URL or --bootstrap-servers"),
+            };
+            let opts = loadgen::LoadOptions {
+                events,
+                rate,
+                batch,
+                concurrency,
+                progress: format == Format::Table,
+                gen: gen::GenOptions { issues, users, seed, now_secs: now_secs(), ..Default::default() },
+            };
+            let s = loadgen::run(&target, &opts).await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string(&s)?),
+                Format::Table => println!(
+                    "{} events sent, {} accepted, {} failed in {:.2}s: {:.0} events/s",
+                    s.sent, s.accepted, s.failed, s.elapsed_secs, s.events_per_sec
+                ),
+            }
+            if s.failed > 0 {
+                anyhow::bail!("{} events were not accepted", s.failed);
+            }
+            Ok(())
+        }
+        Cmd::Top { since, limit, project, format, ch } => {
+            let cfg = ch.config();
+            let client = tracefold_writer::migrate::client(&cfg);
+            let rows = query::top_issues(&client, &cfg.database, since.as_secs(), limit, project.as_deref()).await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Table => print!("{}", query::render_top(&rows)),
+            }
+            Ok(())
+        }
+        Cmd::Fingerprint { files, explain } => fingerprint(&files, explain),
+        Cmd::BenchPipeline { events, issues, partitions, format, ch } => bench_pipeline(events, issues, partitions, format, ch.config()).await,
+    }
+}
+
+fn fingerprint(files: &[PathBuf], explain: bool) -> anyhow::Result<()> {
+    let cfg = tracefold_fingerprint::GroupingConfig::default();
+    let mut scratch = tracefold_fingerprint::Scratch::default();
+    let mut errors = 0usize;
+    let readers: Vec<(String, Box<dyn std::io::BufRead>)> = if files.is_empty() {
+        vec![("<stdin>".into(), Box::new(std::io::stdin().lock()))]
+    } else {
+        files
+            .iter()
+            .map(|f| Ok((f.display().to_string(), Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("cannot open {}", f.display()))?)) as Box<dyn std::io::BufRead>)))
+            .collect::<anyhow::Result<_>>()?
+    };
+    for (name, reader) in readers {
+        for (i, line) in reader.lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let out = match tracefold_model::parse_event_str(&line) {
+                Ok(ev) => {
+                    let meta = tracefold_fingerprint::describe(&ev);
+                    if explain {
+                        let ex = tracefold_fingerprint::explain(&ev, &cfg);
+                        serde_json::json!({"line": i + 1, "fingerprint": ex.fingerprint, "title": meta.title, "grouping_version": ex.grouping_version, "basis": ex.basis, "components": ex.components})
+                    } else {
+                        let fp = tracefold_fingerprint::fingerprint(&ev, &cfg, &mut scratch);
+                        serde_json::json!({"line": i + 1, "fingerprint": fp.to_hex(), "title": meta.title, "grouping_version": tracefold_fingerprint::GROUPING_VERSION})
+                    }
+                }
+                Err(e) => {
+                    errors += 1;
+                    eprintln!("{name}:{}: {e}", i + 1);
+                    serde_json::json!({"line": i + 1, "error": e.to_string()})
+                }
+            };
+            println!("{out}");
+        }
+    }
+    if errors > 0 {
+        anyhow::bail!("{errors} lines could not be read");
+    }
+    Ok(())
+}
+
+async fn bench_pipeline(events: u64, issues: usize, partitions: i32, format: Format, mut ch: ClickHouseConfig) -> anyhow::Result<()> {
+    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig { log_level: "warn".into(), ..Default::default() });
+    ch.database = format!("{}_bench_{}", ch.database, std::process::id());
+    let cfg = dev::DevConfig { clickhouse: ch.clone(), ..Default::default() };
+    let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(partitions), true).await?;
+    eprintln!("pipeline up (database {}); loading {events} events straight into Kafka ...", ch.database);
+    let t0 = Instant::now();
+    let load = loadgen::LoadOptions {
+        events,
+        rate: 0,
+        batch: 0,
+        concurrency: 0,
+        progress: true,
+        gen: gen::GenOptions { issues, now_secs: now_secs(), ..Default::default() },
+    };
+    let target = loadgen::Target::Kafka { bootstrap_servers: pipeline.bootstrap_servers(), topic: cfg.topics.events.clone() };
+    let s = loadgen::run(&target, &load).await?;
+    let produced = t0.elapsed().as_secs_f64();
+    let stored = dev::wait_for_events(&ch, s.accepted, Duration::from_secs(1800), false).await?;
+    let total = t0.elapsed().as_secs_f64();
+    pipeline.stop().await?;
+    let client = tracefold_writer::migrate::client(&ch);
+    client.query(&format!("DROP DATABASE IF EXISTS {}", ch.database)).execute().await?;
+    let result = serde_json::json!({
+        "events": events,
+        "accepted": s.accepted,
+        "stored": stored,
+        "produce_seconds": produced,
+        "produce_events_per_sec": s.accepted as f64 / produced,
+        "end_to_end_seconds": total,
+        "end_to_end_events_per_sec": stored as f64 / total,
+        "partitions": partitions,
+        "issues": issues,
+    });
+    match format {
+        Format::Json => println!("{result}"),
+        Format::Table => {
+            println!("events accepted by Kafka   {}", s.accepted);
+            println!("events stored in ClickHouse {stored}");
+            println!("load (into Kafka)           {produced:.2}s  {:.0} events/s", s.accepted as f64 / produced);
+            println!("end to end                  {total:.2}s  {:.0} events/s", stored as f64 / total);
+        }
+    }
+    if stored != s.accepted {
+        anyhow::bail!("ClickHouse holds {stored} events, {} were accepted", s.accepted);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("1y").unwrap_err().contains("unit"));
+        assert!(parse_duration("h").is_err());
+    }
+}
