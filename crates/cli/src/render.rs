@@ -12,7 +12,7 @@ pub fn sparkline(values: &[u64]) -> String {
             } else if max == 0 {
                 BARS[0]
             } else {
-                BARS[(((v as f64 / max as f64) * 7.0).round() as usize).min(7)]
+                BARS[(((v * 8).div_ceil(max)).saturating_sub(1) as usize).min(7)]
             }
         })
         .collect()
@@ -104,7 +104,8 @@ mod tests {
 
     #[test]
     fn sparkline_scales_and_shows_gaps() {
-        assert_eq!(sparkline(&[0, 1, 4, 8]), " ▂▄█");
+        assert_eq!(sparkline(&[0, 1, 4, 8]), " ▁▄█");
+        assert_eq!(sparkline(&[3, 3]), "██");
         assert_eq!(sparkline(&[]), "");
     }
 
