@@ -41,7 +41,15 @@ fn committed(c: &BaseConsumer, topic: &str) -> Vec<(i64, String)> {
     let got = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
     got.elements()
         .iter()
-        .map(|e| (match e.offset() { Offset::Offset(o) => o, _ => -1 }, e.metadata().to_owned()))
+        .map(|e| {
+            (
+                match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                },
+                e.metadata().to_owned(),
+            )
+        })
         .collect()
 }
 

@@ -68,7 +68,8 @@ async fn bad_requests_get_json_errors_that_name_the_problem() {
     assert_eq!(body["details"][0]["line"], 1);
     assert!(body["details"][0]["reason"].as_str().unwrap().contains("malformed event json"), "{body}");
 
-    let (status, body) = post(&url, "application/x-ndjson", format!("{GOOD}\n{{\"message\":\"m\",\"level\":\"loud\"}}\n")).await;
+    let (status, body) =
+        post(&url, "application/x-ndjson", format!("{GOOD}\n{{\"message\":\"m\",\"level\":\"loud\"}}\n")).await;
     assert_eq!(status, 400, "one bad line fails the whole batch");
     assert_eq!(body["details"][0]["line"], 2);
     assert_eq!(body["details"][0]["field"], "level");

@@ -56,7 +56,7 @@ async fn http_events_become_exact_issue_counts_in_clickhouse() {
         let (count, users) = truth.expected()[&row.issue_id];
         assert_eq!((row.count, row.users), (count, users), "{}", row.issue_id);
         assert!(!row.title.is_empty() && !row.first_seen.is_empty() && row.first_seen <= row.last_seen);
-        assert_eq!(row.last_hour.iter().sum::<u64>() <= row.count, true);
+        assert!(row.last_hour.iter().sum::<u64>() <= row.count);
     }
     let json = serde_json::to_value(&top).unwrap();
     for key in ["issue_id", "title", "count", "users", "first_seen", "last_seen"] {
@@ -92,9 +92,10 @@ async fn malformed_events_go_to_the_dlq_and_the_rest_are_counted() {
     assert_eq!(db.wait_for_total(truth.total, Duration::from_secs(60)).await, truth.total);
     assert_eq!(db.per_issue().await, truth.expected());
 
-    let consumer: BaseConsumer = tracefold_runtime::kafka::consumer_config(&tracefold_tests::kafka(&pipeline.bootstrap_servers()), "dlq-reader")
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer =
+        tracefold_runtime::kafka::consumer_config(&tracefold_tests::kafka(&pipeline.bootstrap_servers()), "dlq-reader")
+            .create()
+            .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(&pipeline.cfg.topics.dlq, 0, rdkafka::Offset::Beginning).unwrap();
     consumer.assign(&tpl).unwrap();
@@ -103,7 +104,11 @@ async fn malformed_events_go_to_the_dlq_and_the_rest_are_counted() {
     while got.len() < bad.len() && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let headers = m.headers().expect("DLQ messages carry headers");
-            let reason = headers.iter().find(|h| h.key == "tracefold-error").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned());
+            let reason = headers
+                .iter()
+                .find(|h| h.key == "tracefold-error")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned());
             assert!(headers.iter().any(|h| h.key == "tracefold-source-offset"));
             got.push((m.payload().unwrap_or_default().to_vec(), reason.expect("a reason header")));
         }
@@ -111,7 +116,11 @@ async fn malformed_events_go_to_the_dlq_and_the_rest_are_counted() {
     got.sort();
     let mut want = bad.clone();
     want.sort();
-    assert_eq!(got.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), want, "every bad message is in the DLQ, verbatim");
+    assert_eq!(
+        got.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+        want,
+        "every bad message is in the DLQ, verbatim"
+    );
     let reasons: Vec<&str> = got.iter().map(|(_, r)| r.as_str()).collect();
     assert!(reasons.iter().any(|r| r.starts_with("malformed event json")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("project: missing")), "{reasons:?}");

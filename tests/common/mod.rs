@@ -75,12 +75,17 @@ impl TestDb {
             .expect("issues_v");
         let users: Vec<U> = self
             .client
-            .query(&format!("SELECT issue_id, uniqExactMerge(users_state) AS users FROM {db}.issue_users_1h GROUP BY issue_id"))
+            .query(&format!(
+                "SELECT issue_id, uniqExactMerge(users_state) AS users FROM {db}.issue_users_1h GROUP BY issue_id"
+            ))
             .fetch_all()
             .await
             .expect("issue_users_1h");
         let users: BTreeMap<String, u64> = users.into_iter().map(|u| (u.issue_id, u.users)).collect();
-        counts.into_iter().map(|r| (r.issue_id.clone(), (r.count, users.get(&r.issue_id).copied().unwrap_or(0)))).collect()
+        counts
+            .into_iter()
+            .map(|r| (r.issue_id.clone(), (r.count, users.get(&r.issue_id).copied().unwrap_or(0))))
+            .collect()
     }
 }
 
@@ -123,7 +128,8 @@ impl Truth {
 /// `n` generated events of `issues` issues, timestamps within the last hour.
 pub fn generate(n: usize, issues: usize, seed: u64) -> (Vec<tracefold_cli::gen::Generated>, Truth) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let mut g = Generator::new(GenOptions { issues, seed, now_secs: now, users: 300, zipf_s: 0.8, ..GenOptions::default() });
+    let mut g =
+        Generator::new(GenOptions { issues, seed, now_secs: now, users: 300, zipf_s: 0.8, ..GenOptions::default() });
     let mut truth = Truth::default();
     let events: Vec<_> = (0..n)
         .map(|i| {
@@ -202,7 +208,8 @@ pub fn topics() -> TopicsConfig {
 /// Publishes `payloads` to the events topic (keyed by index) and waits for every ack.
 pub async fn publish(bootstrap: &str, topic: &str, payloads: &[Vec<u8>]) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&kafka(bootstrap), 30_000).create().expect("producer");
+    let producer: FutureProducer =
+        tracefold_runtime::kafka::producer_config(&kafka(bootstrap), 30_000).create().expect("producer");
     let mut futs = Vec::with_capacity(payloads.len());
     for (i, p) in payloads.iter().enumerate() {
         let key = i.to_string();

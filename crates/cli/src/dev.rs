@@ -116,10 +116,19 @@ impl Pipeline {
             writer: cfg.writer.clone(),
             telemetry: cfg.telemetry.clone(),
         };
-        let pcfg = tracefold_producer::Config { kafka, topics: cfg.topics.clone(), http: cfg.http.clone(), telemetry: cfg.telemetry.clone() };
+        let pcfg = tracefold_producer::Config {
+            kafka,
+            topics: cfg.topics.clone(),
+            http: cfg.http.clone(),
+            telemetry: cfg.telemetry.clone(),
+        };
         let mut threads = Vec::new();
         for (name, run) in [
-            ("grouper", Box::new(move |s: Shutdown, h: Health| tracefold_grouper::service::run(&gcfg, &s, &h)) as Box<dyn FnOnce(Shutdown, Health) -> anyhow::Result<()> + Send>),
+            (
+                "grouper",
+                Box::new(move |s: Shutdown, h: Health| tracefold_grouper::service::run(&gcfg, &s, &h))
+                    as Box<dyn FnOnce(Shutdown, Health) -> anyhow::Result<()> + Send>,
+            ),
             ("writer", Box::new(move |s: Shutdown, h: Health| tracefold_writer::service::run(&wcfg, &s, &h))),
         ] {
             let s = shutdown.clone();
@@ -133,7 +142,8 @@ impl Pipeline {
                 r
             })?);
         }
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let http_addr = listener.local_addr()?;
         let producer = tokio::spawn(tracefold_producer::serve(pcfg, listener, shutdown.clone(), ph, vec![gh, wh]));
         Ok(Self { broker, cfg, shutdown, http_addr, threads, producer })
@@ -172,7 +182,12 @@ impl Pipeline {
 ///
 /// # Errors
 /// When ClickHouse does not answer.
-pub async fn wait_for_events(ch: &ClickHouseConfig, expected: u64, timeout: Duration, progress: bool) -> anyhow::Result<u64> {
+pub async fn wait_for_events(
+    ch: &ClickHouseConfig,
+    expected: u64,
+    timeout: Duration,
+    progress: bool,
+) -> anyhow::Result<u64> {
     let client = tracefold_writer::migrate::client(ch);
     let deadline = Instant::now() + timeout;
     let mut last = u64::MAX;
@@ -252,7 +267,12 @@ async fn sample_load(url: &str, opts: &DevOptions) -> anyhow::Result<LoadSummary
         batch: 200,
         concurrency: 4,
         progress: true,
-        gen: crate::gen::GenOptions { issues: opts.sample_issues, now_secs: now, seed: rand::random(), ..Default::default() },
+        gen: crate::gen::GenOptions {
+            issues: opts.sample_issues,
+            now_secs: now,
+            seed: rand::random(),
+            ..Default::default()
+        },
     };
     crate::loadgen::run(&Target::Http(url.to_owned()), &load).await
 }

@@ -23,10 +23,16 @@ pub const PLATFORMS: &[(&str, &str)] = &[
 ];
 
 const ENVIRONMENTS: &[&str] = &["production", "production", "production", "staging", "development"];
-const BROWSERS: &[(&str, &str)] = &[("Chrome", "131.0.6778"), ("Firefox", "133.0"), ("Safari", "18.1"), ("Edge", "131.0.2903")];
-const OSES: &[(&str, &str)] = &[("Windows", "11"), ("macOS", "15.1"), ("iOS", "18.1"), ("Android", "15"), ("Linux", "6.8")];
-const NOUNS: &[&str] = &["cart", "order", "invoice", "user", "session", "payment", "report", "shipment", "coupon", "profile", "search", "token"];
-const VERBS: &[&str] = &["load", "save", "render", "validate", "fetch", "apply", "parse", "sync", "resolve", "charge", "notify", "export"];
+const BROWSERS: &[(&str, &str)] =
+    &[("Chrome", "131.0.6778"), ("Firefox", "133.0"), ("Safari", "18.1"), ("Edge", "131.0.2903")];
+const OSES: &[(&str, &str)] =
+    &[("Windows", "11"), ("macOS", "15.1"), ("iOS", "18.1"), ("Android", "15"), ("Linux", "6.8")];
+const NOUNS: &[&str] = &[
+    "cart", "order", "invoice", "user", "session", "payment", "report", "shipment", "coupon", "profile", "search",
+    "token",
+];
+const VERBS: &[&str] =
+    &["load", "save", "render", "validate", "fetch", "apply", "parse", "sync", "resolve", "charge", "notify", "export"];
 
 /// Generator options.
 #[derive(Debug, Clone)]
@@ -129,11 +135,21 @@ impl Generator {
         let _ = write!(
             j,
             r#"{{"event_id":"{event_id}","project":"{project}","timestamp":{ts},"platform":"{platform}","level":"{level}","release":"{release}","environment":"{environment}","server_name":"host-{host}","#,
-            level = if k % 7 == 3 { "fatal" } else if k % 5 == 4 { "warning" } else { "error" },
+            level = if k % 7 == 3 {
+                "fatal"
+            } else if k % 5 == 4 {
+                "warning"
+            } else {
+                "error"
+            },
             host = self.rng.gen_range(1..40),
         );
         let (ty, value) = exception_of(platform, k, noun, ident, &mut self.rng);
-        let _ = write!(j, r#""exception":[{{"type":"{ty}","value":"{value}","mechanism":{{"type":"generic","handled":{}}},"stacktrace":{{"frames":["#, k % 3 != 0);
+        let _ = write!(
+            j,
+            r#""exception":[{{"type":"{ty}","value":"{value}","mechanism":{{"type":"generic","handled":{}}},"stacktrace":{{"frames":["#,
+            !k.is_multiple_of(3)
+        );
         let depth = 6 + (k % 9);
         let bundle = release_hash(&release);
         let mut first = true;
@@ -157,7 +173,7 @@ impl Generator {
             (user / 250) % 250,
             user % 7 + 1,
             region = ["eu-west-1", "us-east-1", "ap-south-1"][(user % 3) as usize],
-            method = if k % 4 == 0 { "POST" } else { "GET" },
+            method = if k.is_multiple_of(4) { "POST" } else { "GET" },
             device = if oname == "iOS" || oname == "Android" { "Mobile" } else { "Desktop" },
             rt = ["18.20", "3.12", "21", "1.23", "3.3", "8.3", "8.0", "1.82", "131"][k % 9],
         );
@@ -187,11 +203,15 @@ fn exception_of(platform: &str, k: usize, noun: &str, ident: u32, rng: &mut Smal
             format!("{noun} {ident} not found after {ms}ms"),
         ),
         "java" => (
-            ["java.lang.NullPointerException", "java.lang.IllegalStateException", "java.io.IOException"][variant % 3].to_string(),
+            ["java.lang.NullPointerException", "java.lang.IllegalStateException", "java.io.IOException"][variant % 3]
+                .to_string(),
             format!("Cannot invoke \\\"{noun}.getId()\\\" because \\\"{noun}\\\" is null (id={ident})"),
         ),
         "go" => ("*errors.errorString".to_string(), format!("{noun} {ident}: context deadline exceeded after {ms}ms")),
-        "ruby" => (["NoMethodError", "ActiveRecord::RecordNotFound"][variant % 2].to_string(), format!("Couldn't find {noun} with 'id'={ident}")),
+        "ruby" => (
+            ["NoMethodError", "ActiveRecord::RecordNotFound"][variant % 2].to_string(),
+            format!("Couldn't find {noun} with 'id'={ident}"),
+        ),
         "php" => (["ErrorException", "TypeError"][variant % 2].to_string(), format!("Undefined index: {noun}_{ident}")),
         "csharp" => (
             ["System.NullReferenceException", "System.InvalidOperationException"][variant % 2].to_string(),
@@ -202,7 +222,18 @@ fn exception_of(platform: &str, k: usize, noun: &str, ident: u32, rng: &mut Smal
 }
 
 #[allow(clippy::too_many_arguments)]
-fn frame(j: &mut String, platform: &str, lib: bool, d: usize, k: usize, func: &str, noun: &str, line: u32, col: u32, bundle: &str) {
+fn frame(
+    j: &mut String,
+    platform: &str,
+    lib: bool,
+    d: usize,
+    k: usize,
+    func: &str,
+    noun: &str,
+    line: u32,
+    col: u32,
+    bundle: &str,
+) {
     let in_app = !lib;
     let f = if lib { format!("libCall{d}") } else { format!("{func}Step{d}") };
     let _ = match platform {
@@ -216,7 +247,11 @@ fn frame(j: &mut String, platform: &str, lib: bool, d: usize, k: usize, func: &s
         "node" => write!(
             j,
             r#"{{"function":"{f}","filename":"{}","lineno":{line},"colno":{col},"in_app":{in_app}}}"#,
-            if lib { format!("/app/node_modules/express@4.21.{d}/lib/router.js") } else { format!("/app/src/{noun}s/service{k}.js") }
+            if lib {
+                format!("/app/node_modules/express@4.21.{d}/lib/router.js")
+            } else {
+                format!("/app/src/{noun}s/service{k}.js")
+            }
         ),
         "python" => write!(
             j,
@@ -228,7 +263,11 @@ fn frame(j: &mut String, platform: &str, lib: bool, d: usize, k: usize, func: &s
         "java" => write!(
             j,
             r#"{{"function":"{f}","module":"{}","filename":"{}.java","lineno":{line},"in_app":{in_app}}}"#,
-            if lib { "org.springframework.web.servlet.DispatcherServlet".to_string() } else { format!("com.example.{noun}.Service{k}") },
+            if lib {
+                "org.springframework.web.servlet.DispatcherServlet".to_string()
+            } else {
+                format!("com.example.{noun}.Service{k}")
+            },
             if lib { "DispatcherServlet".to_string() } else { format!("Service{k}") }
         ),
         "go" => write!(
@@ -246,17 +285,29 @@ fn frame(j: &mut String, platform: &str, lib: bool, d: usize, k: usize, func: &s
         "php" => write!(
             j,
             r#"{{"function":"{f}","filename":"{}","lineno":{line},"in_app":{in_app}}}"#,
-            if lib { "vendor/laravel/framework/src/Illuminate/Pipeline/Pipeline.php".to_string() } else { format!("app/Http/Controllers/{noun}{k}Controller.php") }
+            if lib {
+                "vendor/laravel/framework/src/Illuminate/Pipeline/Pipeline.php".to_string()
+            } else {
+                format!("app/Http/Controllers/{noun}{k}Controller.php")
+            }
         ),
         "csharp" => write!(
             j,
             r#"{{"function":"{f}","module":"{}","lineno":{line},"in_app":{in_app}}}"#,
-            if lib { "Microsoft.AspNetCore.Mvc.Infrastructure.ActionMethodExecutor".to_string() } else { format!("Payments.Services.{}{k}Service", capitalize(noun)) }
+            if lib {
+                "Microsoft.AspNetCore.Mvc.Infrastructure.ActionMethodExecutor".to_string()
+            } else {
+                format!("Payments.Services.{}{k}Service", capitalize(noun))
+            }
         ),
         _ => write!(
             j,
             r#"{{"function":"{}::h{:016x}","filename":"{}","lineno":{line},"in_app":{in_app}}}"#,
-            if lib { format!("tokio::runtime::task::poll{d}") } else { format!("edge::{noun}{k}::{}", f.to_lowercase()) },
+            if lib {
+                format!("tokio::runtime::task::poll{d}")
+            } else {
+                format!("edge::{noun}{k}::{}", f.to_lowercase())
+            },
             xxhash_rust::xxh3::xxh3_64(bundle.as_bytes()),
             if lib { "tokio/src/runtime/task/mod.rs".to_string() } else { format!("src/{noun}{k}.rs") }
         ),
@@ -292,8 +343,14 @@ mod tests {
     #[test]
     fn events_are_realistically_sized_and_deterministic() {
         let opts = GenOptions { seed: 7, now_secs: 1_795_671_540, ..GenOptions::default() };
-        let a: Vec<String> = { let mut g = Generator::new(opts.clone()); (0..200).map(|_| g.next_event().json).collect() };
-        let b: Vec<String> = { let mut g = Generator::new(opts); (0..200).map(|_| g.next_event().json).collect() };
+        let a: Vec<String> = {
+            let mut g = Generator::new(opts.clone());
+            (0..200).map(|_| g.next_event().json).collect()
+        };
+        let b: Vec<String> = {
+            let mut g = Generator::new(opts);
+            (0..200).map(|_| g.next_event().json).collect()
+        };
         assert_eq!(a, b);
         let avg = a.iter().map(String::len).sum::<usize>() / a.len();
         assert!((1000..=3000).contains(&avg), "average event size {avg}");

@@ -70,8 +70,10 @@ fn bar(total: u64, show: bool) -> ProgressBar {
     }
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb
 }
@@ -180,8 +182,11 @@ fn finish(s: &mut LoadSummary, start: Instant) {
 }
 
 async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> {
-    let kafka = tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
-    let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&kafka, 30_000).create().context("cannot create the Kafka producer")?;
+    let kafka =
+        tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
+    let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&kafka, 30_000)
+        .create()
+        .context("cannot create the Kafka producer")?;
     let mut g = Generator::new(opts.gen.clone());
     let pb = bar(opts.events, opts.progress);
     let start = Instant::now();
@@ -198,7 +203,10 @@ async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::
                     inflight.push(async move { (e.issue, e.user, matches!(f.await, Ok(Ok(_)))) });
                     break;
                 }
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    _,
+                )) => {
                     if let Some(done) = inflight.next().await {
                         account_one(&mut summary, done, &pb);
                     } else {

@@ -39,7 +39,12 @@ struct ChArgs {
 
 impl ChArgs {
     fn config(&self) -> ClickHouseConfig {
-        ClickHouseConfig { url: self.clickhouse_url.clone(), user: self.user.clone(), password: self.password.clone(), database: self.database.clone() }
+        ClickHouseConfig {
+            url: self.clickhouse_url.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+        }
     }
 }
 
@@ -184,7 +189,17 @@ fn now_secs() -> i64 {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dev { config, clickhouse_url, database, listen, broker_only, partitions, sample_events, sample_issues, exit } => {
+        Cmd::Dev {
+            config,
+            clickhouse_url,
+            database,
+            listen,
+            broker_only,
+            partitions,
+            sample_events,
+            sample_issues,
+            exit,
+        } => {
             dev::run(dev::DevOptions {
                 config,
                 clickhouse_url: Some(clickhouse_url),
@@ -213,7 +228,19 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Loadgen { http, bootstrap_servers, topic, events, rate, issues, users, seed, batch, concurrency, format } => {
+        Cmd::Loadgen {
+            http,
+            bootstrap_servers,
+            topic,
+            events,
+            rate,
+            issues,
+            users,
+            seed,
+            batch,
+            concurrency,
+            format,
+        } => {
             tracefold_runtime::telemetry::init_logging(&Default::default());
             let target = match (http, bootstrap_servers) {
                 (Some(u), _) => loadgen::Target::Http(u),
@@ -252,7 +279,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Fingerprint { files, explain } => fingerprint(&files, explain),
-        Cmd::BenchPipeline { events, issues, partitions, format, ch } => bench_pipeline(events, issues, partitions, format, ch.config()).await,
+        Cmd::BenchPipeline { events, issues, partitions, format, ch } => {
+            bench_pipeline(events, issues, partitions, format, ch.config()).await
+        }
     }
 }
 
@@ -265,7 +294,14 @@ fn fingerprint(files: &[PathBuf], explain: bool) -> anyhow::Result<()> {
     } else {
         files
             .iter()
-            .map(|f| Ok((f.display().to_string(), Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("cannot open {}", f.display()))?)) as Box<dyn std::io::BufRead>)))
+            .map(|f| {
+                Ok((
+                    f.display().to_string(),
+                    Box::new(std::io::BufReader::new(
+                        std::fs::File::open(f).with_context(|| format!("cannot open {}", f.display()))?,
+                    )) as Box<dyn std::io::BufRead>,
+                ))
+            })
             .collect::<anyhow::Result<_>>()?
     };
     for (name, reader) in readers {
@@ -300,8 +336,17 @@ fn fingerprint(files: &[PathBuf], explain: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench_pipeline(events: u64, issues: usize, partitions: i32, format: Format, mut ch: ClickHouseConfig) -> anyhow::Result<()> {
-    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig { log_level: "warn".into(), ..Default::default() });
+async fn bench_pipeline(
+    events: u64,
+    issues: usize,
+    partitions: i32,
+    format: Format,
+    mut ch: ClickHouseConfig,
+) -> anyhow::Result<()> {
+    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig {
+        log_level: "warn".into(),
+        ..Default::default()
+    });
     ch.database = format!("{}_bench_{}", ch.database, std::process::id());
     let cfg = dev::DevConfig { clickhouse: ch.clone(), ..Default::default() };
     let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(partitions), true).await?;
@@ -315,7 +360,8 @@ async fn bench_pipeline(events: u64, issues: usize, partitions: i32, format: For
         progress: true,
         gen: gen::GenOptions { issues, now_secs: now_secs(), ..Default::default() },
     };
-    let target = loadgen::Target::Kafka { bootstrap_servers: pipeline.bootstrap_servers(), topic: cfg.topics.events.clone() };
+    let target =
+        loadgen::Target::Kafka { bootstrap_servers: pipeline.bootstrap_servers(), topic: cfg.topics.events.clone() };
     let s = loadgen::run(&target, &load).await?;
     let produced = t0.elapsed().as_secs_f64();
     let stored = dev::wait_for_events(&ch, s.accepted, Duration::from_secs(1800), false).await?;

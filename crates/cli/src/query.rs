@@ -78,8 +78,19 @@ fn rfc3339(secs: u32) -> String {
 ///
 /// # Errors
 /// When ClickHouse does not answer.
-pub async fn top_issues(client: &Client, db: &str, since_secs: u64, limit: u64, project: Option<&str>) -> anyhow::Result<Vec<TopIssue>> {
-    let now = client.query("SELECT toUInt32(now()) AS now").fetch_one::<NowRow>().await.context("cannot reach ClickHouse")?.now;
+pub async fn top_issues(
+    client: &Client,
+    db: &str,
+    since_secs: u64,
+    limit: u64,
+    project: Option<&str>,
+) -> anyhow::Result<Vec<TopIssue>> {
+    let now = client
+        .query("SELECT toUInt32(now()) AS now")
+        .fetch_one::<NowRow>()
+        .await
+        .context("cannot reach ClickHouse")?
+        .now;
     let from = now.saturating_sub(u32::try_from(since_secs).unwrap_or(u32::MAX));
     let proj_filter = if project.is_some() { "AND project = ?" } else { "" };
     let mut q = client

@@ -90,7 +90,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -117,7 +117,11 @@ mod tests {
 
     #[test]
     fn table_aligns() {
-        let t = table(&[("name", Align::Left), ("n", Align::Right)], &[vec!["a".into(), "10".into()], vec!["bbb".into(), "2".into()]], 40);
+        let t = table(
+            &[("name", Align::Left), ("n", Align::Right)],
+            &[vec!["a".into(), "10".into()], vec!["bbb".into(), "2".into()]],
+            40,
+        );
         assert_eq!(t, "name   n\n────  ──\na     10\nbbb    2\n");
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(12), "12");

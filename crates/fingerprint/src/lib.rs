@@ -175,7 +175,12 @@ fn walk<S: Sink>(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch,
     default_components(event, cfg, scratch, sink)
 }
 
-fn default_components<S: Sink>(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch, sink: &mut S) -> &'static str {
+fn default_components<S: Sink>(
+    event: &Event<'_>,
+    cfg: &GroupingConfig,
+    scratch: &mut Scratch,
+    sink: &mut S,
+) -> &'static str {
     if !event.exception.is_empty() {
         for exc in &event.exception {
             exception_components(exc, cfg, scratch, sink);
@@ -229,11 +234,12 @@ fn exception_components<S: Sink>(exc: &Exception<'_>, cfg: &GroupingConfig, scra
             continue;
         }
         // Module, else file name.
-        let (loc_kind, loc_src) = match (frame.module.as_deref(), frame.filename.as_deref().or(frame.abs_path.as_deref())) {
-            (Some(m), _) if !m.is_empty() => ("module", m),
-            (_, Some(f)) => ("filename", f),
-            _ => ("filename", ""),
-        };
+        let (loc_kind, loc_src) =
+            match (frame.module.as_deref(), frame.filename.as_deref().or(frame.abs_path.as_deref())) {
+                (Some(m), _) if !m.is_empty() => ("module", m),
+                (_, Some(f)) => ("filename", f),
+                _ => ("filename", ""),
+            };
         if loc_kind == "module" {
             normalize::module(loc_src, &mut scratch.a);
         } else {
@@ -260,13 +266,21 @@ fn exception_components<S: Sink>(exc: &Exception<'_>, cfg: &GroupingConfig, scra
         }
         if scratch.b.is_empty() {
             if sink.wants_drops() {
-                sink.drop_component("function", frame.function.as_deref().unwrap_or(""), "anonymous or missing function: only the file name contributes (weak)");
+                sink.drop_component(
+                    "function",
+                    frame.function.as_deref().unwrap_or(""),
+                    "anonymous or missing function: only the file name contributes (weak)",
+                );
             }
         } else {
             sink.add("function", &scratch.b);
         }
         if sink.wants_drops() && (frame.lineno.is_some() || frame.colno.is_some()) {
-            sink.drop_component("lineno", &format!("{}:{}", frame.lineno.unwrap_or(0), frame.colno.unwrap_or(0)), "line and column never contribute");
+            sink.drop_component(
+                "lineno",
+                &format!("{}:{}", frame.lineno.unwrap_or(0), frame.colno.unwrap_or(0)),
+                "line and column never contribute",
+            );
         }
         contributed += 1;
     }
@@ -409,7 +423,8 @@ mod tests {
         let ex = explain(&ev, &GroupingConfig::default());
         assert_eq!(ex.fingerprint, fp(&json).to_hex());
         assert_eq!(ex.basis, "exception");
-        let contributing: Vec<_> = ex.components.iter().filter(|c| c.contributes).map(|c| (c.kind.as_str(), c.value.as_str())).collect();
+        let contributing: Vec<_> =
+            ex.components.iter().filter(|c| c.contributes).map(|c| (c.kind.as_str(), c.value.as_str())).collect();
         assert_eq!(contributing, [("type", "TypeError"), ("filename", "main.<hash>.js"), ("function", "renderCart")]);
         assert!(ex.components.iter().any(|c| !c.contributes && c.hint.as_deref() == Some("not in-app")));
     }

@@ -148,8 +148,7 @@ pub fn function(input: &str, out: &mut String) {
         }
     }
     // Go closures: "main.handler.func1", "pkg.glob..func2"
-    loop {
-        let Some(i) = s.rfind(".func") else { break };
+    while let Some(i) = s.rfind(".func") {
         if i + 5 < s.len() && s[i + 5..].bytes().all(|c| c.is_ascii_digit()) {
             s = s[..i].trim_end_matches('.');
         } else {
@@ -297,7 +296,10 @@ fn classify(w: &str) -> Option<&'static str> {
     if is_ipv4(w) {
         return Some("<ip>");
     }
-    if w.matches(':').count() >= 2 && b.iter().all(|c| c.is_ascii_hexdigit() || *c == b':') && b.iter().any(u8::is_ascii_digit) {
+    if w.matches(':').count() >= 2
+        && b.iter().all(|c| c.is_ascii_hexdigit() || *c == b':')
+        && b.iter().any(u8::is_ascii_digit)
+    {
         if b.len() == 8 && b[2] == b':' && b[5] == b':' {
             return Some("<time>");
         }
@@ -362,7 +364,15 @@ fn is_number(w: &str) -> bool {
 
 fn is_uuid(b: &[u8]) -> bool {
     b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
+        && b.iter().enumerate().all(
+            |(i, c)| {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            },
+        )
 }
 
 fn is_ipv4(w: &str) -> bool {
@@ -440,7 +450,10 @@ mod tests {
             ("user 12345 not found", "user <int> not found"),
             ("failed to fetch https://api.example.com/v1/users/7?x=1", "failed to fetch <url>"),
             ("mail to bob@example.com bounced", "mail to <email> bounced"),
-            ("request 3fa85f64-5717-4562-b3fc-2c963f66afa6 timed out after 250ms", "request <uuid> timed out after <duration>"),
+            (
+                "request 3fa85f64-5717-4562-b3fc-2c963f66afa6 timed out after 250ms",
+                "request <uuid> timed out after <duration>",
+            ),
             ("connect to 10.0.0.12:5432 refused", "connect to <ip> refused"),
             ("segfault at 0x7ffd1234", "segfault at <hex>"),
             ("commit deadbeefcafe1234 missing", "commit <hex> missing"),

@@ -179,7 +179,14 @@ impl BatchBuilder {
 
     /// Closes the batch `[first_offset, last_offset]` of `topic`/`partition` (of source log
     /// incarnation `epoch`) and returns its output; the builder is empty afterwards.
-    pub fn finish(&mut self, epoch: &str, topic: &str, partition: i32, first_offset: i64, last_offset: i64) -> BatchOutput {
+    pub fn finish(
+        &mut self,
+        epoch: &str,
+        topic: &str,
+        partition: i32,
+        first_offset: i64,
+        last_offset: i64,
+    ) -> BatchOutput {
         let mut records = std::mem::take(&mut self.partials);
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
         for (i, r) in records.iter_mut().enumerate() {
@@ -250,7 +257,10 @@ mod tests {
         assert_eq!(out.records.len(), 3);
         let r0 = &out.records[0];
         assert_eq!((r0.count, r0.users.estimate(), r0.title.as_str()), (3, 2, "Error1: boom <int>"));
-        assert_eq!((r0.batch.partition, r0.batch.first_offset, r0.batch.last_offset, r0.batch.index, r0.batch.count), (3, 10, 16, 0, 3));
+        assert_eq!(
+            (r0.batch.partition, r0.batch.first_offset, r0.batch.last_offset, r0.batch.index, r0.batch.count),
+            (3, 10, 16, 0, 3)
+        );
         assert_eq!(out.records[1].count, 1);
         assert_eq!(out.records[2].minute, r0.minute + 60);
         assert_eq!(out.rejected.iter().map(|r| r.offset).collect::<Vec<_>>(), [12, 16]);

@@ -113,7 +113,10 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         Duration::from_secs(10),
     )?;
     let epoch = if cfg.grouper.epoch.is_empty() {
-        consumer.client().fetch_cluster_id(Duration::from_secs(10)).context("cannot read the Kafka cluster id (set grouper.epoch)")?
+        consumer
+            .client()
+            .fetch_cluster_id(Duration::from_secs(10))
+            .context("cannot read the Kafka cluster id (set grouper.epoch)")?
     } else {
         cfg.grouper.epoch.clone()
     };
@@ -290,7 +293,15 @@ impl Grouper<'_> {
         metrics::counter!(m::DLQ_TOTAL).increment(out.rejected.len() as u64);
         metrics::histogram!(m::BATCH_EVENTS).record(events as f64);
         metrics::histogram!(m::EMIT_SECONDS).record(t0.elapsed().as_secs_f64());
-        tracing::debug!(partition, first, last, records = out.records.len(), rejected = out.rejected.len(), replay, "batch emitted");
+        tracing::debug!(
+            partition,
+            first,
+            last,
+            records = out.records.len(),
+            rejected = out.rejected.len(),
+            replay,
+            "batch emitted"
+        );
         Ok(())
     }
 
@@ -316,13 +327,18 @@ impl Grouper<'_> {
         loop {
             match self.producer.flush(Duration::from_secs(10)) {
                 Ok(()) => break,
-                Err(e) => tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(), "waiting for Kafka to acknowledge aggregates"),
+                Err(e) => {
+                    tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(), "waiting for Kafka to acknowledge aggregates")
+                }
             }
         }
         let failed = self.producer.context().failed.load(Ordering::SeqCst) - failed_before;
         if failed > 0 {
             let err = self.producer.context().last_error.lock().expect("not poisoned").clone();
-            anyhow::bail!("{failed} aggregate records were not delivered ({}); restarting rebuilds the batch", err.unwrap_or_default());
+            anyhow::bail!(
+                "{failed} aggregate records were not delivered ({}); restarting rebuilds the batch",
+                err.unwrap_or_default()
+            );
         }
         Ok(())
     }
@@ -331,7 +347,10 @@ impl Grouper<'_> {
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     rec = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }

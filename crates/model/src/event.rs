@@ -85,7 +85,13 @@ pub struct LogEntry<'a> {
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Exception<'a> {
     /// Exception class or error type, e.g. `TypeError`, `java.lang.NullPointerException`.
-    #[serde(borrow, default, rename = "type", skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str")]
+    #[serde(
+        borrow,
+        default,
+        rename = "type",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de::opt_str"
+    )]
     pub ty: Option<Str<'a>>,
     /// The exception message.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str")]
@@ -105,7 +111,13 @@ pub struct Exception<'a> {
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Mechanism<'a> {
     /// `onerror`, `generic`, `panic`, ...
-    #[serde(borrow, default, rename = "type", skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str")]
+    #[serde(
+        borrow,
+        default,
+        rename = "type",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de::opt_str"
+    )]
     pub ty: Option<Str<'a>>,
     /// Whether the application handled the error.
     #[serde(default, skip_serializing_if = "Option::is_none")]

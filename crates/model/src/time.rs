@@ -86,12 +86,7 @@ pub fn format_rfc3339(ms: Millis) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Inverse of [`days_from_civil`].
@@ -143,9 +138,7 @@ pub(crate) fn deserialize_opt_millis<'de, D: Deserializer<'de>>(d: D) -> Result<
             }
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            parse_rfc3339(v)
-                .map(Some)
-                .ok_or_else(|| E::custom(format!("invalid RFC 3339 timestamp {v:?}")))
+            parse_rfc3339(v).map(Some).ok_or_else(|| E::custom(format!("invalid RFC 3339 timestamp {v:?}")))
         }
     }
     d.deserialize_option(V)
@@ -166,7 +159,14 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "2026-11-26", "2026-13-01T00:00:00Z", "2026-11-26T05:39:00Q", "2026-11-26T05:39:00.Z", "x026-11-26T05:39:00Z"] {
+        for s in [
+            "",
+            "2026-11-26",
+            "2026-13-01T00:00:00Z",
+            "2026-11-26T05:39:00Q",
+            "2026-11-26T05:39:00.Z",
+            "x026-11-26T05:39:00Z",
+        ] {
             assert_eq!(parse_rfc3339(s), None, "{s}");
         }
     }

@@ -108,18 +108,14 @@ pub fn validate(event: &Event<'_>, received_ms: Millis) -> Result<Validated, Val
     match event.project.as_deref() {
         None => return Err(ValidationError::new("project", "missing")),
         Some(p) if !is_project_slug(p) => {
-            return Err(ValidationError::new(
-                "project",
-                "must match [a-z0-9][a-z0-9_-]* and be at most 64 characters",
-            ))
+            return Err(ValidationError::new("project", "must match [a-z0-9][a-z0-9_-]* and be at most 64 characters"))
         }
         _ => {}
     }
     let level = match event.level.as_deref() {
         None => Level::Error,
-        Some(l) => Level::parse(l).ok_or_else(|| {
-            ValidationError::new("level", "must be one of fatal, error, warning, info, debug")
-        })?,
+        Some(l) => Level::parse(l)
+            .ok_or_else(|| ValidationError::new("level", "must be one of fatal, error, warning, info, debug"))?,
     };
     check_len("release", event.release.as_deref(), MAX_RELEASE_LEN)?;
     check_len("environment", event.environment.as_deref(), MAX_ENVIRONMENT_LEN)?;
@@ -165,13 +161,15 @@ pub fn is_event_id(s: &str) -> bool {
     let b = s.as_bytes();
     match b.len() {
         32 => b.iter().all(u8::is_ascii_hexdigit),
-        36 => b.iter().enumerate().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                *c == b'-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        }),
+        36 => b.iter().enumerate().all(
+            |(i, c)| {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            },
+        ),
         _ => false,
     }
 }
@@ -200,8 +198,10 @@ mod tests {
 
     #[test]
     fn accepts_a_minimal_exception_event() {
-        let v = check(r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","timestamp":1795671500,
-            "exception":[{"type":"TypeError","value":"x is undefined"}]}"#)
+        let v = check(
+            r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","timestamp":1795671500,
+            "exception":[{"type":"TypeError","value":"x is undefined"}]}"#,
+        )
         .unwrap();
         assert_eq!(v.level, Level::Error);
         assert_eq!(v.timestamp_ms, 1_795_671_500_000);
@@ -216,9 +216,18 @@ mod tests {
             (r#"{"event_id":"0123456789abcdef0123456789abcdef","message":"m"}"#, "project"),
             (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"Web!","message":"m"}"#, "project"),
             (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web"}"#, "exception"),
-            (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"m","level":"loud"}"#, "level"),
-            (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","exception":[{"module":"m"}]}"#, "exception[0]"),
-            (r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"m","environment":"a/b"}"#, "environment"),
+            (
+                r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"m","level":"loud"}"#,
+                "level",
+            ),
+            (
+                r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","exception":[{"module":"m"}]}"#,
+                "exception[0]",
+            ),
+            (
+                r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"m","environment":"a/b"}"#,
+                "environment",
+            ),
         ];
         for (json, field) in cases {
             assert_eq!(check(json).unwrap_err().field, field, "{json}");

@@ -89,7 +89,9 @@ pub struct Accepted {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/projects/{project}/events", post(ingest))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; POST events to /api/v1/projects/{project}/events") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; POST events to /api/v1/projects/{project}/events")
+        })
         .with_state(state)
 }
 
@@ -145,38 +147,62 @@ fn prepare(line: &str, project: &str, received_ms: i64) -> Result<Ready, (Option
     Ok(Ready { id, payload })
 }
 
-async fn ingest(State(st): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: Body) -> Result<Json<Accepted>, ApiError> {
+async fn ingest(
+    State(st): State<AppState>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
     let t0 = Instant::now();
     let cfg = &st.cfg.http;
     if !is_project_slug(&project) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "project in the URL must match [a-z0-9][a-z0-9_-]* (at most 64 characters)"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "project in the URL must match [a-z0-9][a-z0-9_-]* (at most 64 characters)",
+        ));
     }
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    {
         if len > cfg.max_body_bytes {
-            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {len} bytes is larger than {} bytes", cfg.max_body_bytes)));
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {len} bytes is larger than {} bytes", cfg.max_body_bytes),
+            ));
         }
     }
-    let bytes = axum::body::to_bytes(body, cfg.max_body_bytes)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {} bytes", cfg.max_body_bytes)))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body is not UTF-8: {e}")))?;
+    let bytes = axum::body::to_bytes(body, cfg.max_body_bytes).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {} bytes", cfg.max_body_bytes),
+        )
+    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body is not UTF-8: {e}")))?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl"));
     // Without an NDJSON content type, a body that is one JSON value (even pretty-printed) is
     // one event; otherwise it is read as lines.
-    let single = !ndjson && (!text.trim().contains('\n') || serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
+    let single =
+        !ndjson && (!text.trim().contains('\n') || serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
     let lines: Vec<(usize, &str)> = if !single {
         text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty()).collect()
     } else {
         vec![(1, text.trim())]
     };
     if lines.is_empty() || lines.iter().all(|(_, l)| l.is_empty()) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "request body is empty; send one JSON event or NDJSON lines"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "request body is empty; send one JSON event or NDJSON lines",
+        ));
     }
     if lines.len() > cfg.max_events_per_request {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{} events in one request; at most {}", lines.len(), cfg.max_events_per_request)));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} events in one request; at most {}", lines.len(), cfg.max_events_per_request),
+        ));
     }
     let received = now_ms();
     let mut ready = Vec::with_capacity(lines.len());
@@ -185,7 +211,11 @@ async fn ingest(State(st): State<AppState>, Path(project): Path<String>, headers
     for (line_no, line) in &lines {
         if line.len() > cfg.max_event_bytes {
             too_large = true;
-            details.push(Detail { line: *line_no, field: None, reason: format!("event of {} bytes is larger than {} bytes", line.len(), cfg.max_event_bytes) });
+            details.push(Detail {
+                line: *line_no,
+                field: None,
+                reason: format!("event of {} bytes is larger than {} bytes", line.len(), cfg.max_event_bytes),
+            });
             continue;
         }
         match prepare(line, &project, received) {
@@ -196,7 +226,10 @@ async fn ingest(State(st): State<AppState>, Path(project): Path<String>, headers
     if !details.is_empty() {
         metrics::counter!(m::EVENTS_TOTAL, "outcome" => "invalid").increment(details.len() as u64);
         let status = if too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
-        let mut err = ApiError::new(status, format!("{} of {} events are invalid; nothing was accepted", details.len(), lines.len()));
+        let mut err = ApiError::new(
+            status,
+            format!("{} of {} events are invalid; nothing was accepted", details.len(), lines.len()),
+        );
         err.details = details;
         return Err(err);
     }
@@ -209,11 +242,16 @@ async fn ingest(State(st): State<AppState>, Path(project): Path<String>, headers
             Ok(f) => futures.push(f),
             Err((e, _)) => {
                 metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
-                return Err(with_retry_after(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot queue events for Kafka: {e}"))));
+                return Err(with_retry_after(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot queue events for Kafka: {e}"),
+                )));
             }
         }
     }
-    let results = tokio::time::timeout(Duration::from_millis(cfg.delivery_timeout_ms + 1000), futures::future::join_all(futures)).await;
+    let results =
+        tokio::time::timeout(Duration::from_millis(cfg.delivery_timeout_ms + 1000), futures::future::join_all(futures))
+            .await;
     let failed = match results {
         Ok(rs) => rs.into_iter().filter(|r| !matches!(r, Ok(Ok(_)))).count(),
         Err(_) => ready.len(),
@@ -263,7 +301,10 @@ mod tests {
 
     #[test]
     fn prepare_rejects_with_field() {
-        assert_eq!(prepare(r#"{"project":"api","message":"x"}"#, "web", NOW).unwrap_err().0.as_deref(), Some("project"));
+        assert_eq!(
+            prepare(r#"{"project":"api","message":"x"}"#, "web", NOW).unwrap_err().0.as_deref(),
+            Some("project")
+        );
         assert_eq!(prepare(r#"{"level":"loud","message":"x"}"#, "web", NOW).unwrap_err().0.as_deref(), Some("level"));
         assert_eq!(prepare("{", "web", NOW).unwrap_err().0, None);
     }

@@ -32,7 +32,13 @@ pub fn kafka_producer(cfg: &Config) -> anyhow::Result<FutureProducer> {
 ///
 /// # Errors
 /// When Kafka is unusable at start-up or the server fails.
-pub async fn serve(cfg: Config, listener: tokio::net::TcpListener, shutdown: Shutdown, health: Health, others: Vec<Health>) -> anyhow::Result<()> {
+pub async fn serve(
+    cfg: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+    health: Health,
+    others: Vec<Health>,
+) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let c = cfg.clone();
     let producer = tokio::task::spawn_blocking(move || kafka_producer(&c)).await??;

@@ -22,7 +22,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cfg: tracefold_producer::Config = tracefold_runtime::config::load(args.config.as_deref(), std::env::vars())?;
+    let mut cfg: tracefold_producer::Config =
+        tracefold_runtime::config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(b) = args.bootstrap_servers {
         cfg.kafka.bootstrap_servers = b;
     }

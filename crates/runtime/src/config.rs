@@ -76,15 +76,14 @@ where
     if overrides.is_empty() {
         return Ok(from_file);
     }
-    let mut table = toml::Table::try_from(&from_file).map_err(|e| ConfigError::Env {
-        vars: String::new(),
-        message: format!("cannot re-serialize config: {e}"),
-    })?;
+    let mut table = toml::Table::try_from(&from_file)
+        .map_err(|e| ConfigError::Env { vars: String::new(), message: format!("cannot re-serialize config: {e}") })?;
     for (k, v) in &overrides {
         set_path(&mut table, &k[ENV_PREFIX.len()..], v);
     }
     let vars = overrides.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");
-    T::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env { vars, message: e.to_string().trim().replace('\n', " ") })
+    T::deserialize(toml::Value::Table(table))
+        .map_err(|e| ConfigError::Env { vars, message: e.to_string().trim().replace('\n', " ") })
 }
 
 fn set_path(table: &mut toml::Table, path: &str, raw: &str) {
@@ -136,7 +135,11 @@ pub struct TopicsConfig {
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        Self { events: "tracefold.events".into(), aggregates: "tracefold.aggregates".into(), dlq: "tracefold.dlq".into() }
+        Self {
+            events: "tracefold.events".into(),
+            aggregates: "tracefold.aggregates".into(),
+            dlq: "tracefold.dlq".into(),
+        }
     }
 }
 

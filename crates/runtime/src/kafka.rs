@@ -1,8 +1,8 @@
 //! Kafka client construction with tracefold's defaults and the user's pass-through options.
 
 use crate::config::KafkaConfig;
-use rdkafka::config::ClientConfig;
 use rdkafka::client::{Client, ClientContext};
+use rdkafka::config::ClientConfig;
 use std::time::Duration;
 
 /// A client config with the bootstrap servers and, last, the pass-through options.

@@ -87,7 +87,8 @@ pub fn ops_router(health: Vec<Health>) -> Router {
 /// # Errors
 /// When the address cannot be bound.
 pub async fn serve_ops(addr: SocketAddr, health: Vec<Health>, shutdown: crate::Shutdown) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, ops_router(health)).with_graceful_shutdown(async move { shutdown.wait().await }).await?;
     Ok(())

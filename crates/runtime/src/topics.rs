@@ -65,6 +65,8 @@ mod tests {
         assert!(defs.iter().all(|d| d.partitions > 0 && d.retention_ms > 0));
         let defaults = crate::config::TopicsConfig::default();
         let names: Vec<_> = configured(&defaults).into_iter().map(|d| d.name).collect();
-        assert!(names.contains(&defaults.events) && names.contains(&defaults.aggregates) && names.contains(&defaults.dlq));
+        assert!(
+            names.contains(&defaults.events) && names.contains(&defaults.aggregates) && names.contains(&defaults.dlq)
+        );
     }
 }

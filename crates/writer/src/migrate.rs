@@ -75,11 +75,7 @@ struct StringRow {
 
 /// Returns a client for `cfg` (validation off, so that it works on ClickHouse 18.16 too).
 pub fn client(cfg: &tracefold_runtime::config::ClickHouseConfig) -> Client {
-    Client::default()
-        .with_url(&cfg.url)
-        .with_user(&cfg.user)
-        .with_password(&cfg.password)
-        .with_validation(false)
+    Client::default().with_url(&cfg.url).with_user(&cfg.user).with_password(&cfg.password).with_validation(false)
 }
 
 /// Creates the database and applies every migration not yet recorded, calling `progress`
@@ -168,7 +164,10 @@ mod tests {
 
     #[test]
     fn statements_split_and_substitute() {
-        let s = statements("-- c\nCREATE TABLE {db}.a (x UInt8) -- trailing\nENGINE = Memory;\n\nCREATE VIEW {db}.v AS SELECT 1;\n", "tf");
+        let s = statements(
+            "-- c\nCREATE TABLE {db}.a (x UInt8) -- trailing\nENGINE = Memory;\n\nCREATE VIEW {db}.v AS SELECT 1;\n",
+            "tf",
+        );
         assert_eq!(s, ["CREATE TABLE tf.a (x UInt8) \nENGINE = Memory", "CREATE VIEW tf.v AS SELECT 1"]);
         for m in MIGRATIONS {
             for st in statements(m.sql, "tf") {

@@ -15,8 +15,8 @@ use crate::store::{admit, load_watermarks, AggregateRow, Watermarks};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -84,7 +84,11 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         .context("cannot create the writer's consumer")?;
     let dlq: ThreadedProducer<DefaultProducerContext> =
         tracefold_runtime::kafka::producer_config(&cfg.kafka, 0).create().context("cannot create the DLQ producer")?;
-    tracefold_runtime::kafka::check_topics(consumer.client(), &[&cfg.topics.aggregates, &cfg.topics.dlq], Duration::from_secs(10))?;
+    tracefold_runtime::kafka::check_topics(
+        consumer.client(),
+        &[&cfg.topics.aggregates, &cfg.topics.dlq],
+        Duration::from_secs(10),
+    )?;
     consumer.subscribe(&[&cfg.topics.aggregates]).context("cannot subscribe")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = crate::migrate::client(&cfg.clickhouse).with_database(&cfg.clickhouse.database);
@@ -200,7 +204,12 @@ impl Writer<'_> {
                         if let Some(Ok(msg)) = self.consumer.poll(Duration::from_millis(100)) {
                             // A partition assigned during the outage is not paused yet.
                             let p = msg.partition();
-                            let _ = self.consumer.seek(msg.topic(), p, Offset::Offset(msg.offset()), Duration::from_secs(1));
+                            let _ = self.consumer.seek(
+                                msg.topic(),
+                                p,
+                                Offset::Offset(msg.offset()),
+                                Duration::from_secs(1),
+                            );
                             if let Ok(a) = self.consumer.assignment() {
                                 let _ = self.consumer.pause(&a);
                             }
@@ -262,7 +271,10 @@ impl Writer<'_> {
             let client = &self.client;
             self.rt
                 .block_on(async {
-                    let mut ins = client.insert::<AggregateRow<'_>>("aggregates").await?.with_timeouts(Some(timeout), Some(timeout));
+                    let mut ins = client
+                        .insert::<AggregateRow<'_>>("aggregates")
+                        .await?
+                        .with_timeouts(Some(timeout), Some(timeout));
                     for row in &rows {
                         ins.write(row).await?;
                     }

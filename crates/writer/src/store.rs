@@ -100,7 +100,12 @@ struct WatermarkRow {
 ///
 /// # Errors
 /// When ClickHouse does not answer.
-pub async fn load_watermarks(client: &Client, db: &str, agg_topic: &str, agg_partition: i32) -> clickhouse::error::Result<Watermarks> {
+pub async fn load_watermarks(
+    client: &Client,
+    db: &str,
+    agg_topic: &str,
+    agg_partition: i32,
+) -> clickhouse::error::Result<Watermarks> {
     let rows = client
         .query(&format!(
             "SELECT src_epoch, src_topic, src_partition, m.1 AS first, m.2 AS index FROM ( \
@@ -143,7 +148,15 @@ mod tests {
     fn rec(p: i32, first: i64, index: u32) -> AggregateRecord {
         AggregateRecord {
             v: 1,
-            batch: BatchRef { epoch: "x".into(), topic: "e".into(), partition: p, first_offset: first, last_offset: first + 9, index, count: 3 },
+            batch: BatchRef {
+                epoch: "x".into(),
+                topic: "e".into(),
+                partition: p,
+                first_offset: first,
+                last_offset: first + 9,
+                index,
+                count: 3,
+            },
             project: "p".into(),
             issue_id: "i".into(),
             minute: 0,
