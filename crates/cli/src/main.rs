@@ -121,6 +121,21 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Print generated events as NDJSON (for fixtures, or to pipe into curl).
+    Gen {
+        /// Events.
+        #[arg(long, default_value_t = 1000)]
+        events: u64,
+        /// Distinct issues.
+        #[arg(long, default_value_t = 50)]
+        issues: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Reference time, Unix seconds (default: now); events fall in the hour before it.
+        #[arg(long)]
+        now: Option<i64>,
+    },
     /// Show the issues with the most events in a recent window.
     Top {
         /// Window, e.g. 15m, 1h, 2d.
@@ -279,6 +294,17 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Fingerprint { files, explain } => fingerprint(&files, explain),
+        Cmd::Gen { events, issues, seed, now } => {
+            use std::io::Write as _;
+            let mut g =
+                gen::Generator::new(gen::GenOptions { issues, seed, now_secs: now.unwrap_or_else(now_secs), ..Default::default() });
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for _ in 0..events {
+                writeln!(out, "{}", g.next_event().json)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
         Cmd::BenchPipeline { events, issues, partitions, format, ch } => {
             bench_pipeline(events, issues, partitions, format, ch.config()).await
         }

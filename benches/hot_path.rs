@@ -1,0 +1,160 @@
+//! The grouper hot path (parse + validate + fingerprint + aggregate) on realistic events,
+//! against a bare parse of the same bytes measured in the same run.
+//!
+//! `cargo bench -p tracefold-benches --bench hot_path` prints criterion's figures, then a
+//! table of events/s per core and each variant's time relative to the bare simd-json parse.
+
+use criterion::{black_box, BenchmarkId, Criterion, Throughput};
+use std::path::PathBuf;
+use tracefold_benches::{events, FIXTURE_NOW_MS};
+use tracefold_fingerprint::{fingerprint, GroupingConfig, Scratch};
+use tracefold_grouper::batch::{BatchBuilder, BatchOptions};
+
+const GROUP: &str = "grouper_hot_path";
+
+/// (id, what it measures)
+const VARIANTS: &[(&str, &str)] = &[
+    ("bare_parse_tape", "simd-json tape only (copy + parse), the baseline"),
+    ("bare_parse_serde_json_value", "serde_json into an owned Value"),
+    ("parse_struct", "simd-json into the borrowed Event struct"),
+    ("parse_validate", "+ validation"),
+    ("parse_validate_fingerprint", "+ fingerprint"),
+    ("hot_path", "+ aggregate; fixture spread over 60 min, most events open a new bucket"),
+    ("hot_path_busy_buckets", "+ aggregate; the fixture 10 times per batch, buckets repeat"),
+];
+
+fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
+    let mut g = c.benchmark_group(GROUP);
+    g.throughput(Throughput::Elements(evs.len() as u64));
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut buffers = simd_json::Buffers::default();
+    let mut store: Option<simd_json::Tape<'static>> = Some(simd_json::Tape::null());
+    g.bench_function(BenchmarkId::from_parameter(VARIANTS[0].0), |b| {
+        b.iter(|| {
+            for e in evs {
+                buf.clear();
+                buf.extend_from_slice(e);
+                // Reuse the tape's allocation across events (reset re-brands its lifetime).
+                let mut tape = store.take().expect("tape").reset();
+                black_box(simd_json::fill_tape(&mut buf, &mut buffers, &mut tape).is_ok());
+                store = Some(tape.reset());
+            }
+        })
+    });
+    g.bench_function(BenchmarkId::from_parameter(VARIANTS[1].0), |b| {
+        b.iter(|| {
+            for e in evs {
+                black_box(serde_json::from_slice::<serde_json::Value>(e).is_ok());
+            }
+        })
+    });
+    g.bench_function(BenchmarkId::from_parameter(VARIANTS[2].0), |b| {
+        b.iter(|| {
+            for e in evs {
+                buf.clear();
+                buf.extend_from_slice(e);
+                black_box(tracefold_model::parse_event_slice(&mut buf).is_ok());
+            }
+        })
+    });
+    g.bench_function(BenchmarkId::from_parameter(VARIANTS[3].0), |b| {
+        b.iter(|| {
+            for e in evs {
+                buf.clear();
+                buf.extend_from_slice(e);
+                let ev = tracefold_model::parse_event_slice(&mut buf).expect("fixture parses");
+                black_box(tracefold_model::validate(&ev, FIXTURE_NOW_MS).is_ok());
+            }
+        })
+    });
+    let cfg = GroupingConfig::default();
+    let mut scratch = Scratch::default();
+    g.bench_function(BenchmarkId::from_parameter(VARIANTS[4].0), |b| {
+        b.iter(|| {
+            for e in evs {
+                buf.clear();
+                buf.extend_from_slice(e);
+                let ev = tracefold_model::parse_event_slice(&mut buf).expect("fixture parses");
+                let _ = black_box(tracefold_model::validate(&ev, FIXTURE_NOW_MS));
+                black_box(fingerprint(&ev, &cfg, &mut scratch));
+            }
+        })
+    });
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    g.bench_function(BenchmarkId::from_parameter(VARIANTS[5].0), |b| {
+        b.iter(|| {
+            for (i, e) in evs.iter().enumerate() {
+                builder.add(e, i as i64, FIXTURE_NOW_MS);
+            }
+            black_box(builder.finish("e", "tracefold.events", 0, 0, evs.len() as i64).records.len())
+        })
+    });
+    g.throughput(Throughput::Elements(10 * evs.len() as u64));
+    g.bench_function(BenchmarkId::from_parameter(VARIANTS[6].0), |b| {
+        b.iter(|| {
+            for round in 0..10 {
+                for (i, e) in evs.iter().enumerate() {
+                    builder.add(e, (round * evs.len() + i) as i64, FIXTURE_NOW_MS);
+                }
+            }
+            black_box(builder.finish("e", "tracefold.events", 0, 0, 10 * evs.len() as i64).records.len())
+        })
+    });
+    g.finish();
+}
+
+/// Events per iteration of each variant.
+fn events_per_iter(id: &str, n: usize) -> usize {
+    if id == "hot_path_busy_buckets" {
+        10 * n
+    } else {
+        n
+    }
+}
+
+fn criterion_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("criterion")
+}
+
+/// Mean time of one iteration (the whole fixture set), ns, from criterion's estimates.
+fn mean_ns(dir: &std::path::Path, id: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(GROUP).join(id).join("new/estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["mean"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    let evs = events();
+    let bytes: usize = evs.iter().map(Vec::len).sum();
+    let dir = criterion_dir();
+    let mut c = Criterion::default().output_directory(&dir).configure_from_args();
+    bench(&mut c, &evs);
+    c.final_summary();
+    let base = mean_ns(&dir, VARIANTS[0].0);
+    println!(
+        "\n{} events, {:.0} bytes on average; one core\n\n{:<28} {:>12} {:>10} {:>14}  {}",
+        evs.len(),
+        bytes as f64 / evs.len() as f64,
+        "variant",
+        "events/s",
+        "ns/event",
+        "x bare parse",
+        "what"
+    );
+    let mut json = Vec::new();
+    for (id, what) in VARIANTS {
+        let Some(ns) = mean_ns(&dir, id) else { continue };
+        let per_event = ns / events_per_iter(id, evs.len()) as f64;
+        let ratio = base.map(|b| per_event / (b / evs.len() as f64));
+        println!(
+            "{id:<28} {:>12.0} {per_event:>10.0} {:>14}  {what}",
+            1e9 / per_event,
+            ratio.map_or("-".into(), |r| format!("{r:.2}"))
+        );
+        json.push(serde_json::json!({"variant": id, "events_per_sec": 1e9 / per_event, "ns_per_event": per_event, "ratio_to_bare_parse": ratio}));
+    }
+    println!("{}", serde_json::json!({"benchmark": GROUP, "results": json}));
+}
