@@ -267,6 +267,7 @@ async fn sample_load(url: &str, opts: &DevOptions) -> anyhow::Result<LoadSummary
         batch: 200,
         concurrency: 4,
         progress: true,
+        max_lag: None,
         gen: crate::gen::GenOptions {
             issues: opts.sample_issues,
             now_secs: now,

@@ -41,6 +41,41 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Generator options.
     pub gen: GenOptions,
+    /// With a Kafka target: keep the consumer group's lag on the events topic below this,
+    /// pausing the load as needed (a sustained-rate measurement; also keeps a bounded log,
+    /// such as librdkafka's mock cluster's, from dropping unread events).
+    pub max_lag: Option<LagLimit>,
+}
+
+/// A bound on how far a consumer group may fall behind the load.
+#[derive(Debug, Clone)]
+pub struct LagLimit {
+    /// The consumer group (the grouper's).
+    pub group: String,
+    /// Most events produced but not yet committed by the group, over all partitions.
+    pub events: i64,
+}
+
+/// Events on `topic` not yet committed by `group`, over all partitions.
+fn group_lag(c: &rdkafka::consumer::BaseConsumer, topic: &str) -> anyhow::Result<i64> {
+    use rdkafka::consumer::Consumer;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(5))?;
+    let mut lag = 0;
+    for e in committed.elements() {
+        let (_, high) = c.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))?;
+        let done = match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        };
+        lag += (high - done).max(0);
+    }
+    Ok(lag)
 }
 
 /// What a load run did.
@@ -192,10 +227,26 @@ async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::
     let start = Instant::now();
     let mut summary = LoadSummary::default();
     let mut inflight = FuturesUnordered::new();
+    let lag_client: Option<(rdkafka::consumer::BaseConsumer, i64)> = match &opts.max_lag {
+        Some(l) => Some((tracefold_runtime::kafka::consumer_config(&kafka, &l.group).create()?, l.events)),
+        None => None,
+    };
     for i in 0..opts.events {
         let e = g.next_event();
         if i % 1000 == 0 {
             pace(start, i, opts.rate).await;
+        }
+        if let Some((c, max)) = &lag_client {
+            if i % 2000 == 0 && i > 0 {
+                while !inflight.is_empty() {
+                    if let Some(done) = inflight.next().await {
+                        account_one(&mut summary, done, &pb);
+                    }
+                }
+                while group_lag(c, topic)? > *max {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
         }
         loop {
             match producer.send_result(FutureRecord::to(topic).key(e.event_id.as_bytes()).payload(e.json.as_bytes())) {

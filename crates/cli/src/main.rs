@@ -117,6 +117,13 @@ enum Cmd {
         /// HTTP requests in flight.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// With --bootstrap-servers: pause whenever the consumer group --lag-group is more than
+        /// this many events behind (librdkafka's mock cluster keeps only 5 MB per partition).
+        #[arg(long)]
+        max_lag: Option<i64>,
+        /// The consumer group whose lag --max-lag bounds.
+        #[arg(long, default_value = "tracefold-grouper")]
+        lag_group: String,
         /// Summary format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
@@ -254,6 +261,8 @@ async fn main() -> anyhow::Result<()> {
             seed,
             batch,
             concurrency,
+            max_lag,
+            lag_group,
             format,
         } => {
             tracefold_runtime::telemetry::init_logging(&Default::default());
@@ -268,6 +277,7 @@ async fn main() -> anyhow::Result<()> {
                 batch,
                 concurrency,
                 progress: format == Format::Table,
+                max_lag: max_lag.map(|events| loadgen::LagLimit { group: lag_group, events }),
                 gen: gen::GenOptions { issues, users, seed, now_secs: now_secs(), ..Default::default() },
             };
             let s = loadgen::run(&target, &opts).await?;
@@ -374,7 +384,11 @@ async fn bench_pipeline(
         ..Default::default()
     });
     ch.database = format!("{}_bench_{}", ch.database, std::process::id());
-    let cfg = dev::DevConfig { clickhouse: ch.clone(), ..Default::default() };
+    let mut cfg = dev::DevConfig { clickhouse: ch.clone(), ..Default::default() };
+    // Short batches keep the committed lag (what the load is paced by) close to the read lag.
+    cfg.grouper.batch_max_age_ms = 500;
+    // librdkafka's mock cluster keeps at most 5 MB per partition: stay well inside it.
+    let lag_limit = i64::from(partitions) * 4000;
     let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(partitions), true).await?;
     eprintln!("pipeline up (database {}); loading {events} events straight into Kafka ...", ch.database);
     let t0 = Instant::now();
@@ -384,6 +398,7 @@ async fn bench_pipeline(
         batch: 0,
         concurrency: 0,
         progress: true,
+        max_lag: Some(loadgen::LagLimit { group: cfg.grouper.group_id.clone(), events: lag_limit }),
         gen: gen::GenOptions { issues, now_secs: now_secs(), ..Default::default() },
     };
     let target =

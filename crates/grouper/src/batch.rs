@@ -189,6 +189,14 @@ impl BatchBuilder {
     ) -> BatchOutput {
         let mut records = std::mem::take(&mut self.partials);
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+        // One sample per issue per batch is plenty: the other buckets of the issue carry none,
+        // which keeps aggregate rows small.
+        let mut sampled = std::collections::HashSet::with_capacity(records.len());
+        for r in &mut records {
+            if !sampled.insert((r.project.as_str().to_owned(), r.issue_id.clone())) {
+                r.sample.clear();
+            }
+        }
         for (i, r) in records.iter_mut().enumerate() {
             r.batch = BatchRef {
                 epoch: epoch.to_owned(),
@@ -263,6 +271,8 @@ mod tests {
         );
         assert_eq!(out.records[1].count, 1);
         assert_eq!(out.records[2].minute, r0.minute + 60);
+        assert!(!r0.sample.is_empty() && !out.records[1].sample.is_empty(), "first bucket of each issue has a sample");
+        assert!(out.records[2].sample.is_empty(), "later buckets of the same issue in the batch do not");
         assert_eq!(out.rejected.iter().map(|r| r.offset).collect::<Vec<_>>(), [12, 16]);
         assert!(out.rejected[0].reason.starts_with("malformed event json"), "{}", out.rejected[0].reason);
         assert_eq!(out.rejected[1].reason, "invalid event: project: missing");

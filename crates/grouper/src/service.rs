@@ -147,9 +147,10 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
                 // A replayed range ends at its recorded last offset, whatever comes after.
                 if let (Some(rl), Some(_)) = (st.replay_last, st.first) {
                     if offset > rl {
-                        g.emit(p, st)?;
+                        g.emit(&mut parts, &[p])?;
                     }
                 }
+                let st = parts.get_mut(&p).expect("inserted above");
                 if st.first.is_none() {
                     st.first = Some(offset);
                     st.started = Instant::now();
@@ -165,7 +166,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
                     }
                 };
                 if cut {
-                    g.emit(p, st)?;
+                    g.emit(&mut parts, &[p])?;
                 }
             }
             Some(Err(e)) => {
@@ -178,20 +179,20 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         }
         if last_age_check.elapsed() >= Duration::from_millis(50) {
             last_age_check = Instant::now();
-            for (p, st) in parts.iter_mut() {
-                if st.first.is_some() && st.replay_last.is_none() && st.started.elapsed() >= max_age {
-                    g.emit(*p, st)?;
-                }
+            let open = |st: &PartState| st.first.is_some() && st.replay_last.is_none();
+            if parts.values().any(|st| open(st) && st.started.elapsed() >= max_age) {
+                // Emit every partition that is at least half due with it: one commit, one flush.
+                let due: Vec<i32> =
+                    parts.iter().filter(|(_, st)| open(st) && st.started.elapsed() >= max_age / 2).map(|(p, _)| *p).collect();
+                g.emit(&mut parts, &due)?;
             }
         }
     }
     health.set_ready(false);
     tracing::info!("grouper draining");
-    for (p, st) in parts.iter_mut() {
-        if st.first.is_some() && st.replay_last.is_none() {
-            g.emit(*p, st)?;
-        }
-    }
+    let open: Vec<i32> =
+        parts.iter().filter(|(_, st)| st.first.is_some() && st.replay_last.is_none()).map(|(p, _)| *p).collect();
+    g.emit(&mut parts, &open)?;
     producer.flush(Duration::from_secs(30)).context("final flush")?;
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     consumer.unsubscribe();
@@ -254,74 +255,86 @@ impl Grouper<'_> {
         Ok(())
     }
 
-    fn emit(&mut self, partition: i32, st: &mut PartState) -> anyhow::Result<()> {
-        let Some(first) = st.first else { return Ok(()) };
-        let last = match st.replay_last {
-            Some(rl) => rl,
-            None => st.last,
-        };
-        let replay = st.replay_last.is_some();
+    /// Emits the open batches of `which` partitions: records their ranges (one synchronous
+    /// commit), produces all their records and waits for the acknowledgements (one flush), then
+    /// commits past them (one asynchronous commit).
+    fn emit(&mut self, parts: &mut HashMap<i32, PartState>, which: &[i32]) -> anyhow::Result<()> {
+        struct Done {
+            partition: i32,
+            first: i64,
+            last: i64,
+            replay: bool,
+            events: u64,
+            out: BatchOutput,
+        }
         let t0 = Instant::now();
-        let events = st.builder.events();
         let topic = &self.cfg.topics.events;
-        let out = st.builder.finish(self.epoch, topic, partition, first, last);
-        st.first = None;
-        st.replay_last = None;
-        if !replay {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, partition, Offset::Offset(first))?;
-            set_metadata(&mut tpl, topic, partition, &encode_pending(first, last));
-            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
-                // Most likely the partition was revoked: its next owner reads from the last
-                // commit. Rewind, so that this range is read again if it is still ours.
-                tracing::warn!(partition, error = %e, "cannot record the batch range; rewinding");
-                let _ = self.consumer.seek(topic, partition, Offset::Offset(first), Duration::from_secs(5));
-                return Ok(());
+        let mut done: Vec<Done> = Vec::with_capacity(which.len());
+        for &partition in which {
+            let Some(st) = parts.get_mut(&partition) else { continue };
+            let Some(first) = st.first else { continue };
+            let last = st.replay_last.unwrap_or(st.last);
+            let events = st.builder.events();
+            let out = st.builder.finish(self.epoch, topic, partition, first, last);
+            done.push(Done { partition, first, last, replay: st.replay_last.is_some(), events, out });
+            st.first = None;
+            st.replay_last = None;
+        }
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut pending = TopicPartitionList::new();
+        for d in done.iter().filter(|d| !d.replay) {
+            pending.add_partition_offset(topic, d.partition, Offset::Offset(d.first))?;
+            set_metadata(&mut pending, topic, d.partition, &encode_pending(d.first, d.last));
+        }
+        if pending.count() > 0 {
+            if let Err(e) = self.consumer.commit(&pending, CommitMode::Sync) {
+                // Most likely a partition was revoked: its next owner reads from the last
+                // commit. Rewind, so that these ranges are read again if they are still ours.
+                tracing::warn!(error = %e, "cannot record the batch ranges; rewinding");
+                for d in done.iter().filter(|d| !d.replay) {
+                    let _ = self.consumer.seek(topic, d.partition, Offset::Offset(d.first), Duration::from_secs(5));
+                }
+                done.retain(|d| d.replay);
             }
         }
-        self.produce(&out, partition)?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(last + 1))?;
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::warn!(partition, error = %e, "cannot commit past the batch; it will be rebuilt if needed");
+        self.produce(&done.iter().map(|d| (&d.out, d.partition)).collect::<Vec<_>>())?;
+        let mut past = TopicPartitionList::new();
+        for d in &done {
+            past.add_partition_offset(topic, d.partition, Offset::Offset(d.last + 1))?;
         }
-        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "accepted").increment(out.accepted);
-        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "rejected").increment(out.rejected.len() as u64);
-        metrics::counter!(m::CLAMPED_TOTAL).increment(out.clamped);
-        metrics::counter!(m::BATCHES_TOTAL, "kind" => if replay { "replay" } else { "new" }).increment(1);
-        metrics::counter!(m::AGGREGATES_TOTAL).increment(out.records.len() as u64);
-        metrics::counter!(m::DLQ_TOTAL).increment(out.rejected.len() as u64);
-        metrics::histogram!(m::BATCH_EVENTS).record(events as f64);
+        if let Err(e) = self.consumer.commit(&past, CommitMode::Async) {
+            tracing::warn!(error = %e, "cannot commit past the batches; they will be rebuilt if needed");
+        }
+        for d in &done {
+            let out = &d.out;
+            metrics::counter!(m::EVENTS_TOTAL, "outcome" => "accepted").increment(out.accepted);
+            metrics::counter!(m::EVENTS_TOTAL, "outcome" => "rejected").increment(out.rejected.len() as u64);
+            metrics::counter!(m::CLAMPED_TOTAL).increment(out.clamped);
+            metrics::counter!(m::BATCHES_TOTAL, "kind" => if d.replay { "replay" } else { "new" }).increment(1);
+            metrics::counter!(m::AGGREGATES_TOTAL).increment(out.records.len() as u64);
+            metrics::counter!(m::DLQ_TOTAL).increment(out.rejected.len() as u64);
+            metrics::histogram!(m::BATCH_EVENTS).record(d.events as f64);
+            tracing::debug!(
+                partition = d.partition,
+                first = d.first,
+                last = d.last,
+                records = out.records.len(),
+                rejected = out.rejected.len(),
+                replay = d.replay,
+                "batch emitted"
+            );
+        }
         metrics::histogram!(m::EMIT_SECONDS).record(t0.elapsed().as_secs_f64());
-        tracing::debug!(
-            partition,
-            first,
-            last,
-            records = out.records.len(),
-            rejected = out.rejected.len(),
-            replay,
-            "batch emitted"
-        );
         Ok(())
     }
 
-    fn produce(&self, out: &BatchOutput, partition: i32) -> anyhow::Result<()> {
+    fn produce(&self, outs: &[(&BatchOutput, i32)]) -> anyhow::Result<()> {
         let failed_before = self.producer.context().failed.load(Ordering::SeqCst);
-        let src_partition = partition.to_string();
-        for r in &out.records {
-            let key = r.key();
-            let payload = serde_json::to_vec(r).context("serialize aggregate")?;
-            self.send(BaseRecord::to(&self.cfg.topics.aggregates).key(&key).payload(payload.as_slice()))?;
-        }
-        for rej in &out.rejected {
-            let key = format!("{}/{}/{}", self.cfg.topics.events, partition, rej.offset);
-            let offset = rej.offset.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "tracefold-error", value: Some(rej.reason.as_bytes()) })
-                .insert(Header { key: "tracefold-source-topic", value: Some(self.cfg.topics.events.as_bytes()) })
-                .insert(Header { key: "tracefold-source-partition", value: Some(src_partition.as_bytes()) })
-                .insert(Header { key: "tracefold-source-offset", value: Some(offset.as_bytes()) });
-            self.send(BaseRecord::to(&self.cfg.topics.dlq).key(&key).payload(rej.payload.as_slice()).headers(headers))?;
+        let mut payload = Vec::with_capacity(4096);
+        for (out, partition) in outs {
+            self.produce_one(out, *partition, &mut payload)?;
         }
         // Wait for every acknowledgement; the producer retries until delivered.
         loop {
@@ -339,6 +352,27 @@ impl Grouper<'_> {
                 "{failed} aggregate records were not delivered ({}); restarting rebuilds the batch",
                 err.unwrap_or_default()
             );
+        }
+        Ok(())
+    }
+
+    fn produce_one(&self, out: &BatchOutput, partition: i32, payload: &mut Vec<u8>) -> anyhow::Result<()> {
+        let src_partition = partition.to_string();
+        for r in &out.records {
+            let key = r.key();
+            payload.clear();
+            serde_json::to_writer(&mut *payload, r).context("serialize aggregate")?;
+            self.send(BaseRecord::to(&self.cfg.topics.aggregates).key(&key).payload(payload.as_slice()))?;
+        }
+        for rej in &out.rejected {
+            let key = format!("{}/{}/{}", self.cfg.topics.events, partition, rej.offset);
+            let offset = rej.offset.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "tracefold-error", value: Some(rej.reason.as_bytes()) })
+                .insert(Header { key: "tracefold-source-topic", value: Some(self.cfg.topics.events.as_bytes()) })
+                .insert(Header { key: "tracefold-source-partition", value: Some(src_partition.as_bytes()) })
+                .insert(Header { key: "tracefold-source-offset", value: Some(offset.as_bytes()) });
+            self.send(BaseRecord::to(&self.cfg.topics.dlq).key(&key).payload(rej.payload.as_slice()).headers(headers))?;
         }
         Ok(())
     }

@@ -174,7 +174,8 @@ pub struct AggregateRecord {
     pub platform: String,
     /// Grouping config version that produced `issue_id`.
     pub grouping_version: String,
-    /// The first event of the bucket in this batch, verbatim JSON.
+    /// The first event of the bucket, verbatim JSON; only in the first bucket of each issue
+    /// within a batch (empty in the others).
     pub sample: String,
 }
 
