@@ -21,14 +21,7 @@ log() { printf 'clickhouse-local: %s\n' "$*" >&2; }
 ping() { curl -fsS "http://127.0.0.1:$http_port/ping" >/dev/null 2>&1; }
 
 install() {
-  if command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/bin/clickhouse ]; then
-    return
-  fi
-  log "installing clickhouse-server and clickhouse-client from Debian's packages"
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client curl >/dev/null
+  "$repo/scripts/deps.sh"
 }
 
 server_bin() {

@@ -7,6 +7,7 @@
 #   scripts/quickstart.sh --sample-events 200000   # a bigger load
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/deps.sh
 scripts/clickhouse-local.sh start
 cargo build --release --locked -p tracefold
 exec target/release/tracefold dev --clickhouse-url "http://127.0.0.1:${TRACEFOLD_CH_HTTP_PORT:-8123}" \

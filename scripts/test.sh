@@ -6,6 +6,7 @@
 #   scripts/test.sh -p tracefold-model   # extra arguments go to cargo test
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/deps.sh
 scripts/clickhouse-local.sh start
 export TRACEFOLD_TEST_CLICKHOUSE_URL=${TRACEFOLD_TEST_CLICKHOUSE_URL:-http://127.0.0.1:${TRACEFOLD_CH_HTTP_PORT:-8123}}
 exec cargo test --workspace --locked "$@"

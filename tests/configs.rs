@@ -8,13 +8,17 @@ fn config(name: &str) -> PathBuf {
 
 #[test]
 fn service_examples_load_and_equal_the_defaults() {
-    let p: tracefold_producer::Config = tracefold_runtime::config::load(Some(&config("producer.toml")), Vec::new()).unwrap();
+    let p: tracefold_producer::Config =
+        tracefold_runtime::config::load(Some(&config("producer.toml")), Vec::new()).unwrap();
     assert_eq!(p, tracefold_producer::Config::default(), "producer.toml shows the defaults");
-    let g: tracefold_grouper::Config = tracefold_runtime::config::load(Some(&config("grouper.toml")), Vec::new()).unwrap();
+    let g: tracefold_grouper::Config =
+        tracefold_runtime::config::load(Some(&config("grouper.toml")), Vec::new()).unwrap();
     assert_eq!(g, tracefold_grouper::Config::default(), "grouper.toml shows the defaults");
-    let w: tracefold_writer::Config = tracefold_runtime::config::load(Some(&config("writer.toml")), Vec::new()).unwrap();
+    let w: tracefold_writer::Config =
+        tracefold_runtime::config::load(Some(&config("writer.toml")), Vec::new()).unwrap();
     assert_eq!(w, tracefold_writer::Config::default(), "writer.toml shows the defaults");
-    let d: tracefold_cli::dev::DevConfig = tracefold_runtime::config::load(Some(&config("dev.toml")), Vec::new()).unwrap();
+    let d: tracefold_cli::dev::DevConfig =
+        tracefold_runtime::config::load(Some(&config("dev.toml")), Vec::new()).unwrap();
     assert_eq!(d.http.listen, "127.0.0.1:8080");
 }
 
@@ -24,7 +28,8 @@ fn a_grouper_key_in_the_writer_config_is_named_with_the_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("writer.toml");
     std::fs::write(&f, "[writer]\nbatch_max_events = 5\n").unwrap();
-    let err = tracefold_runtime::config::load::<tracefold_writer::Config, _>(Some(&f), Vec::new()).unwrap_err().to_string();
+    let err =
+        tracefold_runtime::config::load::<tracefold_writer::Config, _>(Some(&f), Vec::new()).unwrap_err().to_string();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(err.contains("batch_max_events") && err.contains("writer.toml"), "{err}");
 }

@@ -306,8 +306,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Fingerprint { files, explain } => fingerprint(&files, explain),
         Cmd::Gen { events, issues, seed, now } => {
             use std::io::Write as _;
-            let mut g =
-                gen::Generator::new(gen::GenOptions { issues, seed, now_secs: now.unwrap_or_else(now_secs), ..Default::default() });
+            let mut g = gen::Generator::new(gen::GenOptions {
+                issues,
+                seed,
+                now_secs: now.unwrap_or_else(now_secs),
+                ..Default::default()
+            });
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for _ in 0..events {
                 writeln!(out, "{}", g.next_event().json)?;

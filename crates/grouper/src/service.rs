@@ -182,8 +182,11 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
             let open = |st: &PartState| st.first.is_some() && st.replay_last.is_none();
             if parts.values().any(|st| open(st) && st.started.elapsed() >= max_age) {
                 // Emit every partition that is at least half due with it: one commit, one flush.
-                let due: Vec<i32> =
-                    parts.iter().filter(|(_, st)| open(st) && st.started.elapsed() >= max_age / 2).map(|(p, _)| *p).collect();
+                let due: Vec<i32> = parts
+                    .iter()
+                    .filter(|(_, st)| open(st) && st.started.elapsed() >= max_age / 2)
+                    .map(|(p, _)| *p)
+                    .collect();
                 g.emit(&mut parts, &due)?;
             }
         }

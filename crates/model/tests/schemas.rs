@@ -83,6 +83,7 @@ fn aggregate_schema_names_exactly_the_record_fields() {
     let in_model: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
     assert_eq!(in_schema, in_model);
     let batch_fields: BTreeSet<String> = v["batch"].as_object().unwrap().keys().cloned().collect();
-    let schema_batch: BTreeSet<String> = schema["properties"]["batch"]["properties"].as_object().unwrap().keys().cloned().collect();
+    let schema_batch: BTreeSet<String> =
+        schema["properties"]["batch"]["properties"].as_object().unwrap().keys().cloned().collect();
     assert_eq!(batch_fields, schema_batch);
 }
