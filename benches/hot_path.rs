@@ -135,14 +135,13 @@ fn main() {
     c.final_summary();
     let base = mean_ns(&dir, VARIANTS[0].0);
     println!(
-        "\n{} events, {:.0} bytes on average; one core\n\n{:<28} {:>12} {:>10} {:>14}  {}",
+        "\n{} events, {:.0} bytes on average; one core\n\n{:<28} {:>12} {:>10} {:>14}  what",
         evs.len(),
         bytes as f64 / evs.len() as f64,
         "variant",
         "events/s",
         "ns/event",
         "x bare parse",
-        "what"
     );
     let mut json = Vec::new();
     for (id, what) in VARIANTS {
