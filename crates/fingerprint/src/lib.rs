@@ -4,7 +4,9 @@
 #![warn(missing_docs)]
 
 pub mod normalize;
+pub mod rules;
 
+use rules::{FingerprintRule, StackAction, StackRule};
 use serde::{Deserialize, Serialize};
 use tracefold_model::event::{Event, Exception, Frame};
 use xxhash_rust::xxh3::Xxh3;
@@ -18,11 +20,16 @@ pub const GROUPING_VERSION: &str = "v1";
 pub struct GroupingConfig {
     /// Most frames (nearest the crash) that contribute per exception.
     pub max_frames: usize,
+    /// Server-side fingerprint rules; the first that matches gives the fingerprint (a client
+    /// fingerprint still wins).
+    pub fingerprint_rules: Vec<FingerprintRule>,
+    /// Stack-trace rules, applied in order to every frame (later rules win).
+    pub stack_rules: Vec<StackRule>,
 }
 
 impl Default for GroupingConfig {
     fn default() -> Self {
-        Self { max_frames: 10 }
+        Self { max_frames: 10, fingerprint_rules: Vec::new(), stack_rules: Vec::new() }
     }
 }
 
@@ -119,6 +126,8 @@ impl Sink for ExplainSink {
 pub struct Scratch {
     a: String,
     b: String,
+    in_app: Vec<bool>,
+    dropped: Vec<Option<&'static str>>,
 }
 
 /// How an event was fingerprinted, for `tracefold fingerprint --explain` and snapshots.
@@ -172,6 +181,17 @@ fn walk<S: Sink>(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch,
         }
         return "custom";
     }
+    if let Some(rule) = cfg.fingerprint_rules.iter().find(|r| r.matcher.matches(event)) {
+        for value in &rule.fingerprint {
+            if is_default_marker(value) {
+                sink.add("rule", "{{ default }}");
+                default_components(event, cfg, scratch, sink);
+            } else {
+                sink.add("rule", value);
+            }
+        }
+        return "rule";
+    }
     default_components(event, cfg, scratch, sink)
 }
 
@@ -182,8 +202,9 @@ fn default_components<S: Sink>(
     sink: &mut S,
 ) -> &'static str {
     if !event.exception.is_empty() {
+        let js = matches!(event.platform.as_deref(), Some("javascript" | "node"));
         for exc in &event.exception {
-            exception_components(exc, cfg, scratch, sink);
+            exception_components(exc, event.platform.as_deref(), js, cfg, scratch, sink);
         }
         return "exception";
     }
@@ -206,7 +227,63 @@ pub fn message_source<'e>(event: &'e Event<'_>) -> Option<&'e str> {
         .filter(|m| !m.trim().is_empty())
 }
 
-fn exception_components<S: Sink>(exc: &Exception<'_>, cfg: &GroupingConfig, scratch: &mut Scratch, sink: &mut S) {
+/// Per frame: whether it is in-app after the stack rules, and why it does not contribute.
+/// Fills the caller's buffers (no allocation once they have grown).
+fn classify_frames(
+    frames: &[Frame<'_>],
+    platform: Option<&str>,
+    cfg: &GroupingConfig,
+    in_app: &mut Vec<bool>,
+    dropped: &mut Vec<Option<&'static str>>,
+) {
+    in_app.clear();
+    in_app.extend(frames.iter().map(|f| f.in_app == Some(true)));
+    dropped.clear();
+    dropped.extend(frames.iter().map(rules::machinery));
+    let mut cut_at: Option<usize> = None;
+    for (i, f) in frames.iter().enumerate() {
+        for rule in &cfg.stack_rules {
+            if rule.matcher.matches(f, platform) {
+                match rule.action {
+                    StackAction::App => in_app[i] = true,
+                    StackAction::NotApp => in_app[i] = false,
+                    StackAction::Exclude => dropped[i] = Some("excluded by a stack rule"),
+                    StackAction::Cut => cut_at = Some(cut_at.map_or(i, |c| c.min(i))),
+                }
+            }
+        }
+    }
+    // Error-reporting helpers: the helper and everything it called do not contribute.
+    if let Some(c) = cut_at {
+        for d in &mut dropped[c..] {
+            *d = Some("error-reporting helper (cut by a stack rule)");
+        }
+    }
+    // Panic and throw machinery at the crash end.
+    for i in (0..frames.len()).rev() {
+        if dropped[i].is_none() && !rules::is_panic_border(&frames[i]) {
+            break;
+        }
+        if dropped[i].is_none() {
+            dropped[i] = Some("panic or throw machinery");
+        }
+    }
+    // Frames below the runtime's entry point (main, the event loop).
+    if let Some(entry) = frames.iter().rposition(rules::is_entry_point) {
+        for d in &mut dropped[..entry] {
+            d.get_or_insert("below the runtime entry point (main or the event loop)");
+        }
+    }
+}
+
+fn exception_components<S: Sink>(
+    exc: &Exception<'_>,
+    platform: Option<&str>,
+    js: bool,
+    cfg: &GroupingConfig,
+    scratch: &mut Scratch,
+    sink: &mut S,
+) {
     let synthetic = exc.mechanism.as_ref().and_then(|m| m.synthetic).unwrap_or(false);
     match exc.ty.as_deref().filter(|t| !t.is_empty()) {
         Some(t) if synthetic => sink.drop_component("type", t, "mechanism says the type is synthetic"),
@@ -214,12 +291,20 @@ fn exception_components<S: Sink>(exc: &Exception<'_>, cfg: &GroupingConfig, scra
         None => {}
     }
     let frames: &[Frame<'_>] = exc.stacktrace.as_ref().map_or(&[], |s| &s.frames);
-    let any_in_app = frames.iter().any(|f| f.in_app == Some(true));
+    let (mut in_app, mut dropped) = (std::mem::take(&mut scratch.in_app), std::mem::take(&mut scratch.dropped));
+    classify_frames(frames, platform, cfg, &mut in_app, &mut dropped);
+    let any_in_app = in_app.iter().zip(&dropped).any(|(a, d)| *a && d.is_none());
     let mut contributed = 0usize;
     let mut prev: Option<(u64, u64)> = None;
-    // Walk from the crash outwards so that the cap keeps the frames nearest the crash, then
-    // the components are emitted in that order (innermost first): a stable, documented order.
-    for frame in frames.iter().rev() {
+    // Walk from the crash outwards so that the cap keeps the frames nearest the crash; the
+    // components are emitted in that order (innermost first): a stable, documented order.
+    for (i, frame) in frames.iter().enumerate().rev() {
+        if let Some(reason) = dropped[i] {
+            if sink.wants_drops() {
+                sink.drop_component("frame", &frame_label(frame), reason);
+            }
+            continue;
+        }
         if contributed >= cfg.max_frames {
             if sink.wants_drops() {
                 sink.drop_component("frame", &frame_label(frame), "beyond max_frames");
@@ -227,7 +312,7 @@ fn exception_components<S: Sink>(exc: &Exception<'_>, cfg: &GroupingConfig, scra
             }
             break;
         }
-        if any_in_app && frame.in_app != Some(true) {
+        if any_in_app && !in_app[i] {
             if sink.wants_drops() {
                 sink.drop_component("frame", &frame_label(frame), "not in-app");
             }
@@ -246,6 +331,9 @@ fn exception_components<S: Sink>(exc: &Exception<'_>, cfg: &GroupingConfig, scra
             normalize::filename(loc_src, &mut scratch.a);
         }
         normalize::function(frame.function.as_deref().unwrap_or(""), &mut scratch.b);
+        if js {
+            normalize::js_function(&mut scratch.b);
+        }
         if scratch.a.is_empty() && scratch.b.is_empty() {
             if sink.wants_drops() {
                 sink.drop_component("frame", &frame_label(frame), "no usable function, module or file name");
@@ -284,6 +372,8 @@ fn exception_components<S: Sink>(exc: &Exception<'_>, cfg: &GroupingConfig, scra
         }
         contributed += 1;
     }
+    scratch.in_app = in_app;
+    scratch.dropped = dropped;
     if contributed == 0 {
         if let Some(v) = exc.value.as_deref().filter(|v| !v.is_empty()) {
             normalize::message(v, &mut scratch.a);

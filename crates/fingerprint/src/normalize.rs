@@ -172,6 +172,30 @@ pub fn function(input: &str, out: &mut String) {
     out.push_str(s);
 }
 
+/// JavaScript engines disagree on receivers and anonymous markers (Chrome `Object.foo`,
+/// `HTMLButtonElement.onClick`, `async Foo.bar`; Firefox `foo/<`, `Foo.prototype.bar`; Safari
+/// `foo@`): keep the last name segment so that all three agree.
+pub fn js_function(out: &mut String) {
+    let mut s: &str = out.as_str();
+    s = s.trim_end_matches(['<', '/', '*', '@']);
+    if let Some(i) = s.rfind('.') {
+        if i + 1 < s.len() {
+            s = &s[i + 1..];
+        }
+    }
+    let s = s.trim_end_matches(['<', '/', '*', '@']);
+    if s == "<anonymous>" || s.is_empty() || s == "prototype" {
+        out.clear();
+        return;
+    }
+    if s.len() != out.len() {
+        let owned_start = s.as_ptr() as usize - out.as_ptr() as usize;
+        let len = s.len();
+        out.replace_range(..owned_start, "");
+        out.truncate(len);
+    }
+}
+
 /// Longest parameterized message kept, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 512;
 
@@ -189,7 +213,9 @@ pub fn message(input: &str, out: &mut String) {
         if lines > 0 {
             out.push('\n');
         }
+        let start = out.len();
         parameterize_line(line, out);
+        collapse_dates(out, start);
         lines += 1;
         if lines == 2 {
             break;
@@ -253,8 +279,12 @@ fn parameterize_line(line: &str, out: &mut String) {
                 break;
             }
         }
+        let after_eq = start > 0 && b[start - 1] == b'=';
         match classify(word) {
             Some(placeholder) => out.push_str(placeholder),
+            None if after_eq && matches!(word, "true" | "false" | "True" | "False" | "TRUE" | "FALSE") => {
+                out.push_str("<bool>");
+            }
             None => parameterize_inner(word, out),
         }
         out.push_str(trail);
@@ -264,6 +294,7 @@ fn parameterize_line(line: &str, out: &mut String) {
 /// Within a word that is not a whole token of a known kind, replace embedded numbers
 /// (`user42` stays, `id=42` -> `id=<int>`, `a/123/b` -> `a/<int>/b`).
 fn parameterize_inner(word: &str, out: &mut String) {
+    let mut after_eq = false;
     for part in word.split_inclusive(['=', '/', ':', '_']) {
         let (body, sep) = match part.as_bytes().last() {
             Some(b'=' | b'/' | b':' | b'_') => (&part[..part.len() - 1], &part[part.len() - 1..]),
@@ -271,9 +302,70 @@ fn parameterize_inner(word: &str, out: &mut String) {
         };
         match classify(body) {
             Some(p) if !body.is_empty() => out.push_str(p),
+            _ if after_eq && matches!(body, "true" | "false" | "True" | "False" | "TRUE" | "FALSE") => out.push_str("<bool>"),
             _ => out.push_str(body),
         }
         out.push_str(sep);
+        after_eq = sep == "=";
+    }
+}
+
+const WEEKDAYS: &[&str] = &[
+    "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+    "Sunday",
+];
+const MONTHS: &[&str] = &["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/// Whether a token of an already parameterized line can be part of a written-out date
+/// (RFC 822 `Tue, 26 Nov 2026 05:39:00 GMT`, JS `Thu Nov 26 2026 05:39:00 GMT+0000 (...)`).
+fn date_token(t: &str) -> (bool, bool) {
+    let bare = t.trim_end_matches(',');
+    let named = WEEKDAYS.contains(&bare) || MONTHS.contains(&bare);
+    let other = matches!(bare, "<int>" | "<time>" | "<date>" | "GMT" | "UTC" | "Z" | "(Coordinated" | "Universal" | "Time)")
+        || bare.starts_with("GMT+")
+        || bare.starts_with("GMT-")
+        || bare.starts_with("UTC+")
+        || bare.starts_with("UTC-")
+        || (bare.starts_with('(') && bare.ends_with("Time)"));
+    (named || other, named || bare == "<time>")
+}
+
+/// Replaces runs of three or more date tokens (with a weekday, month or time among them) in
+/// `out[start..]` by one `<date>`.
+fn collapse_dates(out: &mut String, start: usize) {
+    let line = &out[start..];
+    if !line.contains("<int>") && !line.contains("<time>") {
+        return;
+    }
+    let tokens: Vec<&str> = line.split(' ').collect();
+    let mut result: Vec<String> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < tokens.len() {
+        let mut j = i;
+        let mut anchored = false;
+        while j < tokens.len() {
+            let (dateish, anchor) = date_token(tokens[j]);
+            if !dateish {
+                break;
+            }
+            anchored |= anchor;
+            j += 1;
+        }
+        if j - i >= 3 && anchored {
+            let trailing_comma = tokens[j - 1].ends_with(',') && !tokens[j - 1].trim_end_matches(',').is_empty();
+            result.push(if trailing_comma { "<date>,".into() } else { "<date>".into() });
+            changed = true;
+            i = j;
+        } else {
+            result.push(tokens[i].to_owned());
+            i += 1;
+        }
+    }
+    if changed {
+        let joined = result.join(" ");
+        out.truncate(start);
+        out.push_str(&joined);
     }
 }
 
@@ -292,6 +384,15 @@ fn classify(w: &str) -> Option<&'static str> {
     }
     if is_uuid(b) {
         return Some("<uuid>");
+    }
+    if is_traceparent(b) {
+        return Some("<traceparent>");
+    }
+    if b.len() == 35 && b.starts_with(b"1-") && b[10] == b'-' && hex_run(&b[2..10]) && hex_run(&b[11..]) {
+        return Some("<trace_id>");
+    }
+    if is_hostname(w) {
+        return Some("<hostname>");
     }
     if is_ipv4(w) {
         return Some("<ip>");
@@ -316,6 +417,7 @@ fn classify(w: &str) -> Option<&'static str> {
             40 => Some("<sha1>"),
             32 => Some("<md5>"),
             n if n >= 8 && b.iter().any(|c| c.is_ascii_alphabetic()) => Some("<hex>"),
+            7 if b.iter().any(|c| c.is_ascii_alphabetic()) && b.iter().all(|c| !c.is_ascii_uppercase()) => Some("<sha>"),
             _ if b.iter().all(u8::is_ascii_digit) => Some("<int>"),
             _ => None,
         };
@@ -360,6 +462,34 @@ fn is_number(w: &str) -> bool {
         && dots <= 1
         && w.bytes().next().is_some_and(|c| c.is_ascii_digit())
         && w.bytes().last().is_some_and(|c| c.is_ascii_digit())
+}
+
+fn hex_run(b: &[u8]) -> bool {
+    b.iter().all(u8::is_ascii_hexdigit)
+}
+
+/// W3C `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
+fn is_traceparent(b: &[u8]) -> bool {
+    b.len() == 55
+        && b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex_run(&b[..2])
+        && hex_run(&b[3..35])
+        && hex_run(&b[36..52])
+        && hex_run(&b[53..])
+}
+
+/// A lower-case DNS name with at least three labels and a well-known last label.
+fn is_hostname(w: &str) -> bool {
+    const TLDS: &[&str] =
+        &["com", "net", "org", "io", "dev", "app", "cloud", "internal", "local", "lan", "svc", "cluster", "amazonaws", "corp"];
+    let labels: Vec<&str> = w.split('.').collect();
+    labels.len() >= 3
+        && labels.iter().all(|l| {
+            !l.is_empty() && l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        })
+        && TLDS.contains(labels.last().expect("non-empty"))
 }
 
 fn is_uuid(b: &[u8]) -> bool {
@@ -463,6 +593,15 @@ mod tests {
             ("Undefined index: report_2085606151", "Undefined index: report_<int>"),
             ("at 2026-11-26T05:39:00Z", "at <date>"),
             ("first\n\n second \nthird", "first\nsecond"),
+            ("expired at Tue, 26 Nov 2026 05:39:00 GMT for user 7", "expired at <date> for user <int>"),
+            ("at Thu Nov 26 2026 05:39:00 GMT+0000 (Coordinated Universal Time) done", "at <date> done"),
+            ("trace 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 lost", "trace <traceparent> lost"),
+            ("Root=1-5759e988-bd862e3fe1be46a994272793 failed", "Root=<trace_id> failed"),
+            ("cannot reach db-3.prod.internal on 5432", "cannot reach <hostname> on <int>"),
+            ("built from a1b2c3d", "built from <sha>"),
+            ("cache enabled=true retry=False", "cache enabled=<bool> retry=<bool>"),
+            ("retry 3 of 5 at 05:39:00", "retry <int> of <int> at <time>"),
+            ("May not be null", "May not be null"),
         ];
         for (input, want) in cases {
             assert_eq!(f(message, input), want, "{input}");

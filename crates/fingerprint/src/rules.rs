@@ -1,0 +1,303 @@
+//! Grouping rules from the grouper's config: server-side fingerprint rules (first match wins)
+//! and stack-trace rules (in-app marking, frames excluded from grouping, cut at
+//! error-reporting helpers), plus the built-in knowledge of error machinery (SDK frames,
+//! panic and throw borders, runtime entry points, browser and native wrapper frames).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tracefold_model::event::{Event, Frame};
+
+/// `*` matches any run of characters, `?` one character; everything else literally.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+fn opt_glob(pattern: &Option<String>, value: Option<&str>) -> bool {
+    match pattern {
+        None => true,
+        Some(p) => value.is_some_and(|v| glob(p, v)),
+    }
+}
+
+/// What a stack-trace rule matches on; every given field must match (globs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrameMatcher {
+    /// Module or package path of the frame.
+    pub module: Option<String>,
+    /// Function name as reported.
+    pub function: Option<String>,
+    /// File name or absolute path (either may match; case-insensitive).
+    pub path: Option<String>,
+    /// Package / binary image.
+    pub package: Option<String>,
+    /// Event platform.
+    pub platform: Option<String>,
+}
+
+impl FrameMatcher {
+    fn is_empty(&self) -> bool {
+        self.module.is_none() && self.function.is_none() && self.path.is_none() && self.package.is_none() && self.platform.is_none()
+    }
+
+    /// Whether `frame` of an event on `platform` matches.
+    pub fn matches(&self, frame: &Frame<'_>, platform: Option<&str>) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let path_ok = match &self.path {
+            None => true,
+            Some(p) => {
+                let p = p.to_ascii_lowercase();
+                [frame.filename.as_deref(), frame.abs_path.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|v| glob(&p, &v.to_ascii_lowercase()))
+            }
+        };
+        path_ok
+            && opt_glob(&self.module, frame.module.as_deref())
+            && opt_glob(&self.function, frame.function.as_deref())
+            && opt_glob(&self.package, frame.package.as_deref())
+            && opt_glob(&self.platform, platform)
+    }
+}
+
+/// What a stack-trace rule does to the frames it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StackAction {
+    /// Mark in-app.
+    #[serde(rename = "+app")]
+    App,
+    /// Mark not in-app.
+    #[serde(rename = "-app")]
+    NotApp,
+    /// Never contributes to the fingerprint.
+    #[serde(rename = "-group")]
+    Exclude,
+    /// An error-reporting helper: this frame and every frame nearer the crash do not contribute.
+    #[serde(rename = "cut")]
+    Cut,
+}
+
+/// `[[grouping.stack_rules]]`: `match = { function = "reportError" }`, `action = "cut"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackRule {
+    /// Which frames.
+    #[serde(rename = "match")]
+    pub matcher: FrameMatcher,
+    /// What to do with them.
+    pub action: StackAction,
+}
+
+/// What a fingerprint rule matches on; every given field must match (globs). Frame fields
+/// match when any frame of any exception matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventMatcher {
+    /// Exception type of any exception in the chain.
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    /// Exception value (message) of any exception in the chain.
+    pub value: Option<String>,
+    /// The event's message (log template or formatted).
+    pub message: Option<String>,
+    /// Module of any frame.
+    pub module: Option<String>,
+    /// Function of any frame.
+    pub function: Option<String>,
+    /// File name or path of any frame (case-insensitive).
+    pub path: Option<String>,
+    /// Package of any frame.
+    pub package: Option<String>,
+    /// Event platform.
+    pub platform: Option<String>,
+    /// Event level.
+    pub level: Option<String>,
+    /// Tags that must be present with matching values.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl EventMatcher {
+    /// Whether `event` matches.
+    pub fn matches(&self, event: &Event<'_>) -> bool {
+        let any_exc = |f: &dyn Fn(&tracefold_model::event::Exception<'_>) -> bool| event.exception.iter().any(f);
+        let type_ok = self.ty.is_none() || any_exc(&|e| opt_glob(&self.ty, e.ty.as_deref()));
+        let value_ok = self.value.is_none() || any_exc(&|e| opt_glob(&self.value, e.value.as_deref()));
+        let frame = FrameMatcher {
+            module: self.module.clone(),
+            function: self.function.clone(),
+            path: self.path.clone(),
+            package: self.package.clone(),
+            platform: None,
+        };
+        let frames_ok = frame.is_empty()
+            || event
+                .exception
+                .iter()
+                .filter_map(|e| e.stacktrace.as_ref())
+                .flat_map(|s| s.frames.iter())
+                .any(|f| frame.matches(f, None));
+        type_ok
+            && value_ok
+            && frames_ok
+            && opt_glob(&self.message, crate::message_source(event))
+            && opt_glob(&self.platform, event.platform.as_deref())
+            && opt_glob(&self.level, Some(event.level.as_deref().unwrap_or("error")))
+            && self.tags.iter().all(|(k, v)| event.tags.iter().any(|(tk, tv)| tk == k && glob(v, tv)))
+    }
+}
+
+/// `[[grouping.fingerprint_rules]]`: `match = { type = "DatabaseError*" }`,
+/// `fingerprint = ["database-unavailable"]` (`{{ default }}` splices the computed one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FingerprintRule {
+    /// Which events.
+    #[serde(rename = "match")]
+    pub matcher: EventMatcher,
+    /// The fingerprint they get.
+    pub fingerprint: Vec<String>,
+}
+
+/// Why a frame does not contribute, when built-in knowledge says so.
+pub fn machinery(frame: &Frame<'_>) -> Option<&'static str> {
+    let func = frame.function.as_deref().unwrap_or("");
+    let module = frame.module.as_deref().unwrap_or("");
+    let file = frame.filename.as_deref().or(frame.abs_path.as_deref()).unwrap_or("");
+    const SDK_PREFIXES: &[&str] =
+        &["sentry_sdk", "raven", "io.sentry", "github.com/getsentry", "Sentry.", "sentry::", "sentry_core::", "tracefold_sdk"];
+    if SDK_PREFIXES.iter().any(|p| module.starts_with(p) || func.starts_with(p))
+        || file.contains("/@sentry/")
+        || file.contains("node_modules/@sentry")
+        || file.contains("/sentry_sdk/")
+    {
+        return Some("error-reporting SDK frame");
+    }
+    if matches!(func, "sentryWrapped" | "captureException" | "captureMessage" | "Sentry.captureException") {
+        return Some("error-reporting SDK frame");
+    }
+    if file.starts_with("node:internal") || file.starts_with("internal/") || file == "[native code]" || file == "native" {
+        return Some("runtime-internal or native frame");
+    }
+    if func == "eval" || file.starts_with("eval at ") || file == "eval code" || file == "<eval>" {
+        return Some("eval frame");
+    }
+    None
+}
+
+/// Frames at the crash end that belong to panic or throw machinery.
+pub fn is_panic_border(frame: &Frame<'_>) -> bool {
+    let func = frame.function.as_deref().unwrap_or("");
+    const PANIC: &[&str] = &[
+        "core::panicking::",
+        "std::panicking::",
+        "rust_begin_unwind",
+        "__rust_start_panic",
+        "rust_panic",
+        "core::result::unwrap_failed",
+        "core::option::unwrap_failed",
+        "core::option::expect_failed",
+        "core::option::Option<T>::unwrap",
+        "core::option::Option<T>::expect",
+        "core::result::Result<T,E>::unwrap",
+        "core::result::Result<T,E>::expect",
+        "runtime.gopanic",
+        "runtime.panicmem",
+        "runtime.sigpanic",
+        "runtime.panicIndex",
+        "panic",
+        "abort",
+        "__cxa_throw",
+        "_CxxThrowException",
+        "RaiseException",
+        "objc_exception_throw",
+    ];
+    PANIC.iter().any(|p| {
+        if p.ends_with("::") {
+            func.starts_with(p)
+        } else {
+            func == *p || (func.starts_with(p) && func[p.len()..].starts_with("::h"))
+        }
+    })
+}
+
+/// Runtime entry points: frames older than the newest of these do not contribute.
+pub fn is_entry_point(frame: &Frame<'_>) -> bool {
+    let func = frame.function.as_deref().unwrap_or("");
+    let file = frame.filename.as_deref().or(frame.abs_path.as_deref()).unwrap_or("");
+    matches!(
+        func,
+        "main" | "main.main" | "runtime.main" | "__libc_start_main" | "_start" | "start" | "processTicksAndRejections"
+    ) || func.starts_with("std::rt::lang_start")
+        || func == "java.lang.Thread.run"
+        || (frame.module.as_deref() == Some("java.lang.Thread") && func == "run")
+        || ((file.ends_with("asyncio/base_events.py") || file.ends_with("asyncio/events.py"))
+            && matches!(func, "run_until_complete" | "run_forever" | "_run_once" | "_run"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", ""));
+        assert!(glob("report*", "reportError"));
+        assert!(glob("*Error", "TypeError"));
+        assert!(glob("a?c", "abc"));
+        assert!(glob("*/vendor/*", "https://x/vendor/a.js"));
+        assert!(!glob("report*", "xreport"));
+        assert!(!glob("a?c", "ac"));
+        assert!(glob("**a*b", "xxaxxb"));
+    }
+
+    #[test]
+    fn rules_deserialize_from_toml() {
+        #[derive(Deserialize)]
+        struct C {
+            stack_rules: Vec<StackRule>,
+            fingerprint_rules: Vec<FingerprintRule>,
+        }
+        let c: C = toml::from_str(
+            r#"
+            [[stack_rules]]
+            match = { function = "reportError" }
+            action = "cut"
+            [[stack_rules]]
+            match = { path = "*/node_modules/*" }
+            action = "-app"
+            [[fingerprint_rules]]
+            match = { type = "ConnectionError", tags = { service = "db*" } }
+            fingerprint = ["database-unavailable"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.stack_rules[0].action, StackAction::Cut);
+        assert_eq!(c.stack_rules[1].action, StackAction::NotApp);
+        assert_eq!(c.fingerprint_rules[0].matcher.tags["service"], "db*");
+    }
+}
