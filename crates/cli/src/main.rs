@@ -21,6 +21,12 @@ enum Format {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum InputFormat {
+    Tracefold,
+    Sentry,
+}
+
 #[derive(clap::Args, Clone)]
 struct ChArgs {
     /// ClickHouse HTTP URL.
@@ -167,6 +173,12 @@ enum Cmd {
         /// Include the contributing and dropped components.
         #[arg(long)]
         explain: bool,
+        /// Input format: tracefold events, or Sentry event payloads.
+        #[arg(long, value_enum, default_value = "tracefold")]
+        input: InputFormat,
+        /// Grouper config file whose [grouping] section (rules, frame cap) applies.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Measure the whole pipeline: load into Kafka -> grouper -> writer -> ClickHouse.
     BenchPipeline {
@@ -303,7 +315,10 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Fingerprint { files, explain } => fingerprint(&files, explain),
+        Cmd::Fingerprint { files, explain, input, config } => {
+            let cfg: tracefold_grouper::Config = tracefold_runtime::config::load(config.as_deref(), std::env::vars())?;
+            fingerprint(&files, explain, input, &cfg.grouping)
+        }
         Cmd::Gen { events, issues, seed, now } => {
             use std::io::Write as _;
             let mut g = gen::Generator::new(gen::GenOptions {
@@ -325,8 +340,12 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn fingerprint(files: &[PathBuf], explain: bool) -> anyhow::Result<()> {
-    let cfg = tracefold_fingerprint::GroupingConfig::default();
+fn fingerprint(
+    files: &[PathBuf],
+    explain: bool,
+    input: InputFormat,
+    cfg: &tracefold_fingerprint::GroupingConfig,
+) -> anyhow::Result<()> {
     let mut scratch = tracefold_fingerprint::Scratch::default();
     let mut errors = 0usize;
     let readers: Vec<(String, Box<dyn std::io::BufRead>)> = if files.is_empty() {
@@ -350,14 +369,35 @@ fn fingerprint(files: &[PathBuf], explain: bool) -> anyhow::Result<()> {
             if line.trim().is_empty() {
                 continue;
             }
-            let out = match tracefold_model::parse_event_str(&line) {
+            let converted;
+            let text = match input {
+                InputFormat::Tracefold => line.as_str(),
+                InputFormat::Sentry => {
+                    match serde_json::from_str::<serde_json::Value>(&line)
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| tracefold_model::sentry::to_event(&v, None).map_err(|e| e.to_string()))
+                    {
+                        Ok(v) => {
+                            converted = v.to_string();
+                            converted.as_str()
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            eprintln!("{name}:{}: invalid sentry event: {e}", i + 1);
+                            println!("{}", serde_json::json!({"line": i + 1, "error": format!("invalid sentry event: {e}")}));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let out = match tracefold_model::parse_event_str(text) {
                 Ok(ev) => {
                     let meta = tracefold_fingerprint::describe(&ev);
                     if explain {
-                        let ex = tracefold_fingerprint::explain(&ev, &cfg);
+                        let ex = tracefold_fingerprint::explain(&ev, cfg);
                         serde_json::json!({"line": i + 1, "fingerprint": ex.fingerprint, "title": meta.title, "grouping_version": ex.grouping_version, "basis": ex.basis, "components": ex.components})
                     } else {
-                        let fp = tracefold_fingerprint::fingerprint(&ev, &cfg, &mut scratch);
+                        let fp = tracefold_fingerprint::fingerprint(&ev, cfg, &mut scratch);
                         serde_json::json!({"line": i + 1, "fingerprint": fp.to_hex(), "title": meta.title, "grouping_version": tracefold_fingerprint::GROUPING_VERSION})
                     }
                 }

@@ -319,18 +319,22 @@ fn exception_components<S: Sink>(
             continue;
         }
         // Module, else file name.
-        let (loc_kind, loc_src) =
+        let mut func_src = frame.function.as_deref().unwrap_or("");
+        let (loc_kind, mut loc_src) =
             match (frame.module.as_deref(), frame.filename.as_deref().or(frame.abs_path.as_deref())) {
                 (Some(m), _) if !m.is_empty() => ("module", m),
                 (_, Some(f)) => ("filename", f),
                 _ => ("filename", ""),
             };
+        if let Some((m, f)) = normalize::dotnet_async(loc_src, func_src) {
+            (loc_src, func_src) = (m, f);
+        }
         if loc_kind == "module" {
             normalize::module(loc_src, &mut scratch.a);
         } else {
             normalize::filename(loc_src, &mut scratch.a);
         }
-        normalize::function(frame.function.as_deref().unwrap_or(""), &mut scratch.b);
+        normalize::function(func_src, &mut scratch.b);
         if js {
             normalize::js_function(&mut scratch.b);
         }
@@ -364,11 +368,13 @@ fn exception_components<S: Sink>(
             sink.add("function", &scratch.b);
         }
         if sink.wants_drops() && (frame.lineno.is_some() || frame.colno.is_some()) {
-            sink.drop_component(
-                "lineno",
-                &format!("{}:{}", frame.lineno.unwrap_or(0), frame.colno.unwrap_or(0)),
-                "line and column never contribute",
-            );
+            let at = match (frame.lineno, frame.colno) {
+                (Some(l), Some(c)) => format!("{l}:{c}"),
+                (Some(l), None) => l.to_string(),
+                (None, Some(c)) => format!("?:{c}"),
+                (None, None) => String::new(),
+            };
+            sink.drop_component("lineno", &at, "line and column never contribute");
         }
         contributed += 1;
     }

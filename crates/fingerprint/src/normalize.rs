@@ -93,7 +93,15 @@ pub fn module(input: &str, out: &mut String) {
 pub fn function(input: &str, out: &mut String) {
     out.clear();
     let mut s = input.trim();
-    if ANONYMOUS_FUNCTIONS.contains(&s) || s.starts_with("class@anonymous") {
+    if ANONYMOUS_FUNCTIONS.contains(&s) {
+        return;
+    }
+    // PHP anonymous classes carry their file, line and a counter: keep the method only.
+    if s.starts_with("class@anonymous") {
+        out.push_str("class@anonymous");
+        if let Some(i) = s.rfind("::") {
+            out.push_str(&s[i..]);
+        }
         return;
     }
     // Ruby: "block (2 levels) in foo", "rescue in foo"
@@ -172,6 +180,18 @@ pub fn function(input: &str, out: &mut String) {
     out.push_str(s);
 }
 
+/// .NET async state machines report `MoveNext` in a generated class `Outer+<Method>d__12`:
+/// returns the module `Outer` and the function `Method` when that is the case.
+pub fn dotnet_async<'a>(module: &'a str, function: &'a str) -> Option<(&'a str, &'a str)> {
+    if function != "MoveNext" {
+        return None;
+    }
+    let start = module.find("+<")?;
+    let rest = &module[start + 2..];
+    let end = rest.find(">d__")?;
+    Some((&module[..start], &rest[..end]))
+}
+
 /// JavaScript engines disagree on receivers and anonymous markers (Chrome `Object.foo`,
 /// `HTMLButtonElement.onClick`, `async Foo.bar`; Firefox `foo/<`, `Foo.prototype.bar`; Safari
 /// `foo@`): keep the last name segment so that all three agree.
@@ -184,7 +204,8 @@ pub fn js_function(out: &mut String) {
         }
     }
     let s = s.trim_end_matches(['<', '/', '*', '@']);
-    if s == "<anonymous>" || s.is_empty() || s == "prototype" {
+    // Minifiers rename functions to one or two letters, differently in every build.
+    if s == "<anonymous>" || s.len() <= 2 || s == "prototype" {
         out.clear();
         return;
     }
@@ -561,6 +582,7 @@ mod tests {
             ("myapp.core$handler$fn__1234", "myapp.core$handler"),
             ("_app_views_users_show_html_erb__123_456", "_app_views_users_show_html_erb"),
             ("foo(int, char const*)", "foo"),
+            ("class@anonymous/app/Http/Kernel.php:12$0::handle", "class@anonymous::handle"),
         ];
         for (input, want) in cases {
             assert_eq!(f(function, input), want, "{input}");

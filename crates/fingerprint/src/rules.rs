@@ -206,6 +206,9 @@ pub fn machinery(frame: &Frame<'_>) -> Option<&'static str> {
     if func == "eval" || file.starts_with("eval at ") || file == "eval code" || file == "<eval>" {
         return Some("eval frame");
     }
+    if is_runtime_start(frame) {
+        return Some("runtime start-up frame");
+    }
     None
 }
 
@@ -243,6 +246,16 @@ pub fn is_panic_border(frame: &Frame<'_>) -> bool {
             func == *p || (func.starts_with(p) && func[p.len()..].starts_with("::h"))
         }
     })
+}
+
+/// Frames of the runtime that starts the program (not the program's own `main`).
+pub fn is_runtime_start(frame: &Frame<'_>) -> bool {
+    let func = frame.function.as_deref().unwrap_or("");
+    matches!(func, "runtime.main" | "runtime.goexit" | "__libc_start_main" | "__libc_start_call_main" | "_start" | "start")
+        || func.starts_with("std::rt::lang_start")
+        || func.starts_with("std::sys::backtrace::__rust_begin_short_backtrace")
+        || func == "java.lang.Thread.run"
+        || (frame.module.as_deref() == Some("java.lang.Thread") && func == "run")
 }
 
 /// Runtime entry points: frames older than the newest of these do not contribute.

@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod event;
+pub mod sentry;
 pub mod time;
 pub mod validate;
 
