@@ -344,8 +344,15 @@ fn exception_components<S: Sink>(
             }
             continue;
         }
+        // A minified bundle has no usable names: within one build, the column tells functions
+        // apart (a weak signal: a new build moves it).
+        let minified = js && scratch.b.is_empty() && (scratch.a.contains("<hash>") || scratch.a.contains(".min."));
+        let weak_col = if minified { frame.colno } else { None };
         // Collapse direct recursion: the same (location, function) as the previous frame.
-        let key = (xxhash_rust::xxh3::xxh3_64(scratch.a.as_bytes()), xxhash_rust::xxh3::xxh3_64(scratch.b.as_bytes()));
+        let key = (
+            xxhash_rust::xxh3::xxh3_64(scratch.a.as_bytes()),
+            xxhash_rust::xxh3::xxh3_64(scratch.b.as_bytes()) ^ u64::from(weak_col.unwrap_or(0)),
+        );
         if prev == Some(key) {
             if sink.wants_drops() {
                 sink.drop_component("frame", &frame_label(frame), "direct recursion collapsed");
@@ -357,17 +364,25 @@ fn exception_components<S: Sink>(
             sink.add(loc_kind, &scratch.a);
         }
         if scratch.b.is_empty() {
+            if let Some(col) = weak_col {
+                let mut buf = [0u8; 10];
+                sink.add("colno", itoa_str(&mut buf, col));
+            }
             if sink.wants_drops() {
                 sink.drop_component(
                     "function",
                     frame.function.as_deref().unwrap_or(""),
-                    "anonymous or missing function: only the file name contributes (weak)",
+                    if minified {
+                        "minified: no usable function name; the file name and column contribute (weak signal)"
+                    } else {
+                        "anonymous or missing function: only the file name contributes (weak)"
+                    },
                 );
             }
         } else {
             sink.add("function", &scratch.b);
         }
-        if sink.wants_drops() && (frame.lineno.is_some() || frame.colno.is_some()) {
+        if sink.wants_drops() && weak_col.is_none() && (frame.lineno.is_some() || frame.colno.is_some()) {
             let at = match (frame.lineno, frame.colno) {
                 (Some(l), Some(c)) => format!("{l}:{c}"),
                 (Some(l), None) => l.to_string(),
@@ -390,6 +405,20 @@ fn exception_components<S: Sink>(
             sink.drop_component("value", v, "the exception has a stack; its message does not contribute");
         }
     }
+}
+
+/// Formats `n` into `buf` without allocating.
+fn itoa_str(buf: &mut [u8; 10], mut n: u32) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ascii digits")
 }
 
 fn frame_label(f: &Frame<'_>) -> String {
