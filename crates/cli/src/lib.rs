@@ -5,5 +5,6 @@
 pub mod dev;
 pub mod gen;
 pub mod loadgen;
+pub mod quality;
 pub mod query;
 pub mod render;

@@ -180,6 +180,21 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Score grouping quality on a labeled corpus against Swetrix- and PostHog-style baselines.
+    GroupingQuality {
+        /// Events in the corpus.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// True bugs.
+        #[arg(long, default_value_t = 300)]
+        bugs: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Measure the whole pipeline: load into Kafka -> grouper -> writer -> ClickHouse.
     BenchPipeline {
         /// Events to send.
@@ -334,6 +349,14 @@ async fn main() -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
+        Cmd::GroupingQuality { events, bugs, seed, format } => {
+            let r = tracefold_cli::quality::evaluate(&tracefold_cli::quality::CorpusOptions { bugs, events, seed });
+            match format {
+                Format::Json => println!("{}", serde_json::to_string(&r)?),
+                Format::Table => print!("{}", tracefold_cli::quality::render(&r)),
+            }
+            Ok(())
+        }
         Cmd::BenchPipeline { events, issues, partitions, format, ch } => {
             bench_pipeline(events, issues, partitions, format, ch.config()).await
         }
@@ -384,7 +407,10 @@ fn fingerprint(
                         Err(e) => {
                             errors += 1;
                             eprintln!("{name}:{}: invalid sentry event: {e}", i + 1);
-                            println!("{}", serde_json::json!({"line": i + 1, "error": format!("invalid sentry event: {e}")}));
+                            println!(
+                                "{}",
+                                serde_json::json!({"line": i + 1, "error": format!("invalid sentry event: {e}")})
+                            );
                             continue;
                         }
                     }

@@ -40,6 +40,10 @@ pub fn filename(input: &str, out: &mut String) {
         }
         if is_content_hash(seg) {
             out.push_str("<hash>");
+        } else if seg.is_ascii() {
+            let start = out.len();
+            out.push_str(seg);
+            out[start..].make_ascii_lowercase();
         } else {
             for c in seg.chars() {
                 out.extend(c.to_lowercase());
@@ -63,9 +67,12 @@ fn is_content_hash(seg: &str) -> bool {
 pub fn module(input: &str, out: &mut String) {
     out.clear();
     let mut s = input.trim();
-    for marker in ["$$Lambda", "$$EnhancerBy", "$$FastClassBy", "_$$_javassist", "$$"] {
-        if let Some(i) = s.find(marker) {
-            s = &s[..i];
+    // Generated class names all carry a '$' (one memchr rules them out for most frames).
+    if s.contains('$') {
+        for marker in ["$$Lambda", "$$EnhancerBy", "$$FastClassBy", "_$$_javassist", "$$"] {
+            if let Some(i) = s.find(marker) {
+                s = &s[..i];
+            }
         }
     }
     // Anonymous inner classes: Foo$1 -> Foo
@@ -142,9 +149,11 @@ pub fn function(input: &str, out: &mut String) {
             }
         }
     }
-    for marker in ["$$Lambda", "$$Enhancer", "$fn__"] {
-        if let Some(i) = s.find(marker) {
-            s = &s[..i];
+    if s.contains('$') {
+        for marker in ["$$Lambda", "$$Enhancer", "$fn__"] {
+            if let Some(i) = s.find(marker) {
+                s = &s[..i];
+            }
         }
     }
     // Java lambda bodies and anonymous classes: "lambda$run$0" -> "lambda$run"
@@ -155,8 +164,9 @@ pub fn function(input: &str, out: &mut String) {
             break;
         }
     }
-    // Go closures: "main.handler.func1", "pkg.glob..func2"
-    while let Some(i) = s.rfind(".func") {
+    // Go closures: "main.handler.func1", "pkg.glob..func2" (they end in a digit)
+    while s.ends_with(|c: char| c.is_ascii_digit()) {
+        let Some(i) = s.rfind(".func") else { break };
         if i + 5 < s.len() && s[i + 5..].bytes().all(|c| c.is_ascii_digit()) {
             s = s[..i].trim_end_matches('.');
         } else {
@@ -323,7 +333,9 @@ fn parameterize_inner(word: &str, out: &mut String) {
         };
         match classify(body) {
             Some(p) if !body.is_empty() => out.push_str(p),
-            _ if after_eq && matches!(body, "true" | "false" | "True" | "False" | "TRUE" | "FALSE") => out.push_str("<bool>"),
+            _ if after_eq && matches!(body, "true" | "false" | "True" | "False" | "TRUE" | "FALSE") => {
+                out.push_str("<bool>")
+            }
             _ => out.push_str(body),
         }
         out.push_str(sep);
@@ -332,7 +344,19 @@ fn parameterize_inner(word: &str, out: &mut String) {
 }
 
 const WEEKDAYS: &[&str] = &[
-    "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+    "Mon",
+    "Tue",
+    "Wed",
+    "Thu",
+    "Fri",
+    "Sat",
+    "Sun",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
     "Sunday",
 ];
 const MONTHS: &[&str] = &["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -342,12 +366,13 @@ const MONTHS: &[&str] = &["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug"
 fn date_token(t: &str) -> (bool, bool) {
     let bare = t.trim_end_matches(',');
     let named = WEEKDAYS.contains(&bare) || MONTHS.contains(&bare);
-    let other = matches!(bare, "<int>" | "<time>" | "<date>" | "GMT" | "UTC" | "Z" | "(Coordinated" | "Universal" | "Time)")
-        || bare.starts_with("GMT+")
-        || bare.starts_with("GMT-")
-        || bare.starts_with("UTC+")
-        || bare.starts_with("UTC-")
-        || (bare.starts_with('(') && bare.ends_with("Time)"));
+    let other =
+        matches!(bare, "<int>" | "<time>" | "<date>" | "GMT" | "UTC" | "Z" | "(Coordinated" | "Universal" | "Time)")
+            || bare.starts_with("GMT+")
+            || bare.starts_with("GMT-")
+            || bare.starts_with("UTC+")
+            || bare.starts_with("UTC-")
+            || (bare.starts_with('(') && bare.ends_with("Time)"));
     (named || other, named || bare == "<time>")
 }
 
@@ -438,7 +463,9 @@ fn classify(w: &str) -> Option<&'static str> {
             40 => Some("<sha1>"),
             32 => Some("<md5>"),
             n if n >= 8 && b.iter().any(|c| c.is_ascii_alphabetic()) => Some("<hex>"),
-            7 if b.iter().any(|c| c.is_ascii_alphabetic()) && b.iter().all(|c| !c.is_ascii_uppercase()) => Some("<sha>"),
+            7 if b.iter().any(|c| c.is_ascii_alphabetic()) && b.iter().all(|c| !c.is_ascii_uppercase()) => {
+                Some("<sha>")
+            }
             _ if b.iter().all(u8::is_ascii_digit) => Some("<int>"),
             _ => None,
         };
@@ -503,13 +530,27 @@ fn is_traceparent(b: &[u8]) -> bool {
 
 /// A lower-case DNS name with at least three labels and a well-known last label.
 fn is_hostname(w: &str) -> bool {
-    const TLDS: &[&str] =
-        &["com", "net", "org", "io", "dev", "app", "cloud", "internal", "local", "lan", "svc", "cluster", "amazonaws", "corp"];
+    const TLDS: &[&str] = &[
+        "com",
+        "net",
+        "org",
+        "io",
+        "dev",
+        "app",
+        "cloud",
+        "internal",
+        "local",
+        "lan",
+        "svc",
+        "cluster",
+        "amazonaws",
+        "corp",
+    ];
     let labels: Vec<&str> = w.split('.').collect();
     labels.len() >= 3
-        && labels.iter().all(|l| {
-            !l.is_empty() && l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        })
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'))
         && TLDS.contains(labels.last().expect("non-empty"))
 }
 

@@ -59,7 +59,11 @@ pub struct FrameMatcher {
 
 impl FrameMatcher {
     fn is_empty(&self) -> bool {
-        self.module.is_none() && self.function.is_none() && self.path.is_none() && self.package.is_none() && self.platform.is_none()
+        self.module.is_none()
+            && self.function.is_none()
+            && self.path.is_none()
+            && self.package.is_none()
+            && self.platform.is_none()
     }
 
     /// Whether `frame` of an event on `platform` matches.
@@ -188,19 +192,26 @@ pub fn machinery(frame: &Frame<'_>) -> Option<&'static str> {
     let func = frame.function.as_deref().unwrap_or("");
     let module = frame.module.as_deref().unwrap_or("");
     let file = frame.filename.as_deref().or(frame.abs_path.as_deref()).unwrap_or("");
-    const SDK_PREFIXES: &[&str] =
-        &["sentry_sdk", "raven", "io.sentry", "github.com/getsentry", "Sentry.", "sentry::", "sentry_core::", "tracefold_sdk"];
+    const SDK_PREFIXES: &[&str] = &[
+        "sentry_sdk",
+        "raven",
+        "io.sentry",
+        "github.com/getsentry",
+        "Sentry.",
+        "sentry::",
+        "sentry_core::",
+        "tracefold_sdk",
+    ];
     if SDK_PREFIXES.iter().any(|p| module.starts_with(p) || func.starts_with(p))
-        || file.contains("/@sentry/")
-        || file.contains("node_modules/@sentry")
-        || file.contains("/sentry_sdk/")
+        || (file.contains('@') && file.contains("/@sentry/"))
     {
         return Some("error-reporting SDK frame");
     }
     if matches!(func, "sentryWrapped" | "captureException" | "captureMessage" | "Sentry.captureException") {
         return Some("error-reporting SDK frame");
     }
-    if file.starts_with("node:internal") || file.starts_with("internal/") || file == "[native code]" || file == "native" {
+    if file.starts_with("node:internal") || file.starts_with("internal/") || file == "[native code]" || file == "native"
+    {
         return Some("runtime-internal or native frame");
     }
     if func == "eval" || file.starts_with("eval at ") || file == "eval code" || file == "<eval>" {
@@ -251,8 +262,10 @@ pub fn is_panic_border(frame: &Frame<'_>) -> bool {
 /// Frames of the runtime that starts the program (not the program's own `main`).
 pub fn is_runtime_start(frame: &Frame<'_>) -> bool {
     let func = frame.function.as_deref().unwrap_or("");
-    matches!(func, "runtime.main" | "runtime.goexit" | "__libc_start_main" | "__libc_start_call_main" | "_start" | "start")
-        || func.starts_with("std::rt::lang_start")
+    matches!(
+        func,
+        "runtime.main" | "runtime.goexit" | "__libc_start_main" | "__libc_start_call_main" | "_start" | "start"
+    ) || func.starts_with("std::rt::lang_start")
         || func.starts_with("std::sys::backtrace::__rust_begin_short_backtrace")
         || func == "java.lang.Thread.run"
         || (frame.module.as_deref() == Some("java.lang.Thread") && func == "run")

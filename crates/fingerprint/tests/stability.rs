@@ -26,7 +26,12 @@ fn platform() -> impl Strategy<Value = &'static str> {
 }
 
 fn shape() -> impl Strategy<Value = Shape> {
-    (platform(), "[A-Z][a-z]{3,8}Error", prop::collection::vec("[a-z]{3,10}", 2..6), prop::collection::vec("[a-z]{3,8}", 2..6))
+    (
+        platform(),
+        "[A-Z][a-z]{3,8}Error",
+        prop::collection::vec("[a-z]{3,10}", 2..6),
+        prop::collection::vec("[a-z]{3,8}", 2..6),
+    )
         .prop_map(|(platform, ty, funcs, files)| Shape { platform, ty, funcs, files })
 }
 
@@ -38,7 +43,13 @@ fn noise() -> impl Strategy<Value = Noise> {
         0usize..6,
         prop::collection::vec("[a-z]{4,9}", 0..6),
     )
-        .prop_map(|(lines, bundle, id, recursion, extra_outer)| Noise { lines, bundle, id, recursion, extra_outer })
+        .prop_map(|(lines, bundle, id, recursion, extra_outer)| Noise {
+            lines,
+            bundle,
+            id,
+            recursion,
+            extra_outer,
+        })
 }
 
 /// Builds an event: `extra_outer` frames are callers far from the crash (outside the cap),
@@ -60,19 +71,28 @@ fn event(s: &Shape, n: &Noise, max_frames: usize) -> String {
     // Enough distant callers to fill the cap, so that `extra_outer` is beyond it.
     for (i, f) in n.extra_outer.iter().enumerate() {
         let (l, c) = line.next().unwrap();
-        frames.push(format!(r#"{{"function":"outer_{f}{i}","filename":"{}","lineno":{l},"colno":{c},"in_app":true}}"#, file("outer")));
+        frames.push(format!(
+            r#"{{"function":"outer_{f}{i}","filename":"{}","lineno":{l},"colno":{c},"in_app":true}}"#,
+            file("outer")
+        ));
     }
     let pad = max_frames.saturating_sub(s.funcs.len());
     for i in 0..pad {
         let (l, c) = line.next().unwrap();
-        frames.push(format!(r#"{{"function":"caller{i}","filename":"{}","lineno":{l},"colno":{c},"in_app":true}}"#, file("callers")));
+        frames.push(format!(
+            r#"{{"function":"caller{i}","filename":"{}","lineno":{l},"colno":{c},"in_app":true}}"#,
+            file("callers")
+        ));
     }
     for (i, f) in s.funcs.iter().enumerate() {
         let repeat = if i + 1 == s.funcs.len() { 1 + n.recursion } else { 1 };
         for _ in 0..repeat {
             let (l, c) = line.next().unwrap();
             let fname = &s.files[i % s.files.len()];
-            frames.push(format!(r#"{{"function":"{f}","filename":"{}","lineno":{l},"colno":{c},"in_app":true}}"#, file(fname)));
+            frames.push(format!(
+                r#"{{"function":"{f}","filename":"{}","lineno":{l},"colno":{c},"in_app":true}}"#,
+                file(fname)
+            ));
         }
     }
     format!(

@@ -114,7 +114,9 @@ pub fn to_event(sentry: &Value, project: Option<&str>) -> Result<Value, SentryEr
         }
         _ => {}
     }
-    if let Some(le) = sentry.get("logentry").or_else(|| sentry.get("sentry.interfaces.Message")).filter(|l| l.is_object()) {
+    if let Some(le) =
+        sentry.get("logentry").or_else(|| sentry.get("sentry.interfaces.Message")).filter(|l| l.is_object())
+    {
         let mut lo = Map::new();
         copy_strs(le, &mut lo, &["message", "formatted"]);
         if !lo.is_empty() {
@@ -241,7 +243,9 @@ mod tests {
 
     #[test]
     fn maps_message_events_and_rejects_non_objects() {
-        let ev = to_event(&json!({"message": {"formatted": "disk full"}, "logentry": {"message": "disk %s full"}}), None).unwrap();
+        let ev =
+            to_event(&json!({"message": {"formatted": "disk full"}, "logentry": {"message": "disk %s full"}}), None)
+                .unwrap();
         assert_eq!(ev["message"], "disk full");
         assert_eq!(ev["logentry"]["message"], "disk %s full");
         assert!(to_event(&json!([1]), None).is_err());

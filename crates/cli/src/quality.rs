@@ -1,0 +1,412 @@
+//! Grouping quality, measured: a seeded generator of labeled events (the true bug of every
+//! event is known) with the variation real traffic has, scored by pairwise precision, recall
+//! and F1 for tracefold's grouping and for two baselines on the same corpus.
+//!
+//! Variation within one bug: line and column shifts between releases, new bundle hashes,
+//! compiler-generated name suffixes that change per build (Java lambdas and CGLIB proxies,
+//! Go closures, .NET async state machines, Rust symbol hashes, Ruby ERB methods), ids,
+//! timestamps and addresses in messages, different distant callers, recursion depth,
+//! Chrome/Firefox/Safari naming, an extra `<anonymous>` frame, library versions in vendor
+//! paths, and minified builds. Across bugs: bugs that share an exception type and message
+//! template, bugs reported through the same error helper, bugs that differ only in the
+//! exception type, and log messages that differ only in their template.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+const PLATFORMS: &[&str] = &["javascript", "node", "python", "java", "go", "ruby", "php", "csharp", "rust"];
+const WORDS: &[&str] = &[
+    "cart", "order", "invoice", "user", "session", "payment", "report", "shipment", "coupon", "profile", "search",
+    "token", "ledger", "refund", "basket", "review", "stock", "quote",
+];
+const VERBS: &[&str] = &["load", "save", "render", "validate", "fetch", "apply", "parse", "sync", "resolve", "charge"];
+
+/// One true bug.
+#[derive(Debug, Clone)]
+struct Bug {
+    platform: &'static str,
+    ty: String,
+    /// Message template with `{id}`, `{ms}`, `{ts}`, `{addr}` holes.
+    template: String,
+    /// (module or file stem, function), oldest first; the last is the crash site.
+    frames: Vec<(String, String)>,
+    /// Reported through a shared helper (frames of the helper are at the crash end).
+    helper: bool,
+    /// A log message without an exception.
+    message_only: bool,
+}
+
+/// Corpus options.
+#[derive(Debug, Clone)]
+pub struct CorpusOptions {
+    /// True bugs.
+    pub bugs: usize,
+    /// Events.
+    pub events: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+fn make_bugs(n: usize, rng: &mut SmallRng) -> Vec<Bug> {
+    let mut bugs = Vec::with_capacity(n);
+    for k in 0..n {
+        let platform = PLATFORMS[k % PLATFORMS.len()];
+        let noun = WORDS[(k / PLATFORMS.len()) % WORDS.len()];
+        let verb = VERBS[(k / (PLATFORMS.len() * WORDS.len())) % VERBS.len()];
+        // Families of three: same type and message template, different code paths.
+        let family = k / 3;
+        let ty = match platform {
+            "javascript" | "node" => ["TypeError", "RangeError", "Error"][family % 3].to_string(),
+            "python" => ["KeyError", "ValueError", "TimeoutError"][family % 3].to_string(),
+            "java" => ["java.lang.NullPointerException", "java.lang.IllegalStateException"][family % 2].to_string(),
+            "go" => "*errors.errorString".to_string(),
+            "ruby" => ["NoMethodError", "ActiveRecord::RecordNotFound"][family % 2].to_string(),
+            "php" => ["ErrorException", "TypeError"][family % 2].to_string(),
+            "csharp" => ["System.NullReferenceException", "System.InvalidOperationException"][family % 2].to_string(),
+            _ => "panic".to_string(),
+        };
+        let template = format!("{} {{id}} failed after {{ms}}ms at {{ts}} (0x{{addr}})", WORDS[family % WORDS.len()]);
+        let depth = 3 + rng.gen_range(0..4);
+        let mut frames: Vec<(String, String)> =
+            (0..depth).map(|d| (format!("{noun}_{}", d % 2), format!("{verb}{}{d}k{k}", capitalize(noun)))).collect();
+        let helper = k % 5 == 1;
+        if helper {
+            frames.push(("errors".into(), "reportError".into()));
+            frames.push(("errors".into(), "buildReport".into()));
+        }
+        bugs.push(Bug { platform, ty, template, frames, helper, message_only: k % 11 == 7 });
+    }
+    bugs
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+}
+
+/// A labeled event.
+#[derive(Debug, Clone)]
+pub struct Labeled {
+    /// True bug index.
+    pub bug: usize,
+    /// Event JSON.
+    pub json: String,
+}
+
+/// Generates the corpus.
+pub fn corpus(opts: &CorpusOptions) -> Vec<Labeled> {
+    let mut rng = SmallRng::seed_from_u64(opts.seed);
+    let bugs = make_bugs(opts.bugs, &mut rng);
+    (0..opts.events)
+        .map(|_| {
+            let b = rng.gen_range(0..bugs.len());
+            Labeled { bug: b, json: render_event(&bugs[b], b, &mut rng) }
+        })
+        .collect()
+}
+
+fn render_event(bug: &Bug, k: usize, rng: &mut SmallRng) -> String {
+    let release: u32 = rng.gen_range(0..6);
+    let build_hash = xxhash_rust::xxh3::xxh3_64(&[k as u8, release as u8]);
+    let message = bug
+        .template
+        .replace("{id}", &rng.gen_range(1..1_000_000u32).to_string())
+        .replace("{ms}", &rng.gen_range(5..30_000u32).to_string())
+        .replace(
+            "{ts}",
+            &format!("2026-11-{:02}T{:02}:{:02}:00Z", rng.gen_range(1..28), rng.gen_range(0..24), rng.gen_range(0..60)),
+        )
+        .replace("{addr}", &format!("{:x}", rng.gen::<u32>() | 0x1000_0000));
+    let mut j = String::with_capacity(2048);
+    let _ = write!(j, r#"{{"platform":"{}","release":"r{release}","#, bug.platform);
+    if bug.message_only {
+        // Logs: the template groups, the formatted text varies.
+        let _ = write!(j, r#""logentry":{{"message":"{} %s failed","formatted":"{}"}}}}"#, bug.frames[0].1, message);
+        return j;
+    }
+    let browser = rng.gen_range(0..3);
+    let minified = bug.platform == "javascript" && rng.gen_bool(0.1);
+    let mut frames: Vec<String> = Vec::new();
+    // Distant callers: 0-4 random outer frames beyond the cap, then a fixed pad of callers.
+    for _ in 0..rng.gen_range(0..5) {
+        let caller = format!("route{}", rng.gen_range(0..50));
+        frames.push(frame(bug.platform, "routes", &caller, true, release, build_hash, browser, minified, rng));
+    }
+    for i in 0..10 {
+        frames.push(frame(
+            bug.platform,
+            "server",
+            &format!("dispatch{i}"),
+            true,
+            release,
+            build_hash,
+            browser,
+            minified,
+            rng,
+        ));
+    }
+    if bug.platform == "javascript" && rng.gen_bool(0.3) {
+        frames.push(r#"{"function":"<anonymous>","filename":"<anonymous>","in_app":false}"#.into());
+    }
+    let last = bug.frames.len() - 1 - if bug.helper { 2 } else { 0 };
+    for (i, (module, func)) in bug.frames.iter().enumerate() {
+        let repeat = if i == last { 1 + rng.gen_range(0..4) } else { 1 };
+        for _ in 0..repeat {
+            frames.push(frame(bug.platform, module, func, true, release, build_hash, browser, minified, rng));
+        }
+    }
+    // A library frame at the crash end, its version changing between releases.
+    frames.push(frame(
+        bug.platform,
+        &format!("vendor@1.{release}.0"),
+        "invoke",
+        false,
+        release,
+        build_hash,
+        browser,
+        minified,
+        rng,
+    ));
+    let _ = write!(
+        j,
+        r#""exception":[{{"type":"{}","value":"{}","stacktrace":{{"frames":[{}]}}}}]}}"#,
+        bug.ty,
+        message,
+        frames.join(",")
+    );
+    j
+}
+
+#[allow(clippy::too_many_arguments)]
+fn frame(
+    platform: &str,
+    module: &str,
+    func: &str,
+    in_app: bool,
+    release: u32,
+    build: u64,
+    browser: u32,
+    minified: bool,
+    rng: &mut SmallRng,
+) -> String {
+    let line = 10 + rng.gen_range(0..4) * 3 + release * 17;
+    let col = rng.gen_range(1..80);
+    let short = (build % 1000) as u32;
+    match platform {
+        "javascript" => {
+            let f = if minified && in_app {
+                String::from_utf8(vec![b'a' + ((build ^ func.len() as u64) % 26) as u8]).expect("ascii")
+            } else {
+                match browser {
+                    0 => format!("Object.{func}"),
+                    1 => format!("{func}/<"),
+                    _ => func.to_string(),
+                }
+            };
+            let bundle = if in_app { "main" } else { "vendor" };
+            let col = if minified { 100 + (func.len() as u32 * 37) + release * 11 } else { col };
+            format!(
+                r#"{{"function":"{f}","filename":"https://cdn.example.com/static/js/{bundle}.{:08x}.js","lineno":1,"colno":{col},"in_app":{in_app}}}"#,
+                build as u32
+            )
+        }
+        "node" => format!(
+            r#"{{"function":"async Service.{func}","filename":"/app/{}/{module}.js","lineno":{line},"colno":{col},"in_app":{in_app}}}"#,
+            if in_app { "src" } else { "node_modules" }
+        ),
+        "python" => format!(
+            r#"{{"function":"{func}","module":"app.{module}","filename":"app/{module}.py","lineno":{line},"in_app":{in_app}}}"#
+        ),
+        "java" => {
+            // Whether a method is a lambda body or proxied is a property of the code; the
+            // generated suffixes change from build to build.
+            let (m, f) = match xxhash_rust::xxh3::xxh3_64(func.as_bytes()) % 3 {
+                0 => (format!("com.example.{module}.Service$$EnhancerBySpringCGLIB$${short:x}"), func.to_string()),
+                1 => (format!("com.example.{module}.Service"), format!("lambda${func}${}", release % 3)),
+                _ => (format!("com.example.{module}.Service"), func.to_string()),
+            };
+            format!(
+                r#"{{"function":"{f}","module":"{m}","filename":"Service.java","lineno":{line},"in_app":{in_app}}}"#
+            )
+        }
+        "go" => format!(
+            r#"{{"function":"{module}.{func}.func{}","module":"example.com/svc/{module}","filename":"{module}.go","lineno":{line},"in_app":{in_app}}}"#,
+            1 + release % 3
+        ),
+        "ruby" => format!(
+            r#"{{"function":"block in {func}","filename":"app/models/{module}.rb","lineno":{line},"in_app":{in_app}}}"#
+        ),
+        "php" => format!(
+            r#"{{"function":"App\\{module}::{func}","filename":"app/Http/{module}.php","lineno":{line},"in_app":{in_app}}}"#
+        ),
+        "csharp" => format!(
+            r#"{{"function":"MoveNext","module":"Shop.{module}+<{func}>d__{}","lineno":{line},"in_app":{in_app}}}"#,
+            release + 3
+        ),
+        _ => format!(
+            r#"{{"function":"svc::{module}::{func}::h{build:016x}","filename":"src/{module}.rs","lineno":{line},"in_app":{in_app}}}"#
+        ),
+    }
+}
+
+/// Pairwise scores of one grouping.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Scores {
+    /// Of the pairs put together, the share that are the same bug.
+    pub precision: f64,
+    /// Of the pairs of the same bug, the share put together.
+    pub recall: f64,
+    /// Harmonic mean.
+    pub f1: f64,
+    /// Distinct keys (issues).
+    pub issues: usize,
+}
+
+/// Scores `keys[i]` (predicted issue of event i) against `truth[i]`.
+pub fn score<K: std::hash::Hash + Eq>(truth: &[usize], keys: &[K]) -> Scores {
+    let pairs = |n: u64| n * n.saturating_sub(1) / 2;
+    let mut cell: HashMap<(usize, &K), u64> = HashMap::new();
+    let mut by_key: HashMap<&K, u64> = HashMap::new();
+    let mut by_bug: HashMap<usize, u64> = HashMap::new();
+    for (t, k) in truth.iter().zip(keys) {
+        *cell.entry((*t, k)).or_default() += 1;
+        *by_key.entry(k).or_default() += 1;
+        *by_bug.entry(*t).or_default() += 1;
+    }
+    let tp: u64 = cell.values().map(|n| pairs(*n)).sum();
+    let predicted: u64 = by_key.values().map(|n| pairs(*n)).sum();
+    let actual: u64 = by_bug.values().map(|n| pairs(*n)).sum();
+    let precision = if predicted == 0 { 1.0 } else { tp as f64 / predicted as f64 };
+    let recall = if actual == 0 { 1.0 } else { tp as f64 / actual as f64 };
+    let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+    Scores { precision, recall, f1, issues: by_key.len() }
+}
+
+/// Swetrix-style key: name + message + line + column + file name of the top frame.
+pub fn swetrix_key(ev: &tracefold_model::Event<'_>) -> String {
+    let Some(exc) = ev.exception.last() else {
+        return format!("msg:{}", tracefold_fingerprint::message_source(ev).unwrap_or(""));
+    };
+    let top = exc.stacktrace.as_ref().and_then(|s| s.frames.last());
+    format!(
+        "{}|{}|{}|{}|{}",
+        exc.ty.as_deref().unwrap_or(""),
+        exc.value.as_deref().unwrap_or(""),
+        top.and_then(|f| f.lineno).unwrap_or(0),
+        top.and_then(|f| f.colno).unwrap_or(0),
+        top.and_then(|f| f.filename.as_deref()).unwrap_or("")
+    )
+}
+
+/// PostHog-style key: type + in-app frames (function and module or file, as reported), with
+/// line and column for frames without a function; no message parameterization.
+pub fn posthog_key(ev: &tracefold_model::Event<'_>) -> String {
+    let Some(exc) = ev.exception.last() else {
+        return format!("msg:{}", tracefold_fingerprint::message_source(ev).unwrap_or(""));
+    };
+    let mut k = exc.ty.as_deref().unwrap_or("").to_owned();
+    for f in exc.stacktrace.as_ref().map_or(&[][..], |s| &s.frames[..]).iter().filter(|f| f.in_app == Some(true)) {
+        let loc = f.module.as_deref().or(f.filename.as_deref()).unwrap_or("");
+        match f.function.as_deref() {
+            Some(func) if !func.is_empty() && func != "<anonymous>" => {
+                let _ = write!(k, "|{loc}:{func}");
+            }
+            _ => {
+                let _ = write!(k, "|{loc}:{}:{}", f.lineno.unwrap_or(0), f.colno.unwrap_or(0));
+            }
+        }
+    }
+    k
+}
+
+/// The three groupings scored on one corpus.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Events in the corpus.
+    pub events: usize,
+    /// True bugs.
+    pub bugs: usize,
+    /// Seed.
+    pub seed: u64,
+    /// tracefold's grouping.
+    pub tracefold: Scores,
+    /// Swetrix-style key.
+    pub swetrix: Scores,
+    /// PostHog-style key.
+    pub posthog: Scores,
+}
+
+/// Generates a corpus and scores tracefold and both baselines on it.
+pub fn evaluate(opts: &CorpusOptions) -> Report {
+    let events = corpus(opts);
+    let cfg = tracefold_fingerprint::GroupingConfig::default();
+    let mut scratch = tracefold_fingerprint::Scratch::default();
+    let truth: Vec<usize> = events.iter().map(|e| e.bug).collect();
+    let (mut ours, mut swetrix, mut posthog) = (Vec::new(), Vec::new(), Vec::new());
+    for e in &events {
+        let ev = tracefold_model::parse_event_str(&e.json).unwrap_or_else(|err| panic!("{err}: {}", e.json));
+        ours.push(tracefold_fingerprint::fingerprint(&ev, &cfg, &mut scratch).0);
+        swetrix.push(swetrix_key(&ev));
+        posthog.push(posthog_key(&ev));
+    }
+    Report {
+        events: events.len(),
+        bugs: opts.bugs,
+        seed: opts.seed,
+        tracefold: score(&truth, &ours),
+        swetrix: score(&truth, &swetrix),
+        posthog: score(&truth, &posthog),
+    }
+}
+
+/// The report as a terminal table.
+pub fn render(r: &Report) -> String {
+    use crate::render::{table, Align};
+    let row = |name: &str, s: &Scores| {
+        vec![
+            name.to_owned(),
+            format!("{:.4}", s.precision),
+            format!("{:.4}", s.recall),
+            format!("{:.4}", s.f1),
+            s.issues.to_string(),
+        ]
+    };
+    let mut out = format!("{} events of {} true bugs (seed {})\n\n", r.events, r.bugs, r.seed);
+    out.push_str(&table(
+        &[
+            ("grouping", Align::Left),
+            ("precision", Align::Right),
+            ("recall", Align::Right),
+            ("F1", Align::Right),
+            ("issues", Align::Right),
+        ],
+        &[row("tracefold v1", &r.tracefold), row("Swetrix-style", &r.swetrix), row("PostHog-style", &r.posthog)],
+        40,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairwise_scores() {
+        let s = score(&[0, 0, 1, 1], &["a", "a", "b", "b"]);
+        assert_eq!((s.precision, s.recall, s.f1), (1.0, 1.0, 1.0));
+        let merged = score(&[0, 0, 1, 1], &["a", "a", "a", "a"]);
+        assert!((merged.precision - 2.0 / 6.0).abs() < 1e-9 && merged.recall == 1.0);
+        let split = score(&[0, 0, 0], &["a", "b", "c"]);
+        assert_eq!((split.precision, split.recall), (1.0, 0.0));
+    }
+
+    #[test]
+    fn tracefold_meets_the_target_and_beats_both_baselines() {
+        let r = evaluate(&CorpusOptions { bugs: 120, events: 6000, seed: 11 });
+        assert!(r.tracefold.f1 >= 0.97, "{}", render(&r));
+        assert!(r.tracefold.f1 > r.swetrix.f1 && r.tracefold.f1 > r.posthog.f1, "{}", render(&r));
+    }
+}
