@@ -155,5 +155,19 @@ fn main() {
         );
         json.push(serde_json::json!({"variant": id, "events_per_sec": 1e9 / per_event, "ns_per_event": per_event, "ratio_to_bare_parse": ratio}));
     }
-    println!("{}", serde_json::json!({"benchmark": GROUP, "results": json}));
+    // What fingerprinting adds to the hot path: its own cost over the busy-bucket hot path.
+    let per_event = |id: &str| mean_ns(&dir, id).map(|ns| ns / events_per_iter(id, evs.len()) as f64);
+    let share = match (
+        per_event("parse_validate"),
+        per_event("parse_validate_fingerprint"),
+        per_event("hot_path_busy_buckets"),
+    ) {
+        (Some(pv), Some(pvf), Some(hot)) => {
+            let share = (pvf - pv) / hot;
+            println!("\nfingerprinting: {:.0} ns/event, {:.1}% of the busy-bucket hot path", pvf - pv, 100.0 * share);
+            Some(share)
+        }
+        _ => None,
+    };
+    println!("{}", serde_json::json!({"benchmark": GROUP, "results": json, "fingerprint_share_of_hot_path": share}));
 }

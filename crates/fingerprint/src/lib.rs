@@ -3,6 +3,7 @@
 //! notes for the target behaviour; this is grouping config `v1`.
 #![warn(missing_docs)]
 
+mod cache;
 pub mod normalize;
 pub mod rules;
 
@@ -128,10 +129,9 @@ impl Sink for ExplainSink {
 #[derive(Debug, Default)]
 pub struct Scratch {
     a: String,
-    b: String,
-    prev_a: String,
-    prev_b: String,
     hash: Vec<u8>,
+    cache: cache::FrameCache,
+    infos: Vec<u32>,
     in_app: Vec<bool>,
     dropped: Vec<Option<&'static str>>,
 }
@@ -239,6 +239,8 @@ pub fn message_source<'e>(event: &'e Event<'_>) -> Option<&'e str> {
 /// Fills the caller's buffers (no allocation once they have grown).
 fn classify_frames(
     frames: &[Frame<'_>],
+    infos: &[u32],
+    cache: &cache::FrameCache,
     platform: Option<&str>,
     cfg: &GroupingConfig,
     in_app: &mut Vec<bool>,
@@ -247,29 +249,32 @@ fn classify_frames(
     in_app.clear();
     in_app.extend(frames.iter().map(|f| f.in_app == Some(true)));
     dropped.clear();
-    dropped.extend(frames.iter().map(rules::machinery));
-    let mut cut_at: Option<usize> = None;
-    for (i, f) in frames.iter().enumerate() {
-        for rule in &cfg.stack_rules {
-            if rule.matcher.matches(f, platform) {
-                match rule.action {
-                    StackAction::App => in_app[i] = true,
-                    StackAction::NotApp => in_app[i] = false,
-                    StackAction::Exclude => dropped[i] = Some("excluded by a stack rule"),
-                    StackAction::Cut => cut_at = Some(cut_at.map_or(i, |c| c.min(i))),
+    dropped.extend(infos.iter().map(|&i| cache.info(i).machinery));
+    if !cfg.stack_rules.is_empty() {
+        let mut cut_at: Option<usize> = None;
+        for (i, f) in frames.iter().enumerate() {
+            for rule in &cfg.stack_rules {
+                if rule.matcher.matches(f, platform) {
+                    match rule.action {
+                        StackAction::App => in_app[i] = true,
+                        StackAction::NotApp => in_app[i] = false,
+                        StackAction::Exclude => dropped[i] = Some("excluded by a stack rule"),
+                        StackAction::Cut => cut_at = Some(cut_at.map_or(i, |c| c.min(i))),
+                    }
                 }
             }
         }
-    }
-    // Error-reporting helpers: the helper and everything it called do not contribute.
-    if let Some(c) = cut_at {
-        for d in &mut dropped[c..] {
-            *d = Some("error-reporting helper (cut by a stack rule)");
+        // Error-reporting helpers: the helper and everything it called do not contribute.
+        if let Some(c) = cut_at {
+            for d in &mut dropped[c..] {
+                *d = Some("error-reporting helper (cut by a stack rule)");
+            }
         }
     }
     // Panic and throw machinery at the crash end.
     for i in (0..frames.len()).rev() {
-        if dropped[i].is_none() && !rules::is_panic_border(&frames[i]) {
+        let border = cache.info(infos[i]).panic_border;
+        if dropped[i].is_none() && !border {
             break;
         }
         if dropped[i].is_none() {
@@ -277,7 +282,7 @@ fn classify_frames(
         }
     }
     // Frames below the runtime's entry point (main, the event loop).
-    if let Some(entry) = frames.iter().rposition(rules::is_entry_point) {
+    if let Some(entry) = infos.iter().rposition(|&i| cache.info(i).entry) {
         for d in &mut dropped[..entry] {
             d.get_or_insert("below the runtime entry point (main or the event loop)");
         }
@@ -299,12 +304,17 @@ fn exception_components<S: Sink>(
         None => {}
     }
     let frames: &[Frame<'_>] = exc.stacktrace.as_ref().map_or(&[], |s| &s.frames);
+    let mut infos = std::mem::take(&mut scratch.infos);
+    infos.clear();
+    for f in frames {
+        infos.push(scratch.cache.lookup(f, js));
+    }
     let (mut in_app, mut dropped) = (std::mem::take(&mut scratch.in_app), std::mem::take(&mut scratch.dropped));
-    classify_frames(frames, platform, cfg, &mut in_app, &mut dropped);
+    classify_frames(frames, &infos, &scratch.cache, platform, cfg, &mut in_app, &mut dropped);
+    let cache = &scratch.cache;
+    let mut prev: Option<u32> = None;
     let any_in_app = in_app.iter().zip(&dropped).any(|(a, d)| *a && d.is_none());
     let mut contributed = 0usize;
-    // The previous contributing frame (its column when minified), for recursion.
-    let mut prev: Option<Option<u32>> = None;
     // Walk from the crash outwards so that the cap keeps the frames nearest the crash; the
     // components are emitted in that order (innermost first): a stable, documented order.
     for (i, frame) in frames.iter().enumerate().rev() {
@@ -327,27 +337,10 @@ fn exception_components<S: Sink>(
             }
             continue;
         }
-        // Module, else file name.
-        let mut func_src = frame.function.as_deref().unwrap_or("");
-        let (loc_kind, mut loc_src) =
-            match (frame.module.as_deref(), frame.filename.as_deref().or(frame.abs_path.as_deref())) {
-                (Some(m), _) if !m.is_empty() => ("module", m),
-                (_, Some(f)) => ("filename", f),
-                _ => ("filename", ""),
-            };
-        if let Some((m, f)) = normalize::dotnet_async(loc_src, func_src) {
-            (loc_src, func_src) = (m, f);
-        }
-        if loc_kind == "module" {
-            normalize::module(loc_src, &mut scratch.a);
-        } else {
-            normalize::filename(loc_src, &mut scratch.a);
-        }
-        normalize::function(func_src, &mut scratch.b);
-        if js {
-            normalize::js_function(&mut scratch.b);
-        }
-        if scratch.a.is_empty() && scratch.b.is_empty() {
+        let info = cache.info(infos[i]);
+        let (loc, func) = (cache.loc(info), cache.func(info));
+        let loc_kind = if info.module_loc { "module" } else { "filename" };
+        if loc.is_empty() && func.is_empty() {
             if sink.wants_drops() {
                 sink.drop_component("frame", &frame_label(frame), "no usable function, module or file name");
             }
@@ -355,22 +348,23 @@ fn exception_components<S: Sink>(
         }
         // A minified bundle has no usable names: within one build, the column tells functions
         // apart (a weak signal: a new build moves it).
-        let minified = js && scratch.b.is_empty() && (scratch.a.contains("<hash>") || scratch.a.contains(".min."));
-        let weak_col = if minified { frame.colno } else { None };
+        let weak_col = if info.minified { frame.colno } else { None };
         // Collapse direct recursion: the same (location, function) as the previous frame.
-        if prev == Some(weak_col) && scratch.a == scratch.prev_a && scratch.b == scratch.prev_b {
-            if sink.wants_drops() {
-                sink.drop_component("frame", &frame_label(frame), "direct recursion collapsed");
+        if let Some(p) = prev {
+            let pi = cache.info(infos[p as usize]);
+            let prev_col = if pi.minified { frames[p as usize].colno } else { None };
+            if prev_col == weak_col && cache.loc(pi) == loc && cache.func(pi) == func {
+                if sink.wants_drops() {
+                    sink.drop_component("frame", &frame_label(frame), "direct recursion collapsed");
+                }
+                continue;
             }
-            continue;
         }
-        prev = Some(weak_col);
-        scratch.prev_a.clone_from(&scratch.a);
-        scratch.prev_b.clone_from(&scratch.b);
-        if !scratch.a.is_empty() {
-            sink.add(loc_kind, &scratch.a);
+        prev = Some(i as u32);
+        if !loc.is_empty() {
+            sink.add(loc_kind, loc);
         }
-        if scratch.b.is_empty() {
+        if func.is_empty() {
             if let Some(col) = weak_col {
                 let mut buf = [0u8; 10];
                 sink.add("colno", itoa_str(&mut buf, col));
@@ -379,7 +373,7 @@ fn exception_components<S: Sink>(
                 sink.drop_component(
                     "function",
                     frame.function.as_deref().unwrap_or(""),
-                    if minified {
+                    if info.minified {
                         "minified: no usable function name; the file name and column contribute (weak signal)"
                     } else {
                         "anonymous or missing function: only the file name contributes (weak)"
@@ -387,7 +381,7 @@ fn exception_components<S: Sink>(
                 );
             }
         } else {
-            sink.add("function", &scratch.b);
+            sink.add("function", func);
         }
         if sink.wants_drops() && weak_col.is_none() && (frame.lineno.is_some() || frame.colno.is_some()) {
             let at = match (frame.lineno, frame.colno) {
@@ -402,6 +396,7 @@ fn exception_components<S: Sink>(
     }
     scratch.in_app = in_app;
     scratch.dropped = dropped;
+    scratch.infos = infos;
     if contributed == 0 {
         if let Some(v) = exc.value.as_deref().filter(|v| !v.is_empty()) {
             normalize::message(v, &mut scratch.a);
