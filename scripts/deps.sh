@@ -13,6 +13,11 @@ dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)
 if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/bin/clickhouse ]; then
   need+=(clickhouse-server clickhouse-client)
 fi
+# The Kubernetes OpenAPI schemas the deployment tests validate against (offline).
+if ! command -v kubernetes-validate >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
+  echo "deps: installing kubernetes-validate from PyPI" >&2
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate 2>&1 | grep -v 'Running pip as the' >&2 || true
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "deps: missing ${need[*]}; install them with your package manager" >&2

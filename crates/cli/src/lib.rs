@@ -2,6 +2,7 @@
 //! analyst queries and terminal rendering (tests and benchmarks drive these directly).
 #![warn(missing_docs)]
 
+pub mod deploy;
 pub mod dev;
 pub mod gen;
 pub mod loadgen;

@@ -21,6 +21,25 @@ enum Format {
     Json,
 }
 
+#[derive(Subcommand)]
+enum DeployCmd {
+    /// Kubernetes manifests (a kustomization directory) for a small or a large installation.
+    Kubernetes {
+        /// Installation size.
+        #[arg(long, value_enum, default_value = "small")]
+        size: SizeArg,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum SizeArg {
+    Small,
+    Large,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum InputFormat {
     Tracefold,
@@ -179,6 +198,11 @@ enum Cmd {
         /// Grouper config file whose [grouping] section (rules, frame cap) applies.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Render deployment manifests.
+    Deploy {
+        #[command(subcommand)]
+        what: DeployCmd,
     },
     /// Score grouping quality on a labeled corpus against Swetrix- and PostHog-style baselines.
     GroupingQuality {
@@ -347,6 +371,15 @@ async fn main() -> anyhow::Result<()> {
                 writeln!(out, "{}", g.next_event().json)?;
             }
             out.flush()?;
+            Ok(())
+        }
+        Cmd::Deploy { what: DeployCmd::Kubernetes { size, out } } => {
+            let size = match size {
+                SizeArg::Small => tracefold_cli::deploy::Size::Small,
+                SizeArg::Large => tracefold_cli::deploy::Size::Large,
+            };
+            let files = tracefold_cli::deploy::write(size, &out)?;
+            println!("wrote {} files to {}: {}", files.len(), out.display(), files.join(", "));
             Ok(())
         }
         Cmd::GroupingQuality { events, bugs, seed, format } => {

@@ -14,3 +14,7 @@ pub const DLQ_TOTAL: &str = "tracefold_grouper_dlq_total";
 pub const BATCH_EVENTS: &str = "tracefold_grouper_batch_events";
 /// Time from a batch's cut to its commit, seconds.
 pub const EMIT_SECONDS: &str = "tracefold_grouper_emit_seconds";
+
+/// Every metric this service emits (for documentation and dashboard checks).
+pub const ALL: &[&str] =
+    &[EVENTS_TOTAL, CLAMPED_TOTAL, BATCHES_TOTAL, AGGREGATES_TOTAL, DLQ_TOTAL, BATCH_EVENTS, EMIT_SECONDS];

@@ -48,9 +48,14 @@ enum RebalanceEvent {
 
 struct GroupCtx {
     events: Mutex<Vec<RebalanceEvent>>,
+    group: String,
 }
 
-impl ClientContext for GroupCtx {}
+impl ClientContext for GroupCtx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        tracefold_runtime::kafka::record_consumer_lag(&self.group, &statistics);
+    }
+}
 
 impl ConsumerContext for GroupCtx {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -102,7 +107,7 @@ struct PartState {
 /// could not deliver).
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
     let consumer: BaseConsumer<GroupCtx> = tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.grouper.group_id)
-        .create_with_context(GroupCtx { events: Mutex::new(Vec::new()) })
+        .create_with_context(GroupCtx { events: Mutex::new(Vec::new()), group: cfg.grouper.group_id.clone() })
         .context("cannot create the grouper's consumer")?;
     let producer: ThreadedProducer<DeliveryCtx> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
         .create_with_context(DeliveryCtx::default())
@@ -271,6 +276,7 @@ impl Grouper<'_> {
             out: BatchOutput,
         }
         let t0 = Instant::now();
+        let _span = tracing::info_span!("emit", group = %self.cfg.grouper.group_id, epoch = %self.epoch).entered();
         let topic = &self.cfg.topics.events;
         let mut done: Vec<Done> = Vec::with_capacity(which.len());
         for &partition in which {

@@ -153,6 +153,17 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("ingest", project = %project);
+    ingest_inner(st, project, headers, body).instrument(span).await
+}
+
+async fn ingest_inner(
+    st: AppState,
+    project: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
     let t0 = Instant::now();
     let cfg = &st.cfg.http;
     if !is_project_slug(&project) {

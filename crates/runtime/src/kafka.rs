@@ -33,7 +33,8 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
             ("max.poll.interval.ms", "300000"),
             ("fetch.wait.max.ms", "50"),
             ("queued.max.messages.kbytes", "65536"),
-            ("statistics.interval.ms", "0"),
+            // Statistics feed the consumer-lag gauge (see record_consumer_lag).
+            ("statistics.interval.ms", "5000"),
         ],
     )
 }
@@ -72,4 +73,24 @@ pub fn check_topics<C: ClientContext>(client: &Client<C>, topics: &[&str], timeo
         }
     }
     Ok(())
+}
+
+/// Consumer lag per partition, from librdkafka's statistics: messages between the
+/// partition's end and the group's committed offset.
+pub const CONSUMER_LAG: &str = "tracefold_kafka_consumer_lag";
+
+/// Sets the [`CONSUMER_LAG`] gauge (labels `group`, `topic`, `partition`) from a
+/// statistics report. Call it from a consumer context's `stats` callback.
+pub fn record_consumer_lag(group: &str, stats: &rdkafka::Statistics) {
+    for (topic, t) in &stats.topics {
+        for (p, part) in &t.partitions {
+            // -1 is librdkafka's "unknown" (not assigned here, or nothing committed yet);
+            // the internal partition -1 is not a real one.
+            if *p < 0 || part.consumer_lag < 0 {
+                continue;
+            }
+            metrics::gauge!(CONSUMER_LAG, "group" => group.to_owned(), "topic" => topic.clone(), "partition" => p.to_string())
+                .set(part.consumer_lag as f64);
+        }
+    }
 }

@@ -12,3 +12,7 @@ pub const INSERT_SECONDS: &str = "tracefold_writer_insert_seconds";
 pub const INSERT_ROWS: &str = "tracefold_writer_insert_rows";
 /// Aggregate messages that could not be read (sent to the DLQ).
 pub const MALFORMED_TOTAL: &str = "tracefold_writer_malformed_total";
+
+/// Every metric this service emits (for documentation and dashboard checks).
+pub const ALL: &[&str] =
+    &[ROWS_INSERTED_TOTAL, ROWS_DUPLICATE_TOTAL, INSERTS_TOTAL, INSERT_SECONDS, INSERT_ROWS, MALFORMED_TOTAL];

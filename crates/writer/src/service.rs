@@ -32,9 +32,14 @@ enum RebalanceEvent {
 
 struct WriterCtx {
     events: Mutex<Vec<RebalanceEvent>>,
+    group: String,
 }
 
-impl ClientContext for WriterCtx {}
+impl ClientContext for WriterCtx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        tracefold_runtime::kafka::record_consumer_lag(&self.group, &statistics);
+    }
+}
 
 impl ConsumerContext for WriterCtx {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -80,7 +85,7 @@ struct Writer<'a> {
 /// Kafka fatal errors; ClickHouse errors are retried, not returned.
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
     let consumer: BaseConsumer<WriterCtx> = tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.writer.group_id)
-        .create_with_context(WriterCtx { events: Mutex::new(Vec::new()) })
+        .create_with_context(WriterCtx { events: Mutex::new(Vec::new()), group: cfg.writer.group_id.clone() })
         .context("cannot create the writer's consumer")?;
     let dlq: ThreadedProducer<DefaultProducerContext> =
         tracefold_runtime::kafka::producer_config(&cfg.kafka, 0).create().context("cannot create the DLQ producer")?;
@@ -235,6 +240,8 @@ impl Writer<'_> {
 
     /// Inserts the pending rows that ClickHouse does not hold yet, then commits.
     fn try_flush(&mut self) -> anyhow::Result<()> {
+        let _span =
+            tracing::info_span!("insert", group = %self.cfg.writer.group_id, rows = self.pending.len()).entered();
         let db = self.cfg.clickhouse.database.clone();
         let agg_topic = self.cfg.topics.aggregates.clone();
         let mut parts: Vec<i32> = self.pending.iter().map(|r| r.partition).collect();
