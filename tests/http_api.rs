@@ -1,6 +1,8 @@
 //! The producer's HTTP contract: JSON errors that name the problem, limits, health and metrics.
 
+use std::io::Write as _;
 use std::time::Duration;
+use tracefold_producer::config::ProjectConfig;
 use tracefold_producer::Config;
 use tracefold_runtime::devbroker::DevBroker;
 use tracefold_runtime::telemetry::Health;
@@ -9,15 +11,87 @@ use tracefold_runtime::Shutdown;
 struct Server {
     url: String,
     shutdown: Shutdown,
-    _broker: DevBroker,
+    broker: DevBroker,
 }
 
+impl Server {
+    /// Keys (event ids) of every message on the events topic.
+    fn published(&self, expect: usize) -> Vec<String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::Message;
+        let c: BaseConsumer = tracefold_runtime::kafka::consumer_config(
+            &tracefold_tests::kafka(&self.broker.bootstrap_servers()),
+            "reader",
+        )
+        .create()
+        .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset("tracefold.events", 0, rdkafka::Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        let mut keys = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                keys.push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
+            } else if keys.len() >= expect {
+                // Nothing more arrived after the expected count: done.
+                break;
+            }
+        }
+        keys
+    }
+}
+
+fn project(slug: &str, id: u64, key: &str, rate: f64) -> ProjectConfig {
+    // A burst of 5 with a slow refill: five requests pass, the sixth waits.
+    let burst = if rate > 0.0 { 5.0 } else { 0.0 };
+    ProjectConfig {
+        slug: slug.into(),
+        id: Some(id),
+        keys: vec![key.into()],
+        rate_per_sec: rate,
+        burst,
+        key_rate_per_sec: 0.0,
+        key_burst: 0.0,
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+async fn send(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut r = reqwest::Client::new().post(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.body(body).send().await.unwrap();
+    let (status, h) = (resp.status().as_u16(), resp.headers().clone());
+    let text = resp.text().await.unwrap();
+    (status, h, serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is JSON ({e}): {text}")))
+}
+
+const SENTRY_EVENT: &str = r#"{"event_id":"fc6d8c0c43fc46308ea5bc7a3b7d3c64","platform":"python","level":"error",
+  "exception":{"values":[{"type":"KeyError","value":"'user'","stacktrace":{"frames":[
+    {"function":"profile","module":"app.views","filename":"app/views.py","lineno":42,"in_app":true}]}}]},
+  "user":{"id":"7"},"tags":{"route":"/profile"}}"#;
+
 async fn server(max_body: usize, max_event: usize) -> Server {
+    server_with(max_body, max_event, Vec::new(), 5000).await
+}
+
+async fn server_with(max_body: usize, max_event: usize, projects: Vec<ProjectConfig>, delivery_ms: u64) -> Server {
     let broker = DevBroker::start(1, &Default::default(), Some(1)).unwrap();
-    let mut cfg = Config { kafka: tracefold_tests::kafka(&broker.bootstrap_servers()), ..Config::default() };
+    let mut cfg = Config { kafka: tracefold_tests::kafka(&broker.bootstrap_servers()), projects, ..Config::default() };
     cfg.http.max_body_bytes = max_body;
     cfg.http.max_event_bytes = max_event;
-    cfg.http.delivery_timeout_ms = 5000;
+    cfg.http.delivery_timeout_ms = delivery_ms;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = Shutdown::new();
@@ -30,7 +104,7 @@ async fn server(max_body: usize, max_event: usize) -> Server {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(health.is_ready(), "producer became ready");
-    Server { url, shutdown, _broker: broker }
+    Server { url, shutdown, broker }
 }
 
 async fn post(url: &str, ct: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
@@ -110,5 +184,134 @@ async fn health_readiness_and_metrics() {
     let metrics = c.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("tracefold_producer_events_total"), "{metrics}");
     assert!(metrics.contains("tracefold_producer_requests_total"), "{metrics}");
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentry_store_and_envelope_with_keys_and_compression() {
+    let s = server_with(
+        1 << 20,
+        64 << 10,
+        vec![project("web", 42, "publickey1", 0.0), project("api", 43, "publickey2", 0.0)],
+        5000,
+    )
+    .await;
+    let auth = "Sentry sentry_version=7, sentry_client=sentry.python/2.19.0, sentry_key=publickey1";
+    let store = format!("{}/api/42/store/", s.url);
+
+    let (status, _, body) =
+        send(&store, &[("x-sentry-auth", auth), ("content-type", "application/json")], SENTRY_EVENT).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "fc6d8c0c43fc46308ea5bc7a3b7d3c64");
+
+    // Envelope, gzip-compressed, key in the query string; non-event items are skipped.
+    let event2 =
+        SENTRY_EVENT.replace("fc6d8c0c43fc46308ea5bc7a3b7d3c64", "0123456789abcdef0123456789abcdef").replace('\n', "");
+    let envelope = format!(
+        "{{\"event_id\":\"0123456789abcdef0123456789abcdef\"}}\n{{\"type\":\"session\"}}\n{{\"started\":\"2026-11-26T00:00:00Z\"}}\n{{\"type\":\"event\",\"length\":{}}}\n{}\n{{\"type\":\"attachment\",\"length\":5}}\nhello\n",
+        event2.len(),
+        event2
+    );
+    let (status, _, body) = send(
+        &format!("{}/api/42/envelope/?sentry_key=publickey1&sentry_version=7", s.url),
+        &[("content-encoding", "gzip"), ("content-type", "application/x-sentry-envelope")],
+        gzip(envelope.as_bytes()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "0123456789abcdef0123456789abcdef");
+
+    // Refusals: nothing of these is published.
+    let (status, _, _) = send(&store, &[], SENTRY_EVENT).await;
+    assert_eq!(status, 401, "no key");
+    let wrong = auth.replace("publickey1", "publickey2");
+    let (status, _, body) = send(&store, &[("x-sentry-auth", &wrong)], SENTRY_EVENT).await;
+    assert_eq!(status, 403, "another project's key: {body}");
+    let (status, _, _) = send(&format!("{}/api/99/store/", s.url), &[("x-sentry-auth", auth)], SENTRY_EVENT).await;
+    assert_eq!(status, 403, "unknown project");
+    let (status, _, _) = send(&format!("{}/api/web/store/", s.url), &[("x-sentry-auth", auth)], SENTRY_EVENT).await;
+    assert_eq!(status, 400, "project ids are numbers");
+    let (status, _, body) = send(&store, &[("x-sentry-auth", auth)], "{\"exception\": [").await;
+    assert_eq!(status, 400, "{body}");
+    let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+    let (status, _, _) = send(&store, &[("x-sentry-auth", auth)], deep).await;
+    assert_eq!(status, 400, "deep nesting is refused, not a crash");
+    let bomb = gzip(&vec![b' '; 8 << 20]);
+    let (status, _, body) = send(&store, &[("x-sentry-auth", auth), ("content-encoding", "gzip")], bomb).await;
+    assert_eq!(status, 413, "a gzip bomb stops at the limit: {body}");
+    let (status, _, _) = send(&store, &[("x-sentry-auth", auth), ("content-encoding", "br")], "x").await;
+    assert_eq!(status, 415);
+    // The native endpoint needs the key too, for registered projects.
+    let (status, _, _) = send(&format!("{}/api/v1/projects/web/events", s.url), &[], GOOD).await;
+    assert_eq!(status, 401);
+    let (status, _, _) =
+        send(&format!("{}/api/v1/projects/web/events", s.url), &[("x-tracefold-key", "publickey1")], GOOD).await;
+    assert_eq!(status, 200);
+
+    let mut published = s.published(3);
+    published.sort();
+    assert_eq!(published.len(), 3, "{published:?}");
+    assert!(published.contains(&"fc6d8c0c43fc46308ea5bc7a3b7d3c64".to_owned()));
+    assert!(published.contains(&"0123456789abcdef0123456789abcdef".to_owned()));
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_and_leave_other_projects_alone() {
+    let s = server_with(
+        1 << 20,
+        64 << 10,
+        vec![project("web", 1, "webkey123", 0.2), project("api", 2, "apikey123", 0.0)],
+        5000,
+    )
+    .await;
+    let web = format!("{}/api/1/store/?sentry_key=webkey123", s.url);
+    for i in 0..5 {
+        let (status, _, body) =
+            send(&web, &[], SENTRY_EVENT.replace("fc6d8c0c43fc46308ea5bc7a3b7d3c64", &format!("{i:032x}"))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, headers, body) = send(&web, &[], SENTRY_EVENT).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(headers.get("retry-after").unwrap().to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(headers.get("x-sentry-rate-limits").unwrap().to_str().unwrap().ends_with("::project"));
+    for _ in 0..20 {
+        let (status, _, _) = send(&format!("{}/api/2/store/?sentry_key=apikey123", s.url), &[], SENTRY_EVENT).await;
+        assert_eq!(status, 200, "other projects are unaffected");
+    }
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_gives_503_and_no_accepted_event_is_lost() {
+    let s = server_with(1 << 20, 64 << 10, Vec::new(), 1500).await;
+    let url = format!("{}/api/v1/projects/web/events", s.url);
+    let mut accepted = Vec::new();
+    for _ in 0..5 {
+        let (status, _, body) = send(&url, &[], GOOD).await;
+        assert_eq!(status, 200, "{body}");
+        accepted.push(body["ids"][0].as_str().unwrap().to_owned());
+    }
+    s.broker.cluster().broker_down(1).unwrap();
+    let (status, headers, body) = send(&url, &[], GOOD).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers.get("retry-after").unwrap(), "5");
+    s.broker.cluster().broker_up(1).unwrap();
+    // Back: accepted again (after the client's reconnect).
+    let mut ok = false;
+    for _ in 0..40 {
+        let (status, _, body) = send(&url, &[], GOOD).await;
+        if status == 200 {
+            accepted.push(body["ids"][0].as_str().unwrap().to_owned());
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(ok, "the producer recovers when Kafka is back");
+    let published = s.published(accepted.len());
+    for id in &accepted {
+        assert!(published.contains(id), "accepted event {id} is in Kafka");
+    }
     s.shutdown.trigger();
 }

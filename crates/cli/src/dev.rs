@@ -22,6 +22,8 @@ pub struct DevConfig {
     pub clickhouse: ClickHouseConfig,
     /// HTTP endpoint.
     pub http: tracefold_producer::config::HttpSection,
+    /// Registered projects (Sentry ids, keys, rate limits).
+    pub projects: Vec<tracefold_producer::config::ProjectConfig>,
     /// Grouper options.
     pub grouper: tracefold_grouper::config::GrouperSection,
     /// Grouping options.
@@ -120,6 +122,7 @@ impl Pipeline {
             kafka,
             topics: cfg.topics.clone(),
             http: cfg.http.clone(),
+            projects: cfg.projects.clone(),
             telemetry: cfg.telemetry.clone(),
         };
         let mut threads = Vec::new();

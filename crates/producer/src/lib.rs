@@ -2,9 +2,11 @@
 //! to the raw events topic with an idempotent, batching, compressing Kafka producer.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod sentry;
 
 pub use config::Config;
 
@@ -39,12 +41,15 @@ pub async fn serve(
     health: Health,
     others: Vec<Health>,
 ) -> anyhow::Result<()> {
+    let projects =
+        Arc::new(auth::Projects::new(&cfg).map_err(|e| anyhow::anyhow!("invalid [[projects]] config: {e}"))?);
     let cfg = Arc::new(cfg);
     let c = cfg.clone();
     let producer = tokio::task::spawn_blocking(move || kafka_producer(&c)).await??;
     let mut all = vec![health.clone()];
     all.extend(others);
-    let app = http::router(http::AppState { cfg: cfg.clone(), producer: producer.clone() }).merge(ops_router(all));
+    let app =
+        http::router(http::AppState { cfg: cfg.clone(), producer: producer.clone(), projects }).merge(ops_router(all));
     health.set_ready(true);
     tracing::info!(addr = %listener.local_addr()?, "producer listening");
     let s = shutdown.clone();

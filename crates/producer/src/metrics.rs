@@ -4,8 +4,11 @@
 pub const REQUESTS_TOTAL: &str = "tracefold_producer_requests_total";
 /// Events, by `outcome` (`accepted`, `invalid`, `failed`).
 pub const EVENTS_TOTAL: &str = "tracefold_producer_events_total";
+/// Sentry envelope items, by `type` (bounded: event, transaction, attachment, session, ...,
+/// other) and `outcome` (`accepted`, `skipped`).
+pub const ENVELOPE_ITEMS_TOTAL: &str = "tracefold_producer_envelope_items_total";
 /// Request handling time including Kafka acknowledgement, seconds.
 pub const REQUEST_SECONDS: &str = "tracefold_producer_request_seconds";
 
 /// Every metric this service emits (for documentation and dashboard checks).
-pub const ALL: &[&str] = &[REQUESTS_TOTAL, EVENTS_TOTAL, REQUEST_SECONDS];
+pub const ALL: &[&str] = &[REQUESTS_TOTAL, EVENTS_TOTAL, ENVELOPE_ITEMS_TOTAL, REQUEST_SECONDS];
