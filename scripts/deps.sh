@@ -18,6 +18,11 @@ if ! command -v kubernetes-validate >/dev/null 2>&1 && command -v python3 >/dev/
   echo "deps: installing kubernetes-validate from PyPI" >&2
   python3 -m pip install -q --disable-pip-version-check kubernetes-validate 2>&1 | grep -v 'Running pip as the' >&2 || true
 fi
+# The real Sentry SDK the end-to-end test reports errors with.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import sentry_sdk" >/dev/null 2>&1; then
+  echo "deps: installing sentry-sdk from PyPI" >&2
+  python3 -m pip install -q --disable-pip-version-check sentry-sdk 2>&1 | grep -v 'Running pip as the' >&2 || true
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "deps: missing ${need[*]}; install them with your package manager" >&2

@@ -326,9 +326,9 @@ fn parameterize_line(line: &str, out: &mut String) {
 /// (`user42` stays, `id=42` -> `id=<int>`, `a/123/b` -> `a/<int>/b`).
 fn parameterize_inner(word: &str, out: &mut String) {
     let mut after_eq = false;
-    for part in word.split_inclusive(['=', '/', ':', '_']) {
+    for part in word.split_inclusive(['=', '/', ':', '_', '-']) {
         let (body, sep) = match part.as_bytes().last() {
-            Some(b'=' | b'/' | b':' | b'_') => (&part[..part.len() - 1], &part[part.len() - 1..]),
+            Some(b'=' | b'/' | b':' | b'_' | b'-') => (&part[..part.len() - 1], &part[part.len() - 1..]),
             _ => (part, ""),
         };
         match classify(body) {
@@ -654,6 +654,8 @@ mod tests {
             ("key=\"secret value\" rejected", "key=\"<value>\" rejected"),
             ("item id=42 and path /a/123/b", "item id=<int> and path /a/<int>/b"),
             ("Undefined index: report_2085606151", "Undefined index: report_<int>"),
+            ("KeyError: 'user-2'", "KeyError: 'user-<int>'"),
+            ("x-ray and utf-8 and sha-256", "x-ray and utf-<int> and sha-<int>"),
             ("at 2026-11-26T05:39:00Z", "at <date>"),
             ("first\n\n second \nthird", "first\nsecond"),
             ("expired at Tue, 26 Nov 2026 05:39:00 GMT for user 7", "expired at <date> for user <int>"),
