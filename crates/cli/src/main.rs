@@ -219,6 +219,21 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Measure the HTTP ingest rate of the producer (embedded Kafka, no ClickHouse needed).
+    BenchIngest {
+        /// Events to send.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Events per request.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Result format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Measure the whole pipeline: load into Kafka -> grouper -> writer -> ClickHouse.
     BenchPipeline {
         /// Events to send.
@@ -390,6 +405,9 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::BenchIngest { events, batch, concurrency, format } => {
+            bench_ingest(events, batch, concurrency, format).await
+        }
         Cmd::BenchPipeline { events, issues, partitions, format, ch } => {
             bench_pipeline(events, issues, partitions, format, ch.config()).await
         }
@@ -471,6 +489,61 @@ fn fingerprint(
     }
     if errors > 0 {
         anyhow::bail!("{errors} lines could not be read");
+    }
+    Ok(())
+}
+
+async fn bench_ingest(events: u64, batch: usize, concurrency: usize, format: Format) -> anyhow::Result<()> {
+    use tracefold_runtime::devbroker::DevBroker;
+    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig {
+        log_level: "warn".into(),
+        ..Default::default()
+    });
+    let broker = DevBroker::start(1, &Default::default(), Some(6))?;
+    let cfg = tracefold_producer::Config {
+        kafka: tracefold_runtime::config::KafkaConfig {
+            bootstrap_servers: broker.bootstrap_servers(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let shutdown = tracefold_runtime::Shutdown::new();
+    let health = tracefold_runtime::telemetry::Health::default();
+    let server = tokio::spawn(tracefold_producer::serve(cfg, listener, shutdown.clone(), health.clone(), Vec::new()));
+    while !health.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Pre-generate nothing: the generator runs in the same process, as a real client would.
+    let load = loadgen::LoadOptions {
+        events,
+        rate: 0,
+        batch,
+        concurrency,
+        progress: format == Format::Table,
+        max_lag: None,
+        gen: gen::GenOptions { issues: 200, now_secs: now_secs(), spread_secs: 60, ..Default::default() },
+    };
+    let s = loadgen::run(&loadgen::Target::Http(url), &load).await?;
+    shutdown.trigger();
+    server.await??;
+    let requests = s.sent.div_ceil(batch.max(1) as u64);
+    let result = serde_json::json!({
+        "events": s.sent, "accepted": s.accepted, "failed": s.failed, "batch": batch, "concurrency": concurrency,
+        "seconds": s.elapsed_secs, "events_per_sec": s.events_per_sec, "requests_per_sec": requests as f64 / s.elapsed_secs,
+    });
+    match format {
+        Format::Json => println!("{result}"),
+        Format::Table => println!(
+            "{} events in {} requests of {batch} ({concurrency} in flight): {:.2}s, {:.0} events/s, {:.0} requests/s, {} failed",
+            s.accepted,
+            requests,
+            s.elapsed_secs,
+            s.events_per_sec,
+            requests as f64 / s.elapsed_secs,
+            s.failed
+        ),
     }
     Ok(())
 }

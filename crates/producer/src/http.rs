@@ -151,6 +151,18 @@ fn new_event_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// Checks one event line as the native endpoint does (for fuzzing and tools): the event id
+/// it would be published under, or why it would be refused.
+///
+/// # Errors
+/// The reason, prefixed with the field when one is at fault.
+pub fn check_line(line: &str, project: &str, received_ms: i64) -> Result<String, String> {
+    prepare(line, project, received_ms).map(|r| r.id).map_err(|(field, reason)| match field {
+        Some(f) => format!("{f}: {reason}"),
+        None => reason,
+    })
+}
+
 /// A validated event ready to publish.
 #[derive(Debug)]
 struct Ready {

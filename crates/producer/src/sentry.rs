@@ -186,6 +186,37 @@ mod tests {
         assert_eq!(decode_body(Some("gzip"), &bomb, 1 << 20), Err(BodyError::TooLarge(1 << 20)));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes never crash a request parser (the cargo-fuzz target in fuzz/ goes
+        /// deeper; this runs with every test run).
+        #[test]
+        fn parsers_survive_arbitrary_bytes(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_envelope(&data);
+            let _ = decode_body(Some("gzip"), &data, 4096);
+            let _ = decode_body(Some("deflate"), &data, 4096);
+            let _ = to_tracefold(&data, "web");
+            if let Ok(s) = std::str::from_utf8(&data) {
+                let _ = crate::http::check_line(s, "web", 0);
+            }
+        }
+
+        /// Envelopes cut or corrupted anywhere are refused or parsed, never a crash.
+        #[test]
+        fn corrupted_envelopes(cut in 0usize..200, flip in 0usize..200, byte in proptest::prelude::any::<u8>()) {
+            let mut e = b"{\"event_id\":\"9ec79c33ec9942ab8353589fcb2e04dc\"}\n{\"type\":\"event\",\"length\":35}\n{\"message\":\"hello\",\"level\":\"error\"}\n{\"type\":\"attachment\",\"length\":5}\nhello\n".to_vec();
+            let f = flip % e.len();
+            e[f] = byte;
+            e.truncate(cut.min(e.len()));
+            if let Ok(env) = parse_envelope(&e) {
+                for item in env.items {
+                    let _ = to_tracefold(item.payload, "web");
+                }
+            }
+        }
+    }
+
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
