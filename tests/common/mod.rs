@@ -24,9 +24,14 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new(name: &str) -> Self {
+        Self::at(&clickhouse_url(), name).await
+    }
+
+    /// A fresh database on the ClickHouse server at `url`.
+    pub async fn at(url: &str, name: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let cfg = ClickHouseConfig {
-            url: clickhouse_url(),
+            url: url.to_owned(),
             database: format!("tftest_{name}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)),
             ..ClickHouseConfig::default()
         };

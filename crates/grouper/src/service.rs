@@ -133,7 +133,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     let mut parts: HashMap<i32, PartState> = HashMap::new();
     let max_age = Duration::from_millis(cfg.grouper.batch_max_age_ms);
     let mut last_age_check = Instant::now();
-    let mut g = Grouper { cfg, epoch: &epoch, consumer: &consumer, producer: &producer };
+    let mut g = Grouper { committed: HashMap::new(), cfg, epoch: &epoch, consumer: &consumer, producer: &producer };
 
     while !shutdown.is_triggered() {
         let msg = consumer.poll(Duration::from_millis(100));
@@ -202,13 +202,25 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         parts.iter().filter(|(_, st)| st.first.is_some() && st.replay_last.is_none()).map(|(p, _)| *p).collect();
     g.emit(&mut parts, &open)?;
     producer.flush(Duration::from_secs(30)).context("final flush")?;
-    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    // Make the last "past the batch" commits durable before leaving (they were sent
+    // asynchronously); a restart then starts after them instead of rebuilding them.
+    if !g.committed.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &g.committed {
+            tpl.add_partition_offset(&cfg.topics.events, *p, Offset::Offset(*o))?;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            tracing::warn!(error = %e, "final commit failed; the last batches will be rebuilt and recognised as replays");
+        }
+    }
     consumer.unsubscribe();
     tracing::info!("grouper stopped");
     Ok(())
 }
 
 struct Grouper<'a> {
+    /// Offset past the last emitted batch, per partition (for the final synchronous commit).
+    committed: HashMap<i32, i64>,
     cfg: &'a Config,
     epoch: &'a str,
     consumer: &'a BaseConsumer<GroupCtx>,
@@ -224,6 +236,7 @@ impl Grouper<'_> {
                     for p in ps {
                         // Not emitted, not committed: the next owner rebuilds from the commit.
                         parts.remove(&p);
+                        self.committed.remove(&p);
                     }
                     tracing::info!("partitions revoked");
                 }
@@ -309,9 +322,14 @@ impl Grouper<'_> {
             }
         }
         self.produce(&done.iter().map(|d| (&d.out, d.partition)).collect::<Vec<_>>())?;
+        // Crash tests: die after the aggregates are acknowledged, before committing past them.
+        tracefold_runtime::failpoint::hit("grouper.after_produce");
         let mut past = TopicPartitionList::new();
         for d in &done {
             past.add_partition_offset(topic, d.partition, Offset::Offset(d.last + 1))?;
+        }
+        for d in &done {
+            self.committed.insert(d.partition, d.last + 1);
         }
         if let Err(e) = self.consumer.commit(&past, CommitMode::Async) {
             tracing::warn!(error = %e, "cannot commit past the batches; they will be rebuilt if needed");

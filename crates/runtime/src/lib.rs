@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod devbroker;
+pub mod failpoint;
 pub mod kafka;
 pub mod shutdown;
 pub mod telemetry;

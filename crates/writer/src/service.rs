@@ -76,6 +76,8 @@ struct Writer<'a> {
     oldest: Option<Instant>,
     /// Next offset to commit per partition, once the pending batch is stored.
     next_offsets: HashMap<i32, i64>,
+    /// Draining: commit synchronously.
+    final_commit: bool,
 }
 
 /// Runs the writer until `shutdown` fires, then stores what it holds and commits.
@@ -108,6 +110,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         pending_bytes: 0,
         oldest: None,
         next_offsets: HashMap::new(),
+        final_commit: false,
     };
     health.set_ready(true);
     tracing::info!(topic = %cfg.topics.aggregates, group = %cfg.writer.group_id, "writer started");
@@ -146,6 +149,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     health.set_ready(false);
     tracing::info!("writer draining");
     let deadline = Instant::now() + Duration::from_secs(20);
+    w.final_commit = true;
     while !w.next_offsets.is_empty() && Instant::now() < deadline {
         if w.try_flush().is_err() {
             std::thread::sleep(Duration::from_millis(200));
@@ -288,6 +292,8 @@ impl Writer<'_> {
                     ins.end().await
                 })
                 .context("insert into aggregates")?;
+            // Crash tests: die after ClickHouse stored the rows, before the offsets are committed.
+            tracefold_runtime::failpoint::hit("writer.after_insert");
             metrics::counter!(m::INSERTS_TOTAL, "outcome" => "ok").increment(1);
             metrics::histogram!(m::INSERT_SECONDS).record(t0.elapsed().as_secs_f64());
             metrics::histogram!(m::INSERT_ROWS).record(rows.len() as f64);
@@ -301,7 +307,9 @@ impl Writer<'_> {
             for (p, o) in &self.next_offsets {
                 tpl.add_partition_offset(&self.cfg.topics.aggregates, *p, Offset::Offset(*o))?;
             }
-            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            // Synchronous on the way out, so that a restart does not re-read what is stored.
+            let mode = if self.final_commit { CommitMode::Sync } else { CommitMode::Async };
+            if let Err(e) = self.consumer.commit(&tpl, mode) {
                 tracing::warn!(error = %e, "offset commit failed; stored rows will be recognised on replay");
             }
         }
