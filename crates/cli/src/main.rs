@@ -22,6 +22,37 @@ enum Format {
 }
 
 #[derive(Subcommand)]
+enum IssueAction {
+    /// Mark resolved (a later event is a regression).
+    Resolve {
+        /// Issue id.
+        id: String,
+        /// The release that fixes it.
+        #[arg(long, default_value = "")]
+        release: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Mark ignored.
+    Ignore {
+        /// Issue id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Mark active again.
+    Reopen {
+        /// Issue id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeployCmd {
     /// Kubernetes manifests (a kustomization directory) for a small or a large installation.
     Kubernetes {
@@ -49,16 +80,16 @@ enum InputFormat {
 #[derive(clap::Args, Clone)]
 struct ChArgs {
     /// ClickHouse HTTP URL.
-    #[arg(long, default_value = "http://127.0.0.1:8123", env = "TRACEFOLD_CLICKHOUSE_URL")]
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8123", env = "TRACEFOLD_CLICKHOUSE_URL")]
     clickhouse_url: String,
     /// ClickHouse database.
-    #[arg(long, default_value = "tracefold", env = "TRACEFOLD_CLICKHOUSE_DATABASE")]
+    #[arg(long, global = true, default_value = "tracefold", env = "TRACEFOLD_CLICKHOUSE_DATABASE")]
     database: String,
     /// ClickHouse user.
-    #[arg(long, default_value = "default", env = "TRACEFOLD_CLICKHOUSE_USER")]
+    #[arg(long, global = true, default_value = "default", env = "TRACEFOLD_CLICKHOUSE_USER")]
     user: String,
     /// ClickHouse password.
-    #[arg(long, default_value = "", env = "TRACEFOLD_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    #[arg(long, global = true, default_value = "", env = "TRACEFOLD_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     password: String,
 }
 
@@ -109,6 +140,26 @@ enum Cmd {
     Migrate {
         #[command(flatten)]
         ch: ChArgs,
+        /// Cluster name: ON CLUSTER, Replicated*MergeTree, and Distributed `<table>_all` tables.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Days kept by TTL on servers that support it (21+).
+        #[arg(long, default_value_t = 90)]
+        retention_days: u32,
+        /// Print the statements for a server of this version instead of applying them.
+        #[arg(long, value_name = "VERSION")]
+        print_for: Option<String>,
+    },
+    /// Drop time partitions older than a number of days (for servers without TTL).
+    Retention {
+        #[command(flatten)]
+        ch: ChArgs,
+        /// Days to keep.
+        #[arg(long)]
+        days: u32,
+        /// Only list what would be dropped.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Send synthetic error events to the HTTP endpoint or straight to Kafka.
     Loadgen {
@@ -152,6 +203,24 @@ enum Cmd {
         /// Summary format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+    /// Show one issue (time series, releases, environments, users, sample), or change its status.
+    Issue {
+        #[command(subcommand)]
+        action: Option<IssueAction>,
+        /// Issue id (fingerprint hex), when showing.
+        id: Option<String>,
+        /// Project, when the id exists in several.
+        #[arg(long, global = true)]
+        project: Option<String>,
+        /// Hours of history.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table", global = true)]
+        format: Format,
+        #[command(flatten)]
+        ch: ChArgs,
     },
     /// Print generated events as NDJSON (for fixtures, or to pipe into curl).
     Gen {
@@ -301,9 +370,33 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Cmd::Migrate { ch } => {
+        Cmd::Migrate { ch, cluster, retention_days, print_for: Some(version) } => {
+            use tracefold_writer::migrate::{flavored, statements, Flavor, MIGRATIONS};
+            let flavor = Flavor::for_version(&version, cluster, retention_days);
+            for m in MIGRATIONS {
+                println!("-- {:04}_{}", m.version, m.name);
+                for st in statements(m.sql, &ch.database).iter().flat_map(|st| flavored(st, &ch.database, &flavor)) {
+                    println!("{st};\n");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Retention { ch, days, dry_run } => {
             let cfg = ch.config();
-            let report = tracefold_writer::migrate::migrate(&cfg, |m, done| {
+            let dropped = tracefold_writer::migrate::retention(&cfg, days, dry_run).await?;
+            for (table, partition) in &dropped {
+                println!("{} {table} partition {partition}", if dry_run { "would drop" } else { "dropped" });
+            }
+            println!(
+                "{} partitions older than {days} days {}",
+                dropped.len(),
+                if dry_run { "to drop" } else { "dropped" }
+            );
+            Ok(())
+        }
+        Cmd::Migrate { ch, cluster, retention_days, print_for: None } => {
+            let cfg = ch.config();
+            let report = tracefold_writer::migrate::migrate_with(&cfg, cluster, retention_days, |m, done| {
                 eprintln!("  {:04}_{:<24} {}", m.version, m.name, if done { "already applied" } else { "applying" });
             })
             .await?;
@@ -366,6 +459,38 @@ async fn main() -> anyhow::Result<()> {
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Format::Table => print!("{}", query::render_top(&rows)),
+            }
+            Ok(())
+        }
+        Cmd::Issue { action, id, project, hours, format, ch } => {
+            let cfg = ch.config();
+            let client = tracefold_writer::migrate::client(&cfg);
+            match action {
+                None => {
+                    let id = id.ok_or_else(|| anyhow::anyhow!("give an issue id (see tracefold top)"))?;
+                    let d = query::issue_detail(&client, &cfg.database, &id, project.as_deref(), hours).await?;
+                    match format {
+                        Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
+                        Format::Table => print!("{}", query::render_issue(&d)),
+                    }
+                }
+                Some(a) => {
+                    let (id, status, release, note) = match a {
+                        IssueAction::Resolve { id, release, note } => (id, "resolved", release, note),
+                        IssueAction::Ignore { id, note } => (id, "ignored", String::new(), note),
+                        IssueAction::Reopen { id, note } => (id, "active", String::new(), note),
+                    };
+                    let d = query::issue_detail(&client, &cfg.database, &id, project.as_deref(), 1).await?;
+                    let actor = std::env::var("USER").unwrap_or_else(|_| "tracefold".into());
+                    query::set_status(&client, &cfg.database, &d.project, &id, status, &actor, &release, &note).await?;
+                    match format {
+                        Format::Json => println!(
+                            "{}",
+                            serde_json::json!({"project": d.project, "issue_id": id, "status": status, "release": release})
+                        ),
+                        Format::Table => println!("{} {id} ({}): {} -> {status}", d.project, d.title, d.status),
+                    }
+                }
             }
             Ok(())
         }

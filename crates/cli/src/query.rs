@@ -218,3 +218,294 @@ pub fn render_top(rows: &[TopIssue]) -> String {
         60,
     )
 }
+
+/// Everything `tracefold issue ID` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IssueDetail {
+    /// Project slug.
+    pub project: String,
+    /// Issue id.
+    pub issue_id: String,
+    /// Title.
+    pub title: String,
+    /// Culprit.
+    pub culprit: String,
+    /// Exception type.
+    pub exc_type: String,
+    /// Level of the latest events.
+    pub level: String,
+    /// Platform.
+    pub platform: String,
+    /// Grouping version of the fingerprint.
+    pub grouping_version: String,
+    /// `active`, `resolved` or `ignored`.
+    pub status: String,
+    /// First seen, RFC 3339.
+    pub first_seen: String,
+    /// Last seen, RFC 3339.
+    pub last_seen: String,
+    /// Events, all time.
+    pub count: u64,
+    /// Distinct affected users, all time.
+    pub users: u64,
+    /// Events per hour over the window, oldest first.
+    pub hourly: Vec<u64>,
+    /// Events in the window by release, most first.
+    pub by_release: Vec<(String, u64)>,
+    /// Events in the window by environment, most first.
+    pub by_environment: Vec<(String, u64)>,
+    /// The latest sample event (JSON), if any.
+    pub sample: Option<String>,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct DetailRow {
+    project: String,
+    issue_id: String,
+    title: String,
+    culprit: String,
+    exc_type: String,
+    level: String,
+    platform: String,
+    grouping_version: String,
+    first_seen: u32,
+    last_seen: u32,
+    count: u64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct KeyCount {
+    key: String,
+    count: u64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct HourCount {
+    hour: u32,
+    count: u64,
+}
+
+/// SQL (an aggregate over `aggregates` rows) for distinct affected users: exact while no row
+/// dropped hashes (up to the bound, 4096 per aggregate), else the k-minimum-values estimate
+/// over the union of the rows' smallest hashes (about 1.6% standard error).
+pub fn users_estimate_sql() -> String {
+    let k = tracefold_model::aggregate::DEFAULT_MAX_USERS;
+    format!(
+        "if(max(users_saturated) = 0, toUInt64(uniqExactArray(users)), \
+         if(length(groupUniqArrayArray(users)) < {k}, toUInt64(length(groupUniqArrayArray(users))), \
+         toUInt64(round(({k} - 1) / ((arraySort(groupUniqArrayArray(users))[{k}] + 1) / 18446744073709551616.0)))))"
+    )
+}
+
+/// Looks up one issue (`project` disambiguates an id seen in several projects).
+///
+/// # Errors
+/// When ClickHouse does not answer, the issue is unknown, or the id is ambiguous.
+pub async fn issue_detail(
+    client: &Client,
+    db: &str,
+    issue_id: &str,
+    project: Option<&str>,
+    window_hours: u32,
+) -> anyhow::Result<IssueDetail> {
+    let rows = client
+        .query(&format!(
+            "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+             argMinMerge(exc_type_state) AS exc_type, argMaxMerge(level_state) AS level, argMinMerge(platform_state) AS platform, \
+             argMaxMerge(grouping_version_state) AS grouping_version, toUInt32(minMerge(first_seen_state)) AS first_seen, \
+             toUInt32(maxMerge(last_seen_state)) AS last_seen, sumMerge(count_state) AS count \
+             FROM {db}.issues WHERE issue_id = ? GROUP BY project, issue_id"
+        ))
+        .bind(issue_id)
+        .fetch_all::<DetailRow>()
+        .await
+        .context("issue")?;
+    let rows: Vec<DetailRow> = rows.into_iter().filter(|r| project.is_none_or(|p| p == r.project)).collect();
+    let d = match rows.len() {
+        0 => anyhow::bail!("no issue {issue_id}{}", project.map(|p| format!(" in project {p}")).unwrap_or_default()),
+        1 => rows.into_iter().next().expect("one"),
+        _ => anyhow::bail!(
+            "issue {issue_id} exists in projects {}; name one with --project",
+            rows.iter().map(|r| r.project.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let p = d.project.as_str();
+    #[derive(clickhouse::Row, Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let users = client
+        .query(&format!("SELECT {} AS n FROM {db}.aggregates WHERE project = ? AND issue_id = ?", users_estimate_sql()))
+        .bind(p)
+        .bind(issue_id)
+        .fetch_one::<N>()
+        .await
+        .context("users")?
+        .n;
+    let now = client.query("SELECT toUInt32(now()) AS now").fetch_one::<NowRow>().await?.now;
+    let start = (now / 3600) * 3600 - (window_hours.saturating_sub(1)) * 3600;
+    let hours = client
+        .query(&format!(
+            "SELECT toUInt32(hour) AS hour, sum(count) AS count FROM {db}.issue_counts_1h \
+             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY hour"
+        ))
+        .bind(p)
+        .bind(issue_id)
+        .bind(start)
+        .fetch_all::<HourCount>()
+        .await
+        .context("hourly")?;
+    let mut hourly = vec![0u64; window_hours as usize];
+    for h in hours {
+        if let Some(slot) = hourly.get_mut(((h.hour.saturating_sub(start)) / 3600) as usize) {
+            *slot += h.count;
+        }
+    }
+    let breakdown = |col: &str| {
+        format!(
+            "SELECT {col} AS key, sum(count) AS count FROM {db}.issue_counts_1h \
+             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY {col} ORDER BY count DESC, key"
+        )
+    };
+    let by_release =
+        client.query(&breakdown("release")).bind(p).bind(issue_id).bind(start).fetch_all::<KeyCount>().await?;
+    let by_environment =
+        client.query(&breakdown("environment")).bind(p).bind(issue_id).bind(start).fetch_all::<KeyCount>().await?;
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Sample {
+        sample: String,
+    }
+    let sample = client
+        .query(&format!(
+            "SELECT argMax(sample, seen) AS sample FROM {db}.issue_samples WHERE project = ? AND issue_id = ?"
+        ))
+        .bind(p)
+        .bind(issue_id)
+        .fetch_one::<Sample>()
+        .await
+        .ok()
+        .map(|s| s.sample)
+        .filter(|s| !s.is_empty());
+    let status = issue_status(client, db, p, issue_id).await?;
+    Ok(IssueDetail {
+        project: d.project,
+        issue_id: d.issue_id,
+        title: d.title,
+        culprit: d.culprit,
+        exc_type: d.exc_type,
+        level: d.level,
+        platform: d.platform,
+        grouping_version: d.grouping_version,
+        status,
+        first_seen: rfc3339(d.first_seen),
+        last_seen: rfc3339(d.last_seen),
+        count: d.count,
+        users,
+        hourly,
+        by_release: by_release.into_iter().map(|k| (k.key, k.count)).collect(),
+        by_environment: by_environment.into_iter().map(|k| (k.key, k.count)).collect(),
+        sample,
+    })
+}
+
+/// The current status of an issue: `active` unless a status was set.
+///
+/// # Errors
+/// When ClickHouse does not answer.
+pub async fn issue_status(client: &Client, db: &str, project: &str, issue_id: &str) -> anyhow::Result<String> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct S {
+        current_status: String,
+    }
+    let rows = client
+        .query(&format!("SELECT current_status FROM {db}.issue_status_v WHERE project = ? AND issue_id = ?"))
+        .bind(project)
+        .bind(issue_id)
+        .fetch_all::<S>()
+        .await
+        .context("status")?;
+    Ok(rows.into_iter().next().map_or_else(|| "active".to_owned(), |s| s.current_status))
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Records a status change (`resolved`, `ignored`, `active`) with who made it and why.
+///
+/// # Errors
+/// When ClickHouse does not answer or the status is not one of the three.
+pub async fn set_status(
+    client: &Client,
+    db: &str,
+    project: &str,
+    issue_id: &str,
+    status: &str,
+    actor: &str,
+    release: &str,
+    note: &str,
+) -> anyhow::Result<()> {
+    if !matches!(status, "resolved" | "ignored" | "active") {
+        anyhow::bail!("status must be resolved, ignored or active, got {status:?}");
+    }
+    #[derive(clickhouse::Row, serde::Serialize)]
+    struct Change<'a> {
+        project: &'a str,
+        issue_id: &'a str,
+        status: &'a str,
+        changed_at: u32,
+        changed_ms: u64,
+        actor: &'a str,
+        release: &'a str,
+        note: &'a str,
+    }
+    let now = client.query("SELECT toUInt32(now()) AS now").fetch_one::<NowRow>().await?.now;
+    let client = client.clone().with_database(db);
+    let mut ins = client.insert::<Change<'_>>("issue_status_log").await?;
+    let changed_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    ins.write(&Change { project, issue_id, status, changed_at: now, changed_ms, actor, release, note }).await?;
+    ins.end().await.context("record status")?;
+    Ok(())
+}
+
+/// Renders an issue for the terminal.
+pub fn render_issue(d: &IssueDetail) -> String {
+    use crate::render::{sparkline, table, thousands, Align};
+    let mut out = format!(
+        "{}  [{}] {}\n{}\n\n  project   {}\n  level     {}   platform {}   grouping {}\n  seen      {} .. {}\n  events    {}   users {}\n\n  last {} hours  {}\n\n",
+        d.issue_id,
+        d.status,
+        d.title,
+        d.culprit,
+        d.project,
+        d.level,
+        d.platform,
+        d.grouping_version,
+        d.first_seen,
+        d.last_seen,
+        thousands(d.count),
+        thousands(d.users),
+        d.hourly.len(),
+        sparkline(&d.hourly),
+    );
+    let rows = |v: &[(String, u64)]| -> Vec<Vec<String>> {
+        v.iter().map(|(k, n)| vec![if k.is_empty() { "(none)".into() } else { k.clone() }, thousands(*n)]).collect()
+    };
+    out.push_str(&table(&[("RELEASE", Align::Left), ("EVENTS", Align::Right)], &rows(&d.by_release), 40));
+    out.push('\n');
+    out.push_str(&table(&[("ENVIRONMENT", Align::Left), ("EVENTS", Align::Right)], &rows(&d.by_environment), 40));
+    if let Some(s) = &d.sample {
+        let pretty = serde_json::from_str::<serde_json::Value>(s)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or_else(|| s.clone());
+        let lines: Vec<&str> = pretty.lines().collect();
+        out.push_str("\nsample event:\n");
+        for l in lines.iter().take(40) {
+            out.push_str("  ");
+            out.push_str(l);
+            out.push('\n');
+        }
+        if lines.len() > 40 {
+            out.push_str(&format!("  ... ({} more lines; --format json shows it all)\n", lines.len() - 40));
+        }
+    }
+    out
+}

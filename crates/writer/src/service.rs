@@ -78,6 +78,9 @@ struct Writer<'a> {
     next_offsets: HashMap<i32, i64>,
     /// Draining: commit synchronously.
     final_commit: bool,
+    /// The server supports `insert_deduplication_token` (22+): a second guard against a
+    /// retried insert whose first try did land.
+    dedup_tokens: bool,
 }
 
 /// Runs the writer until `shutdown` fires, then stores what it holds and commits.
@@ -111,6 +114,14 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         oldest: None,
         next_offsets: HashMap::new(),
         final_commit: false,
+        dedup_tokens: false,
+    };
+    w.dedup_tokens = match w.rt.block_on(w.client.query("SELECT version()").fetch_one::<String>()) {
+        Ok(v) => crate::migrate::major_version(&v) >= 22,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the ClickHouse version; inserts go without deduplication tokens");
+            false
+        }
     };
     health.set_ready(true);
     tracing::info!(topic = %cfg.topics.aggregates, group = %cfg.writer.group_id, "writer started");
@@ -280,12 +291,20 @@ impl Writer<'_> {
                 })
                 .collect();
             let client = &self.client;
+            // The same rows always make the same token: the first and last record identities.
+            let token = self.dedup_tokens.then(|| {
+                let (a, b) = (&self.pending[keep[0]], &self.pending[keep[keep.len() - 1]]);
+                format!("{agg_topic}/{}:{}-{}:{}/{}", a.partition, a.offset, b.partition, b.offset, keep.len())
+            });
             self.rt
                 .block_on(async {
                     let mut ins = client
                         .insert::<AggregateRow<'_>>("aggregates")
                         .await?
                         .with_timeouts(Some(timeout), Some(timeout));
+                    if let Some(t) = &token {
+                        ins = ins.with_setting("insert_deduplication_token", t.as_str());
+                    }
                     for row in &rows {
                         ins.write(row).await?;
                     }

@@ -1,0 +1,270 @@
+//! The analyst interface against a real ClickHouse with known data: every cookbook query in
+//! schemas/queries.md, `tracefold issue` (detail, resolve, reopen), affected users beyond the
+//! exact bound, and retention.
+
+use std::collections::BTreeMap;
+use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
+use tracefold_model::{AggregateRecord, BatchRef};
+use tracefold_tests::TestDb;
+use tracefold_writer::store::AggregateRow;
+
+const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const C: &str = "cccccccccccccccccccccccccccccccc";
+const D: &str = "dddddddddddddddddddddddddddddddd";
+
+#[allow(clippy::too_many_arguments)]
+fn rec(
+    project: &str,
+    issue: &str,
+    at: i64,
+    release: &str,
+    env: &str,
+    count: u64,
+    users: UserSet,
+    sample: &str,
+    n: u32,
+) -> AggregateRecord {
+    AggregateRecord {
+        v: 1,
+        batch: BatchRef {
+            epoch: "t".into(),
+            topic: "tracefold.events".into(),
+            partition: 0,
+            first_offset: i64::from(n) * 100,
+            last_offset: i64::from(n) * 100 + 99,
+            index: 0,
+            count: 1,
+        },
+        project: project.into(),
+        issue_id: issue.into(),
+        minute: at.div_euclid(60) * 60,
+        release: release.into(),
+        environment: env.into(),
+        count,
+        users,
+        first_seen_ms: at * 1000,
+        last_seen_ms: at * 1000,
+        title: format!("Error {}", &issue[..1]),
+        culprit: "app.py in handler".into(),
+        exc_type: "Error".into(),
+        level: "error".into(),
+        platform: "python".into(),
+        grouping_version: "v1".into(),
+        sample: sample.into(),
+    }
+}
+
+fn users(ids: impl IntoIterator<Item = u64>) -> UserSet {
+    let mut s = UserSet::default();
+    for i in ids {
+        s.insert(xxhash_rust_free_hash(i), DEFAULT_MAX_USERS);
+    }
+    s
+}
+
+/// A well-mixed 64-bit hash (splitmix64), standing in for the user hashes.
+fn xxhash_rust_free_hash(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+async fn now(db: &TestDb) -> i64 {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct N {
+        n: u32,
+    }
+    i64::from(db.client.query("SELECT toUInt32(now()) AS n").fetch_one::<N>().await.unwrap().n)
+}
+
+async fn insert(db: &TestDb, recs: &[AggregateRecord]) {
+    let mut ins = db.client.insert::<AggregateRow<'_>>("aggregates").await.unwrap();
+    for (i, r) in recs.iter().enumerate() {
+        ins.write(&AggregateRow::new(r, "tracefold.aggregates", 0, i as i64)).await.unwrap();
+    }
+    ins.end().await.unwrap();
+}
+
+/// Runs SQL and returns the rows as JSON objects.
+async fn rows(db: &TestDb, sql: &str) -> Vec<serde_json::Value> {
+    let mut cursor = db.client.query(sql).fetch_bytes("JSONEachRow").unwrap();
+    let bytes = cursor.collect().await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The cookbook: name -> SQL.
+fn cookbook() -> BTreeMap<String, String> {
+    let md = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/queries.md"))
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for section in md.split("\n### ").skip(1) {
+        let name = section.lines().next().unwrap().trim().to_owned();
+        let sql = section.split("```sql\n").nth(1).unwrap().split("```").next().unwrap().to_owned();
+        out.insert(name, sql);
+    }
+    out
+}
+
+fn num(v: &serde_json::Value) -> u64 {
+    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
+    let db = TestDb::new("analytics").await;
+    let t = now(&db).await;
+    // 20,000 users over five saturated aggregates of issue D: beyond the exact bound.
+    let big: Vec<AggregateRecord> = (0..5u64)
+        .map(|k| {
+            let mut r = rec(
+                "big",
+                D,
+                t - 300,
+                "big@1",
+                "load",
+                20,
+                users((0..8000).map(|i| (k * 3000 + i) % 20_000)),
+                "",
+                50 + k as u32,
+            );
+            r.users.saturated = true;
+            r
+        })
+        .collect();
+    assert!(big.iter().all(|r| r.users.hashes.len() == DEFAULT_MAX_USERS));
+    let mut recs = vec![
+        rec("web", A, t - 90 * 60, "web@1.0", "staging", 5, users([3, 4]), "{\"old\":true}", 1),
+        rec("web", A, t - 30 * 60, "web@1.1", "production", 10, users([1, 2, 3]), "{\"recent\":true}", 2),
+        rec("web", B, t - 10 * 60, "web@1.1", "production", 3, users([9]), "{\"b\":1}", 3),
+        rec("api", C, t - 2 * 86_400, "api@2", "production", 7, users([1]), "{\"c\":1}", 4),
+        // Old enough for retention (200 days).
+        rec("api", C, t - 200 * 86_400, "api@1", "production", 2, users([5]), "", 5),
+    ];
+    recs.extend(big);
+    insert(&db, &recs).await;
+    let dbn = &db.cfg.database;
+    // A was resolved 45 minutes ago and came back (a regression); B was resolved just now.
+    db.client
+        .query(&format!(
+            "INSERT INTO {dbn}.issue_status_log (project, issue_id, status, changed_at, changed_ms, actor, release, note) VALUES \
+             ('web', '{A}', 'resolved', toDateTime({}), {}, 'test', 'web@1.0', ''), \
+             ('web', '{B}', 'resolved', toDateTime({t}), {}, 'test', 'web@1.1', '')",
+            t - 45 * 60,
+            (t - 45 * 60) * 1000,
+            t * 1000
+        ))
+        .execute()
+        .await
+        .unwrap();
+
+    let book = cookbook();
+    let run = |name: &str| {
+        let sql = book[name]
+            .replace("tracefold.", &format!("{dbn}."))
+            .replace("{issue_id}", A)
+            .replace("{release}", "web@1.1")
+            .replace("{project}", "web");
+        (name.to_owned(), sql)
+    };
+    let mut seen = Vec::new();
+
+    let (n, sql) = run("top_issues_last_hour");
+    let r = rows(&db, &sql).await;
+    // D (big, 5 minutes ago) leads, then A's recent events, then B; C is two days old.
+    let got: Vec<(String, u64)> =
+        r.iter().map(|v| (v["issue_id"].as_str().unwrap().to_owned(), num(&v["events"]))).collect();
+    assert_eq!(got, vec![(D.to_owned(), 100), (A.to_owned(), 10), (B.to_owned(), 3)], "{n}");
+    assert_eq!(r[1]["title"], "Error a");
+    seen.push(n);
+
+    let (n, sql) = run("issue_time_series");
+    let r = rows(&db, &sql).await;
+    assert_eq!(r.iter().map(|v| num(&v["events"])).collect::<Vec<_>>(), vec![5, 10], "{n}");
+    seen.push(n);
+
+    let (n, sql) = run("new_issues_in_release");
+    let r = rows(&db, &sql).await;
+    assert_eq!(
+        r.iter().map(|v| v["issue_id"].as_str().unwrap()).collect::<Vec<_>>(),
+        vec![B],
+        "{n}: A began in web@1.0"
+    );
+    seen.push(n);
+
+    let (n, sql) = run("users_affected");
+    let r = rows(&db, &sql).await;
+    let got: Vec<(String, u64)> =
+        r.iter().map(|v| (v["issue_id"].as_str().unwrap().to_owned(), num(&v["users"]))).collect();
+    assert_eq!(got, vec![(A.to_owned(), 4), (B.to_owned(), 1)], "{n}: exact below the bound");
+    let big_sql = sql.replace("'web'", "'big'");
+    let est = num(&rows(&db, &big_sql).await[0]["users"]) as f64;
+    assert!((est - 20_000.0).abs() / 20_000.0 < 0.02, "{n}: 20,000 users beyond the bound estimated as {est}");
+    seen.push(n);
+
+    let (n, sql) = run("regressions");
+    let r = rows(&db, &sql).await;
+    assert_eq!(r.iter().map(|v| v["issue_id"].as_str().unwrap()).collect::<Vec<_>>(), vec![A], "{n}");
+    assert_eq!(r[0]["resolved_in"], "web@1.0");
+    seen.push(n);
+
+    let (n, sql) = run("issues_by_environment");
+    let r = rows(&db, &sql).await;
+    let got: Vec<(String, u64, u64)> = r
+        .iter()
+        .map(|v| (v["environment"].as_str().unwrap().to_owned(), num(&v["events"]), num(&v["issues"])))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("load".to_owned(), 100, 1), ("production".to_owned(), 13, 2), ("staging".to_owned(), 5, 1)],
+        "{n}"
+    );
+    seen.push(n);
+
+    let (n, sql) = run("latest_sample");
+    let r = rows(&db, &sql).await;
+    assert_eq!(r[0]["sample"], "{\"recent\":true}", "{n}");
+    seen.push(n);
+
+    let mut all: Vec<String> = book.keys().cloned().collect();
+    all.sort();
+    seen.sort();
+    assert_eq!(seen, all, "every cookbook query is checked");
+
+    // tracefold issue: detail, then status changes with history.
+    let d = tracefold_cli::query::issue_detail(&db.client, dbn, A, None, 24).await.unwrap();
+    assert_eq!((d.project.as_str(), d.count, d.users, d.status.as_str()), ("web", 15, 4, "resolved"));
+    assert_eq!(d.hourly.iter().sum::<u64>(), 15);
+    assert_eq!(d.by_release, vec![("web@1.1".to_owned(), 10), ("web@1.0".to_owned(), 5)]);
+    assert_eq!(d.by_environment, vec![("production".to_owned(), 10), ("staging".to_owned(), 5)]);
+    assert_eq!(d.sample.as_deref(), Some("{\"recent\":true}"));
+    let big = tracefold_cli::query::issue_detail(&db.client, dbn, D, Some("big"), 24).await.unwrap();
+    assert!((big.users as f64 - 20_000.0).abs() / 20_000.0 < 0.02, "issue detail estimates users too: {}", big.users);
+    tracefold_cli::query::set_status(&db.client, dbn, "web", A, "active", "test", "", "reopened").await.unwrap();
+    assert_eq!(tracefold_cli::query::issue_status(&db.client, dbn, "web", A).await.unwrap(), "active");
+    tracefold_cli::query::set_status(&db.client, dbn, "web", A, "ignored", "test", "", "noise").await.unwrap();
+    assert_eq!(tracefold_cli::query::issue_status(&db.client, dbn, "web", A).await.unwrap(), "ignored");
+    assert!(tracefold_cli::query::set_status(&db.client, dbn, "web", A, "deleted", "test", "", "").await.is_err());
+    let history =
+        rows(&db, &format!("SELECT status FROM {dbn}.issue_status_log WHERE issue_id = '{A}' ORDER BY changed_ms"))
+            .await;
+    assert_eq!(
+        history.iter().map(|v| v["status"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["resolved", "active", "ignored"]
+    );
+    assert!(tracefold_cli::query::issue_detail(&db.client, dbn, "nosuchissue", None, 24).await.is_err());
+
+    // Retention: the 200-day-old partition goes, everything recent stays.
+    let dry = tracefold_writer::migrate::retention(&db.cfg, 90, true).await.unwrap();
+    assert!(!dry.is_empty() && dry.iter().all(|(_, p)| p.len() == 8 || p.len() == 6));
+    let before = db.total_events().await;
+    let dropped = tracefold_writer::migrate::retention(&db.cfg, 90, false).await.unwrap();
+    assert_eq!(dropped, dry);
+    assert_eq!(db.total_events().await, before - 2, "only the 200-day-old events are gone");
+    assert!(tracefold_writer::migrate::retention(&db.cfg, 90, true).await.unwrap().is_empty());
+}
