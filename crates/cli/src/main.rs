@@ -303,6 +303,17 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Measure the writer: aggregate rows per second from Kafka into the local ClickHouse.
+    BenchWriter {
+        /// Aggregate records.
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        /// Result format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        ch: ChArgs,
+    },
     /// Measure the whole pipeline: load into Kafka -> grouper -> writer -> ClickHouse.
     BenchPipeline {
         /// Events to send.
@@ -530,6 +541,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::BenchWriter { records, format, ch } => bench_writer(records, format, ch.config()).await,
         Cmd::BenchIngest { events, batch, concurrency, format } => {
             bench_ingest(events, batch, concurrency, format).await
         }
@@ -616,6 +628,114 @@ fn fingerprint(
         anyhow::bail!("{errors} lines could not be read");
     }
     Ok(())
+}
+
+async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
+    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig {
+        log_level: "warn".into(),
+        ..Default::default()
+    });
+    ch.database = format!("{}_benchw_{}", ch.database, std::process::id());
+    tracefold_writer::migrate::migrate(&ch, |_, _| {}).await?;
+    let topics = tracefold_runtime::config::TopicsConfig::default();
+    let broker = tracefold_runtime::devbroker::DevBroker::start(1, &topics, Some(6))?;
+    let kafka = tracefold_runtime::config::KafkaConfig { bootstrap_servers: broker.bootstrap_servers(), ..Default::default() };
+    let mut wcfg = tracefold_writer::Config { kafka: kafka.clone(), clickhouse: ch.clone(), ..Default::default() };
+    wcfg.writer.listen = String::new();
+    let shutdown = tracefold_runtime::Shutdown::new();
+    let (s, h) = (shutdown.clone(), tracefold_runtime::telemetry::Health::default());
+    let writer = std::thread::spawn(move || tracefold_writer::service::run(&wcfg, &s, &h));
+    let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&kafka, 30_000).create()?;
+    let client = tracefold_writer::migrate::client(&ch);
+    let now = now_secs();
+    // Realistic records: 2,000 issues, a few users each, one sample in twenty.
+    let sample = gen::Generator::new(gen::GenOptions { now_secs: now, ..Default::default() }).next_event().json;
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    while sent < records {
+        let wave = (records - sent).min(5_000);
+        let mut futs = Vec::with_capacity(wave as usize);
+        for i in sent..sent + wave {
+            let mut users = UserSet::default();
+            for u in 0..(i % 7) {
+                users.insert(xxhash_rust::xxh3::xxh3_64(&(i * 31 + u).to_le_bytes()), DEFAULT_MAX_USERS);
+            }
+            let r = tracefold_model::AggregateRecord {
+                v: 1,
+                batch: tracefold_model::BatchRef {
+                    epoch: "bench".into(),
+                    topic: topics.events.clone(),
+                    partition: (i % 6) as i32,
+                    first_offset: i as i64,
+                    last_offset: i as i64,
+                    index: 0,
+                    count: 1,
+                },
+                project: ["web", "api", "billing"][(i % 3) as usize].into(),
+                issue_id: format!("{:032x}", i % 2000),
+                minute: (now - (i % 60) as i64 * 60).div_euclid(60) * 60,
+                release: format!("r{}", i % 4),
+                environment: ["production", "staging"][(i % 2) as usize].into(),
+                count: 1 + i % 50,
+                users,
+                first_seen_ms: now * 1000,
+                last_seen_ms: now * 1000,
+                title: format!("TypeError: thing {} failed", i % 2000),
+                culprit: "app.js in handler".into(),
+                exc_type: "TypeError".into(),
+                level: "error".into(),
+                platform: "javascript".into(),
+                grouping_version: "v1".into(),
+                sample: if i % 20 == 0 { sample.clone() } else { String::new() },
+            };
+            let payload = serde_json::to_vec(&r)?;
+            futs.push(producer.send_result(FutureRecord::to(&topics.aggregates).key(&r.key()).payload(&payload)).map_err(|(e, _)| e)?);
+        }
+        for f in futs {
+            let _ = f.await;
+        }
+        sent += wave;
+        // The mock cluster keeps 5 MB per partition: stay within ~30,000 records of the writer.
+        loop {
+            let stored = rows_in(&client, &ch.database).await?;
+            if sent.saturating_sub(stored) <= 30_000 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut stored = 0;
+    while Instant::now() < deadline {
+        stored = rows_in(&client, &ch.database).await?;
+        if stored >= records {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    shutdown.trigger();
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    client.query(&format!("DROP DATABASE IF EXISTS {}", ch.database)).execute().await?;
+    let result = serde_json::json!({"records": records, "stored": stored, "seconds": secs, "rows_per_sec": stored as f64 / secs});
+    match format {
+        Format::Json => println!("{result}"),
+        Format::Table => println!("{stored} of {records} aggregate rows stored in {secs:.2}s: {:.0} rows/s", stored as f64 / secs),
+    }
+    if stored != records {
+        anyhow::bail!("ClickHouse holds {stored} rows, {records} were sent");
+    }
+    Ok(())
+}
+
+async fn rows_in(client: &clickhouse::Client, db: &str) -> anyhow::Result<u64> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct N {
+        n: u64,
+    }
+    Ok(client.query(&format!("SELECT count() AS n FROM {db}.aggregates")).fetch_one::<N>().await?.n)
 }
 
 async fn bench_ingest(events: u64, batch: usize, concurrency: usize, format: Format) -> anyhow::Result<()> {
