@@ -641,7 +641,8 @@ async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) ->
     tracefold_writer::migrate::migrate(&ch, |_, _| {}).await?;
     let topics = tracefold_runtime::config::TopicsConfig::default();
     let broker = tracefold_runtime::devbroker::DevBroker::start(1, &topics, Some(6))?;
-    let kafka = tracefold_runtime::config::KafkaConfig { bootstrap_servers: broker.bootstrap_servers(), ..Default::default() };
+    let kafka =
+        tracefold_runtime::config::KafkaConfig { bootstrap_servers: broker.bootstrap_servers(), ..Default::default() };
     let mut wcfg = tracefold_writer::Config { kafka: kafka.clone(), clickhouse: ch.clone(), ..Default::default() };
     wcfg.writer.listen = String::new();
     let shutdown = tracefold_runtime::Shutdown::new();
@@ -691,7 +692,11 @@ async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) ->
                 sample: if i % 20 == 0 { sample.clone() } else { String::new() },
             };
             let payload = serde_json::to_vec(&r)?;
-            futs.push(producer.send_result(FutureRecord::to(&topics.aggregates).key(&r.key()).payload(&payload)).map_err(|(e, _)| e)?);
+            futs.push(
+                producer
+                    .send_result(FutureRecord::to(&topics.aggregates).key(&r.key()).payload(&payload))
+                    .map_err(|(e, _)| e)?,
+            );
         }
         for f in futs {
             let _ = f.await;
@@ -722,7 +727,9 @@ async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) ->
     let result = serde_json::json!({"records": records, "stored": stored, "seconds": secs, "rows_per_sec": stored as f64 / secs});
     match format {
         Format::Json => println!("{result}"),
-        Format::Table => println!("{stored} of {records} aggregate rows stored in {secs:.2}s: {:.0} rows/s", stored as f64 / secs),
+        Format::Table => {
+            println!("{stored} of {records} aggregate rows stored in {secs:.2}s: {:.0} rows/s", stored as f64 / secs)
+        }
     }
     if stored != records {
         anyhow::bail!("ClickHouse holds {stored} rows, {records} were sent");
