@@ -33,15 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let health = Health::default();
-    if !cfg.grouper.listen.is_empty() {
-        let addr = cfg.grouper.listen.parse()?;
-        let (h, s) = (health.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = telemetry::serve_ops(addr, vec![h], s).await {
-                tracing::error!(error = %e, "ops endpoint failed");
-            }
-        });
-    }
+    telemetry::spawn_ops(&cfg.grouper.listen, health.clone(), shutdown.clone())?;
     let (s, h) = (shutdown.clone(), health.clone());
     let result = tokio::task::spawn_blocking(move || tracefold_grouper::service::run(&cfg, &s, &h)).await?;
     shutdown.trigger();

@@ -15,7 +15,7 @@ use crate::batch::{BatchBuilder, BatchOptions, BatchOutput};
 use crate::config::Config;
 use crate::metrics as m;
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tracefold_runtime::kafka::{GroupContext, RebalanceEvent};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
@@ -39,37 +40,6 @@ pub fn decode_pending(meta: &str) -> Option<(i64, i64)> {
     let (a, b) = rest.split_once(':')?;
     let (first, last) = (a.parse().ok()?, b.parse().ok()?);
     (first <= last).then_some((first, last))
-}
-
-enum RebalanceEvent {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-struct GroupCtx {
-    events: Mutex<Vec<RebalanceEvent>>,
-    group: String,
-}
-
-impl ClientContext for GroupCtx {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        tracefold_runtime::kafka::record_consumer_lag(&self.group, &statistics);
-    }
-}
-
-impl ConsumerContext for GroupCtx {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = r {
-            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
-            self.events.lock().expect("not poisoned").push(RebalanceEvent::Revoked(parts));
-        }
-    }
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = r {
-            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
-            self.events.lock().expect("not poisoned").push(RebalanceEvent::Assigned(parts));
-        }
-    }
 }
 
 #[derive(Default)]
@@ -106,9 +76,10 @@ struct PartState {
 /// Infrastructure failures that a restart should handle (Kafka fatal errors, a producer that
 /// could not deliver).
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<GroupCtx> = tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.grouper.group_id)
-        .create_with_context(GroupCtx { events: Mutex::new(Vec::new()), group: cfg.grouper.group_id.clone() })
-        .context("cannot create the grouper's consumer")?;
+    let consumer: BaseConsumer<GroupContext> =
+        tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.grouper.group_id)
+            .create_with_context(GroupContext::new(&cfg.grouper.group_id))
+            .context("cannot create the grouper's consumer")?;
     let producer: ThreadedProducer<DeliveryCtx> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
         .create_with_context(DeliveryCtx::default())
         .context("cannot create the grouper's producer")?;
@@ -223,13 +194,13 @@ struct Grouper<'a> {
     committed: HashMap<i32, i64>,
     cfg: &'a Config,
     epoch: &'a str,
-    consumer: &'a BaseConsumer<GroupCtx>,
+    consumer: &'a BaseConsumer<GroupContext>,
     producer: &'a ThreadedProducer<DeliveryCtx>,
 }
 
 impl Grouper<'_> {
     fn handle_rebalances(&mut self, parts: &mut HashMap<i32, PartState>, opts: &BatchOptions) -> anyhow::Result<()> {
-        let events = std::mem::take(&mut *self.consumer.context().events.lock().expect("not poisoned"));
+        let events = self.consumer.context().take_events();
         for ev in events {
             match ev {
                 RebalanceEvent::Revoked(ps) => {

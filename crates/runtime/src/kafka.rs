@@ -3,6 +3,8 @@
 use crate::config::KafkaConfig;
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// A client config with the bootstrap servers and, last, the pass-through options.
@@ -91,6 +93,60 @@ pub fn record_consumer_lag(group: &str, stats: &rdkafka::Statistics) {
             }
             metrics::gauge!(CONSUMER_LAG, "group" => group.to_owned(), "topic" => topic.clone(), "partition" => p.to_string())
                 .set(part.consumer_lag as f64);
+        }
+    }
+}
+
+/// A partition assignment change, seen by a consumer's poll loop after `poll` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    /// These partitions are now ours.
+    Assigned(Vec<i32>),
+    /// These partitions are no longer ours (before the group moves them on).
+    Revoked(Vec<i32>),
+}
+
+/// Consumer context of tracefold's consumer groups: queues rebalance events for the poll
+/// loop (callbacks stay short and never touch service state) and feeds librdkafka's
+/// statistics into the consumer-lag gauge.
+#[derive(Debug)]
+pub struct GroupContext {
+    group: String,
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl GroupContext {
+    /// A context for consumer group `group`.
+    pub fn new(group: &str) -> Self {
+        Self { group: group.to_owned(), events: Mutex::new(Vec::new()) }
+    }
+
+    /// The rebalance events since the last call, oldest first.
+    pub fn take_events(&self) -> Vec<RebalanceEvent> {
+        std::mem::take(&mut *self.events.lock().expect("not poisoned"))
+    }
+
+    fn push(&self, e: RebalanceEvent) {
+        self.events.lock().expect("not poisoned").push(e);
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        record_consumer_lag(&self.group, &statistics);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            self.push(RebalanceEvent::Revoked(tpl.elements().iter().map(|e| e.partition()).collect()));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            self.push(RebalanceEvent::Assigned(tpl.elements().iter().map(|e| e.partition()).collect()));
         }
     }
 }

@@ -93,3 +93,21 @@ pub async fn serve_ops(addr: SocketAddr, health: Vec<Health>, shutdown: crate::S
     axum::serve(listener, ops_router(health)).with_graceful_shutdown(async move { shutdown.wait().await }).await?;
     Ok(())
 }
+
+/// Serves the ops endpoints on `listen` in the background (nothing when it is empty), for
+/// services that have no HTTP server of their own.
+///
+/// # Errors
+/// When `listen` is not a socket address.
+pub fn spawn_ops(listen: &str, health: Health, shutdown: crate::Shutdown) -> anyhow::Result<()> {
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = listen.parse().map_err(|e| anyhow::anyhow!("invalid listen address {listen:?}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = serve_ops(addr, vec![health], shutdown).await {
+            tracing::error!(error = %e, "ops endpoint failed");
+        }
+    });
+    Ok(())
+}

@@ -39,15 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let health = Health::default();
-    if !cfg.writer.listen.is_empty() {
-        let addr = cfg.writer.listen.parse()?;
-        let (h, s) = (health.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = telemetry::serve_ops(addr, vec![h], s).await {
-                tracing::error!(error = %e, "ops endpoint failed");
-            }
-        });
-    }
+    telemetry::spawn_ops(&cfg.writer.listen, health.clone(), shutdown.clone())?;
     let (s, h) = (shutdown.clone(), health.clone());
     let result = tokio::task::spawn_blocking(move || tracefold_writer::service::run(&cfg, &s, &h)).await?;
     shutdown.trigger();

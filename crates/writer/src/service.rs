@@ -13,48 +13,17 @@ use crate::config::Config;
 use crate::metrics as m;
 use crate::store::{admit, load_watermarks, AggregateRow, Watermarks};
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracefold_model::AggregateRecord;
+use tracefold_runtime::kafka::{GroupContext, RebalanceEvent};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
-
-enum RebalanceEvent {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-struct WriterCtx {
-    events: Mutex<Vec<RebalanceEvent>>,
-    group: String,
-}
-
-impl ClientContext for WriterCtx {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        tracefold_runtime::kafka::record_consumer_lag(&self.group, &statistics);
-    }
-}
-
-impl ConsumerContext for WriterCtx {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = r {
-            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
-            self.events.lock().expect("not poisoned").push(RebalanceEvent::Revoked(parts));
-        }
-    }
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = r {
-            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
-            self.events.lock().expect("not poisoned").push(RebalanceEvent::Assigned(parts));
-        }
-    }
-}
 
 struct Pending {
     record: AggregateRecord,
@@ -65,7 +34,7 @@ struct Pending {
 /// The state of the writer loop.
 struct Writer<'a> {
     cfg: &'a Config,
-    consumer: &'a BaseConsumer<WriterCtx>,
+    consumer: &'a BaseConsumer<GroupContext>,
     dlq: &'a ThreadedProducer<DefaultProducerContext>,
     client: clickhouse::Client,
     rt: tokio::runtime::Runtime,
@@ -89,9 +58,10 @@ struct Writer<'a> {
 /// # Errors
 /// Kafka fatal errors; ClickHouse errors are retried, not returned.
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<WriterCtx> = tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.writer.group_id)
-        .create_with_context(WriterCtx { events: Mutex::new(Vec::new()), group: cfg.writer.group_id.clone() })
-        .context("cannot create the writer's consumer")?;
+    let consumer: BaseConsumer<GroupContext> =
+        tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.writer.group_id)
+            .create_with_context(GroupContext::new(&cfg.writer.group_id))
+            .context("cannot create the writer's consumer")?;
     let dlq: ThreadedProducer<DefaultProducerContext> =
         tracefold_runtime::kafka::producer_config(&cfg.kafka, 0).create().context("cannot create the DLQ producer")?;
     tracefold_runtime::kafka::check_topics(
@@ -174,7 +144,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
 
 impl Writer<'_> {
     fn handle_rebalances(&mut self) {
-        let events = std::mem::take(&mut *self.consumer.context().events.lock().expect("not poisoned"));
+        let events = self.consumer.context().take_events();
         for ev in events {
             match ev {
                 RebalanceEvent::Revoked(ps) => {
