@@ -39,6 +39,9 @@ pub struct WriterSection {
     pub insert_timeout_ms: u64,
     /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
     pub listen: String,
+    /// Table the writer inserts into and reads its watermarks from: `aggregates`, or
+    /// `aggregates_all` on a cluster (the Distributed table of the cluster flavour).
+    pub table: String,
 }
 
 impl Default for WriterSection {
@@ -52,6 +55,7 @@ impl Default for WriterSection {
             retry_max_ms: 10_000,
             insert_timeout_ms: 30_000,
             listen: "127.0.0.1:9102".into(),
+            table: "aggregates".into(),
         }
     }
 }

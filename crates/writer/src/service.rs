@@ -236,7 +236,7 @@ impl Writer<'_> {
             if !self.watermarks.contains_key(&p) {
                 let wm = self
                     .rt
-                    .block_on(load_watermarks(&self.client, &db, &agg_topic, p))
+                    .block_on(load_watermarks(&self.client, &db, &self.cfg.writer.table, &agg_topic, p))
                     .with_context(|| format!("cannot read watermarks of partition {p}"))?;
                 self.watermarks.insert(p, wm);
             }
@@ -261,6 +261,7 @@ impl Writer<'_> {
                 })
                 .collect();
             let client = &self.client;
+            let table = self.cfg.writer.table.as_str();
             // The same rows always make the same token: the first and last record identities.
             let token = self.dedup_tokens.then(|| {
                 let (a, b) = (&self.pending[keep[0]], &self.pending[keep[keep.len() - 1]]);
@@ -268,10 +269,8 @@ impl Writer<'_> {
             });
             self.rt
                 .block_on(async {
-                    let mut ins = client
-                        .insert::<AggregateRow<'_>>("aggregates")
-                        .await?
-                        .with_timeouts(Some(timeout), Some(timeout));
+                    let mut ins =
+                        client.insert::<AggregateRow<'_>>(table).await?.with_timeouts(Some(timeout), Some(timeout));
                     if let Some(t) = &token {
                         ins = ins.with_setting("insert_deduplication_token", t.as_str());
                     }

@@ -103,6 +103,7 @@ struct WatermarkRow {
 pub async fn load_watermarks(
     client: &Client,
     db: &str,
+    table: &str,
     agg_topic: &str,
     agg_partition: i32,
 ) -> clickhouse::error::Result<Watermarks> {
@@ -110,7 +111,7 @@ pub async fn load_watermarks(
         .query(&format!(
             "SELECT src_epoch, src_topic, src_partition, m.1 AS first, m.2 AS index FROM ( \
                SELECT src_epoch, src_topic, src_partition, max((src_first_offset, rec_index)) AS m \
-               FROM {db}.aggregates WHERE agg_topic = ? AND agg_partition = ? \
+               FROM {db}.{table} WHERE agg_topic = ? AND agg_partition = ? \
                GROUP BY src_epoch, src_topic, src_partition)"
         ))
         .bind(agg_topic)
