@@ -47,20 +47,54 @@ impl TestDb {
         tracefold_cli::query::total_events(&self.client, &self.cfg.database).await.expect("query total")
     }
 
-    /// Waits until ClickHouse holds `n` events; returns what it holds then (or at the timeout).
+    /// Waits until ClickHouse holds `n` events in the base table and in every derived count
+    /// table (a SELECT can see an insert's base part a moment before its materialized views'
+    /// parts); returns what the base table holds then (or at the timeout).
     pub async fn wait_for_total(&self, n: u64, timeout: Duration) -> u64 {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct S {
+            n: u64,
+        }
+        let db = &self.cfg.database;
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.total_events().await;
-            if got >= n || Instant::now() > deadline {
+            let mut derived_ok = got >= n;
+            if derived_ok {
+                for t in ["issues_v", "issue_counts_1m", "issue_counts_1h", "issue_counts_1d"] {
+                    let d = self
+                        .client
+                        .query(&format!("SELECT sum(count) AS n FROM {db}.{t}"))
+                        .fetch_one::<S>()
+                        .await
+                        .map(|s| s.n)
+                        .unwrap_or(0);
+                    derived_ok &= d >= got;
+                }
+            }
+            if derived_ok || Instant::now() > deadline {
                 return got;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    /// Per issue: (events, distinct users) as ClickHouse's derived tables say.
+    /// Per issue: (events, distinct users) as ClickHouse's derived tables say, once two reads
+    /// 200 ms apart agree (materialized views settle a moment after the base table).
     pub async fn per_issue(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut last = self.per_issue_once().await;
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.per_issue_once().await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
+    async fn per_issue_once(&self) -> BTreeMap<String, (u64, u64)> {
         #[derive(clickhouse::Row, serde::Deserialize)]
         struct R {
             issue_id: String,
