@@ -273,6 +273,21 @@ enum Cmd {
         #[command(subcommand)]
         what: DeployCmd,
     },
+    /// Score spike detection on simulated traffic against a baseline rule.
+    DetectionQuality {
+        /// Issues simulated.
+        #[arg(long, default_value_t = 500)]
+        issues: usize,
+        /// Weeks simulated.
+        #[arg(long, default_value_t = 1)]
+        weeks: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Score grouping quality on a labeled corpus against Swetrix- and PostHog-style baselines.
     GroupingQuality {
         /// Events in the corpus.
@@ -531,6 +546,47 @@ async fn main() -> anyhow::Result<()> {
             };
             let files = tracefold_cli::deploy::write(size, &out)?;
             println!("wrote {} files to {}: {}", files.len(), out.display(), files.join(", "));
+            Ok(())
+        }
+        Cmd::DetectionQuality { issues, weeks, seed, format } => {
+            use tracefold_detector::simulate::{evaluate, SimOptions};
+            let r = evaluate(
+                &SimOptions { issues, minutes: weeks * 10_080, seed, ..SimOptions::default() },
+                &tracefold_detector::spike::SpikeConfig::default(),
+            );
+            match format {
+                Format::Json => println!("{}", serde_json::to_string(&r)?),
+                Format::Table => {
+                    use tracefold_cli::render::{table, Align};
+                    let row = |n: &str, s: &tracefold_detector::simulate::Score| {
+                        vec![
+                            n.to_owned(),
+                            format!("{:.3}", s.recall_5x),
+                            format!("{:.3}", s.false_per_issue_week),
+                            format!("{:.1}", s.median_detect_min),
+                            s.detections.to_string(),
+                        ]
+                    };
+                    println!(
+                        "{} issues, {} minutes, {} bursts injected ({} of 5x or more, {} of those detectable), seed {seed}\n",
+                        r.issues, r.minutes, r.bursts.0, r.bursts.1, r.bursts.2
+                    );
+                    print!(
+                        "{}",
+                        table(
+                            &[
+                                ("detector", Align::Left),
+                                ("recall 5x+", Align::Right),
+                                ("false/issue/week", Align::Right),
+                                ("median min", Align::Right),
+                                ("signals", Align::Right)
+                            ],
+                            &[row("tracefold", &r.tracefold), row("baseline (5 min > 10x prev 11)", &r.baseline)],
+                            40
+                        )
+                    );
+                }
+            }
             Ok(())
         }
         Cmd::GroupingQuality { events, bugs, seed, format } => {
