@@ -1,6 +1,9 @@
-//! The tracefold detector's core: spike detection on per-minute counts, and the seeded
-//! traffic simulator that measures it against a baseline rule.
+//! The tracefold detector: new-issue, regression, spike and threshold signals from the
+//! partial aggregates, on event time; the seeded traffic simulator that measures spike
+//! detection against a baseline rule.
 #![warn(missing_docs)]
 
+pub mod engine;
+pub mod signal;
 pub mod simulate;
 pub mod spike;

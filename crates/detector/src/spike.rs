@@ -83,6 +83,13 @@ impl SpikeState {
         }
         // Update the baseline with the count clipped near it (a spike does not become the
         // new normal while it lasts; a lasting level shift still moves it, slowly).
+        if self.minutes == 0 {
+            // Start from the first observation, not from zero.
+            self.mean = count;
+            self.minutes = 1;
+            self.prev = count;
+            return Verdict { spike, baseline: self.mean, window };
+        }
         let cap = self.mean + 3.0 * (self.var + self.mean + 1.0).sqrt();
         let x = if warm { count.min(cap) } else { count };
         let diff = x - self.mean;

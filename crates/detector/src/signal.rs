@@ -1,0 +1,139 @@
+//! Signals: what the detector found, with what an on-call person needs to start.
+
+use serde::{Deserialize, Serialize};
+
+/// Signal format version.
+pub const SIGNAL_FORMAT_VERSION: u8 = 1;
+
+/// Kinds of signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An issue seen for the first time.
+    NewIssue,
+    /// A resolved issue seen again.
+    Regression,
+    /// An issue's rate far above its own recent baseline.
+    Spike,
+    /// A configured threshold crossed.
+    Threshold,
+}
+
+impl Kind {
+    /// `new_issue`, `regression`, `spike`, `threshold`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::NewIssue => "new_issue",
+            Kind::Regression => "regression",
+            Kind::Spike => "spike",
+            Kind::Threshold => "threshold",
+        }
+    }
+}
+
+/// One signal (JSON on the signals topic, keyed by `project/issue_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    /// Format version.
+    pub v: u8,
+    /// Deterministic id: the same detection always has the same id (deduplication).
+    pub signal_id: String,
+    /// What was detected.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Project slug.
+    pub project: String,
+    /// Issue id.
+    pub issue_id: String,
+    /// Issue title.
+    pub title: String,
+    /// Culprit.
+    pub culprit: String,
+    /// Level.
+    pub level: String,
+    /// Platform.
+    pub platform: String,
+    /// Minute the detection is about (start, RFC 3339).
+    pub minute: String,
+    /// Minutes the counts below cover.
+    pub window_minutes: u32,
+    /// Events in the window.
+    pub count: u64,
+    /// Distinct users in the window.
+    pub users: u64,
+    /// Expected events per minute before (spikes), or the project-wide baseline.
+    pub baseline_per_minute: f64,
+    /// First seen, RFC 3339.
+    pub first_seen: String,
+    /// Last seen, RFC 3339.
+    pub last_seen: String,
+    /// Release of the sample event.
+    pub release: String,
+    /// Environment of the sample event.
+    pub environment: String,
+    /// Top in-app frames of the sample stack trace, crash first (`module in function`).
+    pub top_frames: Vec<String>,
+    /// The sample's request URL.
+    pub request_url: String,
+    /// The sample's browser (`name version`).
+    pub browser: String,
+    /// The sample's operating system (`name version`).
+    pub os: String,
+    /// For `threshold`: the rule's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
+    /// The command that shows the issue.
+    pub command: String,
+}
+
+/// What a sample event tells about reproducing the error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SampleFacts {
+    /// Top in-app frames, crash first.
+    pub top_frames: Vec<String>,
+    /// Request URL.
+    pub request_url: String,
+    /// Browser.
+    pub browser: String,
+    /// Operating system.
+    pub os: String,
+}
+
+/// Reads the facts out of a sample event (JSON); empty when it cannot.
+pub fn sample_facts(sample: &str) -> SampleFacts {
+    let Ok(ev) = tracefold_model::parse_event_str(sample) else { return SampleFacts::default() };
+    let mut top = Vec::new();
+    if let Some(exc) = ev.exception.last() {
+        if let Some(st) = &exc.stacktrace {
+            let any_in_app = st.frames.iter().any(|f| f.in_app == Some(true));
+            for f in st.frames.iter().rev().filter(|f| !any_in_app || f.in_app == Some(true)).take(5) {
+                let loc = f.module.as_deref().or(f.filename.as_deref()).unwrap_or("?");
+                top.push(format!("{loc} in {}", f.function.as_deref().unwrap_or("?")));
+            }
+        }
+    }
+    let nv = |n: Option<&tracefold_model::event::NameVersion<'_>>| {
+        n.map(|n| {
+            format!("{} {}", n.name.as_deref().unwrap_or(""), n.version.as_deref().unwrap_or("")).trim().to_owned()
+        })
+        .unwrap_or_default()
+    };
+    let contexts = ev.contexts.as_ref();
+    SampleFacts {
+        top_frames: top,
+        request_url: ev.request.as_ref().and_then(|r| r.url.as_deref()).unwrap_or("").to_owned(),
+        browser: nv(contexts.and_then(|c| c.browser.as_ref())),
+        os: nv(contexts.and_then(|c| c.os.as_ref())),
+    }
+}
+
+/// A deterministic signal id.
+pub fn signal_id(kind: Kind, project: &str, issue_id: &str, minute: i64, rule: &str) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [kind.as_str(), project, issue_id, rule] {
+        h.update(&(part.len() as u32).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(&minute.to_le_bytes());
+    format!("{:032x}", h.digest128())
+}
