@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One small image with every tracefold binary: tracefold (CLI, dev, migrate, loadgen),
-# tracefold-producer, tracefold-grouper, tracefold-writer.
+# tracefold-producer, tracefold-grouper, tracefold-writer, tracefold-detector.
 #
 #   docker build -t tracefold:0.1.0 .
 #   docker run --rm tracefold:0.1.0 tracefold --help
@@ -12,9 +12,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p tracefold -p tracefold-producer -p tracefold-grouper -p tracefold-writer \
+RUN cargo build --release --locked -p tracefold -p tracefold-producer -p tracefold-grouper -p tracefold-writer -p tracefold-detector \
  && mkdir /out \
- && cp target/release/tracefold target/release/tracefold-producer target/release/tracefold-grouper target/release/tracefold-writer /out/
+ && cp target/release/tracefold target/release/tracefold-producer target/release/tracefold-grouper target/release/tracefold-writer target/release/tracefold-detector /out/
 
 # --- runtime: the binaries, the shared libraries they link (OpenSSL, zlib), CA certificates.
 FROM debian:bookworm-slim AS runtime
@@ -26,6 +26,6 @@ RUN apt-get update \
 COPY --from=build /out/ /usr/local/bin/
 COPY deploy/config/ /etc/tracefold/
 USER 10001:10001
-EXPOSE 8080 9101 9102
+EXPOSE 8080 9101 9102 9103
 ENTRYPOINT []
 CMD ["tracefold", "--help"]

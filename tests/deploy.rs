@@ -68,7 +68,7 @@ fn deployments_have_resources_probes_drain_time_security_and_budgets() {
     for size in [Size::Small, Size::Large] {
         let d = docs(size);
         let deployments = of_kind(&d, "Deployment");
-        assert_eq!(deployments.len(), 3);
+        assert_eq!(deployments.len(), 4);
         for dep in deployments {
             let name = dep["metadata"]["name"].as_str().unwrap();
             let pod = &dep["spec"]["template"]["spec"];
@@ -116,6 +116,9 @@ fn deployments_have_resources_probes_drain_time_security_and_budgets() {
                 }
                 "writer.toml" => {
                     tracefold_runtime::config::load::<tracefold_writer::Config, _>(Some(&tmp), Vec::new()).map(|_| ())
+                }
+                "detector.toml" => {
+                    tracefold_runtime::config::load::<tracefold_detector::Config, _>(Some(&tmp), Vec::new()).map(|_| ())
                 }
                 other => panic!("unexpected config {other}"),
             };
@@ -187,7 +190,7 @@ fn topics_autoscaling_migration_and_monitoring() {
         let ports: BTreeSet<&str> =
             sm["spec"]["endpoints"].as_array().unwrap().iter().map(|e| e["port"].as_str().unwrap()).collect();
         let services = of_kind(&d, "Service");
-        assert_eq!(services.len(), 3);
+        assert_eq!(services.len(), 4);
         for svc in services {
             assert!(sel.iter().all(|(k, v)| svc["metadata"]["labels"][k] == *v), "{}", svc["metadata"]["name"]);
             assert!(ports.contains(svc["spec"]["ports"][0]["name"].as_str().unwrap()));
@@ -211,6 +214,8 @@ fn known_metrics() -> BTreeSet<String> {
             .flat_map(|l| l.iter().map(|s| (*s).to_owned()))
             .collect();
     all.insert(tracefold_runtime::kafka::CONSUMER_LAG.to_owned());
+    all.insert(tracefold_detector::service::SIGNALS_TOTAL.to_owned());
+    all.insert(tracefold_detector::notify::NOTIFICATIONS_TOTAL.to_owned());
     all
 }
 
@@ -270,7 +275,7 @@ fn container_image_is_multi_stage_small_and_non_root() {
     let final_stage = df.rsplit("FROM ").next().unwrap();
     assert!(final_stage.lines().any(|l| l.starts_with("USER 10001")), "runs as a non-root user");
     assert!(!final_stage.contains("cargo") && !final_stage.contains("build-essential"));
-    for bin in ["tracefold", "tracefold-producer", "tracefold-grouper", "tracefold-writer"] {
+    for bin in ["tracefold", "tracefold-producer", "tracefold-grouper", "tracefold-writer", "tracefold-detector"] {
         assert!(
             df.contains(&format!("target/release/{bin} ")) || df.contains(&format!("target/release/{bin}\n")),
             "{bin}"
@@ -295,7 +300,14 @@ fn compose_runs_kraft_kafka_clickhouse_and_the_topics() {
             def.name
         );
     }
-    for svc in ["tracefold-producer", "tracefold-grouper", "tracefold-writer", "\"migrate\"", "\"loadgen\""] {
+    for svc in [
+        "tracefold-producer",
+        "tracefold-grouper",
+        "tracefold-writer",
+        "tracefold-detector",
+        "\"migrate\"",
+        "\"loadgen\"",
+    ] {
         assert!(c.contains(svc), "{svc}");
     }
 }

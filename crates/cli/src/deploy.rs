@@ -69,6 +69,16 @@ fn services(size: Size) -> Vec<Svc> {
             replicas: if large { 6 } else { 1 },
         },
         Svc {
+            name: "detector",
+            binary: "tracefold-detector",
+            port: 9103,
+            port_name: "metrics",
+            config: "detector.toml",
+            cpu: if large { ("250m", "1") } else { ("100m", "500m") },
+            mem: if large { ("512Mi", "1Gi") } else { ("256Mi", "512Mi") },
+            replicas: if large { 2 } else { 1 },
+        },
+        Svc {
             name: "writer",
             binary: "tracefold-writer",
             port: 9102,
@@ -213,6 +223,7 @@ fn config_files() -> Value {
         "producer.toml": format!("{common}\n[http]\nlisten = \"0.0.0.0:8080\"\n"),
         "grouper.toml": format!("{common}\n[grouper]\nlisten = \"0.0.0.0:9101\"\n\n[grouping]\nmax_frames = 10\n"),
         "writer.toml": format!("{common}\n[clickhouse]\nurl = \"{CLICKHOUSE}\"\ndatabase = \"tracefold\"\n\n[writer]\nlisten = \"0.0.0.0:9102\"\n"),
+        "detector.toml": format!("{common}\n[clickhouse]\nurl = \"{CLICKHOUSE}\"\ndatabase = \"tracefold\"\n\n[detector]\nlisten = \"0.0.0.0:9103\"\n"),
     })
 }
 
@@ -343,13 +354,13 @@ pub fn render(size: Size) -> Vec<(String, Vec<Value>)> {
         // Without KEDA: CPU is the fallback signal for the consumers too.
         Size::Small => {
             autoscaling.push(hpa(&svcs[1], partitions("events") as u32));
-            autoscaling.push(hpa(&svcs[2], partitions("aggregates") as u32));
+            autoscaling.push(hpa(&svcs[3], partitions("aggregates") as u32));
         }
         // With KEDA: scale consumers on their lag, never beyond the partition count.
         Size::Large => {
             autoscaling.push(scaled_object(&svcs[1], "tracefold-grouper", &defaults.events, partitions("events")));
             autoscaling.push(scaled_object(
-                &svcs[2],
+                &svcs[3],
                 "tracefold-writer",
                 &defaults.aggregates,
                 partitions("aggregates"),

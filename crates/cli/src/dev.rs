@@ -30,6 +30,8 @@ pub struct DevConfig {
     pub grouping: tracefold_fingerprint::GroupingConfig,
     /// Writer options.
     pub writer: tracefold_writer::config::WriterSection,
+    /// Detector options: spike settings, threshold rules, notification channels.
+    pub detector: tracefold_detector::config::DetectorSection,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -55,6 +57,8 @@ pub struct DevOptions {
     pub sample_issues: usize,
     /// Stop after the sample load is stored and shown.
     pub exit_after_sample: bool,
+    /// A generic webhook that gets every signal.
+    pub webhook: Option<String>,
 }
 
 /// A running pipeline: broker, grouper, writer and producer.
@@ -98,7 +102,7 @@ impl Pipeline {
             );
         }
         let shutdown = Shutdown::new();
-        let (gh, wh, ph) = (Health::default(), Health::default(), Health::default());
+        let (gh, wh, dh, ph) = (Health::default(), Health::default(), Health::default(), Health::default());
         let mut grouper_section = cfg.grouper.clone();
         if grouper_section.epoch.is_empty() {
             // The embedded Kafka is new on every start; its offsets restart at 0.
@@ -118,6 +122,13 @@ impl Pipeline {
             writer: cfg.writer.clone(),
             telemetry: cfg.telemetry.clone(),
         };
+        let dcfg = tracefold_detector::Config {
+            kafka: kafka.clone(),
+            topics: cfg.topics.clone(),
+            clickhouse: cfg.clickhouse.clone(),
+            detector: tracefold_detector::config::DetectorSection { listen: String::new(), ..cfg.detector.clone() },
+            telemetry: cfg.telemetry.clone(),
+        };
         let pcfg = tracefold_producer::Config {
             kafka,
             topics: cfg.topics.clone(),
@@ -133,9 +144,14 @@ impl Pipeline {
                     as Box<dyn FnOnce(Shutdown, Health) -> anyhow::Result<()> + Send>,
             ),
             ("writer", Box::new(move |s: Shutdown, h: Health| tracefold_writer::service::run(&wcfg, &s, &h))),
+            ("detector", Box::new(move |s: Shutdown, h: Health| tracefold_detector::service::run(&dcfg, &s, &h))),
         ] {
             let s = shutdown.clone();
-            let h = if name == "grouper" { gh.clone() } else { wh.clone() };
+            let h = match name {
+                "grouper" => gh.clone(),
+                "writer" => wh.clone(),
+                _ => dh.clone(),
+            };
             threads.push(std::thread::Builder::new().name(name.into()).spawn(move || {
                 let r = run(s.clone(), h);
                 if let Err(e) = &r {
@@ -148,7 +164,7 @@ impl Pipeline {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let http_addr = listener.local_addr()?;
-        let producer = tokio::spawn(tracefold_producer::serve(pcfg, listener, shutdown.clone(), ph, vec![gh, wh]));
+        let producer = tokio::spawn(tracefold_producer::serve(pcfg, listener, shutdown.clone(), ph, vec![gh, wh, dh]));
         Ok(Self { broker, cfg, shutdown, http_addr, threads, producer })
     }
 
@@ -218,6 +234,16 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     }
     if let Some(d) = &opts.database {
         cfg.clickhouse.database.clone_from(d);
+    }
+    if let Some(url) = &opts.webhook {
+        cfg.detector.channels.push(tracefold_detector::notify::Channel {
+            name: "dev-webhook".into(),
+            target: tracefold_detector::notify::Target::Webhook { url: url.clone(), secret: String::new() },
+            types: Vec::new(),
+            projects: Vec::new(),
+            rules: Vec::new(),
+            cooldown_min: 30,
+        });
     }
     tracefold_runtime::telemetry::init_logging(&cfg.telemetry);
     if opts.broker_only {

@@ -135,6 +135,24 @@ enum Cmd {
         /// Exit once the sample load is stored and shown.
         #[arg(long)]
         exit: bool,
+        /// Send every signal (new issue, regression, spike, threshold) to this webhook.
+        #[arg(long)]
+        webhook: Option<String>,
+    },
+    /// Show recent signals from the signals topic.
+    Signals {
+        /// Kafka bootstrap servers (tracefold dev prints them).
+        #[arg(long)]
+        bootstrap_servers: String,
+        /// Signals topic.
+        #[arg(long, default_value = "tracefold.signals")]
+        topic: String,
+        /// Most recent signals shown.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
     },
     /// Create or upgrade the ClickHouse schema (idempotent).
     Migrate {
@@ -372,6 +390,7 @@ fn now_secs() -> i64 {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Signals { bootstrap_servers, topic, limit, format } => signals(&bootstrap_servers, &topic, limit, format),
         Cmd::Dev {
             config,
             clickhouse_url,
@@ -382,6 +401,7 @@ async fn main() -> anyhow::Result<()> {
             sample_events,
             sample_issues,
             exit,
+            webhook,
         } => {
             dev::run(dev::DevOptions {
                 config,
@@ -393,6 +413,7 @@ async fn main() -> anyhow::Result<()> {
                 sample_events,
                 sample_issues,
                 exit_after_sample: exit,
+                webhook,
             })
             .await
         }
@@ -605,6 +626,79 @@ async fn main() -> anyhow::Result<()> {
             bench_pipeline(events, issues, partitions, format, ch.config()).await
         }
     }
+}
+
+fn signals(bootstrap: &str, topic: &str, limit: usize, format: Format) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let kafka =
+        tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
+    let c: BaseConsumer = tracefold_runtime::kafka::consumer_config(&kafka, "tracefold-signals-cli").create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset((high - limit as i64).max(low)))?;
+            remaining += high - (high - limit as i64).max(low);
+        }
+    }
+    let mut all: Vec<tracefold_detector::signal::Signal> = Vec::new();
+    if remaining > 0 {
+        c.assign(&tpl)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while remaining > 0 && Instant::now() < deadline {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                remaining -= 1;
+                if let Some(s) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+                    all.push(s);
+                }
+            }
+        }
+    }
+    all.sort_by(|a, b| (&a.minute, &a.issue_id).cmp(&(&b.minute, &b.issue_id)));
+    let start = all.len().saturating_sub(limit);
+    let all = &all[start..];
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(all)?),
+        Format::Table => {
+            use tracefold_cli::render::{table, Align};
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.minute.replace('T', " ").trim_end_matches('Z').to_owned(),
+                        s.kind.as_str().to_owned(),
+                        s.project.clone(),
+                        s.issue_id[..12.min(s.issue_id.len())].to_owned(),
+                        s.title.clone(),
+                        s.count.to_string(),
+                        s.users.to_string(),
+                        format!("{}", s.baseline_per_minute),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        ("MINUTE", Align::Left),
+                        ("SIGNAL", Align::Left),
+                        ("PROJECT", Align::Left),
+                        ("ISSUE", Align::Left),
+                        ("TITLE", Align::Left),
+                        ("EVENTS", Align::Right),
+                        ("USERS", Align::Right),
+                        ("BASELINE/MIN", Align::Right),
+                    ],
+                    &rows,
+                    60,
+                )
+            );
+        }
+    }
+    Ok(())
 }
 
 fn fingerprint(

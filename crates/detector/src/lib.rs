@@ -3,7 +3,12 @@
 //! detection against a baseline rule.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod engine;
+pub mod notify;
+pub mod service;
 pub mod signal;
 pub mod simulate;
 pub mod spike;
+
+pub use config::Config;

@@ -137,3 +137,46 @@ pub fn signal_id(kind: Kind, project: &str, issue_id: &str, minute: i64, rule: &
     h.update(&minute.to_le_bytes());
     format!("{:032x}", h.digest128())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_exactly_the_signal_fields() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/signal.v1.schema.json");
+        let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let in_schema: std::collections::BTreeSet<String> =
+            schema["properties"].as_object().unwrap().keys().cloned().collect();
+        let s = Signal {
+            v: 1,
+            signal_id: signal_id(Kind::Threshold, "p", "i", 0, "r"),
+            kind: Kind::Threshold,
+            project: "p".into(),
+            issue_id: "i".into(),
+            title: String::new(),
+            culprit: String::new(),
+            level: String::new(),
+            platform: String::new(),
+            minute: String::new(),
+            window_minutes: 1,
+            count: 0,
+            users: 0,
+            baseline_per_minute: 0.0,
+            first_seen: String::new(),
+            last_seen: String::new(),
+            release: String::new(),
+            environment: String::new(),
+            top_frames: vec![],
+            request_url: String::new(),
+            browser: String::new(),
+            os: String::new(),
+            rule: "r".into(),
+            command: String::new(),
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        let in_model: std::collections::BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(in_schema, in_model);
+        assert_eq!(s.signal_id.len(), 32);
+    }
+}

@@ -131,6 +131,8 @@ pub struct TopicsConfig {
     pub aggregates: String,
     /// Rejected events, with the reason.
     pub dlq: String,
+    /// Signals from the detector.
+    pub signals: String,
 }
 
 impl Default for TopicsConfig {
@@ -139,6 +141,7 @@ impl Default for TopicsConfig {
             events: "tracefold.events".into(),
             aggregates: "tracefold.aggregates".into(),
             dlq: "tracefold.dlq".into(),
+            signals: "tracefold.signals".into(),
         }
     }
 }

@@ -1,0 +1,50 @@
+//! The detector's configuration (TOML file, `TRACEFOLD__...` overrides, flags).
+
+use crate::engine::EngineConfig;
+use crate::notify::Channel;
+use serde::{Deserialize, Serialize};
+use tracefold_runtime::config::{ClickHouseConfig, KafkaConfig, TelemetryConfig, TopicsConfig};
+
+/// Everything the detector reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka connection.
+    pub kafka: KafkaConfig,
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// ClickHouse (state at start-up: known issues, statuses, recent counts).
+    pub clickhouse: ClickHouseConfig,
+    /// Detection and notification.
+    pub detector: DetectorSection,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[detector]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorSection {
+    /// Consumer group.
+    pub group_id: String,
+    /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
+    pub listen: String,
+    /// Minutes of per-minute counts read from ClickHouse at start-up for the baselines.
+    pub history_minutes: u32,
+    /// Detection settings: `[detector.engine.spike]`, `[[detector.engine.thresholds]]`.
+    pub engine: EngineConfig,
+    /// Notification channels: `[[detector.channels]]`.
+    pub channels: Vec<Channel>,
+}
+
+impl Default for DetectorSection {
+    fn default() -> Self {
+        Self {
+            group_id: "tracefold-detector".into(),
+            listen: "127.0.0.1:9103".into(),
+            history_minutes: 180,
+            engine: EngineConfig::default(),
+            channels: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The detector service: its own consumer group on the aggregates topic; signals to the
+//! signals topic (keyed by issue) and to the notification channels.
+//!
+//! Restarts do not re-alert: known issues, resolutions and recent per-minute counts come from
+//! ClickHouse at start-up, and the ids of the signals already on the signals topic (the last
+//! 10,000 per partition) are skipped; signal ids are deterministic.
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::notify::Notifier;
+use crate::signal::Signal;
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tracefold_model::AggregateRecord;
+use tracefold_runtime::kafka::GroupContext;
+use tracefold_runtime::telemetry::Health;
+use tracefold_runtime::Shutdown;
+
+/// Signals produced, by `type`.
+pub const SIGNALS_TOTAL: &str = "tracefold_detector_signals_total";
+
+#[derive(clickhouse::Row, Deserialize)]
+struct IssueKey {
+    project: String,
+    issue_id: String,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Resolved {
+    project: String,
+    issue_id: String,
+    at: u32,
+    release: String,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct MinuteCount {
+    project: String,
+    issue_id: String,
+    minute: u32,
+    count: u64,
+}
+
+async fn load_state(cfg: &Config, engine: &mut Engine) -> anyhow::Result<()> {
+    let client = tracefold_runtime_client(cfg);
+    let db = &cfg.clickhouse.database;
+    for k in
+        client.query(&format!("SELECT DISTINCT project, issue_id FROM {db}.issues")).fetch_all::<IssueKey>().await?
+    {
+        engine.known(&k.project, &k.issue_id);
+    }
+    let resolved = client
+        .query(&format!(
+            "SELECT project, issue_id, toUInt32(status_changed_at) AS at, status_release AS release \
+             FROM {db}.issue_status_v WHERE current_status = 'resolved'"
+        ))
+        .fetch_all::<Resolved>()
+        .await?;
+    for r in resolved {
+        engine.resolved(&r.project, &r.issue_id, i64::from(r.at) * 1000, &r.release);
+    }
+    let history = client
+        .query(&format!(
+            "SELECT project, issue_id, toUInt32(minute) AS minute, sum(count) AS count FROM {db}.issue_counts_1m \
+             WHERE minute >= now() - ? AND minute < now() - 180 GROUP BY project, issue_id, minute ORDER BY minute"
+        ))
+        .bind(u64::from(cfg.detector.history_minutes) * 60)
+        .fetch_all::<MinuteCount>()
+        .await?;
+    for h in history {
+        engine.history(&h.project, &h.issue_id, i64::from(h.minute), h.count);
+    }
+    Ok(())
+}
+
+fn tracefold_runtime_client(cfg: &Config) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(&cfg.clickhouse.url)
+        .with_user(&cfg.clickhouse.user)
+        .with_password(&cfg.clickhouse.password)
+        .with_validation(false)
+}
+
+/// Ids of the signals already on the signals topic (the last 10,000 per partition).
+fn sent_signals(cfg: &Config) -> anyhow::Result<HashSet<String>> {
+    let c: BaseConsumer =
+        tracefold_runtime::kafka::consumer_config(&cfg.kafka, &format!("{}-replay", cfg.detector.group_id)).create()?;
+    let md = c.fetch_metadata(Some(&cfg.topics.signals), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = c.fetch_watermarks(&cfg.topics.signals, p.id(), Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(&cfg.topics.signals, p.id(), Offset::Offset((high - 10_000).max(low)))?;
+            ends.insert(p.id(), high);
+        }
+    }
+    let mut ids = HashSet::new();
+    if ends.is_empty() {
+        return Ok(ids);
+    }
+    c.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut done: HashSet<i32> = HashSet::new();
+    while done.len() < ends.len() && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            if let Some(s) = m.payload().and_then(|p| serde_json::from_slice::<Signal>(p).ok()) {
+                ids.insert(s.signal_id);
+            }
+            if m.offset() + 1 >= ends[&m.partition()] {
+                done.insert(m.partition());
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Runs the detector until `shutdown` fires. Blocking: call it from a dedicated thread.
+///
+/// # Errors
+/// Kafka or ClickHouse unusable at start-up.
+pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let mut engine = Engine::new(cfg.detector.engine.clone());
+    rt.block_on(load_state(cfg, &mut engine)).context("cannot load the detector's state from ClickHouse")?;
+    let mut sent = sent_signals(cfg).context("cannot read the signals topic")?;
+    let consumer: BaseConsumer<GroupContext> =
+        tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.detector.group_id)
+            .create_with_context(GroupContext::new(&cfg.detector.group_id))
+            .context("cannot create the detector's consumer")?;
+    let producer: ThreadedProducer<DefaultProducerContext> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
+        .create()
+        .context("cannot create the signals producer")?;
+    tracefold_runtime::kafka::check_topics(
+        consumer.client(),
+        &[&cfg.topics.aggregates, &cfg.topics.signals],
+        Duration::from_secs(10),
+    )?;
+    consumer.subscribe(&[&cfg.topics.aggregates]).context("cannot subscribe")?;
+    let mut notifier = {
+        let _guard = rt.enter();
+        Notifier::start(cfg.detector.channels.clone())
+    };
+    health.set_ready(true);
+    tracing::info!(group = %cfg.detector.group_id, channels = cfg.detector.channels.len(), "detector started");
+    let mut last_advance = Instant::now();
+    let mut last_commit = Instant::now();
+    let mut emit = |signals: Vec<Signal>, notifier: &mut Notifier| {
+        for s in signals {
+            if !sent.insert(s.signal_id.clone()) {
+                continue;
+            }
+            metrics::counter!(SIGNALS_TOTAL, "type" => s.kind.as_str()).increment(1);
+            tracing::info!(kind = s.kind.as_str(), project = %s.project, issue = %s.issue_id, count = s.count, "signal");
+            let key = format!("{}/{}", s.project, s.issue_id);
+            if let Ok(payload) = serde_json::to_vec(&s) {
+                let _ = producer.send(BaseRecord::to(&cfg.topics.signals).key(&key).payload(&payload));
+            }
+            notifier.notify(&s);
+        }
+    };
+    while !shutdown.is_triggered() {
+        if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
+            match msg {
+                Ok(m) => match m.payload().map(serde_json::from_slice::<AggregateRecord>) {
+                    Some(Ok(r)) => emit(engine.ingest(&r), &mut notifier),
+                    _ => tracing::warn!(partition = m.partition(), offset = m.offset(), "unreadable aggregate skipped"),
+                },
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+            }
+        }
+        let _ = consumer.context().take_events();
+        if last_advance.elapsed() >= Duration::from_millis(500) {
+            last_advance = Instant::now();
+            emit(engine.advance(), &mut notifier);
+        }
+        if last_commit.elapsed() >= Duration::from_secs(5) {
+            last_commit = Instant::now();
+            let _ = producer.flush(Duration::from_secs(5));
+            let _ = consumer.commit_consumer_state(CommitMode::Async);
+        }
+    }
+    health.set_ready(false);
+    let _ = producer.flush(Duration::from_secs(10));
+    // Give the channels a moment to deliver what is queued.
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+    consumer.unsubscribe();
+    Ok(())
+}
