@@ -18,14 +18,12 @@ type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
 async fn receiver() -> (String, Seen) {
     let seen: Seen = Arc::default();
+    // Any path: the Telegram channel posts to /bot<token>/sendMessage.
     let app = axum::Router::new()
-        .route(
-            "/hook",
-            post(|State(s): State<Seen>, h: HeaderMap, b: Bytes| async move {
-                s.lock().unwrap().push((h, b));
-                "ok"
-            }),
-        )
+        .fallback(post(|State(s): State<Seen>, h: HeaderMap, b: Bytes| async move {
+            s.lock().unwrap().push((h, b));
+            "ok"
+        }))
         .with_state(seen.clone());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
@@ -46,7 +44,11 @@ fn event(issue: &str, func: &str, ts: i64, user: u64) -> String {
 async fn new_issues_and_spikes_reach_webhooks_and_the_signals_topic() {
     let db = TestDb::new("signals").await;
     let (hook, seen) = receiver().await;
+    let seen_url = hook.clone();
     let (slack, slack_seen) = receiver().await;
+    let (discord, discord_seen) = receiver().await;
+    let (telegram_api, telegram_seen) = receiver().await;
+    let telegram_api = telegram_api.trim_end_matches("/hook").to_owned();
     let mut cfg = DevConfig { clickhouse: db.cfg.clone(), ..DevConfig::default() };
     cfg.detector.channels = vec![
         Channel {
@@ -61,6 +63,31 @@ async fn new_issues_and_spikes_reach_webhooks_and_the_signals_topic() {
             name: "slack".into(),
             target: Target::Slack { url: slack },
             types: vec![Kind::Spike],
+            projects: vec![],
+            rules: vec![],
+            cooldown_min: 30,
+        },
+        Channel {
+            name: "discord".into(),
+            target: Target::Discord { url: discord },
+            types: vec![Kind::Spike],
+            projects: vec![],
+            rules: vec![],
+            cooldown_min: 30,
+        },
+        Channel {
+            name: "telegram".into(),
+            target: Target::Telegram { api: telegram_api, token: "X".into(), chat_id: "42".into() },
+            types: vec![Kind::Spike],
+            projects: vec![],
+            rules: vec![],
+            cooldown_min: 30,
+        },
+        // A dead endpoint: retried in the background, never in the way of the others.
+        Channel {
+            name: "dead".into(),
+            target: Target::Webhook { url: "http://127.0.0.1:9/nothing".into(), secret: String::new() },
+            types: vec![],
             projects: vec![],
             rules: vec![],
             cooldown_min: 30,
@@ -130,16 +157,22 @@ async fn new_issues_and_spikes_reach_webhooks_and_the_signals_topic() {
     assert_eq!(s.command, format!("tracefold issue {} --project web", s.issue_id));
     let titles: Vec<&str> = signals.iter().filter(|s| s.kind == Kind::NewIssue).map(|s| s.title.as_str()).collect();
     assert_eq!(titles.len(), 2, "{titles:?}");
-    // The Slack channel only takes spikes, in Slack's format.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let slack: Vec<serde_json::Value> =
-        slack_seen.lock().unwrap().iter().map(|(_, b)| serde_json::from_slice(b).unwrap()).collect();
-    assert_eq!(slack.len(), 1);
-    assert!(
-        slack[0]["text"].as_str().unwrap().starts_with("*Spike in web: TypeError: boom (400 events in 1 min"),
-        "{}",
-        slack[0]
+    // The chat channels only take spikes, each in its own format: exactly what the
+    // notifier's request builder makes for that signal.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let body = |seen: &Seen| -> Vec<serde_json::Value> {
+        seen.lock().unwrap().iter().map(|(_, b)| serde_json::from_slice(b).unwrap()).collect()
+    };
+    let slack = body(&slack_seen);
+    assert_eq!(slack, vec![tracefold_detector::notify::request(&Target::Slack { url: String::new() }, s).1]);
+    assert!(slack[0]["text"].as_str().unwrap().starts_with("*Spike in web: TypeError: boom (400 events in 1 min"));
+    assert_eq!(
+        body(&discord_seen),
+        vec![tracefold_detector::notify::request(&Target::Discord { url: String::new() }, s).1]
     );
+    let tg = Target::Telegram { api: String::new(), token: "X".into(), chat_id: "42".into() };
+    assert_eq!(body(&telegram_seen), vec![tracefold_detector::notify::request(&tg, s).1]);
+    assert_eq!(telegram_seen.lock().unwrap().len(), 1);
     // And the signals topic holds them, keyed by issue.
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
@@ -165,5 +198,39 @@ async fn new_issues_and_spikes_reach_webhooks_and_the_signals_topic() {
     expected.sort();
     on_topic.sort();
     assert_eq!(on_topic, expected);
+
+    // A detector that starts over (a new consumer group: it re-reads every aggregate) does
+    // not alert again: known issues come from ClickHouse, sent signals from the topic.
+    assert_eq!(db.wait_for_total(lines.len() as u64, Duration::from_secs(60)).await, lines.len() as u64);
+    let before = seen.lock().unwrap().len();
+    let mut dcfg = tracefold_detector::Config {
+        kafka: tracefold_tests::kafka(&pipeline.bootstrap_servers()),
+        clickhouse: db.cfg.clone(),
+        ..Default::default()
+    };
+    dcfg.detector.group_id = "tracefold-detector-restarted".into();
+    dcfg.detector.listen = String::new();
+    dcfg.detector.channels = vec![Channel {
+        name: "hook".into(),
+        target: Target::Webhook { url: seen_url.clone(), secret: "s3cret".into() },
+        types: vec![],
+        projects: vec![],
+        rules: vec![],
+        cooldown_min: 30,
+    }];
+    let shutdown = tracefold_runtime::Shutdown::new();
+    let (sd, h) = (shutdown.clone(), tracefold_runtime::telemetry::Health::default());
+    let h2 = h.clone();
+    let restarted = std::thread::spawn(move || tracefold_detector::service::run(&dcfg, &sd, &h2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.is_ready() {
+        assert!(Instant::now() < deadline, "the restarted detector came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough to re-read everything and close every minute.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    shutdown.trigger();
+    restarted.join().unwrap().unwrap();
+    assert_eq!(seen.lock().unwrap().len(), before, "no signal repeated after a restart");
     pipeline.stop().await.unwrap();
 }

@@ -45,11 +45,19 @@ pub struct EngineConfig {
     pub thresholds: Vec<ThresholdRule>,
     /// Minutes a minute stays open for late records.
     pub lateness_min: i64,
+    /// A resolved issue regresses only when seen in a newer release than the one it was
+    /// resolved in (false: seen again at all).
+    pub regression_needs_newer_release: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { spike: SpikeConfig::default(), thresholds: Vec::new(), lateness_min: 2 }
+        Self {
+            spike: SpikeConfig::default(),
+            thresholds: Vec::new(),
+            lateness_min: 2,
+            regression_needs_newer_release: false,
+        }
     }
 }
 
@@ -80,6 +88,8 @@ struct Issue {
     resolved: Option<(i64, String)>,
     /// Per threshold rule: the last minute it fired for.
     fired: HashMap<usize, i64>,
+    /// A spike was signalled against the project's baseline while this issue had no history.
+    cold_spiked: bool,
 }
 
 /// The detector state.
@@ -175,8 +185,9 @@ impl Engine {
                 "",
             ));
         }
-        if let Some((at, _)) = &st.resolved {
-            if r.last_seen_ms > *at {
+        let newer_only = self.cfg.regression_needs_newer_release;
+        if let Some((at, fixed_in)) = &st.resolved {
+            if r.last_seen_ms > *at && (!newer_only || fixed_in.is_empty() || newer_release(&r.release, fixed_in)) {
                 out.push(signal(
                     Kind::Regression,
                     &r.project,
@@ -204,7 +215,18 @@ impl Engine {
         let cfg = self.cfg.clone();
         let keep = 60 * i64::from(cfg.thresholds.iter().map(|r| r.minutes).max().unwrap_or(1).max(2));
         let mut out = Vec::new();
+        // Issues without history of their own are judged against their project's baseline:
+        // the mean baseline of its issues that have one.
+        let mut projects: HashMap<String, (f64, u32)> = HashMap::new();
+        for ((project, _), st) in &self.issues {
+            if st.spike.warm(&cfg.spike) {
+                let e = projects.entry(project.clone()).or_default();
+                e.0 += st.spike.baseline();
+                e.1 += 1;
+            }
+        }
         for ((project, issue_id), st) in &mut self.issues {
+            let project_baseline = projects.get(project).map(|(sum, n)| sum / f64::from(*n));
             let start = match st.closed {
                 Some(c) => c + 60,
                 None => match st.minutes.keys().next() {
@@ -216,8 +238,27 @@ impl Engine {
             while m <= until {
                 let count = st.minutes.get(&m).map_or(0, |x| x.count);
                 let before = st.spike.baseline();
+                let cold = !st.spike.warm(&cfg.spike);
                 let v = st.spike.observe(count as f64, &cfg.spike);
-                if v.spike {
+                let cold_spike = cold
+                    && !st.cold_spiked
+                    && project_baseline.is_some_and(|pb| SpikeState::far_above(count as f64, pb, &cfg.spike));
+                if cold_spike {
+                    st.cold_spiked = true;
+                    let users = st.minutes.get(&m).map_or(0, |x| x.users.len() as u64);
+                    out.push(signal(
+                        Kind::Spike,
+                        project,
+                        issue_id,
+                        st,
+                        m,
+                        1,
+                        count,
+                        users,
+                        project_baseline.unwrap_or(0.0),
+                        "",
+                    ));
+                } else if v.spike {
                     let users = st.minutes.get(&m).map_or(0, |x| x.users.len() as u64);
                     out.push(signal(Kind::Spike, project, issue_id, st, m, 1, count, users, before, ""));
                 }
@@ -259,6 +300,18 @@ impl Engine {
         out.sort_by(|a, b| (&a.minute, &a.project, &a.issue_id).cmp(&(&b.minute, &b.project, &b.issue_id)));
         out
     }
+}
+
+/// Whether release `a` is newer than `b`: the numbers in them compared in order
+/// (`web@1.10.0` > `web@1.9.2`), falling back to text when they have none.
+pub fn newer_release(a: &str, b: &str) -> bool {
+    let nums =
+        |s: &str| -> Vec<u64> { s.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok()).collect() };
+    let (na, nb) = (nums(a), nums(b));
+    if na.is_empty() || nb.is_empty() {
+        return a > b;
+    }
+    na > nb
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -391,6 +444,25 @@ mod tests {
         let r2 = e.ingest(&rec("old", t0 + 64 * 60, 1, 0));
         assert_eq!(r1.iter().map(|s| s.kind).collect::<Vec<_>>(), [Kind::Regression]);
         assert!(r2.is_empty());
+        // A new issue bursting before it has history of its own: judged against the project.
+        let burst_new = e.ingest(&rec("fresh", t0 + 65 * 60, 300, 5000));
+        assert_eq!(burst_new.iter().map(|s| s.kind).collect::<Vec<_>>(), [Kind::NewIssue]);
+        e.ingest(&rec("a", t0 + 68 * 60, 10, 3));
+        let cold = e.advance();
+        let s = cold
+            .iter()
+            .find(|s| s.issue_id == "fresh" && s.kind == Kind::Spike)
+            .expect("a spike against the project baseline");
+        assert_eq!(s.count, 300);
+        // With "newer release only", the release it was fixed in does not regress.
+        let mut strict = Engine::new(EngineConfig { regression_needs_newer_release: true, ..EngineConfig::default() });
+        strict.known("web", "x");
+        strict.resolved("web", "x", 0, "1.0");
+        assert!(strict.ingest(&rec("x", t0, 1, 0)).is_empty(), "same release 1.0");
+        let mut newer = rec("x", t0 + 60, 1, 0);
+        newer.release = "1.1".into();
+        assert_eq!(strict.ingest(&newer).iter().map(|s| s.kind).collect::<Vec<_>>(), [Kind::Regression]);
+        assert!(newer_release("web@1.10.0", "web@1.9.2") && !newer_release("1.2", "1.10"));
         // Same detection, same id.
         assert_eq!(spike.signal_id, crate::signal::signal_id(Kind::Spike, "web", "a", t0 + 3600, ""));
     }

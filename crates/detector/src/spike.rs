@@ -61,6 +61,19 @@ impl SpikeState {
         self.mean
     }
 
+    /// Whether the issue has enough history for its own baseline.
+    pub fn warm(&self, cfg: &SpikeConfig) -> bool {
+        self.minutes >= cfg.warmup_min
+    }
+
+    /// The spike test against an outside baseline (per minute): for issues without history
+    /// of their own.
+    pub fn far_above(count: f64, baseline: f64, cfg: &SpikeConfig) -> bool {
+        count >= cfg.min_events
+            && count >= cfg.ratio * (baseline + 0.5)
+            && count >= baseline + cfg.sigmas * (2.0 * baseline + 1.0).sqrt()
+    }
+
     /// Feeds the count of the next minute and says whether a spike starts.
     pub fn observe(&mut self, count: f64, cfg: &SpikeConfig) -> Verdict {
         let alpha = 1.0 - 0.5f64.powf(1.0 / cfg.half_life_min);
