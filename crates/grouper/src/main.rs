@@ -1,41 +1,17 @@
 //! `tracefold-grouper`: the grouper as its own process.
 
 use clap::Parser;
-use std::path::PathBuf;
-use tracefold_runtime::telemetry::{self, Health};
-use tracefold_runtime::Shutdown;
+use tracefold_runtime::service::{run_blocking, ServiceArgs};
 
 #[derive(Parser)]
 #[command(version, about = "tracefold grouper: raw events -> issues -> partial aggregates")]
 struct Args {
-    /// TOML config file.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Kafka bootstrap servers (overrides the config).
-    #[arg(long)]
-    bootstrap_servers: Option<String>,
-    /// Address for /metrics, /healthz and /readyz (overrides the config).
-    #[arg(long)]
-    listen: Option<String>,
+    #[command(flatten)]
+    common: ServiceArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cfg: tracefold_grouper::Config = tracefold_runtime::config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(b) = args.bootstrap_servers {
-        cfg.kafka.bootstrap_servers = b;
-    }
-    if let Some(l) = args.listen {
-        cfg.grouper.listen = l;
-    }
-    telemetry::init_logging(&cfg.telemetry);
-    let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals();
-    let health = Health::default();
-    telemetry::spawn_ops(&cfg.grouper.listen, health.clone(), shutdown.clone())?;
-    let (s, h) = (shutdown.clone(), health.clone());
-    let result = tokio::task::spawn_blocking(move || tracefold_grouper::service::run(&cfg, &s, &h)).await?;
-    shutdown.trigger();
-    result
+    run_blocking::<tracefold_grouper::Config>(&args.common, tracefold_grouper::service::run).await
 }

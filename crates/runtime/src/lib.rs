@@ -6,6 +6,7 @@ pub mod config;
 pub mod devbroker;
 pub mod failpoint;
 pub mod kafka;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topics;
