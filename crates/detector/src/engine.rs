@@ -171,35 +171,17 @@ impl Engine {
                 m.rules[i].1.extend(r.users.hashes.iter().copied());
             }
         }
+        // new_issue and regression describe the record that revealed them.
+        let of_record = |kind: Kind, st: &Issue| {
+            signal(kind, &r.project, &r.issue_id, st, r.minute, 1, r.count, r.users.hashes.len() as u64, 0.0, "")
+        };
         if is_new {
-            out.push(signal(
-                Kind::NewIssue,
-                &r.project,
-                &r.issue_id,
-                st,
-                r.minute,
-                1,
-                r.count,
-                r.users.hashes.len() as u64,
-                0.0,
-                "",
-            ));
+            out.push(of_record(Kind::NewIssue, st));
         }
         let newer_only = self.cfg.regression_needs_newer_release;
         if let Some((at, fixed_in)) = &st.resolved {
             if r.last_seen_ms > *at && (!newer_only || fixed_in.is_empty() || newer_release(&r.release, fixed_in)) {
-                out.push(signal(
-                    Kind::Regression,
-                    &r.project,
-                    &r.issue_id,
-                    st,
-                    r.minute,
-                    1,
-                    r.count,
-                    r.users.hashes.len() as u64,
-                    0.0,
-                    "",
-                ));
+                out.push(of_record(Kind::Regression, st));
                 st.resolved = None;
             }
         }
@@ -243,24 +225,12 @@ impl Engine {
                 let cold_spike = cold
                     && !st.cold_spiked
                     && project_baseline.is_some_and(|pb| SpikeState::far_above(count as f64, pb, &cfg.spike));
-                if cold_spike {
-                    st.cold_spiked = true;
+                st.cold_spiked |= cold_spike;
+                // The baseline the spike was judged against: the project's or the issue's own.
+                let against = if cold_spike { project_baseline } else { v.spike.then_some(before) };
+                if let Some(baseline) = against {
                     let users = st.minutes.get(&m).map_or(0, |x| x.users.len() as u64);
-                    out.push(signal(
-                        Kind::Spike,
-                        project,
-                        issue_id,
-                        st,
-                        m,
-                        1,
-                        count,
-                        users,
-                        project_baseline.unwrap_or(0.0),
-                        "",
-                    ));
-                } else if v.spike {
-                    let users = st.minutes.get(&m).map_or(0, |x| x.users.len() as u64);
-                    out.push(signal(Kind::Spike, project, issue_id, st, m, 1, count, users, before, ""));
+                    out.push(signal(Kind::Spike, project, issue_id, st, m, 1, count, users, baseline, ""));
                 }
                 for (i, rule) in cfg.thresholds.iter().enumerate() {
                     let from = m - 60 * (i64::from(rule.minutes) - 1);
