@@ -91,12 +91,6 @@ pub struct LoadSummary {
     pub elapsed_secs: f64,
     /// Accepted events per second.
     pub events_per_sec: f64,
-    /// Accepted events per issue index.
-    #[serde(skip)]
-    pub per_issue: HashMap<usize, u64>,
-    /// Distinct users per issue index (of accepted events).
-    #[serde(skip)]
-    pub users_per_issue: HashMap<usize, std::collections::HashSet<u64>>,
 }
 
 fn bar(total: u64, show: bool) -> ProgressBar {
@@ -134,7 +128,7 @@ pub async fn run(target: &Target, opts: &LoadOptions) -> anyhow::Result<LoadSumm
     }
 }
 
-type Batch = Vec<(usize, u64, String)>;
+type Batch = Vec<String>;
 
 async fn run_http(url: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
@@ -152,7 +146,7 @@ async fn run_http(url: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> 
         let pb = pb.clone();
         tasks.spawn(async move {
             let _permit: tokio::sync::OwnedSemaphorePermit = permit;
-            let body: String = batch.iter().map(|(_, _, j)| j.as_str()).collect::<Vec<_>>().join("\n");
+            let body = batch.join("\n");
             let ok = match client.post(&url).header("content-type", "application/x-ndjson").body(body).send().await {
                 Ok(r) if r.status().is_success() => true,
                 Ok(r) => {
@@ -173,7 +167,7 @@ async fn run_http(url: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> 
     for i in 0..opts.events {
         let e = g.next_event();
         let b = buckets.entry(e.project).or_default();
-        b.push((e.issue, e.user, e.json));
+        b.push(e.json);
         if b.len() >= opts.batch || i + 1 == opts.events {
             let batch = std::mem::take(b);
             pace(start, i + 1, opts.rate).await;
@@ -202,10 +196,6 @@ async fn run_http(url: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> 
 fn account(s: &mut LoadSummary, (batch, ok): (Batch, bool)) {
     if ok {
         s.accepted += batch.len() as u64;
-        for (issue, user, _) in batch {
-            *s.per_issue.entry(issue).or_default() += 1;
-            s.users_per_issue.entry(issue).or_default().insert(user);
-        }
     } else {
         s.failed += batch.len() as u64;
     }
@@ -251,7 +241,7 @@ async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::
         loop {
             match producer.send_result(FutureRecord::to(topic).key(e.event_id.as_bytes()).payload(e.json.as_bytes())) {
                 Ok(f) => {
-                    inflight.push(async move { (e.issue, e.user, matches!(f.await, Ok(Ok(_)))) });
+                    inflight.push(async move { matches!(f.await, Ok(Ok(_))) });
                     break;
                 }
                 Err((
@@ -283,12 +273,10 @@ async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::
     Ok(summary)
 }
 
-fn account_one(s: &mut LoadSummary, (issue, user, ok): (usize, u64, bool), pb: &ProgressBar) {
+fn account_one(s: &mut LoadSummary, ok: bool, pb: &ProgressBar) {
     pb.inc(1);
     if ok {
         s.accepted += 1;
-        *s.per_issue.entry(issue).or_default() += 1;
-        s.users_per_issue.entry(issue).or_default().insert(user);
     } else {
         s.failed += 1;
     }
