@@ -29,6 +29,8 @@ struct Pending {
     record: AggregateRecord,
     partition: i32,
     offset: i64,
+    /// Size of the message it was read from (counts toward `batch_max_bytes`).
+    bytes: usize,
 }
 
 /// The state of the writer loop.
@@ -106,7 +108,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
                 match serde_json::from_slice::<AggregateRecord>(payload) {
                     Ok(record) => {
                         w.pending_bytes += payload.len();
-                        w.pending.push(Pending { record, partition: p, offset: o });
+                        w.pending.push(Pending { record, partition: p, offset: o, bytes: payload.len() });
                         w.oldest.get_or_insert_with(Instant::now);
                     }
                     Err(e) => w.to_dlq(payload, p, o, &format!("malformed aggregate: {e}"))?,
@@ -150,7 +152,7 @@ impl Writer<'_> {
                 RebalanceEvent::Revoked(ps) => {
                     // Not stored, not committed: the next owner reads them again.
                     self.pending.retain(|r| !ps.contains(&r.partition));
-                    self.pending_bytes = self.pending.iter().map(|r| r.record.sample.len() + 256).sum();
+                    self.pending_bytes = self.pending.iter().map(|r| r.bytes).sum();
                     for p in &ps {
                         self.watermarks.remove(p);
                         self.next_offsets.remove(p);
