@@ -5,7 +5,7 @@
 //! range of events always yields the same records in the same order, so a re-emitted batch is
 //! recognised downstream by `(partition, first_offset, index)`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tracefold_fingerprint::{describe, fingerprint, GroupingConfig, Scratch, GROUPING_VERSION};
 use tracefold_model::aggregate::{minute_of, user_hash, AggregateRecord, BatchRef, UserSet, AGGREGATE_FORMAT_VERSION};
 use tracefold_model::time::Millis;
@@ -62,6 +62,9 @@ pub struct BatchBuilder {
     parse_buf: Vec<u8>,
     scratch: Scratch,
     index: HashMap<u128, usize>,
+    /// Issues (project and fingerprint) that already have a sample in this batch: one sample
+    /// per issue per batch is plenty, and the other buckets need not copy the event.
+    sampled: HashSet<u128>,
     partials: Vec<AggregateRecord>,
     rejected: Vec<Rejected>,
     accepted: u64,
@@ -78,6 +81,7 @@ impl BatchBuilder {
             parse_buf: Vec::with_capacity(8 << 10),
             scratch: Scratch::default(),
             index: HashMap::new(),
+            sampled: HashSet::new(),
             partials: Vec::new(),
             rejected: Vec::new(),
             accepted: 0,
@@ -132,6 +136,13 @@ impl BatchBuilder {
             Some(&i) => i,
             None => {
                 let meta = describe(&event);
+                let issue_key =
+                    xxhash_rust::xxh3::xxh3_128_with_seed(project.as_bytes(), fp.0 as u64 ^ (fp.0 >> 64) as u64);
+                let sample = if self.sampled.insert(issue_key) {
+                    String::from_utf8_lossy(payload).into_owned()
+                } else {
+                    String::new()
+                };
                 let i = self.partials.len();
                 self.partials.push(AggregateRecord {
                     v: AGGREGATE_FORMAT_VERSION,
@@ -159,7 +170,7 @@ impl BatchBuilder {
                     level: v.level.as_str().to_owned(),
                     platform: event.platform.as_deref().unwrap_or("other").to_owned(),
                     grouping_version: GROUPING_VERSION.to_owned(),
-                    sample: String::from_utf8_lossy(payload).into_owned(),
+                    sample,
                 });
                 self.index.insert(key, i);
                 i
@@ -189,14 +200,6 @@ impl BatchBuilder {
     ) -> BatchOutput {
         let mut records = std::mem::take(&mut self.partials);
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
-        // One sample per issue per batch is plenty: the other buckets of the issue carry none,
-        // which keeps aggregate rows small.
-        let mut sampled = std::collections::HashSet::with_capacity(records.len());
-        for r in &mut records {
-            if !sampled.insert((r.project.as_str().to_owned(), r.issue_id.clone())) {
-                r.sample.clear();
-            }
-        }
         for (i, r) in records.iter_mut().enumerate() {
             r.batch = BatchRef {
                 epoch: epoch.to_owned(),
@@ -209,6 +212,7 @@ impl BatchBuilder {
             };
         }
         self.index.clear();
+        self.sampled.clear();
         let out = BatchOutput {
             records,
             rejected: std::mem::take(&mut self.rejected),
@@ -226,6 +230,7 @@ impl BatchBuilder {
     pub fn reset(&mut self) {
         self.partials.clear();
         self.index.clear();
+        self.sampled.clear();
         self.rejected.clear();
         self.accepted = 0;
         self.clamped = 0;
