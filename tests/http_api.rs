@@ -241,6 +241,12 @@ async fn sentry_store_and_envelope_with_keys_and_compression() {
     assert_eq!(status, 413, "a gzip bomb stops at the limit: {body}");
     let (status, _, _) = send(&store, &[("x-sentry-auth", auth), ("content-encoding", "br")], "x").await;
     assert_eq!(status, 415);
+    // An envelope's event item over the event limit: 413, as on every endpoint.
+    let big = format!("{{\"message\":\"{}\"}}", "x".repeat(70 << 10));
+    let env = format!("{{}}\n{{\"type\":\"event\",\"length\":{}}}\n{big}\n", big.len());
+    let (status, _, body) = send(&format!("{}/api/42/envelope/?sentry_key=publickey1", s.url), &[], env).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["details"][0]["line"], 1);
     // The native endpoint needs the key too, for registered projects.
     let (status, _, _) = send(&format!("{}/api/v1/projects/web/events", s.url), &[], GOOD).await;
     assert_eq!(status, 401);

@@ -56,6 +56,36 @@ pub struct Detail {
     pub field: Option<String>,
     /// What is wrong.
     pub reason: String,
+    /// The event is over the size limit (the request gets 413 rather than 400).
+    #[serde(skip)]
+    pub too_large: bool,
+}
+
+impl Detail {
+    fn invalid(line: usize, field: Option<String>, reason: String) -> Self {
+        Self { line, field, reason, too_large: false }
+    }
+
+    fn too_large(line: usize, len: usize, max: usize) -> Self {
+        Self { line, field: None, reason: format!("event of {len} bytes is larger than {max} bytes"), too_large: true }
+    }
+}
+
+/// Events refused: nothing of the request is published; 413 when an event is over the size
+/// limit, else 400; every problem listed.
+fn refused(details: Vec<Detail>, total: usize) -> ApiError {
+    metrics::counter!(m::EVENTS_TOTAL, "outcome" => "invalid").increment(details.len() as u64);
+    let status =
+        if details.iter().any(|d| d.too_large) { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+    let mut e = ApiError::new(status, format!("{} of {total} events are invalid; nothing was accepted", details.len()));
+    e.details = details;
+    e
+}
+
+/// Counts a successful request.
+fn record_ok(t0: Instant) {
+    metrics::counter!(m::REQUESTS_TOTAL, "status" => "200").increment(1);
+    metrics::histogram!(m::REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
 }
 
 /// An error response.
@@ -343,35 +373,21 @@ async fn ingest_inner(
     let received = now_ms();
     let mut ready = Vec::with_capacity(lines.len());
     let mut details = Vec::new();
-    let mut too_large = false;
     for (line_no, line) in &lines {
         if line.len() > cfg.max_event_bytes {
-            too_large = true;
-            details.push(Detail {
-                line: *line_no,
-                field: None,
-                reason: format!("event of {} bytes is larger than {} bytes", line.len(), cfg.max_event_bytes),
-            });
+            details.push(Detail::too_large(*line_no, line.len(), cfg.max_event_bytes));
             continue;
         }
         match prepare(line, &project, received) {
             Ok(r) => ready.push(r),
-            Err((field, reason)) => details.push(Detail { line: *line_no, field, reason }),
+            Err((field, reason)) => details.push(Detail::invalid(*line_no, field, reason)),
         }
     }
     if !details.is_empty() {
-        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "invalid").increment(details.len() as u64);
-        let status = if too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
-        let mut err = ApiError::new(
-            status,
-            format!("{} of {} events are invalid; nothing was accepted", details.len(), lines.len()),
-        );
-        err.details = details;
-        return Err(err);
+        return Err(refused(details, lines.len()));
     }
     publish(&st, &ready).await?;
-    metrics::counter!(m::REQUESTS_TOTAL, "status" => "200").increment(1);
-    metrics::histogram!(m::REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+    record_ok(t0);
     Ok(Json(Accepted { accepted: ready.len(), ids: ready.into_iter().map(|r| r.id).collect() }))
 }
 
@@ -384,14 +400,10 @@ fn project_id(raw: &str) -> Result<u64, ApiError> {
 /// Maps and validates one Sentry event for `slug`.
 fn prepare_sentry(payload: &[u8], slug: &str, max_event: usize, received: i64) -> Result<Ready, Detail> {
     if payload.len() > max_event {
-        return Err(Detail {
-            line: 1,
-            field: None,
-            reason: format!("event of {} bytes is larger than {max_event} bytes", payload.len()),
-        });
+        return Err(Detail::too_large(1, payload.len(), max_event));
     }
-    let json = to_tracefold(payload, slug).map_err(|reason| Detail { line: 1, field: None, reason })?;
-    prepare(&json, slug, received).map_err(|(field, reason)| Detail { line: 1, field, reason })
+    let json = to_tracefold(payload, slug).map_err(|reason| Detail::invalid(1, None, reason))?;
+    prepare(&json, slug, received).map_err(|(field, reason)| Detail::invalid(1, field, reason))
 }
 
 async fn sentry_store(
@@ -409,17 +421,10 @@ async fn sentry_store(
         let project = st.projects.admit(None, Some(id), key.as_deref(), 0)?;
         let bytes = read_body(&st.cfg, &headers, body).await?;
         st.projects.admit(None, Some(id), key.as_deref(), 1)?;
-        let ready = prepare_sentry(&bytes, &project.slug, st.cfg.http.max_event_bytes, now_ms()).map_err(|d| {
-            metrics::counter!(m::EVENTS_TOTAL, "outcome" => "invalid").increment(1);
-            let status =
-                if d.reason.contains("larger than") { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
-            let mut e = ApiError::new(status, "the event is invalid; nothing was accepted");
-            e.details.push(d);
-            e
-        })?;
+        let ready = prepare_sentry(&bytes, &project.slug, st.cfg.http.max_event_bytes, now_ms())
+            .map_err(|d| refused(vec![d], 1))?;
         publish(&st, std::slice::from_ref(&ready)).await?;
-        metrics::counter!(m::REQUESTS_TOTAL, "status" => "200").increment(1);
-        metrics::histogram!(m::REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+        record_ok(t0);
         Ok(Json(SentryAccepted { id: Some(ready.id) }))
     }
     .instrument(span)
@@ -462,19 +467,12 @@ async fn sentry_envelope(
             }
         }
         if !details.is_empty() {
-            metrics::counter!(m::EVENTS_TOTAL, "outcome" => "invalid").increment(details.len() as u64);
-            let mut e = ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("{} event items are invalid; nothing was accepted", details.len()),
-            );
-            e.details = details;
-            return Err(e);
+            return Err(refused(details, events.len()));
         }
         publish(&st, &ready).await?;
         metrics::counter!(m::ENVELOPE_ITEMS_TOTAL, "type" => "event", "outcome" => "accepted")
             .increment(ready.len() as u64);
-        metrics::counter!(m::REQUESTS_TOTAL, "status" => "200").increment(1);
-        metrics::histogram!(m::REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+        record_ok(t0);
         let id = ready
             .first()
             .map(|r| r.id.clone())
