@@ -116,31 +116,34 @@ pub fn flavored(stmt: &str, db: &str, flavor: &Flavor) -> Vec<String> {
     if !is_table {
         return vec![s];
     }
-    // Replicated engines, one replica path per shard and table.
+    // Replicated engines, one replica path per shard and table; the engine's own arguments
+    // (`ReplacingMergeTree(seen)`, `SummingMergeTree((count))`) follow the replica ones.
     let path = format!("'/clickhouse/tables/{{shard}}/{db}/{table}', '{{replica}}'");
-    for engine in ["SummingMergeTree", "AggregatingMergeTree", "ReplacingMergeTree", "MergeTree"] {
-        let plain = format!("ENGINE = {engine}");
-        if let Some(i) = s.find(&plain) {
-            let after = &s[i + plain.len()..];
-            let replicated = if let Some(args) = after.strip_prefix('(') {
-                let close = args.find(')').map_or(0, |c| c + 1);
-                // ReplacingMergeTree(seen) / SummingMergeTree((count)): keep the arguments.
-                let args_text = &args[..close.saturating_sub(1)];
-                let mut depth_close = close;
-                if args_text.starts_with('(') {
-                    depth_close = args.find("))").map_or(close, |c| c + 2);
-                }
-                let inner = &args[..depth_close - 1];
-                let r = format!("ENGINE = Replicated{engine}({path}, {inner})");
-                s = format!("{}{}{}", &s[..i], r, &args[depth_close..]);
-                true
-            } else {
-                s = format!("{}ENGINE = Replicated{engine}({path}){}", &s[..i], after);
-                true
-            };
-            if replicated {
-                break;
+    if let Some(i) = s.find("ENGINE = ") {
+        let rest = &s[i + "ENGINE = ".len()..];
+        let name_end = rest.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(rest.len());
+        let (engine, after) = rest.split_at(name_end);
+        let (args, tail) = match after.strip_prefix('(') {
+            // The arguments run to the parenthesis that closes the engine's.
+            Some(inner) => {
+                let mut depth = 1usize;
+                let close = inner
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth = match c {
+                            '(' => depth + 1,
+                            ')' => depth - 1,
+                            _ => depth,
+                        };
+                        depth == 0
+                    })
+                    .map_or(inner.len(), |(j, _)| j);
+                (format!(", {}", &inner[..close]), inner.get(close + 1..).unwrap_or(""))
             }
+            None => (String::new(), after),
+        };
+        if engine.ends_with("MergeTree") {
+            s = format!("{}ENGINE = Replicated{engine}({path}{args}){tail}", &s[..i]);
         }
     }
     let dist = format!(
