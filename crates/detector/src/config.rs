@@ -49,17 +49,4 @@ impl Default for DetectorSection {
     }
 }
 
-impl tracefold_runtime::service::ServiceConfig for Config {
-    fn kafka(&mut self) -> &mut tracefold_runtime::config::KafkaConfig {
-        &mut self.kafka
-    }
-    fn clickhouse(&mut self) -> Option<&mut tracefold_runtime::config::ClickHouseConfig> {
-        Some(&mut self.clickhouse)
-    }
-    fn listen(&mut self) -> &mut String {
-        &mut self.detector.listen
-    }
-    fn telemetry(&self) -> &tracefold_runtime::config::TelemetryConfig {
-        &self.telemetry
-    }
-}
+tracefold_runtime::service_config!(Config, listen: detector.listen, clickhouse);

@@ -56,17 +56,4 @@ impl Default for GrouperSection {
     }
 }
 
-impl tracefold_runtime::service::ServiceConfig for Config {
-    fn kafka(&mut self) -> &mut tracefold_runtime::config::KafkaConfig {
-        &mut self.kafka
-    }
-    fn clickhouse(&mut self) -> Option<&mut tracefold_runtime::config::ClickHouseConfig> {
-        None
-    }
-    fn listen(&mut self) -> &mut String {
-        &mut self.grouper.listen
-    }
-    fn telemetry(&self) -> &tracefold_runtime::config::TelemetryConfig {
-        &self.telemetry
-    }
-}
+tracefold_runtime::service_config!(Config, listen: grouper.listen);

@@ -39,6 +39,40 @@ pub trait ServiceConfig: DeserializeOwned + Serialize + Default + Send + 'static
     fn telemetry(&self) -> &TelemetryConfig;
 }
 
+/// Implements [`ServiceConfig`] for a config struct with `kafka` and `telemetry` fields, the
+/// listen address at `$($listen).+`, and (with `clickhouse`) a `clickhouse` field.
+#[macro_export]
+macro_rules! service_config {
+    ($ty:ty, listen: $($listen:ident).+) => {
+        $crate::service_config!(@impl $ty, None, $($listen).+);
+    };
+    ($ty:ty, listen: $($listen:ident).+, clickhouse) => {
+        $crate::service_config!(@impl $ty, Some, $($listen).+);
+    };
+    (@impl $ty:ty, $ch:ident, $($listen:ident).+) => {
+        impl $crate::service::ServiceConfig for $ty {
+            fn kafka(&mut self) -> &mut $crate::config::KafkaConfig {
+                &mut self.kafka
+            }
+            fn clickhouse(&mut self) -> Option<&mut $crate::config::ClickHouseConfig> {
+                $crate::service_config!(@ch self, $ch)
+            }
+            fn listen(&mut self) -> &mut String {
+                &mut self.$($listen).+
+            }
+            fn telemetry(&self) -> &$crate::config::TelemetryConfig {
+                &self.telemetry
+            }
+        }
+    };
+    (@ch $self:ident, None) => {
+        None
+    };
+    (@ch $self:ident, Some) => {
+        Some(&mut $self.clickhouse)
+    };
+}
+
 impl ServiceArgs {
     /// Loads the config (file, environment, then these flags).
     ///
