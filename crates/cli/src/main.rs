@@ -382,6 +382,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Benchmarks log warnings only: their own output is the result.
+fn quiet_logging() {
+    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig {
+        log_level: "warn".into(),
+        ..Default::default()
+    });
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -783,10 +791,7 @@ fn fingerprint(
 async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
-    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig {
-        log_level: "warn".into(),
-        ..Default::default()
-    });
+    quiet_logging();
     ch.database = format!("{}_benchw_{}", ch.database, std::process::id());
     tracefold_writer::migrate::migrate(&ch, |_, _| {}).await?;
     let topics = tracefold_runtime::config::TopicsConfig::default();
@@ -897,10 +902,7 @@ async fn rows_in(client: &clickhouse::Client, db: &str) -> anyhow::Result<u64> {
 
 async fn bench_ingest(events: u64, batch: usize, concurrency: usize, format: Format) -> anyhow::Result<()> {
     use tracefold_runtime::devbroker::DevBroker;
-    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig {
-        log_level: "warn".into(),
-        ..Default::default()
-    });
+    quiet_logging();
     let broker = DevBroker::start(1, &Default::default(), Some(6))?;
     let cfg = tracefold_producer::Config {
         kafka: tracefold_runtime::config::KafkaConfig {
@@ -957,10 +959,7 @@ async fn bench_pipeline(
     format: Format,
     mut ch: ClickHouseConfig,
 ) -> anyhow::Result<()> {
-    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig {
-        log_level: "warn".into(),
-        ..Default::default()
-    });
+    quiet_logging();
     ch.database = format!("{}_bench_{}", ch.database, std::process::id());
     let mut cfg = dev::DevConfig { clickhouse: ch.clone(), ..Default::default() };
     // Short batches keep the committed lag (what the load is paced by) close to the read lag.
