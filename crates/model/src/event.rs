@@ -11,6 +11,10 @@ use std::borrow::Cow;
 /// A string borrowed from the input buffer when possible.
 pub type Str<'a> = Cow<'a, str>;
 
+/// Most tags (and request headers) read from one event; later ones are ignored by grouping
+/// rules and breakdowns (the sample event keeps them, within its size bound).
+pub const MAX_TAGS: usize = 256;
+
 /// One error event as it travels on the raw events topic.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Event<'a> {
@@ -48,7 +52,7 @@ pub struct Event<'a> {
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub logentry: Option<LogEntry<'a>>,
     /// The exception chain, innermost cause first and the raised exception last (Sentry order).
-    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty", deserialize_with = "de::vec_or_null")]
     pub exception: Vec<Exception<'a>>,
     /// Custom fingerprint; `{{ default }}` stands for the computed one.
     #[serde(borrow, default, skip_serializing_if = "Vec::is_empty", deserialize_with = "de::vec_str")]
@@ -131,7 +135,7 @@ pub struct Mechanism<'a> {
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Stacktrace<'a> {
     /// Frames, oldest call first and the crashing frame last (Sentry order).
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "de::vec_or_null")]
     pub frames: Vec<Frame<'a>>,
 }
 
@@ -271,9 +275,14 @@ mod tags {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::with_capacity(m.size_hint().unwrap_or(0).min(64));
-                while let Some((k, v)) = m.next_entry::<super::de::BStr<'a>, super::de::BStr<'a>>()? {
-                    out.push((k.0, v.0));
+                while out.len() < super::MAX_TAGS {
+                    match m.next_entry::<super::de::BStr<'a>, super::de::BStr<'a>>()? {
+                        Some((k, v)) => out.push((k.0, v.0)),
+                        None => return Ok(out),
+                    }
                 }
+                // Past the bound: read and ignore the rest (the sample keeps them).
+                while m.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
                 Ok(out)
             }
         }
@@ -367,6 +376,11 @@ pub(crate) mod de {
 
     pub fn opt_str_or_number<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Str<'a>>, D::Error> {
         d.deserialize_option(OptV::<'a, true>(PhantomData))
+    }
+
+    /// A list, with `null` read as empty (SDKs send `null` for absent fields).
+    pub fn vec_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        Option::<Vec<T>>::deserialize(d).map(Option::unwrap_or_default)
     }
 
     pub fn vec_str<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Vec<Str<'a>>, D::Error> {

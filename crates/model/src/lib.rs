@@ -4,44 +4,95 @@
 
 pub mod aggregate;
 pub mod event;
+pub mod json;
+pub mod reject;
+pub mod sample;
 pub mod sentry;
+pub mod text;
 pub mod time;
 pub mod validate;
 
 pub use aggregate::{AggregateRecord, BatchRef, UserSet};
 pub use event::Event;
+pub use reject::{Reason, Rejection};
 pub use validate::{validate, Level, Validated, ValidationError};
 
 /// Why bytes could not be read as an event.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed event json: {0}")]
-pub struct ParseError(pub String);
-
-/// Parses one event with simd-json. The buffer is modified in place (strings are unescaped
-/// into it) and the event borrows from it.
-///
-/// # Errors
-/// [`ParseError`] when the bytes are not a JSON object of the event's shape.
-pub fn parse_event_slice(buf: &mut [u8]) -> Result<Event<'_>, ParseError> {
-    check_object(buf)?;
-    simd_json::serde::from_slice::<Event<'_>>(buf).map_err(|e| ParseError(e.to_string()))
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Objects and arrays nested deeper than [`json::MAX_DEPTH`].
+    #[error("event nested deeper than {0} levels of objects and arrays")]
+    TooDeep(usize),
+    /// Not a JSON object of the event's shape.
+    #[error("malformed event json: {0}")]
+    Malformed(String),
 }
 
-/// Parses one event with serde_json (used where the input is not ours to modify).
+impl ParseError {
+    /// The rejection reason for the DLQ and the HTTP answer.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::TooDeep(_) => Reason::TooDeep,
+            Self::Malformed(_) => Reason::Malformed,
+        }
+    }
+}
+
+impl From<json::PrescanError> for ParseError {
+    fn from(e: json::PrescanError) -> Self {
+        match e {
+            json::PrescanError::TooDeep(n) => Self::TooDeep(n),
+        }
+    }
+}
+
+/// Parses one event with simd-json. Lone surrogate escapes are repaired in place
+/// ([`json::repair_surrogates`]), the nesting depth is checked on simd-json's tape before the
+/// tape is deserialized ([`json::tape_depth`]), and the event borrows from the buffer (strings
+/// are unescaped into it).
 ///
 /// # Errors
-/// [`ParseError`] when the text is not a JSON object of the event's shape.
+/// [`ParseError`] when the bytes are nested too deep or are not a JSON object of the event's
+/// shape.
+pub fn parse_event_slice(buf: &mut [u8]) -> Result<Event<'_>, ParseError> {
+    parse_event_slice_with(buf, &mut simd_json::Buffers::default())
+}
+
+/// [`parse_event_slice`] with simd-json's scratch buffers kept by the caller (no allocation
+/// for them per event).
+///
+/// # Errors
+/// As [`parse_event_slice`].
+pub fn parse_event_slice_with<'a>(
+    buf: &'a mut [u8],
+    buffers: &mut simd_json::Buffers,
+) -> Result<Event<'a>, ParseError> {
+    check_object(buf)?;
+    json::repair_surrogates(buf);
+    let malformed = |e: simd_json::Error| ParseError::Malformed(e.to_string());
+    let tape = simd_json::to_tape_with_buffers(buf, buffers).map_err(malformed)?;
+    json::tape_depth(&tape.0, json::MAX_DEPTH)?;
+    tape.deserialize::<Event<'_>>().map_err(malformed)
+}
+
+/// Parses one event with serde_json (used where the input is not ours to modify). The depth
+/// is checked first; lone surrogate escapes are refused (repair them with [`json::prescan`]
+/// on a copy, or use [`parse_event_slice`]).
+///
+/// # Errors
+/// [`ParseError`] when the text is nested too deep or is not a JSON object of the event's shape.
 pub fn parse_event_str(s: &str) -> Result<Event<'_>, ParseError> {
     check_object(s.as_bytes())?;
-    serde_json::from_str::<Event<'_>>(s).map_err(|e| ParseError(e.to_string()))
+    json::check(s.as_bytes(), json::MAX_DEPTH)?;
+    serde_json::from_str::<Event<'_>>(s).map_err(|e| ParseError::Malformed(e.to_string()))
 }
 
 /// An event is a JSON object; serde would also take an array for a struct.
 fn check_object(buf: &[u8]) -> Result<(), ParseError> {
     match buf.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => Ok(()),
-        Some(_) => Err(ParseError("an event must be a JSON object".into())),
-        None => Err(ParseError("empty input".into())),
+        Some(_) => Err(ParseError::Malformed("an event must be a JSON object".into())),
+        None => Err(ParseError::Malformed("empty input".into())),
     }
 }
 
@@ -92,6 +143,43 @@ mod tests {
         let a = parse_event_slice(&mut buf).unwrap();
         let b = parse_event_str(FULL).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn lone_surrogates_and_depth() {
+        let mut buf = br#"{"message":"cut \ud83d","exception":[{"type":"E\udc00"}]}"#.to_vec();
+        let ev = parse_event_slice(&mut buf).unwrap();
+        assert_eq!(ev.message.as_deref(), Some("cut \u{fffd}"));
+        assert_eq!(ev.exception[0].ty.as_deref(), Some("E\u{fffd}"));
+        let deep = format!("{{\"message\":\"m\",\"extra\":{}1{}}}", "[".repeat(64), "]".repeat(64));
+        let mut buf = deep.clone().into_bytes();
+        assert_eq!(parse_event_slice(&mut buf).unwrap_err(), ParseError::TooDeep(json::MAX_DEPTH));
+        assert_eq!(parse_event_str(&deep).unwrap_err().reason(), Reason::TooDeep);
+        let ok = format!("{{\"message\":\"m\",\"extra\":{}1{}}}", "[".repeat(63), "]".repeat(63));
+        assert!(parse_event_slice(&mut ok.clone().into_bytes()).is_ok());
+        assert!(parse_event_str(&ok).is_ok());
+    }
+
+    #[test]
+    fn null_reads_as_absent_everywhere() {
+        let json = r#"{"event_id":null,"project":null,"timestamp":null,"platform":null,"level":null,
+            "release":null,"environment":null,"logger":null,"server_name":null,"message":"m",
+            "logentry":null,"fingerprint":null,"user":{"id":null,"email":null,"username":null,"ip_address":null},
+            "tags":null,"request":{"url":null,"method":null,"query_string":null,"headers":null},
+            "contexts":{"browser":null,"os":{"name":null,"version":null},"runtime":null,"device":null},"sdk":null,
+            "exception":[{"type":"E","value":null,"module":null,"mechanism":{"type":null,"handled":null,"synthetic":null},
+              "stacktrace":{"frames":[{"function":null,"module":null,"filename":null,"abs_path":null,"package":null,
+                "lineno":null,"colno":null,"in_app":null,"instruction_addr":null}]}},
+              {"type":"F","stacktrace":{"frames":null}},{"type":"G","stacktrace":null,"mechanism":null}]}"#;
+        let mut buf = json.as_bytes().to_vec();
+        let a = parse_event_slice(&mut buf).unwrap();
+        let b = parse_event_str(json).unwrap();
+        assert_eq!(a, b);
+        assert_eq!((a.project, a.event_id, a.timestamp, a.tags.len()), (None, None, None, 0));
+        assert_eq!(a.exception.len(), 3);
+        assert_eq!(a.exception[0].stacktrace.as_ref().unwrap().frames[0], event::Frame::default());
+        let none = parse_event_str(r#"{"message":"m","exception":null}"#).unwrap();
+        assert!(none.exception.is_empty());
     }
 
     #[test]
