@@ -1,12 +1,21 @@
 //! Grouping: turns an error event into a fingerprint (xxh3-128 over length-prefixed, tagged
 //! components), so that events of one bug share an issue. See `GROUPING.md` in the design
 //! notes for the target behaviour; this is grouping config `v1`.
+//!
+//! Fingerprinting is total: any event, validated or not, is fingerprinted without panicking,
+//! in time linear in its size, with bounded work and output per event. The bounds are the
+//! constants of [`limits`]; ordinary events are far inside them.
 #![warn(missing_docs)]
 
 mod cache;
+pub mod limits;
 pub mod normalize;
 pub mod rules;
 
+use limits::{
+    MAX_COMPONENT_LEN, MAX_CULPRIT_LEN, MAX_EXCEPTIONS, MAX_EXC_TYPE_LEN, MAX_EXPLAIN_VALUE_LEN,
+    MAX_FINGERPRINT_ENTRIES, MAX_FINGERPRINT_ENTRY_LEN, MAX_FRAMES_PER_EXCEPTION, MAX_TITLE_LEN,
+};
 use rules::{FingerprintRule, StackAction, StackRule};
 use serde::{Deserialize, Serialize};
 use tracefold_model::event::{Event, Exception, Frame};
@@ -115,7 +124,7 @@ impl Sink for ExplainSink {
     fn drop_component(&mut self, kind: &'static str, value: &str, reason: &'static str) {
         self.components.push(Component {
             kind: kind.into(),
-            value: value.into(),
+            value: limits::prefix(value, MAX_EXPLAIN_VALUE_LEN).into(),
             contributes: false,
             hint: Some(reason.into()),
         });
@@ -125,7 +134,8 @@ impl Sink for ExplainSink {
     }
 }
 
-/// Reusable scratch buffers; keep one per thread and pass it to every call.
+/// Reusable scratch buffers; keep one per thread and pass it to every call. Its size is
+/// bounded (see [`limits::MAX_CACHE_ENTRIES`] and [`limits::MAX_CACHE_ARENA_BYTES`]).
 #[derive(Debug, Default)]
 pub struct Scratch {
     a: String,
@@ -134,6 +144,14 @@ pub struct Scratch {
     infos: Vec<u32>,
     in_app: Vec<bool>,
     dropped: Vec<Option<&'static str>>,
+}
+
+impl Scratch {
+    /// Scratch whose frame cache has smaller bounds, to exercise its resets.
+    #[cfg(test)]
+    fn with_cache_limits(entries: usize, arena: usize) -> Self {
+        Self { cache: cache::FrameCache::with_limits(entries, arena), ..Self::default() }
+    }
 }
 
 /// How an event was fingerprinted, for `tracefold fingerprint --explain` and snapshots.
@@ -149,7 +167,8 @@ pub struct Explanation {
     pub components: Vec<Component>,
 }
 
-/// Computes the fingerprint of a (validated) event.
+/// Computes the fingerprint of an event (validated or not: any event is fingerprinted, within
+/// the bounds of [`limits`]).
 pub fn fingerprint(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch) -> Fingerprint {
     let mut sink = HashSink::new(std::mem::take(&mut scratch.hash));
     walk(event, cfg, scratch, &mut sink);
@@ -179,28 +198,65 @@ fn is_default_marker(s: &str) -> bool {
 
 fn walk<S: Sink>(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch, sink: &mut S) -> &'static str {
     if !event.fingerprint.is_empty() {
-        for value in &event.fingerprint {
-            if is_default_marker(value) {
-                sink.add("custom", "{{ default }}");
-                default_components(event, cfg, scratch, sink);
-            } else {
-                sink.add("custom", value);
-            }
-        }
+        custom_components("custom", &event.fingerprint, event, cfg, scratch, sink);
         return "custom";
     }
     if let Some(rule) = cfg.fingerprint_rules.iter().find(|r| r.matcher.matches(event)) {
-        for value in &rule.fingerprint {
-            if is_default_marker(value) {
-                sink.add("rule", "{{ default }}");
-                default_components(event, cfg, scratch, sink);
-            } else {
-                sink.add("rule", value);
-            }
-        }
+        custom_components("rule", &rule.fingerprint, event, cfg, scratch, sink);
         return "rule";
     }
     default_components(event, cfg, scratch, sink)
+}
+
+/// A client or rule fingerprint: its first [`MAX_FINGERPRINT_ENTRIES`] values, each cut to
+/// [`MAX_FINGERPRINT_ENTRY_LEN`] bytes. The first `{{ default }}` splices the default
+/// components; a repeated marker is hashed as the marker alone (the default components are
+/// walked at most once per event).
+fn custom_components<S: Sink, T: AsRef<str>>(
+    kind: &'static str,
+    values: &[T],
+    event: &Event<'_>,
+    cfg: &GroupingConfig,
+    scratch: &mut Scratch,
+    sink: &mut S,
+) {
+    let mut spliced = false;
+    for value in values.iter().take(MAX_FINGERPRINT_ENTRIES) {
+        let value = limits::prefix(value.as_ref(), MAX_FINGERPRINT_ENTRY_LEN);
+        if is_default_marker(value) {
+            sink.add(kind, "{{ default }}");
+            if !spliced {
+                spliced = true;
+                default_components(event, cfg, scratch, sink);
+            } else if sink.wants_drops() {
+                sink.drop_component(
+                    "default",
+                    "{{ default }}",
+                    "repeated {{ default }}: the default components count once",
+                );
+            }
+        } else {
+            sink.add(kind, value);
+        }
+    }
+    if values.len() > MAX_FINGERPRINT_ENTRIES && sink.wants_drops() {
+        let more = format!("{} more entries", values.len() - MAX_FINGERPRINT_ENTRIES);
+        sink.drop_component(kind, &more, "beyond MAX_FINGERPRINT_ENTRIES");
+    }
+}
+
+/// The exceptions of `event` that fingerprinting considers: the last [`MAX_EXCEPTIONS`] of the
+/// chain (nearest the raised exception).
+pub(crate) fn considered_exceptions<'e, 'a>(event: &'e Event<'a>) -> &'e [Exception<'a>] {
+    let all = &event.exception;
+    &all[all.len().saturating_sub(MAX_EXCEPTIONS)..]
+}
+
+/// The frames of `exc` that fingerprinting considers: the last [`MAX_FRAMES_PER_EXCEPTION`]
+/// (nearest the crash).
+pub(crate) fn considered_frames<'e, 'a>(exc: &'e Exception<'a>) -> &'e [Frame<'a>] {
+    let all: &[Frame<'a>] = exc.stacktrace.as_ref().map_or(&[], |s| &s.frames);
+    &all[all.len().saturating_sub(MAX_FRAMES_PER_EXCEPTION)..]
 }
 
 fn default_components<S: Sink>(
@@ -211,7 +267,12 @@ fn default_components<S: Sink>(
 ) -> &'static str {
     if !event.exception.is_empty() {
         let js = matches!(event.platform.as_deref(), Some("javascript" | "node"));
-        for exc in &event.exception {
+        let exceptions = considered_exceptions(event);
+        if exceptions.len() < event.exception.len() && sink.wants_drops() {
+            let older = format!("{} older exceptions", event.exception.len() - exceptions.len());
+            sink.drop_component("exception", &older, "beyond MAX_EXCEPTIONS: not considered");
+        }
+        for exc in exceptions {
             exception_components(exc, event.platform.as_deref(), js, cfg, scratch, sink);
         }
         return "exception";
@@ -300,12 +361,15 @@ fn exception_components<S: Sink>(
     let synthetic = exc.mechanism.as_ref().and_then(|m| m.synthetic).unwrap_or(false);
     match exc.ty.as_deref().filter(|t| !t.is_empty()) {
         Some(t) if synthetic => sink.drop_component("type", t, "mechanism says the type is synthetic"),
-        Some(t) => sink.add("type", t),
+        Some(t) => sink.add("type", limits::prefix(t, MAX_COMPONENT_LEN)),
         None => {}
     }
-    let frames: &[Frame<'_>] = exc.stacktrace.as_ref().map_or(&[], |s| &s.frames);
+    let frames = considered_frames(exc);
     let mut infos = std::mem::take(&mut scratch.infos);
     infos.clear();
+    // The indices in `infos` must stay valid until this exception is done: the cache may
+    // start over here, never during the lookups.
+    scratch.cache.make_room(frames.len());
     for f in frames {
         infos.push(scratch.cache.lookup(f, js));
     }
@@ -394,6 +458,11 @@ fn exception_components<S: Sink>(
         }
         contributed += 1;
     }
+    let total = exc.stacktrace.as_ref().map_or(0, |s| s.frames.len());
+    if total > frames.len() && sink.wants_drops() {
+        let older = format!("{} older frames", total - frames.len());
+        sink.drop_component("frame", &older, "beyond MAX_FRAMES_PER_EXCEPTION: not considered");
+    }
     scratch.in_app = in_app;
     scratch.dropped = dropped;
     scratch.infos = infos;
@@ -423,15 +492,28 @@ fn itoa_str(buf: &mut [u8; 10], mut n: u32) -> &str {
     std::str::from_utf8(&buf[i..]).expect("ascii digits")
 }
 
+/// `module-or-file in function` as reported, at most `max` bytes.
+fn frame_location(f: &Frame<'_>, max: usize) -> String {
+    let loc = f.module.as_deref().or(f.filename.as_deref()).or(f.abs_path.as_deref()).unwrap_or("?");
+    let mut out = String::with_capacity(max.min(loc.len() + 4 + f.function.as_deref().map_or(0, str::len)));
+    limits::push_bounded(&mut out, loc, max);
+    if let Some(func) = f.function.as_deref() {
+        limits::push_bounded(&mut out, " in ", max);
+        limits::push_bounded(&mut out, func, max);
+    }
+    out
+}
+
 fn frame_label(f: &Frame<'_>) -> String {
-    format!(
-        "{} in {}",
-        f.module.as_deref().or(f.filename.as_deref()).or(f.abs_path.as_deref()).unwrap_or("?"),
-        f.function.as_deref().unwrap_or("?")
-    )
+    let mut label = frame_location(f, MAX_EXPLAIN_VALUE_LEN);
+    if f.function.is_none() && label.len() < MAX_EXPLAIN_VALUE_LEN {
+        limits::push_bounded(&mut label, " in ?", MAX_EXPLAIN_VALUE_LEN);
+    }
+    label
 }
 
 /// Human-facing description of an issue, computed once per new aggregate, not per event.
+/// Every field is bounded ([`MAX_TITLE_LEN`], [`MAX_CULPRIT_LEN`], [`MAX_EXC_TYPE_LEN`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IssueMeta {
     /// `Type: parameterized message`, or the parameterized message.
@@ -442,40 +524,29 @@ pub struct IssueMeta {
     pub exc_type: String,
 }
 
-/// Builds the issue title, culprit and type of an event.
+/// Builds the issue title, culprit and type of an event, each cut on a character boundary to
+/// its bound; it looks at a bounded part of the event only.
 pub fn describe(event: &Event<'_>) -> IssueMeta {
     let mut meta = IssueMeta::default();
     let mut buf = String::new();
     if let Some(exc) = event.exception.last() {
-        meta.exc_type = exc.ty.as_deref().unwrap_or("").to_owned();
+        meta.exc_type = limits::prefix(exc.ty.as_deref().unwrap_or(""), MAX_EXC_TYPE_LEN).to_owned();
         normalize::message(exc.value.as_deref().unwrap_or(""), &mut buf);
         let first_line = buf.lines().next().unwrap_or("");
-        meta.title = match (meta.exc_type.is_empty(), first_line.is_empty()) {
-            (false, false) => format!("{}: {}", meta.exc_type, first_line),
-            (false, true) => meta.exc_type.clone(),
-            _ => first_line.to_owned(),
-        };
-        if let Some(st) = &exc.stacktrace {
-            let any_in_app = st.frames.iter().any(|f| f.in_app == Some(true));
-            if let Some(f) = st.frames.iter().rev().find(|f| !any_in_app || f.in_app == Some(true)) {
-                let loc = f.module.as_deref().or(f.filename.as_deref()).or(f.abs_path.as_deref()).unwrap_or("?");
-                meta.culprit = match f.function.as_deref() {
-                    Some(func) => format!("{loc} in {func}"),
-                    None => loc.to_owned(),
-                };
-            }
+        limits::push_bounded(&mut meta.title, &meta.exc_type, MAX_TITLE_LEN);
+        if !meta.exc_type.is_empty() && !first_line.is_empty() {
+            limits::push_bounded(&mut meta.title, ": ", MAX_TITLE_LEN);
+        }
+        limits::push_bounded(&mut meta.title, first_line, MAX_TITLE_LEN);
+        let frames = considered_frames(exc);
+        let any_in_app = frames.iter().any(|f| f.in_app == Some(true));
+        if let Some(f) = frames.iter().rev().find(|f| !any_in_app || f.in_app == Some(true)) {
+            meta.culprit = frame_location(f, MAX_CULPRIT_LEN);
         }
     } else if let Some(m) = message_source(event) {
         normalize::message(m, &mut buf);
-        meta.title = buf.lines().next().unwrap_or("").to_owned();
-        meta.culprit = event.logger.as_deref().unwrap_or("").to_owned();
-    }
-    if meta.title.len() > 200 {
-        let mut cut = 200;
-        while !meta.title.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        meta.title.truncate(cut);
+        limits::push_bounded(&mut meta.title, buf.lines().next().unwrap_or(""), MAX_TITLE_LEN);
+        meta.culprit = limits::prefix(event.logger.as_deref().unwrap_or(""), MAX_CULPRIT_LEN).to_owned();
     }
     meta
 }
@@ -554,6 +625,163 @@ mod tests {
             ex.components.iter().filter(|c| c.contributes).map(|c| (c.kind.as_str(), c.value.as_str())).collect();
         assert_eq!(contributing, [("type", "TypeError"), ("filename", "main.<hash>.js"), ("function", "renderCart")]);
         assert!(ex.components.iter().any(|c| !c.contributes && c.hint.as_deref() == Some("not in-app")));
+    }
+
+    fn frame(i: usize, tag: &str, long: bool) -> Frame<'static> {
+        let pad = if long { "x".repeat(200) } else { String::new() };
+        Frame {
+            function: Some(format!("{tag}_fn{i}{pad}").into()),
+            module: Some(format!("{tag}.mod{}{pad}", i % 7).into()),
+            lineno: Some(i as u32),
+            in_app: Some(i % 3 < 2),
+            ..Frame::default()
+        }
+    }
+
+    /// An event of `exceptions` exceptions of `frames` frames each, distinct per `tag`, with a
+    /// few frames shared by all events (cache hits among the misses).
+    fn wide_event(tag: &str, exceptions: usize, frames: usize, long: bool) -> Event<'static> {
+        let exception =
+            (0..exceptions)
+                .map(|e| Exception {
+                    ty: Some(format!("E{e}").into()),
+                    stacktrace: Some(tracefold_model::event::Stacktrace {
+                        frames: (0..frames)
+                            .map(|i| {
+                                if i % 10 == 0 {
+                                    frame(i, "shared", long)
+                                } else {
+                                    frame(i, &format!("{tag}e{e}"), long)
+                                }
+                            })
+                            .collect(),
+                    }),
+                    ..Exception::default()
+                })
+                .collect();
+        Event { platform: Some("python".into()), exception, ..Event::default() }
+    }
+
+    /// The frame cache starts over when full, but never in the middle of an exception: the
+    /// fingerprints of a long-lived scratch equal those of a fresh one, and the bounds hold.
+    #[test]
+    fn frame_cache_resets_never_change_fingerprints() {
+        let cfg = GroupingConfig { max_frames: 300, ..GroupingConfig::default() };
+        // (entries, arena bytes): the entry bound bites, then the arena bound bites.
+        for (entries, arena, long) in [(300, usize::MAX, false), (100_000, 160 * 1024, true)] {
+            let mut shared = Scratch::with_cache_limits(entries, arena);
+            for n in 0..12 {
+                // More distinct frames in one event than the cache holds, and across events.
+                let ev = wide_event(&format!("ev{n}"), 1 + n % 4, 180 + 20 * n, long);
+                let want = fingerprint(&ev, &cfg, &mut Scratch::default());
+                assert_eq!(fingerprint(&ev, &cfg, &mut shared), want, "event {n}");
+                assert_eq!(explain(&ev, &cfg).fingerprint, want.to_hex());
+                let (used, bytes) = shared.cache.usage();
+                assert!(used <= entries && bytes <= arena, "event {n}: {used} entries, {bytes} bytes");
+            }
+        }
+        // The real bounds: 32 x 256 distinct frames per event, nine events (73 728 frames).
+        let mut shared = Scratch::default();
+        for n in 0..9 {
+            let ev = wide_event(&format!("big{n}"), 32, 256, false);
+            assert_eq!(fingerprint(&ev, &cfg, &mut shared), fingerprint(&ev, &cfg, &mut Scratch::default()), "{n}");
+            let (used, bytes) = shared.cache.usage();
+            assert!(used <= limits::MAX_CACHE_ENTRIES && bytes <= limits::MAX_CACHE_ARENA_BYTES);
+        }
+    }
+
+    /// Only the last exceptions and frames count; extra custom entries and long values are cut.
+    #[test]
+    fn oversized_events_are_cut_to_the_limits() {
+        let cfg = GroupingConfig { max_frames: 1000, ..GroupingConfig::default() };
+        let mut scratch = Scratch::default();
+        let mut ev = wide_event("a", 40, 300, false);
+        let fp_all = fingerprint(&ev, &cfg, &mut scratch);
+        // Exceptions older than the last 32 and frames older than the last 256 do not count.
+        ev.exception[0].ty = Some("Other".into());
+        ev.exception[20].stacktrace.as_mut().unwrap().frames[0].function = Some("other".into());
+        assert_eq!(fingerprint(&ev, &cfg, &mut scratch), fp_all);
+        ev.exception[39].stacktrace.as_mut().unwrap().frames[298].function = Some("other".into());
+        assert_ne!(fingerprint(&ev, &cfg, &mut scratch), fp_all);
+        let ex = explain(&ev, &cfg);
+        assert_eq!(ex.fingerprint, fingerprint(&ev, &cfg, &mut scratch).to_hex());
+        assert!(ex.components.iter().any(|c| c.value == "8 older exceptions"));
+        assert!(ex.components.iter().any(|c| c.value == "44 older frames"));
+        // Component values are bounded.
+        ev.exception[39].ty = Some("T".repeat(10_000).into());
+        ev.exception[39].value = Some("v".repeat(1 << 20).into());
+        let ex = explain(&ev, &cfg);
+        assert!(ex.components.iter().all(|c| c.value.len() <= MAX_EXPLAIN_VALUE_LEN));
+        assert_eq!(ex.fingerprint, fingerprint(&ev, &cfg, &mut scratch).to_hex());
+
+        // Client fingerprints: 32 entries of at most 256 bytes.
+        let custom = |values: Vec<String>| {
+            let ev = Event { fingerprint: values.into_iter().map(Into::into).collect(), ..Event::default() };
+            let fp = fingerprint(&ev, &cfg, &mut Scratch::default());
+            assert_eq!(explain(&ev, &cfg).fingerprint, fp.to_hex());
+            fp
+        };
+        let base: Vec<String> = (0..32).map(|i| i.to_string()).collect();
+        let more: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
+        assert_eq!(custom(base.clone()), custom(more));
+        let long = format!("{}é{}", "a".repeat(255), "b".repeat(1000));
+        assert_eq!(custom(vec![long]), custom(vec!["a".repeat(255)]));
+    }
+
+    /// `{{ default }}` splices the default components once, however often it is repeated.
+    #[test]
+    fn repeated_default_marker_walks_the_default_once() {
+        let cfg = GroupingConfig::default();
+        let mut ev = wide_event("d", 32, 256, false);
+        ev.fingerprint = vec!["{{ default }}".into(); 100_000];
+        let ex = explain(&ev, &cfg);
+        assert_eq!(ex.fingerprint, fingerprint(&ev, &cfg, &mut Scratch::default()).to_hex());
+        let spliced = ex.components.iter().filter(|c| c.kind == "type").count();
+        assert_eq!(spliced, 32);
+        let markers = ex.components.iter().filter(|c| c.kind == "custom" && c.value == "{{ default }}").count();
+        assert_eq!(markers, MAX_FINGERPRINT_ENTRIES);
+        // The same marker once more changes the fingerprint (it is hashed), the stack does not
+        // get hashed twice.
+        ev.fingerprint.truncate(2);
+        let two = fingerprint(&ev, &cfg, &mut Scratch::default());
+        ev.fingerprint.truncate(1);
+        assert_ne!(two, fingerprint(&ev, &cfg, &mut Scratch::default()));
+    }
+
+    /// Non-ASCII names that used to panic fingerprint, explain and describe like any other.
+    #[test]
+    fn non_ascii_frames_fingerprint() {
+        let json = r#"{"platform":"rust","exception":[{"type":"Ошибка","value":"заказ 42 не найден","stacktrace":{"frames":[
+            {"function":"обработатьЗаказПользователя","filename":"src/заказы.rs","in_app":true},
+            {"function":"日本語::関数::h0123456789abcdef","filename":"src/関数.rs","in_app":true},
+            {"function":"é$1","module":"é$1"},
+            {"function":"<Ма>b__0","module":"Магазин"}]}}]}"#;
+        let ev = parse_event_str(json).unwrap();
+        let ex = explain(&ev, &GroupingConfig::default());
+        assert_eq!(ex.fingerprint, fp(json).to_hex());
+        let funcs: Vec<_> = ex.components.iter().filter(|c| c.kind == "function").map(|c| c.value.as_str()).collect();
+        assert_eq!(funcs, ["日本語::関数", "обработатьЗаказПользователя"]);
+        let m = describe(&ev);
+        assert_eq!(m.title, "Ошибка: заказ <int> не найден");
+        assert_eq!(m.culprit, "src/関数.rs in 日本語::関数::h0123456789abcdef");
+    }
+
+    #[test]
+    fn describe_is_bounded() {
+        let long = "é".repeat(10_000);
+        let json = serde_json::json!({"exception":[{"type": long, "value": long, "stacktrace":{"frames":[
+            {"function": long, "module": long}]}}]})
+        .to_string();
+        let ev = parse_event_str(&json).unwrap();
+        let m = describe(&ev);
+        assert_eq!(
+            (m.title.len(), m.culprit.len(), m.exc_type.len()),
+            (MAX_TITLE_LEN, MAX_CULPRIT_LEN, MAX_EXC_TYPE_LEN)
+        );
+        let json = serde_json::json!({"message": "日本".repeat(100_000), "logger": long}).to_string();
+        let m = describe(&parse_event_str(&json).unwrap());
+        assert!(m.title.len() <= MAX_TITLE_LEN && m.culprit.len() <= MAX_CULPRIT_LEN);
+        assert!(m.title.starts_with("日本"));
     }
 
     #[test]

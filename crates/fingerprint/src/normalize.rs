@@ -1,5 +1,14 @@
 //! Normalizers for the parts of a frame and a message that go into a fingerprint. Each writes
 //! into a caller's reusable buffer, so that fingerprinting does not allocate per frame.
+//!
+//! All of them are total: any string, including non-ASCII text cut anywhere, is normalized
+//! without panicking, in time linear in its length, into an output of bounded length
+//! ([`MAX_COMPONENT_LEN`] for names, [`MAX_MESSAGE_LEN`] for messages). Every slice is
+//! taken at a position found by searching for an ASCII byte or pattern, or after a
+//! character-boundary check, so it cannot fall inside a multi-byte character.
+
+pub use crate::limits::MAX_MESSAGE_LEN;
+use crate::limits::{self, MAX_COMPONENT_LEN, MAX_MESSAGE_INPUT};
 
 /// Function names that say nothing about the code (anonymous functions, unknown symbols).
 const ANONYMOUS_FUNCTIONS: &[&str] = &[
@@ -22,7 +31,8 @@ const NOT_FILES: &[&str] = &["<anonymous>", "[native code]", "native", "eval cod
 
 /// Normalizes a file path or URL: drops origin, query and fragment, keeps the base name,
 /// lower-cases it and replaces content hashes (`main.3f9a2c1b.js` -> `main.<hash>.js`).
-/// Writes nothing for pseudo-files such as `<anonymous>` or `[native code]`.
+/// Writes nothing for pseudo-files such as `<anonymous>` or `[native code]`. At most
+/// [`MAX_COMPONENT_LEN`] bytes.
 pub fn filename(input: &str, out: &mut String) {
     out.clear();
     let s = input.trim();
@@ -50,6 +60,7 @@ pub fn filename(input: &str, out: &mut String) {
             }
         }
     }
+    limits::truncate(out, MAX_COMPONENT_LEN);
 }
 
 /// A bundler content hash: 8 or more hex digits with at least one digit, or 16+ characters
@@ -63,7 +74,8 @@ fn is_content_hash(seg: &str) -> bool {
 }
 
 /// Normalizes a module name: strips generated class suffixes (Java lambdas and anonymous
-/// classes, CGLIB/javassist proxies) and version segments (`pkg@1.2.3`).
+/// classes, CGLIB/javassist proxies) and version segments (`pkg@1.2.3`). At most
+/// [`MAX_COMPONENT_LEN`] bytes.
 pub fn module(input: &str, out: &mut String) {
     out.clear();
     let mut s = input.trim();
@@ -92,12 +104,21 @@ pub fn module(input: &str, out: &mut String) {
             _ => out.push_str(part),
         }
     }
+    limits::truncate(out, MAX_COMPONENT_LEN);
 }
 
 /// Normalizes a function name: drops anonymous names, strips receivers the platform adds
 /// (`Object.foo`), generated suffixes (Rust `::h<hash>`, Go `.func1`, Java lambdas, Clojure
-/// `$fn__123`, .NET `<Main>b__0_1`, Ruby `block in`), and parameter lists.
+/// `$fn__123`, .NET `<Main>b__0_1`, Ruby `block in`), and parameter lists. At most
+/// [`MAX_COMPONENT_LEN`] bytes.
 pub fn function(input: &str, out: &mut String) {
+    function_uncapped(input, out);
+    limits::truncate(out, MAX_COMPONENT_LEN);
+}
+
+/// [`function`] without the length cap (never longer than the input): [`js_function`] needs
+/// the last segment of the whole name.
+pub(crate) fn function_uncapped(input: &str, out: &mut String) {
     out.clear();
     let mut s = input.trim();
     if ANONYMOUS_FUNCTIONS.contains(&s) {
@@ -133,10 +154,13 @@ pub fn function(input: &str, out: &mut String) {
             s = &s[..i];
         }
     }
-    // Rust legacy symbol hash: "::h0123456789abcdef"
-    if s.len() > 19 {
-        let tail = &s[s.len() - 19..];
-        if tail.starts_with("::h") && tail[3..].bytes().all(|c| c.is_ascii_hexdigit()) {
+    // Rust legacy symbol hash: "::h0123456789abcdef". Compared as bytes: the last 19 bytes
+    // of a non-ASCII name need not start on a character boundary; when they match, they
+    // are ASCII and the cut before them is a boundary.
+    let b = s.as_bytes();
+    if b.len() > 19 {
+        let tail = &b[b.len() - 19..];
+        if tail.starts_with(b"::h") && tail[3..].iter().all(u8::is_ascii_hexdigit) {
             s = &s[..s.len() - 19];
         }
     }
@@ -173,8 +197,8 @@ pub fn function(input: &str, out: &mut String) {
             break;
         }
     }
-    if s.ends_with(".glob") {
-        s = &s[..s.len() - 5];
+    if let Some(rest) = s.strip_suffix(".glob") {
+        s = rest;
     }
     // ERB templates: "_app_views_foo_html_erb__123_456" -> without the numbers
     if s.ends_with(|c: char| c.is_ascii_digit()) {
@@ -204,37 +228,38 @@ pub fn dotnet_async<'a>(module: &'a str, function: &'a str) -> Option<(&'a str, 
 
 /// JavaScript engines disagree on receivers and anonymous markers (Chrome `Object.foo`,
 /// `HTMLButtonElement.onClick`, `async Foo.bar`; Firefox `foo/<`, `Foo.prototype.bar`; Safari
-/// `foo@`): keep the last name segment so that all three agree.
+/// `foo@`): keep the last name segment so that all three agree. In place; at most
+/// [`MAX_COMPONENT_LEN`] bytes.
 pub fn js_function(out: &mut String) {
-    let mut s: &str = out.as_str();
-    s = s.trim_end_matches(['<', '/', '*', '@']);
-    if let Some(i) = s.rfind('.') {
-        if i + 1 < s.len() {
-            s = &s[i + 1..];
-        }
-    }
-    let s = s.trim_end_matches(['<', '/', '*', '@']);
+    const TRAILERS: [char; 4] = ['<', '/', '*', '@'];
+    // The kept segment is out[start..end]: both ends are next to an ASCII byte ('.' or a
+    // trailer) or at an end of the string, so both are character boundaries.
+    let trimmed = out.trim_end_matches(TRAILERS).len();
+    let start = match out[..trimmed].rfind('.') {
+        Some(i) if i + 1 < trimmed => i + 1,
+        _ => 0,
+    };
+    let end = start + out[start..trimmed].trim_end_matches(TRAILERS).len();
+    let s = &out[start..end];
     // Minifiers rename functions to one or two letters, differently in every build.
     if s == "<anonymous>" || s.len() <= 2 || s == "prototype" {
         out.clear();
         return;
     }
-    if s.len() != out.len() {
-        let owned_start = s.as_ptr() as usize - out.as_ptr() as usize;
-        let len = s.len();
-        out.replace_range(..owned_start, "");
-        out.truncate(len);
-    }
+    out.truncate(end);
+    out.replace_range(..start, "");
+    limits::truncate(out, MAX_COMPONENT_LEN);
 }
-
-/// Longest parameterized message kept, in bytes.
-pub const MAX_MESSAGE_LEN: usize = 512;
 
 /// Replaces the variable parts of a message with placeholders: e-mail, URL, IP, UUID, hex
 /// (`0x..`, SHA/MD5 runs), numbers, dates and times, and quoted values after `=`. Keeps the
 /// first two non-empty lines and at most [`MAX_MESSAGE_LEN`] bytes.
+///
+/// Only the first [`MAX_MESSAGE_INPUT`] bytes of `input` are looked at (cut on a character
+/// boundary), and every step is linear: a hostile message costs no more than a 4 KiB one.
 pub fn message(input: &str, out: &mut String) {
     out.clear();
+    let input = limits::prefix(input, MAX_MESSAGE_INPUT);
     let mut lines = 0;
     for line in input.lines() {
         let line = line.trim();
@@ -252,13 +277,7 @@ pub fn message(input: &str, out: &mut String) {
             break;
         }
     }
-    if out.len() > MAX_MESSAGE_LEN {
-        let mut cut = MAX_MESSAGE_LEN;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-    }
+    limits::truncate(out, MAX_MESSAGE_LEN);
 }
 
 fn is_word_byte(c: u8) -> bool {
@@ -267,11 +286,14 @@ fn is_word_byte(c: u8) -> bool {
 
 fn parameterize_line(line: &str, out: &mut String) {
     let b = line.as_bytes();
+    // `i` is always on a character boundary: it moves over ASCII bytes, over whole
+    // characters, or (in a URL) up to an ASCII delimiter or the end.
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
         if !is_word_byte(c) {
-            // Quoted value after '=': key="value" or key='value'
+            // Quoted value after '=': key="value" or key='value'. A failed search means no
+            // later quote of that kind, so no later search for it: linear overall.
             if (c == b'"' || c == b'\'') && i > 0 && b[i - 1] == b'=' {
                 if let Some(end) = line[i + 1..].find(c as char) {
                     out.push(c as char);
@@ -297,18 +319,10 @@ fn parameterize_line(line: &str, out: &mut String) {
             }
         }
         let mut word = &line[start..i];
-        // Keep sentence punctuation out of the token.
+        // Keep sentence punctuation (one ASCII byte) out of the token.
         let mut trail = "";
-        while let Some(last) = word.bytes().last() {
-            if matches!(last, b'.' | b':' | b',') && word.len() > 1 {
-                trail = &line[start + word.len() - 1..i];
-                word = &word[..word.len() - 1];
-                if !trail.is_empty() {
-                    break;
-                }
-            } else {
-                break;
-            }
+        if word.len() > 1 && word.ends_with(['.', ':', ',']) {
+            (word, trail) = word.split_at(word.len() - 1);
         }
         let after_eq = start > 0 && b[start - 1] == b'=';
         match classify(word) {
@@ -378,40 +392,92 @@ fn date_token(t: &str) -> (bool, bool) {
 
 /// Replaces runs of three or more date tokens (with a weekday, month or time among them) in
 /// `out[start..]` by one `<date>`.
+///
+/// One pass over the space-separated tokens, rewriting in place and allocating nothing (see
+/// [`collapse_in_place`]).
 fn collapse_dates(out: &mut String, start: usize) {
     let line = &out[start..];
     if !line.contains("<int>") && !line.contains("<time>") {
         return;
     }
-    let tokens: Vec<&str> = line.split(' ').collect();
-    let mut result: Vec<String> = Vec::with_capacity(tokens.len());
-    let mut i = 0;
-    let mut changed = false;
-    while i < tokens.len() {
-        let mut j = i;
-        let mut anchored = false;
-        while j < tokens.len() {
-            let (dateish, anchor) = date_token(tokens[j]);
-            if !dateish {
-                break;
+    let mut bytes = std::mem::take(out).into_bytes();
+    let len = start + collapse_in_place(&mut bytes[start..]);
+    bytes.truncate(len);
+    // Whole tokens and ASCII placeholders: still UTF-8 (checked, not assumed).
+    *out = match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+}
+
+/// A maximal run of date tokens, not yet written out.
+struct DateRun {
+    /// Byte range of the run in the line as read.
+    start: usize,
+    end: usize,
+    tokens: usize,
+    anchored: bool,
+    /// The last token ends in a comma (and is more than commas).
+    trailing_comma: bool,
+}
+
+/// Collapses the date runs of `line` (space-separated tokens) in place; returns its new
+/// length. Only maximal runs are tried: a part of a run that does not collapse is shorter
+/// and has no more anchors, so it does not collapse either (this keeps it linear).
+///
+/// The write position never passes the read position: tokens are copied as they are, and a
+/// collapsing run (three tokens, one a name of 3+ bytes or `<time>`, two spaces: 7+ bytes) is
+/// never shorter than `<date>,` (a run that would be is kept as it is, should that ever be).
+fn collapse_in_place(line: &mut [u8]) -> usize {
+    let len = line.len();
+    let (mut write, mut pos, mut first) = (0, 0, true);
+    let mut run: Option<DateRun> = None;
+    // Appends line[from..to] (or a placeholder) to the written part, after a separator.
+    let mut emit = |line: &mut [u8], write: &mut usize, piece: Result<(usize, usize), &[u8]>| {
+        if !std::mem::take(&mut first) {
+            line[*write] = b' ';
+            *write += 1;
+        }
+        match piece {
+            Ok((from, to)) => {
+                line.copy_within(from..to, *write);
+                *write += to - from;
             }
-            anchored |= anchor;
-            j += 1;
+            Err(text) => {
+                line[*write..*write + text.len()].copy_from_slice(text);
+                *write += text.len();
+            }
         }
-        if j - i >= 3 && anchored {
-            let trailing_comma = tokens[j - 1].ends_with(',') && !tokens[j - 1].trim_end_matches(',').is_empty();
-            result.push(if trailing_comma { "<date>,".into() } else { "<date>".into() });
-            changed = true;
-            i = j;
-        } else {
-            result.push(tokens[i].to_owned());
-            i += 1;
+    };
+    loop {
+        let end = line[pos..].iter().position(|&c| c == b' ').map_or(len, |k| pos + k);
+        let tok = std::str::from_utf8(&line[pos..end]).unwrap_or("");
+        let (dateish, anchor) = date_token(tok);
+        if dateish {
+            let r = run.get_or_insert(DateRun { start: pos, end, tokens: 0, anchored: false, trailing_comma: false });
+            r.end = end;
+            r.tokens += 1;
+            r.anchored |= anchor;
+            r.trailing_comma = tok.ends_with(',') && !tok.trim_end_matches(',').is_empty();
         }
-    }
-    if changed {
-        let joined = result.join(" ");
-        out.truncate(start);
-        out.push_str(&joined);
+        let last = end == len;
+        if !dateish || last {
+            if let Some(r) = run.take() {
+                let date: &[u8] = if r.trailing_comma { b"<date>," } else { b"<date>" };
+                if r.tokens >= 3 && r.anchored && date.len() <= r.end - r.start {
+                    emit(line, &mut write, Err(date));
+                } else {
+                    emit(line, &mut write, Ok((r.start, r.end)));
+                }
+            }
+        }
+        if !dateish {
+            emit(line, &mut write, Ok((pos, end)));
+        }
+        if last {
+            return write;
+        }
+        pos = end + 1;
     }
 }
 
@@ -546,12 +612,14 @@ fn is_hostname(w: &str) -> bool {
         "amazonaws",
         "corp",
     ];
-    let labels: Vec<&str> = w.split('.').collect();
-    labels.len() >= 3
-        && labels
-            .iter()
-            .all(|l| !l.is_empty() && l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'))
-        && TLDS.contains(labels.last().expect("non-empty"))
+    let mut labels = 0;
+    for l in w.split('.') {
+        if l.is_empty() || !l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
+            return false;
+        }
+        labels += 1;
+    }
+    labels >= 3 && w.rsplit('.').next().is_some_and(|tld| TLDS.contains(&tld))
 }
 
 fn is_uuid(b: &[u8]) -> bool {
@@ -667,9 +735,102 @@ mod tests {
             ("cache enabled=true retry=False", "cache enabled=<bool> retry=<bool>"),
             ("retry 3 of 5 at 05:39:00", "retry <int> of <int> at <time>"),
             ("May not be null", "May not be null"),
+            ("a Tue, 26 Nov 2026 05:39:00 GMT, b Wed, 27 Nov 2026 06:00:00 GMT", "a <date>, b <date>"),
+            ("1 2 3 Nov 4", "<date>"),
+            ("1 2  Nov 4", "<int> <int>  Nov <int>"),
+            ("Jan Feb", "Jan Feb"),
+            ("Nov, 5, x", "Nov, <int>, x"),
+            ("日本 1 Tue 05:39:00 終", "日本 <date> 終"),
         ];
         for (input, want) in cases {
             assert_eq!(f(message, input), want, "{input}");
         }
+    }
+
+    /// Names that used to panic (a slice inside a multi-byte character) or that mix
+    /// non-ASCII text with the ASCII markers the normalizers look for.
+    #[test]
+    fn non_ascii_names() {
+        let functions = [
+            ("обработатьЗаказПользователя", "обработатьЗаказПользователя"),
+            ("日本語::関数::h0123456789abcdef", "日本語::関数"),
+            ("é::h0123456789abcdef", "é"),
+            ("ab::h0123456789abcdeé", "ab::h0123456789abcdeé"),
+            ("é$1", "é"),
+            ("<Ма>b__0", "Ма"),
+            ("<日本>d__12", "日本"),
+            ("Object.обработать", "обработать"),
+            ("関数.func1", "関数"),
+            ("関数.glob", "関数"),
+            ("шаблон__12_3", "шаблон"),
+            ("block in 処理", "処理"),
+            ("class@anonymous/é.php:1$0::処理", "class@anonymous::処理"),
+            ("関数(引数)", "関数"),
+            ("🦀", "🦀"),
+        ];
+        for (input, want) in functions {
+            assert_eq!(f(function, input), want, "{input}");
+        }
+        assert_eq!(f(module, "é$1"), "é");
+        assert_eq!(f(module, "パッケージ@1.2.3/モジュール$$Lambda$1"), "パッケージ/モジュール");
+        assert_eq!(f(filename, "https://例え.jp/ファイル.3f9a2c1b.JS?ä"), "ファイル.<hash>.js");
+        assert_eq!(dotnet_async("Магазин+<Оплата>d__12", "MoveNext"), Some(("Магазин", "Оплата")));
+        for (input, want) in [
+            ("Объект.обработать/<", "обработать"),
+            ("é", ""),
+            ("日", "日"),
+            ("a.é", ""),
+            ("日本.", "日本."),
+            ("x.日本@", "日本"),
+            ("<anonymous>", ""),
+        ] {
+            let mut out = input.to_owned();
+            js_function(&mut out);
+            assert_eq!(out, want, "{input}");
+        }
+    }
+
+    /// Generated suffixes are stripped from names of any length, then the name is capped.
+    #[test]
+    fn long_names_are_capped_after_normalization() {
+        let long = format!("{}::h0123456789abcdef", "é".repeat(300));
+        let out = f(function, &long);
+        assert!(out.len() <= MAX_COMPONENT_LEN && !out.contains("::h"));
+        assert_eq!(out, "é".repeat(MAX_COMPONENT_LEN / 2));
+        let out = f(filename, &format!("/x/{}.js", "İ".repeat(300)));
+        assert!(out.len() <= MAX_COMPONENT_LEN, "{}", out.len());
+        assert!(f(module, &"ü".repeat(1000)).len() <= MAX_COMPONENT_LEN);
+        let mut js = format!("{}.render", "a".repeat(1000));
+        js_function(&mut js);
+        assert_eq!(js, "render");
+    }
+
+    /// A 1 MB message of numbers, of dates and of quotes: only a bounded prefix is read, and
+    /// the date collapsing itself is linear (a quadratic pass would take minutes here).
+    #[test]
+    fn huge_messages_are_bounded_and_linear() {
+        let mb = 1 << 20;
+        let numbers = "1 ".repeat(mb / 2);
+        let out = f(message, &numbers);
+        assert!(out.len() <= MAX_MESSAGE_LEN && out.starts_with("<int> <int>"), "{out}");
+        let dates = "Tue, 26 Nov 2026 05:39:00 GMT ".repeat(mb / 30);
+        let out = f(message, &dates);
+        assert!(out.len() <= MAX_MESSAGE_LEN && out.starts_with("<date>"), "{out}");
+        let quotes = "=\"".repeat(mb / 2);
+        assert!(f(message, &quotes).len() <= MAX_MESSAGE_LEN);
+        let cjk = "日本語のメッセージ".repeat(mb / 27);
+        let out = f(message, &cjk);
+        assert!(out.len() <= MAX_MESSAGE_LEN && out.starts_with("日本語"));
+        let lines = "\n".repeat(mb);
+        assert_eq!(f(message, &lines), "");
+
+        // Past the input cap, straight into the collapsing pass: 1 MB of tokens.
+        let mut out = "<int> ".repeat(mb / 6);
+        let before = out.clone();
+        collapse_dates(&mut out, 0);
+        assert_eq!(out, before);
+        let mut out = "Tue, <int> Nov <int> <time> GMT x ".repeat(mb / 34);
+        collapse_dates(&mut out, 0);
+        assert_eq!(out, "<date> x ".repeat(mb / 34));
     }
 }

@@ -8,12 +8,39 @@ use std::collections::BTreeMap;
 use tracefold_model::event::{Event, Frame};
 
 /// `*` matches any run of characters, `?` one character; everything else literally.
+/// Time `O(pattern.len() * text.len())` at worst, no allocation; patterns come from the
+/// config and are short, so this is linear in the event's text.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    glob_bytes(pattern.as_bytes(), text.as_bytes(), false)
+}
+
+/// [`glob`], ignoring ASCII case.
+pub fn glob_ignore_ascii_case(pattern: &str, text: &str) -> bool {
+    glob_bytes(pattern.as_bytes(), text.as_bytes(), true)
+}
+
+/// Bytes in the UTF-8 character that starts with `lead`.
+fn utf8_width(lead: u8) -> usize {
+    match lead {
+        0xF0.. => 4,
+        0xE0.. => 3,
+        0xC0.. => 2,
+        _ => 1,
+    }
+}
+
+/// Both inputs are UTF-8 (from `&str`), and `ti` and `mark` only ever rest on character
+/// boundaries: `?` and a backtracking `*` step over whole characters, and a literal only
+/// matches the same bytes.
+fn glob_bytes(p: &[u8], t: &[u8], ignore_case: bool) -> bool {
+    let eq = |a: u8, b: u8| if ignore_case { a.eq_ignore_ascii_case(&b) } else { a == b };
     let (mut pi, mut ti) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+        if pi < p.len() && p[pi] == b'?' {
+            pi += 1;
+            ti = (ti + utf8_width(t[ti])).min(t.len());
+        } else if pi < p.len() && p[pi] != b'*' && eq(p[pi], t[ti]) {
             pi += 1;
             ti += 1;
         } else if pi < p.len() && p[pi] == b'*' {
@@ -22,7 +49,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
             pi += 1;
         } else if let Some(s) = star {
             pi = s + 1;
-            mark += 1;
+            mark = (mark + utf8_width(t[mark])).min(t.len());
             ti = mark;
         } else {
             return false;
@@ -68,25 +95,31 @@ impl FrameMatcher {
 
     /// Whether `frame` of an event on `platform` matches.
     pub fn matches(&self, frame: &Frame<'_>, platform: Option<&str>) -> bool {
-        if self.is_empty() {
-            return false;
-        }
-        let path_ok = match &self.path {
-            None => true,
-            Some(p) => {
-                let p = p.to_ascii_lowercase();
-                [frame.filename.as_deref(), frame.abs_path.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .any(|v| glob(&p, &v.to_ascii_lowercase()))
-            }
-        };
-        path_ok
-            && opt_glob(&self.module, frame.module.as_deref())
-            && opt_glob(&self.function, frame.function.as_deref())
-            && opt_glob(&self.package, frame.package.as_deref())
+        !self.is_empty()
+            && frame_fields_match(&self.module, &self.function, &self.path, &self.package, frame)
             && opt_glob(&self.platform, platform)
     }
+}
+
+/// The frame fields of a matcher (shared by frame and event matchers; allocates nothing).
+fn frame_fields_match(
+    module: &Option<String>,
+    function: &Option<String>,
+    path: &Option<String>,
+    package: &Option<String>,
+    frame: &Frame<'_>,
+) -> bool {
+    let path_ok = match path {
+        None => true,
+        Some(p) => [frame.filename.as_deref(), frame.abs_path.as_deref()]
+            .into_iter()
+            .flatten()
+            .any(|v| glob_ignore_ascii_case(p, v)),
+    };
+    path_ok
+        && opt_glob(module, frame.module.as_deref())
+        && opt_glob(function, frame.function.as_deref())
+        && opt_glob(package, frame.package.as_deref())
 }
 
 /// What a stack-trace rule does to the frames it matches.
@@ -118,7 +151,9 @@ pub struct StackRule {
 }
 
 /// What a fingerprint rule matches on; every given field must match (globs). Frame fields
-/// match when any frame of any exception matches.
+/// match when any frame of any exception matches (of the exceptions and frames that
+/// fingerprinting considers: see [`crate::limits::MAX_EXCEPTIONS`] and
+/// [`crate::limits::MAX_FRAMES_PER_EXCEPTION`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventMatcher {
@@ -148,23 +183,16 @@ pub struct EventMatcher {
 impl EventMatcher {
     /// Whether `event` matches.
     pub fn matches(&self, event: &Event<'_>) -> bool {
-        let any_exc = |f: &dyn Fn(&tracefold_model::event::Exception<'_>) -> bool| event.exception.iter().any(f);
-        let type_ok = self.ty.is_none() || any_exc(&|e| opt_glob(&self.ty, e.ty.as_deref()));
-        let value_ok = self.value.is_none() || any_exc(&|e| opt_glob(&self.value, e.value.as_deref()));
-        let frame = FrameMatcher {
-            module: self.module.clone(),
-            function: self.function.clone(),
-            path: self.path.clone(),
-            package: self.package.clone(),
-            platform: None,
-        };
-        let frames_ok = frame.is_empty()
-            || event
-                .exception
+        let exceptions = crate::considered_exceptions(event);
+        let type_ok = self.ty.is_none() || exceptions.iter().any(|e| opt_glob(&self.ty, e.ty.as_deref()));
+        let value_ok = self.value.is_none() || exceptions.iter().any(|e| opt_glob(&self.value, e.value.as_deref()));
+        let no_frame_fields =
+            self.module.is_none() && self.function.is_none() && self.path.is_none() && self.package.is_none();
+        let frames_ok = no_frame_fields
+            || exceptions
                 .iter()
-                .filter_map(|e| e.stacktrace.as_ref())
-                .flat_map(|s| s.frames.iter())
-                .any(|f| frame.matches(f, None));
+                .flat_map(crate::considered_frames)
+                .any(|f| frame_fields_match(&self.module, &self.function, &self.path, &self.package, f));
         type_ok
             && value_ok
             && frames_ok
