@@ -13,5 +13,5 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    run_blocking::<tracefold_detector::Config>(&args.common, tracefold_detector::service::run).await
+    run_blocking::<tracefold_detector::Config>("detector", &args.common, tracefold_detector::service::run).await
 }

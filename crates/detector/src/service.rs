@@ -166,6 +166,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         }
     };
     while !shutdown.is_triggered() {
+        health.beat();
         if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
             match msg {
                 Ok(m) => match m.payload().map(serde_json::from_slice::<AggregateRecord>) {

@@ -33,3 +33,8 @@ pub fn hit(name: &str) {
         }
     }
 }
+
+/// Whether failpoint `name` is armed (for failpoints that inject a fault rather than abort).
+pub fn armed(name: &str) -> bool {
+    points().contains_key(name)
+}

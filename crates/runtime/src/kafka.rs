@@ -150,3 +150,80 @@ impl ConsumerContext for GroupContext {
         }
     }
 }
+
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The largest message a producer built from `kafka` may send: `message.max.bytes` from the
+/// pass-through options, else librdkafka's default.
+pub fn message_max_bytes(kafka: &KafkaConfig) -> usize {
+    kafka.librdkafka.get("message.max.bytes").and_then(|v| v.trim().parse().ok()).unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+}
+
+/// Room kept under `message.max.bytes` for the key, the headers and the record overhead of a
+/// DLQ record.
+const DLQ_HEADROOM: usize = 16 << 10;
+
+/// Header names of DLQ records.
+pub mod dlq_headers {
+    /// The full reason, human-readable.
+    pub const ERROR: &str = "tracefold-error";
+    /// The bounded reason code (`too_large`, `malformed`, `invalid`, `internal`, ...).
+    pub const REASON: &str = "tracefold-reason";
+    /// Where the record came from.
+    pub const SOURCE_TOPIC: &str = "tracefold-source-topic";
+    /// Source partition.
+    pub const SOURCE_PARTITION: &str = "tracefold-source-partition";
+    /// Source offset.
+    pub const SOURCE_OFFSET: &str = "tracefold-source-offset";
+    /// Present when the payload was cut to fit the broker's limit: the original size in bytes.
+    pub const TRUNCATED: &str = "tracefold-truncated-from";
+}
+
+/// A DLQ record: what was refused, why, and where it came from. The payload is cut to fit
+/// under `message_max_bytes` (with a header saying so), so that a DLQ record can always be
+/// published and never blocks the partition it came from.
+#[derive(Debug)]
+pub struct DlqRecord<'a> {
+    /// Record key: `topic/partition/offset` of the source.
+    pub key: String,
+    /// The payload, cut when needed.
+    pub payload: &'a [u8],
+    /// The headers.
+    pub headers: rdkafka::message::OwnedHeaders,
+}
+
+impl<'a> DlqRecord<'a> {
+    /// Builds the record for `payload` from `topic`/`partition`/`offset`.
+    pub fn new(
+        payload: &'a [u8],
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        reason: tracefold_model::Reason,
+        detail: &str,
+        message_max_bytes: usize,
+    ) -> Self {
+        use rdkafka::message::Header;
+        let max_payload = message_max_bytes.saturating_sub(DLQ_HEADROOM).max(1024);
+        let cut = payload.len() > max_payload;
+        let (p, o) = (partition.to_string(), offset.to_string());
+        // Details come from parsers and may quote input: bound them too.
+        let detail = tracefold_model::text::prefix(detail, 1024);
+        let mut headers = rdkafka::message::OwnedHeaders::new()
+            .insert(Header { key: dlq_headers::ERROR, value: Some(detail.as_bytes()) })
+            .insert(Header { key: dlq_headers::REASON, value: Some(reason.code().as_bytes()) })
+            .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(topic.as_bytes()) })
+            .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(p.as_bytes()) })
+            .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(o.as_bytes()) });
+        if cut {
+            let n = payload.len().to_string();
+            headers = headers.insert(Header { key: dlq_headers::TRUNCATED, value: Some(n.as_bytes()) });
+        }
+        Self {
+            key: format!("{topic}/{partition}/{offset}"),
+            payload: if cut { &payload[..max_payload] } else { payload },
+            headers,
+        }
+    }
+}

@@ -97,12 +97,14 @@ impl ServiceArgs {
     }
 }
 
-/// Runs a consumer service: loads `C` from `args`, sets up logging, signals and the ops
-/// endpoints, and runs `run` on a blocking thread until a shutdown signal.
+/// Runs the consumer service `name`: loads `C` from `args`, sets up logging, signals, the ops
+/// endpoints and the liveness watchdog, and runs `run` on a blocking thread until a shutdown
+/// signal. A panic in `run` is an error (the process exits non-zero).
 ///
 /// # Errors
 /// Config errors, or what `run` returns.
 pub async fn run_blocking<C: ServiceConfig>(
+    name: &str,
     args: &ServiceArgs,
     run: impl FnOnce(&C, &Shutdown, &Health) -> anyhow::Result<()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -110,10 +112,11 @@ pub async fn run_blocking<C: ServiceConfig>(
     telemetry::init_logging(cfg.telemetry());
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
-    let health = Health::default();
+    let health = Health::named(name);
     telemetry::spawn_ops(cfg.listen(), health.clone(), shutdown.clone())?;
+    telemetry::spawn_watchdog(vec![health.clone()]);
     let (s, h) = (shutdown.clone(), health.clone());
-    let result = tokio::task::spawn_blocking(move || run(&cfg, &s, &h)).await?;
+    let result = tokio::task::spawn_blocking(move || telemetry::run_guarded(&h, || run(&cfg, &s, &h))).await?;
     shutdown.trigger();
     result
 }

@@ -3,12 +3,14 @@
 use crate::config::{LogFormat, TelemetryConfig};
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global tracing subscriber once; later calls are no-ops.
@@ -39,22 +41,167 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Readiness of a service, shown by `/readyz`.
-#[derive(Debug, Clone, Default)]
+/// How long a work loop may go without a heartbeat before `/healthz` fails and the watchdog
+/// stops the process.
+pub const LIVENESS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Exit code of a process whose work loop stalled or died.
+pub const EXIT_UNHEALTHY: i32 = 70;
+
+fn uptime_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Readiness and liveness of one service's work loop.
+///
+/// Readiness (`/readyz`) is what the service says. Liveness (`/healthz`) is measured: the loop
+/// calls [`Health::beat`] every iteration (and while it waits on Kafka or ClickHouse); when no
+/// beat came within the deadline, or the loop's thread died, the service is not live. Clones
+/// share state.
+#[derive(Debug, Clone)]
 pub struct Health {
-    ready: Arc<AtomicBool>,
+    inner: Arc<HealthInner>,
+}
+
+#[derive(Debug)]
+struct HealthInner {
+    name: String,
+    ready: AtomicBool,
+    /// Milliseconds since process start of the last beat.
+    last_beat: AtomicU64,
+    deadline_ms: AtomicU64,
+    /// The loop ended on purpose (drained): no more beats expected.
+    stopped: AtomicBool,
+    dead: Mutex<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::named("service")
+    }
 }
 
 impl Health {
+    /// The health of the loop called `name` (`grouper`, `writer`, ...), live from now on for
+    /// one deadline.
+    pub fn named(name: &str) -> Self {
+        Self {
+            inner: Arc::new(HealthInner {
+                name: name.to_owned(),
+                ready: AtomicBool::new(false),
+                last_beat: AtomicU64::new(uptime_ms()),
+                deadline_ms: AtomicU64::new(LIVENESS_DEADLINE.as_millis() as u64),
+                stopped: AtomicBool::new(false),
+                dead: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The loop's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Sets the liveness deadline.
+    pub fn set_deadline(&self, d: Duration) {
+        self.inner.deadline_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// Marks the service ready or not ready.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        self.inner.ready.store(ready, Ordering::SeqCst);
     }
 
     /// Whether the service is ready.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.inner.ready.load(Ordering::SeqCst)
     }
+
+    /// The loop made progress (cheap: one clock read and one store).
+    pub fn beat(&self) {
+        self.inner.last_beat.store(uptime_ms(), Ordering::Relaxed);
+    }
+
+    /// The loop ended on purpose; it is no longer expected to beat.
+    pub fn set_stopped(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.set_ready(false);
+    }
+
+    /// The loop's thread died (a panic, or an error it cannot recover from).
+    pub fn set_dead(&self, why: &str) {
+        *self.inner.dead.lock().expect("not poisoned") = Some(why.to_owned());
+        self.set_ready(false);
+    }
+
+    /// `Ok` while the loop is live; else what is wrong.
+    ///
+    /// # Errors
+    /// The loop died, or made no progress within its deadline.
+    pub fn liveness(&self) -> Result<(), String> {
+        if let Some(why) = self.inner.dead.lock().expect("not poisoned").as_deref() {
+            return Err(format!("{}: died: {why}", self.inner.name));
+        }
+        if self.inner.stopped.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let idle = uptime_ms().saturating_sub(self.inner.last_beat.load(Ordering::Relaxed));
+        let deadline = self.inner.deadline_ms.load(Ordering::Relaxed);
+        if idle > deadline {
+            return Err(format!(
+                "{}: no progress for {} s (deadline {} s)",
+                self.inner.name,
+                idle / 1000,
+                deadline / 1000
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The message of a caught panic (`panic!` with a string or a format), else `unknown panic`.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs a service loop, turning a panic into an error and marking `health` dead when the loop
+/// fails, so that `/healthz` and the watchdog see it.
+///
+/// # Errors
+/// What `run` returns, or the panic as an error.
+pub fn run_guarded(health: &Health, run: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(r) => r,
+        Err(panic) => Err(anyhow::anyhow!("{} panicked: {}", health.name(), panic_message(panic.as_ref()))),
+    };
+    match &result {
+        Ok(()) => health.set_stopped(),
+        Err(e) => health.set_dead(&format!("{e:#}")),
+    }
+    result
+}
+
+/// Checks every loop once a second; when one died or stalled, logs why and exits the process
+/// with [`EXIT_UNHEALTHY`] so that the supervisor (Kubernetes, systemd) restarts it. For the
+/// service binaries and `tracefold dev`, not for tests that host services in-process.
+pub fn spawn_watchdog(healths: Vec<Health>) {
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let problems: Vec<String> = healths.iter().filter_map(|h| h.liveness().err()).collect();
+            if !problems.is_empty() {
+                tracing::error!(problems = ?problems, "a work loop died or stalled; exiting so that it is restarted");
+                eprintln!("tracefold: unhealthy: {}", problems.join("; "));
+                std::process::exit(EXIT_UNHEALTHY);
+            }
+        })
+        .expect("can start the watchdog thread");
 }
 
 #[derive(Clone)]
@@ -63,12 +210,24 @@ struct OpsState {
     metrics: PrometheusHandle,
 }
 
-/// `/metrics`, `/healthz` (the process answers) and `/readyz` (every service is ready).
+/// `/metrics`, `/healthz` (every work loop is live: 200 `ok`, else 503 with a JSON body that
+/// names the loop and the problem) and `/readyz` (every service is ready).
 pub fn ops_router(health: Vec<Health>) -> Router {
     let state = OpsState { health, metrics: metrics_handle() };
     Router::new()
         .route("/metrics", get(|State(s): State<OpsState>| async move { s.metrics.render() }))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|State(s): State<OpsState>| async move {
+                let problems: Vec<String> = s.health.iter().filter_map(|h| h.liveness().err()).collect();
+                if problems.is_empty() {
+                    (StatusCode::OK, "ok\n".to_owned()).into_response()
+                } else {
+                    let body = serde_json::json!({"status": "unhealthy", "problems": problems});
+                    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(s): State<OpsState>| async move {
@@ -110,4 +269,54 @@ pub fn spawn_ops(listen: &str, health: Health, shutdown: crate::Shutdown) -> any
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_follows_beats_deaths_and_stops() {
+        let h = Health::named("grouper");
+        assert_eq!(h.liveness(), Ok(()));
+        h.set_deadline(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(120));
+        let err = h.liveness().unwrap_err();
+        assert!(err.starts_with("grouper: no progress for"), "{err}");
+        h.beat();
+        assert_eq!(h.liveness(), Ok(()));
+        h.set_stopped();
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(h.liveness(), Ok(()), "a drained loop is not stalled");
+        let d = Health::named("writer");
+        let r = run_guarded(&d, || panic!("boom"));
+        assert!(r.unwrap_err().to_string().contains("writer panicked: boom"));
+        assert!(d.liveness().unwrap_err().contains("writer: died: writer panicked: boom"));
+        assert!(!d.is_ready());
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_when_a_loop_dies() {
+        let (live, dying) = (Health::named("writer"), Health::named("grouper"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = ops_router(vec![live.clone(), dying.clone()]);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let ok = get(addr, "/healthz").await;
+        assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("ok\n"), "{ok}");
+        let _ = run_guarded(&dying, || Err(anyhow::anyhow!("fatal consumer error")));
+        let bad = get(addr, "/healthz").await;
+        assert!(bad.starts_with("HTTP/1.1 503"), "{bad}");
+        assert!(bad.contains(r#""problems":["grouper: died: fatal consumer error"]"#), "{bad}");
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+    }
 }

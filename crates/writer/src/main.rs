@@ -13,5 +13,5 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    run_blocking::<tracefold_writer::Config>(&args.common, tracefold_writer::service::run).await
+    run_blocking::<tracefold_writer::Config>("writer", &args.common, tracefold_writer::service::run).await
 }

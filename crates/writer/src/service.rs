@@ -14,14 +14,14 @@ use crate::metrics as m;
 use crate::store::{admit, load_watermarks, AggregateRow, Watermarks};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tracefold_model::AggregateRecord;
-use tracefold_runtime::kafka::{GroupContext, RebalanceEvent};
+use tracefold_model::{AggregateRecord, Reason};
+use tracefold_runtime::kafka::{DlqRecord, GroupContext, RebalanceEvent};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
@@ -99,6 +99,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     tracing::info!(topic = %cfg.topics.aggregates, group = %cfg.writer.group_id, "writer started");
     let max_age = Duration::from_millis(cfg.writer.batch_max_age_ms);
     while !shutdown.is_triggered() {
+        health.beat();
         let msg = consumer.poll(Duration::from_millis(100));
         w.handle_rebalances();
         match msg {
@@ -192,6 +193,9 @@ impl Writer<'_> {
                     self.watermarks.clear();
                     let until = Instant::now() + delay;
                     while Instant::now() < until {
+                        // Waiting on ClickHouse with bounded retries is progress of a kind:
+                        // restarting would not help.
+                        health.beat();
                         // Keep group membership alive; nothing is delivered while paused.
                         if let Some(Ok(msg)) = self.consumer.poll(Duration::from_millis(100)) {
                             // A partition assigned during the outage is not paused yet.
@@ -313,15 +317,10 @@ impl Writer<'_> {
     fn to_dlq(&self, payload: &[u8], p: i32, o: i64, reason: &str) -> anyhow::Result<()> {
         metrics::counter!(m::MALFORMED_TOTAL).increment(1);
         tracing::warn!(partition = p, offset = o, reason, "malformed aggregate sent to the DLQ");
-        let key = format!("{}/{p}/{o}", self.cfg.topics.aggregates);
-        let (ps, os) = (p.to_string(), o.to_string());
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "tracefold-error", value: Some(reason.as_bytes()) })
-            .insert(Header { key: "tracefold-source-topic", value: Some(self.cfg.topics.aggregates.as_bytes()) })
-            .insert(Header { key: "tracefold-source-partition", value: Some(ps.as_bytes()) })
-            .insert(Header { key: "tracefold-source-offset", value: Some(os.as_bytes()) });
+        let max = tracefold_runtime::kafka::message_max_bytes(&self.cfg.kafka);
+        let rec = DlqRecord::new(payload, &self.cfg.topics.aggregates, p, o, Reason::Malformed, reason, max);
         self.dlq
-            .send(BaseRecord::to(&self.cfg.topics.dlq).key(&key).payload(payload).headers(headers))
+            .send(BaseRecord::to(&self.cfg.topics.dlq).key(&rec.key).payload(rec.payload).headers(rec.headers))
             .map_err(|(e, _)| e)
             .context("cannot enqueue a DLQ message")?;
         Ok(())
