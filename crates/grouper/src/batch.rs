@@ -6,22 +6,29 @@
 //! recognised downstream by `(partition, first_offset, index)`.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use tracefold_fingerprint::{describe, fingerprint, GroupingConfig, Scratch, GROUPING_VERSION};
 use tracefold_model::aggregate::{minute_of, user_hash, AggregateRecord, BatchRef, UserSet, AGGREGATE_FORMAT_VERSION};
+use tracefold_model::sample::bounded_sample;
+use tracefold_model::text::prefix;
 use tracefold_model::time::Millis;
-use tracefold_model::{parse_event_slice, validate};
+use tracefold_model::{parse_event_slice_with, validate, Reason, Rejection};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Largest event accepted by the grouper, in bytes (the producer enforces a smaller limit).
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
-/// An event the grouper could not use; it goes to the DLQ with `reason`.
+/// Longest platform name kept on an aggregate.
+pub const MAX_PLATFORM_LEN: usize = 64;
+
+/// An event the grouper could not use; it goes to the DLQ with its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// Source offset.
     pub offset: i64,
-    /// Why, e.g. `malformed event json: ...` or `project: missing`.
-    pub reason: String,
+    /// Why: the bounded reason and a detail such as `malformed event json: ...` or
+    /// `invalid event: project: missing`.
+    pub rejection: Rejection,
     /// The message verbatim.
     pub payload: Vec<u8>,
 }
@@ -59,8 +66,7 @@ impl Default for BatchOptions {
 #[derive(Debug)]
 pub struct BatchBuilder {
     opts: BatchOptions,
-    parse_buf: Vec<u8>,
-    scratch: Scratch,
+    work: Work,
     index: HashMap<u128, usize>,
     /// Issues (project and fingerprint) that already have a sample in this batch: one sample
     /// per issue per batch is plenty, and the other buckets need not copy the event.
@@ -71,6 +77,42 @@ pub struct BatchBuilder {
     clamped: u64,
     events: u64,
     bytes: u64,
+    /// Fault injection for tests of the barrier: an event containing these bytes panics.
+    panic_marker: Option<Vec<u8>>,
+}
+
+/// Per-event scratch state: the only state a panic inside the fault barrier can touch. It is
+/// rebuilt after a caught panic.
+#[derive(Default)]
+struct Work {
+    parse_buf: Vec<u8>,
+    /// simd-json's scratch buffers, kept across events.
+    buffers: simd_json::Buffers,
+    scratch: Scratch,
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work").field("parse_buf", &self.parse_buf.len()).finish_non_exhaustive()
+    }
+}
+
+/// The bucket an event counts in.
+enum Bucket {
+    /// Already open, at this index of the partials.
+    Open(usize),
+    /// Not open yet: the new aggregate (count 0, sample decided) and the issue key that says
+    /// whether it carries the issue's sample.
+    New(Box<AggregateRecord>, u128),
+}
+
+/// What one event adds to the batch: decided inside the fault barrier, applied outside it.
+struct Planned {
+    key: u128,
+    bucket: Bucket,
+    timestamp_ms: Millis,
+    clamped: bool,
+    user: Option<u64>,
 }
 
 impl BatchBuilder {
@@ -78,8 +120,7 @@ impl BatchBuilder {
     pub fn new(opts: BatchOptions) -> Self {
         Self {
             opts,
-            parse_buf: Vec::with_capacity(8 << 10),
-            scratch: Scratch::default(),
+            work: Work { parse_buf: Vec::with_capacity(8 << 10), ..Work::default() },
             index: HashMap::new(),
             sampled: HashSet::new(),
             partials: Vec::new(),
@@ -88,7 +129,14 @@ impl BatchBuilder {
             clamped: 0,
             events: 0,
             bytes: 0,
+            panic_marker: None,
         }
+    }
+
+    /// Makes every event that contains `marker` panic inside the fault barrier (tests and the
+    /// `grouper.panic_marker` failpoint): proves that one event's fault costs that event only.
+    pub fn inject_panic_on(&mut self, marker: &[u8]) {
+        self.panic_marker = Some(marker.to_vec());
     }
 
     /// Events added since the last finish (accepted and rejected).
@@ -103,89 +151,59 @@ impl BatchBuilder {
 
     /// Adds the message at `offset`. `received_ms` is the Kafka message timestamp: it anchors
     /// timestamp clamping, so that a replay decides exactly as the first run did.
+    ///
+    /// Total: any bytes are either counted or rejected with a reason. A panic while looking at
+    /// one event (a bug, not an input error) is caught here and rejects that event with
+    /// [`Reason::Internal`]; the decision depends only on the event, so a replay decides the
+    /// same.
     pub fn add(&mut self, payload: &[u8], offset: i64, received_ms: Millis) {
         self.events += 1;
         self.bytes += payload.len() as u64;
-        if let Err(reason) = self.try_add(payload, received_ms) {
-            self.rejected.push(Rejected { offset, reason, payload: payload.to_vec() });
+        let (opts, index, sampled, marker) = (&self.opts, &self.index, &self.sampled, self.panic_marker.as_deref());
+        let work = &mut self.work;
+        let planned = catch_unwind(AssertUnwindSafe(|| plan(work, opts, index, sampled, marker, payload, received_ms)));
+        match planned {
+            Ok(Ok(p)) => self.apply(p),
+            Ok(Err(rejection)) => self.rejected.push(Rejected { offset, rejection, payload: payload.to_vec() }),
+            Err(panic) => {
+                let what = tracefold_runtime::telemetry::panic_message(panic.as_ref());
+                // The scratch buffers may be half-updated: start them afresh.
+                self.work = Work::default();
+                tracing::error!(offset, panic = %what, "processing an event failed unexpectedly; it goes to the DLQ");
+                self.rejected.push(Rejected {
+                    offset,
+                    rejection: Rejection::new(
+                        Reason::Internal,
+                        format!("internal error while processing the event: {}", prefix(&what, 512)),
+                    ),
+                    payload: payload.to_vec(),
+                });
+            }
         }
     }
 
-    fn try_add(&mut self, payload: &[u8], received_ms: Millis) -> Result<(), String> {
-        if payload.len() > MAX_EVENT_BYTES {
-            return Err(format!("event larger than {MAX_EVENT_BYTES} bytes"));
-        }
-        self.parse_buf.clear();
-        self.parse_buf.extend_from_slice(payload);
-        let event = parse_event_slice(&mut self.parse_buf).map_err(|e| e.to_string())?;
-        let v = validate(&event, received_ms).map_err(|e| format!("invalid event: {e}"))?;
-        let fp = fingerprint(&event, &self.opts.grouping, &mut self.scratch);
-        let minute = minute_of(v.timestamp_ms);
-        let project = event.project.as_deref().unwrap_or("");
-        let release = event.release.as_deref().unwrap_or("");
-        let environment = event.environment.as_deref().unwrap_or("");
-        let mut h = Xxh3::new();
-        for part in [project.as_bytes(), release.as_bytes(), environment.as_bytes()] {
-            h.update(&(part.len() as u32).to_le_bytes());
-            h.update(part);
-        }
-        h.update(&fp.0.to_le_bytes());
-        h.update(&minute.to_le_bytes());
-        let key = h.digest128();
-        let idx = match self.index.get(&key) {
-            Some(&i) => i,
-            None => {
-                let meta = describe(&event);
-                let issue_key =
-                    xxhash_rust::xxh3::xxh3_128_with_seed(project.as_bytes(), fp.0 as u64 ^ (fp.0 >> 64) as u64);
-                let sample = if self.sampled.insert(issue_key) {
-                    String::from_utf8_lossy(payload).into_owned()
-                } else {
-                    String::new()
-                };
+    fn apply(&mut self, p: Planned) {
+        let idx = match p.bucket {
+            Bucket::Open(i) => i,
+            Bucket::New(record, issue_key) => {
+                if !record.sample.is_empty() {
+                    self.sampled.insert(issue_key);
+                }
                 let i = self.partials.len();
-                self.partials.push(AggregateRecord {
-                    v: AGGREGATE_FORMAT_VERSION,
-                    batch: BatchRef {
-                        epoch: String::new(),
-                        topic: String::new(),
-                        partition: 0,
-                        first_offset: 0,
-                        last_offset: 0,
-                        index: 0,
-                        count: 0,
-                    },
-                    project: project.to_owned(),
-                    issue_id: fp.to_hex(),
-                    minute,
-                    release: release.to_owned(),
-                    environment: environment.to_owned(),
-                    count: 0,
-                    users: UserSet::default(),
-                    first_seen_ms: v.timestamp_ms,
-                    last_seen_ms: v.timestamp_ms,
-                    title: meta.title,
-                    culprit: meta.culprit,
-                    exc_type: meta.exc_type,
-                    level: v.level.as_str().to_owned(),
-                    platform: event.platform.as_deref().unwrap_or("other").to_owned(),
-                    grouping_version: GROUPING_VERSION.to_owned(),
-                    sample,
-                });
-                self.index.insert(key, i);
+                self.partials.push(*record);
+                self.index.insert(p.key, i);
                 i
             }
         };
-        let p = &mut self.partials[idx];
-        p.count += 1;
-        p.first_seen_ms = p.first_seen_ms.min(v.timestamp_ms);
-        p.last_seen_ms = p.last_seen_ms.max(v.timestamp_ms);
-        if let Some(uh) = user_hash(event.user.as_ref()) {
-            p.users.insert(uh, self.opts.max_users);
+        let r = &mut self.partials[idx];
+        r.count += 1;
+        r.first_seen_ms = r.first_seen_ms.min(p.timestamp_ms);
+        r.last_seen_ms = r.last_seen_ms.max(p.timestamp_ms);
+        if let Some(uh) = p.user {
+            r.users.insert(uh, self.opts.max_users);
         }
         self.accepted += 1;
-        self.clamped += u64::from(v.timestamp_clamped);
-        Ok(())
+        self.clamped += u64::from(p.clamped);
     }
 
     /// Closes the batch `[first_offset, last_offset]` of `topic`/`partition` (of source log
@@ -239,6 +257,99 @@ impl BatchBuilder {
     }
 }
 
+/// Parses, validates and fingerprints one event and decides what it adds. It changes nothing
+/// but the scratch buffers, so that a panic inside leaves the batch as it was.
+fn plan(
+    work: &mut Work,
+    opts: &BatchOptions,
+    index: &HashMap<u128, usize>,
+    sampled: &HashSet<u128>,
+    panic_marker: Option<&[u8]>,
+    payload: &[u8],
+    received_ms: Millis,
+) -> Result<Planned, Rejection> {
+    if payload.len() > MAX_EVENT_BYTES {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            format!("event of {} bytes is larger than {MAX_EVENT_BYTES} bytes", payload.len()),
+        ));
+    }
+    if let Some(m) = panic_marker.filter(|m| !m.is_empty()) {
+        if payload.windows(m.len()).any(|w| w == m) {
+            panic!("injected fault (panic marker)");
+        }
+    }
+    work.parse_buf.clear();
+    work.parse_buf.extend_from_slice(payload);
+    let event = parse_event_slice_with(&mut work.parse_buf, &mut work.buffers)
+        .map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
+    let v =
+        validate(&event, received_ms).map_err(|e| Rejection::new(Reason::Invalid, format!("invalid event: {e}")))?;
+    let fp = fingerprint(&event, &opts.grouping, &mut work.scratch);
+    let minute = minute_of(v.timestamp_ms);
+    let project = event.project.as_deref().unwrap_or("");
+    let release = event.release.as_deref().unwrap_or("");
+    let environment = event.environment.as_deref().unwrap_or("");
+    let mut h = Xxh3::new();
+    for part in [project.as_bytes(), release.as_bytes(), environment.as_bytes()] {
+        h.update(&(part.len() as u32).to_le_bytes());
+        h.update(part);
+    }
+    h.update(&fp.0.to_le_bytes());
+    h.update(&minute.to_le_bytes());
+    let key = h.digest128();
+    let bucket = if let Some(&i) = index.get(&key) {
+        Bucket::Open(i)
+    } else {
+        let meta = describe(&event);
+        let issue_key = xxhash_rust::xxh3::xxh3_128_with_seed(project.as_bytes(), fp.0 as u64 ^ (fp.0 >> 64) as u64);
+        let sample = if sampled.contains(&issue_key) {
+            String::new()
+        } else {
+            // The payload as the parser saw it (lone surrogates repaired), within the bound.
+            let mut repaired = payload.to_vec();
+            tracefold_model::json::repair_surrogates(&mut repaired);
+            bounded_sample(&repaired)
+        };
+        let record = AggregateRecord {
+            v: AGGREGATE_FORMAT_VERSION,
+            batch: BatchRef {
+                epoch: String::new(),
+                topic: String::new(),
+                partition: 0,
+                first_offset: 0,
+                last_offset: 0,
+                index: 0,
+                count: 0,
+            },
+            project: project.to_owned(),
+            issue_id: fp.to_hex(),
+            minute,
+            release: release.to_owned(),
+            environment: environment.to_owned(),
+            count: 0,
+            users: UserSet::default(),
+            first_seen_ms: v.timestamp_ms,
+            last_seen_ms: v.timestamp_ms,
+            title: meta.title,
+            culprit: meta.culprit,
+            exc_type: meta.exc_type,
+            level: v.level.as_str().to_owned(),
+            platform: prefix(event.platform.as_deref().unwrap_or("other"), MAX_PLATFORM_LEN).to_owned(),
+            grouping_version: GROUPING_VERSION.to_owned(),
+            sample,
+        };
+        Bucket::New(Box::new(record), issue_key)
+    };
+    Ok(Planned {
+        key,
+        bucket,
+        timestamp_ms: v.timestamp_ms,
+        clamped: v.timestamp_clamped,
+        user: user_hash(event.user.as_ref()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,11 +390,79 @@ mod tests {
         assert!(!r0.sample.is_empty() && !out.records[1].sample.is_empty(), "first bucket of each issue has a sample");
         assert!(out.records[2].sample.is_empty(), "later buckets of the same issue in the batch do not");
         assert_eq!(out.rejected.iter().map(|r| r.offset).collect::<Vec<_>>(), [12, 16]);
-        assert!(out.rejected[0].reason.starts_with("malformed event json"), "{}", out.rejected[0].reason);
-        assert_eq!(out.rejected[1].reason, "invalid event: project: missing");
+        assert!(out.rejected[0].rejection.detail.starts_with("malformed event json"), "{}", out.rejected[0].rejection);
+        assert_eq!(out.rejected[0].rejection.reason, Reason::Malformed);
+        assert_eq!(out.rejected[1].rejection.detail, "invalid event: project: missing");
+        assert_eq!(out.rejected[1].rejection.reason, Reason::Invalid);
         assert_eq!(out.rejected[0].payload, b"{not json");
         // The builder is reusable and empty.
         assert_eq!(b.finish("e1", "t", 3, 17, 17), BatchOutput::default());
+    }
+
+    #[test]
+    fn a_panic_costs_one_event_and_replays_decide_the_same() {
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        b.inject_panic_on(b"boom 2\"");
+        for i in 1..=4 {
+            b.add(event(i, 1, i, 0).as_bytes(), i as i64, NOW);
+        }
+        let first = b.finish("e1", "t", 0, 1, 4);
+        assert_eq!(first.accepted, 3);
+        assert_eq!(first.records.iter().map(|r| r.count).sum::<u64>(), 3);
+        assert_eq!(first.rejected.len(), 1);
+        assert_eq!((first.rejected[0].offset, first.rejected[0].rejection.reason), (2, Reason::Internal));
+        assert!(first.rejected[0].rejection.detail.contains("injected fault"), "{}", first.rejected[0].rejection);
+        for i in 1..=4 {
+            b.add(event(i, 1, i, 0).as_bytes(), i as i64, NOW);
+        }
+        assert_eq!(b.finish("e1", "t", 0, 1, 4), first);
+    }
+
+    #[test]
+    fn hostile_events_are_counted_or_rejected_with_a_reason() {
+        let id = |i: u32| format!("{i:032x}");
+        let deep = format!(
+            r#"{{"event_id":"{}","project":"p","message":"m","extra":{}1{}}}"#,
+            id(3),
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let cases: Vec<(String, Option<Reason>)> = vec![
+            (
+                format!(
+                    r#"{{"event_id":"{}","project":"p","exception":[{{"type":"Ошибка","value":"сломалось \ud83d","stacktrace":{{"frames":[{{"function":"обработатьЗаказПользователя","module":"заказы$1","filename":"日本/語.js"}}]}}}}]}}"#,
+                    id(1)
+                ),
+                None,
+            ),
+            (format!(r#"{{"event_id":"{}","project":"p","message":"{}"}}"#, id(2), "1 ".repeat(200_000)), None),
+            (deep, Some(Reason::TooDeep)),
+            (format!(r#"{{"event_id":"{}","project":null,"message":"m"}}"#, id(4)), Some(Reason::Invalid)),
+            ("\u{0}\u{ffff}".into(), Some(Reason::Malformed)),
+            (
+                format!(r#"{{"event_id":"{}","project":"p","message":"{}"}}"#, id(5), "x".repeat(MAX_EVENT_BYTES)),
+                Some(Reason::TooLarge),
+            ),
+        ];
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        for (i, (json, _)) in cases.iter().enumerate() {
+            b.add(json.as_bytes(), i as i64, NOW);
+        }
+        let out = b.finish("e1", "t", 0, 0, cases.len() as i64 - 1);
+        let want: Vec<(i64, Reason)> =
+            cases.iter().enumerate().filter_map(|(i, (_, r))| r.map(|r| (i as i64, r))).collect();
+        let got: Vec<(i64, Reason)> = out.rejected.iter().map(|r| (r.offset, r.rejection.reason)).collect();
+        assert_eq!(got, want);
+        assert_eq!(out.accepted, 2);
+        let cyr = &out.records[0];
+        assert_eq!(cyr.exc_type, "Ошибка");
+        assert!(cyr.title.starts_with("Ошибка: сломалось"), "{}", cyr.title);
+        // The sample is the event with the lone surrogate repaired: it parses again.
+        assert!(cyr.sample.contains("\\ufffd"), "{}", cyr.sample);
+        assert!(tracefold_model::parse_event_str(&cyr.sample).is_ok());
+        // A long message: bounded title, bounded sample.
+        assert!(out.records[1].title.len() <= 200);
+        assert!(out.records[1].sample.len() <= tracefold_model::sample::MAX_SAMPLE_BYTES);
     }
 
     proptest! {

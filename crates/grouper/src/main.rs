@@ -13,5 +13,5 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    run_blocking::<tracefold_grouper::Config>(&args.common, tracefold_grouper::service::run).await
+    run_blocking::<tracefold_grouper::Config>("grouper", &args.common, tracefold_grouper::service::run).await
 }

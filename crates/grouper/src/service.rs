@@ -16,18 +16,22 @@ use crate::config::Config;
 use crate::metrics as m;
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tracefold_runtime::kafka::{GroupContext, RebalanceEvent};
+use tracefold_model::Reason;
+use tracefold_runtime::kafka::{DlqRecord, GroupContext, RebalanceEvent};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
 const METADATA_PREFIX: &str = "tracefold:v1:";
+
+/// Room kept under the broker's message limit for an aggregate's key and record overhead.
+const AGGREGATE_HEADROOM: usize = 1024;
 
 /// Encodes a pending batch range as commit metadata.
 pub fn encode_pending(first: i64, last: i64) -> String {
@@ -104,17 +108,36 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     let mut parts: HashMap<i32, PartState> = HashMap::new();
     let max_age = Duration::from_millis(cfg.grouper.batch_max_age_ms);
     let mut last_age_check = Instant::now();
-    let mut g = Grouper { committed: HashMap::new(), cfg, epoch: &epoch, consumer: &consumer, producer: &producer };
+    let mut g = Grouper {
+        committed: HashMap::new(),
+        cfg,
+        epoch: &epoch,
+        consumer: &consumer,
+        producer: &producer,
+        health,
+        max_message: tracefold_runtime::kafka::message_max_bytes(&cfg.kafka),
+    };
+    // Crash tests: `TRACEFOLD_FAILPOINTS=grouper.panic_marker=1` makes every event that
+    // contains `tracefold-failpoint-panic` panic inside the per-event fault barrier.
+    let panic_marker = tracefold_runtime::failpoint::armed("grouper.panic_marker");
+    let new_builder = || {
+        let mut b = BatchBuilder::new(opts.clone());
+        if panic_marker {
+            b.inject_panic_on(b"tracefold-failpoint-panic");
+        }
+        b
+    };
 
     while !shutdown.is_triggered() {
+        health.beat();
         let msg = consumer.poll(Duration::from_millis(100));
-        g.handle_rebalances(&mut parts, &opts)?;
+        g.handle_rebalances(&mut parts, &new_builder)?;
         match msg {
             Some(Ok(msg)) => {
                 let p = msg.partition();
                 let offset = msg.offset();
                 let st = parts.entry(p).or_insert_with(|| PartState {
-                    builder: BatchBuilder::new(opts.clone()),
+                    builder: new_builder(),
                     first: None,
                     last: -1,
                     started: Instant::now(),
@@ -196,10 +219,17 @@ struct Grouper<'a> {
     epoch: &'a str,
     consumer: &'a BaseConsumer<GroupContext>,
     producer: &'a ThreadedProducer<DeliveryCtx>,
+    health: &'a Health,
+    /// The broker's message size limit: larger aggregates go to the DLQ.
+    max_message: usize,
 }
 
 impl Grouper<'_> {
-    fn handle_rebalances(&mut self, parts: &mut HashMap<i32, PartState>, opts: &BatchOptions) -> anyhow::Result<()> {
+    fn handle_rebalances(
+        &mut self,
+        parts: &mut HashMap<i32, PartState>,
+        new_builder: &dyn Fn() -> BatchBuilder,
+    ) -> anyhow::Result<()> {
         let events = self.consumer.context().take_events();
         for ev in events {
             match ev {
@@ -232,7 +262,7 @@ impl Grouper<'_> {
                         parts.insert(
                             e.partition(),
                             PartState {
-                                builder: BatchBuilder::new(opts.clone()),
+                                builder: new_builder(),
                                 first: None,
                                 last: -1,
                                 started: Instant::now(),
@@ -312,7 +342,12 @@ impl Grouper<'_> {
             metrics::counter!(m::CLAMPED_TOTAL).increment(out.clamped);
             metrics::counter!(m::BATCHES_TOTAL, "kind" => if d.replay { "replay" } else { "new" }).increment(1);
             metrics::counter!(m::AGGREGATES_TOTAL).increment(out.records.len() as u64);
-            metrics::counter!(m::DLQ_TOTAL).increment(out.rejected.len() as u64);
+            for reason in Reason::ALL {
+                let n = out.rejected.iter().filter(|r| r.rejection.reason == reason).count();
+                if n > 0 {
+                    metrics::counter!(m::DLQ_TOTAL, "reason" => reason.code()).increment(n as u64);
+                }
+            }
             metrics::histogram!(m::BATCH_EVENTS).record(d.events as f64);
             tracing::debug!(
                 partition = d.partition,
@@ -336,6 +371,8 @@ impl Grouper<'_> {
         }
         // Wait for every acknowledgement; the producer retries until delivered.
         loop {
+            // Waiting for Kafka is not a stall of this loop: restarting would not help.
+            self.health.beat();
             match self.producer.flush(Duration::from_secs(10)) {
                 Ok(()) => break,
                 Err(e) => {
@@ -355,22 +392,42 @@ impl Grouper<'_> {
     }
 
     fn produce_one(&self, out: &BatchOutput, partition: i32, payload: &mut Vec<u8>) -> anyhow::Result<()> {
-        let src_partition = partition.to_string();
+        let events = &self.cfg.topics.events;
         for r in &out.records {
             let key = r.key();
             payload.clear();
             serde_json::to_writer(&mut *payload, r).context("serialize aggregate")?;
+            if payload.len() + key.len() > self.max_message.saturating_sub(AGGREGATE_HEADROOM) {
+                // Cannot be published (a huge max_users, say): to the DLQ rather than failing
+                // the batch forever. Deterministic, so a replay decides the same.
+                let detail = format!(
+                    "aggregate record of {} bytes is larger than the broker's message limit ({} bytes)",
+                    payload.len(),
+                    self.max_message
+                );
+                tracing::error!(issue = %r.issue_id, count = r.count, bytes = payload.len(), "aggregate too large; sent to the DLQ");
+                metrics::counter!(m::DLQ_TOTAL, "reason" => Reason::AggregateTooLarge.code()).increment(1);
+                let rec = DlqRecord::new(
+                    payload,
+                    events,
+                    partition,
+                    r.batch.first_offset,
+                    Reason::AggregateTooLarge,
+                    &detail,
+                    self.max_message,
+                );
+                self.send(
+                    BaseRecord::to(&self.cfg.topics.dlq).key(&rec.key).payload(rec.payload).headers(rec.headers),
+                )?;
+                continue;
+            }
             self.send(BaseRecord::to(&self.cfg.topics.aggregates).key(&key).payload(payload.as_slice()))?;
         }
         for rej in &out.rejected {
-            let key = format!("{}/{}/{}", self.cfg.topics.events, partition, rej.offset);
-            let offset = rej.offset.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "tracefold-error", value: Some(rej.reason.as_bytes()) })
-                .insert(Header { key: "tracefold-source-topic", value: Some(self.cfg.topics.events.as_bytes()) })
-                .insert(Header { key: "tracefold-source-partition", value: Some(src_partition.as_bytes()) })
-                .insert(Header { key: "tracefold-source-offset", value: Some(offset.as_bytes()) });
-            self.send(BaseRecord::to(&self.cfg.topics.dlq).key(&key).payload(rej.payload.as_slice()).headers(headers))?;
+            let why = &rej.rejection;
+            let rec =
+                DlqRecord::new(&rej.payload, events, partition, rej.offset, why.reason, &why.detail, self.max_message);
+            self.send(BaseRecord::to(&self.cfg.topics.dlq).key(&rec.key).payload(rec.payload).headers(rec.headers))?;
         }
         Ok(())
     }
