@@ -98,7 +98,11 @@ fn deployments_have_resources_probes_drain_time_security_and_budgets() {
                 .iter()
                 .filter_map(|e| e["valueFrom"]["secretKeyRef"]["name"].as_str())
                 .collect();
-            assert_eq!(secrets, BTreeSet::from(["tracefold-clickhouse", "tracefold-kafka"]), "{name}");
+            let mut expected = BTreeSet::from(["tracefold-clickhouse", "tracefold-kafka"]);
+            if name == "tracefold-producer" {
+                expected.insert(deploy::PROJECTS_SECRET);
+            }
+            assert_eq!(secrets, expected, "{name}");
             // Every config file a container reads is in the ConfigMap and valid for its service.
             let arg = c["args"][1].as_str().unwrap();
             let file = arg.trim_start_matches("/etc/tracefold/");
@@ -126,6 +130,45 @@ fn deployments_have_resources_probes_drain_time_security_and_budgets() {
             loaded.unwrap_or_else(|e| panic!("{file} in the ConfigMap: {e}"));
         }
     }
+}
+
+#[test]
+fn shipped_producers_take_registered_projects_with_keys_only() {
+    let guide = std::fs::read_to_string(repo().join("deploy/README.md")).unwrap();
+    assert!(
+        guide.contains(deploy::PLACEHOLDER_KEY) && guide.contains(deploy::PROJECTS_SECRET),
+        "the guide says what to replace"
+    );
+    for size in [Size::Small, Size::Large] {
+        let d = docs(size);
+        let text = named(&d, "ConfigMap", "tracefold-config")["data"]["producer.toml"].as_str().unwrap().to_owned();
+        let tmp = std::env::temp_dir().join(format!("tracefold-producer-{}-{}.toml", std::process::id(), size.name()));
+        std::fs::write(&tmp, &text).unwrap();
+        let cfg: tracefold_producer::Config = tracefold_runtime::config::load(Some(&tmp), Vec::new()).unwrap();
+        assert!(!cfg.http.allow_unregistered_projects, "{text}");
+        assert!(!cfg.projects.is_empty() && cfg.projects.iter().all(|p| !p.keys.is_empty()), "{text}");
+        assert_eq!(cfg.projects[0].keys, [deploy::PLACEHOLDER_KEY]);
+        tracefold_producer::auth::Projects::new(&cfg).unwrap();
+        // The Secret's value replaces the example project, as the guide shows it.
+        let env = vec![(
+            "TRACEFOLD__PROJECTS".to_owned(),
+            r#"[{slug = "shop", id = 7, keys = ["0123456789abcdef0123456789abcdef"]}]"#.to_owned(),
+        )];
+        let cfg: tracefold_producer::Config = tracefold_runtime::config::load(Some(&tmp), env).unwrap();
+        std::fs::remove_file(&tmp).unwrap();
+        assert_eq!(cfg.projects.len(), 1);
+        assert_eq!((cfg.projects[0].slug.as_str(), cfg.projects[0].id), ("shop", Some(7)));
+        assert!(!cfg.http.allow_unregistered_projects);
+        let producer = named(&d, "Deployment", "tracefold-producer");
+        let env = producer["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e["name"] == "TRACEFOLD__PROJECTS"
+                && e["valueFrom"]["secretKeyRef"]["name"] == deploy::PROJECTS_SECRET));
+    }
+    let compose = std::fs::read_to_string(repo().join("deploy/compose/docker-compose.yml")).unwrap();
+    assert!(compose.contains("TRACEFOLD__HTTP__ALLOW_UNREGISTERED_PROJECTS: \"false\""), "compose too");
+    assert!(compose.contains("TRACEFOLD__PROJECTS:") && compose.contains(deploy::PLACEHOLDER_KEY));
 }
 
 #[test]

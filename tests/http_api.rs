@@ -17,6 +17,11 @@ struct Server {
 impl Server {
     /// Keys (event ids) of every message on the events topic.
     fn published(&self, expect: usize) -> Vec<String> {
+        self.messages(expect).into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Key and payload of every message on the events topic.
+    fn messages(&self, expect: usize) -> Vec<(String, Vec<u8>)> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::Message;
         let c: BaseConsumer = tracefold_runtime::kafka::consumer_config(
@@ -28,17 +33,26 @@ impl Server {
         let mut tpl = rdkafka::TopicPartitionList::new();
         tpl.add_partition_offset("tracefold.events", 0, rdkafka::Offset::Beginning).unwrap();
         c.assign(&tpl).unwrap();
-        let mut keys = Vec::new();
+        let mut out = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
             if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-                keys.push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
-            } else if keys.len() >= expect {
+                out.push((
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+            } else if out.len() >= expect {
                 // Nothing more arrived after the expected count: done.
                 break;
             }
         }
-        keys
+        out
+    }
+
+    /// The published payload of event `id`, read strictly (serde_json refuses lone surrogates).
+    fn published_event(messages: &[(String, Vec<u8>)], id: &str) -> serde_json::Value {
+        let (_, p) = messages.iter().find(|(k, _)| k == id).unwrap_or_else(|| panic!("event {id} was published"));
+        serde_json::from_slice(p).unwrap_or_else(|e| panic!("published bytes of {id} are strict JSON: {e}"))
     }
 }
 
@@ -87,11 +101,20 @@ async fn server(max_body: usize, max_event: usize) -> Server {
 }
 
 async fn server_with(max_body: usize, max_event: usize, projects: Vec<ProjectConfig>, delivery_ms: u64) -> Server {
+    server_cfg(projects, |cfg| {
+        cfg.http.max_body_bytes = max_body;
+        cfg.http.max_event_bytes = max_event;
+        cfg.http.delivery_timeout_ms = delivery_ms;
+    })
+    .await
+}
+
+/// A producer with `projects`, the defaults otherwise, changed by `edit`.
+async fn server_cfg(projects: Vec<ProjectConfig>, edit: impl FnOnce(&mut Config)) -> Server {
     let broker = DevBroker::start(1, &Default::default(), Some(1)).unwrap();
     let mut cfg = Config { kafka: tracefold_tests::kafka(&broker.bootstrap_servers()), projects, ..Config::default() };
-    cfg.http.max_body_bytes = max_body;
-    cfg.http.max_event_bytes = max_event;
-    cfg.http.delivery_timeout_ms = delivery_ms;
+    cfg.http.delivery_timeout_ms = 5000;
+    edit(&mut cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = Shutdown::new();
@@ -319,5 +342,269 @@ async fn kafka_down_gives_503_and_no_accepted_event_is_lost() {
     for id in &accepted {
         assert!(published.contains(id), "accepted event {id} is in Kafka");
     }
+    s.shutdown.trigger();
+}
+
+const WEB_KEY: &str = "publickey1";
+
+fn web() -> Vec<ProjectConfig> {
+    vec![project("web", 42, WEB_KEY, 0.0)]
+}
+
+fn id(n: u32) -> String {
+    format!("{n:032x}")
+}
+
+/// Bytes that do not compress (a fixed pseudo-random sequence).
+fn noise(n: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn envelope(header: &str, event: &str) -> String {
+    format!("{header}\n{{\"type\":\"event\",\"length\":{}}}\n{event}\n", event.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_surrogates_are_accepted_on_every_endpoint_with_replacement_characters() {
+    let s = server_cfg(web(), |_| {}).await;
+    let native = format!("{}/api/v1/projects/web/events", s.url);
+    let key = [("x-tracefold-key", WEB_KEY)];
+    // A JavaScript client cut a string inside an emoji: JSON.stringify wrote a lone half.
+    let cut = |n: u32| {
+        format!(
+            r#"{{"event_id":"{}","project":"web","message":"cut \ud83d","exception":[{{"type":"E\udc00"}}]}}"#,
+            id(n)
+        )
+    };
+
+    let (status, _, body) = send(&native, &key, cut(1)).await;
+    assert_eq!(status, 200, "single event: {body}");
+    let batch = format!("{GOOD}\n{}\n{GOOD}\n", cut(2));
+    let (status, _, body) = send(&native, &[key[0], ("content-type", "application/x-ndjson")], batch).await;
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(3)), "one such line no longer fails the batch: {body}");
+    // Without ids: the event is rebuilt with them, the repair kept.
+    let (status, _, body) = send(&native, &key, r#"{"message":"no ids \udbff"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let rebuilt = body["ids"][0].as_str().unwrap().to_owned();
+
+    let sentry = SENTRY_EVENT.replace("fc6d8c0c43fc46308ea5bc7a3b7d3c64", &id(3)).replace("'user'", r"cut \ud83d");
+    let (status, _, body) = send(&format!("{}/api/42/store/?sentry_key={WEB_KEY}", s.url), &[], sentry).await;
+    assert_eq!(status, 200, "store: {body}");
+    let item = SENTRY_EVENT
+        .replace("fc6d8c0c43fc46308ea5bc7a3b7d3c64", &id(4))
+        .replace("'user'", r"cut \ud83d")
+        .replace('\n', "");
+    let env = envelope(&format!(r#"{{"event_id":"{}","dsn":"http://{WEB_KEY}@localhost/42"}}"#, id(4)), &item);
+    let (status, _, body) =
+        send(&format!("{}/api/42/envelope/", s.url), &[("content-encoding", "gzip")], gzip(env.as_bytes())).await;
+    assert_eq!(status, 200, "envelope: {body}");
+
+    let messages = s.messages(7);
+    assert_eq!(messages.len(), 7);
+    for n in [1, 2] {
+        let v = Server::published_event(&messages, &id(n));
+        assert_eq!(v["message"], "cut \u{fffd}");
+        assert_eq!(v["exception"][0]["type"], "E\u{fffd}");
+        let raw = &messages.iter().find(|(k, _)| *k == id(n)).unwrap().1;
+        assert!(String::from_utf8_lossy(raw).contains(r"cut \ufffd"), "repaired in place, published as sent");
+    }
+    assert_eq!(Server::published_event(&messages, &rebuilt)["message"], "no ids \u{fffd}");
+    for n in [3, 4] {
+        assert_eq!(Server::published_event(&messages, &id(n))["exception"][0]["value"], "cut \u{fffd}");
+    }
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_nested_deeper_than_64_get_400_with_the_code() {
+    let s = server_cfg(web(), |_| {}).await;
+    let native = format!("{}/api/v1/projects/web/events", s.url);
+    let key = [("x-tracefold-key", WEB_KEY)];
+    let nested = |d: usize| format!(r#"{{"message":"m","extra":{}1{}}}"#, "[".repeat(d - 1), "]".repeat(d - 1));
+    let (status, _, body) = send(&native, &key, nested(65)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["details"][0]["code"], "too_deep");
+    assert!(body["details"][0]["reason"].as_str().unwrap().contains("nested deeper than 64"), "{body}");
+    let batch = format!("{GOOD}\n{}\n{{\"level\":\"loud\",\"message\":\"m\"}}\n", nested(65));
+    let (status, _, body) = send(&native, &[key[0], ("content-type", "application/x-ndjson")], batch).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!((body["details"][0]["line"].as_u64(), body["details"][0]["code"].as_str()), (Some(2), Some("too_deep")));
+    assert_eq!((body["details"][1]["line"].as_u64(), body["details"][1]["code"].as_str()), (Some(3), Some("invalid")));
+    let (status, _, body) = send(&native, &key, "{not json").await;
+    assert_eq!((status, body["details"][0]["code"].as_str()), (400, Some("malformed")));
+    let (status, _, body) = send(&format!("{}/api/42/store/?sentry_key={WEB_KEY}", s.url), &[], nested(65)).await;
+    assert_eq!((status, body["details"][0]["code"].as_str()), (400, Some("too_deep")), "{body}");
+    // 64 levels are fine.
+    let (status, _, body) = send(&native, &key, nested(64)).await;
+    assert_eq!(status, 200, "{body}");
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_over_the_broker_limit_get_413_and_nothing_is_published() {
+    // Defaults: http.max_event_bytes is 1 MiB, librdkafka's message.max.bytes 1,000,000.
+    let s = server_cfg(Vec::new(), |_| {}).await;
+    let native = format!("{}/api/v1/projects/web/events", s.url);
+    let event = |n: u32, size: usize| {
+        let head = format!(r#"{{"event_id":"{}","project":"web","message":""#, id(n));
+        format!("{head}{}\"}}", "x".repeat(size - head.len() - 2))
+    };
+    let big = event(1, 1_010_000);
+    assert_eq!(big.len(), 1_010_000);
+    let (status, _, body) = send(&native, &[], big).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["details"][0]["code"], "too_large");
+    assert!(body["details"][0]["reason"].as_str().unwrap().contains("larger than 999488"), "{body}");
+    // Also when the ids would push it over.
+    let (status, _, body) = send(&native, &[], format!(r#"{{"message":"{}"}}"#, "y".repeat(999_470))).await;
+    assert_eq!(status, 413, "{body}");
+    // Just under the limit: Kafka takes it.
+    let (status, _, body) = send(&native, &[], event(2, 999_000)).await;
+    assert_eq!(status, 200, "{body}");
+    let published = s.published(1);
+    assert_eq!(published, [id(2)], "the refused events were not published");
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_lines_get_413_without_reading_them_all() {
+    let s = server_cfg(Vec::new(), |c| c.http.max_events_per_request = 100).await;
+    let native = format!("{}/api/v1/projects/web/events", s.url);
+    let ndjson = [("content-type", "application/x-ndjson")];
+    // 3 MB of a million tiny lines: refused at line 101.
+    let (status, _, body) = send(&native, &ndjson, "{}\n".repeat(1_000_000)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("more than 100 events"), "{body}");
+    // Blank lines do not count.
+    let (status, _, body) = send(&native, &ndjson, format!("{}{GOOD}\n", "\n".repeat(1_000_000))).await;
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(1)), "{body}");
+    let (status, _, body) = send(&native, &ndjson, format!("{GOOD}\n").repeat(100)).await;
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(100)), "{body}");
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_project_and_event_id_are_filled_in_once() {
+    let s = server_cfg(Vec::new(), |_| {}).await;
+    let native = format!("{}/api/v1/projects/web/events", s.url);
+    let (status, _, body) =
+        send(&native, &[], r#"{"project":null,"event_id":null,"message":"x","user":{"id":"1"}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["ids"][0].as_str().unwrap().to_owned();
+    let (status, _, body) =
+        send(&native, &[], r#"{"project":null,"event_id":"00000000000000000000000000000abc","message":"y"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ids"][0], "00000000000000000000000000000abc");
+    let messages = s.messages(2);
+    assert_eq!(messages.len(), 2);
+    for (k, payload) in &messages {
+        let text = String::from_utf8(payload.clone()).unwrap();
+        assert_eq!(text.matches("\"project\"").count(), 1, "exactly one project key: {text}");
+        assert_eq!(text.matches("\"event_id\"").count(), 1, "exactly one event_id key: {text}");
+        // What the grouper reads.
+        let mut buf = payload.clone();
+        let ev = tracefold_model::parse_event_slice(&mut buf).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(ev.project.as_deref(), Some("web"));
+        assert_eq!(ev.event_id.as_deref(), Some(k.as_str()));
+    }
+    assert!(messages.iter().any(|(k, _)| *k == id));
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_a_burst_gets_413_not_429() {
+    // A burst of 5 with a slow refill.
+    let s = server_cfg(vec![project("web", 42, WEB_KEY, 0.2)], |_| {}).await;
+    let native = format!("{}/api/v1/projects/web/events", s.url);
+    let h = [("x-tracefold-key", WEB_KEY), ("content-type", "application/x-ndjson")];
+    let (status, headers, body) = send(&native, &h, format!("{GOOD}\n").repeat(6)).await;
+    assert_eq!(status, 413, "it could never pass: {body}");
+    assert!(headers.get("retry-after").is_none());
+    assert!(body["error"].as_str().unwrap().contains("burst of 5"), "{body}");
+    let (status, _, body) = send(&native, &h, format!("{GOOD}\n").repeat(5)).await;
+    assert_eq!(status, 200, "the refusal cost no tokens: {body}");
+    let (status, _, body) = send(&native, &h, GOOD).await;
+    assert_eq!(status, 429, "{body}");
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_keys_are_checked_before_the_body_is_decompressed() {
+    let s = server_cfg(web(), |_| {}).await;
+    let url = format!("{}/api/42/envelope/", s.url);
+    // An envelope whose gzip stream is corrupt after the first line (and well past the
+    // inflater's 32 KiB window).
+    let corrupt = |header: &str| {
+        let noise = noise(300_000);
+        let mut body = format!("{header}\n{{\"type\":\"attachment\",\"length\":{}}}\n", noise.len()).into_bytes();
+        body.extend_from_slice(&noise);
+        let mut gz = gzip(&body);
+        for b in &mut gz[100_000..] {
+            *b ^= 0x5a;
+        }
+        gz
+    };
+    let gz = [("content-encoding", "gzip")];
+    let (status, _, body) = send(&url, &gz, corrupt(r#"{"dsn":"http://wrongkey99@localhost/42"}"#)).await;
+    assert_eq!(status, 403, "a wrong key in the DSN: refused before the body is decompressed: {body}");
+    let (status, _, body) = send(&url, &gz, corrupt(r#"{"event_id":"x"}"#)).await;
+    assert_eq!(status, 401, "no key anywhere: {body}");
+    // A key in the headers is checked before the body is even read (a small body: the answer
+    // comes before the client finished sending).
+    let (status, _, body) =
+        send(&url, &[gz[0], ("x-sentry-auth", "Sentry sentry_key=wrongkey99")], &b"\x1f\x8bnot gzip"[..]).await;
+    assert_eq!(status, 403, "a wrong key in the headers: {body}");
+    // With the right key the same kind of body is read, and refused as corrupt.
+    let (status, _, body) = send(&url, &gz, corrupt(&format!(r#"{{"dsn":"http://{WEB_KEY}@localhost/42"}}"#))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("decompress"), "{body}");
+    assert!(s.published(0).is_empty());
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_the_concurrency_limit_answers_503_meanwhile() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = server_cfg(Vec::new(), |c| {
+        c.http.body_timeout_ms = 700;
+        c.http.max_concurrent_requests = 1;
+    })
+    .await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let t0 = std::time::Instant::now();
+    slow.write_all(
+        b"POST /api/v1/projects/web/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"message\":",
+    )
+    .await
+    .unwrap();
+    // The stalled request holds the only slot: another one is refused at once, not queued.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, headers, body) = send(&format!("{}/api/v1/projects/web/events", s.url), &[], GOOD).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    assert!(body["error"].as_str().unwrap().contains("max_concurrent_requests"), "{body}");
+    // The stalled client gets 408 once the body timeout passes.
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut resp))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let elapsed = t0.elapsed();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("body_timeout_ms"), "a JSON body that says why: {resp}");
+    assert!(elapsed >= Duration::from_millis(650) && elapsed < Duration::from_millis(2500), "{elapsed:?}");
+    // The slot is free again.
+    let (status, _, body) = send(&format!("{}/api/v1/projects/web/events", s.url), &[], GOOD).await;
+    assert_eq!(status, 200, "{body}");
     s.shutdown.trigger();
 }

@@ -112,7 +112,20 @@ fn env() -> Vec<Value> {
     ]
 }
 
+/// The Secret whose `projects` key, when present, replaces the ConfigMap's `[[projects]]`
+/// (a TOML array: `[{slug = "web", id = 42, keys = ["..."]}]`), so that keys stay out of
+/// the ConfigMap.
+pub const PROJECTS_SECRET: &str = "tracefold-projects";
+
+/// The example project key in the ConfigMap: a placeholder to replace (the producer warns at
+/// start-up while it is in use).
+pub const PLACEHOLDER_KEY: &str = "change-me-to-a-random-key";
+
 fn deployment(s: &Svc) -> Value {
+    let mut env = env();
+    if s.name == "producer" {
+        env.push(secret_env("TRACEFOLD__PROJECTS", PROJECTS_SECRET, "projects"));
+    }
     let probe = |path: &str, delay: u32| json!({"httpGet": {"path": path, "port": s.port_name}, "initialDelaySeconds": delay, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3});
     json!({
         "apiVersion": "apps/v1",
@@ -133,7 +146,7 @@ fn deployment(s: &Svc) -> Value {
                         "command": [format!("/usr/local/bin/{}", s.binary)],
                         "args": ["--config", format!("/etc/tracefold/{}", s.config)],
                         "ports": [{"name": s.port_name, "containerPort": s.port, "protocol": "TCP"}],
-                        "env": env(),
+                        "env": env,
                         "resources": {"requests": {"cpu": s.cpu.0, "memory": s.mem.0}, "limits": {"cpu": s.cpu.1, "memory": s.mem.1}},
                         "livenessProbe": probe("/healthz", 10),
                         "readinessProbe": probe("/readyz", 5),
@@ -220,7 +233,13 @@ fn config_files() -> Value {
         "[kafka]\nbootstrap_servers = \"{KAFKA}\"\n\n[telemetry]\nlog_format = \"json\"\nlog_level = \"info\"\n"
     );
     json!({
-        "producer.toml": format!("{common}\n[http]\nlisten = \"0.0.0.0:8080\"\n"),
+        "producer.toml": format!(
+            "{common}\n[http]\nlisten = \"0.0.0.0:8080\"\n\
+             # Only registered projects, each with a key. Replace the example project below, or\n\
+             # set the `projects` key of the {PROJECTS_SECRET} Secret (it replaces the list).\n\
+             allow_unregistered_projects = false\n\n\
+             [[projects]]\nslug = \"web\"\nid = 1\nkeys = [\"{PLACEHOLDER_KEY}\"]\n"
+        ),
         "grouper.toml": format!("{common}\n[grouper]\nlisten = \"0.0.0.0:9101\"\n\n[grouping]\nmax_frames = 10\n"),
         "writer.toml": format!("{common}\n[clickhouse]\nurl = \"{CLICKHOUSE}\"\ndatabase = \"tracefold\"\n\n[writer]\nlisten = \"0.0.0.0:9102\"\n"),
         "detector.toml": format!("{common}\n[clickhouse]\nurl = \"{CLICKHOUSE}\"\ndatabase = \"tracefold\"\n\n[detector]\nlisten = \"0.0.0.0:9103\"\n"),
@@ -309,10 +328,12 @@ pub fn alerts() -> Value {
             rule("TracefoldClickHouseInsertsFailing", "sum(rate(tracefold_writer_inserts_total{outcome=\"error\"}[5m])) > 0", "5m", "critical",
                  "the writer cannot insert into ClickHouse; it is paused and retrying"),
             rule("TracefoldProducerUnavailable", "sum(rate(tracefold_producer_requests_total{status=\"503\"}[5m])) > 0", "5m", "critical",
-                 "the producer answers 503: Kafka does not acknowledge events"),
+                 "the producer answers 503: Kafka does not acknowledge events, or requests are over http.max_concurrent_requests"),
             rule("TracefoldEventsToDLQ", "sum(rate(tracefold_grouper_dlq_total[15m])) + sum(rate(tracefold_writer_malformed_total[15m])) > 0", "15m", "warning",
                  "events are being rejected into the DLQ"),
-            rule("TracefoldBatchReplays", "sum(increase(tracefold_grouper_batches_total{kind=\"replay\"}[1h])) > 10", "0m", "warning",
+            rule("TracefoldInternalErrors", "sum(increase(tracefold_grouper_dlq_total{reason=~\"internal|aggregate_too_large\"}[1h])) > 0", "0m", "warning",
+                 "the grouper's fault barrier caught a failure (a bug in tracefold, not bad input): events are in the DLQ"),
+                        rule("TracefoldBatchReplays", "sum(increase(tracefold_grouper_batches_total{kind=\"replay\"}[1h])) > 10", "0m", "warning",
                  "groupers keep restarting mid-batch (crash loop or rebalance storm)"),
             rule("TracefoldNothingStored", "sum(rate(tracefold_producer_events_total{outcome=\"accepted\"}[15m])) > 0 and sum(rate(tracefold_writer_rows_inserted_total[15m])) == 0", "15m", "critical",
                  "events are accepted but nothing reaches ClickHouse")

@@ -2,14 +2,18 @@
 //!
 //! A request names its project (a slug on the native endpoint, a numeric id on the Sentry
 //! endpoints) and carries a public key (`X-Sentry-Auth: Sentry sentry_key=...`, the
-//! `sentry_key` query parameter, `X-Tracefold-Key`, or `Authorization: Bearer ...`). Rate
-//! limits are token buckets per project and per key, in this producer replica's memory.
+//! `sentry_key` query parameter, `X-Tracefold-Key`, or `Authorization: Bearer ...`). Keys are
+//! compared in constant time, against every key of the project. Rate limits are token buckets
+//! in this producer replica's memory: one per registered project, one per configured key, and
+//! one shared by all unregistered projects. Buckets exist only for what the config names, so
+//! request contents (keys, slugs) never grow memory.
 
 use crate::config::{Config, ProjectConfig};
 use axum::http::HeaderMap;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
+use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
 /// Why a request is refused before its events are read.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,7 +26,16 @@ pub enum Refusal {
     RateLimited {
         /// Seconds until enough tokens are back.
         retry_after: u64,
-        /// `project` or `key`.
+        /// `project`, `key` or `unregistered`.
+        scope: &'static str,
+    },
+    /// 413: more events in one request than a bucket ever holds; no retry can pass.
+    OverBurst {
+        /// Events in the request.
+        events: usize,
+        /// The bucket's burst.
+        burst: u64,
+        /// `project`, `key` or `unregistered`.
         scope: &'static str,
     },
 }
@@ -33,17 +46,34 @@ struct Bucket {
     last: Instant,
 }
 
-/// A token bucket refilled at `rate` per second up to `burst`.
-fn take(b: &mut Bucket, rate: f64, burst: f64, n: f64, now: Instant) -> Result<(), u64> {
-    let burst = if burst > 0.0 { burst } else { rate.max(1.0) };
-    b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
-    b.last = now;
-    if n <= b.tokens {
-        b.tokens -= n;
-        Ok(())
-    } else {
-        let missing = n.min(burst) - b.tokens;
-        Err((missing / rate).ceil().max(1.0) as u64)
+/// A bucket's identity: what the config names, never what a request says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BucketId {
+    /// A registered project, by index.
+    Project(usize),
+    /// A configured key: (project index, key index).
+    Key(usize, usize),
+    /// Every unregistered project together.
+    Unregistered,
+}
+
+/// One token bucket to take from: refilled at `rate` per second up to `burst`.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    id: BucketId,
+    rate: f64,
+    burst: f64,
+    scope: &'static str,
+}
+
+impl Limit {
+    /// The burst in force: the configured one, or one second's worth (at least one event).
+    fn burst(&self) -> f64 {
+        if self.burst > 0.0 {
+            self.burst
+        } else {
+            self.rate.max(1.0)
+        }
     }
 }
 
@@ -54,7 +84,9 @@ pub struct Projects {
     by_slug: HashMap<String, usize>,
     by_id: HashMap<u64, usize>,
     allow_unregistered: bool,
-    buckets: Mutex<HashMap<(usize, Option<String>), Bucket>>,
+    unregistered_rate: f64,
+    unregistered_burst: f64,
+    buckets: Mutex<HashMap<BucketId, Bucket>>,
 }
 
 /// A project a request was admitted for.
@@ -62,6 +94,25 @@ pub struct Projects {
 pub struct Admitted {
     /// The project's slug.
     pub slug: String,
+}
+
+/// Index of `key` among `keys`, compared in constant time against every one of them (no early
+/// exit; only the length of a key can show in the timing).
+fn find_key(keys: &[String], key: &str) -> Option<usize> {
+    let mut found = subtle::Choice::from(0);
+    let mut at = 0u64;
+    for (i, k) in keys.iter().enumerate() {
+        let eq = k.as_bytes().ct_eq(key.as_bytes());
+        at = u64::conditional_select(&at, &(i as u64), eq);
+        found |= eq;
+    }
+    bool::from(found).then_some(at as usize)
+}
+
+/// Keys shipped in the example configs and manifests, to be replaced before use.
+fn is_placeholder(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("change-me") || k.contains("changeme") || k.contains("replace-me")
 }
 
 impl Projects {
@@ -92,8 +143,12 @@ impl Projects {
                 if let Some(other) = keys.insert(k, &p.slug) {
                     return Err(format!("projects[{i}].keys: key {k:?} is also a key of {other:?}"));
                 }
+                if is_placeholder(k) {
+                    tracing::warn!(project = %p.slug, "a key of this project is the shipped placeholder; replace it");
+                }
             }
-            if p.rate_per_sec < 0.0 || p.key_rate_per_sec < 0.0 || p.burst < 0.0 || p.key_burst < 0.0 {
+            // `!(x >= 0)` also refuses NaN.
+            if !(p.rate_per_sec >= 0.0 && p.key_rate_per_sec >= 0.0 && p.burst >= 0.0 && p.key_burst >= 0.0) {
                 return Err(format!("projects[{i}]: rates and bursts must not be negative"));
             }
         }
@@ -102,12 +157,15 @@ impl Projects {
             by_slug,
             by_id,
             allow_unregistered: cfg.http.allow_unregistered_projects,
+            unregistered_rate: cfg.http.unregistered_rate_per_sec,
+            unregistered_burst: cfg.http.unregistered_burst,
             buckets: Mutex::new(HashMap::new()),
         })
     }
 
     /// Admits `events` events for the project named by slug (native endpoint) or by numeric
-    /// id (Sentry endpoints), with `key` from the request.
+    /// id (Sentry endpoints), with `key` from the request. With `events == 0` only the project
+    /// and the key are checked.
     ///
     /// # Errors
     /// [`Refusal`] with the status to answer.
@@ -125,54 +183,78 @@ impl Projects {
         };
         let Some(idx) = idx else {
             return match (slug, self.allow_unregistered) {
-                (Some(s), true) => Ok(Admitted { slug: s.to_owned() }),
+                (Some(s), true) => {
+                    let shared = Limit {
+                        id: BucketId::Unregistered,
+                        rate: self.unregistered_rate,
+                        burst: self.unregistered_burst,
+                        scope: "unregistered",
+                    };
+                    self.take(&[Some(shared), None], events)?;
+                    Ok(Admitted { slug: s.to_owned() })
+                }
                 (Some(s), false) => Err(Refusal::Forbidden(format!("project {s:?} is not registered"))),
                 (None, _) => Err(Refusal::Forbidden(format!("project id {} is not registered", id.unwrap_or(0)))),
             };
         };
         let p = &self.projects[idx];
         // The Sentry endpoints (by id) always need a key; the native one when keys are set.
+        // Only a configured key gets a bucket of its own.
+        let mut key_idx = None;
         if !p.keys.is_empty() || slug.is_none() {
-            match key {
-                None => return Err(Refusal::MissingKey),
-                Some(k) if !p.keys.iter().any(|pk| pk == k) => {
-                    return Err(Refusal::Forbidden(format!("the key is not valid for project {:?}", p.slug)))
-                }
-                Some(_) => {}
+            let Some(k) = key else { return Err(Refusal::MissingKey) };
+            match find_key(&p.keys, k) {
+                Some(i) => key_idx = Some(i),
+                None => return Err(Refusal::Forbidden(format!("the key is not valid for project {:?}", p.slug))),
             }
+        }
+        let project = Limit { id: BucketId::Project(idx), rate: p.rate_per_sec, burst: p.burst, scope: "project" };
+        let key = key_idx.map(|k| Limit {
+            id: BucketId::Key(idx, k),
+            rate: p.key_rate_per_sec,
+            burst: p.key_burst,
+            scope: "key",
+        });
+        self.take(&[Some(project), key], events)?;
+        Ok(Admitted { slug: p.slug.clone() })
+    }
+
+    /// Takes `events` tokens from every limit, or from none: a refusal costs no tokens.
+    fn take(&self, limits: &[Option<Limit>], events: usize) -> Result<(), Refusal> {
+        let limits: Vec<Limit> = limits.iter().flatten().filter(|l| l.rate > 0.0).copied().collect();
+        if events == 0 || limits.is_empty() {
+            return Ok(());
+        }
+        let n = events as f64;
+        // A request larger than a bucket's burst could wait forever: 413, not 429.
+        if let Some(l) = limits.iter().find(|l| n > l.burst()) {
+            return Err(Refusal::OverBurst { events, burst: l.burst() as u64, scope: l.scope });
         }
         let now = Instant::now();
-        let n = events as f64;
-        let mut buckets = self.buckets.lock().expect("not poisoned");
-        // Check both buckets before taking from either, so a refusal costs no tokens.
-        let mut take_from = |k: Option<String>, rate: f64, burst: f64, dry: bool| -> Result<(), u64> {
-            if rate <= 0.0 {
-                return Ok(());
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Refill every bucket (refilling twice at the same instant changes nothing), check all,
+        // then take from all.
+        for l in &limits {
+            let b = buckets.entry(l.id).or_insert(Bucket { tokens: l.burst(), last: now });
+            b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * l.rate).min(l.burst());
+            b.last = now;
+            if n > b.tokens {
+                let retry_after = ((n - b.tokens) / l.rate).ceil().max(1.0) as u64;
+                return Err(Refusal::RateLimited { retry_after, scope: l.scope });
             }
-            let b = buckets
-                .entry((idx, k))
-                .or_insert(Bucket { tokens: if burst > 0.0 { burst } else { rate.max(1.0) }, last: now });
-            if dry {
-                let saved = Bucket { tokens: b.tokens, last: b.last };
-                let r = take(b, rate, burst, n, now);
-                *b = saved;
-                r
-            } else {
-                take(b, rate, burst, n, now)
+        }
+        for l in &limits {
+            if let Some(b) = buckets.get_mut(&l.id) {
+                b.tokens -= n;
             }
-        };
-        let key_owned = key.map(str::to_owned);
-        take_from(None, p.rate_per_sec, p.burst, true)
-            .map_err(|s| Refusal::RateLimited { retry_after: s, scope: "project" })?;
-        if key_owned.is_some() {
-            take_from(key_owned.clone(), p.key_rate_per_sec, p.key_burst, true)
-                .map_err(|s| Refusal::RateLimited { retry_after: s, scope: "key" })?;
         }
-        let _ = take_from(None, p.rate_per_sec, p.burst, false);
-        if key_owned.is_some() {
-            let _ = take_from(key_owned, p.key_rate_per_sec, p.key_burst, false);
-        }
-        Ok(Admitted { slug: p.slug.clone() })
+        Ok(())
+    }
+
+    /// Token buckets in memory: at most one per registered project, one per configured key,
+    /// and one for all unregistered projects, whatever requests say.
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 }
 
@@ -278,6 +360,82 @@ mod tests {
         let p = projects(10.0, 0.0);
         assert!(p.admit(Some("web"), None, Some("webkey123"), 11).is_err());
         assert!(p.admit(Some("web"), None, Some("webkey123"), 10).is_ok());
+    }
+
+    #[test]
+    fn requests_over_a_burst_get_413_not_429() {
+        let p = projects(10.0, 0.0);
+        assert_eq!(
+            p.admit(Some("web"), None, Some("webkey123"), 11),
+            Err(Refusal::OverBurst { events: 11, burst: 10, scope: "project" })
+        );
+        // It cost nothing: the whole burst is still there.
+        assert!(p.admit(Some("web"), None, Some("webkey123"), 10).is_ok());
+        let k = projects(0.0, 3.0);
+        assert!(matches!(
+            k.admit(None, Some(1), Some("webkey456"), 4),
+            Err(Refusal::OverBurst { scope: "key", burst: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_and_slugs_create_no_buckets() {
+        let mut cfg = Config {
+            projects: vec![ProjectConfig {
+                slug: "open".into(),
+                id: Some(7),
+                keys: Vec::new(),
+                rate_per_sec: 0.0,
+                burst: 0.0,
+                key_rate_per_sec: 5.0,
+                key_burst: 0.0,
+            }],
+            ..Config::default()
+        };
+        cfg.projects.extend(projects(100.0, 100.0).projects);
+        cfg.http.unregistered_rate_per_sec = 1000.0;
+        let p = Projects::new(&cfg).unwrap();
+        for i in 0..2000 {
+            let junk = format!("attacker-chosen-key-{i}");
+            // A keyless project ignores the key: no bucket for it.
+            assert!(p.admit(Some("open"), None, Some(&junk), 1).is_ok());
+            // A wrong key is refused before any bucket.
+            assert!(matches!(p.admit(Some("web"), None, Some(&junk), 1), Err(Refusal::Forbidden(_))));
+            assert!(matches!(p.admit(None, Some(1), Some(&junk), 1), Err(Refusal::Forbidden(_))));
+            // Unregistered projects share one bucket, whatever their names.
+            let _ = p.admit(Some(&format!("p{i}")), None, Some(&junk), 0);
+            let _ = p.admit(Some(&format!("q{i}")), None, None, 1);
+        }
+        assert!(p.admit(Some("web"), None, Some("webkey123"), 1).is_ok());
+        // web's project bucket, webkey123's bucket, the shared unregistered bucket.
+        assert_eq!(p.bucket_count(), 3);
+    }
+
+    #[test]
+    fn unregistered_projects_share_one_bucket() {
+        let mut cfg = Config::default();
+        cfg.http.unregistered_rate_per_sec = 1.0;
+        cfg.http.unregistered_burst = 10.0;
+        let p = Projects::new(&cfg).unwrap();
+        assert!(p.admit(Some("a"), None, None, 6).is_ok());
+        assert!(matches!(p.admit(Some("b"), None, None, 6), Err(Refusal::RateLimited { scope: "unregistered", .. })));
+        assert!(p.admit(Some("c"), None, None, 4).is_ok());
+        assert!(matches!(p.admit(Some("d"), None, None, 11), Err(Refusal::OverBurst { scope: "unregistered", .. })));
+        // The default: no limit, so `tracefold dev` and the load generator run unthrottled.
+        let open = Projects::new(&Config::default()).unwrap();
+        assert!(open.admit(Some("a"), None, None, 1_000_000).is_ok());
+        assert_eq!(open.bucket_count(), 0);
+    }
+
+    #[test]
+    fn keys_are_found_among_all_of_a_project() {
+        let keys: Vec<String> = vec!["aaaaaaaa".into(), "bbbbbbbb".into(), "cccccccc".into()];
+        assert_eq!(find_key(&keys, "aaaaaaaa"), Some(0));
+        assert_eq!(find_key(&keys, "cccccccc"), Some(2));
+        assert_eq!(find_key(&keys, "cccccccd"), None);
+        assert_eq!(find_key(&keys, "ccccccc"), None);
+        assert_eq!(find_key(&keys, ""), None);
+        assert_eq!(find_key(&[], "aaaaaaaa"), None);
     }
 
     #[test]

@@ -20,14 +20,15 @@ pub struct Config {
 }
 
 /// The `[http]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
     /// Listen address of the ingestion endpoint (also serves `/metrics`, `/healthz`, `/readyz`).
     pub listen: String,
     /// Largest request body, bytes; larger requests get 413.
     pub max_body_bytes: usize,
-    /// Largest single event, bytes; larger events get 413.
+    /// Largest single event, bytes; larger events get 413. The limit in force is the smaller
+    /// of this and what Kafka takes (see [`Config::max_event_bytes`]).
     pub max_event_bytes: usize,
     /// Most events in one NDJSON request.
     pub max_events_per_request: usize,
@@ -37,6 +38,17 @@ pub struct HttpSection {
     /// Accept events on the native endpoint for projects without a `[[projects]]` entry, with
     /// no key. The Sentry endpoints always need a registered project and key.
     pub allow_unregistered_projects: bool,
+    /// Events per second for all unregistered projects together (one bucket shared by every
+    /// project without a `[[projects]]` entry, per producer replica); 0 for no limit.
+    pub unregistered_rate_per_sec: f64,
+    /// Burst of the unregistered projects' bucket; 0 for one second's worth.
+    pub unregistered_burst: f64,
+    /// Ingest requests handled at once (reading, parsing, waiting for Kafka); more get 503
+    /// with `Retry-After` instead of queueing.
+    pub max_concurrent_requests: usize,
+    /// The whole request body must arrive within this (ms), else 408: a slow or stalled client
+    /// does not hold a request slot for longer.
+    pub body_timeout_ms: u64,
 }
 
 /// One `[[projects]]` entry.
@@ -55,7 +67,8 @@ pub struct ProjectConfig {
     /// Events per second for the whole project; 0 for no limit.
     #[serde(default)]
     pub rate_per_sec: f64,
-    /// Burst of the project's bucket; 0 for one second's worth.
+    /// Burst of the project's bucket; 0 for one second's worth. A request with more events
+    /// than the burst gets 413 (it could never pass).
     #[serde(default)]
     pub burst: f64,
     /// Events per second per key; 0 for no limit.
@@ -75,7 +88,93 @@ impl Default for HttpSection {
             max_events_per_request: 10_000,
             delivery_timeout_ms: 30_000,
             allow_unregistered_projects: true,
+            unregistered_rate_per_sec: 0.0,
+            unregistered_burst: 0.0,
+            max_concurrent_requests: 256,
+            body_timeout_ms: 10_000,
         }
+    }
+}
+
+/// librdkafka's default `message.max.bytes` (the producer refuses larger records).
+pub const KAFKA_DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room left in a Kafka record for what is not the event: the key (an event id, at most 36
+/// bytes), record headers and the record's own framing (librdkafka counts it against
+/// `message.max.bytes`).
+pub const KAFKA_RECORD_HEADROOM: usize = 512;
+
+impl Config {
+    /// The largest event the producer accepts, bytes: the smaller of `http.max_event_bytes`
+    /// and Kafka's `message.max.bytes` (librdkafka's default 1,000,000, or the value under
+    /// `[kafka.librdkafka]`) minus [`KAFKA_RECORD_HEADROOM`]. Larger events get 413 rather
+    /// than a 503 from Kafka that no retry can fix.
+    pub fn max_event_bytes(&self) -> usize {
+        let kafka = self
+            .kafka
+            .librdkafka
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(KAFKA_DEFAULT_MESSAGE_MAX_BYTES);
+        self.http.max_event_bytes.min(kafka.saturating_sub(KAFKA_RECORD_HEADROOM))
+    }
+
+    /// Checks values the types allow but the producer cannot use.
+    ///
+    /// # Errors
+    /// Names the key and what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let h = &self.http;
+        if h.max_concurrent_requests == 0 {
+            return Err("http.max_concurrent_requests must be at least 1".into());
+        }
+        if h.body_timeout_ms == 0 {
+            return Err("http.body_timeout_ms must be at least 1".into());
+        }
+        if !(h.unregistered_rate_per_sec >= 0.0 && h.unregistered_burst >= 0.0) {
+            return Err("http.unregistered_rate_per_sec and http.unregistered_burst must not be negative".into());
+        }
+        if let Some(v) = self.kafka.librdkafka.get("message.max.bytes") {
+            if v.trim().parse::<usize>().is_err() {
+                return Err(format!("kafka.librdkafka.\"message.max.bytes\" = {v:?} is not a number of bytes"));
+            }
+        }
+        if self.max_event_bytes() == 0 {
+            return Err("http.max_event_bytes (or Kafka's message.max.bytes) leaves no room for an event".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_limit_is_what_kafka_takes() {
+        let mut c = Config::default();
+        assert_eq!(c.http.max_event_bytes, 1 << 20);
+        assert_eq!(c.max_event_bytes(), 1_000_000 - KAFKA_RECORD_HEADROOM, "librdkafka's default wins over 1 MiB");
+        c.kafka.librdkafka.insert("message.max.bytes".into(), "5000000".into());
+        assert_eq!(c.max_event_bytes(), 1 << 20, "a larger Kafka limit leaves http.max_event_bytes in force");
+        c.http.max_event_bytes = 4096;
+        assert_eq!(c.max_event_bytes(), 4096);
+        assert!(c.check().is_ok());
+        c.kafka.librdkafka.insert("message.max.bytes".into(), "lots".into());
+        assert!(c.check().unwrap_err().contains("message.max.bytes"));
+    }
+
+    #[test]
+    fn unusable_values_are_named() {
+        let mut c = Config::default();
+        c.http.max_concurrent_requests = 0;
+        assert!(c.check().unwrap_err().contains("max_concurrent_requests"));
+        let mut c = Config::default();
+        c.http.unregistered_rate_per_sec = -1.0;
+        assert!(c.check().unwrap_err().contains("unregistered_rate_per_sec"));
+        let mut c = Config::default();
+        c.http.body_timeout_ms = 0;
+        assert!(c.check().unwrap_err().contains("body_timeout_ms"));
     }
 }
 

@@ -2,38 +2,66 @@
 //!
 //! Native: `POST /api/v1/projects/{project}/events` takes one JSON event, or an NDJSON batch
 //! (one event per line; `Content-Type: application/x-ndjson`, or any body with more than one
-//! non-empty line). A batch is all or nothing: when any line is invalid, nothing is published
-//! and the 400 response lists every bad line. `event_id` and `project` are filled in when the
-//! event lacks them; a `project` that differs from the path is an error.
+//! non-empty line that is not one JSON value). A batch is all or nothing: when any line is
+//! invalid, nothing is published and the 400 response lists every bad line. `event_id` and
+//! `project` are filled in when the event lacks them (or has them `null`); a `project` that
+//! differs from the path is an error.
 //!
 //! Sentry: `POST /api/{project_id}/store/` (one Sentry event) and
 //! `POST /api/{project_id}/envelope/` (an envelope; `event` items are ingested, other item
 //! types are accepted, skipped and counted), so that a Sentry SDK's DSN can point here.
 //!
-//! Every endpoint: gzip or deflate bodies; project keys (401 without, 403 with a wrong one);
-//! per-project and per-key rate limits (429 with `Retry-After` and `X-Sentry-Rate-Limits`);
-//! 413 for bodies and events over the limits, checked before parsing; 503 with `Retry-After`
-//! when Kafka does not acknowledge. Responses are JSON: native `200 {"accepted": n, "ids":
-//! [...]}`, Sentry `200 {"id": "..."}`; errors `{"error": "...", "details": [{"line": 1,
-//! "field": "...", "reason": "..."}]}`.
+//! Every endpoint: gzip or deflate bodies; project keys (401 without, 403 with a wrong one),
+//! checked before the body is decompressed or parsed; per-project and per-key rate limits
+//! (429 with `Retry-After` and `X-Sentry-Rate-Limits`; 413 for a request with more events than
+//! a bucket's burst); 413 for bodies and events over the limits, checked before parsing; 400
+//! for events nested deeper than [`tracefold_model::json::MAX_DEPTH`]; lone UTF-16 surrogate escapes become U+FFFD;
+//! 408 when the body does not arrive within `http.body_timeout_ms`; 503 with `Retry-After`
+//! when `http.max_concurrent_requests` requests are in flight already or Kafka does not
+//! acknowledge. Responses are JSON: native `200 {"accepted": n, "ids": [...]}`, Sentry
+//! `200 {"id": "..."}`; errors `{"error": "...", "details": [{"line": 1, "field": "...",
+//! "reason": "...", "code": "invalid"}]}` with `code` one of [`Reason::code`].
 
 use crate::auth::{request_key, Projects, Refusal};
 use crate::config::Config;
 use crate::metrics as m;
-use crate::sentry::{decode_body, item_label, parse_envelope, to_tracefold, BodyError};
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use crate::sentry::{
+    decode_body, decode_first_line, envelope_dsn_key, item_label, parse_envelope, to_tracefold, BodyError,
+};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use futures::StreamExt as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracefold_model::json::repair_surrogates;
+use tracefold_model::reject::Reason;
 use tracefold_model::validate::is_project_slug;
-use tracefold_model::{parse_event_str, validate};
+use tracefold_model::{parse_event_slice, validate, ParseError};
 use tracing::Instrument as _;
+
+/// Bodies larger than this (decompressed) are parsed on the blocking pool, not on the async
+/// workers that serve every other connection.
+pub const BLOCKING_THRESHOLD: usize = 64 << 10;
+/// Compressed bodies larger than this are decompressed on the blocking pool (a kilobyte of
+/// gzip can inflate to a megabyte).
+pub const BLOCKING_COMPRESSED_THRESHOLD: usize = 1 << 10;
+/// Most decompressed bytes of an envelope read to find its header's DSN when the request
+/// carries no key: nothing else of the body is decompressed before the key is checked.
+pub const ENVELOPE_HEADER_MAX: usize = 16 << 10;
+/// Largest buffer reserved for a body before its bytes arrive (a claimed `Content-Length`
+/// reserves no more than this).
+const BODY_PREALLOC: usize = 64 << 10;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -44,6 +72,72 @@ pub struct AppState {
     pub producer: FutureProducer,
     /// Registered projects, keys and rate limits.
     pub projects: Arc<Projects>,
+    /// In-flight ingest requests.
+    pub limiter: Limiter,
+    /// The largest event accepted, bytes ([`Config::max_event_bytes`]).
+    pub max_event_bytes: usize,
+}
+
+impl AppState {
+    /// The state for `cfg`, with a limiter of `http.max_concurrent_requests` slots.
+    pub fn new(cfg: Arc<Config>, producer: FutureProducer, projects: Arc<Projects>) -> Self {
+        let limiter = Limiter::new(cfg.http.max_concurrent_requests);
+        let max_event_bytes = cfg.max_event_bytes();
+        Self { cfg, producer, projects, limiter, max_event_bytes }
+    }
+}
+
+/// Bounds the ingest requests handled at once: a request over the bound is answered 503 with
+/// `Retry-After` at once, never queued.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Limiter {
+    /// A limiter of `max` slots.
+    pub fn new(max: usize) -> Self {
+        Self { slots: Arc::new(Semaphore::new(max)), max }
+    }
+
+    /// A slot for one request, held until the permit is dropped.
+    ///
+    /// # Errors
+    /// 503 with `Retry-After: 1` when every slot is taken.
+    pub fn try_enter(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the producer is handling {} requests already (http.max_concurrent_requests); retry shortly",
+                    self.max
+                ),
+            );
+            e.retry_after_secs = Some(1);
+            e
+        })
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+}
+
+async fn limit_concurrency(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match st.limiter.try_enter() {
+        Ok(permit) => {
+            let resp = next.run(req).await;
+            drop(permit);
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn serialize_code<S: Serializer>(r: &Reason, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.code())
 }
 
 /// One problem with a request.
@@ -56,27 +150,56 @@ pub struct Detail {
     pub field: Option<String>,
     /// What is wrong.
     pub reason: String,
-    /// The event is over the size limit (the request gets 413 rather than 400).
-    #[serde(skip)]
-    pub too_large: bool,
+    /// The bounded reason: `too_large` (the request gets 413 rather than 400), `too_deep`,
+    /// `malformed` or `invalid`.
+    #[serde(serialize_with = "serialize_code")]
+    pub code: Reason,
 }
 
-impl Detail {
-    fn invalid(line: usize, field: Option<String>, reason: String) -> Self {
-        Self { line, field, reason, too_large: false }
+/// Why one event is refused, before it is placed in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The bounded reason.
+    pub code: Reason,
+    /// JSON path of the offending field, when known.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Problem {
+    fn new(code: Reason, field: Option<String>, reason: impl Into<String>) -> Self {
+        Self { code, field, reason: reason.into() }
     }
 
-    fn too_large(line: usize, len: usize, max: usize) -> Self {
-        Self { line, field: None, reason: format!("event of {len} bytes is larger than {max} bytes"), too_large: true }
+    fn too_large(len: usize, max: usize) -> Self {
+        Self::new(Reason::TooLarge, None, format!("event of {len} bytes is larger than {max} bytes"))
+    }
+
+    fn parse(e: &ParseError) -> Self {
+        Self::new(e.reason(), None, e.to_string())
+    }
+
+    fn at(self, line: usize) -> Detail {
+        Detail { line, field: self.field, reason: self.reason, code: self.code }
     }
 }
 
 /// Events refused: nothing of the request is published; 413 when an event is over the size
 /// limit, else 400; every problem listed.
 fn refused(details: Vec<Detail>, total: usize) -> ApiError {
-    metrics::counter!(m::EVENTS_TOTAL, "outcome" => "invalid").increment(details.len() as u64);
-    let status =
-        if details.iter().any(|d| d.too_large) { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+    let mut by_reason: BTreeMap<Reason, u64> = BTreeMap::new();
+    for d in &details {
+        *by_reason.entry(d.code).or_default() += 1;
+    }
+    for (reason, n) in by_reason {
+        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "invalid", "reason" => reason.code()).increment(n);
+    }
+    let status = if details.iter().any(|d| d.code == Reason::TooLarge) {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     let mut e = ApiError::new(status, format!("{} of {total} events are invalid; nothing was accepted", details.len()));
     e.details = details;
     e
@@ -97,6 +220,8 @@ pub struct ApiError {
     retry_after_secs: Option<u64>,
     #[serde(skip)]
     sentry_rate_limit: Option<String>,
+    #[serde(skip)]
+    close: bool,
     /// Summary.
     pub error: String,
     /// Per-line problems.
@@ -106,7 +231,23 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        Self { status, retry_after_secs: None, sentry_rate_limit: None, error: error.into(), details: Vec::new() }
+        Self {
+            status,
+            retry_after_secs: None,
+            sentry_rate_limit: None,
+            close: false,
+            error: error.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn internal(what: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {what}"))
     }
 }
 
@@ -119,6 +260,9 @@ impl IntoResponse for ApiError {
         }
         if let Some(v) = self.sentry_rate_limit.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
             resp.headers_mut().insert("x-sentry-rate-limits", v);
+        }
+        if self.close {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -138,6 +282,10 @@ impl From<Refusal> for ApiError {
                 e.sentry_rate_limit = Some(format!("{retry_after}::{scope}"));
                 e
             }
+            Refusal::OverBurst { events, burst, scope } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{events} events in one request, more than the {scope} rate limit's burst of {burst}; send smaller requests"),
+            ),
         }
     }
 }
@@ -158,12 +306,13 @@ pub struct SentryAccepted {
     pub id: Option<String>,
 }
 
-/// The ingestion routes, with ops routes merged in by the caller.
+/// The ingestion routes (behind the concurrency limit), with ops routes merged in by the caller.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/projects/{project}/events", post(ingest))
         .route("/api/{project_id}/store/", post(sentry_store))
         .route("/api/{project_id}/envelope/", post(sentry_envelope))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_concurrency))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -187,74 +336,82 @@ fn new_event_id() -> String {
 /// # Errors
 /// The reason, prefixed with the field when one is at fault.
 pub fn check_line(line: &str, project: &str, received_ms: i64) -> Result<String, String> {
-    prepare(line, project, received_ms).map(|r| r.id).map_err(|(field, reason)| match field {
-        Some(f) => format!("{f}: {reason}"),
-        None => reason,
+    prepare(line.as_bytes(), project, received_ms, usize::MAX).map(|r| r.id).map_err(|p| match p.field {
+        Some(f) => format!("{f}: {}", p.reason),
+        None => p.reason,
     })
 }
 
 /// A validated event ready to publish.
 #[derive(Debug)]
-struct Ready {
-    id: String,
-    payload: Vec<u8>,
+pub struct Ready {
+    /// Its event id (the Kafka key).
+    pub id: String,
+    /// The bytes to publish.
+    pub payload: Vec<u8>,
 }
 
-/// Checks one event and returns the bytes to publish (with `event_id`/`project` filled in).
-fn prepare(line: &str, project: &str, received_ms: i64) -> Result<Ready, (Option<String>, String)> {
-    let mut ev = parse_event_str(line).map_err(|e| (None, e.to_string()))?;
-    let mut inject = String::new();
+/// Checks one event as the grouper will read it and returns the bytes to publish: the event
+/// with lone surrogate escapes replaced by `\ufffd`, and with `event_id` and `project` set.
+/// An event that has both is published as it came (no re-serialization on the hot path);
+/// otherwise it is rebuilt as a JSON value with exactly one of each key (a `null` one is
+/// replaced).
+///
+/// # Errors
+/// [`Problem`] with the reason: over `max_event` bytes, nested deeper than [`tracefold_model::json::MAX_DEPTH`],
+/// malformed, or invalid (with the field).
+pub fn prepare(line: &[u8], project: &str, received_ms: i64, max_event: usize) -> Result<Ready, Problem> {
+    if line.len() > max_event {
+        return Err(Problem::too_large(line.len(), max_event));
+    }
+    let mut buf = line.to_vec();
+    // Repair lone surrogate escapes in the bytes to publish (one memchr pass when there is no
+    // backslash); the parse below checks the depth.
+    repair_surrogates(&mut buf);
+    // The grouper's parser (simd-json) on a copy, so that the producer accepts exactly what
+    // the grouper reads (serde_json alone lets through numbers simd-json refuses).
+    let mut scratch = buf.clone();
+    let mut ev = parse_event_slice(&mut scratch).map_err(|e| Problem::parse(&e))?;
+    let complete = ev.project.is_some() && ev.event_id.is_some();
     if let Some(p) = ev.project.as_deref() {
         if p != project {
-            return Err((Some("project".into()), format!("event says project {p:?} but the URL says {project:?}")));
+            return Err(Problem::new(
+                Reason::Invalid,
+                Some("project".into()),
+                format!("event says project {p:?} but the URL says {project:?}"),
+            ));
         }
-    } else {
-        inject.push_str(&format!("\"project\":{},", serde_json::to_string(project).unwrap_or_default()));
-        ev.project = Some(project.into());
     }
+    ev.project.get_or_insert(Cow::Borrowed(project));
     let id = match ev.event_id.as_deref() {
         Some(id) => id.to_owned(),
         None => {
             let id = new_event_id();
-            inject.push_str(&format!("\"event_id\":\"{id}\","));
-            ev.event_id = Some(id.clone().into());
+            ev.event_id = Some(Cow::Owned(id.clone()));
             id
         }
     };
-    validate(&ev, received_ms).map_err(|e| (Some(e.field), e.reason))?;
-    let payload = if inject.is_empty() {
-        line.as_bytes().to_vec()
-    } else {
-        // The event is a non-empty JSON object (validation needs an exception or a message):
-        // splice the missing fields in right after its opening brace.
-        let brace = line.find('{').expect("parsed as an object");
-        let mut out = Vec::with_capacity(line.len() + inject.len());
-        out.extend_from_slice(&line.as_bytes()[..=brace]);
-        out.extend_from_slice(inject.as_bytes());
-        out.extend_from_slice(&line.as_bytes()[brace + 1..]);
-        out
-    };
+    validate(&ev, received_ms).map_err(|e| Problem::new(Reason::Invalid, Some(e.field), e.reason))?;
+    let payload = if complete { buf } else { with_ids(&buf, project, &id)? };
+    if payload.len() > max_event {
+        return Err(Problem::too_large(payload.len(), max_event));
+    }
     Ok(Ready { id, payload })
 }
 
-/// Reads the body within the limits (413 before parsing), and decompresses it.
-async fn read_body(cfg: &Config, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
-    let max = cfg.http.max_body_bytes;
-    if let Some(len) =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > max {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body of {len} bytes is larger than {max} bytes"),
-            ));
-        }
-    }
-    let bytes: Bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes"))
-    })?;
-    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
-    decode_body(encoding, &bytes, max).map_err(|e| match e {
+/// The event `buf` (depth already checked) with `project` and `event_id` set, as one JSON
+/// object: no duplicate keys, whatever the input had (`"project": null` included).
+fn with_ids(buf: &[u8], project: &str, id: &str) -> Result<Vec<u8>, Problem> {
+    let malformed = |e: String| Problem::new(Reason::Malformed, None, format!("malformed event json: {e}"));
+    let mut v: serde_json::Value = serde_json::from_slice(buf).map_err(|e| malformed(e.to_string()))?;
+    let o = v.as_object_mut().ok_or_else(|| malformed("an event must be a JSON object".into()))?;
+    o.insert("project".into(), project.into());
+    o.insert("event_id".into(), id.into());
+    serde_json::to_vec(&v).map_err(|e| malformed(e.to_string()))
+}
+
+fn body_error(e: BodyError) -> ApiError {
+    match e {
         BodyError::TooLarge(n) => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("decompressed request body is larger than {n} bytes"))
         }
@@ -265,7 +422,78 @@ async fn read_body(cfg: &Config, headers: &HeaderMap, body: Body) -> Result<Vec<
         BodyError::Corrupt(why) => {
             ApiError::new(StatusCode::BAD_REQUEST, format!("cannot decompress the request body: {why}"))
         }
-    })
+    }
+}
+
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|e| e.trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty() && e != "identity")
+}
+
+/// Reads the raw (possibly compressed) body within `http.max_body_bytes` (413, before reading
+/// when `Content-Length` says so) and `http.body_timeout_ms` (408).
+async fn read_raw(cfg: &Config, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    let max = cfg.http.max_body_bytes;
+    let claimed =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = claimed {
+        if len > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {len} bytes is larger than {max} bytes"),
+            ));
+        }
+    }
+    let read = async {
+        let mut out = Vec::with_capacity(claimed.unwrap_or(0).min(BODY_PREALLOC));
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")))?;
+            if out.len() + chunk.len() > max {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than {max} bytes"),
+                ));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    };
+    let ms = cfg.http.body_timeout_ms;
+    match tokio::time::timeout(Duration::from_millis(ms), read).await {
+        Ok(r) => r,
+        Err(_) => {
+            let mut e = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {ms} ms (http.body_timeout_ms)"),
+            );
+            e.close = true;
+            Err(e)
+        }
+    }
+}
+
+/// Decompresses `raw` by its `Content-Encoding` within `http.max_body_bytes`; large
+/// compressed bodies on the blocking pool.
+async fn decode(headers: &HeaderMap, raw: Vec<u8>, max: usize) -> Result<Vec<u8>, ApiError> {
+    let Some(enc) = content_encoding(headers) else {
+        return Ok(raw);
+    };
+    let big = raw.len() > BLOCKING_COMPRESSED_THRESHOLD;
+    off_thread(big, move || decode_body(Some(&enc), &raw, max)).await?.map_err(body_error)
+}
+
+/// Runs `f` here when the work is small, else on the blocking pool (so that a large body does
+/// not stall the async workers serving every other connection).
+async fn off_thread<T: Send + 'static>(big: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    if !big {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)
 }
 
 /// Publishes events and waits until Kafka acknowledged every one (503 otherwise).
@@ -276,6 +504,15 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
         let rec = FutureRecord::to(topic).key(r.id.as_bytes()).payload(r.payload.as_slice());
         match st.producer.send_result(rec) {
             Ok(f) => futures.push(f),
+            // Events are checked against the size Kafka takes; should the broker's limit be
+            // lower still, no retry can help.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("an event of {} bytes is larger than Kafka's message.max.bytes", r.payload.len()),
+                ));
+            }
             // The producer's queue is bounded (queue.buffering.max.*): full means Kafka is
             // not keeping up; refuse rather than buffer without bound.
             Err((e, _)) => {
@@ -324,6 +561,53 @@ async fn ingest(
     ingest_inner(st, project, query, headers, body).instrument(span).await
 }
 
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl"))
+}
+
+/// Whether `text` is one event: no newline inside it, or one JSON object spread over lines (a
+/// pretty-printed event). Linear, without recursion and without parsing: the first value's
+/// closing bracket must be the last non-blank byte.
+fn is_one_value(text: &str) -> bool {
+    let t = text.trim().as_bytes();
+    if !t.contains(&b'\n') {
+        return true;
+    }
+    if !matches!(t.first(), Some(b'{' | b'[')) {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < t.len() {
+        match t[i] {
+            b'"' => {
+                i += 1;
+                while i < t.len() && t[i] != b'"' {
+                    i += if t[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i == t.len() - 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The non-blank lines of an NDJSON body, numbered from 1, lazily.
+fn event_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty())
+}
+
 async fn ingest_inner(
     st: AppState,
     project: String,
@@ -332,7 +616,6 @@ async fn ingest_inner(
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
     let t0 = Instant::now();
-    let cfg = &st.cfg.http;
     if !is_project_slug(&project) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -341,54 +624,74 @@ async fn ingest_inner(
     }
     let key = request_key(&headers, query.as_deref());
     st.projects.admit(Some(&project), None, key.as_deref(), 0)?;
-    let bytes = read_body(&st.cfg, &headers, body).await?;
-    let text = std::str::from_utf8(&bytes)
+    let raw = read_raw(&st.cfg, &headers, body).await?;
+    let bytes = decode(&headers, raw, st.cfg.http.max_body_bytes).await?;
+    let ndjson = is_ndjson(&headers);
+    let big = bytes.len() > BLOCKING_THRESHOLD;
+    let s = st.clone();
+    let ready =
+        off_thread(big, move || native_events(&s, &bytes, ndjson, &project, key.as_deref(), now_ms())).await??;
+    publish(&st, &ready).await?;
+    record_ok(t0);
+    Ok(Json(Accepted { accepted: ready.len(), ids: ready.into_iter().map(|r| r.id).collect() }))
+}
+
+/// The events of a native request, checked: counted (lazily, stopping past
+/// `http.max_events_per_request`: 413), admitted by the rate limits, then each prepared.
+fn native_events(
+    st: &AppState,
+    body: &[u8],
+    ndjson: bool,
+    project: &str,
+    key: Option<&str>,
+    received: i64,
+) -> Result<Vec<Ready>, ApiError> {
+    let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body is not UTF-8: {e}")))?;
-    let ndjson = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl"));
+    let max_events = st.cfg.http.max_events_per_request;
     // Without an NDJSON content type, a body that is one JSON value (even pretty-printed) is
     // one event; otherwise it is read as lines.
-    let single =
-        !ndjson && (!text.trim().contains('\n') || serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
-    let lines: Vec<(usize, &str)> = if !single {
-        text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty()).collect()
+    let single = !ndjson && is_one_value(text);
+    let n = if single {
+        usize::from(!text.trim().is_empty())
     } else {
-        vec![(1, text.trim())]
+        let mut n = 0;
+        for _ in event_lines(text) {
+            n += 1;
+            if n > max_events {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("more than {max_events} events in one request (http.max_events_per_request)"),
+                ));
+            }
+        }
+        n
     };
-    if lines.is_empty() || lines.iter().all(|(_, l)| l.is_empty()) {
+    if n == 0 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "request body is empty; send one JSON event or NDJSON lines",
         ));
     }
-    if lines.len() > cfg.max_events_per_request {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{} events in one request; at most {}", lines.len(), cfg.max_events_per_request),
-        ));
-    }
-    st.projects.admit(Some(&project), None, key.as_deref(), lines.len())?;
-    let received = now_ms();
-    let mut ready = Vec::with_capacity(lines.len());
+    st.projects.admit(Some(project), None, key, n)?;
+    let max_event = st.max_event_bytes;
+    let mut ready = Vec::with_capacity(n);
     let mut details = Vec::new();
-    for (line_no, line) in &lines {
-        if line.len() > cfg.max_event_bytes {
-            details.push(Detail::too_large(*line_no, line.len(), cfg.max_event_bytes));
-            continue;
-        }
-        match prepare(line, &project, received) {
-            Ok(r) => ready.push(r),
-            Err((field, reason)) => details.push(Detail::invalid(*line_no, field, reason)),
+    let mut check = |line_no: usize, line: &str| match prepare(line.as_bytes(), project, received, max_event) {
+        Ok(r) => ready.push(r),
+        Err(p) => details.push(p.at(line_no)),
+    };
+    if single {
+        check(1, text.trim());
+    } else {
+        for (line_no, line) in event_lines(text) {
+            check(line_no, line);
         }
     }
     if !details.is_empty() {
-        return Err(refused(details, lines.len()));
+        return Err(refused(details, n));
     }
-    publish(&st, &ready).await?;
-    record_ok(t0);
-    Ok(Json(Accepted { accepted: ready.len(), ids: ready.into_iter().map(|r| r.id).collect() }))
+    Ok(ready)
 }
 
 fn project_id(raw: &str) -> Result<u64, ApiError> {
@@ -398,12 +701,12 @@ fn project_id(raw: &str) -> Result<u64, ApiError> {
 }
 
 /// Maps and validates one Sentry event for `slug`.
-fn prepare_sentry(payload: &[u8], slug: &str, max_event: usize, received: i64) -> Result<Ready, Detail> {
+fn prepare_sentry(payload: &[u8], slug: &str, max_event: usize, received: i64) -> Result<Ready, Problem> {
     if payload.len() > max_event {
-        return Err(Detail::too_large(1, payload.len(), max_event));
+        return Err(Problem::too_large(payload.len(), max_event));
     }
-    let json = to_tracefold(payload, slug).map_err(|reason| Detail::invalid(1, None, reason))?;
-    prepare(&json, slug, received).map_err(|(field, reason)| Detail::invalid(1, field, reason))
+    let json = to_tracefold(payload, slug).map_err(|r| Problem::new(r.reason, None, r.detail))?;
+    prepare(json.as_bytes(), slug, received, max_event)
 }
 
 async fn sentry_store(
@@ -419,16 +722,27 @@ async fn sentry_store(
         let id = project_id(&raw_id)?;
         let key = request_key(&headers, query.as_deref());
         let project = st.projects.admit(None, Some(id), key.as_deref(), 0)?;
-        let bytes = read_body(&st.cfg, &headers, body).await?;
+        let raw = read_raw(&st.cfg, &headers, body).await?;
+        let bytes = decode(&headers, raw, st.cfg.http.max_body_bytes).await?;
         st.projects.admit(None, Some(id), key.as_deref(), 1)?;
-        let ready = prepare_sentry(&bytes, &project.slug, st.cfg.http.max_event_bytes, now_ms())
-            .map_err(|d| refused(vec![d], 1))?;
+        let max_event = st.max_event_bytes;
+        let big = bytes.len() > BLOCKING_THRESHOLD;
+        let ready = off_thread(big, move || {
+            prepare_sentry(&bytes, &project.slug, max_event, now_ms()).map_err(|p| refused(vec![p.at(1)], 1))
+        })
+        .await??;
         publish(&st, std::slice::from_ref(&ready)).await?;
         record_ok(t0);
         Ok(Json(SentryAccepted { id: Some(ready.id) }))
     }
     .instrument(span)
     .await
+}
+
+/// The events of an envelope, checked, and the envelope header's event id.
+struct EnvelopeEvents {
+    ready: Vec<Ready>,
+    header_event_id: Option<String>,
 }
 
 async fn sentry_envelope(
@@ -442,57 +756,112 @@ async fn sentry_envelope(
     async move {
         let t0 = Instant::now();
         let id = project_id(&raw_id)?;
-        let bytes = read_body(&st.cfg, &headers, body).await?;
-        let envelope = parse_envelope(&bytes)
-            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed envelope: {why}")))?;
-        // The key: request headers or query, else the DSN in the envelope header.
-        let key = request_key(&headers, query.as_deref())
-            .or_else(|| envelope.header.get("dsn").and_then(|d| d.as_str()).and_then(crate::auth::dsn_key));
-        let events: Vec<&crate::sentry::Item<'_>> = envelope.items.iter().filter(|i| i.ty == "event").collect();
-        let project = st.projects.admit(None, Some(id), key.as_deref(), events.len())?;
-        for item in envelope.items.iter().filter(|i| i.ty != "event") {
-            metrics::counter!(m::ENVELOPE_ITEMS_TOTAL, "type" => item_label(&item.ty), "outcome" => "skipped")
-                .increment(1);
+        // The key: request headers or query (checked before the body is read), else the DSN
+        // in the envelope header: only the first line is decompressed and read before the key
+        // is checked, never the whole body.
+        let header_key = request_key(&headers, query.as_deref());
+        if let Some(k) = header_key.as_deref() {
+            st.projects.admit(None, Some(id), Some(k), 0)?;
         }
-        let received = now_ms();
-        let mut ready = Vec::with_capacity(events.len());
-        let mut details = Vec::new();
-        for (n, item) in envelope.items.iter().enumerate().filter(|(_, i)| i.ty == "event") {
-            match prepare_sentry(item.payload, &project.slug, st.cfg.http.max_event_bytes, received) {
-                Ok(r) => ready.push(r),
-                Err(mut d) => {
-                    d.line = n + 1;
-                    details.push(d);
-                }
+        let raw = read_raw(&st.cfg, &headers, body).await?;
+        let key = match header_key {
+            Some(k) => k,
+            None => {
+                let enc = content_encoding(&headers);
+                let line = match decode_first_line(enc.as_deref(), &raw, ENVELOPE_HEADER_MAX) {
+                    Ok(line) => line,
+                    Err(e @ BodyError::Unsupported(_)) => return Err(body_error(e)),
+                    // No readable header: no key.
+                    Err(_) => Vec::new(),
+                };
+                let k = envelope_dsn_key(&line).ok_or(Refusal::MissingKey)?;
+                st.projects.admit(None, Some(id), Some(&k), 0)?;
+                k
             }
-        }
-        if !details.is_empty() {
-            return Err(refused(details, events.len()));
-        }
-        publish(&st, &ready).await?;
+        };
+        let bytes = decode(&headers, raw, st.cfg.http.max_body_bytes).await?;
+        let big = bytes.len() > BLOCKING_THRESHOLD;
+        let s = st.clone();
+        let out = off_thread(big, move || envelope_events(&s, &bytes, id, &key, now_ms())).await??;
+        publish(&st, &out.ready).await?;
         metrics::counter!(m::ENVELOPE_ITEMS_TOTAL, "type" => "event", "outcome" => "accepted")
-            .increment(ready.len() as u64);
+            .increment(out.ready.len() as u64);
         record_ok(t0);
-        let id = ready
-            .first()
-            .map(|r| r.id.clone())
-            .or_else(|| envelope.header.get("event_id").and_then(|v| v.as_str()).map(str::to_owned));
+        let id = out.ready.first().map(|r| r.id.clone()).or(out.header_event_id);
         Ok(Json(SentryAccepted { id }))
     }
     .instrument(span)
     .await
 }
 
+/// Parses an envelope, admits its events by the rate limits and checks each.
+fn envelope_events(st: &AppState, bytes: &[u8], id: u64, key: &str, received: i64) -> Result<EnvelopeEvents, ApiError> {
+    let envelope = parse_envelope(bytes)
+        .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed envelope: {why}")))?;
+    let events = envelope.items.iter().filter(|i| i.ty == "event").count();
+    let project = st.projects.admit(None, Some(id), Some(key), events)?;
+    for item in envelope.items.iter().filter(|i| i.ty != "event") {
+        metrics::counter!(m::ENVELOPE_ITEMS_TOTAL, "type" => item_label(&item.ty), "outcome" => "skipped").increment(1);
+    }
+    let mut ready = Vec::with_capacity(events);
+    let mut details = Vec::new();
+    for (n, item) in envelope.items.iter().enumerate().filter(|(_, i)| i.ty == "event") {
+        match prepare_sentry(item.payload, &project.slug, st.max_event_bytes, received) {
+            Ok(r) => ready.push(r),
+            Err(p) => details.push(p.at(n + 1)),
+        }
+    }
+    if !details.is_empty() {
+        return Err(refused(details, events));
+    }
+    let header_event_id = envelope.header.get("event_id").and_then(|v| v.as_str()).map(str::to_owned);
+    Ok(EnvelopeEvents { ready, header_event_id })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use tracefold_model::json::MAX_DEPTH;
 
     const NOW: i64 = 1_795_671_540_000;
 
+    fn prep(line: &str) -> Result<Ready, Problem> {
+        prepare(line.as_bytes(), "web", NOW, usize::MAX)
+    }
+
+    fn json(r: &Ready) -> serde_json::Value {
+        serde_json::from_slice(&r.payload).unwrap()
+    }
+
+    /// How often `key` appears as an object key at the top of the published event.
+    fn top_level_keys(payload: &[u8], key: &str) -> usize {
+        // serde_json's Value would hide duplicates: count them with a streaming visitor.
+        struct Count<'a>(&'a str, usize);
+        impl<'de> serde::de::Visitor<'de> for &mut Count<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+                while let Some(k) = m.next_key::<String>()? {
+                    if k == self.0 {
+                        self.1 += 1;
+                    }
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(())
+            }
+        }
+        let mut c = Count(key, 0);
+        serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_slice(payload), &mut c).unwrap();
+        c.1
+    }
+
     #[test]
     fn prepare_fills_in_missing_ids_and_project() {
-        let r = prepare(r#"{"message":"boom"}"#, "web", NOW).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        let r = prep(r#"{"message":"boom"}"#).unwrap();
+        let v = json(&r);
         assert_eq!(v["project"], "web");
         assert_eq!(v["event_id"], r.id.as_str());
         assert_eq!(v["message"], "boom");
@@ -502,18 +871,293 @@ mod tests {
     #[test]
     fn prepare_keeps_given_bytes_verbatim() {
         let line = r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"x"}"#;
-        let r = prepare(line, "web", NOW).unwrap();
+        let r = prep(line).unwrap();
         assert_eq!(r.payload, line.as_bytes());
         assert_eq!(r.id, "0123456789abcdef0123456789abcdef");
     }
 
     #[test]
-    fn prepare_rejects_with_field() {
+    fn null_project_and_event_id_count_as_absent() {
+        for line in [
+            r#"{"project":null,"message":"x"}"#,
+            r#"{"project":null,"event_id":null,"message":"x"}"#,
+            r#"{"message":"x","event_id":null}"#,
+            r#"{"event_id":"0123456789abcdef0123456789abcdef","project":null,"message":"x"}"#,
+        ] {
+            let r = prep(line).unwrap();
+            assert_eq!(top_level_keys(&r.payload, "project"), 1, "{line}");
+            assert_eq!(top_level_keys(&r.payload, "event_id"), 1, "{line}");
+            let v = json(&r);
+            assert_eq!(v["project"], "web");
+            assert_eq!(v["event_id"], r.id.as_str());
+            // What the grouper reads: one project, the path's.
+            let mut buf = r.payload.clone();
+            let ev = tracefold_model::parse_event_slice(&mut buf).unwrap();
+            assert_eq!(ev.project.as_deref(), Some("web"));
+        }
+        let r = prep(r#"{"event_id":"0123456789abcdef0123456789abcdef","project":null,"message":"x"}"#).unwrap();
+        assert_eq!(r.id, "0123456789abcdef0123456789abcdef", "a given id is kept");
+    }
+
+    #[test]
+    fn prepare_rejects_with_field_and_code() {
+        let e = prep(r#"{"project":"api","message":"x"}"#).unwrap_err();
+        assert_eq!((e.field.as_deref(), e.code), (Some("project"), Reason::Invalid));
+        assert_eq!(prep(r#"{"level":"loud","message":"x"}"#).unwrap_err().field.as_deref(), Some("level"));
+        let e = prep("{").unwrap_err();
+        assert_eq!((e.field, e.code), (None, Reason::Malformed));
+    }
+
+    #[test]
+    fn what_the_producer_accepts_the_grouper_reads() {
+        let id = "0123456789abcdef0123456789abcdef";
+        for extra in ["1e400", "123456789012345678901234567890"] {
+            let line = format!(r#"{{"project":"web","event_id":"{id}","message":"x","extra":{extra}}}"#);
+            assert_eq!(prep(&line).unwrap_err().code, Reason::Malformed, "{line}");
+        }
+        for extra in ["-0", "1.5e-300", r#""\u0000""#, "[]", r#"{"a":1}"#] {
+            let line = format!(r#"{{"message":"x","extra":{extra}}}"#);
+            let r = prep(&line).unwrap();
+            let mut buf = r.payload.clone();
+            tracefold_model::parse_event_slice(&mut buf).unwrap_or_else(|e| panic!("{e}: {line}"));
+        }
+    }
+
+    #[test]
+    fn lone_surrogates_are_replaced_in_the_published_bytes() {
+        let line = r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"cut \ud83d"}"#;
+        let r = prep(line).unwrap();
+        assert_eq!(r.payload.len(), line.len(), "repaired in place");
+        assert!(String::from_utf8(r.payload.clone()).unwrap().contains(r"cut \ufffd"));
+        assert_eq!(json(&r)["message"], "cut \u{fffd}");
+        let upper = line.replace(r"\ud83d", r"\uD83D");
+        assert_eq!(json(&prep(&upper).unwrap())["message"], "cut \u{fffd}", "upper-case escapes too");
+        // Also when the event is rebuilt to add its ids.
+        let r = prep(r#"{"exception":[{"type":"E\udc00","value":"\ud83d\ude00 ok"}]}"#).unwrap();
+        assert_eq!(json(&r)["exception"][0]["type"], "E\u{fffd}");
+        assert_eq!(json(&r)["exception"][0]["value"], "\u{1f600} ok");
+    }
+
+    #[test]
+    fn depth_over_the_limit_is_too_deep() {
+        let nest = |d: usize| format!(r#"{{"message":"m","extra":{}1{}}}"#, "[".repeat(d - 1), "]".repeat(d - 1));
+        assert!(prep(&nest(MAX_DEPTH)).is_ok());
+        let e = prep(&nest(MAX_DEPTH + 1)).unwrap_err();
+        assert_eq!(e.code, Reason::TooDeep);
+        assert!(e.reason.contains("nested deeper than 64"), "{}", e.reason);
+        // A million levels, closed: refused as too deep, no recursion.
+        let e = prep(&format!("{{\"m\":\"m\",\"x\":{}{}}}", "[".repeat(1_000_000), "]".repeat(1_000_000))).unwrap_err();
+        assert_eq!(e.code, Reason::TooDeep);
+        // Never closed: not JSON at all, refused as malformed (the parser stops at the end).
+        let e = prep(&"{\"a\":[".repeat(1_000_000)).unwrap_err();
+        assert_eq!(e.code, Reason::Malformed);
+    }
+
+    #[test]
+    fn size_is_checked_before_and_after_ids_are_added() {
+        let line = format!(r#"{{"message":"{}"}}"#, "x".repeat(100));
+        let e = prepare(line.as_bytes(), "web", NOW, 50).unwrap_err();
+        assert_eq!(e.code, Reason::TooLarge);
+        // Fits as sent, not once project and event_id are added.
+        let e = prepare(line.as_bytes(), "web", NOW, line.len()).unwrap_err();
+        assert_eq!(e.code, Reason::TooLarge);
+        assert!(prepare(line.as_bytes(), "web", NOW, line.len() + 100).is_ok());
+    }
+
+    #[test]
+    fn details_serialize_their_code() {
+        let d = Problem::new(Reason::TooDeep, None, "deep").at(3);
         assert_eq!(
-            prepare(r#"{"project":"api","message":"x"}"#, "web", NOW).unwrap_err().0.as_deref(),
-            Some("project")
+            serde_json::to_value(&d).unwrap(),
+            serde_json::json!({"line": 3, "reason": "deep", "code": "too_deep"})
         );
-        assert_eq!(prepare(r#"{"level":"loud","message":"x"}"#, "web", NOW).unwrap_err().0.as_deref(), Some("level"));
-        assert_eq!(prepare("{", "web", NOW).unwrap_err().0, None);
+        let e = refused(vec![d, Problem::too_large(10, 5).at(4)], 4);
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let e = refused(vec![Problem::new(Reason::Invalid, Some("level".into()), "bad").at(1)], 1);
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn one_value_or_lines() {
+        assert!(is_one_value(r#"{"message":"x"}"#));
+        assert!(is_one_value("{\n  \"message\": \"a } ] \\\" {\",\n  \"b\": [1, {}]\n}\n"));
+        assert!(!is_one_value("{\"a\":1}\n{\"a\":2}"));
+        assert!(!is_one_value("{\"a\":1}\n\n{\"a\":2}\n"));
+        assert!(!is_one_value("x\ny"));
+        assert!(is_one_value("   "));
+        // Unbalanced input: read as lines, each refused on its own.
+        assert!(!is_one_value("{\n{\n"));
+        let deep = format!("{}\n{}", "[".repeat(1_000_000), "]".repeat(1_000_000));
+        assert!(is_one_value(&deep));
+    }
+
+    #[test]
+    fn lines_are_counted_lazily() {
+        let text = "{}\n".repeat(5_000_000);
+        let t = Instant::now();
+        let mut n = 0;
+        for _ in event_lines(&text) {
+            n += 1;
+            if n > 10 {
+                break;
+            }
+        }
+        assert_eq!(n, 11);
+        assert!(t.elapsed() < Duration::from_millis(50), "stops at the limit: {:?}", t.elapsed());
+        assert_eq!(
+            event_lines(" \n\r\n{}\r\n  {}  \n").map(|(i, l)| (i, l.len())).collect::<Vec<_>>(),
+            [(3, 2), (4, 2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_limiter_refuses_at_once_and_frees_slots() {
+        let l = Limiter::new(2);
+        let a = l.try_enter().unwrap();
+        let _b = l.try_enter().unwrap();
+        assert_eq!(l.in_flight(), 2);
+        let e = l.try_enter().unwrap_err();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let resp = e.into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("max_concurrent_requests"), "{v}");
+        drop(a);
+        assert!(l.try_enter().is_ok(), "a finished request frees its slot");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out_with_408() {
+        let mut cfg = Config::default();
+        cfg.http.body_timeout_ms = 100;
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        tx.try_send(Ok(b"{\"message\":".to_vec())).unwrap();
+        let body = Body::from_stream(rx);
+        let t = Instant::now();
+        let e = read_raw(&cfg, &HeaderMap::new(), body).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        let resp = e.into_response();
+        assert_eq!(resp.headers()[header::CONNECTION], "close");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_within_the_limit() {
+        let mut cfg = Config::default();
+        cfg.http.max_body_bytes = 10;
+        let e = read_raw(&cfg, &HeaderMap::new(), Body::from(vec![b'x'; 11])).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, "1000000000".parse().unwrap());
+        let e = read_raw(&cfg, &h, Body::empty()).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE, "refused by the claimed length, before reading");
+        assert_eq!(read_raw(&cfg, &HeaderMap::new(), Body::from("0123456789")).await.unwrap(), b"0123456789");
+    }
+
+    /// Strings as people and SDKs send them: any printable text, CJK, combining marks, emoji,
+    /// right-to-left scripts.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,40}",
+            "[\u{4e00}-\u{9fff}]{1,20}",
+            "[a-z]{1,5}[\u{0300}-\u{036f}]{1,4}",
+            "[\u{1f600}-\u{1f64f}\u{1f680}-\u{1f6ff}]{1,10}",
+            "[\u{0590}-\u{05ff}\u{0600}-\u{06ff} ]{1,20}",
+        ]
+    }
+
+    /// A JSON string literal of `s` as `JSON.stringify` writes it after cutting at UTF-16
+    /// unit `cut`: every unit escaped, so a cut inside a pair leaves a lone surrogate.
+    fn js_cut(s: &str, cut: usize) -> (String, String) {
+        let units: Vec<u16> = s.encode_utf16().collect();
+        let cut = cut.min(units.len());
+        let lit: String = units[..cut].iter().map(|u| format!("\\u{u:04x}")).collect();
+        (format!("\"{lit}\""), String::from_utf16_lossy(&units[..cut]))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any text in any field: accepted or refused with a reason, never a panic; accepted
+        /// events keep their text and get exactly one project and event id.
+        #[test]
+        fn prepare_is_total_on_any_text(msg in text(), ty in text(), tag in text(), has_ids in any::<bool>(), null_project in any::<bool>()) {
+            let mut o = serde_json::json!({"message": msg, "exception": [{"type": ty, "value": "v"}], "tags": {tag.clone(): tag}});
+            if has_ids {
+                o["project"] = "web".into();
+                o["event_id"] = "0123456789abcdef0123456789abcdef".into();
+            } else if null_project {
+                o["project"] = serde_json::Value::Null;
+            }
+            let line = serde_json::to_string(&o).unwrap();
+            match prep(&line) {
+                Ok(r) => {
+                    let v = json(&r);
+                    prop_assert_eq!(&v["message"], &o["message"]);
+                    prop_assert_eq!(&v["project"], "web");
+                    prop_assert_eq!(top_level_keys(&r.payload, "project"), 1);
+                    prop_assert_eq!(top_level_keys(&r.payload, "event_id"), 1);
+                    prop_assert_eq!(check_line(&line, "web", NOW).is_ok(), true);
+                }
+                Err(p) => prop_assert!(p.code == Reason::Invalid, "{:?}", p),
+            }
+            // Cut anywhere: any prefix is refused or accepted, never a panic.
+            let mut cut = line.len() / 2;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let _ = check_line(&line[..cut], "web", NOW);
+        }
+
+        /// A string cut inside an emoji by a JavaScript client is accepted with U+FFFD.
+        #[test]
+        fn js_cut_strings_are_accepted(msg in text(), cut in 0usize..80, with_ids in any::<bool>()) {
+            let (lit, want) = js_cut(&msg, cut);
+            let ids = if with_ids { r#""project":"web","event_id":"0123456789abcdef0123456789abcdef","# } else { "" };
+            let line = format!(r#"{{{ids}"exception":[{{"type":"E","value":{lit}}}],"message":{lit}}}"#);
+            let r = prep(&line).unwrap();
+            if with_ids {
+                prop_assert_eq!(r.payload.len(), line.len(), "published as sent, repaired in place");
+            }
+            // serde_json refuses lone surrogates: the published bytes have none left.
+            let v = json(&r);
+            prop_assert_eq!(v["message"].as_str().unwrap(), want.as_str());
+            prop_assert_eq!(v["exception"][0]["value"].as_str().unwrap(), want.as_str());
+        }
+
+        /// Whatever the producer publishes, the grouper reads, with the path's project.
+        #[test]
+        fn published_bytes_are_read_by_the_grouper(
+            msg in text(),
+            cut in 0usize..40,
+            flip in 0usize..200,
+            byte in any::<u8>(),
+            nulls in any::<bool>(),
+        ) {
+            let (lit, _) = js_cut(&msg, cut);
+            let ids = if nulls { r#""project":null,"event_id":null,"# } else { "" };
+            let mut line = format!(r#"{{{ids}"message":{lit},"exception":[{{"type":"E"}}]}}"#).into_bytes();
+            let at = flip % line.len();
+            line[at] = byte;
+            if let Ok(r) = prepare(&line, "web", NOW, 1 << 20) {
+                let mut buf = r.payload.clone();
+                let ev = tracefold_model::parse_event_slice(&mut buf);
+                prop_assert!(ev.as_ref().is_ok_and(|e| e.project.as_deref() == Some("web")), "{:?}", ev.err());
+            }
+        }
+
+        /// Arbitrary bytes, and arbitrary text with brackets, never panic.
+        #[test]
+        fn check_line_is_total(s in "\\PC{0,200}", opens in 0usize..200) {
+            let _ = check_line(&s, "web", NOW);
+            let text = serde_json::to_string(&s).expect("a string serializes");
+            let nested = format!("{{\"message\":{}{text}{}}}", "[".repeat(opens), "]".repeat(opens));
+            let r = check_line(&nested, "web", NOW);
+            if opens >= MAX_DEPTH {
+                prop_assert!(r.unwrap_err().contains("nested deeper"));
+            }
+        }
     }
 }

@@ -41,6 +41,7 @@ pub async fn serve(
     health: Health,
     others: Vec<Health>,
 ) -> anyhow::Result<()> {
+    cfg.check().map_err(|e| anyhow::anyhow!("invalid producer config: {e}"))?;
     let projects =
         Arc::new(auth::Projects::new(&cfg).map_err(|e| anyhow::anyhow!("invalid [[projects]] config: {e}"))?);
     let cfg = Arc::new(cfg);
@@ -48,9 +49,20 @@ pub async fn serve(
     let producer = tokio::task::spawn_blocking(move || kafka_producer(&c)).await??;
     let mut all = vec![health.clone()];
     all.extend(others);
-    let app =
-        http::router(http::AppState { cfg: cfg.clone(), producer: producer.clone(), projects }).merge(ops_router(all));
+    let app = http::router(http::AppState::new(cfg.clone(), producer.clone(), projects)).merge(ops_router(all));
     health.set_ready(true);
+    // The producer has no work loop of its own: a ticker on the async runtime beats, so that
+    // a wedged runtime (every worker blocked) shows as a stall.
+    let (beat, stop) = (health.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => beat.beat(),
+                () = stop.wait() => break,
+            }
+        }
+    });
     tracing::info!(addr = %listener.local_addr()?, "producer listening");
     let s = shutdown.clone();
     axum::serve(listener, app)
@@ -59,7 +71,7 @@ pub async fn serve(
         })
         .await
         .context("http server failed")?;
-    health.set_ready(false);
+    health.set_stopped();
     tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await??;
     tracing::info!("producer stopped");
     Ok(())

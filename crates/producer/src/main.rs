@@ -22,5 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let listen = cfg.listen().clone();
     let listener =
         tokio::net::TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tracefold_producer::serve(cfg, listener, shutdown, Health::default(), Vec::new()).await
+    let health = Health::named("producer");
+    telemetry::spawn_watchdog(vec![health.clone()]);
+    tracefold_producer::serve(cfg, listener, shutdown, health, Vec::new()).await
 }

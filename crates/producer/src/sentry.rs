@@ -5,6 +5,8 @@
 use flate2::read::{DeflateDecoder, GzDecoder, ZlibDecoder};
 use serde_json::Value;
 use std::io::Read;
+use tracefold_model::json::{prescan, MAX_DEPTH};
+use tracefold_model::reject::{Reason, Rejection};
 
 /// Why a body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +44,62 @@ pub fn decode_body(encoding: Option<&str>, body: &[u8], limit: usize) -> Result<
     }
 }
 
+/// Decodes only the first line of a body (an envelope's header), reading at most `max`
+/// decompressed bytes and stopping at the first newline: enough to find the DSN's key before
+/// the rest of the request is decompressed (the inflater runs at most its 32 KiB window
+/// ahead). Without a newline within `max` bytes, what was read is returned (the caller finds
+/// no header in it).
+///
+/// # Errors
+/// [`BodyError`] when the encoding is not supported or the start of the data is corrupt.
+pub fn decode_first_line(encoding: Option<&str>, body: &[u8], max: usize) -> Result<Vec<u8>, BodyError> {
+    let enc = encoding.map(|e| e.trim().to_ascii_lowercase()).unwrap_or_default();
+    let first_line = |mut r: Box<dyn Read + '_>| -> Result<Vec<u8>, BodyError> {
+        let mut out = Vec::new();
+        // Small reads: the decoder inflates no further than the line needs.
+        let mut chunk = [0u8; 512];
+        while out.len() < max {
+            let want = chunk.len().min(max - out.len());
+            let n = r.read(&mut chunk[..want]).map_err(|e| BodyError::Corrupt(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            if let Some(i) = chunk[..n].iter().position(|&c| c == b'\n') {
+                out.extend_from_slice(&chunk[..i]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        Ok(out)
+    };
+    match enc.as_str() {
+        "" | "identity" => {
+            let head = &body[..body.len().min(max)];
+            Ok(split_line(head).0.to_vec())
+        }
+        "gzip" | "x-gzip" => first_line(Box::new(GzDecoder::new(body))),
+        "deflate" => {
+            first_line(Box::new(ZlibDecoder::new(body))).or_else(|_| first_line(Box::new(DeflateDecoder::new(body))))
+        }
+        other => Err(BodyError::Unsupported(other.to_owned())),
+    }
+}
+
+/// The key of the DSN in an envelope header line (`{"dsn":"https://KEY@host/ID",...}`), if
+/// the line is a JSON object with one.
+pub fn envelope_dsn_key(header_line: &[u8]) -> Option<String> {
+    let header = parse_header(header_line).ok()?;
+    header.get("dsn").and_then(Value::as_str).and_then(crate::auth::dsn_key)
+}
+
+/// Parses one JSON header line of an envelope: depth checked and lone surrogate escapes
+/// repaired first, on a copy.
+fn parse_header(line: &[u8]) -> Result<Value, String> {
+    let mut buf = line.to_vec();
+    prescan(&mut buf, MAX_DEPTH).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&buf).map_err(|e| e.to_string())
+}
+
 /// One envelope item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item<'a> {
@@ -67,7 +125,7 @@ pub struct Envelope<'a> {
 /// What is malformed, with the item's position.
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, String> {
     let (head, mut rest) = split_line(body);
-    let header: Value = serde_json::from_slice(head).map_err(|e| format!("envelope header: {e}"))?;
+    let header = parse_header(head).map_err(|e| format!("envelope header: {e}"))?;
     if !header.is_object() {
         return Err("envelope header must be a JSON object".into());
     }
@@ -75,7 +133,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, String> {
     while !rest.iter().all(u8::is_ascii_whitespace) {
         let n = items.len();
         let (ih, after) = split_line(rest);
-        let ih: Value = serde_json::from_slice(ih).map_err(|e| format!("item {n} header: {e}"))?;
+        let ih = parse_header(ih).map_err(|e| format!("item {n} header: {e}"))?;
         let ty =
             ih.get("type").and_then(Value::as_str).ok_or_else(|| format!("item {n} header has no type"))?.to_owned();
         let (payload, next) = match ih.get("length").and_then(Value::as_u64) {
@@ -127,12 +185,20 @@ pub fn item_label(ty: &str) -> &'static str {
 
 /// Maps one Sentry event payload onto tracefold's event JSON for project `slug`.
 ///
+/// The payload is checked for depth and has lone UTF-16 surrogate escapes replaced by U+FFFD
+/// (on a copy) before serde_json reads it, so a JavaScript string cut inside an emoji is
+/// accepted and nothing recurses deeper than [`MAX_DEPTH`].
+///
 /// # Errors
-/// When the payload is not a JSON object (nesting deeper than serde_json's limit of 128 is an
-/// error too, never a crash).
-pub fn to_tracefold(payload: &[u8], slug: &str) -> Result<String, String> {
-    let v: Value = serde_json::from_slice(payload).map_err(|e| format!("malformed sentry event json: {e}"))?;
-    let ev = tracefold_model::sentry::to_event(&v, Some(slug)).map_err(|e| e.to_string())?;
+/// [`Rejection`] with [`Reason::TooDeep`] when nested deeper than [`MAX_DEPTH`], else
+/// [`Reason::Malformed`] when the payload is not a JSON object.
+pub fn to_tracefold(payload: &[u8], slug: &str) -> Result<String, Rejection> {
+    let mut buf = payload.to_vec();
+    prescan(&mut buf, MAX_DEPTH).map_err(|e| Rejection::new(Reason::TooDeep, format!("sentry event {e}")))?;
+    let v: Value = serde_json::from_slice(&buf)
+        .map_err(|e| Rejection::new(Reason::Malformed, format!("malformed sentry event json: {e}")))?;
+    let ev = tracefold_model::sentry::to_event(&v, Some(slug))
+        .map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))?;
     Ok(ev.to_string())
 }
 
@@ -196,6 +262,8 @@ mod tests {
             let _ = parse_envelope(&data);
             let _ = decode_body(Some("gzip"), &data, 4096);
             let _ = decode_body(Some("deflate"), &data, 4096);
+            let _ = decode_first_line(Some("gzip"), &data, 4096);
+            let _ = envelope_dsn_key(&data);
             let _ = to_tracefold(&data, "web");
             if let Ok(s) = std::str::from_utf8(&data) {
                 let _ = crate::http::check_line(s, "web", 0);
@@ -215,6 +283,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sentry_payloads_with_lone_surrogates_are_repaired() {
+        let payload = br#"{"event_id":"fc6d8c0c43fc46308ea5bc7a3b7d3c64","message":"cut \ud83d","exception":{"values":[{"type":"E\udc00","value":"v"}]}}"#;
+        let json = to_tracefold(payload, "web").unwrap();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["message"], "cut \u{fffd}");
+        assert_eq!(v["exception"][0]["type"], "E\u{fffd}");
+        let deep = format!(r#"{{"message":"m","extra":{}1{}}}"#, "[".repeat(64), "]".repeat(64));
+        assert_eq!(to_tracefold(deep.as_bytes(), "web").unwrap_err().reason, Reason::TooDeep);
+        assert_eq!(to_tracefold(b"[1]", "web").unwrap_err().reason, Reason::Malformed);
+        // Envelope headers too.
+        let env = b"{\"dsn\":\"https://abcdefgh@h/1\",\"sdk\":{\"name\":\"x\\ud83d\"}}\n{\"type\":\"event\",\"length\":2}\n{}\n";
+        assert_eq!(parse_envelope(env).unwrap().header["sdk"]["name"], "x\u{fffd}");
+    }
+
+    /// Bytes that do not compress (a fixed pseudo-random sequence).
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_first_line_is_decompressed_for_the_key() {
+        let mut body = b"{\"dsn\":\"https://abcdefgh@o1.example.com/42\",\"event_id\":\"x\"}\n".to_vec();
+        body.extend_from_slice(&noise(200_000));
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&body).unwrap();
+        let mut gz = gz.finish().unwrap();
+        // Corrupt everything after the first 64 KiB of compressed data (the inflater works
+        // up to its 32 KiB window ahead of what is read from it).
+        for b in &mut gz[64 << 10..] {
+            *b ^= 0x5a;
+        }
+        assert!(matches!(decode_body(Some("gzip"), &gz, 1 << 20), Err(BodyError::Corrupt(_))));
+        let line = decode_first_line(Some("gzip"), &gz, 16 << 10).unwrap();
+        assert_eq!(envelope_dsn_key(&line).as_deref(), Some("abcdefgh"));
+        let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
+        z.write_all(&body).unwrap();
+        let line = decode_first_line(Some("deflate"), &z.finish().unwrap(), 16 << 10).unwrap();
+        assert_eq!(envelope_dsn_key(&line).as_deref(), Some("abcdefgh"));
+        assert_eq!(envelope_dsn_key(&decode_first_line(None, &body, 16 << 10).unwrap()).as_deref(), Some("abcdefgh"));
+        // No newline within the bound: at most the bound is read, and no key is found in it.
+        let long = format!("{{\"dsn\":\"https://abcdefgh@h/1\",\"pad\":\"{}\"}}\n", "x".repeat(100_000));
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(long.as_bytes()).unwrap();
+        let line = decode_first_line(Some("gzip"), &gz.finish().unwrap(), 16 << 10).unwrap();
+        assert_eq!(line.len(), 16 << 10);
+        assert_eq!(envelope_dsn_key(&line), None);
+        assert!(matches!(decode_first_line(Some("br"), b"x", 10), Err(BodyError::Unsupported(_))));
+        assert_eq!(envelope_dsn_key(b"{\"dsn\":5}"), None);
+        assert_eq!(envelope_dsn_key(b"not json"), None);
     }
 
     #[test]
