@@ -543,7 +543,10 @@ async fn main() -> anyhow::Result<()> {
                             "{}",
                             serde_json::json!({"project": d.project, "issue_id": id, "status": status, "release": release})
                         ),
-                        Format::Table => println!("{} {id} ({}): {} -> {status}", d.project, d.title, d.status),
+                        Format::Table => {
+                            use tracefold_cli::render::printable as p;
+                            println!("{} {} ({}): {} -> {status}", p(&d.project), p(&id), p(&d.title), p(&d.status));
+                        }
                     }
                 }
             }
@@ -679,7 +682,7 @@ fn signals(bootstrap: &str, topic: &str, limit: usize, format: Format) -> anyhow
                         s.minute.replace('T', " ").trim_end_matches('Z').to_owned(),
                         s.kind.as_str().to_owned(),
                         s.project.clone(),
-                        s.issue_id[..12.min(s.issue_id.len())].to_owned(),
+                        tracefold_cli::render::prefix(&s.issue_id, 12).to_owned(),
                         s.title.clone(),
                         s.count.to_string(),
                         s.users.to_string(),
@@ -752,7 +755,11 @@ fn fingerprint(
                         }
                         Err(e) => {
                             errors += 1;
-                            eprintln!("{name}:{}: invalid sentry event: {e}", i + 1);
+                            eprintln!(
+                                "{name}:{}: invalid sentry event: {}",
+                                i + 1,
+                                tracefold_cli::render::printable(&e)
+                            );
                             println!(
                                 "{}",
                                 serde_json::json!({"line": i + 1, "error": format!("invalid sentry event: {e}")})
@@ -775,7 +782,7 @@ fn fingerprint(
                 }
                 Err(e) => {
                     errors += 1;
-                    eprintln!("{name}:{}: {e}", i + 1);
+                    eprintln!("{name}:{}: {}", i + 1, tracefold_cli::render::printable(&e.to_string()));
                     serde_json::json!({"line": i + 1, "error": e.to_string()})
                 }
             };

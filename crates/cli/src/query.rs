@@ -182,9 +182,9 @@ pub async fn total_events(client: &Client, db: &str) -> anyhow::Result<u64> {
     Ok(client.query(&format!("SELECT sum(count) AS n FROM {db}.aggregates")).fetch_one::<N>().await?.n)
 }
 
-/// Renders top issues as a terminal table.
+/// Renders top issues as a terminal table (every cell [printable](crate::render::printable)).
 pub fn render_top(rows: &[TopIssue]) -> String {
-    use crate::render::{rebucket, sparkline, table, thousands, Align};
+    use crate::render::{prefix, rebucket, sparkline, table, thousands, Align};
     if rows.is_empty() {
         return "no issues in this window\n".into();
     }
@@ -192,7 +192,7 @@ pub fn render_top(rows: &[TopIssue]) -> String {
         .iter()
         .map(|r| {
             vec![
-                r.issue_id[..12.min(r.issue_id.len())].to_owned(),
+                prefix(&r.issue_id, 12).to_owned(),
                 r.project.clone(),
                 r.title.clone(),
                 thousands(r.count),
@@ -326,7 +326,7 @@ pub async fn issue_detail(
         1 => rows.into_iter().next().expect("one"),
         _ => anyhow::bail!(
             "issue {issue_id} exists in projects {}; name one with --project",
-            rows.iter().map(|r| r.project.as_str()).collect::<Vec<_>>().join(", ")
+            rows.iter().map(|r| crate::render::printable(&r.project)).collect::<Vec<_>>().join(", ")
         ),
     };
     let p = d.project.as_str();
@@ -465,21 +465,22 @@ pub async fn set_status(
     Ok(())
 }
 
-/// Renders an issue for the terminal.
+/// Renders an issue for the terminal: every event-derived text
+/// [printable](crate::render::printable).
 pub fn render_issue(d: &IssueDetail) -> String {
-    use crate::render::{sparkline, table, thousands, Align};
+    use crate::render::{printable as p, sparkline, table, thousands, Align};
     let mut out = format!(
         "{}  [{}] {}\n{}\n\n  project   {}\n  level     {}   platform {}   grouping {}\n  seen      {} .. {}\n  events    {}   users {}\n\n  last {} hours  {}\n\n",
-        d.issue_id,
-        d.status,
-        d.title,
-        d.culprit,
-        d.project,
-        d.level,
-        d.platform,
-        d.grouping_version,
-        d.first_seen,
-        d.last_seen,
+        p(&d.issue_id),
+        p(&d.status),
+        p(&d.title),
+        p(&d.culprit),
+        p(&d.project),
+        p(&d.level),
+        p(&d.platform),
+        p(&d.grouping_version),
+        p(&d.first_seen),
+        p(&d.last_seen),
         thousands(d.count),
         thousands(d.users),
         d.hourly.len(),
@@ -500,7 +501,9 @@ pub fn render_issue(d: &IssueDetail) -> String {
         out.push_str("\nsample event:\n");
         for l in lines.iter().take(40) {
             out.push_str("  ");
-            out.push_str(l);
+            // The pretty JSON escapes C0 controls, not DEL, C1 or bidi controls; the raw
+            // fallback escapes nothing.
+            out.push_str(&p(l));
             out.push('\n');
         }
         if lines.len() > 40 {
@@ -508,4 +511,67 @@ pub fn render_issue(d: &IssueDetail) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "\x1b[2J\x1b]0;pwned\x07title\r\n\u{202E}gnp.exe";
+
+    fn no_controls(out: &str) {
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert!(!out.contains('\u{202E}'), "{out:?}");
+    }
+
+    #[test]
+    fn top_table_prints_event_text_inert() {
+        let row = TopIssue {
+            project: "web".into(),
+            issue_id: "日本語日本語日本語日本語日本語".into(),
+            title: HOSTILE.into(),
+            culprit: HOSTILE.into(),
+            level: "error".into(),
+            count: 3,
+            users: 1,
+            first_seen: "2026-11-25T00:00:00Z".into(),
+            last_seen: "2026-11-26T05:00:59Z".into(),
+            last_hour: vec![0; 60],
+        };
+        let out = render_top(&[row]);
+        no_controls(&out);
+        assert!(out.contains("日本語日本語日本語日本語 "), "a 12-character id, cut between characters: {out}");
+        assert!(out.contains("\u{FFFD}[2J\u{FFFD}]0;pwned\u{FFFD}title  \u{FFFD}gnp.exe"), "{out}");
+    }
+
+    #[test]
+    fn issue_view_prints_event_text_inert() {
+        let d = IssueDetail {
+            project: "web".into(),
+            issue_id: "abc".into(),
+            title: HOSTILE.into(),
+            culprit: HOSTILE.into(),
+            exc_type: "TypeError".into(),
+            level: "error\x1b[31m".into(),
+            platform: "javascript".into(),
+            grouping_version: "v1".into(),
+            status: "active".into(),
+            first_seen: "2026-11-25T00:00:00Z".into(),
+            last_seen: "2026-11-26T05:00:59Z".into(),
+            count: 3,
+            users: 1,
+            hourly: vec![1, 2],
+            by_release: vec![(HOSTILE.into(), 2)],
+            by_environment: vec![("prod\u{2066}uction".into(), 2)],
+            sample: Some(format!("{{\"message\":\"{}\"}}\nnot json \x1b[2J", "\u{9b}\u{7f}")),
+        };
+        let out = render_issue(&d);
+        no_controls(&out);
+        assert!(out.starts_with("abc  [active] \u{FFFD}[2J\u{FFFD}]0;pwned\u{FFFD}title  \u{FFFD}gnp.exe\n"), "{out}");
+        assert!(out.contains("prod\u{FFFD}uction"), "{out}");
+        assert!(out.contains("not json \u{FFFD}[2J"), "{out}");
+        // JSON output keeps the text as it is (serde escapes what JSON must).
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<IssueDetail>(&json).unwrap().title, HOSTILE);
+    }
 }

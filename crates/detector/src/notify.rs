@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::HashMap;
+use std::fmt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -16,7 +17,11 @@ use tokio::sync::mpsc;
 pub const NOTIFICATIONS_TOTAL: &str = "tracefold_detector_notifications_total";
 
 /// A channel and where it goes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// URLs, tokens and secrets are credentials: `Debug` shows a URL's scheme and host only and
+/// hides tokens and secrets, and every error text that may be logged goes through
+/// [`Target::redact`].
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
     /// POST the signal JSON; `X-Tracefold-Signature: sha256=<hex HMAC of the body>` when a
@@ -55,7 +60,9 @@ fn telegram_api() -> String {
 }
 
 impl Target {
-    fn label(&self) -> &'static str {
+    /// `webhook`, `slack`, `discord` or `telegram`: the channel kind, for logs and metric
+    /// labels (never the URL).
+    pub fn label(&self) -> &'static str {
         match self {
             Target::Webhook { .. } => "webhook",
             Target::Slack { .. } => "slack",
@@ -63,6 +70,105 @@ impl Target {
             Target::Telegram { .. } => "telegram",
         }
     }
+
+    /// The strings of this target that must never reach a log line or a metric label: each
+    /// URL as written and as parsed (normalized), its path, query and user info, the bot
+    /// token and the HMAC secret. Longest first, so a URL goes before the token inside it.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let add_url = |u: &str, out: &mut Vec<String>| {
+            out.push(u.to_owned());
+            if let Ok(p) = reqwest::Url::parse(u) {
+                out.push(p.as_str().to_owned());
+                if p.path().len() > 1 {
+                    out.push(p.path().to_owned());
+                }
+                out.extend(p.query().map(str::to_owned));
+                out.extend(p.password().map(str::to_owned));
+                out.push(p.username().to_owned());
+            }
+        };
+        match self {
+            Target::Webhook { url, secret } => {
+                add_url(url, &mut out);
+                out.push(secret.clone());
+            }
+            Target::Slack { url } | Target::Discord { url } => add_url(url, &mut out),
+            Target::Telegram { api, token, .. } => {
+                add_url(api, &mut out);
+                add_url(&telegram_url(api, token), &mut out);
+                out.push(token.clone());
+            }
+        }
+        out.retain(|s| !s.is_empty());
+        out.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        out.dedup();
+        out
+    }
+
+    /// `text` with every one of this target's [secrets](Target::secrets) replaced by
+    /// `[redacted]`: what an error message becomes before it is logged or stored.
+    pub fn redact(&self, text: &str) -> String {
+        redact(text, &self.secrets())
+    }
+}
+
+/// `text` with every non-empty string of `secrets` replaced by `[redacted]` (longer secrets
+/// first, so that one inside another goes with it).
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut sorted: Vec<&str> = secrets.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for s in sorted {
+        if out.contains(s) {
+            out = out.replace(s, "[redacted]");
+        }
+    }
+    out
+}
+
+/// A URL as it may be shown: scheme and host (and port) only, e.g. `https://hooks.slack.com/…`.
+fn url_shape(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}/…", u.scheme()),
+            (Some(h), None) => format!("{}://{h}/…", u.scheme()),
+            (None, _) => format!("{}:…", u.scheme()),
+        },
+        Err(_) if url.is_empty() => String::new(),
+        Err(_) => "[unparsable url]".to_owned(),
+    }
+}
+
+/// A secret as it may be shown: whether it is set, not what it is.
+fn secret_shape(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "[redacted]"
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Webhook { url, secret } => {
+                f.debug_struct("Webhook").field("url", &url_shape(url)).field("secret", &secret_shape(secret)).finish()
+            }
+            Target::Slack { url } => f.debug_struct("Slack").field("url", &url_shape(url)).finish(),
+            Target::Discord { url } => f.debug_struct("Discord").field("url", &url_shape(url)).finish(),
+            Target::Telegram { api, token, chat_id } => f
+                .debug_struct("Telegram")
+                .field("api", &url_shape(api))
+                .field("token", &secret_shape(token))
+                .field("chat_id", chat_id)
+                .finish(),
+        }
+    }
+}
+
+fn telegram_url(api: &str, token: &str) -> String {
+    format!("{}/bot{}/sendMessage", api.trim_end_matches('/'), token)
 }
 
 /// `[[detector.channels]]`: a target and which signals it gets.
@@ -100,38 +206,207 @@ impl Channel {
     }
 }
 
-fn headline(s: &Signal) -> String {
+/// Longest text a chat service takes, counted in UTF-16 code units (never fewer than the
+/// characters, so a text within the bound is within the service's limit however it counts).
+/// Slack: a section block's text.
+const SLACK_TEXT_MAX: usize = 3000;
+/// Slack: the bold headline inside the text, so the text keeps its shape when cut.
+const SLACK_HEADLINE_MAX: usize = 1000;
+/// Discord: a message's content.
+const DISCORD_CONTENT_MAX: usize = 2000;
+/// Discord: an embed's title.
+const DISCORD_TITLE_MAX: usize = 256;
+/// Discord: an embed's description.
+const DISCORD_DESCRIPTION_MAX: usize = 4096;
+/// Telegram: a message's text.
+const TELEGRAM_TEXT_MAX: usize = 4096;
+/// Longest event-derived field (title, culprit, a frame, the URL, ...) in a chat message,
+/// before escaping.
+const FIELD_MAX: usize = 300;
+/// Frames shown in a chat message.
+const FRAMES_MAX: usize = 5;
+
+/// How a chat service reads text: what event-derived text must be escaped for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Markup {
+    /// Slack mrkdwn: `&`, `<`, `>` are entities (`<!channel>`, `<@U123>`, `<url|text>`).
+    Slack,
+    /// Discord markdown: emphasis, masked links, quotes, headings, mentions.
+    Discord,
+    /// Plain text (Telegram without `parse_mode`).
+    Plain,
+}
+
+impl Markup {
+    /// Event-derived text made safe for this markup: one line (control and bidi control
+    /// characters become spaces), at most [`FIELD_MAX`], then escaped.
+    fn field(self, s: &str) -> String {
+        let line: String =
+            clip(s, FIELD_MAX).chars().map(|c| if c.is_control() || is_bidi_control(c) { ' ' } else { c }).collect();
+        match self {
+            Markup::Slack => escape_slack(&line),
+            Markup::Discord => escape_discord(&line),
+            Markup::Plain => line,
+        }
+    }
+
+    /// Text of this markup cut to `max` UTF-16 units, ending in an ellipsis when cut, never
+    /// inside a character or an escape (`&amp;`, `\*`).
+    fn cap(self, s: String, max: usize) -> String {
+        if utf16_len(&s) <= max {
+            return s;
+        }
+        let mut kept = prefix_units(&s, max.saturating_sub(1)).to_owned();
+        match self {
+            // Every `&` of escaped text starts an entity: one without its `;` was cut.
+            Markup::Slack => {
+                if let Some(amp) = kept.rfind('&') {
+                    if !kept[amp..].contains(';') {
+                        kept.truncate(amp);
+                    }
+                }
+            }
+            // An odd run of trailing backslashes ends in an escape that lost its character.
+            Markup::Discord => {
+                if (kept.len() - kept.trim_end_matches('\\').len()) % 2 == 1 {
+                    kept.pop();
+                }
+            }
+            Markup::Plain => {}
+        }
+        kept.push('…');
+        kept
+    }
+}
+
+/// Length in UTF-16 code units.
+fn utf16_len(s: &str) -> usize {
+    s.chars().map(char::len_utf16).sum()
+}
+
+/// The longest prefix of `s` of at most `max` UTF-16 units, cut at a character boundary.
+fn prefix_units(s: &str, max: usize) -> &str {
+    let mut units = 0;
+    for (i, c) in s.char_indices() {
+        units += c.len_utf16();
+        if units > max {
+            return &s[..i];
+        }
+    }
+    s
+}
+
+/// `s` cut to at most `max` UTF-16 units (an ellipsis ends a cut text), at a character
+/// boundary.
+fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if utf16_len(s) <= max {
+        return s.into();
+    }
+    let mut t = prefix_units(s, max.saturating_sub(1)).to_owned();
+    t.push('…');
+    t.into()
+}
+
+/// The bidi embedding, override and isolate controls (U+202A–U+202E, U+2066–U+2069), which
+/// reorder the text around them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Slack mrkdwn escaping: `&`, `<`, `>` as entities, which defuses `<!channel>`,
+/// `<!here>`, `<@U123>` and `<url|text>` links.
+fn escape_slack(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Discord markdown escaping: a backslash before the characters of emphasis, code, spoilers,
+/// masked links, quotes, headings and `<@id>` mentions (and before `-`/`+` starting the
+/// text: lists); a zero-width space after the `@` of `@everyone`/`@here` and inside `://`,
+/// so no mention forms and no link is made or previewed. Mentions are also disabled by
+/// `allowed_mentions` on every message.
+fn escape_discord(s: &str) -> String {
+    const ZWSP: char = '\u{200B}';
+    let mut out = String::with_capacity(s.len() + 8);
+    for (i, c) in s.char_indices() {
+        let rest = &s[i + c.len_utf8()..];
+        match c {
+            '\\' | '*' | '_' | '~' | '`' | '|' | '[' | ']' | '(' | ')' | '<' | '>' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '-' | '+' if s[..i].trim().is_empty() => {
+                out.push('\\');
+                out.push(c);
+            }
+            '@' => {
+                out.push('@');
+                let word = |w: &str| rest.get(..w.len()).is_some_and(|p| p.eq_ignore_ascii_case(w));
+                if word("everyone") || word("here") {
+                    out.push(ZWSP);
+                }
+            }
+            ':' if rest.starts_with("//") => {
+                out.push(':');
+                out.push(ZWSP);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn headline(s: &Signal, m: Markup) -> String {
+    let (project, title) = (m.field(&s.project), m.field(&s.title));
     match s.kind {
-        Kind::NewIssue => format!("New issue in {}: {}", s.project, s.title),
-        Kind::Regression => format!("Regression in {}: {}", s.project, s.title),
+        Kind::NewIssue => format!("New issue in {project}: {title}"),
+        Kind::Regression => format!("Regression in {project}: {title}"),
         Kind::Spike => format!(
-            "Spike in {}: {} ({} events in {} min, baseline {}/min)",
-            s.project, s.title, s.count, s.window_minutes, s.baseline_per_minute
+            "Spike in {project}: {title} ({} events in {} min, baseline {}/min)",
+            s.count, s.window_minutes, s.baseline_per_minute
         ),
         Kind::Threshold => format!(
-            "Threshold {} in {}: {} ({} events, {} users in {} min)",
-            s.rule, s.project, s.title, s.count, s.users, s.window_minutes
+            "Threshold {} in {project}: {title} ({} events, {} users in {} min)",
+            m.field(&s.rule),
+            s.count,
+            s.users,
+            s.window_minutes
         ),
     }
 }
 
-fn details(s: &Signal) -> Vec<String> {
-    let mut lines = vec![format!("{} · {} · {}", s.culprit, s.release, s.environment)];
+fn details(s: &Signal, m: Markup) -> Vec<String> {
+    let f = |t: &str| m.field(t);
+    let mut lines = vec![format!("{} · {} · {}", f(&s.culprit), f(&s.release), f(&s.environment))];
     if !s.top_frames.is_empty() {
-        lines.push(format!("frames: {}", s.top_frames.join(" ← ")));
+        let frames: Vec<String> = s.top_frames.iter().take(FRAMES_MAX).map(|t| f(t)).collect();
+        lines.push(format!("frames: {}", frames.join(" ← ")));
     }
     if !s.request_url.is_empty() {
-        lines.push(format!("request: {}", s.request_url));
+        lines.push(format!("request: {}", f(&s.request_url)));
     }
     if !s.browser.is_empty() || !s.os.is_empty() {
-        lines.push(format!("client: {} / {}", s.browser, s.os));
+        lines.push(format!("client: {} / {}", f(&s.browser), f(&s.os)));
     }
-    lines.push(format!("first seen {} · last seen {}", s.first_seen, s.last_seen));
-    lines.push(s.command.clone());
+    lines.push(format!("first seen {} · last seen {}", f(&s.first_seen), f(&s.last_seen)));
+    lines.push(f(&s.command));
     lines
 }
 
 /// The HTTP request for `s` on `target`: (url, JSON body, extra headers).
+///
+/// The webhook body is the signal itself (JSON). Chat messages carry event-derived text
+/// (titles, culprits, frames, URLs) escaped for the service's markup, on one line per field,
+/// with mentions, link names and link previews off, and within the service's length limits.
+/// The URL holds the channel's credentials: never log it (see [`Target::redact`]).
 pub fn request(target: &Target, s: &Signal) -> (String, Value, Vec<(String, String)>) {
     match target {
         Target::Webhook { url, secret } => {
@@ -144,24 +419,36 @@ pub fn request(target: &Target, s: &Signal) -> (String, Value, Vec<(String, Stri
             (url.clone(), body, headers)
         }
         Target::Slack { url } => {
-            let text = format!("*{}*\n{}", headline(s), details(s).join("\n"));
+            let m = Markup::Slack;
+            let head = m.cap(headline(s, m), SLACK_HEADLINE_MAX);
+            let text = m.cap(format!("*{head}*\n{}", details(s, m).join("\n")), SLACK_TEXT_MAX);
             (
                 url.clone(),
-                json!({"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}),
+                json!({"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+                    "link_names": false, "unfurl_links": false, "unfurl_media": false}),
                 Vec::new(),
             )
         }
-        Target::Discord { url } => (
-            url.clone(),
-            json!({"content": headline(s), "embeds": [{"title": s.title, "description": details(s).join("\n"),
-                "color": match s.kind { Kind::NewIssue => 3_447_003, Kind::Regression => 15_105_570, Kind::Spike => 15_158_332, Kind::Threshold => 10_181_046 }}]}),
-            Vec::new(),
-        ),
-        Target::Telegram { api, token, chat_id } => (
-            format!("{}/bot{}/sendMessage", api.trim_end_matches('/'), token),
-            json!({"chat_id": chat_id, "text": format!("{}\n{}", headline(s), details(s).join("\n")), "disable_web_page_preview": true}),
-            Vec::new(),
-        ),
+        Target::Discord { url } => {
+            let m = Markup::Discord;
+            (
+                url.clone(),
+                json!({"content": m.cap(headline(s, m), DISCORD_CONTENT_MAX), "allowed_mentions": {"parse": []},
+                    "embeds": [{"title": m.cap(m.field(&s.title), DISCORD_TITLE_MAX),
+                    "description": m.cap(details(s, m).join("\n"), DISCORD_DESCRIPTION_MAX),
+                    "color": match s.kind { Kind::NewIssue => 3_447_003, Kind::Regression => 15_105_570, Kind::Spike => 15_158_332, Kind::Threshold => 10_181_046 }}]}),
+                Vec::new(),
+            )
+        }
+        Target::Telegram { api, token, chat_id } => {
+            let m = Markup::Plain;
+            let text = m.cap(format!("{}\n{}", headline(s, m), details(s, m).join("\n")), TELEGRAM_TEXT_MAX);
+            (
+                telegram_url(api, token),
+                json!({"chat_id": chat_id, "text": text, "disable_web_page_preview": true}),
+                Vec::new(),
+            )
+        }
     }
 }
 
@@ -221,32 +508,78 @@ impl Notifier {
             if tx.try_send(s.clone()).is_err() {
                 metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => c.target.label(), "outcome" => "dropped")
                     .increment(1);
-                tracing::warn!(channel = %c.name, "notification queue full; dropped");
+                tracing::warn!(channel = %c.name, kind = c.target.label(), "notification queue full; dropped");
             }
         }
     }
 }
 
+/// Why one delivery attempt failed, safe to log.
+#[derive(Debug)]
+enum AttemptError {
+    /// The service answered with this status.
+    Refused(reqwest::StatusCode),
+    /// No answer: the error text, without the URL and with the target's secrets redacted
+    /// (see [`error_text`]).
+    Failed(String),
+}
+
+/// A reqwest error as text that may be logged or stored: without its URL
+/// ([`reqwest::Error::without_url`]), its sources chained, and every secret of `target`
+/// redacted (a source may still quote a URL, a path or a token).
+pub fn error_text(e: reqwest::Error, target: &Target) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    target.redact(&text)
+}
+
+async fn send_once(
+    http: &reqwest::Client,
+    target: &Target,
+    url: &str,
+    body: &Value,
+    headers: &[(String, String)],
+) -> Result<(), AttemptError> {
+    let mut req = http.post(url).json(body);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(AttemptError::Refused(r.status())),
+        Err(e) => Err(AttemptError::Failed(error_text(e, target))),
+    }
+}
+
+/// Sends `s` to `target`, retrying with backoff. Logs name the channel by `name` and kind
+/// only, never by URL.
 async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal) {
     let (url, body, headers) = request(target, s);
+    let kind = target.label();
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=5 {
-        let mut req = http.post(&url).json(&body);
-        for (k, v) in &headers {
-            req = req.header(k, v);
-        }
-        match req.send().await {
-            Ok(r) if r.status().is_success() => {
-                metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => target.label(), "outcome" => "sent").increment(1);
+        match send_once(http, target, &url, &body, &headers).await {
+            Ok(()) => {
+                metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => kind, "outcome" => "sent").increment(1);
                 return;
             }
-            Ok(r) => tracing::warn!(channel = name, status = %r.status(), attempt, "notification refused"),
-            Err(e) => tracing::warn!(channel = name, error = %e, attempt, "notification failed"),
+            Err(AttemptError::Refused(status)) => {
+                tracing::warn!(channel = name, kind, status = %status, attempt, "notification refused");
+            }
+            Err(AttemptError::Failed(error)) => {
+                tracing::warn!(channel = name, kind, error = %error, attempt, "notification failed");
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(30));
     }
-    metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => target.label(), "outcome" => "failed").increment(1);
+    metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => kind, "outcome" => "failed").increment(1);
 }
 
 #[cfg(test)]
@@ -290,16 +623,23 @@ mod tests {
         assert_eq!(url, "http://s/h");
         assert_eq!(
             body,
-            json!({"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]})
+            json!({"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+                "link_names": false, "unfurl_links": false, "unfurl_media": false})
         );
         let (_, body, _) = request(&Target::Discord { url: "http://d/h".into() }, &s);
         assert_eq!(body["content"], "Spike in web: TypeError: x (500 events in 1 min, baseline 10/min)");
+        assert_eq!(body["allowed_mentions"], json!({"parse": []}));
         assert_eq!(body["embeds"][0]["title"], "TypeError: x");
+        assert_eq!(
+            body["embeds"][0]["description"],
+            "app.js in f · web@1.2 · production\nframes: app.js in f ← app.js in g\nrequest: https:\u{200B}//shop/cart\nclient: Chrome 131 / macOS 15\nfirst seen 2026-11-25T00:00:00Z · last seen 2026-11-26T05:00:59Z\ntracefold issue abc --project web"
+        );
         let (url, body, _) =
             request(&Target::Telegram { api: "http://t".into(), token: "T0K".into(), chat_id: "42".into() }, &s);
         assert_eq!(url, "http://t/botT0K/sendMessage");
         assert_eq!(body["chat_id"], "42");
-        assert!(body["text"].as_str().unwrap().starts_with("Spike in web"));
+        assert_eq!(body["text"], text.replacen('*', "", 2));
+        assert_eq!(body.get("parse_mode"), None);
         let (_, body, headers) = request(&Target::Webhook { url: "http://w".into(), secret: "k".into() }, &s);
         assert_eq!(body, serde_json::to_value(&s).unwrap());
         let sig_header = &headers.iter().find(|(k, _)| k == "x-tracefold-signature").unwrap().1;
@@ -331,5 +671,173 @@ mod tests {
         s.project = "web".into();
         s.kind = Kind::NewIssue;
         assert!(!c.wants(&s));
+    }
+
+    /// A title written to attack every chat service, long enough to pass every limit.
+    fn hostile() -> Signal {
+        let mut s = sig();
+        s.title = format!("@everyone <!channel> <@U123> *bold* [x](http://evil) & 日本語{}", "日本語…😀".repeat(1500));
+        s.culprit = "f\n# heading\r\n> quote\u{202E}gnp.exe".into();
+        s.top_frames = vec!["- item @here".into(); 9];
+        s
+    }
+
+    #[test]
+    fn slack_escapes_event_text_and_disables_mentions() {
+        let (_, body, _) = request(&Target::Slack { url: "http://s/h".into() }, &hostile());
+        let text = body["text"].as_str().unwrap();
+        assert_eq!(body["blocks"][0]["text"]["text"], text);
+        assert_eq!(
+            (&body["link_names"], &body["unfurl_links"], &body["unfurl_media"]),
+            (&json!(false), &json!(false), &json!(false))
+        );
+        assert!(
+            text.starts_with(
+                "*Spike in web: @everyone &lt;!channel&gt; &lt;@U123&gt; *bold* [x](http://evil) &amp; 日本語"
+            ),
+            "{text}"
+        );
+        // No `<` or `>` is left: no mention, no special command, no `<url|text>` link.
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        // Every `&` starts a whole entity, also where the text was cut.
+        for (i, _) in text.match_indices('&') {
+            assert!(["&amp;", "&lt;", "&gt;"].iter().any(|e| text[i..].starts_with(e)), "{}", &text[i..]);
+        }
+        assert!(utf16_len(text) <= SLACK_TEXT_MAX, "{}", utf16_len(text));
+        // The title is cut, the headline stays whole and bold; the details follow on their own
+        // lines, one a field.
+        let head = text.lines().next().unwrap();
+        assert!(head.ends_with("日… (500 events in 1 min, baseline 10/min)*"), "{head}");
+        assert_eq!(text.lines().nth(1).unwrap(), "f # heading  &gt; quote gnp.exe · web@1.2 · production");
+        assert_eq!(text.lines().nth(2).unwrap().matches("- item @here").count(), FRAMES_MAX);
+    }
+
+    #[test]
+    fn discord_escapes_markdown_and_allows_no_mentions() {
+        let (_, body, _) = request(&Target::Discord { url: "http://d/h".into() }, &hostile());
+        assert_eq!(body["allowed_mentions"], json!({"parse": []}));
+        let content = body["content"].as_str().unwrap();
+        let title = body["embeds"][0]["title"].as_str().unwrap();
+        let description = body["embeds"][0]["description"].as_str().unwrap();
+        let escaped =
+            "@\u{200B}everyone \\<!channel\\> \\<@U123\\> \\*bold\\* \\[x\\]\\(http:\u{200B}//evil\\) & 日本語";
+        assert!(content.starts_with(&format!("Spike in web: {escaped}")), "{content}");
+        assert!(title.starts_with(escaped), "{title}");
+        for t in [content, title, description] {
+            assert!(!t.contains("@everyone") && !t.contains("@here") && !t.contains("://"), "{t}");
+            assert!(!t.contains("](") && !t.contains("\n#") && !t.contains("\n>") && !t.contains("\n-"), "{t}");
+            assert!(!t.ends_with("\\…") || t.ends_with("\\\\…"), "{t}");
+        }
+        assert!(content.ends_with("… (500 events in 1 min, baseline 10/min)"), "{content}");
+        assert!(utf16_len(content) <= DISCORD_CONTENT_MAX);
+        assert!(utf16_len(title) <= DISCORD_TITLE_MAX && title.ends_with('…'), "{}", utf16_len(title));
+        assert!(utf16_len(description) <= DISCORD_DESCRIPTION_MAX);
+        assert!(
+            description.starts_with(
+                "f \\# heading  \\> quote gnp.exe · web@1.2 · production\nframes: \\- item @\u{200B}here ← \\- item"
+            ),
+            "{description}"
+        );
+    }
+
+    #[test]
+    fn telegram_sends_plain_text_within_its_limit() {
+        let t = Target::Telegram { api: "http://t".into(), token: "T0K".into(), chat_id: "42".into() };
+        let (_, body, _) = request(&t, &hostile());
+        assert_eq!(body.get("parse_mode"), None, "plain text: nothing to escape");
+        let text = body["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("Spike in web: @everyone <!channel> <@U123> *bold* [x](http://evil) & 日本語"),
+            "{text}"
+        );
+        assert!(utf16_len(text) <= TELEGRAM_TEXT_MAX, "{}", utf16_len(text));
+        assert!(!text.contains('\r') && !text.contains('\u{202E}') && !text.contains("\n#"), "{text}");
+    }
+
+    #[test]
+    fn cuts_fall_on_character_and_escape_boundaries() {
+        let sample = "a日😀&<\\*b";
+        for markup in [Markup::Slack, Markup::Discord, Markup::Plain] {
+            let escaped = markup.field(sample);
+            for max in 1..=utf16_len(&escaped) + 1 {
+                let cut = markup.cap(escaped.clone(), max);
+                assert!(utf16_len(&cut) <= max, "{markup:?} {max}: {cut}");
+                if cut != escaped {
+                    assert!(cut.ends_with('…') && escaped.starts_with(cut.trim_end_matches('…')), "{cut}");
+                }
+            }
+        }
+        assert_eq!(Markup::Slack.cap("x &amp; y".into(), 5), "x …");
+        assert_eq!(Markup::Discord.cap("ab\\*c".into(), 4), "ab…");
+        assert_eq!(clip("日本語", 2), "日…");
+        assert_eq!(clip("😀😀", 3), "😀…");
+        assert_eq!(clip("😀😀", 2), "…", "an emoji is two UTF-16 units: never half of one");
+        assert_eq!(clip("日本", 2), "日本");
+    }
+
+    const SECRET_URL: &str = "http://127.0.0.1:9/secret-path-XYZ";
+
+    fn secret_targets() -> Vec<Target> {
+        vec![
+            Target::Webhook { url: SECRET_URL.into(), secret: "tok-SECRET".into() },
+            Target::Slack { url: SECRET_URL.into() },
+            Target::Discord { url: format!("{SECRET_URL}?token=tok-SECRET") },
+            Target::Telegram { api: SECRET_URL.into(), token: "tok-SECRET".into(), chat_id: "42".into() },
+        ]
+    }
+
+    #[tokio::test]
+    async fn failed_requests_name_no_url_or_token() {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        for t in secret_targets() {
+            let (url, body, headers) = request(&t, &sig());
+            // reqwest names the URL in its errors: what there is to hide.
+            let raw = http.post(&url).send().await.unwrap_err();
+            assert!(raw.to_string().contains("secret-path-XYZ"), "{raw}");
+            let err = send_once(&http, &t, &url, &body, &headers).await.unwrap_err();
+            let AttemptError::Failed(text) = &err else { panic!("{err:?}") };
+            assert!(text.starts_with("error sending request"), "{text}");
+            for shown in [text.clone(), format!("{err:?}")] {
+                assert!(!shown.contains("secret-path") && !shown.contains("SECRET"), "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn redaction_covers_normalized_urls_paths_and_tokens() {
+        let t = Target::Slack { url: "HTTPS://Hooks.Slack.com/services/T000/B000/XXXX".into() };
+        let logged = "error sending request for url (https://hooks.slack.com/services/T000/B000/XXXX): \
+                      POST /services/T000/B000/XXXX failed";
+        let redacted = t.redact(logged);
+        assert!(!redacted.contains("XXXX") && !redacted.contains("T000"), "{redacted}");
+        let tg = Target::Telegram {
+            api: "https://api.telegram.org/".into(),
+            token: "123:tok-SECRET".into(),
+            chat_id: "1".into(),
+        };
+        let redacted = tg.redact("https://api.telegram.org/bot123:tok-SECRET/sendMessage and 123:tok-SECRET");
+        assert!(!redacted.contains("SECRET"), "{redacted}");
+        assert_eq!(redact("a b", &[String::new()]), "a b");
+    }
+
+    #[test]
+    fn debug_shows_channel_name_kind_and_host_only() {
+        for target in secret_targets() {
+            let c = Channel {
+                name: "oncall".into(),
+                target,
+                types: vec![],
+                projects: vec![],
+                rules: vec![],
+                cooldown_min: 30,
+            };
+            let shown = format!("{c:?} {c:#?}");
+            assert!(shown.contains("oncall") && shown.contains("http://127.0.0.1:9/…"), "{shown}");
+            assert!(!shown.contains("secret-path") && !shown.contains("SECRET"), "{shown}");
+        }
+        let slack = Target::Slack { url: "https://hooks.slack.com/services/T000/B000/XXXX".into() };
+        assert_eq!(format!("{slack:?}"), r#"Slack { url: "https://hooks.slack.com/…" }"#);
+        let hook = Target::Webhook { url: "not a url XXXX".into(), secret: "k".into() };
+        assert_eq!(format!("{hook:?}"), r#"Webhook { url: "[unparsable url]", secret: "[redacted]" }"#);
     }
 }
