@@ -73,6 +73,7 @@ pub struct Pipeline {
     pub http_addr: SocketAddr,
     threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
     producer: tokio::task::JoinHandle<anyhow::Result<()>>,
+    healths: Vec<Health>,
 }
 
 impl Pipeline {
@@ -102,7 +103,8 @@ impl Pipeline {
             );
         }
         let shutdown = Shutdown::new();
-        let (gh, wh, dh, ph) = (Health::default(), Health::default(), Health::default(), Health::default());
+        let (gh, wh, dh, ph) =
+            (Health::named("grouper"), Health::named("writer"), Health::named("detector"), Health::named("producer"));
         let mut grouper_section = cfg.grouper.clone();
         if grouper_section.epoch.is_empty() {
             // The embedded Kafka is new on every start; its offsets restart at 0.
@@ -153,7 +155,8 @@ impl Pipeline {
                 _ => dh.clone(),
             };
             threads.push(std::thread::Builder::new().name(name.into()).spawn(move || {
-                let r = run(s.clone(), h);
+                // A panic or an error marks the loop dead (`/healthz` fails) and stops the rest.
+                let r = tracefold_runtime::telemetry::run_guarded(&h.clone(), || run(s.clone(), h));
                 if let Err(e) = &r {
                     tracing::error!(service = name, error = %format!("{e:#}"), "service failed; stopping");
                     s.trigger();
@@ -164,8 +167,16 @@ impl Pipeline {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let http_addr = listener.local_addr()?;
-        let producer = tokio::spawn(tracefold_producer::serve(pcfg, listener, shutdown.clone(), ph, vec![gh, wh, dh]));
-        Ok(Self { broker, cfg, shutdown, http_addr, threads, producer })
+        let mut healths = vec![gh, wh, dh];
+        let producer =
+            tokio::spawn(tracefold_producer::serve(pcfg, listener, shutdown.clone(), ph.clone(), healths.clone()));
+        healths.push(ph);
+        Ok(Self { broker, cfg, shutdown, http_addr, threads, producer, healths })
+    }
+
+    /// The health of every service (grouper, writer, detector, producer), for a watchdog.
+    pub fn healths(&self) -> Vec<Health> {
+        self.healths.clone()
     }
 
     /// The embedded Kafka's bootstrap servers.
@@ -260,6 +271,8 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     }
     let pipeline = Pipeline::start(cfg.clone(), &opts.listen, opts.partitions, false).await?;
     pipeline.shutdown.trigger_on_signals();
+    // A stalled loop ends the process (non-zero) instead of answering `ok` with a dead worker.
+    tracefold_runtime::telemetry::spawn_watchdog(pipeline.healths());
     let url = format!("http://{}", pipeline.http_addr);
     eprintln!("\ntracefold dev is running");
     eprintln!("  ingest:    POST {url}/api/v1/projects/{{project}}/events   (one JSON event or NDJSON)");
