@@ -3,10 +3,9 @@
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tracefold_cli::dev::{DevConfig, Pipeline};
-use tracefold_tests::{generate, publish, TestDb};
+use tracefold_tests::{generate, post_ndjson, publish, TestDb};
 
 async fn start(db: &TestDb) -> Pipeline {
     let cfg = DevConfig { clickhouse: db.cfg.clone(), ..DevConfig::default() };
@@ -18,28 +17,7 @@ async fn http_events_become_exact_issue_counts_in_clickhouse() {
     let db = TestDb::new("e2e").await;
     let pipeline = start(&db).await;
     let (events, truth) = generate(3000, 25, 42);
-    let client = reqwest::Client::new();
-    // NDJSON batches per project, as SDK relays send them.
-    let mut by_project: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for e in &events {
-        by_project.entry(e.project).or_default().push(&e.json);
-    }
-    let mut accepted_ids = 0usize;
-    for (project, lines) in &by_project {
-        for chunk in lines.chunks(250) {
-            let resp = client
-                .post(format!("http://{}/api/v1/projects/{project}/events", pipeline.http_addr))
-                .header("content-type", "application/x-ndjson")
-                .body(chunk.join("\n"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-            let body: serde_json::Value = resp.json().await.unwrap();
-            assert_eq!(body["accepted"], chunk.len());
-            accepted_ids += body["ids"].as_array().unwrap().len();
-        }
-    }
+    let accepted_ids = post_ndjson(pipeline.http_addr, &events, 250).await;
     assert_eq!(accepted_ids, events.len());
 
     let stored = db.wait_for_total(truth.total, Duration::from_secs(60)).await;

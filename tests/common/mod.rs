@@ -258,3 +258,31 @@ pub async fn publish(bootstrap: &str, topic: &str, payloads: &[Vec<u8>]) {
         f.await.expect("delivery future").expect("delivered");
     }
 }
+
+/// Posts generated events to the producer at `addr` as NDJSON, per project in requests of
+/// `chunk` events (as SDK relays send them), asserting each request's `200`; returns how many
+/// ids the producer answered with.
+pub async fn post_ndjson(addr: std::net::SocketAddr, events: &[tracefold_cli::gen::Generated], chunk: usize) -> usize {
+    let client = reqwest::Client::new();
+    let mut by_project: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for e in events {
+        by_project.entry(e.project).or_default().push(&e.json);
+    }
+    let mut ids = 0;
+    for (project, lines) in &by_project {
+        for part in lines.chunks(chunk) {
+            let resp = client
+                .post(format!("http://{addr}/api/v1/projects/{project}/events"))
+                .header("content-type", "application/x-ndjson")
+                .body(part.join("\n"))
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+            let body: serde_json::Value = resp.json().await.expect("JSON answer");
+            assert_eq!(body["accepted"], part.len());
+            ids += body["ids"].as_array().map_or(0, Vec::len);
+        }
+    }
+    ids
+}
