@@ -2,6 +2,8 @@
 //! run as threads against a mock cluster hosted by the test, ground truth from the generator.
 #![allow(missing_docs)]
 
+pub mod procs;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -248,6 +248,8 @@ pub fn ops_router(health: Vec<Health>) -> Router {
 pub async fn serve_ops(addr: SocketAddr, health: Vec<Health>, shutdown: crate::Shutdown) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    // The bound address: with port 0 the system picks one, and tests read it from this line.
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, ops_router(health)).with_graceful_shutdown(async move { shutdown.wait().await }).await?;
     Ok(())

@@ -1,0 +1,3 @@
+//! Broker faults, injected as librdkafka's own tests do (the mock cluster's request errors,
+//! broker down and up, partition leader moves), during a load: every fault fires and the
+//! counts in ClickHouse stay exact.
