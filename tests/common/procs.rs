@@ -3,11 +3,41 @@
 //! every line a child writes to stderr is kept (failpoint lines, logs), its ops endpoint is
 //! bound on port 0 and read back from its log, and a metric read that fails fails the test.
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// Runs a heavy end-to-end test body on a runtime of its own, one such test at a time in this
+/// test binary: on 2 cores, several private ClickHouse servers and service processes at once
+/// starve each other. A test that panicked poisons the lock; the next one takes it anyway (its
+/// servers and children were dropped while unwinding).
+pub fn serial<F: Future<Output = ()>>(body: F) {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = HEAVY.lock().unwrap_or_else(PoisonError::into_inner);
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(body);
+}
+
+/// Polls `check` every 100 ms until it yields a value; panics with `what` (and the last
+/// state `check` reported through `last`) after `timeout`.
+pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut(&mut String) -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        if let Some(v) = check(&mut last) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?} (last seen: {last})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -83,9 +113,22 @@ pub struct Svc {
     child: Child,
     ops: std::net::SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Reads the child's stderr until it closes (joined once the child exited, so that every
+    /// line it wrote is kept).
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Env {
+    /// Writes `grouper.toml` and `writer.toml` (contents as given) into a fresh folder and
+    /// returns the environment that uses them.
+    pub fn create(name: &str, bootstrap: &str, ch_url: &str, database: &str, grouper: &str, writer: &str) -> Self {
+        let config_dir = std::env::temp_dir().join(format!("tracefold-cfg-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&config_dir).unwrap();
+        std::fs::write(config_dir.join("grouper.toml"), grouper).unwrap();
+        std::fs::write(config_dir.join("writer.toml"), writer).unwrap();
+        Self { bootstrap: bootstrap.to_owned(), ch_url: ch_url.to_owned(), database: database.to_owned(), config_dir }
+    }
+
     pub fn spawn(&self, kind: &'static str) -> Svc {
         self.spawn_with(kind, "")
     }
@@ -118,7 +161,7 @@ impl Env {
         let lines: Arc<Mutex<Vec<String>>> = Arc::default();
         let stderr = child.stderr.take().expect("piped");
         let keep = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[{kind}] {line}");
                 keep.lock().unwrap().push(line);
@@ -128,7 +171,8 @@ impl Env {
         let ops = loop {
             let found = lines.lock().unwrap().iter().find_map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["message"].as_str()? == "serving /metrics, /healthz, /readyz").then(|| v["addr"].as_str()?.parse().ok())?
+                (v["message"].as_str()? == "serving /metrics, /healthz, /readyz")
+                    .then(|| v["addr"].as_str()?.parse().ok())?
             });
             if let Some(a) = found {
                 break a;
@@ -139,7 +183,7 @@ impl Env {
             assert!(Instant::now() < deadline, "{kind} did not log its ops address within 30 s");
             std::thread::sleep(Duration::from_millis(20));
         };
-        Svc { kind, child, ops, lines }
+        Svc { kind, child, ops, lines, reader: Some(reader) }
     }
 }
 
@@ -158,23 +202,58 @@ impl Svc {
         self.lines.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
-    pub fn kill9(mut self) {
+    /// The JSON log lines whose `message` is `message`.
+    pub fn logged_json(&self, message: &str) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"].as_str() == Some(message))
+            .collect()
+    }
+
+    /// SIGKILL; returns the exit status (killed by signal 9, unless it had exited before).
+    pub fn kill9(mut self) -> ExitStatus {
         self.child.kill().unwrap();
-        let _ = self.child.wait();
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM and returns at once (see [`Svc::wait_exit`]).
+    pub fn send_term(&self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
 
     /// SIGTERM, then the exit status within `timeout`.
     pub fn term(mut self, timeout: Duration) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.send_term();
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the child to exit (panics after `timeout`) and for its last stderr lines.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
-        loop {
+        let st = loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
+                break st;
             }
-            assert!(Instant::now() < deadline, "{} did not stop within {timeout:?} after SIGTERM", self.kind);
-            std::thread::sleep(Duration::from_millis(100));
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.kind);
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(r) = self.reader.take() {
+            r.join().expect("stderr reader");
         }
+        st
+    }
+
+    /// Waits (up to `timeout`) for the child to die at failpoint `name`, and proves it did:
+    /// the exit status is SIGABRT and stderr holds `failpoint <name> reached: aborting`.
+    pub fn expect_abort_at(&mut self, name: &str, timeout: Duration) {
+        let st = self.wait_exit(timeout);
+        assert_eq!(st.signal(), Some(6), "{} ended by SIGABRT at failpoint {name}, not {st}", self.kind);
+        let line = format!("failpoint {name} reached: aborting");
+        assert!(self.logged(&line), "{} logged `{line}`", self.kind);
     }
 
     /// The service's whole `/metrics` text. Panics when the endpoint cannot be read or is not
@@ -186,7 +265,11 @@ impl Svc {
         write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
-        assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{}: /metrics: {body}", self.kind);
+        assert!(
+            body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+            "{}: /metrics: {body}",
+            self.kind
+        );
         body
     }
 
@@ -212,9 +295,168 @@ impl Svc {
     }
 }
 
+/// Proves that `st` is a SIGKILL's.
+pub fn assert_killed(kind: &str, st: ExitStatus) {
+    assert_eq!(st.signal(), Some(9), "{kind} was ended by SIGKILL, not {st}");
+}
+
 impl Drop for Svc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    /// The Kafka message timestamp (ms).
+    pub timestamp: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Reads what Kafka holds: high watermarks, a group's committed offsets (with their metadata),
+/// whole topics. For tests that prove where a stop happened and what was replayed.
+pub struct Observer {
+    bootstrap: String,
+    meta: BaseConsumer,
+    groups: Mutex<HashMap<String, BaseConsumer>>,
+}
+
+impl Observer {
+    pub fn new(bootstrap: &str) -> Self {
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            meta: Self::client(bootstrap, "tracefold-test-observer"),
+            groups: Mutex::default(),
+        }
+    }
+
+    fn client(bootstrap: &str, group: &str) -> BaseConsumer {
+        tracefold_runtime::kafka::consumer_config(&crate::kafka(bootstrap), group).create().expect("a Kafka client")
+    }
+
+    /// The cluster id: the grouper's default epoch.
+    pub fn cluster_id(&self) -> String {
+        self.meta.client().fetch_cluster_id(Duration::from_secs(10)).expect("a cluster id")
+    }
+
+    pub fn partitions(&self, topic: &str) -> i32 {
+        let md = self.meta.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
+        md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32)
+    }
+
+    /// The end (next offset) of every partition of `topic`.
+    pub fn high_watermarks(&self, topic: &str) -> Vec<i64> {
+        (0..self.partitions(topic))
+            .map(|p| self.meta.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)
+            .collect()
+    }
+
+    /// `group`'s committed offset (-1: none) and commit metadata, per partition of `topic`.
+    /// Only reads (OffsetFetch): it does not join the group.
+    pub fn committed(&self, group: &str, topic: &str) -> Vec<(i64, String)> {
+        let mut groups = self.groups.lock().unwrap();
+        let c = groups.entry(group.to_owned()).or_insert_with(|| Self::client(&self.bootstrap, group));
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions(topic) {
+            tpl.add_partition(topic, p);
+        }
+        let got = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        got.elements()
+            .iter()
+            .map(|e| {
+                let o = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                };
+                (o, e.metadata().to_owned())
+            })
+            .collect()
+    }
+
+    /// Offsets only, -1 counted as 0 (nothing committed yet: nothing consumed).
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> Vec<i64> {
+        self.committed(group, topic).into_iter().map(|(o, _)| o.max(0)).collect()
+    }
+
+    /// Whether `group` has committed to the end of `topic` with no pending batch range.
+    pub fn caught_up(&self, group: &str, topic: &str, last: &mut String) -> bool {
+        let end = self.high_watermarks(topic);
+        let cm = self.committed(group, topic);
+        *last = format!("{group} committed {cm:?}, {topic} ends at {end:?}");
+        cm.len() == end.len() && cm.iter().zip(&end).all(|((o, meta), e)| (*o).max(0) == *e && meta.is_empty())
+    }
+
+    /// Waits until `group` has committed to the end of `topic` with no pending range.
+    pub async fn wait_caught_up(&self, group: &str, topic: &str, timeout: Duration) {
+        eventually(&format!("{group} commits to the end of {topic}"), timeout, |last| {
+            self.caught_up(group, topic, last).then_some(())
+        })
+        .await;
+    }
+
+    /// Every record of `topic` from `from` (per partition; empty: the beginning) up to the
+    /// high watermarks as they are now.
+    pub fn read(&self, topic: &str, from: &[i64]) -> Vec<Record> {
+        let end = self.high_watermarks(topic);
+        let c = Self::client(&self.bootstrap, "tracefold-test-reader");
+        let mut tpl = TopicPartitionList::new();
+        for (p, _) in end.iter().enumerate() {
+            let start = from.get(p).copied().unwrap_or(0);
+            tpl.add_partition_offset(topic, p as i32, Offset::Offset(start)).unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let mut next: Vec<i64> = (0..end.len()).map(|p| from.get(p).copied().unwrap_or(0)).collect();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while next.iter().zip(&end).any(|(n, e)| n < e) {
+            assert!(Instant::now() < deadline, "reading {topic}: at {next:?} of {end:?} after 60 s");
+            match c.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let p = m.partition() as usize;
+                    if m.offset() < end[p] {
+                        out.push(Record {
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            // As the grouper reads it.
+                            timestamp: m.timestamp().to_millis().unwrap_or(0),
+                            payload: m.payload().unwrap_or(&[]).to_vec(),
+                        });
+                    }
+                    next[p] = next[p].max(m.offset() + 1);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+/// Rows of `<db>.aggregates` and how many distinct record identities (epoch, source topic,
+/// partition, first offset, index) they hold: equal when no record was stored twice.
+pub async fn stored_rows_and_identities(db: &crate::TestDb) -> (u64, u64) {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct N {
+        rows: u64,
+        ids: u64,
+    }
+    let n: N = db
+        .client
+        .query(&format!(
+            "SELECT count() AS rows, uniqExact(src_epoch, src_topic, src_partition, src_first_offset, rec_index) AS ids FROM {}.aggregates",
+            db.cfg.database
+        ))
+        .fetch_one()
+        .await
+        .expect("count the stored rows");
+    (n.rows, n.ids)
+}
+
+/// The sum of `v`.
+pub fn sum(v: &[i64]) -> i64 {
+    v.iter().sum()
 }

@@ -50,6 +50,8 @@ pub fn decode_pending(meta: &str) -> Option<(i64, i64)> {
 struct DeliveryCtx {
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Acknowledgements of the current emit (for the `grouper.after_acks` failpoint).
+    acked: AtomicU64,
 }
 
 impl ClientContext for DeliveryCtx {}
@@ -57,9 +59,16 @@ impl ClientContext for DeliveryCtx {}
 impl ProducerContext for DeliveryCtx {
     type DeliveryOpaque = ();
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-            *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+        match r {
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+            }
+            Ok(_) => {
+                // Crash tests: die with part of the emit acknowledged, before the commit past it.
+                let n = self.acked.fetch_add(1, Ordering::SeqCst) + 1;
+                tracefold_runtime::failpoint::hit_at("grouper.after_acks", n);
+            }
         }
     }
 }
@@ -320,6 +329,9 @@ impl Grouper<'_> {
                     let _ = self.consumer.seek(topic, d.partition, Offset::Offset(d.first), Duration::from_secs(5));
                 }
                 done.retain(|d| d.replay);
+            } else {
+                // Crash tests: die with the ranges recorded and nothing produced yet.
+                tracefold_runtime::failpoint::hit("grouper.after_pending_commit");
             }
         }
         self.produce(&done.iter().map(|d| (&d.out, d.partition)).collect::<Vec<_>>())?;
@@ -365,6 +377,7 @@ impl Grouper<'_> {
 
     fn produce(&self, outs: &[(&BatchOutput, i32)]) -> anyhow::Result<()> {
         let failed_before = self.producer.context().failed.load(Ordering::SeqCst);
+        self.producer.context().acked.store(0, Ordering::SeqCst);
         let mut payload = Vec::with_capacity(4096);
         for (out, partition) in outs {
             self.produce_one(out, *partition, &mut payload)?;

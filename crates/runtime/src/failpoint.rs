@@ -1,6 +1,23 @@
-//! Failpoints for crash tests: `TRACEFOLD_FAILPOINTS="grouper.after_produce=3"` makes the
-//! process abort (like SIGKILL: no cleanup, no commit) the third time it reaches that point.
-//! Unset in production; reading it costs one atomic load per call after the first.
+//! Failpoints for crash tests, armed with `TRACEFOLD_FAILPOINTS="name=N,other=M"` (unset in
+//! production; reading it costs one atomic load per call after the first).
+//!
+//! Three kinds:
+//! - [`hit`]: the process aborts (like SIGKILL: no cleanup, no commit; the exit status is
+//!   SIGABRT) the N-th time it reaches the point;
+//! - [`hit_at`]: the process aborts when a count within one unit of work reaches N;
+//! - [`trip`]: the N-th time the point is reached, the caller injects a fault (and goes on).
+//!
+//! Each prints `failpoint <name> reached: aborting` (or `...: injecting a fault`) to stderr
+//! first, so that a test can prove the failure it asked for is the one that happened.
+//!
+//! | Failpoint | Kind | Where, and what it simulates |
+//! |---|---|---|
+//! | `grouper.after_pending_commit=N` | hit | the N-th emit, right after the batch ranges were committed as pending (`tracefold:v1:<first>:<last>`) and before anything was produced: the restart must rebuild exactly those ranges |
+//! | `grouper.after_acks=K` | hit_at | an emit, once K delivery acknowledgements of its records arrived (the broker may hold more of them: one produce request acknowledges many): a partly published batch |
+//! | `grouper.after_produce=N` | hit | the N-th emit, after every record was acknowledged and before the commit past the ranges: a wholly published batch that will be published again |
+//! | `grouper.panic_marker=1` | armed | every event containing `tracefold-failpoint-panic` panics inside the per-event fault barrier |
+//! | `writer.after_insert=N` | hit | the N-th insert, after ClickHouse stored the rows and before the offsets were committed |
+//! | `writer.insert_lands_then_fails=N` | trip | the N-th insert landed in ClickHouse but is reported as failed (a timeout after the server stored it): the retry must re-read the watermarks and not insert again |
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,18 +37,48 @@ fn points() -> &'static HashMap<String, (u64, AtomicU64)> {
     })
 }
 
+/// Counts a pass through failpoint `name`; true on the pass it is armed for.
+fn reached(name: &str) -> bool {
+    let points = points();
+    if points.is_empty() {
+        return false;
+    }
+    points.get(name).is_some_and(|(at, seen)| seen.fetch_add(1, Ordering::SeqCst) + 1 == *at)
+}
+
+fn abort(name: &str) -> ! {
+    eprintln!("failpoint {name} reached: aborting");
+    std::process::abort();
+}
+
 /// Aborts the process when failpoint `name` is armed and reached for the armed time.
 pub fn hit(name: &str) {
+    if reached(name) {
+        abort(name);
+    }
+}
+
+/// Aborts the process when failpoint `name` is armed with the value `n`: for points whose
+/// value is a position within one unit of work (the K-th acknowledgement of an emit) rather
+/// than a count of passes.
+pub fn hit_at(name: &str, n: u64) {
     let points = points();
     if points.is_empty() {
         return;
     }
-    if let Some((at, seen)) = points.get(name) {
-        if seen.fetch_add(1, Ordering::SeqCst) + 1 == *at {
-            eprintln!("failpoint {name} reached: aborting");
-            std::process::abort();
-        }
+    if points.get(name).is_some_and(|(at, _)| *at == n) {
+        abort(name);
     }
+}
+
+/// Whether the caller must inject its fault now: failpoint `name` is armed and reached for
+/// the armed time (once; later passes go on normally).
+pub fn trip(name: &str) -> bool {
+    let fire = reached(name);
+    if fire {
+        eprintln!("failpoint {name} reached: injecting a fault");
+    }
+    fire
 }
 
 /// Whether failpoint `name` is armed (for failpoints that inject a fault rather than abort).

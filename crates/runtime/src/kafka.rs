@@ -3,7 +3,7 @@
 use crate::config::KafkaConfig;
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,6 +41,21 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     )
 }
 
+/// tracefold's `queue.buffering.max.kbytes` for producers (256 MiB).
+const PRODUCER_QUEUE_KBYTES: &str = "262144";
+/// librdkafka's default `queue.buffering.max.messages`.
+const LIBRDKAFKA_QUEUE_MESSAGES: usize = 100_000;
+
+/// How much a producer built by [`producer_config`] from `kafka` queues at most: (messages,
+/// bytes), from `queue.buffering.max.messages` and `queue.buffering.max.kbytes` (the
+/// pass-through options win). A message counts its payload and key.
+pub fn producer_queue_limits(kafka: &KafkaConfig) -> (usize, usize) {
+    let get = |k: &str| kafka.librdkafka.get(k).and_then(|v| v.trim().parse::<usize>().ok());
+    let messages = get("queue.buffering.max.messages").unwrap_or(LIBRDKAFKA_QUEUE_MESSAGES);
+    let kbytes = get("queue.buffering.max.kbytes").unwrap_or_else(|| PRODUCER_QUEUE_KBYTES.parse().expect("a number"));
+    (messages, kbytes.saturating_mul(1024))
+}
+
 /// Producer defaults: idempotent (ordered, no duplicates from retries), batching, lz4.
 /// `message_timeout_ms` 0 means "retry until delivered", which services that must not
 /// lose or reorder output use.
@@ -54,7 +69,7 @@ pub fn producer_config(kafka: &KafkaConfig, message_timeout_ms: u64) -> ClientCo
             ("compression.type", "lz4"),
             ("linger.ms", "5"),
             ("batch.num.messages", "10000"),
-            ("queue.buffering.max.kbytes", "262144"),
+            ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
             ("message.timeout.ms", &timeout),
         ],
     )
@@ -97,6 +112,10 @@ pub fn record_consumer_lag(group: &str, stats: &rdkafka::Statistics) {
     }
 }
 
+/// Partitions currently assigned to this process's consumer of a group (label `group`):
+/// shows that a replica took part in the work after a rebalance.
+pub const ASSIGNED_PARTITIONS: &str = "tracefold_kafka_assigned_partitions";
+
 /// A partition assignment change, seen by a consumer's poll loop after `poll` returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RebalanceEvent {
@@ -118,6 +137,7 @@ pub struct GroupContext {
 impl GroupContext {
     /// A context for consumer group `group`.
     pub fn new(group: &str) -> Self {
+        metrics::gauge!(ASSIGNED_PARTITIONS, "group" => group.to_owned()).set(0.0);
         Self { group: group.to_owned(), events: Mutex::new(Vec::new()) }
     }
 
@@ -144,7 +164,11 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        // What is assigned now, whatever the protocol (eager or cooperative) and outcome.
+        if let Ok(a) = consumer.assignment() {
+            metrics::gauge!(ASSIGNED_PARTITIONS, "group" => self.group.clone()).set(a.count() as f64);
+        }
         if let Rebalance::Assign(tpl) = r {
             self.push(RebalanceEvent::Assigned(tpl.elements().iter().map(|e| e.partition()).collect()));
         }

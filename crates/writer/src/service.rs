@@ -288,6 +288,11 @@ impl Writer<'_> {
                 .context("insert into aggregates")?;
             // Crash tests: die after ClickHouse stored the rows, before the offsets are committed.
             tracefold_runtime::failpoint::hit("writer.after_insert");
+            // Crash tests: the rows landed, but the writer is told the insert failed (as after a
+            // timeout): the retry must learn from ClickHouse that they are stored.
+            if tracefold_runtime::failpoint::trip("writer.insert_lands_then_fails") {
+                anyhow::bail!("failpoint writer.insert_lands_then_fails: the insert is reported as failed");
+            }
             metrics::counter!(m::INSERTS_TOTAL, "outcome" => "ok").increment(1);
             metrics::histogram!(m::INSERT_SECONDS).record(t0.elapsed().as_secs_f64());
             metrics::histogram!(m::INSERT_ROWS).record(rows.len() as f64);
