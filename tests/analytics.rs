@@ -261,7 +261,28 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
 
     // Retention: the 200-day-old partition goes, everything recent stays.
     let dry = tracefold_writer::migrate::retention(&db.cfg, 90, true).await.unwrap();
-    assert!(!dry.is_empty() && dry.iter().all(|(_, p)| p.len() == 8 || p.len() == 6));
+    // Exactly the day and month partitions (as the server computes them) of the 200-day-old
+    // record, in every table it reached (it has no sample: not in issue_samples).
+    let old = &rows(
+        &db,
+        &format!(
+            "SELECT toString(toYYYYMMDD(toDateTime({0}))) AS day, toString(toYYYYMM(toDateTime({0}))) AS month",
+            t - 200 * 86_400
+        ),
+    )
+    .await[0];
+    let (day, month) = (old["day"].as_str().unwrap(), old["month"].as_str().unwrap());
+    let want: Vec<(String, String)> = [
+        ("aggregates", day),
+        ("issue_counts_1d", month),
+        ("issue_counts_1h", month),
+        ("issue_counts_1m", day),
+        ("issue_users_1h", month),
+    ]
+    .iter()
+    .map(|(t, p)| ((*t).to_owned(), (*p).to_owned()))
+    .collect();
+    assert_eq!(dry, want);
     let before = db.total_events().await;
     let dropped = tracefold_writer::migrate::retention(&db.cfg, 90, false).await.unwrap();
     assert_eq!(dropped, dry);

@@ -8,6 +8,13 @@ use tracefold_runtime::devbroker::DevBroker;
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
+/// The events topic (one partition in these tests).
+const EVENTS: &str = "tracefold.events";
+
+/// Held by the tests that send Sentry envelopes: the envelope item counters live in the one
+/// metrics recorder of this test process, and one test reads exact increments of them.
+static ENVELOPE_METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Server {
     url: String,
     shutdown: Shutdown,
@@ -16,34 +23,41 @@ struct Server {
 
 impl Server {
     /// Keys (event ids) of every message on the events topic.
-    fn published(&self, expect: usize) -> Vec<String> {
-        self.messages(expect).into_iter().map(|(k, _)| k).collect()
+    fn published(&self) -> Vec<String> {
+        self.messages().into_iter().map(|(k, _)| k).collect()
     }
 
-    /// Key and payload of every message on the events topic.
-    fn messages(&self, expect: usize) -> Vec<(String, Vec<u8>)> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
+    fn reader(&self) -> rdkafka::consumer::BaseConsumer {
+        tracefold_runtime::kafka::consumer_config(&tracefold_tests::kafka(&self.broker.bootstrap_servers()), "reader")
+            .create()
+            .unwrap()
+    }
+
+    /// The end offset of the events topic's partition: how many events were ever published.
+    fn end_offset(&self) -> i64 {
+        use rdkafka::consumer::Consumer;
+        self.reader().fetch_watermarks(EVENTS, 0, Duration::from_secs(10)).unwrap().1
+    }
+
+    /// Key and payload of every message on the events topic, read to its end.
+    fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        use rdkafka::consumer::Consumer;
         use rdkafka::Message;
-        let c: BaseConsumer = tracefold_runtime::kafka::consumer_config(
-            &tracefold_tests::kafka(&self.broker.bootstrap_servers()),
-            "reader",
-        )
-        .create()
-        .unwrap();
+        let end = self.end_offset();
+        let c = self.reader();
         let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset("tracefold.events", 0, rdkafka::Offset::Beginning).unwrap();
+        tpl.add_partition_offset(EVENTS, 0, rdkafka::Offset::Beginning).unwrap();
         c.assign(&tpl).unwrap();
         let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while (out.len() as i64) < end {
+            assert!(std::time::Instant::now() < deadline, "read {} of {end} events", out.len());
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
                 out.push((
                     String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                     m.payload().unwrap_or_default().to_vec(),
                 ));
-            } else if out.len() >= expect {
-                // Nothing more arrived after the expected count: done.
-                break;
             }
         }
         out
@@ -212,6 +226,7 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentry_store_and_envelope_with_keys_and_compression() {
+    let _metrics = ENVELOPE_METRICS.lock().await;
     let s = server_with(
         1 << 20,
         64 << 10,
@@ -277,7 +292,7 @@ async fn sentry_store_and_envelope_with_keys_and_compression() {
         send(&format!("{}/api/v1/projects/web/events", s.url), &[("x-tracefold-key", "publickey1")], GOOD).await;
     assert_eq!(status, 200);
 
-    let mut published = s.published(3);
+    let mut published = s.published();
     published.sort();
     assert_eq!(published.len(), 3, "{published:?}");
     assert!(published.contains(&"fc6d8c0c43fc46308ea5bc7a3b7d3c64".to_owned()));
@@ -287,28 +302,48 @@ async fn sentry_store_and_envelope_with_keys_and_compression() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_429_and_leave_other_projects_alone() {
+    // Both projects have a limit of their own: a burst of 5, refilled at one event per 5 s.
     let s = server_with(
         1 << 20,
         64 << 10,
-        vec![project("web", 1, "webkey123", 0.2), project("api", 2, "apikey123", 0.0)],
+        vec![project("web", 1, "webkey123", 0.2), project("api", 2, "apikey123", 0.2)],
         5000,
     )
     .await;
-    let web = format!("{}/api/1/store/?sentry_key=webkey123", s.url);
-    for i in 0..5 {
-        let (status, _, body) =
-            send(&web, &[], SENTRY_EVENT.replace("fc6d8c0c43fc46308ea5bc7a3b7d3c64", &format!("{i:032x}"))).await;
+    let store = |id: u32, key: &str| format!("{}/api/{id}/store/?sentry_key={key}", s.url);
+    let event = |n: u32| SENTRY_EVENT.replace("fc6d8c0c43fc46308ea5bc7a3b7d3c64", &id(n));
+    let t0 = std::time::Instant::now();
+    for n in 0..5 {
+        let (status, _, body) = send(&store(1, "webkey123"), &[], event(n)).await;
         assert_eq!(status, 200, "{body}");
     }
-    let (status, headers, body) = send(&web, &[], SENTRY_EVENT).await;
+    let (status, headers, body) = send(&store(1, "webkey123"), &[], event(5)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
     assert_eq!(status, 429, "{body}");
-    assert!(headers.get("retry-after").unwrap().to_str().unwrap().parse::<u64>().unwrap() >= 1);
-    assert!(headers.get("x-sentry-rate-limits").unwrap().to_str().unwrap().ends_with("::project"));
-    for _ in 0..20 {
-        let (status, _, _) = send(&format!("{}/api/2/store/?sentry_key=apikey123", s.url), &[], SENTRY_EVENT).await;
-        assert_eq!(status, 200, "other projects are unaffected");
+    // The bucket refilled 0.2 per second since the first request: the missing token comes
+    // back within 5 s.
+    let retry = retry_after(&headers);
+    let soonest = ((1.0 - 0.2 * elapsed) / 0.2).ceil().max(1.0) as u64;
+    assert!((soonest..=5).contains(&retry), "Retry-After {retry} after {elapsed:.2} s");
+    assert_eq!(headers["x-sentry-rate-limits"], format!("{retry}::project"));
+    // The other project still has its whole burst, and its own limit.
+    for n in 10..15 {
+        let (status, _, body) = send(&store(2, "apikey123"), &[], event(n)).await;
+        assert_eq!(status, 200, "other projects are unaffected: {body}");
     }
+    let (status, headers, body) = send(&store(2, "apikey123"), &[], event(15)).await;
+    assert_eq!(status, 429, "its own limit holds: {body}");
+    assert_eq!(headers["x-sentry-rate-limits"], format!("{}::project", retry_after(&headers)));
+    // Exactly the admitted events are in Kafka.
+    let mut published = s.published();
+    published.sort();
+    assert_eq!(published, (0..5).chain(10..15).map(id).collect::<Vec<_>>());
     s.shutdown.trigger();
+}
+
+/// The `Retry-After` of a response, in seconds.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> u64 {
+    headers.get("retry-after").expect("Retry-After").to_str().unwrap().parse().expect("Retry-After in seconds")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,7 +373,7 @@ async fn kafka_down_gives_503_and_no_accepted_event_is_lost() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(ok, "the producer recovers when Kafka is back");
-    let published = s.published(accepted.len());
+    let published = s.published();
     for id in &accepted {
         assert!(published.contains(id), "accepted event {id} is in Kafka");
     }
@@ -374,6 +409,7 @@ fn envelope(header: &str, event: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_surrogates_are_accepted_on_every_endpoint_with_replacement_characters() {
+    let _metrics = ENVELOPE_METRICS.lock().await;
     let s = server_cfg(web(), |_| {}).await;
     let native = format!("{}/api/v1/projects/web/events", s.url);
     let key = [("x-tracefold-key", WEB_KEY)];
@@ -407,7 +443,7 @@ async fn lone_surrogates_are_accepted_on_every_endpoint_with_replacement_charact
         send(&format!("{}/api/42/envelope/", s.url), &[("content-encoding", "gzip")], gzip(env.as_bytes())).await;
     assert_eq!(status, 200, "envelope: {body}");
 
-    let messages = s.messages(7);
+    let messages = s.messages();
     assert_eq!(messages.len(), 7);
     for n in [1, 2] {
         let v = Server::published_event(&messages, &id(n));
@@ -469,7 +505,7 @@ async fn events_over_the_broker_limit_get_413_and_nothing_is_published() {
     // Just under the limit: Kafka takes it.
     let (status, _, body) = send(&native, &[], event(2, 999_000)).await;
     assert_eq!(status, 200, "{body}");
-    let published = s.published(1);
+    let published = s.published();
     assert_eq!(published, [id(2)], "the refused events were not published");
     s.shutdown.trigger();
 }
@@ -488,6 +524,19 @@ async fn too_many_lines_get_413_without_reading_them_all() {
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(1)), "{body}");
     let (status, _, body) = send(&native, &ndjson, format!("{GOOD}\n").repeat(100)).await;
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(100)), "{body}");
+    let mut accepted: Vec<String> =
+        body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    // One valid event more than the limit: refused whole, none of it published.
+    let before = s.end_offset();
+    let (status, _, body) = send(&native, &ndjson, format!("{GOOD}\n").repeat(101)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("more than 100 events"), "{body}");
+    assert_eq!(s.end_offset(), before);
+    let mut published = s.published();
+    published.sort();
+    accepted.sort();
+    assert_eq!(published.len(), 101, "the one event, then the hundred");
+    assert!(accepted.iter().all(|id| published.contains(id)));
     s.shutdown.trigger();
 }
 
@@ -503,7 +552,7 @@ async fn null_project_and_event_id_are_filled_in_once() {
         send(&native, &[], r#"{"project":null,"event_id":"00000000000000000000000000000abc","message":"y"}"#).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ids"][0], "00000000000000000000000000000abc");
-    let messages = s.messages(2);
+    let messages = s.messages();
     assert_eq!(messages.len(), 2);
     for (k, payload) in &messages {
         let text = String::from_utf8(payload.clone()).unwrap();
@@ -566,7 +615,7 @@ async fn envelope_keys_are_checked_before_the_body_is_decompressed() {
     let (status, _, body) = send(&url, &gz, corrupt(&format!(r#"{{"dsn":"http://{WEB_KEY}@localhost/42"}}"#))).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("decompress"), "{body}");
-    assert!(s.published(0).is_empty());
+    assert!(s.published().is_empty());
     s.shutdown.trigger();
 }
 
@@ -606,5 +655,278 @@ async fn a_stalled_body_gets_408_and_the_concurrency_limit_answers_503_meanwhile
     // The slot is free again.
     let (status, _, body) = send(&format!("{}/api/v1/projects/web/events", s.url), &[], GOOD).await;
     assert_eq!(status, 200, "{body}");
+    s.shutdown.trigger();
+}
+
+/// An event with id `n`.
+fn event_n(n: u32) -> String {
+    format!(r#"{{"event_id":"{}","message":"m{n}","user":{{"id":"{n}"}}}}"#, id(n))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_bad_line_publishes_nothing_of_it() {
+    let s = server_cfg(Vec::new(), |c| c.http.max_event_bytes = 64 << 10).await;
+    let native = format!("{}/api/v1/projects/web/events", s.url);
+    let ndjson = [("content-type", "application/x-ndjson")];
+    // A thousand events, one of them bad (with the id the good one would have had).
+    let batch = |bad_at: u32, bad: &str| -> String {
+        (0..1000).map(|n| if n == bad_at { bad.to_owned() } else { event_n(n) }).collect::<Vec<_>>().join("\n")
+    };
+    let deep = format!(r#"{{"message":"m","extra":{}1{}}}"#, "[".repeat(64), "]".repeat(64));
+    let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(70 << 10));
+    assert_eq!(s.end_offset(), 0);
+    for (bad_at, bad, code, status) in [
+        (999, r#"{"message":"m","level":"loud"}"#, "invalid", 400),
+        (0, "{not json", "malformed", 400),
+        (500, deep.as_str(), "too_deep", 400),
+        (500, r#"{"project":"api","message":"m"}"#, "invalid", 400),
+        (700, big.as_str(), "too_large", 413),
+    ] {
+        let (got, _, body) = send(&native, &ndjson, batch(bad_at, bad)).await;
+        assert_eq!(got, status, "{body}");
+        let details = body["details"].as_array().unwrap();
+        assert_eq!(details.len(), 1, "{body}");
+        assert_eq!(
+            (details[0]["line"].as_u64(), details[0]["code"].as_str()),
+            (Some(u64::from(bad_at) + 1), Some(code))
+        );
+        assert!(body["error"].as_str().unwrap().contains("nothing was accepted"), "{body}");
+        assert_eq!(s.end_offset(), 0, "nothing of a refused batch is published (bad line {code} at {bad_at})");
+    }
+    // The same events without a bad line pass; the topic then holds exactly them, each once:
+    // nothing of the refused batches was queued before them either.
+    let all = (0..1000).map(event_n).collect::<Vec<_>>().join("\n");
+    let (status, _, body) = send(&native, &ndjson, all).await;
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(1000)), "{body}");
+    let mut published = s.published();
+    published.sort();
+    assert_eq!(published, (0..1000).map(id).collect::<Vec<_>>());
+    s.shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_gives_503_and_the_refused_events_are_not_published() {
+    // Room for one message in the Kafka producer's queue, and a broker slow to acknowledge:
+    // a message holds that room for seconds.
+    let s = server_cfg(Vec::new(), |c| {
+        c.kafka.librdkafka.insert("queue.buffering.max.messages".into(), "1".into());
+        c.http.delivery_timeout_ms = 20_000;
+    })
+    .await;
+    s.broker.cluster().broker_round_trip_time(1, Duration::from_secs(3)).unwrap();
+    let native = format!("{}/api/v1/projects/web/events", s.url);
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    let mut outcome = |n: u32, status: u16, headers: &reqwest::header::HeaderMap, body: &serde_json::Value| match status
+    {
+        200 => accepted.push(id(n)),
+        503 => {
+            assert_eq!(retry_after(headers), 5, "{body}");
+            assert!(body["error"].as_str().unwrap().contains("nothing of this request was queued"), "{body}");
+            refused.push(id(n));
+        }
+        other => panic!("{other}: {body}"),
+    };
+    // A batch of two: the second cannot be queued, so the batch is refused, whole.
+    let batch = format!("{}\n{}\n", event_n(1), event_n(2));
+    let (status, headers, body) = send(&native, &[("content-type", "application/x-ndjson")], batch).await;
+    assert_eq!(status, 503, "{body}");
+    outcome(1, status, &headers, &body);
+    outcome(2, status, &headers, &body);
+    // Single events sent together while the queue is full: at most one at a time is queued.
+    let singles = join_spawned((3..7).map(|n| {
+        let native = native.clone();
+        async move { (n, send(&native, &[], event_n(n)).await) }
+    }))
+    .await;
+    for (n, (status, headers, body)) in &singles {
+        outcome(*n, *status, headers, body);
+    }
+    assert!(singles.iter().filter(|(_, (st, _, _))| *st == 503).count() >= 3, "a full queue refuses");
+    // Kafka quick again: the producer accepts once the queue has room.
+    s.broker.cluster().broker_round_trip_time(1, Duration::ZERO).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for n in 10.. {
+        let (status, headers, body) = send(&native, &[], event_n(n)).await;
+        outcome(n, status, &headers, &body);
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the producer accepts again once Kafka keeps up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut published = s.published();
+    published.sort();
+    accepted.sort();
+    for id in &refused {
+        assert!(!published.contains(id), "refused event {id} was published: a 503 must publish nothing");
+    }
+    assert_eq!(published, accepted, "every accepted event is in Kafka, once");
+    s.shutdown.trigger();
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn join_spawned<F: std::future::Future + Send + 'static>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_endpoint_rate_limits_per_key_and_per_project_refill_after_retry_after() {
+    let keyed = ProjectConfig {
+        slug: "web".into(),
+        id: Some(42),
+        keys: vec!["webkey111".into(), "webkey222".into()],
+        rate_per_sec: 0.0,
+        burst: 0.0,
+        key_rate_per_sec: 1.0,
+        key_burst: 2.0,
+    };
+    let open = ProjectConfig {
+        slug: "api".into(),
+        id: Some(43),
+        keys: Vec::new(),
+        rate_per_sec: 0.5,
+        burst: 1.0,
+        key_rate_per_sec: 0.0,
+        key_burst: 0.0,
+    };
+    let s = server_cfg(vec![keyed, open], |_| {}).await;
+    let web = format!("{}/api/v1/projects/web/events", s.url);
+    let (k1, k2) = (("x-tracefold-key", "webkey111"), ("authorization", "Bearer webkey222"));
+    let mut accepted = Vec::new();
+    // Per key: a burst of two, then 429, refilled at one event per second.
+    for n in 0..2 {
+        let (status, _, body) = send(&web, &[k1], event_n(n)).await;
+        assert_eq!(status, 200, "{body}");
+        accepted.push(id(n));
+    }
+    let (status, headers, body) = send(&web, &[k1], event_n(2)).await;
+    let refused_at = tokio::time::Instant::now();
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("key rate limit"), "{body}");
+    // Less than one token is missing, at one token per second.
+    assert_eq!(retry_after(&headers), 1);
+    assert_eq!(headers["x-sentry-rate-limits"], "1::key");
+    // The project's other key has a bucket of its own, with the same limit.
+    for n in 3..5 {
+        let (status, _, body) = send(&web, &[k2], event_n(n)).await;
+        assert_eq!(status, 200, "another key is unaffected: {body}");
+        accepted.push(id(n));
+    }
+    let (status, headers, _) = send(&web, &[k2], event_n(5)).await;
+    assert_eq!((status, headers["x-sentry-rate-limits"].to_str().unwrap()), (429, "1::key"));
+    // After the advertised Retry-After the first key passes again.
+    tokio::time::sleep_until(refused_at + Duration::from_secs(1)).await;
+    let (status, _, body) = send(&web, &[k1], event_n(6)).await;
+    assert_eq!(status, 200, "tokens refilled after Retry-After: {body}");
+    accepted.push(id(6));
+
+    // Per project, on a project without keys: a burst of one, refilled at one per 2 s.
+    let api = format!("{}/api/v1/projects/api/events", s.url);
+    let t0 = std::time::Instant::now();
+    let (status, _, body) = send(&api, &[], event_n(10)).await;
+    assert_eq!(status, 200, "{body}");
+    accepted.push(id(10));
+    let (status, headers, body) = send(&api, &[], event_n(11)).await;
+    let (refused_at, elapsed) = (tokio::time::Instant::now(), t0.elapsed().as_secs_f64());
+    assert_eq!(status, 429, "{body}");
+    let retry = retry_after(&headers);
+    let soonest = ((1.0 - 0.5 * elapsed) / 0.5).ceil().max(1.0) as u64;
+    assert!((soonest..=2).contains(&retry), "Retry-After {retry} after {elapsed:.2} s");
+    assert_eq!(headers["x-sentry-rate-limits"], format!("{retry}::project"));
+    tokio::time::sleep_until(refused_at + Duration::from_secs(retry)).await;
+    let (status, _, body) = send(&api, &[], event_n(12)).await;
+    assert_eq!(status, 200, "tokens refilled after Retry-After: {body}");
+    accepted.push(id(12));
+
+    // Exactly the admitted events are in Kafka.
+    let mut published = s.published();
+    published.sort();
+    accepted.sort();
+    assert_eq!(published, accepted);
+    s.shutdown.trigger();
+}
+
+/// Values of `tracefold_producer_envelope_items_total` by (type, outcome), from `/metrics`.
+async fn envelope_item_counts(url: &str) -> std::collections::BTreeMap<(String, String), u64> {
+    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("tracefold_producer_envelope_items_total{") else { continue };
+        let (labels, value) = rest.split_once("} ").unwrap_or_else(|| panic!("{line}"));
+        let label = |k: &str| -> String {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("{k} in {line}"))
+                .to_owned()
+        };
+        out.insert((label("type"), label("outcome")), value.trim().parse::<f64>().unwrap() as u64);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_envelope_items_are_counted_by_type() {
+    let _metrics = ENVELOPE_METRICS.lock().await;
+    let s = server_cfg(web(), |_| {}).await;
+    let item = |ty: &str, payload: &str| format!("{{\"type\":\"{ty}\",\"length\":{}}}\n{payload}\n", payload.len());
+    let event = SENTRY_EVENT.replace("fc6d8c0c43fc46308ea5bc7a3b7d3c64", &id(1)).replace('\n', "");
+    let envelope = [
+        format!(r#"{{"event_id":"{}","dsn":"http://{WEB_KEY}@localhost/42"}}"#, id(1)) + "\n",
+        item(
+            "transaction",
+            r#"{"type":"transaction","transaction":"/checkout","event_id":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#,
+        ),
+        item("session", r#"{"sid":"7c3f2a1b","status":"ok","started":"2026-11-26T00:00:00Z"}"#),
+        item("event", &event),
+        item("attachment", "hello"),
+        item("transaction", r#"{"type":"transaction"}"#),
+        item("client_report", "{}"),
+        item("a_type_from_the_future", "{}"),
+    ]
+    .concat();
+    let before = envelope_item_counts(&s.url).await;
+    let (status, _, body) = send(&format!("{}/api/42/envelope/", s.url), &[], envelope).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], id(1));
+    let after = envelope_item_counts(&s.url).await;
+    let delta = |ty: &str, outcome: &str| {
+        let k = (ty.to_owned(), outcome.to_owned());
+        after.get(&k).copied().unwrap_or(0) - before.get(&k).copied().unwrap_or(0)
+    };
+    for (ty, outcome, n) in [
+        ("transaction", "skipped", 2),
+        ("session", "skipped", 1),
+        ("attachment", "skipped", 1),
+        ("client_report", "skipped", 1),
+        ("other", "skipped", 1),
+        ("event", "accepted", 1),
+        ("event", "skipped", 0),
+        ("transaction", "accepted", 0),
+    ] {
+        assert_eq!(delta(ty, outcome), n, "{ty} {outcome}: {after:?}");
+    }
+    // Skipped items are not published; the event is.
+    assert_eq!(s.published(), [id(1)]);
+    // A refused envelope (its event is invalid) counts nothing: its client retries it.
+    let refused = [
+        format!(r#"{{"event_id":"{}","dsn":"http://{WEB_KEY}@localhost/42"}}"#, id(2)) + "\n",
+        item("transaction", r#"{"type":"transaction"}"#),
+        item("event", r#"{"level":"loud","message":"m"}"#),
+    ]
+    .concat();
+    let (status, _, body) = send(&format!("{}/api/42/envelope/", s.url), &[], refused).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(envelope_item_counts(&s.url).await, after, "nothing counted for a refused envelope");
+    assert_eq!(s.published(), [id(1)]);
     s.shutdown.trigger();
 }

@@ -76,6 +76,8 @@ pub struct AppState {
     pub limiter: Limiter,
     /// The largest event accepted, bytes ([`Config::max_event_bytes`]).
     pub max_event_bytes: usize,
+    /// Room in the Kafka producer's queue, reserved per request before anything is queued.
+    pub queue: QueueRoom,
 }
 
 impl AppState {
@@ -83,7 +85,40 @@ impl AppState {
     pub fn new(cfg: Arc<Config>, producer: FutureProducer, projects: Arc<Projects>) -> Self {
         let limiter = Limiter::new(cfg.http.max_concurrent_requests);
         let max_event_bytes = cfg.max_event_bytes();
-        Self { cfg, producer, projects, limiter, max_event_bytes }
+        let queue = QueueRoom::new(&cfg.kafka);
+        Self { cfg, producer, projects, limiter, max_event_bytes, queue }
+    }
+}
+
+/// Room in the Kafka producer's queue (`queue.buffering.max.messages` and `.kbytes`). A
+/// request reserves room for all its events before the first is queued, and keeps it until
+/// Kafka answered for every one: librdkafka frees its room at the delivery report, before the
+/// request's futures resolve, so it never refuses an event for which room was reserved. A
+/// request that finds too little room gets 503 with nothing of it queued, so that "all or
+/// nothing" holds also when Kafka does not keep up.
+#[derive(Debug, Clone)]
+pub struct QueueRoom {
+    messages: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
+impl QueueRoom {
+    /// The room of a producer built from `kafka`.
+    pub fn new(kafka: &tracefold_runtime::config::KafkaConfig) -> Self {
+        let (messages, bytes) = tracefold_runtime::kafka::producer_queue_limits(kafka);
+        Self {
+            messages: Arc::new(Semaphore::new(messages.min(Semaphore::MAX_PERMITS))),
+            bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// Reserves room for `ready`, or `None` when there is not enough now.
+    fn reserve(&self, ready: &[Ready]) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let n = u32::try_from(ready.len()).ok()?;
+        let size: usize = ready.iter().map(|r| r.payload.len() + r.id.len()).sum();
+        let m = self.messages.clone().try_acquire_many_owned(n).ok()?;
+        let b = self.bytes.clone().try_acquire_many_owned(u32::try_from(size).ok()?).ok()?;
+        Some((m, b))
     }
 }
 
@@ -499,6 +534,14 @@ async fn off_thread<T: Send + 'static>(big: bool, f: impl FnOnce() -> T + Send +
 /// Publishes events and waits until Kafka acknowledged every one (503 otherwise).
 async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
     let topic = &st.cfg.topics.events;
+    // Room for the whole request first: nothing is queued unless everything can be.
+    let Some(_room) = st.queue.reserve(ready) else {
+        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
+        return Err(with_retry_after(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Kafka is not keeping up (the producer's queue is full); nothing of this request was queued, retry it",
+        )));
+    };
     let mut futures = Vec::with_capacity(ready.len());
     for r in ready {
         let rec = FutureRecord::to(topic).key(r.id.as_bytes()).payload(r.payload.as_slice());
@@ -743,6 +786,8 @@ async fn sentry_store(
 struct EnvelopeEvents {
     ready: Vec<Ready>,
     header_event_id: Option<String>,
+    /// Labels of the items that are not events, counted once the envelope is accepted.
+    skipped: Vec<&'static str>,
 }
 
 async fn sentry_envelope(
@@ -786,6 +831,9 @@ async fn sentry_envelope(
         publish(&st, &out.ready).await?;
         metrics::counter!(m::ENVELOPE_ITEMS_TOTAL, "type" => "event", "outcome" => "accepted")
             .increment(out.ready.len() as u64);
+        for ty in &out.skipped {
+            metrics::counter!(m::ENVELOPE_ITEMS_TOTAL, "type" => *ty, "outcome" => "skipped").increment(1);
+        }
         record_ok(t0);
         let id = out.ready.first().map(|r| r.id.clone()).or(out.header_event_id);
         Ok(Json(SentryAccepted { id }))
@@ -800,9 +848,9 @@ fn envelope_events(st: &AppState, bytes: &[u8], id: u64, key: &str, received: i6
         .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed envelope: {why}")))?;
     let events = envelope.items.iter().filter(|i| i.ty == "event").count();
     let project = st.projects.admit(None, Some(id), Some(key), events)?;
-    for item in envelope.items.iter().filter(|i| i.ty != "event") {
-        metrics::counter!(m::ENVELOPE_ITEMS_TOTAL, "type" => item_label(&item.ty), "outcome" => "skipped").increment(1);
-    }
+    // Counted once the envelope is accepted (a refused one is retried and would count twice).
+    let skipped: Vec<&'static str> =
+        envelope.items.iter().filter(|i| i.ty != "event").map(|i| item_label(&i.ty)).collect();
     let mut ready = Vec::with_capacity(events);
     let mut details = Vec::new();
     for (n, item) in envelope.items.iter().enumerate().filter(|(_, i)| i.ty == "event") {
@@ -815,7 +863,7 @@ fn envelope_events(st: &AppState, bytes: &[u8], id: u64, key: &str, received: i6
         return Err(refused(details, events));
     }
     let header_event_id = envelope.header.get("event_id").and_then(|v| v.as_str()).map(str::to_owned);
-    Ok(EnvelopeEvents { ready, header_event_id })
+    Ok(EnvelopeEvents { ready, header_event_id, skipped })
 }
 
 #[cfg(test)]
