@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what building and running tracefold needs and this machine
 # lacks: a C toolchain, pkg-config, OpenSSL and zlib headers (librdkafka is built from source),
-# curl, and ClickHouse. Does nothing when everything is there.
+# curl, and ClickHouse; and the Python packages the tests use, pinned in
+# scripts/requirements-test.txt. Does nothing when everything is there.
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
@@ -13,15 +14,25 @@ dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)
 if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/bin/clickhouse ]; then
   need+=(clickhouse-server clickhouse-client)
 fi
-# The Kubernetes OpenAPI schemas the deployment tests validate against (offline).
-if ! command -v kubernetes-validate >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
-  echo "deps: installing kubernetes-validate from PyPI" >&2
-  python3 -m pip install -q --disable-pip-version-check kubernetes-validate 2>&1 | grep -v 'Running pip as the' >&2 || true
-fi
-# The real Sentry SDK the end-to-end test reports errors with.
-if command -v python3 >/dev/null 2>&1 && ! python3 -c "import sentry_sdk" >/dev/null 2>&1; then
-  echo "deps: installing sentry-sdk from PyPI" >&2
-  python3 -m pip install -q --disable-pip-version-check sentry-sdk 2>&1 | grep -v 'Running pip as the' >&2 || true
+# The Python packages the tests use, at the versions pinned in scripts/requirements-test.txt
+# (the real Sentry SDK, the offline Kubernetes schemas); installed when any is missing or at
+# another version.
+if command -v python3 >/dev/null 2>&1; then
+  req="$(dirname "$0")/requirements-test.txt"
+  if ! python3 - "$req" <<'PY' >/dev/null 2>&1
+import sys, importlib.metadata as md
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, version = line.split("==")
+    if md.version(name) != version:
+        sys.exit(1)
+PY
+  then
+    echo "deps: installing $(grep -v '^#' "$req" | xargs) from PyPI" >&2
+    python3 -m pip install -q --disable-pip-version-check -r "$req" 2>&1 | grep -v 'Running pip as the' >&2 || true
+  fi
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
