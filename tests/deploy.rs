@@ -256,9 +256,9 @@ fn known_metrics() -> BTreeSet<String> {
             .iter()
             .flat_map(|l| l.iter().map(|s| (*s).to_owned()))
             .collect();
+    all.extend(tracefold_detector::metrics::ALL.iter().map(|s| (*s).to_owned()));
     all.insert(tracefold_runtime::kafka::CONSUMER_LAG.to_owned());
-    all.insert(tracefold_detector::service::SIGNALS_TOTAL.to_owned());
-    all.insert(tracefold_detector::notify::NOTIFICATIONS_TOTAL.to_owned());
+    all.insert(tracefold_runtime::kafka::ASSIGNED_PARTITIONS.to_owned());
     all
 }
 

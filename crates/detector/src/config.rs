@@ -1,7 +1,7 @@
 //! The detector's configuration (TOML file, `TRACEFOLD__...` overrides, flags).
 
 use crate::engine::EngineConfig;
-use crate::notify::Channel;
+use crate::notify::{Channel, Retry};
 use serde::{Deserialize, Serialize};
 use tracefold_runtime::config::{ClickHouseConfig, KafkaConfig, TelemetryConfig, TopicsConfig};
 
@@ -31,10 +31,16 @@ pub struct DetectorSection {
     pub listen: String,
     /// Minutes of per-minute counts read from ClickHouse at start-up for the baselines.
     pub history_minutes: u32,
+    /// Milliseconds between two reads of the issue statuses from ClickHouse while running: a
+    /// resolution (`tracefold issue resolve`) or a reopening is taken into account within this
+    /// delay (at start-up, at once).
+    pub status_refresh_ms: u64,
     /// Detection settings: `[detector.engine.spike]`, `[[detector.engine.thresholds]]`.
     pub engine: EngineConfig,
     /// Notification channels: `[[detector.channels]]`.
     pub channels: Vec<Channel>,
+    /// Notification retries with backoff: `[detector.retry]`.
+    pub retry: Retry,
 }
 
 impl Default for DetectorSection {
@@ -43,8 +49,10 @@ impl Default for DetectorSection {
             group_id: "tracefold-detector".into(),
             listen: "127.0.0.1:9103".into(),
             history_minutes: 180,
+            status_refresh_ms: 5000,
             engine: EngineConfig::default(),
             channels: Vec::new(),
+            retry: Retry::default(),
         }
     }
 }

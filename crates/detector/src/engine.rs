@@ -119,6 +119,18 @@ impl Engine {
         self.issues.entry(key).or_default().resolved = Some((at_ms, release.to_owned()));
     }
 
+    /// Forgets a resolution (the issue was reopened or ignored): a later event is no regression.
+    pub fn reopened(&mut self, project: &str, issue_id: &str) {
+        if let Some(st) = self.issues.get_mut(&(project.to_owned(), issue_id.to_owned())) {
+            st.resolved = None;
+        }
+    }
+
+    /// Issues held as resolved and not seen since.
+    pub fn resolved_count(&self) -> usize {
+        self.issues.values().filter(|st| st.resolved.is_some()).count()
+    }
+
     /// Feeds past per-minute counts (oldest first) so that the spike baseline survives restarts.
     pub fn history(&mut self, project: &str, issue_id: &str, minute: i64, count: u64) {
         let cfg = self.cfg.spike;
@@ -424,6 +436,12 @@ mod tests {
             .find(|s| s.issue_id == "fresh" && s.kind == Kind::Spike)
             .expect("a spike against the project baseline");
         assert_eq!(s.count, 300);
+        // Reopened before it was seen again: no regression.
+        e.resolved("web", "old", (t0 + 64 * 60) * 1000, "1.0");
+        assert_eq!(e.resolved_count(), 1);
+        e.reopened("web", "old");
+        assert_eq!(e.resolved_count(), 0);
+        assert!(e.ingest(&rec("old", t0 + 66 * 60, 1, 0)).is_empty());
         // With "newer release only", the release it was fixed in does not regress.
         let mut strict = Engine::new(EngineConfig { regression_needs_newer_release: true, ..EngineConfig::default() });
         strict.known("web", "x");

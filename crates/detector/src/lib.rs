@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod notify;
 pub mod service;
 pub mod signal;

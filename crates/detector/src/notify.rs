@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Signals sent, by `channel` kind and `outcome` (`sent`, `failed`, `dropped`, `cooled`).
-pub const NOTIFICATIONS_TOTAL: &str = "tracefold_detector_notifications_total";
+pub use crate::metrics::NOTIFICATIONS_TOTAL;
 
 /// A channel and where it goes.
 ///
@@ -459,6 +459,27 @@ pub fn sign(secret: &str, body: &str) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `[detector.retry]`: how a channel retries a notification its receiver did not take (an
+/// error status or no answer): up to `attempts` attempts, waiting `initial_ms` after the
+/// first, doubling up to `max_ms`. The channel's next notifications wait in its queue
+/// meanwhile; other channels are not affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retry {
+    /// Attempts per notification (at least one).
+    pub attempts: u32,
+    /// Wait after the first failed attempt, ms.
+    pub initial_ms: u64,
+    /// Longest wait between two attempts, ms.
+    pub max_ms: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { attempts: 5, initial_ms: 500, max_ms: 30_000 }
+    }
+}
+
 /// Fans signals out to the channels, each on its own task.
 #[derive(Debug)]
 pub struct Notifier {
@@ -468,7 +489,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// Starts one task per channel (inside a tokio runtime).
-    pub fn start(channels: Vec<Channel>) -> Self {
+    pub fn start(channels: Vec<Channel>, retry: Retry) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
         let queues = channels
             .into_iter()
@@ -477,7 +498,7 @@ impl Notifier {
                 let (target, name, http) = (c.target.clone(), c.name.clone(), http.clone());
                 tokio::spawn(async move {
                     while let Some(s) = rx.recv().await {
-                        deliver(&http, &name, &target, &s).await;
+                        deliver(&http, &name, &target, &s, retry).await;
                     }
                 });
                 (c, tx)
@@ -559,11 +580,13 @@ async fn send_once(
 
 /// Sends `s` to `target`, retrying with backoff. Logs name the channel by `name` and kind
 /// only, never by URL.
-async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal) {
+async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal, retry: Retry) {
     let (url, body, headers) = request(target, s);
     let kind = target.label();
-    let mut delay = Duration::from_millis(500);
-    for attempt in 1..=5 {
+    let attempts = retry.attempts.max(1);
+    let max = Duration::from_millis(retry.max_ms);
+    let mut delay = Duration::from_millis(retry.initial_ms).min(max);
+    for attempt in 1..=attempts {
         match send_once(http, target, &url, &body, &headers).await {
             Ok(()) => {
                 metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => kind, "outcome" => "sent").increment(1);
@@ -576,9 +599,13 @@ async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal
                 tracing::warn!(channel = name, kind, error = %error, attempt, "notification failed");
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
+        // No wait after the last attempt: the next notification in the queue goes at once.
+        if attempt < attempts {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(max);
+        }
     }
+    tracing::warn!(channel = name, kind, attempts, signal = %s.signal_id, "notification given up");
     metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => kind, "outcome" => "failed").increment(1);
 }
 
@@ -801,6 +828,21 @@ mod tests {
                 assert!(!shown.contains("secret-path") && !shown.contains("SECRET"), "{shown}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn retries_wait_between_attempts_and_not_after_the_last() {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let target = Target::Webhook { url: format!("http://127.0.0.1:{dead}/x"), secret: String::new() };
+        let started = Instant::now();
+        deliver(&http, "dead", &target, &sig(), Retry { attempts: 3, initial_ms: 100, max_ms: 150 }).await;
+        let took = started.elapsed();
+        // 100 ms, then 150 (the cap), and no wait after the third attempt.
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(2000), "{took:?}");
+        let started = Instant::now();
+        deliver(&http, "dead", &target, &sig(), Retry { attempts: 1, initial_ms: 60_000, max_ms: 60_000 }).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "one attempt, no wait");
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //!
 //! Restarts do not re-alert: known issues, resolutions and recent per-minute counts come from
 //! ClickHouse at start-up, and the ids of the signals already on the signals topic (the last
-//! 10,000 per partition) are skipped; signal ids are deterministic.
+//! 10,000 per partition) are skipped; signal ids are deterministic. Issue statuses are read
+//! again every `status_refresh_ms` while running, so that an issue resolved after start-up
+//! regresses too.
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::metrics::{RECORDS_TOTAL, RESOLVED_ISSUES, SIGNALS_DEDUPLICATED_TOTAL};
 use crate::notify::Notifier;
-use crate::signal::Signal;
+use crate::signal::{Kind, Signal};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -23,7 +26,7 @@ use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
 /// Signals produced, by `type`.
-pub const SIGNALS_TOTAL: &str = "tracefold_detector_signals_total";
+pub use crate::metrics::SIGNALS_TOTAL;
 
 #[derive(clickhouse::Row, Deserialize)]
 struct IssueKey {
@@ -31,12 +34,50 @@ struct IssueKey {
     issue_id: String,
 }
 
+/// An issue's current status, as `issue_status_v` says.
 #[derive(clickhouse::Row, Deserialize)]
-struct Resolved {
+struct Status {
     project: String,
     issue_id: String,
+    current_status: String,
     at: u32,
     release: String,
+}
+
+/// The resolutions handed to the engine: (project, issue) -> (resolved at, in release).
+type Applied = HashMap<(String, String), (u32, String)>;
+
+async fn read_statuses(cfg: &Config) -> anyhow::Result<Vec<Status>> {
+    let db = &cfg.clickhouse.database;
+    Ok(tracefold_runtime_client(cfg)
+        .query(&format!(
+            "SELECT project, issue_id, current_status, toUInt32(status_changed_at) AS at, status_release AS release \
+             FROM {db}.issue_status_v"
+        ))
+        .fetch_all::<Status>()
+        .await?)
+}
+
+/// Hands new resolutions and reopenings to the engine. A resolution already handed over is not
+/// handed over again (its regression may have fired since); a new `resolve` (a later time or
+/// another release) is.
+fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Status>) -> bool {
+    let mut changed = false;
+    for s in statuses {
+        let key = (s.project, s.issue_id);
+        if s.current_status == "resolved" {
+            let v = (s.at, s.release);
+            if applied.get(&key) != Some(&v) {
+                engine.resolved(&key.0, &key.1, i64::from(v.0) * 1000, &v.1);
+                applied.insert(key, v);
+                changed = true;
+            }
+        } else if applied.remove(&key).is_some() {
+            engine.reopened(&key.0, &key.1);
+            changed = true;
+        }
+    }
+    changed
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -47,7 +88,7 @@ struct MinuteCount {
     count: u64,
 }
 
-async fn load_state(cfg: &Config, engine: &mut Engine) -> anyhow::Result<()> {
+async fn load_state(cfg: &Config, engine: &mut Engine, applied: &mut Applied) -> anyhow::Result<()> {
     let client = tracefold_runtime_client(cfg);
     let db = &cfg.clickhouse.database;
     for k in
@@ -55,16 +96,7 @@ async fn load_state(cfg: &Config, engine: &mut Engine) -> anyhow::Result<()> {
     {
         engine.known(&k.project, &k.issue_id);
     }
-    let resolved = client
-        .query(&format!(
-            "SELECT project, issue_id, toUInt32(status_changed_at) AS at, status_release AS release \
-             FROM {db}.issue_status_v WHERE current_status = 'resolved'"
-        ))
-        .fetch_all::<Resolved>()
-        .await?;
-    for r in resolved {
-        engine.resolved(&r.project, &r.issue_id, i64::from(r.at) * 1000, &r.release);
-    }
+    let _ = apply_statuses(engine, applied, read_statuses(cfg).await?);
     let history = client
         .query(&format!(
             "SELECT project, issue_id, toUInt32(minute) AS minute, sum(count) AS count FROM {db}.issue_counts_1m \
@@ -128,7 +160,10 @@ fn sent_signals(cfg: &Config) -> anyhow::Result<HashSet<String>> {
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let mut engine = Engine::new(cfg.detector.engine.clone());
-    rt.block_on(load_state(cfg, &mut engine)).context("cannot load the detector's state from ClickHouse")?;
+    let mut applied = Applied::new();
+    rt.block_on(load_state(cfg, &mut engine, &mut applied))
+        .context("cannot load the detector's state from ClickHouse")?;
+    metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
     let mut sent = sent_signals(cfg).context("cannot read the signals topic")?;
     let consumer: BaseConsumer<GroupContext> =
         tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.detector.group_id)
@@ -145,15 +180,36 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     consumer.subscribe(&[&cfg.topics.aggregates]).context("cannot subscribe")?;
     let mut notifier = {
         let _guard = rt.enter();
-        Notifier::start(cfg.detector.channels.clone())
+        Notifier::start(cfg.detector.channels.clone(), cfg.detector.retry)
     };
+    // Statuses are read on the runtime, off the consumer loop, which takes what was read.
+    let (status_tx, status_rx) = std::sync::mpsc::channel::<Vec<Status>>();
+    let refresh = Duration::from_millis(cfg.detector.status_refresh_ms.max(1));
+    let status_cfg = cfg.clone();
+    let status_task = rt.spawn(async move {
+        loop {
+            tokio::time::sleep(refresh).await;
+            match read_statuses(&status_cfg).await {
+                Ok(statuses) => {
+                    if status_tx.send(statuses).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read issue statuses; retrying"),
+            }
+        }
+    });
     health.set_ready(true);
     tracing::info!(group = %cfg.detector.group_id, channels = cfg.detector.channels.len(), "detector started");
     let mut last_advance = Instant::now();
     let mut last_commit = Instant::now();
+    // Records consumed since the last advance: counted once their minutes were evaluated.
+    let mut consumed = 0u64;
+    let mut resolutions_changed = false;
     let mut emit = |signals: Vec<Signal>, notifier: &mut Notifier| {
         for s in signals {
             if !sent.insert(s.signal_id.clone()) {
+                metrics::counter!(SIGNALS_DEDUPLICATED_TOTAL, "type" => s.kind.as_str()).increment(1);
                 continue;
             }
             metrics::counter!(SIGNALS_TOTAL, "type" => s.kind.as_str()).increment(1);
@@ -169,17 +225,38 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         health.beat();
         if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
             match msg {
-                Ok(m) => match m.payload().map(serde_json::from_slice::<AggregateRecord>) {
-                    Some(Ok(r)) => emit(engine.ingest(&r), &mut notifier),
-                    _ => tracing::warn!(partition = m.partition(), offset = m.offset(), "unreadable aggregate skipped"),
-                },
+                Ok(m) => {
+                    consumed += 1;
+                    match m.payload().map(serde_json::from_slice::<AggregateRecord>) {
+                        Some(Ok(r)) => {
+                            let signals = engine.ingest(&r);
+                            resolutions_changed |= signals.iter().any(|s| s.kind == Kind::Regression);
+                            emit(signals, &mut notifier);
+                        }
+                        _ => {
+                            tracing::warn!(
+                                partition = m.partition(),
+                                offset = m.offset(),
+                                "unreadable aggregate skipped"
+                            );
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             }
         }
         let _ = consumer.context().take_events();
+        while let Ok(statuses) = status_rx.try_recv() {
+            resolutions_changed |= apply_statuses(&mut engine, &mut applied, statuses);
+        }
         if last_advance.elapsed() >= Duration::from_millis(500) {
             last_advance = Instant::now();
             emit(engine.advance(), &mut notifier);
+            if std::mem::take(&mut resolutions_changed) {
+                metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
+            }
+            // Last: a reader that sees the records counted sees what they caused.
+            metrics::counter!(RECORDS_TOTAL).increment(std::mem::take(&mut consumed));
         }
         if last_commit.elapsed() >= Duration::from_secs(5) {
             last_commit = Instant::now();
@@ -188,6 +265,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         }
     }
     health.set_ready(false);
+    status_task.abort();
     let _ = producer.flush(Duration::from_secs(10));
     // Give the channels a moment to deliver what is queued.
     rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });

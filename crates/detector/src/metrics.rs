@@ -1,0 +1,22 @@
+//! The detector's metric names (Prometheus, on `/metrics`).
+
+/// Counter: signals produced (to the signals topic and the channels), by `type`.
+pub const SIGNALS_TOTAL: &str = "tracefold_detector_signals_total";
+/// Counter: signals found again (the same detection, the same id) that were already on the
+/// signals topic or already produced by this process, so not sent again; by `type`. A
+/// restarted detector that re-reads aggregates counts its recomputed signals here.
+pub const SIGNALS_DEDUPLICATED_TOTAL: &str = "tracefold_detector_signals_deduplicated_total";
+/// Counter: aggregate records consumed (readable or not). Counted once the minutes they
+/// touch were evaluated (every 500 ms), so a count that reached the aggregates topic's end
+/// means every signal those records cause has been produced.
+pub const RECORDS_TOTAL: &str = "tracefold_detector_records_total";
+/// Gauge: issues the detector holds as resolved and not seen since (from ClickHouse's issue
+/// statuses, re-read while running).
+pub const RESOLVED_ISSUES: &str = "tracefold_detector_resolved_issues";
+/// Counter: notifications, by `channel` kind (`webhook`, `slack`, `discord`, `telegram`) and
+/// `outcome` (`sent`, `failed`, `dropped`, `cooled`).
+pub const NOTIFICATIONS_TOTAL: &str = "tracefold_detector_notifications_total";
+
+/// Every metric the detector emits (besides the Kafka consumer-lag gauge of the runtime).
+pub const ALL: &[&str] =
+    &[SIGNALS_TOTAL, SIGNALS_DEDUPLICATED_TOTAL, RECORDS_TOTAL, RESOLVED_ISSUES, NOTIFICATIONS_TOTAL];
