@@ -183,6 +183,18 @@ async fn wait_shared(svcs: &[Svc]) {
     .await;
 }
 
+/// Waits until both groups are behind the ends of their topics: a stop now is mid-stream.
+async fn both_groups_behind(s: &Setup) {
+    eventually("both groups are behind the ends of their topics", LONG, |last| {
+        let behind_g = !s.kafka.caught_up(GROUPER, EVENTS, last);
+        let g_state = last.clone();
+        let behind_w = !s.kafka.caught_up(WRITER, AGGREGATES, last);
+        *last = format!("{g_state}; {last}");
+        (behind_g && behind_w).then_some(())
+    })
+    .await;
+}
+
 #[test]
 fn sigkill_mid_stream_and_a_clickhouse_outage_keep_counts_exact() {
     serial(async {
@@ -356,14 +368,7 @@ fn scaling_one_to_three_replicas_and_back_keeps_counts_exact() {
                 g.metric(ASSIGNED, "") > 0.0 && w.metric(ASSIGNED, "") > 0.0,
                 "the drained replicas owned partitions"
             );
-            eventually("both groups are behind the ends of their topics", LONG, |last| {
-                let behind_g = !s.kafka.caught_up(GROUPER, EVENTS, last);
-                let g_state = last.clone();
-                let behind_w = !s.kafka.caught_up(WRITER, AGGREGATES, last);
-                *last = format!("{g_state}; {last}");
-                (behind_g && behind_w).then_some(())
-            })
-            .await;
+            both_groups_behind(&s).await;
             g.send_term();
             w.send_term();
             let (gs, ws) = (g.wait_exit(LONG), w.wait_exit(LONG));
@@ -389,14 +394,7 @@ fn sigterm_drains_cleanly_and_nothing_is_replayed() {
         wait_metric_above(&writer, WRITER_ROWS, "", 0.0).await;
         // Mid-stream: both groups are behind the ends of their topics when both are asked to
         // stop, and events are still arriving once both have stopped.
-        eventually("both groups are behind the ends of their topics", LONG, |last| {
-            let behind_g = !s.kafka.caught_up(GROUPER, EVENTS, last);
-            let g_state = last.clone();
-            let behind_w = !s.kafka.caught_up(WRITER, AGGREGATES, last);
-            *last = format!("{g_state}; {last}");
-            (behind_g && behind_w).then_some(())
-        })
-        .await;
+        both_groups_behind(&s).await;
         grouper.send_term();
         writer.send_term();
         let (g, w) = (grouper.wait_exit(LONG), writer.wait_exit(LONG));

@@ -259,6 +259,7 @@ fn known_metrics() -> BTreeSet<String> {
     all.extend(tracefold_detector::metrics::ALL.iter().map(|s| (*s).to_owned()));
     all.insert(tracefold_runtime::kafka::CONSUMER_LAG.to_owned());
     all.insert(tracefold_runtime::kafka::ASSIGNED_PARTITIONS.to_owned());
+    all.insert(tracefold_runtime::kafka::COMMIT_FAILURES.to_owned());
     all
 }
 

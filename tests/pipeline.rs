@@ -283,28 +283,13 @@ async fn malformed_aggregate_records_go_to_the_dlq_and_the_writer_carries_on() {
         batch: tracefold_model::BatchRef {
             epoch: "elsewhere".into(),
             topic: topics.events.clone(),
-            partition: 0,
-            first_offset: 0,
-            last_offset: 0,
-            index: 0,
             count: 1,
+            ..Default::default()
         },
         project: "web".into(),
         issue_id: "e".repeat(32),
-        minute: 0,
-        release: String::new(),
-        environment: String::new(),
         count: 1,
-        users: Default::default(),
-        first_seen_ms: 0,
-        last_seen_ms: 0,
-        title: String::new(),
-        culprit: String::new(),
-        exc_type: String::new(),
-        level: String::new(),
-        platform: String::new(),
-        grouping_version: String::new(),
-        sample: String::new(),
+        ..Default::default()
     })
     .unwrap();
     record.as_object_mut().unwrap().remove("count");

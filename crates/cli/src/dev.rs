@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracefold_runtime::config::{ClickHouseConfig, KafkaConfig, TelemetryConfig, TopicsConfig};
-use tracefold_runtime::devbroker::DevBroker;
+use tracefold_runtime::devbroker::{DevBroker, DevBrokerOptions};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
@@ -49,6 +49,8 @@ pub struct DevOptions {
     pub listen: String,
     /// Only run the embedded Kafka.
     pub broker_only: bool,
+    /// Brokers of the embedded Kafka (topics replicated `min(3, brokers)` times).
+    pub brokers: i32,
     /// Partitions of the events and aggregates topics.
     pub partitions: Option<i32>,
     /// Send this many sample events once started, then show the top issues.
@@ -77,13 +79,28 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts broker, migrations, grouper, writer and producer. Call on the thread that will
-    /// keep the returned value (the mock cluster stays on it).
+    /// Starts a one-broker Kafka, migrations, grouper, writer and producer (see
+    /// [`Pipeline::start_with`]).
     ///
     /// # Errors
     /// When Kafka, ClickHouse or the listen address is unusable.
     pub async fn start(cfg: DevConfig, listen: &str, partitions: Option<i32>, quiet: bool) -> anyhow::Result<Self> {
-        let broker = DevBroker::start(1, &cfg.topics, partitions)?;
+        let broker = DevBrokerOptions { partitions, ..DevBrokerOptions::default() };
+        Self::start_with(cfg, listen, &broker, quiet).await
+    }
+
+    /// Starts the embedded Kafka `broker` describes (brokers, partitions), migrations,
+    /// grouper, writer and producer.
+    ///
+    /// # Errors
+    /// When Kafka, ClickHouse or the listen address is unusable.
+    pub async fn start_with(
+        cfg: DevConfig,
+        listen: &str,
+        broker: &DevBrokerOptions,
+        quiet: bool,
+    ) -> anyhow::Result<Self> {
+        let broker = DevBroker::start_with(&cfg.topics, broker)?;
         let bootstrap = broker.bootstrap_servers();
         let kafka = KafkaConfig { bootstrap_servers: bootstrap.clone(), ..KafkaConfig::default() };
         let report = tracefold_writer::migrate::migrate(&cfg.clickhouse, |m, done| {
@@ -257,19 +274,23 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         });
     }
     tracefold_runtime::telemetry::init_logging(&cfg.telemetry);
+    let broker_opts = DevBrokerOptions { brokers: opts.brokers, partitions: opts.partitions, track_requests: false };
     if opts.broker_only {
-        let broker = DevBroker::start(1, &cfg.topics, opts.partitions)?;
+        let broker = DevBroker::start_with(&cfg.topics, &broker_opts)?;
         println!("{}", broker.bootstrap_servers());
         eprintln!(
-            "embedded Kafka running (topics {}, {}, {}); Ctrl-C stops it",
-            cfg.topics.events, cfg.topics.aggregates, cfg.topics.dlq
+            "embedded Kafka running: {} (topics {}, {}, {}); Ctrl-C stops it",
+            describe_broker(&broker),
+            cfg.topics.events,
+            cfg.topics.aggregates,
+            cfg.topics.dlq
         );
         let s = Shutdown::new();
         s.trigger_on_signals();
         s.wait().await;
         return Ok(());
     }
-    let pipeline = Pipeline::start(cfg.clone(), &opts.listen, opts.partitions, false).await?;
+    let pipeline = Pipeline::start_with(cfg.clone(), &opts.listen, &broker_opts, false).await?;
     pipeline.shutdown.trigger_on_signals();
     // A stalled loop ends the process (non-zero) instead of answering `ok` with a dead worker.
     tracefold_runtime::telemetry::spawn_watchdog(pipeline.healths());
@@ -277,7 +298,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     eprintln!("\ntracefold dev is running");
     eprintln!("  ingest:    POST {url}/api/v1/projects/{{project}}/events   (one JSON event or NDJSON)");
     eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
-    eprintln!("  kafka:     {}", pipeline.bootstrap_servers());
+    eprintln!("  kafka:     {}  ({})", pipeline.bootstrap_servers(), describe_broker(&pipeline.broker));
     eprintln!("  try:       tracefold loadgen --http {url} --events 10000");
     eprintln!("             tracefold top --since 1h --clickhouse-url {}", cfg.clickhouse.url);
     eprintln!("  Ctrl-C stops it\n");
@@ -299,6 +320,14 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     pipeline.shutdown.wait().await;
     eprintln!("stopping ...");
     pipeline.stop().await
+}
+
+/// "3 brokers, replication factor 3", for the banners.
+fn describe_broker(broker: &DevBroker) -> String {
+    match broker.brokers() {
+        1 => "1 broker".to_owned(),
+        n => format!("{n} brokers, replication factor {}", broker.replication_factor()),
+    }
 }
 
 async fn sample_load(url: &str, opts: &DevOptions) -> anyhow::Result<LoadSummary> {

@@ -107,6 +107,10 @@ impl ChArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the whole pipeline in one process on an embedded Kafka, until Ctrl-C.
+    ///
+    /// The embedded Kafka is librdkafka's mock cluster on loopback ports. `--brokers 3` runs
+    /// three brokers with topics replicated three times and leaders spread over them;
+    /// `--broker-only` runs just the Kafka and prints its bootstrap servers.
     Dev {
         /// Combined config file (sections of every service).
         #[arg(long)]
@@ -123,6 +127,11 @@ enum Cmd {
         /// Only run the embedded Kafka and print its bootstrap servers.
         #[arg(long)]
         broker_only: bool,
+        /// Brokers of the embedded Kafka (librdkafka's mock cluster). With more than one, topics
+        /// are replicated min(3, N) times and partition leaders spread over the brokers, so
+        /// leader moves and broker outages can be tried (see tests/broker_faults.rs).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=64))]
+        brokers: i32,
         /// Partitions of the events and aggregates topics.
         #[arg(long)]
         partitions: Option<i32>,
@@ -405,6 +414,7 @@ async fn main() -> anyhow::Result<()> {
             database,
             listen,
             broker_only,
+            brokers,
             partitions,
             sample_events,
             sample_issues,
@@ -417,6 +427,7 @@ async fn main() -> anyhow::Result<()> {
                 database,
                 listen,
                 broker_only,
+                brokers,
                 partitions,
                 sample_events,
                 sample_issues,

@@ -6,7 +6,9 @@
 //!    range is now durable;
 //! 2. produce the batch's records with an idempotent producer that retries until delivered,
 //!    and wait for every acknowledgement;
-//! 3. commit `last + 1` without metadata.
+//! 3. commit `last + 1` without metadata (synchronous, so that a commit retried inside
+//!    librdkafka never lands after the next batch's range; a failed one is tried again from
+//!    the poll loop until it succeeds or a newer range commit supersedes it).
 //!
 //! A grouper that is assigned `p` and finds pending metadata rebuilds exactly that range and
 //! re-emits identical records; the writer drops the copies it already stored.
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracefold_model::Reason;
-use tracefold_runtime::kafka::{DlqRecord, GroupContext, RebalanceEvent};
+use tracefold_runtime::kafka::{CommitQueue, DlqRecord, GroupContext, RebalanceEvent};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
@@ -118,7 +120,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     let max_age = Duration::from_millis(cfg.grouper.batch_max_age_ms);
     let mut last_age_check = Instant::now();
     let mut g = Grouper {
-        committed: HashMap::new(),
+        past: CommitQueue::new(&cfg.topics.events, &cfg.grouper.group_id),
         cfg,
         epoch: &epoch,
         consumer: &consumer,
@@ -185,6 +187,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
             }
             None => {}
         }
+        g.past.retry_due(&consumer);
         if last_age_check.elapsed() >= Duration::from_millis(50) {
             last_age_check = Instant::now();
             let open = |st: &PartState| st.first.is_some() && st.replay_last.is_none();
@@ -205,16 +208,10 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         parts.iter().filter(|(_, st)| st.first.is_some() && st.replay_last.is_none()).map(|(p, _)| *p).collect();
     g.emit(&mut parts, &open)?;
     producer.flush(Duration::from_secs(30)).context("final flush")?;
-    // Make the last "past the batch" commits durable before leaving (they were sent
-    // asynchronously); a restart then starts after them instead of rebuilding them.
-    if !g.committed.is_empty() {
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in &g.committed {
-            tpl.add_partition_offset(&cfg.topics.events, *p, Offset::Offset(*o))?;
-        }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-            tracing::warn!(error = %e, "final commit failed; the last batches will be rebuilt and recognised as replays");
-        }
+    // A "past the batch" commit that failed gets a last try; if it fails again, a restart
+    // rebuilds those batches and the writer recognises them as replays.
+    if !g.past.commit(&consumer) {
+        tracing::warn!("final commit failed; the last batches will be rebuilt and recognised as replays");
     }
     consumer.unsubscribe();
     tracing::info!("grouper stopped");
@@ -222,8 +219,8 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
 }
 
 struct Grouper<'a> {
-    /// Offset past the last emitted batch, per partition (for the final synchronous commit).
-    committed: HashMap<i32, i64>,
+    /// Offsets past emitted batches whose commit has not succeeded yet.
+    past: CommitQueue,
     cfg: &'a Config,
     epoch: &'a str,
     consumer: &'a BaseConsumer<GroupContext>,
@@ -246,7 +243,7 @@ impl Grouper<'_> {
                     for p in ps {
                         // Not emitted, not committed: the next owner rebuilds from the commit.
                         parts.remove(&p);
-                        self.committed.remove(&p);
+                        self.past.forget(&[p]);
                     }
                     tracing::info!("partitions revoked");
                 }
@@ -288,7 +285,7 @@ impl Grouper<'_> {
 
     /// Emits the open batches of `which` partitions: records their ranges (one synchronous
     /// commit), produces all their records and waits for the acknowledgements (one flush), then
-    /// commits past them (one asynchronous commit).
+    /// commits past them (one synchronous commit, tried again later if it fails).
     fn emit(&mut self, parts: &mut HashMap<i32, PartState>, which: &[i32]) -> anyhow::Result<()> {
         struct Done {
             partition: i32,
@@ -330,6 +327,9 @@ impl Grouper<'_> {
                 }
                 done.retain(|d| d.replay);
             } else {
+                // A range commit supersedes a failed "past the batch" commit of its partition.
+                let recorded: Vec<i32> = done.iter().filter(|d| !d.replay).map(|d| d.partition).collect();
+                self.past.forget(&recorded);
                 // Crash tests: die with the ranges recorded and nothing produced yet.
                 tracefold_runtime::failpoint::hit("grouper.after_pending_commit");
             }
@@ -337,16 +337,10 @@ impl Grouper<'_> {
         self.produce(&done.iter().map(|d| (&d.out, d.partition)).collect::<Vec<_>>())?;
         // Crash tests: die after the aggregates are acknowledged, before committing past them.
         tracefold_runtime::failpoint::hit("grouper.after_produce");
-        let mut past = TopicPartitionList::new();
         for d in &done {
-            past.add_partition_offset(topic, d.partition, Offset::Offset(d.last + 1))?;
+            self.past.set(d.partition, d.last + 1);
         }
-        for d in &done {
-            self.committed.insert(d.partition, d.last + 1);
-        }
-        if let Err(e) = self.consumer.commit(&past, CommitMode::Async) {
-            tracing::warn!(error = %e, "cannot commit past the batches; they will be rebuilt if needed");
-        }
+        self.past.commit(self.consumer);
         for d in &done {
             let out = &d.out;
             metrics::counter!(m::EVENTS_TOTAL, "outcome" => "accepted").increment(out.accepted);

@@ -14,7 +14,7 @@ pub const DEFAULT_MAX_USERS: usize = 4096;
 ///
 /// A batch is deterministic: rebuilding the same range yields the same records with the same
 /// `index`, so the writer can recognise re-emitted records by `(partition, first_offset, index)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BatchRef {
     /// Which incarnation of the source log: the Kafka cluster id, or the grouper's configured
     /// epoch. Offsets restart when a topic is recreated; the epoch keeps identities apart.
@@ -138,7 +138,7 @@ pub fn user_hash(user: Option<&crate::event::User<'_>>) -> Option<u64> {
 }
 
 /// One partial aggregate on the aggregates topic (JSON), keyed by `project/issue_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AggregateRecord {
     /// Wire format version, [`AGGREGATE_FORMAT_VERSION`].
     pub v: u8,

@@ -53,31 +53,11 @@ fn aggregate_schema_names_exactly_the_record_fields() {
     let in_schema: BTreeSet<String> = schema["properties"].as_object().unwrap().keys().cloned().collect();
     let rec = tracefold_model::AggregateRecord {
         v: 1,
-        batch: tracefold_model::BatchRef {
-            epoch: "e".into(),
-            topic: "t".into(),
-            partition: 0,
-            first_offset: 0,
-            last_offset: 0,
-            index: 0,
-            count: 1,
-        },
+        batch: tracefold_model::BatchRef { epoch: "e".into(), topic: "t".into(), count: 1, ..Default::default() },
         project: "p".into(),
         issue_id: "0".repeat(32),
-        minute: 0,
-        release: String::new(),
-        environment: String::new(),
         count: 1,
-        users: Default::default(),
-        first_seen_ms: 0,
-        last_seen_ms: 0,
-        title: String::new(),
-        culprit: String::new(),
-        exc_type: String::new(),
-        level: String::new(),
-        platform: String::new(),
-        grouping_version: String::new(),
-        sample: String::new(),
+        ..Default::default()
     };
     let v = serde_json::to_value(&rec).unwrap();
     let in_model: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();

@@ -4,6 +4,7 @@ use crate::config::KafkaConfig;
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::TopicPartitionList;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -248,6 +249,92 @@ impl<'a> DlqRecord<'a> {
             key: format!("{topic}/{partition}/{offset}"),
             payload: if cut { &payload[..max_payload] } else { payload },
             headers,
+        }
+    }
+}
+
+/// Offset commits that failed (label `group`): each is kept and tried again until one
+/// succeeds or the partition is revoked.
+pub const COMMIT_FAILURES: &str = "tracefold_kafka_commit_failures_total";
+
+/// How long a failed commit waits before it is tried again.
+const COMMIT_RETRY: Duration = Duration::from_millis(500);
+
+/// The offsets a consumer wants committed, held until a commit of them succeeds.
+///
+/// Commits are synchronous, one at a time, so a commit that librdkafka retries internally
+/// can never land after a newer one and move a partition's committed offset back. A commit
+/// that fails (after librdkafka's own retries) is kept and tried again by [`Self::retry_due`]
+/// from the poll loop: a consumer whose last commit failed does not leave its partition
+/// uncommitted (lag that never reaches zero, a batch rebuilt on restart) while no new
+/// messages arrive.
+#[derive(Debug)]
+pub struct CommitQueue {
+    topic: String,
+    group: String,
+    want: std::collections::BTreeMap<i32, i64>,
+    retry_at: Option<std::time::Instant>,
+}
+
+impl CommitQueue {
+    /// A queue for commits of `topic` by consumer group `group`.
+    pub fn new(topic: &str, group: &str) -> Self {
+        metrics::counter!(COMMIT_FAILURES, "group" => group.to_owned()).increment(0);
+        Self { topic: topic.to_owned(), group: group.to_owned(), want: Default::default(), retry_at: None }
+    }
+
+    /// Wants `offset` (the next offset to read) committed for `partition`; replaces an older
+    /// wish for it.
+    pub fn set(&mut self, partition: i32, offset: i64) {
+        self.want.insert(partition, offset);
+    }
+
+    /// Forgets the wishes for `partitions`: revoked, or superseded by a commit made elsewhere.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.want.remove(p);
+        }
+        if self.want.is_empty() {
+            self.retry_at = None;
+        }
+    }
+
+    /// Nothing waits to be committed.
+    pub fn is_empty(&self) -> bool {
+        self.want.is_empty()
+    }
+
+    /// Commits every wish synchronously. On success they are forgotten; on failure they are
+    /// kept, counted in [`COMMIT_FAILURES`] and logged, and [`Self::retry_due`] tries again.
+    pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
+        if self.want.is_empty() {
+            return true;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &self.want {
+            if let Err(e) = tpl.add_partition_offset(&self.topic, *p, rdkafka::Offset::Offset(*o)) {
+                tracing::warn!(error = %e, partition = p, offset = o, "cannot list an offset to commit");
+            }
+        }
+        match consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => {
+                self.want.clear();
+                self.retry_at = None;
+                true
+            }
+            Err(e) => {
+                metrics::counter!(COMMIT_FAILURES, "group" => self.group.clone()).increment(1);
+                tracing::warn!(error = %e, group = %self.group, offsets = ?self.want, "offset commit failed; trying again");
+                self.retry_at = Some(std::time::Instant::now() + COMMIT_RETRY);
+                false
+            }
+        }
+    }
+
+    /// Tries a failed commit again once its pause is over.
+    pub fn retry_due<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.retry_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            self.commit(consumer);
         }
     }
 }

@@ -13,15 +13,15 @@ use crate::config::Config;
 use crate::metrics as m;
 use crate::store::{admit, load_watermarks, AggregateRow, Watermarks};
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tracefold_model::{AggregateRecord, Reason};
-use tracefold_runtime::kafka::{DlqRecord, GroupContext, RebalanceEvent};
+use tracefold_runtime::kafka::{CommitQueue, DlqRecord, GroupContext, RebalanceEvent};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
@@ -47,8 +47,8 @@ struct Writer<'a> {
     oldest: Option<Instant>,
     /// Next offset to commit per partition, once the pending batch is stored.
     next_offsets: HashMap<i32, i64>,
-    /// Draining: commit synchronously.
-    final_commit: bool,
+    /// Offsets of stored rows whose commit has not succeeded yet.
+    commits: CommitQueue,
     /// The server supports `insert_deduplication_token` (22+): a second guard against a
     /// retried insert whose first try did land.
     dedup_tokens: bool,
@@ -85,7 +85,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         pending_bytes: 0,
         oldest: None,
         next_offsets: HashMap::new(),
-        final_commit: false,
+        commits: CommitQueue::new(&cfg.topics.aggregates, &cfg.writer.group_id),
         dedup_tokens: false,
     };
     w.dedup_tokens = match w.rt.block_on(w.client.query("SELECT version()").fetch_one::<String>()) {
@@ -129,13 +129,13 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         if full || old || (w.pending.is_empty() && !w.next_offsets.is_empty()) {
             w.flush_with_retry(shutdown, health)?;
         }
+        w.commits.retry_due(&consumer);
     }
     health.set_ready(false);
     tracing::info!("writer draining");
     let deadline = Instant::now() + Duration::from_secs(20);
-    w.final_commit = true;
-    while !w.next_offsets.is_empty() && Instant::now() < deadline {
-        if w.try_flush().is_err() {
+    while (!w.next_offsets.is_empty() || !w.commits.is_empty()) && Instant::now() < deadline {
+        if w.try_flush().is_err() || !w.commits.is_empty() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -158,6 +158,7 @@ impl Writer<'_> {
                         self.watermarks.remove(p);
                         self.next_offsets.remove(p);
                     }
+                    self.commits.forget(&ps);
                     if self.pending.is_empty() {
                         self.oldest = None;
                     }
@@ -301,17 +302,17 @@ impl Writer<'_> {
         }
         metrics::counter!(m::ROWS_DUPLICATE_TOTAL).increment(duplicates as u64);
         self.watermarks = wms;
-        if !self.next_offsets.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (p, o) in &self.next_offsets {
-                tpl.add_partition_offset(&self.cfg.topics.aggregates, *p, Offset::Offset(*o))?;
-            }
-            // Synchronous on the way out, so that a restart does not re-read what is stored.
-            let mode = if self.final_commit { CommitMode::Sync } else { CommitMode::Async };
-            if let Err(e) = self.consumer.commit(&tpl, mode) {
-                tracing::warn!(error = %e, "offset commit failed; stored rows will be recognised on replay");
-            }
+        // Malformed aggregates sent to the DLQ are acknowledged before their offsets are
+        // committed: a DLQ record that never arrived must be read again, not skipped.
+        if self.dlq.in_flight_count() > 0 {
+            self.dlq.flush(Duration::from_secs(10)).context("the DLQ did not acknowledge malformed aggregates")?;
         }
+        for (p, o) in &self.next_offsets {
+            self.commits.set(*p, *o);
+        }
+        // A failed commit is kept and tried again from the poll loop; stored rows that a
+        // restart reads again are recognised by the watermarks.
+        self.commits.commit(self.consumer);
         self.pending.clear();
         self.pending_bytes = 0;
         self.oldest = None;
