@@ -2,7 +2,6 @@
 //! analyst queries and terminal rendering (tests and benchmarks drive these directly).
 #![warn(missing_docs)]
 
-pub mod deploy;
 pub mod dev;
 pub mod gen;
 pub mod loadgen;

@@ -52,25 +52,6 @@ enum IssueAction {
     },
 }
 
-#[derive(Subcommand)]
-enum DeployCmd {
-    /// Kubernetes manifests (a kustomization directory) for a small or a large installation.
-    Kubernetes {
-        /// Installation size.
-        #[arg(long, value_enum, default_value = "small")]
-        size: SizeArg,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum SizeArg {
-    Small,
-    Large,
-}
-
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum InputFormat {
     Tracefold,
@@ -294,11 +275,6 @@ enum Cmd {
         /// Grouper config file whose [grouping] section (rules, frame cap) applies.
         #[arg(long)]
         config: Option<PathBuf>,
-    },
-    /// Render deployment manifests.
-    Deploy {
-        #[command(subcommand)]
-        what: DeployCmd,
     },
     /// Score spike detection on simulated traffic against a baseline rule.
     DetectionQuality {
@@ -580,15 +556,6 @@ async fn main() -> anyhow::Result<()> {
                 writeln!(out, "{}", g.next_event().json)?;
             }
             out.flush()?;
-            Ok(())
-        }
-        Cmd::Deploy { what: DeployCmd::Kubernetes { size, out } } => {
-            let size = match size {
-                SizeArg::Small => tracefold_cli::deploy::Size::Small,
-                SizeArg::Large => tracefold_cli::deploy::Size::Large,
-            };
-            let files = tracefold_cli::deploy::write(size, &out)?;
-            println!("wrote {} files to {}: {}", files.len(), out.display(), files.join(", "));
             Ok(())
         }
         Cmd::DetectionQuality { issues, weeks, seed, format } => {
