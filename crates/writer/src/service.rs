@@ -92,7 +92,8 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     w.dedup_tokens = match w.rt.block_on(tracefold_store::client::server_version(&w.client)) {
         Ok(v) => tracefold_store::client::major_version(&v) >= 22,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the ClickHouse version; inserts go without deduplication tokens");
+            let error = format!("{:#}", anyhow::Error::new(e));
+            tracing::warn!(%error, "cannot read the ClickHouse version; inserts go without deduplication tokens");
             false
         }
     };
