@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
 use tracefold_model::{AggregateRecord, BatchRef};
+use tracefold_store::issues::{issue_status, set_status, StatusChange};
+use tracefold_store::rows::AggregateRow;
+use tracefold_store::IssueStatus;
 use tracefold_tests::TestDb;
-use tracefold_writer::store::AggregateRow;
 
 const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -238,18 +240,20 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
 
     // tracefold issue: detail, then status changes with history.
     let d = tracefold_cli::query::issue_detail(&db.client, dbn, A, None, 24).await.unwrap();
-    assert_eq!((d.project.as_str(), d.count, d.users, d.status.as_str()), ("web", 15, 4, "resolved"));
+    assert_eq!((d.project.as_str(), d.count, d.users, d.status), ("web", 15, 4, IssueStatus::Resolved));
     assert_eq!(d.hourly.iter().sum::<u64>(), 15);
     assert_eq!(d.by_release, vec![("web@1.1".to_owned(), 10), ("web@1.0".to_owned(), 5)]);
     assert_eq!(d.by_environment, vec![("production".to_owned(), 10), ("staging".to_owned(), 5)]);
     assert_eq!(d.sample.as_deref(), Some("{\"recent\":true}"));
     let big = tracefold_cli::query::issue_detail(&db.client, dbn, D, Some("big"), 24).await.unwrap();
     assert!((big.users as f64 - 20_000.0).abs() / 20_000.0 < 0.02, "issue detail estimates users too: {}", big.users);
-    tracefold_cli::query::set_status(&db.client, dbn, "web", A, "active", "test", "", "reopened").await.unwrap();
-    assert_eq!(tracefold_cli::query::issue_status(&db.client, dbn, "web", A).await.unwrap(), "active");
-    tracefold_cli::query::set_status(&db.client, dbn, "web", A, "ignored", "test", "", "noise").await.unwrap();
-    assert_eq!(tracefold_cli::query::issue_status(&db.client, dbn, "web", A).await.unwrap(), "ignored");
-    assert!(tracefold_cli::query::set_status(&db.client, dbn, "web", A, "deleted", "test", "", "").await.is_err());
+    let change = |status, note| StatusChange { project: "web", issue_id: A, status, actor: "test", release: "", note };
+    set_status(&db.client, dbn, &change(IssueStatus::Active, "reopened")).await.unwrap();
+    assert_eq!(issue_status(&db.client, dbn, "web", A).await.unwrap(), IssueStatus::Active);
+    set_status(&db.client, dbn, &change(IssueStatus::Ignored, "noise")).await.unwrap();
+    assert_eq!(issue_status(&db.client, dbn, "web", A).await.unwrap(), IssueStatus::Ignored);
+    // A status that is not one of the three cannot be recorded: it does not parse.
+    assert!("deleted".parse::<IssueStatus>().is_err());
     let history =
         rows(&db, &format!("SELECT status FROM {dbn}.issue_status_log WHERE issue_id = '{A}' ORDER BY changed_ms"))
             .await;
@@ -260,7 +264,7 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert!(tracefold_cli::query::issue_detail(&db.client, dbn, "nosuchissue", None, 24).await.is_err());
 
     // Retention: the 200-day-old partition goes, everything recent stays.
-    let dry = tracefold_writer::migrate::retention(&db.cfg, 90, true).await.unwrap();
+    let dry = tracefold_store::migrate::retention(&db.cfg, 90, true).await.unwrap();
     // Exactly the day and month partitions (as the server computes them) of the 200-day-old
     // record, in every table it reached (it has no sample: not in issue_samples).
     let old = &rows(
@@ -284,8 +288,8 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     .collect();
     assert_eq!(dry, want);
     let before = db.total_events().await;
-    let dropped = tracefold_writer::migrate::retention(&db.cfg, 90, false).await.unwrap();
+    let dropped = tracefold_store::migrate::retention(&db.cfg, 90, false).await.unwrap();
     assert_eq!(dropped, dry);
     assert_eq!(db.total_events().await, before - 2, "only the 200-day-old events are gone");
-    assert!(tracefold_writer::migrate::retention(&db.cfg, 90, true).await.unwrap().is_empty());
+    assert!(tracefold_store::migrate::retention(&db.cfg, 90, true).await.unwrap().is_empty());
 }

@@ -174,7 +174,7 @@ async fn http_events_become_exact_issue_counts_in_clickhouse() {
     // The analyst query behind `tracefold top` agrees, ordered by count.
     let secs = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let asked = secs();
-    let top = tracefold_cli::query::top_issues(&db.client, &db.cfg.database, 24 * 3600, 100, None).await.unwrap();
+    let top = tracefold_store::issues::top_issues(&db.client, &db.cfg.database, 24 * 3600, 100, None).await.unwrap();
     let answered = secs();
     assert_eq!(top.len(), 25);
     assert!(top.windows(2).all(|w| w[0].count >= w[1].count));

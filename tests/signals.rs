@@ -469,18 +469,15 @@ impl Drop for Stack {
 /// and returns when it was recorded, Unix seconds (ClickHouse's clock): an event after it is
 /// "seen again".
 async fn set_status(db: &TestDb, issue_id: &str, status: &str, release: &str) -> i64 {
-    tracefold_cli::query::set_status(
-        &db.client,
-        &db.cfg.database,
-        "web",
+    let change = tracefold_store::issues::StatusChange {
+        project: "web",
         issue_id,
-        status,
-        "signals-test",
+        status: status.parse().unwrap(),
+        actor: "signals-test",
         release,
-        "",
-    )
-    .await
-    .unwrap();
+        note: "",
+    };
+    tracefold_store::issues::set_status(&db.client, &db.cfg.database, &change).await.unwrap();
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct At {
         at: u32,

@@ -37,16 +37,16 @@ impl TestDb {
             database: format!("tftest_{name}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)),
             ..ClickHouseConfig::default()
         };
-        let report = tracefold_writer::migrate::migrate(&cfg, |_, _| {}).await.unwrap_or_else(|e| {
+        let report = tracefold_store::migrate::migrate(&cfg, |_, _| {}).await.unwrap_or_else(|e| {
             panic!("ClickHouse at {} is needed for this test (scripts/clickhouse-local.sh start): {e:#}", cfg.url)
         });
         assert!(!report.applied.is_empty(), "a fresh database gets every migration");
-        let client = tracefold_writer::migrate::client(&cfg).with_database(&cfg.database);
+        let client = tracefold_store::client::database_client(&cfg).expect("a valid database name");
         Self { cfg, client }
     }
 
     pub async fn total_events(&self) -> u64 {
-        tracefold_cli::query::total_events(&self.client, &self.cfg.database).await.expect("query total")
+        tracefold_store::aggregates::total_events(&self.client, &self.cfg.database).await.expect("query total")
     }
 
     /// Waits until ClickHouse holds `n` events in the base table and in every derived count
@@ -132,7 +132,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let client = tracefold_writer::migrate::client(&self.cfg);
+        let client = tracefold_store::client::client(&self.cfg);
         let db = self.cfg.database.clone();
         // Best effort, on a runtime of its own (Drop cannot await).
         let _ = std::thread::spawn(move || {

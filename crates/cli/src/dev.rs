@@ -103,7 +103,7 @@ impl Pipeline {
         let broker = DevBroker::start_with(&cfg.topics, broker)?;
         let bootstrap = broker.bootstrap_servers();
         let kafka = KafkaConfig { bootstrap_servers: bootstrap.clone(), ..KafkaConfig::default() };
-        let report = tracefold_writer::migrate::migrate(&cfg.clickhouse, |m, done| {
+        let report = tracefold_store::migrate::migrate(&cfg.clickhouse, |m, done| {
             if !quiet && !done {
                 eprintln!("  migration {:04}_{} ...", m.version, m.name);
             }
@@ -235,11 +235,11 @@ pub async fn wait_for_events(
     timeout: Duration,
     progress: bool,
 ) -> anyhow::Result<u64> {
-    let client = tracefold_writer::migrate::client(ch);
+    let client = tracefold_store::client::client(ch);
     let deadline = Instant::now() + timeout;
     let mut last = u64::MAX;
     loop {
-        let n = crate::query::total_events(&client, &ch.database).await?;
+        let n = tracefold_store::aggregates::total_events(&client, &ch.database).await?;
         if progress && n != last {
             eprintln!("  {n} of {expected} events stored in ClickHouse");
             last = n;
@@ -309,8 +309,8 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             summary.sent, summary.accepted, summary.failed, summary.elapsed_secs, summary.events_per_sec
         );
         let stored = wait_for_events(&cfg.clickhouse, summary.accepted, Duration::from_secs(120), true).await?;
-        let client = tracefold_writer::migrate::client(&cfg.clickhouse);
-        let rows = crate::query::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
+        let client = tracefold_store::client::client(&cfg.clickhouse);
+        let rows = tracefold_store::issues::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
         println!("\nTop issues (last 2 hours), {stored} events stored:\n");
         print!("{}", crate::query::render_top(&rows));
         if opts.exit_after_sample {

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracefold_cli::{dev, gen, loadgen, query};
 use tracefold_runtime::config::ClickHouseConfig;
+use tracefold_store::issues::StatusChange;
+use tracefold_store::IssueStatus;
 
 #[derive(Parser)]
 #[command(name = "tracefold", version, about = "Error events -> issues, counted in ClickHouse")]
@@ -413,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Cmd::Migrate { ch, cluster, retention_days, print_for: Some(version) } => {
-            use tracefold_writer::migrate::{flavored, statements, Flavor, MIGRATIONS};
+            use tracefold_store::migrate::{flavored, statements, Flavor, MIGRATIONS};
             let flavor = Flavor::for_version(&version, cluster, retention_days);
             for m in MIGRATIONS {
                 println!("-- {:04}_{}", m.version, m.name);
@@ -425,7 +427,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Retention { ch, days, dry_run } => {
             let cfg = ch.config();
-            let dropped = tracefold_writer::migrate::retention(&cfg, days, dry_run).await?;
+            let dropped = tracefold_store::migrate::retention(&cfg, days, dry_run).await?;
             for (table, partition) in &dropped {
                 println!("{} {table} partition {partition}", if dry_run { "would drop" } else { "dropped" });
             }
@@ -438,7 +440,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Migrate { ch, cluster, retention_days, print_for: None } => {
             let cfg = ch.config();
-            let report = tracefold_writer::migrate::migrate_with(&cfg, cluster, retention_days, |m, done| {
+            let report = tracefold_store::migrate::migrate_with(&cfg, cluster, retention_days, |m, done| {
                 eprintln!("  {:04}_{:<24} {}", m.version, m.name, if done { "already applied" } else { "applying" });
             })
             .await?;
@@ -496,8 +498,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Top { since, limit, project, format, ch } => {
             let cfg = ch.config();
-            let client = tracefold_writer::migrate::client(&cfg);
-            let rows = query::top_issues(&client, &cfg.database, since.as_secs(), limit, project.as_deref()).await?;
+            let client = tracefold_store::client::client(&cfg);
+            let rows =
+                tracefold_store::issues::top_issues(&client, &cfg.database, since.as_secs(), limit, project.as_deref())
+                    .await?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Format::Table => print!("{}", query::render_top(&rows)),
@@ -506,7 +510,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Issue { action, id, project, hours, format, ch } => {
             let cfg = ch.config();
-            let client = tracefold_writer::migrate::client(&cfg);
+            let client = tracefold_store::client::client(&cfg);
             match action {
                 None => {
                     let id = id.ok_or_else(|| anyhow::anyhow!("give an issue id (see tracefold top)"))?;
@@ -518,13 +522,21 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Some(a) => {
                     let (id, status, release, note) = match a {
-                        IssueAction::Resolve { id, release, note } => (id, "resolved", release, note),
-                        IssueAction::Ignore { id, note } => (id, "ignored", String::new(), note),
-                        IssueAction::Reopen { id, note } => (id, "active", String::new(), note),
+                        IssueAction::Resolve { id, release, note } => (id, IssueStatus::Resolved, release, note),
+                        IssueAction::Ignore { id, note } => (id, IssueStatus::Ignored, String::new(), note),
+                        IssueAction::Reopen { id, note } => (id, IssueStatus::Active, String::new(), note),
                     };
                     let d = query::issue_detail(&client, &cfg.database, &id, project.as_deref(), 1).await?;
                     let actor = std::env::var("USER").unwrap_or_else(|_| "tracefold".into());
-                    query::set_status(&client, &cfg.database, &d.project, &id, status, &actor, &release, &note).await?;
+                    let change = StatusChange {
+                        project: &d.project,
+                        issue_id: &id,
+                        status,
+                        actor: &actor,
+                        release: &release,
+                        note: &note,
+                    };
+                    tracefold_store::issues::set_status(&client, &cfg.database, &change).await?;
                     match format {
                         Format::Json => println!(
                             "{}",
@@ -532,7 +544,7 @@ async fn main() -> anyhow::Result<()> {
                         ),
                         Format::Table => {
                             use tracefold_cli::render::printable as p;
-                            println!("{} {} ({}): {} -> {status}", p(&d.project), p(&id), p(&d.title), p(&d.status));
+                            println!("{} {} ({}): {} -> {status}", p(&d.project), p(&id), p(&d.title), d.status);
                         }
                     }
                 }
@@ -778,7 +790,7 @@ async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) ->
     use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
     quiet_logging();
     ch.database = format!("{}_benchw_{}", ch.database, std::process::id());
-    tracefold_writer::migrate::migrate(&ch, |_, _| {}).await?;
+    tracefold_store::migrate::migrate(&ch, |_, _| {}).await?;
     let topics = tracefold_runtime::config::TopicsConfig::default();
     let broker = tracefold_runtime::devbroker::DevBroker::start(1, &topics, Some(6))?;
     let kafka =
@@ -789,7 +801,7 @@ async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) ->
     let (s, h) = (shutdown.clone(), tracefold_runtime::telemetry::Health::default());
     let writer = std::thread::spawn(move || tracefold_writer::service::run(&wcfg, &s, &h));
     let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&kafka, 30_000).create()?;
-    let client = tracefold_writer::migrate::client(&ch);
+    let client = tracefold_store::client::client(&ch);
     let now = now_secs();
     // Realistic records: 2,000 issues, a few users each, one sample in twenty.
     let sample = gen::Generator::new(gen::GenOptions { now_secs: now, ..Default::default() }).next_event().json;
@@ -844,7 +856,7 @@ async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) ->
         sent += wave;
         // The mock cluster keeps 5 MB per partition: stay within ~30,000 records of the writer.
         loop {
-            let stored = rows_in(&client, &ch.database).await?;
+            let stored = tracefold_store::aggregates::row_count(&client, &ch.database).await?;
             if sent.saturating_sub(stored) <= 30_000 {
                 break;
             }
@@ -854,7 +866,7 @@ async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) ->
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut stored = 0;
     while Instant::now() < deadline {
-        stored = rows_in(&client, &ch.database).await?;
+        stored = tracefold_store::aggregates::row_count(&client, &ch.database).await?;
         if stored >= records {
             break;
         }
@@ -863,7 +875,7 @@ async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) ->
     let secs = t0.elapsed().as_secs_f64();
     shutdown.trigger();
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-    client.query(&format!("DROP DATABASE IF EXISTS {}", ch.database)).execute().await?;
+    tracefold_store::client::drop_database(&client, &ch.database).await?;
     let result = serde_json::json!({"records": records, "stored": stored, "seconds": secs, "rows_per_sec": stored as f64 / secs});
     match format {
         Format::Json => println!("{result}"),
@@ -875,14 +887,6 @@ async fn bench_writer(records: u64, format: Format, mut ch: ClickHouseConfig) ->
         anyhow::bail!("ClickHouse holds {stored} rows, {records} were sent");
     }
     Ok(())
-}
-
-async fn rows_in(client: &clickhouse::Client, db: &str) -> anyhow::Result<u64> {
-    #[derive(clickhouse::Row, serde::Deserialize)]
-    struct N {
-        n: u64,
-    }
-    Ok(client.query(&format!("SELECT count() AS n FROM {db}.aggregates")).fetch_one::<N>().await?.n)
 }
 
 async fn bench_ingest(events: u64, batch: usize, concurrency: usize, format: Format) -> anyhow::Result<()> {
@@ -970,8 +974,8 @@ async fn bench_pipeline(
     let stored = dev::wait_for_events(&ch, s.accepted, Duration::from_secs(1800), false).await?;
     let total = t0.elapsed().as_secs_f64();
     pipeline.stop().await?;
-    let client = tracefold_writer::migrate::client(&ch);
-    client.query(&format!("DROP DATABASE IF EXISTS {}", ch.database)).execute().await?;
+    let client = tracefold_store::client::client(&ch);
+    tracefold_store::client::drop_database(&client, &ch.database).await?;
     let result = serde_json::json!({
         "events": events,
         "accepted": s.accepted,

@@ -17,45 +17,24 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tracefold_model::AggregateRecord;
 use tracefold_runtime::kafka::GroupContext;
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
+use tracefold_store::detector::StatusRow as Status;
+use tracefold_store::IssueStatus;
 
 /// Signals produced, by `type`.
 pub use crate::metrics::SIGNALS_TOTAL;
-
-#[derive(clickhouse::Row, Deserialize)]
-struct IssueKey {
-    project: String,
-    issue_id: String,
-}
-
-/// An issue's current status, as `issue_status_v` says.
-#[derive(clickhouse::Row, Deserialize)]
-struct Status {
-    project: String,
-    issue_id: String,
-    current_status: String,
-    at: u32,
-    release: String,
-}
 
 /// The resolutions handed to the engine: (project, issue) -> (resolved at, in release).
 type Applied = HashMap<(String, String), (u32, String)>;
 
 async fn read_statuses(cfg: &Config) -> anyhow::Result<Vec<Status>> {
-    let db = &cfg.clickhouse.database;
-    Ok(tracefold_runtime_client(cfg)
-        .query(&format!(
-            "SELECT project, issue_id, current_status, toUInt32(status_changed_at) AS at, status_release AS release \
-             FROM {db}.issue_status_v"
-        ))
-        .fetch_all::<Status>()
-        .await?)
+    let client = tracefold_store::client::client(&cfg.clickhouse);
+    Ok(tracefold_store::detector::statuses(&client, &cfg.clickhouse.database).await?)
 }
 
 /// Hands new resolutions and reopenings to the engine. A resolution already handed over is not
@@ -65,7 +44,7 @@ fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Stat
     let mut changed = false;
     for s in statuses {
         let key = (s.project, s.issue_id);
-        if s.current_status == "resolved" {
+        if s.current_status == IssueStatus::Resolved {
             let v = (s.at, s.release);
             if applied.get(&key) != Some(&v) {
                 engine.resolved(&key.0, &key.1, i64::from(v.0) * 1000, &v.1);
@@ -80,43 +59,18 @@ fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Stat
     changed
 }
 
-#[derive(clickhouse::Row, Deserialize)]
-struct MinuteCount {
-    project: String,
-    issue_id: String,
-    minute: u32,
-    count: u64,
-}
-
 async fn load_state(cfg: &Config, engine: &mut Engine, applied: &mut Applied) -> anyhow::Result<()> {
-    let client = tracefold_runtime_client(cfg);
+    let client = tracefold_store::client::client(&cfg.clickhouse);
     let db = &cfg.clickhouse.database;
-    for k in
-        client.query(&format!("SELECT DISTINCT project, issue_id FROM {db}.issues")).fetch_all::<IssueKey>().await?
-    {
+    for k in tracefold_store::detector::known_issues(&client, db).await? {
         engine.known(&k.project, &k.issue_id);
     }
     let _ = apply_statuses(engine, applied, read_statuses(cfg).await?);
-    let history = client
-        .query(&format!(
-            "SELECT project, issue_id, toUInt32(minute) AS minute, sum(count) AS count FROM {db}.issue_counts_1m \
-             WHERE minute >= now() - ? AND minute < now() - 180 GROUP BY project, issue_id, minute ORDER BY minute"
-        ))
-        .bind(u64::from(cfg.detector.history_minutes) * 60)
-        .fetch_all::<MinuteCount>()
-        .await?;
+    let history = tracefold_store::detector::minute_history(&client, db, cfg.detector.history_minutes).await?;
     for h in history {
         engine.history(&h.project, &h.issue_id, i64::from(h.minute), h.count);
     }
     Ok(())
-}
-
-fn tracefold_runtime_client(cfg: &Config) -> clickhouse::Client {
-    clickhouse::Client::default()
-        .with_url(&cfg.clickhouse.url)
-        .with_user(&cfg.clickhouse.user)
-        .with_password(&cfg.clickhouse.password)
-        .with_validation(false)
 }
 
 /// Ids of the signals already on the signals topic (the last 10,000 per partition).

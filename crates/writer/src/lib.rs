@@ -1,11 +1,9 @@
-//! The tracefold writer: reads partial aggregates and stores them in ClickHouse exactly once;
-//! also owns the ClickHouse schema and its migrations.
+//! The tracefold writer: reads partial aggregates and stores them in ClickHouse exactly once.
+//! The schema, the rows and the queries are `tracefold-store`'s.
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod metrics;
-pub mod migrate;
 pub mod service;
-pub mod store;
 
 pub use config::Config;

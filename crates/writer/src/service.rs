@@ -4,14 +4,13 @@
 //! - One INSERT into one table per batch (atomic); derived tables follow by materialized views.
 //! - Before inserting, records at or below the stored watermark of their (aggregates partition,
 //!   source partition) are dropped: replays from the grouper or from this consumer's own
-//!   restart are recognised (see [`crate::store`]).
+//!   restart are recognised (see [`tracefold_store::aggregates`]).
 //! - Offsets are committed only after ClickHouse acknowledged the insert.
 //! - When an insert fails its outcome is unknown: the partitions are paused, and after a
 //!   backoff the watermarks are read again from ClickHouse and the batch is filtered anew.
 
 use crate::config::Config;
 use crate::metrics as m;
-use crate::store::{admit, load_watermarks, AggregateRow, Watermarks};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -24,6 +23,8 @@ use tracefold_model::{AggregateRecord, Reason};
 use tracefold_runtime::kafka::{CommitQueue, DlqRecord, GroupContext, RebalanceEvent};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
+use tracefold_store::aggregates::{admit, load_watermarks, Watermarks};
+use tracefold_store::rows::AggregateRow;
 
 struct Pending {
     record: AggregateRecord,
@@ -38,7 +39,7 @@ struct Writer<'a> {
     cfg: &'a Config,
     consumer: &'a BaseConsumer<GroupContext>,
     dlq: &'a ThreadedProducer<DefaultProducerContext>,
-    client: clickhouse::Client,
+    client: tracefold_store::Client,
     rt: tokio::runtime::Runtime,
     /// Watermarks per aggregates partition; absent means "read from ClickHouse first".
     watermarks: HashMap<i32, Watermarks>,
@@ -73,7 +74,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     )?;
     consumer.subscribe(&[&cfg.topics.aggregates]).context("cannot subscribe")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = crate::migrate::client(&cfg.clickhouse).with_database(&cfg.clickhouse.database);
+    let client = tracefold_store::client::database_client(&cfg.clickhouse)?;
     let mut w = Writer {
         cfg,
         consumer: &consumer,
@@ -88,10 +89,11 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         commits: CommitQueue::new(&cfg.topics.aggregates, &cfg.writer.group_id),
         dedup_tokens: false,
     };
-    w.dedup_tokens = match w.rt.block_on(w.client.query("SELECT version()").fetch_one::<String>()) {
-        Ok(v) => crate::migrate::major_version(&v) >= 22,
+    w.dedup_tokens = match w.rt.block_on(tracefold_store::client::server_version(&w.client)) {
+        Ok(v) => tracefold_store::client::major_version(&v) >= 22,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the ClickHouse version; inserts go without deduplication tokens");
+            let error = format!("{:#}", anyhow::Error::new(e));
+            tracing::warn!(%error, "cannot read the ClickHouse version; inserts go without deduplication tokens");
             false
         }
     };
@@ -275,17 +277,7 @@ impl Writer<'_> {
                 format!("{agg_topic}/{}:{}-{}:{}/{}", a.partition, a.offset, b.partition, b.offset, keep.len())
             });
             self.rt
-                .block_on(async {
-                    let mut ins =
-                        client.insert::<AggregateRow<'_>>(table).await?.with_timeouts(Some(timeout), Some(timeout));
-                    if let Some(t) = &token {
-                        ins = ins.with_setting("insert_deduplication_token", t.as_str());
-                    }
-                    for row in &rows {
-                        ins.write(row).await?;
-                    }
-                    ins.end().await
-                })
+                .block_on(tracefold_store::aggregates::insert(client, table, &rows, timeout, token.as_deref()))
                 .context("insert into aggregates")?;
             // Crash tests: die after ClickHouse stored the rows, before the offsets are committed.
             tracefold_runtime::failpoint::hit("writer.after_insert");

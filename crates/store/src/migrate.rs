@@ -1,10 +1,11 @@
 //! Versioned, idempotent ClickHouse migrations (`schemas/clickhouse/*.sql`), applied by
 //! `tracefold migrate` and by `tracefold dev`. Applied versions are recorded in
 //! `<db>.schema_migrations`; every statement is also `IF NOT EXISTS`, so a half-applied
-//! migration can be re-run.
+//! migration can be re-run. `tracefold retention` drops old partitions where there is no TTL.
 
-use anyhow::Context as _;
-use clickhouse::Client;
+use crate::client::{client, ident, major_version, server_version};
+use crate::error::{step, Error, Result};
+use tracefold_runtime::config::ClickHouseConfig;
 
 /// One migration.
 #[derive(Debug, Clone, Copy)]
@@ -44,11 +45,6 @@ pub struct Flavor {
     pub cluster: Option<String>,
     /// Days kept by `TTL` (modern servers; older ones: `tracefold retention`).
     pub retention_days: u32,
-}
-
-/// Server major version from `SELECT version()` (`18.16.1`, `24.8.4.13`).
-pub fn major_version(version: &str) -> u32 {
-    version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)
 }
 
 impl Flavor {
@@ -193,25 +189,12 @@ struct VersionRow {
     version: u32,
 }
 
-#[derive(clickhouse::Row, serde::Deserialize)]
-struct StringRow {
-    v: String,
-}
-
-/// Returns a client for `cfg` (validation off, so that it works on ClickHouse 18.16 too).
-pub fn client(cfg: &tracefold_runtime::config::ClickHouseConfig) -> Client {
-    Client::default().with_url(&cfg.url).with_user(&cfg.user).with_password(&cfg.password).with_validation(false)
-}
-
 /// Creates the database and applies every migration not yet recorded, calling `progress`
 /// before each one.
 ///
 /// # Errors
 /// The first statement ClickHouse rejects, with the migration named.
-pub async fn migrate(
-    ch: &tracefold_runtime::config::ClickHouseConfig,
-    progress: impl FnMut(&Migration, bool),
-) -> anyhow::Result<Report> {
+pub async fn migrate(ch: &ClickHouseConfig, progress: impl FnMut(&Migration, bool)) -> Result<Report> {
     migrate_with(ch, None, 90, progress).await
 }
 
@@ -221,29 +204,26 @@ pub async fn migrate(
 /// # Errors
 /// The first statement ClickHouse rejects, with the migration named.
 pub async fn migrate_with(
-    ch: &tracefold_runtime::config::ClickHouseConfig,
+    ch: &ClickHouseConfig,
     cluster: Option<String>,
     retention_days: u32,
     mut progress: impl FnMut(&Migration, bool),
-) -> anyhow::Result<Report> {
+) -> Result<Report> {
     let client = client(ch);
-    let db = &ch.database;
-    if !db.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-        anyhow::bail!("clickhouse.database must be [A-Za-z0-9_]+, got {db:?}");
-    }
-    let server_version = client
-        .query("SELECT version() AS v")
-        .fetch_one::<StringRow>()
-        .await
-        .with_context(|| format!("cannot reach ClickHouse at {}", ch.url))?
-        .v;
+    let db = ident("clickhouse.database", &ch.database)?;
+    let server_version = match server_version(&client).await {
+        Err(Error::ClickHouse { source, .. }) => {
+            return Err(Error::ClickHouse { what: format!("cannot reach ClickHouse at {}", ch.url), source })
+        }
+        r => r?,
+    };
     let flavor = Flavor::for_version(&server_version, cluster, retention_days);
     let on_cluster = flavor.cluster.as_ref().map(|c| format!(" ON CLUSTER {c}")).unwrap_or_default();
     client
         .query(&format!("CREATE DATABASE IF NOT EXISTS {db}{on_cluster}"))
         .execute()
         .await
-        .context("create database")?;
+        .map_err(step("create database"))?;
     client
         .query(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) \
@@ -251,12 +231,12 @@ pub async fn migrate_with(
         ))
         .execute()
         .await
-        .context("create schema_migrations")?;
+        .map_err(step("create schema_migrations"))?;
     let applied: Vec<u32> = client
         .query(&format!("SELECT DISTINCT version FROM {db}.schema_migrations"))
         .fetch_all::<VersionRow>()
         .await
-        .context("read schema_migrations")?
+        .map_err(step("read schema_migrations"))?
         .into_iter()
         .map(|r| r.version)
         .collect();
@@ -269,17 +249,20 @@ pub async fn migrate_with(
             continue;
         }
         for stmt in statements(m.sql, db).iter().flat_map(|st| flavored(st, db, &flavor)) {
-            client
-                .query(&stmt)
-                .execute()
-                .await
-                .with_context(|| format!("migration {:04}_{} failed at: {}", m.version, m.name, first_line(&stmt)))?;
+            client.query(&stmt).execute().await.map_err(step(format!(
+                "migration {:04}_{} failed at: {}",
+                m.version,
+                m.name,
+                first_line(&stmt)
+            )))?;
         }
         client
-            .query(&format!("INSERT INTO {db}.schema_migrations (version, name) VALUES ({}, '{}')", m.version, m.name))
+            .query(&format!("INSERT INTO {db}.schema_migrations (version, name) VALUES (?, ?)"))
+            .bind(m.version)
+            .bind(m.name)
             .execute()
             .await
-            .context("record migration")?;
+            .map_err(step("record migration"))?;
         report.applied.push(m.version);
     }
     Ok(report)
@@ -297,20 +280,17 @@ struct PartRow {
 ///
 /// # Errors
 /// When ClickHouse does not answer or refuses a drop.
-pub async fn retention(
-    ch: &tracefold_runtime::config::ClickHouseConfig,
-    days: u32,
-    dry_run: bool,
-) -> anyhow::Result<Vec<(String, String)>> {
+pub async fn retention(ch: &ClickHouseConfig, days: u32, dry_run: bool) -> Result<Vec<(String, String)>> {
     let client = client(ch);
-    let db = &ch.database;
+    let db = ident("clickhouse.database", &ch.database)?;
     let parts: Vec<PartRow> = client
         .query("SELECT DISTINCT table, partition FROM system.parts WHERE database = ? AND active ORDER BY table, partition")
-        .bind(db.as_str())
+        .bind(db)
         .fetch_all()
         .await
-        .context("list partitions")?;
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        .map_err(step("list partitions"))?;
+    // A clock before 1970 counts as 1970: nothing is old then.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let cutoff_days = now_ms.div_euclid(86_400_000) - i64::from(days);
     let (y, m, d) = tracefold_model::time::civil_from_days(cutoff_days);
     let (cut_day, cut_month) = (y * 10_000 + m * 100 + d, y * 100 + m);
@@ -328,11 +308,14 @@ pub async fn retention(
             continue;
         }
         if !dry_run {
+            // The table name comes from system.parts; the partition is the server's own
+            // literal for its id, which is all digits here.
+            let table = ident("table", &p.table)?;
             client
-                .query(&format!("ALTER TABLE {db}.{} DROP PARTITION {}", p.table, p.partition))
+                .query(&format!("ALTER TABLE {db}.{table} DROP PARTITION {}", p.partition))
                 .execute()
                 .await
-                .with_context(|| format!("drop partition {} of {}", p.partition, p.table))?;
+                .map_err(step(format!("drop partition {} of {}", p.partition, p.table)))?;
         }
         out.push((p.table, id.to_owned()));
     }

@@ -1,4 +1,4 @@
-//! The ClickHouse side of the writer: the row it inserts and the replay watermarks it reads.
+//! The `aggregates` table: the writer's inserts, its replay watermarks, and totals.
 //!
 //! Idempotence: every row carries `(src_partition, src_first_offset, rec_index)` of the
 //! grouper batch it came from and the aggregates-topic partition it was read from. Per
@@ -6,80 +6,18 @@
 //! replay repeats a prefix of what came before, so the largest `(src_first_offset, rec_index)`
 //! stored is a watermark: anything at or below it is already in ClickHouse.
 
+//!
+//! [`admit`] lives here, beside [`load_watermarks`], because the two must agree exactly: the
+//! watermark key is the query's `GROUP BY` and the mark its `max((src_first_offset,
+//! rec_index))`.
+
+use crate::client::{db, ident};
+use crate::error::{step, Result};
+use crate::rows::AggregateRow;
 use clickhouse::Client;
 use std::collections::HashMap;
+use std::time::Duration;
 use tracefold_model::AggregateRecord;
-
-/// A row of `<db>.aggregates`, borrowed from the record it is made of.
-#[derive(clickhouse::Row, serde::Serialize)]
-pub struct AggregateRow<'a> {
-    project: &'a str,
-    issue_id: &'a str,
-    minute: u32,
-    release: &'a str,
-    environment: &'a str,
-    count: u64,
-    users: &'a [u64],
-    users_saturated: u8,
-    first_seen: u32,
-    last_seen: u32,
-    title: &'a str,
-    culprit: &'a str,
-    exc_type: &'a str,
-    level: &'a str,
-    platform: &'a str,
-    grouping_version: &'a str,
-    sample: &'a str,
-    src_epoch: &'a str,
-    src_topic: &'a str,
-    src_partition: i32,
-    src_first_offset: i64,
-    src_last_offset: i64,
-    rec_index: u32,
-    rec_count: u32,
-    agg_topic: &'a str,
-    agg_partition: i32,
-    agg_offset: i64,
-}
-
-fn secs(ms: i64) -> u32 {
-    u32::try_from(ms.div_euclid(1000)).unwrap_or(0)
-}
-
-impl<'a> AggregateRow<'a> {
-    /// The row for `r`, read from `agg_topic`/`agg_partition` at `agg_offset`.
-    pub fn new(r: &'a AggregateRecord, agg_topic: &'a str, agg_partition: i32, agg_offset: i64) -> Self {
-        Self {
-            project: &r.project,
-            issue_id: &r.issue_id,
-            minute: u32::try_from(r.minute).unwrap_or(0),
-            release: &r.release,
-            environment: &r.environment,
-            count: r.count,
-            users: &r.users.hashes,
-            users_saturated: u8::from(r.users.saturated),
-            first_seen: secs(r.first_seen_ms),
-            last_seen: secs(r.last_seen_ms),
-            title: &r.title,
-            culprit: &r.culprit,
-            exc_type: &r.exc_type,
-            level: &r.level,
-            platform: &r.platform,
-            grouping_version: &r.grouping_version,
-            sample: &r.sample,
-            src_epoch: &r.batch.epoch,
-            src_topic: &r.batch.topic,
-            src_partition: r.batch.partition,
-            src_first_offset: r.batch.first_offset,
-            src_last_offset: r.batch.last_offset,
-            rec_index: r.batch.index,
-            rec_count: r.batch.count,
-            agg_topic,
-            agg_partition,
-            agg_offset,
-        }
-    }
-}
 
 /// Position of a record within its source partition's batches.
 pub type Mark = (i64, u32);
@@ -96,17 +34,19 @@ struct WatermarkRow {
     index: u32,
 }
 
-/// Reads the watermarks of aggregates partition `agg_partition` from ClickHouse.
+/// Reads the watermarks of aggregates partition `agg_partition` from `<database>.<table>`
+/// (`aggregates`, or `aggregates_all` on a cluster).
 ///
 /// # Errors
-/// When ClickHouse does not answer.
+/// When a name is not an identifier or ClickHouse does not answer.
 pub async fn load_watermarks(
     client: &Client,
-    db: &str,
+    database: &str,
     table: &str,
     agg_topic: &str,
     agg_partition: i32,
-) -> clickhouse::error::Result<Watermarks> {
+) -> Result<Watermarks> {
+    let (db, table) = (db(database)?, ident("writer.table", table)?);
     let rows = client
         .query(&format!(
             "SELECT src_epoch, src_topic, src_partition, m.1 AS first, m.2 AS index FROM ( \
@@ -117,7 +57,8 @@ pub async fn load_watermarks(
         .bind(agg_topic)
         .bind(agg_partition)
         .fetch_all::<WatermarkRow>()
-        .await?;
+        .await
+        .map_err(step("read watermarks"))?;
     Ok(rows.into_iter().map(|r| ((r.src_epoch, r.src_topic, r.src_partition), (r.first, r.index))).collect())
 }
 
@@ -139,6 +80,60 @@ pub fn admit(wm: &mut Watermarks, r: &AggregateRecord) -> bool {
             true
         }
     }
+}
+
+/// Inserts `rows` into `table` of the client's database ([`crate::client::database_client`])
+/// in one INSERT, which ClickHouse applies atomically; `token` (22+) lets the server drop a
+/// retried insert whose first try landed.
+///
+/// # Errors
+/// When the name is not an identifier, ClickHouse refuses, or `timeout` passes (the outcome
+/// is then unknown: read the watermarks again).
+pub async fn insert(
+    client: &Client,
+    table: &str,
+    rows: &[AggregateRow<'_>],
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<()> {
+    let table = ident("writer.table", table)?;
+    let ch = step("insert aggregate rows");
+    let written = async {
+        let mut ins = client.insert::<AggregateRow<'_>>(table).await?.with_timeouts(Some(timeout), Some(timeout));
+        if let Some(t) = token {
+            ins = ins.with_setting("insert_deduplication_token", t);
+        }
+        for row in rows {
+            ins.write(row).await?;
+        }
+        ins.end().await
+    };
+    written.await.map_err(ch)
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct N {
+    n: u64,
+}
+
+/// Events stored (the sum of `count` over all aggregates, all time).
+///
+/// # Errors
+/// When the name is not an identifier or ClickHouse does not answer.
+pub async fn total_events(client: &Client, database: &str) -> Result<u64> {
+    let db = db(database)?;
+    let q = format!("SELECT sum(count) AS n FROM {db}.aggregates");
+    Ok(client.query(&q).fetch_one::<N>().await.map_err(step("total events"))?.n)
+}
+
+/// Aggregate rows stored.
+///
+/// # Errors
+/// When the name is not an identifier or ClickHouse does not answer.
+pub async fn row_count(client: &Client, database: &str) -> Result<u64> {
+    let db = db(database)?;
+    let q = format!("SELECT count() AS n FROM {db}.aggregates");
+    Ok(client.query(&q).fetch_one::<N>().await.map_err(step("aggregate rows"))?.n)
 }
 
 #[cfg(test)]
