@@ -5,7 +5,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracefold_producer::sentry::{decode_body, decode_first_line, envelope_dsn_key, parse_envelope, to_tracefold};
+use tracefold_producer::http::prepare_sentry;
+use tracefold_producer::sentry::{decode_body, decode_first_line, envelope_dsn_key, parse_envelope, read_event};
+
+const NOW: i64 = 1_795_671_540_000;
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_body(Some("gzip"), data, 1 << 20);
@@ -16,26 +19,35 @@ fuzz_target!(|data: &[u8]| {
     let _ = envelope_dsn_key(data);
     if let Ok(envelope) = parse_envelope(data) {
         for item in envelope.items {
-            if let Ok(json) = to_tracefold(item.payload, "web") {
-                let _ = tracefold_producer::http::check_line(&json, "web", 1_795_671_540_000);
-            }
+            sentry_event(item.payload);
         }
     }
-    if let Ok(json) = to_tracefold(data, "web") {
-        let _ = tracefold_producer::http::check_line(&json, "web", 1_795_671_540_000);
-    }
+    sentry_event(data);
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = tracefold_producer::http::check_line(text, "web", 1_795_671_540_000);
+        let _ = tracefold_producer::http::check_line(text, "web", NOW);
     }
     // Any bytes, not only UTF-8: the producer repairs escapes in place before parsing.
-    if let Ok(ready) = tracefold_producer::http::prepare(data, "web", 1_795_671_540_000, 1 << 20) {
+    if let Ok(ready) = tracefold_producer::http::prepare(data, "web", NOW, 1 << 20) {
         assert!(grouper_reads(&ready.payload), "the grouper reads what the producer publishes");
     }
     let mut buf = data.to_vec();
     if let Ok(ev) = tracefold_model::parse_event_slice(&mut buf) {
-        let _ = tracefold_model::validate(&ev, 1_795_671_540_000);
+        let _ = tracefold_model::validate(&ev, NOW);
     }
 });
+
+/// A Sentry event payload: mapped onto the typed event, which serializes to bytes the grouper
+/// reads back as that same event.
+fn sentry_event(payload: &[u8]) {
+    let Ok(sentry) = read_event(payload) else { return };
+    let Ok(ev) = tracefold_model::sentry::map(&sentry, Some("web")) else { return };
+    let text = serde_json::to_vec(&ev).expect("an event serializes");
+    let mut buf = text.clone();
+    assert_eq!(tracefold_model::parse_event_slice(&mut buf).as_ref(), Ok(&ev), "parse(serialize(e)) == e");
+    if let Ok(ready) = prepare_sentry(payload, "web", NOW, 1 << 20) {
+        assert!(grouper_reads(&ready.payload), "the grouper reads what the producer publishes");
+    }
+}
 
 /// What is published must parse with the grouper's parser (no lone surrogates, no duplicates of
 /// the ids the producer sets).
