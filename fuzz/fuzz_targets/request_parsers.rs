@@ -5,7 +5,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracefold_producer::sentry::{decode_body, decode_first_line, envelope_dsn_key, parse_envelope, to_tracefold};
+use tracefold_producer::http::prepare_sentry;
+use tracefold_producer::sentry::{decode_body, decode_first_line, envelope_dsn_key, parse_envelope, read_event};
+
+use tracefold_model::event::MAX_TAGS;
+
+const NOW: i64 = 1_795_671_540_000;
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_body(Some("gzip"), data, 1 << 20);
@@ -16,26 +21,39 @@ fuzz_target!(|data: &[u8]| {
     let _ = envelope_dsn_key(data);
     if let Ok(envelope) = parse_envelope(data) {
         for item in envelope.items {
-            if let Ok(json) = to_tracefold(item.payload, "web") {
-                let _ = tracefold_producer::http::check_line(&json, "web", 1_795_671_540_000);
-            }
+            sentry_event(item.payload);
         }
     }
-    if let Ok(json) = to_tracefold(data, "web") {
-        let _ = tracefold_producer::http::check_line(&json, "web", 1_795_671_540_000);
-    }
+    sentry_event(data);
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = tracefold_producer::http::check_line(text, "web", 1_795_671_540_000);
+        let _ = tracefold_producer::http::check_line(text, "web", NOW);
     }
     // Any bytes, not only UTF-8: the producer repairs escapes in place before parsing.
-    if let Ok(ready) = tracefold_producer::http::prepare(data, "web", 1_795_671_540_000, 1 << 20) {
+    if let Ok(ready) = tracefold_producer::http::prepare(data, "web", NOW, 1 << 20) {
         assert!(grouper_reads(&ready.payload), "the grouper reads what the producer publishes");
     }
     let mut buf = data.to_vec();
     if let Ok(ev) = tracefold_model::parse_event_slice(&mut buf) {
-        let _ = tracefold_model::validate(&ev, 1_795_671_540_000);
+        let _ = tracefold_model::validate(&ev, NOW);
     }
 });
+
+/// A Sentry event payload: when the producer accepts it, it publishes the typed event the
+/// payload maps to, and the grouper reads back that very event (parse(serialize(e)) == e; a
+/// parser keeps the first MAX_TAGS tags and headers).
+fn sentry_event(payload: &[u8]) {
+    let Ok(ready) = prepare_sentry(payload, "web", NOW, 1 << 20) else { return };
+    assert!(grouper_reads(&ready.payload), "the grouper reads what the producer publishes");
+    let sentry = read_event(payload).expect("the producer read it");
+    let mut want = tracefold_model::sentry::map(&sentry, Some("web")).expect("the producer mapped it");
+    want.event_id.get_or_insert(std::borrow::Cow::Borrowed(ready.id.as_str()));
+    want.tags.truncate(MAX_TAGS);
+    if let Some(r) = want.request.as_mut() {
+        r.headers.truncate(MAX_TAGS);
+    }
+    let mut buf = ready.payload.clone();
+    assert_eq!(tracefold_model::parse_event_slice(&mut buf).as_ref(), Ok(&want), "parse(serialize(e)) == e");
+}
 
 /// What is published must parse with the grouper's parser (no lone surrogates, no duplicates of
 /// the ids the producer sets).

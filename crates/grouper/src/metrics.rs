@@ -8,7 +8,8 @@ pub const CLAMPED_TOTAL: &str = "tracefold_grouper_timestamps_clamped_total";
 pub const BATCHES_TOTAL: &str = "tracefold_grouper_batches_total";
 /// Aggregate records produced.
 pub const AGGREGATES_TOTAL: &str = "tracefold_grouper_aggregates_total";
-/// Messages sent to the DLQ.
+/// Messages sent to the DLQ, by `reason` (a [`tracefold_model::Reason::code`]; the same code is
+/// the record's `tracefold-reason` header).
 pub const DLQ_TOTAL: &str = "tracefold_grouper_dlq_total";
 /// Events per batch.
 pub const BATCH_EVENTS: &str = "tracefold_grouper_batch_events";

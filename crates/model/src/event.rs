@@ -3,8 +3,13 @@
 //! Field names follow Sentry's event payload where the concept is the same, so that SDK
 //! authors and people used to Sentry recognise them. The authoritative description is the
 //! JSON Schema in `schemas/event.v1.schema.json`.
+//!
+//! An event serializes to that format and reads back equal: `parse(serialize(e)) == e` for
+//! every event the parsers produce (at most [`MAX_TAGS`] tags and headers; timestamps as
+//! [`crate::time`] writes them). So a producer builds events as values and serializes them
+//! once, and what it publishes is what the grouper reads.
 
-use crate::time::{deserialize_opt_millis, Millis};
+use crate::time::{deserialize_opt_millis, serialize_opt_millis, Millis};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -25,7 +30,12 @@ pub struct Event<'a> {
     #[serde(borrow, default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str")]
     pub project: Option<Str<'a>>,
     /// When the error happened: Unix seconds or an RFC 3339 string.
-    #[serde(default, deserialize_with = "deserialize_opt_millis", skip_serializing)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_opt_millis",
+        serialize_with = "serialize_opt_millis"
+    )]
     pub timestamp: Option<Millis>,
     /// `javascript`, `node`, `python`, `java`, `go`, `ruby`, `php`, `csharp`, `rust`, ...
     #[serde(borrow, default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str")]

@@ -1,5 +1,17 @@
-//! Why an event or a record was refused: one bounded set of reasons, used as the metric label
-//! (`reason`), the DLQ header (`tracefold-reason`), and in HTTP error bodies.
+//! Why an event or a record was refused: one bounded set of reasons, used end to end. The same
+//! [`Reason::code`] is
+//!
+//! - the `code` of each entry of an HTTP error body's `details` (the producer),
+//! - the `tracefold-reason` header of a DLQ record (grouper and writer, built by
+//!   `tracefold_runtime::kafka::DlqRecord`),
+//! - the `reason` label of `tracefold_producer_events_total{outcome="invalid"}` and
+//!   `tracefold_grouper_dlq_total`,
+//! - a row of the README's "Rejection reasons" table (a test compares them).
+//!
+//! A reason says what is wrong with one event or record. Refusals of a whole request (401
+//! without a key, 403, 408, 413 for a request body or too many events, 415, 429 rate limited,
+//! 503 overloaded) are not reasons: they say nothing about an event, never reach the DLQ, and
+//! are told by the HTTP status alone (and counted by `tracefold_producer_requests_total{status}`).
 
 use std::fmt;
 
@@ -24,6 +36,11 @@ impl Reason {
     /// Every reason, for docs and dashboards.
     pub const ALL: [Reason; 6] =
         [Self::TooLarge, Self::TooDeep, Self::Malformed, Self::Invalid, Self::Internal, Self::AggregateTooLarge];
+
+    /// The reason of a code, the inverse of [`Reason::code`] (for readers of DLQ headers).
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
 
     /// The label value: lower-case, stable.
     pub fn code(self) -> &'static str {
@@ -58,5 +75,22 @@ impl Rejection {
     /// A rejection with a detail.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_bounded_and_read_back() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.code()), "{r:?}");
+            assert!(r.code().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{r:?}");
+            assert_eq!(Reason::from_code(r.code()), Some(r));
+            assert_eq!(r.to_string(), r.code());
+        }
+        assert_eq!(Reason::from_code("rate_limited"), None);
     }
 }

@@ -1,207 +1,222 @@
 //! Sentry event payloads (what Sentry SDKs send to `/store/` or inside envelopes), mapped
-//! onto tracefold's event model.
+//! onto tracefold's event model: [`map`] builds the typed [`Event`], borrowing the payload's
+//! strings; serializing it gives the event JSON of `schemas/event.v1.schema.json`.
 
-use serde_json::{json, Map, Value};
+use crate::event::{
+    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, User,
+};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 /// Why a Sentry payload could not be mapped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid sentry event: {0}")]
 pub struct SentryError(pub String);
 
-fn str_field(v: &Value, key: &str) -> Option<Value> {
+/// A string field; numbers are taken as their decimal text.
+fn str_field<'a>(v: &'a Value, key: &str) -> Option<Str<'a>> {
     match v.get(key)? {
-        Value::String(s) => Some(Value::String(s.clone())),
-        Value::Number(n) => Some(Value::String(n.to_string())),
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
 
-fn copy_strs(from: &Value, to: &mut Map<String, Value>, keys: &[&str]) {
-    for k in keys {
-        if let Some(v) = str_field(from, k) {
-            to.insert((*k).into(), v);
-        }
-    }
-}
-
-/// An object of strings from a Sentry object or list of `[key, value]` pairs.
-fn pairs(v: Option<&Value>) -> Option<Value> {
-    let mut out = Map::new();
-    match v? {
-        Value::Object(m) => {
+/// String pairs from a Sentry object or list of `[key, value]` pairs, by key (the last value
+/// of a repeated key wins); non-string values as their JSON text, `null` values dropped.
+fn pairs(v: Option<&Value>) -> Vec<(Str<'_>, Str<'_>)> {
+    let mut out: BTreeMap<&str, Str<'_>> = BTreeMap::new();
+    match v {
+        Some(Value::Object(m)) => {
             for (k, val) in m {
                 match val {
-                    Value::String(s) => out.insert(k.clone(), Value::String(s.clone())),
+                    Value::String(s) => out.insert(k, Cow::Borrowed(s)),
                     Value::Null => None,
-                    other => out.insert(k.clone(), Value::String(other.to_string())),
+                    other => out.insert(k, Cow::Owned(other.to_string())),
                 };
             }
         }
-        Value::Array(items) => {
+        Some(Value::Array(items)) => {
             for it in items {
                 if let (Some(Value::String(k)), Some(val)) = (it.get(0), it.get(1)) {
-                    let s = val.as_str().map_or_else(|| val.to_string(), str::to_owned);
-                    out.insert(k.clone(), Value::String(s));
+                    let s = val.as_str().map_or_else(|| Cow::Owned(val.to_string()), Cow::Borrowed);
+                    out.insert(k, s);
                 }
-            }
-        }
-        _ => return None,
-    }
-    (!out.is_empty()).then_some(Value::Object(out))
-}
-
-fn frame(f: &Value) -> Value {
-    let mut o = Map::new();
-    copy_strs(f, &mut o, &["function", "module", "filename", "abs_path", "package", "instruction_addr"]);
-    for k in ["lineno", "colno"] {
-        if let Some(n) = f.get(k).and_then(Value::as_u64) {
-            o.insert(k.into(), json!(n));
-        }
-    }
-    if let Some(b) = f.get("in_app").and_then(Value::as_bool) {
-        o.insert("in_app".into(), Value::Bool(b));
-    }
-    Value::Object(o)
-}
-
-fn exception(e: &Value) -> Value {
-    let mut o = Map::new();
-    copy_strs(e, &mut o, &["type", "value", "module"]);
-    if let Some(m) = e.get("mechanism").filter(|m| m.is_object()) {
-        let mut mo = Map::new();
-        copy_strs(m, &mut mo, &["type"]);
-        for k in ["handled", "synthetic"] {
-            if let Some(b) = m.get(k).and_then(Value::as_bool) {
-                mo.insert(k.into(), Value::Bool(b));
-            }
-        }
-        o.insert("mechanism".into(), Value::Object(mo));
-    }
-    if let Some(frames) = e.get("stacktrace").and_then(|s| s.get("frames")).and_then(Value::as_array) {
-        o.insert("stacktrace".into(), json!({ "frames": frames.iter().map(frame).collect::<Vec<_>>() }));
-    }
-    Value::Object(o)
-}
-
-/// Maps a Sentry event payload onto a tracefold event (as JSON). `project` is set when given.
-///
-/// # Errors
-/// When the payload is not a JSON object.
-pub fn to_event(sentry: &Value, project: Option<&str>) -> Result<Value, SentryError> {
-    if !sentry.is_object() {
-        return Err(SentryError("the payload must be a JSON object".into()));
-    }
-    let mut o = Map::new();
-    if let Some(id) = sentry.get("event_id").and_then(Value::as_str) {
-        o.insert("event_id".into(), Value::String(id.replace('-', "")));
-    }
-    if let Some(p) = project {
-        o.insert("project".into(), Value::String(p.into()));
-    }
-    if let Some(ts) = sentry.get("timestamp").filter(|t| t.is_number() || t.is_string()) {
-        o.insert("timestamp".into(), ts.clone());
-    }
-    copy_strs(sentry, &mut o, &["platform", "level", "release", "environment", "logger", "server_name", "dist"]);
-    o.remove("dist");
-    match sentry.get("message") {
-        Some(Value::String(s)) => {
-            o.insert("message".into(), Value::String(s.clone()));
-        }
-        Some(m @ Value::Object(_)) => {
-            if let Some(f) = m.get("formatted").or_else(|| m.get("message")).and_then(Value::as_str) {
-                o.insert("message".into(), Value::String(f.into()));
             }
         }
         _ => {}
     }
-    if let Some(le) =
-        sentry.get("logentry").or_else(|| sentry.get("sentry.interfaces.Message")).filter(|l| l.is_object())
-    {
-        let mut lo = Map::new();
-        copy_strs(le, &mut lo, &["message", "formatted"]);
-        if !lo.is_empty() {
-            o.insert("logentry".into(), Value::Object(lo));
-        }
+    out.into_iter().map(|(k, v)| (Cow::Borrowed(k), v)).collect()
+}
+
+/// A line or column number; one that does not fit the model is an error (as it was when the
+/// mapped JSON was read back).
+fn position(f: &Value, key: &str) -> Result<Option<u32>, SentryError> {
+    match f.get(key).and_then(Value::as_u64) {
+        None => Ok(None),
+        Some(n) => u32::try_from(n).map(Some).map_err(|_| SentryError(format!("frame {key} {n} is out of range"))),
     }
-    let excs = match sentry.get("exception") {
-        Some(Value::Object(m)) => m.get("values").and_then(Value::as_array).cloned().unwrap_or_default(),
-        Some(Value::Array(a)) => a.clone(),
-        _ => Vec::new(),
+}
+
+fn frame(f: &Value) -> Result<Frame<'_>, SentryError> {
+    Ok(Frame {
+        function: str_field(f, "function"),
+        module: str_field(f, "module"),
+        filename: str_field(f, "filename"),
+        abs_path: str_field(f, "abs_path"),
+        package: str_field(f, "package"),
+        lineno: position(f, "lineno")?,
+        colno: position(f, "colno")?,
+        in_app: f.get("in_app").and_then(Value::as_bool),
+        instruction_addr: str_field(f, "instruction_addr"),
+    })
+}
+
+fn exception(e: &Value) -> Result<Exception<'_>, SentryError> {
+    let mechanism = e.get("mechanism").filter(|m| m.is_object()).map(|m| Mechanism {
+        ty: str_field(m, "type"),
+        handled: m.get("handled").and_then(Value::as_bool),
+        synthetic: m.get("synthetic").and_then(Value::as_bool),
+    });
+    let stacktrace = match e.get("stacktrace").and_then(|s| s.get("frames")).and_then(Value::as_array) {
+        Some(frames) => Some(Stacktrace { frames: frames.iter().map(frame).collect::<Result<_, _>>()? }),
+        None => None,
     };
-    if !excs.is_empty() {
-        o.insert("exception".into(), Value::Array(excs.iter().map(exception).collect()));
+    Ok(Exception {
+        ty: str_field(e, "type"),
+        value: str_field(e, "value"),
+        module: str_field(e, "module"),
+        mechanism,
+        stacktrace,
+    })
+}
+
+fn name_version(v: Option<&Value>) -> Option<NameVersion<'_>> {
+    let v = v?;
+    let nv = NameVersion { name: str_field(v, "name"), version: str_field(v, "version") };
+    (nv != NameVersion::default()).then_some(nv)
+}
+
+/// Maps a Sentry event payload onto a tracefold event, borrowing its strings. `project` is
+/// set when given; `event_id` loses its dashes; fields tracefold does not model are left out.
+///
+/// # Errors
+/// When the payload is not a JSON object, its timestamp is neither Unix seconds nor RFC 3339,
+/// or a frame's line or column does not fit 32 bits.
+pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>, SentryError> {
+    if !sentry.is_object() {
+        return Err(SentryError("the payload must be a JSON object".into()));
     }
-    if let Some(fp) = sentry.get("fingerprint").and_then(Value::as_array) {
-        let fp: Vec<Value> = fp.iter().filter_map(|v| v.as_str().map(|s| Value::String(s.into()))).collect();
-        if !fp.is_empty() {
-            o.insert("fingerprint".into(), Value::Array(fp));
+    let event_id = sentry.get("event_id").and_then(Value::as_str).map(|id| {
+        if id.contains('-') {
+            Cow::Owned(id.replace('-', ""))
+        } else {
+            Cow::Borrowed(id)
         }
-    }
-    if let Some(u) = sentry.get("user").filter(|u| u.is_object()) {
-        let mut uo = Map::new();
-        copy_strs(u, &mut uo, &["id", "email", "username", "ip_address"]);
-        if !uo.is_empty() {
-            o.insert("user".into(), Value::Object(uo));
+    });
+    let timestamp = match sentry.get("timestamp").filter(|t| t.is_number() || t.is_string()) {
+        Some(t) => crate::time::deserialize_opt_millis(t).map_err(|e| SentryError(format!("timestamp: {e}")))?,
+        None => None,
+    };
+    let message = match sentry.get("message") {
+        Some(Value::String(s)) => Some(Cow::Borrowed(s.as_str())),
+        Some(m @ Value::Object(_)) => {
+            m.get("formatted").or_else(|| m.get("message")).and_then(Value::as_str).map(Cow::Borrowed)
         }
-    }
-    if let Some(t) = pairs(sentry.get("tags")) {
-        o.insert("tags".into(), t);
-    }
-    if let Some(r) = sentry.get("request").filter(|r| r.is_object()) {
-        let mut ro = Map::new();
-        copy_strs(r, &mut ro, &["url", "method"]);
-        match r.get("query_string") {
-            Some(Value::String(q)) => {
-                ro.insert("query_string".into(), Value::String(q.clone()));
-            }
+        _ => None,
+    };
+    let logentry = sentry
+        .get("logentry")
+        .or_else(|| sentry.get("sentry.interfaces.Message"))
+        .filter(|l| l.is_object())
+        .map(|l| LogEntry { message: str_field(l, "message"), formatted: str_field(l, "formatted") })
+        .filter(|l| *l != LogEntry::default());
+    let exceptions: &[Value] = match sentry.get("exception") {
+        Some(Value::Object(m)) => m.get("values").and_then(Value::as_array).map_or(&[], Vec::as_slice),
+        Some(Value::Array(a)) => a,
+        _ => &[],
+    };
+    let fingerprint = match sentry.get("fingerprint").and_then(Value::as_array) {
+        Some(fp) => fp.iter().filter_map(Value::as_str).map(Cow::Borrowed).collect(),
+        None => Vec::new(),
+    };
+    let user = sentry
+        .get("user")
+        .filter(|u| u.is_object())
+        .map(|u| User {
+            id: str_field(u, "id"),
+            email: str_field(u, "email"),
+            username: str_field(u, "username"),
+            ip_address: str_field(u, "ip_address"),
+        })
+        .filter(|u| *u != User::default());
+    let request = sentry.get("request").filter(|r| r.is_object()).map(|r| Request {
+        url: str_field(r, "url"),
+        method: str_field(r, "method"),
+        query_string: match r.get("query_string") {
+            Some(Value::String(q)) => Some(Cow::Borrowed(q.as_str())),
             Some(q @ (Value::Array(_) | Value::Object(_))) => {
-                if let Some(Value::Object(m)) = pairs(Some(q)) {
-                    let qs: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-                    ro.insert("query_string".into(), Value::String(qs.join("&")));
-                }
+                let qs = pairs(Some(q));
+                (!qs.is_empty())
+                    .then(|| Cow::Owned(qs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")))
             }
-            _ => {}
-        }
-        if let Some(h) = pairs(r.get("headers")) {
-            ro.insert("headers".into(), h);
-        }
-        o.insert("request".into(), Value::Object(ro));
-    }
-    if let Some(c) = sentry.get("contexts").filter(|c| c.is_object()) {
-        let mut co = Map::new();
-        for k in ["browser", "os", "runtime"] {
-            if let Some(x) = c.get(k) {
-                let mut xo = Map::new();
-                copy_strs(x, &mut xo, &["name", "version"]);
-                if !xo.is_empty() {
-                    co.insert(k.into(), Value::Object(xo));
-                }
-            }
-        }
-        if let Some(d) = c.get("device") {
-            let mut dobj = Map::new();
-            copy_strs(d, &mut dobj, &["family", "model"]);
-            if !dobj.is_empty() {
-                co.insert("device".into(), Value::Object(dobj));
-            }
-        }
-        if !co.is_empty() {
-            o.insert("contexts".into(), Value::Object(co));
-        }
-    }
-    if let Some(s) = sentry.get("sdk") {
-        let mut so = Map::new();
-        copy_strs(s, &mut so, &["name", "version"]);
-        if !so.is_empty() {
-            o.insert("sdk".into(), Value::Object(so));
-        }
-    }
-    Ok(Value::Object(o))
+            _ => None,
+        },
+        headers: pairs(r.get("headers")),
+    });
+    let contexts = sentry
+        .get("contexts")
+        .filter(|c| c.is_object())
+        .map(|c| Contexts {
+            browser: name_version(c.get("browser")),
+            os: name_version(c.get("os")),
+            runtime: name_version(c.get("runtime")),
+            device: c
+                .get("device")
+                .map(|d| Device { family: str_field(d, "family"), model: str_field(d, "model") })
+                .filter(|d| *d != Device::default()),
+        })
+        .filter(|c| *c != Contexts::default());
+    let sdk = sentry
+        .get("sdk")
+        .map(|s| Sdk { name: str_field(s, "name"), version: str_field(s, "version") })
+        .filter(|s| *s != Sdk::default());
+    Ok(Event {
+        event_id,
+        project: project.map(Cow::Borrowed),
+        timestamp,
+        platform: str_field(sentry, "platform"),
+        level: str_field(sentry, "level"),
+        release: str_field(sentry, "release"),
+        environment: str_field(sentry, "environment"),
+        logger: str_field(sentry, "logger"),
+        server_name: str_field(sentry, "server_name"),
+        message,
+        logentry,
+        exception: exceptions.iter().map(exception).collect::<Result<_, _>>()?,
+        fingerprint,
+        user,
+        tags: pairs(sentry.get("tags")),
+        request,
+        contexts,
+        sdk,
+    })
+}
+
+/// [`map`], as the event's JSON (for tools that print or re-read it).
+///
+/// # Errors
+/// As [`map`].
+pub fn to_event(sentry: &Value, project: Option<&str>) -> Result<Value, SentryError> {
+    let ev = map(sentry, project)?;
+    serde_json::to_value(&ev).map_err(|e| SentryError(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn maps_a_python_sdk_event() {
@@ -227,27 +242,54 @@ mod tests {
             "sdk": {"name": "sentry.python", "version": "2.19.0"},
             "fingerprint": ["{{ default }}", "profile"]
         });
-        let ev = to_event(&sentry, Some("api")).unwrap();
-        assert_eq!(ev["event_id"], "fc6d8c0c43fc46308ea5bc7a3b7d3c64");
-        assert_eq!(ev["exception"][0]["stacktrace"]["frames"][1]["function"], "profile");
-        assert_eq!(ev["exception"][0]["stacktrace"]["frames"][1].get("vars"), None);
-        assert_eq!(ev["user"]["id"], "7");
-        assert_eq!(ev["tags"]["route"], "/profile");
-        assert_eq!(ev["request"]["query_string"], "a=1");
-        assert_eq!(ev["contexts"]["browser"]["name"], "Chrome");
-        let text = ev.to_string();
-        let parsed = crate::parse_event_str(&text).unwrap();
-        crate::validate(&parsed, 1_795_671_540_000).unwrap();
-        assert_eq!(parsed.fingerprint.len(), 2);
+        let ev = map(&sentry, Some("api")).unwrap();
+        assert_eq!(ev.event_id.as_deref(), Some("fc6d8c0c43fc46308ea5bc7a3b7d3c64"));
+        assert_eq!(ev.project.as_deref(), Some("api"));
+        assert_eq!(ev.timestamp, Some(1_795_671_540_250));
+        let frames = &ev.exception[0].stacktrace.as_ref().unwrap().frames;
+        assert_eq!(
+            (frames[1].function.as_deref(), frames[1].lineno, frames[1].in_app),
+            (Some("profile"), Some(42), Some(true))
+        );
+        assert_eq!(ev.exception[0].mechanism.as_ref().unwrap().handled, Some(false));
+        assert_eq!(ev.user.as_ref().unwrap().id.as_deref(), Some("7"));
+        assert_eq!(ev.tags, [("region".into(), "eu".into()), ("route".into(), "/profile".into())]);
+        let req = ev.request.as_ref().unwrap();
+        assert_eq!(req.query_string.as_deref(), Some("a=1"));
+        assert_eq!(req.headers, [("User-Agent".into(), "curl".into())]);
+        let ctx = ev.contexts.as_ref().unwrap();
+        assert_eq!(ctx.browser.as_ref().unwrap().name.as_deref(), Some("Chrome"));
+        assert_eq!(ctx.runtime, None);
+        assert!(matches!(ev.release, Some(Cow::Borrowed("api@1.4.0"))), "strings borrow from the payload");
+        crate::validate(&ev, 1_795_671_540_000).unwrap();
+        assert_eq!(ev.fingerprint.len(), 2);
+        // Serialized, it reads back as the same event, with both parsers.
+        let text = serde_json::to_string(&ev).unwrap();
+        assert_eq!(crate::parse_event_str(&text).unwrap(), ev);
+        assert_eq!(crate::parse_event_slice(&mut text.clone().into_bytes()).unwrap(), ev);
+        let v = to_event(&sentry, Some("api")).unwrap();
+        assert_eq!(v["exception"][0]["stacktrace"]["frames"][1].get("vars"), None);
+        assert_eq!(v["timestamp"], "2026-11-26T05:39:00.250Z");
     }
 
     #[test]
     fn maps_message_events_and_rejects_non_objects() {
-        let ev =
-            to_event(&json!({"message": {"formatted": "disk full"}, "logentry": {"message": "disk %s full"}}), None)
-                .unwrap();
-        assert_eq!(ev["message"], "disk full");
-        assert_eq!(ev["logentry"]["message"], "disk %s full");
-        assert!(to_event(&json!([1]), None).is_err());
+        let payload = json!({"message": {"formatted": "disk full"}, "logentry": {"message": "disk %s full"}});
+        let ev = map(&payload, None).unwrap();
+        assert_eq!(ev.message.as_deref(), Some("disk full"));
+        assert_eq!(ev.logentry.unwrap().message.as_deref(), Some("disk %s full"));
+        assert!(map(&json!([1]), None).is_err());
+    }
+
+    #[test]
+    fn bad_timestamps_and_positions_are_errors() {
+        assert!(map(&json!({"message": "m", "timestamp": "yesterday"}), None).is_err());
+        assert!(map(&json!({"message": "m", "timestamp": 1e300}), None).is_err());
+        let big = json!({"exception": [{"type": "E", "stacktrace": {"frames": [{"lineno": 5_000_000_000u64}]}}]});
+        assert!(map(&big, None).unwrap_err().0.contains("lineno"));
+        // Ignored, as before: a timestamp of another type, non-object parts.
+        let odd = json!({"message": "m", "timestamp": [1], "user": 5, "contexts": {"os": 3}});
+        let ev = map(&odd, None).unwrap();
+        assert_eq!((ev.timestamp, ev.user, ev.contexts), (None, None, None));
     }
 }

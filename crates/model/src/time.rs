@@ -1,10 +1,30 @@
-//! Timestamps: RFC 3339 strings or Unix seconds, as milliseconds since the Unix epoch.
+//! Timestamps: RFC 3339 strings or Unix seconds, as milliseconds since the Unix epoch; and the
+//! one clock every crate reads "now" from.
 
 use serde::de::{self, Deserializer, Visitor};
+use serde::Serializer;
 use std::fmt;
 
 /// Milliseconds since the Unix epoch (UTC).
 pub type Millis = i64;
+
+/// Now, in milliseconds since the Unix epoch (the system clock; 0 when it reads before 1970).
+/// Every "now" of tracefold comes from here: the producer's receive time, tools and tests.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
+}
+
+/// Now, in whole seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+/// The first millisecond [`format_rfc3339`] writes with a four-digit year (0000-01-01).
+pub const RFC3339_MIN: Millis = -62_167_219_200_000;
+/// The last millisecond [`format_rfc3339`] writes with a four-digit year (9999-12-31T23:59:59.999Z).
+pub const RFC3339_MAX: Millis = 253_402_300_799_999;
 
 /// Parses an RFC 3339 / ISO 8601 timestamp (`2026-11-26T05:39:00Z`, `...00.123+02:00`,
 /// or without a zone, read as UTC) into milliseconds since the Unix epoch.
@@ -103,6 +123,37 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Serializes a timestamp so that [`deserialize_opt_millis`] reads back the same milliseconds:
+/// an RFC 3339 string with milliseconds (`2026-11-26T05:39:00.250Z`) for every instant of the
+/// years 0000 to 9999; outside them (where validation uses the receive time anyway) Unix
+/// seconds, an integer when whole, else the fractional seconds that read back as the same
+/// milliseconds (there is one for every timestamp the parsers produce).
+pub(crate) fn serialize_opt_millis<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+    match *ms {
+        None => s.serialize_none(),
+        Some(ms) if (RFC3339_MIN..=RFC3339_MAX).contains(&ms) => s.serialize_str(&format_rfc3339(ms)),
+        Some(ms) if ms % 1000 == 0 => s.serialize_i64(ms / 1000),
+        Some(ms) => s.serialize_f64(secs_reading_back(ms)),
+    }
+}
+
+/// Milliseconds of fractional Unix seconds, as the parsers read them.
+fn millis_of_secs(v: f64) -> Option<Millis> {
+    (v.is_finite() && v.abs() < 1e14).then(|| (v * 1000.0).round() as i64)
+}
+
+/// Seconds that [`millis_of_secs`] reads as `ms`: `ms / 1000` or one of its nearest
+/// neighbours (the seconds a parser read `ms` from are among them), else `ms / 1000`.
+fn secs_reading_back(ms: Millis) -> f64 {
+    let v = ms as f64 / 1000.0;
+    let bits = v.to_bits();
+    (0..=8u64)
+        .flat_map(|d| [bits.wrapping_add(d), bits.wrapping_sub(d)])
+        .map(f64::from_bits)
+        .find(|c| millis_of_secs(*c) == Some(ms))
+        .unwrap_or(v)
+}
+
 /// Deserializes a timestamp given as Unix seconds (integer or float) or an RFC 3339 string.
 pub(crate) fn deserialize_opt_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
     struct V;
@@ -131,11 +182,7 @@ pub(crate) fn deserialize_opt_millis<'de, D: Deserializer<'de>>(d: D) -> Result<
             v.checked_mul(1000).map(Some).ok_or_else(|| E::custom("timestamp out of range"))
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            if v.is_finite() && v.abs() < 1e14 {
-                Ok(Some((v * 1000.0).round() as i64))
-            } else {
-                Err(E::custom("timestamp out of range"))
-            }
+            millis_of_secs(v).map(Some).ok_or_else(|| E::custom("timestamp out of range"))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
             parse_rfc3339(v).map(Some).ok_or_else(|| E::custom(format!("invalid RFC 3339 timestamp {v:?}")))
@@ -173,8 +220,53 @@ mod tests {
 
     #[test]
     fn format_round_trips() {
-        for ms in [0, 1_795_671_540_123, 951_782_400_000, -86_400_000] {
+        for ms in [0, 1_795_671_540_123, 951_782_400_000, -86_400_000, RFC3339_MIN, RFC3339_MAX] {
             assert_eq!(parse_rfc3339(&format_rfc3339(ms)), Some(ms));
         }
+        assert_eq!(format_rfc3339(RFC3339_MIN), "0000-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(RFC3339_MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    /// Every timestamp a parser reads, written and read again, is the same milliseconds.
+    fn round_trip(ms: Millis) -> Option<Millis> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct T {
+            #[serde(serialize_with = "serialize_opt_millis", deserialize_with = "deserialize_opt_millis")]
+            t: Option<Millis>,
+        }
+        let text = serde_json::to_string(&T { t: Some(ms) }).unwrap();
+        serde_json::from_str::<T>(&text).unwrap().t
+    }
+
+    #[test]
+    fn written_timestamps_read_back() {
+        for ms in [0, 1_795_671_540_123, -1, RFC3339_MIN, RFC3339_MAX, RFC3339_MAX + 1000, RFC3339_MIN - 1000] {
+            assert_eq!(round_trip(ms), Some(ms), "{ms}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Fractional seconds far outside the RFC 3339 years, as a client may send them.
+        #[test]
+        fn fractional_seconds_read_back(secs in -9.99e13f64..9.99e13) {
+            let ms = millis_of_secs(secs).unwrap();
+            proptest::prop_assert_eq!(round_trip(ms), Some(ms));
+        }
+
+        #[test]
+        fn whole_seconds_read_back(secs in (i64::MIN / 1000)..=(i64::MAX / 1000)) {
+            proptest::prop_assert_eq!(round_trip(secs * 1000), Some(secs * 1000));
+        }
+
+        #[test]
+        fn rfc3339_years_read_back(ms in RFC3339_MIN..=RFC3339_MAX) {
+            proptest::prop_assert_eq!(round_trip(ms), Some(ms));
+        }
+    }
+
+    #[test]
+    fn the_clock_reads_after_2020() {
+        assert!(now_ms() > 1_577_836_800_000);
+        assert!(now_secs() > 1_577_836_800);
     }
 }

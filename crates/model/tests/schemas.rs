@@ -32,7 +32,7 @@ fn every_example_parses_and_validates() {
 fn event_schema_names_exactly_the_model_fields() {
     let schema = read_json(&schemas_dir().join("event.v1.schema.json"));
     let in_schema: BTreeSet<String> = schema["properties"].as_object().unwrap().keys().cloned().collect();
-    // A fully populated event, serialized by the model, plus timestamp (read, never written).
+    // A fully populated event, serialized by the model.
     let full = std::fs::read_to_string(schemas_dir().join("examples/javascript.json")).unwrap();
     let mut ev = tracefold_model::parse_event_str(&full).unwrap();
     ev.logentry = Some(tracefold_model::event::LogEntry { message: Some("m".into()), formatted: None });
@@ -40,8 +40,7 @@ fn event_schema_names_exactly_the_model_fields() {
     ev.fingerprint = vec!["x".into()];
     ev.logger = Some("l".into());
     let v = serde_json::to_value(&ev).unwrap();
-    let mut in_model: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
-    in_model.insert("timestamp".into());
+    let in_model: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
     assert_eq!(in_schema, in_model);
     let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(required, ["event_id", "project"]);
@@ -253,5 +252,73 @@ fn invalid_aggregates_fail_the_aggregate_schema_where_they_are_wrong() {
         let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.instance_path().to_string()).collect();
         assert!(!errors.is_empty(), "{at} = {value:?} passes the schema");
         assert!(errors.iter().all(|p| p == wrong_at), "{at} = {value:?}: errors at {errors:?}, expected {wrong_at:?}");
+    }
+}
+
+/// A valid event as the model serializes it (the producer publishes Sentry events so) is valid
+/// against the event schema: every example, and events with any text in every field.
+#[test]
+fn serialized_events_are_valid_against_the_event_schema() {
+    let v = validator("event.v1.schema.json");
+    for (name, text) in examples() {
+        let ev = tracefold_model::parse_event_str(&text).unwrap();
+        let doc = serde_json::to_value(&ev).unwrap();
+        assert_eq!(violations(&v, &doc), Vec::<String>::new(), "{name}: {doc}");
+        assert!(doc["timestamp"].is_string(), "{name}: timestamps are written as RFC 3339");
+        // Everything the model reads is written again (tags in their order: not through a map).
+        let text = serde_json::to_string(&ev).unwrap();
+        assert_eq!(tracefold_model::parse_event_str(&text).unwrap(), ev, "{name}");
+    }
+}
+
+mod any_text {
+    use super::*;
+    use proptest::prelude::*;
+    use std::borrow::Cow;
+    use tracefold_model::event::{Event, Exception, Frame, Stacktrace, User};
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{1,40}",
+            "[\u{4e00}-\u{9fff}]{1,20}",
+            "[a-z]{1,5}[\u{0300}-\u{036f}]{1,4}",
+            "[\u{1f600}-\u{1f64f}]{1,10}",
+            "[\u{0590}-\u{05ff}\u{0600}-\u{06ff} ]{1,20}",
+            "[\"\\\\\u{0}-\u{1f}a-z]{1,12}",
+        ]
+    }
+
+    fn owned(s: String) -> Option<Cow<'static, str>> {
+        Some(Cow::Owned(s))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn valid_events_with_any_text_are_valid_against_the_schema(
+            ty in text(), value in text(), function in text(), message in text(), tag in text(),
+            user in text(), ts in 1_700_000_000_000i64..1_800_000_000_000, lineno in any::<u32>(),
+        ) {
+            let ev = Event {
+                event_id: owned("0123456789abcdef0123456789abcdef".into()),
+                project: owned("web".into()),
+                timestamp: Some(ts),
+                message: owned(message),
+                exception: vec![Exception {
+                    ty: owned(ty),
+                    value: owned(value),
+                    stacktrace: Some(Stacktrace { frames: vec![Frame { function: owned(function), lineno: Some(lineno), ..Frame::default() }] }),
+                    ..Exception::default()
+                }],
+                user: Some(User { id: owned(user), ..User::default() }),
+                tags: vec![(Cow::Owned(tag.clone()), Cow::Owned(tag))],
+                ..Event::default()
+            };
+            prop_assert!(tracefold_model::validate(&ev, ts).is_ok());
+            let doc = serde_json::to_value(&ev).unwrap();
+            let v = validator("event.v1.schema.json");
+            prop_assert_eq!(violations(&v, &doc), Vec::<String>::new(), "{}", doc);
+        }
     }
 }

@@ -26,7 +26,7 @@ use crate::auth::{request_key, Projects, Refusal};
 use crate::config::Config;
 use crate::metrics as m;
 use crate::sentry::{
-    decode_body, decode_first_line, envelope_dsn_key, item_label, parse_envelope, to_tracefold, BodyError,
+    decode_body, decode_first_line, envelope_dsn_key, item_label, parse_envelope, read_event, BodyError,
 };
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -42,12 +42,13 @@ use serde::{Serialize, Serializer};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracefold_model::json::repair_surrogates;
-use tracefold_model::reject::Reason;
+use tracefold_model::reject::{Reason, Rejection};
+use tracefold_model::time::now_ms;
 use tracefold_model::validate::is_project_slug;
-use tracefold_model::{parse_event_slice, validate, ParseError};
+use tracefold_model::{parse_event_slice, validate, Event, ParseError};
 use tracing::Instrument as _;
 
 /// Bodies larger than this (decompressed) are parsed on the blocking pool, not on the async
@@ -220,6 +221,21 @@ impl Problem {
     }
 }
 
+impl From<Rejection> for Problem {
+    fn from(r: Rejection) -> Self {
+        Self::new(r.reason, None, r.detail)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
 /// Events refused: nothing of the request is published; 413 when an event is over the size
 /// limit, else 400; every problem listed.
 fn refused(details: Vec<Detail>, total: usize) -> ApiError {
@@ -357,10 +373,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 fn new_event_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
@@ -369,12 +381,9 @@ fn new_event_id() -> String {
 /// it would be published under, or why it would be refused.
 ///
 /// # Errors
-/// The reason, prefixed with the field when one is at fault.
-pub fn check_line(line: &str, project: &str, received_ms: i64) -> Result<String, String> {
-    prepare(line.as_bytes(), project, received_ms, usize::MAX).map(|r| r.id).map_err(|p| match p.field {
-        Some(f) => format!("{f}: {}", p.reason),
-        None => p.reason,
-    })
+/// [`Problem`]: the reason code, the field when one is at fault, and what is wrong.
+pub fn check_line(line: &str, project: &str, received_ms: i64) -> Result<String, Problem> {
+    prepare(line.as_bytes(), project, received_ms, usize::MAX).map(|r| r.id)
 }
 
 /// A validated event ready to publish.
@@ -390,7 +399,9 @@ pub struct Ready {
 /// with lone surrogate escapes replaced by `\ufffd`, and with `event_id` and `project` set.
 /// An event that has both is published as it came (no re-serialization on the hot path);
 /// otherwise it is rebuilt as a JSON value with exactly one of each key (a `null` one is
-/// replaced).
+/// replaced). A JSON value rather than the typed [`Event`]: fields the model does not know
+/// (`extra`, `breadcrumbs`, ...) are the client's and stay in the published event, whose
+/// sample keeps them.
 ///
 /// # Errors
 /// [`Problem`] with the reason: over `max_event` bytes, nested deeper than [`tracefold_model::json::MAX_DEPTH`],
@@ -743,13 +754,41 @@ fn project_id(raw: &str) -> Result<u64, ApiError> {
     })
 }
 
-/// Maps and validates one Sentry event for `slug`.
-fn prepare_sentry(payload: &[u8], slug: &str, max_event: usize, received: i64) -> Result<Ready, Problem> {
+/// Maps one Sentry event payload onto a typed tracefold event for project `slug`
+/// ([`tracefold_model::sentry::map`]), gives it an event id when it has none, validates it and
+/// serializes it once: the bytes to publish. What the grouper reads back is this very event
+/// (serializing and parsing an event gives the same event).
+///
+/// # Errors
+/// [`Problem`] with the reason: over `max_event` bytes (as sent or as published), nested
+/// deeper than [`tracefold_model::json::MAX_DEPTH`], malformed, or invalid (with the field).
+pub fn prepare_sentry(payload: &[u8], slug: &str, received_ms: i64, max_event: usize) -> Result<Ready, Problem> {
     if payload.len() > max_event {
         return Err(Problem::too_large(payload.len(), max_event));
     }
-    let json = to_tracefold(payload, slug).map_err(|r| Problem::new(r.reason, None, r.detail))?;
-    prepare(json.as_bytes(), slug, received, max_event)
+    let sentry = read_event(payload)?;
+    let ev = tracefold_model::sentry::map(&sentry, Some(slug))
+        .map_err(|e| Problem::new(Reason::Malformed, None, e.to_string()))?;
+    publishable(ev, received_ms, max_event)
+}
+
+/// A typed event with its event id (a new one when it has none), validated, serialized.
+fn publishable(mut ev: Event<'_>, received_ms: i64, max_event: usize) -> Result<Ready, Problem> {
+    let id = match ev.event_id.as_deref() {
+        Some(id) => id.to_owned(),
+        None => {
+            let id = new_event_id();
+            ev.event_id = Some(Cow::Owned(id.clone()));
+            id
+        }
+    };
+    validate(&ev, received_ms).map_err(|e| Problem::new(Reason::Invalid, Some(e.field), e.reason))?;
+    // Strings, integers, booleans and finite numbers only: serializing into memory cannot fail.
+    let payload = serde_json::to_vec(&ev).expect("an event serializes to JSON");
+    if payload.len() > max_event {
+        return Err(Problem::too_large(payload.len(), max_event));
+    }
+    Ok(Ready { id, payload })
 }
 
 async fn sentry_store(
@@ -771,7 +810,7 @@ async fn sentry_store(
         let max_event = st.max_event_bytes;
         let big = bytes.len() > BLOCKING_THRESHOLD;
         let ready = off_thread(big, move || {
-            prepare_sentry(&bytes, &project.slug, max_event, now_ms()).map_err(|p| refused(vec![p.at(1)], 1))
+            prepare_sentry(&bytes, &project.slug, now_ms(), max_event).map_err(|p| refused(vec![p.at(1)], 1))
         })
         .await??;
         publish(&st, std::slice::from_ref(&ready)).await?;
@@ -854,7 +893,7 @@ fn envelope_events(st: &AppState, bytes: &[u8], id: u64, key: &str, received: i6
     let mut ready = Vec::with_capacity(events);
     let mut details = Vec::new();
     for (n, item) in envelope.items.iter().enumerate().filter(|(_, i)| i.ty == "event") {
-        match prepare_sentry(item.payload, &project.slug, st.max_event_bytes, received) {
+        match prepare_sentry(item.payload, &project.slug, received, st.max_event_bytes) {
             Ok(r) => ready.push(r),
             Err(p) => details.push(p.at(n + 1)),
         }
@@ -1196,6 +1235,35 @@ mod tests {
             }
         }
 
+        /// A Sentry event with any text is published as the typed event it maps to (with the
+        /// path's project and an event id), and that is what the grouper reads.
+        #[test]
+        fn sentry_events_are_published_as_the_event_they_map_to(
+            msg in text(),
+            ty in text(),
+            tag in text(),
+            function in text(),
+            secs in 1_795_600_000.0f64..1_795_700_000.0,
+            with_id in any::<bool>(),
+        ) {
+            let mut payload = serde_json::json!({
+                "message": msg, "timestamp": secs, "platform": "python", "user": {"id": 5},
+                "exception": {"values": [{"type": ty, "value": "v", "stacktrace": {"frames": [{"function": function, "lineno": 3, "vars": {}}]}}]},
+                "tags": [[tag.clone(), msg.clone()], ["other", tag]],
+                "breadcrumbs": {"values": [{"message": "not modelled"}]},
+            });
+            if with_id {
+                payload["event_id"] = "fc6d8c0c-43fc-4630-8ea5-bc7a3b7d3c64".into();
+            }
+            let r = prepare_sentry(&serde_json::to_vec(&payload).unwrap(), "web", NOW, 1 << 20).unwrap();
+            let mut want = tracefold_model::sentry::map(&payload, Some("web")).unwrap();
+            prop_assert_eq!(want.event_id.is_some(), with_id);
+            let want_id = want.event_id.get_or_insert_with(|| Cow::Owned(r.id.clone())).clone();
+            prop_assert_eq!(r.id.as_str(), &*want_id);
+            let mut buf = r.payload.clone();
+            prop_assert_eq!(parse_event_slice(&mut buf).unwrap(), want);
+        }
+
         /// Arbitrary bytes, and arbitrary text with brackets, never panic.
         #[test]
         fn check_line_is_total(s in "\\PC{0,200}", opens in 0usize..200) {
@@ -1204,7 +1272,8 @@ mod tests {
             let nested = format!("{{\"message\":{}{text}{}}}", "[".repeat(opens), "]".repeat(opens));
             let r = check_line(&nested, "web", NOW);
             if opens >= MAX_DEPTH {
-                prop_assert!(r.unwrap_err().contains("nested deeper"));
+                let e = r.unwrap_err();
+                prop_assert!(e.code == Reason::TooDeep && e.to_string().contains("nested deeper"), "{}", e);
             }
         }
     }

@@ -2,7 +2,8 @@
 
 /// HTTP requests to the ingestion endpoint, by `status` (the HTTP status code).
 pub const REQUESTS_TOTAL: &str = "tracefold_producer_requests_total";
-/// Events, by `outcome` (`accepted`, `invalid`, `failed`).
+/// Events, by `outcome` (`accepted`, `invalid`, `failed`); invalid ones also by `reason` (a
+/// [`tracefold_model::Reason::code`], the same as the `code` of the HTTP error body's detail).
 pub const EVENTS_TOTAL: &str = "tracefold_producer_events_total";
 /// Sentry envelope items, by `type` (bounded: event, transaction, attachment, session, ...,
 /// other) and `outcome` (`accepted`, `skipped`).

@@ -92,12 +92,18 @@ pub fn envelope_dsn_key(header_line: &[u8]) -> Option<String> {
     header.get("dsn").and_then(Value::as_str).and_then(crate::auth::dsn_key)
 }
 
-/// Parses one JSON header line of an envelope: depth checked and lone surrogate escapes
-/// repaired first, on a copy.
-fn parse_header(line: &[u8]) -> Result<Value, String> {
-    let mut buf = line.to_vec();
-    prescan(&mut buf, MAX_DEPTH).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&buf).map_err(|e| e.to_string())
+/// Parses one JSON text of a request (an envelope header line, a Sentry event): depth checked
+/// and lone surrogate escapes repaired first, on a copy, so that a JavaScript string cut inside
+/// an emoji is accepted and nothing recurses deeper than [`MAX_DEPTH`]. `what` names it in
+/// the detail.
+fn parse_json(bytes: &[u8], what: &str) -> Result<Value, Rejection> {
+    let mut buf = bytes.to_vec();
+    prescan(&mut buf, MAX_DEPTH).map_err(|e| Rejection::new(Reason::TooDeep, format!("{what} {e}")))?;
+    serde_json::from_slice(&buf).map_err(|e| Rejection::new(Reason::Malformed, format!("malformed {what} json: {e}")))
+}
+
+fn parse_header(line: &[u8]) -> Result<Value, Rejection> {
+    parse_json(line, "header")
 }
 
 /// One envelope item.
@@ -122,25 +128,31 @@ pub struct Envelope<'a> {
 /// of `length` bytes (or up to the next newline when the header has no length).
 ///
 /// # Errors
-/// What is malformed, with the item's position.
-pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, String> {
+/// [`Rejection`] with what is malformed and the item's position: [`Reason::TooDeep`] for a
+/// header nested deeper than [`MAX_DEPTH`], else [`Reason::Malformed`].
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, Rejection> {
+    let malformed = |detail: String| Rejection::new(Reason::Malformed, detail);
+    let at = |e: Rejection, place: String| Rejection::new(e.reason, format!("{place}: {}", e.detail));
     let (head, mut rest) = split_line(body);
-    let header = parse_header(head).map_err(|e| format!("envelope header: {e}"))?;
+    let header = parse_header(head).map_err(|e| at(e, "envelope header".into()))?;
     if !header.is_object() {
-        return Err("envelope header must be a JSON object".into());
+        return Err(malformed("envelope header must be a JSON object".into()));
     }
     let mut items = Vec::new();
     while !rest.iter().all(u8::is_ascii_whitespace) {
         let n = items.len();
         let (ih, after) = split_line(rest);
-        let ih = parse_header(ih).map_err(|e| format!("item {n} header: {e}"))?;
-        let ty =
-            ih.get("type").and_then(Value::as_str).ok_or_else(|| format!("item {n} header has no type"))?.to_owned();
+        let ih = parse_header(ih).map_err(|e| at(e, format!("item {n} header")))?;
+        let ty = ih
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed(format!("item {n} header has no type")))?
+            .to_owned();
         let (payload, next) = match ih.get("length").and_then(Value::as_u64) {
             Some(len) => {
-                let len = usize::try_from(len).map_err(|_| format!("item {n}: length too large"))?;
+                let len = usize::try_from(len).map_err(|_| malformed(format!("item {n}: length too large")))?;
                 if len > after.len() {
-                    return Err(format!("item {n}: length {len} runs past the end of the envelope"));
+                    return Err(malformed(format!("item {n}: length {len} runs past the end of the envelope")));
                 }
                 let (p, r) = after.split_at(len);
                 (p, r.strip_prefix(b"\n").unwrap_or(r))
@@ -150,7 +162,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, String> {
         items.push(Item { ty, payload });
         rest = next;
         if items.len() > 1000 {
-            return Err("more than 1000 items in one envelope".into());
+            return Err(malformed("more than 1000 items in one envelope".into()));
         }
     }
     Ok(Envelope { header, items })
@@ -183,28 +195,21 @@ pub fn item_label(ty: &str) -> &'static str {
     }
 }
 
-/// Maps one Sentry event payload onto tracefold's event JSON for project `slug`.
-///
-/// The payload is checked for depth and has lone UTF-16 surrogate escapes replaced by U+FFFD
-/// (on a copy) before serde_json reads it, so a JavaScript string cut inside an emoji is
-/// accepted and nothing recurses deeper than [`MAX_DEPTH`].
+/// Reads one Sentry event payload as JSON, for [`tracefold_model::sentry::map`] to turn into
+/// a typed event. The payload is checked for depth and has lone UTF-16 surrogate escapes
+/// replaced by U+FFFD (on a copy) before serde_json reads it.
 ///
 /// # Errors
 /// [`Rejection`] with [`Reason::TooDeep`] when nested deeper than [`MAX_DEPTH`], else
-/// [`Reason::Malformed`] when the payload is not a JSON object.
-pub fn to_tracefold(payload: &[u8], slug: &str) -> Result<String, Rejection> {
-    let mut buf = payload.to_vec();
-    prescan(&mut buf, MAX_DEPTH).map_err(|e| Rejection::new(Reason::TooDeep, format!("sentry event {e}")))?;
-    let v: Value = serde_json::from_slice(&buf)
-        .map_err(|e| Rejection::new(Reason::Malformed, format!("malformed sentry event json: {e}")))?;
-    let ev = tracefold_model::sentry::to_event(&v, Some(slug))
-        .map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))?;
-    Ok(ev.to_string())
+/// [`Reason::Malformed`] when the payload is not JSON.
+pub fn read_event(payload: &[u8]) -> Result<Value, Rejection> {
+    parse_json(payload, "sentry event")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::prepare_sentry;
     use flate2::write::{GzEncoder, ZlibEncoder};
     use flate2::Compression;
     use std::io::Write;
@@ -227,8 +232,14 @@ mod tests {
     #[test]
     fn malformed_envelopes_are_errors() {
         assert!(parse_envelope(b"not json\n").is_err());
-        assert!(parse_envelope(b"{}\n{\"length\":3}\nabc").unwrap_err().contains("no type"));
-        assert!(parse_envelope(b"{}\n{\"type\":\"event\",\"length\":99}\n{}").unwrap_err().contains("past the end"));
+        assert!(parse_envelope(b"{}\n{\"length\":3}\nabc").unwrap_err().detail.contains("no type"));
+        let e = parse_envelope(b"{}\n{\"type\":\"event\",\"length\":99}\n{}").unwrap_err();
+        assert_eq!(e.reason, Reason::Malformed);
+        assert!(e.detail.contains("past the end"), "{e}");
+        let deep = format!("{{}}\n{{\"type\":\"event\",\"x\":{}1{}}}\n{{}}", "[".repeat(64), "]".repeat(64));
+        let e = parse_envelope(deep.as_bytes()).unwrap_err();
+        assert_eq!(e.reason, Reason::TooDeep);
+        assert!(e.detail.starts_with("item 0 header: "), "{e}");
         assert_eq!(parse_envelope(b"{}\n").unwrap().items.len(), 0);
     }
 
@@ -264,7 +275,7 @@ mod tests {
             let _ = decode_body(Some("deflate"), &data, 4096);
             let _ = decode_first_line(Some("gzip"), &data, 4096);
             let _ = envelope_dsn_key(&data);
-            let _ = to_tracefold(&data, "web");
+            let _ = prepare_sentry(&data, "web", NOW, 4096);
             if let Ok(s) = std::str::from_utf8(&data) {
                 let _ = crate::http::check_line(s, "web", 0);
             }
@@ -279,7 +290,7 @@ mod tests {
             e.truncate(cut.min(e.len()));
             if let Ok(env) = parse_envelope(&e) {
                 for item in env.items {
-                    let _ = to_tracefold(item.payload, "web");
+                    let _ = prepare_sentry(item.payload, "web", NOW, 4096);
                 }
             }
         }
@@ -288,17 +299,19 @@ mod tests {
     #[test]
     fn sentry_payloads_with_lone_surrogates_are_repaired() {
         let payload = br#"{"event_id":"fc6d8c0c43fc46308ea5bc7a3b7d3c64","message":"cut \ud83d","exception":{"values":[{"type":"E\udc00","value":"v"}]}}"#;
-        let json = to_tracefold(payload, "web").unwrap();
-        let v: Value = serde_json::from_str(&json).unwrap();
+        let r = prepare_sentry(payload, "web", NOW, 1 << 20).unwrap();
+        let v: Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(v["message"], "cut \u{fffd}");
         assert_eq!(v["exception"][0]["type"], "E\u{fffd}");
         let deep = format!(r#"{{"message":"m","extra":{}1{}}}"#, "[".repeat(64), "]".repeat(64));
-        assert_eq!(to_tracefold(deep.as_bytes(), "web").unwrap_err().reason, Reason::TooDeep);
-        assert_eq!(to_tracefold(b"[1]", "web").unwrap_err().reason, Reason::Malformed);
+        assert_eq!(prepare_sentry(deep.as_bytes(), "web", NOW, 1 << 20).unwrap_err().code, Reason::TooDeep);
+        assert_eq!(prepare_sentry(b"[1]", "web", NOW, 1 << 20).unwrap_err().code, Reason::Malformed);
         // Envelope headers too.
         let env = b"{\"dsn\":\"https://abcdefgh@h/1\",\"sdk\":{\"name\":\"x\\ud83d\"}}\n{\"type\":\"event\",\"length\":2}\n{}\n";
         assert_eq!(parse_envelope(env).unwrap().header["sdk"]["name"], "x\u{fffd}");
     }
+
+    const NOW: i64 = 1_795_671_540_000;
 
     /// Bytes that do not compress (a fixed pseudo-random sequence).
     fn noise(n: usize) -> Vec<u8> {
@@ -348,8 +361,8 @@ mod tests {
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(to_tracefold(deep.as_bytes(), "web").is_err());
+        assert!(read_event(deep.as_bytes()).is_err());
         let deep_obj = format!("{{\"a\":{}1{}}}", "{\"b\":".repeat(50_000), "}".repeat(50_000));
-        assert!(to_tracefold(deep_obj.as_bytes(), "web").is_err());
+        assert_eq!(read_event(deep_obj.as_bytes()).unwrap_err().reason, Reason::TooDeep);
     }
 }
