@@ -70,4 +70,13 @@ mod tests {
             names.contains(&defaults.events) && names.contains(&defaults.aggregates) && names.contains(&defaults.dlq)
         );
     }
+
+    #[test]
+    fn the_dlq_definition_names_every_header_records_carry() {
+        use crate::kafka::dlq_headers::*;
+        let dlq = definitions().into_iter().find(|d| d.role == "dlq").expect("a dlq topic");
+        for h in [ERROR, REASON, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, TRUNCATED] {
+            assert!(dlq.value.contains(h), "schemas/topics.toml's dlq value does not name the header {h}");
+        }
+    }
 }

@@ -479,8 +479,7 @@ pub async fn set_status(client: &Client, database: &str, change: &StatusChange<'
     let now = now(client).await?;
     let client = client.clone().with_database(db);
     // A clock before 1970 counts as 1970: the order within the second is then lost, nothing else.
-    let changed_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let changed_ms = u64::try_from(tracefold_model::time::now_ms()).unwrap_or(0);
     let row = Change {
         project: change.project,
         issue_id: change.issue_id,

@@ -290,7 +290,7 @@ pub async fn retention(ch: &ClickHouseConfig, days: u32, dry_run: bool) -> Resul
         .await
         .map_err(step("list partitions"))?;
     // A clock before 1970 counts as 1970: nothing is old then.
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now_ms = tracefold_model::time::now_ms();
     let cutoff_days = now_ms.div_euclid(86_400_000) - i64::from(days);
     let (y, m, d) = tracefold_model::time::civil_from_days(cutoff_days);
     let (cut_day, cut_month) = (y * 10_000 + m * 100 + d, y * 100 + m);
