@@ -1074,10 +1074,96 @@ fn commit_end(bootstrap: &str, group: &str, topic: &str) -> i64 {
     ends.values().map(|(_, high)| high).sum()
 }
 
-/// A detector killed with SIGKILL and started again in the same consumer group re-reads the
-/// aggregates and re-alerts nothing (known issues from ClickHouse; the spike and threshold it
-/// computes again are on the signals topic already), then signals an issue resolved meanwhile
-/// and seen again once.
+/// `group`'s committed offset on partition 0 of the aggregates topic (-1: none). Only reads.
+fn committed_aggregates(bootstrap: &str, group: &str) -> i64 {
+    let c = kafka_client(bootstrap, group);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(AGGREGATES, 0);
+    match c.committed_offsets(tpl, Duration::from_secs(10)).unwrap().elements()[0].offset() {
+        Offset::Offset(o) => o,
+        _ => -1,
+    }
+}
+
+/// The aggregate records on partition 0 of the aggregates topic, in offset order.
+fn aggregates_on_topic(bootstrap: &str) -> Vec<tracefold_model::AggregateRecord> {
+    let (low, high) = watermarks(bootstrap, AGGREGATES)[&0];
+    let c = kafka_client(bootstrap, "signals-test-aggregates");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(AGGREGATES, 0, Offset::Offset(low)).unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while low + (out.len() as i64) < high {
+        assert!(Instant::now() < deadline, "cannot read the aggregates topic");
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            out.push(serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+/// Where a detector with `lateness_min` 2 and threshold windows of at most 2 minutes commits
+/// once it has read every record of a one-partition aggregates topic: at the first record of
+/// a minute that evaluations to come still need (within 2 + 2 minutes of the latest minute).
+fn expected_detector_commit(bootstrap: &str) -> i64 {
+    let records = aggregates_on_topic(bootstrap);
+    let latest = records.iter().map(|r| r.minute).max().expect("records");
+    let needed_from = latest - 60 * (2 + 2);
+    let (low, _) = watermarks(bootstrap, AGGREGATES)[&0];
+    low + records.iter().position(|r| r.minute >= needed_from).expect("the latest minute is needed") as i64
+}
+
+/// The detector commits its offsets: once the minutes its records touch were evaluated and
+/// its signals acknowledged, its group's commit moves past them (and stops before the records
+/// still needed); a restart in the same group continues from that commit and reads only the
+/// rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detector_commits_past_evaluated_records_and_a_restart_continues_from_the_commit() {
+    let _serial = SERIAL.lock().await;
+    let mut bare = Bare::start("commits").await;
+    write_detector_toml(&bare.env, "tracefold-detector-commits", "", &[]);
+    let first = bare.env.spawn("detector");
+    // Four hours ago: twenty quiet minutes of one issue, then an old minute of another last.
+    let t0 = minute_of(now_secs() - 4 * 3600);
+    let mut events = steady("CommitError", t0, 0..20, 3, 5);
+    events.push(ev("LateError", t0 + 60, 1));
+    bare.publish(&events).await;
+    let end = bare.stored().await;
+    wait_child_consumed(&first, end).await;
+    let want = expected_detector_commit(&bare.bootstrap());
+    assert!(want > 0 && want < end, "some records are evaluated, the latest minutes are not: {want} of {end}");
+    wait_for("the detector committed past the evaluated records", || {
+        match committed_aggregates(&bare.bootstrap(), "tracefold-detector-commits") {
+            c if c == want => Ok(()),
+            c => Err(format!("committed {c}, want {want}")),
+        }
+    })
+    .await;
+    // A later minute closes the rest: the commit reaches the record that holds it.
+    bare.publish(&[ev("CommitError", t0 + 30 * 60, 1)]).await;
+    let end2 = bare.stored().await;
+    wait_child_consumed(&first, end2).await;
+    let want2 = expected_detector_commit(&bare.bootstrap());
+    assert_eq!(want2, end2 - 1, "only the newest record is still needed");
+    wait_for("the commit moved on", || match committed_aggregates(&bare.bootstrap(), "tracefold-detector-commits") {
+        c if c == want2 => Ok(()),
+        c => Err(format!("committed {c}, want {want2}")),
+    })
+    .await;
+    // Stopped gracefully and started again: it reads from the commit, not from the start.
+    assert!(first.term(DEADLINE).success());
+    let second = bare.env.spawn("detector");
+    wait_child_consumed(&second, end2 - want2).await;
+    assert_eq!(child_produced(&second), BTreeMap::new(), "re-alerts nothing");
+    drop(second);
+    bare.stop();
+}
+
+/// A detector killed with SIGKILL and started again in the same consumer group continues from
+/// its commit: it re-reads only the aggregates of minutes still needed and re-alerts nothing
+/// (known issues from ClickHouse; the threshold it computes again is on the signals topic
+/// already), then signals an issue resolved meanwhile and seen again once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detector_killed_with_sigkill_re_alerts_nothing_and_signals_a_later_regression_once() {
     let _serial = SERIAL.lock().await;
@@ -1108,27 +1194,41 @@ async fn a_detector_killed_with_sigkill_re_alerts_nothing_and_signals_a_later_re
         n => Err(n.to_string()),
     })
     .await;
+    // It committed past the records of the minutes it evaluated (minutes 0 to 32), not past
+    // those still needed (33 on: open, or inside a threshold window).
+    let committed = expected_detector_commit(&bare.bootstrap());
+    assert!(committed > 0 && committed < end, "{committed} of {end}");
+    wait_for("the detector committed past the evaluated records", || {
+        match committed_aggregates(&bare.bootstrap(), "tracefold-detector") {
+            c if c == committed => Ok(()),
+            c => Err(format!("committed {c}, want {committed}")),
+        }
+    })
+    .await;
     first.kill9();
 
     // Resolved while no detector runs.
     let expired = issue_of(&signals, "ExpiredError: boom");
     let at = set_status(&bare.db, &expired, "resolved", "").await;
     let second = bare.env.spawn("detector");
-    // Nothing was committed: it re-reads every aggregate (once the dead member's session has
-    // expired and the group gave it the partition).
-    wait_child_consumed(&second, end).await;
+    // It continues from the commit (once the dead member's session has expired and the group
+    // gave it the partition): minutes 33 to 37 again, and what follows them.
+    wait_child_consumed(&second, end - committed).await;
     assert_eq!(child_produced(&second), BTreeMap::new(), "re-alerts nothing");
+    // The threshold of minute 35 is computed again and found on the signals topic; the spike
+    // is not computed again: its baseline (minutes 0 to 32) is neither read again nor in the
+    // history read back from ClickHouse (five hours ago).
     assert_eq!(
         child_deduplicated(&second),
-        BTreeMap::from([("spike", 1), ("threshold", 1)]),
-        "the spike and the threshold computed again were found on the signals topic"
+        BTreeMap::from([("threshold", 1)]),
+        "the threshold computed again was found on the signals topic"
     );
     wait_topic(&bare.bootstrap(), 4).await;
 
     // Seen again, in two minutes: one regression.
     bare.publish(&[ev("ExpiredError", at + 1, 2), ev("ExpiredError", at + 61, 3)]).await;
     let end = bare.stored().await;
-    wait_child_consumed(&second, end).await;
+    wait_child_consumed(&second, end - committed).await;
     assert_eq!(child_produced(&second), BTreeMap::from([("regression", 1)]));
     let on_topic = wait_topic(&bare.bootstrap(), 5).await;
     let regression = on_topic.iter().find(|s| s.kind == Kind::Regression).expect("a regression on the topic");

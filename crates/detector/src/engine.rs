@@ -201,13 +201,28 @@ impl Engine {
         out
     }
 
+    /// The oldest minute (unix seconds) that evaluations still to come need, as of the last
+    /// [`Self::advance`]: a record of an earlier minute, ingested before that advance, has
+    /// caused every signal it will cause (its minute was closed and evaluated, and no window of
+    /// a later minute reaches back to it), so a consumer may commit past it. `None` before the
+    /// first record.
+    pub fn needed_from(&self) -> Option<i64> {
+        let w = self.watermark?;
+        Some(w - 60 * self.cfg.lateness_min - self.keep_secs())
+    }
+
+    /// How far back from the last closed minute the threshold windows reach, seconds.
+    fn keep_secs(&self) -> i64 {
+        60 * i64::from(self.cfg.thresholds.iter().map(|r| r.minutes).max().unwrap_or(1).max(2))
+    }
+
     /// Closes every minute older than the watermark minus the lateness; returns `spike` and
     /// `threshold` signals.
     pub fn advance(&mut self) -> Vec<Signal> {
         let Some(w) = self.watermark else { return Vec::new() };
         let until = w - 60 * self.cfg.lateness_min;
         let cfg = self.cfg.clone();
-        let keep = 60 * i64::from(cfg.thresholds.iter().map(|r| r.minutes).max().unwrap_or(1).max(2));
+        let keep = self.keep_secs();
         let mut out = Vec::new();
         // Issues without history of their own are judged against their project's baseline:
         // the mean baseline of its issues that have one.

@@ -1,6 +1,13 @@
 //! The detector service: its own consumer group on the aggregates topic; signals to the
 //! signals topic (keyed by issue) and to the notification channels.
 //!
+//! It runs on the consumer runtime ([`tracefold_runtime::consumer`]) and commits its offsets:
+//! every 500 ms it closes the minutes that are due, waits for the signals topic to acknowledge
+//! every signal produced, then commits past the records that nothing to come needs (their
+//! minute was evaluated and no threshold window reaches back to it, [`Engine::needed_from`]).
+//! A restart continues from that commit: it reads again only the records of minutes still
+//! open or inside a window; spike baselines come back from ClickHouse.
+//!
 //! Restarts do not re-alert: known issues, resolutions and recent per-minute counts come from
 //! ClickHouse at start-up, and the ids of the signals already on the signals topic (the last
 //! 10,000 per partition) are skipped; signal ids are deterministic. Issue statuses are read
@@ -13,14 +20,14 @@ use crate::metrics::{RECORDS_TOTAL, RESOLVED_ISSUES, SIGNALS_DEDUPLICATED_TOTAL}
 use crate::notify::Notifier;
 use crate::signal::{Kind, Signal};
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use tracefold_model::AggregateRecord;
-use tracefold_runtime::kafka::GroupContext;
+use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 use tracefold_store::detector::StatusRow as Status;
@@ -110,7 +117,7 @@ fn sent_signals(cfg: &Config) -> anyhow::Result<HashSet<String>> {
 /// Runs the detector until `shutdown` fires. Blocking: call it from a dedicated thread.
 ///
 /// # Errors
-/// Kafka or ClickHouse unusable at start-up.
+/// Kafka or ClickHouse unusable at start-up; a fatal consumer error.
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let mut engine = Engine::new(cfg.detector.engine.clone());
@@ -118,21 +125,17 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     rt.block_on(load_state(cfg, &mut engine, &mut applied))
         .context("cannot load the detector's state from ClickHouse")?;
     metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
-    let mut sent = sent_signals(cfg).context("cannot read the signals topic")?;
-    let consumer: BaseConsumer<GroupContext> =
-        tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.detector.group_id)
-            .create_with_context(GroupContext::new(&cfg.detector.group_id))
-            .context("cannot create the detector's consumer")?;
+    let sent = sent_signals(cfg).context("cannot read the signals topic")?;
+    let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.detector.group_id, &cfg.topics.aggregates)?;
     let producer: ThreadedProducer<DefaultProducerContext> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
         .create()
         .context("cannot create the signals producer")?;
     tracefold_runtime::kafka::check_topics(
-        consumer.client(),
+        runtime.consumer().client(),
         &[&cfg.topics.aggregates, &cfg.topics.signals],
         Duration::from_secs(10),
     )?;
-    consumer.subscribe(&[&cfg.topics.aggregates]).context("cannot subscribe")?;
-    let mut notifier = {
+    let notifier = {
         let _guard = rt.enter();
         Notifier::start(cfg.detector.channels.clone(), cfg.detector.retry)
     };
@@ -153,16 +156,147 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
             }
         }
     });
-    health.set_ready(true);
     tracing::info!(group = %cfg.detector.group_id, channels = cfg.detector.channels.len(), "detector started");
-    let mut last_advance = Instant::now();
-    let mut last_commit = Instant::now();
-    // Records consumed since the last advance: counted once their minutes were evaluated.
-    let mut consumed = 0u64;
-    let mut resolutions_changed = false;
-    let mut emit = |signals: Vec<Signal>, notifier: &mut Notifier| {
+    let mut d = Detector {
+        cfg,
+        engine,
+        applied,
+        sent,
+        producer: &producer,
+        notifier,
+        status_rx,
+        last_advance: Instant::now(),
+        consumed: 0,
+        resolutions_changed: false,
+        read: HashMap::new(),
+    };
+    let result = runtime.run(&mut d, shutdown, health);
+    status_task.abort();
+    let _ = producer.flush(Duration::from_secs(10));
+    // Give the channels a moment to deliver what is queued.
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+    result
+}
+
+/// What was read from one aggregates partition and not committed yet.
+#[derive(Debug, Default)]
+struct Read {
+    /// (offset, minute) of the records read since the commit, oldest first; no minute for an
+    /// unreadable record (it causes nothing).
+    held: VecDeque<(i64, Option<i64>)>,
+    /// The offset after the last record read.
+    next: i64,
+    /// The last offset this process committed.
+    committed: Option<i64>,
+}
+
+struct Detector<'a> {
+    cfg: &'a Config,
+    engine: Engine,
+    applied: Applied,
+    /// Ids of the signals produced (by this process or found on the signals topic).
+    sent: HashSet<String>,
+    producer: &'a ThreadedProducer<DefaultProducerContext>,
+    notifier: Notifier,
+    status_rx: std::sync::mpsc::Receiver<Vec<Status>>,
+    last_advance: Instant,
+    /// Records consumed since the last advance: counted once their minutes were evaluated.
+    consumed: u64,
+    resolutions_changed: bool,
+    /// Per assigned partition: what a commit may move past.
+    read: HashMap<i32, Read>,
+}
+
+impl Strategy for Detector<'_> {
+    fn on_assign(&mut self, _: &mut Ctx<'_>, _: &[i32]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn on_revoke(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) {
+        // What was read past the commit is read again by the next owner. The engine keeps
+        // the counts it took from them (it is per process, not per partition).
+        for p in partitions {
+            self.read.remove(p);
+        }
+    }
+
+    fn on_message(&mut self, _: &mut Ctx<'_>, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        self.consumed += 1;
+        let minute = match m.payload().map(serde_json::from_slice::<AggregateRecord>) {
+            Some(Ok(r)) => {
+                let signals = self.engine.ingest(&r);
+                self.resolutions_changed |= signals.iter().any(|s| s.kind == Kind::Regression);
+                self.emit(signals);
+                Some(r.minute)
+            }
+            _ => {
+                tracing::warn!(partition = m.partition(), offset = m.offset(), "unreadable aggregate skipped");
+                None
+            }
+        };
+        let read = self.read.entry(m.partition()).or_default();
+        read.held.push_back((m.offset(), minute));
+        read.next = m.offset() + 1;
+        Ok(())
+    }
+
+    fn on_tick(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<Step> {
+        while let Ok(statuses) = self.status_rx.try_recv() {
+            self.resolutions_changed |= apply_statuses(&mut self.engine, &mut self.applied, statuses);
+        }
+        if self.last_advance.elapsed() >= Duration::from_millis(500) {
+            self.last_advance = Instant::now();
+            self.evaluate(cx, Duration::from_secs(5))?;
+        }
+        Ok(Step::Continue)
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<()> {
+        self.evaluate(cx, Duration::from_secs(10))
+    }
+}
+
+impl Detector<'_> {
+    /// Closes the minutes that are due, produces their signals, waits (up to `ack`) for the
+    /// signals topic to acknowledge every signal, then commits past the records that nothing
+    /// to come needs.
+    fn evaluate(&mut self, cx: &mut Ctx<'_>, ack: Duration) -> anyhow::Result<()> {
+        let signals = self.engine.advance();
+        self.emit(signals);
+        if std::mem::take(&mut self.resolutions_changed) {
+            metrics::gauge!(RESOLVED_ISSUES).set(self.engine.resolved_count() as f64);
+        }
+        // Last: a reader that sees the records counted sees what they caused.
+        metrics::counter!(RECORDS_TOTAL).increment(std::mem::take(&mut self.consumed));
+        if let Err(e) = self.producer.flush(ack) {
+            tracing::warn!(error = %e, "the signals topic did not acknowledge yet; not committing");
+            return Ok(());
+        }
+        let needed_from = self.engine.needed_from();
+        let mut offsets = Vec::new();
+        for (p, read) in &mut self.read {
+            while let Some((_, minute)) = read.held.front() {
+                if minute.is_some_and(|m| needed_from.is_none_or(|n| m >= n)) {
+                    break;
+                }
+                read.held.pop_front();
+            }
+            let at = read.held.front().map_or(read.next, |(o, _)| *o);
+            if read.committed != Some(at) {
+                offsets.push((*p, at));
+                read.committed = Some(at);
+            }
+        }
+        if !offsets.is_empty() {
+            // A failed commit is kept and tried again by the runtime.
+            cx.commit(&offsets)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, signals: Vec<Signal>) {
         for s in signals {
-            if !sent.insert(s.signal_id.clone()) {
+            if !self.sent.insert(s.signal_id.clone()) {
                 metrics::counter!(SIGNALS_DEDUPLICATED_TOTAL, "type" => s.kind.as_str()).increment(1);
                 continue;
             }
@@ -170,59 +304,9 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
             tracing::info!(kind = s.kind.as_str(), project = %s.project, issue = %s.issue_id, count = s.count, "signal");
             let key = format!("{}/{}", s.project, s.issue_id);
             if let Ok(payload) = serde_json::to_vec(&s) {
-                let _ = producer.send(BaseRecord::to(&cfg.topics.signals).key(&key).payload(&payload));
+                let _ = self.producer.send(BaseRecord::to(&self.cfg.topics.signals).key(&key).payload(&payload));
             }
-            notifier.notify(&s);
-        }
-    };
-    while !shutdown.is_triggered() {
-        health.beat();
-        if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
-            match msg {
-                Ok(m) => {
-                    consumed += 1;
-                    match m.payload().map(serde_json::from_slice::<AggregateRecord>) {
-                        Some(Ok(r)) => {
-                            let signals = engine.ingest(&r);
-                            resolutions_changed |= signals.iter().any(|s| s.kind == Kind::Regression);
-                            emit(signals, &mut notifier);
-                        }
-                        _ => {
-                            tracing::warn!(
-                                partition = m.partition(),
-                                offset = m.offset(),
-                                "unreadable aggregate skipped"
-                            );
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "consumer error"),
-            }
-        }
-        let _ = consumer.context().take_events();
-        while let Ok(statuses) = status_rx.try_recv() {
-            resolutions_changed |= apply_statuses(&mut engine, &mut applied, statuses);
-        }
-        if last_advance.elapsed() >= Duration::from_millis(500) {
-            last_advance = Instant::now();
-            emit(engine.advance(), &mut notifier);
-            if std::mem::take(&mut resolutions_changed) {
-                metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
-            }
-            // Last: a reader that sees the records counted sees what they caused.
-            metrics::counter!(RECORDS_TOTAL).increment(std::mem::take(&mut consumed));
-        }
-        if last_commit.elapsed() >= Duration::from_secs(5) {
-            last_commit = Instant::now();
-            let _ = producer.flush(Duration::from_secs(5));
-            let _ = consumer.commit_consumer_state(CommitMode::Async);
+            self.notifier.notify(&s);
         }
     }
-    health.set_ready(false);
-    status_task.abort();
-    let _ = producer.flush(Duration::from_secs(10));
-    // Give the channels a moment to deliver what is queued.
-    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
-    consumer.unsubscribe();
-    Ok(())
 }

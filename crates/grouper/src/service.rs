@@ -17,16 +17,17 @@ use crate::batch::{BatchBuilder, BatchOptions, BatchOutput};
 use crate::config::Config;
 use crate::metrics as m;
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracefold_model::Reason;
-use tracefold_runtime::kafka::{CommitQueue, DlqRecord, GroupContext, RebalanceEvent};
+use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
+use tracefold_runtime::kafka::DlqRecord;
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
@@ -75,13 +76,24 @@ impl ProducerContext for DeliveryCtx {
     }
 }
 
-struct PartState {
+/// Where a partition's current batch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartState {
+    /// No batch: the next message opens one.
+    Idle,
+    /// A new batch `[first, last]`, opened at `started`; cut by count, bytes or age.
+    Open { first: i64, last: i64, started: Instant },
+    /// A range `[committed, last]` recorded as pending by an earlier owner is to be rebuilt;
+    /// nothing of it has been read yet.
+    Pending { last: i64 },
+    /// Rebuilding a pending range: `first` is the first offset read, `last` the range's
+    /// recorded last offset, where the batch is cut whatever comes after.
+    Replaying { first: i64, last: i64 },
+}
+
+struct Part {
     builder: BatchBuilder,
-    first: Option<i64>,
-    last: i64,
-    started: Instant,
-    /// Set while rebuilding a pending batch: its last offset.
-    replay_last: Option<i64>,
+    state: PartState,
 }
 
 /// Runs the grouper until `shutdown` fires (then drains: emits open batches and commits).
@@ -91,202 +103,155 @@ struct PartState {
 /// Infrastructure failures that a restart should handle (Kafka fatal errors, a producer that
 /// could not deliver).
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<GroupContext> =
-        tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.grouper.group_id)
-            .create_with_context(GroupContext::new(&cfg.grouper.group_id))
-            .context("cannot create the grouper's consumer")?;
+    let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.grouper.group_id, &cfg.topics.events)?;
     let producer: ThreadedProducer<DeliveryCtx> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
         .create_with_context(DeliveryCtx::default())
         .context("cannot create the grouper's producer")?;
     tracefold_runtime::kafka::check_topics(
-        consumer.client(),
+        runtime.consumer().client(),
         &[&cfg.topics.events, &cfg.topics.aggregates, &cfg.topics.dlq],
         Duration::from_secs(10),
     )?;
     let epoch = if cfg.grouper.epoch.is_empty() {
-        consumer
+        runtime
+            .consumer()
             .client()
             .fetch_cluster_id(Duration::from_secs(10))
             .context("cannot read the Kafka cluster id (set grouper.epoch)")?
     } else {
         cfg.grouper.epoch.clone()
     };
-    consumer.subscribe(&[&cfg.topics.events]).context("cannot subscribe")?;
-    health.set_ready(true);
-    tracing::info!(topic = %cfg.topics.events, group = %cfg.grouper.group_id, "grouper started");
-
-    let opts = BatchOptions { max_users: cfg.grouper.max_users, grouping: cfg.grouping.clone() };
-    let mut parts: HashMap<i32, PartState> = HashMap::new();
-    let max_age = Duration::from_millis(cfg.grouper.batch_max_age_ms);
-    let mut last_age_check = Instant::now();
     let mut g = Grouper {
-        past: CommitQueue::new(&cfg.topics.events, &cfg.grouper.group_id),
         cfg,
         epoch: &epoch,
-        consumer: &consumer,
         producer: &producer,
-        health,
         max_message: tracefold_runtime::kafka::message_max_bytes(&cfg.kafka),
+        opts: BatchOptions { max_users: cfg.grouper.max_users, grouping: cfg.grouping.clone() },
+        // Crash tests: `TRACEFOLD_FAILPOINTS=grouper.panic_marker=1` makes every event that
+        // contains `tracefold-failpoint-panic` panic inside the per-event fault barrier.
+        panic_marker: tracefold_runtime::failpoint::armed("grouper.panic_marker"),
+        parts: HashMap::new(),
+        max_age: Duration::from_millis(cfg.grouper.batch_max_age_ms),
+        last_age_check: Instant::now(),
     };
-    // Crash tests: `TRACEFOLD_FAILPOINTS=grouper.panic_marker=1` makes every event that
-    // contains `tracefold-failpoint-panic` panic inside the per-event fault barrier.
-    let panic_marker = tracefold_runtime::failpoint::armed("grouper.panic_marker");
-    let new_builder = || {
-        let mut b = BatchBuilder::new(opts.clone());
-        if panic_marker {
-            b.inject_panic_on(b"tracefold-failpoint-panic");
-        }
-        b
-    };
-
-    while !shutdown.is_triggered() {
-        health.beat();
-        let msg = consumer.poll(Duration::from_millis(100));
-        g.handle_rebalances(&mut parts, &new_builder)?;
-        match msg {
-            Some(Ok(msg)) => {
-                let p = msg.partition();
-                let offset = msg.offset();
-                let st = parts.entry(p).or_insert_with(|| PartState {
-                    builder: new_builder(),
-                    first: None,
-                    last: -1,
-                    started: Instant::now(),
-                    replay_last: None,
-                });
-                // A replayed range ends at its recorded last offset, whatever comes after.
-                if let (Some(rl), Some(_)) = (st.replay_last, st.first) {
-                    if offset > rl {
-                        g.emit(&mut parts, &[p])?;
-                    }
-                }
-                let st = parts.get_mut(&p).expect("inserted above");
-                if st.first.is_none() {
-                    st.first = Some(offset);
-                    st.started = Instant::now();
-                }
-                st.last = offset;
-                let ts = msg.timestamp().to_millis().unwrap_or(0);
-                st.builder.add(msg.payload().unwrap_or(&[]), offset, ts);
-                let cut = match st.replay_last {
-                    Some(rl) => offset >= rl,
-                    None => {
-                        st.builder.events() >= cfg.grouper.batch_max_events
-                            || st.builder.bytes() >= cfg.grouper.batch_max_bytes
-                    }
-                };
-                if cut {
-                    g.emit(&mut parts, &[p])?;
-                }
-            }
-            Some(Err(e)) => {
-                if let rdkafka::error::KafkaError::MessageConsumptionFatal(_) = e {
-                    return Err(e).context("fatal consumer error");
-                }
-                tracing::warn!(error = %e, "consumer error");
-            }
-            None => {}
-        }
-        g.past.retry_due(&consumer);
-        if last_age_check.elapsed() >= Duration::from_millis(50) {
-            last_age_check = Instant::now();
-            let open = |st: &PartState| st.first.is_some() && st.replay_last.is_none();
-            if parts.values().any(|st| open(st) && st.started.elapsed() >= max_age) {
-                // Emit every partition that is at least half due with it: one commit, one flush.
-                let due: Vec<i32> = parts
-                    .iter()
-                    .filter(|(_, st)| open(st) && st.started.elapsed() >= max_age / 2)
-                    .map(|(p, _)| *p)
-                    .collect();
-                g.emit(&mut parts, &due)?;
-            }
-        }
-    }
-    health.set_ready(false);
-    tracing::info!("grouper draining");
-    let open: Vec<i32> =
-        parts.iter().filter(|(_, st)| st.first.is_some() && st.replay_last.is_none()).map(|(p, _)| *p).collect();
-    g.emit(&mut parts, &open)?;
-    producer.flush(Duration::from_secs(30)).context("final flush")?;
-    // A "past the batch" commit that failed gets a last try; if it fails again, a restart
-    // rebuilds those batches and the writer recognises them as replays.
-    if !g.past.commit(&consumer) {
-        tracing::warn!("final commit failed; the last batches will be rebuilt and recognised as replays");
-    }
-    consumer.unsubscribe();
+    tracing::info!(topic = %cfg.topics.events, group = %cfg.grouper.group_id, "grouper started");
+    runtime.run(&mut g, shutdown, health)?;
     tracing::info!("grouper stopped");
     Ok(())
 }
 
 struct Grouper<'a> {
-    /// Offsets past emitted batches whose commit has not succeeded yet.
-    past: CommitQueue,
     cfg: &'a Config,
     epoch: &'a str,
-    consumer: &'a BaseConsumer<GroupContext>,
     producer: &'a ThreadedProducer<DeliveryCtx>,
-    health: &'a Health,
     /// The broker's message size limit: larger aggregates go to the DLQ.
     max_message: usize,
+    opts: BatchOptions,
+    panic_marker: bool,
+    parts: HashMap<i32, Part>,
+    max_age: Duration,
+    last_age_check: Instant,
+}
+
+impl Strategy for Grouper<'_> {
+    fn on_assign(&mut self, cx: &mut Ctx<'_>, partitions: &[i32]) -> anyhow::Result<()> {
+        for c in cx.committed(partitions)? {
+            let state = match (decode_pending(&c.metadata), c.offset) {
+                (Some((first, last)), Offset::Offset(o)) if o == first => {
+                    tracing::info!(partition = c.partition, from = ?c.offset, to = last, "rebuilding an unfinished batch");
+                    PartState::Pending { last }
+                }
+                _ => PartState::Idle,
+            };
+            self.parts.insert(c.partition, Part { builder: self.new_builder(), state });
+        }
+        Ok(())
+    }
+
+    fn on_revoke(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) {
+        // Not emitted, not committed: the next owner rebuilds from the commit.
+        for p in partitions {
+            self.parts.remove(p);
+        }
+    }
+
+    fn on_message(&mut self, cx: &mut Ctx<'_>, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let p = msg.partition();
+        let offset = msg.offset();
+        if !self.parts.contains_key(&p) {
+            let builder = self.new_builder();
+            self.parts.insert(p, Part { builder, state: PartState::Idle });
+        }
+        // A replayed range ends at its recorded last offset, whatever comes after.
+        if matches!(self.parts[&p].state, PartState::Replaying { last, .. } if offset > last) {
+            self.emit(cx, &[p])?;
+        }
+        let (max_events, max_bytes) = (self.cfg.grouper.batch_max_events, self.cfg.grouper.batch_max_bytes);
+        let part = self.parts.get_mut(&p).expect("inserted above");
+        part.state = match part.state {
+            PartState::Idle => PartState::Open { first: offset, last: offset, started: Instant::now() },
+            PartState::Open { first, started, .. } => PartState::Open { first, last: offset, started },
+            PartState::Pending { last } => PartState::Replaying { first: offset, last },
+            PartState::Replaying { first, last } => PartState::Replaying { first, last },
+        };
+        let ts = msg.timestamp().to_millis().unwrap_or(0);
+        part.builder.add(msg.payload().unwrap_or(&[]), offset, ts);
+        let cut = match part.state {
+            PartState::Replaying { last, .. } => offset >= last,
+            _ => part.builder.events() >= max_events || part.builder.bytes() >= max_bytes,
+        };
+        if cut {
+            self.emit(cx, &[p])?;
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<Step> {
+        if self.last_age_check.elapsed() >= Duration::from_millis(50) {
+            self.last_age_check = Instant::now();
+            let max_age = self.max_age;
+            let age = |st: &PartState| match st {
+                PartState::Open { started, .. } => Some(started.elapsed()),
+                _ => None,
+            };
+            if self.parts.values().any(|pt| age(&pt.state).is_some_and(|a| a >= max_age)) {
+                // Emit every partition that is at least half due with it: one commit, one flush.
+                let due: Vec<i32> = self
+                    .parts
+                    .iter()
+                    .filter(|(_, pt)| age(&pt.state).is_some_and(|a| a >= max_age / 2))
+                    .map(|(p, _)| *p)
+                    .collect();
+                self.emit(cx, &due)?;
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<()> {
+        let open: Vec<i32> =
+            self.parts.iter().filter(|(_, pt)| matches!(pt.state, PartState::Open { .. })).map(|(p, _)| *p).collect();
+        self.emit(cx, &open)?;
+        self.producer.flush(Duration::from_secs(30)).context("final flush")?;
+        // A "past the batch" commit that failed gets a last try from the runtime; if it fails
+        // again, a restart rebuilds those batches and the writer recognises them as replays.
+        Ok(())
+    }
 }
 
 impl Grouper<'_> {
-    fn handle_rebalances(
-        &mut self,
-        parts: &mut HashMap<i32, PartState>,
-        new_builder: &dyn Fn() -> BatchBuilder,
-    ) -> anyhow::Result<()> {
-        let events = self.consumer.context().take_events();
-        for ev in events {
-            match ev {
-                RebalanceEvent::Revoked(ps) => {
-                    for p in ps {
-                        // Not emitted, not committed: the next owner rebuilds from the commit.
-                        parts.remove(&p);
-                        self.past.forget(&[p]);
-                    }
-                    tracing::info!("partitions revoked");
-                }
-                RebalanceEvent::Assigned(ps) => {
-                    let mut tpl = TopicPartitionList::new();
-                    for p in &ps {
-                        tpl.add_partition(&self.cfg.topics.events, *p);
-                    }
-                    let committed = self
-                        .consumer
-                        .committed_offsets(tpl, Duration::from_secs(10))
-                        .context("cannot read committed offsets")?;
-                    for e in committed.elements() {
-                        let pending = decode_pending(e.metadata());
-                        let replay_last = match (pending, e.offset()) {
-                            (Some((first, last)), Offset::Offset(o)) if o == first => Some(last),
-                            _ => None,
-                        };
-                        if let Some(last) = replay_last {
-                            tracing::info!(partition = e.partition(), from = ?e.offset(), to = last, "rebuilding an unfinished batch");
-                        }
-                        parts.insert(
-                            e.partition(),
-                            PartState {
-                                builder: new_builder(),
-                                first: None,
-                                last: -1,
-                                started: Instant::now(),
-                                replay_last,
-                            },
-                        );
-                    }
-                    tracing::info!(partitions = ?ps, "partitions assigned");
-                }
-            }
+    fn new_builder(&self) -> BatchBuilder {
+        let mut b = BatchBuilder::new(self.opts.clone());
+        if self.panic_marker {
+            b.inject_panic_on(b"tracefold-failpoint-panic");
         }
-        Ok(())
+        b
     }
 
     /// Emits the open batches of `which` partitions: records their ranges (one synchronous
     /// commit), produces all their records and waits for the acknowledgements (one flush), then
     /// commits past them (one synchronous commit, tried again later if it fails).
-    fn emit(&mut self, parts: &mut HashMap<i32, PartState>, which: &[i32]) -> anyhow::Result<()> {
+    fn emit(&mut self, cx: &mut Ctx<'_>, which: &[i32]) -> anyhow::Result<()> {
         struct Done {
             partition: i32,
             first: i64,
@@ -300,47 +265,47 @@ impl Grouper<'_> {
         let topic = &self.cfg.topics.events;
         let mut done: Vec<Done> = Vec::with_capacity(which.len());
         for &partition in which {
-            let Some(st) = parts.get_mut(&partition) else { continue };
-            let Some(first) = st.first else { continue };
-            let last = st.replay_last.unwrap_or(st.last);
-            let events = st.builder.events();
-            let out = st.builder.finish(self.epoch, topic, partition, first, last);
-            done.push(Done { partition, first, last, replay: st.replay_last.is_some(), events, out });
-            st.first = None;
-            st.replay_last = None;
+            let Some(part) = self.parts.get_mut(&partition) else { continue };
+            let (first, last, replay) = match part.state {
+                PartState::Open { first, last, .. } => (first, last, false),
+                PartState::Replaying { first, last } => (first, last, true),
+                PartState::Idle | PartState::Pending { .. } => continue,
+            };
+            let events = part.builder.events();
+            let out = part.builder.finish(self.epoch, topic, partition, first, last);
+            done.push(Done { partition, first, last, replay, events, out });
+            part.state = PartState::Idle;
         }
         if done.is_empty() {
             return Ok(());
         }
-        let mut pending = TopicPartitionList::new();
-        for d in done.iter().filter(|d| !d.replay) {
-            pending.add_partition_offset(topic, d.partition, Offset::Offset(d.first))?;
-            set_metadata(&mut pending, topic, d.partition, &encode_pending(d.first, d.last));
-        }
-        if pending.count() > 0 {
-            if let Err(e) = self.consumer.commit(&pending, CommitMode::Sync) {
+        let pending: Vec<(i32, i64, String)> = done
+            .iter()
+            .filter(|d| !d.replay)
+            .map(|d| (d.partition, d.first, encode_pending(d.first, d.last)))
+            .collect();
+        if !pending.is_empty() {
+            if let Err(e) = cx.commit_ranges(&pending) {
                 // Most likely a partition was revoked: its next owner reads from the last
                 // commit. Rewind, so that these ranges are read again if they are still ours.
-                tracing::warn!(error = %e, "cannot record the batch ranges; rewinding");
+                tracing::warn!(error = %format!("{e:#}"), "cannot record the batch ranges; rewinding");
                 for d in done.iter().filter(|d| !d.replay) {
-                    let _ = self.consumer.seek(topic, d.partition, Offset::Offset(d.first), Duration::from_secs(5));
+                    cx.seek(d.partition, d.first);
                 }
                 done.retain(|d| d.replay);
             } else {
-                // A range commit supersedes a failed "past the batch" commit of its partition.
-                let recorded: Vec<i32> = done.iter().filter(|d| !d.replay).map(|d| d.partition).collect();
-                self.past.forget(&recorded);
+                // The range commit superseded a failed "past the batch" commit of its partition.
                 // Crash tests: die with the ranges recorded and nothing produced yet.
                 tracefold_runtime::failpoint::hit("grouper.after_pending_commit");
             }
         }
-        self.produce(&done.iter().map(|d| (&d.out, d.partition)).collect::<Vec<_>>())?;
+        self.produce(cx, &done.iter().map(|d| (&d.out, d.partition)).collect::<Vec<_>>())?;
         // Crash tests: die after the aggregates are acknowledged, before committing past them.
         tracefold_runtime::failpoint::hit("grouper.after_produce");
-        for d in &done {
-            self.past.set(d.partition, d.last + 1);
-        }
-        self.past.commit(self.consumer);
+        let past: Vec<(i32, i64)> = done.iter().map(|d| (d.partition, d.last + 1)).collect();
+        // A failed commit is kept and tried again by the runtime until it succeeds or a newer
+        // range commit supersedes it.
+        cx.commit(&past)?;
         for d in &done {
             let out = &d.out;
             metrics::counter!(m::EVENTS_TOTAL, "outcome" => "accepted").increment(out.accepted);
@@ -369,7 +334,7 @@ impl Grouper<'_> {
         Ok(())
     }
 
-    fn produce(&self, outs: &[(&BatchOutput, i32)]) -> anyhow::Result<()> {
+    fn produce(&self, cx: &Ctx<'_>, outs: &[(&BatchOutput, i32)]) -> anyhow::Result<()> {
         let failed_before = self.producer.context().failed.load(Ordering::SeqCst);
         self.producer.context().acked.store(0, Ordering::SeqCst);
         let mut payload = Vec::with_capacity(4096);
@@ -379,7 +344,7 @@ impl Grouper<'_> {
         // Wait for every acknowledgement; the producer retries until delivered.
         loop {
             // Waiting for Kafka is not a stall of this loop: restarting would not help.
-            self.health.beat();
+            cx.beat();
             match self.producer.flush(Duration::from_secs(10)) {
                 Ok(()) => break,
                 Err(e) => {
@@ -453,12 +418,6 @@ impl Grouper<'_> {
                 Err((e, _)) => return Err(e).context("cannot enqueue an aggregate"),
             }
         }
-    }
-}
-
-fn set_metadata(tpl: &mut TopicPartitionList, topic: &str, partition: i32, meta: &str) {
-    if let Some(mut e) = tpl.find_partition(topic, partition) {
-        e.set_metadata(meta);
     }
 }
 

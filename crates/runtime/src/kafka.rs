@@ -331,6 +331,36 @@ impl CommitQueue {
         }
     }
 
+    /// Commits `(partition, offset, metadata)` synchronously, now, without keeping it for a
+    /// retry: a record of work about to be done, which the caller undoes when it fails. On
+    /// success it supersedes the wishes of those partitions (an older "past the batch" commit
+    /// that failed must not land after it). An empty metadata string commits none.
+    ///
+    /// # Errors
+    /// The commit failed (after librdkafka's own retries). Not counted in
+    /// [`COMMIT_FAILURES`], which counts the commits that are kept and tried again.
+    pub fn commit_now<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        offsets: &[(i32, i64, String)],
+    ) -> rdkafka::error::KafkaResult<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o, meta) in offsets {
+            let mut e = tpl.add_partition(&self.topic, *p);
+            e.set_offset(rdkafka::Offset::Offset(*o))?;
+            if !meta.is_empty() {
+                e.set_metadata(meta.as_str());
+            }
+        }
+        consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
+        let done: Vec<i32> = offsets.iter().map(|(p, _, _)| *p).collect();
+        self.forget(&done);
+        Ok(())
+    }
+
     /// Tries a failed commit again once its pause is over.
     pub fn retry_due<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         if self.retry_at.is_some_and(|t| std::time::Instant::now() >= t) {

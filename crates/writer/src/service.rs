@@ -12,15 +12,13 @@
 use crate::config::Config;
 use crate::metrics as m;
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::DefaultProducerContext;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::Offset;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Message};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tracefold_model::{AggregateRecord, Reason};
-use tracefold_runtime::kafka::{CommitQueue, DlqRecord, GroupContext, RebalanceEvent};
+use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
+use tracefold_runtime::kafka::DlqRecord;
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 use tracefold_store::aggregates::{admit, load_watermarks, Watermarks};
@@ -37,8 +35,6 @@ struct Pending {
 /// The state of the writer loop.
 struct Writer<'a> {
     cfg: &'a Config,
-    consumer: &'a BaseConsumer<GroupContext>,
-    dlq: &'a ThreadedProducer<DefaultProducerContext>,
     client: tracefold_store::Client,
     rt: tokio::runtime::Runtime,
     /// Watermarks per aggregates partition; absent means "read from ClickHouse first".
@@ -48,11 +44,11 @@ struct Writer<'a> {
     oldest: Option<Instant>,
     /// Next offset to commit per partition, once the pending batch is stored.
     next_offsets: HashMap<i32, i64>,
-    /// Offsets of stored rows whose commit has not succeeded yet.
-    commits: CommitQueue,
     /// The server supports `insert_deduplication_token` (22+): a second guard against a
     /// retried insert whose first try did land.
     dedup_tokens: bool,
+    /// While inserts fail: the delay before the next try (doubles up to `retry_max_ms`).
+    retry_delay: Option<Duration>,
 }
 
 /// Runs the writer until `shutdown` fires, then stores what it holds and commits.
@@ -61,24 +57,17 @@ struct Writer<'a> {
 /// # Errors
 /// Kafka fatal errors; ClickHouse errors are retried, not returned.
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<GroupContext> =
-        tracefold_runtime::kafka::consumer_config(&cfg.kafka, &cfg.writer.group_id)
-            .create_with_context(GroupContext::new(&cfg.writer.group_id))
-            .context("cannot create the writer's consumer")?;
-    let dlq: ThreadedProducer<DefaultProducerContext> =
-        tracefold_runtime::kafka::producer_config(&cfg.kafka, 0).create().context("cannot create the DLQ producer")?;
+    let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.writer.group_id, &cfg.topics.aggregates)?
+        .with_dlq(&cfg.kafka, &cfg.topics.dlq)?;
     tracefold_runtime::kafka::check_topics(
-        consumer.client(),
+        runtime.consumer().client(),
         &[&cfg.topics.aggregates, &cfg.topics.dlq],
         Duration::from_secs(10),
     )?;
-    consumer.subscribe(&[&cfg.topics.aggregates]).context("cannot subscribe")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = tracefold_store::client::database_client(&cfg.clickhouse)?;
     let mut w = Writer {
         cfg,
-        consumer: &consumer,
-        dlq: &dlq,
         client,
         rt,
         watermarks: HashMap::new(),
@@ -86,8 +75,8 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         pending_bytes: 0,
         oldest: None,
         next_offsets: HashMap::new(),
-        commits: CommitQueue::new(&cfg.topics.aggregates, &cfg.writer.group_id),
         dedup_tokens: false,
+        retry_delay: None,
     };
     w.dedup_tokens = match w.rt.block_on(tracefold_store::client::server_version(&w.client)) {
         Ok(v) => tracefold_store::client::major_version(&v) >= 22,
@@ -97,143 +86,100 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
             false
         }
     };
-    health.set_ready(true);
     tracing::info!(topic = %cfg.topics.aggregates, group = %cfg.writer.group_id, "writer started");
-    let max_age = Duration::from_millis(cfg.writer.batch_max_age_ms);
-    while !shutdown.is_triggered() {
-        health.beat();
-        let msg = consumer.poll(Duration::from_millis(100));
-        w.handle_rebalances();
-        match msg {
-            Some(Ok(msg)) => {
-                let (p, o) = (msg.partition(), msg.offset());
-                let payload = msg.payload().unwrap_or(&[]);
-                match serde_json::from_slice::<AggregateRecord>(payload) {
-                    Ok(record) => {
-                        w.pending_bytes += payload.len();
-                        w.pending.push(Pending { record, partition: p, offset: o, bytes: payload.len() });
-                        w.oldest.get_or_insert_with(Instant::now);
-                    }
-                    Err(e) => w.to_dlq(payload, p, o, &format!("malformed aggregate: {e}"))?,
-                }
-                w.next_offsets.insert(p, o + 1);
-            }
-            Some(Err(e)) => {
-                if let rdkafka::error::KafkaError::MessageConsumptionFatal(_) = e {
-                    return Err(e).context("fatal consumer error");
-                }
-                tracing::warn!(error = %e, "consumer error");
-            }
-            None => {}
-        }
-        let full = w.pending.len() >= cfg.writer.batch_max_rows || w.pending_bytes >= cfg.writer.batch_max_bytes;
-        let old = w.oldest.is_some_and(|t| t.elapsed() >= max_age);
-        if full || old || (w.pending.is_empty() && !w.next_offsets.is_empty()) {
-            w.flush_with_retry(shutdown, health)?;
-        }
-        w.commits.retry_due(&consumer);
-    }
-    health.set_ready(false);
-    tracing::info!("writer draining");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (!w.next_offsets.is_empty() || !w.commits.is_empty()) && Instant::now() < deadline {
-        if w.try_flush().is_err() || !w.commits.is_empty() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    let _ = dlq.flush(Duration::from_secs(10));
-    consumer.unsubscribe();
+    runtime.run(&mut w, shutdown, health)?;
     tracing::info!("writer stopped");
     Ok(())
 }
 
-impl Writer<'_> {
-    fn handle_rebalances(&mut self) {
-        let events = self.consumer.context().take_events();
-        for ev in events {
-            match ev {
-                RebalanceEvent::Revoked(ps) => {
-                    // Not stored, not committed: the next owner reads them again.
-                    self.pending.retain(|r| !ps.contains(&r.partition));
-                    self.pending_bytes = self.pending.iter().map(|r| r.bytes).sum();
-                    for p in &ps {
-                        self.watermarks.remove(p);
-                        self.next_offsets.remove(p);
-                    }
-                    self.commits.forget(&ps);
-                    if self.pending.is_empty() {
-                        self.oldest = None;
-                    }
-                    tracing::info!(partitions = ?ps, "partitions revoked");
-                }
-                RebalanceEvent::Assigned(ps) => {
-                    for p in &ps {
-                        self.watermarks.remove(p);
-                    }
-                    tracing::info!(partitions = ?ps, "partitions assigned");
-                }
-            }
-        }
-    }
-
-    fn flush_with_retry(&mut self, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
-        let mut delay = Duration::from_millis(self.cfg.writer.retry_initial_ms);
-        let mut paused = false;
-        loop {
-            match self.try_flush() {
-                Ok(()) => break,
-                Err(e) => {
-                    metrics::counter!(m::INSERTS_TOTAL, "outcome" => "error").increment(1);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, rows = self.pending.len(), "insert failed; pausing and retrying");
-                    health.set_ready(false);
-                    if !paused {
-                        if let Ok(a) = self.consumer.assignment() {
-                            let _ = self.consumer.pause(&a);
-                        }
-                        paused = true;
-                    }
-                    // The outcome is unknown: read the watermarks again before the next try.
-                    self.watermarks.clear();
-                    let until = Instant::now() + delay;
-                    while Instant::now() < until {
-                        // Waiting on ClickHouse with bounded retries is progress of a kind:
-                        // restarting would not help.
-                        health.beat();
-                        // Keep group membership alive; nothing is delivered while paused.
-                        if let Some(Ok(msg)) = self.consumer.poll(Duration::from_millis(100)) {
-                            // A partition assigned during the outage is not paused yet.
-                            let p = msg.partition();
-                            let _ = self.consumer.seek(
-                                msg.topic(),
-                                p,
-                                Offset::Offset(msg.offset()),
-                                Duration::from_secs(1),
-                            );
-                            if let Ok(a) = self.consumer.assignment() {
-                                let _ = self.consumer.pause(&a);
-                            }
-                        }
-                        self.handle_rebalances();
-                        if shutdown.is_triggered() {
-                            return Ok(());
-                        }
-                    }
-                    delay = (delay * 2).min(Duration::from_millis(self.cfg.writer.retry_max_ms));
-                }
-            }
-        }
-        if paused {
-            if let Ok(a) = self.consumer.assignment() {
-                let _ = self.consumer.resume(&a);
-            }
-            health.set_ready(true);
-            tracing::info!("ClickHouse is back; resumed");
+impl Strategy for Writer<'_> {
+    fn on_assign(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) -> anyhow::Result<()> {
+        for p in partitions {
+            self.watermarks.remove(p);
         }
         Ok(())
     }
 
+    fn on_revoke(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) {
+        // Not stored, not committed: the next owner reads them again.
+        self.pending.retain(|r| !partitions.contains(&r.partition));
+        self.pending_bytes = self.pending.iter().map(|r| r.bytes).sum();
+        for p in partitions {
+            self.watermarks.remove(p);
+            self.next_offsets.remove(p);
+        }
+        if self.pending.is_empty() {
+            self.oldest = None;
+        }
+    }
+
+    fn on_message(&mut self, cx: &mut Ctx<'_>, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let (p, o) = (msg.partition(), msg.offset());
+        let payload = msg.payload().unwrap_or(&[]);
+        match serde_json::from_slice::<AggregateRecord>(payload) {
+            Ok(record) => {
+                self.pending_bytes += payload.len();
+                self.pending.push(Pending { record, partition: p, offset: o, bytes: payload.len() });
+                self.oldest.get_or_insert_with(Instant::now);
+            }
+            Err(e) => self.to_dlq(cx, payload, p, o, &format!("malformed aggregate: {e}"))?,
+        }
+        self.next_offsets.insert(p, o + 1);
+        Ok(())
+    }
+
+    fn on_tick(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<Step> {
+        let max_age = Duration::from_millis(self.cfg.writer.batch_max_age_ms);
+        let full = self.pending.len() >= self.cfg.writer.batch_max_rows
+            || self.pending_bytes >= self.cfg.writer.batch_max_bytes;
+        let old = self.oldest.is_some_and(|t| t.elapsed() >= max_age);
+        let retrying = self.retry_delay.is_some();
+        if !(full || old || retrying || (self.pending.is_empty() && !self.next_offsets.is_empty())) {
+            return Ok(Step::Continue);
+        }
+        match self.try_flush(cx) {
+            Ok(()) => {
+                if self.retry_delay.take().is_some() {
+                    tracing::info!("ClickHouse is back; resumed");
+                }
+                Ok(Step::Continue)
+            }
+            Err(e) => {
+                let delay = match self.retry_delay {
+                    None => Duration::from_millis(self.cfg.writer.retry_initial_ms),
+                    Some(d) => (d * 2).min(Duration::from_millis(self.cfg.writer.retry_max_ms)),
+                };
+                self.retry_delay = Some(delay);
+                metrics::counter!(m::INSERTS_TOTAL, "outcome" => "error").increment(1);
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, rows = self.pending.len(), "insert failed; pausing and retrying");
+                // The outcome is unknown: read the watermarks again before the next try.
+                self.watermarks.clear();
+                Ok(Step::Backoff(delay))
+            }
+        }
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Store what is held and commit it; a failed commit is tried again until the deadline.
+        while (!self.next_offsets.is_empty() || cx.commits_pending()) && Instant::now() < deadline {
+            cx.beat();
+            let failed = self.try_flush(cx).is_err();
+            if failed {
+                // The outcome is unknown: read the watermarks again before the next try.
+                self.watermarks.clear();
+            }
+            if failed || cx.commits_pending() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Writer<'_> {
     /// Inserts the pending rows that ClickHouse does not hold yet, then commits.
-    fn try_flush(&mut self) -> anyhow::Result<()> {
+    fn try_flush(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<()> {
         let _span =
             tracing::info_span!("insert", group = %self.cfg.writer.group_id, rows = self.pending.len()).entered();
         let db = self.cfg.clickhouse.database.clone();
@@ -295,16 +241,11 @@ impl Writer<'_> {
         metrics::counter!(m::ROWS_DUPLICATE_TOTAL).increment(duplicates as u64);
         self.watermarks = wms;
         // Malformed aggregates sent to the DLQ are acknowledged before their offsets are
-        // committed: a DLQ record that never arrived must be read again, not skipped.
-        if self.dlq.in_flight_count() > 0 {
-            self.dlq.flush(Duration::from_secs(10)).context("the DLQ did not acknowledge malformed aggregates")?;
-        }
-        for (p, o) in &self.next_offsets {
-            self.commits.set(*p, *o);
-        }
-        // A failed commit is kept and tried again from the poll loop; stored rows that a
-        // restart reads again are recognised by the watermarks.
-        self.commits.commit(self.consumer);
+        // committed (the runtime flushes the DLQ first): a DLQ record that never arrived must be
+        // read again, not skipped. A failed commit is kept and tried again by the runtime;
+        // stored rows that a restart reads again are recognised by the watermarks.
+        let offsets: Vec<(i32, i64)> = self.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        cx.commit(&offsets)?;
         self.pending.clear();
         self.pending_bytes = 0;
         self.oldest = None;
@@ -312,15 +253,10 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn to_dlq(&self, payload: &[u8], p: i32, o: i64, reason: &str) -> anyhow::Result<()> {
+    fn to_dlq(&self, cx: &Ctx<'_>, payload: &[u8], p: i32, o: i64, reason: &str) -> anyhow::Result<()> {
         metrics::counter!(m::MALFORMED_TOTAL).increment(1);
         tracing::warn!(partition = p, offset = o, reason, "malformed aggregate sent to the DLQ");
         let max = tracefold_runtime::kafka::message_max_bytes(&self.cfg.kafka);
-        let rec = DlqRecord::new(payload, &self.cfg.topics.aggregates, p, o, Reason::Malformed, reason, max);
-        self.dlq
-            .send(BaseRecord::to(&self.cfg.topics.dlq).key(&rec.key).payload(rec.payload).headers(rec.headers))
-            .map_err(|(e, _)| e)
-            .context("cannot enqueue a DLQ message")?;
-        Ok(())
+        cx.send_dlq(DlqRecord::new(payload, &self.cfg.topics.aggregates, p, o, Reason::Malformed, reason, max))
     }
 }

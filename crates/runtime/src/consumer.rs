@@ -1,0 +1,683 @@
+//! The consumer runtime: one poll loop for every consumer service (grouper, writer, detector).
+//!
+//! The loop owns what every consumer must get right, once:
+//!
+//! - **Polling** on a dedicated thread (a synchronous [`BaseConsumer`]), with a liveness beat
+//!   ([`Health::beat`]) every round, also while it waits.
+//! - **Assignment and revocation**: the [`GroupContext`] queues rebalance events; after each
+//!   poll the loop hands them to the strategy ([`Strategy::on_assign`],
+//!   [`Strategy::on_revoke`]) and forgets the commits wanted for revoked partitions.
+//! - **Commits** through the [`CommitQueue`]: synchronous, one at a time, a failed one kept
+//!   and tried again from the loop every 500 ms until it succeeds, is superseded, or the
+//!   partition is revoked. Commits with metadata ([`Ctx::commit_ranges`]) serve the grouper's
+//!   replayable batch ranges; [`Ctx::committed`] reads offsets and metadata back on
+//!   assignment.
+//! - **The DLQ**: records sent with [`Ctx::send_dlq`] are acknowledged by the broker before
+//!   any commit the strategy asks for ([`Ctx::commit`]): a DLQ record that never arrived is
+//!   read again from its source, not skipped.
+//! - **Back-off**: a strategy whose sink is down returns [`Step::Backoff`] from
+//!   [`Strategy::on_tick`]; the loop pauses every assigned partition (and those assigned
+//!   meanwhile), reports not-ready, keeps polling so that the group keeps its member (a message
+//!   that slips through is sought back to and not delivered), and ticks again after the delay.
+//!   The first [`Step::Continue`] resumes the partitions.
+//! - **Fatal errors**: a fatal consumer error, or an error returned by the strategy, ends the
+//!   loop with `Err` (the service exits and is restarted).
+//! - **Graceful drain**: when the shutdown signal fires, readiness goes false,
+//!   [`Strategy::on_shutdown`] finishes or abandons its work (and commits what it finished),
+//!   the DLQ is flushed, a failed commit gets a last try, and the consumer leaves the group.
+//!
+//! A service is a [`Strategy`]: what to do with a message, what to do periodically (cut a
+//! batch by age, flush, evaluate), what to keep or drop on a rebalance, how to drain.
+//! The strategy never polls the consumer itself.
+
+use crate::config::KafkaConfig;
+use crate::kafka::{CommitQueue, DlqRecord, GroupContext, RebalanceEvent};
+use crate::telemetry::Health;
+use crate::Shutdown;
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+/// How long one poll waits for a message: also the longest time between two ticks.
+const POLL: Duration = Duration::from_millis(100);
+/// How long the DLQ may take to acknowledge what was sent to it before a commit.
+const DLQ_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a strategy's periodic step asks of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Go on polling (and resume the partitions if they were paused).
+    Continue,
+    /// The sink is unavailable: pause every partition, keep the group membership, and tick
+    /// again after this delay.
+    Backoff(Duration),
+}
+
+/// A partition's committed position, as [`Ctx::committed`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The partition.
+    pub partition: i32,
+    /// The committed offset (`Offset::Invalid` when the group committed none).
+    pub offset: Offset,
+    /// The commit metadata (empty when none).
+    pub metadata: String,
+}
+
+/// A consumer service's logic, driven by [`ConsumerRuntime::run`]. Every method runs on the
+/// loop's thread, between two polls; none may poll the consumer.
+pub trait Strategy {
+    /// `partitions` are now ours; reading starts at their committed offsets.
+    ///
+    /// # Errors
+    /// Ends the loop (a restart handles it).
+    fn on_assign(&mut self, cx: &mut Ctx<'_>, partitions: &[i32]) -> anyhow::Result<()>;
+
+    /// `partitions` are no longer ours: drop their uncommitted work (the next owner reads it
+    /// again from the last commit). Their wanted commits are forgotten after this returns.
+    fn on_revoke(&mut self, cx: &mut Ctx<'_>, partitions: &[i32]);
+
+    /// One message of an assigned, unpaused partition.
+    ///
+    /// # Errors
+    /// Ends the loop. A bad message is not an error: send it to the DLQ ([`Ctx::send_dlq`]).
+    fn on_message(&mut self, cx: &mut Ctx<'_>, msg: &BorrowedMessage<'_>) -> anyhow::Result<()>;
+
+    /// Periodic work, after every poll (at least every 100 ms): cut batches by age, flush,
+    /// evaluate, commit.
+    ///
+    /// # Errors
+    /// Ends the loop.
+    fn on_tick(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<Step>;
+
+    /// Shutdown: finish (or abandon) the work held and commit what was finished.
+    ///
+    /// # Errors
+    /// Returned by [`ConsumerRuntime::run`] (after the consumer left the group).
+    fn on_shutdown(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<()>;
+}
+
+/// What a strategy may do with the consumer: commit, read commits, seek, publish to the DLQ,
+/// and beat while it waits.
+pub struct Ctx<'a> {
+    consumer: &'a BaseConsumer<GroupContext>,
+    commits: &'a mut CommitQueue,
+    dlq: Option<&'a Dlq>,
+    health: &'a Health,
+    topic: &'a str,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("topic", &self.topic).field("commits", &self.commits).finish_non_exhaustive()
+    }
+}
+
+impl Ctx<'_> {
+    /// The consumer (for metadata and seeks; never poll it).
+    pub fn consumer(&self) -> &BaseConsumer<GroupContext> {
+        self.consumer
+    }
+
+    /// The topic this loop consumes.
+    pub fn topic(&self) -> &str {
+        self.topic
+    }
+
+    /// A liveness beat: waiting on Kafka or a sink is progress of a kind.
+    pub fn beat(&self) {
+        self.health.beat();
+    }
+
+    /// Commits `offsets` (partition, next offset to read): first waits for the DLQ to
+    /// acknowledge what was sent to it, then commits synchronously. A failed commit is kept
+    /// and tried again by the loop. Returns whether the commit succeeded now.
+    ///
+    /// # Errors
+    /// The DLQ did not acknowledge: nothing is committed (the caller retries later).
+    pub fn commit(&mut self, offsets: &[(i32, i64)]) -> anyhow::Result<bool> {
+        self.flush_dlq()?;
+        for (p, o) in offsets {
+            self.commits.set(*p, *o);
+        }
+        Ok(self.commits.commit(self.consumer))
+    }
+
+    /// Whether commits wait to be made (a failed one that the loop tries again).
+    pub fn commits_pending(&self) -> bool {
+        !self.commits.is_empty()
+    }
+
+    /// Commits (partition, offset, metadata) synchronously, now, without retries: a record of
+    /// work about to be done (the grouper's pending batch ranges). On success it supersedes
+    /// the wanted commits of those partitions.
+    ///
+    /// # Errors
+    /// The commit failed (most likely a partition was revoked), or the DLQ did not acknowledge.
+    pub fn commit_ranges(&mut self, ranges: &[(i32, i64, String)]) -> anyhow::Result<()> {
+        self.flush_dlq()?;
+        self.commits.commit_now(self.consumer, ranges)?;
+        Ok(())
+    }
+
+    /// The committed offsets and metadata of `partitions`.
+    ///
+    /// # Errors
+    /// The group coordinator did not answer.
+    pub fn committed(&self, partitions: &[i32]) -> anyhow::Result<Vec<Committed>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(self.topic, *p);
+        }
+        let got =
+            self.consumer.committed_offsets(tpl, Duration::from_secs(10)).context("cannot read committed offsets")?;
+        Ok(got
+            .elements()
+            .iter()
+            .map(|e| Committed { partition: e.partition(), offset: e.offset(), metadata: e.metadata().to_owned() })
+            .collect())
+    }
+
+    /// Moves the read position of `partition` to `offset` (logged, not returned, on failure:
+    /// the partition was revoked meanwhile).
+    pub fn seek(&self, partition: i32, offset: i64) {
+        if let Err(e) = self.consumer.seek(self.topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+            tracing::warn!(error = %e, partition, offset, "cannot seek");
+        }
+    }
+
+    /// Sends a record to the DLQ (non-blocking); [`Self::commit`] waits for its
+    /// acknowledgement.
+    ///
+    /// # Errors
+    /// No DLQ was configured, or the record cannot be enqueued.
+    pub fn send_dlq(&self, rec: DlqRecord<'_>) -> anyhow::Result<()> {
+        let dlq = self.dlq.context("this consumer has no DLQ")?;
+        dlq.producer
+            .send(BaseRecord::to(&dlq.topic).key(&rec.key).payload(rec.payload).headers(rec.headers))
+            .map_err(|(e, _)| e)
+            .context("cannot enqueue a DLQ message")
+    }
+
+    fn flush_dlq(&self) -> anyhow::Result<()> {
+        if let Some(dlq) = self.dlq {
+            if dlq.producer.in_flight_count() > 0 {
+                dlq.producer.flush(DLQ_ACK_TIMEOUT).context("the DLQ did not acknowledge its records")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Dlq {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+/// One consumer of one topic in one group, with its commit queue and optional DLQ producer.
+pub struct ConsumerRuntime {
+    consumer: BaseConsumer<GroupContext>,
+    commits: CommitQueue,
+    dlq: Option<Dlq>,
+    topic: String,
+    group: String,
+}
+
+impl std::fmt::Debug for ConsumerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerRuntime")
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerRuntime {
+    /// A consumer of `topic` in group `group` with tracefold's consumer defaults (manual
+    /// commits, no automatic offset store). It subscribes in [`Self::run`].
+    ///
+    /// # Errors
+    /// librdkafka refused the configuration.
+    pub fn new(kafka: &KafkaConfig, group: &str, topic: &str) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer<GroupContext> = crate::kafka::consumer_config(kafka, group)
+            .create_with_context(GroupContext::new(group))
+            .with_context(|| format!("cannot create the consumer of group {group}"))?;
+        Ok(Self {
+            consumer,
+            commits: CommitQueue::new(topic, group),
+            dlq: None,
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+        })
+    }
+
+    /// Adds a DLQ producer (idempotent, retrying until delivered) for `dlq_topic`.
+    ///
+    /// # Errors
+    /// librdkafka refused the configuration.
+    pub fn with_dlq(mut self, kafka: &KafkaConfig, dlq_topic: &str) -> anyhow::Result<Self> {
+        let producer = crate::kafka::producer_config(kafka, 0).create().context("cannot create the DLQ producer")?;
+        self.dlq = Some(Dlq { producer, topic: dlq_topic.to_owned() });
+        Ok(self)
+    }
+
+    /// The consumer, for what a service reads before it runs (cluster id, topic checks).
+    pub fn consumer(&self) -> &BaseConsumer<GroupContext> {
+        &self.consumer
+    }
+
+    /// Subscribes, marks `health` ready, and drives `strategy` until `shutdown` fires; then
+    /// drains (see the module docs). Blocking: call it from a dedicated thread.
+    ///
+    /// # Errors
+    /// A fatal consumer error, or an error of the strategy.
+    pub fn run<S: Strategy>(mut self, strategy: &mut S, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+        self.consumer.subscribe(&[&self.topic]).context("cannot subscribe")?;
+        health.set_ready(true);
+        tracing::info!(topic = %self.topic, group = %self.group, "consumer started");
+        let result = self.poll_loop(strategy, shutdown, health);
+        health.set_ready(false);
+        let drained = match result {
+            Ok(()) => {
+                tracing::info!(group = %self.group, "draining");
+                let mut cx = Ctx {
+                    consumer: &self.consumer,
+                    commits: &mut self.commits,
+                    dlq: self.dlq.as_ref(),
+                    health,
+                    topic: &self.topic,
+                };
+                strategy.on_shutdown(&mut cx)
+            }
+            Err(e) => Err(e),
+        };
+        if let Some(dlq) = &self.dlq {
+            if let Err(e) = dlq.producer.flush(DLQ_ACK_TIMEOUT) {
+                tracing::warn!(error = %e, "the DLQ did not acknowledge every record before the end");
+            }
+        }
+        if drained.is_ok() && !self.commits.is_empty() && !self.commits.commit(&self.consumer) {
+            tracing::warn!(group = %self.group, "final commit failed; a restart reads those messages again");
+        }
+        self.consumer.unsubscribe();
+        tracing::info!(group = %self.group, "consumer stopped");
+        drained
+    }
+
+    fn poll_loop<S: Strategy>(&mut self, strategy: &mut S, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+        let mut paused = false;
+        // While backing off: when to tick again.
+        let mut retry_at: Option<Instant> = None;
+        while !shutdown.is_triggered() {
+            health.beat();
+            let msg = self.consumer.poll(POLL);
+            let mut cx = Ctx {
+                consumer: &self.consumer,
+                commits: &mut self.commits,
+                dlq: self.dlq.as_ref(),
+                health,
+                topic: &self.topic,
+            };
+            for ev in self.consumer.context().take_events() {
+                match ev {
+                    RebalanceEvent::Revoked(ps) => {
+                        strategy.on_revoke(&mut cx, &ps);
+                        cx.commits.forget(&ps);
+                        tracing::info!(partitions = ?ps, "partitions revoked");
+                    }
+                    RebalanceEvent::Assigned(ps) => {
+                        if paused {
+                            pause_all(&self.consumer);
+                        }
+                        strategy.on_assign(&mut cx, &ps)?;
+                        tracing::info!(partitions = ?ps, "partitions assigned");
+                    }
+                }
+            }
+            match msg {
+                Some(Ok(m)) if paused => {
+                    // Assigned during the pause and not paused yet: read it again later.
+                    cx.seek(m.partition(), m.offset());
+                    pause_all(&self.consumer);
+                }
+                Some(Ok(m)) => strategy.on_message(&mut cx, &m)?,
+                Some(Err(e)) => {
+                    if let KafkaError::MessageConsumptionFatal(_) = e {
+                        return Err(e).context("fatal consumer error");
+                    }
+                    tracing::warn!(error = %e, "consumer error");
+                }
+                None => {}
+            }
+            cx.commits.retry_due(&self.consumer);
+            if retry_at.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
+            match strategy.on_tick(&mut cx)? {
+                Step::Continue => {
+                    retry_at = None;
+                    if paused {
+                        if let Ok(a) = self.consumer.assignment() {
+                            let _ = self.consumer.resume(&a);
+                        }
+                        paused = false;
+                        health.set_ready(true);
+                        tracing::info!(group = %self.group, "sink is back; partitions resumed");
+                    }
+                }
+                Step::Backoff(d) => {
+                    if !paused {
+                        pause_all(&self.consumer);
+                        paused = true;
+                        tracing::warn!(group = %self.group, "partitions paused");
+                    }
+                    health.set_ready(false);
+                    retry_at = Some(Instant::now() + d);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pause_all(consumer: &BaseConsumer<GroupContext>) {
+    if let Ok(a) = consumer.assignment() {
+        let _ = consumer.pause(&a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TopicsConfig;
+    use crate::devbroker::DevBroker;
+    use std::sync::{Arc, Mutex};
+
+    /// What a recording strategy saw, in order.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Assign(Vec<i32>),
+        Revoke(Vec<i32>),
+        Message(i32, i64),
+        Backoff,
+        Resumed,
+        Shutdown,
+    }
+
+    /// Records the calls; commits past each message on the next tick; stops the loop once it
+    /// saw `stop_after` messages (when set). With `dlq`, sends every message to the DLQ and
+    /// checks, right after each commit, that the DLQ holds every record sent before it.
+    /// With `backoff_once`, answers the first tick after the first message with a back-off.
+    struct Recorder {
+        calls: Arc<Mutex<Vec<Call>>>,
+        next: BTreeMapOffsets,
+        seen: usize,
+        stop_after: Option<usize>,
+        shutdown: Shutdown,
+        dlq: Option<String>,
+        dlq_sent: i64,
+        backoff_once: bool,
+        backing_off: bool,
+    }
+
+    type BTreeMapOffsets = std::collections::BTreeMap<i32, i64>;
+
+    impl Recorder {
+        fn new(shutdown: &Shutdown, calls: &Arc<Mutex<Vec<Call>>>) -> Self {
+            Self {
+                calls: calls.clone(),
+                next: Default::default(),
+                seen: 0,
+                stop_after: None,
+                shutdown: shutdown.clone(),
+                dlq: None,
+                dlq_sent: 0,
+                backoff_once: false,
+                backing_off: false,
+            }
+        }
+
+        fn push(&self, c: Call) {
+            self.calls.lock().unwrap().push(c);
+        }
+    }
+
+    impl Strategy for Recorder {
+        fn on_assign(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) -> anyhow::Result<()> {
+            self.push(Call::Assign(partitions.to_vec()));
+            Ok(())
+        }
+
+        fn on_revoke(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) {
+            for p in partitions {
+                self.next.remove(p);
+            }
+            self.push(Call::Revoke(partitions.to_vec()));
+        }
+
+        fn on_message(&mut self, cx: &mut Ctx<'_>, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+            self.push(Call::Message(msg.partition(), msg.offset()));
+            self.next.insert(msg.partition(), msg.offset() + 1);
+            if self.dlq.is_some() {
+                let rec = DlqRecord::new(
+                    msg.payload().unwrap_or(&[]),
+                    cx.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    tracefold_model::Reason::Malformed,
+                    "test",
+                    1 << 20,
+                );
+                cx.send_dlq(rec)?;
+                self.dlq_sent += 1;
+            }
+            self.seen += 1;
+            if self.stop_after.is_some_and(|n| self.seen >= n) {
+                self.shutdown.trigger();
+            }
+            Ok(())
+        }
+
+        fn on_tick(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<Step> {
+            if self.backoff_once && self.seen > 0 {
+                self.backoff_once = false;
+                self.backing_off = true;
+                self.push(Call::Backoff);
+                return Ok(Step::Backoff(Duration::from_millis(300)));
+            }
+            if std::mem::take(&mut self.backing_off) {
+                self.push(Call::Resumed);
+            }
+            let offsets: Vec<(i32, i64)> = self.next.iter().map(|(p, o)| (*p, *o)).collect();
+            if !offsets.is_empty() {
+                cx.commit(&offsets)?;
+                if let Some(dlq) = &self.dlq {
+                    let (low, high) = cx.consumer().fetch_watermarks(dlq, 0, Duration::from_secs(10))?;
+                    assert_eq!(high - low, self.dlq_sent, "every DLQ record is acknowledged before the commit");
+                }
+            }
+            Ok(Step::Continue)
+        }
+
+        fn on_shutdown(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<()> {
+            self.push(Call::Shutdown);
+            let offsets: Vec<(i32, i64)> = self.next.iter().map(|(p, o)| (*p, *o)).collect();
+            cx.commit(&offsets)?;
+            Ok(())
+        }
+    }
+
+    fn kafka(bootstrap: &str) -> KafkaConfig {
+        KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..KafkaConfig::default() }
+    }
+
+    /// Publishes `n` messages to each of `partitions` partitions of `topic`.
+    fn publish(bootstrap: &str, topic: &str, partitions: i32, n: usize) {
+        let p: ThreadedProducer<DefaultProducerContext> =
+            crate::kafka::producer_config(&kafka(bootstrap), 0).create().unwrap();
+        for part in 0..partitions {
+            for i in 0..n {
+                let payload = format!("message {i} of partition {part}");
+                p.send(BaseRecord::<(), _>::to(topic).partition(part).payload(&payload)).unwrap();
+            }
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// The group's committed offset of every partition of `topic`.
+    fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Offset> {
+        let c: BaseConsumer = crate::kafka::consumer_config(&kafka(bootstrap), group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        got.elements().iter().map(|e| e.offset()).collect()
+    }
+
+    fn messages(calls: &[Call]) -> Vec<(i32, i64)> {
+        let mut m: Vec<(i32, i64)> =
+            calls.iter().filter_map(|c| if let Call::Message(p, o) = c { Some((*p, *o)) } else { None }).collect();
+        m.sort_unstable();
+        m
+    }
+
+    #[test]
+    fn a_strategy_sees_assign_messages_and_shutdown_in_order_and_its_commits_land() {
+        let topics = TopicsConfig::default();
+        let broker = DevBroker::start(1, &topics, Some(2)).unwrap();
+        let bootstrap = broker.bootstrap_servers();
+        publish(&bootstrap, &topics.events, 2, 5);
+        let (shutdown, health) = (Shutdown::new(), Health::named("test"));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Recorder::new(&shutdown, &calls);
+        s.stop_after = Some(10);
+        let rt = ConsumerRuntime::new(&kafka(&bootstrap), "runtime-order", &topics.events).unwrap();
+        rt.run(&mut s, &shutdown, &health).unwrap();
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.first(), Some(&Call::Assign(vec![0, 1])), "{calls:?}");
+        assert_eq!(calls.last(), Some(&Call::Shutdown), "{calls:?}");
+        let want: Vec<(i32, i64)> = (0..2).flat_map(|p| (0..5).map(move |o| (p, o))).collect();
+        assert_eq!(messages(&calls), want, "each message once");
+        assert_eq!(committed(&bootstrap, "runtime-order", &topics.events, 2), [Offset::Offset(5), Offset::Offset(5)]);
+        assert!(!health.is_ready(), "not ready once stopped");
+    }
+
+    #[test]
+    fn a_member_joining_the_group_revokes_and_a_restart_continues_from_the_commits() {
+        let topics = TopicsConfig::default();
+        let broker = DevBroker::start(1, &topics, Some(2)).unwrap();
+        let bootstrap = broker.bootstrap_servers();
+        publish(&bootstrap, &topics.events, 2, 3);
+        let group = "runtime-rebalance";
+        let calls_a = Arc::new(Mutex::new(Vec::new()));
+        let (shutdown_a, health_a) = (Shutdown::new(), Health::named("a"));
+        let a = {
+            let (calls, shutdown, bootstrap, topic) =
+                (calls_a.clone(), shutdown_a.clone(), bootstrap.clone(), topics.events.clone());
+            std::thread::spawn(move || {
+                let mut s = Recorder::new(&shutdown, &calls);
+                let rt = ConsumerRuntime::new(&kafka(&bootstrap), group, &topic).unwrap();
+                rt.run(&mut s, &shutdown, &health_a).unwrap();
+            })
+        };
+        let wait = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !cond() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        wait("a to read every message", &|| messages(&calls_a.lock().unwrap()).len() == 6);
+        wait("a's commits", &|| {
+            committed(&bootstrap, group, &topics.events, 2) == [Offset::Offset(3), Offset::Offset(3)]
+        });
+        // A second member joins: a's partitions are revoked, then shared out.
+        let calls_b = Arc::new(Mutex::new(Vec::new()));
+        let (shutdown_b, health_b) = (Shutdown::new(), Health::named("b"));
+        let b = {
+            let (calls, shutdown, bootstrap, topic) =
+                (calls_b.clone(), shutdown_b.clone(), bootstrap.clone(), topics.events.clone());
+            std::thread::spawn(move || {
+                let mut s = Recorder::new(&shutdown, &calls);
+                let rt = ConsumerRuntime::new(&kafka(&bootstrap), group, &topic).unwrap();
+                rt.run(&mut s, &shutdown, &health_b).unwrap();
+            })
+        };
+        wait("b's assignment", &|| calls_b.lock().unwrap().iter().any(|c| matches!(c, Call::Assign(_))));
+        wait("a's revocation", &|| calls_a.lock().unwrap().iter().any(|c| matches!(c, Call::Revoke(_))));
+        // New messages go to whoever holds their partition, once.
+        publish(&bootstrap, &topics.events, 2, 2);
+        wait("the new messages", &|| {
+            messages(&calls_a.lock().unwrap()).len() + messages(&calls_b.lock().unwrap()).len() == 10
+        });
+        shutdown_a.trigger();
+        shutdown_b.trigger();
+        a.join().unwrap();
+        b.join().unwrap();
+        let (ca, cb) = (calls_a.lock().unwrap().clone(), calls_b.lock().unwrap().clone());
+        let mut all = messages(&ca);
+        all.extend(messages(&cb));
+        all.sort_unstable();
+        let want: Vec<(i32, i64)> = (0..2).flat_map(|p| (0..5).map(move |o| (p, o))).collect();
+        assert_eq!(all, want, "each message once, none re-read after the revoke: a's commits held");
+        assert_eq!(ca.first(), Some(&Call::Assign(vec![0, 1])), "{ca:?}");
+        let revoke = ca.iter().position(|c| matches!(c, Call::Revoke(_))).unwrap();
+        assert!(ca[..revoke].iter().all(|c| !matches!(c, Call::Revoke(_))));
+        assert_eq!(ca.last(), Some(&Call::Shutdown), "{ca:?}");
+        assert_eq!(cb.last(), Some(&Call::Shutdown), "{cb:?}");
+        assert_eq!(committed(&bootstrap, group, &topics.events, 2), [Offset::Offset(5), Offset::Offset(5)]);
+    }
+
+    #[test]
+    fn dlq_records_are_acknowledged_before_the_commit_past_them() {
+        let topics = TopicsConfig::default();
+        let broker = DevBroker::start(1, &topics, Some(1)).unwrap();
+        let bootstrap = broker.bootstrap_servers();
+        publish(&bootstrap, &topics.aggregates, 1, 20);
+        let (shutdown, health) = (Shutdown::new(), Health::named("test"));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Recorder::new(&shutdown, &calls);
+        s.stop_after = Some(20);
+        s.dlq = Some(topics.dlq.clone());
+        let rt = ConsumerRuntime::new(&kafka(&bootstrap), "runtime-dlq", &topics.aggregates)
+            .unwrap()
+            .with_dlq(&kafka(&bootstrap), &topics.dlq)
+            .unwrap();
+        rt.run(&mut s, &shutdown, &health).unwrap();
+        assert_eq!(s.dlq_sent, 20);
+        assert_eq!(committed(&bootstrap, "runtime-dlq", &topics.aggregates, 1), [Offset::Offset(20)]);
+        let c: BaseConsumer = crate::kafka::consumer_config(&kafka(&bootstrap), "x").create().unwrap();
+        let (low, high) = c.fetch_watermarks(&topics.dlq, 0, Duration::from_secs(10)).unwrap();
+        assert_eq!(high - low, 20);
+    }
+
+    #[test]
+    fn a_back_off_pauses_delivery_until_the_strategy_continues() {
+        let topics = TopicsConfig::default();
+        let broker = DevBroker::start(1, &topics, Some(1)).unwrap();
+        let bootstrap = broker.bootstrap_servers();
+        publish(&bootstrap, &topics.events, 1, 50);
+        let (shutdown, health) = (Shutdown::new(), Health::named("test"));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Recorder::new(&shutdown, &calls);
+        s.stop_after = Some(50);
+        s.backoff_once = true;
+        let rt = ConsumerRuntime::new(&kafka(&bootstrap), "runtime-backoff", &topics.events).unwrap();
+        rt.run(&mut s, &shutdown, &health).unwrap();
+        let calls = calls.lock().unwrap().clone();
+        let from = calls.iter().position(|c| *c == Call::Backoff).expect("backed off");
+        let to = calls.iter().position(|c| *c == Call::Resumed).expect("resumed");
+        assert!(
+            calls[from..to].iter().all(|c| !matches!(c, Call::Message(..))),
+            "nothing delivered while paused: {calls:?}"
+        );
+        let want: Vec<(i32, i64)> = (0..50).map(|o| (0, o)).collect();
+        assert_eq!(messages(&calls), want, "each message once: those refused while paused come again");
+        assert_eq!(committed(&bootstrap, "runtime-backoff", &topics.events, 1), [Offset::Offset(50)]);
+    }
+}
