@@ -34,6 +34,12 @@ const NOUNS: &[&str] = &[
 const VERBS: &[&str] =
     &["load", "save", "render", "validate", "fetch", "apply", "parse", "sync", "resolve", "charge", "notify", "export"];
 
+/// The current time in Unix seconds (0 if the clock is before 1970): the usual reference
+/// time of generated events.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
 /// Generator options.
 #[derive(Debug, Clone)]
 pub struct GenOptions {
