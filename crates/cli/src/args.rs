@@ -2,7 +2,8 @@
 //! derive). The doc comments are the help text. Command bodies are in `crate::cmd`.
 //!
 //! The per-command flag structs are in [`ops`] (pipeline and schema), [`analyst`] (issues,
-//! fingerprints) and [`measure`] (quality and benchmarks).
+//! fingerprints) and [`measure`] (quality and benchmarks). They carry plain `//` comments:
+//! a doc comment on them would become help text (the command's is on its `Cmd` variant).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::time::Duration;
