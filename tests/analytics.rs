@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
 use tracefold_model::{AggregateRecord, BatchRef};
-use tracefold_store::issues::{issue_status, set_status, StatusChange};
+use tracefold_store::issues::{issue_status, resolve_issue, set_status, StatusChange};
 use tracefold_store::rows::AggregateRow;
 use tracefold_store::IssueStatus;
 use tracefold_tests::TestDb;
@@ -239,13 +239,21 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert_eq!(seen, all, "every cookbook query is checked");
 
     // tracefold issue: detail, then status changes with history.
-    let d = tracefold_cli::query::issue_detail(&db.client, dbn, A, None, 24).await.unwrap();
+    // The CLI's `tracefold issue ID [--project P]`: resolve the id, then the detail.
+    let issue_detail = |id: &'static str, project: Option<&'static str>| {
+        let client = db.client.clone();
+        async move {
+            let issue = resolve_issue(&client, dbn, id, project).await?;
+            tracefold_store::issues::issue_detail(&client, dbn, issue, 24).await
+        }
+    };
+    let d = issue_detail(A, None).await.unwrap();
     assert_eq!((d.project.as_str(), d.count, d.users, d.status), ("web", 15, 4, IssueStatus::Resolved));
     assert_eq!(d.hourly.iter().sum::<u64>(), 15);
     assert_eq!(d.by_release, vec![("web@1.1".to_owned(), 10), ("web@1.0".to_owned(), 5)]);
     assert_eq!(d.by_environment, vec![("production".to_owned(), 10), ("staging".to_owned(), 5)]);
     assert_eq!(d.sample.as_deref(), Some("{\"recent\":true}"));
-    let big = tracefold_cli::query::issue_detail(&db.client, dbn, D, Some("big"), 24).await.unwrap();
+    let big = issue_detail(D, Some("big")).await.unwrap();
     assert!((big.users as f64 - 20_000.0).abs() / 20_000.0 < 0.02, "issue detail estimates users too: {}", big.users);
     let change = |status, note| StatusChange { project: "web", issue_id: A, status, actor: "test", release: "", note };
     set_status(&db.client, dbn, &change(IssueStatus::Active, "reopened")).await.unwrap();
@@ -261,7 +269,7 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
         history.iter().map(|v| v["status"].as_str().unwrap()).collect::<Vec<_>>(),
         ["resolved", "active", "ignored"]
     );
-    assert!(tracefold_cli::query::issue_detail(&db.client, dbn, "nosuchissue", None, 24).await.is_err());
+    assert!(issue_detail("nosuchissue", None).await.is_err());
 
     // Retention: the 200-day-old partition goes, everything recent stays.
     let dry = tracefold_store::migrate::retention(&db.cfg, 90, true).await.unwrap();

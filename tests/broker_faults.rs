@@ -104,7 +104,7 @@ struct Load {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<usize>,
     watch: Watch,
-    events: Vec<tracefold_cli::gen::Generated>,
+    events: Vec<tracefold_devtools::gen::Generated>,
 }
 
 impl Load {

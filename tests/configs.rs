@@ -20,7 +20,7 @@ fn service_examples_load_and_equal_the_defaults() {
     let det: tracefold_detector::Config =
         tracefold_runtime::config::load(Some(&config("detector.toml")), Vec::new()).unwrap();
     assert_eq!(det, tracefold_detector::Config::default(), "detector.toml shows the defaults");
-    let d: tracefold_cli::dev::DevConfig =
+    let d: tracefold_devtools::dev::DevConfig =
         tracefold_runtime::config::load(Some(&config("dev.toml")), Vec::new()).unwrap();
     assert_eq!(d.http.listen, "127.0.0.1:8080");
 }

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tracefold_cli::gen::{GenOptions, Generated, Generator};
+use tracefold_devtools::gen::{GenOptions, Generated, Generator};
 use tracefold_runtime::devbroker::DevBroker;
 use tracefold_tests::procs::{
     assert_killed, eventually, serial, stored_rows_and_identities, sum, Env, Observer, PrivateClickHouse, Svc,

@@ -10,7 +10,7 @@ use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tracefold_cli::dev::{DevConfig, Pipeline};
+use tracefold_devtools::dev::{DevConfig, Pipeline};
 use tracefold_tests::{generate, post_ndjson, publish, TestDb};
 
 const HOSTILE: &str = "hostile";

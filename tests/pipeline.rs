@@ -6,7 +6,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tracefold_cli::dev::{DevConfig, Pipeline};
+use tracefold_devtools::dev::{DevConfig, Pipeline};
 use tracefold_tests::{generate, post_ndjson, TestDb};
 
 /// Partitions of the events and aggregates topics in these tests.
@@ -272,7 +272,7 @@ async fn malformed_aggregate_records_go_to_the_dlq_and_the_writer_carries_on() {
     let topics = pipeline.cfg.topics.clone();
     let (events, truth) = generate(600, 9, 11);
     let (first, second) = events.split_at(300);
-    let as_payloads = |es: &[tracefold_cli::gen::Generated]| -> Vec<(Option<i32>, Vec<u8>)> {
+    let as_payloads = |es: &[tracefold_devtools::gen::Generated]| -> Vec<(Option<i32>, Vec<u8>)> {
         es.iter().map(|e| (None, e.json.clone().into_bytes())).collect()
     };
     // Valid aggregates first, so that bad records sit between valid ones.

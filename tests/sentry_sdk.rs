@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tracefold_cli::dev::{DevConfig, Pipeline};
+use tracefold_devtools::dev::{DevConfig, Pipeline};
 use tracefold_producer::config::ProjectConfig;
 use tracefold_tests::TestDb;
 

@@ -11,7 +11,7 @@
 //! signals for them has been signalled; a receiver holds what it should, or a notification
 //! outcome was counted (`tracefold_detector_notifications_total`).
 //!
-//! Most tests run the dev pipeline (`tracefold_cli::dev::Pipeline`, the detector on a thread of
+//! Most tests run the dev pipeline (`tracefold_devtools::dev::Pipeline`, the detector on a thread of
 //! this process: its metrics are this process's, compared with their values when the test
 //! started). The restart tests run the real detector binary as a child process with the grouper
 //! and writer on threads. Every test takes [`SERIAL`] first: they run one at a time.
@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracefold_cli::dev::{DevConfig, Pipeline};
 use tracefold_detector::config::DetectorSection;
 use tracefold_detector::engine::{EngineConfig, ThresholdRule};
 use tracefold_detector::metrics::{
@@ -33,6 +32,7 @@ use tracefold_detector::metrics::{
 };
 use tracefold_detector::notify::{request, sign, Channel, Retry, Target};
 use tracefold_detector::signal::{Kind, Signal};
+use tracefold_devtools::dev::{DevConfig, Pipeline};
 use tracefold_runtime::devbroker::DevBroker;
 use tracefold_tests::procs::{Env, Svc};
 use tracefold_tests::{ServiceThread, TestDb};

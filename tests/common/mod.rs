@@ -7,7 +7,7 @@ pub mod procs;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tracefold_cli::gen::{GenOptions, Generator};
+use tracefold_devtools::gen::{GenOptions, Generated, Generator};
 use tracefold_runtime::config::{ClickHouseConfig, KafkaConfig, TopicsConfig};
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
@@ -167,7 +167,7 @@ impl Truth {
 }
 
 /// `n` generated events of `issues` issues, timestamps within the last hour.
-pub fn generate(n: usize, issues: usize, seed: u64) -> (Vec<tracefold_cli::gen::Generated>, Truth) {
+pub fn generate(n: usize, issues: usize, seed: u64) -> (Vec<Generated>, Truth) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let mut g =
         Generator::new(GenOptions { issues, seed, now_secs: now, users: 300, zipf_s: 0.8, ..GenOptions::default() });
@@ -264,7 +264,7 @@ pub async fn publish(bootstrap: &str, topic: &str, payloads: &[Vec<u8>]) {
 /// Posts generated events to the producer at `addr` as NDJSON, per project in requests of
 /// `chunk` events (as SDK relays send them), asserting each request's `200`; returns how many
 /// ids the producer answered with.
-pub async fn post_ndjson(addr: std::net::SocketAddr, events: &[tracefold_cli::gen::Generated], chunk: usize) -> usize {
+pub async fn post_ndjson(addr: std::net::SocketAddr, events: &[Generated], chunk: usize) -> usize {
     let client = reqwest::Client::new();
     let mut by_project: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for e in events {

@@ -1,10 +1,8 @@
-//! The `tracefold` command line as a library: the dev pipeline, the load generator, the
-//! analyst queries and terminal rendering (tests and benchmarks drive these directly).
+//! The `tracefold` command line as a library: the analyst queries and their terminal
+//! rendering (tests drive these directly). The generators, the dev pipeline and the
+//! harnesses are in `tracefold_devtools`; so are the table helpers, re-exported here as
+//! [`render`] because the queries draw tables too.
 #![warn(missing_docs)]
 
-pub mod dev;
-pub mod gen;
-pub mod loadgen;
-pub mod quality;
 pub mod query;
-pub mod render;
+pub use tracefold_devtools::render;

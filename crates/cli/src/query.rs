@@ -1,7 +1,6 @@
 //! The analyst views of the command line (`tracefold top`, `tracefold issue`): choosing the
 //! issue an id names, and rendering for the terminal. The queries are `tracefold-store`'s.
 
-use tracefold_store::issues::{find_issue, IssueSummary};
 pub use tracefold_store::issues::{IssueDetail, TopIssue};
 use tracefold_store::Client;
 
@@ -53,16 +52,7 @@ pub async fn issue_detail(
     project: Option<&str>,
     window_hours: u32,
 ) -> anyhow::Result<IssueDetail> {
-    let rows = find_issue(client, db, issue_id).await?;
-    let rows: Vec<IssueSummary> = rows.into_iter().filter(|r| project.is_none_or(|p| p == r.project)).collect();
-    let issue = match rows.len() {
-        0 => anyhow::bail!("no issue {issue_id}{}", project.map(|p| format!(" in project {p}")).unwrap_or_default()),
-        1 => rows.into_iter().next().expect("one"),
-        _ => anyhow::bail!(
-            "issue {issue_id} exists in projects {}; name one with --project",
-            rows.iter().map(|r| crate::render::printable(&r.project)).collect::<Vec<_>>().join(", ")
-        ),
-    };
+    let issue = tracefold_store::issues::resolve_issue(client, db, issue_id, project).await?;
     Ok(tracefold_store::issues::issue_detail(client, db, issue, window_hours).await?)
 }
 

@@ -23,6 +23,28 @@ pub enum Error {
     /// An issue status that is not `active`, `resolved` or `ignored`.
     #[error("status must be resolved, ignored or active, got {0:?}")]
     UnknownStatus(String),
+    /// No issue has this id (in the project given, if one was).
+    #[error("no issue {}{}", inert(issue_id), project.as_deref().map(|p| format!(" in project {}", inert(p))).unwrap_or_default())]
+    UnknownIssue {
+        /// The id asked for.
+        issue_id: String,
+        /// The project asked for.
+        project: Option<String>,
+    },
+    /// The id names issues in several projects and no project was given.
+    #[error("issue {} exists in projects {}; name one with --project", inert(issue_id), projects.iter().map(|p| inert(p)).collect::<Vec<_>>().join(", "))]
+    AmbiguousIssue {
+        /// The id asked for.
+        issue_id: String,
+        /// The projects that have it.
+        projects: Vec<String>,
+    },
+}
+
+/// `s` with control characters escaped, so that a name from event data printed in a message
+/// cannot move a terminal's cursor or change its colours.
+fn inert(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// The store's result.

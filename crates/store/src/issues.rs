@@ -231,6 +231,31 @@ pub struct IssueSummary {
     pub count: u64,
 }
 
+/// The issue `issue_id` names: `project` chooses among projects that share the id.
+///
+/// # Errors
+/// [`Error::UnknownIssue`], [`Error::AmbiguousIssue`], or when ClickHouse does not answer.
+pub async fn resolve_issue(
+    client: &Client,
+    database: &str,
+    issue_id: &str,
+    project: Option<&str>,
+) -> Result<IssueSummary> {
+    let mut rows: Vec<IssueSummary> = find_issue(client, database, issue_id)
+        .await?
+        .into_iter()
+        .filter(|r| project.is_none_or(|p| p == r.project))
+        .collect();
+    match rows.len() {
+        0 => Err(Error::UnknownIssue { issue_id: issue_id.to_owned(), project: project.map(str::to_owned) }),
+        1 => Ok(rows.remove(0)),
+        _ => Err(Error::AmbiguousIssue {
+            issue_id: issue_id.to_owned(),
+            projects: rows.into_iter().map(|r| r.project).collect(),
+        }),
+    }
+}
+
 /// Every project's issue `issue_id` (the same id can exist in several projects).
 ///
 /// # Errors

@@ -1,11 +1,10 @@
-//! `tracefold dev`: the whole pipeline in one process on an embedded Kafka (librdkafka's mock
-//! cluster) against a ClickHouse server.
+//! The whole pipeline in one process on an embedded Kafka (librdkafka's mock cluster) against
+//! a ClickHouse server: what `tracefold dev`, the end-to-end tests and `tracefold
+//! bench-pipeline` run.
 
-use crate::loadgen::{LoadOptions, LoadSummary, Target};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracefold_runtime::config::{ClickHouseConfig, KafkaConfig, TelemetryConfig, TopicsConfig};
 use tracefold_runtime::devbroker::{DevBroker, DevBrokerOptions};
@@ -34,33 +33,6 @@ pub struct DevConfig {
     pub detector: tracefold_detector::config::DetectorSection,
     /// Logs.
     pub telemetry: TelemetryConfig,
-}
-
-/// Options of `tracefold dev`.
-#[derive(Debug, Clone)]
-pub struct DevOptions {
-    /// Combined config file.
-    pub config: Option<PathBuf>,
-    /// ClickHouse URL (overrides the config).
-    pub clickhouse_url: Option<String>,
-    /// ClickHouse database (overrides the config).
-    pub database: Option<String>,
-    /// HTTP listen address.
-    pub listen: String,
-    /// Only run the embedded Kafka.
-    pub broker_only: bool,
-    /// Brokers of the embedded Kafka (topics replicated `min(3, brokers)` times).
-    pub brokers: i32,
-    /// Partitions of the events and aggregates topics.
-    pub partitions: Option<i32>,
-    /// Send this many sample events once started, then show the top issues.
-    pub sample_events: u64,
-    /// Issues in the sample load.
-    pub sample_issues: usize,
-    /// Stop after the sample load is stored and shown.
-    pub exit_after_sample: bool,
-    /// A generic webhook that gets every signal.
-    pub webhook: Option<String>,
 }
 
 /// A running pipeline: broker, grouper, writer and producer.
@@ -156,21 +128,26 @@ impl Pipeline {
             telemetry: cfg.telemetry.clone(),
         };
         let mut threads = Vec::new();
-        for (name, run) in [
+        type Service = Box<dyn FnOnce(Shutdown, Health) -> anyhow::Result<()> + Send>;
+        let services: [(&'static str, Health, Service); 3] = [
             (
                 "grouper",
-                Box::new(move |s: Shutdown, h: Health| tracefold_grouper::service::run(&gcfg, &s, &h))
-                    as Box<dyn FnOnce(Shutdown, Health) -> anyhow::Result<()> + Send>,
+                gh.clone(),
+                Box::new(move |s: Shutdown, h: Health| tracefold_grouper::service::run(&gcfg, &s, &h)),
             ),
-            ("writer", Box::new(move |s: Shutdown, h: Health| tracefold_writer::service::run(&wcfg, &s, &h))),
-            ("detector", Box::new(move |s: Shutdown, h: Health| tracefold_detector::service::run(&dcfg, &s, &h))),
-        ] {
+            (
+                "writer",
+                wh.clone(),
+                Box::new(move |s: Shutdown, h: Health| tracefold_writer::service::run(&wcfg, &s, &h)),
+            ),
+            (
+                "detector",
+                dh.clone(),
+                Box::new(move |s: Shutdown, h: Health| tracefold_detector::service::run(&dcfg, &s, &h)),
+            ),
+        ];
+        for (name, h, run) in services {
             let s = shutdown.clone();
-            let h = match name {
-                "grouper" => gh.clone(),
-                "writer" => wh.clone(),
-                _ => dh.clone(),
-            };
             threads.push(std::thread::Builder::new().name(name.into()).spawn(move || {
                 // A panic or an error marks the loop dead (`/healthz` fails) and stops the rest.
                 let r = tracefold_runtime::telemetry::run_guarded(&h.clone(), || run(s.clone(), h));
@@ -237,12 +214,13 @@ pub async fn wait_for_events(
 ) -> anyhow::Result<u64> {
     let client = tracefold_store::client::client(ch);
     let deadline = Instant::now() + timeout;
-    let mut last = u64::MAX;
+    // The count last printed; `None` until the first report.
+    let mut shown: Option<u64> = None;
     loop {
         let n = tracefold_store::aggregates::total_events(&client, &ch.database).await?;
-        if progress && n != last {
+        if progress && shown != Some(n) {
             eprintln!("  {n} of {expected} events stored in ClickHouse");
-            last = n;
+            shown = Some(n);
         }
         if n >= expected || Instant::now() >= deadline {
             return Ok(n);
@@ -251,100 +229,10 @@ pub async fn wait_for_events(
     }
 }
 
-/// Runs `tracefold dev`.
-///
-/// # Errors
-/// When the pipeline cannot start, or a service fails.
-pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
-    let mut cfg: DevConfig = tracefold_runtime::config::load(opts.config.as_deref(), std::env::vars())?;
-    if let Some(u) = &opts.clickhouse_url {
-        cfg.clickhouse.url.clone_from(u);
-    }
-    if let Some(d) = &opts.database {
-        cfg.clickhouse.database.clone_from(d);
-    }
-    if let Some(url) = &opts.webhook {
-        cfg.detector.channels.push(tracefold_detector::notify::Channel {
-            name: "dev-webhook".into(),
-            target: tracefold_detector::notify::Target::Webhook { url: url.clone(), secret: String::new() },
-            types: Vec::new(),
-            projects: Vec::new(),
-            rules: Vec::new(),
-            cooldown_min: 30,
-        });
-    }
-    tracefold_runtime::telemetry::init_logging(&cfg.telemetry);
-    let broker_opts = DevBrokerOptions { brokers: opts.brokers, partitions: opts.partitions, track_requests: false };
-    if opts.broker_only {
-        let broker = DevBroker::start_with(&cfg.topics, &broker_opts)?;
-        println!("{}", broker.bootstrap_servers());
-        eprintln!(
-            "embedded Kafka running: {} (topics {}, {}, {}); Ctrl-C stops it",
-            describe_broker(&broker),
-            cfg.topics.events,
-            cfg.topics.aggregates,
-            cfg.topics.dlq
-        );
-        let s = Shutdown::new();
-        s.trigger_on_signals();
-        s.wait().await;
-        return Ok(());
-    }
-    let pipeline = Pipeline::start_with(cfg.clone(), &opts.listen, &broker_opts, false).await?;
-    pipeline.shutdown.trigger_on_signals();
-    // A stalled loop ends the process (non-zero) instead of answering `ok` with a dead worker.
-    tracefold_runtime::telemetry::spawn_watchdog(pipeline.healths());
-    let url = format!("http://{}", pipeline.http_addr);
-    eprintln!("\ntracefold dev is running");
-    eprintln!("  ingest:    POST {url}/api/v1/projects/{{project}}/events   (one JSON event or NDJSON)");
-    eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
-    eprintln!("  kafka:     {}  ({})", pipeline.bootstrap_servers(), describe_broker(&pipeline.broker));
-    eprintln!("  try:       tracefold loadgen --http {url} --events 10000");
-    eprintln!("             tracefold top --since 1h --clickhouse-url {}", cfg.clickhouse.url);
-    eprintln!("  Ctrl-C stops it\n");
-    if opts.sample_events > 0 {
-        let summary = sample_load(&url, &opts).await?;
-        eprintln!(
-            "sample load: {} events sent, {} accepted, {} failed in {:.1}s ({:.0} events/s)",
-            summary.sent, summary.accepted, summary.failed, summary.elapsed_secs, summary.events_per_sec
-        );
-        let stored = wait_for_events(&cfg.clickhouse, summary.accepted, Duration::from_secs(120), true).await?;
-        let client = tracefold_store::client::client(&cfg.clickhouse);
-        let rows = tracefold_store::issues::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
-        println!("\nTop issues (last 2 hours), {stored} events stored:\n");
-        print!("{}", crate::query::render_top(&rows));
-        if opts.exit_after_sample {
-            pipeline.shutdown.trigger();
-        }
-    }
-    pipeline.shutdown.wait().await;
-    eprintln!("stopping ...");
-    pipeline.stop().await
-}
-
 /// "3 brokers, replication factor 3", for the banners.
-fn describe_broker(broker: &DevBroker) -> String {
+pub fn describe_broker(broker: &DevBroker) -> String {
     match broker.brokers() {
         1 => "1 broker".to_owned(),
         n => format!("{n} brokers, replication factor {}", broker.replication_factor()),
     }
-}
-
-async fn sample_load(url: &str, opts: &DevOptions) -> anyhow::Result<LoadSummary> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
-    let load = LoadOptions {
-        events: opts.sample_events,
-        rate: 0,
-        batch: 200,
-        concurrency: 4,
-        progress: true,
-        max_lag: None,
-        gen: crate::gen::GenOptions {
-            issues: opts.sample_issues,
-            now_secs: now,
-            seed: rand::random(),
-            ..Default::default()
-        },
-    };
-    crate::loadgen::run(&Target::Http(url.to_owned()), &load).await
 }

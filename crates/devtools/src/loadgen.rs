@@ -1,5 +1,5 @@
-//! `tracefold loadgen`: sends generated events to the HTTP endpoint or straight to Kafka,
-//! with pacing, a progress bar and a summary.
+//! The load generator of `tracefold loadgen` and the benchmarks: sends generated events to
+//! the HTTP endpoint or straight to Kafka, with pacing, a progress bar and a summary.
 
 use crate::gen::{GenOptions, Generator};
 use anyhow::Context as _;
@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -31,8 +32,8 @@ pub enum Target {
 pub struct LoadOptions {
     /// Events to send.
     pub events: u64,
-    /// Events per second; 0 for as fast as possible.
-    pub rate: u64,
+    /// How fast events are sent.
+    pub rate: Rate,
     /// Events per HTTP request.
     pub batch: usize,
     /// HTTP requests in flight.
@@ -45,6 +46,22 @@ pub struct LoadOptions {
     /// pausing the load as needed (a sustained-rate measurement; also keeps a bounded log,
     /// such as librdkafka's mock cluster's, from dropping unread events).
     pub max_lag: Option<LagLimit>,
+}
+
+/// How fast a load run sends events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    /// As fast as the target takes them.
+    Unpaced,
+    /// At most this many events per second.
+    PerSecond(NonZeroU64),
+}
+
+impl Rate {
+    /// `events_per_sec` events per second, 0 meaning unpaced (the `--rate` flag's convention).
+    pub fn per_second(events_per_sec: u64) -> Self {
+        NonZeroU64::new(events_per_sec).map_or(Self::Unpaced, Self::PerSecond)
+    }
 }
 
 /// A bound on how far a consumer group may fall behind the load.
@@ -107,9 +124,9 @@ fn bar(total: u64, show: bool) -> ProgressBar {
     pb
 }
 
-async fn pace(start: Instant, sent: u64, rate: u64) {
-    if rate > 0 {
-        let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+async fn pace(start: Instant, sent: u64, rate: Rate) {
+    if let Rate::PerSecond(rate) = rate {
+        let due = start + Duration::from_secs_f64(sent as f64 / rate.get() as f64);
         let now = Instant::now();
         if due > now {
             tokio::time::sleep(due - now).await;

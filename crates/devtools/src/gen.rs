@@ -34,6 +34,12 @@ const NOUNS: &[&str] = &[
 const VERBS: &[&str] =
     &["load", "save", "render", "validate", "fetch", "apply", "parse", "sync", "resolve", "charge", "notify", "export"];
 
+/// The current time in Unix seconds (0 if the clock is before 1970): the usual reference
+/// time of generated events.
+pub fn now_secs() -> i64 {
+    tracefold_model::time::now_secs()
+}
+
 /// Generator options.
 #[derive(Debug, Clone)]
 pub struct GenOptions {

@@ -1,0 +1,60 @@
+//! Flags of the commands that look at issues and fingerprints.
+
+use super::{parse_duration, ChArgs, Format, InputFormat, IssueAction};
+use std::path::PathBuf;
+use std::time::Duration;
+
+// `tracefold issue`.
+#[derive(clap::Args)]
+pub struct IssueArgs {
+    #[command(subcommand)]
+    pub action: Option<IssueAction>,
+    /// Issue id (fingerprint hex), when showing.
+    pub id: Option<String>,
+    /// Project, when the id exists in several.
+    #[arg(long, global = true)]
+    pub project: Option<String>,
+    /// Hours of history.
+    #[arg(long, default_value_t = 24)]
+    pub hours: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    pub format: Format,
+    #[command(flatten)]
+    pub ch: ChArgs,
+}
+
+// `tracefold top`.
+#[derive(clap::Args)]
+pub struct TopArgs {
+    /// Window, e.g. 15m, 1h, 2d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub since: Duration,
+    /// Most issues shown.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u64,
+    /// Only this project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    #[command(flatten)]
+    pub ch: ChArgs,
+}
+
+// `tracefold fingerprint`.
+#[derive(clap::Args)]
+pub struct FingerprintArgs {
+    /// Files (default: stdin).
+    pub files: Vec<PathBuf>,
+    /// Include the contributing and dropped components.
+    #[arg(long)]
+    pub explain: bool,
+    /// Input format: tracefold events, or Sentry event payloads.
+    #[arg(long, value_enum, default_value = "tracefold")]
+    pub input: InputFormat,
+    /// Grouper config file whose [grouping] section (rules, frame cap) applies.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}

@@ -1,0 +1,86 @@
+//! Flags of the quality scores and the benchmarks.
+
+use super::{ChArgs, Format};
+
+// `tracefold detection-quality`.
+#[derive(clap::Args)]
+pub struct DetectionQualityArgs {
+    /// Issues simulated.
+    #[arg(long, default_value_t = 500)]
+    pub issues: usize,
+    /// Weeks simulated.
+    #[arg(long, default_value_t = 1)]
+    pub weeks: u32,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+// `tracefold grouping-quality`.
+#[derive(clap::Args)]
+pub struct GroupingQualityArgs {
+    /// Events in the corpus.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// True bugs.
+    #[arg(long, default_value_t = 300)]
+    pub bugs: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+// `tracefold bench-ingest`.
+#[derive(clap::Args)]
+pub struct BenchIngestArgs {
+    /// Events to send.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Events per request.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Result format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+// `tracefold bench-writer`.
+#[derive(clap::Args)]
+pub struct BenchWriterArgs {
+    /// Aggregate records.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: u64,
+    /// Result format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    #[command(flatten)]
+    pub ch: ChArgs,
+}
+
+// `tracefold bench-pipeline`.
+#[derive(clap::Args)]
+pub struct BenchPipelineArgs {
+    /// Events to send.
+    #[arg(long, default_value_t = 500_000)]
+    pub events: u64,
+    /// Distinct issues.
+    #[arg(long, default_value_t = 200)]
+    pub issues: usize,
+    /// Partitions of the events and aggregates topics.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Result format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    #[command(flatten)]
+    pub ch: ChArgs,
+}

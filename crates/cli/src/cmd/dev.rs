@@ -1,0 +1,98 @@
+//! `tracefold dev`: the whole pipeline in one process on an embedded Kafka (librdkafka's mock
+//! cluster) against a ClickHouse server, until Ctrl-C; optionally a sample load and the top
+//! issues it made.
+
+use crate::args::DevArgs;
+use std::time::Duration;
+use tracefold_cli::query;
+use tracefold_devtools::dev::{describe_broker, wait_for_events, DevConfig, Pipeline};
+use tracefold_devtools::{gen, loadgen};
+use tracefold_runtime::devbroker::{DevBroker, DevBrokerOptions};
+use tracefold_runtime::Shutdown;
+
+/// Runs `tracefold dev`.
+///
+/// # Errors
+/// When the pipeline cannot start, or a service fails.
+pub async fn run(a: DevArgs) -> anyhow::Result<()> {
+    let mut cfg: DevConfig = tracefold_runtime::config::load(a.config.as_deref(), std::env::vars())?;
+    cfg.clickhouse.url.clone_from(&a.clickhouse_url);
+    if let Some(d) = &a.database {
+        cfg.clickhouse.database.clone_from(d);
+    }
+    if let Some(url) = &a.webhook {
+        cfg.detector.channels.push(tracefold_detector::notify::Channel {
+            name: "dev-webhook".into(),
+            target: tracefold_detector::notify::Target::Webhook { url: url.clone(), secret: String::new() },
+            types: Vec::new(),
+            projects: Vec::new(),
+            rules: Vec::new(),
+            cooldown_min: 30,
+        });
+    }
+    tracefold_runtime::telemetry::init_logging(&cfg.telemetry);
+    let broker_opts = DevBrokerOptions { brokers: a.brokers, partitions: a.partitions, track_requests: false };
+    if a.broker_only {
+        let broker = DevBroker::start_with(&cfg.topics, &broker_opts)?;
+        println!("{}", broker.bootstrap_servers());
+        eprintln!(
+            "embedded Kafka running: {} (topics {}, {}, {}); Ctrl-C stops it",
+            describe_broker(&broker),
+            cfg.topics.events,
+            cfg.topics.aggregates,
+            cfg.topics.dlq
+        );
+        let s = Shutdown::new();
+        s.trigger_on_signals();
+        s.wait().await;
+        return Ok(());
+    }
+    let pipeline = Pipeline::start_with(cfg.clone(), &a.listen, &broker_opts, false).await?;
+    pipeline.shutdown.trigger_on_signals();
+    // A stalled loop ends the process (non-zero) instead of answering `ok` with a dead worker.
+    tracefold_runtime::telemetry::spawn_watchdog(pipeline.healths());
+    let url = format!("http://{}", pipeline.http_addr);
+    eprintln!("\ntracefold dev is running");
+    eprintln!("  ingest:    POST {url}/api/v1/projects/{{project}}/events   (one JSON event or NDJSON)");
+    eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
+    eprintln!("  kafka:     {}  ({})", pipeline.bootstrap_servers(), describe_broker(&pipeline.broker));
+    eprintln!("  try:       tracefold loadgen --http {url} --events 10000");
+    eprintln!("             tracefold top --since 1h --clickhouse-url {}", cfg.clickhouse.url);
+    eprintln!("  Ctrl-C stops it\n");
+    if a.sample_events > 0 {
+        let summary = sample_load(&url, &a).await?;
+        eprintln!(
+            "sample load: {} events sent, {} accepted, {} failed in {:.1}s ({:.0} events/s)",
+            summary.sent, summary.accepted, summary.failed, summary.elapsed_secs, summary.events_per_sec
+        );
+        let stored = wait_for_events(&cfg.clickhouse, summary.accepted, Duration::from_secs(120), true).await?;
+        let client = tracefold_store::client::client(&cfg.clickhouse);
+        let rows = tracefold_store::issues::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
+        println!("\nTop issues (last 2 hours), {stored} events stored:\n");
+        print!("{}", query::render_top(&rows));
+        if a.exit {
+            pipeline.shutdown.trigger();
+        }
+    }
+    pipeline.shutdown.wait().await;
+    eprintln!("stopping ...");
+    pipeline.stop().await
+}
+
+async fn sample_load(url: &str, a: &DevArgs) -> anyhow::Result<loadgen::LoadSummary> {
+    let load = loadgen::LoadOptions {
+        events: a.sample_events,
+        rate: loadgen::Rate::Unpaced,
+        batch: 200,
+        concurrency: 4,
+        progress: true,
+        max_lag: None,
+        gen: gen::GenOptions {
+            issues: a.sample_issues,
+            now_secs: gen::now_secs(),
+            seed: rand::random(),
+            ..Default::default()
+        },
+    };
+    loadgen::run(&loadgen::Target::Http(url.to_owned()), &load).await
+}

@@ -1,0 +1,63 @@
+//! `tracefold top` and `tracefold issue`: the analyst queries, as tables or JSON.
+
+use crate::args::{Format, IssueAction, IssueArgs, TopArgs};
+use tracefold_cli::query;
+use tracefold_store::issues::StatusChange;
+use tracefold_store::IssueStatus;
+
+/// Runs `tracefold top`.
+///
+/// # Errors
+/// When ClickHouse does not answer.
+pub async fn top(a: TopArgs) -> anyhow::Result<()> {
+    let cfg = a.ch.config();
+    let client = tracefold_store::client::client(&cfg);
+    let rows =
+        tracefold_store::issues::top_issues(&client, &cfg.database, a.since.as_secs(), a.limit, a.project.as_deref())
+            .await?;
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Table => print!("{}", query::render_top(&rows)),
+    }
+    Ok(())
+}
+
+/// Runs `tracefold issue`: shows one issue, or changes its status.
+///
+/// # Errors
+/// When no id is given, the issue is unknown or ambiguous, or ClickHouse does not answer.
+pub async fn issue(a: IssueArgs) -> anyhow::Result<()> {
+    let IssueArgs { action, id, project, hours, format, ch } = a;
+    let cfg = ch.config();
+    let client = tracefold_store::client::client(&cfg);
+    let Some(action) = action else {
+        let id = id.ok_or_else(|| anyhow::anyhow!("give an issue id (see tracefold top)"))?;
+        let d = query::issue_detail(&client, &cfg.database, &id, project.as_deref(), hours).await?;
+        match format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
+            Format::Table => print!("{}", query::render_issue(&d)),
+        }
+        return Ok(());
+    };
+    let (id, status, release, note) = match action {
+        IssueAction::Resolve { id, release, note } => (id, IssueStatus::Resolved, release, note),
+        IssueAction::Ignore { id, note } => (id, IssueStatus::Ignored, String::new(), note),
+        IssueAction::Reopen { id, note } => (id, IssueStatus::Active, String::new(), note),
+    };
+    let d = query::issue_detail(&client, &cfg.database, &id, project.as_deref(), 1).await?;
+    let actor = std::env::var("USER").unwrap_or_else(|_| "tracefold".into());
+    let change =
+        StatusChange { project: &d.project, issue_id: &id, status, actor: &actor, release: &release, note: &note };
+    tracefold_store::issues::set_status(&client, &cfg.database, &change).await?;
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"project": d.project, "issue_id": id, "status": status, "release": release})
+        ),
+        Format::Table => {
+            use tracefold_cli::render::printable as p;
+            println!("{} {} ({}): {} -> {status}", p(&d.project), p(&id), p(&d.title), d.status);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! The quality scores (`detection-quality`, `grouping-quality`) and the benchmarks
+//! (`bench-ingest`, `bench-writer`, `bench-pipeline`): the harnesses are in
+//! `tracefold_devtools`; this prints their reports as tables or JSON.
+
+use crate::args::{
+    BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionQualityArgs, Format, GroupingQualityArgs,
+};
+use tracefold_devtools::{bench, detection, quality};
+
+/// Runs `tracefold detection-quality`.
+///
+/// # Errors
+/// When stdout cannot take the JSON.
+pub fn detection_quality(a: &DetectionQualityArgs) -> anyhow::Result<()> {
+    let r = detection::evaluate(&detection::DetectionOptions { issues: a.issues, weeks: a.weeks, seed: a.seed });
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string(&r)?),
+        Format::Table => print!("{}", detection::render(&r, a.seed)),
+    }
+    Ok(())
+}
+
+/// Runs `tracefold grouping-quality`.
+///
+/// # Errors
+/// When stdout cannot take the JSON.
+pub fn grouping_quality(a: &GroupingQualityArgs) -> anyhow::Result<()> {
+    let r = quality::evaluate(&quality::CorpusOptions { bugs: a.bugs, events: a.events, seed: a.seed });
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string(&r)?),
+        Format::Table => print!("{}", quality::render(&r)),
+    }
+    Ok(())
+}
+
+/// Runs `tracefold bench-ingest`.
+///
+/// # Errors
+/// When the producer or the embedded Kafka cannot start.
+pub async fn bench_ingest(a: &BenchIngestArgs) -> anyhow::Result<()> {
+    let opts = bench::IngestOptions {
+        events: a.events,
+        batch: a.batch,
+        concurrency: a.concurrency,
+        progress: a.format == Format::Table,
+    };
+    let r = bench::ingest(&opts).await?;
+    match a.format {
+        Format::Json => println!("{}", r.json()),
+        Format::Table => print!("{}", r.table()),
+    }
+    Ok(())
+}
+
+/// Runs `tracefold bench-writer`.
+///
+/// # Errors
+/// When Kafka or ClickHouse is unusable, or ClickHouse holds another number of rows than
+/// were sent (after the report is printed).
+pub async fn bench_writer(a: &BenchWriterArgs) -> anyhow::Result<()> {
+    let r = bench::writer(&bench::WriterOptions { records: a.records, clickhouse: a.ch.config() }).await?;
+    match a.format {
+        Format::Json => println!("{}", r.json()),
+        Format::Table => print!("{}", r.table()),
+    }
+    r.check()
+}
+
+/// Runs `tracefold bench-pipeline`.
+///
+/// # Errors
+/// When the pipeline cannot start, or ClickHouse counts another number of events than Kafka
+/// accepted (after the report is printed).
+pub async fn bench_pipeline(a: &BenchPipelineArgs) -> anyhow::Result<()> {
+    let opts = bench::PipelineOptions {
+        events: a.events,
+        issues: a.issues,
+        partitions: a.partitions,
+        clickhouse: a.ch.config(),
+    };
+    let r = bench::pipeline(&opts).await?;
+    match a.format {
+        Format::Json => println!("{}", r.json()),
+        Format::Table => print!("{}", r.table()),
+    }
+    r.check()
+}

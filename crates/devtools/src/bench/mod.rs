@@ -1,0 +1,22 @@
+//! Benchmark harnesses of `tracefold bench-ingest`, `bench-writer` and `bench-pipeline`: each
+//! runs the real services on the embedded Kafka (and the local ClickHouse where it needs one),
+//! and returns a report the command prints as a table or as JSON.
+//!
+//! Harnesses check their counts after the report is printed: [`WriterReport::check`],
+//! [`PipelineReport::check`].
+
+mod ingest;
+mod pipeline;
+mod writer;
+
+pub use ingest::{ingest, IngestOptions, IngestReport};
+pub use pipeline::{pipeline, PipelineOptions, PipelineReport};
+pub use writer::{writer, WriterOptions, WriterReport};
+
+/// Benchmarks log warnings only: their own output is the result.
+fn quiet_logging() {
+    tracefold_runtime::telemetry::init_logging(&tracefold_runtime::config::TelemetryConfig {
+        log_level: "warn".into(),
+        ..Default::default()
+    });
+}

@@ -1,0 +1,113 @@
+//! `tracefold bench-pipeline`: load into Kafka -> grouper -> writer -> ClickHouse, end to end.
+
+use crate::{dev, gen, loadgen};
+use std::time::{Duration, Instant};
+use tracefold_runtime::config::ClickHouseConfig;
+
+/// What `bench-pipeline` sends, and where.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Events to send.
+    pub events: u64,
+    /// Distinct issues.
+    pub issues: usize,
+    /// Partitions of the events and aggregates topics.
+    pub partitions: i32,
+    /// The ClickHouse server; the benchmark makes and drops a scratch database named after
+    /// `database` and the process id.
+    pub clickhouse: ClickHouseConfig,
+}
+
+/// What `bench-pipeline` measured.
+#[derive(Debug, Clone)]
+pub struct PipelineReport {
+    /// The options it ran with.
+    pub opts: PipelineOptions,
+    /// Events Kafka acknowledged.
+    pub accepted: u64,
+    /// Events counted in ClickHouse at the end.
+    pub stored: u64,
+    /// Seconds to load the events into Kafka.
+    pub produce_secs: f64,
+    /// Seconds from the first event sent to the last one counted.
+    pub total_secs: f64,
+}
+
+impl PipelineReport {
+    /// The report as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        let (accepted, stored, produced, total) = (self.accepted, self.stored, self.produce_secs, self.total_secs);
+        serde_json::json!({
+            "events": self.opts.events,
+            "accepted": accepted,
+            "stored": stored,
+            "produce_seconds": produced,
+            "produce_events_per_sec": accepted as f64 / produced,
+            "end_to_end_seconds": total,
+            "end_to_end_events_per_sec": stored as f64 / total,
+            "partitions": self.opts.partitions,
+            "issues": self.opts.issues,
+        })
+    }
+
+    /// The report as four lines of text.
+    pub fn table(&self) -> String {
+        let (accepted, stored, produced, total) = (self.accepted, self.stored, self.produce_secs, self.total_secs);
+        format!(
+            "events accepted by Kafka   {accepted}\n\
+             events stored in ClickHouse {stored}\n\
+             load (into Kafka)           {produced:.2}s  {:.0} events/s\n\
+             end to end                  {total:.2}s  {:.0} events/s\n",
+            accepted as f64 / produced,
+            stored as f64 / total
+        )
+    }
+
+    /// # Errors
+    /// When ClickHouse counts another number of events than Kafka accepted.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.stored != self.accepted {
+            anyhow::bail!("ClickHouse holds {} events, {} were accepted", self.stored, self.accepted);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the dev pipeline against a scratch database, loads `events` generated events straight
+/// into Kafka (paced by the grouper's lag) and waits until ClickHouse counts them (at most 30
+/// minutes); drops the scratch database.
+///
+/// # Errors
+/// When the pipeline cannot start, Kafka or ClickHouse is unusable, or a service fails.
+pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> {
+    super::quiet_logging();
+    let mut ch = opts.clickhouse.clone();
+    ch.database = format!("{}_bench_{}", ch.database, std::process::id());
+    let mut cfg = dev::DevConfig { clickhouse: ch.clone(), ..Default::default() };
+    // Short batches keep the committed lag (what the load is paced by) close to the read lag.
+    cfg.grouper.batch_max_age_ms = 500;
+    // librdkafka's mock cluster keeps at most 5 MB per partition: stay well inside it.
+    let lag_limit = i64::from(opts.partitions) * 4000;
+    let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(opts.partitions), true).await?;
+    eprintln!("pipeline up (database {}); loading {} events straight into Kafka ...", ch.database, opts.events);
+    let t0 = Instant::now();
+    let load = loadgen::LoadOptions {
+        events: opts.events,
+        rate: loadgen::Rate::Unpaced,
+        batch: 0,
+        concurrency: 0,
+        progress: true,
+        max_lag: Some(loadgen::LagLimit { group: cfg.grouper.group_id.clone(), events: lag_limit }),
+        gen: gen::GenOptions { issues: opts.issues, now_secs: gen::now_secs(), ..Default::default() },
+    };
+    let target =
+        loadgen::Target::Kafka { bootstrap_servers: pipeline.bootstrap_servers(), topic: cfg.topics.events.clone() };
+    let s = loadgen::run(&target, &load).await?;
+    let produce_secs = t0.elapsed().as_secs_f64();
+    let stored = dev::wait_for_events(&ch, s.accepted, Duration::from_secs(1800), false).await?;
+    let total_secs = t0.elapsed().as_secs_f64();
+    pipeline.stop().await?;
+    let client = tracefold_store::client::client(&ch);
+    tracefold_store::client::drop_database(&client, &ch.database).await?;
+    Ok(PipelineReport { opts: opts.clone(), accepted: s.accepted, stored, produce_secs, total_secs })
+}
