@@ -133,13 +133,16 @@ pub enum RebalanceEvent {
 pub struct GroupContext {
     group: String,
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Partitions assigned now, kept from the rebalance callbacks themselves: asking the
+    /// consumer (`assignment()`) from inside a callback deadlocks while it closes.
+    assigned: Mutex<std::collections::BTreeSet<i32>>,
 }
 
 impl GroupContext {
     /// A context for consumer group `group`.
     pub fn new(group: &str) -> Self {
         metrics::gauge!(ASSIGNED_PARTITIONS, "group" => group.to_owned()).set(0.0);
-        Self { group: group.to_owned(), events: Mutex::new(Vec::new()) }
+        Self { group: group.to_owned(), events: Mutex::new(Vec::new()), assigned: Mutex::default() }
     }
 
     /// The rebalance events since the last call, oldest first.
@@ -159,17 +162,31 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
+    // Callbacks never call back into the consumer: they run inside `poll`, and also inside
+    // the consumer's `Drop` (its close), where a request such as `assignment()` waits forever.
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = r {
             self.push(RebalanceEvent::Revoked(tpl.elements().iter().map(|e| e.partition()).collect()));
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        // What is assigned now, whatever the protocol (eager or cooperative) and outcome.
-        if let Ok(a) = consumer.assignment() {
-            metrics::gauge!(ASSIGNED_PARTITIONS, "group" => self.group.clone()).set(a.count() as f64);
-        }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        // What is assigned now: partitions added by an assignment, removed by a revocation
+        // (eager protocols revoke everything first; cooperative ones only what moves).
+        let n = {
+            let mut assigned = self.assigned.lock().expect("not poisoned");
+            match r {
+                Rebalance::Assign(tpl) => assigned.extend(tpl.elements().iter().map(|e| e.partition())),
+                Rebalance::Revoke(tpl) => {
+                    for e in tpl.elements() {
+                        assigned.remove(&e.partition());
+                    }
+                }
+                Rebalance::Error(_) => {}
+            }
+            assigned.len()
+        };
+        metrics::gauge!(ASSIGNED_PARTITIONS, "group" => self.group.clone()).set(n as f64);
         if let Rebalance::Assign(tpl) = r {
             self.push(RebalanceEvent::Assigned(tpl.elements().iter().map(|e| e.partition()).collect()));
         }
