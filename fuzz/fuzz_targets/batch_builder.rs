@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     // is either one JSON text or garbage).
     let messages: Vec<&[u8]> = data.split(|b| *b == 0xff).collect();
     let mut b = BatchBuilder::new(BatchOptions { max_users: 8, ..BatchOptions::default() });
-    let mut run = |b: &mut BatchBuilder| {
+    let run = |b: &mut BatchBuilder| {
         for (i, m) in messages.iter().enumerate() {
             b.add(m, i as i64, NOW);
         }
