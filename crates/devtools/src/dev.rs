@@ -202,12 +202,15 @@ impl Pipeline {
     }
 }
 
-/// Waits until ClickHouse holds `expected` events (or `timeout` passes); returns the count.
+/// Waits until ClickHouse holds `expected` events more than `baseline` (the total before the
+/// load: a database that already holds events from an earlier run does not count as done), or
+/// `timeout` passes; returns how many more it holds.
 ///
 /// # Errors
 /// When ClickHouse does not answer.
 pub async fn wait_for_events(
     ch: &ClickHouseConfig,
+    baseline: u64,
     expected: u64,
     timeout: Duration,
     progress: bool,
@@ -217,7 +220,7 @@ pub async fn wait_for_events(
     // The count last printed; `None` until the first report.
     let mut shown: Option<u64> = None;
     loop {
-        let n = tracefold_store::aggregates::total_events(&client, &ch.database).await?;
+        let n = tracefold_store::aggregates::total_events(&client, &ch.database).await?.saturating_sub(baseline);
         if progress && shown != Some(n) {
             eprintln!("  {n} of {expected} events stored in ClickHouse");
             shown = Some(n);

@@ -60,15 +60,17 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     eprintln!("             tracefold top --since 1h --clickhouse-url {}", cfg.clickhouse.url);
     eprintln!("  Ctrl-C stops it\n");
     if a.sample_events > 0 {
+        // Events already stored by an earlier run are not this load's.
+        let client = tracefold_store::client::client(&cfg.clickhouse);
+        let before = tracefold_store::aggregates::total_events(&client, &cfg.clickhouse.database).await?;
         let summary = sample_load(&url, &a).await?;
         eprintln!(
             "sample load: {} events sent, {} accepted, {} failed in {:.1}s ({:.0} events/s)",
             summary.sent, summary.accepted, summary.failed, summary.elapsed_secs, summary.events_per_sec
         );
-        let stored = wait_for_events(&cfg.clickhouse, summary.accepted, Duration::from_secs(120), true).await?;
-        let client = tracefold_store::client::client(&cfg.clickhouse);
+        let stored = wait_for_events(&cfg.clickhouse, before, summary.accepted, Duration::from_secs(120), true).await?;
         let rows = tracefold_store::issues::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
-        println!("\nTop issues (last 2 hours), {stored} events stored:\n");
+        println!("\nTop issues (last 2 hours), {stored} sample events stored:\n");
         print!("{}", query::render_top(&rows));
         if a.exit {
             pipeline.shutdown.trigger();

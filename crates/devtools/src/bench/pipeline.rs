@@ -104,7 +104,7 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
         loadgen::Target::Kafka { bootstrap_servers: pipeline.bootstrap_servers(), topic: cfg.topics.events.clone() };
     let s = loadgen::run(&target, &load).await?;
     let produce_secs = t0.elapsed().as_secs_f64();
-    let stored = dev::wait_for_events(&ch, s.accepted, Duration::from_secs(1800), false).await?;
+    let stored = dev::wait_for_events(&ch, 0, s.accepted, Duration::from_secs(1800), false).await?;
     let total_secs = t0.elapsed().as_secs_f64();
     pipeline.stop().await?;
     let client = tracefold_store::client::client(&ch);
