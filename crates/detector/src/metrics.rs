@@ -17,6 +17,16 @@ pub const RESOLVED_ISSUES: &str = "tracefold_detector_resolved_issues";
 /// `outcome` (`sent`, `failed`, `dropped`, `cooled`).
 pub const NOTIFICATIONS_TOTAL: &str = "tracefold_detector_notifications_total";
 
+/// Counter (labels `topic`, `partition`): aggregate records deleted by the broker's retention before this
+/// group read them; each loss is also an ERROR log line. See the README's reliability section.
+pub const EVENTS_LOST_TOTAL: &str = "tracefold_detector_events_lost_total";
+
 /// Every metric the detector emits (besides the Kafka consumer-lag gauge of the runtime).
-pub const ALL: &[&str] =
-    &[SIGNALS_TOTAL, SIGNALS_DEDUPLICATED_TOTAL, RECORDS_TOTAL, RESOLVED_ISSUES, NOTIFICATIONS_TOTAL];
+pub const ALL: &[&str] = &[
+    SIGNALS_TOTAL,
+    SIGNALS_DEDUPLICATED_TOTAL,
+    RECORDS_TOTAL,
+    RESOLVED_ISSUES,
+    NOTIFICATIONS_TOTAL,
+    EVENTS_LOST_TOTAL,
+];

@@ -126,7 +126,8 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         .context("cannot load the detector's state from ClickHouse")?;
     metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
     let sent = sent_signals(cfg).context("cannot read the signals topic")?;
-    let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.detector.group_id, &cfg.topics.aggregates)?;
+    let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.detector.group_id, &cfg.topics.aggregates)?
+        .with_lost_metric(crate::metrics::EVENTS_LOST_TOTAL);
     let producer: ThreadedProducer<DefaultProducerContext> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
         .create()
         .context("cannot create the signals producer")?;

@@ -16,6 +16,18 @@ pub const BATCH_EVENTS: &str = "tracefold_grouper_batch_events";
 /// Time from a batch's cut to its commit, seconds.
 pub const EMIT_SECONDS: &str = "tracefold_grouper_emit_seconds";
 
+/// Counter (labels `topic`, `partition`): events deleted by the broker's retention before this
+/// group read them; each loss is also an ERROR log line. See the README's reliability section.
+pub const EVENTS_LOST_TOTAL: &str = "tracefold_grouper_events_lost_total";
+
 /// Every metric this service emits (for documentation and dashboard checks).
-pub const ALL: &[&str] =
-    &[EVENTS_TOTAL, CLAMPED_TOTAL, BATCHES_TOTAL, AGGREGATES_TOTAL, DLQ_TOTAL, BATCH_EVENTS, EMIT_SECONDS];
+pub const ALL: &[&str] = &[
+    EVENTS_TOTAL,
+    CLAMPED_TOTAL,
+    BATCHES_TOTAL,
+    AGGREGATES_TOTAL,
+    DLQ_TOTAL,
+    BATCH_EVENTS,
+    EMIT_SECONDS,
+    EVENTS_LOST_TOTAL,
+];

@@ -103,7 +103,8 @@ struct Part {
 /// Infrastructure failures that a restart should handle (Kafka fatal errors, a producer that
 /// could not deliver).
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
-    let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.grouper.group_id, &cfg.topics.events)?;
+    let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.grouper.group_id, &cfg.topics.events)?
+        .with_lost_metric(m::EVENTS_LOST_TOTAL);
     let producer: ThreadedProducer<DeliveryCtx> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
         .create_with_context(DeliveryCtx::default())
         .context("cannot create the grouper's producer")?;

@@ -13,6 +13,17 @@ pub const INSERT_ROWS: &str = "tracefold_writer_insert_rows";
 /// Aggregate messages that could not be read (sent to the DLQ).
 pub const MALFORMED_TOTAL: &str = "tracefold_writer_malformed_total";
 
+/// Counter (labels `topic`, `partition`): aggregate records deleted by the broker's retention before this
+/// group read them; each loss is also an ERROR log line. See the README's reliability section.
+pub const EVENTS_LOST_TOTAL: &str = "tracefold_writer_events_lost_total";
+
 /// Every metric this service emits (for documentation and dashboard checks).
-pub const ALL: &[&str] =
-    &[ROWS_INSERTED_TOTAL, ROWS_DUPLICATE_TOTAL, INSERTS_TOTAL, INSERT_SECONDS, INSERT_ROWS, MALFORMED_TOTAL];
+pub const ALL: &[&str] = &[
+    ROWS_INSERTED_TOTAL,
+    ROWS_DUPLICATE_TOTAL,
+    INSERTS_TOTAL,
+    INSERT_SECONDS,
+    INSERT_ROWS,
+    MALFORMED_TOTAL,
+    EVENTS_LOST_TOTAL,
+];

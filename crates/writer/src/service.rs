@@ -58,6 +58,7 @@ struct Writer<'a> {
 /// Kafka fatal errors; ClickHouse errors are retried, not returned.
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
     let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.writer.group_id, &cfg.topics.aggregates)?
+        .with_lost_metric(m::EVENTS_LOST_TOTAL)
         .with_dlq(&cfg.kafka, &cfg.topics.dlq)?;
     tracefold_runtime::kafka::check_topics(
         runtime.consumer().client(),
