@@ -117,6 +117,9 @@ pub struct Ctx<'a> {
     dlq: Option<&'a Dlq>,
     health: &'a Health,
     topic: &'a str,
+    /// The commits of the partitions being assigned, read once by the loop for its own offset
+    /// tracking and handed to [`Strategy::on_assign`] through [`Ctx::committed`].
+    assigned: Vec<Committed>,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -177,17 +180,11 @@ impl Ctx<'_> {
     /// # Errors
     /// The group coordinator did not answer.
     pub fn committed(&self, partitions: &[i32]) -> anyhow::Result<Vec<Committed>> {
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            tpl.add_partition(self.topic, *p);
+        // Inside `on_assign` the loop has just read them: no second round trip.
+        if partitions.iter().all(|p| self.assigned.iter().any(|c| c.partition == *p)) {
+            return Ok(self.assigned.iter().filter(|c| partitions.contains(&c.partition)).cloned().collect());
         }
-        let got =
-            self.consumer.committed_offsets(tpl, Duration::from_secs(10)).context("cannot read committed offsets")?;
-        Ok(got
-            .elements()
-            .iter()
-            .map(|e| Committed { partition: e.partition(), offset: e.offset(), metadata: e.metadata().to_owned() })
-            .collect())
+        read_committed(self.consumer, self.topic, partitions)
     }
 
     /// Moves the read position of `partition` to `offset` (logged, not returned, on failure:
@@ -326,6 +323,7 @@ impl ConsumerRuntime {
                     dlq: self.dlq.as_ref(),
                     health,
                     topic: &self.topic,
+                    assigned: Vec::new(),
                 };
                 strategy.on_shutdown(&mut cx)
             }
@@ -357,6 +355,7 @@ impl ConsumerRuntime {
                 dlq: self.dlq.as_ref(),
                 health,
                 topic: &self.topic,
+                assigned: Vec::new(),
             };
             for ev in self.consumer.context().take_events() {
                 match ev {
@@ -369,11 +368,12 @@ impl ConsumerRuntime {
                         tracing::info!(partitions = ?ps, "partitions revoked");
                     }
                     RebalanceEvent::Assigned(ps) => {
-                        expect_committed(&self.consumer, &self.topic, &ps, &mut self.next);
+                        cx.assigned = expect_committed(&self.consumer, &self.topic, &ps, &mut self.next);
                         if paused {
                             pause_all(&self.consumer);
                         }
                         strategy.on_assign(&mut cx, &ps)?;
+                        cx.assigned.clear();
                         tracing::info!(partitions = ?ps, "partitions assigned");
                     }
                 }
@@ -435,31 +435,50 @@ impl ConsumerRuntime {
     }
 }
 
-/// Reads the group's committed offsets of newly assigned `partitions` into `next_offsets`: the
-/// offsets the first messages must have if nothing was skipped.
+/// The group's committed offsets (and metadata) of `partitions`.
+fn read_committed(
+    consumer: &BaseConsumer<GroupContext>,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<Vec<Committed>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).context("cannot read committed offsets")?;
+    Ok(got
+        .elements()
+        .iter()
+        .map(|e| Committed { partition: e.partition(), offset: e.offset(), metadata: e.metadata().to_owned() })
+        .collect())
+}
+
+/// Reads the group's commits of newly assigned `partitions`: their offsets go into
+/// `next_offsets` (what the first messages must have if nothing was skipped), and the commits
+/// are returned for the strategy's `on_assign` (empty when they could not be read: the strategy
+/// then asks, and fails, itself).
 fn expect_committed(
     consumer: &BaseConsumer<GroupContext>,
     topic: &str,
     partitions: &[i32],
     next_offsets: &mut std::collections::HashMap<i32, i64>,
-) {
-    let mut tpl = TopicPartitionList::new();
+) -> Vec<Committed> {
     for p in partitions {
-        tpl.add_partition(topic, *p);
         next_offsets.remove(p);
     }
-    match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
-        Ok(c) => {
-            for e in c.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    next_offsets.insert(e.partition(), o);
+    match read_committed(consumer, topic, partitions) {
+        Ok(commits) => {
+            for c in &commits {
+                if let Offset::Offset(o) = c.offset {
+                    next_offsets.insert(c.partition, o);
                 }
             }
+            commits
         }
-        // Without the commit, a loss at the start of this assignment goes uncounted (it is
-        // still seen once messages flow): say so.
+        // Without the commit, a loss at the start of this assignment goes uncounted: say so.
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read committed offsets; a retention loss before the first message would not be counted")
+            tracing::warn!(error = %format!("{e:#}"), "cannot read committed offsets; a retention loss before the first message would not be counted");
+            Vec::new()
         }
     }
 }
