@@ -429,14 +429,7 @@ pub fn prepare(line: &[u8], project: &str, received_ms: i64, max_event: usize) -
         }
     }
     ev.project.get_or_insert(Cow::Borrowed(project));
-    let id = match ev.event_id.as_deref() {
-        Some(id) => id.to_owned(),
-        None => {
-            let id = new_event_id();
-            ev.event_id = Some(Cow::Owned(id.clone()));
-            id
-        }
-    };
+    let id = ensure_event_id(&mut ev);
     validate(&ev, received_ms).map_err(|e| Problem::new(Reason::Invalid, Some(e.field), e.reason))?;
     let payload = if complete { buf } else { with_ids(&buf, project, &id)? };
     if payload.len() > max_event {
@@ -772,16 +765,21 @@ pub fn prepare_sentry(payload: &[u8], slug: &str, received_ms: i64, max_event: u
     publishable(ev, received_ms, max_event)
 }
 
-/// A typed event with its event id (a new one when it has none), validated, serialized.
-fn publishable(mut ev: Event<'_>, received_ms: i64, max_event: usize) -> Result<Ready, Problem> {
-    let id = match ev.event_id.as_deref() {
+/// The event's id; a new one is given to an event that has none.
+fn ensure_event_id(ev: &mut Event<'_>) -> String {
+    match ev.event_id.as_deref() {
         Some(id) => id.to_owned(),
         None => {
             let id = new_event_id();
             ev.event_id = Some(Cow::Owned(id.clone()));
             id
         }
-    };
+    }
+}
+
+/// A typed event with its event id (a new one when it has none), validated, serialized.
+fn publishable(mut ev: Event<'_>, received_ms: i64, max_event: usize) -> Result<Ready, Problem> {
+    let id = ensure_event_id(&mut ev);
     validate(&ev, received_ms).map_err(|e| Problem::new(Reason::Invalid, Some(e.field), e.reason))?;
     // Strings, integers, booleans and finite numbers only: serializing into memory cannot fail.
     let payload = serde_json::to_vec(&ev).expect("an event serializes to JSON");
