@@ -283,7 +283,6 @@ impl ConsumerRuntime {
 
     /// Names the counter of messages lost to retention (`tracefold_<service>_events_lost_total`).
     pub fn with_lost_metric(mut self, name: &'static str) -> Self {
-        metrics::counter!(name, "topic" => self.topic.clone(), "partition" => "all").increment(0);
         self.lost_metric = name;
         self
     }
