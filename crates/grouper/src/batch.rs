@@ -5,6 +5,7 @@
 //! range of events always yields the same records in the same order, so a re-emitted batch is
 //! recognised downstream by `(partition, first_offset, index)`.
 
+use crate::dedup::{identity, DedupWindow};
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tracefold_fingerprint::{describe, fingerprint, GroupingConfig, Scratch, GROUPING_VERSION};
@@ -33,6 +34,17 @@ pub struct Rejected {
     pub payload: Vec<u8>,
 }
 
+/// A valid event that repeats one read shortly before it (see [`crate::dedup`]): not counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// Source offset.
+    pub offset: i64,
+    /// Its project.
+    pub project: String,
+    /// The Kafka message timestamp.
+    pub received_ms: Millis,
+}
+
 /// What a finished batch emits.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutput {
@@ -44,6 +56,9 @@ pub struct BatchOutput {
     pub accepted: u64,
     /// Events whose timestamp was missing or out of range and was clamped.
     pub clamped: u64,
+    /// Valid events not counted because they repeat an event read shortly before them, in
+    /// offset order.
+    pub duplicates: Vec<Duplicate>,
 }
 
 /// Options of the aggregation.
@@ -53,11 +68,21 @@ pub struct BatchOptions {
     pub max_users: usize,
     /// Grouping options.
     pub grouping: GroupingConfig,
+    /// Offsets of a partition within which a repeated `(project, event_id)` is a duplicate;
+    /// 0 turns deduplication off.
+    pub dedup_window: u64,
 }
+
+/// Default of [`BatchOptions::dedup_window`]: about 3 MB of memory per partition.
+pub const DEFAULT_DEDUP_WINDOW: u64 = 50_000;
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        Self { max_users: tracefold_model::aggregate::DEFAULT_MAX_USERS, grouping: GroupingConfig::default() }
+        Self {
+            max_users: tracefold_model::aggregate::DEFAULT_MAX_USERS,
+            grouping: GroupingConfig::default(),
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+        }
     }
 }
 
@@ -73,6 +98,9 @@ pub struct BatchBuilder {
     sampled: HashSet<u128>,
     partials: Vec<AggregateRecord>,
     rejected: Vec<Rejected>,
+    duplicates: Vec<Duplicate>,
+    /// Identities of the partition's recent valid events; kept across batches.
+    window: DedupWindow,
     accepted: u64,
     clamped: u64,
     events: u64,
@@ -89,6 +117,8 @@ struct Work {
     /// simd-json's scratch buffers, kept across events.
     buffers: simd_json::Buffers,
     scratch: Scratch,
+    /// The current event's identity, once it is known to be valid (read after a panic too).
+    ident: Option<u128>,
 }
 
 impl std::fmt::Debug for Work {
@@ -106,7 +136,17 @@ enum Bucket {
     New(Box<AggregateRecord>, u128),
 }
 
-/// What one event adds to the batch: decided inside the fault barrier, applied outside it.
+/// What to do with one event: decided inside the fault barrier, applied outside it.
+enum Plan {
+    /// Count it.
+    Count(Planned),
+    /// A repeat: count it as a duplicate of its project.
+    Duplicate(String),
+    /// Priming the window: nothing more to do (the identity is in [`Work::ident`]).
+    Primed,
+}
+
+/// What one counted event adds to the batch.
 struct Planned {
     key: u128,
     bucket: Bucket,
@@ -119,12 +159,14 @@ impl BatchBuilder {
     /// An empty builder.
     pub fn new(opts: BatchOptions) -> Self {
         Self {
-            opts,
             work: Work { parse_buf: Vec::with_capacity(8 << 10), ..Work::default() },
             index: HashMap::new(),
             sampled: HashSet::new(),
             partials: Vec::new(),
             rejected: Vec::new(),
+            duplicates: Vec::new(),
+            window: DedupWindow::new(opts.dedup_window),
+            opts,
             accepted: 0,
             clamped: 0,
             events: 0,
@@ -159,26 +201,61 @@ impl BatchBuilder {
     pub fn add(&mut self, payload: &[u8], offset: i64, received_ms: Millis) {
         self.events += 1;
         self.bytes += payload.len() as u64;
-        let (opts, index, sampled, marker) = (&self.opts, &self.index, &self.sampled, self.panic_marker.as_deref());
+        self.step(payload, offset, received_ms, false);
+    }
+
+    /// Reads the message at `offset`, which an earlier batch already counted, into the
+    /// deduplication window only: a builder that starts on a partition at offset `S` is given
+    /// `[S - dedup_window, S)` first, so that it decides as if it had read the partition from
+    /// the start (see [`crate::dedup`]).
+    pub fn prime(&mut self, payload: &[u8], offset: i64, received_ms: Millis) {
+        self.step(payload, offset, received_ms, true);
+    }
+
+    /// The deduplication window.
+    pub fn window(&self) -> &DedupWindow {
+        &self.window
+    }
+
+    /// Forgets the deduplication window (before reading it again after a rewind).
+    pub fn clear_window(&mut self) {
+        self.window.clear();
+    }
+
+    fn step(&mut self, payload: &[u8], offset: i64, received_ms: Millis, prime: bool) {
+        let (opts, index, sampled, window, marker) =
+            (&self.opts, &self.index, &self.sampled, &self.window, self.panic_marker.as_deref());
         let work = &mut self.work;
-        let planned = catch_unwind(AssertUnwindSafe(|| plan(work, opts, index, sampled, marker, payload, received_ms)));
+        work.ident = None;
+        let at = Input { payload, offset, received_ms, prime };
+        let planned = catch_unwind(AssertUnwindSafe(|| plan(work, opts, index, sampled, window, marker, at)));
+        // Known once the event passed validation, whatever happened after.
+        let ident = self.work.ident;
         match planned {
-            Ok(Ok(p)) => self.apply(p),
+            Ok(Ok(Plan::Count(p))) => self.apply(p),
+            Ok(Ok(Plan::Duplicate(project))) => self.duplicates.push(Duplicate { offset, project, received_ms }),
+            Ok(Ok(Plan::Primed)) => {}
+            Ok(Err(_)) if prime => {}
             Ok(Err(rejection)) => self.rejected.push(Rejected { offset, rejection, payload: payload.to_vec() }),
             Err(panic) => {
-                let what = tracefold_runtime::telemetry::panic_message(panic.as_ref());
                 // The scratch buffers may be half-updated: start them afresh.
                 self.work = Work::default();
-                tracing::error!(offset, panic = %what, "processing an event failed unexpectedly; it goes to the DLQ");
-                self.rejected.push(Rejected {
-                    offset,
-                    rejection: Rejection::new(
-                        Reason::Internal,
-                        format!("internal error while processing the event: {}", prefix(&what, 512)),
-                    ),
-                    payload: payload.to_vec(),
-                });
+                if !prime {
+                    let what = tracefold_runtime::telemetry::panic_message(panic.as_ref());
+                    tracing::error!(offset, panic = %what, "processing an event failed unexpectedly; it goes to the DLQ");
+                    self.rejected.push(Rejected {
+                        offset,
+                        rejection: Rejection::new(
+                            Reason::Internal,
+                            format!("internal error while processing the event: {}", prefix(&what, 512)),
+                        ),
+                        payload: payload.to_vec(),
+                    });
+                }
             }
+        }
+        if let Some(id) = ident {
+            self.window.insert(id, offset);
         }
     }
 
@@ -236,6 +313,7 @@ impl BatchBuilder {
             rejected: std::mem::take(&mut self.rejected),
             accepted: self.accepted,
             clamped: self.clamped,
+            duplicates: std::mem::take(&mut self.duplicates),
         };
         self.accepted = 0;
         self.clamped = 0;
@@ -250,6 +328,7 @@ impl BatchBuilder {
         self.index.clear();
         self.sampled.clear();
         self.rejected.clear();
+        self.duplicates.clear();
         self.accepted = 0;
         self.clamped = 0;
         self.events = 0;
@@ -257,17 +336,29 @@ impl BatchBuilder {
     }
 }
 
+/// One message given to [`plan`].
+#[derive(Clone, Copy)]
+struct Input<'a> {
+    payload: &'a [u8],
+    offset: i64,
+    received_ms: Millis,
+    /// Only learn its identity (priming the deduplication window).
+    prime: bool,
+}
+
 /// Parses, validates and fingerprints one event and decides what it adds. It changes nothing
-/// but the scratch buffers, so that a panic inside leaves the batch as it was.
+/// but the scratch buffers (and [`Work::ident`]), so that a panic inside leaves the batch as it
+/// was.
 fn plan(
     work: &mut Work,
     opts: &BatchOptions,
     index: &HashMap<u128, usize>,
     sampled: &HashSet<u128>,
+    window: &DedupWindow,
     panic_marker: Option<&[u8]>,
-    payload: &[u8],
-    received_ms: Millis,
-) -> Result<Planned, Rejection> {
+    at: Input<'_>,
+) -> Result<Plan, Rejection> {
+    let Input { payload, offset, received_ms, prime } = at;
     if payload.len() > MAX_EVENT_BYTES {
         return Err(Rejection::new(
             Reason::TooLarge,
@@ -285,9 +376,17 @@ fn plan(
         .map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
     let v =
         validate(&event, received_ms).map_err(|e| Rejection::new(Reason::Invalid, format!("invalid event: {e}")))?;
+    let project = event.project.as_deref().unwrap_or("");
+    let ident = identity(project, event.event_id.as_deref().unwrap_or(""));
+    work.ident = Some(ident);
+    if prime {
+        return Ok(Plan::Primed);
+    }
+    if window.is_duplicate(ident, offset) {
+        return Ok(Plan::Duplicate(project.to_owned()));
+    }
     let fp = fingerprint(&event, &opts.grouping, &mut work.scratch);
     let minute = minute_of(v.timestamp_ms);
-    let project = event.project.as_deref().unwrap_or("");
     let release = event.release.as_deref().unwrap_or("");
     let environment = event.environment.as_deref().unwrap_or("");
     let mut h = Xxh3::new();
@@ -341,13 +440,13 @@ fn plan(
         };
         Bucket::New(Box::new(record), issue_key)
     };
-    Ok(Planned {
+    Ok(Plan::Count(Planned {
         key,
         bucket,
         timestamp_ms: v.timestamp_ms,
         clamped: v.timestamp_clamped,
         user: user_hash(event.user.as_ref()),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -465,7 +564,63 @@ mod tests {
         assert!(out.records[1].sample.len() <= tracefold_model::sample::MAX_SAMPLE_BYTES);
     }
 
+    #[test]
+    fn a_re_sent_event_counts_once_within_the_window_and_again_outside_it() {
+        let mut b = BatchBuilder::new(BatchOptions { dedup_window: 5, ..BatchOptions::default() });
+        b.add(event(1, 1, 1, 0).as_bytes(), 0, NOW);
+        b.add(event(2, 1, 1, 0).as_bytes(), 1, NOW);
+        let first = b.finish("e1", "t", 0, 0, 1);
+        assert_eq!(first.accepted, 2);
+        // The retry of the request: both again (a new batch), and a new one. The UUID form of
+        // an id is the same id.
+        let uuid_of_2 = "00000000-0000-0000-0000-000000000002";
+        b.add(event(1, 1, 1, 0).as_bytes(), 2, NOW);
+        b.add(event(2, 1, 1, 0).replace(&format!("{:032x}", 2), uuid_of_2).as_bytes(), 3, NOW);
+        b.add(event(3, 1, 1, 0).as_bytes(), 4, NOW);
+        // Another project's event with the same id is another event.
+        b.add(event(3, 1, 1, 0).replace("\"shop\"", "\"web\"").as_bytes(), 5, NOW);
+        let retry = b.finish("e1", "t", 0, 2, 5);
+        assert_eq!(retry.accepted, 2);
+        assert_eq!(retry.records.iter().map(|r| r.count).sum::<u64>(), 2);
+        let dups: Vec<(i64, &str)> = retry.duplicates.iter().map(|d| (d.offset, d.project.as_str())).collect();
+        assert_eq!(dups, [(2, "shop"), (3, "shop")]);
+        // Offset 11 is more than 5 after the last copy of event 3 (offset 4): counted again.
+        b.add(event(3, 1, 1, 0).as_bytes(), 11, NOW);
+        let late = b.finish("e1", "t", 0, 11, 11);
+        assert_eq!((late.accepted, late.duplicates.len()), (1, 0));
+    }
+
     proptest! {
+        /// A builder that starts at offset `start` and is primed with the window before it
+        /// emits exactly what a builder that read the partition from the start emits.
+        #[test]
+        fn a_primed_builder_decides_as_one_that_read_everything(
+            log in proptest::collection::vec((0u64..6, any::<bool>()), 0..120),
+            window in 0u64..12,
+            start in 0usize..120,
+        ) {
+            let opts = BatchOptions { dedup_window: window, ..BatchOptions::default() };
+            let payload = |(id, bad): (u64, bool)| if bad && id % 2 == 0 { b"{\"broken".to_vec() } else { event(id, id % 3, id, 0).into_bytes() };
+            let start = start.min(log.len());
+            let mut all = BatchBuilder::new(opts.clone());
+            for (o, e) in log.iter().enumerate().take(start) {
+                all.add(&payload(*e), o as i64, NOW);
+            }
+            let _ = all.finish("e1", "t", 0, 0, start as i64);
+            let mut primed = BatchBuilder::new(opts);
+            for (o, e) in log.iter().enumerate().take(start).skip(start.saturating_sub(window as usize)) {
+                primed.prime(&payload(*e), o as i64, NOW);
+            }
+            for (o, e) in log.iter().enumerate().skip(start) {
+                all.add(&payload(*e), o as i64, NOW);
+                primed.add(&payload(*e), o as i64, NOW);
+            }
+            let end = log.len() as i64;
+            let (a, p) = (all.finish("e1", "t", 0, start as i64, end), primed.finish("e1", "t", 0, start as i64, end));
+            prop_assert_eq!(a.accepted + a.duplicates.len() as u64 + a.rejected.len() as u64, (log.len() - start) as u64);
+            prop_assert_eq!(a, p);
+        }
+
         /// Aggregation never loses or invents counts, and a replay of the same range is
         /// identical to the first run.
         #[test]

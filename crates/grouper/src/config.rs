@@ -34,6 +34,11 @@ pub struct GrouperSection {
     pub batch_max_age_ms: u64,
     /// Exact user hashes per aggregate before the sketch takes over.
     pub max_users: usize,
+    /// An event whose project and `event_id` repeat a valid event read at most this many
+    /// offsets earlier in the same partition is counted once (an SDK retrying a request whose
+    /// events were partly published). About 64 bytes of memory per offset and partition, and
+    /// as many messages read again when a partition is assigned; 0 turns it off.
+    pub dedup_window_events: u64,
     /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
     pub listen: String,
     /// Incarnation of the events log, recorded with every aggregate so that offsets of a
@@ -50,6 +55,7 @@ impl Default for GrouperSection {
             batch_max_bytes: 64 << 20,
             batch_max_age_ms: 1000,
             max_users: tracefold_model::aggregate::DEFAULT_MAX_USERS,
+            dedup_window_events: crate::batch::DEFAULT_DEDUP_WINDOW,
             listen: "127.0.0.1:9101".into(),
             epoch: String::new(),
         }

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod dedup;
 pub mod metrics;
 pub mod service;
 

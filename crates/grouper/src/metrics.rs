@@ -1,6 +1,7 @@
 //! Metric names of the grouper (Prometheus), emitted once per batch.
 
-/// Events read, by `outcome` (`accepted`, `rejected`).
+/// Events read, by `outcome` (`accepted`, `rejected`, `duplicate`: a repeat of an event read
+/// shortly before, see the README's reliability section).
 pub const EVENTS_TOTAL: &str = "tracefold_grouper_events_total";
 /// Events whose timestamp was missing or out of range and was set to the receive time.
 pub const CLAMPED_TOTAL: &str = "tracefold_grouper_timestamps_clamped_total";
@@ -20,6 +21,10 @@ pub const EMIT_SECONDS: &str = "tracefold_grouper_emit_seconds";
 /// group read them; each loss is also an ERROR log line. See the README's reliability section.
 pub const EVENTS_LOST_TOTAL: &str = "tracefold_grouper_events_lost_total";
 
+/// Counter: times the deduplication window of an assigned partition could not be read
+/// completely (the broker stopped answering); deduplication is weaker until it refills.
+pub const DEDUP_WINDOW_INCOMPLETE_TOTAL: &str = "tracefold_grouper_dedup_window_incomplete_total";
+
 /// Every metric this service emits (for documentation and dashboard checks).
 pub const ALL: &[&str] = &[
     EVENTS_TOTAL,
@@ -30,4 +35,5 @@ pub const ALL: &[&str] = &[
     BATCH_EVENTS,
     EMIT_SECONDS,
     EVENTS_LOST_TOTAL,
+    DEDUP_WINDOW_INCOMPLETE_TOTAL,
 ];

@@ -17,9 +17,11 @@ use crate::batch::{BatchBuilder, BatchOptions, BatchOutput};
 use crate::config::Config;
 use crate::metrics as m;
 use anyhow::Context as _;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::TopicPartitionList;
 use rdkafka::{ClientContext, Offset};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,9 @@ use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 
 const METADATA_PREFIX: &str = "tracefold:v1:";
+
+/// Reading a partition's deduplication window gives up after this long without a message.
+const PRIME_STALL: Duration = Duration::from_secs(30);
 
 /// Room kept under the broker's message limit for an aggregate's key and record overhead.
 const AGGREGATE_HEADROOM: usize = 1024;
@@ -127,7 +132,12 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         epoch: &epoch,
         producer: &producer,
         max_message: tracefold_runtime::kafka::message_max_bytes(&cfg.kafka),
-        opts: BatchOptions { max_users: cfg.grouper.max_users, grouping: cfg.grouping.clone() },
+        opts: BatchOptions {
+            max_users: cfg.grouper.max_users,
+            grouping: cfg.grouping.clone(),
+            dedup_window: cfg.grouper.dedup_window_events,
+        },
+        reader: None,
         // Crash tests: `TRACEFOLD_FAILPOINTS=grouper.panic_marker=1` makes every event that
         // contains `tracefold-failpoint-panic` panic inside the per-event fault barrier.
         panic_marker: tracefold_runtime::failpoint::armed("grouper.panic_marker"),
@@ -149,6 +159,8 @@ struct Grouper<'a> {
     max_message: usize,
     opts: BatchOptions,
     panic_marker: bool,
+    /// Reads the deduplication window of a newly assigned partition (created when needed).
+    reader: Option<BaseConsumer>,
     parts: HashMap<i32, Part>,
     max_age: Duration,
     last_age_check: Instant,
@@ -164,7 +176,11 @@ impl Strategy for Grouper<'_> {
                 }
                 _ => PartState::Idle,
             };
-            self.parts.insert(c.partition, Part { builder: self.new_builder(), state });
+            let mut builder = self.new_builder();
+            if let Offset::Offset(start) = c.offset {
+                self.prime(cx, &mut builder, c.partition, start)?;
+            }
+            self.parts.insert(c.partition, Part { builder, state });
         }
         Ok(())
     }
@@ -249,6 +265,80 @@ impl Grouper<'_> {
         b
     }
 
+    /// Reads `[start - dedup_window, start)` of `partition` (what the broker still has of it)
+    /// into `builder`'s deduplication window, so that it decides as a grouper that had read
+    /// the partition from the start would.
+    fn prime(&mut self, cx: &Ctx<'_>, builder: &mut BatchBuilder, partition: i32, start: i64) -> anyhow::Result<()> {
+        let span = i64::try_from(self.opts.dedup_window).unwrap_or(i64::MAX);
+        if span == 0 || start <= 0 {
+            return Ok(());
+        }
+        let topic = &self.cfg.topics.events;
+        if self.reader.is_none() {
+            let reader: BaseConsumer = tracefold_runtime::kafka::consumer_config(
+                &self.cfg.kafka,
+                &format!("{}-dedup", self.cfg.grouper.group_id),
+            )
+            .set("enable.partition.eof", "true")
+            .set("statistics.interval.ms", "0")
+            .create()
+            .context("cannot create the deduplication window's reader")?;
+            self.reader = Some(reader);
+        }
+        let reader = self.reader.as_ref().expect("created above");
+        let (low, _) = reader
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .context("cannot read the log start of a partition for the deduplication window")?;
+        let from = start.saturating_sub(span).max(low);
+        if from >= start {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from)).context("deduplication window")?;
+        reader.assign(&tpl).context("cannot read the deduplication window")?;
+        let t0 = Instant::now();
+        let (mut read, mut last_progress) = (0u64, Instant::now());
+        loop {
+            cx.beat();
+            match reader.poll(Duration::from_millis(100)) {
+                Some(Ok(msg)) => {
+                    last_progress = Instant::now();
+                    if msg.offset() >= start {
+                        break;
+                    }
+                    builder.prime(msg.payload().unwrap_or(&[]), msg.offset(), msg.timestamp().to_millis().unwrap_or(0));
+                    read += 1;
+                    if msg.offset() + 1 >= start {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, partition, "reading the deduplication window");
+                }
+                None => {}
+            }
+            if last_progress.elapsed() > PRIME_STALL {
+                // Deduplication is then weaker at the start of this assignment; counts are
+                // still exact for every event read once.
+                tracing::warn!(partition, from, start, read, "the deduplication window could not be read completely");
+                metrics::counter!(m::DEDUP_WINDOW_INCOMPLETE_TOTAL).increment(1);
+                break;
+            }
+        }
+        reader.unassign().context("deduplication window")?;
+        tracing::info!(
+            partition,
+            from,
+            to = start,
+            read,
+            ids = builder.window().len(),
+            ms = t0.elapsed().as_millis() as u64,
+            "deduplication window read"
+        );
+        Ok(())
+    }
+
     /// Emits the open batches of `which` partitions: records their ranges (one synchronous
     /// commit), produces all their records and waits for the acknowledgements (one flush), then
     /// commits past them (one synchronous commit, tried again later if it fails).
@@ -292,6 +382,13 @@ impl Grouper<'_> {
                 tracing::warn!(error = %format!("{e:#}"), "cannot record the batch ranges; rewinding");
                 for d in done.iter().filter(|d| !d.replay) {
                     cx.seek(d.partition, d.first);
+                    // The window moved past `first`: read it again up to there.
+                    if let Some(mut part) = self.parts.remove(&d.partition) {
+                        part.builder.clear_window();
+                        let primed = self.prime(cx, &mut part.builder, d.partition, d.first);
+                        self.parts.insert(d.partition, part);
+                        primed?;
+                    }
                 }
                 done.retain(|d| d.replay);
             } else {
@@ -311,6 +408,7 @@ impl Grouper<'_> {
             let out = &d.out;
             metrics::counter!(m::EVENTS_TOTAL, "outcome" => "accepted").increment(out.accepted);
             metrics::counter!(m::EVENTS_TOTAL, "outcome" => "rejected").increment(out.rejected.len() as u64);
+            metrics::counter!(m::EVENTS_TOTAL, "outcome" => "duplicate").increment(out.duplicates.len() as u64);
             metrics::counter!(m::CLAMPED_TOTAL).increment(out.clamped);
             metrics::counter!(m::BATCHES_TOTAL, "kind" => if d.replay { "replay" } else { "new" }).increment(1);
             metrics::counter!(m::AGGREGATES_TOTAL).increment(out.records.len() as u64);
@@ -327,6 +425,7 @@ impl Grouper<'_> {
                 last = d.last,
                 records = out.records.len(),
                 rejected = out.rejected.len(),
+                duplicates = out.duplicates.len(),
                 replay = d.replay,
                 "batch emitted"
             );

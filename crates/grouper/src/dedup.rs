@@ -1,0 +1,186 @@
+//! Deduplication of re-sent events by `(project, event_id)` within a window of offsets.
+//!
+//! An SDK that retries a request the producer answered with 503 after Kafka had acknowledged
+//! part of it publishes those events again, with the same ids, to the same partition (the
+//! Kafka key is the event id). The grouper counts an event as a duplicate when a valid event
+//! with the same project and id was read at most `span` offsets before it in the same
+//! partition.
+//!
+//! Every valid copy refreshes the window, so the decision depends on the `span` offsets before
+//! an event and on nothing older: the window is a function of the partition's log, not of the
+//! grouper's history, and replays decide the same. A grouper that starts on a partition at
+//! offset `S` first reads `[S - span, S)` again to rebuild it (the service's `prime`). What the
+//! broker's retention already deleted cannot be read again: a copy whose predecessor is older
+//! than the window, or than the log start, counts again.
+
+use std::collections::{HashMap, VecDeque};
+use xxhash_rust::xxh3::Xxh3;
+
+/// The identity of an event for deduplication: its project and its id, the id normalized
+/// (hyphens dropped, ASCII lowercase) so that a UUID and its 32-hex-digit form are one id.
+pub fn identity(project: &str, event_id: &str) -> u128 {
+    let mut h = Xxh3::new();
+    h.update(&(project.len() as u32).to_le_bytes());
+    h.update(project.as_bytes());
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    for b in event_id.bytes().filter(|b| *b != b'-') {
+        if n == buf.len() {
+            h.update(&buf);
+            n = 0;
+        }
+        buf[n] = b.to_ascii_lowercase();
+        n += 1;
+    }
+    h.update(&buf[..n]);
+    h.digest128()
+}
+
+/// The identities of the valid events of the last `span` offsets of one partition, each with
+/// the offset where it was last read. Memory: at most `span + 1` entries.
+#[derive(Debug, Default)]
+pub struct DedupWindow {
+    span: u64,
+    last_seen: HashMap<u128, i64>,
+    /// Every valid event's (offset, identity), offsets increasing, for eviction.
+    order: VecDeque<(i64, u128)>,
+}
+
+impl DedupWindow {
+    /// A window of `span` offsets; 0 turns deduplication off.
+    pub fn new(span: u64) -> Self {
+        Self { span, ..Self::default() }
+    }
+
+    /// Whether a valid event with identity `id` was read in `[offset - span, offset)`.
+    /// Offsets are read in increasing order (after a rewind, start a new window).
+    pub fn is_duplicate(&self, id: u128, offset: i64) -> bool {
+        self.span > 0 && self.last_seen.get(&id).is_some_and(|&o| o < offset && offset.abs_diff(o) <= self.span)
+    }
+
+    /// Records that a valid event `id` (a duplicate or not) was read at `offset`, and forgets
+    /// what fell out of the window. Reading the last offset again changes nothing.
+    pub fn insert(&mut self, id: u128, offset: i64) {
+        if self.span == 0 {
+            return;
+        }
+        let floor = offset.saturating_sub(i64::try_from(self.span).unwrap_or(i64::MAX));
+        while let Some(&(o, old)) = self.order.front() {
+            if o >= floor {
+                break;
+            }
+            self.order.pop_front();
+            if self.last_seen.get(&old) == Some(&o) {
+                self.last_seen.remove(&old);
+            }
+        }
+        if self.order.back().is_none_or(|&(o, _)| o < offset) {
+            self.last_seen.insert(id, offset);
+            self.order.push_back((offset, id));
+        }
+    }
+
+    /// Identities held.
+    pub fn len(&self) -> usize {
+        self.last_seen.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.last_seen.is_empty()
+    }
+
+    /// The configured span, offsets.
+    pub fn span(&self) -> u64 {
+        self.span
+    }
+
+    /// Forgets everything (before the window is read again from the log).
+    pub fn clear(&mut self) {
+        self.last_seen.clear();
+        self.order.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn uuid_and_hex_forms_are_one_identity_and_projects_are_kept_apart() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        let uuid = "01234567-89AB-CDEF-0123-456789ABCDEF";
+        assert_eq!(identity("web", hex), identity("web", uuid));
+        assert_ne!(identity("web", hex), identity("api", hex));
+        // Length prefixes: no ambiguity between project and id.
+        assert_ne!(identity("ab", "c"), identity("a", "bc"));
+        // Any text, any length (the validator refuses such ids; the function stays total).
+        assert_ne!(identity("проект", &"ü".repeat(100)), identity("проект", &"ü".repeat(101)));
+    }
+
+    #[test]
+    fn a_repeat_within_the_span_is_a_duplicate_and_outside_it_is_not() {
+        let mut w = DedupWindow::new(10);
+        w.insert(1, 100);
+        assert!(!w.is_duplicate(1, 100), "the same offset read again");
+        assert!(w.is_duplicate(1, 101));
+        assert!(w.is_duplicate(1, 110));
+        assert!(!w.is_duplicate(1, 111));
+        // A repeat refreshes the window: the third copy is within 10 of the second.
+        w.insert(1, 105);
+        assert!(w.is_duplicate(1, 115));
+        w.insert(2, 116);
+        assert!(!w.is_duplicate(1, 116));
+        assert_eq!(w.len(), 1, "offsets 100 and 105 left the window");
+    }
+
+    #[test]
+    fn span_zero_turns_it_off() {
+        let mut w = DedupWindow::new(0);
+        w.insert(1, 1);
+        assert!(!w.is_duplicate(1, 2));
+        assert!(w.is_empty());
+        assert_eq!(w.span(), 0);
+    }
+
+    proptest! {
+        /// The window decides exactly as the definition (a valid event with the same identity
+        /// in the `span` offsets before), whatever came before them: a window rebuilt from
+        /// only those offsets decides the same. Memory stays bounded.
+        #[test]
+        fn decides_as_the_definition_from_the_window_alone(
+            span in 0u64..20,
+            log in proptest::collection::vec(proptest::option::of(0u128..8), 0..300),
+            start in 0usize..300,
+        ) {
+            // `None`: an invalid event at that offset (never in the window).
+            let decide = |w: &mut DedupWindow, offset: usize| {
+                let dup = log[offset].is_some_and(|id| w.is_duplicate(id, offset as i64));
+                if let Some(id) = log[offset] {
+                    w.insert(id, offset as i64);
+                }
+                dup
+            };
+            let mut w = DedupWindow::new(span);
+            let mut first_run = Vec::new();
+            for offset in 0..log.len() {
+                let want = log[offset].is_some_and(|id| {
+                    span > 0 && (offset.saturating_sub(span as usize)..offset).any(|o| log[o] == Some(id))
+                });
+                prop_assert_eq!(decide(&mut w, offset), want, "offset {}", offset);
+                first_run.push(want);
+                prop_assert!(w.len() as u64 <= span + 1);
+            }
+            // A restart at `start`: the window is read again from `[start - span, start)`.
+            let start = start.min(log.len());
+            let mut again = DedupWindow::new(span);
+            for offset in start.saturating_sub(span as usize)..start {
+                decide(&mut again, offset);
+            }
+            for (offset, first) in first_run.iter().enumerate().skip(start) {
+                prop_assert_eq!(decide(&mut again, offset), *first, "restart at {}, offset {}", start, offset);
+            }
+        }
+    }
+}

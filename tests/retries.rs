@@ -1,0 +1,160 @@
+//! Retries count once: an SDK that re-sends a request the producer answered with 503 after
+//! Kafka had acknowledged part of it does not make those events count twice. The grouper
+//! deduplicates by `(project, event_id)` within a window of offsets per partition, rebuilt from
+//! the log when a partition is assigned, so a restart decides as a grouper that never stopped.
+
+use rdkafka::consumer::Consumer;
+use std::time::{Duration, Instant};
+use tracefold_producer::Config;
+use tracefold_runtime::devbroker::{DevBroker, DevBrokerOptions};
+use tracefold_runtime::telemetry::Health;
+use tracefold_runtime::Shutdown;
+use tracefold_tests::{generate, grouper_config, kafka, publish, topics, writer_config, ServiceThread, TestDb, Truth};
+
+/// One test at a time: each runs a cluster and services on a 2-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Messages ever published to the events topic (sum of the partitions' end offsets).
+fn published(bootstrap: &str) -> i64 {
+    let c: rdkafka::consumer::BaseConsumer =
+        tracefold_runtime::kafka::consumer_config(&kafka(bootstrap), "test-reader").create().unwrap();
+    let topic = topics().events;
+    let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| c.fetch_watermarks(&topic, p.id(), Duration::from_secs(10)).unwrap().1)
+        .sum()
+}
+
+async fn post(client: &reqwest::Client, url: &str, lines: &[&str]) -> (u16, serde_json::Value) {
+    let r = client
+        .post(url)
+        .header("content-type", "application/x-ndjson")
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON body ({e}): {text}")))
+}
+
+/// Kafka acknowledges part of a request (the partitions led by a broker that is down time
+/// out), the producer answers 503, the client sends the whole request again once the broker
+/// is back: ClickHouse holds every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_partial_publish_counts_every_event_once() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::new("retry_partial").await;
+    let broker =
+        DevBroker::start_with(&topics(), &DevBrokerOptions { brokers: 3, partitions: Some(6), track_requests: false })
+            .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let mut cfg = Config { kafka: kafka(&bootstrap), ..Config::default() };
+    cfg.http.delivery_timeout_ms = 2000;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url_of = |project: &str| format!("http://{addr}/api/v1/projects/{project}/events");
+    let (shutdown, health) = (Shutdown::new(), Health::default());
+    tokio::spawn(tracefold_producer::serve(cfg, listener, shutdown.clone(), health.clone(), Vec::new()));
+    let t0 = Instant::now();
+    while !health.is_ready() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "producer ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = reqwest::Client::new();
+    // Connected and warm: one event goes through while every broker is up.
+    let (warm, truth_warm) = generate(1, 1, 7);
+    let warm_line: Vec<&str> = warm.iter().map(|e| e.json.as_str()).collect();
+    assert_eq!(post(&client, &url_of(warm[0].project), &warm_line).await.0, 200);
+
+    // One project's events (a request carries one project's).
+    let (mut events, _) = generate(600, 12, 8);
+    let project = events[0].project;
+    events.retain(|e| e.project == project);
+    events.truncate(300);
+    let url = url_of(project);
+    let mut truth = truth_warm;
+    for e in &events {
+        truth.add(&e.json, e.user);
+    }
+    let lines: Vec<&str> = events.iter().map(|e| e.json.as_str()).collect();
+
+    // Broker 2 leads two of the six partitions: their events time out, the others are stored.
+    broker.cluster().broker_down(2).expect("broker down");
+    let (status, body) = post(&client, &url, &lines).await;
+    assert_eq!(status, 503, "{body}");
+    broker.cluster().broker_up(2).expect("broker up");
+    let partial = published(&bootstrap) - 1;
+    assert!(partial > 0 && partial < lines.len() as i64, "part of the request was published: {partial}; {body}");
+
+    // The client's retry: the whole request again (until the producer takes it).
+    let t0 = Instant::now();
+    loop {
+        let (status, body) = post(&client, &url, &lines).await;
+        if status == 200 {
+            assert_eq!(body["accepted"], lines.len());
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the retry is accepted once the broker is back: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let copies = published(&bootstrap) - 1 - lines.len() as i64;
+    assert!(copies >= partial, "the retry published the acknowledged events again: {copies} copies");
+
+    let grouper = ServiceThread::grouper(grouper_config(&bootstrap));
+    let writer = ServiceThread::writer(writer_config(&bootstrap, &db));
+    assert_exact(&db, &truth).await;
+    grouper.stop().unwrap();
+    writer.stop().unwrap();
+    shutdown.trigger();
+}
+
+/// Waits for `truth.total` events, then checks that no more arrive and that every issue has
+/// its exact count and users.
+async fn assert_exact(db: &TestDb, truth: &Truth) {
+    let got = db.wait_for_total(truth.total, Duration::from_secs(90)).await;
+    assert_eq!(got, truth.total, "every event once");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(db.total_events().await, truth.total, "and no copy later");
+    assert_eq!(db.per_issue().await, truth.expected());
+}
+
+/// Copies of events the grouper counted before it stopped: the next grouper reads the window
+/// before its start offset again and recognises them. A copy further back than the window
+/// counts again, as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_grouper_recognises_copies_of_what_it_counted_before() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::new("retry_restart").await;
+    let broker = DevBroker::start(1, &Default::default(), Some(1)).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let topic = topics().events;
+    let (events, mut truth) = generate(400, 10, 9);
+    let payloads: Vec<Vec<u8>> = events.iter().map(|e| e.json.clone().into_bytes()).collect();
+    let window = 300;
+    let mut gcfg = grouper_config(&bootstrap);
+    gcfg.grouper.dedup_window_events = window;
+    let writer = ServiceThread::writer(writer_config(&bootstrap, &db));
+
+    // The first grouper counts 400 events and stops (committing past them).
+    publish(&bootstrap, &topic, &payloads).await;
+    let grouper = ServiceThread::grouper(gcfg.clone());
+    assert_eq!(db.wait_for_total(400, Duration::from_secs(60)).await, 400);
+    grouper.stop().unwrap();
+
+    // Copies: of the last 50 (offsets 350..400, within the window of the next offsets) and of
+    // the first 20 (offsets 0..20, further back than 300 offsets): those count again.
+    let mut copies: Vec<Vec<u8>> = payloads[350..].to_vec();
+    copies.extend(payloads[..20].iter().cloned());
+    for e in &events[..20] {
+        truth.add(&e.json, e.user);
+    }
+    publish(&bootstrap, &topic, &copies).await;
+    let grouper = ServiceThread::grouper(gcfg);
+    assert_exact(&db, &truth).await;
+    assert_eq!(truth.total, 420);
+    grouper.stop().unwrap();
+    writer.stop().unwrap();
+}
