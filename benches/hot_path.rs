@@ -90,9 +90,10 @@ fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
         })
     });
     g.throughput(Throughput::Elements(10 * evs.len() as u64));
+    let rounds: Vec<Vec<Vec<u8>>> = (0..10).map(tracefold_benches::events_of_round).collect();
     g.bench_function(BenchmarkId::from_parameter(VARIANTS[6].0), |b| {
         b.iter(|| {
-            for round in 0..10 {
+            for (round, evs) in rounds.iter().enumerate() {
                 for (i, e) in evs.iter().enumerate() {
                     builder.add(e, (round * evs.len() + i) as i64, FIXTURE_NOW_MS);
                 }
