@@ -56,6 +56,8 @@ pub struct BatchOutput {
     pub accepted: u64,
     /// Events whose timestamp was missing or out of range and was clamped.
     pub clamped: u64,
+    /// Samples cut to [`tracefold_model::sample::MAX_SAMPLE_BYTES`] (marked in the sample).
+    pub samples_truncated: u64,
     /// Valid events not counted because they repeat an event read shortly before them, in
     /// offset order.
     pub duplicates: Vec<Duplicate>,
@@ -103,6 +105,7 @@ pub struct BatchBuilder {
     window: DedupWindow,
     accepted: u64,
     clamped: u64,
+    samples_truncated: u64,
     events: u64,
     bytes: u64,
     /// Fault injection for tests of the barrier: an event containing these bytes panics.
@@ -153,6 +156,8 @@ struct Planned {
     timestamp_ms: Millis,
     clamped: bool,
     user: Option<u64>,
+    /// A new bucket's sample had to be cut.
+    sample_cut: bool,
 }
 
 impl BatchBuilder {
@@ -169,6 +174,7 @@ impl BatchBuilder {
             opts,
             accepted: 0,
             clamped: 0,
+            samples_truncated: 0,
             events: 0,
             bytes: 0,
             panic_marker: None,
@@ -265,6 +271,7 @@ impl BatchBuilder {
             Bucket::New(record, issue_key) => {
                 if !record.sample.is_empty() {
                     self.sampled.insert(issue_key);
+                    self.samples_truncated += u64::from(p.sample_cut);
                 }
                 let i = self.partials.len();
                 self.partials.push(*record);
@@ -313,10 +320,12 @@ impl BatchBuilder {
             rejected: std::mem::take(&mut self.rejected),
             accepted: self.accepted,
             clamped: self.clamped,
+            samples_truncated: self.samples_truncated,
             duplicates: std::mem::take(&mut self.duplicates),
         };
         self.accepted = 0;
         self.clamped = 0;
+        self.samples_truncated = 0;
         self.events = 0;
         self.bytes = 0;
         out
@@ -331,6 +340,7 @@ impl BatchBuilder {
         self.duplicates.clear();
         self.accepted = 0;
         self.clamped = 0;
+        self.samples_truncated = 0;
         self.events = 0;
         self.bytes = 0;
     }
@@ -397,6 +407,7 @@ fn plan(
     h.update(&fp.0.to_le_bytes());
     h.update(&minute.to_le_bytes());
     let key = h.digest128();
+    let mut sample_cut = false;
     let bucket = if let Some(&i) = index.get(&key) {
         Bucket::Open(i)
     } else {
@@ -408,6 +419,7 @@ fn plan(
             // The payload as the parser saw it (lone surrogates repaired), within the bound.
             let mut repaired = payload.to_vec();
             tracefold_model::json::repair_surrogates(&mut repaired);
+            sample_cut = repaired.len() > tracefold_model::sample::MAX_SAMPLE_BYTES;
             bounded_sample(&repaired)
         };
         let record = AggregateRecord {
@@ -446,6 +458,7 @@ fn plan(
         timestamp_ms: v.timestamp_ms,
         clamped: v.timestamp_clamped,
         user: user_hash(event.user.as_ref()),
+        sample_cut,
     }))
 }
 
@@ -562,6 +575,7 @@ mod tests {
         // A long message: bounded title, bounded sample.
         assert!(out.records[1].title.len() <= 200);
         assert!(out.records[1].sample.len() <= tracefold_model::sample::MAX_SAMPLE_BYTES);
+        assert_eq!(out.samples_truncated, 1, "the long event's sample was cut, and counted");
     }
 
     #[test]

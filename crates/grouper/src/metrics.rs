@@ -21,6 +21,9 @@ pub const EMIT_SECONDS: &str = "tracefold_grouper_emit_seconds";
 /// group read them; each loss is also an ERROR log line. See the README's reliability section.
 pub const EVENTS_LOST_TOTAL: &str = "tracefold_grouper_events_lost_total";
 
+/// Counter: sample events cut to 64 KiB (the sample carries `_tracefold_truncated`).
+pub const SAMPLES_TRUNCATED_TOTAL: &str = "tracefold_grouper_samples_truncated_total";
+
 /// Counter: times the deduplication window of an assigned partition could not be read
 /// completely (the broker stopped answering); deduplication is weaker until it refills.
 pub const DEDUP_WINDOW_INCOMPLETE_TOTAL: &str = "tracefold_grouper_dedup_window_incomplete_total";
@@ -36,4 +39,5 @@ pub const ALL: &[&str] = &[
     EMIT_SECONDS,
     EVENTS_LOST_TOTAL,
     DEDUP_WINDOW_INCOMPLETE_TOTAL,
+    SAMPLES_TRUNCATED_TOTAL,
 ];

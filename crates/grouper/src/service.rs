@@ -410,6 +410,7 @@ impl Grouper<'_> {
             metrics::counter!(m::EVENTS_TOTAL, "outcome" => "rejected").increment(out.rejected.len() as u64);
             metrics::counter!(m::EVENTS_TOTAL, "outcome" => "duplicate").increment(out.duplicates.len() as u64);
             metrics::counter!(m::CLAMPED_TOTAL).increment(out.clamped);
+            metrics::counter!(m::SAMPLES_TRUNCATED_TOTAL).increment(out.samples_truncated);
             metrics::counter!(m::BATCHES_TOTAL, "kind" => if d.replay { "replay" } else { "new" }).increment(1);
             metrics::counter!(m::AGGREGATES_TOTAL).increment(out.records.len() as u64);
             for reason in Reason::ALL {

@@ -259,6 +259,7 @@ impl<'a> DlqRecord<'a> {
             .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(p.as_bytes()) })
             .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(o.as_bytes()) });
         if cut {
+            metrics::counter!(DLQ_TRUNCATED).increment(1);
             let n = payload.len().to_string();
             headers = headers.insert(Header { key: dlq_headers::TRUNCATED, value: Some(n.as_bytes()) });
         }
@@ -269,6 +270,10 @@ impl<'a> DlqRecord<'a> {
         }
     }
 }
+
+/// Counter: DLQ records whose payload was cut to fit under the broker's message limit (the
+/// record's `tracefold-truncated-from` header has the original size).
+pub const DLQ_TRUNCATED: &str = "tracefold_kafka_dlq_truncated_total";
 
 /// Offset commits that failed (label `group`): each is kept and tried again until one
 /// succeeds or the partition is revoked.
