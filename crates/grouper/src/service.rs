@@ -90,9 +90,9 @@ enum PartState {
     Open { first: i64, last: i64, started: Instant },
     /// A range `[committed, last]` recorded as pending by an earlier owner is to be rebuilt;
     /// nothing of it has been read yet.
-    Pending { last: i64 },
-    /// Rebuilding a pending range: `first` is the first offset read, `last` the range's
-    /// recorded last offset, where the batch is cut whatever comes after.
+    Pending { first: i64, last: i64 },
+    /// Rebuilding a pending range: `first` and `last` are the range's recorded offsets (its
+    /// identity; the batch is cut at `last` whatever comes after).
     Replaying { first: i64, last: i64 },
 }
 
@@ -172,7 +172,7 @@ impl Strategy for Grouper<'_> {
             let state = match (decode_pending(&c.metadata), c.offset) {
                 (Some((first, last)), Offset::Offset(o)) if o == first => {
                     tracing::info!(partition = c.partition, from = ?c.offset, to = last, "rebuilding an unfinished batch");
-                    PartState::Pending { last }
+                    PartState::Pending { first, last }
                 }
                 _ => PartState::Idle,
             };
@@ -208,7 +208,26 @@ impl Strategy for Grouper<'_> {
         part.state = match part.state {
             PartState::Idle => PartState::Open { first: offset, last: offset, started: Instant::now() },
             PartState::Open { first, started, .. } => PartState::Open { first, last: offset, started },
-            PartState::Pending { last } => PartState::Replaying { first: offset, last },
+            // Retention deleted the whole unfinished range (counted as lost): a new batch.
+            PartState::Pending { first, last } if offset > last => {
+                tracing::warn!(
+                    partition = p,
+                    first,
+                    last,
+                    read_from = offset,
+                    "an unfinished batch was deleted by retention before it could be rebuilt"
+                );
+                PartState::Open { first: offset, last: offset, started: Instant::now() }
+            }
+            // The batch keeps its recorded identity even when retention deleted the start of
+            // the range (those events are counted as lost): the writer then recognises the
+            // rebuilt records as the same batch and never stores the surviving part twice.
+            PartState::Pending { first, last } => {
+                if offset > first {
+                    tracing::warn!(partition = p, first, read_from = offset, last, "the start of an unfinished batch was deleted by retention; rebuilding what is left under the batch's identity");
+                }
+                PartState::Replaying { first, last }
+            }
             PartState::Replaying { first, last } => PartState::Replaying { first, last },
         };
         let ts = msg.timestamp().to_millis().unwrap_or(0);
