@@ -31,6 +31,9 @@ pub struct Rejected {
     pub rejection: Rejection,
     /// The message verbatim.
     pub payload: Vec<u8>,
+    /// When Kafka received it (the message timestamp), Unix milliseconds: the minute of its
+    /// outcome record.
+    pub received_ms: Millis,
 }
 
 /// What a finished batch emits.
@@ -164,7 +167,9 @@ impl BatchBuilder {
         let planned = catch_unwind(AssertUnwindSafe(|| plan(work, opts, index, sampled, marker, payload, received_ms)));
         match planned {
             Ok(Ok(p)) => self.apply(p),
-            Ok(Err(rejection)) => self.rejected.push(Rejected { offset, rejection, payload: payload.to_vec() }),
+            Ok(Err(rejection)) => {
+                self.rejected.push(Rejected { offset, rejection, payload: payload.to_vec(), received_ms })
+            }
             Err(panic) => {
                 let what = tracefold_runtime::telemetry::panic_message(panic.as_ref());
                 // The scratch buffers may be half-updated: start them afresh.
@@ -177,6 +182,7 @@ impl BatchBuilder {
                         format!("internal error while processing the event: {}", prefix(&what, 512)),
                     ),
                     payload: payload.to_vec(),
+                    received_ms,
                 });
             }
         }

@@ -110,7 +110,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         .context("cannot create the grouper's producer")?;
     tracefold_runtime::kafka::check_topics(
         runtime.consumer().client(),
-        &[&cfg.topics.events, &cfg.topics.aggregates, &cfg.topics.dlq],
+        &[&cfg.topics.events, &cfg.topics.aggregates, &cfg.topics.dlq, &cfg.topics.outcomes],
         Duration::from_secs(10),
     )?;
     let epoch = if cfg.grouper.epoch.is_empty() {
@@ -401,6 +401,16 @@ impl Grouper<'_> {
             let rec =
                 DlqRecord::new(&rej.payload, events, partition, rej.offset, why.reason, &why.detail, self.max_message);
             self.send(BaseRecord::to(&self.cfg.topics.dlq).key(&rec.key).payload(rec.payload).headers(rec.headers))?;
+        }
+        self.produce_outcomes(out, partition, payload)
+    }
+
+    /// The batch's outcome records (what went to the DLQ), produced with it.
+    fn produce_outcomes(&self, out: &BatchOutput, partition: i32, payload: &mut Vec<u8>) -> anyhow::Result<()> {
+        for r in crate::outcomes::dlq_outcomes(out, self.epoch, &self.cfg.topics.events, partition) {
+            payload.clear();
+            serde_json::to_writer(&mut *payload, &r).context("serialize outcome")?;
+            self.send(BaseRecord::to(&self.cfg.topics.outcomes).key(&r.project).payload(payload.as_slice()))?;
         }
         Ok(())
     }

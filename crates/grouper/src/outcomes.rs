@@ -1,0 +1,91 @@
+//! Outcome records of a batch: per (project, minute received, reason), how many of its events
+//! went to the DLQ. They are produced with the batch's other records, before the commit past
+//! it, and are a deterministic function of the batch: a rebuilt batch re-emits identical
+//! records, which the writer stores once.
+
+use crate::batch::BatchOutput;
+use std::collections::BTreeMap;
+use tracefold_model::outcome::minute_of_ms;
+use tracefold_model::validate::is_project_slug;
+use tracefold_model::{Outcome, OutcomeRecord};
+
+/// The project an event names, when it names a valid one; empty otherwise (a malformed event).
+/// Total on any bytes: a failed parse is "unknown".
+pub fn project_of(payload: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow, default)]
+        project: Option<std::borrow::Cow<'a, str>>,
+    }
+    match serde_json::from_slice::<Named<'_>>(payload) {
+        Ok(Named { project: Some(p) }) if is_project_slug(&p) => p.into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The DLQ outcome records of `out`, a batch of `topic` partition `partition` read under
+/// `epoch`. Their source is `grouper/<epoch>/<topic>/<partition>/<first rejected offset>`: the
+/// rejected offsets of a range are the same whenever the range is rebuilt, and belong to no
+/// other batch.
+pub fn dlq_outcomes(out: &BatchOutput, epoch: &str, topic: &str, partition: i32) -> Vec<OutcomeRecord> {
+    let Some(first) = out.rejected.iter().map(|r| r.offset).min() else { return Vec::new() };
+    let mut counts: BTreeMap<(String, i64, &'static str), u64> = BTreeMap::new();
+    for r in &out.rejected {
+        let key = (project_of(&r.payload), minute_of_ms(r.received_ms), r.rejection.reason.code());
+        *counts.entry(key).or_default() += 1;
+    }
+    let source = format!("grouper/{epoch}/{topic}/{partition}/{first}");
+    counts
+        .into_iter()
+        .map(|((project, minute, reason), quantity)| OutcomeRecord {
+            v: 1,
+            project,
+            minute,
+            outcome: Outcome::Dlq,
+            reason: reason.to_owned(),
+            quantity,
+            source: source.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Rejected;
+    use tracefold_model::{Reason, Rejection};
+
+    fn rej(offset: i64, payload: &str, reason: Reason, received_ms: i64) -> Rejected {
+        Rejected { offset, rejection: Rejection::new(reason, "x"), payload: payload.as_bytes().to_vec(), received_ms }
+    }
+
+    #[test]
+    fn projects_are_read_when_valid_and_unknown_otherwise() {
+        assert_eq!(project_of(br#"{"project":"shop","message":1}"#), "shop");
+        assert_eq!(project_of(br#"{"project":"Not A Slug"}"#), "");
+        assert_eq!(project_of(br#"{"project":"sh\u00f6p"}"#), "");
+        assert_eq!(project_of(b"not json \xff"), "");
+        assert_eq!(project_of(&b"[".repeat(100_000)), "");
+        assert_eq!(project_of(br#"{"message":"no project"}"#), "");
+    }
+
+    #[test]
+    fn rejected_events_are_counted_per_project_minute_and_reason_deterministically() {
+        let out = BatchOutput {
+            rejected: vec![
+                rej(12, r#"{"project":"a"}"#, Reason::Invalid, 60_000),
+                rej(10, "{", Reason::Malformed, 61_000),
+                rej(15, r#"{"project":"a"}"#, Reason::Invalid, 119_999),
+                rej(17, r#"{"project":"a"}"#, Reason::Invalid, 120_000),
+            ],
+            ..BatchOutput::default()
+        };
+        let recs = dlq_outcomes(&out, "e", "t", 3);
+        let got: Vec<(&str, i64, &str, u64)> =
+            recs.iter().map(|r| (r.project.as_str(), r.minute, r.reason.as_str(), r.quantity)).collect();
+        assert_eq!(got, [("", 60, "malformed", 1), ("a", 60, "invalid", 2), ("a", 120, "invalid", 1)]);
+        assert!(recs.iter().all(|r| r.source == "grouper/e/t/3/10" && r.outcome == Outcome::Dlq));
+        assert_eq!(dlq_outcomes(&out, "e", "t", 3), recs, "a rebuilt batch emits the same records");
+        assert!(dlq_outcomes(&BatchOutput::default(), "e", "t", 3).is_empty());
+    }
+}
