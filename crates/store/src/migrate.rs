@@ -898,7 +898,7 @@ mod tests {
         for days in [1, 7, 400] {
             let ddls = parsed(&Flavor { modern: true, cluster: None, retention_days: days });
             let ttls: Vec<&Vec<Tok>> = ddls.iter().filter_map(|d| d.ttl.as_ref()).collect();
-            assert_eq!(ttls.len(), 6);
+            assert_eq!(ttls.len(), 7);
             assert!(ttls
                 .iter()
                 .all(|t| t[t.len() - 3..] == [word("INTERVAL"), Tok::Num(days.to_string()), word("DAY")]));
