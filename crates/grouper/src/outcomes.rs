@@ -5,9 +5,10 @@
 
 use crate::batch::BatchOutput;
 use std::collections::BTreeMap;
-use tracefold_model::outcome::minute_of_ms;
+use tracefold_model::outcome::{minute_of_ms, reasons};
 use tracefold_model::validate::is_project_slug;
 use tracefold_model::{Outcome, OutcomeRecord};
+use tracefold_runtime::consumer::Loss;
 
 /// The project an event names, when it names a valid one; empty otherwise (a malformed event).
 /// Total on any bytes: a failed parse is "unknown".
@@ -45,6 +46,26 @@ pub fn dlq_outcomes(out: &BatchOutput, epoch: &str, topic: &str, partition: i32)
             reason: reason.to_owned(),
             quantity,
             source: source.clone(),
+        })
+        .collect()
+}
+
+/// The outcome records of events lost to retention before the grouper read them (project
+/// unknown, reason `retention`), one per gap. Their source is
+/// `grouper-lost/<epoch>/<topic>/<partition>/<first offset lost>`: a restart from the same
+/// commit finds the same gap and re-emits the same record.
+pub fn lost_outcomes(losses: &[Loss], epoch: &str, topic: &str) -> Vec<OutcomeRecord> {
+    losses
+        .iter()
+        .filter(|l| l.lost > 0)
+        .map(|l| OutcomeRecord {
+            v: 1,
+            project: String::new(),
+            minute: minute_of_ms(l.next_timestamp_ms),
+            outcome: Outcome::Lost,
+            reason: reasons::RETENTION.to_owned(),
+            quantity: l.lost,
+            source: format!("grouper-lost/{epoch}/{topic}/{}/{}", l.partition, l.expected),
         })
         .collect()
 }
@@ -87,5 +108,21 @@ mod tests {
         assert!(recs.iter().all(|r| r.source == "grouper/e/t/3/10" && r.outcome == Outcome::Dlq));
         assert_eq!(dlq_outcomes(&out, "e", "t", 3), recs, "a rebuilt batch emits the same records");
         assert!(dlq_outcomes(&BatchOutput::default(), "e", "t", 3).is_empty());
+    }
+
+    #[test]
+    fn each_gap_is_one_lost_record_named_by_its_first_offset() {
+        let losses = [
+            Loss { partition: 2, expected: 100, lost: 40, next_timestamp_ms: 125_000 },
+            Loss { partition: 0, expected: 5, lost: 0, next_timestamp_ms: 0 },
+        ];
+        let recs = lost_outcomes(&losses, "e", "t");
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!(
+            (r.project.as_str(), r.minute, r.outcome, r.reason.as_str(), r.quantity),
+            ("", 120, Outcome::Lost, "retention", 40)
+        );
+        assert_eq!(r.source, "grouper-lost/e/t/2/100");
     }
 }
