@@ -133,11 +133,7 @@ pub fn read_dlq(
                 DlqEntry {
                     partition: m.partition(),
                     offset: m.offset(),
-                    time: m
-                        .timestamp()
-                        .to_millis()
-                        .map(|ms| tracefold_model::time::format_rfc3339(ms))
-                        .unwrap_or_default(),
+                    time: m.timestamp().to_millis().map(tracefold_model::time::format_rfc3339).unwrap_or_default(),
                     reason: header(h::REASON),
                     error: header(h::ERROR),
                     source_topic: header(h::SOURCE_TOPIC),
@@ -150,7 +146,7 @@ pub fn read_dlq(
             ));
         }
     }
-    all.sort_by(|a, b| (a.0, a.1.partition, a.1.offset).cmp(&(b.0, b.1.partition, b.1.offset)));
+    all.sort_by_key(|(ts, e)| (*ts, e.partition, e.offset));
     let start = all.len().saturating_sub(limit);
     Ok(all.into_iter().skip(start).map(|(_, e)| e).collect())
 }

@@ -282,7 +282,14 @@ fn refused(details: Vec<Detail>, total: usize) -> ApiError {
 fn record_refusal<T>(st: &AppState, project: Option<&str>, r: &Result<T, ApiError>) {
     if let (Some(project), Err(e)) = (project, r) {
         let codes: Vec<Reason> = e.details.iter().map(|d| d.code).collect();
-        st.outcomes.record_refusal(project, e.status.as_u16(), e.outcome_reason, &codes, e.events);
+        let c = e.counted.as_deref();
+        st.outcomes.record_refusal(
+            project,
+            e.status.as_u16(),
+            c.and_then(|c| c.reason),
+            &codes,
+            c.and_then(|c| c.events),
+        );
     }
 }
 
@@ -290,6 +297,13 @@ fn record_refusal<T>(st: &AppState, project: Option<&str>, r: &Result<T, ApiErro
 fn record_ok(t0: Instant) {
     metrics::counter!(m::REQUESTS_TOTAL, "status" => "200").increment(1);
     metrics::histogram!(m::REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+}
+
+/// What an error tells the outcome counters beyond its status and details.
+#[derive(Debug, Default)]
+struct Counted {
+    events: Option<usize>,
+    reason: Option<&'static str>,
 }
 
 /// An error response.
@@ -303,12 +317,10 @@ pub struct ApiError {
     sentry_rate_limit: Option<String>,
     #[serde(skip)]
     close: bool,
-    /// How many events the refused request held, when known (for outcomes).
+    /// For outcomes: how many events the refused request held, when known, and the reason
+    /// when the status alone does not tell it (rate-limit scope). Boxed: errors stay small.
     #[serde(skip)]
-    events: Option<usize>,
-    /// The outcome reason of a refusal that the status alone does not tell (rate-limit scope).
-    #[serde(skip)]
-    outcome_reason: Option<&'static str>,
+    counted: Option<Box<Counted>>,
     /// Summary.
     pub error: String,
     /// Per-line problems.
@@ -323,8 +335,7 @@ impl ApiError {
             retry_after_secs: None,
             sentry_rate_limit: None,
             close: false,
-            events: None,
-            outcome_reason: None,
+            counted: None,
             error: error.into(),
             details: Vec::new(),
         }
@@ -337,7 +348,13 @@ impl ApiError {
 
     /// The same error, for a request of `n` events.
     fn with_events(mut self, n: usize) -> Self {
-        self.events = Some(n);
+        self.counted.get_or_insert_with(Box::default).events = Some(n);
+        self
+    }
+
+    /// The same error, with the outcome reason `reason`.
+    fn with_outcome_reason(mut self, reason: &'static str) -> Self {
+        self.counted.get_or_insert_with(Box::default).reason = Some(reason);
         self
     }
 
@@ -375,21 +392,18 @@ impl From<Refusal> for ApiError {
                 let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("{scope} rate limit exceeded; retry in {retry_after} s"));
                 e.retry_after_secs = Some(retry_after);
                 e.sentry_rate_limit = Some(format!("{retry_after}::{scope}"));
-                e.outcome_reason = Some(match scope {
-                    "key" => tracefold_model::outcome::reasons::KEY_RATE,
-                    "unregistered" => tracefold_model::outcome::reasons::UNREGISTERED_RATE,
-                    _ => tracefold_model::outcome::reasons::PROJECT_RATE,
-                });
-                e
+                e.with_outcome_reason(match scope {
+                    "key" => reasons::KEY_RATE,
+                    "unregistered" => reasons::UNREGISTERED_RATE,
+                    _ => reasons::PROJECT_RATE,
+                })
             }
-            Refusal::OverBurst { events, burst, scope } => {
-                let mut e = ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("{events} events in one request, more than the {scope} rate limit's burst of {burst}; send smaller requests"),
-                );
-                e.outcome_reason = Some(tracefold_model::outcome::reasons::TOO_MANY_EVENTS);
-                e.with_events(events as usize)
-            }
+            Refusal::OverBurst { events, burst, scope } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{events} events in one request, more than the {scope} rate limit's burst of {burst}; send smaller requests"),
+            )
+            .with_outcome_reason(reasons::TOO_MANY_EVENTS)
+            .with_events(events),
         }
     }
 }
@@ -764,12 +778,11 @@ fn native_events(
         for _ in event_lines(text) {
             n += 1;
             if n > max_events {
-                let mut e = ApiError::new(
+                return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("more than {max_events} events in one request (http.max_events_per_request)"),
-                );
-                e.outcome_reason = Some(reasons::TOO_MANY_EVENTS);
-                return Err(e);
+                )
+                .with_outcome_reason(reasons::TOO_MANY_EVENTS));
             }
         }
         n
