@@ -74,6 +74,8 @@ pub mod reasons {
     pub const UNREGISTERED_RATE: &str = "unregistered_rate";
     /// The producer was overloaded or Kafka did not keep up (503).
     pub const OVERLOADED: &str = "overloaded";
+    /// The producer pushed back because the pipeline behind it lags (503).
+    pub const BACKPRESSURE: &str = "backpressure";
     /// More events in one request than a rate limit's burst, or than
     /// `http.max_events_per_request` (413).
     pub const TOO_MANY_EVENTS: &str = "too_many_events";

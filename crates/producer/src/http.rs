@@ -352,8 +352,9 @@ impl ApiError {
         self
     }
 
-    /// The same error, with the outcome reason `reason`.
-    fn with_outcome_reason(mut self, reason: &'static str) -> Self {
+    /// The same error, with the outcome reason `reason` (one of
+    /// [`tracefold_model::outcome::reasons`], e.g. `BACKPRESSURE` for a 503 that pushes back).
+    pub(crate) fn with_outcome_reason(mut self, reason: &'static str) -> Self {
         self.counted.get_or_insert_with(Box::default).reason = Some(reason);
         self
     }

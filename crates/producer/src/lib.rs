@@ -70,8 +70,17 @@ pub async fn serve(
             }
         }
     });
-    // Outcome counts go to their topic every few seconds, and once more after the server stopped.
-    let (o, p, t, stop) = (outcomes.clone(), producer.clone(), cfg.topics.outcomes.clone(), shutdown.clone());
+    // Outcome counts go to their topic every few seconds, and once more after the server stopped,
+    // through a producer of their own: the events producer's queue room is reserved per request
+    // (http::QueueRoom) and must not be taken by outcome records.
+    let c = cfg.clone();
+    let outcome_producer: FutureProducer = tokio::task::spawn_blocking(move || {
+        tracefold_runtime::kafka::producer_config(&c.kafka, c.http.delivery_timeout_ms)
+            .create()
+            .context("cannot create the outcomes producer")
+    })
+    .await??;
+    let (o, p, t, stop) = (outcomes.clone(), outcome_producer.clone(), cfg.topics.outcomes.clone(), shutdown.clone());
     let flusher = tokio::spawn(async move {
         let mut tick = tokio::time::interval(outcomes::FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -92,7 +101,10 @@ pub async fn serve(
         .context("http server failed")?;
     health.set_stopped();
     let _ = flusher.await;
-    outcomes.flush(&producer, &cfg.topics.outcomes).await;
+    let last = outcomes.flush(&outcome_producer, &cfg.topics.outcomes);
+    if tokio::time::timeout(Duration::from_secs(10), last).await.is_err() {
+        tracing::warn!("the last outcome counts were not acknowledged within 10 s; they are lost");
+    }
     tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await??;
     tracing::info!("producer stopped");
     Ok(())
