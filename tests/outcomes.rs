@@ -179,3 +179,30 @@ async fn every_event_has_an_outcome_stored_once_and_the_dlq_tells_why() {
     assert_eq!(again.totals[0].quantity, 8);
     pipeline.stop().await.unwrap();
 }
+
+/// The record format's schema names every field a record carries and every outcome.
+#[test]
+fn the_schema_describes_the_records() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tracefold_tests::procs::repo().join("schemas/outcome.v1.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let rec = OutcomeRecord {
+        v: 1,
+        project: "p".into(),
+        minute: 60,
+        outcome: Outcome::Lost,
+        reason: "retention".into(),
+        quantity: 1,
+        source: "s".into(),
+    };
+    let json = serde_json::to_value(&rec).unwrap();
+    let mut fields: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    fields.sort_unstable();
+    required.sort_unstable();
+    assert_eq!(fields, required);
+    let outcomes: Vec<&str> =
+        schema["properties"]["outcome"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(outcomes, Outcome::ALL.map(Outcome::code));
+}
