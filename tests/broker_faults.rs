@@ -536,7 +536,8 @@ impl Rig {
     fn move_leaders(&self, leader_of: impl Fn(i32) -> i32) -> Vec<i32> {
         let t = topics();
         let cluster = self.broker.cluster();
-        for topic in [&t.events, &t.aggregates] {
+        // The outcomes topic too: the producer writes it and the writer reads it all the time.
+        for topic in [&t.events, &t.aggregates, &t.outcomes] {
             for p in 0..PARTITIONS {
                 cluster.partition_leader(topic, p, Some(leader_of(p))).expect("move a leader");
             }
@@ -546,7 +547,7 @@ impl Rig {
 
     fn assert_leaders(&self, want: &[i32]) {
         let t = topics();
-        for topic in [&t.events, &t.aggregates] {
+        for topic in [&t.events, &t.aggregates, &t.outcomes] {
             assert_eq!(self.broker.leaders(topic, Duration::from_secs(10)).unwrap(), want, "leaders of {topic}");
         }
     }

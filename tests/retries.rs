@@ -106,6 +106,19 @@ async fn a_retry_after_a_partial_publish_counts_every_event_once() {
     let grouper = ServiceThread::grouper(grouper_config(&bootstrap));
     let writer = ServiceThread::writer(writer_config(&bootstrap, &db));
     assert_exact(&db, &truth).await;
+    // The copies of what the first attempt published are duplicate outcomes of the project.
+    let t0 = Instant::now();
+    loop {
+        let r =
+            tracefold_store::outcomes::outcomes(&db.client, &db.cfg.database, 3 * 3600, Some(project)).await.unwrap();
+        let dup: u64 = r.totals.iter().filter(|t| t.outcome == "duplicate").map(|t| t.quantity).sum();
+        if dup == partial as u64 {
+            assert!(r.totals.iter().filter(|t| t.outcome == "duplicate").all(|t| t.reason == "resent"));
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "duplicate outcomes: {dup} of {partial}: {:?}", r.totals);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     grouper.stop().unwrap();
     writer.stop().unwrap();
     shutdown.trigger();

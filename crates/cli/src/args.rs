@@ -13,7 +13,7 @@ mod analyst;
 mod measure;
 mod ops;
 
-pub use analyst::{FingerprintArgs, IssueArgs, TopArgs};
+pub use analyst::{DlqArgs, FingerprintArgs, IssueArgs, OutcomesArgs, TopArgs};
 pub use measure::{BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionQualityArgs, GroupingQualityArgs};
 pub use ops::{DevArgs, GenArgs, LoadgenArgs, MigrateArgs, RetentionArgs, SignalsArgs};
 
@@ -117,6 +117,11 @@ pub enum Cmd {
     Gen(GenArgs),
     /// Show the issues with the most events in a recent window.
     Top(TopArgs),
+    /// Show what became of events per project, outcome and reason (accepted, rate limited,
+    /// invalid, too large, sent to the DLQ, lost), with a per-minute sparkline.
+    Outcomes(OutcomesArgs),
+    /// Show the most recent DLQ records: reason, error, source offset and a payload preview.
+    Dlq(DlqArgs),
     /// Fingerprint events read as NDJSON from files or stdin; one JSON line per event.
     Fingerprint(FingerprintArgs),
     /// Score spike detection on simulated traffic against a baseline rule.

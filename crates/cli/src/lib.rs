@@ -4,5 +4,6 @@
 //! [`render`] because the queries draw tables too.
 #![warn(missing_docs)]
 
+pub mod outcomes;
 pub mod query;
 pub use tracefold_devtools::render;

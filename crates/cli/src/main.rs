@@ -19,6 +19,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Loadgen(a) => cmd::load::loadgen(a).await,
         Cmd::Gen(a) => cmd::load::gen(&a),
         Cmd::Top(a) => cmd::issues::top(a).await,
+        Cmd::Outcomes(a) => cmd::outcomes::outcomes(a).await,
+        Cmd::Dlq(a) => cmd::outcomes::dlq(&a),
         Cmd::Issue(a) => cmd::issues::issue(a).await,
         Cmd::Fingerprint(a) => cmd::fingerprint::run(&a),
         Cmd::DetectionQuality(a) => cmd::measure::detection_quality(&a),

@@ -32,6 +32,9 @@ pub struct Rejected {
     pub rejection: Rejection,
     /// The message verbatim.
     pub payload: Vec<u8>,
+    /// When Kafka received it (the message timestamp), Unix milliseconds: the minute of its
+    /// outcome record.
+    pub received_ms: Millis,
 }
 
 /// A valid event that repeats one read shortly before it (see [`crate::dedup`]): not counted.
@@ -242,7 +245,9 @@ impl BatchBuilder {
             Ok(Ok(Plan::Duplicate(project))) => self.duplicates.push(Duplicate { offset, project, received_ms }),
             Ok(Ok(Plan::Primed)) => {}
             Ok(Err(_)) if prime => {}
-            Ok(Err(rejection)) => self.rejected.push(Rejected { offset, rejection, payload: payload.to_vec() }),
+            Ok(Err(rejection)) => {
+                self.rejected.push(Rejected { offset, rejection, payload: payload.to_vec(), received_ms })
+            }
             Err(panic) => {
                 // The scratch buffers may be half-updated: start them afresh.
                 self.work = Work::default();
@@ -256,6 +261,7 @@ impl BatchBuilder {
                             format!("internal error while processing the event: {}", prefix(&what, 512)),
                         ),
                         payload: payload.to_vec(),
+                        received_ms,
                     });
                 }
             }

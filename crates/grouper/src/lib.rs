@@ -7,6 +7,7 @@ pub mod batch;
 pub mod config;
 pub mod dedup;
 pub mod metrics;
+pub mod outcomes;
 pub mod service;
 
 pub use config::Config;

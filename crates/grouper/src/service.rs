@@ -115,7 +115,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         .context("cannot create the grouper's producer")?;
     tracefold_runtime::kafka::check_topics(
         runtime.consumer().client(),
-        &[&cfg.topics.events, &cfg.topics.aggregates, &cfg.topics.dlq],
+        &[&cfg.topics.events, &cfg.topics.aggregates, &cfg.topics.dlq, &cfg.topics.outcomes],
         Duration::from_secs(10),
     )?;
     let epoch = if cfg.grouper.epoch.is_empty() {
@@ -144,6 +144,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         parts: HashMap::new(),
         max_age: Duration::from_millis(cfg.grouper.batch_max_age_ms),
         last_age_check: Instant::now(),
+        losses: runtime.losses(),
     };
     tracing::info!(topic = %cfg.topics.events, group = %cfg.grouper.group_id, "grouper started");
     runtime.run(&mut g, shutdown, health)?;
@@ -164,6 +165,8 @@ struct Grouper<'a> {
     parts: HashMap<i32, Part>,
     max_age: Duration,
     last_age_check: Instant,
+    /// Gaps the runtime found (events lost to retention), published as outcomes with the next emit.
+    losses: tracefold_runtime::consumer::LossLog,
 }
 
 impl Strategy for Grouper<'_> {
@@ -458,6 +461,7 @@ impl Grouper<'_> {
         let failed_before = self.producer.context().failed.load(Ordering::SeqCst);
         self.producer.context().acked.store(0, Ordering::SeqCst);
         let mut payload = Vec::with_capacity(4096);
+        self.produce_lost(&mut payload)?;
         for (out, partition) in outs {
             self.produce_one(out, *partition, &mut payload)?;
         }
@@ -520,6 +524,31 @@ impl Grouper<'_> {
             let rec =
                 DlqRecord::new(&rej.payload, events, partition, rej.offset, why.reason, &why.detail, self.max_message);
             self.send(BaseRecord::to(&self.cfg.topics.dlq).key(&rec.key).payload(rec.payload).headers(rec.headers))?;
+        }
+        self.produce_outcomes(out, partition, payload)
+    }
+
+    /// Outcome records of the gaps found since the last emit (before the commit past them: a
+    /// restart from the same commit finds the gap again).
+    fn produce_lost(&self, payload: &mut Vec<u8>) -> anyhow::Result<()> {
+        let losses = tracefold_runtime::consumer::take_losses(&self.losses);
+        for r in crate::outcomes::lost_outcomes(&losses, self.epoch, &self.cfg.topics.events) {
+            payload.clear();
+            serde_json::to_writer(&mut *payload, &r).context("serialize outcome")?;
+            self.send(BaseRecord::to(&self.cfg.topics.outcomes).key(&r.project).payload(payload.as_slice()))?;
+        }
+        Ok(())
+    }
+
+    /// The batch's outcome records (what went to the DLQ, the re-sent copies), produced with it.
+    fn produce_outcomes(&self, out: &BatchOutput, partition: i32, payload: &mut Vec<u8>) -> anyhow::Result<()> {
+        let topic = &self.cfg.topics.events;
+        let dlq = crate::outcomes::dlq_outcomes(out, self.epoch, topic, partition);
+        let dup = crate::outcomes::duplicate_outcomes(out, self.epoch, topic, partition);
+        for r in dlq.into_iter().chain(dup) {
+            payload.clear();
+            serde_json::to_writer(&mut *payload, &r).context("serialize outcome")?;
+            self.send(BaseRecord::to(&self.cfg.topics.outcomes).key(&r.project).payload(payload.as_slice()))?;
         }
         Ok(())
     }

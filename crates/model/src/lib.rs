@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod event;
 pub mod json;
+pub mod outcome;
 pub mod reject;
 pub mod sample;
 pub mod sentry;
@@ -14,6 +15,7 @@ pub mod validate;
 
 pub use aggregate::{AggregateRecord, BatchRef, UserSet};
 pub use event::Event;
+pub use outcome::{Outcome, OutcomeRecord};
 pub use reject::{Reason, Rejection};
 pub use validate::{validate, Level, Validated, ValidationError};
 

@@ -163,6 +163,11 @@ impl Projects {
         })
     }
 
+    /// The slug of the project registered with numeric id `id` (Sentry endpoints).
+    pub fn slug_of(&self, id: u64) -> Option<&str> {
+        self.by_id.get(&id).map(|&i| self.projects[i].slug.as_str())
+    }
+
     /// Admits `events` events for the project named by slug (native endpoint) or by numeric
     /// id (Sentry endpoints), with `key` from the request. With `events == 0` only the project
     /// and the key are checked.

@@ -45,9 +45,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracefold_model::json::repair_surrogates;
+use tracefold_model::outcome::reasons;
 use tracefold_model::reject::{Reason, Rejection};
 use tracefold_model::time::now_ms;
 use tracefold_model::validate::is_project_slug;
+use tracefold_model::Outcome;
 use tracefold_model::{parse_event_slice, validate, Event, ParseError};
 use tracing::Instrument as _;
 
@@ -79,6 +81,8 @@ pub struct AppState {
     pub max_event_bytes: usize,
     /// Room in the Kafka producer's queue, reserved per request before anything is queued.
     pub queue: QueueRoom,
+    /// Outcome counters (accepted and refused events per project, minute and reason).
+    pub outcomes: Arc<crate::outcomes::Outcomes>,
 }
 
 impl AppState {
@@ -87,7 +91,8 @@ impl AppState {
         let limiter = Limiter::new(cfg.http.max_concurrent_requests);
         let max_event_bytes = cfg.max_event_bytes();
         let queue = QueueRoom::new(&cfg.kafka);
-        Self { cfg, producer, projects, limiter, max_event_bytes, queue }
+        let outcomes = Arc::new(crate::outcomes::Outcomes::new());
+        Self { cfg, producer, projects, limiter, max_event_bytes, queue, outcomes }
     }
 }
 
@@ -168,7 +173,23 @@ async fn limit_concurrency(State(st): State<AppState>, req: Request, next: Next)
             drop(permit);
             resp
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if let Some(project) = project_of_path(&st, req.uri().path()) {
+                st.outcomes.record(&project, Outcome::RateLimited, reasons::OVERLOADED, 1);
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// The project an ingest path names (a slug, or a registered Sentry project id), for counting
+/// the outcome of a request refused before its handler ran.
+fn project_of_path(st: &AppState, path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts[..] {
+        ["api", "v1", "projects", slug, "events"] if is_project_slug(slug) => Some(slug.to_owned()),
+        ["api", id, "store" | "envelope"] => st.projects.slug_of(id.parse().ok()?).map(str::to_owned),
+        _ => None,
     }
 }
 
@@ -253,13 +274,36 @@ fn refused(details: Vec<Detail>, total: usize) -> ApiError {
     };
     let mut e = ApiError::new(status, format!("{} of {total} events are invalid; nothing was accepted", details.len()));
     e.details = details;
-    e
+    e.with_events(total)
+}
+
+/// Counts a request's outcome for `project` (`None`: no known project, nothing counted):
+/// accepted events are counted where they are published; this counts refusals.
+fn record_refusal<T>(st: &AppState, project: Option<&str>, r: &Result<T, ApiError>) {
+    if let (Some(project), Err(e)) = (project, r) {
+        let codes: Vec<Reason> = e.details.iter().map(|d| d.code).collect();
+        let c = e.counted.as_deref();
+        st.outcomes.record_refusal(
+            project,
+            e.status.as_u16(),
+            c.and_then(|c| c.reason),
+            &codes,
+            c.and_then(|c| c.events),
+        );
+    }
 }
 
 /// Counts a successful request.
 fn record_ok(t0: Instant) {
     metrics::counter!(m::REQUESTS_TOTAL, "status" => "200").increment(1);
     metrics::histogram!(m::REQUEST_SECONDS).record(t0.elapsed().as_secs_f64());
+}
+
+/// What an error tells the outcome counters beyond its status and details.
+#[derive(Debug, Default)]
+struct Counted {
+    events: Option<usize>,
+    reason: Option<&'static str>,
 }
 
 /// An error response.
@@ -273,6 +317,10 @@ pub struct ApiError {
     sentry_rate_limit: Option<String>,
     #[serde(skip)]
     close: bool,
+    /// For outcomes: how many events the refused request held, when known, and the reason
+    /// when the status alone does not tell it (rate-limit scope). Boxed: errors stay small.
+    #[serde(skip)]
+    counted: Option<Box<Counted>>,
     /// Summary.
     pub error: String,
     /// Per-line problems.
@@ -287,6 +335,7 @@ impl ApiError {
             retry_after_secs: None,
             sentry_rate_limit: None,
             close: false,
+            counted: None,
             error: error.into(),
             details: Vec::new(),
         }
@@ -295,6 +344,19 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// The same error, for a request of `n` events.
+    fn with_events(mut self, n: usize) -> Self {
+        self.counted.get_or_insert_with(Box::default).events = Some(n);
+        self
+    }
+
+    /// The same error, with the outcome reason `reason` (one of
+    /// [`tracefold_model::outcome::reasons`], e.g. `BACKPRESSURE` for a 503 that pushes back).
+    pub(crate) fn with_outcome_reason(mut self, reason: &'static str) -> Self {
+        self.counted.get_or_insert_with(Box::default).reason = Some(reason);
+        self
     }
 
     fn internal(what: impl std::fmt::Display) -> Self {
@@ -331,12 +393,18 @@ impl From<Refusal> for ApiError {
                 let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("{scope} rate limit exceeded; retry in {retry_after} s"));
                 e.retry_after_secs = Some(retry_after);
                 e.sentry_rate_limit = Some(format!("{retry_after}::{scope}"));
-                e
+                e.with_outcome_reason(match scope {
+                    "key" => reasons::KEY_RATE,
+                    "unregistered" => reasons::UNREGISTERED_RATE,
+                    _ => reasons::PROJECT_RATE,
+                })
             }
             Refusal::OverBurst { events, burst, scope } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("{events} events in one request, more than the {scope} rate limit's burst of {burst}; send smaller requests"),
-            ),
+            )
+            .with_outcome_reason(reasons::TOO_MANY_EVENTS)
+            .with_events(events),
         }
     }
 }
@@ -605,7 +673,10 @@ async fn ingest(
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
     let span = tracing::info_span!("ingest", project = %project);
-    ingest_inner(st, project, query, headers, body).instrument(span).await
+    let slug = is_project_slug(&project).then(|| project.clone());
+    let r = ingest_inner(st.clone(), project, query, headers, body).instrument(span).await;
+    record_refusal(&st, slug.as_deref(), &r);
+    r
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {
@@ -676,9 +747,11 @@ async fn ingest_inner(
     let ndjson = is_ndjson(&headers);
     let big = bytes.len() > BLOCKING_THRESHOLD;
     let s = st.clone();
+    let slug = project.clone();
     let ready =
         off_thread(big, move || native_events(&s, &bytes, ndjson, &project, key.as_deref(), now_ms())).await??;
-    publish(&st, &ready).await?;
+    publish(&st, &ready).await.map_err(|e| e.with_events(ready.len()))?;
+    st.outcomes.record(&slug, Outcome::Accepted, reasons::NONE, ready.len() as u64);
     record_ok(t0);
     Ok(Json(Accepted { accepted: ready.len(), ids: ready.into_iter().map(|r| r.id).collect() }))
 }
@@ -709,7 +782,8 @@ fn native_events(
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("more than {max_events} events in one request (http.max_events_per_request)"),
-                ));
+                )
+                .with_outcome_reason(reasons::TOO_MANY_EVENTS));
             }
         }
         n
@@ -720,7 +794,7 @@ fn native_events(
             "request body is empty; send one JSON event or NDJSON lines",
         ));
     }
-    st.projects.admit(Some(project), None, key, n)?;
+    st.projects.admit(Some(project), None, key, n).map_err(|r| ApiError::from(r).with_events(n))?;
     let max_event = st.max_event_bytes;
     let mut ready = Vec::with_capacity(n);
     let mut details = Vec::new();
@@ -797,26 +871,32 @@ async fn sentry_store(
     body: Body,
 ) -> Result<Json<SentryAccepted>, ApiError> {
     let span = tracing::info_span!("store", project_id = %raw_id);
-    async move {
+    let slug = raw_id.parse().ok().and_then(|id| st.projects.slug_of(id)).map(str::to_owned);
+    let outcomes = st.clone();
+    let r = async move {
         let t0 = Instant::now();
         let id = project_id(&raw_id)?;
         let key = request_key(&headers, query.as_deref());
         let project = st.projects.admit(None, Some(id), key.as_deref(), 0)?;
         let raw = read_raw(&st.cfg, &headers, body).await?;
         let bytes = decode(&headers, raw, st.cfg.http.max_body_bytes).await?;
-        st.projects.admit(None, Some(id), key.as_deref(), 1)?;
+        st.projects.admit(None, Some(id), key.as_deref(), 1).map_err(|r| ApiError::from(r).with_events(1))?;
         let max_event = st.max_event_bytes;
         let big = bytes.len() > BLOCKING_THRESHOLD;
+        let slug = project.slug.clone();
         let ready = off_thread(big, move || {
-            prepare_sentry(&bytes, &project.slug, now_ms(), max_event).map_err(|p| refused(vec![p.at(1)], 1))
+            prepare_sentry(&bytes, &slug, now_ms(), max_event).map_err(|p| refused(vec![p.at(1)], 1))
         })
         .await??;
-        publish(&st, std::slice::from_ref(&ready)).await?;
+        publish(&st, std::slice::from_ref(&ready)).await.map_err(|e| e.with_events(1))?;
+        st.outcomes.record(&project.slug, Outcome::Accepted, reasons::NONE, 1);
         record_ok(t0);
         Ok(Json(SentryAccepted { id: Some(ready.id) }))
     }
     .instrument(span)
-    .await
+    .await;
+    record_refusal(&outcomes, slug.as_deref(), &r);
+    r
 }
 
 /// The events of an envelope, checked, and the envelope header's event id.
@@ -835,7 +915,9 @@ async fn sentry_envelope(
     body: Body,
 ) -> Result<Json<SentryAccepted>, ApiError> {
     let span = tracing::info_span!("envelope", project_id = %raw_id);
-    async move {
+    let slug = raw_id.parse().ok().and_then(|id| st.projects.slug_of(id)).map(str::to_owned);
+    let outcomes = (st.clone(), slug.clone());
+    let r = async move {
         let t0 = Instant::now();
         let id = project_id(&raw_id)?;
         // The key: request headers or query (checked before the body is read), else the DSN
@@ -865,7 +947,10 @@ async fn sentry_envelope(
         let big = bytes.len() > BLOCKING_THRESHOLD;
         let s = st.clone();
         let out = off_thread(big, move || envelope_events(&s, &bytes, id, &key, now_ms())).await??;
-        publish(&st, &out.ready).await?;
+        publish(&st, &out.ready).await.map_err(|e| e.with_events(out.ready.len()))?;
+        if let Some(slug) = &slug {
+            st.outcomes.record(slug, Outcome::Accepted, reasons::NONE, out.ready.len() as u64);
+        }
         metrics::counter!(m::ENVELOPE_ITEMS_TOTAL, "type" => "event", "outcome" => "accepted")
             .increment(out.ready.len() as u64);
         for ty in &out.skipped {
@@ -876,7 +961,9 @@ async fn sentry_envelope(
         Ok(Json(SentryAccepted { id }))
     }
     .instrument(span)
-    .await
+    .await;
+    record_refusal(&outcomes.0, outcomes.1.as_deref(), &r);
+    r
 }
 
 /// Parses an envelope, admits its events by the rate limits and checks each.
@@ -884,7 +971,8 @@ fn envelope_events(st: &AppState, bytes: &[u8], id: u64, key: &str, received: i6
     let envelope = parse_envelope(bytes)
         .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed envelope: {why}")))?;
     let events = envelope.items.iter().filter(|i| i.ty == "event").count();
-    let project = st.projects.admit(None, Some(id), Some(key), events)?;
+    let project =
+        st.projects.admit(None, Some(id), Some(key), events).map_err(|r| ApiError::from(r).with_events(events))?;
     // Counted once the envelope is accepted (a refused one is retried and would count twice).
     let skipped: Vec<&'static str> =
         envelope.items.iter().filter(|i| i.ty != "event").map(|i| item_label(&i.ty)).collect();

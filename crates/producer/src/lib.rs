@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod outcomes;
 pub mod sentry;
 
 pub use config::Config;
@@ -25,7 +26,11 @@ pub fn kafka_producer(cfg: &Config) -> anyhow::Result<FutureProducer> {
     let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&cfg.kafka, cfg.http.delivery_timeout_ms)
         .create()
         .context("cannot create the Kafka producer")?;
-    tracefold_runtime::kafka::check_topics(producer.client(), &[&cfg.topics.events], Duration::from_secs(10))?;
+    tracefold_runtime::kafka::check_topics(
+        producer.client(),
+        &[&cfg.topics.events, &cfg.topics.outcomes],
+        Duration::from_secs(10),
+    )?;
     Ok(producer)
 }
 
@@ -49,7 +54,9 @@ pub async fn serve(
     let producer = tokio::task::spawn_blocking(move || kafka_producer(&c)).await??;
     let mut all = vec![health.clone()];
     all.extend(others);
-    let app = http::router(http::AppState::new(cfg.clone(), producer.clone(), projects)).merge(ops_router(all));
+    let state = http::AppState::new(cfg.clone(), producer.clone(), projects);
+    let outcomes = state.outcomes.clone();
+    let app = http::router(state).merge(ops_router(all));
     health.set_ready(true);
     // The producer has no work loop of its own: a ticker on the async runtime beats, so that
     // a wedged runtime (every worker blocked) shows as a stall.
@@ -63,6 +70,27 @@ pub async fn serve(
             }
         }
     });
+    // Outcome counts go to their topic every few seconds, and once more after the server stopped,
+    // through a producer of their own: the events producer's queue room is reserved per request
+    // (http::QueueRoom) and must not be taken by outcome records.
+    let c = cfg.clone();
+    let outcome_producer: FutureProducer = tokio::task::spawn_blocking(move || {
+        tracefold_runtime::kafka::producer_config(&c.kafka, c.http.delivery_timeout_ms)
+            .create()
+            .context("cannot create the outcomes producer")
+    })
+    .await??;
+    let (o, p, t, stop) = (outcomes.clone(), outcome_producer.clone(), cfg.topics.outcomes.clone(), shutdown.clone());
+    let flusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(outcomes::FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => o.flush(&p, &t).await,
+                () = stop.wait() => break,
+            }
+        }
+    });
     tracing::info!(addr = %listener.local_addr()?, "producer listening");
     let s = shutdown.clone();
     axum::serve(listener, app)
@@ -72,6 +100,11 @@ pub async fn serve(
         .await
         .context("http server failed")?;
     health.set_stopped();
+    let _ = flusher.await;
+    let last = outcomes.flush(&outcome_producer, &cfg.topics.outcomes);
+    if tokio::time::timeout(Duration::from_secs(10), last).await.is_err() {
+        tracing::warn!("the last outcome counts were not acknowledged within 10 s; they are lost");
+    }
     tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await??;
     tracing::info!("producer stopped");
     Ok(())

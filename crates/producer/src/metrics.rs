@@ -11,5 +11,9 @@ pub const ENVELOPE_ITEMS_TOTAL: &str = "tracefold_producer_envelope_items_total"
 /// Request handling time including Kafka acknowledgement, seconds.
 pub const REQUEST_SECONDS: &str = "tracefold_producer_request_seconds";
 
+/// Outcome counts dropped (more projects in one flush interval than the producer keeps, or more
+/// unacknowledged outcome records than it keeps for a retry); events themselves are not lost.
+pub const OUTCOMES_DROPPED_TOTAL: &str = "tracefold_producer_outcomes_dropped_total";
+
 /// Every metric this service emits (for documentation and dashboard checks).
-pub const ALL: &[&str] = &[REQUESTS_TOTAL, EVENTS_TOTAL, ENVELOPE_ITEMS_TOTAL, REQUEST_SECONDS];
+pub const ALL: &[&str] = &[REQUESTS_TOTAL, EVENTS_TOTAL, ENVELOPE_ITEMS_TOTAL, REQUEST_SECONDS, OUTCOMES_DROPPED_TOTAL];

@@ -133,6 +133,8 @@ pub struct TopicsConfig {
     pub dlq: String,
     /// Signals from the detector.
     pub signals: String,
+    /// Outcomes: what became of events, per project, minute and reason.
+    pub outcomes: String,
 }
 
 impl Default for TopicsConfig {
@@ -142,6 +144,7 @@ impl Default for TopicsConfig {
             aggregates: "tracefold.aggregates".into(),
             dlq: "tracefold.dlq".into(),
             signals: "tracefold.signals".into(),
+            outcomes: "tracefold.outcomes".into(),
         }
     }
 }

@@ -236,6 +236,32 @@ pub struct ConsumerRuntime {
     lost_metric: &'static str,
     /// Messages lost to retention since this runtime started (also in `lost_metric`).
     lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Each loss, for strategies that report them further (the grouper's outcome records).
+    losses: LossLog,
+}
+
+/// One gap of messages deleted by retention before the group read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loss {
+    /// The partition.
+    pub partition: i32,
+    /// The offset the group was to read next: the first one lost (the gap's identity, the same
+    /// when a restart from the same commit finds the same gap).
+    pub expected: i64,
+    /// How many messages were lost.
+    pub lost: u64,
+    /// The timestamp of the first message read after the gap, Unix milliseconds (0 when the
+    /// broker gave none).
+    pub next_timestamp_ms: i64,
+}
+
+/// The losses a runtime found, queued for its strategy ([`LossLog::take`]); they are queued
+/// before the message after the gap reaches [`Strategy::on_message`].
+pub type LossLog = std::sync::Arc<std::sync::Mutex<Vec<Loss>>>;
+
+/// Takes the losses queued in `log`, oldest first.
+pub fn take_losses(log: &LossLog) -> Vec<Loss> {
+    std::mem::take(&mut *log.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 /// The messages of `topic` partition `partition` that a consumer will never see: its next
@@ -272,6 +298,7 @@ impl ConsumerRuntime {
             next: std::collections::HashMap::new(),
             lost_metric: "tracefold_kafka_events_lost_total",
             lost: Default::default(),
+            losses: Default::default(),
         })
     }
 
@@ -279,6 +306,12 @@ impl ConsumerRuntime {
     /// stays valid after [`Self::run`] consumed the runtime).
     pub fn lost(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
         self.lost.clone()
+    }
+
+    /// Every loss this runtime finds, queued (a handle that stays valid after [`Self::run`]
+    /// consumed the runtime): drain it with [`take_losses`].
+    pub fn losses(&self) -> LossLog {
+        self.losses.clone()
     }
 
     /// Names the counter of messages lost to retention (`tracefold_<service>_events_lost_total`).
@@ -390,6 +423,11 @@ impl ConsumerRuntime {
                             let lost =
                                 count_lost(&self.consumer, &self.topic, &self.group, p, expected, o, self.lost_metric);
                             self.lost.fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+                            if lost > 0 {
+                                let next_timestamp_ms = m.timestamp().to_millis().unwrap_or(0);
+                                let loss = Loss { partition: p, expected, lost, next_timestamp_ms };
+                                self.losses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(loss);
+                            }
                         }
                     }
                     self.next.insert(p, o + 1);
@@ -734,12 +772,17 @@ mod tests {
         s.stop_after = Some(usize::try_from(high - low).unwrap());
         let rt = ConsumerRuntime::new(&kafka(&bootstrap), group, &topics.events).unwrap();
         let lost = rt.lost();
+        let losses = rt.losses();
         rt.run(&mut s, &shutdown, &health).unwrap();
         assert_eq!(
             lost.load(std::sync::atomic::Ordering::Relaxed),
             u64::try_from(low).unwrap(),
             "lost = log start - commit"
         );
+        let gaps = take_losses(&losses);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!((gaps[0].partition, gaps[0].expected, gaps[0].lost), (0, 0, u64::try_from(low).unwrap()));
+        assert!(gaps[0].next_timestamp_ms > 0);
         let got = messages(&calls.lock().unwrap());
         assert_eq!(got.len() as i64, high - low, "every message still on the broker is delivered once");
         assert_eq!(got.first(), Some(&(0, low)));

@@ -11,7 +11,7 @@ pub const TOPICS_TOML: &str = include_str!("../../../schemas/topics.toml");
 pub struct TopicDef {
     /// Default topic name.
     pub name: String,
-    /// `events`, `aggregates`, `dlq` or `signals`: which [`crate::config::TopicsConfig`] field names it.
+    /// `events`, `aggregates`, `dlq`, `signals` or `outcomes`: which [`crate::config::TopicsConfig`] field names it.
     pub role: String,
     /// Default partition count.
     pub partitions: i32,
@@ -46,6 +46,7 @@ pub fn configured(topics: &crate::config::TopicsConfig) -> Vec<TopicDef> {
                 "aggregates" => topics.aggregates.clone(),
                 "dlq" => topics.dlq.clone(),
                 "signals" => topics.signals.clone(),
+                "outcomes" => topics.outcomes.clone(),
                 _ => d.name,
             };
             d
@@ -62,7 +63,7 @@ mod tests {
         let defs = definitions();
         let mut roles: Vec<_> = defs.iter().map(|d| d.role.as_str()).collect();
         roles.sort_unstable();
-        assert_eq!(roles, ["aggregates", "dlq", "events", "signals"]);
+        assert_eq!(roles, ["aggregates", "dlq", "events", "outcomes", "signals"]);
         assert!(defs.iter().all(|d| d.partitions > 0 && d.retention_ms > 0));
         let defaults = crate::config::TopicsConfig::default();
         let names: Vec<_> = configured(&defaults).into_iter().map(|d| d.name).collect();

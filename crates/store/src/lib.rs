@@ -13,6 +13,7 @@ pub mod detector;
 mod error;
 pub mod issues;
 pub mod migrate;
+pub mod outcomes;
 pub mod rows;
 
 pub use clickhouse::Client;

@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollups_samples_status",
         sql: include_str!("../../../schemas/clickhouse/0004_rollups_samples_status.sql"),
     },
+    Migration { version: 5, name: "outcomes", sql: include_str!("../../../schemas/clickhouse/0005_outcomes.sql") },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -142,11 +143,22 @@ pub fn flavored(stmt: &str, db: &str, flavor: &Flavor) -> Vec<String> {
             s = format!("{}ENGINE = Replicated{engine}({path}{args}){tail}", &s[..i]);
         }
     }
+    // Rows of one identity land on one shard, where the table's engine can collapse them.
+    let shard_key = sharding_key(&table);
     let dist = format!(
         "CREATE TABLE IF NOT EXISTS {db}.{table}_all ON CLUSTER {cluster} AS {db}.{table} \
-         ENGINE = Distributed({cluster}, {db}, {table}, cityHash64(project, issue_id))"
+         ENGINE = Distributed({cluster}, {db}, {table}, {shard_key})"
     );
     vec![s, dist]
+}
+
+/// The `Distributed` sharding key of `table`: by issue, except for tables without one.
+fn sharding_key(table: &str) -> &'static str {
+    match table {
+        // One record's copies share project and source, so they meet on one shard.
+        "outcomes" => "cityHash64(project, source)",
+        _ => "cityHash64(project, issue_id)",
+    }
 }
 
 /// The statements of a migration for database `db`: `{db}` substituted, comments dropped,
@@ -746,7 +758,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 8);
+        assert_eq!(tables.len(), 9);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -832,15 +844,19 @@ mod tests {
                     (Some(_), None) => panic!("{fname}: TTL on {}, which is not partitioned by time", p.name),
                 }
                 if cluster {
-                    // A Distributed table over every table, sharded by issue.
+                    // A Distributed table over every table, sharded by issue (outcomes, which
+                    // have none, by record identity).
                     let all = find(&ddls, &format!("{}_all", p.name));
                     assert_eq!(all.kind, Kind::Table);
                     assert_eq!(all.as_table.as_deref(), Some(p.name.as_str()), "{fname}");
                     assert!(all.columns.is_empty() && all.ttl.is_none() && all.order_by.is_none());
                     assert_eq!(all.engine.as_deref(), Some("Distributed"), "{fname}: {}", all.name);
                     let args: Vec<String> = all.engine_args.iter().map(|a| text(a)).collect();
-                    assert_eq!(args, ["main", "tf", p.name.as_str(), "cityHash64 ( project , issue_id )"], "{fname}");
-                    for key in ["project", "issue_id"] {
+                    let keys: &[&str] =
+                        if p.name == "outcomes" { &["project", "source"] } else { &["project", "issue_id"] };
+                    let want = format!("cityHash64 ( {} )", keys.join(" , "));
+                    assert_eq!(args, ["main", "tf", p.name.as_str(), want.as_str()], "{fname}");
+                    for &key in keys {
                         let c = p.columns.iter().find(|c| c.name == key);
                         assert_eq!(c.map(|c| &c.ty[..]), Some(&[word("String")][..]), "{}.{key}", p.name);
                     }
@@ -882,7 +898,7 @@ mod tests {
         for days in [1, 7, 400] {
             let ddls = parsed(&Flavor { modern: true, cluster: None, retention_days: days });
             let ttls: Vec<&Vec<Tok>> = ddls.iter().filter_map(|d| d.ttl.as_ref()).collect();
-            assert_eq!(ttls.len(), 6);
+            assert_eq!(ttls.len(), 7);
             assert!(ttls
                 .iter()
                 .all(|t| t[t.len() - 3..] == [word("INTERVAL"), Tok::Num(days.to_string()), word("DAY")]));

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod outcomes;
 pub mod service;
 
 pub use config::Config;

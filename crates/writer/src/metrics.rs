@@ -10,12 +10,20 @@ pub const INSERTS_TOTAL: &str = "tracefold_writer_inserts_total";
 pub const INSERT_SECONDS: &str = "tracefold_writer_insert_seconds";
 /// Rows per insert.
 pub const INSERT_ROWS: &str = "tracefold_writer_insert_rows";
-/// Aggregate messages that could not be read (sent to the DLQ).
+/// Aggregate and outcome messages that could not be read (sent to the DLQ).
 pub const MALFORMED_TOTAL: &str = "tracefold_writer_malformed_total";
 
 /// Counter (labels `topic`, `partition`): aggregate records deleted by the broker's retention before this
 /// group read them; each loss is also an ERROR log line. See the README's reliability section.
 pub const EVENTS_LOST_TOTAL: &str = "tracefold_writer_events_lost_total";
+
+/// Outcome rows inserted into ClickHouse (the `outcomes` table).
+pub const OUTCOME_ROWS_INSERTED_TOTAL: &str = "tracefold_writer_outcome_rows_inserted_total";
+/// Inserts into the `outcomes` table, by `outcome` (`ok`, `error`).
+pub const OUTCOME_INSERTS_TOTAL: &str = "tracefold_writer_outcome_inserts_total";
+/// Counter (labels `topic`, `partition`): outcome records deleted by the broker's retention
+/// before the outcomes consumer read them; each loss is also an ERROR log line.
+pub const OUTCOMES_LOST_TOTAL: &str = "tracefold_writer_outcomes_lost_total";
 
 /// Every metric this service emits (for documentation and dashboard checks).
 pub const ALL: &[&str] = &[
@@ -26,4 +34,7 @@ pub const ALL: &[&str] = &[
     INSERT_ROWS,
     MALFORMED_TOTAL,
     EVENTS_LOST_TOTAL,
+    OUTCOME_ROWS_INSERTED_TOTAL,
+    OUTCOME_INSERTS_TOTAL,
+    OUTCOMES_LOST_TOTAL,
 ];

@@ -88,9 +88,23 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         }
     };
     tracing::info!(topic = %cfg.topics.aggregates, group = %cfg.writer.group_id, "writer started");
-    runtime.run(&mut w, shutdown, health)?;
-    tracing::info!("writer stopped");
-    Ok(())
+    // The outcomes consumer runs beside it, in its own thread and group; either loop ending
+    // ends the other (a failed one makes the process exit non-zero and be restarted).
+    let outcomes_health = Health::named("writer-outcomes");
+    std::thread::scope(|scope| {
+        let outcomes = scope.spawn(|| {
+            let r = tracefold_runtime::telemetry::run_guarded(&outcomes_health, || {
+                crate::outcomes::run(cfg, shutdown, &outcomes_health)
+            });
+            shutdown.trigger();
+            r
+        });
+        let main = runtime.run(&mut w, shutdown, health);
+        shutdown.trigger();
+        let outcomes = outcomes.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the outcomes consumer panicked")));
+        tracing::info!("writer stopped");
+        main.and(outcomes.context("outcomes consumer"))
+    })
 }
 
 impl Strategy for Writer<'_> {

@@ -58,3 +58,42 @@ pub struct FingerprintArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
+
+// `tracefold outcomes`.
+#[derive(clap::Args)]
+pub struct OutcomesArgs {
+    /// Window, e.g. 15m, 1h, 2d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub since: Duration,
+    /// Only this project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Print JSON (the same as --format json).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub ch: ChArgs,
+}
+
+// `tracefold dlq`.
+#[derive(clap::Args)]
+pub struct DlqArgs {
+    /// Kafka bootstrap servers (tracefold dev prints them).
+    #[arg(long, env = "TRACEFOLD_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: String,
+    /// DLQ topic.
+    #[arg(long, default_value = "tracefold.dlq")]
+    pub topic: String,
+    /// Most recent records shown.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Print JSON (the same as --format json).
+    #[arg(long)]
+    pub json: bool,
+}

@@ -6,4 +6,5 @@ pub mod issues;
 pub mod load;
 pub mod measure;
 pub mod migrate;
+pub mod outcomes;
 pub mod signals;
