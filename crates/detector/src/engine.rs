@@ -474,8 +474,12 @@ impl Engine {
                     continue;
                 }
                 let pb = project_baseline.and_then(|p| p.at(m));
-                let cold_spike =
-                    cold && !st.cold_spiked && pb.is_some_and(|pb| SpikeState::far_above(count as f64, pb, &cfg.spike));
+                // Far above the project's baseline, and above what the issue's own (short)
+                // history shows: an issue a minute younger than its project's others is no burst.
+                let cold_spike = cold
+                    && !st.cold_spiked
+                    && pb.is_some_and(|pb| SpikeState::far_above(count as f64, pb, &cfg.spike))
+                    && SpikeState::far_above(count as f64, before, &cfg.spike);
                 st.cold_spiked |= cold_spike;
                 // The baseline the spike was judged against: the project's or the issue's own.
                 let against = if cold_spike { pb } else { v.spike.then_some(before) };
@@ -924,5 +928,29 @@ mod tests {
         assert_eq!(e.watermark(), Some(t0 + 15 * 60));
         e.advance(40_000);
         assert_eq!(e.watermark(), Some(t0 + 20 * 60));
+    }
+
+    #[test]
+    fn an_issue_a_minute_younger_than_its_projects_others_is_judged_on_its_own_history_too() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let mut e = Engine::new(EngineConfig::default());
+        let mut signals = Vec::new();
+        // Two quiet issues from minute 0; a busy one (26 a minute) from minute 1: in minute 30
+        // it has 29 minutes of history, its project's others are warm (about 2 a minute).
+        for m in 0..40 {
+            signals.extend(feed(&mut e, &rec("quiet1", t0 + m * 60, 2, 0)));
+            signals.extend(feed(&mut e, &rec("quiet2", t0 + m * 60, 2, 0)));
+            if m >= 1 {
+                signals.extend(feed(&mut e, &rec("busy", t0 + m * 60, 26, 0)));
+            }
+            signals.extend(e.advance(0));
+        }
+        assert!(signals.iter().all(|s| s.kind == Kind::NewIssue), "{:?}", summary(&signals));
+        // A new issue bursting is still judged against the project.
+        let mut burst = feed(&mut e, &rec("fresh", t0 + 40 * 60, 60, 0));
+        feed(&mut e, &rec("quiet1", t0 + 43 * 60, 2, 0));
+        burst.extend(e.advance(0));
+        burst.extend(e.advance(0));
+        assert!(burst.iter().any(|s| s.kind == Kind::Spike && s.issue_id == "fresh"), "{:?}", summary(&burst));
     }
 }
