@@ -25,7 +25,7 @@ pub const EVENTS_LOST_TOTAL: &str = "tracefold_detector_events_lost_total";
 /// Gauge: the detector's event-time watermark, Unix seconds (a minute start): the minimum over
 /// its aggregates partitions that are not idle of the latest minute of their records, each
 /// record's minute taken no later than when it was received. Minutes up to it minus
-/// `lateness_min` are evaluated.
+/// `lateness_min` are evaluated. 0 from start-up until the first records.
 pub const WATERMARK_SECONDS: &str = "tracefold_detector_watermark_seconds";
 /// Counter: aggregate records more than `allowed_lateness_min` behind the watermark, not used
 /// for detection (their events are stored and counted in ClickHouse all the same); each

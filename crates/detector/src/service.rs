@@ -128,6 +128,8 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     rt.block_on(load_state(cfg, &mut engine, &mut applied))
         .context("cannot load the detector's state from ClickHouse")?;
     metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
+    // No watermark until records arrive.
+    metrics::gauge!(WATERMARK_SECONDS).set(0.0);
     let sent = sent_signals(cfg).context("cannot read the signals topic")?;
     let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.detector.group_id, &cfg.topics.aggregates)?
         .with_lost_metric(crate::metrics::EVENTS_LOST_TOTAL);
