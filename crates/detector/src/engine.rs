@@ -1,11 +1,29 @@
 //! The detector's state machine over partial aggregates, on event time: `new_issue` and
-//! `regression` as records arrive, `spike` and `threshold` as minutes close (a minute closes
-//! when records two minutes later have been seen, so late partial aggregates still count).
+//! `regression` as records arrive, `spike` and `threshold` as minutes close.
+//!
+//! # Event time, per partition
+//!
+//! Each aggregates partition the detector owns has its own watermark: the latest minute of its
+//! records, each record's minute taken no later than the minute it was received in (its Kafka
+//! timestamp, see [`effective_minute`]), so that an event dated a day ahead (a phone with a wrong
+//! clock) moves nothing. The engine's watermark is the minimum over the owned partitions that are
+//! not idle (no record for [`EngineConfig::idle_ms`] of the detector's clock); it never goes
+//! back. A minute closes, and is evaluated, when the watermark is `lateness_min` minutes past it.
+//!
+//! # Late data
+//!
+//! A record of a minute already evaluated, up to `allowed_lateness_min` minutes behind the
+//! watermark, still counts: the issue's minutes from that one on are evaluated again with the
+//! new counts (the spike model is replayed from its state before them), and only what the new
+//! counts show that was not signalled yet is signalled. So minutes delivered out of order (a
+//! catch-up after an outage, offline SDKs, an hour sent at once) are judged on their event-time
+//! counts. A record further behind is not used for detection (it is stored all the same) and is
+//! counted in `tracefold_detector_late_records_total`.
 
 use crate::signal::{sample_facts, signal_id, Kind, Signal, SIGNAL_FORMAT_VERSION};
 use crate::spike::{SpikeConfig, SpikeState};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use tracefold_model::time::format_rfc3339;
 use tracefold_model::AggregateRecord;
 
@@ -43,8 +61,15 @@ pub struct EngineConfig {
     pub spike: SpikeConfig,
     /// Threshold rules.
     pub thresholds: Vec<ThresholdRule>,
-    /// Minutes a minute stays open for late records.
+    /// Minutes a minute stays open past the watermark before it is first evaluated.
     pub lateness_min: i64,
+    /// Minutes behind the watermark a record still counts for detection: its minute (and the
+    /// issue's minutes after it) is evaluated again. Older records are not used for detection
+    /// (`tracefold_detector_late_records_total`). At least `lateness_min`.
+    pub allowed_lateness_min: i64,
+    /// Milliseconds (of the detector's clock) without a record after which a partition no
+    /// longer holds the watermark back.
+    pub idle_ms: i64,
     /// A resolved issue regresses only when seen in a newer release than the one it was
     /// resolved in (false: seen again at all).
     pub regression_needs_newer_release: bool,
@@ -56,9 +81,29 @@ impl Default for EngineConfig {
             spike: SpikeConfig::default(),
             thresholds: Vec::new(),
             lateness_min: 2,
+            allowed_lateness_min: 120,
+            idle_ms: 10_000,
             regression_needs_newer_release: false,
         }
     }
+}
+
+/// Where and when a record arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// Aggregates partition.
+    pub partition: i32,
+    /// When it was received, Unix ms: the Kafka timestamp of the aggregate record (when the
+    /// grouper produced it, about when its events were received).
+    pub received_ms: i64,
+    /// The detector's clock when it read the record, Unix ms (for the idle rule).
+    pub now_ms: i64,
+}
+
+/// The minute a record counts in for detection: its event-time minute, but no later than the
+/// minute it was received in (a future-dated record counts as received).
+pub fn effective_minute(minute: i64, received_ms: i64) -> i64 {
+    minute.min(received_ms.div_euclid(60_000) * 60)
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +112,24 @@ struct Minute {
     users: HashSet<u64>,
     /// Per threshold rule: events and users that match its filters.
     rules: Vec<(u64, HashSet<u64>)>,
+}
+
+/// The spike model at some minute: its state, and since when it is warm.
+#[derive(Debug, Clone, Default)]
+struct Model {
+    spike: SpikeState,
+    /// The first minute after which the issue had a baseline of its own.
+    warm_since: Option<i64>,
+}
+
+impl Model {
+    fn observe(&mut self, minute: i64, count: u64, cfg: &SpikeConfig) -> crate::spike::Verdict {
+        let v = self.spike.observe(count as f64, cfg);
+        if self.warm_since.is_none() && self.spike.warm(cfg) {
+            self.warm_since = Some(minute);
+        }
+        v
+    }
 }
 
 #[derive(Debug, Default)]
@@ -81,9 +144,24 @@ struct Issue {
     environment: String,
     sample: String,
     minutes: BTreeMap<i64, Minute>,
-    spike: SpikeState,
-    /// Last minute fed to the spike detector.
+    /// The model after every minute before `base_next`: minutes beyond the allowed lateness
+    /// (or taken from ClickHouse at start-up), which change no more.
+    base: Model,
+    base_next: Option<i64>,
+    /// The model after `closed`, the last minute evaluated.
+    model: Model,
     closed: Option<i64>,
+    /// The earliest evaluated minute whose counts changed since it was evaluated.
+    dirty: Option<i64>,
+    /// The earliest minute of the records taken since the last evaluation.
+    fresh: Option<i64>,
+    /// Judged while records of closed minutes were still coming in: the minute to judge
+    /// again from at the next evaluation, which signals what it finds.
+    recheck: Option<i64>,
+    /// The detector's clock when the issue's records of closed minutes started coming in.
+    settling_since: Option<i64>,
+    /// Minutes signalled as spikes (not signalled again when evaluated again).
+    spiked: BTreeSet<i64>,
     /// Resolved at (ms) and in which release.
     resolved: Option<(i64, String)>,
     /// Per threshold rule: the last minute it fired for.
@@ -92,19 +170,49 @@ struct Issue {
     cold_spiked: bool,
 }
 
+/// One owned partition's event time.
+#[derive(Debug, Clone, Copy)]
+struct Partition {
+    /// The latest effective minute of its records.
+    watermark: Option<i64>,
+    /// The detector's clock at its last record (or its assignment), ms.
+    active_ms: i64,
+}
+
+/// Per project: the baselines of its warm issues, by the minute they became warm.
+struct ProjectBaselines {
+    /// (warm since, sum of the baselines of the issues warm since then or earlier), by minute.
+    by_minute: Vec<(i64, f64)>,
+}
+
+impl ProjectBaselines {
+    /// The mean baseline of the issues warm at `minute`.
+    fn at(&self, minute: i64) -> Option<f64> {
+        let n = self.by_minute.partition_point(|(w, _)| *w <= minute);
+        (n > 0).then(|| self.by_minute[n - 1].1 / n as f64)
+    }
+}
+
 /// The detector state.
 #[derive(Debug, Default)]
 pub struct Engine {
     cfg: EngineConfig,
     issues: HashMap<(String, String), Issue>,
     known: HashSet<(String, String)>,
-    /// Latest minute seen in any record (event time).
+    partitions: BTreeMap<i32, Partition>,
+    /// The engine's watermark (event time): the minimum over the active partitions.
     watermark: Option<i64>,
+    /// Records too late for detection since the last [`Self::take_counts`].
+    late: u64,
+    /// Records dated after the minute they were received in, since the last
+    /// [`Self::take_counts`].
+    future: u64,
 }
 
 impl Engine {
     /// A detector with `cfg`.
-    pub fn new(cfg: EngineConfig) -> Self {
+    pub fn new(mut cfg: EngineConfig) -> Self {
+        cfg.allowed_lateness_min = cfg.allowed_lateness_min.max(cfg.lateness_min);
         Self { cfg, ..Self::default() }
     }
 
@@ -132,24 +240,67 @@ impl Engine {
     }
 
     /// Feeds past per-minute counts (oldest first) so that the spike baseline survives restarts.
+    /// Records of these minutes read again later are not counted twice.
     pub fn history(&mut self, project: &str, issue_id: &str, minute: i64, count: u64) {
         let cfg = self.cfg.spike;
         let st = self.issues.entry((project.to_owned(), issue_id.to_owned())).or_default();
-        if let Some(c) = st.closed {
-            for _ in (c + 60..minute).step_by(60) {
-                st.spike.observe(0.0, &cfg);
+        if let Some(next) = st.base_next {
+            for m in (next..minute).step_by(60) {
+                st.base.observe(m, 0, &cfg);
             }
         }
-        st.spike.observe(count as f64, &cfg);
+        st.base.observe(minute, count, &cfg);
+        st.base_next = Some(minute + 60);
+        st.model = st.base.clone();
         st.closed = Some(minute);
+        st.minutes.clear();
+    }
+
+    /// Partitions now owned: each holds the watermark back until it has records or is idle.
+    pub fn assign(&mut self, partitions: &[i32], now_ms: i64) {
+        for p in partitions {
+            self.partitions.insert(*p, Partition { watermark: None, active_ms: now_ms });
+        }
+    }
+
+    /// Partitions no longer owned. The counts taken from them stay.
+    pub fn revoke(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.partitions.remove(p);
+        }
+    }
+
+    /// Since the last call: records not used for detection because they were more than the
+    /// allowed lateness behind the watermark, and records dated after the minute they were
+    /// received in (counted in that minute).
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        (std::mem::take(&mut self.late), std::mem::take(&mut self.future))
+    }
+
+    /// Whether judgements wait for the next [`Self::advance`]: records of minutes being closed
+    /// were still coming in at the last one.
+    pub fn pending(&self) -> bool {
+        self.issues.values().any(|st| st.recheck.is_some())
+    }
+
+    /// The watermark: minutes up to it minus the lateness are closed (after [`Self::advance`]).
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
     }
 
     /// Takes one partial aggregate; returns `new_issue` and `regression` signals.
-    pub fn ingest(&mut self, r: &AggregateRecord) -> Vec<Signal> {
+    pub fn ingest(&mut self, r: &AggregateRecord, at: Arrival) -> Vec<Signal> {
         let key = (r.project.clone(), r.issue_id.clone());
         let mut out = Vec::new();
         let is_new = self.known.insert(key.clone());
         let rules = self.cfg.thresholds.clone();
+        let minute = effective_minute(r.minute, at.received_ms);
+        self.future += u64::from(minute < r.minute);
+        let p = self.partitions.entry(at.partition).or_insert(Partition { watermark: None, active_ms: at.now_ms });
+        p.watermark = Some(p.watermark.map_or(minute, |w| w.max(minute)));
+        p.active_ms = p.active_ms.max(at.now_ms);
+        let too_late = self.watermark.is_some_and(|w| minute < w - 60 * self.cfg.allowed_lateness_min);
+        self.late += u64::from(too_late);
         let st = self.issues.entry(key).or_default();
         if st.first_seen_ms == 0 || r.first_seen_ms < st.first_seen_ms {
             st.first_seen_ms = r.first_seen_ms;
@@ -168,19 +319,28 @@ impl Engine {
         if !r.sample.is_empty() {
             st.sample.clone_from(&r.sample);
         }
-        let m = st.minutes.entry(r.minute).or_default();
-        m.count += r.count;
-        m.users.extend(r.users.hashes.iter().copied());
-        if m.rules.len() < rules.len() {
-            m.rules.resize_with(rules.len(), Default::default);
-        }
-        for (i, rule) in rules.iter().enumerate() {
-            let matches = rule.project.as_deref().is_none_or(|p| p == r.project)
-                && rule.environment.as_deref().is_none_or(|e| e == r.environment)
-                && rule.level.as_deref().is_none_or(|l| l == r.level);
-            if matches {
-                m.rules[i].0 += r.count;
-                m.rules[i].1.extend(r.users.hashes.iter().copied());
+        // Minutes already in the frozen baseline (from ClickHouse at start-up, or beyond the
+        // allowed lateness) take no more counts.
+        if !too_late && st.base_next.is_none_or(|b| minute >= b) {
+            st.fresh = Some(st.fresh.map_or(minute, |f| f.min(minute)));
+            let m = st.minutes.entry(minute).or_default();
+            m.count += r.count;
+            m.users.extend(r.users.hashes.iter().copied());
+            if m.rules.len() < rules.len() {
+                m.rules.resize_with(rules.len(), Default::default);
+            }
+            for (i, rule) in rules.iter().enumerate() {
+                let matches = rule.project.as_deref().is_none_or(|p| p == r.project)
+                    && rule.environment.as_deref().is_none_or(|e| e == r.environment)
+                    && rule.level.as_deref().is_none_or(|l| l == r.level);
+                if matches {
+                    m.rules[i].0 += r.count;
+                    m.rules[i].1.extend(r.users.hashes.iter().copied());
+                }
+            }
+            // Late: a minute already evaluated (or one before the first evaluated) changed.
+            if st.closed.is_some_and(|c| minute <= c) {
+                st.dirty = Some(st.dirty.map_or(minute, |d| d.min(minute)));
             }
         }
         // new_issue and regression describe the record that revealed them.
@@ -197,15 +357,35 @@ impl Engine {
                 st.resolved = None;
             }
         }
-        self.watermark = Some(self.watermark.map_or(r.minute, |w| w.max(r.minute)));
         out
+    }
+
+    /// The watermark the owned partitions allow at `now_ms`: the minimum over those that are
+    /// not idle (the maximum when all are); never earlier than before.
+    fn update_watermark(&mut self, now_ms: i64) -> Option<i64> {
+        let idle = |p: &Partition| now_ms - p.active_ms >= self.cfg.idle_ms;
+        let active: Vec<&Partition> = self.partitions.values().filter(|p| !idle(p)).collect();
+        let candidate = if active.is_empty() {
+            self.partitions.values().filter_map(|p| p.watermark).max()
+        } else if active.iter().any(|p| p.watermark.is_none()) {
+            None
+        } else {
+            active.iter().filter_map(|p| p.watermark).min()
+        };
+        self.watermark = match (self.watermark, candidate) {
+            (Some(w), Some(c)) => Some(w.max(c)),
+            (w, c) => w.or(c),
+        };
+        self.watermark
     }
 
     /// The oldest minute (unix seconds) that evaluations still to come need, as of the last
     /// [`Self::advance`]: a record of an earlier minute, ingested before that advance, has
     /// caused every signal it will cause (its minute was closed and evaluated, and no window of
-    /// a later minute reaches back to it), so a consumer may commit past it. `None` before the
-    /// first record.
+    /// a later minute reaches back to it), so a consumer may commit past it. A record read again
+    /// by a restarted detector finds its minute's count in ClickHouse (see [`Self::history`]);
+    /// records behind this minute that arrive later still count (up to the allowed lateness).
+    /// `None` before the first record.
     pub fn needed_from(&self) -> Option<i64> {
         let w = self.watermark?;
         Some(w - 60 * self.cfg.lateness_min - self.keep_secs())
@@ -216,48 +396,108 @@ impl Engine {
         60 * i64::from(self.cfg.thresholds.iter().map(|r| r.minutes).max().unwrap_or(1).max(2))
     }
 
-    /// Closes every minute older than the watermark minus the lateness; returns `spike` and
-    /// `threshold` signals.
-    pub fn advance(&mut self) -> Vec<Signal> {
-        let Some(w) = self.watermark else { return Vec::new() };
+    /// Closes every minute older than the watermark (as of `now_ms`) minus the lateness, and
+    /// evaluates again the minutes late records changed; returns `spike` and `threshold`
+    /// signals.
+    pub fn advance(&mut self, now_ms: i64) -> Vec<Signal> {
+        let Some(w) = self.update_watermark(now_ms) else { return Vec::new() };
         let until = w - 60 * self.cfg.lateness_min;
+        let frozen = w - 60 * self.cfg.allowed_lateness_min;
         let cfg = self.cfg.clone();
         let keep = self.keep_secs();
         let mut out = Vec::new();
         // Issues without history of their own are judged against their project's baseline:
-        // the mean baseline of its issues that have one.
-        let mut projects: HashMap<String, (f64, u32)> = HashMap::new();
+        // the mean baseline of its issues that had one at that minute.
+        let mut warm: HashMap<String, Vec<(i64, f64)>> = HashMap::new();
         for ((project, _), st) in &self.issues {
-            if st.spike.warm(&cfg.spike) {
-                let e = projects.entry(project.clone()).or_default();
-                e.0 += st.spike.baseline();
-                e.1 += 1;
+            if let Some(since) = st.model.warm_since {
+                warm.entry(project.clone()).or_default().push((since, st.model.spike.baseline()));
             }
         }
+        let projects: HashMap<String, ProjectBaselines> = warm
+            .into_iter()
+            .map(|(p, mut v)| {
+                v.sort_by_key(|x| x.0);
+                let mut sum = 0.0;
+                let by_minute = v.into_iter().map(|(m, b)| {
+                    sum += b;
+                    (m, sum)
+                });
+                (p, ProjectBaselines { by_minute: by_minute.collect() })
+            })
+            .collect();
         for ((project, issue_id), st) in &mut self.issues {
-            let project_baseline = projects.get(project).map(|(sum, n)| sum / f64::from(*n));
-            let start = match st.closed {
-                Some(c) => c + 60,
-                None => match st.minutes.keys().next() {
+            let project_baseline = projects.get(project);
+            // Evaluated minutes that late records changed: evaluated again from the frozen
+            // baseline on; only what was not signalled yet is signalled.
+            let replay_from = match (st.dirty.take(), st.recheck.take()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // Records of minutes being closed are still coming in (minutes delivered out of
+            // order, or all at once): judge, but signal at the next evaluation, on the counts
+            // then (unless this has lasted `idle_ms`).
+            let unsettled = st.fresh.take().is_some_and(|f| f <= until);
+            if !unsettled {
+                st.settling_since = None;
+            }
+            let hold = unsettled && now_ms - *st.settling_since.get_or_insert(now_ms) < cfg.idle_ms;
+            let start = match (replay_from, st.closed) {
+                (Some(_), _) => {
+                    st.model = st.base.clone();
+                    match st.base_next.or_else(|| st.minutes.keys().next().copied()) {
+                        Some(s) => s,
+                        None => continue,
+                    }
+                }
+                (None, Some(c)) => c + 60,
+                (None, None) => match st.minutes.keys().next() {
                     Some(first) => *first,
                     None => continue,
                 },
             };
+            let redo_until = st.closed;
             let mut m = start;
-            while m <= until {
+            while m <= until || redo_until.is_some_and(|c| m <= c) {
+                // Minutes before the change were judged on the same counts already.
+                let judge = replay_from.is_none_or(|d| m >= d) || redo_until.is_none_or(|c| m > c);
+                if judge && hold {
+                    st.recheck = Some(st.recheck.map_or(m, |r| r.min(m)));
+                }
+                let judge = judge && !hold;
                 let count = st.minutes.get(&m).map_or(0, |x| x.count);
-                let before = st.spike.baseline();
-                let cold = !st.spike.warm(&cfg.spike);
-                let v = st.spike.observe(count as f64, &cfg.spike);
+                let before = st.model.spike.baseline();
+                let cold = !st.model.spike.warm(&cfg.spike);
+                let v = st.model.observe(m, count, &cfg.spike);
+                if !judge {
+                    m += 60;
+                    continue;
+                }
+                let pb = project_baseline.and_then(|p| p.at(m));
+                // Far above the project's baseline, and above what the issue's own (short)
+                // history shows: an issue a minute younger than its project's others is no burst.
                 let cold_spike = cold
                     && !st.cold_spiked
-                    && project_baseline.is_some_and(|pb| SpikeState::far_above(count as f64, pb, &cfg.spike));
+                    && pb.is_some_and(|pb| SpikeState::far_above(count as f64, pb, &cfg.spike))
+                    && SpikeState::far_above(count as f64, before, &cfg.spike);
                 st.cold_spiked |= cold_spike;
                 // The baseline the spike was judged against: the project's or the issue's own.
-                let against = if cold_spike { project_baseline } else { v.spike.then_some(before) };
+                let against = if cold_spike { pb } else { v.spike.then_some(before) };
                 if let Some(baseline) = against {
-                    let users = st.minutes.get(&m).map_or(0, |x| x.users.len() as u64);
-                    out.push(signal(Kind::Spike, project, issue_id, st, m, 1, count, users, baseline, ""));
+                    // One signal per burst: a minute next to one already signalled is the same.
+                    if st.spiked.range(m - 120..=m + 120).next().is_none() {
+                        st.spiked.insert(m);
+                        // The window judged: this minute, or this one and the one before.
+                        let two = !cold_spike && v.window > count as f64;
+                        let from = if two { m - 60 } else { m };
+                        let mut users = HashSet::new();
+                        for (_, x) in st.minutes.range(from..=m) {
+                            users.extend(x.users.iter().copied());
+                        }
+                        let (window, n) = if two { (2, v.window as u64) } else { (1, count) };
+                        let users = users.len() as u64;
+                        out.push(signal(Kind::Spike, project, issue_id, st, m, window, n, users, baseline, ""));
+                    }
                 }
                 for (i, rule) in cfg.thresholds.iter().enumerate() {
                     let from = m - 60 * (i64::from(rule.minutes) - 1);
@@ -287,12 +527,23 @@ impl Engine {
                         ));
                     }
                 }
-                st.closed = Some(m);
                 m += 60;
             }
-            // Forget minutes no window needs any more.
-            let horizon = st.closed.unwrap_or(until) - keep;
+            if m > start {
+                st.closed = Some(m - 60);
+            }
+            // Minutes beyond the allowed lateness change no more: into the frozen baseline.
+            let mut next = st.base_next.or_else(|| st.minutes.keys().next().copied());
+            while let Some(x) = next.filter(|x| *x < frozen && st.closed.is_some_and(|c| *x <= c)) {
+                let count = st.minutes.get(&x).map_or(0, |x| x.count);
+                st.base.observe(x, count, &cfg.spike);
+                next = Some(x + 60);
+                st.base_next = next;
+            }
+            // Forget minutes no evaluation needs any more.
+            let horizon = st.base_next.unwrap_or(frozen).min(st.closed.unwrap_or(until) + 60) - keep;
             st.minutes = st.minutes.split_off(&horizon);
+            st.spiked = st.spiked.split_off(&(horizon - 120));
         }
         out.sort_by(|a, b| (&a.minute, &a.project, &a.issue_id).cmp(&(&b.minute, &b.project, &b.issue_id)));
         out
@@ -358,6 +609,11 @@ mod tests {
     use super::*;
     use tracefold_model::{BatchRef, UserSet};
 
+    /// Feeds `r` from partition 0, received at the end of its minute.
+    fn feed(e: &mut Engine, r: &AggregateRecord) -> Vec<Signal> {
+        e.ingest(r, Arrival { partition: 0, received_ms: r.minute * 1000 + 59_000, now_ms: 0 })
+    }
+
     fn rec(issue: &str, minute: i64, count: u64, user_base: u64) -> AggregateRecord {
         let mut users = UserSet::default();
         for u in 0..count.min(50) {
@@ -403,24 +659,29 @@ mod tests {
         let t0 = 1_795_600_000 / 60 * 60;
         let mut kinds = Vec::new();
         for m in 0..60 {
-            for s in e.ingest(&rec("a", t0 + m * 60, 10, m as u64 * 1000)) {
+            for s in feed(&mut e, &rec("a", t0 + m * 60, 10, m as u64 * 1000)) {
                 kinds.push((s.kind, m));
             }
-            for s in e.ingest(&rec("old", t0 + m * 60, 1, 0)) {
+            for s in feed(&mut e, &rec("old", t0 + m * 60, 1, 0)) {
                 kinds.push((s.kind, m));
             }
-            kinds.extend(e.advance().into_iter().map(|s| (s.kind, m)));
+            kinds.extend(e.advance(0).into_iter().map(|s| (s.kind, m)));
         }
         assert_eq!(kinds.iter().filter(|(k, _)| *k == Kind::NewIssue).count(), 1, "one new issue: {kinds:?}");
         assert!(kinds.iter().all(|(k, _)| *k != Kind::Spike), "steady traffic: {kinds:?}");
         // Ten new users a minute: 50 in five minutes, not more than 80.
         assert!(kinds.iter().all(|(k, _)| *k != Kind::Threshold));
         // A burst: 500 events from 500 users in one minute.
-        let burst = e.ingest(&rec("a", t0 + 60 * 60, 500, 900_000));
+        let burst = feed(&mut e, &rec("a", t0 + 60 * 60, 500, 900_000));
         assert!(burst.is_empty());
-        e.ingest(&rec("a", t0 + 61 * 60, 10, 1));
-        e.ingest(&rec("a", t0 + 62 * 60, 10, 2));
-        let closed = e.advance();
+        feed(&mut e, &rec("a", t0 + 61 * 60, 10, 1));
+        feed(&mut e, &rec("a", t0 + 62 * 60, 10, 2));
+        // Minute 60's records came in with the records that close it: judged at once, signalled
+        // at the next evaluation (on the counts then).
+        let mut closed = e.advance(0);
+        assert!(closed.is_empty() && e.pending());
+        closed.extend(e.advance(0));
+        assert!(!e.pending());
         let spike = closed.iter().find(|s| s.kind == Kind::Spike).expect("a spike");
         assert_eq!(
             (spike.count, spike.minute.as_str()),
@@ -437,15 +698,16 @@ mod tests {
         assert_eq!(threshold.rule, "many-users");
         // Resolved, then seen again: one regression.
         e.resolved("web", "old", (t0 + 62 * 60) * 1000, "1.0");
-        let r1 = e.ingest(&rec("old", t0 + 63 * 60, 1, 0));
-        let r2 = e.ingest(&rec("old", t0 + 64 * 60, 1, 0));
+        let r1 = feed(&mut e, &rec("old", t0 + 63 * 60, 1, 0));
+        let r2 = feed(&mut e, &rec("old", t0 + 64 * 60, 1, 0));
         assert_eq!(r1.iter().map(|s| s.kind).collect::<Vec<_>>(), [Kind::Regression]);
         assert!(r2.is_empty());
         // A new issue bursting before it has history of its own: judged against the project.
-        let burst_new = e.ingest(&rec("fresh", t0 + 65 * 60, 300, 5000));
+        let burst_new = feed(&mut e, &rec("fresh", t0 + 65 * 60, 300, 5000));
         assert_eq!(burst_new.iter().map(|s| s.kind).collect::<Vec<_>>(), [Kind::NewIssue]);
-        e.ingest(&rec("a", t0 + 68 * 60, 10, 3));
-        let cold = e.advance();
+        feed(&mut e, &rec("a", t0 + 68 * 60, 10, 3));
+        let mut cold = e.advance(0);
+        cold.extend(e.advance(0));
         let s = cold
             .iter()
             .find(|s| s.issue_id == "fresh" && s.kind == Kind::Spike)
@@ -456,17 +718,239 @@ mod tests {
         assert_eq!(e.resolved_count(), 1);
         e.reopened("web", "old");
         assert_eq!(e.resolved_count(), 0);
-        assert!(e.ingest(&rec("old", t0 + 66 * 60, 1, 0)).is_empty());
+        assert!(feed(&mut e, &rec("old", t0 + 66 * 60, 1, 0)).is_empty());
         // With "newer release only", the release it was fixed in does not regress.
         let mut strict = Engine::new(EngineConfig { regression_needs_newer_release: true, ..EngineConfig::default() });
         strict.known("web", "x");
         strict.resolved("web", "x", 0, "1.0");
-        assert!(strict.ingest(&rec("x", t0, 1, 0)).is_empty(), "same release 1.0");
+        assert!(feed(&mut strict, &rec("x", t0, 1, 0)).is_empty(), "same release 1.0");
         let mut newer = rec("x", t0 + 60, 1, 0);
         newer.release = "1.1".into();
-        assert_eq!(strict.ingest(&newer).iter().map(|s| s.kind).collect::<Vec<_>>(), [Kind::Regression]);
+        assert_eq!(feed(&mut strict, &newer).iter().map(|s| s.kind).collect::<Vec<_>>(), [Kind::Regression]);
         assert!(newer_release("web@1.10.0", "web@1.9.2") && !newer_release("1.2", "1.10"));
         // Same detection, same id.
         assert_eq!(spike.signal_id, crate::signal::signal_id(Kind::Spike, "web", "a", t0 + 3600, ""));
+    }
+
+    /// (kind, issue, minute) of signals, sorted.
+    fn summary(signals: &[Signal]) -> Vec<(Kind, String, String)> {
+        let mut v: Vec<_> = signals.iter().map(|s| (s.kind, s.issue_id.clone(), s.minute.clone())).collect();
+        v.sort_by(|a, b| (a.0.as_str(), &a.1, &a.2).cmp(&(b.0.as_str(), &b.1, &b.2)));
+        v
+    }
+
+    fn minute_text(minute: i64) -> String {
+        format_rfc3339(minute * 1000).replace(".000Z", "Z")
+    }
+
+    /// A steady count around 10 a minute (8 to 12), different per issue and minute.
+    fn steady_count(issue: usize, m: i64) -> u64 {
+        8 + ((issue as u64 * 7919 + m as u64 * 104_729) % 5)
+    }
+
+    const ISSUES: [&str; 5] = ["a", "b", "c", "d", "burst"];
+
+    /// An hour of partial aggregates of five issues (each minute's count in three parts, as
+    /// three grouper batches would emit them); "burst" has ten times its rate in minute 50.
+    fn hour(t0: i64) -> Vec<AggregateRecord> {
+        let mut out = Vec::new();
+        for (i, issue) in ISSUES.iter().enumerate() {
+            for m in 0..60 {
+                let n = if *issue == "burst" && m == 50 { 100 } else { steady_count(i, m) };
+                for part in 0..3 {
+                    let c = n / 3 + u64::from(part < n % 3);
+                    out.push(rec(issue, t0 + m * 60, c, (m as u64) * 100 + part * 10));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_record_dated_a_day_ahead_changes_no_other_issues_signals() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let run = |phone: bool| -> (Vec<Signal>, Option<i64>) {
+            let mut e = Engine::new(EngineConfig::default());
+            let mut out = Vec::new();
+            let mut watermark_at_20 = None;
+            for m in 0..60 {
+                for (i, issue) in ["a", "b"].iter().enumerate() {
+                    let n = if *issue == "a" && m == 50 { 100 } else { steady_count(i, m) };
+                    out.extend(feed(&mut e, &rec(issue, t0 + m * 60, n, m as u64 * 100)));
+                }
+                if phone && m == 20 {
+                    // A phone whose clock is 23 hours ahead, received in minute 20.
+                    let r = rec("phone", t0 + 20 * 60 + 23 * 3600, 1, 7);
+                    let at = Arrival { partition: 0, received_ms: (t0 + 20 * 60) * 1000 + 30_000, now_ms: 0 };
+                    out.extend(e.ingest(&r, at));
+                }
+                out.extend(e.advance(0));
+                if m == 20 {
+                    watermark_at_20 = e.watermark();
+                }
+            }
+            let (late, future) = e.take_counts();
+            assert_eq!((late, future), (0, u64::from(phone)));
+            (out, watermark_at_20)
+        };
+        let (without, w0) = run(false);
+        let (with, w1) = run(true);
+        assert_eq!(w0, Some(t0 + 20 * 60));
+        assert_eq!(w1, Some(t0 + 20 * 60), "the phone's record does not move the watermark");
+        let spikes: Vec<_> = summary(&without).into_iter().filter(|s| s.0 == Kind::Spike).collect();
+        assert_eq!(spikes, [(Kind::Spike, "a".to_owned(), minute_text(t0 + 50 * 60))], "the burst is found");
+        let mut expected = summary(&without);
+        expected.push((Kind::NewIssue, "phone".into(), minute_text(t0 + 20 * 60 + 23 * 3600)));
+        expected.sort_by(|a, b| (a.0.as_str(), &a.1, &a.2).cmp(&(b.0.as_str(), &b.1, &b.2)));
+        assert_eq!(summary(&with), expected, "only the phone's own new_issue differs");
+    }
+
+    #[test]
+    fn a_steady_hour_delivered_at_once_in_any_order_raises_no_spike_and_a_burst_is_found() {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let t0 = 1_795_600_000 / 60 * 60;
+        // Everything received at once, a minute after the hour.
+        let received_ms = (t0 + 61 * 60) * 1000;
+        let mut orders: Vec<(String, Vec<AggregateRecord>)> = vec![
+            ("oldest first".into(), hour(t0)),
+            ("newest first".into(), {
+                let mut v = hour(t0);
+                v.sort_by_key(|r| std::cmp::Reverse(r.minute));
+                v
+            }),
+        ];
+        for seed in 0..8 {
+            let mut v = hour(t0);
+            v.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(seed));
+            orders.push((format!("shuffled, seed {seed}"), v));
+        }
+        for (name, records) in orders {
+            let mut e = Engine::new(EngineConfig::default());
+            let mut signals = Vec::new();
+            // Evaluated every 37 records, as the detector does every 500 ms while it reads.
+            for chunk in records.chunks(37) {
+                for r in chunk {
+                    signals.extend(e.ingest(r, Arrival { partition: 0, received_ms, now_ms: 0 }));
+                }
+                signals.extend(e.advance(0));
+            }
+            // The next evaluation, with nothing new: what was judged is signalled.
+            signals.extend(e.advance(0));
+            assert!(!e.pending());
+            // One spike, of the burst, whose window (one or two minutes) holds minute 50: an
+            // issue whose first minutes have not arrived yet has fewer minutes of history, and
+            // its first judgement may be of minutes 50 and 51 together.
+            let spikes: Vec<&Signal> = signals.iter().filter(|s| s.kind != Kind::NewIssue).collect();
+            assert_eq!(spikes.len(), 1, "{name}: {:?}", summary(&signals));
+            let s = spikes[0];
+            let end = minute_text(t0 + 50 * 60 + 60 * (i64::from(s.window_minutes) - 1));
+            assert_eq!(
+                (s.kind, s.issue_id.as_str(), s.minute.as_str()),
+                (Kind::Spike, "burst", end.as_str()),
+                "{name}"
+            );
+            assert!(s.count >= 100, "{name}: {}", s.count);
+            let new: BTreeSet<String> =
+                signals.iter().filter(|s| s.kind == Kind::NewIssue).map(|s| s.issue_id.clone()).collect();
+            assert_eq!(new.len(), ISSUES.len(), "{name}");
+            assert_eq!(e.take_counts(), (0, 0), "{name}: nothing too late, nothing ahead");
+        }
+    }
+
+    #[test]
+    fn late_records_within_the_allowed_lateness_update_counts_without_false_spikes() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let mut e = Engine::new(EngineConfig::default());
+        let mut signals = Vec::new();
+        // Each minute: 70 % on time, 30 % delivered 5 to 20 minutes later.
+        let mut stragglers: BTreeMap<i64, Vec<AggregateRecord>> = BTreeMap::new();
+        for m in 0..90 {
+            let n = steady_count(0, m) * 2;
+            let on_time = n * 7 / 10;
+            signals.extend(feed(&mut e, &rec("a", t0 + m * 60, on_time, m as u64 * 100)));
+            // Minute 70's stragglers are a burst, found when they arrive.
+            let late = if m == 70 { 300 } else { n - on_time };
+            stragglers.entry(m + 5 + m % 16).or_default().push(rec("a", t0 + m * 60, late, m as u64 * 100 + 50));
+            for r in stragglers.remove(&m).unwrap_or_default() {
+                signals.extend(feed(&mut e, &r));
+            }
+            // One evaluation a minute: late records coming in every minute do not defer the
+            // signals more than `idle_ms`.
+            signals.extend(e.advance(m * 60_000));
+        }
+        let spikes: Vec<_> = summary(&signals).into_iter().filter(|s| s.0 != Kind::NewIssue).collect();
+        assert_eq!(spikes, [(Kind::Spike, "a".to_owned(), minute_text(t0 + 70 * 60))]);
+        let spike = signals.iter().find(|s| s.kind == Kind::Spike).unwrap();
+        assert_eq!(spike.count, steady_count(0, 70) * 2 * 7 / 10 + 300, "the late records counted");
+        // Beyond the allowed lateness (120 minutes): not used for detection, counted.
+        assert_eq!(e.take_counts(), (0, 0));
+        feed(&mut e, &rec("a", t0 + 89 * 60 - 121 * 60, 500, 0));
+        feed(&mut e, &rec("a", t0 + 9 * 60, 1, 0));
+        assert_eq!(e.take_counts(), (1, 0));
+        assert!(e.advance(0).iter().all(|s| s.kind != Kind::Spike));
+    }
+
+    #[test]
+    fn the_watermark_is_the_minimum_over_active_partitions_and_an_idle_one_does_not_hold_it_back() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let mut e = Engine::new(EngineConfig::default());
+        e.assign(&[0, 1], 0);
+        let at = |partition: i32, minute: i64, now_ms: i64| Arrival {
+            partition,
+            received_ms: (t0 + minute * 60) * 1000 + 1000,
+            now_ms,
+        };
+        e.ingest(&rec("a", t0 + 10 * 60, 1, 0), at(0, 10, 1000));
+        e.advance(1000);
+        assert_eq!(e.watermark(), None, "partition 1 has no records yet and is not idle");
+        e.ingest(&rec("b", t0 + 5 * 60, 1, 0), at(1, 5, 2000));
+        e.advance(2000);
+        assert_eq!(e.watermark(), Some(t0 + 5 * 60), "the minimum");
+        e.ingest(&rec("a", t0 + 12 * 60, 1, 0), at(0, 12, 11_000));
+        e.advance(11_000);
+        assert_eq!(e.watermark(), Some(t0 + 5 * 60), "partition 1 is 9 s quiet: not idle yet");
+        e.advance(12_000);
+        assert_eq!(e.watermark(), Some(t0 + 12 * 60), "partition 1 is idle: it holds nothing back");
+        // Back with older records: they are late, the watermark does not go back.
+        e.ingest(&rec("b", t0 + 6 * 60, 1, 0), at(1, 6, 13_000));
+        e.advance(13_000);
+        assert_eq!(e.watermark(), Some(t0 + 12 * 60));
+        // Every partition idle: the most advanced one.
+        e.ingest(&rec("a", t0 + 15 * 60, 1, 0), at(0, 15, 13_000));
+        e.advance(30_000);
+        assert_eq!(e.watermark(), Some(t0 + 15 * 60));
+        // A revoked partition holds nothing back; a newly assigned one does until it is idle.
+        e.revoke(&[1]);
+        e.assign(&[2], 30_000);
+        e.ingest(&rec("a", t0 + 20 * 60, 1, 0), at(0, 20, 31_000));
+        e.advance(31_000);
+        assert_eq!(e.watermark(), Some(t0 + 15 * 60));
+        e.advance(40_000);
+        assert_eq!(e.watermark(), Some(t0 + 20 * 60));
+    }
+
+    #[test]
+    fn an_issue_a_minute_younger_than_its_projects_others_is_judged_on_its_own_history_too() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let mut e = Engine::new(EngineConfig::default());
+        let mut signals = Vec::new();
+        // Two quiet issues from minute 0; a busy one (26 a minute) from minute 1: in minute 30
+        // it has 29 minutes of history, its project's others are warm (about 2 a minute).
+        for m in 0..40 {
+            signals.extend(feed(&mut e, &rec("quiet1", t0 + m * 60, 2, 0)));
+            signals.extend(feed(&mut e, &rec("quiet2", t0 + m * 60, 2, 0)));
+            if m >= 1 {
+                signals.extend(feed(&mut e, &rec("busy", t0 + m * 60, 26, 0)));
+            }
+            signals.extend(e.advance(0));
+        }
+        assert!(signals.iter().all(|s| s.kind == Kind::NewIssue), "{:?}", summary(&signals));
+        // A new issue bursting is still judged against the project.
+        let mut burst = feed(&mut e, &rec("fresh", t0 + 40 * 60, 60, 0));
+        feed(&mut e, &rec("quiet1", t0 + 43 * 60, 2, 0));
+        burst.extend(e.advance(0));
+        burst.extend(e.advance(0));
+        assert!(burst.iter().any(|s| s.kind == Kind::Spike && s.issue_id == "fresh"), "{:?}", summary(&burst));
     }
 }

@@ -7,8 +7,9 @@ pub const SIGNALS_TOTAL: &str = "tracefold_detector_signals_total";
 /// restarted detector that re-reads aggregates counts its recomputed signals here.
 pub const SIGNALS_DEDUPLICATED_TOTAL: &str = "tracefold_detector_signals_deduplicated_total";
 /// Counter: aggregate records consumed (readable or not). Counted once the minutes they
-/// touch were evaluated (every 500 ms), so a count that reached the aggregates topic's end
-/// means every signal those records cause has been produced.
+/// touch were evaluated (every 500 ms) and no judgement waits for the next evaluation, so a
+/// count that reached the aggregates topic's end means every signal those records cause, up
+/// to the watermark, has been produced.
 pub const RECORDS_TOTAL: &str = "tracefold_detector_records_total";
 /// Gauge: issues the detector holds as resolved and not seen since (from ClickHouse's issue
 /// statuses, re-read while running).
@@ -21,6 +22,20 @@ pub const NOTIFICATIONS_TOTAL: &str = "tracefold_detector_notifications_total";
 /// group read them; each loss is also an ERROR log line. See the README's reliability section.
 pub const EVENTS_LOST_TOTAL: &str = "tracefold_detector_events_lost_total";
 
+/// Gauge: the detector's event-time watermark, Unix seconds (a minute start): the minimum over
+/// its aggregates partitions that are not idle of the latest minute of their records, each
+/// record's minute taken no later than when it was received. Minutes up to it minus
+/// `lateness_min` are evaluated. 0 from start-up until the first records.
+pub const WATERMARK_SECONDS: &str = "tracefold_detector_watermark_seconds";
+/// Counter: aggregate records more than `allowed_lateness_min` behind the watermark, not used
+/// for detection (their events are stored and counted in ClickHouse all the same); each
+/// evaluation that finds some also logs a WARN line.
+pub const LATE_RECORDS_TOTAL: &str = "tracefold_detector_late_records_total";
+/// Counter: aggregate records dated after the minute they were received in (clocks ahead):
+/// detection counts them in the minute they were received in, and they do not move the
+/// watermark past it.
+pub const FUTURE_RECORDS_TOTAL: &str = "tracefold_detector_future_records_total";
+
 /// Every metric the detector emits (besides the Kafka consumer-lag gauge of the runtime).
 pub const ALL: &[&str] = &[
     SIGNALS_TOTAL,
@@ -29,4 +44,7 @@ pub const ALL: &[&str] = &[
     RESOLVED_ISSUES,
     NOTIFICATIONS_TOTAL,
     EVENTS_LOST_TOTAL,
+    WATERMARK_SECONDS,
+    LATE_RECORDS_TOTAL,
+    FUTURE_RECORDS_TOTAL,
 ];

@@ -15,8 +15,11 @@
 //! regresses too.
 
 use crate::config::Config;
-use crate::engine::Engine;
-use crate::metrics::{RECORDS_TOTAL, RESOLVED_ISSUES, SIGNALS_DEDUPLICATED_TOTAL};
+use crate::engine::{effective_minute, Arrival, Engine};
+use crate::metrics::{
+    FUTURE_RECORDS_TOTAL, LATE_RECORDS_TOTAL, RECORDS_TOTAL, RESOLVED_ISSUES, SIGNALS_DEDUPLICATED_TOTAL,
+    WATERMARK_SECONDS,
+};
 use crate::notify::Notifier;
 use crate::signal::{Kind, Signal};
 use anyhow::Context as _;
@@ -125,6 +128,8 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     rt.block_on(load_state(cfg, &mut engine, &mut applied))
         .context("cannot load the detector's state from ClickHouse")?;
     metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
+    // No watermark until records arrive.
+    metrics::gauge!(WATERMARK_SECONDS).set(0.0);
     let sent = sent_signals(cfg).context("cannot read the signals topic")?;
     let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.detector.group_id, &cfg.topics.aggregates)?
         .with_lost_metric(crate::metrics::EVENTS_LOST_TOTAL);
@@ -201,7 +206,8 @@ struct Detector<'a> {
     notifier: Notifier,
     status_rx: std::sync::mpsc::Receiver<Vec<Status>>,
     last_advance: Instant,
-    /// Records consumed since the last advance: counted once their minutes were evaluated.
+    /// Records consumed and not counted yet: counted once their minutes were evaluated and
+    /// nothing waits for the next evaluation.
     consumed: u64,
     resolutions_changed: bool,
     /// Per assigned partition: what a commit may move past.
@@ -209,13 +215,17 @@ struct Detector<'a> {
 }
 
 impl Strategy for Detector<'_> {
-    fn on_assign(&mut self, _: &mut Ctx<'_>, _: &[i32]) -> anyhow::Result<()> {
+    fn on_assign(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) -> anyhow::Result<()> {
+        // Each holds the watermark back until it has records or is idle.
+        self.engine.assign(partitions, tracefold_model::time::now_ms());
         Ok(())
     }
 
     fn on_revoke(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) {
         // What was read past the commit is read again by the next owner. The engine keeps
-        // the counts it took from them (it is per process, not per partition).
+        // the counts it took from them (it is per process, not per partition); their
+        // watermarks no longer hold it back.
+        self.engine.revoke(partitions);
         for p in partitions {
             self.read.remove(p);
         }
@@ -223,12 +233,17 @@ impl Strategy for Detector<'_> {
 
     fn on_message(&mut self, _: &mut Ctx<'_>, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
         self.consumed += 1;
+        let now_ms = tracefold_model::time::now_ms();
+        // When the grouper produced it: about when its events were received.
+        let received_ms = m.timestamp().to_millis().unwrap_or(now_ms);
         let minute = match m.payload().map(serde_json::from_slice::<AggregateRecord>) {
             Some(Ok(r)) => {
-                let signals = self.engine.ingest(&r);
+                let at = Arrival { partition: m.partition(), received_ms, now_ms };
+                let signals = self.engine.ingest(&r, at);
                 self.resolutions_changed |= signals.iter().any(|s| s.kind == Kind::Regression);
                 self.emit(signals);
-                Some(r.minute)
+                // The minute it counts in: a future-dated record does not hold commits back.
+                Some(effective_minute(r.minute, received_ms))
             }
             _ => {
                 tracing::warn!(partition = m.partition(), offset = m.offset(), "unreadable aggregate skipped");
@@ -262,13 +277,28 @@ impl Detector<'_> {
     /// signals topic to acknowledge every signal, then commits past the records that nothing
     /// to come needs.
     fn evaluate(&mut self, cx: &mut Ctx<'_>, ack: Duration) -> anyhow::Result<()> {
-        let signals = self.engine.advance();
+        let signals = self.engine.advance(tracefold_model::time::now_ms());
         self.emit(signals);
+        let (late, future) = self.engine.take_counts();
+        if late > 0 {
+            tracing::warn!(
+                records = late,
+                "aggregate records beyond the allowed lateness: stored, not used for detection"
+            );
+        }
+        metrics::counter!(LATE_RECORDS_TOTAL).increment(late);
+        metrics::counter!(FUTURE_RECORDS_TOTAL).increment(future);
+        if let Some(w) = self.engine.watermark() {
+            metrics::gauge!(WATERMARK_SECONDS).set(w as f64);
+        }
         if std::mem::take(&mut self.resolutions_changed) {
             metrics::gauge!(RESOLVED_ISSUES).set(self.engine.resolved_count() as f64);
         }
-        // Last: a reader that sees the records counted sees what they caused.
-        metrics::counter!(RECORDS_TOTAL).increment(std::mem::take(&mut self.consumed));
+        // Last: a reader that sees the records counted sees what they caused (judgements that
+        // wait for the next evaluation are signalled by then).
+        if !self.engine.pending() {
+            metrics::counter!(RECORDS_TOTAL).increment(std::mem::take(&mut self.consumed));
+        }
         if let Err(e) = self.producer.flush(ack) {
             tracing::warn!(error = %e, "the signals topic did not acknowledge yet; not committing");
             return Ok(());
