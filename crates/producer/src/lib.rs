@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backpressure;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -49,7 +50,12 @@ pub async fn serve(
     let producer = tokio::task::spawn_blocking(move || kafka_producer(&c)).await??;
     let mut all = vec![health.clone()];
     all.extend(others);
-    let app = http::router(http::AppState::new(cfg.clone(), producer.clone(), projects)).merge(ops_router(all));
+    let state = http::AppState::new(cfg.clone(), producer.clone(), projects);
+    let (bp, kafka, topic, gate, stop) =
+        (cfg.backpressure.clone(), cfg.kafka.clone(), cfg.topics.events.clone(), state.gate.clone(), shutdown.clone());
+    let watcher =
+        tokio::task::spawn_blocking(move || backpressure::spawn_watcher(&bp, &kafka, &topic, gate, stop)).await??;
+    let app = http::router(state).merge(ops_router(all));
     health.set_ready(true);
     // The producer has no work loop of its own: a ticker on the async runtime beats, so that
     // a wedged runtime (every worker blocked) shows as a stall.
@@ -72,7 +78,13 @@ pub async fn serve(
         .await
         .context("http server failed")?;
     health.set_stopped();
-    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await??;
+    tokio::task::spawn_blocking(move || {
+        if let Some(w) = watcher {
+            let _ = w.join();
+        }
+        producer.flush(Duration::from_secs(10))
+    })
+    .await??;
     tracing::info!("producer stopped");
     Ok(())
 }

@@ -122,6 +122,11 @@ pub struct LoadgenArgs {
     /// HTTP requests in flight.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// With --http: most times one request is sent again (same events, same ids) after the
+    /// producer answered 503 or 429 with Retry-After (backpressure, limits); it waits the time
+    /// Retry-After names each time. The summary counts the waits.
+    #[arg(long, default_value_t = 300)]
+    pub max_retries: u32,
     /// With --bootstrap-servers: pause whenever the consumer group --lag-group is more than
     /// this many events behind (librdkafka's mock cluster keeps only 5 MB per partition).
     #[arg(long)]
