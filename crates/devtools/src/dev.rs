@@ -47,11 +47,14 @@ pub const EMBEDDED_BROKER_PARTITION_BYTES: u64 = 5 * 1024 * 1024;
 pub const EMBEDDED_BROKER_PARTITION_MESSAGE_SETS: u64 = 100_000;
 
 /// Partitions of the events and aggregates topics of `tracefold dev`'s embedded broker
-/// unless `--partitions` says otherwise. Each partition keeps its own 5 MiB, so more
-/// partitions keep more unread events and leave the backpressure bound room; the grouper
-/// cuts batches per partition, so too many would make small batches. 12 was measured to
-/// keep the sample load's throughput (see the README's `tracefold dev` notes).
-pub const DEV_PARTITIONS: i32 = 12;
+/// unless `--partitions` says otherwise. Each partition keeps its own 5 MiB, and the grouper
+/// is always about one batch age behind per partition, so with few partitions a fast load
+/// keeps tripping the backpressure bound (measured with an unpaced `loadgen --events
+/// 100000`: 6 partitions were told to wait 18 times and stored 10k events/s end to end, 32
+/// partitions 4 times and 16-17k/s, against 18-19k/s without backpressure at 6, 24 or 48
+/// partitions). The grouper cuts batches per partition, so more partitions also mean more,
+/// smaller aggregate rows: 32 is where the waits had mostly gone.
+pub const DEV_PARTITIONS: i32 = 32;
 
 /// `section` with unset bounds derived from the embedded broker's retention: half of what a
 /// partition keeps, in events (a message set holds at least one event, so 50,000 events are

@@ -26,7 +26,8 @@ pub struct DevArgs {
     /// leader moves and broker outages can be tried (see tests/broker_faults.rs).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=64))]
     pub brokers: i32,
-    /// Partitions of the events and aggregates topics.
+    /// Partitions of the events and aggregates topics (default 32: each partition of the
+    /// embedded Kafka keeps its own 5 MiB, which the producer's backpressure bound is half of).
     #[arg(long)]
     pub partitions: Option<i32>,
     /// Send this many sample events once started, then show the top issues.

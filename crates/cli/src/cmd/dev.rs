@@ -61,6 +61,15 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     eprintln!("  ingest:    POST {url}/api/v1/projects/{{project}}/events   (one JSON event or NDJSON)");
     eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
     eprintln!("  kafka:     {}  ({})", pipeline.bootstrap_servers(), describe_broker(&pipeline.broker));
+    let b = cfg.backpressure.bounds();
+    if b.is_off() {
+        eprintln!("  backpressure: off");
+    } else {
+        eprintln!(
+            "  backpressure: new events get 503/429 while the grouper is over {} events or {} bytes behind on a partition (0 = no bound)",
+            b.events, b.bytes
+        );
+    }
     eprintln!("  try:       tracefold loadgen --http {url} --events 10000");
     eprintln!("             tracefold top --since 1h --clickhouse-url {}", cfg.clickhouse.url);
     eprintln!("  Ctrl-C stops it\n");
