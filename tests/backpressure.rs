@@ -186,10 +186,12 @@ async fn loadgen_waits_when_told_and_counts_each_event_once() {
     let s = server(&group, 100).await;
     let bootstrap = s.broker.bootstrap_servers();
     let before = metric(&metrics(&s.url).await, "tracefold_producer_backpressure_refused_events_total");
-    const N: u64 = 2000;
+    // Paced so that the load is still running when the bound (about 200 events over both
+    // partitions) is reached, however fast the machine: 3,000 events take 1.5 s unrefused.
+    const N: u64 = 3000;
     let opts = loadgen::LoadOptions {
         events: N,
-        rate: loadgen::Rate::Unpaced,
+        rate: loadgen::Rate::per_second(2000),
         batch: 50,
         concurrency: 2,
         progress: false,
