@@ -23,6 +23,10 @@ pub struct DevConfig {
     pub http: tracefold_producer::config::HttpSection,
     /// Registered projects (Sentry ids, keys, rate limits).
     pub projects: Vec<tracefold_producer::config::ProjectConfig>,
+    /// The producer's backpressure. `tracefold dev` fills unset bounds from the embedded
+    /// broker's retention ([`embedded_broker_backpressure`]); the watched group is always the
+    /// grouper's.
+    pub backpressure: tracefold_producer::config::BackpressureSection,
     /// Grouper options.
     pub grouper: tracefold_grouper::config::GrouperSection,
     /// Grouping options.
@@ -33,6 +37,36 @@ pub struct DevConfig {
     pub detector: tracefold_detector::config::DetectorSection,
     /// Logs.
     pub telemetry: TelemetryConfig,
+}
+
+/// What librdkafka's mock cluster keeps of each partition (hard-coded in `rdkafka_mock.c`,
+/// `rd_kafka_mock_partition_init`): 5 MiB of stored (compressed) message sets ...
+pub const EMBEDDED_BROKER_PARTITION_BYTES: u64 = 5 * 1024 * 1024;
+/// ... or 100,000 message sets (each holds at least one message); older ones are deleted
+/// whether read or not.
+pub const EMBEDDED_BROKER_PARTITION_MESSAGE_SETS: u64 = 100_000;
+
+/// Partitions of the events and aggregates topics of `tracefold dev`'s embedded broker
+/// unless `--partitions` says otherwise. Each partition keeps its own 5 MiB, and the grouper
+/// is always about one batch age behind per partition, so with few partitions a fast load
+/// keeps tripping the backpressure bound (measured with an unpaced `loadgen --events
+/// 100000`: 6 partitions were told to wait 18 times and stored 10k events/s end to end, 32
+/// partitions 4 times and 16-17k/s, against 18-19k/s without backpressure at 6, 24 or 48
+/// partitions). The grouper cuts batches per partition, so more partitions also mean more,
+/// smaller aggregate rows: 32 is where the waits had mostly gone.
+pub const DEV_PARTITIONS: i32 = 32;
+
+/// `section` with unset bounds derived from the embedded broker's retention: half of what a
+/// partition keeps, in events (a message set holds at least one event, so 50,000 events are
+/// at most 50,000 message sets) and in bytes (2.5 MiB, compared with lag times the average
+/// uncompressed event size; the broker stores lz4-compressed batches, so the real margin is
+/// larger). A bound set to 0 stays off.
+pub fn embedded_broker_backpressure(
+    mut section: tracefold_producer::config::BackpressureSection,
+) -> tracefold_producer::config::BackpressureSection {
+    section.max_lag_events.get_or_insert(EMBEDDED_BROKER_PARTITION_MESSAGE_SETS / 2);
+    section.max_lag_bytes.get_or_insert(EMBEDDED_BROKER_PARTITION_BYTES / 2);
+    section
 }
 
 /// A running pipeline: broker, grouper, writer and producer.
@@ -125,6 +159,11 @@ impl Pipeline {
             topics: cfg.topics.clone(),
             http: cfg.http.clone(),
             projects: cfg.projects.clone(),
+            // The grouper of this pipeline is the group whose lag matters.
+            backpressure: tracefold_producer::config::BackpressureSection {
+                group_id: gcfg.grouper.group_id.clone(),
+                ..cfg.backpressure.clone()
+            },
             telemetry: cfg.telemetry.clone(),
         };
         let mut threads = Vec::new();

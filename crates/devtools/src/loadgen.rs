@@ -1,5 +1,11 @@
 //! The load generator of `tracefold loadgen` and the benchmarks: sends generated events to
 //! the HTTP endpoint or straight to Kafka, with pacing, a progress bar and a summary.
+//!
+//! Over HTTP, a request answered 503 or 429 with `Retry-After` (the producer's backpressure,
+//! its concurrency limit, a rate limit) is sent again, the same events with the same ids,
+//! after the time it names, up to [`LoadOptions::max_retries`] times; the summary counts the
+//! waits and the time waited. An event counts as accepted once, when a request carrying it
+//! got 2xx.
 
 use crate::gen::{GenOptions, Generator};
 use anyhow::Context as _;
@@ -12,6 +18,10 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+
+/// The default of [`LoadOptions::max_retries`]: with the producer's default `Retry-After`
+/// of 1 s, a request gives up after about five minutes of being told to wait.
+pub const DEFAULT_MAX_RETRIES: u32 = 300;
 
 /// Where events go.
 #[derive(Debug, Clone)]
@@ -42,6 +52,9 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Generator options.
     pub gen: GenOptions,
+    /// Over HTTP: most times one request is sent again after a 503 or 429 with `Retry-After`
+    /// (its events count as failed beyond that).
+    pub max_retries: u32,
     /// With a Kafka target: keep the consumer group's lag on the events topic below this,
     /// pausing the load as needed (a sustained-rate measurement; also keeps a bounded log,
     /// such as librdkafka's mock cluster's, from dropping unread events).
@@ -104,10 +117,79 @@ pub struct LoadSummary {
     pub accepted: u64,
     /// Events refused or not acknowledged.
     pub failed: u64,
+    /// Times a request was told to wait (503 or 429 with `Retry-After`) and sent again.
+    pub waits: u64,
+    /// Seconds waited for `Retry-After`, summed over requests (concurrent requests wait at
+    /// the same time, so this can exceed the elapsed time).
+    pub waited_secs: f64,
     /// Seconds.
     pub elapsed_secs: f64,
     /// Accepted events per second.
     pub events_per_sec: f64,
+}
+
+/// The one-line summary: counts, rate, and how often the target said to wait.
+pub fn describe(s: &LoadSummary) -> String {
+    format!(
+        "{} events sent, {} accepted, {} failed in {:.2}s: {:.0} events/s; told to wait {} times ({:.0}s waited over all requests)",
+        s.sent, s.accepted, s.failed, s.elapsed_secs, s.events_per_sec, s.waits, s.waited_secs
+    )
+}
+
+/// What one HTTP request (with its retries) came to.
+#[derive(Debug)]
+struct Outcome {
+    events: u64,
+    ok: bool,
+    waits: u64,
+    waited: Duration,
+}
+
+/// `Retry-After` of a 503 or 429, as a duration (seconds; an HTTP date is not sent by
+/// tracefold and counts as absent).
+fn retry_after(r: &reqwest::Response) -> Option<Duration> {
+    let s = r.status().as_u16();
+    if s != 503 && s != 429 {
+        return None;
+    }
+    let v = r.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Posts `body` until it gets 2xx, is refused for good, or was told to wait `max_retries`
+/// times.
+async fn post_with_retries(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+    events: u64,
+    max_retries: u32,
+) -> Outcome {
+    let mut out = Outcome { events, ok: false, waits: 0, waited: Duration::ZERO };
+    loop {
+        match client.post(url).header("content-type", "application/x-ndjson").body(body.clone()).send().await {
+            Ok(r) if r.status().is_success() => {
+                out.ok = true;
+                return out;
+            }
+            Ok(r) => {
+                let status = r.status();
+                if let Some(wait) = retry_after(&r).filter(|_| out.waits < u64::from(max_retries)) {
+                    out.waits += 1;
+                    out.waited += wait;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let text = r.text().await.unwrap_or_default();
+                tracing::warn!(%status, waits = out.waits, body = %text.chars().take(300).collect::<String>(), "request refused");
+                return out;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "request failed");
+                return out;
+            }
+        }
+    }
 }
 
 fn bar(total: u64, show: bool) -> ProgressBar {
@@ -157,28 +239,18 @@ async fn run_http(url: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> 
     let start = Instant::now();
     let mut summary = LoadSummary::default();
     let base = url.trim_end_matches('/').to_owned();
-    let send = |project: &'static str, batch: Batch, tasks: &mut tokio::task::JoinSet<(Batch, bool)>, permit| {
+    let max_retries = opts.max_retries;
+    let send = |project: &'static str, batch: Batch, tasks: &mut tokio::task::JoinSet<Outcome>, permit| {
         let client = client.clone();
         let url = format!("{base}/api/v1/projects/{project}/events");
         let pb = pb.clone();
         tasks.spawn(async move {
+            // The permit is held while waiting: a target that says "wait" slows the load.
             let _permit: tokio::sync::OwnedSemaphorePermit = permit;
-            let body = batch.join("\n");
-            let ok = match client.post(&url).header("content-type", "application/x-ndjson").body(body).send().await {
-                Ok(r) if r.status().is_success() => true,
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    tracing::warn!(%status, body = %text.chars().take(300).collect::<String>(), "request refused");
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "request failed");
-                    false
-                }
-            };
-            pb.inc(batch.len() as u64);
-            (batch, ok)
+            let events = batch.len() as u64;
+            let out = post_with_retries(&client, &url, batch.join("\n"), events, max_retries).await;
+            pb.inc(events);
+            out
         });
     };
     for i in 0..opts.events {
@@ -210,12 +282,14 @@ async fn run_http(url: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> 
     Ok(summary)
 }
 
-fn account(s: &mut LoadSummary, (batch, ok): (Batch, bool)) {
-    if ok {
-        s.accepted += batch.len() as u64;
+fn account(s: &mut LoadSummary, o: Outcome) {
+    if o.ok {
+        s.accepted += o.events;
     } else {
-        s.failed += batch.len() as u64;
+        s.failed += o.events;
     }
+    s.waits += o.waits;
+    s.waited_secs += o.waited.as_secs_f64();
 }
 
 fn finish(s: &mut LoadSummary, start: Instant) {

@@ -1,5 +1,6 @@
 //! The producer's configuration (TOML file, `TRACEFOLD__...` overrides, flags).
 
+pub use crate::backpressure::BackpressureSection;
 use serde::{Deserialize, Serialize};
 use tracefold_runtime::config::{KafkaConfig, TelemetryConfig, TopicsConfig};
 
@@ -15,6 +16,9 @@ pub struct Config {
     pub http: HttpSection,
     /// Registered projects: Sentry project ids, public keys and rate limits.
     pub projects: Vec<ProjectConfig>,
+    /// Refusing new events while the grouper's lag puts accepted ones at risk (off unless a
+    /// bound is set).
+    pub backpressure: BackpressureSection,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -142,7 +146,7 @@ impl Config {
         if self.max_event_bytes() == 0 {
             return Err("http.max_event_bytes (or Kafka's message.max.bytes) leaves no room for an event".into());
         }
-        Ok(())
+        self.backpressure.check()
     }
 }
 

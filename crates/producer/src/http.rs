@@ -18,11 +18,15 @@
 //! for events nested deeper than [`tracefold_model::json::MAX_DEPTH`]; lone UTF-16 surrogate escapes become U+FFFD;
 //! 408 when the body does not arrive within `http.body_timeout_ms`; 503 with `Retry-After`
 //! when `http.max_concurrent_requests` requests are in flight already or Kafka does not
-//! acknowledge. Responses are JSON: native `200 {"accepted": n, "ids": [...]}`, Sentry
+//! acknowledge; while the grouper is too far behind (`[backpressure]`, see
+//! [`crate::backpressure`]) 503 with `Retry-After` on the native endpoint and 429 with
+//! `Retry-After` and `X-Sentry-Rate-Limits` on the Sentry endpoints, the error body's `code`
+//! being `backpressure`. Responses are JSON: native `200 {"accepted": n, "ids": [...]}`, Sentry
 //! `200 {"id": "..."}`; errors `{"error": "...", "details": [{"line": 1, "field": "...",
 //! "reason": "...", "code": "invalid"}]}` with `code` one of [`Reason::code`].
 
 use crate::auth::{request_key, Projects, Refusal};
+use crate::backpressure::Gate;
 use crate::config::Config;
 use crate::metrics as m;
 use crate::sentry::{
@@ -83,6 +87,8 @@ pub struct AppState {
     pub queue: QueueRoom,
     /// Outcome counters (accepted and refused events per project, minute and reason).
     pub outcomes: Arc<crate::outcomes::Outcomes>,
+    /// Backpressure: whether new events are refused now (set by the watcher thread).
+    pub gate: Arc<Gate>,
 }
 
 impl AppState {
@@ -92,7 +98,8 @@ impl AppState {
         let max_event_bytes = cfg.max_event_bytes();
         let queue = QueueRoom::new(&cfg.kafka);
         let outcomes = Arc::new(crate::outcomes::Outcomes::new());
-        Self { cfg, producer, projects, limiter, max_event_bytes, queue, outcomes }
+        let gate = Gate::new(cfg.backpressure.retry_after_secs);
+        Self { cfg, producer, projects, limiter, max_event_bytes, queue, outcomes, gate }
     }
 }
 
@@ -323,6 +330,9 @@ pub struct ApiError {
     counted: Option<Box<Counted>>,
     /// Summary.
     pub error: String,
+    /// Why, when the whole request was refused for a reason a client acts on (`backpressure`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
     /// Per-line problems.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<Detail>,
@@ -337,6 +347,7 @@ impl ApiError {
             close: false,
             counted: None,
             error: error.into(),
+            code: None,
             details: Vec::new(),
         }
     }
@@ -656,7 +667,45 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
         )));
     }
     metrics::counter!(m::EVENTS_TOTAL, "outcome" => "accepted").increment(ready.len() as u64);
+    st.gate.record_published(ready.len(), ready.iter().map(|r| r.payload.len() + r.id.len()).sum());
     Ok(())
+}
+
+/// Which kind of endpoint a request came to: refusals differ (Sentry SDKs back off on 429
+/// with `X-Sentry-Rate-Limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Native,
+    Sentry,
+}
+
+/// Refuses the request's `events` while backpressure is on (one atomic load otherwise):
+/// native 503, Sentry 429 with `X-Sentry-Rate-Limits`; both with `Retry-After` and
+/// `"code": "backpressure"`.
+fn check_backpressure(st: &AppState, events: usize, endpoint: Endpoint) -> Result<(), ApiError> {
+    if events == 0 || !st.gate.refusing() {
+        return Ok(());
+    }
+    metrics::counter!(m::BACKPRESSURE_REFUSED_EVENTS_TOTAL).increment(events as u64);
+    Err(backpressure_error(st.gate.retry_after_secs(), endpoint)
+        .with_outcome_reason(reasons::BACKPRESSURE)
+        .with_events(events))
+}
+
+fn backpressure_error(secs: u64, endpoint: Endpoint) -> ApiError {
+    let msg = format!("the pipeline is behind (backpressure): nothing of this request was accepted; retry in {secs} s");
+    let mut e = match endpoint {
+        Endpoint::Native => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg),
+        Endpoint::Sentry => {
+            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, msg);
+            // Sentry's format: retry_after:categories:scope:reason_code; no categories = all.
+            e.sentry_rate_limit = Some(format!("{secs}::organization:backpressure"));
+            e
+        }
+    };
+    e.retry_after_secs = Some(secs);
+    e.code = Some("backpressure");
+    e
 }
 
 /// Kafka is unavailable or slow: tell the client when to come back.
@@ -750,6 +799,7 @@ async fn ingest_inner(
     let slug = project.clone();
     let ready =
         off_thread(big, move || native_events(&s, &bytes, ndjson, &project, key.as_deref(), now_ms())).await??;
+    check_backpressure(&st, ready.len(), Endpoint::Native)?;
     publish(&st, &ready).await.map_err(|e| e.with_events(ready.len()))?;
     st.outcomes.record(&slug, Outcome::Accepted, reasons::NONE, ready.len() as u64);
     record_ok(t0);
@@ -888,6 +938,7 @@ async fn sentry_store(
             prepare_sentry(&bytes, &slug, now_ms(), max_event).map_err(|p| refused(vec![p.at(1)], 1))
         })
         .await??;
+        check_backpressure(&st, 1, Endpoint::Sentry)?;
         publish(&st, std::slice::from_ref(&ready)).await.map_err(|e| e.with_events(1))?;
         st.outcomes.record(&project.slug, Outcome::Accepted, reasons::NONE, 1);
         record_ok(t0);
@@ -947,6 +998,7 @@ async fn sentry_envelope(
         let big = bytes.len() > BLOCKING_THRESHOLD;
         let s = st.clone();
         let out = off_thread(big, move || envelope_events(&s, &bytes, id, &key, now_ms())).await??;
+        check_backpressure(&st, out.ready.len(), Endpoint::Sentry)?;
         publish(&st, &out.ready).await.map_err(|e| e.with_events(out.ready.len()))?;
         if let Some(slug) = &slug {
             st.outcomes.record(slug, Outcome::Accepted, reasons::NONE, out.ready.len() as u64);
@@ -1198,6 +1250,25 @@ mod tests {
         assert!(v["error"].as_str().unwrap().contains("max_concurrent_requests"), "{v}");
         drop(a);
         assert!(l.try_enter().is_ok(), "a finished request frees its slot");
+    }
+
+    #[tokio::test]
+    async fn backpressure_refusals_carry_retry_after_and_a_code() {
+        let resp = backpressure_error(3, Endpoint::Native).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
+        assert!(resp.headers().get("x-sentry-rate-limits").is_none());
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "backpressure", "{v}");
+        assert!(v["error"].as_str().unwrap().contains("backpressure"), "{v}");
+        let resp = backpressure_error(2, Endpoint::Sentry).into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(resp.headers()["x-sentry-rate-limits"], "2::organization:backpressure");
+        // Other errors carry no code.
+        let v = serde_json::to_value(ApiError::new(StatusCode::BAD_REQUEST, "x")).unwrap();
+        assert!(v.get("code").is_none(), "{v}");
     }
 
     #[tokio::test]

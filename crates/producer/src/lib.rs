@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backpressure;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -56,6 +57,10 @@ pub async fn serve(
     all.extend(others);
     let state = http::AppState::new(cfg.clone(), producer.clone(), projects);
     let outcomes = state.outcomes.clone();
+    let (bp, kafka, topic, gate, stop) =
+        (cfg.backpressure.clone(), cfg.kafka.clone(), cfg.topics.events.clone(), state.gate.clone(), shutdown.clone());
+    let watcher =
+        tokio::task::spawn_blocking(move || backpressure::spawn_watcher(&bp, &kafka, &topic, gate, stop)).await??;
     let app = http::router(state).merge(ops_router(all));
     health.set_ready(true);
     // The producer has no work loop of its own: a ticker on the async runtime beats, so that
@@ -105,7 +110,13 @@ pub async fn serve(
     if tokio::time::timeout(Duration::from_secs(10), last).await.is_err() {
         tracing::warn!("the last outcome counts were not acknowledged within 10 s; they are lost");
     }
-    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await??;
+    tokio::task::spawn_blocking(move || {
+        if let Some(w) = watcher {
+            let _ = w.join();
+        }
+        producer.flush(Duration::from_secs(10))
+    })
+    .await??;
     tracing::info!("producer stopped");
     Ok(())
 }

@@ -15,5 +15,28 @@ pub const REQUEST_SECONDS: &str = "tracefold_producer_request_seconds";
 /// unacknowledged outcome records than it keeps for a retry); events themselves are not lost.
 pub const OUTCOMES_DROPPED_TOTAL: &str = "tracefold_producer_outcomes_dropped_total";
 
+/// Backpressure: the largest lag (events) of the watched consumer group on any partition of
+/// the events topic, as last read.
+pub const BACKPRESSURE_MAX_LAG_EVENTS: &str = "tracefold_producer_backpressure_max_lag_events";
+/// Backpressure: that lag in bytes, estimated as lag times the average published event size.
+pub const BACKPRESSURE_MAX_LAG_BYTES: &str = "tracefold_producer_backpressure_max_lag_bytes";
+/// Backpressure: 1 while new events are refused, else 0.
+pub const BACKPRESSURE_REFUSING: &str = "tracefold_producer_backpressure_refusing";
+/// Backpressure: events refused (503 native, 429 Sentry) while the lag was over a bound.
+pub const BACKPRESSURE_REFUSED_EVENTS_TOTAL: &str = "tracefold_producer_backpressure_refused_events_total";
+/// Backpressure: reads of the lag that failed (each also a WARN log line).
+pub const BACKPRESSURE_CHECK_FAILURES_TOTAL: &str = "tracefold_producer_backpressure_check_failures_total";
+
 /// Every metric this service emits (for documentation and dashboard checks).
-pub const ALL: &[&str] = &[REQUESTS_TOTAL, EVENTS_TOTAL, ENVELOPE_ITEMS_TOTAL, REQUEST_SECONDS, OUTCOMES_DROPPED_TOTAL];
+pub const ALL: &[&str] = &[
+    REQUESTS_TOTAL,
+    EVENTS_TOTAL,
+    ENVELOPE_ITEMS_TOTAL,
+    REQUEST_SECONDS,
+    BACKPRESSURE_MAX_LAG_EVENTS,
+    BACKPRESSURE_MAX_LAG_BYTES,
+    BACKPRESSURE_REFUSING,
+    BACKPRESSURE_REFUSED_EVENTS_TOTAL,
+    BACKPRESSURE_CHECK_FAILURES_TOTAL,
+    OUTCOMES_DROPPED_TOTAL,
+];

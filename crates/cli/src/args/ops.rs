@@ -26,7 +26,8 @@ pub struct DevArgs {
     /// leader moves and broker outages can be tried (see tests/broker_faults.rs).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=64))]
     pub brokers: i32,
-    /// Partitions of the events and aggregates topics.
+    /// Partitions of the events and aggregates topics (default 32: each partition of the
+    /// embedded Kafka keeps its own 5 MiB, which the producer's backpressure bound is half of).
     #[arg(long)]
     pub partitions: Option<i32>,
     /// Send this many sample events once started, then show the top issues.
@@ -122,6 +123,11 @@ pub struct LoadgenArgs {
     /// HTTP requests in flight.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// With --http: most times one request is sent again (same events, same ids) after the
+    /// producer answered 503 or 429 with Retry-After (backpressure, limits); it waits the time
+    /// Retry-After names each time. The summary counts the waits.
+    #[arg(long, default_value_t = 300)]
+    pub max_retries: u32,
     /// With --bootstrap-servers: pause whenever the consumer group --lag-group is more than
     /// this many events behind (librdkafka's mock cluster keeps only 5 MB per partition).
     #[arg(long)]

@@ -5,7 +5,9 @@
 use crate::args::DevArgs;
 use std::time::Duration;
 use tracefold_cli::query;
-use tracefold_devtools::dev::{describe_broker, wait_for_events, DevConfig, Pipeline};
+use tracefold_devtools::dev::{
+    describe_broker, embedded_broker_backpressure, wait_for_events, DevConfig, Pipeline, DEV_PARTITIONS,
+};
 use tracefold_devtools::{gen, loadgen};
 use tracefold_runtime::devbroker::{DevBroker, DevBrokerOptions};
 use tracefold_runtime::Shutdown;
@@ -30,8 +32,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             cooldown_min: 30,
         });
     }
+    // Backpressure on by default: bounds derived from the embedded broker's retention.
+    cfg.backpressure = embedded_broker_backpressure(cfg.backpressure);
     tracefold_runtime::telemetry::init_logging(&cfg.telemetry);
-    let broker_opts = DevBrokerOptions { brokers: a.brokers, partitions: a.partitions, track_requests: false };
+    let partitions = Some(a.partitions.unwrap_or(DEV_PARTITIONS));
+    let broker_opts = DevBrokerOptions { brokers: a.brokers, partitions, track_requests: false };
     if a.broker_only {
         let broker = DevBroker::start_with(&cfg.topics, &broker_opts)?;
         println!("{}", broker.bootstrap_servers());
@@ -56,6 +61,15 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     eprintln!("  ingest:    POST {url}/api/v1/projects/{{project}}/events   (one JSON event or NDJSON)");
     eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
     eprintln!("  kafka:     {}  ({})", pipeline.bootstrap_servers(), describe_broker(&pipeline.broker));
+    let b = cfg.backpressure.bounds();
+    if b.is_off() {
+        eprintln!("  backpressure: off");
+    } else {
+        eprintln!(
+            "  backpressure: new events get 503/429 while the grouper is over {} events or {} bytes behind on a partition (0 = no bound)",
+            b.events, b.bytes
+        );
+    }
     eprintln!("  try:       tracefold loadgen --http {url} --events 10000");
     eprintln!("             tracefold top --since 1h --clickhouse-url {}", cfg.clickhouse.url);
     eprintln!("  Ctrl-C stops it\n");
@@ -64,10 +78,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         let client = tracefold_store::client::client(&cfg.clickhouse);
         let before = tracefold_store::aggregates::total_events(&client, &cfg.clickhouse.database).await?;
         let summary = sample_load(&url, &a).await?;
-        eprintln!(
-            "sample load: {} events sent, {} accepted, {} failed in {:.1}s ({:.0} events/s)",
-            summary.sent, summary.accepted, summary.failed, summary.elapsed_secs, summary.events_per_sec
-        );
+        eprintln!("sample load: {}", loadgen::describe(&summary));
         let stored = wait_for_events(&cfg.clickhouse, before, summary.accepted, Duration::from_secs(120), true).await?;
         let rows = tracefold_store::issues::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
         println!("\nTop issues (last 2 hours), {stored} sample events stored:\n");
@@ -89,6 +100,7 @@ async fn sample_load(url: &str, a: &DevArgs) -> anyhow::Result<loadgen::LoadSumm
         concurrency: 4,
         progress: true,
         max_lag: None,
+        max_retries: loadgen::DEFAULT_MAX_RETRIES,
         gen: gen::GenOptions {
             issues: a.sample_issues,
             now_secs: gen::now_secs(),

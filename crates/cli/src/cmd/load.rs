@@ -22,6 +22,7 @@ pub async fn loadgen(a: LoadgenArgs) -> anyhow::Result<()> {
         concurrency: a.concurrency,
         progress: a.format == Format::Table,
         max_lag: a.max_lag.map(|events| loadgen::LagLimit { group: a.lag_group, events }),
+        max_retries: a.max_retries,
         gen: gen::GenOptions {
             issues: a.issues,
             users: a.users,
@@ -33,10 +34,7 @@ pub async fn loadgen(a: LoadgenArgs) -> anyhow::Result<()> {
     let s = loadgen::run(&target, &opts).await?;
     match a.format {
         Format::Json => println!("{}", serde_json::to_string(&s)?),
-        Format::Table => println!(
-            "{} events sent, {} accepted, {} failed in {:.2}s: {:.0} events/s",
-            s.sent, s.accepted, s.failed, s.elapsed_secs, s.events_per_sec
-        ),
+        Format::Table => println!("{}", loadgen::describe(&s)),
     }
     if s.failed > 0 {
         anyhow::bail!("{} events were not accepted", s.failed);

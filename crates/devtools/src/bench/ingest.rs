@@ -87,6 +87,7 @@ pub async fn ingest(opts: &IngestOptions) -> anyhow::Result<IngestReport> {
         concurrency: opts.concurrency,
         progress: opts.progress,
         max_lag: None,
+        max_retries: loadgen::DEFAULT_MAX_RETRIES,
         gen: gen::GenOptions { issues: 200, now_secs: gen::now_secs(), spread_secs: 60, ..Default::default() },
     };
     let s = loadgen::run(&loadgen::Target::Http(url), &load).await?;

@@ -98,6 +98,7 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
         concurrency: 0,
         progress: true,
         max_lag: Some(loadgen::LagLimit { group: cfg.grouper.group_id.clone(), events: lag_limit }),
+        max_retries: loadgen::DEFAULT_MAX_RETRIES,
         gen: gen::GenOptions { issues: opts.issues, now_secs: gen::now_secs(), ..Default::default() },
     };
     let target =
