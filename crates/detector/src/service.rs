@@ -349,7 +349,10 @@ impl Detector<'_> {
                 let _ = self.producer.send(BaseRecord::to(&self.cfg.topics.signals).key(&key).payload(&payload));
             }
             if s.kind == Kind::NewIssue {
-                let minute = tracefold_model::time::parse_rfc3339(&s.minute).map_or(0, |ms| ms.div_euclid(1000));
+                // Its minute, no later than now (a future-dated record counts as received).
+                let now = tracefold_model::time::now_secs();
+                let minute =
+                    tracefold_model::time::parse_rfc3339(&s.minute).map_or(now, |ms| ms.div_euclid(1000).min(now));
                 if self.storm.admit(&s, minute) == Admit::Fold {
                     metrics::counter!(STORM_FOLDED_TOTAL).increment(1);
                     continue;
