@@ -26,7 +26,7 @@ pub use crate::metrics::NOTIFICATIONS_TOTAL;
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
-    /// POST the signal JSON with a `timestamp` (Unix seconds of sending) added;
+    /// POST the signal JSON with a `timestamp` (Unix seconds of the first attempt) added;
     /// `X-Tracefold-Signature: sha256=<hex HMAC of the body>` when a secret is set, and
     /// `X-Tracefold-Timestamp` (the same timestamp, for convenience: verify the one in the
     /// signed body).
@@ -427,7 +427,9 @@ pub fn request(target: &Target, s: &Signal) -> (String, Value, Vec<(String, Stri
 /// The webhook body is the signal itself (JSON) with `timestamp: sent_at` added, so the
 /// signature covers the time of sending: a receiver recomputes the HMAC over the body, then
 /// refuses a body whose `timestamp` is too old (say 5 minutes), so that a captured request
-/// cannot be replayed later. Each attempt (retries included) is signed anew. Chat messages carry event-derived text
+/// cannot be replayed later. Retries send the same request: the timestamp is the first
+/// attempt's (with the default `[detector.retry]`, the waits between attempts add up to 7.5 s,
+/// plus up to 10 s for each attempt that times out). Chat messages carry event-derived text
 /// (titles, culprits, frames, URLs) escaped for the service's markup, on one line per field,
 /// with mentions, link names and link previews off, and within the service's length limits.
 /// The URL holds the channel's credentials: never log it (see [`Target::redact`]).
@@ -716,13 +718,14 @@ async fn send_once(
 /// Sends `s` to `target`, retrying with backoff. Logs name the channel by `name` and kind
 /// only, never by URL.
 async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal, retry: Retry) {
+    // Built once: every attempt sends the same request (a webhook's signed timestamp is the
+    // first attempt's), so a receiver sees one notification however often it is retried.
+    let (url, body, headers) = request(target, s);
     let kind = target.label();
     let attempts = retry.attempts.max(1);
     let max = Duration::from_millis(retry.max_ms);
     let mut delay = Duration::from_millis(retry.initial_ms).min(max);
     for attempt in 1..=attempts {
-        // Built for each attempt: a webhook's signed timestamp is when it is sent.
-        let (url, body, headers) = request(target, s);
         match send_once(http, target, &url, &body, &headers).await {
             Ok(()) => {
                 metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => kind, "outcome" => "sent").increment(1);
