@@ -1426,3 +1426,93 @@ async fn a_detector_past_the_old_aggregates_takes_known_issues_resolutions_and_b
     drop(d);
     bare.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Alert storms
+
+use tracefold_detector::metrics::STORM_FOLDED_TOTAL;
+use tracefold_detector::storm::StormConfig;
+
+/// A new-issue storm: 60 new issues of one project in one window reach the webhook as the first
+/// 5 one by one and one `new_issue_digest` (count 60, 55 folded, 5 titles of folded issues)
+/// when the window closes; every one of them is on the signals topic; another project's new
+/// issues in the same window are notified as usual. Every webhook body carries the time it was
+/// sent inside what is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_issue_storm_becomes_five_notifications_and_one_digest_and_webhooks_sign_their_time() {
+    let _serial = SERIAL.lock().await;
+    let hook = Receiver::start().await;
+    let detector = DetectorSection {
+        channels: vec![channel("hook", Target::Webhook { url: hook.url.clone(), secret: "s3cret".into() }, &[])],
+        storm: StormConfig { max_new_issues: 5, window_min: 1 },
+        // The window closes at the end of its minute by the detector's clock.
+        engine: EngineConfig { lateness_min: 0, ..EngineConfig::default() },
+        ..DetectorSection::default()
+    };
+    let mut stack = Stack::start("storm", detector).await;
+    // Events of the current minute, sent in its first 20 seconds, so that all of them are in
+    // before the window closes (a condition, not a timing assertion: otherwise wait for the
+    // next minute).
+    wait_for("the first 20 seconds of a minute", || {
+        if now_secs() % 60 < 20 {
+            Ok(())
+        } else {
+            Err(format!("second {}", now_secs() % 60))
+        }
+    })
+    .await;
+    let started = now_secs();
+    let minute = minute_of(started);
+    let mut storm: Vec<Ev> = (0..60)
+        .map(|i| {
+            let ty: &'static str = Box::leak(format!("Storm{i}Error").into_boxed_str());
+            ev(ty, minute + i % 20, i as u64)
+        })
+        .collect();
+    storm.extend(["ApiAError", "ApiBError", "ApiCError"].map(|ty| ev(ty, minute + 1, 1).project("api")));
+    stack.post(&storm).await;
+    stack.settle().await;
+    let digest = wait_for("the window's digest", || {
+        let got = hook.signals();
+        got.iter().find(|s| s.kind == Kind::NewIssueDigest).cloned().ok_or(format!("{} notifications", got.len()))
+    })
+    .await;
+    assert_eq!(stack.produced(), BTreeMap::from([("new_issue", 63)]));
+    let digests = label("type", "new_issue_digest");
+    assert_eq!(stack.counters.delta(SIGNALS_TOTAL, &[digests.as_str()]), 1.0, "one digest");
+    assert_eq!(stack.counters.delta(STORM_FOLDED_TOTAL, &[]), 55.0);
+    stack.wait_notifications(&[("webhook", "sent", 9), ("webhook", "rate_limited", 0)]).await;
+    let signals = hook.signals();
+    let new_in = |project: &str| signals.iter().filter(|s| s.kind == Kind::NewIssue && s.project == project).count();
+    assert_eq!((new_in("web"), new_in("api")), (5, 3), "the first 5 of web, every one of api");
+    assert_eq!(signals.iter().filter(|s| s.kind == Kind::NewIssueDigest).count(), 1);
+    assert_eq!((digest.project.as_str(), digest.count, digest.folded), ("web", 60, 55));
+    assert_eq!((digest.minute.as_str(), digest.window_minutes), (rfc3339(minute).as_str(), 1));
+    assert_eq!(
+        digest.signal_id,
+        tracefold_detector::signal::signal_id(Kind::NewIssueDigest, "web", "", minute, ""),
+        "derived from project and window start"
+    );
+    assert!(digest.command.starts_with("tracefold top --project web --since "), "{}", digest.command);
+    // Its titles are of folded issues: on the topic, not notified one by one.
+    let on_topic = wait_topic(&stack.bootstrap(), 64).await;
+    let notified: BTreeSet<&str> = signals.iter().map(|s| s.title.as_str()).collect();
+    let web_titles: BTreeSet<&str> =
+        on_topic.iter().filter(|s| s.kind == Kind::NewIssue && s.project == "web").map(|s| s.title.as_str()).collect();
+    assert_eq!(web_titles.len(), 60, "every new issue is on the signals topic");
+    assert_eq!(digest.titles.len(), 5);
+    for t in &digest.titles {
+        assert!(web_titles.contains(t.as_str()) && !notified.contains(t.as_str()), "{t}");
+    }
+    // Every body is signed with its time of sending inside.
+    let finished = now_secs();
+    for h in hook.hits() {
+        let raw = std::str::from_utf8(&h.body).unwrap();
+        assert_eq!(h.headers["x-tracefold-signature"].to_str().unwrap(), format!("sha256={}", sign("s3cret", raw)));
+        let body: serde_json::Value = serde_json::from_str(raw).unwrap();
+        let t = body["timestamp"].as_i64().expect("a timestamp in the signed body");
+        assert!(t >= started && t <= finished, "{t} not in {started}..={finished}");
+        assert_eq!(h.headers["x-tracefold-timestamp"].to_str().unwrap(), t.to_string());
+    }
+    stack.stop().await;
+}

@@ -1,7 +1,8 @@
 //! The detector's configuration (TOML file, `TRACEFOLD__...` overrides, flags).
 
 use crate::engine::EngineConfig;
-use crate::notify::{Channel, Retry};
+use crate::notify::{Channel, RateLimit, Retry};
+use crate::storm::StormConfig;
 use serde::{Deserialize, Serialize};
 use tracefold_runtime::config::{ClickHouseConfig, KafkaConfig, TelemetryConfig, TopicsConfig};
 
@@ -41,6 +42,10 @@ pub struct DetectorSection {
     pub channels: Vec<Channel>,
     /// Notification retries with backoff: `[detector.retry]`.
     pub retry: Retry,
+    /// Alert storms, new issues folded into a digest: `[detector.storm]`.
+    pub storm: StormConfig,
+    /// Notifications per minute per channel: `[detector.rate_limit]`.
+    pub rate_limit: RateLimit,
 }
 
 impl Default for DetectorSection {
@@ -53,6 +58,8 @@ impl Default for DetectorSection {
             engine: EngineConfig::default(),
             channels: Vec::new(),
             retry: Retry::default(),
+            storm: StormConfig::default(),
+            rate_limit: RateLimit::default(),
         }
     }
 }

@@ -600,6 +600,8 @@ fn signal(
         browser: facts.browser,
         os: facts.os,
         rule: rule.to_owned(),
+        folded: 0,
+        titles: Vec::new(),
         command: format!("tracefold issue {issue_id} --project {project}"),
     }
 }

@@ -1,5 +1,5 @@
 //! The tracefold detector: new-issue, regression, spike and threshold signals from the
-//! partial aggregates, on event time; the seeded traffic simulator that measures spike
+//! partial aggregates, on event time; new-issue storms folded into digests; the seeded traffic simulator that measures spike
 //! detection against a baseline rule.
 #![warn(missing_docs)]
 
@@ -11,5 +11,6 @@ pub mod service;
 pub mod signal;
 pub mod simulate;
 pub mod spike;
+pub mod storm;
 
 pub use config::Config;

@@ -15,7 +15,7 @@ pub const RECORDS_TOTAL: &str = "tracefold_detector_records_total";
 /// statuses, re-read while running).
 pub const RESOLVED_ISSUES: &str = "tracefold_detector_resolved_issues";
 /// Counter: notifications, by `channel` kind (`webhook`, `slack`, `discord`, `telegram`) and
-/// `outcome` (`sent`, `failed`, `dropped`, `cooled`).
+/// `outcome` (`sent`, `failed`, `dropped` (queue full), `cooled`, `rate_limited`).
 pub const NOTIFICATIONS_TOTAL: &str = "tracefold_detector_notifications_total";
 
 /// Counter (labels `topic`, `partition`): aggregate records deleted by the broker's retention before this
@@ -36,6 +36,11 @@ pub const LATE_RECORDS_TOTAL: &str = "tracefold_detector_late_records_total";
 /// watermark past it.
 pub const FUTURE_RECORDS_TOTAL: &str = "tracefold_detector_future_records_total";
 
+/// Counter: `new_issue` signals not notified one by one because their project had more than
+/// `storm.max_new_issues` new issues in the storm window; they are on the signals topic, and
+/// the window's `new_issue_digest` counts them.
+pub const STORM_FOLDED_TOTAL: &str = "tracefold_detector_storm_folded_total";
+
 /// Every metric the detector emits (besides the Kafka consumer-lag gauge of the runtime).
 pub const ALL: &[&str] = &[
     SIGNALS_TOTAL,
@@ -47,4 +52,5 @@ pub const ALL: &[&str] = &[
     WATERMARK_SECONDS,
     LATE_RECORDS_TOTAL,
     FUTURE_RECORDS_TOTAL,
+    STORM_FOLDED_TOTAL,
 ];

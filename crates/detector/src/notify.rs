@@ -1,19 +1,21 @@
 //! Notifiers: a generic webhook (JSON, HMAC-SHA256 signature), Slack and Discord incoming
 //! webhooks, and the Telegram Bot API. Each channel has its own queue and task: retries with
-//! backoff, a cooldown per (issue, signal type), and a failing or slow channel never blocks
-//! detection or the other channels (a full queue drops and counts).
+//! backoff, a cooldown per (issue, signal type), a rate limit (a token bucket of
+//! `max_per_minute`), and a failing or slow channel never blocks detection or the other
+//! channels (a full queue or an empty bucket drops and counts).
 
 use crate::signal::{Kind, Signal};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Signals sent, by `channel` kind and `outcome` (`sent`, `failed`, `dropped`, `cooled`).
+/// Signals sent, by `channel` kind and `outcome` (`sent`, `failed`, `dropped`, `cooled`,
+/// `rate_limited`).
 pub use crate::metrics::NOTIFICATIONS_TOTAL;
 
 /// A channel and where it goes.
@@ -24,8 +26,10 @@ pub use crate::metrics::NOTIFICATIONS_TOTAL;
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
-    /// POST the signal JSON; `X-Tracefold-Signature: sha256=<hex HMAC of the body>` when a
-    /// secret is set.
+    /// POST the signal JSON with a `timestamp` (Unix seconds of the first attempt) added;
+    /// `X-Tracefold-Signature: sha256=<hex HMAC of the body>` when a secret is set, and
+    /// `X-Tracefold-Timestamp` (the same timestamp, for convenience: verify the one in the
+    /// signed body).
     Webhook {
         /// URL.
         url: String,
@@ -198,9 +202,11 @@ fn default_cooldown() -> u64 {
 }
 
 impl Channel {
-    /// Whether this channel wants `s`.
+    /// Whether this channel wants `s`. A channel that takes `new_issue` also takes the
+    /// `new_issue_digest` that stands for the new issues not notified one by one.
     pub fn wants(&self, s: &Signal) -> bool {
-        (self.types.is_empty() || self.types.contains(&s.kind))
+        let kind_ok = |k: Kind| self.types.contains(&k);
+        (self.types.is_empty() || kind_ok(s.kind) || (s.kind == Kind::NewIssueDigest && kind_ok(Kind::NewIssue)))
             && (self.projects.is_empty() || self.projects.contains(&s.project))
             && (self.rules.is_empty() || s.kind != Kind::Threshold || self.rules.contains(&s.rule))
     }
@@ -367,6 +373,10 @@ fn escape_discord(s: &str) -> String {
 fn headline(s: &Signal, m: Markup) -> String {
     let (project, title) = (m.field(&s.project), m.field(&s.title));
     match s.kind {
+        Kind::NewIssueDigest => format!(
+            "New-issue storm in {project}: {} new issues in {} min, {} not notified one by one",
+            s.count, s.window_minutes, s.folded
+        ),
         Kind::NewIssue => format!("New issue in {project}: {title}"),
         Kind::Regression => format!("Regression in {project}: {title}"),
         Kind::Spike => format!(
@@ -385,6 +395,11 @@ fn headline(s: &Signal, m: Markup) -> String {
 
 fn details(s: &Signal, m: Markup) -> Vec<String> {
     let f = |t: &str| m.field(t);
+    if s.kind == Kind::NewIssueDigest {
+        let mut lines: Vec<String> = s.titles.iter().take(FRAMES_MAX).map(|t| format!("• {}", f(t))).collect();
+        lines.push(f(&s.command));
+        return lines;
+    }
     let mut lines = vec![format!("{} · {} · {}", f(&s.culprit), f(&s.release), f(&s.environment))];
     if !s.top_frames.is_empty() {
         let frames: Vec<String> = s.top_frames.iter().take(FRAMES_MAX).map(|t| f(t)).collect();
@@ -401,17 +416,32 @@ fn details(s: &Signal, m: Markup) -> Vec<String> {
     lines
 }
 
-/// The HTTP request for `s` on `target`: (url, JSON body, extra headers).
+/// The HTTP request for `s` on `target` sent now: see [`request_at`].
+pub fn request(target: &Target, s: &Signal) -> (String, Value, Vec<(String, String)>) {
+    request_at(target, s, tracefold_model::time::now_secs())
+}
+
+/// The HTTP request for `s` on `target` sent at `sent_at` (Unix seconds): (url, JSON body,
+/// extra headers).
 ///
-/// The webhook body is the signal itself (JSON). Chat messages carry event-derived text
+/// The webhook body is the signal itself (JSON) with `timestamp: sent_at` added, so the
+/// signature covers the time of sending: a receiver recomputes the HMAC over the body, then
+/// refuses a body whose `timestamp` is too old (say 5 minutes), so that a captured request
+/// cannot be replayed later. Retries send the same request: the timestamp is the first
+/// attempt's (with the default `[detector.retry]`, the waits between attempts add up to 7.5 s,
+/// plus up to 10 s for each attempt that times out). Chat messages carry event-derived text
 /// (titles, culprits, frames, URLs) escaped for the service's markup, on one line per field,
 /// with mentions, link names and link previews off, and within the service's length limits.
 /// The URL holds the channel's credentials: never log it (see [`Target::redact`]).
-pub fn request(target: &Target, s: &Signal) -> (String, Value, Vec<(String, String)>) {
+pub fn request_at(target: &Target, s: &Signal, sent_at: i64) -> (String, Value, Vec<(String, String)>) {
     match target {
         Target::Webhook { url, secret } => {
-            let body = serde_json::to_value(s).expect("signals serialize");
-            let mut headers = vec![("x-tracefold-signal".to_owned(), s.kind.as_str().to_owned())];
+            let mut body = serde_json::to_value(s).expect("signals serialize");
+            body["timestamp"] = json!(sent_at);
+            let mut headers = vec![
+                ("x-tracefold-signal".to_owned(), s.kind.as_str().to_owned()),
+                ("x-tracefold-timestamp".to_owned(), sent_at.to_string()),
+            ];
             if !secret.is_empty() {
                 headers
                     .push(("x-tracefold-signature".to_owned(), format!("sha256={}", sign(secret, &body.to_string()))));
@@ -436,7 +466,7 @@ pub fn request(target: &Target, s: &Signal) -> (String, Value, Vec<(String, Stri
                 json!({"content": m.cap(headline(s, m), DISCORD_CONTENT_MAX), "allowed_mentions": {"parse": []},
                     "embeds": [{"title": m.cap(m.field(&s.title), DISCORD_TITLE_MAX),
                     "description": m.cap(details(s, m).join("\n"), DISCORD_DESCRIPTION_MAX),
-                    "color": match s.kind { Kind::NewIssue => 3_447_003, Kind::Regression => 15_105_570, Kind::Spike => 15_158_332, Kind::Threshold => 10_181_046 }}]}),
+                    "color": match s.kind { Kind::NewIssue => 3_447_003, Kind::Regression => 15_105_570, Kind::Spike => 15_158_332, Kind::Threshold => 10_181_046, Kind::NewIssueDigest => 15_844_367 }}]}),
                 Vec::new(),
             )
         }
@@ -480,15 +510,90 @@ impl Default for Retry {
     }
 }
 
+/// `[detector.rate_limit]`: notifications per minute each channel sends at most, as a token
+/// bucket of `max_per_minute` tokens refilled evenly over a minute (so a burst of that many
+/// goes at once). Notifications over it are dropped, counted
+/// (`tracefold_detector_notifications_total{outcome="rate_limited"}`) and logged once a
+/// minute per channel. Digests (`new_issue_digest`) are never limited: there is at most one
+/// per project and storm window, and they stand for the notifications not sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Per channel, at most this many notifications a minute; 0: no limit.
+    pub max_per_minute: u32,
+    /// Another limit for the channels named here (`name = limit`; 0: no limit).
+    pub channels: BTreeMap<String, u32>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { max_per_minute: 30, channels: BTreeMap::new() }
+    }
+}
+
+impl RateLimit {
+    /// The limit of the channel named `name`.
+    pub fn of(&self, name: &str) -> u32 {
+        self.channels.get(name).copied().unwrap_or(self.max_per_minute)
+    }
+}
+
+/// A token bucket: `per_minute` tokens at most, refilled at `per_minute` a minute.
+#[derive(Debug)]
+struct Bucket {
+    per_minute: u32,
+    tokens: f64,
+    at: Instant,
+    /// Dropped since the last log line, and when that was.
+    unlogged: u64,
+    logged: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(per_minute: u32, now: Instant) -> Self {
+        Self { per_minute, tokens: f64::from(per_minute), at: now, unlogged: 0, logged: None }
+    }
+
+    /// Takes a token at `now`: whether there was one (always, without a limit).
+    fn take(&mut self, now: Instant) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        let cap = f64::from(self.per_minute);
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * cap / 60.0).min(cap);
+        self.at = self.at.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Counts a drop at `now`; the number to log when a minute passed since the last log line
+    /// (or none was written yet).
+    fn dropped(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self.logged.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60)) {
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
 /// Fans signals out to the channels, each on its own task.
 #[derive(Debug)]
 pub struct Notifier {
     queues: Vec<(Channel, mpsc::Sender<Signal>)>,
     cooldowns: HashMap<(usize, String, String, Kind), Instant>,
+    buckets: Vec<Bucket>,
 }
 
 impl Notifier {
-    /// Starts one task per channel (inside a tokio runtime).
+    /// Starts one task per channel (inside a tokio runtime), without rate limits (see
+    /// [`Notifier::with_rate_limit`]).
     pub fn start(channels: Vec<Channel>, retry: Retry) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
         let queues = channels
@@ -503,29 +608,61 @@ impl Notifier {
                 });
                 (c, tx)
             })
-            .collect();
-        Self { queues, cooldowns: HashMap::new() }
+            .collect::<Vec<_>>();
+        let now = Instant::now();
+        let buckets = queues.iter().map(|_| Bucket::new(0, now)).collect();
+        Self { queues, cooldowns: HashMap::new(), buckets }
     }
 
-    /// Hands `s` to every channel that wants it and is not cooling down for its issue and
-    /// type. Never waits: a full queue drops the notification (counted).
-    pub fn notify(&mut self, s: &Signal) {
+    /// The channels limited by `limits`, each with a full bucket.
+    pub fn with_rate_limit(mut self, limits: &RateLimit) -> Self {
         let now = Instant::now();
+        self.buckets = self.queues.iter().map(|(c, _)| Bucket::new(limits.of(&c.name), now)).collect();
+        self
+    }
+
+    /// Hands `s` to every channel that wants it, is not cooling down for its issue and type
+    /// and is within its rate limit (digests are neither cooled nor limited). Never waits: a
+    /// full queue drops the notification (counted).
+    pub fn notify(&mut self, s: &Signal) {
+        self.notify_at(s, Instant::now());
+    }
+
+    fn notify_at(&mut self, s: &Signal, now: Instant) {
+        let digest = s.kind == Kind::NewIssueDigest;
         for (i, (c, tx)) in self.queues.iter().enumerate() {
             if !c.wants(s) {
                 continue;
             }
             let key = (i, s.project.clone(), s.issue_id.clone(), s.kind);
-            if self
-                .cooldowns
-                .get(&key)
-                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60 * c.cooldown_min))
+            if !digest
+                && self
+                    .cooldowns
+                    .get(&key)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(60 * c.cooldown_min))
             {
                 metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => c.target.label(), "outcome" => "cooled")
                     .increment(1);
                 continue;
             }
-            self.cooldowns.insert(key, now);
+            let bucket = &mut self.buckets[i];
+            if !digest && !bucket.take(now) {
+                metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => c.target.label(), "outcome" => "rate_limited")
+                    .increment(1);
+                if let Some(dropped) = bucket.dropped(now) {
+                    tracing::warn!(
+                        channel = %c.name,
+                        kind = c.target.label(),
+                        dropped,
+                        max_per_minute = bucket.per_minute,
+                        "notifications over the channel's rate limit dropped (logged at most once a minute)"
+                    );
+                }
+                continue;
+            }
+            if !digest {
+                self.cooldowns.insert(key, now);
+            }
             if tx.try_send(s.clone()).is_err() {
                 metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => c.target.label(), "outcome" => "dropped")
                     .increment(1);
@@ -581,6 +718,8 @@ async fn send_once(
 /// Sends `s` to `target`, retrying with backoff. Logs name the channel by `name` and kind
 /// only, never by URL.
 async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal, retry: Retry) {
+    // Built once: every attempt sends the same request (a webhook's signed timestamp is the
+    // first attempt's), so a receiver sees one notification however often it is retried.
     let (url, body, headers) = request(target, s);
     let kind = target.label();
     let attempts = retry.attempts.max(1);
@@ -638,6 +777,8 @@ mod tests {
             browser: "Chrome 131".into(),
             os: "macOS 15".into(),
             rule: String::new(),
+            folded: 0,
+            titles: vec![],
             command: "tracefold issue abc --project web".into(),
         }
     }
@@ -667,10 +808,132 @@ mod tests {
         assert_eq!(body["chat_id"], "42");
         assert_eq!(body["text"], text.replacen('*', "", 2));
         assert_eq!(body.get("parse_mode"), None);
-        let (_, body, headers) = request(&Target::Webhook { url: "http://w".into(), secret: "k".into() }, &s);
-        assert_eq!(body, serde_json::to_value(&s).unwrap());
-        let sig_header = &headers.iter().find(|(k, _)| k == "x-tracefold-signature").unwrap().1;
-        assert_eq!(sig_header, &format!("sha256={}", sign("k", &body.to_string())));
+        let hook = Target::Webhook { url: "http://w".into(), secret: "k".into() };
+        let (_, body, headers) = request_at(&hook, &s, 1_795_000_000);
+        // The signal, and the time of sending inside the signed body.
+        let mut expected = serde_json::to_value(&s).unwrap();
+        expected["timestamp"] = json!(1_795_000_000);
+        assert_eq!(body, expected);
+        let header = |name: &str| headers.iter().find(|(k, _)| k == name).unwrap().1.clone();
+        assert_eq!(header("x-tracefold-signature"), format!("sha256={}", sign("k", &body.to_string())));
+        assert_eq!(header("x-tracefold-timestamp"), "1795000000");
+        // Another time of sending, another signature: a captured body cannot be re-dated.
+        let (_, later, later_headers) = request_at(&hook, &s, 1_795_000_600);
+        assert_ne!(later_headers, headers);
+        assert_eq!(later["timestamp"], 1_795_000_600);
+        // What a receiver does: the HMAC over the raw body, then the timestamp's age.
+        let raw = body.to_string();
+        assert!(verify_like_a_receiver("k", &raw, &header("x-tracefold-signature"), 1_795_000_100));
+        assert!(!verify_like_a_receiver("k", &raw, &header("x-tracefold-signature"), 1_795_000_301), "too old");
+        assert!(!verify_like_a_receiver("other", &raw, &header("x-tracefold-signature"), 1_795_000_100));
+    }
+
+    /// The check the README describes: the signature over the raw body, then `timestamp`
+    /// within 5 minutes of the receiver's clock.
+    fn verify_like_a_receiver(secret: &str, raw: &str, signature: &str, now: i64) -> bool {
+        let body: Value = serde_json::from_str(raw).unwrap();
+        signature == format!("sha256={}", sign(secret, raw))
+            && body["timestamp"].as_i64().is_some_and(|t| (now - t).abs() <= 300)
+    }
+
+    fn digest() -> Signal {
+        let mut s = sig();
+        s.kind = Kind::NewIssueDigest;
+        s.issue_id = String::new();
+        s.title = "27 new issues in 10 min".into();
+        s.count = 27;
+        s.folded = 7;
+        s.window_minutes = 10;
+        s.titles = vec!["<!channel> *boom*".into(), "日本語 😀".into()];
+        s.command = "tracefold top --project web --since 13m".into();
+        s
+    }
+
+    #[test]
+    fn a_digest_names_its_counts_titles_and_command_in_every_channel() {
+        let d = digest();
+        let (_, body, _) = request(&Target::Slack { url: "http://s/h".into() }, &d);
+        assert_eq!(
+            body["text"],
+            "*New-issue storm in web: 27 new issues in 10 min, 7 not notified one by one*\n• &lt;!channel&gt; *boom*\n• 日本語 😀\ntracefold top --project web --since 13m"
+        );
+        let (_, body, _) = request(&Target::Discord { url: "http://d/h".into() }, &d);
+        assert_eq!(
+            body["embeds"][0]["description"],
+            "• \\<!channel\\> \\*boom\\*\n• 日本語 😀\ntracefold top --project web --since 13m"
+        );
+        let (_, body, _) = request(&Target::Webhook { url: "http://w".into(), secret: String::new() }, &d);
+        assert_eq!(
+            (&body["type"], &body["folded"], &body["count"]),
+            (&json!("new_issue_digest"), &json!(7), &json!(27))
+        );
+        assert_eq!(body["titles"], json!(["<!channel> *boom*", "日本語 😀"]));
+    }
+
+    #[test]
+    fn a_channel_taking_new_issues_takes_their_digests() {
+        let c = |types: Vec<Kind>| Channel {
+            name: "x".into(),
+            target: Target::Slack { url: String::new() },
+            types,
+            projects: vec![],
+            rules: vec![],
+            cooldown_min: 30,
+        };
+        assert!(c(vec![Kind::NewIssue]).wants(&digest()));
+        assert!(c(vec![Kind::NewIssueDigest]).wants(&digest()));
+        assert!(!c(vec![Kind::NewIssueDigest]).wants(&sig()));
+        assert!(!c(vec![Kind::Spike]).wants(&digest()));
+        assert!(c(vec![]).wants(&digest()));
+    }
+
+    #[test]
+    fn a_bucket_lets_a_burst_through_then_refills_evenly() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(30, t0);
+        assert_eq!((0..40).filter(|_| b.take(t0)).count(), 30, "a full bucket: a burst of 30");
+        assert!(!b.take(t0 + Duration::from_millis(1900)), "one token in 2 s");
+        assert!(b.take(t0 + Duration::from_secs(2)));
+        assert!(!b.take(t0 + Duration::from_secs(2)));
+        // A long pause refills to the cap, not beyond.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!((0..40).filter(|_| b.take(later)).count(), 30);
+        // An earlier instant (a clock read before another) takes nothing back.
+        assert!(!b.take(t0));
+        let mut unlimited = Bucket::new(0, t0);
+        assert!((0..10_000).all(|_| unlimited.take(t0)));
+        // Drops are logged at most once a minute, with how many since the last line.
+        assert_eq!(b.dropped(later), Some(1));
+        assert_eq!(b.dropped(later + Duration::from_secs(59)), None);
+        assert_eq!(b.dropped(later + Duration::from_secs(59)), None);
+        assert_eq!(b.dropped(later + Duration::from_secs(60)), Some(3));
+    }
+
+    #[tokio::test]
+    async fn over_its_rate_limit_a_channel_drops_but_never_a_digest() {
+        let t0 = Instant::now();
+        let channel = |name: &str| Channel {
+            name: name.into(),
+            target: Target::Webhook { url: "http://127.0.0.1:9/x".into(), secret: String::new() },
+            types: vec![],
+            projects: vec![],
+            rules: vec![],
+            cooldown_min: 0,
+        };
+        let limits = RateLimit { max_per_minute: 5, channels: BTreeMap::from([("wide".to_owned(), 0)]) };
+        let mut n =
+            Notifier::start(vec![channel("narrow"), channel("wide")], Retry::default()).with_rate_limit(&limits);
+        for i in 0..20 {
+            let mut s = sig();
+            s.issue_id = format!("i{i}");
+            n.notify_at(&s, t0);
+        }
+        // Digests pass an empty bucket and are not cooled (one per window already).
+        for _ in 0..3 {
+            n.notify_at(&digest(), t0);
+        }
+        assert_eq!(n.buckets[0].unlogged + 1, 15, "15 over the limit of 5, the first logged at once");
+        assert_eq!(n.buckets[1].unlogged, 0, "no limit");
     }
 
     #[test]

@@ -13,15 +13,20 @@
 //! 10,000 per partition) are skipped; signal ids are deterministic. Issue statuses are read
 //! again every `status_refresh_ms` while running, so that an issue resolved after start-up
 //! regresses too.
+//!
+//! New-issue storms ([`crate::storm`]): every `new_issue` signal goes to the signals topic;
+//! beyond `storm.max_new_issues` per project and window they are not notified one by one but
+//! counted in one `new_issue_digest`, produced and notified when the window closes.
 
 use crate::config::Config;
 use crate::engine::{effective_minute, Arrival, Engine};
 use crate::metrics::{
     FUTURE_RECORDS_TOTAL, LATE_RECORDS_TOTAL, RECORDS_TOTAL, RESOLVED_ISSUES, SIGNALS_DEDUPLICATED_TOTAL,
-    WATERMARK_SECONDS,
+    STORM_FOLDED_TOTAL, WATERMARK_SECONDS,
 };
 use crate::notify::Notifier;
 use crate::signal::{Kind, Signal};
+use crate::storm::{Admit, Storm};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -143,7 +148,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     )?;
     let notifier = {
         let _guard = rt.enter();
-        Notifier::start(cfg.detector.channels.clone(), cfg.detector.retry)
+        Notifier::start(cfg.detector.channels.clone(), cfg.detector.retry).with_rate_limit(&cfg.detector.rate_limit)
     };
     // Statuses are read on the runtime, off the consumer loop, which takes what was read.
     let (status_tx, status_rx) = std::sync::mpsc::channel::<Vec<Status>>();
@@ -170,6 +175,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         sent,
         producer: &producer,
         notifier,
+        storm: Storm::new(cfg.detector.storm, cfg.detector.engine.lateness_min),
         status_rx,
         last_advance: Instant::now(),
         consumed: 0,
@@ -204,6 +210,8 @@ struct Detector<'a> {
     sent: HashSet<String>,
     producer: &'a ThreadedProducer<DefaultProducerContext>,
     notifier: Notifier,
+    /// Which new issues are notified one by one, and the digests of the others.
+    storm: Storm,
     status_rx: std::sync::mpsc::Receiver<Vec<Status>>,
     last_advance: Instant,
     /// Records consumed and not counted yet: counted once their minutes were evaluated and
@@ -277,8 +285,11 @@ impl Detector<'_> {
     /// signals topic to acknowledge every signal, then commits past the records that nothing
     /// to come needs.
     fn evaluate(&mut self, cx: &mut Ctx<'_>, ack: Duration) -> anyhow::Result<()> {
-        let signals = self.engine.advance(tracefold_model::time::now_ms());
+        let now_ms = tracefold_model::time::now_ms();
+        let signals = self.engine.advance(now_ms);
         self.emit(signals);
+        let digests = self.storm.close(now_ms);
+        self.emit(digests);
         let (late, future) = self.engine.take_counts();
         if late > 0 {
             tracing::warn!(
@@ -336,6 +347,16 @@ impl Detector<'_> {
             let key = format!("{}/{}", s.project, s.issue_id);
             if let Ok(payload) = serde_json::to_vec(&s) {
                 let _ = self.producer.send(BaseRecord::to(&self.cfg.topics.signals).key(&key).payload(&payload));
+            }
+            if s.kind == Kind::NewIssue {
+                // Its minute, no later than now (a future-dated record counts as received).
+                let now = tracefold_model::time::now_secs();
+                let minute =
+                    tracefold_model::time::parse_rfc3339(&s.minute).map_or(now, |ms| ms.div_euclid(1000).min(now));
+                if self.storm.admit(&s, minute) == Admit::Fold {
+                    metrics::counter!(STORM_FOLDED_TOTAL).increment(1);
+                    continue;
+                }
             }
             self.notifier.notify(&s);
         }

@@ -17,16 +17,21 @@ pub enum Kind {
     Spike,
     /// A configured threshold crossed.
     Threshold,
+    /// More new issues of one project in one window than are notified one by one (an alert
+    /// storm): how many, and the titles of the largest of those not notified (see
+    /// [`crate::storm`]).
+    NewIssueDigest,
 }
 
 impl Kind {
-    /// `new_issue`, `regression`, `spike`, `threshold`.
+    /// `new_issue`, `regression`, `spike`, `threshold`, `new_issue_digest`.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::NewIssue => "new_issue",
             Kind::Regression => "regression",
             Kind::Spike => "spike",
             Kind::Threshold => "threshold",
+            Kind::NewIssueDigest => "new_issue_digest",
         }
     }
 }
@@ -82,8 +87,20 @@ pub struct Signal {
     /// For `threshold`: the rule's name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rule: String,
-    /// The command that shows the issue.
+    /// For `new_issue_digest`: the new issues of the window not notified one by one (`count`
+    /// is all the window's new issues).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub folded: u64,
+    /// For `new_issue_digest`: titles of the largest new issues not notified one by one
+    /// (at most 5, by events in the record that revealed them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub titles: Vec<String>,
+    /// The command that shows the issue (for a digest: that lists the window's issues).
     pub command: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a sample event tells about reproducing the error.
@@ -172,6 +189,8 @@ mod tests {
             browser: String::new(),
             os: String::new(),
             rule: "r".into(),
+            folded: 1,
+            titles: vec!["t".into()],
             command: String::new(),
         };
         let v = serde_json::to_value(&s).unwrap();
