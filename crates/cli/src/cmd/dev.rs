@@ -6,7 +6,8 @@ use crate::args::DevArgs;
 use std::time::Duration;
 use tracefold_cli::query;
 use tracefold_devtools::dev::{
-    describe_broker, embedded_broker_backpressure, wait_for_events, DevConfig, Pipeline, DEV_PARTITIONS,
+    add_default_project, describe_broker, embedded_broker_backpressure, wait_for_events, DevConfig, DevProjectOrigin,
+    Pipeline, DEV_KEY_FILE, DEV_PARTITIONS, STATE_DIR,
 };
 use tracefold_devtools::{gen, loadgen};
 use tracefold_runtime::devbroker::{DevBroker, DevBrokerOptions};
@@ -52,6 +53,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         s.wait().await;
         return Ok(());
     }
+    // A project for Sentry SDKs (`dev`, id 1) whose key stays the same from one start to the next.
+    let dev_project = add_default_project(&mut cfg, std::path::Path::new(STATE_DIR))?;
     let pipeline = Pipeline::start_with(cfg.clone(), &a.listen, &broker_opts, false).await?;
     pipeline.shutdown.trigger_on_signals();
     // A stalled loop ends the process (non-zero) instead of answering `ok` with a dead worker.
@@ -59,6 +62,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let url = format!("http://{}", pipeline.http_addr);
     eprintln!("\ntracefold dev is running");
     eprintln!("  ingest:    POST {url}/api/v1/projects/{{project}}/events   (one JSON event or NDJSON)");
+    match dev_project.dsn(pipeline.http_addr) {
+        Some(dsn) => {
+            let whence = match dev_project.origin {
+                DevProjectOrigin::NewKey => format!("new key, kept in {STATE_DIR}/{DEV_KEY_FILE}"),
+                DevProjectOrigin::KeptKey => format!("key from {STATE_DIR}/{DEV_KEY_FILE}"),
+                DevProjectOrigin::Config => "from the config file".to_owned(),
+            };
+            eprintln!("  sentry:    DSN {dsn}   (project {}, {whence})", dev_project.slug);
+        }
+        None => eprintln!(
+            "  sentry:    no DSN: project {} of the config file has no numeric id or no key",
+            dev_project.slug
+        ),
+    }
     eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
     eprintln!("  kafka:     {}  ({})", pipeline.bootstrap_servers(), describe_broker(&pipeline.broker));
     let b = cfg.backpressure.bounds();
