@@ -194,6 +194,8 @@ pub struct Pipeline {
     pub shutdown: Shutdown,
     /// Where the producer listens.
     pub http_addr: SocketAddr,
+    /// What the migrations at start found and did.
+    pub migrations: tracefold_store::migrate::Report,
     threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
     producer: tokio::task::JoinHandle<anyhow::Result<()>>,
     healths: Vec<Health>,
@@ -319,7 +321,7 @@ impl Pipeline {
         let producer =
             tokio::spawn(tracefold_producer::serve(pcfg, listener, shutdown.clone(), ph.clone(), healths.clone()));
         healths.push(ph);
-        Ok(Self { broker, cfg, shutdown, http_addr, threads, producer, healths })
+        Ok(Self { broker, cfg, shutdown, http_addr, migrations: report, threads, producer, healths })
     }
 
     /// The health of every service (grouper, writer, detector, producer), for a watchdog.
@@ -371,15 +373,17 @@ pub async fn wait_for_events(
 ) -> anyhow::Result<u64> {
     let client = tracefold_store::client::client(ch);
     let deadline = Instant::now() + timeout;
-    // The count last printed; `None` until the first report.
-    let mut shown: Option<u64> = None;
+    // A bar on a terminal; nothing otherwise (indicatif draws only on a terminal).
+    let pb = if progress { indicatif::ProgressBar::new(expected) } else { indicatif::ProgressBar::hidden() };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events stored")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     loop {
         let n = tracefold_store::aggregates::total_events(&client, &ch.database).await?.saturating_sub(baseline);
-        if progress && shown != Some(n) {
-            eprintln!("  {n} of {expected} events stored in ClickHouse");
-            shown = Some(n);
-        }
+        pb.set_position(n.min(expected));
         if n >= expected || Instant::now() >= deadline {
+            pb.finish_and_clear();
             return Ok(n);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
