@@ -39,6 +39,121 @@ pub struct DevConfig {
     pub telemetry: TelemetryConfig,
 }
 
+/// Where `tracefold dev` keeps its state (the generated project key, logs), relative to the
+/// working directory, like the local ClickHouse of `scripts/clickhouse-local.sh`.
+pub const STATE_DIR: &str = ".tracefold";
+/// The slug of the project `tracefold dev` registers for Sentry SDKs.
+pub const DEV_PROJECT_SLUG: &str = "dev";
+/// Its numeric id (the last part of the DSN).
+pub const DEV_PROJECT_ID: u64 = 1;
+/// The file under [`STATE_DIR`] that keeps its key, so that a DSN stays valid across starts.
+pub const DEV_KEY_FILE: &str = "dev-key";
+
+/// The project a Sentry SDK reports to in `tracefold dev`: the one registered with id
+/// [`DEV_PROJECT_ID`] (or slug [`DEV_PROJECT_SLUG`]) by the config file, else the default one
+/// [`add_default_project`] adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevProject {
+    /// Project slug.
+    pub slug: String,
+    /// Numeric id.
+    pub id: u64,
+    /// The public key for the DSN; `None` when the config's project has no id or no key.
+    pub key: Option<String>,
+    /// Where the project and its key come from.
+    pub origin: DevProjectOrigin,
+}
+
+/// Where [`DevProject`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevProjectOrigin {
+    /// Added with a key generated on this start and saved in [`DEV_KEY_FILE`].
+    NewKey,
+    /// Added with the key read back from [`DEV_KEY_FILE`].
+    KeptKey,
+    /// Registered by the config file.
+    Config,
+}
+
+impl DevProject {
+    /// The Sentry DSN for a producer at `addr`: `http://KEY@ADDR/ID`, when there is a key.
+    pub fn dsn(&self, addr: SocketAddr) -> Option<String> {
+        self.key.as_ref().map(|k| format!("http://{k}@{addr}/{}", self.id))
+    }
+}
+
+/// Registers the default project (`dev`, id 1) in `cfg` with the key kept in
+/// `state_dir/dev-key` (generated on the first start: 32 hex characters from the operating
+/// system's random source via `rand`), unless the config already registers a project with id
+/// 1 or slug `dev`: then that one is kept as it is and reported. Projects of the config file
+/// are never changed.
+///
+/// # Errors
+/// When the key file cannot be read or written, or holds something that is not a key.
+pub fn add_default_project(cfg: &mut DevConfig, state_dir: &std::path::Path) -> anyhow::Result<DevProject> {
+    let existing = cfg
+        .projects
+        .iter()
+        .find(|p| p.id == Some(DEV_PROJECT_ID))
+        .or_else(|| cfg.projects.iter().find(|p| p.slug == DEV_PROJECT_SLUG));
+    if let Some(p) = existing {
+        return Ok(DevProject {
+            slug: p.slug.clone(),
+            id: p.id.unwrap_or(DEV_PROJECT_ID),
+            key: p.id.and(p.keys.first().cloned()),
+            origin: DevProjectOrigin::Config,
+        });
+    }
+    let (key, new_key) = dev_key(state_dir)?;
+    cfg.projects.push(tracefold_producer::config::ProjectConfig {
+        slug: DEV_PROJECT_SLUG.into(),
+        id: Some(DEV_PROJECT_ID),
+        keys: vec![key.clone()],
+        rate_per_sec: 0.0,
+        burst: 0.0,
+        key_rate_per_sec: 0.0,
+        key_burst: 0.0,
+    });
+    let origin = if new_key { DevProjectOrigin::NewKey } else { DevProjectOrigin::KeptKey };
+    Ok(DevProject { slug: DEV_PROJECT_SLUG.into(), id: DEV_PROJECT_ID, key: Some(key), origin })
+}
+
+/// The key in `state_dir/dev-key`, created (with the directory) when missing; `true` when it
+/// was created now.
+fn dev_key(state_dir: &std::path::Path) -> anyhow::Result<(String, bool)> {
+    let path = state_dir.join(DEV_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let k = s.trim();
+            anyhow::ensure!(
+                k.len() >= 8 && k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+                "{} does not hold a project key (at least 8 of [A-Za-z0-9_-]); delete it to get a new one",
+                path.display()
+            );
+            Ok((k.to_owned(), false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+            let key = format!("{:032x}", rand::random::<u128>());
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            match opts.open(&path) {
+                Ok(mut f) => {
+                    use std::io::Write as _;
+                    writeln!(f, "{key}").with_context(|| format!("cannot write {}", path.display()))?;
+                    Ok((key, true))
+                }
+                // Another `tracefold dev` started at the same moment: use its key.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => dev_key(state_dir),
+                Err(e) => Err(anyhow::Error::new(e).context(format!("cannot create {}", path.display()))),
+            }
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+    }
+}
+
 /// What librdkafka's mock cluster keeps of each partition (hard-coded in `rdkafka_mock.c`,
 /// `rd_kafka_mock_partition_init`): 5 MiB of stored (compressed) message sets ...
 pub const EMBEDDED_BROKER_PARTITION_BYTES: u64 = 5 * 1024 * 1024;
@@ -79,6 +194,8 @@ pub struct Pipeline {
     pub shutdown: Shutdown,
     /// Where the producer listens.
     pub http_addr: SocketAddr,
+    /// What the migrations at start found and did.
+    pub migrations: tracefold_store::migrate::Report,
     threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
     producer: tokio::task::JoinHandle<anyhow::Result<()>>,
     healths: Vec<Health>,
@@ -204,7 +321,7 @@ impl Pipeline {
         let producer =
             tokio::spawn(tracefold_producer::serve(pcfg, listener, shutdown.clone(), ph.clone(), healths.clone()));
         healths.push(ph);
-        Ok(Self { broker, cfg, shutdown, http_addr, threads, producer, healths })
+        Ok(Self { broker, cfg, shutdown, http_addr, migrations: report, threads, producer, healths })
     }
 
     /// The health of every service (grouper, writer, detector, producer), for a watchdog.
@@ -256,15 +373,17 @@ pub async fn wait_for_events(
 ) -> anyhow::Result<u64> {
     let client = tracefold_store::client::client(ch);
     let deadline = Instant::now() + timeout;
-    // The count last printed; `None` until the first report.
-    let mut shown: Option<u64> = None;
+    // A bar on a terminal; nothing otherwise (indicatif draws only on a terminal).
+    let pb = if progress { indicatif::ProgressBar::new(expected) } else { indicatif::ProgressBar::hidden() };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events stored")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     loop {
         let n = tracefold_store::aggregates::total_events(&client, &ch.database).await?.saturating_sub(baseline);
-        if progress && shown != Some(n) {
-            eprintln!("  {n} of {expected} events stored in ClickHouse");
-            shown = Some(n);
-        }
+        pb.set_position(n.min(expected));
         if n >= expected || Instant::now() >= deadline {
+            pb.finish_and_clear();
             return Ok(n);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -276,5 +395,76 @@ pub fn describe_broker(broker: &DevBroker) -> String {
     match broker.brokers() {
         1 => "1 broker".to_owned(),
         n => format!("{n} brokers, replication factor {}", broker.replication_factor()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("tracefold-devkey-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn the_default_project_keeps_its_key_across_starts() {
+        let dir = scratch("keep");
+        let mut a = DevConfig::default();
+        let first = add_default_project(&mut a, &dir).unwrap();
+        assert_eq!(first.origin, DevProjectOrigin::NewKey);
+        let key = first.key.clone().unwrap();
+        assert_eq!(key.len(), 32);
+        assert!(key.bytes().all(|c| c.is_ascii_hexdigit()), "{key}");
+        assert_eq!(a.projects.len(), 1);
+        assert_eq!((a.projects[0].slug.as_str(), a.projects[0].id), ("dev", Some(1)));
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(first.dsn(addr).unwrap(), format!("http://{key}@127.0.0.1:8080/1"));
+        let mut b = DevConfig::default();
+        let second = add_default_project(&mut b, &dir).unwrap();
+        assert_eq!(second.origin, DevProjectOrigin::KeptKey);
+        assert_eq!(second.key, Some(key), "the same key on the next start");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn projects_of_the_config_are_kept() {
+        let dir = scratch("kept");
+        let p = |slug: &str, id: Option<u64>, keys: &[&str]| tracefold_producer::config::ProjectConfig {
+            slug: slug.into(),
+            id,
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            rate_per_sec: 0.0,
+            burst: 0.0,
+            key_rate_per_sec: 0.0,
+            key_burst: 0.0,
+        };
+        let mut cfg = DevConfig { projects: vec![p("web", Some(1), &["webkey123"])], ..DevConfig::default() };
+        let d = add_default_project(&mut cfg, &dir).unwrap();
+        assert_eq!(cfg.projects, vec![p("web", Some(1), &["webkey123"])]);
+        assert_eq!((d.slug.as_str(), d.id, d.key.as_deref()), ("web", 1, Some("webkey123")));
+        assert!(!dir.exists(), "no key generated when the config has project 1");
+
+        let mut cfg = DevConfig { projects: vec![p("api", Some(2), &["apikey123"])], ..DevConfig::default() };
+        let d = add_default_project(&mut cfg, &dir).unwrap();
+        assert_eq!(cfg.projects.len(), 2);
+        assert_eq!((d.slug.as_str(), d.id), ("dev", 1));
+
+        let mut cfg = DevConfig { projects: vec![p("dev", None, &[])], ..DevConfig::default() };
+        let d = add_default_project(&mut cfg, &dir).unwrap();
+        assert_eq!(cfg.projects.len(), 1, "a slug `dev` of the config is not registered twice");
+        assert_eq!(d.key, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_an_error_not_a_new_key() {
+        let dir = scratch("bad");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(DEV_KEY_FILE), "not a key!\n").unwrap();
+        let err = add_default_project(&mut DevConfig::default(), &dir).unwrap_err();
+        assert!(format!("{err:#}").contains("dev-key"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,14 +8,114 @@ use rdkafka::TopicPartitionList;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// A client config with the bootstrap servers and, last, the pass-through options.
+/// The kind of librdkafka client a config is for: librdkafka logs a `CONFWARN` for every
+/// property set on a client of the other kind ("... is a consumer property and will be ignored
+/// by this producer instance").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// A consumer: producer-only properties are left out.
+    Consumer,
+    /// A producer: consumer-only properties are left out.
+    Producer,
+    /// Both kinds of properties are kept (an admin or metadata client).
+    Any,
+}
+
+/// Properties librdkafka marks consumer-only (`C` in its CONFIGURATION.md, global and topic
+/// tables; callbacks, which cannot be set as strings, left out).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.commit.enable",
+    "auto.offset.reset",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "consume.callback.max.messages",
+];
+
+/// Properties librdkafka marks producer-only (`P`), likewise.
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+];
+
+impl ClientKind {
+    /// Whether a client of this kind takes property `key` (librdkafka ignores it otherwise,
+    /// with a `CONFWARN`). Unknown keys are kept, so that librdkafka still refuses typos.
+    pub fn takes(self, key: &str) -> bool {
+        match self {
+            Self::Consumer => !PRODUCER_ONLY.contains(&key),
+            Self::Producer => !CONSUMER_ONLY.contains(&key),
+            Self::Any => true,
+        }
+    }
+}
+
+/// A client config with the bootstrap servers and, last, the pass-through options (both
+/// kinds of properties: see [`client_config_for`]).
 pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+    client_config_for(ClientKind::Any, kafka, defaults)
+}
+
+/// A client config for a client of `kind`: the bootstrap servers, `defaults` and, last, the
+/// pass-through options that such a client takes. One `[kafka.librdkafka]` table serves a
+/// service's consumers and producers alike, so a consumer-only key there (such as
+/// `session.timeout.ms`) reaches the consumers and is left out of the producers' configs.
+pub fn client_config_for(kind: ClientKind, kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (k, v) in defaults {
         c.set(*k, *v);
     }
-    for (k, v) in &kafka.librdkafka {
+    for (k, v) in kafka.librdkafka.iter().filter(|(k, _)| kind.takes(k)) {
         c.set(k, v);
     }
     c
@@ -23,7 +123,8 @@ pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientCo
 
 /// Consumer defaults: manual offset handling (commit only what is durable downstream).
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
-    client_config(
+    client_config_for(
+        ClientKind::Consumer,
         kafka,
         &[
             ("group.id", group_id),
@@ -62,7 +163,8 @@ pub fn producer_queue_limits(kafka: &KafkaConfig) -> (usize, usize) {
 /// lose or reorder output use.
 pub fn producer_config(kafka: &KafkaConfig, message_timeout_ms: u64) -> ClientConfig {
     let timeout = message_timeout_ms.to_string();
-    client_config(
+    client_config_for(
+        ClientKind::Producer,
         kafka,
         &[
             ("enable.idempotence", "true"),
@@ -388,5 +490,90 @@ impl CommitQueue {
         if self.retry_at.is_some_and(|t| std::time::Instant::now() >= t) {
             self.commit(consumer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::RDKafkaLogLevel;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::{BaseProducer, Producer as _};
+
+    /// Keeps what librdkafka logs.
+    #[derive(Default)]
+    struct Capture(Mutex<Vec<String>>);
+
+    impl ClientContext for Capture {
+        fn log(&self, _: RDKafkaLogLevel, fac: &str, message: &str) {
+            self.0.lock().expect("not poisoned").push(format!("{fac} {message}"));
+        }
+    }
+
+    impl rdkafka::producer::ProducerContext for Capture {
+        type DeliveryOpaque = ();
+        fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+    }
+
+    impl ConsumerContext for Capture {}
+
+    /// One pass-through table with keys of both kinds, as services and tests configure it.
+    fn mixed() -> KafkaConfig {
+        let mut k = KafkaConfig { bootstrap_servers: "127.0.0.1:9".into(), ..KafkaConfig::default() };
+        for (key, v) in [
+            ("session.timeout.ms", "6000"),
+            ("queued.max.messages.kbytes", "1024"),
+            ("queue.buffering.max.messages", "1000"),
+            ("linger.ms", "1"),
+            ("socket.keepalive.enable", "true"),
+        ] {
+            k.librdkafka.insert(key.into(), v.into());
+        }
+        k
+    }
+
+    fn confwarns(c: &Capture) -> Vec<String> {
+        c.0.lock().expect("not poisoned").iter().filter(|l| l.contains("CONFWARN")).cloned().collect()
+    }
+
+    fn producer_logs(mut cfg: ClientConfig) -> Vec<String> {
+        cfg.set_log_level(RDKafkaLogLevel::Debug);
+        let p: BaseProducer<Capture> = cfg.create_with_context(Capture::default()).expect("a producer");
+        // librdkafka checks the properties inside rd_kafka_new and queues its logs for the
+        // client's queue, where they are once `create` returned; each poll serves one event.
+        for _ in 0..1000 {
+            p.poll(Duration::ZERO);
+        }
+        confwarns(p.context())
+    }
+
+    #[test]
+    fn each_client_gets_only_its_own_kind_of_properties() {
+        let k = mixed();
+        assert_eq!(producer_logs(producer_config(&k, 0)), Vec::<String>::new());
+        let mut cfg = consumer_config(&k, "g");
+        cfg.set_log_level(RDKafkaLogLevel::Debug);
+        let c: BaseConsumer<Capture> = cfg.create_with_context(Capture::default()).expect("a consumer");
+        for _ in 0..1000 {
+            let _ = c.poll(Duration::ZERO);
+        }
+        assert_eq!(confwarns(c.context()), Vec::<String>::new());
+        // The capture does see them: the same table unfiltered makes librdkafka warn.
+        let unfiltered = producer_logs(client_config(&k, &[]));
+        assert!(unfiltered.iter().any(|l| l.contains("session.timeout.ms")), "{unfiltered:?}");
+        // What is kept: the other kind's keys only go.
+        let p = producer_config(&k, 0);
+        assert_eq!(p.get("linger.ms"), Some("1"));
+        assert_eq!(p.get("socket.keepalive.enable"), Some("true"));
+        assert_eq!(p.get("session.timeout.ms"), None);
+        let c = consumer_config(&k, "g");
+        assert_eq!(c.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(c.get("queue.buffering.max.messages"), None);
+    }
+
+    #[test]
+    fn unknown_keys_still_reach_librdkafka() {
+        assert!(ClientKind::Producer.takes("sesion.timeout.ms"));
+        assert!(ClientKind::Consumer.takes("lingr.ms"));
     }
 }

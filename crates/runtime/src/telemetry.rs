@@ -13,10 +13,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global tracing subscriber once; later calls are no-ops.
+/// Set once the global tracing subscriber is installed (by either function below).
+static LOGGING: OnceLock<()> = OnceLock::new();
+
+/// Installs the global tracing subscriber once; later calls are no-ops. Services (the
+/// binaries, containers) log this way: everything `cfg.log_level` (or `RUST_LOG`) lets
+/// through, to stderr, as text or JSON.
 pub fn init_logging(cfg: &TelemetryConfig) {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
+    LOGGING.get_or_init(|| {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
         let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
         let _ = match cfg.log_format {
@@ -24,6 +28,37 @@ pub fn init_logging(cfg: &TelemetryConfig) {
             LogFormat::Text => builder.compact().try_init(),
         };
     });
+}
+
+/// Installs the global tracing subscriber of an interactive command (`tracefold dev`), once:
+/// `log_file` (appended to; created with its directory) gets everything `cfg.log_level` (or
+/// `RUST_LOG`) lets through, in `cfg.log_format` without colours, and the terminal (stderr)
+/// only WARN and above. Call [`init_logging`] instead for everything on the terminal.
+///
+/// # Errors
+/// When the file cannot be opened; nothing is installed then.
+pub fn init_interactive_logging(cfg: &TelemetryConfig, log_file: &std::path::Path) -> std::io::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    if let Some(dir) = log_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log_file)?;
+    LOGGING.get_or_init(|| {
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
+        let to_file = tracing_subscriber::fmt::layer().with_writer(Mutex::new(file)).with_ansi(false);
+        let to_file = match cfg.log_format {
+            LogFormat::Json => to_file.json().flatten_event(true).with_current_span(true).with_filter(filter).boxed(),
+            LogFormat::Text => to_file.with_filter(filter).boxed(),
+        };
+        let to_terminal = tracing_subscriber::fmt::layer()
+            .compact()
+            .with_writer(std::io::stderr)
+            .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+        let _ = tracing_subscriber::registry().with(to_file).with(to_terminal).try_init();
+    });
+    Ok(())
 }
 
 /// Installs the Prometheus recorder once and returns its handle (shared by all services of

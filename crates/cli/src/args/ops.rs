@@ -42,6 +42,10 @@ pub struct DevArgs {
     /// Send every signal (new issue, regression, spike, threshold) to this webhook.
     #[arg(long)]
     pub webhook: Option<String>,
+    /// Every service log line on the terminal (and migration steps). Without it, the terminal
+    /// gets WARN and above and the full log goes to .tracefold/logs/dev.log.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 // `tracefold signals`.

@@ -3,10 +3,12 @@
 //! issues it made.
 
 use crate::args::DevArgs;
+use anyhow::Context as _;
 use std::time::Duration;
 use tracefold_cli::query;
 use tracefold_devtools::dev::{
-    describe_broker, embedded_broker_backpressure, wait_for_events, DevConfig, Pipeline, DEV_PARTITIONS,
+    add_default_project, describe_broker, embedded_broker_backpressure, wait_for_events, DevConfig, DevProjectOrigin,
+    Pipeline, DEV_KEY_FILE, DEV_PARTITIONS, STATE_DIR,
 };
 use tracefold_devtools::{gen, loadgen};
 use tracefold_runtime::devbroker::{DevBroker, DevBrokerOptions};
@@ -34,7 +36,16 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     }
     // Backpressure on by default: bounds derived from the embedded broker's retention.
     cfg.backpressure = embedded_broker_backpressure(cfg.backpressure);
-    tracefold_runtime::telemetry::init_logging(&cfg.telemetry);
+    // Quiet unless `-v`: service logs go to a file, the terminal keeps WARN and above.
+    let log_file = std::path::Path::new(STATE_DIR).join("logs").join("dev.log");
+    let log_file = if a.verbose {
+        tracefold_runtime::telemetry::init_logging(&cfg.telemetry);
+        None
+    } else {
+        tracefold_runtime::telemetry::init_interactive_logging(&cfg.telemetry, &log_file)
+            .with_context(|| format!("cannot open the log file {}", log_file.display()))?;
+        Some(log_file)
+    };
     let partitions = Some(a.partitions.unwrap_or(DEV_PARTITIONS));
     let broker_opts = DevBrokerOptions { brokers: a.brokers, partitions, track_requests: false };
     if a.broker_only {
@@ -52,13 +63,40 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         s.wait().await;
         return Ok(());
     }
-    let pipeline = Pipeline::start_with(cfg.clone(), &a.listen, &broker_opts, false).await?;
+    // A project for Sentry SDKs (`dev`, id 1) whose key stays the same from one start to the next.
+    let dev_project = add_default_project(&mut cfg, std::path::Path::new(STATE_DIR))?;
+    let pipeline = Pipeline::start_with(cfg.clone(), &a.listen, &broker_opts, !a.verbose).await?;
     pipeline.shutdown.trigger_on_signals();
     // A stalled loop ends the process (non-zero) instead of answering `ok` with a dead worker.
     tracefold_runtime::telemetry::spawn_watchdog(pipeline.healths());
     let url = format!("http://{}", pipeline.http_addr);
+    let m = &pipeline.migrations;
+    if !a.verbose {
+        eprintln!(
+            "ClickHouse {} at {}: database {} ({} migrations applied, {} already there)",
+            m.server_version,
+            cfg.clickhouse.url,
+            cfg.clickhouse.database,
+            m.applied.len(),
+            m.skipped.len()
+        );
+    }
     eprintln!("\ntracefold dev is running");
     eprintln!("  ingest:    POST {url}/api/v1/projects/{{project}}/events   (one JSON event or NDJSON)");
+    match dev_project.dsn(pipeline.http_addr) {
+        Some(dsn) => {
+            let whence = match dev_project.origin {
+                DevProjectOrigin::NewKey => format!("new key, kept in {STATE_DIR}/{DEV_KEY_FILE}"),
+                DevProjectOrigin::KeptKey => format!("key from {STATE_DIR}/{DEV_KEY_FILE}"),
+                DevProjectOrigin::Config => "from the config file".to_owned(),
+            };
+            eprintln!("  sentry:    DSN {dsn}   (project {}, {whence})", dev_project.slug);
+        }
+        None => eprintln!(
+            "  sentry:    no DSN: project {} of the config file has no numeric id or no key",
+            dev_project.slug
+        ),
+    }
     eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
     eprintln!("  kafka:     {}  ({})", pipeline.bootstrap_servers(), describe_broker(&pipeline.broker));
     let b = cfg.backpressure.bounds();
@@ -69,6 +107,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             "  backpressure: new events get 503/429 while the grouper is over {} events or {} bytes behind on a partition (0 = no bound)",
             b.events, b.bytes
         );
+    }
+    match &log_file {
+        Some(f) => eprintln!("  logs:      {}   (here: WARN and above; -v for everything)", f.display()),
+        None => eprintln!("  logs:      here (-v)"),
     }
     eprintln!("  try:       tracefold loadgen --http {url} --events 10000");
     eprintln!("             tracefold top --since 1h --clickhouse-url {}", cfg.clickhouse.url);
@@ -83,6 +125,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         let rows = tracefold_store::issues::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
         println!("\nTop issues (last 2 hours), {stored} sample events stored:\n");
         print!("{}", query::render_top(&rows));
+        println!("\n{}", signals_line(&pipeline.bootstrap_servers(), a.exit));
         if a.exit {
             pipeline.shutdown.trigger();
         }
@@ -109,4 +152,48 @@ async fn sample_load(url: &str, a: &DevArgs) -> anyhow::Result<loadgen::LoadSumm
         },
     };
     loadgen::run(&loadgen::Target::Http(url.to_owned()), &load).await
+}
+
+/// One line with the signals the detector produced so far in this process, per kind, read from
+/// its counter (`tracefold_detector_signals_total`), and where to see them.
+fn signals_line(bootstrap: &str, exiting: bool) -> String {
+    let text = tracefold_runtime::telemetry::metrics_handle().render();
+    let counts = signal_counts(&text);
+    let kinds = ["new_issue", "regression", "spike", "threshold"];
+    let parts: Vec<String> = kinds.iter().map(|k| format!("{} {k}", counts.get(*k).copied().unwrap_or(0))).collect();
+    let details = if exiting {
+        "each is a `signal` line of the log".to_owned()
+    } else {
+        format!("details: tracefold signals --bootstrap-servers {bootstrap}")
+    };
+    format!("signals so far: {} ({details})", parts.join(", "))
+}
+
+/// `type` label -> count of `tracefold_detector_signals_total` in a Prometheus text rendering.
+fn signal_counts(text: &str) -> std::collections::BTreeMap<String, u64> {
+    let prefix = format!("{}{{", tracefold_detector::metrics::SIGNALS_TOTAL);
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let Some((labels, value)) = line[prefix.len()..].split_once("} ") else { continue };
+        let kind = labels.split(',').find_map(|l| l.strip_prefix("type=\"")).map(|v| v.trim_end_matches('"'));
+        if let (Some(kind), Ok(n)) = (kind, value.trim().parse::<f64>()) {
+            *out.entry(kind.to_owned()).or_insert(0) += n as u64;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signal_counts_read_the_counter_per_type() {
+        let text = "# TYPE tracefold_detector_signals_total counter\n\
+                    tracefold_detector_signals_total{type=\"new_issue\"} 12\n\
+                    tracefold_detector_signals_total{type=\"spike\"} 1\n\
+                    tracefold_detector_signals_deduplicated_total{type=\"spike\"} 4\n";
+        let c = super::signal_counts(text);
+        assert_eq!(c.get("new_issue"), Some(&12));
+        assert_eq!(c.get("spike"), Some(&1));
+        assert_eq!(c.len(), 2);
+    }
 }
