@@ -21,6 +21,7 @@ const VARIANTS: &[(&str, &str)] = &[
     ("parse_validate_fingerprint", "+ fingerprint"),
     ("hot_path", "+ aggregate; fixture spread over 60 min, most events open a new bucket"),
     ("hot_path_busy_buckets", "+ aggregate; the fixture 10 times per batch, buckets repeat"),
+    ("hot_path_busy_buckets_no_dedup", "the same with deduplication off (its cost is the difference)"),
 ];
 
 fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
@@ -90,23 +91,37 @@ fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
         })
     });
     g.throughput(Throughput::Elements(10 * evs.len() as u64));
-    let rounds: Vec<Vec<Vec<u8>>> = (0..10).map(tracefold_benches::events_of_round).collect();
-    g.bench_function(BenchmarkId::from_parameter(VARIANTS[6].0), |b| {
-        b.iter(|| {
-            for (round, evs) in rounds.iter().enumerate() {
-                for (i, e) in evs.iter().enumerate() {
-                    builder.add(e, (round * evs.len() + i) as i64, FIXTURE_NOW_MS);
+    // Offsets keep increasing across iterations, as in a partition, so the deduplication
+    // window inserts and evicts as it does live; the ids cycle through more rounds than the
+    // window spans, so no event repeats within it.
+    let span = BatchOptions::default().dedup_window as usize;
+    let cycle = (span / evs.len() + 10).min(256);
+    let rounds: Vec<Vec<Vec<u8>>> = (0..cycle).map(|r| tracefold_benches::events_of_round(r as u8)).collect();
+    for (variant, window) in [(VARIANTS[6].0, BatchOptions::default().dedup_window), (VARIANTS[7].0, 0)] {
+        assert!(cycle * evs.len() > span, "ids repeat within the window");
+        let mut builder = BatchBuilder::new(BatchOptions { dedup_window: window, ..BatchOptions::default() });
+        let mut offset = 0i64;
+        g.bench_function(BenchmarkId::from_parameter(variant), |b| {
+            let mut next = 0usize;
+            b.iter(|| {
+                let first = offset;
+                for _ in 0..10 {
+                    for e in &rounds[next] {
+                        builder.add(e, offset, FIXTURE_NOW_MS);
+                        offset += 1;
+                    }
+                    next = (next + 1) % rounds.len();
                 }
-            }
-            black_box(builder.finish("e", "tracefold.events", 0, 0, 10 * evs.len() as i64).records.len())
-        })
-    });
+                black_box(builder.finish("e", "tracefold.events", 0, first, offset - 1).records.len())
+            })
+        });
+    }
     g.finish();
 }
 
 /// Events per iteration of each variant.
 fn events_per_iter(id: &str, n: usize) -> usize {
-    if id == "hot_path_busy_buckets" {
+    if id.starts_with("hot_path_busy_buckets") {
         10 * n
     } else {
         n

@@ -13,17 +13,19 @@ pub fn events() -> Vec<Vec<u8>> {
     EVENTS_NDJSON.lines().filter(|l| !l.is_empty()).map(|l| l.as_bytes().to_vec()).collect()
 }
 
-/// The fixture events with their event ids changed for `round` (0-15): the same issues and
+/// The fixture events with their event ids changed for `round` (0-255): the same issues and
 /// sizes, other events, so that replaying the fixture several times per batch is live traffic
 /// with repeating issues, not re-sent copies (which the grouper would count as duplicates).
 pub fn events_of_round(round: u8) -> Vec<Vec<u8>> {
     const KEY: &[u8] = b"\"event_id\":\"";
-    let digit = b"0123456789abcdef"[usize::from(round % 16)];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     events()
         .into_iter()
         .map(|mut e| {
             if let Some(at) = e.windows(KEY.len()).position(|w| w == KEY) {
-                e[at + KEY.len()] = digit;
+                let id = at + KEY.len();
+                e[id] = HEX[usize::from(round >> 4)];
+                e[id + 1] = HEX[usize::from(round & 15)];
             }
             e
         })
