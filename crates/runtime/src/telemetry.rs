@@ -109,6 +109,9 @@ struct HealthInner {
     /// The loop ended on purpose (drained): no more beats expected.
     stopped: AtomicBool,
     dead: Mutex<Option<String>>,
+    /// Other loops of the same service (see [`Health::child`]): their liveness is part of this
+    /// one's.
+    children: Mutex<Vec<Health>>,
 }
 
 impl Default for Health {
@@ -129,8 +132,18 @@ impl Health {
                 deadline_ms: AtomicU64::new(LIVENESS_DEADLINE.as_millis() as u64),
                 stopped: AtomicBool::new(false),
                 dead: Mutex::new(None),
+                children: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// The health of another work loop of the same service, called `name`: it beats on its
+    /// own, and this health is not live while it is not (so that `/healthz` and the watchdog
+    /// see every loop of a service that runs two, such as the writer's outcomes consumer).
+    pub fn child(&self, name: &str) -> Health {
+        let child = Health::named(name);
+        self.inner.children.lock().expect("not poisoned").push(child.clone());
+        child
     }
 
     /// The loop's name.
@@ -175,6 +188,9 @@ impl Health {
     /// # Errors
     /// The loop died, or made no progress within its deadline.
     pub fn liveness(&self) -> Result<(), String> {
+        for child in self.inner.children.lock().expect("not poisoned").iter() {
+            child.liveness()?;
+        }
         if let Some(why) = self.inner.dead.lock().expect("not poisoned").as_deref() {
             return Err(format!("{}: died: {why}", self.inner.name));
         }
@@ -325,6 +341,17 @@ mod tests {
         h.set_stopped();
         std::thread::sleep(Duration::from_millis(120));
         assert_eq!(h.liveness(), Ok(()), "a drained loop is not stalled");
+        // A second loop of the service: its stall or death is the service's.
+        let w = Health::named("writer");
+        let outcomes = w.child("writer-outcomes");
+        outcomes.set_deadline(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(120));
+        let err = w.liveness().unwrap_err();
+        assert!(err.starts_with("writer-outcomes: no progress for"), "{err}");
+        outcomes.beat();
+        assert_eq!(w.liveness(), Ok(()));
+        outcomes.set_dead("fatal consumer error");
+        assert_eq!(w.liveness().unwrap_err(), "writer-outcomes: died: fatal consumer error");
         let d = Health::named("writer");
         let r = run_guarded(&d, || panic!("boom"));
         assert!(r.unwrap_err().to_string().contains("writer panicked: boom"));

@@ -89,8 +89,9 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     };
     tracing::info!(topic = %cfg.topics.aggregates, group = %cfg.writer.group_id, "writer started");
     // The outcomes consumer runs beside it, in its own thread and group; either loop ending
-    // ends the other (a failed one makes the process exit non-zero and be restarted).
-    let outcomes_health = Health::named("writer-outcomes");
+    // ends the other (a failed one makes the process exit non-zero and be restarted). Its
+    // health is part of the writer's: /healthz and the watchdog see a stall of either loop.
+    let outcomes_health = health.child("writer-outcomes");
     std::thread::scope(|scope| {
         let outcomes = scope.spawn(|| {
             let r = tracefold_runtime::telemetry::run_guarded(&outcomes_health, || {
