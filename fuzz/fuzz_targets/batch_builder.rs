@@ -1,7 +1,8 @@
 //! The grouper's batch builder on arbitrary bytes: whatever a service publishes to the events
-//! topic, each message is either counted or rejected with a reason, counts are preserved, and
-//! rebuilding the same range gives the same records (the replay guarantee). Never a crash, a
-//! hang or unbounded memory.
+//! topic, each message is counted, rejected with a reason, or recognised as a re-sent copy;
+//! counts are preserved; rebuilding the same range gives the same records (the replay
+//! guarantee), and a builder primed with the first part of the range decides the rest as one
+//! that read all of it. Never a crash, a hang or unbounded memory.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,17 +14,25 @@ fuzz_target!(|data: &[u8]| {
     // Split the input into messages at 0xff bytes (never part of valid UTF-8, so each message
     // is either one JSON text or garbage).
     let messages: Vec<&[u8]> = data.split(|b| *b == 0xff).collect();
-    let mut b = BatchBuilder::new(BatchOptions { max_users: 8, ..BatchOptions::default() });
-    let run = |b: &mut BatchBuilder| {
-        for (i, m) in messages.iter().enumerate() {
+    // A small deduplication window, so that priming below starts inside it.
+    let opts = BatchOptions { max_users: 8, dedup_window: 4, ..BatchOptions::default() };
+    let run = |from: usize| {
+        let mut b = BatchBuilder::new(opts.clone());
+        for (i, m) in messages.iter().enumerate().take(from).skip(from.saturating_sub(4)) {
+            b.prime(m, i as i64, NOW);
+        }
+        for (i, m) in messages.iter().enumerate().skip(from) {
             b.add(m, i as i64, NOW);
         }
-        b.finish("fuzz", "t", 0, 0, messages.len() as i64)
+        b.finish("fuzz", "t", 0, from as i64, messages.len() as i64)
     };
-    let first = run(&mut b);
+    let first = run(0);
     let counted: u64 = first.records.iter().map(|r| r.count).sum();
     assert_eq!(counted, first.accepted);
-    assert_eq!(first.accepted + first.rejected.len() as u64, messages.len() as u64);
+    assert_eq!(
+        first.accepted + first.rejected.len() as u64 + first.duplicates.len() as u64,
+        messages.len() as u64
+    );
     for r in &first.records {
         assert!(r.sample.len() <= tracefold_model::sample::MAX_SAMPLE_BYTES);
         assert!(r.title.len() <= 1024 && r.culprit.len() <= 1024 && r.exc_type.len() <= 1024);
@@ -31,6 +40,22 @@ fuzz_target!(|data: &[u8]| {
     for r in &first.rejected {
         assert!(!r.rejection.detail.is_empty());
     }
+    for m in &messages {
+        let _ = tracefold_grouper::outcomes::project_of(m);
+    }
     // A replay of the same range is identical.
-    assert_eq!(run(&mut b), first);
+    assert_eq!(run(0), first);
+    // A builder that starts in the middle, primed with the window before it, decides the
+    // rest exactly as the one that read everything: the same duplicates and rejections.
+    let mid = messages.len() / 2;
+    let later = run(mid);
+    let tail = |offsets: Vec<i64>| offsets.into_iter().filter(|o| *o >= mid as i64).collect::<Vec<_>>();
+    assert_eq!(
+        later.duplicates.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        tail(first.duplicates.iter().map(|d| d.offset).collect())
+    );
+    assert_eq!(
+        later.rejected.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        tail(first.rejected.iter().map(|r| r.offset).collect())
+    );
 });

@@ -201,7 +201,9 @@ impl BatchBuilder {
     }
 
     /// Adds the message at `offset`. `received_ms` is the Kafka message timestamp: it anchors
-    /// timestamp clamping, so that a replay decides exactly as the first run did.
+    /// timestamp clamping, so that a replay decides exactly as the first run did. Offsets
+    /// increase from call to call; to read a range again, start a new builder (or
+    /// [`BatchBuilder::clear_window`]) and [`BatchBuilder::prime`] it.
     ///
     /// Total: any bytes are either counted or rejected with a reason. A panic while looking at
     /// one event (a bug, not an input error) is caught here and rejects that event with
