@@ -41,6 +41,10 @@ pub const FUTURE_RECORDS_TOTAL: &str = "tracefold_detector_future_records_total"
 /// the window's `new_issue_digest` counts them.
 pub const STORM_FOLDED_TOTAL: &str = "tracefold_detector_storm_folded_total";
 
+/// Counter: aggregate records the detector could not read and skipped (each also a WARN line;
+/// the writer sends the same record to the DLQ).
+pub const UNREADABLE_RECORDS_TOTAL: &str = "tracefold_detector_unreadable_records_total";
+
 /// Every metric the detector emits (besides the Kafka consumer-lag gauge of the runtime).
 pub const ALL: &[&str] = &[
     SIGNALS_TOTAL,
@@ -53,4 +57,5 @@ pub const ALL: &[&str] = &[
     LATE_RECORDS_TOTAL,
     FUTURE_RECORDS_TOTAL,
     STORM_FOLDED_TOTAL,
+    UNREADABLE_RECORDS_TOTAL,
 ];

@@ -254,6 +254,7 @@ impl Strategy for Detector<'_> {
                 Some(effective_minute(r.minute, received_ms))
             }
             _ => {
+                metrics::counter!(crate::metrics::UNREADABLE_RECORDS_TOTAL).increment(1);
                 tracing::warn!(partition = m.partition(), offset = m.offset(), "unreadable aggregate skipped");
                 None
             }
