@@ -63,14 +63,16 @@ pub fn filename(input: &str, out: &mut String) {
     limits::truncate(out, MAX_COMPONENT_LEN);
 }
 
-/// A bundler content hash: 8 or more hex digits with at least one digit, or 16+ characters
-/// of `[A-Za-z0-9_-]` with at least one digit.
+/// A bundler content hash: 8 or more hex digits with at least one digit, or 8 or more of
+/// `a`-`f` only (a lowercase hex hash that happens to have no digit: one build in about 2,500
+/// for 8 characters; no file name is made of those letters alone), or 16+ characters of
+/// `[A-Za-z0-9_-]` with at least one digit.
 fn is_content_hash(seg: &str) -> bool {
     let b = seg.as_bytes();
     let has_digit = b.iter().any(u8::is_ascii_digit);
-    has_digit
-        && ((b.len() >= 8 && b.iter().all(u8::is_ascii_hexdigit))
-            || (b.len() >= 16 && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')))
+    (b.len() >= 8
+        && (b.iter().all(|c| (b'a'..=b'f').contains(c)) || (has_digit && b.iter().all(u8::is_ascii_hexdigit))))
+        || (has_digit && b.len() >= 16 && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-'))
 }
 
 /// Normalizes a module name: strips generated class suffixes (Java lambdas and anonymous
@@ -278,6 +280,10 @@ pub fn message(input: &str, out: &mut String) {
         }
     }
     limits::truncate(out, MAX_MESSAGE_LEN);
+    // A cut just after the line break leaves an empty second line: drop it.
+    if out.ends_with('\n') {
+        out.pop();
+    }
 }
 
 fn is_word_byte(c: u8) -> bool {
@@ -670,6 +676,10 @@ mod tests {
     #[test]
     fn filenames() {
         assert_eq!(f(filename, "https://cdn.example.com/static/js/main.3f9a2c1b.js?v=2"), "main.<hash>.js");
+        // A hex hash without a digit (found by the stability property test) is a hash too.
+        assert_eq!(f(filename, "https://cdn.example.com/js/aaa.dcfabaca.js"), "aaa.<hash>.js");
+        assert_eq!(f(filename, "src/facade.js"), "facade.js");
+        assert_eq!(f(filename, "src/Deadbeef.js"), "deadbeef.js");
         assert_eq!(f(filename, "C:\\App\\Controllers\\HomeController.cs"), "homecontroller.cs");
         assert_eq!(f(filename, "[native code]"), "");
         assert_eq!(f(filename, "<anonymous>"), "");
