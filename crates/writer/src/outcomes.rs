@@ -11,12 +11,11 @@
 use crate::config::Config;
 use crate::metrics as m;
 use anyhow::Context as _;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tracefold_model::{OutcomeRecord, Reason};
-use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
+use tracefold_runtime::consumer::{Ctx, Step, Strategy};
 use tracefold_runtime::kafka::DlqRecord;
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
@@ -48,16 +47,8 @@ struct OutcomeWriter<'a> {
 /// Kafka fatal errors; ClickHouse errors are retried, not returned.
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
     let group = group_id(&cfg.writer.group_id);
-    let runtime = ConsumerRuntime::new(&cfg.kafka, &group, &cfg.topics.outcomes)?
-        .with_lost_metric(m::OUTCOMES_LOST_TOTAL)
-        .with_dlq(&cfg.kafka, &cfg.topics.dlq)?;
-    tracefold_runtime::kafka::check_topics(
-        runtime.consumer().client(),
-        &[&cfg.topics.outcomes, &cfg.topics.dlq],
-        Duration::from_secs(10),
-    )?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = tracefold_store::client::database_client(&cfg.clickhouse)?;
+    let (runtime, rt, client) =
+        crate::service::start_consumer(cfg, &group, &cfg.topics.outcomes, m::OUTCOMES_LOST_TOTAL)?;
     let mut w = OutcomeWriter {
         cfg,
         client,

@@ -57,16 +57,8 @@ struct Writer<'a> {
 /// # Errors
 /// Kafka fatal errors; ClickHouse errors are retried, not returned.
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
-    let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.writer.group_id, &cfg.topics.aggregates)?
-        .with_lost_metric(m::EVENTS_LOST_TOTAL)
-        .with_dlq(&cfg.kafka, &cfg.topics.dlq)?;
-    tracefold_runtime::kafka::check_topics(
-        runtime.consumer().client(),
-        &[&cfg.topics.aggregates, &cfg.topics.dlq],
-        Duration::from_secs(10),
-    )?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = tracefold_store::client::database_client(&cfg.clickhouse)?;
+    let (runtime, rt, client) =
+        start_consumer(cfg, &cfg.writer.group_id, &cfg.topics.aggregates, m::EVENTS_LOST_TOTAL)?;
     let mut w = Writer {
         cfg,
         client,
@@ -106,6 +98,28 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         tracing::info!("writer stopped");
         main.and(outcomes.context("outcomes consumer"))
     })
+}
+
+/// What each of the writer's loops starts from: a consumer of `topic` in `group` (losses
+/// counted in `lost_metric`, malformed records to the DLQ, topics checked), a small async
+/// runtime and a ClickHouse client.
+pub(crate) fn start_consumer(
+    cfg: &Config,
+    group: &str,
+    topic: &str,
+    lost_metric: &'static str,
+) -> anyhow::Result<(ConsumerRuntime, tokio::runtime::Runtime, tracefold_store::Client)> {
+    let runtime = ConsumerRuntime::new(&cfg.kafka, group, topic)?
+        .with_lost_metric(lost_metric)
+        .with_dlq(&cfg.kafka, &cfg.topics.dlq)?;
+    tracefold_runtime::kafka::check_topics(
+        runtime.consumer().client(),
+        &[topic, &cfg.topics.dlq],
+        Duration::from_secs(10),
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = tracefold_store::client::database_client(&cfg.clickhouse)?;
+    Ok((runtime, rt, client))
 }
 
 impl Strategy for Writer<'_> {

@@ -173,8 +173,8 @@ fn signals_line(bootstrap: &str, exiting: bool) -> String {
 fn signal_counts(text: &str) -> std::collections::BTreeMap<String, u64> {
     let prefix = format!("{}{{", tracefold_detector::metrics::SIGNALS_TOTAL);
     let mut out = std::collections::BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
-        let Some((labels, value)) = line[prefix.len()..].split_once("} ") else { continue };
+    for rest in text.lines().filter_map(|l| l.strip_prefix(prefix.as_str())) {
+        let Some((labels, value)) = rest.split_once("} ") else { continue };
         let kind = labels.split(',').find_map(|l| l.strip_prefix("type=\"")).map(|v| v.trim_end_matches('"'));
         if let (Some(kind), Ok(n)) = (kind, value.trim().parse::<f64>()) {
             *out.entry(kind.to_owned()).or_insert(0) += n as u64;
