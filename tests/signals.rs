@@ -1116,8 +1116,12 @@ struct Bare {
 
 impl Bare {
     async fn start(name: &str) -> Self {
+        Self::start_with(name, 1).await
+    }
+
+    async fn start_with(name: &str, partitions: i32) -> Self {
         let db = TestDb::new(name).await;
-        let broker = DevBroker::start(1, &tracefold_tests::topics(), Some(1)).unwrap();
+        let broker = DevBroker::start(1, &tracefold_tests::topics(), Some(partitions)).unwrap();
         let b = broker.bootstrap_servers();
         let grouper = ServiceThread::grouper(tracefold_tests::grouper_config(&b));
         let writer = ServiceThread::writer(tracefold_tests::writer_config(&b, &db));
@@ -1319,13 +1323,14 @@ async fn a_detector_killed_with_sigkill_re_alerts_nothing_and_signals_a_later_re
     // gave it the partition): minutes 33 to 37 again, and what follows them.
     wait_child_consumed(&second, end - committed).await;
     assert_eq!(child_produced(&second), BTreeMap::new(), "re-alerts nothing");
-    // The threshold of minute 35 is computed again and found on the signals topic; the spike
-    // is not computed again: its baseline (minutes 0 to 32) is neither read again nor in the
-    // history read back from ClickHouse (five hours ago).
+    // StockError's state is read back (its counts before minute 33 from ClickHouse, its spike
+    // and threshold from the signals topic): neither is signalled again, nor computed as new.
+    // ExpiredError's record, read again, finds the issue stored in ClickHouse as first seen in
+    // that very record's second: its new_issue is computed again, and found on the topic.
     assert_eq!(
         child_deduplicated(&second),
-        BTreeMap::from([("threshold", 1)]),
-        "the threshold computed again was found on the signals topic"
+        BTreeMap::from([("new_issue", 1)]),
+        "the new issue computed again was found on the signals topic"
     );
     wait_topic(&bare.bootstrap(), 4).await;
 
@@ -1355,8 +1360,9 @@ async fn a_detector_killed_with_sigkill_re_alerts_nothing_and_signals_a_later_re
 }
 
 /// A detector that never read the old aggregates (its group's offsets are at their end) takes
-/// what it needs from ClickHouse at start-up: known issues (seen again: no new_issue),
-/// resolutions (seen again: a regression) and recent per-minute counts (a burst is a spike
+/// what it needs from ClickHouse: resolutions at start-up (seen again: a regression), and when
+/// an issue's records arrive, whether it is known (seen again: no new_issue)
+/// and its recent per-minute counts (a burst is a spike
 /// against the issue's own baseline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detector_past_the_old_aggregates_takes_known_issues_resolutions_and_baselines_from_clickhouse() {
@@ -1490,8 +1496,8 @@ async fn a_new_issue_storm_becomes_five_notifications_and_one_digest_and_webhook
     assert_eq!((digest.minute.as_str(), digest.window_minutes), (rfc3339(minute).as_str(), 1));
     assert_eq!(
         digest.signal_id,
-        tracefold_detector::signal::signal_id(Kind::NewIssueDigest, "web", "", minute, ""),
-        "derived from project and window start"
+        tracefold_detector::signal::signal_id(Kind::NewIssueDigest, "web", "", minute, "0"),
+        "derived from project, window start and the replica's partitions (partition 0)"
     );
     assert!(digest.command.starts_with("tracefold top --project web --since "), "{}", digest.command);
     // Its titles are of folded issues: on the topic, not notified one by one.
@@ -1515,4 +1521,136 @@ async fn a_new_issue_storm_becomes_five_notifications_and_one_digest_and_webhook
         assert_eq!(h.headers["x-tracefold-timestamp"].to_str().unwrap(), t.to_string());
     }
     stack.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicas
+
+/// Partitions of the aggregates topic the child detector owns.
+fn assigned(d: &Svc) -> f64 {
+    d.metric(tracefold_runtime::kafka::ASSIGNED_PARTITIONS, "group=\"tracefold-detector\"")
+}
+
+/// Two detectors in one group (the replicas of a deployment): each evaluates the issues of the
+/// partitions it owns. When the second joins, and when the first is killed, partitions move;
+/// the new owner reads their issues' state back (ClickHouse, the signals topic) before it
+/// emits. Every detection is signalled exactly once, on the topic and at the webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_detector_replicas_signal_each_detection_once_across_a_join_and_a_kill() {
+    let _serial = SERIAL.lock().await;
+    let hook = Receiver::start().await;
+    let mut bare = Bare::start_with("replicas", 4).await;
+    write_detector_toml(&bare.env, "tracefold-detector", "", &[("hook", webhook(&hook))]);
+    let first = bare.env.spawn("detector");
+    wait_for("the first detector owns the 4 partitions", || match assigned(&first) {
+        4.0 => Ok(()),
+        n => Err(n.to_string()),
+    })
+    .await;
+    const TYPES: [&str; 12] = [
+        "AlphaError",
+        "BetaError",
+        "GammaError",
+        "DeltaError",
+        "EpsilonError",
+        "ZetaError",
+        "EtaError",
+        "ThetaError",
+        "IotaError",
+        "KappaError",
+        "LambdaError",
+        "MuError",
+    ];
+    // Two hours ago: 35 minutes of 8 a minute per issue.
+    let t0 = minute_of(now_secs() - 2 * 3600);
+    let steady_part: Vec<Ev> = TYPES.iter().flat_map(|ty| steady(ty, t0, 0..35, 8, 20)).collect();
+    bare.publish(&steady_part).await;
+    let end = bare.stored().await;
+    wait_child_consumed(&first, end).await;
+    assert_eq!(child_produced(&first), BTreeMap::from([("new_issue", 12)]));
+
+    // The second joins: the partitions are shared.
+    let second = bare.env.spawn("detector");
+    wait_for("the two detectors share the 4 partitions", || {
+        let (a, b) = (assigned(&first), assigned(&second));
+        if a + b == 4.0 && a > 0.0 && b > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{a} + {b}"))
+        }
+    })
+    .await;
+    // Each issue bursts: 200 in minute 35, then 8 a minute again.
+    let mut burst: Vec<Ev> = Vec::new();
+    for ty in TYPES {
+        burst.extend((0..200).map(|i| ev(ty, t0 + 35 * 60 + i % 60, 1000 + i as u64)));
+        burst.extend(steady(ty, t0, 36..40, 8, 20));
+    }
+    bare.publish(&burst).await;
+    bare.stored().await;
+    let on_topic = wait_topic(&bare.bootstrap(), 24).await;
+    let spikes = |d: &Svc| child_produced(d).get("spike").copied().unwrap_or(0);
+    let (a, b) = (spikes(&first), spikes(&second));
+    let seen: Vec<(&str, &str, &str)> =
+        on_topic.iter().map(|s| (s.kind.as_str(), s.title.as_str(), s.minute.as_str())).collect();
+    let counts =
+        [child_produced(&first), child_deduplicated(&first), child_produced(&second), child_deduplicated(&second)];
+    assert_eq!(a + b, 12, "each issue's burst signalled once: {seen:#?}, produced/deduplicated {counts:?}");
+    assert!(a > 0 && b > 0, "both replicas evaluated issues of their own partitions: {a} and {b} spikes");
+    wait_for("the webhook got the 24 signals", || match hook.signals().len() {
+        24 => Ok(()),
+        n => Err(n.to_string()),
+    })
+    .await;
+
+    // The first dies: the second takes its partitions over (once the dead member's session
+    // expired) and reads again what the first had not committed.
+    first.kill9();
+    wait_for("the second detector owns the 4 partitions", || match assigned(&second) {
+        4.0 => Ok(()),
+        n => Err(n.to_string()),
+    })
+    .await;
+    // New issues after the takeover, on every partition: 8 of them, signalled once each, after
+    // the records read again (in each partition's order).
+    const LATER: [&str; 8] =
+        ["NuError", "XiError", "OmicronError", "PiError", "RhoError", "SigmaError", "TauError", "UpsilonError"];
+    let later: Vec<Ev> = LATER.iter().map(|ty| ev(ty, t0 + 41 * 60, 1)).collect();
+    bare.publish(&later).await;
+    bare.stored().await;
+    let all = wait_topic(&bare.bootstrap(), 32).await;
+    assert!(on_topic.iter().all(|s| all.iter().any(|x| x.signal_id == s.signal_id)));
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &all {
+        *kinds.entry(s.kind.as_str()).or_default() += 1;
+    }
+    assert_eq!(kinds, BTreeMap::from([("new_issue", 20), ("spike", 12)]));
+    wait_for("the webhook got the 32 signals", || match hook.signals().len() {
+        32 => Ok(()),
+        n => Err(n.to_string()),
+    })
+    .await;
+    let got = hook.signals();
+    let ids: BTreeSet<&str> = got.iter().map(|s| s.signal_id.as_str()).collect();
+    assert_eq!(ids.len(), 32, "each signal once at the webhook");
+    // Nothing more comes: once the second has read every record (its count of records
+    // evaluated stays put for 3 s), the topic and the webhook hold the same 32.
+    let mut last = (-1.0, Instant::now());
+    wait_for("the second detector is idle", || {
+        let n = second.metric(RECORDS_TOTAL, "");
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        if last.1.elapsed() >= Duration::from_secs(3) {
+            Ok(())
+        } else {
+            Err(format!("{n} records evaluated"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(signals_on_topic(&bare.bootstrap()).len(), 32, "no signal again after the takeover");
+    assert_eq!(hook.signals().len(), 32);
+    drop(second);
+    bare.stop();
 }

@@ -19,8 +19,26 @@
 //! catch-up after an outage, offline SDKs, an hour sent at once) are judged on their event-time
 //! counts. A record further behind is not used for detection (it is stored all the same) and is
 //! counted in `tracefold_detector_late_records_total`.
+//!
+//! # Bounded state
+//!
+//! The engine holds an issue only while it is active: an issue without records for
+//! `evict_idle_min` minutes of event time (and with nothing left to evaluate) is evicted, and
+//! when more than `max_issues` are held the least recently seen go first. Per issue it keeps
+//! only what a signal needs: the title and culprit, the facts of one sample (top frames, URL,
+//! browser, OS; not the sample), the per-minute counts and user hashes of the minutes still
+//! open or inside the allowed lateness, and the spike model (a few numbers).
+//!
+//! With lookups on ([`Engine::with_lookups`], as the service runs it), the records of an issue
+//! that is not held wait ([`Engine::lookups`]) until the caller has read what ClickHouse knows
+//! of it ([`Engine::restore`]): whether it was seen before (no `new_issue` again), its
+//! per-minute counts before those records (the spike baseline) and the spikes and thresholds
+//! already signalled for it. So an evicted issue that returns, an issue of a partition taken
+//! over from another replica, and every issue after a restart are judged as if they had been
+//! held all along. Without lookups (simulations, tests) an issue not held is new unless
+//! [`Engine::known`] said otherwise or it was held before.
 
-use crate::signal::{sample_facts, signal_id, Kind, Signal, SIGNAL_FORMAT_VERSION};
+use crate::signal::{sample_facts, signal_id, Kind, SampleFacts, Signal, SIGNAL_FORMAT_VERSION};
 use crate::spike::{SpikeConfig, SpikeState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -73,6 +91,12 @@ pub struct EngineConfig {
     /// A resolved issue regresses only when seen in a newer release than the one it was
     /// resolved in (false: seen again at all).
     pub regression_needs_newer_release: bool,
+    /// Minutes of event time without records after which an issue's state is evicted (at
+    /// least `allowed_lateness_min` + 10): its counts are in ClickHouse, and its state is read
+    /// back from there when it returns.
+    pub evict_idle_min: i64,
+    /// Most issues held at once; beyond it the least recently seen are evicted first.
+    pub max_issues: usize,
 }
 
 impl Default for EngineConfig {
@@ -84,6 +108,8 @@ impl Default for EngineConfig {
             allowed_lateness_min: 120,
             idle_ms: 10_000,
             regression_needs_newer_release: false,
+            evict_idle_min: 150,
+            max_issues: 2_000_000,
         }
     }
 }
@@ -106,12 +132,92 @@ pub fn effective_minute(minute: i64, received_ms: i64) -> i64 {
     minute.min(received_ms.div_euclid(60_000) * 60)
 }
 
+/// User hashes, appended as records come and made distinct when the list has doubled since
+/// it last was (amortized linear; a minute of one record holds its few hashes, no table).
+#[derive(Debug, Default, Clone)]
+struct Users {
+    hashes: Vec<u64>,
+    distinct: usize,
+}
+
+impl Users {
+    fn extend(&mut self, hashes: &[u64]) {
+        self.hashes.extend_from_slice(hashes);
+        if self.hashes.len() > 2 * self.distinct.max(16) {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        self.hashes.sort_unstable();
+        self.hashes.dedup();
+        self.hashes.shrink_to_fit();
+        self.distinct = self.hashes.len();
+    }
+}
+
 #[derive(Debug, Default)]
 struct Minute {
     count: u64,
-    users: HashSet<u64>,
+    users: Users,
     /// Per threshold rule: events and users that match its filters.
-    rules: Vec<(u64, HashSet<u64>)>,
+    rules: Vec<(u64, Users)>,
+}
+
+/// An issue's minutes, sorted: a short vector (most issues have a few open minutes; a
+/// `BTreeMap` node alone is larger than a few minutes).
+#[derive(Debug, Default)]
+struct Minutes(Vec<(i64, Minute)>);
+
+impl Minutes {
+    fn entry(&mut self, minute: i64) -> &mut Minute {
+        let i = match self.0.last() {
+            Some((m, _)) if *m < minute => self.0.len(),
+            _ => self.0.partition_point(|(m, _)| *m < minute),
+        };
+        if self.0.get(i).is_none_or(|(m, _)| *m != minute) {
+            self.0.insert(i, (minute, Minute::default()));
+        }
+        &mut self.0[i].1
+    }
+
+    fn get(&self, minute: i64) -> Option<&Minute> {
+        let i = self.0.partition_point(|(m, _)| *m < minute);
+        self.0.get(i).filter(|(m, _)| *m == minute).map(|(_, x)| x)
+    }
+
+    /// The minutes from `from` to `to`, both included.
+    fn range(&self, from: i64, to: i64) -> impl Iterator<Item = &Minute> {
+        let a = self.0.partition_point(|(m, _)| *m < from);
+        let b = self.0.partition_point(|(m, _)| *m <= to);
+        self.0[a..b.max(a)].iter().map(|(_, x)| x)
+    }
+
+    fn first(&self) -> Option<i64> {
+        self.0.first().map(|(m, _)| *m)
+    }
+
+    /// Forgets the minutes before `horizon`.
+    fn forget_before(&mut self, horizon: i64) {
+        let n = self.0.partition_point(|(m, _)| *m < horizon);
+        if n > 0 {
+            self.0.drain(..n);
+            if self.0.capacity() > 4 * self.0.len().max(4) {
+                self.0.shrink_to_fit();
+            }
+        }
+    }
+}
+
+/// Distinct users over some minutes' user lists.
+fn distinct_users<'a>(lists: impl Iterator<Item = &'a Users>) -> u64 {
+    let mut all: Vec<u64> = Vec::new();
+    for u in lists {
+        all.extend_from_slice(&u.hashes);
+    }
+    all.sort_unstable();
+    all.dedup();
+    all.len() as u64
 }
 
 /// The spike model at some minute: its state, and since when it is warm.
@@ -134,16 +240,22 @@ impl Model {
 
 #[derive(Debug, Default)]
 struct Issue {
-    title: String,
-    culprit: String,
-    level: String,
-    platform: String,
+    title: Box<str>,
+    culprit: Box<str>,
+    level: Box<str>,
+    platform: Box<str>,
     first_seen_ms: i64,
     last_seen_ms: i64,
-    release: String,
-    environment: String,
-    sample: String,
-    minutes: BTreeMap<i64, Minute>,
+    release: Box<str>,
+    environment: Box<str>,
+    /// What signals show of a sample event: the first sample this engine saw of the issue,
+    /// or the one of the record that revealed a regression.
+    facts: Option<Box<SampleFacts>>,
+    /// The aggregates partition its records come from (the key is the issue).
+    partition: i32,
+    /// The latest effective minute of its records (for eviction).
+    last_minute: i64,
+    minutes: Minutes,
     /// The model after every minute before `base_next`: minutes beyond the allowed lateness
     /// (or taken from ClickHouse at start-up), which change no more.
     base: Model,
@@ -162,8 +274,6 @@ struct Issue {
     settling_since: Option<i64>,
     /// Minutes signalled as spikes (not signalled again when evaluated again).
     spiked: BTreeSet<i64>,
-    /// Resolved at (ms) and in which release.
-    resolved: Option<(i64, String)>,
     /// Per threshold rule: the last minute it fired for.
     fired: HashMap<usize, i64>,
     /// A spike was signalled against the project's baseline while this issue had no history.
@@ -193,12 +303,50 @@ impl ProjectBaselines {
     }
 }
 
+/// (project, issue id).
+type Key = (String, String);
+
+/// What the caller read about an issue the engine does not hold (see [`Engine::restore`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Restored {
+    /// Seen before the records waiting for it: no `new_issue`.
+    pub known: bool,
+    /// Per-minute counts before the earliest waiting record's minute, oldest first (minute
+    /// in Unix seconds): the spike baseline.
+    pub history: Vec<(i64, u64)>,
+    /// Spikes and thresholds already signalled for it: (kind, rule name, minute).
+    pub signalled: Vec<(Kind, String, i64)>,
+}
+
+/// An issue whose records wait for [`Engine::restore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// Project slug.
+    pub project: String,
+    /// Issue id.
+    pub issue_id: String,
+    /// The earliest first-seen time of its waiting records, Unix ms: seen before that, it is
+    /// known.
+    pub first_seen_ms: i64,
+    /// The earliest minute its waiting records count in (Unix seconds): history before it.
+    pub from_minute: i64,
+}
+
+/// Issues evicted since the last [`Engine::take_evictions`]: (idle, over `max_issues`).
+pub type Evictions = (u64, u64);
+
 /// The detector state.
 #[derive(Debug, Default)]
 pub struct Engine {
     cfg: EngineConfig,
-    issues: HashMap<(String, String), Issue>,
-    known: HashSet<(String, String)>,
+    issues: HashMap<Key, Box<Issue>>,
+    /// Without lookups: issues seen before (told, or evicted), not new again.
+    known: HashSet<Key>,
+    /// With lookups: records of issues not held, waiting for [`Self::restore`], per issue in
+    /// arrival order.
+    lookups: Option<BTreeMap<Key, Vec<(AggregateRecord, Arrival)>>>,
+    /// Resolved issues: resolved at (ms) and in which release.
+    resolutions: HashMap<Key, (i64, String)>,
     partitions: BTreeMap<i32, Partition>,
     /// The engine's watermark (event time): the minimum over the active partitions.
     watermark: Option<i64>,
@@ -207,53 +355,54 @@ pub struct Engine {
     /// Records dated after the minute they were received in, since the last
     /// [`Self::take_counts`].
     future: u64,
+    evicted: Evictions,
 }
 
 impl Engine {
     /// A detector with `cfg`.
     pub fn new(mut cfg: EngineConfig) -> Self {
         cfg.allowed_lateness_min = cfg.allowed_lateness_min.max(cfg.lateness_min);
+        cfg.evict_idle_min = cfg.evict_idle_min.max(cfg.allowed_lateness_min + 10);
+        cfg.max_issues = cfg.max_issues.max(1);
         Self { cfg, ..Self::default() }
     }
 
+    /// Records of issues not held wait for [`Self::restore`] (see the module docs).
+    #[must_use]
+    pub fn with_lookups(mut self) -> Self {
+        self.lookups = Some(BTreeMap::new());
+        self
+    }
+
     /// Marks an issue as known (seen before this detector started): no `new_issue` for it.
+    /// Without lookups only.
     pub fn known(&mut self, project: &str, issue_id: &str) {
         self.known.insert((project.to_owned(), issue_id.to_owned()));
     }
 
     /// Marks an issue resolved at `at_ms` (in `release`): a later event is a regression.
     pub fn resolved(&mut self, project: &str, issue_id: &str, at_ms: i64, release: &str) {
-        let key = (project.to_owned(), issue_id.to_owned());
-        self.issues.entry(key).or_default().resolved = Some((at_ms, release.to_owned()));
+        self.resolutions.insert((project.to_owned(), issue_id.to_owned()), (at_ms, release.to_owned()));
     }
 
     /// Forgets a resolution (the issue was reopened or ignored): a later event is no regression.
     pub fn reopened(&mut self, project: &str, issue_id: &str) {
-        if let Some(st) = self.issues.get_mut(&(project.to_owned(), issue_id.to_owned())) {
-            st.resolved = None;
-        }
+        self.resolutions.remove(&(project.to_owned(), issue_id.to_owned()));
     }
 
     /// Issues held as resolved and not seen since.
     pub fn resolved_count(&self) -> usize {
-        self.issues.values().filter(|st| st.resolved.is_some()).count()
+        self.resolutions.len()
     }
 
-    /// Feeds past per-minute counts (oldest first) so that the spike baseline survives restarts.
-    /// Records of these minutes read again later are not counted twice.
-    pub fn history(&mut self, project: &str, issue_id: &str, minute: i64, count: u64) {
-        let cfg = self.cfg.spike;
-        let st = self.issues.entry((project.to_owned(), issue_id.to_owned())).or_default();
-        if let Some(next) = st.base_next {
-            for m in (next..minute).step_by(60) {
-                st.base.observe(m, 0, &cfg);
-            }
-        }
-        st.base.observe(minute, count, &cfg);
-        st.base_next = Some(minute + 60);
-        st.model = st.base.clone();
-        st.closed = Some(minute);
-        st.minutes.clear();
+    /// Issues whose state is held.
+    pub fn tracked(&self) -> usize {
+        self.issues.len()
+    }
+
+    /// Issues evicted since the last call: (idle, over `max_issues`).
+    pub fn take_evictions(&mut self) -> Evictions {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Partitions now owned: each holds the watermark back until it has records or is idle.
@@ -263,10 +412,23 @@ impl Engine {
         }
     }
 
-    /// Partitions no longer owned. The counts taken from them stay.
+    /// The partitions owned.
+    pub fn owned(&self) -> Vec<i32> {
+        self.partitions.keys().copied().collect()
+    }
+
+    /// Partitions no longer owned: the state of their issues goes (the next owner reads it
+    /// back), and their watermarks no longer hold the engine back.
     pub fn revoke(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.partitions.remove(p);
+        }
+        self.issues.retain(|_, st| !partitions.contains(&st.partition));
+        if let Some(waiting) = &mut self.lookups {
+            for records in waiting.values_mut() {
+                records.retain(|(_, at)| !partitions.contains(&at.partition));
+            }
+            waiting.retain(|_, records| !records.is_empty());
         }
     }
 
@@ -277,10 +439,10 @@ impl Engine {
         (std::mem::take(&mut self.late), std::mem::take(&mut self.future))
     }
 
-    /// Whether judgements wait for the next [`Self::advance`]: records of minutes being closed
-    /// were still coming in at the last one.
+    /// Whether judgements wait: for the next [`Self::advance`] (records of minutes being
+    /// closed were still coming in at the last one), or for [`Self::restore`].
     pub fn pending(&self) -> bool {
-        self.issues.values().any(|st| st.recheck.is_some())
+        self.lookups.as_ref().is_some_and(|w| !w.is_empty()) || self.issues.values().any(|st| st.recheck.is_some())
     }
 
     /// The watermark: minutes up to it minus the lateness are closed (after [`Self::advance`]).
@@ -288,44 +450,132 @@ impl Engine {
         self.watermark
     }
 
-    /// Takes one partial aggregate; returns `new_issue` and `regression` signals.
+    /// Takes one partial aggregate; returns `new_issue` and `regression` signals. With lookups,
+    /// a record of an issue not held waits (see [`Self::lookups`]) and returns nothing yet.
     pub fn ingest(&mut self, r: &AggregateRecord, at: Arrival) -> Vec<Signal> {
-        let key = (r.project.clone(), r.issue_id.clone());
-        let mut out = Vec::new();
-        let is_new = self.known.insert(key.clone());
-        let rules = self.cfg.thresholds.clone();
         let minute = effective_minute(r.minute, at.received_ms);
         self.future += u64::from(minute < r.minute);
         let p = self.partitions.entry(at.partition).or_insert(Partition { watermark: None, active_ms: at.now_ms });
         p.watermark = Some(p.watermark.map_or(minute, |w| w.max(minute)));
         p.active_ms = p.active_ms.max(at.now_ms);
+        let key = (r.project.clone(), r.issue_id.clone());
+        if !self.issues.contains_key(&key) {
+            if let Some(waiting) = &mut self.lookups {
+                waiting.entry(key).or_default().push((r.clone(), at));
+                return Vec::new();
+            }
+            let is_new = !self.known.contains(&key);
+            self.issues.insert(key.clone(), Box::default());
+            return self.take(key, r, at, is_new);
+        }
+        self.take(key, r, at, false)
+    }
+
+    /// The issues whose records wait for [`Self::restore`].
+    pub fn lookups(&self) -> Vec<Lookup> {
+        let Some(waiting) = &self.lookups else { return Vec::new() };
+        waiting
+            .iter()
+            .map(|((project, issue_id), records)| Lookup {
+                project: project.clone(),
+                issue_id: issue_id.clone(),
+                first_seen_ms: records.iter().map(|(r, _)| r.first_seen_ms).min().unwrap_or(0),
+                from_minute: records
+                    .iter()
+                    .map(|(r, at)| effective_minute(r.minute, at.received_ms))
+                    .min()
+                    .unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Takes what the caller read about an issue that waits for it, then its waiting records;
+    /// returns their `new_issue` and `regression` signals.
+    pub fn restore(&mut self, project: &str, issue_id: &str, restored: Restored) -> Vec<Signal> {
+        let key = (project.to_owned(), issue_id.to_owned());
+        let records = self.lookups.as_mut().and_then(|w| w.remove(&key)).unwrap_or_default();
+        if records.is_empty() || self.issues.contains_key(&key) {
+            return Vec::new();
+        }
+        let cfg = self.cfg.spike;
+        let mut st = Box::<Issue>::default();
+        for (minute, count) in restored.history {
+            if let Some(next) = st.base_next {
+                if minute < next {
+                    continue;
+                }
+                for m in (next..minute).step_by(60) {
+                    st.base.observe(m, 0, &cfg);
+                }
+            }
+            st.base.observe(minute, count, &cfg);
+            st.base_next = Some(minute + 60);
+            st.closed = Some(minute);
+        }
+        st.model = st.base.clone();
+        for (kind, rule, minute) in restored.signalled {
+            match kind {
+                Kind::Spike => {
+                    st.spiked.insert(minute);
+                }
+                Kind::Threshold => {
+                    if let Some(i) = self.cfg.thresholds.iter().position(|t| t.name == rule) {
+                        let f = st.fired.entry(i).or_insert(minute);
+                        *f = (*f).max(minute);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.issues.insert(key.clone(), st);
+        let mut out = Vec::new();
+        for (i, (r, at)) in records.into_iter().enumerate() {
+            out.extend(self.take(key.clone(), &r, at, i == 0 && !restored.known));
+        }
+        out
+    }
+
+    /// Adds a record to its issue's state (held).
+    fn take(&mut self, key: Key, r: &AggregateRecord, at: Arrival, is_new: bool) -> Vec<Signal> {
+        let mut out = Vec::new();
+        let rules = &self.cfg.thresholds;
+        let minute = effective_minute(r.minute, at.received_ms);
         let too_late = self.watermark.is_some_and(|w| minute < w - 60 * self.cfg.allowed_lateness_min);
         self.late += u64::from(too_late);
-        let st = self.issues.entry(key).or_default();
+        let Some(st) = self.issues.get_mut(&key) else { return out };
+        st.partition = at.partition;
+        st.last_minute = st.last_minute.max(minute);
         if st.first_seen_ms == 0 || r.first_seen_ms < st.first_seen_ms {
             st.first_seen_ms = r.first_seen_ms;
         }
         if r.last_seen_ms >= st.last_seen_ms {
             st.last_seen_ms = r.last_seen_ms;
-            st.release.clone_from(&r.release);
-            st.environment.clone_from(&r.environment);
-            st.level.clone_from(&r.level);
+            set(&mut st.release, &r.release);
+            set(&mut st.environment, &r.environment);
+            set(&mut st.level, &r.level);
         }
         if st.title.is_empty() {
-            st.title.clone_from(&r.title);
-            st.culprit.clone_from(&r.culprit);
-            st.platform.clone_from(&r.platform);
+            set(&mut st.title, &r.title);
+            set(&mut st.culprit, &r.culprit);
+            set(&mut st.platform, &r.platform);
         }
-        if !r.sample.is_empty() {
-            st.sample.clone_from(&r.sample);
+        let resolved = self.resolutions.get(&key);
+        let regresses = resolved.is_some_and(|(at, fixed_in)| {
+            r.last_seen_ms > *at
+                && (!self.cfg.regression_needs_newer_release
+                    || fixed_in.is_empty()
+                    || newer_release(&r.release, fixed_in))
+        });
+        if !r.sample.is_empty() && (st.facts.is_none() || regresses) {
+            st.facts = Some(Box::new(sample_facts(&r.sample)));
         }
-        // Minutes already in the frozen baseline (from ClickHouse at start-up, or beyond the
-        // allowed lateness) take no more counts.
+        // Minutes already in the frozen baseline (from ClickHouse, or beyond the allowed
+        // lateness) take no more counts.
         if !too_late && st.base_next.is_none_or(|b| minute >= b) {
             st.fresh = Some(st.fresh.map_or(minute, |f| f.min(minute)));
-            let m = st.minutes.entry(minute).or_default();
+            let m = st.minutes.entry(minute);
             m.count += r.count;
-            m.users.extend(r.users.hashes.iter().copied());
+            m.users.extend(&r.users.hashes);
             if m.rules.len() < rules.len() {
                 m.rules.resize_with(rules.len(), Default::default);
             }
@@ -335,7 +585,7 @@ impl Engine {
                     && rule.level.as_deref().is_none_or(|l| l == r.level);
                 if matches {
                     m.rules[i].0 += r.count;
-                    m.rules[i].1.extend(r.users.hashes.iter().copied());
+                    m.rules[i].1.extend(&r.users.hashes);
                 }
             }
             // Late: a minute already evaluated (or one before the first evaluated) changed.
@@ -350,12 +600,9 @@ impl Engine {
         if is_new {
             out.push(of_record(Kind::NewIssue, st));
         }
-        let newer_only = self.cfg.regression_needs_newer_release;
-        if let Some((at, fixed_in)) = &st.resolved {
-            if r.last_seen_ms > *at && (!newer_only || fixed_in.is_empty() || newer_release(&r.release, fixed_in)) {
-                out.push(of_record(Kind::Regression, st));
-                st.resolved = None;
-            }
+        if regresses {
+            out.push(of_record(Kind::Regression, st));
+            self.resolutions.remove(&key);
         }
         out
     }
@@ -389,6 +636,43 @@ impl Engine {
     pub fn needed_from(&self) -> Option<i64> {
         let w = self.watermark?;
         Some(w - 60 * self.cfg.lateness_min - self.keep_secs())
+    }
+
+    /// Evicts the issues without records for `evict_idle_min` of event time before `w` that
+    /// have nothing left to evaluate, then the least recently seen beyond `max_issues`.
+    fn evict(&mut self, w: i64) {
+        let idle_before = w - 60 * self.cfg.evict_idle_min;
+        let before = self.issues.len();
+        let known = &mut self.known;
+        let lookups = self.lookups.is_some();
+        self.issues.retain(|key, st| {
+            let keep = st.last_minute >= idle_before || st.recheck.is_some() || st.dirty.is_some();
+            if !keep && !lookups {
+                known.insert(key.clone());
+            }
+            keep
+        });
+        self.evicted.0 += (before - self.issues.len()) as u64;
+        if self.issues.len() > self.cfg.max_issues {
+            // Down to 90% at once, so that the selection runs rarely.
+            let target = self.cfg.max_issues - self.cfg.max_issues / 10;
+            let mut last: Vec<i64> = self.issues.values().map(|st| st.last_minute).collect();
+            let n = self.issues.len() - target;
+            let (_, cut, _) = last.select_nth_unstable(n - 1);
+            let cut = *cut;
+            let mut left = n;
+            self.issues.retain(|key, st| {
+                if left > 0 && st.last_minute <= cut {
+                    left -= 1;
+                    if !lookups {
+                        known.insert(key.clone());
+                    }
+                    return false;
+                }
+                true
+            });
+            self.evicted.1 += (n - left) as u64;
+        }
     }
 
     /// How far back from the last closed minute the threshold windows reach, seconds.
@@ -445,14 +729,14 @@ impl Engine {
             let start = match (replay_from, st.closed) {
                 (Some(_), _) => {
                     st.model = st.base.clone();
-                    match st.base_next.or_else(|| st.minutes.keys().next().copied()) {
+                    match st.base_next.or_else(|| st.minutes.first()) {
                         Some(s) => s,
                         None => continue,
                     }
                 }
                 (None, Some(c)) => c + 60,
-                (None, None) => match st.minutes.keys().next() {
-                    Some(first) => *first,
+                (None, None) => match st.minutes.first() {
+                    Some(first) => first,
                     None => continue,
                 },
             };
@@ -465,7 +749,7 @@ impl Engine {
                     st.recheck = Some(st.recheck.map_or(m, |r| r.min(m)));
                 }
                 let judge = judge && !hold;
-                let count = st.minutes.get(&m).map_or(0, |x| x.count);
+                let count = st.minutes.get(m).map_or(0, |x| x.count);
                 let before = st.model.spike.baseline();
                 let cold = !st.model.spike.warm(&cfg.spike);
                 let v = st.model.observe(m, count, &cfg.spike);
@@ -490,26 +774,21 @@ impl Engine {
                         // The window judged: this minute, or this one and the one before.
                         let two = !cold_spike && v.window > count as f64;
                         let from = if two { m - 60 } else { m };
-                        let mut users = HashSet::new();
-                        for (_, x) in st.minutes.range(from..=m) {
-                            users.extend(x.users.iter().copied());
-                        }
+                        let users = distinct_users(st.minutes.range(from, m).map(|x| &x.users));
                         let (window, n) = if two { (2, v.window as u64) } else { (1, count) };
-                        let users = users.len() as u64;
                         out.push(signal(Kind::Spike, project, issue_id, st, m, window, n, users, baseline, ""));
                     }
                 }
                 for (i, rule) in cfg.thresholds.iter().enumerate() {
                     let from = m - 60 * (i64::from(rule.minutes) - 1);
-                    let (mut events, mut users) = (0u64, HashSet::new());
-                    for (_, x) in st.minutes.range(from..=m) {
-                        if let Some((c, u)) = x.rules.get(i) {
-                            events += c;
-                            users.extend(u.iter().copied());
-                        }
-                    }
-                    let hit =
-                        rule.events.is_some_and(|n| events > n) || rule.users.is_some_and(|n| users.len() as u64 > n);
+                    let events: u64 = st.minutes.range(from, m).filter_map(|x| x.rules.get(i)).map(|(c, _)| c).sum();
+                    // Users are counted for a rule with a users bound, or for the signal.
+                    let users = if rule.users.is_some() || rule.events.is_some_and(|n| events > n) {
+                        distinct_users(st.minutes.range(from, m).filter_map(|x| x.rules.get(i)).map(|(_, u)| u))
+                    } else {
+                        0
+                    };
+                    let hit = rule.events.is_some_and(|n| events > n) || rule.users.is_some_and(|n| users > n);
                     let cooling = st.fired.get(&i).is_some_and(|f| m - f < 60 * i64::from(rule.minutes));
                     if hit && !cooling {
                         st.fired.insert(i, m);
@@ -521,7 +800,7 @@ impl Engine {
                             m,
                             rule.minutes,
                             events,
-                            users.len() as u64,
+                            users,
                             0.0,
                             &rule.name,
                         ));
@@ -533,20 +812,28 @@ impl Engine {
                 st.closed = Some(m - 60);
             }
             // Minutes beyond the allowed lateness change no more: into the frozen baseline.
-            let mut next = st.base_next.or_else(|| st.minutes.keys().next().copied());
+            let mut next = st.base_next.or_else(|| st.minutes.first());
             while let Some(x) = next.filter(|x| *x < frozen && st.closed.is_some_and(|c| *x <= c)) {
-                let count = st.minutes.get(&x).map_or(0, |x| x.count);
+                let count = st.minutes.get(x).map_or(0, |x| x.count);
                 st.base.observe(x, count, &cfg.spike);
                 next = Some(x + 60);
                 st.base_next = next;
             }
             // Forget minutes no evaluation needs any more.
             let horizon = st.base_next.unwrap_or(frozen).min(st.closed.unwrap_or(until) + 60) - keep;
-            st.minutes = st.minutes.split_off(&horizon);
+            st.minutes.forget_before(horizon);
             st.spiked = st.spiked.split_off(&(horizon - 120));
         }
+        self.evict(w);
         out.sort_by(|a, b| (&a.minute, &a.project, &a.issue_id).cmp(&(&b.minute, &b.project, &b.issue_id)));
         out
+    }
+}
+
+/// Replaces `dst` with `src` unless equal (no allocation when unchanged).
+fn set(dst: &mut Box<str>, src: &str) {
+    if &**dst != src {
+        *dst = src.into();
     }
 }
 
@@ -575,17 +862,19 @@ fn signal(
     baseline: f64,
     rule: &str,
 ) -> Signal {
-    let facts = sample_facts(&st.sample);
+    let facts = st.facts.as_deref().cloned().unwrap_or_default();
     Signal {
         v: SIGNAL_FORMAT_VERSION,
-        signal_id: signal_id(kind, project, issue_id, minute, rule),
+        // An issue is new once: its new_issue has one id whichever record revealed it (a
+        // replica or a restart reading its records again may meet another one first).
+        signal_id: signal_id(kind, project, issue_id, if kind == Kind::NewIssue { 0 } else { minute }, rule),
         kind,
         project: project.to_owned(),
         issue_id: issue_id.to_owned(),
-        title: st.title.clone(),
-        culprit: st.culprit.clone(),
-        level: st.level.clone(),
-        platform: st.platform.clone(),
+        title: st.title.to_string(),
+        culprit: st.culprit.to_string(),
+        level: st.level.to_string(),
+        platform: st.platform.to_string(),
         minute: format_rfc3339(minute * 1000).replace(".000Z", "Z"),
         window_minutes: window,
         count,
@@ -593,8 +882,8 @@ fn signal(
         baseline_per_minute: (baseline * 100.0).round() / 100.0,
         first_seen: format_rfc3339(st.first_seen_ms).replace(".000Z", "Z"),
         last_seen: format_rfc3339(st.last_seen_ms).replace(".000Z", "Z"),
-        release: st.release.clone(),
-        environment: st.environment.clone(),
+        release: st.release.to_string(),
+        environment: st.environment.to_string(),
         top_frames: facts.top_frames,
         request_url: facts.request_url,
         browser: facts.browser,
@@ -954,5 +1243,109 @@ mod tests {
         burst.extend(e.advance(0));
         burst.extend(e.advance(0));
         assert!(burst.iter().any(|s| s.kind == Kind::Spike && s.issue_id == "fresh"), "{:?}", summary(&burst));
+    }
+
+    /// Issue "a": ten a minute for an hour, silent for `silent` minutes, ten a minute for half
+    /// an hour, then 200 in one minute; "b" keeps the watermark moving throughout. With
+    /// lookups, what a ClickHouse would answer (the counts fed so far) is handed back.
+    fn comeback(cfg: EngineConfig, lookups: bool, silent: i64) -> (Vec<Signal>, u64, usize) {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let mut e = Engine::new(cfg);
+        if lookups {
+            e = e.with_lookups();
+        }
+        let mut stored: Vec<(i64, u64)> = Vec::new();
+        let mut out = Vec::new();
+        let burst_at = 60 + silent + 30;
+        for m in 0..=burst_at + 5 {
+            let a = if m < 60 || (m >= 60 + silent && m < burst_at) {
+                10
+            } else if m == burst_at {
+                200
+            } else {
+                0
+            };
+            let minute = t0 + m * 60;
+            if a > 0 {
+                out.extend(feed(&mut e, &rec("a", minute, a, m as u64 * 1000)));
+                stored.push((minute, a));
+            }
+            out.extend(feed(&mut e, &rec("b", minute, 5, m as u64 * 1000)));
+            for l in e.lookups() {
+                let known = stored.first().is_some_and(|(first, _)| *first * 1000 < l.first_seen_ms)
+                    || (l.issue_id == "b" && m > 0);
+                let history = stored
+                    .iter()
+                    .copied()
+                    .filter(|(x, _)| *x < l.from_minute && *x >= l.from_minute - 180 * 60 && l.issue_id == "a")
+                    .collect();
+                out.extend(e.restore(&l.project, &l.issue_id, Restored { known, history, signalled: Vec::new() }));
+            }
+            out.extend(e.advance(0));
+            out.extend(e.advance(0));
+        }
+        (out, e.take_evictions().0, e.tracked())
+    }
+
+    #[test]
+    fn an_evicted_issue_read_back_is_judged_as_if_held_and_is_not_new_again() {
+        let held = comeback(EngineConfig { evict_idle_min: 100_000, ..EngineConfig::default() }, false, 170);
+        let evicted = comeback(EngineConfig::default(), true, 170);
+        let a = |s: &[Signal]| {
+            s.iter().filter(|s| s.issue_id == "a").map(|s| (s.kind, s.minute.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(evicted.1, 1, "a was evicted once");
+        let t0 = 1_795_600_000 / 60 * 60;
+        let burst = minute_text(t0 + (60 + 170 + 30) * 60);
+        assert_eq!(a(&held.0), [(Kind::NewIssue, minute_text(t0)), (Kind::Spike, burst.clone())]);
+        assert_eq!(a(&evicted.0), a(&held.0), "one new_issue, the same spike");
+        // Held: the same without lookups (an evicted issue is remembered as known).
+        let plain = comeback(EngineConfig::default(), false, 170);
+        assert_eq!((a(&plain.0), plain.1), (a(&held.0), 1));
+    }
+
+    #[test]
+    fn a_revoked_partitions_issues_leave_and_come_back_through_a_lookup() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let mut e = Engine::new(EngineConfig::default()).with_lookups();
+        e.assign(&[0, 1], 0);
+        let at = |partition: i32, minute: i64| Arrival { partition, received_ms: minute * 1000 + 59_000, now_ms: 0 };
+        assert!(e.ingest(&rec("x", t0, 3, 0), at(0, t0)).is_empty(), "waits for its lookup");
+        assert!(e.ingest(&rec("y", t0, 3, 0), at(1, t0)).is_empty());
+        assert!(e.pending());
+        let mut firsts: Vec<String> = e.lookups().into_iter().map(|l| l.issue_id).collect();
+        firsts.sort();
+        assert_eq!(firsts, ["x", "y"]);
+        for id in ["x", "y"] {
+            let s = e.restore("web", id, Restored::default());
+            assert_eq!(s.iter().map(|s| s.kind).collect::<Vec<_>>(), [Kind::NewIssue]);
+        }
+        assert!(!e.pending() && e.tracked() == 2);
+        // A record waiting for its lookup on a revoked partition goes too.
+        e.ingest(&rec("z", t0, 1, 0), at(1, t0));
+        e.revoke(&[1]);
+        assert_eq!((e.tracked(), e.lookups().len()), (1, 0), "x stays; y and z go with partition 1");
+        // Assigned again: y waits for what ClickHouse knows (seen before: no new_issue).
+        e.assign(&[1], 0);
+        assert!(e.ingest(&rec("y", t0 + 60, 3, 0), at(1, t0 + 60)).is_empty());
+        let signalled = vec![(Kind::Spike, String::new(), t0)];
+        let s = e.restore("web", "y", Restored { known: true, history: vec![(t0, 3)], signalled });
+        assert!(s.is_empty(), "{s:?}");
+        assert_eq!(e.tracked(), 2);
+    }
+
+    #[test]
+    fn beyond_max_issues_the_least_recently_seen_go_first() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let mut e = Engine::new(EngineConfig { max_issues: 10, ..EngineConfig::default() });
+        for i in 0..25 {
+            feed(&mut e, &rec(&format!("i{i:02}"), t0 + i * 60, 1, 0));
+        }
+        e.advance(0);
+        assert_eq!(e.take_evictions(), (0, 16), "down to 9 (90% of 10)");
+        assert_eq!(e.tracked(), 9);
+        // The latest stay; an evicted one is not new again.
+        assert!(feed(&mut e, &rec("i24", t0 + 25 * 60, 1, 0)).is_empty());
+        assert!(feed(&mut e, &rec("i00", t0 + 25 * 60, 1, 0)).is_empty(), "known: held before");
     }
 }

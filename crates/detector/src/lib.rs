@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod notify;
+pub mod sent;
 pub mod service;
 pub mod signal;
 pub mod simulate;

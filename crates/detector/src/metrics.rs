@@ -45,6 +45,19 @@ pub const STORM_FOLDED_TOTAL: &str = "tracefold_detector_storm_folded_total";
 /// the writer sends the same record to the DLQ).
 pub const UNREADABLE_RECORDS_TOTAL: &str = "tracefold_detector_unreadable_records_total";
 
+/// Gauge: issues whose state the detector holds (active issues; see `evict_idle_min` and
+/// `max_issues`).
+pub const ISSUES_TRACKED: &str = "tracefold_detector_issues_tracked";
+/// Counter: issues whose state was evicted, by `reason` (`idle`: no records for
+/// `evict_idle_min`; `max_issues`: more issues active than that, the least recently seen
+/// first). Their state is read back from ClickHouse when they return; nothing is lost.
+pub const ISSUES_EVICTED_TOTAL: &str = "tracefold_detector_issues_evicted_total";
+/// Counter: issues read from ClickHouse when their records arrived and the detector did not
+/// hold them (after a start, a partition takeover or an eviction), by `outcome` (`known`: seen
+/// before; `new`; `failed`: ClickHouse unreadable for 30 s, taken as known without history, so
+/// no `new_issue` for them; each also a WARN line).
+pub const ISSUE_LOOKUPS_TOTAL: &str = "tracefold_detector_issue_lookups_total";
+
 /// Every metric the detector emits (besides the Kafka consumer-lag gauge of the runtime).
 pub const ALL: &[&str] = &[
     SIGNALS_TOTAL,
@@ -58,4 +71,7 @@ pub const ALL: &[&str] = &[
     FUTURE_RECORDS_TOTAL,
     STORM_FOLDED_TOTAL,
     UNREADABLE_RECORDS_TOTAL,
+    ISSUES_TRACKED,
+    ISSUES_EVICTED_TOTAL,
+    ISSUE_LOOKUPS_TOTAL,
 ];

@@ -8,31 +8,41 @@
 //! A restart continues from that commit: it reads again only the records of minutes still
 //! open or inside a window; spike baselines come back from ClickHouse.
 //!
-//! Restarts do not re-alert: known issues, resolutions and recent per-minute counts come from
-//! ClickHouse at start-up, and the ids of the signals already on the signals topic (the last
-//! 10,000 per partition) are skipped; signal ids are deterministic. Issue statuses are read
-//! again every `status_refresh_ms` while running, so that an issue resolved after start-up
-//! regresses too.
+//! Restarts and replicas do not re-alert. The engine holds only active issues (bounded, see
+//! [`crate::engine`]); the records of an issue it does not hold wait until the next evaluation
+//! has read from ClickHouse whether the issue was seen before and its recent per-minute counts
+//! (one query per 1,000 issues), so an issue is judged the same by a restarted detector, by the
+//! replica that took its partition over, and after its state was evicted. Signal ids are
+//! deterministic, and the signals already produced, by this process or another replica, are
+//! skipped ([`crate::sent`]): the signals topic is read at start-up, on every tick, and up to
+//! its end whenever partitions are assigned; a replica flushes its signals before it gives a
+//! partition up. Partition ownership decides who evaluates an issue: an issue's aggregates
+//! all go to one partition (keyed by issue), and a revoked partition's issues are dropped from
+//! the engine. If ClickHouse cannot be read for 30 s, the waiting records are taken as of
+//! known issues without history (`tracefold_detector_issue_lookups_total{outcome="failed"}`,
+//! and a WARN line): no `new_issue` for them, rather than one for an old issue.
+//! Issue statuses are read at start-up and again every `status_refresh_ms`, so that an issue
+//! resolved after start-up regresses too.
 //!
 //! New-issue storms ([`crate::storm`]): every `new_issue` signal goes to the signals topic;
 //! beyond `storm.max_new_issues` per project and window they are not notified one by one but
 //! counted in one `new_issue_digest`, produced and notified when the window closes.
 
 use crate::config::Config;
-use crate::engine::{effective_minute, Arrival, Engine};
+use crate::engine::{effective_minute, Arrival, Engine, Restored};
 use crate::metrics::{
-    FUTURE_RECORDS_TOTAL, LATE_RECORDS_TOTAL, RECORDS_TOTAL, RESOLVED_ISSUES, SIGNALS_DEDUPLICATED_TOTAL,
-    STORM_FOLDED_TOTAL, WATERMARK_SECONDS,
+    FUTURE_RECORDS_TOTAL, ISSUES_EVICTED_TOTAL, ISSUES_TRACKED, ISSUE_LOOKUPS_TOTAL, LATE_RECORDS_TOTAL, RECORDS_TOTAL,
+    RESOLVED_ISSUES, SIGNALS_DEDUPLICATED_TOTAL, STORM_FOLDED_TOTAL, WATERMARK_SECONDS,
 };
 use crate::notify::Notifier;
+use crate::sent::{Sent, SignalsTail};
 use crate::signal::{Kind, Signal};
 use crate::storm::{Admit, Storm};
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracefold_model::AggregateRecord;
 use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
@@ -74,52 +84,44 @@ fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Stat
     changed
 }
 
-async fn load_state(cfg: &Config, engine: &mut Engine, applied: &mut Applied) -> anyhow::Result<()> {
-    let client = tracefold_store::client::client(&cfg.clickhouse);
+/// What ClickHouse knows of the issues the engine waits for (see [`Engine::lookups`]), as
+/// (project, issue, what to restore).
+async fn look_up(
+    client: &tracefold_store::Client,
+    cfg: &Config,
+    lookups: &[crate::engine::Lookup],
+    sent: &Sent,
+) -> anyhow::Result<Vec<(String, String, Restored)>> {
     let db = &cfg.clickhouse.database;
-    for k in tracefold_store::detector::known_issues(&client, db).await? {
-        engine.known(&k.project, &k.issue_id);
+    let mut by_project: BTreeMap<&str, Vec<&crate::engine::Lookup>> = BTreeMap::new();
+    for l in lookups {
+        by_project.entry(&l.project).or_default().push(l);
     }
-    let _ = apply_statuses(engine, applied, read_statuses(cfg).await?);
-    let history = tracefold_store::detector::minute_history(&client, db, cfg.detector.history_minutes).await?;
-    for h in history {
-        engine.history(&h.project, &h.issue_id, i64::from(h.minute), h.count);
-    }
-    Ok(())
-}
-
-/// Ids of the signals already on the signals topic (the last 10,000 per partition).
-fn sent_signals(cfg: &Config) -> anyhow::Result<HashSet<String>> {
-    let c: BaseConsumer =
-        tracefold_runtime::kafka::consumer_config(&cfg.kafka, &format!("{}-replay", cfg.detector.group_id)).create()?;
-    let md = c.fetch_metadata(Some(&cfg.topics.signals), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for p in md.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = c.fetch_watermarks(&cfg.topics.signals, p.id(), Duration::from_secs(10))?;
-        if high > low {
-            tpl.add_partition_offset(&cfg.topics.signals, p.id(), Offset::Offset((high - 10_000).max(low)))?;
-            ends.insert(p.id(), high);
-        }
-    }
-    let mut ids = HashSet::new();
-    if ends.is_empty() {
-        return Ok(ids);
-    }
-    c.assign(&tpl)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut done: HashSet<i32> = HashSet::new();
-    while done.len() < ends.len() && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            if let Some(s) = m.payload().and_then(|p| serde_json::from_slice::<Signal>(p).ok()) {
-                ids.insert(s.signal_id);
+    let mut out = Vec::with_capacity(lookups.len());
+    for (project, ls) in by_project {
+        for chunk in ls.chunks(tracefold_store::detector::LOOKUP_CHUNK) {
+            let ids: Vec<&str> = chunk.iter().map(|l| l.issue_id.as_str()).collect();
+            let from = chunk.iter().map(|l| l.from_minute).min().unwrap_or(0);
+            let since = from - 60 * i64::from(cfg.detector.history_minutes);
+            let known = tracefold_store::detector::issues_known(client, db, project, &ids, since).await?;
+            let mut history: HashMap<&str, Vec<(i64, u64)>> = HashMap::new();
+            for h in &known.history {
+                history.entry(h.issue_id.as_str()).or_default().push((i64::from(h.minute), h.count));
             }
-            if m.offset() + 1 >= ends[&m.partition()] {
-                done.insert(m.partition());
+            for l in chunk {
+                // Seen in an earlier second than these records' first: known.
+                let known_before =
+                    known.first_seen.get(&l.issue_id).is_some_and(|f| i64::from(*f) < l.first_seen_ms.div_euclid(1000));
+                let history = history
+                    .get(l.issue_id.as_str())
+                    .map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect())
+                    .unwrap_or_default();
+                let signalled = sent.signalled(&l.project, &l.issue_id);
+                out.push((l.project.clone(), l.issue_id.clone(), Restored { known: known_before, history, signalled }));
             }
         }
     }
-    Ok(ids)
+    Ok(out)
 }
 
 /// Runs the detector until `shutdown` fires. Blocking: call it from a dedicated thread.
@@ -128,14 +130,18 @@ fn sent_signals(cfg: &Config) -> anyhow::Result<HashSet<String>> {
 /// Kafka or ClickHouse unusable at start-up; a fatal consumer error.
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let mut engine = Engine::new(cfg.detector.engine.clone());
+    let mut engine = Engine::new(cfg.detector.engine.clone()).with_lookups();
     let mut applied = Applied::new();
-    rt.block_on(load_state(cfg, &mut engine, &mut applied))
-        .context("cannot load the detector's state from ClickHouse")?;
+    let statuses = rt.block_on(read_statuses(cfg)).context("cannot read the issue statuses from ClickHouse")?;
+    let _ = apply_statuses(&mut engine, &mut applied, statuses);
     metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
     // No watermark until records arrive.
     metrics::gauge!(WATERMARK_SECONDS).set(0.0);
-    let sent = sent_signals(cfg).context("cannot read the signals topic")?;
+    let mut sent = Sent::default();
+    let mut tail =
+        SignalsTail::start(&cfg.kafka, &format!("{}-replay", cfg.detector.group_id), &cfg.topics.signals, 10_000)
+            .context("cannot read the signals topic")?;
+    tail.catch_up(&mut sent, None, Duration::from_secs(30));
     let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.detector.group_id, &cfg.topics.aggregates)?
         .with_lost_metric(crate::metrics::EVENTS_LOST_TOTAL);
     let producer: ThreadedProducer<DefaultProducerContext> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
@@ -173,6 +179,10 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         engine,
         applied,
         sent,
+        tail,
+        rt: &rt,
+        client: tracefold_store::client::client(&cfg.clickhouse),
+        lookups_failing_since: None,
         producer: &producer,
         notifier,
         storm: Storm::new(cfg.detector.storm, cfg.detector.engine.lateness_min),
@@ -206,8 +216,14 @@ struct Detector<'a> {
     cfg: &'a Config,
     engine: Engine,
     applied: Applied,
-    /// Ids of the signals produced (by this process or found on the signals topic).
-    sent: HashSet<String>,
+    /// The signals produced (by this process or found on the signals topic).
+    sent: Sent,
+    /// The signals topic, read for what other replicas produce.
+    tail: SignalsTail,
+    rt: &'a tokio::runtime::Runtime,
+    client: tracefold_store::Client,
+    /// Since when ClickHouse could not be read for the issues the engine waits for.
+    lookups_failing_since: Option<Instant>,
     producer: &'a ThreadedProducer<DefaultProducerContext>,
     notifier: Notifier,
     /// Which new issues are notified one by one, and the digests of the others.
@@ -226,16 +242,25 @@ impl Strategy for Detector<'_> {
     fn on_assign(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) -> anyhow::Result<()> {
         // Each holds the watermark back until it has records or is idle.
         self.engine.assign(partitions, tracefold_model::time::now_ms());
+        self.storm.set_owner(&self.engine.owned());
+        // What the previous owner signalled (it flushed before giving the partitions up).
+        if !self.tail.catch_up(&mut self.sent, self.engine.watermark(), Duration::from_secs(10)) {
+            tracing::warn!("could not read the signals topic to its end at assignment; a signal may repeat");
+        }
         Ok(())
     }
 
     fn on_revoke(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) {
-        // What was read past the commit is read again by the next owner. The engine keeps
-        // the counts it took from them (it is per process, not per partition); their
-        // watermarks no longer hold it back.
+        // Their issues' state goes with them: the next owner reads it back (from ClickHouse
+        // and the signals topic), and what was read past the commit is read again. Signals
+        // produced go to the topic first, so that the next owner sees them.
         self.engine.revoke(partitions);
+        self.storm.set_owner(&self.engine.owned());
         for p in partitions {
             self.read.remove(p);
+        }
+        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "signals not acknowledged before giving partitions up; the next owner may repeat them");
         }
     }
 
@@ -269,6 +294,8 @@ impl Strategy for Detector<'_> {
         while let Ok(statuses) = self.status_rx.try_recv() {
             self.resolutions_changed |= apply_statuses(&mut self.engine, &mut self.applied, statuses);
         }
+        // Signals of other replicas.
+        self.tail.poll(&mut self.sent, self.engine.watermark(), 10_000);
         if self.last_advance.elapsed() >= Duration::from_millis(500) {
             self.last_advance = Instant::now();
             self.evaluate(cx, Duration::from_secs(5))?;
@@ -287,6 +314,7 @@ impl Detector<'_> {
     /// to come needs.
     fn evaluate(&mut self, cx: &mut Ctx<'_>, ack: Duration) -> anyhow::Result<()> {
         let now_ms = tracefold_model::time::now_ms();
+        self.restore_waiting();
         let signals = self.engine.advance(now_ms);
         self.emit(signals);
         let digests = self.storm.close(now_ms);
@@ -302,7 +330,20 @@ impl Detector<'_> {
         metrics::counter!(FUTURE_RECORDS_TOTAL).increment(future);
         if let Some(w) = self.engine.watermark() {
             metrics::gauge!(WATERMARK_SECONDS).set(w as f64);
+            let ecfg = &self.cfg.detector.engine;
+            self.sent.prune(w - 60 * (ecfg.allowed_lateness_min.max(ecfg.lateness_min) + 10));
         }
+        let (idle, over) = self.engine.take_evictions();
+        metrics::counter!(ISSUES_EVICTED_TOTAL, "reason" => "idle").increment(idle);
+        if over > 0 {
+            metrics::counter!(ISSUES_EVICTED_TOTAL, "reason" => "max_issues").increment(over);
+            tracing::warn!(
+                issues = over,
+                max_issues = self.cfg.detector.engine.max_issues,
+                "more issues active than max_issues: the least recently seen evicted (read back from ClickHouse when they return)"
+            );
+        }
+        metrics::gauge!(ISSUES_TRACKED).set(self.engine.tracked() as f64);
         if std::mem::take(&mut self.resolutions_changed) {
             metrics::gauge!(RESOLVED_ISSUES).set(self.engine.resolved_count() as f64);
         }
@@ -313,6 +354,10 @@ impl Detector<'_> {
         }
         if let Err(e) = self.producer.flush(ack) {
             tracing::warn!(error = %e, "the signals topic did not acknowledge yet; not committing");
+            return Ok(());
+        }
+        if self.engine.pending() && !self.engine.lookups().is_empty() {
+            // Records wait for ClickHouse: nothing is committed past them.
             return Ok(());
         }
         let needed_from = self.engine.needed_from();
@@ -337,9 +382,53 @@ impl Detector<'_> {
         Ok(())
     }
 
+    /// Reads what ClickHouse knows of the issues whose records wait, and hands it to the engine
+    /// (with the signals those records cause). After 30 s of failures, the waiting records are
+    /// taken as of known issues without history.
+    fn restore_waiting(&mut self) {
+        let lookups = self.engine.lookups();
+        if lookups.is_empty() {
+            return;
+        }
+        let restored = match self.rt.block_on(look_up(&self.client, self.cfg, &lookups, &self.sent)) {
+            Ok(r) => {
+                self.lookups_failing_since = None;
+                let known = r.iter().filter(|(_, _, x)| x.known).count() as u64;
+                metrics::counter!(ISSUE_LOOKUPS_TOTAL, "outcome" => "known").increment(known);
+                metrics::counter!(ISSUE_LOOKUPS_TOTAL, "outcome" => "new").increment(r.len() as u64 - known);
+                r
+            }
+            Err(e) => {
+                let since = *self.lookups_failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < Duration::from_secs(30) {
+                    tracing::warn!(error = %format!("{e:#}"), issues = lookups.len(), "cannot read issues from ClickHouse; retrying");
+                    return;
+                }
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    issues = lookups.len(),
+                    "cannot read issues from ClickHouse for 30 s: taking them as known, without history (no new_issue for them)"
+                );
+                metrics::counter!(ISSUE_LOOKUPS_TOTAL, "outcome" => "failed").increment(lookups.len() as u64);
+                lookups
+                    .into_iter()
+                    .map(|l| {
+                        let signalled = self.sent.signalled(&l.project, &l.issue_id);
+                        (l.project, l.issue_id, Restored { known: true, history: Vec::new(), signalled })
+                    })
+                    .collect()
+            }
+        };
+        for (project, issue_id, r) in restored {
+            let signals = self.engine.restore(&project, &issue_id, r);
+            self.resolutions_changed |= signals.iter().any(|s| s.kind == Kind::Regression);
+            self.emit(signals);
+        }
+    }
+
     fn emit(&mut self, signals: Vec<Signal>) {
         for s in signals {
-            if !self.sent.insert(s.signal_id.clone()) {
+            if !self.sent.insert(&s, self.engine.watermark()) {
                 metrics::counter!(SIGNALS_DEDUPLICATED_TOTAL, "type" => s.kind.as_str()).increment(1);
                 continue;
             }

@@ -75,12 +75,29 @@ pub struct Storm {
     windows: BTreeMap<(i64, String), Window>,
     /// Windows starting before this are closed (their digests went out).
     open_from: i64,
+    /// Which replica counts: its aggregates partitions (see [`Storm::set_owner`]).
+    owner: String,
 }
 
 impl Storm {
     /// Storm folding with `cfg`; windows close `lateness_min` minutes after their end.
     pub fn new(cfg: StormConfig, lateness_min: i64) -> Self {
-        Self { cfg, lateness_secs: 60 * lateness_min.max(0), windows: BTreeMap::new(), open_from: i64::MIN }
+        Self {
+            cfg,
+            lateness_secs: 60 * lateness_min.max(0),
+            windows: BTreeMap::new(),
+            open_from: i64::MIN,
+            owner: String::new(),
+        }
+    }
+
+    /// The aggregates partitions this replica owns: replicas count the new issues of their own
+    /// partitions, and each sends its own digest (its id derives from them too, so that two
+    /// replicas' digests of one window are not taken for one detection).
+    pub fn set_owner(&mut self, partitions: &[i32]) {
+        let mut p = partitions.to_vec();
+        p.sort_unstable();
+        self.owner = p.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     }
 
     fn window_secs(&self) -> i64 {
@@ -136,7 +153,7 @@ impl Storm {
         let since = (now - start).div_euclid(60) + 1;
         Signal {
             v: SIGNAL_FORMAT_VERSION,
-            signal_id: signal_id(Kind::NewIssueDigest, project, "", start, ""),
+            signal_id: signal_id(Kind::NewIssueDigest, project, "", start, &self.owner),
             kind: Kind::NewIssueDigest,
             project: project.to_owned(),
             issue_id: String::new(),
