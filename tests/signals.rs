@@ -978,7 +978,7 @@ async fn a_failing_receiver_gets_the_notification_once_after_retries() {
     let _serial = SERIAL.lock().await;
     let flaky = Receiver::refusing_first(2).await;
     let detector = DetectorSection {
-        retry: Retry { attempts: 4, initial_ms: 200, max_ms: 1000 },
+        retry: Retry { attempts: 4, initial_ms: 200, max_ms: 1000, ..Retry::default() },
         channels: vec![channel("flaky", webhook(&flaky), &[])],
         ..DetectorSection::default()
     };
@@ -1007,7 +1007,7 @@ async fn a_dead_channel_in_either_position_blocks_neither_detection_nor_the_othe
     let (good_hook, good_slack) = (Receiver::start().await, Receiver::start().await);
     let detector = DetectorSection {
         // A dead channel gives a notification up 2 + 4 s after it was queued.
-        retry: Retry { attempts: 3, initial_ms: 2000, max_ms: 30_000 },
+        retry: Retry { attempts: 3, initial_ms: 2000, max_ms: 30_000, ..Retry::default() },
         channels: vec![
             channel("dead-first", Target::Webhook { url: dead_url(), secret: String::new() }, &[]),
             channel("good-hook", webhook(&good_hook), &[]),

@@ -45,6 +45,24 @@ pub const STORM_FOLDED_TOTAL: &str = "tracefold_detector_storm_folded_total";
 /// the writer sends the same record to the DLQ).
 pub const UNREADABLE_RECORDS_TOTAL: &str = "tracefold_detector_unreadable_records_total";
 
+/// Counter: signals handed to a channel again at start-up (a channel's delivery rows say it
+/// never took them, and they are younger than `[detector.retry] redeliver_max_age_min`), by
+/// `channel` kind. Their deliveries count in [`NOTIFICATIONS_TOTAL`] as usual.
+pub const REDELIVERED_TOTAL: &str = "tracefold_detector_redelivered_total";
+/// Counter: signals a channel never took and that were older than `redeliver_max_age_min`
+/// when a detector started: given up for good (an `expired` delivery row, a WARN line), by
+/// `channel` kind.
+pub const REDELIVERY_EXPIRED_TOTAL: &str = "tracefold_detector_redelivery_expired_total";
+/// Counter: delivery rows written to ClickHouse's `signal_deliveries`.
+pub const DELIVERY_RECORDS_TOTAL: &str = "tracefold_detector_delivery_records_total";
+/// Counter: inserts of delivery rows that failed (each a WARN line); the rows are kept and
+/// inserted again.
+pub const DELIVERY_RECORD_FAILURES_TOTAL: &str = "tracefold_detector_delivery_record_failures_total";
+/// Counter: delivery rows never written (more than 10,000 waiting while ClickHouse fails, or
+/// still unwritten at shutdown): a start-up may then hand such a signal again to a channel
+/// that took it, or not hand again one it did not take.
+pub const DELIVERY_RECORDS_DROPPED_TOTAL: &str = "tracefold_detector_delivery_records_dropped_total";
+
 /// Every metric the detector emits (besides the Kafka consumer-lag gauge of the runtime).
 pub const ALL: &[&str] = &[
     SIGNALS_TOTAL,
@@ -58,4 +76,9 @@ pub const ALL: &[&str] = &[
     FUTURE_RECORDS_TOTAL,
     STORM_FOLDED_TOTAL,
     UNREADABLE_RECORDS_TOTAL,
+    REDELIVERED_TOTAL,
+    REDELIVERY_EXPIRED_TOTAL,
+    DELIVERY_RECORDS_TOTAL,
+    DELIVERY_RECORD_FAILURES_TOTAL,
+    DELIVERY_RECORDS_DROPPED_TOTAL,
 ];

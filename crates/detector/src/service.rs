@@ -19,6 +19,7 @@
 //! counted in one `new_issue_digest`, produced and notified when the window closes.
 
 use crate::config::Config;
+use crate::deliveries::{self, OnTopic};
 use crate::engine::{effective_minute, Arrival, Engine};
 use crate::metrics::{
     FUTURE_RECORDS_TOTAL, LATE_RECORDS_TOTAL, RECORDS_TOTAL, RESOLVED_ISSUES, SIGNALS_DEDUPLICATED_TOTAL,
@@ -88,8 +89,9 @@ async fn load_state(cfg: &Config, engine: &mut Engine, applied: &mut Applied) ->
     Ok(())
 }
 
-/// Ids of the signals already on the signals topic (the last 10,000 per partition).
-fn sent_signals(cfg: &Config) -> anyhow::Result<HashSet<String>> {
+/// The signals already on the signals topic (the last 10,000 per partition): every id with
+/// when it was produced, and whole the signals produced within `recent` (for redelivery).
+fn sent_signals(cfg: &Config, recent: Duration) -> anyhow::Result<OnTopic> {
     let c: BaseConsumer =
         tracefold_runtime::kafka::consumer_config(&cfg.kafka, &format!("{}-replay", cfg.detector.group_id)).create()?;
     let md = c.fetch_metadata(Some(&cfg.topics.signals), Duration::from_secs(10))?;
@@ -102,24 +104,31 @@ fn sent_signals(cfg: &Config) -> anyhow::Result<HashSet<String>> {
             ends.insert(p.id(), high);
         }
     }
-    let mut ids = HashSet::new();
+    let mut found = OnTopic::default();
     if ends.is_empty() {
-        return Ok(ids);
+        return Ok(found);
     }
     c.assign(&tpl)?;
+    let now_ms = tracefold_model::time::now_ms();
+    let since_ms = now_ms.saturating_sub(i64::try_from(recent.as_millis()).unwrap_or(i64::MAX));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut done: HashSet<i32> = HashSet::new();
     while done.len() < ends.len() && Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             if let Some(s) = m.payload().and_then(|p| serde_json::from_slice::<Signal>(p).ok()) {
-                ids.insert(s.signal_id);
+                // Without a timestamp: as if produced now (young enough to be handed again).
+                let produced = m.timestamp().to_millis().unwrap_or(now_ms);
+                found.produced.insert(s.signal_id.clone(), produced);
+                if produced >= since_ms {
+                    found.recent.push(s);
+                }
             }
             if m.offset() + 1 >= ends[&m.partition()] {
                 done.insert(m.partition());
             }
         }
     }
-    Ok(ids)
+    Ok(found)
 }
 
 /// Runs the detector until `shutdown` fires. Blocking: call it from a dedicated thread.
@@ -135,7 +144,9 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
     // No watermark until records arrive.
     metrics::gauge!(WATERMARK_SECONDS).set(0.0);
-    let sent = sent_signals(cfg).context("cannot read the signals topic")?;
+    let max_age = Duration::from_secs(60 * cfg.detector.retry.redeliver_max_age_min);
+    let on_topic = sent_signals(cfg, max_age).context("cannot read the signals topic")?;
+    let sent: HashSet<String> = on_topic.produced.keys().cloned().collect();
     let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.detector.group_id, &cfg.topics.aggregates)?
         .with_lost_metric(crate::metrics::EVENTS_LOST_TOTAL);
     let producer: ThreadedProducer<DefaultProducerContext> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
@@ -146,10 +157,19 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         &[&cfg.topics.aggregates, &cfg.topics.signals],
         Duration::from_secs(10),
     )?;
-    let notifier = {
+    // Delivery rows go to ClickHouse; the signals a channel never took go to it again.
+    let (recorder, record_writer) = {
         let _guard = rt.enter();
-        Notifier::start(cfg.detector.channels.clone(), cfg.detector.retry).with_rate_limit(&cfg.detector.rate_limit)
+        deliveries::start_writer(&cfg.clickhouse)
     };
+    let mut notifier = {
+        let _guard = rt.enter();
+        Notifier::start_recorded(cfg.detector.channels.clone(), cfg.detector.retry, Some(recorder.clone()))
+            .with_rate_limit(&cfg.detector.rate_limit)
+    };
+    rt.block_on(deliveries::redeliver(&cfg.clickhouse, &mut notifier, &recorder, &on_topic, max_age))
+        .context("cannot read the signal deliveries from ClickHouse (is the schema migrated?)")?;
+    drop((recorder, on_topic));
     // Statuses are read on the runtime, off the consumer loop, which takes what was read.
     let (status_tx, status_rx) = std::sync::mpsc::channel::<Vec<Status>>();
     let refresh = Duration::from_millis(cfg.detector.status_refresh_ms.max(1));
@@ -185,8 +205,14 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     let result = runtime.run(&mut d, shutdown, health);
     status_task.abort();
     let _ = producer.flush(Duration::from_secs(10));
-    // Give the channels a moment to deliver what is queued.
-    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+    // Give the channels a moment to deliver what is queued (what is not has its `queued`
+    // row: the next start hands it again), then write the last delivery rows.
+    rt.block_on(async {
+        d.notifier.close(Duration::from_millis(500)).await;
+        if tokio::time::timeout(Duration::from_secs(15), record_writer).await.is_err() {
+            tracing::warn!("delivery rows still unwritten at shutdown");
+        }
+    });
     result
 }
 
