@@ -126,7 +126,8 @@ async fn write_rows(client: tracefold_store::Client, database: String, mut rx: m
             }
             Err(e) => {
                 metrics::counter!(DELIVERY_RECORD_FAILURES_TOTAL).increment(1);
-                tracing::warn!(error = %format!("{e:#}"), rows = n, "cannot record signal deliveries; retrying");
+                let error = format!("{:#}", anyhow::Error::new(e));
+                tracing::warn!(error = %error, rows = n, "cannot record signal deliveries; retrying");
                 if !open {
                     final_tries += 1;
                     if final_tries >= FINAL_TRIES {
@@ -216,7 +217,7 @@ pub async fn redeliver(
     on_topic: &OnTopic,
     max_age: Duration,
 ) -> tracefold_store::Result<()> {
-    let Some(&oldest) = on_topic.produced.values().min() else { return Ok(()) };
+    let oldest = on_topic.produced.values().min().copied().unwrap_or_else(tracefold_model::time::now_ms);
     // From ten minutes before the oldest signal read: rows are written after their signal is
     // produced, by this clock or (after a move) another one.
     let from = u32::try_from((oldest.div_euclid(1000) - 600).max(0)).unwrap_or(u32::MAX);
@@ -249,6 +250,9 @@ pub async fn redeliver(
     }
     let channels = notifier.channels();
     for (i, c) in channels.iter().enumerate() {
+        // Every channel's series exist from here on: a zero says start-up redelivery is over.
+        metrics::counter!(REDELIVERED_TOTAL, "channel" => c.target.label()).increment(0);
+        metrics::counter!(REDELIVERY_EXPIRED_TOTAL, "channel" => c.target.label()).increment(0);
         let wanted = plan.redeliver.iter().filter(|(j, _, _)| *j == i).count();
         if wanted > 0 {
             tracing::info!(

@@ -100,9 +100,11 @@ pub struct DeliveryRow {
 /// outcome is then unknown; inserting the same rows again is harmless: readers take the
 /// highest rank).
 pub async fn insert(client: &Client, database: &str, rows: &[DeliveryRow], timeout: Duration) -> Result<()> {
-    let table = format!("{}.signal_deliveries", ident("clickhouse.database", database)?);
+    // The client quotes the table name whole: the database is the client's.
+    let client = client.clone().with_database(ident("clickhouse.database", database)?);
     let written = async {
-        let mut ins = client.insert::<DeliveryRow>(&table).await?.with_timeouts(Some(timeout), Some(timeout));
+        let mut ins =
+            client.insert::<DeliveryRow>("signal_deliveries").await?.with_timeouts(Some(timeout), Some(timeout));
         for row in rows {
             ins.write(row).await?;
         }
@@ -142,5 +144,42 @@ mod tests {
         let again: Vec<&str> =
             DeliveryOutcome::ALL.into_iter().filter(|o| o.redeliverable()).map(DeliveryOutcome::code).collect();
         assert_eq!(again, ["queued", "failed", "dropped"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_written_are_read_back_from_their_time_on() {
+        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let cfg = tracefold_runtime::config::ClickHouseConfig {
+            url,
+            database: format!("tftest_deliveries_{}_{nanos}", std::process::id()),
+            ..Default::default()
+        };
+        crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
+        let client = crate::client::client(&cfg);
+        let row = |id: &str, outcome: DeliveryOutcome, at: u32| DeliveryRow {
+            project: "wéb".into(),
+            issue_id: "i".into(),
+            signal_id: id.into(),
+            channel: "oncall 日本".into(),
+            kind: "slack".into(),
+            outcome: outcome.code().into(),
+            attempts: 2,
+            error: "status 500 😀".into(),
+            outcome_rank: outcome.rank(),
+            at,
+        };
+        let rows = [
+            row("a", DeliveryOutcome::Queued, 1_000),
+            row("a", DeliveryOutcome::Delivered, 2_000),
+            row("b", DeliveryOutcome::Failed, 3_000),
+        ];
+        let written = insert(&client, &cfg.database, &rows, Duration::from_secs(10)).await;
+        let mut read = since(&client, &cfg.database, 2_000).await;
+        let _ = crate::client::drop_database(&client, &cfg.database).await;
+        written.unwrap();
+        let read = read.as_mut().unwrap();
+        read.sort_by_key(|r| r.at);
+        assert_eq!(read, &rows[1..]);
     }
 }
