@@ -497,6 +497,29 @@ async fn set_status(db: &TestDb, issue_id: &str, status: &str, release: &str) ->
     i64::from(db.client.query(&q).fetch_one::<At>().await.unwrap().at)
 }
 
+/// Waits until ClickHouse records `n` signals delivered to the channel named `channel`: a
+/// detector starting later hands again to a channel what it has no `delivered` row of.
+async fn wait_delivered(db: &TestDb, channel: &str, n: u64) {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Count {
+        n: u64,
+    }
+    let q = format!(
+        "SELECT count(DISTINCT signal_id) AS n FROM {}.signal_deliveries WHERE channel = ? AND outcome = 'delivered'",
+        db.cfg.database
+    );
+    let start = Instant::now();
+    loop {
+        let got = db.client.query(&q).bind(channel).fetch_one::<Count>().await.unwrap().n;
+        assert!(got <= n, "{got} signals delivered to {channel}, more than {n}");
+        if got == n {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "{n} deliveries to {channel} recorded: not within {DEADLINE:?}; {got}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn issue_of(signals: &[Signal], title: &str) -> String {
     signals
         .iter()
@@ -735,6 +758,8 @@ async fn new_issues_and_spikes_reach_every_channel_and_a_detector_starting_over_
     // A detector starting over in a new consumer group (the real binary) re-reads every
     // aggregate: known issues and recent counts come from ClickHouse, sent signals from the
     // topic; it signals nothing.
+    // Nor does it notify again: the webhook's deliveries are recorded.
+    wait_delivered(&stack.db, "hook", 7).await;
     let env = child_env("signals-restart", &stack.bootstrap(), &stack.db);
     write_detector_toml(
         &env,
@@ -978,7 +1003,7 @@ async fn a_failing_receiver_gets_the_notification_once_after_retries() {
     let _serial = SERIAL.lock().await;
     let flaky = Receiver::refusing_first(2).await;
     let detector = DetectorSection {
-        retry: Retry { attempts: 4, initial_ms: 200, max_ms: 1000 },
+        retry: Retry { attempts: 4, initial_ms: 200, max_ms: 1000, ..Retry::default() },
         channels: vec![channel("flaky", webhook(&flaky), &[])],
         ..DetectorSection::default()
     };
@@ -1007,7 +1032,7 @@ async fn a_dead_channel_in_either_position_blocks_neither_detection_nor_the_othe
     let (good_hook, good_slack) = (Receiver::start().await, Receiver::start().await);
     let detector = DetectorSection {
         // A dead channel gives a notification up 2 + 4 s after it was queued.
-        retry: Retry { attempts: 3, initial_ms: 2000, max_ms: 30_000 },
+        retry: Retry { attempts: 3, initial_ms: 2000, max_ms: 30_000, ..Retry::default() },
         channels: vec![
             channel("dead-first", Target::Webhook { url: dead_url(), secret: String::new() }, &[]),
             channel("good-hook", webhook(&good_hook), &[]),
@@ -1313,6 +1338,8 @@ async fn a_detector_killed_with_sigkill_re_alerts_nothing_and_signals_a_later_re
         }
     })
     .await;
+    // The deliveries are recorded: the next start does not hand them to the webhook again.
+    wait_delivered(&bare.db, "hook", 4).await;
     first.kill9();
 
     // Resolved while no detector runs.
@@ -1568,6 +1595,8 @@ async fn two_detector_replicas_signal_each_detection_once_across_a_join_and_a_ki
     let end = bare.stored().await;
     wait_child_consumed(&first, end).await;
     assert_eq!(child_produced(&first), BTreeMap::from([("new_issue", 12)]));
+    // Delivered and recorded: a detector starting redelivers what no channel took.
+    wait_delivered(&bare.db, "hook", 12).await;
 
     // The second joins: the partitions are shared.
     let second = bare.env.spawn("detector");

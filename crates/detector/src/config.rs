@@ -14,7 +14,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Topic names.
     pub topics: TopicsConfig,
-    /// ClickHouse (state at start-up: known issues, statuses, recent counts).
+    /// ClickHouse (state at start-up: known issues, statuses, recent counts; signal
+    /// deliveries, written while running and read at start-up).
     pub clickhouse: ClickHouseConfig,
     /// Detection and notification.
     pub detector: DetectorSection,
@@ -40,7 +41,8 @@ pub struct DetectorSection {
     pub engine: EngineConfig,
     /// Notification channels: `[[detector.channels]]`.
     pub channels: Vec<Channel>,
-    /// Notification retries with backoff: `[detector.retry]`.
+    /// Notification retries with backoff, and redelivery at start-up of the signals a channel
+    /// never took: `[detector.retry]`.
     pub retry: Retry,
     /// Alert storms, new issues folded into a digest: `[detector.storm]`.
     pub storm: StormConfig,

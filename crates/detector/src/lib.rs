@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod deliveries;
 pub mod engine;
 pub mod metrics;
 pub mod notify;

@@ -57,6 +57,23 @@ pub const ISSUES_EVICTED_TOTAL: &str = "tracefold_detector_issues_evicted_total"
 /// before; `new`; `failed`: ClickHouse unreadable for 30 s, taken as known without history, so
 /// no `new_issue` for them; each also a WARN line).
 pub const ISSUE_LOOKUPS_TOTAL: &str = "tracefold_detector_issue_lookups_total";
+/// Counter: signals handed to a channel again at start-up (a channel's delivery rows say it
+/// never took them, and they are younger than `[detector.retry] redeliver_max_age_min`), by
+/// `channel` kind. Their deliveries count in [`NOTIFICATIONS_TOTAL`] as usual.
+pub const REDELIVERED_TOTAL: &str = "tracefold_detector_redelivered_total";
+/// Counter: signals a channel never took and that were older than `redeliver_max_age_min`
+/// when a detector started: given up for good (an `expired` delivery row, a WARN line), by
+/// `channel` kind.
+pub const REDELIVERY_EXPIRED_TOTAL: &str = "tracefold_detector_redelivery_expired_total";
+/// Counter: delivery rows written to ClickHouse's `signal_deliveries`.
+pub const DELIVERY_RECORDS_TOTAL: &str = "tracefold_detector_delivery_records_total";
+/// Counter: inserts of delivery rows that failed (each a WARN line); the rows are kept and
+/// inserted again.
+pub const DELIVERY_RECORD_FAILURES_TOTAL: &str = "tracefold_detector_delivery_record_failures_total";
+/// Counter: delivery rows never written (more than 10,000 waiting while ClickHouse fails, or
+/// still unwritten at shutdown): a start-up may then hand such a signal again to a channel
+/// that took it, or not hand again one it did not take.
+pub const DELIVERY_RECORDS_DROPPED_TOTAL: &str = "tracefold_detector_delivery_records_dropped_total";
 
 /// Every metric the detector emits (besides the Kafka consumer-lag gauge of the runtime).
 pub const ALL: &[&str] = &[
@@ -74,4 +91,9 @@ pub const ALL: &[&str] = &[
     ISSUES_TRACKED,
     ISSUES_EVICTED_TOTAL,
     ISSUE_LOOKUPS_TOTAL,
+    REDELIVERED_TOTAL,
+    REDELIVERY_EXPIRED_TOTAL,
+    DELIVERY_RECORDS_TOTAL,
+    DELIVERY_RECORD_FAILURES_TOTAL,
+    DELIVERY_RECORDS_DROPPED_TOTAL,
 ];

@@ -3,7 +3,29 @@
 //! backoff, a cooldown per (issue, signal type), a rate limit (a token bucket of
 //! `max_per_minute`), and a failing or slow channel never blocks detection or the other
 //! channels (a full queue or an empty bucket drops and counts).
+//!
+//! Delivery survives restarts. Every outcome of a signal on a channel (`queued`,
+//! `delivered`, `failed`, `dropped`, `cooled`, `rate_limited`) is a row of ClickHouse's
+//! `signal_deliveries`, written off the delivery path ([`crate::deliveries`]). The retry
+//! budget of a notification:
+//! - in one process life, `[detector.retry] attempts` (5) attempts with backoff
+//!   (`initial_ms` 500 doubling to `max_ms` 30,000), then it is given up (`failed`);
+//! - when a detector starts, every signal on the signals topic that a channel wants and never
+//!   took (its rows say `queued`: the process stopped first; `failed`; `dropped`: queue full)
+//!   is handed to that channel again, with the same attempts, if it was produced less than
+//!   `redeliver_max_age_min` (60) minutes before: without cooldown, within the rate limit,
+//!   counted in `tracefold_detector_redelivered_total`;
+//! - at the first start after that age it is given up for good: an `expired` row,
+//!   `tracefold_detector_redelivery_expired_total`, a WARN line. A detector that keeps
+//!   running does not retry a failed notification again; only a start does.
+//!
+//! Delivery is at least once: a receiver that took a signal just before a crash, before the
+//! `delivered` row was written, gets it again at the next start. Not handed again: signals
+//! without any row for the channel (a channel added since, a new issue folded into a storm
+//! digest, a signal produced just before a crash before its `queued` row was written), and
+//! `cooled` or `rate_limited` ones (not sent on purpose).
 
+use crate::deliveries::{DeliveryOutcome, Recorder};
 use crate::signal::{Kind, Signal};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -493,6 +515,13 @@ pub fn sign(secret: &str, body: &str) -> String {
 /// error status or no answer): up to `attempts` attempts, waiting `initial_ms` after the
 /// first, doubling up to `max_ms`. The channel's next notifications wait in its queue
 /// meanwhile; other channels are not affected.
+///
+/// The retry budget: `attempts` attempts per process life. A notification given up (or still
+/// queued when the detector stopped, or dropped on a full queue) is handed to its channel
+/// again when a detector starts, with `attempts` more, as long as its signal was produced
+/// less than `redeliver_max_age_min` minutes before; at the first start after that it is
+/// given up for good (`tracefold_detector_redelivery_expired_total`). See
+/// [`crate::deliveries`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retry {
@@ -502,11 +531,14 @@ pub struct Retry {
     pub initial_ms: u64,
     /// Longest wait between two attempts, ms.
     pub max_ms: u64,
+    /// At start-up, signals produced less than this many minutes ago that a channel never
+    /// took are handed to it again (0: none; the others are given up at the next start).
+    pub redeliver_max_age_min: u64,
 }
 
 impl Default for Retry {
     fn default() -> Self {
-        Self { attempts: 5, initial_ms: 500, max_ms: 30_000 }
+        Self { attempts: 5, initial_ms: 500, max_ms: 30_000, redeliver_max_age_min: 60 }
     }
 }
 
@@ -583,35 +615,56 @@ impl Bucket {
     }
 }
 
+/// A notification for a channel's task: the signal, and the attempts earlier process lives
+/// made (a redelivery).
+#[derive(Debug)]
+struct Job {
+    signal: Signal,
+    prior_attempts: u32,
+}
+
 /// Fans signals out to the channels, each on its own task.
 #[derive(Debug)]
 pub struct Notifier {
-    queues: Vec<(Channel, mpsc::Sender<Signal>)>,
+    queues: Vec<(Channel, mpsc::Sender<Job>)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     cooldowns: HashMap<(usize, String, String, Kind), Instant>,
     buckets: Vec<Bucket>,
+    recorder: Option<Recorder>,
 }
 
 impl Notifier {
     /// Starts one task per channel (inside a tokio runtime), without rate limits (see
-    /// [`Notifier::with_rate_limit`]).
+    /// [`Notifier::with_rate_limit`]) and without delivery rows.
     pub fn start(channels: Vec<Channel>, retry: Retry) -> Self {
+        Self::start_recorded(channels, retry, None)
+    }
+
+    /// [`Notifier::start`], recording every outcome with `recorder` (see [`crate::deliveries`]).
+    pub fn start_recorded(channels: Vec<Channel>, retry: Retry, recorder: Option<Recorder>) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
+        let mut tasks = Vec::new();
         let queues = channels
             .into_iter()
             .map(|c| {
-                let (tx, mut rx) = mpsc::channel::<Signal>(1000);
-                let (target, name, http) = (c.target.clone(), c.name.clone(), http.clone());
-                tokio::spawn(async move {
-                    while let Some(s) = rx.recv().await {
-                        deliver(&http, &name, &target, &s, retry).await;
+                let (tx, mut rx) = mpsc::channel::<Job>(1000);
+                let (channel, http, recorder) = (c.clone(), http.clone(), recorder.clone());
+                tasks.push(tokio::spawn(async move {
+                    while let Some(job) = rx.recv().await {
+                        let d = deliver(&http, &channel.name, &channel.target, &job.signal, retry).await;
+                        if let Some(r) = &recorder {
+                            let outcome =
+                                if d.delivered { DeliveryOutcome::Delivered } else { DeliveryOutcome::Failed };
+                            r.record(&job.signal, &channel, outcome, job.prior_attempts + d.attempts, &d.error);
+                        }
                     }
-                });
+                }));
                 (c, tx)
             })
             .collect::<Vec<_>>();
         let now = Instant::now();
         let buckets = queues.iter().map(|_| Bucket::new(0, now)).collect();
-        Self { queues, cooldowns: HashMap::new(), buckets }
+        Self { queues, tasks, cooldowns: HashMap::new(), buckets, recorder }
     }
 
     /// The channels limited by `limits`, each with a full bucket.
@@ -619,6 +672,11 @@ impl Notifier {
         let now = Instant::now();
         self.buckets = self.queues.iter().map(|(c, _)| Bucket::new(limits.of(&c.name), now)).collect();
         self
+    }
+
+    /// The channels, in their configured order (the indexes of [`Notifier::redeliver`]).
+    pub fn channels(&self) -> Vec<&Channel> {
+        self.queues.iter().map(|(c, _)| c).collect()
     }
 
     /// Hands `s` to every channel that wants it, is not cooling down for its issue and type
@@ -630,7 +688,8 @@ impl Notifier {
 
     fn notify_at(&mut self, s: &Signal, now: Instant) {
         let digest = s.kind == Kind::NewIssueDigest;
-        for (i, (c, tx)) in self.queues.iter().enumerate() {
+        for i in 0..self.queues.len() {
+            let c = &self.queues[i].0;
             if !c.wants(s) {
                 continue;
             }
@@ -643,30 +702,75 @@ impl Notifier {
             {
                 metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => c.target.label(), "outcome" => "cooled")
                     .increment(1);
-                continue;
-            }
-            let bucket = &mut self.buckets[i];
-            if !digest && !bucket.take(now) {
-                metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => c.target.label(), "outcome" => "rate_limited")
-                    .increment(1);
-                if let Some(dropped) = bucket.dropped(now) {
-                    tracing::warn!(
-                        channel = %c.name,
-                        kind = c.target.label(),
-                        dropped,
-                        max_per_minute = bucket.per_minute,
-                        "notifications over the channel's rate limit dropped (logged at most once a minute)"
-                    );
+                if let Some(r) = &self.recorder {
+                    r.record(s, c, DeliveryOutcome::Cooled, 0, "");
                 }
                 continue;
             }
-            if !digest {
-                self.cooldowns.insert(key, now);
+            self.hand(i, s, 0, now);
+        }
+    }
+
+    /// Hands `s` to channel `i` again at start-up (see [`crate::deliveries`]), after
+    /// `prior_attempts` attempts of earlier process lives: not cooled (it starts the
+    /// cooldown of its issue and type), within the channel's rate limit (digests excepted).
+    /// Whether it was queued.
+    pub fn redeliver(&mut self, i: usize, s: &Signal, prior_attempts: u32) -> bool {
+        self.hand(i, s, prior_attempts, Instant::now())
+    }
+
+    /// Queues `s` on channel `i` if its rate limit allows (a digest always), starting the
+    /// cooldown of its issue and type; records and counts what became of it.
+    fn hand(&mut self, i: usize, s: &Signal, prior_attempts: u32, now: Instant) -> bool {
+        let digest = s.kind == Kind::NewIssueDigest;
+        let (c, tx) = &self.queues[i];
+        let record = |outcome| {
+            if let Some(r) = &self.recorder {
+                r.record(s, c, outcome, prior_attempts, "");
             }
-            if tx.try_send(s.clone()).is_err() {
-                metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => c.target.label(), "outcome" => "dropped")
-                    .increment(1);
-                tracing::warn!(channel = %c.name, kind = c.target.label(), "notification queue full; dropped");
+        };
+        let bucket = &mut self.buckets[i];
+        if !digest && !bucket.take(now) {
+            metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => c.target.label(), "outcome" => "rate_limited")
+                .increment(1);
+            record(DeliveryOutcome::RateLimited);
+            if let Some(dropped) = bucket.dropped(now) {
+                tracing::warn!(
+                    channel = %c.name,
+                    kind = c.target.label(),
+                    dropped,
+                    max_per_minute = bucket.per_minute,
+                    "notifications over the channel's rate limit dropped (logged at most once a minute)"
+                );
+            }
+            return false;
+        }
+        if !digest {
+            self.cooldowns.insert((i, s.project.clone(), s.issue_id.clone(), s.kind), now);
+        }
+        // Recorded before the task can record its outcome (the rank decides, not the order).
+        record(DeliveryOutcome::Queued);
+        if let Err(e) = tx.try_send(Job { signal: s.clone(), prior_attempts }) {
+            metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => c.target.label(), "outcome" => "dropped").increment(1);
+            record(DeliveryOutcome::Dropped);
+            tracing::warn!(channel = %c.name, kind = c.target.label(), error = %e, "notification queue full; dropped");
+            return false;
+        }
+        true
+    }
+
+    /// Stops taking notifications, gives the channels up to `grace` to deliver what is
+    /// queued, then stops them (a notification still queued or being retried has its
+    /// `queued` row: the next start hands it again). Returns once every channel task ended,
+    /// so that the delivery writer ends once it wrote their rows.
+    pub async fn close(self, grace: Duration) {
+        let Notifier { queues, tasks, recorder, .. } = self;
+        drop((queues, recorder));
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut task in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
             }
         }
     }
@@ -715,9 +819,20 @@ async fn send_once(
     }
 }
 
+/// What [`deliver`] achieved.
+#[derive(Debug, PartialEq, Eq)]
+struct Delivery {
+    /// The receiver took it.
+    delivered: bool,
+    /// Attempts made.
+    attempts: u32,
+    /// The last failed attempt's error, safe to log and store, else empty.
+    error: String,
+}
+
 /// Sends `s` to `target`, retrying with backoff. Logs name the channel by `name` and kind
 /// only, never by URL.
-async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal, retry: Retry) {
+async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal, retry: Retry) -> Delivery {
     // Built once: every attempt sends the same request (a webhook's signed timestamp is the
     // first attempt's), so a receiver sees one notification however often it is retried.
     let (url, body, headers) = request(target, s);
@@ -725,17 +840,20 @@ async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal
     let attempts = retry.attempts.max(1);
     let max = Duration::from_millis(retry.max_ms);
     let mut delay = Duration::from_millis(retry.initial_ms).min(max);
+    let mut last = String::new();
     for attempt in 1..=attempts {
         match send_once(http, target, &url, &body, &headers).await {
             Ok(()) => {
                 metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => kind, "outcome" => "sent").increment(1);
-                return;
+                return Delivery { delivered: true, attempts: attempt, error: String::new() };
             }
             Err(AttemptError::Refused(status)) => {
                 tracing::warn!(channel = name, kind, status = %status, attempt, "notification refused");
+                last = format!("status {status}");
             }
             Err(AttemptError::Failed(error)) => {
                 tracing::warn!(channel = name, kind, error = %error, attempt, "notification failed");
+                last = error;
             }
         }
         // No wait after the last attempt: the next notification in the queue goes at once.
@@ -746,6 +864,7 @@ async fn deliver(http: &reqwest::Client, name: &str, target: &Target, s: &Signal
     }
     tracing::warn!(channel = name, kind, attempts, signal = %s.signal_id, "notification given up");
     metrics::counter!(NOTIFICATIONS_TOTAL, "channel" => kind, "outcome" => "failed").increment(1);
+    Delivery { delivered: false, attempts, error: last }
 }
 
 #[cfg(test)]
@@ -1099,12 +1218,22 @@ mod tests {
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let target = Target::Webhook { url: format!("http://127.0.0.1:{dead}/x"), secret: String::new() };
         let started = Instant::now();
-        deliver(&http, "dead", &target, &sig(), Retry { attempts: 3, initial_ms: 100, max_ms: 150 }).await;
+        let d = deliver(
+            &http,
+            "dead",
+            &target,
+            &sig(),
+            Retry { attempts: 3, initial_ms: 100, max_ms: 150, ..Retry::default() },
+        )
+        .await;
         let took = started.elapsed();
+        assert_eq!((d.delivered, d.attempts), (false, 3));
+        assert!(d.error.starts_with("error sending request"), "{}", d.error);
         // 100 ms, then 150 (the cap), and no wait after the third attempt.
         assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(2000), "{took:?}");
         let started = Instant::now();
-        deliver(&http, "dead", &target, &sig(), Retry { attempts: 1, initial_ms: 60_000, max_ms: 60_000 }).await;
+        let retry = Retry { attempts: 1, initial_ms: 60_000, max_ms: 60_000, ..Retry::default() };
+        deliver(&http, "dead", &target, &sig(), retry).await;
         assert!(started.elapsed() < Duration::from_secs(5), "one attempt, no wait");
     }
 

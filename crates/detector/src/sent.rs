@@ -133,6 +133,18 @@ impl SignalsTail {
 
     /// Reads up to the topic's current end (waiting up to `timeout`); false when it could not.
     pub fn catch_up(&mut self, sent: &mut Sent, watermark: Option<i64>, timeout: Duration) -> bool {
+        self.catch_up_with(sent, watermark, timeout, |_, _| {})
+    }
+
+    /// [`Self::catch_up`], handing every signal read, with when it was produced (Unix ms, the
+    /// record's timestamp, or now), to `also`.
+    pub fn catch_up_with(
+        &mut self,
+        sent: &mut Sent,
+        watermark: Option<i64>,
+        timeout: Duration,
+        mut also: impl FnMut(&Signal, i64),
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         let mut ends = HashMap::new();
         let Ok(assigned) = self.consumer.assignment() else { return false };
@@ -164,6 +176,7 @@ impl SignalsTail {
                 Some(Ok(m)) => {
                     if let Some(s) = m.payload().and_then(|p| serde_json::from_slice::<Signal>(p).ok()) {
                         sent.insert(&s, watermark);
+                        also(&s, m.timestamp().to_millis().unwrap_or_else(tracefold_model::time::now_ms));
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "cannot read the signals topic; retrying"),

@@ -29,6 +29,7 @@
 //! counted in one `new_issue_digest`, produced and notified when the window closes.
 
 use crate::config::Config;
+use crate::deliveries::{self, OnTopic};
 use crate::engine::{effective_minute, Arrival, Engine, Restored};
 use crate::metrics::{
     FUTURE_RECORDS_TOTAL, ISSUES_EVICTED_TOTAL, ISSUES_TRACKED, ISSUE_LOOKUPS_TOTAL, LATE_RECORDS_TOTAL, RECORDS_TOTAL,
@@ -141,7 +142,18 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     let mut tail =
         SignalsTail::start(&cfg.kafka, &format!("{}-replay", cfg.detector.group_id), &cfg.topics.signals, 10_000)
             .context("cannot read the signals topic")?;
-    tail.catch_up(&mut sent, None, Duration::from_secs(30));
+    // Every signal id on the topic, with when it was produced, and the recent signals whole
+    // (for redelivery).
+    let max_age = Duration::from_secs(60 * cfg.detector.retry.redeliver_max_age_min);
+    let since_ms =
+        tracefold_model::time::now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+    let mut on_topic = OnTopic::default();
+    tail.catch_up_with(&mut sent, None, Duration::from_secs(30), |s, produced| {
+        on_topic.produced.insert(s.signal_id.clone(), produced);
+        if produced >= since_ms {
+            on_topic.recent.push(s.clone());
+        }
+    });
     let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.detector.group_id, &cfg.topics.aggregates)?
         .with_lost_metric(crate::metrics::EVENTS_LOST_TOTAL);
     let producer: ThreadedProducer<DefaultProducerContext> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
@@ -152,10 +164,19 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         &[&cfg.topics.aggregates, &cfg.topics.signals],
         Duration::from_secs(10),
     )?;
-    let notifier = {
+    // Delivery rows go to ClickHouse; the signals a channel never took go to it again.
+    let (recorder, record_writer) = {
         let _guard = rt.enter();
-        Notifier::start(cfg.detector.channels.clone(), cfg.detector.retry).with_rate_limit(&cfg.detector.rate_limit)
+        deliveries::start_writer(&cfg.clickhouse)
     };
+    let mut notifier = {
+        let _guard = rt.enter();
+        Notifier::start_recorded(cfg.detector.channels.clone(), cfg.detector.retry, Some(recorder.clone()))
+            .with_rate_limit(&cfg.detector.rate_limit)
+    };
+    rt.block_on(deliveries::redeliver(&cfg.clickhouse, &mut notifier, &recorder, &on_topic, max_age))
+        .context("cannot read the signal deliveries from ClickHouse (is the schema migrated?)")?;
+    drop((recorder, on_topic));
     // Statuses are read on the runtime, off the consumer loop, which takes what was read.
     let (status_tx, status_rx) = std::sync::mpsc::channel::<Vec<Status>>();
     let refresh = Duration::from_millis(cfg.detector.status_refresh_ms.max(1));
@@ -195,8 +216,15 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     let result = runtime.run(&mut d, shutdown, health);
     status_task.abort();
     let _ = producer.flush(Duration::from_secs(10));
-    // Give the channels a moment to deliver what is queued.
-    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+    // Give the channels a moment to deliver what is queued (what is not has its `queued`
+    // row: the next start hands it again), then write the last delivery rows.
+    let notifier = d.notifier;
+    rt.block_on(async {
+        notifier.close(Duration::from_millis(500)).await;
+        if tokio::time::timeout(Duration::from_secs(15), record_writer).await.is_err() {
+            tracing::warn!("delivery rows still unwritten at shutdown");
+        }
+    });
     result
 }
 

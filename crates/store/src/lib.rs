@@ -9,6 +9,7 @@
 
 pub mod aggregates;
 pub mod client;
+pub mod deliveries;
 pub mod detector;
 mod error;
 pub mod issues;

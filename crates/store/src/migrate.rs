@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../schemas/clickhouse/0004_rollups_samples_status.sql"),
     },
     Migration { version: 5, name: "outcomes", sql: include_str!("../../../schemas/clickhouse/0005_outcomes.sql") },
+    Migration {
+        version: 6,
+        name: "signal_deliveries",
+        sql: include_str!("../../../schemas/clickhouse/0006_signal_deliveries.sql"),
+    },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -758,7 +763,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 9);
+        assert_eq!(tables.len(), 10);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -898,7 +903,7 @@ mod tests {
         for days in [1, 7, 400] {
             let ddls = parsed(&Flavor { modern: true, cluster: None, retention_days: days });
             let ttls: Vec<&Vec<Tok>> = ddls.iter().filter_map(|d| d.ttl.as_ref()).collect();
-            assert_eq!(ttls.len(), 7);
+            assert_eq!(ttls.len(), 8);
             assert!(ttls
                 .iter()
                 .all(|t| t[t.len() - 3..] == [word("INTERVAL"), Tok::Num(days.to_string()), word("DAY")]));
