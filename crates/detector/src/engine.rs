@@ -42,6 +42,7 @@ use crate::signal::{sample_facts, signal_id, Kind, SampleFacts, Signal, SIGNAL_F
 use crate::spike::{SpikeConfig, SpikeState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use tracefold_model::time::format_rfc3339;
 use tracefold_model::AggregateRecord;
 
@@ -95,7 +96,8 @@ pub struct EngineConfig {
     /// least `allowed_lateness_min` + 10): its counts are in ClickHouse, and its state is read
     /// back from there when it returns.
     pub evict_idle_min: i64,
-    /// Most issues held at once; beyond it the least recently seen are evicted first.
+    /// Most issues held at once; beyond it the least recently seen are evicted first (about
+    /// 1.2 KB each: 300,000 fit the small deployment's 512 MiB).
     pub max_issues: usize,
 }
 
@@ -109,7 +111,7 @@ impl Default for EngineConfig {
             idle_ms: 10_000,
             regression_needs_newer_release: false,
             evict_idle_min: 150,
-            max_issues: 2_000_000,
+            max_issues: 300_000,
         }
     }
 }
@@ -176,6 +178,8 @@ impl Minutes {
             _ => self.0.partition_point(|(m, _)| *m < minute),
         };
         if self.0.get(i).is_none_or(|(m, _)| *m != minute) {
+            // Most issues have one or two minutes open: no room for four.
+            self.0.reserve_exact(1);
             self.0.insert(i, (minute, Minute::default()));
         }
         &mut self.0[i].1
@@ -242,15 +246,15 @@ impl Model {
 struct Issue {
     title: Box<str>,
     culprit: Box<str>,
-    level: Box<str>,
-    platform: Box<str>,
+    level: Arc<str>,
+    platform: Arc<str>,
     first_seen_ms: i64,
     last_seen_ms: i64,
-    release: Box<str>,
-    environment: Box<str>,
+    release: Arc<str>,
+    environment: Arc<str>,
     /// What signals show of a sample event: the first sample this engine saw of the issue,
     /// or the one of the record that revealed a regression.
-    facts: Option<Box<SampleFacts>>,
+    facts: Option<Facts>,
     /// The aggregates partition its records come from (the key is the issue).
     partition: i32,
     /// The latest effective minute of its records (for eviction).
@@ -290,6 +294,7 @@ struct Partition {
 }
 
 /// Per project: the baselines of its warm issues, by the minute they became warm.
+#[derive(Debug, Default)]
 struct ProjectBaselines {
     /// (warm since, sum of the baselines of the issues warm since then or earlier), by minute.
     by_minute: Vec<(i64, f64)>,
@@ -305,6 +310,43 @@ impl ProjectBaselines {
 
 /// (project, issue id).
 type Key = (String, String);
+
+/// [`SampleFacts`] in one allocation: each field as its byte length, `:`, and its text (URL,
+/// browser, OS, then the frames).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Facts(Box<str>);
+
+impl Facts {
+    fn of(f: &SampleFacts) -> Self {
+        let mut s = String::new();
+        let fields = [&f.request_url, &f.browser, &f.os].into_iter().chain(f.top_frames.iter());
+        for x in fields {
+            s.push_str(&x.len().to_string());
+            s.push(':');
+            s.push_str(x);
+        }
+        Self(s.into())
+    }
+
+    fn get(&self) -> SampleFacts {
+        let mut fields = Vec::new();
+        let mut rest: &str = &self.0;
+        while let Some((len, tail)) = rest.split_once(':') {
+            let Ok(len) = len.parse::<usize>() else { break };
+            // Written whole, so `len` falls on a character boundary.
+            let Some(field) = tail.get(..len) else { break };
+            fields.push(field.to_owned());
+            rest = &tail[len..];
+        }
+        let mut it = fields.into_iter();
+        SampleFacts {
+            request_url: it.next().unwrap_or_default(),
+            browser: it.next().unwrap_or_default(),
+            os: it.next().unwrap_or_default(),
+            top_frames: it.collect(),
+        }
+    }
+}
 
 /// What the caller read about an issue the engine does not hold (see [`Engine::restore`]).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -356,6 +398,14 @@ pub struct Engine {
     /// [`Self::take_counts`].
     future: u64,
     evicted: Evictions,
+    /// Per project, the baselines of its warm issues, as of the minute `baselines_until`
+    /// (computed once a minute, over every issue held).
+    baselines: HashMap<String, ProjectBaselines>,
+    baselines_until: Option<i64>,
+    /// Issues whose judgements wait for the next evaluation.
+    rechecking: usize,
+    /// Low-cardinality strings (level, platform, environment, release), shared.
+    interned: HashSet<Arc<str>>,
 }
 
 impl Engine {
@@ -442,7 +492,7 @@ impl Engine {
     /// Whether judgements wait: for the next [`Self::advance`] (records of minutes being
     /// closed were still coming in at the last one), or for [`Self::restore`].
     pub fn pending(&self) -> bool {
-        self.lookups.as_ref().is_some_and(|w| !w.is_empty()) || self.issues.values().any(|st| st.recheck.is_some())
+        self.lookups.as_ref().is_some_and(|w| !w.is_empty()) || self.rechecking > 0
     }
 
     /// The watermark: minutes up to it minus the lateness are closed (after [`Self::advance`]).
@@ -542,6 +592,7 @@ impl Engine {
         let minute = effective_minute(r.minute, at.received_ms);
         let too_late = self.watermark.is_some_and(|w| minute < w - 60 * self.cfg.allowed_lateness_min);
         self.late += u64::from(too_late);
+        let interned = &mut self.interned;
         let Some(st) = self.issues.get_mut(&key) else { return out };
         st.partition = at.partition;
         st.last_minute = st.last_minute.max(minute);
@@ -550,14 +601,14 @@ impl Engine {
         }
         if r.last_seen_ms >= st.last_seen_ms {
             st.last_seen_ms = r.last_seen_ms;
-            set(&mut st.release, &r.release);
-            set(&mut st.environment, &r.environment);
-            set(&mut st.level, &r.level);
+            intern(interned, &mut st.release, &r.release);
+            intern(interned, &mut st.environment, &r.environment);
+            intern(interned, &mut st.level, &r.level);
         }
         if st.title.is_empty() {
             set(&mut st.title, &r.title);
             set(&mut st.culprit, &r.culprit);
-            set(&mut st.platform, &r.platform);
+            intern(interned, &mut st.platform, &r.platform);
         }
         let resolved = self.resolutions.get(&key);
         let regresses = resolved.is_some_and(|(at, fixed_in)| {
@@ -567,7 +618,7 @@ impl Engine {
                     || newer_release(&r.release, fixed_in))
         });
         if !r.sample.is_empty() && (st.facts.is_none() || regresses) {
-            st.facts = Some(Box::new(sample_facts(&r.sample)));
+            st.facts = Some(Facts::of(&sample_facts(&r.sample)));
         }
         // Minutes already in the frozen baseline (from ClickHouse, or beyond the allowed
         // lateness) take no more counts.
@@ -690,27 +741,44 @@ impl Engine {
         let cfg = self.cfg.clone();
         let keep = self.keep_secs();
         let mut out = Vec::new();
-        // Issues without history of their own are judged against their project's baseline:
-        // the mean baseline of its issues that had one at that minute.
-        let mut warm: HashMap<String, Vec<(i64, f64)>> = HashMap::new();
-        for ((project, _), st) in &self.issues {
-            if let Some(since) = st.model.warm_since {
-                warm.entry(project.clone()).or_default().push((since, st.model.spike.baseline()));
+        // Once a minute: the work over every issue held (project baselines, eviction).
+        let new_minute = self.baselines_until != Some(until);
+        if new_minute {
+            self.baselines_until = Some(until);
+            self.evict(w);
+            // Issues without history of their own are judged against their project's
+            // baseline: the mean baseline of its issues that had one at that minute.
+            let mut warm: HashMap<&str, Vec<(i64, f64)>> = HashMap::new();
+            for ((project, _), st) in &self.issues {
+                if let Some(since) = st.model.warm_since {
+                    warm.entry(project.as_str()).or_default().push((since, st.model.spike.baseline()));
+                }
             }
+            self.baselines = warm
+                .into_iter()
+                .map(|(p, mut v)| {
+                    v.sort_by_key(|x| x.0);
+                    let mut sum = 0.0;
+                    let by_minute = v.into_iter().map(|(m, b)| {
+                        sum += b;
+                        (m, sum)
+                    });
+                    (p.to_owned(), ProjectBaselines { by_minute: by_minute.collect() })
+                })
+                .collect();
         }
-        let projects: HashMap<String, ProjectBaselines> = warm
-            .into_iter()
-            .map(|(p, mut v)| {
-                v.sort_by_key(|x| x.0);
-                let mut sum = 0.0;
-                let by_minute = v.into_iter().map(|(m, b)| {
-                    sum += b;
-                    (m, sum)
-                });
-                (p, ProjectBaselines { by_minute: by_minute.collect() })
-            })
-            .collect();
+        let projects = &self.baselines;
+        let mut rechecking = 0;
         for ((project, issue_id), st) in &mut self.issues {
+            // Nothing to do but count zeros: no records since the last evaluation, nothing to
+            // judge again, and every minute whose window holds a count judged. Those zeros are
+            // counted when the issue has records again (they signal nothing).
+            if st.fresh.is_none() && st.dirty.is_none() && st.recheck.is_none() {
+                let last = st.minutes.0.last().map(|(m, _)| *m);
+                if st.closed.is_some_and(|c| last.is_none_or(|l| c >= l + keep)) {
+                    continue;
+                }
+            }
             let project_baseline = projects.get(project);
             // Evaluated minutes that late records changed: evaluated again from the frozen
             // baseline on; only what was not signalled yet is signalled.
@@ -823,8 +891,9 @@ impl Engine {
             let horizon = st.base_next.unwrap_or(frozen).min(st.closed.unwrap_or(until) + 60) - keep;
             st.minutes.forget_before(horizon);
             st.spiked = st.spiked.split_off(&(horizon - 120));
+            rechecking += usize::from(st.recheck.is_some());
         }
-        self.evict(w);
+        self.rechecking = rechecking;
         out.sort_by(|a, b| (&a.minute, &a.project, &a.issue_id).cmp(&(&b.minute, &b.project, &b.issue_id)));
         out
     }
@@ -835,6 +904,24 @@ fn set(dst: &mut Box<str>, src: &str) {
     if &**dst != src {
         *dst = src.into();
     }
+}
+
+/// Replaces `dst` with the shared copy of `src` unless equal. The set holds at most 100,000
+/// strings (then it starts again: a string is still shared by the issues that took it).
+fn intern(set: &mut HashSet<Arc<str>>, dst: &mut Arc<str>, src: &str) {
+    if &**dst == src {
+        return;
+    }
+    if let Some(a) = set.get(src) {
+        *dst = a.clone();
+        return;
+    }
+    if set.len() >= 100_000 {
+        set.clear();
+    }
+    let a: Arc<str> = src.into();
+    set.insert(a.clone());
+    *dst = a;
 }
 
 /// Whether release `a` is newer than `b`: the numbers in them compared in order
@@ -862,7 +949,7 @@ fn signal(
     baseline: f64,
     rule: &str,
 ) -> Signal {
-    let facts = st.facts.as_deref().cloned().unwrap_or_default();
+    let facts = st.facts.as_ref().map(Facts::get).unwrap_or_default();
     Signal {
         v: SIGNAL_FORMAT_VERSION,
         // An issue is new once: its new_issue has one id whichever record revealed it (a
@@ -1332,6 +1419,18 @@ mod tests {
         let s = e.restore("web", "y", Restored { known: true, history: vec![(t0, 3)], signalled });
         assert!(s.is_empty(), "{s:?}");
         assert_eq!(e.tracked(), 2);
+    }
+
+    #[test]
+    fn facts_round_trip_in_one_allocation_with_any_text() {
+        let f = SampleFacts {
+            top_frames: vec!["app.js in f".into(), "1:2:3 in ü:ñ".into(), String::new(), "😀".repeat(3)],
+            request_url: "https://x/y?a=1:2".into(),
+            browser: "Chrome 131".into(),
+            os: String::new(),
+        };
+        assert_eq!(Facts::of(&f).get(), f);
+        assert_eq!(Facts::of(&SampleFacts::default()).get(), SampleFacts::default());
     }
 
     #[test]

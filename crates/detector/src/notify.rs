@@ -629,6 +629,9 @@ pub struct Notifier {
     queues: Vec<(Channel, mpsc::Sender<Job>)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     cooldowns: HashMap<(usize, String, String, Kind), Instant>,
+    /// Cooldowns held after the last pruning: they are pruned when twice as many (bounded by
+    /// the issues notified within the longest cooldown).
+    cooldowns_kept: usize,
     buckets: Vec<Bucket>,
     recorder: Option<Recorder>,
 }
@@ -664,7 +667,7 @@ impl Notifier {
             .collect::<Vec<_>>();
         let now = Instant::now();
         let buckets = queues.iter().map(|_| Bucket::new(0, now)).collect();
-        Self { queues, tasks, cooldowns: HashMap::new(), buckets, recorder }
+        Self { queues, tasks, cooldowns: HashMap::new(), cooldowns_kept: 0, buckets, recorder }
     }
 
     /// The channels limited by `limits`, each with a full bucket.
@@ -687,6 +690,13 @@ impl Notifier {
     }
 
     fn notify_at(&mut self, s: &Signal, now: Instant) {
+        if self.cooldowns.len() > 2 * self.cooldowns_kept.max(1024) {
+            let queues = &self.queues;
+            self.cooldowns.retain(|(i, ..), at| {
+                now.saturating_duration_since(*at) < Duration::from_secs(60 * queues[*i].0.cooldown_min)
+            });
+            self.cooldowns_kept = self.cooldowns.len();
+        }
         let digest = s.kind == Kind::NewIssueDigest;
         for i in 0..self.queues.len() {
             let c = &self.queues[i].0;
@@ -1053,6 +1063,36 @@ mod tests {
         }
         assert_eq!(n.buckets[0].unlogged + 1, 15, "15 over the limit of 5, the first logged at once");
         assert_eq!(n.buckets[1].unlogged, 0, "no limit");
+    }
+
+    #[tokio::test]
+    async fn cooldowns_of_many_issues_are_forgotten_once_they_ran_out() {
+        let t0 = Instant::now();
+        let channel = Channel {
+            name: "hook".into(),
+            target: Target::Webhook { url: "http://127.0.0.1:9/x".into(), secret: String::new() },
+            types: vec![],
+            projects: vec![],
+            rules: vec![],
+            cooldown_min: 1,
+        };
+        let limits = RateLimit { max_per_minute: 0, channels: BTreeMap::new() };
+        let mut n = Notifier::start(vec![channel], Retry::default()).with_rate_limit(&limits);
+        for i in 0..3000 {
+            let mut s = sig();
+            s.issue_id = format!("i{i}");
+            n.notify_at(&s, t0);
+        }
+        assert_eq!(n.cooldowns.len(), 3000, "each issue cooling for a minute");
+        // Two minutes later, 3,000 other issues: the first ones' cooldowns ran out and are
+        // forgotten; what is held stays within twice the issues cooling now.
+        for i in 0..3000 {
+            let mut s = sig();
+            s.issue_id = format!("later{i}");
+            n.notify_at(&s, t0 + Duration::from_secs(120));
+        }
+        assert_eq!(n.cooldowns.len(), 3000);
+        assert!(n.cooldowns.keys().all(|(_, _, issue, _)| issue.starts_with("later")));
     }
 
     #[test]
