@@ -14,7 +14,9 @@ mod measure;
 mod ops;
 
 pub use analyst::{DlqArgs, FingerprintArgs, IssueArgs, OutcomesArgs, TopArgs};
-pub use measure::{BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionQualityArgs, GroupingQualityArgs};
+pub use measure::{
+    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionQualityArgs, GroupingQualityArgs,
+};
 pub use ops::{DevArgs, GenArgs, LoadgenArgs, MigrateArgs, RetentionArgs, SignalsArgs};
 
 #[derive(Parser)]
@@ -134,6 +136,8 @@ pub enum Cmd {
     BenchWriter(BenchWriterArgs),
     /// Measure the whole pipeline: load into Kafka -> grouper -> writer -> ClickHouse.
     BenchPipeline(BenchPipelineArgs),
+    /// Measure the detector's memory with many distinct issues (its engine alone).
+    BenchDetector(BenchDetectorArgs),
 }
 
 /// Parses `90s`, `15m`, `1h`, `2d` (a bare number is seconds).

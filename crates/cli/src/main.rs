@@ -28,5 +28,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::BenchIngest(a) => cmd::measure::bench_ingest(&a).await,
         Cmd::BenchWriter(a) => cmd::measure::bench_writer(&a).await,
         Cmd::BenchPipeline(a) => cmd::measure::bench_pipeline(&a).await,
+        Cmd::BenchDetector(a) => cmd::measure::bench_detector(&a),
     }
 }

@@ -84,3 +84,20 @@ pub struct BenchPipelineArgs {
     #[command(flatten)]
     pub ch: ChArgs,
 }
+
+// `tracefold bench-detector`.
+#[derive(clap::Args)]
+pub struct BenchDetectorArgs {
+    /// Distinct issues, all new, spread evenly over the minutes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub issues: u64,
+    /// Minutes they arrive over.
+    #[arg(long, default_value_t = 60)]
+    pub minutes: u64,
+    /// The engine's `max_issues` (default: the detector's default).
+    #[arg(long)]
+    pub max_issues: Option<usize>,
+    /// Result format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}

@@ -1,9 +1,10 @@
 //! The quality scores (`detection-quality`, `grouping-quality`) and the benchmarks
-//! (`bench-ingest`, `bench-writer`, `bench-pipeline`): the harnesses are in
+//! (`bench-ingest`, `bench-writer`, `bench-pipeline`, `bench-detector`): the harnesses are in
 //! `tracefold_devtools`; this prints their reports as tables or JSON.
 
 use crate::args::{
-    BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionQualityArgs, Format, GroupingQualityArgs,
+    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionQualityArgs, Format,
+    GroupingQualityArgs,
 };
 use tracefold_devtools::{bench, detection, quality};
 
@@ -84,4 +85,21 @@ pub async fn bench_pipeline(a: &BenchPipelineArgs) -> anyhow::Result<()> {
         Format::Table => print!("{}", r.table()),
     }
     r.check()
+}
+
+/// Runs `tracefold bench-detector`.
+///
+/// # Errors
+/// When stdout cannot take the JSON.
+pub fn bench_detector(a: &BenchDetectorArgs) -> anyhow::Result<()> {
+    let mut opts = bench::DetectorOptions { issues: a.issues, minutes: a.minutes, ..Default::default() };
+    if let Some(n) = a.max_issues {
+        opts.engine.max_issues = n;
+    }
+    let r = bench::detector(&opts);
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string(&r)?),
+        Format::Table => print!("{}", r.table()),
+    }
+    Ok(())
 }

@@ -1,14 +1,17 @@
 //! Benchmark harnesses of `tracefold bench-ingest`, `bench-writer` and `bench-pipeline`: each
 //! runs the real services on the embedded Kafka (and the local ClickHouse where it needs one),
-//! and returns a report the command prints as a table or as JSON.
+//! and returns a report the command prints as a table or as JSON. `bench-detector` measures
+//! the detector's engine alone (its memory with many issues).
 //!
 //! Harnesses check their counts after the report is printed: [`WriterReport::check`],
 //! [`PipelineReport::check`].
 
+mod detector;
 mod ingest;
 mod pipeline;
 mod writer;
 
+pub use detector::{detector, DetectorOptions, DetectorReport};
 pub use ingest::{ingest, IngestOptions, IngestReport};
 pub use pipeline::{pipeline, PipelineOptions, PipelineReport};
 pub use writer::{writer, WriterOptions, WriterReport};
