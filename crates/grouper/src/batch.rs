@@ -13,7 +13,7 @@ use tracefold_model::aggregate::{minute_of, user_hash, AggregateRecord, BatchRef
 use tracefold_model::sample::bounded_sample;
 use tracefold_model::text::prefix;
 use tracefold_model::time::Millis;
-use tracefold_model::{parse_event_slice_with, validate, Reason, Rejection};
+use tracefold_model::{validate, EventParser, Reason, Rejection};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Largest event accepted by the grouper, in bytes (the producer enforces a smaller limit).
@@ -120,8 +120,8 @@ pub struct BatchBuilder {
 #[derive(Default)]
 struct Work {
     parse_buf: Vec<u8>,
-    /// simd-json's scratch buffers, kept across events.
-    buffers: simd_json::Buffers,
+    /// The parser and its buffers, kept across events.
+    parser: EventParser,
     scratch: Scratch,
     /// The current event's identity, once it is known to be valid (read after a panic too).
     ident: Option<u128>,
@@ -390,7 +390,9 @@ fn plan(
     }
     work.parse_buf.clear();
     work.parse_buf.extend_from_slice(payload);
-    let event = parse_event_slice_with(&mut work.parse_buf, &mut work.buffers)
+    let event = work
+        .parser
+        .parse(&mut work.parse_buf)
         .map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
     let v =
         validate(&event, received_ms).map_err(|e| Rejection::new(Reason::Invalid, format!("invalid event: {e}")))?;
