@@ -390,10 +390,7 @@ fn plan(
     }
     work.parse_buf.clear();
     work.parse_buf.extend_from_slice(payload);
-    let event = work
-        .parser
-        .parse(&mut work.parse_buf)
-        .map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
+    let event = work.parser.parse(&mut work.parse_buf).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
     let v =
         validate(&event, received_ms).map_err(|e| Rejection::new(Reason::Invalid, format!("invalid event: {e}")))?;
     let project = event.project.as_deref().unwrap_or("");

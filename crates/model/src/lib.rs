@@ -9,6 +9,7 @@ pub mod outcome;
 pub mod reject;
 pub mod sample;
 pub mod sentry;
+mod tape;
 pub mod text;
 pub mod time;
 pub mod validate;
@@ -69,19 +70,41 @@ pub fn parse_event_slice_with<'a>(
     buf: &'a mut [u8],
     buffers: &mut simd_json::Buffers,
 ) -> Result<Event<'a>, ParseError> {
-    check_object(buf)?;
-    json::repair_surrogates(buf);
-    let malformed = |e: simd_json::Error| ParseError::Malformed(e.to_string());
-    let tape = simd_json::to_tape_with_buffers(buf, buffers).map_err(malformed)?;
-    json::tape_depth(&tape.0, json::MAX_DEPTH)?;
-    tape.deserialize::<Event<'_>>().map_err(malformed)
+    let mut tape = simd_json::Tape(Vec::new());
+    parse_into(buf, buffers, &mut tape)
 }
 
-/// A reusable event parser: keeps simd-json's scratch buffers across events, so that parsing
-/// one allocates nothing for them. The hot path's parser (the grouper's batch builder).
+fn malformed(e: simd_json::Error) -> ParseError {
+    ParseError::Malformed(e.to_string())
+}
+
+/// The parse itself: the tape is built into `tape` (its allocation reused) and the event read
+/// off it by [`tape::event`]; when that reader leaves the decision to serde, the whole tape's
+/// depth is checked and serde deserializes it (consuming the tape: `tape` is left empty).
+fn parse_into<'a>(
+    buf: &'a mut [u8],
+    buffers: &mut simd_json::Buffers,
+    tape: &mut simd_json::Tape<'a>,
+) -> Result<Event<'a>, ParseError> {
+    check_object(buf)?;
+    json::repair_surrogates(buf);
+    simd_json::fill_tape(buf, buffers, tape).map_err(malformed)?;
+    // The tape reader checks the depth of what it skips (the rest has the event's shape).
+    if let Some(event) = tape::event(&tape.0) {
+        return Ok(event);
+    }
+    json::tape_depth(&tape.0, json::MAX_DEPTH)?;
+    std::mem::replace(tape, simd_json::Tape(Vec::new())).deserialize::<Event<'_>>().map_err(malformed)
+}
+
+/// A reusable event parser: keeps simd-json's scratch buffers and tape across events, so that
+/// parsing one allocates nothing for them. The hot path's parser (the grouper's batch
+/// builder); it answers exactly as [`parse_event_slice`].
 #[derive(Default)]
 pub struct EventParser {
     buffers: simd_json::Buffers,
+    /// The tape's allocation, empty between events.
+    tape: Option<simd_json::Tape<'static>>,
 }
 
 impl std::fmt::Debug for EventParser {
@@ -96,7 +119,11 @@ impl EventParser {
     /// # Errors
     /// As [`parse_event_slice`].
     pub fn parse<'a>(&mut self, buf: &'a mut [u8]) -> Result<Event<'a>, ParseError> {
-        parse_event_slice_with(buf, &mut self.buffers)
+        let mut tape = self.tape.take().map_or_else(|| simd_json::Tape(Vec::new()), simd_json::Tape::reset);
+        let event = parse_into(buf, &mut self.buffers, &mut tape);
+        // The event borrows from `buf`, not from the tape: the tape's nodes can go.
+        self.tape = Some(tape.reset());
+        event
     }
 }
 
