@@ -27,9 +27,15 @@ pub fn identity(project: &str, event_id: &str) -> u128 {
         buf[..4].copy_from_slice(&(project.len() as u32).to_le_bytes());
         buf[4..head].copy_from_slice(project.as_bytes());
         let mut n = head;
-        for b in event_id.bytes().filter(|b| *b != b'-') {
-            buf[n] = b.to_ascii_lowercase();
-            n += 1;
+        if event_id.contains('-') {
+            for b in event_id.bytes().filter(|b| *b != b'-') {
+                buf[n] = b.to_ascii_lowercase();
+                n += 1;
+            }
+        } else {
+            n += event_id.len();
+            buf[head..n].copy_from_slice(event_id.as_bytes());
+            buf[head..n].make_ascii_lowercase();
         }
         return xxhash_rust::xxh3::xxh3_128(&buf[..n]);
     }
@@ -131,7 +137,13 @@ mod tests {
         // Any text, any length (the validator refuses such ids; the function stays total).
         assert_ne!(identity("проект", &"ü".repeat(100)), identity("проект", &"ü".repeat(101)));
         // The one-shot and the streamed hash are the same function of the bytes.
-        for (p, id) in [("web", "01234567-89AB-CDEF-0123-456789ABCDEF"), ("p", &"a-".repeat(200)[..]), ("", "")] {
+        for (p, id) in [
+            ("web", "01234567-89AB-CDEF-0123-456789ABCDEF"),
+            ("web", "0123456789ABCDEF0123456789abcdef"),
+            ("p", &"a-".repeat(200)[..]),
+            ("p", &"Ü".repeat(200)[..]),
+            ("", ""),
+        ] {
             let mut h = Xxh3::new();
             h.update(&(p.len() as u32).to_le_bytes());
             h.update(p.as_bytes());

@@ -110,23 +110,27 @@ impl<'a> Cur<'_, 'a> {
         null
     }
 
-    /// `null` or a struct read by `read`.
-    fn opt<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+    /// `null` or a struct filled in by `fill`.
+    fn opt<T: Default>(&mut self, fill: impl FnOnce(&mut Self, &mut T) -> Option<()>) -> Option<Option<T>> {
         if self.null() {
             return Some(None);
         }
-        read(self).map(Some)
+        let mut value = T::default();
+        fill(self, &mut value)?;
+        Some(Some(value))
     }
 
-    /// `null`, or an array of structs read by `read` (a list, `null` read as empty).
-    fn list<T>(&mut self, mut read: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+    /// `null`, or an array of structs each filled in by `fill` in place (a list, `null` read
+    /// as empty).
+    fn list<T: Default>(&mut self, mut fill: impl FnMut(&mut Self, &mut T) -> Option<()>) -> Option<Vec<T>> {
         if self.null() {
             return Some(Vec::new());
         }
         let len = self.array()?;
-        let mut out = Vec::with_capacity(len.min(64));
+        let mut out: Vec<T> = Vec::with_capacity(len.min(64));
         for _ in 0..len {
-            out.push(read(self)?);
+            out.push(T::default());
+            fill(self, out.last_mut()?)?;
         }
         self.close(out)
     }
@@ -301,9 +305,8 @@ impl<'a> Cur<'_, 'a> {
         self.close(e)
     }
 
-    fn logentry(&mut self) -> Option<LogEntry<'a>> {
+    fn logentry(&mut self, l: &mut LogEntry<'a>) -> Option<()> {
         let len = self.object()?;
-        let mut l = LogEntry::default();
         let mut seen = 0u32;
         for _ in 0..len {
             let bit = match self.key()? {
@@ -322,12 +325,11 @@ impl<'a> Cur<'_, 'a> {
             };
             mark(&mut seen, bit)?;
         }
-        self.close(l)
+        self.close(())
     }
 
-    fn exception(&mut self) -> Option<Exception<'a>> {
+    fn exception(&mut self, x: &mut Exception<'a>) -> Option<()> {
         let len = self.object()?;
-        let mut x = Exception::default();
         let mut seen = 0u32;
         for _ in 0..len {
             let bit = match self.key()? {
@@ -358,12 +360,11 @@ impl<'a> Cur<'_, 'a> {
             };
             mark(&mut seen, bit)?;
         }
-        self.close(x)
+        self.close(())
     }
 
-    fn mechanism(&mut self) -> Option<Mechanism<'a>> {
+    fn mechanism(&mut self, m: &mut Mechanism<'a>) -> Option<()> {
         let len = self.object()?;
-        let mut m = Mechanism::default();
         let mut seen = 0u32;
         for _ in 0..len {
             let bit = match self.key()? {
@@ -386,12 +387,11 @@ impl<'a> Cur<'_, 'a> {
             };
             mark(&mut seen, bit)?;
         }
-        self.close(m)
+        self.close(())
     }
 
-    fn stacktrace(&mut self) -> Option<Stacktrace<'a>> {
+    fn stacktrace(&mut self, s: &mut Stacktrace<'a>) -> Option<()> {
         let len = self.object()?;
-        let mut s = Stacktrace::default();
         let mut seen = 0u32;
         for _ in 0..len {
             if self.key()? == "frames" {
@@ -401,12 +401,11 @@ impl<'a> Cur<'_, 'a> {
                 self.skip()?;
             }
         }
-        self.close(s)
+        self.close(())
     }
 
-    fn frame(&mut self) -> Option<Frame<'a>> {
+    fn frame(&mut self, f: &mut Frame<'a>) -> Option<()> {
         let len = self.object()?;
-        let mut f = Frame::default();
         let mut seen = 0u32;
         for _ in 0..len {
             let bit = match self.key()? {
@@ -453,12 +452,11 @@ impl<'a> Cur<'_, 'a> {
             };
             mark(&mut seen, bit)?;
         }
-        self.close(f)
+        self.close(())
     }
 
-    fn user(&mut self) -> Option<User<'a>> {
+    fn user(&mut self, u: &mut User<'a>) -> Option<()> {
         let len = self.object()?;
-        let mut u = User::default();
         let mut seen = 0u32;
         for _ in 0..len {
             let bit = match self.key()? {
@@ -485,12 +483,11 @@ impl<'a> Cur<'_, 'a> {
             };
             mark(&mut seen, bit)?;
         }
-        self.close(u)
+        self.close(())
     }
 
-    fn request(&mut self) -> Option<Request<'a>> {
+    fn request(&mut self, r: &mut Request<'a>) -> Option<()> {
         let len = self.object()?;
-        let mut r = Request::default();
         let mut seen = 0u32;
         for _ in 0..len {
             let bit = match self.key()? {
@@ -517,12 +514,11 @@ impl<'a> Cur<'_, 'a> {
             };
             mark(&mut seen, bit)?;
         }
-        self.close(r)
+        self.close(())
     }
 
-    fn contexts(&mut self) -> Option<Contexts<'a>> {
+    fn contexts(&mut self, c: &mut Contexts<'a>) -> Option<()> {
         let len = self.object()?;
-        let mut c = Contexts::default();
         let mut seen = 0u32;
         for _ in 0..len {
             let bit = match self.key()? {
@@ -549,41 +545,60 @@ impl<'a> Cur<'_, 'a> {
             };
             mark(&mut seen, bit)?;
         }
-        self.close(c)
+        self.close(())
     }
 
-    fn name_version(&mut self) -> Option<NameVersion<'a>> {
-        let (name, version) = self.two("name", "version")?;
-        Some(NameVersion { name, version })
+    fn name_version(&mut self, v: &mut NameVersion<'a>) -> Option<()> {
+        (v.name, v.version) = self.two(|k| match k {
+            "name" => 1,
+            "version" => 2,
+            _ => 0,
+        })?;
+        Some(())
     }
 
-    fn device(&mut self) -> Option<Device<'a>> {
-        let (family, model) = self.two("family", "model")?;
-        Some(Device { family, model })
+    fn device(&mut self, v: &mut Device<'a>) -> Option<()> {
+        (v.family, v.model) = self.two(|k| match k {
+            "family" => 1,
+            "model" => 2,
+            _ => 0,
+        })?;
+        Some(())
     }
 
-    fn sdk(&mut self) -> Option<Sdk<'a>> {
-        let (name, version) = self.two("name", "version")?;
-        Some(Sdk { name, version })
+    fn sdk(&mut self, v: &mut Sdk<'a>) -> Option<()> {
+        (v.name, v.version) = self.two(|k| match k {
+            "name" => 1,
+            "version" => 2,
+            _ => 0,
+        })?;
+        Some(())
     }
 
-    /// An object of two optional string fields.
+    /// An object of two optional string fields, `a` and `b` (`which` tells a key's field:
+    /// 1, 2 or 0 for another key; a match on constants, cheaper than comparing with
+    /// strings passed in).
     #[allow(clippy::type_complexity)]
-    fn two(&mut self, a: &str, b: &str) -> Option<(Option<Str<'a>>, Option<Str<'a>>)> {
+    fn two(&mut self, which: impl Fn(&str) -> u32) -> Option<(Option<Str<'a>>, Option<Str<'a>>)> {
         let len = self.object()?;
         let (mut x, mut y) = (None, None);
         let mut seen = 0u32;
         for _ in 0..len {
-            let k = self.key()?;
-            if k == a {
-                x = self.opt_str()?;
-                mark(&mut seen, 1)?;
-            } else if k == b {
-                y = self.opt_str()?;
-                mark(&mut seen, 2)?;
-            } else {
-                self.skip()?;
-            }
+            let bit = match which(self.key()?) {
+                1 => {
+                    x = self.opt_str()?;
+                    1
+                }
+                2 => {
+                    y = self.opt_str()?;
+                    2
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
         }
         self.close((x, y))
     }
