@@ -22,7 +22,7 @@ const VARIANTS: &[(&str, &str)] = &[
     ("hot_path", "+ aggregate; fixture spread over 60 min, most events open a new bucket"),
     ("hot_path_busy_buckets", "+ aggregate; the fixture 10 times per batch, buckets repeat"),
     ("hot_path_busy_buckets_no_dedup", "the same with deduplication off (its cost is the difference)"),
-    ("bare_parse_tape_rounds", "the baseline over the bytes the busy variants read (110 rounds, 55,000 events: not in cache)"),
+    ("bare_parse_tape_rounds", "the baseline over the bytes the busy variants read (55,000 events)"),
 ];
 
 fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
