@@ -413,21 +413,9 @@ impl<'a> Cur<'_, 'a> {
                     f.function = self.opt_str()?;
                     1
                 }
-                "module" => {
-                    f.module = self.opt_str()?;
-                    1 << 1
-                }
                 "filename" => {
                     f.filename = self.opt_str()?;
                     1 << 2
-                }
-                "abs_path" => {
-                    f.abs_path = self.opt_str()?;
-                    1 << 3
-                }
-                "package" => {
-                    f.package = self.opt_str()?;
-                    1 << 4
                 }
                 "lineno" => {
                     f.lineno = self.opt_u32()?;
@@ -440,6 +428,18 @@ impl<'a> Cur<'_, 'a> {
                 "in_app" => {
                     f.in_app = self.opt_bool()?;
                     1 << 7
+                }
+                "module" => {
+                    f.module = self.opt_str()?;
+                    1 << 1
+                }
+                "abs_path" => {
+                    f.abs_path = self.opt_str()?;
+                    1 << 3
+                }
+                "package" => {
+                    f.package = self.opt_str()?;
+                    1 << 4
                 }
                 "instruction_addr" => {
                     f.instruction_addr = self.opt_str()?;
