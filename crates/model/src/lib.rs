@@ -50,9 +50,10 @@ impl From<json::PrescanError> for ParseError {
 }
 
 /// Parses one event with simd-json. Lone surrogate escapes are repaired in place
-/// ([`json::repair_surrogates`]), the nesting depth is checked on simd-json's tape before the
-/// tape is deserialized ([`json::tape_depth`]), and the event borrows from the buffer (strings
-/// are unescaped into it).
+/// ([`json::repair_surrogates`]), the event is read off simd-json's tape by a reader that
+/// follows the event's shape (serde deserializes the tape where that reader leaves the answer
+/// to it), the nesting depth is checked on the tape ([`json::tape_depth`]) before anything
+/// recurses over it, and the event borrows from the buffer (strings are unescaped into it).
 ///
 /// # Errors
 /// [`ParseError`] when the bytes are nested too deep or are not a JSON object of the event's

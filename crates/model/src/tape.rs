@@ -12,9 +12,10 @@
 //! deserializes the same tape with serde, which produces the answer and the error message as
 //! before. Tests hold the two equal on the fixtures and on random documents.
 //!
-//! Its recursion follows the event's shape (at most five levels: event, exception, stack
-//! trace, frame, value), never the document's; unknown values are skipped, not visited. Linear
-//! in the number of nodes.
+//! Its recursion follows the event's shape (at most six containers deep: event, exception
+//! list, exception, stack trace, frame list, frame), never the document's; unknown values are
+//! skipped by their node count, not visited, and only they are checked against
+//! [`MAX_DEPTH`] (nothing else can be deeper than the shape). Linear in the number of nodes.
 
 use crate::event::{
     Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, User,
