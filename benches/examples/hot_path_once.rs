@@ -1,40 +1,97 @@
-//! The grouper's hot path over the checked-in fixture, once, for instruction counts (stable on
-//! a noisy machine, unlike wall time):
+//! The grouper's hot path over the checked-in fixture, once per step, for instruction counts
+//! (stable on a noisy machine, unlike wall time):
 //!
 //! ```sh
 //! cargo build --release -p tracefold-benches --example hot_path_once
-//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out target/release/examples/hot_path_once busy 2
-//! callgrind_annotate --inclusive=yes /tmp/cg.out | head -40
+//! for m in bare parse validate fingerprint busy_no_dedup busy; do
+//!   valgrind --tool=callgrind --toggle-collect='hot_path_once::run' \
+//!     --callgrind-out-file=/tmp/cg.$m target/release/examples/hot_path_once $m 2
+//! done
+//! callgrind_annotate --inclusive=yes /tmp/cg.busy | head -60
 //! ```
 //!
-//! Modes: `busy` (the batch builder, the fixture 10 times per batch, as the criterion bench's
-//! `hot_path_busy_buckets`) and `parse` (`parse_event_slice` only). The second argument is
-//! the number of rounds. Divide the total by the events processed (5,000 per `busy` round, 500
-//! per `parse` round); the fixed start-up cost is about 0.1% of two rounds.
+//! Only `run` is counted (loading the fixture is not), and every mode prints the events it
+//! processed: divide the instructions by that. Modes, each a step more than the one before:
+//!
+//! - `bare`: copy the event into a reused buffer and build simd-json's tape into a reused
+//!   tape (the criterion bench's `bare_parse_tape`, the baseline);
+//! - `parse`: copy and [`tracefold_model::EventParser`] (what the batch builder runs);
+//! - `validate`: + validation;
+//! - `fingerprint`: + the deduplication identity and the fingerprint;
+//! - `busy_no_dedup`: the batch builder with deduplication off: + bucket key, bucket lookup,
+//!   the new buckets' title, culprit and sample, counting;
+//! - `busy`: the batch builder as it runs (the criterion bench's `hot_path_busy_buckets`):
+//!   + the deduplication window.
+//!
+//! Every mode reads the fixture 10 times per round with other event ids each time and
+//! increasing offsets, so no event is a duplicate and the window inserts and evicts as live.
+//! The second argument is the number of rounds (5,000 events each).
 
+use std::hint::black_box;
+use tracefold_benches::{events_of_round, FIXTURE_NOW_MS};
+use tracefold_fingerprint::{fingerprint, GroupingConfig, Scratch};
 use tracefold_grouper::batch::{BatchBuilder, BatchOptions};
+use tracefold_grouper::dedup::identity;
+
+#[inline(never)]
+fn run(mode: &str, rounds: &[Vec<Vec<u8>>]) -> usize {
+    let mut n = 0usize;
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    match mode {
+        "bare" => {
+            let mut buffers = simd_json::Buffers::default();
+            let mut store = Some(simd_json::Tape::null());
+            for e in rounds.iter().flatten() {
+                buf.clear();
+                buf.extend_from_slice(e);
+                let mut tape = store.take().expect("tape").reset();
+                black_box(simd_json::fill_tape(&mut buf, &mut buffers, &mut tape).is_ok());
+                store = Some(tape.reset());
+                n += 1;
+            }
+        }
+        "parse" | "validate" | "fingerprint" => {
+            let mut parser = tracefold_model::EventParser::default();
+            let cfg = GroupingConfig::default();
+            let mut scratch = Scratch::default();
+            for e in rounds.iter().flatten() {
+                buf.clear();
+                buf.extend_from_slice(e);
+                let ev = parser.parse(&mut buf).expect("fixture parses");
+                if mode != "parse" {
+                    black_box(tracefold_model::validate(&ev, FIXTURE_NOW_MS).is_ok());
+                }
+                if mode == "fingerprint" {
+                    let project = ev.project.as_deref().unwrap_or("");
+                    black_box(identity(project, ev.event_id.as_deref().unwrap_or("")));
+                    black_box(fingerprint(&ev, &cfg, &mut scratch));
+                }
+                n += 1;
+            }
+        }
+        "busy" | "busy_no_dedup" => {
+            let window = if mode == "busy" { BatchOptions::default().dedup_window } else { 0 };
+            let mut b = BatchBuilder::new(BatchOptions { dedup_window: window, ..BatchOptions::default() });
+            let mut offset = 0i64;
+            for batch in rounds.chunks(10) {
+                let first = offset;
+                for e in batch.iter().flatten() {
+                    b.add(e, offset, FIXTURE_NOW_MS);
+                    offset += 1;
+                    n += 1;
+                }
+                black_box(b.finish("e", "tracefold.events", 0, first, offset - 1).records.len());
+            }
+        }
+        other => panic!("unknown mode {other}: bare, parse, validate, fingerprint, busy_no_dedup, busy"),
+    }
+    n
+}
 
 fn main() {
-    let text = include_str!("../fixtures/events.ndjson");
-    let lines: Vec<&[u8]> = text.lines().map(str::as_bytes).collect();
     let mode = std::env::args().nth(1).unwrap_or_else(|| "busy".into());
     let rounds: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(2);
-    let mut b = BatchBuilder::new(BatchOptions::default());
-    let mut n = 0usize;
-    for _ in 0..rounds {
-        if mode == "parse" {
-            for l in &lines {
-                let mut buf = l.to_vec();
-                n += tracefold_model::parse_event_slice(&mut buf).map_or(0, |e| e.exception.len());
-            }
-            continue;
-        }
-        for _ in 0..10 {
-            for (i, l) in lines.iter().enumerate() {
-                b.add(l, i as i64, 1_795_671_540_000);
-            }
-        }
-        n += b.finish("e", "t", 0, 0, 1).records.len();
-    }
-    println!("{n}");
+    let input: Vec<Vec<Vec<u8>>> = (0..10 * rounds).map(|r| events_of_round((r % 256) as u8)).collect();
+    let n = run(&mode, &input);
+    println!("{mode}: {n} events");
 }

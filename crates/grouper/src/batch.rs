@@ -13,7 +13,7 @@ use tracefold_model::aggregate::{minute_of, user_hash, AggregateRecord, BatchRef
 use tracefold_model::sample::bounded_sample;
 use tracefold_model::text::prefix;
 use tracefold_model::time::Millis;
-use tracefold_model::{parse_event_slice_with, validate, Reason, Rejection};
+use tracefold_model::{validate, EventParser, Reason, Rejection};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Largest event accepted by the grouper, in bytes (the producer enforces a smaller limit).
@@ -120,8 +120,8 @@ pub struct BatchBuilder {
 #[derive(Default)]
 struct Work {
     parse_buf: Vec<u8>,
-    /// simd-json's scratch buffers, kept across events.
-    buffers: simd_json::Buffers,
+    /// The parser and its buffers, kept across events.
+    parser: EventParser,
     scratch: Scratch,
     /// The current event's identity, once it is known to be valid (read after a panic too).
     ident: Option<u128>,
@@ -390,8 +390,7 @@ fn plan(
     }
     work.parse_buf.clear();
     work.parse_buf.extend_from_slice(payload);
-    let event = parse_event_slice_with(&mut work.parse_buf, &mut work.buffers)
-        .map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
+    let event = work.parser.parse(&mut work.parse_buf).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
     let v =
         validate(&event, received_ms).map_err(|e| Rejection::new(Reason::Invalid, format!("invalid event: {e}")))?;
     let project = event.project.as_deref().unwrap_or("");
@@ -407,14 +406,7 @@ fn plan(
     let minute = minute_of(v.timestamp_ms);
     let release = event.release.as_deref().unwrap_or("");
     let environment = event.environment.as_deref().unwrap_or("");
-    let mut h = Xxh3::new();
-    for part in [project.as_bytes(), release.as_bytes(), environment.as_bytes()] {
-        h.update(&(part.len() as u32).to_le_bytes());
-        h.update(part);
-    }
-    h.update(&fp.0.to_le_bytes());
-    h.update(&minute.to_le_bytes());
-    let key = h.digest128();
+    let key = bucket_key([project, release, environment], fp.0, minute);
     let mut sample_cut = false;
     let bucket = if let Some(&i) = index.get(&key) {
         Bucket::Open(i)
@@ -468,6 +460,36 @@ fn plan(
         user: user_hash(event.user.as_ref()),
         sample_cut,
     }))
+}
+
+/// The key of an event's bucket: the hash of its project, release and environment (each
+/// length-prefixed), fingerprint and minute. In one shot from a stack buffer when the parts fit
+/// (every valid event: validation bounds them), streamed otherwise: the same value either way.
+fn bucket_key(parts: [&str; 3], fingerprint: u128, minute: i64) -> u128 {
+    let mut buf = [0u8; 512];
+    let len = parts.iter().map(|p| 4 + p.len()).sum::<usize>() + 16 + 8;
+    if len <= buf.len() {
+        let mut n = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        };
+        for p in parts {
+            put(&(p.len() as u32).to_le_bytes());
+            put(p.as_bytes());
+        }
+        put(&fingerprint.to_le_bytes());
+        put(&minute.to_le_bytes());
+        return xxhash_rust::xxh3::xxh3_128(&buf[..len]);
+    }
+    let mut h = Xxh3::new();
+    for part in parts {
+        h.update(&(part.len() as u32).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(&fingerprint.to_le_bytes());
+    h.update(&minute.to_le_bytes());
+    h.digest128()
 }
 
 #[cfg(test)]
@@ -610,6 +632,21 @@ mod tests {
         b.add(event(3, 1, 1, 0).as_bytes(), 11, NOW);
         let late = b.finish("e1", "t", 0, 11, 11);
         assert_eq!((late.accepted, late.duplicates.len()), (1, 0));
+    }
+
+    #[test]
+    fn bucket_keys_in_one_shot_are_the_streamed_hash() {
+        let long = "r".repeat(600);
+        for parts in [["shop", "1.0", "prod"], ["", "", ""], ["p", long.as_str(), "日本"]] {
+            let mut h = Xxh3::new();
+            for part in parts {
+                h.update(&(part.len() as u32).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+            h.update(&7u128.to_le_bytes());
+            h.update(&(-60i64).to_le_bytes());
+            assert_eq!(bucket_key(parts, 7, -60), h.digest128());
+        }
     }
 
     proptest! {

@@ -3,9 +3,11 @@
 //! - nesting deeper than [`MAX_DEPTH`] is refused, so that no deserializer or visitor
 //!   recurses over attacker-chosen depth. On the hot path ([`crate::parse_event_slice`]) the
 //!   depth is read off simd-json's tape ([`tape_depth`]): simd-json builds the tape with an
-//!   explicit stack (no recursion; `stage2.rs` in simd-json 0.15), and the only recursive step,
-//!   deserializing the tape into the event struct, runs after the check. Elsewhere (serde_json
-//!   paths) [`prescan`] and [`check`] scan the text in one pass;
+//!   explicit stack (no recursion; `stage2.rs` in simd-json 0.15). The tape reader that builds
+//!   the event (`tape.rs`) recurses over the event's fixed shape only and checks the depth of
+//!   every value it skips; when it leaves the event to serde, the whole tape is checked
+//!   before serde's recursive deserializer sees it. Elsewhere (serde_json paths) [`prescan`]
+//!   and [`check`] scan the text in one pass;
 //! - lone UTF-16 surrogate escapes (`"\ud83d"` without its low half, which `JSON.stringify`
 //!   emits for a string cut inside an emoji) are replaced by `\ufffd` in place. Both escapes
 //!   are six bytes, so the buffer keeps its length and every offset stays valid.

@@ -9,6 +9,7 @@ pub mod outcome;
 pub mod reject;
 pub mod sample;
 pub mod sentry;
+mod tape;
 pub mod text;
 pub mod time;
 pub mod validate;
@@ -49,9 +50,10 @@ impl From<json::PrescanError> for ParseError {
 }
 
 /// Parses one event with simd-json. Lone surrogate escapes are repaired in place
-/// ([`json::repair_surrogates`]), the nesting depth is checked on simd-json's tape before the
-/// tape is deserialized ([`json::tape_depth`]), and the event borrows from the buffer (strings
-/// are unescaped into it).
+/// ([`json::repair_surrogates`]), the event is read off simd-json's tape by a reader that
+/// follows the event's shape (serde deserializes the tape where that reader leaves the answer
+/// to it), the nesting depth is checked on the tape ([`json::tape_depth`]) before anything
+/// recurses over it, and the event borrows from the buffer (strings are unescaped into it).
 ///
 /// # Errors
 /// [`ParseError`] when the bytes are nested too deep or are not a JSON object of the event's
@@ -69,12 +71,61 @@ pub fn parse_event_slice_with<'a>(
     buf: &'a mut [u8],
     buffers: &mut simd_json::Buffers,
 ) -> Result<Event<'a>, ParseError> {
+    let mut tape = simd_json::Tape(Vec::new());
+    parse_into(buf, buffers, &mut tape)
+}
+
+fn malformed(e: simd_json::Error) -> ParseError {
+    ParseError::Malformed(e.to_string())
+}
+
+/// The parse itself: the tape is built into `tape` (its allocation reused) and the event read
+/// off it by [`tape::event`]; when that reader leaves the decision to serde, the whole tape's
+/// depth is checked and serde deserializes it (consuming the tape: `tape` is left empty).
+fn parse_into<'a>(
+    buf: &'a mut [u8],
+    buffers: &mut simd_json::Buffers,
+    tape: &mut simd_json::Tape<'a>,
+) -> Result<Event<'a>, ParseError> {
     check_object(buf)?;
     json::repair_surrogates(buf);
-    let malformed = |e: simd_json::Error| ParseError::Malformed(e.to_string());
-    let tape = simd_json::to_tape_with_buffers(buf, buffers).map_err(malformed)?;
+    simd_json::fill_tape(buf, buffers, tape).map_err(malformed)?;
+    // The tape reader checks the depth of what it skips (the rest has the event's shape).
+    if let Some(event) = tape::event(&tape.0) {
+        return Ok(event);
+    }
     json::tape_depth(&tape.0, json::MAX_DEPTH)?;
-    tape.deserialize::<Event<'_>>().map_err(malformed)
+    std::mem::replace(tape, simd_json::Tape(Vec::new())).deserialize::<Event<'_>>().map_err(malformed)
+}
+
+/// A reusable event parser: keeps simd-json's scratch buffers and tape across events, so that
+/// parsing one allocates nothing for them. The hot path's parser (the grouper's batch
+/// builder); it answers exactly as [`parse_event_slice`].
+#[derive(Default)]
+pub struct EventParser {
+    buffers: simd_json::Buffers,
+    /// The tape's allocation, empty between events.
+    tape: Option<simd_json::Tape<'static>>,
+}
+
+impl std::fmt::Debug for EventParser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventParser").finish_non_exhaustive()
+    }
+}
+
+impl EventParser {
+    /// [`parse_event_slice`], with this parser's buffers.
+    ///
+    /// # Errors
+    /// As [`parse_event_slice`].
+    pub fn parse<'a>(&mut self, buf: &'a mut [u8]) -> Result<Event<'a>, ParseError> {
+        let mut tape = self.tape.take().map_or_else(|| simd_json::Tape(Vec::new()), simd_json::Tape::reset);
+        let event = parse_into(buf, &mut self.buffers, &mut tape);
+        // The event borrows from `buf`, not from the tape: the tape's nodes can go.
+        self.tape = Some(tape.reset());
+        event
+    }
 }
 
 /// Parses one event with serde_json (used where the input is not ours to modify). The depth

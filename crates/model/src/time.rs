@@ -138,7 +138,7 @@ pub(crate) fn serialize_opt_millis<S: Serializer>(ms: &Option<Millis>, s: S) -> 
 }
 
 /// Milliseconds of fractional Unix seconds, as the parsers read them.
-fn millis_of_secs(v: f64) -> Option<Millis> {
+pub(crate) fn millis_of_secs(v: f64) -> Option<Millis> {
     (v.is_finite() && v.abs() < 1e14).then(|| (v * 1000.0).round() as i64)
 }
 

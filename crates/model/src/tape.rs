@@ -1,0 +1,858 @@
+//! The event read straight off simd-json's tape, without serde: the hot path's reader.
+//!
+//! serde's derived visitors over simd-json's deserializer cost about as much again as building
+//! the tape (a visitor, a key match and a few checks per value, through several layers of
+//! generic calls). This reader walks the tape's nodes once, matches each key against the
+//! event's field names, and skips what it does not know in one step (a container's node count).
+//!
+//! It is an exact shortcut, not a second definition of the format: it accepts only documents
+//! the serde path reads, and builds the same [`Event`]. Whenever the serde path could answer
+//! differently, or would answer with an error (a value of another type, a duplicate field, a
+//! struct given as an array, a number out of range), it gives up (`None`) and the caller
+//! deserializes the same tape with serde, which produces the answer and the error message as
+//! before. Tests hold the two equal on the fixtures and on random documents.
+//!
+//! Its recursion follows the event's shape (at most six containers deep: event, exception
+//! list, exception, stack trace, frame list, frame), never the document's; unknown values are
+//! skipped by their node count, not visited, and only they are checked against
+//! [`MAX_DEPTH`] (nothing else can be deeper than the shape). Linear in the number of nodes.
+
+use crate::event::{
+    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, User,
+    MAX_TAGS,
+};
+use crate::json::{tape_depth, MAX_DEPTH};
+use simd_json::prelude::ValueAsScalar;
+use simd_json::{Node, StaticNode};
+use std::borrow::Cow;
+
+/// The event of a tape whose first node is its top-level object, or `None` when the serde
+/// path must decide.
+pub(crate) fn event<'a>(nodes: &[Node<'a>]) -> Option<Event<'a>> {
+    Cur { nodes, i: 0, depth: 0 }.event()
+}
+
+/// A position on the tape.
+struct Cur<'t, 'a> {
+    nodes: &'t [Node<'a>],
+    i: usize,
+    /// Objects and arrays open at `i` (the event's own object is 1).
+    depth: usize,
+}
+
+/// Marks a field as read; `None` when it was read before (serde refuses duplicate fields).
+fn mark(seen: &mut u32, bit: u32) -> Option<()> {
+    if *seen & bit != 0 {
+        return None;
+    }
+    *seen |= bit;
+    Some(())
+}
+
+impl<'a> Cur<'_, 'a> {
+    fn next(&mut self) -> Option<Node<'a>> {
+        let n = *self.nodes.get(self.i)?;
+        self.i += 1;
+        Some(n)
+    }
+
+    /// Skips one value, with everything nested in it. A skipped container is the only place
+    /// where the document can nest deeper than the event's shape: it is checked against
+    /// [`MAX_DEPTH`] here (`None` past it: the caller's full check refuses the event).
+    fn skip(&mut self) -> Option<()> {
+        let at = self.i;
+        if let Node::Object { count, .. } | Node::Array { count, .. } = self.next()? {
+            self.i = self.i.checked_add(count).filter(|&i| i <= self.nodes.len())?;
+            tape_depth(self.nodes.get(at..self.i)?, MAX_DEPTH.checked_sub(self.depth)?).ok()?;
+        }
+        Some(())
+    }
+
+    fn key(&mut self) -> Option<&'a str> {
+        match self.next()? {
+            Node::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// An object's number of keys; `None` for anything else (serde would read a struct from
+    /// an array by position, or refuse the value: either way it decides).
+    fn object(&mut self) -> Option<usize> {
+        match self.next()? {
+            Node::Object { len, .. } => {
+                self.depth += 1;
+                Some(len)
+            }
+            _ => None,
+        }
+    }
+
+    /// An array's number of elements (`None` for anything else).
+    fn array(&mut self) -> Option<usize> {
+        match self.next()? {
+            Node::Array { len, .. } => {
+                self.depth += 1;
+                Some(len)
+            }
+            _ => None,
+        }
+    }
+
+    /// Leaves the object or array [`Cur::object`] or [`Cur::array`] entered.
+    fn close<T>(&mut self, value: T) -> Option<T> {
+        self.depth -= 1;
+        Some(value)
+    }
+
+    /// Whether the next value is `null` (and if so, reads it).
+    fn null(&mut self) -> bool {
+        let null = matches!(self.nodes.get(self.i), Some(Node::Static(StaticNode::Null)));
+        self.i += usize::from(null);
+        null
+    }
+
+    /// `null` or a struct filled in by `fill`.
+    fn opt<T: Default>(&mut self, fill: impl FnOnce(&mut Self, &mut T) -> Option<()>) -> Option<Option<T>> {
+        if self.null() {
+            return Some(None);
+        }
+        let mut value = T::default();
+        fill(self, &mut value)?;
+        Some(Some(value))
+    }
+
+    /// `null`, or an array of structs each filled in by `fill` in place (a list, `null` read
+    /// as empty).
+    fn list<T: Default>(&mut self, mut fill: impl FnMut(&mut Self, &mut T) -> Option<()>) -> Option<Vec<T>> {
+        if self.null() {
+            return Some(Vec::new());
+        }
+        let len = self.array()?;
+        let mut out: Vec<T> = Vec::with_capacity(len.min(64));
+        for _ in 0..len {
+            out.push(T::default());
+            fill(self, out.last_mut()?)?;
+        }
+        self.close(out)
+    }
+
+    fn opt_str(&mut self) -> Option<Option<Str<'a>>> {
+        match self.next()? {
+            Node::String(s) => Some(Some(Cow::Borrowed(s))),
+            Node::Static(StaticNode::Null) => Some(None),
+            _ => None,
+        }
+    }
+
+    /// A string, or an integer as its decimal text (a user id).
+    fn opt_str_or_number(&mut self) -> Option<Option<Str<'a>>> {
+        match self.next()? {
+            Node::String(s) => Some(Some(Cow::Borrowed(s))),
+            Node::Static(StaticNode::Null) => Some(None),
+            Node::Static(StaticNode::I64(v)) => Some(Some(Cow::Owned(v.to_string()))),
+            Node::Static(StaticNode::U64(v)) => Some(Some(Cow::Owned(v.to_string()))),
+            _ => None,
+        }
+    }
+
+    fn opt_bool(&mut self) -> Option<Option<bool>> {
+        match self.next()? {
+            Node::Static(StaticNode::Null) => Some(None),
+            Node::Static(StaticNode::Bool(b)) => Some(Some(b)),
+            _ => None,
+        }
+    }
+
+    /// `Option<u32>` as serde reads it from simd-json (the same conversion).
+    fn opt_u32(&mut self) -> Option<Option<u32>> {
+        match self.next()? {
+            Node::Static(StaticNode::Null) => Some(None),
+            Node::Static(s) => s.as_u32().map(Some),
+            _ => None,
+        }
+    }
+
+    /// [`crate::time::deserialize_opt_millis`] on a tape node.
+    fn opt_millis(&mut self) -> Option<Option<i64>> {
+        match self.next()? {
+            Node::Static(StaticNode::Null) => Some(None),
+            Node::Static(StaticNode::I64(v)) => v.checked_mul(1000).map(Some),
+            Node::Static(StaticNode::U64(v)) => i64::try_from(v).ok().and_then(|s| s.checked_mul(1000)).map(Some),
+            Node::Static(StaticNode::F64(v)) => crate::time::millis_of_secs(v).map(Some),
+            Node::String(s) => crate::time::parse_rfc3339(s).map(Some),
+            _ => None,
+        }
+    }
+
+    /// Tags and headers: `null` or an object of strings, at most [`MAX_TAGS`] pairs kept (the
+    /// rest skipped, whatever their values).
+    fn pairs(&mut self) -> Option<Vec<(Str<'a>, Str<'a>)>> {
+        if self.null() {
+            return Some(Vec::new());
+        }
+        let len = self.object()?;
+        let mut out = Vec::with_capacity(len.min(64));
+        for k in 0..len {
+            let key = self.key()?;
+            if k < MAX_TAGS {
+                let Node::String(v) = self.next()? else { return None };
+                out.push((Cow::Borrowed(key), Cow::Borrowed(v)));
+            } else {
+                self.skip()?;
+            }
+        }
+        self.close(out)
+    }
+
+    /// A custom fingerprint: `null` or an array of strings.
+    fn strs(&mut self) -> Option<Vec<Str<'a>>> {
+        if self.null() {
+            return Some(Vec::new());
+        }
+        let len = self.array()?;
+        let mut out = Vec::with_capacity(len.min(16));
+        for _ in 0..len {
+            let Node::String(s) = self.next()? else { return None };
+            out.push(Cow::Borrowed(s));
+        }
+        self.close(out)
+    }
+
+    fn event(&mut self) -> Option<Event<'a>> {
+        let len = self.object()?;
+        let mut e = Event::default();
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "event_id" => {
+                    e.event_id = self.opt_str()?;
+                    1
+                }
+                "project" => {
+                    e.project = self.opt_str()?;
+                    1 << 1
+                }
+                "timestamp" => {
+                    e.timestamp = self.opt_millis()?;
+                    1 << 2
+                }
+                "platform" => {
+                    e.platform = self.opt_str()?;
+                    1 << 3
+                }
+                "level" => {
+                    e.level = self.opt_str()?;
+                    1 << 4
+                }
+                "release" => {
+                    e.release = self.opt_str()?;
+                    1 << 5
+                }
+                "environment" => {
+                    e.environment = self.opt_str()?;
+                    1 << 6
+                }
+                "logger" => {
+                    e.logger = self.opt_str()?;
+                    1 << 7
+                }
+                "server_name" => {
+                    e.server_name = self.opt_str()?;
+                    1 << 8
+                }
+                "message" => {
+                    e.message = self.opt_str()?;
+                    1 << 9
+                }
+                "logentry" => {
+                    e.logentry = self.opt(Self::logentry)?;
+                    1 << 10
+                }
+                "exception" => {
+                    e.exception = self.list(Self::exception)?;
+                    1 << 11
+                }
+                "fingerprint" => {
+                    e.fingerprint = self.strs()?;
+                    1 << 12
+                }
+                "user" => {
+                    e.user = self.opt(Self::user)?;
+                    1 << 13
+                }
+                "tags" => {
+                    e.tags = self.pairs()?;
+                    1 << 14
+                }
+                "request" => {
+                    e.request = self.opt(Self::request)?;
+                    1 << 15
+                }
+                "contexts" => {
+                    e.contexts = self.opt(Self::contexts)?;
+                    1 << 16
+                }
+                "sdk" => {
+                    e.sdk = self.opt(Self::sdk)?;
+                    1 << 17
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(e)
+    }
+
+    fn logentry(&mut self, l: &mut LogEntry<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "message" => {
+                    l.message = self.opt_str()?;
+                    1
+                }
+                "formatted" => {
+                    l.formatted = self.opt_str()?;
+                    2
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(())
+    }
+
+    fn exception(&mut self, x: &mut Exception<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "type" => {
+                    x.ty = self.opt_str()?;
+                    1
+                }
+                "value" => {
+                    x.value = self.opt_str()?;
+                    2
+                }
+                "module" => {
+                    x.module = self.opt_str()?;
+                    4
+                }
+                "mechanism" => {
+                    x.mechanism = self.opt(Self::mechanism)?;
+                    8
+                }
+                "stacktrace" => {
+                    x.stacktrace = self.opt(Self::stacktrace)?;
+                    16
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(())
+    }
+
+    fn mechanism(&mut self, m: &mut Mechanism<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "type" => {
+                    m.ty = self.opt_str()?;
+                    1
+                }
+                "handled" => {
+                    m.handled = self.opt_bool()?;
+                    2
+                }
+                "synthetic" => {
+                    m.synthetic = self.opt_bool()?;
+                    4
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(())
+    }
+
+    fn stacktrace(&mut self, s: &mut Stacktrace<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            if self.key()? == "frames" {
+                s.frames = self.list(Self::frame)?;
+                mark(&mut seen, 1)?;
+            } else {
+                self.skip()?;
+            }
+        }
+        self.close(())
+    }
+
+    fn frame(&mut self, f: &mut Frame<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "function" => {
+                    f.function = self.opt_str()?;
+                    1
+                }
+                "filename" => {
+                    f.filename = self.opt_str()?;
+                    1 << 2
+                }
+                "lineno" => {
+                    f.lineno = self.opt_u32()?;
+                    1 << 5
+                }
+                "colno" => {
+                    f.colno = self.opt_u32()?;
+                    1 << 6
+                }
+                "in_app" => {
+                    f.in_app = self.opt_bool()?;
+                    1 << 7
+                }
+                "module" => {
+                    f.module = self.opt_str()?;
+                    1 << 1
+                }
+                "abs_path" => {
+                    f.abs_path = self.opt_str()?;
+                    1 << 3
+                }
+                "package" => {
+                    f.package = self.opt_str()?;
+                    1 << 4
+                }
+                "instruction_addr" => {
+                    f.instruction_addr = self.opt_str()?;
+                    1 << 8
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(())
+    }
+
+    fn user(&mut self, u: &mut User<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "id" => {
+                    u.id = self.opt_str_or_number()?;
+                    1
+                }
+                "email" => {
+                    u.email = self.opt_str()?;
+                    2
+                }
+                "username" => {
+                    u.username = self.opt_str()?;
+                    4
+                }
+                "ip_address" => {
+                    u.ip_address = self.opt_str()?;
+                    8
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(())
+    }
+
+    fn request(&mut self, r: &mut Request<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "url" => {
+                    r.url = self.opt_str()?;
+                    1
+                }
+                "method" => {
+                    r.method = self.opt_str()?;
+                    2
+                }
+                "query_string" => {
+                    r.query_string = self.opt_str()?;
+                    4
+                }
+                "headers" => {
+                    r.headers = self.pairs()?;
+                    8
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(())
+    }
+
+    fn contexts(&mut self, c: &mut Contexts<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "browser" => {
+                    c.browser = self.opt(Self::name_version)?;
+                    1
+                }
+                "os" => {
+                    c.os = self.opt(Self::name_version)?;
+                    2
+                }
+                "runtime" => {
+                    c.runtime = self.opt(Self::name_version)?;
+                    4
+                }
+                "device" => {
+                    c.device = self.opt(Self::device)?;
+                    8
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(())
+    }
+
+    fn name_version(&mut self, v: &mut NameVersion<'a>) -> Option<()> {
+        (v.name, v.version) = self.two(|k| match k {
+            "name" => 1,
+            "version" => 2,
+            _ => 0,
+        })?;
+        Some(())
+    }
+
+    fn device(&mut self, v: &mut Device<'a>) -> Option<()> {
+        (v.family, v.model) = self.two(|k| match k {
+            "family" => 1,
+            "model" => 2,
+            _ => 0,
+        })?;
+        Some(())
+    }
+
+    fn sdk(&mut self, v: &mut Sdk<'a>) -> Option<()> {
+        (v.name, v.version) = self.two(|k| match k {
+            "name" => 1,
+            "version" => 2,
+            _ => 0,
+        })?;
+        Some(())
+    }
+
+    /// An object of two optional string fields, `a` and `b` (`which` tells a key's field:
+    /// 1, 2 or 0 for another key; a match on constants, cheaper than comparing with
+    /// strings passed in).
+    #[allow(clippy::type_complexity)]
+    fn two(&mut self, which: impl Fn(&str) -> u32) -> Option<(Option<Str<'a>>, Option<Str<'a>>)> {
+        let len = self.object()?;
+        let (mut x, mut y) = (None, None);
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match which(self.key()?) {
+                1 => {
+                    x = self.opt_str()?;
+                    1
+                }
+                2 => {
+                    y = self.opt_str()?;
+                    2
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close((x, y))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{json, Event, ParseError};
+    use proptest::prelude::*;
+
+    /// The parse as it was before this reader: the whole tape's depth, then serde.
+    fn serde_path(text: &[u8]) -> Result<Event<'static>, ParseError> {
+        let buf: &'static mut [u8] = Box::leak(text.to_vec().into_boxed_slice());
+        crate::check_object(buf)?;
+        json::repair_surrogates(buf);
+        let tape = simd_json::to_tape(buf).map_err(crate::malformed)?;
+        json::tape_depth(&tape.0, json::MAX_DEPTH)?;
+        tape.deserialize::<Event<'_>>().map_err(crate::malformed)
+    }
+
+    /// Both public parsers answer exactly as the serde path, and a reused parser too.
+    fn agree(text: &[u8], parser: &mut crate::EventParser) -> Result<bool, TestCaseError> {
+        let want = serde_path(text);
+        let mut a = text.to_vec();
+        let got = crate::parse_event_slice(&mut a);
+        prop_assert_eq!(&got, &want, "{}", String::from_utf8_lossy(text));
+        let mut b = text.to_vec();
+        prop_assert_eq!(&parser.parse(&mut b), &want);
+        // Whether the tape reader itself decided (for the coverage checks below).
+        let mut c = text.to_vec();
+        let decided = match simd_json::to_tape(&mut c) {
+            Ok(tape) => super::event(&tape.0).is_some(),
+            Err(_) => false,
+        };
+        Ok(decided)
+    }
+
+    fn fixture() -> Vec<&'static str> {
+        include_str!("../../../benches/fixtures/events.ndjson").lines().filter(|l| !l.is_empty()).collect()
+    }
+
+    #[test]
+    fn the_fixture_is_read_off_the_tape_exactly_as_serde_reads_it() {
+        let mut parser = crate::EventParser::default();
+        for line in fixture() {
+            assert!(agree(line.as_bytes(), &mut parser).unwrap(), "the tape reader decides: {line}");
+        }
+    }
+
+    #[test]
+    fn what_the_reader_leaves_to_serde() {
+        let mut parser = crate::EventParser::default();
+        let id = r#""event_id":"0123456789abcdef0123456789abcdef""#;
+        let cases = [
+            // Duplicate fields, at every level.
+            format!(r#"{{{id},"project":"a","project":"b","message":"m"}}"#),
+            format!(r#"{{{id},"exception":[{{"type":"E","type":"F"}}]}}"#),
+            format!(r#"{{{id},"message":"m","user":{{"id":1,"id":2}}}}"#),
+            // Structs as arrays (serde reads them by position), wrong types, out of range.
+            format!(r#"{{{id},"message":"m","user":["42"]}}"#),
+            format!(r#"{{{id},"exception":[["E","v"]]}}"#),
+            format!(r#"{{{id},"message":5}}"#),
+            format!(r#"{{{id},"message":"m","timestamp":true}}"#),
+            format!(r#"{{{id},"message":"m","timestamp":"yesterday"}}"#),
+            format!(r#"{{{id},"message":"m","timestamp":1e300}}"#),
+            format!(r#"{{{id},"message":"m","timestamp":18446744073709551615}}"#),
+            format!(r#"{{{id},"message":"m","user":{{"id":1.5}}}}"#),
+            format!(r#"{{{id},"exception":[{{"type":"E","stacktrace":{{"frames":[{{"lineno":-1}}]}}}}]}}"#),
+            format!(r#"{{{id},"exception":[{{"type":"E","stacktrace":{{"frames":[{{"lineno":4294967296}}]}}}}]}}"#),
+            format!(r#"{{{id},"exception":[{{"type":"E","stacktrace":{{"frames":[{{"in_app":1}}]}}}}]}}"#),
+            format!(r#"{{{id},"message":"m","tags":{{"a":1}}}}"#),
+            format!(r#"{{{id},"message":"m","tags":["a"]}}"#),
+            format!(r#"{{{id},"message":"m","fingerprint":["a",null]}}"#),
+            format!(r#"{{{id},"exception":[null]}}"#),
+            format!(r#"{{{id},"exception":{{}}}}"#),
+            // Too deep inside a field the reader skips, and inside one it reads.
+            format!(r#"{{{id},"message":"m","extra":{}1{}}}"#, "[".repeat(64), "]".repeat(64)),
+            format!(r#"{{{id},"message":"m","request":{{"x":{}1{}}}}}"#, "[".repeat(62), "]".repeat(62)),
+            format!(r#"{{{id},"message":"m","tags":{{"a":{}1{}}}}}"#, "[".repeat(63), "]".repeat(63)),
+        ];
+        for c in &cases {
+            agree(c.as_bytes(), &mut parser).unwrap();
+        }
+        // Just within the depth bound inside a skipped field: the reader decides.
+        let ok = format!(r#"{{{id},"message":"m","request":{{"x":{}1{}}}}}"#, "[".repeat(62), "]".repeat(62));
+        assert!(agree(ok.as_bytes(), &mut parser).unwrap());
+        // Past the tag bound, values of any type are skipped.
+        let many: Vec<String> =
+            (0..300).map(|i| format!(r#""k{i}":{}"#, if i < 256 { "\"v\"" } else { "[1]" })).collect();
+        let tags = format!(r#"{{{id},"message":"m","tags":{{{}}}}}"#, many.join(","));
+        assert!(agree(tags.as_bytes(), &mut parser).unwrap());
+    }
+
+    const KEYS: &[&str] = &[
+        "event_id",
+        "project",
+        "timestamp",
+        "platform",
+        "level",
+        "release",
+        "environment",
+        "logger",
+        "server_name",
+        "message",
+        "logentry",
+        "exception",
+        "fingerprint",
+        "user",
+        "tags",
+        "request",
+        "contexts",
+        "sdk",
+        "type",
+        "value",
+        "module",
+        "mechanism",
+        "stacktrace",
+        "handled",
+        "synthetic",
+        "frames",
+        "function",
+        "filename",
+        "abs_path",
+        "package",
+        "lineno",
+        "colno",
+        "in_app",
+        "instruction_addr",
+        "id",
+        "email",
+        "username",
+        "ip_address",
+        "url",
+        "method",
+        "query_string",
+        "headers",
+        "browser",
+        "os",
+        "runtime",
+        "device",
+        "name",
+        "version",
+        "family",
+        "model",
+        "formatted",
+        "extra",
+        "Type",
+        "",
+    ];
+
+    /// JSON text of event-like documents: the event's field names and others, values of every
+    /// type (strings with escapes, lone surrogates and any Unicode), duplicate keys, nesting.
+    fn value(depth: u32) -> BoxedStrategy<String> {
+        let scalar = prop_oneof![
+            Just("null".to_owned()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            (0u32..5000).prop_map(|n| n.to_string()),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+            "\\PC{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            Just(r#""cut \ud83d""#.to_owned()),
+            Just(r#""2026-11-26T05:39:00.25+02:00""#.to_owned()),
+            Just(r#""a\"b\\c\n""#.to_owned()),
+        ];
+        if depth == 0 {
+            return scalar.boxed();
+        }
+        prop_oneof![
+            3 => scalar,
+            1 => prop::collection::vec(value(depth - 1), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            2 => object(depth),
+        ]
+        .boxed()
+    }
+
+    fn object(depth: u32) -> BoxedStrategy<String> {
+        let key = prop::sample::select(KEYS).prop_map(|k| serde_json::to_string(k).unwrap());
+        prop::collection::vec((key, value(depth - 1)), 0..8)
+            .prop_map(|kv| {
+                let kv: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                format!("{{{}}}", kv.join(","))
+            })
+            .boxed()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_documents_parse_as_serde_parses_them(doc in object(6)) {
+            agree(doc.as_bytes(), &mut crate::EventParser::default())?;
+        }
+
+        /// A fixture event with one value replaced by a random one, or one key duplicated.
+        #[test]
+        fn mutated_fixture_events_parse_as_serde_parses_them(
+            which in 0usize..500, at in any::<prop::sample::Index>(), with in value(3), dup in any::<bool>(),
+        ) {
+            let lines = fixture();
+            let line = lines[which % lines.len()];
+            // Replace the value after one of the `":` of the line.
+            let spots: Vec<usize> = line.match_indices("\":").map(|(i, _)| i + 2).collect();
+            let start = spots[at.index(spots.len())];
+            let mut doc = line.to_owned();
+            let end = value_end(line.as_bytes(), start);
+            if dup {
+                // The same `"key":value` again, right after it.
+                let key_start = line[..start - 2].rfind('"').unwrap_or(0);
+                doc.insert_str(end, &format!(",{}", &line[key_start..end]));
+            } else {
+                doc.replace_range(start..end, &with);
+            }
+            agree(doc.as_bytes(), &mut crate::EventParser::default())?;
+        }
+    }
+
+    /// Where the JSON value starting at `i` ends (a scan of brackets and strings; the fixture is
+    /// valid JSON).
+    fn value_end(b: &[u8], mut i: usize) -> usize {
+        let (mut depth, mut in_str) = (0i32, false);
+        while i < b.len() {
+            let c = b[i];
+            if in_str {
+                match c {
+                    b'\\' => i += 1,
+                    b'"' => {
+                        in_str = false;
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    _ => {}
+                }
+            } else {
+                match c {
+                    b'"' => in_str = true,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        if depth == 0 {
+                            return i;
+                        }
+                        depth -= 1;
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    b',' if depth == 0 => return i,
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+        i
+    }
+}
