@@ -14,7 +14,9 @@ mod measure;
 mod ops;
 
 pub use analyst::{DlqArgs, FingerprintArgs, IssueArgs, OutcomesArgs, TopArgs};
-pub use measure::{BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionQualityArgs, GroupingQualityArgs};
+pub use measure::{
+    BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionPath, DetectionQualityArgs, GroupingQualityArgs,
+};
 pub use ops::{DevArgs, GenArgs, LoadgenArgs, MigrateArgs, RetentionArgs, SignalsArgs};
 
 #[derive(Parser)]
