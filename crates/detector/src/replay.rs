@@ -76,6 +76,9 @@ pub struct PipelineStats {
     pub max_delivery_delay_s: f64,
     /// Records beyond the allowed lateness, not used for detection.
     pub late_records: u64,
+    /// Spikes signalled in an issue's first minute with events: an issue without history of
+    /// its own is judged against its project's baseline (the model path never judges it).
+    pub first_minute_spikes: usize,
     /// Median minutes from a detected 5x+ burst's start to the evaluation that signalled it, on
     /// the simulated clock (the `lateness_min` wait included).
     pub median_signal_delay_min: f64,
@@ -425,6 +428,10 @@ pub fn run_engine(
         }
     }
     stats.max_delivery_delay_s = max_delay as f64 / 1000.0;
+    stats.first_minute_spikes = detections
+        .iter()
+        .filter(|(i, t, _)| traffic.counts[*i].iter().position(|c| *c > 0) == Some(*t as usize))
+        .count();
     // Clock delays of the detections the score counts: each detectable 5x+ burst's earliest.
     let mut delays = Vec::new();
     for b in traffic.bursts.iter().filter(|b| b.magnitude >= 5.0 && b.detectable()) {

@@ -55,7 +55,8 @@ pub fn render(r: &Report, seed: u64) -> String {
         None => out.push_str("path: model (the spike model on each issue's per-minute counts)\n\n"),
         Some(p) => out.push_str(&format!(
             "path: engine ({} partial aggregates over {} partitions, {} episodes behind and {} stalls, \
-             deliveries up to {:.0} s late, {} records beyond the allowed lateness, {} evaluations)\n\
+             deliveries up to {:.0} s late, {} records beyond the allowed lateness, {} evaluations, \
+             {} spikes in an issue's first minute)\n\
              minutes from burst start to signal on the detector's clock: median {:.2}, p90 {:.2}\n\n",
             p.records,
             p.partitions,
@@ -64,6 +65,7 @@ pub fn render(r: &Report, seed: u64) -> String {
             p.max_delivery_delay_s,
             p.late_records,
             p.evaluations,
+            p.first_minute_spikes,
             p.median_signal_delay_min,
             p.p90_signal_delay_min,
         )),
