@@ -15,7 +15,8 @@ mod ops;
 
 pub use analyst::{DlqArgs, FingerprintArgs, IssueArgs, OutcomesArgs, TopArgs};
 pub use measure::{
-    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionQualityArgs, GroupingQualityArgs,
+    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionPath, DetectionQualityArgs,
+    GroupingQualityArgs,
 };
 pub use ops::{DevArgs, GenArgs, LoadgenArgs, MigrateArgs, RetentionArgs, SignalsArgs};
 

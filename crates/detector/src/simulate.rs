@@ -3,6 +3,10 @@
 //! and durations, issues that appear mid-week, and slow ramps; scored by recall of 5x-or-more
 //! bursts, false spikes per issue and week, and minutes to detect. The same run scores a
 //! baseline rule: the current 5-minute bucket above 10x the mean of the previous eleven.
+//!
+//! Here the spike model ([`crate::spike`]) reads each issue's per-minute counts directly (the
+//! `model` path); [`crate::replay`] feeds the same traffic through the detector's engine as the
+//! service drives it (the `engine` path) and scores it with [`score`].
 
 use crate::spike::{SpikeConfig, SpikeState};
 use rand::rngs::SmallRng;
@@ -152,7 +156,8 @@ pub struct Score {
     pub detections: usize,
 }
 
-fn score(traffic: &Traffic, detections: &[(usize, u32)], minutes: u32) -> Score {
+/// Scores detections, (issue, minute), against the injected bursts of `traffic`.
+pub fn score(traffic: &Traffic, detections: &[(usize, u32)], minutes: u32) -> Score {
     let strong: Vec<&Burst> = traffic.bursts.iter().filter(|b| b.magnitude >= 5.0 && b.detectable()).collect();
     let mut delays = Vec::new();
     for b in &strong {
@@ -214,9 +219,32 @@ pub fn run_baseline(traffic: &Traffic) -> Vec<(usize, u32)> {
     out
 }
 
+/// Which code path the detections came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// The spike model on each issue's per-minute counts ([`run_detector`]).
+    #[default]
+    Model,
+    /// The detector's engine fed partial aggregates as the service is ([`crate::replay`]).
+    Engine,
+}
+
+impl Path {
+    /// `model` or `engine`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Model => "model",
+            Path::Engine => "engine",
+        }
+    }
+}
+
 /// Both detectors on one simulated week.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The code path tracefold's detections came from.
+    pub path: Path,
     /// Issues simulated.
     pub issues: usize,
     /// Minutes simulated.
@@ -225,26 +253,42 @@ pub struct Report {
     pub bursts: (usize, usize, usize),
     /// tracefold's detector.
     pub tracefold: Score,
-    /// The baseline rule.
+    /// The baseline rule (always on the per-minute counts).
     pub baseline: Score,
+    /// How the records went through the engine (engine path only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<crate::replay::PipelineStats>,
 }
 
-/// Simulates and scores.
-pub fn evaluate(opts: &SimOptions, cfg: &SpikeConfig) -> Report {
-    let traffic = simulate(opts);
-    let ours = run_detector(&traffic, cfg);
-    let base = run_baseline(&traffic);
+/// The report of tracefold's `detections` on `traffic`, next to the baseline rule's.
+pub fn report(
+    traffic: &Traffic,
+    minutes: u32,
+    path: Path,
+    detections: &[(usize, u32)],
+    pipeline: Option<crate::replay::PipelineStats>,
+) -> Report {
+    let base = run_baseline(traffic);
     Report {
-        issues: opts.issues,
-        minutes: opts.minutes,
+        path,
+        issues: traffic.counts.len(),
+        minutes,
         bursts: (
             traffic.bursts.len(),
             traffic.bursts.iter().filter(|b| b.magnitude >= 5.0).count(),
             traffic.bursts.iter().filter(|b| b.magnitude >= 5.0 && b.detectable()).count(),
         ),
-        tracefold: score(&traffic, &ours, opts.minutes),
-        baseline: score(&traffic, &base, opts.minutes),
+        tracefold: score(traffic, detections, minutes),
+        baseline: score(traffic, &base, minutes),
+        pipeline,
     }
+}
+
+/// Simulates and scores the spike model on the per-minute counts (the model path).
+pub fn evaluate(opts: &SimOptions, cfg: &SpikeConfig) -> Report {
+    let traffic = simulate(opts);
+    let ours = run_detector(&traffic, cfg);
+    report(&traffic, opts.minutes, Path::Model, &ours, None)
 }
 
 #[cfg(test)]

@@ -14,9 +14,24 @@ pub struct DetectionQualityArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Which code path is scored: `model`, the spike model on each issue's per-minute counts;
+    /// `engine`, the detector's engine fed the same traffic as partial aggregates, out of order
+    /// across partitions, evaluated every 500 ms of a simulated clock, as the detector service
+    /// runs it.
+    #[arg(long, value_enum, default_value = "model")]
+    pub path: DetectionPath,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+/// `tracefold detection-quality --path`.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum DetectionPath {
+    /// The spike model on per-minute counts.
+    Model,
+    /// The detector's engine, fed as the service feeds it.
+    Engine,
 }
 
 // `tracefold grouping-quality`.

@@ -3,8 +3,8 @@
 //! `tracefold_devtools`; this prints their reports as tables or JSON.
 
 use crate::args::{
-    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionQualityArgs, Format,
-    GroupingQualityArgs,
+    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionPath, DetectionQualityArgs,
+    Format, GroupingQualityArgs,
 };
 use tracefold_devtools::{bench, detection, quality};
 
@@ -13,7 +13,11 @@ use tracefold_devtools::{bench, detection, quality};
 /// # Errors
 /// When stdout cannot take the JSON.
 pub fn detection_quality(a: &DetectionQualityArgs) -> anyhow::Result<()> {
-    let r = detection::evaluate(&detection::DetectionOptions { issues: a.issues, weeks: a.weeks, seed: a.seed });
+    let path = match a.path {
+        DetectionPath::Model => detection::Path::Model,
+        DetectionPath::Engine => detection::Path::Engine,
+    };
+    let r = detection::evaluate(&detection::DetectionOptions { issues: a.issues, weeks: a.weeks, seed: a.seed, path });
     match a.format {
         Format::Json => println!("{}", serde_json::to_string(&r)?),
         Format::Table => print!("{}", detection::render(&r, a.seed)),
