@@ -55,7 +55,7 @@ pub enum TopBy {
     /// Most events in the window.
     #[default]
     Events,
-    /// Most distinct affected users in the window (hour granularity at its start), then events.
+    /// Most distinct affected users in the window, then events.
     Users,
     /// Largest gain in events over the previous window of the same length (this window's
     /// events minus that window's), then events. Only issues with events in this window.
@@ -97,7 +97,8 @@ pub struct TopIssue {
     /// Events in the previous window of the same length ([`TopBy::Growth`] only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<u64>,
-    /// Distinct affected users in the window (hour granularity at the window's start).
+    /// Distinct affected users in the window: exact over the user hashes the aggregates kept
+    /// (up to 4096 per aggregate; `tracefold issue` estimates beyond that bound).
     pub users: u64,
     /// First seen ever, RFC 3339.
     pub first_seen: String,
@@ -302,7 +303,7 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
 
 /// `SELECT project, issue_id, users_n`: distinct affected users per issue since `c.from`
 /// (exact over the user hashes the aggregates kept), of the issues in `only` (a SELECT of
-/// `project, issue_id`) or of all. Windows of up to a day read the base table (partitioned by
+/// `project, issue_id`; the result may hold other issues too) or of all. Windows of up to a day read the base table (partitioned by
 /// day: only the window's days); longer ones the hourly user sets for whole hours and the base
 /// table for the minutes before the first whole hour. Both give the same number.
 fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>) -> Sql {
@@ -332,6 +333,8 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
     .u32(c.from_hour_up)
     .push(")");
     filter(&mut s);
+    // The minutes before the first whole hour: every issue of them (less than an hour of one
+    // day's part), without the set (its subquery once less).
     s.push(&format!(
         " UNION ALL SELECT project, issue_id, uniqExactState(u) AS st FROM {db}.aggregates ARRAY JOIN users AS u \
          WHERE minute >= toDateTime("
@@ -340,7 +343,9 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
     .push(") AND minute < toDateTime(")
     .u32(c.from_hour_up)
     .push(")");
-    filter(&mut s);
+    if let Some(p) = project {
+        s.push(" AND project = ").str(p);
+    }
     s.push(" GROUP BY project, issue_id) GROUP BY project, issue_id");
     s
 }
@@ -377,10 +382,10 @@ fn rfc3339(secs: u32) -> String {
 }
 
 /// The SQL of [`top`] (one SELECT) for a clock reading: the ranked, LIMITed issues joined
-/// with their metadata (`issues`), distinct users in the window (`aggregates`) and last hour
-/// (`issue_counts_1m`). No list of ids is built on the client: users are read for the ranked
-/// issues only (`IN` the ranked set, a subquery); metadata for the issues with events in the
-/// window (`IN` a subquery of the daily rollup); the last hour for the issues of the last hour.
+/// with their metadata (`issues`), distinct users in the window ([`users_sql`]) and last hour
+/// (`issue_counts_1m`). No list of ids is built on the client: users and metadata are read for
+/// the ranked issues only (`IN` the ranked set, a subquery; ranking by users, metadata for
+/// the issues with events in the window); the last hour for the issues of the last hour.
 fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> (Sql, u32) {
     let ranked = ranked_sql(db, c, q);
     let hour_start = (c.now / 60) * 60 - 59 * 60;
@@ -407,12 +412,15 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> (Sql, u32) {
     s.push(&format!(
         ") ANY LEFT JOIN (SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
          argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
-         toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues \
-         WHERE (project, issue_id) IN (SELECT project, issue_id FROM {db}.issue_counts_1d WHERE day >= toDate(toDateTime("
-    ))
-    .u32(c.from)
-    .push("))");
-    project(&mut s);
+         toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE (project, issue_id) IN (SELECT project, issue_id FROM "
+    ));
+    if q.by == TopBy::Users {
+        // The ranked set holds every issue's users: cheaper to take the window's issues.
+        s.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
+        project(&mut s);
+    } else {
+        s.push("(").sql(&ranked).push(")");
+    }
     s.push(&format!(
         ") GROUP BY project, issue_id) USING (project, issue_id)\
          ) ANY LEFT JOIN (SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
@@ -443,8 +451,8 @@ pub async fn top_issues(
 
 /// The top issues of a window as `q` ranks them (`tracefold top`), with metadata, users and
 /// the last hour per minute. One query (after reading the server's clock): any `limit`, any
-/// number of issues. Events are counted exactly (whole days from the daily rollup, whole
-/// hours from the hourly one, the edges per minute).
+/// number of issues. Events are counted exactly (whole days from the daily rollup, the rest
+/// of the first and last day per minute).
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
