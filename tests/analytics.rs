@@ -209,6 +209,35 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert!((est - 20_000.0).abs() / 20_000.0 < 0.02, "{n}: 20,000 users beyond the bound estimated as {est}");
     seen.push(n);
 
+    let (n, sql) = run("top_issues_by_users");
+    let r = rows(&db, &sql).await;
+    let got: Vec<&str> = r.iter().map(|v| v["issue_id"].as_str().unwrap()).collect();
+    assert_eq!(got, vec![D, A, B], "{n}: C's users are two days old");
+    assert_eq!(num(&r[1]["users"]), 4, "{n}");
+    seen.push(n);
+
+    let (n, sql) = run("top_issues_by_growth");
+    let r = rows(&db, &sql).await;
+    let got: Vec<(&str, u64, u64)> =
+        r.iter().map(|v| (v["issue_id"].as_str().unwrap(), num(&v["events"]), num(&v["previous"]))).collect();
+    assert_eq!(got, vec![(D, 100, 0), (A, 15, 0), (B, 3, 0)], "{n}");
+    seen.push(n);
+
+    let (n, sql) = run("new_issues_last_day");
+    let r = rows(&db, &sql).await;
+    let got: Vec<(&str, u64)> = r.iter().map(|v| (v["issue_id"].as_str().unwrap(), num(&v["events"]))).collect();
+    assert_eq!(got, vec![(D, 100), (A, 15), (B, 3)], "{n}: C was first seen 200 days ago");
+    seen.push(n);
+
+    let (n, sql) = run("users_affected_per_release");
+    let r = rows(&db, &sql).await;
+    let got: Vec<(&str, u64, u64)> =
+        r.iter().map(|v| (v["release"].as_str().unwrap(), num(&v["events"]), num(&v["users"]))).collect();
+    assert_eq!(got, vec![("web@1.1", 13, 4), ("web@1.0", 5, 2)], "{n}: users 1, 2, 3 (A) and 9 (B); 3, 4 (A)");
+    let est = num(&rows(&db, &sql.replace("'web'", "'big'")).await[0]["users"]) as f64;
+    assert!((est - 20_000.0).abs() / 20_000.0 < 0.02, "{n}: 20,000 users beyond the bound estimated as {est}");
+    seen.push(n);
+
     let (n, sql) = run("regressions");
     let r = rows(&db, &sql).await;
     assert_eq!(r.iter().map(|v| v["issue_id"].as_str().unwrap()).collect::<Vec<_>>(), vec![A], "{n}");
@@ -300,4 +329,117 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert_eq!(dropped, dry);
     assert_eq!(db.total_events().await, before - 2, "only the 200-day-old events are gone");
     assert!(tracefold_store::migrate::retention(&db.cfg, 90, true).await.unwrap().is_empty());
+}
+
+/// `tracefold top --by`: each ranking orders a known window exactly as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_ranks_by_events_users_growth_and_new() {
+    use tracefold_store::issues::{top, TopBy, TopQuery};
+    let db = TestDb::new("top_by").await;
+    let t = now(&db).await;
+    const E: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+    const F: &str = "ffffffffffffffffffffffffffffffff";
+    const G: &str = "00000000000000000000000000000000";
+    const H: &str = "11111111111111111111111111111111";
+    const I: &str = "22222222222222222222222222222222";
+    // The window is the last hour; the one before it is [t - 2h, t - 1h).
+    let recs = vec![
+        // E: 50 events now (user 1), 45 in the hour before (user 1 again): +5, not new.
+        rec("rank", E, t - 1800, "r2", "production", 50, users([1]), "", 1),
+        rec("rank", E, t - 5400, "r1", "production", 45, users([1]), "", 2),
+        // F: 30 events now (5 users), none the hour before, first seen 3 days ago: +30, not new.
+        rec("rank", F, t - 1800, "r2", "production", 30, users(10..15), "", 3),
+        rec("rank", F, t - 3 * 86_400, "r0", "production", 2, users([99]), "", 4),
+        // G, H: new in the window: 20 events (3 users) and 10 events (2 users).
+        rec("rank", G, t - 1200, "r2", "production", 20, users(20..23), "", 5),
+        rec("rank", H, t - 600, "r2", "production", 10, users(30..32), "", 6),
+        // I: 100 events the hour before, none now: in no ranking of this window.
+        rec("rank", I, t - 5400, "r1", "production", 100, users(40..50), "", 7),
+        // Another project's issue, to check --project.
+        rec("other", I, t - 600, "r2", "production", 1000, users([1]), "", 8),
+    ];
+    insert(&db, &recs).await;
+    let dbn = &db.cfg.database;
+    let client = &db.client;
+    let ranked = |by: TopBy| async move {
+        let q = TopQuery { since_secs: 3600, limit: 100, project: Some("rank"), by };
+        top(client, dbn, &q).await.unwrap()
+    };
+    let ids = |rows: &[tracefold_store::issues::TopIssue]| rows.iter().map(|r| r.issue_id.clone()).collect::<Vec<_>>();
+
+    let r = ranked(TopBy::Events).await;
+    assert_eq!(ids(&r), [E, F, G, H]);
+    assert_eq!(r.iter().map(|r| r.count).collect::<Vec<_>>(), [50, 30, 20, 10]);
+    assert!(r.iter().all(|r| r.previous.is_none()));
+    assert_eq!(r[0].title, "Error e");
+    assert_eq!(r[1].first_seen.len(), "2026-11-26T00:00:00Z".len(), "{:?}", r[1].first_seen);
+    assert_eq!(r.iter().map(|r| r.last_hour.iter().sum::<u64>()).collect::<Vec<_>>(), [50, 30, 20, 10]);
+
+    let r = ranked(TopBy::Users).await;
+    assert_eq!(ids(&r), [F, G, H, E]);
+    assert_eq!(r.iter().map(|r| r.users).collect::<Vec<_>>(), [5, 3, 2, 1]);
+
+    let r = ranked(TopBy::Growth).await;
+    assert_eq!(ids(&r), [F, G, H, E]);
+    assert_eq!(
+        r.iter().map(|r| (r.count, r.previous)).collect::<Vec<_>>(),
+        [(30, Some(0)), (20, Some(0)), (10, Some(0)), (50, Some(45))]
+    );
+
+    let r = ranked(TopBy::New).await;
+    assert_eq!(ids(&r), [G, H]);
+
+    // Without --project the other project's issue leads; --limit cuts after ranking.
+    let q = TopQuery { since_secs: 3600, limit: 2, project: None, by: TopBy::Events };
+    let r = top(&db.client, dbn, &q).await.unwrap();
+    assert_eq!(
+        r.iter().map(|r| (r.project.as_str(), r.issue_id.as_str())).collect::<Vec<_>>(),
+        [("other", I), ("rank", E)]
+    );
+    // A window of days counts from the daily, hourly and minute rollups together: F's old
+    // events join in, I's too, and nothing is counted twice.
+    let q = TopQuery { since_secs: 7 * 86_400, limit: 100, project: Some("rank"), by: TopBy::Events };
+    let r = top(&db.client, dbn, &q).await.unwrap();
+    let got: Vec<(String, u64)> = r.iter().map(|r| (r.issue_id.clone(), r.count)).collect();
+    assert_eq!(got, [(I.into(), 100), (E.into(), 95), (F.into(), 32), (G.into(), 20), (H.into(), 10)]);
+    // Users over days: whole hours from the hourly user sets, the first minutes from the base
+    // table; the same exact counts.
+    let q = TopQuery { since_secs: 7 * 86_400, limit: 100, project: Some("rank"), by: TopBy::Users };
+    let r = top(&db.client, dbn, &q).await.unwrap();
+    let got: Vec<(String, u64)> = r.iter().map(|r| (r.issue_id.clone(), r.users)).collect();
+    assert_eq!(got, [(I.into(), 10), (F.into(), 6), (G.into(), 3), (H.into(), 2), (E.into(), 1)]);
+    let q = TopQuery { since_secs: 7 * 86_400, limit: 100, project: Some("rank"), by: TopBy::Events };
+    let r = top(&db.client, dbn, &q).await.unwrap();
+    assert_eq!(r.iter().map(|r| r.users).collect::<Vec<_>>(), [10, 1, 6, 3, 2], "the same users, ranked by events");
+}
+
+/// `tracefold top --limit 100000` with 30,000 issues in the window: more ids than a query
+/// text could list (ClickHouse's max_query_size is 256 KiB; 30,000 ids are about 1 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_answers_for_any_limit_and_any_number_of_issues() {
+    use tracefold_store::synthetic::{insert_aggregates, Shape};
+    let db = TestDb::new("top_many").await;
+    let dbn = &db.cfg.database;
+    let n = 30_000u64;
+    // One row (one event, up to two users) per issue, all in the last hour.
+    let shape = Shape { rows: n, events_per_row: 1, issues_per_hour: n, hours: 1, projects: 4 };
+    insert_aggregates(&db.client, dbn, &shape, 0, n).await.unwrap();
+    let r = tracefold_store::issues::top_issues(&db.client, dbn, 30 * 86_400, 100_000, None).await.unwrap();
+    assert_eq!(r.len() as u64, n);
+    let distinct: std::collections::BTreeSet<(&str, &str)> =
+        r.iter().map(|r| (r.project.as_str(), r.issue_id.as_str())).collect();
+    assert_eq!(distinct.len() as u64, n);
+    assert_eq!(r.iter().map(|r| r.count).sum::<u64>(), n);
+    for row in &r {
+        // Issue i's row holds the user hashes of (i, i % 503) and (i, i % 37): one user when
+        // those are the same.
+        let i: u64 = row.title.strip_prefix("BenchError ").and_then(|i| i.parse().ok()).expect("every row joined");
+        assert_eq!(row.users, if i % 503 == i % 37 { 1 } else { 2 }, "{row:?}");
+    }
+    assert!(r.iter().all(|r| r.last_hour.iter().sum::<u64>() == 1), "every row's last hour");
+    // The order is the documented one: events, then project, then issue id.
+    assert!(r.windows(2).all(|w| (&w[0].project, &w[0].issue_id) < (&w[1].project, &w[1].issue_id)));
+    // A limit smaller than the issues: the first ones of the same order.
+    let few = tracefold_store::issues::top_issues(&db.client, dbn, 3600, 7, None).await.unwrap();
+    assert_eq!(few, r[..7].to_vec());
 }

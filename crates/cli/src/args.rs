@@ -15,8 +15,8 @@ mod ops;
 
 pub use analyst::{DlqArgs, FingerprintArgs, IssueArgs, OutcomesArgs, TopArgs};
 pub use measure::{
-    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionPath, DetectionQualityArgs,
-    GroupingQualityArgs,
+    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchWriterArgs, DetectionPath,
+    DetectionQualityArgs, GroupingQualityArgs,
 };
 pub use ops::{DevArgs, GenArgs, LoadgenArgs, MigrateArgs, RetentionArgs, SignalsArgs};
 
@@ -118,7 +118,8 @@ pub enum Cmd {
     Issue(IssueArgs),
     /// Print generated events as NDJSON (for fixtures, or to pipe into curl).
     Gen(GenArgs),
-    /// Show the issues with the most events in a recent window.
+    /// Show the top issues of a recent window: most events, most users, most growth over the
+    /// window before, or new in the window (--by).
     Top(TopArgs),
     /// Show what became of events per project, outcome and reason (accepted, rate limited,
     /// invalid, too large, sent to the DLQ, lost), with a per-minute sparkline.
@@ -139,6 +140,9 @@ pub enum Cmd {
     BenchPipeline(BenchPipelineArgs),
     /// Measure the detector's memory with many distinct issues (its engine alone).
     BenchDetector(BenchDetectorArgs),
+    /// Time the analyst queries (top, issue, outcomes, the cookbooks) on a large database
+    /// generated inside ClickHouse (a scratch database, dropped at the end).
+    BenchQueries(BenchQueriesArgs),
 }
 
 /// Parses `90s`, `15m`, `1h`, `2d` (a bare number is seconds).

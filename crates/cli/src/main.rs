@@ -29,5 +29,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::BenchWriter(a) => cmd::measure::bench_writer(&a).await,
         Cmd::BenchPipeline(a) => cmd::measure::bench_pipeline(&a).await,
         Cmd::BenchDetector(a) => cmd::measure::bench_detector(&a),
+        Cmd::BenchQueries(a) => cmd::measure::bench_queries(&a).await,
     }
 }

@@ -5,40 +5,42 @@ pub use tracefold_store::issues::{IssueDetail, TopIssue};
 use tracefold_store::Client;
 
 /// Renders top issues as a terminal table (every cell [printable](crate::render::printable)).
+/// Rows of `--by growth` carry the previous window's events: a `BEFORE` column shows them.
 pub fn render_top(rows: &[TopIssue]) -> String {
     use crate::render::{prefix, rebucket, sparkline, table, thousands, Align};
     if rows.is_empty() {
         return "no issues in this window\n".into();
     }
+    let growth = rows.iter().any(|r| r.previous.is_some());
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            vec![
-                prefix(&r.issue_id, 12).to_owned(),
-                r.project.clone(),
-                r.title.clone(),
-                thousands(r.count),
+            let mut row =
+                vec![prefix(&r.issue_id, 12).to_owned(), r.project.clone(), r.title.clone(), thousands(r.count)];
+            if growth {
+                row.push(r.previous.map(thousands).unwrap_or_default());
+            }
+            row.extend([
                 thousands(r.users),
                 r.first_seen.replace('T', " ").trim_end_matches('Z').to_owned(),
                 r.last_seen.replace('T', " ").trim_end_matches('Z').to_owned(),
                 sparkline(&rebucket(&r.last_hour, 30)),
-            ]
+            ]);
+            row
         })
         .collect();
-    table(
-        &[
-            ("ISSUE", Align::Left),
-            ("PROJECT", Align::Left),
-            ("TITLE", Align::Left),
-            ("EVENTS", Align::Right),
-            ("USERS", Align::Right),
-            ("FIRST SEEN", Align::Left),
-            ("LAST SEEN", Align::Left),
-            ("LAST HOUR", Align::Left),
-        ],
-        &body,
-        60,
-    )
+    let mut headers =
+        vec![("ISSUE", Align::Left), ("PROJECT", Align::Left), ("TITLE", Align::Left), ("EVENTS", Align::Right)];
+    if growth {
+        headers.push(("BEFORE", Align::Right));
+    }
+    headers.extend([
+        ("USERS", Align::Right),
+        ("FIRST SEEN", Align::Left),
+        ("LAST SEEN", Align::Left),
+        ("LAST HOUR", Align::Left),
+    ]);
+    table(&headers, &body, 60)
 }
 
 /// Looks up one issue (`project` disambiguates an id seen in several projects).
@@ -124,6 +126,7 @@ mod tests {
             culprit: HOSTILE.into(),
             level: "error".into(),
             count: 3,
+            previous: None,
             users: 1,
             first_seen: "2026-11-25T00:00:00Z".into(),
             last_seen: "2026-11-26T05:00:59Z".into(),

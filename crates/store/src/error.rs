@@ -31,6 +31,15 @@ pub enum Error {
         /// The project asked for.
         project: Option<String>,
     },
+    /// A query's answer would be longer than the bound it is read with (rather than cut short
+    /// in silence): narrow it.
+    #[error("{what}: more than {limit} rows; narrow the window or name a project")]
+    TooManyRows {
+        /// The query.
+        what: &'static str,
+        /// The bound.
+        limit: u64,
+    },
     /// The id names issues in several projects and no project was given.
     #[error("issue {} exists in projects {}; name one with --project", inert(issue_id), projects.iter().map(|p| inert(p)).collect::<Vec<_>>().join(", "))]
     AmbiguousIssue {

@@ -5,7 +5,6 @@ use crate::client::{db, now};
 use crate::error::{step, Error, Result};
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// An issue's status. Stored (and shown, and accepted) as `active`, `resolved`, `ignored`;
 /// an issue without a recorded status is active.
@@ -49,6 +48,37 @@ impl std::str::FromStr for IssueStatus {
     }
 }
 
+/// How `tracefold top` ranks the issues of a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopBy {
+    /// Most events in the window.
+    #[default]
+    Events,
+    /// Most distinct affected users in the window, then events.
+    Users,
+    /// Largest gain in events over the previous window of the same length (this window's
+    /// events minus that window's), then events. Only issues with events in this window.
+    Growth,
+    /// Only issues first seen in the window, most events first.
+    New,
+}
+
+impl TopBy {
+    /// Every ranking.
+    pub const ALL: [TopBy; 4] = [TopBy::Events, TopBy::Users, TopBy::Growth, TopBy::New];
+
+    /// The name (`events`, `users`, `growth`, `new`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopBy::Events => "events",
+            TopBy::Users => "users",
+            TopBy::Growth => "growth",
+            TopBy::New => "new",
+        }
+    }
+}
+
 /// One row of the top issues.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TopIssue {
@@ -64,7 +94,11 @@ pub struct TopIssue {
     pub level: String,
     /// Events in the window.
     pub count: u64,
-    /// Distinct affected users in the window (hour granularity at the window's start).
+    /// Events in the previous window of the same length ([`TopBy::Growth`] only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
+    /// Distinct affected users in the window: exact over the user hashes the aggregates kept
+    /// (up to 4096 per aggregate; `tracefold issue` estimates beyond that bound).
     pub users: u64,
     /// First seen ever, RFC 3339.
     pub first_seen: String,
@@ -74,15 +108,260 @@ pub struct TopIssue {
     pub last_hour: Vec<u64>,
 }
 
-#[derive(clickhouse::Row, Deserialize)]
-struct CountRow {
-    project: String,
-    issue_id: String,
-    count: u64,
+/// What [`top`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopQuery<'a> {
+    /// The window: the last this many seconds (by the server's clock).
+    pub since_secs: u64,
+    /// Most rows returned (any number: the issues are never listed in the SQL text).
+    pub limit: u64,
+    /// Only this project.
+    pub project: Option<&'a str>,
+    /// The ranking.
+    pub by: TopBy,
+}
+
+/// The window's edges as the server aligns them (its time zone decides hours and days), Unix
+/// seconds. `*_up`: the first hour (day) start at or after the instant; `*_down`: the day
+/// start at or before it.
+#[derive(Debug, Clone, Copy, clickhouse::Row, Deserialize)]
+struct Clock {
+    now: u32,
+    now_day: u32,
+    from: u32,
+    from_hour_up: u32,
+    from_day_up: u32,
+    from_day_down: u32,
+    prev: u32,
+    prev_day_up: u32,
+}
+
+/// Reads the server's clock and aligns the window `[now - since, now]` and the one before it.
+/// Windows start no earlier than 1970-01-03 (no data is older; day arithmetic stays in range
+/// in every time zone).
+async fn clock(client: &Client, since_secs: u64) -> Result<Clock> {
+    let since = since_secs.min(u64::from(u32::MAX));
+    client
+        .query(
+            "SELECT toUInt32(t) AS now, toUInt32(toStartOfDay(t)) AS now_day, toUInt32(a) AS from, \
+             toUInt32(toStartOfHour(a) + if(toStartOfHour(a) = a, 0, 3600)) AS from_hour_up, \
+             toUInt32(toDateTime(toDate(a) + if(toStartOfDay(a) = a, 0, 1))) AS from_day_up, \
+             toUInt32(toStartOfDay(a)) AS from_day_down, toUInt32(p) AS prev, \
+             toUInt32(toDateTime(toDate(p) + if(toStartOfDay(p) = p, 0, 1))) AS prev_day_up \
+             FROM (SELECT t, a, toDateTime(greatest(2 * toInt64(toUInt32(a)) - toInt64(toUInt32(t)), 172800)) AS p \
+             FROM (SELECT now() AS t, toDateTime(greatest(toInt64(toUInt32(now())) - toInt64(?), 172800)) AS a))",
+        )
+        .bind(since)
+        .fetch_one::<Clock>()
+        .await
+        .map_err(step("cannot reach ClickHouse"))
+}
+
+/// A value bound to a `?` of [`Sql`].
+#[derive(Debug, Clone)]
+enum Bind {
+    U32(u32),
+    U64(u64),
+    Str(String),
+}
+
+/// SQL text with `?` placeholders and their values, in order: fragments compose without
+/// formatting a value into the text.
+#[derive(Debug, Clone, Default)]
+struct Sql {
+    text: String,
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(Bind::U32(v));
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(Bind::U64(v));
+        self
+    }
+    fn str(&mut self, v: &str) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(Bind::Str(v.to_owned()));
+        self
+    }
+    fn sql(&mut self, other: &Sql) -> &mut Self {
+        self.text.push_str(&other.text);
+        self.binds.extend(other.binds.iter().cloned());
+        self
+    }
+    fn query(&self, client: &Client) -> clickhouse::query::Query {
+        let mut q = client.query(&self.text);
+        for b in &self.binds {
+            q = match b {
+                Bind::U32(v) => q.bind(*v),
+                Bind::U64(v) => q.bind(*v),
+                Bind::Str(v) => q.bind(v.as_str()),
+            };
+        }
+        q
+    }
+}
+
+/// Which rollup a part of a time range is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Minute,
+    Day,
+}
+
+/// Splits `[start, end)` (`end` `None`: open, up to now and beyond) into whole days (read from
+/// `issue_counts_1d`) and the rest of the first and last day (`issue_counts_1m`, partitioned
+/// by day: only those two days' parts are read): the same counts as the minute rollup alone,
+/// from far fewer rows. `start_day_up` and `end_day` are the server-aligned day edges.
+fn tiers(start: u32, start_day_up: u32, end_day: u32, end: Option<u32>) -> Vec<(Tier, u32, Option<u32>)> {
+    let mut out = if start_day_up < end_day {
+        vec![
+            (Tier::Day, start_day_up, Some(end_day)),
+            (Tier::Minute, start, Some(start_day_up)),
+            (Tier::Minute, end_day, end),
+        ]
+    } else {
+        vec![(Tier::Minute, start, end)]
+    };
+    out.retain(|&(_, lo, hi)| hi.is_none_or(|hi| lo < hi));
+    out
+}
+
+/// `SELECT project, issue_id, c, w`: events per issue in each part of `parts`, `w` = `window`.
+fn counts_parts(db: &str, parts: &[(Tier, u32, Option<u32>)], window: u8, project: Option<&str>) -> Vec<Sql> {
+    parts
+        .iter()
+        .map(|&(tier, lo, hi)| {
+            let (table, col, conv) = match tier {
+                Tier::Minute => ("issue_counts_1m", "minute", "toDateTime"),
+                Tier::Day => ("issue_counts_1d", "day", "toDate"),
+            };
+            let mut s = Sql::default();
+            s.push(&format!(
+                "SELECT project, issue_id, sum(count) AS c, toUInt8({window}) AS w FROM {db}.{table} WHERE {col} >= {conv}(toDateTime("
+            ))
+            .u32(lo)
+            .push("))");
+            if let Some(hi) = hi {
+                s.push(&format!(" AND {col} < {conv}(toDateTime(")).u32(hi).push("))");
+            }
+            if let Some(p) = project {
+                s.push(" AND project = ").str(p);
+            }
+            s.push(" GROUP BY project, issue_id");
+            s
+        })
+        .collect()
+}
+
+/// The ranked issues of `q`: one SELECT of `project, issue_id, events, previous`, ordered and
+/// LIMITed (used as the row source and, as a set, to restrict the other tables to its rows).
+fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
+    let mut parts = counts_parts(db, &tiers(c.from, c.from_day_up, c.now_day, None), 1, q.project);
+    if q.by == TopBy::Growth {
+        parts.extend(counts_parts(db, &tiers(c.prev, c.prev_day_up, c.from_day_down, Some(c.from)), 0, q.project));
+    }
+    let mut s = Sql::default();
+    s.push("SELECT project, issue_id, events, previous");
+    if q.by == TopBy::Users {
+        s.push(", users_all");
+    }
+    s.push(" FROM (SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            s.push(" UNION ALL ");
+        }
+        s.sql(p);
+    }
+    s.push(")");
+    if q.by == TopBy::New {
+        s.push(&format!(
+            " WHERE (project, issue_id) IN (SELECT project, issue_id FROM {db}.issues GROUP BY project, issue_id \
+             HAVING minMerge(first_seen_state) >= toDateTime("
+        ))
+        .u32(c.from)
+        .push("))");
+    }
+    s.push(" GROUP BY project, issue_id HAVING events > 0)");
+    if q.by == TopBy::Users {
+        s.push(" ANY LEFT JOIN (SELECT project, issue_id, users_n AS users_all FROM (")
+            .sql(&users_sql(db, c, q.since_secs, None, q.project))
+            .push(")) USING (project, issue_id)");
+    }
+    s.push(" ORDER BY ").push(order_by(q.by, "users_all")).push(" LIMIT ").u64(q.limit);
+    s
+}
+
+/// `SELECT project, issue_id, users_n`: distinct affected users per issue since `c.from`
+/// (exact over the user hashes the aggregates kept), of the issues in `only` (a SELECT of
+/// `project, issue_id`; the result may hold other issues too) or of all. Windows of up to a day read the base table (partitioned by
+/// day: only the window's days); longer ones the hourly user sets for whole hours and the base
+/// table for the minutes before the first whole hour. Both give the same number.
+fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>) -> Sql {
+    let filter = |s: &mut Sql| {
+        if let Some(only) = only {
+            s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(only).push("))");
+        }
+        if let Some(p) = project {
+            s.push(" AND project = ").str(p);
+        }
+    };
+    let mut s = Sql::default();
+    if since_secs <= 86_400 {
+        s.push(&format!(
+            "SELECT project, issue_id, toUInt64(uniqExactArray(users)) AS users_n FROM {db}.aggregates WHERE minute >= toDateTime("
+        ))
+        .u32(c.from)
+        .push(")");
+        filter(&mut s);
+        s.push(" GROUP BY project, issue_id");
+        return s;
+    }
+    s.push(&format!(
+        "SELECT project, issue_id, toUInt64(uniqExactMerge(st)) AS users_n FROM (\
+         SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1h WHERE hour >= toDateTime("
+    ))
+    .u32(c.from_hour_up)
+    .push(")");
+    filter(&mut s);
+    // The minutes before the first whole hour: every issue of them (less than an hour of one
+    // day's part), without the set (its subquery once less).
+    s.push(&format!(
+        " UNION ALL SELECT project, issue_id, uniqExactState(u) AS st FROM {db}.aggregates ARRAY JOIN users AS u \
+         WHERE minute >= toDateTime("
+    ))
+    .u32(c.from)
+    .push(") AND minute < toDateTime(")
+    .u32(c.from_hour_up)
+    .push(")");
+    if let Some(p) = project {
+        s.push(" AND project = ").str(p);
+    }
+    s.push(" GROUP BY project, issue_id) GROUP BY project, issue_id");
+    s
+}
+
+/// The ORDER BY of a ranking (`users`: the name of the users column at that level).
+fn order_by(by: TopBy, users: &str) -> &'static str {
+    match (by, users) {
+        (TopBy::Events | TopBy::New, _) => "events DESC, project, issue_id",
+        (TopBy::Users, "users_all") => "users_all DESC, events DESC, project, issue_id",
+        (TopBy::Users, _) => "users DESC, events DESC, project, issue_id",
+        (TopBy::Growth, _) => "toInt64(events) - toInt64(previous) DESC, events DESC, project, issue_id",
+    }
 }
 
 #[derive(clickhouse::Row, Deserialize)]
-struct MetaRow {
+struct TopRow {
     project: String,
     issue_id: String,
     title: String,
@@ -90,21 +369,11 @@ struct MetaRow {
     level: String,
     first_seen: u32,
     last_seen: u32,
-}
-
-#[derive(clickhouse::Row, Deserialize)]
-struct UsersRow {
-    project: String,
-    issue_id: String,
+    events: u64,
+    previous: u64,
     users: u64,
-}
-
-#[derive(clickhouse::Row, Deserialize)]
-struct MinuteRow {
-    project: String,
-    issue_id: String,
-    minute: u32,
-    count: u64,
+    minutes: Vec<u32>,
+    minute_counts: Vec<u64>,
 }
 
 fn rfc3339(secs: u32) -> String {
@@ -112,8 +381,61 @@ fn rfc3339(secs: u32) -> String {
     s.replace(".000Z", "Z")
 }
 
+/// The SQL of [`top`] (one SELECT) for a clock reading: the ranked, LIMITed issues joined
+/// with their metadata (`issues`), distinct users in the window ([`users_sql`]) and last hour
+/// (`issue_counts_1m`). No list of ids is built on the client: users and metadata are read for
+/// the ranked issues only (`IN` the ranked set, a subquery; ranking by users, metadata for
+/// the issues with events in the window); the last hour for the issues of the last hour.
+fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> (Sql, u32) {
+    let ranked = ranked_sql(db, c, q);
+    let hour_start = (c.now / 60) * 60 - 59 * 60;
+    let project = |s: &mut Sql| {
+        if let Some(p) = q.project {
+            s.push(" AND project = ").str(p);
+        }
+    };
+    let mut s = Sql::default();
+    s.push(
+        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts FROM (\
+         SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users FROM (",
+    );
+    // The ranked issues with their users (ranking by users: already in the ranked set).
+    if q.by == TopBy::Users {
+        s.push("SELECT project, issue_id, events, previous, users_all AS users FROM (").sql(&ranked).push(")");
+    } else {
+        s.push("SELECT project, issue_id, events, previous, users_n AS users FROM (")
+            .sql(&ranked)
+            .push(") ANY LEFT JOIN (")
+            .sql(&users_sql(db, c, q.since_secs, Some(&ranked), q.project))
+            .push(") USING (project, issue_id)");
+    }
+    s.push(&format!(
+        ") ANY LEFT JOIN (SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+         argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
+         toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE (project, issue_id) IN (SELECT project, issue_id FROM "
+    ));
+    if q.by == TopBy::Users {
+        // The ranked set holds every issue's users: cheaper to take the window's issues.
+        s.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
+        project(&mut s);
+    } else {
+        s.push("(").sql(&ranked).push(")");
+    }
+    s.push(&format!(
+        ") GROUP BY project, issue_id) USING (project, issue_id)\
+         ) ANY LEFT JOIN (SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
+         SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
+    ))
+    .u32(hour_start)
+    .push(")");
+    project(&mut s);
+    s.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id) USING (project, issue_id) ORDER BY ")
+        .push(order_by(q.by, "users"));
+    (s, hour_start)
+}
+
 /// The `limit` issues with the most events since `now - since_secs` (optionally of one
-/// project), with metadata, users and the last hour per minute.
+/// project), with metadata, users and the last hour per minute: [`top`] ranked by events.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
@@ -124,85 +446,56 @@ pub async fn top_issues(
     limit: u64,
     project: Option<&str>,
 ) -> Result<Vec<TopIssue>> {
+    top(client, database, &TopQuery { since_secs, limit, project, by: TopBy::Events }).await
+}
+
+/// The top issues of a window as `q` ranks them (`tracefold top`), with metadata, users and
+/// the last hour per minute. One query (after reading the server's clock): any `limit`, any
+/// number of issues. Events are counted exactly (whole days from the daily rollup, the rest
+/// of the first and last day per minute).
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer.
+pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Vec<TopIssue>> {
     let db = db(database)?;
-    let now = now(client).await?;
-    let from = now.saturating_sub(u32::try_from(since_secs).unwrap_or(u32::MAX));
-    let proj_filter = if project.is_some() { "AND project = ?" } else { "" };
-    let q = format!(
-        "SELECT project, issue_id, sum(count) AS count FROM {db}.issue_counts_1m \
-         WHERE minute >= toDateTime(?) {proj_filter} GROUP BY project, issue_id ORDER BY count DESC, issue_id LIMIT ?"
-    );
-    let mut q = client.query(&q).bind(from);
-    if let Some(p) = project {
-        q = q.bind(p);
-    }
-    let counts = q.bind(limit).fetch_all::<CountRow>().await.map_err(step("top issue counts"))?;
-    if counts.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<&str> = counts.iter().map(|c| c.issue_id.as_str()).collect();
-    let metas = client
-        .query(&format!(
-            "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
-             argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
-             toUInt32(maxMerge(last_seen_state)) AS last_seen \
-             FROM {db}.issues WHERE has(?, issue_id) GROUP BY project, issue_id"
-        ))
-        .bind(&ids)
-        .fetch_all::<MetaRow>()
-        .await
-        .map_err(step("issue metadata"))?;
-    let users = client
-        .query(&format!(
-            "SELECT project, issue_id, uniqExactMerge(users_state) AS users FROM {db}.issue_users_1h \
-             WHERE has(?, issue_id) AND hour >= toStartOfHour(toDateTime(?)) GROUP BY project, issue_id"
-        ))
-        .bind(&ids)
-        .bind(from)
-        .fetch_all::<UsersRow>()
-        .await
-        .map_err(step("affected users"))?;
-    let hour_start = (now / 60) * 60 - 59 * 60;
-    let minutes = client
-        .query(&format!(
-            "SELECT project, issue_id, toUInt32(minute) AS minute, sum(count) AS count FROM {db}.issue_counts_1m \
-             WHERE has(?, issue_id) AND minute >= toDateTime(?) GROUP BY project, issue_id, minute"
-        ))
-        .bind(&ids)
-        .bind(hour_start)
-        .fetch_all::<MinuteRow>()
-        .await
-        .map_err(step("last hour"))?;
-    let key = |p: &str, i: &str| format!("{p}/{i}");
-    let metas: HashMap<String, MetaRow> = metas.into_iter().map(|m| (key(&m.project, &m.issue_id), m)).collect();
-    let users: HashMap<String, u64> = users.into_iter().map(|u| (key(&u.project, &u.issue_id), u.users)).collect();
-    let mut series: HashMap<String, Vec<u64>> = HashMap::new();
-    for m in minutes {
-        let idx = ((m.minute.saturating_sub(hour_start)) / 60) as usize;
-        if idx < 60 {
-            series.entry(key(&m.project, &m.issue_id)).or_insert_with(|| vec![0; 60])[idx] += m.count;
-        }
-    }
-    Ok(counts
+    let c = clock(client, q.since_secs).await?;
+    let (sql, hour_start) = top_sql(db, &c, q);
+    let rows = sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?;
+    Ok(rows
         .into_iter()
-        .map(|c| {
-            let k = key(&c.project, &c.issue_id);
-            let meta = metas.get(&k);
+        .map(|r| {
+            let mut last_hour = vec![0; 60];
+            for (m, n) in r.minutes.iter().zip(&r.minute_counts) {
+                if let Some(slot) = last_hour.get_mut((m.saturating_sub(hour_start) / 60) as usize) {
+                    *slot += n;
+                }
+            }
+            let time = |t: u32| if t == 0 { String::new() } else { rfc3339(t) };
             TopIssue {
-                title: meta.map(|m| m.title.clone()).unwrap_or_default(),
-                culprit: meta.map(|m| m.culprit.clone()).unwrap_or_default(),
-                level: meta.map(|m| m.level.clone()).unwrap_or_default(),
-                first_seen: meta.map(|m| rfc3339(m.first_seen)).unwrap_or_default(),
-                last_seen: meta.map(|m| rfc3339(m.last_seen)).unwrap_or_default(),
-                users: users.get(&k).copied().unwrap_or(0),
-                last_hour: series.remove(&k).unwrap_or_else(|| vec![0; 60]),
-                project: c.project,
-                issue_id: c.issue_id,
-                count: c.count,
+                first_seen: time(r.first_seen),
+                last_seen: time(r.last_seen),
+                previous: (q.by == TopBy::Growth).then_some(r.previous),
+                project: r.project,
+                issue_id: r.issue_id,
+                title: r.title,
+                culprit: r.culprit,
+                level: r.level,
+                count: r.events,
+                users: r.users,
+                last_hour,
             }
         })
         .collect())
 }
+
+/// Most releases (and environments) [`issue_detail`] lists for one issue's window; beyond it
+/// the detail fails with [`Error::TooManyRows`] (shorten `--hours`) rather than show part.
+pub const MAX_BREAKDOWN_ROWS: u64 = 10_000;
+
+/// Most projects [`find_issue`] returns for one id (ids are fingerprints: the same id in more
+/// projects than this is not expected; [`resolve_issue`] asks for a project when there are
+/// several).
+pub const MAX_PROJECTS_PER_ID: u64 = 1_000;
 
 /// An issue as the `issues` table knows it (all time), one per project that has the id.
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
@@ -268,9 +561,10 @@ pub async fn find_issue(client: &Client, database: &str, issue_id: &str) -> Resu
              argMinMerge(exc_type_state) AS exc_type, argMaxMerge(level_state) AS level, argMinMerge(platform_state) AS platform, \
              argMaxMerge(grouping_version_state) AS grouping_version, toUInt32(minMerge(first_seen_state)) AS first_seen, \
              toUInt32(maxMerge(last_seen_state)) AS last_seen, sumMerge(count_state) AS count \
-             FROM {db}.issues WHERE issue_id = ? GROUP BY project, issue_id"
+             FROM {db}.issues WHERE issue_id = ? GROUP BY project, issue_id LIMIT ?"
         ))
         .bind(issue_id)
+        .bind(MAX_PROJECTS_PER_ID)
         .fetch_all::<IssueSummary>()
         .await
         .map_err(step("issue"))
@@ -370,11 +664,12 @@ pub async fn issue_detail(
     let hours = client
         .query(&format!(
             "SELECT toUInt32(hour) AS hour, sum(count) AS count FROM {db}.issue_counts_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY hour"
+             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY hour ORDER BY hour LIMIT ?"
         ))
         .bind(p)
         .bind(issue_id)
         .bind(start)
+        .bind(u64::from(window_hours) + 1)
         .fetch_all::<HourCount>()
         .await
         .map_err(step("hourly"))?;
@@ -388,7 +683,7 @@ pub async fn issue_detail(
     let breakdown = |col: &str| {
         format!(
             "SELECT {col} AS key, sum(count) AS count FROM {db}.issue_counts_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY {col} ORDER BY count DESC, key"
+             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY {col} ORDER BY count DESC, key LIMIT ?"
         )
     };
     let by_release = client
@@ -396,6 +691,7 @@ pub async fn issue_detail(
         .bind(p)
         .bind(issue_id)
         .bind(start)
+        .bind(MAX_BREAKDOWN_ROWS + 1)
         .fetch_all::<KeyCount>()
         .await
         .map_err(step("by release"))?;
@@ -404,9 +700,15 @@ pub async fn issue_detail(
         .bind(p)
         .bind(issue_id)
         .bind(start)
+        .bind(MAX_BREAKDOWN_ROWS + 1)
         .fetch_all::<KeyCount>()
         .await
         .map_err(step("by environment"))?;
+    for (what, rows) in [("by release", &by_release), ("by environment", &by_environment)] {
+        if rows.len() as u64 > MAX_BREAKDOWN_ROWS {
+            return Err(Error::TooManyRows { what, limit: MAX_BREAKDOWN_ROWS });
+        }
+    }
     #[derive(clickhouse::Row, Deserialize)]
     struct Sample {
         sample: String,
@@ -457,7 +759,7 @@ pub async fn issue_status(client: &Client, database: &str, project: &str, issue_
     }
     let db = db(database)?;
     let rows = client
-        .query(&format!("SELECT current_status FROM {db}.issue_status_v WHERE project = ? AND issue_id = ?"))
+        .query(&format!("SELECT current_status FROM {db}.issue_status_v WHERE project = ? AND issue_id = ? LIMIT 1"))
         .bind(project)
         .bind(issue_id)
         .fetch_all::<S>()

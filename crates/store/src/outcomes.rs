@@ -96,12 +96,18 @@ struct MinuteRow {
     quantity: u64,
 }
 
+/// Most rows (one per project, outcome, reason and minute) [`outcomes`] reads: a million
+/// rows are, e.g., 700 (project, outcome, reason) series over a day. Beyond it the query
+/// fails with [`crate::Error::TooManyRows`] instead of showing part of the answer.
+pub const MAX_OUTCOME_ROWS: u64 = 1_000_000;
+
 /// Outcomes of the last `since_secs` (by the server's clock; optionally of one project): per
 /// (project, outcome, reason) the total and the per-minute series. Each record counts once
 /// (`FINAL`).
 ///
 /// # Errors
-/// When the database name is not an identifier or ClickHouse does not answer.
+/// When the database name is not an identifier, ClickHouse does not answer, or the answer
+/// has more than [`MAX_OUTCOME_ROWS`] rows.
 pub async fn outcomes(
     client: &Client,
     database: &str,
@@ -117,13 +123,16 @@ pub async fn outcomes(
     let q = format!(
         "SELECT project, outcome, reason, toUInt32(minute) AS minute, sum(quantity) AS quantity \
          FROM {db}.outcomes FINAL WHERE minute >= toDateTime(?) {proj_filter} \
-         GROUP BY project, outcome, reason, minute ORDER BY project, outcome, reason, minute"
+         GROUP BY project, outcome, reason, minute ORDER BY project, outcome, reason, minute LIMIT ?"
     );
     let mut q = client.query(&q).bind(from_minute);
     if let Some(p) = project {
         q = q.bind(p);
     }
-    let rows = q.fetch_all::<MinuteRow>().await.map_err(step("outcomes per minute"))?;
+    let rows = q.bind(MAX_OUTCOME_ROWS + 1).fetch_all::<MinuteRow>().await.map_err(step("outcomes per minute"))?;
+    if rows.len() as u64 > MAX_OUTCOME_ROWS {
+        return Err(crate::Error::TooManyRows { what: "outcomes per minute", limit: MAX_OUTCOME_ROWS });
+    }
     let mut by_key: BTreeMap<(String, String, String), OutcomeTotal> = BTreeMap::new();
     for r in rows {
         let t =

@@ -36,11 +36,37 @@ pub struct TopArgs {
     /// Only this project.
     #[arg(long)]
     pub project: Option<String>,
+    /// Ranking: events (most events in the window), users (most affected users), growth (most
+    /// events gained over the previous window of the same length), new (first seen in the
+    /// window, most events first).
+    #[arg(long, value_enum, default_value = "events")]
+    pub by: TopByArg,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     #[command(flatten)]
     pub ch: ChArgs,
+}
+
+// `tracefold top --by`.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum TopByArg {
+    Events,
+    Users,
+    Growth,
+    New,
+}
+
+impl From<TopByArg> for tracefold_store::issues::TopBy {
+    fn from(b: TopByArg) -> Self {
+        use tracefold_store::issues::TopBy;
+        match b {
+            TopByArg::Events => TopBy::Events,
+            TopByArg::Users => TopBy::Users,
+            TopByArg::Growth => TopBy::Growth,
+            TopByArg::New => TopBy::New,
+        }
+    }
 }
 
 // `tracefold fingerprint`.

@@ -116,3 +116,31 @@ pub struct BenchDetectorArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
+
+// `tracefold bench-queries`.
+#[derive(clap::Args)]
+pub struct BenchQueriesArgs {
+    /// Events in all (generated as aggregate rows with counts, inside ClickHouse).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: u64,
+    /// Distinct issues with events in every hour.
+    #[arg(long, default_value_t = 2_000)]
+    pub issues: u64,
+    /// Aggregate rows (default: events / 20).
+    #[arg(long)]
+    pub rows: Option<u64>,
+    /// Days of data at most (fewer when the rows cannot give every hour --issues rows).
+    #[arg(long, default_value_t = 30)]
+    pub days: u64,
+    /// Timed runs of each query, after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Keep the scratch database (its name is printed) instead of dropping it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Result format (table: a Markdown table, then the JSON line).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    #[command(flatten)]
+    pub ch: ChArgs,
+}

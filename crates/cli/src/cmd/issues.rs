@@ -2,7 +2,7 @@
 
 use crate::args::{Format, IssueAction, IssueArgs, TopArgs};
 use tracefold_cli::query;
-use tracefold_store::issues::StatusChange;
+use tracefold_store::issues::{StatusChange, TopQuery};
 use tracefold_store::IssueStatus;
 
 /// Runs `tracefold top`.
@@ -12,9 +12,8 @@ use tracefold_store::IssueStatus;
 pub async fn top(a: TopArgs) -> anyhow::Result<()> {
     let cfg = a.ch.config();
     let client = tracefold_store::client::client(&cfg);
-    let rows =
-        tracefold_store::issues::top_issues(&client, &cfg.database, a.since.as_secs(), a.limit, a.project.as_deref())
-            .await?;
+    let q = TopQuery { since_secs: a.since.as_secs(), limit: a.limit, project: a.project.as_deref(), by: a.by.into() };
+    let rows = tracefold_store::issues::top(&client, &cfg.database, &q).await?;
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Table => print!("{}", query::render_top(&rows)),

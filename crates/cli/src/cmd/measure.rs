@@ -1,10 +1,10 @@
 //! The quality scores (`detection-quality`, `grouping-quality`) and the benchmarks
-//! (`bench-ingest`, `bench-writer`, `bench-pipeline`, `bench-detector`): the harnesses are in
+//! (`bench-ingest`, `bench-writer`, `bench-pipeline`, `bench-detector`, `bench-queries`): the harnesses are in
 //! `tracefold_devtools`; this prints their reports as tables or JSON.
 
 use crate::args::{
-    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchWriterArgs, DetectionPath, DetectionQualityArgs,
-    Format, GroupingQualityArgs,
+    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchWriterArgs, DetectionPath,
+    DetectionQualityArgs, Format, GroupingQualityArgs,
 };
 use tracefold_devtools::{bench, detection, quality};
 
@@ -104,6 +104,29 @@ pub fn bench_detector(a: &BenchDetectorArgs) -> anyhow::Result<()> {
     match a.format {
         Format::Json => println!("{}", serde_json::to_string(&r)?),
         Format::Table => print!("{}", r.table()),
+    }
+    Ok(())
+}
+
+/// Runs `tracefold bench-queries`.
+///
+/// # Errors
+/// When ClickHouse refuses the generated data or a query fails.
+pub async fn bench_queries(a: &BenchQueriesArgs) -> anyhow::Result<()> {
+    let opts = bench::QueriesOptions {
+        events: a.events,
+        issues_per_hour: a.issues,
+        rows: a.rows,
+        days: a.days,
+        runs: a.runs,
+        clickhouse: a.ch.config(),
+        keep: a.keep,
+        progress: true,
+    };
+    let r = bench::queries(&opts).await?;
+    match a.format {
+        Format::Json => println!("{}", r.json()),
+        Format::Table => print!("{}\n{}\n", r.table(), r.json()),
     }
     Ok(())
 }

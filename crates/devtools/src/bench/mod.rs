@@ -1,7 +1,8 @@
 //! Benchmark harnesses of `tracefold bench-ingest`, `bench-writer` and `bench-pipeline`: each
 //! runs the real services on the embedded Kafka (and the local ClickHouse where it needs one),
 //! and returns a report the command prints as a table or as JSON. `bench-detector` measures
-//! the detector's engine alone (its memory with many issues).
+//! the detector's engine alone (its memory with many issues). `bench-queries` times the
+//! analyst queries on a large database generated inside ClickHouse.
 //!
 //! Harnesses check their counts after the report is printed: [`WriterReport::check`],
 //! [`PipelineReport::check`].
@@ -9,11 +10,13 @@
 mod detector;
 mod ingest;
 mod pipeline;
+mod queries;
 mod writer;
 
 pub use detector::{detector, DetectorOptions, DetectorReport};
 pub use ingest::{ingest, IngestOptions, IngestReport};
 pub use pipeline::{pipeline, PipelineOptions, PipelineReport};
+pub use queries::{cookbook_queries, queries, QueriesOptions, QueriesReport, QueryTime};
 pub use writer::{writer, WriterOptions, WriterReport};
 
 /// Benchmarks log warnings only: their own output is the result.
