@@ -197,27 +197,10 @@ mod tests {
             kind,
             project: "web".into(),
             issue_id: issue.into(),
-            title: String::new(),
-            culprit: String::new(),
-            level: String::new(),
-            platform: String::new(),
             minute: minute.into(),
             window_minutes: 1,
             count: 1,
-            users: 0,
-            baseline_per_minute: 0.0,
-            first_seen: String::new(),
-            last_seen: String::new(),
-            release: String::new(),
-            environment: String::new(),
-            top_frames: Vec::new(),
-            request_url: String::new(),
-            browser: String::new(),
-            os: String::new(),
-            rule: String::new(),
-            folded: 0,
-            titles: Vec::new(),
-            command: String::new(),
+            ..Signal::default()
         }
     }
 

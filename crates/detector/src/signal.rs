@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 pub const SIGNAL_FORMAT_VERSION: u8 = 1;
 
 /// Kinds of signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// An issue seen for the first time.
+    #[default]
     NewIssue,
     /// A resolved issue seen again.
     Regression,
@@ -37,7 +38,7 @@ impl Kind {
 }
 
 /// One signal (JSON on the signals topic, keyed by `project/issue_id`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Signal {
     /// Format version.
     pub v: u8,

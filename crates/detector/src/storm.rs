@@ -194,26 +194,10 @@ mod tests {
             project: project.into(),
             issue_id: issue.into(),
             title: format!("Error {issue} 日本語"),
-            culprit: String::new(),
             level: "error".into(),
-            platform: String::new(),
-            minute: String::new(),
             window_minutes: 1,
             count,
-            users: 0,
-            baseline_per_minute: 0.0,
-            first_seen: String::new(),
-            last_seen: String::new(),
-            release: String::new(),
-            environment: String::new(),
-            top_frames: vec![],
-            request_url: String::new(),
-            browser: String::new(),
-            os: String::new(),
-            rule: String::new(),
-            folded: 0,
-            titles: vec![],
-            command: String::new(),
+            ..Signal::default()
         }
     }
 
