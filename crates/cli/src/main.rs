@@ -5,12 +5,21 @@
 
 mod args;
 mod cmd;
+mod out;
 
 use args::{Cli, Cmd};
 use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    match run().await {
+        // The reader of the output went away (`tracefold gen | head`): done, quietly.
+        Err(e) if out::is_closed_pipe(&e) => Ok(()),
+        r => r,
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Dev(a) => cmd::dev::run(a).await,
         Cmd::Signals(a) => cmd::signals::run(&a),

@@ -2,6 +2,7 @@
 //! from files or stdin, one JSON line per event.
 
 use crate::args::{FingerprintArgs, InputFormat};
+use crate::out::outln;
 use anyhow::Context as _;
 use std::io::BufRead as _;
 use std::path::PathBuf;
@@ -61,7 +62,7 @@ fn fingerprint(
                         Err(e) => {
                             errors += 1;
                             eprintln!("{name}:{}: invalid sentry event: {}", i + 1, printable(&e));
-                            println!(
+                            outln!(
                                 "{}",
                                 serde_json::json!({"line": i + 1, "error": format!("invalid sentry event: {e}")})
                             );
@@ -87,7 +88,7 @@ fn fingerprint(
                     serde_json::json!({"line": i + 1, "error": e.to_string()})
                 }
             };
-            println!("{out}");
+            outln!("{out}");
         }
     }
     if errors > 0 {

@@ -1,6 +1,7 @@
 //! `tracefold top` and `tracefold issue`: the analyst queries, as tables or JSON.
 
 use crate::args::{Format, IssueAction, IssueArgs, TopArgs};
+use crate::out::{out, outln};
 use tracefold_cli::query;
 use tracefold_store::issues::{StatusChange, TopQuery};
 use tracefold_store::IssueStatus;
@@ -15,8 +16,8 @@ pub async fn top(a: TopArgs) -> anyhow::Result<()> {
     let q = TopQuery { since_secs: a.since.as_secs(), limit: a.limit, project: a.project.as_deref(), by: a.by.into() };
     let rows = tracefold_store::issues::top(&client, &cfg.database, &q).await?;
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Format::Table => print!("{}", query::render_top(&rows)),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Table => out!("{}", query::render_top(&rows)),
     }
     Ok(())
 }
@@ -33,8 +34,8 @@ pub async fn issue(a: IssueArgs) -> anyhow::Result<()> {
         let id = id.ok_or_else(|| anyhow::anyhow!("give an issue id (see tracefold top)"))?;
         let d = query::issue_detail(&client, &cfg.database, &id, project.as_deref(), hours).await?;
         match format {
-            Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
-            Format::Table => print!("{}", query::render_issue(&d)),
+            Format::Json => outln!("{}", serde_json::to_string_pretty(&d)?),
+            Format::Table => out!("{}", query::render_issue(&d)),
         }
         return Ok(());
     };
@@ -49,13 +50,13 @@ pub async fn issue(a: IssueArgs) -> anyhow::Result<()> {
         StatusChange { project: &d.project, issue_id: &id, status, actor: &actor, release: &release, note: &note };
     tracefold_store::issues::set_status(&client, &cfg.database, &change).await?;
     match format {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::json!({"project": d.project, "issue_id": id, "status": status, "release": release})
         ),
         Format::Table => {
             use tracefold_cli::render::printable as p;
-            println!("{} {} ({}): {} -> {status}", p(&d.project), p(&id), p(&d.title), d.status);
+            outln!("{} {} ({}): {} -> {status}", p(&d.project), p(&id), p(&d.title), d.status);
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `tracefold loadgen` and `tracefold gen`: synthetic events, sent or printed.
 
 use crate::args::{Format, GenArgs, LoadgenArgs};
+use crate::out::outln;
 use std::io::Write as _;
 use tracefold_devtools::{gen, loadgen};
 
@@ -33,8 +34,8 @@ pub async fn loadgen(a: LoadgenArgs) -> anyhow::Result<()> {
     };
     let s = loadgen::run(&target, &opts).await?;
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string(&s)?),
-        Format::Table => println!("{}", loadgen::describe(&s)),
+        Format::Json => outln!("{}", serde_json::to_string(&s)?),
+        Format::Table => outln!("{}", loadgen::describe(&s)),
     }
     if s.failed > 0 {
         anyhow::bail!("{} events were not accepted", s.failed);

@@ -6,6 +6,7 @@ use crate::args::{
     BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchWriterArgs, DetectionPath,
     DetectionQualityArgs, Format, GroupingQualityArgs,
 };
+use crate::out::{out, outln};
 use tracefold_devtools::{bench, detection, quality};
 
 /// Runs `tracefold detection-quality`.
@@ -19,8 +20,8 @@ pub fn detection_quality(a: &DetectionQualityArgs) -> anyhow::Result<()> {
     };
     let r = detection::evaluate(&detection::DetectionOptions { issues: a.issues, weeks: a.weeks, seed: a.seed, path });
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string(&r)?),
-        Format::Table => print!("{}", detection::render(&r, a.seed)),
+        Format::Json => outln!("{}", serde_json::to_string(&r)?),
+        Format::Table => out!("{}", detection::render(&r, a.seed)),
     }
     Ok(())
 }
@@ -32,8 +33,8 @@ pub fn detection_quality(a: &DetectionQualityArgs) -> anyhow::Result<()> {
 pub fn grouping_quality(a: &GroupingQualityArgs) -> anyhow::Result<()> {
     let r = quality::evaluate(&quality::CorpusOptions { bugs: a.bugs, events: a.events, seed: a.seed });
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string(&r)?),
-        Format::Table => print!("{}", quality::render(&r)),
+        Format::Json => outln!("{}", serde_json::to_string(&r)?),
+        Format::Table => out!("{}", quality::render(&r)),
     }
     Ok(())
 }
@@ -51,8 +52,8 @@ pub async fn bench_ingest(a: &BenchIngestArgs) -> anyhow::Result<()> {
     };
     let r = bench::ingest(&opts).await?;
     match a.format {
-        Format::Json => println!("{}", r.json()),
-        Format::Table => print!("{}", r.table()),
+        Format::Json => outln!("{}", r.json()),
+        Format::Table => out!("{}", r.table()),
     }
     Ok(())
 }
@@ -65,8 +66,8 @@ pub async fn bench_ingest(a: &BenchIngestArgs) -> anyhow::Result<()> {
 pub async fn bench_writer(a: &BenchWriterArgs) -> anyhow::Result<()> {
     let r = bench::writer(&bench::WriterOptions { records: a.records, clickhouse: a.ch.config() }).await?;
     match a.format {
-        Format::Json => println!("{}", r.json()),
-        Format::Table => print!("{}", r.table()),
+        Format::Json => outln!("{}", r.json()),
+        Format::Table => out!("{}", r.table()),
     }
     r.check()
 }
@@ -85,8 +86,8 @@ pub async fn bench_pipeline(a: &BenchPipelineArgs) -> anyhow::Result<()> {
     };
     let r = bench::pipeline(&opts).await?;
     match a.format {
-        Format::Json => println!("{}", r.json()),
-        Format::Table => print!("{}", r.table()),
+        Format::Json => outln!("{}", r.json()),
+        Format::Table => out!("{}", r.table()),
     }
     r.check()
 }
@@ -102,8 +103,8 @@ pub fn bench_detector(a: &BenchDetectorArgs) -> anyhow::Result<()> {
     }
     let r = bench::detector(&opts);
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string(&r)?),
-        Format::Table => print!("{}", r.table()),
+        Format::Json => outln!("{}", serde_json::to_string(&r)?),
+        Format::Table => out!("{}", r.table()),
     }
     Ok(())
 }
@@ -125,8 +126,8 @@ pub async fn bench_queries(a: &BenchQueriesArgs) -> anyhow::Result<()> {
     };
     let r = bench::queries(&opts).await?;
     match a.format {
-        Format::Json => println!("{}", r.json()),
-        Format::Table => print!("{}\n{}\n", r.table(), r.json()),
+        Format::Json => outln!("{}", r.json()),
+        Format::Table => out!("{}\n{}\n", r.table(), r.json()),
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `tracefold outcomes` and `tracefold dlq`: why events did or did not show up.
 
 use crate::args::{DlqArgs, Format, OutcomesArgs};
+use crate::out::{out, outln};
 use tracefold_cli::outcomes;
 
 /// Runs `tracefold outcomes`.
@@ -13,9 +14,9 @@ pub async fn outcomes(a: OutcomesArgs) -> anyhow::Result<()> {
     let r =
         tracefold_store::outcomes::outcomes(&client, &cfg.database, a.since.as_secs(), a.project.as_deref()).await?;
     if a.json || a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        print!("{}", outcomes::render_outcomes(&r));
+        out!("{}", outcomes::render_outcomes(&r));
     }
     Ok(())
 }
@@ -29,9 +30,9 @@ pub fn dlq(a: &DlqArgs) -> anyhow::Result<()> {
         tracefold_runtime::config::KafkaConfig { bootstrap_servers: a.bootstrap_servers.clone(), ..Default::default() };
     let entries = outcomes::read_dlq(&kafka, &a.topic, a.limit)?;
     if a.json || a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        outln!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
-        print!("{}", outcomes::render_dlq(&entries));
+        out!("{}", outcomes::render_dlq(&entries));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `tracefold signals`: recent signals read back from the signals topic.
 
 use crate::args::{Format, SignalsArgs};
+use crate::out::{out, outln};
 use std::time::{Duration, Instant};
 
 /// Runs `tracefold signals`: the last `--limit` signals of every partition, merged, the most
@@ -42,7 +43,7 @@ pub fn run(a: &SignalsArgs) -> anyhow::Result<()> {
     let start = all.len().saturating_sub(limit);
     let all = &all[start..];
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(all)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(all)?),
         Format::Table => {
             use tracefold_devtools::render::{prefix, table, Align};
             let rows: Vec<Vec<String>> = all
@@ -60,7 +61,7 @@ pub fn run(a: &SignalsArgs) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(
                     &[
