@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracefold_detector::metrics::{
     DELIVERY_RECORDS_TOTAL, NOTIFICATIONS_TOTAL, REDELIVERED_TOTAL, REDELIVERY_EXPIRED_TOTAL, SIGNALS_TOTAL,
 };
@@ -28,15 +28,8 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 const EVENTS: &str = "tracefold.events";
 
-async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) => assert!(start.elapsed() < DEADLINE, "{what}: not within {DEADLINE:?}; last: {last}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for<T>(what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+    tracefold_tests::wait_for(what, DEADLINE, check).await
 }
 
 /// A local webhook receiver that answers 500 until told to accept.

@@ -53,15 +53,8 @@ const SIGNALS: &str = "tracefold.signals";
 // Waiting
 
 /// Polls `check` until it is done (`Ok`); after [`DEADLINE`], fails with what it said last.
-async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) => assert!(start.elapsed() < DEADLINE, "{what}: not within {DEADLINE:?}; last: {last}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for<T>(what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+    tracefold_tests::wait_for(what, DEADLINE, check).await
 }
 
 fn now_secs() -> i64 {

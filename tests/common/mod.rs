@@ -288,3 +288,16 @@ pub async fn post_ndjson(addr: std::net::SocketAddr, events: &[Generated], chunk
     }
     ids
 }
+
+/// Polls `check` every 100 ms until it is done (`Ok`); after `deadline`, fails with what it
+/// said last.
+pub async fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) => assert!(start.elapsed() < deadline, "{what}: not within {deadline:?}; last: {last}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

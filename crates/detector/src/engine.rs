@@ -492,7 +492,7 @@ impl Engine {
     /// Whether judgements wait: for the next [`Self::advance`] (records of minutes being
     /// closed were still coming in at the last one), or for [`Self::restore`].
     pub fn pending(&self) -> bool {
-        self.lookups.as_ref().is_some_and(|w| !w.is_empty()) || self.rechecking > 0
+        self.waiting() || self.rechecking > 0
     }
 
     /// The watermark: minutes up to it minus the lateness are closed (after [`Self::advance`]).
@@ -516,9 +516,14 @@ impl Engine {
             }
             let is_new = !self.known.contains(&key);
             self.issues.insert(key.clone(), Box::default());
-            return self.take(key, r, at, is_new);
+            return self.take(&key, r, at, is_new);
         }
-        self.take(key, r, at, false)
+        self.take(&key, r, at, false)
+    }
+
+    /// Whether records wait for [`Self::restore`].
+    pub fn waiting(&self) -> bool {
+        self.lookups.as_ref().is_some_and(|w| !w.is_empty())
     }
 
     /// The issues whose records wait for [`Self::restore`].
@@ -580,20 +585,20 @@ impl Engine {
         self.issues.insert(key.clone(), st);
         let mut out = Vec::new();
         for (i, (r, at)) in records.into_iter().enumerate() {
-            out.extend(self.take(key.clone(), &r, at, i == 0 && !restored.known));
+            out.extend(self.take(&key, &r, at, i == 0 && !restored.known));
         }
         out
     }
 
     /// Adds a record to its issue's state (held).
-    fn take(&mut self, key: Key, r: &AggregateRecord, at: Arrival, is_new: bool) -> Vec<Signal> {
+    fn take(&mut self, key: &Key, r: &AggregateRecord, at: Arrival, is_new: bool) -> Vec<Signal> {
         let mut out = Vec::new();
         let rules = &self.cfg.thresholds;
         let minute = effective_minute(r.minute, at.received_ms);
         let too_late = self.watermark.is_some_and(|w| minute < w - 60 * self.cfg.allowed_lateness_min);
         self.late += u64::from(too_late);
         let interned = &mut self.interned;
-        let Some(st) = self.issues.get_mut(&key) else { return out };
+        let Some(st) = self.issues.get_mut(key) else { return out };
         st.partition = at.partition;
         st.last_minute = st.last_minute.max(minute);
         if st.first_seen_ms == 0 || r.first_seen_ms < st.first_seen_ms {
@@ -610,7 +615,7 @@ impl Engine {
             set(&mut st.culprit, &r.culprit);
             intern(interned, &mut st.platform, &r.platform);
         }
-        let resolved = self.resolutions.get(&key);
+        let resolved = self.resolutions.get(key);
         let regresses = resolved.is_some_and(|(at, fixed_in)| {
             r.last_seen_ms > *at
                 && (!self.cfg.regression_needs_newer_release
@@ -653,7 +658,7 @@ impl Engine {
         }
         if regresses {
             out.push(of_record(Kind::Regression, st));
-            self.resolutions.remove(&key);
+            self.resolutions.remove(key);
         }
         out
     }
@@ -999,7 +1004,7 @@ mod tests {
         }
         AggregateRecord {
             v: 1,
-            batch: BatchRef { epoch: String::new(), topic: String::new(), partition: 0, first_offset: 0, last_offset: 0, index: 0, count: 1 },
+            batch: BatchRef { count: 1, ..BatchRef::default() },
             project: "web".into(),
             issue_id: issue.into(),
             minute,

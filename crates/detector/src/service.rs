@@ -384,7 +384,7 @@ impl Detector<'_> {
             tracing::warn!(error = %e, "the signals topic did not acknowledge yet; not committing");
             return Ok(());
         }
-        if self.engine.pending() && !self.engine.lookups().is_empty() {
+        if self.engine.waiting() {
             // Records wait for ClickHouse: nothing is committed past them.
             return Ok(());
         }

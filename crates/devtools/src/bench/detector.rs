@@ -106,15 +106,7 @@ fn record(i: u64, opts: &DetectorOptions, minute: i64, sample: &str) -> Aggregat
     }
     AggregateRecord {
         v: 1,
-        batch: BatchRef {
-            epoch: String::new(),
-            topic: String::new(),
-            partition: 0,
-            first_offset: 0,
-            last_offset: 0,
-            index: 0,
-            count: 1,
-        },
+        batch: BatchRef { count: 1, ..BatchRef::default() },
         project: format!("project-{}", i % opts.projects),
         issue_id: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes())),
         minute,
