@@ -6,7 +6,7 @@
 //!   `tracefold_runtime::kafka::DlqRecord`),
 //! - the `reason` label of `tracefold_producer_events_total{outcome="invalid"}` and
 //!   `tracefold_grouper_dlq_total`,
-//! - a row of the README's "Rejection reasons" table (a test compares them).
+//! - a row of the "Rejection reasons" table in `docs/operations.md` (a test compares them).
 //!
 //! A reason says what is wrong with one event or record. Refusals of a whole request (401
 //! without a key, 403, 408, 413 for a request body or too many events, 415, 429 rate limited,

@@ -1,17 +1,18 @@
-//! The README documents exactly the rejection reasons of the model: its "Rejection reasons"
-//! table lists every code once, and the metric labels it names are codes of the model.
+//! The operations guide (`docs/operations.md`) documents exactly the rejection reasons of the
+//! model: its "Rejection reasons" table lists every code once, and the metric labels its metrics
+//! table names are codes of the model.
 
 use std::collections::BTreeSet;
 use tracefold_model::Reason;
 
-fn readme() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+fn operations_guide() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The rows of the first table after the line that starts with `marker`, as cells.
 fn table_after(text: &str, marker: &str) -> Vec<Vec<String>> {
-    let start = text.lines().position(|l| l.starts_with(marker)).unwrap_or_else(|| panic!("no {marker:?} in README"));
+    let start = text.lines().position(|l| l.starts_with(marker)).unwrap_or_else(|| panic!("no {marker:?} in docs/operations.md"));
     text.lines()
         .skip(start)
         .skip_while(|l| !l.starts_with('|'))
@@ -27,12 +28,12 @@ fn code(cell: &str) -> &str {
 }
 
 #[test]
-fn the_readme_table_lists_exactly_the_reason_codes() {
-    let text = readme();
+fn the_operations_guide_table_lists_exactly_the_reason_codes() {
+    let text = operations_guide();
     let rows = table_after(&text, "**Rejection reasons.**");
     let listed: Vec<&str> = rows.iter().map(|r| code(&r[0])).collect();
     let known: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
-    assert_eq!(listed, known, "README rejection reasons table, in the model's order");
+    assert_eq!(listed, known, "docs/operations.md rejection reasons table, in the model's order");
     // Reasons the producer answers with have a 4xx status; the others are never answered.
     for row in &rows {
         let reason = Reason::from_code(code(&row[0])).unwrap();
@@ -45,11 +46,11 @@ fn the_readme_table_lists_exactly_the_reason_codes() {
 }
 
 #[test]
-fn the_metric_labels_in_the_readme_are_reason_codes() {
-    let text = readme();
+fn the_metric_labels_in_the_operations_guide_are_reason_codes() {
+    let text = operations_guide();
     let metrics = table_after(&text, "## Metrics");
     let labels = |name: &str| -> BTreeSet<String> {
-        let row = metrics.iter().find(|r| r[0] == format!("`{name}`")).unwrap_or_else(|| panic!("{name} in README"));
+        let row = metrics.iter().find(|r| r[0] == format!("`{name}`")).unwrap_or_else(|| panic!("{name} in docs/operations.md"));
         let cell = &row[2];
         let after = &cell[cell.find("reason").unwrap_or_else(|| panic!("{name}: no reason label"))..];
         let list = &after[after.find('(').or_else(|| after.find('=')).unwrap() + 1..];
