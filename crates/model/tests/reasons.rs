@@ -12,7 +12,10 @@ fn operations_guide() -> String {
 
 /// The rows of the first table after the line that starts with `marker`, as cells.
 fn table_after(text: &str, marker: &str) -> Vec<Vec<String>> {
-    let start = text.lines().position(|l| l.starts_with(marker)).unwrap_or_else(|| panic!("no {marker:?} in docs/operations.md"));
+    let start = text
+        .lines()
+        .position(|l| l.starts_with(marker))
+        .unwrap_or_else(|| panic!("no {marker:?} in docs/operations.md"));
     text.lines()
         .skip(start)
         .skip_while(|l| !l.starts_with('|'))
@@ -50,7 +53,10 @@ fn the_metric_labels_in_the_operations_guide_are_reason_codes() {
     let text = operations_guide();
     let metrics = table_after(&text, "## Metrics");
     let labels = |name: &str| -> BTreeSet<String> {
-        let row = metrics.iter().find(|r| r[0] == format!("`{name}`")).unwrap_or_else(|| panic!("{name} in docs/operations.md"));
+        let row = metrics
+            .iter()
+            .find(|r| r[0] == format!("`{name}`"))
+            .unwrap_or_else(|| panic!("{name} in docs/operations.md"));
         let cell = &row[2];
         let after = &cell[cell.find("reason").unwrap_or_else(|| panic!("{name}: no reason label"))..];
         let list = &after[after.find('(').or_else(|| after.find('=')).unwrap() + 1..];
