@@ -9,7 +9,8 @@
 //!   (the quickstart, the whole suite, benchmarks, load, Kubernetes) are listed in
 //!   [`not_run`] with the reason and the check made instead. Anything else fails;
 //! - every `tracefold <command> --flag` written in backticks anywhere (the command tables,
-//!   prose) names a real command and real flags of it;
+//!   prose) names a real command and real flags of it; every `scripts/...` and `cargo ...`
+//!   there names scripts, flags, packages and test targets that exist;
 //! - the README shows exactly the two front-door commands, and `.ci/run` runs the same test
 //!   command.
 
@@ -286,13 +287,21 @@ fn not_run(c: &Shown) -> Option<&'static str> {
         }
         ["cargo", "test" | "bench", rest @ ..] => {
             let pkgs = packages();
+            let mut dirs = Vec::new();
             for w in rest.windows(2).filter(|w| w[0] == "-p") {
-                assert!(pkgs.contains(w[1]), "{}: no package {} in the workspace", c.at, w[1]);
+                let dir = pkgs.get(w[1]).unwrap_or_else(|| panic!("{}: no package {} in the workspace", c.at, w[1]));
+                dirs.push(dir.clone());
             }
             for w in rest.windows(2).filter(|w| w[0] == "--test") {
-                exists(&format!("tests/{}.rs", w[1]));
+                assert!(
+                    dirs.iter().any(|d| d.join("tests").join(format!("{}.rs", w[1])).exists()
+                        || d.join(format!("{}.rs", w[1])).exists()),
+                    "{}: no test target {} in {dirs:?}",
+                    c.at,
+                    w[1]
+                );
             }
-            Some("builds and runs a test or benchmark target; the packages and files exist")
+            Some("builds and runs a test or benchmark target; the packages and test files exist")
         }
         ["kubectl", "apply", "-k", dir] => {
             exists(&format!("{dir}/kustomization.yaml"));
@@ -308,16 +317,16 @@ fn executable(c: &Shown, script: &str) {
     assert!(meta.permissions().mode() & 0o111 != 0, "{}: {script} is not executable", c.at);
 }
 
-/// The workspace's package names.
-fn packages() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// The workspace's packages: name -> directory.
+fn packages() -> std::collections::BTreeMap<String, PathBuf> {
+    let mut out = std::collections::BTreeMap::new();
     let mut dirs: Vec<PathBuf> = vec![repo().join("tests"), repo().join("benches")];
     dirs.extend(std::fs::read_dir(repo().join("crates")).unwrap().map(|e| e.unwrap().path()));
     for d in dirs {
         if let Ok(t) = std::fs::read_to_string(d.join("Cargo.toml")) {
             let v: toml::Value = toml::from_str(&t).unwrap();
             if let Some(n) = v.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()) {
-                out.insert(n.to_owned());
+                out.insert(n.to_owned(), d.clone());
             }
         }
     }
@@ -392,13 +401,23 @@ fn flags(cmd: &clap::Command) -> BTreeSet<String> {
 }
 
 #[test]
-fn every_tracefold_command_written_in_backticks_names_real_commands_and_flags() {
+fn every_command_written_in_backticks_names_real_commands_flags_and_files() {
     let mut cli = cli::args::Cli::command();
     cli.build();
     let mut checked = 0;
     for page in pages() {
         let text = prose(&page);
         for span in text.split('`').skip(1).step_by(2) {
+            let script =
+                span.split_whitespace().next().is_some_and(|w| w.starts_with("scripts/") && w.ends_with(".sh"));
+            if script || span.starts_with("cargo ") {
+                // A script or cargo command in prose: the same checks as in a block.
+                let span = span.split_whitespace().collect::<Vec<_>>().join(" ");
+                let c = Shown { at: name(&page), argv: words(&span), text: span, shown_output: None };
+                let _ = not_run(&c);
+                checked += 1;
+                continue;
+            }
             let Some(rest) = span.strip_prefix("tracefold ") else { continue };
             let rest = rest.replace("\\|", "|");
             let mut toks = rest.split_whitespace();
