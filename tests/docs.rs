@@ -429,7 +429,7 @@ fn every_command_written_in_backticks_names_real_commands_flags_and_files() {
                 .find_subcommand(sub)
                 .unwrap_or_else(|| panic!("{}: `tracefold {rest}`: no command {sub:?}", name(&page)));
             let known = flags(cmd);
-            for t in toks {
+            for t in toks.flat_map(|t| t.split('|')) {
                 let t = t.trim_matches(|c| matches!(c, '[' | ']' | '(' | ')' | '|' | ','));
                 let flag = t.split('=').next().unwrap();
                 if flag.starts_with('-') && flag.len() > 1 && !flag.starts_with("---") {
@@ -595,4 +595,29 @@ async fn the_quick_commands_and_the_sql_of_the_docs_run_against_a_pipeline() {
     }
     assert!(queries >= 2, "the cookbook's SQL is run ({queries} statements)");
     pipeline.stop().await.unwrap();
+}
+
+#[test]
+fn the_command_reference_names_every_command_and_every_flag() {
+    let mut cli = cli::args::Cli::command();
+    cli.build();
+    let page = read(&repo().join("docs/commands.md"));
+    let intro: String = page.lines().take_while(|l| !l.starts_with('|')).collect::<Vec<_>>().join(" ");
+    let connection = ["--clickhouse-url", "--database", "--user", "--password"];
+    for s in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+        let sub = s.get_name();
+        let rows: Vec<&str> = page
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("| `tracefold {sub} ")) || l.starts_with(&format!("| `tracefold {sub}`"))
+            })
+            .collect();
+        assert!(!rows.is_empty(), "docs/commands.md has no row for `tracefold {sub}`");
+        let rows = rows.join("\n");
+        for f in flags(s).into_iter().filter(|f| f != "--help" && f != "-h") {
+            let named = rows.split(|c: char| !(c.is_alphanumeric() || c == '-')).any(|w| w == f);
+            let common = connection.contains(&f.as_str()) && intro.contains(&format!("`{sub}`"));
+            assert!(named || common, "docs/commands.md does not name {f} of `tracefold {sub}`");
+        }
+    }
 }
