@@ -4,7 +4,7 @@
 //! loadgen` waits and sends again, and the grouper counts re-sent copies once.
 //!
 //! Sized for CI by default; `TRACEFOLD_NOLOSS_EVENTS` and `TRACEFOLD_NOLOSS_RATE` make the
-//! same tests run the full-size loads whose figures the README gives (100,000 unpaced events;
+//! same tests run the full-size loads whose figures docs/operations.md gives (100,000 unpaced events;
 //! 150,000 at 15,000/s with four kills of each consumer: `TRACEFOLD_NOLOSS_KILLS`).
 
 use std::time::{Duration, Instant};

@@ -19,7 +19,7 @@ pub const RESOLVED_ISSUES: &str = "tracefold_detector_resolved_issues";
 pub const NOTIFICATIONS_TOTAL: &str = "tracefold_detector_notifications_total";
 
 /// Counter (labels `topic`, `partition`): aggregate records deleted by the broker's retention before this
-/// group read them; each loss is also an ERROR log line. See the README's reliability section.
+/// group read them; each loss is also an ERROR log line. See the reliability section of docs/operations.md.
 pub const EVENTS_LOST_TOTAL: &str = "tracefold_detector_events_lost_total";
 
 /// Gauge: the detector's event-time watermark, Unix seconds (a minute start): the minimum over

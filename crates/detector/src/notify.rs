@@ -957,7 +957,7 @@ mod tests {
         assert!(!verify_like_a_receiver("other", &raw, &header("x-tracefold-signature"), 1_795_000_100));
     }
 
-    /// The check the README describes: the signature over the raw body, then `timestamp`
+    /// The check docs/signals.md describes: the signature over the raw body, then `timestamp`
     /// within 5 minutes of the receiver's clock.
     fn verify_like_a_receiver(secret: &str, raw: &str, signature: &str, now: i64) -> bool {
         let body: Value = serde_json::from_str(raw).unwrap();

@@ -1,7 +1,7 @@
 //! Metric names of the grouper (Prometheus), emitted once per batch.
 
 /// Events read, by `outcome` (`accepted`, `rejected`, `duplicate`: a repeat of an event read
-/// shortly before, see the README's reliability section).
+/// shortly before, see the reliability section of docs/operations.md).
 pub const EVENTS_TOTAL: &str = "tracefold_grouper_events_total";
 /// Events whose timestamp was missing or out of range and was set to the receive time.
 pub const CLAMPED_TOTAL: &str = "tracefold_grouper_timestamps_clamped_total";
@@ -18,7 +18,7 @@ pub const BATCH_EVENTS: &str = "tracefold_grouper_batch_events";
 pub const EMIT_SECONDS: &str = "tracefold_grouper_emit_seconds";
 
 /// Counter (labels `topic`, `partition`): events deleted by the broker's retention before this
-/// group read them; each loss is also an ERROR log line. See the README's reliability section.
+/// group read them; each loss is also an ERROR log line. See the reliability section of docs/operations.md.
 pub const EVENTS_LOST_TOTAL: &str = "tracefold_grouper_events_lost_total";
 
 /// Counter: sample events cut to 64 KiB (the sample carries `_tracefold_truncated`).

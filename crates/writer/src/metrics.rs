@@ -14,7 +14,7 @@ pub const INSERT_ROWS: &str = "tracefold_writer_insert_rows";
 pub const MALFORMED_TOTAL: &str = "tracefold_writer_malformed_total";
 
 /// Counter (labels `topic`, `partition`): aggregate records deleted by the broker's retention before this
-/// group read them; each loss is also an ERROR log line. See the README's reliability section.
+/// group read them; each loss is also an ERROR log line. See the reliability section of docs/operations.md.
 pub const EVENTS_LOST_TOTAL: &str = "tracefold_writer_events_lost_total";
 
 /// Outcome rows inserted into ClickHouse (the `outcomes` table).
