@@ -82,11 +82,12 @@ async fn now(db: &TestDb) -> i64 {
 }
 
 async fn insert(db: &TestDb, recs: &[AggregateRecord]) {
-    let mut ins = db.client.insert::<AggregateRow<'_>>("aggregates").await.unwrap();
-    for (i, r) in recs.iter().enumerate() {
-        ins.write(&AggregateRow::new(r, "tracefold.aggregates", 0, i as i64)).await.unwrap();
-    }
-    ins.end().await.unwrap();
+    // As the writer inserts: samples into issue_samples, then the aggregate rows.
+    let rows: Vec<AggregateRow<'_>> =
+        recs.iter().enumerate().map(|(i, r)| AggregateRow::new(r, "tracefold.aggregates", 0, i as i64)).collect();
+    tracefold_store::aggregates::insert(&db.client, "aggregates", &rows, std::time::Duration::from_secs(60), None)
+        .await
+        .unwrap();
 }
 
 /// Runs SQL and returns the rows as JSON objects.
