@@ -160,6 +160,13 @@ pub struct BenchStorageArgs {
     /// Events per grouper batch.
     #[arg(long, default_value_t = 10_000)]
     pub batch_events: u64,
+    /// Issues per hour of the memory cases (grouper aggregation and writer rows), comma-separated;
+    /// 0 for none.
+    #[arg(long, value_delimiter = ',', default_values_t = [20_000usize, 200_000])]
+    pub memory_issues: Vec<usize>,
+    /// Events per issue in the memory cases.
+    #[arg(long, default_value_t = 3)]
+    pub memory_events_per_issue: u64,
     /// Result format (table: a Markdown table, then the JSON line).
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,

@@ -143,6 +143,8 @@ pub async fn bench_storage(a: &BenchStorageArgs) -> anyhow::Result<()> {
         issues: a.issues.clone(),
         zipf_s: a.zipf,
         batch_events: a.batch_events,
+        memory_issues: a.memory_issues.iter().copied().filter(|&n| n > 0).collect(),
+        memory_events_per_issue: a.memory_events_per_issue,
         clickhouse: a.ch.config(),
         progress: true,
     };

@@ -19,7 +19,7 @@ pub use detector::{detector, DetectorOptions, DetectorReport};
 pub use ingest::{ingest, IngestOptions, IngestReport};
 pub use pipeline::{pipeline, PipelineOptions, PipelineReport};
 pub use queries::{cookbook_queries, queries, QueriesOptions, QueriesReport, QueryTime};
-pub use storage::{storage, Arrival, StorageCase, StorageOptions, StorageReport};
+pub use storage::{memory, storage, Arrival, MemoryCase, StorageCase, StorageOptions, StorageReport};
 pub use writer::{writer, WriterOptions, WriterReport};
 
 /// Benchmarks log warnings only: their own output is the result.

@@ -30,6 +30,10 @@ pub struct StorageOptions {
     pub batch_events: u64,
     /// The ClickHouse server; scratch databases are named after `database` and the process id.
     pub clickhouse: ClickHouseConfig,
+    /// Issues per hour of the memory cases ([`memory`]); empty for none.
+    pub memory_issues: Vec<usize>,
+    /// Events per issue in the memory cases.
+    pub memory_events_per_issue: u64,
     /// Print progress to stderr.
     pub progress: bool,
 }
@@ -104,6 +108,8 @@ pub struct StorageReport {
     pub zipf_s: f64,
     /// The cases.
     pub cases: Vec<StorageCase>,
+    /// The memory cases (grouper aggregation and writer rows), run first.
+    pub memory: Vec<MemoryCase>,
 }
 
 impl StorageReport {
@@ -116,6 +122,11 @@ impl StorageReport {
                 c["tracefold_bytes_per_event"] = serde_json::json!(r.tracefold_per_event());
                 c["raw_bytes_per_event"] = serde_json::json!(r.raw_per_event());
                 c["ratio"] = serde_json::json!(r.ratio());
+            }
+        }
+        if let Some(cases) = v.get_mut("memory").and_then(Value::as_array_mut) {
+            for (c, r) in cases.iter_mut().zip(&self.memory) {
+                c["growth_bytes_per_issue"] = serde_json::json!(r.growth_per_issue());
             }
         }
         v
@@ -151,6 +162,27 @@ impl StorageReport {
                 .collect();
             s.push_str(&format!("- {} issues/h, {:?}: {}\n", c.issues, c.arrival, parts.join(", ")));
         }
+        if !self.memory.is_empty() {
+            s.push_str(
+                "\nGrouper aggregation + writer rows over an hour (RSS, MB):\n\n\
+                 | issues/h | events | batches | records | before | after batch 1 | peak | end | growth per issue (B) |\n\
+                 |---|---|---|---|---|---|---|---|---|\n",
+            );
+            for m in &self.memory {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                    m.issues,
+                    m.events,
+                    m.batches,
+                    m.records,
+                    m.rss_before as f64 / 1048576.0,
+                    m.rss_first_batch as f64 / 1048576.0,
+                    m.rss_peak as f64 / 1048576.0,
+                    m.rss_end as f64 / 1048576.0,
+                    m.growth_per_issue()
+                ));
+            }
+        }
         s
     }
 }
@@ -163,6 +195,13 @@ pub async fn storage(opts: &StorageOptions) -> anyhow::Result<StorageReport> {
     super::quiet_logging();
     let client = tracefold_store::client::client(&opts.clickhouse);
     let server = tracefold_store::client::server_version(&client).await?;
+    let mut memory_cases = Vec::new();
+    for &issues in &opts.memory_issues {
+        if opts.progress {
+            eprintln!("bench-storage: memory, {issues} issues/h");
+        }
+        memory_cases.push(memory(issues, opts.memory_events_per_issue, opts.progress));
+    }
     let mut cases = Vec::new();
     let n = opts.issues.len() * 2;
     for &issues in &opts.issues {
@@ -173,7 +212,7 @@ pub async fn storage(opts: &StorageOptions) -> anyhow::Result<StorageReport> {
             cases.push(case(opts, issues, arrival).await?);
         }
     }
-    Ok(StorageReport { server, batch_events: opts.batch_events, zipf_s: opts.zipf_s, cases })
+    Ok(StorageReport { server, batch_events: opts.batch_events, zipf_s: opts.zipf_s, cases, memory: memory_cases })
 }
 
 async fn case(opts: &StorageOptions, issues: usize, arrival: Arrival) -> anyhow::Result<StorageCase> {
@@ -337,4 +376,91 @@ fn raw_row(e: &gen::Generated, offset: i64, now: i64) -> RawErrorRow {
         retention_days: 90,
         deleted: 0,
     }
+}
+
+/// Memory of the grouper's aggregation and the writer's row mapping over an hour of traffic
+/// with many distinct issues (item 4 of issue 19).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemoryCase {
+    /// Distinct issues in the hour (every one occurs: popularity is uniform).
+    pub issues: usize,
+    /// Events fed.
+    pub events: u64,
+    /// Grouper batches (of the grouper's default bound, 50,000 events).
+    pub batches: u64,
+    /// Aggregate records made (and mapped to writer rows).
+    pub records: u64,
+    /// Resident memory before the first event, bytes.
+    pub rss_before: u64,
+    /// Resident memory after the first batch.
+    pub rss_first_batch: u64,
+    /// Largest resident memory after any batch.
+    pub rss_peak: u64,
+    /// Resident memory after the last batch.
+    pub rss_end: u64,
+}
+
+impl MemoryCase {
+    /// Growth from the first batch to the end of the hour, bytes per distinct issue of the
+    /// hour: what state kept across batches costs per tracked issue (0 when nothing is kept).
+    pub fn growth_per_issue(&self) -> f64 {
+        self.rss_end.saturating_sub(self.rss_first_batch) as f64 / self.issues.max(1) as f64
+    }
+}
+
+/// Resident set size of this process, bytes (Linux; 0 elsewhere).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Feeds `events_per_issue` events of each of `issues` issues (uniform popularity, times over
+/// an hour) through a grouper [`BatchBuilder`] in batches of the grouper's default bound, and
+/// maps every batch's records to the writer's rows ([`AggregateRow`] and its sample row), as
+/// the two services do; measures the process's RSS after every batch.
+pub fn memory(issues: usize, events_per_issue: u64, progress: bool) -> MemoryCase {
+    let batch = tracefold_grouper::Config::default().grouper.batch_max_events.max(1);
+    let events = issues as u64 * events_per_issue;
+    let now = gen::now_secs();
+    let mut g = gen::Generator::new(gen::GenOptions {
+        issues,
+        zipf_s: 0.0,
+        now_secs: now,
+        spread_secs: 3600,
+        ..Default::default()
+    });
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    let rss_before = rss();
+    let (mut offset, mut batches, mut records) = (0i64, 0u64, 0u64);
+    let (mut rss_first_batch, mut rss_peak) = (0, 0);
+    while (offset as u64) < events {
+        let first = offset;
+        let end = (offset as u64 + batch).min(events) as i64;
+        while offset < end {
+            builder.add(g.next_event().json.as_bytes(), offset, now * 1000);
+            offset += 1;
+        }
+        let out = builder.finish("bench", "tracefold.events", 0, first, end - 1);
+        let rows: Vec<AggregateRow<'_>> = out
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| AggregateRow::new(r, "tracefold.aggregates", 0, i as i64))
+            .collect();
+        let samples = rows.iter().filter_map(AggregateRow::sample_row).count();
+        std::hint::black_box((&rows, samples));
+        records += rows.len() as u64;
+        batches += 1;
+        let now_rss = rss();
+        if batches == 1 {
+            rss_first_batch = now_rss;
+        }
+        rss_peak = rss_peak.max(now_rss);
+        if progress && batches.is_multiple_of(4) {
+            eprintln!("  {issues} issues: {offset} / {events} events, RSS {} MB", now_rss >> 20);
+        }
+    }
+    MemoryCase { issues, events, batches, records, rss_before, rss_first_batch, rss_peak, rss_end: rss() }
 }
