@@ -262,6 +262,9 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     let r = rows(&db, &sql).await;
     assert_eq!(r[0]["sample"], "{\"recent\":true}", "{n}");
     seen.push(n);
+    // Samples are stored once, in issue_samples: the base table's rows keep none.
+    let kept = rows(&db, &format!("SELECT count() AS n FROM {dbn}.aggregates WHERE sample != ''")).await;
+    assert_eq!(kept[0]["n"], "0", "aggregates rows keep no sample");
 
     let mut all: Vec<String> = book.keys().cloned().collect();
     all.sort();

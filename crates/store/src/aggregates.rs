@@ -168,6 +168,12 @@ mod tests {
     use super::*;
     use tracefold_model::{BatchRef, UserSet};
 
+    #[test]
+    fn samples_go_to_the_table_beside_the_aggregates_table() {
+        assert_eq!(samples_table("aggregates"), "issue_samples");
+        assert_eq!(samples_table("aggregates_all"), "issue_samples_all");
+    }
+
     fn rec(p: i32, first: i64, index: u32) -> AggregateRecord {
         AggregateRecord {
             v: 1,

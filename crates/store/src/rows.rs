@@ -104,3 +104,30 @@ impl<'a> AggregateRow<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_goes_to_its_own_row_keyed_by_the_hour() {
+        let mut r = AggregateRecord {
+            project: "web".into(),
+            issue_id: "a".into(),
+            minute: 7_200 + 1_980,
+            release: "r1".into(),
+            first_seen_ms: 9_200_500,
+            sample: "{\"x\":\"ü\"}".into(),
+            ..Default::default()
+        };
+        let row = AggregateRow::new(&r, "t", 0, 0);
+        assert_eq!(row.sample, "", "the aggregates row keeps no sample");
+        let s = row.sample_row().expect("a sample row");
+        assert_eq!(
+            (s.project, s.issue_id, s.hour, s.seen, s.release, s.sample),
+            ("web", "a", 7_200, 9_200, "r1", "{\"x\":\"ü\"}")
+        );
+        r.sample.clear();
+        assert!(AggregateRow::new(&r, "t", 0, 0).sample_row().is_none());
+    }
+}
