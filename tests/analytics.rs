@@ -82,11 +82,12 @@ async fn now(db: &TestDb) -> i64 {
 }
 
 async fn insert(db: &TestDb, recs: &[AggregateRecord]) {
-    let mut ins = db.client.insert::<AggregateRow<'_>>("aggregates").await.unwrap();
-    for (i, r) in recs.iter().enumerate() {
-        ins.write(&AggregateRow::new(r, "tracefold.aggregates", 0, i as i64)).await.unwrap();
-    }
-    ins.end().await.unwrap();
+    // As the writer inserts: samples into issue_samples, then the aggregate rows.
+    let rows: Vec<AggregateRow<'_>> =
+        recs.iter().enumerate().map(|(i, r)| AggregateRow::new(r, "tracefold.aggregates", 0, i as i64)).collect();
+    tracefold_store::aggregates::insert(&db.client, "aggregates", &rows, std::time::Duration::from_secs(60), None)
+        .await
+        .unwrap();
 }
 
 /// Runs SQL and returns the rows as JSON objects.
@@ -261,6 +262,9 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     let r = rows(&db, &sql).await;
     assert_eq!(r[0]["sample"], "{\"recent\":true}", "{n}");
     seen.push(n);
+    // Samples are stored once, in issue_samples: the base table's rows keep none.
+    let kept = rows(&db, &format!("SELECT count() AS n FROM {dbn}.aggregates WHERE sample != ''")).await;
+    assert_eq!(kept[0]["n"], "0", "aggregates rows keep no sample");
 
     let mut all: Vec<String> = book.keys().cloned().collect();
     all.sort();

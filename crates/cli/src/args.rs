@@ -15,8 +15,8 @@ mod ops;
 
 pub use analyst::{DlqArgs, FingerprintArgs, IssueArgs, OutcomesArgs, TopArgs};
 pub use measure::{
-    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchWriterArgs, DetectionPath,
-    DetectionQualityArgs, GroupingQualityArgs,
+    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchStorageArgs, BenchWriterArgs,
+    DetectionPath, DetectionQualityArgs, GroupingQualityArgs,
 };
 pub use ops::{DevArgs, GenArgs, LoadgenArgs, MigrateArgs, RetentionArgs, SignalsArgs};
 
@@ -143,6 +143,9 @@ pub enum Cmd {
     /// Time the analyst queries (top, issue, outcomes, the cookbooks) on a large database
     /// generated inside ClickHouse (a scratch database, dropped at the end).
     BenchQueries(BenchQueriesArgs),
+    /// Measure bytes on disk per event in tracefold's tables against a raw-row table shaped
+    /// like Snuba's errors table, for the same generated events (scratch databases, dropped).
+    BenchStorage(BenchStorageArgs),
 }
 
 /// Parses `90s`, `15m`, `1h`, `2d` (a bare number is seconds).

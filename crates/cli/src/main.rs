@@ -39,5 +39,6 @@ async fn run() -> anyhow::Result<()> {
         Cmd::BenchPipeline(a) => cmd::measure::bench_pipeline(&a).await,
         Cmd::BenchDetector(a) => cmd::measure::bench_detector(&a),
         Cmd::BenchQueries(a) => cmd::measure::bench_queries(&a).await,
+        Cmd::BenchStorage(a) => cmd::measure::bench_storage(&a).await,
     }
 }

@@ -13,7 +13,7 @@
 
 use crate::client::{db, ident};
 use crate::error::{step, Result};
-use crate::rows::AggregateRow;
+use crate::rows::{AggregateRow, SampleRow};
 use clickhouse::Client;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -84,7 +84,8 @@ pub fn admit(wm: &mut Watermarks, r: &AggregateRecord) -> bool {
 
 /// Inserts `rows` into `table` of the client's database ([`crate::client::database_client`])
 /// in one INSERT, which ClickHouse applies atomically; `token` (22+) lets the server drop a
-/// retried insert whose first try landed.
+/// retried insert whose first try landed. The rows' samples go into the samples table
+/// ([`samples_table`]) in an INSERT before it.
 ///
 /// # Errors
 /// When the name is not an identifier, ClickHouse refuses, or `timeout` passes (the outcome
@@ -97,6 +98,22 @@ pub async fn insert(
     token: Option<&str>,
 ) -> Result<()> {
     let table = ident("writer.table", table)?;
+    // Samples first, in their own INSERT: a crash between the two inserts leaves samples
+    // without their aggregate rows, and the replay that follows inserts them again, which
+    // `issue_samples` (latest per issue and hour) collapses. No sample is lost that way.
+    let samples: Vec<SampleRow<'_>> = rows.iter().filter_map(AggregateRow::sample_row).collect();
+    if !samples.is_empty() {
+        let samples_table = samples_table(table);
+        let written = async {
+            let mut ins =
+                client.insert::<SampleRow<'_>>(samples_table).await?.with_timeouts(Some(timeout), Some(timeout));
+            for row in &samples {
+                ins.write(row).await?;
+            }
+            ins.end().await
+        };
+        written.await.map_err(step("insert sample rows"))?;
+    }
     let ch = step("insert aggregate rows");
     let written = async {
         let mut ins = client.insert::<AggregateRow<'_>>(table).await?.with_timeouts(Some(timeout), Some(timeout));
@@ -109,6 +126,16 @@ pub async fn insert(
         ins.end().await
     };
     written.await.map_err(ch)
+}
+
+/// The samples table beside aggregates table `table`: `issue_samples`, or its `Distributed`
+/// table `issue_samples_all` when the writer inserts into `aggregates_all` (the cluster flavour).
+pub fn samples_table(table: &str) -> &'static str {
+    if table.ends_with("_all") {
+        "issue_samples_all"
+    } else {
+        "issue_samples"
+    }
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -140,6 +167,12 @@ pub async fn row_count(client: &Client, database: &str) -> Result<u64> {
 mod tests {
     use super::*;
     use tracefold_model::{BatchRef, UserSet};
+
+    #[test]
+    fn samples_go_to_the_table_beside_the_aggregates_table() {
+        assert_eq!(samples_table("aggregates"), "issue_samples");
+        assert_eq!(samples_table("aggregates_all"), "issue_samples_all");
+    }
 
     fn rec(p: i32, first: i64, index: u32) -> AggregateRecord {
         AggregateRecord {

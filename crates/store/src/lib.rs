@@ -16,6 +16,7 @@ pub mod issues;
 pub mod migrate;
 pub mod outcomes;
 pub mod rows;
+pub mod storage;
 pub mod synthetic;
 
 pub use clickhouse::Client;

@@ -3,6 +3,10 @@
 use tracefold_model::AggregateRecord;
 
 /// A row of `<db>.aggregates`, borrowed from the record it is made of.
+///
+/// The row's `sample` column stays empty: a record's sample goes to `issue_samples` alone
+/// ([`SampleRow`], inserted by [`crate::aggregates::insert`] before the aggregate rows), so
+/// the base table, which keeps every partial aggregate, does not keep a copy of every sample.
 #[derive(clickhouse::Row, serde::Serialize)]
 pub struct AggregateRow<'a> {
     project: &'a str,
@@ -32,6 +36,21 @@ pub struct AggregateRow<'a> {
     agg_topic: &'a str,
     agg_partition: i32,
     agg_offset: i64,
+    /// The record's sample, for [`SampleRow`]; not a column of the row.
+    #[serde(skip)]
+    record_sample: &'a str,
+}
+
+/// A row of `<db>.issue_samples`: the sample of one record, keyed by its issue and hour
+/// (the table keeps the latest per issue and hour).
+#[derive(clickhouse::Row, serde::Serialize)]
+pub struct SampleRow<'a> {
+    project: &'a str,
+    issue_id: &'a str,
+    hour: u32,
+    seen: u32,
+    release: &'a str,
+    sample: &'a str,
 }
 
 fn secs(ms: i64) -> u32 {
@@ -58,7 +77,7 @@ impl<'a> AggregateRow<'a> {
             level: &r.level,
             platform: &r.platform,
             grouping_version: &r.grouping_version,
-            sample: &r.sample,
+            sample: "",
             src_epoch: &r.batch.epoch,
             src_topic: &r.batch.topic,
             src_partition: r.batch.partition,
@@ -69,6 +88,46 @@ impl<'a> AggregateRow<'a> {
             agg_topic,
             agg_partition,
             agg_offset,
+            record_sample: &r.sample,
         }
+    }
+
+    /// The `issue_samples` row of the record, if it carries a sample.
+    pub fn sample_row(&self) -> Option<SampleRow<'a>> {
+        (!self.record_sample.is_empty()).then(|| SampleRow {
+            project: self.project,
+            issue_id: self.issue_id,
+            hour: self.minute - self.minute % 3600,
+            seen: self.first_seen,
+            release: self.release,
+            sample: self.record_sample,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_goes_to_its_own_row_keyed_by_the_hour() {
+        let mut r = AggregateRecord {
+            project: "web".into(),
+            issue_id: "a".into(),
+            minute: 7_200 + 1_980,
+            release: "r1".into(),
+            first_seen_ms: 9_200_500,
+            sample: "{\"x\":\"ü\"}".into(),
+            ..Default::default()
+        };
+        let row = AggregateRow::new(&r, "t", 0, 0);
+        assert_eq!(row.sample, "", "the aggregates row keeps no sample");
+        let s = row.sample_row().expect("a sample row");
+        assert_eq!(
+            (s.project, s.issue_id, s.hour, s.seen, s.release, s.sample),
+            ("web", "a", 7_200, 9_200, "r1", "{\"x\":\"ü\"}")
+        );
+        r.sample.clear();
+        assert!(AggregateRow::new(&r, "t", 0, 0).sample_row().is_none());
     }
 }

@@ -144,3 +144,32 @@ pub struct BenchQueriesArgs {
     #[command(flatten)]
     pub ch: ChArgs,
 }
+
+// `tracefold bench-storage`.
+#[derive(clap::Args)]
+pub struct BenchStorageArgs {
+    /// Events per case.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Issues per hour of the cases, comma-separated (each runs live and backfill).
+    #[arg(long, value_delimiter = ',', default_values_t = [50usize, 2_000, 20_000])]
+    pub issues: Vec<usize>,
+    /// Zipf exponent of issue popularity (0: every issue equally likely).
+    #[arg(long, default_value_t = 1.1)]
+    pub zipf: f64,
+    /// Events per grouper batch.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_events: u64,
+    /// Issues per hour of the memory cases (grouper aggregation and writer rows), comma-separated;
+    /// 0 for none.
+    #[arg(long, value_delimiter = ',', default_values_t = [20_000usize, 200_000])]
+    pub memory_issues: Vec<usize>,
+    /// Events per issue in the memory cases.
+    #[arg(long, default_value_t = 3)]
+    pub memory_events_per_issue: u64,
+    /// Result format (table: a Markdown table, then the JSON line).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    #[command(flatten)]
+    pub ch: ChArgs,
+}

@@ -1,10 +1,11 @@
 //! The quality scores (`detection-quality`, `grouping-quality`) and the benchmarks
-//! (`bench-ingest`, `bench-writer`, `bench-pipeline`, `bench-detector`, `bench-queries`): the harnesses are in
+//! (`bench-ingest`, `bench-writer`, `bench-pipeline`, `bench-detector`, `bench-queries`,
+//! `bench-storage`): the harnesses are in
 //! `tracefold_devtools`; this prints their reports as tables or JSON.
 
 use crate::args::{
-    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchWriterArgs, DetectionPath,
-    DetectionQualityArgs, Format, GroupingQualityArgs,
+    BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchStorageArgs, BenchWriterArgs,
+    DetectionPath, DetectionQualityArgs, Format, GroupingQualityArgs,
 };
 use crate::out::{out, outln};
 use tracefold_devtools::{bench, detection, quality};
@@ -125,6 +126,29 @@ pub async fn bench_queries(a: &BenchQueriesArgs) -> anyhow::Result<()> {
         progress: true,
     };
     let r = bench::queries(&opts).await?;
+    match a.format {
+        Format::Json => outln!("{}", r.json()),
+        Format::Table => out!("{}\n{}\n", r.table(), r.json()),
+    }
+    Ok(())
+}
+
+/// Runs `tracefold bench-storage`.
+///
+/// # Errors
+/// When ClickHouse refuses the data or is unreachable.
+pub async fn bench_storage(a: &BenchStorageArgs) -> anyhow::Result<()> {
+    let opts = bench::StorageOptions {
+        events: a.events,
+        issues: a.issues.clone(),
+        zipf_s: a.zipf,
+        batch_events: a.batch_events,
+        memory_issues: a.memory_issues.iter().copied().filter(|&n| n > 0).collect(),
+        memory_events_per_issue: a.memory_events_per_issue,
+        clickhouse: a.ch.config(),
+        progress: true,
+    };
+    let r = bench::storage(&opts).await?;
     match a.format {
         Format::Json => outln!("{}", r.json()),
         Format::Table => out!("{}\n{}\n", r.table(), r.json()),

@@ -2,7 +2,8 @@
 //! runs the real services on the embedded Kafka (and the local ClickHouse where it needs one),
 //! and returns a report the command prints as a table or as JSON. `bench-detector` measures
 //! the detector's engine alone (its memory with many issues). `bench-queries` times the
-//! analyst queries on a large database generated inside ClickHouse.
+//! analyst queries on a large database generated inside ClickHouse. `bench-storage` measures
+//! bytes on disk per event against a raw-row table.
 //!
 //! Harnesses check their counts after the report is printed: [`WriterReport::check`],
 //! [`PipelineReport::check`].
@@ -11,12 +12,14 @@ mod detector;
 mod ingest;
 mod pipeline;
 mod queries;
+mod storage;
 mod writer;
 
 pub use detector::{detector, DetectorOptions, DetectorReport};
 pub use ingest::{ingest, IngestOptions, IngestReport};
 pub use pipeline::{pipeline, PipelineOptions, PipelineReport};
 pub use queries::{cookbook_queries, queries, QueriesOptions, QueriesReport, QueryTime};
+pub use storage::{memory, storage, Arrival, MemoryCase, StorageCase, StorageOptions, StorageReport};
 pub use writer::{writer, WriterOptions, WriterReport};
 
 /// Benchmarks log warnings only: their own output is the result.
