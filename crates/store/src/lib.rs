@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod outcomes;
 pub mod rows;
 pub mod synthetic;
+pub mod ui;
 
 pub use clickhouse::Client;
 pub use error::{Error, Result};
