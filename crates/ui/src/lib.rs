@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod html;
+mod sample;
 pub mod svg;
 
 use axum::extract::{Path, Query, State};
@@ -108,7 +109,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}\
 .s-resolved{color:#2e7d32}.s-ignored{color:#888}.s-active{color:#c62828}\
 .spark{color:#1565c0}.bars{width:100%;height:120px;fill:#1565c0}\
 pre{background:#fff;border:1px solid #ddd;padding:.5em;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}\
-form.inline{display:inline}nav a{margin-right:.5em}\
+form.inline{display:inline}ol.frames{font-size:13px;padding-left:1.5em}li.frame{color:#777;overflow-wrap:anywhere}li.inapp{color:#111;background:#fff8e1;font-weight:600}nav a{margin-right:.5em}\
 @media (max-width:40em){.wide{display:none}td,th{padding:.2em}}\
 </style>";
 
@@ -359,7 +360,7 @@ async fn issue(
     p.raw("<table id=\"history\"><thead><tr><th>When</th><th>Status</th><th>Who</th><th>Release</th><th>Note</th></tr></thead><tbody>");
     for h in &history {
         p.raw("<tr><td>")
-            .num(h.changed_at)
+            .text(&tracefold_model::time::format_rfc3339(i64::from(h.changed_at) * 1000))
             .raw("</td><td>")
             .user(&h.status)
             .raw("</td><td>")
@@ -377,13 +378,7 @@ async fn issue(
     kv_table(&mut p, "Environment", &d.by_environment);
     p.raw("<h2>Sample event</h2>");
     match &d.sample {
-        Some(s) => {
-            let pretty = serde_json::from_str::<serde_json::Value>(s)
-                .ok()
-                .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                .unwrap_or_else(|| s.clone());
-            p.raw("<pre id=\"sample\">").text(&pretty).raw("</pre>");
-        }
+        Some(s) => sample::render(&mut p, s),
         None => {
             p.raw("<p>No sample stored.</p>");
         }
