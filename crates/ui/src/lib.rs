@@ -53,7 +53,16 @@ pub fn router(cfg: Config) -> Router {
         .route("/issues/{project}/{issue_id}", get(issue))
         .route("/issues/{project}/{issue_id}/status", post(set_status))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .with_state(state)
+}
+
+/// Ready when ClickHouse answers.
+async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    match tracefold_store::client::server_version(&st.client).await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("clickhouse: {e}")).into_response(),
+    }
 }
 
 /// Serves the UI on `listener` until `shutdown` completes.
