@@ -139,7 +139,31 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = tracefold_ui::Config { clickhouse: db.cfg.clone(), operator_token: Some(TOKEN.into()) };
+    // Signals on an embedded Kafka's signals topic, one with a hostile title.
+    let topics = tracefold_tests::topics();
+    let broker = tracefold_runtime::devbroker::DevBroker::start(1, &topics, Some(2)).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let sig = |minute: &str, issue: &str, title: &str, count: u64| {
+        serde_json::to_vec(&tracefold_detector::signal::Signal {
+            project: "web".into(),
+            issue_id: issue.into(),
+            title: title.into(),
+            minute: minute.into(),
+            count,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let payloads = vec![
+        sig("2026-01-01T00:01:00Z", &hex(1), hostile[0], 11),
+        sig("2026-01-01T00:02:00Z", &hex(2), "Second", 22),
+        b"not a signal".to_vec(),
+    ];
+    tracefold_tests::publish(&bootstrap, &topics.signals, &payloads).await;
+    let signals =
+        tracefold_ui::signals::Source { kafka: tracefold_tests::kafka(&bootstrap), topic: topics.signals.clone() };
+    let cfg =
+        tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: Some(signals), operator_token: Some(TOKEN.into()) };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tracefold_ui::serve(listener, cfg, async {
         let _ = stop_rx.await;
@@ -187,6 +211,16 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
     let (st, html) = get("/?project=%22%3E%3Cscript%3E&window=%3Cx%3E&by=%27".into()).await;
     assert_eq!(st, 200);
     assert!(!html.contains("<script>") && html.contains("value=\"&quot;&gt;&lt;script&gt;\""));
+
+    // The signals page: newest first, linked to their issues, titles escaped, the record
+    // that is no signal left out.
+    let (st, html) = get("/signals".into()).await;
+    assert_eq!(st, 200, "{html}");
+    let table = &html[html.find("id=\"signals\"").unwrap()..];
+    assert_eq!(table.matches("<tr><td>").count(), 2, "{table}");
+    assert!(table.find("Second").unwrap() < table.find("&lt;script&gt;").unwrap(), "newest first");
+    assert!(table.contains(&format!("href=\"/issues/web/{}?window=24h\"", hex(2))));
+    assert!(!html.contains("<script>alert"));
 
     // The issue page: numbers, escaped title and sample, then status changes.
     let id = hex(1);
@@ -253,7 +287,7 @@ async fn without_an_operator_token_the_ui_is_read_only() {
     insert(&db, &[rec("web", &hex(1), "E", t - 60, "r", 1, &[1], 0)]).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = tracefold_ui::Config { clickhouse: db.cfg.clone(), operator_token: None };
+    let cfg = tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: None, operator_token: None };
     let server = tokio::spawn(tracefold_ui::serve(listener, cfg, std::future::pending()));
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for token in ["", "anything"] {

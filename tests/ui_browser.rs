@@ -240,7 +240,12 @@ async fn chromium_shows_clickhouses_numbers_runs_no_injected_script_and_resolves
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ui = format!("http://{}", listener.local_addr().unwrap());
-    let cfg = tracefold_ui::Config { clickhouse: db.cfg.clone(), operator_token: Some(TOKEN.into()) };
+    let signals = tracefold_ui::signals::Source {
+        kafka: tracefold_tests::kafka(&pipeline.bootstrap_servers()),
+        topic: pipeline.cfg.topics.signals.clone(),
+    };
+    let cfg =
+        tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: Some(signals), operator_token: Some(TOKEN.into()) };
     let server = tokio::spawn(tracefold_ui::serve(listener, cfg, std::future::pending()));
 
     let profile = std::env::temp_dir().join(format!("tracefold-chromium-{}", std::process::id()));
@@ -328,6 +333,14 @@ async fn chromium_shows_clickhouses_numbers_runs_no_injected_script_and_resolves
     );
     let resolved_png = cdp.screenshot("issue-resolved").await;
 
+    // The signals page: a table whose issue links lead to issue pages of this UI.
+    cdp.goto(&format!("{ui}/signals")).await;
+    let links = cdp
+        .eval("[...document.querySelectorAll('#signals a')].every(a => a.getAttribute('href').startsWith('/issues/'))")
+        .await;
+    assert_eq!(links, true);
+    let signals_png = cdp.screenshot("signals").await;
+
     // A phone-sized screen: the list fits its width.
     cdp.call(
         "Emulation.setDeviceMetricsOverride",
@@ -338,7 +351,7 @@ async fn chromium_shows_clickhouses_numbers_runs_no_injected_script_and_resolves
     let overflow = cdp.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await;
     assert_eq!(overflow, true, "no horizontal scrolling on a phone");
     let phone_png = cdp.screenshot("issues-phone").await;
-    for p in [list_png, issue_png, resolved_png, phone_png] {
+    for p in [list_png, issue_png, resolved_png, signals_png, phone_png] {
         eprintln!("screenshot: {}", p.display());
     }
 

@@ -9,6 +9,7 @@
 
 pub mod html;
 mod sample;
+pub mod signals;
 pub mod svg;
 
 use axum::extract::{Path, Query, State};
@@ -34,6 +35,8 @@ pub const MAX_PAGES: u64 = 20;
 pub struct Config {
     /// The ClickHouse holding tracefold's tables.
     pub clickhouse: ClickHouseConfig,
+    /// The signals topic; `None`: the signals page says it is not configured.
+    pub signals: Option<signals::Source>,
     /// The token that allows status changes (resolve, ignore, reopen); `None`: the UI is
     /// read-only.
     pub operator_token: Option<String>,
@@ -52,6 +55,7 @@ pub fn router(cfg: Config) -> Router {
         .route("/", get(issues))
         .route("/issues/{project}/{issue_id}", get(issue))
         .route("/issues/{project}/{issue_id}/status", post(set_status))
+        .route("/signals", get(signals_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(state)
@@ -130,7 +134,7 @@ fn head(p: &mut Page, title: &str) {
         .text(title)
         .raw(" · tracefold</title>")
         .raw(STYLE)
-        .raw("</head><body><header><a href=\"/\">Issues</a></header><main>");
+        .raw("</head><body><header><a href=\"/\">Issues</a><a href=\"/signals\">Signals</a></header><main>");
 }
 
 fn html_response(status: StatusCode, p: Page) -> Response {
@@ -276,6 +280,56 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
         p.raw("<a rel=\"next\" href=\"").text(&list_url(project, by, w, page + 1)).raw("\">Next</a>");
     }
     p.raw("</nav>");
+    html_response(StatusCode::OK, p)
+}
+
+/// Most signals the signals page shows.
+pub const MAX_SIGNALS: usize = 200;
+
+async fn signals_page(State(st): State<Arc<AppState>>) -> Response {
+    let Some(src) = st.cfg.signals.clone() else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "no signals topic configured: start tracefold ui with --bootstrap-servers (tracefold dev does)",
+        );
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        signals::recent(&src, "tracefold-ui-signals", MAX_SIGNALS, std::time::Duration::from_secs(2))
+    })
+    .await;
+    let list = match read {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return error_page(StatusCode::BAD_GATEWAY, &format!("cannot read the signals topic: {e:#}")),
+        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let mut p = Page::default();
+    head(&mut p, "Signals");
+    p.raw("<h1>Signals</h1><p>The latest ").num(MAX_SIGNALS).raw(" signals, newest first.</p>");
+    p.raw("<table id=\"signals\"><thead><tr><th>Minute</th><th>Signal</th><th>Issue</th>")
+        .raw("<th class=\"n\">Events</th><th class=\"n\">Users</th><th class=\"n wide\">Baseline/min</th></tr></thead><tbody>");
+    for s in list.iter().rev() {
+        p.raw("<tr><td>")
+            .text(&s.minute)
+            .raw("</td><td>")
+            .text(s.kind.as_str())
+            .raw("</td><td class=\"t\"><a href=\"")
+            .text(&issue_url(&s.project, &s.issue_id, WINDOWS[1]))
+            .raw("\">")
+            .user(&s.title)
+            .raw("</a><div class=\"c\">")
+            .user(&s.project)
+            .raw("</div></td><td class=\"n\">")
+            .num(s.count)
+            .raw("</td><td class=\"n\">")
+            .num(s.users)
+            .raw("</td><td class=\"n wide\">")
+            .num(s.baseline_per_minute)
+            .raw("</td></tr>");
+    }
+    p.raw("</tbody></table>");
+    if list.is_empty() {
+        p.raw("<p>No signals yet.</p>");
+    }
     html_response(StatusCode::OK, p)
 }
 

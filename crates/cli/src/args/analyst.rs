@@ -133,6 +133,12 @@ pub struct UiArgs {
     /// Token that allows resolve / ignore / reopen from the UI; without it the UI is read-only.
     #[arg(long, env = "TRACEFOLD_UI_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
+    /// Kafka bootstrap servers, for the signals page (without: no signals page).
+    #[arg(long, env = "TRACEFOLD_UI_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: Option<String>,
+    /// Signals topic.
+    #[arg(long, default_value = "tracefold.signals")]
+    pub signals_topic: String,
     #[command(flatten)]
     pub ch: ChArgs,
 }

@@ -70,7 +70,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     // A stalled loop ends the process (non-zero) instead of answering `ok` with a dead worker.
     tracefold_runtime::telemetry::spawn_watchdog(pipeline.healths());
     let url = format!("http://{}", pipeline.http_addr);
-    let ui = start_ui(&a.ui_listen, &cfg.clickhouse, &pipeline.shutdown).await?;
+    let signals = tracefold_ui::signals::Source {
+        kafka: tracefold_runtime::config::KafkaConfig {
+            bootstrap_servers: pipeline.bootstrap_servers(),
+            ..Default::default()
+        },
+        topic: cfg.topics.signals.clone(),
+    };
+    let ui = start_ui(&a.ui_listen, &cfg.clickhouse, signals, &pipeline.shutdown).await?;
     let m = &pipeline.migrations;
     if !a.verbose {
         eprintln!(
@@ -144,6 +151,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
 async fn start_ui(
     listen: &str,
     ch: &tracefold_runtime::config::ClickHouseConfig,
+    signals: tracefold_ui::signals::Source,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Option<(std::net::SocketAddr, String)>> {
     if listen == "off" {
@@ -157,7 +165,8 @@ async fn start_ui(
         .ok()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-    let cfg = tracefold_ui::Config { clickhouse: ch.clone(), operator_token: Some(token.clone()) };
+    let cfg =
+        tracefold_ui::Config { clickhouse: ch.clone(), signals: Some(signals), operator_token: Some(token.clone()) };
     let stop = shutdown.clone();
     tokio::spawn(async move {
         if let Err(e) = tracefold_ui::serve(listener, cfg, async move { stop.wait().await }).await {
