@@ -207,6 +207,14 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
     let (_, p1) = get("/?project=many&by=events&window=24h&page=1".into()).await;
     assert_eq!(p1.matches("<tr data-issue=").count(), 10);
     assert!(p1.contains("Many 0<") && !p1.contains("rel=\"next\""));
+    // Pages out of range or not numbers give the last or the first page.
+    let (st, last) = get("/?project=many&by=events&window=24h&page=25".into()).await;
+    assert_eq!(st, 200);
+    assert!(last.contains("No issues in this window.") && last.contains("rel=\"prev\""), "page 20 of 2 is empty");
+    for bad in ["-1", "x", "99999999999999999999"] {
+        let (st, first) = get(format!("/?project=many&by=events&window=24h&page={bad}")).await;
+        assert_eq!((st, first.matches("<tr data-issue=").count()), (200, 50), "{bad}");
+    }
     // Hostile parameters are escaped, not run.
     let (st, html) = get("/?project=%22%3E%3Cscript%3E&window=%3Cx%3E&by=%27".into()).await;
     assert_eq!(st, 200);

@@ -109,7 +109,8 @@ struct ListParams {
     project: Option<String>,
     by: Option<String>,
     window: Option<String>,
-    page: Option<u64>,
+    // Text, so that a hand-edited link with a bad page number gets the first page, not a 400.
+    page: Option<String>,
 }
 
 const STYLE: &str = "<style>\
@@ -192,7 +193,7 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
     let w = window(q.window.as_deref());
     let by = by(q.by.as_deref());
     let project = q.project.as_deref().filter(|p| !p.is_empty());
-    let page = q.page.unwrap_or(0).min(MAX_PAGES - 1);
+    let page = q.page.as_deref().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0).min(MAX_PAGES - 1);
     let db = &st.cfg.clickhouse.database;
     let tq = TopQuery { since_secs: u64::from(w.hours) * 3600, limit: PAGE_SIZE * (page + 1) + 1, project, by };
     let rows = match tracefold_store::issues::top(&st.client, db, &tq).await {
