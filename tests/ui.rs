@@ -243,6 +243,10 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
     assert!(html.contains("<svg class=\"bars\""), "chart");
     assert!(html.contains("<bdi>web@1</bdi>") && html.contains("<bdi>web@2</bdi>"), "releases");
     assert!(by_id(&html, "sample").contains("&lt;script&gt;"), "sample escaped");
+    // Releases: the first one, and a marker where each begins in the window.
+    assert!(html.contains("id=\"first-release\"><bdi>web@2</bdi>"), "web@2 came 5 hours ago, web@1 30 minutes ago");
+    assert!(html.contains("<title>release web@2</title>") && html.contains("<title>release web@1</title>"));
+    assert!(html.find("release web@2<").unwrap() < html.find("release web@1<").unwrap(), "oldest first");
 
     let post = |token: &'static str, status: &'static str| {
         let http = http.clone();

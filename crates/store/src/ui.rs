@@ -89,3 +89,73 @@ pub async fn status_history(
         .await
         .map_err(step("status history"))
 }
+
+/// Most releases [`release_starts`] returns.
+pub const MAX_RELEASES: u64 = 1_000;
+
+/// Each release's first hour (Unix seconds) with events of an issue at or after `from` (Unix
+/// seconds), oldest first: the release markers of the issue's chart. At most [`MAX_RELEASES`].
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer.
+pub async fn release_starts(
+    client: &Client,
+    database: &str,
+    project: &str,
+    issue_id: &str,
+    from: u32,
+) -> Result<Vec<(String, u32)>> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct R {
+        release: String,
+        first: u32,
+    }
+    let db = db(database)?;
+    let rows = client
+        .query(&format!(
+            "SELECT release, toUInt32(min(hour)) AS first FROM {db}.issue_counts_1h \
+             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY release ORDER BY first, release LIMIT ?"
+        ))
+        .bind(project)
+        .bind(issue_id)
+        .bind(from)
+        .bind(MAX_RELEASES)
+        .fetch_all::<R>()
+        .await
+        .map_err(step("release starts"))?;
+    Ok(rows.into_iter().map(|r| (r.release, r.first)).collect())
+}
+
+/// The release of an issue's first events: the release of the minute it was first seen
+/// (`first_seen`, Unix seconds; the first in release order when several share that minute).
+/// `None` when that minute holds no row (data older than the minute rollup keeps).
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer.
+pub async fn first_release(
+    client: &Client,
+    database: &str,
+    project: &str,
+    issue_id: &str,
+    first_seen: u32,
+) -> Result<Option<String>> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct R {
+        release: String,
+    }
+    let db = db(database)?;
+    let minute = first_seen / 60 * 60;
+    let rows = client
+        .query(&format!(
+            "SELECT release FROM {db}.issue_counts_1m WHERE project = ? AND issue_id = ? \
+             AND minute >= toDateTime(?) AND minute < toDateTime(?) ORDER BY minute, release LIMIT 1"
+        ))
+        .bind(project)
+        .bind(issue_id)
+        .bind(minute)
+        .bind(minute.saturating_add(60))
+        .fetch_all::<R>()
+        .await
+        .map_err(step("first release"))?;
+    Ok(rows.into_iter().next().map(|r| r.release))
+}

@@ -359,6 +359,7 @@ async fn issue(
         Ok(s) => s,
         Err(e) => return store_error(&e),
     };
+    let first_seen = summary.first_seen;
     let d = match tracefold_store::issues::issue_detail(&st.client, db, summary, w.hours).await {
         Ok(d) => d,
         Err(e) => return store_error(&e),
@@ -367,6 +368,20 @@ async fn issue(
         Ok(h) => h,
         Err(e) => return store_error(&e),
     };
+    // The chart's first hour as issue_detail aligns it (an hour turning between the two
+    // reads of the clock shifts the markers by one bar, nothing else).
+    let chart_start = match tracefold_store::client::now(&st.client).await {
+        Ok(now) => (now / 3600 * 3600).saturating_sub(w.hours.saturating_sub(1) * 3600),
+        Err(e) => return store_error(&e),
+    };
+    let starts = tracefold_store::ui::release_starts(&st.client, db, &project, &issue_id, chart_start).await;
+    let first_release = tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, first_seen).await;
+    let (starts, first_release) = match (starts, first_release) {
+        (Ok(s), Ok(f)) => (s, f),
+        (Err(e), _) | (_, Err(e)) => return store_error(&e),
+    };
+    let markers: Vec<(usize, String)> =
+        starts.into_iter().map(|(r, t)| (((t.saturating_sub(chart_start)) / 3600) as usize, r)).collect();
     let mut p = Page::default();
     head(&mut p, &d.title);
     p.raw("<h1 class=\"t\">").user(&d.title).raw("</h1><p class=\"c\">").user(&d.culprit).raw("</p>");
@@ -395,13 +410,15 @@ async fn issue(
         .num(d.hourly.iter().sum::<u64>())
         .raw("</td></tr><tr><th>First seen</th><td>")
         .text(&d.first_seen)
+        .raw("</td></tr><tr><th>First release</th><td id=\"first-release\">")
+        .user(first_release.as_deref().unwrap_or(""))
         .raw("</td></tr><tr><th>Last seen</th><td>")
         .text(&d.last_seen)
         .raw("</td></tr></tbody></table>");
     p.raw("<h2>Events per hour, last ").text(w.name).raw("</h2>");
     let labels: Vec<String> =
         (0..d.hourly.len()).map(|i| format!("{} h ago", d.hourly.len().saturating_sub(i + 1))).collect();
-    p.raw_svg(&svg::bars(&d.hourly, &labels, 720, 100));
+    p.raw_svg(&svg::bars(&d.hourly, &labels, &markers, 720, 100));
     p.raw("<h2>Status</h2>");
     for (label, status) in
         [("Resolve", IssueStatus::Resolved), ("Ignore", IssueStatus::Ignored), ("Reopen", IssueStatus::Active)]

@@ -20,8 +20,9 @@ pub fn sparkline(values: &[u64], w: u32, h: u32) -> String {
 }
 
 /// A bar chart of `values` (oldest first), one bar each, with the largest value labelled.
-/// `labels` name the buckets (a bar's tooltip: its label and count; escaped here).
-pub fn bars(values: &[u64], labels: &[String], w: u32, h: u32) -> String {
+/// `labels` name the buckets (a bar's tooltip: its label and count; escaped here); `markers`
+/// draw a vertical line at the start of a bucket, with a tooltip (releases; escaped here).
+pub fn bars(values: &[u64], labels: &[String], markers: &[(usize, String)], w: u32, h: u32) -> String {
     let max = values.iter().copied().max().unwrap_or(0);
     let scale = max.max(1) as f64;
     let n = values.len().max(1) as f64;
@@ -45,6 +46,15 @@ pub fn bars(values: &[u64], labels: &[String], w: u32, h: u32) -> String {
             }
         );
     }
+    for (i, name) in markers {
+        let x = *i as f64 * bw;
+        let mut l = String::new();
+        crate::html::escape(name, &mut l);
+        let _ = write!(
+            out,
+            "<line class=\"release\" x1=\"{x:.2}\" y1=\"0\" x2=\"{x:.2}\" y2=\"{h}\" stroke=\"#e65100\" stroke-width=\"2\"><title>release {l}</title></line>"
+        );
+    }
     let _ = write!(out, "<text x=\"2\" y=\"{}\" font-size=\"11\">peak {max}/h</text></svg>", h + 12);
     out
 }
@@ -59,10 +69,11 @@ mod tests {
             let s = sparkline(&v, 120, 24);
             assert!(s.starts_with("<svg") && s.ends_with("</svg>"), "{s}");
             let labels: Vec<String> = (0..v.len()).map(|i| i.to_string()).collect();
-            let b = bars(&v, &labels, 600, 80);
+            let b = bars(&v, &labels, &[(1, "<r>".into())], 600, 80);
             assert!(b.starts_with("<svg") && b.ends_with("</svg>"), "{b}");
             assert_eq!(b.matches("<rect").count(), v.len());
             assert!(!b.contains("NaN") && !s.contains("NaN"));
+            assert!(b.contains("<title>release &lt;r&gt;</title>") && !b.contains("<r>"));
         }
     }
 }
