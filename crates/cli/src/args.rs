@@ -13,7 +13,7 @@ mod analyst;
 mod measure;
 mod ops;
 
-pub use analyst::{DlqArgs, FingerprintArgs, IssueArgs, OutcomesArgs, TopArgs};
+pub use analyst::{DlqArgs, FingerprintArgs, IssueArgs, OutcomesArgs, TopArgs, UiArgs};
 pub use measure::{
     BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchStorageArgs, BenchWriterArgs,
     DetectionPath, DetectionQualityArgs, GroupingQualityArgs,
@@ -121,6 +121,8 @@ pub enum Cmd {
     /// Show the top issues of a recent window: most events, most users, most growth over the
     /// window before, or new in the window (--by).
     Top(TopArgs),
+    /// Serve the web UI: issues of a window, one issue in detail, resolve / ignore / reopen.
+    Ui(UiArgs),
     /// Show what became of events per project, outcome and reason (accepted, rate limited,
     /// invalid, too large, sent to the DLQ, lost), with a per-minute sparkline.
     Outcomes(OutcomesArgs),

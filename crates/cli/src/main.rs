@@ -28,6 +28,7 @@ async fn run() -> anyhow::Result<()> {
         Cmd::Loadgen(a) => cmd::load::loadgen(a).await,
         Cmd::Gen(a) => cmd::load::gen(&a),
         Cmd::Top(a) => cmd::issues::top(a).await,
+        Cmd::Ui(a) => cmd::ui::run(a).await,
         Cmd::Outcomes(a) => cmd::outcomes::outcomes(a).await,
         Cmd::Dlq(a) => cmd::outcomes::dlq(&a),
         Cmd::Issue(a) => cmd::issues::issue(a).await,

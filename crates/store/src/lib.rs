@@ -18,6 +18,7 @@ pub mod outcomes;
 pub mod rows;
 pub mod storage;
 pub mod synthetic;
+pub mod ui;
 
 pub use clickhouse::Client;
 pub use error::{Error, Result};

@@ -123,3 +123,22 @@ pub struct DlqArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+// `tracefold ui`.
+#[derive(clap::Args)]
+pub struct UiArgs {
+    /// Address to serve the UI on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: String,
+    /// Token that allows resolve / ignore / reopen from the UI; without it the UI is read-only.
+    #[arg(long, env = "TRACEFOLD_UI_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    /// Kafka bootstrap servers, for the signals page (without: no signals page).
+    #[arg(long, env = "TRACEFOLD_UI_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: Option<String>,
+    /// Signals topic.
+    #[arg(long, default_value = "tracefold.signals")]
+    pub signals_topic: String,
+    #[command(flatten)]
+    pub ch: ChArgs,
+}

@@ -18,6 +18,9 @@ pub struct DevArgs {
     /// HTTP listen address of the producer.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Listen address of the web UI (`tracefold ui`), started with the pipeline; `off`: none.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub ui_listen: String,
     /// Only run the embedded Kafka and print its bootstrap servers.
     #[arg(long)]
     pub broker_only: bool,

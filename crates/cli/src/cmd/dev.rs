@@ -70,6 +70,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     // A stalled loop ends the process (non-zero) instead of answering `ok` with a dead worker.
     tracefold_runtime::telemetry::spawn_watchdog(pipeline.healths());
     let url = format!("http://{}", pipeline.http_addr);
+    let signals = tracefold_ui::signals::Source {
+        kafka: tracefold_runtime::config::KafkaConfig {
+            bootstrap_servers: pipeline.bootstrap_servers(),
+            ..Default::default()
+        },
+        topic: cfg.topics.signals.clone(),
+    };
+    let ui = start_ui(&a.ui_listen, &cfg.clickhouse, signals, &pipeline.shutdown).await?;
     let m = &pipeline.migrations;
     if !a.verbose {
         eprintln!(
@@ -98,6 +106,9 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         ),
     }
     eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
+    if let Some((addr, token)) = &ui {
+        eprintln!("  ui:        http://{addr}/   (resolve / ignore / reopen with the operator token {token})");
+    }
     eprintln!("  kafka:     {}  ({})", pipeline.bootstrap_servers(), describe_broker(&pipeline.broker));
     let b = cfg.backpressure.bounds();
     if b.is_off() {
@@ -133,6 +144,36 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     pipeline.shutdown.wait().await;
     eprintln!("stopping ...");
     pipeline.stop().await
+}
+
+/// Starts the web UI on `listen` (unless `off`) until `shutdown`; its address and the operator
+/// token (`TRACEFOLD_UI_OPERATOR_TOKEN`, else a random one for this run).
+async fn start_ui(
+    listen: &str,
+    ch: &tracefold_runtime::config::ClickHouseConfig,
+    signals: tracefold_ui::signals::Source,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<(std::net::SocketAddr, String)>> {
+    if listen == "off" {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the UI (--ui-listen off: no UI)"))?;
+    let addr = listener.local_addr()?;
+    let token = std::env::var("TRACEFOLD_UI_OPERATOR_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let cfg =
+        tracefold_ui::Config { clickhouse: ch.clone(), signals: Some(signals), operator_token: Some(token.clone()) };
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = tracefold_ui::serve(listener, cfg, async move { stop.wait().await }).await {
+            tracing::error!(error = %e, "ui server failed");
+        }
+    });
+    Ok(Some((addr, token)))
 }
 
 async fn sample_load(url: &str, a: &DevArgs) -> anyhow::Result<loadgen::LoadSummary> {

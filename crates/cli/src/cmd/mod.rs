@@ -8,3 +8,4 @@ pub mod measure;
 pub mod migrate;
 pub mod outcomes;
 pub mod signals;
+pub mod ui;

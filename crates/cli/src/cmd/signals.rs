@@ -2,7 +2,7 @@
 
 use crate::args::{Format, SignalsArgs};
 use crate::out::{out, outln};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs `tracefold signals`: the last `--limit` signals of every partition, merged, the most
 /// recent `--limit` shown.
@@ -10,38 +10,16 @@ use std::time::{Duration, Instant};
 /// # Errors
 /// When Kafka cannot be reached or the topic is unknown.
 pub fn run(a: &SignalsArgs) -> anyhow::Result<()> {
-    let (bootstrap, topic, limit, format) = (a.bootstrap_servers.as_str(), a.topic.as_str(), a.limit, a.format);
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::Message;
-    let kafka =
-        tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
-    let c: BaseConsumer = tracefold_runtime::kafka::consumer_config(&kafka, "tracefold-signals-cli").create()?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut remaining = 0i64;
-    for p in md.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-        if high > low {
-            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset((high - limit as i64).max(low)))?;
-            remaining += high - (high - limit as i64).max(low);
-        }
-    }
-    let mut all: Vec<tracefold_detector::signal::Signal> = Vec::new();
-    if remaining > 0 {
-        c.assign(&tpl)?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while remaining > 0 && Instant::now() < deadline {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-                remaining -= 1;
-                if let Some(s) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-                    all.push(s);
-                }
-            }
-        }
-    }
-    all.sort_by(|a, b| (&a.minute, &a.issue_id).cmp(&(&b.minute, &b.issue_id)));
-    let start = all.len().saturating_sub(limit);
-    let all = &all[start..];
+    let (limit, format) = (a.limit, a.format);
+    let src = tracefold_ui::signals::Source {
+        kafka: tracefold_runtime::config::KafkaConfig {
+            bootstrap_servers: a.bootstrap_servers.clone(),
+            ..Default::default()
+        },
+        topic: a.topic.clone(),
+    };
+    let all = tracefold_ui::signals::recent(&src, "tracefold-signals-cli", limit, Duration::from_secs(15))?;
+    let all = all.as_slice();
     match format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(all)?),
         Format::Table => {

@@ -1,7 +1,7 @@
 //! `tracefold bench-queries`: the analyst queries on a large synthetic database. Generates
 //! aggregate rows straight into a scratch database's base table inside ClickHouse (its
 //! materialized views fill the rollups), then times every query the command line runs
-//! (`top` with each ranking and window, `issue`, `outcomes`) and every query of the cookbooks
+//! (`top` with each ranking and window, `issue`, `outcomes`), the web UI's pages, and every query of the cookbooks
 //! (`schemas/queries.md`, `docs/cookbook.md`), and drops the database.
 
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ pub struct QueriesOptions {
 /// One timed query.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QueryTime {
-    /// `cli` or `cookbook`.
+    /// `cli`, `ui` or `cookbook`.
     pub source: &'static str,
     /// The command, or the cookbook query's name.
     pub name: String,
@@ -256,6 +256,7 @@ async fn run(
             .await?,
         );
     }
+    times.extend(ui_pages(opts, ch, &project, &issue_id).await?);
     let release = "r0";
     for (name, sql) in cookbook_queries() {
         let sql = sql
@@ -282,6 +283,50 @@ async fn run(
         server,
         queries: times,
     })
+}
+
+/// Times the web UI's pages (`tracefold ui`, served in this process on a loopback port): the
+/// issues list in each window, ranked by growth, its deepest page, and the heaviest issue's
+/// page over a day and over 30 days. Each time is the whole answer, rendered HTML included;
+/// rows are the page's table rows.
+async fn ui_pages(
+    opts: &QueriesOptions,
+    ch: &ClickHouseConfig,
+    project: &str,
+    issue_id: &str,
+) -> anyhow::Result<Vec<QueryTime>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let cfg = tracefold_ui::Config { clickhouse: ch.clone(), signals: None, operator_token: None };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tracefold_ui::serve(listener, cfg, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let issue = format!("/issues/{project}/{issue_id}");
+    let mut pages: Vec<String> = ["1h", "24h", "7d", "30d"].iter().map(|w| format!("/?window={w}")).collect();
+    pages.push("/?window=24h&by=growth".into());
+    pages.push(format!("/?window=7d&page={}", tracefold_ui::MAX_PAGES - 1));
+    pages.push(format!("{issue}?window=24h"));
+    pages.push(format!("{issue}?window=30d"));
+    let mut times = Vec::new();
+    for page in pages {
+        let url = format!("{base}{page}");
+        let name = format!("GET {}", page.replace(issue_id, "ID"));
+        times.push(
+            time(opts, "ui", name, || async {
+                let r = http.get(&url).send().await?;
+                let status = r.status();
+                let body = r.text().await?;
+                anyhow::ensure!(status.is_success(), "{url}: {status}");
+                Ok(body.matches("<tr").count())
+            })
+            .await?,
+        );
+    }
+    let _ = stop.send(());
+    server.await??;
+    Ok(times)
 }
 
 /// Runs `f` once to warm up, then `opts.runs` times, timing each.

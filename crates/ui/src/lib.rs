@@ -1,0 +1,507 @@
+//! `tracefold ui`: a small server-rendered web UI over the ClickHouse tables: the issues of a
+//! window (events, users, a sparkline of the last hour, status), one issue (events per hour,
+//! releases, environments, the sample event, the status history, resolve / ignore / reopen).
+//!
+//! Every page is plain HTML with inline SVG charts: no script, no external request, no build
+//! step. Every value is escaped ([`html::Page`]); every query is bound and LIMITed (the
+//! queries are `tracefold_store`'s).
+#![warn(missing_docs)]
+
+pub mod html;
+mod sample;
+pub mod signals;
+pub mod svg;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use html::{url_part, Page};
+use serde::Deserialize;
+use std::sync::Arc;
+use subtle::ConstantTimeEq as _;
+use tracefold_runtime::config::ClickHouseConfig;
+use tracefold_store::issues::{StatusChange, TopBy, TopQuery};
+use tracefold_store::IssueStatus;
+
+/// Issues per page of the list.
+pub const PAGE_SIZE: u64 = 50;
+/// Pages of the list one can go through (the list is the top `PAGE_SIZE * MAX_PAGES`).
+pub const MAX_PAGES: u64 = 20;
+
+/// What the UI serves from.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The ClickHouse holding tracefold's tables.
+    pub clickhouse: ClickHouseConfig,
+    /// The signals topic; `None`: the signals page says it is not configured.
+    pub signals: Option<signals::Source>,
+    /// The token that allows status changes (resolve, ignore, reopen); `None`: the UI is
+    /// read-only.
+    pub operator_token: Option<String>,
+}
+
+struct AppState {
+    cfg: Config,
+    client: tracefold_store::Client,
+}
+
+/// The UI's routes.
+pub fn router(cfg: Config) -> Router {
+    let client = tracefold_store::client::client(&cfg.clickhouse);
+    let state = Arc::new(AppState { cfg, client });
+    Router::new()
+        .route("/", get(issues))
+        .route("/issues/{project}/{issue_id}", get(issue))
+        .route("/issues/{project}/{issue_id}/status", post(set_status))
+        .route("/signals", get(signals_page))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+/// Ready when ClickHouse answers.
+async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    match tracefold_store::client::server_version(&st.client).await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("clickhouse: {e}")).into_response(),
+    }
+}
+
+/// Serves the UI on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(cfg)).with_graceful_shutdown(shutdown).await
+}
+
+/// The chosen window: a name and its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    name: &'static str,
+    hours: u32,
+}
+
+const WINDOWS: [Window; 4] = [
+    Window { name: "1h", hours: 1 },
+    Window { name: "24h", hours: 24 },
+    Window { name: "7d", hours: 168 },
+    Window { name: "30d", hours: 720 },
+];
+
+fn window(s: Option<&str>) -> Window {
+    WINDOWS.into_iter().find(|w| Some(w.name) == s).unwrap_or(WINDOWS[1])
+}
+
+fn by(s: Option<&str>) -> TopBy {
+    TopBy::ALL.into_iter().find(|b| Some(b.as_str()) == s).unwrap_or_default()
+}
+
+/// The issues list's state, all in the URL.
+#[derive(Debug, Default, Deserialize)]
+struct ListParams {
+    project: Option<String>,
+    by: Option<String>,
+    window: Option<String>,
+    // Text, so that a hand-edited link with a bad page number gets the first page, not a 400.
+    page: Option<String>,
+}
+
+const STYLE: &str = "<style>\
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}\
+header{background:#263238;color:#fff;padding:.5em 1em}header a{color:#fff;margin-right:1em}\
+main{padding:1em;max-width:72em}table{border-collapse:collapse;width:100%}\
+td,th{padding:.3em .5em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}\
+.t{overflow-wrap:anywhere;max-width:40em}.c{color:#666;overflow-wrap:anywhere}\
+.s-resolved{color:#2e7d32}.s-ignored{color:#888}.s-active{color:#c62828}\
+.spark{color:#1565c0}.bars{width:100%;height:120px;fill:#1565c0}\
+pre{background:#fff;border:1px solid #ddd;padding:.5em;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}\
+form.inline{display:inline}ol.frames{font-size:13px;padding-left:1.5em}li.frame{color:#777;overflow-wrap:anywhere}li.inapp{color:#111;background:#fff8e1;font-weight:600}nav a{margin-right:.5em}\
+@media (max-width:40em){.wide{display:none}td,th{padding:.2em}}\
+</style>";
+
+fn head(p: &mut Page, title: &str) {
+    p.raw("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">")
+        .raw("<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">")
+        .raw("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'\">")
+        .raw("<title>")
+        .text(title)
+        .raw(" · tracefold</title>")
+        .raw(STYLE)
+        .raw("</head><body><header><a href=\"/\">Issues</a><a href=\"/signals\">Signals</a></header><main>");
+}
+
+fn html_response(status: StatusCode, p: Page) -> Response {
+    let mut p = p;
+    p.raw("</main></body></html>");
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"),
+        ],
+        p.finish(),
+    )
+        .into_response()
+}
+
+fn error_page(status: StatusCode, msg: &str) -> Response {
+    let mut p = Page::default();
+    head(&mut p, "error");
+    p.raw("<h1>").num(status.as_u16()).raw("</h1><p>").text(msg).raw("</p>");
+    html_response(status, p)
+}
+
+fn store_error(e: &tracefold_store::Error) -> Response {
+    use tracefold_store::Error as E;
+    match e {
+        E::UnknownIssue { .. } => error_page(StatusCode::NOT_FOUND, &e.to_string()),
+        E::TooManyRows { .. } => error_page(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        _ => {
+            tracing::warn!(error = %e, "ui query failed");
+            error_page(StatusCode::BAD_GATEWAY, &e.to_string())
+        }
+    }
+}
+
+/// `/?project=&by=&window=&page=` with one value changed.
+fn list_url(project: Option<&str>, by: TopBy, w: Window, page: u64) -> String {
+    let mut u = format!("/?by={}&window={}", by.as_str(), w.name);
+    if let Some(p) = project {
+        u.push_str("&project=");
+        u.push_str(&url_part(p));
+    }
+    if page > 0 {
+        u.push_str(&format!("&page={page}"));
+    }
+    u
+}
+
+fn issue_url(project: &str, issue_id: &str, w: Window) -> String {
+    format!("/issues/{}/{}?window={}", url_part(project), url_part(issue_id), w.name)
+}
+
+async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) -> Response {
+    let w = window(q.window.as_deref());
+    let by = by(q.by.as_deref());
+    let project = q.project.as_deref().filter(|p| !p.is_empty());
+    let page = q.page.as_deref().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0).min(MAX_PAGES - 1);
+    let db = &st.cfg.clickhouse.database;
+    let tq = TopQuery { since_secs: u64::from(w.hours) * 3600, limit: PAGE_SIZE * (page + 1) + 1, project, by };
+    let rows = match tracefold_store::issues::top(&st.client, db, &tq).await {
+        Ok(r) => r,
+        Err(e) => return store_error(&e),
+    };
+    let more = rows.len() as u64 > PAGE_SIZE * (page + 1);
+    let rows: Vec<_> = rows.into_iter().skip((PAGE_SIZE * page) as usize).take(PAGE_SIZE as usize).collect();
+    // Statuses of the page's issues, one query per project on the page.
+    let mut status = std::collections::HashMap::new();
+    let mut projects: Vec<&str> = rows.iter().map(|r| r.project.as_str()).collect();
+    projects.sort_unstable();
+    projects.dedup();
+    for p in projects {
+        let ids: Vec<&str> = rows.iter().filter(|r| r.project == p).map(|r| r.issue_id.as_str()).collect();
+        match tracefold_store::ui::statuses(&st.client, db, p, &ids).await {
+            Ok(s) => status.extend(s.into_iter().map(|(id, s)| ((p.to_owned(), id), s))),
+            Err(e) => return store_error(&e),
+        }
+    }
+
+    let mut p = Page::default();
+    head(&mut p, "Issues");
+    p.raw("<h1>Issues</h1><form method=\"get\" action=\"/\"><label>Project <input name=\"project\" value=\"")
+        .text(project.unwrap_or(""))
+        .raw("\" size=\"12\"></label> <label>Window <select name=\"window\">");
+    for cand in WINDOWS {
+        p.raw("<option");
+        if cand == w {
+            p.raw(" selected");
+        }
+        p.raw(">").text(cand.name).raw("</option>");
+    }
+    p.raw("</select></label> <label>Sort <select name=\"by\">");
+    for cand in TopBy::ALL {
+        p.raw("<option");
+        if cand == by {
+            p.raw(" selected");
+        }
+        p.raw(">").text(cand.as_str()).raw("</option>");
+    }
+    p.raw("</select></label> <button>Show</button></form>");
+    p.raw("<table id=\"issues\"><thead><tr><th>Issue</th><th>Level</th><th>Status</th>")
+        .raw("<th class=\"n\">Events</th><th class=\"n\">Users</th><th class=\"wide\">Last hour</th>")
+        .raw("<th class=\"wide\">First seen</th><th class=\"wide\">Last seen</th></tr></thead><tbody>");
+    for r in &rows {
+        let s = status.get(&(r.project.clone(), r.issue_id.clone())).copied().unwrap_or(IssueStatus::Active);
+        p.raw("<tr data-issue=\"")
+            .text(&r.issue_id)
+            .raw("\" data-project=\"")
+            .text(&r.project)
+            .raw("\"><td class=\"t\"><a href=\"")
+            .text(&issue_url(&r.project, &r.issue_id, w))
+            .raw("\">")
+            .user(&r.title)
+            .raw("</a><div class=\"c\">")
+            .user(&r.project)
+            .raw(" · ")
+            .user(&r.culprit)
+            .raw("</div></td><td>")
+            .user(&r.level)
+            .raw("</td><td class=\"s-")
+            .text(s.as_str())
+            .raw("\">")
+            .text(s.as_str())
+            .raw("</td><td class=\"n events\">")
+            .num(r.count)
+            .raw("</td><td class=\"n users\">")
+            .num(r.users)
+            .raw("</td><td class=\"wide\">");
+        // The SVG is drawn from numbers only.
+        p.raw_svg(&svg::sparkline(&r.last_hour, 120, 24));
+        p.raw("</td><td class=\"wide\">").text(&r.first_seen).raw("</td><td class=\"wide\">").text(&r.last_seen);
+        p.raw("</td></tr>");
+    }
+    p.raw("</tbody></table>");
+    if rows.is_empty() {
+        p.raw("<p>No issues in this window.</p>");
+    }
+    p.raw("<nav>");
+    if page > 0 {
+        p.raw("<a rel=\"prev\" href=\"").text(&list_url(project, by, w, page - 1)).raw("\">Previous</a>");
+    }
+    if more && page + 1 < MAX_PAGES {
+        p.raw("<a rel=\"next\" href=\"").text(&list_url(project, by, w, page + 1)).raw("\">Next</a>");
+    }
+    p.raw("</nav>");
+    html_response(StatusCode::OK, p)
+}
+
+/// Most signals the signals page shows.
+pub const MAX_SIGNALS: usize = 200;
+
+async fn signals_page(State(st): State<Arc<AppState>>) -> Response {
+    let Some(src) = st.cfg.signals.clone() else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "no signals topic configured: start tracefold ui with --bootstrap-servers (tracefold dev does)",
+        );
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        signals::recent(&src, "tracefold-ui-signals", MAX_SIGNALS, std::time::Duration::from_secs(2))
+    })
+    .await;
+    let list = match read {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return error_page(StatusCode::BAD_GATEWAY, &format!("cannot read the signals topic: {e:#}")),
+        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let mut p = Page::default();
+    head(&mut p, "Signals");
+    p.raw("<h1>Signals</h1><p>The latest ").num(MAX_SIGNALS).raw(" signals, newest first.</p>");
+    p.raw("<table id=\"signals\"><thead><tr><th>Minute</th><th>Signal</th><th>Issue</th>")
+        .raw("<th class=\"n\">Events</th><th class=\"n\">Users</th><th class=\"n wide\">Baseline/min</th></tr></thead><tbody>");
+    for s in list.iter().rev() {
+        p.raw("<tr><td>")
+            .text(&s.minute)
+            .raw("</td><td>")
+            .text(s.kind.as_str())
+            .raw("</td><td class=\"t\"><a href=\"")
+            .text(&issue_url(&s.project, &s.issue_id, WINDOWS[1]))
+            .raw("\">")
+            .user(&s.title)
+            .raw("</a><div class=\"c\">")
+            .user(&s.project)
+            .raw("</div></td><td class=\"n\">")
+            .num(s.count)
+            .raw("</td><td class=\"n\">")
+            .num(s.users)
+            .raw("</td><td class=\"n wide\">")
+            .num(s.baseline_per_minute)
+            .raw("</td></tr>");
+    }
+    p.raw("</tbody></table>");
+    if list.is_empty() {
+        p.raw("<p>No signals yet.</p>");
+    }
+    html_response(StatusCode::OK, p)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct IssueParams {
+    window: Option<String>,
+}
+
+fn kv_table(p: &mut Page, what: &'static str, rows: &[(String, u64)]) {
+    p.raw("<table class=\"breakdown\" data-what=\"").raw(what).raw("\"><thead><tr><th>").raw(what);
+    p.raw("</th><th class=\"n\">Events</th></tr></thead><tbody>");
+    for (k, n) in rows {
+        p.raw("<tr><td class=\"t\">").user(k).raw("</td><td class=\"n\">").num(*n).raw("</td></tr>");
+    }
+    p.raw("</tbody></table>");
+}
+
+async fn issue(
+    State(st): State<Arc<AppState>>,
+    Path((project, issue_id)): Path<(String, String)>,
+    Query(q): Query<IssueParams>,
+) -> Response {
+    let w = window(q.window.as_deref());
+    let db = &st.cfg.clickhouse.database;
+    let summary = match tracefold_store::issues::resolve_issue(&st.client, db, &issue_id, Some(&project)).await {
+        Ok(s) => s,
+        Err(e) => return store_error(&e),
+    };
+    let first_seen = summary.first_seen;
+    let d = match tracefold_store::issues::issue_detail(&st.client, db, summary, w.hours).await {
+        Ok(d) => d,
+        Err(e) => return store_error(&e),
+    };
+    let history = match tracefold_store::ui::status_history(&st.client, db, &project, &issue_id).await {
+        Ok(h) => h,
+        Err(e) => return store_error(&e),
+    };
+    // The chart's first hour as issue_detail aligns it (an hour turning between the two
+    // reads of the clock shifts the markers by one bar, nothing else).
+    let chart_start = match tracefold_store::client::now(&st.client).await {
+        Ok(now) => (now / 3600 * 3600).saturating_sub(w.hours.saturating_sub(1) * 3600),
+        Err(e) => return store_error(&e),
+    };
+    let starts = tracefold_store::ui::release_starts(&st.client, db, &project, &issue_id, chart_start).await;
+    let first_release = tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, first_seen).await;
+    let (starts, first_release) = match (starts, first_release) {
+        (Ok(s), Ok(f)) => (s, f),
+        (Err(e), _) | (_, Err(e)) => return store_error(&e),
+    };
+    let markers: Vec<(usize, String)> =
+        starts.into_iter().map(|(r, t)| (((t.saturating_sub(chart_start)) / 3600) as usize, r)).collect();
+    let mut p = Page::default();
+    head(&mut p, &d.title);
+    p.raw("<h1 class=\"t\">").user(&d.title).raw("</h1><p class=\"c\">").user(&d.culprit).raw("</p>");
+    p.raw("<nav>");
+    for cand in WINDOWS {
+        p.raw("<a href=\"").text(&issue_url(&d.project, &d.issue_id, cand)).raw("\">").text(cand.name).raw("</a>");
+    }
+    p.raw("</nav>");
+    p.raw("<table id=\"facts\"><tbody><tr><th>Project</th><td>")
+        .user(&d.project)
+        .raw("</td></tr><tr><th>Issue</th><td>")
+        .text(&d.issue_id)
+        .raw("</td></tr><tr><th>Status</th><td id=\"status\" class=\"s-")
+        .text(d.status.as_str())
+        .raw("\">")
+        .text(d.status.as_str())
+        .raw("</td></tr><tr><th>Level</th><td>")
+        .user(&d.level)
+        .raw("</td></tr><tr><th>Type</th><td>")
+        .user(&d.exc_type)
+        .raw("</td></tr><tr><th>Events (all time)</th><td id=\"events\">")
+        .num(d.count)
+        .raw("</td></tr><tr><th>Users affected</th><td id=\"users\">")
+        .num(d.users)
+        .raw("</td></tr><tr><th>Events in window</th><td id=\"window-events\">")
+        .num(d.hourly.iter().sum::<u64>())
+        .raw("</td></tr><tr><th>First seen</th><td>")
+        .text(&d.first_seen)
+        .raw("</td></tr><tr><th>First release</th><td id=\"first-release\">")
+        .user(first_release.as_deref().unwrap_or(""))
+        .raw("</td></tr><tr><th>Last seen</th><td>")
+        .text(&d.last_seen)
+        .raw("</td></tr></tbody></table>");
+    p.raw("<h2>Events per hour, last ").text(w.name).raw("</h2>");
+    let labels: Vec<String> =
+        (0..d.hourly.len()).map(|i| format!("{} h ago", d.hourly.len().saturating_sub(i + 1))).collect();
+    p.raw_svg(&svg::bars(&d.hourly, &labels, &markers, 720, 100));
+    p.raw("<h2>Status</h2>");
+    for (label, status) in
+        [("Resolve", IssueStatus::Resolved), ("Ignore", IssueStatus::Ignored), ("Reopen", IssueStatus::Active)]
+    {
+        if status == d.status {
+            continue;
+        }
+        p.raw("<form class=\"inline\" method=\"post\" action=\"")
+            .text(&format!("/issues/{}/{}/status", url_part(&d.project), url_part(&d.issue_id)))
+            .raw("\"><input type=\"hidden\" name=\"status\" value=\"")
+            .text(status.as_str())
+            .raw("\"><input type=\"hidden\" name=\"window\" value=\"")
+            .text(w.name)
+            .raw("\"><input type=\"password\" name=\"token\" placeholder=\"operator token\" size=\"10\"> <button name=\"do\" value=\"")
+            .text(status.as_str())
+            .raw("\">")
+            .text(label)
+            .raw("</button></form> ");
+    }
+    p.raw("<table id=\"history\"><thead><tr><th>When</th><th>Status</th><th>Who</th><th>Release</th><th>Note</th></tr></thead><tbody>");
+    for h in &history {
+        p.raw("<tr><td>")
+            .text(&tracefold_model::time::format_rfc3339(i64::from(h.changed_at) * 1000))
+            .raw("</td><td>")
+            .user(&h.status)
+            .raw("</td><td>")
+            .user(&h.actor)
+            .raw("</td><td>")
+            .user(&h.release)
+            .raw("</td><td class=\"t\">")
+            .user(&h.note)
+            .raw("</td></tr>");
+    }
+    p.raw("</tbody></table>");
+    p.raw("<h2>Releases</h2>");
+    kv_table(&mut p, "Release", &d.by_release);
+    p.raw("<h2>Environments</h2>");
+    kv_table(&mut p, "Environment", &d.by_environment);
+    p.raw("<h2>Sample event</h2>");
+    match &d.sample {
+        Some(s) => sample::render(&mut p, s),
+        None => {
+            p.raw("<p>No sample stored.</p>");
+        }
+    }
+    html_response(StatusCode::OK, p)
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusForm {
+    status: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    window: Option<String>,
+    #[serde(default)]
+    note: String,
+}
+
+async fn set_status(
+    State(st): State<Arc<AppState>>,
+    Path((project, issue_id)): Path<(String, String)>,
+    Form(f): Form<StatusForm>,
+) -> Response {
+    let Some(expected) = st.cfg.operator_token.as_deref().filter(|t| !t.is_empty()) else {
+        return error_page(StatusCode::FORBIDDEN, "status changes are off: start tracefold ui with --operator-token");
+    };
+    if !bool::from(f.token.as_bytes().ct_eq(expected.as_bytes())) {
+        return error_page(StatusCode::FORBIDDEN, "wrong operator token");
+    }
+    let status: IssueStatus = match f.status.parse() {
+        Ok(s) => s,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let db = &st.cfg.clickhouse.database;
+    // The issue must exist in the project.
+    if let Err(e) = tracefold_store::issues::resolve_issue(&st.client, db, &issue_id, Some(&project)).await {
+        return store_error(&e);
+    }
+    let change =
+        StatusChange { project: &project, issue_id: &issue_id, status, actor: "ui", release: "", note: &f.note };
+    if let Err(e) = tracefold_store::issues::set_status(&st.client, db, &change).await {
+        return store_error(&e);
+    }
+    Redirect::to(&issue_url(&project, &issue_id, window(f.window.as_deref()))).into_response()
+}

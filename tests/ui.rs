@@ -1,0 +1,317 @@
+//! The web UI (`tracefold ui`) against a real ClickHouse with known data: the issues list and
+//! the issue page show the numbers ClickHouse holds, hostile titles come out escaped, the list
+//! pages, and resolve / ignore / reopen change the status only with the operator token.
+
+use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
+use tracefold_model::{AggregateRecord, BatchRef};
+use tracefold_store::rows::AggregateRow;
+use tracefold_tests::TestDb;
+
+const TOKEN: &str = "s3cret-operator";
+
+#[allow(clippy::too_many_arguments)]
+fn rec(
+    project: &str,
+    issue: &str,
+    title: &str,
+    at: i64,
+    release: &str,
+    count: u64,
+    users: &[u64],
+    n: i64,
+) -> AggregateRecord {
+    let mut set = UserSet::default();
+    for u in users {
+        set.insert(u.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, DEFAULT_MAX_USERS);
+    }
+    AggregateRecord {
+        v: 1,
+        batch: BatchRef {
+            epoch: "t".into(),
+            topic: "tracefold.events".into(),
+            partition: 0,
+            first_offset: n * 100,
+            last_offset: n * 100 + 99,
+            index: 0,
+            count: 1,
+        },
+        project: project.into(),
+        issue_id: issue.into(),
+        minute: at.div_euclid(60) * 60,
+        release: release.into(),
+        environment: "production".into(),
+        count,
+        users: set,
+        first_seen_ms: at * 1000,
+        last_seen_ms: at * 1000,
+        title: title.into(),
+        culprit: format!("{title} in handler"),
+        exc_type: "Error".into(),
+        level: "error".into(),
+        platform: "python".into(),
+        grouping_version: "v1".into(),
+        sample: format!("{{\"message\":{}}}", serde_json::to_string(title).unwrap()),
+    }
+}
+
+async fn now(db: &TestDb) -> i64 {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct N {
+        n: u32,
+    }
+    i64::from(db.client.query("SELECT toUInt32(now()) AS n").fetch_one::<N>().await.unwrap().n)
+}
+
+async fn insert(db: &TestDb, recs: &[AggregateRecord]) {
+    let mut ins = db.client.insert::<AggregateRow<'_>>("aggregates").await.unwrap();
+    for (i, r) in recs.iter().enumerate() {
+        ins.write(&AggregateRow::new(r, "tracefold.aggregates", 0, i as i64)).await.unwrap();
+    }
+    ins.end().await.unwrap();
+}
+
+/// Events of one issue in the last 24 hours and distinct users, as ClickHouse's base table
+/// holds them.
+async fn truth(db: &TestDb, project: &str, issue: &str) -> (u64, u64) {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct T {
+        c: u64,
+        u: u64,
+    }
+    let t = db
+        .client
+        .query(
+            "SELECT sum(count) AS c, toUInt64(uniqExactArray(users)) AS u FROM aggregates \
+             WHERE project = ? AND issue_id = ? AND minute >= now() - 86400",
+        )
+        .bind(project)
+        .bind(issue)
+        .fetch_one::<T>()
+        .await
+        .unwrap();
+    (t.c, t.u)
+}
+
+/// The text of the element with `class="n {class}"` in the list row of `issue`.
+fn row_cell(html: &str, issue: &str, class: &str) -> String {
+    let row_start = html.find(&format!("data-issue=\"{issue}\"")).unwrap_or_else(|| panic!("no row for {issue}"));
+    let row = &html[row_start..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    let cell = &row[row.find(&format!("class=\"n {class}\">")).unwrap_or_else(|| panic!("no {class} in {row}"))..];
+    cell[cell.find('>').unwrap() + 1..cell.find('<').unwrap()].to_owned()
+}
+
+/// The text of the element with `id="{id}"`.
+fn by_id(html: &str, id: &str) -> String {
+    let s = &html[html.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id}"))..];
+    s[s.find('>').unwrap() + 1..s.find('<').unwrap()].to_owned()
+}
+
+fn hex(i: u64) -> String {
+    format!("{i:032x}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_with_the_token() {
+    let db = TestDb::new("ui").await;
+    let t = now(&db).await;
+    let long = "Ü".repeat(20_000);
+    let hostile = [
+        "<script>alert(\"x\")</script>",
+        "\"><img src=x onerror=alert(1)> ' & \"quoted\"",
+        "مرحبا \u{202E}evil\u{202C} שלום",
+        "中文 ✓ 🙈 e\u{301}",
+        long.as_str(),
+    ];
+    let mut recs = Vec::new();
+    for (i, title) in hostile.iter().enumerate() {
+        let id = hex(i as u64 + 1);
+        let i = i as i64;
+        recs.push(rec("web", &id, title, t - 30 * 60, "web@1", 10 + i as u64, &[1, 2, 3], 2 * i));
+        recs.push(rec("web", &id, title, t - 5 * 3600, "web@2", 3, &[3, 4 + i as u64], 2 * i + 1));
+    }
+    recs.push(rec("api", &hex(100), "ApiError", t - 60, "api@1", 7, &[9], 50));
+    // 60 issues in one project: more than a page.
+    for i in 0..60u64 {
+        recs.push(rec("many", &hex(1000 + i), &format!("Many {i}"), t - 120, "m@1", 100 + i, &[i], 100 + i as i64));
+    }
+    insert(&db, &recs).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Signals on an embedded Kafka's signals topic, one with a hostile title.
+    let topics = tracefold_tests::topics();
+    let broker = tracefold_runtime::devbroker::DevBroker::start(1, &topics, Some(2)).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let sig = |minute: &str, issue: &str, title: &str, count: u64| {
+        serde_json::to_vec(&tracefold_detector::signal::Signal {
+            project: "web".into(),
+            issue_id: issue.into(),
+            title: title.into(),
+            minute: minute.into(),
+            count,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let payloads = vec![
+        sig("2026-01-01T00:01:00Z", &hex(1), hostile[0], 11),
+        sig("2026-01-01T00:02:00Z", &hex(2), "Second", 22),
+        b"not a signal".to_vec(),
+    ];
+    tracefold_tests::publish(&bootstrap, &topics.signals, &payloads).await;
+    let signals =
+        tracefold_ui::signals::Source { kafka: tracefold_tests::kafka(&bootstrap), topic: topics.signals.clone() };
+    let cfg =
+        tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: Some(signals), operator_token: Some(TOKEN.into()) };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tracefold_ui::serve(listener, cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("http://{addr}{path}")).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+
+    // The list of project web: every issue, with ClickHouse's numbers, titles escaped.
+    let (st, html) = get("/?project=web&window=24h".into()).await;
+    assert_eq!(st, 200, "{html}");
+    assert!(!html.contains("<script>alert") && !html.contains("<img src=x"), "unescaped title");
+    assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"));
+    assert!(html.contains("&quot;&gt;&lt;img src=x onerror=alert(1)&gt; &#39; &amp; &quot;quoted&quot;"));
+    assert!(html.contains("<bdi>مرحبا \u{202E}evil\u{202C} שלום</bdi>"), "RTL text isolated");
+    assert!(html.contains("中文 ✓ 🙈 e\u{301}"));
+    assert!(html.contains(&long), "a long title whole");
+    assert!(!html.contains("ApiError") && !html.contains("Many 1"), "other projects filtered out");
+    for i in 0..hostile.len() as u64 {
+        let id = hex(i + 1);
+        let (events, users) = truth(&db, "web", &id).await;
+        assert_eq!(events, 13 + i);
+        assert_eq!(row_cell(&html, &id, "events"), events.to_string(), "{id}");
+        assert_eq!(row_cell(&html, &id, "users"), users.to_string(), "{id}");
+    }
+    // The 1h window holds only the recent aggregates.
+    let (_, html) = get("/?project=web&window=1h".into()).await;
+    assert_eq!(row_cell(&html, &hex(1), "events"), "10");
+
+    // Pages of 50: the second page holds the other 10, links keep the state.
+    let (_, p0) = get("/?project=many&by=events&window=24h".into()).await;
+    assert_eq!(p0.matches("<tr data-issue=").count(), 50);
+    assert!(p0.contains("href=\"/?by=events&amp;window=24h&amp;project=many&amp;page=1\""), "next link");
+    assert!(p0.find("Many 59").unwrap() < p0.find("Many 58").unwrap(), "most events first");
+    let (_, p1) = get("/?project=many&by=events&window=24h&page=1".into()).await;
+    assert_eq!(p1.matches("<tr data-issue=").count(), 10);
+    assert!(p1.contains("Many 0<") && !p1.contains("rel=\"next\""));
+    // Pages out of range or not numbers give the last or the first page.
+    let (st, last) = get("/?project=many&by=events&window=24h&page=25".into()).await;
+    assert_eq!(st, 200);
+    assert!(last.contains("No issues in this window.") && last.contains("rel=\"prev\""), "page 20 of 2 is empty");
+    for bad in ["-1", "x", "99999999999999999999"] {
+        let (st, first) = get(format!("/?project=many&by=events&window=24h&page={bad}")).await;
+        assert_eq!((st, first.matches("<tr data-issue=").count()), (200, 50), "{bad}");
+    }
+    // Hostile parameters are escaped, not run.
+    let (st, html) = get("/?project=%22%3E%3Cscript%3E&window=%3Cx%3E&by=%27".into()).await;
+    assert_eq!(st, 200);
+    assert!(!html.contains("<script>") && html.contains("value=\"&quot;&gt;&lt;script&gt;\""));
+
+    // The signals page: newest first, linked to their issues, titles escaped, the record
+    // that is no signal left out.
+    let (st, html) = get("/signals".into()).await;
+    assert_eq!(st, 200, "{html}");
+    let table = &html[html.find("id=\"signals\"").unwrap()..];
+    assert_eq!(table.matches("<tr><td>").count(), 2, "{table}");
+    assert!(table.find("Second").unwrap() < table.find("&lt;script&gt;").unwrap(), "newest first");
+    assert!(table.contains(&format!("href=\"/issues/web/{}?window=24h\"", hex(2))));
+    assert!(!html.contains("<script>alert"));
+
+    // The issue page: numbers, escaped title and sample, then status changes.
+    let id = hex(1);
+    let path = format!("/issues/web/{id}?window=24h");
+    let (st, html) = get(path.clone()).await;
+    assert_eq!(st, 200, "{html}");
+    let (events, users) = truth(&db, "web", &id).await;
+    assert_eq!(by_id(&html, "window-events"), events.to_string());
+    assert_eq!(by_id(&html, "users"), users.to_string());
+    assert_eq!(by_id(&html, "status"), "active");
+    assert!(!html.contains("<script>alert"));
+    assert!(html.contains("<svg class=\"bars\""), "chart");
+    assert!(html.contains("<bdi>web@1</bdi>") && html.contains("<bdi>web@2</bdi>"), "releases");
+    assert!(by_id(&html, "sample").contains("&lt;script&gt;"), "sample escaped");
+    // Releases: the first one, and a marker where each begins in the window.
+    assert!(html.contains("id=\"first-release\"><bdi>web@2</bdi>"), "web@2 came 5 hours ago, web@1 30 minutes ago");
+    assert!(html.contains("<title>release web@2</title>") && html.contains("<title>release web@1</title>"));
+    assert!(html.find("release web@2<").unwrap() < html.find("release web@1<").unwrap(), "oldest first");
+
+    let post = |token: &'static str, status: &'static str| {
+        let http = http.clone();
+        let id = id.clone();
+        async move {
+            let r = http
+                .post(format!("http://{addr}/issues/web/{id}/status"))
+                .form(&[("status", status), ("token", token), ("window", "24h")])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.headers().get("location").map(|l| l.to_str().unwrap().to_owned()))
+        }
+    };
+    assert_eq!(post("", "resolved").await.0, 403);
+    assert_eq!(post("wrong", "resolved").await.0, 403);
+    assert_eq!(post(TOKEN, "deleted").await.0, 400);
+    assert_eq!(by_id(&get(path.clone()).await.1, "status"), "active", "refused changes change nothing");
+    let (st, loc) = post(TOKEN, "resolved").await;
+    assert_eq!((st, loc.as_deref()), (303, Some(path.as_str())));
+    let html = get(path.clone()).await.1;
+    assert_eq!(by_id(&html, "status"), "resolved");
+    assert!(html.contains("<td><bdi>resolved</bdi></td><td><bdi>ui</bdi></td>"), "history");
+    let list = get("/?project=web&window=24h".into()).await.1;
+    assert!(list.contains(&format!("data-issue=\"{id}\"")));
+    let row = &list[list.find(&format!("data-issue=\"{id}\"")).unwrap()..];
+    assert!(row[..row.find("</tr>").unwrap()].contains("class=\"s-resolved\">resolved<"), "list shows the status");
+    assert_eq!(post(TOKEN, "active").await.0, 303);
+    assert_eq!(by_id(&get(path.clone()).await.1, "status"), "active");
+
+    // Unknown issues and projects: 404, also for status changes.
+    assert_eq!(get(format!("/issues/api/{id}")).await.0, 404);
+    assert_eq!(get("/issues/web/%3Cscript%3E".into()).await.0, 404);
+    let r = http
+        .post(format!("http://{addr}/issues/nope/{id}/status"))
+        .form(&[("status", "resolved"), ("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_operator_token_the_ui_is_read_only() {
+    let db = TestDb::new("ui_ro").await;
+    let t = now(&db).await;
+    insert(&db, &[rec("web", &hex(1), "E", t - 60, "r", 1, &[1], 0)]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: None, operator_token: None };
+    let server = tokio::spawn(tracefold_ui::serve(listener, cfg, std::future::pending()));
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for token in ["", "anything"] {
+        let r = http
+            .post(format!("http://{addr}/issues/web/{}/status", hex(1)))
+            .form(&[("status", "resolved"), ("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+    }
+    let html = http.get(format!("http://{addr}/issues/web/{}", hex(1))).send().await.unwrap().text().await.unwrap();
+    assert_eq!(by_id(&html, "status"), "active");
+    server.abort();
+}
