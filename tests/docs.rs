@@ -256,6 +256,7 @@ fn not_run(c: &Shown) -> Option<&'static str> {
                 "top" | "issue" | "outcomes" | "dlq" | "signals" | "gen" | "fingerprint" => None,
                 "migrate" if argv.contains(&"--print-for") => None,
                 "dev" => Some("runs until Ctrl-C (or is the quickstart); the same pipeline is what this test and the end-to-end tests start (dev::Pipeline)"),
+                "ui" => Some("serves until Ctrl-C; its pages are loaded from a server started in process by tests/ui.rs and in headless Chromium by tests/ui_browser.rs"),
                 "loadgen" => Some("a load of minutes; its HTTP path and retries are run by tests/no_loss.rs and tests/backpressure.rs"),
                 "migrate" | "retention" => Some("changes a real database; run on scratch databases by tracefold-store's tests and tests/analytics.rs"),
                 s if s.starts_with("bench-") || s.ends_with("-quality") => {
@@ -306,6 +307,18 @@ fn not_run(c: &Shown) -> Option<&'static str> {
         ["kubectl", "apply", "-k", dir] => {
             exists(&format!("{dir}/kustomization.yaml"));
             Some("needs a cluster; tests/deploy.rs renders every overlay with `kubectl kustomize` and validates it")
+        }
+        ["kubectl", "-n", "tracefold", "create", "secret", "generic", name, ..]
+        | ["kubectl", "-n", "tracefold", "port-forward", name, ..] => {
+            // The object the command names is one the manifests use.
+            let name = name.trim_start_matches("svc/");
+            let base = repo().join("deploy/kubernetes/base");
+            let used = std::fs::read_dir(&base)
+                .expect("deploy/kubernetes/base")
+                .flatten()
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|y| y.contains(&format!("name: {name}"))));
+            assert!(used, "{}: no manifest under deploy/kubernetes/base names {name} ({})", c.at, c.text);
+            Some("needs a cluster; the Secret or Service it names is the one the manifests use (tests/deploy.rs validates them)")
         }
         _ => panic!("{}: no disposition for `{}` in tests/docs.rs", c.at, c.text),
     }
