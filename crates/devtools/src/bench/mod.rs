@@ -8,6 +8,7 @@
 //! Harnesses check their counts after the report is printed: [`WriterReport::check`],
 //! [`PipelineReport::check`].
 
+mod cpu;
 mod detector;
 mod ingest;
 mod pipeline;
@@ -15,6 +16,7 @@ mod queries;
 mod storage;
 mod writer;
 
+pub use cpu::CpuSnapshot;
 pub use detector::{detector, DetectorOptions, DetectorReport};
 pub use ingest::{ingest, IngestOptions, IngestReport};
 pub use pipeline::{pipeline, PipelineOptions, PipelineReport};

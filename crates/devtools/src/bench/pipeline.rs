@@ -31,6 +31,8 @@ pub struct PipelineReport {
     pub produce_secs: f64,
     /// Seconds from the first event sent to the last one counted.
     pub total_secs: f64,
+    /// CPU seconds over the same span, per stage ([`super::cpu::CpuSnapshot::since`]).
+    pub cpu: serde_json::Value,
 }
 
 impl PipelineReport {
@@ -47,20 +49,51 @@ impl PipelineReport {
             "end_to_end_events_per_sec": stored as f64 / total,
             "partitions": self.opts.partitions,
             "issues": self.opts.issues,
+            "cpu": self.cpu,
+            "events_per_cpu_second": self.events_per_cpu_second(),
         })
     }
 
-    /// The report as four lines of text.
+    /// Events stored per CPU-second of this process and the ClickHouse server together.
+    pub fn events_per_cpu_second(&self) -> f64 {
+        let cpu = self.cpu["process_seconds"].as_f64().unwrap_or(0.0)
+            + self.cpu["clickhouse_seconds"].as_f64().unwrap_or(0.0);
+        if cpu > 0.0 {
+            self.stored as f64 / cpu
+        } else {
+            0.0
+        }
+    }
+
+    /// The report as lines of text: counts, times, then CPU seconds per stage.
     pub fn table(&self) -> String {
         let (accepted, stored, produced, total) = (self.accepted, self.stored, self.produce_secs, self.total_secs);
-        format!(
+        let mut out = format!(
             "events accepted by Kafka   {accepted}\n\
              events stored in ClickHouse {stored}\n\
              load (into Kafka)           {produced:.2}s  {:.0} events/s\n\
              end to end                  {total:.2}s  {:.0} events/s\n",
             accepted as f64 / produced,
             stored as f64 / total
-        )
+        );
+        if let Some(stages) = self.cpu["stages"].as_object() {
+            for (stage, secs) in stages {
+                out += &format!("{:<48}{:.2}s\n", format!("cpu {stage}"), secs.as_f64().unwrap_or(0.0));
+            }
+        }
+        let f = |k: &str| self.cpu[k].as_f64().unwrap_or(0.0);
+        out += &format!(
+            "{:<48}{:.2}s\n{:<48}{:.2}s\n{:<48}{:.0}%\n{:<48}{:.0}\n",
+            "cpu this process",
+            f("process_seconds"),
+            "cpu clickhouse-server",
+            f("clickhouse_seconds"),
+            "machine busy (all cores)",
+            f("machine_busy_share") * 100.0,
+            "events per CPU-second (process + ClickHouse)",
+            self.events_per_cpu_second()
+        );
+        out
     }
 
     /// # Errors
@@ -90,6 +123,7 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     let lag_limit = i64::from(opts.partitions) * 4000;
     let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(opts.partitions), true).await?;
     eprintln!("pipeline up (database {}); loading {} events straight into Kafka ...", ch.database, opts.events);
+    let cpu0 = super::cpu::CpuSnapshot::now();
     let t0 = Instant::now();
     let load = loadgen::LoadOptions {
         events: opts.events,
@@ -107,8 +141,9 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     let produce_secs = t0.elapsed().as_secs_f64();
     let stored = dev::wait_for_events(&ch, 0, s.accepted, Duration::from_secs(1800), false).await?;
     let total_secs = t0.elapsed().as_secs_f64();
+    let cpu = super::cpu::CpuSnapshot::now().since(&cpu0);
     pipeline.stop().await?;
     let client = tracefold_store::client::client(&ch);
     tracefold_store::client::drop_database(&client, &ch.database).await?;
-    Ok(PipelineReport { opts: opts.clone(), accepted: s.accepted, stored, produce_secs, total_secs })
+    Ok(PipelineReport { opts: opts.clone(), accepted: s.accepted, stored, produce_secs, total_secs, cpu })
 }

@@ -1,0 +1,168 @@
+//! CPU seconds per pipeline stage, from Linux's `/proc`: this process's threads grouped by
+//! name, the ClickHouse server process, and the whole machine. Elsewhere than Linux every
+//! figure is zero.
+//!
+//! Times are in clock ticks of `USER_HZ`, which Linux fixes at 100 for user space.
+
+use std::collections::BTreeMap;
+
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU ticks (user + system) at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CpuSnapshot {
+    /// Per stage of this process (see [`stage_of`]).
+    pub stages: BTreeMap<&'static str, u64>,
+    /// This whole process, exited threads included.
+    pub process: u64,
+    /// The `clickhouse-server` process, when one is found.
+    pub clickhouse: u64,
+    /// The whole machine: busy ticks (all but idle and iowait) and all ticks, over every core.
+    pub machine_busy: u64,
+    /// See `machine_busy`.
+    pub machine_total: u64,
+}
+
+/// The stage a thread of this process belongs to, by its name: the services' threads are
+/// named after them by the dev pipeline, librdkafka's threads (clients and the mock cluster)
+/// start with `rdk:`, the benchmark's own async runtime (load generation) uses tokio's name.
+pub fn stage_of(thread: &str) -> &'static str {
+    if thread.starts_with("grouper") {
+        "grouper"
+    } else if thread.starts_with("writer") {
+        "writer"
+    } else if thread.starts_with("detector") {
+        "detector"
+    } else if thread.starts_with("rdk:") {
+        "kafka (librdkafka clients and mock broker)"
+    } else if thread.starts_with("tokio-runtime") {
+        "load generation and producer"
+    } else {
+        "other"
+    }
+}
+
+/// User + system ticks of a `/proc/.../stat` line; its name (field 2, in parentheses, may hold
+/// spaces and parentheses itself) ends at the last `)`.
+pub fn stat_ticks(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_owned();
+    // After the name: state is field 3; utime and stime are fields 14 and 15.
+    let rest: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// Busy and total ticks of the `cpu` line of `/proc/stat`.
+pub fn machine_ticks(proc_stat: &str) -> Option<(u64, u64)> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest times are inside user already).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+impl CpuSnapshot {
+    /// Reads the counters now.
+    pub fn now() -> Self {
+        let mut s = Self::default();
+        if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+            for e in dir.flatten() {
+                if let Some((name, t)) =
+                    std::fs::read_to_string(e.path().join("stat")).ok().and_then(|x| stat_ticks(&x))
+                {
+                    *s.stages.entry(stage_of(&name)).or_default() += t;
+                }
+            }
+        }
+        s.process = std::fs::read_to_string("/proc/self/stat").ok().and_then(|x| stat_ticks(&x)).map_or(0, |x| x.1);
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                if let Some((name, t)) =
+                    std::fs::read_to_string(e.path().join("stat")).ok().and_then(|x| stat_ticks(&x))
+                {
+                    // The kernel cuts names to 15 bytes: "clickhouse-serv".
+                    if name.starts_with("clickhouse-serv") {
+                        s.clickhouse += t;
+                    }
+                }
+            }
+        }
+        if let Some((busy, total)) = std::fs::read_to_string("/proc/stat").ok().and_then(|x| machine_ticks(&x)) {
+            (s.machine_busy, s.machine_total) = (busy, total);
+        }
+        s
+    }
+
+    /// CPU seconds spent between `start` and `self`, as JSON: per stage, this process, the
+    /// ClickHouse server, and the machine's busy share over all cores (0 to 1).
+    ///
+    /// Threads that exited in between are counted in the process total only (as "exited
+    /// threads"), since their own counters are gone.
+    pub fn since(&self, start: &Self) -> serde_json::Value {
+        let secs = |t: u64| t as f64 / TICKS_PER_SEC;
+        let mut stages = serde_json::Map::new();
+        let mut named = 0u64;
+        for (stage, t) in &self.stages {
+            // A thread that started after `start` counts from zero.
+            let d = t.saturating_sub(start.stages.get(stage).copied().unwrap_or(0));
+            named += d;
+            stages.insert((*stage).to_owned(), secs(d).into());
+        }
+        let process = self.process.saturating_sub(start.process);
+        stages.insert("exited threads".into(), secs(process.saturating_sub(named)).into());
+        let (busy, total) = (
+            self.machine_busy.saturating_sub(start.machine_busy),
+            self.machine_total.saturating_sub(start.machine_total),
+        );
+        serde_json::json!({
+            "stages": stages,
+            "process_seconds": secs(process),
+            "clickhouse_seconds": secs(self.clickhouse.saturating_sub(start.clickhouse)),
+            "machine_busy_share": if total == 0 { 0.0 } else { busy as f64 / total as f64 },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_line_with_a_hostile_name() {
+        let line = "42 (rdk:ma) in (x)) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 1 0";
+        assert_eq!(stat_ticks(line), Some(("rdk:ma) in (x)".to_owned(), 280)));
+        assert_eq!(stat_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn machine_busy_excludes_idle_and_iowait() {
+        let s = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(machine_ticks(s), Some((150, 1000)));
+    }
+
+    #[test]
+    fn stages_by_thread_name() {
+        assert_eq!(stage_of("grouper"), "grouper");
+        assert_eq!(stage_of("rdk:broker1"), "kafka (librdkafka clients and mock broker)");
+        assert_eq!(stage_of("main"), "other");
+    }
+
+    #[test]
+    fn since_counts_exited_threads_in_the_process_total() {
+        let start = CpuSnapshot { process: 100, ..Default::default() };
+        let mut end = CpuSnapshot { process: 400, machine_busy: 50, machine_total: 100, ..Default::default() };
+        end.stages.insert("writer", 100);
+        let j = end.since(&start);
+        assert_eq!(j["process_seconds"], 3.0);
+        assert_eq!(j["stages"]["writer"], 1.0);
+        assert_eq!(j["stages"]["exited threads"], 2.0);
+        assert_eq!(j["machine_busy_share"], 0.5);
+    }
+}
