@@ -5,7 +5,7 @@
 //! range of events always yields the same records in the same order, so a re-emitted batch is
 //! recognised downstream by `(partition, first_offset, index)`.
 
-use crate::dedup::{identity, DedupWindow};
+use crate::dedup::{identity, DedupWindow, KeyedIdState};
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tracefold_fingerprint::{describe, fingerprint, GroupingConfig, Scratch, GROUPING_VERSION};
@@ -97,10 +97,10 @@ impl Default for BatchOptions {
 pub struct BatchBuilder {
     opts: BatchOptions,
     work: Work,
-    index: HashMap<u128, usize>,
+    index: HashMap<u128, usize, KeyedIdState>,
     /// Issues (project and fingerprint) that already have a sample in this batch: one sample
     /// per issue per batch is plenty, and the other buckets need not copy the event.
-    sampled: HashSet<u128>,
+    sampled: HashSet<u128, KeyedIdState>,
     partials: Vec<AggregateRecord>,
     rejected: Vec<Rejected>,
     duplicates: Vec<Duplicate>,
@@ -168,8 +168,8 @@ impl BatchBuilder {
     pub fn new(opts: BatchOptions) -> Self {
         Self {
             work: Work { parse_buf: Vec::with_capacity(8 << 10), ..Work::default() },
-            index: HashMap::new(),
-            sampled: HashSet::new(),
+            index: HashMap::default(),
+            sampled: HashSet::default(),
             partials: Vec::new(),
             rejected: Vec::new(),
             duplicates: Vec::new(),
@@ -370,8 +370,8 @@ struct Input<'a> {
 fn plan(
     work: &mut Work,
     opts: &BatchOptions,
-    index: &HashMap<u128, usize>,
-    sampled: &HashSet<u128>,
+    index: &HashMap<u128, usize, KeyedIdState>,
+    sampled: &HashSet<u128, KeyedIdState>,
     window: &DedupWindow,
     panic_marker: Option<&[u8]>,
     at: Input<'_>,

@@ -13,7 +13,9 @@
 //! broker's retention already deleted cannot be read again: a copy whose predecessor is older
 //! than the window, or than the log start, counts again.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use xxhash_rust::xxh3::Xxh3;
 
 /// The identity of an event for deduplication: its project and its id, the id normalized
@@ -55,12 +57,78 @@ pub fn identity(project: &str, event_id: &str) -> u128 {
     h.digest128()
 }
 
+/// Hashes map keys that are already 128-bit xxh3 values (identities, bucket and issue keys):
+/// one keyed folded multiply of the key's two halves instead of SipHash over 16 bytes.
+///
+/// The keys (`k0`, `k1`) are drawn per map from the standard library's random source, so an
+/// attacker who chooses event ids still cannot choose which slots their keys land in: to
+/// collide in the table they would need the full 128-bit xxh3 values to collide, which would
+/// already merge the events themselves. Other input (not used by these maps) is folded 8
+/// bytes at a time with the same keys.
+#[derive(Clone)]
+pub struct KeyedIdState {
+    k0: u64,
+    k1: u64,
+}
+
+impl Default for KeyedIdState {
+    fn default() -> Self {
+        let s = RandomState::new();
+        // Odd so that neither factor's key is 0.
+        Self { k0: s.hash_one(0u8) | 1, k1: s.hash_one(1u8) | 1 }
+    }
+}
+
+impl std::fmt::Debug for KeyedIdState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyedIdState")
+    }
+}
+
+impl BuildHasher for KeyedIdState {
+    type Hasher = KeyedIdHasher;
+    fn build_hasher(&self) -> KeyedIdHasher {
+        KeyedIdHasher { k0: self.k0, k1: self.k1, h: 0 }
+    }
+}
+
+/// See [`KeyedIdState`].
+pub struct KeyedIdHasher {
+    k0: u64,
+    k1: u64,
+    h: u64,
+}
+
+#[inline]
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl Hasher for KeyedIdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.h
+    }
+    #[inline]
+    fn write_u128(&mut self, n: u128) {
+        self.h = fold((n as u64) ^ self.k0 ^ self.h, ((n >> 64) as u64) ^ self.k1);
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.h = fold(u64::from_le_bytes(w) ^ self.k0 ^ self.h, (chunk.len() as u64) ^ self.k1);
+        }
+    }
+}
+
 /// The identities of the valid events of the last `span` offsets of one partition, each with
 /// the offset where it was last read. Memory: at most `span + 1` entries.
 #[derive(Debug, Default)]
 pub struct DedupWindow {
     span: u64,
-    last_seen: HashMap<u128, i64>,
+    last_seen: HashMap<u128, i64, KeyedIdState>,
     /// Every valid event's (offset, identity), offsets increasing, for eviction.
     order: VecDeque<(i64, u128)>,
 }
@@ -125,6 +193,25 @@ impl DedupWindow {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn keyed_id_hasher_spreads_either_half_and_depends_on_its_keys() {
+        let a = KeyedIdState::default();
+        let b = KeyedIdState::default();
+        // Keys that differ only in the high or only in the low half hash apart.
+        let lo: std::collections::HashSet<u64> = (0..1000u128).map(|i| a.hash_one(i)).collect();
+        let hi: std::collections::HashSet<u64> = (0..1000u128).map(|i| a.hash_one(i << 64)).collect();
+        assert_eq!((lo.len(), hi.len()), (1000, 1000));
+        // Two maps draw other keys, so where a key lands is not known in advance.
+        let same = (0..64u128).filter(|&i| a.hash_one(i) == b.hash_one(i)).count();
+        assert!(same < 64);
+        // A map over it finds what it holds.
+        let mut m: HashMap<u128, i64, KeyedIdState> = HashMap::default();
+        for i in 0..10_000u128 {
+            m.insert(identity("p", &i.to_string()), i as i64);
+        }
+        assert!((0..10_000u128).all(|i| m.get(&identity("p", &i.to_string())) == Some(&(i as i64))));
+    }
 
     #[test]
     fn uuid_and_hex_forms_are_one_identity_and_projects_are_kept_apart() {
