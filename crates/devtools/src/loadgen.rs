@@ -15,6 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -84,6 +85,77 @@ pub struct LagLimit {
     pub group: String,
     /// Most events produced but not yet committed by the group, over all partitions.
     pub events: i64,
+}
+
+/// Measures a consumer group's lag on a thread of its own (a measurement is a few broker
+/// round trips), so that the load never stops to ask: the sender compares the latest
+/// measurement, plus what it had acknowledged since and what is in flight, with the bound.
+struct LagWatch {
+    max: i64,
+    /// The latest lag, and the sender's acknowledged count when it was measured.
+    latest: Arc<(AtomicI64, AtomicU64)>,
+    /// The sender's acknowledged count, read by the watcher before each measurement.
+    acked: Arc<AtomicU64>,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LagWatch {
+    fn start(
+        kafka: &tracefold_runtime::config::KafkaConfig,
+        group: &str,
+        topic: &str,
+        max: i64,
+    ) -> anyhow::Result<Self> {
+        let c: rdkafka::consumer::BaseConsumer = tracefold_runtime::kafka::consumer_config(kafka, group).create()?;
+        // The first measurement before any event: the load starts from a known lag.
+        let first = group_lag(&c, topic)?;
+        let latest = Arc::new((AtomicI64::new(first), AtomicU64::new(0)));
+        let acked = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, a, f, s, topic) = (latest.clone(), acked.clone(), failed.clone(), stop.clone(), topic.to_owned());
+        let thread = std::thread::Builder::new().name("loadgen-lag".into()).spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let before = a.load(Ordering::Acquire);
+                match group_lag(&c, &topic) {
+                    Ok(lag) => {
+                        l.0.store(lag, Ordering::Release);
+                        l.1.store(before, Ordering::Release);
+                    }
+                    Err(e) => {
+                        *f.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!("{e:#}"));
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })?;
+        Ok(Self { max, latest, acked, failed, stop, thread: Some(thread) })
+    }
+
+    /// Whether the group's lag, at most, is over the bound, `acked` events acknowledged and
+    /// `in_flight` sent but not acknowledged by the sender so far.
+    fn over(&self, acked: u64, in_flight: usize) -> anyhow::Result<bool> {
+        self.acked.store(acked, Ordering::Release);
+        if let Some(e) = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            anyhow::bail!("cannot measure the consumer group's lag: {e}");
+        }
+        let (lag, at) = (self.latest.0.load(Ordering::Acquire), self.latest.1.load(Ordering::Acquire));
+        let since = i64::try_from(acked.saturating_sub(at)).unwrap_or(i64::MAX);
+        let in_flight = i64::try_from(in_flight).unwrap_or(i64::MAX);
+        Ok(lag.saturating_add(since).saturating_add(in_flight) > self.max)
+    }
+}
+
+impl Drop for LagWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Events on `topic` not yet committed by `group`, over all partitions.
@@ -308,8 +380,8 @@ async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::
     let start = Instant::now();
     let mut summary = LoadSummary::default();
     let mut inflight = FuturesUnordered::new();
-    let lag_client: Option<(rdkafka::consumer::BaseConsumer, i64)> = match &opts.max_lag {
-        Some(l) => Some((tracefold_runtime::kafka::consumer_config(&kafka, &l.group).create()?, l.events)),
+    let watch = match &opts.max_lag {
+        Some(l) => Some(LagWatch::start(&kafka, &l.group, topic, l.events)?),
         None => None,
     };
     for i in 0..opts.events {
@@ -317,15 +389,14 @@ async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::
         if i % 1000 == 0 {
             pace(start, i, opts.rate).await;
         }
-        if let Some((c, max)) = &lag_client {
-            if i % 2000 == 0 && i > 0 {
-                while !inflight.is_empty() {
-                    if let Some(done) = inflight.next().await {
-                        account_one(&mut summary, done, &pb);
+        if let Some(w) = &watch {
+            if i % 250 == 0 {
+                // Events in flight are not in the broker's watermarks yet: counted as lag.
+                while w.over(summary.accepted + summary.failed, inflight.len())? {
+                    match tokio::time::timeout(Duration::from_millis(2), inflight.next()).await {
+                        Ok(Some(done)) => account_one(&mut summary, done, &pb),
+                        _ => tokio::time::sleep(Duration::from_millis(1)).await,
                     }
-                }
-                while group_lag(c, topic)? > *max {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }

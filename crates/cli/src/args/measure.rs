@@ -93,6 +93,10 @@ pub struct BenchPipelineArgs {
     /// Partitions of the events and aggregates topics.
     #[arg(long, default_value_t = 6)]
     pub partitions: i32,
+    /// Most events produced and not yet committed by the grouper, per partition (the load
+    /// waits above it; the embedded broker keeps 5 MB of compressed messages per partition).
+    #[arg(long, default_value_t = 8_000)]
+    pub max_lag_per_partition: i64,
     /// Result format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,

@@ -83,6 +83,7 @@ pub async fn bench_pipeline(a: &BenchPipelineArgs) -> anyhow::Result<()> {
         events: a.events,
         issues: a.issues,
         partitions: a.partitions,
+        max_lag_per_partition: a.max_lag_per_partition,
         clickhouse: a.ch.config(),
     };
     let r = bench::pipeline(&opts).await?;

@@ -33,10 +33,15 @@ pub fn stage_of(thread: &str) -> &'static str {
         "writer"
     } else if thread.starts_with("detector") {
         "detector"
-    } else if thread.starts_with("rdk:") {
-        "kafka (librdkafka clients and mock broker)"
-    } else if thread.starts_with("tokio-runtime") {
-        "load generation and producer"
+    } else if thread.starts_with("rdk:mock") {
+        "embedded broker (mock cluster)"
+    } else if thread.starts_with("rdk:") || thread.starts_with("producer pollin") {
+        // librdkafka's client threads (I/O, compression) and rust-rdkafka's threads that poll
+        // producers for acknowledgements, of every client in the process.
+        "kafka clients"
+    } else if thread.starts_with("tokio-runtime") || thread == "tracefold" || thread.starts_with("loadgen") {
+        // The command's own thread and runtime: generating and sending the load.
+        "load generation"
     } else {
         "other"
     }
@@ -150,7 +155,10 @@ mod tests {
     #[test]
     fn stages_by_thread_name() {
         assert_eq!(stage_of("grouper"), "grouper");
-        assert_eq!(stage_of("rdk:broker1"), "kafka (librdkafka clients and mock broker)");
+        assert_eq!(stage_of("rdk:broker1"), "kafka clients");
+        assert_eq!(stage_of("producer pollin"), "kafka clients");
+        assert_eq!(stage_of("rdk:mock"), "embedded broker (mock cluster)");
+        assert_eq!(stage_of("tracefold"), "load generation");
         assert_eq!(stage_of("main"), "other");
     }
 
@@ -165,4 +173,15 @@ mod tests {
         assert_eq!(j["stages"]["exited threads"], 2.0);
         assert_eq!(j["machine_busy_share"], 0.5);
     }
+}
+
+/// The peak resident set size of this process so far (`VmHWM` of `/proc/self/status`), in
+/// bytes; 0 elsewhere than Linux.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }

@@ -13,10 +13,18 @@ pub struct PipelineOptions {
     pub issues: usize,
     /// Partitions of the events and aggregates topics.
     pub partitions: i32,
+    /// Most events produced and not yet committed by the grouper, per partition: the load
+    /// waits above it (librdkafka's mock cluster keeps 5 MB of compressed messages per
+    /// partition and deletes older ones whether read or not).
+    pub max_lag_per_partition: i64,
     /// The ClickHouse server; the benchmark makes and drops a scratch database named after
     /// `database` and the process id.
     pub clickhouse: ClickHouseConfig,
 }
+
+/// Events sent and stored before the clock starts: the consumer groups have joined, the
+/// producers have their ids, the schema is warm.
+pub const WARMUP_EVENTS: u64 = 2_000;
 
 /// What `bench-pipeline` measured.
 #[derive(Debug, Clone)]
@@ -33,6 +41,9 @@ pub struct PipelineReport {
     pub total_secs: f64,
     /// CPU seconds over the same span, per stage ([`super::cpu::CpuSnapshot::since`]).
     pub cpu: serde_json::Value,
+    /// Peak resident set size of the whole process (load generator, embedded broker and the
+    /// services together), bytes.
+    pub peak_rss_bytes: u64,
 }
 
 impl PipelineReport {
@@ -51,6 +62,8 @@ impl PipelineReport {
             "issues": self.opts.issues,
             "cpu": self.cpu,
             "events_per_cpu_second": self.events_per_cpu_second(),
+            "max_lag_per_partition": self.opts.max_lag_per_partition,
+            "peak_rss_bytes": self.peak_rss_bytes,
         })
     }
 
@@ -72,9 +85,11 @@ impl PipelineReport {
             "events accepted by Kafka   {accepted}\n\
              events stored in ClickHouse {stored}\n\
              load (into Kafka)           {produced:.2}s  {:.0} events/s\n\
-             end to end                  {total:.2}s  {:.0} events/s\n",
+             end to end                  {total:.2}s  {:.0} events/s\n\
+             peak RSS of the process     {:.0} MB\n",
             accepted as f64 / produced,
-            stored as f64 / total
+            stored as f64 / total,
+            self.peak_rss_bytes as f64 / 1e6
         );
         if let Some(stages) = self.cpu["stages"].as_object() {
             for (stage, secs) in stages {
@@ -120,30 +135,54 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     // Short batches keep the committed lag (what the load is paced by) close to the read lag.
     cfg.grouper.batch_max_age_ms = 500;
     // librdkafka's mock cluster keeps at most 5 MB per partition: stay well inside it.
-    let lag_limit = i64::from(opts.partitions) * 4000;
+    let lag_limit = i64::from(opts.partitions) * opts.max_lag_per_partition;
     let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(opts.partitions), true).await?;
-    eprintln!("pipeline up (database {}); loading {} events straight into Kafka ...", ch.database, opts.events);
-    let cpu0 = super::cpu::CpuSnapshot::now();
-    let t0 = Instant::now();
-    let load = loadgen::LoadOptions {
-        events: opts.events,
+    let target =
+        loadgen::Target::Kafka { bootstrap_servers: pipeline.bootstrap_servers(), topic: cfg.topics.events.clone() };
+    let load = |events: u64, seed: u64, progress: bool| loadgen::LoadOptions {
+        events,
         rate: loadgen::Rate::Unpaced,
         batch: 0,
         concurrency: 0,
-        progress: true,
+        progress,
         max_lag: Some(loadgen::LagLimit { group: cfg.grouper.group_id.clone(), events: lag_limit }),
         max_retries: loadgen::DEFAULT_MAX_RETRIES,
-        gen: gen::GenOptions { issues: opts.issues, now_secs: gen::now_secs(), ..Default::default() },
+        // Event times within the last minute, as in live traffic (the generator's default
+        // spreads them over an hour: a backfill, one aggregate row per event or so).
+        gen: gen::GenOptions {
+            issues: opts.issues,
+            now_secs: gen::now_secs(),
+            spread_secs: 60,
+            seed,
+            ..Default::default()
+        },
     };
-    let target =
-        loadgen::Target::Kafka { bootstrap_servers: pipeline.bootstrap_servers(), topic: cfg.topics.events.clone() };
-    let s = loadgen::run(&target, &load).await?;
+    eprintln!("pipeline up (database {}); warming up with {WARMUP_EVENTS} events ...", ch.database);
+    // Its own seed, so other event ids than the measured load's (which would be duplicates).
+    let warm = loadgen::run(&target, &load(WARMUP_EVENTS, gen::GenOptions::default().seed ^ 0x5eed, false)).await?;
+    let baseline = dev::wait_for_events(&ch, 0, warm.accepted, Duration::from_secs(300), false).await?;
+    if baseline != warm.accepted {
+        anyhow::bail!("the warm-up stored {baseline} of {} events", warm.accepted);
+    }
+    eprintln!("loading {} events straight into Kafka ...", opts.events);
+    let cpu0 = super::cpu::CpuSnapshot::now();
+    let t0 = Instant::now();
+    let s = loadgen::run(&target, &load(opts.events, gen::GenOptions::default().seed, true)).await?;
     let produce_secs = t0.elapsed().as_secs_f64();
-    let stored = dev::wait_for_events(&ch, 0, s.accepted, Duration::from_secs(1800), false).await?;
+    let stored = dev::wait_for_events(&ch, baseline, s.accepted, Duration::from_secs(1800), false).await?;
     let total_secs = t0.elapsed().as_secs_f64();
     let cpu = super::cpu::CpuSnapshot::now().since(&cpu0);
+    let peak_rss_bytes = super::cpu::peak_rss_bytes();
     pipeline.stop().await?;
     let client = tracefold_store::client::client(&ch);
     tracefold_store::client::drop_database(&client, &ch.database).await?;
-    Ok(PipelineReport { opts: opts.clone(), accepted: s.accepted, stored, produce_secs, total_secs, cpu })
+    Ok(PipelineReport {
+        opts: opts.clone(),
+        accepted: s.accepted,
+        stored,
+        produce_secs,
+        total_secs,
+        cpu,
+        peak_rss_bytes,
+    })
 }
