@@ -19,7 +19,7 @@ mod writer;
 pub use cpu::CpuSnapshot;
 pub use detector::{detector, DetectorOptions, DetectorReport};
 pub use ingest::{ingest, IngestOptions, IngestReport};
-pub use pipeline::{pipeline, PipelineOptions, PipelineReport, WARMUP_EVENTS};
+pub use pipeline::{pipeline, PipelineOptions, PipelineReport, POOL_EVENTS, WARMUP_EVENTS};
 pub use queries::{cookbook_queries, queries, QueriesOptions, QueriesReport, QueryTime};
 pub use storage::{memory, storage, Arrival, MemoryCase, StorageCase, StorageOptions, StorageReport};
 pub use writer::{writer, WriterOptions, WriterReport};
