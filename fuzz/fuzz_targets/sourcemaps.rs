@@ -4,9 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracefold_symbolicate::{
-    debug_id_of_minified, normalize_debug_id, source_mapping_url, url_key, Limits, ParsedMap,
-};
+use tracefold_symbolicate::{debug_id_of_minified, normalize_debug_id, source_mapping_url, url_key, Limits, ParsedMap};
 
 fuzz_target!(|data: &[u8]| {
     // First 8 bytes: a position; then the map and an optional minified file after a 0 byte.
