@@ -1,0 +1,350 @@
+//! Source maps for minified JavaScript: bounded parsing of uploaded maps, resolution of a
+//! minified frame (1-based line and column, as browsers and Node report them) to the original
+//! file, line, column, function and a few lines of source context, Sentry's debug-id
+//! convention, and a bounded cache of parsed maps. See docs/sourcemaps.md for the design and
+//! for what is not built yet (upload, the object store, the grouper hook).
+//!
+//! Nothing here panics on any input: a map that is too large, malformed, or of a kind we do
+//! not support (indexed, Hermes) is rejected with a [`MapError`] that says why.
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use sourcemap::{SourceMap, SourceView};
+
+/// Limits that keep one upload or one event from costing unbounded memory or time.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted map, in bytes (before parsing).
+    pub max_map_bytes: usize,
+    /// Largest accepted minified file, in bytes; a larger one is ignored (function names then
+    /// come from the map's `names` alone).
+    pub max_minified_bytes: usize,
+    /// Lines of source context on each side of the frame's line.
+    pub context_lines: u32,
+    /// A context line longer than this (in bytes) is cut at a character boundary and ends in `…`.
+    pub max_context_line_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_map_bytes: 64 << 20, max_minified_bytes: 32 << 20, context_lines: 5, max_context_line_bytes: 200 }
+    }
+}
+
+/// Why a map was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapError {
+    /// The map is larger than [`Limits::max_map_bytes`].
+    TooLarge {
+        /// Size of the map in bytes.
+        size: usize,
+        /// The limit it exceeded.
+        limit: usize,
+    },
+    /// The map is not a valid source map (JSON or mappings); the text says where.
+    Malformed(String),
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapError::TooLarge { size, limit } => {
+                write!(f, "source map is {size} bytes, larger than the limit of {limit} bytes")
+            }
+            MapError::Malformed(why) => write!(f, "not a usable source map: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for MapError {}
+
+/// A minified frame mapped to its original position.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OriginalFrame {
+    /// Original source file as the map names it (with the map's `sourceRoot` applied).
+    pub file: String,
+    /// 1-based original line.
+    pub line: u32,
+    /// 1-based original column.
+    pub col: u32,
+    /// Original function name, when the map (and the minified file) allow recovering it.
+    pub function: Option<String>,
+    /// Lines before `context_line` (oldest first), when the map has `sourcesContent`.
+    pub pre_context: Vec<String>,
+    /// The original line itself, when the map has `sourcesContent`.
+    pub context_line: Option<String>,
+    /// Lines after `context_line`.
+    pub post_context: Vec<String>,
+}
+
+/// A parsed source map, optionally with its minified file (for original function names).
+pub struct ParsedMap {
+    map: SourceMap,
+    minified: Option<SourceView>,
+    bytes: usize,
+    context_lines: u32,
+    max_context_line_bytes: usize,
+}
+
+impl fmt::Debug for ParsedMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParsedMap")
+            .field("bytes", &self.bytes)
+            .field("sources", &self.map.get_source_count())
+            .field("minified", &self.minified.is_some())
+            .finish()
+    }
+}
+
+impl ParsedMap {
+    /// Parses `map` (the `.js.map` bytes), with the minified file's text when it is known.
+    pub fn parse(map: &[u8], minified: Option<&str>, limits: &Limits) -> Result<Self, MapError> {
+        if map.len() > limits.max_map_bytes {
+            return Err(MapError::TooLarge { size: map.len(), limit: limits.max_map_bytes });
+        }
+        // The sourcemap crate reports bad input as errors; the guard is for any panic it may
+        // still have on input nobody tried, so that one upload can never take a process down.
+        let parsed = std::panic::catch_unwind(|| SourceMap::from_slice(map))
+            .map_err(|_| MapError::Malformed("the parser failed on this input".into()))?
+            .map_err(|e| MapError::Malformed(e.to_string()))?;
+        let minified =
+            minified.filter(|m| m.len() <= limits.max_minified_bytes).map(|m| SourceView::from_string(m.to_owned()));
+        Ok(Self {
+            map: parsed,
+            minified,
+            bytes: map.len(),
+            context_lines: limits.context_lines,
+            max_context_line_bytes: limits.max_context_line_bytes,
+        })
+    }
+
+    /// Approximate memory cost, for the cache's budget: the map's size in bytes plus the
+    /// minified file's.
+    pub fn cost(&self) -> usize {
+        self.bytes + self.minified.as_ref().map_or(0, |m| m.source().len())
+    }
+
+    /// The map's debug id (`debug_id` or `debugId`), lower-case hyphenated, if it has one.
+    pub fn debug_id(&self) -> Option<String> {
+        self.map.get_debug_id().map(|d| d.to_string().to_ascii_lowercase())
+    }
+
+    /// Maps a minified position (1-based `line` and `col`, as in a JavaScript stack trace) to
+    /// the original. `minified_function` is the frame's reported function name, used to find
+    /// the original name in the minified file. `None` when the map has no mapping on that line
+    /// at or before that column, or the mapping has no source.
+    pub fn resolve(&self, line: u32, col: u32, minified_function: Option<&str>) -> Option<OriginalFrame> {
+        let (line0, col0) = (line.checked_sub(1)?, col.saturating_sub(1));
+        let token = self.map.lookup_token(line0, col0)?;
+        // The nearest token before the position may be on an earlier line: that is not a
+        // mapping of this position.
+        if token.get_dst_line() != line0 || !token.has_source() {
+            return None;
+        }
+        let file = token.get_source()?.to_owned();
+        let src_line = token.get_src_line();
+        let function = self.function_name(line0, col0, minified_function).or_else(|| {
+            // Without the minified file, the name at the position (the callee or identifier
+            // the mapping names) is the best the map alone can say.
+            self.minified.is_none().then(|| token.get_name().map(str::to_owned)).flatten()
+        });
+        let mut out = OriginalFrame {
+            file,
+            line: src_line.saturating_add(1),
+            col: token.get_src_col().saturating_add(1),
+            function,
+            ..OriginalFrame::default()
+        };
+        if let Some(view) = token.get_source_view() {
+            self.fill_context(view, src_line, &mut out);
+        }
+        Some(out)
+    }
+
+    fn function_name(&self, line0: u32, col0: u32, minified_function: Option<&str>) -> Option<String> {
+        let view = self.minified.as_ref()?;
+        // Only the last segment of `a.b` names the function in the minified file.
+        let name = minified_function?.rsplit('.').next().filter(|n| !n.is_empty())?;
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.map.get_original_function_name(line0, col0, name, view).map(str::to_owned)
+        }));
+        found.ok().flatten()
+    }
+
+    fn fill_context(&self, view: &SourceView, src_line: u32, out: &mut OriginalFrame) {
+        let Some(line) = view.get_line(src_line) else { return };
+        let cut = |s: &str| cut_line(s, self.max_context_line_bytes);
+        out.context_line = Some(cut(line));
+        let first = src_line.saturating_sub(self.context_lines);
+        out.pre_context = (first..src_line).filter_map(|i| view.get_line(i)).map(cut).collect();
+        out.post_context = (src_line.saturating_add(1)..=src_line.saturating_add(self.context_lines))
+            .map_while(|i| view.get_line(i))
+            .map(cut)
+            .collect();
+    }
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary, ending in `…` when cut.
+pub fn cut_line(s: &str, max: usize) -> String {
+    let s = s.trim_end_matches(['\r', '\n']);
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The debug id of a minified file: the last `//# debugId=<uuid>` comment (Sentry's
+/// convention), lower-case hyphenated. Only the file's last 64 KiB are searched, as the
+/// comment sits at its end.
+pub fn debug_id_of_minified(src: &str) -> Option<String> {
+    last_comment(src, "debugId=").and_then(normalize_debug_id)
+}
+
+/// The `//# sourceMappingURL=` of a minified file (the last one), unless it is a `data:` URL.
+pub fn source_mapping_url(src: &str) -> Option<&str> {
+    last_comment(src, "sourceMappingURL=").filter(|u| !u.starts_with("data:"))
+}
+
+fn last_comment<'s>(src: &'s str, key: &str) -> Option<&'s str> {
+    let mut start = src.len().saturating_sub(64 << 10);
+    while !src.is_char_boundary(start) {
+        start += 1;
+    }
+    src[start..].lines().rev().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix("//#").or_else(|| l.strip_prefix("//@"))?;
+        let value = rest.trim_start().strip_prefix(key)?.trim();
+        (!value.is_empty()).then_some(value)
+    })
+}
+
+/// A debug id in canonical form (lower-case, hyphenated UUID), or `None` if `s` is not one.
+pub fn normalize_debug_id(s: &str) -> Option<String> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let h = hex.to_ascii_lowercase();
+    Some(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+}
+
+/// The release-relative form of a frame's URL, as uploads name files: scheme and host become
+/// `~` (`https://example.com/static/js/main.js?v=1` → `~/static/js/main.js`); a query and
+/// fragment are dropped; a path without scheme is kept as it is.
+pub fn url_key(abs_path: &str) -> String {
+    let no_frag = abs_path.split(['#', '?']).next().unwrap_or("");
+    match no_frag.split_once("://") {
+        Some((_, rest)) => match rest.find('/') {
+            Some(i) => format!("~{}", &rest[i..]),
+            None => "~/".to_owned(),
+        },
+        None => no_frag.to_owned(),
+    }
+}
+
+/// What a cached map is found by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MapKey {
+    /// A project's release and the file's [`url_key`].
+    Url {
+        /// Project id.
+        project: u64,
+        /// Release name.
+        release: String,
+        /// The minified file's [`url_key`].
+        url: String,
+    },
+    /// A project's debug id (canonical form).
+    DebugId {
+        /// Project id.
+        project: u64,
+        /// Debug id, see [`normalize_debug_id`].
+        id: String,
+    },
+}
+
+/// A bounded least-recently-used cache of parsed maps, by entry count and by total
+/// [`ParsedMap::cost`]. A map larger than the whole byte budget is not cached (it is still
+/// returned to the caller that parsed it). Eviction scans the entries, which is fine for the
+/// few hundred entries it is meant to hold.
+#[derive(Debug)]
+pub struct MapCache {
+    max_entries: usize,
+    max_bytes: usize,
+    bytes: usize,
+    tick: u64,
+    entries: HashMap<MapKey, (Arc<ParsedMap>, u64)>,
+    evictions: u64,
+}
+
+impl MapCache {
+    /// A cache of at most `max_entries` maps and `max_bytes` of map cost.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self { max_entries, max_bytes, bytes: 0, tick: 0, entries: HashMap::new(), evictions: 0 }
+    }
+
+    /// The map for `key`, marked as recently used.
+    pub fn get(&mut self, key: &MapKey) -> Option<Arc<ParsedMap>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(key).map(|(m, t)| {
+            *t = tick;
+            Arc::clone(m)
+        })
+    }
+
+    /// Adds (or replaces) the map for `key`, evicting the least recently used maps to stay
+    /// within the budget.
+    pub fn insert(&mut self, key: MapKey, map: Arc<ParsedMap>) {
+        let cost = map.cost();
+        if cost > self.max_bytes || self.max_entries == 0 {
+            return;
+        }
+        if let Some((old, _)) = self.entries.remove(&key) {
+            self.bytes -= old.cost();
+        }
+        while !self.entries.is_empty() && (self.entries.len() >= self.max_entries || self.bytes + cost > self.max_bytes)
+        {
+            let oldest = self.entries.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                if let Some((old, _)) = self.entries.remove(&k) {
+                    self.bytes -= old.cost();
+                    self.evictions += 1;
+                }
+            }
+        }
+        self.tick += 1;
+        self.bytes += cost;
+        self.entries.insert(key, (map, self.tick));
+    }
+
+    /// Number of cached maps.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Total cost of the cached maps.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Maps evicted so far (for a metric).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+use super::*;
+use proptest::prelude::*;
+use sourcemap::SourceMapBuilder;
+
+const ORIGINAL: &str =
+    "// ünïcode.ts\nfunction función(msg) {\n  throw new Error(msg);\n}\nexport function run() {\n  función('x');\n}\n";
+
+/// A map of a two-line minified file onto [`ORIGINAL`]: line 1 column 15 (`throw`) comes from
+/// line 3 column 3, line 2 column 14 (the call) from line 6 column 3.
+fn map_json(debug_id: Option<&str>, contents: bool) -> Vec<u8> {
+    let mut b = SourceMapBuilder::new(Some("main.3f9a2c1b.js"));
+    let src = b.add_source("src/ünïcode.ts");
+    if contents {
+        b.set_source_contents(src, Some(ORIGINAL));
+    }
+    b.add(0, 0, 1, 0, Some("src/ünïcode.ts"), Some("función"), false);
+    b.add(0, 14, 2, 2, Some("src/ünïcode.ts"), None, false);
+    b.add(1, 13, 5, 2, Some("src/ünïcode.ts"), Some("función"), false);
+    b.set_debug_id(debug_id.map(|d| d.parse().unwrap()));
+    let mut out = Vec::new();
+    b.into_sourcemap().to_writer(&mut out).unwrap();
+    out
+}
+
+fn parse(map: &[u8]) -> ParsedMap {
+    ParsedMap::parse(map, None, &Limits::default()).unwrap()
+}
+
+#[test]
+fn resolves_to_original_file_line_column_and_context() {
+    let m = parse(&map_json(None, true));
+    let f = m.resolve(1, 20, Some("a")).unwrap();
+    assert_eq!(f.file, "src/ünïcode.ts");
+    assert_eq!((f.line, f.col), (3, 3));
+    assert_eq!(f.context_line.as_deref(), Some("  throw new Error(msg);"));
+    assert_eq!(f.pre_context, vec!["// ünïcode.ts", "function función(msg) {"]);
+    // The file's final newline starts an empty last line, as in an editor.
+    assert_eq!(f.post_context, vec!["}", "export function run() {", "  función('x');", "}", ""]);
+
+    let call = m.resolve(2, 14, None).unwrap();
+    assert_eq!((call.line, call.col), (6, 3));
+    assert_eq!(call.function.as_deref(), Some("función"));
+}
+
+#[test]
+fn without_sources_content_there_is_no_context() {
+    let f = parse(&map_json(None, false)).resolve(1, 15, None).unwrap();
+    assert_eq!((f.file.as_str(), f.line), ("src/ünïcode.ts", 3));
+    assert!(f.context_line.is_none() && f.pre_context.is_empty() && f.post_context.is_empty());
+}
+
+#[test]
+fn positions_without_a_mapping_on_their_line_are_not_resolved() {
+    let m = parse(&map_json(None, true));
+    assert!(m.resolve(3, 1, None).is_none(), "line past the map");
+    assert!(m.resolve(0, 1, None).is_none(), "line 0 is not a JavaScript line");
+    assert!(m.resolve(u32::MAX, u32::MAX, None).is_none());
+    // Column 0 (unknown) is read as the start of the line.
+    assert_eq!(m.resolve(1, 0, None).unwrap().line, 2);
+}
+
+#[test]
+fn too_large_and_malformed_maps_are_rejected_with_a_reason() {
+    let map = map_json(None, true);
+    let small = Limits { max_map_bytes: map.len() - 1, ..Limits::default() };
+    let err = ParsedMap::parse(&map, None, &small).unwrap_err();
+    assert_eq!(err, MapError::TooLarge { size: map.len(), limit: map.len() - 1 });
+    assert!(err.to_string().contains("larger than the limit"));
+
+    for bad in
+        [&b""[..], b"{", b"not json", b"[]", b"{\"version\":3,\"sources\":[],\"names\":[],\"mappings\":\"!!!!\"}"]
+    {
+        match ParsedMap::parse(bad, None, &Limits::default()) {
+            Err(MapError::Malformed(why)) => assert!(!why.is_empty()),
+            other => panic!("{:?} parsed as {other:?}", String::from_utf8_lossy(bad)),
+        }
+    }
+}
+
+#[test]
+fn debug_ids_from_the_map_and_the_minified_file_agree() {
+    let id = "3F2504E0-4F89-11D3-9A0C-0305E82C3301";
+    let m = parse(&map_json(Some(id), true));
+    assert_eq!(m.debug_id().as_deref(), Some("3f2504e0-4f89-11d3-9a0c-0305e82c3301"));
+    let minified =
+        format!("function a(b){{throw new Error(b)}}\n//# debugId={id}\n//# sourceMappingURL=main.3f9a2c1b.js.map\n");
+    assert_eq!(debug_id_of_minified(&minified), m.debug_id());
+    assert_eq!(source_mapping_url(&minified), Some("main.3f9a2c1b.js.map"));
+    assert_eq!(source_mapping_url("x\n//# sourceMappingURL=data:application/json;base64,e30="), None);
+    assert_eq!(debug_id_of_minified("//# debugId=not-a-uuid"), None);
+    assert_eq!(
+        normalize_debug_id("3f2504e04f8911d39a0c0305e82c3301").as_deref(),
+        Some("3f2504e0-4f89-11d3-9a0c-0305e82c3301")
+    );
+    assert_eq!(normalize_debug_id("ü3f2504e04f8911d39a0c0305e82c330"), None);
+}
+
+#[test]
+fn url_keys_drop_scheme_host_query_and_fragment() {
+    assert_eq!(url_key("https://example.com/static/js/main.js?v=1#x"), "~/static/js/main.js");
+    assert_eq!(url_key("http://localhost:3000"), "~/");
+    assert_eq!(url_key("app:///bundle.js"), "~/bundle.js");
+    assert_eq!(url_key("/static/js/ü.js"), "/static/js/ü.js");
+}
+
+#[test]
+fn context_lines_are_cut_at_character_boundaries() {
+    assert_eq!(cut_line("ééé\n", 3), "é…");
+    assert_eq!(cut_line("abc", 3), "abc");
+}
+
+#[test]
+fn cache_evicts_least_recently_used_within_its_budgets() {
+    let map = Arc::new(parse(&map_json(None, true)));
+    let cost = map.cost();
+    let key = |i: u64| MapKey::Url { project: 1, release: "r".into(), url: format!("~/{i}.js") };
+    let mut cache = MapCache::new(2, cost * 10);
+    cache.insert(key(1), Arc::clone(&map));
+    cache.insert(key(2), Arc::clone(&map));
+    assert!(cache.get(&key(1)).is_some());
+    cache.insert(key(3), Arc::clone(&map));
+    assert!(cache.get(&key(2)).is_none(), "2 was least recently used");
+    assert!(cache.get(&key(1)).is_some() && cache.get(&key(3)).is_some());
+    assert_eq!((cache.len(), cache.bytes(), cache.evictions()), (2, 2 * cost, 1));
+
+    let mut by_bytes = MapCache::new(100, cost * 2 + cost / 2);
+    for i in 0..5 {
+        by_bytes.insert(key(i), Arc::clone(&map));
+        assert!(by_bytes.bytes() <= cost * 2 + cost / 2);
+    }
+    assert_eq!(by_bytes.len(), 2);
+    let mut tiny = MapCache::new(100, cost - 1);
+    tiny.insert(key(1), map);
+    assert!(tiny.is_empty(), "a map larger than the whole budget is not cached");
+}
+
+proptest! {
+    #[test]
+    fn any_bytes_parse_or_fail_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = ParsedMap::parse(&bytes, None, &Limits::default());
+    }
+
+    #[test]
+    fn any_mappings_and_positions_resolve_without_panicking(
+        mappings in "[A-Za-z0-9+/,;]{0,64}",
+        name in "\\PC{0,8}",
+        line in any::<u32>(),
+        col in any::<u32>(),
+        minified in "\\PC{0,64}",
+    ) {
+        let json = serde_json_like(&mappings, &name);
+        if let Ok(m) = ParsedMap::parse(json.as_bytes(), Some(&minified), &Limits::default()) {
+            let _ = m.resolve(line, col, Some(&name));
+            let _ = m.resolve(line % 4, col % 64, Some(&name));
+        }
+    }
+}
+
+/// A map with the given mappings and one name, as JSON (the name escaped).
+fn serde_json_like(mappings: &str, name: &str) -> String {
+    let name: String = name
+        .chars()
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect();
+    format!(
+        "{{\"version\":3,\"sources\":[\"a.js\",\"b.js\"],\"sourcesContent\":[\"x\\ny\",null],\"names\":[\"{name}\"],\"mappings\":\"{mappings}\"}}"
+    )
+}
