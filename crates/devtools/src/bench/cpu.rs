@@ -135,6 +135,17 @@ impl CpuSnapshot {
     }
 }
 
+/// The peak resident set size of this process so far (`VmHWM` of `/proc/self/status`), in
+/// bytes; 0 elsewhere than Linux.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,15 +184,4 @@ mod tests {
         assert_eq!(j["stages"]["exited threads"], 2.0);
         assert_eq!(j["machine_busy_share"], 0.5);
     }
-}
-
-/// The peak resident set size of this process so far (`VmHWM` of `/proc/self/status`), in
-/// bytes; 0 elsewhere than Linux.
-pub fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
