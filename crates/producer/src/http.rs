@@ -28,6 +28,7 @@
 use crate::auth::{request_key, Projects, Refusal};
 use crate::backpressure::Gate;
 use crate::config::Config;
+use crate::delivery::{Acks, EventsProducer};
 use crate::metrics as m;
 use crate::sentry::{
     decode_body, decode_first_line, envelope_dsn_key, item_label, parse_envelope, read_event, BodyError,
@@ -41,7 +42,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use serde::{Serialize, Serializer};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -75,8 +76,8 @@ const BODY_PREALLOC: usize = 64 << 10;
 pub struct AppState {
     /// Config.
     pub cfg: Arc<Config>,
-    /// The Kafka producer.
-    pub producer: FutureProducer,
+    /// The Kafka producer (delivery reports counted per request).
+    pub producer: EventsProducer,
     /// Registered projects, keys and rate limits.
     pub projects: Arc<Projects>,
     /// In-flight ingest requests.
@@ -93,7 +94,7 @@ pub struct AppState {
 
 impl AppState {
     /// The state for `cfg`, with a limiter of `http.max_concurrent_requests` slots.
-    pub fn new(cfg: Arc<Config>, producer: FutureProducer, projects: Arc<Projects>) -> Self {
+    pub fn new(cfg: Arc<Config>, producer: EventsProducer, projects: Arc<Projects>) -> Self {
         let limiter = Limiter::new(cfg.http.max_concurrent_requests);
         let max_event_bytes = cfg.max_event_bytes();
         let queue = QueueRoom::new(&cfg.kafka);
@@ -106,7 +107,7 @@ impl AppState {
 /// Room in the Kafka producer's queue (`queue.buffering.max.messages` and `.kbytes`). A
 /// request reserves room for all its events before the first is queued, and keeps it until
 /// Kafka answered for every one: librdkafka frees its room at the delivery report, before the
-/// request's futures resolve, so it never refuses an event for which room was reserved. A
+/// request is woken, so it never refuses an event for which room was reserved. A
 /// request that finds too little room gets 503 with nothing of it queued, so that "all or
 /// nothing" holds also when Kafka does not keep up.
 #[derive(Debug, Clone)]
@@ -625,11 +626,12 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
             "Kafka is not keeping up (the producer's queue is full); nothing of this request was queued, retry it",
         )));
     };
-    let mut futures = Vec::with_capacity(ready.len());
+    // One counter for the request's delivery reports: the last one wakes this task once.
+    let acks = Acks::new(ready.len());
     for r in ready {
-        let rec = FutureRecord::to(topic).key(r.id.as_bytes()).payload(r.payload.as_slice());
-        match st.producer.send_result(rec) {
-            Ok(f) => futures.push(f),
+        let rec = BaseRecord::with_opaque_to(topic, acks.clone()).key(r.id.as_bytes()).payload(&r.payload[..]);
+        match st.producer.send(rec) {
+            Ok(()) => {}
             // Events are checked against the size Kafka takes; should the broker's limit be
             // lower still, no retry can help.
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
@@ -650,13 +652,9 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
             }
         }
     }
-    let results = tokio::time::timeout(
-        Duration::from_millis(st.cfg.http.delivery_timeout_ms + 1000),
-        futures::future::join_all(futures),
-    )
-    .await;
-    let failed = match results {
-        Ok(rs) => rs.into_iter().filter(|r| !matches!(r, Ok(Ok(_)))).count(),
+    let waited = tokio::time::timeout(Duration::from_millis(st.cfg.http.delivery_timeout_ms + 1000), acks.wait()).await;
+    let failed = match waited {
+        Ok(()) => acks.failed(),
         Err(_) => ready.len(),
     };
     if failed > 0 {
