@@ -28,11 +28,12 @@
 use crate::auth::{request_key, Projects, Refusal};
 use crate::backpressure::Gate;
 use crate::config::Config;
+use crate::delivery::{Acks, EventsProducer};
 use crate::metrics as m;
 use crate::sentry::{
     decode_body, decode_first_line, envelope_dsn_key, item_label, parse_envelope, read_event, BodyError,
 };
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -41,7 +42,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use serde::{Serialize, Serializer};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -54,7 +55,7 @@ use tracefold_model::reject::{Reason, Rejection};
 use tracefold_model::time::now_ms;
 use tracefold_model::validate::is_project_slug;
 use tracefold_model::Outcome;
-use tracefold_model::{parse_event_slice, validate, Event, ParseError};
+use tracefold_model::{parse_event_slice_with, validate, Event, ParseError};
 use tracing::Instrument as _;
 
 /// Bodies larger than this (decompressed) are parsed on the blocking pool, not on the async
@@ -66,17 +67,14 @@ pub const BLOCKING_COMPRESSED_THRESHOLD: usize = 1 << 10;
 /// Most decompressed bytes of an envelope read to find its header's DSN when the request
 /// carries no key: nothing else of the body is decompressed before the key is checked.
 pub const ENVELOPE_HEADER_MAX: usize = 16 << 10;
-/// Largest buffer reserved for a body before its bytes arrive (a claimed `Content-Length`
-/// reserves no more than this).
-const BODY_PREALLOC: usize = 64 << 10;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
     /// Config.
     pub cfg: Arc<Config>,
-    /// The Kafka producer.
-    pub producer: FutureProducer,
+    /// The Kafka producer (delivery reports counted per request).
+    pub producer: EventsProducer,
     /// Registered projects, keys and rate limits.
     pub projects: Arc<Projects>,
     /// In-flight ingest requests.
@@ -93,7 +91,7 @@ pub struct AppState {
 
 impl AppState {
     /// The state for `cfg`, with a limiter of `http.max_concurrent_requests` slots.
-    pub fn new(cfg: Arc<Config>, producer: FutureProducer, projects: Arc<Projects>) -> Self {
+    pub fn new(cfg: Arc<Config>, producer: EventsProducer, projects: Arc<Projects>) -> Self {
         let limiter = Limiter::new(cfg.http.max_concurrent_requests);
         let max_event_bytes = cfg.max_event_bytes();
         let queue = QueueRoom::new(&cfg.kafka);
@@ -106,7 +104,7 @@ impl AppState {
 /// Room in the Kafka producer's queue (`queue.buffering.max.messages` and `.kbytes`). A
 /// request reserves room for all its events before the first is queued, and keeps it until
 /// Kafka answered for every one: librdkafka frees its room at the delivery report, before the
-/// request's futures resolve, so it never refuses an event for which room was reserved. A
+/// request is woken, so it never refuses an event for which room was reserved. A
 /// request that finds too little room gets 503 with nothing of it queued, so that "all or
 /// nothing" holds also when Kafka does not keep up.
 #[derive(Debug, Clone)]
@@ -465,13 +463,22 @@ pub fn check_line(line: &str, project: &str, received_ms: i64) -> Result<String,
     prepare(line.as_bytes(), project, received_ms, usize::MAX).map(|r| r.id)
 }
 
+/// Buffers reused for every event of a request: the copy that simd-json parses in place, and
+/// simd-json's own scratch buffers.
+#[derive(Default)]
+struct Scratch {
+    copy: Vec<u8>,
+    buffers: simd_json::Buffers,
+}
+
 /// A validated event ready to publish.
 #[derive(Debug)]
 pub struct Ready {
     /// Its event id (the Kafka key).
     pub id: String,
-    /// The bytes to publish.
-    pub payload: Vec<u8>,
+    /// The bytes to publish: a slice of the request body (no copy) when the event is published
+    /// as it came.
+    pub payload: Bytes,
 }
 
 /// Checks one event as the grouper will read it and returns the bytes to publish: the event
@@ -486,17 +493,32 @@ pub struct Ready {
 /// [`Problem`] with the reason: over `max_event` bytes, nested deeper than [`tracefold_model::json::MAX_DEPTH`],
 /// malformed, or invalid (with the field).
 pub fn prepare(line: &[u8], project: &str, received_ms: i64, max_event: usize) -> Result<Ready, Problem> {
+    prepare_in(line, None, &mut Scratch::default(), project, received_ms, max_event)
+}
+
+/// [`prepare`] for a `line` of the request `body` (`None`: the line is copied when published
+/// as it came), with buffers reused from one event to the next.
+fn prepare_in(
+    line: &[u8],
+    body: Option<&Bytes>,
+    scratch: &mut Scratch,
+    project: &str,
+    received_ms: i64,
+    max_event: usize,
+) -> Result<Ready, Problem> {
     if line.len() > max_event {
         return Err(Problem::too_large(line.len(), max_event));
     }
-    let mut buf = line.to_vec();
-    // Repair lone surrogate escapes in the bytes to publish (one memchr pass when there is no
-    // backslash); the parse below checks the depth.
-    repair_surrogates(&mut buf);
     // The grouper's parser (simd-json) on a copy, so that the producer accepts exactly what
     // the grouper reads (serde_json alone lets through numbers simd-json refuses).
-    let mut scratch = buf.clone();
-    let mut ev = parse_event_slice(&mut scratch).map_err(|e| Problem::parse(&e))?;
+    let copy = &mut scratch.copy;
+    copy.clear();
+    copy.extend_from_slice(line);
+    // Repair lone surrogate escapes in the bytes to publish (one memchr pass when there is no
+    // backslash); when nothing was repaired, those bytes are the line itself. The parse
+    // checks the depth.
+    let repaired = (repair_surrogates(copy) > 0).then(|| copy.clone());
+    let mut ev = parse_event_slice_with(copy, &mut scratch.buffers).map_err(|e| Problem::parse(&e))?;
     let complete = ev.project.is_some() && ev.event_id.is_some();
     if let Some(p) = ev.project.as_deref() {
         if p != project {
@@ -510,7 +532,12 @@ pub fn prepare(line: &[u8], project: &str, received_ms: i64, max_event: usize) -
     ev.project.get_or_insert(Cow::Borrowed(project));
     let id = ensure_event_id(&mut ev);
     validate(&ev, received_ms).map_err(|e| Problem::new(Reason::Invalid, Some(e.field), e.reason))?;
-    let payload = if complete { buf } else { with_ids(&buf, project, &id)? };
+    let payload = match (complete, repaired) {
+        (true, Some(repaired)) => Bytes::from(repaired),
+        // `line` lies within `body` (the caller's contract).
+        (true, None) => body.map_or_else(|| Bytes::copy_from_slice(line), |b| b.slice_ref(line)),
+        (false, repaired) => Bytes::from(with_ids(repaired.as_deref().unwrap_or(line), project, &id)?),
+    };
     if payload.len() > max_event {
         return Err(Problem::too_large(payload.len(), max_event));
     }
@@ -553,7 +580,7 @@ fn content_encoding(headers: &HeaderMap) -> Option<String> {
 
 /// Reads the raw (possibly compressed) body within `http.max_body_bytes` (413, before reading
 /// when `Content-Length` says so) and `http.body_timeout_ms` (408).
-async fn read_raw(cfg: &Config, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+async fn read_raw(cfg: &Config, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let max = cfg.http.max_body_bytes;
     let claimed =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
@@ -566,20 +593,34 @@ async fn read_raw(cfg: &Config, headers: &HeaderMap, body: Body) -> Result<Vec<u
         }
     }
     let read = async {
-        let mut out = Vec::with_capacity(claimed.unwrap_or(0).min(BODY_PREALLOC));
+        // The chunks as they come, joined once at the end (no regrowth of a buffer): a body
+        // that came in one chunk is used as it is, without a copy.
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")))?;
-            if out.len() + chunk.len() > max {
+            if len + chunk.len() > max {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("request body is larger than {max} bytes"),
                 ));
             }
-            out.extend_from_slice(&chunk);
+            len += chunk.len();
+            chunks.push(chunk);
         }
-        Ok(out)
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => {
+                let mut out = Vec::with_capacity(len);
+                for c in &chunks {
+                    out.extend_from_slice(c);
+                }
+                Bytes::from(out)
+            }
+        })
     };
     let ms = cfg.http.body_timeout_ms;
     match tokio::time::timeout(Duration::from_millis(ms), read).await {
@@ -597,12 +638,12 @@ async fn read_raw(cfg: &Config, headers: &HeaderMap, body: Body) -> Result<Vec<u
 
 /// Decompresses `raw` by its `Content-Encoding` within `http.max_body_bytes`; large
 /// compressed bodies on the blocking pool.
-async fn decode(headers: &HeaderMap, raw: Vec<u8>, max: usize) -> Result<Vec<u8>, ApiError> {
+async fn decode(headers: &HeaderMap, raw: Bytes, max: usize) -> Result<Bytes, ApiError> {
     let Some(enc) = content_encoding(headers) else {
         return Ok(raw);
     };
     let big = raw.len() > BLOCKING_COMPRESSED_THRESHOLD;
-    off_thread(big, move || decode_body(Some(&enc), &raw, max)).await?.map_err(body_error)
+    off_thread(big, move || decode_body(Some(&enc), &raw, max)).await?.map(Bytes::from).map_err(body_error)
 }
 
 /// Runs `f` here when the work is small, else on the blocking pool (so that a large body does
@@ -625,11 +666,12 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
             "Kafka is not keeping up (the producer's queue is full); nothing of this request was queued, retry it",
         )));
     };
-    let mut futures = Vec::with_capacity(ready.len());
+    // One counter for the request's delivery reports: the last one wakes this task once.
+    let acks = Acks::new(ready.len());
     for r in ready {
-        let rec = FutureRecord::to(topic).key(r.id.as_bytes()).payload(r.payload.as_slice());
-        match st.producer.send_result(rec) {
-            Ok(f) => futures.push(f),
+        let rec = BaseRecord::with_opaque_to(topic, acks.clone()).key(r.id.as_bytes()).payload(&r.payload[..]);
+        match st.producer.send(rec) {
+            Ok(()) => {}
             // Events are checked against the size Kafka takes; should the broker's limit be
             // lower still, no retry can help.
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
@@ -650,13 +692,9 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
             }
         }
     }
-    let results = tokio::time::timeout(
-        Duration::from_millis(st.cfg.http.delivery_timeout_ms + 1000),
-        futures::future::join_all(futures),
-    )
-    .await;
-    let failed = match results {
-        Ok(rs) => rs.into_iter().filter(|r| !matches!(r, Ok(Ok(_)))).count(),
+    let waited = tokio::time::timeout(Duration::from_millis(st.cfg.http.delivery_timeout_ms + 1000), acks.wait()).await;
+    let failed = match waited {
+        Ok(()) => acks.failed(),
         Err(_) => ready.len(),
     };
     if failed > 0 {
@@ -810,7 +848,7 @@ async fn ingest_inner(
 /// `http.max_events_per_request`: 413), admitted by the rate limits, then each prepared.
 fn native_events(
     st: &AppState,
-    body: &[u8],
+    body: &Bytes,
     ndjson: bool,
     project: &str,
     key: Option<&str>,
@@ -848,7 +886,15 @@ fn native_events(
     let max_event = st.max_event_bytes;
     let mut ready = Vec::with_capacity(n);
     let mut details = Vec::new();
-    let mut check = |line_no: usize, line: &str| match prepare(line.as_bytes(), project, received, max_event) {
+    let mut scratch = Scratch::default();
+    let mut check = |line_no: usize, line: &str| match prepare_in(
+        line.as_bytes(),
+        Some(body),
+        &mut scratch,
+        project,
+        received,
+        max_event,
+    ) {
         Ok(r) => ready.push(r),
         Err(p) => details.push(p.at(line_no)),
     };
@@ -906,7 +952,7 @@ fn publishable(mut ev: Event<'_>, received_ms: i64, max_event: usize) -> Result<
     let id = ensure_event_id(&mut ev);
     validate(&ev, received_ms).map_err(|e| Problem::new(Reason::Invalid, Some(e.field), e.reason))?;
     // Strings, integers, booleans and finite numbers only: serializing into memory cannot fail.
-    let payload = serde_json::to_vec(&ev).expect("an event serializes to JSON");
+    let payload = Bytes::from(serde_json::to_vec(&ev).expect("an event serializes to JSON"));
     if payload.len() > max_event {
         return Err(Problem::too_large(payload.len(), max_event));
     }
@@ -1048,8 +1094,42 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use tracefold_model::json::MAX_DEPTH;
+    use tracefold_model::parse_event_slice;
 
     const NOW: i64 = 1_795_671_540_000;
+
+    /// An event published as it came is a slice of the request body, not a copy; one whose
+    /// lone surrogates were repaired, or that lacked its ids, is a buffer of its own.
+    #[test]
+    fn events_published_as_they_came_borrow_the_body() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let body = Bytes::from(format!(
+            "{{\"event_id\":\"{id}\",\"project\":\"web\",\"message\":\"a\"}}\n{{\"event_id\":\"{id}\",\"project\":\"web\",\"message\":\"cut \\ud83d\"}}\n{{\"message\":\"b\"}}"
+        ));
+        let text = std::str::from_utf8(&body).unwrap();
+        let mut scratch = Scratch::default();
+        let inside = |p: &Bytes| body.as_ptr_range().contains(&p.as_ptr());
+        let lines: Vec<&str> = text.lines().collect();
+        let ready: Vec<Ready> = lines
+            .iter()
+            .map(|l| prepare_in(l.as_bytes(), Some(&body), &mut scratch, "web", NOW, usize::MAX).unwrap())
+            .collect();
+        assert!(inside(&ready[0].payload));
+        assert_eq!(ready[0].payload, lines[0].as_bytes());
+        assert!(!inside(&ready[1].payload));
+        assert_eq!(json(&ready[1])["message"], "cut \u{fffd}");
+        assert!(!inside(&ready[2].payload));
+        assert_eq!(json(&ready[2])["project"], "web");
+        // The same answers as without the body (but for the new event id of the last line).
+        for (l, r) in lines.iter().zip(&ready) {
+            let without_id = |r: &Ready| {
+                let mut v = json(r);
+                v.as_object_mut().unwrap().remove("event_id");
+                (r.payload.len(), v)
+            };
+            assert_eq!(without_id(&prep(l).unwrap()), without_id(r));
+        }
+    }
 
     fn prep(line: &str) -> Result<Ready, Problem> {
         prepare(line.as_bytes(), "web", NOW, usize::MAX)
@@ -1116,7 +1196,7 @@ mod tests {
             assert_eq!(v["project"], "web");
             assert_eq!(v["event_id"], r.id.as_str());
             // What the grouper reads: one project, the path's.
-            let mut buf = r.payload.clone();
+            let mut buf = r.payload.to_vec();
             let ev = tracefold_model::parse_event_slice(&mut buf).unwrap();
             assert_eq!(ev.project.as_deref(), Some("web"));
         }
@@ -1143,7 +1223,7 @@ mod tests {
         for extra in ["-0", "1.5e-300", r#""\u0000""#, "[]", r#"{"a":1}"#] {
             let line = format!(r#"{{"message":"x","extra":{extra}}}"#);
             let r = prep(&line).unwrap();
-            let mut buf = r.payload.clone();
+            let mut buf = r.payload.to_vec();
             tracefold_model::parse_event_slice(&mut buf).unwrap_or_else(|e| panic!("{e}: {line}"));
         }
     }
@@ -1153,7 +1233,7 @@ mod tests {
         let line = r#"{"event_id":"0123456789abcdef0123456789abcdef","project":"web","message":"cut \ud83d"}"#;
         let r = prep(line).unwrap();
         assert_eq!(r.payload.len(), line.len(), "repaired in place");
-        assert!(String::from_utf8(r.payload.clone()).unwrap().contains(r"cut \ufffd"));
+        assert!(String::from_utf8(r.payload.to_vec()).unwrap().contains(r"cut \ufffd"));
         assert_eq!(json(&r)["message"], "cut \u{fffd}");
         let upper = line.replace(r"\ud83d", r"\uD83D");
         assert_eq!(json(&prep(&upper).unwrap())["message"], "cut \u{fffd}", "upper-case escapes too");
@@ -1297,7 +1377,7 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, "1000000000".parse().unwrap());
         let e = read_raw(&cfg, &h, Body::empty()).await.unwrap_err();
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE, "refused by the claimed length, before reading");
-        assert_eq!(read_raw(&cfg, &HeaderMap::new(), Body::from("0123456789")).await.unwrap(), b"0123456789");
+        assert_eq!(read_raw(&cfg, &HeaderMap::new(), Body::from("0123456789")).await.unwrap(), &b"0123456789"[..]);
     }
 
     /// Strings as people and SDKs send them: any printable text, CJK, combining marks, emoji,
@@ -1386,7 +1466,7 @@ mod tests {
             let at = flip % line.len();
             line[at] = byte;
             if let Ok(r) = prepare(&line, "web", NOW, 1 << 20) {
-                let mut buf = r.payload.clone();
+                let mut buf = r.payload.to_vec();
                 let ev = tracefold_model::parse_event_slice(&mut buf);
                 prop_assert!(ev.as_ref().is_ok_and(|e| e.project.as_deref() == Some("web")), "{:?}", ev.err());
             }
@@ -1417,7 +1497,7 @@ mod tests {
             prop_assert_eq!(want.event_id.is_some(), with_id);
             let want_id = want.event_id.get_or_insert_with(|| Cow::Owned(r.id.clone())).clone();
             prop_assert_eq!(r.id.as_str(), &*want_id);
-            let mut buf = r.payload.clone();
+            let mut buf = r.payload.to_vec();
             prop_assert_eq!(parse_event_slice(&mut buf).unwrap(), want);
         }
 

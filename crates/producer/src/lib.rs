@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod backpressure;
 pub mod config;
+pub mod delivery;
 pub mod http;
 pub mod metrics;
 pub mod outcomes;
@@ -23,10 +24,11 @@ use tracefold_runtime::Shutdown;
 ///
 /// # Errors
 /// When the producer cannot be created or the topic is missing.
-pub fn kafka_producer(cfg: &Config) -> anyhow::Result<FutureProducer> {
-    let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&cfg.kafka, cfg.http.delivery_timeout_ms)
-        .create()
-        .context("cannot create the Kafka producer")?;
+pub fn kafka_producer(cfg: &Config) -> anyhow::Result<delivery::EventsProducer> {
+    let producer: delivery::EventsProducer =
+        tracefold_runtime::kafka::producer_config(&cfg.kafka, cfg.http.delivery_timeout_ms)
+            .create_with_context(delivery::AckContext)
+            .context("cannot create the Kafka producer")?;
     tracefold_runtime::kafka::check_topics(
         producer.client(),
         &[&cfg.topics.events, &cfg.topics.outcomes],
