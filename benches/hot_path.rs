@@ -16,7 +16,7 @@ const GROUP: &str = "grouper_hot_path";
 const VARIANTS: &[(&str, &str)] = &[
     ("bare_parse_tape", "simd-json tape only (copy + parse), the baseline"),
     ("bare_parse_serde_json_value", "serde_json into an owned Value"),
-    ("parse_struct", "the hot path's parser (EventParser) into the borrowed Event struct"),
+    ("parse_struct", "the hot path's parser (EventParser::parse_to, events recycled) into the borrowed Event struct"),
     ("parse_validate", "+ validation"),
     ("parse_validate_fingerprint", "+ fingerprint"),
     ("hot_path", "+ aggregate; fixture spread over 60 min, most events open a new bucket"),
@@ -56,7 +56,9 @@ fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
             for e in evs {
                 buf.clear();
                 buf.extend_from_slice(e);
-                black_box(parser.parse(&mut buf).is_ok());
+                let mut ev = tracefold_model::Event::default();
+                black_box(parser.parse_to(&mut buf, &mut ev).is_ok());
+                parser.recycle(ev);
             }
         })
     });
@@ -65,8 +67,10 @@ fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
             for e in evs {
                 buf.clear();
                 buf.extend_from_slice(e);
-                let ev = parser.parse(&mut buf).expect("fixture parses");
+                let mut ev = tracefold_model::Event::default();
+                parser.parse_to(&mut buf, &mut ev).expect("fixture parses");
                 black_box(tracefold_model::validate(&ev, FIXTURE_NOW_MS).is_ok());
+                parser.recycle(ev);
             }
         })
     });
@@ -77,9 +81,11 @@ fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
             for e in evs {
                 buf.clear();
                 buf.extend_from_slice(e);
-                let ev = parser.parse(&mut buf).expect("fixture parses");
+                let mut ev = tracefold_model::Event::default();
+                parser.parse_to(&mut buf, &mut ev).expect("fixture parses");
                 let _ = black_box(tracefold_model::validate(&ev, FIXTURE_NOW_MS));
                 black_box(fingerprint(&ev, &cfg, &mut scratch));
+                parser.recycle(ev);
             }
         })
     });

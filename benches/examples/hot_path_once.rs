@@ -15,7 +15,8 @@
 //!
 //! - `bare`: copy the event into a reused buffer and build simd-json's tape into a reused
 //!   tape (the criterion bench's `bare_parse_tape`, the baseline);
-//! - `parse`: copy and [`tracefold_model::EventParser`] (what the batch builder runs);
+//! - `parse`: copy and [`tracefold_model::EventParser::parse_to`], the event recycled after
+//!   (what the batch builder runs);
 //! - `validate`: + validation;
 //! - `fingerprint`: + the deduplication identity and the fingerprint;
 //! - `busy_no_dedup`: the batch builder with deduplication off: + bucket key, bucket lookup,
@@ -57,7 +58,8 @@ fn run(mode: &str, rounds: &[Vec<Vec<u8>>]) -> usize {
             for e in rounds.iter().flatten() {
                 buf.clear();
                 buf.extend_from_slice(e);
-                let ev = parser.parse(&mut buf).expect("fixture parses");
+                let mut ev = tracefold_model::Event::default();
+                parser.parse_to(&mut buf, &mut ev).expect("fixture parses");
                 if mode != "parse" {
                     black_box(tracefold_model::validate(&ev, FIXTURE_NOW_MS).is_ok());
                 }
@@ -66,6 +68,7 @@ fn run(mode: &str, rounds: &[Vec<Vec<u8>>]) -> usize {
                     black_box(identity(project, ev.event_id.as_deref().unwrap_or("")));
                     black_box(fingerprint(&ev, &cfg, &mut scratch));
                 }
+                parser.recycle(ev);
                 n += 1;
             }
         }

@@ -13,7 +13,7 @@ use tracefold_model::aggregate::{minute_of, user_hash, AggregateRecord, BatchRef
 use tracefold_model::sample::bounded_sample;
 use tracefold_model::text::prefix;
 use tracefold_model::time::Millis;
-use tracefold_model::{validate, EventParser, Reason, Rejection};
+use tracefold_model::{validate, Event, EventParser, Reason, Rejection};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Largest event accepted by the grouper, in bytes (the producer enforces a smaller limit).
@@ -376,7 +376,7 @@ fn plan(
     panic_marker: Option<&[u8]>,
     at: Input<'_>,
 ) -> Result<Plan, Rejection> {
-    let Input { payload, offset, received_ms, prime } = at;
+    let payload = at.payload;
     if payload.len() > MAX_EVENT_BYTES {
         return Err(Rejection::new(
             Reason::TooLarge,
@@ -388,21 +388,41 @@ fn plan(
             panic!("injected fault (panic marker)");
         }
     }
-    work.parse_buf.clear();
-    work.parse_buf.extend_from_slice(payload);
-    let event = work.parser.parse(&mut work.parse_buf).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
-    let v =
-        validate(&event, received_ms).map_err(|e| Rejection::new(Reason::Invalid, format!("invalid event: {e}")))?;
+    let Work { parse_buf, parser, scratch, ident } = work;
+    parse_buf.clear();
+    parse_buf.extend_from_slice(payload);
+    let mut event = Event::default();
+    parser.parse_to(parse_buf, &mut event).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
+    let planned = plan_event(&event, scratch, ident, opts, index, sampled, window, at);
+    // The event's lists keep their memory for the next event.
+    parser.recycle(event);
+    planned
+}
+
+/// [`plan`] for a parsed event.
+#[allow(clippy::too_many_arguments)]
+fn plan_event(
+    event: &Event<'_>,
+    scratch: &mut Scratch,
+    ident_out: &mut Option<u128>,
+    opts: &BatchOptions,
+    index: &HashMap<u128, usize, KeyedIdState>,
+    sampled: &HashSet<u128, KeyedIdState>,
+    window: &DedupWindow,
+    at: Input<'_>,
+) -> Result<Plan, Rejection> {
+    let Input { payload, offset, received_ms, prime } = at;
+    let v = validate(event, received_ms).map_err(|e| Rejection::new(Reason::Invalid, format!("invalid event: {e}")))?;
     let project = event.project.as_deref().unwrap_or("");
     let ident = identity(project, event.event_id.as_deref().unwrap_or(""));
-    work.ident = Some(ident);
+    *ident_out = Some(ident);
     if prime {
         return Ok(Plan::Primed);
     }
     if window.is_duplicate(ident, offset) {
         return Ok(Plan::Duplicate(project.to_owned()));
     }
-    let fp = fingerprint(&event, &opts.grouping, &mut work.scratch);
+    let fp = fingerprint(event, &opts.grouping, scratch);
     let minute = minute_of(v.timestamp_ms);
     let release = event.release.as_deref().unwrap_or("");
     let environment = event.environment.as_deref().unwrap_or("");
@@ -411,7 +431,7 @@ fn plan(
     let bucket = if let Some(&i) = index.get(&key) {
         Bucket::Open(i)
     } else {
-        let meta = describe(&event);
+        let meta = describe(event);
         let issue_key = xxhash_rust::xxh3::xxh3_128_with_seed(project.as_bytes(), fp.0 as u64 ^ (fp.0 >> 64) as u64);
         let sample = if sampled.contains(&issue_key) {
             String::new()

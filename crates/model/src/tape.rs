@@ -26,10 +26,76 @@ use simd_json::prelude::ValueAsScalar;
 use simd_json::{Node, StaticNode};
 use std::borrow::Cow;
 
-/// The event of a tape whose first node is its top-level object, or `None` when the serde
-/// path must decide.
-pub(crate) fn event<'a>(nodes: &[Node<'a>]) -> Option<Event<'a>> {
-    Cur { nodes, i: 0, depth: 0 }.event()
+/// Reads the event of a tape whose first node is its top-level object into `out` (empty on
+/// entry), or `None` when the serde path must decide (`out` then holds part of the event). Its
+/// lists are filled into the allocations `spare` keeps, if any. In place: the event is large
+/// (about 600 bytes), and moving it through the callers' return values cost more than
+/// reading some of its fields.
+#[inline(never)]
+pub(crate) fn event<'a>(nodes: &[Node<'a>], spare: &mut Spare, out: &mut Event<'a>) -> Option<()> {
+    Cur { nodes, i: 0, depth: 0, spare }.event(out)
+}
+
+/// Most spare lists of one kind kept, and the largest capacity kept (a list longer than that
+/// is freed as before): bounds what a parser holds between events.
+const SPARE_LISTS: usize = 16;
+const SPARE_CAPACITY: usize = 256;
+
+/// The allocations of parsed events' lists (exceptions, frames, tags and headers), emptied and
+/// kept for the next event ([`crate::EventParser::recycle`]): the reader fills them instead of
+/// allocating. Their elements are dropped when an event is recycled; only the memory stays.
+#[derive(Default)]
+pub(crate) struct Spare {
+    exceptions: Vec<Exception<'static>>,
+    frames: Vec<Vec<Frame<'static>>>,
+    pairs: Vec<Vec<(Str<'static>, Str<'static>)>>,
+}
+
+/// An emptied list as a list of another type of the same layout (here: the same struct with
+/// other lifetimes), keeping its allocation: the standard library collects a `Vec`'s
+/// `into_iter` in place when the layouts match (tested below), without `unsafe` here.
+#[inline(always)]
+fn recast<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// Keeps `v`'s allocation in `pool`, within the bounds.
+#[inline(always)]
+fn keep<T, U>(pool: &mut Vec<Vec<U>>, v: Vec<T>) {
+    if v.capacity() > 0 && v.capacity() <= SPARE_CAPACITY && pool.len() < SPARE_LISTS {
+        pool.push(recast(v));
+    }
+}
+
+impl Spare {
+    /// Keeps the allocations of `e`'s lists (left empty).
+    pub(crate) fn keep(&mut self, e: &mut Event<'_>) {
+        for x in &mut e.exception {
+            if let Some(s) = x.stacktrace.as_mut() {
+                keep(&mut self.frames, std::mem::take(&mut s.frames));
+            }
+        }
+        if e.exception.capacity() <= SPARE_CAPACITY && e.exception.capacity() > self.exceptions.capacity() {
+            self.exceptions = recast(std::mem::take(&mut e.exception));
+        }
+        keep(&mut self.pairs, std::mem::take(&mut e.tags));
+        if let Some(r) = e.request.as_mut() {
+            keep(&mut self.pairs, std::mem::take(&mut r.headers));
+        }
+    }
+
+    fn exceptions<'a>(&mut self) -> Vec<Exception<'a>> {
+        recast(std::mem::take(&mut self.exceptions))
+    }
+
+    fn frames<'a>(&mut self) -> Vec<Frame<'a>> {
+        self.frames.pop().map(recast).unwrap_or_default()
+    }
+
+    fn pairs<'a>(&mut self) -> Vec<(Str<'a>, Str<'a>)> {
+        self.pairs.pop().map(recast).unwrap_or_default()
+    }
 }
 
 /// A position on the tape.
@@ -38,6 +104,8 @@ struct Cur<'t, 'a> {
     i: usize,
     /// Objects and arrays open at `i` (the event's own object is 1).
     depth: usize,
+    /// Allocations for the event's lists.
+    spare: &'t mut Spare,
 }
 
 /// Marks a field as read; `None` when it was read before (serde refuses duplicate fields).
@@ -111,26 +179,34 @@ impl<'a> Cur<'_, 'a> {
         null
     }
 
-    /// `null` or a struct filled in by `fill`.
-    fn opt<T: Default>(&mut self, fill: impl FnOnce(&mut Self, &mut T) -> Option<()>) -> Option<Option<T>> {
+    /// `null` or a struct filled in by `fill`, into `slot` (in place: no copy of the struct).
+    fn opt<T: Default>(
+        &mut self,
+        slot: &mut Option<T>,
+        fill: impl FnOnce(&mut Self, &mut T) -> Option<()>,
+    ) -> Option<()> {
         if self.null() {
-            return Some(None);
+            *slot = None;
+            return Some(());
         }
-        let mut value = T::default();
-        fill(self, &mut value)?;
-        Some(Some(value))
+        fill(self, slot.insert(T::default()))
     }
 
     /// `null`, or an array of structs each filled in by `fill` in place (a list, `null` read
-    /// as empty).
-    fn list<T: Default>(&mut self, mut fill: impl FnMut(&mut Self, &mut T) -> Option<()>) -> Option<Vec<T>> {
+    /// as empty), into `out` (empty, perhaps with capacity).
+    fn list<T: Default>(
+        &mut self,
+        mut out: Vec<T>,
+        mut fill: impl FnMut(&mut Self, &mut T) -> Option<()>,
+    ) -> Option<Vec<T>> {
         if self.null() {
-            return Some(Vec::new());
+            return Some(out);
         }
         let len = self.array()?;
-        let mut out: Vec<T> = Vec::with_capacity(len.min(64));
+        out.reserve(len.min(64));
         for _ in 0..len {
-            out.push(T::default());
+            // Written in place (a `push` of a default copies a frame's 170 bytes with memcpy).
+            out.resize_with(out.len() + 1, T::default);
             fill(self, out.last_mut()?)?;
         }
         self.close(out)
@@ -191,7 +267,8 @@ impl<'a> Cur<'_, 'a> {
             return Some(Vec::new());
         }
         let len = self.object()?;
-        let mut out = Vec::with_capacity(len.min(64));
+        let mut out = self.spare.pairs();
+        out.reserve(len.min(64));
         for k in 0..len {
             let key = self.key()?;
             if k < MAX_TAGS {
@@ -218,9 +295,8 @@ impl<'a> Cur<'_, 'a> {
         self.close(out)
     }
 
-    fn event(&mut self) -> Option<Event<'a>> {
+    fn event(&mut self, e: &mut Event<'a>) -> Option<()> {
         let len = self.object()?;
-        let mut e = Event::default();
         let mut seen = 0u32;
         for _ in 0..len {
             let bit = match self.key()? {
@@ -265,11 +341,12 @@ impl<'a> Cur<'_, 'a> {
                     1 << 9
                 }
                 "logentry" => {
-                    e.logentry = self.opt(Self::logentry)?;
+                    self.opt(&mut e.logentry, Self::logentry)?;
                     1 << 10
                 }
                 "exception" => {
-                    e.exception = self.list(Self::exception)?;
+                    let out = self.spare.exceptions();
+                    e.exception = self.list(out, Self::exception)?;
                     1 << 11
                 }
                 "fingerprint" => {
@@ -277,7 +354,7 @@ impl<'a> Cur<'_, 'a> {
                     1 << 12
                 }
                 "user" => {
-                    e.user = self.opt(Self::user)?;
+                    self.opt(&mut e.user, Self::user)?;
                     1 << 13
                 }
                 "tags" => {
@@ -285,15 +362,15 @@ impl<'a> Cur<'_, 'a> {
                     1 << 14
                 }
                 "request" => {
-                    e.request = self.opt(Self::request)?;
+                    self.opt(&mut e.request, Self::request)?;
                     1 << 15
                 }
                 "contexts" => {
-                    e.contexts = self.opt(Self::contexts)?;
+                    self.opt(&mut e.contexts, Self::contexts)?;
                     1 << 16
                 }
                 "sdk" => {
-                    e.sdk = self.opt(Self::sdk)?;
+                    self.opt(&mut e.sdk, Self::sdk)?;
                     1 << 17
                 }
                 _ => {
@@ -303,7 +380,7 @@ impl<'a> Cur<'_, 'a> {
             };
             mark(&mut seen, bit)?;
         }
-        self.close(e)
+        self.close(())
     }
 
     fn logentry(&mut self, l: &mut LogEntry<'a>) -> Option<()> {
@@ -347,11 +424,11 @@ impl<'a> Cur<'_, 'a> {
                     4
                 }
                 "mechanism" => {
-                    x.mechanism = self.opt(Self::mechanism)?;
+                    self.opt(&mut x.mechanism, Self::mechanism)?;
                     8
                 }
                 "stacktrace" => {
-                    x.stacktrace = self.opt(Self::stacktrace)?;
+                    self.opt(&mut x.stacktrace, Self::stacktrace)?;
                     16
                 }
                 _ => {
@@ -396,7 +473,8 @@ impl<'a> Cur<'_, 'a> {
         let mut seen = 0u32;
         for _ in 0..len {
             if self.key()? == "frames" {
-                s.frames = self.list(Self::frame)?;
+                let out = self.spare.frames();
+                s.frames = self.list(out, Self::frame)?;
                 mark(&mut seen, 1)?;
             } else {
                 self.skip()?;
@@ -524,19 +602,19 @@ impl<'a> Cur<'_, 'a> {
         for _ in 0..len {
             let bit = match self.key()? {
                 "browser" => {
-                    c.browser = self.opt(Self::name_version)?;
+                    self.opt(&mut c.browser, Self::name_version)?;
                     1
                 }
                 "os" => {
-                    c.os = self.opt(Self::name_version)?;
+                    self.opt(&mut c.os, Self::name_version)?;
                     2
                 }
                 "runtime" => {
-                    c.runtime = self.opt(Self::name_version)?;
+                    self.opt(&mut c.runtime, Self::name_version)?;
                     4
                 }
                 "device" => {
-                    c.device = self.opt(Self::device)?;
+                    self.opt(&mut c.device, Self::device)?;
                     8
                 }
                 _ => {
@@ -627,11 +705,16 @@ mod tests {
         let got = crate::parse_event_slice(&mut a);
         prop_assert_eq!(&got, &want, "{}", String::from_utf8_lossy(text));
         let mut b = text.to_vec();
-        prop_assert_eq!(&parser.parse(&mut b), &want);
+        let reused = parser.parse(&mut b);
+        prop_assert_eq!(&reused, &want);
+        // Its lists' memory serves the next events (the fixture's test reads all 500 so).
+        if let Ok(event) = reused {
+            parser.recycle(event);
+        }
         // Whether the tape reader itself decided (for the coverage checks below).
         let mut c = text.to_vec();
         let decided = match simd_json::to_tape(&mut c) {
-            Ok(tape) => super::event(&tape.0).is_some(),
+            Ok(tape) => super::event(&tape.0, &mut super::Spare::default(), &mut Event::default()).is_some(),
             Err(_) => false,
         };
         Ok(decided)
@@ -646,6 +729,39 @@ mod tests {
         let mut parser = crate::EventParser::default();
         for line in fixture() {
             assert!(agree(line.as_bytes(), &mut parser).unwrap(), "the tape reader decides: {line}");
+        }
+    }
+
+    #[test]
+    fn recycled_lists_keep_their_memory_and_hold_nothing_old() {
+        let v: Vec<crate::event::Frame<'static>> = Vec::with_capacity(8);
+        let at = v.as_ptr() as usize;
+        let w: Vec<crate::event::Frame<'_>> = super::recast(v);
+        assert_eq!((w.as_ptr() as usize, w.capacity(), w.len()), (at, 8, 0));
+        // Every fixture event after every other (each parse filling the lists the one before
+        // gave back), in two orders, equal to a fresh parse.
+        let lines = fixture();
+        let mut parser = crate::EventParser::default();
+        for line in lines.iter().chain(lines.iter().rev()) {
+            let mut a = line.as_bytes().to_vec();
+            let mut b = line.as_bytes().to_vec();
+            let got = parser.parse(&mut a).unwrap();
+            assert_eq!(got, crate::parse_event_slice(&mut b).unwrap());
+            parser.recycle(got);
+        }
+        // An event with a longer list than the one before, and one whose lists are `null`.
+        let id = r#""event_id":"0123456789abcdef0123456789abcdef""#;
+        let frames = |n: usize| (0..n).map(|i| format!(r#"{{"function":"f{i}"}}"#)).collect::<Vec<_>>().join(",");
+        for doc in [
+            format!(
+                r#"{{{id},"exception":[{{"type":"E","stacktrace":{{"frames":[{}]}}}}],"tags":{{"a":"b"}}}}"#,
+                frames(2)
+            ),
+            format!(r#"{{{id},"exception":[{{"type":"E","stacktrace":{{"frames":[{}]}}}}]}}"#, frames(300)),
+            format!(r#"{{{id},"exception":[{{"type":"E","stacktrace":{{"frames":null}}}}],"tags":null}}"#),
+            format!(r#"{{{id},"exception":null,"message":"m","request":{{"headers":{{"x":"y"}}}}}}"#),
+        ] {
+            agree(doc.as_bytes(), &mut parser).unwrap();
         }
     }
 
