@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
 use tracefold_model::{AggregateRecord, BatchRef};
 use tracefold_store::issues::{issue_status, resolve_issue, set_status, StatusChange};
-use tracefold_store::rows::AggregateRow;
 use tracefold_store::IssueStatus;
 use tracefold_tests::TestDb;
 
@@ -73,23 +72,6 @@ fn xxhash_rust_free_hash(i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-async fn now(db: &TestDb) -> i64 {
-    #[derive(clickhouse::Row, serde::Deserialize)]
-    struct N {
-        n: u32,
-    }
-    i64::from(db.client.query("SELECT toUInt32(now()) AS n").fetch_one::<N>().await.unwrap().n)
-}
-
-async fn insert(db: &TestDb, recs: &[AggregateRecord]) {
-    // As the writer inserts: samples into issue_samples, then the aggregate rows.
-    let rows: Vec<AggregateRow<'_>> =
-        recs.iter().enumerate().map(|(i, r)| AggregateRow::new(r, "tracefold.aggregates", 0, i as i64)).collect();
-    tracefold_store::aggregates::insert(&db.client, "aggregates", &rows, std::time::Duration::from_secs(60), None)
-        .await
-        .unwrap();
-}
-
 /// Runs SQL and returns the rows as JSON objects.
 async fn rows(db: &TestDb, sql: &str) -> Vec<serde_json::Value> {
     let mut cursor = db.client.query(sql).fetch_bytes("JSONEachRow").unwrap();
@@ -121,7 +103,7 @@ fn num(v: &serde_json::Value) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     let db = TestDb::new("analytics").await;
-    let t = now(&db).await;
+    let t = db.server_now().await;
     // 20,000 users over five saturated aggregates of issue D: beyond the exact bound.
     let big: Vec<AggregateRecord> = (0..5u64)
         .map(|k| {
@@ -150,7 +132,7 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
         rec("api", C, t - 200 * 86_400, "api@1", "production", 2, users([5]), "", 5),
     ];
     recs.extend(big);
-    insert(&db, &recs).await;
+    db.insert_records(&recs).await;
     let dbn = &db.cfg.database;
     // A was resolved 45 minutes ago and came back (a regression); B was resolved just now.
     db.client
@@ -340,7 +322,7 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
 async fn top_ranks_by_events_users_growth_and_new() {
     use tracefold_store::issues::{top, TopBy, TopQuery};
     let db = TestDb::new("top_by").await;
-    let t = now(&db).await;
+    let t = db.server_now().await;
     const E: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
     const F: &str = "ffffffffffffffffffffffffffffffff";
     const G: &str = "00000000000000000000000000000000";
@@ -362,7 +344,7 @@ async fn top_ranks_by_events_users_growth_and_new() {
         // Another project's issue, to check --project.
         rec("other", I, t - 600, "r2", "production", 1000, users([1]), "", 8),
     ];
-    insert(&db, &recs).await;
+    db.insert_records(&recs).await;
     let dbn = &db.cfg.database;
     let client = &db.client;
     let ranked = |by: TopBy| async move {

@@ -4,7 +4,6 @@
 
 use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
 use tracefold_model::{AggregateRecord, BatchRef};
-use tracefold_store::rows::AggregateRow;
 use tracefold_tests::TestDb;
 
 const TOKEN: &str = "s3cret-operator";
@@ -54,22 +53,6 @@ fn rec(
     }
 }
 
-async fn now(db: &TestDb) -> i64 {
-    #[derive(clickhouse::Row, serde::Deserialize)]
-    struct N {
-        n: u32,
-    }
-    i64::from(db.client.query("SELECT toUInt32(now()) AS n").fetch_one::<N>().await.unwrap().n)
-}
-
-async fn insert(db: &TestDb, recs: &[AggregateRecord]) {
-    let mut ins = db.client.insert::<AggregateRow<'_>>("aggregates").await.unwrap();
-    for (i, r) in recs.iter().enumerate() {
-        ins.write(&AggregateRow::new(r, "tracefold.aggregates", 0, i as i64)).await.unwrap();
-    }
-    ins.end().await.unwrap();
-}
-
 /// Events of one issue in the last 24 hours and distinct users, as ClickHouse's base table
 /// holds them.
 async fn truth(db: &TestDb, project: &str, issue: &str) -> (u64, u64) {
@@ -114,7 +97,7 @@ fn hex(i: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_with_the_token() {
     let db = TestDb::new("ui").await;
-    let t = now(&db).await;
+    let t = db.server_now().await;
     let long = "Ü".repeat(20_000);
     let hostile = [
         "<script>alert(\"x\")</script>",
@@ -135,7 +118,7 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
     for i in 0..60u64 {
         recs.push(rec("many", &hex(1000 + i), &format!("Many {i}"), t - 120, "m@1", 100 + i, &[i], 100 + i as i64));
     }
-    insert(&db, &recs).await;
+    db.insert_records(&recs).await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -295,8 +278,8 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_operator_token_the_ui_is_read_only() {
     let db = TestDb::new("ui_ro").await;
-    let t = now(&db).await;
-    insert(&db, &[rec("web", &hex(1), "E", t - 60, "r", 1, &[1], 0)]).await;
+    let t = db.server_now().await;
+    db.insert_records(&[rec("web", &hex(1), "E", t - 60, "r", 1, &[1], 0)]).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: None, operator_token: None };

@@ -45,6 +45,22 @@ impl TestDb {
         Self { cfg, client }
     }
 
+    /// The server's clock, Unix seconds.
+    pub async fn server_now(&self) -> i64 {
+        i64::from(tracefold_store::client::now(&self.client).await.expect("the server's clock"))
+    }
+
+    /// Inserts `recs` as the writer does (samples into `issue_samples`, then the aggregate
+    /// rows), as batch records of partition 0 of `tracefold.aggregates` at offsets 0, 1, ...
+    pub async fn insert_records(&self, recs: &[tracefold_model::AggregateRecord]) {
+        use tracefold_store::rows::AggregateRow;
+        let rows: Vec<AggregateRow<'_>> =
+            recs.iter().enumerate().map(|(i, r)| AggregateRow::new(r, "tracefold.aggregates", 0, i as i64)).collect();
+        tracefold_store::aggregates::insert(&self.client, "aggregates", &rows, Duration::from_secs(60), None)
+            .await
+            .expect("insert aggregate records");
+    }
+
     pub async fn total_events(&self) -> u64 {
         tracefold_store::aggregates::total_events(&self.client, &self.cfg.database).await.expect("query total")
     }
