@@ -384,46 +384,52 @@ pub async fn run_kafka_pool(
 ) -> anyhow::Result<LoadSummary> {
     const PREFIX: &str = r#"{"event_id":""#;
     for e in pool {
-        if !e.json.starts_with(PREFIX) || e.event_id.len() != 32 || !e.json[PREFIX.len()..].starts_with(&e.event_id) {
-            anyhow::bail!("a pooled event does not start with its 32-digit event id");
+        if !e.json.starts_with(PREFIX)
+            || e.event_id.len() != 32
+            || !e.event_id.bytes().all(|b| b.is_ascii_hexdigit())
+            || !e.json[PREFIX.len()..].starts_with(&e.event_id)
+        {
+            anyhow::bail!("a pooled event does not start with its 32-hex-digit event id");
         }
     }
     if pool.is_empty() {
         anyhow::bail!("an empty pool of events");
     }
-    let mut buf = Vec::with_capacity(4096);
-    let mut id = [0u8; 32];
-    run_kafka_with(bootstrap, topic, opts, |n| {
+    run_kafka_with(bootstrap, topic, opts, |n, key, payload| {
         let e = &pool[(n % pool.len() as u64) as usize];
-        buf.clear();
-        buf.extend_from_slice(e.json.as_bytes());
         // The first 16 digits become the sending order scrambled (a bijection, so every id
         // of the run is distinct); the rest stays the pooled event's.
-        let fresh = format!("{:016x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        id[..16].copy_from_slice(fresh.as_bytes());
-        id[16..].copy_from_slice(&e.event_id.as_bytes()[16..]);
-        buf[PREFIX.len()..PREFIX.len() + 32].copy_from_slice(&id);
-        (id.to_vec(), std::mem::take(&mut buf))
+        key.clear();
+        key.extend_from_slice(e.event_id.as_bytes());
+        let fresh = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for (i, d) in key.iter_mut().take(16).enumerate() {
+            *d = b"0123456789abcdef"[((fresh >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        payload.clear();
+        payload.extend_from_slice(e.json.as_bytes());
+        payload[PREFIX.len()..PREFIX.len() + 32].copy_from_slice(key);
     })
     .await
 }
 
 async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> {
     let mut g = Generator::new(opts.gen.clone());
-    run_kafka_with(bootstrap, topic, opts, |_| {
+    run_kafka_with(bootstrap, topic, opts, |_, key, payload| {
         let e = g.next_event();
-        (e.event_id.into_bytes(), e.json.into_bytes())
+        (*key, *payload) = (e.event_id.into_bytes(), e.json.into_bytes());
     })
     .await
 }
 
-/// Sends `opts.events` events from `next` (the n-th event's key and payload) to Kafka.
+/// Sends `opts.events` events to Kafka, `next` writing the n-th event's key and payload into
+/// the buffers it is given (kept from one event to the next; librdkafka copies what it sends).
 async fn run_kafka_with(
     bootstrap: &str,
     topic: &str,
     opts: &LoadOptions,
-    mut next: impl FnMut(u64) -> (Vec<u8>, Vec<u8>),
+    mut next: impl FnMut(u64, &mut Vec<u8>, &mut Vec<u8>),
 ) -> anyhow::Result<LoadSummary> {
+    let (mut key, mut payload) = (Vec::with_capacity(64), Vec::with_capacity(4096));
     let kafka =
         tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
     let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&kafka, 30_000)
@@ -438,7 +444,7 @@ async fn run_kafka_with(
         None => None,
     };
     for i in 0..opts.events {
-        let (key, payload) = next(i);
+        next(i, &mut key, &mut payload);
         if i % 1000 == 0 {
             pace(start, i, opts.rate).await;
         }

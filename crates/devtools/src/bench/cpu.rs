@@ -135,15 +135,17 @@ impl CpuSnapshot {
     }
 }
 
-/// The peak resident set size of this process so far (`VmHWM` of `/proc/self/status`), in
-/// bytes; 0 elsewhere than Linux.
-pub fn peak_rss_bytes() -> u64 {
+/// `VmRSS` and `VmHWM` (the peak so far) of this process, bytes (0 where /proc is not there).
+pub fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 #[cfg(test)]

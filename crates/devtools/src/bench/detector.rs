@@ -86,19 +86,6 @@ impl DetectorReport {
     }
 }
 
-/// `VmRSS` and `VmHWM` of this process, bytes (0 where /proc is not there).
-fn rss() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 fn record(i: u64, opts: &DetectorOptions, minute: i64, sample: &str) -> AggregateRecord {
     let mut users = UserSet::default();
     for u in 0..=(i % 3) {
@@ -137,7 +124,7 @@ fn keep(engine: &Engine, sent: &mut Sent, signals: Vec<tracefold_detector::signa
 /// Runs the benchmark (one thread, no Kafka or ClickHouse: the engine alone, as the detector
 /// service drives it).
 pub fn detector(opts: &DetectorOptions) -> DetectorReport {
-    let (rss_start, _) = rss();
+    let (rss_start, _) = super::cpu::rss();
     let t0 = Instant::now();
     let sample = r#"{"event_id":"0af3c5e3d1b04c2f9a8e7d6c5b4a3f21","platform":"javascript","exception":[{"type":"TypeError","value":"Cannot read properties of undefined","stacktrace":{"frames":[{"function":"dispatch","filename":"node_modules/react-dom/cjs/react-dom.production.js","lineno":4110,"in_app":false},{"function":"FUNC","filename":"app/components/widget.tsx","lineno":88,"colno":17,"in_app":true},{"function":"render","filename":"app/components/widget.tsx","lineno":41,"colno":9,"in_app":true}]}}],"request":{"url":"https://shop.example.com/checkout/payment"},"contexts":{"browser":{"name":"Chrome","version":"131.0.6778"},"os":{"name":"Windows","version":"11"}},"tags":{"route":"/checkout"}}"#;
     let mut engine = Engine::new(opts.engine.clone()).with_lookups();
@@ -190,7 +177,7 @@ pub fn detector(opts: &DetectorOptions) -> DetectorReport {
     let feed_secs = t0.elapsed().as_secs_f64();
     let tracked_at_hour = engine.tracked() as u64;
     let signal_ids_at_hour = sent.len() as u64;
-    let (rss_at_hour, _) = rss();
+    let (rss_at_hour, _) = super::cpu::rss();
     // After the hour: one issue keeps the watermark moving until the others are idle long
     // enough to be evicted.
     let mut evicted = engine.take_evictions();
@@ -205,7 +192,7 @@ pub fn detector(opts: &DetectorOptions) -> DetectorReport {
         let e = engine.take_evictions();
         evicted = (evicted.0 + e.0, evicted.1 + e.1);
     }
-    let (_, rss_peak) = rss();
+    let (_, rss_peak) = super::cpu::rss();
     DetectorReport {
         issues: opts.issues,
         records,

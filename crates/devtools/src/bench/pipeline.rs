@@ -179,7 +179,7 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     let stored = dev::wait_for_events(&ch, baseline, s.accepted, Duration::from_secs(1800), false).await?;
     let total_secs = t0.elapsed().as_secs_f64();
     let cpu = super::cpu::CpuSnapshot::now().since(&cpu0);
-    let peak_rss_bytes = super::cpu::peak_rss_bytes();
+    let peak_rss_bytes = super::cpu::rss().1;
     pipeline.stop().await?;
     let client = tracefold_store::client::client(&ch);
     tracefold_store::client::drop_database(&client, &ch.database).await?;

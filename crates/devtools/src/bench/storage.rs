@@ -408,14 +408,6 @@ impl MemoryCase {
     }
 }
 
-/// Resident set size of this process, bytes (Linux; 0 elsewhere).
-fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * 4096)
-}
-
 /// Feeds `events_per_issue` events of each of `issues` issues (uniform popularity, times over
 /// an hour) through a grouper [`BatchBuilder`] in batches of the grouper's default bound, and
 /// maps every batch's records to the writer's rows ([`AggregateRow`] and its sample row), as
@@ -432,7 +424,7 @@ pub fn memory(issues: usize, events_per_issue: u64, progress: bool) -> MemoryCas
         ..Default::default()
     });
     let mut builder = BatchBuilder::new(BatchOptions::default());
-    let rss_before = rss();
+    let rss_before = super::cpu::rss().0;
     let (mut offset, mut batches, mut records) = (0i64, 0u64, 0u64);
     let (mut rss_first_batch, mut rss_peak) = (0, 0);
     while (offset as u64) < events {
@@ -453,7 +445,7 @@ pub fn memory(issues: usize, events_per_issue: u64, progress: bool) -> MemoryCas
         std::hint::black_box((&rows, samples));
         records += rows.len() as u64;
         batches += 1;
-        let now_rss = rss();
+        let now_rss = super::cpu::rss().0;
         if batches == 1 {
             rss_first_batch = now_rss;
         }
@@ -462,5 +454,5 @@ pub fn memory(issues: usize, events_per_issue: u64, progress: bool) -> MemoryCas
             eprintln!("  {issues} issues: {offset} / {events} events, RSS {} MB", now_rss >> 20);
         }
     }
-    MemoryCase { issues, events, batches, records, rss_before, rss_first_batch, rss_peak, rss_end: rss() }
+    MemoryCase { issues, events, batches, records, rss_before, rss_first_batch, rss_peak, rss_end: super::cpu::rss().0 }
 }
