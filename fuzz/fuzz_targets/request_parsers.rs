@@ -51,7 +51,7 @@ fn sentry_event(payload: &[u8]) {
     if let Some(r) = want.request.as_mut() {
         r.headers.truncate(MAX_TAGS);
     }
-    let mut buf = ready.payload.clone();
+    let mut buf = ready.payload.to_vec();
     assert_eq!(tracefold_model::parse_event_slice(&mut buf).as_ref(), Ok(&want), "parse(serialize(e)) == e");
 }
 
