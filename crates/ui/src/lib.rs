@@ -23,6 +23,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq as _;
 use tracefold_runtime::config::ClickHouseConfig;
 use tracefold_store::issues::{StatusChange, TopBy, TopQuery};
+use tracefold_store::ui::{ListQuery, ListSort};
 use tracefold_store::IssueStatus;
 
 /// Issues per page of the list.
@@ -99,8 +100,19 @@ fn window(s: Option<&str>) -> Window {
     WINDOWS.into_iter().find(|w| Some(w.name) == s).unwrap_or(WINDOWS[1])
 }
 
-fn by(s: Option<&str>) -> TopBy {
-    TopBy::ALL.into_iter().find(|b| Some(b.as_str()) == s).unwrap_or_default()
+fn sort(s: Option<&str>) -> ListSort {
+    ListSort::ALL.into_iter().find(|b| Some(b.as_str()) == s).unwrap_or_default()
+}
+
+/// The ranking of `tracefold top` that is `s`, if there is one.
+fn top_by(s: ListSort) -> Option<TopBy> {
+    match s {
+        ListSort::Events => Some(TopBy::Events),
+        ListSort::Users => Some(TopBy::Users),
+        ListSort::Growth => Some(TopBy::Growth),
+        ListSort::New => Some(TopBy::New),
+        ListSort::LastSeen => None,
+    }
 }
 
 /// The issues list's state, all in the URL.
@@ -109,8 +121,64 @@ struct ListParams {
     project: Option<String>,
     by: Option<String>,
     window: Option<String>,
+    environment: Option<String>,
+    release: Option<String>,
+    // Text: an unknown status is no filter, not a 400.
+    status: Option<String>,
+    /// The search text (title or culprit).
+    q: Option<String>,
     // Text, so that a hand-edited link with a bad page number gets the first page, not a 400.
     page: Option<String>,
+}
+
+/// The issues list's state as read from the URL (empty values: no filter).
+#[derive(Debug, Clone, Copy)]
+struct ListState<'a> {
+    window: Window,
+    sort: ListSort,
+    project: Option<&'a str>,
+    environment: Option<&'a str>,
+    release: Option<&'a str>,
+    status: Option<IssueStatus>,
+    search: Option<&'a str>,
+}
+
+impl<'a> ListState<'a> {
+    fn new(q: &'a ListParams) -> Self {
+        let set = |v: &'a Option<String>| v.as_deref().filter(|v| !v.is_empty());
+        ListState {
+            window: window(q.window.as_deref()),
+            sort: sort(q.by.as_deref()),
+            project: set(&q.project),
+            environment: set(&q.environment),
+            release: set(&q.release),
+            status: set(&q.status).and_then(|s| s.parse().ok()),
+            search: set(&q.q),
+        }
+    }
+
+    /// `/?by=&window=&project=&environment=&release=&status=&q=&page=` (unset filters left out).
+    fn url(&self, page: u64) -> String {
+        let mut u = format!("/?by={}&window={}", self.sort.as_str(), self.window.name);
+        for (name, v) in [
+            ("project", self.project),
+            ("environment", self.environment),
+            ("release", self.release),
+            ("status", self.status.map(IssueStatus::as_str)),
+            ("q", self.search),
+        ] {
+            if let Some(v) = v {
+                u.push('&');
+                u.push_str(name);
+                u.push('=');
+                u.push_str(&url_part(v));
+            }
+        }
+        if page > 0 {
+            u.push_str(&format!("&page={page}"));
+        }
+        u
+    }
 }
 
 const STYLE: &str = "<style>\
@@ -172,31 +240,40 @@ fn store_error(e: &tracefold_store::Error) -> Response {
     }
 }
 
-/// `/?project=&by=&window=&page=` with one value changed.
-fn list_url(project: Option<&str>, by: TopBy, w: Window, page: u64) -> String {
-    let mut u = format!("/?by={}&window={}", by.as_str(), w.name);
-    if let Some(p) = project {
-        u.push_str("&project=");
-        u.push_str(&url_part(p));
-    }
-    if page > 0 {
-        u.push_str(&format!("&page={page}"));
-    }
-    u
-}
-
 fn issue_url(project: &str, issue_id: &str, w: Window) -> String {
     format!("/issues/{}/{}?window={}", url_part(project), url_part(issue_id), w.name)
 }
 
 async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) -> Response {
-    let w = window(q.window.as_deref());
-    let by = by(q.by.as_deref());
-    let project = q.project.as_deref().filter(|p| !p.is_empty());
+    let ls = ListState::new(&q);
+    let w = ls.window;
     let page = q.page.as_deref().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0).min(MAX_PAGES - 1);
     let db = &st.cfg.clickhouse.database;
-    let tq = TopQuery { since_secs: u64::from(w.hours) * 3600, limit: PAGE_SIZE * (page + 1) + 1, project, by };
-    let rows = match tracefold_store::issues::top(&st.client, db, &tq).await {
+    let limit = PAGE_SIZE * (page + 1) + 1;
+    let since_secs = u64::from(w.hours) * 3600;
+    let filtered = ls.environment.is_some() || ls.release.is_some() || ls.status.is_some() || ls.search.is_some();
+    // Without a filter, the numbers of `tracefold top`; with one (or by last seen), the
+    // filtered list.
+    let rows = match top_by(ls.sort).filter(|_| !filtered) {
+        Some(by) => {
+            let tq = TopQuery { since_secs, limit, project: ls.project, by };
+            tracefold_store::issues::top(&st.client, db, &tq).await
+        }
+        None => {
+            let lq = ListQuery {
+                since_secs,
+                limit,
+                sort: ls.sort,
+                project: ls.project,
+                environment: ls.environment,
+                release: ls.release,
+                status: ls.status,
+                search: ls.search,
+            };
+            tracefold_store::ui::issue_list(&st.client, db, &lq).await
+        }
+    };
+    let rows = match rows {
         Ok(r) => r,
         Err(e) => return store_error(&e),
     };
@@ -214,12 +291,46 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
             Err(e) => return store_error(&e),
         }
     }
+    // The release of each row's first events, one query for the page.
+    let firsts: Vec<(&str, &str, u32)> = rows
+        .iter()
+        .filter_map(|r| {
+            let ms = tracefold_model::time::parse_rfc3339(&r.first_seen)?;
+            Some((r.project.as_str(), r.issue_id.as_str(), u32::try_from(ms.div_euclid(1000)).ok()?))
+        })
+        .collect();
+    let first_release: std::collections::HashMap<(String, String), String> =
+        match tracefold_store::ui::first_releases(&st.client, db, &firsts).await {
+            Ok(f) => f.into_iter().map(|(p, i, r)| ((p, i), r)).collect(),
+            Err(e) => return store_error(&e),
+        };
 
     let mut p = Page::default();
     head(&mut p, "Issues");
-    p.raw("<h1>Issues</h1><form method=\"get\" action=\"/\"><label>Project <input name=\"project\" value=\"")
-        .text(project.unwrap_or(""))
-        .raw("\" size=\"12\"></label> <label>Window <select name=\"window\">");
+    p.raw("<h1>Issues</h1><form id=\"filters\" method=\"get\" action=\"/\">");
+    for (label, name, value) in [
+        ("Search", "q", ls.search),
+        ("Project", "project", ls.project),
+        ("Environment", "environment", ls.environment),
+        ("Release", "release", ls.release),
+    ] {
+        p.raw("<label>")
+            .raw(label)
+            .raw(" <input name=\"")
+            .raw(name)
+            .raw("\" value=\"")
+            .text(value.unwrap_or(""))
+            .raw("\" size=\"12\"></label> ");
+    }
+    p.raw("<label>Status <select name=\"status\"><option value=\"\">any</option>");
+    for cand in [IssueStatus::Active, IssueStatus::Resolved, IssueStatus::Ignored] {
+        p.raw("<option");
+        if Some(cand) == ls.status {
+            p.raw(" selected");
+        }
+        p.raw(">").text(cand.as_str()).raw("</option>");
+    }
+    p.raw("</select></label> <label>Window <select name=\"window\">");
     for cand in WINDOWS {
         p.raw("<option");
         if cand == w {
@@ -228,9 +339,9 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
         p.raw(">").text(cand.name).raw("</option>");
     }
     p.raw("</select></label> <label>Sort <select name=\"by\">");
-    for cand in TopBy::ALL {
+    for cand in ListSort::ALL {
         p.raw("<option");
-        if cand == by {
+        if cand == ls.sort {
             p.raw(" selected");
         }
         p.raw(">").text(cand.as_str()).raw("</option>");
@@ -238,9 +349,10 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
     p.raw("</select></label> <button>Show</button></form>");
     p.raw("<table id=\"issues\"><thead><tr><th>Issue</th><th>Level</th><th>Status</th>")
         .raw("<th class=\"n\">Events</th><th class=\"n\">Users</th><th class=\"wide\">Last hour</th>")
-        .raw("<th class=\"wide\">First seen</th><th class=\"wide\">Last seen</th></tr></thead><tbody>");
+        .raw("<th class=\"wide\">First release</th><th class=\"wide\">First seen</th><th class=\"wide\">Last seen</th></tr></thead><tbody>");
     for r in &rows {
-        let s = status.get(&(r.project.clone(), r.issue_id.clone())).copied().unwrap_or(IssueStatus::Active);
+        let key = (r.project.clone(), r.issue_id.clone());
+        let s = status.get(&key).copied().unwrap_or(IssueStatus::Active);
         p.raw("<tr data-issue=\"")
             .text(&r.issue_id)
             .raw("\" data-project=\"")
@@ -266,19 +378,28 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
             .raw("</td><td class=\"wide\">");
         // The SVG is drawn from numbers only.
         p.raw_svg(&svg::sparkline(&r.last_hour, 120, 24));
-        p.raw("</td><td class=\"wide\">").text(&r.first_seen).raw("</td><td class=\"wide\">").text(&r.last_seen);
+        p.raw("</td><td class=\"wide first-release\">")
+            .user(first_release.get(&key).map_or("", String::as_str))
+            .raw("</td><td class=\"wide\">")
+            .text(&r.first_seen)
+            .raw("</td><td class=\"wide last-seen\">")
+            .text(&r.last_seen);
         p.raw("</td></tr>");
     }
     p.raw("</tbody></table>");
     if rows.is_empty() {
-        p.raw("<p>No issues in this window.</p>");
+        p.raw("<p>No issues in this window");
+        if filtered {
+            p.raw(" match the filters");
+        }
+        p.raw(".</p>");
     }
     p.raw("<nav>");
     if page > 0 {
-        p.raw("<a rel=\"prev\" href=\"").text(&list_url(project, by, w, page - 1)).raw("\">Previous</a>");
+        p.raw("<a rel=\"prev\" href=\"").text(&ls.url(page - 1)).raw("\">Previous</a>");
     }
     if more && page + 1 < MAX_PAGES {
-        p.raw("<a rel=\"next\" href=\"").text(&list_url(project, by, w, page + 1)).raw("\">Next</a>");
+        p.raw("<a rel=\"next\" href=\"").text(&ls.url(page + 1)).raw("\">Next</a>");
     }
     p.raw("</nav>");
     html_response(StatusCode::OK, p)
@@ -504,4 +625,42 @@ async fn set_status(
         return store_error(&e);
     }
     Redirect::to(&issue_url(&project, &issue_id, window(f.window.as_deref()))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_urls_hold_every_filter_encoded_and_parse_back() {
+        let params = ListParams {
+            project: Some("web".into()),
+            by: Some("last_seen".into()),
+            window: Some("7d".into()),
+            environment: Some("prod & co".into()),
+            release: Some("r@1/é".into()),
+            status: Some("resolved".into()),
+            q: Some("\"><script>中文 🙈 100%".into()),
+            page: None,
+        };
+        let ls = ListState::new(&params);
+        let url = ls.url(2);
+        assert_eq!(
+            url,
+            "/?by=last_seen&window=7d&project=web&environment=prod%20%26%20co&release=r%401%2F%C3%A9&status=resolved\
+             &q=%22%3E%3Cscript%3E%E4%B8%AD%E6%96%87%20%F0%9F%99%88%20100%25&page=2"
+        );
+        let back: ListParams = parse_query(&url[2..]);
+        let again = ListState::new(&back);
+        assert_eq!(again.url(2), url);
+        assert_eq!(back.q.as_deref(), params.q.as_deref());
+        // Empty values and unknown statuses are no filter.
+        let none = ListParams { status: Some("deleted".into()), q: Some(String::new()), ..Default::default() };
+        assert_eq!(ListState::new(&none).url(0), "/?by=events&window=24h");
+    }
+
+    fn parse_query(q: &str) -> ListParams {
+        let uri: axum::http::Uri = format!("/?{q}").parse().unwrap();
+        Query::<ListParams>::try_from_uri(&uri).unwrap().0
+    }
 }
