@@ -508,5 +508,61 @@ async fn the_list_filters_by_environment_release_status_and_text_sorts_by_last_s
     let p0e = get("/?project=g&environment=x".into()).await;
     assert_eq!(row_ids(&p0e)[0], hex(1059), "most events first");
     assert!(row_ids(&get("/?project=g&environment=production".into()).await).is_empty());
+
+    // The issue chart: its resolution by the window (or `res` when it fits), bars with the
+    // issue's events, and a release marker on the bar where each release's events begin.
+    for (query, heading, bars, total, marked) in [
+        ("window=1h", "minute", 60, 5, vec![("r1", 5)]),
+        ("window=24h", "hour", 24, 8, vec![("r2", 3), ("r1", 5)]),
+        ("window=7d", "hour", 168, 19, vec![("r1", 11), ("r2", 3)]),
+        ("window=30d", "day", 31, 19, vec![("r1", 11)]),
+        ("window=24h&res=minute", "minute", 1440, 8, vec![("r2", 3), ("r1", 5)]),
+        ("window=7d&res=day", "day", 8, 19, vec![("r1", 11)]),
+        ("window=30d&res=minute", "day", 31, 19, vec![("r1", 11)]),
+        ("window=24h&res=%3Cx%3E", "hour", 24, 8, vec![("r2", 3), ("r1", 5)]),
+    ] {
+        let html = get(format!("/issues/f/{a}?{query}")).await;
+        assert!(html.contains(&format!("Events per {heading}, last ")), "{query}");
+        let (counts, markers) = chart(&html);
+        assert_eq!((counts.len(), counts.iter().sum::<u64>()), (bars, total), "{query}");
+        for (release, count) in marked {
+            let bar = markers.iter().find(|m| m.1 == release).unwrap_or_else(|| panic!("{query}: no {release}")).0;
+            assert_eq!(counts[bar], count, "{query}: the marker of {release} is on its first bar");
+        }
+        let order: Vec<&str> = markers.iter().map(|m| m.1.as_str()).collect();
+        if query.starts_with("window=24h") {
+            assert_eq!(order, ["r2", "r1"], "{query}: oldest first");
+        }
+    }
+    let html = get(format!("/issues/f/{a}?window=24h")).await;
+    assert!(html.contains(&format!("href=\"/issues/f/{a}?window=24h&amp;res=minute\">per minute<")));
+    assert!(html.contains(&format!("href=\"/issues/f/{a}?window=24h&amp;res=day\">per day<")));
+    assert!(!html.contains("&amp;res=hour"), "the chosen resolution is no link");
+    let html = get(format!("/issues/f/{a}?window=30d")).await;
+    assert!(!html.contains("res=minute"), "no minute bars over 30 days");
     server.abort();
+}
+
+/// The bars (counts, oldest first) and release markers (bar, release) of the issue chart.
+fn chart(html: &str) -> (Vec<u64>, Vec<(usize, String)>) {
+    let svg = &html[html.find("<svg class=\"bars\"").unwrap()..];
+    let svg = &svg[..svg.find("</svg>").unwrap()];
+    let counts = svg
+        .split("<rect ")
+        .skip(1)
+        .map(|r| {
+            let title = &r[r.find("<title>").unwrap() + 7..r.find("</title>").unwrap()];
+            title.rsplit(": ").next().unwrap().parse().unwrap()
+        })
+        .collect();
+    let markers = svg
+        .split("<line class=\"release\" data-bucket=\"")
+        .skip(1)
+        .map(|l| {
+            let i = l[..l.find('"').unwrap()].parse().unwrap();
+            let name = &l[l.find("<title>release ").unwrap() + 15..l.find("</title>").unwrap()];
+            (i, name.to_owned())
+        })
+        .collect();
+    (counts, markers)
 }

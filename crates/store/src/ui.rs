@@ -592,3 +592,146 @@ pub async fn first_releases(
     let rows = s.query(client).fetch_all::<R>().await.map_err(step("first releases"))?;
     Ok(rows.into_iter().map(|r| (r.project, r.issue_id, r.release)).collect())
 }
+
+/// The width of a bar of [`series`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// One bar a minute (`issue_counts_1m`).
+    Minute,
+    /// One bar an hour (`issue_counts_1h`).
+    Hour,
+    /// One bar a day, days as the server's time zone draws them (`issue_counts_1d`).
+    Day,
+}
+
+impl Resolution {
+    /// Every resolution, finest first.
+    pub const ALL: [Resolution; 3] = [Resolution::Minute, Resolution::Hour, Resolution::Day];
+
+    /// The name (`minute`, `hour`, `day`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Minute => "minute",
+            Resolution::Hour => "hour",
+            Resolution::Day => "day",
+        }
+    }
+
+    /// Seconds a bar covers (a day: nominally; a bar is a calendar day of the server).
+    pub fn secs(self) -> u32 {
+        match self {
+            Resolution::Minute => 60,
+            Resolution::Hour => 3600,
+            Resolution::Day => 86_400,
+        }
+    }
+}
+
+/// Most bars [`series`] draws.
+pub const MAX_BUCKETS: u32 = 1_440;
+
+/// Most (bar, release) rows [`series`] reads; beyond it the chart fails with
+/// [`crate::Error::TooManyRows`] rather than show part of it.
+pub const MAX_SERIES_ROWS: u64 = 100_000;
+
+/// One issue's events over the last `buckets` bars of `res` (the last one the current, partial
+/// one), and where each release's events begin in them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    /// Start of each bar, Unix seconds, oldest first.
+    pub starts: Vec<u32>,
+    /// Events of each bar.
+    pub counts: Vec<u64>,
+    /// Each release with events in the bars and the index of its first bar, oldest first
+    /// (then by release).
+    pub release_starts: Vec<(String, usize)>,
+}
+
+/// The events of one issue per `res` over the last `buckets` bars (at most [`MAX_BUCKETS`]),
+/// with each release's first bar: the issue page's chart. One query after reading the
+/// server's clock, from the rollup of that resolution.
+///
+/// # Errors
+/// When the database name is not an identifier, ClickHouse does not answer, or the bars hold
+/// more than [`MAX_SERIES_ROWS`] (bar, release) pairs.
+pub async fn series(
+    client: &Client,
+    database: &str,
+    project: &str,
+    issue_id: &str,
+    res: Resolution,
+    buckets: u32,
+) -> Result<Series> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct C {
+        first: u32,
+        last: u32,
+    }
+    #[derive(clickhouse::Row, Deserialize)]
+    struct R {
+        t: u32,
+        release: String,
+        c: u64,
+    }
+    let db = db(database)?;
+    let n = buckets.clamp(1, MAX_BUCKETS);
+    let back = n - 1;
+    // The first and the current bar's start, as the server aligns them.
+    let clock = match res {
+        Resolution::Minute => {
+            "SELECT toUInt32(toUInt32(toStartOfMinute(now())) - ? * 60) AS first, toUInt32(toStartOfMinute(now())) AS last"
+        }
+        Resolution::Hour => {
+            "SELECT toUInt32(toUInt32(toStartOfHour(now())) - ? * 3600) AS first, toUInt32(toStartOfHour(now())) AS last"
+        }
+        Resolution::Day => {
+            "SELECT toUInt32(toDateTime(toDate(now()) - ?)) AS first, toUInt32(toDateTime(toDate(now()))) AS last"
+        }
+    };
+    let c = client.query(clock).bind(back).fetch_one::<C>().await.map_err(step("cannot reach ClickHouse"))?;
+    let (table, col) = match res {
+        Resolution::Minute => ("issue_counts_1m", "minute"),
+        Resolution::Hour => ("issue_counts_1h", "hour"),
+        Resolution::Day => ("issue_counts_1d", "day"),
+    };
+    let mut s = Sql::default();
+    if res == Resolution::Day {
+        s.push(&format!(
+            "SELECT toUInt32(toDateTime(day)) AS t, release, sum(count) AS c FROM {db}.{table} \
+             WHERE day >= toDate(toDateTime("
+        ));
+    } else {
+        s.push(&format!(
+            "SELECT toUInt32({col}) AS t, release, sum(count) AS c FROM {db}.{table} WHERE {col} >= toDateTime("
+        ));
+    }
+    s.u32(c.first).push(if res == Resolution::Day { "))" } else { ")" });
+    s.push(" AND project = ").str(project).push(" AND issue_id = ").str(issue_id);
+    s.push(" GROUP BY t, release ORDER BY t, release LIMIT ").u64(MAX_SERIES_ROWS + 1);
+    let rows = s.query(client).fetch_all::<R>().await.map_err(step("chart"))?;
+    if rows.len() as u64 > MAX_SERIES_ROWS {
+        return Err(crate::Error::TooManyRows { what: "chart bars by release", limit: MAX_SERIES_ROWS });
+    }
+    // Nominal starts (a calendar day of the server is 23 to 25 hours at a daylight-saving
+    // change; rows are placed by rounding).
+    let starts: Vec<u32> = (0..n).map(|i| c.first + i * res.secs()).collect();
+    let index = |t: u32| -> Option<usize> {
+        if t < c.first || t > c.last + res.secs() / 2 {
+            return None;
+        }
+        // Rounded: a calendar day is 23 to 25 hours long.
+        let i = ((t - c.first) + res.secs() / 2) / res.secs();
+        (i < n).then_some(i as usize)
+    };
+    let mut counts = vec![0u64; n as usize];
+    let mut release_starts: Vec<(String, usize)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in rows {
+        let Some(i) = index(r.t) else { continue };
+        counts[i] += r.c;
+        if seen.insert(r.release.clone()) {
+            release_starts.push((r.release, i));
+        }
+    }
+    Ok(Series { starts, counts, release_starts })
+}

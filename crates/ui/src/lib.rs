@@ -23,7 +23,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq as _;
 use tracefold_runtime::config::ClickHouseConfig;
 use tracefold_store::issues::{StatusChange, TopBy, TopQuery};
-use tracefold_store::ui::{ListQuery, ListSort};
+use tracefold_store::ui::{ListQuery, ListSort, Resolution};
 use tracefold_store::IssueStatus;
 
 /// Issues per page of the list.
@@ -458,6 +458,32 @@ async fn signals_page(State(st): State<Arc<AppState>>) -> Response {
 #[derive(Debug, Default, Deserialize)]
 struct IssueParams {
     window: Option<String>,
+    /// The chart's resolution (`minute`, `hour`, `day`); default: by the window.
+    res: Option<String>,
+}
+
+/// Bars of the issue chart over `w` at `r`.
+fn buckets(w: Window, r: Resolution) -> u32 {
+    match r {
+        Resolution::Minute => w.hours * 60,
+        Resolution::Hour => w.hours,
+        // The partial first day too: the bars cover the whole window.
+        Resolution::Day => w.hours / 24 + 1,
+    }
+}
+
+/// The chart's resolution: `s` when it names one that fits `w` (at most
+/// [`tracefold_store::ui::MAX_BUCKETS`] bars), else per minute over an hour, per hour over a
+/// day or a week, per day over 30 days.
+fn resolution(w: Window, s: Option<&str>) -> Resolution {
+    Resolution::ALL
+        .into_iter()
+        .find(|r| Some(r.as_str()) == s && buckets(w, *r) <= tracefold_store::ui::MAX_BUCKETS)
+        .unwrap_or(match w.hours {
+            0..=1 => Resolution::Minute,
+            2..=168 => Resolution::Hour,
+            _ => Resolution::Day,
+        })
 }
 
 fn kv_table(p: &mut Page, what: &'static str, rows: &[(String, u64)]) {
@@ -489,20 +515,14 @@ async fn issue(
         Ok(h) => h,
         Err(e) => return store_error(&e),
     };
-    // The chart's first hour as issue_detail aligns it (an hour turning between the two
-    // reads of the clock shifts the markers by one bar, nothing else).
-    let chart_start = match tracefold_store::client::now(&st.client).await {
-        Ok(now) => (now / 3600 * 3600).saturating_sub(w.hours.saturating_sub(1) * 3600),
-        Err(e) => return store_error(&e),
-    };
-    let starts = tracefold_store::ui::release_starts(&st.client, db, &project, &issue_id, chart_start).await;
+    let res = resolution(w, q.res.as_deref());
+    let series = tracefold_store::ui::series(&st.client, db, &project, &issue_id, res, buckets(w, res)).await;
     let first_release = tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, first_seen).await;
-    let (starts, first_release) = match (starts, first_release) {
+    let (series, first_release) = match (series, first_release) {
         (Ok(s), Ok(f)) => (s, f),
         (Err(e), _) | (_, Err(e)) => return store_error(&e),
     };
-    let markers: Vec<(usize, String)> =
-        starts.into_iter().map(|(r, t)| (((t.saturating_sub(chart_start)) / 3600) as usize, r)).collect();
+    let markers: Vec<(usize, String)> = series.release_starts.iter().map(|(r, i)| (*i, r.clone())).collect();
     let mut p = Page::default();
     head(&mut p, &d.title);
     p.raw("<h1 class=\"t\">").user(&d.title).raw("</h1><p class=\"c\">").user(&d.culprit).raw("</p>");
@@ -536,10 +556,29 @@ async fn issue(
         .raw("</td></tr><tr><th>Last seen</th><td>")
         .text(&d.last_seen)
         .raw("</td></tr></tbody></table>");
-    p.raw("<h2>Events per hour, last ").text(w.name).raw("</h2>");
-    let labels: Vec<String> =
-        (0..d.hourly.len()).map(|i| format!("{} h ago", d.hourly.len().saturating_sub(i + 1))).collect();
-    p.raw_svg(&svg::bars(&d.hourly, &labels, &markers, 720, 100));
+    p.raw("<h2 id=\"chart\">Events per ").text(res.as_str()).raw(", last ").text(w.name).raw("</h2><nav>");
+    for cand in Resolution::ALL {
+        if buckets(w, cand) > tracefold_store::ui::MAX_BUCKETS || cand == res {
+            continue;
+        }
+        p.raw("<a href=\"")
+            .text(&format!("{}&res={}", issue_url(&d.project, &d.issue_id, w), cand.as_str()))
+            .raw("\">per ")
+            .text(cand.as_str())
+            .raw("</a>");
+    }
+    p.raw("</nav>");
+    let labels: Vec<String> = series
+        .starts
+        .iter()
+        .map(|t| tracefold_model::time::format_rfc3339(i64::from(*t) * 1000).replace(":00.000Z", "Z"))
+        .collect();
+    let unit = match res {
+        Resolution::Minute => "min",
+        Resolution::Hour => "h",
+        Resolution::Day => "day",
+    };
+    p.raw_svg(&svg::bars(&series.counts, &labels, &markers, unit, 720, 100));
     p.raw("<h2>Status</h2>");
     for (label, status) in
         [("Resolve", IssueStatus::Resolved), ("Ignore", IssueStatus::Ignored), ("Reopen", IssueStatus::Active)]
