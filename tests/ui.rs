@@ -450,6 +450,8 @@ async fn the_list_filters_by_environment_release_status_and_text_sorts_by_last_s
         ("%3F", vec![]),                      // ?
         ("%5C", vec![]),                      // backslash
         ("nothing-like-it", vec![]),
+        ("%00", vec![]),
+        ("%E2%80%AE%0A%09", vec![]), // a direction override, a newline, a tab
     ] {
         let html = get(format!("/?project=f&q={q}")).await;
         assert_eq!(sorted(row_ids(&html)), want, "q={q}");
@@ -457,6 +459,15 @@ async fn the_list_filters_by_environment_release_status_and_text_sorts_by_last_s
             assert!(html.contains("match the filters"), "q={q}");
         }
     }
+    // A long search (its first 200 characters are used) and hostile filter values answer.
+    let long = "%C3%A9".repeat(5_000);
+    assert!(row_ids(&get(format!("/?project=f&q={long}")).await).is_empty());
+    assert_eq!(row_ids(&get("/?project=f&q=%C3%A9".into()).await), vec![a.clone()]);
+    for bad in ["environment=%27%3B%20DROP%20TABLE%20aggregates%3B%20--", "release=%5C%27", "environment=%F0%9F%99%88"]
+    {
+        assert!(row_ids(&get(format!("/?project=f&{bad}")).await).is_empty(), "{bad}");
+    }
+    assert_eq!(row_ids(&get("/?project=f&status=deleted".into()).await).len(), 4, "an unknown status is no filter");
     let html = get("/?project=f&q=%3Cscript%3E%22".into()).await;
     assert!(!html.contains("<script>") && html.contains("value=\"&lt;script&gt;&quot;\""), "echoed escaped");
     // Filters combine.
