@@ -477,16 +477,22 @@ async fn the_list_filters_by_environment_release_status_and_text_sorts_by_last_s
     );
     assert_eq!(row_ids(&get("/?project=f&q=crash&status=active&release=r1".into()).await), vec![a.clone()]);
 
-    // By last seen, with the same numbers as the default order (those of tracefold top).
+    // By last seen, with the same numbers as the default order (those of tracefold top), in
+    // every window.
+    for window in ["1h", "24h", "7d", "30d"] {
+        let by_events = get(format!("/?project=f&window={window}")).await;
+        let by_last = get(format!("/?project=f&by=last_seen&window={window}")).await;
+        assert_eq!(sorted(row_ids(&by_last)), sorted(row_ids(&by_events)), "{window}");
+        for id in row_ids(&by_events) {
+            for class in ["events", "users"] {
+                assert_eq!(row_cell(&by_last, &id, class), row_cell(&by_events, &id, class), "{window} {id} {class}");
+            }
+            assert_eq!(row_text(&by_last, &id, "wide last-seen"), row_text(&by_events, &id, "wide last-seen"));
+        }
+    }
     let by_events = get("/?project=f".into()).await;
     let by_last = get("/?project=f&by=last_seen".into()).await;
     assert_eq!(row_ids(&by_last), [c.clone(), a.clone(), b.clone(), d.clone()]);
-    for id in [&a, &b, &c, &d] {
-        for class in ["events", "users"] {
-            assert_eq!(row_cell(&by_last, id, class), row_cell(&by_events, id, class), "{id} {class}");
-        }
-        assert_eq!(row_text(&by_last, id, "wide last-seen"), row_text(&by_events, id, "wide last-seen"));
-    }
     assert!(by_last.contains("<option selected>last_seen</option>"));
     // Every other order with a filter answers, with the filtered rows (new: A was first seen
     // three days ago).

@@ -698,6 +698,25 @@ mod tests {
         assert_eq!(ListState::new(&none).url(0), "/?by=events&window=24h");
     }
 
+    #[test]
+    fn chart_resolutions_follow_the_window_and_refuse_too_many_bars() {
+        let w = |name| window(Some(name));
+        assert_eq!(resolution(w("1h"), None), Resolution::Minute);
+        assert_eq!(resolution(w("24h"), None), Resolution::Hour);
+        assert_eq!(resolution(w("7d"), None), Resolution::Hour);
+        assert_eq!(resolution(w("30d"), None), Resolution::Day);
+        assert_eq!(resolution(w("24h"), Some("minute")), Resolution::Minute);
+        assert_eq!(resolution(w("7d"), Some("minute")), Resolution::Hour, "10,080 bars: refused");
+        assert_eq!(resolution(w("30d"), Some("hour")), Resolution::Hour);
+        assert_eq!(resolution(w("1h"), Some("day")), Resolution::Day);
+        assert_eq!(resolution(w("24h"), Some("<x>")), Resolution::Hour);
+        assert_eq!(
+            [("1h", Resolution::Minute), ("24h", Resolution::Hour), ("30d", Resolution::Day), ("7d", Resolution::Day)]
+                .map(|(n, r)| buckets(w(n), r)),
+            [60, 24, 31, 8]
+        );
+    }
+
     fn parse_query(q: &str) -> ListParams {
         let uri: axum::http::Uri = format!("/?{q}").parse().unwrap();
         Query::<ListParams>::try_from_uri(&uri).unwrap().0
