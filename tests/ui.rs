@@ -298,3 +298,288 @@ async fn without_an_operator_token_the_ui_is_read_only() {
     assert_eq!(by_id(&html, "status"), "active");
     server.abort();
 }
+
+/// Events and distinct users of one issue since `since` seconds ago, of the events of
+/// `environment` and `release` when given, as the base table holds them.
+async fn truth_of(
+    db: &TestDb,
+    project: &str,
+    issue: &str,
+    since: u64,
+    environment: Option<&str>,
+    release: Option<&str>,
+) -> (u64, u64) {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct T {
+        c: u64,
+        u: u64,
+    }
+    let t = db
+        .client
+        .query(
+            "SELECT sum(count) AS c, toUInt64(uniqExactArray(users)) AS u FROM aggregates \
+             WHERE project = ? AND issue_id = ? AND minute >= now() - ? \
+             AND (? = '' OR environment = ?) AND (? = '' OR release = ?)",
+        )
+        .bind(project)
+        .bind(issue)
+        .bind(since)
+        .bind(environment.unwrap_or(""))
+        .bind(environment.unwrap_or(""))
+        .bind(release.unwrap_or(""))
+        .bind(release.unwrap_or(""))
+        .fetch_one::<T>()
+        .await
+        .unwrap();
+    (t.c, t.u)
+}
+
+/// The issue ids of the list's rows, in order.
+fn row_ids(html: &str) -> Vec<String> {
+    html.split("<tr data-issue=\"").skip(1).map(|r| r[..r.find('"').unwrap()].to_owned()).collect()
+}
+
+/// The text of the cell with class `class` (not a number) in the row of `issue`.
+fn row_text(html: &str, issue: &str, class: &str) -> String {
+    let row = &html[html.find(&format!("data-issue=\"{issue}\"")).unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    let cell = &row[row.find(&format!("class=\"{class}\">")).unwrap_or_else(|| panic!("no {class} in {row}"))..];
+    let cell = &cell[cell.find('>').unwrap() + 1..cell.find("</td>").unwrap()];
+    cell.replace("<bdi>", "").replace("</bdi>", "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_filters_by_environment_release_status_and_text_sorts_by_last_seen_and_shows_first_releases() {
+    let db = TestDb::new("ui_filters").await;
+    let t = db.server_now().await;
+    let env = |mut r: AggregateRecord, e: &str| {
+        r.environment = e.into();
+        r
+    };
+    let (a, b, c, d) = (hex(1), hex(2), hex(3), hex(4));
+    let mut recs = vec![
+        // A: École, three days ago in r1 (outside 24h), now in r1 (production) and r2 (staging).
+        rec("f", &a, "École crash", t - 3 * 86_400, "r1", 11, &[1], 0),
+        rec("f", &a, "École crash", t - 600, "r1", 5, &[1, 2], 1),
+        env(rec("f", &a, "École crash", t - 7200, "r2", 3, &[3], 2), "staging"),
+        // B: Cyrillic title, culprit with ß (rec: "{title} in handler"), first in r3.
+        rec("f", &b, "ИВАН Straße failed", t - 3 * 3600, "r3", 1, &[4], 3),
+        rec("f", &b, "ИВАН Straße failed", t - 1200, "r1", 6, &[4, 5, 6], 4),
+        // C: CJK and emoji, staging r2, the latest.
+        env(rec("f", &c, "中文 🙈 crash", t - 60, "r2", 2, &[7], 5), "staging"),
+        // D: resolved below.
+        rec("f", &d, "plain 100% done_", t - 1800, "r1", 4, &[8], 6),
+    ];
+    // 60 issues of environment x: more than a page.
+    for i in 0..60u64 {
+        recs.push(env(rec("g", &hex(1000 + i), &format!("G {i}"), t - 120, "g@1", 100 + i, &[i], 100 + i as i64), "x"));
+    }
+    db.insert_records(&recs).await;
+    let change = tracefold_store::issues::StatusChange {
+        project: "f",
+        issue_id: &d,
+        status: tracefold_store::IssueStatus::Resolved,
+        actor: "test",
+        release: "",
+        note: "",
+    };
+    tracefold_store::issues::set_status(&db.client, &db.cfg.database, &change).await.unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: None, operator_token: None };
+    let server = tokio::spawn(tracefold_ui::serve(listener, cfg, std::future::pending()));
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("http://{addr}{path}")).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        }
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+
+    // Environment: counts, users and rows of that environment's events only.
+    let html = get("/?project=f&environment=staging".into()).await;
+    assert_eq!(row_ids(&html), [a.clone(), c.clone()], "most events first");
+    for (id, want) in [(&a, 3), (&c, 2)] {
+        let (events, users) = truth_of(&db, "f", id, 86_400, Some("staging"), None).await;
+        assert_eq!(events, want);
+        assert_eq!(row_cell(&html, id, "events"), events.to_string());
+        assert_eq!(row_cell(&html, id, "users"), users.to_string());
+    }
+    assert!(html.contains("name=\"environment\" value=\"staging\""), "the form keeps the filter");
+
+    // Release, over 24 hours and over 7 days (whole hours from the hourly rollup).
+    for (window, since) in [("24h", 86_400), ("7d", 7 * 86_400)] {
+        let html = get(format!("/?project=f&release=r1&window={window}")).await;
+        assert_eq!(sorted(row_ids(&html)), [a.clone(), b.clone(), d.clone()], "{window}");
+        for id in [&a, &b, &d] {
+            let (events, users) = truth_of(&db, "f", id, since, None, Some("r1")).await;
+            assert_eq!(row_cell(&html, id, "events"), events.to_string(), "{window} {id}");
+            assert_eq!(row_cell(&html, id, "users"), users.to_string(), "{window} {id}");
+        }
+        assert_eq!(row_cell(&html, &a, "events"), if window == "7d" { "16" } else { "5" });
+    }
+
+    // Status: the current one; no recorded status is active.
+    assert_eq!(row_ids(&get("/?project=f&status=resolved".into()).await), vec![d.clone()]);
+    assert_eq!(sorted(row_ids(&get("/?project=f&status=active".into()).await)), [a.clone(), b.clone(), c.clone()]);
+    assert!(row_ids(&get("/?project=f&status=ignored".into()).await).is_empty());
+
+    // Search: title or culprit, case-insensitive, any script; the text is a value, never SQL
+    // nor a pattern.
+    for (q, want) in [
+        ("%C3%A9cole", vec![a.clone()]),               // école
+        ("%C3%89COLE", vec![a.clone()]),               // ÉCOLE
+        ("%D0%B8%D0%B2%D0%B0%D0%BD", vec![b.clone()]), // иван
+        ("STRA%C3%9FE", vec![b.clone()]),              // STRAßE, in the culprit
+        ("%F0%9F%99%88", vec![c.clone()]),             // 🙈
+        ("%E4%B8%AD%E6%96%87", vec![c.clone()]),       // 中文
+        ("crash", vec![a.clone(), c.clone()]),
+        ("100%25", vec![d.clone()]),
+        ("%25", vec![d.clone()]),
+        ("_", vec![d.clone()]),
+        ("%27%29%20OR%201%3D1%20--", vec![]), // ') OR 1=1 --
+        ("%3F", vec![]),                      // ?
+        ("%5C", vec![]),                      // backslash
+        ("nothing-like-it", vec![]),
+        ("%00", vec![]),
+        ("%E2%80%AE%0A%09", vec![]), // a direction override, a newline, a tab
+    ] {
+        let html = get(format!("/?project=f&q={q}")).await;
+        assert_eq!(sorted(row_ids(&html)), want, "q={q}");
+        if want.is_empty() {
+            assert!(html.contains("match the filters"), "q={q}");
+        }
+    }
+    // A long search (its first 200 characters are used) and hostile filter values answer.
+    let long = "%C3%A9".repeat(5_000);
+    assert!(row_ids(&get(format!("/?project=f&q={long}")).await).is_empty());
+    assert_eq!(row_ids(&get("/?project=f&q=%C3%A9".into()).await), vec![a.clone()]);
+    for bad in ["environment=%27%3B%20DROP%20TABLE%20aggregates%3B%20--", "release=%5C%27", "environment=%F0%9F%99%88"]
+    {
+        assert!(row_ids(&get(format!("/?project=f&{bad}")).await).is_empty(), "{bad}");
+    }
+    assert_eq!(row_ids(&get("/?project=f&status=deleted".into()).await).len(), 4, "an unknown status is no filter");
+    let html = get("/?project=f&q=%3Cscript%3E%22".into()).await;
+    assert!(!html.contains("<script>") && html.contains("value=\"&lt;script&gt;&quot;\""), "echoed escaped");
+    // Filters combine.
+    assert_eq!(
+        row_ids(&get("/?project=f&q=crash&environment=staging&release=r2".into()).await),
+        [a.clone(), c.clone()]
+    );
+    assert_eq!(row_ids(&get("/?project=f&q=crash&status=active&release=r1".into()).await), vec![a.clone()]);
+
+    // By last seen, with the same numbers as the default order (those of tracefold top), in
+    // every window.
+    for window in ["1h", "24h", "7d", "30d"] {
+        let by_events = get(format!("/?project=f&window={window}")).await;
+        let by_last = get(format!("/?project=f&by=last_seen&window={window}")).await;
+        assert_eq!(sorted(row_ids(&by_last)), sorted(row_ids(&by_events)), "{window}");
+        for id in row_ids(&by_events) {
+            for class in ["events", "users"] {
+                assert_eq!(row_cell(&by_last, &id, class), row_cell(&by_events, &id, class), "{window} {id} {class}");
+            }
+            assert_eq!(row_text(&by_last, &id, "wide last-seen"), row_text(&by_events, &id, "wide last-seen"));
+        }
+    }
+    let by_events = get("/?project=f".into()).await;
+    let by_last = get("/?project=f&by=last_seen".into()).await;
+    assert_eq!(row_ids(&by_last), [c.clone(), a.clone(), b.clone(), d.clone()]);
+    assert!(by_last.contains("<option selected>last_seen</option>"));
+    // Every other order with a filter answers, with the filtered rows (new: A was first seen
+    // three days ago).
+    for (by, want) in
+        [("users", vec![a.clone(), c.clone()]), ("growth", vec![a.clone(), c.clone()]), ("new", vec![c.clone()])]
+    {
+        let html = get(format!("/?project=f&environment=staging&by={by}")).await;
+        assert_eq!(row_ids(&html), want, "{by}");
+    }
+    // Users: B has the most in r1.
+    assert_eq!(row_ids(&get("/?project=f&release=r1&by=users".into()).await), [b.clone(), a.clone(), d.clone()]);
+
+    // The release of each issue's first events, with and without filters.
+    for html in [&by_events, &by_last] {
+        assert_eq!(row_text(html, &b, "wide first-release"), "r3");
+        assert_eq!(row_text(html, &c, "wide first-release"), "r2");
+        assert_eq!(row_text(html, &d, "wide first-release"), "r1");
+        // A's first events (three days ago) are older than the window, its release is known.
+        assert_eq!(row_text(html, &a, "wide first-release"), "r1");
+    }
+
+    // Pages keep the filters.
+    let p0 = get("/?project=g&environment=x&by=last_seen".into()).await;
+    assert_eq!(row_ids(&p0).len(), 50);
+    let next = "/?by=last_seen&amp;window=24h&amp;project=g&amp;environment=x&amp;page=1";
+    assert!(p0.contains(&format!("href=\"{next}\"")), "next link keeps the filters");
+    let p1 = get(next.replace("&amp;", "&")).await;
+    assert_eq!(row_ids(&p1).len(), 10);
+    assert!(p1.contains("href=\"/?by=last_seen&amp;window=24h&amp;project=g&amp;environment=x\""), "prev link");
+    let p0e = get("/?project=g&environment=x".into()).await;
+    assert_eq!(row_ids(&p0e)[0], hex(1059), "most events first");
+    assert!(row_ids(&get("/?project=g&environment=production".into()).await).is_empty());
+
+    // The issue chart: its resolution by the window (or `res` when it fits), bars with the
+    // issue's events, and a release marker on the bar where each release's events begin.
+    for (query, heading, bars, total, marked) in [
+        ("window=1h", "minute", 60, 5, vec![("r1", 5)]),
+        ("window=24h", "hour", 24, 8, vec![("r2", 3), ("r1", 5)]),
+        ("window=7d", "hour", 168, 19, vec![("r1", 11), ("r2", 3)]),
+        ("window=30d", "day", 31, 19, vec![("r1", 11)]),
+        ("window=24h&res=minute", "minute", 1440, 8, vec![("r2", 3), ("r1", 5)]),
+        ("window=7d&res=day", "day", 8, 19, vec![("r1", 11)]),
+        ("window=30d&res=minute", "day", 31, 19, vec![("r1", 11)]),
+        ("window=24h&res=%3Cx%3E", "hour", 24, 8, vec![("r2", 3), ("r1", 5)]),
+    ] {
+        let html = get(format!("/issues/f/{a}?{query}")).await;
+        assert!(html.contains(&format!("Events per {heading}, last ")), "{query}");
+        let (counts, markers) = chart(&html);
+        assert_eq!((counts.len(), counts.iter().sum::<u64>()), (bars, total), "{query}");
+        for (release, count) in marked {
+            let bar = markers.iter().find(|m| m.1 == release).unwrap_or_else(|| panic!("{query}: no {release}")).0;
+            assert_eq!(counts[bar], count, "{query}: the marker of {release} is on its first bar");
+        }
+        let order: Vec<&str> = markers.iter().map(|m| m.1.as_str()).collect();
+        if query.starts_with("window=24h") {
+            assert_eq!(order, ["r2", "r1"], "{query}: oldest first");
+        }
+    }
+    let html = get(format!("/issues/f/{a}?window=24h")).await;
+    assert!(html.contains(&format!("href=\"/issues/f/{a}?window=24h&amp;res=minute\">per minute<")));
+    assert!(html.contains(&format!("href=\"/issues/f/{a}?window=24h&amp;res=day\">per day<")));
+    assert!(!html.contains("&amp;res=hour"), "the chosen resolution is no link");
+    let html = get(format!("/issues/f/{a}?window=30d")).await;
+    assert!(!html.contains("res=minute"), "no minute bars over 30 days");
+    server.abort();
+}
+
+/// The bars (counts, oldest first) and release markers (bar, release) of the issue chart.
+fn chart(html: &str) -> (Vec<u64>, Vec<(usize, String)>) {
+    let svg = &html[html.find("<svg class=\"bars\"").unwrap()..];
+    let svg = &svg[..svg.find("</svg>").unwrap()];
+    let counts = svg
+        .split("<rect ")
+        .skip(1)
+        .map(|r| {
+            let title = &r[r.find("<title>").unwrap() + 7..r.find("</title>").unwrap()];
+            title.rsplit(": ").next().unwrap().parse().unwrap()
+        })
+        .collect();
+    let markers = svg
+        .split("<line class=\"release\" data-bucket=\"")
+        .skip(1)
+        .map(|l| {
+            let i = l[..l.find('"').unwrap()].parse().unwrap();
+            let name = &l[l.find("<title>release ").unwrap() + 15..l.find("</title>").unwrap()];
+            (i, name.to_owned())
+        })
+        .collect();
+    (counts, markers)
+}

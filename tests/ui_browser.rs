@@ -198,6 +198,10 @@ fn base64(s: &str) -> Vec<u8> {
 }
 
 /// Events and distinct users per issue, all time, as ClickHouse holds them.
+fn shown_str(v: Value) -> String {
+    v.as_str().unwrap_or_else(|| panic!("not text: {v}")).to_owned()
+}
+
 async fn truth(db: &TestDb) -> std::collections::BTreeMap<String, (u64, u64)> {
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct T {
@@ -307,7 +311,36 @@ async fn chromium_shows_clickhouses_numbers_runs_no_injected_script_and_resolves
     assert!(texts.contains(HOSTILE_TYPE), "the hostile title shown as text: {texts}");
     let list_png = cdp.screenshot("issues").await;
 
+    // The filter form: a search typed into it lands in the URL, and the list holds only the
+    // issues whose title or culprit holds it (here: the last row's title, in upper case).
+    let needle =
+        shown_str(cdp.eval("[...document.querySelectorAll('#issues tbody tr a bdi')].pop().textContent").await);
+    let upper = needle.to_uppercase();
+    cdp.events.clear();
+    cdp.eval(&format!(
+        "(() => {{ const f = document.getElementById('filters'); f.querySelector('input[name=q]').value = {}; \
+         f.submit(); return true; }})()",
+        serde_json::to_string(&upper).unwrap()
+    ))
+    .await;
+    cdp.wait_load().await;
+    let search = shown_str(cdp.eval("new URLSearchParams(location.search).get('q')").await);
+    assert_eq!(search, upper, "the search is in the URL");
+    let found = cdp
+        .eval(
+            "JSON.stringify([...document.querySelectorAll('#issues tbody tr')].map(r => \
+             r.querySelector('td.t').textContent.toLowerCase()))",
+        )
+        .await;
+    let found: Vec<String> = serde_json::from_str(found.as_str().unwrap()).unwrap();
+    assert!(!found.is_empty(), "the issue searched for is listed");
+    assert!(found.len() < rows.len() || rows.len() == 1, "the search narrows the list: {found:?}");
+    for text in &found {
+        assert!(text.contains(&needle.to_lowercase()), "{text} does not hold {needle}");
+    }
+
     // The issue page of the most frequent issue: numbers, then Resolve.
+    cdp.goto(&format!("{ui}/?window=24h")).await;
     let (id, _, _) = rows[0].clone();
     let project = cdp.eval(&format!("document.querySelector('tr[data-issue=\"{id}\"]').dataset.project")).await;
     let project = project.as_str().unwrap().to_owned();

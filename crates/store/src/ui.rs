@@ -4,7 +4,7 @@
 
 use crate::client::db;
 use crate::error::{step, Result};
-use crate::issues::IssueStatus;
+use crate::issues::{IssueStatus, TopIssue};
 use clickhouse::Client;
 use serde::Deserialize;
 
@@ -158,4 +158,580 @@ pub async fn first_release(
         .await
         .map_err(step("first release"))?;
     Ok(rows.into_iter().next().map(|r| r.release))
+}
+
+/// A value bound to a `?` of [`Sql`].
+#[derive(Debug, Clone)]
+enum Bind {
+    U32(u32),
+    U64(u64),
+    Str(String),
+}
+
+/// SQL text with `?` placeholders and their values in order: filters compose without a value
+/// ever being formatted into the text.
+#[derive(Debug, Clone, Default)]
+struct Sql {
+    text: String,
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(Bind::U32(v));
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(Bind::U64(v));
+        self
+    }
+    fn str(&mut self, v: &str) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(Bind::Str(v.to_owned()));
+        self
+    }
+    fn sql(&mut self, other: &Sql) -> &mut Self {
+        self.text.push_str(&other.text);
+        self.binds.extend(other.binds.iter().cloned());
+        self
+    }
+    fn query(&self, client: &Client) -> clickhouse::query::Query {
+        let mut q = client.query(&self.text);
+        for b in &self.binds {
+            q = match b {
+                Bind::U32(v) => q.bind(*v),
+                Bind::U64(v) => q.bind(*v),
+                Bind::Str(v) => q.bind(v.as_str()),
+            };
+        }
+        q
+    }
+}
+
+/// How [`issue_list`] orders the issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListSort {
+    /// Most events in the window.
+    #[default]
+    Events,
+    /// Most distinct affected users in the window, then events.
+    Users,
+    /// Largest gain over the previous window of the same length, then events.
+    Growth,
+    /// Only issues first seen in the window, most events first.
+    New,
+    /// Latest last seen first.
+    LastSeen,
+}
+
+impl ListSort {
+    /// Every order.
+    pub const ALL: [ListSort; 5] =
+        [ListSort::Events, ListSort::Users, ListSort::Growth, ListSort::New, ListSort::LastSeen];
+
+    /// The name (`events`, `users`, `growth`, `new` as `tracefold top --by`, and `last_seen`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListSort::Events => "events",
+            ListSort::Users => "users",
+            ListSort::Growth => "growth",
+            ListSort::New => "new",
+            ListSort::LastSeen => "last_seen",
+        }
+    }
+}
+
+/// Most characters of a search text [`issue_list`] uses (the rest is cut off).
+pub const MAX_SEARCH_CHARS: usize = 200;
+
+/// What [`issue_list`] asks for: the issues with events in a window, each filter narrowing
+/// the events (environment, release) or the issues (project, status, search).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListQuery<'a> {
+    /// The window: the last this many seconds (by the server's clock).
+    pub since_secs: u64,
+    /// Most rows returned.
+    pub limit: u64,
+    /// The order.
+    pub sort: ListSort,
+    /// Only this project.
+    pub project: Option<&'a str>,
+    /// Only events of this environment (counts, users and the last hour are of those events).
+    pub environment: Option<&'a str>,
+    /// Only events of this release (likewise).
+    pub release: Option<&'a str>,
+    /// Only issues with this current status (no recorded status: active).
+    pub status: Option<IssueStatus>,
+    /// Only issues whose title or culprit holds this text, case-insensitively (ClickHouse's
+    /// `positionCaseInsensitiveUTF8`); empty: no search. At most [`MAX_SEARCH_CHARS`] used.
+    pub search: Option<&'a str>,
+}
+
+/// The window's edges as the server aligns hours, Unix seconds.
+#[derive(Debug, Clone, Copy, clickhouse::Row, Deserialize)]
+struct ListClock {
+    now: u32,
+    from: u32,
+    from_hour: u32,
+    prev: u32,
+    prev_hour: u32,
+}
+
+fn hour_up(t: u32, hour: u32) -> u32 {
+    if hour == t {
+        t
+    } else {
+        hour.saturating_add(3600)
+    }
+}
+
+/// `SELECT project, issue_id, c, w` over `[lo, hi)` (`hi` `None`: open): whole hours from the
+/// hourly rollup, the rest from the minute rollup (partitioned by day: only those days' parts
+/// are read). The same counts as the minute rollup alone.
+#[allow(clippy::too_many_arguments)]
+fn count_parts(db: &str, q: &ListQuery<'_>, lo: u32, lo_hour: u32, hi: Option<(u32, u32)>, w: u8, out: &mut Vec<Sql>) {
+    let lo_up = hour_up(lo, lo_hour);
+    let mut ranges: Vec<(&str, &str, u32, Option<u32>)> = Vec::new();
+    match hi {
+        None => {
+            ranges.push(("issue_counts_1m", "minute", lo, Some(lo_up)));
+            ranges.push(("issue_counts_1h", "hour", lo_up, None));
+        }
+        Some((hi, hi_hour)) => {
+            if lo_up < hi_hour {
+                ranges.push(("issue_counts_1m", "minute", lo, Some(lo_up)));
+                ranges.push(("issue_counts_1h", "hour", lo_up, Some(hi_hour)));
+                ranges.push(("issue_counts_1m", "minute", hi_hour, Some(hi)));
+            } else {
+                ranges.push(("issue_counts_1m", "minute", lo, Some(hi)));
+            }
+        }
+    }
+    for (table, col, a, b) in ranges {
+        if b.is_some_and(|b| b <= a) {
+            continue;
+        }
+        let mut s = Sql::default();
+        s.push(&format!(
+            "SELECT project, issue_id, sum(count) AS c, toUInt8({w}) AS w FROM {db}.{table} WHERE {col} >= toDateTime("
+        ))
+        .u32(a)
+        .push(")");
+        if let Some(b) = b {
+            s.push(&format!(" AND {col} < toDateTime(")).u32(b).push(")");
+        }
+        event_filter(&mut s, q);
+        s.push(" GROUP BY project, issue_id");
+        out.push(s);
+    }
+}
+
+/// ` AND project = ? AND environment = ? AND release = ?` for the filters that are set.
+fn event_filter(s: &mut Sql, q: &ListQuery<'_>) {
+    project_filter(s, q);
+    if let Some(e) = q.environment {
+        s.push(" AND environment = ").str(e);
+    }
+    if let Some(r) = q.release {
+        s.push(" AND release = ").str(r);
+    }
+}
+
+fn project_filter(s: &mut Sql, q: &ListQuery<'_>) {
+    if let Some(p) = q.project {
+        s.push(" AND project = ").str(p);
+    }
+}
+
+/// `SELECT project, issue_id, users_n`: distinct users since `from` of the filtered events,
+/// from the base table (partitioned by day), of the issues in `only` or of all.
+fn list_users(db: &str, q: &ListQuery<'_>, from: u32, only: Option<&Sql>) -> Sql {
+    let mut s = Sql::default();
+    s.push(&format!(
+        "SELECT project, issue_id, toUInt64(uniqExactArray(users)) AS users_n FROM {db}.aggregates WHERE minute >= toDateTime("
+    ))
+    .u32(from)
+    .push(")");
+    event_filter(&mut s, q);
+    if let Some(only) = only {
+        s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(only).push("))");
+    }
+    s.push(" GROUP BY project, issue_id");
+    s
+}
+
+fn list_order(sort: ListSort) -> &'static str {
+    match sort {
+        ListSort::Events | ListSort::New => "events DESC, project, issue_id",
+        ListSort::Users => "users DESC, events DESC, project, issue_id",
+        ListSort::Growth => "toInt64(events) - toInt64(previous) DESC, events DESC, project, issue_id",
+        ListSort::LastSeen => "last_seen DESC, project, issue_id",
+    }
+}
+
+/// The SQL of [`issue_list`] for a clock reading, and the start of the last hour.
+fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>) -> (Sql, u32) {
+    let mut parts = Vec::new();
+    count_parts(db, q, c.from, c.from_hour, None, 1, &mut parts);
+    if q.sort == ListSort::Growth {
+        count_parts(db, q, c.prev, c.prev_hour, Some((c.from, c.from_hour)), 0, &mut parts);
+    }
+    // The issues with events in the window, filtered, with their metadata.
+    // (ClickHouse 18.16: one JOIN per SELECT.)
+    const COLUMNS: &str = "project, issue_id, events, previous, title, culprit, level, first_seen, last_seen";
+    let mut ranked = Sql::default();
+    ranked
+        .push("SELECT ")
+        .push(COLUMNS)
+        .push(" FROM (SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            ranked.push(" UNION ALL ");
+        }
+        ranked.sql(p);
+    }
+    ranked.push(") WHERE 1");
+    if let Some(status) = q.status {
+        let (op, cmp) = if status == IssueStatus::Active { ("NOT IN", "!=") } else { ("IN", "=") };
+        ranked.push(&format!(
+            " AND (project, issue_id) {op} (SELECT project, issue_id FROM (SELECT project, issue_id, \
+             argMax(status, changed_ms) AS cur FROM {db}.issue_status_log WHERE 1"
+        ));
+        project_filter(&mut ranked, q);
+        ranked.push(&format!(" GROUP BY project, issue_id) WHERE cur {cmp} ")).str(status.as_str()).push(")");
+    }
+    ranked
+        .push(&format!(
+            " GROUP BY project, issue_id HAVING events > 0) ANY INNER JOIN (SELECT project, issue_id, \
+         argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, argMaxMerge(level_state) AS level, \
+         toUInt32(minMerge(first_seen_state)) AS first_seen, toUInt32(maxMerge(last_seen_state)) AS last_seen \
+         FROM {db}.issues WHERE (project, issue_id) IN (SELECT project, issue_id FROM {db}.issue_counts_1h \
+         WHERE hour >= toDateTime("
+        ))
+        .u32(c.from_hour)
+        .push(")");
+    project_filter(&mut ranked, q);
+    ranked.push(")");
+    project_filter(&mut ranked, q);
+    ranked.push(" GROUP BY project, issue_id");
+    if let Some(text) = q.search.filter(|t| !t.is_empty()) {
+        let text: String = text.chars().take(MAX_SEARCH_CHARS).collect();
+        ranked
+            .push(" HAVING positionCaseInsensitiveUTF8(title, ")
+            .str(&text)
+            .push(") > 0 OR positionCaseInsensitiveUTF8(culprit, ")
+            .str(&text)
+            .push(") > 0");
+    }
+    ranked.push(") USING (project, issue_id)");
+    if q.sort == ListSort::New {
+        ranked.push(" WHERE first_seen >= ").u32(c.from);
+    }
+    if q.sort == ListSort::Users {
+        let mut with_users = Sql::default();
+        with_users
+            .push("SELECT ")
+            .push(COLUMNS)
+            .push(", users_n AS users FROM (")
+            .sql(&ranked)
+            .push(") ANY LEFT JOIN (")
+            .sql(&list_users(db, q, c.from, None))
+            .push(") USING (project, issue_id)");
+        ranked = with_users;
+    }
+    ranked.push(" ORDER BY ").push(list_order(q.sort)).push(" LIMIT ").u64(q.limit);
+
+    let hour_start = (c.now / 60) * 60 - 59 * 60;
+    let mut s = Sql::default();
+    s.push(
+        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts FROM (",
+    );
+    if q.sort == ListSort::Users {
+        s.push("SELECT ").push(COLUMNS).push(", users FROM (").sql(&ranked).push(")");
+    } else {
+        s.push("SELECT project, issue_id, events, previous, title, culprit, level, first_seen, last_seen, users_n AS users FROM (")
+            .sql(&ranked)
+            .push(") ANY LEFT JOIN (")
+            .sql(&list_users(db, q, c.from, Some(&ranked)))
+            .push(") USING (project, issue_id)");
+    }
+    s.push(&format!(
+        ") ANY LEFT JOIN (SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
+         SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
+    ))
+    .u32(hour_start)
+    .push(")");
+    event_filter(&mut s, q);
+    s.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id) USING (project, issue_id) ORDER BY ")
+        .push(list_order(q.sort));
+    (s, hour_start)
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct ListRow {
+    project: String,
+    issue_id: String,
+    title: String,
+    culprit: String,
+    level: String,
+    first_seen: u32,
+    last_seen: u32,
+    events: u64,
+    previous: u64,
+    users: u64,
+    minutes: Vec<u32>,
+    minute_counts: Vec<u64>,
+}
+
+/// The issues of a window as `q` filters and orders them, at most `q.limit`, with metadata,
+/// users and the last hour per minute (all of the filtered events): the issues list of
+/// `tracefold ui` when a filter, a search or the `last_seen` order is chosen. One query after
+/// reading the server's clock; events counted exactly (whole hours from the hourly rollup,
+/// the rest per minute), users exactly over the user hashes the aggregates kept (base table).
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer.
+pub async fn issue_list(client: &Client, database: &str, q: &ListQuery<'_>) -> Result<Vec<TopIssue>> {
+    let db = db(database)?;
+    let since = q.since_secs.min(u64::from(u32::MAX));
+    let c = client
+        .query(
+            "SELECT toUInt32(t) AS now, toUInt32(a) AS from, toUInt32(toStartOfHour(a)) AS from_hour, \
+             toUInt32(p) AS prev, toUInt32(toStartOfHour(p)) AS prev_hour \
+             FROM (SELECT t, a, toDateTime(greatest(2 * toInt64(toUInt32(a)) - toInt64(toUInt32(t)), 172800)) AS p \
+             FROM (SELECT now() AS t, toDateTime(greatest(toInt64(toUInt32(now())) - toInt64(?), 172800)) AS a))",
+        )
+        .bind(since)
+        .fetch_one::<ListClock>()
+        .await
+        .map_err(step("cannot reach ClickHouse"))?;
+    let (sql, hour_start) = list_sql(db, &c, q);
+    let rows = sql.query(client).fetch_all::<ListRow>().await.map_err(step("issue list"))?;
+    let time = |t: u32| {
+        if t == 0 {
+            String::new()
+        } else {
+            tracefold_model::time::format_rfc3339(i64::from(t) * 1000).replace(".000Z", "Z")
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let mut last_hour = vec![0; 60];
+            for (m, n) in r.minutes.iter().zip(&r.minute_counts) {
+                if let Some(slot) = last_hour.get_mut((m.saturating_sub(hour_start) / 60) as usize) {
+                    *slot += n;
+                }
+            }
+            TopIssue {
+                first_seen: time(r.first_seen),
+                last_seen: time(r.last_seen),
+                previous: (q.sort == ListSort::Growth).then_some(r.previous),
+                project: r.project,
+                issue_id: r.issue_id,
+                title: r.title,
+                culprit: r.culprit,
+                level: r.level,
+                count: r.events,
+                users: r.users,
+                last_hour,
+            }
+        })
+        .collect())
+}
+
+/// Most issues [`first_releases`] asks about at once.
+pub const MAX_FIRST_RELEASES: usize = 1_000;
+
+/// The release of each issue's first events (as [`first_release`]: the release of the minute
+/// it was first seen, the first in release order when several share it), for `issues` given
+/// as `(project, issue_id, first_seen Unix seconds)`: one query for a page of the list. Issues
+/// whose first minute holds no row are left out. At most [`MAX_FIRST_RELEASES`] are asked
+/// about.
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer.
+pub async fn first_releases(
+    client: &Client,
+    database: &str,
+    issues: &[(&str, &str, u32)],
+) -> Result<Vec<(String, String, String)>> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct R {
+        project: String,
+        issue_id: String,
+        release: String,
+    }
+    let db = db(database)?;
+    let issues = &issues[..issues.len().min(MAX_FIRST_RELEASES)];
+    let Some(lo) = issues.iter().map(|i| i.2 / 60 * 60).min() else {
+        return Ok(Vec::new());
+    };
+    let hi = issues.iter().map(|i| i.2 / 60 * 60).max().unwrap_or(lo);
+    let mut s = Sql::default();
+    s.push(&format!(
+        "SELECT project, issue_id, min(release) AS release FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
+    ))
+    .u32(lo)
+    .push(") AND minute <= toDateTime(")
+    .u32(hi)
+    .push(") AND (project, issue_id, toUInt32(minute)) IN (");
+    for (i, (p, id, first)) in issues.iter().enumerate() {
+        if i > 0 {
+            s.push(", ");
+        }
+        s.push("(").str(p).push(", ").str(id).push(", ").u32(first / 60 * 60).push(")");
+    }
+    s.push(") GROUP BY project, issue_id LIMIT ").u64(issues.len() as u64);
+    let rows = s.query(client).fetch_all::<R>().await.map_err(step("first releases"))?;
+    Ok(rows.into_iter().map(|r| (r.project, r.issue_id, r.release)).collect())
+}
+
+/// The width of a bar of [`series`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// One bar a minute (`issue_counts_1m`).
+    Minute,
+    /// One bar an hour (`issue_counts_1h`).
+    Hour,
+    /// One bar a day, days as the server's time zone draws them (`issue_counts_1d`).
+    Day,
+}
+
+impl Resolution {
+    /// Every resolution, finest first.
+    pub const ALL: [Resolution; 3] = [Resolution::Minute, Resolution::Hour, Resolution::Day];
+
+    /// The name (`minute`, `hour`, `day`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Minute => "minute",
+            Resolution::Hour => "hour",
+            Resolution::Day => "day",
+        }
+    }
+
+    /// Seconds a bar covers (a day: nominally; a bar is a calendar day of the server).
+    pub fn secs(self) -> u32 {
+        match self {
+            Resolution::Minute => 60,
+            Resolution::Hour => 3600,
+            Resolution::Day => 86_400,
+        }
+    }
+}
+
+/// Most bars [`series`] draws.
+pub const MAX_BUCKETS: u32 = 1_440;
+
+/// Most (bar, release) rows [`series`] reads; beyond it the chart fails with
+/// [`crate::Error::TooManyRows`] rather than show part of it.
+pub const MAX_SERIES_ROWS: u64 = 100_000;
+
+/// One issue's events over the last `buckets` bars of `res` (the last one the current, partial
+/// one), and where each release's events begin in them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    /// Start of each bar, Unix seconds, oldest first.
+    pub starts: Vec<u32>,
+    /// Events of each bar.
+    pub counts: Vec<u64>,
+    /// Each release with events in the bars and the index of its first bar, oldest first
+    /// (then by release).
+    pub release_starts: Vec<(String, usize)>,
+}
+
+/// The events of one issue per `res` over the last `buckets` bars (at most [`MAX_BUCKETS`]),
+/// with each release's first bar: the issue page's chart. One query after reading the
+/// server's clock, from the rollup of that resolution.
+///
+/// # Errors
+/// When the database name is not an identifier, ClickHouse does not answer, or the bars hold
+/// more than [`MAX_SERIES_ROWS`] (bar, release) pairs.
+pub async fn series(
+    client: &Client,
+    database: &str,
+    project: &str,
+    issue_id: &str,
+    res: Resolution,
+    buckets: u32,
+) -> Result<Series> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct C {
+        first: u32,
+        last: u32,
+    }
+    #[derive(clickhouse::Row, Deserialize)]
+    struct R {
+        t: u32,
+        release: String,
+        c: u64,
+    }
+    let db = db(database)?;
+    let n = buckets.clamp(1, MAX_BUCKETS);
+    let back = n - 1;
+    // The first and the current bar's start, as the server aligns them.
+    let clock = match res {
+        Resolution::Minute => {
+            "SELECT toUInt32(toUInt32(toStartOfMinute(now())) - ? * 60) AS first, toUInt32(toStartOfMinute(now())) AS last"
+        }
+        Resolution::Hour => {
+            "SELECT toUInt32(toUInt32(toStartOfHour(now())) - ? * 3600) AS first, toUInt32(toStartOfHour(now())) AS last"
+        }
+        Resolution::Day => {
+            "SELECT toUInt32(toDateTime(toDate(now()) - ?)) AS first, toUInt32(toDateTime(toDate(now()))) AS last"
+        }
+    };
+    let c = client.query(clock).bind(back).fetch_one::<C>().await.map_err(step("cannot reach ClickHouse"))?;
+    let (table, col) = match res {
+        Resolution::Minute => ("issue_counts_1m", "minute"),
+        Resolution::Hour => ("issue_counts_1h", "hour"),
+        Resolution::Day => ("issue_counts_1d", "day"),
+    };
+    let mut s = Sql::default();
+    if res == Resolution::Day {
+        s.push(&format!(
+            "SELECT toUInt32(toDateTime(day)) AS t, release, sum(count) AS c FROM {db}.{table} \
+             WHERE day >= toDate(toDateTime("
+        ));
+    } else {
+        s.push(&format!(
+            "SELECT toUInt32({col}) AS t, release, sum(count) AS c FROM {db}.{table} WHERE {col} >= toDateTime("
+        ));
+    }
+    s.u32(c.first).push(if res == Resolution::Day { "))" } else { ")" });
+    s.push(" AND project = ").str(project).push(" AND issue_id = ").str(issue_id);
+    s.push(" GROUP BY t, release ORDER BY t, release LIMIT ").u64(MAX_SERIES_ROWS + 1);
+    let rows = s.query(client).fetch_all::<R>().await.map_err(step("chart"))?;
+    if rows.len() as u64 > MAX_SERIES_ROWS {
+        return Err(crate::Error::TooManyRows { what: "chart bars by release", limit: MAX_SERIES_ROWS });
+    }
+    // Nominal starts (a calendar day of the server is 23 to 25 hours at a daylight-saving
+    // change; rows are placed by rounding).
+    let starts: Vec<u32> = (0..n).map(|i| c.first + i * res.secs()).collect();
+    let index = |t: u32| -> Option<usize> {
+        if t < c.first || t > c.last + res.secs() / 2 {
+            return None;
+        }
+        // Rounded: a calendar day is 23 to 25 hours long.
+        let i = ((t - c.first) + res.secs() / 2) / res.secs();
+        (i < n).then_some(i as usize)
+    };
+    let mut counts = vec![0u64; n as usize];
+    let mut release_starts: Vec<(String, usize)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in rows {
+        let Some(i) = index(r.t) else { continue };
+        counts[i] += r.c;
+        if seen.insert(r.release.clone()) {
+            release_starts.push((r.release, i));
+        }
+    }
+    Ok(Series { starts, counts, release_starts })
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq as _;
 use tracefold_runtime::config::ClickHouseConfig;
 use tracefold_store::issues::{StatusChange, TopBy, TopQuery};
+use tracefold_store::ui::{ListQuery, ListSort, Resolution};
 use tracefold_store::IssueStatus;
 
 /// Issues per page of the list.
@@ -99,8 +100,19 @@ fn window(s: Option<&str>) -> Window {
     WINDOWS.into_iter().find(|w| Some(w.name) == s).unwrap_or(WINDOWS[1])
 }
 
-fn by(s: Option<&str>) -> TopBy {
-    TopBy::ALL.into_iter().find(|b| Some(b.as_str()) == s).unwrap_or_default()
+fn sort(s: Option<&str>) -> ListSort {
+    ListSort::ALL.into_iter().find(|b| Some(b.as_str()) == s).unwrap_or_default()
+}
+
+/// The ranking of `tracefold top` that is `s`, if there is one.
+fn top_by(s: ListSort) -> Option<TopBy> {
+    match s {
+        ListSort::Events => Some(TopBy::Events),
+        ListSort::Users => Some(TopBy::Users),
+        ListSort::Growth => Some(TopBy::Growth),
+        ListSort::New => Some(TopBy::New),
+        ListSort::LastSeen => None,
+    }
 }
 
 /// The issues list's state, all in the URL.
@@ -109,8 +121,64 @@ struct ListParams {
     project: Option<String>,
     by: Option<String>,
     window: Option<String>,
+    environment: Option<String>,
+    release: Option<String>,
+    // Text: an unknown status is no filter, not a 400.
+    status: Option<String>,
+    /// The search text (title or culprit).
+    q: Option<String>,
     // Text, so that a hand-edited link with a bad page number gets the first page, not a 400.
     page: Option<String>,
+}
+
+/// The issues list's state as read from the URL (empty values: no filter).
+#[derive(Debug, Clone, Copy)]
+struct ListState<'a> {
+    window: Window,
+    sort: ListSort,
+    project: Option<&'a str>,
+    environment: Option<&'a str>,
+    release: Option<&'a str>,
+    status: Option<IssueStatus>,
+    search: Option<&'a str>,
+}
+
+impl<'a> ListState<'a> {
+    fn new(q: &'a ListParams) -> Self {
+        let set = |v: &'a Option<String>| v.as_deref().filter(|v| !v.is_empty());
+        ListState {
+            window: window(q.window.as_deref()),
+            sort: sort(q.by.as_deref()),
+            project: set(&q.project),
+            environment: set(&q.environment),
+            release: set(&q.release),
+            status: set(&q.status).and_then(|s| s.parse().ok()),
+            search: set(&q.q),
+        }
+    }
+
+    /// `/?by=&window=&project=&environment=&release=&status=&q=&page=` (unset filters left out).
+    fn url(&self, page: u64) -> String {
+        let mut u = format!("/?by={}&window={}", self.sort.as_str(), self.window.name);
+        for (name, v) in [
+            ("project", self.project),
+            ("environment", self.environment),
+            ("release", self.release),
+            ("status", self.status.map(IssueStatus::as_str)),
+            ("q", self.search),
+        ] {
+            if let Some(v) = v {
+                u.push('&');
+                u.push_str(name);
+                u.push('=');
+                u.push_str(&url_part(v));
+            }
+        }
+        if page > 0 {
+            u.push_str(&format!("&page={page}"));
+        }
+        u
+    }
 }
 
 const STYLE: &str = "<style>\
@@ -172,31 +240,40 @@ fn store_error(e: &tracefold_store::Error) -> Response {
     }
 }
 
-/// `/?project=&by=&window=&page=` with one value changed.
-fn list_url(project: Option<&str>, by: TopBy, w: Window, page: u64) -> String {
-    let mut u = format!("/?by={}&window={}", by.as_str(), w.name);
-    if let Some(p) = project {
-        u.push_str("&project=");
-        u.push_str(&url_part(p));
-    }
-    if page > 0 {
-        u.push_str(&format!("&page={page}"));
-    }
-    u
-}
-
 fn issue_url(project: &str, issue_id: &str, w: Window) -> String {
     format!("/issues/{}/{}?window={}", url_part(project), url_part(issue_id), w.name)
 }
 
 async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) -> Response {
-    let w = window(q.window.as_deref());
-    let by = by(q.by.as_deref());
-    let project = q.project.as_deref().filter(|p| !p.is_empty());
+    let ls = ListState::new(&q);
+    let w = ls.window;
     let page = q.page.as_deref().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0).min(MAX_PAGES - 1);
     let db = &st.cfg.clickhouse.database;
-    let tq = TopQuery { since_secs: u64::from(w.hours) * 3600, limit: PAGE_SIZE * (page + 1) + 1, project, by };
-    let rows = match tracefold_store::issues::top(&st.client, db, &tq).await {
+    let limit = PAGE_SIZE * (page + 1) + 1;
+    let since_secs = u64::from(w.hours) * 3600;
+    let filtered = ls.environment.is_some() || ls.release.is_some() || ls.status.is_some() || ls.search.is_some();
+    // Without a filter, the numbers of `tracefold top`; with one (or by last seen), the
+    // filtered list.
+    let rows = match top_by(ls.sort).filter(|_| !filtered) {
+        Some(by) => {
+            let tq = TopQuery { since_secs, limit, project: ls.project, by };
+            tracefold_store::issues::top(&st.client, db, &tq).await
+        }
+        None => {
+            let lq = ListQuery {
+                since_secs,
+                limit,
+                sort: ls.sort,
+                project: ls.project,
+                environment: ls.environment,
+                release: ls.release,
+                status: ls.status,
+                search: ls.search,
+            };
+            tracefold_store::ui::issue_list(&st.client, db, &lq).await
+        }
+    };
+    let rows = match rows {
         Ok(r) => r,
         Err(e) => return store_error(&e),
     };
@@ -214,12 +291,46 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
             Err(e) => return store_error(&e),
         }
     }
+    // The release of each row's first events, one query for the page.
+    let firsts: Vec<(&str, &str, u32)> = rows
+        .iter()
+        .filter_map(|r| {
+            let ms = tracefold_model::time::parse_rfc3339(&r.first_seen)?;
+            Some((r.project.as_str(), r.issue_id.as_str(), u32::try_from(ms.div_euclid(1000)).ok()?))
+        })
+        .collect();
+    let first_release: std::collections::HashMap<(String, String), String> =
+        match tracefold_store::ui::first_releases(&st.client, db, &firsts).await {
+            Ok(f) => f.into_iter().map(|(p, i, r)| ((p, i), r)).collect(),
+            Err(e) => return store_error(&e),
+        };
 
     let mut p = Page::default();
     head(&mut p, "Issues");
-    p.raw("<h1>Issues</h1><form method=\"get\" action=\"/\"><label>Project <input name=\"project\" value=\"")
-        .text(project.unwrap_or(""))
-        .raw("\" size=\"12\"></label> <label>Window <select name=\"window\">");
+    p.raw("<h1>Issues</h1><form id=\"filters\" method=\"get\" action=\"/\">");
+    for (label, name, value) in [
+        ("Search", "q", ls.search),
+        ("Project", "project", ls.project),
+        ("Environment", "environment", ls.environment),
+        ("Release", "release", ls.release),
+    ] {
+        p.raw("<label>")
+            .raw(label)
+            .raw(" <input name=\"")
+            .raw(name)
+            .raw("\" value=\"")
+            .text(value.unwrap_or(""))
+            .raw("\" size=\"12\"></label> ");
+    }
+    p.raw("<label>Status <select name=\"status\"><option value=\"\">any</option>");
+    for cand in [IssueStatus::Active, IssueStatus::Resolved, IssueStatus::Ignored] {
+        p.raw("<option");
+        if Some(cand) == ls.status {
+            p.raw(" selected");
+        }
+        p.raw(">").text(cand.as_str()).raw("</option>");
+    }
+    p.raw("</select></label> <label>Window <select name=\"window\">");
     for cand in WINDOWS {
         p.raw("<option");
         if cand == w {
@@ -228,9 +339,9 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
         p.raw(">").text(cand.name).raw("</option>");
     }
     p.raw("</select></label> <label>Sort <select name=\"by\">");
-    for cand in TopBy::ALL {
+    for cand in ListSort::ALL {
         p.raw("<option");
-        if cand == by {
+        if cand == ls.sort {
             p.raw(" selected");
         }
         p.raw(">").text(cand.as_str()).raw("</option>");
@@ -238,9 +349,10 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
     p.raw("</select></label> <button>Show</button></form>");
     p.raw("<table id=\"issues\"><thead><tr><th>Issue</th><th>Level</th><th>Status</th>")
         .raw("<th class=\"n\">Events</th><th class=\"n\">Users</th><th class=\"wide\">Last hour</th>")
-        .raw("<th class=\"wide\">First seen</th><th class=\"wide\">Last seen</th></tr></thead><tbody>");
+        .raw("<th class=\"wide\">First release</th><th class=\"wide\">First seen</th><th class=\"wide\">Last seen</th></tr></thead><tbody>");
     for r in &rows {
-        let s = status.get(&(r.project.clone(), r.issue_id.clone())).copied().unwrap_or(IssueStatus::Active);
+        let key = (r.project.clone(), r.issue_id.clone());
+        let s = status.get(&key).copied().unwrap_or(IssueStatus::Active);
         p.raw("<tr data-issue=\"")
             .text(&r.issue_id)
             .raw("\" data-project=\"")
@@ -266,19 +378,28 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
             .raw("</td><td class=\"wide\">");
         // The SVG is drawn from numbers only.
         p.raw_svg(&svg::sparkline(&r.last_hour, 120, 24));
-        p.raw("</td><td class=\"wide\">").text(&r.first_seen).raw("</td><td class=\"wide\">").text(&r.last_seen);
+        p.raw("</td><td class=\"wide first-release\">")
+            .user(first_release.get(&key).map_or("", String::as_str))
+            .raw("</td><td class=\"wide\">")
+            .text(&r.first_seen)
+            .raw("</td><td class=\"wide last-seen\">")
+            .text(&r.last_seen);
         p.raw("</td></tr>");
     }
     p.raw("</tbody></table>");
     if rows.is_empty() {
-        p.raw("<p>No issues in this window.</p>");
+        p.raw("<p>No issues in this window");
+        if filtered {
+            p.raw(" match the filters");
+        }
+        p.raw(".</p>");
     }
     p.raw("<nav>");
     if page > 0 {
-        p.raw("<a rel=\"prev\" href=\"").text(&list_url(project, by, w, page - 1)).raw("\">Previous</a>");
+        p.raw("<a rel=\"prev\" href=\"").text(&ls.url(page - 1)).raw("\">Previous</a>");
     }
     if more && page + 1 < MAX_PAGES {
-        p.raw("<a rel=\"next\" href=\"").text(&list_url(project, by, w, page + 1)).raw("\">Next</a>");
+        p.raw("<a rel=\"next\" href=\"").text(&ls.url(page + 1)).raw("\">Next</a>");
     }
     p.raw("</nav>");
     html_response(StatusCode::OK, p)
@@ -337,6 +458,32 @@ async fn signals_page(State(st): State<Arc<AppState>>) -> Response {
 #[derive(Debug, Default, Deserialize)]
 struct IssueParams {
     window: Option<String>,
+    /// The chart's resolution (`minute`, `hour`, `day`); default: by the window.
+    res: Option<String>,
+}
+
+/// Bars of the issue chart over `w` at `r`.
+fn buckets(w: Window, r: Resolution) -> u32 {
+    match r {
+        Resolution::Minute => w.hours * 60,
+        Resolution::Hour => w.hours,
+        // The partial first day too: the bars cover the whole window.
+        Resolution::Day => w.hours / 24 + 1,
+    }
+}
+
+/// The chart's resolution: `s` when it names one that fits `w` (at most
+/// [`tracefold_store::ui::MAX_BUCKETS`] bars), else per minute over an hour, per hour over a
+/// day or a week, per day over 30 days.
+fn resolution(w: Window, s: Option<&str>) -> Resolution {
+    Resolution::ALL
+        .into_iter()
+        .find(|r| Some(r.as_str()) == s && buckets(w, *r) <= tracefold_store::ui::MAX_BUCKETS)
+        .unwrap_or(match w.hours {
+            0..=1 => Resolution::Minute,
+            2..=168 => Resolution::Hour,
+            _ => Resolution::Day,
+        })
 }
 
 fn kv_table(p: &mut Page, what: &'static str, rows: &[(String, u64)]) {
@@ -368,20 +515,14 @@ async fn issue(
         Ok(h) => h,
         Err(e) => return store_error(&e),
     };
-    // The chart's first hour as issue_detail aligns it (an hour turning between the two
-    // reads of the clock shifts the markers by one bar, nothing else).
-    let chart_start = match tracefold_store::client::now(&st.client).await {
-        Ok(now) => (now / 3600 * 3600).saturating_sub(w.hours.saturating_sub(1) * 3600),
-        Err(e) => return store_error(&e),
-    };
-    let starts = tracefold_store::ui::release_starts(&st.client, db, &project, &issue_id, chart_start).await;
+    let res = resolution(w, q.res.as_deref());
+    let series = tracefold_store::ui::series(&st.client, db, &project, &issue_id, res, buckets(w, res)).await;
     let first_release = tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, first_seen).await;
-    let (starts, first_release) = match (starts, first_release) {
+    let (series, first_release) = match (series, first_release) {
         (Ok(s), Ok(f)) => (s, f),
         (Err(e), _) | (_, Err(e)) => return store_error(&e),
     };
-    let markers: Vec<(usize, String)> =
-        starts.into_iter().map(|(r, t)| (((t.saturating_sub(chart_start)) / 3600) as usize, r)).collect();
+    let markers: Vec<(usize, String)> = series.release_starts.iter().map(|(r, i)| (*i, r.clone())).collect();
     let mut p = Page::default();
     head(&mut p, &d.title);
     p.raw("<h1 class=\"t\">").user(&d.title).raw("</h1><p class=\"c\">").user(&d.culprit).raw("</p>");
@@ -415,10 +556,29 @@ async fn issue(
         .raw("</td></tr><tr><th>Last seen</th><td>")
         .text(&d.last_seen)
         .raw("</td></tr></tbody></table>");
-    p.raw("<h2>Events per hour, last ").text(w.name).raw("</h2>");
-    let labels: Vec<String> =
-        (0..d.hourly.len()).map(|i| format!("{} h ago", d.hourly.len().saturating_sub(i + 1))).collect();
-    p.raw_svg(&svg::bars(&d.hourly, &labels, &markers, 720, 100));
+    p.raw("<h2 id=\"chart\">Events per ").text(res.as_str()).raw(", last ").text(w.name).raw("</h2><nav>");
+    for cand in Resolution::ALL {
+        if buckets(w, cand) > tracefold_store::ui::MAX_BUCKETS || cand == res {
+            continue;
+        }
+        p.raw("<a href=\"")
+            .text(&format!("{}&res={}", issue_url(&d.project, &d.issue_id, w), cand.as_str()))
+            .raw("\">per ")
+            .text(cand.as_str())
+            .raw("</a>");
+    }
+    p.raw("</nav>");
+    let labels: Vec<String> = series
+        .starts
+        .iter()
+        .map(|t| tracefold_model::time::format_rfc3339(i64::from(*t) * 1000).replace(":00.000Z", "Z"))
+        .collect();
+    let unit = match res {
+        Resolution::Minute => "min",
+        Resolution::Hour => "h",
+        Resolution::Day => "day",
+    };
+    p.raw_svg(&svg::bars(&series.counts, &labels, &markers, unit, 720, 100));
     p.raw("<h2>Status</h2>");
     for (label, status) in
         [("Resolve", IssueStatus::Resolved), ("Ignore", IssueStatus::Ignored), ("Reopen", IssueStatus::Active)]
@@ -504,4 +664,61 @@ async fn set_status(
         return store_error(&e);
     }
     Redirect::to(&issue_url(&project, &issue_id, window(f.window.as_deref()))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_urls_hold_every_filter_encoded_and_parse_back() {
+        let params = ListParams {
+            project: Some("web".into()),
+            by: Some("last_seen".into()),
+            window: Some("7d".into()),
+            environment: Some("prod & co".into()),
+            release: Some("r@1/é".into()),
+            status: Some("resolved".into()),
+            q: Some("\"><script>中文 🙈 100%".into()),
+            page: None,
+        };
+        let ls = ListState::new(&params);
+        let url = ls.url(2);
+        assert_eq!(
+            url,
+            "/?by=last_seen&window=7d&project=web&environment=prod%20%26%20co&release=r%401%2F%C3%A9&status=resolved\
+             &q=%22%3E%3Cscript%3E%E4%B8%AD%E6%96%87%20%F0%9F%99%88%20100%25&page=2"
+        );
+        let back: ListParams = parse_query(&url[2..]);
+        let again = ListState::new(&back);
+        assert_eq!(again.url(2), url);
+        assert_eq!(back.q.as_deref(), params.q.as_deref());
+        // Empty values and unknown statuses are no filter.
+        let none = ListParams { status: Some("deleted".into()), q: Some(String::new()), ..Default::default() };
+        assert_eq!(ListState::new(&none).url(0), "/?by=events&window=24h");
+    }
+
+    #[test]
+    fn chart_resolutions_follow_the_window_and_refuse_too_many_bars() {
+        let w = |name| window(Some(name));
+        assert_eq!(resolution(w("1h"), None), Resolution::Minute);
+        assert_eq!(resolution(w("24h"), None), Resolution::Hour);
+        assert_eq!(resolution(w("7d"), None), Resolution::Hour);
+        assert_eq!(resolution(w("30d"), None), Resolution::Day);
+        assert_eq!(resolution(w("24h"), Some("minute")), Resolution::Minute);
+        assert_eq!(resolution(w("7d"), Some("minute")), Resolution::Hour, "10,080 bars: refused");
+        assert_eq!(resolution(w("30d"), Some("hour")), Resolution::Hour);
+        assert_eq!(resolution(w("1h"), Some("day")), Resolution::Day);
+        assert_eq!(resolution(w("24h"), Some("<x>")), Resolution::Hour);
+        assert_eq!(
+            [("1h", Resolution::Minute), ("24h", Resolution::Hour), ("30d", Resolution::Day), ("7d", Resolution::Day)]
+                .map(|(n, r)| buckets(w(n), r)),
+            [60, 24, 31, 8]
+        );
+    }
+
+    fn parse_query(q: &str) -> ListParams {
+        let uri: axum::http::Uri = format!("/?{q}").parse().unwrap();
+        Query::<ListParams>::try_from_uri(&uri).unwrap().0
+    }
 }

@@ -19,10 +19,11 @@ pub fn sparkline(values: &[u64], w: u32, h: u32) -> String {
     )
 }
 
-/// A bar chart of `values` (oldest first), one bar each, with the largest value labelled.
-/// `labels` name the buckets (a bar's tooltip: its label and count; escaped here); `markers`
-/// draw a vertical line at the start of a bucket, with a tooltip (releases; escaped here).
-pub fn bars(values: &[u64], labels: &[String], markers: &[(usize, String)], w: u32, h: u32) -> String {
+/// A bar chart of `values` (oldest first), one bar each, with the largest value labelled
+/// (`peak N/{unit}`). `labels` name the buckets (a bar's tooltip: its label and count; escaped
+/// here); `markers` draw a vertical line at the start of a bucket (`data-bucket`: its index),
+/// with a tooltip (releases; escaped here).
+pub fn bars(values: &[u64], labels: &[String], markers: &[(usize, String)], unit: &str, w: u32, h: u32) -> String {
     let max = values.iter().copied().max().unwrap_or(0);
     let scale = max.max(1) as f64;
     let n = values.len().max(1) as f64;
@@ -52,10 +53,12 @@ pub fn bars(values: &[u64], labels: &[String], markers: &[(usize, String)], w: u
         crate::html::escape(name, &mut l);
         let _ = write!(
             out,
-            "<line class=\"release\" x1=\"{x:.2}\" y1=\"0\" x2=\"{x:.2}\" y2=\"{h}\" stroke=\"#e65100\" stroke-width=\"2\"><title>release {l}</title></line>"
+            "<line class=\"release\" data-bucket=\"{i}\" x1=\"{x:.2}\" y1=\"0\" x2=\"{x:.2}\" y2=\"{h}\" stroke=\"#e65100\" stroke-width=\"2\"><title>release {l}</title></line>"
         );
     }
-    let _ = write!(out, "<text x=\"2\" y=\"{}\" font-size=\"11\">peak {max}/h</text></svg>", h + 12);
+    let mut u = String::new();
+    crate::html::escape(unit, &mut u);
+    let _ = write!(out, "<text x=\"2\" y=\"{}\" font-size=\"11\">peak {max}/{u}</text></svg>", h + 12);
     out
 }
 
@@ -69,11 +72,12 @@ mod tests {
             let s = sparkline(&v, 120, 24);
             assert!(s.starts_with("<svg") && s.ends_with("</svg>"), "{s}");
             let labels: Vec<String> = (0..v.len()).map(|i| i.to_string()).collect();
-            let b = bars(&v, &labels, &[(1, "<r>".into())], 600, 80);
+            let b = bars(&v, &labels, &[(1, "<r>".into())], "<h>", 600, 80);
             assert!(b.starts_with("<svg") && b.ends_with("</svg>"), "{b}");
             assert_eq!(b.matches("<rect").count(), v.len());
             assert!(!b.contains("NaN") && !s.contains("NaN"));
             assert!(b.contains("<title>release &lt;r&gt;</title>") && !b.contains("<r>"));
+            assert!(b.contains("data-bucket=\"1\"") && b.contains("/&lt;h&gt;</text>") && !b.contains("<h>"));
         }
     }
 }
