@@ -194,6 +194,9 @@ pub struct LoadSummary {
     /// Seconds waited for `Retry-After`, summed over requests (concurrent requests wait at
     /// the same time, so this can exceed the elapsed time).
     pub waited_secs: f64,
+    /// Seconds the load waited because the consumer group was more than `--max-lag` events
+    /// behind (straight to Kafka only): how much of the run the consumers paced.
+    pub lag_waited_secs: f64,
     /// Seconds.
     pub elapsed_secs: f64,
     /// Accepted events per second.
@@ -451,12 +454,15 @@ async fn run_kafka_with(
         if let Some(w) = &watch {
             if i % 250 == 0 {
                 // Events in flight are not in the broker's watermarks yet: counted as lag.
+                let mut waiting: Option<Instant> = None;
                 while w.over(summary.accepted + summary.failed, inflight.len())? {
+                    waiting.get_or_insert_with(Instant::now);
                     match tokio::time::timeout(Duration::from_millis(2), inflight.next()).await {
                         Ok(Some(done)) => account_one(&mut summary, done, &pb),
                         _ => tokio::time::sleep(Duration::from_millis(1)).await,
                     }
                 }
+                summary.lag_waited_secs += waiting.map_or(0.0, |t| t.elapsed().as_secs_f64());
             }
         }
         loop {

@@ -97,6 +97,9 @@ pub struct BenchPipelineArgs {
     /// waits above it; the embedded broker keeps 5 MB of compressed messages per partition).
     #[arg(long, default_value_t = 8_000)]
     pub max_lag_per_partition: i64,
+    /// The grouper's batch age (ms): what its committed offsets, and so the load, trail by.
+    #[arg(long, default_value_t = 500)]
+    pub batch_max_age_ms: u64,
     /// Result format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,

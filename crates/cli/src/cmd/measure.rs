@@ -84,6 +84,7 @@ pub async fn bench_pipeline(a: &BenchPipelineArgs) -> anyhow::Result<()> {
         issues: a.issues,
         partitions: a.partitions,
         max_lag_per_partition: a.max_lag_per_partition,
+        batch_max_age_ms: a.batch_max_age_ms,
         clickhouse: a.ch.config(),
     };
     let r = bench::pipeline(&opts).await?;

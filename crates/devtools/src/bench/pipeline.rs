@@ -17,6 +17,8 @@ pub struct PipelineOptions {
     /// waits above it (librdkafka's mock cluster keeps 5 MB of compressed messages per
     /// partition and deletes older ones whether read or not).
     pub max_lag_per_partition: i64,
+    /// The grouper's batch age, ms (its committed offsets trail the reads by about as much).
+    pub batch_max_age_ms: u64,
     /// The ClickHouse server; the benchmark makes and drops a scratch database named after
     /// `database` and the process id.
     pub clickhouse: ClickHouseConfig,
@@ -41,6 +43,8 @@ pub struct PipelineReport {
     pub stored: u64,
     /// Seconds to load the events into Kafka.
     pub produce_secs: f64,
+    /// Of those, seconds the load waited for the grouper's committed lag to fall under the bound.
+    pub lag_waited_secs: f64,
     /// Seconds from the first event sent to the last one counted.
     pub total_secs: f64,
     /// CPU seconds over the same span, per stage ([`super::cpu::CpuSnapshot::since`]).
@@ -48,6 +52,9 @@ pub struct PipelineReport {
     /// Peak resident set size of the whole process (load generator, embedded broker and the
     /// services together), bytes.
     pub peak_rss_bytes: u64,
+    /// Aggregate rows the measured events made (the warm-up's not counted): events per row is how much
+    /// the grouper's batches aggregate, and what the writer and ClickHouse are spared.
+    pub aggregate_rows: u64,
 }
 
 impl PipelineReport {
@@ -60,6 +67,7 @@ impl PipelineReport {
             "stored": stored,
             "produce_seconds": produced,
             "produce_events_per_sec": accepted as f64 / produced,
+            "load_waited_on_lag_seconds": self.lag_waited_secs,
             "end_to_end_seconds": total,
             "end_to_end_events_per_sec": stored as f64 / total,
             "partitions": self.opts.partitions,
@@ -67,7 +75,9 @@ impl PipelineReport {
             "cpu": self.cpu,
             "events_per_cpu_second": self.events_per_cpu_second(),
             "max_lag_per_partition": self.opts.max_lag_per_partition,
+            "batch_max_age_ms": self.opts.batch_max_age_ms,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "aggregate_rows": self.aggregate_rows,
         })
     }
 
@@ -88,12 +98,16 @@ impl PipelineReport {
         let mut out = format!(
             "events accepted by Kafka   {accepted}\n\
              events stored in ClickHouse {stored}\n\
-             load (into Kafka)           {produced:.2}s  {:.0} events/s\n\
+             load (into Kafka)           {produced:.2}s  {:.0} events/s  (waited {:.2}s on the lag bound)\n\
              end to end                  {total:.2}s  {:.0} events/s\n\
-             peak RSS of the process     {:.0} MB\n",
+             peak RSS of the process     {:.0} MB\n\
+             aggregate rows              {}  ({:.1} events per row)\n",
             accepted as f64 / produced,
+            self.lag_waited_secs,
             stored as f64 / total,
-            self.peak_rss_bytes as f64 / 1e6
+            self.peak_rss_bytes as f64 / 1e6,
+            self.aggregate_rows,
+            stored as f64 / self.aggregate_rows.max(1) as f64
         );
         if let Some(stages) = self.cpu["stages"].as_object() {
             for (stage, secs) in stages {
@@ -137,7 +151,7 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     ch.database = format!("{}_bench_{}", ch.database, std::process::id());
     let mut cfg = dev::DevConfig { clickhouse: ch.clone(), ..Default::default() };
     // Short batches keep the committed lag (what the load is paced by) close to the read lag.
-    cfg.grouper.batch_max_age_ms = 500;
+    cfg.grouper.batch_max_age_ms = opts.batch_max_age_ms;
     // librdkafka's mock cluster keeps at most 5 MB per partition: stay well inside it.
     let lag_limit = i64::from(opts.partitions) * opts.max_lag_per_partition;
     let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(opts.partitions), true).await?;
@@ -168,6 +182,8 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     if baseline != warm.accepted {
         anyhow::bail!("the warm-up stored {baseline} of {} events", warm.accepted);
     }
+    let client = tracefold_store::client::client(&ch);
+    let warm_rows = tracefold_store::aggregates::row_count(&client, &ch.database).await?;
     let measured = load(opts.events, gen::GenOptions::default().seed, true);
     let mut g = gen::Generator::new(measured.gen.clone());
     let pool: Vec<gen::Generated> = (0..POOL_EVENTS.min(opts.events as usize)).map(|_| g.next_event()).collect();
@@ -181,15 +197,17 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     let cpu = super::cpu::CpuSnapshot::now().since(&cpu0);
     let peak_rss_bytes = super::cpu::rss().1;
     pipeline.stop().await?;
-    let client = tracefold_store::client::client(&ch);
+    let aggregate_rows = tracefold_store::aggregates::row_count(&client, &ch.database).await?.saturating_sub(warm_rows);
     tracefold_store::client::drop_database(&client, &ch.database).await?;
     Ok(PipelineReport {
         opts: opts.clone(),
         accepted: s.accepted,
         stored,
         produce_secs,
+        lag_waited_secs: s.lag_waited_secs,
         total_secs,
         cpu,
         peak_rss_bytes,
+        aggregate_rows,
     })
 }
