@@ -145,6 +145,8 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         max_age: Duration::from_millis(cfg.grouper.batch_max_age_ms),
         last_age_check: Instant::now(),
         losses: runtime.losses(),
+        in_flight: None,
+        deferred: None,
     };
     tracing::info!(topic = %cfg.topics.events, group = %cfg.grouper.group_id, "grouper started");
     runtime.run(&mut g, shutdown, health)?;
@@ -167,6 +169,32 @@ struct Grouper<'a> {
     last_age_check: Instant,
     /// Gaps the runtime found (events lost to retention), published as outcomes with the next emit.
     losses: tracefold_runtime::consumer::LossLog,
+    /// The emit whose records were produced and whose acknowledgements are outstanding: the
+    /// loop goes on reading and parsing meanwhile, and commits past it once every record is
+    /// acknowledged (see [`Grouper::settle`]).
+    in_flight: Option<InFlight>,
+    /// A failure found while settling inside `on_revoke` (which cannot return one), returned by
+    /// the next tick.
+    deferred: Option<anyhow::Error>,
+}
+
+/// One emitted batch: its range, and what it came to.
+struct Done {
+    partition: i32,
+    first: i64,
+    last: i64,
+    replay: bool,
+    events: u64,
+    out: BatchOutput,
+}
+
+/// An emit produced but not yet acknowledged, and so not yet committed past.
+struct InFlight {
+    done: Vec<Done>,
+    /// Failed deliveries counted before it was produced.
+    failed_before: u64,
+    /// When the emit began (for the emit-time histogram: cut to commit).
+    started: Instant,
 }
 
 impl Strategy for Grouper<'_> {
@@ -188,7 +216,13 @@ impl Strategy for Grouper<'_> {
         Ok(())
     }
 
-    fn on_revoke(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) {
+    fn on_revoke(&mut self, cx: &mut Ctx<'_>, partitions: &[i32]) {
+        // An emit in flight is finished first (acknowledged, then committed past where the
+        // group still lets us): otherwise its next owner would rebuild and publish it again
+        // (harmless, the writer drops the copies, but wasted).
+        if let Err(e) = self.settle(cx, true) {
+            self.deferred.get_or_insert(e);
+        }
         // Not emitted, not committed: the next owner rebuilds from the commit.
         for p in partitions {
             self.parts.remove(p);
@@ -246,6 +280,10 @@ impl Strategy for Grouper<'_> {
     }
 
     fn on_tick(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<Step> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        self.settle(cx, false)?;
         if self.last_age_check.elapsed() >= Duration::from_millis(50) {
             self.last_age_check = Instant::now();
             let max_age = self.max_age;
@@ -271,6 +309,7 @@ impl Strategy for Grouper<'_> {
         let open: Vec<i32> =
             self.parts.iter().filter(|(_, pt)| matches!(pt.state, PartState::Open { .. })).map(|(p, _)| *p).collect();
         self.emit(cx, &open)?;
+        self.settle(cx, true)?;
         self.producer.flush(Duration::from_secs(30)).context("final flush")?;
         // A "past the batch" commit that failed gets a last try from the runtime; if it fails
         // again, a restart rebuilds those batches and the writer recognises them as replays.
@@ -362,17 +401,12 @@ impl Grouper<'_> {
     }
 
     /// Emits the open batches of `which` partitions: records their ranges (one synchronous
-    /// commit), produces all their records and waits for the acknowledgements (one flush), then
-    /// commits past them (one synchronous commit, tried again later if it fails).
+    /// commit) and produces all their records. It does not wait for the acknowledgements: the
+    /// loop reads on, and [`Self::settle`] commits past the ranges once they are all in. The
+    /// emit before is settled first, so that a range is never recorded over an unacknowledged
+    /// batch of the same partition.
     fn emit(&mut self, cx: &mut Ctx<'_>, which: &[i32]) -> anyhow::Result<()> {
-        struct Done {
-            partition: i32,
-            first: i64,
-            last: i64,
-            replay: bool,
-            events: u64,
-            out: BatchOutput,
-        }
+        self.settle(cx, true)?;
         let t0 = Instant::now();
         let _span = tracing::info_span!("emit", group = %self.cfg.grouper.group_id, epoch = %self.epoch).entered();
         let topic = &self.cfg.topics.events;
@@ -419,7 +453,45 @@ impl Grouper<'_> {
                 tracefold_runtime::failpoint::hit("grouper.after_pending_commit");
             }
         }
-        self.produce(cx, &done.iter().map(|d| (&d.out, d.partition)).collect::<Vec<_>>())?;
+        let failed_before = self.produce(&done.iter().map(|d| (&d.out, d.partition)).collect::<Vec<_>>())?;
+        self.in_flight = Some(InFlight { done, failed_before, started: t0 });
+        Ok(())
+    }
+
+    /// Finishes the emit in flight, if any: once every record it produced is acknowledged
+    /// (waiting for them when `wait`, otherwise returning at once while some are outstanding),
+    /// commits past its ranges and counts its batches.
+    ///
+    /// # Errors
+    /// A record was not delivered (a restart rebuilds the batch from its recorded range).
+    fn settle(&mut self, cx: &mut Ctx<'_>, wait: bool) -> anyhow::Result<()> {
+        if self.in_flight.is_none() {
+            return Ok(());
+        }
+        if wait {
+            // Wait for every acknowledgement; the producer retries until delivered.
+            loop {
+                // Waiting for Kafka is not a stall of this loop: restarting would not help.
+                cx.beat();
+                match self.producer.flush(Duration::from_secs(10)) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(), "waiting for Kafka to acknowledge aggregates")
+                    }
+                }
+            }
+        } else if self.producer.in_flight_count() > 0 {
+            return Ok(());
+        }
+        let InFlight { done, failed_before, started } = self.in_flight.take().expect("checked above");
+        let failed = self.producer.context().failed.load(Ordering::SeqCst) - failed_before;
+        if failed > 0 {
+            let err = self.producer.context().last_error.lock().expect("not poisoned").clone();
+            anyhow::bail!(
+                "{failed} aggregate records were not delivered ({}); restarting rebuilds the batch",
+                err.unwrap_or_default()
+            );
+        }
         // Crash tests: die after the aggregates are acknowledged, before committing past them.
         tracefold_runtime::failpoint::hit("grouper.after_produce");
         let past: Vec<(i32, i64)> = done.iter().map(|d| (d.partition, d.last + 1)).collect();
@@ -453,11 +525,13 @@ impl Grouper<'_> {
                 "batch emitted"
             );
         }
-        metrics::histogram!(m::EMIT_SECONDS).record(t0.elapsed().as_secs_f64());
+        metrics::histogram!(m::EMIT_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
-    fn produce(&self, cx: &Ctx<'_>, outs: &[(&BatchOutput, i32)]) -> anyhow::Result<()> {
+    /// Produces the batches' records (and the outcomes of retention gaps found since the last
+    /// emit) without waiting for acknowledgements. Returns the failed deliveries counted before.
+    fn produce(&self, outs: &[(&BatchOutput, i32)]) -> anyhow::Result<u64> {
         let failed_before = self.producer.context().failed.load(Ordering::SeqCst);
         self.producer.context().acked.store(0, Ordering::SeqCst);
         let mut payload = Vec::with_capacity(4096);
@@ -465,26 +539,7 @@ impl Grouper<'_> {
         for (out, partition) in outs {
             self.produce_one(out, *partition, &mut payload)?;
         }
-        // Wait for every acknowledgement; the producer retries until delivered.
-        loop {
-            // Waiting for Kafka is not a stall of this loop: restarting would not help.
-            cx.beat();
-            match self.producer.flush(Duration::from_secs(10)) {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(), "waiting for Kafka to acknowledge aggregates")
-                }
-            }
-        }
-        let failed = self.producer.context().failed.load(Ordering::SeqCst) - failed_before;
-        if failed > 0 {
-            let err = self.producer.context().last_error.lock().expect("not poisoned").clone();
-            anyhow::bail!(
-                "{failed} aggregate records were not delivered ({}); restarting rebuilds the batch",
-                err.unwrap_or_default()
-            );
-        }
-        Ok(())
+        Ok(failed_before)
     }
 
     fn produce_one(&self, out: &BatchOutput, partition: i32, payload: &mut Vec<u8>) -> anyhow::Result<()> {
