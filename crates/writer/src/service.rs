@@ -8,6 +8,9 @@
 //! - Offsets are committed only after ClickHouse acknowledged the insert.
 //! - When an insert fails its outcome is unknown: the partitions are paused, and after a
 //!   backoff the watermarks are read again from ClickHouse and the batch is filtered anew.
+//! - Inserts are pipelined: a batch's INSERT runs on the writer's runtime thread while the
+//!   loop reads and decodes the next batch; at most one INSERT is in flight, and the next
+//!   batch is filtered and inserted only once the one before has been stored and committed.
 
 use crate::config::Config;
 use crate::metrics as m;
@@ -49,6 +52,21 @@ struct Writer<'a> {
     dedup_tokens: bool,
     /// While inserts fail: the delay before the next try (doubles up to `retry_max_ms`).
     retry_delay: Option<Duration>,
+    /// The batch whose INSERT runs now (see [`Writer::settle`]).
+    in_flight: Option<InFlight>,
+    /// Rows of the batch whose INSERT failed last (for the log line of the failure).
+    failed_rows: Option<usize>,
+}
+
+/// A batch being inserted: its rows (given back when the INSERT ends, so that a failed one
+/// can be tried again), the offsets to commit and the watermarks to keep once it is stored.
+struct InFlight {
+    task: tokio::task::JoinHandle<(Vec<Pending>, anyhow::Result<()>)>,
+    offsets: HashMap<i32, i64>,
+    watermarks: HashMap<i32, Watermarks>,
+    rows: usize,
+    duplicates: usize,
+    started: Instant,
 }
 
 /// Runs the writer until `shutdown` fires, then stores what it holds and commits.
@@ -70,6 +88,8 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         next_offsets: HashMap::new(),
         dedup_tokens: false,
         retry_delay: None,
+        in_flight: None,
+        failed_rows: None,
     };
     w.dedup_tokens = match w.rt.block_on(tracefold_store::client::server_version(&w.client)) {
         Ok(v) => tracefold_store::client::major_version(&v) >= 22,
@@ -117,7 +137,12 @@ pub(crate) fn start_consumer(
         &[topic, &cfg.topics.dlq],
         Duration::from_secs(10),
     )?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // One worker thread: an INSERT runs there while the consumer loop reads the next batch.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("{group}-io"))
+        .enable_all()
+        .build()?;
     let client = tracefold_store::client::database_client(&cfg.clickhouse)?;
     Ok((runtime, rt, client))
 }
@@ -130,7 +155,15 @@ impl Strategy for Writer<'_> {
         Ok(())
     }
 
-    fn on_revoke(&mut self, _: &mut Ctx<'_>, partitions: &[i32]) {
+    fn on_revoke(&mut self, cx: &mut Ctx<'_>, partitions: &[i32]) {
+        // The INSERT in flight ends first (stored and committed where the group still lets
+        // us, or given back to `pending` when it failed).
+        if let Err(e) = self.settle(cx, true) {
+            let rows = self.failed_rows.take().unwrap_or(0);
+            metrics::counter!(m::INSERTS_TOTAL, "outcome" => "error").increment(1);
+            tracing::warn!(error = %format!("{e:#}"), rows, "insert failed while partitions were revoked; what is still ours is tried again");
+            self.watermarks.clear();
+        }
         // Not stored, not committed: the next owner reads them again.
         self.pending.retain(|r| !partitions.contains(&r.partition));
         self.pending_bytes = self.pending.iter().map(|r| r.bytes).sum();
@@ -159,6 +192,11 @@ impl Strategy for Writer<'_> {
     }
 
     fn on_tick(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<Step> {
+        if self.in_flight.as_ref().is_some_and(|f| f.task.is_finished()) {
+            if let Err(e) = self.settle(cx, false) {
+                return Ok(self.failed(e));
+            }
+        }
         let max_age = Duration::from_millis(self.cfg.writer.batch_max_age_ms);
         let full = self.pending.len() >= self.cfg.writer.batch_max_rows
             || self.pending_bytes >= self.cfg.writer.batch_max_bytes;
@@ -167,34 +205,27 @@ impl Strategy for Writer<'_> {
         if !(full || old || retrying || (self.pending.is_empty() && !self.next_offsets.is_empty())) {
             return Ok(Step::Continue);
         }
-        match self.try_flush(cx) {
+        // While retrying, the next try waits for its outcome: the backoff applies to it.
+        let wait = retrying;
+        match self.try_flush(cx, wait) {
             Ok(()) => {
-                if self.retry_delay.take().is_some() {
+                if self.in_flight.is_none() && self.retry_delay.take().is_some() {
                     tracing::info!("ClickHouse is back; resumed");
                 }
                 Ok(Step::Continue)
             }
-            Err(e) => {
-                let delay = match self.retry_delay {
-                    None => Duration::from_millis(self.cfg.writer.retry_initial_ms),
-                    Some(d) => (d * 2).min(Duration::from_millis(self.cfg.writer.retry_max_ms)),
-                };
-                self.retry_delay = Some(delay);
-                metrics::counter!(m::INSERTS_TOTAL, "outcome" => "error").increment(1);
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, rows = self.pending.len(), "insert failed; pausing and retrying");
-                // The outcome is unknown: read the watermarks again before the next try.
-                self.watermarks.clear();
-                Ok(Step::Backoff(delay))
-            }
+            Err(e) => Ok(self.failed(e)),
         }
     }
 
     fn on_shutdown(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         // Store what is held and commit it; a failed commit is tried again until the deadline.
-        while (!self.next_offsets.is_empty() || cx.commits_pending()) && Instant::now() < deadline {
+        while (!self.next_offsets.is_empty() || self.in_flight.is_some() || cx.commits_pending())
+            && Instant::now() < deadline
+        {
             cx.beat();
-            let failed = self.try_flush(cx).is_err();
+            let failed = self.try_flush(cx, true).is_err();
             if failed {
                 // The outcome is unknown: read the watermarks again before the next try.
                 self.watermarks.clear();
@@ -208,8 +239,27 @@ impl Strategy for Writer<'_> {
 }
 
 impl Writer<'_> {
-    /// Inserts the pending rows that ClickHouse does not hold yet, then commits.
-    fn try_flush(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    /// A failed INSERT: counted and logged, the watermarks forgotten (its outcome is unknown:
+    /// they are read again before the next try), and the loop told to back off.
+    fn failed(&mut self, e: anyhow::Error) -> Step {
+        let delay = match self.retry_delay {
+            None => Duration::from_millis(self.cfg.writer.retry_initial_ms),
+            Some(d) => (d * 2).min(Duration::from_millis(self.cfg.writer.retry_max_ms)),
+        };
+        self.retry_delay = Some(delay);
+        metrics::counter!(m::INSERTS_TOTAL, "outcome" => "error").increment(1);
+        // The failed batch's rows (not those read since, which wait behind them).
+        let rows = self.failed_rows.take().unwrap_or(self.pending.len());
+        tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, rows, "insert failed; pausing and retrying");
+        self.watermarks.clear();
+        Step::Backoff(delay)
+    }
+
+    /// Settles the INSERT in flight, then starts one of the pending rows that ClickHouse does
+    /// not hold yet (or commits at once when there are none). With `wait`, also waits for the
+    /// new INSERT and commits it before returning.
+    fn try_flush(&mut self, cx: &mut Ctx<'_>, wait: bool) -> anyhow::Result<()> {
+        self.settle(cx, true)?;
         let _span =
             tracing::info_span!("insert", group = %self.cfg.writer.group_id, rows = self.pending.len()).entered();
         let db = self.cfg.clickhouse.database.clone();
@@ -228,58 +278,104 @@ impl Writer<'_> {
         }
         // Filter against a copy: the real watermarks advance only once the insert succeeded.
         let mut wms = self.watermarks.clone();
-        let mut keep = Vec::with_capacity(self.pending.len());
-        for (i, r) in self.pending.iter().enumerate() {
+        let batch = std::mem::take(&mut self.pending);
+        let mut keep = Vec::with_capacity(batch.len());
+        for (i, r) in batch.iter().enumerate() {
             if admit(wms.get_mut(&r.partition).expect("loaded above"), &r.record) {
                 keep.push(i);
             }
         }
-        let duplicates = self.pending.len() - keep.len();
-        if !keep.is_empty() {
-            let t0 = Instant::now();
-            let timeout = Duration::from_millis(self.cfg.writer.insert_timeout_ms);
-            let rows: Vec<AggregateRow<'_>> = keep
-                .iter()
-                .map(|&i| {
-                    let r = &self.pending[i];
-                    AggregateRow::new(&r.record, &agg_topic, r.partition, r.offset)
-                })
-                .collect();
-            let client = &self.client;
-            let table = self.cfg.writer.table.as_str();
-            // The same rows always make the same token: the first and last record identities.
-            let token = self.dedup_tokens.then(|| {
-                let (a, b) = (&self.pending[keep[0]], &self.pending[keep[keep.len() - 1]]);
-                format!("{agg_topic}/{}:{}-{}:{}/{}", a.partition, a.offset, b.partition, b.offset, keep.len())
-            });
-            self.rt
-                .block_on(tracefold_store::aggregates::insert(client, table, &rows, timeout, token.as_deref()))
-                .context("insert into aggregates")?;
-            // Crash tests: die after ClickHouse stored the rows, before the offsets are committed.
-            tracefold_runtime::failpoint::hit("writer.after_insert");
-            // Crash tests: the rows landed, but the writer is told the insert failed (as after a
-            // timeout): the retry must learn from ClickHouse that they are stored.
-            if tracefold_runtime::failpoint::trip("writer.insert_lands_then_fails") {
-                anyhow::bail!("failpoint writer.insert_lands_then_fails: the insert is reported as failed");
-            }
-            metrics::counter!(m::INSERTS_TOTAL, "outcome" => "ok").increment(1);
-            metrics::histogram!(m::INSERT_SECONDS).record(t0.elapsed().as_secs_f64());
-            metrics::histogram!(m::INSERT_ROWS).record(rows.len() as f64);
-            metrics::counter!(m::ROWS_INSERTED_TOTAL).increment(rows.len() as u64);
-            tracing::debug!(rows = rows.len(), duplicates, "inserted");
+        let duplicates = batch.len() - keep.len();
+        let offsets = std::mem::take(&mut self.next_offsets);
+        self.pending_bytes = 0;
+        self.oldest = None;
+        let rows = keep.len();
+        if keep.is_empty() {
+            // Nothing to store (all copies, or only DLQ'd messages): commit now.
+            metrics::counter!(m::ROWS_DUPLICATE_TOTAL).increment(duplicates as u64);
+            self.watermarks = wms;
+            let offsets: Vec<(i32, i64)> = offsets.into_iter().collect();
+            cx.commit(&offsets)?;
+            return Ok(());
         }
-        metrics::counter!(m::ROWS_DUPLICATE_TOTAL).increment(duplicates as u64);
-        self.watermarks = wms;
+        let timeout = Duration::from_millis(self.cfg.writer.insert_timeout_ms);
+        let client = self.client.clone();
+        let table = self.cfg.writer.table.clone();
+        // The same rows always make the same token: the first and last record identities.
+        let token = self.dedup_tokens.then(|| {
+            let (a, b) = (&batch[keep[0]], &batch[keep[keep.len() - 1]]);
+            format!("{agg_topic}/{}:{}-{}:{}/{}", a.partition, a.offset, b.partition, b.offset, keep.len())
+        });
+        let task = self.rt.spawn(async move {
+            let result = {
+                let rows: Vec<AggregateRow<'_>> = keep
+                    .iter()
+                    .map(|&i| {
+                        let r = &batch[i];
+                        AggregateRow::new(&r.record, &agg_topic, r.partition, r.offset)
+                    })
+                    .collect();
+                insert_rows(&client, &table, &rows, timeout, token.as_deref()).await
+            };
+            (batch, result)
+        });
+        self.in_flight = Some(InFlight { task, offsets, watermarks: wms, rows, duplicates, started: Instant::now() });
+        if wait {
+            self.settle(cx, true)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the INSERT in flight, if any, once it has finished (waiting for it when `wait`):
+    /// stored, it advances the watermarks and commits its offsets; failed, its rows go back to
+    /// the front of `pending` (and its offsets to `next_offsets`) for the next try.
+    ///
+    /// # Errors
+    /// The INSERT failed (its outcome is unknown).
+    fn settle(&mut self, cx: &mut Ctx<'_>, wait: bool) -> anyhow::Result<()> {
+        let Some(f) = self.in_flight.as_ref() else { return Ok(()) };
+        if !wait && !f.task.is_finished() {
+            return Ok(());
+        }
+        let mut f = self.in_flight.take().expect("checked above");
+        let (batch, result) = loop {
+            // Waiting for ClickHouse is not a stall of this loop.
+            cx.beat();
+            let task = &mut f.task;
+            // The timer is made inside the runtime (it needs its reactor).
+            let poll = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), task).await });
+            match poll {
+                Ok(Ok(done)) => break done,
+                Ok(Err(e)) => anyhow::bail!("the insert task ended abnormally: {e}"),
+                Err(_) => {}
+            }
+        };
+        if let Err(e) = result {
+            self.failed_rows = Some(batch.len());
+            // Given back, oldest first, for the next try.
+            let newer = std::mem::replace(&mut self.pending, batch);
+            self.pending.extend(newer);
+            self.pending_bytes = self.pending.iter().map(|r| r.bytes).sum();
+            self.oldest.get_or_insert_with(Instant::now);
+            for (p, o) in f.offsets {
+                let next = self.next_offsets.entry(p).or_insert(o);
+                *next = (*next).max(o);
+            }
+            return Err(e);
+        }
+        metrics::counter!(m::INSERTS_TOTAL, "outcome" => "ok").increment(1);
+        metrics::histogram!(m::INSERT_SECONDS).record(f.started.elapsed().as_secs_f64());
+        metrics::histogram!(m::INSERT_ROWS).record(f.rows as f64);
+        metrics::counter!(m::ROWS_INSERTED_TOTAL).increment(f.rows as u64);
+        metrics::counter!(m::ROWS_DUPLICATE_TOTAL).increment(f.duplicates as u64);
+        tracing::debug!(rows = f.rows, duplicates = f.duplicates, "inserted");
+        self.watermarks = f.watermarks;
         // Malformed aggregates sent to the DLQ are acknowledged before their offsets are
         // committed (the runtime flushes the DLQ first): a DLQ record that never arrived must be
         // read again, not skipped. A failed commit is kept and tried again by the runtime;
         // stored rows that a restart reads again are recognised by the watermarks.
-        let offsets: Vec<(i32, i64)> = self.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        let offsets: Vec<(i32, i64)> = f.offsets.into_iter().collect();
         cx.commit(&offsets)?;
-        self.pending.clear();
-        self.pending_bytes = 0;
-        self.oldest = None;
-        self.next_offsets.clear();
         Ok(())
     }
 
@@ -289,4 +385,24 @@ impl Writer<'_> {
         let max = tracefold_runtime::kafka::message_max_bytes(&self.cfg.kafka);
         cx.send_dlq(DlqRecord::new(payload, &self.cfg.topics.aggregates, p, o, Reason::Malformed, reason, max))
     }
+}
+
+/// One INSERT of `rows` (samples first, see [`tracefold_store::aggregates::insert`]), with the
+/// crash tests' failpoints after it.
+async fn insert_rows(
+    client: &tracefold_store::Client,
+    table: &str,
+    rows: &[AggregateRow<'_>],
+    timeout: Duration,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
+    tracefold_store::aggregates::insert(client, table, rows, timeout, token).await.context("insert into aggregates")?;
+    // Crash tests: die after ClickHouse stored the rows, before the offsets are committed.
+    tracefold_runtime::failpoint::hit("writer.after_insert");
+    // Crash tests: the rows landed, but the writer is told the insert failed (as after a
+    // timeout): the retry must learn from ClickHouse that they are stored.
+    if tracefold_runtime::failpoint::trip("writer.insert_lands_then_fails") {
+        anyhow::bail!("failpoint writer.insert_lands_then_fails: the insert is reported as failed");
+    }
+    Ok(())
 }
