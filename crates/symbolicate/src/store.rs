@@ -146,6 +146,16 @@ pub fn check_release(release: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The cloud stores' settings among environment variables: `AWS_*`, `GOOGLE_*`, `AZURE_*`,
+/// with lower-case names, as `object_store`'s builders name their keys (`aws_region`), the
+/// way their own `from_env` reads them.
+fn cloud_options(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.into_iter()
+        .filter(|(k, _)| ["AWS_", "GOOGLE_", "AZURE_"].iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
 impl ArtifactStore {
     /// The store named by `url` (see the module docs). A `file://` directory is created when
     /// it does not exist.
@@ -161,7 +171,7 @@ impl ArtifactStore {
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
             return Ok(Self { store: Arc::new(fs), prefix: Path::default() });
         }
-        let (store, prefix) = object_store::parse_url_opts(&parsed, std::env::vars()).map_err(|e| {
+        let (store, prefix) = object_store::parse_url_opts(&parsed, cloud_options(std::env::vars())).map_err(|e| {
             bad(format!(
                 "{e} (this build stores artifacts in file:// URLs; s3, gcs and azure need their cargo features)"
             ))
@@ -349,6 +359,33 @@ mod tests {
             assert_eq!(m(s.put("web", "1", "", None, ArtifactKind::Map, b.clone()).await), "url");
             assert_eq!(m(s.put("web", "1", "~/a.js", Some("nope"), ArtifactKind::Map, b).await), "debug_id");
         });
+    }
+
+    #[test]
+    fn cloud_settings_come_from_their_environment_variables() {
+        let vars = [("AWS_REGION", "eu-west-1"), ("HOME", "/root"), ("GOOGLE_SERVICE_ACCOUNT", "sa.json")];
+        let got = cloud_options(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        assert_eq!(
+            got,
+            [("aws_region".to_owned(), "eu-west-1".to_owned()), ("google_service_account".into(), "sa.json".into())]
+        );
+    }
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn s3_urls_name_a_bucket_and_a_prefix() {
+        let s = ArtifactStore::from_url("s3://bucket/some/prefix").unwrap();
+        let want = format!("some/prefix/web/1/{}", sha256_hex(b"~/a.js"));
+        assert_eq!(s.url_path("web", "1", "~/a.js", ArtifactKind::Map).as_ref(), want);
+    }
+
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn s3_urls_say_which_feature_they_need() {
+        match ArtifactStore::from_url("s3://bucket/some/prefix") {
+            Err(e @ StoreError::Config { .. }) => assert!(e.to_string().contains("cargo features"), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
