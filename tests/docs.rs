@@ -258,6 +258,7 @@ fn not_run(c: &Shown) -> Option<&'static str> {
                 "dev" => Some("runs until Ctrl-C (or is the quickstart); the same pipeline is what this test and the end-to-end tests start (dev::Pipeline)"),
                 "ui" => Some("serves until Ctrl-C; its pages are loaded from a server started in process by tests/ui.rs and in headless Chromium by tests/ui_browser.rs"),
                 "loadgen" => Some("a load of minutes; its HTTP path and retries are run by tests/no_loss.rs and tests/backpressure.rs"),
+                "sourcemaps" => Some("sends a build's files to a running producer; its code path (tracefold_cli::sourcemaps) runs against a producer, a local object store and ClickHouse in tests/sourcemaps.rs"),
                 "migrate" | "retention" => Some("changes a real database; run on scratch databases by tracefold-store's tests and tests/analytics.rs"),
                 s if s.starts_with("bench-") || s.ends_with("-quality") => {
                     Some("a benchmark or quality score of minutes; benches/README.md holds its figures, the harnesses have unit tests")

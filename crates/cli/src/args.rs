@@ -18,7 +18,9 @@ pub use measure::{
     BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchStorageArgs, BenchWriterArgs,
     DetectionPath, DetectionQualityArgs, GroupingQualityArgs,
 };
-pub use ops::{DevArgs, GenArgs, LoadgenArgs, MigrateArgs, RetentionArgs, SignalsArgs};
+pub use ops::{
+    DevArgs, GenArgs, LoadgenArgs, MigrateArgs, RetentionArgs, SignalsArgs, SourcemapsAction, SourcemapsArgs,
+};
 
 #[derive(Parser)]
 #[command(name = "tracefold", version, about = "Error events -> issues, counted in ClickHouse")]
@@ -126,6 +128,9 @@ pub enum Cmd {
     /// Show what became of events per project, outcome and reason (accepted, rate limited,
     /// invalid, too large, sent to the DLQ, lost), with a per-minute sparkline.
     Outcomes(OutcomesArgs),
+    /// Source maps: `upload` a build's maps and minified files for a release (the producer
+    /// stores them; see docs/sourcemaps.md).
+    Sourcemaps(SourcemapsArgs),
     /// Show the most recent DLQ records: reason, error, source offset and a payload preview.
     Dlq(DlqArgs),
     /// Fingerprint events read as NDJSON from files or stdin; one JSON line per event.

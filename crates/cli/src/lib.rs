@@ -6,4 +6,5 @@
 
 pub mod outcomes;
 pub mod query;
+pub mod sourcemaps;
 pub use tracefold_devtools::render;

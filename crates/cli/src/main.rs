@@ -31,6 +31,7 @@ async fn run() -> anyhow::Result<()> {
         Cmd::Ui(a) => cmd::ui::run(a).await,
         Cmd::Outcomes(a) => cmd::outcomes::outcomes(a).await,
         Cmd::Dlq(a) => cmd::outcomes::dlq(&a),
+        Cmd::Sourcemaps(a) => cmd::sourcemaps::run(a).await,
         Cmd::Issue(a) => cmd::issues::issue(a).await,
         Cmd::Fingerprint(a) => cmd::fingerprint::run(&a),
         Cmd::DetectionQuality(a) => cmd::measure::detection_quality(&a),

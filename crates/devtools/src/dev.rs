@@ -27,6 +27,9 @@ pub struct DevConfig {
     /// broker's retention ([`embedded_broker_backpressure`]); the watched group is always the
     /// grouper's.
     pub backpressure: tracefold_producer::config::BackpressureSection,
+    /// Source map uploads. `tracefold dev` stores them under `.tracefold/artifacts` when
+    /// `store_url` is empty; the pipeline of the tests keeps uploads off then.
+    pub sourcemaps: tracefold_producer::config::SourcemapsSection,
     /// Grouper options.
     pub grouper: tracefold_grouper::config::GrouperSection,
     /// Grouping options.
@@ -281,6 +284,8 @@ impl Pipeline {
                 group_id: gcfg.grouper.group_id.clone(),
                 ..cfg.backpressure.clone()
             },
+            sourcemaps: cfg.sourcemaps.clone(),
+            clickhouse: cfg.clickhouse.clone(),
             telemetry: cfg.telemetry.clone(),
         };
         let mut threads = Vec::new();

@@ -224,6 +224,34 @@ impl Projects {
         Ok(Admitted { slug: p.slug.clone() })
     }
 
+    /// Admits an artifact upload for the project named by `project` (a slug, or a registered
+    /// numeric id) with `key`: unlike events, uploads need a registered project with keys and
+    /// one of them, whatever `http.allow_unregistered_projects` says. Rate limits are for
+    /// events and are not taken from.
+    ///
+    /// # Errors
+    /// [`Refusal::MissingKey`] or [`Refusal::Forbidden`].
+    pub fn admit_upload(&self, project: &str, key: Option<&str>) -> Result<Admitted, Refusal> {
+        let idx = self.by_slug.get(project).or_else(|| project.parse().ok().and_then(|id: u64| self.by_id.get(&id)));
+        let Some(&idx) = idx else {
+            return Err(Refusal::Forbidden(format!(
+                "project {project:?} is not registered; uploads need a registered project with keys"
+            )));
+        };
+        let p = &self.projects[idx];
+        if p.keys.is_empty() {
+            return Err(Refusal::Forbidden(format!(
+                "project {:?} has no keys; uploads need a registered project with keys",
+                p.slug
+            )));
+        }
+        let Some(k) = key else { return Err(Refusal::MissingKey) };
+        match find_key(&p.keys, k) {
+            Some(_) => Ok(Admitted { slug: p.slug.clone() }),
+            None => Err(Refusal::Forbidden(format!("the key is not valid for project {:?}", p.slug))),
+        }
+    }
+
     /// Takes `events` tokens from every limit, or from none: a refusal costs no tokens.
     fn take(&self, limits: &[Option<Limit>], events: usize) -> Result<(), Refusal> {
         let limits: Vec<Limit> = limits.iter().flatten().filter(|l| l.rate > 0.0).copied().collect();
@@ -337,6 +365,28 @@ mod tests {
         assert_eq!(p.admit(Some("api"), None, None, 1), Err(Refusal::MissingKey));
         // Unregistered projects on the native endpoint: allowed by default, without a key.
         assert_eq!(p.admit(Some("other"), None, None, 1).unwrap().slug, "other");
+    }
+
+    #[test]
+    fn uploads_need_a_registered_project_and_its_key() {
+        let mut cfg = Config { projects: projects(0.0, 0.0).projects, ..Config::default() };
+        cfg.projects.push(ProjectConfig {
+            slug: "open".into(),
+            id: None,
+            keys: Vec::new(),
+            rate_per_sec: 0.0,
+            burst: 0.0,
+            key_rate_per_sec: 0.0,
+            key_burst: 0.0,
+        });
+        let p = Projects::new(&cfg).unwrap();
+        assert_eq!(p.admit_upload("web", Some("webkey456")).unwrap().slug, "web");
+        assert_eq!(p.admit_upload("1", Some("webkey123")).unwrap().slug, "web", "by Sentry id");
+        assert_eq!(p.admit_upload("web", None), Err(Refusal::MissingKey));
+        assert!(matches!(p.admit_upload("web", Some("apikey123")), Err(Refusal::Forbidden(_))));
+        // Unregistered projects (allowed for events here) and projects without keys are not.
+        assert!(matches!(p.admit_upload("other", None), Err(Refusal::Forbidden(w)) if w.contains("not registered")));
+        assert!(matches!(p.admit_upload("open", None), Err(Refusal::Forbidden(w)) if w.contains("no keys")));
     }
 
     #[test]

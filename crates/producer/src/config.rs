@@ -2,7 +2,7 @@
 
 pub use crate::backpressure::BackpressureSection;
 use serde::{Deserialize, Serialize};
-use tracefold_runtime::config::{KafkaConfig, TelemetryConfig, TopicsConfig};
+use tracefold_runtime::config::{ClickHouseConfig, KafkaConfig, TelemetryConfig, TopicsConfig};
 
 /// Everything the producer reads.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -19,8 +19,42 @@ pub struct Config {
     /// Refusing new events while the grouper's lag puts accepted ones at risk (off unless a
     /// bound is set).
     pub backpressure: BackpressureSection,
+    /// Source map uploads (`POST /api/{project}/sourcemaps`); off unless `store_url` is set.
+    pub sourcemaps: SourcemapsSection,
+    /// ClickHouse, for the `artifacts` table of source map uploads (nothing else of the
+    /// producer talks to ClickHouse).
+    pub clickhouse: ClickHouseConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
+}
+
+/// The `[sourcemaps]` section: where uploaded source maps and minified files are stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcemapsSection {
+    /// Object store URL (`file:///var/lib/tracefold/artifacts`; `s3://`, `gs://`, `az://`
+    /// with the `tracefold-symbolicate` cargo features `s3`, `gcs`, `azure`). Empty: uploads
+    /// are off and the endpoint answers 404 saying so.
+    pub store_url: String,
+    /// Largest source map accepted, bytes (the upload endpoint's body limit; 413 above it).
+    pub max_map_bytes: usize,
+    /// Largest minified file accepted, bytes (413 above it).
+    pub max_minified_bytes: usize,
+    /// Uploads handled at once (each parses a map of up to `max_map_bytes`); more get 503
+    /// with `Retry-After`.
+    pub max_concurrent_uploads: usize,
+}
+
+impl Default for SourcemapsSection {
+    fn default() -> Self {
+        let limits = tracefold_symbolicate::Limits::default();
+        Self {
+            store_url: String::new(),
+            max_map_bytes: limits.max_map_bytes,
+            max_minified_bytes: limits.max_minified_bytes,
+            max_concurrent_uploads: 4,
+        }
+    }
 }
 
 /// The `[http]` section.
@@ -142,6 +176,9 @@ impl Config {
             if v.trim().parse::<usize>().is_err() {
                 return Err(format!("kafka.librdkafka.\"message.max.bytes\" = {v:?} is not a number of bytes"));
             }
+        }
+        if self.sourcemaps.max_concurrent_uploads == 0 {
+            return Err("sourcemaps.max_concurrent_uploads must be at least 1".into());
         }
         if self.max_event_bytes() == 0 {
             return Err("http.max_event_bytes (or Kafka's message.max.bytes) leaves no room for an event".into());

@@ -11,6 +11,8 @@
 //! `POST /api/{project_id}/envelope/` (an envelope; `event` items are ingested, other item
 //! types are accepted, skipped and counted), so that a Sentry SDK's DSN can point here.
 //!
+//! Source maps: `POST /api/{project}/sourcemaps`, see [`crate::sourcemaps`].
+//!
 //! Every endpoint: gzip or deflate bodies; project keys (401 without, 403 with a wrong one),
 //! checked before the body is decompressed or parsed; per-project and per-key rate limits
 //! (429 with `Retry-After` and `X-Sentry-Rate-Limits`; 413 for a request with more events than
@@ -87,6 +89,8 @@ pub struct AppState {
     pub outcomes: Arc<crate::outcomes::Outcomes>,
     /// Backpressure: whether new events are refused now (set by the watcher thread).
     pub gate: Arc<Gate>,
+    /// Source map uploads; `None` while `[sourcemaps] store_url` is empty.
+    pub sourcemaps: Option<Arc<crate::sourcemaps::Uploads>>,
 }
 
 impl AppState {
@@ -97,7 +101,7 @@ impl AppState {
         let queue = QueueRoom::new(&cfg.kafka);
         let outcomes = Arc::new(crate::outcomes::Outcomes::new());
         let gate = Gate::new(cfg.backpressure.retry_after_secs);
-        Self { cfg, producer, projects, limiter, max_event_bytes, queue, outcomes, gate }
+        Self { cfg, producer, projects, limiter, max_event_bytes, queue, outcomes, gate, sourcemaps: None }
     }
 }
 
@@ -368,6 +372,17 @@ impl ApiError {
         self
     }
 
+    /// An error of `status` saying `error` (for the other endpoints of this crate).
+    pub(crate) fn plain(status: StatusCode, error: impl Into<String>) -> Self {
+        Self::new(status, error)
+    }
+
+    /// The same error, with `Retry-After: secs`.
+    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
     fn internal(what: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {what}"))
     }
@@ -440,11 +455,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/projects/{project}/events", post(ingest))
         .route("/api/{project_id}/store/", post(sentry_store))
         .route("/api/{project_id}/envelope/", post(sentry_envelope))
+        .route("/api/{project_id}/sourcemaps", post(crate::sourcemaps::upload))
         .route_layer(middleware::from_fn_with_state(state.clone(), limit_concurrency))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; POST events to /api/v1/projects/{project}/events, or point a Sentry DSN here",
+                "no such endpoint; POST events to /api/v1/projects/{project}/events, or point a Sentry DSN here \
+                 (source maps: POST /api/{project}/sourcemaps)",
             )
         })
         .with_state(state)
@@ -581,7 +598,16 @@ fn content_encoding(headers: &HeaderMap) -> Option<String> {
 /// Reads the raw (possibly compressed) body within `http.max_body_bytes` (413, before reading
 /// when `Content-Length` says so) and `http.body_timeout_ms` (408).
 async fn read_raw(cfg: &Config, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let max = cfg.http.max_body_bytes;
+    read_raw_within(cfg, headers, body, cfg.http.max_body_bytes).await
+}
+
+/// [`read_raw`] with the limit `max` instead of `http.max_body_bytes`.
+pub(crate) async fn read_raw_within(
+    cfg: &Config,
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let claimed =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if let Some(len) = claimed {
@@ -638,7 +664,7 @@ async fn read_raw(cfg: &Config, headers: &HeaderMap, body: Body) -> Result<Bytes
 
 /// Decompresses `raw` by its `Content-Encoding` within `http.max_body_bytes`; large
 /// compressed bodies on the blocking pool.
-async fn decode(headers: &HeaderMap, raw: Bytes, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn decode(headers: &HeaderMap, raw: Bytes, max: usize) -> Result<Bytes, ApiError> {
     let Some(enc) = content_encoding(headers) else {
         return Ok(raw);
     };

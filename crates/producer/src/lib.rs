@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod outcomes;
 pub mod sentry;
+pub mod sourcemaps;
 
 pub use config::Config;
 
@@ -57,7 +58,8 @@ pub async fn serve(
     let producer = tokio::task::spawn_blocking(move || kafka_producer(&c)).await??;
     let mut all = vec![health.clone()];
     all.extend(others);
-    let state = http::AppState::new(cfg.clone(), producer.clone(), projects);
+    let mut state = http::AppState::new(cfg.clone(), producer.clone(), projects);
+    state.sourcemaps = sourcemaps::Uploads::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?.map(Arc::new);
     let outcomes = state.outcomes.clone();
     let (bp, kafka, topic, gate, stop) =
         (cfg.backpressure.clone(), cfg.kafka.clone(), cfg.topics.events.clone(), state.gate.clone(), shutdown.clone());

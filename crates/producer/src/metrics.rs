@@ -27,6 +27,11 @@ pub const BACKPRESSURE_REFUSED_EVENTS_TOTAL: &str = "tracefold_producer_backpres
 /// Backpressure: reads of the lag that failed (each also a WARN log line).
 pub const BACKPRESSURE_CHECK_FAILURES_TOTAL: &str = "tracefold_producer_backpressure_check_failures_total";
 
+/// Source map uploads, by `outcome` (`stored`; `refused`: a 4xx answer such as a bad map or
+/// key; `failed`: a 5xx answer, the object store or ClickHouse failed or too many uploads at
+/// once).
+pub const SOURCEMAP_UPLOADS_TOTAL: &str = "tracefold_producer_sourcemap_uploads_total";
+
 /// Every metric this service emits (for documentation and dashboard checks).
 pub const ALL: &[&str] = &[
     REQUESTS_TOTAL,
@@ -39,4 +44,5 @@ pub const ALL: &[&str] = &[
     BACKPRESSURE_REFUSED_EVENTS_TOTAL,
     BACKPRESSURE_CHECK_FAILURES_TOTAL,
     OUTCOMES_DROPPED_TOTAL,
+    SOURCEMAP_UPLOADS_TOTAL,
 ];

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregates;
+pub mod artifacts;
 pub mod client;
 pub mod deliveries;
 pub mod detector;

@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "signal_deliveries",
         sql: include_str!("../../../schemas/clickhouse/0006_signal_deliveries.sql"),
     },
+    Migration { version: 7, name: "artifacts", sql: include_str!("../../../schemas/clickhouse/0007_artifacts.sql") },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -162,6 +163,8 @@ fn sharding_key(table: &str) -> &'static str {
     match table {
         // One record's copies share project and source, so they meet on one shard.
         "outcomes" => "cityHash64(project, source)",
+        // A release's artifacts on one shard (they have no issue).
+        "artifacts" => "cityHash64(project, release)",
         _ => "cityHash64(project, issue_id)",
     }
 }
@@ -763,7 +766,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 10);
+        assert_eq!(tables.len(), 11);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -850,15 +853,18 @@ mod tests {
                 }
                 if cluster {
                     // A Distributed table over every table, sharded by issue (outcomes, which
-                    // have none, by record identity).
+                    // have none, by record identity; artifacts by release).
                     let all = find(&ddls, &format!("{}_all", p.name));
                     assert_eq!(all.kind, Kind::Table);
                     assert_eq!(all.as_table.as_deref(), Some(p.name.as_str()), "{fname}");
                     assert!(all.columns.is_empty() && all.ttl.is_none() && all.order_by.is_none());
                     assert_eq!(all.engine.as_deref(), Some("Distributed"), "{fname}: {}", all.name);
                     let args: Vec<String> = all.engine_args.iter().map(|a| text(a)).collect();
-                    let keys: &[&str] =
-                        if p.name == "outcomes" { &["project", "source"] } else { &["project", "issue_id"] };
+                    let keys: &[&str] = match p.name.as_str() {
+                        "outcomes" => &["project", "source"],
+                        "artifacts" => &["project", "release"],
+                        _ => &["project", "issue_id"],
+                    };
                     let want = format!("cityHash64 ( {} )", keys.join(" , "));
                     assert_eq!(args, ["main", "tf", p.name.as_str(), want.as_str()], "{fname}");
                     for &key in keys {

@@ -1,8 +1,9 @@
 //! Source maps for minified JavaScript: bounded parsing of uploaded maps, resolution of a
 //! minified frame (1-based line and column, as browsers and Node report them) to the original
 //! file, line, column, function and a few lines of source context, Sentry's debug-id
-//! convention, and a bounded cache of parsed maps. See docs/sourcemaps.md for the design and
-//! for what is not built yet (upload, the object store, the grouper hook).
+//! convention, a bounded cache of parsed maps, and the object store that holds uploaded maps
+//! ([`store`]). See docs/sourcemaps.md for the design and for what is not built yet (the
+//! grouper hook).
 //!
 //! Nothing here panics on any input: a map that is too large, malformed, or of a kind we do
 //! not support (indexed, Hermes) is rejected with a [`MapError`] that says why.
@@ -13,6 +14,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use sourcemap::{SourceMap, SourceView};
+
+pub mod store;
 
 /// Limits that keep one upload or one event from costing unbounded memory or time.
 #[derive(Debug, Clone)]

@@ -163,3 +163,40 @@ pub struct GenArgs {
     #[arg(long)]
     pub now: Option<i64>,
 }
+
+// `tracefold sourcemaps`.
+#[derive(clap::Args)]
+pub struct SourcemapsArgs {
+    #[command(subcommand)]
+    pub action: SourcemapsAction,
+}
+
+#[derive(clap::Subcommand)]
+pub enum SourcemapsAction {
+    /// Upload a build's source maps (`*.js.map` under DIR) and the minified files beside them
+    /// (`*.js`) for a release. Every map is checked before anything is sent.
+    Upload(SourcemapsUploadArgs),
+}
+
+// `tracefold sourcemaps upload`.
+#[derive(clap::Args)]
+pub struct SourcemapsUploadArgs {
+    /// Project slug (or its registered numeric id).
+    #[arg(long)]
+    pub project: String,
+    /// Release the build belongs to (as the events' `release`).
+    #[arg(long)]
+    pub release: String,
+    /// Where DIR is served from, as the frames' URLs show it without scheme and host:
+    /// `~/static/js` makes DIR/main.js `~/static/js/main.js`.
+    #[arg(long, default_value = "~")]
+    pub url_prefix: String,
+    /// The producer's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "TRACEFOLD_ENDPOINT")]
+    pub endpoint: String,
+    /// One of the project's keys (`tracefold dev` keeps the dev project's in .tracefold/dev-key).
+    #[arg(long, env = "TRACEFOLD_KEY", hide_env_values = true)]
+    pub key: String,
+    /// The build's output directory.
+    pub dir: PathBuf,
+}

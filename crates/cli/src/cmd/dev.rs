@@ -34,6 +34,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             cooldown_min: 30,
         });
     }
+    // Source map uploads on, stored under the state directory, unless the config says where.
+    if cfg.sourcemaps.store_url.is_empty() {
+        let dir =
+            std::env::current_dir().context("cannot read the working directory")?.join(STATE_DIR).join("artifacts");
+        cfg.sourcemaps.store_url = reqwest::Url::from_directory_path(&dir)
+            .map_err(|()| anyhow::anyhow!("cannot name {} as a file:// URL", dir.display()))?
+            .to_string();
+    }
     // Backpressure on by default: bounds derived from the embedded broker's retention.
     cfg.backpressure = embedded_broker_backpressure(cfg.backpressure);
     // Quiet unless `-v`: service logs go to a file, the terminal keeps WARN and above.
@@ -105,6 +113,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             dev_project.slug
         ),
     }
+    eprintln!(
+        "  sourcemaps: tracefold sourcemaps upload --project {} --release R --endpoint {url} --key KEY DIR   (stored in {})",
+        dev_project.slug, cfg.sourcemaps.store_url
+    );
     eprintln!("  ops:       {url}/metrics  {url}/healthz  {url}/readyz");
     if let Some((addr, token)) = &ui {
         eprintln!("  ui:        http://{addr}/   (resolve / ignore / reopen with the operator token {token})");

@@ -8,4 +8,5 @@ pub mod measure;
 pub mod migrate;
 pub mod outcomes;
 pub mod signals;
+pub mod sourcemaps;
 pub mod ui;
