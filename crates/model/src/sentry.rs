@@ -332,7 +332,10 @@ mod tests {
         assert_eq!(ev.exception[0].thread_id.as_deref(), Some("2"));
         assert_eq!(ev.threads.len(), 3);
         let t = &ev.threads[1];
-        assert_eq!((t.id.as_deref(), t.name.as_deref(), t.crashed, t.current), (Some("2"), Some("вычислитель"), Some(true), None));
+        assert_eq!(
+            (t.id.as_deref(), t.name.as_deref(), t.crashed, t.current),
+            (Some("2"), Some("вычислитель"), Some(true), None)
+        );
         assert_eq!(t.stacktrace.as_ref().unwrap().frames[1].function.as_deref(), Some("crash"));
         assert_eq!(ev.threads[2].id.as_deref(), Some("worker-3"));
         let text = serde_json::to_string(&ev).unwrap();

@@ -846,7 +846,10 @@ mod tests {
                 frames(3),
                 frames(40)
             ),
-            format!(r#"{{{id},"exception":[{{"type":"E"}}],"threads":[{{"id":1,"stacktrace":{{"frames":[{}]}}}}]}}"#, frames(1)),
+            format!(
+                r#"{{{id},"exception":[{{"type":"E"}}],"threads":[{{"id":1,"stacktrace":{{"frames":[{}]}}}}]}}"#,
+                frames(1)
+            ),
             format!(r#"{{{id},"message":"m","threads":null}}"#),
         ] {
             agree(doc.as_bytes(), &mut parser).unwrap();
@@ -896,8 +899,9 @@ mod tests {
         let tags = format!(r#"{{{id},"message":"m","tags":{{{}}}}}"#, many.join(","));
         assert!(agree(tags.as_bytes(), &mut parser).unwrap());
         // Past the thread bound too.
-        let many: Vec<String> =
-            (0..300).map(|i| if i < 256 { format!(r#"{{"id":{i}}}"#) } else { "[1,{\"x\":null}]".to_owned() }).collect();
+        let many: Vec<String> = (0..300)
+            .map(|i| if i < 256 { format!(r#"{{"id":{i}}}"#) } else { "[1,{\"x\":null}]".to_owned() })
+            .collect();
         let threads = format!(r#"{{{id},"message":"m","threads":[{}]}}"#, many.join(","));
         assert!(agree(threads.as_bytes(), &mut parser).unwrap());
         // Threads the reader leaves to serde: wrong types, duplicates, a thread as an array.

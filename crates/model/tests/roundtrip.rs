@@ -7,8 +7,8 @@ use proptest::option;
 use proptest::prelude::*;
 use std::borrow::Cow;
 use tracefold_model::event::{
-    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str,
-    Thread, MAX_TAGS, MAX_THREADS,
+    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, Thread,
+    MAX_TAGS, MAX_THREADS,
 };
 use tracefold_model::time::{RFC3339_MAX, RFC3339_MIN};
 use tracefold_model::{parse_event_slice, parse_event_str};
