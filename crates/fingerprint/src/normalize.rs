@@ -266,9 +266,10 @@ pub fn message(input: &str, out: &mut String) {
     parameterize(input, out, Quoted::All);
 }
 
-/// [`message`] for an exception's message: a quoted literal becomes `'<value>'` only when it
-/// looks like data (it holds a digit, a space, a `/`, `\\` or `@`); a quoted name stays, since
-/// it usually names the bug (`KeyError: 'user'`, `reading 'id'`, `` `Option::unwrap()` ``).
+/// [`message`] for an exception's message: a quoted literal is parameterized like the rest
+/// of the line, and becomes `'<value>'` only when a digit is left in it (`'user8812'`); a
+/// quoted name stays, since it usually names the bug (`KeyError: 'user'`, `reading 'id'`,
+/// `` `Option::unwrap()` ``), and so does `'user-<int>'`.
 pub fn exception_value(input: &str, out: &mut String) {
     parameterize(input, out, Quoted::Data);
 }
@@ -340,11 +341,6 @@ fn quoted_end(line: &str, open: usize, q: u8) -> Option<usize> {
     }
 }
 
-/// Whether a quoted literal's text looks like data rather than a name.
-fn looks_like_data(s: &str) -> bool {
-    s.bytes().any(|c| c.is_ascii_digit() || matches!(c, b'/' | b'\\' | b'@')) || s.chars().any(char::is_whitespace)
-}
-
 fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'@' | b':' | b'/' | b'%' | b'+' | b'~')
 }
@@ -391,13 +387,16 @@ fn parameterize_line(line: &str, out: &mut String, quoted: Quoted) {
                     match quoted_end(line, i, c) {
                         None => unclosed[k] = true,
                         Some(end) => {
-                            let inner = &line[i + 1..end];
                             out.push(c as char);
-                            if quoted == Quoted::All || looks_like_data(inner) {
+                            let start = out.len();
+                            if quoted == Quoted::Data {
+                                // Parameterized like the line (the literal holds no literal
+                                // of its own kind: at most three levels, each linear).
+                                parameterize_line(&line[i + 1..end], out, quoted);
+                            }
+                            if quoted == Quoted::All || out.as_bytes()[start..].iter().any(u8::is_ascii_digit) {
+                                out.truncate(start);
                                 out.push_str("<value>");
-                            } else {
-                                // A name: no digit, so nothing in it to parameterize.
-                                out.push_str(inner);
                             }
                             out.push(c as char);
                             i = end + 1;
@@ -926,10 +925,14 @@ mod tests {
                 "Cannot read properties of undefined (reading 'id')",
             ),
             ("KeyError: 'user'", "KeyError: 'user'"),
-            ("KeyError: 'user-2'", "KeyError: '<value>'"),
+            ("KeyError: 'user-2'", "KeyError: 'user-<int>'"),
+            ("KeyError: 'user8812'", "KeyError: '<value>'"),
             ("called `Option::unwrap()` on a `None` value", "called `Option::unwrap()` on a `None` value"),
-            ("no such file: '/var/data/u1/x.txt'", "no such file: '<value>'"),
-            ("name 'Zürich' and \"two words\"", "name 'Zürich' and \"<value>\""),
+            ("no such file: '/var/data/u1/x.txt'", "no such file: '/var/data/<id>/x.txt'"),
+            (
+                "name 'Zürich' and \"two words\" and \"a 'b7' c\"",
+                "name 'Zürich' and \"two words\" and \"a '<value>' c\"",
+            ),
             ("open /var/data/user8812/file.txt", "open /var/data/<id>/file.txt"),
         ];
         for (input, want) in cases {
