@@ -124,7 +124,7 @@ fn structured(flags: u8, text: &str) -> Event<'_> {
         }
         let stacktrace = if frames.is_empty() { None } else { Some(Stacktrace { frames }) };
         let (stacktrace, thread_id) = if e % 2 == 1 {
-            let id = Cow::Owned(e.to_string());
+            let id: Cow<'_, str> = Cow::Owned(e.to_string());
             ev.threads.push(Thread {
                 id: Some(id.clone()),
                 name: opt(ty),

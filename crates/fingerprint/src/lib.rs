@@ -865,6 +865,40 @@ mod tests {
         assert!(m.title.starts_with("日本"));
     }
 
+    /// Which thread stands in for a stackless exception: the one its `thread_id` names (with
+    /// frames), else for the raised exception the crashed one, else the current one; a cause
+    /// takes a thread only by id; an exception with frames keeps its own.
+    #[test]
+    fn thread_stand_in_order() {
+        let t = |id: &str, flags: &str, func: &str| {
+            format!(r#"{{"id":"{id}",{flags}"stacktrace":{{"frames":[{{"function":"{func}","module":"m"}}]}}}}"#)
+        };
+        let ev = |exceptions: &str, threads: &[String]| {
+            format!(r#"{{"exception":[{exceptions}],"threads":[{}]}}"#, threads.join(","))
+        };
+        let empty = r#"{"id":"9","crashed":true,"stacktrace":{"frames":[]}}"#.to_owned();
+        let all =
+            [t("1", r#""current":true,"#, "idle"), t("2", r#""crashed":true,"#, "crash"), t("3", "", "named"), empty];
+        let funcs = |json: &str| -> Vec<String> {
+            let e = explain(&parse_event_str(json).unwrap(), &GroupingConfig::default());
+            e.components.iter().filter(|c| c.kind == "function" && c.contributes).map(|c| c.value.clone()).collect()
+        };
+        assert_eq!(funcs(&ev(r#"{"type":"E","thread_id":"3"}"#, &all)), ["named"]);
+        assert_eq!(funcs(&ev(r#"{"type":"E","thread_id":"9"}"#, &all)), ["crash"], "no frames on 9: crashed");
+        assert_eq!(funcs(&ev(r#"{"type":"E","thread_id":"404"}"#, &all)), ["crash"]);
+        assert_eq!(describe(&parse_event_str(&ev(r#"{"type":"E"}"#, &all)).unwrap()).culprit, "m in crash");
+        assert_eq!(funcs(&ev(r#"{"type":"E"}"#, &all[..1])), ["idle"]);
+        assert_eq!(funcs(&ev(r#"{"type":"E"}"#, &all[2..])), Vec::<String>::new(), "neither crashed nor current");
+        // Causes take a thread by id only.
+        assert_eq!(funcs(&ev(r#"{"type":"C"},{"type":"E"}"#, &all)), ["crash"]);
+        assert_eq!(funcs(&ev(r#"{"type":"C","thread_id":3},{"type":"E"}"#, &all)), ["named", "crash"]);
+        // Own frames win; without threads nothing changes.
+        let own = r#"{"type":"E","thread_id":"3","stacktrace":{"frames":[{"function":"own","module":"m"}]}}"#;
+        assert_eq!(funcs(&ev(own, &all)), ["own"]);
+        let bare = r#"{"exception":[{"type":"E","value":"v","thread_id":"3"}]}"#;
+        assert_eq!(fp(bare), fp(r#"{"exception":[{"type":"E","value":"v"}]}"#));
+    }
+
     #[test]
     fn describe_builds_title_and_culprit() {
         let json = js("renderCart", 10, 20, "3f9a2c1b", "item 42 missing");
