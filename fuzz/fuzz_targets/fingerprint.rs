@@ -13,7 +13,7 @@ use tracefold_fingerprint::limits::{
 };
 use tracefold_fingerprint::rules::{EventMatcher, FingerprintRule, FrameMatcher, StackAction, StackRule};
 use tracefold_fingerprint::{describe, explain, fingerprint, normalize, GroupingConfig, Scratch};
-use tracefold_model::event::{Event, Exception, Frame, LogEntry, Mechanism, Stacktrace};
+use tracefold_model::event::{Event, Exception, Frame, LogEntry, Mechanism, Stacktrace, Thread};
 
 thread_local! {
     /// One scratch for the whole run, as a grouper thread keeps one: its frame cache fills up
@@ -83,6 +83,8 @@ fn normalizers(s: &str) {
     assert!(js.len() <= MAX_COMPONENT_LEN && s.contains(js.as_str()));
     normalize::message(s, &mut out);
     assert!(out.len() <= MAX_MESSAGE_LEN);
+    normalize::exception_value(s, &mut out);
+    assert!(out.len() <= MAX_MESSAGE_LEN);
     let _ = normalize::dotnet_async(s, "MoveNext");
     let _ = normalize::dotnet_async(s, s);
 }
@@ -94,7 +96,9 @@ fn opt(s: Option<&str>) -> Option<Cow<'_, str>> {
 /// An event straight from the text: exceptions separated by `\x1e`, fields by `\x1f`
 /// (`type`, `value`, then `function`, `module`, `filename` per frame). The first byte picks
 /// the platform, whether the first exception's fields are also a client fingerprint, and how
-/// often the frames repeat (to cross the frame and cache limits from a short input).
+/// often the frames repeat (to cross the frame and cache limits from a short input). Every
+/// second exception's stack is on a thread instead (in `threads`): the crashed one, or the
+/// one its `thread_id` names, or (for the raised exception) the current one.
 fn structured(flags: u8, text: &str) -> Event<'_> {
     const PLATFORMS: [&str; 8] = ["javascript", "node", "python", "java", "rust", "csharp", "go", "ruby"];
     let repeat = 1 + usize::from(flags >> 4) * 24;
@@ -118,11 +122,26 @@ fn structured(flags: u8, text: &str) -> Event<'_> {
                 });
             }
         }
+        let stacktrace = if frames.is_empty() { None } else { Some(Stacktrace { frames }) };
+        let (stacktrace, thread_id) = if e % 2 == 1 {
+            let id: Cow<'_, str> = Cow::Owned(e.to_string());
+            ev.threads.push(Thread {
+                id: Some(id.clone()),
+                name: opt(ty),
+                crashed: Some(e % 6 == 1),
+                current: Some(e % 6 == 5),
+                stacktrace,
+            });
+            (None, (e % 6 == 3).then_some(id))
+        } else {
+            (stacktrace, None)
+        };
         ev.exception.push(Exception {
             ty: opt(ty),
             value: opt(value),
             mechanism: Some(Mechanism { synthetic: Some(e % 4 == 3), ..Mechanism::default() }),
-            stacktrace: if frames.is_empty() { None } else { Some(Stacktrace { frames }) },
+            stacktrace,
+            thread_id,
             ..Exception::default()
         });
         if e == 0 && flags & 8 != 0 {
@@ -133,6 +152,7 @@ fn structured(flags: u8, text: &str) -> Event<'_> {
         ev.message = opt(Some(text));
         ev.logentry = Some(LogEntry { message: opt(text.split('\x1e').last()), ..LogEntry::default() });
         ev.exception.clear();
+        ev.threads.clear();
     }
     ev
 }

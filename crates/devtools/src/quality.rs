@@ -10,6 +10,11 @@
 //! paths, and minified builds. Across bugs: bugs that share an exception type and message
 //! template, bugs reported through the same error helper, bugs that differ only in the
 //! exception type, and log messages that differ only in their template.
+//!
+//! Two families of what grouping used to miss: crashes whose exception carries no stack (native
+//! and JVM SDKs put it on the crashed thread, in `threads`), where distinct bugs raise the same
+//! type and message from different code; and log lines without a template whose quoted values
+//! and file paths (`'Zoë'`, `/var/data/user8812/export_77.csv`) vary per event.
 
 mod baselines;
 
@@ -40,6 +45,11 @@ struct Bug {
     helper: bool,
     /// A log message without an exception.
     message_only: bool,
+    /// A crash whose exception has no stack: the crashed thread's stack (in `threads`) is
+    /// the bug's; every such bug of one family raises the same type and message.
+    thread_crash: bool,
+    /// A log line without a template, with quoted values and file paths in it.
+    log_values: bool,
 }
 
 /// Corpus options.
@@ -80,7 +90,25 @@ fn make_bugs(n: usize, rng: &mut SmallRng) -> Vec<Bug> {
             frames.push(("errors".into(), "reportError".into()));
             frames.push(("errors".into(), "buildReport".into()));
         }
-        bugs.push(Bug { platform, ty, template, frames, helper, message_only: k % 11 == 7 });
+        let message_only = k % 11 == 7;
+        let log_values = !message_only && k % 11 == 5;
+        let thread_crash = !message_only && !log_values && k % 10 == 3;
+        let (ty, template) = if thread_crash {
+            // Families of three same-message crashes (k = 3, 13, 23; 33, 43, 53; ...), told
+            // apart only by the crashed thread's stack.
+            ("SIGSEGV".to_string(), format!("{} worker crashed at 0x{{addr}}", WORDS[(k / 30) % WORDS.len()]))
+        } else if log_values {
+            let (noun, verb) = (WORDS[(k / 11) % WORDS.len()], VERBS[(k / 11 / WORDS.len()) % VERBS.len()]);
+            (
+                String::new(),
+                format!(
+                    "could not {verb} {noun} '{{name}}': open /var/data/{noun}/user{{id}}/export_{{ms}}.csv failed"
+                ),
+            )
+        } else {
+            (ty, template)
+        };
+        bugs.push(Bug { platform, ty, template, frames, helper, message_only, thread_crash, log_values });
     }
     bugs
 }
@@ -123,15 +151,25 @@ fn render_event(bug: &Bug, k: usize, rng: &mut SmallRng) -> String {
             &format!("2026-11-{:02}T{:02}:{:02}:00Z", rng.gen_range(1..28), rng.gen_range(0..24), rng.gen_range(0..60)),
         )
         .replace("{addr}", &format!("{:x}", rng.gen::<u32>() | 0x1000_0000));
+    const NAMES: &[&str] = &["alice", "Zoë Ørsted", "山田 太郎", "o'brien", "bob.smith", "Łukasz", "😀 fan", "x"];
+    let message =
+        if bug.log_values { message.replace("{name}", NAMES[rng.gen_range(0..NAMES.len())]) } else { message };
     let mut j = String::with_capacity(2048);
     let _ = write!(j, r#"{{"platform":"{}","release":"r{release}","#, bug.platform);
+    if bug.log_values {
+        // Logs without a template: only the formatted line, its values in quotes and paths.
+        let text = serde_json::to_string(&message).expect("a string serializes");
+        let _ = write!(j, r#""message":{text}}}"#);
+        return j;
+    }
     if bug.message_only {
         // Logs: the template groups, the formatted text varies.
         let _ = write!(j, r#""logentry":{{"message":"{} %s failed","formatted":"{}"}}}}"#, bug.frames[0].1, message);
         return j;
     }
     let browser = rng.gen_range(0..3);
-    let minified = bug.platform == "javascript" && rng.gen_bool(0.1);
+    // (Thread crashes come from native and JVM SDKs, whose frames have names.)
+    let minified = bug.platform == "javascript" && !bug.thread_crash && rng.gen_bool(0.1);
     let mut frames: Vec<String> = Vec::new();
     // Distant callers: 0-4 random outer frames beyond the cap, then a fixed pad of callers.
     for _ in 0..rng.gen_range(0..5) {
@@ -173,6 +211,29 @@ fn render_event(bug: &Bug, k: usize, rng: &mut SmallRng) -> String {
         minified,
         rng,
     ));
+    if bug.thread_crash {
+        // The exception has no stack; the crashed thread has it, named by the exception's
+        // `thread_id` in half the events and only marked `crashed` in the others. Thread ids
+        // and names change from event to event; the main thread idles, marked `current`.
+        let tid = rng.gen_range(2..100_000u32);
+        let by_id = rng.gen_bool(0.5);
+        let idle: Vec<String> = [("runtime", "main"), ("runtime", "park"), ("runtime", "wait")]
+            .iter()
+            .map(|(m, f)| frame(bug.platform, m, f, false, release, build_hash, browser, false, rng))
+            .collect();
+        let crashed = if by_id { "" } else { r#""crashed":true,"# };
+        let thread_id = if by_id { format!(r#","thread_id":{tid}"#) } else { String::new() };
+        let _ = write!(
+            j,
+            r#""exception":[{{"type":"{}","value":"{}"{thread_id}}}],"threads":[{{"id":1,"name":"main","current":true,"stacktrace":{{"frames":[{}]}}}},{{"id":{tid},"name":"worker-{}",{crashed}"stacktrace":{{"frames":[{}]}}}}]}}"#,
+            bug.ty,
+            message,
+            idle.join(","),
+            tid % 16,
+            frames.join(",")
+        );
+        return j;
+    }
     let _ = write!(
         j,
         r#""exception":[{{"type":"{}","value":"{}","stacktrace":{{"frames":[{}]}}}}]}}"#,
@@ -367,6 +428,31 @@ mod tests {
         assert!((merged.precision - 2.0 / 6.0).abs() < 1e-9 && merged.recall == 1.0);
         let split = score(&[0, 0, 0], &["a", "b", "c"]);
         assert_eq!((split.precision, split.recall), (1.0, 0.0));
+    }
+
+    /// The two families grouping used to miss, scored alone: crashes without an exception
+    /// stack are told apart by the crashed thread's stack, and log lines with quoted values and
+    /// paths make one issue per template.
+    #[test]
+    fn thread_crashes_and_log_values_group_by_bug() {
+        let events = corpus(&CorpusOptions { bugs: 220, events: 8000, seed: 5 });
+        let bugs = make_bugs(220, &mut SmallRng::seed_from_u64(5));
+        let cfg = tracefold_fingerprint::GroupingConfig::default();
+        let mut scratch = tracefold_fingerprint::Scratch::default();
+        for family in [|b: &Bug| b.thread_crash, |b: &Bug| b.log_values] {
+            let picked: Vec<&Labeled> = events.iter().filter(|e| family(&bugs[e.bug])).collect();
+            assert!(picked.len() > 300, "{}", picked.len());
+            let truth: Vec<usize> = picked.iter().map(|e| e.bug).collect();
+            let keys: Vec<u128> = picked
+                .iter()
+                .map(|e| {
+                    let ev = tracefold_model::parse_event_str(&e.json).unwrap();
+                    tracefold_fingerprint::fingerprint(&ev, &cfg, &mut scratch).0
+                })
+                .collect();
+            let s = score(&truth, &keys);
+            assert_eq!((s.precision, s.recall), (1.0, 1.0), "{s:?}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use limits::{
 };
 use rules::{FingerprintRule, StackAction, StackRule};
 use serde::{Deserialize, Serialize};
-use tracefold_model::event::{Event, Exception, Frame};
+use tracefold_model::event::{Event, Exception, Frame, Stacktrace, Thread};
 
 /// The grouping config version this crate implements; recorded with every fingerprint.
 pub const GROUPING_VERSION: &str = "v1";
@@ -252,11 +252,77 @@ pub(crate) fn considered_exceptions<'e, 'a>(event: &'e Event<'a>) -> &'e [Except
     &all[all.len().saturating_sub(MAX_EXCEPTIONS)..]
 }
 
-/// The frames of `exc` that fingerprinting considers: the last [`MAX_FRAMES_PER_EXCEPTION`]
+/// The frames of a stack that fingerprinting considers: the last [`MAX_FRAMES_PER_EXCEPTION`]
 /// (nearest the crash).
-pub(crate) fn considered_frames<'e, 'a>(exc: &'e Exception<'a>) -> &'e [Frame<'a>] {
-    let all: &[Frame<'a>] = exc.stacktrace.as_ref().map_or(&[], |s| &s.frames);
+pub(crate) fn considered_frames<'e, 'a>(stack: Option<&'e Stacktrace<'a>>) -> &'e [Frame<'a>] {
+    let all: &[Frame<'a>] = stack.map_or(&[], |s| &s.frames);
     &all[all.len().saturating_sub(MAX_FRAMES_PER_EXCEPTION)..]
+}
+
+/// Which thread's stack stands in for an exception without one, and why.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StandIn<'e, 'a> {
+    thread: &'e Thread<'a>,
+    why: &'static str,
+}
+
+/// The stack that groups `exc`: its own when it has frames; else, when the event has
+/// threads, the stack of the thread whose `id` is the exception's `thread_id`, else (for the
+/// raised exception, `primary`) of the thread marked `crashed`, else of the one marked
+/// `current` (the first with frames of each kind); else none. At most [`MAX_THREADS`] threads
+/// are looked at (the parsers keep no more).
+///
+/// [`MAX_THREADS`]: tracefold_model::event::MAX_THREADS
+pub(crate) fn exception_stack<'e, 'a>(
+    event: &'e Event<'a>,
+    exc: &'e Exception<'a>,
+    primary: bool,
+) -> (Option<&'e Stacktrace<'a>>, Option<StandIn<'e, 'a>>) {
+    let own = exc.stacktrace.as_ref();
+    if own.is_some_and(|s| !s.frames.is_empty()) || event.threads.is_empty() {
+        return (own, None);
+    }
+    let threads = &event.threads[..event.threads.len().min(tracefold_model::event::MAX_THREADS)];
+    let with_frames = |t: &&Thread<'a>| t.stacktrace.as_ref().is_some_and(|s| !s.frames.is_empty());
+    let by_id = exc
+        .thread_id
+        .as_deref()
+        .and_then(|id| threads.iter().filter(|t| t.id.as_deref() == Some(id)).find(with_frames))
+        .map(|thread| StandIn {
+            thread,
+            why: "the exception has no stack: the stack of its thread (thread_id) groups it",
+        });
+    let fallback = || {
+        if !primary {
+            return None;
+        }
+        let crashed = threads.iter().filter(|t| t.crashed == Some(true)).find(with_frames).map(|thread| StandIn {
+            thread,
+            why: "the exception has no stack: the stack of the crashed thread groups it",
+        });
+        crashed.or_else(|| {
+            threads.iter().filter(|t| t.current == Some(true)).find(with_frames).map(|thread| StandIn {
+                thread,
+                why: "the exception has no stack: the stack of the current thread groups it",
+            })
+        })
+    };
+    match by_id.or_else(fallback) {
+        Some(s) => (s.thread.stacktrace.as_ref(), Some(s)),
+        None => (own, None),
+    }
+}
+
+/// `thread <id> (<name>)`, bounded, for the explanation.
+fn thread_label(t: &Thread<'_>) -> String {
+    let mut out = String::from("thread ");
+    limits::push_bounded(&mut out, t.id.as_deref().unwrap_or("?"), MAX_EXPLAIN_VALUE_LEN);
+    if let Some(name) = t.name.as_deref().filter(|n| !n.is_empty()) {
+        limits::push_bounded(&mut out, " (", MAX_EXPLAIN_VALUE_LEN);
+        limits::push_bounded(&mut out, name, MAX_EXPLAIN_VALUE_LEN);
+        limits::push_bounded(&mut out, ")", MAX_EXPLAIN_VALUE_LEN);
+    }
+    out
 }
 
 fn default_components<S: Sink>(
@@ -272,8 +338,10 @@ fn default_components<S: Sink>(
             let older = format!("{} older exceptions", event.exception.len() - exceptions.len());
             sink.drop_component("exception", &older, "beyond MAX_EXCEPTIONS: not considered");
         }
-        for exc in exceptions {
-            exception_components(exc, event.platform.as_deref(), js, cfg, scratch, sink);
+        let last = exceptions.len() - 1;
+        for (i, exc) in exceptions.iter().enumerate() {
+            let (stack, stand_in) = exception_stack(event, exc, i == last);
+            exception_components(exc, stack, stand_in, event.platform.as_deref(), js, cfg, scratch, sink);
         }
         return "exception";
     }
@@ -350,8 +418,11 @@ fn classify_frames(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn exception_components<S: Sink>(
     exc: &Exception<'_>,
+    stack: Option<&Stacktrace<'_>>,
+    stand_in: Option<StandIn<'_, '_>>,
     platform: Option<&str>,
     js: bool,
     cfg: &GroupingConfig,
@@ -364,7 +435,12 @@ fn exception_components<S: Sink>(
         Some(t) => sink.add("type", limits::prefix(t, MAX_COMPONENT_LEN)),
         None => {}
     }
-    let frames = considered_frames(exc);
+    if let Some(s) = stand_in {
+        if sink.wants_drops() {
+            sink.drop_component("stack", &thread_label(s.thread), s.why);
+        }
+    }
+    let frames = considered_frames(stack);
     let mut infos = std::mem::take(&mut scratch.infos);
     infos.clear();
     // The indices in `infos` must stay valid until this exception is done: the cache may
@@ -458,7 +534,7 @@ fn exception_components<S: Sink>(
         }
         contributed += 1;
     }
-    let total = exc.stacktrace.as_ref().map_or(0, |s| s.frames.len());
+    let total = stack.map_or(0, |s| s.frames.len());
     if total > frames.len() && sink.wants_drops() {
         let older = format!("{} older frames", total - frames.len());
         sink.drop_component("frame", &older, "beyond MAX_FRAMES_PER_EXCEPTION: not considered");
@@ -468,12 +544,17 @@ fn exception_components<S: Sink>(
     scratch.infos = infos;
     if contributed == 0 {
         if let Some(v) = exc.value.as_deref().filter(|v| !v.is_empty()) {
-            normalize::message(v, &mut scratch.a);
+            normalize::exception_value(v, &mut scratch.a);
             sink.add("value", &scratch.a);
         }
     } else if let Some(v) = exc.value.as_deref() {
         if sink.wants_drops() {
-            sink.drop_component("value", v, "the exception has a stack; its message does not contribute");
+            let why = if stand_in.is_some() {
+                "its thread's stack groups the exception; its message does not contribute"
+            } else {
+                "the exception has a stack; its message does not contribute"
+            };
+            sink.drop_component("value", v, why);
         }
     }
 }
@@ -531,14 +612,14 @@ pub fn describe(event: &Event<'_>) -> IssueMeta {
     let mut buf = String::new();
     if let Some(exc) = event.exception.last() {
         meta.exc_type = limits::prefix(exc.ty.as_deref().unwrap_or(""), MAX_EXC_TYPE_LEN).to_owned();
-        normalize::message(exc.value.as_deref().unwrap_or(""), &mut buf);
+        normalize::exception_value(exc.value.as_deref().unwrap_or(""), &mut buf);
         let first_line = buf.lines().next().unwrap_or("");
         limits::push_bounded(&mut meta.title, &meta.exc_type, MAX_TITLE_LEN);
         if !meta.exc_type.is_empty() && !first_line.is_empty() {
             limits::push_bounded(&mut meta.title, ": ", MAX_TITLE_LEN);
         }
         limits::push_bounded(&mut meta.title, first_line, MAX_TITLE_LEN);
-        let frames = considered_frames(exc);
+        let frames = considered_frames(exception_stack(event, exc, true).0);
         let any_in_app = frames.iter().any(|f| f.in_app == Some(true));
         if let Some(f) = frames.iter().rev().find(|f| !any_in_app || f.in_app == Some(true)) {
             meta.culprit = frame_location(f, MAX_CULPRIT_LEN);
@@ -782,6 +863,40 @@ mod tests {
         let m = describe(&parse_event_str(&json).unwrap());
         assert!(m.title.len() <= MAX_TITLE_LEN && m.culprit.len() <= MAX_CULPRIT_LEN);
         assert!(m.title.starts_with("日本"));
+    }
+
+    /// Which thread stands in for a stackless exception: the one its `thread_id` names (with
+    /// frames), else for the raised exception the crashed one, else the current one; a cause
+    /// takes a thread only by id; an exception with frames keeps its own.
+    #[test]
+    fn thread_stand_in_order() {
+        let t = |id: &str, flags: &str, func: &str| {
+            format!(r#"{{"id":"{id}",{flags}"stacktrace":{{"frames":[{{"function":"{func}","module":"m"}}]}}}}"#)
+        };
+        let ev = |exceptions: &str, threads: &[String]| {
+            format!(r#"{{"exception":[{exceptions}],"threads":[{}]}}"#, threads.join(","))
+        };
+        let empty = r#"{"id":"9","crashed":true,"stacktrace":{"frames":[]}}"#.to_owned();
+        let all =
+            [t("1", r#""current":true,"#, "idle"), t("2", r#""crashed":true,"#, "crash"), t("3", "", "named"), empty];
+        let funcs = |json: &str| -> Vec<String> {
+            let e = explain(&parse_event_str(json).unwrap(), &GroupingConfig::default());
+            e.components.iter().filter(|c| c.kind == "function" && c.contributes).map(|c| c.value.clone()).collect()
+        };
+        assert_eq!(funcs(&ev(r#"{"type":"E","thread_id":"3"}"#, &all)), ["named"]);
+        assert_eq!(funcs(&ev(r#"{"type":"E","thread_id":"9"}"#, &all)), ["crash"], "no frames on 9: crashed");
+        assert_eq!(funcs(&ev(r#"{"type":"E","thread_id":"404"}"#, &all)), ["crash"]);
+        assert_eq!(describe(&parse_event_str(&ev(r#"{"type":"E"}"#, &all)).unwrap()).culprit, "m in crash");
+        assert_eq!(funcs(&ev(r#"{"type":"E"}"#, &all[..1])), ["idle"]);
+        assert_eq!(funcs(&ev(r#"{"type":"E"}"#, &all[2..])), Vec::<String>::new(), "neither crashed nor current");
+        // Causes take a thread by id only.
+        assert_eq!(funcs(&ev(r#"{"type":"C"},{"type":"E"}"#, &all)), ["crash"]);
+        assert_eq!(funcs(&ev(r#"{"type":"C","thread_id":3},{"type":"E"}"#, &all)), ["named", "crash"]);
+        // Own frames win; without threads nothing changes.
+        let own = r#"{"type":"E","thread_id":"3","stacktrace":{"frames":[{"function":"own","module":"m"}]}}"#;
+        assert_eq!(funcs(&ev(own, &all)), ["own"]);
+        let bare = r#"{"exception":[{"type":"E","value":"v","thread_id":"3"}]}"#;
+        assert_eq!(fp(bare), fp(r#"{"exception":[{"type":"E","value":"v"}]}"#));
     }
 
     #[test]

@@ -253,13 +253,35 @@ pub fn js_function(out: &mut String) {
     limits::truncate(out, MAX_COMPONENT_LEN);
 }
 
-/// Replaces the variable parts of a message with placeholders: e-mail, URL, IP, UUID, hex
-/// (`0x..`, SHA/MD5 runs), numbers, dates and times, and quoted values after `=`. Keeps the
-/// first two non-empty lines and at most [`MAX_MESSAGE_LEN`] bytes.
+/// Replaces the variable parts of a log message with placeholders: e-mail, URL, IP, UUID, hex
+/// (`0x..`, SHA/MD5 runs), numbers, dates and times, quoted literals (`'..'`, `".."` and
+/// `` `..` `` become `'<value>'`: in a log line, what is quoted is what was interpolated), and
+/// path segments that carry ids (`/var/data/user8812/img_0042.png` ->
+/// `/var/data/<id>/<id>.png`). Keeps the first two non-empty lines and at most
+/// [`MAX_MESSAGE_LEN`] bytes.
 ///
 /// Only the first [`MAX_MESSAGE_INPUT`] bytes of `input` are looked at (cut on a character
 /// boundary), and every step is linear: a hostile message costs no more than a 4 KiB one.
 pub fn message(input: &str, out: &mut String) {
+    parameterize(input, out, Quoted::All);
+}
+
+/// [`message`] for an exception's message: a quoted literal is parameterized like the rest
+/// of the line, and becomes `'<value>'` only when a digit is left in it (`'user8812'`); a
+/// quoted name stays, since it usually names the bug (`KeyError: 'user'`, `reading 'id'`,
+/// `` `Option::unwrap()` ``), and so does `'user-<int>'`.
+pub fn exception_value(input: &str, out: &mut String) {
+    parameterize(input, out, Quoted::Data);
+}
+
+/// Which quoted literals become `<value>` (those after `=` always do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoted {
+    All,
+    Data,
+}
+
+fn parameterize(input: &str, out: &mut String, quoted: Quoted) {
     out.clear();
     let input = limits::prefix(input, MAX_MESSAGE_INPUT);
     let mut lines = 0;
@@ -272,7 +294,7 @@ pub fn message(input: &str, out: &mut String) {
             out.push('\n');
         }
         let start = out.len();
-        parameterize_line(line, out);
+        parameterize_line(line, out, quoted);
         collapse_dates(out, start);
         lines += 1;
         if lines == 2 {
@@ -286,12 +308,47 @@ pub fn message(input: &str, out: &mut String) {
     }
 }
 
+/// Whether `c`, just before a quote, continues a word, so that the quote is an apostrophe or
+/// part of a name, not the start of a quoted literal (`>` too: the end of a placeholder, so
+/// that parameterized text reads as its input did).
+fn joins_quote_before(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '>'
+}
+
+/// Whether `c`, just after a quote, continues a word, so that the quote does not end a quoted
+/// literal (`<` too: the start of a placeholder, and the signs a placeholder of a signed
+/// number replaces).
+fn joins_quote_after(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '<' | '-' | '+')
+}
+
+/// The end (index of the closing quote) of a quoted literal opened by the quote `q` at
+/// `open`: the next `q` after at least one character that no word character follows
+/// ([`joins_quote_after`]). `None`
+/// when there is none; then there is none for any later opening of that kind either (a later
+/// search looks at a subset of the same candidates), which the caller records so that no
+/// byte is searched twice.
+fn quoted_end(line: &str, open: usize, q: u8) -> Option<usize> {
+    let b = line.as_bytes();
+    let mut from = open + 1;
+    loop {
+        let j = from + b.get(from..)?.iter().position(|&c| c == q)?;
+        // `q` is ASCII: `j + 1` is a character boundary.
+        if j > open + 1 && !line[j + 1..].chars().next().is_some_and(joins_quote_after) {
+            return Some(j);
+        }
+        from = j + 1;
+    }
+}
+
 fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'@' | b':' | b'/' | b'%' | b'+' | b'~')
 }
 
-fn parameterize_line(line: &str, out: &mut String) {
+fn parameterize_line(line: &str, out: &mut String, quoted: Quoted) {
     let b = line.as_bytes();
+    // Quote kinds (`'`, `"`, `` ` ``) known to have no closing quote further on.
+    let mut unclosed = [false; 3];
     // `i` is always on a character boundary: it moves over ASCII bytes, over whole
     // characters, or (in a URL) up to an ASCII delimiter or the end.
     let mut i = 0;
@@ -307,6 +364,45 @@ fn parameterize_line(line: &str, out: &mut String) {
                     out.push(c as char);
                     i += end + 2;
                     continue;
+                }
+            }
+            // A quoted literal: a quote no word character precedes, up to the next quote of
+            // its kind that no word character follows (so `can't`, `users' 'x'` read right).
+            let kind = match c {
+                b'\'' => Some(0),
+                b'"' => Some(1),
+                b'`' => Some(2),
+                _ => None,
+            };
+            if let Some(k) = kind {
+                let opens = !unclosed[k] && !line[..i].chars().next_back().is_some_and(joins_quote_before);
+                if opens && b.get(i + 1) == Some(&c) {
+                    // An empty literal (`''`) says nothing variable.
+                    out.push(c as char);
+                    out.push(c as char);
+                    i += 2;
+                    continue;
+                }
+                if opens {
+                    match quoted_end(line, i, c) {
+                        None => unclosed[k] = true,
+                        Some(end) => {
+                            out.push(c as char);
+                            let start = out.len();
+                            if quoted == Quoted::Data {
+                                // Parameterized like the line (the literal holds no literal
+                                // of its own kind: at most three levels, each linear).
+                                parameterize_line(&line[i + 1..end], out, quoted);
+                            }
+                            if quoted == Quoted::All || out.as_bytes()[start..].iter().any(u8::is_ascii_digit) {
+                                out.truncate(start);
+                                out.push_str("<value>");
+                            }
+                            out.push(c as char);
+                            i = end + 1;
+                            continue;
+                        }
+                    }
                 }
             }
             let ch = line[i..].chars().next().unwrap_or(' ');
@@ -343,9 +439,52 @@ fn parameterize_line(line: &str, out: &mut String) {
 }
 
 /// Within a word that is not a whole token of a known kind, replace embedded numbers
-/// (`user42` stays, `id=42` -> `id=<int>`, `a/123/b` -> `a/<int>/b`).
+/// (`user42` stays, `id=42` -> `id=<int>`, `a/123/b` -> `a/<int>/b`). In a path (a word with
+/// a `/`), a segment that still holds a digit after that carries an id: it becomes `<id>`,
+/// keeping a file extension of letters (`/data/user8812/img_0042.png` -> `/data/<id>/<id>.png`).
 fn parameterize_inner(word: &str, out: &mut String) {
     let mut after_eq = false;
+    if !word.contains('/') {
+        parameterize_parts(word, out, &mut after_eq);
+        return;
+    }
+    for seg in word.split_inclusive('/') {
+        let (body, slash) = match seg.strip_suffix('/') {
+            Some(body) => (body, "/"),
+            None => (seg, ""),
+        };
+        let start = out.len();
+        parameterize_parts(body, out, &mut after_eq);
+        if out.as_bytes()[start..].iter().any(u8::is_ascii_digit) {
+            out.truncate(start);
+            out.push_str("<id>");
+            out.push_str(extension(body));
+            after_eq = false;
+        }
+        out.push_str(slash);
+        if !slash.is_empty() {
+            after_eq = false;
+        }
+    }
+}
+
+/// A file name's extension of 1 to 8 ASCII letters, with its dot (`.png`), or `""`.
+fn extension(name: &str) -> &str {
+    match name.rfind('.') {
+        Some(dot) if dot > 0 && (2..=9).contains(&(name.len() - dot)) => {
+            let ext = &name[dot..];
+            if ext[1..].bytes().all(|c| c.is_ascii_alphabetic()) {
+                ext
+            } else {
+                ""
+            }
+        }
+        _ => "",
+    }
+}
+
+/// [`parameterize_inner`] on a word without `/`, or one path segment.
+fn parameterize_parts(word: &str, out: &mut String, after_eq: &mut bool) {
     for part in word.split_inclusive(['=', '/', ':', '_', '-']) {
         let (body, sep) = match part.as_bytes().last() {
             Some(b'=' | b'/' | b':' | b'_' | b'-') => (&part[..part.len() - 1], &part[part.len() - 1..]),
@@ -353,13 +492,13 @@ fn parameterize_inner(word: &str, out: &mut String) {
         };
         match classify(body) {
             Some(p) if !body.is_empty() => out.push_str(p),
-            _ if after_eq && matches!(body, "true" | "false" | "True" | "False" | "TRUE" | "FALSE") => {
+            _ if *after_eq && matches!(body, "true" | "false" | "True" | "False" | "TRUE" | "FALSE") => {
                 out.push_str("<bool>")
             }
             _ => out.push_str(body),
         }
         out.push_str(sep);
-        after_eq = sep == "=";
+        *after_eq = sep == "=";
     }
 }
 
@@ -743,7 +882,17 @@ mod tests {
             ("key=\"secret value\" rejected", "key=\"<value>\" rejected"),
             ("item id=42 and path /a/123/b", "item id=<int> and path /a/<int>/b"),
             ("Undefined index: report_2085606151", "Undefined index: report_<int>"),
-            ("KeyError: 'user-2'", "KeyError: 'user-<int>'"),
+            // A quoted literal in a log line is an interpolated value.
+            ("KeyError: 'user-2'", "KeyError: '<value>'"),
+            ("user 'alice' can't open \"Q3 report\" in `sales`", "user '<value>' can't open \"<value>\" in `<value>`"),
+            ("the users' files 'a'b' and 'x", "the users' files '<value>' and 'x"),
+            ("'' and ' ' and 'é'", "'' and '<value>' and '<value>'"),
+            ("無効な値 「x」 'ユーザー' です", "無効な値 「x」 '<value>' です"),
+            // Path segments that carry ids; a file extension of letters stays.
+            ("cannot open /var/data/user8812/img_0042.png: denied", "cannot open /var/data/<id>/<id>.png: denied"),
+            ("read /srv/exports/report-2026Q3.csv failed", "read /srv/exports/<id>.csv failed"),
+            ("GET /api/orders/ab12cd/items/3 404", "GET /api/orders/<id>/items/<int> <int>"),
+            ("file /tmp/файл-42/données.txt gone", "file /tmp/файл-<int>/données.txt gone"),
             ("x-ray and utf-8 and sha-256", "x-ray and utf-<int> and sha-<int>"),
             ("at 2026-11-26T05:39:00Z", "at <date>"),
             ("first\n\n second \nthird", "first\nsecond"),
@@ -765,6 +914,29 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(f(message, input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn exception_values_keep_quoted_names() {
+        let cases = [
+            (
+                "Cannot read properties of undefined (reading 'id')",
+                "Cannot read properties of undefined (reading 'id')",
+            ),
+            ("KeyError: 'user'", "KeyError: 'user'"),
+            ("KeyError: 'user-2'", "KeyError: 'user-<int>'"),
+            ("KeyError: 'user8812'", "KeyError: '<value>'"),
+            ("called `Option::unwrap()` on a `None` value", "called `Option::unwrap()` on a `None` value"),
+            ("no such file: '/var/data/u1/x.txt'", "no such file: '/var/data/<id>/x.txt'"),
+            (
+                "name 'Zürich' and \"two words\" and \"a 'b7' c\"",
+                "name 'Zürich' and \"two words\" and \"a '<value>' c\"",
+            ),
+            ("open /var/data/user8812/file.txt", "open /var/data/<id>/file.txt"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(f(exception_value, input), want, "{input}");
         }
     }
 

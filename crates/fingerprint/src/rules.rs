@@ -191,7 +191,10 @@ impl EventMatcher {
         let frames_ok = no_frame_fields
             || exceptions
                 .iter()
-                .flat_map(crate::considered_frames)
+                .enumerate()
+                .flat_map(|(i, e)| {
+                    crate::considered_frames(crate::exception_stack(event, e, i + 1 == exceptions.len()).0)
+                })
                 .any(|f| frame_fields_match(&self.module, &self.function, &self.path, &self.package, f));
         type_ok
             && value_ok

@@ -135,3 +135,57 @@ fn message_events_and_custom_fingerprints() {
             {"function":"async CartService.load","filename":"/app/src/cart/service.js","lineno":40,"in_app":true}]}}]}"#,
     );
 }
+
+/// Crashes whose exception has no stack (native and JVM SDKs): the stack of the thread the
+/// exception names, else of the crashed thread, groups it; two code paths that crash with the
+/// same message are two issues; without threads the message groups as before.
+#[test]
+fn exceptions_without_a_stack_take_their_thread_stack() {
+    let crash = |thread_id: &str, crashed_stack: &str| {
+        format!(
+            r#"{{"platform":"native","exception":[{{"type":"SIGSEGV","value":"Segfault at 0x0"{thread_id}}}],"threads":[
+            {{"id":1,"name":"main","current":true,"stacktrace":{{"frames":[
+                {{"function":"main","filename":"src/main.c","in_app":true}},
+                {{"function":"event_loop_wait","filename":"src/loop.c","in_app":true}}]}}}},
+            {{"id":7,"name":"рабочий-7","crashed":true,"stacktrace":{{"frames":[{crashed_stack}]}}}}]}}"#
+        )
+    };
+    let parse_stack = r#"{"function":"worker_run","filename":"src/worker.c","in_app":true},
+                {"function":"parse_header","filename":"src/http/parse.c","lineno":88,"in_app":true}"#;
+    let flush_stack = r#"{"function":"worker_run","filename":"src/worker.c","in_app":true},
+                {"function":"flush_cache","filename":"src/cache.c","lineno":12,"in_app":true}"#;
+    let by_id = crash(r#","thread_id":7"#, parse_stack);
+    check("thread_stack_by_thread_id", &by_id);
+    check("thread_stack_of_crashed_thread", &crash("", flush_stack));
+    let fp = |json: &str| explain(&tracefold_model::parse_event_str(json).unwrap(), &GroupingConfig::default());
+    // Found by id or by the crashed mark: the same stack, the same issue.
+    assert_eq!(fp(&by_id).fingerprint, fp(&crash("", parse_stack)).fingerprint);
+    // The same message from another code path: another issue.
+    assert_ne!(fp(&crash("", parse_stack)).fingerprint, fp(&crash("", flush_stack)).fingerprint);
+    // Without threads the message groups, as before.
+    let bare = r#"{"platform":"native","exception":[{"type":"SIGSEGV","value":"Segfault at 0x0"}]}"#;
+    assert_eq!(fp(bare).basis, "exception");
+    assert!(fp(bare).components.iter().any(|c| c.kind == "value" && c.contributes));
+}
+
+/// Log lines without a template: quoted values and path segments with ids become
+/// placeholders, and the explanation shows the parameterized line.
+#[test]
+fn log_messages_with_quoted_values_and_paths() {
+    check(
+        "message_quoted_values_and_paths",
+        r#"{"platform":"python","message":"could not sync user 'Zoë Ørsted': open /var/data/user8812/export_77.csv failed (\"disk full\") in `main`, can't retry"}"#,
+    );
+    let fp = |m: &str| {
+        let json = serde_json::json!({ "message": m }).to_string();
+        explain(&tracefold_model::parse_event_str(&json).unwrap(), &GroupingConfig::default()).fingerprint
+    };
+    assert_eq!(
+        fp("could not sync user 'alice': open /var/data/user1/export_5.csv failed"),
+        fp("could not sync user '山田 太郎': open /var/data/user8812/export_77.csv failed"),
+    );
+    assert_ne!(
+        fp("could not sync user 'alice': open /var/data/user1/export_5.csv failed"),
+        fp("could not load user 'alice': open /var/data/user1/export_5.csv failed"),
+    );
+}

@@ -40,6 +40,8 @@ fn hostile() -> impl Strategy<Value = String> {
             "=",
             "\"",
             "'",
+            "`",
+            "'x'",
             " ",
             "\n",
             "__",
@@ -124,9 +126,13 @@ fn exception() -> impl Strategy<Value = Value> {
         proptest::option::of(hostile()),
         proptest::option::of(prop::collection::vec(frame(), 0..12)),
         proptest::option::of(any::<bool>()),
+        proptest::option::of(thread_id()),
     )
-        .prop_map(|(ty, value, frames, synthetic)| {
+        .prop_map(|(ty, value, frames, synthetic, thread_id)| {
             let mut o = Map::new();
+            if let Some(t) = thread_id {
+                o.insert("thread_id".into(), t);
+            }
             if let Some(t) = ty {
                 o.insert("type".into(), json!(t));
             }
@@ -138,6 +144,41 @@ fn exception() -> impl Strategy<Value = Value> {
             }
             if let Some(s) = synthetic {
                 o.insert("mechanism".into(), json!({ "type": "generic", "synthetic": s }));
+            }
+            Value::Object(o)
+        })
+}
+
+/// A thread id: a small integer (so that exceptions and threads meet) or a hostile string.
+fn thread_id() -> impl Strategy<Value = Value> {
+    prop_oneof![(0u32..4).prop_map(|n| json!(n)), hostile().prop_map(|s| json!(s))]
+}
+
+/// A thread of Sentry's `threads` interface, with a hostile name and stack.
+fn thread() -> impl Strategy<Value = Value> {
+    (
+        proptest::option::of(thread_id()),
+        proptest::option::of(hostile()),
+        proptest::option::of(any::<bool>()),
+        proptest::option::of(any::<bool>()),
+        proptest::option::of(prop::collection::vec(frame(), 0..8)),
+    )
+        .prop_map(|(id, name, crashed, current, frames)| {
+            let mut o = Map::new();
+            if let Some(id) = id {
+                o.insert("id".into(), id);
+            }
+            if let Some(n) = name {
+                o.insert("name".into(), json!(n));
+            }
+            if let Some(c) = crashed {
+                o.insert("crashed".into(), json!(c));
+            }
+            if let Some(c) = current {
+                o.insert("current".into(), json!(c));
+            }
+            if let Some(f) = frames {
+                o.insert("stacktrace".into(), json!({ "frames": f }));
             }
             Value::Object(o)
         })
@@ -162,9 +203,13 @@ fn event() -> impl Strategy<Value = String> {
             0..5,
         )),
         proptest::option::of(hostile()),
+        prop::collection::vec(thread(), 0..4),
     )
-        .prop_map(|(platform, exceptions, message, fp, logger)| {
+        .prop_map(|(platform, exceptions, message, fp, logger, threads)| {
             let mut o = Map::new();
+            if !threads.is_empty() {
+                o.insert("threads".into(), json!(threads));
+            }
             if let Some(p) = platform {
                 o.insert("platform".into(), json!(p));
             }
@@ -237,15 +282,17 @@ proptest! {
     #[test]
     fn message_is_total_and_bounded(parts in prop::collection::vec(hostile(), 0..40)) {
         let s = parts.join(" ");
-        let mut out = String::new();
-        normalize::message(&s, &mut out);
-        prop_assert!(out.len() <= MAX_MESSAGE_LEN);
-        prop_assert!(out.split('\n').count() <= 2);
-        prop_assert!(out.is_empty() || out.split('\n').all(|l| !l.is_empty()), "{:?}", out);
-        // A message is normalized the same whatever the buffer held before.
-        let mut dirty = "leftover".repeat(100);
-        normalize::message(&s, &mut dirty);
-        prop_assert_eq!(&dirty, &out);
+        for n in [normalize::message, normalize::exception_value] {
+            let mut out = String::new();
+            n(&s, &mut out);
+            prop_assert!(out.len() <= MAX_MESSAGE_LEN);
+            prop_assert!(out.split('\n').count() <= 2);
+            prop_assert!(out.is_empty() || out.split('\n').all(|l| !l.is_empty()), "{:?}", out);
+            // A message is normalized the same whatever the buffer held before.
+            let mut dirty = "leftover".repeat(100);
+            n(&s, &mut dirty);
+            prop_assert_eq!(&dirty, &out);
+        }
     }
 
     /// Parameterizing twice gives the same as once, for messages short enough not to be cut
@@ -253,11 +300,13 @@ proptest! {
     #[test]
     fn message_is_idempotent_when_not_cut(parts in prop::collection::vec(hostile(), 0..12)) {
         let s = parts.join(" ");
-        let (mut once, mut twice) = (String::new(), String::new());
-        normalize::message(&s, &mut once);
-        prop_assume!(once.len() < MAX_MESSAGE_LEN / 2);
-        normalize::message(&once, &mut twice);
-        prop_assert_eq!(&twice, &once, "input {:?}", s);
+        for n in [normalize::message, normalize::exception_value] {
+            let (mut once, mut twice) = (String::new(), String::new());
+            n(&s, &mut once);
+            prop_assume!(once.len() < MAX_MESSAGE_LEN / 2);
+            n(&once, &mut twice);
+            prop_assert_eq!(&twice, &once, "input {:?}", s);
+        }
     }
 
     /// `fingerprint` and `explain` agree on any event, with and without rules; a long-lived

@@ -137,3 +137,64 @@ proptest! {
         prop_assert_ne!(base, fp(&event(&t, &n, max)));
     }
 }
+
+/// The exception of `event(s, n, max)` without its stack, and the stack on a thread: the
+/// crashed one, or the one the exception names by `thread_id` (`how`), among other threads.
+fn on_thread(s: &Shape, n: &Noise, max: usize, how: u8, tid: u32, name: &str) -> String {
+    let full: serde_json::Value = serde_json::from_str(&event(s, n, max)).unwrap();
+    let mut exc = full["exception"][0].clone();
+    let stack = exc.as_object_mut().unwrap().remove("stacktrace").unwrap();
+    let idle = serde_json::json!({"frames": [{"function": "park", "module": "runtime", "in_app": false}]});
+    let mut crashed = serde_json::json!({"id": tid, "name": name, "stacktrace": stack});
+    match how % 3 {
+        0 => crashed["crashed"] = true.into(),
+        1 => exc["thread_id"] = tid.into(),
+        _ => {
+            crashed["crashed"] = true.into();
+            exc["thread_id"] = tid.to_string().into();
+        }
+    }
+    let threads = serde_json::json!([
+        {"id": tid.wrapping_add(1), "name": "main", "current": true, "stacktrace": idle},
+        crashed,
+    ]);
+    serde_json::json!({"platform": s.platform, "exception": [exc], "threads": threads}).to_string()
+}
+
+/// A log line with quoted values and a path with ids in it.
+fn log_line(template: &str, value: &str, id: u32) -> String {
+    let msg = format!("{template} '{value}' at /var/data/{template}/user{id}/export_{id}.csv and \"{value}\"");
+    serde_json::json!({ "message": msg }).to_string()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// An exception whose stack is on its thread groups as the same exception with the stack
+    /// (whichever way the thread is found, whatever its id and name); another stack on the
+    /// thread is another issue.
+    #[test]
+    fn thread_stacks_stand_in_for_missing_exception_stacks(
+        s in shape(), n in noise(), how in 0u8..3, tid in any::<u32>(), name in "\\PC{0,12}",
+        other in "[a-z]{3,10}",
+    ) {
+        let max = GroupingConfig::default().max_frames;
+        let with_stack = fp(&event(&s, &n, max));
+        prop_assert_eq!(fp(&on_thread(&s, &n, max, how, tid, &name)), with_stack);
+        let mut t = s.clone();
+        let last = t.funcs.len() - 1;
+        t.funcs[last] = format!("{other}_x");
+        prop_assert_ne!(fp(&on_thread(&t, &n, max, how, tid, &name)), with_stack);
+    }
+
+    /// Log lines group by template whatever the quoted values (any Unicode) and ids in paths.
+    #[test]
+    fn log_lines_group_by_template(
+        a in "\\PC{1,16}", b in "\\PC{1,16}", ia in any::<u32>(), ib in any::<u32>(),
+    ) {
+        // Values without the quote that delimits them (a quote inside is another literal).
+        prop_assume!(!a.contains(['\'', '"']) && !b.contains(['\'', '"']));
+        prop_assert_eq!(fp(&log_line("sync", &a, ia)), fp(&log_line("sync", &b, ib)));
+        prop_assert_ne!(fp(&log_line("sync", &a, ia)), fp(&log_line("load", &a, ia)));
+    }
+}

@@ -20,6 +20,11 @@ pub type Str<'a> = Cow<'a, str>;
 /// rules and breakdowns (the sample event keeps them, within its size bound).
 pub const MAX_TAGS: usize = 256;
 
+/// Most threads read from one event (Sentry's `threads` interface); later ones are ignored
+/// (the sample event keeps them, within its size bound). Grouping reads one thread's stack at
+/// most, the one that raised an exception without a stack of its own.
+pub const MAX_THREADS: usize = 256;
+
 /// One error event as it travels on the raw events topic.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Event<'a> {
@@ -64,6 +69,11 @@ pub struct Event<'a> {
     /// The exception chain, innermost cause first and the raised exception last (Sentry order).
     #[serde(borrow, default, skip_serializing_if = "Vec::is_empty", deserialize_with = "de::vec_or_null")]
     pub exception: Vec<Exception<'a>>,
+    /// The threads of the process when the event was captured (Sentry's `threads` interface,
+    /// as a plain list like `exception`); at most [`MAX_THREADS`] are read. An exception
+    /// without a stack is grouped by the stack of the thread that raised it.
+    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty", deserialize_with = "de::threads")]
+    pub threads: Vec<Thread<'a>>,
     /// Custom fingerprint; `{{ default }}` stands for the computed one.
     #[serde(borrow, default, skip_serializing_if = "Vec::is_empty", deserialize_with = "de::vec_str")]
     pub fingerprint: Vec<Str<'a>>,
@@ -117,6 +127,31 @@ pub struct Exception<'a> {
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub mechanism: Option<Mechanism<'a>>,
     /// The stack at the point the exception was raised.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub stacktrace: Option<Stacktrace<'a>>,
+    /// The `id` of the thread (in [`Event::threads`]) that raised the exception; a string or
+    /// an integer (as its decimal text).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str_or_number")]
+    pub thread_id: Option<Str<'a>>,
+}
+
+/// One thread of the process (Sentry's `threads.values[]`).
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Thread<'a> {
+    /// Thread id, a string or an integer (as its decimal text); what
+    /// [`Exception::thread_id`] refers to.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str_or_number")]
+    pub id: Option<Str<'a>>,
+    /// Thread name, e.g. `main`.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str")]
+    pub name: Option<Str<'a>>,
+    /// Whether this thread crashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crashed: Option<bool>,
+    /// Whether this thread captured the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<bool>,
+    /// The thread's stack when the event was captured.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub stacktrace: Option<Stacktrace<'a>>,
 }
@@ -391,6 +426,34 @@ pub(crate) mod de {
     /// A list, with `null` read as empty (SDKs send `null` for absent fields).
     pub fn vec_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
         Option::<Vec<T>>::deserialize(d).map(Option::unwrap_or_default)
+    }
+
+    /// Threads: `null` or an array, at most [`super::MAX_THREADS`] elements read (the rest
+    /// skipped, whatever their values).
+    pub fn threads<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Vec<super::Thread<'a>>, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Vec<super::Thread<'a>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of threads")
+            }
+            fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(Vec::new())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                while out.len() < super::MAX_THREADS {
+                    match seq.next_element::<super::Thread<'a>>()? {
+                        Some(t) => out.push(t),
+                        None => return Ok(out),
+                    }
+                }
+                // Past the bound: read and ignore the rest.
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
     }
 
     pub fn vec_str<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Vec<Str<'a>>, D::Error> {

@@ -3,7 +3,8 @@
 //! strings; serializing it gives the event JSON of `schemas/event.v1.schema.json`.
 
 use crate::event::{
-    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, User,
+    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, Thread,
+    User, MAX_THREADS,
 };
 use serde_json::Value;
 use std::borrow::Cow;
@@ -73,22 +74,40 @@ fn frame(f: &Value) -> Result<Frame<'_>, SentryError> {
     })
 }
 
+fn stacktrace(s: Option<&Value>) -> Result<Option<Stacktrace<'_>>, SentryError> {
+    match s.and_then(|s| s.get("frames")).and_then(Value::as_array) {
+        Some(frames) => Ok(Some(Stacktrace { frames: frames.iter().map(frame).collect::<Result<_, _>>()? })),
+        None => Ok(None),
+    }
+}
+
+/// A thread of Sentry's `threads.values`; `None` for a value that is not an object.
+fn thread(t: &Value) -> Result<Option<Thread<'_>>, SentryError> {
+    if !t.is_object() {
+        return Ok(None);
+    }
+    Ok(Some(Thread {
+        id: str_field(t, "id"),
+        name: str_field(t, "name"),
+        crashed: t.get("crashed").and_then(Value::as_bool),
+        current: t.get("current").and_then(Value::as_bool),
+        stacktrace: stacktrace(t.get("stacktrace"))?,
+    }))
+}
+
 fn exception(e: &Value) -> Result<Exception<'_>, SentryError> {
     let mechanism = e.get("mechanism").filter(|m| m.is_object()).map(|m| Mechanism {
         ty: str_field(m, "type"),
         handled: m.get("handled").and_then(Value::as_bool),
         synthetic: m.get("synthetic").and_then(Value::as_bool),
     });
-    let stacktrace = match e.get("stacktrace").and_then(|s| s.get("frames")).and_then(Value::as_array) {
-        Some(frames) => Some(Stacktrace { frames: frames.iter().map(frame).collect::<Result<_, _>>()? }),
-        None => None,
-    };
     Ok(Exception {
         ty: str_field(e, "type"),
         value: str_field(e, "value"),
         module: str_field(e, "module"),
         mechanism,
-        stacktrace,
+        stacktrace: stacktrace(e.get("stacktrace"))?,
+        thread_id: str_field(e, "thread_id"),
     })
 }
 
@@ -137,6 +156,21 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
         Some(Value::Array(a)) => a,
         _ => &[],
     };
+    // Threads: `{"values": [...]}` (or a bare list), the first MAX_THREADS objects.
+    let threads: &[Value] = match sentry.get("threads") {
+        Some(Value::Object(m)) => m.get("values").and_then(Value::as_array).map_or(&[], Vec::as_slice),
+        Some(Value::Array(a)) => a,
+        _ => &[],
+    };
+    let mut mapped_threads = Vec::with_capacity(threads.len().min(MAX_THREADS));
+    for t in threads {
+        if mapped_threads.len() == MAX_THREADS {
+            break;
+        }
+        if let Some(t) = thread(t)? {
+            mapped_threads.push(t);
+        }
+    }
     let fingerprint = match sentry.get("fingerprint").and_then(Value::as_array) {
         Some(fp) => fp.iter().filter_map(Value::as_str).map(Cow::Borrowed).collect(),
         None => Vec::new(),
@@ -195,6 +229,7 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
         message,
         logentry,
         exception: exceptions.iter().map(exception).collect::<Result<_, _>>()?,
+        threads: mapped_threads,
         fingerprint,
         user,
         tags: pairs(sentry.get("tags")),
@@ -279,6 +314,38 @@ mod tests {
         assert_eq!(ev.message.as_deref(), Some("disk full"));
         assert_eq!(ev.logentry.unwrap().message.as_deref(), Some("disk %s full"));
         assert!(map(&json!([1]), None).is_err());
+    }
+
+    #[test]
+    fn maps_threads_and_thread_ids() {
+        let payload = json!({
+            "exception": {"values": [{"type": "SIGSEGV", "value": "Segfault", "thread_id": 2}]},
+            "threads": {"values": [
+                {"id": 1, "name": "main", "current": true, "stacktrace": {"frames": [{"function": "main"}]}},
+                {"id": 2, "name": "вычислитель", "crashed": true, "state": "RUNNABLE",
+                 "stacktrace": {"frames": [{"function": "run"}, {"function": "crash", "lineno": 3}], "registers": {}}},
+                "not a thread",
+                {"id": "worker-3"}
+            ]}
+        });
+        let ev = map(&payload, None).unwrap();
+        assert_eq!(ev.exception[0].thread_id.as_deref(), Some("2"));
+        assert_eq!(ev.threads.len(), 3);
+        let t = &ev.threads[1];
+        assert_eq!(
+            (t.id.as_deref(), t.name.as_deref(), t.crashed, t.current),
+            (Some("2"), Some("вычислитель"), Some(true), None)
+        );
+        assert_eq!(t.stacktrace.as_ref().unwrap().frames[1].function.as_deref(), Some("crash"));
+        assert_eq!(ev.threads[2].id.as_deref(), Some("worker-3"));
+        let text = serde_json::to_string(&ev).unwrap();
+        assert_eq!(crate::parse_event_str(&text).unwrap(), ev);
+        assert_eq!(crate::parse_event_slice(&mut text.clone().into_bytes()).unwrap(), ev);
+        // A bare list, bounded; a bad line number in a thread's frame is an error as elsewhere.
+        let many: Vec<Value> = (0..MAX_THREADS + 5).map(|i| json!({"id": i})).collect();
+        assert_eq!(map(&json!({"message": "m", "threads": many}), None).unwrap().threads.len(), MAX_THREADS);
+        let bad = json!({"message": "m", "threads": [{"stacktrace": {"frames": [{"lineno": 5_000_000_000u64}]}}]});
+        assert!(map(&bad, None).is_err());
     }
 
     #[test]

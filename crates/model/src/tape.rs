@@ -13,13 +13,13 @@
 //! before. Tests hold the two equal on the fixtures and on random documents.
 //!
 //! Its recursion follows the event's shape (at most six containers deep: event, exception
-//! list, exception, stack trace, frame list, frame), never the document's; unknown values are
+//! or thread list, exception or thread, stack trace, frame list, frame), never the document's; unknown values are
 //! skipped by their node count, not visited, and only they are checked against
 //! [`MAX_DEPTH`] (nothing else can be deeper than the shape). Linear in the number of nodes.
 
 use crate::event::{
-    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, User,
-    MAX_TAGS,
+    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, Thread,
+    User, MAX_TAGS, MAX_THREADS,
 };
 use crate::json::{tape_depth, MAX_DEPTH};
 use simd_json::prelude::ValueAsScalar;
@@ -47,6 +47,7 @@ const SPARE_CAPACITY: usize = 256;
 #[derive(Default)]
 pub(crate) struct Spare {
     exceptions: Vec<Exception<'static>>,
+    threads: Vec<Thread<'static>>,
     frames: Vec<Vec<Frame<'static>>>,
     pairs: Vec<Vec<(Str<'static>, Str<'static>)>>,
 }
@@ -79,6 +80,14 @@ impl Spare {
         if e.exception.capacity() <= SPARE_CAPACITY && e.exception.capacity() > self.exceptions.capacity() {
             self.exceptions = recast(std::mem::take(&mut e.exception));
         }
+        for t in &mut e.threads {
+            if let Some(s) = t.stacktrace.as_mut() {
+                keep(&mut self.frames, std::mem::take(&mut s.frames));
+            }
+        }
+        if e.threads.capacity() <= SPARE_CAPACITY && e.threads.capacity() > self.threads.capacity() {
+            self.threads = recast(std::mem::take(&mut e.threads));
+        }
         keep(&mut self.pairs, std::mem::take(&mut e.tags));
         if let Some(r) = e.request.as_mut() {
             keep(&mut self.pairs, std::mem::take(&mut r.headers));
@@ -87,6 +96,10 @@ impl Spare {
 
     fn exceptions<'a>(&mut self) -> Vec<Exception<'a>> {
         recast(std::mem::take(&mut self.exceptions))
+    }
+
+    fn threads<'a>(&mut self) -> Vec<Thread<'a>> {
+        recast(std::mem::take(&mut self.threads))
     }
 
     fn frames<'a>(&mut self) -> Vec<Frame<'a>> {
@@ -208,6 +221,30 @@ impl<'a> Cur<'_, 'a> {
             // Written in place (a `push` of a default copies a frame's 170 bytes with memcpy).
             out.resize_with(out.len() + 1, T::default);
             fill(self, out.last_mut()?)?;
+        }
+        self.close(out)
+    }
+
+    /// [`Cur::list`] that keeps at most `max` elements and skips the rest, whatever their
+    /// values (as [`crate::event::de::threads`] reads them).
+    fn bounded_list<T: Default>(
+        &mut self,
+        mut out: Vec<T>,
+        max: usize,
+        mut fill: impl FnMut(&mut Self, &mut T) -> Option<()>,
+    ) -> Option<Vec<T>> {
+        if self.null() {
+            return Some(out);
+        }
+        let len = self.array()?;
+        out.reserve(len.min(max).min(64));
+        for k in 0..len {
+            if k < max {
+                out.resize_with(out.len() + 1, T::default);
+                fill(self, out.last_mut()?)?;
+            } else {
+                self.skip()?;
+            }
         }
         self.close(out)
     }
@@ -373,6 +410,11 @@ impl<'a> Cur<'_, 'a> {
                     self.opt(&mut e.sdk, Self::sdk)?;
                     1 << 17
                 }
+                "threads" => {
+                    let out = self.spare.threads();
+                    e.threads = self.bounded_list(out, MAX_THREADS, Self::thread)?;
+                    1 << 18
+                }
                 _ => {
                     self.skip()?;
                     continue;
@@ -429,6 +471,45 @@ impl<'a> Cur<'_, 'a> {
                 }
                 "stacktrace" => {
                     self.opt(&mut x.stacktrace, Self::stacktrace)?;
+                    16
+                }
+                "thread_id" => {
+                    x.thread_id = self.opt_str_or_number()?;
+                    32
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(())
+    }
+
+    fn thread(&mut self, t: &mut Thread<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "id" => {
+                    t.id = self.opt_str_or_number()?;
+                    1
+                }
+                "name" => {
+                    t.name = self.opt_str()?;
+                    2
+                }
+                "crashed" => {
+                    t.crashed = self.opt_bool()?;
+                    4
+                }
+                "current" => {
+                    t.current = self.opt_bool()?;
+                    8
+                }
+                "stacktrace" => {
+                    self.opt(&mut t.stacktrace, Self::stacktrace)?;
                     16
                 }
                 _ => {
@@ -760,6 +841,16 @@ mod tests {
             format!(r#"{{{id},"exception":[{{"type":"E","stacktrace":{{"frames":[{}]}}}}]}}"#, frames(300)),
             format!(r#"{{{id},"exception":[{{"type":"E","stacktrace":{{"frames":null}}}}],"tags":null}}"#),
             format!(r#"{{{id},"exception":null,"message":"m","request":{{"headers":{{"x":"y"}}}}}}"#),
+            format!(
+                r#"{{{id},"exception":[{{"type":"E","thread_id":7}}],"threads":[{{"id":7,"crashed":true,"stacktrace":{{"frames":[{}]}}}},{{"id":"main","current":true,"stacktrace":{{"frames":[{}]}}}}]}}"#,
+                frames(3),
+                frames(40)
+            ),
+            format!(
+                r#"{{{id},"exception":[{{"type":"E"}}],"threads":[{{"id":1,"stacktrace":{{"frames":[{}]}}}}]}}"#,
+                frames(1)
+            ),
+            format!(r#"{{{id},"message":"m","threads":null}}"#),
         ] {
             agree(doc.as_bytes(), &mut parser).unwrap();
         }
@@ -807,6 +898,24 @@ mod tests {
             (0..300).map(|i| format!(r#""k{i}":{}"#, if i < 256 { "\"v\"" } else { "[1]" })).collect();
         let tags = format!(r#"{{{id},"message":"m","tags":{{{}}}}}"#, many.join(","));
         assert!(agree(tags.as_bytes(), &mut parser).unwrap());
+        // Past the thread bound too.
+        let many: Vec<String> = (0..300)
+            .map(|i| if i < 256 { format!(r#"{{"id":{i}}}"#) } else { "[1,{\"x\":null}]".to_owned() })
+            .collect();
+        let threads = format!(r#"{{{id},"message":"m","threads":[{}]}}"#, many.join(","));
+        assert!(agree(threads.as_bytes(), &mut parser).unwrap());
+        // Threads the reader leaves to serde: wrong types, duplicates, a thread as an array.
+        for c in [
+            format!(r#"{{{id},"message":"m","threads":{{"values":[]}}}}"#),
+            format!(r#"{{{id},"message":"m","threads":[{{"id":1.5}}]}}"#),
+            format!(r#"{{{id},"message":"m","threads":[{{"id":1,"id":2}}]}}"#),
+            format!(r#"{{{id},"message":"m","threads":[["1"]]}}"#),
+            format!(r#"{{{id},"message":"m","threads":[{{"crashed":"yes"}}]}}"#),
+            format!(r#"{{{id},"exception":[{{"type":"E","thread_id":true}}]}}"#),
+            format!(r#"{{{id},"message":"m","threads":[],"threads":[]}}"#),
+        ] {
+            agree(c.as_bytes(), &mut parser).unwrap();
+        }
     }
 
     const KEYS: &[&str] = &[
@@ -861,6 +970,10 @@ mod tests {
         "family",
         "model",
         "formatted",
+        "threads",
+        "thread_id",
+        "crashed",
+        "current",
         "extra",
         "Type",
         "",

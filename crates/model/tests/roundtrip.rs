@@ -7,8 +7,8 @@ use proptest::option;
 use proptest::prelude::*;
 use std::borrow::Cow;
 use tracefold_model::event::{
-    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str,
-    MAX_TAGS,
+    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, Thread,
+    MAX_TAGS, MAX_THREADS,
 };
 use tracefold_model::time::{RFC3339_MAX, RFC3339_MIN};
 use tracefold_model::{parse_event_slice, parse_event_str};
@@ -67,8 +67,22 @@ fn exception() -> BoxedStrategy<Exception<'static>> {
     let mechanism = option::of((s(), option::of(any::<bool>()), option::of(any::<bool>())))
         .prop_map(|m| m.map(|(ty, handled, synthetic)| Mechanism { ty, handled, synthetic }));
     let stacktrace = option::of(vec(frame(), 0..6)).prop_map(|f| f.map(|frames| Stacktrace { frames }));
-    (s(), s(), s(), mechanism, stacktrace)
-        .prop_map(|(ty, value, module, mechanism, stacktrace)| Exception { ty, value, module, mechanism, stacktrace })
+    (s(), s(), s(), mechanism, stacktrace, s())
+        .prop_map(|(ty, value, module, mechanism, stacktrace, thread_id)| Exception {
+            ty,
+            value,
+            module,
+            mechanism,
+            stacktrace,
+            thread_id,
+        })
+        .boxed()
+}
+
+fn thread() -> BoxedStrategy<Thread<'static>> {
+    let stacktrace = option::of(vec(frame(), 0..4)).prop_map(|f| f.map(|frames| Stacktrace { frames }));
+    (s(), s(), option::of(any::<bool>()), option::of(any::<bool>()), stacktrace)
+        .prop_map(|(id, name, crashed, current, stacktrace)| Thread { id, name, crashed, current, stacktrace })
         .boxed()
 }
 
@@ -100,6 +114,7 @@ fn event() -> BoxedStrategy<Event<'static>> {
     let tail = (
         logentry,
         vec(exception(), 0..4),
+        vec(thread(), 0..3),
         vec(text().prop_map(Cow::Owned), 0..4),
         user,
         pairs(12),
@@ -111,7 +126,7 @@ fn event() -> BoxedStrategy<Event<'static>> {
         .prop_map(
             |(
                 (event_id, project, timestamp, platform, level, release, environment, logger, server_name, message),
-                (logentry, exception, fingerprint, user, tags, request, contexts, sdk),
+                (logentry, exception, threads, fingerprint, user, tags, request, contexts, sdk),
             )| Event {
                 event_id,
                 project,
@@ -125,6 +140,7 @@ fn event() -> BoxedStrategy<Event<'static>> {
                 message,
                 logentry,
                 exception,
+                threads,
                 fingerprint,
                 user,
                 tags,
@@ -164,6 +180,7 @@ fn the_empty_event_and_empty_parts_round_trip() {
             stacktrace: Some(Stacktrace { frames: vec![Frame::default()] }),
             ..Default::default()
         }],
+        threads: vec![Thread::default(), Thread { stacktrace: Some(Stacktrace::default()), ..Default::default() }],
         ..Default::default()
     };
     for ev in [Event::default(), parts] {
@@ -181,4 +198,14 @@ fn tags_past_the_bound_are_written_and_read_up_to_it() {
     let text = serde_json::to_string(&ev).unwrap();
     let back = parse_event_str(&text).unwrap();
     assert_eq!(back.tags[..], ev.tags[..MAX_TAGS]);
+}
+
+#[test]
+fn threads_past_the_bound_are_written_and_read_up_to_it() {
+    let threads: Vec<Thread<'_>> =
+        (0..MAX_THREADS + 10).map(|i| Thread { id: Some(i.to_string().into()), ..Default::default() }).collect();
+    let ev = Event { message: Some("m".into()), threads, ..Default::default() };
+    let text = serde_json::to_string(&ev).unwrap();
+    assert_eq!(parse_event_str(&text).unwrap().threads[..], ev.threads[..MAX_THREADS]);
+    assert_eq!(parse_event_slice(&mut text.clone().into_bytes()).unwrap().threads[..], ev.threads[..MAX_THREADS]);
 }

@@ -39,6 +39,7 @@ fn event_schema_names_exactly_the_model_fields() {
     ev.message = Some("m".into());
     ev.fingerprint = vec!["x".into()];
     ev.logger = Some("l".into());
+    ev.threads = vec![tracefold_model::event::Thread { id: Some("1".into()), ..Default::default() }];
     let v = serde_json::to_value(&ev).unwrap();
     let in_model: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
     assert_eq!(in_schema, in_model);
