@@ -399,7 +399,7 @@ async fn top_ranks_by_events_users_growth_and_new() {
     assert_eq!(r.iter().map(|r| r.users).collect::<Vec<_>>(), [10, 1, 6, 3, 2], "the same users, ranked by events");
     // A `readonly = 1` user may not create the temporary table of the ranked set: `top` then
     // computes the set where it is used, with the same answer, in every ranking and window.
-    let readonly = db.client.clone().with_option("readonly", "1");
+    let readonly = db.client.clone().with_setting("readonly", "1");
     for since_secs in [3600, 86_400, 7 * 86_400] {
         for by in TopBy::ALL {
             for (limit, project) in [(100, Some("rank")), (2, None)] {

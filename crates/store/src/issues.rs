@@ -485,7 +485,7 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
     // alone, and read from there by the rows, the users and the metadata (ClickHouse 18.16 has
     // no common table expressions). A server that refuses temporary tables (a `readonly = 1`
     // user) gets the same answer from one query that computes the set in each place.
-    let session = client.clone().with_option("session_id", session_id());
+    let session = client.clone().with_setting("session_id", session_id());
     let mut create = Sql::default();
     create.push(&format!("CREATE TEMPORARY TABLE {RANKED_TABLE} ENGINE = Memory AS ")).sql(&ranked);
     let rows = match create.query(&session).execute().await {

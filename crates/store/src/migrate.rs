@@ -1143,10 +1143,8 @@ mod tests {
                     .map(|s| parse_ddl(s))
                     .any(|d| d.kind == Kind::Table && d.name == target);
                 assert!(created, "{st}: {target} is not created earlier in {}", m.name);
-                let states: Vec<&Tok> = toks
-                    .iter()
-                    .filter(|t| matches!(t, Tok::Word(w) if w.ends_with("State")))
-                    .collect();
+                let states: Vec<&Tok> =
+                    toks.iter().filter(|t| matches!(t, Tok::Word(w) if w.ends_with("State"))).collect();
                 assert!(!states.is_empty(), "{st}");
                 for s in states {
                     let ok = ["argMinState", "argMaxState", "minState", "maxState", "uniqExactState"];
@@ -1161,7 +1159,11 @@ mod tests {
                         .map(|w| w[2].to_string())
                         .collect();
                     assert!(names.len() >= 2, "{fname}: {}", out[0]);
-                    assert!(names.iter().all(|n| n.ends_with("_all") == flavor.cluster.is_some()), "{fname}: {}", out[0]);
+                    assert!(
+                        names.iter().all(|n| n.ends_with("_all") == flavor.cluster.is_some()),
+                        "{fname}: {}",
+                        out[0]
+                    );
                     assert!(!out[0].contains("ON CLUSTER"), "{fname}: {}", out[0]);
                 }
             }
