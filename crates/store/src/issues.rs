@@ -470,9 +470,10 @@ pub async fn top_issues(
 /// The top issues of a window as `q` ranks them (`tracefold top`), with metadata, users and
 /// the last hour per minute. Any `limit`, any number of issues: after reading the server's
 /// clock, the ranked set is computed once into a temporary table of an HTTP session of this
-/// call alone, and one query joins it with the rest (a server that refuses temporary tables,
-/// under a `readonly = 1` user, gets the same answer from one query that computes the set
-/// where it is used). Events are counted exactly (whole days from the daily rollup, the rest
+/// call alone, and one query joins it with the rest (when the server refuses the temporary
+/// table, under a `readonly = 1` user, or that query fails, e.g. behind a proxy that does not
+/// keep sessions on one server, one query that computes the set where it is used gives the
+/// same answer). Events are counted exactly (whole days from the daily rollup, the rest
 /// of the first and last day per minute).
 ///
 /// # Errors
@@ -483,12 +484,12 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
     let ranked = ranked_sql(db, &c, q);
     // The ranked set is computed once, into a temporary table of an HTTP session of this call
     // alone, and read from there by the rows, the users and the metadata (ClickHouse 18.16 has
-    // no common table expressions). A server that refuses temporary tables (a `readonly = 1`
-    // user) gets the same answer from one query that computes the set in each place.
+    // no common table expressions). When that fails (a `readonly = 1` user may not create
+    // temporary tables), one query that computes the set in each place gives the same answer.
     let session = client.clone().with_setting("session_id", session_id());
     let mut create = Sql::default();
     create.push(&format!("CREATE TEMPORARY TABLE {RANKED_TABLE} ENGINE = Memory AS ")).sql(&ranked);
-    let rows = match create.query(&session).execute().await {
+    let materialized = match create.query(&session).execute().await {
         Ok(()) => {
             let mut from = Sql::default();
             from.push("SELECT project, issue_id, events, previous");
@@ -497,17 +498,22 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
             }
             from.push(&format!(" FROM {RANKED_TABLE}"));
             let (sql, hour_start) = top_sql(db, &c, q, &from, true);
-            let rows = sql.query(&session).fetch_all::<TopRow>().await.map_err(step("top issues"));
+            let rows = sql.query(&session).fetch_all::<TopRow>().await;
             // The session's end drops the table too (after the server's `session_timeout`).
             let _ = session.query(&format!("DROP TEMPORARY TABLE IF EXISTS {RANKED_TABLE}")).execute().await;
-            (rows?, hour_start)
+            // A proxy that sends the requests of one session to different servers loses the
+            // table between them: the single query then answers.
+            rows.ok().map(|rows| (rows, hour_start))
         }
-        Err(_) => {
+        Err(_) => None,
+    };
+    let (rows, hour_start) = match materialized {
+        Some(done) => done,
+        None => {
             let (sql, hour_start) = top_sql(db, &c, q, &ranked, false);
             (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
         }
     };
-    let (rows, hour_start) = rows;
     Ok(rows
         .into_iter()
         .map(|r| {
