@@ -397,6 +397,19 @@ async fn top_ranks_by_events_users_growth_and_new() {
     let q = TopQuery { since_secs: 7 * 86_400, limit: 100, project: Some("rank"), by: TopBy::Events };
     let r = top(&db.client, dbn, &q).await.unwrap();
     assert_eq!(r.iter().map(|r| r.users).collect::<Vec<_>>(), [10, 1, 6, 3, 2], "the same users, ranked by events");
+    // A `readonly = 1` user may not create the temporary table of the ranked set: `top` then
+    // computes the set where it is used, with the same answer, in every ranking and window.
+    let readonly = db.client.clone().with_setting("readonly", "1");
+    for since_secs in [3600, 86_400, 7 * 86_400] {
+        for by in TopBy::ALL {
+            for (limit, project) in [(100, Some("rank")), (2, None)] {
+                let q = TopQuery { since_secs, limit, project, by };
+                let want = top(&db.client, dbn, &q).await.unwrap();
+                assert!(!want.is_empty(), "{q:?}");
+                assert_eq!(top(&readonly, dbn, &q).await.unwrap(), want, "{q:?}");
+            }
+        }
+    }
 }
 
 /// `tracefold top --limit 100000` with 30,000 issues in the window: more ids than a query

@@ -384,10 +384,14 @@ fn rfc3339(secs: u32) -> String {
 /// The SQL of [`top`] (one SELECT) for a clock reading: the ranked, LIMITed issues joined
 /// with their metadata (`issues`), distinct users in the window ([`users_sql`]) and last hour
 /// (`issue_counts_1m`). No list of ids is built on the client: users and metadata are read for
-/// the ranked issues only (`IN` the ranked set, a subquery; ranking by users, metadata for
-/// the issues with events in the window); the last hour for the issues of the last hour.
-fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> (Sql, u32) {
-    let ranked = ranked_sql(db, c, q);
+/// the ranked issues only (`IN` the ranked set).
+///
+/// `ranked` is the ranked set: a SELECT of the temporary table [`top`] filled with
+/// [`ranked_sql`] (`materialized` true: computed once, read in every `IN`, which also keeps
+/// the last hour to the ranked issues), or [`ranked_sql`] itself (`materialized` false: it is
+/// computed again in each `IN`, so metadata when ranking by users is read for the issues with
+/// events in the window and the last hour for every issue of the last hour instead).
+fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bool) -> (Sql, u32) {
     let hour_start = (c.now / 60) * 60 - 59 * 60;
     let project = |s: &mut Sql| {
         if let Some(p) = q.project {
@@ -401,12 +405,12 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> (Sql, u32) {
     );
     // The ranked issues with their users (ranking by users: already in the ranked set).
     if q.by == TopBy::Users {
-        s.push("SELECT project, issue_id, events, previous, users_all AS users FROM (").sql(&ranked).push(")");
+        s.push("SELECT project, issue_id, events, previous, users_all AS users FROM (").sql(ranked).push(")");
     } else {
         s.push("SELECT project, issue_id, events, previous, users_n AS users FROM (")
-            .sql(&ranked)
+            .sql(ranked)
             .push(") ANY LEFT JOIN (")
-            .sql(&users_sql(db, c, q.since_secs, Some(&ranked), q.project))
+            .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project))
             .push(") USING (project, issue_id)");
     }
     s.push(&format!(
@@ -414,12 +418,12 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> (Sql, u32) {
          argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
          toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE (project, issue_id) IN (SELECT project, issue_id FROM "
     ));
-    if q.by == TopBy::Users {
+    if q.by == TopBy::Users && !materialized {
         // The ranked set holds every issue's users: cheaper to take the window's issues.
         s.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
         project(&mut s);
     } else {
-        s.push("(").sql(&ranked).push(")");
+        s.push("(").sql(ranked).push(")");
     }
     s.push(&format!(
         ") GROUP BY project, issue_id) USING (project, issue_id)\
@@ -429,9 +433,23 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> (Sql, u32) {
     .u32(hour_start)
     .push(")");
     project(&mut s);
+    if materialized {
+        // The ranked issues' minutes only (the set is a table read, not a computation).
+        s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(ranked).push("))");
+    }
     s.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id) USING (project, issue_id) ORDER BY ")
         .push(order_by(q.by, "users"));
     (s, hour_start)
+}
+
+/// The temporary table that holds [`top`]'s ranked set within its session.
+const RANKED_TABLE: &str = "tracefold_top_ranked";
+
+/// A session id no other call uses: this process, a counter, the clock.
+fn session_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("tracefold_top_{}_{n}_{}", std::process::id(), tracefold_model::time::now_ms())
 }
 
 /// The `limit` issues with the most events since `now - since_secs` (optionally of one
@@ -450,8 +468,12 @@ pub async fn top_issues(
 }
 
 /// The top issues of a window as `q` ranks them (`tracefold top`), with metadata, users and
-/// the last hour per minute. One query (after reading the server's clock): any `limit`, any
-/// number of issues. Events are counted exactly (whole days from the daily rollup, the rest
+/// the last hour per minute. Any `limit`, any number of issues: after reading the server's
+/// clock, the ranked set is computed once into a temporary table of an HTTP session of this
+/// call alone, and one query joins it with the rest (when the server refuses the temporary
+/// table, under a `readonly = 1` user, or that query fails, e.g. behind a proxy that does not
+/// keep sessions on one server, one query that computes the set where it is used gives the
+/// same answer). Events are counted exactly (whole days from the daily rollup, the rest
 /// of the first and last day per minute).
 ///
 /// # Errors
@@ -459,8 +481,39 @@ pub async fn top_issues(
 pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Vec<TopIssue>> {
     let db = db(database)?;
     let c = clock(client, q.since_secs).await?;
-    let (sql, hour_start) = top_sql(db, &c, q);
-    let rows = sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?;
+    let ranked = ranked_sql(db, &c, q);
+    // The ranked set is computed once, into a temporary table of an HTTP session of this call
+    // alone, and read from there by the rows, the users and the metadata (ClickHouse 18.16 has
+    // no common table expressions). When that fails (a `readonly = 1` user may not create
+    // temporary tables), one query that computes the set in each place gives the same answer.
+    let session = client.clone().with_setting("session_id", session_id());
+    let mut create = Sql::default();
+    create.push(&format!("CREATE TEMPORARY TABLE {RANKED_TABLE} ENGINE = Memory AS ")).sql(&ranked);
+    let materialized = match create.query(&session).execute().await {
+        Ok(()) => {
+            let mut from = Sql::default();
+            from.push("SELECT project, issue_id, events, previous");
+            if q.by == TopBy::Users {
+                from.push(", users_all");
+            }
+            from.push(&format!(" FROM {RANKED_TABLE}"));
+            let (sql, hour_start) = top_sql(db, &c, q, &from, true);
+            let rows = sql.query(&session).fetch_all::<TopRow>().await;
+            // The session's end drops the table too (after the server's `session_timeout`).
+            let _ = session.query(&format!("DROP TEMPORARY TABLE IF EXISTS {RANKED_TABLE}")).execute().await;
+            // A proxy that sends the requests of one session to different servers loses the
+            // table between them: the single query then answers.
+            rows.ok().map(|rows| (rows, hour_start))
+        }
+        Err(_) => None,
+    };
+    let (rows, hour_start) = match materialized {
+        Some(done) => done,
+        None => {
+            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false);
+            (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
+        }
+    };
     Ok(rows
         .into_iter()
         .map(|r| {

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../schemas/clickhouse/0006_signal_deliveries.sql"),
     },
     Migration { version: 7, name: "artifacts", sql: include_str!("../../../schemas/clickhouse/0007_artifacts.sql") },
+    Migration {
+        version: 8,
+        name: "issue_first_release",
+        sql: include_str!("../../../schemas/clickhouse/0008_issue_first_release.sql"),
+    },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -77,8 +82,35 @@ const LOW_CARDINALITY: &[&str] = &[
     "actor",
 ];
 
+/// Whether a statement is a backfill (`INSERT INTO ... SELECT`) rather than a `CREATE`: it
+/// fills a table made in the same migration from rows stored before it, with states that a
+/// row counted twice does not change (a re-run repeats it).
+pub fn is_backfill(stmt: &str) -> bool {
+    stmt.starts_with("INSERT INTO ")
+}
+
+/// `{db}.name` -> `{db}.name_all` everywhere in `s`: a backfill on a cluster reads and writes
+/// the `Distributed` tables, which send every row to the shard of its issue.
+fn distributed_names(s: &str, db: &str) -> String {
+    let prefix = format!("{db}.");
+    let mut out = String::with_capacity(s.len() + 16);
+    let mut rest = s;
+    while let Some(i) = rest.find(&prefix) {
+        let after = &rest[i + prefix.len()..];
+        let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        out.push_str(&rest[..i + prefix.len() + end]);
+        out.push_str("_all");
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Renders one statement for `flavor`.
 pub fn flavored(stmt: &str, db: &str, flavor: &Flavor) -> Vec<String> {
+    if is_backfill(stmt) {
+        return vec![if flavor.cluster.is_some() { distributed_names(stmt, db) } else { stmt.to_owned() }];
+    }
     let mut s = stmt.to_owned();
     let is_table = s.starts_with("CREATE TABLE");
     if flavor.modern && is_table {
@@ -227,6 +259,18 @@ pub async fn migrate_with(
     ch: &ClickHouseConfig,
     cluster: Option<String>,
     retention_days: u32,
+    progress: impl FnMut(&Migration, bool),
+) -> Result<Report> {
+    apply(ch, cluster, retention_days, MIGRATIONS, progress).await
+}
+
+/// [`migrate_with`] for the migrations `migrations` (tests bring a database to an older
+/// version with a prefix of [`MIGRATIONS`]).
+async fn apply(
+    ch: &ClickHouseConfig,
+    cluster: Option<String>,
+    retention_days: u32,
+    migrations: &[Migration],
     mut progress: impl FnMut(&Migration, bool),
 ) -> Result<Report> {
     let client = client(ch);
@@ -261,7 +305,7 @@ pub async fn migrate_with(
         .map(|r| r.version)
         .collect();
     let mut report = Report { server_version: server_version.clone(), ..Report::default() };
-    for m in MIGRATIONS {
+    for m in migrations {
         let done = applied.contains(&m.version);
         progress(m, done);
         if done {
@@ -717,7 +761,7 @@ mod tests {
     }
 
     fn parsed(flavor: &Flavor) -> Vec<Ddl> {
-        all(flavor).iter().map(|s| parse_ddl(s)).collect()
+        all(flavor).iter().filter(|s| !is_backfill(s)).map(|s| parse_ddl(s)).collect()
     }
 
     fn find<'a>(ddls: &'a [Ddl], name: &str) -> &'a Ddl {
@@ -766,7 +810,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 11);
+        assert_eq!(tables.len(), 12);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -982,6 +1026,7 @@ mod tests {
             .iter()
             .flat_map(|m| statements(m.sql, "tf"))
             .flat_map(|st| flavored(&st, "tf", &flavor))
+            .filter(|s| !is_backfill(s))
             .map(|s| parse_ddl(&s))
             .collect();
         let ch = client(&cfg);
@@ -1078,9 +1123,123 @@ mod tests {
         assert_eq!(s, ["CREATE TABLE tf.a (x UInt8) \nENGINE = Memory", "CREATE VIEW tf.v AS SELECT 1"]);
         for m in MIGRATIONS {
             for st in statements(m.sql, "tf") {
-                assert!(st.contains("IF NOT EXISTS"), "not idempotent: {st}");
+                assert!(st.contains("IF NOT EXISTS") || is_backfill(&st), "not idempotent: {st}");
                 assert!(!st.contains("{db}"));
             }
         }
+    }
+
+    /// A backfill fills a table its own migration creates, reads tables declared before it, and
+    /// keeps only states that a row counted twice leaves as they are (a re-run, or a row both
+    /// the new view and the backfill saw); on a cluster it reads and writes the Distributed
+    /// tables.
+    #[test]
+    fn backfills_fill_their_own_migration_s_tables_with_idempotent_states() {
+        let mut seen = 0;
+        for m in MIGRATIONS {
+            let stmts = statements(m.sql, "tf");
+            for (i, st) in stmts.iter().enumerate().filter(|(_, st)| is_backfill(st)) {
+                seen += 1;
+                let toks = tokens(st);
+                assert_eq!(toks[..4], [word("INSERT"), word("INTO"), word("tf"), sym(".")], "{st}");
+                let target = toks[4].to_string();
+                let created = stmts[..i]
+                    .iter()
+                    .filter(|s| !is_backfill(s))
+                    .map(|s| parse_ddl(s))
+                    .any(|d| d.kind == Kind::Table && d.name == target);
+                assert!(created, "{st}: {target} is not created earlier in {}", m.name);
+                let states: Vec<&Tok> =
+                    toks.iter().filter(|t| matches!(t, Tok::Word(w) if w.ends_with("State"))).collect();
+                assert!(!states.is_empty(), "{st}");
+                for s in states {
+                    let ok = ["argMinState", "argMaxState", "minState", "maxState", "uniqExactState"];
+                    assert!(ok.contains(&s.to_string().as_str()), "{st}: {s} is not idempotent");
+                }
+                for (fname, flavor) in flavours() {
+                    let out = flavored(st, "tf", &flavor);
+                    assert_eq!(out.len(), 1, "{fname}");
+                    let names: Vec<String> = tokens(&out[0])
+                        .windows(3)
+                        .filter(|w| w[0] == word("tf") && w[1] == sym("."))
+                        .map(|w| w[2].to_string())
+                        .collect();
+                    assert!(names.len() >= 2, "{fname}: {}", out[0]);
+                    assert!(
+                        names.iter().all(|n| n.ends_with("_all") == flavor.cluster.is_some()),
+                        "{fname}: {}",
+                        out[0]
+                    );
+                    assert!(!out[0].contains("ON CLUSTER"), "{fname}: {}", out[0]);
+                }
+            }
+        }
+        assert_eq!(seen, 1);
+    }
+
+    /// A database made by an older version (migrations 1 to 6, with data) upgrades: the new
+    /// table is backfilled from the rows stored before, and rows after it are counted by the
+    /// view.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_database_upgrades_and_backfills_the_first_release() {
+        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let cfg = tracefold_runtime::config::ClickHouseConfig {
+            url,
+            database: format!("tftest_upgrade_{}_{nanos}", std::process::id()),
+            ..Default::default()
+        };
+        let scratch = ScratchDb(cfg.clone());
+        let old = apply(&scratch.0, None, 90, &MIGRATIONS[..6], |_, _| {}).await.unwrap_or_else(|e| {
+            panic!("ClickHouse at {} is needed for this test (scripts/clickhouse-local.sh start): {e:#}", cfg.url)
+        });
+        assert_eq!(old.applied, [1, 2, 3, 4, 5, 6]);
+        let ch = client(&cfg);
+        let db = cfg.database.as_str();
+        let insert = |rows: &str| {
+            format!(
+                "INSERT INTO {db}.aggregates (project, issue_id, minute, release, environment, count, first_seen, last_seen) VALUES {rows}"
+            )
+        };
+        // Issue a: first seen in 1.0 (a later row of 2.0 does not change it); b: its earliest
+        // row arrives after an earlier-inserted later one; both have rows before the upgrade.
+        ch.query(&insert(
+            "('p', 'a', '2026-01-01 10:00:00', '2.0', 'prod', 1, '2026-01-01 10:00:05', '2026-01-01 10:00:05'),              ('p', 'a', '2026-01-01 09:00:00', '1.0', 'prod', 1, '2026-01-01 09:00:30', '2026-01-01 09:00:30'),              ('p', 'b', '2026-01-02 09:00:00', 'é-🚀', 'prod', 2, '2026-01-02 09:00:01', '2026-01-02 09:00:09')",
+        ))
+        .execute()
+        .await
+        .unwrap();
+        let new = migrate(&cfg, |_, _| {}).await.unwrap();
+        assert_eq!(new.applied, [7]);
+        assert_eq!(new.skipped, [1, 2, 3, 4, 5, 6]);
+        ch.query(&insert(
+            "('p', 'b', '2026-01-01 08:00:00', '早', 'prod', 1, '2026-01-01 08:00:10', '2026-01-01 08:00:10'),              ('p', 'c', '2026-01-03 08:00:00', '3.0', 'prod', 1, '2026-01-03 08:00:10', '2026-01-03 08:00:10')",
+        ))
+        .execute()
+        .await
+        .unwrap();
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct R {
+            issue_id: String,
+            release: String,
+        }
+        let read = || async {
+            ch.query(&format!(
+                "SELECT issue_id, argMinMerge(release_state) AS release FROM {db}.issue_first_release                  GROUP BY issue_id ORDER BY issue_id"
+            ))
+            .fetch_all::<R>()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.issue_id, r.release))
+            .collect::<Vec<_>>()
+        };
+        let want = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        assert_eq!(read().await, want(&[("a", "1.0"), ("b", "早"), ("c", "3.0")]));
+        // A re-run of the backfill (a half-applied migration run again) changes nothing.
+        for st in statements(MIGRATIONS[6].sql, db).into_iter().filter(|s| is_backfill(s)) {
+            ch.query(&st).execute().await.unwrap();
+        }
+        assert_eq!(read().await, want(&[("a", "1.0"), ("b", "早"), ("c", "3.0")]));
     }
 }

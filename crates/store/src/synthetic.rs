@@ -136,6 +136,7 @@ pub async fn optimize_rollups(client: &Client, database: &str) -> Result<()> {
     let db = db(database)?;
     for t in [
         "issues",
+        "issue_first_release",
         "issue_counts_1m",
         "issue_counts_1h",
         "issue_counts_1d",
