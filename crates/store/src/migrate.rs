@@ -1210,7 +1210,7 @@ mod tests {
         .await
         .unwrap();
         let new = migrate(&cfg, |_, _| {}).await.unwrap();
-        assert_eq!(new.applied, [7]);
+        assert_eq!(new.applied, [7, 8]);
         assert_eq!(new.skipped, [1, 2, 3, 4, 5, 6]);
         ch.query(&insert(
             "('p', 'b', '2026-01-01 08:00:00', '早', 'prod', 1, '2026-01-01 08:00:10', '2026-01-01 08:00:10'),              ('p', 'c', '2026-01-03 08:00:00', '3.0', 'prod', 1, '2026-01-03 08:00:10', '2026-01-03 08:00:10')",
