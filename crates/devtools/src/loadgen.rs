@@ -9,9 +9,8 @@
 
 use crate::gen::{GenOptions, Generator};
 use anyhow::Context as _;
-use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -424,6 +423,33 @@ async fn run_kafka(bootstrap: &str, topic: &str, opts: &LoadOptions) -> anyhow::
     .await
 }
 
+/// Delivery reports of the load's producer, counted (no future and no wake-up per event).
+#[derive(Debug, Default)]
+struct LoadAcks {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl rdkafka::ClientContext for LoadAcks {}
+
+impl rdkafka::producer::ProducerContext for LoadAcks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        let n = if r.is_ok() { &self.ok } else { &self.failed };
+        n.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl LoadAcks {
+    /// (acknowledged, failed) so far.
+    fn counts(&self) -> (u64, u64) {
+        (self.ok.load(Ordering::Acquire), self.failed.load(Ordering::Acquire))
+    }
+}
+
+/// Most events sent and not yet acknowledged: the load waits above it.
+const MAX_IN_FLIGHT: u64 = 100_000;
+
 /// Sends `opts.events` events to Kafka, `next` writing the n-th event's key and payload into
 /// the buffers it is given (kept from one event to the next; librdkafka copies what it sends).
 async fn run_kafka_with(
@@ -435,76 +461,74 @@ async fn run_kafka_with(
     let (mut key, mut payload) = (Vec::with_capacity(64), Vec::with_capacity(4096));
     let kafka =
         tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
-    let producer: FutureProducer = tracefold_runtime::kafka::producer_config(&kafka, 30_000)
-        .create()
+    let producer: ThreadedProducer<LoadAcks> = tracefold_runtime::kafka::producer_config(&kafka, 30_000)
+        .create_with_context(LoadAcks::default())
         .context("cannot create the Kafka producer")?;
     let pb = bar(opts.events, opts.progress);
     let start = Instant::now();
     let mut summary = LoadSummary::default();
-    let mut inflight = FuturesUnordered::new();
     let watch = match &opts.max_lag {
         Some(l) => Some(LagWatch::start(&kafka, &l.group, topic, l.events)?),
         None => None,
+    };
+    let answered = |p: &ThreadedProducer<LoadAcks>| {
+        let (ok, failed) = p.context().counts();
+        ok + failed
     };
     for i in 0..opts.events {
         next(i, &mut key, &mut payload);
         if i % 1000 == 0 {
             pace(start, i, opts.rate).await;
+            pb.set_position(answered(&producer));
         }
         if let Some(w) = &watch {
             if i % 250 == 0 {
                 // Events in flight are not in the broker's watermarks yet: counted as lag.
                 let mut waiting: Option<Instant> = None;
-                while w.over(summary.accepted + summary.failed, inflight.len())? {
-                    waiting.get_or_insert_with(Instant::now);
-                    match tokio::time::timeout(Duration::from_millis(2), inflight.next()).await {
-                        Ok(Some(done)) => account_one(&mut summary, done, &pb),
-                        _ => tokio::time::sleep(Duration::from_millis(1)).await,
+                loop {
+                    let done = answered(&producer);
+                    let in_flight = usize::try_from(summary.sent - done).unwrap_or(usize::MAX);
+                    if !w.over(done, in_flight)? {
+                        break;
                     }
+                    waiting.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 summary.lag_waited_secs += waiting.map_or(0.0, |t| t.elapsed().as_secs_f64());
             }
         }
+        let mut rec = BaseRecord::to(topic).key(key.as_slice()).payload(payload.as_slice());
         loop {
-            match producer.send_result(FutureRecord::to(topic).key(key.as_slice()).payload(payload.as_slice())) {
-                Ok(f) => {
-                    inflight.push(async move { matches!(f.await, Ok(Ok(_))) });
-                    break;
-                }
+            match producer.send(rec) {
+                Ok(()) => break,
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    _,
+                    r,
                 )) => {
-                    if let Some(done) = inflight.next().await {
-                        account_one(&mut summary, done, &pb);
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err((err, _)) => return Err(err).context("cannot enqueue an event"),
             }
         }
         summary.sent += 1;
-        while inflight.len() > 100_000 {
-            if let Some(done) = inflight.next().await {
-                account_one(&mut summary, done, &pb);
-            }
+        while summary.sent - answered(&producer) > MAX_IN_FLIGHT {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    while let Some(done) = inflight.next().await {
-        account_one(&mut summary, done, &pb);
+    // Every event is answered by an acknowledgement, a failure, or (after the flush's
+    // deadline, past the 30 s message timeout) counted as failed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered(&producer) < summary.sent && Instant::now() < deadline {
+        pb.set_position(answered(&producer));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let _ = producer.flush(Duration::from_secs(30));
+    let _ = producer.flush(Duration::from_secs(1));
+    let (ok, _) = producer.context().counts();
+    summary.accepted = ok;
+    summary.failed = summary.sent - ok;
+    pb.set_position(summary.sent);
     pb.finish_and_clear();
     finish(&mut summary, start);
     Ok(summary)
-}
-
-fn account_one(s: &mut LoadSummary, ok: bool, pb: &ProgressBar) {
-    pb.inc(1);
-    if ok {
-        s.accepted += 1;
-    } else {
-        s.failed += 1;
-    }
 }
