@@ -17,6 +17,7 @@ pub mod issues;
 pub mod migrate;
 pub mod outcomes;
 pub mod rows;
+mod sql;
 pub mod storage;
 pub mod synthetic;
 pub mod ui;

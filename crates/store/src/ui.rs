@@ -5,6 +5,7 @@
 use crate::client::db;
 use crate::error::{step, Result};
 use crate::issues::{IssueStatus, TopIssue};
+use crate::sql::Sql;
 use clickhouse::Client;
 use serde::Deserialize;
 
@@ -158,60 +159,6 @@ pub async fn first_release(
         .await
         .map_err(step("first release"))?;
     Ok(rows.into_iter().next().map(|r| r.release))
-}
-
-/// A value bound to a `?` of [`Sql`].
-#[derive(Debug, Clone)]
-enum Bind {
-    U32(u32),
-    U64(u64),
-    Str(String),
-}
-
-/// SQL text with `?` placeholders and their values in order: filters compose without a value
-/// ever being formatted into the text.
-#[derive(Debug, Clone, Default)]
-struct Sql {
-    text: String,
-    binds: Vec<Bind>,
-}
-
-impl Sql {
-    fn push(&mut self, text: &str) -> &mut Self {
-        self.text.push_str(text);
-        self
-    }
-    fn u32(&mut self, v: u32) -> &mut Self {
-        self.text.push('?');
-        self.binds.push(Bind::U32(v));
-        self
-    }
-    fn u64(&mut self, v: u64) -> &mut Self {
-        self.text.push('?');
-        self.binds.push(Bind::U64(v));
-        self
-    }
-    fn str(&mut self, v: &str) -> &mut Self {
-        self.text.push('?');
-        self.binds.push(Bind::Str(v.to_owned()));
-        self
-    }
-    fn sql(&mut self, other: &Sql) -> &mut Self {
-        self.text.push_str(&other.text);
-        self.binds.extend(other.binds.iter().cloned());
-        self
-    }
-    fn query(&self, client: &Client) -> clickhouse::query::Query {
-        let mut q = client.query(&self.text);
-        for b in &self.binds {
-            q = match b {
-                Bind::U32(v) => q.bind(*v),
-                Bind::U64(v) => q.bind(*v),
-                Bind::Str(v) => q.bind(v.as_str()),
-            };
-        }
-        q
-    }
 }
 
 /// How [`issue_list`] orders the issues.
