@@ -237,7 +237,7 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
         async move {
             let r = http
                 .post(format!("http://{addr}/issues/web/{id}/status"))
-                .form(&[("status", status), ("token", token), ("window", "24h")])
+                .form(&[("status", status), ("token", token), ("window", "24h"), ("res", "minute")])
                 .send()
                 .await
                 .unwrap();
@@ -249,7 +249,8 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
     assert_eq!(post(TOKEN, "deleted").await.0, 400);
     assert_eq!(by_id(&get(path.clone()).await.1, "status"), "active", "refused changes change nothing");
     let (st, loc) = post(TOKEN, "resolved").await;
-    assert_eq!((st, loc.as_deref()), (303, Some(path.as_str())));
+    // Back to the page as it was: its window and its chart's resolution.
+    assert_eq!((st, loc), (303, Some(format!("{path}&res=minute"))));
     let html = get(path.clone()).await.1;
     assert_eq!(by_id(&html, "status"), "resolved");
     assert!(html.contains("<td><bdi>resolved</bdi></td><td><bdi>ui</bdi></td>"), "history");

@@ -592,6 +592,8 @@ async fn issue(
             .text(status.as_str())
             .raw("\"><input type=\"hidden\" name=\"window\" value=\"")
             .text(w.name)
+            .raw("\"><input type=\"hidden\" name=\"res\" value=\"")
+            .text(res.as_str())
             .raw("\"><input type=\"password\" name=\"token\" placeholder=\"operator token\" size=\"10\"> <button name=\"do\" value=\"")
             .text(status.as_str())
             .raw("\">")
@@ -634,6 +636,9 @@ struct StatusForm {
     token: String,
     #[serde(default)]
     window: Option<String>,
+    /// The chart's resolution the page had, kept by the redirect.
+    #[serde(default)]
+    res: Option<String>,
     #[serde(default)]
     note: String,
 }
@@ -663,7 +668,9 @@ async fn set_status(
     if let Err(e) = tracefold_store::issues::set_status(&st.client, db, &change).await {
         return store_error(&e);
     }
-    Redirect::to(&issue_url(&project, &issue_id, window(f.window.as_deref()))).into_response()
+    let w = window(f.window.as_deref());
+    let res = resolution(w, f.res.as_deref());
+    Redirect::to(&format!("{}&res={}", issue_url(&project, &issue_id, w), res.as_str())).into_response()
 }
 
 #[cfg(test)]
