@@ -307,8 +307,9 @@ fn order_by(by: TopBy, users: &str) -> &'static str {
     }
 }
 
+/// A row of a ranked issue list (`top`, the UI's filtered lists).
 #[derive(clickhouse::Row, Deserialize)]
-struct TopRow {
+pub(crate) struct TopRow {
     project: String,
     issue_id: String,
     title: String,
@@ -321,6 +322,33 @@ struct TopRow {
     users: u64,
     minutes: Vec<u32>,
     minute_counts: Vec<u64>,
+}
+
+impl TopRow {
+    /// The issue, its last hour per minute from `hour_start` on; `previous` kept when the
+    /// ranking is by growth.
+    pub(crate) fn into_issue(self, hour_start: u32, with_previous: bool) -> TopIssue {
+        let mut last_hour = vec![0; 60];
+        for (m, n) in self.minutes.iter().zip(&self.minute_counts) {
+            if let Some(slot) = last_hour.get_mut((m.saturating_sub(hour_start) / 60) as usize) {
+                *slot += n;
+            }
+        }
+        let time = |t: u32| if t == 0 { String::new() } else { rfc3339(t) };
+        TopIssue {
+            first_seen: time(self.first_seen),
+            last_seen: time(self.last_seen),
+            previous: with_previous.then_some(self.previous),
+            project: self.project,
+            issue_id: self.issue_id,
+            title: self.title,
+            culprit: self.culprit,
+            level: self.level,
+            count: self.events,
+            users: self.users,
+            last_hour,
+        }
+    }
 }
 
 fn rfc3339(secs: u32) -> String {
@@ -461,31 +489,7 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
             (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
         }
     };
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let mut last_hour = vec![0; 60];
-            for (m, n) in r.minutes.iter().zip(&r.minute_counts) {
-                if let Some(slot) = last_hour.get_mut((m.saturating_sub(hour_start) / 60) as usize) {
-                    *slot += n;
-                }
-            }
-            let time = |t: u32| if t == 0 { String::new() } else { rfc3339(t) };
-            TopIssue {
-                first_seen: time(r.first_seen),
-                last_seen: time(r.last_seen),
-                previous: (q.by == TopBy::Growth).then_some(r.previous),
-                project: r.project,
-                issue_id: r.issue_id,
-                title: r.title,
-                culprit: r.culprit,
-                level: r.level,
-                count: r.events,
-                users: r.users,
-                last_hour,
-            }
-        })
-        .collect())
+    Ok(rows.into_iter().map(|r| r.into_issue(hour_start, q.by == TopBy::Growth)).collect())
 }
 
 /// Most releases (and environments) [`issue_detail`] lists for one issue's window; beyond it

@@ -4,7 +4,7 @@
 
 use crate::client::db;
 use crate::error::{step, Result};
-use crate::issues::{IssueStatus, TopIssue};
+use crate::issues::{IssueStatus, TopIssue, TopRow};
 use crate::sql::Sql;
 use clickhouse::Client;
 use serde::Deserialize;
@@ -420,22 +420,6 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>) -> (Sql, u32) {
     (s, hour_start)
 }
 
-#[derive(clickhouse::Row, Deserialize)]
-struct ListRow {
-    project: String,
-    issue_id: String,
-    title: String,
-    culprit: String,
-    level: String,
-    first_seen: u32,
-    last_seen: u32,
-    events: u64,
-    previous: u64,
-    users: u64,
-    minutes: Vec<u32>,
-    minute_counts: Vec<u64>,
-}
-
 /// The issues of a window as `q` filters and orders them, at most `q.limit`, with metadata,
 /// users and the last hour per minute (all of the filtered events): the issues list of
 /// `tracefold ui` when a filter, a search or the `last_seen` order is chosen. One query after
@@ -459,38 +443,8 @@ pub async fn issue_list(client: &Client, database: &str, q: &ListQuery<'_>) -> R
         .await
         .map_err(step("cannot reach ClickHouse"))?;
     let (sql, hour_start) = list_sql(db, &c, q);
-    let rows = sql.query(client).fetch_all::<ListRow>().await.map_err(step("issue list"))?;
-    let time = |t: u32| {
-        if t == 0 {
-            String::new()
-        } else {
-            tracefold_model::time::format_rfc3339(i64::from(t) * 1000).replace(".000Z", "Z")
-        }
-    };
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let mut last_hour = vec![0; 60];
-            for (m, n) in r.minutes.iter().zip(&r.minute_counts) {
-                if let Some(slot) = last_hour.get_mut((m.saturating_sub(hour_start) / 60) as usize) {
-                    *slot += n;
-                }
-            }
-            TopIssue {
-                first_seen: time(r.first_seen),
-                last_seen: time(r.last_seen),
-                previous: (q.sort == ListSort::Growth).then_some(r.previous),
-                project: r.project,
-                issue_id: r.issue_id,
-                title: r.title,
-                culprit: r.culprit,
-                level: r.level,
-                count: r.events,
-                users: r.users,
-                last_hour,
-            }
-        })
-        .collect())
+    let rows = sql.query(client).fetch_all::<TopRow>().await.map_err(step("issue list"))?;
+    Ok(rows.into_iter().map(|r| r.into_issue(hour_start, q.sort == ListSort::Growth)).collect())
 }
 
 /// Most issues [`first_releases`] asks about at once.
