@@ -56,23 +56,7 @@ fn rec(
 /// Events of one issue in the last 24 hours and distinct users, as ClickHouse's base table
 /// holds them.
 async fn truth(db: &TestDb, project: &str, issue: &str) -> (u64, u64) {
-    #[derive(clickhouse::Row, serde::Deserialize)]
-    struct T {
-        c: u64,
-        u: u64,
-    }
-    let t = db
-        .client
-        .query(
-            "SELECT sum(count) AS c, toUInt64(uniqExactArray(users)) AS u FROM aggregates \
-             WHERE project = ? AND issue_id = ? AND minute >= now() - 86400",
-        )
-        .bind(project)
-        .bind(issue)
-        .fetch_one::<T>()
-        .await
-        .unwrap();
-    (t.c, t.u)
+    truth_of(db, project, issue, 86_400, None, None).await
 }
 
 /// The text of the element with `class="n {class}"` in the list row of `issue`.
