@@ -22,15 +22,7 @@ async fn python_sentry_sdk_events_become_issues() {
     let db = TestDb::new("sentry_sdk").await;
     let cfg = DevConfig {
         clickhouse: db.cfg.clone(),
-        projects: vec![ProjectConfig {
-            slug: "pyapp".into(),
-            id: Some(7),
-            keys: vec![KEY.into()],
-            rate_per_sec: 0.0,
-            burst: 0.0,
-            key_rate_per_sec: 0.0,
-            key_burst: 0.0,
-        }],
+        projects: vec![ProjectConfig::unlimited("pyapp", 7, &[KEY])],
         ..DevConfig::default()
     };
     let pipeline = Pipeline::start(cfg, "127.0.0.1:0", Some(2), true).await.expect("pipeline starts");

@@ -47,15 +47,7 @@ async fn producer(db: &TestDb, store_url: &str) -> Producer {
     let broker = DevBroker::start(1, &Default::default(), Some(1)).unwrap();
     let mut cfg = Config {
         kafka: tracefold_tests::kafka(&broker.bootstrap_servers()),
-        projects: vec![ProjectConfig {
-            slug: "web".into(),
-            id: Some(7),
-            keys: vec![KEY.into()],
-            rate_per_sec: 0.0,
-            burst: 0.0,
-            key_rate_per_sec: 0.0,
-            key_burst: 0.0,
-        }],
+        projects: vec![ProjectConfig::unlimited("web", 7, &[KEY])],
         clickhouse: db.cfg.clone(),
         ..Config::default()
     };

@@ -117,6 +117,22 @@ pub struct ProjectConfig {
     pub key_burst: f64,
 }
 
+impl ProjectConfig {
+    /// A project with an id and keys and no rate limits (rates of 0; bursts of 0 then mean
+    /// nothing).
+    pub fn unlimited(slug: &str, id: u64, keys: &[&str]) -> Self {
+        Self {
+            slug: slug.to_owned(),
+            id: Some(id),
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            rate_per_sec: 0.0,
+            burst: 0.0,
+            key_rate_per_sec: 0.0,
+            key_burst: 0.0,
+        }
+    }
+}
+
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
