@@ -206,8 +206,7 @@ impl Strategy for Writer<'_> {
             return Ok(Step::Continue);
         }
         // While retrying, the next try waits for its outcome: the backoff applies to it.
-        let wait = retrying;
-        match self.try_flush(cx, wait) {
+        match self.try_flush(cx, retrying) {
             Ok(()) => {
                 if self.in_flight.is_none() && self.retry_delay.take().is_some() {
                     tracing::info!("ClickHouse is back; resumed");
