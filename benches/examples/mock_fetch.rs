@@ -23,13 +23,69 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let per_partition: usize = args.next().map_or(Ok(5_000), |a| a.parse())?;
     let partitions: i32 = args.next().map_or(Ok(6), |a| a.parse())?;
+    // `live`: the producer writes while the consumer reads (as in `bench-pipeline`), instead of
+    // everything being written first.
+    let live = args.next().is_some_and(|a| a == "live");
     let topics = TopicsConfig::default();
     let broker = DevBroker::start(1, &topics, Some(partitions))?;
     let kafka = KafkaConfig { bootstrap_servers: broker.bootstrap_servers(), ..KafkaConfig::default() };
     let total = per_partition * usize::try_from(partitions)?;
 
+    let fill = {
+        let (kafka, topic) = (kafka.clone(), topics.events.clone());
+        move || fill(&kafka, &topic, total, partitions)
+    };
+    let written = if live { None } else { Some(fill()?) };
+    let consumer: BaseConsumer = tracefold_runtime::kafka::consumer_config(&kafka, "mock-fetch-probe").create()?;
+    // Assigned, not subscribed: no group join to wait for, so that a live writer starts
+    // while the consumer is already fetching.
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&topics.events, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let _ = consumer.poll(Duration::from_millis(200));
+    let writer = if live { Some(std::thread::spawn(fill)) } else { None };
+    let (mut read, mut first_at) = (0usize, None::<Instant>);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while read < total && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            // The clock starts at the first message: the group join is not the broker's rate.
+            first_at.get_or_insert_with(Instant::now);
+            read += 1;
+            std::hint::black_box(m.payload());
+        }
+    }
+    let secs = first_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let (bytes, write_secs) = match (writer, written) {
+        (Some(w), _) => w.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??,
+        (None, Some(w)) => w,
+        (None, None) => unreachable!("either written first or live"),
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "mock_fetch",
+            "live": live,
+            "partitions": partitions,
+            "events": total,
+            "read": read,
+            "mean_event_bytes": bytes / total.max(1),
+            "write_seconds": write_secs,
+            "read_seconds": secs,
+            "events_per_sec": read as f64 / secs.max(1e-9),
+        })
+    );
+    anyhow::ensure!(read == total, "read {read} of {total} events (lost to retention or too slow)");
+    Ok(())
+}
+
+/// Writes `total` fixture events round-robin over `partitions` with tracefold's producer
+/// settings and waits for every acknowledgement: (bytes, seconds).
+fn fill(kafka: &KafkaConfig, topic: &str, total: usize, partitions: i32) -> anyhow::Result<(usize, f64)> {
+    let t0 = Instant::now();
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-        tracefold_runtime::kafka::producer_config(&kafka, 30_000).create()?;
+        tracefold_runtime::kafka::producer_config(kafka, 30_000).create()?;
     let mut sent = 0usize;
     let mut bytes = 0usize;
     'fill: for round in 0..=255u8 {
@@ -38,7 +94,7 @@ fn main() -> anyhow::Result<()> {
                 break 'fill;
             }
             let p = i32::try_from(sent % usize::try_from(partitions)?)?;
-            let mut rec = BaseRecord::<[u8], [u8]>::to(&topics.events).partition(p).payload(e.as_slice());
+            let mut rec = BaseRecord::<[u8], [u8]>::to(topic).partition(p).payload(e.as_slice());
             loop {
                 match producer.send(rec) {
                     Ok(()) => break,
@@ -53,32 +109,5 @@ fn main() -> anyhow::Result<()> {
         }
     }
     producer.flush(Duration::from_secs(60))?;
-
-    let consumer: BaseConsumer = tracefold_runtime::kafka::consumer_config(&kafka, "mock-fetch-probe").create()?;
-    consumer.subscribe(&[&topics.events])?;
-    let (mut read, mut first_at) = (0usize, None::<Instant>);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while read < total && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            // The clock starts at the first message: the group join is not the broker's rate.
-            first_at.get_or_insert_with(Instant::now);
-            read += 1;
-            std::hint::black_box(m.payload());
-        }
-    }
-    let secs = first_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "mock_fetch",
-            "partitions": partitions,
-            "events": total,
-            "read": read,
-            "mean_event_bytes": bytes / sent.max(1),
-            "read_seconds": secs,
-            "events_per_sec": read as f64 / secs.max(1e-9),
-        })
-    );
-    anyhow::ensure!(read == total, "read {read} of {total} events (lost to retention or too slow)");
-    Ok(())
+    Ok((bytes, t0.elapsed().as_secs_f64()))
 }

@@ -16,7 +16,7 @@ mod ops;
 pub use analyst::{DlqArgs, FingerprintArgs, IssueArgs, OutcomesArgs, TopArgs, UiArgs};
 pub use measure::{
     BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchStorageArgs, BenchWriterArgs,
-    DetectionPath, DetectionQualityArgs, GroupingQualityArgs,
+    DetectionPath, DetectionQualityArgs, GroupingQualityArgs, PaceBy,
 };
 pub use ops::{
     DevArgs, GenArgs, LoadgenArgs, MigrateArgs, RetentionArgs, SignalsArgs, SourcemapsAction, SourcemapsArgs,

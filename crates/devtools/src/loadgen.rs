@@ -82,8 +82,24 @@ impl Rate {
 pub struct LagLimit {
     /// The consumer group (the grouper's).
     pub group: String,
-    /// Most events produced but not yet committed by the group, over all partitions.
+    /// Most events produced but not yet committed (or read, see `by`) by the group, over all
+    /// partitions.
     pub events: i64,
+    /// How the lag is measured.
+    pub by: LagBy,
+}
+
+/// What counts as done for a [`LagLimit`].
+#[derive(Debug, Clone)]
+pub enum LagBy {
+    /// Committed by the group (asked of the broker: works for a group in any process).
+    Committed,
+    /// Read by a consumer loop of this process, from its read count ([`Health::consumed`]):
+    /// a load beside an in-process pipeline (`bench-pipeline`) keeps the unread part of the
+    /// topic bounded without waiting for the commits, which trail the reads by a batch.
+    ///
+    /// [`Health::consumed`]: tracefold_runtime::telemetry::Health::consumed
+    Read(tracefold_runtime::telemetry::Health),
 }
 
 /// Measures a consumer group's lag on a thread of its own (a measurement is a few broker
@@ -153,6 +169,34 @@ impl Drop for LagWatch {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// How the load keeps a consumer's lag bounded.
+enum Pacer {
+    Committed(LagWatch),
+    /// `reader` had read `from` messages when the load began.
+    Read {
+        reader: tracefold_runtime::telemetry::Health,
+        from: u64,
+        max: i64,
+    },
+}
+
+impl Pacer {
+    /// Whether the lag is over the bound, with `sent` events sent so far, `ok` of them
+    /// acknowledged and `failed` refused.
+    fn over(&self, sent: u64, ok: u64, failed: u64) -> anyhow::Result<bool> {
+        match self {
+            // Events in flight are not in the broker's watermarks yet: counted as lag.
+            Self::Committed(w) => w.over(ok + failed, usize::try_from(sent - ok - failed).unwrap_or(usize::MAX)),
+            // Refused events never reach the topic; the rest (acknowledged or in flight) will.
+            Self::Read { reader, from, max } => {
+                let read = reader.consumed().saturating_sub(*from);
+                let lag = sent.saturating_sub(failed).saturating_sub(read);
+                Ok(i64::try_from(lag).unwrap_or(i64::MAX) > *max)
+            }
         }
     }
 }
@@ -468,7 +512,12 @@ async fn run_kafka_with(
     let start = Instant::now();
     let mut summary = LoadSummary::default();
     let watch = match &opts.max_lag {
-        Some(l) => Some(LagWatch::start(&kafka, &l.group, topic, l.events)?),
+        Some(LagLimit { group, events, by: LagBy::Committed }) => {
+            Some(Pacer::Committed(LagWatch::start(&kafka, group, topic, *events)?))
+        }
+        Some(LagLimit { events, by: LagBy::Read(h), .. }) => {
+            Some(Pacer::Read { reader: h.clone(), from: h.consumed(), max: *events })
+        }
         None => None,
     };
     let answered = |p: &ThreadedProducer<LoadAcks>| {
@@ -483,12 +532,10 @@ async fn run_kafka_with(
         }
         if let Some(w) = &watch {
             if i % 250 == 0 {
-                // Events in flight are not in the broker's watermarks yet: counted as lag.
                 let mut waiting: Option<Instant> = None;
                 loop {
-                    let done = answered(&producer);
-                    let in_flight = usize::try_from(summary.sent - done).unwrap_or(usize::MAX);
-                    if !w.over(done, in_flight)? {
+                    let (ok, failed) = producer.context().counts();
+                    if !w.over(summary.sent, ok, failed)? {
                         break;
                     }
                     waiting.get_or_insert_with(Instant::now);
@@ -531,4 +578,29 @@ async fn run_kafka_with(
     pb.finish_and_clear();
     finish(&mut summary, start);
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracefold_runtime::telemetry::Health;
+
+    /// Paced by reads, the lag is what was sent and not refused minus what the reader took
+    /// since the load began (reads before it do not count).
+    #[test]
+    fn a_read_paced_load_waits_while_sent_minus_refused_minus_read_is_over_the_bound() {
+        let reader = Health::named("grouper");
+        for _ in 0..7 {
+            reader.consumed_one();
+        }
+        let pacer = Pacer::Read { reader: reader.clone(), from: reader.consumed(), max: 10 };
+        assert!(!pacer.over(10, 0, 0).unwrap(), "10 unread: at the bound");
+        assert!(pacer.over(11, 11, 0).unwrap(), "11 unread, acknowledged or not");
+        assert!(!pacer.over(11, 5, 1).unwrap(), "a refused event never reaches the topic");
+        for _ in 0..5 {
+            reader.consumed_one();
+        }
+        assert!(!pacer.over(15, 15, 0).unwrap(), "5 read since the start: 10 unread");
+        assert!(pacer.over(16, 15, 0).unwrap());
+    }
 }

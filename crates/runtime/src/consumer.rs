@@ -431,6 +431,7 @@ impl ConsumerRuntime {
                         }
                     }
                     self.next.insert(p, o + 1);
+                    health.consumed_one();
                     strategy.on_message(&mut cx, &m)?;
                 }
                 Some(Err(e)) => {
@@ -833,6 +834,7 @@ mod tests {
         assert_eq!(calls.last(), Some(&Call::Shutdown), "{calls:?}");
         let want: Vec<(i32, i64)> = (0..2).flat_map(|p| (0..5).map(move |o| (p, o))).collect();
         assert_eq!(messages(&calls), want, "each message once");
+        assert_eq!(health.consumed(), 10, "the health counts every message delivered");
         assert_eq!(committed(&bootstrap, "runtime-order", &topics.events, 2), [Offset::Offset(5), Offset::Offset(5)]);
         assert!(!health.is_ready(), "not ready once stopped");
     }

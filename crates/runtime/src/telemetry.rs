@@ -112,6 +112,9 @@ struct HealthInner {
     /// Other loops of the same service (see [`Health::child`]): their liveness is part of this
     /// one's.
     children: Mutex<Vec<Health>>,
+    /// Messages the loop has taken from its source (a consumer loop: delivered to its
+    /// strategy), for what watches its progress in the same process.
+    consumed: AtomicU64,
 }
 
 impl Default for Health {
@@ -133,6 +136,7 @@ impl Health {
                 stopped: AtomicBool::new(false),
                 dead: Mutex::new(None),
                 children: Mutex::new(Vec::new()),
+                consumed: AtomicU64::new(0),
             }),
         }
     }
@@ -169,6 +173,17 @@ impl Health {
     /// The loop made progress (cheap: one clock read and one store).
     pub fn beat(&self) {
         self.inner.last_beat.store(uptime_ms(), Ordering::Relaxed);
+    }
+
+    /// The loop took a message from its source.
+    pub fn consumed_one(&self) {
+        self.inner.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages the loop has taken from its source so far: how far it has read, for an
+    /// in-process load that paces itself by the reads (`bench-pipeline`).
+    pub fn consumed(&self) -> u64 {
+        self.inner.consumed.load(Ordering::Relaxed)
     }
 
     /// The loop ended on purpose; it is no longer expected to beat.

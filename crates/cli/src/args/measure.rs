@@ -25,6 +25,15 @@ pub struct DetectionQualityArgs {
     pub format: Format,
 }
 
+/// `tracefold bench-pipeline --pace-by`.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum PaceBy {
+    /// Events the grouper has read (in this process).
+    Read,
+    /// Events the grouper has committed.
+    Committed,
+}
+
 /// `tracefold detection-quality --path`.
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
 pub enum DetectionPath {
@@ -100,6 +109,10 @@ pub struct BenchPipelineArgs {
     /// The grouper's batch age (ms): what its committed offsets, and so the load, trail by.
     #[arg(long, default_value_t = 500)]
     pub batch_max_age_ms: u64,
+    /// What the lag bound counts: events the grouper has not read (the loosest the embedded
+    /// broker's retention allows) or not committed (what a load in another process can see).
+    #[arg(long, value_enum, default_value = "read")]
+    pub pace_by: PaceBy,
     /// Result format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,

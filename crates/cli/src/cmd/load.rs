@@ -22,7 +22,11 @@ pub async fn loadgen(a: LoadgenArgs) -> anyhow::Result<()> {
         batch: a.batch,
         concurrency: a.concurrency,
         progress: a.format == Format::Table,
-        max_lag: a.max_lag.map(|events| loadgen::LagLimit { group: a.lag_group, events }),
+        max_lag: a.max_lag.map(|events| loadgen::LagLimit {
+            group: a.lag_group,
+            events,
+            by: loadgen::LagBy::Committed,
+        }),
         max_retries: a.max_retries,
         gen: gen::GenOptions {
             issues: a.issues,

@@ -5,7 +5,7 @@
 
 use crate::args::{
     BenchDetectorArgs, BenchIngestArgs, BenchPipelineArgs, BenchQueriesArgs, BenchStorageArgs, BenchWriterArgs,
-    DetectionPath, DetectionQualityArgs, Format, GroupingQualityArgs,
+    DetectionPath, DetectionQualityArgs, Format, GroupingQualityArgs, PaceBy,
 };
 use crate::out::{out, outln};
 use tracefold_devtools::{bench, detection, quality};
@@ -85,6 +85,7 @@ pub async fn bench_pipeline(a: &BenchPipelineArgs) -> anyhow::Result<()> {
         partitions: a.partitions,
         max_lag_per_partition: a.max_lag_per_partition,
         batch_max_age_ms: a.batch_max_age_ms,
+        pace_by_commits: a.pace_by == PaceBy::Committed,
         clickhouse: a.ch.config(),
     };
     let r = bench::pipeline(&opts).await?;

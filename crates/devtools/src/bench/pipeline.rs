@@ -1,6 +1,7 @@
 //! `tracefold bench-pipeline`: load into Kafka -> grouper -> writer -> ClickHouse, end to end.
 
 use crate::{dev, gen, loadgen};
+use anyhow::Context as _;
 use std::time::{Duration, Instant};
 use tracefold_runtime::config::ClickHouseConfig;
 
@@ -19,6 +20,10 @@ pub struct PipelineOptions {
     pub max_lag_per_partition: i64,
     /// The grouper's batch age, ms (its committed offsets trail the reads by about as much).
     pub batch_max_age_ms: u64,
+    /// Whether the lag bound counts the events the grouper has not read (the loosest pacing
+    /// the mock cluster's retention allows in a run without crashes) or not committed (the
+    /// bound a load in another process can measure; the commits trail the reads by a batch).
+    pub pace_by_commits: bool,
     /// The ClickHouse server; the benchmark makes and drops a scratch database named after
     /// `database` and the process id.
     pub clickhouse: ClickHouseConfig,
@@ -76,6 +81,7 @@ impl PipelineReport {
             "events_per_cpu_second": self.events_per_cpu_second(),
             "max_lag_per_partition": self.opts.max_lag_per_partition,
             "batch_max_age_ms": self.opts.batch_max_age_ms,
+            "paced_by": if self.opts.pace_by_commits { "committed" } else { "read" },
             "peak_rss_bytes": self.peak_rss_bytes,
             "aggregate_rows": self.aggregate_rows,
         })
@@ -155,6 +161,8 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     // librdkafka's mock cluster keeps at most 5 MB per partition: stay well inside it.
     let lag_limit = i64::from(opts.partitions) * opts.max_lag_per_partition;
     let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(opts.partitions), true).await?;
+    let grouper =
+        pipeline.healths().into_iter().find(|h| h.name() == "grouper").context("no grouper in the pipeline")?;
     let target =
         loadgen::Target::Kafka { bootstrap_servers: pipeline.bootstrap_servers(), topic: cfg.topics.events.clone() };
     let load = |events: u64, seed: u64, progress: bool| loadgen::LoadOptions {
@@ -163,7 +171,11 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
         batch: 0,
         concurrency: 0,
         progress,
-        max_lag: Some(loadgen::LagLimit { group: cfg.grouper.group_id.clone(), events: lag_limit }),
+        max_lag: Some(loadgen::LagLimit {
+            group: cfg.grouper.group_id.clone(),
+            events: lag_limit,
+            by: if opts.pace_by_commits { loadgen::LagBy::Committed } else { loadgen::LagBy::Read(grouper.clone()) },
+        }),
         max_retries: loadgen::DEFAULT_MAX_RETRIES,
         // Event times within the last minute, as in live traffic (the generator's default
         // spreads them over an hour: a backfill, one aggregate row per event or so).
