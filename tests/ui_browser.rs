@@ -350,6 +350,12 @@ async fn chromium_shows_clickhouses_numbers_runs_no_injected_script_and_resolves
     assert_eq!(shown(cdp.eval("document.getElementById('users').textContent").await), want[&id].1.to_string());
     assert_eq!(shown(cdp.eval("document.getElementById('status').textContent").await), "active");
     assert!(cdp.eval("document.querySelectorAll('ol.frames li').length").await.as_u64().unwrap() > 0, "stack trace");
+    // The generated events group by their stacks (default grouping config, as the UI assumes):
+    // the frames that made the fingerprint carry the marker, explained above the traces.
+    let marked = cdp.eval("document.querySelectorAll('ol.frames li.fp .fpm').length").await.as_u64().unwrap();
+    assert!(marked > 0, "fingerprint frames marked");
+    let grouping = shown(cdp.eval("document.getElementById('grouping').textContent").await);
+    assert!(grouping.starts_with("Grouped by the stack trace"), "{grouping}");
     let issue_png = cdp.screenshot("issue").await;
     cdp.events.clear();
     cdp.eval(&format!(

@@ -73,6 +73,18 @@ trait Sink {
     fn add(&mut self, kind: &'static str, value: &str);
     fn drop_component(&mut self, kind: &'static str, value: &str, reason: &'static str);
     fn wants_drops(&self) -> bool;
+    /// Whether [`Sink::exception`] and [`Sink::frame`] are wanted (only by the frames sink:
+    /// the hashing and explaining sinks never pay for them).
+    #[inline]
+    fn wants_frames(&self) -> bool {
+        false
+    }
+    /// The stack of the exception at `index` (in the event's list) is walked next.
+    #[inline]
+    fn exception(&mut self, _index: usize, _stack: StackSource) {}
+    /// The frame at `index` (in the frames of the stack being walked) contributed.
+    #[inline]
+    fn frame(&mut self, _index: usize) {}
 }
 
 /// Collects the tagged, length-prefixed components into one buffer, hashed once at the end
@@ -134,6 +146,36 @@ impl Sink for ExplainSink {
     }
 }
 
+/// Records which frames contributed, per exception, over a hashing sink.
+struct FramesSink {
+    hash: HashSink,
+    exceptions: Vec<ExceptionFrames>,
+}
+
+impl Sink for FramesSink {
+    #[inline]
+    fn add(&mut self, kind: &'static str, value: &str) {
+        self.hash.add(kind, value);
+    }
+    #[inline]
+    fn drop_component(&mut self, _: &'static str, _: &str, _: &'static str) {}
+    #[inline]
+    fn wants_drops(&self) -> bool {
+        false
+    }
+    fn wants_frames(&self) -> bool {
+        true
+    }
+    fn exception(&mut self, index: usize, stack: StackSource) {
+        self.exceptions.push(ExceptionFrames { exception: index, stack, frames: Vec::new() });
+    }
+    fn frame(&mut self, index: usize) {
+        if let Some(e) = self.exceptions.last_mut() {
+            e.frames.push(index);
+        }
+    }
+}
+
 /// Reusable scratch buffers; keep one per thread and pass it to every call. Its size is
 /// bounded (see [`limits::MAX_CACHE_ENTRIES`] and [`limits::MAX_CACHE_ARENA_BYTES`]).
 #[derive(Debug, Default)]
@@ -167,6 +209,42 @@ pub struct Explanation {
     pub components: Vec<Component>,
 }
 
+/// Where the frames of an exception's grouping stack are (see [`FrameContributions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackSource {
+    /// The exception's own `stacktrace.frames`.
+    Own,
+    /// The exception has no stack: the frames of `threads[i]` stood in for it (see GROUPING.md,
+    /// "Exceptions").
+    Thread(usize),
+}
+
+/// The frames of one exception that went into the fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExceptionFrames {
+    /// The exception's index in the event's `exception` list.
+    pub exception: usize,
+    /// Whose frames [`ExceptionFrames::frames`] index.
+    pub stack: StackSource,
+    /// Indices into that stack's frames (oldest first, as sent) of the frames that
+    /// contributed, innermost first; empty when none did (the type and message group it).
+    pub frames: Vec<usize>,
+}
+
+/// Which frames made an event's fingerprint: what a stack-trace view marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameContributions {
+    /// The fingerprint (the same as [`fingerprint`] gives).
+    pub fingerprint: Fingerprint,
+    /// Which rule produced the hash, as [`Explanation::basis`]: `custom`, `rule`, `exception`,
+    /// `message`, `fallback`.
+    pub basis: &'static str,
+    /// Per exception whose stack was walked (the considered ones, oldest first): its
+    /// contributing frames. Empty when no stack was walked (a message, or a custom or rule
+    /// fingerprint without `{{ default }}`).
+    pub exceptions: Vec<ExceptionFrames>,
+}
+
 /// Computes the fingerprint of an event (validated or not: any event is fingerprinted, within
 /// the bounds of [`limits`]).
 pub fn fingerprint(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch) -> Fingerprint {
@@ -187,6 +265,15 @@ pub fn explain(event: &Event<'_>, cfg: &GroupingConfig) -> Explanation {
         basis: basis.into(),
         components: sink.components,
     }
+}
+
+/// Computes the fingerprint and says which frames contributed to it, by the same walk as
+/// [`fingerprint`] (the grouping rules are not repeated anywhere else). Not for the hot path:
+/// it allocates its answer.
+pub fn contributing_frames(event: &Event<'_>, cfg: &GroupingConfig) -> FrameContributions {
+    let mut sink = FramesSink { hash: HashSink::new(Vec::new()), exceptions: Vec::new() };
+    let basis = walk(event, cfg, &mut Scratch::default(), &mut sink);
+    FrameContributions { fingerprint: Fingerprint(sink.hash.digest()), basis, exceptions: sink.exceptions }
 }
 
 fn is_default_marker(s: &str) -> bool {
@@ -339,8 +426,15 @@ fn default_components<S: Sink>(
             sink.drop_component("exception", &older, "beyond MAX_EXCEPTIONS: not considered");
         }
         let last = exceptions.len() - 1;
+        let first = event.exception.len() - exceptions.len();
         for (i, exc) in exceptions.iter().enumerate() {
             let (stack, stand_in) = exception_stack(event, exc, i == last);
+            if sink.wants_frames() {
+                let source = stand_in
+                    .and_then(|s| event.threads.iter().position(|t| std::ptr::eq(t, s.thread)))
+                    .map_or(StackSource::Own, StackSource::Thread);
+                sink.exception(first + i, source);
+            }
             exception_components(exc, stack, stand_in, event.platform.as_deref(), js, cfg, scratch, sink);
         }
         return "exception";
@@ -441,6 +535,8 @@ fn exception_components<S: Sink>(
         }
     }
     let frames = considered_frames(stack);
+    // Where the considered frames begin in the stack (for the frames sink).
+    let first_frame = stack.map_or(0, |s| s.frames.len()) - frames.len();
     let mut infos = std::mem::take(&mut scratch.infos);
     infos.clear();
     // The indices in `infos` must stay valid until this exception is done: the cache may
@@ -531,6 +627,9 @@ fn exception_components<S: Sink>(
                 (None, None) => String::new(),
             };
             sink.drop_component("lineno", &at, "line and column never contribute");
+        }
+        if sink.wants_frames() {
+            sink.frame(first_frame + i);
         }
         contributed += 1;
     }
@@ -897,6 +996,42 @@ mod tests {
         assert_eq!(funcs(&ev(own, &all)), ["own"]);
         let bare = r#"{"exception":[{"type":"E","value":"v","thread_id":"3"}]}"#;
         assert_eq!(fp(bare), fp(r#"{"exception":[{"type":"E","value":"v"}]}"#));
+    }
+
+    /// The frames that made the fingerprint: in-app ones only when there are some, none for a
+    /// message or a custom fingerprint without `{{ default }}`, a thread's when it stood in.
+    #[test]
+    fn contributing_frames_are_those_the_hash_walked() {
+        let cfg = GroupingConfig::default();
+        let of = |json: &str| {
+            let ev = parse_event_str(json).unwrap();
+            let c = contributing_frames(&ev, &cfg);
+            assert_eq!(c.fingerprint, fingerprint(&ev, &cfg, &mut Scratch::default()), "{json}");
+            c
+        };
+        let c = of(&js("renderCart", 10, 20, "3f9a2c1b", "m"));
+        assert_eq!(c.basis, "exception");
+        assert_eq!(c.exceptions, [ExceptionFrames { exception: 0, stack: StackSource::Own, frames: vec![1] }]);
+        // A cause and its exception; frames without in-app marks all count, innermost first,
+        // the recursion collapsed and the panic machinery left out.
+        let chain = r#"{"platform":"rust","exception":[
+            {"type":"Cause","stacktrace":{"frames":[{"function":"a","module":"m"},{"function":"b","module":"m"}]}},
+            {"type":"E","stacktrace":{"frames":[{"function":"main","module":"app"},{"function":"go","module":"app"},
+              {"function":"go","module":"app"},{"function":"core::panicking::panic","module":"core::panicking"}]}}]}"#;
+        let c = of(chain);
+        let got: Vec<_> = c.exceptions.iter().map(|e| (e.exception, e.frames.clone())).collect();
+        assert_eq!(got, [(0, vec![1, 0]), (1, vec![2, 0])]);
+        let c = of(r#"{"message":"user 42 not found"}"#);
+        assert_eq!((c.basis, c.exceptions.len()), ("message", 0));
+        let custom = js("renderCart", 1, 1, "0", "m").replacen('{', r#"{"fingerprint":["x"],"#, 1);
+        assert_eq!(of(&custom).exceptions.len(), 0);
+        let spliced = js("renderCart", 1, 1, "0", "m").replacen('{', r#"{"fingerprint":["{{ default }}","x"],"#, 1);
+        let c = of(&spliced);
+        assert_eq!((c.basis, c.exceptions[0].frames.clone()), ("custom", vec![1]));
+        let stand_in = r#"{"exception":[{"type":"E","thread_id":"7"}],"threads":[{"id":"1","stacktrace":{"frames":[]}},
+            {"id":"7","stacktrace":{"frames":[{"function":"run","module":"w"},{"function":"work","module":"w"}]}}]}"#;
+        let c = of(stand_in);
+        assert_eq!(c.exceptions, [ExceptionFrames { exception: 0, stack: StackSource::Thread(1), frames: vec![1, 0] }]);
     }
 
     #[test]

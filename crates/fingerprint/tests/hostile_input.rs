@@ -8,7 +8,9 @@ use serde_json::{json, Map, Value};
 use tracefold_fingerprint::limits::{
     MAX_COMPONENT_LEN, MAX_CULPRIT_LEN, MAX_EXC_TYPE_LEN, MAX_MESSAGE_LEN, MAX_TITLE_LEN,
 };
-use tracefold_fingerprint::{describe, explain, fingerprint, normalize, GroupingConfig, Scratch};
+use tracefold_fingerprint::{
+    contributing_frames, describe, explain, fingerprint, normalize, GroupingConfig, Scratch, StackSource,
+};
 
 /// Strings that stress character boundaries: any printable text, CJK, Cyrillic, combining
 /// marks, emoji, and the separators and markers the normalizers search for.
@@ -322,6 +324,17 @@ proptest! {
             let fp = fingerprint(&ev, &cfg, &mut scratch);
             prop_assert_eq!(fp, fingerprint(&ev, &cfg, &mut Scratch::default()));
             prop_assert_eq!(explain(&ev, &cfg).fingerprint, fp.to_hex(), "{}", json);
+            // The frames walk is the same walk: same hash, indices within their stacks.
+            let c = contributing_frames(&ev, &cfg);
+            prop_assert_eq!(c.fingerprint, fp);
+            for e in &c.exceptions {
+                let stack = match e.stack {
+                    StackSource::Own => ev.exception[e.exception].stacktrace.as_ref(),
+                    StackSource::Thread(t) => ev.threads[t].stacktrace.as_ref(),
+                };
+                let n = stack.map_or(0, |s| s.frames.len());
+                prop_assert!(e.frames.iter().all(|&i| i < n), "{:?} of {} frames", e, n);
+            }
         }
         let meta = describe(&ev);
         prop_assert!(meta.title.len() <= MAX_TITLE_LEN);

@@ -191,7 +191,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}\
 .s-resolved{color:#2e7d32}.s-ignored{color:#888}.s-active{color:#c62828}\
 .spark{color:#1565c0}.bars{width:100%;height:120px;fill:#1565c0}\
 pre{background:#fff;border:1px solid #ddd;padding:.5em;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}\
-form.inline{display:inline}ol.frames{font-size:13px;padding-left:1.5em}li.frame{color:#777;overflow-wrap:anywhere}li.inapp{color:#111;background:#fff8e1;font-weight:600}nav a{margin-right:.5em}\
+form.inline{display:inline}ol.frames{font-size:13px;padding-left:1.5em}li.frame{color:#777;overflow-wrap:anywhere}li.inapp{color:#111;background:#fff8e1;font-weight:600}li.fp{border-left:3px solid #6a1b9a;padding-left:.3em}.fpm{color:#6a1b9a;white-space:nowrap}nav a{margin-right:.5em}\
 @media (max-width:40em){.wide{display:none}td,th{padding:.2em}}\
 </style>";
 
@@ -621,7 +621,7 @@ async fn issue(
     kv_table(&mut p, "Environment", &d.by_environment);
     p.raw("<h2>Sample event</h2>");
     match &d.sample {
-        Some(s) => sample::render(&mut p, s),
+        Some(s) => sample::render(&mut p, s, &d.issue_id),
         None => {
             p.raw("<p>No sample stored.</p>");
         }

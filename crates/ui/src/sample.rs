@@ -1,9 +1,11 @@
 //! The sample event of an issue as a reader wants it: the exception and its stack trace
-//! (innermost frame first, in-app frames highlighted), the request, the browser and OS; then
-//! the whole event as JSON. Anything the event lacks is left out; nothing here trusts its shape.
+//! (innermost frame first, in-app frames highlighted, the frames that made the fingerprint
+//! marked), the request, the browser and OS; then the whole event as JSON. Anything the event
+//! lacks is left out; nothing here trusts its shape.
 
 use crate::html::Page;
 use serde_json::Value;
+use tracefold_fingerprint::{contributing_frames, GroupingConfig, StackSource};
 
 fn s(v: &Value) -> Option<String> {
     match v {
@@ -18,8 +20,92 @@ fn s(v: &Value) -> Option<String> {
 const MAX_EXCEPTIONS: usize = 16;
 const MAX_FRAMES: usize = 256;
 
-/// Writes the sample `json` (the stored event).
-pub fn render(p: &mut Page, json: &str) {
+/// The marker of a frame that made the fingerprint: a symbol and a word, readable without CSS.
+const FP_MARK: &str =
+    "<small class=\"fpm\" title=\"this frame made the issue&#39;s fingerprint\">◆ fingerprint</small>";
+
+/// How the issue's fingerprint comes out of the sample, as far as the page shows it.
+#[derive(Debug, Default)]
+struct Grouping {
+    /// Per exception (index in the sample's `exception` list): per frame (index in its
+    /// `stacktrace.frames`), whether it made the fingerprint. Empty: nothing marked.
+    marked: Vec<Vec<bool>>,
+    /// Per exception whose stack came from a thread: that thread's id.
+    thread: Vec<(usize, String)>,
+    /// The line above the stack traces: how the issue was grouped (static text only).
+    note: &'static str,
+}
+
+/// Which frames of the sample made the fingerprint `issue_id`, by the fingerprint crate's own
+/// walk ([`contributing_frames`]) with the default grouping config: the UI does not know a
+/// grouper's `[grouping]` rules. The sample is read by the grouper's parser; the marks are
+/// trusted only when the fingerprint it gives is the issue's (else another config, a cut
+/// sample or an older grouping version made the issue, and nothing is marked), and when the
+/// parsed event's exceptions and frames line up with the JSON the page shows.
+fn grouping(json: &str, shown: &[Value], issue_id: &str) -> Grouping {
+    let mut buf = json.as_bytes().to_vec();
+    let Ok(event) = tracefold_model::parse_event_slice(&mut buf) else {
+        return Grouping {
+            note: "The sample is not an event the grouper reads: no frames are marked.",
+            ..Grouping::default()
+        };
+    };
+    let c = contributing_frames(&event, &GroupingConfig::default());
+    if !c.fingerprint.to_hex().eq_ignore_ascii_case(issue_id) {
+        return Grouping {
+            note: "This sample does not give the issue&#39;s fingerprint with the default grouping config \
+                   (grouping rules of the grouper&#39;s config, a cut sample or an older grouping version): \
+                   no frames are marked.",
+            ..Grouping::default()
+        };
+    }
+    let frames_of = |e: &Value| e["stacktrace"]["frames"].as_array().map_or(0, Vec::len);
+    let lined_up = shown.len() == event.exception.len()
+        && shown
+            .iter()
+            .zip(&event.exception)
+            .all(|(v, e)| frames_of(v) == e.stacktrace.as_ref().map_or(0, |s| s.frames.len()));
+    if !lined_up {
+        return Grouping {
+            note: "The sample&#39;s stack traces could not be lined up with its fingerprint: no frames are marked.",
+            ..Grouping::default()
+        };
+    }
+    let mut g = Grouping { marked: shown.iter().map(|v| vec![false; frames_of(v)]).collect(), ..Grouping::default() };
+    for e in &c.exceptions {
+        match e.stack {
+            StackSource::Own => {
+                let Some(marks) = g.marked.get_mut(e.exception) else { continue };
+                for &i in &e.frames {
+                    if let Some(m) = marks.get_mut(i) {
+                        *m = true;
+                    }
+                }
+            }
+            StackSource::Thread(t) if !e.frames.is_empty() => {
+                let id = event.threads.get(t).and_then(|t| t.id.as_deref()).unwrap_or("?");
+                g.thread.push((e.exception, id.to_owned()));
+            }
+            StackSource::Thread(_) => {}
+        }
+    }
+    let any = g.marked.iter().flatten().any(|&m| m) || !g.thread.is_empty();
+    g.note = match (c.basis, any) {
+        ("exception", true) => "Grouped by the stack trace: the frames marked ◆ fingerprint made the fingerprint.",
+        ("exception", false) => "Grouped by the exception type and message (no frame contributed).",
+        ("custom", true) => {
+            "Grouped by a custom fingerprint with the default grouping: the frames marked ◆ fingerprint contributed."
+        }
+        ("custom", false) => "Grouped by a custom fingerprint.",
+        ("rule", _) => "Grouped by a fingerprint rule.",
+        ("message", _) => "Grouped by message.",
+        _ => "Grouped as an event without exception or message.",
+    };
+    g
+}
+
+/// Writes the sample `json` (the stored event) of the issue `issue_id`.
+pub fn render(p: &mut Page, json: &str, issue_id: &str) {
     let Ok(v) = serde_json::from_str::<Value>(json) else {
         p.raw("<pre id=\"sample\">").text(json).raw("</pre>");
         return;
@@ -30,21 +116,35 @@ pub fn render(p: &mut Page, json: &str) {
         Value::Object(o) => o.get("values").and_then(Value::as_array).map_or(&[][..], Vec::as_slice),
         _ => &[],
     };
-    for e in excs.iter().take(MAX_EXCEPTIONS) {
+    let g = grouping(json, excs, issue_id);
+    p.raw("<p id=\"grouping\" class=\"c\">").raw(g.note).raw("</p>");
+    for (n, e) in excs.iter().take(MAX_EXCEPTIONS).enumerate() {
         p.raw("<h3 class=\"t\">")
             .user(&s(&e["type"]).unwrap_or_default())
             .raw(": ")
             .user(&s(&e["value"]).unwrap_or_default())
             .raw("</h3>");
+        if let Some((_, id)) = g.thread.iter().find(|(x, _)| *x == n) {
+            p.raw("<p class=\"c\">Without a stack of its own: the stack of thread ")
+                .user(id)
+                .raw(" (in the whole event below) made the fingerprint.</p>");
+        }
         let frames = e["stacktrace"]["frames"].as_array().map_or(&[][..], Vec::as_slice);
         if frames.is_empty() {
             continue;
         }
+        let marked = g.marked.get(n).map_or(&[][..], Vec::as_slice);
         p.raw("<ol class=\"frames\">");
         // Innermost (last) first.
-        for f in frames.iter().rev().take(MAX_FRAMES) {
+        for (i, f) in frames.iter().enumerate().rev().take(MAX_FRAMES) {
             let in_app = f["in_app"].as_bool().unwrap_or(false);
-            p.raw(if in_app { "<li class=\"frame inapp\">" } else { "<li class=\"frame\">" });
+            let fp = marked.get(i).copied().unwrap_or(false);
+            p.raw(match (in_app, fp) {
+                (true, true) => "<li class=\"frame inapp fp\">",
+                (true, false) => "<li class=\"frame inapp\">",
+                (false, true) => "<li class=\"frame fp\">",
+                (false, false) => "<li class=\"frame\">",
+            });
             let file = s(&f["filename"]).or_else(|| s(&f["module"])).or_else(|| s(&f["abs_path"])).unwrap_or_default();
             p.raw("<code>").user(&s(&f["function"]).unwrap_or_else(|| "?".into())).raw("</code> in ").user(&file);
             if let Some(l) = s(&f["lineno"]) {
@@ -55,6 +155,9 @@ pub fn render(p: &mut Page, json: &str) {
             }
             if in_app {
                 p.raw(" <small>in app</small>");
+            }
+            if fp {
+                p.raw(" ").raw(FP_MARK);
             }
             p.raw("</li>");
         }
@@ -97,10 +200,10 @@ mod tests {
             {"function":"<inner>","filename":"app.js","lineno":7,"colno":3,"in_app":true}]}}],
             "request":{"method":"POST","url":"https://x/?a=<b>"},"contexts":{"os":{"name":"Android","version":"15"}}}"#;
         let mut p = Page::default();
-        render(&mut p, ev);
+        render(&mut p, ev, &issue_id(ev));
         let h = p.finish();
         assert!(
-            h.contains("<li class=\"frame inapp\"><code><bdi>&lt;inner&gt;</bdi></code> in <bdi>app.js</bdi>:7:3"),
+            h.contains("<li class=\"frame inapp fp\"><code><bdi>&lt;inner&gt;</bdi></code> in <bdi>app.js</bdi>:7:3"),
             "{h}"
         );
         assert!(h.find("&lt;inner&gt;").unwrap() < h.find("outer").unwrap(), "innermost first");
@@ -115,9 +218,108 @@ mod tests {
             "{\"exception\":{\"values\":[{\"stacktrace\":7}]}}",
             "not json <x>",
         ] {
-            let mut p = Page::default();
-            render(&mut p, odd);
-            assert!(!p.finish().contains("<x>"), "{odd}");
+            for id in ["", "0", "not an id <x>"] {
+                let mut p = Page::default();
+                render(&mut p, odd, id);
+                let h = p.finish();
+                assert!(!h.contains("<x>") && !h.contains("fpm"), "{odd}");
+            }
         }
+    }
+
+    /// The issue id the grouper gives `json` (default grouping config).
+    fn issue_id(json: &str) -> String {
+        let ev = tracefold_model::parse_event_str(json).unwrap();
+        tracefold_fingerprint::fingerprint(&ev, &GroupingConfig::default(), &mut Default::default()).to_hex()
+    }
+
+    fn page(json: &str, id: &str) -> String {
+        let mut p = Page::default();
+        render(&mut p, json, id);
+        p.finish()
+    }
+
+    /// The `<li>` of each shown frame, innermost first.
+    fn items(h: &str) -> Vec<&str> {
+        h.split("<li ").skip(1).map(|li| li.split("</li>").next().unwrap()).collect()
+    }
+
+    /// A typical event: library frames around application frames. The in-app frames made the
+    /// fingerprint (the grouper's rules say so, not the page's): they are marked, each with its
+    /// class and a text marker, under a line saying what the marker means; the others are not.
+    #[test]
+    fn frames_that_made_the_fingerprint_are_marked() {
+        let ev = r#"{"platform":"python","exception":[{"type":"KeyError","value":"'cart'","stacktrace":{"frames":[
+            {"function":"run","module":"gunicorn.workers.sync","lineno":1,"in_app":false},
+            {"function":"dispatch","module":"django.core.handlers","lineno":2,"in_app":false},
+            {"function":"checkout","module":"shop.views","lineno":30,"in_app":true},
+            {"function":"load_cart","module":"shop.cart","lineno":12,"in_app":true},
+            {"function":"__getitem__","module":"django.utils.datastructures","lineno":9,"in_app":false}]}}]}"#;
+        let h = page(ev, &issue_id(ev));
+        let li = items(&h);
+        assert_eq!(li.len(), 5);
+        let fp: Vec<bool> = li.iter().map(|l| l.contains(" fp\"") && l.contains(FP_MARK)).collect();
+        // Innermost first: __getitem__, load_cart, checkout, dispatch, run.
+        assert_eq!(fp, [false, true, true, false, false], "{h}");
+        assert!(li[1].starts_with("class=\"frame inapp fp\"><code><bdi>load_cart</bdi></code>"), "{}", li[1]);
+        assert!(li[0].starts_with("class=\"frame\">") && !li[0].contains("fpm"));
+        assert_eq!(h.matches("◆ fingerprint</small>").count(), 2);
+        assert!(
+            h.contains("<p id=\"grouping\" class=\"c\">Grouped by the stack trace: the frames marked ◆ fingerprint")
+        );
+        // Not the issue's fingerprint (another grouping config made it): nothing marked, said so.
+        let h = page(ev, "0123456789abcdef0123456789abcdef");
+        assert!(!h.contains("fpm") && !h.contains(" fp\"") && h.contains("no frames are marked"), "{h}");
+        // Without in-app marks every frame with a name counts.
+        let all = ev.replace("\"in_app\":true", "\"in_app\":false");
+        let h = page(&all, &issue_id(&all));
+        assert_eq!(h.matches(FP_MARK).count(), 5, "{h}");
+    }
+
+    /// A message or a custom fingerprint marks no frame; the page says how it was grouped.
+    #[test]
+    fn message_and_custom_fingerprints_mark_nothing() {
+        let msg = r#"{"message":"user 42 not found","level":"error"}"#;
+        let h = page(msg, &issue_id(msg));
+        assert!(h.contains(">Grouped by message.</p>") && !h.contains("fpm"), "{h}");
+        let custom = r#"{"fingerprint":["checkout-down"],"exception":[{"type":"E","stacktrace":{"frames":[
+            {"function":"f","module":"m","in_app":true}]}}]}"#;
+        let h = page(custom, &issue_id(custom));
+        assert!(h.contains(">Grouped by a custom fingerprint.</p>") && !h.contains("fpm"), "{h}");
+        // With `{{ default }}` the stack is part of the fingerprint again.
+        let spliced = custom.replace("[\"checkout-down\"]", "[\"{{ default }}\",\"x\"]");
+        let h = page(&spliced, &issue_id(&spliced));
+        assert_eq!(h.matches(FP_MARK).count(), 1, "{h}");
+        // An exception without a stack groups by its thread's: the page names the thread.
+        let thread = r#"{"exception":[{"type":"E","thread_id":"7<"}],"threads":[
+            {"id":"7<","stacktrace":{"frames":[{"function":"work","module":"w"}]}}]}"#;
+        let h = page(thread, &issue_id(thread));
+        assert!(h.contains("the stack of thread <bdi>7&lt;</bdi>"), "{h}");
+    }
+
+    /// Hostile and non-ASCII names in marked frames are escaped and isolated like the others.
+    #[test]
+    fn marked_frames_stay_escaped() {
+        let names = [
+            "<script>alert(1)</script>",
+            "обработатьЗаказ",
+            "日本語::関数",
+            "\u{202E}evil\u{202C}",
+            "x\"'&y",
+            "🙈é\u{0301}",
+        ];
+        let frames: Vec<_> = names
+            .iter()
+            .map(|n| serde_json::json!({"function": n, "filename": format!("<{n}>.js"), "in_app": true}))
+            .collect();
+        let ev = serde_json::json!({"platform":"node","exception":[{"type":"<E>","value":"<v>","stacktrace":{"frames":frames}}]})
+            .to_string();
+        let h = page(&ev, &issue_id(&ev));
+        assert!(!h.contains("<script>") && !h.contains("<E>") && !h.contains("<v>"), "{h}");
+        assert!(h.contains("<code><bdi>&lt;script&gt;alert(1)&lt;/script&gt;</bdi></code>"), "{h}");
+        assert!(h.contains("<code><bdi>обработатьЗаказ</bdi></code> in <bdi>&lt;обработатьЗаказ&gt;.js</bdi>"));
+        assert!(h.contains("<bdi>x&quot;&#39;&amp;y</bdi>"));
+        // Every frame has a function name: all of them made the fingerprint.
+        assert_eq!(h.matches(FP_MARK).count(), names.len(), "{h}");
     }
 }
