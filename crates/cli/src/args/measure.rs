@@ -83,6 +83,9 @@ pub struct BenchWriterArgs {
     /// Aggregate records.
     #[arg(long, default_value_t = 200_000)]
     pub records: u64,
+    /// Rows per INSERT at most (the writer's `batch_max_rows`).
+    #[arg(long, default_value_t = tracefold_writer::config::WriterSection::default().batch_max_rows)]
+    pub batch_max_rows: usize,
     /// Result format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,

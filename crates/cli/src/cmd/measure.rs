@@ -65,7 +65,12 @@ pub async fn bench_ingest(a: &BenchIngestArgs) -> anyhow::Result<()> {
 /// When Kafka or ClickHouse is unusable, or ClickHouse holds another number of rows than
 /// were sent (after the report is printed).
 pub async fn bench_writer(a: &BenchWriterArgs) -> anyhow::Result<()> {
-    let r = bench::writer(&bench::WriterOptions { records: a.records, clickhouse: a.ch.config() }).await?;
+    let r = bench::writer(&bench::WriterOptions {
+        records: a.records,
+        batch_max_rows: a.batch_max_rows,
+        clickhouse: a.ch.config(),
+    })
+    .await?;
     match a.format {
         Format::Json => outln!("{}", r.json()),
         Format::Table => out!("{}", r.table()),
