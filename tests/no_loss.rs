@@ -116,8 +116,9 @@ fn sigkill_of_the_consumers_under_an_http_load_loses_and_doubles_nothing() {
         let broker = DevBroker::start(1, &Default::default(), Some(8)).unwrap();
         let bootstrap = broker.bootstrap_servers();
         let kafka = Observer::new(&bootstrap);
-        // Quick rebalances after a kill; small batches, many to die in.
-        let grouper = "[grouper]\nbatch_max_events = 2000\nbatch_max_age_ms = 300\n\n\
+        // Quick rebalances after a kill; small batches, many to die in; two consumer loops in
+        // the grouper's process, sharing the partitions (killed together).
+        let grouper = "[grouper]\nbatch_max_events = 2000\nbatch_max_age_ms = 300\nconsumers = 2\n\n\
                        [kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n";
         let writer = "[writer]\nbatch_max_age_ms = 300\nretry_initial_ms = 100\nretry_max_ms = 1000\n\n\
                       [kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n";
@@ -140,6 +141,12 @@ fn sigkill_of_the_consumers_under_an_http_load_loses_and_doubles_nothing() {
 
         let mut g = env.spawn("grouper");
         let mut w = env.spawn("writer");
+        eventually("the grouper's two consumer loops", LONG, |last| {
+            let loops = g.logged_json("consumer started").len();
+            *last = format!("{loops} started");
+            (loops == 2).then_some(())
+        })
+        .await;
         let opts = load(n, rate, 12);
         let target = loadgen::Target::Http(url);
         let loading = tokio::spawn(async move { loadgen::run(&target, &opts).await });

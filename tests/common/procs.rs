@@ -148,7 +148,7 @@ impl Env {
             .arg("--listen")
             .arg("127.0.0.1:0")
             // JSON logs: the bound ops address is read back from the start-up line.
-            .env("RUST_LOG", "warn,tracefold_runtime::telemetry=info")
+            .env("RUST_LOG", "warn,tracefold_runtime::telemetry=info,tracefold_runtime::consumer=info")
             .env("TRACEFOLD__TELEMETRY__LOG_FORMAT", "json")
             .env("TRACEFOLD_FAILPOINTS", failpoints)
             .env_remove("RUST_BACKTRACE")

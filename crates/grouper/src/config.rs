@@ -39,6 +39,10 @@ pub struct GrouperSection {
     /// events were partly published). About 64 bytes of memory per offset and partition, and
     /// as many messages read again when a partition is assigned; 0 turns it off.
     pub dedup_window_events: u64,
+    /// Consumer loops in this process, each a member of the group on a thread of its own:
+    /// Kafka shares the partitions out among them (a partition is only ever in one loop, so
+    /// every partition's batches stay as one loop would cut them). 0 is taken as 1.
+    pub consumers: usize,
     /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
     pub listen: String,
     /// Incarnation of the events log, recorded with every aggregate so that offsets of a
@@ -56,6 +60,7 @@ impl Default for GrouperSection {
             batch_max_age_ms: 1000,
             max_users: tracefold_model::aggregate::DEFAULT_MAX_USERS,
             dedup_window_events: crate::batch::DEFAULT_DEDUP_WINDOW,
+            consumers: 1,
             listen: "127.0.0.1:9101".into(),
             epoch: String::new(),
         }

@@ -108,6 +108,39 @@ struct Part {
 /// Infrastructure failures that a restart should handle (Kafka fatal errors, a producer that
 /// could not deliver).
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+    let extra = cfg.grouper.consumers.max(1) - 1;
+    if extra == 0 {
+        return run_consumer(cfg, shutdown, health);
+    }
+    // More loops beside this one, each a member of the group: Kafka shares the partitions out.
+    // Their health is part of this one's; either loop ending ends the others.
+    let healths: Vec<Health> = (1..=extra).map(|i| health.child(&format!("grouper-{i}"))).collect();
+    std::thread::scope(|scope| {
+        let others: Vec<_> = healths
+            .iter()
+            .map(|h| {
+                std::thread::Builder::new()
+                    .name("grouper".into())
+                    .spawn_scoped(scope, move || {
+                        let r = tracefold_runtime::telemetry::run_guarded(h, || run_consumer(cfg, shutdown, h));
+                        shutdown.trigger();
+                        r
+                    })
+                    .context("cannot start a grouper consumer thread")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut result = run_consumer(cfg, shutdown, health);
+        shutdown.trigger();
+        for t in others {
+            let r = t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a grouper consumer panicked")));
+            result = result.and(r);
+        }
+        result
+    })
+}
+
+/// One consumer loop of the grouper (see [`run`]).
+fn run_consumer(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
     let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.grouper.group_id, &cfg.topics.events)?
         .with_lost_metric(m::EVENTS_LOST_TOTAL);
     let producer: ThreadedProducer<DeliveryCtx> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)

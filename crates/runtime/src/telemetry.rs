@@ -180,10 +180,12 @@ impl Health {
         self.inner.consumed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Messages the loop has taken from its source so far: how far it has read, for an
-    /// in-process load that paces itself by the reads (`bench-pipeline`).
+    /// Messages the loop and its children ([`Health::child`]) have taken from their source so
+    /// far: how far they have read, for an in-process load that paces itself by the reads
+    /// (`bench-pipeline`).
     pub fn consumed(&self) -> u64 {
-        self.inner.consumed.load(Ordering::Relaxed)
+        let children: u64 = self.inner.children.lock().expect("not poisoned").iter().map(Health::consumed).sum();
+        self.inner.consumed.load(Ordering::Relaxed) + children
     }
 
     /// The loop ended on purpose; it is no longer expected to beat.

@@ -116,6 +116,9 @@ pub struct BenchPipelineArgs {
     /// broker's retention allows) or not committed (what a load in another process can see).
     #[arg(long, value_enum, default_value = "read")]
     pub pace_by: PaceBy,
+    /// The grouper's consumer loops (threads sharing the partitions, `grouper.consumers`).
+    #[arg(long, default_value_t = 2)]
+    pub grouper_consumers: usize,
     /// Result format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,

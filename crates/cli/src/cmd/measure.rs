@@ -91,6 +91,7 @@ pub async fn bench_pipeline(a: &BenchPipelineArgs) -> anyhow::Result<()> {
         max_lag_per_partition: a.max_lag_per_partition,
         batch_max_age_ms: a.batch_max_age_ms,
         pace_by_commits: a.pace_by == PaceBy::Committed,
+        grouper_consumers: a.grouper_consumers,
         clickhouse: a.ch.config(),
     };
     let r = bench::pipeline(&opts).await?;

@@ -24,6 +24,8 @@ pub struct PipelineOptions {
     /// the mock cluster's retention allows in a run without crashes) or not committed (the
     /// bound a load in another process can measure; the commits trail the reads by a batch).
     pub pace_by_commits: bool,
+    /// The grouper's consumer loops (`grouper.consumers`).
+    pub grouper_consumers: usize,
     /// The ClickHouse server; the benchmark makes and drops a scratch database named after
     /// `database` and the process id.
     pub clickhouse: ClickHouseConfig,
@@ -81,6 +83,7 @@ impl PipelineReport {
             "events_per_cpu_second": self.events_per_cpu_second(),
             "max_lag_per_partition": self.opts.max_lag_per_partition,
             "batch_max_age_ms": self.opts.batch_max_age_ms,
+            "grouper_consumers": self.opts.grouper_consumers,
             "paced_by": if self.opts.pace_by_commits { "committed" } else { "read" },
             "peak_rss_bytes": self.peak_rss_bytes,
             "aggregate_rows": self.aggregate_rows,
@@ -158,6 +161,7 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     let mut cfg = dev::DevConfig { clickhouse: ch.clone(), ..Default::default() };
     // Short batches keep the committed lag (what the load is paced by) close to the read lag.
     cfg.grouper.batch_max_age_ms = opts.batch_max_age_ms;
+    cfg.grouper.consumers = opts.grouper_consumers;
     // librdkafka's mock cluster keeps at most 5 MB per partition: stay well inside it.
     let lag_limit = i64::from(opts.partitions) * opts.max_lag_per_partition;
     let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(opts.partitions), true).await?;
