@@ -571,20 +571,29 @@ fn is_env_name(k: &str) -> bool {
     !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// Whether a source file of the repository (Rust, shell) contains `s`.
+/// Whether a source file of the repository (Rust, shell) contains `s` as a whole word
+/// (`TRACEFOLD_X` is not found in `TRACEFOLD_XS`).
 fn sources_mention(s: &str) -> bool {
-    fn walk(dir: &Path, s: &str) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let whole = |t: &str| {
+        t.match_indices(s).any(|(i, _)| {
+            let before = t[..i].chars().next_back();
+            let after = t[i + s.len()..].chars().next();
+            !(s.starts_with(word) && before.is_some_and(word) || s.ends_with(word) && after.is_some_and(word))
+        })
+    };
+    fn walk(dir: &Path, whole: &dyn Fn(&str) -> bool) -> bool {
         std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
             let p = e.path();
             if p.is_dir() {
-                !p.ends_with("target") && walk(&p, s)
+                !p.ends_with("target") && walk(&p, whole)
             } else {
                 p.extension().is_some_and(|x| x == "rs" || x == "sh")
-                    && std::fs::read_to_string(&p).is_ok_and(|t| t.contains(s))
+                    && std::fs::read_to_string(&p).is_ok_and(|t| whole(&t))
             }
         })
     }
-    ["crates", "tests", "benches", "scripts"].iter().any(|d| walk(&repo().join(d), s))
+    ["crates", "tests", "benches", "scripts"].iter().any(|d| walk(&repo().join(d), &whole))
 }
 
 /// The source of an example program: `examples/NAME.rs` of a workspace package.
@@ -596,7 +605,7 @@ fn example_file(name: &str) -> Option<PathBuf> {
 /// test-name filter exist.
 fn cargo(c: &Shown, verb: &str, args: &[&str]) {
     let pkgs = packages();
-    let (args, _libtest) = match args.iter().position(|a| *a == "--") {
+    let (args, libtest) = match args.iter().position(|a| *a == "--") {
         Some(i) => (&args[..i], &args[i + 1..]),
         None => (args, &[][..]),
     };
@@ -623,6 +632,8 @@ fn cargo(c: &Shown, verb: &str, args: &[&str]) {
         }
         i += 1;
     }
+    // After `--`: libtest's own flags, and test-name filters like those before it.
+    filters.extend(libtest.iter().filter(|a| !a.starts_with('-')));
     let mut files = Vec::new();
     for (kind, t) in &targets {
         let candidates: Vec<PathBuf> = dirs
