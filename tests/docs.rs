@@ -845,6 +845,10 @@ fn parse_cli(c: &Shown) {
 fn every_command_in_the_docs_has_a_disposition_and_parses() {
     let all = all_commands();
     assert!(all.len() >= 8, "the commands are found: {all:#?}");
+    for page in ["deploy/README.md:", "benches/README.md:"] {
+        let n = all.iter().filter(|c| c.at.starts_with(page)).count();
+        assert!(n >= 10, "the commands of {page} are read ({n})");
+    }
     for c in &all {
         let _ = not_run(c);
     }
@@ -1097,6 +1101,24 @@ async fn the_quick_commands_and_the_sql_of_the_docs_run_against_a_pipeline() {
         }
     }
     assert!(queries >= 2, "the cookbook's SQL is run ({queries} statements)");
+    // The queries `clickhouse-client -q` is shown running against an installation (the operations
+    // guide), on the test's database; what they change is checked in `not_run` instead.
+    let mut client_queries = 0;
+    for c in &all {
+        let Some(w) = c.argv.windows(3).find(|w| w[0] == "clickhouse-client" && (w[1] == "-q" || w[1] == "--query"))
+        else {
+            continue;
+        };
+        if !w[2].trim_start().to_uppercase().starts_with("SELECT") {
+            continue;
+        }
+        let sql = w[2].replace("tracefold.", &format!("{}.", db.cfg.database));
+        let fail = |e: clickhouse::error::Error| -> ! { panic!("{}: {e}\n{sql}", c.at) };
+        let mut cursor = db.client.query(&sql).fetch_bytes("TabSeparated").unwrap_or_else(|e| fail(e));
+        while cursor.next().await.unwrap_or_else(|e| fail(e)).is_some() {}
+        client_queries += 1;
+    }
+    assert!(client_queries >= 1, "the operations guide's clickhouse-client queries are run");
     pipeline.stop().await.unwrap();
 }
 
