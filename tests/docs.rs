@@ -5,7 +5,7 @@
 //!   its body once per value), `console` (commands after `$ `, the rest output), `sql` (run
 //!   against ClickHouse), `toml` (read as a `tracefold dev` and a producer config), `json`
 //!   (output: every line a JSON object), `yaml` (a user's kustomization: what it starts from and
-//!   names exists), or plain (output and pictures: no command line);
+//!   names exists; tests/deploy.rs renders it), or plain (output and pictures: no command line);
 //! - every command in those blocks has a disposition: `tracefold ...` (and the release build's
 //!   `target/release/tracefold ...`) is parsed by the CLI's own argument definitions and, when
 //!   quick, run against a pipeline started here (real ClickHouse, embedded Kafka); `curl` runs
@@ -355,6 +355,14 @@ fn kustomization(b: &Block) {
         }
     }
     assert!(resources >= 1, "{}:{}: the kustomization starts from one of tracefold's", b.page, b.line);
+    // Rendered with `kubectl kustomize` and checked for what it says it does by tests/deploy.rs
+    // (the_guides_own_overlay_example_patches_what_it_says), which finds it by its first line.
+    let deploy_test = read(&repo().join("tests/deploy.rs"));
+    assert!(
+        deploy_test.contains(&format!("\"{first}\\n\"")),
+        "{}: tests/deploy.rs does not render this kustomization (it looks for its first line)",
+        at(0)
+    );
 }
 
 /// Every command shown in the docs, in page order.
