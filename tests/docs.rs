@@ -294,7 +294,7 @@ fn commands(b: &Block) -> Vec<Shown> {
             assert!(!out.is_empty(), "{}:{}: a console block without a `$ ` command", b.page, b.line);
         }
         "" | "text" => {
-            let commands = ["$ ", "tracefold ", RELEASE_CLI, "target/", "cargo ", "scripts/", "benches/", "kubectl ", "docker "];
+            let commands = ["$ ", "tracefold ", "target/", "cargo ", "scripts/", "benches/", "kubectl ", "docker "];
             for (i, l) in b.body.iter().enumerate() {
                 assert!(
                     !commands.iter().any(|c| l.trim_start().starts_with(c)),
