@@ -1,7 +1,7 @@
 //! Fingerprinting any input: every normalizer on the raw text, `fingerprint`, `explain` and
 //! `describe` on whatever parses as an event, and on an event built directly from the bytes
 //! (so that the fuzzer reaches deep frames and long chains without having to write JSON).
-//! Nothing may panic; `fingerprint` and `explain` must agree; a long-lived scratch must give
+//! Nothing may panic; `fingerprint`, `explain` and `contributing_frames` must agree; a long-lived scratch must give
 //! the fresh result; every output must stay within its bound.
 #![no_main]
 
@@ -12,7 +12,9 @@ use tracefold_fingerprint::limits::{
     MAX_COMPONENT_LEN, MAX_CULPRIT_LEN, MAX_EXC_TYPE_LEN, MAX_MESSAGE_LEN, MAX_TITLE_LEN,
 };
 use tracefold_fingerprint::rules::{EventMatcher, FingerprintRule, FrameMatcher, StackAction, StackRule};
-use tracefold_fingerprint::{describe, explain, fingerprint, normalize, GroupingConfig, Scratch};
+use tracefold_fingerprint::{
+    contributing_frames, describe, explain, fingerprint, normalize, GroupingConfig, Scratch, StackSource,
+};
 use tracefold_model::event::{Event, Exception, Frame, LogEntry, Mechanism, Stacktrace, Thread};
 
 thread_local! {
@@ -65,6 +67,16 @@ fn check(ev: &Event<'_>, pattern: &str) {
         let fp = SCRATCH.with(|s| fingerprint(ev, &cfg, &mut s.borrow_mut()));
         assert_eq!(fp, fingerprint(ev, &cfg, &mut Scratch::default()), "a warm scratch differs from a fresh one");
         assert_eq!(explain(ev, &cfg).fingerprint, fp.to_hex(), "explain differs from fingerprint");
+        // The frames the UI marks: the same hash, and every index inside its stack.
+        let marked = contributing_frames(ev, &cfg);
+        assert_eq!(marked.fingerprint, fp, "contributing_frames differs from fingerprint");
+        for e in &marked.exceptions {
+            let stack = match e.stack {
+                StackSource::Own => ev.exception[e.exception].stacktrace.as_ref().map_or(0, |s| s.frames.len()),
+                StackSource::Thread(t) => ev.threads[t].stacktrace.as_ref().map_or(0, |s| s.frames.len()),
+            };
+            assert!(e.frames.iter().all(|&i| i < stack), "a marked frame outside its stack");
+        }
     }
     let meta = describe(ev);
     assert!(meta.title.len() <= MAX_TITLE_LEN);
