@@ -53,6 +53,7 @@ fn rec(
         platform: "python".into(),
         grouping_version: "v1".into(),
         sample: sample.into(),
+        breakdown: Default::default(),
     }
 }
 

@@ -50,6 +50,7 @@ fn rec(
         platform: "python".into(),
         grouping_version: "v1".into(),
         sample: format!("{{\"message\":{}}}", serde_json::to_string(title).unwrap()),
+        breakdown: Default::default(),
     }
 }
 
