@@ -807,7 +807,7 @@ mod tests {
             let first = b.finish("e1", "t", 0, 0, evs.len() as i64);
             let with_url = evs
                 .iter()
-                .filter(|(_, u)| u.as_deref().is_some_and(|u| !u.trim().split(['?', '#']).next().unwrap_or("").is_empty()))
+                .filter(|(_, u)| u.as_deref().is_some_and(|u| !u.split(['?', '#']).next().unwrap_or("").trim().is_empty()))
                 .count() as u64;
             let counted: u64 = first.records.iter().flat_map(|r| r.breakdown.url.iter().map(|v| v.count)).sum();
             prop_assert_eq!(counted, with_url);
