@@ -53,6 +53,7 @@ fn rec(
         platform: "python".into(),
         grouping_version: "v1".into(),
         sample: sample.into(),
+        breakdown: Default::default(),
     }
 }
 
@@ -131,6 +132,17 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
         // Old enough for retention (200 days).
         rec("api", C, t - 200 * 86_400, "api@1", "production", 2, users([5]), "", 5),
     ];
+    {
+        // A's events by browser, OS and URL (B, C and D have none).
+        use tracefold_model::breakdown::Key;
+        recs[0].breakdown.add(Key::Browser, "Firefox 121", 2);
+        recs[0].breakdown.add(Key::Browser, "Chrome 120", 3);
+        recs[0].breakdown.add(Key::Url, "https://web.example/a", 5);
+        recs[1].breakdown.add(Key::Browser, "Chrome 120", 10);
+        recs[1].breakdown.add(Key::Os, "iOS", 4);
+        recs[1].breakdown.add(Key::Url, "https://web.example/a", 2);
+        recs[1].breakdown.add(Key::Url, "https://web.example/b", 8);
+    }
     recs.extend(big);
     db.insert_records(&recs).await;
     let dbn = &db.cfg.database;
@@ -236,6 +248,23 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert_eq!(
         got,
         vec![("load".to_owned(), 100, 1), ("production".to_owned(), 13, 2), ("staging".to_owned(), 5, 1)],
+        "{n}"
+    );
+    seen.push(n);
+
+    let (n, sql) = run("issue_breakdown");
+    let r = rows(&db, &sql).await;
+    let got: Vec<(&str, &str, u64)> =
+        r.iter().map(|v| (v["key"].as_str().unwrap(), v["value"].as_str().unwrap(), num(&v["events"]))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("browser", "Chrome 120", 13),
+            ("browser", "Firefox 121", 2),
+            ("os", "iOS", 4),
+            ("url", "https://web.example/b", 8),
+            ("url", "https://web.example/a", 7)
+        ],
         "{n}"
     );
     seen.push(n);

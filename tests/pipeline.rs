@@ -211,7 +211,84 @@ async fn http_events_become_exact_issue_counts_in_clickhouse() {
     wait_settled(&pipeline, Duration::from_secs(60)).await;
     assert_eq!(db.total_events().await, truth.total);
     assert_eq!(db.per_issue().await, truth.expected());
+    breakdowns_match_the_events(&db, &events).await;
     pipeline.stop().await.unwrap();
+}
+
+/// The breakdown table holds, per issue, key and value, the events sent with that browser,
+/// OS or URL: the events of each (issue, key) add up exactly; where no aggregate row had to
+/// fold values into "(other)" every value is exact, else no value has more than was sent. The
+/// issue page's query (top values and totals over a window) agrees.
+async fn breakdowns_match_the_events(db: &TestDb, events: &[tracefold_devtools::gen::Generated]) {
+    use tracefold_model::breakdown::{self, Key, OTHER};
+    type Counts = BTreeMap<(String, String, &'static str), BTreeMap<String, u64>>;
+    let mut sent: Counts = BTreeMap::new();
+    for e in events {
+        let ev = tracefold_model::parse_event_str(&e.json).unwrap();
+        let issue = tracefold_fingerprint::fingerprint(&ev, &Default::default(), &mut Default::default()).to_hex();
+        let project = ev.project.as_deref().unwrap().to_owned();
+        for k in Key::ALL {
+            if let Some(v) = breakdown::value(&ev, k) {
+                *sent.entry((project.clone(), issue.clone(), k.as_str())).or_default().entry(v.text()).or_default() +=
+                    1;
+            }
+        }
+    }
+    assert!(sent.keys().any(|k| k.2 == "browser") && sent.keys().any(|k| k.2 == "url"), "the load has breakdowns");
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct R {
+        project: String,
+        issue_id: String,
+        key: String,
+        value: String,
+        count: u64,
+    }
+    let rows: Vec<R> = db
+        .client
+        .query(&format!(
+            "SELECT project, issue_id, key, value, sum(count) AS count FROM {}.issue_breakdown_1h \
+             GROUP BY project, issue_id, key, value",
+            db.cfg.database
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let mut stored: Counts = BTreeMap::new();
+    for r in rows {
+        let k = Key::parse(&r.key).unwrap_or_else(|| panic!("unknown key {}", r.key)).as_str();
+        stored.entry((r.project, r.issue_id, k)).or_default().insert(r.value, r.count);
+    }
+    assert_eq!(stored.keys().collect::<Vec<_>>(), sent.keys().collect::<Vec<_>>(), "the same issues and keys");
+    let mut exact = 0;
+    for (at, want) in &sent {
+        let got = &stored[at];
+        assert_eq!(got.values().sum::<u64>(), want.values().sum::<u64>(), "{at:?}: every event counted once");
+        if got.contains_key(OTHER) {
+            for (v, n) in got.iter().filter(|(v, _)| v.as_str() != OTHER) {
+                assert!(want.get(v).is_some_and(|w| n <= w), "{at:?}: {v} {n} of {want:?}");
+            }
+        } else {
+            assert_eq!(got, want, "{at:?}");
+            exact += 1;
+        }
+    }
+    assert!(exact * 2 >= sent.len(), "most (issue, key) pairs fit the bound: {exact} of {}", sent.len());
+    // The issue page's query: for every issue, the top values by count (then value) and the
+    // events with a value, of each key.
+    for (project, issue) in
+        sent.keys().map(|(p, i, _)| (p.clone(), i.clone())).collect::<std::collections::BTreeSet<_>>()
+    {
+        let tops =
+            tracefold_store::issues::breakdowns(&db.client, &db.cfg.database, &project, &issue, 0).await.unwrap();
+        for (k, top) in Key::ALL.into_iter().zip(tops) {
+            let got = stored.get(&(project.clone(), issue.clone(), k.as_str())).cloned().unwrap_or_default();
+            let mut want: Vec<(String, u64)> = got.into_iter().collect();
+            want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            assert_eq!(top.total, want.iter().map(|v| v.1).sum::<u64>(), "{issue} {k:?}");
+            want.truncate(tracefold_store::issues::TOP_VALUES as usize);
+            assert_eq!(top.values, want, "{issue} {k:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,7 @@ fn rec(
         platform: "python".into(),
         grouping_version: "v1".into(),
         sample: format!("{{\"message\":{}}}", serde_json::to_string(title).unwrap()),
+        breakdown: Default::default(),
     }
 }
 
@@ -96,6 +97,21 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
         let i = i as i64;
         recs.push(rec("web", &id, title, t - 30 * 60, "web@1", 10 + i as u64, &[1, 2, 3], 2 * i));
         recs.push(rec("web", &id, title, t - 5 * 3600, "web@2", 3, &[3, 4 + i as u64], 2 * i + 1));
+    }
+    // Breakdowns of issue 1: the recent row (10 events) and the one 5 hours ago (3 events).
+    {
+        use tracefold_model::breakdown::Key;
+        let [recent, older, ..] = &mut recs[..] else { unreachable!() };
+        let (recent, older) = (&mut recent.breakdown, &mut older.breakdown);
+        recent.add(Key::Browser, "Chrome 120", 6);
+        recent.add(Key::Browser, hostile[0], 4);
+        recent.add(Key::Os, hostile[2], 10);
+        for i in 0..10 {
+            recent.add(Key::Url, &format!("https://shop.example/日本/{i}"), 1);
+        }
+        older.add(Key::Browser, "Chrome 120", 3);
+        older.add(Key::Url, "https://shop.example/日本/10", 2);
+        older.add(Key::Url, "https://shop.example/日本/0", 1);
     }
     recs.push(rec("api", &hex(100), "ApiError", t - 60, "api@1", 7, &[9], 50));
     // 60 issues in one project: more than a page.
@@ -214,6 +230,56 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
     assert!(html.contains("id=\"first-release\"><bdi>web@2</bdi>"), "web@2 came 5 hours ago, web@1 30 minutes ago");
     assert!(html.contains("<title>release web@2</title>") && html.contains("<title>release web@1</title>"));
     assert!(html.find("release web@2<").unwrap() < html.find("release web@1<").unwrap(), "oldest first");
+    // Browsers, operating systems, URLs: the top values over the window, with their share of
+    // the events that have the field, escaped and isolated.
+    let rows_of = |html: &str, id: &str| -> Vec<(String, String, String)> {
+        let t = &html[html.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id}"))..];
+        let t = &t[t.find("<tbody>").unwrap() + 7..t.find("</tbody>").unwrap()];
+        let cell = |c: &str| c[c.find('>').unwrap() + 1..].replace("<bdi>", "").replace("</bdi>", "");
+        t.split("<tr>")
+            .filter(|r| r.contains("class=\"n\""))
+            .map(|r| {
+                let c: Vec<&str> = r.split("</td>").collect();
+                (cell(c[0]), cell(c[1]), cell(c[2]))
+            })
+            .collect()
+    };
+    let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    assert_eq!(
+        rows_of(&html, "browsers"),
+        [s("Chrome 120", "9", "69.2%"), s("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;", "4", "30.8%")]
+    );
+    assert_eq!(by_id(&html, "browsers-total"), "13");
+    assert!(
+        html.contains("<bdi>مرحبا \u{202E}evil\u{202C} שלום</bdi></td><td class=\"n\">10</td><td class=\"n\">100.0%")
+    );
+    let urls = rows_of(&html, "urls");
+    assert_eq!(urls.len(), 10, "the top 10 of 11 URLs: {urls:?}");
+    assert_eq!(
+        urls[..2],
+        [s("https://shop.example/日本/0", "2", "15.4%"), s("https://shop.example/日本/10", "2", "15.4%")]
+    );
+    assert_eq!(
+        urls[2..],
+        (1..=8).map(|i| s(&format!("https://shop.example/日本/{i}"), "1", "7.7%")).collect::<Vec<_>>()
+    );
+    assert_eq!(by_id(&html, "urls-total"), "13");
+    // The page's 1h window is the current hour (whole hours): the recent row (30 minutes
+    // ago) when it fell in this hour, nothing otherwise.
+    let (_, recent) = get(format!("/issues/web/{id}?window=1h")).await;
+    if (t - 30 * 60) / 3600 == t / 3600 {
+        assert_eq!(
+            rows_of(&recent, "browsers"),
+            [s("Chrome 120", "6", "60.0%"), s("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;", "4", "40.0%")]
+        );
+        assert_eq!(by_id(&recent, "urls-total"), "10");
+    } else {
+        assert!(rows_of(&recent, "browsers").is_empty());
+        assert_eq!(by_id(&recent, "urls-total"), "0");
+    }
+    // An issue without breakdowns says so.
+    let (_, other) = get(format!("/issues/web/{}?window=24h", hex(2))).await;
+    assert!(rows_of(&other, "os").is_empty() && other.contains("No events with this field in the window."));
 
     let post = |token: &'static str, status: &'static str| {
         let http = http.clone();

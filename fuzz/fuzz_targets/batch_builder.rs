@@ -36,6 +36,13 @@ fuzz_target!(|data: &[u8]| {
     for r in &first.records {
         assert!(r.sample.len() <= tracefold_model::sample::MAX_SAMPLE_BYTES);
         assert!(r.title.len() <= 1024 && r.culprit.len() <= 1024 && r.exc_type.len() <= 1024);
+        // Breakdowns: bounded, and no key counts more events than the record.
+        for k in tracefold_model::breakdown::Key::ALL {
+            let values = r.breakdown.values(k);
+            assert!(values.len() <= tracefold_model::breakdown::MAX_VALUES + 1);
+            assert!(values.iter().map(|v| v.count).sum::<u64>() <= r.count);
+            assert!(values.iter().all(|v| !v.value.is_empty() && v.value.len() <= 200 && v.count > 0));
+        }
     }
     for r in &first.rejected {
         assert!(!r.rejection.detail.is_empty());

@@ -85,6 +85,23 @@ pub fn render_issue(d: &IssueDetail) -> String {
     out.push_str(&table(&[("RELEASE", Align::Left), ("EVENTS", Align::Right)], &rows(&d.by_release), 40));
     out.push('\n');
     out.push_str(&table(&[("ENVIRONMENT", Align::Left), ("EVENTS", Align::Right)], &rows(&d.by_environment), 40));
+    // Browsers, operating systems and URLs: the top values, with their share of the events
+    // that have the field (left out when no event has it).
+    for (head, top) in [("BROWSER", &d.by_browser), ("OS", &d.by_os), ("URL", &d.by_url)] {
+        if top.values.is_empty() {
+            continue;
+        }
+        let rows: Vec<Vec<String>> = top
+            .values
+            .iter()
+            .map(|(k, n)| {
+                let tenths = (u128::from(*n) * 1000 + u128::from(top.total) / 2) / u128::from(top.total.max(1));
+                vec![k.clone(), thousands(*n), format!("{}.{}%", tenths / 10, tenths % 10)]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&[(head, Align::Left), ("EVENTS", Align::Right), ("SHARE", Align::Right)], &rows, 60));
+    }
     if let Some(s) = &d.sample {
         let pretty = serde_json::from_str::<serde_json::Value>(s)
             .ok()
@@ -157,12 +174,17 @@ mod tests {
             hourly: vec![1, 2],
             by_release: vec![(HOSTILE.into(), 2)],
             by_environment: vec![("prod\u{2066}uction".into(), 2)],
+            by_browser: tracefold_store::issues::Top { values: vec![("Chrome 120".into(), 2)], total: 3 },
+            by_os: tracefold_store::issues::Top::default(),
+            by_url: tracefold_store::issues::Top { values: vec![(HOSTILE.into(), 1)], total: 3 },
             sample: Some(format!("{{\"message\":\"{}\"}}\nnot json \x1b[2J", "\u{9b}\u{7f}")),
         };
         let out = render_issue(&d);
         no_controls(&out);
         assert!(out.starts_with("abc  [active] \u{FFFD}[2J\u{FFFD}]0;pwned\u{FFFD}title  \u{FFFD}gnp.exe\n"), "{out}");
         assert!(out.contains("prod\u{FFFD}uction"), "{out}");
+        assert!(out.contains("Chrome 120       2  66.7%"), "{out}");
+        assert!(out.contains("\nURL ") && !out.contains("\nOS "), "no OS table without values: {out}");
         assert!(out.contains("not json \u{FFFD}[2J"), "{out}");
         // JSON output keeps the text as it is (serde escapes what JSON must).
         let json = serde_json::to_string(&d).unwrap();

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tracefold_fingerprint::{describe, fingerprint, GroupingConfig, Scratch, GROUPING_VERSION};
 use tracefold_model::aggregate::{minute_of, user_hash, AggregateRecord, BatchRef, UserSet, AGGREGATE_FORMAT_VERSION};
+use tracefold_model::breakdown::{self, Key, Tally};
 use tracefold_model::sample::bounded_sample;
 use tracefold_model::text::prefix;
 use tracefold_model::time::Millis;
@@ -161,6 +162,9 @@ struct Planned {
     user: Option<u64>,
     /// A new bucket's sample had to be cut.
     sample_cut: bool,
+    /// Where the event counts in the bucket's breakdown, per key of [`Key::ALL`] (nothing for
+    /// a key the event has no value of).
+    tallies: [Option<Tally>; 3],
 }
 
 impl BatchBuilder {
@@ -234,12 +238,12 @@ impl BatchBuilder {
     }
 
     fn step(&mut self, payload: &[u8], offset: i64, received_ms: Millis, prime: bool) {
-        let (opts, index, sampled, window, marker) =
-            (&self.opts, &self.index, &self.sampled, &self.window, self.panic_marker.as_deref());
+        let open = Open { index: &self.index, partials: &self.partials, sampled: &self.sampled };
+        let (opts, window, marker) = (&self.opts, &self.window, self.panic_marker.as_deref());
         let work = &mut self.work;
         work.ident = None;
         let at = Input { payload, offset, received_ms, prime };
-        let planned = catch_unwind(AssertUnwindSafe(|| plan(work, opts, index, sampled, window, marker, at)));
+        let planned = catch_unwind(AssertUnwindSafe(|| plan(work, opts, open, window, marker, at)));
         // Known once the event passed validation, whatever happened after.
         let ident = self.work.ident;
         match planned {
@@ -293,6 +297,11 @@ impl BatchBuilder {
         r.last_seen_ms = r.last_seen_ms.max(p.timestamp_ms);
         if let Some(uh) = p.user {
             r.users.insert(uh, self.opts.max_users);
+        }
+        for (key, tally) in Key::ALL.into_iter().zip(p.tallies) {
+            if let Some(t) = tally {
+                r.breakdown.apply(key, t);
+            }
         }
         self.accepted += 1;
         self.clamped += u64::from(p.clamped);
@@ -354,6 +363,15 @@ impl BatchBuilder {
     }
 }
 
+/// What [`plan`] reads of the batch so far: the open buckets (their breakdowns) and the
+/// issues that have a sample.
+#[derive(Clone, Copy)]
+struct Open<'a> {
+    index: &'a HashMap<u128, usize, KeyedIdState>,
+    partials: &'a [AggregateRecord],
+    sampled: &'a HashSet<u128, KeyedIdState>,
+}
+
 /// One message given to [`plan`].
 #[derive(Clone, Copy)]
 struct Input<'a> {
@@ -370,8 +388,7 @@ struct Input<'a> {
 fn plan(
     work: &mut Work,
     opts: &BatchOptions,
-    index: &HashMap<u128, usize, KeyedIdState>,
-    sampled: &HashSet<u128, KeyedIdState>,
+    open: Open<'_>,
     window: &DedupWindow,
     panic_marker: Option<&[u8]>,
     at: Input<'_>,
@@ -393,21 +410,19 @@ fn plan(
     parse_buf.extend_from_slice(payload);
     let mut event = Event::default();
     parser.parse_to(parse_buf, &mut event).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
-    let planned = plan_event(&event, scratch, ident, opts, index, sampled, window, at);
+    let planned = plan_event(&event, scratch, ident, opts, open, window, at);
     // The event's lists keep their memory for the next event.
     parser.recycle(event);
     planned
 }
 
 /// [`plan`] for a parsed event.
-#[allow(clippy::too_many_arguments)]
 fn plan_event(
     event: &Event<'_>,
     scratch: &mut Scratch,
     ident_out: &mut Option<u128>,
     opts: &BatchOptions,
-    index: &HashMap<u128, usize, KeyedIdState>,
-    sampled: &HashSet<u128, KeyedIdState>,
+    open: Open<'_>,
     window: &DedupWindow,
     at: Input<'_>,
 ) -> Result<Plan, Rejection> {
@@ -428,12 +443,12 @@ fn plan_event(
     let environment = event.environment.as_deref().unwrap_or("");
     let key = bucket_key([project, release, environment], fp.0, minute);
     let mut sample_cut = false;
-    let bucket = if let Some(&i) = index.get(&key) {
+    let bucket = if let Some(&i) = open.index.get(&key) {
         Bucket::Open(i)
     } else {
         let meta = describe(event);
         let issue_key = xxhash_rust::xxh3::xxh3_128_with_seed(project.as_bytes(), fp.0 as u64 ^ (fp.0 >> 64) as u64);
-        let sample = if sampled.contains(&issue_key) {
+        let sample = if open.sampled.contains(&issue_key) {
             String::new()
         } else {
             // The payload as the parser saw it (lone surrogates repaired), within the bound.
@@ -469,9 +484,17 @@ fn plan_event(
             platform: prefix(event.platform.as_deref().unwrap_or("other"), MAX_PLATFORM_LEN).to_owned(),
             grouping_version: GROUPING_VERSION.to_owned(),
             sample,
+            breakdown: Default::default(),
         };
         Bucket::New(Box::new(record), issue_key)
     };
+    // Browser, OS and URL: compared with the bucket's values as borrowed text, so an event
+    // of a value the bucket has already costs no allocation.
+    let counted = match &bucket {
+        Bucket::Open(i) => &open.partials[*i].breakdown,
+        Bucket::New(record, _) => &record.breakdown,
+    };
+    let tallies = Key::ALL.map(|k| breakdown::value(event, k).map(|v| counted.plan(k, v)));
     Ok(Plan::Count(Planned {
         key,
         bucket,
@@ -479,6 +502,7 @@ fn plan_event(
         clamped: v.timestamp_clamped,
         user: user_hash(event.user.as_ref()),
         sample_cut,
+        tallies,
     }))
 }
 
@@ -654,6 +678,69 @@ mod tests {
         assert_eq!((late.accepted, late.duplicates.len()), (1, 0));
     }
 
+    /// An event of issue 1 in minute 0 with the given browser (name, version), OS and URL.
+    fn event_from(i: u64, browser: Option<(&str, &str)>, os: Option<&str>, url: Option<&str>) -> String {
+        let mut contexts = serde_json::Map::new();
+        if let Some((name, version)) = browser {
+            contexts.insert("browser".into(), serde_json::json!({"name": name, "version": version}));
+        }
+        if let Some(name) = os {
+            contexts.insert("os".into(), serde_json::json!({"name": name, "version": "1"}));
+        }
+        let mut e: serde_json::Value = serde_json::from_str(&event(i, 1, i, 0)).unwrap();
+        e["contexts"] = contexts.into();
+        if let Some(u) = url {
+            e["request"] = serde_json::json!({ "url": u });
+        }
+        e.to_string()
+    }
+
+    fn counts(values: &[breakdown::ValueCount]) -> Vec<(&str, u64)> {
+        values.iter().map(|v| (v.value.as_str(), v.count)).collect()
+    }
+
+    #[test]
+    fn aggregates_count_events_by_browser_os_and_url() {
+        let long = format!("https://例え.jp/{}", "ß".repeat(300));
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        let evs = [
+            event_from(1, Some(("Chrome", "120.0.6099.109")), Some("Windows"), Some("https://shop.example/cart?id=1")),
+            event_from(2, Some(("Chrome", "120.1")), Some("Windows"), Some("https://shop.example/cart#top")),
+            event_from(3, Some(("Chrome", "121.0")), Some("iOS"), Some(&long)),
+            event_from(4, Some(("Яндекс", "")), None, None),
+            event_from(5, None, Some("Windows"), Some("https://shop.example/cart")),
+        ];
+        for (i, e) in evs.iter().enumerate() {
+            b.add(e.as_bytes(), i as i64, NOW);
+        }
+        let out = b.finish("e1", "t", 0, 0, 4);
+        assert_eq!(out.records.len(), 1, "one bucket");
+        let bd = &out.records[0].breakdown;
+        assert_eq!(counts(&bd.browser), [("Chrome 120", 2), ("Chrome 121", 1), ("Яндекс", 1)]);
+        assert_eq!(counts(&bd.os), [("Windows", 3), ("iOS", 1)]);
+        let cut = tracefold_model::text::prefix(&long, breakdown::MAX_URL_BYTES);
+        assert_eq!(counts(&bd.url), [("https://shop.example/cart", 3), (cut, 1)]);
+        // On the wire and back.
+        let json = serde_json::to_string(&out.records[0]).unwrap();
+        assert_eq!(serde_json::from_str::<AggregateRecord>(&json).unwrap(), out.records[0]);
+    }
+
+    #[test]
+    fn past_ten_values_per_bucket_events_count_as_other() {
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        for i in 0..30u64 {
+            let url = format!("https://x.example/ページ/{}", i % 13);
+            b.add(event_from(i + 1, None, None, Some(&url)).as_bytes(), i as i64, NOW);
+        }
+        let out = b.finish("e1", "t", 0, 0, 29);
+        let url = &out.records[0].breakdown.url;
+        assert_eq!(url.len(), breakdown::MAX_VALUES + 1);
+        assert_eq!(url.iter().map(|v| v.count).sum::<u64>(), 30);
+        // Values 10, 11 and 12 come twice each (i = 10..=12 and 23..=25), after ten others.
+        assert_eq!(counts(&url[10..]), [(breakdown::OTHER, 6)]);
+        assert_eq!(counts(&url[..1]), [("https://x.example/ページ/0", 3)]);
+    }
+
     #[test]
     fn bucket_keys_in_one_shot_are_the_streamed_hash() {
         let long = "r".repeat(600);
@@ -698,6 +785,40 @@ mod tests {
             let (a, p) = (all.finish("e1", "t", 0, start as i64, end), primed.finish("e1", "t", 0, start as i64, end));
             prop_assert_eq!(a.accepted + a.duplicates.len() as u64 + a.rejected.len() as u64, (log.len() - start) as u64);
             prop_assert_eq!(a, p);
+        }
+
+        /// Every event with a URL counts once in its bucket's URL breakdown (as itself or as
+        /// "(other)"), whatever the text, and a replay builds the same breakdowns.
+        #[test]
+        fn breakdown_counts_are_preserved_and_deterministic(
+            evs in proptest::collection::vec((0u64..3, proptest::option::of("\\PC{0,40}")), 0..80)
+        ) {
+            let payload = |i: usize, minute: u64, url: &Option<String>| {
+                let mut e: serde_json::Value = serde_json::from_str(&event(i as u64, 1, 1, minute as i64)).unwrap();
+                if let Some(u) = url {
+                    e["request"] = serde_json::json!({ "url": u });
+                }
+                e.to_string()
+            };
+            let mut b = BatchBuilder::new(BatchOptions::default());
+            for (i, (minute, url)) in evs.iter().enumerate() {
+                b.add(payload(i, *minute, url).as_bytes(), i as i64, NOW);
+            }
+            let first = b.finish("e1", "t", 0, 0, evs.len() as i64);
+            let with_url = evs
+                .iter()
+                .filter(|(_, u)| u.as_deref().is_some_and(|u| !u.split(['?', '#']).next().unwrap_or("").trim().is_empty()))
+                .count() as u64;
+            let counted: u64 = first.records.iter().flat_map(|r| r.breakdown.url.iter().map(|v| v.count)).sum();
+            prop_assert_eq!(counted, with_url);
+            for r in &first.records {
+                prop_assert!(r.breakdown.url.len() <= breakdown::MAX_VALUES + 1);
+                prop_assert!(r.breakdown.url.iter().all(|v| v.value.len() <= breakdown::MAX_URL_BYTES));
+            }
+            for (i, (minute, url)) in evs.iter().enumerate() {
+                b.add(payload(i, *minute, url).as_bytes(), i as i64, NOW);
+            }
+            prop_assert_eq!(b.finish("e1", "t", 0, 0, evs.len() as i64), first);
         }
 
         /// Aggregation never loses or invents counts, and a replay of the same range is

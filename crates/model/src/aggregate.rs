@@ -1,10 +1,13 @@
 //! Partial aggregates: what the grouper emits per (project, issue, minute, release, environment)
 //! and batch, and how partial aggregates merge.
 
+use crate::breakdown::Breakdown;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
-/// Wire format version of [`AggregateRecord`].
+/// Wire format version of [`AggregateRecord`]. Fields added later carry `#[serde(default)]`
+/// and readers ignore fields they do not know, so an addition keeps the version:
+/// `breakdown` (absent in records written before it) did.
 pub const AGGREGATE_FORMAT_VERSION: u8 = 1;
 
 /// Default bound on the user hashes one aggregate carries exactly (past it, a KMV sketch).
@@ -185,6 +188,10 @@ pub struct AggregateRecord {
     /// The first event of the bucket, verbatim JSON; only in the first bucket of each issue
     /// within a batch (empty in the others).
     pub sample: String,
+    /// Events by browser, OS and URL, bounded (see [`crate::breakdown`]); empty in records
+    /// written before it existed.
+    #[serde(default)]
+    pub breakdown: Breakdown,
 }
 
 impl AggregateRecord {
@@ -194,7 +201,8 @@ impl AggregateRecord {
     }
 
     /// Folds another record of the same (project, issue, minute, release, environment) into
-    /// this one: counts add, users union, first/last seen widen; the earlier sample stays.
+    /// this one: counts add, users union, first/last seen widen, breakdown counts add (within
+    /// their bound); the earlier sample stays.
     pub fn merge(&mut self, other: &AggregateRecord, max_users: usize) {
         debug_assert_eq!(
             (&self.project, &self.issue_id, self.minute, &self.release, &self.environment),
@@ -207,6 +215,7 @@ impl AggregateRecord {
             self.sample.clone_from(&other.sample);
         }
         self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
+        self.breakdown.merge(&other.breakdown);
     }
 }
 
@@ -270,6 +279,29 @@ mod tests {
         let est = s.estimate() as f64;
         let err = (est - n as f64).abs() / n as f64;
         assert!(err < 0.05, "estimate {est} for {n}, error {err}");
+    }
+
+    #[test]
+    fn merge_adds_breakdowns_and_old_records_decode() {
+        use crate::breakdown::{Key, OTHER};
+        let mut a = AggregateRecord { count: 2, ..Default::default() };
+        a.breakdown.add(Key::Browser, "Chrome 120", 2);
+        let mut b = AggregateRecord { count: 11, ..Default::default() };
+        b.breakdown.add(Key::Browser, "Chrome 120", 1);
+        for i in 0..10 {
+            b.breakdown.add(Key::Url, &format!("/ü/{i}"), 1);
+        }
+        b.breakdown.add(Key::Url, "/x", 1);
+        a.merge(&b, 16);
+        assert_eq!(a.count, 13);
+        assert_eq!(a.breakdown.browser[0].count, 3);
+        assert_eq!(a.breakdown.url.len(), 11);
+        assert_eq!((a.breakdown.url[10].value.as_str(), a.breakdown.url[10].count), (OTHER, 1));
+        // A record from before breakdowns (no such field) decodes with an empty one.
+        let mut json = serde_json::to_value(AggregateRecord::default()).unwrap();
+        json.as_object_mut().unwrap().remove("breakdown");
+        let old: AggregateRecord = serde_json::from_value(json).unwrap();
+        assert!(old.breakdown.is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod breakdown;
 pub mod event;
 pub mod json;
 pub mod outcome;
@@ -15,6 +16,7 @@ pub mod time;
 pub mod validate;
 
 pub use aggregate::{AggregateRecord, BatchRef, UserSet};
+pub use breakdown::Breakdown;
 pub use event::Event;
 pub use outcome::{Outcome, OutcomeRecord};
 pub use reject::{Reason, Rejection};

@@ -222,6 +222,7 @@ fn aggregates_from_the_real_batch_builder_are_valid_against_the_aggregate_schema
     assert_eq!(records.len(), 20, "two minutes of ten issues");
     assert!(records.iter().any(|r| r.sample.is_empty()) && records.iter().any(|r| !r.sample.is_empty()));
     assert!(records.iter().any(|r| r.users.saturated) && records.iter().any(|r| !r.users.saturated));
+    assert!(records.iter().any(|r| !r.breakdown.browser.is_empty() && !r.breakdown.url.is_empty()), "breakdowns");
     for r in &records {
         // As it goes on the topic: the record's own JSON encoding.
         let doc: serde_json::Value = serde_json::from_str(&serde_json::to_string(r).unwrap()).unwrap();
@@ -247,6 +248,8 @@ fn invalid_aggregates_fail_the_aggregate_schema_where_they_are_wrong() {
         ("/batch/count", Some(json!(0)), "/batch/count"),
         ("/batch/first_offset", None, "/batch"),
         ("/sample", Some(json!({"message": "m"})), "/sample"),
+        ("/breakdown", Some(json!({"os": [{"value": "Linux", "count": 0}]})), "/breakdown/os/0/count"),
+        ("/breakdown", Some(json!({"os": [{"value": "", "count": 1}]})), "/breakdown/os/0/value"),
     ];
     for (at, value, wrong_at) in cases {
         let doc = mutate(&base, at, value.clone());

@@ -202,6 +202,7 @@ mod tests {
             platform: String::new(),
             grouping_version: String::new(),
             sample: String::new(),
+            breakdown: Default::default(),
         }
     }
 

@@ -609,8 +609,83 @@ pub struct IssueDetail {
     pub by_release: Vec<(String, u64)>,
     /// Events in the window by environment, most first.
     pub by_environment: Vec<(String, u64)>,
+    /// Events in the window by browser: the top [`TOP_VALUES`].
+    #[serde(default)]
+    pub by_browser: Top,
+    /// Events in the window by operating system: the top [`TOP_VALUES`].
+    #[serde(default)]
+    pub by_os: Top,
+    /// Events in the window by URL (without query string and fragment): the top [`TOP_VALUES`].
+    #[serde(default)]
+    pub by_url: Top,
     /// The latest sample event (JSON), if any.
     pub sample: Option<String>,
+}
+
+/// Most values [`IssueDetail::by_browser`], `by_os` and `by_url` list.
+pub const TOP_VALUES: u64 = 10;
+
+/// The most frequent values of one breakdown key (browser, OS, URL) over a window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Top {
+    /// At most [`TOP_VALUES`] values with their events, most first (then by value). The value
+    /// `(other)` stands for events whose aggregate had ten other values already
+    /// ([`tracefold_model::breakdown::OTHER`]).
+    pub values: Vec<(String, u64)>,
+    /// Events in the window with a value of this key (listed or not): what shares are of.
+    pub total: u64,
+}
+
+/// The top values of each breakdown key (browser, OS, URL) of an issue's events from `start`
+/// (Unix seconds, an hour) on: one query for the values (`LIMIT BY`), one for the totals.
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer.
+pub async fn breakdowns(
+    client: &Client,
+    database: &str,
+    project: &str,
+    issue_id: &str,
+    start: u32,
+) -> Result<[Top; 3]> {
+    use tracefold_model::breakdown::Key;
+    let db = db(database)?;
+    #[derive(clickhouse::Row, Deserialize)]
+    struct R {
+        key: String,
+        value: String,
+        count: u64,
+    }
+    let values = client
+        .query(&format!(
+            "SELECT key, value, sum(count) AS count FROM {db}.issue_breakdown_1h \
+             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) \
+             GROUP BY key, value ORDER BY key, count DESC, value LIMIT ? BY key"
+        ))
+        .bind(project)
+        .bind(issue_id)
+        .bind(start)
+        .bind(TOP_VALUES)
+        .fetch_all::<R>()
+        .await
+        .map_err(step("breakdowns"))?;
+    let totals = client
+        .query(&format!(
+            "SELECT key, sum(count) AS count FROM {db}.issue_breakdown_1h \
+             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY key ORDER BY key LIMIT 16"
+        ))
+        .bind(project)
+        .bind(issue_id)
+        .bind(start)
+        .fetch_all::<KeyCount>()
+        .await
+        .map_err(step("breakdown totals"))?;
+    let mut out: [Top; 3] = Default::default();
+    for (i, k) in Key::ALL.into_iter().enumerate() {
+        out[i].values = values.iter().filter(|r| r.key == k.as_str()).map(|r| (r.value.clone(), r.count)).collect();
+        out[i].total = totals.iter().find(|t| t.key == k.as_str()).map_or(0, |t| t.count);
+    }
+    Ok(out)
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -638,7 +713,7 @@ fn users_estimate_sql() -> String {
 }
 
 /// The detail of `issue` (one of [`find_issue`]'s): users, status, the last `window_hours`
-/// hours per hour, by release and by environment, the latest sample.
+/// hours per hour, by release, environment, browser, OS and URL, the latest sample.
 ///
 /// # Errors
 /// When the database name is not an identifier, ClickHouse does not answer, or the stored
@@ -713,6 +788,7 @@ pub async fn issue_detail(
             return Err(Error::TooManyRows { what, limit: MAX_BREAKDOWN_ROWS });
         }
     }
+    let [by_browser, by_os, by_url] = breakdowns(client, db, p, issue_id, start).await?;
     #[derive(clickhouse::Row, Deserialize)]
     struct Sample {
         sample: String,
@@ -739,6 +815,9 @@ pub async fn issue_detail(
         hourly,
         by_release: by_release.into_iter().map(|k| (k.key, k.count)).collect(),
         by_environment: by_environment.into_iter().map(|k| (k.key, k.count)).collect(),
+        by_browser,
+        by_os,
+        by_url,
         sample,
         project: issue.project,
         issue_id: issue.issue_id,

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "issue_first_release",
         sql: include_str!("../../../schemas/clickhouse/0008_issue_first_release.sql"),
     },
+    Migration {
+        version: 9,
+        name: "issue_breakdowns",
+        sql: include_str!("../../../schemas/clickhouse/0009_issue_breakdowns.sql"),
+    },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -106,10 +111,41 @@ fn distributed_names(s: &str, db: &str) -> String {
     out
 }
 
+/// Whether a statement adds a column to a table (`ALTER TABLE {db}.t ADD COLUMN ...`).
+pub fn is_alter(stmt: &str) -> bool {
+    stmt.starts_with("ALTER TABLE ")
+}
+
+/// The table and column that an `ALTER TABLE {db}.table [ON CLUSTER c] ADD COLUMN
+/// [IF NOT EXISTS] column ...` statement adds, if it is one.
+pub fn added_column<'s>(stmt: &'s str, db: &str) -> Option<(&'s str, &'s str)> {
+    let rest = stmt.strip_prefix("ALTER TABLE ")?.strip_prefix(db)?.strip_prefix('.')?;
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+    let (table, rest) = rest.split_at(end);
+    let rest = &rest[rest.find("ADD COLUMN ")? + "ADD COLUMN ".len()..];
+    let rest = rest.strip_prefix("IF NOT EXISTS ").unwrap_or(rest);
+    let column = rest.split_whitespace().next()?;
+    Some((table, column))
+}
+
 /// Renders one statement for `flavor`.
 pub fn flavored(stmt: &str, db: &str, flavor: &Flavor) -> Vec<String> {
     if is_backfill(stmt) {
         return vec![if flavor.cluster.is_some() { distributed_names(stmt, db) } else { stmt.to_owned() }];
+    }
+    if is_alter(stmt) {
+        // `ADD COLUMN IF NOT EXISTS` is new in ClickHouse 19; older servers get the plain
+        // statement, which [`migrate`] skips when the column exists.
+        let s = if flavor.modern { stmt.to_owned() } else { stmt.replacen(" IF NOT EXISTS", "", 1) };
+        let Some(cluster) = &flavor.cluster else { return vec![s] };
+        let Some((table, _)) = added_column(&s, db) else { return vec![s] };
+        // The local tables on every node, then the Distributed table over them, which must
+        // have the column too (the writer inserts into it).
+        let at = format!("{db}.{table} ");
+        return vec![
+            s.replacen(&at, &format!("{db}.{table} ON CLUSTER {cluster} "), 1),
+            s.replacen(&at, &format!("{db}.{table}_all ON CLUSTER {cluster} "), 1),
+        ];
     }
     let mut s = stmt.to_owned();
     let is_table = s.starts_with("CREATE TABLE");
@@ -313,6 +349,14 @@ async fn apply(
             continue;
         }
         for stmt in statements(m.sql, db).iter().flat_map(|st| flavored(st, db, &flavor)) {
+            if let Some((table, column)) = added_column(&stmt, db).filter(|_| !stmt.contains("IF NOT EXISTS")) {
+                // A re-run of a half-applied migration on a server without `ADD COLUMN IF NOT
+                // EXISTS`: the column (or a Nested column's subcolumns) may be there already.
+                // On a cluster this asks the node the client talks to.
+                if column_exists(&client, db, table, column).await? {
+                    continue;
+                }
+            }
             client.query(&stmt).execute().await.map_err(step(format!(
                 "migration {:04}_{} failed at: {}",
                 m.version,
@@ -330,6 +374,28 @@ async fn apply(
         report.applied.push(m.version);
     }
     Ok(report)
+}
+
+/// Whether `db.table` has the column `column` (or, for a Nested column, its subcolumns).
+async fn column_exists(client: &clickhouse::Client, db: &str, table: &str, column: &str) -> Result<bool> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let n = client
+        .query(
+            "SELECT count() AS n FROM system.columns WHERE database = ? AND table = ? \
+             AND (name = ? OR startsWith(name, concat(?, '.')))",
+        )
+        .bind(db)
+        .bind(table)
+        .bind(column)
+        .bind(column)
+        .fetch_one::<N>()
+        .await
+        .map_err(step("read system.columns"))?
+        .n;
+    Ok(n > 0)
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -415,7 +481,12 @@ mod tests {
     #[test]
     fn plain_flavour_is_the_files_as_they_are() {
         let plain = all(&Flavor::default());
-        let direct: Vec<String> = MIGRATIONS.iter().flat_map(|m| statements(m.sql, "tf")).collect();
+        // But for `ADD COLUMN IF NOT EXISTS`, which servers before 19 do not know.
+        let direct: Vec<String> = MIGRATIONS
+            .iter()
+            .flat_map(|m| statements(m.sql, "tf"))
+            .map(|s| if is_alter(&s) { s.replacen(" IF NOT EXISTS", "", 1) } else { s })
+            .collect();
         assert_eq!(plain, direct);
         assert!(plain.iter().all(|s| !s.contains("LowCardinality") && !s.contains("TTL") && !s.contains("ON CLUSTER")));
     }
@@ -578,6 +649,9 @@ mod tests {
         to: Option<String>,
         /// A view's SELECT.
         select: Vec<Tok>,
+        /// Columns added by later `ALTER TABLE ... ADD COLUMN` (also in `columns` of a table
+        /// with columns; a Distributed table has only these).
+        altered: Vec<Column>,
     }
 
     impl Ddl {
@@ -595,6 +669,7 @@ mod tests {
                 ttl: None,
                 to: None,
                 select: Vec::new(),
+                altered: Vec::new(),
             }
         }
     }
@@ -760,8 +835,73 @@ mod tests {
         d
     }
 
+    /// A column's declaration: a `Nested(a T, b U)` column `n` is the columns `n.a Array(T)`
+    /// and `n.b Array(U)`, as ClickHouse stores and reports it.
+    fn column_decl(name: String, ty: Vec<Tok>) -> Vec<Column> {
+        if ty.first() != Some(&word("Nested")) {
+            return vec![Column { name, ty, default: None, codec: None }];
+        }
+        split_top(&unwrap_parens(&ty[1..]))
+            .into_iter()
+            .map(|sub| {
+                let (Tok::Word(n), t) = (&sub[0], &sub[1..]) else { panic!("a Nested field without a name") };
+                let mut arr = vec![word("Array"), sym("(")];
+                arr.extend_from_slice(t);
+                arr.push(sym(")"));
+                Column { name: format!("{name}.{n}"), ty: arr, default: None, codec: None }
+            })
+            .collect()
+    }
+
+    /// `ALTER TABLE tf.t [ON CLUSTER c] ADD COLUMN [IF NOT EXISTS] name type`: the table, the
+    /// cluster and the columns added.
+    fn parse_alter(sql: &str) -> (String, Option<String>, Vec<Column>) {
+        let mut c = Cursor { toks: tokens(sql), i: 0, sql: sql.to_owned() };
+        assert!(c.eat("ALTER") && c.eat("TABLE"), "not an ALTER TABLE: {sql}");
+        let table = c.object();
+        let cluster = if c.eat("ON") {
+            assert!(c.eat("CLUSTER"), "{sql}");
+            Some(c.ident())
+        } else {
+            None
+        };
+        assert!(c.eat("ADD") && c.eat("COLUMN"), "an ALTER that does not add a column: {sql}");
+        if c.eat("IF") {
+            assert!(c.eat("NOT") && c.eat("EXISTS"), "{sql}");
+        }
+        let name = c.ident();
+        let ty = c.until(&[]);
+        assert!(!ty.is_empty(), "column {name} without a type in: {sql}");
+        (table, cluster, column_decl(name, ty))
+    }
+
+    /// The objects that `stmts` (rendered, without backfills) declare, with the columns that
+    /// ALTERs add folded into the tables they alter.
+    fn declare<'a>(stmts: impl IntoIterator<Item = &'a str>) -> Vec<Ddl> {
+        let mut out: Vec<Ddl> = Vec::new();
+        for s in stmts {
+            if !is_alter(s) {
+                out.push(parse_ddl(s));
+                continue;
+            }
+            let (table, cluster, cols) = parse_alter(s);
+            let d = out
+                .iter_mut()
+                .find(|d| d.name == table)
+                .unwrap_or_else(|| panic!("{s}: {table} is not declared before"));
+            assert_eq!(d.kind, Kind::Table, "{s}");
+            assert_eq!(d.cluster, cluster, "{s}: ON CLUSTER as the table's");
+            if d.as_table.is_none() {
+                d.columns.extend(cols.iter().cloned());
+            }
+            d.altered.extend(cols);
+        }
+        out
+    }
+
     fn parsed(flavor: &Flavor) -> Vec<Ddl> {
-        all(flavor).iter().filter(|s| !is_backfill(s)).map(|s| parse_ddl(s)).collect()
+        let stmts = all(flavor);
+        declare(stmts.iter().filter(|s| !is_backfill(s)).map(String::as_str))
     }
 
     fn find<'a>(ddls: &'a [Ddl], name: &str) -> &'a Ddl {
@@ -810,7 +950,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 12);
+        assert_eq!(tables.len(), 13);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -902,6 +1042,8 @@ mod tests {
                     assert_eq!(all.kind, Kind::Table);
                     assert_eq!(all.as_table.as_deref(), Some(p.name.as_str()), "{fname}");
                     assert!(all.columns.is_empty() && all.ttl.is_none() && all.order_by.is_none());
+                    // Columns added to a table later are added to its Distributed table too.
+                    assert_eq!(all.altered, p.altered, "{fname}: columns added to {}", all.name);
                     assert_eq!(all.engine.as_deref(), Some("Distributed"), "{fname}: {}", all.name);
                     let args: Vec<String> = all.engine_args.iter().map(|a| text(a)).collect();
                     let keys: &[&str] = match p.name.as_str() {
@@ -953,7 +1095,7 @@ mod tests {
         for days in [1, 7, 400] {
             let ddls = parsed(&Flavor { modern: true, cluster: None, retention_days: days });
             let ttls: Vec<&Vec<Tok>> = ddls.iter().filter_map(|d| d.ttl.as_ref()).collect();
-            assert_eq!(ttls.len(), 8);
+            assert_eq!(ttls.len(), 9);
             assert!(ttls
                 .iter()
                 .all(|t| t[t.len() - 3..] == [word("INTERVAL"), Tok::Num(days.to_string()), word("DAY")]));
@@ -1022,13 +1164,13 @@ mod tests {
         assert_eq!(report.applied, MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>());
         let flavor = Flavor::for_version(&report.server_version, None, 90);
         // What the server runs is what is checked against it: the tests run on 18.16.
-        let declared: Vec<Ddl> = MIGRATIONS
+        let rendered: Vec<String> = MIGRATIONS
             .iter()
             .flat_map(|m| statements(m.sql, "tf"))
             .flat_map(|st| flavored(&st, "tf", &flavor))
             .filter(|s| !is_backfill(s))
-            .map(|s| parse_ddl(&s))
             .collect();
+        let declared = declare(rendered.iter().map(String::as_str));
         let ch = client(&cfg);
         let tables: Vec<TableRow> = ch
             .query(
@@ -1115,6 +1257,34 @@ mod tests {
     }
 
     #[test]
+    fn alters_add_columns_idempotently_in_every_flavour() {
+        let st = "ALTER TABLE tf.aggregates ADD COLUMN IF NOT EXISTS b Nested(k String, n UInt64)";
+        assert_eq!(added_column(st, "tf"), Some(("aggregates", "b")));
+        assert_eq!(added_column("ALTER TABLE tf.x ON CLUSTER c ADD COLUMN y UInt8", "tf"), Some(("x", "y")));
+        assert_eq!(added_column("CREATE TABLE IF NOT EXISTS tf.x (y UInt8)", "tf"), None);
+        let [(_, plain), (_, modern), (_, cluster), (_, modern_cluster)] = flavours();
+        // Servers before 19 have no IF NOT EXISTS here: the runner checks the column instead.
+        assert_eq!(flavored(st, "tf", &plain), [st.replace(" IF NOT EXISTS", "")]);
+        assert_eq!(flavored(st, "tf", &modern), [st]);
+        assert_eq!(
+            flavored(st, "tf", &cluster),
+            [
+                "ALTER TABLE tf.aggregates ON CLUSTER main ADD COLUMN b Nested(k String, n UInt64)",
+                "ALTER TABLE tf.aggregates_all ON CLUSTER main ADD COLUMN b Nested(k String, n UInt64)"
+            ]
+        );
+        assert_eq!(
+            flavored(st, "tf", &modern_cluster)[1],
+            "ALTER TABLE tf.aggregates_all ON CLUSTER main ADD COLUMN IF NOT EXISTS b Nested(k String, n UInt64)"
+        );
+        let (_, _, cols) = parse_alter(st);
+        assert_eq!(
+            cols.iter().map(|c| (c.name.as_str(), text(&c.ty))).collect::<Vec<_>>(),
+            [("b.k", "Array ( String )".to_owned()), ("b.n", "Array ( UInt64 )".to_owned())]
+        );
+    }
+
+    #[test]
     fn statements_split_and_substitute() {
         let s = statements(
             "-- c\nCREATE TABLE {db}.a (x UInt8) -- trailing\nENGINE = Memory;\n\nCREATE VIEW {db}.v AS SELECT 1;\n",
@@ -1145,7 +1315,7 @@ mod tests {
                 let target = toks[4].to_string();
                 let created = stmts[..i]
                     .iter()
-                    .filter(|s| !is_backfill(s))
+                    .filter(|s| !is_backfill(s) && !is_alter(s))
                     .map(|s| parse_ddl(s))
                     .any(|d| d.kind == Kind::Table && d.name == target);
                 assert!(created, "{st}: {target} is not created earlier in {}", m.name);
@@ -1209,8 +1379,15 @@ mod tests {
         .execute()
         .await
         .unwrap();
+        // Migration 9 half-applied before (its column added, nothing else recorded): the
+        // re-run skips the column (18.16 has no ADD COLUMN IF NOT EXISTS) and does the rest.
+        let flavor = Flavor::for_version(&old.server_version, None, 90);
+        let nine = MIGRATIONS.iter().find(|m| m.version == 9).unwrap();
+        for st in statements(nine.sql, db).iter().filter(|s| is_alter(s)).flat_map(|s| flavored(s, db, &flavor)) {
+            ch.query(&st).execute().await.unwrap();
+        }
         let new = migrate(&cfg, |_, _| {}).await.unwrap();
-        assert_eq!(new.applied, [7, 8]);
+        assert_eq!(new.applied, [7, 8, 9]);
         assert_eq!(new.skipped, [1, 2, 3, 4, 5, 6]);
         ch.query(&insert(
             "('p', 'b', '2026-01-01 08:00:00', '早', 'prod', 1, '2026-01-01 08:00:10', '2026-01-01 08:00:10'),              ('p', 'c', '2026-01-03 08:00:00', '3.0', 'prod', 1, '2026-01-03 08:00:10', '2026-01-03 08:00:10')",
@@ -1237,9 +1414,51 @@ mod tests {
         let want = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
         assert_eq!(read().await, want(&[("a", "1.0"), ("b", "早"), ("c", "3.0")]));
         // A re-run of the backfill (a half-applied migration run again) changes nothing.
-        for st in statements(MIGRATIONS[6].sql, db).into_iter().filter(|s| is_backfill(s)) {
+        let eight = MIGRATIONS.iter().find(|m| m.version == 8).unwrap();
+        for st in statements(eight.sql, db).into_iter().filter(|s| is_backfill(s)) {
             ch.query(&st).execute().await.unwrap();
         }
         assert_eq!(read().await, want(&[("a", "1.0"), ("b", "早"), ("c", "3.0")]));
+
+        // Rows from before the upgrade have an empty breakdown and add nothing to the
+        // breakdown table; rows after it do, summed by hour, key and value.
+        ch.query(&format!(
+            "INSERT INTO {db}.aggregates (project, issue_id, minute, count, first_seen, last_seen, \
+             breakdown.key, breakdown.value, breakdown.count) VALUES \
+             ('p', 'a', '2026-01-04 08:01:00', 3, '2026-01-04 08:01:00', '2026-01-04 08:01:00', \
+              ['browser', 'url', 'browser'], ['Chrome 120', '/日本', 'Firefox 121'], [2, 3, 1]), \
+             ('p', 'a', '2026-01-04 08:59:00', 2, '2026-01-04 08:59:00', '2026-01-04 08:59:00', \
+              ['browser'], ['Chrome 120'], [2])"
+        ))
+        .execute()
+        .await
+        .unwrap();
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct B {
+            hour: u32,
+            key: String,
+            value: String,
+            count: u64,
+        }
+        let rows: Vec<(u32, String, String, u64)> = ch
+            .query(&format!(
+                "SELECT toUInt32(hour) AS hour, key, value, sum(count) AS count FROM {db}.issue_breakdown_1h \
+                 GROUP BY hour, key, value ORDER BY hour, key, value"
+            ))
+            .fetch_all::<B>()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.hour, r.key, r.value, r.count))
+            .collect();
+        let hour = 1_767_513_600; // 2026-01-04 08:00:00 UTC
+        assert_eq!(
+            rows,
+            [
+                (hour, "browser".into(), "Chrome 120".into(), 4),
+                (hour, "browser".into(), "Firefox 121".into(), 1),
+                (hour, "url".into(), "/日本".into(), 3),
+            ]
+        );
     }
 }

@@ -36,6 +36,14 @@ pub struct AggregateRow<'a> {
     agg_topic: &'a str,
     agg_partition: i32,
     agg_offset: i64,
+    /// The record's breakdown (`breakdown Nested(key, value, count)`): one entry per (key,
+    /// value), key by key.
+    #[serde(rename = "breakdown.key")]
+    breakdown_key: Vec<&'static str>,
+    #[serde(rename = "breakdown.value")]
+    breakdown_value: Vec<&'a str>,
+    #[serde(rename = "breakdown.count")]
+    breakdown_count: Vec<u64>,
     /// The record's sample, for [`SampleRow`]; not a column of the row.
     #[serde(skip)]
     record_sample: &'a str,
@@ -60,6 +68,12 @@ fn secs(ms: i64) -> u32 {
 impl<'a> AggregateRow<'a> {
     /// The row for `r`, read from `agg_topic`/`agg_partition` at `agg_offset`.
     pub fn new(r: &'a AggregateRecord, agg_topic: &'a str, agg_partition: i32, agg_offset: i64) -> Self {
+        let (mut breakdown_key, mut breakdown_value, mut breakdown_count) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, v, n) in r.breakdown.iter() {
+            breakdown_key.push(k.as_str());
+            breakdown_value.push(v);
+            breakdown_count.push(n);
+        }
         Self {
             project: &r.project,
             issue_id: &r.issue_id,
@@ -88,6 +102,9 @@ impl<'a> AggregateRow<'a> {
             agg_topic,
             agg_partition,
             agg_offset,
+            breakdown_key,
+            breakdown_value,
+            breakdown_count,
             record_sample: &r.sample,
         }
     }
@@ -129,5 +146,20 @@ mod tests {
         );
         r.sample.clear();
         assert!(AggregateRow::new(&r, "t", 0, 0).sample_row().is_none());
+    }
+
+    #[test]
+    fn the_breakdown_goes_to_its_nested_columns_key_by_key() {
+        use tracefold_model::breakdown::Key;
+        let mut r = AggregateRecord::default();
+        let row = AggregateRow::new(&r, "t", 0, 0);
+        assert!(row.breakdown_key.is_empty() && row.breakdown_value.is_empty() && row.breakdown_count.is_empty());
+        r.breakdown.add(Key::Url, "/日本", 2);
+        r.breakdown.add(Key::Browser, "Chrome 120", 3);
+        r.breakdown.add(Key::Browser, "Firefox 121", 1);
+        let row = AggregateRow::new(&r, "t", 0, 0);
+        assert_eq!(row.breakdown_key, ["browser", "browser", "url"]);
+        assert_eq!(row.breakdown_value, ["Chrome 120", "Firefox 121", "/日本"]);
+        assert_eq!(row.breakdown_count, [3, 1, 2]);
     }
 }

@@ -142,6 +142,7 @@ pub async fn optimize_rollups(client: &Client, database: &str) -> Result<()> {
         "issue_counts_1d",
         "issue_users_1h",
         "issue_samples",
+        "issue_breakdown_1h",
         "outcomes",
     ] {
         client

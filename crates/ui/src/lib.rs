@@ -495,6 +495,32 @@ fn kv_table(p: &mut Page, what: &'static str, rows: &[(String, u64)]) {
     p.raw("</tbody></table>");
 }
 
+/// `n` of `total` as a percentage with one decimal (`42.9%`), without floats.
+fn share(n: u64, total: u64) -> String {
+    if total == 0 {
+        return "0.0%".into();
+    }
+    let tenths = (u128::from(n) * 1000 + u128::from(total) / 2) / u128::from(total);
+    format!("{}.{}%", tenths / 10, tenths % 10)
+}
+
+/// A breakdown by browser, OS or URL: the top values over the window, their events and share
+/// of the window's events that have a value of this key.
+fn top_table(p: &mut Page, id: &'static str, what: &'static str, top: &tracefold_store::issues::Top) {
+    p.raw("<table class=\"breakdown\" id=\"").raw(id).raw("\" data-what=\"").raw(what);
+    p.raw("\"><thead><tr><th>").raw(what);
+    p.raw("</th><th class=\"n\">Events</th><th class=\"n\">Share</th></tr></thead><tbody>");
+    for (v, n) in &top.values {
+        p.raw("<tr><td class=\"t\">").user(v).raw("</td><td class=\"n\">").num(*n);
+        p.raw("</td><td class=\"n\">").text(&share(*n, top.total)).raw("</td></tr>");
+    }
+    if top.values.is_empty() {
+        p.raw("<tr><td colspan=\"3\">No events with this field in the window.</td></tr>");
+    }
+    p.raw("</tbody></table><p class=\"c\">Share of the <span id=\"").raw(id);
+    p.raw("-total\">").num(top.total).raw("</span> events in the window that have this field.</p>");
+}
+
 async fn issue(
     State(st): State<Arc<AppState>>,
     Path((project, issue_id)): Path<(String, String)>,
@@ -619,6 +645,12 @@ async fn issue(
     kv_table(&mut p, "Release", &d.by_release);
     p.raw("<h2>Environments</h2>");
     kv_table(&mut p, "Environment", &d.by_environment);
+    p.raw("<h2>Browsers</h2>");
+    top_table(&mut p, "browsers", "Browser", &d.by_browser);
+    p.raw("<h2>Operating systems</h2>");
+    top_table(&mut p, "os", "Operating system", &d.by_os);
+    p.raw("<h2>URLs</h2>");
+    top_table(&mut p, "urls", "URL", &d.by_url);
     p.raw("<h2>Sample event</h2>");
     match &d.sample {
         Some(s) => sample::render(&mut p, s, &d.issue_id),
@@ -676,6 +708,34 @@ async fn set_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_round_to_a_tenth_of_a_percent() {
+        assert_eq!(share(3, 7), "42.9%");
+        assert_eq!(share(1, 3), "33.3%");
+        assert_eq!(share(2, 3), "66.7%");
+        assert_eq!(share(7, 7), "100.0%");
+        assert_eq!(share(0, 0), "0.0%");
+        assert_eq!(share(u64::MAX, u64::MAX), "100.0%");
+        assert_eq!(share(1, u64::MAX), "0.0%");
+    }
+
+    #[test]
+    fn breakdown_tables_escape_values_and_show_shares() {
+        let top = tracefold_store::issues::Top {
+            values: vec![("<script>x</script>".into(), 3), ("مرحبا \u{202E}e".into(), 1)],
+            total: 7,
+        };
+        let mut p = Page::default();
+        top_table(&mut p, "urls", "URL", &top);
+        let html = p.finish();
+        assert!(html.contains("<td class=\"t\"><bdi>&lt;script&gt;x&lt;/script&gt;</bdi></td><td class=\"n\">3</td><td class=\"n\">42.9%</td>"), "{html}");
+        assert!(html.contains("<bdi>مرحبا \u{202E}e</bdi>") && html.contains("14.3%"), "{html}");
+        assert!(html.contains("id=\"urls-total\">7<"), "{html}");
+        let mut p = Page::default();
+        top_table(&mut p, "os", "Operating system", &tracefold_store::issues::Top::default());
+        assert!(p.finish().contains("No events with this field in the window."));
+    }
 
     #[test]
     fn list_urls_hold_every_filter_encoded_and_parse_back() {

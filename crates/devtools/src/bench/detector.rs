@@ -110,6 +110,7 @@ fn record(i: u64, opts: &DetectorOptions, minute: i64, sample: &str) -> Aggregat
         platform: "javascript".into(),
         grouping_version: "v1".into(),
         sample: sample.replace("FUNC", &format!("handler_{i}")),
+        breakdown: Default::default(),
     }
 }
 

@@ -1,0 +1,383 @@
+//! Breakdowns: how many of an aggregate's events came from each browser, operating system and
+//! URL. Each aggregate carries a small, bounded breakdown (at most [`MAX_VALUES`] distinct
+//! values per key; the events of further values count as [`OTHER`]), so that the issue page
+//! can show where an issue happens without keeping every event.
+//!
+//! The grouper's hot path counts an event in an open bucket without allocating when its value
+//! is already there: [`Breakdown::plan`] compares the event's borrowed text with the stored
+//! values and allocates only for a new one; [`Breakdown::apply`] then counts.
+
+use crate::event::Event;
+use crate::text::prefix;
+use serde::{Deserialize, Serialize};
+
+/// Most distinct values one aggregate counts per key; the events of any further value count
+/// as [`OTHER`] (so a key holds at most `MAX_VALUES + 1` entries).
+pub const MAX_VALUES: usize = 10;
+
+/// The value that stands for every value past [`MAX_VALUES`].
+pub const OTHER: &str = "(other)";
+
+/// Longest URL kept, in bytes (cut on a character boundary), after the query string and
+/// fragment are dropped.
+pub const MAX_URL_BYTES: usize = 200;
+
+/// Longest browser or OS name kept, in bytes (cut on a character boundary).
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Longest browser major version kept, in bytes.
+pub const MAX_MAJOR_BYTES: usize = 16;
+
+/// What a breakdown counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    /// `contexts.browser`: the name and the major version, e.g. `Chrome 120`.
+    Browser,
+    /// `contexts.os`: the name, e.g. `Windows`, `iOS`.
+    Os,
+    /// `request.url` without query string and fragment, at most [`MAX_URL_BYTES`].
+    Url,
+}
+
+impl Key {
+    /// Every key, in the order of their columns.
+    pub const ALL: [Key; 3] = [Key::Browser, Key::Os, Key::Url];
+
+    /// The key as stored (`breakdown.key`): `browser`, `os` or `url`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Key::Browser => "browser",
+            Key::Os => "os",
+            Key::Url => "url",
+        }
+    }
+
+    /// The key named `s`, if any.
+    pub fn parse(s: &str) -> Option<Key> {
+        Key::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One value of a key and its number of events.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ValueCount {
+    /// The value (never empty).
+    pub value: String,
+    /// Events with this value.
+    pub count: u64,
+}
+
+/// The breakdown of one aggregate: per key, the values seen and their counts, in the order
+/// first seen (deterministic: a replayed batch builds the same breakdown).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Breakdown {
+    /// By browser.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub browser: Vec<ValueCount>,
+    /// By operating system.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub os: Vec<ValueCount>,
+    /// By URL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub url: Vec<ValueCount>,
+}
+
+/// An event's value for one key, borrowed from the event: `head`, or `head tail` when `tail`
+/// is not empty (a browser's name and major version), already bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Value<'a> {
+    head: &'a str,
+    tail: &'a str,
+}
+
+impl<'a> Value<'a> {
+    /// Whether the value's text equals `s`, without building it.
+    pub fn is(&self, s: &str) -> bool {
+        if self.tail.is_empty() {
+            return self.head == s;
+        }
+        s.len() == self.head.len() + 1 + self.tail.len()
+            && s.starts_with(self.head)
+            && s.as_bytes()[self.head.len()] == b' '
+            && s.ends_with(self.tail)
+    }
+
+    /// The value's text.
+    pub fn text(&self) -> String {
+        if self.tail.is_empty() {
+            return self.head.to_owned();
+        }
+        let mut s = String::with_capacity(self.head.len() + 1 + self.tail.len());
+        s.push_str(self.head);
+        s.push(' ');
+        s.push_str(self.tail);
+        s
+    }
+}
+
+/// The browser of `e`: `contexts.browser.name`, plus the major version (what precedes the
+/// first `.` of `contexts.browser.version`) when there is one.
+pub fn browser<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
+    let b = e.contexts.as_ref()?.browser.as_ref()?;
+    let head = prefix(b.name.as_deref()?.trim(), MAX_NAME_BYTES);
+    if head.is_empty() {
+        return None;
+    }
+    let version = b.version.as_deref().unwrap_or("").trim();
+    // Cut at an ASCII byte: on a character boundary.
+    let major = &version[..memchr::memchr2(b'.', b' ', version.as_bytes()).unwrap_or(version.len())];
+    Some(Value { head, tail: prefix(major, MAX_MAJOR_BYTES) })
+}
+
+/// The operating system of `e`: `contexts.os.name`.
+pub fn os<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
+    let head = prefix(e.contexts.as_ref()?.os.as_ref()?.name.as_deref()?.trim(), MAX_NAME_BYTES);
+    (!head.is_empty()).then_some(Value { head, tail: "" })
+}
+
+/// The URL of `e`: `request.url` without its query string and fragment, at most
+/// [`MAX_URL_BYTES`].
+pub fn url<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
+    let u = e.request.as_ref()?.url.as_deref()?;
+    // Cut at an ASCII byte: on a character boundary. (A byte search: `str::split` with a
+    // char pattern decodes every character, several times the cost on a long URL.)
+    let u = u[..memchr::memchr2(b'?', b'#', u.as_bytes()).unwrap_or(u.len())].trim();
+    let head = prefix(u, MAX_URL_BYTES);
+    (!head.is_empty()).then_some(Value { head, tail: "" })
+}
+
+/// The value of `key` in `e`.
+pub fn value<'a>(e: &'a Event<'_>, key: Key) -> Option<Value<'a>> {
+    match key {
+        Key::Browser => browser(e),
+        Key::Os => os(e),
+        Key::Url => url(e),
+    }
+}
+
+/// Where one event's value goes, decided by [`Breakdown::plan`] without changing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tally {
+    /// The value is at this index already.
+    At(usize),
+    /// A new value, with room for it.
+    New(String),
+    /// No room (or the value is [`OTHER`] itself): counts as [`OTHER`].
+    Other,
+}
+
+impl Breakdown {
+    /// The values of `key`.
+    pub fn values(&self, key: Key) -> &[ValueCount] {
+        match key {
+            Key::Browser => &self.browser,
+            Key::Os => &self.os,
+            Key::Url => &self.url,
+        }
+    }
+
+    fn values_mut(&mut self, key: Key) -> &mut Vec<ValueCount> {
+        match key {
+            Key::Browser => &mut self.browser,
+            Key::Os => &mut self.os,
+            Key::Url => &mut self.url,
+        }
+    }
+
+    /// True when nothing is counted.
+    pub fn is_empty(&self) -> bool {
+        self.browser.is_empty() && self.os.is_empty() && self.url.is_empty()
+    }
+
+    /// Every (key, value, count), key by key.
+    pub fn iter(&self) -> impl Iterator<Item = (Key, &str, u64)> + '_ {
+        Key::ALL.into_iter().flat_map(move |k| self.values(k).iter().map(move |v| (k, v.value.as_str(), v.count)))
+    }
+
+    /// Where an event with value `v` of `key` counts; allocates only for a value not yet there.
+    pub fn plan(&self, key: Key, v: Value<'_>) -> Tally {
+        if v.is(OTHER) {
+            return Tally::Other;
+        }
+        let values = self.values(key);
+        if let Some(i) = values.iter().position(|e| v.is(&e.value)) {
+            return Tally::At(i);
+        }
+        if named(values) < MAX_VALUES {
+            Tally::New(v.text())
+        } else {
+            Tally::Other
+        }
+    }
+
+    /// Counts one event as [`Breakdown::plan`] decided (on this breakdown, unchanged since).
+    pub fn apply(&mut self, key: Key, t: Tally) {
+        self.add_planned(key, t, 1);
+    }
+
+    fn add_planned(&mut self, key: Key, t: Tally, n: u64) {
+        let values = self.values_mut(key);
+        match t {
+            Tally::At(i) => values[i].count += n,
+            Tally::New(value) => values.push(ValueCount { value, count: n }),
+            Tally::Other => match values.iter_mut().find(|e| e.value == OTHER) {
+                Some(e) => e.count += n,
+                None => values.push(ValueCount { value: OTHER.to_owned(), count: n }),
+            },
+        }
+    }
+
+    /// Adds `n` events of `value` under `key`, within the bound.
+    pub fn add(&mut self, key: Key, value: &str, n: u64) {
+        if value.is_empty() || n == 0 {
+            return;
+        }
+        let t = self.plan(key, Value { head: value, tail: "" });
+        self.add_planned(key, t, n);
+    }
+
+    /// Adds every count of `other` (values past the bound count as [`OTHER`]): the counts of
+    /// each key add up.
+    pub fn merge(&mut self, other: &Breakdown) {
+        for (k, v, n) in other.iter() {
+            self.add(k, v, n);
+        }
+    }
+}
+
+/// The number of values of a key other than [`OTHER`].
+fn named(values: &[ValueCount]) -> usize {
+    values.len() - usize::from(values.iter().any(|e| e.value == OTHER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Contexts, NameVersion, Request};
+    use proptest::prelude::*;
+
+    fn ev<'a>(browser: Option<(&'a str, &'a str)>, os: Option<&'a str>, url: Option<&'a str>) -> Event<'a> {
+        Event {
+            contexts: Some(Contexts {
+                browser: browser.map(|(n, v)| NameVersion { name: Some(n.into()), version: Some(v.into()) }),
+                os: os.map(|n| NameVersion { name: Some(n.into()), version: None }),
+                ..Default::default()
+            }),
+            request: url.map(|u| Request { url: Some(u.into()), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn text(v: Option<Value<'_>>) -> Option<String> {
+        v.map(|v| v.text())
+    }
+
+    #[test]
+    fn values_are_read_and_bounded() {
+        let e = ev(Some(("Chrome", "120.0.6099.109")), Some("Windows"), Some("https://shop.example/cart?id=3#top"));
+        assert_eq!(text(browser(&e)).as_deref(), Some("Chrome 120"));
+        assert_eq!(text(os(&e)).as_deref(), Some("Windows"));
+        assert_eq!(text(url(&e)).as_deref(), Some("https://shop.example/cart"));
+        let e = ev(Some(("Яндекс Браузер", "")), Some("iOS"), Some("https://例え.jp/パス#frag?x"));
+        assert_eq!(text(browser(&e)).as_deref(), Some("Яндекс Браузер"), "no version: the name alone");
+        assert_eq!(text(url(&e)).as_deref(), Some("https://例え.jp/パス"));
+        // Absent or empty fields contribute nothing.
+        let none = ev(Some(("  ", "1")), None, Some("?q=1"));
+        assert_eq!((text(browser(&none)), text(os(&none)), text(url(&none))), (None, None, None));
+        assert_eq!(text(url(&Event::default())), None);
+        // Long values are cut on a character boundary.
+        let long_url = format!("https://x.example/{}?{}", "日本語".repeat(100), "q".repeat(10));
+        let long_name = "🦀".repeat(40);
+        let e = ev(Some((&long_name, "9999999999999999999999.1")), Some(&long_name), Some(&long_url));
+        let u = text(url(&e)).unwrap();
+        assert!(u.len() <= MAX_URL_BYTES && u.len() > MAX_URL_BYTES - 4, "{}", u.len());
+        assert!(long_url.starts_with(&u));
+        let b = text(browser(&e)).unwrap();
+        assert_eq!(b, format!("{} {}", "🦀".repeat(16), "9".repeat(MAX_MAJOR_BYTES)));
+        assert_eq!(text(os(&e)).unwrap(), "🦀".repeat(16));
+    }
+
+    #[test]
+    fn values_compare_without_being_built() {
+        let v = Value { head: "Chrome", tail: "120" };
+        assert!(v.is("Chrome 120"));
+        for s in ["Chrome", "Chrome120", "Chrome 12", "Chrome_120", "Chrom 1200", "", "Chrome 120 "] {
+            assert!(!v.is(s), "{s}");
+        }
+        assert!(Value { head: "ü", tail: "" }.is("ü"));
+    }
+
+    #[test]
+    fn past_ten_values_events_count_as_other() {
+        let mut b = Breakdown::default();
+        for i in 0..25u64 {
+            let u = format!("/p/{}", i % 15);
+            let t = b.plan(Key::Url, Value { head: &u, tail: "" });
+            b.apply(Key::Url, t);
+        }
+        assert_eq!(b.url.len(), MAX_VALUES + 1);
+        assert_eq!(b.url.iter().map(|v| v.count).sum::<u64>(), 25);
+        assert_eq!(b.url[0], ValueCount { value: "/p/0".into(), count: 2 });
+        assert_eq!(b.url[9], ValueCount { value: "/p/9".into(), count: 2 });
+        // /p/10 to /p/14, once each, came when ten values were there.
+        assert_eq!(b.url[10], ValueCount { value: OTHER.into(), count: 5 });
+        // A known value still counts as itself; a literal "(other)" counts as other.
+        assert_eq!(b.plan(Key::Url, Value { head: "/p/3", tail: "" }), Tally::At(3));
+        assert_eq!(b.plan(Key::Url, Value { head: OTHER, tail: "" }), Tally::Other);
+        assert_eq!(b.plan(Key::Os, Value { head: "Linux", tail: "" }), Tally::New("Linux".into()));
+    }
+
+    #[test]
+    fn merge_adds_counts_within_the_bound() {
+        let mut a = Breakdown::default();
+        let mut b = Breakdown::default();
+        a.add(Key::Browser, "Chrome 120", 3);
+        a.add(Key::Os, "Windows", 3);
+        b.add(Key::Browser, "Chrome 120", 2);
+        b.add(Key::Browser, "Firefox 121", 1);
+        for i in 0..12 {
+            b.add(Key::Url, &format!("/u/{i}"), 1);
+        }
+        a.merge(&b);
+        assert_eq!(
+            a.browser.iter().map(|v| (v.value.as_str(), v.count)).collect::<Vec<_>>(),
+            [("Chrome 120", 5), ("Firefox 121", 1)]
+        );
+        assert_eq!(a.os.len(), 1);
+        assert_eq!(a.url.len(), MAX_VALUES + 1);
+        assert_eq!(a.url.last().map(|v| (v.value.as_str(), v.count)), Some((OTHER, 2)));
+    }
+
+    #[test]
+    fn a_record_without_a_breakdown_decodes_and_an_empty_one_is_small() {
+        let b: Breakdown = serde_json::from_str("{}").unwrap();
+        assert!(b.is_empty());
+        assert_eq!(serde_json::to_string(&Breakdown::default()).unwrap(), "{}");
+    }
+
+    proptest! {
+        /// Counting event by event and merging partial breakdowns keep every count, at most
+        /// MAX_VALUES named values per key, whatever the text.
+        #[test]
+        fn counts_are_kept_and_bounded(
+            a in proptest::collection::vec(("\\PC{0,12}", 1u64..4), 0..40),
+            b in proptest::collection::vec(("[a-c日本🦀\u{301}]{1,3}", 1u64..4), 0..40),
+        ) {
+            let (mut x, mut y) = (Breakdown::default(), Breakdown::default());
+            for (v, n) in &a {
+                x.add(Key::Url, v, *n);
+            }
+            for (v, n) in &b {
+                y.add(Key::Url, v, *n);
+            }
+            let sum = |s: &[(String, u64)]| s.iter().filter(|(v, _)| !v.is_empty()).map(|(_, n)| n).sum::<u64>();
+            prop_assert_eq!(x.url.iter().map(|v| v.count).sum::<u64>(), sum(&a));
+            x.merge(&y);
+            prop_assert_eq!(x.url.iter().map(|v| v.count).sum::<u64>(), sum(&a) + sum(&b));
+            prop_assert!(named(&x.url) <= MAX_VALUES);
+            prop_assert!(x.url.len() <= MAX_VALUES + 1);
+            let mut seen = std::collections::HashSet::new();
+            prop_assert!(x.url.iter().all(|v| seen.insert(v.value.clone()) && !v.value.is_empty()));
+        }
+    }
+}
