@@ -83,16 +83,35 @@ pub struct Breakdown {
 }
 
 /// An event's value for one key, borrowed from the event: `head`, or `head tail` when `tail`
-/// is not empty (a browser's name and major version), already bounded.
+/// is not empty (a browser's name and major version), already bounded; or a URL whose path
+/// segments that name one object (ids) read as placeholders (see [`url`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Value<'a> {
     head: &'a str,
     tail: &'a str,
+    /// `head` is a URL (query and fragment dropped) whose id segments read as placeholders,
+    /// the whole cut to [`MAX_URL_BYTES`].
+    route: bool,
 }
 
 impl<'a> Value<'a> {
+    fn plain(head: &'a str) -> Self {
+        Self { head, tail: "", route: false }
+    }
+
     /// Whether the value's text equals `s`, without building it.
     pub fn is(&self, s: &str) -> bool {
+        if self.route {
+            let mut rest = s;
+            let whole = route_pieces(self.head, |piece| match rest.strip_prefix(piece) {
+                Some(r) => {
+                    rest = r;
+                    true
+                }
+                None => false,
+            });
+            return whole && rest.is_empty();
+        }
         if self.tail.is_empty() {
             return self.head == s;
         }
@@ -104,6 +123,14 @@ impl<'a> Value<'a> {
 
     /// The value's text.
     pub fn text(&self) -> String {
+        if self.route {
+            let mut s = String::with_capacity(self.head.len().min(MAX_URL_BYTES));
+            route_pieces(self.head, |piece| {
+                s.push_str(piece);
+                true
+            });
+            return s;
+        }
         if self.tail.is_empty() {
             return self.head.to_owned();
         }
@@ -113,6 +140,58 @@ impl<'a> Value<'a> {
         s.push_str(self.tail);
         s
     }
+}
+
+/// The placeholder of a URL path segment that names one object rather than a route: all
+/// digits (`<int>`), or at least 8 hex digits and dashes with a digit among them: a UUID, a
+/// hash, a hex object id (`<id>`).
+fn id_placeholder(segment: &str) -> Option<&'static str> {
+    let b = segment.as_bytes();
+    if b.is_empty() {
+        return None;
+    }
+    if b.iter().all(u8::is_ascii_digit) {
+        return Some("<int>");
+    }
+    let hexlike = b.iter().all(|c| c.is_ascii_hexdigit() || *c == b'-');
+    (b.len() >= 8 && hexlike && b.iter().any(u8::is_ascii_digit)).then_some("<id>")
+}
+
+/// Hands `url`'s text, id segments of its path replaced by placeholders, to `take` piece by
+/// piece, cut in total to [`MAX_URL_BYTES`] (on a character boundary); stops early when
+/// `take` says no. Returns whether every piece was taken. Linear in the URL's length.
+fn route_pieces(url: &str, mut take: impl FnMut(&str) -> bool) -> bool {
+    // The scheme and host are kept whole: the path starts at the first `/` after `://`.
+    let path_at = match url.find("://") {
+        Some(i) => url[i + 3..].find('/').map_or(url.len(), |j| i + 3 + j),
+        None => 0,
+    };
+    let mut budget = MAX_URL_BYTES;
+    let mut give = |piece: &str| -> Option<bool> {
+        let cut = prefix(piece, budget);
+        budget -= cut.len();
+        if !cut.is_empty() && !take(cut) {
+            return Some(false);
+        }
+        // Cut short: the rest of the URL is past the bound.
+        (cut.len() < piece.len()).then_some(true)
+    };
+    if let Some(done) = give(&url[..path_at]) {
+        return done;
+    }
+    let mut first = true;
+    for segment in url[path_at..].split('/') {
+        if !first {
+            if let Some(done) = give("/") {
+                return done;
+            }
+        }
+        first = false;
+        if let Some(done) = give(id_placeholder(segment).unwrap_or(segment)) {
+            return done;
+        }
+    }
+    true
 }
 
 /// The browser of `e`: `contexts.browser.name`, plus the major version (what precedes the
@@ -126,24 +205,30 @@ pub fn browser<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
     let version = b.version.as_deref().unwrap_or("").trim();
     // Cut at an ASCII byte: on a character boundary.
     let major = &version[..memchr::memchr2(b'.', b' ', version.as_bytes()).unwrap_or(version.len())];
-    Some(Value { head, tail: prefix(major, MAX_MAJOR_BYTES) })
+    Some(Value { head, tail: prefix(major, MAX_MAJOR_BYTES), route: false })
 }
 
 /// The operating system of `e`: `contexts.os.name`.
 pub fn os<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
     let head = prefix(e.contexts.as_ref()?.os.as_ref()?.name.as_deref()?.trim(), MAX_NAME_BYTES);
-    (!head.is_empty()).then_some(Value { head, tail: "" })
+    (!head.is_empty()).then_some(Value::plain(head))
 }
 
-/// The URL of `e`: `request.url` without its query string and fragment, at most
-/// [`MAX_URL_BYTES`].
+/// The URL of `e` as a route: `request.url` without its query string and fragment, the path
+/// segments that name one object replaced by `<int>` (all digits) or `<id>` (UUIDs, hashes,
+/// hex ids), at most [`MAX_URL_BYTES`]: `https://shop.example/carts/8812/items` and
+/// `https://shop.example/carts/9/items` count as one `https://shop.example/carts/<int>/items`,
+/// so that the breakdown says which pages an issue happens on rather than listing one URL per
+/// event.
 pub fn url<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
     let u = e.request.as_ref()?.url.as_deref()?;
     // Cut at an ASCII byte: on a character boundary. (A byte search: `str::split` with a
     // char pattern decodes every character, several times the cost on a long URL.)
     let u = u[..memchr::memchr2(b'?', b'#', u.as_bytes()).unwrap_or(u.len())].trim();
-    let head = prefix(u, MAX_URL_BYTES);
-    (!head.is_empty()).then_some(Value { head, tail: "" })
+    // The raw text is cut at eight times the bound first, so that the work is linear in the
+    // bound, not the input (a route whose ids shrink it more than eightfold ends short of it).
+    let head = prefix(u, MAX_URL_BYTES * 8);
+    (!head.is_empty()).then_some(Value { head, tail: "", route: true })
 }
 
 /// The value of `key` in `e`.
@@ -232,7 +317,7 @@ impl Breakdown {
         if value.is_empty() || n == 0 {
             return;
         }
-        let t = self.plan(key, Value { head: value, tail: "" });
+        let t = self.plan(key, Value::plain(value));
         self.add_planned(key, t, n);
     }
 
@@ -299,12 +384,12 @@ mod tests {
 
     #[test]
     fn values_compare_without_being_built() {
-        let v = Value { head: "Chrome", tail: "120" };
+        let v = Value { head: "Chrome", tail: "120", route: false };
         assert!(v.is("Chrome 120"));
         for s in ["Chrome", "Chrome120", "Chrome 12", "Chrome_120", "Chrom 1200", "", "Chrome 120 "] {
             assert!(!v.is(s), "{s}");
         }
-        assert!(Value { head: "ü", tail: "" }.is("ü"));
+        assert!(Value::plain("ü").is("ü"));
     }
 
     #[test]
@@ -312,7 +397,7 @@ mod tests {
         let mut b = Breakdown::default();
         for i in 0..25u64 {
             let u = format!("/p/{}", i % 15);
-            let t = b.plan(Key::Url, Value { head: &u, tail: "" });
+            let t = b.plan(Key::Url, Value::plain(&u));
             b.apply(Key::Url, t);
         }
         assert_eq!(b.url.len(), MAX_VALUES + 1);
@@ -322,9 +407,9 @@ mod tests {
         // /p/10 to /p/14, once each, came when ten values were there.
         assert_eq!(b.url[10], ValueCount { value: OTHER.into(), count: 5 });
         // A known value still counts as itself; a literal "(other)" counts as other.
-        assert_eq!(b.plan(Key::Url, Value { head: "/p/3", tail: "" }), Tally::At(3));
-        assert_eq!(b.plan(Key::Url, Value { head: OTHER, tail: "" }), Tally::Other);
-        assert_eq!(b.plan(Key::Os, Value { head: "Linux", tail: "" }), Tally::New("Linux".into()));
+        assert_eq!(b.plan(Key::Url, Value::plain("/p/3")), Tally::At(3));
+        assert_eq!(b.plan(Key::Url, Value::plain(OTHER)), Tally::Other);
+        assert_eq!(b.plan(Key::Os, Value::plain("Linux")), Tally::New("Linux".into()));
     }
 
     #[test]
@@ -379,5 +464,44 @@ mod tests {
             let mut seen = std::collections::HashSet::new();
             prop_assert!(x.url.iter().all(|v| seen.insert(v.value.clone()) && !v.value.is_empty()));
         }
+    }
+
+    /// Id segments of the path read as placeholders; the host, route words and non-ids stay;
+    /// `is` agrees with `text` on every case, including the cut.
+    #[test]
+    fn urls_read_as_routes_with_id_segments_replaced() {
+        let route = |u: &str| {
+            let e = ev(None, None, Some(u));
+            let v = url(&e).unwrap();
+            let t = v.text();
+            assert!(v.is(&t), "{u}: is() disagrees with text() {t:?}");
+            let shorter = t.char_indices().last().map_or("", |(i, _)| &t[..i]);
+            assert!(!v.is(&format!("{t}x")) && !v.is(shorter));
+            assert!(t.len() <= MAX_URL_BYTES, "{u}: {} bytes", t.len());
+            t
+        };
+        assert_eq!(route("https://shop.example/carts/8812/items?x=1"), "https://shop.example/carts/<int>/items");
+        assert_eq!(route("https://shop.example/carts/9/items#top"), "https://shop.example/carts/<int>/items");
+        assert_eq!(
+            route("https://10.0.0.1:8080/o/550e8400-e29b-41d4-a716-446655440000/f/deadbeef42"),
+            "https://10.0.0.1:8080/o/<id>/f/<id>"
+        );
+        assert_eq!(route("/api/v2/users/42/"), "/api/v2/users/<int>/");
+        assert_eq!(route("/blog/2024-recap/cafe"), "/blog/2024-recap/cafe", "short or word-like segments stay");
+        assert_eq!(route("https://例え.jp/パス/123"), "https://例え.jp/パス/<int>");
+        assert_eq!(route("https://1234.example"), "https://1234.example", "the host is not a path segment");
+        // Long: cut to the bound on a character boundary, ids or not.
+        let long = format!("https://x.example/{}", "日本語/1/".repeat(200));
+        assert!(route(&long).starts_with("https://x.example/日本語/<int>/日本語/<int>/"));
+        let ones = format!("/{}", "1/".repeat(5000));
+        assert_eq!(route(&ones).len(), MAX_URL_BYTES);
+        // Two events of one route are one value of the breakdown.
+        let mut b = Breakdown::default();
+        for u in ["/carts/1", "/carts/22", "/carts/333"] {
+            let e = ev(None, None, Some(u));
+            let t = b.plan(Key::Url, url(&e).unwrap());
+            b.apply(Key::Url, t);
+        }
+        assert_eq!(b.url, [ValueCount { value: "/carts/<int>".into(), count: 3 }]);
     }
 }
