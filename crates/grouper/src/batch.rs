@@ -126,6 +126,16 @@ struct Work {
     scratch: Scratch,
     /// The current event's identity, once it is known to be valid (read after a panic too).
     ident: Option<u128>,
+    /// The current event's URL as a route (built once, then compared with the bucket's URLs).
+    route: String,
+}
+
+/// The per-event buffers [`plan_event`] writes besides the fingerprint's scratch.
+struct EventOut<'w> {
+    /// The event's identity, once it is known to be valid.
+    ident: &'w mut Option<u128>,
+    /// The event's URL as a route.
+    route: &'w mut String,
 }
 
 impl std::fmt::Debug for Work {
@@ -405,12 +415,12 @@ fn plan(
             panic!("injected fault (panic marker)");
         }
     }
-    let Work { parse_buf, parser, scratch, ident } = work;
+    let Work { parse_buf, parser, scratch, ident, route } = work;
     parse_buf.clear();
     parse_buf.extend_from_slice(payload);
     let mut event = Event::default();
     parser.parse_to(parse_buf, &mut event).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
-    let planned = plan_event(&event, scratch, ident, opts, open, window, at);
+    let planned = plan_event(&event, scratch, EventOut { ident, route }, opts, open, window, at);
     // The event's lists keep their memory for the next event.
     parser.recycle(event);
     planned
@@ -420,7 +430,7 @@ fn plan(
 fn plan_event(
     event: &Event<'_>,
     scratch: &mut Scratch,
-    ident_out: &mut Option<u128>,
+    out: EventOut<'_>,
     opts: &BatchOptions,
     open: Open<'_>,
     window: &DedupWindow,
@@ -430,7 +440,7 @@ fn plan_event(
     let v = validate(event, received_ms).map_err(|e| Rejection::new(Reason::Invalid, format!("invalid event: {e}")))?;
     let project = event.project.as_deref().unwrap_or("");
     let ident = identity(project, event.event_id.as_deref().unwrap_or(""));
-    *ident_out = Some(ident);
+    *out.ident = Some(ident);
     if prime {
         return Ok(Plan::Primed);
     }
@@ -494,7 +504,11 @@ fn plan_event(
         Bucket::Open(i) => &open.partials[*i].breakdown,
         Bucket::New(record, _) => &record.breakdown,
     };
-    let tallies = Key::ALL.map(|k| breakdown::value(event, k).map(|v| counted.plan(k, v)));
+    // The URL's route is built once into a kept buffer, then compared as plain text.
+    let tallies = Key::ALL.map(|k| match k {
+        Key::Url => breakdown::route_into(event, out.route).map(|v| counted.plan(k, v)),
+        _ => breakdown::value(event, k).map(|v| counted.plan(k, v)),
+    });
     Ok(Plan::Count(Planned {
         key,
         bucket,
