@@ -35,7 +35,8 @@ impl Shape {
 /// Row `n` falls in hour `n / rows_per_hour` (oldest first) at a pseudo-random minute; its
 /// issue is `n % issues_per_hour` shifted by a tenth of the issues per day; two user hashes
 /// (out of about 540 per issue); releases `r0`, `r1`, ... change every 3 days; 1 in 10 rows
-/// is `staging`, the rest `production`; 1 in 100 has a sample.
+/// is `staging`, the rest `production`; 1 in 100 has a sample; each row's events have one of 5
+/// browsers, 4 operating systems and 20 URL routes (its breakdown).
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse refuses.
@@ -44,12 +45,18 @@ pub async fn insert_aggregates(client: &Client, database: &str, shape: &Shape, o
     let sql = format!(
         "INSERT INTO {db}.aggregates (project, issue_id, minute, release, environment, count, users, users_saturated, \
          first_seen, last_seen, title, culprit, exc_type, level, platform, grouping_version, sample, src_epoch, src_topic, \
-         src_partition, src_first_offset, src_last_offset, rec_index, rec_count, agg_topic, agg_partition, agg_offset) \
+         src_partition, src_first_offset, src_last_offset, rec_index, rec_count, agg_topic, agg_partition, agg_offset, \
+         breakdown.key, breakdown.value, breakdown.count) \
          SELECT concat('p', toString(idx % ?)), lower(hex(MD5(toString(idx)))), at, concat('r', toString(intDiv(h, 72))), \
-         if(n % 10 = 0, 'staging', 'production'), 1 + cityHash64(n, 2) % (2 * ? - 1), \
+         if(n % 10 = 0, 'staging', 'production'), 1 + cityHash64(n, 2) % (2 * ? - 1) AS c, \
          [cityHash64(idx, n % 503), cityHash64(idx, n % 37)], 0, at, at + 59, concat('BenchError ', toString(idx)), \
          'bench.py in handler', 'BenchError', 'error', 'python', 'v1', if(n % 100 = 0, '{{\"bench\":true}}', ''), \
-         'bench', 'bench.events', 0, toInt64(n), toInt64(n), 0, 1, 'bench.aggregates', 0, toInt64(n) \
+         'bench', 'bench.events', 0, toInt64(n), toInt64(n), 0, 1, 'bench.aggregates', 0, toInt64(n), \
+         ['browser', 'os', 'url'], \
+         [['Chrome 120', 'Firefox 121', 'Safari 17', 'Edge 120', 'Chrome 119'][n % 5 + 1], \
+          ['Windows', 'macOS', 'iOS', 'Android'][n % 4 + 1], \
+          concat('https://app.example.com/page', toString(n % 20), '/<int>')], \
+         [c, c, c] \
          FROM (SELECT n, h, (n % rph) % ipr + intDiv(h, 24) * intDiv(ipr, 10) AS idx, \
          toDateTime(start + h * 3600 + (cityHash64(n, 1) % 60) * 60) AS at \
          FROM (SELECT number + ? AS n, ? AS rph, ? AS ipr, intDiv(n, rph) AS h, \
