@@ -41,6 +41,9 @@ pub struct Config {
     /// The token that allows status changes (resolve, ignore, reopen); `None`: the UI is
     /// read-only.
     pub operator_token: Option<String>,
+    /// The grouper's `[grouping]` section, so that the issue page marks the frames that made
+    /// the fingerprint under the same rules (the default when the grouper has none).
+    pub grouping: tracefold_fingerprint::GroupingConfig,
 }
 
 struct AppState {
@@ -653,7 +656,7 @@ async fn issue(
     top_table(&mut p, "urls", "URL", &d.by_url);
     p.raw("<h2>Sample event</h2>");
     match &d.sample {
-        Some(s) => sample::render(&mut p, s, &d.issue_id),
+        Some(s) => sample::render(&mut p, s, &d.issue_id, &st.cfg.grouping),
         None => {
             p.raw("<p>No sample stored.</p>");
         }

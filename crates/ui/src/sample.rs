@@ -37,12 +37,13 @@ struct Grouping {
 }
 
 /// Which frames of the sample made the fingerprint `issue_id`, by the fingerprint crate's own
-/// walk ([`contributing_frames`]) with the default grouping config: the UI does not know a
-/// grouper's `[grouping]` rules. The sample is read by the grouper's parser; the marks are
-/// trusted only when the fingerprint it gives is the issue's (else another config, a cut
-/// sample or an older grouping version made the issue, and nothing is marked), and when the
-/// parsed event's exceptions and frames line up with the JSON the page shows.
-fn grouping(json: &str, shown: &[Value], issue_id: &str) -> Grouping {
+/// walk ([`contributing_frames`]) with `cfg`, the grouper's `[grouping]` section as the UI was
+/// given it (`tracefold ui --grouping-from`; `tracefold dev` passes its own). The sample is
+/// read by the grouper's parser; the marks are trusted only when the fingerprint it gives is
+/// the issue's (else another config, a cut sample or an older grouping version made the issue,
+/// and nothing is marked), and when the parsed event's exceptions and frames line up with the
+/// JSON the page shows.
+fn grouping(json: &str, shown: &[Value], issue_id: &str, cfg: &GroupingConfig) -> Grouping {
     let mut buf = json.as_bytes().to_vec();
     let Ok(event) = tracefold_model::parse_event_slice(&mut buf) else {
         return Grouping {
@@ -50,11 +51,11 @@ fn grouping(json: &str, shown: &[Value], issue_id: &str) -> Grouping {
             ..Grouping::default()
         };
     };
-    let c = contributing_frames(&event, &GroupingConfig::default());
+    let c = contributing_frames(&event, cfg);
     if !c.fingerprint.to_hex().eq_ignore_ascii_case(issue_id) {
         return Grouping {
-            note: "This sample does not give the issue&#39;s fingerprint with the default grouping config \
-                   (grouping rules of the grouper&#39;s config, a cut sample or an older grouping version): \
+            note: "This sample does not give the issue&#39;s fingerprint with the grouping config the UI was given \
+                   (the grouper&#39;s rules not given to the UI, a cut sample or an older grouping version): \
                    no frames are marked.",
             ..Grouping::default()
         };
@@ -104,8 +105,9 @@ fn grouping(json: &str, shown: &[Value], issue_id: &str) -> Grouping {
     g
 }
 
-/// Writes the sample `json` (the stored event) of the issue `issue_id`.
-pub fn render(p: &mut Page, json: &str, issue_id: &str) {
+/// Writes the sample `json` (the stored event) of the issue `issue_id`, marking the frames
+/// that made its fingerprint under `cfg`.
+pub fn render(p: &mut Page, json: &str, issue_id: &str, cfg: &GroupingConfig) {
     let Ok(v) = serde_json::from_str::<Value>(json) else {
         p.raw("<pre id=\"sample\">").text(json).raw("</pre>");
         return;
@@ -116,7 +118,7 @@ pub fn render(p: &mut Page, json: &str, issue_id: &str) {
         Value::Object(o) => o.get("values").and_then(Value::as_array).map_or(&[][..], Vec::as_slice),
         _ => &[],
     };
-    let g = grouping(json, excs, issue_id);
+    let g = grouping(json, excs, issue_id, cfg);
     p.raw("<p id=\"grouping\" class=\"c\">").raw(g.note).raw("</p>");
     for (n, e) in excs.iter().take(MAX_EXCEPTIONS).enumerate() {
         p.raw("<h3 class=\"t\">")
@@ -220,7 +222,7 @@ mod tests {
         ] {
             for id in ["", "0", "not an id <x>"] {
                 let mut p = Page::default();
-                render(&mut p, odd, id);
+                render(&mut p, odd, id, &GroupingConfig::default());
                 let h = p.finish();
                 assert!(!h.contains("<x>") && !h.contains("fpm"), "{odd}");
             }
@@ -235,7 +237,7 @@ mod tests {
 
     fn page(json: &str, id: &str) -> String {
         let mut p = Page::default();
-        render(&mut p, json, id);
+        render(&mut p, json, id, &GroupingConfig::default());
         p.finish()
     }
 
@@ -274,6 +276,36 @@ mod tests {
         let all = ev.replace("\"in_app\":true", "\"in_app\":false");
         let h = page(&all, &issue_id(&all));
         assert_eq!(h.matches(FP_MARK).count(), 5, "{h}");
+    }
+
+    /// With the grouper's stack rules given to the UI, the frames those rules let into the
+    /// fingerprint are marked; with the default config the same issue marks nothing (its
+    /// fingerprint is not the default one).
+    #[test]
+    fn the_groupers_rules_given_to_the_ui_decide_the_marks() {
+        use tracefold_fingerprint::rules::{FrameMatcher, StackAction, StackRule};
+        let ev = r#"{"platform":"python","exception":[{"type":"KeyError","stacktrace":{"frames":[
+            {"function":"checkout","module":"shop.views","lineno":30,"in_app":true},
+            {"function":"load_cart","module":"shop.cart","lineno":12,"in_app":true},
+            {"function":"get","module":"shop.cache","lineno":5,"in_app":true}]}}]}"#;
+        // The grouper keeps `shop.cache` out of the fingerprint.
+        let rules = GroupingConfig {
+            stack_rules: vec![StackRule {
+                matcher: FrameMatcher { module: Some("shop.cache".into()), ..FrameMatcher::default() },
+                action: StackAction::Exclude,
+            }],
+            ..GroupingConfig::default()
+        };
+        let parsed = tracefold_model::parse_event_str(ev).unwrap();
+        let id = tracefold_fingerprint::fingerprint(&parsed, &rules, &mut Default::default()).to_hex();
+        let mut p = Page::default();
+        render(&mut p, ev, &id, &rules);
+        let h = p.finish();
+        let fp: Vec<bool> = items(&h).iter().map(|l| l.contains(FP_MARK)).collect();
+        // Innermost first: get (excluded by the rule), load_cart, checkout.
+        assert_eq!(fp, [false, true, true], "{h}");
+        let h = page(ev, &id);
+        assert!(!h.contains("fpm") && h.contains("no frames are marked"), "{h}");
     }
 
     /// A message or a custom fingerprint marks no frame; the page says how it was grouped.

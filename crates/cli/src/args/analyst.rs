@@ -139,6 +139,11 @@ pub struct UiArgs {
     /// Signals topic.
     #[arg(long, default_value = "tracefold.signals")]
     pub signals_topic: String,
+    /// A config file whose `[grouping]` section is the grouper's (its `grouper.toml`, or a
+    /// `tracefold dev` config): the issue page marks the frames that made the fingerprint under
+    /// those rules. Without it, the default grouping config.
+    #[arg(long, env = "TRACEFOLD_UI_GROUPING_FROM")]
+    pub grouping_from: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub ch: ChArgs,
 }

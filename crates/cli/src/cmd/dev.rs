@@ -85,7 +85,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         },
         topic: cfg.topics.signals.clone(),
     };
-    let ui = start_ui(&a.ui_listen, &cfg.clickhouse, signals, &pipeline.shutdown).await?;
+    let ui = start_ui(&a.ui_listen, &cfg.clickhouse, &cfg.grouping, signals, &pipeline.shutdown).await?;
     let m = &pipeline.migrations;
     if !a.verbose {
         eprintln!(
@@ -158,11 +158,13 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     pipeline.stop().await
 }
 
-/// Starts the web UI on `listen` (unless `off`) until `shutdown`; its address and the operator
+/// Starts the web UI on `listen` (unless `off`) until `shutdown`, with the pipeline's grouping
+/// config (so that it marks the frames the grouper fingerprinted); its address and the operator
 /// token (`TRACEFOLD_UI_OPERATOR_TOKEN`, else a random one for this run).
 async fn start_ui(
     listen: &str,
     ch: &tracefold_runtime::config::ClickHouseConfig,
+    grouping: &tracefold_fingerprint::GroupingConfig,
     signals: tracefold_ui::signals::Source,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Option<(std::net::SocketAddr, String)>> {
@@ -177,8 +179,12 @@ async fn start_ui(
         .ok()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-    let cfg =
-        tracefold_ui::Config { clickhouse: ch.clone(), signals: Some(signals), operator_token: Some(token.clone()) };
+    let cfg = tracefold_ui::Config {
+        clickhouse: ch.clone(),
+        signals: Some(signals),
+        operator_token: Some(token.clone()),
+        grouping: grouping.clone(),
+    };
     let stop = shutdown.clone();
     tokio::spawn(async move {
         if let Err(e) = tracefold_ui::serve(listener, cfg, async move { stop.wait().await }).await {
