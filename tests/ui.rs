@@ -145,8 +145,12 @@ async fn pages_show_clickhouse_numbers_escape_hostile_text_and_change_status_wit
     tracefold_tests::publish(&bootstrap, &topics.signals, &payloads).await;
     let signals =
         tracefold_ui::signals::Source { kafka: tracefold_tests::kafka(&bootstrap), topic: topics.signals.clone() };
-    let cfg =
-        tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: Some(signals), operator_token: Some(TOKEN.into()), ..Default::default() };
+    let cfg = tracefold_ui::Config {
+        clickhouse: db.cfg.clone(),
+        signals: Some(signals),
+        operator_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tracefold_ui::serve(listener, cfg, async {
         let _ = stop_rx.await;
@@ -333,7 +337,8 @@ async fn without_an_operator_token_the_ui_is_read_only() {
     db.insert_records(&[rec("web", &hex(1), "E", t - 60, "r", 1, &[1], 0)]).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: None, operator_token: None, ..Default::default() };
+    let cfg =
+        tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: None, operator_token: None, ..Default::default() };
     let server = tokio::spawn(tracefold_ui::serve(listener, cfg, std::future::pending()));
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for token in ["", "anything"] {
@@ -438,7 +443,8 @@ async fn the_list_filters_by_environment_release_status_and_text_sorts_by_last_s
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: None, operator_token: None, ..Default::default() };
+    let cfg =
+        tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: None, operator_token: None, ..Default::default() };
     let server = tokio::spawn(tracefold_ui::serve(listener, cfg, std::future::pending()));
     let http = reqwest::Client::new();
     let get = |path: String| {

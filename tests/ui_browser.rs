@@ -248,8 +248,12 @@ async fn chromium_shows_clickhouses_numbers_runs_no_injected_script_and_resolves
         kafka: tracefold_tests::kafka(&pipeline.bootstrap_servers()),
         topic: pipeline.cfg.topics.signals.clone(),
     };
-    let cfg =
-        tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: Some(signals), operator_token: Some(TOKEN.into()), ..Default::default() };
+    let cfg = tracefold_ui::Config {
+        clickhouse: db.cfg.clone(),
+        signals: Some(signals),
+        operator_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
     let server = tokio::spawn(tracefold_ui::serve(listener, cfg, std::future::pending()));
 
     let profile = std::env::temp_dir().join(format!("tracefold-chromium-{}", std::process::id()));

@@ -202,7 +202,7 @@ mod tests {
             {"function":"<inner>","filename":"app.js","lineno":7,"colno":3,"in_app":true}]}}],
             "request":{"method":"POST","url":"https://x/?a=<b>"},"contexts":{"os":{"name":"Android","version":"15"}}}"#;
         let mut p = Page::default();
-        render(&mut p, ev, &issue_id(ev));
+        render(&mut p, ev, &issue_id(ev), &GroupingConfig::default());
         let h = p.finish();
         assert!(
             h.contains("<li class=\"frame inapp fp\"><code><bdi>&lt;inner&gt;</bdi></code> in <bdi>app.js</bdi>:7:3"),

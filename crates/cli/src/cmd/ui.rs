@@ -48,9 +48,9 @@ pub fn grouping_from(path: &std::path::Path) -> anyhow::Result<tracefold_fingerp
     let table: toml::Table =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
     let only = toml::Table::from_iter(table.get("grouping").map(|g| ("grouping".to_owned(), g.clone())));
-    let g: OnlyGrouping = toml::Value::Table(only)
-        .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid [grouping] in {}: {}", path.display(), e.to_string().trim()))?;
+    let g: OnlyGrouping = toml::Value::Table(only).try_into().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("invalid [grouping] in {}: {}", path.display(), e.to_string().trim())
+    })?;
     Ok(g.grouping)
 }
 

@@ -297,7 +297,8 @@ async fn ui_pages(
 ) -> anyhow::Result<Vec<QueryTime>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let cfg = tracefold_ui::Config { clickhouse: ch.clone(), signals: None, operator_token: None, ..Default::default() };
+    let cfg =
+        tracefold_ui::Config { clickhouse: ch.clone(), signals: None, operator_token: None, ..Default::default() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tracefold_ui::serve(listener, cfg, async {
         let _ = stopped.await;
