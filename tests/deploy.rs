@@ -453,16 +453,25 @@ fn the_guides_own_overlay_example_patches_what_it_says() {
     for dep in of_kind(&d, "Deployment") {
         let pod = &dep["spec"]["template"]["spec"];
         assert_eq!(pod["containers"][0]["image"], "registry.example.com/tracefold:0.1.0");
-        // The pipeline's services mount the config files; the UI takes flags and environment.
-        let Some(volumes) = pod["volumes"].as_array() else {
-            assert_eq!(dep["metadata"]["name"], "tracefold-ui");
-            continue;
-        };
+        // Every service mounts the config files (the UI for the grouper's [grouping] rules).
+        let volumes =
+            pod["volumes"].as_array().unwrap_or_else(|| panic!("{} mounts no config", dep["metadata"]["name"]));
         let config = volumes.iter().find(|v| v["name"] == "config").unwrap();
         assert_eq!(config["configMap"]["name"], "tracefold-config", "the ConfigMap keeps its name");
         with_config += 1;
     }
-    assert_eq!(with_config, 4, "producer, grouper, writer, detector");
+    assert_eq!(with_config, 5, "producer, grouper, writer, detector, ui");
+    // The UI reads the grouper's file of that ConfigMap, where it is mounted.
+    let ui = named(&d, "Deployment", "tracefold-ui");
+    let ui = &ui["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = ui["args"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    let at = args.iter().position(|a| *a == "--grouping-from").expect("the UI is given the grouper's rules");
+    assert_eq!(args[at + 1], "/etc/tracefold/grouper.toml");
+    assert!(ui["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "config" && m["mountPath"] == "/etc/tracefold"));
     // producer.toml replaced, the other files kept.
     let cm = named(&d, "ConfigMap", "tracefold-config");
     assert_eq!(cm["data"]["producer.toml"], producer);
