@@ -227,8 +227,9 @@ async fn breakdowns_match_the_events(db: &TestDb, events: &[tracefold_devtools::
         let ev = tracefold_model::parse_event_str(&e.json).unwrap();
         let issue = tracefold_fingerprint::fingerprint(&ev, &Default::default(), &mut Default::default()).to_hex();
         let project = ev.project.as_deref().unwrap().to_owned();
+        let mut route = String::new();
         for k in Key::ALL {
-            if let Some(v) = breakdown::value(&ev, k) {
+            if let Some(v) = breakdown::value(&ev, k, &mut route) {
                 *sent.entry((project.clone(), issue.clone(), k.as_str())).or_default().entry(v.text()).or_default() +=
                     1;
             }

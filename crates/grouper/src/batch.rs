@@ -504,11 +504,8 @@ fn plan_event(
         Bucket::Open(i) => &open.partials[*i].breakdown,
         Bucket::New(record, _) => &record.breakdown,
     };
-    // The URL's route is built once into a kept buffer, then compared as plain text.
-    let tallies = Key::ALL.map(|k| match k {
-        Key::Url => breakdown::route_into(event, out.route).map(|v| counted.plan(k, v)),
-        _ => breakdown::value(event, k).map(|v| counted.plan(k, v)),
-    });
+    // A URL's route is written into a kept buffer, then compared as plain text.
+    let tallies = Key::ALL.map(|k| breakdown::value(event, k, out.route).map(|v| counted.plan(k, v)));
     Ok(Plan::Count(Planned {
         key,
         bucket,

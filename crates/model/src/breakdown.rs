@@ -82,36 +82,22 @@ pub struct Breakdown {
     pub url: Vec<ValueCount>,
 }
 
-/// An event's value for one key, borrowed from the event: `head`, or `head tail` when `tail`
-/// is not empty (a browser's name and major version), already bounded; or a URL whose path
-/// segments that name one object (ids) read as placeholders (see [`url`]).
+/// An event's value for one key, borrowed from the event (or, for a URL, from the buffer its
+/// route was written into): `head`, or `head tail` when `tail` is not empty (a browser's name
+/// and major version), already bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Value<'a> {
     head: &'a str,
     tail: &'a str,
-    /// `head` is a URL (query and fragment dropped) whose id segments read as placeholders,
-    /// the whole cut to [`MAX_URL_BYTES`].
-    route: bool,
 }
 
 impl<'a> Value<'a> {
     fn plain(head: &'a str) -> Self {
-        Self { head, tail: "", route: false }
+        Self { head, tail: "" }
     }
 
     /// Whether the value's text equals `s`, without building it.
     pub fn is(&self, s: &str) -> bool {
-        if self.route {
-            let mut rest = s;
-            let whole = route_pieces(self.head, |piece| match rest.strip_prefix(piece) {
-                Some(r) => {
-                    rest = r;
-                    true
-                }
-                None => false,
-            });
-            return whole && rest.is_empty();
-        }
         if self.tail.is_empty() {
             return self.head == s;
         }
@@ -123,14 +109,6 @@ impl<'a> Value<'a> {
 
     /// The value's text.
     pub fn text(&self) -> String {
-        if self.route {
-            let mut s = String::with_capacity(self.head.len().min(MAX_URL_BYTES));
-            route_pieces(self.head, |piece| {
-                s.push_str(piece);
-                true
-            });
-            return s;
-        }
         if self.tail.is_empty() {
             return self.head.to_owned();
         }
@@ -157,10 +135,9 @@ fn id_placeholder(segment: &str) -> Option<&'static str> {
     (b.len() >= 8 && hexlike && b.iter().any(u8::is_ascii_digit)).then_some("<id>")
 }
 
-/// Hands `url`'s text, id segments of its path replaced by placeholders, to `take` piece by
-/// piece, cut in total to [`MAX_URL_BYTES`] (on a character boundary); stops early when
-/// `take` says no. Returns whether every piece was taken. Linear in the URL's length.
-fn route_pieces(url: &str, mut take: impl FnMut(&str) -> bool) -> bool {
+/// Writes `url` into `out` with the id segments of its path replaced by placeholders, cut to
+/// [`MAX_URL_BYTES`] on a character boundary. Linear in the URL's length.
+fn write_route(url: &str, out: &mut String) {
     // Byte searches for ASCII bytes (so every cut is on a character boundary): `str::find`
     // and `split` with a char decode every character, several times the cost.
     let bytes = url.as_bytes();
@@ -169,34 +146,20 @@ fn route_pieces(url: &str, mut take: impl FnMut(&str) -> bool) -> bool {
         Some(i) => memchr::memchr(b'/', &bytes[i + 3..]).map_or(url.len(), |j| i + 3 + j),
         None => 0,
     };
-    let mut budget = MAX_URL_BYTES;
-    let mut give = |piece: &str| -> Option<bool> {
-        let cut = if piece.len() <= budget { piece } else { prefix(piece, budget) };
-        budget -= cut.len();
-        if !cut.is_empty() && !take(cut) {
-            return Some(false);
-        }
-        // Cut short: the rest of the URL is past the bound.
-        (cut.len() < piece.len()).then_some(true)
-    };
-    if let Some(done) = give(&url[..path_at]) {
-        return done;
-    }
+    out.push_str(&url[..path_at]);
     let mut at = path_at;
-    loop {
+    while out.len() < MAX_URL_BYTES {
         let end = memchr::memchr(b'/', &bytes[at..]).map_or(url.len(), |j| at + j);
         let segment = &url[at..end];
-        if let Some(done) = give(id_placeholder(segment).unwrap_or(segment)) {
-            return done;
-        }
+        out.push_str(id_placeholder(segment).unwrap_or(segment));
         if end == url.len() {
-            return true;
+            break;
         }
-        if let Some(done) = give("/") {
-            return done;
-        }
+        out.push('/');
         at = end + 1;
     }
+    let keep = prefix(out, MAX_URL_BYTES).len();
+    out.truncate(keep);
 }
 
 /// The browser of `e`: `contexts.browser.name`, plus the major version (what precedes the
@@ -210,7 +173,7 @@ pub fn browser<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
     let version = b.version.as_deref().unwrap_or("").trim();
     // Cut at an ASCII byte: on a character boundary.
     let major = &version[..memchr::memchr2(b'.', b' ', version.as_bytes()).unwrap_or(version.len())];
-    Some(Value { head, tail: prefix(major, MAX_MAJOR_BYTES), route: false })
+    Some(Value { head, tail: prefix(major, MAX_MAJOR_BYTES) })
 }
 
 /// The operating system of `e`: `contexts.os.name`.
@@ -219,42 +182,31 @@ pub fn os<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
     (!head.is_empty()).then_some(Value::plain(head))
 }
 
-/// The URL of `e` as a route: `request.url` without its query string and fragment, the path
-/// segments that name one object replaced by `<int>` (all digits) or `<id>` (UUIDs, hashes,
-/// hex ids), at most [`MAX_URL_BYTES`]: `https://shop.example/carts/8812/items` and
+/// The URL of `e` as a route, written into `buf` (kept from one event to the next: no
+/// allocation once it is large enough): `request.url` without its query string and fragment,
+/// the path segments that name one object replaced by `<int>` (all digits) or `<id>` (UUIDs,
+/// hashes, hex ids), at most [`MAX_URL_BYTES`]: `https://shop.example/carts/8812/items` and
 /// `https://shop.example/carts/9/items` count as one `https://shop.example/carts/<int>/items`,
 /// so that the breakdown says which pages an issue happens on rather than listing one URL per
 /// event.
-pub fn url<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
+pub fn url<'b>(e: &Event<'_>, buf: &'b mut String) -> Option<Value<'b>> {
+    buf.clear();
     let u = e.request.as_ref()?.url.as_deref()?;
     // Cut at an ASCII byte: on a character boundary. (A byte search: `str::split` with a
     // char pattern decodes every character, several times the cost on a long URL.)
     let u = u[..memchr::memchr2(b'?', b'#', u.as_bytes()).unwrap_or(u.len())].trim();
     // The raw text is cut at eight times the bound first, so that the work is linear in the
     // bound, not the input (a route whose ids shrink it more than eightfold ends short of it).
-    let head = prefix(u, MAX_URL_BYTES * 8);
-    (!head.is_empty()).then_some(Value { head, tail: "", route: true })
-}
-
-/// [`url`], its text written into `buf` (kept from one event to the next: no allocation once
-/// it is large enough) and returned as a plain value over it: one walk of the URL, then plain
-/// comparisons with a bucket's values.
-pub fn route_into<'b>(e: &Event<'_>, buf: &'b mut String) -> Option<Value<'b>> {
-    buf.clear();
-    let v = url(e)?;
-    route_pieces(v.head, |piece| {
-        buf.push_str(piece);
-        true
-    });
+    write_route(prefix(u, MAX_URL_BYTES * 8), buf);
     (!buf.is_empty()).then_some(Value::plain(buf))
 }
 
-/// The value of `key` in `e`.
-pub fn value<'a>(e: &'a Event<'_>, key: Key) -> Option<Value<'a>> {
+/// The value of `key` in `e`; `buf` holds a URL's route (see [`url`]).
+pub fn value<'a>(e: &'a Event<'_>, key: Key, buf: &'a mut String) -> Option<Value<'a>> {
     match key {
         Key::Browser => browser(e),
         Key::Os => os(e),
-        Key::Url => url(e),
+        Key::Url => url(e, buf),
     }
 }
 
@@ -375,24 +327,29 @@ mod tests {
         v.map(|v| v.text())
     }
 
+    /// The route of `e`'s URL.
+    fn route_of(e: &Event<'_>) -> Option<String> {
+        text(url(e, &mut String::new()))
+    }
+
     #[test]
     fn values_are_read_and_bounded() {
         let e = ev(Some(("Chrome", "120.0.6099.109")), Some("Windows"), Some("https://shop.example/cart?id=3#top"));
         assert_eq!(text(browser(&e)).as_deref(), Some("Chrome 120"));
         assert_eq!(text(os(&e)).as_deref(), Some("Windows"));
-        assert_eq!(text(url(&e)).as_deref(), Some("https://shop.example/cart"));
+        assert_eq!(route_of(&e).as_deref(), Some("https://shop.example/cart"));
         let e = ev(Some(("Яндекс Браузер", "")), Some("iOS"), Some("https://例え.jp/パス#frag?x"));
         assert_eq!(text(browser(&e)).as_deref(), Some("Яндекс Браузер"), "no version: the name alone");
-        assert_eq!(text(url(&e)).as_deref(), Some("https://例え.jp/パス"));
+        assert_eq!(route_of(&e).as_deref(), Some("https://例え.jp/パス"));
         // Absent or empty fields contribute nothing.
         let none = ev(Some(("  ", "1")), None, Some("?q=1"));
-        assert_eq!((text(browser(&none)), text(os(&none)), text(url(&none))), (None, None, None));
-        assert_eq!(text(url(&Event::default())), None);
+        assert_eq!((text(browser(&none)), text(os(&none)), route_of(&none)), (None, None, None));
+        assert_eq!(route_of(&Event::default()), None);
         // Long values are cut on a character boundary.
         let long_url = format!("https://x.example/{}?{}", "日本語".repeat(100), "q".repeat(10));
         let long_name = "🦀".repeat(40);
         let e = ev(Some((&long_name, "9999999999999999999999.1")), Some(&long_name), Some(&long_url));
-        let u = text(url(&e)).unwrap();
+        let u = route_of(&e).unwrap();
         assert!(u.len() <= MAX_URL_BYTES && u.len() > MAX_URL_BYTES - 4, "{}", u.len());
         assert!(long_url.starts_with(&u));
         let b = text(browser(&e)).unwrap();
@@ -402,7 +359,7 @@ mod tests {
 
     #[test]
     fn values_compare_without_being_built() {
-        let v = Value { head: "Chrome", tail: "120", route: false };
+        let v = Value { head: "Chrome", tail: "120" };
         assert!(v.is("Chrome 120"));
         for s in ["Chrome", "Chrome120", "Chrome 12", "Chrome_120", "Chrom 1200", "", "Chrome 120 "] {
             assert!(!v.is(s), "{s}");
@@ -485,16 +442,11 @@ mod tests {
     }
 
     /// Id segments of the path read as placeholders; the host, route words and non-ids stay;
-    /// `is` agrees with `text` on every case, including the cut.
+    /// long routes are cut on a character boundary.
     #[test]
     fn urls_read_as_routes_with_id_segments_replaced() {
         let route = |u: &str| {
-            let e = ev(None, None, Some(u));
-            let v = url(&e).unwrap();
-            let t = v.text();
-            assert!(v.is(&t), "{u}: is() disagrees with text() {t:?}");
-            let shorter = t.char_indices().last().map_or("", |(i, _)| &t[..i]);
-            assert!(!v.is(&format!("{t}x")) && !v.is(shorter));
+            let t = route_of(&ev(None, None, Some(u))).unwrap();
             assert!(t.len() <= MAX_URL_BYTES, "{u}: {} bytes", t.len());
             t
         };
@@ -514,19 +466,14 @@ mod tests {
         let ones = format!("/{}", "1/".repeat(5000));
         assert_eq!(route(&ones).len(), MAX_URL_BYTES);
         // Two events of one route are one value of the breakdown.
-        let mut b = Breakdown::default();
+        let (mut b, mut buf) = (Breakdown::default(), String::new());
         for u in ["/carts/1", "/carts/22", "/carts/333"] {
             let e = ev(None, None, Some(u));
-            let t = b.plan(Key::Url, url(&e).unwrap());
+            let t = b.plan(Key::Url, url(&e, &mut buf).unwrap());
             b.apply(Key::Url, t);
         }
         assert_eq!(b.url, [ValueCount { value: "/carts/<int>".into(), count: 3 }]);
-        // Built into a buffer: the same text.
-        let mut buf = String::new();
-        for u in ["https://shop.example/carts/8812/items?x=1", "/a/1/b/deadbeef42", &long, &ones] {
-            let e = ev(None, None, Some(u));
-            assert_eq!(route_into(&e, &mut buf).map(|v| v.text()), url(&e).map(|v| v.text()));
-        }
-        assert!(route_into(&ev(None, None, None), &mut buf).is_none());
+        // A kept buffer holds only the current event's route.
+        assert!(url(&ev(None, None, None), &mut buf).is_none() && buf.is_empty());
     }
 }
