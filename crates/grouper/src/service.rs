@@ -116,19 +116,22 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     // Their health is part of this one's; either loop ending ends the others.
     let healths: Vec<Health> = (1..=extra).map(|i| health.child(&format!("grouper-{i}"))).collect();
     std::thread::scope(|scope| {
-        let others: Vec<_> = healths
-            .iter()
-            .map(|h| {
-                std::thread::Builder::new()
-                    .name("grouper".into())
-                    .spawn_scoped(scope, move || {
-                        let r = tracefold_runtime::telemetry::run_guarded(h, || run_consumer(cfg, shutdown, h));
-                        shutdown.trigger();
-                        r
-                    })
-                    .context("cannot start a grouper consumer thread")
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let mut others = Vec::with_capacity(healths.len());
+        for h in &healths {
+            let spawned = std::thread::Builder::new().name("grouper".into()).spawn_scoped(scope, move || {
+                let r = tracefold_runtime::telemetry::run_guarded(h, || run_consumer(cfg, shutdown, h));
+                shutdown.trigger();
+                r
+            });
+            match spawned {
+                Ok(t) => others.push(t),
+                Err(e) => {
+                    // The loops already started must end, or the scope would wait on them.
+                    shutdown.trigger();
+                    return Err(e).context("cannot start a grouper consumer thread");
+                }
+            }
+        }
         let mut result = run_consumer(cfg, shutdown, health);
         shutdown.trigger();
         for t in others {
