@@ -32,26 +32,21 @@ pub async fn run(a: UiArgs) -> anyhow::Result<()> {
 }
 
 /// The `[grouping]` section of the config file at `path` (the default config when the file has
-/// none). Only that section is read: the rest of the file (a grouper's or `tracefold dev`'s
-/// config) is not the UI's.
+/// none), with the same `TRACEFOLD__GROUPING__*` overrides the grouper takes. Only that section
+/// is read: the rest of the file (a grouper's or `tracefold dev`'s config) is not the UI's.
 ///
 /// # Errors
 /// The file cannot be read, is not TOML, or its `[grouping]` section is not a grouping config
 /// (the message names the file and the key).
 pub fn grouping_from(path: &std::path::Path) -> anyhow::Result<tracefold_fingerprint::GroupingConfig> {
-    #[derive(serde::Deserialize)]
+    /// A config file seen through its `[grouping]` section (other sections are ignored).
+    #[derive(serde::Deserialize, serde::Serialize, Default)]
     struct OnlyGrouping {
         #[serde(default)]
         grouping: tracefold_fingerprint::GroupingConfig,
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
-    let only = toml::Table::from_iter(table.get("grouping").map(|g| ("grouping".to_owned(), g.clone())));
-    let g: OnlyGrouping = toml::Value::Table(only).try_into().map_err(|e: toml::de::Error| {
-        anyhow::anyhow!("invalid [grouping] in {}: {}", path.display(), e.to_string().trim())
-    })?;
-    Ok(g.grouping)
+    let only: OnlyGrouping = tracefold_runtime::config::load(Some(path), std::env::vars())?;
+    Ok(only.grouping)
 }
 
 #[cfg(test)]
