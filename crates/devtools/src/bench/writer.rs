@@ -86,7 +86,8 @@ pub async fn writer(opts: &WriterOptions) -> anyhow::Result<WriterReport> {
     // broker) and reads the schema once. Its records come first in every partition, so that
     // the measured ones are never taken for replays of them.
     send_wave(&producer, &topics, 0, WARMUP_RECORDS, now, &sample).await?;
-    wait_stored(&client, &ch.database, WARMUP_RECORDS, Duration::from_secs(120)).await?;
+    let warm = wait_stored(&client, &ch.database, WARMUP_RECORDS, Duration::from_secs(120)).await?;
+    anyhow::ensure!(warm >= WARMUP_RECORDS, "the warm-up stored {warm} of {WARMUP_RECORDS} records within 2 minutes");
     let t0 = Instant::now();
     let mut sent = 0u64;
     while sent < records {
