@@ -91,14 +91,8 @@ pub fn render_issue(d: &IssueDetail) -> String {
         if top.values.is_empty() {
             continue;
         }
-        let rows: Vec<Vec<String>> = top
-            .values
-            .iter()
-            .map(|(k, n)| {
-                let tenths = (u128::from(*n) * 1000 + u128::from(top.total) / 2) / u128::from(top.total.max(1));
-                vec![k.clone(), thousands(*n), format!("{}.{}%", tenths / 10, tenths % 10)]
-            })
-            .collect();
+        let rows: Vec<Vec<String>> =
+            top.values.iter().map(|(k, n)| vec![k.clone(), thousands(*n), top.share(*n)]).collect();
         out.push('\n');
         out.push_str(&table(&[(head, Align::Left), ("EVENTS", Align::Right), ("SHARE", Align::Right)], &rows, 60));
     }

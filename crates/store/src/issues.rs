@@ -636,6 +636,18 @@ pub struct Top {
     pub total: u64,
 }
 
+impl Top {
+    /// `n` events as a share of [`Top::total`], a percentage with one decimal (`42.9%`),
+    /// without floats; `0.0%` of nothing.
+    pub fn share(&self, n: u64) -> String {
+        if self.total == 0 {
+            return "0.0%".into();
+        }
+        let tenths = (u128::from(n) * 1000 + u128::from(self.total) / 2) / u128::from(self.total);
+        format!("{}.{}%", tenths / 10, tenths % 10)
+    }
+}
+
 /// The top values of each breakdown key (browser, OS, URL) of an issue's events from `start`
 /// (Unix seconds, an hour) on: one query for the values (`LIMIT BY`), one for the totals.
 ///
@@ -910,6 +922,19 @@ pub async fn set_status(client: &Client, database: &str, change: &StatusChange<'
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn shares_round_to_a_tenth_of_a_percent() {
+        let share = |n: u64, total: u64| Top { values: Vec::new(), total }.share(n);
+        assert_eq!(share(3, 7), "42.9%");
+        assert_eq!(share(1, 3), "33.3%");
+        assert_eq!(share(2, 3), "66.7%");
+        assert_eq!(share(7, 7), "100.0%");
+        assert_eq!(share(0, 0), "0.0%");
+        assert_eq!(share(u64::MAX, u64::MAX), "100.0%");
+        assert_eq!(share(1, u64::MAX), "0.0%");
+    }
+
     use super::*;
 
     #[test]

@@ -498,15 +498,6 @@ fn kv_table(p: &mut Page, what: &'static str, rows: &[(String, u64)]) {
     p.raw("</tbody></table>");
 }
 
-/// `n` of `total` as a percentage with one decimal (`42.9%`), without floats.
-fn share(n: u64, total: u64) -> String {
-    if total == 0 {
-        return "0.0%".into();
-    }
-    let tenths = (u128::from(n) * 1000 + u128::from(total) / 2) / u128::from(total);
-    format!("{}.{}%", tenths / 10, tenths % 10)
-}
-
 /// A breakdown by browser, OS or URL: the top values over the window, their events and share
 /// of the window's events that have a value of this key.
 fn top_table(p: &mut Page, id: &'static str, what: &'static str, top: &tracefold_store::issues::Top) {
@@ -515,7 +506,7 @@ fn top_table(p: &mut Page, id: &'static str, what: &'static str, top: &tracefold
     p.raw("</th><th class=\"n\">Events</th><th class=\"n\">Share</th></tr></thead><tbody>");
     for (v, n) in &top.values {
         p.raw("<tr><td class=\"t\">").user(v).raw("</td><td class=\"n\">").num(*n);
-        p.raw("</td><td class=\"n\">").text(&share(*n, top.total)).raw("</td></tr>");
+        p.raw("</td><td class=\"n\">").text(&top.share(*n)).raw("</td></tr>");
     }
     if top.values.is_empty() {
         p.raw("<tr><td colspan=\"3\">No events with this field in the window.</td></tr>");
@@ -711,17 +702,6 @@ async fn set_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shares_round_to_a_tenth_of_a_percent() {
-        assert_eq!(share(3, 7), "42.9%");
-        assert_eq!(share(1, 3), "33.3%");
-        assert_eq!(share(2, 3), "66.7%");
-        assert_eq!(share(7, 7), "100.0%");
-        assert_eq!(share(0, 0), "0.0%");
-        assert_eq!(share(u64::MAX, u64::MAX), "100.0%");
-        assert_eq!(share(1, u64::MAX), "0.0%");
-    }
 
     #[test]
     fn breakdown_tables_escape_values_and_show_shares() {
