@@ -17,6 +17,9 @@
 //! and file paths (`'Zoë'`, `/var/data/user8812/export_77.csv`) vary per event.
 
 mod baselines;
+pub mod sourcemaps;
+
+pub use sourcemaps::symbolicate_frame;
 
 pub use baselines::{posthog_key, swetrix_key};
 use rand::rngs::SmallRng;
@@ -50,6 +53,10 @@ struct Bug {
     thread_crash: bool,
     /// A log line without a template, with quoted values and file paths in it.
     log_values: bool,
+    /// A JavaScript bug whose frames are a real bug of the source-map fixtures (its index
+    /// there): original frames from the unbundled app, or, in minified events, the frames V8
+    /// reported in one of the six minified builds.
+    fixture: Option<usize>,
 }
 
 /// Corpus options.
@@ -108,7 +115,13 @@ fn make_bugs(n: usize, rng: &mut SmallRng) -> Vec<Bug> {
         } else {
             (ty, template)
         };
-        bugs.push(Bug { platform, ty, template, frames, helper, message_only, thread_crash, log_values });
+        // JavaScript exceptions take a real bug of the fixtures while there are enough (60:
+        // the first 540 bugs).
+        let fixture = (platform == "javascript" && !message_only && !log_values && !thread_crash)
+            .then_some(k / PLATFORMS.len())
+            .filter(|i| *i < sourcemaps::table().original.len());
+        let ty = fixture.map_or(ty, |i| sourcemaps::table().original[i].ty.clone());
+        bugs.push(Bug { platform, ty, template, frames, helper, message_only, thread_crash, log_values, fixture });
     }
     bugs
 }
@@ -170,6 +183,40 @@ fn render_event(bug: &Bug, k: usize, rng: &mut SmallRng) -> String {
     let browser = rng.gen_range(0..3);
     // (Thread crashes come from native and JVM SDKs, whose frames have names.)
     let minified = bug.platform == "javascript" && !bug.thread_crash && rng.gen_bool(0.1);
+    if let Some(fx) = bug.fixture {
+        let t = sourcemaps::table();
+        let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
+        let frames: Vec<String> = if minified {
+            let url = quote(&t.builds[release as usize].url);
+            t.stacks[release as usize][fx]
+                .frames
+                .iter()
+                .map(|(f, l, c)| {
+                    format!(r#"{{"function":{},"filename":{url},"lineno":{l},"colno":{c},"in_app":true}}"#, quote(f))
+                })
+                .collect()
+        } else {
+            t.original[fx]
+                .frames
+                .iter()
+                .map(|(f, file, l, c)| {
+                    format!(
+                        r#"{{"function":{},"filename":{},"lineno":{l},"colno":{c},"in_app":true}}"#,
+                        quote(f),
+                        quote(file)
+                    )
+                })
+                .collect()
+        };
+        let _ = write!(
+            j,
+            r#""exception":[{{"type":"{}","value":"{}","stacktrace":{{"frames":[{}]}}}}]}}"#,
+            bug.ty,
+            message,
+            frames.join(",")
+        );
+        return j;
+    }
     let mut frames: Vec<String> = Vec::new();
     // Distant callers: 0-4 random outer frames beyond the cap, then a fixed pad of callers.
     for _ in 0..rng.gen_range(0..5) {
@@ -360,30 +407,77 @@ pub struct Report {
     pub seed: u64,
     /// tracefold's grouping.
     pub tracefold: Scores,
+    /// tracefold's grouping with minified frames first symbolicated with the fixtures' maps.
+    pub tracefold_maps: Scores,
+    /// The JavaScript bugs drawn from the source-map fixtures.
+    pub minified: MinifiedFamily,
     /// Swetrix-style key.
     pub swetrix: Scores,
     /// PostHog-style key.
     pub posthog: Scores,
 }
 
-/// Generates a corpus and scores tracefold and both baselines on it.
+/// The bugs of the corpus drawn from the source-map fixtures: how many issues their events make
+/// without and with the maps.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct MinifiedFamily {
+    /// Bugs drawn from the fixtures.
+    pub bugs: usize,
+    /// Their events.
+    pub events: usize,
+    /// Of those, events with minified frames.
+    pub minified_events: usize,
+    /// Issues their events make without maps.
+    pub issues_without_maps: usize,
+    /// Issues their events make with every minified frame symbolicated first.
+    pub issues_with_maps: usize,
+}
+
+/// Generates a corpus and scores tracefold (without and with source maps) and both baselines
+/// on it.
 pub fn evaluate(opts: &CorpusOptions) -> Report {
     let events = corpus(opts);
+    let fixture_bug: Vec<bool> =
+        make_bugs(opts.bugs, &mut SmallRng::seed_from_u64(opts.seed)).iter().map(|b| b.fixture.is_some()).collect();
     let cfg = tracefold_fingerprint::GroupingConfig::default();
     let mut scratch = tracefold_fingerprint::Scratch::default();
     let truth: Vec<usize> = events.iter().map(|e| e.bug).collect();
-    let (mut ours, mut swetrix, mut posthog) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut mapped, mut swetrix, mut posthog) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut family = MinifiedFamily::default();
+    let (mut fam_truth, mut fam_ours, mut fam_mapped) = (Vec::new(), Vec::new(), Vec::new());
     for e in &events {
         let ev = tracefold_model::parse_event_str(&e.json).unwrap_or_else(|err| panic!("{err}: {}", e.json));
-        ours.push(tracefold_fingerprint::fingerprint(&ev, &cfg, &mut scratch).0);
+        let key = tracefold_fingerprint::fingerprint(&ev, &cfg, &mut scratch).0;
+        let symbolicated = sourcemaps::symbolicate_event(&e.json);
+        let key_mapped = if symbolicated == e.json {
+            key
+        } else {
+            let ev =
+                tracefold_model::parse_event_str(&symbolicated).unwrap_or_else(|err| panic!("{err}: {symbolicated}"));
+            tracefold_fingerprint::fingerprint(&ev, &cfg, &mut scratch).0
+        };
+        if fixture_bug[e.bug] {
+            family.events += 1;
+            family.minified_events += usize::from(symbolicated != e.json);
+            fam_truth.push(e.bug);
+            fam_ours.push(key);
+            fam_mapped.push(key_mapped);
+        }
+        ours.push(key);
+        mapped.push(key_mapped);
         swetrix.push(swetrix_key(&ev));
         posthog.push(posthog_key(&ev));
     }
+    family.bugs = fixture_bug.iter().filter(|b| **b).count();
+    family.issues_without_maps = score(&fam_truth, &fam_ours).issues;
+    family.issues_with_maps = score(&fam_truth, &fam_mapped).issues;
     Report {
         events: events.len(),
         bugs: opts.bugs,
         seed: opts.seed,
         tracefold: score(&truth, &ours),
+        tracefold_maps: score(&truth, &mapped),
+        minified: family,
         swetrix: score(&truth, &swetrix),
         posthog: score(&truth, &posthog),
     }
@@ -410,9 +504,20 @@ pub fn render(r: &Report) -> String {
             ("F1", Align::Right),
             ("issues", Align::Right),
         ],
-        &[row("tracefold v1", &r.tracefold), row("Swetrix-style", &r.swetrix), row("PostHog-style", &r.posthog)],
+        &[
+            row("tracefold v1", &r.tracefold),
+            row("tracefold v1 + source maps", &r.tracefold_maps),
+            row("Swetrix-style", &r.swetrix),
+            row("PostHog-style", &r.posthog),
+        ],
         40,
     ));
+    let m = &r.minified;
+    let _ = write!(
+        out,
+        "\nJavaScript bugs from the source-map fixtures: {} bugs, {} events ({} minified, six builds): {} issues without maps, {} with\n",
+        m.bugs, m.events, m.minified_events, m.issues_without_maps, m.issues_with_maps
+    );
     out
 }
 
@@ -453,6 +558,46 @@ mod tests {
             let s = score(&truth, &keys);
             assert_eq!((s.precision, s.recall), (1.0, 1.0), "{s:?}");
         }
+    }
+
+    /// The JavaScript bugs drawn from the source-map fixtures: without maps each minified
+    /// build of a bug is an issue of its own; with the maps a bug seen in all six builds (and
+    /// unminified) is one issue, and no two bugs share one.
+    #[test]
+    fn with_source_maps_a_bug_in_six_builds_is_one_issue() {
+        let opts = CorpusOptions { bugs: 60, events: 24000, seed: 11 };
+        let events = corpus(&opts);
+        let bugs = make_bugs(opts.bugs, &mut SmallRng::seed_from_u64(opts.seed));
+        let cfg = tracefold_fingerprint::GroupingConfig::default();
+        let mut scratch = tracefold_fingerprint::Scratch::default();
+        let mut keys: HashMap<usize, (std::collections::HashSet<u128>, std::collections::HashSet<u128>)> =
+            HashMap::new();
+        let mut builds: HashMap<usize, std::collections::HashSet<String>> = HashMap::new();
+        for e in events.iter().filter(|e| bugs[e.bug].fixture.is_some()) {
+            let fp = |json: &str, scratch: &mut tracefold_fingerprint::Scratch| {
+                tracefold_fingerprint::fingerprint(&tracefold_model::parse_event_str(json).unwrap(), &cfg, scratch).0
+            };
+            let entry = keys.entry(e.bug).or_default();
+            entry.0.insert(fp(&e.json, &mut scratch));
+            entry.1.insert(fp(&sourcemaps::symbolicate_event(&e.json), &mut scratch));
+            for b in &sourcemaps::table().builds {
+                if e.json.contains(&b.url) {
+                    builds.entry(e.bug).or_default().insert(b.url.clone());
+                }
+            }
+        }
+        let in_six: Vec<usize> = builds.iter().filter(|(_, b)| b.len() == 6).map(|(k, _)| *k).collect();
+        assert!(in_six.len() >= 3, "bugs seen in all six builds: {in_six:?} of {builds:?}");
+        for k in &in_six {
+            let (without, with) = &keys[k];
+            assert!(without.len() >= 7, "bug {k} without maps: {} issues", without.len());
+            assert_eq!(with.len(), 1, "bug {k} with maps: {} issues", with.len());
+        }
+        let all_mapped: std::collections::HashSet<u128> = keys.values().flat_map(|(_, w)| w.iter().copied()).collect();
+        assert_eq!(all_mapped.len(), keys.len(), "one issue per bug, none shared");
+        let r = evaluate(&opts);
+        assert!(r.tracefold_maps.f1 >= 0.995, "{}", render(&r));
+        assert_eq!(r.minified.issues_with_maps, r.minified.bugs, "{}", render(&r));
     }
 
     #[test]
