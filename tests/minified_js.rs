@@ -111,7 +111,11 @@ async fn minified_builds_reported_by_node_keep_their_frames() {
             .filter(|f| f["in_app"] == true)
             .map(|f| {
                 assert_eq!(f["filename"], url, "{f}");
-                (f["function"].as_str().unwrap().to_owned(), f["lineno"].as_u64().unwrap(), f["colno"].as_u64().unwrap())
+                (
+                    f["function"].as_str().unwrap().to_owned(),
+                    f["lineno"].as_u64().unwrap(),
+                    f["colno"].as_u64().unwrap(),
+                )
             })
             .collect();
         let want: Vec<(String, u64, u64)> = table["stacks"][b][BUG]["frames"]

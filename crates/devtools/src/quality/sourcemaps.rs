@@ -152,6 +152,28 @@ pub fn symbolicate_event(json: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The throughput fixtures: the same events, minified and original, each one a valid
+    /// event; symbolicated, a minified one fingerprints as its original twin.
+    #[test]
+    fn the_throughput_fixtures_are_the_same_events_minified_and_not() {
+        let minified = include_str!("../../../../tests/fixtures/sourcemaps/events-minified.ndjson");
+        let original = include_str!("../../../../tests/fixtures/sourcemaps/events-original.ndjson");
+        let (minified, original): (Vec<&str>, Vec<&str>) = (minified.lines().collect(), original.lines().collect());
+        assert_eq!((minified.len(), original.len()), (300, 300));
+        let cfg = tracefold_fingerprint::GroupingConfig::default();
+        let mut scratch = tracefold_fingerprint::Scratch::default();
+        let mut fp = |json: &str| {
+            let ev = tracefold_model::parse_event_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            (format!("{:?}", ev.event_id), tracefold_fingerprint::fingerprint(&ev, &cfg, &mut scratch).0)
+        };
+        for (m, o) in minified.iter().zip(&original) {
+            let ((mid, _), (oid, ofp)) = (fp(m), fp(o));
+            assert_eq!(mid, oid);
+            let (_, mapped) = fp(&symbolicate_event(m));
+            assert_eq!(mapped, ofp, "{m}");
+        }
+    }
+
     /// Every bug's minified crash frame, in every build, maps back to the function that
     /// throws in the unbundled run.
     #[test]
