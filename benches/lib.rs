@@ -8,6 +8,15 @@ pub const EVENTS_NDJSON: &str = include_str!("fixtures/events.ndjson");
 /// The Kafka message timestamp the fixtures were made for (ms).
 pub const FIXTURE_NOW_MS: i64 = 1_795_671_540_000;
 
+/// JavaScript events for measuring symbolication (tests/fixtures/sourcemaps): 300 events of
+/// the fixture app's 60 bugs with the minified frames V8 reported in its six esbuild builds
+/// (maps in tests/fixtures/sourcemaps/builds), and the same events (ids, messages, timestamps)
+/// with the frames of the unbundled sources. Same form and time window as [`EVENTS_NDJSON`].
+pub const JS_MINIFIED_NDJSON: &str = include_str!("../tests/fixtures/sourcemaps/events-minified.ndjson");
+
+/// See [`JS_MINIFIED_NDJSON`].
+pub const JS_ORIGINAL_NDJSON: &str = include_str!("../tests/fixtures/sourcemaps/events-original.ndjson");
+
 /// The fixture events as byte strings.
 pub fn events() -> Vec<Vec<u8>> {
     EVENTS_NDJSON.lines().filter(|l| !l.is_empty()).map(|l| l.as_bytes().to_vec()).collect()
