@@ -137,7 +137,8 @@ pub enum Cmd {
     Fingerprint(FingerprintArgs),
     /// Score spike detection on simulated traffic against a baseline rule.
     DetectionQuality(DetectionQualityArgs),
-    /// Score grouping quality on a labeled corpus against Swetrix- and PostHog-style baselines.
+    /// Score grouping quality on a labeled corpus against Swetrix- and PostHog-style baselines,
+    /// tracefold's also with minified JavaScript frames mapped through the fixtures' source maps.
     GroupingQuality(GroupingQualityArgs),
     /// Measure the HTTP ingest rate of the producer (embedded Kafka, no ClickHouse needed).
     BenchIngest(BenchIngestArgs),
