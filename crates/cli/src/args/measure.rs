@@ -114,11 +114,19 @@ pub struct BenchPipelineArgs {
     pub batch_max_age_ms: u64,
     /// What the lag bound counts: events the grouper has not read (the loosest the embedded
     /// broker's retention allows) or not committed (what a load in another process can see).
-    #[arg(long, value_enum, default_value = "read")]
-    pub pace_by: PaceBy,
+    /// Default: `read`; `committed` with `--processes` (the only one it allows).
+    #[arg(long, value_enum)]
+    pub pace_by: Option<PaceBy>,
     /// The grouper's consumer loops (threads sharing the partitions, `grouper.consumers`).
     #[arg(long, default_value_t = 2)]
     pub grouper_consumers: usize,
+    /// Run the grouper, the writer and the detector as processes of their own (the
+    /// tracefold-grouper, tracefold-writer and tracefold-detector binaries beside this one)
+    /// and report each one's peak RSS and CPU seconds; this process keeps the embedded broker
+    /// and the load. They read their usual `TRACEFOLD__...` variables (batch sizes,
+    /// `[kafka.librdkafka]` options).
+    #[arg(long)]
+    pub processes: bool,
     /// Result format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,

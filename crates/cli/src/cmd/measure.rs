@@ -90,8 +90,10 @@ pub async fn bench_pipeline(a: &BenchPipelineArgs) -> anyhow::Result<()> {
         partitions: a.partitions,
         max_lag_per_partition: a.max_lag_per_partition,
         batch_max_age_ms: a.batch_max_age_ms,
-        pace_by_commits: a.pace_by == PaceBy::Committed,
+        pace_by_commits: a.pace_by.unwrap_or(if a.processes { PaceBy::Committed } else { PaceBy::Read })
+            == PaceBy::Committed,
         grouper_consumers: a.grouper_consumers,
+        processes: a.processes,
         clickhouse: a.ch.config(),
     };
     let r = bench::pipeline(&opts).await?;

@@ -1,5 +1,6 @@
 //! `tracefold bench-pipeline`: load into Kafka -> grouper -> writer -> ClickHouse, end to end.
 
+use super::procs::{ProcFigures, ServiceProcesses};
 use crate::{dev, gen, loadgen};
 use anyhow::Context as _;
 use std::time::{Duration, Instant};
@@ -26,6 +27,10 @@ pub struct PipelineOptions {
     pub pace_by_commits: bool,
     /// The grouper's consumer loops (`grouper.consumers`).
     pub grouper_consumers: usize,
+    /// Run the grouper, the writer and the detector as processes of their own (their service
+    /// binaries, beside this executable), each measured apart; this process keeps the
+    /// embedded broker and the load. The load is then paced by the grouper's commits.
+    pub processes: bool,
     /// The ClickHouse server; the benchmark makes and drops a scratch database named after
     /// `database` and the process id.
     pub clickhouse: ClickHouseConfig,
@@ -59,10 +64,32 @@ pub struct PipelineReport {
     /// Peak resident set size of the whole process (load generator, embedded broker and the
     /// services together), bytes.
     pub peak_rss_bytes: u64,
+    /// With `processes`: per service process, its name, the settings that bound its memory and
+    /// what it used (peak RSS over its whole life, warm-up included; CPU over the measured span).
+    pub services: Vec<ServiceFigures>,
     /// Aggregate rows the measured events made (the warm-up's not counted): events per row is how much
     /// the grouper's batches aggregate, and what the writer and ClickHouse are spared.
     pub aggregate_rows: u64,
 }
+
+/// What one service process used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceFigures {
+    /// `grouper`, `writer`, `detector`.
+    pub name: String,
+    /// The settings that bound its memory, with their values in force.
+    pub bounds: String,
+    /// Peak RSS (`VmHWM`), bytes.
+    pub peak_rss_bytes: u64,
+    /// RSS at the end of the measured span, bytes.
+    pub rss_bytes: u64,
+    /// CPU seconds (user + system, all its threads) over the measured span.
+    pub cpu_seconds: f64,
+}
+
+/// What the bound of this process (the embedded broker and the load) is made of.
+const BENCH_PROCESS_BOUNDS: &str = "embedded broker: 5 MB of compressed messages per partition and topic; \
+     load: 20,000 pre-generated events, its producer's queue.buffering.max.kbytes";
 
 impl PipelineReport {
     /// The report as JSON.
@@ -87,12 +114,27 @@ impl PipelineReport {
             "paced_by": if self.opts.pace_by_commits { "committed" } else { "read" },
             "peak_rss_bytes": self.peak_rss_bytes,
             "aggregate_rows": self.aggregate_rows,
+            "processes": self.opts.processes,
+            "services": self.services.iter().map(|s| serde_json::json!({
+                "service": s.name,
+                "peak_rss_bytes": s.peak_rss_bytes,
+                "rss_bytes_at_end": s.rss_bytes,
+                "cpu_seconds": s.cpu_seconds,
+                "bounded_by": s.bounds,
+            })).collect::<Vec<_>>(),
         })
     }
 
-    /// Events stored per CPU-second of this process and the ClickHouse server together.
+    /// CPU seconds of the service processes together (0 in one process).
+    pub fn services_cpu_seconds(&self) -> f64 {
+        self.services.iter().map(|s| s.cpu_seconds).sum()
+    }
+
+    /// Events stored per CPU-second of this process, the service processes (with
+    /// `processes`) and the ClickHouse server together.
     pub fn events_per_cpu_second(&self) -> f64 {
         let cpu = self.cpu["process_seconds"].as_f64().unwrap_or(0.0)
+            + self.services_cpu_seconds()
             + self.cpu["clickhouse_seconds"].as_f64().unwrap_or(0.0);
         if cpu > 0.0 {
             self.stored as f64 / cpu
@@ -109,11 +151,12 @@ impl PipelineReport {
              events stored in ClickHouse {stored}\n\
              load (into Kafka)           {produced:.2}s  {:.0} events/s  (waited {:.2}s on the lag bound)\n\
              end to end                  {total:.2}s  {:.0} events/s\n\
-             peak RSS of the process     {:.0} MB\n\
+             peak RSS of {:<16}{:.0} MB\n\
              aggregate rows              {}  ({:.1} events per row)\n",
             accepted as f64 / produced,
             self.lag_waited_secs,
             stored as f64 / total,
+            if self.opts.processes { "broker + load" } else { "the process" },
             self.peak_rss_bytes as f64 / 1e6,
             self.aggregate_rows,
             stored as f64 / self.aggregate_rows.max(1) as f64
@@ -124,15 +167,33 @@ impl PipelineReport {
             }
         }
         let f = |k: &str| self.cpu[k].as_f64().unwrap_or(0.0);
+        for s in &self.services {
+            out += &format!(
+                "{:<48}{:.2}s  peak RSS {:.0} MB (at the end {:.0} MB)\n{:<48}bounded by {}\n",
+                format!("cpu {} process", s.name),
+                s.cpu_seconds,
+                s.peak_rss_bytes as f64 / 1e6,
+                s.rss_bytes as f64 / 1e6,
+                "",
+                s.bounds
+            );
+        }
+        if self.opts.processes {
+            out += &format!("{:<48}bounded by {BENCH_PROCESS_BOUNDS}\n", "broker + load process");
+        }
         out += &format!(
             "{:<48}{:.2}s\n{:<48}{:.2}s\n{:<48}{:.0}%\n{:<48}{:.0}\n",
-            "cpu this process",
+            if self.opts.processes { "cpu this process (broker + load)" } else { "cpu this process" },
             f("process_seconds"),
             "cpu clickhouse-server",
             f("clickhouse_seconds"),
             "machine busy (all cores)",
             f("machine_busy_share") * 100.0,
-            "events per CPU-second (process + ClickHouse)",
+            if self.opts.processes {
+                "events per CPU-second (processes + ClickHouse)"
+            } else {
+                "events per CPU-second (process + ClickHouse)"
+            },
             self.events_per_cpu_second()
         );
         out
@@ -148,38 +209,87 @@ impl PipelineReport {
     }
 }
 
-/// Runs the dev pipeline against a scratch database, loads `events` generated events straight
-/// into Kafka (paced by the grouper's lag) and waits until ClickHouse counts them (at most 30
-/// minutes); drops the scratch database.
+/// The services under measurement: in this process, or as processes of their own.
+enum Running {
+    InProcess(Box<dev::Pipeline>),
+    Processes(ServiceProcesses),
+}
+
+impl Running {
+    fn bootstrap_servers(&self) -> String {
+        match self {
+            Self::InProcess(p) => p.bootstrap_servers(),
+            Self::Processes(p) => p.bootstrap_servers(),
+        }
+    }
+
+    /// `fut`, cut short with an error when a service process exits meanwhile.
+    async fn guard<T>(&self, fut: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        match self {
+            Self::InProcess(_) => fut.await,
+            Self::Processes(p) => tokio::select! {
+                r = fut => r,
+                e = p.watch() => Err(e),
+            },
+        }
+    }
+
+    fn figures(&self) -> Vec<(&'static str, String, ProcFigures)> {
+        match self {
+            Self::InProcess(_) => Vec::new(),
+            Self::Processes(p) => p.figures(),
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::InProcess(p) => p.stop().await,
+            Self::Processes(p) => p.stop().await,
+        }
+    }
+}
+
+/// Runs the dev pipeline (in this process, or with `processes` the grouper, the writer and
+/// the detector as processes of their own) against a scratch database, loads `events`
+/// generated events straight into Kafka (paced by the grouper's lag) and waits until
+/// ClickHouse counts them (at most 30 minutes); drops the scratch database.
 ///
 /// # Errors
 /// When the pipeline cannot start, Kafka or ClickHouse is unusable, or a service fails.
 pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> {
     super::quiet_logging();
+    if opts.processes && !opts.pace_by_commits {
+        anyhow::bail!("with the services in processes of their own the load can only be paced by the committed lag");
+    }
     let mut ch = opts.clickhouse.clone();
     ch.database = format!("{}_bench_{}", ch.database, std::process::id());
     let mut cfg = dev::DevConfig { clickhouse: ch.clone(), ..Default::default() };
     // Short batches keep the committed lag (what the load is paced by) close to the read lag.
     cfg.grouper.batch_max_age_ms = opts.batch_max_age_ms;
     cfg.grouper.consumers = opts.grouper_consumers;
+    cfg.telemetry.log_level = "warn".into();
     // librdkafka's mock cluster keeps at most 5 MB per partition: stay well inside it.
     let lag_limit = i64::from(opts.partitions) * opts.max_lag_per_partition;
-    let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(opts.partitions), true).await?;
-    let grouper =
-        pipeline.healths().into_iter().find(|h| h.name() == "grouper").context("no grouper in the pipeline")?;
-    let target =
-        loadgen::Target::Kafka { bootstrap_servers: pipeline.bootstrap_servers(), topic: cfg.topics.events.clone() };
+    let (running, group, lag_by) = if opts.processes {
+        let p = ServiceProcesses::start(&cfg, opts.partitions).await?;
+        let group = p.grouper_group.clone();
+        (Running::Processes(p), group, loadgen::LagBy::Committed)
+    } else {
+        let pipeline = dev::Pipeline::start(cfg.clone(), "127.0.0.1:0", Some(opts.partitions), true).await?;
+        let grouper =
+            pipeline.healths().into_iter().find(|h| h.name() == "grouper").context("no grouper in the pipeline")?;
+        let by = if opts.pace_by_commits { loadgen::LagBy::Committed } else { loadgen::LagBy::Read(grouper) };
+        (Running::InProcess(Box::new(pipeline)), cfg.grouper.group_id.clone(), by)
+    };
+    let bootstrap = running.bootstrap_servers();
+    let target = loadgen::Target::Kafka { bootstrap_servers: bootstrap.clone(), topic: cfg.topics.events.clone() };
     let load = |events: u64, seed: u64, progress: bool| loadgen::LoadOptions {
         events,
         rate: loadgen::Rate::Unpaced,
         batch: 0,
         concurrency: 0,
         progress,
-        max_lag: Some(loadgen::LagLimit {
-            group: cfg.grouper.group_id.clone(),
-            events: lag_limit,
-            by: if opts.pace_by_commits { loadgen::LagBy::Committed } else { loadgen::LagBy::Read(grouper.clone()) },
-        }),
+        max_lag: Some(loadgen::LagLimit { group: group.clone(), events: lag_limit, by: lag_by.clone() }),
         max_retries: loadgen::DEFAULT_MAX_RETRIES,
         // Event times within the last minute, as in live traffic (the generator's default
         // spreads them over an hour: a backfill, one aggregate row per event or so).
@@ -193,8 +303,10 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     };
     eprintln!("pipeline up (database {}); warming up with {WARMUP_EVENTS} events ...", ch.database);
     // Its own seed, so other event ids than the measured load's (which would be duplicates).
-    let warm = loadgen::run(&target, &load(WARMUP_EVENTS, gen::GenOptions::default().seed ^ 0x5eed, false)).await?;
-    let baseline = dev::wait_for_events(&ch, 0, warm.accepted, Duration::from_secs(300), false).await?;
+    let warm = running
+        .guard(loadgen::run(&target, &load(WARMUP_EVENTS, gen::GenOptions::default().seed ^ 0x5eed, false)))
+        .await?;
+    let baseline = running.guard(dev::wait_for_events(&ch, 0, warm.accepted, Duration::from_secs(300), false)).await?;
     if baseline != warm.accepted {
         anyhow::bail!("the warm-up stored {baseline} of {} events", warm.accepted);
     }
@@ -205,14 +317,30 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     let pool: Vec<gen::Generated> = (0..POOL_EVENTS.min(opts.events as usize)).map(|_| g.next_event()).collect();
     eprintln!("loading {} events straight into Kafka ({} distinct bodies, fresh ids) ...", opts.events, pool.len());
     let cpu0 = super::cpu::CpuSnapshot::now();
+    let services0 = running.figures();
     let t0 = Instant::now();
-    let s = loadgen::run_kafka_pool(&pipeline.bootstrap_servers(), &cfg.topics.events, &measured, &pool).await?;
+    let s = running.guard(loadgen::run_kafka_pool(&bootstrap, &cfg.topics.events, &measured, &pool)).await?;
     let produce_secs = t0.elapsed().as_secs_f64();
-    let stored = dev::wait_for_events(&ch, baseline, s.accepted, Duration::from_secs(1800), false).await?;
+    let stored =
+        running.guard(dev::wait_for_events(&ch, baseline, s.accepted, Duration::from_secs(1800), false)).await?;
     let total_secs = t0.elapsed().as_secs_f64();
     let cpu = super::cpu::CpuSnapshot::now().since(&cpu0);
+    let services = running
+        .figures()
+        .into_iter()
+        .map(|(name, bounds, f)| {
+            let start = services0.iter().find(|x| x.0 == name).map_or(0, |x| x.2.cpu_ticks);
+            ServiceFigures {
+                name: name.to_owned(),
+                bounds,
+                peak_rss_bytes: f.peak_rss_bytes,
+                rss_bytes: f.rss_bytes,
+                cpu_seconds: f.cpu_ticks.saturating_sub(start) as f64 / 100.0,
+            }
+        })
+        .collect();
     let peak_rss_bytes = super::cpu::rss().1;
-    pipeline.stop().await?;
+    running.stop().await?;
     let aggregate_rows = tracefold_store::aggregates::row_count(&client, &ch.database).await?.saturating_sub(warm_rows);
     tracefold_store::client::drop_database(&client, &ch.database).await?;
     Ok(PipelineReport {
@@ -224,6 +352,7 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
         total_secs,
         cpu,
         peak_rss_bytes,
+        services,
         aggregate_rows,
     })
 }
