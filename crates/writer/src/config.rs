@@ -26,8 +26,14 @@ pub struct WriterSection {
     /// Consumer group.
     pub group_id: String,
     /// An insert is sent after this many rows...
+    ///
+    /// Large by default: an INSERT into the aggregates table costs ClickHouse a fixed share
+    /// (about 50 ms of CPU for the eight materialized views on 18.16) plus a share per row, so
+    /// rows per insert decide its cost per row (`benches/README.md`, "Writer"). Below
+    /// `batch_max_rows` rows a second, `batch_max_age_ms` cuts the batch first.
     pub batch_max_rows: usize,
-    /// ...or this many bytes of aggregate JSON...
+    /// ...or this many bytes of aggregate JSON (what bounds the writer's memory: the batch being
+    /// read and the one being inserted, each up to about this much decoded)...
     pub batch_max_bytes: usize,
     /// ...or when its oldest row waited this long (ms).
     pub batch_max_age_ms: u64,
@@ -48,8 +54,8 @@ impl Default for WriterSection {
     fn default() -> Self {
         Self {
             group_id: "tracefold-writer".into(),
-            batch_max_rows: 20_000,
-            batch_max_bytes: 32 << 20,
+            batch_max_rows: 100_000,
+            batch_max_bytes: 64 << 20,
             batch_max_age_ms: 1000,
             retry_initial_ms: 200,
             retry_max_ms: 10_000,

@@ -86,6 +86,9 @@ pub struct BenchWriterArgs {
     /// Rows per INSERT at most (the writer's `batch_max_rows`).
     #[arg(long, default_value_t = tracefold_writer::config::WriterSection::default().batch_max_rows)]
     pub batch_max_rows: usize,
+    /// Bytes of aggregate JSON per INSERT at most (the writer's `batch_max_bytes`).
+    #[arg(long, default_value_t = tracefold_writer::config::WriterSection::default().batch_max_bytes)]
+    pub batch_max_bytes: usize,
     /// Result format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,

@@ -13,6 +13,8 @@ pub struct WriterOptions {
     pub records: u64,
     /// The writer's `batch_max_rows` (rows per INSERT at most).
     pub batch_max_rows: usize,
+    /// The writer's `batch_max_bytes` (bytes of aggregate JSON per INSERT at most).
+    pub batch_max_bytes: usize,
     /// The ClickHouse server; the benchmark makes and drops a scratch database named after
     /// `database` and the process id.
     pub clickhouse: ClickHouseConfig,
@@ -29,13 +31,15 @@ pub struct WriterReport {
     pub seconds: f64,
     /// The writer's `batch_max_rows`.
     pub batch_max_rows: usize,
+    /// The writer's `batch_max_bytes`.
+    pub batch_max_bytes: usize,
 }
 
 impl WriterReport {
     /// The report as JSON.
     pub fn json(&self) -> serde_json::Value {
         let (records, stored, secs) = (self.records, self.stored, self.seconds);
-        serde_json::json!({"records": records, "stored": stored, "seconds": secs, "rows_per_sec": stored as f64 / secs, "batch_max_rows": self.batch_max_rows})
+        serde_json::json!({"records": records, "stored": stored, "seconds": secs, "rows_per_sec": stored as f64 / secs, "batch_max_rows": self.batch_max_rows, "batch_max_bytes": self.batch_max_bytes})
     }
 
     /// The report as one line of text.
@@ -73,6 +77,7 @@ pub async fn writer(opts: &WriterOptions) -> anyhow::Result<WriterReport> {
     let mut wcfg = tracefold_writer::Config { kafka: kafka.clone(), clickhouse: ch.clone(), ..Default::default() };
     wcfg.writer.listen = String::new();
     wcfg.writer.batch_max_rows = opts.batch_max_rows;
+    wcfg.writer.batch_max_bytes = opts.batch_max_bytes;
     let shutdown = tracefold_runtime::Shutdown::new();
     let read = tracefold_runtime::telemetry::Health::named("writer");
     let (s, h) = (shutdown.clone(), read.clone());
@@ -108,7 +113,13 @@ pub async fn writer(opts: &WriterOptions) -> anyhow::Result<WriterReport> {
     shutdown.trigger();
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracefold_store::client::drop_database(&client, &ch.database).await?;
-    Ok(WriterReport { records, stored, seconds, batch_max_rows: opts.batch_max_rows })
+    Ok(WriterReport {
+        records,
+        stored,
+        seconds,
+        batch_max_rows: opts.batch_max_rows,
+        batch_max_bytes: opts.batch_max_bytes,
+    })
 }
 
 /// Records sent and stored before the clock starts.
