@@ -341,6 +341,13 @@ fn quoted_end(line: &str, open: usize, q: u8) -> Option<usize> {
     }
 }
 
+/// Whether `s` contains `://`. A byte loop: `str::contains` sets up a substring searcher on
+/// every call, which costs more than the search itself on a word of a message.
+fn has_scheme_sep(s: &str) -> bool {
+    let b = s.as_bytes();
+    (2..b.len()).any(|i| b[i - 2] == b':' && b[i - 1] == b'/' && b[i] == b'/')
+}
+
 fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'@' | b':' | b'/' | b'%' | b'+' | b'~')
 }
@@ -414,7 +421,7 @@ fn parameterize_line(line: &str, out: &mut String, quoted: Quoted) {
         while i < b.len() && is_word_byte(b[i]) {
             i += 1;
         }
-        if line[start..i].contains("://") {
+        if has_scheme_sep(&line[start..i]) {
             // A URL runs to the next space or closing quote/bracket, query string included.
             while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'"' | b'\'' | b')' | b']' | b'>') {
                 i += 1;
@@ -432,6 +439,9 @@ fn parameterize_line(line: &str, out: &mut String, quoted: Quoted) {
             None if after_eq && matches!(word, "true" | "false" | "True" | "False" | "TRUE" | "FALSE") => {
                 out.push_str("<bool>");
             }
+            // A plain word (most of a message): nothing in it to replace, as
+            // `parameterize_inner` would find (one part, no class), without splitting it.
+            None if word.bytes().all(|c| c.is_ascii_alphabetic()) => out.push_str(word),
             None => parameterize_inner(word, out),
         }
         out.push_str(trail);
@@ -520,19 +530,32 @@ const WEEKDAYS: &[&str] = &[
 ];
 const MONTHS: &[&str] = &["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
+/// `t` without its trailing commas.
+fn trim_commas(t: &[u8]) -> &[u8] {
+    let keep = t.iter().rposition(|&c| c != b',').map_or(0, |k| k + 1);
+    &t[..keep]
+}
+
 /// Whether a token of an already parameterized line can be part of a written-out date
 /// (RFC 822 `Tue, 26 Nov 2026 05:39:00 GMT`, JS `Thu Nov 26 2026 05:39:00 GMT+0000 (...)`).
-fn date_token(t: &str) -> (bool, bool) {
-    let bare = t.trim_end_matches(',');
-    let named = WEEKDAYS.contains(&bare) || MONTHS.contains(&bare);
-    let other =
-        matches!(bare, "<int>" | "<time>" | "<date>" | "GMT" | "UTC" | "Z" | "(Coordinated" | "Universal" | "Time)")
-            || bare.starts_with("GMT+")
-            || bare.starts_with("GMT-")
-            || bare.starts_with("UTC+")
-            || bare.starts_with("UTC-")
-            || (bare.starts_with('(') && bare.ends_with("Time)"));
-    (named || other, named || bare == "<time>")
+/// On bytes (a token is whole characters: the line is cut at ASCII spaces only).
+fn date_token(t: &[u8]) -> (bool, bool) {
+    let bare = trim_commas(t);
+    // Every date token below starts with an ASCII capital, `<` or `(`: any other token (most
+    // of a message) is decided by its first byte, without the comparisons.
+    if !bare.first().is_some_and(|&c| c.is_ascii_uppercase() || c == b'<' || c == b'(') {
+        return (false, false);
+    }
+    let named = WEEKDAYS.iter().chain(MONTHS).any(|w| w.as_bytes() == bare);
+    let other = matches!(
+        bare,
+        b"<int>" | b"<time>" | b"<date>" | b"GMT" | b"UTC" | b"Z" | b"(Coordinated" | b"Universal" | b"Time)"
+    ) || bare.starts_with(b"GMT+")
+        || bare.starts_with(b"GMT-")
+        || bare.starts_with(b"UTC+")
+        || bare.starts_with(b"UTC-")
+        || (bare.starts_with(b"(") && bare.ends_with(b"Time)"));
+    (named || other, named || bare == b"<time>")
 }
 
 /// Replaces runs of three or more date tokens (with a weekday, month or time among them) in
@@ -596,14 +619,14 @@ fn collapse_in_place(line: &mut [u8]) -> usize {
     };
     loop {
         let end = line[pos..].iter().position(|&c| c == b' ').map_or(len, |k| pos + k);
-        let tok = std::str::from_utf8(&line[pos..end]).unwrap_or("");
+        let tok = &line[pos..end];
         let (dateish, anchor) = date_token(tok);
         if dateish {
             let r = run.get_or_insert(DateRun { start: pos, end, tokens: 0, anchored: false, trailing_comma: false });
             r.end = end;
             r.tokens += 1;
             r.anchored |= anchor;
-            r.trailing_comma = tok.ends_with(',') && !tok.trim_end_matches(',').is_empty();
+            r.trailing_comma = tok.ends_with(b",") && !trim_commas(tok).is_empty();
         }
         let last = end == len;
         if !dateish || last {
@@ -642,7 +665,7 @@ fn classify_full(w: &str) -> Option<&'static str> {
     if b.is_empty() {
         return None;
     }
-    if w.contains("://") {
+    if has_scheme_sep(w) {
         return Some("<url>");
     }
     if let Some(at) = w.find('@') {
@@ -1036,5 +1059,47 @@ mod tests {
         ) {
             proptest::prop_assert_eq!(classify(&w), classify_full(&w), "{:?}", w);
         }
+
+        /// `date_token` on bytes with its first-byte shortcut answers as the check on `str`
+        /// it replaced (kept here as the reference).
+        #[test]
+        fn date_token_shortcut_agrees_with_the_full_check(
+            t in proptest::prop_oneof![
+                "(Mon|Tuesday|Nov|May|GMT|UTC|Z|<int>|<time>|<date>|\\(Coordinated|Universal|Time\\)|GMT\\+0000|UTC-5|\\(Central European Summer Time\\)|mon|nov),{0,2}",
+                "[a-zA-Z<>(),+0-9-]{0,12}",
+                "\\PC{0,12}",
+            ],
+        ) {
+            proptest::prop_assert_eq!(date_token(t.as_bytes()), date_token_reference(&t), "{:?}", t);
+        }
+
+        /// The byte loop finds `://` where `str::contains` does.
+        #[test]
+        fn scheme_separator_search_agrees_with_contains(s in proptest::prop_oneof!["[:/a日]{0,12}", "\\PC{0,20}"]) {
+            proptest::prop_assert_eq!(has_scheme_sep(&s), s.contains("://"), "{:?}", s);
+        }
+
+        /// A plain word is written as `parameterize_inner` writes it.
+        #[test]
+        fn plain_word_shortcut_agrees_with_the_full_path(w in "[a-zA-Z]{0,20}") {
+            let mut out = String::new();
+            parameterize_inner(&w, &mut out);
+            proptest::prop_assert_eq!(out, w);
+        }
+    }
+
+    /// `date_token` as it was before the shortcut, on `str`.
+    fn date_token_reference(t: &str) -> (bool, bool) {
+        let bare = t.trim_end_matches(',');
+        let named = WEEKDAYS.contains(&bare) || MONTHS.contains(&bare);
+        let other = matches!(
+            bare,
+            "<int>" | "<time>" | "<date>" | "GMT" | "UTC" | "Z" | "(Coordinated" | "Universal" | "Time)"
+        ) || bare.starts_with("GMT+")
+            || bare.starts_with("GMT-")
+            || bare.starts_with("UTC+")
+            || bare.starts_with("UTC-")
+            || (bare.starts_with('(') && bare.ends_with("Time)"));
+        (named || other, named || bare == "<time>")
     }
 }

@@ -160,18 +160,26 @@ fn check_len(field: &'static str, v: Option<&str>, max: usize) -> Result<(), Val
 pub fn is_event_id(s: &str) -> bool {
     let b = s.as_bytes();
     match b.len() {
-        32 => b.iter().all(u8::is_ascii_hexdigit),
-        36 => b.iter().enumerate().all(
-            |(i, c)| {
-                if matches!(i, 8 | 13 | 18 | 23) {
-                    *c == b'-'
-                } else {
-                    c.is_ascii_hexdigit()
-                }
-            },
-        ),
+        32 => all_hex(b),
+        36 => {
+            b[8] == b'-'
+                && b[13] == b'-'
+                && b[18] == b'-'
+                && b[23] == b'-'
+                && all_hex(&b[..8])
+                && all_hex(&b[9..13])
+                && all_hex(&b[14..18])
+                && all_hex(&b[19..23])
+                && all_hex(&b[24..])
+        }
         _ => false,
     }
+}
+
+/// Whether every byte is an ASCII hex digit: without an early exit per byte, so that the
+/// compiler checks many bytes per instruction (an event id is checked for every event).
+fn all_hex(b: &[u8]) -> bool {
+    b.iter().fold(true, |ok, &c| ok & ((c.wrapping_sub(b'0') < 10) | ((c | 0x20).wrapping_sub(b'a') < 6)))
 }
 
 /// `[a-z0-9][a-z0-9_-]*`, at most [`MAX_PROJECT_LEN`] bytes.
@@ -187,6 +195,58 @@ pub fn is_project_slug(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::parse_event_slice;
+
+    /// `is_event_id` as it was before the branch-free check, the reference.
+    fn is_event_id_reference(s: &str) -> bool {
+        let b = s.as_bytes();
+        match b.len() {
+            32 => b.iter().all(u8::is_ascii_hexdigit),
+            36 => {
+                b.iter().enumerate().all(
+                    |(i, c)| {
+                        if matches!(i, 8 | 13 | 18 | 23) {
+                            *c == b'-'
+                        } else {
+                            c.is_ascii_hexdigit()
+                        }
+                    },
+                )
+            }
+            _ => false,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn event_id_check_agrees_with_the_reference(
+            s in proptest::prop_oneof![
+                "[0-9a-fA-F]{32}",
+                "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+                "[0-9a-gA-G`@/:-]{30,37}",
+                "\\PC{0,36}",
+            ],
+        ) {
+            proptest::prop_assert_eq!(is_event_id(&s), is_event_id_reference(&s), "{:?}", s);
+        }
+    }
+
+    #[test]
+    fn event_ids_every_byte() {
+        for c in 0..=255u8 {
+            let mut id = *b"0123456789abcdef0123456789abcdef";
+            id[17] = c;
+            let s = String::from_utf8_lossy(&id).into_owned();
+            assert_eq!(is_event_id(&s), is_event_id_reference(&s), "{c}");
+            let mut uuid = *b"01234567-89ab-cdef-0123-456789abcdef";
+            for at in [0, 8, 13, 20, 35] {
+                let keep = uuid[at];
+                uuid[at] = c;
+                let s = String::from_utf8_lossy(&uuid).into_owned();
+                assert_eq!(is_event_id(&s), is_event_id_reference(&s), "{c} at {at}");
+                uuid[at] = keep;
+            }
+        }
+    }
 
     const NOW: Millis = 1_795_671_540_000;
 
