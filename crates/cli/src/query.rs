@@ -21,7 +21,7 @@ pub fn render_top(rows: &[TopIssue]) -> String {
                 row.push(r.previous.map(thousands).unwrap_or_default());
             }
             row.extend([
-                thousands(r.users),
+                if r.users_approximate { format!("~{}", thousands(r.users)) } else { thousands(r.users) },
                 r.first_seen.replace('T', " ").trim_end_matches('Z').to_owned(),
                 r.last_seen.replace('T', " ").trim_end_matches('Z').to_owned(),
                 sparkline(&rebucket(&r.last_hour, 30)),
@@ -40,7 +40,14 @@ pub fn render_top(rows: &[TopIssue]) -> String {
         ("LAST SEEN", Align::Left),
         ("LAST HOUR", Align::Left),
     ]);
-    table(&headers, &body, 60)
+    let mut out = table(&headers, &body, 60);
+    if rows.iter().any(|r| r.users_approximate) {
+        out.push_str(&format!(
+            "~ users estimated from daily sketches: {}\n",
+            tracefold_store::issues::USERS_SKETCH_ERROR
+        ));
+    }
+    out
 }
 
 /// Looks up one issue (`project` disambiguates an id seen in several projects).
@@ -139,6 +146,7 @@ mod tests {
             count: 3,
             previous: None,
             users: 1,
+            users_approximate: false,
             first_seen: "2026-11-25T00:00:00Z".into(),
             last_seen: "2026-11-26T05:00:59Z".into(),
             last_hour: vec![0; 60],
