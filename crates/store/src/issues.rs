@@ -289,8 +289,8 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
     .u32(c.from_day_up)
     .push("))");
     filter(&mut s);
-    // The minutes before the first whole day: every issue of them (less than a day of one
-    // day's part), without the set (its subquery once less).
+    // The rest of the first day (up to a day of one day's part): the issues of `only` alone,
+    // when given (a ranking by events over 7 days needs 20 issues' users, not every issue's).
     s.push(&format!(
         " UNION ALL SELECT project, issue_id, uniqCombinedState(u) AS st FROM {db}.aggregates ARRAY JOIN users AS u \
          WHERE minute >= toDateTime("
@@ -299,9 +299,7 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
     .push(") AND minute < toDateTime(")
     .u32(c.from_day_up)
     .push(")");
-    if let Some(p) = project {
-        s.push(" AND project = ").str(p);
-    }
+    filter(&mut s);
     s.push(" GROUP BY project, issue_id) GROUP BY project, issue_id");
     s
 }
