@@ -158,6 +158,29 @@ mod tests {
     }
 
     #[test]
+    fn approximate_users_are_marked_and_the_bound_stated() {
+        let row = TopIssue {
+            project: "web".into(),
+            issue_id: "abc".into(),
+            title: "t".into(),
+            culprit: "c".into(),
+            level: "error".into(),
+            count: 3,
+            previous: None,
+            users: 12_345,
+            users_approximate: false,
+            first_seen: "2026-11-25T00:00:00Z".into(),
+            last_seen: "2026-11-26T05:00:59Z".into(),
+            last_hour: vec![0; 60],
+        };
+        let exact = render_top(std::slice::from_ref(&row));
+        assert!(exact.contains(" 12,345 ") && !exact.contains('~'), "{exact}");
+        let approx = render_top(&[TopIssue { users_approximate: true, ..row }]);
+        assert!(approx.contains("~12,345"), "{approx}");
+        assert!(approx.contains(tracefold_store::issues::USERS_SKETCH_ERROR), "{approx}");
+    }
+
+    #[test]
     fn issue_view_prints_event_text_inert() {
         let d = IssueDetail {
             project: "web".into(),
