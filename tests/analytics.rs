@@ -211,6 +211,15 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert_eq!(num(&r[1]["users"]), 4, "{n}");
     seen.push(n);
 
+    // Over 7 days C's user joins in; the counts come from the daily sketches (exact at these
+    // sizes). D's union of kept hashes is past the sketch's exact range: ranked first anyway.
+    let (n, sql) = run("top_issues_by_users_7d");
+    let r = rows(&db, &sql).await;
+    let got: Vec<(&str, u64)> = r.iter().map(|v| (v["issue_id"].as_str().unwrap(), num(&v["users"]))).collect();
+    assert_eq!(got[0].0, D, "{n}");
+    assert_eq!(&got[1..], [(A, 4), (B, 1), (C, 1)], "{n}: ties by issue id");
+    seen.push(n);
+
     let (n, sql) = run("top_issues_by_growth");
     let r = rows(&db, &sql).await;
     let got: Vec<(&str, u64, u64)> =
@@ -333,7 +342,9 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
         ("issue_counts_1d", month),
         ("issue_counts_1h", month),
         ("issue_counts_1m", day),
+        ("issue_users_1d", month),
         ("issue_users_1h", month),
+        ("release_users_1d", month),
     ]
     .iter()
     .map(|(t, p)| ((*t).to_owned(), (*p).to_owned()))
@@ -468,6 +479,55 @@ async fn top_answers_for_any_limit_and_any_number_of_issues() {
     // The order is the documented one: events, then project, then issue id.
     assert!(r.windows(2).all(|w| (&w[0].project, &w[0].issue_id) < (&w[1].project, &w[1].issue_id)));
     // A limit smaller than the issues: the first ones of the same order.
+    // (Over 30 days the users come from the daily sketches, marked approximate; over the last
+    // hour they are exact: the same numbers here.)
+    assert!(r.iter().all(|r| r.users_approximate));
     let few = tracefold_store::issues::top_issues(&db.client, dbn, 3600, 7, None).await.unwrap();
-    assert_eq!(few, r[..7].to_vec());
+    assert!(few.iter().all(|r| !r.users_approximate));
+    let exact: Vec<_> =
+        r[..7].iter().map(|r| tracefold_store::issues::TopIssue { users_approximate: false, ..r.clone() }).collect();
+    assert_eq!(few, exact);
+}
+
+/// `tracefold top` over more than a day counts users from the daily sketches: within their
+/// error bound on an issue past the sketch's exact range, exact on small ones, and marked
+/// approximate; a window of a day stays exact and is not marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_counts_long_windows_users_from_daily_sketches_within_the_bound() {
+    use tracefold_store::issues::{top, TopBy, TopQuery};
+    let db = TestDb::new("top_sketch").await;
+    let t = db.server_now().await;
+    const U: &str = "55555555555555555555555555555555";
+    const V: &str = "66666666666666666666666666666666";
+    // U: 10 rows 6 hours apart (54 hours), 2,500 users each, each row sharing 500 with the
+    // next: 20,500 distinct users, 8,500 of them in the last day (rows 0 to 3).
+    let mut recs: Vec<AggregateRecord> = (0..10u64)
+        .map(|k| {
+            let at = t - 60 - (k as i64) * 6 * 3600;
+            rec("sk", U, at, "r1", "production", 1, users(k * 2000..k * 2000 + 2500), "", 100 + k as u32)
+        })
+        .collect();
+    // V: 3 users over two days (one of them twice).
+    recs.push(rec("sk", V, t - 120, "r1", "production", 5, users([1, 2]), "", 200));
+    recs.push(rec("sk", V, t - 30 * 3600, "r1", "production", 5, users([2, 3]), "", 201));
+    db.insert_records(&recs).await;
+    let dbn = &db.cfg.database;
+    for by in TopBy::ALL {
+        let q = TopQuery { since_secs: 7 * 86_400, limit: 10, project: Some("sk"), by };
+        let r = top(&db.client, dbn, &q).await.unwrap();
+        let u = r.iter().find(|r| r.issue_id == U).unwrap_or_else(|| panic!("{by:?}: {r:?}"));
+        let v = r.iter().find(|r| r.issue_id == V).unwrap();
+        let err = (u.users as f64 - 20_500.0).abs() / 20_500.0;
+        assert!(err < 0.01, "{by:?}: 20,500 users counted as {} ({:.2}% off)", u.users, err * 100.0);
+        assert_eq!(v.users, 3, "{by:?}: exact at small sizes");
+        assert!(r.iter().all(|r| r.users_approximate), "{by:?}");
+        let q = TopQuery { since_secs: 86_400, ..q };
+        let r = top(&db.client, dbn, &q).await.unwrap();
+        let users: Vec<(&str, u64)> = r.iter().map(|r| (r.issue_id.as_str(), r.users)).collect();
+        // Neither issue is new in the last day.
+        if by != TopBy::New {
+            assert!(users.contains(&(U, 8_500)) && users.contains(&(V, 2)), "{by:?}: exact over a day: {users:?}");
+        }
+        assert!(r.iter().all(|r| !r.users_approximate), "{by:?}");
+    }
 }

@@ -21,7 +21,7 @@ pub fn render_top(rows: &[TopIssue]) -> String {
                 row.push(r.previous.map(thousands).unwrap_or_default());
             }
             row.extend([
-                thousands(r.users),
+                if r.users_approximate { format!("~{}", thousands(r.users)) } else { thousands(r.users) },
                 r.first_seen.replace('T', " ").trim_end_matches('Z').to_owned(),
                 r.last_seen.replace('T', " ").trim_end_matches('Z').to_owned(),
                 sparkline(&rebucket(&r.last_hour, 30)),
@@ -40,7 +40,14 @@ pub fn render_top(rows: &[TopIssue]) -> String {
         ("LAST SEEN", Align::Left),
         ("LAST HOUR", Align::Left),
     ]);
-    table(&headers, &body, 60)
+    let mut out = table(&headers, &body, 60);
+    if rows.iter().any(|r| r.users_approximate) {
+        out.push_str(&format!(
+            "~ users estimated from daily sketches: {}\n",
+            tracefold_store::issues::USERS_SKETCH_ERROR
+        ));
+    }
+    out
 }
 
 /// Looks up one issue (`project` disambiguates an id seen in several projects).
@@ -139,6 +146,7 @@ mod tests {
             count: 3,
             previous: None,
             users: 1,
+            users_approximate: false,
             first_seen: "2026-11-25T00:00:00Z".into(),
             last_seen: "2026-11-26T05:00:59Z".into(),
             last_hour: vec![0; 60],
@@ -147,6 +155,29 @@ mod tests {
         no_controls(&out);
         assert!(out.contains("日本語日本語日本語日本語 "), "a 12-character id, cut between characters: {out}");
         assert!(out.contains("\u{FFFD}[2J\u{FFFD}]0;pwned\u{FFFD}title  \u{FFFD}gnp.exe"), "{out}");
+    }
+
+    #[test]
+    fn approximate_users_are_marked_and_the_bound_stated() {
+        let row = TopIssue {
+            project: "web".into(),
+            issue_id: "abc".into(),
+            title: "t".into(),
+            culprit: "c".into(),
+            level: "error".into(),
+            count: 3,
+            previous: None,
+            users: 12_345,
+            users_approximate: false,
+            first_seen: "2026-11-25T00:00:00Z".into(),
+            last_seen: "2026-11-26T05:00:59Z".into(),
+            last_hour: vec![0; 60],
+        };
+        let exact = render_top(std::slice::from_ref(&row));
+        assert!(exact.contains(" 12,345 ") && !exact.contains('~'), "{exact}");
+        let approx = render_top(&[TopIssue { users_approximate: true, ..row }]);
+        assert!(approx.contains("~12,345"), "{approx}");
+        assert!(approx.contains(tracefold_store::issues::USERS_SKETCH_ERROR), "{approx}");
     }
 
     #[test]

@@ -99,8 +99,14 @@ pub struct TopIssue {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<u64>,
     /// Distinct affected users in the window: exact over the user hashes the aggregates kept
-    /// (up to 4096 per aggregate; `tracefold issue` estimates beyond that bound).
+    /// (up to 4096 per aggregate; `tracefold issue` estimates beyond that bound) for windows of
+    /// up to a day; for longer ones merged from daily sketches ([`USERS_SKETCH_ERROR`]), and
+    /// then `users_approximate` is true.
     pub users: u64,
+    /// `users` is an estimate (windows longer than [`EXACT_USERS_SECS`]):
+    /// [`USERS_SKETCH_ERROR`].
+    #[serde(default)]
+    pub users_approximate: bool,
     /// First seen ever, RFC 3339.
     pub first_seen: String,
     /// Last seen, RFC 3339.
@@ -123,14 +129,13 @@ pub struct TopQuery<'a> {
 }
 
 /// The window's edges as the server aligns them (its time zone decides hours and days), Unix
-/// seconds. `*_up`: the first hour (day) start at or after the instant; `*_down`: the day
+/// seconds. `*_up`: the first day start at or after the instant; `*_down`: the day
 /// start at or before it.
 #[derive(Debug, Clone, Copy, clickhouse::Row, Deserialize)]
 struct Clock {
     now: u32,
     now_day: u32,
     from: u32,
-    from_hour_up: u32,
     from_day_up: u32,
     from_day_down: u32,
     prev: u32,
@@ -145,7 +150,6 @@ async fn clock(client: &Client, since_secs: u64) -> Result<Clock> {
     client
         .query(
             "SELECT toUInt32(t) AS now, toUInt32(toStartOfDay(t)) AS now_day, toUInt32(a) AS from, \
-             toUInt32(toStartOfHour(a) + if(toStartOfHour(a) = a, 0, 3600)) AS from_hour_up, \
              toUInt32(toDateTime(toDate(a) + if(toStartOfDay(a) = a, 0, 1))) AS from_day_up, \
              toUInt32(toStartOfDay(a)) AS from_day_down, toUInt32(p) AS prev, \
              toUInt32(toDateTime(toDate(p) + if(toStartOfDay(p) = p, 0, 1))) AS prev_day_up \
@@ -248,11 +252,14 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
     s
 }
 
-/// `SELECT project, issue_id, users_n`: distinct affected users per issue since `c.from`
-/// (exact over the user hashes the aggregates kept), of the issues in `only` (a SELECT of
-/// `project, issue_id`; the result may hold other issues too) or of all. Windows of up to a day read the base table (partitioned by
-/// day: only the window's days); longer ones the hourly user sets for whole hours and the base
-/// table for the minutes before the first whole hour. Both give the same number.
+/// `SELECT project, issue_id, users_n`: distinct affected users per issue since `c.from`, of
+/// the issues in `only` (a SELECT of `project, issue_id`; the result may hold other issues too)
+/// or of all. Windows of up to a day ([`EXACT_USERS_SECS`]) read the base table (partitioned
+/// by day: only the window's days) and count exactly over the user hashes the aggregates kept.
+/// Longer ones merge one sketch per issue and day (`issue_users_1d`, `uniqCombined`) for the
+/// whole days, and the same sketch of the base table's hashes for the part of the first day:
+/// approximate ([`USERS_SKETCH_ERROR`]), at a cost that does not grow with the users of each
+/// hour (merging every hour's exact set of a month was the slowest part of `top`).
 fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>) -> Sql {
     let filter = |s: &mut Sql| {
         if let Some(only) = only {
@@ -263,7 +270,7 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
         }
     };
     let mut s = Sql::default();
-    if since_secs <= 86_400 {
+    if since_secs <= EXACT_USERS_SECS {
         s.push(&format!(
             "SELECT project, issue_id, toUInt64(uniqExactArray(users)) AS users_n FROM {db}.aggregates WHERE minute >= toDateTime("
         ))
@@ -273,29 +280,41 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
         s.push(" GROUP BY project, issue_id");
         return s;
     }
+    // Whole days (and today, up to now) from the daily sketches; the part of the first day
+    // inside the window from the base table's hashes, as the same sketch state.
     s.push(&format!(
-        "SELECT project, issue_id, toUInt64(uniqExactMerge(st)) AS users_n FROM (\
-         SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1h WHERE hour >= toDateTime("
+        "SELECT project, issue_id, toUInt64(uniqCombinedMerge(st)) AS users_n FROM (\
+         SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1d WHERE day >= toDate(toDateTime("
     ))
-    .u32(c.from_hour_up)
-    .push(")");
+    .u32(c.from_day_up)
+    .push("))");
     filter(&mut s);
-    // The minutes before the first whole hour: every issue of them (less than an hour of one
-    // day's part), without the set (its subquery once less).
+    // The rest of the first day (up to a day of one day's part): the issues of `only` alone,
+    // when given (a ranking by events over 7 days needs 20 issues' users, not every issue's).
     s.push(&format!(
-        " UNION ALL SELECT project, issue_id, uniqExactState(u) AS st FROM {db}.aggregates ARRAY JOIN users AS u \
+        " UNION ALL SELECT project, issue_id, uniqCombinedState(u) AS st FROM {db}.aggregates ARRAY JOIN users AS u \
          WHERE minute >= toDateTime("
     ))
     .u32(c.from)
     .push(") AND minute < toDateTime(")
-    .u32(c.from_hour_up)
+    .u32(c.from_day_up)
     .push(")");
-    if let Some(p) = project {
-        s.push(" AND project = ").str(p);
-    }
+    filter(&mut s);
     s.push(" GROUP BY project, issue_id) GROUP BY project, issue_id");
     s
 }
+
+/// The longest window (seconds) whose users `top` counts exactly, from the base table's user
+/// hashes; longer windows merge the daily sketches of `issue_users_1d` (approximate).
+pub const EXACT_USERS_SECS: u64 = 86_400;
+
+/// The error bound of a users count merged from sketches, as the docs and the table output
+/// state it. `uniqCombined` (ClickHouse 18.16) keeps up to 8,192 distinct 32-bit hashes of the
+/// user hashes exactly (two users share a 32-bit hash with a chance of n^2 / 2^33: 1 in 8,600
+/// at 1,000 users), then a HyperLogLog of 2^17 cells, relative standard error
+/// 1.04 / sqrt(2^17) = 0.29%.
+pub const USERS_SKETCH_ERROR: &str =
+    "exact up to 8,192 users per issue (but for rare 32-bit hash collisions), 0.3% standard error beyond";
 
 /// The ORDER BY of a ranking (`users`: the name of the users column at that level).
 fn order_by(by: TopBy, users: &str) -> &'static str {
@@ -346,6 +365,7 @@ impl TopRow {
             level: self.level,
             count: self.events,
             users: self.users,
+            users_approximate: false,
             last_hour,
         }
     }
@@ -449,7 +469,8 @@ pub async fn top_issues(
 /// table, under a `readonly = 1` user, or that query fails, e.g. behind a proxy that does not
 /// keep sessions on one server, one query that computes the set where it is used gives the
 /// same answer). Events are counted exactly (whole days from the daily rollup, the rest
-/// of the first and last day per minute).
+/// of the first and last day per minute); users exactly for windows of up to a day, from daily
+/// sketches beyond ([`TopIssue::users_approximate`]).
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
@@ -489,7 +510,11 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
             (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
         }
     };
-    Ok(rows.into_iter().map(|r| r.into_issue(hour_start, q.by == TopBy::Growth)).collect())
+    let approximate = q.since_secs > EXACT_USERS_SECS;
+    Ok(rows
+        .into_iter()
+        .map(|r| TopIssue { users_approximate: approximate, ..r.into_issue(hour_start, q.by == TopBy::Growth) })
+        .collect())
 }
 
 /// Most releases (and environments) [`issue_detail`] lists for one issue's window; beyond it

@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "issue_breakdowns",
         sql: include_str!("../../../schemas/clickhouse/0009_issue_breakdowns.sql"),
     },
+    Migration { version: 10, name: "users_1d", sql: include_str!("../../../schemas/clickhouse/0010_users_1d.sql") },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -231,8 +232,8 @@ fn sharding_key(table: &str) -> &'static str {
     match table {
         // One record's copies share project and source, so they meet on one shard.
         "outcomes" => "cityHash64(project, source)",
-        // A release's artifacts on one shard (they have no issue).
-        "artifacts" => "cityHash64(project, release)",
+        // A release's artifacts (users per day) on one shard (they have no issue).
+        "artifacts" | "release_users_1d" => "cityHash64(project, release)",
         _ => "cityHash64(project, issue_id)",
     }
 }
@@ -950,7 +951,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 13);
+        assert_eq!(tables.len(), 15);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -1048,7 +1049,7 @@ mod tests {
                     let args: Vec<String> = all.engine_args.iter().map(|a| text(a)).collect();
                     let keys: &[&str] = match p.name.as_str() {
                         "outcomes" => &["project", "source"],
-                        "artifacts" => &["project", "release"],
+                        "artifacts" | "release_users_1d" => &["project", "release"],
                         _ => &["project", "issue_id"],
                     };
                     let want = format!("cityHash64 ( {} )", keys.join(" , "));
@@ -1095,7 +1096,7 @@ mod tests {
         for days in [1, 7, 400] {
             let ddls = parsed(&Flavor { modern: true, cluster: None, retention_days: days });
             let ttls: Vec<&Vec<Tok>> = ddls.iter().filter_map(|d| d.ttl.as_ref()).collect();
-            assert_eq!(ttls.len(), 9);
+            assert_eq!(ttls.len(), 11);
             assert!(ttls
                 .iter()
                 .all(|t| t[t.len() - 3..] == [word("INTERVAL"), Tok::Num(days.to_string()), word("DAY")]));
@@ -1323,7 +1324,10 @@ mod tests {
                     toks.iter().filter(|t| matches!(t, Tok::Word(w) if w.ends_with("State"))).collect();
                 assert!(!states.is_empty(), "{st}");
                 for s in states {
-                    let ok = ["argMinState", "argMaxState", "minState", "maxState", "uniqExactState"];
+                    // (`uniqCombinedState`: a set of hashes, or a HyperLogLog of their maximum
+                    // ranks; a hash seen twice changes neither.)
+                    let ok =
+                        ["argMinState", "argMaxState", "minState", "maxState", "uniqExactState", "uniqCombinedState"];
                     assert!(ok.contains(&s.to_string().as_str()), "{st}: {s} is not idempotent");
                 }
                 for (fname, flavor) in flavours() {
@@ -1344,7 +1348,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 1);
+        assert_eq!(seen, 3, "the backfills of migrations 0008 and 0010");
     }
 
     /// A database made by an older version (migrations 1 to 6, with data) upgrades: the new
@@ -1379,6 +1383,17 @@ mod tests {
         .execute()
         .await
         .unwrap();
+        let with_users = |rows: &str| {
+            format!(
+                "INSERT INTO {db}.aggregates (project, issue_id, minute, release, count, users, first_seen, last_seen) VALUES {rows}"
+            )
+        };
+        ch.query(&with_users(
+            "('p', 'a', '2026-01-01 11:00:00', '1.0', 2, [7, 8], '2026-01-01 11:00:00', '2026-01-01 11:00:00')",
+        ))
+        .execute()
+        .await
+        .unwrap();
         // Migration 9 half-applied before (its column added, nothing else recorded): the
         // re-run skips the column (18.16 has no ADD COLUMN IF NOT EXISTS) and does the rest.
         let flavor = Flavor::for_version(&old.server_version, None, 90);
@@ -1387,7 +1402,7 @@ mod tests {
             ch.query(&st).execute().await.unwrap();
         }
         let new = migrate(&cfg, |_, _| {}).await.unwrap();
-        assert_eq!(new.applied, [7, 8, 9]);
+        assert_eq!(new.applied, [7, 8, 9, 10]);
         assert_eq!(new.skipped, [1, 2, 3, 4, 5, 6]);
         ch.query(&insert(
             "('p', 'b', '2026-01-01 08:00:00', '早', 'prod', 1, '2026-01-01 08:00:10', '2026-01-01 08:00:10'),              ('p', 'c', '2026-01-03 08:00:00', '3.0', 'prod', 1, '2026-01-03 08:00:10', '2026-01-03 08:00:10')",
@@ -1419,6 +1434,44 @@ mod tests {
             ch.query(&st).execute().await.unwrap();
         }
         assert_eq!(read().await, want(&[("a", "1.0"), ("b", "早"), ("c", "3.0")]));
+
+        // Users per issue and day, and per release and day: the row from before the upgrade
+        // (users 7, 8) backfilled, the later one (8, 9) counted by the views; a re-run of the
+        // backfill changes nothing.
+        ch.query(&with_users(
+            "('p', 'a', '2026-01-01 12:00:00', '1.0', 2, [8, 9], '2026-01-01 12:00:00', '2026-01-01 12:00:00')",
+        ))
+        .execute()
+        .await
+        .unwrap();
+        let users = || async {
+            ch.query(&format!(
+                "SELECT concat(issue_id, ' ', toString(day), ' ', toString(uniqCombinedMerge(users_state))) FROM {db}.issue_users_1d \
+                 GROUP BY issue_id, day ORDER BY issue_id, day"
+            ))
+            .fetch_all::<String>()
+            .await
+            .unwrap()
+        };
+        let releases = || async {
+            ch.query(&format!(
+                "SELECT concat(release, ' ', toString(day), ' ', toString(uniqCombinedMerge(users_state))) FROM {db}.release_users_1d \
+                 GROUP BY release, day ORDER BY release, day"
+            ))
+            .fetch_all::<String>()
+            .await
+            .unwrap()
+        };
+        let want_users = ["a 2026-01-01 3"];
+        let want_releases = ["1.0 2026-01-01 3"];
+        assert_eq!(users().await, want_users);
+        assert_eq!(releases().await, want_releases);
+        let ten = MIGRATIONS.iter().find(|m| m.version == 10).unwrap();
+        for st in statements(ten.sql, db).into_iter().filter(|s| is_backfill(s)) {
+            ch.query(&st).execute().await.unwrap();
+        }
+        assert_eq!(users().await, want_users);
+        assert_eq!(releases().await, want_releases);
 
         // Rows from before the upgrade have an empty breakdown and add nothing to the
         // breakdown table; rows after it do, summed by hour, key and value.

@@ -148,6 +148,8 @@ pub async fn optimize_rollups(client: &Client, database: &str) -> Result<()> {
         "issue_counts_1h",
         "issue_counts_1d",
         "issue_users_1h",
+        "issue_users_1d",
+        "release_users_1d",
         "issue_samples",
         "issue_breakdown_1h",
         "outcomes",

@@ -377,8 +377,15 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
             .raw("</td><td class=\"n events\">")
             .num(r.count)
             .raw("</td><td class=\"n users\">")
-            .num(r.users)
-            .raw("</td><td class=\"wide\">");
+            .num(r.users);
+        // Users of windows longer than a day come from daily sketches: marked, the bound in
+        // the tooltip.
+        if r.users_approximate {
+            p.raw("<span class=\"approx\" title=\"estimated: ")
+                .text(tracefold_store::issues::USERS_SKETCH_ERROR)
+                .raw("\">≈</span>");
+        }
+        p.raw("</td><td class=\"wide\">");
         // The SVG is drawn from numbers only.
         p.raw_svg(&svg::sparkline(&r.last_hour, 120, 24));
         p.raw("</td><td class=\"wide first-release\">")
