@@ -235,9 +235,7 @@ pub fn apply(
         for (k, f) in fetch.into_iter().zip(found) {
             match f {
                 Found::Map(m) => {
-                    if batch.replay.is_none() {
-                        batch.first_use.push((key_hash(&k), offset));
-                    }
+                    batch.first_use.push((key_hash(&k), offset));
                     batch.used.insert(k.clone(), Arc::clone(&m));
                     have.insert(k, m);
                 }
@@ -378,6 +376,133 @@ pub fn rewrite_sample(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::{BatchBuilder, BatchOptions, BatchOutput};
+    use bytes::Bytes;
+    use tracefold_symbolicate::fetch::FetchOptions;
+    use tracefold_symbolicate::store::{ArtifactKind, ArtifactStore};
+
+    const NOW: i64 = 1_795_671_540_000;
+    const ORIGINAL: &str = "function fail() {\n  throw new Error('x');\n}\n";
+
+    /// A build of `src/app.ts`: the minified file puts `function <name>(){throw ...}` at column
+    /// `at` (0-based) of line 1, so the throw is at 1-based column `at + 14`.
+    struct Build {
+        release: &'static str,
+        url: &'static str,
+        name: &'static str,
+        at: u32,
+    }
+
+    const A: Build = Build { release: "1.0", url: "~/static/js/main.aaaa1111.js", name: "a", at: 0 };
+    const B: Build = Build { release: "1.1", url: "~/static/js/main.bbbb2222.js", name: "b", at: 8 };
+
+    impl Build {
+        fn minified(&self) -> String {
+            format!("{}function {}(){{throw new Error('x')}}\n", "var z=1;".repeat(self.at as usize / 8), self.name)
+        }
+
+        /// Tokens: the function keyword, its name (original `fail`), the throw.
+        fn map(&self) -> Vec<u8> {
+            let mut b = sourcemap::SourceMapBuilder::new(Some("main.js"));
+            let src = b.add_source("src/app.ts");
+            b.set_source_contents(src, Some(ORIGINAL));
+            b.add(0, self.at, 0, 0, Some("src/app.ts"), None, false);
+            b.add(0, self.at + 9, 0, 9, Some("src/app.ts"), Some("fail"), false);
+            b.add(0, self.at + 13, 1, 2, Some("src/app.ts"), None, false);
+            let mut out = Vec::new();
+            b.into_sourcemap().to_writer(&mut out).unwrap();
+            out
+        }
+
+        fn event(&self, i: u64) -> String {
+            format!(
+                r#"{{"event_id":"{i:032x}","project":"shop","timestamp":{ts},"release":"{r}","platform":"javascript",
+                "exception":[{{"type":"Error","value":"x","stacktrace":{{"frames":[{{"function":"{f}","filename":"https://shop.example{u}","lineno":1,"colno":{c},"in_app":true}}]}}}}]}}"#,
+                ts = NOW / 1000 - 60,
+                r = self.release,
+                f = self.name,
+                u = &self.url[1..],
+                c = self.at + 14,
+            )
+        }
+    }
+
+    fn new_store() -> (ArtifactStore, tokio::runtime::Runtime) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        (ArtifactStore::new(Arc::new(object_store::memory::InMemory::new())), rt)
+    }
+
+    fn upload(store: &ArtifactStore, rt: &tokio::runtime::Runtime, b: &Build) {
+        rt.block_on(async {
+            store.put("shop", b.release, b.url, None, ArtifactKind::Map, Bytes::from(b.map())).await.unwrap();
+            store.put("shop", b.release, b.url, None, ArtifactKind::Minified, Bytes::from(b.minified())).await.unwrap();
+        });
+    }
+
+    fn builder(store: &ArtifactStore) -> BatchBuilder {
+        let symbolicator = Symbolicator::new(store.clone(), FetchOptions::default()).unwrap();
+        // A budget no fetch from memory comes near: the outcome does not depend on timing.
+        let hook = Hook { symbolicator: Arc::new(symbolicator), budget: Duration::from_secs(60) };
+        BatchBuilder::new(BatchOptions::default()).with_sourcemaps(hook)
+    }
+
+    fn run(b: &mut BatchBuilder, events: &[String]) -> BatchOutput {
+        for (i, e) in events.iter().enumerate() {
+            b.add(e.as_bytes(), i as i64, NOW);
+        }
+        b.finish("e1", "t", 0, 0, events.len() as i64 - 1)
+    }
+
+    #[test]
+    fn two_builds_with_maps_are_one_issue_with_original_frames() {
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        upload(&store, &rt, &B);
+        let plain = r#"{"event_id":"00000000000000000000000000000009","project":"shop","exception":[{"type":"E","value":"v","stacktrace":{"frames":[{"function":"f","filename":"app.py","lineno":3}]}}]}"#;
+        let out = run(&mut builder(&store), &[A.event(1), B.event(2), plain.to_owned()]);
+        assert_eq!(out.accepted, 3);
+        assert_eq!(out.symbolication, [2, 0, 0, 0], "two resolved; the Python event is not counted");
+        let issues: std::collections::BTreeSet<_> = out.records.iter().map(|r| r.issue_id.clone()).collect();
+        assert_eq!(issues.len(), 2, "both builds in one issue, the Python event in another");
+        let js = out.records.iter().find(|r| r.release == "1.0").unwrap();
+        assert_eq!(js.culprit, "src/app.ts in fail", "{js:?}");
+        let sample: serde_json::Value = serde_json::from_str(&js.sample).unwrap();
+        let f = &sample["exception"][0]["stacktrace"]["frames"][0];
+        assert_eq!((f["filename"].as_str(), f["function"].as_str()), (Some("src/app.ts"), Some("fail")));
+        assert_eq!((f["lineno"].as_u64(), f["colno"].as_u64()), (Some(2), Some(3)));
+        assert_eq!(f["raw_filename"], "https://shop.example/static/js/main.aaaa1111.js");
+        assert_eq!((f["raw_function"].as_str(), f["raw_colno"].as_u64()), (Some("a"), Some(14)));
+        assert_eq!(f["context_line"], "  throw new Error('x');");
+        assert_eq!(out.maps_used.len(), 2);
+
+        // Without maps: as today, one issue per build, counted missing.
+        let (bare, _rt) = new_store();
+        let out = run(&mut builder(&bare), &[A.event(1), B.event(2)]);
+        assert_eq!(out.symbolication, [0, 2, 0, 0]);
+        assert_eq!(out.records.len(), 2);
+        assert_ne!(out.records[0].issue_id, out.records[1].issue_id);
+        assert!(out.maps_used.is_empty());
+    }
+
+    #[test]
+    fn a_replay_uses_exactly_the_maps_its_first_run_used() {
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        let events = [B.event(1), A.event(2), B.event(3), A.event(4)];
+        let first = run(&mut builder(&store), &events);
+        assert_eq!(first.symbolication, [2, 2, 0, 0]);
+        assert_eq!(first.maps_used.len(), 1);
+        assert_eq!(first.maps_used[0].1, 1, "first used at offset 1");
+        // B's map arrives before the replay: the replay still groups as the first run did.
+        upload(&store, &rt, &B);
+        let mut again = builder(&store);
+        again.replay_maps(&first.maps_used);
+        assert_eq!(run(&mut again, &events), first);
+        // A new batch of the same events does use it.
+        let fresh = run(&mut again, &events);
+        assert_eq!(fresh.symbolication, [4, 0, 0, 0]);
+        assert_eq!(fresh.records.iter().map(|r| &r.issue_id).collect::<std::collections::BTreeSet<_>>().len(), 1);
+    }
 
     #[test]
     fn samples_keep_the_mapped_and_the_raw_frame() {
