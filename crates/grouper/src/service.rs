@@ -67,8 +67,12 @@ pub fn decode_pending(meta: &str) -> Option<(i64, i64)> {
     decode_pending_with_maps(meta).map(|(first, last, _)| (first, last))
 }
 
+/// A pending range: first and last offset, and the source maps its first run used (key hash,
+/// offset of first use).
+pub type PendingRange = (i64, i64, Vec<(u64, i64)>);
+
 /// Decodes commit metadata written by [`encode_pending_with_maps`] (or [`encode_pending`]).
-pub fn decode_pending_with_maps(meta: &str) -> Option<(i64, i64, Vec<(u64, i64)>)> {
+pub fn decode_pending_with_maps(meta: &str) -> Option<PendingRange> {
     let rest = meta.strip_prefix(METADATA_PREFIX)?;
     let (a, rest) = rest.split_once(':')?;
     let (b, maps) = match rest.split_once(':') {

@@ -525,7 +525,8 @@ mod tests {
             raw_lineno: Some(1),
             raw_colno: Some(14),
         };
-        let out: serde_json::Value = serde_json::from_slice(&rewrite_sample(payload, &[m.clone()])).unwrap();
+        let out: serde_json::Value =
+            serde_json::from_slice(&rewrite_sample(payload, std::slice::from_ref(&m))).unwrap();
         let f = &out["exception"][0]["stacktrace"]["frames"][0];
         assert_eq!(f["filename"], "src/app.ts");
         assert_eq!(f["function"], "fail");
