@@ -196,3 +196,161 @@ async fn uploads_are_off_without_a_store_url() {
     assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("store_url"), "{body}");
 }
+
+/// A hand-written build of `src/checkout.ts` (function `fail`, throwing on line 2): the
+/// minified line is `<pad>function <name>(){throw new Error('x')}`, `pad` a multiple of
+/// `var z=1;`, so the throw is at 1-based column `pad + 14`.
+struct Build {
+    release: &'static str,
+    file: &'static str,
+    name: &'static str,
+    pad: u32,
+}
+
+const ORIGINAL_TS: &str = "function fail() {\n  throw new Error('x');\n}\n";
+
+impl Build {
+    fn url_key(&self) -> String {
+        format!("~/static/js/{}", self.file)
+    }
+
+    fn minified(&self) -> String {
+        let pad = "var z=1;".repeat(self.pad as usize / 8);
+        format!("{pad}function {}(){{throw new Error('x')}}\n//# sourceMappingURL={}.map\n", self.name, self.file)
+    }
+
+    /// Mappings (VLQ by hand is error-prone: the `sourcemap` crate's builder writes them).
+    fn map(&self) -> String {
+        let mut b = sourcemap::SourceMapBuilder::new(Some(self.file));
+        let src = b.add_source("src/checkout.ts");
+        b.set_source_contents(src, Some(ORIGINAL_TS));
+        b.add(0, self.pad, 0, 0, Some("src/checkout.ts"), None, false);
+        b.add(0, self.pad + 9, 0, 9, Some("src/checkout.ts"), Some("fail"), false);
+        b.add(0, self.pad + 13, 1, 2, Some("src/checkout.ts"), None, false);
+        let mut out = Vec::new();
+        b.into_sourcemap().to_writer(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn event(&self, i: u64) -> String {
+        serde_json::json!({
+            "event_id": format!("{i:032x}"),
+            "release": self.release,
+            "platform": "javascript",
+            "exception": [{"type": "Error", "value": "x", "stacktrace": {"frames": [{
+                "function": self.name,
+                "filename": format!("https://shop.example/static/js/{}", self.file),
+                "lineno": 1,
+                "colno": self.pad + 14,
+                "in_app": true,
+            }]}}],
+        })
+        .to_string()
+    }
+}
+
+/// The grouper, given the producer's store, maps minified frames before fingerprinting: two
+/// builds of the same code (different file hashes, names and columns) with both maps uploaded
+/// through the producer are one issue whose sample in ClickHouse has the original frame and the
+/// minified one beside it; builds without maps group as before (one issue each) and count
+/// `missing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grouper_groups_minified_frames_by_their_original_position() {
+    use tracefold_devtools::dev::{DevConfig, Pipeline};
+    let db = TestDb::new("sourcemaps_grouping").await;
+    let store_dir = scratch("grouping");
+    let mut cfg = DevConfig { clickhouse: db.cfg.clone(), ..DevConfig::default() };
+    cfg.projects = vec![ProjectConfig::unlimited("web", 7, &[KEY])];
+    cfg.sourcemaps.store_url = reqwest::Url::from_directory_path(&store_dir).unwrap().to_string();
+    // A budget no local fetch comes near: which events are mapped does not depend on timing.
+    cfg.symbolication.budget_ms = 120_000;
+    let pipeline = Pipeline::start(cfg, "127.0.0.1:0", Some(1), true).await.expect("pipeline starts");
+    let base = format!("http://{}", pipeline.http_addr);
+
+    let mapped = [
+        Build { release: "1.0", file: "main.3f9a2c1b.js", name: "a", pad: 0 },
+        Build { release: "1.1", file: "main.77e0d4aa.js", name: "q", pad: 16 },
+    ];
+    let unmapped = [
+        Build { release: "2.0", file: "app.0000aaaa.js", name: "c", pad: 8 },
+        Build { release: "2.1", file: "app.1111bbbb.js", name: "d", pad: 24 },
+    ];
+    for b in &mapped {
+        for (kind, body) in [("map", b.map()), ("minified", b.minified())] {
+            let url = format!("{base}/api/web/sourcemaps?release={}&url={}&kind={kind}", b.release, b.url_key());
+            let (status, body) = post(&url, KEY, body).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let metrics = |outcome: &'static str| {
+        let url = format!("{base}/metrics");
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("tracefold_grouper_symbolication_total{")
+                        && l.contains(&format!("outcome=\"{outcome}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        }
+    };
+    let (resolved_before, missing_before) = (metrics("resolved").await, metrics("missing").await);
+
+    let mut lines = Vec::new();
+    for (i, b) in mapped.iter().chain(&unmapped).enumerate() {
+        for j in 0..3u64 {
+            lines.push(b.event(i as u64 * 10 + j + 1));
+        }
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/projects/web/events"))
+        .header("x-tracefold-key", KEY)
+        .header("content-type", "application/x-ndjson")
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(db.wait_for_total(12, Duration::from_secs(120)).await, 12);
+
+    // One issue of the two mapped builds (6 events), one per unmapped build (3 each).
+    let issues = db.per_issue().await;
+    let mut counts: Vec<u64> = issues.values().map(|(events, _)| *events).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [3, 3, 6], "{issues:?}");
+    let issue = issues.iter().find(|(_, (events, _))| *events == 6).map(|(id, _)| id.clone()).unwrap();
+
+    // Its sample has the original frame, its context, and the minified values beside them;
+    // title and culprit come from the mapped frame.
+    let (client, database) = (&db.client, db.cfg.database.as_str());
+    let found = tracefold_store::issues::find_issue(client, database, &issue).await.unwrap();
+    let detail = tracefold_store::issues::issue_detail(client, database, found[0].clone(), 24).await.unwrap();
+    assert_eq!((detail.title.as_str(), detail.culprit.as_str()), ("Error: x", "src/checkout.ts in fail"));
+    let sample: serde_json::Value = serde_json::from_str(detail.sample.as_deref().unwrap()).unwrap();
+    let f = &sample["exception"][0]["stacktrace"]["frames"][0];
+    assert_eq!((f["filename"].as_str(), f["function"].as_str()), (Some("src/checkout.ts"), Some("fail")), "{f}");
+    assert_eq!((f["lineno"].as_u64(), f["colno"].as_u64()), (Some(2), Some(3)), "{f}");
+    assert_eq!(f["context_line"], "  throw new Error('x');");
+    assert_eq!(f["pre_context"], serde_json::json!(["function fail() {"]));
+    let raw = f["raw_filename"].as_str().unwrap();
+    assert!(mapped.iter().any(|b| raw == format!("https://shop.example/static/js/{}", b.file)), "{f}");
+    assert!(["a", "q"].contains(&f["raw_function"].as_str().unwrap()), "{f}");
+    assert_eq!(f["raw_lineno"].as_u64(), Some(1));
+    assert!([Some(14), Some(30)].contains(&f["raw_colno"].as_u64()), "{f}");
+
+    // Every event with minified frames is counted: 6 resolved, 6 missing (metrics are
+    // emitted once the batches are committed, so wait for them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (resolved, missing) =
+            (metrics("resolved").await - resolved_before, metrics("missing").await - missing_before);
+        if (resolved, missing) == (6.0, 6.0) || std::time::Instant::now() > deadline {
+            assert_eq!((resolved, missing), (6.0, 6.0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pipeline.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&store_dir);
+}

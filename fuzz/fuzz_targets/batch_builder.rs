@@ -49,6 +49,28 @@ fuzz_target!(|data: &[u8]| {
     }
     for m in &messages {
         let _ = tracefold_grouper::outcomes::project_of(m);
+        // The sample rewrite of the source-map hook, on any bytes: the first frame of each
+        // stack said to be mapped (it is rewritten only where its line and column match).
+        use tracefold_grouper::symbolicate::{rewrite_sample, Mapped, Stack};
+        let mapped = [Stack::Exception(0), Stack::Thread(0)].map(|stack| Mapped {
+            stack,
+            frame: 0,
+            original: tracefold_symbolicate::OriginalFrame {
+                file: "src/é.ts".into(),
+                line: 2,
+                col: 3,
+                function: Some("f".into()),
+                pre_context: vec!["a".into()],
+                context_line: Some("b".into()),
+                post_context: vec![],
+            },
+            raw_filename: Some("https://x/a.js".into()),
+            raw_abs_path: None,
+            raw_function: Some("a".into()),
+            raw_lineno: Some(1),
+            raw_colno: Some(14),
+        });
+        let _ = rewrite_sample(m, &mapped);
     }
     // A replay of the same range is identical.
     assert_eq!(run(0), first);

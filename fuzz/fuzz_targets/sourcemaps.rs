@@ -4,7 +4,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracefold_symbolicate::{debug_id_of_minified, normalize_debug_id, source_mapping_url, url_key, Limits, ParsedMap};
+use std::sync::Arc;
+use tracefold_symbolicate::{
+    debug_id_of_minified, is_minified_js, map_key, normalize_debug_id, source_mapping_url, symbolicate_frames, url_key,
+    DebugImage, Limits, MinifiedFrame, ParsedMap,
+};
 
 fuzz_target!(|data: &[u8]| {
     // First 8 bytes: a position; then the map and an optional minified file after a 0 byte.
@@ -23,7 +27,22 @@ fuzz_target!(|data: &[u8]| {
     let _ = normalize_debug_id(&text);
     let _ = url_key(&text);
     let limits = Limits::default();
+    // Frames named by the input text (any Unicode), with and without a debug image.
+    let frame = MinifiedFrame {
+        abs_path: Some(&text),
+        filename: text.get(..text.len() / 2),
+        function: minified,
+        lineno: Some(line),
+        colno: Some(col),
+    };
+    let _ = is_minified_js(&frame);
+    let images = [DebugImage { code_file: text.to_string(), debug_id: text.to_string() }];
+    let _ = map_key(&text, &text, &images, &frame);
     if let Ok(m) = ParsedMap::parse(map, minified, &limits) {
+        let m = Arc::new(m);
+        let frames = [frame, MinifiedFrame { abs_path: Some("https://x/a.js"), ..frame }];
+        let got = symbolicate_frames("p", "r", &[], &frames, |_| Some(Arc::clone(&m)));
+        assert_eq!(got.len(), frames.len());
         let _ = m.debug_id();
         for (l, c) in [(line, col), (line % 8, col % 256), (1, 1)] {
             if let Some(f) = m.resolve(l, c, minified.map(|s| s.get(..s.len().min(32)).unwrap_or(""))) {

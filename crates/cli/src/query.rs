@@ -104,6 +104,7 @@ pub fn render_issue(d: &IssueDetail) -> String {
         out.push_str(&table(&[(head, Align::Left), ("EVENTS", Align::Right), ("SHARE", Align::Right)], &rows, 60));
     }
     if let Some(s) = &d.sample {
+        out.push_str(&render_stack(s));
         let pretty = serde_json::from_str::<serde_json::Value>(s)
             .ok()
             .and_then(|v| serde_json::to_string_pretty(&v).ok())
@@ -124,9 +125,84 @@ pub fn render_issue(d: &IssueDetail) -> String {
     out
 }
 
+/// Frames of a stack shown by [`render_issue`] (innermost first).
+const STACK_FRAMES: usize = 10;
+
+/// The raised exception's stack of the sample `json`, innermost frame first: `function in
+/// file:line:col`; for a frame mapped by a source map, the original source line (`>`) and the
+/// minified position it came from. Empty when the sample has no such stack.
+fn render_stack(json: &str) -> String {
+    use crate::render::printable as p;
+    use serde_json::Value;
+    let Ok(v) = serde_json::from_str::<Value>(json) else { return String::new() };
+    let excs = match &v["exception"] {
+        Value::Array(a) => a.as_slice(),
+        Value::Object(o) => o.get("values").and_then(Value::as_array).map_or(&[][..], Vec::as_slice),
+        _ => &[],
+    };
+    let Some(frames) = excs.last().and_then(|e| e["stacktrace"]["frames"].as_array()).filter(|f| !f.is_empty()) else {
+        return String::new();
+    };
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let place = |file: Option<String>, line: &Value, col: &Value| {
+        let mut s = file.unwrap_or_else(|| "?".into());
+        if let Some(l) = text(line) {
+            s.push(':');
+            s.push_str(&l);
+            if let Some(c) = text(col) {
+                s.push(':');
+                s.push_str(&c);
+            }
+        }
+        s
+    };
+    let mut out = String::from(
+        "
+stack (innermost first):
+",
+    );
+    for f in frames.iter().rev().take(STACK_FRAMES) {
+        let file = text(&f["filename"]).or_else(|| text(&f["module"])).or_else(|| text(&f["abs_path"]));
+        let func = text(&f["function"]).unwrap_or_else(|| "?".into());
+        out.push_str(&format!("  {} in {}\n", p(&func), p(&place(file, &f["lineno"], &f["colno"]))));
+        if let Some(line) = text(&f["context_line"]) {
+            out.push_str(&format!("      > {}\n", p(line.trim())));
+        }
+        if f.get("raw_filename").is_some() || f.get("raw_function").is_some() {
+            let raw_func = text(&f["raw_function"]).unwrap_or_else(|| "?".into());
+            let raw = place(text(&f["raw_filename"]), &f["raw_lineno"], &f["raw_colno"]);
+            out.push_str(&format!("      (minified: {} in {})\n", p(&raw_func), p(&raw)));
+        }
+    }
+    if frames.len() > STACK_FRAMES {
+        out.push_str(&format!("  ... {} more frames\n", frames.len() - STACK_FRAMES));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stacks_show_mapped_frames_with_their_source_line_and_minified_position() {
+        let sample = r#"{"exception":[{"type":"Error","stacktrace":{"frames":[
+            {"function":"main","filename":"lib.py","lineno":3},
+            {"function":"fail","filename":"src/checkout.ts","lineno":2,"colno":3,"context_line":"  throw new Error('x');\u001b[2J",
+             "raw_function":"a","raw_filename":"https://shop.example/static/js/main.3f9a.js","raw_lineno":1,"raw_colno":14}]}}]}"#;
+        let out = render_stack(sample);
+        assert_eq!(
+            out,
+            "\nstack (innermost first):\n  fail in src/checkout.ts:2:3\n      > throw new Error('x');\u{FFFD}[2J\n      (minified: a in https://shop.example/static/js/main.3f9a.js:1:14)\n  main in lib.py:3\n",
+            "{out}"
+        );
+        assert_eq!(render_stack("not json"), "");
+        assert_eq!(render_stack(r#"{"message":"m"}"#), "");
+    }
 
     const HOSTILE: &str = "\x1b[2J\x1b]0;pwned\x07title\r\n\u{202E}gnp.exe";
 

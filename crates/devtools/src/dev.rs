@@ -32,6 +32,9 @@ pub struct DevConfig {
     pub sourcemaps: tracefold_producer::config::SourcemapsSection,
     /// Grouper options.
     pub grouper: tracefold_grouper::config::GrouperSection,
+    /// The grouper's use of source maps (its `[sourcemaps]` section): the grouper reads the
+    /// store the producer writes (`sourcemaps.store_url`) unless `store_url` here names another.
+    pub symbolication: tracefold_grouper::config::SourcemapsSection,
     /// Grouping options.
     pub grouping: tracefold_fingerprint::GroupingConfig,
     /// Writer options.
@@ -258,6 +261,14 @@ impl Pipeline {
             topics: cfg.topics.clone(),
             grouper: grouper_section,
             grouping: cfg.grouping.clone(),
+            sourcemaps: tracefold_grouper::config::SourcemapsSection {
+                store_url: if cfg.symbolication.store_url.is_empty() {
+                    cfg.sourcemaps.store_url.clone()
+                } else {
+                    cfg.symbolication.store_url.clone()
+                },
+                ..cfg.symbolication.clone()
+            },
             telemetry: cfg.telemetry.clone(),
         };
         let wcfg = tracefold_writer::Config {

@@ -6,6 +6,7 @@
 //! recognised downstream by `(partition, first_offset, index)`.
 
 use crate::dedup::{identity, DedupWindow, KeyedIdState};
+use crate::symbolicate::{BatchMaps, Hook, Mapped, Outcome};
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tracefold_fingerprint::{describe, fingerprint, GroupingConfig, Scratch, GROUPING_VERSION};
@@ -65,6 +66,12 @@ pub struct BatchOutput {
     /// Valid events not counted because they repeat an event read shortly before them, in
     /// offset order.
     pub duplicates: Vec<Duplicate>,
+    /// Counted events with minified JavaScript frames, by symbolication outcome (indexed by
+    /// [`Outcome::index`]).
+    pub symbolication: [u64; 4],
+    /// The source maps the batch used: hash of each key and the offset of its first use (for
+    /// the range metadata, so that a replay decides the same; see docs/sourcemaps.md).
+    pub maps_used: Vec<(u64, i64)>,
 }
 
 /// Options of the aggregation.
@@ -114,6 +121,11 @@ pub struct BatchBuilder {
     bytes: u64,
     /// Fault injection for tests of the barrier: an event containing these bytes panics.
     panic_marker: Option<Vec<u8>>,
+    /// Source maps, when the grouper has an artifact store.
+    hook: Option<Hook>,
+    /// The maps this batch has used (outside [`Work`]: a caught panic must not forget them).
+    maps: BatchMaps,
+    symbolication: [u64; 4],
 }
 
 /// Per-event scratch state: the only state a panic inside the fault barrier can touch. It is
@@ -128,6 +140,10 @@ struct Work {
     ident: Option<u128>,
     /// The current event's URL as a route (built once, then compared with the bucket's URLs).
     route: String,
+    /// The current event's frames that source maps mapped.
+    mapped: Vec<Mapped>,
+    /// The current event's symbolication outcome (when it had minified JavaScript frames).
+    outcome: Option<Outcome>,
 }
 
 /// The per-event buffers [`plan_event`] writes besides the fingerprint's scratch.
@@ -136,6 +152,12 @@ struct EventOut<'w> {
     ident: &'w mut Option<u128>,
     /// The event's URL as a route.
     route: &'w mut String,
+    /// Frames mapped by source maps.
+    mapped: &'w mut Vec<Mapped>,
+    /// The symbolication outcome.
+    outcome: &'w mut Option<Outcome>,
+    /// Source maps of the batch, when the grouper has an artifact store.
+    maps: Option<(&'w Hook, &'w mut BatchMaps)>,
 }
 
 impl std::fmt::Debug for Work {
@@ -195,7 +217,23 @@ impl BatchBuilder {
             events: 0,
             bytes: 0,
             panic_marker: None,
+            hook: None,
+            maps: BatchMaps::default(),
+            symbolication: [0; 4],
         }
+    }
+
+    /// Maps minified JavaScript frames with source maps before fingerprinting (see
+    /// [`crate::symbolicate`]).
+    pub fn with_sourcemaps(mut self, hook: Hook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The next batch rebuilds a recorded range whose first run used these maps (key hash,
+    /// offset of first use, from [`BatchOutput::maps_used`]): it uses exactly those.
+    pub fn replay_maps(&mut self, recorded: &[(u64, i64)]) {
+        self.maps.replaying(recorded);
     }
 
     /// Makes every event that contains `marker` panic inside the fault barrier (tests and the
@@ -250,14 +288,21 @@ impl BatchBuilder {
     fn step(&mut self, payload: &[u8], offset: i64, received_ms: Millis, prime: bool) {
         let open = Open { index: &self.index, partials: &self.partials, sampled: &self.sampled };
         let (opts, window, marker) = (&self.opts, &self.window, self.panic_marker.as_deref());
+        let maps = self.hook.as_ref().map(|h| (h, &mut self.maps));
         let work = &mut self.work;
         work.ident = None;
+        work.outcome = None;
         let at = Input { payload, offset, received_ms, prime };
-        let planned = catch_unwind(AssertUnwindSafe(|| plan(work, opts, open, window, marker, at)));
+        let planned = catch_unwind(AssertUnwindSafe(|| plan(work, opts, open, window, marker, maps, at)));
         // Known once the event passed validation, whatever happened after.
         let ident = self.work.ident;
         match planned {
-            Ok(Ok(Plan::Count(p))) => self.apply(p),
+            Ok(Ok(Plan::Count(p))) => {
+                if let Some(o) = self.work.outcome {
+                    self.symbolication[o.index()] += 1;
+                }
+                self.apply(p)
+            }
             Ok(Ok(Plan::Duplicate(project))) => self.duplicates.push(Duplicate { offset, project, received_ms }),
             Ok(Ok(Plan::Primed)) => {}
             Ok(Err(_)) if prime => {}
@@ -349,7 +394,10 @@ impl BatchBuilder {
             clamped: self.clamped,
             samples_truncated: self.samples_truncated,
             duplicates: std::mem::take(&mut self.duplicates),
+            symbolication: std::mem::take(&mut self.symbolication),
+            maps_used: self.maps.first_use().to_vec(),
         };
+        self.maps.clear();
         self.accepted = 0;
         self.clamped = 0;
         self.samples_truncated = 0;
@@ -365,6 +413,8 @@ impl BatchBuilder {
         self.sampled.clear();
         self.rejected.clear();
         self.duplicates.clear();
+        self.maps.clear();
+        self.symbolication = [0; 4];
         self.accepted = 0;
         self.clamped = 0;
         self.samples_truncated = 0;
@@ -401,6 +451,7 @@ fn plan(
     open: Open<'_>,
     window: &DedupWindow,
     panic_marker: Option<&[u8]>,
+    maps: Option<(&Hook, &mut BatchMaps)>,
     at: Input<'_>,
 ) -> Result<Plan, Rejection> {
     let payload = at.payload;
@@ -415,12 +466,14 @@ fn plan(
             panic!("injected fault (panic marker)");
         }
     }
-    let Work { parse_buf, parser, scratch, ident, route } = work;
+    let Work { parse_buf, parser, scratch, ident, route, mapped, outcome } = work;
     parse_buf.clear();
     parse_buf.extend_from_slice(payload);
     let mut event = Event::default();
     parser.parse_to(parse_buf, &mut event).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
-    let planned = plan_event(&event, scratch, EventOut { ident, route }, opts, open, window, at);
+    mapped.clear();
+    let out = EventOut { ident, route, mapped, outcome, maps };
+    let planned = plan_event(&mut event, scratch, out, opts, open, window, at);
     // The event's lists keep their memory for the next event.
     parser.recycle(event);
     planned
@@ -428,7 +481,7 @@ fn plan(
 
 /// [`plan`] for a parsed event.
 fn plan_event(
-    event: &Event<'_>,
+    event: &mut Event<'_>,
     scratch: &mut Scratch,
     out: EventOut<'_>,
     opts: &BatchOptions,
@@ -447,6 +500,12 @@ fn plan_event(
     if window.is_duplicate(ident, offset) {
         return Ok(Plan::Duplicate(project.to_owned()));
     }
+    // Source maps: one check for events without minified JavaScript frames.
+    if let Some((hook, maps)) = out.maps {
+        *out.outcome = crate::symbolicate::apply(hook, maps, event, payload, offset, out.mapped);
+    }
+    let event = &*event;
+    let project = event.project.as_deref().unwrap_or("");
     let fp = fingerprint(event, &opts.grouping, scratch);
     let minute = minute_of(v.timestamp_ms);
     let release = event.release.as_deref().unwrap_or("");
@@ -462,7 +521,11 @@ fn plan_event(
             String::new()
         } else {
             // The payload as the parser saw it (lone surrogates repaired), within the bound.
-            let mut repaired = payload.to_vec();
+            let mut repaired = if out.mapped.is_empty() {
+                payload.to_vec()
+            } else {
+                crate::symbolicate::rewrite_sample(payload, out.mapped)
+            };
             tracefold_model::json::repair_surrogates(&mut repaired);
             sample_cut = repaired.len() > tracefold_model::sample::MAX_SAMPLE_BYTES;
             bounded_sample(&repaired)

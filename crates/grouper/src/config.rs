@@ -16,6 +16,8 @@ pub struct Config {
     pub grouper: GrouperSection,
     /// Grouping options.
     pub grouping: GroupingConfig,
+    /// Source maps for minified JavaScript frames; off unless `store_url` is set.
+    pub sourcemaps: SourcemapsSection,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -63,6 +65,40 @@ impl Default for GrouperSection {
             consumers: 1,
             listen: "127.0.0.1:9101".into(),
             epoch: String::new(),
+        }
+    }
+}
+
+/// The `[sourcemaps]` section: where uploaded source maps are read from, and the bounds of
+/// symbolication on the hot path (docs/sourcemaps.md, "Grouper hook").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcemapsSection {
+    /// Object store URL, the producer's `[sourcemaps] store_url` (`file:///...`, `s3://...`
+    /// with the cargo features). Empty: frames stay minified (`tracefold dev` sets it).
+    pub store_url: String,
+    /// Longest an event waits for its maps, milliseconds; then it is grouped without them
+    /// (counted `timeout`), and the fetch goes on for later events.
+    pub budget_ms: u64,
+    /// Most parsed maps kept in memory.
+    pub cache_entries: usize,
+    /// Most bytes of parsed maps (and their minified files) kept in memory.
+    pub cache_bytes: usize,
+    /// Most fetches from the store at once.
+    pub max_concurrent_fetches: usize,
+    /// How long a missing or unusable map is remembered as such, milliseconds.
+    pub negative_ttl_ms: u64,
+}
+
+impl Default for SourcemapsSection {
+    fn default() -> Self {
+        Self {
+            store_url: String::new(),
+            budget_ms: 50,
+            cache_entries: 256,
+            cache_bytes: 512 << 20,
+            max_concurrent_fetches: 4,
+            negative_ttl_ms: 10_000,
         }
     }
 }

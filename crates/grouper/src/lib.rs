@@ -9,5 +9,6 @@ pub mod dedup;
 pub mod metrics;
 pub mod outcomes;
 pub mod service;
+pub mod symbolicate;
 
 pub use config::Config;

@@ -28,6 +28,11 @@ pub const SAMPLES_TRUNCATED_TOTAL: &str = "tracefold_grouper_samples_truncated_t
 /// completely (the broker stopped answering); deduplication is weaker until it refills.
 pub const DEDUP_WINDOW_INCOMPLETE_TOTAL: &str = "tracefold_grouper_dedup_window_incomplete_total";
 
+/// Counter (label `outcome`: `resolved`, `missing`, `timeout`, `malformed`): counted events
+/// with minified JavaScript frames, by what source maps did for them. `missing` and `timeout`
+/// group the event as without maps (weaker grouping, no data lost).
+pub const SYMBOLICATION_TOTAL: &str = "tracefold_grouper_symbolication_total";
+
 /// Every metric this service emits (for documentation and dashboard checks).
 pub const ALL: &[&str] = &[
     EVENTS_TOTAL,
@@ -40,4 +45,5 @@ pub const ALL: &[&str] = &[
     EVENTS_LOST_TOTAL,
     DEDUP_WINDOW_INCOMPLETE_TOTAL,
     SAMPLES_TRUNCATED_TOTAL,
+    SYMBOLICATION_TOTAL,
 ];

@@ -16,6 +16,7 @@
 use crate::batch::{BatchBuilder, BatchOptions, BatchOutput};
 use crate::config::Config;
 use crate::metrics as m;
+use crate::symbolicate::Hook;
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -46,12 +47,48 @@ pub fn encode_pending(first: i64, last: i64) -> String {
     format!("{METADATA_PREFIX}{first}:{last}")
 }
 
+/// Encodes a pending batch range with the source maps its first run used (key hash and
+/// offset of first use, see [`crate::symbolicate::BatchMaps`]):
+/// `tracefold:v1:<first>:<last>:m=<hash>@<offset - first>,...`; without maps, as
+/// [`encode_pending`]. At most [`crate::symbolicate::MAX_KEYS_PER_BATCH`] maps: about 1.7 KB,
+/// within Kafka's default `offset.metadata.max.bytes` (4096).
+pub fn encode_pending_with_maps(first: i64, last: i64, maps: &[(u64, i64)]) -> String {
+    use std::fmt::Write as _;
+    let mut s = encode_pending(first, last);
+    for (i, (hash, offset)) in maps.iter().enumerate() {
+        s.push_str(if i == 0 { ":m=" } else { "," });
+        let _ = write!(s, "{hash:016x}@{}", offset - first);
+    }
+    s
+}
+
 /// Decodes commit metadata written by [`encode_pending`].
 pub fn decode_pending(meta: &str) -> Option<(i64, i64)> {
+    decode_pending_with_maps(meta).map(|(first, last, _)| (first, last))
+}
+
+/// A pending range: first and last offset, and the source maps its first run used (key hash,
+/// offset of first use).
+pub type PendingRange = (i64, i64, Vec<(u64, i64)>);
+
+/// Decodes commit metadata written by [`encode_pending_with_maps`] (or [`encode_pending`]).
+pub fn decode_pending_with_maps(meta: &str) -> Option<PendingRange> {
     let rest = meta.strip_prefix(METADATA_PREFIX)?;
-    let (a, b) = rest.split_once(':')?;
-    let (first, last) = (a.parse().ok()?, b.parse().ok()?);
-    (first <= last).then_some((first, last))
+    let (a, rest) = rest.split_once(':')?;
+    let (b, maps) = match rest.split_once(':') {
+        Some((b, m)) => (b, Some(m.strip_prefix("m=")?)),
+        None => (rest, None),
+    };
+    let (first, last): (i64, i64) = (a.parse().ok()?, b.parse().ok()?);
+    if first > last {
+        return None;
+    }
+    let mut used = Vec::new();
+    for m in maps.into_iter().flat_map(|m| m.split(',')) {
+        let (h, d) = m.split_once('@')?;
+        used.push((u64::from_str_radix(h, 16).ok()?, first.checked_add(d.parse().ok()?)?));
+    }
+    Some((first, last, used))
 }
 
 #[derive(Default)]
@@ -108,9 +145,11 @@ struct Part {
 /// Infrastructure failures that a restart should handle (Kafka fatal errors, a producer that
 /// could not deliver).
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+    let hook = sourcemaps_hook(cfg)?;
+    let hook = &hook;
     let extra = cfg.grouper.consumers.max(1) - 1;
     if extra == 0 {
-        return run_consumer(cfg, shutdown, health);
+        return run_consumer(cfg, shutdown, health, hook.clone());
     }
     // More loops beside this one, each a member of the group: Kafka shares the partitions out.
     // Their health is part of this one's; either loop ending ends the others.
@@ -119,7 +158,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         let mut others = Vec::with_capacity(healths.len());
         for h in &healths {
             let spawned = std::thread::Builder::new().name("grouper".into()).spawn_scoped(scope, move || {
-                let r = tracefold_runtime::telemetry::run_guarded(h, || run_consumer(cfg, shutdown, h));
+                let r = tracefold_runtime::telemetry::run_guarded(h, || run_consumer(cfg, shutdown, h, hook.clone()));
                 shutdown.trigger();
                 r
             });
@@ -132,7 +171,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
                 }
             }
         }
-        let mut result = run_consumer(cfg, shutdown, health);
+        let mut result = run_consumer(cfg, shutdown, health, hook.clone());
         shutdown.trigger();
         for t in others {
             let r = t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a grouper consumer panicked")));
@@ -142,8 +181,33 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     })
 }
 
+/// The source-map hook of `[sourcemaps]`, shared by the process's consumer loops; `None` when
+/// `store_url` is empty.
+///
+/// # Errors
+/// When the store URL cannot be used or the fetch runtime cannot start.
+pub fn sourcemaps_hook(cfg: &Config) -> anyhow::Result<Option<Hook>> {
+    let sm = &cfg.sourcemaps;
+    if sm.store_url.is_empty() {
+        return Ok(None);
+    }
+    let store = tracefold_symbolicate::store::ArtifactStore::from_url(&sm.store_url)
+        .context("sourcemaps.store_url: cannot open the artifact store")?;
+    let opts = tracefold_symbolicate::fetch::FetchOptions {
+        cache_entries: sm.cache_entries,
+        cache_bytes: sm.cache_bytes,
+        max_concurrent_fetches: sm.max_concurrent_fetches.max(1),
+        negative_ttl: Duration::from_millis(sm.negative_ttl_ms),
+        limits: tracefold_symbolicate::Limits::default(),
+    };
+    let symbolicator =
+        tracefold_symbolicate::fetch::Symbolicator::new(store, opts).context("cannot start the source map fetcher")?;
+    tracing::info!(store = %sm.store_url, budget_ms = sm.budget_ms, "minified JavaScript frames are mapped with uploaded source maps");
+    Ok(Some(Hook { symbolicator: std::sync::Arc::new(symbolicator), budget: Duration::from_millis(sm.budget_ms) }))
+}
+
 /// One consumer loop of the grouper (see [`run`]).
-fn run_consumer(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+fn run_consumer(cfg: &Config, shutdown: &Shutdown, health: &Health, hook: Option<Hook>) -> anyhow::Result<()> {
     let runtime = ConsumerRuntime::new(&cfg.kafka, &cfg.grouper.group_id, &cfg.topics.events)?
         .with_lost_metric(m::EVENTS_LOST_TOTAL);
     let producer: ThreadedProducer<DeliveryCtx> = tracefold_runtime::kafka::producer_config(&cfg.kafka, 0)
@@ -183,6 +247,8 @@ fn run_consumer(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::R
         losses: runtime.losses(),
         in_flight: None,
         deferred: None,
+        hook,
+        last_symbolication_log: None,
     };
     tracing::info!(topic = %cfg.topics.events, group = %cfg.grouper.group_id, "grouper started");
     runtime.run(&mut g, shutdown, health)?;
@@ -212,6 +278,10 @@ struct Grouper<'a> {
     /// A failure found while settling inside `on_revoke` (which cannot return one), returned by
     /// the next tick.
     deferred: Option<anyhow::Error>,
+    /// Source maps, when `[sourcemaps] store_url` is set.
+    hook: Option<Hook>,
+    /// When degraded symbolication (timeouts, unusable maps) was last logged.
+    last_symbolication_log: Option<Instant>,
 }
 
 /// One emitted batch: its range, and what it came to.
@@ -236,14 +306,16 @@ struct InFlight {
 impl Strategy for Grouper<'_> {
     fn on_assign(&mut self, cx: &mut Ctx<'_>, partitions: &[i32]) -> anyhow::Result<()> {
         for c in cx.committed(partitions)? {
-            let state = match (decode_pending(&c.metadata), c.offset) {
-                (Some((first, last)), Offset::Offset(o)) if o == first => {
-                    tracing::info!(partition = c.partition, from = ?c.offset, to = last, "rebuilding an unfinished batch");
+            let mut builder = self.new_builder();
+            let state = match (decode_pending_with_maps(&c.metadata), c.offset) {
+                (Some((first, last, maps)), Offset::Offset(o)) if o == first => {
+                    tracing::info!(partition = c.partition, from = ?c.offset, to = last, maps = maps.len(), "rebuilding an unfinished batch");
+                    // The rebuilt batch uses exactly the source maps the first run used.
+                    builder.replay_maps(&maps);
                     PartState::Pending { first, last }
                 }
                 _ => PartState::Idle,
             };
-            let mut builder = self.new_builder();
             if let Offset::Offset(start) = c.offset {
                 self.prime(cx, &mut builder, c.partition, start)?;
             }
@@ -290,6 +362,8 @@ impl Strategy for Grouper<'_> {
                     read_from = offset,
                     "an unfinished batch was deleted by retention before it could be rebuilt"
                 );
+                // A new batch: not bound to the lost range's source maps.
+                part.builder.reset();
                 PartState::Open { first: offset, last: offset, started: Instant::now() }
             }
             // The batch keeps its recorded identity even when retention deleted the start of
@@ -354,8 +428,33 @@ impl Strategy for Grouper<'_> {
 }
 
 impl Grouper<'_> {
+    /// Logs events grouped without their maps because of timeouts or unusable maps, at most
+    /// once a minute (the metric counts every one; `missing` is normal and only logged at debug).
+    fn log_symbolication(&mut self, out: &BatchOutput) {
+        use crate::symbolicate::Outcome;
+        let n = |o: Outcome| out.symbolication[o.index()];
+        if n(Outcome::Missing) > 0 {
+            tracing::debug!(missing = n(Outcome::Missing), "events with minified frames and no source map");
+        }
+        let (timeout, malformed) = (n(Outcome::Timeout), n(Outcome::Malformed));
+        if timeout + malformed == 0
+            || self.last_symbolication_log.is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.last_symbolication_log = Some(Instant::now());
+        tracing::warn!(
+            timeout,
+            malformed,
+            "events grouped without their source maps (fetch slower than sourcemaps.budget_ms, or unusable maps); see tracefold_grouper_symbolication_total"
+        );
+    }
+
     fn new_builder(&self) -> BatchBuilder {
         let mut b = BatchBuilder::new(self.opts.clone());
+        if let Some(h) = &self.hook {
+            b = b.with_sourcemaps(h.clone());
+        }
         if self.panic_marker {
             b.inject_panic_on(b"tracefold-failpoint-panic");
         }
@@ -465,7 +564,7 @@ impl Grouper<'_> {
         let pending: Vec<(i32, i64, String)> = done
             .iter()
             .filter(|d| !d.replay)
-            .map(|d| (d.partition, d.first, encode_pending(d.first, d.last)))
+            .map(|d| (d.partition, d.first, encode_pending_with_maps(d.first, d.last, &d.out.maps_used)))
             .collect();
         if !pending.is_empty() {
             if let Err(e) = cx.commit_ranges(&pending) {
@@ -541,6 +640,13 @@ impl Grouper<'_> {
             metrics::counter!(m::EVENTS_TOTAL, "outcome" => "duplicate").increment(out.duplicates.len() as u64);
             metrics::counter!(m::CLAMPED_TOTAL).increment(out.clamped);
             metrics::counter!(m::SAMPLES_TRUNCATED_TOTAL).increment(out.samples_truncated);
+            for o in crate::symbolicate::Outcome::ALL {
+                let n = out.symbolication[o.index()];
+                if n > 0 {
+                    metrics::counter!(m::SYMBOLICATION_TOTAL, "outcome" => o.label()).increment(n);
+                }
+            }
+            self.log_symbolication(out);
             metrics::counter!(m::BATCHES_TOTAL, "kind" => if d.replay { "replay" } else { "new" }).increment(1);
             metrics::counter!(m::AGGREGATES_TOTAL).increment(out.records.len() as u64);
             for reason in Reason::ALL {
@@ -671,5 +777,16 @@ mod tests {
         assert_eq!(decode_pending(""), None);
         assert_eq!(decode_pending("tracefold:v1:9:3"), None);
         assert_eq!(decode_pending("other:v1:1:2"), None);
+        let maps = [(u64::MAX, 10), (7, 57)];
+        let meta = encode_pending_with_maps(10, 99, &maps);
+        assert_eq!(meta, "tracefold:v1:10:99:m=ffffffffffffffff@0,0000000000000007@47");
+        assert_eq!(decode_pending_with_maps(&meta), Some((10, 99, maps.to_vec())));
+        assert_eq!(decode_pending(&meta), Some((10, 99)));
+        assert_eq!(encode_pending_with_maps(10, 99, &[]), encode_pending(10, 99));
+        assert_eq!(decode_pending_with_maps("tracefold:v1:1:2:x=1"), None);
+        assert_eq!(decode_pending_with_maps("tracefold:v1:1:2:m=zz@1"), None);
+        // The most maps a batch records fit Kafka's default metadata limit.
+        let most: Vec<(u64, i64)> = (0..64).map(|i| (u64::MAX - i, i64::MAX - 1)).collect();
+        assert!(encode_pending_with_maps(0, i64::MAX, &most).len() < 4096);
     }
 }

@@ -2,8 +2,10 @@
 //! minified frame (1-based line and column, as browsers and Node report them) to the original
 //! file, line, column, function and a few lines of source context, Sentry's debug-id
 //! convention, a bounded cache of parsed maps, and the object store that holds uploaded maps
-//! ([`store`]). See docs/sourcemaps.md for the design and for what is not built yet (the
-//! grouper hook).
+//! ([`store`]). [`symbolicate_frames`] is the pure, synchronous core that maps an event's
+//! frames given a lookup of parsed maps (the grouper and the grouping-quality benchmark both
+//! call it); [`fetch::Symbolicator`] feeds it from the object store with a bounded cache,
+//! bounded concurrency and a per-event time budget. See docs/sourcemaps.md.
 //!
 //! Nothing here panics on any input: a map that is too large, malformed, or of a kind we do
 //! not support (indexed, Hermes) is rejected with a [`MapError`] that says why.
@@ -15,7 +17,11 @@ use std::sync::Arc;
 
 use sourcemap::{SourceMap, SourceView};
 
+pub mod fetch;
+pub mod frames;
 pub mod store;
+
+pub use frames::{is_minified_js, map_key, symbolicate_frames, DebugImage, MinifiedFrame};
 
 /// Limits that keep one upload or one event from costing unbounded memory or time.
 #[derive(Debug, Clone)]
@@ -257,8 +263,8 @@ pub fn url_key(abs_path: &str) -> String {
 pub enum MapKey {
     /// A project's release and the file's [`url_key`].
     Url {
-        /// Project id.
-        project: u64,
+        /// Project slug (as events and the artifact store name it).
+        project: String,
         /// Release name.
         release: String,
         /// The minified file's [`url_key`].
@@ -266,8 +272,8 @@ pub enum MapKey {
     },
     /// A project's debug id (canonical form).
     DebugId {
-        /// Project id.
-        project: u64,
+        /// Project slug.
+        project: String,
         /// Debug id, see [`normalize_debug_id`].
         id: String,
     },

@@ -113,7 +113,7 @@ fn context_lines_are_cut_at_character_boundaries() {
 fn cache_evicts_least_recently_used_within_its_budgets() {
     let map = Arc::new(parse(&map_json(None, true)));
     let cost = map.cost();
-    let key = |i: u64| MapKey::Url { project: 1, release: "r".into(), url: format!("~/{i}.js") };
+    let key = |i: u64| MapKey::Url { project: "p".into(), release: "r".into(), url: format!("~/{i}.js") };
     let mut cache = MapCache::new(2, cost * 10);
     cache.insert(key(1), Arc::clone(&map));
     cache.insert(key(2), Arc::clone(&map));

@@ -194,7 +194,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}\
 .s-resolved{color:#2e7d32}.s-ignored{color:#888}.s-active{color:#c62828}\
 .spark{color:#1565c0}.bars{width:100%;height:120px;fill:#1565c0}\
 pre{background:#fff;border:1px solid #ddd;padding:.5em;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}\
-form.inline{display:inline}ol.frames{font-size:13px;padding-left:1.5em}li.frame{color:#777;overflow-wrap:anywhere}li.inapp{color:#111;background:#fff8e1;font-weight:600}li.fp{border-left:3px solid #6a1b9a;padding-left:.3em}.fpm{color:#6a1b9a;white-space:nowrap}nav a{margin-right:.5em}\
+form.inline{display:inline}ol.frames{font-size:13px;padding-left:1.5em}li.frame{color:#777;overflow-wrap:anywhere}li.inapp{color:#111;background:#fff8e1;font-weight:600}li.fp{border-left:3px solid #6a1b9a;padding-left:.3em}pre.context{font-weight:400;margin:.2em 0;white-space:pre-wrap}small.raw{display:block;font-weight:400;color:#777}.fpm{color:#6a1b9a;white-space:nowrap}nav a{margin-right:.5em}\
 @media (max-width:40em){.wide{display:none}td,th{padding:.2em}}\
 </style>";
 

@@ -161,6 +161,33 @@ pub fn render(p: &mut Page, json: &str, issue_id: &str, cfg: &GroupingConfig) {
             if fp {
                 p.raw(" ").raw(FP_MARK);
             }
+            // Mapped by a source map: the original lines and the minified position.
+            if let Some(line) = s(&f["context_line"]) {
+                let lines =
+                    |k: &str| f[k].as_array().map_or(Vec::new(), |a| a.iter().filter_map(s).collect::<Vec<_>>());
+                p.raw("<pre class=\"context\">");
+                for l in lines("pre_context") {
+                    p.user(&l).raw("\n");
+                }
+                p.raw("<strong>").user(&line).raw("</strong>");
+                for l in lines("post_context") {
+                    p.raw("\n").user(&l);
+                }
+                p.raw("</pre>");
+            }
+            if f.get("raw_filename").is_some() || f.get("raw_function").is_some() {
+                p.raw("<small class=\"raw\">minified: <code>")
+                    .user(&s(&f["raw_function"]).unwrap_or_else(|| "?".into()))
+                    .raw("</code> in ")
+                    .user(&s(&f["raw_filename"]).unwrap_or_default());
+                if let Some(l) = s(&f["raw_lineno"]) {
+                    p.raw(":").text(&l);
+                    if let Some(c) = s(&f["raw_colno"]) {
+                        p.raw(":").text(&c);
+                    }
+                }
+                p.raw("</small>");
+            }
             p.raw("</li>");
         }
         p.raw("</ol>");
@@ -194,6 +221,28 @@ pub fn render(p: &mut Page, json: &str, issue_id: &str, cfg: &GroupingConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_frames_show_their_source_lines_and_minified_position() {
+        let ev = r#"{"exception":[{"type":"Error","value":"x","stacktrace":{"frames":[
+            {"function":"fail","filename":"src/checkout.ts","lineno":2,"colno":3,"in_app":true,
+             "pre_context":["function fail() {"],"context_line":"  throw new Error('<x>');","post_context":["}"],
+             "raw_function":"a","raw_filename":"https://shop.example/static/js/main.3f9a.js","raw_lineno":1,"raw_colno":14}]}}]}"#;
+        let mut p = Page::default();
+        render(&mut p, ev, &issue_id(ev), &GroupingConfig::default());
+        let h = p.finish();
+        assert!(h.contains("<code><bdi>fail</bdi></code> in <bdi>src/checkout.ts</bdi>:2:3"), "{h}");
+        assert!(
+            h.contains("<pre class=\"context\"><bdi>function fail() {</bdi>\n<strong><bdi>  throw new Error(&#39;&lt;x&gt;&#39;);</bdi></strong>\n<bdi>}</bdi></pre>"),
+            "{h}"
+        );
+        assert!(
+            h.contains(
+                "minified: <code><bdi>a</bdi></code> in <bdi>https://shop.example/static/js/main.3f9a.js</bdi>:1:14"
+            ),
+            "{h}"
+        );
+    }
 
     #[test]
     fn frames_innermost_first_in_app_marked_everything_escaped() {

@@ -1,0 +1,545 @@
+//! The grouper's source-map hook (docs/sourcemaps.md, "Grouper hook"): before an event with
+//! minified JavaScript frames is fingerprinted, its frames are mapped to their original file,
+//! line, column and function with [`tracefold_symbolicate::symbolicate_frames`], from maps the
+//! [`Symbolicator`] fetches from the artifact store within a time budget. The mapped frames
+//! replace the minified ones in the event (so the fingerprint, title and culprit use them);
+//! the minified values are kept, with the source context, for the sample ([`rewrite_sample`]).
+//!
+//! Within one batch, a map once found is kept for the rest of the batch ([`BatchMaps`]), so a
+//! key's availability only ever goes from "not yet" to "yes" at one offset: what the batch's
+//! range metadata records so that a replay decides exactly as the first run did.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracefold_model::event::{Event, Frame, Stacktrace};
+use tracefold_symbolicate::fetch::{Found, Symbolicator};
+use tracefold_symbolicate::{map_key, symbolicate_frames, DebugImage, MapKey, MinifiedFrame, OriginalFrame, ParsedMap};
+
+/// Most distinct maps one event may need; frames of further files stay minified (the same
+/// on a replay: the order of frames decides which).
+pub const MAX_KEYS_PER_EVENT: usize = 32;
+/// Most distinct maps one batch may use (what its range metadata can record); events that
+/// need others are grouped as without maps, counted `missing`.
+pub const MAX_KEYS_PER_BATCH: usize = 64;
+
+/// What symbolication did to one event (the `outcome` label of
+/// [`crate::metrics::SYMBOLICATION_TOTAL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// At least one frame was mapped.
+    Resolved,
+    /// No map for its frames (none uploaded, no release, or no mapping at the positions).
+    Missing,
+    /// The maps were still being fetched when the event's budget ran out.
+    Timeout,
+    /// A map of its frames is not usable.
+    Malformed,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of [`Outcome::index`].
+    pub const ALL: [Outcome; 4] = [Outcome::Resolved, Outcome::Missing, Outcome::Timeout, Outcome::Malformed];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Resolved => "resolved",
+            Outcome::Missing => "missing",
+            Outcome::Timeout => "timeout",
+            Outcome::Malformed => "malformed",
+        }
+    }
+
+    /// Position in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The hook: a shared [`Symbolicator`] and the per-event budget.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// Fetches and caches maps.
+    pub symbolicator: Arc<Symbolicator>,
+    /// How long one event may wait for its maps.
+    pub budget: Duration,
+}
+
+/// Which stack a mapped frame is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// `exception[i].stacktrace`.
+    Exception(usize),
+    /// `threads[i].stacktrace`.
+    Thread(usize),
+}
+
+/// A frame that was mapped: where it is, its original position, and its minified values.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    /// Its stack.
+    pub stack: Stack,
+    /// Index in the stack's frames.
+    pub frame: usize,
+    /// The original position and context.
+    pub original: OriginalFrame,
+    /// Minified `filename` (or `abs_path` when there was no filename).
+    pub raw_filename: Option<String>,
+    /// Minified `abs_path`.
+    pub raw_abs_path: Option<String>,
+    /// Minified function.
+    pub raw_function: Option<String>,
+    /// Minified line.
+    pub raw_lineno: Option<u32>,
+    /// Minified column.
+    pub raw_colno: Option<u32>,
+}
+
+/// The maps one batch has used, each with the offset of the first event that used it. A
+/// replay is given the recorded keys and offsets ([`BatchMaps::replaying`]) and uses exactly
+/// those: a recorded key from its offset on (waiting for it without a budget), nothing else.
+#[derive(Debug, Default)]
+pub struct BatchMaps {
+    used: HashMap<MapKey, Arc<ParsedMap>>,
+    /// Hash of each key and the offset it was first used at, in that order.
+    first_use: Vec<(u64, i64)>,
+    /// On a replay: the recorded keys and offsets.
+    replay: Option<HashMap<u64, i64>>,
+}
+
+/// The hash of a map key recorded in range metadata.
+pub fn key_hash(key: &MapKey) -> u64 {
+    let text = match key {
+        MapKey::Url { project, release, url } => format!("u\0{project}\0{release}\0{url}"),
+        MapKey::DebugId { project, id } => format!("d\0{project}\0{id}"),
+    };
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+impl BatchMaps {
+    /// Forgets the batch (a new one starts), leaving replay mode.
+    pub fn clear(&mut self) {
+        self.used.clear();
+        self.first_use.clear();
+        self.replay = None;
+    }
+
+    /// The next batch rebuilds a recorded range: use exactly `recorded` (key hash, first offset).
+    pub fn replaying(&mut self, recorded: &[(u64, i64)]) {
+        self.clear();
+        self.replay = Some(recorded.iter().copied().collect());
+    }
+
+    /// Keys used so far with their first offsets (for the range metadata).
+    pub fn first_use(&self) -> &[(u64, i64)] {
+        &self.first_use
+    }
+}
+
+fn view<'e>(f: &'e Frame<'_>) -> MinifiedFrame<'e> {
+    MinifiedFrame {
+        abs_path: f.abs_path.as_deref(),
+        filename: f.filename.as_deref(),
+        function: f.function.as_deref(),
+        lineno: f.lineno,
+        colno: f.colno,
+    }
+}
+
+fn stacks<'e, 'a>(event: &'e Event<'a>) -> impl Iterator<Item = (Stack, &'e Stacktrace<'a>)> {
+    let exc =
+        event.exception.iter().enumerate().filter_map(|(i, e)| Some((Stack::Exception(i), e.stacktrace.as_ref()?)));
+    let thr = event.threads.iter().enumerate().filter_map(|(i, t)| Some((Stack::Thread(i), t.stacktrace.as_ref()?)));
+    exc.chain(thr)
+}
+
+/// Whether the event has a frame symbolication could map (the one check every event pays).
+pub fn has_minified_js(event: &Event<'_>) -> bool {
+    stacks(event).any(|(_, s)| s.frames.iter().any(|f| tracefold_symbolicate::is_minified_js(&view(f))))
+}
+
+/// Sentry's `debug_meta.images[]` of type `sourcemap`, read from the payload only when it
+/// names `debug_meta` (the event model does not carry it).
+fn debug_images(payload: &[u8]) -> Vec<DebugImage> {
+    if memchr::memmem::find(payload, b"debug_meta").is_none() {
+        return Vec::new();
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else { return Vec::new() };
+    let Some(images) = v.pointer("/debug_meta/images").and_then(|i| i.as_array()) else { return Vec::new() };
+    images
+        .iter()
+        .filter(|i| i.get("type").and_then(|t| t.as_str()) == Some("sourcemap"))
+        .filter_map(|i| {
+            Some(DebugImage {
+                code_file: i.get("code_file")?.as_str()?.to_owned(),
+                debug_id: i.get("debug_id")?.as_str()?.to_owned(),
+            })
+        })
+        .take(MAX_KEYS_PER_EVENT)
+        .collect()
+}
+
+/// Maps the event's minified frames in place (see the module docs), writing what it mapped to
+/// `mapped`. `None` when the event has no minified JavaScript frame (nothing was done).
+pub fn apply(
+    hook: &Hook,
+    batch: &mut BatchMaps,
+    event: &mut Event<'_>,
+    payload: &[u8],
+    offset: i64,
+    mapped: &mut Vec<Mapped>,
+) -> Option<Outcome> {
+    mapped.clear();
+    if !has_minified_js(event) {
+        return None;
+    }
+    let project = event.project.as_deref().unwrap_or("");
+    let release = event.release.as_deref().unwrap_or("");
+    let images = debug_images(payload);
+    // The keys the event needs, in frame order, at most MAX_KEYS_PER_EVENT.
+    let mut keys: Vec<MapKey> = Vec::new();
+    for (_, s) in stacks(event) {
+        for f in &s.frames {
+            if let Some(k) = map_key(project, release, &images, &view(f)) {
+                if !keys.contains(&k) && keys.len() < MAX_KEYS_PER_EVENT {
+                    keys.push(k);
+                }
+            }
+        }
+    }
+    let (mut timeout, mut malformed) = (false, false);
+    let mut have: HashMap<MapKey, Arc<ParsedMap>> = HashMap::new();
+    let mut fetch: Vec<MapKey> = Vec::new();
+    for k in keys {
+        if let Some(m) = batch.used.get(&k) {
+            have.insert(k, Arc::clone(m));
+            continue;
+        }
+        let allowed = match &batch.replay {
+            // A replay uses a key only where the first run did.
+            Some(rec) => rec.get(&key_hash(&k)).is_some_and(|first| *first <= offset),
+            None => batch.used.len() + fetch.len() < MAX_KEYS_PER_BATCH,
+        };
+        if allowed {
+            fetch.push(k);
+        }
+    }
+    if !fetch.is_empty() {
+        let found = if batch.replay.is_some() {
+            // The first run had these maps: wait for them as for any store (see docs/sourcemaps.md).
+            replay_fetch(&hook.symbolicator, &fetch)
+        } else {
+            hook.symbolicator.maps(&fetch, Instant::now() + hook.budget)
+        };
+        for (k, f) in fetch.into_iter().zip(found) {
+            match f {
+                Found::Map(m) => {
+                    batch.first_use.push((key_hash(&k), offset));
+                    batch.used.insert(k.clone(), Arc::clone(&m));
+                    have.insert(k, m);
+                }
+                Found::Timeout => timeout = true,
+                Found::Malformed => malformed = true,
+                Found::Missing => {}
+            }
+        }
+    }
+    if !have.is_empty() {
+        let mut results: Vec<(Stack, Vec<Option<OriginalFrame>>)> = Vec::new();
+        for (stack, s) in stacks(event) {
+            let frames: Vec<MinifiedFrame<'_>> = s.frames.iter().map(view).collect();
+            let got = symbolicate_frames(project, release, &images, &frames, |k| have.get(k).cloned());
+            if got.iter().any(Option::is_some) {
+                results.push((stack, got));
+            }
+        }
+        for (stack, got) in results {
+            let s = match stack {
+                Stack::Exception(i) => event.exception.get_mut(i).and_then(|e| e.stacktrace.as_mut()),
+                Stack::Thread(i) => event.threads.get_mut(i).and_then(|t| t.stacktrace.as_mut()),
+            };
+            let Some(s) = s else { continue };
+            for (i, (f, o)) in s.frames.iter_mut().zip(got).enumerate() {
+                let Some(o) = o else { continue };
+                mapped.push(Mapped {
+                    stack,
+                    frame: i,
+                    raw_filename: f.filename.as_deref().or(f.abs_path.as_deref()).map(str::to_owned),
+                    raw_abs_path: f.abs_path.as_deref().map(str::to_owned),
+                    raw_function: f.function.as_deref().map(str::to_owned),
+                    raw_lineno: f.lineno,
+                    raw_colno: f.colno,
+                    original: o.clone(),
+                });
+                f.filename = Some(o.file.clone().into());
+                f.abs_path = Some(o.file.into());
+                // A minified name says nothing stable: without an original one, none.
+                f.function = o.function.map(Into::into);
+                f.lineno = Some(o.line);
+                f.colno = Some(o.col);
+            }
+        }
+    }
+    Some(if !mapped.is_empty() {
+        Outcome::Resolved
+    } else if timeout {
+        Outcome::Timeout
+    } else if malformed {
+        Outcome::Malformed
+    } else {
+        Outcome::Missing
+    })
+}
+
+/// How long a replay waits for a map its first run used before grouping without it.
+pub const REPLAY_WAIT: Duration = Duration::from_secs(300);
+
+/// On a replay: the maps the first run used, waiting for them up to [`REPLAY_WAIT`] (the store
+/// being down is an outage: the partition waits). A map that is gone from the store (or still
+/// unreadable after the wait) stays unused, with an error logged: the one case where a replay
+/// cannot decide as the first run.
+fn replay_fetch(sym: &Symbolicator, keys: &[MapKey]) -> Vec<Found> {
+    let mut pause = Duration::from_millis(100);
+    let give_up = Instant::now() + REPLAY_WAIT;
+    loop {
+        let found = sym.maps(keys, Instant::now() + Duration::from_secs(30));
+        if found.iter().all(|f| !matches!(f, Found::Timeout)) || Instant::now() >= give_up {
+            for (k, f) in keys.iter().zip(&found) {
+                if !matches!(f, Found::Map(_)) {
+                    tracing::error!(?k, "a source map used by the first run of this batch is no longer usable; its replay groups differently");
+                }
+            }
+            return found;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The sample payload with the mapped frames written in, Sentry's way: mapped `filename`,
+/// `abs_path`, `function`, `lineno`, `colno`, `pre_context`/`context_line`/`post_context`
+/// (when the map has sources), and the minified values as `raw_filename`, `raw_abs_path`,
+/// `raw_function`, `raw_lineno`, `raw_colno`. A frame whose minified line and column do not
+/// match what was mapped (the payload is not what the parser read) is left alone; a payload
+/// that is not a JSON object is returned as it is.
+pub fn rewrite_sample(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(payload) else { return payload.to_vec() };
+    for m in mapped {
+        let (field, i) = match m.stack {
+            Stack::Exception(i) => ("exception", i),
+            Stack::Thread(i) => ("threads", i),
+        };
+        let list = match v.get_mut(field) {
+            Some(serde_json::Value::Object(o)) => o.get_mut("values"),
+            other => other,
+        };
+        let Some(frame) = list
+            .and_then(|l| l.get_mut(i))
+            .and_then(|e| e.get_mut("stacktrace"))
+            .and_then(|s| s.get_mut("frames"))
+            .and_then(|f| f.get_mut(m.frame))
+            .and_then(|f| f.as_object_mut())
+        else {
+            continue;
+        };
+        let num = |k: &str| frame.get(k).and_then(serde_json::Value::as_u64);
+        if num("lineno") != m.raw_lineno.map(u64::from) || num("colno") != m.raw_colno.map(u64::from) {
+            continue;
+        }
+        let o = &m.original;
+        let set = |frame: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: Option<serde_json::Value>| {
+            match v {
+                Some(v) => frame.insert(k.to_owned(), v),
+                None => frame.remove(k),
+            };
+        };
+        set(frame, "raw_filename", m.raw_filename.clone().map(Into::into));
+        set(frame, "raw_abs_path", m.raw_abs_path.clone().map(Into::into));
+        set(frame, "raw_function", m.raw_function.clone().map(Into::into));
+        set(frame, "raw_lineno", m.raw_lineno.map(Into::into));
+        set(frame, "raw_colno", m.raw_colno.map(Into::into));
+        set(frame, "filename", Some(o.file.clone().into()));
+        set(frame, "abs_path", Some(o.file.clone().into()));
+        set(frame, "function", o.function.clone().map(Into::into));
+        set(frame, "lineno", Some(o.line.into()));
+        set(frame, "colno", Some(o.col.into()));
+        if o.context_line.is_some() {
+            set(frame, "pre_context", Some(o.pre_context.clone().into()));
+            set(frame, "context_line", o.context_line.clone().map(Into::into));
+            set(frame, "post_context", Some(o.post_context.clone().into()));
+        }
+    }
+    serde_json::to_vec(&v).unwrap_or_else(|_| payload.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{BatchBuilder, BatchOptions, BatchOutput};
+    use bytes::Bytes;
+    use tracefold_symbolicate::fetch::FetchOptions;
+    use tracefold_symbolicate::store::{ArtifactKind, ArtifactStore};
+
+    const NOW: i64 = 1_795_671_540_000;
+    const ORIGINAL: &str = "function fail() {\n  throw new Error('x');\n}\n";
+
+    /// A build of `src/app.ts`: the minified file puts `function <name>(){throw ...}` at column
+    /// `at` (0-based) of line 1, so the throw is at 1-based column `at + 14`.
+    struct Build {
+        release: &'static str,
+        url: &'static str,
+        name: &'static str,
+        at: u32,
+    }
+
+    const A: Build = Build { release: "1.0", url: "~/static/js/main.aaaa1111.js", name: "a", at: 0 };
+    const B: Build = Build { release: "1.1", url: "~/static/js/main.bbbb2222.js", name: "b", at: 8 };
+
+    impl Build {
+        fn minified(&self) -> String {
+            format!("{}function {}(){{throw new Error('x')}}\n", "var z=1;".repeat(self.at as usize / 8), self.name)
+        }
+
+        /// Tokens: the function keyword, its name (original `fail`), the throw.
+        fn map(&self) -> Vec<u8> {
+            let mut b = sourcemap::SourceMapBuilder::new(Some("main.js"));
+            let src = b.add_source("src/app.ts");
+            b.set_source_contents(src, Some(ORIGINAL));
+            b.add(0, self.at, 0, 0, Some("src/app.ts"), None, false);
+            b.add(0, self.at + 9, 0, 9, Some("src/app.ts"), Some("fail"), false);
+            b.add(0, self.at + 13, 1, 2, Some("src/app.ts"), None, false);
+            let mut out = Vec::new();
+            b.into_sourcemap().to_writer(&mut out).unwrap();
+            out
+        }
+
+        fn event(&self, i: u64) -> String {
+            format!(
+                r#"{{"event_id":"{i:032x}","project":"shop","timestamp":{ts},"release":"{r}","platform":"javascript",
+                "exception":[{{"type":"Error","value":"x","stacktrace":{{"frames":[{{"function":"{f}","filename":"https://shop.example{u}","lineno":1,"colno":{c},"in_app":true}}]}}}}]}}"#,
+                ts = NOW / 1000 - 60,
+                r = self.release,
+                f = self.name,
+                u = &self.url[1..],
+                c = self.at + 14,
+            )
+        }
+    }
+
+    fn new_store() -> (ArtifactStore, tokio::runtime::Runtime) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        (ArtifactStore::new(Arc::new(object_store::memory::InMemory::new())), rt)
+    }
+
+    fn upload(store: &ArtifactStore, rt: &tokio::runtime::Runtime, b: &Build) {
+        rt.block_on(async {
+            store.put("shop", b.release, b.url, None, ArtifactKind::Map, Bytes::from(b.map())).await.unwrap();
+            store.put("shop", b.release, b.url, None, ArtifactKind::Minified, Bytes::from(b.minified())).await.unwrap();
+        });
+    }
+
+    fn builder(store: &ArtifactStore) -> BatchBuilder {
+        let symbolicator = Symbolicator::new(store.clone(), FetchOptions::default()).unwrap();
+        // A budget no fetch from memory comes near: the outcome does not depend on timing.
+        let hook = Hook { symbolicator: Arc::new(symbolicator), budget: Duration::from_secs(60) };
+        BatchBuilder::new(BatchOptions::default()).with_sourcemaps(hook)
+    }
+
+    fn run(b: &mut BatchBuilder, events: &[String]) -> BatchOutput {
+        for (i, e) in events.iter().enumerate() {
+            b.add(e.as_bytes(), i as i64, NOW);
+        }
+        b.finish("e1", "t", 0, 0, events.len() as i64 - 1)
+    }
+
+    #[test]
+    fn two_builds_with_maps_are_one_issue_with_original_frames() {
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        upload(&store, &rt, &B);
+        let plain = r#"{"event_id":"00000000000000000000000000000009","project":"shop","exception":[{"type":"E","value":"v","stacktrace":{"frames":[{"function":"f","filename":"app.py","lineno":3}]}}]}"#;
+        let out = run(&mut builder(&store), &[A.event(1), B.event(2), plain.to_owned()]);
+        assert_eq!(out.accepted, 3);
+        assert_eq!(out.symbolication, [2, 0, 0, 0], "two resolved; the Python event is not counted");
+        let issues: std::collections::BTreeSet<_> = out.records.iter().map(|r| r.issue_id.clone()).collect();
+        assert_eq!(issues.len(), 2, "both builds in one issue, the Python event in another");
+        let js = out.records.iter().find(|r| r.release == "1.0").unwrap();
+        assert_eq!(js.culprit, "src/app.ts in fail", "{js:?}");
+        let sample: serde_json::Value = serde_json::from_str(&js.sample).unwrap();
+        let f = &sample["exception"][0]["stacktrace"]["frames"][0];
+        assert_eq!((f["filename"].as_str(), f["function"].as_str()), (Some("src/app.ts"), Some("fail")));
+        assert_eq!((f["lineno"].as_u64(), f["colno"].as_u64()), (Some(2), Some(3)));
+        assert_eq!(f["raw_filename"], "https://shop.example/static/js/main.aaaa1111.js");
+        assert_eq!((f["raw_function"].as_str(), f["raw_colno"].as_u64()), (Some("a"), Some(14)));
+        assert_eq!(f["context_line"], "  throw new Error('x');");
+        assert_eq!(out.maps_used.len(), 2);
+
+        // Without maps: as today, one issue per build, counted missing.
+        let (bare, _rt) = new_store();
+        let out = run(&mut builder(&bare), &[A.event(1), B.event(2)]);
+        assert_eq!(out.symbolication, [0, 2, 0, 0]);
+        assert_eq!(out.records.len(), 2);
+        assert_ne!(out.records[0].issue_id, out.records[1].issue_id);
+        assert!(out.maps_used.is_empty());
+    }
+
+    #[test]
+    fn a_replay_uses_exactly_the_maps_its_first_run_used() {
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        let events = [B.event(1), A.event(2), B.event(3), A.event(4)];
+        let first = run(&mut builder(&store), &events);
+        assert_eq!(first.symbolication, [2, 2, 0, 0]);
+        assert_eq!(first.maps_used.len(), 1);
+        assert_eq!(first.maps_used[0].1, 1, "first used at offset 1");
+        // B's map arrives before the replay: the replay still groups as the first run did.
+        upload(&store, &rt, &B);
+        let mut again = builder(&store);
+        again.replay_maps(&first.maps_used);
+        assert_eq!(run(&mut again, &events), first);
+        // A new batch of the same events does use it.
+        let fresh = run(&mut again, &events);
+        assert_eq!(fresh.symbolication, [4, 0, 0, 0]);
+        assert_eq!(fresh.records.iter().map(|r| &r.issue_id).collect::<std::collections::BTreeSet<_>>().len(), 1);
+    }
+
+    #[test]
+    fn samples_keep_the_mapped_and_the_raw_frame() {
+        let payload = br#"{"exception":[{"type":"E","stacktrace":{"frames":[{"filename":"https://x/main.js","function":"a","lineno":1,"colno":14}]}}],"x":"\u00e9"}"#;
+        let m = Mapped {
+            stack: Stack::Exception(0),
+            frame: 0,
+            original: OriginalFrame {
+                file: "src/app.ts".into(),
+                line: 2,
+                col: 3,
+                function: Some("fail".into()),
+                pre_context: vec!["function fail() {".into()],
+                context_line: Some("  throw new Error('x');".into()),
+                post_context: vec!["}".into()],
+            },
+            raw_filename: Some("https://x/main.js".into()),
+            raw_abs_path: None,
+            raw_function: Some("a".into()),
+            raw_lineno: Some(1),
+            raw_colno: Some(14),
+        };
+        let out: serde_json::Value =
+            serde_json::from_slice(&rewrite_sample(payload, std::slice::from_ref(&m))).unwrap();
+        let f = &out["exception"][0]["stacktrace"]["frames"][0];
+        assert_eq!(f["filename"], "src/app.ts");
+        assert_eq!(f["function"], "fail");
+        assert_eq!((f["lineno"].as_u64(), f["colno"].as_u64()), (Some(2), Some(3)));
+        assert_eq!(f["raw_filename"], "https://x/main.js");
+        assert_eq!(f["raw_function"], "a");
+        assert_eq!((f["raw_lineno"].as_u64(), f["raw_colno"].as_u64()), (Some(1), Some(14)));
+        assert_eq!(f["context_line"], "  throw new Error('x');");
+        assert_eq!(out["x"], "é");
+        // Not the frame that was read: left alone. Not JSON: unchanged.
+        let moved = Mapped { raw_colno: Some(99), ..m.clone() };
+        let same: serde_json::Value = serde_json::from_slice(&rewrite_sample(payload, &[moved])).unwrap();
+        assert_eq!(same["exception"][0]["stacktrace"]["frames"][0]["function"], "a");
+        assert_eq!(rewrite_sample(b"[1,", &[m]), b"[1,");
+    }
+}
