@@ -45,6 +45,19 @@ pub struct DevConfig {
     pub telemetry: TelemetryConfig,
 }
 
+impl DevConfig {
+    /// The grouper's `[sourcemaps]` section: `[symbolication]`, reading the producer's store
+    /// unless `symbolication.store_url` names another.
+    pub fn grouper_sourcemaps(&self) -> tracefold_grouper::config::SourcemapsSection {
+        let store_url = if self.symbolication.store_url.is_empty() {
+            self.sourcemaps.store_url.clone()
+        } else {
+            self.symbolication.store_url.clone()
+        };
+        tracefold_grouper::config::SourcemapsSection { store_url, ..self.symbolication.clone() }
+    }
+}
+
 /// Where `tracefold dev` keeps its state (the generated project key, logs), relative to the
 /// working directory, like the local ClickHouse of `scripts/clickhouse-local.sh`.
 pub const STATE_DIR: &str = ".tracefold";
@@ -261,14 +274,7 @@ impl Pipeline {
             topics: cfg.topics.clone(),
             grouper: grouper_section,
             grouping: cfg.grouping.clone(),
-            sourcemaps: tracefold_grouper::config::SourcemapsSection {
-                store_url: if cfg.symbolication.store_url.is_empty() {
-                    cfg.sourcemaps.store_url.clone()
-                } else {
-                    cfg.symbolication.store_url.clone()
-                },
-                ..cfg.symbolication.clone()
-            },
+            sourcemaps: cfg.grouper_sourcemaps(),
             telemetry: cfg.telemetry.clone(),
         };
         let wcfg = tracefold_writer::Config {

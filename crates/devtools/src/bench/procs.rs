@@ -167,6 +167,7 @@ impl ServiceProcesses {
             topics: cfg.topics.clone(),
             grouper: grouper_section,
             grouping: cfg.grouping.clone(),
+            sourcemaps: cfg.grouper_sourcemaps(),
             telemetry: cfg.telemetry.clone(),
         };
         let wcfg = tracefold_writer::Config {
