@@ -215,7 +215,6 @@ pub async fn ingest(opts: &IngestOptions) -> anyhow::Result<IngestReport> {
         kafka: tracefold_runtime::config::KafkaConfig {
             bootstrap_servers: broker.bootstrap_servers(),
             librdkafka: opts.librdkafka.iter().cloned().collect(),
-            ..Default::default()
         },
         ..Default::default()
     };
@@ -234,7 +233,8 @@ pub async fn ingest(opts: &IngestOptions) -> anyhow::Result<IngestReport> {
     let o = opts.clone();
     let sent = tokio::task::spawn_blocking(move || send(url, bodies, &o)).await??;
     let (bootstrap, topic) = (broker.bootstrap_servers(), tracefold_runtime::config::TopicsConfig::default().events);
-    let fetched_bytes_per_event = tokio::task::spawn_blocking(move || fetched_bytes_per_event(&bootstrap, &topic)).await??;
+    let fetched_bytes_per_event =
+        tokio::task::spawn_blocking(move || fetched_bytes_per_event(&bootstrap, &topic)).await??;
     shutdown.trigger();
     server.await??;
     let cpu = sent.end.since(&sent.start);
@@ -266,7 +266,8 @@ impl rdkafka::consumer::ConsumerContext for KeepStats {}
 /// from the brokers per message read.
 fn fetched_bytes_per_event(bootstrap: &str, topic: &str) -> anyhow::Result<f64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let kafka = tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
+    let kafka =
+        tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
     let c: BaseConsumer<KeepStats> = tracefold_runtime::kafka::consumer_config(&kafka, "bench-ingest-readback")
         .set("statistics.interval.ms", "100")
         .create_with_context(KeepStats::default())?;
@@ -288,7 +289,8 @@ fn fetched_bytes_per_event(bootstrap: &str, topic: &str) -> anyhow::Result<f64> 
             None => idle += 1,
         }
     }
-    let bytes: u64 = c.context().0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map_or(0, |s| s.brokers.values().map(|b| b.rxbytes).sum());
+    let stats = c.context().0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bytes: u64 = stats.as_ref().map_or(0, |s| s.brokers.values().map(|b| b.rxbytes).sum());
     Ok(if read == 0 { 0.0 } else { (bytes as f64 / read as f64 * 10.0).round() / 10.0 })
 }
 
