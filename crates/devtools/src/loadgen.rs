@@ -256,9 +256,9 @@ pub fn describe(s: &LoadSummary) -> String {
 
 /// What one HTTP request (with its retries) came to.
 #[derive(Debug)]
-struct Outcome {
-    events: u64,
-    ok: bool,
+pub(crate) struct Outcome {
+    pub(crate) events: u64,
+    pub(crate) ok: bool,
     waits: u64,
     waited: Duration,
 }
@@ -275,11 +275,11 @@ fn retry_after(r: &reqwest::Response) -> Option<Duration> {
 }
 
 /// Posts `body` until it gets 2xx, is refused for good, or was told to wait `max_retries`
-/// times.
-async fn post_with_retries(
+/// times. A retry sends the same buffer again (`Bytes`: no copy).
+pub(crate) async fn post_with_retries(
     client: &reqwest::Client,
     url: &str,
-    body: String,
+    body: bytes::Bytes,
     events: u64,
     max_retries: u32,
 ) -> Outcome {
@@ -366,7 +366,7 @@ async fn run_http(url: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> 
             // The permit is held while waiting: a target that says "wait" slows the load.
             let _permit: tokio::sync::OwnedSemaphorePermit = permit;
             let events = batch.len() as u64;
-            let out = post_with_retries(&client, &url, batch.join("\n"), events, max_retries).await;
+            let out = post_with_retries(&client, &url, batch.join("\n").into(), events, max_retries).await;
             pb.inc(events);
             out
         });
@@ -400,7 +400,7 @@ async fn run_http(url: &str, opts: &LoadOptions) -> anyhow::Result<LoadSummary> 
     Ok(summary)
 }
 
-fn account(s: &mut LoadSummary, o: Outcome) {
+pub(crate) fn account(s: &mut LoadSummary, o: Outcome) {
     if o.ok {
         s.accepted += o.events;
     } else {
@@ -410,7 +410,7 @@ fn account(s: &mut LoadSummary, o: Outcome) {
     s.waited_secs += o.waited.as_secs_f64();
 }
 
-fn finish(s: &mut LoadSummary, start: Instant) {
+pub(crate) fn finish(s: &mut LoadSummary, start: Instant) {
     s.elapsed_secs = start.elapsed().as_secs_f64();
     s.events_per_sec = if s.elapsed_secs > 0.0 { s.accepted as f64 / s.elapsed_secs } else { 0.0 };
 }

@@ -57,7 +57,7 @@ use tracefold_model::reject::{Reason, Rejection};
 use tracefold_model::time::now_ms;
 use tracefold_model::validate::is_project_slug;
 use tracefold_model::Outcome;
-use tracefold_model::{parse_event_slice_with, validate, Event, ParseError};
+use tracefold_model::{validate, Event, EventParser, ParseError};
 use tracing::Instrument as _;
 
 /// Bodies larger than this (decompressed) are parsed on the blocking pool, not on the async
@@ -481,11 +481,11 @@ pub fn check_line(line: &str, project: &str, received_ms: i64) -> Result<String,
 }
 
 /// Buffers reused for every event of a request: the copy that simd-json parses in place, and
-/// simd-json's own scratch buffers.
+/// the parser's (simd-json's scratch buffers, its tape, the event's lists).
 #[derive(Default)]
 struct Scratch {
     copy: Vec<u8>,
-    buffers: simd_json::Buffers,
+    parser: EventParser,
 }
 
 /// A validated event ready to publish.
@@ -528,14 +528,14 @@ fn prepare_in(
     }
     // The grouper's parser (simd-json) on a copy, so that the producer accepts exactly what
     // the grouper reads (serde_json alone lets through numbers simd-json refuses).
-    let copy = &mut scratch.copy;
+    let Scratch { copy, parser } = scratch;
     copy.clear();
     copy.extend_from_slice(line);
     // Repair lone surrogate escapes in the bytes to publish (one memchr pass when there is no
     // backslash); when nothing was repaired, those bytes are the line itself. The parse
     // checks the depth.
     let repaired = (repair_surrogates(copy) > 0).then(|| copy.clone());
-    let mut ev = parse_event_slice_with(copy, &mut scratch.buffers).map_err(|e| Problem::parse(&e))?;
+    let mut ev = parser.parse(copy).map_err(|e| Problem::parse(&e))?;
     let complete = ev.project.is_some() && ev.event_id.is_some();
     if let Some(p) = ev.project.as_deref() {
         if p != project {
@@ -549,6 +549,8 @@ fn prepare_in(
     ev.project.get_or_insert(Cow::Borrowed(project));
     let id = ensure_event_id(&mut ev);
     validate(&ev, received_ms).map_err(|e| Problem::new(Reason::Invalid, Some(e.field), e.reason))?;
+    // The event's lists go back to the parser for the next event of the request.
+    parser.recycle(ev);
     let payload = match (complete, repaired) {
         (true, Some(repaired)) => Bytes::from(repaired),
         // `line` lies within `body` (the caller's contract).

@@ -72,9 +72,21 @@ pub struct BenchIngestArgs {
     /// Requests in flight.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// A librdkafka property for the producer, `KEY=VALUE` (repeatable), as under
+    /// `[kafka.librdkafka]`: e.g. `compression.type=zstd` to compare codecs.
+    #[arg(long = "librdkafka", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub librdkafka: Vec<(String, String)>,
     /// Result format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+/// `KEY=VALUE`, split at the first `=`; the key must not be empty.
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 // `tracefold bench-writer`.

@@ -50,6 +50,7 @@ pub async fn bench_ingest(a: &BenchIngestArgs) -> anyhow::Result<()> {
         batch: a.batch,
         concurrency: a.concurrency,
         progress: a.format == Format::Table,
+        librdkafka: a.librdkafka.clone(),
     };
     let r = bench::ingest(&opts).await?;
     match a.format {

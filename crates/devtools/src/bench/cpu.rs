@@ -39,7 +39,9 @@ pub fn stage_of(thread: &str) -> &'static str {
         // librdkafka's client threads (I/O, compression) and rust-rdkafka's threads that poll
         // producers for acknowledgements, of every client in the process.
         "kafka clients"
-    } else if thread.starts_with("tokio-runtime") || thread == "tracefold" || thread.starts_with("loadgen") {
+    } else if thread.starts_with("tokio-r") || thread.starts_with("tracefold") || thread.starts_with("loadgen") {
+        // tokio names its workers "tokio-rt-worker" ("tokio-runtime-worker" before 1.44); the
+        // main thread is named after the binary.
         // The command's own thread and runtime: generating and sending the load.
         "load generation"
     } else {
@@ -71,15 +73,20 @@ pub fn machine_ticks(proc_stat: &str) -> Option<(u64, u64)> {
 }
 
 impl CpuSnapshot {
-    /// Reads the counters now.
+    /// Reads the counters now, this process's threads grouped by [`stage_of`].
     pub fn now() -> Self {
+        Self::now_by(stage_of)
+    }
+
+    /// Reads the counters now, this process's threads grouped by `stage` of their names.
+    pub fn now_by(stage: fn(&str) -> &'static str) -> Self {
         let mut s = Self::default();
         if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
             for e in dir.flatten() {
                 if let Some((name, t)) =
                     std::fs::read_to_string(e.path().join("stat")).ok().and_then(|x| stat_ticks(&x))
                 {
-                    *s.stages.entry(stage_of(&name)).or_default() += t;
+                    *s.stages.entry(stage(&name)).or_default() += t;
                 }
             }
         }
@@ -172,6 +179,7 @@ mod tests {
         assert_eq!(stage_of("producer pollin"), "kafka clients");
         assert_eq!(stage_of("rdk:mock"), "embedded broker (mock cluster)");
         assert_eq!(stage_of("tracefold"), "load generation");
+        assert_eq!(stage_of("tokio-rt-worker"), "load generation");
         assert_eq!(stage_of("main"), "other");
     }
 
