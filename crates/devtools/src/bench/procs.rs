@@ -167,6 +167,15 @@ impl ServiceProcesses {
             topics: cfg.topics.clone(),
             grouper: grouper_section,
             grouping: cfg.grouping.clone(),
+            // As `tracefold dev`: the grouper reads the producer's store unless told another.
+            sourcemaps: tracefold_grouper::config::SourcemapsSection {
+                store_url: if cfg.symbolication.store_url.is_empty() {
+                    cfg.sourcemaps.store_url.clone()
+                } else {
+                    cfg.symbolication.store_url.clone()
+                },
+                ..cfg.symbolication.clone()
+            },
             telemetry: cfg.telemetry.clone(),
         };
         let wcfg = tracefold_writer::Config {
