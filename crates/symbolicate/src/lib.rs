@@ -142,8 +142,10 @@ impl ParsedMap {
     }
 
     /// Maps a minified position (1-based `line` and `col`, as in a JavaScript stack trace) to
-    /// the original. `minified_function` is the frame's reported function name, used to find
-    /// the original name in the minified file. `None` when the map has no mapping on that line
+    /// the original. `minified_function` is the frame's reported function name (as V8 writes
+    /// it: `Object.a [as run]` is read as `a`), used to find the original name in the minified
+    /// file; a map parsed without its minified file can only name what the mapping at the
+    /// position names (often the callee, not the enclosing function). `None` when the map has no mapping on that line
     /// at or before that column, or the mapping has no source.
     pub fn resolve(&self, line: u32, col: u32, minified_function: Option<&str>) -> Option<OriginalFrame> {
         let (line0, col0) = (line.checked_sub(1)?, col.saturating_sub(1));
@@ -175,8 +177,11 @@ impl ParsedMap {
 
     fn function_name(&self, line0: u32, col0: u32, minified_function: Option<&str>) -> Option<String> {
         let view = self.minified.as_ref()?;
-        // Only the last segment of `a.b` names the function in the minified file.
-        let name = minified_function?.rsplit('.').next().filter(|n| !n.is_empty())?;
+        // V8 writes `Object.a [as run]` for a method called by another name: the function is
+        // `a`. Only the last segment of `a.b` names the function in the minified file.
+        let reported = minified_function?;
+        let reported = reported.split(" [as ").next().unwrap_or(reported);
+        let name = reported.rsplit('.').next().filter(|n| !n.is_empty())?;
         let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.map.get_original_function_name(line0, col0, name, view).map(str::to_owned)
         }));
