@@ -96,15 +96,30 @@ pub fn symbolicate_frames(
     mut lookup: impl FnMut(&MapKey) -> Option<Arc<ParsedMap>>,
 ) -> Vec<Option<OriginalFrame>> {
     let mut seen: Vec<(MapKey, Option<Arc<ParsedMap>>)> = Vec::new();
+    // A stack's frames are mostly of one file: the frame before's file names the same map
+    // without building its key again.
+    let mut last: Option<(&str, Option<Arc<ParsedMap>>)> = None;
     frames
         .iter()
         .map(|f| {
-            let key = map_key(project, release, images, f)?;
-            let map = match seen.iter().find(|(k, _)| *k == key) {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let m = lookup(&key);
-                    seen.push((key, m.clone()));
+            if !is_minified_js(f) {
+                return None;
+            }
+            let url = f.url()?;
+            let map = match &last {
+                Some((u, m)) if *u == url => m.clone(),
+                _ => {
+                    let m = map_key(project, release, images, f).and_then(|key| {
+                        match seen.iter().find(|(k, _)| *k == key) {
+                            Some((_, m)) => m.clone(),
+                            None => {
+                                let m = lookup(&key);
+                                seen.push((key, m.clone()));
+                                m
+                            }
+                        }
+                    });
+                    last = Some((url, m.clone()));
                     m
                 }
             }?;
@@ -194,6 +209,20 @@ mod tests {
         let f = MinifiedFrame { function: Some("Object.a [as run]"), ..frame("https://x/main.js", 1, 20) };
         let got = symbolicate_frames("web", "1", &[], &[f], |_| Some(Arc::clone(&without_file)));
         assert_eq!(got[0].as_ref().unwrap().function.as_deref(), Some("Error"));
+    }
+
+    #[test]
+    fn memoized_function_names_are_those_found_afresh() {
+        let minified = "function a(){throw new Error('x')}\n";
+        let m = map_with_callee(Some(minified));
+        for _ in 0..2 {
+            for name in ["a", "b", "Object.a", "é", "a [as b]"] {
+                for col in [1, 14, 20, 30] {
+                    let fresh = map_with_callee(Some(minified)).resolve(1, col, Some(name));
+                    assert_eq!(m.resolve(1, col, Some(name)), fresh, "{name} at {col}");
+                }
+            }
+        }
     }
 
     #[test]
