@@ -2,7 +2,9 @@
 //! against a bare parse of the same bytes measured in the same run.
 //!
 //! `cargo bench -p tracefold-benches --bench hot_path` prints criterion's figures, then a
-//! table of events/s per core and each variant's time relative to the bare simd-json parse.
+//! table of events/s per core and each variant's time relative to the bare simd-json parse,
+//! and the time per event of the source-map fixture minified (hook on, maps cached) relative to
+//! the same events unminified (issue 15, item 6).
 
 use criterion::{black_box, BenchmarkId, Criterion, Throughput};
 use std::path::PathBuf;
@@ -168,12 +170,69 @@ fn mean_ns(dir: &std::path::Path, id: &str) -> Option<f64> {
     v["mean"]["point_estimate"].as_f64()
 }
 
+const JS_GROUP: &str = "grouper_hot_path_sourcemaps";
+
+/// The busy-bucket hot path over the source-map fixtures (issue 15, item 6): the unminified
+/// events (hook off), and the minified ones with the hook on and the maps already cached.
+/// Returns the events per iteration.
+fn bench_sourcemaps(c: &mut Criterion) -> usize {
+    let mut g = c.benchmark_group(JS_GROUP);
+    let span = BatchOptions::default().dedup_window as usize;
+    let n = tracefold_benches::JS_ORIGINAL_NDJSON.lines().filter(|l| !l.is_empty()).count();
+    let cycle = (span / n + 10).min(256);
+    assert!(cycle * n > span, "ids repeat within the window");
+    g.throughput(Throughput::Elements(10 * n as u64));
+    for (variant, ndjson, hook) in [
+        ("js_original_busy", tracefold_benches::JS_ORIGINAL_NDJSON, None),
+        (
+            "js_minified_busy_maps_cached",
+            tracefold_benches::JS_MINIFIED_NDJSON,
+            Some(tracefold_benches::js_sourcemap_hook()),
+        ),
+    ] {
+        let rounds: Vec<Vec<Vec<u8>>> =
+            (0..cycle).map(|r| tracefold_benches::js_events_of_round(ndjson, r as u8)).collect();
+        let mut builder = BatchBuilder::new(BatchOptions::default());
+        let hooked = hook.is_some();
+        if let Some(hook) = hook {
+            builder = builder.with_sourcemaps(hook);
+        }
+        // One round first, unmeasured: the hook resolves every minified event (or is off).
+        let mut offset = 0i64;
+        for e in &rounds[rounds.len() - 1] {
+            builder.add(e, offset, FIXTURE_NOW_MS);
+            offset += 1;
+        }
+        let out = builder.finish("e", "tracefold.events", 0, 0, offset - 1);
+        assert_eq!(out.symbolication[0], if hooked { n as u64 } else { 0 }, "{variant}: {:?}", out.symbolication);
+        // Criterion calls the routine several times (warm-up, then the samples): the round
+        // goes on across calls, as the offsets do, or the ids would repeat within the window.
+        let mut next = 0usize;
+        g.bench_function(BenchmarkId::from_parameter(variant), |b| {
+            b.iter(|| {
+                let first = offset;
+                for _ in 0..10 {
+                    for e in &rounds[next] {
+                        builder.add(e, offset, FIXTURE_NOW_MS);
+                        offset += 1;
+                    }
+                    next = (next + 1) % rounds.len();
+                }
+                black_box(builder.finish("e", "tracefold.events", 0, first, offset - 1).records.len())
+            })
+        });
+    }
+    g.finish();
+    10 * n
+}
+
 fn main() {
     let evs = events();
     let bytes: usize = evs.iter().map(Vec::len).sum();
     let dir = criterion_dir();
     let mut c = Criterion::default().output_directory(&dir).configure_from_args();
     bench(&mut c, &evs);
+    let js_events = bench_sourcemaps(&mut c);
     c.final_summary();
     let base = mean_ns(&dir, VARIANTS[0].0);
     println!(
@@ -211,5 +270,22 @@ fn main() {
         }
         _ => None,
     };
-    println!("{}", serde_json::json!({"benchmark": GROUP, "results": json, "fingerprint_share_of_hot_path": share}));
+    // Source maps on the hot path: the minified fixture with its maps cached against the same
+    // events unminified (target: within 1.3x).
+    let js = |id: &str| {
+        let text = std::fs::read_to_string(dir.join(JS_GROUP).join(id).join("new/estimates.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["mean"]["point_estimate"].as_f64().map(|ns| ns / js_events as f64)
+    };
+    let sourcemaps_ratio = match (js("js_original_busy"), js("js_minified_busy_maps_cached")) {
+        (Some(o), Some(m)) => {
+            println!("\nsource maps, cached: {m:.0} ns/event minified against {o:.0} unminified: {:.2}x", m / o);
+            Some(m / o)
+        }
+        _ => None,
+    };
+    println!(
+        "{}",
+        serde_json::json!({"benchmark": GROUP, "results": json, "fingerprint_share_of_hot_path": share, "sourcemaps_cached_ratio_to_unminified": sourcemaps_ratio})
+    );
 }

@@ -2,7 +2,9 @@
 //! tests/fixtures/sourcemaps (tests/fixtures/sourcemaps/runner.mjs turns V8's `err.stack` into
 //! a Sentry event and POSTs it to the producer's store endpoint), with both builds' maps and
 //! minified files uploaded first; the events are accepted, published with the minified frames
-//! exactly as V8 reported them, and counted in ClickHouse.
+//! exactly as V8 reported them, counted in ClickHouse, and grouped by the grouper's source-map
+//! hook into one issue named by the original function and file, whose sample carries the
+//! mapped frames and the minified ones (`raw_*`).
 //!
 //! Needs `node` (18+, for fetch) on the PATH: .ci/run installs Debian's `nodejs`. Without it the
 //! test fails saying so; it is never skipped.
@@ -17,6 +19,18 @@ use tracefold_tests::TestDb;
 const KEY: &str = "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e";
 /// The bug run in both builds (a chain of three functions ending in a thrown RangeError).
 const BUG: usize = 4;
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct Issue {
+    issue_id: String,
+    title: String,
+    culprit: String,
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct Sample {
+    sample: String,
+}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sourcemaps")
@@ -51,6 +65,9 @@ async fn minified_builds_reported_by_node_keep_their_frames() {
         ..DevConfig::default()
     };
     cfg.sourcemaps.store_url = reqwest::Url::from_directory_path(&store_dir).unwrap().to_string();
+    // The dev grouper reads the producer's store: its hook maps the frames. A budget no fetch
+    // from a local directory comes near, so that the grouping does not depend on timing.
+    cfg.symbolication.budget_ms = 600_000;
     let pipeline = Pipeline::start(cfg, "127.0.0.1:0", Some(1), true).await.expect("pipeline starts");
     let base = format!("http://{}", pipeline.http_addr);
 
@@ -132,11 +149,74 @@ async fn minified_builds_reported_by_node_keep_their_frames() {
     let other = &sent[&builds[1]];
     assert_ne!(published[first]["exception"], published[other]["exception"], "the builds' frames differ");
 
-    // The issues the two events made. Without symbolication in the grouper each build is an
-    // issue of its own; once the grouper maps frames through the uploaded maps, both builds'
-    // events are one issue: `assert_eq!(issues.len(), 1, "{issues:?}")`.
+    // The grouper mapped both builds' frames through the uploaded maps: one issue, named by
+    // the original function and file of the crash frame (the last one, where V8 threw).
     let issues = db.per_issue().await;
+    assert_eq!(issues.len(), 1, "both builds group into one issue: {issues:?}");
     assert_eq!(issues.values().map(|(n, _)| n).sum::<u64>(), 2, "{issues:?}");
+    let original = &table["original"][BUG];
+    let crash = original["frames"].as_array().unwrap().last().unwrap();
+    let (function, file) = (crash[0].as_str().unwrap(), crash[1].as_str().unwrap());
+    let file = file.rsplit('/').next().unwrap();
+    let dbn = &db.cfg.database;
+    let Issue { issue_id, title, culprit } = db
+        .client
+        .query(&format!("SELECT issue_id, title, culprit FROM {dbn}.issues_v WHERE project = 'shop'"))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(title.starts_with(original["type"].as_str().unwrap()), "{title}");
+    assert!(culprit.ends_with(&format!("{file} in {function}")), "{culprit}");
+
+    // The sample keeps both: the original frames (with source context) and the minified ones
+    // as raw_*, as V8 reported them in one of the two builds.
+    let Sample { sample } = db
+        .client
+        .query(&format!(
+            "SELECT argMax(sample, seen) AS sample FROM {dbn}.issue_samples WHERE project = 'shop' AND issue_id = ?"
+        ))
+        .bind(&issue_id)
+        .fetch_one()
+        .await
+        .unwrap();
+    let sample: serde_json::Value = serde_json::from_str(&sample).unwrap();
+    let exception = &sample["exception"];
+    let exception = exception.get("values").unwrap_or(exception);
+    let frames: Vec<&serde_json::Value> = exception[0]["stacktrace"]["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter(|f| f.get("raw_function").is_some())
+        .collect();
+    let b = builds
+        .iter()
+        .copied()
+        .find(|&b| frames.first().is_some_and(|f| f["raw_filename"] == table["builds"][b]["url"]))
+        .unwrap_or_else(|| panic!("the sample's frames are mapped from one of the builds: {sample}"));
+    let minified = table["stacks"][b][BUG]["frames"].as_array().unwrap();
+    let mapped: Vec<(&str, &str, u64, u64)> = frames
+        .iter()
+        .map(|f| {
+            assert_eq!(f["raw_filename"], table["builds"][b]["url"], "{f}");
+            assert!(f["context_line"].is_string(), "source context: {f}");
+            (
+                f["function"].as_str().unwrap_or(""),
+                f["raw_function"].as_str().unwrap_or(""),
+                f["raw_lineno"].as_u64().unwrap_or(0),
+                f["raw_colno"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let want: Vec<(&str, &str, u64, u64)> = original["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(minified)
+        .map(|(o, m)| (o[0].as_str().unwrap(), m[0].as_str().unwrap(), m[1].as_u64().unwrap(), m[2].as_u64().unwrap()))
+        .collect();
+    assert_eq!(mapped, want, "every app frame mapped, its minified values kept: {sample}");
+    let crash_frame = frames.last().unwrap();
+    assert!(crash_frame["filename"].as_str().unwrap().ends_with(file), "{crash_frame}");
 
     pipeline.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&store_dir);

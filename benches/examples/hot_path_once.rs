@@ -27,15 +27,28 @@
 //! Every mode reads the fixture 10 times per round with other event ids each time and
 //! increasing offsets, so no event is a duplicate and the window inserts and evicts as live.
 //! The second argument is the number of rounds (5,000 events each).
+//!
+//! Source maps on the hot path (issue 15, item 6; benches/README.md), over the JavaScript
+//! fixture of tests/fixtures/sourcemaps (300 events, 10 times per round: 3,000 events each),
+//! the batch builder as in `busy`:
+//!
+//! - `js_original`: the events with the frames of the unbundled sources, no hook (the
+//!   baseline);
+//! - `js_minified_raw`: the same events with the minified frames V8 reported, no hook (what
+//!   they cost grouped as they are);
+//! - `js_minified`: the minified events with the grouper's source-map hook on and the six
+//!   builds' maps already in its cache ([`tracefold_benches::js_sourcemap_hook`], built
+//!   before `run`): symbolication as it runs once a release's maps are cached, no I/O.
 
 use std::hint::black_box;
-use tracefold_benches::{events_of_round, FIXTURE_NOW_MS};
+use tracefold_benches::{events_of_round, js_events_of_round, FIXTURE_NOW_MS};
 use tracefold_fingerprint::{fingerprint, GroupingConfig, Scratch};
 use tracefold_grouper::batch::{BatchBuilder, BatchOptions};
 use tracefold_grouper::dedup::identity;
+use tracefold_grouper::symbolicate::Hook;
 
 #[inline(never)]
-fn run(mode: &str, rounds: &[Vec<Vec<u8>>]) -> usize {
+fn run(mode: &str, rounds: &[Vec<Vec<u8>>], hook: Option<Hook>) -> usize {
     let mut n = 0usize;
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     match mode {
@@ -72,9 +85,13 @@ fn run(mode: &str, rounds: &[Vec<Vec<u8>>]) -> usize {
                 n += 1;
             }
         }
-        "busy" | "busy_no_dedup" => {
-            let window = if mode == "busy" { BatchOptions::default().dedup_window } else { 0 };
+        "busy" | "busy_no_dedup" | "js_original" | "js_minified_raw" | "js_minified" => {
+            let window = if mode == "busy_no_dedup" { 0 } else { BatchOptions::default().dedup_window };
             let mut b = BatchBuilder::new(BatchOptions { dedup_window: window, ..BatchOptions::default() });
+            if let Some(hook) = hook {
+                b = b.with_sourcemaps(hook);
+            }
+            let mut resolved = 0u64;
             let mut offset = 0i64;
             for batch in rounds.chunks(10) {
                 let first = offset;
@@ -83,10 +100,18 @@ fn run(mode: &str, rounds: &[Vec<Vec<u8>>]) -> usize {
                     offset += 1;
                     n += 1;
                 }
-                black_box(b.finish("e", "tracefold.events", 0, first, offset - 1).records.len());
+                let out = b.finish("e", "tracefold.events", 0, first, offset - 1);
+                resolved += out.symbolication[0];
+                black_box(out.records.len());
+            }
+            if mode == "js_minified" {
+                assert_eq!(resolved, n as u64, "every minified event is symbolicated");
             }
         }
-        other => panic!("unknown mode {other}: bare, parse, validate, fingerprint, busy_no_dedup, busy"),
+        other => panic!(
+            "unknown mode {other}: bare, parse, validate, fingerprint, busy_no_dedup, busy, js_original, \
+             js_minified_raw, js_minified"
+        ),
     }
     n
 }
@@ -94,7 +119,13 @@ fn run(mode: &str, rounds: &[Vec<Vec<u8>>]) -> usize {
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "busy".into());
     let rounds: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(2);
-    let input: Vec<Vec<Vec<u8>>> = (0..10 * rounds).map(|r| events_of_round((r % 256) as u8)).collect();
-    let n = run(&mode, &input);
+    let round = |r: usize| match mode.as_str() {
+        "js_original" => js_events_of_round(tracefold_benches::JS_ORIGINAL_NDJSON, (r % 256) as u8),
+        "js_minified_raw" | "js_minified" => js_events_of_round(tracefold_benches::JS_MINIFIED_NDJSON, (r % 256) as u8),
+        _ => events_of_round((r % 256) as u8),
+    };
+    let input: Vec<Vec<Vec<u8>>> = (0..10 * rounds).map(round).collect();
+    let hook = (mode == "js_minified").then(tracefold_benches::js_sourcemap_hook);
+    let n = run(&mode, &input, hook);
     println!("{mode}: {n} events");
 }

@@ -19,8 +19,6 @@
 mod baselines;
 pub mod sourcemaps;
 
-pub use sourcemaps::symbolicate_frame;
-
 pub use baselines::{posthog_key, swetrix_key};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

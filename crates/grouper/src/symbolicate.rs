@@ -200,8 +200,19 @@ pub fn apply(
     // The keys the event needs, in frame order, at most MAX_KEYS_PER_EVENT.
     let mut keys: Vec<MapKey> = Vec::new();
     for (_, s) in stacks(event) {
+        let mut last_url = None;
         for f in &s.frames {
-            if let Some(k) = map_key(project, release, &images, &view(f)) {
+            // A minified frame of the file of the one before needs no key built again.
+            let v = view(f);
+            if !tracefold_symbolicate::is_minified_js(&v) {
+                continue;
+            }
+            let url = v.url();
+            if url == last_url {
+                continue;
+            }
+            last_url = url;
+            if let Some(k) = map_key(project, release, &images, &v) {
                 if !keys.contains(&k) && keys.len() < MAX_KEYS_PER_EVENT {
                     keys.push(k);
                 }
@@ -262,22 +273,26 @@ pub fn apply(
             let Some(s) = s else { continue };
             for (i, (f, o)) in s.frames.iter_mut().zip(got).enumerate() {
                 let Some(o) = o else { continue };
+                let raw_filename = f.filename.as_deref().or(f.abs_path.as_deref()).map(str::to_owned);
+                let raw_abs_path = f.abs_path.as_deref().map(str::to_owned);
+                let raw_function = f.function.as_deref().map(str::to_owned);
+                let (raw_lineno, raw_colno) = (f.lineno, f.colno);
+                f.filename = Some(o.file.clone().into());
+                f.abs_path = Some(o.file.clone().into());
+                // A minified name says nothing stable: without an original one, none.
+                f.function = o.function.clone().map(Into::into);
+                f.lineno = Some(o.line);
+                f.colno = Some(o.col);
                 mapped.push(Mapped {
                     stack,
                     frame: i,
-                    raw_filename: f.filename.as_deref().or(f.abs_path.as_deref()).map(str::to_owned),
-                    raw_abs_path: f.abs_path.as_deref().map(str::to_owned),
-                    raw_function: f.function.as_deref().map(str::to_owned),
-                    raw_lineno: f.lineno,
-                    raw_colno: f.colno,
-                    original: o.clone(),
+                    raw_filename,
+                    raw_abs_path,
+                    raw_function,
+                    raw_lineno,
+                    raw_colno,
+                    original: o,
                 });
-                f.filename = Some(o.file.clone().into());
-                f.abs_path = Some(o.file.into());
-                // A minified name says nothing stable: without an original one, none.
-                f.function = o.function.map(Into::into);
-                f.lineno = Some(o.line);
-                f.colno = Some(o.col);
             }
         }
     }

@@ -96,15 +96,30 @@ pub fn symbolicate_frames(
     mut lookup: impl FnMut(&MapKey) -> Option<Arc<ParsedMap>>,
 ) -> Vec<Option<OriginalFrame>> {
     let mut seen: Vec<(MapKey, Option<Arc<ParsedMap>>)> = Vec::new();
+    // A stack's frames are mostly of one file: the frame before's file names the same map
+    // without building its key again.
+    let mut last: Option<(&str, Option<Arc<ParsedMap>>)> = None;
     frames
         .iter()
         .map(|f| {
-            let key = map_key(project, release, images, f)?;
-            let map = match seen.iter().find(|(k, _)| *k == key) {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let m = lookup(&key);
-                    seen.push((key, m.clone()));
+            if !is_minified_js(f) {
+                return None;
+            }
+            let url = f.url()?;
+            let map = match &last {
+                Some((u, m)) if *u == url => m.clone(),
+                _ => {
+                    let m = map_key(project, release, images, f).and_then(|key| {
+                        match seen.iter().find(|(k, _)| *k == key) {
+                            Some((_, m)) => m.clone(),
+                            None => {
+                                let m = lookup(&key);
+                                seen.push((key, m.clone()));
+                                m
+                            }
+                        }
+                    });
+                    last = Some((url, m.clone()));
                     m
                 }
             }?;
@@ -162,6 +177,52 @@ mod tests {
             Some(MapKey::Url { project: "web".into(), release: "1.0".into(), url: "~/static/other.js".into() })
         );
         assert_eq!(map_key("web", "", &images, &other), None, "no release, no debug id: no key");
+    }
+
+    /// `function a(){throw new Error('x')}` built from `fail` in src/app.ts: the mapping at the
+    /// `new Error` call names the callee, `Error`.
+    fn map_with_callee(minified: Option<&str>) -> Arc<ParsedMap> {
+        let mut b = SourceMapBuilder::new(Some("main.js"));
+        let src = b.add_source("src/app.ts");
+        b.set_source_contents(src, Some("function fail() {\n  throw new Error('x');\n}\n"));
+        b.add(0, 0, 0, 0, Some("src/app.ts"), None, false);
+        b.add(0, 9, 0, 9, Some("src/app.ts"), Some("fail"), false);
+        b.add(0, 13, 1, 2, Some("src/app.ts"), None, false);
+        b.add(0, 19, 1, 8, Some("src/app.ts"), Some("Error"), false);
+        let mut out = Vec::new();
+        b.into_sourcemap().to_writer(&mut out).unwrap();
+        Arc::new(ParsedMap::parse(&out, minified, &Limits::default()).unwrap())
+    }
+
+    #[test]
+    fn v8_method_aliases_and_the_minified_file_give_the_enclosing_function() {
+        let minified = "function a(){throw new Error('x')}\n";
+        let with_file = map_with_callee(Some(minified));
+        let without_file = map_with_callee(None);
+        for name in ["a", "Object.a", "Object.a [as run]", "a [as é [as 💥]]"] {
+            let f = MinifiedFrame { function: Some(name), ..frame("https://x/main.js", 1, 20) };
+            let got = symbolicate_frames("web", "1", &[], &[f], |_| Some(Arc::clone(&with_file)));
+            let o = got[0].as_ref().unwrap_or_else(|| panic!("{name} resolves"));
+            assert_eq!((o.function.as_deref(), o.line, o.col), (Some("fail"), 2, 9), "{name}");
+        }
+        // Without the minified file, the map alone names the callee at the position.
+        let f = MinifiedFrame { function: Some("Object.a [as run]"), ..frame("https://x/main.js", 1, 20) };
+        let got = symbolicate_frames("web", "1", &[], &[f], |_| Some(Arc::clone(&without_file)));
+        assert_eq!(got[0].as_ref().unwrap().function.as_deref(), Some("Error"));
+    }
+
+    #[test]
+    fn memoized_function_names_are_those_found_afresh() {
+        let minified = "function a(){throw new Error('x')}\n";
+        let m = map_with_callee(Some(minified));
+        for _ in 0..2 {
+            for name in ["a", "b", "Object.a", "é", "a [as b]"] {
+                for col in [1, 14, 20, 30] {
+                    let fresh = map_with_callee(Some(minified)).resolve(1, col, Some(name));
+                    assert_eq!(m.resolve(1, col, Some(name)), fresh, "{name} at {col}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sourcemap::{SourceMap, SourceView};
 
@@ -96,7 +96,19 @@ pub struct ParsedMap {
     bytes: usize,
     context_lines: u32,
     max_context_line_bytes: usize,
+    /// Original function names already found, by position and minified name (see
+    /// [`NameMemo`]): finding one scans the minified file backwards token by token, which
+    /// costs a hundred times the rest of a frame's resolution, and the same crash sites repeat.
+    names: Mutex<NameMemo>,
 }
+
+/// Most memoized function names per map; a full memo is emptied (the names are found again).
+/// About 100 bytes an entry: at most about 100 KiB per cached map.
+pub const MAX_MEMOIZED_NAMES: usize = 1024;
+
+/// `(0-based line, 0-based column, hash of the minified name)` to the minified name and the
+/// original name found for it.
+type NameMemo = HashMap<(u32, u32, u64), (Box<str>, Option<String>)>;
 
 impl fmt::Debug for ParsedMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,6 +139,7 @@ impl ParsedMap {
             bytes: map.len(),
             context_lines: limits.context_lines,
             max_context_line_bytes: limits.max_context_line_bytes,
+            names: Mutex::new(HashMap::new()),
         })
     }
 
@@ -142,8 +155,10 @@ impl ParsedMap {
     }
 
     /// Maps a minified position (1-based `line` and `col`, as in a JavaScript stack trace) to
-    /// the original. `minified_function` is the frame's reported function name, used to find
-    /// the original name in the minified file. `None` when the map has no mapping on that line
+    /// the original. `minified_function` is the frame's reported function name (as V8 writes
+    /// it: `Object.a [as run]` is read as `a`), used to find the original name in the minified
+    /// file; a map parsed without its minified file can only name what the mapping at the
+    /// position names (often the callee, not the enclosing function). `None` when the map has no mapping on that line
     /// at or before that column, or the mapping has no source.
     pub fn resolve(&self, line: u32, col: u32, minified_function: Option<&str>) -> Option<OriginalFrame> {
         let (line0, col0) = (line.checked_sub(1)?, col.saturating_sub(1));
@@ -175,12 +190,31 @@ impl ParsedMap {
 
     fn function_name(&self, line0: u32, col0: u32, minified_function: Option<&str>) -> Option<String> {
         let view = self.minified.as_ref()?;
-        // Only the last segment of `a.b` names the function in the minified file.
-        let name = minified_function?.rsplit('.').next().filter(|n| !n.is_empty())?;
+        // V8 writes `Object.a [as run]` for a method called by another name: the function is
+        // `a`. Only the last segment of `a.b` names the function in the minified file.
+        let reported = minified_function?;
+        let reported = reported.split(" [as ").next().unwrap_or(reported);
+        let name = reported.rsplit('.').next().filter(|n| !n.is_empty())?;
+        let key = (line0, col0, xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
+        {
+            let memo = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((n, found)) = memo.get(&key) {
+                if **n == *name {
+                    return found.clone();
+                }
+            }
+        }
         let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.map.get_original_function_name(line0, col0, name, view).map(str::to_owned)
-        }));
-        found.ok().flatten()
+        }))
+        .ok()
+        .flatten();
+        let mut memo = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() >= MAX_MEMOIZED_NAMES {
+            memo.clear();
+        }
+        memo.insert(key, (name.into(), found.clone()));
+        found
     }
 
     fn fill_context(&self, view: &SourceView, src_line: u32, out: &mut OriginalFrame) {

@@ -3,12 +3,14 @@
 //! real minified stacks V8 reported for each of their bugs, plus the same bugs' frames from the
 //! unbundled sources. The grouping-quality corpus draws its JavaScript bugs' frames from here.
 //!
-//! [`symbolicate_frame`] is the one place that maps a minified frame through a map (the
-//! grouper's own hook may replace it).
+//! [`symbolicate_event`] maps an event's frames as the grouper's hook does: through the shared
+//! core [`tracefold_symbolicate::symbolicate_frames`], with each build's map parsed together
+//! with its minified file, as the grouper's fetcher parses uploads.
 
 use serde::Deserialize;
-use std::sync::OnceLock;
-use tracefold_symbolicate::{Limits, ParsedMap};
+use std::sync::{Arc, OnceLock};
+use tracefold_symbolicate::fetch::FetchOptions;
+use tracefold_symbolicate::{symbolicate_frames, url_key, MapKey, MinifiedFrame, ParsedMap};
 
 mod fixtures {
     include!("../../../../tests/fixtures/sourcemaps/builds.rs");
@@ -64,85 +66,69 @@ pub fn table() -> &'static Table {
     T.get_or_init(|| serde_json::from_str(STACKS_JSON).expect("stacks.json is the fixture script's output"))
 }
 
-/// The builds' maps (each with its minified file, for original function names), by URL.
-pub fn maps() -> &'static [(String, ParsedMap)] {
-    static M: OnceLock<Vec<(String, ParsedMap)>> = OnceLock::new();
+/// The builds' maps, each parsed with its minified file (for original function names) and the
+/// grouper's default limits, by the [`url_key`] of the build's URL.
+pub fn maps() -> &'static [(String, Arc<ParsedMap>)] {
+    static M: OnceLock<Vec<(String, Arc<ParsedMap>)>> = OnceLock::new();
     M.get_or_init(|| {
         let t = table();
+        let limits = FetchOptions::default().limits;
         fixtures::BUILDS
             .iter()
             .map(|(file, js, map)| {
                 let build = t.builds.iter().find(|b| b.file == *file).expect("builds.rs and stacks.json agree");
-                let parsed =
-                    ParsedMap::parse(map.as_bytes(), Some(js), &Limits::default()).expect("fixture map parses");
-                (build.url.clone(), parsed)
+                let parsed = ParsedMap::parse(map.as_bytes(), Some(js), &limits).expect("fixture map parses");
+                (url_key(&build.url), Arc::new(parsed))
             })
             .collect()
     })
 }
 
-/// A frame after symbolication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MappedFrame {
-    /// Original file, as the map names it (`src/cart.js`).
-    pub file: String,
-    /// 1-based original line.
-    pub line: u32,
-    /// 1-based original column.
-    pub col: u32,
-    /// Original function name; the reported one when the map cannot say.
-    pub function: Option<String>,
+/// The fixture map a key names (by its URL: the corpus's project and release names are its
+/// own), as the grouper's cache would answer it.
+pub fn lookup(key: &MapKey) -> Option<Arc<ParsedMap>> {
+    let MapKey::Url { url, .. } = key else { return None };
+    maps().iter().find(|(u, _)| u == url).map(|(_, m)| Arc::clone(m))
 }
 
-/// Maps a minified frame (`file` URL, 1-based `line` and `col`, the `function` as the stack
-/// gave it) through the map among `maps` whose URL is `file`; `None` when there is no such
-/// map or the position has no mapping.
-pub fn symbolicate_frame(
-    maps: &[(String, ParsedMap)],
-    file: &str,
-    line: u32,
-    col: u32,
-    function: Option<&str>,
-) -> Option<MappedFrame> {
-    let (_, map) = maps.iter().find(|(url, _)| url == file)?;
-    // V8 writes `Object.a [as run]` for a method called by another name: the name is `a`.
-    let reported = function.map(|f| f.split(" [as ").next().unwrap_or(f));
-    let o = map.resolve(line, col, reported)?;
-    Some(MappedFrame {
-        file: o.file,
-        line: o.line,
-        col: o.col,
-        function: o.function.or_else(|| reported.map(str::to_owned)),
-    })
-}
-
-/// The event JSON with every frame of a fixture build symbolicated (`filename`, `function`,
-/// `lineno`, `colno` replaced by the original's); the JSON unchanged when none is.
+/// The event JSON with every frame of a fixture build symbolicated as the grouper's hook does
+/// (`filename`, `lineno`, `colno` replaced by the original's; `function` by the original
+/// name, removed when the map cannot say); the JSON unchanged when no frame is.
 pub fn symbolicate_event(json: &str) -> String {
     let t = table();
     if !t.builds.iter().any(|b| json.contains(&b.url)) {
         return json.to_owned();
     }
     let mut v: serde_json::Value = serde_json::from_str(json).expect("corpus events are JSON");
-    let maps = maps();
+    let project = v["project"].as_str().unwrap_or("").to_owned();
+    // The hook needs a release (or a debug id) to name a map; the corpus's events have one.
+    let release = v["release"].as_str().unwrap_or("").to_owned();
     let stacks =
         v["exception"].as_array_mut().into_iter().flatten().filter_map(|e| e["stacktrace"]["frames"].as_array_mut());
     for frames in stacks {
-        for f in frames.iter_mut() {
-            let (Some(file), Some(line), Some(col)) =
-                (f["filename"].as_str(), f["lineno"].as_u64(), f["colno"].as_u64())
-            else {
-                continue;
+        let got = {
+            let views: Vec<MinifiedFrame<'_>> = frames
+                .iter()
+                .map(|f| MinifiedFrame {
+                    abs_path: f["abs_path"].as_str(),
+                    filename: f["filename"].as_str(),
+                    function: f["function"].as_str(),
+                    lineno: f["lineno"].as_u64().and_then(|n| u32::try_from(n).ok()),
+                    colno: f["colno"].as_u64().and_then(|n| u32::try_from(n).ok()),
+                })
+                .collect();
+            symbolicate_frames(&project, &release, &[], &views, lookup)
+        };
+        for (f, o) in frames.iter_mut().zip(got) {
+            let (Some(o), Some(f)) = (o, f.as_object_mut()) else { continue };
+            f.insert("filename".into(), o.file.into());
+            f.insert("lineno".into(), o.line.into());
+            f.insert("colno".into(), o.col.into());
+            // As the hook: a minified name says nothing stable; without an original one, none.
+            match o.function {
+                Some(func) => f.insert("function".into(), func.into()),
+                None => f.remove("function"),
             };
-            let Some(m) = symbolicate_frame(maps, file, line as u32, col as u32, f["function"].as_str()) else {
-                continue;
-            };
-            f["filename"] = m.file.into();
-            f["lineno"] = m.line.into();
-            f["colno"] = m.col.into();
-            if let Some(func) = m.function {
-                f["function"] = func.into();
-            }
         }
     }
     v.to_string()
@@ -184,9 +170,20 @@ mod tests {
             for (bug, stack) in t.stacks[b].iter().enumerate() {
                 let original = &t.original[bug];
                 assert_eq!(stack.frames.len(), original.frames.len(), "build {b} bug {bug}");
-                for (min, orig) in stack.frames.iter().zip(&original.frames) {
-                    let m = symbolicate_frame(maps(), &build.url, min.1, min.2, Some(&min.0))
-                        .unwrap_or_else(|| panic!("build {b} bug {bug}: {min:?} resolves"));
+                let views: Vec<MinifiedFrame<'_>> = stack
+                    .frames
+                    .iter()
+                    .map(|(function, line, col)| MinifiedFrame {
+                        abs_path: Some(&build.url),
+                        filename: None,
+                        function: Some(function),
+                        lineno: Some(*line),
+                        colno: Some(*col),
+                    })
+                    .collect();
+                let mapped = symbolicate_frames("shop-web", &build.release, &[], &views, lookup);
+                for ((min, orig), m) in stack.frames.iter().zip(&original.frames).zip(mapped) {
+                    let m = m.unwrap_or_else(|| panic!("build {b} bug {bug}: {min:?} resolves"));
                     assert_eq!(m.function.as_deref(), Some(orig.0.as_str()), "build {b} bug {bug}: {min:?}");
                     assert!(orig.1.ends_with(&m.file), "{} vs {}", orig.1, m.file);
                 }
