@@ -167,6 +167,8 @@ impl ServiceProcesses {
             topics: cfg.topics.clone(),
             grouper: grouper_section,
             grouping: cfg.grouping.clone(),
+            // The bench's events carry no maps: the hook stays off, as before it existed.
+            sourcemaps: Default::default(),
             telemetry: cfg.telemetry.clone(),
         };
         let wcfg = tracefold_writer::Config {
