@@ -25,6 +25,10 @@ pub const MAX_TAGS: usize = 256;
 /// most, the one that raised an exception without a stack of its own.
 pub const MAX_THREADS: usize = 256;
 
+/// Most `debug_meta.images` read from one event (the source-map hook looks maps up by their
+/// debug ids, docs/sourcemaps.md); later ones are ignored (the sample keeps them).
+pub const MAX_DEBUG_IMAGES: usize = 32;
+
 /// One error event as it travels on the raw events topic.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Event<'a> {
@@ -92,6 +96,40 @@ pub struct Event<'a> {
     /// The SDK that sent the event.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub sdk: Option<Sdk<'a>>,
+    /// Debug files the event's code was built with (Sentry's `debug_meta`): for JavaScript,
+    /// the source maps of the minified files by debug id.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub debug_meta: Option<DebugMeta<'a>>,
+}
+
+/// Sentry's `debug_meta` interface: the debug files of the event's code.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+pub struct DebugMeta<'a> {
+    /// The images; at most [`MAX_DEBUG_IMAGES`] are read (the rest skipped, whatever their
+    /// values).
+    #[serde(borrow, default, deserialize_with = "de::debug_images")]
+    pub images: Vec<DebugImage<'a>>,
+}
+
+/// One `debug_meta.images[]` entry. The source-map hook reads those of type `sourcemap`: the
+/// minified file (`code_file`, its URL) and the debug id its map was uploaded with.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+pub struct DebugImage<'a> {
+    /// `sourcemap` for a JavaScript file's map (other types are kept but not used).
+    #[serde(
+        borrow,
+        default,
+        rename = "type",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de::opt_str"
+    )]
+    pub ty: Option<Str<'a>>,
+    /// The file the image is for: a minified file's URL.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str")]
+    pub code_file: Option<Str<'a>>,
+    /// The debug id (a UUID).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_str")]
+    pub debug_id: Option<Str<'a>>,
 }
 
 /// A log message template and its formatted form.
@@ -449,6 +487,33 @@ pub(crate) mod de {
                     }
                 }
                 // Past the bound: read and ignore the rest.
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+
+    /// Debug images: `null` or an array, at most [`super::MAX_DEBUG_IMAGES`] elements read
+    /// (the rest skipped, whatever their values), as [`threads`].
+    pub fn debug_images<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Vec<super::DebugImage<'a>>, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Vec<super::DebugImage<'a>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of debug images")
+            }
+            fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(Vec::new())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(super::MAX_DEBUG_IMAGES));
+                while out.len() < super::MAX_DEBUG_IMAGES {
+                    match seq.next_element::<super::DebugImage<'a>>()? {
+                        Some(t) => out.push(t),
+                        None => return Ok(out),
+                    }
+                }
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(out)
             }
