@@ -872,6 +872,46 @@ mod tests {
         assert_eq!(images.len(), crate::event::MAX_DEBUG_IMAGES);
         assert_eq!(images[31].code_file.as_deref(), Some("~/f31.js"));
         assert_eq!(images[31].debug_id.as_deref(), Some("id-31"));
+        // Read leniently: other shapes are ignored, never refused (the producer passed
+        // `debug_meta` through unread before the model carried it).
+        for (debug_meta, want) in [
+            ("5", None),
+            ("\"x\"", None),
+            ("[1]", None),
+            ("{}", Some(vec![])),
+            (r#"{"images":{"a":1}}"#, Some(vec![])),
+            (
+                r#"{"images":[1,"x",null,[2],{"type":7,"code_file":["u"],"debug_id":{"a":1}}]}"#,
+                Some(vec![(None, None, None)]),
+            ),
+            (
+                r#"{"images":[{"type":"sourcemap","code_file":"~/a.js","debug_id":"i","type":"other","image_addr":"0x1"}],"images":[]}"#,
+                Some(vec![(Some("sourcemap"), Some("~/a.js"), Some("i"))]),
+            ),
+        ] {
+            let doc = format!(r#"{{"message":"m","debug_meta":{debug_meta}}}"#);
+            agree(doc.as_bytes(), &mut crate::EventParser::default()).unwrap();
+            let got = serde_path(doc.as_bytes()).unwrap_or_else(|e| panic!("{doc}: {e}"));
+            assert_eq!(crate::parse_event_str(&doc).unwrap().debug_meta, got.debug_meta, "serde_json: {doc}");
+            let got = got.debug_meta.map(|m| {
+                m.images
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.ty.as_deref().map(str::to_owned),
+                            i.code_file.as_deref().map(str::to_owned),
+                            i.debug_id.as_deref().map(str::to_owned),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let want = want.map(|w: Vec<(Option<&str>, Option<&str>, Option<&str>)>| {
+                w.into_iter()
+                    .map(|(a, b, c)| (a.map(str::to_owned), b.map(str::to_owned), c.map(str::to_owned)))
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(got, want, "{doc}");
+        }
     }
 
     #[test]
