@@ -31,6 +31,10 @@ fn map_json(debug_id: Option<&str>) -> String {
 
 const MINIFIED: &str = "function a(){throw new Error('x')}\n//# debugId=C0FFEE00-1234-4ABC-8DEF-0123456789AB\n//# sourceMappingURL=main.js.map\n";
 
+/// The pipeline tests count `tracefold_grouper_symbolication_total`, which is one per process:
+/// they run one at a time.
+static PIPELINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Producer {
     url: String,
     shutdown: Shutdown,
@@ -257,6 +261,7 @@ impl Build {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grouper_groups_minified_frames_by_their_original_position() {
     use tracefold_devtools::dev::{DevConfig, Pipeline};
+    let _serial = PIPELINE.lock().await;
     let db = TestDb::new("sourcemaps_grouping").await;
     let store_dir = scratch("grouping");
     let mut cfg = DevConfig { clickhouse: db.cfg.clone(), ..DevConfig::default() };
@@ -351,6 +356,100 @@ async fn the_grouper_groups_minified_frames_by_their_original_position() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    pipeline.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&store_dir);
+}
+
+/// Debug ids end to end: maps uploaded with a debug id (under a release the events do not
+/// name) are found for Sentry events (store endpoint) whose `debug_meta.images` name them, with
+/// no release or another one; the producer passes `debug_meta` through the event model to the
+/// grouper. Two builds are one issue with the original frame; a build whose events name no
+/// debug id (and no release) stays minified, its own issue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_are_found_by_the_debug_ids_of_sentry_events() {
+    use tracefold_devtools::dev::{DevConfig, Pipeline};
+    let _serial = PIPELINE.lock().await;
+    let db = TestDb::new("sourcemaps_debug_id").await;
+    let store_dir = scratch("debug-id");
+    let mut cfg = DevConfig { clickhouse: db.cfg.clone(), ..DevConfig::default() };
+    cfg.projects = vec![ProjectConfig::unlimited("web", 7, &[KEY])];
+    cfg.sourcemaps.store_url = reqwest::Url::from_directory_path(&store_dir).unwrap().to_string();
+    cfg.symbolication.budget_ms = 120_000;
+    let pipeline = Pipeline::start(cfg, "127.0.0.1:0", Some(1), true).await.expect("pipeline starts");
+    let base = format!("http://{}", pipeline.http_addr);
+
+    let builds = [
+        (
+            Build { release: "uploaded-as", file: "main.3f9a2c1b.js", name: "a", pad: 0 },
+            "0a0a0a0a-0000-4000-8000-000000000001",
+        ),
+        (
+            Build { release: "uploaded-as", file: "main.77e0d4aa.js", name: "q", pad: 16 },
+            "0B0B0B0B-0000-4000-8000-000000000002",
+        ),
+    ];
+    for (b, id) in &builds {
+        for (kind, body) in [("map", b.map()), ("minified", b.minified())] {
+            let url = format!(
+                "{base}/api/web/sourcemaps?release={}&url={}&kind={kind}&debug_id={id}",
+                b.release,
+                b.url_key()
+            );
+            let (status, body) = post(&url, KEY, body).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let other = Build { release: "", file: "main.00000000.js", name: "c", pad: 8 };
+    let mut sent = 0u64;
+    let mut send = |b: &Build, release: Option<&str>, id: Option<&str>| {
+        sent += 1;
+        let mut ev: serde_json::Value = serde_json::from_str(&b.event(sent)).unwrap();
+        let o = ev.as_object_mut().unwrap();
+        o.remove("release");
+        if let Some(r) = release {
+            o.insert("release".into(), r.into());
+        }
+        if let Some(id) = id {
+            o.insert(
+                "debug_meta".into(),
+                serde_json::json!({"images": [
+                    {"type": "other", "code_file": "x", "debug_id": "y"},
+                    {"type": "sourcemap", "code_file": format!("https://shop.example/static/js/{}", b.file), "debug_id": id},
+                ]}),
+            );
+        }
+        let url = format!("{base}/api/7/store/");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("x-sentry-auth", format!("Sentry sentry_version=7, sentry_key={KEY}"))
+                .body(ev.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    };
+    for (k, (b, id)) in builds.iter().enumerate() {
+        for j in 0..3 {
+            // No release, or one that names no uploaded map.
+            let release = (j % 2 == 1).then_some(if k == 0 { "1.0" } else { "9.9" });
+            send(b, release, Some(id)).await;
+        }
+    }
+    for _ in 0..3 {
+        send(&other, None, None).await;
+    }
+    assert_eq!(db.wait_for_total(9, Duration::from_secs(120)).await, 9);
+    let issues = db.per_issue().await;
+    let mut counts: Vec<u64> = issues.values().map(|(events, _)| *events).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [3, 6], "{issues:?}");
+    let issue = issues.iter().find(|(_, (events, _))| *events == 6).map(|(id, _)| id.clone()).unwrap();
+    let (client, database) = (&db.client, db.cfg.database.as_str());
+    let found = tracefold_store::issues::find_issue(client, database, &issue).await.unwrap();
+    let detail = tracefold_store::issues::issue_detail(client, database, found[0].clone(), 24).await.unwrap();
+    assert_eq!(detail.culprit, "src/checkout.ts in fail");
     pipeline.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&store_dir);
 }

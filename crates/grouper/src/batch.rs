@@ -502,7 +502,7 @@ fn plan_event(
     }
     // Source maps: one check for events without minified JavaScript frames.
     if let Some((hook, maps)) = out.maps {
-        *out.outcome = crate::symbolicate::apply(hook, maps, event, payload, offset, out.mapped);
+        *out.outcome = crate::symbolicate::apply(hook, maps, event, offset, out.mapped);
     }
     let event = &*event;
     let project = event.project.as_deref().unwrap_or("");

@@ -159,21 +159,18 @@ pub fn has_minified_js(event: &Event<'_>) -> bool {
     stacks(event).any(|(_, s)| s.frames.iter().any(|f| tracefold_symbolicate::is_minified_js(&view(f))))
 }
 
-/// Sentry's `debug_meta.images[]` of type `sourcemap`, read from the payload only when it
-/// names `debug_meta` (the event model does not carry it).
-fn debug_images(payload: &[u8]) -> Vec<DebugImage> {
-    if memchr::memmem::find(payload, b"debug_meta").is_none() {
-        return Vec::new();
-    }
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else { return Vec::new() };
-    let Some(images) = v.pointer("/debug_meta/images").and_then(|i| i.as_array()) else { return Vec::new() };
-    images
+/// The event's `debug_meta.images[]` of type `sourcemap` with a code file and a debug id (the
+/// model reads at most [`tracefold_model::event::MAX_DEBUG_IMAGES`]; the producer keeps only
+/// these, within bounds), at most [`MAX_KEYS_PER_EVENT`].
+fn debug_images(event: &Event<'_>) -> Vec<DebugImage> {
+    let Some(meta) = event.debug_meta.as_ref() else { return Vec::new() };
+    meta.images
         .iter()
-        .filter(|i| i.get("type").and_then(|t| t.as_str()) == Some("sourcemap"))
+        .filter(|i| i.ty.as_deref() == Some("sourcemap"))
         .filter_map(|i| {
             Some(DebugImage {
-                code_file: i.get("code_file")?.as_str()?.to_owned(),
-                debug_id: i.get("debug_id")?.as_str()?.to_owned(),
+                code_file: i.code_file.as_deref()?.to_owned(),
+                debug_id: i.debug_id.as_deref()?.to_owned(),
             })
         })
         .take(MAX_KEYS_PER_EVENT)
@@ -186,7 +183,6 @@ pub fn apply(
     hook: &Hook,
     batch: &mut BatchMaps,
     event: &mut Event<'_>,
-    payload: &[u8],
     offset: i64,
     mapped: &mut Vec<Mapped>,
 ) -> Option<Outcome> {
@@ -196,7 +192,7 @@ pub fn apply(
     }
     let project = event.project.as_deref().unwrap_or("");
     let release = event.release.as_deref().unwrap_or("");
-    let images = debug_images(payload);
+    let images = debug_images(event);
     // The keys the event needs, in frame order, at most MAX_KEYS_PER_EVENT.
     let mut keys: Vec<MapKey> = Vec::new();
     for (_, s) in stacks(event) {

@@ -25,6 +25,10 @@ pub const MAX_TAGS: usize = 256;
 /// most, the one that raised an exception without a stack of its own.
 pub const MAX_THREADS: usize = 256;
 
+/// Most `debug_meta.images` read from one event (the source-map hook looks maps up by their
+/// debug ids, docs/sourcemaps.md); later ones are ignored (the sample keeps them).
+pub const MAX_DEBUG_IMAGES: usize = 32;
+
 /// One error event as it travels on the raw events topic.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Event<'a> {
@@ -92,6 +96,37 @@ pub struct Event<'a> {
     /// The SDK that sent the event.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub sdk: Option<Sdk<'a>>,
+    /// Debug files the event's code was built with (Sentry's `debug_meta`): for JavaScript,
+    /// the source maps of the minified files by debug id. Read leniently (it was passed
+    /// through unread before the model carried it): a value of another shape, or an image or
+    /// field of another type, is ignored rather than refused.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none", deserialize_with = "de::debug_meta")]
+    pub debug_meta: Option<DebugMeta<'a>>,
+}
+
+/// Sentry's `debug_meta` interface: the debug files of the event's code (read by
+/// [`Event`]'s deserializer, leniently).
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct DebugMeta<'a> {
+    /// The images: of the first [`MAX_DEBUG_IMAGES`] elements, the objects (the rest skipped,
+    /// whatever their values).
+    pub images: Vec<DebugImage<'a>>,
+}
+
+/// One `debug_meta.images[]` entry. The source-map hook reads those of type `sourcemap`: the
+/// minified file (`code_file`, its URL) and the debug id its map was uploaded with.
+/// Its fields are read when they are strings (another type reads as absent).
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct DebugImage<'a> {
+    /// `sourcemap` for a JavaScript file's map (other types are kept but not used).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<Str<'a>>,
+    /// The file the image is for: a minified file's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_file: Option<Str<'a>>,
+    /// The debug id (a UUID).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_id: Option<Str<'a>>,
 }
 
 /// A log message template and its formatted form.
@@ -347,7 +382,7 @@ mod tags {
 /// (always with simd-json, which unescapes in place; with serde_json when there is no escape).
 pub(crate) mod de {
     use super::Str;
-    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::de::{Deserializer, Error, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
     use std::borrow::Cow;
     use std::fmt;
@@ -451,6 +486,183 @@ pub(crate) mod de {
                 // Past the bound: read and ignore the rest.
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(out)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+
+    /// Visitor methods for the values a lenient reader ignores: scalars read as the default,
+    /// arrays and objects are read through and ignored.
+    macro_rules! ignore_others {
+        () => {
+            fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(Default::default())
+            }
+            fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(Default::default())
+            }
+            fn visit_bool<E: Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Default::default())
+            }
+            fn visit_i64<E: Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Default::default())
+            }
+            fn visit_u64<E: Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Default::default())
+            }
+            fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Default::default())
+            }
+        };
+    }
+
+    fn ignore_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn ignore_map<'de, A: MapAccess<'de>>(mut m: A) -> Result<(), A::Error> {
+        while m.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    /// A string, or `None` for a value of any other type.
+    struct LenientStr<'a>(Option<Str<'a>>);
+
+    impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Option<Str<'a>>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any value")
+                }
+                ignore_others!();
+                fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                    Ok(Some(Cow::Borrowed(v)))
+                }
+                fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+                    Ok(Some(Cow::Owned(v.to_owned())))
+                }
+                fn visit_string<E: Error>(self, v: String) -> Result<Self::Value, E> {
+                    Ok(Some(Cow::Owned(v)))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                    ignore_seq(seq).map(|()| None)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+                    ignore_map(m).map(|()| None)
+                }
+            }
+            d.deserialize_any(V(PhantomData)).map(LenientStr)
+        }
+    }
+
+    /// A debug image when the value is an object (its first `type`, `code_file`, `debug_id`).
+    struct LenientImage<'a>(Option<super::DebugImage<'a>>);
+
+    impl<'de: 'a, 'a> Deserialize<'de> for LenientImage<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Option<super::DebugImage<'a>>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any value")
+                }
+                ignore_others!();
+                fn visit_str<E: Error>(self, _: &str) -> Result<Self::Value, E> {
+                    Ok(None)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                    ignore_seq(seq).map(|()| None)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                    let mut image = super::DebugImage::default();
+                    let mut seen = [false; 3];
+                    while let Some(BStr(k)) = m.next_key::<BStr<'a>>()? {
+                        let (slot, at) = match &*k {
+                            "type" => (&mut image.ty, 0),
+                            "code_file" => (&mut image.code_file, 1),
+                            "debug_id" => (&mut image.debug_id, 2),
+                            _ => {
+                                m.next_value::<serde::de::IgnoredAny>()?;
+                                continue;
+                            }
+                        };
+                        let LenientStr(v) = m.next_value()?;
+                        if !seen[at] {
+                            (*slot, seen[at]) = (v, true);
+                        }
+                    }
+                    Ok(Some(image))
+                }
+            }
+            d.deserialize_any(V(PhantomData)).map(LenientImage)
+        }
+    }
+
+    /// Debug images: of an array's first [`super::MAX_DEBUG_IMAGES`] elements, the objects;
+    /// anything else reads as none.
+    struct LenientImages<'a>(Vec<super::DebugImage<'a>>);
+
+    impl<'de: 'a, 'a> Deserialize<'de> for LenientImages<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Vec<super::DebugImage<'a>>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any value")
+                }
+                ignore_others!();
+                fn visit_str<E: Error>(self, _: &str) -> Result<Self::Value, E> {
+                    Ok(Vec::new())
+                }
+                fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+                    ignore_map(m).map(|()| Vec::new())
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(super::MAX_DEBUG_IMAGES));
+                    for _ in 0..super::MAX_DEBUG_IMAGES {
+                        match seq.next_element::<LenientImage<'a>>()? {
+                            Some(LenientImage(Some(i))) => out.push(i),
+                            Some(LenientImage(None)) => {}
+                            None => return Ok(out),
+                        }
+                    }
+                    // Past the bound: read and ignore the rest.
+                    ignore_seq(seq).map(|()| out)
+                }
+            }
+            d.deserialize_any(V(PhantomData)).map(LenientImages)
+        }
+    }
+
+    /// `debug_meta`, leniently: an object gives its (first) `images`; anything else reads as
+    /// absent.
+    pub fn debug_meta<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<super::DebugMeta<'a>>, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Option<super::DebugMeta<'a>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            ignore_others!();
+            fn visit_str<E: Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                ignore_seq(seq).map(|()| None)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut images = None;
+                while let Some(BStr(k)) = m.next_key::<BStr<'a>>()? {
+                    if k == "images" && images.is_none() {
+                        images = Some(m.next_value::<LenientImages<'a>>()?.0);
+                    } else {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Some(super::DebugMeta { images: images.unwrap_or_default() }))
             }
         }
         d.deserialize_any(V(PhantomData))

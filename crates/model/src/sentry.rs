@@ -3,8 +3,8 @@
 //! strings; serializing it gives the event JSON of `schemas/event.v1.schema.json`.
 
 use crate::event::{
-    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, Thread,
-    User, MAX_THREADS,
+    Contexts, DebugImage, DebugMeta, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk,
+    Stacktrace, Str, Thread, User, MAX_DEBUG_IMAGES, MAX_THREADS,
 };
 use serde_json::Value;
 use std::borrow::Cow;
@@ -216,6 +216,7 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
         .get("sdk")
         .map(|s| Sdk { name: str_field(s, "name"), version: str_field(s, "version") })
         .filter(|s| *s != Sdk::default());
+    let debug_meta = debug_meta(sentry.get("debug_meta"));
     Ok(Event {
         event_id,
         project: project.map(Cow::Borrowed),
@@ -236,7 +237,37 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
         request,
         contexts,
         sdk,
+        debug_meta,
     })
+}
+
+/// Longest `code_file` and `debug_id` of a debug image kept (a URL, a UUID); longer ones are
+/// left out.
+pub const MAX_CODE_FILE_LEN: usize = 2048;
+/// See [`MAX_CODE_FILE_LEN`].
+pub const MAX_DEBUG_ID_LEN: usize = 64;
+
+/// `debug_meta.images` of type `sourcemap` (what the source-map hook reads): at most
+/// [`MAX_DEBUG_IMAGES`], each with a string `code_file` and `debug_id` within the bounds;
+/// other images (native debug files) are left out.
+fn debug_meta(v: Option<&Value>) -> Option<DebugMeta<'_>> {
+    let images: Vec<DebugImage<'_>> = v?
+        .get("images")?
+        .as_array()?
+        .iter()
+        .filter(|i| i.get("type").and_then(Value::as_str) == Some("sourcemap"))
+        .filter_map(|i| {
+            let code_file = i.get("code_file")?.as_str().filter(|s| !s.is_empty() && s.len() <= MAX_CODE_FILE_LEN)?;
+            let debug_id = i.get("debug_id")?.as_str().filter(|s| !s.is_empty() && s.len() <= MAX_DEBUG_ID_LEN)?;
+            Some(DebugImage {
+                ty: Some(Cow::Borrowed("sourcemap")),
+                code_file: Some(Cow::Borrowed(code_file)),
+                debug_id: Some(Cow::Borrowed(debug_id)),
+            })
+        })
+        .take(MAX_DEBUG_IMAGES)
+        .collect();
+    (!images.is_empty()).then_some(DebugMeta { images })
 }
 
 /// [`map`], as the event's JSON (for tools that print or re-read it).
@@ -252,6 +283,33 @@ pub fn to_event(sentry: &Value, project: Option<&str>) -> Result<Value, SentryEr
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn maps_sourcemap_debug_images_within_bounds() {
+        let long = "x".repeat(MAX_CODE_FILE_LEN + 1);
+        let mut images = vec![
+            json!({"type": "sourcemap", "code_file": "https://cdn.example.com/main.js", "debug_id": "C0FFEE00-0000-4000-8000-000000000001"}),
+            json!({"type": "macho", "code_file": "/usr/lib/x", "debug_id": "abc"}),
+            json!({"type": "sourcemap", "code_file": long, "debug_id": "d"}),
+            json!({"type": "sourcemap", "code_file": "~/b.js", "debug_id": 7}),
+            json!({"type": "sourcemap", "code_file": "~/c.js", "debug_id": "e".repeat(MAX_DEBUG_ID_LEN + 1)}),
+        ];
+        images
+            .extend((0..40).map(
+                |i| json!({"type": "sourcemap", "code_file": format!("~/f{i}.js"), "debug_id": format!("id{i}")}),
+            ));
+        let payload = json!({"message": "m", "debug_meta": {"images": images}});
+        let ev = map(&payload, None).unwrap();
+        let got = ev.debug_meta.unwrap().images;
+        assert_eq!(got.len(), MAX_DEBUG_IMAGES);
+        assert_eq!(got[0].code_file.as_deref(), Some("https://cdn.example.com/main.js"));
+        assert_eq!(got[0].debug_id.as_deref(), Some("C0FFEE00-0000-4000-8000-000000000001"));
+        assert_eq!(got[1].code_file.as_deref(), Some("~/f0.js"));
+        for bad in [json!({"message": "m", "debug_meta": {"images": "x"}}), json!({"message": "m", "debug_meta": null})]
+        {
+            assert_eq!(map(&bad, None).unwrap().debug_meta, None);
+        }
+    }
 
     #[test]
     fn maps_a_python_sdk_event() {

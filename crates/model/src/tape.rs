@@ -18,8 +18,8 @@
 //! [`MAX_DEPTH`] (nothing else can be deeper than the shape). Linear in the number of nodes.
 
 use crate::event::{
-    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, Thread,
-    User, MAX_TAGS, MAX_THREADS,
+    Contexts, DebugImage, DebugMeta, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk,
+    Stacktrace, Str, Thread, User, MAX_DEBUG_IMAGES, MAX_TAGS, MAX_THREADS,
 };
 use crate::json::{tape_depth, MAX_DEPTH};
 use simd_json::prelude::ValueAsScalar;
@@ -415,6 +415,10 @@ impl<'a> Cur<'_, 'a> {
                     e.threads = self.bounded_list(out, MAX_THREADS, Self::thread)?;
                     1 << 18
                 }
+                "debug_meta" => {
+                    self.opt(&mut e.debug_meta, Self::debug_meta)?;
+                    1 << 19
+                }
                 _ => {
                     self.skip()?;
                     continue;
@@ -726,6 +730,48 @@ impl<'a> Cur<'_, 'a> {
         Some(())
     }
 
+    fn debug_meta(&mut self, m: &mut DebugMeta<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            match self.key()? {
+                "images" => {
+                    m.images = self.bounded_list(Vec::new(), MAX_DEBUG_IMAGES, Self::debug_image)?;
+                    mark(&mut seen, 1)?;
+                }
+                _ => self.skip()?,
+            }
+        }
+        self.close(())
+    }
+
+    fn debug_image(&mut self, d: &mut DebugImage<'a>) -> Option<()> {
+        let len = self.object()?;
+        let mut seen = 0u32;
+        for _ in 0..len {
+            let bit = match self.key()? {
+                "type" => {
+                    d.ty = self.opt_str()?;
+                    1
+                }
+                "code_file" => {
+                    d.code_file = self.opt_str()?;
+                    1 << 1
+                }
+                "debug_id" => {
+                    d.debug_id = self.opt_str()?;
+                    1 << 2
+                }
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            mark(&mut seen, bit)?;
+        }
+        self.close(())
+    }
+
     fn sdk(&mut self, v: &mut Sdk<'a>) -> Option<()> {
         (v.name, v.version) = self.two(|k| match k {
             "name" => 1,
@@ -814,6 +860,61 @@ mod tests {
     }
 
     #[test]
+    fn debug_images_are_read_up_to_the_bound_on_both_paths() {
+        let images = (0..40)
+            .map(|i| format!(r#"{{"type":"sourcemap","code_file":"~/f{i}.js","debug_id":"id-{i}"}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let doc = format!(r#"{{"message":"m","debug_meta":{{"images":[{images},[1,{{"x":2}}]]}}}}"#);
+        assert!(agree(doc.as_bytes(), &mut crate::EventParser::default()).unwrap(), "the tape reader decides");
+        let got = serde_path(doc.as_bytes()).unwrap();
+        let images = got.debug_meta.unwrap().images;
+        assert_eq!(images.len(), crate::event::MAX_DEBUG_IMAGES);
+        assert_eq!(images[31].code_file.as_deref(), Some("~/f31.js"));
+        assert_eq!(images[31].debug_id.as_deref(), Some("id-31"));
+        // Read leniently: other shapes are ignored, never refused (the producer passed
+        // `debug_meta` through unread before the model carried it).
+        for (debug_meta, want) in [
+            ("5", None),
+            ("\"x\"", None),
+            ("[1]", None),
+            ("{}", Some(vec![])),
+            (r#"{"images":{"a":1}}"#, Some(vec![])),
+            (
+                r#"{"images":[1,"x",null,[2],{"type":7,"code_file":["u"],"debug_id":{"a":1}}]}"#,
+                Some(vec![(None, None, None)]),
+            ),
+            (
+                r#"{"images":[{"type":"sourcemap","code_file":"~/a.js","debug_id":"i","type":"other","image_addr":"0x1"}],"images":[]}"#,
+                Some(vec![(Some("sourcemap"), Some("~/a.js"), Some("i"))]),
+            ),
+        ] {
+            let doc = format!(r#"{{"message":"m","debug_meta":{debug_meta}}}"#);
+            agree(doc.as_bytes(), &mut crate::EventParser::default()).unwrap();
+            let got = serde_path(doc.as_bytes()).unwrap_or_else(|e| panic!("{doc}: {e}"));
+            assert_eq!(crate::parse_event_str(&doc).unwrap().debug_meta, got.debug_meta, "serde_json: {doc}");
+            let got = got.debug_meta.map(|m| {
+                m.images
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.ty.as_deref().map(str::to_owned),
+                            i.code_file.as_deref().map(str::to_owned),
+                            i.debug_id.as_deref().map(str::to_owned),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let want = want.map(|w: Vec<(Option<&str>, Option<&str>, Option<&str>)>| {
+                w.into_iter()
+                    .map(|(a, b, c)| (a.map(str::to_owned), b.map(str::to_owned), c.map(str::to_owned)))
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(got, want, "{doc}");
+        }
+    }
+
+    #[test]
     fn recycled_lists_keep_their_memory_and_hold_nothing_old() {
         let v: Vec<crate::event::Frame<'static>> = Vec::with_capacity(8);
         let at = v.as_ptr() as usize;
@@ -851,6 +952,11 @@ mod tests {
                 frames(1)
             ),
             format!(r#"{{{id},"message":"m","threads":null}}"#),
+            format!(
+                r#"{{{id},"message":"m","debug_meta":{{"images":[{{"type":"sourcemap","code_file":"~/a.js","debug_id":"x","extra":1}}],"sdk_info":{{}}}}}}"#
+            ),
+            format!(r#"{{{id},"message":"m","debug_meta":{{"images":null}}}}"#),
+            format!(r#"{{{id},"message":"m","debug_meta":null}}"#),
         ] {
             agree(doc.as_bytes(), &mut parser).unwrap();
         }
@@ -972,6 +1078,10 @@ mod tests {
         "formatted",
         "threads",
         "thread_id",
+        "debug_meta",
+        "images",
+        "code_file",
+        "debug_id",
         "crashed",
         "current",
         "extra",

@@ -7,8 +7,8 @@ use proptest::option;
 use proptest::prelude::*;
 use std::borrow::Cow;
 use tracefold_model::event::{
-    Contexts, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk, Stacktrace, Str, Thread,
-    MAX_TAGS, MAX_THREADS,
+    Contexts, DebugImage, DebugMeta, Device, Event, Exception, Frame, LogEntry, Mechanism, NameVersion, Request, Sdk,
+    Stacktrace, Str, Thread, MAX_TAGS, MAX_THREADS,
 };
 use tracefold_model::time::{RFC3339_MAX, RFC3339_MIN};
 use tracefold_model::{parse_event_slice, parse_event_str};
@@ -111,6 +111,10 @@ fn event() -> BoxedStrategy<Event<'static>> {
         },
     ));
     let sdk = option::of((s(), s()).prop_map(|(name, version)| Sdk { name, version }));
+    let debug_meta = option::of(
+        vec((s(), s(), s()).prop_map(|(ty, code_file, debug_id)| DebugImage { ty, code_file, debug_id }), 0..4)
+            .prop_map(|images| DebugMeta { images }),
+    );
     let tail = (
         logentry,
         vec(exception(), 0..4),
@@ -121,12 +125,13 @@ fn event() -> BoxedStrategy<Event<'static>> {
         request,
         contexts,
         sdk,
+        debug_meta,
     );
     (head, tail)
         .prop_map(
             |(
                 (event_id, project, timestamp, platform, level, release, environment, logger, server_name, message),
-                (logentry, exception, threads, fingerprint, user, tags, request, contexts, sdk),
+                (logentry, exception, threads, fingerprint, user, tags, request, contexts, sdk, debug_meta),
             )| Event {
                 event_id,
                 project,
@@ -147,6 +152,7 @@ fn event() -> BoxedStrategy<Event<'static>> {
                 request,
                 contexts,
                 sdk,
+                debug_meta,
             },
         )
         .boxed()
@@ -174,6 +180,7 @@ fn the_empty_event_and_empty_parts_round_trip() {
         request: Some(Default::default()),
         contexts: Some(Default::default()),
         sdk: Some(Default::default()),
+        debug_meta: Some(DebugMeta { images: vec![DebugImage::default()] }),
         logentry: Some(Default::default()),
         exception: vec![Exception {
             mechanism: Some(Default::default()),

@@ -40,6 +40,7 @@ fn event_schema_names_exactly_the_model_fields() {
     ev.fingerprint = vec!["x".into()];
     ev.logger = Some("l".into());
     ev.threads = vec![tracefold_model::event::Thread { id: Some("1".into()), ..Default::default() }];
+    ev.debug_meta = Some(tracefold_model::event::DebugMeta { images: Vec::new() });
     let v = serde_json::to_value(&ev).unwrap();
     let in_model: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
     assert_eq!(in_schema, in_model);
