@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracefold_model::event::{Event, Frame, Stacktrace};
 use tracefold_symbolicate::fetch::{Found, Symbolicator};
-use tracefold_symbolicate::{map_key, symbolicate_frames, DebugImage, MapKey, MinifiedFrame, OriginalFrame, ParsedMap};
+use tracefold_symbolicate::{
+    locate_frames, map_key, DebugImage, Located, MapKey, MinifiedFrame, OriginalFrame, ParsedMap,
+};
 
 /// Most distinct maps one event may need; frames of further files stay minified (the same
 /// on a replay: the order of frames decides which).
@@ -82,8 +84,11 @@ pub struct Mapped {
     pub stack: Stack,
     /// Index in the stack's frames.
     pub frame: usize,
-    /// The original position and context.
+    /// The original position (without the source context: that is added from `map` for the
+    /// sample only, see [`rewrite_sample`]).
     pub original: OriginalFrame,
+    /// The map that mapped it; `None` when `original` already holds all there is to show.
+    pub map: Option<Arc<ParsedMap>>,
     /// Minified `filename` (or `abs_path` when there was no filename).
     pub raw_filename: Option<String>,
     /// Minified `abs_path`.
@@ -253,10 +258,10 @@ pub fn apply(
         }
     }
     if !have.is_empty() {
-        let mut results: Vec<(Stack, Vec<Option<OriginalFrame>>)> = Vec::new();
+        let mut results: Vec<(Stack, Vec<Option<Located>>)> = Vec::new();
         for (stack, s) in stacks(event) {
             let frames: Vec<MinifiedFrame<'_>> = s.frames.iter().map(view).collect();
-            let got = symbolicate_frames(project, release, &images, &frames, |k| have.get(k).cloned());
+            let got = locate_frames(project, release, &images, &frames, |k| have.get(k).cloned());
             if got.iter().any(Option::is_some) {
                 results.push((stack, got));
             }
@@ -268,7 +273,7 @@ pub fn apply(
             };
             let Some(s) = s else { continue };
             for (i, (f, o)) in s.frames.iter_mut().zip(got).enumerate() {
-                let Some(o) = o else { continue };
+                let Some((o, map)) = o else { continue };
                 let raw_filename = f.filename.as_deref().or(f.abs_path.as_deref()).map(str::to_owned);
                 let raw_abs_path = f.abs_path.as_deref().map(str::to_owned);
                 let raw_function = f.function.as_deref().map(str::to_owned);
@@ -288,6 +293,7 @@ pub fn apply(
                     raw_lineno,
                     raw_colno,
                     original: o,
+                    map: Some(map),
                 });
             }
         }
@@ -358,7 +364,17 @@ pub fn rewrite_sample(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
         if num("lineno") != m.raw_lineno.map(u64::from) || num("colno") != m.raw_colno.map(u64::from) {
             continue;
         }
-        let o = &m.original;
+        // The source context, for this one event of many (grouping needs none of it).
+        let with_context;
+        let o = match (&m.map, m.raw_lineno, m.raw_colno) {
+            (Some(map), Some(line), Some(col)) if m.original.context_line.is_none() => {
+                let mut o = m.original.clone();
+                map.add_context(line, col, &mut o);
+                with_context = o;
+                &with_context
+            }
+            _ => &m.original,
+        };
         let set = |frame: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: Option<serde_json::Value>| {
             match v {
                 Some(v) => frame.insert(k.to_owned(), v),
@@ -535,6 +551,7 @@ mod tests {
             raw_function: Some("a".into()),
             raw_lineno: Some(1),
             raw_colno: Some(14),
+            map: None,
         };
         let out: serde_json::Value =
             serde_json::from_slice(&rewrite_sample(payload, std::slice::from_ref(&m))).unwrap();

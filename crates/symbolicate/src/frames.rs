@@ -85,16 +85,48 @@ pub fn map_key(project: &str, release: &str, images: &[DebugImage], frame: &Mini
 /// otherwise (the frame stays as it is). `lookup` is called at most once per distinct key, in
 /// frame order.
 ///
-/// Pure and synchronous: no I/O, no clock. This is what the grouper applies before
-/// fingerprinting (with maps from [`crate::fetch::Symbolicator`]) and what other code (the
-/// grouping-quality benchmark) can call with maps it holds.
+/// Pure and synchronous: no I/O, no clock. What the grouper applies before fingerprinting
+/// ([`locate_frames`], the same without the context, with maps from
+/// [`crate::fetch::Symbolicator`]) and what other code (the grouping-quality benchmark) can
+/// call with maps it holds.
 pub fn symbolicate_frames(
     project: &str,
     release: &str,
     images: &[DebugImage],
     frames: &[MinifiedFrame<'_>],
-    mut lookup: impl FnMut(&MapKey) -> Option<Arc<ParsedMap>>,
+    lookup: impl FnMut(&MapKey) -> Option<Arc<ParsedMap>>,
 ) -> Vec<Option<OriginalFrame>> {
+    each_mapped(project, release, images, frames, lookup, |map, f| map.resolve(f.lineno?, f.colno?, f.function))
+}
+
+/// A frame mapped without its source context, and the map that mapped it.
+pub type Located = (OriginalFrame, Arc<ParsedMap>);
+
+/// [`symbolicate_frames`] without the source context, each mapped frame with the map that
+/// mapped it (to add the context later with [`ParsedMap::add_context`], for the one event in
+/// many whose frames are displayed): the grouper's hot path.
+pub fn locate_frames(
+    project: &str,
+    release: &str,
+    images: &[DebugImage],
+    frames: &[MinifiedFrame<'_>],
+    lookup: impl FnMut(&MapKey) -> Option<Arc<ParsedMap>>,
+) -> Vec<Option<Located>> {
+    each_mapped(project, release, images, frames, lookup, |map, f| {
+        map.locate(f.lineno?, f.colno?, f.function).map(|o| (o, Arc::clone(map)))
+    })
+}
+
+/// Per frame: the map of a minified JavaScript frame (by [`map_key`], through `lookup`), given
+/// to `resolve`; `None` for other frames and frames without a map.
+fn each_mapped<T>(
+    project: &str,
+    release: &str,
+    images: &[DebugImage],
+    frames: &[MinifiedFrame<'_>],
+    mut lookup: impl FnMut(&MapKey) -> Option<Arc<ParsedMap>>,
+    mut resolve: impl FnMut(&Arc<ParsedMap>, &MinifiedFrame<'_>) -> Option<T>,
+) -> Vec<Option<T>> {
     let mut seen: Vec<(MapKey, Option<Arc<ParsedMap>>)> = Vec::new();
     // A stack's frames are mostly of one file: the frame before's file names the same map
     // without building its key again.
@@ -123,7 +155,7 @@ pub fn symbolicate_frames(
                     m
                 }
             }?;
-            map.resolve(f.lineno?, f.colno?, f.function)
+            resolve(&map, f)
         })
         .collect()
 }
@@ -241,5 +273,27 @@ mod tests {
         assert_eq!(f0.context_line.as_deref(), Some("  throw new Error('x');"));
         assert_eq!(got[1].as_ref().unwrap().line, 1);
         assert!(got[2].is_none());
+    }
+
+    /// The grouper's path (positions first, the context later for the sample) gives exactly
+    /// what the whole resolution gives, at every position of the map and past it.
+    #[test]
+    fn located_frames_with_their_context_added_are_the_resolved_ones() {
+        let minified = "function a(){throw new Error('x')}\n";
+        for m in [map(), map_with_callee(Some(minified)), map_with_callee(None)] {
+            let frames: Vec<MinifiedFrame<'_>> =
+                (0..40).map(|col| frame("https://x/main.js", 1 + col / 36, col % 36)).collect();
+            let whole = symbolicate_frames("web", "1", &[], &frames, |_| Some(Arc::clone(&m)));
+            let located = locate_frames("web", "1", &[], &frames, |_| Some(Arc::clone(&m)));
+            assert_eq!(whole.len(), located.len());
+            for ((w, l), f) in whole.into_iter().zip(located).zip(&frames) {
+                let l = l.map(|(mut o, map)| {
+                    assert!(o.context_line.is_none() && o.pre_context.is_empty() && o.post_context.is_empty());
+                    map.add_context(f.lineno.unwrap(), f.colno.unwrap(), &mut o);
+                    o
+                });
+                assert_eq!(l, w, "{f:?}");
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ pub mod fetch;
 pub mod frames;
 pub mod store;
 
-pub use frames::{is_minified_js, map_key, symbolicate_frames, DebugImage, MinifiedFrame};
+pub use frames::{is_minified_js, locate_frames, map_key, symbolicate_frames, DebugImage, Located, MinifiedFrame};
 
 /// Limits that keep one upload or one event from costing unbounded memory or time.
 #[derive(Debug, Clone)]
@@ -161,6 +161,44 @@ impl ParsedMap {
     /// position names (often the callee, not the enclosing function). `None` when the map has no mapping on that line
     /// at or before that column, or the mapping has no source.
     pub fn resolve(&self, line: u32, col: u32, minified_function: Option<&str>) -> Option<OriginalFrame> {
+        let mut out = self.locate(line, col, minified_function)?;
+        self.add_context(line, col, &mut out);
+        Some(out)
+    }
+
+    /// [`Self::resolve`] without the source context: file, line, column and function only
+    /// (what grouping needs; the context lines are for display, see [`Self::add_context`]).
+    pub fn locate(&self, line: u32, col: u32, minified_function: Option<&str>) -> Option<OriginalFrame> {
+        let (line0, col0, token) = self.token(line, col)?;
+        let file = token.get_source()?.to_owned();
+        let function = self.function_name(line0, col0, minified_function).or_else(|| {
+            // Without the minified file, the name at the position (the callee or identifier
+            // the mapping names) is the best the map alone can say.
+            self.minified.is_none().then(|| token.get_name().map(str::to_owned)).flatten()
+        });
+        Some(OriginalFrame {
+            file,
+            line: token.get_src_line().saturating_add(1),
+            col: token.get_src_col().saturating_add(1),
+            function,
+            ..OriginalFrame::default()
+        })
+    }
+
+    /// Fills `out`'s `pre_context`, `context_line` and `post_context` from the map's
+    /// `sourcesContent` for the minified position (1-based `line`, `col`) that [`Self::locate`]
+    /// mapped to `out`; leaves them empty where the map has no sources.
+    pub fn add_context(&self, line: u32, col: u32, out: &mut OriginalFrame) {
+        if let Some((_, _, token)) = self.token(line, col) {
+            if let Some(view) = token.get_source_view() {
+                self.fill_context(view, token.get_src_line(), out);
+            }
+        }
+    }
+
+    /// The mapping of a 1-based minified position: its 0-based line and column and the token,
+    /// `None` unless the map has a mapping with a source on that line at or before the column.
+    fn token(&self, line: u32, col: u32) -> Option<(u32, u32, sourcemap::Token<'_>)> {
         let (line0, col0) = (line.checked_sub(1)?, col.saturating_sub(1));
         let token = self.map.lookup_token(line0, col0)?;
         // The nearest token before the position may be on an earlier line: that is not a
@@ -168,24 +206,7 @@ impl ParsedMap {
         if token.get_dst_line() != line0 || !token.has_source() {
             return None;
         }
-        let file = token.get_source()?.to_owned();
-        let src_line = token.get_src_line();
-        let function = self.function_name(line0, col0, minified_function).or_else(|| {
-            // Without the minified file, the name at the position (the callee or identifier
-            // the mapping names) is the best the map alone can say.
-            self.minified.is_none().then(|| token.get_name().map(str::to_owned)).flatten()
-        });
-        let mut out = OriginalFrame {
-            file,
-            line: src_line.saturating_add(1),
-            col: token.get_src_col().saturating_add(1),
-            function,
-            ..OriginalFrame::default()
-        };
-        if let Some(view) = token.get_source_view() {
-            self.fill_context(view, src_line, &mut out);
-        }
-        Some(out)
+        Some((line0, col0, token))
     }
 
     fn function_name(&self, line0: u32, col0: u32, minified_function: Option<&str>) -> Option<String> {
