@@ -111,8 +111,10 @@ fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
         assert!(cycle * evs.len() > span, "ids repeat within the window");
         let mut builder = BatchBuilder::new(BatchOptions { dedup_window: window, ..BatchOptions::default() });
         let mut offset = 0i64;
+        // Criterion calls the routine several times (warm-up, then the samples): the round
+        // goes on across calls, as the offsets do, or the ids would repeat within the window.
+        let mut next = 0usize;
         g.bench_function(BenchmarkId::from_parameter(variant), |b| {
-            let mut next = 0usize;
             b.iter(|| {
                 let first = offset;
                 for _ in 0..10 {
@@ -129,8 +131,9 @@ fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
     // The bare parse of exactly the bytes the busy-bucket variants read, in the same order:
     // they cycle through 55,000 events (115 MB), so their input comes from memory, not from
     // the cache the 500-event baseline fits in.
+    // The same rounds in the same order as the busy variants, across criterion's calls.
+    let mut next = 0usize;
     g.bench_function(BenchmarkId::from_parameter(VARIANTS[8].0), |b| {
-        let mut next = 0usize;
         b.iter(|| {
             for _ in 0..10 {
                 for e in &rounds[next] {
