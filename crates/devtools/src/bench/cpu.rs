@@ -144,15 +144,8 @@ impl CpuSnapshot {
 
 /// `VmRSS` and `VmHWM` (the peak so far) of this process, bytes (0 where /proc is not there).
 pub fn rss() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let f = super::procs::proc_figures("self");
+    (f.rss_bytes, f.peak_rss_bytes)
 }
 
 #[cfg(test)]
