@@ -35,6 +35,22 @@ const MINIFIED: &str = "function a(){throw new Error('x')}\n//# debugId=C0FFEE00
 /// they run one at a time.
 static PIPELINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A `tracefold dev` pipeline on a scratch database (`sourcemaps_<name>`) whose producer
+/// stores uploads in a scratch directory that its grouper reads, for project `web` (7) with
+/// [`KEY`]. The symbolication budget is one no local fetch comes near, so which events are
+/// mapped does not depend on timing.
+async fn mapped_pipeline(name: &str) -> (TestDb, PathBuf, tracefold_devtools::dev::Pipeline) {
+    use tracefold_devtools::dev::{DevConfig, Pipeline};
+    let db = TestDb::new(&format!("sourcemaps_{name}")).await;
+    let store_dir = scratch(&name.replace('_', "-"));
+    let mut cfg = DevConfig { clickhouse: db.cfg.clone(), ..DevConfig::default() };
+    cfg.projects = vec![ProjectConfig::unlimited("web", 7, &[KEY])];
+    cfg.sourcemaps.store_url = reqwest::Url::from_directory_path(&store_dir).unwrap().to_string();
+    cfg.symbolication.budget_ms = 120_000;
+    let pipeline = Pipeline::start(cfg, "127.0.0.1:0", Some(1), true).await.expect("pipeline starts");
+    (db, store_dir, pipeline)
+}
+
 struct Producer {
     url: String,
     shutdown: Shutdown,
@@ -260,16 +276,8 @@ impl Build {
 /// `missing`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grouper_groups_minified_frames_by_their_original_position() {
-    use tracefold_devtools::dev::{DevConfig, Pipeline};
     let _serial = PIPELINE.lock().await;
-    let db = TestDb::new("sourcemaps_grouping").await;
-    let store_dir = scratch("grouping");
-    let mut cfg = DevConfig { clickhouse: db.cfg.clone(), ..DevConfig::default() };
-    cfg.projects = vec![ProjectConfig::unlimited("web", 7, &[KEY])];
-    cfg.sourcemaps.store_url = reqwest::Url::from_directory_path(&store_dir).unwrap().to_string();
-    // A budget no local fetch comes near: which events are mapped does not depend on timing.
-    cfg.symbolication.budget_ms = 120_000;
-    let pipeline = Pipeline::start(cfg, "127.0.0.1:0", Some(1), true).await.expect("pipeline starts");
+    let (db, store_dir, pipeline) = mapped_pipeline("grouping").await;
     let base = format!("http://{}", pipeline.http_addr);
 
     let mapped = [
@@ -367,15 +375,8 @@ async fn the_grouper_groups_minified_frames_by_their_original_position() {
 /// debug id (and no release) stays minified, its own issue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maps_are_found_by_the_debug_ids_of_sentry_events() {
-    use tracefold_devtools::dev::{DevConfig, Pipeline};
     let _serial = PIPELINE.lock().await;
-    let db = TestDb::new("sourcemaps_debug_id").await;
-    let store_dir = scratch("debug-id");
-    let mut cfg = DevConfig { clickhouse: db.cfg.clone(), ..DevConfig::default() };
-    cfg.projects = vec![ProjectConfig::unlimited("web", 7, &[KEY])];
-    cfg.sourcemaps.store_url = reqwest::Url::from_directory_path(&store_dir).unwrap().to_string();
-    cfg.symbolication.budget_ms = 120_000;
-    let pipeline = Pipeline::start(cfg, "127.0.0.1:0", Some(1), true).await.expect("pipeline starts");
+    let (db, store_dir, pipeline) = mapped_pipeline("debug_id").await;
     let base = format!("http://{}", pipeline.http_addr);
 
     let builds = [
