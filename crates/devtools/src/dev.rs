@@ -56,6 +56,24 @@ impl DevConfig {
         };
         tracefold_grouper::config::SourcemapsSection { store_url, ..self.symbolication.clone() }
     }
+
+    /// The grouper's config in a pipeline on `kafka`: this config's sections, and an epoch of
+    /// its own (`<epoch_prefix>-<random>`) unless one is set: the embedded Kafka is new on every
+    /// start, its offsets restart at 0.
+    pub fn grouper_config(&self, kafka: &KafkaConfig, epoch_prefix: &str) -> tracefold_grouper::Config {
+        let mut grouper = self.grouper.clone();
+        if grouper.epoch.is_empty() {
+            grouper.epoch = format!("{epoch_prefix}-{:016x}", rand::random::<u64>());
+        }
+        tracefold_grouper::Config {
+            kafka: kafka.clone(),
+            topics: self.topics.clone(),
+            grouper,
+            grouping: self.grouping.clone(),
+            sourcemaps: self.grouper_sourcemaps(),
+            telemetry: self.telemetry.clone(),
+        }
+    }
 }
 
 /// Where `tracefold dev` keeps its state (the generated project key, logs), relative to the
@@ -264,19 +282,7 @@ impl Pipeline {
         let shutdown = Shutdown::new();
         let (gh, wh, dh, ph) =
             (Health::named("grouper"), Health::named("writer"), Health::named("detector"), Health::named("producer"));
-        let mut grouper_section = cfg.grouper.clone();
-        if grouper_section.epoch.is_empty() {
-            // The embedded Kafka is new on every start; its offsets restart at 0.
-            grouper_section.epoch = format!("dev-{:016x}", rand::random::<u64>());
-        }
-        let gcfg = tracefold_grouper::Config {
-            kafka: kafka.clone(),
-            topics: cfg.topics.clone(),
-            grouper: grouper_section,
-            grouping: cfg.grouping.clone(),
-            sourcemaps: cfg.grouper_sourcemaps(),
-            telemetry: cfg.telemetry.clone(),
-        };
+        let gcfg = cfg.grouper_config(&kafka, "dev");
         let wcfg = tracefold_writer::Config {
             kafka: kafka.clone(),
             topics: cfg.topics.clone(),

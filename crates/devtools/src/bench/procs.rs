@@ -156,20 +156,8 @@ impl ServiceProcesses {
         let password = cfg.clickhouse.password.clone();
         let clickhouse =
             tracefold_runtime::config::ClickHouseConfig { password: String::new(), ..cfg.clickhouse.clone() };
-        let mut grouper_section = cfg.grouper.clone();
-        if grouper_section.epoch.is_empty() {
-            // The embedded Kafka is new on every start; its offsets restart at 0.
-            grouper_section.epoch = format!("bench-{:016x}", rand::random::<u64>());
-        }
-        grouper_section.listen = String::new();
-        let gcfg = tracefold_grouper::Config {
-            kafka: kafka.clone(),
-            topics: cfg.topics.clone(),
-            grouper: grouper_section,
-            grouping: cfg.grouping.clone(),
-            sourcemaps: cfg.grouper_sourcemaps(),
-            telemetry: cfg.telemetry.clone(),
-        };
+        let mut gcfg = cfg.grouper_config(&kafka, "bench");
+        gcfg.grouper.listen = String::new();
         let wcfg = tracefold_writer::Config {
             kafka: kafka.clone(),
             topics: cfg.topics.clone(),
