@@ -109,24 +109,9 @@ fn bench(c: &mut Criterion, evs: &[Vec<u8>]) {
     let rounds: Vec<Vec<Vec<u8>>> = (0..cycle).map(|r| tracefold_benches::events_of_round(r as u8)).collect();
     for (variant, window) in [(VARIANTS[6].0, BatchOptions::default().dedup_window), (VARIANTS[7].0, 0)] {
         assert!(cycle * evs.len() > span, "ids repeat within the window");
-        let mut builder = BatchBuilder::new(BatchOptions { dedup_window: window, ..BatchOptions::default() });
-        let mut offset = 0i64;
-        // Criterion calls the routine several times (warm-up, then the samples): the round
-        // goes on across calls, as the offsets do, or the ids would repeat within the window.
-        let mut next = 0usize;
-        g.bench_function(BenchmarkId::from_parameter(variant), |b| {
-            b.iter(|| {
-                let first = offset;
-                for _ in 0..10 {
-                    for e in &rounds[next] {
-                        builder.add(e, offset, FIXTURE_NOW_MS);
-                        offset += 1;
-                    }
-                    next = (next + 1) % rounds.len();
-                }
-                black_box(builder.finish("e", "tracefold.events", 0, first, offset - 1).records.len())
-            })
-        });
+        let builder = BatchBuilder::new(BatchOptions { dedup_window: window, ..BatchOptions::default() });
+        let mut busy = Busy { builder, rounds: &rounds, next: 0, offset: 0 };
+        g.bench_function(BenchmarkId::from_parameter(variant), |b| b.iter(|| black_box(busy.ten_rounds())));
     }
     // The bare parse of exactly the bytes the busy-bucket variants read, in the same order:
     // they cycle through 55,000 events (115 MB), so their input comes from memory, not from
@@ -177,6 +162,31 @@ const JS_GROUP: &str = "grouper_hot_path_sourcemaps";
 
 /// The busy-bucket hot path over the source-map fixtures (issue 15, item 6): the unminified
 /// events (hook off), and the minified ones with the hook on and the maps already cached.
+/// The busy-bucket batch: ten rounds of event ids through one batch builder per iteration.
+/// Criterion calls the routine several times (warm-up, then the samples): the round and the
+/// offsets go on across calls, as in a partition, or the ids would repeat within the window.
+struct Busy<'r> {
+    builder: BatchBuilder,
+    rounds: &'r [Vec<Vec<u8>>],
+    next: usize,
+    offset: i64,
+}
+
+impl Busy<'_> {
+    /// One iteration: ten rounds in one batch; the number of records it made.
+    fn ten_rounds(&mut self) -> usize {
+        let first = self.offset;
+        for _ in 0..10 {
+            for e in &self.rounds[self.next] {
+                self.builder.add(e, self.offset, FIXTURE_NOW_MS);
+                self.offset += 1;
+            }
+            self.next = (self.next + 1) % self.rounds.len();
+        }
+        self.builder.finish("e", "tracefold.events", 0, first, self.offset - 1).records.len()
+    }
+}
+
 /// Returns the events per iteration.
 fn bench_sourcemaps(c: &mut Criterion) -> usize {
     let mut g = c.benchmark_group(JS_GROUP);
@@ -208,22 +218,8 @@ fn bench_sourcemaps(c: &mut Criterion) -> usize {
         }
         let out = builder.finish("e", "tracefold.events", 0, 0, offset - 1);
         assert_eq!(out.symbolication[0], if hooked { n as u64 } else { 0 }, "{variant}: {:?}", out.symbolication);
-        // Criterion calls the routine several times (warm-up, then the samples): the round
-        // goes on across calls, as the offsets do, or the ids would repeat within the window.
-        let mut next = 0usize;
-        g.bench_function(BenchmarkId::from_parameter(variant), |b| {
-            b.iter(|| {
-                let first = offset;
-                for _ in 0..10 {
-                    for e in &rounds[next] {
-                        builder.add(e, offset, FIXTURE_NOW_MS);
-                        offset += 1;
-                    }
-                    next = (next + 1) % rounds.len();
-                }
-                black_box(builder.finish("e", "tracefold.events", 0, first, offset - 1).records.len())
-            })
-        });
+        let mut busy = Busy { builder, rounds: &rounds, next: 0, offset };
+        g.bench_function(BenchmarkId::from_parameter(variant), |b| b.iter(|| black_box(busy.ten_rounds())));
     }
     g.finish();
     10 * n
