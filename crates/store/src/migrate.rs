@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../schemas/clickhouse/0009_issue_breakdowns.sql"),
     },
     Migration { version: 10, name: "users_1d", sql: include_str!("../../../schemas/clickhouse/0010_users_1d.sql") },
+    Migration {
+        version: 11,
+        name: "issue_aliases",
+        sql: include_str!("../../../schemas/clickhouse/0011_issue_aliases.sql"),
+    },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -951,7 +956,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 15);
+        assert_eq!(tables.len(), 16);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -1402,7 +1407,7 @@ mod tests {
             ch.query(&st).execute().await.unwrap();
         }
         let new = migrate(&cfg, |_, _| {}).await.unwrap();
-        assert_eq!(new.applied, [7, 8, 9, 10]);
+        assert_eq!(new.applied, [7, 8, 9, 10, 11]);
         assert_eq!(new.skipped, [1, 2, 3, 4, 5, 6]);
         ch.query(&insert(
             "('p', 'b', '2026-01-01 08:00:00', '早', 'prod', 1, '2026-01-01 08:00:10', '2026-01-01 08:00:10'),              ('p', 'c', '2026-01-03 08:00:00', '3.0', 'prod', 1, '2026-01-03 08:00:10', '2026-01-03 08:00:10')",
