@@ -417,4 +417,14 @@ mod tests {
         let ev = map(&odd, None).unwrap();
         assert_eq!((ev.timestamp, ev.user, ev.contexts), (None, None, None));
     }
+
+    /// Seconds read from text are the nearest double, whichever parser reads them: serde_json
+    /// without `float_roundtrip` read `1795670315.4194999` one unit in the last place high
+    /// (`...4195`, 420 ms) where simd-json and the double the SDK meant give 419 ms, so the
+    /// producer's Sentry path and the typed event disagreed by a millisecond (a proptest found it).
+    #[test]
+    fn fractional_seconds_from_text_are_read_exactly() {
+        let v: serde_json::Value = serde_json::from_str(r#"{"message": "m", "timestamp": 1795670315.4194999}"#).unwrap();
+        assert_eq!(map(&v, None).unwrap().timestamp, Some(1_795_670_315_419));
+    }
 }
