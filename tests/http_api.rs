@@ -133,10 +133,13 @@ async fn server_cfg(projects: Vec<ProjectConfig>, edit: impl FnOnce(&mut Config)
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = Shutdown::new();
     let health = Health::default();
-    tokio::spawn(tracefold_producer::serve(cfg, listener, shutdown.clone(), health.clone(), Vec::new()));
+    let serving = tokio::spawn(tracefold_producer::serve(cfg, listener, shutdown.clone(), health.clone(), Vec::new()));
     for _ in 0..100 {
         if health.is_ready() {
             break;
+        }
+        if serving.is_finished() {
+            panic!("the producer did not start: {:#}", serving.await.unwrap().unwrap_err());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -929,4 +932,37 @@ async fn skipped_envelope_items_are_counted_by_type() {
     assert_eq!(envelope_item_counts(&s.url).await, after, "nothing counted for a refused envelope");
     assert_eq!(s.published(), [id(1)]);
     s.shutdown.trigger();
+}
+
+/// Every codec librdkafka takes for `compression.type`, set under `[kafka.librdkafka]`: the
+/// producer starts with it, and what it accepts is on the events topic, read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_codec_delivers() {
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let s = server_cfg(Vec::new(), |cfg| {
+            cfg.kafka.librdkafka.insert("compression.type".into(), codec.into());
+        })
+        .await;
+        let url = format!("{}/api/v1/projects/web/events", s.url);
+        let (status, body) = post(&url, "application/x-ndjson", format!("{GOOD}\n{GOOD}\n{GOOD}\n")).await;
+        assert_eq!((status, body["accepted"].as_u64()), (200, Some(3)), "{codec}: {body}");
+        let ids: Vec<String> = body["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_owned()).collect();
+        assert_eq!(s.published(), ids, "{codec}: the accepted events are on the topic, readable");
+        s.shutdown.trigger();
+    }
+}
+
+/// A codec librdkafka does not take stops the producer's start, naming the key (the service
+/// binaries name the config file too: `tracefold_runtime::config::load`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_codec_librdkafka_refuses_stops_the_start_with_the_key_named() {
+    let broker = DevBroker::start(1, &Default::default(), Some(1)).unwrap();
+    let mut cfg = Config { kafka: tracefold_tests::kafka(&broker.bootstrap_servers()), ..Config::default() };
+    cfg.kafka.librdkafka.insert("compression.type".into(), "brotli".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (shutdown, health) = (Shutdown::new(), Health::default());
+    let err = tracefold_producer::serve(cfg, listener, shutdown, health.clone(), Vec::new()).await.unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains(r#"kafka.librdkafka."compression.type": "brotli" is refused by librdkafka"#), "{err}");
+    assert!(!health.is_ready());
 }

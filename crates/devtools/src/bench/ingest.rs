@@ -224,6 +224,11 @@ pub async fn ingest(opts: &IngestOptions) -> anyhow::Result<IngestReport> {
     let health = tracefold_runtime::telemetry::Health::default();
     let server = tokio::spawn(tracefold_producer::serve(cfg, listener, shutdown.clone(), health.clone(), Vec::new()));
     while !health.is_ready() {
+        // A producer that could not start (a config librdkafka refuses) is never ready.
+        if server.is_finished() {
+            server.await??;
+            anyhow::bail!("the producer stopped before it was ready");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The bodies before the clock, so that the figures are the producer's, not the generator's.
