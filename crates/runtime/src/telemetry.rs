@@ -184,7 +184,8 @@ impl Health {
 
     /// Messages the loop and its children ([`Health::child`]) have taken from their source so
     /// far: how far they have read, for an in-process load that paces itself by the reads
-    /// (`bench-pipeline`).
+    /// (`bench-pipeline`). A sum over the loops, so not a measure of health: one loop reading
+    /// hides another that is stuck. Health is each loop's own liveness ([`Health::problems`]).
     pub fn consumed(&self) -> u64 {
         let children: u64 = self.inner.children.lock().expect("not poisoned").iter().map(Health::consumed).sum();
         self.inner.consumed.load(Ordering::Relaxed) + children

@@ -303,6 +303,18 @@ fn fetched_bytes_per_event(bootstrap: &str, topic: &str) -> anyhow::Result<f64> 
 mod tests {
     use super::*;
 
+    /// A producer that cannot start (a codec librdkafka refuses) ends the bench with its error;
+    /// it used to wait for readiness forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_that_cannot_start_is_an_error_not_a_wait() {
+        let librdkafka = vec![("compression.type".to_owned(), "brotli".to_owned())];
+        let opts = IngestOptions { events: 10, batch: 5, concurrency: 1, progress: false, librdkafka };
+        // A guard against the old hang only: the error comes as soon as the producer starts.
+        let ended = tokio::time::timeout(Duration::from_secs(120), ingest(&opts)).await;
+        let err = ended.expect("the bench ended").unwrap_err();
+        assert!(format!("{err:#}").contains(r#"kafka.librdkafka."compression.type""#), "{err:#}");
+    }
+
     #[test]
     fn bodies_hold_every_event_once_in_batches() {
         let opts = IngestOptions { events: 1_234, batch: 100, concurrency: 1, progress: false, librdkafka: Vec::new() };
