@@ -125,6 +125,11 @@ async fn server_with(max_body: usize, max_event: usize, projects: Vec<ProjectCon
 
 /// A producer with `projects`, the defaults otherwise, changed by `edit`.
 async fn server_cfg(projects: Vec<ProjectConfig>, edit: impl FnOnce(&mut Config)) -> Server {
+    server_health(Health::default(), projects, edit).await
+}
+
+/// [`server_cfg`] serving with `health` (its deadline is the producer's loops').
+async fn server_health(health: Health, projects: Vec<ProjectConfig>, edit: impl FnOnce(&mut Config)) -> Server {
     let broker = DevBroker::start(1, &Default::default(), Some(1)).unwrap();
     let mut cfg = Config { kafka: tracefold_tests::kafka(&broker.bootstrap_servers()), projects, ..Config::default() };
     cfg.http.delivery_timeout_ms = 5000;
@@ -132,11 +137,13 @@ async fn server_cfg(projects: Vec<ProjectConfig>, edit: impl FnOnce(&mut Config)
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = Shutdown::new();
-    let health = Health::default();
-    tokio::spawn(tracefold_producer::serve(cfg, listener, shutdown.clone(), health.clone(), Vec::new()));
+    let serving = tokio::spawn(tracefold_producer::serve(cfg, listener, shutdown.clone(), health.clone(), Vec::new()));
     for _ in 0..100 {
         if health.is_ready() {
             break;
+        }
+        if serving.is_finished() {
+            panic!("the producer did not start: {:#}", serving.await.unwrap().unwrap_err());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -928,5 +935,84 @@ async fn skipped_envelope_items_are_counted_by_type() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(envelope_item_counts(&s.url).await, after, "nothing counted for a refused envelope");
     assert_eq!(s.published(), [id(1)]);
+    s.shutdown.trigger();
+}
+
+/// Every codec librdkafka takes for `compression.type`, set under `[kafka.librdkafka]`: the
+/// producer starts with it, and what it accepts is on the events topic, read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_codec_delivers() {
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let s = server_cfg(Vec::new(), |cfg| {
+            cfg.kafka.librdkafka.insert("compression.type".into(), codec.into());
+        })
+        .await;
+        let url = format!("{}/api/v1/projects/web/events", s.url);
+        let (status, body) = post(&url, "application/x-ndjson", format!("{GOOD}\n{GOOD}\n{GOOD}\n")).await;
+        assert_eq!((status, body["accepted"].as_u64()), (200, Some(3)), "{codec}: {body}");
+        let ids: Vec<String> = body["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_owned()).collect();
+        assert_eq!(s.published(), ids, "{codec}: the accepted events are on the topic, readable");
+        s.shutdown.trigger();
+    }
+}
+
+/// A codec librdkafka does not take stops the producer's start, naming the key (the service
+/// binaries name the config file too: `tracefold_runtime::config::load`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_codec_librdkafka_refuses_stops_the_start_with_the_key_named() {
+    let broker = DevBroker::start(1, &Default::default(), Some(1)).unwrap();
+    let mut cfg = Config { kafka: tracefold_tests::kafka(&broker.bootstrap_servers()), ..Config::default() };
+    cfg.kafka.librdkafka.insert("compression.type".into(), "brotli".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (shutdown, health) = (Shutdown::new(), Health::default());
+    let err = tracefold_producer::serve(cfg, listener, shutdown, health.clone(), Vec::new()).await.unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains(r#"kafka.librdkafka."compression.type": "brotli" is refused by librdkafka"#), "{err}");
+    assert!(!health.is_ready());
+}
+
+/// Deliveries that keep failing (Kafka down for longer than `http.delivery_timeout_ms`) are
+/// answered 503, counted, and turn `/healthz` unhealthy, naming the delivery loop; once Kafka
+/// is back and delivers again, `/healthz` is healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_that_keep_failing_turn_healthz_unhealthy_until_kafka_delivers_again() {
+    let health = Health::default();
+    // The loops' liveness deadline, short for the test (60 s in services).
+    health.set_deadline(Duration::from_secs(3));
+    let s = server_health(health, Vec::new(), |cfg| cfg.http.delivery_timeout_ms = 1000).await;
+    let (url, c) = (format!("{}/api/v1/projects/web/events", s.url), reqwest::Client::new());
+    let healthz = || async {
+        let r = c.get(format!("{}/healthz", s.url)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (status, _, body) = send(&url, &[], GOOD).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(healthz().await.0, 200);
+    s.broker.cluster().broker_down(1).unwrap();
+    let mut unhealthy = None;
+    for _ in 0..60 {
+        let (status, _, body) = send(&url, &[], GOOD).await;
+        assert_eq!(status, 503, "Kafka is down: {body}");
+        let (code, text) = healthz().await;
+        if code == 503 && text.contains("producer-delivery: no progress") {
+            unhealthy = Some(text);
+            break;
+        }
+    }
+    let text = unhealthy.expect("/healthz turns unhealthy while every delivery fails");
+    assert!(text.contains(r#""status":"unhealthy""#), "{text}");
+    let metrics = c.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"tracefold_producer_events_total{outcome="failed"}"#), "{metrics}");
+    s.broker.cluster().broker_up(1).unwrap();
+    let mut healthy = false;
+    for _ in 0..120 {
+        let (status, _, _) = send(&url, &[], GOOD).await;
+        if status == 200 && healthz().await.0 == 200 {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(healthy, "/healthz is healthy again once Kafka delivers");
     s.shutdown.trigger();
 }

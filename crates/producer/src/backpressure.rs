@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracefold_runtime::config::KafkaConfig;
+use tracefold_runtime::telemetry::{run_guarded, Health, LIVENESS_DEADLINE};
 use tracefold_runtime::Shutdown;
 
 /// Below this share of every bound, a refusing gate opens again (hysteresis: the gate does
@@ -291,6 +292,12 @@ pub fn partition_lags(c: &BaseConsumer, topic: &str, timeout: Duration) -> anyho
 /// Starts the watcher thread for `cfg` on the events `topic`, feeding `gate`, until
 /// `shutdown`. Does nothing (and returns `None`) when both bounds are off.
 ///
+/// The watcher is a work loop of the producer: its health is a child of `health`
+/// (`producer-backpressure`), beaten every check, so that a watcher that died (a panic) or
+/// hangs, and left the gate as it was, turns the producer unhealthy. Its deadline covers a
+/// check interval and the reads of a check that time out (each up to the larger of the
+/// interval and 2 s), and is at least `health`'s.
+///
 /// # Errors
 /// When the Kafka client cannot be created or the thread cannot start.
 pub fn spawn_watcher(
@@ -299,6 +306,7 @@ pub fn spawn_watcher(
     topic: &str,
     gate: Arc<Gate>,
     shutdown: Shutdown,
+    health: &Health,
 ) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
     let bounds = cfg.bounds();
     if bounds.is_off() {
@@ -317,53 +325,84 @@ pub fn spawn_watcher(
         "backpressure on: new events are refused while the group's lag on a partition is over a bound"
     );
     metrics::gauge!(m::BACKPRESSURE_REFUSING).set(0.0);
+    let watcher = health.child("producer-backpressure");
+    // A check that fails makes three reads at most (metadata, commits, a watermark), each up
+    // to `timeout`; one more for the margin.
+    let longest = interval + 4 * timeout;
+    if longest > LIVENESS_DEADLINE {
+        watcher.set_deadline(longest);
+    }
     let handle = std::thread::Builder::new().name("backpressure".into()).spawn(move || {
-        while !shutdown.is_triggered() {
-            let (events, bytes) = gate.take_published();
-            watch.published(events, bytes);
-            match partition_lags(&consumer, &topic, timeout) {
-                Ok(lags) => {
-                    let max = lags.iter().map(|(_, l)| *l).max().unwrap_or(0);
-                    metrics::gauge!(m::BACKPRESSURE_MAX_LAG_EVENTS).set(max as f64);
-                    metrics::gauge!(m::BACKPRESSURE_MAX_LAG_BYTES).set(max as f64 * watch.avg_bytes());
-                    match watch.observed(max) {
-                        Change::Started => tracing::warn!(
-                            group = %group, topic = %topic, max_lag_events = max,
-                            estimated_bytes = (max as f64 * watch.avg_bytes()) as u64,
-                            bound_events = bounds.events, bound_bytes = bounds.bytes,
-                            "backpressure: the grouper is too far behind; refusing new events"
-                        ),
-                        Change::Ended => tracing::info!(
-                            group = %group, topic = %topic, max_lag_events = max,
-                            "backpressure ended: accepting events again"
-                        ),
-                        _ => {}
-                    }
-                }
-                Err(e) => {
-                    metrics::counter!(m::BACKPRESSURE_CHECK_FAILURES_TOTAL).increment(1);
-                    tracing::warn!(group = %group, topic = %topic, error = %format!("{e:#}"), "backpressure: cannot read the group's lag");
-                    if watch.failed() == Change::OpenedStale {
-                        tracing::warn!(
-                            group = %group, topic = %topic,
-                            "backpressure: lag unreadable for too long; accepting events again without knowing the lag"
-                        );
-                    }
-                }
-            }
-            gate.set(watch.state());
-            metrics::gauge!(m::BACKPRESSURE_REFUSING).set(f64::from(u8::from(watch.state() == State::Refusing)));
-            // Sleep in short steps so that shutdown is prompt.
-            let mut left = interval;
-            while !left.is_zero() && !shutdown.is_triggered() {
-                let step = left.min(Duration::from_millis(50));
-                std::thread::sleep(step);
-                left -= step;
-            }
+        let run =
+            || watch_loop(&watcher, &shutdown, &gate, &consumer, &topic, &group, interval, timeout, bounds, &mut watch);
+        if let Err(e) = run_guarded(&watcher, run) {
+            // Fail open, as when the lag stays unreadable; /healthz names the dead loop.
+            tracing::error!(error = %format!("{e:#}"), "backpressure: the watcher died; accepting events without it");
         }
         gate.set(State::Open);
     })?;
     Ok(Some(handle))
+}
+
+/// The watcher's loop (see [`spawn_watcher`]).
+#[allow(clippy::too_many_arguments)]
+fn watch_loop(
+    health: &Health,
+    shutdown: &Shutdown,
+    gate: &Gate,
+    consumer: &BaseConsumer,
+    topic: &str,
+    group: &str,
+    interval: Duration,
+    timeout: Duration,
+    bounds: Bounds,
+    watch: &mut Watch,
+) -> anyhow::Result<()> {
+    while !shutdown.is_triggered() {
+        health.beat();
+        let (events, bytes) = gate.take_published();
+        watch.published(events, bytes);
+        match partition_lags(consumer, topic, timeout) {
+            Ok(lags) => {
+                let max = lags.iter().map(|(_, l)| *l).max().unwrap_or(0);
+                metrics::gauge!(m::BACKPRESSURE_MAX_LAG_EVENTS).set(max as f64);
+                metrics::gauge!(m::BACKPRESSURE_MAX_LAG_BYTES).set(max as f64 * watch.avg_bytes());
+                match watch.observed(max) {
+                    Change::Started => tracing::warn!(
+                        group = %group, topic = %topic, max_lag_events = max,
+                        estimated_bytes = (max as f64 * watch.avg_bytes()) as u64,
+                        bound_events = bounds.events, bound_bytes = bounds.bytes,
+                        "backpressure: the grouper is too far behind; refusing new events"
+                    ),
+                    Change::Ended => tracing::info!(
+                        group = %group, topic = %topic, max_lag_events = max,
+                        "backpressure ended: accepting events again"
+                    ),
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                metrics::counter!(m::BACKPRESSURE_CHECK_FAILURES_TOTAL).increment(1);
+                tracing::warn!(group = %group, topic = %topic, error = %format!("{e:#}"), "backpressure: cannot read the group's lag");
+                if watch.failed() == Change::OpenedStale {
+                    tracing::warn!(
+                        group = %group, topic = %topic,
+                        "backpressure: lag unreadable for too long; accepting events again without knowing the lag"
+                    );
+                }
+            }
+        }
+        gate.set(watch.state());
+        metrics::gauge!(m::BACKPRESSURE_REFUSING).set(f64::from(u8::from(watch.state() == State::Refusing)));
+        // Sleep in short steps so that shutdown is prompt.
+        let mut left = interval;
+        while !left.is_zero() && !shutdown.is_triggered() {
+            let step = left.min(Duration::from_millis(50));
+            std::thread::sleep(step);
+            left -= step;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -188,6 +188,8 @@ impl Config {
         if !(h.unregistered_rate_per_sec >= 0.0 && h.unregistered_burst >= 0.0) {
             return Err("http.unregistered_rate_per_sec and http.unregistered_burst must not be negative".into());
         }
+        // A value librdkafka refuses (a codec this build lacks) stops the start, named.
+        self.kafka.check().map_err(|(key, why)| format!("{key}: {why}"))?;
         if let Some(v) = self.kafka.librdkafka.get("message.max.bytes") {
             if v.trim().parse::<usize>().is_err() {
                 return Err(format!("kafka.librdkafka.\"message.max.bytes\" = {v:?} is not a number of bytes"));
@@ -219,6 +221,16 @@ mod tests {
         assert!(c.check().is_ok());
         c.kafka.librdkafka.insert("message.max.bytes".into(), "lots".into());
         assert!(c.check().unwrap_err().contains("message.max.bytes"));
+    }
+
+    #[test]
+    fn a_codec_librdkafka_refuses_is_named() {
+        let mut c = Config::default();
+        c.kafka.librdkafka.insert("compression.type".into(), "zstd".into());
+        assert_eq!(c.check(), Ok(()), "this build has zstd");
+        c.kafka.librdkafka.insert("compression.type".into(), "brotli".into());
+        let err = c.check().unwrap_err();
+        assert!(err.starts_with(r#"kafka.librdkafka."compression.type": "brotli" is refused by librdkafka"#), "{err}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tracefold_runtime::Shutdown;
 pub fn kafka_producer(cfg: &Config) -> anyhow::Result<delivery::EventsProducer> {
     let producer: delivery::EventsProducer =
         tracefold_runtime::kafka::producer_config(&cfg.kafka, cfg.http.delivery_timeout_ms)
-            .create_with_context(delivery::AckContext)
+            .create_with_context(delivery::AckContext::default())
             .context("cannot create the Kafka producer")?;
     tracefold_runtime::kafka::check_topics(
         producer.client(),
@@ -63,18 +63,28 @@ pub async fn serve(
     let outcomes = state.outcomes.clone();
     let (bp, kafka, topic, gate, stop) =
         (cfg.backpressure.clone(), cfg.kafka.clone(), cfg.topics.events.clone(), state.gate.clone(), shutdown.clone());
+    let h = health.clone();
     let watcher =
-        tokio::task::spawn_blocking(move || backpressure::spawn_watcher(&bp, &kafka, &topic, gate, stop)).await??;
+        tokio::task::spawn_blocking(move || backpressure::spawn_watcher(&bp, &kafka, &topic, gate, stop, &h)).await??;
     let app = http::router(state).merge(ops_router(all));
     health.set_ready(true);
     // The producer has no work loop of its own: a ticker on the async runtime beats, so that
-    // a wedged runtime (every worker blocked) shows as a stall.
-    let (beat, stop) = (health.clone(), shutdown.clone());
+    // a wedged runtime (every worker blocked) shows as a stall. Its deliveries to Kafka are a
+    // loop of their own (`producer-delivery`), beaten while they make progress: failures that
+    // go on with no success turn the health unhealthy (see delivery::DeliveryProgress).
+    let delivering = health.child("producer-delivery");
+    let progress = producer.context().progress.clone();
+    let (beat, delivery_beat, stop) = (health.clone(), delivering.clone(), shutdown.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => beat.beat(),
+                _ = tick.tick() => {
+                    beat.beat();
+                    if progress.progressing() {
+                        delivery_beat.beat();
+                    }
+                }
                 () = stop.wait() => break,
             }
         }
@@ -109,6 +119,7 @@ pub async fn serve(
         .await
         .context("http server failed")?;
     health.set_stopped();
+    delivering.set_stopped();
     let _ = flusher.await;
     let last = outcomes.flush(&outcome_producer, &cfg.topics.outcomes);
     if tokio::time::timeout(Duration::from_secs(10), last).await.is_err() {

@@ -73,7 +73,13 @@ where
     })?;
     let overrides: Vec<(String, String)> =
         env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len()).collect();
+    let source_name = || match path {
+        Some(p) if overrides.is_empty() => p.display().to_string(),
+        Some(p) => format!("{} or the TRACEFOLD__ environment", p.display()),
+        None => "the TRACEFOLD__ environment".to_owned(),
+    };
     if overrides.is_empty() {
+        check_librdkafka(&from_file, &source_name)?;
         return Ok(from_file);
     }
     let mut table = toml::Table::try_from(&from_file)
@@ -82,8 +88,21 @@ where
         set_path(&mut table, &k[ENV_PREFIX.len()..], v);
     }
     let vars = overrides.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");
-    T::deserialize(toml::Value::Table(table))
-        .map_err(|e| ConfigError::Env { vars, message: e.to_string().trim().replace('\n', " ") })
+    let cfg = T::deserialize(toml::Value::Table(table))
+        .map_err(|e| ConfigError::Env { vars, message: e.to_string().trim().replace('\n', " ") })?;
+    check_librdkafka(&cfg, &source_name)?;
+    Ok(cfg)
+}
+
+/// Checks the `[kafka.librdkafka]` pass-through options of a loaded config (every tracefold
+/// config keeps its [`KafkaConfig`] under `kafka`) with librdkafka itself, so that a value this
+/// build refuses (a codec it was built without, a typo) stops the start with the key and the
+/// file named, not later when a client is made.
+fn check_librdkafka<T: Serialize>(cfg: &T, source_name: &dyn Fn() -> String) -> Result<(), ConfigError> {
+    let Ok(table) = toml::Table::try_from(cfg) else { return Ok(()) };
+    let Some(kafka) = table.get("kafka").cloned() else { return Ok(()) };
+    let Ok(kafka) = kafka.try_into::<KafkaConfig>() else { return Ok(()) };
+    kafka.check().map_err(|(key, message)| ConfigError::Value { key, source_name: source_name(), message })
 }
 
 fn set_path(table: &mut toml::Table, path: &str, raw: &str) {
@@ -118,6 +137,37 @@ pub struct KafkaConfig {
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self { bootstrap_servers: "127.0.0.1:9092".into(), librdkafka: BTreeMap::new() }
+    }
+}
+
+impl KafkaConfig {
+    /// Checks every pass-through option with librdkafka (as a client made from this config
+    /// would set it): unknown properties, malformed values and values this build of librdkafka
+    /// does not support (such as a `compression.type` whose codec it was built without).
+    ///
+    /// # Errors
+    /// The first refused option: its dotted key (`kafka.librdkafka."compression.type"`) and
+    /// librdkafka's reason.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        for (k, v) in &self.librdkafka {
+            let mut one = rdkafka::ClientConfig::new();
+            one.set(k, v);
+            if let Err(e) = one.create_native_config() {
+                let reason = match e {
+                    rdkafka::error::KafkaError::ClientConfig(_, reason, _, _) => reason,
+                    other => other.to_string(),
+                };
+                // Secrets (`sasl.password`, `ssl.key.password`, ...) are not echoed.
+                let secret = ["password", "secret", "key"].iter().any(|w| k.contains(w));
+                let (shown, reason) = if secret && !v.is_empty() {
+                    ("the value".to_owned(), reason.replace(v.as_str(), "***"))
+                } else {
+                    (format!("{v:?}"), reason)
+                };
+                return Err((format!("kafka.librdkafka.{k:?}"), format!("{shown} is refused by librdkafka: {reason}")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -289,6 +339,25 @@ mod tests {
         let env = vec![("TRACEFOLD__BATCH__MAX_EVENTZ".to_string(), "1".to_string())];
         let err = load::<Cfg, _>(None, env).unwrap_err().to_string();
         assert!(err.contains("TRACEFOLD__BATCH__MAX_EVENTZ") && err.contains("max_eventz"), "{err}");
+    }
+
+    #[test]
+    fn librdkafka_options_this_build_refuses_name_key_and_file() {
+        for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+            let (_d, p) = write(&format!("[kafka.librdkafka]\n\"compression.type\" = \"{codec}\"\n"));
+            let c = load::<Cfg, _>(Some(&p), Vec::new()).unwrap_or_else(|e| panic!("{codec} is built in: {e}"));
+            assert_eq!(c.kafka.librdkafka["compression.type"], codec);
+        }
+        let (_d, p) = write("[kafka.librdkafka]\n\"compression.type\" = \"brotli\"\n");
+        let err = load::<Cfg, _>(Some(&p), Vec::new()).unwrap_err().to_string();
+        assert!(err.contains(r#"kafka.librdkafka."compression.type""#) && err.contains("svc.toml"), "{err}");
+        assert!(err.contains(r#""brotli" is refused by librdkafka: Invalid value"#), "{err}");
+        let (_d, p) = write("[kafka.librdkafka]\n\"compresion.type\" = \"lz4\"\n");
+        let err = load::<Cfg, _>(Some(&p), Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("compresion.type") && err.contains("No such configuration property"), "{err}");
+        let mut k = KafkaConfig::default();
+        k.librdkafka.insert("compression.codec".into(), "zstd".into());
+        assert_eq!(k.check(), Ok(()), "this build has zstd");
     }
 
     #[test]

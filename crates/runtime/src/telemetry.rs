@@ -143,9 +143,11 @@ impl Health {
 
     /// The health of another work loop of the same service, called `name`: it beats on its
     /// own, and this health is not live while it is not (so that `/healthz` and the watchdog
-    /// see every loop of a service that runs two, such as the writer's outcomes consumer).
+    /// see every loop of a service that runs two, such as the writer's outcomes consumer). It
+    /// starts with this health's deadline.
     pub fn child(&self, name: &str) -> Health {
         let child = Health::named(name);
+        child.inner.deadline_ms.store(self.inner.deadline_ms.load(Ordering::Relaxed), Ordering::Relaxed);
         self.inner.children.lock().expect("not poisoned").push(child.clone());
         child
     }
@@ -182,7 +184,8 @@ impl Health {
 
     /// Messages the loop and its children ([`Health::child`]) have taken from their source so
     /// far: how far they have read, for an in-process load that paces itself by the reads
-    /// (`bench-pipeline`).
+    /// (`bench-pipeline`). A sum over the loops, so not a measure of health: one loop reading
+    /// hides another that is stuck. Health is each loop's own liveness ([`Health::problems`]).
     pub fn consumed(&self) -> u64 {
         let children: u64 = self.inner.children.lock().expect("not poisoned").iter().map(Health::consumed).sum();
         self.inner.consumed.load(Ordering::Relaxed) + children
@@ -205,26 +208,38 @@ impl Health {
     /// # Errors
     /// The loop died, or made no progress within its deadline.
     pub fn liveness(&self) -> Result<(), String> {
-        for child in self.inner.children.lock().expect("not poisoned").iter() {
-            child.liveness()?;
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
         }
+    }
+
+    /// What is wrong with each loop of the service, children first: every loop that died or
+    /// made no progress within its deadline, each on its own (one stalled loop of several is
+    /// named even while the others progress).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.inner.children.lock().expect("not poisoned").iter().flat_map(Health::problems).collect();
         if let Some(why) = self.inner.dead.lock().expect("not poisoned").as_deref() {
-            return Err(format!("{}: died: {why}", self.inner.name));
+            out.push(format!("{}: died: {why}", self.inner.name));
+            return out;
         }
         if self.inner.stopped.load(Ordering::SeqCst) {
-            return Ok(());
+            return out;
         }
         let idle = uptime_ms().saturating_sub(self.inner.last_beat.load(Ordering::Relaxed));
         let deadline = self.inner.deadline_ms.load(Ordering::Relaxed);
         if idle > deadline {
-            return Err(format!(
+            out.push(format!(
                 "{}: no progress for {} s (deadline {} s)",
                 self.inner.name,
                 idle / 1000,
                 deadline / 1000
             ));
         }
-        Ok(())
+        out
     }
 }
 
@@ -262,7 +277,7 @@ pub fn spawn_watchdog(healths: Vec<Health>) {
         .name("watchdog".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_secs(1));
-            let problems: Vec<String> = healths.iter().filter_map(|h| h.liveness().err()).collect();
+            let problems: Vec<String> = healths.iter().flat_map(Health::problems).collect();
             if !problems.is_empty() {
                 tracing::error!(problems = ?problems, "a work loop died or stalled; exiting so that it is restarted");
                 eprintln!("tracefold: unhealthy: {}", problems.join("; "));
@@ -287,7 +302,7 @@ pub fn ops_router(health: Vec<Health>) -> Router {
         .route(
             "/healthz",
             get(|State(s): State<OpsState>| async move {
-                let problems: Vec<String> = s.health.iter().filter_map(|h| h.liveness().err()).collect();
+                let problems: Vec<String> = s.health.iter().flat_map(Health::problems).collect();
                 if problems.is_empty() {
                     (StatusCode::OK, "ok\n".to_owned()).into_response()
                 } else {
@@ -383,6 +398,48 @@ mod tests {
         let mut out = String::new();
         c.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    #[tokio::test]
+    async fn healthz_names_the_one_stalled_loop_while_the_others_progress() {
+        // A service of three loops (the grouper with `consumers = 3`); the children start with
+        // the service's deadline.
+        let service = Health::named("grouper");
+        service.set_deadline(Duration::from_millis(500));
+        let (one, two) = (service.child("grouper-1"), service.child("grouper-2"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = ops_router(vec![service.clone()]);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let problems = |body: &str| -> Vec<String> {
+            assert!(body.starts_with("HTTP/1.1 503"), "{body}");
+            let json = &body[body.find("\r\n\r\n").unwrap() + 4..];
+            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}"));
+            v["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect()
+        };
+        let stalled =
+            |p: &[String]| -> Vec<String> { p.iter().map(|p| p.split(':').next().unwrap().to_owned()).collect() };
+        // grouper-2 stalls; the main loop and grouper-1 go on.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        service.beat();
+        one.beat();
+        let p = problems(&get(addr, "/healthz").await);
+        assert_eq!(stalled(&p), ["grouper-2"], "{p:?}");
+        assert!(p[0].starts_with("grouper-2: no progress for"), "{p:?}");
+        // The reverse: the children go on while the main loop is stuck.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        one.beat();
+        two.beat();
+        assert_eq!(stalled(&problems(&get(addr, "/healthz").await)), ["grouper"]);
+        // Two of them stuck: both named.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        two.beat();
+        assert_eq!(stalled(&problems(&get(addr, "/healthz").await)), ["grouper-1", "grouper"]);
+        service.beat();
+        one.beat();
+        two.beat();
+        let ok = get(addr, "/healthz").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "every loop beat: {ok}");
     }
 
     #[tokio::test]

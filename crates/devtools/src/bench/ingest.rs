@@ -224,6 +224,11 @@ pub async fn ingest(opts: &IngestOptions) -> anyhow::Result<IngestReport> {
     let health = tracefold_runtime::telemetry::Health::default();
     let server = tokio::spawn(tracefold_producer::serve(cfg, listener, shutdown.clone(), health.clone(), Vec::new()));
     while !health.is_ready() {
+        // A producer that could not start (a config librdkafka refuses) is never ready.
+        if server.is_finished() {
+            server.await??;
+            anyhow::bail!("the producer stopped before it was ready");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The bodies before the clock, so that the figures are the producer's, not the generator's.
@@ -297,6 +302,18 @@ fn fetched_bytes_per_event(bootstrap: &str, topic: &str) -> anyhow::Result<f64> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A producer that cannot start (a codec librdkafka refuses) ends the bench with its error;
+    /// it used to wait for readiness forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_that_cannot_start_is_an_error_not_a_wait() {
+        let librdkafka = vec![("compression.type".to_owned(), "brotli".to_owned())];
+        let opts = IngestOptions { events: 10, batch: 5, concurrency: 1, progress: false, librdkafka };
+        // A guard against the old hang only: the error comes as soon as the producer starts.
+        let ended = tokio::time::timeout(Duration::from_secs(120), ingest(&opts)).await;
+        let err = ended.expect("the bench ended").unwrap_err();
+        assert!(format!("{err:#}").contains(r#"kafka.librdkafka."compression.type""#), "{err:#}");
+    }
 
     #[test]
     fn bodies_hold_every_event_once_in_batches() {
