@@ -1022,6 +1022,7 @@ mod tests {
             grouping_version: "v1".into(),
             sample: r#"{"exception":[{"type":"E","stacktrace":{"frames":[{"function":"f","filename":"app.js","in_app":true}]}}],"request":{"url":"https://x/y"},"contexts":{"browser":{"name":"Chrome","version":"131"},"os":{"name":"macOS","version":"15"}}}"#.into(),
             breakdown: Default::default(),
+            merged_from: Vec::new(),
         }
     }
 

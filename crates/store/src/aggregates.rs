@@ -203,6 +203,7 @@ mod tests {
             grouping_version: String::new(),
             sample: String::new(),
             breakdown: Default::default(),
+            merged_from: Vec::new(),
         }
     }
 
