@@ -135,3 +135,30 @@ pub async fn issues_known(
         .map_err(step("issue history"))?;
     Ok(IssuesKnown { first_seen: first_seen.into_iter().map(|f| (f.issue_id, f.first_seen)).collect(), history })
 }
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Id {
+    issue_id: String,
+}
+
+/// Which of `issue_ids` of `project` (at most [`LOOKUP_CHUNK`] of them) ClickHouse has stored
+/// events of: the detector's check that an issue a late source map merges into another was
+/// seen (docs/sourcemaps.md "Late maps"). One query on the primary key.
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer.
+pub async fn issues_stored(client: &Client, database: &str, project: &str, issue_ids: &[&str]) -> Result<Vec<String>> {
+    let db = db(database)?;
+    if issue_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; issue_ids.len().min(LOOKUP_CHUNK)].join(",");
+    let mut q = client
+        .query(&format!("SELECT DISTINCT issue_id FROM {db}.issues WHERE project = ? AND issue_id IN ({marks})"))
+        .bind(project);
+    for id in issue_ids.iter().take(LOOKUP_CHUNK) {
+        q = q.bind(*id);
+    }
+    let rows = q.fetch_all::<Id>().await.map_err(step("merged issue lookup"))?;
+    Ok(rows.into_iter().map(|r| r.issue_id).collect())
+}
