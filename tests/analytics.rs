@@ -54,6 +54,7 @@ fn rec(
         grouping_version: "v1".into(),
         sample: sample.into(),
         breakdown: Default::default(),
+        merged_from: Vec::new(),
     }
 }
 

@@ -40,6 +40,14 @@ static PIPELINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// [`KEY`]. The symbolication budget is one no local fetch comes near, so which events are
 /// mapped does not depend on timing.
 async fn mapped_pipeline(name: &str) -> (TestDb, PathBuf, tracefold_devtools::dev::Pipeline) {
+    mapped_pipeline_with(name, tracefold_grouper::config::SourcemapsSection::default().negative_ttl_ms).await
+}
+
+/// [`mapped_pipeline`] whose grouper remembers a missing map for `negative_ttl_ms`.
+async fn mapped_pipeline_with(
+    name: &str,
+    negative_ttl_ms: u64,
+) -> (TestDb, PathBuf, tracefold_devtools::dev::Pipeline) {
     use tracefold_devtools::dev::{DevConfig, Pipeline};
     let db = TestDb::new(&format!("sourcemaps_{name}")).await;
     let store_dir = scratch(&name.replace('_', "-"));
@@ -47,6 +55,7 @@ async fn mapped_pipeline(name: &str) -> (TestDb, PathBuf, tracefold_devtools::de
     cfg.projects = vec![ProjectConfig::unlimited("web", 7, &[KEY])];
     cfg.sourcemaps.store_url = reqwest::Url::from_directory_path(&store_dir).unwrap().to_string();
     cfg.symbolication.budget_ms = 120_000;
+    cfg.symbolication.negative_ttl_ms = negative_ttl_ms;
     let pipeline = Pipeline::start(cfg, "127.0.0.1:0", Some(1), true).await.expect("pipeline starts");
     (db, store_dir, pipeline)
 }
@@ -364,6 +373,93 @@ async fn the_grouper_groups_minified_frames_by_their_original_position() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    pipeline.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&store_dir);
+}
+
+#[derive(Debug, PartialEq, Eq, clickhouse::Row, serde::Deserialize)]
+struct AliasFact {
+    alias: String,
+    issue_id: String,
+}
+
+/// Late maps (docs/sourcemaps.md "Late maps"): a build's events before its map was uploaded
+/// make issue S1 (grouped by their minified frames); once the map is there, its later events
+/// and a second build's (its map uploaded too) are issue P, grouped by the original frames; the
+/// grouper names the issues they had as received in `merged_from`, and the writer stores the
+/// facts `S1 -> P` and `S2 -> P` (build 2's minified issue) in `issue_aliases`, and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_uploaded_after_the_first_events_records_the_merge_of_their_issue() {
+    let _serial = PIPELINE.lock().await;
+    // The grouper remembers a map's absence for 2 s (not the default 10 s): the events after
+    // the upload, sent later than that, find the map.
+    const NEGATIVE_TTL_MS: u64 = 2_000;
+    let (db, store_dir, pipeline) = mapped_pipeline_with("late", NEGATIVE_TTL_MS).await;
+    let base = format!("http://{}", pipeline.http_addr);
+    let first = Build { release: "1.0", file: "main.5e1a7e00.js", name: "a", pad: 8 };
+    let second = Build { release: "1.1", file: "main.5e1a7e11.js", name: "k", pad: 24 };
+    let send = |events: Vec<String>| {
+        let base = base.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{base}/api/v1/projects/web/events"))
+                .header("x-tracefold-key", KEY)
+                .header("content-type", "application/x-ndjson")
+                .body(events.join("\n"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    };
+    let upload = |b: &Build| {
+        let (base, url_key, release) = (base.clone(), b.url_key(), b.release);
+        let files = [("map", b.map()), ("minified", b.minified())];
+        async move {
+            for (kind, body) in files {
+                let url = format!("{base}/api/web/sourcemaps?release={release}&url={url_key}&kind={kind}");
+                let (status, body) = post(&url, KEY, body).await;
+                assert_eq!(status, 200, "{body}");
+            }
+        }
+    };
+
+    // Build 1 before its map: one issue, S1, by its minified frame.
+    send((1..=3).map(|i| first.event(i)).collect()).await;
+    assert_eq!(db.wait_for_total(3, Duration::from_secs(120)).await, 3);
+    let before = db.per_issue().await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let s1 = before.keys().next().unwrap().clone();
+    // Both maps uploaded; then more events of build 1 and of build 2.
+    upload(&first).await;
+    upload(&second).await;
+    // Build 1's events were grouped (the missing map remembered) before they were counted.
+    tokio::time::sleep(Duration::from_millis(NEGATIVE_TTL_MS + 1_000)).await;
+    send((4..=6).map(|i| first.event(i)).chain((7..=9).map(|i| second.event(i))).collect()).await;
+    assert_eq!(db.wait_for_total(9, Duration::from_secs(120)).await, 9);
+    let after = db.per_issue().await;
+    assert_eq!(after.len(), 2, "S1 and P: {after:?}");
+    assert_eq!(after[&s1].0, 3, "S1 keeps the events sent before the map: {after:?}");
+    let p = after.iter().find(|(id, _)| **id != s1).map(|(id, _)| id.clone()).unwrap();
+    assert_eq!(after[&p].0, 6, "{after:?}");
+
+    // The merge facts, stored with the aggregates.
+    let facts: Vec<AliasFact> = db
+        .client
+        .query(&format!(
+            "SELECT alias, issue_id FROM {}.issue_aliases FINAL WHERE project = 'web' ORDER BY alias",
+            db.cfg.database
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    // S1 -> P, and build 2's own minified issue S2 -> P (S2 has no events: all of build 2's
+    // were mapped), nothing else.
+    assert_eq!(facts.len(), 2, "{facts:?}");
+    assert!(facts.contains(&AliasFact { alias: s1.clone(), issue_id: p.clone() }), "S1 -> P: {facts:?}");
+    let s2 = facts.iter().find(|f| f.alias != s1).unwrap();
+    assert_eq!(s2.issue_id, p, "{facts:?}");
+    assert!(s2.alias != p && s2.alias.len() == 32, "{facts:?}");
     pipeline.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&store_dir);
 }

@@ -51,6 +51,7 @@ fn rec(
         grouping_version: "v1".into(),
         sample: format!("{{\"message\":{}}}", serde_json::to_string(title).unwrap()),
         breakdown: Default::default(),
+        merged_from: Vec::new(),
     }
 }
 

@@ -351,7 +351,8 @@ impl Facts {
 /// What the caller read about an issue the engine does not hold (see [`Engine::restore`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Restored {
-    /// Seen before the records waiting for it: no `new_issue`.
+    /// Seen before the records waiting for it, or one of the issues they name in
+    /// `merged_from` was: no `new_issue`.
     pub known: bool,
     /// Per-minute counts before the earliest waiting record's minute, oldest first (minute
     /// in Unix seconds): the spike baseline.
@@ -372,6 +373,9 @@ pub struct Lookup {
     pub first_seen_ms: i64,
     /// The earliest minute its waiting records count in (Unix seconds): history before it.
     pub from_minute: i64,
+    /// The issues its waiting records name in `merged_from` (sorted, distinct): stored
+    /// before, they make it known (a late source map, docs/sourcemaps.md "Late maps").
+    pub merged_from: Vec<String>,
 }
 
 /// Issues evicted since the last [`Engine::take_evictions`]: (idle, over `max_issues`).
@@ -514,11 +518,21 @@ impl Engine {
                 waiting.entry(key).or_default().push((r.clone(), at));
                 return Vec::new();
             }
-            let is_new = !self.known.contains(&key);
+            let is_new = !self.known.contains(&key) && !self.merged_seen(r);
             self.issues.insert(key.clone(), Box::default());
             return self.take(&key, r, at, is_new);
         }
         self.take(&key, r, at, false)
+    }
+
+    /// Whether the record names in `merged_from` an issue this engine has seen (held, or
+    /// known): its issue is then a known bug whose source map arrived late, not a new issue
+    /// (docs/sourcemaps.md "Late maps").
+    fn merged_seen(&self, r: &AggregateRecord) -> bool {
+        r.merged_from.iter().any(|s| {
+            let key = (r.project.clone(), s.clone());
+            self.issues.contains_key(&key) || self.known.contains(&key)
+        })
     }
 
     /// Whether records wait for [`Self::restore`].
@@ -540,6 +554,13 @@ impl Engine {
                     .map(|(r, at)| effective_minute(r.minute, at.received_ms))
                     .min()
                     .unwrap_or(0),
+                merged_from: {
+                    let mut ids: Vec<String> =
+                        records.iter().flat_map(|(r, _)| r.merged_from.iter().cloned()).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids
+                },
             })
             .collect()
     }
@@ -582,10 +603,12 @@ impl Engine {
                 _ => {}
             }
         }
+        // A merged issue this engine holds (its records may not be in ClickHouse yet).
+        let merged_seen = records.iter().any(|(r, _)| self.merged_seen(r));
         self.issues.insert(key.clone(), st);
         let mut out = Vec::new();
         for (i, (r, at)) in records.into_iter().enumerate() {
-            out.extend(self.take(&key, &r, at, i == 0 && !restored.known));
+            out.extend(self.take(&key, &r, at, i == 0 && !restored.known && !merged_seen));
         }
         out
     }
@@ -1022,6 +1045,7 @@ mod tests {
             grouping_version: "v1".into(),
             sample: r#"{"exception":[{"type":"E","stacktrace":{"frames":[{"function":"f","filename":"app.js","in_app":true}]}}],"request":{"url":"https://x/y"},"contexts":{"browser":{"name":"Chrome","version":"131"},"os":{"name":"macOS","version":"15"}}}"#.into(),
             breakdown: Default::default(),
+            merged_from: Vec::new(),
         }
     }
 
@@ -1114,6 +1138,44 @@ mod tests {
         assert!(newer_release("web@1.10.0", "web@1.9.2") && !newer_release("1.2", "1.10"));
         // Same detection, same id.
         assert_eq!(spike.signal_id, crate::signal::signal_id(Kind::Spike, "web", "a", t0 + 3600, ""));
+    }
+
+    #[test]
+    fn a_late_map_for_a_known_bug_is_no_new_issue() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let kinds = |signals: Vec<Signal>| signals.into_iter().map(|s| (s.kind, s.issue_id)).collect::<Vec<_>>();
+        let mapped = |merged: &[&str], minute: i64| {
+            let mut r = rec("p", minute, 3, 0);
+            r.merged_from = merged.iter().map(|s| (*s).to_owned()).collect();
+            r
+        };
+        // Without lookups: S1 is new; P naming S1 is not; P naming only unseen issues is.
+        let mut e = Engine::new(EngineConfig::default());
+        assert_eq!(kinds(feed(&mut e, &rec("s1", t0, 2, 0))), [(Kind::NewIssue, "s1".to_owned())]);
+        assert!(feed(&mut e, &mapped(&["s0", "s1"], t0 + 60)).is_empty(), "the map arrived for a known bug");
+        assert!(feed(&mut e, &mapped(&["s1"], t0 + 120)).is_empty());
+        let mut fresh = Engine::new(EngineConfig::default());
+        assert_eq!(kinds(feed(&mut fresh, &mapped(&["s9"], t0))), [(Kind::NewIssue, "p".to_owned())]);
+        // Known (told, or evicted) counts as seen too.
+        let mut told = Engine::new(EngineConfig::default());
+        told.known("web", "s1");
+        assert!(feed(&mut told, &mapped(&["s1"], t0)).is_empty());
+
+        // With lookups: S1 held by this engine makes P known even when ClickHouse knows
+        // neither yet (S1's records may not be stored).
+        let mut e = Engine::new(EngineConfig::default()).with_lookups();
+        let unknown = Restored { known: false, history: Vec::new(), signalled: Vec::new() };
+        assert!(feed(&mut e, &rec("s1", t0, 2, 0)).is_empty());
+        assert_eq!(kinds(e.restore("web", "s1", unknown.clone())), [(Kind::NewIssue, "s1".to_owned())]);
+        assert!(feed(&mut e, &mapped(&["s1", "s2"], t0 + 60)).is_empty());
+        let l = e.lookups();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].merged_from, ["s1", "s2"], "the caller reads these too");
+        assert!(e.restore("web", "p", unknown.clone()).is_empty(), "s1 is held: not new");
+        // Not held, and ClickHouse knows none of them: new.
+        let mut e = Engine::new(EngineConfig::default()).with_lookups();
+        assert!(feed(&mut e, &mapped(&["s3"], t0)).is_empty());
+        assert_eq!(kinds(e.restore("web", "p", unknown)), [(Kind::NewIssue, "p".to_owned())]);
     }
 
     /// (kind, issue, minute) of signals, sorted.

@@ -109,10 +109,20 @@ async fn look_up(
             for h in &known.history {
                 history.entry(h.issue_id.as_str()).or_default().push((i64::from(h.minute), h.count));
             }
+            // Issues the records name in `merged_from` (docs/sourcemaps.md "Late maps"): one
+            // stored at all makes its primary a known bug whose map arrived late.
+            let mut merged: Vec<&str> = chunk.iter().flat_map(|l| l.merged_from.iter().map(String::as_str)).collect();
+            merged.sort_unstable();
+            merged.dedup();
+            let mut merged_stored = std::collections::HashSet::new();
+            for ids in merged.chunks(tracefold_store::detector::LOOKUP_CHUNK) {
+                merged_stored.extend(tracefold_store::detector::issues_stored(client, db, project, ids).await?);
+            }
             for l in chunk {
                 // Seen in an earlier second than these records' first: known.
                 let known_before =
-                    known.first_seen.get(&l.issue_id).is_some_and(|f| i64::from(*f) < l.first_seen_ms.div_euclid(1000));
+                    known.first_seen.get(&l.issue_id).is_some_and(|f| i64::from(*f) < l.first_seen_ms.div_euclid(1000))
+                        || l.merged_from.iter().any(|s| merged_stored.contains(s));
                 let history = history
                     .get(l.issue_id.as_str())
                     .map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect())

@@ -72,6 +72,10 @@ pub struct BatchOutput {
     /// The source maps the batch used: hash of each key and the offset of its first use (for
     /// the range metadata, so that a replay decides the same; see docs/sourcemaps.md).
     pub maps_used: Vec<(u64, i64)>,
+    /// Issue ids left out of a record's [`AggregateRecord::merged_from`] because it already
+    /// named [`tracefold_model::aggregate::MAX_MERGED_FROM`] (the merge facts they would have
+    /// stored are lost; docs/sourcemaps.md "Late maps").
+    pub merged_from_dropped: u64,
 }
 
 /// Options of the aggregation.
@@ -126,6 +130,7 @@ pub struct BatchBuilder {
     /// The maps this batch has used (outside [`Work`]: a caught panic must not forget them).
     maps: BatchMaps,
     symbolication: [u64; 4],
+    merged_from_dropped: u64,
 }
 
 /// Per-event scratch state: the only state a panic inside the fault barrier can touch. It is
@@ -197,6 +202,9 @@ struct Planned {
     /// Where the event counts in the bucket's breakdown, per key of [`Key::ALL`] (nothing for
     /// a key the event has no value of).
     tallies: [Option<Tally>; 3],
+    /// The event's issue as received (its secondary fingerprint), when source maps mapped its
+    /// frames into another issue: the bucket's record names it in `merged_from`.
+    merged_from: Option<u128>,
 }
 
 impl BatchBuilder {
@@ -220,6 +228,7 @@ impl BatchBuilder {
             hook: None,
             maps: BatchMaps::default(),
             symbolication: [0; 4],
+            merged_from_dropped: 0,
         }
     }
 
@@ -358,6 +367,11 @@ impl BatchBuilder {
                 r.breakdown.apply(key, t);
             }
         }
+        if let Some(secondary) = p.merged_from {
+            if !r.add_merged_from(&tracefold_fingerprint::Fingerprint(secondary).to_hex()) {
+                self.merged_from_dropped += 1;
+            }
+        }
         self.accepted += 1;
         self.clamped += u64::from(p.clamped);
     }
@@ -396,6 +410,7 @@ impl BatchBuilder {
             duplicates: std::mem::take(&mut self.duplicates),
             symbolication: std::mem::take(&mut self.symbolication),
             maps_used: self.maps.first_use().to_vec(),
+            merged_from_dropped: std::mem::take(&mut self.merged_from_dropped),
         };
         self.maps.clear();
         self.accepted = 0;
@@ -415,6 +430,7 @@ impl BatchBuilder {
         self.duplicates.clear();
         self.maps.clear();
         self.symbolication = [0; 4];
+        self.merged_from_dropped = 0;
         self.accepted = 0;
         self.clamped = 0;
         self.samples_truncated = 0;
@@ -500,9 +516,13 @@ fn plan_event(
     if window.is_duplicate(ident, offset) {
         return Ok(Plan::Duplicate(project.to_owned()));
     }
-    // Source maps: one check for events without minified JavaScript frames.
+    // Source maps: one check for events without minified JavaScript frames. An event whose
+    // frames get mapped is also fingerprinted as received (the secondary, docs/sourcemaps.md
+    // "Late maps"), on that path only.
+    let mut secondary = None;
     if let Some((hook, maps)) = out.maps {
-        *out.outcome = crate::symbolicate::apply(hook, maps, event, offset, out.mapped);
+        let mut as_received = |e: &Event<'_>| secondary = Some(fingerprint(e, &opts.grouping, scratch).0);
+        *out.outcome = crate::symbolicate::apply(hook, maps, event, offset, out.mapped, &mut as_received);
     }
     let event = &*event;
     let project = event.project.as_deref().unwrap_or("");
@@ -558,6 +578,7 @@ fn plan_event(
             grouping_version: GROUPING_VERSION.to_owned(),
             sample,
             breakdown: Default::default(),
+            merged_from: Vec::new(),
         };
         Bucket::New(Box::new(record), issue_key)
     };
@@ -577,6 +598,7 @@ fn plan_event(
         user: user_hash(event.user.as_ref()),
         sample_cut,
         tallies,
+        merged_from: secondary.filter(|s| *s != fp.0),
     }))
 }
 

@@ -33,6 +33,12 @@ pub const DEDUP_WINDOW_INCOMPLETE_TOTAL: &str = "tracefold_grouper_dedup_window_
 /// group the event as without maps (weaker grouping, no data lost).
 pub const SYMBOLICATION_TOTAL: &str = "tracefold_grouper_symbolication_total";
 
+/// Counter: issue ids left out of an aggregate's `merged_from` because it already named 8
+/// (docs/sourcemaps.md "Late maps"): those secondaries are not folded into their mapped issue
+/// by this batch (a later batch's record may still name them). Each batch that leaves some
+/// out is also a WARN log line.
+pub const MERGED_FROM_DROPPED_TOTAL: &str = "tracefold_grouper_merged_from_dropped_total";
+
 /// Every metric this service emits (for documentation and dashboard checks).
 pub const ALL: &[&str] = &[
     EVENTS_TOTAL,
@@ -46,4 +52,5 @@ pub const ALL: &[&str] = &[
     DEDUP_WINDOW_INCOMPLETE_TOTAL,
     SAMPLES_TRUNCATED_TOTAL,
     SYMBOLICATION_TOTAL,
+    MERGED_FROM_DROPPED_TOTAL,
 ];

@@ -647,6 +647,14 @@ impl Grouper<'_> {
                 }
             }
             self.log_symbolication(out);
+            if out.merged_from_dropped > 0 {
+                metrics::counter!(m::MERGED_FROM_DROPPED_TOTAL).increment(out.merged_from_dropped);
+                tracing::warn!(
+                    partition = d.partition,
+                    dropped = out.merged_from_dropped,
+                    "merge facts of late source maps left out (an aggregate names at most 8 merged issues); see tracefold_grouper_merged_from_dropped_total"
+                );
+            }
             metrics::counter!(m::BATCHES_TOTAL, "kind" => if d.replay { "replay" } else { "new" }).increment(1);
             metrics::counter!(m::AGGREGATES_TOTAL).increment(out.records.len() as u64);
             for reason in Reason::ALL {

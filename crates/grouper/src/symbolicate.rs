@@ -184,12 +184,17 @@ fn debug_images(event: &Event<'_>) -> Vec<DebugImage> {
 
 /// Maps the event's minified frames in place (see the module docs), writing what it mapped to
 /// `mapped`. `None` when the event has no minified JavaScript frame (nothing was done).
+///
+/// When a frame is about to be mapped, `before_mapping` is called once with the event as
+/// received (no frame changed yet): the grouper takes its secondary fingerprint there
+/// (docs/sourcemaps.md "Late maps"). It is not called for events no map resolved.
 pub fn apply(
     hook: &Hook,
     batch: &mut BatchMaps,
     event: &mut Event<'_>,
     offset: i64,
     mapped: &mut Vec<Mapped>,
+    before_mapping: &mut dyn FnMut(&Event<'_>),
 ) -> Option<Outcome> {
     mapped.clear();
     if !has_minified_js(event) {
@@ -265,6 +270,9 @@ pub fn apply(
             if got.iter().any(Option::is_some) {
                 results.push((stack, got));
             }
+        }
+        if !results.is_empty() {
+            before_mapping(event);
         }
         for (stack, got) in results {
             let s = match stack {
@@ -529,6 +537,100 @@ mod tests {
         let fresh = run(&mut again, &events);
         assert_eq!(fresh.symbolication, [4, 0, 0, 0]);
         assert_eq!(fresh.records.iter().map(|r| &r.issue_id).collect::<std::collections::BTreeSet<_>>().len(), 1);
+    }
+
+    /// The issue of `events` grouped without any map (a fresh store).
+    fn issues_without_maps(events: &[String]) -> Vec<String> {
+        let (bare, _rt) = new_store();
+        run(&mut builder(&bare), events).records.iter().map(|r| r.issue_id.clone()).collect()
+    }
+
+    #[test]
+    fn a_mapped_event_names_its_issue_as_received_in_merged_from() {
+        let (store, rt) = new_store();
+        // Before any map: each build its own (secondary) issue, no merge facts.
+        let s = issues_without_maps(&[A.event(1), B.event(2)]);
+        assert_eq!(s.len(), 2);
+        assert_ne!(s[0], s[1]);
+        upload(&store, &rt, &A);
+        upload(&store, &rt, &B);
+        // Two minutes of A, one of B, and a Python event (no frames to map).
+        let mut later_a = A.event(4);
+        later_a = later_a
+            .replace(&format!("\"timestamp\":{}", NOW / 1000 - 60), &format!("\"timestamp\":{}", NOW / 1000 - 120));
+        let plain = r#"{"event_id":"00000000000000000000000000000009","project":"shop","exception":[{"type":"E","value":"v","stacktrace":{"frames":[{"function":"f","filename":"app.py","lineno":3}]}}]}"#;
+        let events = [A.event(1), B.event(2), A.event(3), later_a, plain.to_owned()];
+        let first = run(&mut builder(&store), &events);
+        assert_eq!(first.symbolication, [4, 0, 0, 0]);
+        let js: Vec<_> = first.records.iter().filter(|r| r.platform == "javascript").collect();
+        assert_eq!(js.len(), 3, "A and B in one issue, in two minutes and two releases");
+        assert_eq!(js.iter().map(|r| &r.issue_id).collect::<std::collections::BTreeSet<_>>().len(), 1);
+        let p = &js[0].issue_id;
+        assert!(!s.contains(p), "the mapped issue is neither build's minified one");
+        // Each record names the secondaries of its own events, sorted.
+        let of = |release: &str, minute: i64| {
+            js.iter().find(|r| r.release == release && r.minute == minute).unwrap().merged_from.clone()
+        };
+        let m = js[0].minute.max(js[1].minute).max(js[2].minute);
+        assert_eq!(of("1.0", m), [s[0].clone()]);
+        assert_eq!(of("1.0", m - 60), [s[0].clone()]);
+        assert_eq!(of("1.1", m), [s[1].clone()]);
+        let python = first.records.iter().find(|r| r.platform != "javascript").unwrap();
+        assert!(python.merged_from.is_empty());
+        assert!(!serde_json::to_string(python).unwrap().contains("merged_from"), "no field without mapped frames");
+        assert_eq!(first.merged_from_dropped, 0);
+
+        // A replay of the range, with the maps recorded, emits the same facts.
+        let mut again = builder(&store);
+        again.replay_maps(&first.maps_used);
+        assert_eq!(run(&mut again, &events), first);
+    }
+
+    #[test]
+    fn a_replay_emits_the_same_merged_from_whatever_maps_arrived_since() {
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        let events = [B.event(1), A.event(2), B.event(3), A.event(4)];
+        let first = run(&mut builder(&store), &events);
+        let merged: Vec<_> = first.records.iter().filter(|r| !r.merged_from.is_empty()).collect();
+        assert_eq!(merged.len(), 1, "only A's events were mapped: {:?}", first.records);
+        assert_eq!(merged[0].merged_from, issues_without_maps(&[A.event(2)]));
+        // B's map is uploaded before the replay: the replay does not use it, and emits what the
+        // first run emitted (the same records, the same merge facts).
+        upload(&store, &rt, &B);
+        let mut again = builder(&store);
+        again.replay_maps(&first.maps_used);
+        let replay = run(&mut again, &events);
+        assert_eq!(
+            replay.records.iter().map(|r| (&r.issue_id, &r.merged_from)).collect::<Vec<_>>(),
+            first.records.iter().map(|r| (&r.issue_id, &r.merged_from)).collect::<Vec<_>>()
+        );
+        assert_eq!(replay, first);
+    }
+
+    #[test]
+    fn past_eight_secondaries_an_aggregate_leaves_the_others_out_and_counts_them() {
+        let (store, rt) = new_store();
+        // Ten builds of one release whose minified files differ in name: ten secondaries, one
+        // mapped issue.
+        let builds: Vec<Build> = (0..10u32)
+            .map(|i| Build {
+                release: "1.0",
+                url: Box::leak(format!("~/static/js/main.{i:08}.js").into_boxed_str()),
+                name: "a",
+                at: 8 * i,
+            })
+            .collect();
+        for b in &builds {
+            upload(&store, &rt, b);
+        }
+        let events: Vec<String> = builds.iter().enumerate().map(|(i, b)| b.event(i as u64 + 1)).collect();
+        let out = run(&mut builder(&store), &events);
+        assert_eq!(out.records.len(), 1);
+        let r = &out.records[0];
+        assert_eq!(r.merged_from.len(), tracefold_model::aggregate::MAX_MERGED_FROM);
+        assert!(r.merged_from.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
+        assert_eq!(out.merged_from_dropped, 2);
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub const AGGREGATE_FORMAT_VERSION: u8 = 1;
 /// Default bound on the user hashes one aggregate carries exactly (past it, a KMV sketch).
 pub const DEFAULT_MAX_USERS: usize = 4096;
 
+/// Most issue ids one aggregate names in [`AggregateRecord::merged_from`]; further ones are
+/// left out (counted by the grouper, see docs/sourcemaps.md "Late maps").
+pub const MAX_MERGED_FROM: usize = 8;
+
 /// Where an aggregate came from: one grouper batch, a range of offsets of one source partition.
 ///
 /// A batch is deterministic: rebuilding the same range yields the same records with the same
@@ -192,6 +196,13 @@ pub struct AggregateRecord {
     /// written before it existed.
     #[serde(default)]
     pub breakdown: Breakdown,
+    /// Issues merged into this one (docs/sourcemaps.md "Late maps"): the issue ids its events
+    /// had as received, when source maps mapped their frames into this issue and the two
+    /// differ. Sorted, distinct, at most [`MAX_MERGED_FROM`]. Absent (empty) in records
+    /// without mapped frames, and in records written before it existed: the field is left out
+    /// when empty, so such records are the bytes they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
 }
 
 impl AggregateRecord {
@@ -202,8 +213,9 @@ impl AggregateRecord {
 
     /// Folds another record of the same (project, issue, minute, release, environment) into
     /// this one: counts add, users union, first/last seen widen, breakdown counts add (within
-    /// their bound); the earlier sample stays.
-    pub fn merge(&mut self, other: &AggregateRecord, max_users: usize) {
+    /// their bound), merged issues union (within [`MAX_MERGED_FROM`]); the earlier sample
+    /// stays. Returns the merged issue ids left out for the bound.
+    pub fn merge(&mut self, other: &AggregateRecord, max_users: usize) -> usize {
         debug_assert_eq!(
             (&self.project, &self.issue_id, self.minute, &self.release, &self.environment),
             (&other.project, &other.issue_id, other.minute, &other.release, &other.environment)
@@ -216,6 +228,25 @@ impl AggregateRecord {
         }
         self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
         self.breakdown.merge(&other.breakdown);
+        let mut left_out = 0;
+        for id in &other.merged_from {
+            left_out += usize::from(!self.add_merged_from(id));
+        }
+        left_out
+    }
+
+    /// Adds `issue_id` to [`Self::merged_from`] (kept sorted and distinct); false when it is
+    /// not there and the list is full ([`MAX_MERGED_FROM`]): it is left out, for the caller to
+    /// count. The result does not depend on the order ids are added in when none is left out.
+    pub fn add_merged_from(&mut self, issue_id: &str) -> bool {
+        match self.merged_from.binary_search_by(|m| m.as_str().cmp(issue_id)) {
+            Ok(_) => true,
+            Err(_) if self.merged_from.len() >= MAX_MERGED_FROM => false,
+            Err(at) => {
+                self.merged_from.insert(at, issue_id.to_owned());
+                true
+            }
+        }
     }
 }
 
@@ -302,6 +333,33 @@ mod tests {
         json.as_object_mut().unwrap().remove("breakdown");
         let old: AggregateRecord = serde_json::from_value(json).unwrap();
         assert!(old.breakdown.is_empty());
+        assert!(old.merged_from.is_empty());
+    }
+
+    #[test]
+    fn merged_from_is_sorted_distinct_bounded_and_absent_when_empty() {
+        let plain = AggregateRecord::default();
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("merged_from"), "{json}");
+        let mut a = AggregateRecord::default();
+        for id in ["c", "a", "c", "b"] {
+            assert!(a.add_merged_from(id));
+        }
+        assert_eq!(a.merged_from, ["a", "b", "c"]);
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(json.contains(r#""merged_from":["a","b","c"]"#), "{json}");
+        assert_eq!(serde_json::from_str::<AggregateRecord>(&json).unwrap(), a);
+        let mut b = AggregateRecord::default();
+        for i in 0..MAX_MERGED_FROM {
+            assert!(b.add_merged_from(&format!("z{i}")));
+        }
+        assert!(b.add_merged_from("z0"), "already there");
+        assert!(!b.add_merged_from("y"), "full: left out");
+        assert_eq!(b.merged_from.len(), MAX_MERGED_FROM);
+        // Merging: a union within the bound, what does not fit counted.
+        assert_eq!(a.merge(&b, 16), 3);
+        assert_eq!(a.merged_from.len(), MAX_MERGED_FROM);
+        assert_eq!(a.merged_from[..3], ["a", "b", "c"]);
     }
 
     #[test]

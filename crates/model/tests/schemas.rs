@@ -58,6 +58,8 @@ fn aggregate_schema_names_exactly_the_record_fields() {
         project: "p".into(),
         issue_id: "0".repeat(32),
         count: 1,
+        // Left out when empty: set, so that it is named.
+        merged_from: vec!["1".repeat(32)],
         ..Default::default()
     };
     let v = serde_json::to_value(&rec).unwrap();

@@ -13,7 +13,7 @@
 
 use crate::client::{db, ident};
 use crate::error::{step, Result};
-use crate::rows::{AggregateRow, SampleRow};
+use crate::rows::{AggregateRow, AliasRow, SampleRow};
 use clickhouse::Client;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -85,7 +85,8 @@ pub fn admit(wm: &mut Watermarks, r: &AggregateRecord) -> bool {
 /// Inserts `rows` into `table` of the client's database ([`crate::client::database_client`])
 /// in one INSERT, which ClickHouse applies atomically; `token` (22+) lets the server drop a
 /// retried insert whose first try landed. The rows' samples go into the samples table
-/// ([`samples_table`]) in an INSERT before it.
+/// ([`samples_table`]) and their merge facts (`merged_from`) into the aliases table
+/// ([`aliases_table`]), each in an INSERT before it.
 ///
 /// # Errors
 /// When the name is not an identifier, ClickHouse refuses, or `timeout` passes (the outcome
@@ -114,6 +115,22 @@ pub async fn insert(
         };
         written.await.map_err(step("insert sample rows"))?;
     }
+    // Merge facts of late source maps (docs/sourcemaps.md "Late maps"), before the aggregate
+    // rows for the same reason: the watermark that makes a replay skip the records is only
+    // written with the aggregate rows, so a crash before them replays the facts too, and a
+    // replayed fact is the same row (`issue_aliases` is a ReplacingMergeTree keyed by it).
+    let aliases: Vec<AliasRow<'_>> = rows.iter().flat_map(AggregateRow::alias_rows).collect();
+    if !aliases.is_empty() {
+        let written = async {
+            let mut ins =
+                client.insert::<AliasRow<'_>>(aliases_table(table)).await?.with_timeouts(Some(timeout), Some(timeout));
+            for row in &aliases {
+                ins.write(row).await?;
+            }
+            ins.end().await
+        };
+        written.await.map_err(step("insert issue alias rows"))?;
+    }
     let ch = step("insert aggregate rows");
     let written = async {
         let mut ins = client.insert::<AggregateRow<'_>>(table).await?.with_timeouts(Some(timeout), Some(timeout));
@@ -135,6 +152,16 @@ pub fn samples_table(table: &str) -> &'static str {
         "issue_samples_all"
     } else {
         "issue_samples"
+    }
+}
+
+/// The aliases table beside aggregates table `table`: `issue_aliases`, or `issue_aliases_all`
+/// on a cluster (as [`samples_table`]).
+pub fn aliases_table(table: &str) -> &'static str {
+    if table.ends_with("_all") {
+        "issue_aliases_all"
+    } else {
+        "issue_aliases"
     }
 }
 
@@ -172,6 +199,68 @@ mod tests {
     fn samples_go_to_the_table_beside_the_aggregates_table() {
         assert_eq!(samples_table("aggregates"), "issue_samples");
         assert_eq!(samples_table("aggregates_all"), "issue_samples_all");
+        assert_eq!(aliases_table("aggregates"), "issue_aliases");
+        assert_eq!(aliases_table("aggregates_all"), "issue_aliases_all");
+    }
+
+    #[derive(Debug, PartialEq, Eq, clickhouse::Row, serde::Deserialize)]
+    struct Alias {
+        project: String,
+        alias: String,
+        issue_id: String,
+        first_seen: u32,
+        n: u64,
+    }
+
+    /// With the real ClickHouse: a record's merge facts arrive in `issue_aliases` with its
+    /// aggregate row, and a replay of the same records (the writer's retry of an insert whose
+    /// outcome it did not learn, or a grouper's rebuilt batch) adds the same rows, which the
+    /// table's key folds into one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn merge_facts_arrive_with_their_aggregates_and_replays_fold_into_them() {
+        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let cfg = tracefold_runtime::config::ClickHouseConfig {
+            url,
+            database: format!("tftest_aliases_{}_{nanos}", std::process::id()),
+            ..Default::default()
+        };
+        crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
+        let client = crate::client::database_client(&cfg).unwrap();
+        let (s1, s2, p) = ("1".repeat(32), "2".repeat(32), "f".repeat(32));
+        let mut merged = rec(0, 0, 0);
+        merged.project = "ウェブ".into();
+        merged.issue_id = p.clone();
+        merged.first_seen_ms = 1_795_671_540_250;
+        merged.merged_from = vec![s1.clone(), s2.clone()];
+        let plain = rec(0, 0, 1);
+        let recs = [merged, plain];
+        let t = Duration::from_secs(30);
+        let insert_all = || async {
+            let rows: Vec<AggregateRow<'_>> = recs.iter().map(|r| AggregateRow::new(r, "a", 0, 0)).collect();
+            insert(&client, "aggregates", &rows, t, None).await
+        };
+        let first = insert_all().await;
+        let again = insert_all().await;
+        let q = format!(
+            "SELECT project, alias, issue_id, toUInt32(first_seen) AS first_seen, count() AS n \
+             FROM {}.issue_aliases FINAL GROUP BY project, alias, issue_id, first_seen ORDER BY alias",
+            cfg.database
+        );
+        let read = client.query(&q).fetch_all::<Alias>().await;
+        let events = total_events(&client, &cfg.database).await;
+        let _ = crate::client::drop_database(&client, &cfg.database).await;
+        first.unwrap();
+        again.unwrap();
+        let fact = |alias: &str| Alias {
+            project: "ウェブ".into(),
+            alias: alias.into(),
+            issue_id: p.clone(),
+            first_seen: 1_795_671_540,
+            n: 1,
+        };
+        assert_eq!(read.unwrap(), [fact(&s1), fact(&s2)], "one row per fact, however often it was written");
+        assert_eq!(events.unwrap(), 4, "the aggregate rows went in as well (twice: no watermark here)");
     }
 
     fn rec(p: i32, first: i64, index: u32) -> AggregateRecord {
@@ -203,6 +292,7 @@ mod tests {
             grouping_version: String::new(),
             sample: String::new(),
             breakdown: Default::default(),
+            merged_from: Vec::new(),
         }
     }
 

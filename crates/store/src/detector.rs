@@ -135,3 +135,73 @@ pub async fn issues_known(
         .map_err(step("issue history"))?;
     Ok(IssuesKnown { first_seen: first_seen.into_iter().map(|f| (f.issue_id, f.first_seen)).collect(), history })
 }
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Id {
+    issue_id: String,
+}
+
+/// Which of `issue_ids` of `project` (at most [`LOOKUP_CHUNK`] of them) ClickHouse has stored
+/// events of: the detector's check that an issue a late source map merges into another was
+/// seen (docs/sourcemaps.md "Late maps"). One query on the primary key.
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer.
+pub async fn issues_stored(client: &Client, database: &str, project: &str, issue_ids: &[&str]) -> Result<Vec<String>> {
+    let db = db(database)?;
+    if issue_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; issue_ids.len().min(LOOKUP_CHUNK)].join(",");
+    let mut q = client
+        .query(&format!("SELECT DISTINCT issue_id FROM {db}.issues WHERE project = ? AND issue_id IN ({marks})"))
+        .bind(project);
+    for id in issue_ids.iter().take(LOOKUP_CHUNK) {
+        q = q.bind(*id);
+    }
+    let rows = q.fetch_all::<Id>().await.map_err(step("merged issue lookup"))?;
+    Ok(rows.into_iter().map(|r| r.issue_id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::AggregateRow;
+    use tracefold_model::AggregateRecord;
+
+    /// With the real ClickHouse: the issues of a project that have stored events, among those
+    /// asked for (other projects' and unknown ids are not).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issues_stored_names_the_stored_issues_of_the_project() {
+        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let cfg = tracefold_runtime::config::ClickHouseConfig {
+            url,
+            database: format!("tftest_stored_{}_{nanos}", std::process::id()),
+            ..Default::default()
+        };
+        crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
+        let client = crate::client::database_client(&cfg).unwrap();
+        let rec = |project: &str, issue: &str, index: u32| AggregateRecord {
+            v: 1,
+            project: project.into(),
+            issue_id: issue.into(),
+            minute: 1_795_671_540,
+            count: 1,
+            first_seen_ms: 1_795_671_540_000,
+            last_seen_ms: 1_795_671_540_000,
+            batch: tracefold_model::BatchRef { topic: "e".into(), index, count: 2, ..Default::default() },
+            ..Default::default()
+        };
+        let recs = [rec("web", "s1", 0), rec("app", "s2", 1)];
+        let rows: Vec<AggregateRow<'_>> = recs.iter().map(|r| AggregateRow::new(r, "a", 0, 0)).collect();
+        let inserted =
+            crate::aggregates::insert(&client, "aggregates", &rows, std::time::Duration::from_secs(30), None).await;
+        let stored = issues_stored(&client, &cfg.database, "web", &["s1", "s2", "s3"]).await;
+        let none = issues_stored(&client, &cfg.database, "web", &[]).await;
+        let _ = crate::client::drop_database(&client, &cfg.database).await;
+        inserted.unwrap();
+        assert_eq!(stored.unwrap(), ["s1"]);
+        assert!(none.unwrap().is_empty());
+    }
+}

@@ -47,6 +47,24 @@ pub struct AggregateRow<'a> {
     /// The record's sample, for [`SampleRow`]; not a column of the row.
     #[serde(skip)]
     record_sample: &'a str,
+    /// The issues merged into the record's, for [`AliasRow`]; not a column of the row.
+    #[serde(skip)]
+    merged_from: &'a [String],
+}
+
+/// A row of `<db>.issue_aliases` (migration 0011): the fact that issue `alias` (an issue id of
+/// events as received) is issue `issue_id` (the same events with their frames mapped by a
+/// source map), learnt from a record's `merged_from` (docs/sourcemaps.md "Late maps").
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, serde::Serialize, serde::Deserialize)]
+pub struct AliasRow<'a> {
+    /// Project slug.
+    pub project: &'a str,
+    /// The merged (secondary) issue id.
+    pub alias: &'a str,
+    /// The issue it is merged into (the primary).
+    pub issue_id: &'a str,
+    /// The record's first seen, Unix seconds.
+    pub first_seen: u32,
 }
 
 /// A row of `<db>.issue_samples`: the sample of one record, keyed by its issue and hour
@@ -106,7 +124,19 @@ impl<'a> AggregateRow<'a> {
             breakdown_value,
             breakdown_count,
             record_sample: &r.sample,
+            merged_from: &r.merged_from,
         }
+    }
+
+    /// The `issue_aliases` rows of the record: one per `merged_from` entry (none for records
+    /// without mapped frames).
+    pub fn alias_rows(&self) -> impl Iterator<Item = AliasRow<'a>> + '_ {
+        self.merged_from.iter().map(|alias| AliasRow {
+            project: self.project,
+            alias,
+            issue_id: self.issue_id,
+            first_seen: self.first_seen,
+        })
     }
 
     /// The `issue_samples` row of the record, if it carries a sample.
@@ -146,6 +176,27 @@ mod tests {
         );
         r.sample.clear();
         assert!(AggregateRow::new(&r, "t", 0, 0).sample_row().is_none());
+    }
+
+    #[test]
+    fn each_merged_issue_is_an_alias_row_of_the_record_issue() {
+        let mut r = AggregateRecord {
+            project: "web".into(),
+            issue_id: "p".into(),
+            first_seen_ms: 9_200_500,
+            ..Default::default()
+        };
+        assert_eq!(AggregateRow::new(&r, "t", 0, 0).alias_rows().count(), 0);
+        r.merged_from = vec!["s1".into(), "s2".into()];
+        let row = AggregateRow::new(&r, "t", 0, 0);
+        let rows: Vec<AliasRow<'_>> = row.alias_rows().collect();
+        assert_eq!(
+            rows,
+            [
+                AliasRow { project: "web", alias: "s1", issue_id: "p", first_seen: 9_200 },
+                AliasRow { project: "web", alias: "s2", issue_id: "p", first_seen: 9_200 },
+            ]
+        );
     }
 
     #[test]

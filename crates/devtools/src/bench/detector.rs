@@ -111,6 +111,7 @@ fn record(i: u64, opts: &DetectorOptions, minute: i64, sample: &str) -> Aggregat
         grouping_version: "v1".into(),
         sample: sample.replace("FUNC", &format!("handler_{i}")),
         breakdown: Default::default(),
+        merged_from: Vec::new(),
     }
 }
 

@@ -197,5 +197,6 @@ fn record(i: u64, now: i64, events_topic: &str, sample: &str) -> tracefold_model
         grouping_version: "v1".into(),
         sample: if i.is_multiple_of(20) { sample.to_owned() } else { String::new() },
         breakdown: Default::default(),
+        merged_from: Vec::new(),
     }
 }
