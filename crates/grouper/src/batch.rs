@@ -487,7 +487,12 @@ fn plan(
     parse_buf.extend_from_slice(payload);
     let mut event = Event::default();
     parser.parse_to(parse_buf, &mut event).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
-    mapped.clear();
+    let mut maps = maps;
+    match maps.as_mut() {
+        // The last event's mapped frames: their memory serves this event's.
+        Some((_, batch_maps)) => batch_maps.recycle(mapped),
+        None => mapped.clear(),
+    }
     let out = EventOut { ident, route, mapped, outcome, maps };
     let planned = plan_event(&mut event, scratch, out, opts, open, window, at);
     // The event's lists keep their memory for the next event.

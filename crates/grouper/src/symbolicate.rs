@@ -18,6 +18,11 @@ use tracefold_symbolicate::{
     locate_frames, map_key, DebugImage, Located, MapKey, MinifiedFrame, OriginalFrame, ParsedMap,
 };
 
+/// Most files [`BatchMaps`] remembers the map of within a batch (emptied when full).
+pub const MAX_FILES_PER_BATCH: usize = 4096;
+/// Most [`Mapped`] records kept for reuse between events (see [`BatchMaps::recycle`]).
+const MAX_SPARE_MAPPED: usize = 256;
+
 /// Most distinct maps one event may need; frames of further files stay minified (the same
 /// on a replay: the order of frames decides which).
 pub const MAX_KEYS_PER_EVENT: usize = 32;
@@ -111,6 +116,28 @@ pub struct BatchMaps {
     first_use: Vec<(u64, i64)>,
     /// On a replay: the recorded keys and offsets.
     replay: Option<HashMap<u64, i64>>,
+    /// The files of events without debug images seen in this batch, with their key and, once
+    /// `used` has it, their map: what [`apply`]'s cached path reads instead of building keys.
+    files: HashMap<u64, FileMap>,
+    /// Per event, the map of each run of frames of one file (the cached path's scratch).
+    runs: Vec<Option<Arc<ParsedMap>>>,
+    /// Earlier events' [`Mapped`] records, their strings' memory reused.
+    spare: Vec<Mapped>,
+    /// Turns [`apply`]'s cached path off, for the tests that compare it with the full one
+    /// (always `false` otherwise).
+    full_path_only: bool,
+}
+
+/// A file's map key within a batch (see [`BatchMaps::files`]).
+#[derive(Debug)]
+struct FileMap {
+    project: Box<str>,
+    release: Box<str>,
+    url: Box<str>,
+    /// What [`map_key`] gives for the file in an event without debug images.
+    key: Option<MapKey>,
+    /// The key's map once the batch uses it.
+    map: Option<Arc<ParsedMap>>,
 }
 
 /// The hash of a map key recorded in range metadata.
@@ -128,6 +155,20 @@ impl BatchMaps {
         self.used.clear();
         self.first_use.clear();
         self.replay = None;
+        self.files.clear();
+        self.runs.clear();
+    }
+
+    /// Takes the last event's [`Mapped`] records out of `mapped` (leaving it empty) to reuse
+    /// their memory for the next events' (at most [`MAX_SPARE_MAPPED`] kept).
+    pub fn recycle(&mut self, mapped: &mut Vec<Mapped>) {
+        for mut m in mapped.drain(..) {
+            if self.spare.len() < MAX_SPARE_MAPPED {
+                // A spare record holds no map: evicted maps are not kept alive by it.
+                m.map = None;
+                self.spare.push(m);
+            }
+        }
     }
 
     /// The next batch rebuilds a recorded range: use exactly `recorded` (key hash, first offset).
@@ -200,9 +241,14 @@ pub fn apply(
     if !has_minified_js(event) {
         return None;
     }
+    let images = debug_images(event);
+    if images.is_empty() && !batch.full_path_only {
+        if let Some(outcome) = apply_cached(batch, event, mapped, before_mapping) {
+            return Some(outcome);
+        }
+    }
     let project = event.project.as_deref().unwrap_or("");
     let release = event.release.as_deref().unwrap_or("");
-    let images = debug_images(event);
     // The keys the event needs, in frame order, at most MAX_KEYS_PER_EVENT.
     let mut keys: Vec<MapKey> = Vec::new();
     for (_, s) in stacks(event) {
@@ -282,27 +328,9 @@ pub fn apply(
             let Some(s) = s else { continue };
             for (i, (f, o)) in s.frames.iter_mut().zip(got).enumerate() {
                 let Some((o, map)) = o else { continue };
-                let raw_filename = f.filename.as_deref().or(f.abs_path.as_deref()).map(str::to_owned);
-                let raw_abs_path = f.abs_path.as_deref().map(str::to_owned);
-                let raw_function = f.function.as_deref().map(str::to_owned);
-                let (raw_lineno, raw_colno) = (f.lineno, f.colno);
-                f.filename = Some(o.file.clone().into());
-                f.abs_path = Some(o.file.clone().into());
-                // A minified name says nothing stable: without an original one, none.
-                f.function = o.function.clone().map(Into::into);
-                f.lineno = Some(o.line);
-                f.colno = Some(o.col);
-                mapped.push(Mapped {
-                    stack,
-                    frame: i,
-                    raw_filename,
-                    raw_abs_path,
-                    raw_function,
-                    raw_lineno,
-                    raw_colno,
-                    original: o,
-                    map: Some(map),
-                });
+                let at =
+                    Place { stack, frame: i, file: &o.file, line: o.line, col: o.col, function: o.function.as_deref() };
+                write_mapped(f, &at, map, &mut batch.spare, mapped);
             }
         }
     }
@@ -315,6 +343,199 @@ pub fn apply(
     } else {
         Outcome::Missing
     })
+}
+
+/// Where a frame was mapped to, borrowed (from a [`Located`] or a memoized
+/// [`tracefold_symbolicate::Position`]).
+struct Place<'p> {
+    stack: Stack,
+    frame: usize,
+    file: &'p str,
+    line: u32,
+    col: u32,
+    function: Option<&'p str>,
+}
+
+/// Writes the mapped position into the frame and records the frame's minified values in a
+/// [`Mapped`] (a spare one's memory reused when there is one).
+fn write_mapped(
+    f: &mut Frame<'_>,
+    at: &Place<'_>,
+    map: Arc<ParsedMap>,
+    spare: &mut Vec<Mapped>,
+    out: &mut Vec<Mapped>,
+) {
+    let mut m = spare.pop().unwrap_or_else(|| Mapped {
+        stack: at.stack,
+        frame: at.frame,
+        original: OriginalFrame::default(),
+        map: None,
+        raw_filename: None,
+        raw_abs_path: None,
+        raw_function: None,
+        raw_lineno: None,
+        raw_colno: None,
+    });
+    m.stack = at.stack;
+    m.frame = at.frame;
+    set_str(&mut m.raw_filename, f.filename.as_deref().or(f.abs_path.as_deref()));
+    set_str(&mut m.raw_abs_path, f.abs_path.as_deref());
+    set_str(&mut m.raw_function, f.function.as_deref());
+    (m.raw_lineno, m.raw_colno) = (f.lineno, f.colno);
+    m.original.file.clear();
+    m.original.file.push_str(at.file);
+    (m.original.line, m.original.col) = (at.line, at.col);
+    set_str(&mut m.original.function, at.function);
+    // No context: `rewrite_sample` adds it from the map for the one event that is a sample.
+    m.original.pre_context.clear();
+    m.original.context_line = None;
+    m.original.post_context.clear();
+    m.map = Some(map);
+    f.filename = Some(at.file.to_owned().into());
+    f.abs_path = Some(at.file.to_owned().into());
+    // A minified name says nothing stable: without an original one, none.
+    f.function = at.function.map(|s| s.to_owned().into());
+    f.lineno = Some(at.line);
+    f.colno = Some(at.col);
+    out.push(m);
+}
+
+/// Sets `slot` to `value`, reusing the memory of the string it holds.
+fn set_str(slot: &mut Option<String>, value: Option<&str>) {
+    match (slot.as_mut(), value) {
+        (Some(s), Some(v)) => {
+            s.clear();
+            s.push_str(v);
+        }
+        (_, v) => *slot = v.map(str::to_owned),
+    }
+}
+
+/// [`apply`] for an event without debug images whose every minified frame's file has a map the
+/// batch already uses, or none at all: each file's map found by its text (no key built, no
+/// fetch), each position through the map's memo ([`ParsedMap::position`]). `None` when a file
+/// needs the full path (a map not used yet, or more than [`MAX_KEYS_PER_EVENT`] maps); then
+/// nothing was changed. Decides exactly as the full path would (the tests compare them), and
+/// calls `before_mapping` as it does: once, before any frame changes, when a frame has a map.
+fn apply_cached(
+    batch: &mut BatchMaps,
+    event: &mut Event<'_>,
+    mapped: &mut Vec<Mapped>,
+    before_mapping: &mut dyn FnMut(&Event<'_>),
+) -> Option<Outcome> {
+    let project = event.project.as_deref().unwrap_or("");
+    let release = event.release.as_deref().unwrap_or("");
+    let mut runs = std::mem::take(&mut batch.runs);
+    runs.clear();
+    // The distinct maps of the event in frame order (the full path's keys), as pointers.
+    let mut distinct: [*const ParsedMap; MAX_KEYS_PER_EVENT] = [std::ptr::null(); MAX_KEYS_PER_EVENT];
+    let mut n_distinct = 0;
+    let mut cached = true;
+    'frames: for (_, s) in stacks(event) {
+        let mut last: Option<(&str, Option<Arc<ParsedMap>>)> = None;
+        for f in &s.frames {
+            let v = view(f);
+            if !tracefold_symbolicate::is_minified_js(&v) {
+                continue;
+            }
+            // A minified frame has a url (is_minified_js); frames of one file follow each other.
+            let url = v.url().unwrap_or("");
+            let map = match &last {
+                Some((u, m)) if *u == url => m.clone(),
+                _ => {
+                    let Some(m) = file_map(batch, project, release, &v, url) else {
+                        cached = false;
+                        break 'frames;
+                    };
+                    if let Some(m) = &m {
+                        let p = Arc::as_ptr(m);
+                        if !distinct[..n_distinct].contains(&p) {
+                            // The full path maps only the first MAX_KEYS_PER_EVENT keys' frames.
+                            let Some(slot) = distinct.get_mut(n_distinct) else {
+                                cached = false;
+                                break 'frames;
+                            };
+                            *slot = p;
+                            n_distinct += 1;
+                        }
+                    }
+                    last = Some((url, m.clone()));
+                    m
+                }
+            };
+            runs.push(map);
+        }
+    }
+    if !cached {
+        runs.clear();
+        batch.runs = runs;
+        return None;
+    }
+    if runs.iter().any(Option::is_some) {
+        before_mapping(event);
+    }
+    // Every minified frame in the same order as above, with its map.
+    let mut maps = runs.drain(..);
+    let Event { exception, threads, .. } = event;
+    let exc = exception.iter_mut().enumerate().filter_map(|(i, e)| Some((Stack::Exception(i), e.stacktrace.as_mut()?)));
+    let thr = threads.iter_mut().enumerate().filter_map(|(i, t)| Some((Stack::Thread(i), t.stacktrace.as_mut()?)));
+    for (stack, s) in exc.chain(thr) {
+        for (i, f) in s.frames.iter_mut().enumerate() {
+            let v = view(f);
+            if !tracefold_symbolicate::is_minified_js(&v) {
+                continue;
+            }
+            let Some(map) = maps.next().flatten() else { continue };
+            let (Some(line), Some(col)) = (v.lineno, v.colno) else { continue };
+            let Some(pos) = map.position(line, col, v.function) else { continue };
+            let at = Place {
+                stack,
+                frame: i,
+                file: &pos.file,
+                line: pos.line,
+                col: pos.col,
+                function: pos.function.as_deref(),
+            };
+            write_mapped(f, &at, map, &mut batch.spare, mapped);
+        }
+    }
+    drop(maps);
+    batch.runs = runs;
+    Some(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
+}
+
+/// The map of `url`'s file for an event without debug images: `Some(None)` when the file has
+/// no key (no release), `Some(Some(map))` when the batch uses its key's map, `None` when the
+/// full path must decide (a key the batch has not used yet).
+fn file_map(
+    batch: &mut BatchMaps,
+    project: &str,
+    release: &str,
+    frame: &MinifiedFrame<'_>,
+    url: &str,
+) -> Option<Option<Arc<ParsedMap>>> {
+    let h = file_hash(project, release, url);
+    let same = |e: &FileMap| &*e.project == project && &*e.release == release && &*e.url == url;
+    if !batch.files.get(&h).is_some_and(same) {
+        if batch.files.len() >= MAX_FILES_PER_BATCH {
+            batch.files.clear();
+        }
+        let key = map_key(project, release, &[], frame);
+        let entry = FileMap { project: project.into(), release: release.into(), url: url.into(), key, map: None };
+        batch.files.insert(h, entry);
+    }
+    let entry = batch.files.get_mut(&h)?;
+    let Some(key) = &entry.key else { return Some(None) };
+    if entry.map.is_none() {
+        entry.map = Some(Arc::clone(batch.used.get(key)?));
+    }
+    Some(entry.map.clone())
+}
+
+/// The hash [`BatchMaps::files`] is keyed by (the entry's strings are compared too).
+fn file_hash(project: &str, release: &str, url: &str) -> u64 {
+    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+    xxh3_64_with_seed(url.as_bytes(), xxh3_64_with_seed(release.as_bytes(), xxh3_64(project.as_bytes())))
 }
 
 /// How long a replay waits for a map its first run used before grouping without it.
@@ -631,6 +852,101 @@ mod tests {
         assert_eq!(r.merged_from.len(), tracefold_model::aggregate::MAX_MERGED_FROM);
         assert!(r.merged_from.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
         assert_eq!(out.merged_from_dropped, 2);
+    }
+
+    /// A frame of `url` (a path under https://shop.example) at line 1, `col`, named `function`.
+    fn frame(url: &str, function: Option<&str>, line: u32, col: u32) -> String {
+        let f = function.map_or(String::new(), |f| format!(r#""function":"{f}","#));
+        format!(r#"{{{f}"filename":"https://shop.example{url}","lineno":{line},"colno":{col}}}"#)
+    }
+
+    /// The cached path (files found by their text, positions through the maps' memo) decides
+    /// exactly as the full one (keys built, maps looked up per event) over events of every kind:
+    /// mapped and unmapped positions, two builds, a file without a map, other frames, threads,
+    /// no release, more files than one event may map.
+    #[test]
+    fn the_cached_path_maps_as_the_full_path() {
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        upload(&store, &rt, &B);
+        let symbolicator = Symbolicator::new(store.clone(), FetchOptions::default()).unwrap();
+        let hook = Hook { symbolicator: Arc::new(symbolicator), budget: Duration::from_secs(60) };
+        let (a, b) = (&A.url[1..], &B.url[1..]);
+        let many: Vec<String> =
+            (0..MAX_KEYS_PER_EVENT + 2).map(|i| frame(&format!("/x{i}.js"), Some("a"), 1, 14)).collect();
+        let stacks: Vec<(Option<&str>, Vec<String>, Vec<String>)> = vec![
+            (Some("1.0"), vec![frame(a, Some("a"), 1, 14)], vec![]),
+            (Some("1.1"), vec![frame(b, Some("b"), 1, 22)], vec![]),
+            (
+                Some("1.0"),
+                vec![
+                    frame(a, Some("Object.a [as run]"), 1, 14),
+                    frame(a, None, 1, 1),
+                    r#"{"function":"f","filename":"app.py","lineno":3}"#.to_owned(),
+                    frame(a, Some("é"), 1, 40),
+                    frame(a, Some("a"), 2, 1),
+                    frame("/static/js/other.js", Some("a"), 1, 14),
+                    frame(a, Some("a"), 1, 14),
+                ],
+                vec![frame(a, Some("a"), 1, 30), frame(b, Some("b"), 1, 22)],
+            ),
+            (None, vec![frame(a, Some("a"), 1, 14)], vec![]),
+            (Some("1.0"), many, vec![frame(a, Some("a"), 1, 14)]),
+        ];
+        let events: Vec<String> = stacks
+            .iter()
+            .enumerate()
+            .map(|(i, (release, exc, thr))| {
+                let release = release.map_or(String::new(), |r| format!(r#""release":"{r}","#));
+                format!(
+                    r#"{{"event_id":"{i:032x}","project":"shop",{release}"exception":[{{"type":"E","stacktrace":{{"frames":[{}]}}}}],"threads":[{{"stacktrace":{{"frames":[{}]}}}}]}}"#,
+                    exc.join(","),
+                    thr.join(",")
+                )
+            })
+            .collect();
+        let mut full = BatchMaps { full_path_only: true, ..BatchMaps::default() };
+        let mut cached = BatchMaps::default();
+        let (mut m_full, mut m_cached) = (Vec::new(), Vec::new());
+        let (mut taken, mut resolved) = (0, 0);
+        // Three times over: the first time every file is new to the batch, then known.
+        for (offset, text) in events.iter().chain(&events).chain(&events).enumerate() {
+            let (mut x, mut y) = (text.as_bytes().to_vec(), text.as_bytes().to_vec());
+            let mut ev_full = tracefold_model::parse_event_slice(&mut x).unwrap();
+            let mut ev_cached = tracefold_model::parse_event_slice(&mut y).unwrap();
+            let as_received = format!("{ev_full:?}");
+            let (mut seen_full, mut seen_cached) = (None, None);
+            let o_full = apply(&hook, &mut full, &mut ev_full, offset as i64, &mut m_full, &mut |e| {
+                seen_full = Some(format!("{e:?}"));
+            });
+            {
+                let mut z = text.as_bytes().to_vec();
+                let mut probe = tracefold_model::parse_event_slice(&mut z).unwrap();
+                let mut m = Vec::new();
+                taken += usize::from(apply_cached(&mut cached, &mut probe, &mut m, &mut |_| {}).is_some());
+                cached.recycle(&mut m);
+            }
+            cached.recycle(&mut m_cached);
+            let o_cached = apply(&hook, &mut cached, &mut ev_cached, offset as i64, &mut m_cached, &mut |e| {
+                seen_cached = Some(format!("{e:?}"));
+            });
+            assert_eq!(o_full, o_cached, "{text}");
+            if o_full == Some(Outcome::Resolved) {
+                // Both paths show the late-maps hook the event before any frame changed.
+                assert_eq!(seen_full.as_deref(), Some(as_received.as_str()), "{text}");
+                assert_eq!(seen_cached.as_deref(), Some(as_received.as_str()), "{text}");
+            }
+            resolved += usize::from(o_cached == Some(Outcome::Resolved));
+            assert_eq!(ev_full, ev_cached, "{text}");
+            assert_eq!(format!("{m_full:?}"), format!("{m_cached:?}"), "{text}");
+            assert_eq!(full.first_use(), cached.first_use());
+        }
+        // Decided without the full path: the event without a release each time, the two
+        // single-build events once their maps are used (the others have a file without a map).
+        assert_eq!(taken, 7);
+        // Mapped: the two builds' events and the mixed one (the last event's mapped file is
+        // its 35th, past what one event may map; the one without a release has no key).
+        assert_eq!(resolved, 9);
     }
 
     #[test]

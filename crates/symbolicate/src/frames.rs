@@ -45,13 +45,12 @@ pub fn is_minified_js(frame: &MinifiedFrame<'_>) -> bool {
         return false;
     }
     let Some(url) = frame.url() else { return false };
-    let path = url.split(['?', '#']).next().unwrap_or("");
-    let ends = |ext: &str| {
-        path.len() >= ext.len()
-            && path.is_char_boundary(path.len() - ext.len())
-            && path[path.len() - ext.len()..].eq_ignore_ascii_case(ext)
-    };
-    ends(".js") || ends(".mjs") || ends(".cjs")
+    // Bytes, not chars: `?`, `#` and the extensions are ASCII, so a match is one in the text
+    // (every event's every frame is checked: this is on the hot path).
+    let url = url.as_bytes();
+    let path = &url[..memchr::memchr2(b'?', b'#', url).unwrap_or(url.len())];
+    let ends = |ext: &[u8]| path.len() >= ext.len() && path[path.len() - ext.len()..].eq_ignore_ascii_case(ext);
+    ends(b".js") || ends(b".mjs") || ends(b".cjs")
 }
 
 /// The map `frame` needs: by debug id when one of `images` names the frame's file, else by
@@ -190,6 +189,23 @@ mod tests {
         assert!(!is_minified_js(&frame("é.js€", 1, 1)));
         assert!(!is_minified_js(&MinifiedFrame { colno: None, ..frame("a.js", 1, 1) }));
         assert!(!is_minified_js(&MinifiedFrame::default()));
+    }
+
+    proptest::proptest! {
+        /// The byte-level check says what the first version (chars, `split`) said, for any text.
+        #[test]
+        fn the_minified_check_is_the_char_level_one(url in "(\\PC|[?#.]|js|JS|mjs|cJs){0,12}") {
+            let old = |url: &str| {
+                let path = url.split(['?', '#']).next().unwrap_or("");
+                let ends = |ext: &str| {
+                    path.len() >= ext.len()
+                        && path.is_char_boundary(path.len() - ext.len())
+                        && path[path.len() - ext.len()..].eq_ignore_ascii_case(ext)
+                };
+                !url.is_empty() && (ends(".js") || ends(".mjs") || ends(".cjs"))
+            };
+            proptest::prop_assert_eq!(is_minified_js(&frame(&url, 1, 1)), old(&url), "{:?}", url);
+        }
     }
 
     #[test]

@@ -96,19 +96,86 @@ pub struct ParsedMap {
     bytes: usize,
     context_lines: u32,
     max_context_line_bytes: usize,
-    /// Original function names already found, by position and minified name (see
-    /// [`NameMemo`]): finding one scans the minified file backwards token by token, which
-    /// costs a hundred times the rest of a frame's resolution, and the same crash sites repeat.
-    names: Mutex<NameMemo>,
+    /// Positions already located, by position and reported function name (see
+    /// [`PositionMemo`]): finding an original function name scans the minified file backwards
+    /// token by token, which costs a hundred times the rest of a frame's resolution, and the
+    /// same crash sites repeat.
+    located: Mutex<PositionMemo>,
 }
 
-/// Most memoized function names per map; a full memo is emptied (the names are found again).
-/// About 100 bytes an entry: at most about 100 KiB per cached map.
-pub const MAX_MEMOIZED_NAMES: usize = 1024;
+/// Most memoized positions per map; a full memo is emptied (the positions are located
+/// again). About 150 bytes an entry (the shared strings included): at most about 150 KiB per
+/// cached map.
+pub const MAX_MEMOIZED_POSITIONS: usize = 1024;
 
-/// `(0-based line, 0-based column, hash of the minified name)` to the minified name and the
-/// original name found for it.
-type NameMemo = HashMap<(u32, u32, u64), (Box<str>, Option<String>)>;
+/// A minified position located in the original source (file, line, column and function,
+/// no source context), as [`ParsedMap::position`] memoizes it: the strings are shared by every
+/// frame at that position, so a repeated crash site costs reference counts, not copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Original source file as the map names it (with the map's `sourceRoot` applied).
+    pub file: Arc<str>,
+    /// 1-based original line.
+    pub line: u32,
+    /// 1-based original column.
+    pub col: u32,
+    /// Original function name, when the map (and the minified file) allow recovering it.
+    pub function: Option<Arc<str>>,
+}
+
+impl Position {
+    /// The position as an [`OriginalFrame`] without source context.
+    pub fn to_original(&self) -> OriginalFrame {
+        OriginalFrame {
+            file: self.file.to_string(),
+            line: self.line,
+            col: self.col,
+            function: self.function.as_deref().map(str::to_owned),
+            ..OriginalFrame::default()
+        }
+    }
+}
+
+/// One memoized position: the exact key (the table is by its hash) and what it located to.
+#[derive(Debug)]
+struct MemoEntry {
+    line: u32,
+    col: u32,
+    function: Option<Box<str>>,
+    found: Option<Arc<Position>>,
+}
+
+/// Memoized positions by an xxh3 of `(line, column, reported function)`: a hash table whose
+/// keys are already hashes needs no second hash function.
+type PositionMemo = HashMap<u64, MemoEntry, std::hash::BuildHasherDefault<Prehashed>>;
+
+/// The identity hasher for keys that are xxh3 hashes already.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by the memo; anything else is folded in, never lost.
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The memo's key for a position and reported function name (`None` and `Some("")` differ).
+fn memo_key(line: u32, col: u32, function: Option<&str>) -> u64 {
+    let seed = (u64::from(line) << 32) | u64::from(col);
+    match function {
+        Some(f) => xxhash_rust::xxh3::xxh3_64_with_seed(f.as_bytes(), seed),
+        None => xxhash_rust::xxh3::xxh3_64_with_seed(b"", !seed),
+    }
+}
 
 impl fmt::Debug for ParsedMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,7 +206,7 @@ impl ParsedMap {
             bytes: map.len(),
             context_lines: limits.context_lines,
             max_context_line_bytes: limits.max_context_line_bytes,
-            names: Mutex::new(HashMap::new()),
+            located: Mutex::new(PositionMemo::default()),
         })
     }
 
@@ -169,19 +236,45 @@ impl ParsedMap {
     /// [`Self::resolve`] without the source context: file, line, column and function only
     /// (what grouping needs; the context lines are for display, see [`Self::add_context`]).
     pub fn locate(&self, line: u32, col: u32, minified_function: Option<&str>) -> Option<OriginalFrame> {
+        self.position(line, col, minified_function).map(|p| p.to_original())
+    }
+
+    /// [`Self::locate`], shared and memoized: the first sight of a position (1-based `line`
+    /// and `col`) with a reported function name locates it; later ones cost a hash lookup
+    /// (at most [`MAX_MEMOIZED_POSITIONS`] per map, emptied when full).
+    pub fn position(&self, line: u32, col: u32, minified_function: Option<&str>) -> Option<Arc<Position>> {
+        let key = memo_key(line, col, minified_function);
+        {
+            let memo = self.located.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(e) = memo.get(&key) {
+                if e.line == line && e.col == col && e.function.as_deref() == minified_function {
+                    return e.found.clone();
+                }
+            }
+        }
+        let found = self.locate_uncached(line, col, minified_function).map(Arc::new);
+        let mut memo = self.located.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() >= MAX_MEMOIZED_POSITIONS {
+            memo.clear();
+        }
+        let entry = MemoEntry { line, col, function: minified_function.map(Into::into), found: found.clone() };
+        memo.insert(key, entry);
+        found
+    }
+
+    fn locate_uncached(&self, line: u32, col: u32, minified_function: Option<&str>) -> Option<Position> {
         let (line0, col0, token) = self.token(line, col)?;
-        let file = token.get_source()?.to_owned();
+        let file = token.get_source()?.into();
         let function = self.function_name(line0, col0, minified_function).or_else(|| {
             // Without the minified file, the name at the position (the callee or identifier
             // the mapping names) is the best the map alone can say.
-            self.minified.is_none().then(|| token.get_name().map(str::to_owned)).flatten()
+            self.minified.is_none().then(|| token.get_name().map(Into::into)).flatten()
         });
-        Some(OriginalFrame {
+        Some(Position {
             file,
             line: token.get_src_line().saturating_add(1),
             col: token.get_src_col().saturating_add(1),
             function,
-            ..OriginalFrame::default()
         })
     }
 
@@ -209,33 +302,18 @@ impl ParsedMap {
         Some((line0, col0, token))
     }
 
-    fn function_name(&self, line0: u32, col0: u32, minified_function: Option<&str>) -> Option<String> {
+    fn function_name(&self, line0: u32, col0: u32, minified_function: Option<&str>) -> Option<Arc<str>> {
         let view = self.minified.as_ref()?;
         // V8 writes `Object.a [as run]` for a method called by another name: the function is
         // `a`. Only the last segment of `a.b` names the function in the minified file.
         let reported = minified_function?;
         let reported = reported.split(" [as ").next().unwrap_or(reported);
         let name = reported.rsplit('.').next().filter(|n| !n.is_empty())?;
-        let key = (line0, col0, xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
-        {
-            let memo = self.names.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((n, found)) = memo.get(&key) {
-                if **n == *name {
-                    return found.clone();
-                }
-            }
-        }
-        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.map.get_original_function_name(line0, col0, name, view).map(str::to_owned)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.map.get_original_function_name(line0, col0, name, view).map(Into::into)
         }))
         .ok()
-        .flatten();
-        let mut memo = self.names.lock().unwrap_or_else(PoisonError::into_inner);
-        if memo.len() >= MAX_MEMOIZED_NAMES {
-            memo.clear();
-        }
-        memo.insert(key, (name.into(), found.clone()));
-        found
+        .flatten()
     }
 
     fn fill_context(&self, view: &SourceView, src_line: u32, out: &mut OriginalFrame) {

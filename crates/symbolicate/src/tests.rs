@@ -170,3 +170,39 @@ fn serde_json_like(mappings: &str, name: &str) -> String {
         "{{\"version\":3,\"sources\":[\"a.js\",\"b.js\"],\"sourcesContent\":[\"x\\ny\",null],\"names\":[\"{name}\"],\"mappings\":\"{mappings}\"}}"
     )
 }
+
+/// The memo of located positions answers as a fresh map does: past its bound (emptied and
+/// filled again), and when an entry under the same hash holds another position (the exact
+/// key is checked, so a collision costs a new lookup, never a wrong answer).
+#[test]
+fn memoized_positions_are_those_located_afresh() {
+    let m = ParsedMap::parse(
+        &map_json(None, true),
+        Some("function a(){throw new Error(msg)}\nrun()\n"),
+        &Limits::default(),
+    )
+    .unwrap();
+    let fresh = || {
+        ParsedMap::parse(&map_json(None, true), Some("function a(){throw new Error(msg)}\nrun()\n"), &Limits::default())
+            .unwrap()
+    };
+    let names: Vec<String> = (0..MAX_MEMOIZED_POSITIONS + 100).map(|i| format!("n{i}")).collect();
+    for _ in 0..2 {
+        for (i, name) in names.iter().enumerate() {
+            let (line, col) = (1 + (i % 2) as u32, 14 + (i % 7) as u32);
+            let got = m.position(line, col, Some(name));
+            assert!(m.located.lock().unwrap().len() <= MAX_MEMOIZED_POSITIONS);
+            assert_eq!(got.as_deref().map(Position::to_original), fresh().locate(line, col, Some(name)), "{name}");
+        }
+    }
+    for f in [None, Some(""), Some("a"), Some("Object.a [as é]")] {
+        assert_eq!(m.position(1, 20, f).map(|p| p.to_original()), fresh().locate(1, 20, f), "{f:?}");
+    }
+    // Another position's entry under this position's hash: not taken for it.
+    let elsewhere = m.position(2, 14, None);
+    assert!(elsewhere.is_some());
+    let wrong = MemoEntry { line: 2, col: 14, function: None, found: elsewhere };
+    m.located.lock().unwrap().insert(memo_key(1, 20, Some("a")), wrong);
+    assert_eq!(m.position(1, 20, Some("a")).map(|p| p.to_original()), fresh().locate(1, 20, Some("a")));
+    assert_eq!(m.position(9, 1, Some("a")), None, "no mapping on that line");
+}
