@@ -179,6 +179,10 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert_eq!(got, vec![(D.to_owned(), 100), (A.to_owned(), 10), (B.to_owned(), 3)], "{n}");
     assert_eq!(r[1]["title"], "Error a");
     seen.push(n);
+    // Folded over issue_aliases (none here): the same answer.
+    let (n, sql) = run("top_issues_last_hour_folded");
+    assert_eq!(rows(&db, &sql).await, r, "{n}");
+    seen.push(n);
 
     let (n, sql) = run("issue_time_series");
     let r = rows(&db, &sql).await;
@@ -577,16 +581,16 @@ async fn aliases_fold_into_their_canonical_issue() {
         let q = TopQuery { since_secs, limit: 100, project: Some("fold"), by };
         top(client, dbn, &q).await.unwrap()
     };
-    let rows = |r: &[tracefold_store::issues::TopIssue]| {
+    let summary = |r: &[tracefold_store::issues::TopIssue]| {
         r.iter().map(|r| (r.issue_id.clone(), r.count, r.users)).collect::<Vec<_>>()
     };
 
     // Before any alias row: three issues, P new.
     let r = ranked(TopBy::Events, 3600).await;
-    assert_eq!(rows(&r), [(P.into(), 10, 2), (X.into(), 7, 1), (S.into(), 5, 1)]);
+    assert_eq!(summary(&r), [(P.into(), 10, 2), (X.into(), 7, 1), (S.into(), 5, 1)]);
     assert!(r.iter().all(|r| r.merged.is_empty()));
     let r = ranked(TopBy::New, 3600).await;
-    assert_eq!(rows(&r), [(P.into(), 10, 2), (X.into(), 7, 1)]);
+    assert_eq!(summary(&r), [(P.into(), 10, 2), (X.into(), 7, 1)]);
     let d = find_issue(client, dbn, S).await.unwrap();
     assert_eq!(
         d.iter().map(|d| (d.project.as_str(), d.issue_id.as_str(), d.count)).collect::<Vec<_>>(),
@@ -604,16 +608,25 @@ async fn aliases_fold_into_their_canonical_issue() {
         .await
         .unwrap();
 
+    // The cookbook's folded query: one row for P and S.
+    let sql = cookbook()["top_issues_last_hour_folded"].replace("tracefold.", &format!("{dbn}."));
+    let got: Vec<(String, u64)> = rows(&db, &sql)
+        .await
+        .iter()
+        .filter(|v| v["project"] == "fold")
+        .map(|v| (v["issue_id"].as_str().unwrap().to_owned(), num(&v["events"])))
+        .collect();
+    assert_eq!(got, [(P.to_owned(), 15), (X.to_owned(), 7)]);
     // One issue with the sum; a user of both (2) counted once; first seen S's; not new.
     let r = ranked(TopBy::Events, 3600).await;
-    assert_eq!(rows(&r), [(P.into(), 15, 3), (X.into(), 7, 1)]);
+    assert_eq!(summary(&r), [(P.into(), 15, 3), (X.into(), 7, 1)]);
     assert_eq!(r[0].merged, [S]);
     assert_eq!(r[0].title, "Error 1", "the canonical issue's own title");
     assert_eq!(r[0].last_hour.iter().sum::<u64>(), 15);
     let three_days = tracefold_model::time::format_rfc3339((t - 3 * 86_400) * 1000).replace(".000Z", "Z");
     assert_eq!(r[0].first_seen, three_days);
-    assert_eq!(rows(&ranked(TopBy::Users, 3600).await), [(P.into(), 15, 3), (X.into(), 7, 1)]);
-    assert_eq!(rows(&ranked(TopBy::New, 3600).await), [(X.into(), 7, 1)], "a late map makes no old bug new");
+    assert_eq!(summary(&ranked(TopBy::Users, 3600).await), [(P.into(), 15, 3), (X.into(), 7, 1)]);
+    assert_eq!(summary(&ranked(TopBy::New, 3600).await), [(X.into(), 7, 1)], "a late map makes no old bug new");
     let r = ranked(TopBy::Growth, 3600).await;
     assert_eq!(
         r.iter().map(|r| (r.issue_id.as_str(), r.count, r.previous)).collect::<Vec<_>>(),
@@ -621,8 +634,11 @@ async fn aliases_fold_into_their_canonical_issue() {
     );
     // Seven days: the daily sketches, merged the same way; Q stays its own issue.
     let r = ranked(TopBy::Events, 7 * 86_400).await;
-    assert_eq!(rows(&r), [(P.into(), 19, 3), (X.into(), 7, 1), (Q.into(), 1, 1)]);
-    assert_eq!(rows(&ranked(TopBy::Users, 7 * 86_400).await), [(P.into(), 19, 3), (X.into(), 7, 1), (Q.into(), 1, 1)]);
+    assert_eq!(summary(&r), [(P.into(), 19, 3), (X.into(), 7, 1), (Q.into(), 1, 1)]);
+    assert_eq!(
+        summary(&ranked(TopBy::Users, 7 * 86_400).await),
+        [(P.into(), 19, 3), (X.into(), 7, 1), (Q.into(), 1, 1)]
+    );
     // The other project's S is untouched.
     let q = TopQuery { since_secs: 3600, limit: 100, project: None, by: TopBy::Events };
     let all = top(client, dbn, &q).await.unwrap();
@@ -702,7 +718,7 @@ async fn aliases_fold_into_their_canonical_issue() {
             ListSort::New => vec![(X.into(), 7, 1)],
             _ => vec![(P.into(), 15, 3), (X.into(), 7, 1)],
         };
-        assert_eq!(rows(&r), want, "{sort:?}");
+        assert_eq!(summary(&r), want, "{sort:?}");
         if let Some(p) = r.iter().find(|r| r.issue_id == P) {
             assert_eq!(p.merged, [S]);
             assert_eq!(p.last_hour.iter().sum::<u64>(), 15);
@@ -716,7 +732,7 @@ async fn aliases_fold_into_their_canonical_issue() {
         status: Some(IssueStatus::Resolved),
         ..Default::default()
     };
-    assert_eq!(rows(&issue_list(client, dbn, &q).await.unwrap()), [(P.into(), 15, 3)]);
+    assert_eq!(summary(&issue_list(client, dbn, &q).await.unwrap()), [(P.into(), 15, 3)]);
     let q = ListQuery {
         since_secs: 3600,
         limit: 100,
@@ -724,7 +740,7 @@ async fn aliases_fold_into_their_canonical_issue() {
         search: Some("error 1"),
         ..Default::default()
     };
-    assert_eq!(rows(&issue_list(client, dbn, &q).await.unwrap()), [(P.into(), 15, 3)]);
+    assert_eq!(summary(&issue_list(client, dbn, &q).await.unwrap()), [(P.into(), 15, 3)]);
     let q = ListQuery {
         since_secs: 3600,
         limit: 100,
@@ -732,5 +748,9 @@ async fn aliases_fold_into_their_canonical_issue() {
         environment: Some("staging"),
         ..Default::default()
     };
-    assert_eq!(rows(&issue_list(client, dbn, &q).await.unwrap()), [(P.into(), 5, 1)], "S's staging events count for P");
+    assert_eq!(
+        summary(&issue_list(client, dbn, &q).await.unwrap()),
+        [(P.into(), 5, 1)],
+        "S's staging events count for P"
+    );
 }
