@@ -424,7 +424,8 @@ mod tests {
     /// producer's Sentry path and the typed event disagreed by a millisecond (a proptest found it).
     #[test]
     fn fractional_seconds_from_text_are_read_exactly() {
-        let v: serde_json::Value = serde_json::from_str(r#"{"message": "m", "timestamp": 1795670315.4194999}"#).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"message": "m", "timestamp": 1795670315.4194999}"#).unwrap();
         assert_eq!(map(&v, None).unwrap().timestamp, Some(1_795_670_315_419));
     }
 }
