@@ -218,13 +218,7 @@ mod tests {
     /// table's key folds into one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn merge_facts_arrive_with_their_aggregates_and_replays_fold_into_them() {
-        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let cfg = tracefold_runtime::config::ClickHouseConfig {
-            url,
-            database: format!("tftest_aliases_{}_{nanos}", std::process::id()),
-            ..Default::default()
-        };
+        let cfg = crate::testdb::scratch("aliases");
         crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
         let client = crate::client::database_client(&cfg).unwrap();
         let (s1, s2, p) = ("1".repeat(32), "2".repeat(32), "f".repeat(32));

@@ -70,13 +70,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_second_upload_of_a_key_replaces_the_first() {
-        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let cfg = tracefold_runtime::config::ClickHouseConfig {
-            url,
-            database: format!("tftest_artifacts_{}_{nanos}", std::process::id()),
-            ..Default::default()
-        };
+        let cfg = crate::testdb::scratch("artifacts");
         crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
         let client = crate::client::client(&cfg);
         let row = |url_key: &str, kind: &str, size: u64, at: u32| ArtifactRow {

@@ -148,13 +148,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rows_written_are_read_back_from_their_time_on() {
-        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let cfg = tracefold_runtime::config::ClickHouseConfig {
-            url,
-            database: format!("tftest_deliveries_{}_{nanos}", std::process::id()),
-            ..Default::default()
-        };
+        let cfg = crate::testdb::scratch("deliveries");
         crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
         let client = crate::client::client(&cfg);
         let row = |id: &str, outcome: DeliveryOutcome, at: u32| DeliveryRow {

@@ -173,13 +173,7 @@ mod tests {
     /// asked for (other projects' and unknown ids are not).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn issues_stored_names_the_stored_issues_of_the_project() {
-        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let cfg = tracefold_runtime::config::ClickHouseConfig {
-            url,
-            database: format!("tftest_stored_{}_{nanos}", std::process::id()),
-            ..Default::default()
-        };
+        let cfg = crate::testdb::scratch("stored");
         crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
         let client = crate::client::database_client(&cfg).unwrap();
         let rec = |project: &str, issue: &str, index: u32| AggregateRecord {

@@ -20,6 +20,8 @@ pub mod rows;
 mod sql;
 pub mod storage;
 pub mod synthetic;
+#[cfg(test)]
+mod testdb;
 pub mod ui;
 
 pub use clickhouse::Client;

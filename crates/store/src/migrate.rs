@@ -1156,13 +1156,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn clickhouse_creates_exactly_what_the_single_node_schema_declares() {
-        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let cfg = tracefold_runtime::config::ClickHouseConfig {
-            url,
-            database: format!("tftest_migrate_{}_{nanos}", std::process::id()),
-            ..Default::default()
-        };
+        let cfg = crate::testdb::scratch("migrate");
         let scratch = ScratchDb(cfg.clone());
         let report = migrate(&scratch.0, |_, _| {}).await.unwrap_or_else(|e| {
             panic!("ClickHouse at {} is needed for this test (scripts/clickhouse-local.sh start): {e:#}", cfg.url)
@@ -1361,13 +1355,7 @@ mod tests {
     /// view.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_older_database_upgrades_and_backfills_the_first_release() {
-        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let cfg = tracefold_runtime::config::ClickHouseConfig {
-            url,
-            database: format!("tftest_upgrade_{}_{nanos}", std::process::id()),
-            ..Default::default()
-        };
+        let cfg = crate::testdb::scratch("upgrade");
         let scratch = ScratchDb(cfg.clone());
         let old = apply(&scratch.0, None, 90, &MIGRATIONS[..6], |_, _| {}).await.unwrap_or_else(|e| {
             panic!("ClickHouse at {} is needed for this test (scripts/clickhouse-local.sh start): {e:#}", cfg.url)
