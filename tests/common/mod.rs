@@ -69,27 +69,12 @@ impl TestDb {
     /// table (a SELECT can see an insert's base part a moment before its materialized views'
     /// parts); returns what the base table holds then (or at the timeout).
     pub async fn wait_for_total(&self, n: u64, timeout: Duration) -> u64 {
-        #[derive(clickhouse::Row, serde::Deserialize)]
-        struct S {
-            n: u64,
-        }
         let db = &self.cfg.database;
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.total_events().await;
-            let mut derived_ok = got >= n;
-            if derived_ok {
-                for t in ["issues_v", "issue_counts_1m", "issue_counts_1h", "issue_counts_1d"] {
-                    let d = self
-                        .client
-                        .query(&format!("SELECT sum(count) AS n FROM {db}.{t}"))
-                        .fetch_one::<S>()
-                        .await
-                        .map(|s| s.n)
-                        .unwrap_or(0);
-                    derived_ok &= d >= got;
-                }
-            }
+            let derived_ok =
+                got >= n && tracefold_store::aggregates::visible_events(&self.client, db).await.is_ok_and(|v| v >= got);
             if derived_ok || Instant::now() > deadline {
                 return got;
             }

@@ -387,8 +387,10 @@ impl Pipeline {
 }
 
 /// Waits until ClickHouse holds `expected` events more than `baseline` (the total before the
-/// load: a database that already holds events from an earlier run does not count as done), or
-/// `timeout` passes; returns how many more it holds.
+/// load, as [`tracefold_store::aggregates::visible_events`] counts: a database that already
+/// holds events from an earlier run does not count as done) in the base table and in every
+/// count its views derive (so that a query right after sees them all), or `timeout` passes;
+/// returns how many more it holds.
 ///
 /// # Errors
 /// When ClickHouse does not answer.
@@ -408,7 +410,7 @@ pub async fn wait_for_events(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     loop {
-        let n = tracefold_store::aggregates::total_events(&client, &ch.database).await?.saturating_sub(baseline);
+        let n = tracefold_store::aggregates::visible_events(&client, &ch.database).await?.saturating_sub(baseline);
         pb.set_position(n.min(expected));
         if n >= expected || Instant::now() >= deadline {
             pb.finish_and_clear();

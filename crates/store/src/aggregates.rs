@@ -180,6 +180,28 @@ pub async fn total_events(client: &Client, database: &str) -> Result<u64> {
     Ok(client.query(&q).fetch_one::<N>().await.map_err(step("total events"))?.n)
 }
 
+/// Events stored and visible to every query: the smallest of the sums of `count` over the
+/// base table and the tables its materialized views fill (`issues_v`, the per-minute, hourly
+/// and daily counts). An INSERT commits the base table's part before it writes the views'
+/// parts, so for a moment after [`total_events`] counts a batch, `tracefold top` may not see
+/// it yet; whoever waits for events in order to query them waits on this.
+///
+/// # Errors
+/// When the name is not an identifier or ClickHouse does not answer.
+pub async fn visible_events(client: &Client, database: &str) -> Result<u64> {
+    let db = db(database)?;
+    let sum = |t: &str| format!("(SELECT sum(count) FROM {db}.{t})");
+    let q = format!(
+        "SELECT least(least(least({}, {}), least({}, {})), {}) AS n",
+        sum("aggregates"),
+        sum("issues_v"),
+        sum("issue_counts_1m"),
+        sum("issue_counts_1h"),
+        sum("issue_counts_1d")
+    );
+    Ok(client.query(&q).fetch_one::<N>().await.map_err(step("visible events"))?.n)
+}
+
 /// Aggregate rows stored.
 ///
 /// # Errors
@@ -210,6 +232,29 @@ mod tests {
         issue_id: String,
         first_seen: u32,
         n: u64,
+    }
+
+    /// With the real ClickHouse: `visible_events` counts what the base table and every count
+    /// table derived from it hold once an insert returned, and nothing before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn visible_events_are_those_every_count_table_holds() {
+        let cfg = crate::testdb::scratch("visible");
+        crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
+        let client = crate::client::database_client(&cfg).unwrap();
+        let empty = visible_events(&client, &cfg.database).await;
+        let (mut a, mut b) = (rec(0, 0, 0), rec(1, 0, 0));
+        (a.count, b.count) = (3, 4);
+        b.issue_id = "j".into();
+        b.minute = 1_795_671_540;
+        let rows = [AggregateRow::new(&a, "a", 0, 0), AggregateRow::new(&b, "a", 1, 0)];
+        let inserted = insert(&client, "aggregates", &rows, Duration::from_secs(30), None).await;
+        let after = visible_events(&client, &cfg.database).await;
+        let bad = visible_events(&client, "no such; db").await;
+        let _ = crate::client::drop_database(&client, &cfg.database).await;
+        inserted.unwrap();
+        assert_eq!(empty.unwrap(), 0);
+        assert_eq!(after.unwrap(), 7);
+        assert!(bad.is_err(), "a name that is not an identifier is refused");
     }
 
     /// With the real ClickHouse: a record's merge facts arrive in `issue_aliases` with its

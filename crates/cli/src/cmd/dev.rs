@@ -141,7 +141,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     if a.sample_events > 0 {
         // Events already stored by an earlier run are not this load's.
         let client = tracefold_store::client::client(&cfg.clickhouse);
-        let before = tracefold_store::aggregates::total_events(&client, &cfg.clickhouse.database).await?;
+        let before = tracefold_store::aggregates::visible_events(&client, &cfg.clickhouse.database).await?;
         let summary = sample_load(&url, &a).await?;
         eprintln!("sample load: {}", loadgen::describe(&summary));
         let stored = wait_for_events(&cfg.clickhouse, before, summary.accepted, Duration::from_secs(120), true).await?;
