@@ -148,6 +148,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         let rows = tracefold_store::issues::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
         println!("\nTop issues (last 2 hours), {stored} sample events stored:\n");
         print!("{}", query::render_top(&rows));
+        // The detector judges the records a moment after the writer stored them: its signals
+        // for this load are counted once it has taken every record the grouper emitted.
+        if !wait_for_detector(Duration::from_secs(30)).await {
+            eprintln!("the detector has not judged every sample record after 30 s; signals so far:");
+        }
         println!("\n{}", signals_line(&pipeline.bootstrap_servers(), a.exit));
         if a.exit {
             pipeline.shutdown.trigger();
@@ -228,6 +233,34 @@ fn signals_line(bootstrap: &str, exiting: bool) -> String {
     format!("signals so far: {} ({details})", parts.join(", "))
 }
 
+/// Waits until the detector (in this process) has counted as many records as the grouper emitted
+/// aggregates (it counts records only once the signals they cause are emitted: no lookup or
+/// judgement of theirs still waits), or `timeout` passes; whether it got there.
+async fn wait_for_detector(timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let text = tracefold_runtime::telemetry::metrics_handle().render();
+        let judged = counter_sum(&text, tracefold_detector::metrics::RECORDS_TOTAL);
+        if judged >= counter_sum(&text, tracefold_grouper::metrics::AGGREGATES_TOTAL) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The sum over all labels of counter `name` in a Prometheus text rendering.
+fn counter_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        .filter_map(|rest| rest.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// `type` label -> count of `tracefold_detector_signals_total` in a Prometheus text rendering.
 fn signal_counts(text: &str) -> std::collections::BTreeMap<String, u64> {
     let prefix = format!("{}{{", tracefold_detector::metrics::SIGNALS_TOTAL);
@@ -254,5 +287,17 @@ mod tests {
         assert_eq!(c.get("new_issue"), Some(&12));
         assert_eq!(c.get("spike"), Some(&1));
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn counter_sums_add_every_label_set_of_that_counter_only() {
+        let text = "# TYPE tracefold_grouper_aggregates_total counter\n\
+                    tracefold_grouper_aggregates_total 2972\n\
+                    tracefold_grouper_aggregates_total_other 5\n\
+                    tracefold_detector_records_total{partition=\"0\"} 10\n\
+                    tracefold_detector_records_total{partition=\"1\"} 7\n";
+        assert_eq!(super::counter_sum(text, "tracefold_grouper_aggregates_total"), 2972);
+        assert_eq!(super::counter_sum(text, "tracefold_detector_records_total"), 17);
+        assert_eq!(super::counter_sum(text, "tracefold_writer_rows_total"), 0);
     }
 }
