@@ -65,7 +65,8 @@ async fn read_statuses(cfg: &Config) -> anyhow::Result<Vec<Status>> {
 
 /// Hands new resolutions and reopenings to the engine. A resolution already handed over is not
 /// handed over again (its regression may have fired since); a new `resolve` (a later time or
-/// another release) is.
+/// another release) is. Every other status is handed over as a status of the issue's own (an
+/// alias's resolution does not stand for it, docs/sourcemaps.md "Late maps").
 fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Status>) -> bool {
     let mut changed = false;
     for s in statuses {
@@ -77,9 +78,10 @@ fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Stat
                 applied.insert(key, v);
                 changed = true;
             }
-        } else if applied.remove(&key).is_some() {
-            engine.reopened(&key.0, &key.1);
-            changed = true;
+        } else {
+            changed |= applied.remove(&key).is_some();
+            // A status of its own: an alias's resolution does not stand for it.
+            engine.unresolved(&key.0, &key.1);
         }
     }
     changed
@@ -110,13 +112,19 @@ async fn look_up(
                 history.entry(h.issue_id.as_str()).or_default().push((i64::from(h.minute), h.count));
             }
             // Issues the records name in `merged_from` (docs/sourcemaps.md "Late maps"): one
-            // stored at all makes its primary a known bug whose map arrived late.
+            // stored at all makes its primary a known bug whose map arrived late, and its
+            // history before the records' minute is the primary's too.
             let mut merged: Vec<&str> = chunk.iter().flat_map(|l| l.merged_from.iter().map(String::as_str)).collect();
             merged.sort_unstable();
             merged.dedup();
             let mut merged_stored = std::collections::HashSet::new();
+            let mut merged_history: HashMap<String, Vec<(i64, u64)>> = HashMap::new();
             for ids in merged.chunks(tracefold_store::detector::LOOKUP_CHUNK) {
-                merged_stored.extend(tracefold_store::detector::issues_stored(client, db, project, ids).await?);
+                let aliases = tracefold_store::detector::issues_known(client, db, project, ids, since).await?;
+                merged_stored.extend(aliases.first_seen.into_keys());
+                for h in aliases.history {
+                    merged_history.entry(h.issue_id).or_default().push((i64::from(h.minute), h.count));
+                }
             }
             for l in chunk {
                 // Seen in an earlier second than these records' first: known.
@@ -127,8 +135,20 @@ async fn look_up(
                     .get(l.issue_id.as_str())
                     .map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect())
                     .unwrap_or_default();
-                let signalled = sent.signalled(&l.project, &l.issue_id);
-                out.push((l.project.clone(), l.issue_id.clone(), Restored { known: known_before, history, signalled }));
+                let mut signalled = sent.signalled(&l.project, &l.issue_id);
+                let mut aliases = Vec::new();
+                for s in l.merged_from.iter().filter(|s| merged_stored.contains(*s)) {
+                    let h =
+                        merged_history.get(s).map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect());
+                    aliases.push((s.clone(), h.unwrap_or_default()));
+                    // What was signalled for the bug as its alias is not signalled again.
+                    signalled.extend(sent.signalled(&l.project, s));
+                }
+                out.push((
+                    l.project.clone(),
+                    l.issue_id.clone(),
+                    Restored { known: known_before, history, signalled, aliases },
+                ));
             }
         }
     }
@@ -452,7 +472,7 @@ impl Detector<'_> {
                     .into_iter()
                     .map(|l| {
                         let signalled = self.sent.signalled(&l.project, &l.issue_id);
-                        (l.project, l.issue_id, Restored { known: true, history: Vec::new(), signalled })
+                        (l.project, l.issue_id, Restored { known: true, signalled, ..Restored::default() })
                     })
                     .collect()
             }
