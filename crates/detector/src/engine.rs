@@ -411,6 +411,9 @@ pub struct Restored {
     /// takes their history (summed by minute) unless the engine holds them (then it takes
     /// their state; docs/sourcemaps.md "Late maps").
     pub aliases: Vec<(String, Vec<(i64, u64)>)>,
+    /// The earliest first seen of those aliases, Unix ms (0: none): the bug's first seen,
+    /// which signals of the issue show.
+    pub aliases_first_seen_ms: i64,
 }
 
 /// An issue whose records wait for [`Engine::restore`].
@@ -680,6 +683,9 @@ impl Engine {
             if st.absorbed.len() < MAX_ABSORBED {
                 st.absorbed.push(alias.into());
             }
+        }
+        if restored.aliases_first_seen_ms > 0 {
+            st.first_seen_ms = restored.aliases_first_seen_ms;
         }
         if taken {
             let mut summed: BTreeMap<i64, u64> = BTreeMap::new();
@@ -1415,7 +1421,9 @@ mod tests {
                     vec![("s".to_owned(), stored_s.iter().copied().filter(|(x, _)| *x < l.from_minute).collect())]
                 };
                 let known = !aliases.is_empty() || (l.issue_id != "p" && m > 0);
-                out.extend(e.restore(&l.project, &l.issue_id, Restored { known, aliases, ..Restored::default() }));
+                let aliases_first_seen_ms = if aliases.is_empty() { 0 } else { t0 * 1000 };
+                let restored = Restored { known, aliases, aliases_first_seen_ms, ..Restored::default() };
+                out.extend(e.restore(&l.project, &l.issue_id, restored));
             }
             out.extend(e.advance(0));
             out.extend(e.advance(0));
@@ -1447,10 +1455,12 @@ mod tests {
         assert_eq!(tracked, 6, "s's entry went into p's: five quiet issues and p");
         // "s" not held (another replica had it), its counts read from ClickHouse: the same.
         let (restored, _) = late_map(true, true);
-        let detail = |s: &[Signal]| -> Vec<(Kind, String, u64, u64)> {
+        let detail = |s: &[Signal]| -> Vec<(Kind, String, u64, u64, String)> {
             s.iter()
                 .filter(|s| s.issue_id == "p")
-                .map(|s| (s.kind, s.minute.clone(), s.count, (s.baseline_per_minute * 100.0) as u64))
+                .map(|s| {
+                    (s.kind, s.minute.clone(), s.count, (s.baseline_per_minute * 100.0) as u64, s.first_seen.clone())
+                })
                 .collect()
         };
         assert_eq!(detail(&restored), detail(&merged));
