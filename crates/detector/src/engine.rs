@@ -37,6 +37,14 @@
 //! over from another replica, and every issue after a restart are judged as if they had been
 //! held all along. Without lookups (simulations, tests) an issue not held is new unless
 //! [`Engine::known`] said otherwise or it was held before.
+//!
+//! # Late source maps
+//!
+//! A record of issue `P` naming `S` in `merged_from` (the same bug, grouped as `S` before its
+//! source map arrived) makes `P` no new issue when `S` was seen, and `P` takes `S`'s history:
+//! `S`'s state when the engine holds it (which it then drops, see `Engine::absorb`), else
+//! `S`'s stored per-minute counts through the lookup ([`Restored::aliases`]). With no status
+//! of its own, `P` regresses through `S`'s resolution (docs/sourcemaps.md "Late maps").
 
 use crate::signal::{sample_facts, signal_id, Kind, SampleFacts, Signal, SIGNAL_FORMAT_VERSION};
 use crate::spike::{SpikeConfig, SpikeState};
