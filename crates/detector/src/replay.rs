@@ -22,6 +22,11 @@
 //!   clock. `new_issue` and `regression` signals are ignored; `spike` signals are scored by their
 //!   minute exactly like the model path ([`crate::simulate::score`]), and their delay on the
 //!   simulated clock (burst start to the evaluation that produced them) is reported besides.
+//! - **Late source maps** ([`ReplayOptions::late_maps`], off by default). Every third issue's
+//!   records from halfway on are of another issue `P` (its own key, so its own partition)
+//!   naming the first in `merged_from`, as the grouper emits them when a map arrives after a
+//!   bug's first events; `P`'s spikes count as the issue's. The engine finds the same spikes
+//!   as with the issue whole (test `a_late_map_halfway_finds_the_spikes_of_the_bug_as_one_issue`).
 
 use crate::engine::{Arrival, Engine, EngineConfig};
 use crate::signal::Kind;
@@ -51,11 +56,16 @@ pub struct ReplayOptions {
     pub projects: usize,
     /// Partitions behind and stalled (false: every partition on time).
     pub skew: bool,
+    /// Late source maps: every third issue's source map arrives halfway through the traffic,
+    /// and its records from then on are of another issue (`P`, on its own partition) that
+    /// names the first (`S`) in `merged_from` (docs/sourcemaps.md "Late maps"). Spikes of `P`
+    /// are scored as the issue's.
+    pub late_maps: bool,
 }
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        Self { partitions: 4, groupers: 2, batch_ms: 500, tick_ms: 500, projects: 5, skew: true }
+        Self { partitions: 4, groupers: 2, batch_ms: 500, tick_ms: 500, projects: 5, skew: true, late_maps: false }
     }
 }
 
@@ -97,6 +107,9 @@ struct IssueGen {
     users: u64,
     partition: i32,
     sample: String,
+    /// With late maps: from this minute of the traffic on, its records are of `P`: (minute,
+    /// `P`'s issue id, `P`'s partition).
+    mapped: Option<(u32, String, i32)>,
 }
 
 /// A partial aggregate and when it was produced; [`IssueGen::record`] makes the record.
@@ -115,6 +128,8 @@ struct Produced {
     last_seen_ms: i64,
     /// The issue's first record of its batch: it carries a sample event.
     sample: bool,
+    /// Of the issue as `P`, after its late source map.
+    mapped: bool,
 }
 
 impl IssueGen {
@@ -125,7 +140,14 @@ impl IssueGen {
         r.v = t.v;
         r.batch.topic.clone_from(&t.batch.topic);
         r.project.clone_from(&t.project);
-        r.issue_id.clone_from(&t.issue_id);
+        r.merged_from.clear();
+        match self.mapped.as_ref().filter(|_| p.mapped) {
+            Some((_, primary, _)) => {
+                r.issue_id.clone_from(primary);
+                r.merged_from.push(t.issue_id.clone());
+            }
+            None => r.issue_id.clone_from(&t.issue_id),
+        }
         r.title.clone_from(&t.title);
         r.culprit.clone_from(&t.culprit);
         r.exc_type.clone_from(&t.exc_type);
@@ -200,8 +222,18 @@ fn issue_gens(traffic: &Traffic, opts: &ReplayOptions, rng: &mut SmallRng) -> Ve
         .map(|(i, series)| {
             let project = format!("project-{}", i % opts.projects.max(1));
             let issue_id = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&(i as u64).to_le_bytes()));
-            let key = format!("{project}/{issue_id}");
-            let partition = (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % opts.partitions.max(1) as u64) as i32;
+            let partition_of = |issue_id: &str| {
+                let key = format!("{project}/{issue_id}");
+                (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % opts.partitions.max(1) as u64) as i32
+            };
+            let partition = partition_of(&issue_id);
+            // No draw from `rng`: the traffic is the same with and without late maps.
+            let mapped = (opts.late_maps && i % 3 == 0).then(|| {
+                let primary = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(format!("mapped {i}").as_bytes()));
+                let at = series.len() as u32 / 2;
+                let p = partition_of(&primary);
+                (at, primary, p)
+            });
             let two_releases = rng.gen_bool(0.3);
             let two_envs = rng.gen_bool(0.3);
             let mut combos = Vec::new();
@@ -240,6 +272,7 @@ fn issue_gens(traffic: &Traffic, opts: &ReplayOptions, rng: &mut SmallRng) -> Ve
                 users: 20 + (mean * 100.0) as u64,
                 partition,
                 sample,
+                mapped,
             }
         })
         .collect()
@@ -294,10 +327,12 @@ fn minute_records(
             let batch_start = slot * opts.batch_ms + phases[grouper as usize];
             let sample = previous != Some((slot, grouper)) && batch_start >= minute * 1000;
             previous = Some((slot, grouper));
+            let mapped = g.mapped.as_ref().filter(|(at, _, _)| t >= *at);
             out.push(Produced {
                 // Produced when the batch closes, a few ms later.
                 produced_ms: batch_start + opts.batch_ms + 5,
-                partition: g.partition,
+                partition: mapped.map_or(g.partition, |(_, _, p)| *p),
+                mapped: mapped.is_some(),
                 issue: i,
                 minute,
                 grouper,
@@ -361,7 +396,10 @@ pub fn run_engine(
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x7265_706c_6179);
     let minutes = traffic.counts.first().map_or(0, |c| c.len() as u32);
     let gens = issue_gens(traffic, opts, &mut rng);
-    let index: HashMap<&str, usize> = gens.iter().enumerate().map(|(i, g)| (g.template.issue_id.as_str(), i)).collect();
+    let mut index: HashMap<&str, usize> =
+        gens.iter().enumerate().map(|(i, g)| (g.template.issue_id.as_str(), i)).collect();
+    // A late map's `P` is the same issue of the traffic.
+    index.extend(gens.iter().enumerate().filter_map(|(i, g)| Some((g.mapped.as_ref()?.1.as_str(), i))));
     let phases: Vec<i64> = (0..opts.groupers.max(1)).map(|_| rng.gen_range(0..opts.batch_ms)).collect();
     let mut lanes = lanes(opts, minutes, &mut rng);
     let mut stats = PipelineStats {
@@ -492,6 +530,7 @@ mod tests {
                 let mut r = AggregateRecord::default();
                 let (partition, produced_ms) = (p.partition, p.produced_ms);
                 assert_eq!(partition, gens[i].partition);
+                assert!(!p.mapped);
                 gens[i].record(p.clone(), &mut r);
                 assert_eq!(
                     (r.issue_id.as_str(), r.minute),
@@ -536,5 +575,31 @@ mod tests {
         let (e, m) = (score(&traffic, &engine, opts.minutes), score(&traffic, &model, opts.minutes));
         assert!((e.recall_5x - m.recall_5x).abs() < 1e-9, "engine {e:?} model {m:?}");
         assert_eq!(e.median_detect_min, m.median_detect_min, "engine {e:?} model {m:?}");
+    }
+
+    #[test]
+    fn a_late_map_halfway_finds_the_spikes_of_the_bug_as_one_issue() {
+        // Every third issue becomes another issue halfway (its source map arrived late), on
+        // another partition: the engine takes the first's history into the second, so the
+        // spikes are those of the traffic seen as one issue (without it, the second's first
+        // minute is a "spike" against its project), partitions on time or skewed.
+        let opts = SimOptions { issues: 30, minutes: 1440, seed: 11, bursts_per_week: 10.0 };
+        let traffic = simulate(&opts);
+        let cfg = EngineConfig::default();
+        for skew in [false, true] {
+            let spikes = |late_maps: bool| -> Vec<(usize, u32)> {
+                let replay = ReplayOptions { late_maps, skew, ..ReplayOptions::default() };
+                let (found, stats) = run_engine(&traffic, &cfg, &replay, 1);
+                assert_eq!(stats.late_records, 0);
+                assert_eq!(stats.behind_episodes > 0, skew, "{stats:?}");
+                let mut v: Vec<(usize, u32)> = found.iter().map(|(i, t, _)| (*i, *t)).collect();
+                v.sort_unstable();
+                v
+            };
+            let (whole, split) = (spikes(false), spikes(true));
+            let mapped_after = |v: &[(usize, u32)]| v.iter().filter(|(i, t)| i % 3 == 0 && *t >= 720).count();
+            assert!(mapped_after(&whole) > 0, "the mapped issues have spikes after their maps: {whole:?}");
+            assert_eq!(split, whole, "skew {skew}");
+        }
     }
 }

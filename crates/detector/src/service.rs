@@ -65,7 +65,8 @@ async fn read_statuses(cfg: &Config) -> anyhow::Result<Vec<Status>> {
 
 /// Hands new resolutions and reopenings to the engine. A resolution already handed over is not
 /// handed over again (its regression may have fired since); a new `resolve` (a later time or
-/// another release) is.
+/// another release) is. Every other status is handed over as a status of the issue's own (an
+/// alias's resolution does not stand for it, docs/sourcemaps.md "Late maps").
 fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Status>) -> bool {
     let mut changed = false;
     for s in statuses {
@@ -77,9 +78,10 @@ fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Stat
                 applied.insert(key, v);
                 changed = true;
             }
-        } else if applied.remove(&key).is_some() {
-            engine.reopened(&key.0, &key.1);
-            changed = true;
+        } else {
+            changed |= applied.remove(&key).is_some();
+            // A status of its own: an alias's resolution does not stand for it.
+            engine.unresolved(&key.0, &key.1);
         }
     }
     changed
@@ -110,25 +112,48 @@ async fn look_up(
                 history.entry(h.issue_id.as_str()).or_default().push((i64::from(h.minute), h.count));
             }
             // Issues the records name in `merged_from` (docs/sourcemaps.md "Late maps"): one
-            // stored at all makes its primary a known bug whose map arrived late.
+            // stored at all makes its primary a known bug whose map arrived late, and its
+            // history before the records' minute is the primary's too.
             let mut merged: Vec<&str> = chunk.iter().flat_map(|l| l.merged_from.iter().map(String::as_str)).collect();
             merged.sort_unstable();
             merged.dedup();
-            let mut merged_stored = std::collections::HashSet::new();
+            let mut merged_stored: HashMap<String, u32> = HashMap::new();
+            let mut merged_history: HashMap<String, Vec<(i64, u64)>> = HashMap::new();
             for ids in merged.chunks(tracefold_store::detector::LOOKUP_CHUNK) {
-                merged_stored.extend(tracefold_store::detector::issues_stored(client, db, project, ids).await?);
+                let aliases = tracefold_store::detector::issues_known(client, db, project, ids, since).await?;
+                merged_stored.extend(aliases.first_seen);
+                for h in aliases.history {
+                    merged_history.entry(h.issue_id).or_default().push((i64::from(h.minute), h.count));
+                }
             }
             for l in chunk {
                 // Seen in an earlier second than these records' first: known.
                 let known_before =
                     known.first_seen.get(&l.issue_id).is_some_and(|f| i64::from(*f) < l.first_seen_ms.div_euclid(1000))
-                        || l.merged_from.iter().any(|s| merged_stored.contains(s));
+                        || l.merged_from.iter().any(|s| merged_stored.contains_key(s));
                 let history = history
                     .get(l.issue_id.as_str())
                     .map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect())
                     .unwrap_or_default();
-                let signalled = sent.signalled(&l.project, &l.issue_id);
-                out.push((l.project.clone(), l.issue_id.clone(), Restored { known: known_before, history, signalled }));
+                let mut signalled = sent.signalled(&l.project, &l.issue_id);
+                let mut aliases = Vec::new();
+                let mut aliases_first_seen_ms = 0;
+                for (s, first_seen) in l.merged_from.iter().filter_map(|s| Some((s, merged_stored.get(s)?))) {
+                    let first_seen = i64::from(*first_seen) * 1000;
+                    if aliases_first_seen_ms == 0 || first_seen < aliases_first_seen_ms {
+                        aliases_first_seen_ms = first_seen;
+                    }
+                    let h =
+                        merged_history.get(s).map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect());
+                    aliases.push((s.clone(), h.unwrap_or_default()));
+                    // What was signalled for the bug as its alias is not signalled again.
+                    signalled.extend(sent.signalled(&l.project, s));
+                }
+                out.push((
+                    l.project.clone(),
+                    l.issue_id.clone(),
+                    Restored { known: known_before, history, signalled, aliases, aliases_first_seen_ms },
+                ));
             }
         }
     }
@@ -452,7 +477,7 @@ impl Detector<'_> {
                     .into_iter()
                     .map(|l| {
                         let signalled = self.sent.signalled(&l.project, &l.issue_id);
-                        (l.project, l.issue_id, Restored { known: true, history: Vec::new(), signalled })
+                        (l.project, l.issue_id, Restored { known: true, signalled, ..Restored::default() })
                     })
                     .collect()
             }
@@ -488,5 +513,86 @@ impl Detector<'_> {
             }
             self.notifier.notify(&s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracefold_model::{AggregateRecord, BatchRef};
+    use tracefold_store::rows::AggregateRow;
+
+    /// With the real ClickHouse: the lookup of an issue whose records name aliases in
+    /// `merged_from` hands the engine the stored aliases' history (before the records' minute)
+    /// and first seen, and the engine judges the issue on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lookup_reads_the_stored_aliases_history_for_the_canonical_issue() {
+        let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+        let database = format!("tftest_detector_aliases_{}", std::process::id());
+        let cfg = Config {
+            clickhouse: tracefold_runtime::config::ClickHouseConfig { url, database, ..Default::default() },
+            ..Config::default()
+        };
+        tracefold_store::migrate::migrate(&cfg.clickhouse, |_, _| {})
+            .await
+            .expect("ClickHouse is needed for this test");
+        let client = tracefold_store::client::database_client(&cfg.clickhouse).unwrap();
+        let t0 = 1_795_600_000 / 60 * 60;
+        let rec = |project: &str, issue: &str, m: i64, count: u64| AggregateRecord {
+            v: 1,
+            project: project.into(),
+            issue_id: issue.into(),
+            minute: t0 + m * 60,
+            count,
+            first_seen_ms: (t0 + m * 60) * 1000,
+            last_seen_ms: (t0 + m * 60) * 1000 + 1000,
+            batch: BatchRef { topic: "e".into(), index: 0, count: 1, ..Default::default() },
+            ..Default::default()
+        };
+        // "s": 40 a minute for an hour; another project's "s" and an unrelated issue too.
+        let mut recs: Vec<AggregateRecord> = (0..60).map(|m| rec("web", "s", m, 40)).collect();
+        recs.push(rec("app", "s", 30, 7));
+        recs.push(rec("web", "other", 30, 7));
+        // "s" after the map's first records of "p" (minute 60): not "p"'s history.
+        recs.push(rec("web", "s", 60, 5));
+        let rows: Vec<AggregateRow<'_>> =
+            recs.iter().enumerate().map(|(i, r)| AggregateRow::new(r, "a", 0, i as i64)).collect();
+        let inserted =
+            tracefold_store::aggregates::insert(&client, "aggregates", &rows, Duration::from_secs(30), None).await;
+        let mut engine = Engine::new(cfg.detector.engine.clone()).with_lookups();
+        let mut p = rec("web", "p", 60, 40);
+        p.merged_from = vec!["nowhere".into(), "s".into()];
+        p.users.insert(1, 16);
+        let received_ms = (t0 + 60 * 60) * 1000 + 59_000;
+        assert!(engine.ingest(&p, Arrival { partition: 0, received_ms, now_ms: 0 }).is_empty());
+        let lookups = engine.lookups();
+        let read = look_up(&tracefold_store::client::client(&cfg.clickhouse), &cfg, &lookups, &Sent::default()).await;
+        let _ = tracefold_store::client::drop_database(&client, &cfg.clickhouse.database).await;
+        inserted.unwrap();
+        let read = read.unwrap();
+        assert_eq!(read.len(), 1);
+        let (project, issue, restored) = &read[0];
+        assert_eq!((project.as_str(), issue.as_str()), ("web", "p"));
+        assert!(restored.known, "s is stored: p is a known bug");
+        assert!(restored.history.is_empty(), "p itself has nothing stored");
+        let s_history: Vec<(i64, u64)> = (0..60).map(|m| (t0 + m * 60, 40)).collect();
+        assert_eq!(restored.aliases, [("s".to_owned(), s_history)], "only stored aliases, before minute 60");
+        assert_eq!(restored.aliases_first_seen_ms, t0 * 1000);
+        // Judged on it: no new issue, and warm with the bug's baseline (without it, "p" would
+        // have no history and its project no baseline: a burst in its fifth minute would pass).
+        assert!(engine.restore("web", "p", restored.clone()).is_empty());
+        let at = |m: i64| Arrival { partition: 0, received_ms: (t0 + m * 60) * 1000 + 59_000, now_ms: 0 };
+        let mut signals = Vec::new();
+        for m in 61..68 {
+            let mut r = rec("web", "p", m, if m == 64 { 400 } else { 40 });
+            r.merged_from = vec!["s".into()];
+            signals.extend(engine.ingest(&r, at(m)));
+            signals.extend(engine.advance(0));
+            signals.extend(engine.advance(0));
+        }
+        let spikes: Vec<(Kind, &str, u64)> = signals.iter().map(|s| (s.kind, s.minute.as_str(), s.count)).collect();
+        assert_eq!(spikes, [(Kind::Spike, "2026-11-25T10:50:00Z", 400)]);
+        assert!((35.0..=45.0).contains(&signals[0].baseline_per_minute), "{}", signals[0].baseline_per_minute);
+        assert_eq!(signals[0].first_seen, "2026-11-25T09:46:00Z", "the bug's first seen, as s");
     }
 }

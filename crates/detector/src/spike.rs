@@ -74,6 +74,29 @@ impl SpikeState {
             && count >= baseline + cfg.sigmas * (2.0 * baseline + 1.0).sqrt()
     }
 
+    /// The model of the sum of two issues' per-minute counts, from the models of each after
+    /// the same minute: the means and variances add (the two are taken as independent: one bug
+    /// seen as two issues, one before and one after its source map, rarely both at once), the
+    /// history is the longer one's, and a spike goes on while either's does. The mean is exact
+    /// for minutes the clipping did not touch (the weighted mean is linear); a model without
+    /// observations leaves the other as it is.
+    #[must_use]
+    pub fn combined(&self, other: &Self) -> Self {
+        if other.minutes == 0 {
+            return self.clone();
+        }
+        if self.minutes == 0 {
+            return other.clone();
+        }
+        Self {
+            mean: self.mean + other.mean,
+            var: self.var + other.var,
+            minutes: self.minutes.max(other.minutes),
+            prev: self.prev + other.prev,
+            in_spike: self.in_spike || other.in_spike,
+        }
+    }
+
     /// Feeds the count of the next minute and says whether a spike starts.
     pub fn observe(&mut self, count: f64, cfg: &SpikeConfig) -> Verdict {
         let alpha = 1.0 - 0.5f64.powf(1.0 / cfg.half_life_min);
