@@ -9,6 +9,7 @@
 
 mod cache;
 pub mod limits;
+pub mod memo;
 pub mod normalize;
 pub mod rules;
 
@@ -85,12 +86,18 @@ trait Sink {
     /// The frame at `index` (in the frames of the stack being walked) contributed.
     #[inline]
     fn frame(&mut self, _index: usize) {}
+    /// An exception's value was looked at (no frame of its stack contributed), whether or
+    /// not it had one: only the hashing sink records it (for [`memo::FingerprintMemo`]).
+    #[inline]
+    fn consults_value(&mut self) {}
 }
 
 /// Collects the tagged, length-prefixed components into one buffer, hashed once at the end
 /// (one xxh3-128 call instead of four small updates per component).
 struct HashSink {
     buf: Vec<u8>,
+    /// Whether [`Sink::consults_value`] was called.
+    consulted_value: bool,
 }
 
 impl HashSink {
@@ -98,7 +105,7 @@ impl HashSink {
         buf.clear();
         buf.extend_from_slice(&(GROUPING_VERSION.len() as u32).to_le_bytes());
         buf.extend_from_slice(GROUPING_VERSION.as_bytes());
-        Self { buf }
+        Self { buf, consulted_value: false }
     }
 
     fn digest(&self) -> u128 {
@@ -120,6 +127,10 @@ impl Sink for HashSink {
     #[inline]
     fn wants_drops(&self) -> bool {
         false
+    }
+    #[inline]
+    fn consults_value(&mut self) {
+        self.consulted_value = true;
     }
 }
 
@@ -248,11 +259,22 @@ pub struct FrameContributions {
 /// Computes the fingerprint of an event (validated or not: any event is fingerprinted, within
 /// the bounds of [`limits`]).
 pub fn fingerprint(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch) -> Fingerprint {
+    fingerprint_and_reads(event, cfg, scratch).0
+}
+
+/// [`fingerprint`], and whether an exception's value was looked at (what
+/// [`memo::FingerprintMemo`] must know: its key leaves the values out).
+pub(crate) fn fingerprint_and_reads(
+    event: &Event<'_>,
+    cfg: &GroupingConfig,
+    scratch: &mut Scratch,
+) -> (Fingerprint, bool) {
     let mut sink = HashSink::new(std::mem::take(&mut scratch.hash));
     walk(event, cfg, scratch, &mut sink);
     let fp = Fingerprint(sink.digest());
+    let consulted = sink.consulted_value;
     scratch.hash = sink.buf;
-    fp
+    (fp, consulted)
 }
 
 /// Computes the fingerprint and says which components contributed and which were dropped.
@@ -283,6 +305,9 @@ fn is_default_marker(s: &str) -> bool {
         .is_some_and(|inner| matches!(inner.trim(), "default" | " default_hash"))
 }
 
+/// Every part of the event (and of `cfg`) this walk reads must be covered by the key of
+/// [`memo::FingerprintMemo`] (`memo::input_key`), or make it decline the event: two events of
+/// one key must get one fingerprint (its tests compare the memo with this walk).
 fn walk<S: Sink>(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch, sink: &mut S) -> &'static str {
     if !event.fingerprint.is_empty() {
         custom_components("custom", &event.fingerprint, event, cfg, scratch, sink);
@@ -642,6 +667,7 @@ fn exception_components<S: Sink>(
     scratch.dropped = dropped;
     scratch.infos = infos;
     if contributed == 0 {
+        sink.consults_value();
         if let Some(v) = exc.value.as_deref().filter(|v| !v.is_empty()) {
             normalize::exception_value(v, &mut scratch.a);
             sink.add("value", &scratch.a);

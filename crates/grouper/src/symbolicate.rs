@@ -829,6 +829,50 @@ mod tests {
         assert_eq!(replay, first);
     }
 
+    /// Events of the same frames with other messages share a batch, with a stack rule that
+    /// takes the minified file out of grouping, so that as received their messages group
+    /// them: each one's secondary is what it gets alone (the batch's memo of secondaries
+    /// answers only where frames decide, and frames decide the mapped issue).
+    #[test]
+    fn secondaries_of_one_batch_are_those_of_each_event_alone() {
+        use tracefold_fingerprint::rules::{FrameMatcher, StackAction, StackRule};
+        let minified_out = StackRule {
+            matcher: FrameMatcher { path: Some("*/main.*.js".into()), ..FrameMatcher::default() },
+            action: StackAction::Exclude,
+        };
+        let with_rules =
+            tracefold_fingerprint::GroupingConfig { stack_rules: vec![minified_out], ..Default::default() };
+        let built = |store: &ArtifactStore| {
+            let symbolicator = Symbolicator::new(store.clone(), FetchOptions::default()).unwrap();
+            let hook = Hook { symbolicator: Arc::new(symbolicator), budget: Duration::from_secs(60) };
+            BatchBuilder::new(BatchOptions { grouping: with_rules.clone(), ..BatchOptions::default() })
+                .with_sourcemaps(hook)
+        };
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        let with_value = |i: u64, v: &str| A.event(i).replace(r#""value":"x""#, &format!(r#""value":"{v}""#));
+        let events = vec![
+            with_value(1, "x"),
+            with_value(2, "coupon 1 failed"),
+            with_value(3, "order 2 failed"),
+            with_value(4, "coupon 1 failed"),
+            with_value(5, "x"),
+        ];
+        let out = run(&mut built(&store), &events);
+        assert_eq!(out.symbolication, [5, 0, 0, 0]);
+        assert_eq!(out.records.len(), 1, "the mapped frame groups them all");
+        let (bare, _rt) = new_store();
+        let mut expected: Vec<String> = events
+            .iter()
+            .flat_map(|e| run(&mut built(&bare), std::slice::from_ref(e)).records)
+            .map(|r| r.issue_id)
+            .collect();
+        expected.sort();
+        expected.dedup();
+        assert_eq!(expected.len(), 3, "as received, the messages group them: {expected:?}");
+        assert_eq!(out.records[0].merged_from, expected);
+    }
+
     #[test]
     fn past_eight_secondaries_an_aggregate_leaves_the_others_out_and_counts_them() {
         let (store, rt) = new_store();
