@@ -119,8 +119,10 @@ pub struct BatchMaps {
     /// The files of events without debug images seen in this batch, with their key and, once
     /// `used` has it, their map: what [`apply`]'s cached path reads instead of building keys.
     files: HashMap<u64, FileMap>,
-    /// Per event, the map of each run of frames of one file (the cached path's scratch).
-    runs: Vec<Option<Arc<ParsedMap>>>,
+    /// Per event, each minified frame (its stack and index) with the map of its file (the
+    /// cached path's scratch: its second pass reads these instead of checking every frame
+    /// again).
+    runs: Vec<(Stack, usize, Option<Arc<ParsedMap>>)>,
     /// Earlier events' [`Mapped`] records, their strings' memory reused.
     spare: Vec<Mapped>,
     /// Turns [`apply`]'s cached path off, for the tests that compare it with the full one
@@ -431,9 +433,9 @@ fn apply_cached(
     let mut distinct: [*const ParsedMap; MAX_KEYS_PER_EVENT] = [std::ptr::null(); MAX_KEYS_PER_EVENT];
     let mut n_distinct = 0;
     let mut cached = true;
-    'frames: for (_, s) in stacks(event) {
+    'frames: for (stack, s) in stacks(event) {
         let mut last: Option<(&str, Option<Arc<ParsedMap>>)> = None;
-        for f in &s.frames {
+        for (i, f) in s.frames.iter().enumerate() {
             let v = view(f);
             if !tracefold_symbolicate::is_minified_js(&v) {
                 continue;
@@ -463,7 +465,7 @@ fn apply_cached(
                     m
                 }
             };
-            runs.push(map);
+            runs.push((stack, i, map));
         }
     }
     if !cached {
@@ -471,35 +473,23 @@ fn apply_cached(
         batch.runs = runs;
         return None;
     }
-    if runs.iter().any(Option::is_some) {
+    if runs.iter().any(|(_, _, m)| m.is_some()) {
         before_mapping(event);
     }
-    // Every minified frame in the same order as above, with its map.
-    let mut maps = runs.drain(..);
-    let Event { exception, threads, .. } = event;
-    let exc = exception.iter_mut().enumerate().filter_map(|(i, e)| Some((Stack::Exception(i), e.stacktrace.as_mut()?)));
-    let thr = threads.iter_mut().enumerate().filter_map(|(i, t)| Some((Stack::Thread(i), t.stacktrace.as_mut()?)));
-    for (stack, s) in exc.chain(thr) {
-        for (i, f) in s.frames.iter_mut().enumerate() {
-            let v = view(f);
-            if !tracefold_symbolicate::is_minified_js(&v) {
-                continue;
-            }
-            let Some(map) = maps.next().flatten() else { continue };
-            let (Some(line), Some(col)) = (v.lineno, v.colno) else { continue };
-            let Some(pos) = map.position(line, col, v.function) else { continue };
-            let at = Place {
-                stack,
-                frame: i,
-                file: &pos.file,
-                line: pos.line,
-                col: pos.col,
-                function: pos.function.as_deref(),
-            };
-            write_mapped(f, &at, map, &mut batch.spare, mapped);
-        }
+    // Every minified frame in the same order as above, with its map: no frame is checked again.
+    for (stack, i, map) in runs.drain(..) {
+        let Some(map) = map else { continue };
+        let s = match stack {
+            Stack::Exception(k) => event.exception.get_mut(k).and_then(|e| e.stacktrace.as_mut()),
+            Stack::Thread(k) => event.threads.get_mut(k).and_then(|t| t.stacktrace.as_mut()),
+        };
+        let Some(f) = s.and_then(|s| s.frames.get_mut(i)) else { continue };
+        let (Some(line), Some(col)) = (f.lineno, f.colno) else { continue };
+        let Some(pos) = map.position(line, col, f.function.as_deref()) else { continue };
+        let at =
+            Place { stack, frame: i, file: &pos.file, line: pos.line, col: pos.col, function: pos.function.as_deref() };
+        write_mapped(f, &at, map, &mut batch.spare, mapped);
     }
-    drop(maps);
     batch.runs = runs;
     Some(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
 }
