@@ -52,6 +52,15 @@ impl Fingerprint {
     pub fn to_hex(self) -> String {
         format!("{:032x}", self.0)
     }
+
+    /// [`Fingerprint::to_hex`] written into `buf`, without formatting machinery or allocation.
+    pub fn hex_in(self, buf: &mut [u8; 32]) -> &str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = DIGITS[((self.0 >> (4 * (31 - i))) & 0xf) as usize];
+        }
+        std::str::from_utf8(buf).expect("hex digits are ASCII")
+    }
 }
 
 /// One component considered for the fingerprint.
@@ -773,6 +782,19 @@ mod tests {
             {{"function":"dispatch","filename":"https://cdn.x.com/js/vendor.aaaa1111.js","lineno":1,"colno":5,"in_app":false}},
             {{"function":"{func}","filename":"https://cdn.x.com/js/main.{bundle}.js","lineno":{line},"colno":{col},"in_app":true}}]}}}}]}}"#
         )
+    }
+
+    #[test]
+    fn hex_in_is_to_hex() {
+        let mut buf = [0u8; 32];
+        for v in [0u128, 1, 0xf, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 1 << 127, u64::MAX as u128] {
+            assert_eq!(Fingerprint(v).hex_in(&mut buf), Fingerprint(v).to_hex());
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15_u128;
+        for _ in 0..1000 {
+            x = x.wrapping_mul(0x2545_f491_4f6c_dd1d_0000_0000_0000_0001).wrapping_add(0x1234_5678_9abc_def1);
+            assert_eq!(Fingerprint(x).hex_in(&mut buf), Fingerprint(x).to_hex());
+        }
     }
 
     #[test]

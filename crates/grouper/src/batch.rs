@@ -374,7 +374,8 @@ impl BatchBuilder {
             }
         }
         if let Some(secondary) = p.merged_from {
-            if !r.add_merged_from(&tracefold_fingerprint::Fingerprint(secondary).to_hex()) {
+            let mut hex = [0u8; 32];
+            if !r.add_merged_from(tracefold_fingerprint::Fingerprint(secondary).hex_in(&mut hex)) {
                 self.merged_from_dropped += 1;
             }
         }
