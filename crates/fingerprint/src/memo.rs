@@ -163,7 +163,9 @@ fn put_bool(buf: &mut Vec<u8>, b: Option<bool>) {
 
 /// The event's key (see the module docs), built in `buf`; `None` when the memo declines the
 /// event. Its text is unambiguous (every value tagged and length-prefixed, every list
-/// counted), so equal keys mean equal read parts unless the hash collides.
+/// counted; a frame's file name and path are either written, each tagged 0 or 1, or, equal to
+/// the previous frame's of the same stack, replaced by tag 2), so equal keys mean equal read
+/// parts unless the hash collides.
 fn input_key(event: &Event<'_>, cfg: &GroupingConfig, seed: u64, buf: &mut Vec<u8>) -> Option<u128> {
     if !event.fingerprint.is_empty()
         || !cfg.fingerprint_rules.is_empty()
@@ -184,11 +186,21 @@ fn input_key(event: &Event<'_>, cfg: &GroupingConfig, seed: u64, buf: &mut Vec<u
         let frames = considered_frames(exc.stacktrace.as_ref());
         debug_assert!(frames.len() <= MAX_FRAMES_PER_EXCEPTION);
         buf.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+        let mut prev: Option<&tracefold_model::event::Frame<'_>> = None;
         for f in frames {
+            // The frames of one stack mostly share their file: a path equal to the previous
+            // frame's is written as a mark, not copied and hashed again.
+            let (file, path) = (f.filename.as_deref(), f.abs_path.as_deref());
             put_str(buf, f.function.as_deref());
             put_str(buf, f.module.as_deref());
-            put_str(buf, f.filename.as_deref());
-            put_str(buf, f.abs_path.as_deref());
+            match prev {
+                Some(p) if p.filename.as_deref() == file && p.abs_path.as_deref() == path => buf.push(2),
+                _ => {
+                    put_str(buf, file);
+                    put_str(buf, path);
+                }
+            }
+            prev = Some(f);
             put_str(buf, f.package.as_deref());
             put_u32(buf, f.lineno);
             put_u32(buf, f.colno);
