@@ -9,6 +9,7 @@
 
 mod cache;
 pub mod limits;
+pub mod memo;
 pub mod normalize;
 pub mod rules;
 
@@ -51,6 +52,15 @@ impl Fingerprint {
     pub fn to_hex(self) -> String {
         format!("{:032x}", self.0)
     }
+
+    /// [`Fingerprint::to_hex`] written into `buf`, without formatting machinery or allocation.
+    pub fn hex_in(self, buf: &mut [u8; 32]) -> &str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = DIGITS[((self.0 >> (4 * (31 - i))) & 0xf) as usize];
+        }
+        std::str::from_utf8(buf).expect("hex digits are ASCII")
+    }
 }
 
 /// One component considered for the fingerprint.
@@ -85,12 +95,18 @@ trait Sink {
     /// The frame at `index` (in the frames of the stack being walked) contributed.
     #[inline]
     fn frame(&mut self, _index: usize) {}
+    /// An exception's value was looked at (no frame of its stack contributed), whether or
+    /// not it had one: only the hashing sink records it (for [`memo::FingerprintMemo`]).
+    #[inline]
+    fn consults_value(&mut self) {}
 }
 
 /// Collects the tagged, length-prefixed components into one buffer, hashed once at the end
 /// (one xxh3-128 call instead of four small updates per component).
 struct HashSink {
     buf: Vec<u8>,
+    /// Whether [`Sink::consults_value`] was called.
+    consulted_value: bool,
 }
 
 impl HashSink {
@@ -98,7 +114,7 @@ impl HashSink {
         buf.clear();
         buf.extend_from_slice(&(GROUPING_VERSION.len() as u32).to_le_bytes());
         buf.extend_from_slice(GROUPING_VERSION.as_bytes());
-        Self { buf }
+        Self { buf, consulted_value: false }
     }
 
     fn digest(&self) -> u128 {
@@ -120,6 +136,10 @@ impl Sink for HashSink {
     #[inline]
     fn wants_drops(&self) -> bool {
         false
+    }
+    #[inline]
+    fn consults_value(&mut self) {
+        self.consulted_value = true;
     }
 }
 
@@ -248,11 +268,22 @@ pub struct FrameContributions {
 /// Computes the fingerprint of an event (validated or not: any event is fingerprinted, within
 /// the bounds of [`limits`]).
 pub fn fingerprint(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch) -> Fingerprint {
+    fingerprint_and_reads(event, cfg, scratch).0
+}
+
+/// [`fingerprint`], and whether an exception's value was looked at (what
+/// [`memo::FingerprintMemo`] must know: its key leaves the values out).
+pub(crate) fn fingerprint_and_reads(
+    event: &Event<'_>,
+    cfg: &GroupingConfig,
+    scratch: &mut Scratch,
+) -> (Fingerprint, bool) {
     let mut sink = HashSink::new(std::mem::take(&mut scratch.hash));
     walk(event, cfg, scratch, &mut sink);
     let fp = Fingerprint(sink.digest());
+    let consulted = sink.consulted_value;
     scratch.hash = sink.buf;
-    fp
+    (fp, consulted)
 }
 
 /// Computes the fingerprint and says which components contributed and which were dropped.
@@ -283,6 +314,9 @@ fn is_default_marker(s: &str) -> bool {
         .is_some_and(|inner| matches!(inner.trim(), "default" | " default_hash"))
 }
 
+/// Every part of the event (and of `cfg`) this walk reads must be covered by the key of
+/// [`memo::FingerprintMemo`] (`memo::input_key`), or make it decline the event: two events of
+/// one key must get one fingerprint (its tests compare the memo with this walk).
 fn walk<S: Sink>(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch, sink: &mut S) -> &'static str {
     if !event.fingerprint.is_empty() {
         custom_components("custom", &event.fingerprint, event, cfg, scratch, sink);
@@ -642,6 +676,7 @@ fn exception_components<S: Sink>(
     scratch.dropped = dropped;
     scratch.infos = infos;
     if contributed == 0 {
+        sink.consults_value();
         if let Some(v) = exc.value.as_deref().filter(|v| !v.is_empty()) {
             normalize::exception_value(v, &mut scratch.a);
             sink.add("value", &scratch.a);
@@ -747,6 +782,19 @@ mod tests {
             {{"function":"dispatch","filename":"https://cdn.x.com/js/vendor.aaaa1111.js","lineno":1,"colno":5,"in_app":false}},
             {{"function":"{func}","filename":"https://cdn.x.com/js/main.{bundle}.js","lineno":{line},"colno":{col},"in_app":true}}]}}}}]}}"#
         )
+    }
+
+    #[test]
+    fn hex_in_is_to_hex() {
+        let mut buf = [0u8; 32];
+        for v in [0u128, 1, 0xf, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 1 << 127, u64::MAX as u128] {
+            assert_eq!(Fingerprint(v).hex_in(&mut buf), Fingerprint(v).to_hex());
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15_u128;
+        for _ in 0..1000 {
+            x = x.wrapping_mul(0x2545_f491_4f6c_dd1d_0000_0000_0000_0001).wrapping_add(0x1234_5678_9abc_def1);
+            assert_eq!(Fingerprint(x).hex_in(&mut buf), Fingerprint(x).to_hex());
+        }
     }
 
     #[test]

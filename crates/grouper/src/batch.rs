@@ -9,6 +9,7 @@ use crate::dedup::{identity, DedupWindow, KeyedIdState};
 use crate::symbolicate::{BatchMaps, Hook, Mapped, Outcome};
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use tracefold_fingerprint::memo::FingerprintMemo;
 use tracefold_fingerprint::{describe, fingerprint, GroupingConfig, Scratch, GROUPING_VERSION};
 use tracefold_model::aggregate::{minute_of, user_hash, AggregateRecord, BatchRef, UserSet, AGGREGATE_FORMAT_VERSION};
 use tracefold_model::breakdown::{self, Key, Tally};
@@ -149,6 +150,9 @@ struct Work {
     mapped: Vec<Mapped>,
     /// The current event's symbolication outcome (when it had minified JavaScript frames).
     outcome: Option<Outcome>,
+    /// Secondary fingerprints of this batch's mapped events, by what they read (emptied with
+    /// the batch and when full: [`tracefold_fingerprint::memo`]).
+    secondary: FingerprintMemo,
 }
 
 /// The per-event buffers [`plan_event`] writes besides the fingerprint's scratch.
@@ -163,6 +167,8 @@ struct EventOut<'w> {
     outcome: &'w mut Option<Outcome>,
     /// Source maps of the batch, when the grouper has an artifact store.
     maps: Option<(&'w Hook, &'w mut BatchMaps)>,
+    /// The batch's secondary fingerprints.
+    secondary: &'w mut FingerprintMemo,
 }
 
 impl std::fmt::Debug for Work {
@@ -368,7 +374,8 @@ impl BatchBuilder {
             }
         }
         if let Some(secondary) = p.merged_from {
-            if !r.add_merged_from(&tracefold_fingerprint::Fingerprint(secondary).to_hex()) {
+            let mut hex = [0u8; 32];
+            if !r.add_merged_from(tracefold_fingerprint::Fingerprint(secondary).hex_in(&mut hex)) {
                 self.merged_from_dropped += 1;
             }
         }
@@ -413,6 +420,7 @@ impl BatchBuilder {
             merged_from_dropped: std::mem::take(&mut self.merged_from_dropped),
         };
         self.maps.clear();
+        self.work.secondary.clear();
         self.accepted = 0;
         self.clamped = 0;
         self.samples_truncated = 0;
@@ -429,6 +437,7 @@ impl BatchBuilder {
         self.rejected.clear();
         self.duplicates.clear();
         self.maps.clear();
+        self.work.secondary.clear();
         self.symbolication = [0; 4];
         self.merged_from_dropped = 0;
         self.accepted = 0;
@@ -482,7 +491,7 @@ fn plan(
             panic!("injected fault (panic marker)");
         }
     }
-    let Work { parse_buf, parser, scratch, ident, route, mapped, outcome } = work;
+    let Work { parse_buf, parser, scratch, ident, route, mapped, outcome, secondary } = work;
     parse_buf.clear();
     parse_buf.extend_from_slice(payload);
     let mut event = Event::default();
@@ -493,7 +502,7 @@ fn plan(
         Some((_, batch_maps)) => batch_maps.recycle(mapped),
         None => mapped.clear(),
     }
-    let out = EventOut { ident, route, mapped, outcome, maps };
+    let out = EventOut { ident, route, mapped, outcome, maps, secondary };
     let planned = plan_event(&mut event, scratch, out, opts, open, window, at);
     // The event's lists keep their memory for the next event.
     parser.recycle(event);
@@ -523,10 +532,12 @@ fn plan_event(
     }
     // Source maps: one check for events without minified JavaScript frames. An event whose
     // frames get mapped is also fingerprinted as received (the secondary, docs/sourcemaps.md
-    // "Late maps"), on that path only.
+    // "Late maps"), on that path only; the batch's events of the same frames (what the
+    // fingerprint reads) share one computation.
     let mut secondary = None;
     if let Some((hook, maps)) = out.maps {
-        let mut as_received = |e: &Event<'_>| secondary = Some(fingerprint(e, &opts.grouping, scratch).0);
+        let memo = out.secondary;
+        let mut as_received = |e: &Event<'_>| secondary = Some(memo.fingerprint(e, &opts.grouping, scratch).0);
         *out.outcome = crate::symbolicate::apply(hook, maps, event, offset, out.mapped, &mut as_received);
     }
     let event = &*event;

@@ -119,8 +119,10 @@ pub struct BatchMaps {
     /// The files of events without debug images seen in this batch, with their key and, once
     /// `used` has it, their map: what [`apply`]'s cached path reads instead of building keys.
     files: HashMap<u64, FileMap>,
-    /// Per event, the map of each run of frames of one file (the cached path's scratch).
-    runs: Vec<Option<Arc<ParsedMap>>>,
+    /// Per event, each minified frame (its stack and index) with the map of its file (the
+    /// cached path's scratch: its second pass reads these instead of checking every frame
+    /// again).
+    runs: Vec<(Stack, usize, Option<Arc<ParsedMap>>)>,
     /// Earlier events' [`Mapped`] records, their strings' memory reused.
     spare: Vec<Mapped>,
     /// Turns [`apply`]'s cached path off, for the tests that compare it with the full one
@@ -431,9 +433,9 @@ fn apply_cached(
     let mut distinct: [*const ParsedMap; MAX_KEYS_PER_EVENT] = [std::ptr::null(); MAX_KEYS_PER_EVENT];
     let mut n_distinct = 0;
     let mut cached = true;
-    'frames: for (_, s) in stacks(event) {
+    'frames: for (stack, s) in stacks(event) {
         let mut last: Option<(&str, Option<Arc<ParsedMap>>)> = None;
-        for f in &s.frames {
+        for (i, f) in s.frames.iter().enumerate() {
             let v = view(f);
             if !tracefold_symbolicate::is_minified_js(&v) {
                 continue;
@@ -463,7 +465,7 @@ fn apply_cached(
                     m
                 }
             };
-            runs.push(map);
+            runs.push((stack, i, map));
         }
     }
     if !cached {
@@ -471,35 +473,23 @@ fn apply_cached(
         batch.runs = runs;
         return None;
     }
-    if runs.iter().any(Option::is_some) {
+    if runs.iter().any(|(_, _, m)| m.is_some()) {
         before_mapping(event);
     }
-    // Every minified frame in the same order as above, with its map.
-    let mut maps = runs.drain(..);
-    let Event { exception, threads, .. } = event;
-    let exc = exception.iter_mut().enumerate().filter_map(|(i, e)| Some((Stack::Exception(i), e.stacktrace.as_mut()?)));
-    let thr = threads.iter_mut().enumerate().filter_map(|(i, t)| Some((Stack::Thread(i), t.stacktrace.as_mut()?)));
-    for (stack, s) in exc.chain(thr) {
-        for (i, f) in s.frames.iter_mut().enumerate() {
-            let v = view(f);
-            if !tracefold_symbolicate::is_minified_js(&v) {
-                continue;
-            }
-            let Some(map) = maps.next().flatten() else { continue };
-            let (Some(line), Some(col)) = (v.lineno, v.colno) else { continue };
-            let Some(pos) = map.position(line, col, v.function) else { continue };
-            let at = Place {
-                stack,
-                frame: i,
-                file: &pos.file,
-                line: pos.line,
-                col: pos.col,
-                function: pos.function.as_deref(),
-            };
-            write_mapped(f, &at, map, &mut batch.spare, mapped);
-        }
+    // Every minified frame in the same order as above, with its map: no frame is checked again.
+    for (stack, i, map) in runs.drain(..) {
+        let Some(map) = map else { continue };
+        let s = match stack {
+            Stack::Exception(k) => event.exception.get_mut(k).and_then(|e| e.stacktrace.as_mut()),
+            Stack::Thread(k) => event.threads.get_mut(k).and_then(|t| t.stacktrace.as_mut()),
+        };
+        let Some(f) = s.and_then(|s| s.frames.get_mut(i)) else { continue };
+        let (Some(line), Some(col)) = (f.lineno, f.colno) else { continue };
+        let Some(pos) = map.position(line, col, f.function.as_deref()) else { continue };
+        let at =
+            Place { stack, frame: i, file: &pos.file, line: pos.line, col: pos.col, function: pos.function.as_deref() };
+        write_mapped(f, &at, map, &mut batch.spare, mapped);
     }
-    drop(maps);
     batch.runs = runs;
     Some(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
 }
@@ -827,6 +817,50 @@ mod tests {
             first.records.iter().map(|r| (&r.issue_id, &r.merged_from)).collect::<Vec<_>>()
         );
         assert_eq!(replay, first);
+    }
+
+    /// Events of the same frames with other messages share a batch, with a stack rule that
+    /// takes the minified file out of grouping, so that as received their messages group
+    /// them: each one's secondary is what it gets alone (the batch's memo of secondaries
+    /// answers only where frames decide, and frames decide the mapped issue).
+    #[test]
+    fn secondaries_of_one_batch_are_those_of_each_event_alone() {
+        use tracefold_fingerprint::rules::{FrameMatcher, StackAction, StackRule};
+        let minified_out = StackRule {
+            matcher: FrameMatcher { path: Some("*/main.*.js".into()), ..FrameMatcher::default() },
+            action: StackAction::Exclude,
+        };
+        let with_rules =
+            tracefold_fingerprint::GroupingConfig { stack_rules: vec![minified_out], ..Default::default() };
+        let built = |store: &ArtifactStore| {
+            let symbolicator = Symbolicator::new(store.clone(), FetchOptions::default()).unwrap();
+            let hook = Hook { symbolicator: Arc::new(symbolicator), budget: Duration::from_secs(60) };
+            BatchBuilder::new(BatchOptions { grouping: with_rules.clone(), ..BatchOptions::default() })
+                .with_sourcemaps(hook)
+        };
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        let with_value = |i: u64, v: &str| A.event(i).replace(r#""value":"x""#, &format!(r#""value":"{v}""#));
+        let events = vec![
+            with_value(1, "x"),
+            with_value(2, "coupon 1 failed"),
+            with_value(3, "order 2 failed"),
+            with_value(4, "coupon 1 failed"),
+            with_value(5, "x"),
+        ];
+        let out = run(&mut built(&store), &events);
+        assert_eq!(out.symbolication, [5, 0, 0, 0]);
+        assert_eq!(out.records.len(), 1, "the mapped frame groups them all");
+        let (bare, _rt) = new_store();
+        let mut expected: Vec<String> = events
+            .iter()
+            .flat_map(|e| run(&mut built(&bare), std::slice::from_ref(e)).records)
+            .map(|r| r.issue_id)
+            .collect();
+        expected.sort();
+        expected.dedup();
+        assert_eq!(expected.len(), 3, "as received, the messages group them: {expected:?}");
+        assert_eq!(out.records[0].merged_from, expected);
     }
 
     #[test]
