@@ -696,6 +696,7 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
     };
     // One counter for the request's delivery reports: the last one wakes this task once.
     let acks = Acks::new(ready.len());
+    let queued = Instant::now();
     for r in ready {
         let rec = BaseRecord::with_opaque_to(topic, acks.clone()).key(r.id.as_bytes()).payload(&r.payload[..]);
         match st.producer.send(rec) {
@@ -721,6 +722,7 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
         }
     }
     let waited = tokio::time::timeout(Duration::from_millis(st.cfg.http.delivery_timeout_ms + 1000), acks.wait()).await;
+    metrics::histogram!(m::KAFKA_SECONDS).record(queued.elapsed().as_secs_f64());
     let failed = match waited {
         Ok(()) => acks.failed(),
         Err(_) => ready.len(),
