@@ -75,7 +75,7 @@ pub fn parse_event_slice_with<'a>(
 ) -> Result<Event<'a>, ParseError> {
     let mut tape = simd_json::Tape(Vec::new());
     let mut event = Event::default();
-    parse_into(buf, buffers, &mut tape, &mut tape::Spare::default(), &mut event)?;
+    parse_into(buf, true, buffers, &mut tape, &mut tape::Spare::default(), &mut event)?;
     Ok(event)
 }
 
@@ -90,13 +90,16 @@ fn malformed(e: simd_json::Error) -> ParseError {
 /// (empty on entry; unspecified after an error).
 fn parse_into<'a>(
     buf: &'a mut [u8],
+    repair: bool,
     buffers: &mut simd_json::Buffers,
     tape: &mut simd_json::Tape<'a>,
     spare: &mut tape::Spare,
     out: &mut Event<'a>,
 ) -> Result<(), ParseError> {
     check_object(buf)?;
-    json::repair_surrogates(buf);
+    if repair {
+        json::repair_surrogates(buf);
+    }
     simd_json::fill_tape(buf, buffers, tape).map_err(malformed)?;
     // The tape reader checks the depth of what it skips (the rest has the event's shape).
     if tape::event(&tape.0, spare, out).is_some() {
@@ -143,8 +146,24 @@ impl EventParser {
     /// # Errors
     /// As [`parse_event_slice`]; `out` then holds an unspecified part of the event.
     pub fn parse_to<'a>(&mut self, buf: &'a mut [u8], out: &mut Event<'a>) -> Result<(), ParseError> {
+        self.parse_to_with(buf, true, out)
+    }
+
+    /// [`EventParser::parse`] of a `buf` whose lone surrogate escapes the caller has repaired
+    /// already ([`json::repair_surrogates`]): that pass over the bytes is not made again.
+    /// (Given a `buf` that still has one, the answer is an error, as simd-json refuses it.)
+    ///
+    /// # Errors
+    /// As [`parse_event_slice`].
+    pub fn parse_repaired<'a>(&mut self, buf: &'a mut [u8]) -> Result<Event<'a>, ParseError> {
+        let mut event = Event::default();
+        self.parse_to_with(buf, false, &mut event)?;
+        Ok(event)
+    }
+
+    fn parse_to_with<'a>(&mut self, buf: &'a mut [u8], repair: bool, out: &mut Event<'a>) -> Result<(), ParseError> {
         let mut tape = self.tape.take().map_or_else(|| simd_json::Tape(Vec::new()), simd_json::Tape::reset);
-        let answer = parse_into(buf, &mut self.buffers, &mut tape, &mut self.spare, out);
+        let answer = parse_into(buf, repair, &mut self.buffers, &mut tape, &mut self.spare, out);
         // The event borrows from `buf`, not from the tape: the tape's nodes can go.
         self.tape = Some(tape.reset());
         answer

@@ -851,6 +851,24 @@ mod tests {
         include_str!("../../../benches/fixtures/events.ndjson").lines().filter(|l| !l.is_empty()).collect()
     }
 
+    /// A parse of bytes repaired beforehand (the producer's) answers as the parse that
+    /// repairs; bytes with a lone surrogate left are refused, never read as something else.
+    #[test]
+    fn a_parse_of_repaired_bytes_answers_as_the_parse_that_repairs() {
+        let mut parser = crate::EventParser::default();
+        let cut = r#"{"message":"cut \ud83d here","tags":{"k":"\udc00"},"ok":"\ud83d\ude00"}"#;
+        for line in fixture().into_iter().chain([cut]) {
+            let mut a = line.as_bytes().to_vec();
+            let want = parser.parse(&mut a).map(|e| format!("{e:?}"));
+            let mut b = line.as_bytes().to_vec();
+            json::repair_surrogates(&mut b);
+            let got = parser.parse_repaired(&mut b).map(|e| format!("{e:?}"));
+            assert_eq!(got, want, "{line}");
+        }
+        assert!(parser.parse(&mut cut.as_bytes().to_vec()).is_ok());
+        assert!(parser.parse_repaired(&mut cut.as_bytes().to_vec()).is_err(), "not repaired: refused");
+    }
+
     #[test]
     fn the_fixture_is_read_off_the_tape_exactly_as_serde_reads_it() {
         let mut parser = crate::EventParser::default();

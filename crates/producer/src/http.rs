@@ -535,7 +535,8 @@ fn prepare_in(
     // backslash); when nothing was repaired, those bytes are the line itself. The parse
     // checks the depth.
     let repaired = (repair_surrogates(copy) > 0).then(|| copy.clone());
-    let mut ev = parser.parse(copy).map_err(|e| Problem::parse(&e))?;
+    // Repaired above: the parse does not scan for them again.
+    let mut ev = parser.parse_repaired(copy).map_err(|e| Problem::parse(&e))?;
     let complete = ev.project.is_some() && ev.event_id.is_some();
     if let Some(p) = ev.project.as_deref() {
         if p != project {
@@ -696,6 +697,7 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
     };
     // One counter for the request's delivery reports: the last one wakes this task once.
     let acks = Acks::new(ready.len());
+    let queued = Instant::now();
     for r in ready {
         let rec = BaseRecord::with_opaque_to(topic, acks.clone()).key(r.id.as_bytes()).payload(&r.payload[..]);
         match st.producer.send(rec) {
@@ -721,6 +723,7 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
         }
     }
     let waited = tokio::time::timeout(Duration::from_millis(st.cfg.http.delivery_timeout_ms + 1000), acks.wait()).await;
+    metrics::histogram!(m::KAFKA_SECONDS).record(queued.elapsed().as_secs_f64());
     let failed = match waited {
         Ok(()) => acks.failed(),
         Err(_) => ready.len(),
@@ -888,21 +891,23 @@ fn native_events(
     // Without an NDJSON content type, a body that is one JSON value (even pretty-printed) is
     // one event; otherwise it is read as lines.
     let single = !ndjson && is_one_value(text);
+    // The lines, found once (one scan of the body) and kept for the checks below; at most
+    // `max_events` of them.
+    let mut lines: Vec<(usize, &str)> = Vec::new();
     let n = if single {
         usize::from(!text.trim().is_empty())
     } else {
-        let mut n = 0;
-        for _ in event_lines(text) {
-            n += 1;
-            if n > max_events {
+        for line in event_lines(text) {
+            if lines.len() == max_events {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("more than {max_events} events in one request (http.max_events_per_request)"),
                 )
                 .with_outcome_reason(reasons::TOO_MANY_EVENTS));
             }
+            lines.push(line);
         }
-        n
+        lines.len()
     };
     if n == 0 {
         return Err(ApiError::new(
@@ -929,7 +934,7 @@ fn native_events(
     if single {
         check(1, text.trim());
     } else {
-        for (line_no, line) in event_lines(text) {
+        for (line_no, line) in lines {
             check(line_no, line);
         }
     }

@@ -21,13 +21,23 @@ use std::time::Duration;
 use tracefold_runtime::telemetry::{ops_router, Health};
 use tracefold_runtime::Shutdown;
 
+/// The events producer's librdkafka defaults over tracefold's (`[kafka.librdkafka]` still wins):
+/// `linger.ms` 1 instead of 5. Every request waits for Kafka's acknowledgement of its events,
+/// and a partition's batch waits up to `linger.ms` for more messages before it is sent, so
+/// the linger is a floor under every request's time. With 5 the Kafka part of a request was
+/// 7.7 to 8 ms and the whole request about 11 ms at best, so 8 clients in flight with 100
+/// events each could not pass about 73,000 events/s however many cores were free; with 1 or 2
+/// it was down to 3.3 to 3.8 ms in the runs the machine's load disturbed least, the batches
+/// as compressed (benches/README.md, "What bounds the rate").
+pub const EVENTS_PRODUCER: &[(&str, &str)] = &[("linger.ms", "1")];
+
 /// Builds the Kafka producer for `cfg` and checks that the events topic exists.
 ///
 /// # Errors
 /// When the producer cannot be created or the topic is missing.
 pub fn kafka_producer(cfg: &Config) -> anyhow::Result<delivery::EventsProducer> {
     let producer: delivery::EventsProducer =
-        tracefold_runtime::kafka::producer_config(&cfg.kafka, cfg.http.delivery_timeout_ms)
+        tracefold_runtime::kafka::producer_config_with(&cfg.kafka, cfg.http.delivery_timeout_ms, EVENTS_PRODUCER)
             .create_with_context(delivery::AckContext::default())
             .context("cannot create the Kafka producer")?;
     tracefold_runtime::kafka::check_topics(

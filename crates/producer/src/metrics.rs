@@ -10,6 +10,11 @@ pub const EVENTS_TOTAL: &str = "tracefold_producer_events_total";
 pub const ENVELOPE_ITEMS_TOTAL: &str = "tracefold_producer_envelope_items_total";
 /// Request handling time including Kafka acknowledgement, seconds.
 pub const REQUEST_SECONDS: &str = "tracefold_producer_request_seconds";
+/// Of a request answered 200 or 503 after publishing: the time from handing its first event
+/// to librdkafka until Kafka answered for its last (batching, `linger.ms`, the broker's
+/// acknowledgement, the delivery report), seconds. The rest of
+/// [`REQUEST_SECONDS`] is reading, parsing and checking the request.
+pub const KAFKA_SECONDS: &str = "tracefold_producer_kafka_seconds";
 
 /// Outcome counts dropped (more projects in one flush interval than the producer keeps, or more
 /// unacknowledged outcome records than it keeps for a retry); events themselves are not lost.
@@ -38,6 +43,7 @@ pub const ALL: &[&str] = &[
     EVENTS_TOTAL,
     ENVELOPE_ITEMS_TOTAL,
     REQUEST_SECONDS,
+    KAFKA_SECONDS,
     BACKPRESSURE_MAX_LAG_EVENTS,
     BACKPRESSURE_MAX_LAG_BYTES,
     BACKPRESSURE_REFUSING,

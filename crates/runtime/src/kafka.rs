@@ -168,20 +168,29 @@ pub fn producer_queue_limits(kafka: &KafkaConfig) -> (usize, usize) {
 /// `message_timeout_ms` 0 means "retry until delivered", which services that must not
 /// lose or reorder output use.
 pub fn producer_config(kafka: &KafkaConfig, message_timeout_ms: u64) -> ClientConfig {
+    producer_config_with(kafka, message_timeout_ms, &[])
+}
+
+/// [`producer_config`] with a service's own defaults `own` over tracefold's (the
+/// pass-through options still win over both): e.g. the HTTP producer's shorter `linger.ms`.
+pub fn producer_config_with(kafka: &KafkaConfig, message_timeout_ms: u64, own: &[(&str, &str)]) -> ClientConfig {
     let timeout = message_timeout_ms.to_string();
-    client_config_for(
-        ClientKind::Producer,
-        kafka,
-        &[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("compression.type", "lz4"),
-            ("linger.ms", "5"),
-            ("batch.num.messages", "10000"),
-            ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
-            ("message.timeout.ms", &timeout),
-        ],
-    )
+    let mut defaults = vec![
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("compression.type", "lz4"),
+        ("linger.ms", "5"),
+        ("batch.num.messages", "10000"),
+        ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
+        ("message.timeout.ms", timeout.as_str()),
+    ];
+    for (k, v) in own {
+        match defaults.iter_mut().find(|(d, _)| d == k) {
+            Some(d) => d.1 = v,
+            None => defaults.push((k, v)),
+        }
+    }
+    client_config_for(ClientKind::Producer, kafka, &defaults)
 }
 
 /// Checks that each topic exists, with a message that says how to create it.
@@ -575,6 +584,19 @@ mod tests {
         let c = consumer_config(&k, "g");
         assert_eq!(c.get("session.timeout.ms"), Some("6000"));
         assert_eq!(c.get("queue.buffering.max.messages"), None);
+    }
+
+    #[test]
+    fn a_service_default_replaces_tracefolds_and_the_pass_through_wins() {
+        let mut k = KafkaConfig { bootstrap_servers: "127.0.0.1:9".into(), ..KafkaConfig::default() };
+        let own = [("linger.ms", "1"), ("batch.size", "500000")];
+        let c = producer_config_with(&k, 0, &own);
+        assert_eq!(c.get("linger.ms"), Some("1"));
+        assert_eq!(c.get("batch.size"), Some("500000"));
+        assert_eq!(c.get("compression.type"), Some("lz4"));
+        assert_eq!(producer_config(&k, 0).get("linger.ms"), Some("5"), "other producers keep theirs");
+        k.librdkafka.insert("linger.ms".into(), "7".into());
+        assert_eq!(producer_config_with(&k, 0, &own).get("linger.ms"), Some("7"));
     }
 
     #[test]

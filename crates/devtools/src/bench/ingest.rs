@@ -44,10 +44,65 @@ pub struct IngestReport {
     pub process_cpu_secs: f64,
     /// CPU seconds of the HTTP client (the `loadgen-http` thread) while the clock ran.
     pub client_cpu_secs: f64,
+    /// Share of the whole machine (all cores, 0 to 1) busy while the clock ran: this process
+    /// and everything else running.
+    pub machine_busy_share: f64,
+    /// Each request's time from sent to answered at the client, milliseconds, sorted.
+    pub request_ms: Vec<f64>,
+    /// The producer's own view (its `tracefold_producer_request_seconds` and
+    /// `tracefold_producer_kafka_seconds` while the clock ran): mean request time and mean
+    /// Kafka part, milliseconds.
+    pub server_ms: ServerTimes,
     /// Bytes fetched from the events topic per event, after the clock, by a consumer reading
     /// what the embedded broker still holds (its log is bounded): the batches as stored,
     /// compressed with the producer's `compression.type`, protocol overhead included.
     pub fetched_bytes_per_event: f64,
+}
+
+/// Mean times of the producer's requests while the clock ran, from its metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ServerTimes {
+    /// Requests the producer timed.
+    pub requests: f64,
+    /// Mean request time (reading, parsing, checking, publishing, Kafka's acknowledgement), ms.
+    pub request_mean: f64,
+    /// Mean Kafka part: from the first event handed to librdkafka to the last delivery report, ms.
+    pub kafka_mean: f64,
+}
+
+/// `(sum, count)` of the summary or histogram `name` in Prometheus text `text` (zeros when
+/// it is not there).
+fn sum_count(text: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        let key = format!("{name}_{suffix}");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(key.as_str()))
+            .filter(|rest| rest.starts_with([' ', '{']))
+            .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    (value("sum"), value("count"))
+}
+
+/// The producer's request and Kafka times between two renderings of its metrics.
+fn server_times(before: &str, after: &str) -> ServerTimes {
+    use tracefold_producer::metrics::{KAFKA_SECONDS, REQUEST_SECONDS};
+    let delta = |name: &str| {
+        let ((s0, c0), (s1, c1)) = (sum_count(before, name), sum_count(after, name));
+        (s1 - s0, c1 - c0)
+    };
+    let ((rs, rc), (ks, kc)) = (delta(REQUEST_SECONDS), delta(KAFKA_SECONDS));
+    let mean = |s: f64, c: f64| if c > 0.0 { (s / c * 1e3 * 100.0).round() / 100.0 } else { 0.0 };
+    ServerTimes { requests: rc, request_mean: mean(rs, rc), kafka_mean: mean(ks, kc) }
+}
+
+/// The `q` quantile (0 to 1) of sorted `v`, rounded to 0.01 (0 when empty).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    (v[i.min(v.len() - 1)] * 100.0).round() / 100.0
 }
 
 impl IngestReport {
@@ -83,6 +138,22 @@ impl IngestReport {
             "seconds": s.elapsed_secs, "events_per_sec": s.events_per_sec, "requests_per_sec": self.requests() as f64 / s.elapsed_secs,
             "cpu_us_per_event": self.cpu_us_per_event(), "server_cpu_us_per_event": self.server_cpu_us_per_event(),
             "cpu_seconds": self.cpu, "fetched_bytes_per_event": self.fetched_bytes_per_event, "librdkafka": librdkafka,
+            "process_cores": ((self.process_cpu_secs / s.elapsed_secs.max(1e-9)) * 100.0).round() / 100.0,
+            "machine_busy_share": (self.machine_busy_share * 100.0).round() / 100.0,
+            "request_ms": self.request_ms_json(),
+            "server_ms": {"requests": self.server_ms.requests, "request_mean": self.server_ms.request_mean,
+                "kafka_mean": self.server_ms.kafka_mean,
+                "before_kafka_mean": ((self.server_ms.request_mean - self.server_ms.kafka_mean) * 100.0).round() / 100.0},
+        })
+    }
+
+    /// The client's request times: mean and quantiles, ms.
+    fn request_ms_json(&self) -> serde_json::Value {
+        let v = &self.request_ms;
+        let mean = if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        serde_json::json!({
+            "mean": (mean * 100.0).round() / 100.0, "p50": quantile(v, 0.5), "p90": quantile(v, 0.9),
+            "p99": quantile(v, 0.99), "max": quantile(v, 1.0),
         })
     }
 
@@ -91,7 +162,7 @@ impl IngestReport {
         let (s, batch, concurrency) = (&self.load, self.opts.batch, self.opts.concurrency);
         let requests = self.requests();
         format!(
-            "{} events in {} requests of {batch} ({concurrency} in flight, bodies made before the clock): {:.2}s, {:.0} events/s, {:.0} requests/s, {} failed; CPU {:.1} µs/event ({:.1} without the HTTP client)\n",
+            "{} events in {} requests of {batch} ({concurrency} in flight, bodies made before the clock): {:.2}s, {:.0} events/s, {:.0} requests/s, {} failed; CPU {:.1} µs/event ({:.1} without the HTTP client); request {:.1} ms at the client, {:.1} ms in the producer of which {:.1} ms Kafka (means)\n",
             s.accepted,
             requests,
             s.elapsed_secs,
@@ -100,6 +171,9 @@ impl IngestReport {
             s.failed,
             self.cpu_us_per_event(),
             self.server_cpu_us_per_event(),
+            self.request_ms_json()["mean"].as_f64().unwrap_or(0.0),
+            self.server_ms.request_mean,
+            self.server_ms.kafka_mean,
         )
     }
 }
@@ -157,6 +231,8 @@ struct Sent {
     start: CpuSnapshot,
     end: CpuSnapshot,
     client_ticks: u64,
+    /// Each request's time, ms, sorted.
+    request_ms: Vec<f64>,
 }
 
 /// This thread's CPU ticks (user + system).
@@ -175,6 +251,7 @@ fn send(url: String, bodies: Vec<(&'static str, Bytes, u64)>, opts: &IngestOptio
             let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
             let mut tasks = tokio::task::JoinSet::new();
             let mut load = loadgen::LoadSummary::default();
+            let mut request_ms = Vec::new();
             let (start, ticks0) = (CpuSnapshot::now_by(part_of), thread_ticks());
             let t0 = Instant::now();
             for (project, body, n) in bodies {
@@ -183,22 +260,28 @@ fn send(url: String, bodies: Vec<(&'static str, Bytes, u64)>, opts: &IngestOptio
                 let url = format!("{url}/api/v1/projects/{project}/events");
                 tasks.spawn(async move {
                     let _permit = permit;
+                    let t = Instant::now();
                     let out = loadgen::post_with_retries(&client, &url, body, n, loadgen::DEFAULT_MAX_RETRIES).await;
                     pb.inc(n);
-                    out
+                    (out, t.elapsed().as_secs_f64() * 1e3)
                 });
                 load.sent += n;
                 while let Some(done) = tasks.try_join_next() {
-                    loadgen::account(&mut load, done?);
+                    let (out, ms) = done?;
+                    loadgen::account(&mut load, out);
+                    request_ms.push(ms);
                 }
             }
             while let Some(done) = tasks.join_next().await {
-                loadgen::account(&mut load, done?);
+                let (out, ms) = done?;
+                loadgen::account(&mut load, out);
+                request_ms.push(ms);
             }
+            request_ms.sort_by(f64::total_cmp);
             loadgen::finish(&mut load, t0);
             let (end, ticks1) = (CpuSnapshot::now_by(part_of), thread_ticks());
             pb.finish_and_clear();
-            Ok(Sent { load, start, end, client_ticks: ticks1.saturating_sub(ticks0) })
+            Ok(Sent { load, start, end, client_ticks: ticks1.saturating_sub(ticks0), request_ms })
         })
     })?;
     client.join().map_err(|_| anyhow::anyhow!("the load's client thread panicked"))?
@@ -236,7 +319,11 @@ pub async fn ingest(opts: &IngestOptions) -> anyhow::Result<IngestReport> {
     let bodies = bodies(opts);
     let generate_secs = t.elapsed().as_secs_f64();
     let o = opts.clone();
+    // The producer's metrics (its router installed the recorder), before and after the load.
+    let metrics = tracefold_runtime::telemetry::metrics_handle();
+    let before = metrics.render();
     let sent = tokio::task::spawn_blocking(move || send(url, bodies, &o)).await??;
+    let server_ms = server_times(&before, &metrics.render());
     let (bootstrap, topic) = (broker.bootstrap_servers(), tracefold_runtime::config::TopicsConfig::default().events);
     let fetched_bytes_per_event =
         tokio::task::spawn_blocking(move || fetched_bytes_per_event(&bootstrap, &topic)).await??;
@@ -251,6 +338,9 @@ pub async fn ingest(opts: &IngestOptions) -> anyhow::Result<IngestReport> {
         cpu: cpu["stages"].clone(),
         process_cpu_secs,
         client_cpu_secs: sent.client_ticks as f64 / 100.0,
+        machine_busy_share: cpu["machine_busy_share"].as_f64().unwrap_or(0.0),
+        request_ms: sent.request_ms,
+        server_ms,
         fetched_bytes_per_event,
     })
 }
@@ -324,6 +414,21 @@ mod tests {
             assert!(*n >= 1 && *n <= 100);
             assert_eq!(body.split(|c| *c == b'\n').count() as u64, *n);
         }
+    }
+
+    #[test]
+    fn sums_and_counts_of_a_rendered_summary() {
+        let text = "# TYPE a_seconds summary\na_seconds{quantile=\"0.5\"} 0.01\na_seconds_sum 1.5\na_seconds_count 30\na_seconds_total_sum 9\n";
+        assert_eq!(sum_count(text, "a_seconds"), (1.5, 30.0));
+        assert_eq!(sum_count(text, "b_seconds"), (0.0, 0.0));
+        use tracefold_producer::metrics::{KAFKA_SECONDS as K, REQUEST_SECONDS as R};
+        let before = format!("{R}_sum 1\n{R}_count 10\n{K}_sum 0.5\n{K}_count 10\n");
+        let after = format!("{R}_sum 1.2\n{R}_count 30\n{K}_sum 0.6\n{K}_count 30\n");
+        let t = server_times(&before, &after);
+        assert_eq!((t.requests, t.request_mean, t.kafka_mean), (20.0, 10.0, 5.0), "the deltas' means, ms");
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.5), 3.0);
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 1.0), 5.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
     }
 
     #[test]
