@@ -250,6 +250,64 @@ impl AggregateRecord {
     }
 }
 
+/// Decodes aggregate records off the topic (the writer's hot path), with simd-json: the
+/// bytes copied into a buffer it keeps, a tape built with scratch buffers it keeps, and the
+/// record deserialized from the tape. It answers exactly as `serde_json::from_slice` (the
+/// format's definition, and what the writer used before): the fast path runs only on bytes
+/// that both parsers read alike, and when it fails for any reason `serde_json::from_slice`
+/// decides, so that a malformed record gets the same error (and goes to the same DLQ) as
+/// before. Bytes it leaves to serde_json: a raw control byte anywhere (serde_json refuses one
+/// inside a string, simd-json takes it), a `\u` escape (lone surrogates), `-0` anywhere
+/// (serde_json reads a float, simd-json an integer), a document that is not an object or
+/// nests deeper than [`crate::json::MAX_DEPTH`]. The grouper writes these only for strings
+/// with control characters or `-0` in them. Tests and the `aggregate_decoder` fuzz target hold the two paths equal.
+///
+/// Linear in the bytes; holds the largest record's bytes and simd-json's scratch buffers
+/// for it between calls.
+#[derive(Default)]
+pub struct AggregateDecoder {
+    bytes: Vec<u8>,
+    buffers: simd_json::Buffers,
+}
+
+impl std::fmt::Debug for AggregateDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregateDecoder").finish_non_exhaustive()
+    }
+}
+
+impl AggregateDecoder {
+    /// The record in `payload`, or serde_json's error for it.
+    ///
+    /// # Errors
+    /// When `payload` is not an aggregate record: `serde_json::from_slice`'s error.
+    pub fn decode(&mut self, payload: &[u8]) -> Result<AggregateRecord, serde_json::Error> {
+        match self.fast(payload) {
+            Some(r) => Ok(r),
+            None => serde_json::from_slice(payload),
+        }
+    }
+
+    /// The simd-json path: `None` when it does not apply or fails (serde_json decides then).
+    pub fn fast(&mut self, payload: &[u8]) -> Option<AggregateRecord> {
+        let first = payload.iter().position(|b| !b.is_ascii_whitespace())?;
+        if payload[first] != b'{' || payload.iter().any(|&b| b < 0x20 && !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            return None;
+        }
+        // `-0`: serde_json reads it as the float -0.0 (refused for an integer), simd-json as 0.
+        if memchr::memmem::find(payload, b"\\u").is_some() || memchr::memmem::find(payload, b"-0").is_some() {
+            return None;
+        }
+        self.bytes.clear();
+        self.bytes.extend_from_slice(payload);
+        // serde consumes the tape: a new one per record (one allocation).
+        let mut tape = simd_json::Tape(Vec::new());
+        simd_json::fill_tape(&mut self.bytes, &mut self.buffers, &mut tape).ok()?;
+        crate::json::tape_depth(&tape.0, crate::json::MAX_DEPTH).ok()?;
+        tape.deserialize::<AggregateRecord>().ok()
+    }
+}
+
 /// Start of the minute containing `ms`, as Unix seconds.
 pub fn minute_of(ms: Millis) -> i64 {
     ms.div_euclid(60_000) * 60
@@ -360,6 +418,148 @@ mod tests {
         assert_eq!(a.merge(&b, 16), 3);
         assert_eq!(a.merged_from.len(), MAX_MERGED_FROM);
         assert_eq!(a.merged_from[..3], ["a", "b", "c"]);
+    }
+
+    /// A record with any Unicode in its strings (control characters and quotes included).
+    fn any_record() -> impl Strategy<Value = AggregateRecord> {
+        let text = || proptest::string::string_regex("(?s).{0,12}").unwrap();
+        (
+            (text(), text(), any::<i32>(), any::<i64>(), any::<i64>(), any::<u32>(), any::<u32>()),
+            (text(), text(), any::<i64>(), text(), text(), any::<u64>()),
+            (proptest::collection::vec(any::<u64>(), 0..5), any::<bool>(), any::<i64>(), any::<i64>()),
+            (text(), text(), text(), text(), text(), text(), text()),
+            (proptest::collection::vec((text(), 0u64..9), 0..3), proptest::collection::vec(text(), 0..3), any::<u8>()),
+        )
+            .prop_map(|(b, k, u, t, x)| {
+                let mut r = AggregateRecord {
+                    v: x.2,
+                    batch: BatchRef {
+                        epoch: b.0,
+                        topic: b.1,
+                        partition: b.2,
+                        first_offset: b.3,
+                        last_offset: b.4,
+                        index: b.5,
+                        count: b.6,
+                    },
+                    project: k.0,
+                    issue_id: k.1,
+                    minute: k.2,
+                    release: k.3,
+                    environment: k.4,
+                    count: k.5,
+                    users: UserSet { hashes: u.0, saturated: u.1 },
+                    first_seen_ms: u.2,
+                    last_seen_ms: u.3,
+                    title: t.0,
+                    culprit: t.1,
+                    exc_type: t.2,
+                    level: t.3,
+                    platform: t.4,
+                    grouping_version: t.5,
+                    sample: t.6,
+                    ..Default::default()
+                };
+                for (v, n) in x.0 {
+                    r.breakdown.url.push(crate::breakdown::ValueCount { value: v, count: n });
+                }
+                r.merged_from = x.1;
+                r
+            })
+    }
+
+    /// What `serde_json::from_slice` answers, as a comparable value.
+    fn serde_answer(b: &[u8]) -> Result<AggregateRecord, String> {
+        serde_json::from_slice::<AggregateRecord>(b).map_err(|e| e.to_string())
+    }
+
+    proptest! {
+        #[test]
+        fn the_decoder_reads_every_record_as_serde_json(r in any_record()) {
+            let json = serde_json::to_vec(&r).unwrap();
+            let mut d = AggregateDecoder::default();
+            prop_assert_eq!(d.decode(&json).unwrap(), r.clone());
+            // Without escaped control characters the fast path reads it itself.
+            if !json.windows(2).any(|w| w == b"\\u") {
+                prop_assert_eq!(d.fast(&json), Some(r));
+            }
+        }
+
+        #[test]
+        fn the_fast_path_answers_only_where_serde_json_agrees(
+            r in any_record(),
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), 0u8..3,
+                proptest::sample::select(b"{}[]\":,0123456789-+.eE \\ntrufalsx\x01\xc3\xbc".to_vec())), 1..4),
+        ) {
+            let mut json = serde_json::to_vec(&r).unwrap();
+            for (at, op, byte) in edits {
+                let i = at.index(json.len() + 1);
+                match op {
+                    0 => json.insert(i, byte),
+                    1 if i < json.len() => { json.remove(i); }
+                    _ if i < json.len() => json[i] = byte,
+                    _ => {}
+                }
+            }
+            let mut d = AggregateDecoder::default();
+            if let Some(fast) = d.fast(&json) {
+                prop_assert_eq!(Ok(fast), serde_answer(&json), "{}", String::from_utf8_lossy(&json));
+            }
+            prop_assert_eq!(d.decode(&json).map_err(|e| e.to_string()), serde_answer(&json));
+        }
+    }
+
+    #[test]
+    fn the_decoder_answers_as_serde_json_on_edge_cases() {
+        let good =
+            serde_json::to_string(&AggregateRecord { title: "ü \"q\" \\ x".into(), ..Default::default() }).unwrap();
+        let body = &good[1..good.len() - 1];
+        let deep = format!("{{\"extra\":{}1{},{body}}}", "[".repeat(200), "]".repeat(200));
+        let mid = format!("{{\"extra\":{}1{},{body}}}", "[".repeat(100), "]".repeat(100));
+        let cases = [
+            good.clone(),
+            format!("  {good}  "),
+            format!("{good} x"),
+            format!("{good}{good}"),
+            format!("{{\"unknown\":{{\"a\":[1,2.5e300,-0,null,true]}},{body}}}"),
+            format!("{{\"big\":123456789012345678901234567890,{body}}}"),
+            format!("{{\"big\":1e999,{body}}}"),
+            good.replace("\"count\":0", "\"count\":00"),
+            good.replace("\"count\":0", "\"count\":-0"),
+            good.replace("\"count\":0", "\"count\":0.0"),
+            good.replace("\"count\":0", "\"count\":-1"),
+            good.replace("\"count\":0", "\"count\":18446744073709551616"),
+            good.replace("\"v\":0", "\"v\":256"),
+            good.replace("\"minute\":0", "\"minute\":1E2"),
+            good.replace("\"title\":", "\"title\":\"dup\",\"title\":"),
+            good.replace("\"project\":\"\"", "\"project\":\"\\ud83d\""),
+            good.replace("\"project\":\"\"", "\"project\":\"\\udc00x\""),
+            good.replace("\"project\":\"\"", "\"project\":\"\\ud83d\\ude00\""),
+            good.replace("\"project\":\"\"", "\"project\":\"a\u{1}b\""),
+            good.replace("\"project\":\"\"", "\"project\":\"a\tb\""),
+            good.replace("\"project\":\"\"", "\"project\":\"\\x\""),
+            good.replace("\"project\":\"\"", "\"project\":null"),
+            good.replace("\"batch\":{", "\"batch\":[").replace(",\"project\"", "],\"project\""),
+            good.replace("\"users\":{\"hashes\":[],\"saturated\":false}", "\"users\":[[1,2],true]"),
+            good.replace(",\"breakdown\":{}", ""),
+            good.replace("\"breakdown\":{}", "\"breakdown\":{\"url\":[{\"value\":\"/ü\",\"count\":2}]}"),
+            deep,
+            mid,
+            "[]".into(),
+            "".into(),
+            "null".into(),
+            "{".into(),
+        ];
+        let mut d = AggregateDecoder::default();
+        for c in &cases {
+            assert_eq!(d.decode(c.as_bytes()).map_err(|e| e.to_string()), serde_answer(c.as_bytes()), "{c}");
+            if let Some(fast) = d.fast(c.as_bytes()) {
+                assert_eq!(Ok(fast), serde_answer(c.as_bytes()), "{c}");
+            }
+        }
+        // The grouper's records take the fast path.
+        assert!(d.fast(good.as_bytes()).is_some());
+        assert!(d.fast(cases[25].as_bytes()).is_some(), "{}", cases[25]);
     }
 
     #[test]
