@@ -19,7 +19,6 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tracefold_model::aggregate::AggregateDecoder;
 use tracefold_model::{AggregateRecord, Reason};
 use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
 use tracefold_runtime::kafka::DlqRecord;
@@ -57,8 +56,6 @@ struct Writer<'a> {
     in_flight: Option<InFlight>,
     /// Rows of the batch whose INSERT failed last (for the log line of the failure).
     failed_rows: Option<usize>,
-    /// Decodes the records (simd-json, answering as serde_json: see [`AggregateDecoder`]).
-    decoder: AggregateDecoder,
 }
 
 /// A batch being inserted: its rows (given back when the INSERT ends, so that a failed one
@@ -93,7 +90,6 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         retry_delay: None,
         in_flight: None,
         failed_rows: None,
-        decoder: AggregateDecoder::default(),
     };
     w.dedup_tokens = match w.rt.block_on(tracefold_store::client::server_version(&w.client)) {
         Ok(v) => tracefold_store::client::major_version(&v) >= 22,
@@ -184,7 +180,7 @@ impl Strategy for Writer<'_> {
     fn on_message(&mut self, cx: &mut Ctx<'_>, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
         let (p, o) = (msg.partition(), msg.offset());
         let payload = msg.payload().unwrap_or(&[]);
-        match self.decoder.decode(payload) {
+        match serde_json::from_slice::<AggregateRecord>(payload) {
             Ok(record) => {
                 self.pending_bytes += payload.len();
                 self.pending.push(Pending { record, partition: p, offset: o, bytes: payload.len() });
