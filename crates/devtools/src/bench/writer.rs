@@ -309,3 +309,43 @@ fn record(i: u64, now: i64, events_topic: &str, sample: &str) -> tracefold_model
         merged_from: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_are_parts_of_the_writer_by_name() {
+        assert_eq!(writer_part("writer-loop"), WRITER_LOOP);
+        assert_eq!(writer_part("writer-outcomes"), "writer outcomes loop");
+        // The writer's runtime thread `tracefold-writer-io`, cut to 15 bytes by the kernel.
+        assert_eq!(writer_part("tracefold-write"), WRITER_INSERT);
+        assert_eq!(writer_part("rdk:mock"), "embedded broker (mock cluster)");
+        assert_eq!(writer_part("rdk:broker1"), LIBRDKAFKA);
+        assert_eq!(writer_part("tokio-rt-worker"), "other");
+    }
+
+    #[test]
+    fn cpu_per_row_of_each_part() {
+        let r = WriterReport {
+            records: 200_000,
+            stored: 200_000,
+            seconds: 2.0,
+            batch_max_rows: 1,
+            batch_max_bytes: 1,
+            partitions: 12,
+            produce_seconds: 1.0,
+            join_seconds: 1.0,
+            cpu: serde_json::json!({"process_seconds": 3.0, "clickhouse_seconds": 1.0,
+                "stages": {WRITER_LOOP: 1.0, WRITER_INSERT: 0.2, LIBRDKAFKA: 0.3, "other": 0.5}}),
+        };
+        assert_eq!(r.part_us_per_row(WRITER_LOOP), 5.0);
+        assert_eq!(r.writer_us_per_row(), 7.5);
+        let j = r.json();
+        assert_eq!(j["process_cpu_us_per_row"], 15.0);
+        assert_eq!(j["clickhouse_cpu_us_per_row"], 5.0);
+        assert_eq!(j["rows_per_sec"], 100_000.0);
+        assert_eq!(j["load"], "pre-produced");
+        assert!(r.check().is_ok());
+    }
+}
