@@ -36,6 +36,13 @@ pub struct WriterSection {
     /// read and the one being inserted, each up to about this much decoded)...
     pub batch_max_bytes: usize,
     /// ...or when its oldest row waited this long (ms).
+    ///
+    /// Below `batch_max_rows` rows a second this bound cuts every batch: `bench-writer` at
+    /// under 30,000 rows/s gave the same inserts with 100,000 and 200,000 rows as bounds, and
+    /// a few more with 20,000 (`benches/README.md`, "The writer alone"). The consumer's fetch
+    /// settings are the services' common ones (`tracefold_runtime::kafka::consumer_config`):
+    /// with records waiting on the broker the writer's loop is busy decoding, not waiting on
+    /// fetches.
     pub batch_max_age_ms: u64,
     /// First retry delay after a failed insert (ms); doubles up to `retry_max_ms`.
     pub retry_initial_ms: u64,

@@ -105,13 +105,14 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     // health is part of the writer's: /healthz and the watchdog see a stall of either loop.
     let outcomes_health = health.child("writer-outcomes");
     std::thread::scope(|scope| {
-        let outcomes = scope.spawn(|| {
+        // Named, so that CPU profiles tell it from the main loop (`bench-writer`).
+        let outcomes = std::thread::Builder::new().name("writer-outcomes".into()).spawn_scoped(scope, || {
             let r = tracefold_runtime::telemetry::run_guarded(&outcomes_health, || {
                 crate::outcomes::run(cfg, shutdown, &outcomes_health)
             });
             shutdown.trigger();
             r
-        });
+        })?;
         let main = runtime.run(&mut w, shutdown, health);
         shutdown.trigger();
         let outcomes = outcomes.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the outcomes consumer panicked")));

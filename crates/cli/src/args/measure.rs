@@ -95,6 +95,10 @@ pub struct BenchWriterArgs {
     /// Aggregate records.
     #[arg(long, default_value_t = 200_000)]
     pub records: u64,
+    /// Partitions of the aggregates topic (the embedded broker keeps 5 MB of compressed
+    /// records per partition; the benchmark fails when it dropped any).
+    #[arg(long, default_value_t = 12)]
+    pub partitions: i32,
     /// Rows per INSERT at most (the writer's `batch_max_rows`).
     #[arg(long, default_value_t = tracefold_writer::config::WriterSection::default().batch_max_rows)]
     pub batch_max_rows: usize,

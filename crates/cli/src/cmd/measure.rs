@@ -68,6 +68,7 @@ pub async fn bench_ingest(a: &BenchIngestArgs) -> anyhow::Result<()> {
 pub async fn bench_writer(a: &BenchWriterArgs) -> anyhow::Result<()> {
     let r = bench::writer(&bench::WriterOptions {
         records: a.records,
+        partitions: a.partitions,
         batch_max_rows: a.batch_max_rows,
         batch_max_bytes: a.batch_max_bytes,
         clickhouse: a.ch.config(),
