@@ -43,7 +43,8 @@
 //! A record of issue `P` naming `S` in `merged_from` (the same bug, grouped as `S` before its
 //! source map arrived) makes `P` no new issue when `S` was seen, and `P` takes `S`'s history:
 //! `S`'s state when the engine holds it (which it then drops, see `Engine::absorb`), else
-//! `S`'s stored per-minute counts through the lookup ([`Restored::aliases`]). With no status
+//! `S`'s stored per-minute counts through the lookup ([`Restored::aliases`]; for a `P` already
+//! held, through a lookup of `S` itself, see [`Engine::lookups`]). With no status
 //! of its own, `P` regresses through `S`'s resolution (docs/sourcemaps.md "Late maps").
 
 use crate::signal::{sample_facts, signal_id, Kind, SampleFacts, Signal, SIGNAL_FORMAT_VERSION};
@@ -299,6 +300,23 @@ struct Issue {
 /// Most aliases an issue remembers having taken the history of.
 const MAX_ABSORBED: usize = 16;
 
+/// Most alias lookups one record queues (see [`Engine::absorb`]).
+const MAX_ALIAS_LOOKUPS: usize = 8;
+
+/// With lookups: an alias named by a held issue's record, neither held nor taken, whose stored
+/// history waits for [`Engine::restore`] to go into that issue's.
+#[derive(Debug, Clone)]
+struct AliasWait {
+    /// The issue that takes it.
+    into: String,
+    /// The minute of the record that named it: its history before that minute.
+    from_minute: i64,
+    /// That record's first seen, Unix ms.
+    first_seen_ms: i64,
+    /// That record's partition (a revoked partition's lookups go with it).
+    partition: i32,
+}
+
 impl Issue {
     /// Moves the frozen baseline on to `to` (exclusive) over the issue's own minutes, as
     /// [`Engine::advance`] does when minutes leave the allowed lateness (the minutes from
@@ -454,6 +472,9 @@ pub struct Engine {
     /// With lookups: records of issues not held, waiting for [`Self::restore`], per issue in
     /// arrival order.
     lookups: Option<BTreeMap<Key, Vec<(AggregateRecord, Arrival)>>>,
+    /// With lookups: aliases whose stored history a held issue waits for (see
+    /// [`Self::absorb`]), by alias.
+    alias_lookups: BTreeMap<Key, AliasWait>,
     /// Resolved issues: resolved at (ms) and in which release.
     resolutions: HashMap<Key, (i64, String)>,
     /// Issues with a status of their own other than resolved (unresolved again, ignored): an
@@ -564,6 +585,7 @@ impl Engine {
             }
             waiting.retain(|_, records| !records.is_empty());
         }
+        self.alias_lookups.retain(|_, w| !partitions.contains(&w.partition));
     }
 
     /// Since the last call: records not used for detection because they were more than the
@@ -600,10 +622,10 @@ impl Engine {
             }
             let is_new = !self.known.contains(&key) && !self.merged_seen(r);
             self.issues.insert(key.clone(), Box::default());
-            self.absorb(&key, r);
+            self.absorb(&key, r, at);
             return self.take(&key, r, at, is_new);
         }
-        self.absorb(&key, r);
+        self.absorb(&key, r, at);
         self.take(&key, r, at, false)
     }
 
@@ -613,13 +635,37 @@ impl Engine {
     /// maps"). The alias's entry is dropped: it gets no more events (its stragglers, records of
     /// batches grouped before the map, make a new entry, known, whose minutes the next record
     /// naming it brings along).
-    fn absorb(&mut self, key: &Key, r: &AggregateRecord) {
+    ///
+    /// With lookups, an alias neither held nor taken (another replica held it, or it was
+    /// evicted) waits for its stored history ([`Self::lookups`], at most
+    /// [`MAX_ALIAS_LOOKUPS`] per record), which [`Self::restore`] then adds to the issue's.
+    fn absorb(&mut self, key: &Key, r: &AggregateRecord, at: Arrival) {
+        let mut queued = 0;
         for alias in &r.merged_from {
             if *alias == key.1 {
                 continue;
             }
             let alias_key = (key.0.clone(), alias.clone());
-            let Some(s) = self.issues.remove(&alias_key) else { continue };
+            let Some(s) = self.issues.remove(&alias_key) else {
+                let Some(waiting) = &self.lookups else { continue };
+                let Some(p) = self.issues.get(key) else { return };
+                let wanted = queued < MAX_ALIAS_LOOKUPS
+                    && p.absorbed.len() < MAX_ABSORBED
+                    && !p.absorbed.iter().any(|a| **a == **alias)
+                    && !waiting.contains_key(&alias_key)
+                    && !self.alias_lookups.contains_key(&alias_key);
+                if wanted {
+                    queued += 1;
+                    let w = AliasWait {
+                        into: key.1.clone(),
+                        from_minute: effective_minute(r.minute, at.received_ms),
+                        first_seen_ms: r.first_seen_ms,
+                        partition: at.partition,
+                    };
+                    self.alias_lookups.insert(alias_key, w);
+                }
+                continue;
+            };
             if self.lookups.is_none() {
                 self.known.insert(alias_key);
             }
@@ -640,12 +686,23 @@ impl Engine {
 
     /// Whether records wait for [`Self::restore`].
     pub fn waiting(&self) -> bool {
-        self.lookups.as_ref().is_some_and(|w| !w.is_empty())
+        self.lookups.as_ref().is_some_and(|w| !w.is_empty()) || !self.alias_lookups.is_empty()
     }
 
-    /// The issues whose records wait for [`Self::restore`].
+    /// The issues whose records wait for [`Self::restore`], then the aliases whose history a
+    /// held issue waits for (see [`Self::absorb`]; without `merged_from`).
     pub fn lookups(&self) -> Vec<Lookup> {
         let Some(waiting) = &self.lookups else { return Vec::new() };
+        let aliases =
+            self.alias_lookups.iter().filter(|(key, _)| !waiting.contains_key(*key)).map(|((project, issue_id), w)| {
+                Lookup {
+                    project: project.clone(),
+                    issue_id: issue_id.clone(),
+                    first_seen_ms: w.first_seen_ms,
+                    from_minute: w.from_minute,
+                    merged_from: Vec::new(),
+                }
+            });
         waiting
             .iter()
             .map(|((project, issue_id), records)| Lookup {
@@ -665,6 +722,7 @@ impl Engine {
                     ids
                 },
             })
+            .chain(aliases)
             .collect()
     }
 
@@ -673,27 +731,32 @@ impl Engine {
     pub fn restore(&mut self, project: &str, issue_id: &str, restored: Restored) -> Vec<Signal> {
         let key = (project.to_owned(), issue_id.to_owned());
         let records = self.lookups.as_mut().and_then(|w| w.remove(&key)).unwrap_or_default();
-        if records.is_empty() || self.issues.contains_key(&key) {
+        // An alias with records of its own waiting is held from here on: the next record of the
+        // issue naming it takes its state.
+        let alias = self.alias_lookups.remove(&key);
+        if records.is_empty() {
+            if let Some(w) = alias {
+                self.restore_alias(key, &w.into, restored);
+            }
             return Vec::new();
         }
-        let cfg = self.cfg.spike;
-        let mut st = Box::<Issue>::default();
+        if self.issues.contains_key(&key) {
+            return Vec::new();
+        }
         // The stored history of the aliases this engine does not hold, summed by minute with
         // the issue's (a held one brings its state with the records below).
         let mut history = restored.history;
         let mut taken = false;
+        let mut absorbed: Vec<Box<str>> = Vec::new();
         for (alias, h) in restored.aliases {
             if alias == issue_id || self.issues.contains_key(&(project.to_owned(), alias.clone())) {
                 continue;
             }
             history.extend(h);
             taken = true;
-            if st.absorbed.len() < MAX_ABSORBED {
-                st.absorbed.push(alias.into());
+            if absorbed.len() < MAX_ABSORBED {
+                absorbed.push(alias.into());
             }
-        }
-        if restored.aliases_first_seen_ms > 0 {
-            st.first_seen_ms = restored.aliases_first_seen_ms;
         }
         if taken {
             let mut summed: BTreeMap<i64, u64> = BTreeMap::new();
@@ -702,6 +765,42 @@ impl Engine {
             }
             history = summed.into_iter().collect();
         }
+        let mut st = self.restored_issue(history, restored.signalled);
+        st.absorbed = absorbed;
+        if restored.aliases_first_seen_ms > 0 {
+            st.first_seen_ms = restored.aliases_first_seen_ms;
+        }
+        // A merged issue this engine holds (its records may not be in ClickHouse yet).
+        let merged_seen = records.iter().any(|(r, _)| self.merged_seen(r));
+        self.issues.insert(key.clone(), st);
+        let mut out = Vec::new();
+        for (i, (r, at)) in records.into_iter().enumerate() {
+            self.absorb(&key, &r, at);
+            out.extend(self.take(&key, &r, at, i == 0 && !restored.known && !merged_seen));
+        }
+        out
+    }
+
+    /// Adds the stored history of `alias` (what [`Self::restore`] was handed for it) to the
+    /// held issue `into` whose record named it (see [`Self::absorb`]), unless the issue took it
+    /// meanwhile, went, or the engine now holds the alias (the issue's next record takes it).
+    fn restore_alias(&mut self, alias: Key, into: &str, restored: Restored) {
+        if self.issues.contains_key(&alias) {
+            return;
+        }
+        let s = self.restored_issue(restored.history, restored.signalled);
+        let Some(p) = self.issues.get_mut(&(alias.0, into.to_owned())) else { return };
+        if p.absorbed.len() >= MAX_ABSORBED || p.absorbed.iter().any(|a| **a == *alias.1) {
+            return;
+        }
+        absorb(p, *s, &alias.1, &self.cfg.spike);
+    }
+
+    /// An issue's state from its stored per-minute counts (oldest first; its frozen baseline)
+    /// and the signals already produced for it.
+    fn restored_issue(&self, history: Vec<(i64, u64)>, signalled: Vec<(Kind, String, i64)>) -> Box<Issue> {
+        let cfg = self.cfg.spike;
+        let mut st = Box::<Issue>::default();
         for (minute, count) in history {
             if let Some(next) = st.base_next {
                 if minute < next {
@@ -716,7 +815,7 @@ impl Engine {
             st.closed = Some(minute);
         }
         st.model = st.base.clone();
-        for (kind, rule, minute) in restored.signalled {
+        for (kind, rule, minute) in signalled {
             match kind {
                 Kind::Spike => {
                     st.spiked.insert(minute);
@@ -730,15 +829,7 @@ impl Engine {
                 _ => {}
             }
         }
-        // A merged issue this engine holds (its records may not be in ClickHouse yet).
-        let merged_seen = records.iter().any(|(r, _)| self.merged_seen(r));
-        self.issues.insert(key.clone(), st);
-        let mut out = Vec::new();
-        for (i, (r, at)) in records.into_iter().enumerate() {
-            self.absorb(&key, &r);
-            out.extend(self.take(&key, &r, at, i == 0 && !restored.known && !merged_seen));
-        }
-        out
+        st
     }
 
     /// Adds a record to its issue's state (held).
@@ -1559,6 +1650,61 @@ mod tests {
         assert_eq!((spike.minute.as_str(), spike.count), (minute_text(t0 + 76 * 60).as_str(), 400));
         let b = spike.baseline_per_minute;
         assert!((30.0..=45.0).contains(&b), "lookups {lookups}: s2's history taken once: {b}");
+    }
+
+    /// "p" held from its first record (build 1, mapped, 20 a minute) while "s2" (build 2,
+    /// minified, 20 a minute) went to another replica: this engine never sees a record of
+    /// "s2", only its stored counts through a lookup once "p"'s records name it.
+    #[test]
+    fn a_held_issue_takes_the_stored_history_of_an_alias_it_never_held() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let mut e = Engine::new(EngineConfig::default()).with_lookups();
+        let mut stored: Vec<(String, i64, u64)> = (0..60).map(|m| ("s2".to_owned(), t0 + m * 60, 20)).collect();
+        let alias_lookups = std::cell::RefCell::new(Vec::new());
+        let mut out = Vec::new();
+        let mut step = |e: &mut Engine, r: &AggregateRecord, out: &mut Vec<Signal>| {
+            out.extend(feed(e, r));
+            for l in e.lookups() {
+                let history: Vec<(i64, u64)> = stored
+                    .iter()
+                    .filter(|(i, m, _)| *i == l.issue_id && *m < l.from_minute)
+                    .map(|(_, m, c)| (*m, *c))
+                    .collect();
+                let known = !history.is_empty();
+                if l.issue_id == "s2" {
+                    alias_lookups.borrow_mut().push((l.from_minute, history.len()));
+                }
+                out.extend(e.restore(&l.project, &l.issue_id, Restored { known, history, ..Restored::default() }));
+            }
+            stored.push((r.issue_id.clone(), r.minute, r.count));
+        };
+        for m in 0..75 {
+            let minute = t0 + m * 60;
+            let mut p = rec("p", minute, if m < 60 { 20 } else { 40 }, m as u64 * 100);
+            if m >= 60 {
+                p.merged_from = vec!["s2".into(), "p".into()];
+            }
+            step(&mut e, &p, &mut out);
+            out.extend(e.advance(0));
+            out.extend(e.advance(0));
+        }
+        assert_eq!(*alias_lookups.borrow(), [(t0 + 3600, 60)], "one lookup of s2, its hour before the map");
+        assert!(out.iter().all(|s| s.kind == Kind::NewIssue), "40 a minute is the bug's 20 + 20: {:?}", summary(&out));
+        assert_eq!(e.tracked(), 1, "s2 is not held");
+        let st = &e.issues[&("web".to_owned(), "p".to_owned())];
+        assert_eq!(&*st.absorbed, [Box::<str>::from("s2")]);
+        let mut burst = rec("p", t0 + 76 * 60, 400, 9);
+        burst.merged_from = vec!["s2".into()];
+        let mut signals = Vec::new();
+        step(&mut e, &burst, &mut signals);
+        step(&mut e, &rec("p", t0 + 79 * 60, 40, 9), &mut signals);
+        signals.extend(e.advance(0));
+        signals.extend(e.advance(0));
+        let spike = signals.iter().find(|s| s.kind == Kind::Spike).expect("a burst of the bug");
+        assert_eq!((spike.minute.as_str(), spike.count), (minute_text(t0 + 76 * 60).as_str(), 400));
+        let b = spike.baseline_per_minute;
+        assert!((30.0..=45.0).contains(&b), "s2's history taken once: {b}");
+        assert_eq!(alias_lookups.borrow().len(), 1, "taken: not looked up again");
     }
 
     #[test]
