@@ -475,6 +475,9 @@ pub struct Engine {
     /// With lookups: aliases whose stored history a held issue waits for (see
     /// [`Self::absorb`]), by alias.
     alias_lookups: BTreeMap<Key, AliasWait>,
+    /// Aliases taken by a held issue, to that issue: a straggler of one goes into it (see
+    /// [`Self::route`]). At most `max_issues`; an entry whose issue went is dropped when full.
+    routes: HashMap<Key, Box<str>>,
     /// Resolved issues: resolved at (ms) and in which release.
     resolutions: HashMap<Key, (i64, String)>,
     /// Issues with a status of their own other than resolved (unresolved again, ignored): an
@@ -616,6 +619,9 @@ impl Engine {
         p.active_ms = p.active_ms.max(at.now_ms);
         let key = (r.project.clone(), r.issue_id.clone());
         if !self.issues.contains_key(&key) {
+            if let Some(into) = self.route(&key) {
+                return self.take(&into, r, at, false);
+            }
             if let Some(waiting) = &mut self.lookups {
                 waiting.entry(key).or_default().push((r.clone(), at));
                 return Vec::new();
@@ -633,8 +639,9 @@ impl Engine {
     /// into its issue's (held): one bug, seen as `S` until its source map arrived and as `P`
     /// since, is judged on the history of both, summed by minute (docs/sourcemaps.md "Late
     /// maps"). The alias's entry is dropped: it gets no more events (its stragglers, records of
-    /// batches grouped before the map, make a new entry, known, whose minutes the next record
-    /// naming it brings along).
+    /// batches grouped before the map, go into the issue while it is held, see [`Self::route`];
+    /// else they make a new entry, known, whose minutes the next record naming it brings
+    /// along).
     ///
     /// With lookups, an alias neither held nor taken (another replica held it, or it was
     /// evicted) waits for its stored history ([`Self::lookups`], at most
@@ -671,7 +678,37 @@ impl Engine {
             }
             let Some(p) = self.issues.get_mut(key) else { return };
             absorb(p, *s, alias, &self.cfg.spike);
+            self.remember_route(&key.0, alias, &key.1);
         }
+    }
+
+    /// The held issue that took `alias` (a late source map), if any: a straggler of the alias
+    /// (a batch grouped before the map) goes into it, as live and in replay, rather than making
+    /// an entry of its own without history.
+    fn route(&self, alias: &Key) -> Option<Key> {
+        let into = self.routes.get(alias)?;
+        let key = (alias.0.clone(), into.to_string());
+        let p = self.issues.get(&key)?;
+        p.absorbed.iter().any(|a| **a == *alias.1).then_some(key)
+    }
+
+    /// Remembers that `into` took `alias` (see [`Self::route`]); when `max_issues` are
+    /// remembered, the entries of issues no longer held (or that forgot the alias) go first,
+    /// and when none does the alias is not remembered (its stragglers make an entry of their
+    /// own, as before).
+    fn remember_route(&mut self, project: &str, alias: &str, into: &str) {
+        if self.routes.len() >= self.cfg.max_issues {
+            let issues = &self.issues;
+            self.routes.retain(|(project, alias), into| {
+                issues
+                    .get(&(project.clone(), into.to_string()))
+                    .is_some_and(|p| p.absorbed.iter().any(|a| **a == **alias))
+            });
+            if self.routes.len() >= self.cfg.max_issues {
+                return;
+            }
+        }
+        self.routes.insert((project.to_owned(), alias.to_owned()), into.into());
     }
 
     /// Whether the record names in `merged_from` an issue this engine has seen (held, or
@@ -743,6 +780,10 @@ impl Engine {
         if self.issues.contains_key(&key) {
             return Vec::new();
         }
+        // Records of an alias that a held issue took meanwhile: stragglers, into that issue.
+        if let Some(into) = self.route(&key) {
+            return records.into_iter().flat_map(|(r, at)| self.take(&into, &r, at, false)).collect();
+        }
         // The stored history of the aliases this engine does not hold, summed by minute with
         // the issue's (a held one brings its state with the records below).
         let mut history = restored.history;
@@ -766,6 +807,9 @@ impl Engine {
             history = summed.into_iter().collect();
         }
         let mut st = self.restored_issue(history, restored.signalled);
+        for alias in &absorbed {
+            self.remember_route(project, alias, issue_id);
+        }
         st.absorbed = absorbed;
         if restored.aliases_first_seen_ms > 0 {
             st.first_seen_ms = restored.aliases_first_seen_ms;
@@ -789,11 +833,12 @@ impl Engine {
             return;
         }
         let s = self.restored_issue(restored.history, restored.signalled);
-        let Some(p) = self.issues.get_mut(&(alias.0, into.to_owned())) else { return };
+        let Some(p) = self.issues.get_mut(&(alias.0.clone(), into.to_owned())) else { return };
         if p.absorbed.len() >= MAX_ABSORBED || p.absorbed.iter().any(|a| **a == *alias.1) {
             return;
         }
         absorb(p, *s, &alias.1, &self.cfg.spike);
+        self.remember_route(&alias.0, &alias.1, into);
     }
 
     /// An issue's state from its stored per-minute counts (oldest first; its frozen baseline)
@@ -1623,15 +1668,15 @@ mod tests {
         let quiet = out.iter().all(|s| s.kind == Kind::NewIssue);
         assert!(quiet, "lookups {lookups}: 40 a minute is the bug's 20 + 20: {:?}", summary(&out));
         assert_eq!(e.tracked(), 1);
-        // A straggler of "s2" (a batch grouped before the map) is its own entry, known (with
-        // lookups: its history read back), and the next record of "p" brings only its minute:
-        // 40 + 5 in minute 75, not s2's past again.
+        // A straggler of "s2" (a batch grouped before the map) goes into "p", which took
+        // "s2": no entry of its own (judged without history), no lookup, and only its minute
+        // counts: 40 + 5 in minute 75, not s2's past again.
         let mut straggler = rec("s2", t0 + 75 * 60, 5, 1);
         straggler.first_seen_ms -= 1;
         let mut signals = Vec::new();
         step(&mut e, &straggler, &mut signals);
         assert!(signals.is_empty(), "lookups {lookups}: known, no new issue: {signals:?}");
-        assert_eq!(e.tracked(), 2);
+        assert_eq!((e.tracked(), e.waiting()), (1, false), "lookups {lookups}: into p");
         let mut p = rec("p", t0 + 75 * 60, 40, 7);
         p.merged_from = vec!["s2".into()];
         step(&mut e, &p, &mut signals);
