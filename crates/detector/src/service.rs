@@ -105,7 +105,8 @@ async fn look_up(
         for chunk in ls.chunks(tracefold_store::detector::LOOKUP_CHUNK) {
             let ids: Vec<&str> = chunk.iter().map(|l| l.issue_id.as_str()).collect();
             let from = chunk.iter().map(|l| l.from_minute).min().unwrap_or(0);
-            let since = from - 60 * i64::from(cfg.detector.history_minutes);
+            let history_minutes = i64::from(cfg.detector.history_minutes);
+            let since = from - 60 * history_minutes;
             let known = tracefold_store::detector::issues_known(client, db, project, &ids, since).await?;
             let mut history: HashMap<&str, Vec<(i64, u64)>> = HashMap::new();
             for h in &known.history {
@@ -127,13 +128,16 @@ async fn look_up(
                 }
             }
             for l in chunk {
+                // Each issue's own window, whatever the chunk's earliest minute: the minutes
+                // `history_minutes` before its records' first.
+                let window = |m: &i64| *m < l.from_minute && *m >= l.from_minute - 60 * history_minutes;
                 // Seen in an earlier second than these records' first: known.
                 let known_before =
                     known.first_seen.get(&l.issue_id).is_some_and(|f| i64::from(*f) < l.first_seen_ms.div_euclid(1000))
                         || l.merged_from.iter().any(|s| merged_stored.contains_key(s));
                 let history = history
                     .get(l.issue_id.as_str())
-                    .map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect())
+                    .map(|h| h.iter().copied().filter(|(m, _)| window(m)).collect())
                     .unwrap_or_default();
                 let mut signalled = sent.signalled(&l.project, &l.issue_id);
                 let mut aliases = Vec::new();
@@ -143,8 +147,7 @@ async fn look_up(
                     if aliases_first_seen_ms == 0 || first_seen < aliases_first_seen_ms {
                         aliases_first_seen_ms = first_seen;
                     }
-                    let h =
-                        merged_history.get(s).map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect());
+                    let h = merged_history.get(s).map(|h| h.iter().copied().filter(|(m, _)| window(m)).collect());
                     aliases.push((s.clone(), h.unwrap_or_default()));
                     // What was signalled for the bug as its alias is not signalled again.
                     signalled.extend(sent.signalled(&l.project, s));
@@ -529,10 +532,12 @@ mod tests {
     async fn a_lookup_reads_the_stored_aliases_history_for_the_canonical_issue() {
         let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
         let database = format!("tftest_detector_aliases_{}", std::process::id());
-        let cfg = Config {
+        let mut cfg = Config {
             clickhouse: tracefold_runtime::config::ClickHouseConfig { url, database, ..Default::default() },
             ..Config::default()
         };
+        // 40 minutes of history: the alias's last 40 before "p"'s record (enough to be warm).
+        cfg.detector.history_minutes = 40;
         tracefold_store::migrate::migrate(&cfg.clickhouse, |_, _| {})
             .await
             .expect("ClickHouse is needed for this test");
@@ -564,19 +569,23 @@ mod tests {
         p.merged_from = vec!["nowhere".into(), "s".into()];
         p.users.insert(1, 16);
         let received_ms = (t0 + 60 * 60) * 1000 + 59_000;
+        // An issue of the same project whose records are 50 minutes older: looked up in the
+        // same chunk, it does not widen "p"'s window.
+        let early = rec("web", "early", 10, 1);
+        assert!(engine.ingest(&early, Arrival { partition: 0, received_ms: (t0 + 600) * 1000, now_ms: 0 }).is_empty());
         assert!(engine.ingest(&p, Arrival { partition: 0, received_ms, now_ms: 0 }).is_empty());
         let lookups = engine.lookups();
         let read = look_up(&tracefold_store::client::client(&cfg.clickhouse), &cfg, &lookups, &Sent::default()).await;
         let _ = tracefold_store::client::drop_database(&client, &cfg.clickhouse.database).await;
         inserted.unwrap();
         let read = read.unwrap();
-        assert_eq!(read.len(), 1);
-        let (project, issue, restored) = &read[0];
+        assert_eq!(read.len(), 2);
+        let (project, issue, restored) = read.iter().find(|(_, i, _)| i == "p").unwrap();
         assert_eq!((project.as_str(), issue.as_str()), ("web", "p"));
         assert!(restored.known, "s is stored: p is a known bug");
         assert!(restored.history.is_empty(), "p itself has nothing stored");
-        let s_history: Vec<(i64, u64)> = (0..60).map(|m| (t0 + m * 60, 40)).collect();
-        assert_eq!(restored.aliases, [("s".to_owned(), s_history)], "only stored aliases, before minute 60");
+        let s_history: Vec<(i64, u64)> = (20..60).map(|m| (t0 + m * 60, 40)).collect();
+        assert_eq!(restored.aliases, [("s".to_owned(), s_history)], "only stored aliases, minutes 20 to 59");
         assert_eq!(restored.aliases_first_seen_ms, t0 * 1000);
         // Judged on it: no new issue, and warm with the bug's baseline (without it, "p" would
         // have no history and its project no baseline: a burst in its fifth minute would pass).
