@@ -480,9 +480,10 @@ pub struct Engine {
     routes: HashMap<Key, Box<str>>,
     /// Resolved issues: resolved at (ms) and in which release.
     resolutions: HashMap<Key, (i64, String)>,
-    /// Issues with a status of their own other than resolved (unresolved again, ignored): an
+    /// Issues with a status of their own other than resolved (unresolved again, ignored), as
+    /// [`status_hash`]es, replaced by each status snapshot ([`Self::replace_unresolved`]): an
     /// alias's resolution does not stand for theirs.
-    unresolved: HashSet<Key>,
+    unresolved: HashSet<u64>,
     partitions: BTreeMap<i32, Partition>,
     /// The engine's watermark (event time): the minimum over the active partitions.
     watermark: Option<i64>,
@@ -526,9 +527,8 @@ impl Engine {
 
     /// Marks an issue resolved at `at_ms` (in `release`): a later event is a regression.
     pub fn resolved(&mut self, project: &str, issue_id: &str, at_ms: i64, release: &str) {
-        let key = (project.to_owned(), issue_id.to_owned());
-        self.unresolved.remove(&key);
-        self.resolutions.insert(key, (at_ms, release.to_owned()));
+        self.unresolved.remove(&status_hash(project, issue_id));
+        self.resolutions.insert((project.to_owned(), issue_id.to_owned()), (at_ms, release.to_owned()));
     }
 
     /// Forgets a resolution (the issue was reopened or ignored): a later event is no regression.
@@ -541,11 +541,32 @@ impl Engine {
     /// issue merged into it by a late source map was resolved (docs/sourcemaps.md "Late
     /// maps").
     pub fn unresolved(&mut self, project: &str, issue_id: &str) {
-        let key = (project.to_owned(), issue_id.to_owned());
-        self.resolutions.remove(&key);
-        if !self.unresolved.contains(&key) {
-            self.unresolved.insert(key);
+        self.forget_resolution(project, issue_id);
+        self.unresolved.insert(status_hash(project, issue_id));
+    }
+
+    /// Forgets an issue's own resolution (no allocation when it has none).
+    fn forget_resolution(&mut self, project: &str, issue_id: &str) {
+        if !self.resolutions.is_empty() {
+            self.resolutions.remove(&(project.to_owned(), issue_id.to_owned()));
         }
+    }
+
+    /// Replaces the issues with a status of their own other than resolved (see
+    /// [`Self::unresolved`]) with `issues`, a whole status snapshot's: the set holds one
+    /// hash per such issue of the last snapshot, not every issue ever reported. Resolutions
+    /// are not touched (hand a reopening with [`Self::reopened`]).
+    pub fn replace_unresolved<'a>(&mut self, issues: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        self.unresolved.clear();
+        self.unresolved.extend(issues.into_iter().map(|(project, issue_id)| status_hash(project, issue_id)));
+        if self.unresolved.capacity() > 4 * self.unresolved.len().max(1024) {
+            self.unresolved.shrink_to_fit();
+        }
+    }
+
+    /// Issues with a status of their own other than resolved, as of the last snapshot.
+    pub fn unresolved_count(&self) -> usize {
+        self.unresolved.len()
     }
 
     /// Issues held as resolved and not seen since.
@@ -908,7 +929,7 @@ impl Engine {
         // maps").
         let resolved = match self.resolutions.get(key) {
             Some(own) => Some(own),
-            None if r.merged_from.is_empty() || self.unresolved.contains(key) => None,
+            None if r.merged_from.is_empty() || self.unresolved.contains(&status_hash(&key.0, &key.1)) => None,
             None => r
                 .merged_from
                 .iter()
@@ -1275,6 +1296,17 @@ fn absorb(p: &mut Issue, s: Issue, alias: &str, cfg: &SpikeConfig) {
             p.dirty = min(p.dirty, Some(from));
         }
     }
+}
+
+/// An issue's key in [`Engine`]'s set of issues with a status of their own: a 64-bit hash of
+/// (project, issue) with fixed keys (a collision, about one in 2^64 per pair, would take an
+/// alias's resolution from one issue).
+fn status_hash(project: &str, issue_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    project.hash(&mut h);
+    issue_id.hash(&mut h);
+    h.finish()
 }
 
 /// Replaces `dst` with `src` unless equal (no allocation when unchanged).
@@ -1781,6 +1813,10 @@ mod tests {
         // "p" with a status of its own (reopened, ignored): no regression through "s".
         e.unresolved("web", "p");
         assert!(feed(&mut e, &mapped("1.1", t0 + 120)).is_empty());
+        // A status snapshot without "p" (its status row went): "s"'s resolution stands again.
+        e.replace_unresolved([("web", "other")]);
+        assert_eq!(e.unresolved_count(), 1);
+        assert_eq!(kinds(feed(&mut e, &mapped("1.1", t0 + 180))), [(Kind::Regression, "p".to_owned())]);
         // "p"'s own resolution comes first: resolved in 2.0, 1.1 is no regression.
         let mut e = Engine::new(cfg);
         e.known("web", "p");

@@ -65,9 +65,16 @@ async fn read_statuses(cfg: &Config) -> anyhow::Result<Vec<Status>> {
 
 /// Hands new resolutions and reopenings to the engine. A resolution already handed over is not
 /// handed over again (its regression may have fired since); a new `resolve` (a later time or
-/// another release) is. Every other status is handed over as a status of the issue's own (an
-/// alias's resolution does not stand for it, docs/sourcemaps.md "Late maps").
+/// another release) is. The issues with every other status replace the engine's issues with a
+/// status of their own (an alias's resolution does not stand for theirs, docs/sourcemaps.md
+/// "Late maps"): `statuses` is the whole snapshot, so the engine holds the last one's only.
 fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Status>) -> bool {
+    engine.replace_unresolved(
+        statuses
+            .iter()
+            .filter(|s| s.current_status != IssueStatus::Resolved)
+            .map(|s| (s.project.as_str(), s.issue_id.as_str())),
+    );
     let mut changed = false;
     for s in statuses {
         let key = (s.project, s.issue_id);
@@ -78,10 +85,10 @@ fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Stat
                 applied.insert(key, v);
                 changed = true;
             }
-        } else {
-            changed |= applied.remove(&key).is_some();
-            // A status of its own: an alias's resolution does not stand for it.
-            engine.unresolved(&key.0, &key.1);
+        } else if applied.remove(&key).is_some() {
+            // Reopened or ignored since its resolution was handed over.
+            engine.reopened(&key.0, &key.1);
+            changed = true;
         }
     }
     changed
@@ -524,6 +531,35 @@ mod tests {
     use super::*;
     use tracefold_model::{AggregateRecord, BatchRef};
     use tracefold_store::rows::AggregateRow;
+
+    /// Each status snapshot replaces the issues with a status of their own: an issue no longer
+    /// in it (its status changed to resolved, or its row went) is not held as one any more, and
+    /// a reopened issue's resolution is forgotten.
+    #[test]
+    fn each_status_snapshot_replaces_the_issues_with_a_status_of_their_own() {
+        let status = |issue: &str, current_status: IssueStatus| Status {
+            project: "web".into(),
+            issue_id: issue.into(),
+            current_status,
+            at: 100,
+            release: "1.0".into(),
+        };
+        let mut engine = Engine::new(crate::engine::EngineConfig::default());
+        let mut applied = Applied::new();
+        let snapshot = |n: usize| -> Vec<Status> {
+            let mut v = vec![status("s", IssueStatus::Resolved)];
+            v.extend((0..n).map(|i| status(&format!("i{i}"), IssueStatus::Active)));
+            v
+        };
+        for _ in 0..3 {
+            apply_statuses(&mut engine, &mut applied, snapshot(1000));
+        }
+        assert_eq!((engine.unresolved_count(), engine.resolved_count()), (1000, 1), "the last snapshot's, once");
+        assert!(!apply_statuses(&mut engine, &mut applied, snapshot(10)));
+        assert_eq!(engine.unresolved_count(), 10);
+        assert!(apply_statuses(&mut engine, &mut applied, vec![status("s", IssueStatus::Ignored)]));
+        assert_eq!((engine.unresolved_count(), engine.resolved_count()), (1, 0), "s reopened: its own status");
+    }
 
     /// With the real ClickHouse: the lookup of an issue whose records name aliases in
     /// `merged_from` hands the engine the stored aliases' history (before the records' minute)
