@@ -292,8 +292,8 @@ struct Issue {
     /// A spike was signalled against the project's baseline while this issue had no history.
     cold_spiked: bool,
     /// Aliases whose history this issue took (a late source map, see [`Engine::absorb`]): a
-    /// later state of one of them brings only its new minutes. At most [`MAX_ABSORBED`], the
-    /// oldest forgotten first.
+    /// later state of one of them brings only its new minutes. At most [`MAX_ABSORBED`]: the
+    /// history of an alias beyond them is not taken.
     absorbed: Vec<Box<str>>,
 }
 
@@ -674,7 +674,7 @@ impl Engine {
                 continue;
             }
             let alias_key = (key.0.clone(), alias.clone());
-            let Some(s) = self.issues.remove(&alias_key) else {
+            let Some(s) = self.issues.get(&alias_key) else {
                 let Some(waiting) = &self.lookups else { continue };
                 let Some(p) = self.issues.get(key) else { return };
                 let wanted = queued < MAX_ALIAS_LOOKUPS
@@ -694,6 +694,15 @@ impl Engine {
                 }
                 continue;
             };
+            let Some(p) = self.issues.get(key) else { return };
+            // An alias (with those it took) that `p` could not remember is not taken: a later
+            // state of it would bring its history again. It stays an issue of its own.
+            let again = p.absorbed.iter().any(|a| **a == **alias);
+            let new = s.absorbed.iter().filter(|a| !p.absorbed.contains(a)).count();
+            if !again && p.absorbed.len() + 1 + new > MAX_ABSORBED {
+                continue;
+            }
+            let Some(s) = self.issues.remove(&alias_key) else { continue };
             if self.lookups.is_none() {
                 self.known.insert(alias_key);
             }
@@ -811,14 +820,17 @@ impl Engine {
         let mut taken = false;
         let mut absorbed: Vec<Box<str>> = Vec::new();
         for (alias, h) in restored.aliases {
-            if alias == issue_id || self.issues.contains_key(&(project.to_owned(), alias.clone())) {
+            // Beyond what the issue can remember, an alias's history is not taken (a later
+            // state of it would bring it again).
+            if alias == issue_id
+                || absorbed.len() >= MAX_ABSORBED
+                || self.issues.contains_key(&(project.to_owned(), alias.clone()))
+            {
                 continue;
             }
             history.extend(h);
             taken = true;
-            if absorbed.len() < MAX_ABSORBED {
-                absorbed.push(alias.into());
-            }
+            absorbed.push(alias.into());
         }
         if taken {
             let mut summed: BTreeMap<i64, u64> = BTreeMap::new();
@@ -1273,9 +1285,7 @@ fn absorb(p: &mut Issue, s: Issue, alias: &str, cfg: &SpikeConfig) {
         if s.first_seen_ms != 0 && (p.first_seen_ms == 0 || s.first_seen_ms < p.first_seen_ms) {
             p.first_seen_ms = s.first_seen_ms;
         }
-        if p.absorbed.len() >= MAX_ABSORBED {
-            p.absorbed.remove(0);
-        }
+        // The callers take no alias that `p` cannot remember (see `Engine::absorb`).
         p.absorbed.push(alias.into());
         for a in s.absorbed {
             if !p.absorbed.contains(&a) && p.absorbed.len() < MAX_ABSORBED {
@@ -1782,6 +1792,38 @@ mod tests {
         let b = spike.baseline_per_minute;
         assert!((30.0..=45.0).contains(&b), "s2's history taken once: {b}");
         assert_eq!(alias_lookups.borrow().len(), 1, "taken: not looked up again");
+    }
+
+    /// An issue remembers 16 aliases: the history of more is not taken (a later state of a
+    /// forgotten one would bring it again), held or read back.
+    #[test]
+    fn an_issue_takes_no_more_aliases_than_it_remembers() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let names: Vec<String> = (0..20).map(|i| format!("s{i:02}")).collect();
+        // Read back: 20 aliases of 5 a minute for an hour; 16 taken, 80 a minute.
+        let mut e = Engine::new(EngineConfig::default()).with_lookups();
+        let mut p = rec("p", t0 + 3600, 80, 0);
+        p.merged_from = names.clone();
+        assert!(feed(&mut e, &p).is_empty());
+        let hour: Vec<(i64, u64)> = (0..60).map(|m| (t0 + m * 60, 5)).collect();
+        let aliases = names.iter().map(|a| (a.clone(), hour.clone())).collect();
+        assert!(e.restore("web", "p", Restored { known: true, aliases, ..Restored::default() }).is_empty());
+        let st = &e.issues[&("web".to_owned(), "p".to_owned())];
+        assert_eq!(st.absorbed.len(), 16);
+        let b = st.base.spike.baseline();
+        assert!((75.0..=85.0).contains(&b), "16 aliases' history, not 20's: {b}");
+        assert!(e.lookups().is_empty(), "the 4 others are not looked up either");
+        // Held: 17 aliases, each with a record; 16 go into "p", the 17th stays its own.
+        let mut e = Engine::new(EngineConfig::default());
+        for a in &names[..17] {
+            feed(&mut e, &rec(a, t0, 5, 0));
+        }
+        let mut p = rec("p", t0 + 60, 80, 0);
+        p.merged_from = names[..17].to_vec();
+        feed(&mut e, &p);
+        assert_eq!(e.tracked(), 2, "p and s16");
+        assert!(e.issues.contains_key(&("web".to_owned(), "s16".to_owned())));
+        assert_eq!(e.issues[&("web".to_owned(), "p".to_owned())].absorbed.len(), 16);
     }
 
     #[test]
