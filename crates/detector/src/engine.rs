@@ -384,6 +384,25 @@ impl ProjectBaselines {
 /// (project, issue id).
 type Key = (String, String);
 
+/// Resolved issues, per project then issue: resolved at (ms) and in which release. Two levels,
+/// so that the resolutions of the aliases a record names are looked up without building keys.
+type Resolutions = HashMap<String, HashMap<String, (i64, String)>>;
+
+/// An issue's resolution, if any.
+fn resolution<'a>(r: &'a Resolutions, project: &str, issue_id: &str) -> Option<&'a (i64, String)> {
+    r.get(project)?.get(issue_id)
+}
+
+/// Forgets an issue's resolution (no allocation).
+fn forget(r: &mut Resolutions, project: &str, issue_id: &str) {
+    if let Some(issues) = r.get_mut(project) {
+        issues.remove(issue_id);
+        if issues.is_empty() {
+            r.remove(project);
+        }
+    }
+}
+
 /// [`SampleFacts`] in one allocation: each field as its byte length, `:`, and its text (URL,
 /// browser, OS, then the frames).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -479,7 +498,7 @@ pub struct Engine {
     /// [`Self::route`]). At most `max_issues`; an entry whose issue went is dropped when full.
     routes: HashMap<Key, Box<str>>,
     /// Resolved issues: resolved at (ms) and in which release.
-    resolutions: HashMap<Key, (i64, String)>,
+    resolutions: Resolutions,
     /// Issues with a status of their own other than resolved (unresolved again, ignored), as
     /// [`status_hash`]es, replaced by each status snapshot ([`Self::replace_unresolved`]): an
     /// alias's resolution does not stand for theirs.
@@ -528,7 +547,11 @@ impl Engine {
     /// Marks an issue resolved at `at_ms` (in `release`): a later event is a regression.
     pub fn resolved(&mut self, project: &str, issue_id: &str, at_ms: i64, release: &str) {
         self.unresolved.remove(&status_hash(project, issue_id));
-        self.resolutions.insert((project.to_owned(), issue_id.to_owned()), (at_ms, release.to_owned()));
+        let issues = match self.resolutions.get_mut(project) {
+            Some(issues) => issues,
+            None => self.resolutions.entry(project.to_owned()).or_default(),
+        };
+        issues.insert(issue_id.to_owned(), (at_ms, release.to_owned()));
     }
 
     /// Forgets a resolution (the issue was reopened or ignored): a later event is no regression.
@@ -547,9 +570,7 @@ impl Engine {
 
     /// Forgets an issue's own resolution (no allocation when it has none).
     fn forget_resolution(&mut self, project: &str, issue_id: &str) {
-        if !self.resolutions.is_empty() {
-            self.resolutions.remove(&(project.to_owned(), issue_id.to_owned()));
-        }
+        forget(&mut self.resolutions, project, issue_id);
     }
 
     /// Replaces the issues with a status of their own other than resolved (see
@@ -571,7 +592,7 @@ impl Engine {
 
     /// Issues held as resolved and not seen since.
     pub fn resolved_count(&self) -> usize {
-        self.resolutions.len()
+        self.resolutions.values().map(HashMap::len).sum()
     }
 
     /// Issues whose state is held.
@@ -668,6 +689,14 @@ impl Engine {
     /// evicted) waits for its stored history ([`Self::lookups`], at most
     /// [`MAX_ALIAS_LOOKUPS`] per record), which [`Self::restore`] then adds to the issue's.
     fn absorb(&mut self, key: &Key, r: &AggregateRecord, at: Arrival) {
+        // Every record of the issue after the map names its aliases: once taken (or when no
+        // more can be), nothing to do and nothing to allocate. (A taken alias held again, its
+        // straggler not routed because the routes were full, stays an entry of its own.)
+        let Some(p) = self.issues.get(key) else { return };
+        let full = p.absorbed.len() >= MAX_ABSORBED;
+        if r.merged_from.iter().all(|a| *a == key.1 || full || p.absorbed.iter().any(|b| **b == **a)) {
+            return;
+        }
         let mut queued = 0;
         for alias in &r.merged_from {
             if *alias == key.1 {
@@ -939,14 +968,19 @@ impl Engine {
         // of its own, the latest resolution of the aliases its record names (a bug resolved
         // as `S` before its source map arrived regresses as `P`; docs/sourcemaps.md "Late
         // maps").
-        let resolved = match self.resolutions.get(key) {
+        let resolved = match resolution(&self.resolutions, &key.0, &key.1) {
             Some(own) => Some(own),
-            None if r.merged_from.is_empty() || self.unresolved.contains(&status_hash(&key.0, &key.1)) => None,
+            None if r.merged_from.is_empty()
+                || !self.resolutions.contains_key(&key.0)
+                || self.unresolved.contains(&status_hash(&key.0, &key.1)) =>
+            {
+                None
+            }
             None => r
                 .merged_from
                 .iter()
                 .filter(|s| **s != key.1)
-                .filter_map(|s| self.resolutions.get(&(key.0.clone(), s.clone())))
+                .filter_map(|s| resolution(&self.resolutions, &key.0, s))
                 .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1))),
         };
         let regresses = resolved.is_some_and(|(at, fixed_in)| {
@@ -991,10 +1025,10 @@ impl Engine {
         }
         if regresses {
             out.push(of_record(Kind::Regression, st));
-            self.resolutions.remove(key);
+            forget(&mut self.resolutions, &key.0, &key.1);
             // One regression for the bug: the aliases' resolutions it went through are spent.
             for s in &r.merged_from {
-                self.resolutions.remove(&(key.0.clone(), s.clone()));
+                forget(&mut self.resolutions, &key.0, s);
             }
         }
         out
@@ -1824,6 +1858,43 @@ mod tests {
         assert_eq!(e.tracked(), 2, "p and s16");
         assert!(e.issues.contains_key(&("web".to_owned(), "s16".to_owned())));
         assert_eq!(e.issues[&("web".to_owned(), "p".to_owned())].absorbed.len(), 16);
+    }
+
+    /// After a map every record of the issue names its aliases: once they are taken, such a
+    /// record counts as one naming none (and returns early, without a key built per alias: under
+    /// `valgrind --tool=dhat` this test makes 43,803 allocations, 363,803 without the early
+    /// return, 32 per record naming 16 aliases).
+    #[test]
+    fn records_naming_taken_aliases_count_as_records_naming_none() {
+        let t0 = 1_795_600_000 / 60 * 60;
+        let names: Vec<String> = (0..16).map(|i| format!("s{i:02}")).collect();
+        for lookups in [false, true] {
+            let mut e = Engine::new(EngineConfig::default());
+            if lookups {
+                e = e.with_lookups();
+            }
+            for a in &names {
+                feed(&mut e, &rec(a, t0, 5, 0));
+                e.restore("web", a, Restored::default());
+            }
+            // Resolutions of other issues of the project are held.
+            e.resolved("web", "other", 0, "1.0");
+            let mut p = rec("p", t0 + 60, 1, 0);
+            p.users = UserSet::default();
+            p.merged_from = names.clone();
+            feed(&mut e, &p);
+            e.restore("web", "p", Restored { known: true, ..Restored::default() });
+            assert_eq!((e.tracked(), e.waiting()), (1, false), "lookups {lookups}: p took all 16");
+            let mut plain = p.clone();
+            plain.merged_from.clear();
+            for _ in 0..5000 {
+                assert!(feed(&mut e, &p).is_empty());
+                assert!(feed(&mut e, &plain).is_empty());
+            }
+            assert_eq!((e.tracked(), e.waiting(), e.resolved_count()), (1, false, 1), "lookups {lookups}");
+            let st = &e.issues[&("web".to_owned(), "p".to_owned())];
+            assert_eq!(st.minutes.get(t0 + 60).map(|m| m.count), Some(10_001), "lookups {lookups}");
+        }
     }
 
     #[test]
