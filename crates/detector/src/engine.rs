@@ -1916,13 +1916,15 @@ mod tests {
         assert_eq!(kinds(feed(&mut e, &mapped("1.1", t0 + 120))), [(Kind::Regression, "p".to_owned())]);
         assert!(feed(&mut e, &mapped("1.2", t0 + 180)).is_empty(), "one regression");
         assert_eq!(e.resolved_count(), 0);
-        // Without `merged_from`, "s"'s resolution is not "p"'s.
+        // A record naming another alias ("t"): only the aliases it names stand for "p", so
+        // "s"'s resolution is not "p"'s.
         let mut e = Engine::new(cfg.clone());
         e.known("web", "p");
         e.resolved("web", "s", t0 * 1000, "1.0");
-        let mut plain = mapped("1.1", t0 + 60);
-        plain.merged_from.clear();
-        assert!(feed(&mut e, &plain).is_empty());
+        let mut other = mapped("1.1", t0 + 60);
+        other.merged_from = vec!["t".into()];
+        assert!(feed(&mut e, &other).is_empty());
+        assert_eq!(e.resolved_count(), 1, "s's resolution is not spent");
         // "p" with a status of its own (reopened, ignored): no regression through "s".
         e.unresolved("web", "p");
         assert!(feed(&mut e, &mapped("1.1", t0 + 120)).is_empty());
