@@ -76,6 +76,9 @@ pub struct PipelineStats {
     pub partitions: i32,
     /// Partial aggregates ingested.
     pub records: u64,
+    /// Of them, records naming an alias in `merged_from` (an issue's `P` after its late map,
+    /// [`ReplayOptions::late_maps`]).
+    pub merged_records: u64,
     /// Evaluations ([`Engine::advance`] calls).
     pub evaluations: u64,
     /// Episodes of a partition behind the others (then catching up at once).
@@ -443,6 +446,7 @@ pub fn run_engine(
             stats.records += 1;
             let received_ms = produced.produced_ms;
             gens[produced.issue].record(produced, &mut r);
+            stats.merged_records += u64::from(!r.merged_from.is_empty());
             // new_issue and regression signals are not scored.
             let _ = engine.ingest(&r, Arrival { partition, received_ms, now_ms: d });
         }
@@ -591,6 +595,8 @@ mod tests {
                 let replay = ReplayOptions { late_maps, skew, ..ReplayOptions::default() };
                 let (found, stats) = run_engine(&traffic, &cfg, &replay, 1);
                 assert_eq!(stats.late_records, 0);
+                // Every third issue's records after minute 720 are its `P`'s, naming `S`.
+                assert_eq!(stats.merged_records > stats.records / 10, late_maps, "{stats:?}");
                 assert_eq!(stats.behind_episodes > 0, skew, "{stats:?}");
                 let mut v: Vec<(usize, u32)> = found.iter().map(|(i, t, _)| (*i, *t)).collect();
                 v.sort_unstable();

@@ -65,9 +65,16 @@ async fn read_statuses(cfg: &Config) -> anyhow::Result<Vec<Status>> {
 
 /// Hands new resolutions and reopenings to the engine. A resolution already handed over is not
 /// handed over again (its regression may have fired since); a new `resolve` (a later time or
-/// another release) is. Every other status is handed over as a status of the issue's own (an
-/// alias's resolution does not stand for it, docs/sourcemaps.md "Late maps").
+/// another release) is. The issues with every other status replace the engine's issues with a
+/// status of their own (an alias's resolution does not stand for theirs, docs/sourcemaps.md
+/// "Late maps"): `statuses` is the whole snapshot, so the engine holds the last one's only.
 fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Status>) -> bool {
+    engine.replace_unresolved(
+        statuses
+            .iter()
+            .filter(|s| s.current_status != IssueStatus::Resolved)
+            .map(|s| (s.project.as_str(), s.issue_id.as_str())),
+    );
     let mut changed = false;
     for s in statuses {
         let key = (s.project, s.issue_id);
@@ -78,10 +85,10 @@ fn apply_statuses(engine: &mut Engine, applied: &mut Applied, statuses: Vec<Stat
                 applied.insert(key, v);
                 changed = true;
             }
-        } else {
-            changed |= applied.remove(&key).is_some();
-            // A status of its own: an alias's resolution does not stand for it.
-            engine.unresolved(&key.0, &key.1);
+        } else if applied.remove(&key).is_some() {
+            // Reopened or ignored since its resolution was handed over.
+            engine.reopened(&key.0, &key.1);
+            changed = true;
         }
     }
     changed
@@ -105,7 +112,8 @@ async fn look_up(
         for chunk in ls.chunks(tracefold_store::detector::LOOKUP_CHUNK) {
             let ids: Vec<&str> = chunk.iter().map(|l| l.issue_id.as_str()).collect();
             let from = chunk.iter().map(|l| l.from_minute).min().unwrap_or(0);
-            let since = from - 60 * i64::from(cfg.detector.history_minutes);
+            let history_minutes = i64::from(cfg.detector.history_minutes);
+            let since = from - 60 * history_minutes;
             let known = tracefold_store::detector::issues_known(client, db, project, &ids, since).await?;
             let mut history: HashMap<&str, Vec<(i64, u64)>> = HashMap::new();
             for h in &known.history {
@@ -127,13 +135,16 @@ async fn look_up(
                 }
             }
             for l in chunk {
+                // Each issue's own window, whatever the chunk's earliest minute: the minutes
+                // `history_minutes` before its records' first.
+                let window = |m: &i64| *m < l.from_minute && *m >= l.from_minute - 60 * history_minutes;
                 // Seen in an earlier second than these records' first: known.
                 let known_before =
                     known.first_seen.get(&l.issue_id).is_some_and(|f| i64::from(*f) < l.first_seen_ms.div_euclid(1000))
                         || l.merged_from.iter().any(|s| merged_stored.contains_key(s));
                 let history = history
                     .get(l.issue_id.as_str())
-                    .map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect())
+                    .map(|h| h.iter().copied().filter(|(m, _)| window(m)).collect())
                     .unwrap_or_default();
                 let mut signalled = sent.signalled(&l.project, &l.issue_id);
                 let mut aliases = Vec::new();
@@ -143,8 +154,7 @@ async fn look_up(
                     if aliases_first_seen_ms == 0 || first_seen < aliases_first_seen_ms {
                         aliases_first_seen_ms = first_seen;
                     }
-                    let h =
-                        merged_history.get(s).map(|h| h.iter().copied().filter(|(m, _)| *m < l.from_minute).collect());
+                    let h = merged_history.get(s).map(|h| h.iter().copied().filter(|(m, _)| window(m)).collect());
                     aliases.push((s.clone(), h.unwrap_or_default()));
                     // What was signalled for the bug as its alias is not signalled again.
                     signalled.extend(sent.signalled(&l.project, s));
@@ -522,6 +532,35 @@ mod tests {
     use tracefold_model::{AggregateRecord, BatchRef};
     use tracefold_store::rows::AggregateRow;
 
+    /// Each status snapshot replaces the issues with a status of their own: an issue no longer
+    /// in it (its status changed to resolved, or its row went) is not held as one any more, and
+    /// a reopened issue's resolution is forgotten.
+    #[test]
+    fn each_status_snapshot_replaces_the_issues_with_a_status_of_their_own() {
+        let status = |issue: &str, current_status: IssueStatus| Status {
+            project: "web".into(),
+            issue_id: issue.into(),
+            current_status,
+            at: 100,
+            release: "1.0".into(),
+        };
+        let mut engine = Engine::new(crate::engine::EngineConfig::default());
+        let mut applied = Applied::new();
+        let snapshot = |n: usize| -> Vec<Status> {
+            let mut v = vec![status("s", IssueStatus::Resolved)];
+            v.extend((0..n).map(|i| status(&format!("i{i}"), IssueStatus::Active)));
+            v
+        };
+        for _ in 0..3 {
+            apply_statuses(&mut engine, &mut applied, snapshot(1000));
+        }
+        assert_eq!((engine.unresolved_count(), engine.resolved_count()), (1000, 1), "the last snapshot's, once");
+        assert!(!apply_statuses(&mut engine, &mut applied, snapshot(10)));
+        assert_eq!(engine.unresolved_count(), 10);
+        assert!(apply_statuses(&mut engine, &mut applied, vec![status("s", IssueStatus::Ignored)]));
+        assert_eq!((engine.unresolved_count(), engine.resolved_count()), (1, 0), "s reopened: its own status");
+    }
+
     /// With the real ClickHouse: the lookup of an issue whose records name aliases in
     /// `merged_from` hands the engine the stored aliases' history (before the records' minute)
     /// and first seen, and the engine judges the issue on it.
@@ -529,10 +568,12 @@ mod tests {
     async fn a_lookup_reads_the_stored_aliases_history_for_the_canonical_issue() {
         let url = std::env::var("TRACEFOLD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
         let database = format!("tftest_detector_aliases_{}", std::process::id());
-        let cfg = Config {
+        let mut cfg = Config {
             clickhouse: tracefold_runtime::config::ClickHouseConfig { url, database, ..Default::default() },
             ..Config::default()
         };
+        // 40 minutes of history: the alias's last 40 before "p"'s record (enough to be warm).
+        cfg.detector.history_minutes = 40;
         tracefold_store::migrate::migrate(&cfg.clickhouse, |_, _| {})
             .await
             .expect("ClickHouse is needed for this test");
@@ -564,19 +605,23 @@ mod tests {
         p.merged_from = vec!["nowhere".into(), "s".into()];
         p.users.insert(1, 16);
         let received_ms = (t0 + 60 * 60) * 1000 + 59_000;
+        // An issue of the same project whose records are 50 minutes older: looked up in the
+        // same chunk, it does not widen "p"'s window.
+        let early = rec("web", "early", 10, 1);
+        assert!(engine.ingest(&early, Arrival { partition: 0, received_ms: (t0 + 600) * 1000, now_ms: 0 }).is_empty());
         assert!(engine.ingest(&p, Arrival { partition: 0, received_ms, now_ms: 0 }).is_empty());
         let lookups = engine.lookups();
         let read = look_up(&tracefold_store::client::client(&cfg.clickhouse), &cfg, &lookups, &Sent::default()).await;
         let _ = tracefold_store::client::drop_database(&client, &cfg.clickhouse.database).await;
         inserted.unwrap();
         let read = read.unwrap();
-        assert_eq!(read.len(), 1);
-        let (project, issue, restored) = &read[0];
+        assert_eq!(read.len(), 2);
+        let (project, issue, restored) = read.iter().find(|(_, i, _)| i == "p").unwrap();
         assert_eq!((project.as_str(), issue.as_str()), ("web", "p"));
         assert!(restored.known, "s is stored: p is a known bug");
         assert!(restored.history.is_empty(), "p itself has nothing stored");
-        let s_history: Vec<(i64, u64)> = (0..60).map(|m| (t0 + m * 60, 40)).collect();
-        assert_eq!(restored.aliases, [("s".to_owned(), s_history)], "only stored aliases, before minute 60");
+        let s_history: Vec<(i64, u64)> = (20..60).map(|m| (t0 + m * 60, 40)).collect();
+        assert_eq!(restored.aliases, [("s".to_owned(), s_history)], "only stored aliases, minutes 20 to 59");
         assert_eq!(restored.aliases_first_seen_ms, t0 * 1000);
         // Judged on it: no new issue, and warm with the bug's baseline (without it, "p" would
         // have no history and its project no baseline: a burst in its fifth minute would pass).
