@@ -113,6 +113,11 @@ pub struct TopIssue {
     pub last_seen: String,
     /// Events per minute over the last 60 minutes, oldest first.
     pub last_hour: Vec<u64>,
+    /// The issues merged into this one (late source maps, docs/sourcemaps.md "Late maps"),
+    /// sorted: their events, users and first seen are counted here. Empty (and left out of
+    /// the JSON) for most issues.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<String>,
 }
 
 /// What [`top`] asks for.
@@ -187,6 +192,54 @@ fn tiers(start: u32, start_day_up: u32, end_day: u32, end: Option<u32>) -> Vec<(
     out
 }
 
+/// `SELECT project, issue_id, canon`: each alias of `issue_aliases` (migration 0011, late
+/// source maps) with its canonical issue, the smallest primary when one alias names several
+/// (docs/sourcemaps.md "Late maps"). A small table: a few rows per (bug, build).
+pub(crate) fn alias_map(db: &str, project: Option<&str>) -> Sql {
+    let mut s = Sql::default();
+    s.push(&format!(
+        "SELECT project, a AS issue_id, canon FROM (SELECT project, alias AS a, min(issue_id) AS canon FROM {db}.issue_aliases"
+    ));
+    if let Some(p) = project {
+        s.push(" WHERE project = ").str(p);
+    }
+    s.push(" GROUP BY project, alias)");
+    s
+}
+
+/// ` OR (project, issue_id) IN (every alias)`: widens a filter to a set of canonical issues
+/// (`(project, issue_id) IN (set)`) so that their aliases' rows are read too (those of other
+/// issues as well: the table is small, and the fold's join puts each row where it belongs).
+pub(crate) fn or_aliases(db: &str) -> String {
+    format!(" OR (project, issue_id) IN (SELECT project, alias FROM {db}.issue_aliases)")
+}
+
+/// Folds `inner` (a SELECT of `project, issue_id, <cols>`, one row per issue) into one row
+/// per canonical issue ([`alias_map`]): `SELECT project, issue_id, <names>` where each
+/// `(expr, name)` of `aggs` aggregates the rows of an issue and its aliases (`canon` is
+/// empty on the issue's own row, the alias's canonical id on an alias's). Aggregating per
+/// issue first and joining the small alias map to those rows keeps the join off the base
+/// tables. Without alias rows every row is its own issue, the same answer as `inner`.
+pub(crate) fn fold(db: &str, inner: &Sql, project: Option<&str>, cols: &str, aggs: &[(&str, &str)]) -> Sql {
+    // The aggregates are named `f_<name>` where they are computed: an alias equal to a column
+    // they read would be substituted into the other aggregates (ClickHouse 18.16).
+    let mut s = Sql::default();
+    s.push("SELECT project, cid AS issue_id");
+    for (_, name) in aggs {
+        s.push(&format!(", f_{name} AS {name}"));
+    }
+    s.push(" FROM (SELECT project, cid");
+    for (expr, name) in aggs {
+        s.push(&format!(", {expr} AS f_{name}"));
+    }
+    s.push(&format!(" FROM (SELECT project, issue_id, canon, {cols}, if(canon = '', issue_id, canon) AS cid FROM ("))
+        .sql(inner)
+        .push(") ANY LEFT JOIN (")
+        .sql(&alias_map(db, project))
+        .push(") USING (project, issue_id)) GROUP BY project, cid)");
+    s
+}
+
 /// `SELECT project, issue_id, c, w`: events per issue in each part of `parts`, `w` = `window`.
 fn counts_parts(db: &str, parts: &[(Tier, u32, Option<u32>)], window: u8, project: Option<&str>) -> Vec<Sql> {
     parts
@@ -216,33 +269,45 @@ fn counts_parts(db: &str, parts: &[(Tier, u32, Option<u32>)], window: u8, projec
 
 /// The ranked issues of `q`: one SELECT of `project, issue_id, events, previous`, ordered and
 /// LIMITed (used as the row source and, as a set, to restrict the other tables to its rows).
+/// Issues are canonical ([`fold`]): an alias's events count for its canonical issue, and
+/// ranking by `new` asks whether the canonical issue's first event (its aliases' included) is
+/// in the window.
 fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
     let mut parts = counts_parts(db, &tiers(c.from, c.from_day_up, c.now_day, None), 1, q.project);
     if q.by == TopBy::Growth {
         parts.extend(counts_parts(db, &tiers(c.prev, c.prev_day_up, c.from_day_down, Some(c.from)), 0, q.project));
     }
+    let mut counts = Sql::default();
+    counts.push("SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            counts.push(" UNION ALL ");
+        }
+        counts.sql(p);
+    }
+    counts.push(") GROUP BY project, issue_id");
+    let folded =
+        fold(db, &counts, q.project, "events, previous", &[("sum(events)", "events"), ("sum(previous)", "previous")]);
     let mut s = Sql::default();
     s.push("SELECT project, issue_id, events, previous");
     if q.by == TopBy::Users {
         s.push(", users_all");
     }
-    s.push(" FROM (SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            s.push(" UNION ALL ");
+    s.push(" FROM (SELECT project, issue_id, events, previous FROM (").sql(&folded).push(") WHERE events > 0");
+    if q.by == TopBy::New {
+        let mut first = Sql::default();
+        first.push(&format!("SELECT project, issue_id, toUInt32(minMerge(first_seen_state)) AS fs FROM {db}.issues"));
+        if let Some(p) = q.project {
+            first.push(" WHERE project = ").str(p);
         }
-        s.sql(p);
+        first.push(" GROUP BY project, issue_id");
+        s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (")
+            .sql(&fold(db, &first, q.project, "fs", &[("min(fs)", "fs")]))
+            .push(") WHERE fs >= ")
+            .u32(c.from)
+            .push(")");
     }
     s.push(")");
-    if q.by == TopBy::New {
-        s.push(&format!(
-            " WHERE (project, issue_id) IN (SELECT project, issue_id FROM {db}.issues GROUP BY project, issue_id \
-             HAVING minMerge(first_seen_state) >= toDateTime("
-        ))
-        .u32(c.from)
-        .push("))");
-    }
-    s.push(" GROUP BY project, issue_id HAVING events > 0)");
     if q.by == TopBy::Users {
         s.push(" ANY LEFT JOIN (SELECT project, issue_id, users_n AS users_all FROM (")
             .sql(&users_sql(db, c, q.since_secs, None, q.project))
@@ -263,27 +328,33 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
 fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>) -> Sql {
     let filter = |s: &mut Sql| {
         if let Some(only) = only {
-            s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(only).push("))");
+            s.push(" AND ((project, issue_id) IN (SELECT project, issue_id FROM (")
+                .sql(only)
+                .push("))")
+                .push(&or_aliases(db))
+                .push(")");
         }
         if let Some(p) = project {
             s.push(" AND project = ").str(p);
         }
     };
+    // Each issue's users as a mergeable state, merged over an issue and its aliases ([`fold`]):
+    // a user of both counts once.
     let mut s = Sql::default();
     if since_secs <= EXACT_USERS_SECS {
         s.push(&format!(
-            "SELECT project, issue_id, toUInt64(uniqExactArray(users)) AS users_n FROM {db}.aggregates WHERE minute >= toDateTime("
+            "SELECT project, issue_id, uniqExactStateArray(users) AS st FROM {db}.aggregates WHERE minute >= toDateTime("
         ))
         .u32(c.from)
         .push(")");
         filter(&mut s);
         s.push(" GROUP BY project, issue_id");
-        return s;
+        return fold(db, &s, project, "st", &[("toUInt64(uniqExactMerge(st))", "users_n")]);
     }
     // Whole days (and today, up to now) from the daily sketches; the part of the first day
     // inside the window from the base table's hashes, as the same sketch state.
     s.push(&format!(
-        "SELECT project, issue_id, toUInt64(uniqCombinedMerge(st)) AS users_n FROM (\
+        "SELECT project, issue_id, uniqCombinedMergeState(st) AS ust FROM (\
          SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1d WHERE day >= toDate(toDateTime("
     ))
     .u32(c.from_day_up)
@@ -301,7 +372,7 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
     .push(")");
     filter(&mut s);
     s.push(" GROUP BY project, issue_id) GROUP BY project, issue_id");
-    s
+    fold(db, &s, project, "ust", &[("toUInt64(uniqCombinedMerge(ust))", "users_n")])
 }
 
 /// The longest window (seconds) whose users `top` counts exactly, from the base table's user
@@ -341,6 +412,7 @@ pub(crate) struct TopRow {
     users: u64,
     minutes: Vec<u32>,
     minute_counts: Vec<u64>,
+    merged: Vec<String>,
 }
 
 impl TopRow {
@@ -367,6 +439,7 @@ impl TopRow {
             users: self.users,
             users_approximate: false,
             last_hour,
+            merged: self.merged,
         }
     }
 }
@@ -395,8 +468,8 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
     };
     let mut s = Sql::default();
     s.push(
-        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts FROM (\
-         SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users FROM (",
+        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts, merged FROM (\
+         SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, merged FROM (",
     );
     // The ranked issues with their users (ranking by users: already in the ranked set).
     if q.by == TopBy::Users {
@@ -408,34 +481,73 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
             .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project))
             .push(") USING (project, issue_id)");
     }
-    s.push(&format!(
-        ") ANY LEFT JOIN (SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+    // Metadata of the canonical issues, folded over their aliases.
+    let mut meta = Sql::default();
+    meta.push(&format!(
+        "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
          argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
-         toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE (project, issue_id) IN (SELECT project, issue_id FROM "
+         toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE ((project, issue_id) IN (SELECT project, issue_id FROM "
     ));
     if q.by == TopBy::Users && !materialized {
         // The ranked set holds every issue's users: cheaper to take the window's issues.
-        s.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
-        project(&mut s);
+        meta.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
+        project(&mut meta);
     } else {
-        s.push("(").sql(ranked).push(")");
+        meta.push("(").sql(ranked).push(")");
     }
-    s.push(&format!(
-        ") GROUP BY project, issue_id) USING (project, issue_id)\
-         ) ANY LEFT JOIN (SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
+    meta.push(")").push(&or_aliases(db)).push(")");
+    project(&mut meta);
+    meta.push(" GROUP BY project, issue_id");
+    s.push(") ANY LEFT JOIN (")
+        .sql(&fold(db, &meta, q.project, META_COLUMNS, META_FOLD))
+        .push(") USING (project, issue_id)");
+    // The last hour per minute, an issue's and its aliases' minutes together.
+    let mut hour = Sql::default();
+    hour.push(&format!(
+        "SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
          SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
     ))
     .u32(hour_start)
     .push(")");
-    project(&mut s);
+    project(&mut hour);
     if materialized {
         // The ranked issues' minutes only (the set is a table read, not a computation).
-        s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(ranked).push("))");
+        hour.push(" AND ((project, issue_id) IN (SELECT project, issue_id FROM (")
+            .sql(ranked)
+            .push("))")
+            .push(&or_aliases(db))
+            .push(")");
     }
-    s.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id) USING (project, issue_id) ORDER BY ")
+    hour.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id");
+    s.push(") ANY LEFT JOIN (")
+        .sql(&fold(db, &hour, q.project, HOUR_COLUMNS, HOUR_FOLD))
+        .push(") USING (project, issue_id) ORDER BY ")
         .push(order_by(q.by, "users"));
     (s, hour_start)
 }
+
+/// The metadata columns of an issue list's rows, per issue.
+pub(crate) const META_COLUMNS: &str = "title, culprit, level, first_seen, last_seen";
+
+/// The metadata of a canonical issue: the title, culprit and level of its own row (the
+/// primary's: mapped frames) when it has one, first seen the earliest and last seen the
+/// latest of all, and its aliases, sorted (`canon` is not empty on an alias's row).
+pub(crate) const META_FOLD: &[(&str, &str)] = &[
+    ("argMin(title, canon != '')", "title"),
+    ("argMin(culprit, canon != '')", "culprit"),
+    ("argMin(level, canon != '')", "level"),
+    ("min(first_seen)", "first_seen"),
+    ("max(last_seen)", "last_seen"),
+    ("arraySort(groupArrayIf(issue_id, canon != ''))", "merged"),
+];
+
+/// The last-hour columns of an issue list's rows, per issue.
+pub(crate) const HOUR_COLUMNS: &str = "minutes, minute_counts";
+
+/// The last hour of a canonical issue: its and its aliases' minutes, in the same order in both
+/// arrays (a minute may appear more than once: [`TopRow::into_issue`] adds them up).
+pub(crate) const HOUR_FOLD: &[(&str, &str)] =
+    &[("groupArrayArray(minutes)", "minutes"), ("groupArrayArray(minute_counts)", "minute_counts")];
 
 /// The temporary table that holds [`top`]'s ranked set within its session.
 const RANKED_TABLE: &str = "tracefold_top_ranked";
@@ -526,14 +638,16 @@ pub const MAX_BREAKDOWN_ROWS: u64 = 10_000;
 /// several).
 pub const MAX_PROJECTS_PER_ID: u64 = 1_000;
 
-/// An issue as the `issues` table knows it (all time), one per project that has the id.
-#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
+/// An issue as the `issues` table knows it (all time), one per project that has the id:
+/// the canonical issue, its counts folded over the issues merged into it (late source maps,
+/// docs/sourcemaps.md "Late maps").
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueSummary {
     /// Project slug.
     pub project: String,
-    /// Issue id.
+    /// Issue id: the canonical issue's (the one asked for, unless that one was merged).
     pub issue_id: String,
-    /// Title.
+    /// Title (the canonical issue's own, when it has events).
     pub title: String,
     /// Culprit.
     pub culprit: String,
@@ -545,13 +659,63 @@ pub struct IssueSummary {
     pub platform: String,
     /// Grouping version of the fingerprint.
     pub grouping_version: String,
-    /// First seen, Unix seconds.
+    /// First seen, Unix seconds: the earliest of the issue and its merged issues.
     pub first_seen: u32,
-    /// Last seen, Unix seconds.
+    /// Last seen, Unix seconds: the latest.
     pub last_seen: u32,
-    /// Events, all time.
+    /// Events, all time, the merged issues' included.
     pub count: u64,
+    /// The issues merged into this one, by id.
+    pub merged: Vec<MergedIssue>,
+    /// The id asked for, when it is one of `merged` (it names this issue).
+    pub asked_alias: Option<String>,
 }
+
+/// An issue merged into another (an alias: its events were grouped before a source map
+/// arrived), with its own counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergedIssue {
+    /// The merged issue's id.
+    pub issue_id: String,
+    /// Its events, all time.
+    pub count: u64,
+    /// Its first event, Unix seconds.
+    pub first_seen: u32,
+    /// Its last event, Unix seconds.
+    pub last_seen: u32,
+}
+
+/// One issue's row of [`find_issue`]'s query, with its canonical id (`canon`, empty when the
+/// issue is no alias).
+#[derive(clickhouse::Row, Deserialize)]
+struct FoundRow {
+    project: String,
+    issue_id: String,
+    canon: String,
+    title: String,
+    culprit: String,
+    exc_type: String,
+    level: String,
+    platform: String,
+    grouping_version: String,
+    first_seen: u32,
+    last_seen: u32,
+    count: u64,
+}
+
+impl FoundRow {
+    fn canonical(&self) -> &str {
+        if self.canon.is_empty() {
+            &self.issue_id
+        } else {
+            &self.canon
+        }
+    }
+}
+
+/// Most issues [`find_issue`] reads for one id: the id's canonical issues and their aliases in
+/// every project (beyond it, [`Error::TooManyRows`]).
+pub const MAX_FOUND_ROWS: u64 = 100_000;
 
 /// The issue `issue_id` names: `project` chooses among projects that share the id.
 ///
@@ -578,25 +742,90 @@ pub async fn resolve_issue(
     }
 }
 
-/// Every project's issue `issue_id` (the same id can exist in several projects).
+/// Every project's issue `issue_id` (the same id can exist in several projects), as its
+/// canonical issue: an alias names the issue it was merged into, and an issue's counts
+/// include its aliases' ([`IssueSummary::merged`]).
 ///
 /// # Errors
-/// When the database name is not an identifier or ClickHouse does not answer.
+/// When the database name is not an identifier, ClickHouse does not answer, or the id's
+/// issues and aliases are more than [`MAX_FOUND_ROWS`].
 pub async fn find_issue(client: &Client, database: &str, issue_id: &str) -> Result<Vec<IssueSummary>> {
     let db = db(database)?;
-    client
-        .query(&format!(
-            "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
-             argMinMerge(exc_type_state) AS exc_type, argMaxMerge(level_state) AS level, argMinMerge(platform_state) AS platform, \
-             argMaxMerge(grouping_version_state) AS grouping_version, toUInt32(minMerge(first_seen_state)) AS first_seen, \
-             toUInt32(maxMerge(last_seen_state)) AS last_seen, sumMerge(count_state) AS count \
-             FROM {db}.issues WHERE issue_id = ? GROUP BY project, issue_id LIMIT ?"
-        ))
-        .bind(issue_id)
-        .bind(MAX_PROJECTS_PER_ID)
-        .fetch_all::<IssueSummary>()
-        .await
-        .map_err(step("issue"))
+    let map = alias_map(db, None);
+    // The id's own rows, its canonical issues (when it is an alias) and every alias of either.
+    let mut s = Sql::default();
+    s.push(
+        "SELECT project, issue_id, canon, title, culprit, exc_type, level, platform, grouping_version, first_seen, last_seen, count FROM (\
+         SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+         argMinMerge(exc_type_state) AS exc_type, argMaxMerge(level_state) AS level, argMinMerge(platform_state) AS platform, \
+         argMaxMerge(grouping_version_state) AS grouping_version, toUInt32(minMerge(first_seen_state)) AS first_seen, \
+         toUInt32(maxMerge(last_seen_state)) AS last_seen, sumMerge(count_state) AS count ",
+    );
+    s.push(&format!("FROM {db}.issues WHERE issue_id = ")).str(issue_id);
+    s.push(" OR issue_id IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push(")");
+    s.push(" OR issue_id IN (SELECT issue_id FROM (").sql(&map).push(") WHERE canon = ").str(issue_id);
+    s.push(" OR canon IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push("))");
+    s.push(" GROUP BY project, issue_id) ANY LEFT JOIN (").sql(&map).push(") USING (project, issue_id)");
+    s.push(" ORDER BY project, issue_id LIMIT ").u64(MAX_FOUND_ROWS + 1);
+    let rows = s.query(client).fetch_all::<FoundRow>().await.map_err(step("issue"))?;
+    if rows.len() as u64 > MAX_FOUND_ROWS {
+        return Err(Error::TooManyRows { what: "issues and aliases of one id", limit: MAX_FOUND_ROWS });
+    }
+    Ok(fold_found(&rows, issue_id))
+}
+
+/// The canonical issues of `issue_id` among `rows` (sorted by project): one per project where
+/// the id has a row, folded over the rows whose canonical id is the same.
+fn fold_found(rows: &[FoundRow], issue_id: &str) -> Vec<IssueSummary> {
+    let mut out: Vec<IssueSummary> = Vec::new();
+    for asked in rows.iter().filter(|r| r.issue_id == issue_id) {
+        let canon = asked.canonical();
+        if out.iter().any(|o| o.project == asked.project && o.issue_id == canon) {
+            continue;
+        }
+        let members: Vec<&FoundRow> =
+            rows.iter().filter(|r| r.project == asked.project && r.canonical() == canon).collect();
+        // The canonical issue's own row names it; without one (its events expired) an alias's.
+        let Some(head) = members.iter().find(|r| r.issue_id == canon).or(members.first()) else {
+            continue;
+        };
+        out.push(IssueSummary {
+            project: head.project.clone(),
+            issue_id: canon.to_owned(),
+            title: head.title.clone(),
+            culprit: head.culprit.clone(),
+            exc_type: head.exc_type.clone(),
+            level: head.level.clone(),
+            platform: head.platform.clone(),
+            grouping_version: head.grouping_version.clone(),
+            first_seen: members.iter().map(|r| r.first_seen).min().unwrap_or(head.first_seen),
+            last_seen: members.iter().map(|r| r.last_seen).max().unwrap_or(head.last_seen),
+            count: members.iter().map(|r| r.count).fold(0u64, u64::saturating_add),
+            merged: members
+                .iter()
+                .filter(|r| r.issue_id != canon)
+                .map(|r| MergedIssue {
+                    issue_id: r.issue_id.clone(),
+                    count: r.count,
+                    first_seen: r.first_seen,
+                    last_seen: r.last_seen,
+                })
+                .collect(),
+            asked_alias: (canon != issue_id).then(|| issue_id.to_owned()),
+        });
+    }
+    out.truncate(MAX_PROJECTS_PER_ID as usize);
+    out
+}
+
+/// ` AND project = ? AND (issue_id = ? OR issue_id IN (its aliases))`: the rows of a canonical
+/// issue and of the issues merged into it.
+pub(crate) fn members(db: &str, project: &str, issue_id: &str) -> Sql {
+    let mut s = Sql::default();
+    s.push(" AND project = ").str(project).push(" AND (issue_id = ").str(issue_id);
+    s.push(" OR issue_id IN (SELECT issue_id FROM (").sql(&alias_map(db, Some(project))).push(") WHERE canon = ");
+    s.str(issue_id).push("))");
+    s
 }
 
 /// Everything `tracefold issue ID` shows.
@@ -645,6 +874,26 @@ pub struct IssueDetail {
     pub by_url: Top,
     /// The latest sample event (JSON), if any.
     pub sample: Option<String>,
+    /// The issues merged into this one (late source maps), sorted by id: their events are
+    /// counted above. Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<MergedAlias>,
+    /// The id asked for, when it is one of `merged`: it was merged into this issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_alias: Option<String>,
+}
+
+/// An issue merged into the one shown, as [`IssueDetail`] lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MergedAlias {
+    /// The merged issue's id.
+    pub issue_id: String,
+    /// Its events, all time.
+    pub count: u64,
+    /// Its first event, RFC 3339.
+    pub first_seen: String,
+    /// Its last event, RFC 3339.
+    pub last_seen: String,
 }
 
 /// Most values [`IssueDetail::by_browser`], `by_os` and `by_url` list.
@@ -674,7 +923,8 @@ impl Top {
 }
 
 /// The top values of each breakdown key (browser, OS, URL) of an issue's events from `start`
-/// (Unix seconds, an hour) on: one query for the values (`LIMIT BY`), one for the totals.
+/// (Unix seconds, an hour) on, its aliases' included (`issue_id` is canonical): one query for
+/// the values (`LIMIT BY`), one for the totals.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
@@ -693,30 +943,19 @@ pub async fn breakdowns(
         value: String,
         count: u64,
     }
-    let values = client
-        .query(&format!(
-            "SELECT key, value, sum(count) AS count FROM {db}.issue_breakdown_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) \
-             GROUP BY key, value ORDER BY key, count DESC, value LIMIT ? BY key"
-        ))
-        .bind(project)
-        .bind(issue_id)
-        .bind(start)
-        .bind(TOP_VALUES)
-        .fetch_all::<R>()
-        .await
-        .map_err(step("breakdowns"))?;
-    let totals = client
-        .query(&format!(
-            "SELECT key, sum(count) AS count FROM {db}.issue_breakdown_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY key ORDER BY key LIMIT 16"
-        ))
-        .bind(project)
-        .bind(issue_id)
-        .bind(start)
-        .fetch_all::<KeyCount>()
-        .await
-        .map_err(step("breakdown totals"))?;
+    // The issue's and its aliases' rows.
+    let mut values = Sql::default();
+    values.push(&format!(
+        "SELECT key, value, sum(count) AS count FROM {db}.issue_breakdown_1h WHERE hour >= toDateTime("
+    ));
+    values.u32(start).push(")").sql(&members(db, project, issue_id));
+    values.push(" GROUP BY key, value ORDER BY key, count DESC, value LIMIT ").u64(TOP_VALUES).push(" BY key");
+    let values = values.query(client).fetch_all::<R>().await.map_err(step("breakdowns"))?;
+    let mut totals = Sql::default();
+    totals.push(&format!("SELECT key, sum(count) AS count FROM {db}.issue_breakdown_1h WHERE hour >= toDateTime("));
+    totals.u32(start).push(")").sql(&members(db, project, issue_id));
+    totals.push(" GROUP BY key ORDER BY key LIMIT 16");
+    let totals = totals.query(client).fetch_all::<KeyCount>().await.map_err(step("breakdown totals"))?;
     let mut out: [Top; 3] = Default::default();
     for (i, k) in Key::ALL.into_iter().enumerate() {
         out[i].values = values.iter().filter(|r| r.key == k.as_str()).map(|r| (r.value.clone(), r.count)).collect();
@@ -750,7 +989,9 @@ fn users_estimate_sql() -> String {
 }
 
 /// The detail of `issue` (one of [`find_issue`]'s): users, status, the last `window_hours`
-/// hours per hour, by release, environment, browser, OS and URL, the latest sample.
+/// hours per hour, by release, environment, browser, OS and URL, the latest sample, each over
+/// the issue and the issues merged into it (users merged: one in both counts once); the
+/// status is the issue's own.
 ///
 /// # Errors
 /// When the database name is not an identifier, ClickHouse does not answer, or the stored
@@ -763,32 +1004,28 @@ pub async fn issue_detail(
 ) -> Result<IssueDetail> {
     let db = db(database)?;
     let (p, issue_id) = (issue.project.as_str(), issue.issue_id.as_str());
+    // Every query reads the rows of the issue and of the issues merged into it.
+    let of_issue = members(db, p, issue_id);
     #[derive(clickhouse::Row, Deserialize)]
     struct N {
         n: u64,
     }
-    let users = client
-        .query(&format!("SELECT {} AS n FROM {db}.aggregates WHERE project = ? AND issue_id = ?", users_estimate_sql()))
-        .bind(p)
-        .bind(issue_id)
-        .fetch_one::<N>()
-        .await
-        .map_err(step("users"))?
-        .n;
+    let mut users = Sql::default();
+    users.push(&format!("SELECT {} AS n FROM {db}.aggregates WHERE 1", users_estimate_sql())).sql(&of_issue);
+    let users = users.query(client).fetch_one::<N>().await.map_err(step("users"))?.n;
     let now = now(client).await?;
     let start = (now / 3600) * 3600 - (window_hours.saturating_sub(1)) * 3600;
-    let hours = client
-        .query(&format!(
-            "SELECT toUInt32(hour) AS hour, sum(count) AS count FROM {db}.issue_counts_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY hour ORDER BY hour LIMIT ?"
+    let mut hours = Sql::default();
+    hours
+        .push(&format!(
+            "SELECT toUInt32(hour) AS hour, sum(count) AS count FROM {db}.issue_counts_1h WHERE hour >= toDateTime("
         ))
-        .bind(p)
-        .bind(issue_id)
-        .bind(start)
-        .bind(u64::from(window_hours) + 1)
-        .fetch_all::<HourCount>()
-        .await
-        .map_err(step("hourly"))?;
+        .u32(start)
+        .push(")")
+        .sql(&of_issue)
+        .push(" GROUP BY hour ORDER BY hour LIMIT ")
+        .u64(u64::from(window_hours) + 1);
+    let hours = hours.query(client).fetch_all::<HourCount>().await.map_err(step("hourly"))?;
     let mut hourly = vec![0u64; window_hours as usize];
     for h in hours {
         if let Some(slot) = hourly.get_mut(((h.hour.saturating_sub(start)) / 3600) as usize) {
@@ -797,29 +1034,20 @@ pub async fn issue_detail(
     }
     // `col` is one of two constants below, never input.
     let breakdown = |col: &str| {
-        format!(
-            "SELECT {col} AS key, sum(count) AS count FROM {db}.issue_counts_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY {col} ORDER BY count DESC, key LIMIT ?"
-        )
+        let mut s = Sql::default();
+        s.push(&format!(
+            "SELECT {col} AS key, sum(count) AS count FROM {db}.issue_counts_1h WHERE hour >= toDateTime("
+        ))
+        .u32(start)
+        .push(")")
+        .sql(&of_issue)
+        .push(&format!(" GROUP BY {col} ORDER BY count DESC, key LIMIT "))
+        .u64(MAX_BREAKDOWN_ROWS + 1);
+        s
     };
-    let by_release = client
-        .query(&breakdown("release"))
-        .bind(p)
-        .bind(issue_id)
-        .bind(start)
-        .bind(MAX_BREAKDOWN_ROWS + 1)
-        .fetch_all::<KeyCount>()
-        .await
-        .map_err(step("by release"))?;
-    let by_environment = client
-        .query(&breakdown("environment"))
-        .bind(p)
-        .bind(issue_id)
-        .bind(start)
-        .bind(MAX_BREAKDOWN_ROWS + 1)
-        .fetch_all::<KeyCount>()
-        .await
-        .map_err(step("by environment"))?;
+    let by_release = breakdown("release").query(client).fetch_all::<KeyCount>().await.map_err(step("by release"))?;
+    let by_environment =
+        breakdown("environment").query(client).fetch_all::<KeyCount>().await.map_err(step("by environment"))?;
     for (what, rows) in [("by release", &by_release), ("by environment", &by_environment)] {
         if rows.len() as u64 > MAX_BREAKDOWN_ROWS {
             return Err(Error::TooManyRows { what, limit: MAX_BREAKDOWN_ROWS });
@@ -830,18 +1058,11 @@ pub async fn issue_detail(
     struct Sample {
         sample: String,
     }
-    // No sample row is no sample, not an error.
-    let sample = client
-        .query(&format!(
-            "SELECT argMax(sample, seen) AS sample FROM {db}.issue_samples WHERE project = ? AND issue_id = ?"
-        ))
-        .bind(p)
-        .bind(issue_id)
-        .fetch_one::<Sample>()
-        .await
-        .ok()
-        .map(|s| s.sample)
-        .filter(|s| !s.is_empty());
+    // No sample row is no sample, not an error. The latest of the issue and its aliases (after
+    // a merge the issue's own: events that arrive with the map are grouped there).
+    let mut sample = Sql::default();
+    sample.push(&format!("SELECT argMax(sample, seen) AS sample FROM {db}.issue_samples WHERE 1")).sql(&of_issue);
+    let sample = sample.query(client).fetch_one::<Sample>().await.ok().map(|s| s.sample).filter(|s| !s.is_empty());
     let status = issue_status(client, db, p, issue_id).await?;
     Ok(IssueDetail {
         status,
@@ -856,6 +1077,17 @@ pub async fn issue_detail(
         by_os,
         by_url,
         sample,
+        merged: issue
+            .merged
+            .into_iter()
+            .map(|m| MergedAlias {
+                issue_id: m.issue_id,
+                count: m.count,
+                first_seen: rfc3339(m.first_seen),
+                last_seen: rfc3339(m.last_seen),
+            })
+            .collect(),
+        asked_alias: issue.asked_alias,
         project: issue.project,
         issue_id: issue.issue_id,
         title: issue.title,

@@ -4,7 +4,9 @@
 
 use crate::client::db;
 use crate::error::{step, Result};
-use crate::issues::{IssueStatus, TopIssue, TopRow};
+use crate::issues::{
+    fold, members, or_aliases, IssueStatus, TopIssue, TopRow, HOUR_COLUMNS, HOUR_FOLD, META_COLUMNS, META_FOLD,
+};
 use crate::sql::Sql;
 use clickhouse::Client;
 use serde::Deserialize;
@@ -112,18 +114,16 @@ pub async fn release_starts(
         first: u32,
     }
     let db = db(database)?;
-    let rows = client
-        .query(&format!(
-            "SELECT release, toUInt32(min(hour)) AS first FROM {db}.issue_counts_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY release ORDER BY first, release LIMIT ?"
-        ))
-        .bind(project)
-        .bind(issue_id)
-        .bind(from)
-        .bind(MAX_RELEASES)
-        .fetch_all::<R>()
-        .await
-        .map_err(step("release starts"))?;
+    let mut s = Sql::default();
+    s.push(&format!(
+        "SELECT release, toUInt32(min(hour)) AS first FROM {db}.issue_counts_1h WHERE hour >= toDateTime("
+    ))
+    .u32(from)
+    .push(")")
+    .sql(&members(db, project, issue_id))
+    .push(" GROUP BY release ORDER BY first, release LIMIT ")
+    .u64(MAX_RELEASES);
+    let rows = s.query(client).fetch_all::<R>().await.map_err(step("release starts"))?;
     Ok(rows.into_iter().map(|r| (r.release, r.first)).collect())
 }
 
@@ -146,18 +146,15 @@ pub async fn first_release(
     }
     let db = db(database)?;
     let minute = first_seen / 60 * 60;
-    let rows = client
-        .query(&format!(
-            "SELECT release FROM {db}.issue_counts_1m WHERE project = ? AND issue_id = ? \
-             AND minute >= toDateTime(?) AND minute < toDateTime(?) ORDER BY minute, release LIMIT 1"
-        ))
-        .bind(project)
-        .bind(issue_id)
-        .bind(minute)
-        .bind(minute.saturating_add(60))
-        .fetch_all::<R>()
-        .await
-        .map_err(step("first release"))?;
+    let mut s = Sql::default();
+    s.push(&format!("SELECT release FROM {db}.issue_counts_1m WHERE minute >= toDateTime("))
+        .u32(minute)
+        .push(") AND minute < toDateTime(")
+        .u32(minute.saturating_add(60))
+        .push(")")
+        .sql(&members(db, project, issue_id))
+        .push(" ORDER BY minute, release LIMIT 1");
+    let rows = s.query(client).fetch_all::<R>().await.map_err(step("first release"))?;
     Ok(rows.into_iter().next().map(|r| r.release))
 }
 
@@ -301,16 +298,21 @@ fn project_filter(s: &mut Sql, q: &ListQuery<'_>) {
 fn list_users(db: &str, q: &ListQuery<'_>, from: u32, only: Option<&Sql>) -> Sql {
     let mut s = Sql::default();
     s.push(&format!(
-        "SELECT project, issue_id, toUInt64(uniqExactArray(users)) AS users_n FROM {db}.aggregates WHERE minute >= toDateTime("
+        "SELECT project, issue_id, uniqExactStateArray(users) AS st FROM {db}.aggregates WHERE minute >= toDateTime("
     ))
     .u32(from)
     .push(")");
     event_filter(&mut s, q);
     if let Some(only) = only {
-        s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(only).push("))");
+        s.push(" AND ((project, issue_id) IN (SELECT project, issue_id FROM (")
+            .sql(only)
+            .push("))")
+            .push(&or_aliases(db))
+            .push(")");
     }
     s.push(" GROUP BY project, issue_id");
-    s
+    // Merged over each canonical issue and its aliases: a user of both counts once.
+    fold(db, &s, q.project, "st", &[("toUInt64(uniqExactMerge(st))", "users_n")])
 }
 
 fn list_order(sort: ListSort) -> &'static str {
@@ -329,21 +331,24 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>) -> (Sql, u32) {
     if q.sort == ListSort::Growth {
         count_parts(db, q, c.prev, c.prev_hour, Some((c.from, c.from_hour)), 0, &mut parts);
     }
-    // The issues with events in the window, filtered, with their metadata.
-    // (ClickHouse 18.16: one JOIN per SELECT.)
-    const COLUMNS: &str = "project, issue_id, events, previous, title, culprit, level, first_seen, last_seen";
-    let mut ranked = Sql::default();
-    ranked
-        .push("SELECT ")
-        .push(COLUMNS)
-        .push(" FROM (SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
+    // The issues with events in the window, filtered, with their metadata; canonical issues,
+    // each folded over the issues merged into it (late source maps): status, search and `new`
+    // are the canonical issue's. (ClickHouse 18.16: one JOIN per SELECT.)
+    const COLUMNS: &str = "project, issue_id, events, previous, title, culprit, level, first_seen, last_seen, merged";
+    let mut counts = Sql::default();
+    counts.push("SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
-            ranked.push(" UNION ALL ");
+            counts.push(" UNION ALL ");
         }
-        ranked.sql(p);
+        counts.sql(p);
     }
-    ranked.push(") WHERE 1");
+    counts.push(") GROUP BY project, issue_id");
+    let folded =
+        fold(db, &counts, q.project, "events, previous", &[("sum(events)", "events"), ("sum(previous)", "previous")]);
+    let mut ranked = Sql::default();
+    ranked.push("SELECT ").push(COLUMNS).push(" FROM (SELECT project, issue_id, events, previous FROM (");
+    ranked.sql(&folded).push(") WHERE events > 0");
     if let Some(status) = q.status {
         let (op, cmp) = if status == IssueStatus::Active { ("NOT IN", "!=") } else { ("IN", "=") };
         ranked.push(&format!(
@@ -353,24 +358,27 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>) -> (Sql, u32) {
         project_filter(&mut ranked, q);
         ranked.push(&format!(" GROUP BY project, issue_id) WHERE cur {cmp} ")).str(status.as_str()).push(")");
     }
-    ranked
-        .push(&format!(
-            " GROUP BY project, issue_id HAVING events > 0) ANY INNER JOIN (SELECT project, issue_id, \
-         argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, argMaxMerge(level_state) AS level, \
-         toUInt32(minMerge(first_seen_state)) AS first_seen, toUInt32(maxMerge(last_seen_state)) AS last_seen \
-         FROM {db}.issues WHERE (project, issue_id) IN (SELECT project, issue_id FROM {db}.issue_counts_1h \
-         WHERE hour >= toDateTime("
-        ))
-        .u32(c.from_hour)
-        .push(")");
-    project_filter(&mut ranked, q);
-    ranked.push(")");
-    project_filter(&mut ranked, q);
-    ranked.push(" GROUP BY project, issue_id");
+    let mut meta = Sql::default();
+    meta.push(&format!(
+        "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+         argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
+         toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE ((project, issue_id) IN \
+         (SELECT project, issue_id FROM {db}.issue_counts_1h WHERE hour >= toDateTime("
+    ))
+    .u32(c.from_hour)
+    .push(")");
+    project_filter(&mut meta, q);
+    meta.push(")").push(&or_aliases(db)).push(")");
+    project_filter(&mut meta, q);
+    meta.push(" GROUP BY project, issue_id");
+    ranked.push(
+        ") ANY INNER JOIN (SELECT project, issue_id, title, culprit, level, first_seen, last_seen, merged FROM (",
+    );
+    ranked.sql(&fold(db, &meta, q.project, META_COLUMNS, META_FOLD)).push(")");
     if let Some(text) = q.search.filter(|t| !t.is_empty()) {
         let text: String = text.chars().take(MAX_SEARCH_CHARS).collect();
         ranked
-            .push(" HAVING positionCaseInsensitiveUTF8(title, ")
+            .push(" WHERE positionCaseInsensitiveUTF8(title, ")
             .str(&text)
             .push(") > 0 OR positionCaseInsensitiveUTF8(culprit, ")
             .str(&text)
@@ -397,25 +405,31 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>) -> (Sql, u32) {
     let hour_start = (c.now / 60) * 60 - 59 * 60;
     let mut s = Sql::default();
     s.push(
-        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts FROM (",
+        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts, merged FROM (",
     );
     if q.sort == ListSort::Users {
         s.push("SELECT ").push(COLUMNS).push(", users FROM (").sql(&ranked).push(")");
     } else {
-        s.push("SELECT project, issue_id, events, previous, title, culprit, level, first_seen, last_seen, users_n AS users FROM (")
+        s.push("SELECT ")
+            .push(COLUMNS)
+            .push(", users_n AS users FROM (")
             .sql(&ranked)
             .push(") ANY LEFT JOIN (")
             .sql(&list_users(db, q, c.from, Some(&ranked)))
             .push(") USING (project, issue_id)");
     }
-    s.push(&format!(
-        ") ANY LEFT JOIN (SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
+    let mut hour = Sql::default();
+    hour.push(&format!(
+        "SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
          SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
     ))
     .u32(hour_start)
     .push(")");
-    event_filter(&mut s, q);
-    s.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id) USING (project, issue_id) ORDER BY ")
+    event_filter(&mut hour, q);
+    hour.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id");
+    s.push(") ANY LEFT JOIN (")
+        .sql(&fold(db, &hour, q.project, HOUR_COLUMNS, HOUR_FOLD))
+        .push(") USING (project, issue_id) ORDER BY ")
         .push(list_order(q.sort));
     (s, hour_start)
 }
@@ -607,7 +621,8 @@ pub async fn series(
         ));
     }
     s.u32(c.first).push(if res == Resolution::Day { "))" } else { ")" });
-    s.push(" AND project = ").str(project).push(" AND issue_id = ").str(issue_id);
+    // The issue's and its aliases' events (late source maps).
+    s.sql(&members(db, project, issue_id));
     s.push(" GROUP BY t, release ORDER BY t, release LIMIT ").u64(MAX_SERIES_ROWS + 1);
     let rows = s.query(client).fetch_all::<R>().await.map_err(step("chart"))?;
     if rows.len() as u64 > MAX_SERIES_ROWS {
