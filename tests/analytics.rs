@@ -362,19 +362,17 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert!(tracefold_store::migrate::retention(&db.cfg, 90, true).await.unwrap().is_empty());
 }
 
-/// `tracefold top --by`: each ranking orders a known window exactly as documented.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn top_ranks_by_events_users_growth_and_new() {
-    use tracefold_store::issues::{top, TopBy, TopQuery};
-    let db = TestDb::new("top_by").await;
-    let t = db.server_now().await;
-    const E: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
-    const F: &str = "ffffffffffffffffffffffffffffffff";
-    const G: &str = "00000000000000000000000000000000";
-    const H: &str = "11111111111111111111111111111111";
-    const I: &str = "22222222222222222222222222222222";
+const E: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+const F: &str = "ffffffffffffffffffffffffffffffff";
+const G: &str = "00000000000000000000000000000000";
+const H: &str = "11111111111111111111111111111111";
+const I: &str = "22222222222222222222222222222222";
+
+/// Five issues of project `rank` and one of `other`, around the server's time `t`, for the
+/// rankings of `top` (each issue's part in them is told below).
+fn ranking_records(t: i64) -> Vec<AggregateRecord> {
     // The window is the last hour; the one before it is [t - 2h, t - 1h).
-    let recs = vec![
+    vec![
         // E: 50 events now (user 1), 45 in the hour before (user 1 again): +5, not new.
         rec("rank", E, t - 1800, "r2", "production", 50, users([1]), "", 1),
         rec("rank", E, t - 5400, "r1", "production", 45, users([1]), "", 2),
@@ -388,7 +386,16 @@ async fn top_ranks_by_events_users_growth_and_new() {
         rec("rank", I, t - 5400, "r1", "production", 100, users(40..50), "", 7),
         // Another project's issue, to check --project.
         rec("other", I, t - 600, "r2", "production", 1000, users([1]), "", 8),
-    ];
+    ]
+}
+
+/// `tracefold top --by`: each ranking orders a known window exactly as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_ranks_by_events_users_growth_and_new() {
+    use tracefold_store::issues::{top, TopBy, TopQuery};
+    let db = TestDb::new("top_by").await;
+    let t = db.server_now().await;
+    let recs = ranking_records(t);
     db.insert_records(&recs).await;
     let dbn = &db.cfg.database;
     let client = &db.client;
@@ -467,6 +474,83 @@ async fn top_ranks_by_events_users_growth_and_new() {
                 assert_eq!(got, want, "{q:?}");
             }
         }
+    }
+}
+
+/// Late source maps' fast path (docs/sourcemaps.md "Late maps", Queries): without alias rows
+/// every query is the plain one; with some, only the issues they name are folded. Alias rows
+/// that merge no events (an alias without rows into `E`, and two issues of a project without
+/// data) send `top` (every ranking, window and path), the UI's list and `tracefold issue` down
+/// the folded path for `E` and for every query without a project: each answer must be the
+/// plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_rows_that_merge_no_events_change_no_answer() {
+    use tracefold_store::issues::{find_issue, issue_detail, top, TopBy, TopIssue, TopQuery};
+    use tracefold_store::ui::{issue_list, ListQuery, ListSort};
+    let db = TestDb::new("fold_same").await;
+    let t = db.server_now().await;
+    db.insert_records(&ranking_records(t)).await;
+    let dbn = &db.cfg.database;
+    let client = &db.client;
+    let readonly = db.client.clone().with_setting("readonly", "1");
+    // Every answer, asked within one server minute (the last hour is per minute): again, at
+    // most twice more, when a minute began while asking.
+    let answers = || async {
+        let mut tries = 0;
+        loop {
+            let minute = db.server_now().await / 60;
+            let mut tops: Vec<Vec<TopIssue>> = Vec::new();
+            for since_secs in [3600, 7 * 86_400] {
+                for by in TopBy::ALL {
+                    for (limit, project) in [(100, Some("rank")), (2, None)] {
+                        let q = TopQuery { since_secs, limit, project, by };
+                        tops.push(top(client, dbn, &q).await.unwrap());
+                        tops.push(top(&readonly, dbn, &q).await.unwrap());
+                    }
+                }
+            }
+            for sort in ListSort::ALL {
+                for project in [Some("rank"), None] {
+                    let q = ListQuery { since_secs: 3600, limit: 100, sort, project, ..Default::default() };
+                    tops.push(issue_list(client, dbn, &q).await.unwrap());
+                }
+            }
+            let mut details = Vec::new();
+            for id in [E, I] {
+                for found in find_issue(client, dbn, id).await.unwrap() {
+                    details.push(format!("{found:?}"));
+                    details.push(format!("{:?}", issue_detail(client, dbn, found, 24).await.unwrap()));
+                }
+            }
+            tries += 1;
+            if db.server_now().await / 60 == minute || tries == 3 {
+                break (tops, details);
+            }
+        }
+    };
+    let (plain_tops, plain_details) = answers().await;
+    assert!(plain_tops.iter().all(|r| r.iter().all(|r| r.merged.is_empty())));
+    assert_eq!(plain_details.len(), 6, "E, and I in both projects: {plain_details:?}");
+    const NONE: &str = "33333333333333333333333333333333";
+    client
+        .query(&format!(
+            "INSERT INTO {dbn}.issue_aliases (project, alias, issue_id, first_seen) VALUES \
+             ('rank', '{NONE}', '{E}', toDateTime({t})), ('nodata', '{F}', '{G}', toDateTime({t}))"
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let (folded_tops, folded_details) = answers().await;
+    assert_eq!(folded_details, plain_details);
+    // Minutes passed between the two: the last hour's events by minute have moved within it
+    // (the newest event is 10 minutes old, the oldest of the window 30: none left it).
+    let moved = |r: &[TopIssue]| -> Vec<TopIssue> {
+        r.iter().map(|r| TopIssue { last_hour: vec![r.last_hour.iter().sum()], ..r.clone() }).collect()
+    };
+    assert_eq!(folded_tops.len(), plain_tops.len());
+    for (i, (got, want)) in folded_tops.iter().zip(&plain_tops).enumerate() {
+        assert!(!want.is_empty(), "answer {i}");
+        assert_eq!(moved(got), moved(want), "answer {i}");
     }
 }
 

@@ -135,7 +135,7 @@ pub struct TopQuery<'a> {
 
 /// The window's edges as the server aligns them (its time zone decides hours and days), Unix
 /// seconds. `*_up`: the first day start at or after the instant; `*_down`: the day
-/// start at or before it.
+/// start at or before it. `aliases`: 1 when the projects asked have an alias row, else 0.
 #[derive(Debug, Clone, Copy, clickhouse::Row, Deserialize)]
 struct Clock {
     now: u32,
@@ -145,26 +145,34 @@ struct Clock {
     from_day_down: u32,
     prev: u32,
     prev_day_up: u32,
+    aliases: u64,
 }
 
-/// Reads the server's clock and aligns the window `[now - since, now]` and the one before it.
+/// Reads the server's clock and aligns the window `[now - since, now]` and the one before it,
+/// and whether `project` (or any project) has alias rows (as [`aliases`], in the same query).
 /// Windows start no earlier than 1970-01-03 (no data is older; day arithmetic stays in range
 /// in every time zone).
-async fn clock(client: &Client, since_secs: u64) -> Result<Clock> {
+async fn clock(client: &Client, db: &str, since_secs: u64, project: Option<&str>) -> Result<Clock> {
     let since = since_secs.min(u64::from(u32::MAX));
-    client
-        .query(
-            "SELECT toUInt32(t) AS now, toUInt32(toStartOfDay(t)) AS now_day, toUInt32(a) AS from, \
-             toUInt32(toDateTime(toDate(a) + if(toStartOfDay(a) = a, 0, 1))) AS from_day_up, \
-             toUInt32(toStartOfDay(a)) AS from_day_down, toUInt32(p) AS prev, \
-             toUInt32(toDateTime(toDate(p) + if(toStartOfDay(p) = p, 0, 1))) AS prev_day_up \
-             FROM (SELECT t, a, toDateTime(greatest(2 * toInt64(toUInt32(a)) - toInt64(toUInt32(t)), 172800)) AS p \
-             FROM (SELECT now() AS t, toDateTime(greatest(toInt64(toUInt32(now())) - toInt64(?), 172800)) AS a))",
-        )
-        .bind(since)
-        .fetch_one::<Clock>()
-        .await
-        .map_err(step("cannot reach ClickHouse"))
+    let mut s = Sql::default();
+    s.push(
+        "SELECT toUInt32(t) AS now, toUInt32(toStartOfDay(t)) AS now_day, toUInt32(a) AS from, \
+         toUInt32(toDateTime(toDate(a) + if(toStartOfDay(a) = a, 0, 1))) AS from_day_up, \
+         toUInt32(toStartOfDay(a)) AS from_day_down, toUInt32(p) AS prev, \
+         toUInt32(toDateTime(toDate(p) + if(toStartOfDay(p) = p, 0, 1))) AS prev_day_up, ",
+    );
+    s.push(&format!("(SELECT count() FROM (SELECT 1 FROM {db}.issue_aliases"));
+    if let Some(p) = project {
+        s.push(" WHERE project = ").str(p);
+    }
+    s.push(
+        " LIMIT 1)) AS aliases \
+         FROM (SELECT t, a, toDateTime(greatest(2 * toInt64(toUInt32(a)) - toInt64(toUInt32(t)), 172800)) AS p \
+         FROM (SELECT now() AS t, toDateTime(greatest(toInt64(toUInt32(now())) - toInt64(",
+    )
+    .u64(since)
+    .push("), 172800)) AS a))");
+    s.query(client).fetch_one::<Clock>().await.map_err(step("cannot reach ClickHouse"))
 }
 
 /// Which rollup a part of a time range is read from.
@@ -207,23 +215,89 @@ pub(crate) fn alias_map(db: &str, project: Option<&str>) -> Sql {
     s
 }
 
-/// ` OR (project, issue_id) IN (every alias)`: widens a filter to a set of canonical issues
-/// (`(project, issue_id) IN (set)`) so that their aliases' rows are read too (those of other
-/// issues as well: the table is small, and the fold's join puts each row where it belongs).
-pub(crate) fn or_aliases(db: &str) -> String {
-    format!(" OR (project, issue_id) IN (SELECT project, alias FROM {db}.issue_aliases)")
+/// Whether the projects a query reads have alias rows (late source maps). Without any, every
+/// query is the plain one, as before aliases existed (no join, no second aggregation); with
+/// some, only the issues that take part in an alias are folded ([`fold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Aliases {
+    /// No alias row for the projects asked: the plain queries.
+    None,
+    /// Some: the issues named by alias rows are folded, the others read as before.
+    Some,
 }
 
-/// Folds `inner` (a SELECT of `project, issue_id, <cols>`, one row per issue) into one row
-/// per canonical issue ([`alias_map`]): `SELECT project, issue_id, <names>` where each
-/// `(expr, name)` of `aggs` aggregates the rows of an issue and its aliases (`canon` is
-/// empty on the issue's own row, the alias's canonical id on an alias's). Aggregating per
-/// issue first and joining the small alias map to those rows keeps the join off the base
-/// tables. Without alias rows every row is its own issue, the same answer as `inner`.
-pub(crate) fn fold(db: &str, inner: &Sql, project: Option<&str>, cols: &str, aggs: &[(&str, &str)]) -> Sql {
+/// Whether `project` (or any project) has an alias row: one bounded query of the small
+/// `issue_aliases` table (at most one row read back). An alias row written between this and
+/// the query that follows is folded from the next query on.
+///
+/// # Errors
+/// When ClickHouse does not answer.
+pub(crate) async fn aliases(client: &Client, db: &str, project: Option<&str>) -> Result<Aliases> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let mut s = Sql::default();
+    s.push(&format!("SELECT count() AS n FROM (SELECT 1 FROM {db}.issue_aliases"));
+    if let Some(p) = project {
+        s.push(" WHERE project = ").str(p);
+    }
+    s.push(" LIMIT 1)");
+    let n = s.query(client).fetch_one::<N>().await.map_err(step("aliases"))?.n;
+    Ok(if n == 0 { Aliases::None } else { Aliases::Some })
+}
+
+/// `SELECT project, issue_id`: every issue that takes part in an alias row (the alias and
+/// each primary it names), of `project` or of all: the issues [`fold`] folds.
+fn participants(db: &str, project: Option<&str>) -> Sql {
+    let mut s = Sql::default();
+    s.push(&format!("SELECT project, arrayJoin([alias, issue_id]) AS issue_id FROM {db}.issue_aliases"));
+    if let Some(p) = project {
+        s.push(" WHERE project = ").str(p);
+    }
+    s
+}
+
+/// ` AND (project, issue_id) IN (participants)`: the filter [`fold`] hands its inner query
+/// for the issues it folds (on the tables' key prefix: only their granules are read).
+fn participants_filter(db: &str, project: Option<&str>) -> Sql {
+    let mut s = Sql::default();
+    s.push(" AND (project, issue_id) IN (").sql(&participants(db, project)).push(")");
+    s
+}
+
+/// One row per canonical issue ([`alias_map`]) of a per-issue query: `SELECT project,
+/// issue_id, <names>`.
+///
+/// `inner(None)` is the plain query (`SELECT project, issue_id, <cols>`, one row per issue,
+/// final values); `plain` selects the output names from its columns (`emptyArrayString() AS
+/// merged` where the plain query has no aliases to name). With [`Aliases::None`] that is the
+/// whole answer: the query as it was before aliases existed. With [`Aliases::Some`] the plain
+/// rows of issues that take part in no alias are kept as they are, and the others are read
+/// again with `inner(Some(filter))` (the filter, ` AND (project, issue_id) IN (...)`, goes
+/// where the inner query filters its table; the rows, `SELECT project, issue_id, <cols>`, then
+/// hold mergeable states where the values do not add up, e.g. users) and folded: joined with the small alias map and
+/// aggregated by canonical id with each `(expr, name)` of `aggs` (`canon` is empty on an
+/// issue's own row, the alias's canonical id on an alias's). Only those few issues pay for
+/// the join and the second aggregation.
+pub(crate) fn fold(
+    db: &str,
+    aliases: Aliases,
+    project: Option<&str>,
+    inner: &dyn Fn(Option<&Sql>) -> Sql,
+    plain: &str,
+    cols: &str,
+    aggs: &[(&str, &str)],
+) -> Sql {
+    let mut s = Sql::default();
+    s.push("SELECT project, issue_id, ").push(plain).push(" FROM (").sql(&inner(None)).push(")");
+    if aliases == Aliases::None {
+        return s;
+    }
+    s.push(" WHERE (project, issue_id) NOT IN (").sql(&participants(db, project)).push(") UNION ALL ");
+    let members = inner(Some(&participants_filter(db, project)));
     // The aggregates are named `f_<name>` where they are computed: an alias equal to a column
     // they read would be substituted into the other aggregates (ClickHouse 18.16).
-    let mut s = Sql::default();
     s.push("SELECT project, cid AS issue_id");
     for (_, name) in aggs {
         s.push(&format!(", f_{name} AS {name}"));
@@ -233,15 +307,22 @@ pub(crate) fn fold(db: &str, inner: &Sql, project: Option<&str>, cols: &str, agg
         s.push(&format!(", {expr} AS f_{name}"));
     }
     s.push(&format!(" FROM (SELECT project, issue_id, canon, {cols}, if(canon = '', issue_id, canon) AS cid FROM ("))
-        .sql(inner)
+        .sql(&members)
         .push(") ANY LEFT JOIN (")
         .sql(&alias_map(db, project))
         .push(") USING (project, issue_id)) GROUP BY project, cid)");
     s
 }
 
-/// `SELECT project, issue_id, c, w`: events per issue in each part of `parts`, `w` = `window`.
-fn counts_parts(db: &str, parts: &[(Tier, u32, Option<u32>)], window: u8, project: Option<&str>) -> Vec<Sql> {
+/// `SELECT project, issue_id, c, w`: events per issue in each part of `parts`, `w` = `window`,
+/// of the issues `filter` keeps (a [`fold`] filter) or of all.
+fn counts_parts(
+    db: &str,
+    parts: &[(Tier, u32, Option<u32>)],
+    window: u8,
+    project: Option<&str>,
+    filter: Option<&Sql>,
+) -> Vec<Sql> {
     parts
         .iter()
         .map(|&(tier, lo, hi)| {
@@ -261,6 +342,9 @@ fn counts_parts(db: &str, parts: &[(Tier, u32, Option<u32>)], window: u8, projec
             if let Some(p) = project {
                 s.push(" AND project = ").str(p);
             }
+            if let Some(f) = filter {
+                s.sql(f);
+            }
             s.push(" GROUP BY project, issue_id");
             s
         })
@@ -272,22 +356,31 @@ fn counts_parts(db: &str, parts: &[(Tier, u32, Option<u32>)], window: u8, projec
 /// Issues are canonical ([`fold`]): an alias's events count for its canonical issue, and
 /// ranking by `new` asks whether the canonical issue's first event (its aliases' included) is
 /// in the window.
-fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
-    let mut parts = counts_parts(db, &tiers(c.from, c.from_day_up, c.now_day, None), 1, q.project);
-    if q.by == TopBy::Growth {
-        parts.extend(counts_parts(db, &tiers(c.prev, c.prev_day_up, c.from_day_down, Some(c.from)), 0, q.project));
-    }
-    let mut counts = Sql::default();
-    counts.push("SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            counts.push(" UNION ALL ");
+fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
+    let counts = |filter: Option<&Sql>| {
+        let mut parts = counts_parts(db, &tiers(c.from, c.from_day_up, c.now_day, None), 1, q.project, filter);
+        if q.by == TopBy::Growth {
+            parts.extend(counts_parts(
+                db,
+                &tiers(c.prev, c.prev_day_up, c.from_day_down, Some(c.from)),
+                0,
+                q.project,
+                filter,
+            ));
         }
-        counts.sql(p);
-    }
-    counts.push(") GROUP BY project, issue_id");
-    let folded =
-        fold(db, &counts, q.project, "events, previous", &[("sum(events)", "events"), ("sum(previous)", "previous")]);
+        let mut s = Sql::default();
+        s.push("SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                s.push(" UNION ALL ");
+            }
+            s.sql(p);
+        }
+        s.push(") GROUP BY project, issue_id");
+        s
+    };
+    let sums: &[(&str, &str)] = &[("sum(events)", "events"), ("sum(previous)", "previous")];
+    let folded = fold(db, aliases, q.project, &counts, "events, previous", "events, previous", sums);
     let mut s = Sql::default();
     s.push("SELECT project, issue_id, events, previous");
     if q.by == TopBy::Users {
@@ -295,14 +388,22 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
     }
     s.push(" FROM (SELECT project, issue_id, events, previous FROM (").sql(&folded).push(") WHERE events > 0");
     if q.by == TopBy::New {
-        let mut first = Sql::default();
-        first.push(&format!("SELECT project, issue_id, toUInt32(minMerge(first_seen_state)) AS fs FROM {db}.issues"));
-        if let Some(p) = q.project {
-            first.push(" WHERE project = ").str(p);
-        }
-        first.push(" GROUP BY project, issue_id");
+        let first = |filter: Option<&Sql>| {
+            let mut s = Sql::default();
+            s.push(&format!(
+                "SELECT project, issue_id, toUInt32(minMerge(first_seen_state)) AS fs FROM {db}.issues WHERE 1"
+            ));
+            if let Some(p) = q.project {
+                s.push(" AND project = ").str(p);
+            }
+            if let Some(f) = filter {
+                s.sql(f);
+            }
+            s.push(" GROUP BY project, issue_id");
+            s
+        };
         s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (")
-            .sql(&fold(db, &first, q.project, "fs", &[("min(fs)", "fs")]))
+            .sql(&fold(db, aliases, q.project, &first, "fs", "fs", &[("min(fs)", "fs")]))
             .push(") WHERE fs >= ")
             .u32(c.from)
             .push(")");
@@ -310,7 +411,7 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
     s.push(")");
     if q.by == TopBy::Users {
         s.push(" ANY LEFT JOIN (SELECT project, issue_id, users_n AS users_all FROM (")
-            .sql(&users_sql(db, c, q.since_secs, None, q.project))
+            .sql(&users_sql(db, c, q.since_secs, None, q.project, aliases))
             .push(")) USING (project, issue_id)");
     }
     s.push(" ORDER BY ").push(order_by(q.by, "users_all")).push(" LIMIT ").u64(q.limit);
@@ -319,60 +420,79 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
 
 /// `SELECT project, issue_id, users_n`: distinct affected users per issue since `c.from`, of
 /// the issues in `only` (a SELECT of `project, issue_id`; the result may hold other issues too)
-/// or of all. Windows of up to a day ([`EXACT_USERS_SECS`]) read the base table (partitioned
-/// by day: only the window's days) and count exactly over the user hashes the aggregates kept.
-/// Longer ones merge one sketch per issue and day (`issue_users_1d`, `uniqCombined`) for the
-/// whole days, and the same sketch of the base table's hashes for the part of the first day:
-/// approximate ([`USERS_SKETCH_ERROR`]), at a cost that does not grow with the users of each
-/// hour (merging every hour's exact set of a month was the slowest part of `top`).
-fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>) -> Sql {
-    let filter = |s: &mut Sql| {
-        if let Some(only) = only {
-            s.push(" AND ((project, issue_id) IN (SELECT project, issue_id FROM (")
-                .sql(only)
-                .push("))")
-                .push(&or_aliases(db))
+/// or of all; a canonical issue's over its aliases too ([`fold`]: merged as states, a user of
+/// both counts once). Windows of up to a day ([`EXACT_USERS_SECS`]) read the base table
+/// (partitioned by day: only the window's days) and count exactly over the user hashes the
+/// aggregates kept. Longer ones merge one sketch per issue and day (`issue_users_1d`,
+/// `uniqCombined`) for the whole days, and the same sketch of the base table's hashes for the
+/// part of the first day: approximate ([`USERS_SKETCH_ERROR`]), at a cost that does not grow
+/// with the users of each hour (merging every hour's exact set of a month was the slowest part
+/// of `top`).
+fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>, aliases: Aliases) -> Sql {
+    // `members`: the issues a fold reads again (their rows hold states), else the plain query.
+    let inner = |members: Option<&Sql>| {
+        let filter = |s: &mut Sql| {
+            match (members, only) {
+                (Some(f), _) => {
+                    s.sql(f);
+                }
+                (None, Some(only)) => {
+                    s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(only).push("))");
+                }
+                (None, None) => {}
+            }
+            if let Some(p) = project {
+                s.push(" AND project = ").str(p);
+            }
+        };
+        let mut s = Sql::default();
+        if since_secs <= EXACT_USERS_SECS {
+            let users = if members.is_some() {
+                "uniqExactStateArray(users) AS st"
+            } else {
+                "toUInt64(uniqExactArray(users)) AS users_n"
+            };
+            s.push(&format!("SELECT project, issue_id, {users} FROM {db}.aggregates WHERE minute >= toDateTime("))
+                .u32(c.from)
                 .push(")");
+            filter(&mut s);
+            s.push(" GROUP BY project, issue_id");
+            return s;
         }
-        if let Some(p) = project {
-            s.push(" AND project = ").str(p);
-        }
-    };
-    // Each issue's users as a mergeable state, merged over an issue and its aliases ([`fold`]):
-    // a user of both counts once.
-    let mut s = Sql::default();
-    if since_secs <= EXACT_USERS_SECS {
+        // Whole days (and today, up to now) from the daily sketches; the part of the first day
+        // inside the window from the base table's hashes, as the same sketch state.
+        let users = if members.is_some() {
+            "uniqCombinedMergeState(st) AS ust"
+        } else {
+            "toUInt64(uniqCombinedMerge(st)) AS users_n"
+        };
         s.push(&format!(
-            "SELECT project, issue_id, uniqExactStateArray(users) AS st FROM {db}.aggregates WHERE minute >= toDateTime("
+            "SELECT project, issue_id, {users} FROM (\
+             SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1d WHERE day >= toDate(toDateTime("
+        ))
+        .u32(c.from_day_up)
+        .push("))");
+        filter(&mut s);
+        // The rest of the first day (up to a day of one day's part): the issues of `only` alone,
+        // when given (a ranking by events over 7 days needs 20 issues' users, not every issue's).
+        s.push(&format!(
+            " UNION ALL SELECT project, issue_id, uniqCombinedState(u) AS st FROM {db}.aggregates ARRAY JOIN users AS u \
+             WHERE minute >= toDateTime("
         ))
         .u32(c.from)
+        .push(") AND minute < toDateTime(")
+        .u32(c.from_day_up)
         .push(")");
         filter(&mut s);
-        s.push(" GROUP BY project, issue_id");
-        return fold(db, &s, project, "st", &[("toUInt64(uniqExactMerge(st))", "users_n")]);
-    }
-    // Whole days (and today, up to now) from the daily sketches; the part of the first day
-    // inside the window from the base table's hashes, as the same sketch state.
-    s.push(&format!(
-        "SELECT project, issue_id, uniqCombinedMergeState(st) AS ust FROM (\
-         SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1d WHERE day >= toDate(toDateTime("
-    ))
-    .u32(c.from_day_up)
-    .push("))");
-    filter(&mut s);
-    // The rest of the first day (up to a day of one day's part): the issues of `only` alone,
-    // when given (a ranking by events over 7 days needs 20 issues' users, not every issue's).
-    s.push(&format!(
-        " UNION ALL SELECT project, issue_id, uniqCombinedState(u) AS st FROM {db}.aggregates ARRAY JOIN users AS u \
-         WHERE minute >= toDateTime("
-    ))
-    .u32(c.from)
-    .push(") AND minute < toDateTime(")
-    .u32(c.from_day_up)
-    .push(")");
-    filter(&mut s);
-    s.push(" GROUP BY project, issue_id) GROUP BY project, issue_id");
-    fold(db, &s, project, "ust", &[("toUInt64(uniqCombinedMerge(ust))", "users_n")])
+        s.push(" GROUP BY project, issue_id) GROUP BY project, issue_id");
+        s
+    };
+    let (col, merge) = if since_secs <= EXACT_USERS_SECS {
+        ("st", "toUInt64(uniqExactMerge(st))")
+    } else {
+        ("ust", "toUInt64(uniqCombinedMerge(ust))")
+    };
+    fold(db, aliases, project, &inner, "users_n", col, &[(merge, "users_n")])
 }
 
 /// The longest window (seconds) whose users `top` counts exactly, from the base table's user
@@ -459,7 +579,7 @@ fn rfc3339(secs: u32) -> String {
 /// the last hour to the ranked issues), or [`ranked_sql`] itself (`materialized` false: it is
 /// computed again in each `IN`, so metadata when ranking by users is read for the issues with
 /// events in the window and the last hour for every issue of the last hour instead).
-fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bool) -> (Sql, u32) {
+fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bool, aliases: Aliases) -> (Sql, u32) {
     let hour_start = (c.now / 60) * 60 - 59 * 60;
     let project = |s: &mut Sql| {
         if let Some(p) = q.project {
@@ -478,49 +598,58 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
         s.push("SELECT project, issue_id, events, previous, users_n AS users FROM (")
             .sql(ranked)
             .push(") ANY LEFT JOIN (")
-            .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project))
+            .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project, aliases))
             .push(") USING (project, issue_id)");
     }
-    // Metadata of the canonical issues, folded over their aliases.
-    let mut meta = Sql::default();
-    meta.push(&format!(
-        "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
-         argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
-         toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE ((project, issue_id) IN (SELECT project, issue_id FROM "
-    ));
-    if q.by == TopBy::Users && !materialized {
-        // The ranked set holds every issue's users: cheaper to take the window's issues.
-        meta.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
-        project(&mut meta);
-    } else {
-        meta.push("(").sql(ranked).push(")");
-    }
-    meta.push(")").push(&or_aliases(db)).push(")");
-    project(&mut meta);
-    meta.push(" GROUP BY project, issue_id");
+    // Metadata of the ranked issues; of the canonical ones folded over their aliases.
+    let meta = |members: Option<&Sql>| {
+        let mut m = Sql::default();
+        m.push(&format!(
+            "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+             argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
+             toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE "
+        ));
+        if let Some(f) = members {
+            m.push("1").sql(f);
+        } else {
+            m.push("(project, issue_id) IN (SELECT project, issue_id FROM ");
+            if q.by == TopBy::Users && !materialized {
+                // The ranked set holds every issue's users: cheaper to take the window's issues.
+                m.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
+                project(&mut m);
+            } else {
+                m.push("(").sql(ranked).push(")");
+            }
+            m.push(")");
+        }
+        project(&mut m);
+        m.push(" GROUP BY project, issue_id");
+        m
+    };
     s.push(") ANY LEFT JOIN (")
-        .sql(&fold(db, &meta, q.project, META_COLUMNS, META_FOLD))
+        .sql(&fold(db, aliases, q.project, &meta, META_PLAIN, META_COLUMNS, META_FOLD))
         .push(") USING (project, issue_id)");
-    // The last hour per minute, an issue's and its aliases' minutes together.
-    let mut hour = Sql::default();
-    hour.push(&format!(
-        "SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
-         SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
-    ))
-    .u32(hour_start)
-    .push(")");
-    project(&mut hour);
-    if materialized {
-        // The ranked issues' minutes only (the set is a table read, not a computation).
-        hour.push(" AND ((project, issue_id) IN (SELECT project, issue_id FROM (")
-            .sql(ranked)
-            .push("))")
-            .push(&or_aliases(db))
-            .push(")");
-    }
-    hour.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id");
+    // The last hour per minute; a canonical issue's and its aliases' minutes together.
+    let hour = |members: Option<&Sql>| {
+        let mut h = Sql::default();
+        h.push(&format!(
+            "SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
+             SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
+        ))
+        .u32(hour_start)
+        .push(")");
+        project(&mut h);
+        if let Some(f) = members {
+            h.sql(f);
+        } else if materialized {
+            // The ranked issues' minutes only (the set is a table read, not a computation).
+            h.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(ranked).push("))");
+        }
+        h.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id");
+        h
+    };
     s.push(") ANY LEFT JOIN (")
-        .sql(&fold(db, &hour, q.project, HOUR_COLUMNS, HOUR_FOLD))
+        .sql(&fold(db, aliases, q.project, &hour, HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
         .push(") USING (project, issue_id) ORDER BY ")
         .push(order_by(q.by, "users"));
     (s, hour_start)
@@ -528,6 +657,9 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
 
 /// The metadata columns of an issue list's rows, per issue.
 pub(crate) const META_COLUMNS: &str = "title, culprit, level, first_seen, last_seen";
+
+/// The metadata of an issue that takes part in no alias: its own, merging nothing.
+pub(crate) const META_PLAIN: &str = "title, culprit, level, first_seen, last_seen, emptyArrayString() AS merged";
 
 /// The metadata of a canonical issue: the title, culprit and level of its own row (the
 /// primary's: mapped frames) when it has one, first seen the earliest and last seen the
@@ -588,8 +720,9 @@ pub async fn top_issues(
 /// When the database name is not an identifier or ClickHouse does not answer.
 pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Vec<TopIssue>> {
     let db = db(database)?;
-    let c = clock(client, q.since_secs).await?;
-    let ranked = ranked_sql(db, &c, q);
+    let c = clock(client, db, q.since_secs, q.project).await?;
+    let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
+    let ranked = ranked_sql(db, &c, q, aliases);
     // The ranked set is computed once, into a temporary table of an HTTP session of this call
     // alone, and read from there by the rows, the users and the metadata (ClickHouse 18.16 has
     // no common table expressions). When that fails (a `readonly = 1` user may not create
@@ -605,7 +738,7 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
                 from.push(", users_all");
             }
             from.push(&format!(" FROM {RANKED_TABLE}"));
-            let (sql, hour_start) = top_sql(db, &c, q, &from, true);
+            let (sql, hour_start) = top_sql(db, &c, q, &from, true, aliases);
             let rows = sql.query(&session).fetch_all::<TopRow>().await;
             // The session's end drops the table too (after the server's `session_timeout`).
             let _ = session.query(&format!("DROP TEMPORARY TABLE IF EXISTS {RANKED_TABLE}")).execute().await;
@@ -618,7 +751,7 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
     let (rows, hour_start) = match materialized {
         Some(done) => done,
         None => {
-            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false);
+            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false, aliases);
             (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
         }
     };
@@ -752,20 +885,27 @@ pub async fn resolve_issue(
 pub async fn find_issue(client: &Client, database: &str, issue_id: &str) -> Result<Vec<IssueSummary>> {
     let db = db(database)?;
     let map = alias_map(db, None);
-    // The id's own rows, its canonical issues (when it is an alias) and every alias of either.
+    let folded = aliases(client, db, None).await? == Aliases::Some;
     let mut s = Sql::default();
+    // No alias anywhere: the id's own rows, each its own canonical issue, as before aliases existed.
+    s.push(if folded { "SELECT project, issue_id, canon" } else { "SELECT project, issue_id, '' AS canon" });
     s.push(
-        "SELECT project, issue_id, canon, title, culprit, exc_type, level, platform, grouping_version, first_seen, last_seen, count FROM (\
+        ", title, culprit, exc_type, level, platform, grouping_version, first_seen, last_seen, count FROM (\
          SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
          argMinMerge(exc_type_state) AS exc_type, argMaxMerge(level_state) AS level, argMinMerge(platform_state) AS platform, \
          argMaxMerge(grouping_version_state) AS grouping_version, toUInt32(minMerge(first_seen_state)) AS first_seen, \
          toUInt32(maxMerge(last_seen_state)) AS last_seen, sumMerge(count_state) AS count ",
     );
     s.push(&format!("FROM {db}.issues WHERE issue_id = ")).str(issue_id);
-    s.push(" OR issue_id IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push(")");
-    s.push(" OR issue_id IN (SELECT issue_id FROM (").sql(&map).push(") WHERE canon = ").str(issue_id);
-    s.push(" OR canon IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push("))");
-    s.push(" GROUP BY project, issue_id) ANY LEFT JOIN (").sql(&map).push(") USING (project, issue_id)");
+    if folded {
+        // The id's own rows, its canonical issues (when it is an alias) and every alias of either.
+        s.push(" OR issue_id IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push(")");
+        s.push(" OR issue_id IN (SELECT issue_id FROM (").sql(&map).push(") WHERE canon = ").str(issue_id);
+        s.push(" OR canon IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push("))");
+        s.push(" GROUP BY project, issue_id) ANY LEFT JOIN (").sql(&map).push(") USING (project, issue_id)");
+    } else {
+        s.push(" GROUP BY project, issue_id)");
+    }
     s.push(" ORDER BY project, issue_id LIMIT ").u64(MAX_FOUND_ROWS + 1);
     let rows = s.query(client).fetch_all::<FoundRow>().await.map_err(step("issue"))?;
     if rows.len() as u64 > MAX_FOUND_ROWS {
@@ -818,11 +958,17 @@ fn fold_found(rows: &[FoundRow], issue_id: &str) -> Vec<IssueSummary> {
     out
 }
 
-/// ` AND project = ? AND (issue_id = ? OR issue_id IN (its aliases))`: the rows of a canonical
-/// issue and of the issues merged into it.
-pub(crate) fn members(db: &str, project: &str, issue_id: &str) -> Sql {
+/// ` AND project = ? AND issue_id = ?`, and with `merged` (the issue has aliases: late source
+/// maps) ` OR issue_id IN (its aliases)`: the rows of a canonical issue and of the issues
+/// merged into it.
+pub(crate) fn members(db: &str, project: &str, issue_id: &str, merged: bool) -> Sql {
     let mut s = Sql::default();
-    s.push(" AND project = ").str(project).push(" AND (issue_id = ").str(issue_id);
+    s.push(" AND project = ").str(project);
+    if !merged {
+        s.push(" AND issue_id = ").str(issue_id);
+        return s;
+    }
+    s.push(" AND (issue_id = ").str(issue_id);
     s.push(" OR issue_id IN (SELECT issue_id FROM (").sql(&alias_map(db, Some(project))).push(") WHERE canon = ");
     s.str(issue_id).push("))");
     s
@@ -935,8 +1081,22 @@ pub async fn breakdowns(
     issue_id: &str,
     start: u32,
 ) -> Result<[Top; 3]> {
-    use tracefold_model::breakdown::Key;
     let db = db(database)?;
+    let merged = aliases(client, db, Some(project)).await? == Aliases::Some;
+    breakdowns_of(client, db, project, issue_id, start, merged).await
+}
+
+/// [`breakdowns`] of a checked database name; `merged`: the issue may have aliases (else its
+/// own rows are read, as before aliases existed).
+async fn breakdowns_of(
+    client: &Client,
+    db: &str,
+    project: &str,
+    issue_id: &str,
+    start: u32,
+    merged: bool,
+) -> Result<[Top; 3]> {
+    use tracefold_model::breakdown::Key;
     #[derive(clickhouse::Row, Deserialize)]
     struct R {
         key: String,
@@ -948,12 +1108,12 @@ pub async fn breakdowns(
     values.push(&format!(
         "SELECT key, value, sum(count) AS count FROM {db}.issue_breakdown_1h WHERE hour >= toDateTime("
     ));
-    values.u32(start).push(")").sql(&members(db, project, issue_id));
+    values.u32(start).push(")").sql(&members(db, project, issue_id, merged));
     values.push(" GROUP BY key, value ORDER BY key, count DESC, value LIMIT ").u64(TOP_VALUES).push(" BY key");
     let values = values.query(client).fetch_all::<R>().await.map_err(step("breakdowns"))?;
     let mut totals = Sql::default();
     totals.push(&format!("SELECT key, sum(count) AS count FROM {db}.issue_breakdown_1h WHERE hour >= toDateTime("));
-    totals.u32(start).push(")").sql(&members(db, project, issue_id));
+    totals.u32(start).push(")").sql(&members(db, project, issue_id, merged));
     totals.push(" GROUP BY key ORDER BY key LIMIT 16");
     let totals = totals.query(client).fetch_all::<KeyCount>().await.map_err(step("breakdown totals"))?;
     let mut out: [Top; 3] = Default::default();
@@ -1005,7 +1165,9 @@ pub async fn issue_detail(
     let db = db(database)?;
     let (p, issue_id) = (issue.project.as_str(), issue.issue_id.as_str());
     // Every query reads the rows of the issue and of the issues merged into it.
-    let of_issue = members(db, p, issue_id);
+    // (Without aliases, the issue's own rows alone: the queries as before aliases existed.)
+    let merged = !issue.merged.is_empty();
+    let of_issue = members(db, p, issue_id, merged);
     #[derive(clickhouse::Row, Deserialize)]
     struct N {
         n: u64,
@@ -1053,7 +1215,7 @@ pub async fn issue_detail(
             return Err(Error::TooManyRows { what, limit: MAX_BREAKDOWN_ROWS });
         }
     }
-    let [by_browser, by_os, by_url] = breakdowns(client, db, p, issue_id, start).await?;
+    let [by_browser, by_os, by_url] = breakdowns_of(client, db, p, issue_id, start, merged).await?;
     #[derive(clickhouse::Row, Deserialize)]
     struct Sample {
         sample: String,

@@ -534,6 +534,8 @@ async fn issue(
         Err(e) => return store_error(&e),
     };
     let first_seen = summary.first_seen;
+    // Without merged issues, the issue's own rows alone (the queries as before aliases existed).
+    let merged = !summary.merged.is_empty();
     // An alias (an issue merged into another by a late source map) shows its canonical issue.
     let issue_id = summary.issue_id.clone();
     let d = match tracefold_store::issues::issue_detail(&st.client, db, summary, w.hours).await {
@@ -545,8 +547,9 @@ async fn issue(
         Err(e) => return store_error(&e),
     };
     let res = resolution(w, q.res.as_deref());
-    let series = tracefold_store::ui::series(&st.client, db, &project, &issue_id, res, buckets(w, res)).await;
-    let first_release = tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, first_seen).await;
+    let series = tracefold_store::ui::series(&st.client, db, &project, &issue_id, res, buckets(w, res), merged).await;
+    let first_release =
+        tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, first_seen, merged).await;
     let (series, first_release) = match (series, first_release) {
         (Ok(s), Ok(f)) => (s, f),
         (Err(e), _) | (_, Err(e)) => return store_error(&e),
