@@ -259,10 +259,23 @@ fn participants(db: &str, project: Option<&str>) -> Sql {
 }
 
 /// ` AND (project, issue_id) IN (participants)`: the filter [`fold`] hands its inner query
-/// for the issues it folds (on the tables' key prefix: only their granules are read).
-fn participants_filter(db: &str, project: Option<&str>) -> Sql {
+/// for the issues it folds (on the tables' key prefix: only their granules are read). With
+/// `only` (a SELECT of `project, issue_id`: canonical issues), only the participants that
+/// fold into one of those: the ones in it and the aliases of the ones in it (a few alias rows
+/// name issues all over a table, each in a granule of its own: a ranking's 20 issues are
+/// rarely among them, and then no granule is read).
+fn participants_filter(db: &str, project: Option<&str>, only: Option<&Sql>) -> Sql {
     let mut s = Sql::default();
     s.push(" AND (project, issue_id) IN (").sql(&participants(db, project)).push(")");
+    if let Some(only) = only {
+        s.push(" AND ((project, issue_id) IN (SELECT project, issue_id FROM (")
+            .sql(only)
+            .push(")) OR (project, issue_id) IN (SELECT project, issue_id FROM (")
+            .sql(&alias_map(db, project))
+            .push(") WHERE (project, canon) IN (SELECT project, issue_id FROM (")
+            .sql(only)
+            .push("))))");
+    }
     s
 }
 
@@ -279,12 +292,15 @@ fn participants_filter(db: &str, project: Option<&str>) -> Sql {
 /// hold mergeable states where the values do not add up, e.g. users) and folded: joined with the small alias map and
 /// aggregated by canonical id with each `(expr, name)` of `aggs` (`canon` is empty on an
 /// issue's own row, the alias's canonical id on an alias's). Only those few issues pay for
-/// the join and the second aggregation.
+/// the join and the second aggregation. `only`: the query keeps only these canonical issues
+/// (a SELECT of `project, issue_id`; [`participants_filter`]), else `None`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fold(
     db: &str,
     aliases: Aliases,
     project: Option<&str>,
     inner: &dyn Fn(Option<&Sql>) -> Sql,
+    only: Option<&Sql>,
     plain: &str,
     cols: &str,
     aggs: &[(&str, &str)],
@@ -295,7 +311,7 @@ pub(crate) fn fold(
         return s;
     }
     s.push(" WHERE (project, issue_id) NOT IN (").sql(&participants(db, project)).push(") UNION ALL ");
-    let members = inner(Some(&participants_filter(db, project)));
+    let members = inner(Some(&participants_filter(db, project, only)));
     // The aggregates are named `f_<name>` where they are computed: an alias equal to a column
     // they read would be substituted into the other aggregates (ClickHouse 18.16).
     s.push("SELECT project, cid AS issue_id");
@@ -380,7 +396,7 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
         s
     };
     let sums: &[(&str, &str)] = &[("sum(events)", "events"), ("sum(previous)", "previous")];
-    let folded = fold(db, aliases, q.project, &counts, "events, previous", "events, previous", sums);
+    let folded = fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums);
     let mut s = Sql::default();
     s.push("SELECT project, issue_id, events, previous");
     if q.by == TopBy::Users {
@@ -403,7 +419,7 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
             s
         };
         s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (")
-            .sql(&fold(db, aliases, q.project, &first, "fs", "fs", &[("min(fs)", "fs")]))
+            .sql(&fold(db, aliases, q.project, &first, None, "fs", "fs", &[("min(fs)", "fs")]))
             .push(") WHERE fs >= ")
             .u32(c.from)
             .push(")");
@@ -492,7 +508,7 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
     } else {
         ("ust", "toUInt64(uniqCombinedMerge(ust))")
     };
-    fold(db, aliases, project, &inner, "users_n", col, &[(merge, "users_n")])
+    fold(db, aliases, project, &inner, only, "users_n", col, &[(merge, "users_n")])
 }
 
 /// The longest window (seconds) whose users `top` counts exactly, from the base table's user
@@ -626,8 +642,10 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
         m.push(" GROUP BY project, issue_id");
         m
     };
+    // (The window's issues when ranking by users in one query: every participant's metadata.)
+    let meta_only = (q.by != TopBy::Users || materialized).then_some(ranked);
     s.push(") ANY LEFT JOIN (")
-        .sql(&fold(db, aliases, q.project, &meta, META_PLAIN, META_COLUMNS, META_FOLD))
+        .sql(&fold(db, aliases, q.project, &meta, meta_only, META_PLAIN, META_COLUMNS, META_FOLD))
         .push(") USING (project, issue_id)");
     // The last hour per minute; a canonical issue's and its aliases' minutes together.
     let hour = |members: Option<&Sql>| {
@@ -649,7 +667,16 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
         h
     };
     s.push(") ANY LEFT JOIN (")
-        .sql(&fold(db, aliases, q.project, &hour, HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
+        .sql(&fold(
+            db,
+            aliases,
+            q.project,
+            &hour,
+            materialized.then_some(ranked),
+            HOUR_COLUMNS,
+            HOUR_COLUMNS,
+            HOUR_FOLD,
+        ))
         .push(") USING (project, issue_id) ORDER BY ")
         .push(order_by(q.by, "users"));
     (s, hour_start)

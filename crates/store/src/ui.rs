@@ -337,7 +337,7 @@ fn list_users(db: &str, q: &ListQuery<'_>, from: u32, only: Option<&Sql>, aliase
         s.push(" GROUP BY project, issue_id");
         s
     };
-    fold(db, aliases, q.project, &inner, "users_n", "st", &[("toUInt64(uniqExactMerge(st))", "users_n")])
+    fold(db, aliases, q.project, &inner, only, "users_n", "st", &[("toUInt64(uniqExactMerge(st))", "users_n")])
 }
 
 fn list_order(sort: ListSort) -> &'static str {
@@ -373,7 +373,7 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>, aliases: Aliases) -> (Sq
         s
     };
     let sums: &[(&str, &str)] = &[("sum(events)", "events"), ("sum(previous)", "previous")];
-    let folded = fold(db, aliases, q.project, &counts, "events, previous", "events, previous", sums);
+    let folded = fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums);
     let mut ranked = Sql::default();
     ranked.push("SELECT ").push(COLUMNS).push(" FROM (SELECT project, issue_id, events, previous FROM (");
     ranked.sql(&folded).push(") WHERE events > 0");
@@ -411,7 +411,7 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>, aliases: Aliases) -> (Sq
     ranked.push(
         ") ANY INNER JOIN (SELECT project, issue_id, title, culprit, level, first_seen, last_seen, merged FROM (",
     );
-    ranked.sql(&fold(db, aliases, q.project, &meta, META_PLAIN, META_COLUMNS, META_FOLD)).push(")");
+    ranked.sql(&fold(db, aliases, q.project, &meta, None, META_PLAIN, META_COLUMNS, META_FOLD)).push(")");
     if let Some(text) = q.search.filter(|t| !t.is_empty()) {
         let text: String = text.chars().take(MAX_SEARCH_CHARS).collect();
         ranked
@@ -471,7 +471,7 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>, aliases: Aliases) -> (Sq
         h
     };
     s.push(") ANY LEFT JOIN (")
-        .sql(&fold(db, aliases, q.project, &hour, HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
+        .sql(&fold(db, aliases, q.project, &hour, None, HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
         .push(") USING (project, issue_id) ORDER BY ")
         .push(list_order(q.sort));
     (s, hour_start)
