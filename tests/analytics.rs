@@ -180,6 +180,10 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert_eq!(got, vec![(D.to_owned(), 100), (A.to_owned(), 10), (B.to_owned(), 3)], "{n}");
     assert_eq!(r[1]["title"], "Error a");
     seen.push(n);
+    // Folded over issue_aliases (none here): the same answer.
+    let (n, sql) = run("top_issues_last_hour_folded");
+    assert_eq!(rows(&db, &sql).await, r, "{n}");
+    seen.push(n);
 
     let (n, sql) = run("issue_time_series");
     let r = rows(&db, &sql).await;
@@ -358,19 +362,17 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert!(tracefold_store::migrate::retention(&db.cfg, 90, true).await.unwrap().is_empty());
 }
 
-/// `tracefold top --by`: each ranking orders a known window exactly as documented.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn top_ranks_by_events_users_growth_and_new() {
-    use tracefold_store::issues::{top, TopBy, TopQuery};
-    let db = TestDb::new("top_by").await;
-    let t = db.server_now().await;
-    const E: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
-    const F: &str = "ffffffffffffffffffffffffffffffff";
-    const G: &str = "00000000000000000000000000000000";
-    const H: &str = "11111111111111111111111111111111";
-    const I: &str = "22222222222222222222222222222222";
+const E: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+const F: &str = "ffffffffffffffffffffffffffffffff";
+const G: &str = "00000000000000000000000000000000";
+const H: &str = "11111111111111111111111111111111";
+const I: &str = "22222222222222222222222222222222";
+
+/// Five issues of project `rank` and one of `other`, around the server's time `t`, for the
+/// rankings of `top` (each issue's part in them is told below).
+fn ranking_records(t: i64) -> Vec<AggregateRecord> {
     // The window is the last hour; the one before it is [t - 2h, t - 1h).
-    let recs = vec![
+    vec![
         // E: 50 events now (user 1), 45 in the hour before (user 1 again): +5, not new.
         rec("rank", E, t - 1800, "r2", "production", 50, users([1]), "", 1),
         rec("rank", E, t - 5400, "r1", "production", 45, users([1]), "", 2),
@@ -384,7 +386,16 @@ async fn top_ranks_by_events_users_growth_and_new() {
         rec("rank", I, t - 5400, "r1", "production", 100, users(40..50), "", 7),
         // Another project's issue, to check --project.
         rec("other", I, t - 600, "r2", "production", 1000, users([1]), "", 8),
-    ];
+    ]
+}
+
+/// `tracefold top --by`: each ranking orders a known window exactly as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_ranks_by_events_users_growth_and_new() {
+    use tracefold_store::issues::{top, TopBy, TopQuery};
+    let db = TestDb::new("top_by").await;
+    let t = db.server_now().await;
+    let recs = ranking_records(t);
     db.insert_records(&recs).await;
     let dbn = &db.cfg.database;
     let client = &db.client;
@@ -463,6 +474,83 @@ async fn top_ranks_by_events_users_growth_and_new() {
                 assert_eq!(got, want, "{q:?}");
             }
         }
+    }
+}
+
+/// Late source maps' fast path (docs/sourcemaps.md "Late maps", Queries): without alias rows
+/// every query is the plain one; with some, only the issues they name are folded. Alias rows
+/// that merge no events (an alias without rows into `E`, and two issues of a project without
+/// data) send `top` (every ranking, window and path), the UI's list and `tracefold issue` down
+/// the folded path for `E` and for every query without a project: each answer must be the
+/// plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_rows_that_merge_no_events_change_no_answer() {
+    use tracefold_store::issues::{find_issue, issue_detail, top, TopBy, TopIssue, TopQuery};
+    use tracefold_store::ui::{issue_list, ListQuery, ListSort};
+    let db = TestDb::new("fold_same").await;
+    let t = db.server_now().await;
+    db.insert_records(&ranking_records(t)).await;
+    let dbn = &db.cfg.database;
+    let client = &db.client;
+    let readonly = db.client.clone().with_setting("readonly", "1");
+    // Every answer, asked within one server minute (the last hour is per minute): again, at
+    // most twice more, when a minute began while asking.
+    let answers = || async {
+        let mut tries = 0;
+        loop {
+            let minute = db.server_now().await / 60;
+            let mut tops: Vec<Vec<TopIssue>> = Vec::new();
+            for since_secs in [3600, 7 * 86_400] {
+                for by in TopBy::ALL {
+                    for (limit, project) in [(100, Some("rank")), (2, None)] {
+                        let q = TopQuery { since_secs, limit, project, by };
+                        tops.push(top(client, dbn, &q).await.unwrap());
+                        tops.push(top(&readonly, dbn, &q).await.unwrap());
+                    }
+                }
+            }
+            for sort in ListSort::ALL {
+                for project in [Some("rank"), None] {
+                    let q = ListQuery { since_secs: 3600, limit: 100, sort, project, ..Default::default() };
+                    tops.push(issue_list(client, dbn, &q).await.unwrap());
+                }
+            }
+            let mut details = Vec::new();
+            for id in [E, I] {
+                for found in find_issue(client, dbn, id).await.unwrap() {
+                    details.push(format!("{found:?}"));
+                    details.push(format!("{:?}", issue_detail(client, dbn, found, 24).await.unwrap()));
+                }
+            }
+            tries += 1;
+            if db.server_now().await / 60 == minute || tries == 3 {
+                break (tops, details);
+            }
+        }
+    };
+    let (plain_tops, plain_details) = answers().await;
+    assert!(plain_tops.iter().all(|r| r.iter().all(|r| r.merged.is_empty())));
+    assert_eq!(plain_details.len(), 6, "E, and I in both projects: {plain_details:?}");
+    const NONE: &str = "33333333333333333333333333333333";
+    client
+        .query(&format!(
+            "INSERT INTO {dbn}.issue_aliases (project, alias, issue_id, first_seen) VALUES \
+             ('rank', '{NONE}', '{E}', toDateTime({t})), ('nodata', '{F}', '{G}', toDateTime({t}))"
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let (folded_tops, folded_details) = answers().await;
+    assert_eq!(folded_details, plain_details);
+    // Minutes passed between the two: the last hour's events by minute have moved within it
+    // (the newest event is 10 minutes old, the oldest of the window 30: none left it).
+    let moved = |r: &[TopIssue]| -> Vec<TopIssue> {
+        r.iter().map(|r| TopIssue { last_hour: vec![r.last_hour.iter().sum()], ..r.clone() }).collect()
+    };
+    assert_eq!(folded_tops.len(), plain_tops.len());
+    for (i, (got, want)) in folded_tops.iter().zip(&plain_tops).enumerate() {
+        assert!(!want.is_empty(), "answer {i}");
+        assert_eq!(moved(got), moved(want), "answer {i}");
     }
 }
 
@@ -557,4 +645,210 @@ async fn top_counts_long_windows_users_from_daily_sketches_within_the_bound() {
         }
         assert!(r.iter().all(|r| !r.users_approximate), "{by:?}");
     }
+}
+
+/// Late source maps (docs/sourcemaps.md "Late maps"): an issue merged into another by an
+/// `issue_aliases` row counts for it everywhere an analyst looks: `top` in every ranking and
+/// both query paths, `tracefold issue` of either id, the UI's list; without the row every
+/// answer is the one of two issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_fold_into_their_canonical_issue() {
+    use tracefold_store::issues::{find_issue, issue_detail, top, TopBy, TopQuery};
+    let db = TestDb::new("fold").await;
+    let t = db.server_now().await;
+    // P: the issue of mapped frames (new: first seen 10 minutes ago). S: the same bug grouped
+    // by its minified frames before the map came (first seen 3 days ago). X: an unrelated new
+    // issue. Q: a second primary S names (a replaced map): the smallest, P, wins.
+    const P: &str = "11111111111111111111111111111111";
+    const S: &str = "55555555555555555555555555555555";
+    const Q: &str = "99999999999999999999999999999999";
+    const X: &str = "77777777777777777777777777777777";
+    let recs = vec![
+        rec("fold", P, t - 600, "r2", "production", 10, users([1, 2]), "{\"p\":1}", 1),
+        rec("fold", S, t - 3 * 86_400, "r1", "production", 4, users([2, 3]), "{\"s\":1}", 2),
+        rec("fold", S, t - 1800, "r1", "staging", 5, users([3]), "{\"s\":2}", 3),
+        rec("fold", X, t - 900, "r2", "production", 7, users([7]), "", 4),
+        rec("fold", Q, t - 5 * 86_400, "r0", "production", 1, users([9]), "", 5),
+        // Another project's S, not merged: aliases are per project.
+        rec("else", S, t - 60, "r1", "production", 2, users([1]), "", 6),
+    ];
+    db.insert_records(&recs).await;
+    let dbn = &db.cfg.database;
+    let client = &db.client;
+    let ranked = |by: TopBy, since_secs: u64| async move {
+        let q = TopQuery { since_secs, limit: 100, project: Some("fold"), by };
+        top(client, dbn, &q).await.unwrap()
+    };
+    let summary = |r: &[tracefold_store::issues::TopIssue]| {
+        r.iter().map(|r| (r.issue_id.clone(), r.count, r.users)).collect::<Vec<_>>()
+    };
+
+    // Before any alias row: three issues, P new.
+    let r = ranked(TopBy::Events, 3600).await;
+    assert_eq!(summary(&r), [(P.into(), 10, 2), (X.into(), 7, 1), (S.into(), 5, 1)]);
+    assert!(r.iter().all(|r| r.merged.is_empty()));
+    let r = ranked(TopBy::New, 3600).await;
+    assert_eq!(summary(&r), [(P.into(), 10, 2), (X.into(), 7, 1)]);
+    let d = find_issue(client, dbn, S).await.unwrap();
+    assert_eq!(
+        d.iter().map(|d| (d.project.as_str(), d.issue_id.as_str(), d.count)).collect::<Vec<_>>(),
+        [("else", S, 2), ("fold", S, 9)]
+    );
+
+    // The merge facts (a re-sent row is the same row), and S -> Q besides.
+    client
+        .query(&format!(
+            "INSERT INTO {dbn}.issue_aliases (project, alias, issue_id, first_seen) VALUES \
+             ('fold', '{S}', '{P}', toDateTime({t})), ('fold', '{S}', '{P}', toDateTime({t})), \
+             ('fold', '{S}', '{Q}', toDateTime({t}))"
+        ))
+        .execute()
+        .await
+        .unwrap();
+
+    // The cookbook's folded query: one row for P and S.
+    let sql = cookbook()["top_issues_last_hour_folded"].replace("tracefold.", &format!("{dbn}."));
+    let got: Vec<(String, u64)> = rows(&db, &sql)
+        .await
+        .iter()
+        .filter(|v| v["project"] == "fold")
+        .map(|v| (v["issue_id"].as_str().unwrap().to_owned(), num(&v["events"])))
+        .collect();
+    assert_eq!(got, [(P.to_owned(), 15), (X.to_owned(), 7)]);
+    // One issue with the sum; a user of both (2) counted once; first seen S's; not new.
+    let r = ranked(TopBy::Events, 3600).await;
+    assert_eq!(summary(&r), [(P.into(), 15, 3), (X.into(), 7, 1)]);
+    assert_eq!(r[0].merged, [S]);
+    assert_eq!(r[0].title, "Error 1", "the canonical issue's own title");
+    assert_eq!(r[0].last_hour.iter().sum::<u64>(), 15);
+    let three_days = tracefold_model::time::format_rfc3339((t - 3 * 86_400) * 1000).replace(".000Z", "Z");
+    assert_eq!(r[0].first_seen, three_days);
+    assert_eq!(summary(&ranked(TopBy::Users, 3600).await), [(P.into(), 15, 3), (X.into(), 7, 1)]);
+    assert_eq!(summary(&ranked(TopBy::New, 3600).await), [(X.into(), 7, 1)], "a late map makes no old bug new");
+    let r = ranked(TopBy::Growth, 3600).await;
+    assert_eq!(
+        r.iter().map(|r| (r.issue_id.as_str(), r.count, r.previous)).collect::<Vec<_>>(),
+        [(P, 15, Some(0)), (X, 7, Some(0))]
+    );
+    // Seven days: the daily sketches, merged the same way; Q stays its own issue.
+    let r = ranked(TopBy::Events, 7 * 86_400).await;
+    assert_eq!(summary(&r), [(P.into(), 19, 3), (X.into(), 7, 1), (Q.into(), 1, 1)]);
+    assert_eq!(
+        summary(&ranked(TopBy::Users, 7 * 86_400).await),
+        [(P.into(), 19, 3), (X.into(), 7, 1), (Q.into(), 1, 1)]
+    );
+    // The other project's S is untouched.
+    let q = TopQuery { since_secs: 3600, limit: 100, project: None, by: TopBy::Events };
+    let all = top(client, dbn, &q).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| (r.project.as_str(), r.issue_id.as_str(), r.count)).collect::<Vec<_>>(),
+        [("fold", P, 15), ("fold", X, 7), ("else", S, 2)]
+    );
+    // The single query of `readonly` users answers the same, in every ranking and window.
+    let readonly = db.client.clone().with_setting("readonly", "1");
+    for since_secs in [3600, 7 * 86_400] {
+        for by in TopBy::ALL {
+            for (limit, project) in [(100, Some("fold")), (1, None)] {
+                let q = TopQuery { since_secs, limit, project, by };
+                let minute =
+                    || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 60;
+                let mut tries = 0;
+                let (want, got) = loop {
+                    let m = minute();
+                    let want = top(client, dbn, &q).await.unwrap();
+                    let got = top(&readonly, dbn, &q).await.unwrap();
+                    tries += 1;
+                    if minute() == m || tries == 3 {
+                        break (want, got);
+                    }
+                };
+                assert!(!want.is_empty(), "{q:?}");
+                assert!(want.iter().all(|r| r.issue_id != S || r.project == "else"), "{q:?}: {want:?}");
+                assert_eq!(got, want, "{q:?}");
+            }
+        }
+    }
+
+    // `tracefold issue S` shows P and says S was merged into it; `issue P` names S.
+    for asked in [S, P] {
+        let found: Vec<_> =
+            find_issue(client, dbn, asked).await.unwrap().into_iter().filter(|f| f.project == "fold").collect();
+        assert_eq!(found.len(), 1, "{asked}: {found:?}");
+        let f = found[0].clone();
+        assert_eq!((f.issue_id.as_str(), f.count, f.first_seen), (P, 19, u32::try_from(t - 3 * 86_400).unwrap()));
+        assert_eq!(f.asked_alias.as_deref(), (asked == S).then_some(S));
+        assert_eq!(f.merged.iter().map(|m| (m.issue_id.as_str(), m.count)).collect::<Vec<_>>(), [(S, 9)]);
+        let d = issue_detail(client, dbn, f, 24).await.unwrap();
+        assert_eq!((d.issue_id.as_str(), d.count, d.users), (P, 19, 3));
+        assert_eq!(d.hourly.iter().sum::<u64>(), 15);
+        assert_eq!(d.by_release, [("r2".to_owned(), 10), ("r1".to_owned(), 5)]);
+        assert_eq!(d.by_environment, [("production".to_owned(), 10), ("staging".to_owned(), 5)]);
+        assert_eq!(d.merged.len(), 1);
+        assert_eq!(d.merged[0].first_seen, three_days);
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["merged"][0]["issue_id"], S);
+        assert_eq!(json["asked_alias"].as_str(), (asked == S).then_some(S));
+    }
+    // The other project's S is still its own issue.
+    let other = resolve_issue(client, dbn, S, Some("else")).await.unwrap();
+    assert_eq!((other.issue_id.as_str(), other.count, other.merged.len()), (S, 2, 0));
+    // Status is the canonical issue's: resolving through S resolves P.
+    let p = resolve_issue(client, dbn, S, Some("fold")).await.unwrap();
+    let change = StatusChange {
+        project: "fold",
+        issue_id: &p.issue_id,
+        status: IssueStatus::Resolved,
+        actor: "test",
+        release: "r3",
+        note: "",
+    };
+    set_status(client, dbn, &change).await.unwrap();
+    assert_eq!(issue_status(client, dbn, "fold", P).await.unwrap(), IssueStatus::Resolved);
+    let d = issue_detail(client, dbn, p, 1).await.unwrap();
+    assert_eq!(d.status, IssueStatus::Resolved);
+
+    // The UI's list folds the same way (and filters by the canonical issue's status).
+    use tracefold_store::ui::{issue_list, ListQuery, ListSort};
+    for sort in ListSort::ALL {
+        let q = ListQuery { since_secs: 3600, limit: 100, sort, project: Some("fold"), ..Default::default() };
+        let r = issue_list(client, dbn, &q).await.unwrap();
+        let want: Vec<(String, u64, u64)> = match sort {
+            ListSort::New => vec![(X.into(), 7, 1)],
+            _ => vec![(P.into(), 15, 3), (X.into(), 7, 1)],
+        };
+        assert_eq!(summary(&r), want, "{sort:?}");
+        if let Some(p) = r.iter().find(|r| r.issue_id == P) {
+            assert_eq!(p.merged, [S]);
+            assert_eq!(p.last_hour.iter().sum::<u64>(), 15);
+            assert_eq!(p.first_seen, three_days);
+        }
+    }
+    let q = ListQuery {
+        since_secs: 3600,
+        limit: 100,
+        project: Some("fold"),
+        status: Some(IssueStatus::Resolved),
+        ..Default::default()
+    };
+    assert_eq!(summary(&issue_list(client, dbn, &q).await.unwrap()), [(P.into(), 15, 3)]);
+    let q = ListQuery {
+        since_secs: 3600,
+        limit: 100,
+        project: Some("fold"),
+        search: Some("error 1"),
+        ..Default::default()
+    };
+    assert_eq!(summary(&issue_list(client, dbn, &q).await.unwrap()), [(P.into(), 15, 3)]);
+    let q = ListQuery {
+        since_secs: 3600,
+        limit: 100,
+        project: Some("fold"),
+        environment: Some("staging"),
+        ..Default::default()
+    };
+    assert_eq!(
+        summary(&issue_list(client, dbn, &q).await.unwrap()),
+        [(P.into(), 5, 1)],
+        "S's staging events count for P"
+    );
 }

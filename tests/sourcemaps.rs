@@ -460,6 +460,17 @@ async fn a_map_uploaded_after_the_first_events_records_the_merge_of_their_issue(
     let s2 = facts.iter().find(|f| f.alias != s1).unwrap();
     assert_eq!(s2.issue_id, p, "{facts:?}");
     assert!(s2.alias != p && s2.alias.len() == 32, "{facts:?}");
+
+    // Read folded: `tracefold top` shows one issue, P, with all nine events and S1 merged into
+    // it; `tracefold issue S1` answers with P and says S1 was merged.
+    let top = tracefold_store::issues::top_issues(&db.client, &db.cfg.database, 3600, 20, None).await.unwrap();
+    assert_eq!(top.len(), 1, "{top:?}");
+    assert_eq!((&top[0].issue_id, top[0].count), (&p, 9), "{top:?}");
+    assert!(top[0].merged.contains(&s1), "{top:?}");
+    let found = tracefold_store::issues::find_issue(&db.client, &db.cfg.database, &s1).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((&found[0].issue_id, found[0].count, found[0].asked_alias.as_ref()), (&p, 9, Some(&s1)), "{found:?}");
+    assert!(found[0].merged.iter().any(|m| m.issue_id == s1 && m.count == 3), "{found:?}");
     pipeline.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&store_dir);
 }

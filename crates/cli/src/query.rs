@@ -86,6 +86,21 @@ pub fn render_issue(d: &IssueDetail) -> String {
         d.hourly.len(),
         sparkline(&d.hourly),
     );
+    // Issues merged into this one by a late source map: their events are counted above.
+    if let Some(alias) = &d.asked_alias {
+        out.push_str(&format!("  {} was merged into this issue (its events came before a source map)\n", p(alias)));
+    }
+    if !d.merged.is_empty() {
+        let list: Vec<String> = d
+            .merged
+            .iter()
+            .map(|m| format!("{} ({} events, first seen {})", p(&m.issue_id), thousands(m.count), p(&m.first_seen)))
+            .collect();
+        out.push_str(&format!("  merged:   {}\n", list.join(", ")));
+    }
+    if d.asked_alias.is_some() || !d.merged.is_empty() {
+        out.push('\n');
+    }
     let rows = |v: &[(String, u64)]| -> Vec<Vec<String>> {
         v.iter().map(|(k, n)| vec![if k.is_empty() { "(none)".into() } else { k.clone() }, thousands(*n)]).collect()
     };
@@ -226,6 +241,7 @@ mod tests {
             first_seen: "2026-11-25T00:00:00Z".into(),
             last_seen: "2026-11-26T05:00:59Z".into(),
             last_hour: vec![0; 60],
+            merged: Vec::new(),
         };
         let out = render_top(&[row]);
         no_controls(&out);
@@ -248,6 +264,7 @@ mod tests {
             first_seen: "2026-11-25T00:00:00Z".into(),
             last_seen: "2026-11-26T05:00:59Z".into(),
             last_hour: vec![0; 60],
+            merged: Vec::new(),
         };
         let exact = render_top(std::slice::from_ref(&row));
         assert!(exact.contains(" 12,345 ") && !exact.contains('~'), "{exact}");
@@ -279,11 +296,20 @@ mod tests {
             by_os: tracefold_store::issues::Top::default(),
             by_url: tracefold_store::issues::Top { values: vec![(HOSTILE.into(), 1)], total: 3 },
             sample: Some(format!("{{\"message\":\"{}\"}}\nnot json \x1b[2J", "\u{9b}\u{7f}")),
+            merged: vec![tracefold_store::issues::MergedAlias {
+                issue_id: "s1\x1b[2J".into(),
+                count: 1_234,
+                first_seen: "2026-11-24T00:00:00Z".into(),
+                last_seen: "2026-11-24T01:00:00Z".into(),
+            }],
+            asked_alias: Some("s1\x1b[2J".into()),
         };
         let out = render_issue(&d);
         no_controls(&out);
         assert!(out.starts_with("abc  [active] \u{FFFD}[2J\u{FFFD}]0;pwned\u{FFFD}title  \u{FFFD}gnp.exe\n"), "{out}");
         assert!(out.contains("prod\u{FFFD}uction"), "{out}");
+        assert!(out.contains("\n  merged:   s1\u{FFFD}[2J (1,234 events, first seen 2026-11-24T00:00:00Z)\n"), "{out}");
+        assert!(out.contains("\n  s1\u{FFFD}[2J was merged into this issue"), "{out}");
         assert!(out.contains("Chrome 120       2  66.7%"), "{out}");
         assert!(out.contains("\nURL ") && !out.contains("\nOS "), "no OS table without values: {out}");
         assert!(out.contains("not json \u{FFFD}[2J"), "{out}");

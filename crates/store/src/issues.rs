@@ -113,6 +113,11 @@ pub struct TopIssue {
     pub last_seen: String,
     /// Events per minute over the last 60 minutes, oldest first.
     pub last_hour: Vec<u64>,
+    /// The issues merged into this one (late source maps, docs/sourcemaps.md "Late maps"),
+    /// sorted: their events, users and first seen are counted here. Empty (and left out of
+    /// the JSON) for most issues.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<String>,
 }
 
 /// What [`top`] asks for.
@@ -130,7 +135,7 @@ pub struct TopQuery<'a> {
 
 /// The window's edges as the server aligns them (its time zone decides hours and days), Unix
 /// seconds. `*_up`: the first day start at or after the instant; `*_down`: the day
-/// start at or before it.
+/// start at or before it. `aliases`: 1 when the projects asked have an alias row, else 0.
 #[derive(Debug, Clone, Copy, clickhouse::Row, Deserialize)]
 struct Clock {
     now: u32,
@@ -140,26 +145,34 @@ struct Clock {
     from_day_down: u32,
     prev: u32,
     prev_day_up: u32,
+    aliases: u64,
 }
 
-/// Reads the server's clock and aligns the window `[now - since, now]` and the one before it.
+/// Reads the server's clock and aligns the window `[now - since, now]` and the one before it,
+/// and whether `project` (or any project) has alias rows (as [`aliases`], in the same query).
 /// Windows start no earlier than 1970-01-03 (no data is older; day arithmetic stays in range
 /// in every time zone).
-async fn clock(client: &Client, since_secs: u64) -> Result<Clock> {
+async fn clock(client: &Client, db: &str, since_secs: u64, project: Option<&str>) -> Result<Clock> {
     let since = since_secs.min(u64::from(u32::MAX));
-    client
-        .query(
-            "SELECT toUInt32(t) AS now, toUInt32(toStartOfDay(t)) AS now_day, toUInt32(a) AS from, \
-             toUInt32(toDateTime(toDate(a) + if(toStartOfDay(a) = a, 0, 1))) AS from_day_up, \
-             toUInt32(toStartOfDay(a)) AS from_day_down, toUInt32(p) AS prev, \
-             toUInt32(toDateTime(toDate(p) + if(toStartOfDay(p) = p, 0, 1))) AS prev_day_up \
-             FROM (SELECT t, a, toDateTime(greatest(2 * toInt64(toUInt32(a)) - toInt64(toUInt32(t)), 172800)) AS p \
-             FROM (SELECT now() AS t, toDateTime(greatest(toInt64(toUInt32(now())) - toInt64(?), 172800)) AS a))",
-        )
-        .bind(since)
-        .fetch_one::<Clock>()
-        .await
-        .map_err(step("cannot reach ClickHouse"))
+    let mut s = Sql::default();
+    s.push(
+        "SELECT toUInt32(t) AS now, toUInt32(toStartOfDay(t)) AS now_day, toUInt32(a) AS from, \
+         toUInt32(toDateTime(toDate(a) + if(toStartOfDay(a) = a, 0, 1))) AS from_day_up, \
+         toUInt32(toStartOfDay(a)) AS from_day_down, toUInt32(p) AS prev, \
+         toUInt32(toDateTime(toDate(p) + if(toStartOfDay(p) = p, 0, 1))) AS prev_day_up, ",
+    );
+    s.push(&format!("(SELECT count() FROM (SELECT 1 FROM {db}.issue_aliases"));
+    if let Some(p) = project {
+        s.push(" WHERE project = ").str(p);
+    }
+    s.push(
+        " LIMIT 1)) AS aliases \
+         FROM (SELECT t, a, toDateTime(greatest(2 * toInt64(toUInt32(a)) - toInt64(toUInt32(t)), 172800)) AS p \
+         FROM (SELECT now() AS t, toDateTime(greatest(toInt64(toUInt32(now())) - toInt64(",
+    )
+    .u64(since)
+    .push("), 172800)) AS a))");
+    s.query(client).fetch_one::<Clock>().await.map_err(step("cannot reach ClickHouse"))
 }
 
 /// Which rollup a part of a time range is read from.
@@ -187,8 +200,145 @@ fn tiers(start: u32, start_day_up: u32, end_day: u32, end: Option<u32>) -> Vec<(
     out
 }
 
-/// `SELECT project, issue_id, c, w`: events per issue in each part of `parts`, `w` = `window`.
-fn counts_parts(db: &str, parts: &[(Tier, u32, Option<u32>)], window: u8, project: Option<&str>) -> Vec<Sql> {
+/// `SELECT project, issue_id, canon`: each alias of `issue_aliases` (migration 0011, late
+/// source maps) with its canonical issue, the smallest primary when one alias names several
+/// (docs/sourcemaps.md "Late maps"). A small table: a few rows per (bug, build).
+pub(crate) fn alias_map(db: &str, project: Option<&str>) -> Sql {
+    let mut s = Sql::default();
+    s.push(&format!(
+        "SELECT project, a AS issue_id, canon FROM (SELECT project, alias AS a, min(issue_id) AS canon FROM {db}.issue_aliases"
+    ));
+    if let Some(p) = project {
+        s.push(" WHERE project = ").str(p);
+    }
+    s.push(" GROUP BY project, alias)");
+    s
+}
+
+/// Whether the projects a query reads have alias rows (late source maps). Without any, every
+/// query is the plain one, as before aliases existed (no join, no second aggregation); with
+/// some, only the issues that take part in an alias are folded ([`fold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Aliases {
+    /// No alias row for the projects asked: the plain queries.
+    None,
+    /// Some: the issues named by alias rows are folded, the others read as before.
+    Some,
+}
+
+/// Whether `project` (or any project) has an alias row: one bounded query of the small
+/// `issue_aliases` table (at most one row read back). An alias row written between this and
+/// the query that follows is folded from the next query on.
+///
+/// # Errors
+/// When ClickHouse does not answer.
+pub(crate) async fn aliases(client: &Client, db: &str, project: Option<&str>) -> Result<Aliases> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let mut s = Sql::default();
+    s.push(&format!("SELECT count() AS n FROM (SELECT 1 FROM {db}.issue_aliases"));
+    if let Some(p) = project {
+        s.push(" WHERE project = ").str(p);
+    }
+    s.push(" LIMIT 1)");
+    let n = s.query(client).fetch_one::<N>().await.map_err(step("aliases"))?.n;
+    Ok(if n == 0 { Aliases::None } else { Aliases::Some })
+}
+
+/// `SELECT project, issue_id`: every issue that takes part in an alias row (the alias and
+/// each primary it names), of `project` or of all: the issues [`fold`] folds.
+fn participants(db: &str, project: Option<&str>) -> Sql {
+    let mut s = Sql::default();
+    s.push(&format!("SELECT project, arrayJoin([alias, issue_id]) AS issue_id FROM {db}.issue_aliases"));
+    if let Some(p) = project {
+        s.push(" WHERE project = ").str(p);
+    }
+    s
+}
+
+/// ` AND (project, issue_id) IN (participants)`: the filter [`fold`] hands its inner query
+/// for the issues it folds (on the tables' key prefix: only their granules are read). With
+/// `only` (a SELECT of `project, issue_id`: canonical issues), only the participants that
+/// fold into one of those: the ones in it and the aliases of the ones in it (a few alias rows
+/// name issues all over a table, each in a granule of its own: a ranking's 20 issues are
+/// rarely among them, and then no granule is read).
+fn participants_filter(db: &str, project: Option<&str>, only: Option<&Sql>) -> Sql {
+    let mut s = Sql::default();
+    s.push(" AND (project, issue_id) IN (").sql(&participants(db, project)).push(")");
+    if let Some(only) = only {
+        s.push(" AND ((project, issue_id) IN (SELECT project, issue_id FROM (")
+            .sql(only)
+            .push(")) OR (project, issue_id) IN (SELECT project, issue_id FROM (")
+            .sql(&alias_map(db, project))
+            .push(") WHERE (project, canon) IN (SELECT project, issue_id FROM (")
+            .sql(only)
+            .push("))))");
+    }
+    s
+}
+
+/// One row per canonical issue ([`alias_map`]) of a per-issue query: `SELECT project,
+/// issue_id, <names>`.
+///
+/// `inner(None)` is the plain query (`SELECT project, issue_id, <cols>`, one row per issue,
+/// final values); `plain` selects the output names from its columns (`emptyArrayString() AS
+/// merged` where the plain query has no aliases to name). With [`Aliases::None`] that is the
+/// whole answer: the query as it was before aliases existed. With [`Aliases::Some`] the plain
+/// rows of issues that take part in no alias are kept as they are, and the others are read
+/// again with `inner(Some(filter))` (the filter, ` AND (project, issue_id) IN (...)`, goes
+/// where the inner query filters its table; the rows, `SELECT project, issue_id, <cols>`, then
+/// hold mergeable states where the values do not add up, e.g. users) and folded: joined with the small alias map and
+/// aggregated by canonical id with each `(expr, name)` of `aggs` (`canon` is empty on an
+/// issue's own row, the alias's canonical id on an alias's). Only those few issues pay for
+/// the join and the second aggregation. `only`: the query keeps only these canonical issues
+/// (a SELECT of `project, issue_id`; [`participants_filter`]), else `None`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fold(
+    db: &str,
+    aliases: Aliases,
+    project: Option<&str>,
+    inner: &dyn Fn(Option<&Sql>) -> Sql,
+    only: Option<&Sql>,
+    plain: &str,
+    cols: &str,
+    aggs: &[(&str, &str)],
+) -> Sql {
+    let mut s = Sql::default();
+    s.push("SELECT project, issue_id, ").push(plain).push(" FROM (").sql(&inner(None)).push(")");
+    if aliases == Aliases::None {
+        return s;
+    }
+    s.push(" WHERE (project, issue_id) NOT IN (").sql(&participants(db, project)).push(") UNION ALL ");
+    let members = inner(Some(&participants_filter(db, project, only)));
+    // The aggregates are named `f_<name>` where they are computed: an alias equal to a column
+    // they read would be substituted into the other aggregates (ClickHouse 18.16).
+    s.push("SELECT project, cid AS issue_id");
+    for (_, name) in aggs {
+        s.push(&format!(", f_{name} AS {name}"));
+    }
+    s.push(" FROM (SELECT project, cid");
+    for (expr, name) in aggs {
+        s.push(&format!(", {expr} AS f_{name}"));
+    }
+    s.push(&format!(" FROM (SELECT project, issue_id, canon, {cols}, if(canon = '', issue_id, canon) AS cid FROM ("))
+        .sql(&members)
+        .push(") ANY LEFT JOIN (")
+        .sql(&alias_map(db, project))
+        .push(") USING (project, issue_id)) GROUP BY project, cid)");
+    s
+}
+
+/// `SELECT project, issue_id, c, w`: events per issue in each part of `parts`, `w` = `window`,
+/// of the issues `filter` keeps (a [`fold`] filter) or of all.
+fn counts_parts(
+    db: &str,
+    parts: &[(Tier, u32, Option<u32>)],
+    window: u8,
+    project: Option<&str>,
+    filter: Option<&Sql>,
+) -> Vec<Sql> {
     parts
         .iter()
         .map(|&(tier, lo, hi)| {
@@ -208,6 +358,9 @@ fn counts_parts(db: &str, parts: &[(Tier, u32, Option<u32>)], window: u8, projec
             if let Some(p) = project {
                 s.push(" AND project = ").str(p);
             }
+            if let Some(f) = filter {
+                s.sql(f);
+            }
             s.push(" GROUP BY project, issue_id");
             s
         })
@@ -216,36 +369,65 @@ fn counts_parts(db: &str, parts: &[(Tier, u32, Option<u32>)], window: u8, projec
 
 /// The ranked issues of `q`: one SELECT of `project, issue_id, events, previous`, ordered and
 /// LIMITed (used as the row source and, as a set, to restrict the other tables to its rows).
-fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
-    let mut parts = counts_parts(db, &tiers(c.from, c.from_day_up, c.now_day, None), 1, q.project);
-    if q.by == TopBy::Growth {
-        parts.extend(counts_parts(db, &tiers(c.prev, c.prev_day_up, c.from_day_down, Some(c.from)), 0, q.project));
-    }
+/// Issues are canonical ([`fold`]): an alias's events count for its canonical issue, and
+/// ranking by `new` asks whether the canonical issue's first event (its aliases' included) is
+/// in the window.
+fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
+    let counts = |filter: Option<&Sql>| {
+        let mut parts = counts_parts(db, &tiers(c.from, c.from_day_up, c.now_day, None), 1, q.project, filter);
+        if q.by == TopBy::Growth {
+            parts.extend(counts_parts(
+                db,
+                &tiers(c.prev, c.prev_day_up, c.from_day_down, Some(c.from)),
+                0,
+                q.project,
+                filter,
+            ));
+        }
+        let mut s = Sql::default();
+        s.push("SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                s.push(" UNION ALL ");
+            }
+            s.sql(p);
+        }
+        s.push(") GROUP BY project, issue_id");
+        s
+    };
+    let sums: &[(&str, &str)] = &[("sum(events)", "events"), ("sum(previous)", "previous")];
+    let folded = fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums);
     let mut s = Sql::default();
     s.push("SELECT project, issue_id, events, previous");
     if q.by == TopBy::Users {
         s.push(", users_all");
     }
-    s.push(" FROM (SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            s.push(" UNION ALL ");
-        }
-        s.sql(p);
+    s.push(" FROM (SELECT project, issue_id, events, previous FROM (").sql(&folded).push(") WHERE events > 0");
+    if q.by == TopBy::New {
+        let first = |filter: Option<&Sql>| {
+            let mut s = Sql::default();
+            s.push(&format!(
+                "SELECT project, issue_id, toUInt32(minMerge(first_seen_state)) AS fs FROM {db}.issues WHERE 1"
+            ));
+            if let Some(p) = q.project {
+                s.push(" AND project = ").str(p);
+            }
+            if let Some(f) = filter {
+                s.sql(f);
+            }
+            s.push(" GROUP BY project, issue_id");
+            s
+        };
+        s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (")
+            .sql(&fold(db, aliases, q.project, &first, None, "fs", "fs", &[("min(fs)", "fs")]))
+            .push(") WHERE fs >= ")
+            .u32(c.from)
+            .push(")");
     }
     s.push(")");
-    if q.by == TopBy::New {
-        s.push(&format!(
-            " WHERE (project, issue_id) IN (SELECT project, issue_id FROM {db}.issues GROUP BY project, issue_id \
-             HAVING minMerge(first_seen_state) >= toDateTime("
-        ))
-        .u32(c.from)
-        .push("))");
-    }
-    s.push(" GROUP BY project, issue_id HAVING events > 0)");
     if q.by == TopBy::Users {
         s.push(" ANY LEFT JOIN (SELECT project, issue_id, users_n AS users_all FROM (")
-            .sql(&users_sql(db, c, q.since_secs, None, q.project))
+            .sql(&users_sql(db, c, q.since_secs, None, q.project, aliases))
             .push(")) USING (project, issue_id)");
     }
     s.push(" ORDER BY ").push(order_by(q.by, "users_all")).push(" LIMIT ").u64(q.limit);
@@ -254,54 +436,79 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>) -> Sql {
 
 /// `SELECT project, issue_id, users_n`: distinct affected users per issue since `c.from`, of
 /// the issues in `only` (a SELECT of `project, issue_id`; the result may hold other issues too)
-/// or of all. Windows of up to a day ([`EXACT_USERS_SECS`]) read the base table (partitioned
-/// by day: only the window's days) and count exactly over the user hashes the aggregates kept.
-/// Longer ones merge one sketch per issue and day (`issue_users_1d`, `uniqCombined`) for the
-/// whole days, and the same sketch of the base table's hashes for the part of the first day:
-/// approximate ([`USERS_SKETCH_ERROR`]), at a cost that does not grow with the users of each
-/// hour (merging every hour's exact set of a month was the slowest part of `top`).
-fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>) -> Sql {
-    let filter = |s: &mut Sql| {
-        if let Some(only) = only {
-            s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(only).push("))");
+/// or of all; a canonical issue's over its aliases too ([`fold`]: merged as states, a user of
+/// both counts once). Windows of up to a day ([`EXACT_USERS_SECS`]) read the base table
+/// (partitioned by day: only the window's days) and count exactly over the user hashes the
+/// aggregates kept. Longer ones merge one sketch per issue and day (`issue_users_1d`,
+/// `uniqCombined`) for the whole days, and the same sketch of the base table's hashes for the
+/// part of the first day: approximate ([`USERS_SKETCH_ERROR`]), at a cost that does not grow
+/// with the users of each hour (merging every hour's exact set of a month was the slowest part
+/// of `top`).
+fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>, aliases: Aliases) -> Sql {
+    // `members`: the issues a fold reads again (their rows hold states), else the plain query.
+    let inner = |members: Option<&Sql>| {
+        let filter = |s: &mut Sql| {
+            match (members, only) {
+                (Some(f), _) => {
+                    s.sql(f);
+                }
+                (None, Some(only)) => {
+                    s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(only).push("))");
+                }
+                (None, None) => {}
+            }
+            if let Some(p) = project {
+                s.push(" AND project = ").str(p);
+            }
+        };
+        let mut s = Sql::default();
+        if since_secs <= EXACT_USERS_SECS {
+            let users = if members.is_some() {
+                "uniqExactStateArray(users) AS st"
+            } else {
+                "toUInt64(uniqExactArray(users)) AS users_n"
+            };
+            s.push(&format!("SELECT project, issue_id, {users} FROM {db}.aggregates WHERE minute >= toDateTime("))
+                .u32(c.from)
+                .push(")");
+            filter(&mut s);
+            s.push(" GROUP BY project, issue_id");
+            return s;
         }
-        if let Some(p) = project {
-            s.push(" AND project = ").str(p);
-        }
-    };
-    let mut s = Sql::default();
-    if since_secs <= EXACT_USERS_SECS {
+        // Whole days (and today, up to now) from the daily sketches; the part of the first day
+        // inside the window from the base table's hashes, as the same sketch state.
+        let users = if members.is_some() {
+            "uniqCombinedMergeState(st) AS ust"
+        } else {
+            "toUInt64(uniqCombinedMerge(st)) AS users_n"
+        };
         s.push(&format!(
-            "SELECT project, issue_id, toUInt64(uniqExactArray(users)) AS users_n FROM {db}.aggregates WHERE minute >= toDateTime("
+            "SELECT project, issue_id, {users} FROM (\
+             SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1d WHERE day >= toDate(toDateTime("
+        ))
+        .u32(c.from_day_up)
+        .push("))");
+        filter(&mut s);
+        // The rest of the first day (up to a day of one day's part): the issues of `only` alone,
+        // when given (a ranking by events over 7 days needs 20 issues' users, not every issue's).
+        s.push(&format!(
+            " UNION ALL SELECT project, issue_id, uniqCombinedState(u) AS st FROM {db}.aggregates ARRAY JOIN users AS u \
+             WHERE minute >= toDateTime("
         ))
         .u32(c.from)
+        .push(") AND minute < toDateTime(")
+        .u32(c.from_day_up)
         .push(")");
         filter(&mut s);
-        s.push(" GROUP BY project, issue_id");
-        return s;
-    }
-    // Whole days (and today, up to now) from the daily sketches; the part of the first day
-    // inside the window from the base table's hashes, as the same sketch state.
-    s.push(&format!(
-        "SELECT project, issue_id, toUInt64(uniqCombinedMerge(st)) AS users_n FROM (\
-         SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1d WHERE day >= toDate(toDateTime("
-    ))
-    .u32(c.from_day_up)
-    .push("))");
-    filter(&mut s);
-    // The rest of the first day (up to a day of one day's part): the issues of `only` alone,
-    // when given (a ranking by events over 7 days needs 20 issues' users, not every issue's).
-    s.push(&format!(
-        " UNION ALL SELECT project, issue_id, uniqCombinedState(u) AS st FROM {db}.aggregates ARRAY JOIN users AS u \
-         WHERE minute >= toDateTime("
-    ))
-    .u32(c.from)
-    .push(") AND minute < toDateTime(")
-    .u32(c.from_day_up)
-    .push(")");
-    filter(&mut s);
-    s.push(" GROUP BY project, issue_id) GROUP BY project, issue_id");
-    s
+        s.push(" GROUP BY project, issue_id) GROUP BY project, issue_id");
+        s
+    };
+    let (col, merge) = if since_secs <= EXACT_USERS_SECS {
+        ("st", "toUInt64(uniqExactMerge(st))")
+    } else {
+        ("ust", "toUInt64(uniqCombinedMerge(ust))")
+    };
+    fold(db, aliases, project, &inner, only, "users_n", col, &[(merge, "users_n")])
 }
 
 /// The longest window (seconds) whose users `top` counts exactly, from the base table's user
@@ -341,6 +548,7 @@ pub(crate) struct TopRow {
     users: u64,
     minutes: Vec<u32>,
     minute_counts: Vec<u64>,
+    merged: Vec<String>,
 }
 
 impl TopRow {
@@ -367,6 +575,7 @@ impl TopRow {
             users: self.users,
             users_approximate: false,
             last_hour,
+            merged: self.merged,
         }
     }
 }
@@ -386,7 +595,7 @@ fn rfc3339(secs: u32) -> String {
 /// the last hour to the ranked issues), or [`ranked_sql`] itself (`materialized` false: it is
 /// computed again in each `IN`, so metadata when ranking by users is read for the issues with
 /// events in the window and the last hour for every issue of the last hour instead).
-fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bool) -> (Sql, u32) {
+fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bool, aliases: Aliases) -> (Sql, u32) {
     let hour_start = (c.now / 60) * 60 - 59 * 60;
     let project = |s: &mut Sql| {
         if let Some(p) = q.project {
@@ -395,8 +604,8 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
     };
     let mut s = Sql::default();
     s.push(
-        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts FROM (\
-         SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users FROM (",
+        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts, merged FROM (\
+         SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, merged FROM (",
     );
     // The ranked issues with their users (ranking by users: already in the ranked set).
     if q.by == TopBy::Users {
@@ -405,37 +614,99 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
         s.push("SELECT project, issue_id, events, previous, users_n AS users FROM (")
             .sql(ranked)
             .push(") ANY LEFT JOIN (")
-            .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project))
+            .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project, aliases))
             .push(") USING (project, issue_id)");
     }
-    s.push(&format!(
-        ") ANY LEFT JOIN (SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
-         argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
-         toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE (project, issue_id) IN (SELECT project, issue_id FROM "
-    ));
-    if q.by == TopBy::Users && !materialized {
-        // The ranked set holds every issue's users: cheaper to take the window's issues.
-        s.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
-        project(&mut s);
-    } else {
-        s.push("(").sql(ranked).push(")");
-    }
-    s.push(&format!(
-        ") GROUP BY project, issue_id) USING (project, issue_id)\
-         ) ANY LEFT JOIN (SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
-         SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
-    ))
-    .u32(hour_start)
-    .push(")");
-    project(&mut s);
-    if materialized {
-        // The ranked issues' minutes only (the set is a table read, not a computation).
-        s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(ranked).push("))");
-    }
-    s.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id) USING (project, issue_id) ORDER BY ")
+    // Metadata of the ranked issues; of the canonical ones folded over their aliases.
+    let meta = |members: Option<&Sql>| {
+        let mut m = Sql::default();
+        m.push(&format!(
+            "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+             argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
+             toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE "
+        ));
+        if let Some(f) = members {
+            m.push("1").sql(f);
+        } else {
+            m.push("(project, issue_id) IN (SELECT project, issue_id FROM ");
+            if q.by == TopBy::Users && !materialized {
+                // The ranked set holds every issue's users: cheaper to take the window's issues.
+                m.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
+                project(&mut m);
+            } else {
+                m.push("(").sql(ranked).push(")");
+            }
+            m.push(")");
+        }
+        project(&mut m);
+        m.push(" GROUP BY project, issue_id");
+        m
+    };
+    // (The window's issues when ranking by users in one query: every participant's metadata.)
+    let meta_only = (q.by != TopBy::Users || materialized).then_some(ranked);
+    s.push(") ANY LEFT JOIN (")
+        .sql(&fold(db, aliases, q.project, &meta, meta_only, META_PLAIN, META_COLUMNS, META_FOLD))
+        .push(") USING (project, issue_id)");
+    // The last hour per minute; a canonical issue's and its aliases' minutes together.
+    let hour = |members: Option<&Sql>| {
+        let mut h = Sql::default();
+        h.push(&format!(
+            "SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
+             SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
+        ))
+        .u32(hour_start)
+        .push(")");
+        project(&mut h);
+        if let Some(f) = members {
+            h.sql(f);
+        } else if materialized {
+            // The ranked issues' minutes only (the set is a table read, not a computation).
+            h.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(ranked).push("))");
+        }
+        h.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id");
+        h
+    };
+    s.push(") ANY LEFT JOIN (")
+        .sql(&fold(
+            db,
+            aliases,
+            q.project,
+            &hour,
+            materialized.then_some(ranked),
+            HOUR_COLUMNS,
+            HOUR_COLUMNS,
+            HOUR_FOLD,
+        ))
+        .push(") USING (project, issue_id) ORDER BY ")
         .push(order_by(q.by, "users"));
     (s, hour_start)
 }
+
+/// The metadata columns of an issue list's rows, per issue.
+pub(crate) const META_COLUMNS: &str = "title, culprit, level, first_seen, last_seen";
+
+/// The metadata of an issue that takes part in no alias: its own, merging nothing.
+pub(crate) const META_PLAIN: &str = "title, culprit, level, first_seen, last_seen, emptyArrayString() AS merged";
+
+/// The metadata of a canonical issue: the title, culprit and level of its own row (the
+/// primary's: mapped frames) when it has one, first seen the earliest and last seen the
+/// latest of all, and its aliases, sorted (`canon` is not empty on an alias's row).
+pub(crate) const META_FOLD: &[(&str, &str)] = &[
+    ("argMin(title, canon != '')", "title"),
+    ("argMin(culprit, canon != '')", "culprit"),
+    ("argMin(level, canon != '')", "level"),
+    ("min(first_seen)", "first_seen"),
+    ("max(last_seen)", "last_seen"),
+    ("arraySort(groupArrayIf(issue_id, canon != ''))", "merged"),
+];
+
+/// The last-hour columns of an issue list's rows, per issue.
+pub(crate) const HOUR_COLUMNS: &str = "minutes, minute_counts";
+
+/// The last hour of a canonical issue: its and its aliases' minutes, in the same order in both
+/// arrays (a minute may appear more than once: [`TopRow::into_issue`] adds them up).
+pub(crate) const HOUR_FOLD: &[(&str, &str)] =
+    &[("groupArrayArray(minutes)", "minutes"), ("groupArrayArray(minute_counts)", "minute_counts")];
 
 /// The temporary table that holds [`top`]'s ranked set within its session.
 const RANKED_TABLE: &str = "tracefold_top_ranked";
@@ -476,8 +747,9 @@ pub async fn top_issues(
 /// When the database name is not an identifier or ClickHouse does not answer.
 pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Vec<TopIssue>> {
     let db = db(database)?;
-    let c = clock(client, q.since_secs).await?;
-    let ranked = ranked_sql(db, &c, q);
+    let c = clock(client, db, q.since_secs, q.project).await?;
+    let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
+    let ranked = ranked_sql(db, &c, q, aliases);
     // The ranked set is computed once, into a temporary table of an HTTP session of this call
     // alone, and read from there by the rows, the users and the metadata (ClickHouse 18.16 has
     // no common table expressions). When that fails (a `readonly = 1` user may not create
@@ -493,7 +765,7 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
                 from.push(", users_all");
             }
             from.push(&format!(" FROM {RANKED_TABLE}"));
-            let (sql, hour_start) = top_sql(db, &c, q, &from, true);
+            let (sql, hour_start) = top_sql(db, &c, q, &from, true, aliases);
             let rows = sql.query(&session).fetch_all::<TopRow>().await;
             // The session's end drops the table too (after the server's `session_timeout`).
             let _ = session.query(&format!("DROP TEMPORARY TABLE IF EXISTS {RANKED_TABLE}")).execute().await;
@@ -506,7 +778,7 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
     let (rows, hour_start) = match materialized {
         Some(done) => done,
         None => {
-            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false);
+            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false, aliases);
             (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
         }
     };
@@ -526,14 +798,16 @@ pub const MAX_BREAKDOWN_ROWS: u64 = 10_000;
 /// several).
 pub const MAX_PROJECTS_PER_ID: u64 = 1_000;
 
-/// An issue as the `issues` table knows it (all time), one per project that has the id.
-#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
+/// An issue as the `issues` table knows it (all time), one per project that has the id:
+/// the canonical issue, its counts folded over the issues merged into it (late source maps,
+/// docs/sourcemaps.md "Late maps").
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueSummary {
     /// Project slug.
     pub project: String,
-    /// Issue id.
+    /// Issue id: the canonical issue's (the one asked for, unless that one was merged).
     pub issue_id: String,
-    /// Title.
+    /// Title (the canonical issue's own, when it has events).
     pub title: String,
     /// Culprit.
     pub culprit: String,
@@ -545,13 +819,63 @@ pub struct IssueSummary {
     pub platform: String,
     /// Grouping version of the fingerprint.
     pub grouping_version: String,
-    /// First seen, Unix seconds.
+    /// First seen, Unix seconds: the earliest of the issue and its merged issues.
     pub first_seen: u32,
-    /// Last seen, Unix seconds.
+    /// Last seen, Unix seconds: the latest.
     pub last_seen: u32,
-    /// Events, all time.
+    /// Events, all time, the merged issues' included.
     pub count: u64,
+    /// The issues merged into this one, by id.
+    pub merged: Vec<MergedIssue>,
+    /// The id asked for, when it is one of `merged` (it names this issue).
+    pub asked_alias: Option<String>,
 }
+
+/// An issue merged into another (an alias: its events were grouped before a source map
+/// arrived), with its own counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergedIssue {
+    /// The merged issue's id.
+    pub issue_id: String,
+    /// Its events, all time.
+    pub count: u64,
+    /// Its first event, Unix seconds.
+    pub first_seen: u32,
+    /// Its last event, Unix seconds.
+    pub last_seen: u32,
+}
+
+/// One issue's row of [`find_issue`]'s query, with its canonical id (`canon`, empty when the
+/// issue is no alias).
+#[derive(clickhouse::Row, Deserialize)]
+struct FoundRow {
+    project: String,
+    issue_id: String,
+    canon: String,
+    title: String,
+    culprit: String,
+    exc_type: String,
+    level: String,
+    platform: String,
+    grouping_version: String,
+    first_seen: u32,
+    last_seen: u32,
+    count: u64,
+}
+
+impl FoundRow {
+    fn canonical(&self) -> &str {
+        if self.canon.is_empty() {
+            &self.issue_id
+        } else {
+            &self.canon
+        }
+    }
+}
+
+/// Most issues [`find_issue`] reads for one id: the id's canonical issues and their aliases in
+/// every project (beyond it, [`Error::TooManyRows`]).
+pub const MAX_FOUND_ROWS: u64 = 100_000;
 
 /// The issue `issue_id` names: `project` chooses among projects that share the id.
 ///
@@ -578,25 +902,103 @@ pub async fn resolve_issue(
     }
 }
 
-/// Every project's issue `issue_id` (the same id can exist in several projects).
+/// Every project's issue `issue_id` (the same id can exist in several projects), as its
+/// canonical issue: an alias names the issue it was merged into, and an issue's counts
+/// include its aliases' ([`IssueSummary::merged`]).
 ///
 /// # Errors
-/// When the database name is not an identifier or ClickHouse does not answer.
+/// When the database name is not an identifier, ClickHouse does not answer, or the id's
+/// issues and aliases are more than [`MAX_FOUND_ROWS`].
 pub async fn find_issue(client: &Client, database: &str, issue_id: &str) -> Result<Vec<IssueSummary>> {
     let db = db(database)?;
-    client
-        .query(&format!(
-            "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
-             argMinMerge(exc_type_state) AS exc_type, argMaxMerge(level_state) AS level, argMinMerge(platform_state) AS platform, \
-             argMaxMerge(grouping_version_state) AS grouping_version, toUInt32(minMerge(first_seen_state)) AS first_seen, \
-             toUInt32(maxMerge(last_seen_state)) AS last_seen, sumMerge(count_state) AS count \
-             FROM {db}.issues WHERE issue_id = ? GROUP BY project, issue_id LIMIT ?"
-        ))
-        .bind(issue_id)
-        .bind(MAX_PROJECTS_PER_ID)
-        .fetch_all::<IssueSummary>()
-        .await
-        .map_err(step("issue"))
+    let map = alias_map(db, None);
+    let folded = aliases(client, db, None).await? == Aliases::Some;
+    let mut s = Sql::default();
+    // No alias anywhere: the id's own rows, each its own canonical issue, as before aliases existed.
+    s.push(if folded { "SELECT project, issue_id, canon" } else { "SELECT project, issue_id, '' AS canon" });
+    s.push(
+        ", title, culprit, exc_type, level, platform, grouping_version, first_seen, last_seen, count FROM (\
+         SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+         argMinMerge(exc_type_state) AS exc_type, argMaxMerge(level_state) AS level, argMinMerge(platform_state) AS platform, \
+         argMaxMerge(grouping_version_state) AS grouping_version, toUInt32(minMerge(first_seen_state)) AS first_seen, \
+         toUInt32(maxMerge(last_seen_state)) AS last_seen, sumMerge(count_state) AS count ",
+    );
+    s.push(&format!("FROM {db}.issues WHERE issue_id = ")).str(issue_id);
+    if folded {
+        // The id's own rows, its canonical issues (when it is an alias) and every alias of either.
+        s.push(" OR issue_id IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push(")");
+        s.push(" OR issue_id IN (SELECT issue_id FROM (").sql(&map).push(") WHERE canon = ").str(issue_id);
+        s.push(" OR canon IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push("))");
+        s.push(" GROUP BY project, issue_id) ANY LEFT JOIN (").sql(&map).push(") USING (project, issue_id)");
+    } else {
+        s.push(" GROUP BY project, issue_id)");
+    }
+    s.push(" ORDER BY project, issue_id LIMIT ").u64(MAX_FOUND_ROWS + 1);
+    let rows = s.query(client).fetch_all::<FoundRow>().await.map_err(step("issue"))?;
+    if rows.len() as u64 > MAX_FOUND_ROWS {
+        return Err(Error::TooManyRows { what: "issues and aliases of one id", limit: MAX_FOUND_ROWS });
+    }
+    Ok(fold_found(&rows, issue_id))
+}
+
+/// The canonical issues of `issue_id` among `rows` (sorted by project): one per project where
+/// the id has a row, folded over the rows whose canonical id is the same.
+fn fold_found(rows: &[FoundRow], issue_id: &str) -> Vec<IssueSummary> {
+    let mut out: Vec<IssueSummary> = Vec::new();
+    for asked in rows.iter().filter(|r| r.issue_id == issue_id) {
+        let canon = asked.canonical();
+        if out.iter().any(|o| o.project == asked.project && o.issue_id == canon) {
+            continue;
+        }
+        let members: Vec<&FoundRow> =
+            rows.iter().filter(|r| r.project == asked.project && r.canonical() == canon).collect();
+        // The canonical issue's own row names it; without one (its events expired) an alias's.
+        let Some(head) = members.iter().find(|r| r.issue_id == canon).or(members.first()) else {
+            continue;
+        };
+        out.push(IssueSummary {
+            project: head.project.clone(),
+            issue_id: canon.to_owned(),
+            title: head.title.clone(),
+            culprit: head.culprit.clone(),
+            exc_type: head.exc_type.clone(),
+            level: head.level.clone(),
+            platform: head.platform.clone(),
+            grouping_version: head.grouping_version.clone(),
+            first_seen: members.iter().map(|r| r.first_seen).min().unwrap_or(head.first_seen),
+            last_seen: members.iter().map(|r| r.last_seen).max().unwrap_or(head.last_seen),
+            count: members.iter().map(|r| r.count).fold(0u64, u64::saturating_add),
+            merged: members
+                .iter()
+                .filter(|r| r.issue_id != canon)
+                .map(|r| MergedIssue {
+                    issue_id: r.issue_id.clone(),
+                    count: r.count,
+                    first_seen: r.first_seen,
+                    last_seen: r.last_seen,
+                })
+                .collect(),
+            asked_alias: (canon != issue_id).then(|| issue_id.to_owned()),
+        });
+    }
+    out.truncate(MAX_PROJECTS_PER_ID as usize);
+    out
+}
+
+/// ` AND project = ? AND issue_id = ?`, and with `merged` (the issue has aliases: late source
+/// maps) ` OR issue_id IN (its aliases)`: the rows of a canonical issue and of the issues
+/// merged into it.
+pub(crate) fn members(db: &str, project: &str, issue_id: &str, merged: bool) -> Sql {
+    let mut s = Sql::default();
+    s.push(" AND project = ").str(project);
+    if !merged {
+        s.push(" AND issue_id = ").str(issue_id);
+        return s;
+    }
+    s.push(" AND (issue_id = ").str(issue_id);
+    s.push(" OR issue_id IN (SELECT issue_id FROM (").sql(&alias_map(db, Some(project))).push(") WHERE canon = ");
+    s.str(issue_id).push("))");
+    s
 }
 
 /// Everything `tracefold issue ID` shows.
@@ -645,6 +1047,26 @@ pub struct IssueDetail {
     pub by_url: Top,
     /// The latest sample event (JSON), if any.
     pub sample: Option<String>,
+    /// The issues merged into this one (late source maps), sorted by id: their events are
+    /// counted above. Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<MergedAlias>,
+    /// The id asked for, when it is one of `merged`: it was merged into this issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_alias: Option<String>,
+}
+
+/// An issue merged into the one shown, as [`IssueDetail`] lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MergedAlias {
+    /// The merged issue's id.
+    pub issue_id: String,
+    /// Its events, all time.
+    pub count: u64,
+    /// Its first event, RFC 3339.
+    pub first_seen: String,
+    /// Its last event, RFC 3339.
+    pub last_seen: String,
 }
 
 /// Most values [`IssueDetail::by_browser`], `by_os` and `by_url` list.
@@ -674,7 +1096,8 @@ impl Top {
 }
 
 /// The top values of each breakdown key (browser, OS, URL) of an issue's events from `start`
-/// (Unix seconds, an hour) on: one query for the values (`LIMIT BY`), one for the totals.
+/// (Unix seconds, an hour) on, its aliases' included (`issue_id` is canonical): one query for
+/// the values (`LIMIT BY`), one for the totals.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
@@ -685,38 +1108,41 @@ pub async fn breakdowns(
     issue_id: &str,
     start: u32,
 ) -> Result<[Top; 3]> {
-    use tracefold_model::breakdown::Key;
     let db = db(database)?;
+    let merged = aliases(client, db, Some(project)).await? == Aliases::Some;
+    breakdowns_of(client, db, project, issue_id, start, merged).await
+}
+
+/// [`breakdowns`] of a checked database name; `merged`: the issue may have aliases (else its
+/// own rows are read, as before aliases existed).
+async fn breakdowns_of(
+    client: &Client,
+    db: &str,
+    project: &str,
+    issue_id: &str,
+    start: u32,
+    merged: bool,
+) -> Result<[Top; 3]> {
+    use tracefold_model::breakdown::Key;
     #[derive(clickhouse::Row, Deserialize)]
     struct R {
         key: String,
         value: String,
         count: u64,
     }
-    let values = client
-        .query(&format!(
-            "SELECT key, value, sum(count) AS count FROM {db}.issue_breakdown_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) \
-             GROUP BY key, value ORDER BY key, count DESC, value LIMIT ? BY key"
-        ))
-        .bind(project)
-        .bind(issue_id)
-        .bind(start)
-        .bind(TOP_VALUES)
-        .fetch_all::<R>()
-        .await
-        .map_err(step("breakdowns"))?;
-    let totals = client
-        .query(&format!(
-            "SELECT key, sum(count) AS count FROM {db}.issue_breakdown_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY key ORDER BY key LIMIT 16"
-        ))
-        .bind(project)
-        .bind(issue_id)
-        .bind(start)
-        .fetch_all::<KeyCount>()
-        .await
-        .map_err(step("breakdown totals"))?;
+    // The issue's and its aliases' rows.
+    let mut values = Sql::default();
+    values.push(&format!(
+        "SELECT key, value, sum(count) AS count FROM {db}.issue_breakdown_1h WHERE hour >= toDateTime("
+    ));
+    values.u32(start).push(")").sql(&members(db, project, issue_id, merged));
+    values.push(" GROUP BY key, value ORDER BY key, count DESC, value LIMIT ").u64(TOP_VALUES).push(" BY key");
+    let values = values.query(client).fetch_all::<R>().await.map_err(step("breakdowns"))?;
+    let mut totals = Sql::default();
+    totals.push(&format!("SELECT key, sum(count) AS count FROM {db}.issue_breakdown_1h WHERE hour >= toDateTime("));
+    totals.u32(start).push(")").sql(&members(db, project, issue_id, merged));
+    totals.push(" GROUP BY key ORDER BY key LIMIT 16");
+    let totals = totals.query(client).fetch_all::<KeyCount>().await.map_err(step("breakdown totals"))?;
     let mut out: [Top; 3] = Default::default();
     for (i, k) in Key::ALL.into_iter().enumerate() {
         out[i].values = values.iter().filter(|r| r.key == k.as_str()).map(|r| (r.value.clone(), r.count)).collect();
@@ -750,7 +1176,9 @@ fn users_estimate_sql() -> String {
 }
 
 /// The detail of `issue` (one of [`find_issue`]'s): users, status, the last `window_hours`
-/// hours per hour, by release, environment, browser, OS and URL, the latest sample.
+/// hours per hour, by release, environment, browser, OS and URL, the latest sample, each over
+/// the issue and the issues merged into it (users merged: one in both counts once); the
+/// status is the issue's own.
 ///
 /// # Errors
 /// When the database name is not an identifier, ClickHouse does not answer, or the stored
@@ -763,32 +1191,30 @@ pub async fn issue_detail(
 ) -> Result<IssueDetail> {
     let db = db(database)?;
     let (p, issue_id) = (issue.project.as_str(), issue.issue_id.as_str());
+    // Every query reads the rows of the issue and of the issues merged into it.
+    // (Without aliases, the issue's own rows alone: the queries as before aliases existed.)
+    let merged = !issue.merged.is_empty();
+    let of_issue = members(db, p, issue_id, merged);
     #[derive(clickhouse::Row, Deserialize)]
     struct N {
         n: u64,
     }
-    let users = client
-        .query(&format!("SELECT {} AS n FROM {db}.aggregates WHERE project = ? AND issue_id = ?", users_estimate_sql()))
-        .bind(p)
-        .bind(issue_id)
-        .fetch_one::<N>()
-        .await
-        .map_err(step("users"))?
-        .n;
+    let mut users = Sql::default();
+    users.push(&format!("SELECT {} AS n FROM {db}.aggregates WHERE 1", users_estimate_sql())).sql(&of_issue);
+    let users = users.query(client).fetch_one::<N>().await.map_err(step("users"))?.n;
     let now = now(client).await?;
     let start = (now / 3600) * 3600 - (window_hours.saturating_sub(1)) * 3600;
-    let hours = client
-        .query(&format!(
-            "SELECT toUInt32(hour) AS hour, sum(count) AS count FROM {db}.issue_counts_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY hour ORDER BY hour LIMIT ?"
+    let mut hours = Sql::default();
+    hours
+        .push(&format!(
+            "SELECT toUInt32(hour) AS hour, sum(count) AS count FROM {db}.issue_counts_1h WHERE hour >= toDateTime("
         ))
-        .bind(p)
-        .bind(issue_id)
-        .bind(start)
-        .bind(u64::from(window_hours) + 1)
-        .fetch_all::<HourCount>()
-        .await
-        .map_err(step("hourly"))?;
+        .u32(start)
+        .push(")")
+        .sql(&of_issue)
+        .push(" GROUP BY hour ORDER BY hour LIMIT ")
+        .u64(u64::from(window_hours) + 1);
+    let hours = hours.query(client).fetch_all::<HourCount>().await.map_err(step("hourly"))?;
     let mut hourly = vec![0u64; window_hours as usize];
     for h in hours {
         if let Some(slot) = hourly.get_mut(((h.hour.saturating_sub(start)) / 3600) as usize) {
@@ -797,51 +1223,35 @@ pub async fn issue_detail(
     }
     // `col` is one of two constants below, never input.
     let breakdown = |col: &str| {
-        format!(
-            "SELECT {col} AS key, sum(count) AS count FROM {db}.issue_counts_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY {col} ORDER BY count DESC, key LIMIT ?"
-        )
+        let mut s = Sql::default();
+        s.push(&format!(
+            "SELECT {col} AS key, sum(count) AS count FROM {db}.issue_counts_1h WHERE hour >= toDateTime("
+        ))
+        .u32(start)
+        .push(")")
+        .sql(&of_issue)
+        .push(&format!(" GROUP BY {col} ORDER BY count DESC, key LIMIT "))
+        .u64(MAX_BREAKDOWN_ROWS + 1);
+        s
     };
-    let by_release = client
-        .query(&breakdown("release"))
-        .bind(p)
-        .bind(issue_id)
-        .bind(start)
-        .bind(MAX_BREAKDOWN_ROWS + 1)
-        .fetch_all::<KeyCount>()
-        .await
-        .map_err(step("by release"))?;
-    let by_environment = client
-        .query(&breakdown("environment"))
-        .bind(p)
-        .bind(issue_id)
-        .bind(start)
-        .bind(MAX_BREAKDOWN_ROWS + 1)
-        .fetch_all::<KeyCount>()
-        .await
-        .map_err(step("by environment"))?;
+    let by_release = breakdown("release").query(client).fetch_all::<KeyCount>().await.map_err(step("by release"))?;
+    let by_environment =
+        breakdown("environment").query(client).fetch_all::<KeyCount>().await.map_err(step("by environment"))?;
     for (what, rows) in [("by release", &by_release), ("by environment", &by_environment)] {
         if rows.len() as u64 > MAX_BREAKDOWN_ROWS {
             return Err(Error::TooManyRows { what, limit: MAX_BREAKDOWN_ROWS });
         }
     }
-    let [by_browser, by_os, by_url] = breakdowns(client, db, p, issue_id, start).await?;
+    let [by_browser, by_os, by_url] = breakdowns_of(client, db, p, issue_id, start, merged).await?;
     #[derive(clickhouse::Row, Deserialize)]
     struct Sample {
         sample: String,
     }
-    // No sample row is no sample, not an error.
-    let sample = client
-        .query(&format!(
-            "SELECT argMax(sample, seen) AS sample FROM {db}.issue_samples WHERE project = ? AND issue_id = ?"
-        ))
-        .bind(p)
-        .bind(issue_id)
-        .fetch_one::<Sample>()
-        .await
-        .ok()
-        .map(|s| s.sample)
-        .filter(|s| !s.is_empty());
+    // No sample row is no sample, not an error. The latest of the issue and its aliases (after
+    // a merge the issue's own: events that arrive with the map are grouped there).
+    let mut sample = Sql::default();
+    sample.push(&format!("SELECT argMax(sample, seen) AS sample FROM {db}.issue_samples WHERE 1")).sql(&of_issue);
+    let sample = sample.query(client).fetch_one::<Sample>().await.ok().map(|s| s.sample).filter(|s| !s.is_empty());
     let status = issue_status(client, db, p, issue_id).await?;
     Ok(IssueDetail {
         status,
@@ -856,6 +1266,17 @@ pub async fn issue_detail(
         by_os,
         by_url,
         sample,
+        merged: issue
+            .merged
+            .into_iter()
+            .map(|m| MergedAlias {
+                issue_id: m.issue_id,
+                count: m.count,
+                first_seen: rfc3339(m.first_seen),
+                last_seen: rfc3339(m.last_seen),
+            })
+            .collect(),
+        asked_alias: issue.asked_alias,
         project: issue.project,
         issue_id: issue.issue_id,
         title: issue.title,

@@ -4,7 +4,10 @@
 
 use crate::client::db;
 use crate::error::{step, Result};
-use crate::issues::{IssueStatus, TopIssue, TopRow};
+use crate::issues::{
+    aliases, fold, members, Aliases, IssueStatus, TopIssue, TopRow, HOUR_COLUMNS, HOUR_FOLD, META_COLUMNS, META_FOLD,
+    META_PLAIN,
+};
 use crate::sql::Sql;
 use clickhouse::Client;
 use serde::Deserialize;
@@ -96,6 +99,7 @@ pub const MAX_RELEASES: u64 = 1_000;
 
 /// Each release's first hour (Unix seconds) with events of an issue at or after `from` (Unix
 /// seconds), oldest first: the release markers of the issue's chart. At most [`MAX_RELEASES`].
+/// `merged`: the issue has issues merged into it (late source maps), whose events count too.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
@@ -105,6 +109,7 @@ pub async fn release_starts(
     project: &str,
     issue_id: &str,
     from: u32,
+    merged: bool,
 ) -> Result<Vec<(String, u32)>> {
     #[derive(clickhouse::Row, Deserialize)]
     struct R {
@@ -112,24 +117,23 @@ pub async fn release_starts(
         first: u32,
     }
     let db = db(database)?;
-    let rows = client
-        .query(&format!(
-            "SELECT release, toUInt32(min(hour)) AS first FROM {db}.issue_counts_1h \
-             WHERE project = ? AND issue_id = ? AND hour >= toDateTime(?) GROUP BY release ORDER BY first, release LIMIT ?"
-        ))
-        .bind(project)
-        .bind(issue_id)
-        .bind(from)
-        .bind(MAX_RELEASES)
-        .fetch_all::<R>()
-        .await
-        .map_err(step("release starts"))?;
+    let mut s = Sql::default();
+    s.push(&format!(
+        "SELECT release, toUInt32(min(hour)) AS first FROM {db}.issue_counts_1h WHERE hour >= toDateTime("
+    ))
+    .u32(from)
+    .push(")")
+    .sql(&members(db, project, issue_id, merged))
+    .push(" GROUP BY release ORDER BY first, release LIMIT ")
+    .u64(MAX_RELEASES);
+    let rows = s.query(client).fetch_all::<R>().await.map_err(step("release starts"))?;
     Ok(rows.into_iter().map(|r| (r.release, r.first)).collect())
 }
 
 /// The release of an issue's first events: the release of the minute it was first seen
 /// (`first_seen`, Unix seconds; the first in release order when several share that minute).
-/// `None` when that minute holds no row (data older than the minute rollup keeps).
+/// `None` when that minute holds no row (data older than the minute rollup keeps). `merged`:
+/// the issue has issues merged into it (late source maps): `first_seen` may be theirs.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
@@ -139,6 +143,7 @@ pub async fn first_release(
     project: &str,
     issue_id: &str,
     first_seen: u32,
+    merged: bool,
 ) -> Result<Option<String>> {
     #[derive(clickhouse::Row, Deserialize)]
     struct R {
@@ -146,18 +151,15 @@ pub async fn first_release(
     }
     let db = db(database)?;
     let minute = first_seen / 60 * 60;
-    let rows = client
-        .query(&format!(
-            "SELECT release FROM {db}.issue_counts_1m WHERE project = ? AND issue_id = ? \
-             AND minute >= toDateTime(?) AND minute < toDateTime(?) ORDER BY minute, release LIMIT 1"
-        ))
-        .bind(project)
-        .bind(issue_id)
-        .bind(minute)
-        .bind(minute.saturating_add(60))
-        .fetch_all::<R>()
-        .await
-        .map_err(step("first release"))?;
+    let mut s = Sql::default();
+    s.push(&format!("SELECT release FROM {db}.issue_counts_1m WHERE minute >= toDateTime("))
+        .u32(minute)
+        .push(") AND minute < toDateTime(")
+        .u32(minute.saturating_add(60))
+        .push(")")
+        .sql(&members(db, project, issue_id, merged))
+        .push(" ORDER BY minute, release LIMIT 1");
+    let rows = s.query(client).fetch_all::<R>().await.map_err(step("first release"))?;
     Ok(rows.into_iter().next().map(|r| r.release))
 }
 
@@ -240,9 +242,18 @@ fn hour_up(t: u32, hour: u32) -> u32 {
 
 /// `SELECT project, issue_id, c, w` over `[lo, hi)` (`hi` `None`: open): whole hours from the
 /// hourly rollup, the rest from the minute rollup (partitioned by day: only those days' parts
-/// are read). The same counts as the minute rollup alone.
+/// are read). The same counts as the minute rollup alone. `members`: a [`fold`] filter.
 #[allow(clippy::too_many_arguments)]
-fn count_parts(db: &str, q: &ListQuery<'_>, lo: u32, lo_hour: u32, hi: Option<(u32, u32)>, w: u8, out: &mut Vec<Sql>) {
+fn count_parts(
+    db: &str,
+    q: &ListQuery<'_>,
+    lo: u32,
+    lo_hour: u32,
+    hi: Option<(u32, u32)>,
+    w: u8,
+    members: Option<&Sql>,
+    out: &mut Vec<Sql>,
+) {
     let lo_up = hour_up(lo, lo_hour);
     let mut ranges: Vec<(&str, &str, u32, Option<u32>)> = Vec::new();
     match hi {
@@ -274,6 +285,9 @@ fn count_parts(db: &str, q: &ListQuery<'_>, lo: u32, lo_hour: u32, hi: Option<(u
             s.push(&format!(" AND {col} < toDateTime(")).u32(b).push(")");
         }
         event_filter(&mut s, q);
+        if let Some(f) = members {
+            s.sql(f);
+        }
         s.push(" GROUP BY project, issue_id");
         out.push(s);
     }
@@ -297,20 +311,33 @@ fn project_filter(s: &mut Sql, q: &ListQuery<'_>) {
 }
 
 /// `SELECT project, issue_id, users_n`: distinct users since `from` of the filtered events,
-/// from the base table (partitioned by day), of the issues in `only` or of all.
-fn list_users(db: &str, q: &ListQuery<'_>, from: u32, only: Option<&Sql>) -> Sql {
-    let mut s = Sql::default();
-    s.push(&format!(
-        "SELECT project, issue_id, toUInt64(uniqExactArray(users)) AS users_n FROM {db}.aggregates WHERE minute >= toDateTime("
-    ))
-    .u32(from)
-    .push(")");
-    event_filter(&mut s, q);
-    if let Some(only) = only {
-        s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(only).push("))");
-    }
-    s.push(" GROUP BY project, issue_id");
-    s
+/// from the base table (partitioned by day), of the issues in `only` or of all; a canonical
+/// issue's merged over its aliases (a user of both counts once).
+fn list_users(db: &str, q: &ListQuery<'_>, from: u32, only: Option<&Sql>, aliases: Aliases) -> Sql {
+    let inner = |members: Option<&Sql>| {
+        let users = if members.is_some() {
+            "uniqExactStateArray(users) AS st"
+        } else {
+            "toUInt64(uniqExactArray(users)) AS users_n"
+        };
+        let mut s = Sql::default();
+        s.push(&format!("SELECT project, issue_id, {users} FROM {db}.aggregates WHERE minute >= toDateTime("))
+            .u32(from)
+            .push(")");
+        event_filter(&mut s, q);
+        match (members, only) {
+            (Some(f), _) => {
+                s.sql(f);
+            }
+            (None, Some(only)) => {
+                s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(only).push("))");
+            }
+            (None, None) => {}
+        }
+        s.push(" GROUP BY project, issue_id");
+        s
+    };
+    fold(db, aliases, q.project, &inner, only, "users_n", "st", &[("toUInt64(uniqExactMerge(st))", "users_n")])
 }
 
 fn list_order(sort: ListSort) -> &'static str {
@@ -323,27 +350,33 @@ fn list_order(sort: ListSort) -> &'static str {
 }
 
 /// The SQL of [`issue_list`] for a clock reading, and the start of the last hour.
-fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>) -> (Sql, u32) {
-    let mut parts = Vec::new();
-    count_parts(db, q, c.from, c.from_hour, None, 1, &mut parts);
-    if q.sort == ListSort::Growth {
-        count_parts(db, q, c.prev, c.prev_hour, Some((c.from, c.from_hour)), 0, &mut parts);
-    }
-    // The issues with events in the window, filtered, with their metadata.
-    // (ClickHouse 18.16: one JOIN per SELECT.)
-    const COLUMNS: &str = "project, issue_id, events, previous, title, culprit, level, first_seen, last_seen";
-    let mut ranked = Sql::default();
-    ranked
-        .push("SELECT ")
-        .push(COLUMNS)
-        .push(" FROM (SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            ranked.push(" UNION ALL ");
+fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>, aliases: Aliases) -> (Sql, u32) {
+    // The issues with events in the window, filtered, with their metadata; canonical issues,
+    // each folded over the issues merged into it (late source maps): status, search and `new`
+    // are the canonical issue's. (ClickHouse 18.16: one JOIN per SELECT.)
+    const COLUMNS: &str = "project, issue_id, events, previous, title, culprit, level, first_seen, last_seen, merged";
+    let counts = |members: Option<&Sql>| {
+        let mut parts = Vec::new();
+        count_parts(db, q, c.from, c.from_hour, None, 1, members, &mut parts);
+        if q.sort == ListSort::Growth {
+            count_parts(db, q, c.prev, c.prev_hour, Some((c.from, c.from_hour)), 0, members, &mut parts);
         }
-        ranked.sql(p);
-    }
-    ranked.push(") WHERE 1");
+        let mut s = Sql::default();
+        s.push("SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                s.push(" UNION ALL ");
+            }
+            s.sql(p);
+        }
+        s.push(") GROUP BY project, issue_id");
+        s
+    };
+    let sums: &[(&str, &str)] = &[("sum(events)", "events"), ("sum(previous)", "previous")];
+    let folded = fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums);
+    let mut ranked = Sql::default();
+    ranked.push("SELECT ").push(COLUMNS).push(" FROM (SELECT project, issue_id, events, previous FROM (");
+    ranked.sql(&folded).push(") WHERE events > 0");
     if let Some(status) = q.status {
         let (op, cmp) = if status == IssueStatus::Active { ("NOT IN", "!=") } else { ("IN", "=") };
         ranked.push(&format!(
@@ -353,24 +386,36 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>) -> (Sql, u32) {
         project_filter(&mut ranked, q);
         ranked.push(&format!(" GROUP BY project, issue_id) WHERE cur {cmp} ")).str(status.as_str()).push(")");
     }
-    ranked
-        .push(&format!(
-            " GROUP BY project, issue_id HAVING events > 0) ANY INNER JOIN (SELECT project, issue_id, \
-         argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, argMaxMerge(level_state) AS level, \
-         toUInt32(minMerge(first_seen_state)) AS first_seen, toUInt32(maxMerge(last_seen_state)) AS last_seen \
-         FROM {db}.issues WHERE (project, issue_id) IN (SELECT project, issue_id FROM {db}.issue_counts_1h \
-         WHERE hour >= toDateTime("
-        ))
-        .u32(c.from_hour)
-        .push(")");
-    project_filter(&mut ranked, q);
-    ranked.push(")");
-    project_filter(&mut ranked, q);
-    ranked.push(" GROUP BY project, issue_id");
+    let meta = |members: Option<&Sql>| {
+        let mut m = Sql::default();
+        m.push(&format!(
+            "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+             argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
+             toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE "
+        ));
+        if let Some(f) = members {
+            m.push("1").sql(f);
+        } else {
+            m.push(&format!(
+                "(project, issue_id) IN (SELECT project, issue_id FROM {db}.issue_counts_1h WHERE hour >= toDateTime("
+            ))
+            .u32(c.from_hour)
+            .push(")");
+            project_filter(&mut m, q);
+            m.push(")");
+        }
+        project_filter(&mut m, q);
+        m.push(" GROUP BY project, issue_id");
+        m
+    };
+    ranked.push(
+        ") ANY INNER JOIN (SELECT project, issue_id, title, culprit, level, first_seen, last_seen, merged FROM (",
+    );
+    ranked.sql(&fold(db, aliases, q.project, &meta, None, META_PLAIN, META_COLUMNS, META_FOLD)).push(")");
     if let Some(text) = q.search.filter(|t| !t.is_empty()) {
         let text: String = text.chars().take(MAX_SEARCH_CHARS).collect();
         ranked
-            .push(" HAVING positionCaseInsensitiveUTF8(title, ")
+            .push(" WHERE positionCaseInsensitiveUTF8(title, ")
             .str(&text)
             .push(") > 0 OR positionCaseInsensitiveUTF8(culprit, ")
             .str(&text)
@@ -388,7 +433,7 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>) -> (Sql, u32) {
             .push(", users_n AS users FROM (")
             .sql(&ranked)
             .push(") ANY LEFT JOIN (")
-            .sql(&list_users(db, q, c.from, None))
+            .sql(&list_users(db, q, c.from, None, aliases))
             .push(") USING (project, issue_id)");
         ranked = with_users;
     }
@@ -397,25 +442,37 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>) -> (Sql, u32) {
     let hour_start = (c.now / 60) * 60 - 59 * 60;
     let mut s = Sql::default();
     s.push(
-        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts FROM (",
+        "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts, merged FROM (",
     );
     if q.sort == ListSort::Users {
         s.push("SELECT ").push(COLUMNS).push(", users FROM (").sql(&ranked).push(")");
     } else {
-        s.push("SELECT project, issue_id, events, previous, title, culprit, level, first_seen, last_seen, users_n AS users FROM (")
+        s.push("SELECT ")
+            .push(COLUMNS)
+            .push(", users_n AS users FROM (")
             .sql(&ranked)
             .push(") ANY LEFT JOIN (")
-            .sql(&list_users(db, q, c.from, Some(&ranked)))
+            .sql(&list_users(db, q, c.from, Some(&ranked), aliases))
             .push(") USING (project, issue_id)");
     }
-    s.push(&format!(
-        ") ANY LEFT JOIN (SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
-         SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
-    ))
-    .u32(hour_start)
-    .push(")");
-    event_filter(&mut s, q);
-    s.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id) USING (project, issue_id) ORDER BY ")
+    let hour = |members: Option<&Sql>| {
+        let mut h = Sql::default();
+        h.push(&format!(
+            "SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
+             SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
+        ))
+        .u32(hour_start)
+        .push(")");
+        event_filter(&mut h, q);
+        if let Some(f) = members {
+            h.sql(f);
+        }
+        h.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id");
+        h
+    };
+    s.push(") ANY LEFT JOIN (")
+        .sql(&fold(db, aliases, q.project, &hour, None, HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
+        .push(") USING (project, issue_id) ORDER BY ")
         .push(list_order(q.sort));
     (s, hour_start)
 }
@@ -442,7 +499,8 @@ pub async fn issue_list(client: &Client, database: &str, q: &ListQuery<'_>) -> R
         .fetch_one::<ListClock>()
         .await
         .map_err(step("cannot reach ClickHouse"))?;
-    let (sql, hour_start) = list_sql(db, &c, q);
+    let aliases = aliases(client, db, q.project).await?;
+    let (sql, hour_start) = list_sql(db, &c, q, aliases);
     let rows = sql.query(client).fetch_all::<TopRow>().await.map_err(step("issue list"))?;
     Ok(rows.into_iter().map(|r| r.into_issue(hour_start, q.sort == ListSort::Growth)).collect())
 }
@@ -550,7 +608,8 @@ pub struct Series {
 
 /// The events of one issue per `res` over the last `buckets` bars (at most [`MAX_BUCKETS`]),
 /// with each release's first bar: the issue page's chart. One query after reading the
-/// server's clock, from the rollup of that resolution.
+/// server's clock, from the rollup of that resolution. `merged`: the issue has issues merged
+/// into it (late source maps), whose events count too.
 ///
 /// # Errors
 /// When the database name is not an identifier, ClickHouse does not answer, or the bars hold
@@ -562,6 +621,7 @@ pub async fn series(
     issue_id: &str,
     res: Resolution,
     buckets: u32,
+    merged: bool,
 ) -> Result<Series> {
     #[derive(clickhouse::Row, Deserialize)]
     struct C {
@@ -607,7 +667,8 @@ pub async fn series(
         ));
     }
     s.u32(c.first).push(if res == Resolution::Day { "))" } else { ")" });
-    s.push(" AND project = ").str(project).push(" AND issue_id = ").str(issue_id);
+    // The issue's and its aliases' events (late source maps).
+    s.sql(&members(db, project, issue_id, merged));
     s.push(" GROUP BY t, release ORDER BY t, release LIMIT ").u64(MAX_SERIES_ROWS + 1);
     let rows = s.query(client).fetch_all::<R>().await.map_err(step("chart"))?;
     if rows.len() as u64 > MAX_SERIES_ROWS {

@@ -534,6 +534,10 @@ async fn issue(
         Err(e) => return store_error(&e),
     };
     let first_seen = summary.first_seen;
+    // Without merged issues, the issue's own rows alone (the queries as before aliases existed).
+    let merged = !summary.merged.is_empty();
+    // An alias (an issue merged into another by a late source map) shows its canonical issue.
+    let issue_id = summary.issue_id.clone();
     let d = match tracefold_store::issues::issue_detail(&st.client, db, summary, w.hours).await {
         Ok(d) => d,
         Err(e) => return store_error(&e),
@@ -543,8 +547,9 @@ async fn issue(
         Err(e) => return store_error(&e),
     };
     let res = resolution(w, q.res.as_deref());
-    let series = tracefold_store::ui::series(&st.client, db, &project, &issue_id, res, buckets(w, res)).await;
-    let first_release = tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, first_seen).await;
+    let series = tracefold_store::ui::series(&st.client, db, &project, &issue_id, res, buckets(w, res), merged).await;
+    let first_release =
+        tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, first_seen, merged).await;
     let (series, first_release) = match (series, first_release) {
         (Ok(s), Ok(f)) => (s, f),
         (Err(e), _) | (_, Err(e)) => return store_error(&e),
@@ -582,7 +587,27 @@ async fn issue(
         .user(first_release.as_deref().unwrap_or(""))
         .raw("</td></tr><tr><th>Last seen</th><td>")
         .text(&d.last_seen)
-        .raw("</td></tr></tbody></table>");
+        .raw("</td></tr>");
+    if !d.merged.is_empty() {
+        // Issues merged into this one (their events came before a source map): counted above.
+        p.raw("<tr><th>Merged</th><td id=\"merged\">");
+        for (i, m) in d.merged.iter().enumerate() {
+            if i > 0 {
+                p.raw("<br>");
+            }
+            p.raw("<span class=\"merged\">")
+                .text(&m.issue_id)
+                .raw("</span> (")
+                .num(m.count)
+                .raw(" events, first seen ");
+            p.text(&m.first_seen).raw(")");
+        }
+        p.raw("</td></tr>");
+    }
+    if let Some(alias) = &d.asked_alias {
+        p.raw("<tr><th>Asked for</th><td id=\"asked-alias\">").text(alias).raw(", merged into this issue</td></tr>");
+    }
+    p.raw("</tbody></table>");
     p.raw("<h2 id=\"chart\">Events per ").text(res.as_str()).raw(", last ").text(w.name).raw("</h2><nav>");
     for cand in Resolution::ALL {
         if buckets(w, cand) > tracefold_store::ui::MAX_BUCKETS || cand == res {
@@ -692,10 +717,11 @@ async fn set_status(
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let db = &st.cfg.clickhouse.database;
-    // The issue must exist in the project.
-    if let Err(e) = tracefold_store::issues::resolve_issue(&st.client, db, &issue_id, Some(&project)).await {
-        return store_error(&e);
-    }
+    // The issue must exist in the project; an alias's status is its canonical issue's.
+    let issue_id = match tracefold_store::issues::resolve_issue(&st.client, db, &issue_id, Some(&project)).await {
+        Ok(s) => s.issue_id,
+        Err(e) => return store_error(&e),
+    };
     let change =
         StatusChange { project: &project, issue_id: &issue_id, status, actor: "ui", release: "", note: &f.note };
     if let Err(e) = tracefold_store::issues::set_status(&st.client, db, &change).await {

@@ -46,6 +46,8 @@ pub async fn issue(a: IssueArgs) -> anyhow::Result<()> {
     };
     let d = query::issue_detail(&client, &cfg.database, &id, project.as_deref(), 1).await?;
     let actor = std::env::var("USER").unwrap_or_else(|_| "tracefold".into());
+    // An alias (merged into another issue by a late source map) has its canonical issue's status.
+    let id = d.issue_id.clone();
     let change =
         StatusChange { project: &d.project, issue_id: &id, status, actor: &actor, release: &release, note: &note };
     tracefold_store::issues::set_status(&client, &cfg.database, &change).await?;
