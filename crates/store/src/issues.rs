@@ -367,6 +367,20 @@ fn counts_parts(
         .collect()
 }
 
+/// Per issue, the events of the window (`w = 1`) and of the one before (`w = 0`) over the
+/// count parts given (each a SELECT of `project, issue_id, w, c`), as `events` and `previous`.
+pub(crate) fn window_sums(parts: &[Sql]) -> Sql {
+    let mut s = Sql::default();
+    s.push("SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            s.push(" UNION ALL ");
+        }
+        s.sql(p);
+    }
+    s.push(") GROUP BY project, issue_id");
+    s
+}
 /// The ranked issues of `q`: one SELECT of `project, issue_id, events, previous`, ordered and
 /// LIMITed (used as the row source and, as a set, to restrict the other tables to its rows).
 /// Issues are canonical ([`fold`]): an alias's events count for its canonical issue, and
@@ -384,16 +398,7 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
                 filter,
             ));
         }
-        let mut s = Sql::default();
-        s.push("SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
-        for (i, p) in parts.iter().enumerate() {
-            if i > 0 {
-                s.push(" UNION ALL ");
-            }
-            s.sql(p);
-        }
-        s.push(") GROUP BY project, issue_id");
-        s
+        window_sums(&parts)
     };
     let sums: &[(&str, &str)] = &[("sum(events)", "events"), ("sum(previous)", "previous")];
     let folded = fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums);

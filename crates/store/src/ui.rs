@@ -5,8 +5,8 @@
 use crate::client::db;
 use crate::error::{step, Result};
 use crate::issues::{
-    aliases, fold, members, Aliases, IssueStatus, TopIssue, TopRow, HOUR_COLUMNS, HOUR_FOLD, META_COLUMNS, META_FOLD,
-    META_PLAIN,
+    aliases, fold, members, window_sums, Aliases, IssueStatus, TopIssue, TopRow, HOUR_COLUMNS, HOUR_FOLD, META_COLUMNS,
+    META_FOLD, META_PLAIN,
 };
 use crate::sql::Sql;
 use clickhouse::Client;
@@ -361,16 +361,7 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>, aliases: Aliases) -> (Sq
         if q.sort == ListSort::Growth {
             count_parts(db, q, c.prev, c.prev_hour, Some((c.from, c.from_hour)), 0, members, &mut parts);
         }
-        let mut s = Sql::default();
-        s.push("SELECT project, issue_id, sumIf(c, w = 1) AS events, sumIf(c, w = 0) AS previous FROM (");
-        for (i, p) in parts.iter().enumerate() {
-            if i > 0 {
-                s.push(" UNION ALL ");
-            }
-            s.sql(p);
-        }
-        s.push(") GROUP BY project, issue_id");
-        s
+        window_sums(&parts)
     };
     let sums: &[(&str, &str)] = &[("sum(events)", "events"), ("sum(previous)", "previous")];
     let folded = fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums);
