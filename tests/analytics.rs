@@ -485,7 +485,7 @@ async fn top_ranks_by_events_users_growth_and_new() {
 /// plain one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alias_rows_that_merge_no_events_change_no_answer() {
-    use tracefold_store::issues::{find_issue, issue_detail, top, TopBy, TopIssue, TopQuery};
+    use tracefold_store::issues::{find_issue, issue_detail, top, IssueDetail, TopBy, TopIssue, TopQuery};
     use tracefold_store::ui::{issue_list, ListQuery, ListSort};
     let db = TestDb::new("fold_same").await;
     let t = db.server_now().await;
@@ -519,7 +519,11 @@ async fn alias_rows_that_merge_no_events_change_no_answer() {
             for id in [E, I] {
                 for found in find_issue(client, dbn, id).await.unwrap() {
                     details.push(format!("{found:?}"));
-                    details.push(format!("{:?}", issue_detail(client, dbn, found, 24).await.unwrap()));
+                    // By hour over a day: an hour may begin between the plain and the folded
+                    // answers, moving the events within it (compared as their sum).
+                    let d = issue_detail(client, dbn, found, 24).await.unwrap();
+                    let d = IssueDetail { hourly: vec![d.hourly.iter().sum()], ..d };
+                    details.push(format!("{d:?}"));
                 }
             }
             tries += 1;
