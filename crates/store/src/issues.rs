@@ -367,6 +367,16 @@ fn counts_parts(
         .collect()
 }
 
+/// The start of a SELECT of issues' metadata (title, culprit, level, first and last seen) from
+/// the `issues` table, up to its `WHERE`.
+pub(crate) fn meta_head(db: &str) -> String {
+    format!(
+        "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
+         argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
+         toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE "
+    )
+}
+
 /// Per issue, the events of the window (`w = 1`) and of the one before (`w = 0`) over the
 /// count parts given (each a SELECT of `project, issue_id, w, c`), as `events` and `previous`.
 pub(crate) fn window_sums(parts: &[Sql]) -> Sql {
@@ -625,11 +635,7 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
     // Metadata of the ranked issues; of the canonical ones folded over their aliases.
     let meta = |members: Option<&Sql>| {
         let mut m = Sql::default();
-        m.push(&format!(
-            "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
-             argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
-             toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE "
-        ));
+        m.push(&meta_head(db));
         if let Some(f) = members {
             m.push("1").sql(f);
         } else {

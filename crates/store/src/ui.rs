@@ -5,8 +5,8 @@
 use crate::client::db;
 use crate::error::{step, Result};
 use crate::issues::{
-    aliases, fold, members, window_sums, Aliases, IssueStatus, TopIssue, TopRow, HOUR_COLUMNS, HOUR_FOLD, META_COLUMNS,
-    META_FOLD, META_PLAIN,
+    aliases, fold, members, meta_head, window_sums, Aliases, IssueStatus, TopIssue, TopRow, HOUR_COLUMNS, HOUR_FOLD,
+    META_COLUMNS, META_FOLD, META_PLAIN,
 };
 use crate::sql::Sql;
 use clickhouse::Client;
@@ -379,11 +379,7 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>, aliases: Aliases) -> (Sq
     }
     let meta = |members: Option<&Sql>| {
         let mut m = Sql::default();
-        m.push(&format!(
-            "SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
-             argMaxMerge(level_state) AS level, toUInt32(minMerge(first_seen_state)) AS first_seen, \
-             toUInt32(maxMerge(last_seen_state)) AS last_seen FROM {db}.issues WHERE "
-        ));
+        m.push(&meta_head(db));
         if let Some(f) = members {
             m.push("1").sql(f);
         } else {
