@@ -367,6 +367,19 @@ fn counts_parts(
         .collect()
 }
 
+/// The start of a SELECT of issues' counts per minute since `hour_start` (Unix seconds), as
+/// `minutes` and `minute_counts` arrays, up to where the caller adds its filters.
+pub(crate) fn minutes_head(db: &str, hour_start: u32) -> Sql {
+    let mut h = Sql::default();
+    h.push(&format!(
+        "SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
+         SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
+    ))
+    .u32(hour_start)
+    .push(")");
+    h
+}
+
 /// The start of a SELECT of issues' metadata (title, culprit, level, first and last seen) from
 /// the `issues` table, up to its `WHERE`.
 pub(crate) fn meta_head(db: &str) -> String {
@@ -660,13 +673,7 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
         .push(") USING (project, issue_id)");
     // The last hour per minute; a canonical issue's and its aliases' minutes together.
     let hour = |members: Option<&Sql>| {
-        let mut h = Sql::default();
-        h.push(&format!(
-            "SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
-             SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
-        ))
-        .u32(hour_start)
-        .push(")");
+        let mut h = minutes_head(db, hour_start);
         project(&mut h);
         if let Some(f) = members {
             h.sql(f);

@@ -5,8 +5,8 @@
 use crate::client::db;
 use crate::error::{step, Result};
 use crate::issues::{
-    aliases, fold, members, meta_head, window_sums, Aliases, IssueStatus, TopIssue, TopRow, HOUR_COLUMNS, HOUR_FOLD,
-    META_COLUMNS, META_FOLD, META_PLAIN,
+    aliases, fold, members, meta_head, minutes_head, window_sums, Aliases, IssueStatus, TopIssue, TopRow, HOUR_COLUMNS,
+    HOUR_FOLD, META_COLUMNS, META_FOLD, META_PLAIN,
 };
 use crate::sql::Sql;
 use clickhouse::Client;
@@ -443,13 +443,7 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>, aliases: Aliases) -> (Sq
             .push(") USING (project, issue_id)");
     }
     let hour = |members: Option<&Sql>| {
-        let mut h = Sql::default();
-        h.push(&format!(
-            "SELECT project, issue_id, groupArray(m) AS minutes, groupArray(mc) AS minute_counts FROM (\
-             SELECT project, issue_id, toUInt32(minute) AS m, sum(count) AS mc FROM {db}.issue_counts_1m WHERE minute >= toDateTime("
-        ))
-        .u32(hour_start)
-        .push(")");
+        let mut h = minutes_head(db, hour_start);
         event_filter(&mut h, q);
         if let Some(f) = members {
             h.sql(f);
