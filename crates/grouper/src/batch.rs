@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use tracefold_fingerprint::memo::FingerprintMemo;
 use tracefold_fingerprint::{describe, fingerprint, GroupingConfig, Scratch, GROUPING_VERSION};
 use tracefold_model::aggregate::{minute_of, user_hash, AggregateRecord, BatchRef, UserSet, AGGREGATE_FORMAT_VERSION};
-use tracefold_model::breakdown::{self, Key, Tally};
+use tracefold_model::breakdown::{Key, Routes, Tally};
 use tracefold_model::sample::bounded_sample;
 use tracefold_model::text::prefix;
 use tracefold_model::time::Millis;
@@ -144,8 +144,9 @@ struct Work {
     scratch: Scratch,
     /// The current event's identity, once it is known to be valid (read after a panic too).
     ident: Option<u128>,
-    /// The current event's URL as a route (built once, then compared with the bucket's URLs).
-    route: String,
+    /// The current event's URL as a route (built once, then compared with the bucket's URLs),
+    /// and the routes of the batch's URLs so far (each distinct URL's route built once).
+    routes: Routes,
     /// The current event's frames that source maps mapped.
     mapped: Vec<Mapped>,
     /// The current event's symbolication outcome (when it had minified JavaScript frames).
@@ -159,8 +160,8 @@ struct Work {
 struct EventOut<'w> {
     /// The event's identity, once it is known to be valid.
     ident: &'w mut Option<u128>,
-    /// The event's URL as a route.
-    route: &'w mut String,
+    /// The event's URL as a route, and the batch's routes so far.
+    routes: &'w mut Routes,
     /// Frames mapped by source maps.
     mapped: &'w mut Vec<Mapped>,
     /// The symbolication outcome.
@@ -421,6 +422,7 @@ impl BatchBuilder {
         };
         self.maps.clear();
         self.work.secondary.clear();
+        self.work.routes.clear();
         self.accepted = 0;
         self.clamped = 0;
         self.samples_truncated = 0;
@@ -438,6 +440,7 @@ impl BatchBuilder {
         self.duplicates.clear();
         self.maps.clear();
         self.work.secondary.clear();
+        self.work.routes.clear();
         self.symbolication = [0; 4];
         self.merged_from_dropped = 0;
         self.accepted = 0;
@@ -491,7 +494,7 @@ fn plan(
             panic!("injected fault (panic marker)");
         }
     }
-    let Work { parse_buf, parser, scratch, ident, route, mapped, outcome, secondary } = work;
+    let Work { parse_buf, parser, scratch, ident, routes, mapped, outcome, secondary } = work;
     parse_buf.clear();
     parse_buf.extend_from_slice(payload);
     let mut event = Event::default();
@@ -502,7 +505,7 @@ fn plan(
         Some((_, batch_maps)) => batch_maps.recycle(mapped),
         None => mapped.clear(),
     }
-    let out = EventOut { ident, route, mapped, outcome, maps, secondary };
+    let out = EventOut { ident, routes, mapped, outcome, maps, secondary };
     let planned = plan_event(&mut event, scratch, out, opts, open, window, at);
     // The event's lists keep their memory for the next event.
     parser.recycle(event);
@@ -604,8 +607,9 @@ fn plan_event(
         Bucket::Open(i) => &open.partials[*i].breakdown,
         Bucket::New(record, _) => &record.breakdown,
     };
-    // A URL's route is written into a kept buffer, then compared as plain text.
-    let tallies = Key::ALL.map(|k| breakdown::value(event, k, out.route).map(|v| counted.plan(k, v)));
+    // A URL's route is written into a kept buffer (or copied there from the batch's memo of
+    // routes), then compared as plain text.
+    let tallies = Key::ALL.map(|k| out.routes.value(event, k).map(|v| counted.plan(k, v)));
     Ok(Plan::Count(Planned {
         key,
         bucket,
@@ -652,6 +656,7 @@ fn bucket_key(parts: [&str; 3], fingerprint: u128, minute: i64) -> u128 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use tracefold_model::breakdown;
 
     const NOW: Millis = 1_795_671_540_000;
 

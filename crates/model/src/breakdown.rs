@@ -210,6 +210,125 @@ pub fn value<'a>(e: &'a Event<'_>, key: Key, buf: &'a mut String) -> Option<Valu
     }
 }
 
+/// Most URLs one [`Routes`] remembers before it starts over.
+pub const MAX_ROUTES: usize = 4096;
+
+/// Most bytes of URLs and routes one [`Routes`] keeps before it starts over.
+pub const MAX_ROUTES_BYTES: usize = 1 << 20;
+
+/// Longest URL (as received) whose route [`Routes`] remembers; longer ones are written
+/// afresh every time.
+const MAX_REMEMBERED_URL: usize = 2 * MAX_URL_BYTES;
+
+/// The route buffer of [`url`] with a bounded memo of the routes of recent URLs: events of one
+/// batch often share their URL (one page failing), and a route costs a walk over its segments,
+/// several times a lookup. The answer is the same as [`url`]'s whatever the memo holds (a hit
+/// is checked against the whole URL, not trusted on its hash), so it only changes the cost.
+///
+/// Bounded: at most [`MAX_ROUTES`] URLs and [`MAX_ROUTES_BYTES`] bytes, then it starts over
+/// (and [`Routes::clear`] empties it, e.g. at the end of a batch). Its hash is seeded per memo
+/// from the standard library's random source, so that text chosen to collide cannot be aimed at
+/// it; a lookup's work is bounded by the memo's size either way.
+#[derive(Debug)]
+pub struct Routes {
+    /// The current event's route when it is not remembered.
+    buf: String,
+    /// Hash of a URL to its entry in `entries`.
+    map: std::collections::HashMap<u64, u32, std::hash::BuildHasherDefault<PassThrough>>,
+    /// Per remembered URL: where it (as received) and its route are in `arena`.
+    entries: Vec<(u32, u32, u32)>,
+    arena: String,
+    seed: u64,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        Self {
+            buf: String::new(),
+            map: Default::default(),
+            entries: Vec::new(),
+            arena: String::new(),
+            seed: h.finish(),
+        }
+    }
+}
+
+/// The map's key is already a seeded hash: use it as is.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl Routes {
+    /// Forgets every remembered route (the memory stays).
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.entries.clear();
+        self.arena.clear();
+    }
+
+    /// URLs remembered and bytes kept (for tests of the bounds).
+    pub fn usage(&self) -> (usize, usize) {
+        (self.entries.len(), self.arena.len())
+    }
+
+    /// [`value`], with a URL's route taken from the memo when its URL was seen before.
+    pub fn value<'a>(&'a mut self, e: &'a Event<'_>, key: Key) -> Option<Value<'a>> {
+        match key {
+            Key::Browser => browser(e),
+            Key::Os => os(e),
+            Key::Url => self.url(e),
+        }
+    }
+
+    /// [`url`], remembered: keyed by the URL as the event has it (a hit reads no byte of it
+    /// but to hash and compare it).
+    pub fn url<'a>(&'a mut self, e: &Event<'_>) -> Option<Value<'a>> {
+        self.buf.clear();
+        let raw = e.request.as_ref()?.url.as_deref()?;
+        if raw.len() > MAX_REMEMBERED_URL {
+            return url(e, &mut self.buf);
+        }
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(raw.as_bytes(), self.seed);
+        if let Some(&i) = self.map.get(&h) {
+            let (start, mid, end) = self.entries[i as usize];
+            if &self.arena[start as usize..mid as usize] == raw {
+                let route = &self.arena[mid as usize..end as usize];
+                return (!route.is_empty()).then_some(Value::plain(route));
+            }
+            // Another URL of the same hash: written afresh, not remembered.
+            return url(e, &mut self.buf);
+        }
+        url(e, &mut self.buf);
+        if self.entries.len() >= MAX_ROUTES || self.arena.len() + raw.len() + self.buf.len() > MAX_ROUTES_BYTES {
+            self.clear();
+        }
+        let start = self.arena.len() as u32;
+        self.arena.push_str(raw);
+        let mid = self.arena.len() as u32;
+        self.arena.push_str(&self.buf);
+        let end = self.arena.len() as u32;
+        self.map.insert(h, self.entries.len() as u32);
+        self.entries.push((start, mid, end));
+        (!self.buf.is_empty()).then_some(Value::plain(&self.buf))
+    }
+}
+
 /// Where one event's value goes, decided by [`Breakdown::plan`] without changing anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tally {
@@ -475,5 +594,73 @@ mod tests {
         assert_eq!(b.url, [ValueCount { value: "/carts/<int>".into(), count: 3 }]);
         // A kept buffer holds only the current event's route.
         assert!(url(&ev(None, None, None), &mut buf).is_none() && buf.is_empty());
+    }
+
+    /// The memo answers as [`url`] does: on first sight, when remembered, for URLs too long
+    /// to remember, and when another URL holds the same hash.
+    #[test]
+    fn remembered_routes_are_the_routes() {
+        let mut memo = Routes::default();
+        let long = format!("https://x.example/{}", "日本語/1/".repeat(200));
+        let urls = [
+            "https://shop.example/carts/8812/items?x=1",
+            "https://shop.example/carts/9/items#top",
+            "https://例え.jp/パス/123",
+            "?only-a-query",
+            "  ",
+            "/api/v2/users/42/",
+            long.as_str(),
+        ];
+        for _ in 0..3 {
+            for u in urls {
+                let e = ev(None, None, Some(u));
+                assert_eq!(text(memo.url(&e)), route_of(&e), "{u}");
+                assert_eq!(text(memo.value(&e, Key::Url)), route_of(&e), "{u}");
+            }
+            assert_eq!(text(memo.url(&Event::default())), None);
+        }
+        // Remembered once each: the empty routes too, not the long URL.
+        assert_eq!(memo.usage().0, urls.len() - 1);
+        // A hash held by another URL: that URL's route is not handed out.
+        let e = ev(None, None, Some("/carts/1/x"));
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(b"/carts/1/x", memo.seed);
+        memo.map.insert(h, 0);
+        assert_eq!(text(memo.url(&e)).as_deref(), Some("/carts/<int>/x"));
+        assert_eq!(text(memo.url(&e)).as_deref(), Some("/carts/<int>/x"));
+    }
+
+    /// Many distinct URLs: the memo starts over within its bounds, and answers as [`url`].
+    #[test]
+    fn the_route_memo_is_bounded() {
+        let mut memo = Routes::default();
+        // Short URLs reach the bound of entries, long ones the bound of bytes.
+        for pad in [String::new(), "p".repeat(MAX_REMEMBERED_URL - 40)] {
+            let mut most = 0;
+            for i in 0..3 * MAX_ROUTES {
+                let u = format!("https://h{}.example/{pad}/{i}", i % 7);
+                let e = ev(None, None, Some(&u));
+                assert_eq!(text(memo.url(&e)), route_of(&e));
+                let (n, bytes) = memo.usage();
+                assert!(n <= MAX_ROUTES && bytes <= MAX_ROUTES_BYTES, "{n} {bytes}");
+                most = most.max(if pad.is_empty() { n } else { bytes });
+            }
+            let bound = if pad.is_empty() { MAX_ROUTES } else { MAX_ROUTES_BYTES - 2 * MAX_REMEMBERED_URL };
+            assert!(most >= bound, "the memo filled up to its bound before starting over: {most}");
+            memo.clear();
+        }
+        memo.clear();
+        assert_eq!(memo.usage(), (0, 0));
+    }
+
+    proptest! {
+        /// Any text, repeated or not: the memo's route is [`url`]'s.
+        #[test]
+        fn the_route_memo_answers_as_url(urls in proptest::collection::vec("(https?://[a-z0-9.]{0,8})?(/(\\PC{0,6}|[0-9]{1,4}|[0-9a-f-]{8,12})){0,5}[?#]?\\PC{0,4}", 1..20), order in proptest::collection::vec(0usize..20, 0..60)) {
+            let mut memo = Routes::default();
+            for i in (0..urls.len()).chain(order.into_iter().map(|i| i % urls.len())) {
+                let e = ev(None, None, Some(&urls[i]));
+                prop_assert_eq!(text(memo.url(&e)), route_of(&e));
+            }
+        }
     }
 }
