@@ -171,9 +171,22 @@ pub fn browser<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
         return None;
     }
     let version = b.version.as_deref().unwrap_or("").trim();
+    Some(Value { head, tail: major(version) })
+}
+
+/// The major version of `version` (what precedes its first `.` or space), at most
+/// [`MAX_MAJOR_BYTES`]. Only the first `MAX_MAJOR_BYTES + 1` bytes are searched, by a plain
+/// loop (a version is a few bytes: `memchr2` costs more to set up than the loop to run): a
+/// separator past them leaves a major longer than the bound, which the bound cuts to the same
+/// prefix as the whole text.
+fn major(version: &str) -> &str {
+    let b = version.as_bytes();
+    let head = &b[..b.len().min(MAX_MAJOR_BYTES + 1)];
     // Cut at an ASCII byte: on a character boundary.
-    let major = &version[..memchr::memchr2(b'.', b' ', version.as_bytes()).unwrap_or(version.len())];
-    Some(Value { head, tail: prefix(major, MAX_MAJOR_BYTES) })
+    match head.iter().position(|&c| c == b'.' || c == b' ') {
+        Some(i) => &version[..i],
+        None => prefix(version, MAX_MAJOR_BYTES),
+    }
 }
 
 /// The operating system of `e`: `contexts.os.name`.
@@ -474,6 +487,37 @@ mod tests {
         let b = text(browser(&e)).unwrap();
         assert_eq!(b, format!("{} {}", "🦀".repeat(16), "9".repeat(MAX_MAJOR_BYTES)));
         assert_eq!(text(os(&e)).unwrap(), "🦀".repeat(16));
+    }
+
+    /// The major version read from the first bytes equals the one of the whole text, whatever
+    /// the text and wherever its separator.
+    #[test]
+    fn major_versions_are_cut_as_from_the_whole_text() {
+        let whole = |v: &str| {
+            let m = &v[..memchr::memchr2(b'.', b' ', v.as_bytes()).unwrap_or(v.len())];
+            prefix(m, MAX_MAJOR_BYTES).to_owned()
+        };
+        let mut cases: Vec<String> = ["120.0.1", "18", "", ".", " 1", "1 2.3", "日本語.1", "🦀🦀🦀🦀🦀.2"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        for n in 10..22 {
+            cases.push(format!("{}.5", "9".repeat(n)));
+            cases.push(format!("{}.5", "é".repeat(n / 2)));
+            cases.push(format!("{} x", "🦀".repeat(n / 4)));
+            cases.push("7".repeat(n));
+        }
+        for v in &cases {
+            assert_eq!(major(v), whole(v), "{v:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn major_versions_match_the_whole_text(v in "[0-9a-z. é🦀]{0,40}") {
+            let m = &v[..memchr::memchr2(b'.', b' ', v.as_bytes()).unwrap_or(v.len())];
+            prop_assert_eq!(major(&v), prefix(m, MAX_MAJOR_BYTES));
+        }
     }
 
     #[test]
