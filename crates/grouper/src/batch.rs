@@ -607,8 +607,8 @@ fn plan_event(
         Bucket::Open(i) => &open.partials[*i].breakdown,
         Bucket::New(record, _) => &record.breakdown,
     };
-    // A URL's route is written into a kept buffer (or copied there from the batch's memo of
-    // routes), then compared as plain text.
+    // A URL's route is read from the batch's memo of routes (written into it the first time
+    // the batch sees the URL), then compared as plain text.
     let tallies = Key::ALL.map(|k| out.routes.value(event, k).map(|v| counted.plan(k, v)));
     Ok(Plan::Count(Planned {
         key,
