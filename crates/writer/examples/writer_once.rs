@@ -14,7 +14,9 @@
 //! Only `run` is counted (making the records is not); every mode prints the records it
 //! handled: divide the instructions by that. Modes, each a step more than the one before:
 //!
-//! - `decode`: each record's JSON decoded as the writer's loop does, in batches of 5,000;
+//! - `decode`: each record's JSON decoded as the writer's loop does, in batches of 5,000
+//!   ([`tracefold_writer::batch::Batch`], its buffers reused from one batch to the next as
+//!   the writer does);
 //! - `admit`: + the replay watermarks' check of every record;
 //! - `rows`: + the batch's `AggregateRow`s;
 //! - `insert`: + `tracefold_store::aggregates::insert` of them (samples table first).
@@ -28,8 +30,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::time::Duration;
 use tracefold_model::aggregate::DEFAULT_MAX_USERS;
 use tracefold_model::{AggregateRecord, BatchRef, UserSet};
-use tracefold_store::aggregates::{admit, Watermarks};
+use tracefold_store::aggregates::Watermarks;
 use tracefold_store::rows::AggregateRow;
+use tracefold_writer::batch::Batch;
 
 const BATCH: usize = 5_000;
 const SAMPLE_EVENTS: &str = include_str!("../../../benches/fixtures/events.ndjson");
@@ -53,21 +56,23 @@ fn main() {
 #[inline(never)]
 fn run(mode: &str, payloads: &[Vec<u8>], rt: &tokio::runtime::Runtime, client: &tracefold_store::Client) -> usize {
     let mut wm = Watermarks::new();
+    let mut batch = Batch::default();
     let mut done = 0;
-    for chunk in payloads.chunks(BATCH) {
-        let batch: Vec<AggregateRecord> =
-            chunk.iter().map(|p| serde_json::from_slice::<AggregateRecord>(p).expect("decodes")).collect();
+    for (c, chunk) in payloads.chunks(BATCH).enumerate() {
+        batch.clear();
+        for (i, p) in chunk.iter().enumerate() {
+            batch.push(p, 0, (c * BATCH + i) as i64).expect("decodes");
+        }
         if mode == "decode" {
             done += black_box(&batch).len();
             continue;
         }
-        let keep: Vec<usize> = (0..batch.len()).filter(|&i| admit(&mut wm, &batch[i])).collect();
+        let keep: Vec<usize> = (0..batch.len()).filter(|&i| batch.admit(i, &mut wm)).collect();
         if mode == "admit" {
             done += black_box(&keep).len();
             continue;
         }
-        let rows: Vec<AggregateRow<'_>> =
-            keep.iter().map(|&i| AggregateRow::new(&batch[i], "tracefold.aggregates", 0, i as i64)).collect();
+        let rows: Vec<AggregateRow<'_>> = keep.iter().map(|&i| batch.row(i, "tracefold.aggregates")).collect();
         if mode == "rows" {
             done += black_box(&rows).len();
             continue;
