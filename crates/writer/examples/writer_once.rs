@@ -119,7 +119,7 @@ fn record(i: u64, now: i64, sample: &str) -> AggregateRecord {
         level: "error".into(),
         platform: "javascript".into(),
         grouping_version: "v1".into(),
-        sample: if i % 20 == 0 { sample.to_owned() } else { String::new() },
+        sample: if i.is_multiple_of(20) { sample.to_owned() } else { String::new() },
         breakdown: Default::default(),
         merged_from: Vec::new(),
     }

@@ -807,13 +807,13 @@ mod tests {
             level: "error".into(),
             platform: "javascript".into(),
             grouping_version: "v1".into(),
-            sample: if i % 2 == 0 { r#"{"message":"ü\n","tags":[["a","b"]]}"#.into() } else { String::new() },
+            sample: if i.is_multiple_of(2) { r#"{"message":"ü\n","tags":[["a","b"]]}"#.into() } else { String::new() },
             breakdown: Breakdown::default(),
             merged_from: Vec::new(),
         };
         r.breakdown.url.push(ValueCount { value: "/日本".into(), count: 2 });
         r.breakdown.browser.push(ValueCount { value: "Chrome 120".into(), count: 1 });
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             r.merged_from = vec!["a".repeat(32), "b".repeat(32)];
         }
         r
@@ -1000,7 +1000,10 @@ mod tests {
                 release: self.string(),
                 environment: self.string(),
                 count: self.int(),
-                users: UserSet { hashes: (0..self.below(5)).map(|_| self.int()).collect(), saturated: self.below(2) == 1 },
+                users: UserSet {
+                    hashes: (0..self.below(5)).map(|_| self.int()).collect(),
+                    saturated: self.below(2) == 1,
+                },
                 first_seen_ms: self.int() as i64,
                 last_seen_ms: self.int() as i64,
                 title: self.string(),
