@@ -22,8 +22,65 @@ use tracefold_model::AggregateRecord;
 /// Position of a record within its source partition's batches.
 pub type Mark = (i64, u32);
 
-/// Watermarks of one aggregates partition: (source epoch, topic, partition) -> largest stored.
-pub type Watermarks = HashMap<(String, String, i32), Mark>;
+/// Watermarks of one aggregates partition: source -> largest stored.
+pub type Watermarks = HashMap<Source, Mark>;
+
+/// A source partition of the aggregates: (source epoch, topic, partition), the key of the
+/// watermarks. Looked up by its borrowed parts ([`admit_at`]): the replay check of a record
+/// allocates only for a source not seen before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Source epoch.
+    pub epoch: String,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+}
+
+/// A [`Source`] as its borrowed parts: what both the owned key and a lookup hash and compare.
+trait SourceKey {
+    fn key(&self) -> (&str, &str, i32);
+}
+
+impl SourceKey for Source {
+    fn key(&self) -> (&str, &str, i32) {
+        (&self.epoch, &self.topic, self.partition)
+    }
+}
+
+impl SourceKey for (&str, &str, i32) {
+    fn key(&self) -> (&str, &str, i32) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn SourceKey + 'a> for Source {
+    fn borrow(&self) -> &(dyn SourceKey + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn SourceKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.key().hash(h);
+    }
+}
+
+impl PartialEq for dyn SourceKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn SourceKey + '_ {}
+
+/// Hashed as its borrowed form, [`SourceKey`] (the `Borrow` contract).
+impl std::hash::Hash for Source {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.key().hash(h);
+    }
+}
 
 #[derive(clickhouse::Row, serde::Deserialize)]
 struct WatermarkRow {
@@ -59,24 +116,29 @@ pub async fn load_watermarks(
         .fetch_all::<WatermarkRow>()
         .await
         .map_err(step("read watermarks"))?;
-    Ok(rows.into_iter().map(|r| ((r.src_epoch, r.src_topic, r.src_partition), (r.first, r.index))).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (Source { epoch: r.src_epoch, topic: r.src_topic, partition: r.src_partition }, (r.first, r.index)))
+        .collect())
 }
 
 /// Whether `r` is new relative to `wm`; if so, advances `wm` past it.
 pub fn admit(wm: &mut Watermarks, r: &AggregateRecord) -> bool {
-    let mark = (r.batch.first_offset, r.batch.index);
-    // One small allocation per aggregate row (not per event): rows are few.
-    match wm.entry((r.batch.epoch.clone(), r.batch.topic.clone(), r.batch.partition)) {
-        std::collections::hash_map::Entry::Occupied(mut o) => {
-            if *o.get() >= mark {
-                false
-            } else {
-                o.insert(mark);
-                true
-            }
+    admit_at(wm, &r.batch.epoch, &r.batch.topic, r.batch.partition, (r.batch.first_offset, r.batch.index))
+}
+
+/// Whether a record of source (`epoch`, `topic`, `partition`) at `mark` is new relative to
+/// `wm`; if so, advances `wm` past it ([`admit`] of a record's parts).
+pub fn admit_at(wm: &mut Watermarks, epoch: &str, topic: &str, partition: i32, mark: Mark) -> bool {
+    let key: &dyn SourceKey = &(epoch, topic, partition);
+    match wm.get_mut(key) {
+        Some(m) if *m >= mark => false,
+        Some(m) => {
+            *m = mark;
+            true
         }
-        std::collections::hash_map::Entry::Vacant(v) => {
-            v.insert(mark);
+        None => {
+            wm.insert(Source { epoch: epoch.to_owned(), topic: topic.to_owned(), partition }, mark);
             true
         }
     }

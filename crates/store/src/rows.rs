@@ -1,5 +1,6 @@
 //! Rows written to ClickHouse.
 
+use tracefold_model::breakdown::Key;
 use tracefold_model::AggregateRecord;
 
 /// A row of `<db>.aggregates`, borrowed from the record it is made of.
@@ -49,7 +50,94 @@ pub struct AggregateRow<'a> {
     record_sample: &'a str,
     /// The issues merged into the record's, for [`AliasRow`]; not a column of the row.
     #[serde(skip)]
-    merged_from: &'a [String],
+    merged_from: Vec<&'a str>,
+}
+
+/// The fields of an aggregate record that its rows are made of, borrowed from wherever the
+/// record is held: an [`AggregateRecord`] ([`AggregateRow::new`]) or the writer's batch, which
+/// decodes every record of a batch into one buffer ([`AggregateRow::of`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fields<'a> {
+    /// Project slug.
+    pub project: &'a str,
+    /// Issue id.
+    pub issue_id: &'a str,
+    /// Start of the minute bucket, Unix seconds.
+    pub minute: i64,
+    /// Release.
+    pub release: &'a str,
+    /// Environment.
+    pub environment: &'a str,
+    /// Number of events.
+    pub count: u64,
+    /// The user set's hashes.
+    pub users: &'a [u64],
+    /// Whether the user set is saturated.
+    pub users_saturated: bool,
+    /// Earliest event time, ms.
+    pub first_seen_ms: i64,
+    /// Latest event time, ms.
+    pub last_seen_ms: i64,
+    /// Issue title.
+    pub title: &'a str,
+    /// Culprit.
+    pub culprit: &'a str,
+    /// Exception type.
+    pub exc_type: &'a str,
+    /// Level.
+    pub level: &'a str,
+    /// Platform.
+    pub platform: &'a str,
+    /// Grouping config version.
+    pub grouping_version: &'a str,
+    /// The sample event's JSON (empty when none).
+    pub sample: &'a str,
+    /// The grouper batch: source epoch.
+    pub src_epoch: &'a str,
+    /// The grouper batch: source topic.
+    pub src_topic: &'a str,
+    /// The grouper batch: source partition.
+    pub src_partition: i32,
+    /// The grouper batch: first source offset.
+    pub src_first_offset: i64,
+    /// The grouper batch: last source offset.
+    pub src_last_offset: i64,
+    /// The record's index in its grouper batch.
+    pub rec_index: u32,
+    /// The number of records of its grouper batch.
+    pub rec_count: u32,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `r`.
+    pub fn of(r: &'a AggregateRecord) -> Self {
+        Self {
+            project: &r.project,
+            issue_id: &r.issue_id,
+            minute: r.minute,
+            release: &r.release,
+            environment: &r.environment,
+            count: r.count,
+            users: &r.users.hashes,
+            users_saturated: r.users.saturated,
+            first_seen_ms: r.first_seen_ms,
+            last_seen_ms: r.last_seen_ms,
+            title: &r.title,
+            culprit: &r.culprit,
+            exc_type: &r.exc_type,
+            level: &r.level,
+            platform: &r.platform,
+            grouping_version: &r.grouping_version,
+            sample: &r.sample,
+            src_epoch: &r.batch.epoch,
+            src_topic: &r.batch.topic,
+            src_partition: r.batch.partition,
+            src_first_offset: r.batch.first_offset,
+            src_last_offset: r.batch.last_offset,
+            rec_index: r.batch.index,
+            rec_count: r.batch.count,
+        }
+    }
 }
 
 /// A row of `<db>.issue_aliases` (migration 0011): the fact that issue `alias` (an issue id of
@@ -86,52 +174,74 @@ fn secs(ms: i64) -> u32 {
 impl<'a> AggregateRow<'a> {
     /// The row for `r`, read from `agg_topic`/`agg_partition` at `agg_offset`.
     pub fn new(r: &'a AggregateRecord, agg_topic: &'a str, agg_partition: i32, agg_offset: i64) -> Self {
+        Self::of(
+            Fields::of(r),
+            r.breakdown.iter(),
+            r.merged_from.iter().map(String::as_str),
+            agg_topic,
+            agg_partition,
+            agg_offset,
+        )
+    }
+
+    /// The row of a record's `fields`, its `breakdown` (key by key, as
+    /// [`tracefold_model::Breakdown::iter`]) and `merged_from`, read from
+    /// `agg_topic`/`agg_partition` at `agg_offset`. Allocates only for a breakdown or merged
+    /// issues that are not empty.
+    pub fn of(
+        f: Fields<'a>,
+        breakdown: impl Iterator<Item = (Key, &'a str, u64)>,
+        merged_from: impl Iterator<Item = &'a str>,
+        agg_topic: &'a str,
+        agg_partition: i32,
+        agg_offset: i64,
+    ) -> Self {
         let (mut breakdown_key, mut breakdown_value, mut breakdown_count) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, v, n) in r.breakdown.iter() {
+        for (k, v, n) in breakdown {
             breakdown_key.push(k.as_str());
             breakdown_value.push(v);
             breakdown_count.push(n);
         }
         Self {
-            project: &r.project,
-            issue_id: &r.issue_id,
-            minute: u32::try_from(r.minute).unwrap_or(0),
-            release: &r.release,
-            environment: &r.environment,
-            count: r.count,
-            users: &r.users.hashes,
-            users_saturated: u8::from(r.users.saturated),
-            first_seen: secs(r.first_seen_ms),
-            last_seen: secs(r.last_seen_ms),
-            title: &r.title,
-            culprit: &r.culprit,
-            exc_type: &r.exc_type,
-            level: &r.level,
-            platform: &r.platform,
-            grouping_version: &r.grouping_version,
+            project: f.project,
+            issue_id: f.issue_id,
+            minute: u32::try_from(f.minute).unwrap_or(0),
+            release: f.release,
+            environment: f.environment,
+            count: f.count,
+            users: f.users,
+            users_saturated: u8::from(f.users_saturated),
+            first_seen: secs(f.first_seen_ms),
+            last_seen: secs(f.last_seen_ms),
+            title: f.title,
+            culprit: f.culprit,
+            exc_type: f.exc_type,
+            level: f.level,
+            platform: f.platform,
+            grouping_version: f.grouping_version,
             sample: "",
-            src_epoch: &r.batch.epoch,
-            src_topic: &r.batch.topic,
-            src_partition: r.batch.partition,
-            src_first_offset: r.batch.first_offset,
-            src_last_offset: r.batch.last_offset,
-            rec_index: r.batch.index,
-            rec_count: r.batch.count,
+            src_epoch: f.src_epoch,
+            src_topic: f.src_topic,
+            src_partition: f.src_partition,
+            src_first_offset: f.src_first_offset,
+            src_last_offset: f.src_last_offset,
+            rec_index: f.rec_index,
+            rec_count: f.rec_count,
             agg_topic,
             agg_partition,
             agg_offset,
             breakdown_key,
             breakdown_value,
             breakdown_count,
-            record_sample: &r.sample,
-            merged_from: &r.merged_from,
+            record_sample: f.sample,
+            merged_from: merged_from.collect(),
         }
     }
 
     /// The `issue_aliases` rows of the record: one per `merged_from` entry (none for records
     /// without mapped frames).
     pub fn alias_rows(&self) -> impl Iterator<Item = AliasRow<'a>> + '_ {
-        self.merged_from.iter().map(|alias| AliasRow {
+        self.merged_from.iter().map(|&alias| AliasRow {
             project: self.project,
             alias,
             issue_id: self.issue_id,

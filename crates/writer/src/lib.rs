@@ -2,6 +2,7 @@
 //! The schema, the rows and the queries are `tracefold-store`'s.
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod config;
 pub mod metrics;
 pub mod outcomes;

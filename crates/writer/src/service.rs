@@ -12,6 +12,7 @@
 //!   loop reads and decodes the next batch; at most one INSERT is in flight, and the next
 //!   batch is filtered and inserted only once the one before has been stored and committed.
 
+use crate::batch::Batch;
 use crate::config::Config;
 use crate::metrics as m;
 use anyhow::Context as _;
@@ -19,21 +20,13 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tracefold_model::{AggregateRecord, Reason};
+use tracefold_model::Reason;
 use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
 use tracefold_runtime::kafka::DlqRecord;
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
-use tracefold_store::aggregates::{admit, load_watermarks, Watermarks};
+use tracefold_store::aggregates::{load_watermarks, Watermarks};
 use tracefold_store::rows::AggregateRow;
-
-struct Pending {
-    record: AggregateRecord,
-    partition: i32,
-    offset: i64,
-    /// Size of the message it was read from (counts toward `batch_max_bytes`).
-    bytes: usize,
-}
 
 /// The state of the writer loop.
 struct Writer<'a> {
@@ -42,8 +35,11 @@ struct Writer<'a> {
     rt: tokio::runtime::Runtime,
     /// Watermarks per aggregates partition; absent means "read from ClickHouse first".
     watermarks: HashMap<i32, Watermarks>,
-    pending: Vec<Pending>,
-    pending_bytes: usize,
+    /// The records read since the last INSERT began (decoded into one arena, [`Batch`]).
+    pending: Batch,
+    /// The buffers of the batch stored last, cleared, for the next one: a batch's decoding
+    /// then allocates nothing once the buffers have grown to a batch's size.
+    spare: Option<Batch>,
     oldest: Option<Instant>,
     /// Next offset to commit per partition, once the pending batch is stored.
     next_offsets: HashMap<i32, i64>,
@@ -61,7 +57,7 @@ struct Writer<'a> {
 /// A batch being inserted: its rows (given back when the INSERT ends, so that a failed one
 /// can be tried again), the offsets to commit and the watermarks to keep once it is stored.
 struct InFlight {
-    task: tokio::task::JoinHandle<(Vec<Pending>, anyhow::Result<()>)>,
+    task: tokio::task::JoinHandle<(Batch, anyhow::Result<()>)>,
     offsets: HashMap<i32, i64>,
     watermarks: HashMap<i32, Watermarks>,
     rows: usize,
@@ -82,8 +78,8 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         client,
         rt,
         watermarks: HashMap::new(),
-        pending: Vec::new(),
-        pending_bytes: 0,
+        pending: Batch::default(),
+        spare: None,
         oldest: None,
         next_offsets: HashMap::new(),
         dedup_tokens: false,
@@ -166,8 +162,7 @@ impl Strategy for Writer<'_> {
             self.watermarks.clear();
         }
         // Not stored, not committed: the next owner reads them again.
-        self.pending.retain(|r| !partitions.contains(&r.partition));
-        self.pending_bytes = self.pending.iter().map(|r| r.bytes).sum();
+        self.pending.retain(|p| !partitions.contains(&p));
         for p in partitions {
             self.watermarks.remove(p);
             self.next_offsets.remove(p);
@@ -180,10 +175,8 @@ impl Strategy for Writer<'_> {
     fn on_message(&mut self, cx: &mut Ctx<'_>, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
         let (p, o) = (msg.partition(), msg.offset());
         let payload = msg.payload().unwrap_or(&[]);
-        match serde_json::from_slice::<AggregateRecord>(payload) {
-            Ok(record) => {
-                self.pending_bytes += payload.len();
-                self.pending.push(Pending { record, partition: p, offset: o, bytes: payload.len() });
+        match self.pending.push(payload, p, o) {
+            Ok(()) => {
                 self.oldest.get_or_insert_with(Instant::now);
             }
             Err(e) => self.to_dlq(cx, payload, p, o, &format!("malformed aggregate: {e}"))?,
@@ -200,7 +193,7 @@ impl Strategy for Writer<'_> {
         }
         let max_age = Duration::from_millis(self.cfg.writer.batch_max_age_ms);
         let full = self.pending.len() >= self.cfg.writer.batch_max_rows
-            || self.pending_bytes >= self.cfg.writer.batch_max_bytes;
+            || self.pending.bytes() >= self.cfg.writer.batch_max_bytes;
         let old = self.oldest.is_some_and(|t| t.elapsed() >= max_age);
         let retrying = self.retry_delay.is_some();
         if !(full || old || retrying || (self.pending.is_empty() && !self.next_offsets.is_empty())) {
@@ -264,10 +257,7 @@ impl Writer<'_> {
             tracing::info_span!("insert", group = %self.cfg.writer.group_id, rows = self.pending.len()).entered();
         let db = self.cfg.clickhouse.database.clone();
         let agg_topic = self.cfg.topics.aggregates.clone();
-        let mut parts: Vec<i32> = self.pending.iter().map(|r| r.partition).collect();
-        parts.sort_unstable();
-        parts.dedup();
-        for p in parts {
+        for p in self.pending.partitions() {
             if !self.watermarks.contains_key(&p) {
                 let wm = self
                     .rt
@@ -278,19 +268,19 @@ impl Writer<'_> {
         }
         // Filter against a copy: the real watermarks advance only once the insert succeeded.
         let mut wms = self.watermarks.clone();
-        let batch = std::mem::take(&mut self.pending);
+        let batch = std::mem::replace(&mut self.pending, self.spare.take().unwrap_or_default());
         let mut keep = Vec::with_capacity(batch.len());
-        for (i, r) in batch.iter().enumerate() {
-            if admit(wms.get_mut(&r.partition).expect("loaded above"), &r.record) {
+        for i in 0..batch.len() {
+            if batch.admit(i, wms.get_mut(&batch.source(i).0).expect("loaded above")) {
                 keep.push(i);
             }
         }
         let duplicates = batch.len() - keep.len();
         let offsets = std::mem::take(&mut self.next_offsets);
-        self.pending_bytes = 0;
         self.oldest = None;
         let rows = keep.len();
         if keep.is_empty() {
+            self.recycle(batch);
             // Nothing to store (all copies, or only DLQ'd messages): commit now.
             metrics::counter!(m::ROWS_DUPLICATE_TOTAL).increment(duplicates as u64);
             self.watermarks = wms;
@@ -303,18 +293,12 @@ impl Writer<'_> {
         let table = self.cfg.writer.table.clone();
         // The same rows always make the same token: the first and last record identities.
         let token = self.dedup_tokens.then(|| {
-            let (a, b) = (&batch[keep[0]], &batch[keep[keep.len() - 1]]);
-            format!("{agg_topic}/{}:{}-{}:{}/{}", a.partition, a.offset, b.partition, b.offset, keep.len())
+            let (a, b) = (batch.source(keep[0]), batch.source(keep[keep.len() - 1]));
+            format!("{agg_topic}/{}:{}-{}:{}/{}", a.0, a.1, b.0, b.1, keep.len())
         });
         let task = self.rt.spawn(async move {
             let result = {
-                let rows: Vec<AggregateRow<'_>> = keep
-                    .iter()
-                    .map(|&i| {
-                        let r = &batch[i];
-                        AggregateRow::new(&r.record, &agg_topic, r.partition, r.offset)
-                    })
-                    .collect();
+                let rows: Vec<AggregateRow<'_>> = keep.iter().map(|&i| batch.row(i, &agg_topic)).collect();
                 insert_rows(&client, &table, &rows, timeout, token.as_deref()).await
             };
             (batch, result)
@@ -354,8 +338,8 @@ impl Writer<'_> {
             self.failed_rows = Some(batch.len());
             // Given back, oldest first, for the next try.
             let newer = std::mem::replace(&mut self.pending, batch);
-            self.pending.extend(newer);
-            self.pending_bytes = self.pending.iter().map(|r| r.bytes).sum();
+            self.pending.append(&newer);
+            self.recycle(newer);
             self.oldest.get_or_insert_with(Instant::now);
             for (p, o) in f.offsets {
                 let next = self.next_offsets.entry(p).or_insert(o);
@@ -370,6 +354,7 @@ impl Writer<'_> {
         metrics::counter!(m::ROWS_DUPLICATE_TOTAL).increment(f.duplicates as u64);
         tracing::debug!(rows = f.rows, duplicates = f.duplicates, "inserted");
         self.watermarks = f.watermarks;
+        self.recycle(batch);
         // Malformed aggregates sent to the DLQ are acknowledged before their offsets are
         // committed (the runtime flushes the DLQ first): a DLQ record that never arrived must be
         // read again, not skipped. A failed commit is kept and tried again by the runtime;
@@ -377,6 +362,12 @@ impl Writer<'_> {
         let offsets: Vec<(i32, i64)> = f.offsets.into_iter().collect();
         cx.commit(&offsets)?;
         Ok(())
+    }
+
+    /// Keeps `batch`'s buffers, cleared, for the next batch.
+    fn recycle(&mut self, mut batch: Batch) {
+        batch.clear();
+        self.spare = Some(batch);
     }
 
     fn to_dlq(&self, cx: &Ctx<'_>, payload: &[u8], p: i32, o: i64, reason: &str) -> anyhow::Result<()> {
