@@ -467,11 +467,12 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
 /// or of all; a canonical issue's over its aliases too ([`fold`]: merged as states, a user of
 /// both counts once). Windows of up to a day ([`EXACT_USERS_SECS`]) read the base table
 /// (partitioned by day: only the window's days) and count exactly over the user hashes the
-/// aggregates kept. Longer ones merge one sketch per issue and day (`issue_users_1d`,
+/// aggregates kept. Longer ones merge one sketch per issue and day (`issue_users_1d_v2`,
 /// `uniqCombined`) for the whole days, and the same sketch of the base table's hashes for the
 /// part of the first day: approximate ([`USERS_SKETCH_ERROR`]), at a cost that does not grow
 /// with the users of each hour (merging every hour's exact set of a month was the slowest part
-/// of `top`).
+/// of `top`). The sketches' table has granules of 256 rows: the users of `only`'s few issues
+/// read their granules alone (in granules of 8,192 rows, 20 issues read most of the table).
 fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>, aliases: Aliases) -> Sql {
     // `members`: the issues a fold reads again (their rows hold states), else the plain query.
     let inner = |members: Option<&Sql>| {
@@ -512,7 +513,7 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
         };
         s.push(&format!(
             "SELECT project, issue_id, {users} FROM (\
-             SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1d WHERE day >= toDate(toDateTime("
+             SELECT project, issue_id, users_state AS st FROM {db}.issue_users_1d_v2 WHERE day >= toDate(toDateTime("
         ))
         .u32(c.from_day_up)
         .push("))");
@@ -540,7 +541,7 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
 }
 
 /// The longest window (seconds) whose users `top` counts exactly, from the base table's user
-/// hashes; longer windows merge the daily sketches of `issue_users_1d` (approximate).
+/// hashes; longer windows merge the daily sketches of `issue_users_1d_v2` (approximate).
 pub const EXACT_USERS_SECS: u64 = 86_400;
 
 /// The error bound of a users count merged from sketches, as the docs and the table output
