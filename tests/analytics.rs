@@ -348,6 +348,7 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
         ("issue_counts_1h", month),
         ("issue_counts_1m", day),
         ("issue_users_1d", month),
+        ("issue_users_1d_v2", month),
         ("issue_users_1h", month),
         ("release_users_1d", month),
     ]

@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "issue_aliases",
         sql: include_str!("../../../schemas/clickhouse/0011_issue_aliases.sql"),
     },
+    Migration {
+        version: 12,
+        name: "issue_users_1d_v2",
+        sql: include_str!("../../../schemas/clickhouse/0012_issue_users_1d_v2.sql"),
+    },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -171,12 +176,15 @@ pub fn flavored(stmt: &str, db: &str, flavor: &Flavor) -> Vec<String> {
             out.push('\n');
         }
         s = out.trim_end().to_owned();
-        // TTL on the partitioning time column.
+        // TTL on the partitioning time column, before the table's SETTINGS if it has some.
         if let Some(i) = s.find("PARTITION BY ") {
             let expr = s[i + 13..].lines().next().unwrap_or("");
             if let (Some(a), Some(b)) = (expr.find('('), expr.rfind(')')) {
-                let col = &expr[a + 1..b];
-                s.push_str(&format!("\nTTL toDateTime({col}) + INTERVAL {} DAY", flavor.retention_days));
+                let ttl = format!("\nTTL toDateTime({}) + INTERVAL {} DAY", &expr[a + 1..b], flavor.retention_days);
+                match s.find("\nSETTINGS ") {
+                    Some(at) => s.insert_str(at, &ttl),
+                    None => s.push_str(&ttl),
+                }
             }
         }
     }
@@ -651,6 +659,8 @@ mod tests {
         partition_by: Option<Vec<Tok>>,
         order_by: Option<Vec<Tok>>,
         ttl: Option<Vec<Tok>>,
+        /// `SETTINGS ...` of a table (e.g. `index_granularity = 256`).
+        settings: Option<Vec<Tok>>,
         /// A materialized view's target.
         to: Option<String>,
         /// A view's SELECT.
@@ -673,6 +683,7 @@ mod tests {
                 partition_by: None,
                 order_by: None,
                 ttl: None,
+                settings: None,
                 to: None,
                 select: Vec::new(),
                 altered: Vec::new(),
@@ -770,8 +781,7 @@ mod tests {
                 "PARTITION" => &mut d.partition_by,
                 "ORDER" => &mut d.order_by,
                 "TTL" => &mut d.ttl,
-                // ClickHouse reports SETTINGS in engine_full; ours declare none.
-                "SETTINGS" => continue,
+                "SETTINGS" => &mut d.settings,
                 other => panic!("unexpected clause {other} in: {}", c.sql),
             };
             assert!(slot.replace(expr).is_none(), "{clause} twice in: {}", c.sql);
@@ -956,7 +966,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 16);
+        assert_eq!(tables.len(), 17);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -988,6 +998,7 @@ mod tests {
                 // Keys identical across flavours.
                 assert_eq!(d.order_by, p.order_by, "{fname}: ORDER BY of {}", p.name);
                 assert_eq!(d.partition_by, p.partition_by, "{fname}: PARTITION BY of {}", p.name);
+                assert_eq!(d.settings, p.settings, "{fname}: SETTINGS of {}", p.name);
                 assert!(p.order_by.is_some(), "{}", p.name);
                 // Columns identical, types modulo LowCardinality and codecs.
                 let names = |t: &Ddl| t.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
@@ -1101,10 +1112,23 @@ mod tests {
         for days in [1, 7, 400] {
             let ddls = parsed(&Flavor { modern: true, cluster: None, retention_days: days });
             let ttls: Vec<&Vec<Tok>> = ddls.iter().filter_map(|d| d.ttl.as_ref()).collect();
-            assert_eq!(ttls.len(), 11);
+            assert_eq!(ttls.len(), 12);
             assert!(ttls
                 .iter()
                 .all(|t| t[t.len() - 3..] == [word("INTERVAL"), Tok::Num(days.to_string()), word("DAY")]));
+        }
+        // A table's SETTINGS come last (after TTL), as ClickHouse's grammar wants them.
+        let flavor = Flavor { modern: true, cluster: None, retention_days: 7 };
+        let tables: Vec<String> = MIGRATIONS
+            .iter()
+            .flat_map(|m| statements(m.sql, "tf"))
+            .flat_map(|st| flavored(&st, "tf", &flavor))
+            .filter(|s| s.starts_with("CREATE TABLE") && s.contains("\nSETTINGS "))
+            .collect();
+        assert!(!tables.is_empty());
+        for t in &tables {
+            let (ttl, settings) = (t.find("\nTTL ").unwrap(), t.find("\nSETTINGS ").unwrap());
+            assert!(ttl < settings && !t[settings..].contains("TTL"), "{t}");
         }
     }
 
@@ -1238,6 +1262,14 @@ mod tests {
                     assert_eq!(reported.partition_by, d.partition_by, "PARTITION BY of {}", d.name);
                     assert_eq!(reported.order_by, d.order_by, "ORDER BY of {}", d.name);
                     assert_eq!(reported.ttl, d.ttl, "TTL of {}", d.name);
+                    // ClickHouse reports the default granularity of the tables that declare none.
+                    let default = tokens("index_granularity = 8192");
+                    assert_eq!(
+                        reported.settings.as_ref().unwrap_or(&default),
+                        d.settings.as_ref().unwrap_or(&default),
+                        "SETTINGS of {}",
+                        d.name
+                    );
                     let part = d.partition_by.clone().unwrap_or_default();
                     assert_eq!(tokens(&t.partition_key), part, "partition key of {}", d.name);
                     assert_eq!(
@@ -1324,9 +1356,17 @@ mod tests {
                 assert!(!states.is_empty(), "{st}");
                 for s in states {
                     // (`uniqCombinedState`: a set of hashes, or a HyperLogLog of their maximum
-                    // ranks; a hash seen twice changes neither.)
-                    let ok =
-                        ["argMinState", "argMaxState", "minState", "maxState", "uniqExactState", "uniqCombinedState"];
+                    // ranks; a hash seen twice changes neither. `uniqCombinedMergeState`: the
+                    // union of such states, as idempotent.)
+                    let ok = [
+                        "argMinState",
+                        "argMaxState",
+                        "minState",
+                        "maxState",
+                        "uniqExactState",
+                        "uniqCombinedState",
+                        "uniqCombinedMergeState",
+                    ];
                     assert!(ok.contains(&s.to_string().as_str()), "{st}: {s} is not idempotent");
                 }
                 for (fname, flavor) in flavours() {
@@ -1347,7 +1387,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 3, "the backfills of migrations 0008 and 0010");
+        assert_eq!(seen, 4, "the backfills of migrations 0008, 0010 and 0012");
     }
 
     /// A database made by an older version (migrations 1 to 6, with data) upgrades: the new
@@ -1395,7 +1435,7 @@ mod tests {
             ch.query(&st).execute().await.unwrap();
         }
         let new = migrate(&cfg, |_, _| {}).await.unwrap();
-        assert_eq!(new.applied, [7, 8, 9, 10, 11]);
+        assert_eq!(new.applied, [7, 8, 9, 10, 11, 12]);
         assert_eq!(new.skipped, [1, 2, 3, 4, 5, 6]);
         ch.query(&insert(
             "('p', 'b', '2026-01-01 08:00:00', '早', 'prod', 1, '2026-01-01 08:00:10', '2026-01-01 08:00:10'),              ('p', 'c', '2026-01-03 08:00:00', '3.0', 'prod', 1, '2026-01-03 08:00:10', '2026-01-03 08:00:10')",
@@ -1437,15 +1477,17 @@ mod tests {
         .execute()
         .await
         .unwrap();
-        let users = || async {
-            ch.query(&format!(
-                "SELECT concat(issue_id, ' ', toString(day), ' ', toString(uniqCombinedMerge(users_state))) FROM {db}.issue_users_1d \
+        let ch_ref = &ch;
+        let users_of = |table: &'static str| async move {
+            ch_ref.query(&format!(
+                "SELECT concat(issue_id, ' ', toString(day), ' ', toString(uniqCombinedMerge(users_state))) FROM {db}.{table} \
                  GROUP BY issue_id, day ORDER BY issue_id, day"
             ))
             .fetch_all::<String>()
             .await
             .unwrap()
         };
+        let users = || users_of("issue_users_1d");
         let releases = || async {
             ch.query(&format!(
                 "SELECT concat(release, ' ', toString(day), ' ', toString(uniqCombinedMerge(users_state))) FROM {db}.release_users_1d \
@@ -1465,6 +1507,15 @@ mod tests {
         }
         assert_eq!(users().await, want_users);
         assert_eq!(releases().await, want_releases);
+        // The small-granule copy (0012): the same states, backfilled from `issue_users_1d`
+        // (user 7 of the row before the upgrade is only there) and fed by its own view since;
+        // a re-run of its backfill changes nothing.
+        assert_eq!(users_of("issue_users_1d_v2").await, want_users);
+        let twelve = MIGRATIONS.iter().find(|m| m.version == 12).unwrap();
+        for st in statements(twelve.sql, db).into_iter().filter(|s| is_backfill(s)) {
+            ch.query(&st).execute().await.unwrap();
+        }
+        assert_eq!(users_of("issue_users_1d_v2").await, want_users);
 
         // Rows from before the upgrade have an empty breakdown and add nothing to the
         // breakdown table; rows after it do, summed by hour, key and value.
