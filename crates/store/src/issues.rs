@@ -302,7 +302,9 @@ fn participants_filter(db: &str, project: Option<&str>, only: Option<&Sql>) -> S
 /// aggregated by canonical id with each `(expr, name)` of `aggs` (`canon` is empty on an
 /// issue's own row, the alias's canonical id on an alias's). Only those few issues pay for
 /// the join and the second aggregation. `only`: the query keeps only these canonical issues
-/// (a SELECT of `project, issue_id`; [`participants_filter`]), else `None`.
+/// (a SELECT of `project, issue_id`; [`participants_filter`]), else `None`. The sets are
+/// subqueries of `issue_aliases` here; [`fold_in`] takes them from elsewhere (the session's
+/// temporary tables of [`top`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fold(
     db: &str,
@@ -314,13 +316,44 @@ pub(crate) fn fold(
     cols: &str,
     aggs: &[(&str, &str)],
 ) -> Sql {
-    let mut s = Sql::default();
-    s.push("SELECT project, issue_id, ").push(plain).push(" FROM (").sql(&inner(None)).push(")");
     if aliases == Aliases::None {
+        let mut s = Sql::default();
+        s.push("SELECT project, issue_id, ").push(plain).push(" FROM (").sql(&inner(None)).push(")");
         return s;
     }
-    s.push(" WHERE (project, issue_id) NOT IN (").sql(&participants(db, project)).push(") UNION ALL ");
-    let members = inner(Some(&participants_filter(db, project, only)));
+    let sets = FoldSets {
+        apart: participants(db, project),
+        filter: participants_filter(db, project, only),
+        map: alias_map(db, project),
+    };
+    fold_in(&sets, inner, plain, cols, aggs)
+}
+
+/// What a fold reads apart and folds ([`fold_in`]).
+pub(crate) struct FoldSets {
+    /// `SELECT project, issue_id`: the issues read apart and folded; the others are read plain.
+    pub(crate) apart: Sql,
+    /// ` AND ...`: the filter of the inner query that reads them (at least `IN apart`).
+    pub(crate) filter: Sql,
+    /// `SELECT project, issue_id, canon`: their canonical ids (no row, or `canon` empty: the
+    /// issue's own).
+    pub(crate) map: Sql,
+}
+
+/// [`fold`] with [`Aliases::Some`] over the given sets: the plain rows of the issues not in
+/// `sets.apart`, `UNION ALL` the rows of those read again with `sets.filter` and folded by
+/// canonical id through `sets.map`.
+pub(crate) fn fold_in(
+    sets: &FoldSets,
+    inner: &dyn Fn(Option<&Sql>) -> Sql,
+    plain: &str,
+    cols: &str,
+    aggs: &[(&str, &str)],
+) -> Sql {
+    let mut s = Sql::default();
+    s.push("SELECT project, issue_id, ").push(plain).push(" FROM (").sql(&inner(None)).push(")");
+    s.push(" WHERE (project, issue_id) NOT IN (").sql(&sets.apart).push(") UNION ALL ");
+    let members = inner(Some(&sets.filter));
     // The aggregates are named `f_<name>` where they are computed: an alias equal to a column
     // they read would be substituted into the other aggregates (ClickHouse 18.16).
     s.push("SELECT project, cid AS issue_id");
@@ -334,7 +367,32 @@ pub(crate) fn fold(
     s.push(&format!(" FROM (SELECT project, issue_id, canon, {cols}, if(canon = '', issue_id, canon) AS cid FROM ("))
         .sql(&members)
         .push(") ANY LEFT JOIN (")
-        .sql(&alias_map(db, project))
+        .sql(&sets.map)
+        .push(") USING (project, issue_id)) GROUP BY project, cid)");
+    s
+}
+
+/// One row per canonical issue of a per-issue query whose values fold by plain aggregates
+/// (events summed, first seen the earliest), in one pass: every row of `inner` (`SELECT
+/// project, issue_id, <cols>`, one row per issue) joined with `map` (`SELECT project,
+/// issue_id, canon`: the alias map, small) and aggregated again by canonical id with each
+/// `(expr, name)` of `aggs`. Unlike [`fold`], the participants' rows are not read a second
+/// time: the tables are read once, and the join and second aggregation run over per-issue
+/// rows (tens of thousands at most), not over the tables' rows.
+pub(crate) fn fold_once(inner: &Sql, map: &Sql, cols: &str, aggs: &[(&str, &str)]) -> Sql {
+    let mut s = Sql::default();
+    s.push("SELECT project, cid AS issue_id");
+    for (_, name) in aggs {
+        s.push(&format!(", f_{name} AS {name}"));
+    }
+    s.push(" FROM (SELECT project, cid");
+    for (expr, name) in aggs {
+        s.push(&format!(", {expr} AS f_{name}"));
+    }
+    s.push(&format!(" FROM (SELECT project, issue_id, {cols}, if(canon = '', issue_id, canon) AS cid FROM ("))
+        .sql(inner)
+        .push(") ANY LEFT JOIN (")
+        .sql(map)
         .push(") USING (project, issue_id)) GROUP BY project, cid)");
     s
 }
@@ -419,7 +477,10 @@ pub(crate) fn window_sums(parts: &[Sql]) -> Sql {
 /// Issues are canonical ([`fold`]): an alias's events count for its canonical issue, and
 /// ranking by `new` asks whether the canonical issue's first event (its aliases' included) is
 /// in the window.
-fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
+///
+/// With aliases the events (and first seen, for `new`) are folded in one pass ([`fold_once`])
+/// through `at`'s alias map, and the users of the ranking by users through `at`'s sets.
+fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases, at: MapAt) -> Sql {
     let counts = |filter: Option<&Sql>| {
         let mut parts = counts_parts(db, &tiers(c.from, c.from_day_up, c.now_day, None), 1, q.project, filter);
         if q.by == TopBy::Growth {
@@ -434,7 +495,11 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
         window_sums(&parts)
     };
     let sums: &[(&str, &str)] = &[("sum(events)", "events"), ("sum(previous)", "previous")];
-    let folded = fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums);
+    let map = at.map(db, q.project);
+    let folded = match aliases {
+        Aliases::None => fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums),
+        Aliases::Some => fold_once(&counts(None), &map, "events, previous", sums),
+    };
     let mut s = Sql::default();
     s.push("SELECT project, issue_id, events, previous");
     if q.by == TopBy::Users {
@@ -456,8 +521,12 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
             s.push(" GROUP BY project, issue_id");
             s
         };
+        let firsts = match aliases {
+            Aliases::None => fold(db, aliases, q.project, &first, None, "fs", "fs", &[("min(fs)", "fs")]),
+            Aliases::Some => fold_once(&first(None), &map, "fs", &[("min(fs)", "fs")]),
+        };
         s.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (")
-            .sql(&fold(db, aliases, q.project, &first, None, "fs", "fs", &[("min(fs)", "fs")]))
+            .sql(&firsts)
             .push(") WHERE fs >= ")
             .u32(c.from)
             .push(")");
@@ -465,7 +534,7 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
     s.push(")");
     if q.by == TopBy::Users {
         s.push(" ANY LEFT JOIN (SELECT project, issue_id, users_n AS users_all FROM (")
-            .sql(&users_sql(db, c, q.since_secs, None, q.project, aliases))
+            .sql(&users_sql(db, c, q.since_secs, None, q.project, aliases, at.participants().as_ref()))
             .push(")) USING (project, issue_id)");
     }
     s.push(" ORDER BY ").push(order_by(q.by, "users_all")).push(" LIMIT ").u64(q.limit);
@@ -483,7 +552,17 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases) -> Sql {
 /// with the users of each hour (merging every hour's exact set of a month was the slowest part
 /// of `top`). The sketches' table has granules of 256 rows: the users of `only`'s few issues
 /// read their granules alone (in granules of 8,192 rows, 20 issues read most of the table).
-fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: Option<&str>, aliases: Aliases) -> Sql {
+/// `sets`: what the fold reads apart (the session's temporary tables), else `issue_aliases`'
+/// subqueries ([`fold`]).
+fn users_sql(
+    db: &str,
+    c: &Clock,
+    since_secs: u64,
+    only: Option<&Sql>,
+    project: Option<&str>,
+    aliases: Aliases,
+    sets: Option<&FoldSets>,
+) -> Sql {
     // `members`: the issues a fold reads again (their rows hold states), else the plain query.
     let inner = |members: Option<&Sql>| {
         let filter = |s: &mut Sql| {
@@ -547,7 +626,10 @@ fn users_sql(db: &str, c: &Clock, since_secs: u64, only: Option<&Sql>, project: 
     } else {
         ("ust", "toUInt64(uniqCombinedMerge(ust))")
     };
-    fold(db, aliases, project, &inner, only, "users_n", col, &[(merge, "users_n")])
+    match sets {
+        Some(sets) if aliases == Aliases::Some => fold_in(sets, &inner, "users_n", col, &[(merge, "users_n")]),
+        _ => fold(db, aliases, project, &inner, only, "users_n", col, &[(merge, "users_n")]),
+    }
 }
 
 /// The longest window (seconds) whose users `top` counts exactly, from the base table's user
@@ -634,7 +716,18 @@ fn rfc3339(secs: u32) -> String {
 /// the last hour to the ranked issues), or [`ranked_sql`] itself (`materialized` false: it is
 /// computed again in each `IN`, so metadata when ranking by users is read for the issues with
 /// events in the window and the last hour for every issue of the last hour instead).
-fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bool, aliases: Aliases) -> (Sql, u32) {
+///
+/// `members`: with aliases, what the parts fold (the session's table of the ranked issues'
+/// participants: [`top`]), else the participants' subqueries of [`fold`].
+fn top_sql(
+    db: &str,
+    c: &Clock,
+    q: &TopQuery<'_>,
+    ranked: &Sql,
+    materialized: bool,
+    aliases: Aliases,
+    members: Option<&FoldSets>,
+) -> (Sql, u32) {
     let hour_start = (c.now / 60) * 60 - 59 * 60;
     let project = |s: &mut Sql| {
         if let Some(p) = q.project {
@@ -653,9 +746,13 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
         s.push("SELECT project, issue_id, events, previous, users_n AS users FROM (")
             .sql(ranked)
             .push(") ANY LEFT JOIN (")
-            .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project, aliases))
+            .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project, aliases, members))
             .push(") USING (project, issue_id)");
     }
+    let fold_part = |inner: &dyn Fn(Option<&Sql>) -> Sql, only: Option<&Sql>, plain, cols, aggs| match members {
+        Some(sets) if aliases == Aliases::Some => fold_in(sets, inner, plain, cols, aggs),
+        _ => fold(db, aliases, q.project, inner, only, plain, cols, aggs),
+    };
     // Metadata of the ranked issues; of the canonical ones folded over their aliases.
     let meta = |members: Option<&Sql>| {
         let mut m = Sql::default();
@@ -680,7 +777,7 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
     // (The window's issues when ranking by users in one query: every participant's metadata.)
     let meta_only = (q.by != TopBy::Users || materialized).then_some(ranked);
     s.push(") ANY LEFT JOIN (")
-        .sql(&fold(db, aliases, q.project, &meta, meta_only, META_PLAIN, META_COLUMNS, META_FOLD))
+        .sql(&fold_part(&meta, meta_only, META_PLAIN, META_COLUMNS, META_FOLD))
         .push(") USING (project, issue_id)");
     // The last hour per minute; a canonical issue's and its aliases' minutes together.
     let hour = |members: Option<&Sql>| {
@@ -696,16 +793,7 @@ fn top_sql(db: &str, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bo
         h
     };
     s.push(") ANY LEFT JOIN (")
-        .sql(&fold(
-            db,
-            aliases,
-            q.project,
-            &hour,
-            materialized.then_some(ranked),
-            HOUR_COLUMNS,
-            HOUR_COLUMNS,
-            HOUR_FOLD,
-        ))
+        .sql(&fold_part(&hour, materialized.then_some(ranked), HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
         .push(") USING (project, issue_id) ORDER BY ")
         .push(order_by(q.by, "users"));
     (s, hour_start)
@@ -739,6 +827,60 @@ pub(crate) const HOUR_FOLD: &[(&str, &str)] =
 
 /// The temporary table that holds [`top`]'s ranked set within its session.
 const RANKED_TABLE: &str = "tracefold_top_ranked";
+
+/// [`top`]'s temporary table of the alias map ([`alias_map`]) of the projects asked, made
+/// once per answer when they have alias rows.
+const MAP_TABLE: &str = "tracefold_fold_map";
+
+/// [`top`]'s temporary table of the participants: every alias and canonical issue of
+/// [`MAP_TABLE`].
+const PARTICIPANTS_TABLE: &str = "tracefold_fold_participants";
+
+/// [`top`]'s temporary table of the participants that fold into a ranked issue: `project,
+/// issue_id, canon` (the ranked canonical issue's own row with `canon` empty, each of its
+/// aliases with `canon` it).
+const MEMBERS_TABLE: &str = "tracefold_fold_members";
+
+/// Where the folds of one [`top`] answer read the alias map: subqueries of `issue_aliases` in
+/// every place (the single query, as a `readonly = 1` user can run it), or the session's
+/// temporary tables, made once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MapAt {
+    Subquery,
+    Session,
+}
+
+impl MapAt {
+    /// `SELECT project, issue_id, canon`: the alias map.
+    fn map(self, db: &str, project: Option<&str>) -> Sql {
+        match self {
+            MapAt::Subquery => alias_map(db, project),
+            MapAt::Session => {
+                let mut s = Sql::default();
+                s.push(&format!("SELECT project, issue_id, canon FROM {MAP_TABLE}"));
+                s
+            }
+        }
+    }
+
+    /// The sets of a fold over every participant: the session's tables, else `None` (the
+    /// subqueries of [`fold`]).
+    fn participants(self) -> Option<FoldSets> {
+        (self == MapAt::Session).then(|| table_sets(PARTICIPANTS_TABLE, MAP_TABLE))
+    }
+}
+
+/// The [`FoldSets`] of the temporary tables `apart` (`project, issue_id`) and `map`
+/// (`project, issue_id, canon`).
+fn table_sets(apart: &str, map: &str) -> FoldSets {
+    let mut a = Sql::default();
+    a.push(&format!("SELECT project, issue_id FROM {apart}"));
+    let mut f = Sql::default();
+    f.push(&format!(" AND (project, issue_id) IN (SELECT project, issue_id FROM {apart})"));
+    let mut m = Sql::default();
+    m.push(&format!("SELECT project, issue_id, canon FROM {map}"));
+    FoldSets { apart: a, filter: f, map: m }
+}
 
 /// A session id no other call uses: this process, a counter, the clock.
 fn session_id() -> String {
@@ -778,36 +920,23 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
     let db = db(database)?;
     let c = clock(client, db, q.since_secs, q.project).await?;
     let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
-    let ranked = ranked_sql(db, &c, q, aliases);
     // The ranked set is computed once, into a temporary table of an HTTP session of this call
     // alone, and read from there by the rows, the users and the metadata (ClickHouse 18.16 has
-    // no common table expressions). When that fails (a `readonly = 1` user may not create
-    // temporary tables), one query that computes the set in each place gives the same answer.
+    // no common table expressions); with aliases, the alias map and the participants too.
+    // When that fails (a `readonly = 1` user may not create temporary tables), one query that
+    // computes the set in each place gives the same answer.
     let session = client.clone().with_setting("session_id", session_id());
-    let mut create = Sql::default();
-    create.push(&format!("CREATE TEMPORARY TABLE {RANKED_TABLE} ENGINE = Memory AS ")).sql(&ranked);
-    let materialized = match create.query(&session).execute().await {
-        Ok(()) => {
-            let mut from = Sql::default();
-            from.push("SELECT project, issue_id, events, previous");
-            if q.by == TopBy::Users {
-                from.push(", users_all");
-            }
-            from.push(&format!(" FROM {RANKED_TABLE}"));
-            let (sql, hour_start) = top_sql(db, &c, q, &from, true, aliases);
-            let rows = sql.query(&session).fetch_all::<TopRow>().await;
-            // The session's end drops the table too (after the server's `session_timeout`).
-            let _ = session.query(&format!("DROP TEMPORARY TABLE IF EXISTS {RANKED_TABLE}")).execute().await;
-            // A proxy that sends the requests of one session to different servers loses the
-            // table between them: the single query then answers.
-            rows.ok().map(|rows| (rows, hour_start))
-        }
-        Err(_) => None,
-    };
+    let mut made = Vec::new();
+    let materialized = top_in_session(&session, db, &c, q, aliases, &mut made).await;
+    // The session's end drops the tables too (after the server's `session_timeout`).
+    for table in made.into_iter().rev() {
+        let _ = session.query(&format!("DROP TEMPORARY TABLE IF EXISTS {table}")).execute().await;
+    }
     let (rows, hour_start) = match materialized {
         Some(done) => done,
         None => {
-            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false, aliases);
+            let ranked = ranked_sql(db, &c, q, aliases, MapAt::Subquery);
+            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false, aliases, None);
             (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
         }
     };
@@ -816,6 +945,75 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
         .into_iter()
         .map(|r| TopIssue { users_approximate: approximate, ..r.into_issue(hour_start, q.by == TopBy::Growth) })
         .collect())
+}
+
+/// [`top`]'s rows from the temporary tables of `session` (their names pushed to `made` as they
+/// are made), or `None` when the server refuses them or loses them between requests (a proxy
+/// that sends one session's requests to different servers): the single query then answers.
+///
+/// With aliases: the alias map and the participants first, then the ranked set (folded in
+/// one pass through them), then the participants that fold into a ranked issue. When none
+/// does (a ranking's 20 issues are rarely among the few that alias rows name) the rest is the
+/// plain query; else only those are read apart and folded.
+async fn top_in_session(
+    session: &Client,
+    db: &str,
+    c: &Clock,
+    q: &TopQuery<'_>,
+    aliases: Aliases,
+    made: &mut Vec<&'static str>,
+) -> Option<(Vec<TopRow>, u32)> {
+    let create = |table: &'static str, select: &Sql| {
+        let mut s = Sql::default();
+        s.push(&format!("CREATE TEMPORARY TABLE {table} ENGINE = Memory AS ")).sql(select);
+        s
+    };
+    if aliases == Aliases::Some {
+        create(MAP_TABLE, &alias_map(db, q.project)).query(session).execute().await.ok()?;
+        made.push(MAP_TABLE);
+        let mut p = Sql::default();
+        p.push(&format!(
+            "SELECT DISTINCT project, issue_id FROM (SELECT project, arrayJoin([issue_id, canon]) AS issue_id FROM {MAP_TABLE})"
+        ));
+        create(PARTICIPANTS_TABLE, &p).query(session).execute().await.ok()?;
+        made.push(PARTICIPANTS_TABLE);
+    }
+    let ranked = ranked_sql(db, c, q, aliases, MapAt::Session);
+    create(RANKED_TABLE, &ranked).query(session).execute().await.ok()?;
+    made.push(RANKED_TABLE);
+    let mut from = Sql::default();
+    from.push("SELECT project, issue_id, events, previous");
+    if q.by == TopBy::Users {
+        from.push(", users_all");
+    }
+    from.push(&format!(" FROM {RANKED_TABLE}"));
+    let members = if aliases == Aliases::Some {
+        // The ranked issues' aliases, and the ranked issues that have some (unless one is
+        // itself an alias: only one level is followed, as in the ranking).
+        let mut m = Sql::default();
+        m.push(&format!(
+            "SELECT project, issue_id, canon FROM (\
+             SELECT project, issue_id, canon FROM {MAP_TABLE} WHERE (project, canon) IN (SELECT project, issue_id FROM {RANKED_TABLE}) \
+             UNION ALL SELECT DISTINCT project, c AS issue_id, toString('') AS canon FROM (SELECT project, canon AS c FROM {MAP_TABLE} \
+             WHERE (project, canon) IN (SELECT project, issue_id FROM {RANKED_TABLE}) \
+             AND (project, canon) NOT IN (SELECT project, issue_id FROM {MAP_TABLE})))"
+        ));
+        create(MEMBERS_TABLE, &m).query(session).execute().await.ok()?;
+        made.push(MEMBERS_TABLE);
+        #[derive(clickhouse::Row, Deserialize)]
+        struct N {
+            n: u64,
+        }
+        let n = session.query(&format!("SELECT count() AS n FROM {MEMBERS_TABLE}")).fetch_one::<N>().await.ok()?.n;
+        (n > 0).then(|| table_sets(MEMBERS_TABLE, MEMBERS_TABLE))
+    } else {
+        None
+    };
+    // No ranked issue takes part in an alias: the plain query for the rest.
+    let rest = if members.is_some() { Aliases::Some } else { Aliases::None };
+    let (sql, hour_start) = top_sql(db, c, q, &from, true, rest, members.as_ref());
+    let rows = sql.query(session).fetch_all::<TopRow>().await.ok()?;
+    Some((rows, hour_start))
 }
 
 /// Most releases (and environments) [`issue_detail`] lists for one issue's window; beyond it
@@ -902,6 +1100,10 @@ impl FoundRow {
     }
 }
 
+/// Most ids a query names as values (an issue and its aliases in [`find_issue`] and
+/// [`issue_detail`]); beyond it they are a subquery of `issue_aliases`.
+const MAX_LISTED_IDS: usize = 1_000;
+
 /// Most issues [`find_issue`] reads for one id: the id's canonical issues and their aliases in
 /// every project (beyond it, [`Error::TooManyRows`]).
 pub const MAX_FOUND_ROWS: u64 = 100_000;
@@ -939,33 +1141,75 @@ pub async fn resolve_issue(
 /// When the database name is not an identifier, ClickHouse does not answer, or the id's
 /// issues and aliases are more than [`MAX_FOUND_ROWS`].
 pub async fn find_issue(client: &Client, database: &str, issue_id: &str) -> Result<Vec<IssueSummary>> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct MapRow {
+        project: String,
+        issue_id: String,
+        canon: String,
+    }
     let db = db(database)?;
+    // The alias rows that touch the id: it, its canonical issues, and their aliases (in one
+    // bounded query of the small table; none for most ids, and then the id's own rows are
+    // read, each its own canonical issue, as before aliases existed).
     let map = alias_map(db, None);
-    let folded = aliases(client, db, None).await? == Aliases::Some;
+    let mut related = Sql::default();
+    related.push("SELECT project, issue_id, canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id);
+    related.push(" OR canon = ").str(issue_id);
+    for col in ["issue_id", "canon"] {
+        related.push(&format!(" OR {col} IN (SELECT canon FROM (")).sql(&map).push(") WHERE issue_id = ").str(issue_id);
+        related.push(")");
+    }
+    let mut bounded = Sql::default();
+    bounded.sql(&related).push(" LIMIT ").u64(MAX_FOUND_ROWS + 1);
+    let found = bounded.query(client).fetch_all::<MapRow>().await.map_err(step("issue aliases"))?;
+    if found.len() as u64 > MAX_FOUND_ROWS {
+        return Err(Error::TooManyRows { what: "issues and aliases of one id", limit: MAX_FOUND_ROWS });
+    }
+    let mut ids: Vec<&str> = vec![issue_id];
+    for r in &found {
+        ids.push(&r.issue_id);
+        ids.push(&r.canon);
+    }
+    ids.sort_unstable();
+    ids.dedup();
     let mut s = Sql::default();
-    // No alias anywhere: the id's own rows, each its own canonical issue, as before aliases existed.
-    s.push(if folded { "SELECT project, issue_id, canon" } else { "SELECT project, issue_id, '' AS canon" });
     s.push(
-        ", title, culprit, exc_type, level, platform, grouping_version, first_seen, last_seen, count FROM (\
+        "SELECT project, issue_id, '' AS canon, title, culprit, exc_type, level, platform, grouping_version, first_seen, last_seen, count FROM (\
          SELECT project, issue_id, argMinMerge(title_state) AS title, argMinMerge(culprit_state) AS culprit, \
          argMinMerge(exc_type_state) AS exc_type, argMaxMerge(level_state) AS level, argMinMerge(platform_state) AS platform, \
          argMaxMerge(grouping_version_state) AS grouping_version, toUInt32(minMerge(first_seen_state)) AS first_seen, \
          toUInt32(maxMerge(last_seen_state)) AS last_seen, sumMerge(count_state) AS count ",
     );
-    s.push(&format!("FROM {db}.issues WHERE issue_id = ")).str(issue_id);
-    if folded {
-        // The id's own rows, its canonical issues (when it is an alias) and every alias of either.
-        s.push(" OR issue_id IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push(")");
-        s.push(" OR issue_id IN (SELECT issue_id FROM (").sql(&map).push(") WHERE canon = ").str(issue_id);
-        s.push(" OR canon IN (SELECT canon FROM (").sql(&map).push(") WHERE issue_id = ").str(issue_id).push("))");
-        s.push(" GROUP BY project, issue_id) ANY LEFT JOIN (").sql(&map).push(") USING (project, issue_id)");
+    s.push(&format!("FROM {db}.issues WHERE "));
+    if let [only] = ids.as_slice() {
+        s.push("issue_id = ").str(only);
+    } else if ids.len() > MAX_LISTED_IDS {
+        // Too many to list in the query's text: the same ids as a subquery.
+        s.push("issue_id = ").str(issue_id);
+        s.push(" OR issue_id IN (SELECT arrayJoin([issue_id, canon]) FROM (").sql(&related).push("))");
     } else {
-        s.push(" GROUP BY project, issue_id)");
+        // The ids as values, not a subquery: the issues table is read as for one id.
+        s.push("issue_id IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                s.push(", ");
+            }
+            s.str(id);
+        }
+        s.push(")");
     }
-    s.push(" ORDER BY project, issue_id LIMIT ").u64(MAX_FOUND_ROWS + 1);
-    let rows = s.query(client).fetch_all::<FoundRow>().await.map_err(step("issue"))?;
+    s.push(" GROUP BY project, issue_id) ORDER BY project, issue_id LIMIT ").u64(MAX_FOUND_ROWS + 1);
+    let mut rows = s.query(client).fetch_all::<FoundRow>().await.map_err(step("issue"))?;
     if rows.len() as u64 > MAX_FOUND_ROWS {
         return Err(Error::TooManyRows { what: "issues and aliases of one id", limit: MAX_FOUND_ROWS });
+    }
+    // Each row's canonical issue, from the alias rows read above.
+    let canon: std::collections::HashMap<(&str, &str), &str> =
+        found.iter().map(|m| ((m.project.as_str(), m.issue_id.as_str()), m.canon.as_str())).collect();
+    for r in &mut rows {
+        if let Some(c) = canon.get(&(r.project.as_str(), r.issue_id.as_str())) {
+            r.canon = (*c).to_owned();
+        }
     }
     Ok(fold_found(&rows, issue_id))
 }
@@ -1139,19 +1383,11 @@ pub async fn breakdowns(
 ) -> Result<[Top; 3]> {
     let db = db(database)?;
     let merged = aliases(client, db, Some(project)).await? == Aliases::Some;
-    breakdowns_of(client, db, project, issue_id, start, merged).await
+    breakdowns_of(client, db, start, &members(db, project, issue_id, merged)).await
 }
 
-/// [`breakdowns`] of a checked database name; `merged`: the issue may have aliases (else its
-/// own rows are read, as before aliases existed).
-async fn breakdowns_of(
-    client: &Client,
-    db: &str,
-    project: &str,
-    issue_id: &str,
-    start: u32,
-    merged: bool,
-) -> Result<[Top; 3]> {
+/// [`breakdowns`] of a checked database name, over the rows `of_issue` keeps ([`members`]).
+async fn breakdowns_of(client: &Client, db: &str, start: u32, of_issue: &Sql) -> Result<[Top; 3]> {
     use tracefold_model::breakdown::Key;
     #[derive(clickhouse::Row, Deserialize)]
     struct R {
@@ -1164,12 +1400,12 @@ async fn breakdowns_of(
     values.push(&format!(
         "SELECT key, value, sum(count) AS count FROM {db}.issue_breakdown_1h WHERE hour >= toDateTime("
     ));
-    values.u32(start).push(")").sql(&members(db, project, issue_id, merged));
+    values.u32(start).push(")").sql(of_issue);
     values.push(" GROUP BY key, value ORDER BY key, count DESC, value LIMIT ").u64(TOP_VALUES).push(" BY key");
     let values = values.query(client).fetch_all::<R>().await.map_err(step("breakdowns"))?;
     let mut totals = Sql::default();
     totals.push(&format!("SELECT key, sum(count) AS count FROM {db}.issue_breakdown_1h WHERE hour >= toDateTime("));
-    totals.u32(start).push(")").sql(&members(db, project, issue_id, merged));
+    totals.u32(start).push(")").sql(of_issue);
     totals.push(" GROUP BY key ORDER BY key LIMIT 16");
     let totals = totals.query(client).fetch_all::<KeyCount>().await.map_err(step("breakdown totals"))?;
     let mut out: [Top; 3] = Default::default();
@@ -1220,10 +1456,25 @@ pub async fn issue_detail(
 ) -> Result<IssueDetail> {
     let db = db(database)?;
     let (p, issue_id) = (issue.project.as_str(), issue.issue_id.as_str());
-    // Every query reads the rows of the issue and of the issues merged into it.
-    // (Without aliases, the issue's own rows alone: the queries as before aliases existed.)
-    let merged = !issue.merged.is_empty();
-    let of_issue = members(db, p, issue_id, merged);
+    // Every query reads the rows of the issue and of the issues merged into it, named as
+    // values ([`find_issue`] read them). (Without aliases, the issue's own rows alone: the
+    // queries as before aliases existed.)
+    let of_issue = if issue.merged.len() > MAX_LISTED_IDS {
+        members(db, p, issue_id, true)
+    } else {
+        let mut s = Sql::default();
+        s.push(" AND project = ").str(p);
+        if issue.merged.is_empty() {
+            s.push(" AND issue_id = ").str(issue_id);
+        } else {
+            s.push(" AND issue_id IN (").str(issue_id);
+            for m in &issue.merged {
+                s.push(", ").str(&m.issue_id);
+            }
+            s.push(")");
+        }
+        s
+    };
     #[derive(clickhouse::Row, Deserialize)]
     struct N {
         n: u64,
@@ -1271,7 +1522,7 @@ pub async fn issue_detail(
             return Err(Error::TooManyRows { what, limit: MAX_BREAKDOWN_ROWS });
         }
     }
-    let [by_browser, by_os, by_url] = breakdowns_of(client, db, p, issue_id, start, merged).await?;
+    let [by_browser, by_os, by_url] = breakdowns_of(client, db, start, &of_issue).await?;
     #[derive(clickhouse::Row, Deserialize)]
     struct Sample {
         sample: String,

@@ -5,8 +5,8 @@
 use crate::client::db;
 use crate::error::{step, Result};
 use crate::issues::{
-    aliases, fold, members, meta_head, minutes_head, window_sums, Aliases, IssueStatus, TopIssue, TopRow, HOUR_COLUMNS,
-    HOUR_FOLD, META_COLUMNS, META_FOLD, META_PLAIN,
+    alias_map, aliases, fold, fold_once, members, meta_head, minutes_head, window_sums, Aliases, IssueStatus, TopIssue,
+    TopRow, HOUR_COLUMNS, HOUR_FOLD, META_COLUMNS, META_FOLD, META_PLAIN,
 };
 use crate::sql::Sql;
 use clickhouse::Client;
@@ -364,7 +364,11 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>, aliases: Aliases) -> (Sq
         window_sums(&parts)
     };
     let sums: &[(&str, &str)] = &[("sum(events)", "events"), ("sum(previous)", "previous")];
-    let folded = fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums);
+    // With aliases, folded in one pass: the count tables are read once.
+    let folded = match aliases {
+        Aliases::None => fold(db, aliases, q.project, &counts, None, "events, previous", "events, previous", sums),
+        Aliases::Some => fold_once(&counts(None), &alias_map(db, q.project), "events, previous", sums),
+    };
     let mut ranked = Sql::default();
     ranked.push("SELECT ").push(COLUMNS).push(" FROM (SELECT project, issue_id, events, previous FROM (");
     ranked.sql(&folded).push(") WHERE events > 0");
