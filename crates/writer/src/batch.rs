@@ -76,8 +76,10 @@ struct Rec {
 }
 
 impl Rec {
-    fn shifted(mut self, text: usize, users: usize, breakdown: usize, merged: usize) -> Self {
-        for s in [
+    /// The record's strings held in the text buffer directly (breakdown values and merged ids
+    /// are in their own lists).
+    fn spans_mut(&mut self) -> [&mut Span; 13] {
+        [
             &mut self.epoch,
             &mut self.topic,
             &mut self.project,
@@ -91,7 +93,11 @@ impl Rec {
             &mut self.platform,
             &mut self.grouping_version,
             &mut self.sample,
-        ] {
+        ]
+    }
+
+    fn shifted(mut self, text: usize, users: usize, breakdown: usize, merged: usize) -> Self {
+        for s in self.spans_mut() {
             *s = s.shifted(text);
         }
         self.users = shift(&self.users, users);
@@ -243,11 +249,61 @@ impl Batch {
         self.entries.push(Entry { rec, partition, offset, bytes });
     }
 
-    /// Keeps the records of the aggregates partitions `keep` answers true for. The buffers
-    /// keep the others' strings until [`Batch::clear`].
+    /// Keeps the records of the aggregates partitions `keep` answers true for, and only their
+    /// strings and lists: the buffers are rebuilt when a record goes (a revoke, rare), so a
+    /// batch given back after failed INSERTs and revoked again never holds dead text that
+    /// [`Batch::bytes`] would not count.
     pub fn retain(&mut self, mut keep: impl FnMut(i32) -> bool) {
-        self.entries.retain(|e| keep(e.partition));
-        self.bytes = self.entries.iter().map(|e| e.bytes).sum();
+        let kept: Vec<bool> = self.entries.iter().map(|e| keep(e.partition)).collect();
+        if kept.iter().all(|&k| k) {
+            return;
+        }
+        let old = std::mem::take(self);
+        for (e, _) in old.entries.iter().zip(&kept).filter(|(_, &k)| k) {
+            self.copy_entry(&old, e);
+        }
+    }
+
+    /// Adds entry `e` of `from`, its strings and lists copied into these buffers.
+    fn copy_entry(&mut self, from: &Batch, e: &Entry) {
+        let mut rec = e.rec.clone();
+        let text = &mut self.text;
+        let mut copy = |s: Span| {
+            let start = text.len();
+            text.push_str(from.s(s));
+            Span { start, end: text.len() }
+        };
+        for s in rec.spans_mut() {
+            *s = copy(*s);
+        }
+        let start = self.users.len();
+        self.users.extend_from_slice(from.users.get(rec.users.clone()).unwrap_or_default());
+        rec.users = start..self.users.len();
+        for r in &mut rec.breakdown {
+            let start = self.breakdown.len();
+            for &(v, n) in from.breakdown.get(r.clone()).unwrap_or_default() {
+                let v = copy(v);
+                self.breakdown.push((v, n));
+            }
+            *r = start..self.breakdown.len();
+        }
+        let start = self.merged.len();
+        for &m in from.merged.get(rec.merged_from.clone()).unwrap_or_default() {
+            let m = copy(m);
+            self.merged.push(m);
+        }
+        rec.merged_from = start..self.merged.len();
+        self.bytes += e.bytes;
+        self.entries.push(Entry { rec, ..e.clone() });
+    }
+
+    /// The capacity of the buffers, in bytes (what a cleared batch keeps for the next one).
+    pub fn capacity_bytes(&self) -> usize {
+        self.text.capacity()
+            + self.users.capacity() * std::mem::size_of::<u64>()
+            + self.breakdown.capacity() * std::mem::size_of::<(Span, u64)>()
+            + self.merged.capacity() * std::mem::size_of::<Span>()
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
     }
 
     /// Adds the records of `newer` after these.
@@ -273,6 +329,7 @@ impl Batch {
 
     fn s(&self, span: Span) -> &str {
         // Spans are the bounds of whole strings appended to `text`: always on char boundaries.
+        debug_assert!(self.text.get(span.start..span.end).is_some(), "a span outside the batch's text");
         self.text.get(span.start..span.end).unwrap_or_default()
     }
 
@@ -915,6 +972,45 @@ mod tests {
         }
         a.clear();
         assert!(a.is_empty() && a.bytes() == 0 && a.partitions().is_empty());
+    }
+
+    #[test]
+    fn a_retained_batch_keeps_only_its_records_text_and_takes_newer_ones_after() {
+        // As the writer does: revoked (retain) while given back, then a failed INSERT's newer
+        // records appended after.
+        let recs: Vec<AggregateRecord> = (0..9)
+            .map(|i| {
+                let mut r = record(i);
+                r.merged_from = (0..i % 3).map(|k| format!("m{i}é{k}")).collect();
+                r.breakdown.url =
+                    (0..i % 4).map(|k| ValueCount { value: format!("/ü/{i}/{k}"), count: k + 1 }).collect();
+                r
+            })
+            .collect();
+        let (mut a, mut b, mut alone) = (Batch::default(), Batch::default(), Batch::default());
+        for (i, r) in recs.iter().enumerate() {
+            let json = serde_json::to_vec(r).unwrap();
+            let into = if i < 6 { &mut a } else { &mut b };
+            into.push(&json, (i % 3) as i32, i as i64).unwrap();
+            if i < 6 && i % 3 == 2 {
+                alone.push(&json, 2, i as i64).unwrap();
+            }
+        }
+        a.retain(|p| p == 2);
+        // Nothing of the dropped records' strings or lists is left.
+        assert_eq!(a.text.len(), alone.text.len());
+        assert_eq!(a.users.len(), alone.users.len());
+        assert_eq!((a.breakdown.len(), a.merged.len()), (alone.breakdown.len(), alone.merged.len()));
+        a.append(&b);
+        let want: Vec<(usize, &AggregateRecord)> =
+            recs.iter().enumerate().filter(|&(i, _)| i >= 6 || i % 3 == 2).collect();
+        assert_eq!(a.len(), want.len());
+        assert_eq!(a.bytes(), want.iter().map(|(_, r)| serde_json::to_vec(r).unwrap().len()).sum::<usize>());
+        for (k, (i, r)) in want.into_iter().enumerate() {
+            assert_eq!(&a.record(k), r);
+            assert_eq!(a.source(k), ((i % 3) as i32, i as i64));
+            assert_eq!(sent(&a.row(k, "agg")), sent(&AggregateRow::new(r, "agg", (i % 3) as i32, i as i64)));
+        }
     }
 
     #[test]

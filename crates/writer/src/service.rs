@@ -364,8 +364,14 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Keeps `batch`'s buffers, cleared, for the next batch.
+    /// Keeps `batch`'s buffers, cleared, for the next batch; not when they grew past twice
+    /// `batch_max_bytes` (a backlog given back through failed INSERTs, or one huge record):
+    /// those are freed, so the two batches' memory stays bounded by the batch settings.
     fn recycle(&mut self, mut batch: Batch) {
+        if batch.capacity_bytes() > self.cfg.writer.batch_max_bytes.saturating_mul(2) {
+            self.spare = None;
+            return;
+        }
         batch.clear();
         self.spare = Some(batch);
     }
