@@ -882,6 +882,35 @@ fn table_sets(apart: &str, map: &str) -> FoldSets {
     FoldSets { apart: a, filter: f, map: m }
 }
 
+/// Whether ClickHouse refused a request because its session was still held by the previous
+/// one (code 373, "Session is locked by a concurrent client": the server lets go of a session
+/// only after it sent the answer, so the next request of the same session can arrive first).
+fn session_locked(e: &clickhouse::error::Error) -> bool {
+    let m = e.to_string();
+    m.contains("Code: 373") || m.contains("SESSION_IS_LOCKED") || m.contains("Session is locked")
+}
+
+/// Runs `request` in [`top`]'s session: a refusal because the session is still locked
+/// ([`session_locked`]) is tried again (7 times, 5 ms to 320 ms apart, 635 ms in all), so a
+/// race with the server's release does not send `top` to its slower single query; any other
+/// error, or the last refusal, is `None` (the single query answers).
+async fn in_session<T, F, Fut>(mut request: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = clickhouse::error::Result<T>>,
+{
+    for attempt in 0..8u32 {
+        match request().await {
+            Ok(v) => return Some(v),
+            Err(e) if attempt < 7 && session_locked(&e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5 << attempt)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
 /// A session id no other call uses: this process, a counter, the clock.
 fn session_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -969,17 +998,17 @@ async fn top_in_session(
         s
     };
     if aliases == Aliases::Some {
-        create(MAP_TABLE, &alias_map(db, q.project)).query(session).execute().await.ok()?;
+        in_session(|| create(MAP_TABLE, &alias_map(db, q.project)).query(session).execute()).await?;
         made.push(MAP_TABLE);
         let mut p = Sql::default();
         p.push(&format!(
             "SELECT DISTINCT project, issue_id FROM (SELECT project, arrayJoin([issue_id, canon]) AS issue_id FROM {MAP_TABLE})"
         ));
-        create(PARTICIPANTS_TABLE, &p).query(session).execute().await.ok()?;
+        in_session(|| create(PARTICIPANTS_TABLE, &p).query(session).execute()).await?;
         made.push(PARTICIPANTS_TABLE);
     }
     let ranked = ranked_sql(db, c, q, aliases, MapAt::Session);
-    create(RANKED_TABLE, &ranked).query(session).execute().await.ok()?;
+    in_session(|| create(RANKED_TABLE, &ranked).query(session).execute()).await?;
     made.push(RANKED_TABLE);
     let mut from = Sql::default();
     from.push("SELECT project, issue_id, events, previous");
@@ -998,13 +1027,14 @@ async fn top_in_session(
              WHERE (project, canon) IN (SELECT project, issue_id FROM {RANKED_TABLE}) \
              AND (project, canon) NOT IN (SELECT project, issue_id FROM {MAP_TABLE})))"
         ));
-        create(MEMBERS_TABLE, &m).query(session).execute().await.ok()?;
+        in_session(|| create(MEMBERS_TABLE, &m).query(session).execute()).await?;
         made.push(MEMBERS_TABLE);
         #[derive(clickhouse::Row, Deserialize)]
         struct N {
             n: u64,
         }
-        let n = session.query(&format!("SELECT count() AS n FROM {MEMBERS_TABLE}")).fetch_one::<N>().await.ok()?.n;
+        let count = format!("SELECT count() AS n FROM {MEMBERS_TABLE}");
+        let n = in_session(|| session.query(&count).fetch_one::<N>()).await?.n;
         (n > 0).then(|| table_sets(MEMBERS_TABLE, MEMBERS_TABLE))
     } else {
         None
@@ -1012,7 +1042,7 @@ async fn top_in_session(
     // No ranked issue takes part in an alias: the plain query for the rest.
     let rest = if members.is_some() { Aliases::Some } else { Aliases::None };
     let (sql, hour_start) = top_sql(db, c, q, &from, true, rest, members.as_ref());
-    let rows = sql.query(session).fetch_all::<TopRow>().await.ok()?;
+    let rows = in_session(|| sql.query(session).fetch_all::<TopRow>()).await?;
     Some((rows, hour_start))
 }
 
@@ -1648,6 +1678,35 @@ pub async fn set_status(client: &Client, database: &str, change: &StatusChange<'
 
 #[cfg(test)]
 mod tests {
+    /// With the real ClickHouse: a request of a session that another request still holds is
+    /// refused as locked ([`super::session_locked`] knows the refusal), and
+    /// [`super::in_session`] tries it again until the session is free instead of giving up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_of_a_locked_session_is_tried_again_until_the_session_is_free() {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct One {
+            n: u8,
+        }
+        let cfg = crate::testdb::scratch("session");
+        let session = crate::client::client(&cfg).with_setting("session_id", super::session_id());
+        let hold = |secs: &'static str| {
+            let s = session.clone();
+            tokio::spawn(async move { s.query(&format!("SELECT sleep({secs}) AS z")).fetch_all::<u8>().await })
+        };
+        let one = || session.query("SELECT toUInt8(1) AS n").fetch_one::<One>();
+        let held = hold("1");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let refused = one().await;
+        held.await.unwrap().expect("ClickHouse is needed for this test");
+        let e = refused.err().expect("a second request while the session is held is refused");
+        assert!(super::session_locked(&e), "{e}");
+        let held = hold("0.3");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let retried = super::in_session(one).await;
+        held.await.unwrap().unwrap();
+        assert_eq!(retried.map(|r| r.n), Some(1));
+    }
+
     #[test]
     fn tiers_cover_the_window_once_and_read_today_from_the_daily_rollup_past_a_day() {
         const DAY: u32 = 86_400;
