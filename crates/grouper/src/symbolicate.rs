@@ -9,6 +9,9 @@
 //! key's availability only ever goes from "not yet" to "yes" at one offset: what the batch's
 //! range metadata records so that a replay decides exactly as the first run did.
 
+mod sample;
+pub use sample::{assert_rewrite_paths_agree, rewrite_via_value};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -559,64 +562,12 @@ fn replay_fetch(sym: &Symbolicator, keys: &[MapKey]) -> Vec<Found> {
 /// `raw_function`, `raw_lineno`, `raw_colno`. A frame whose minified line and column do not
 /// match what was mapped (the payload is not what the parser read) is left alone; a payload
 /// that is not a JSON object is returned as it is.
+///
+/// Written on the payload's bytes: the mapped frames' objects are written again and the rest
+/// is copied as it is (the same JSON value as [`rewrite_via_value`], which answers the rare
+/// documents the bytes path leaves to it: see the `sample` module).
 pub fn rewrite_sample(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(payload) else { return payload.to_vec() };
-    for m in mapped {
-        let (field, i) = match m.stack {
-            Stack::Exception(i) => ("exception", i),
-            Stack::Thread(i) => ("threads", i),
-        };
-        let list = match v.get_mut(field) {
-            Some(serde_json::Value::Object(o)) => o.get_mut("values"),
-            other => other,
-        };
-        let Some(frame) = list
-            .and_then(|l| l.get_mut(i))
-            .and_then(|e| e.get_mut("stacktrace"))
-            .and_then(|s| s.get_mut("frames"))
-            .and_then(|f| f.get_mut(m.frame))
-            .and_then(|f| f.as_object_mut())
-        else {
-            continue;
-        };
-        let num = |k: &str| frame.get(k).and_then(serde_json::Value::as_u64);
-        if num("lineno") != m.raw_lineno.map(u64::from) || num("colno") != m.raw_colno.map(u64::from) {
-            continue;
-        }
-        // The source context, for this one event of many (grouping needs none of it).
-        let with_context;
-        let o = match (&m.map, m.raw_lineno, m.raw_colno) {
-            (Some(map), Some(line), Some(col)) if m.original.context_line.is_none() => {
-                let mut o = m.original.clone();
-                map.add_context(line, col, &mut o);
-                with_context = o;
-                &with_context
-            }
-            _ => &m.original,
-        };
-        let set = |frame: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: Option<serde_json::Value>| {
-            match v {
-                Some(v) => frame.insert(k.to_owned(), v),
-                None => frame.remove(k),
-            };
-        };
-        set(frame, "raw_filename", m.raw_filename.clone().map(Into::into));
-        set(frame, "raw_abs_path", m.raw_abs_path.clone().map(Into::into));
-        set(frame, "raw_function", m.raw_function.clone().map(Into::into));
-        set(frame, "raw_lineno", m.raw_lineno.map(Into::into));
-        set(frame, "raw_colno", m.raw_colno.map(Into::into));
-        set(frame, "filename", Some(o.file.clone().into()));
-        set(frame, "abs_path", Some(o.file.clone().into()));
-        set(frame, "function", o.function.clone().map(Into::into));
-        set(frame, "lineno", Some(o.line.into()));
-        set(frame, "colno", Some(o.col.into()));
-        if o.context_line.is_some() {
-            set(frame, "pre_context", Some(o.pre_context.clone().into()));
-            set(frame, "context_line", o.context_line.clone().map(Into::into));
-            set(frame, "post_context", Some(o.post_context.clone().into()));
-        }
-    }
-    serde_json::to_vec(&v).unwrap_or_else(|_| payload.to_vec())
+    sample::rewrite(payload, mapped)
 }
 
 #[cfg(test)]
