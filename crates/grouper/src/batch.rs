@@ -150,8 +150,9 @@ struct Work {
     mapped: Vec<Mapped>,
     /// The current event's symbolication outcome (when it had minified JavaScript frames).
     outcome: Option<Outcome>,
-    /// Secondary fingerprints of this batch's mapped events, by what they read (emptied with
-    /// the batch and when full: [`tracefold_fingerprint::memo`]).
+    /// Secondary fingerprints of mapped events, by what they read (kept across batches: the
+    /// memo is exact; emptied when full, on a revoke and with another config:
+    /// [`tracefold_fingerprint::memo`]).
     secondary: FingerprintMemo,
 }
 
@@ -420,7 +421,6 @@ impl BatchBuilder {
             merged_from_dropped: std::mem::take(&mut self.merged_from_dropped),
         };
         self.maps.clear();
-        self.work.secondary.clear();
         self.accepted = 0;
         self.clamped = 0;
         self.samples_truncated = 0;

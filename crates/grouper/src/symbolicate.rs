@@ -814,6 +814,27 @@ mod tests {
         assert_eq!(out.records[0].merged_from, expected);
     }
 
+    /// The memo of secondaries is kept across batches: a later batch of the same stacks (other
+    /// events) through the same builder emits what a fresh builder emits for it.
+    #[test]
+    fn a_later_batch_emits_the_secondaries_a_fresh_builder_emits() {
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        let plain = |i: u64| {
+            format!(
+                r#"{{"event_id":"{i:032x}","project":"shop","exception":[{{"type":"E","value":"v","stacktrace":{{"frames":[{{"function":"f","filename":"app.py","lineno":3}}]}}}}]}}"#
+            )
+        };
+        let mut kept = builder(&store);
+        let first = run(&mut kept, &[A.event(1), B.event(2), plain(3), A.event(4)]);
+        assert_eq!(first.symbolication, [2, 1, 0, 0]);
+        let later = [A.event(11), plain(12), B.event(13), A.event(14)];
+        let again = run(&mut kept, &later);
+        let fresh = run(&mut builder(&store), &later);
+        assert_eq!(again, fresh);
+        assert_eq!(again.records.iter().filter(|r| !r.merged_from.is_empty()).count(), 1, "{again:?}");
+    }
+
     #[test]
     fn past_eight_secondaries_an_aggregate_leaves_the_others_out_and_counts_them() {
         let (store, rt) = new_store();
