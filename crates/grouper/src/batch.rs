@@ -154,6 +154,9 @@ struct Work {
     /// memo is exact; emptied when full, on a revoke and with another config:
     /// [`tracefold_fingerprint::memo`]).
     secondary: FingerprintMemo,
+    /// The current event's strings written by source maps (the event borrows them; reset per
+    /// event, so it holds one event's mapped names at most).
+    arena: bumpalo::Bump,
 }
 
 /// The per-event buffers [`plan_event`] writes besides the fingerprint's scratch.
@@ -170,6 +173,8 @@ struct EventOut<'w> {
     maps: Option<(&'w Hook, &'w mut BatchMaps)>,
     /// The batch's secondary fingerprints.
     secondary: &'w mut FingerprintMemo,
+    /// Where source maps write the event's mapped strings.
+    arena: &'w bumpalo::Bump,
 }
 
 impl std::fmt::Debug for Work {
@@ -491,7 +496,8 @@ fn plan(
             panic!("injected fault (panic marker)");
         }
     }
-    let Work { parse_buf, parser, scratch, ident, route, mapped, outcome, secondary } = work;
+    let Work { parse_buf, parser, scratch, ident, route, mapped, outcome, secondary, arena } = work;
+    arena.reset();
     parse_buf.clear();
     parse_buf.extend_from_slice(payload);
     let mut event = Event::default();
@@ -502,7 +508,7 @@ fn plan(
         Some((_, batch_maps)) => batch_maps.recycle(mapped),
         None => mapped.clear(),
     }
-    let out = EventOut { ident, route, mapped, outcome, maps, secondary };
+    let out = EventOut { ident, route, mapped, outcome, maps, secondary, arena };
     let planned = plan_event(&mut event, scratch, out, opts, open, window, at);
     // The event's lists keep their memory for the next event.
     parser.recycle(event);
@@ -510,10 +516,10 @@ fn plan(
 }
 
 /// [`plan`] for a parsed event.
-fn plan_event(
-    event: &mut Event<'_>,
+fn plan_event<'e>(
+    event: &mut Event<'e>,
     scratch: &mut Scratch,
-    out: EventOut<'_>,
+    out: EventOut<'e>,
     opts: &BatchOptions,
     open: Open<'_>,
     window: &DedupWindow,
@@ -538,7 +544,7 @@ fn plan_event(
     if let Some((hook, maps)) = out.maps {
         let memo = out.secondary;
         let mut as_received = |e: &Event<'_>| secondary = Some(memo.fingerprint(e, &opts.grouping, scratch).0);
-        *out.outcome = crate::symbolicate::apply(hook, maps, event, offset, out.mapped, &mut as_received);
+        *out.outcome = crate::symbolicate::apply(hook, maps, event, out.arena, offset, out.mapped, &mut as_received);
     }
     let event = &*event;
     let project = event.project.as_deref().unwrap_or("");

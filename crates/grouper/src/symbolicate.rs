@@ -12,6 +12,7 @@
 mod sample;
 pub use sample::{assert_rewrite_paths_agree, rewrite_via_value};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -234,10 +235,11 @@ fn debug_images(event: &Event<'_>) -> Vec<DebugImage> {
 /// When a frame is about to be mapped, `before_mapping` is called once with the event as
 /// received (no frame changed yet): the grouper takes its secondary fingerprint there
 /// (docs/sourcemaps.md "Late maps"). It is not called for events no map resolved.
-pub fn apply(
+pub fn apply<'e>(
     hook: &Hook,
     batch: &mut BatchMaps,
-    event: &mut Event<'_>,
+    event: &mut Event<'e>,
+    arena: &'e bumpalo::Bump,
     offset: i64,
     mapped: &mut Vec<Mapped>,
     before_mapping: &mut dyn FnMut(&Event<'_>),
@@ -248,7 +250,7 @@ pub fn apply(
     }
     let images = debug_images(event);
     if images.is_empty() && !batch.full_path_only {
-        if let Some(outcome) = apply_cached(batch, event, mapped, before_mapping) {
+        if let Some(outcome) = apply_cached(batch, event, arena, mapped, before_mapping) {
             return Some(outcome);
         }
     }
@@ -335,7 +337,7 @@ pub fn apply(
                 let Some((o, map)) = o else { continue };
                 let at =
                     Place { stack, frame: i, file: &o.file, line: o.line, col: o.col, function: o.function.as_deref() };
-                write_mapped(f, &at, map, &mut batch.spare, mapped);
+                write_mapped(f, &at, map, arena, &mut batch.spare, mapped);
             }
         }
     }
@@ -363,10 +365,11 @@ struct Place<'p> {
 
 /// Writes the mapped position into the frame and records the frame's minified values in a
 /// [`Mapped`] (a spare one's memory reused when there is one).
-fn write_mapped(
-    f: &mut Frame<'_>,
+fn write_mapped<'e>(
+    f: &mut Frame<'e>,
     at: &Place<'_>,
     map: Arc<ParsedMap>,
+    arena: &'e bumpalo::Bump,
     spare: &mut Vec<Mapped>,
     out: &mut Vec<Mapped>,
 ) {
@@ -396,10 +399,13 @@ fn write_mapped(
     m.original.context_line = None;
     m.original.post_context.clear();
     m.map = Some(map);
-    f.filename = Some(at.file.to_owned().into());
-    f.abs_path = Some(at.file.to_owned().into());
+    // The event borrows the mapped strings from the arena (one copy of the file for both
+    // fields, no allocation of their own).
+    let file: &'e str = arena.alloc_str(at.file);
+    f.filename = Some(Cow::Borrowed(file));
+    f.abs_path = Some(Cow::Borrowed(file));
     // A minified name says nothing stable: without an original one, none.
-    f.function = at.function.map(|s| s.to_owned().into());
+    f.function = at.function.map(|s| -> Cow<'e, str> { Cow::Borrowed(arena.alloc_str(s)) });
     f.lineno = Some(at.line);
     f.colno = Some(at.col);
     out.push(m);
@@ -422,9 +428,10 @@ fn set_str(slot: &mut Option<String>, value: Option<&str>) {
 /// needs the full path (a map not used yet, or more than [`MAX_KEYS_PER_EVENT`] maps); then
 /// nothing was changed. Decides exactly as the full path would (the tests compare them), and
 /// calls `before_mapping` as it does: once, before any frame changes, when a frame has a map.
-fn apply_cached(
+fn apply_cached<'e>(
     batch: &mut BatchMaps,
-    event: &mut Event<'_>,
+    event: &mut Event<'e>,
+    arena: &'e bumpalo::Bump,
     mapped: &mut Vec<Mapped>,
     before_mapping: &mut dyn FnMut(&Event<'_>),
 ) -> Option<Outcome> {
@@ -491,7 +498,7 @@ fn apply_cached(
         let Some(pos) = map.position(line, col, f.function.as_deref()) else { continue };
         let at =
             Place { stack, frame: i, file: &pos.file, line: pos.line, col: pos.col, function: pos.function.as_deref() };
-        write_mapped(f, &at, map, &mut batch.spare, mapped);
+        write_mapped(f, &at, map, arena, &mut batch.spare, mapped);
     }
     batch.runs = runs;
     Some(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
@@ -917,25 +924,28 @@ mod tests {
         let (mut taken, mut resolved) = (0, 0);
         // Three times over: the first time every file is new to the batch, then known.
         for (offset, text) in events.iter().chain(&events).chain(&events).enumerate() {
+            let (arena_full, arena_cached) = (bumpalo::Bump::new(), bumpalo::Bump::new());
             let (mut x, mut y) = (text.as_bytes().to_vec(), text.as_bytes().to_vec());
             let mut ev_full = tracefold_model::parse_event_slice(&mut x).unwrap();
             let mut ev_cached = tracefold_model::parse_event_slice(&mut y).unwrap();
             let as_received = format!("{ev_full:?}");
             let (mut seen_full, mut seen_cached) = (None, None);
-            let o_full = apply(&hook, &mut full, &mut ev_full, offset as i64, &mut m_full, &mut |e| {
+            let o_full = apply(&hook, &mut full, &mut ev_full, &arena_full, offset as i64, &mut m_full, &mut |e| {
                 seen_full = Some(format!("{e:?}"));
             });
             {
                 let mut z = text.as_bytes().to_vec();
                 let mut probe = tracefold_model::parse_event_slice(&mut z).unwrap();
                 let mut m = Vec::new();
-                taken += usize::from(apply_cached(&mut cached, &mut probe, &mut m, &mut |_| {}).is_some());
+                let arena = bumpalo::Bump::new();
+                taken += usize::from(apply_cached(&mut cached, &mut probe, &arena, &mut m, &mut |_| {}).is_some());
                 cached.recycle(&mut m);
             }
             cached.recycle(&mut m_cached);
-            let o_cached = apply(&hook, &mut cached, &mut ev_cached, offset as i64, &mut m_cached, &mut |e| {
-                seen_cached = Some(format!("{e:?}"));
-            });
+            let o_cached =
+                apply(&hook, &mut cached, &mut ev_cached, &arena_cached, offset as i64, &mut m_cached, &mut |e| {
+                    seen_cached = Some(format!("{e:?}"));
+                });
             assert_eq!(o_full, o_cached, "{text}");
             if o_full == Some(Outcome::Resolved) {
                 // Both paths show the late-maps hook the event before any frame changed.
