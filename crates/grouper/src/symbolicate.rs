@@ -447,7 +447,15 @@ fn apply_cached<'e>(
         let mut last: Option<(&str, Option<Arc<ParsedMap>>)> = None;
         for (i, f) in s.frames.iter().enumerate() {
             let v = view(f);
-            if !tracefold_symbolicate::is_minified_js(&v) {
+            // A frame of the file of the minified frame before it passes `is_minified_js`'s test
+            // of the url as that one did: only its line and column are left to check.
+            let same_file = matches!((&last, v.url()), (Some((u, _)), Some(url)) if *u == url);
+            let minified = if same_file {
+                v.lineno.is_some() && v.colno.is_some()
+            } else {
+                tracefold_symbolicate::is_minified_js(&v)
+            };
+            if !minified {
                 continue;
             }
             // A minified frame has a url (is_minified_js); frames of one file follow each other.
@@ -887,8 +895,10 @@ mod tests {
         let (a, b) = (&A.url[1..], &B.url[1..]);
         let many: Vec<String> =
             (0..MAX_KEYS_PER_EVENT + 2).map(|i| frame(&format!("/x{i}.js"), Some("a"), 1, 14)).collect();
+        // A frame of the same file without a column: not minified (`is_minified_js`).
+        let no_column = format!(r#"{{"function":"a","filename":"https://shop.example{a}","lineno":1}}"#);
         let stacks: Vec<(Option<&str>, Vec<String>, Vec<String>)> = vec![
-            (Some("1.0"), vec![frame(a, Some("a"), 1, 14)], vec![]),
+            (Some("1.0"), vec![frame(a, Some("a"), 1, 14), no_column, frame(a, Some("a"), 1, 14)], vec![]),
             (Some("1.1"), vec![frame(b, Some("b"), 1, 22)], vec![]),
             (
                 Some("1.0"),
