@@ -74,6 +74,8 @@ fuzz_target!(|data: &[u8]| {
             map: None,
         });
         let _ = rewrite_sample(m, &mapped);
+        // Written on the payload's bytes: the same JSON value as through a `Value`.
+        tracefold_grouper::symbolicate::assert_rewrite_paths_agree(m, &mapped);
     }
     // A replay of the same range is identical.
     assert_eq!(run(0), first);

@@ -151,9 +151,13 @@ struct Work {
     mapped: Vec<Mapped>,
     /// The current event's symbolication outcome (when it had minified JavaScript frames).
     outcome: Option<Outcome>,
-    /// Secondary fingerprints of this batch's mapped events, by what they read (emptied with
-    /// the batch and when full: [`tracefold_fingerprint::memo`]).
+    /// Secondary fingerprints of mapped events, by what they read (kept across batches: the
+    /// memo is exact; emptied when full, on a revoke and with another config:
+    /// [`tracefold_fingerprint::memo`]).
     secondary: FingerprintMemo,
+    /// The current event's strings written by source maps (the event borrows them; reset per
+    /// event, so it holds one event's mapped names at most).
+    arena: bumpalo::Bump,
 }
 
 /// The per-event buffers [`plan_event`] writes besides the fingerprint's scratch.
@@ -170,6 +174,8 @@ struct EventOut<'w> {
     maps: Option<(&'w Hook, &'w mut BatchMaps)>,
     /// The batch's secondary fingerprints.
     secondary: &'w mut FingerprintMemo,
+    /// Where source maps write the event's mapped strings.
+    arena: &'w bumpalo::Bump,
 }
 
 impl std::fmt::Debug for Work {
@@ -421,7 +427,6 @@ impl BatchBuilder {
             merged_from_dropped: std::mem::take(&mut self.merged_from_dropped),
         };
         self.maps.clear();
-        self.work.secondary.clear();
         self.work.routes.clear();
         self.accepted = 0;
         self.clamped = 0;
@@ -494,7 +499,8 @@ fn plan(
             panic!("injected fault (panic marker)");
         }
     }
-    let Work { parse_buf, parser, scratch, ident, routes, mapped, outcome, secondary } = work;
+    let Work { parse_buf, parser, scratch, ident, routes, mapped, outcome, secondary, arena } = work;
+    arena.reset();
     parse_buf.clear();
     parse_buf.extend_from_slice(payload);
     let mut event = Event::default();
@@ -505,7 +511,7 @@ fn plan(
         Some((_, batch_maps)) => batch_maps.recycle(mapped),
         None => mapped.clear(),
     }
-    let out = EventOut { ident, routes, mapped, outcome, maps, secondary };
+    let out = EventOut { ident, routes, mapped, outcome, maps, secondary, arena };
     let planned = plan_event(&mut event, scratch, out, opts, open, window, at);
     // The event's lists keep their memory for the next event.
     parser.recycle(event);
@@ -513,10 +519,10 @@ fn plan(
 }
 
 /// [`plan`] for a parsed event.
-fn plan_event(
-    event: &mut Event<'_>,
+fn plan_event<'e>(
+    event: &mut Event<'e>,
     scratch: &mut Scratch,
-    out: EventOut<'_>,
+    out: EventOut<'e>,
     opts: &BatchOptions,
     open: Open<'_>,
     window: &DedupWindow,
@@ -541,7 +547,7 @@ fn plan_event(
     if let Some((hook, maps)) = out.maps {
         let memo = out.secondary;
         let mut as_received = |e: &Event<'_>| secondary = Some(memo.fingerprint(e, &opts.grouping, scratch).0);
-        *out.outcome = crate::symbolicate::apply(hook, maps, event, offset, out.mapped, &mut as_received);
+        *out.outcome = crate::symbolicate::apply(hook, maps, event, out.arena, offset, out.mapped, &mut as_received);
     }
     let event = &*event;
     let project = event.project.as_deref().unwrap_or("");

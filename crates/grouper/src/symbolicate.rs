@@ -9,6 +9,10 @@
 //! key's availability only ever goes from "not yet" to "yes" at one offset: what the batch's
 //! range metadata records so that a replay decides exactly as the first run did.
 
+mod sample;
+pub use sample::{assert_rewrite_paths_agree, rewrite_via_value};
+
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -231,10 +235,11 @@ fn debug_images(event: &Event<'_>) -> Vec<DebugImage> {
 /// When a frame is about to be mapped, `before_mapping` is called once with the event as
 /// received (no frame changed yet): the grouper takes its secondary fingerprint there
 /// (docs/sourcemaps.md "Late maps"). It is not called for events no map resolved.
-pub fn apply(
+pub fn apply<'e>(
     hook: &Hook,
     batch: &mut BatchMaps,
-    event: &mut Event<'_>,
+    event: &mut Event<'e>,
+    arena: &'e bumpalo::Bump,
     offset: i64,
     mapped: &mut Vec<Mapped>,
     before_mapping: &mut dyn FnMut(&Event<'_>),
@@ -245,7 +250,7 @@ pub fn apply(
     }
     let images = debug_images(event);
     if images.is_empty() && !batch.full_path_only {
-        if let Some(outcome) = apply_cached(batch, event, mapped, before_mapping) {
+        if let Some(outcome) = apply_cached(batch, event, arena, mapped, before_mapping) {
             return Some(outcome);
         }
     }
@@ -332,7 +337,7 @@ pub fn apply(
                 let Some((o, map)) = o else { continue };
                 let at =
                     Place { stack, frame: i, file: &o.file, line: o.line, col: o.col, function: o.function.as_deref() };
-                write_mapped(f, &at, map, &mut batch.spare, mapped);
+                write_mapped(f, &at, map, arena, &mut batch.spare, mapped);
             }
         }
     }
@@ -360,10 +365,11 @@ struct Place<'p> {
 
 /// Writes the mapped position into the frame and records the frame's minified values in a
 /// [`Mapped`] (a spare one's memory reused when there is one).
-fn write_mapped(
-    f: &mut Frame<'_>,
+fn write_mapped<'e>(
+    f: &mut Frame<'e>,
     at: &Place<'_>,
     map: Arc<ParsedMap>,
+    arena: &'e bumpalo::Bump,
     spare: &mut Vec<Mapped>,
     out: &mut Vec<Mapped>,
 ) {
@@ -393,10 +399,13 @@ fn write_mapped(
     m.original.context_line = None;
     m.original.post_context.clear();
     m.map = Some(map);
-    f.filename = Some(at.file.to_owned().into());
-    f.abs_path = Some(at.file.to_owned().into());
+    // The event borrows the mapped strings from the arena (one copy of the file for both
+    // fields, no allocation of their own).
+    let file: &'e str = arena.alloc_str(at.file);
+    f.filename = Some(Cow::Borrowed(file));
+    f.abs_path = Some(Cow::Borrowed(file));
     // A minified name says nothing stable: without an original one, none.
-    f.function = at.function.map(|s| s.to_owned().into());
+    f.function = at.function.map(|s| -> Cow<'e, str> { Cow::Borrowed(arena.alloc_str(s)) });
     f.lineno = Some(at.line);
     f.colno = Some(at.col);
     out.push(m);
@@ -419,9 +428,10 @@ fn set_str(slot: &mut Option<String>, value: Option<&str>) {
 /// needs the full path (a map not used yet, or more than [`MAX_KEYS_PER_EVENT`] maps); then
 /// nothing was changed. Decides exactly as the full path would (the tests compare them), and
 /// calls `before_mapping` as it does: once, before any frame changes, when a frame has a map.
-fn apply_cached(
+fn apply_cached<'e>(
     batch: &mut BatchMaps,
-    event: &mut Event<'_>,
+    event: &mut Event<'e>,
+    arena: &'e bumpalo::Bump,
     mapped: &mut Vec<Mapped>,
     before_mapping: &mut dyn FnMut(&Event<'_>),
 ) -> Option<Outcome> {
@@ -437,7 +447,15 @@ fn apply_cached(
         let mut last: Option<(&str, Option<Arc<ParsedMap>>)> = None;
         for (i, f) in s.frames.iter().enumerate() {
             let v = view(f);
-            if !tracefold_symbolicate::is_minified_js(&v) {
+            // A frame of the file of the minified frame before it passes `is_minified_js`'s test
+            // of the url as that one did: only its line and column are left to check.
+            let same_file = matches!((&last, v.url()), (Some((u, _)), Some(url)) if *u == url);
+            let minified = if same_file {
+                v.lineno.is_some() && v.colno.is_some()
+            } else {
+                tracefold_symbolicate::is_minified_js(&v)
+            };
+            if !minified {
                 continue;
             }
             // A minified frame has a url (is_minified_js); frames of one file follow each other.
@@ -488,7 +506,7 @@ fn apply_cached(
         let Some(pos) = map.position(line, col, f.function.as_deref()) else { continue };
         let at =
             Place { stack, frame: i, file: &pos.file, line: pos.line, col: pos.col, function: pos.function.as_deref() };
-        write_mapped(f, &at, map, &mut batch.spare, mapped);
+        write_mapped(f, &at, map, arena, &mut batch.spare, mapped);
     }
     batch.runs = runs;
     Some(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
@@ -559,64 +577,12 @@ fn replay_fetch(sym: &Symbolicator, keys: &[MapKey]) -> Vec<Found> {
 /// `raw_function`, `raw_lineno`, `raw_colno`. A frame whose minified line and column do not
 /// match what was mapped (the payload is not what the parser read) is left alone; a payload
 /// that is not a JSON object is returned as it is.
+///
+/// Written on the payload's bytes: the mapped frames' objects are written again and the rest
+/// is copied as it is (the same JSON value as [`rewrite_via_value`], which answers the rare
+/// documents the bytes path leaves to it: see the `sample` module).
 pub fn rewrite_sample(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(payload) else { return payload.to_vec() };
-    for m in mapped {
-        let (field, i) = match m.stack {
-            Stack::Exception(i) => ("exception", i),
-            Stack::Thread(i) => ("threads", i),
-        };
-        let list = match v.get_mut(field) {
-            Some(serde_json::Value::Object(o)) => o.get_mut("values"),
-            other => other,
-        };
-        let Some(frame) = list
-            .and_then(|l| l.get_mut(i))
-            .and_then(|e| e.get_mut("stacktrace"))
-            .and_then(|s| s.get_mut("frames"))
-            .and_then(|f| f.get_mut(m.frame))
-            .and_then(|f| f.as_object_mut())
-        else {
-            continue;
-        };
-        let num = |k: &str| frame.get(k).and_then(serde_json::Value::as_u64);
-        if num("lineno") != m.raw_lineno.map(u64::from) || num("colno") != m.raw_colno.map(u64::from) {
-            continue;
-        }
-        // The source context, for this one event of many (grouping needs none of it).
-        let with_context;
-        let o = match (&m.map, m.raw_lineno, m.raw_colno) {
-            (Some(map), Some(line), Some(col)) if m.original.context_line.is_none() => {
-                let mut o = m.original.clone();
-                map.add_context(line, col, &mut o);
-                with_context = o;
-                &with_context
-            }
-            _ => &m.original,
-        };
-        let set = |frame: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: Option<serde_json::Value>| {
-            match v {
-                Some(v) => frame.insert(k.to_owned(), v),
-                None => frame.remove(k),
-            };
-        };
-        set(frame, "raw_filename", m.raw_filename.clone().map(Into::into));
-        set(frame, "raw_abs_path", m.raw_abs_path.clone().map(Into::into));
-        set(frame, "raw_function", m.raw_function.clone().map(Into::into));
-        set(frame, "raw_lineno", m.raw_lineno.map(Into::into));
-        set(frame, "raw_colno", m.raw_colno.map(Into::into));
-        set(frame, "filename", Some(o.file.clone().into()));
-        set(frame, "abs_path", Some(o.file.clone().into()));
-        set(frame, "function", o.function.clone().map(Into::into));
-        set(frame, "lineno", Some(o.line.into()));
-        set(frame, "colno", Some(o.col.into()));
-        if o.context_line.is_some() {
-            set(frame, "pre_context", Some(o.pre_context.clone().into()));
-            set(frame, "context_line", o.context_line.clone().map(Into::into));
-            set(frame, "post_context", Some(o.post_context.clone().into()));
-        }
-    }
-    serde_json::to_vec(&v).unwrap_or_else(|_| payload.to_vec())
+    sample::rewrite(payload, mapped)
 }
 
 #[cfg(test)]
@@ -863,6 +829,27 @@ mod tests {
         assert_eq!(out.records[0].merged_from, expected);
     }
 
+    /// The memo of secondaries is kept across batches: a later batch of the same stacks (other
+    /// events) through the same builder emits what a fresh builder emits for it.
+    #[test]
+    fn a_later_batch_emits_the_secondaries_a_fresh_builder_emits() {
+        let (store, rt) = new_store();
+        upload(&store, &rt, &A);
+        let plain = |i: u64| {
+            format!(
+                r#"{{"event_id":"{i:032x}","project":"shop","exception":[{{"type":"E","value":"v","stacktrace":{{"frames":[{{"function":"f","filename":"app.py","lineno":3}}]}}}}]}}"#
+            )
+        };
+        let mut kept = builder(&store);
+        let first = run(&mut kept, &[A.event(1), B.event(2), plain(3), A.event(4)]);
+        assert_eq!(first.symbolication, [2, 1, 0, 0]);
+        let later = [A.event(11), plain(12), B.event(13), A.event(14)];
+        let again = run(&mut kept, &later);
+        let fresh = run(&mut builder(&store), &later);
+        assert_eq!(again, fresh);
+        assert_eq!(again.records.iter().filter(|r| !r.merged_from.is_empty()).count(), 1, "{again:?}");
+    }
+
     #[test]
     fn past_eight_secondaries_an_aggregate_leaves_the_others_out_and_counts_them() {
         let (store, rt) = new_store();
@@ -908,8 +895,10 @@ mod tests {
         let (a, b) = (&A.url[1..], &B.url[1..]);
         let many: Vec<String> =
             (0..MAX_KEYS_PER_EVENT + 2).map(|i| frame(&format!("/x{i}.js"), Some("a"), 1, 14)).collect();
+        // A frame of the same file without a column: not minified (`is_minified_js`).
+        let no_column = format!(r#"{{"function":"a","filename":"https://shop.example{a}","lineno":1}}"#);
         let stacks: Vec<(Option<&str>, Vec<String>, Vec<String>)> = vec![
-            (Some("1.0"), vec![frame(a, Some("a"), 1, 14)], vec![]),
+            (Some("1.0"), vec![frame(a, Some("a"), 1, 14), no_column, frame(a, Some("a"), 1, 14)], vec![]),
             (Some("1.1"), vec![frame(b, Some("b"), 1, 22)], vec![]),
             (
                 Some("1.0"),
@@ -945,25 +934,28 @@ mod tests {
         let (mut taken, mut resolved) = (0, 0);
         // Three times over: the first time every file is new to the batch, then known.
         for (offset, text) in events.iter().chain(&events).chain(&events).enumerate() {
+            let (arena_full, arena_cached) = (bumpalo::Bump::new(), bumpalo::Bump::new());
             let (mut x, mut y) = (text.as_bytes().to_vec(), text.as_bytes().to_vec());
             let mut ev_full = tracefold_model::parse_event_slice(&mut x).unwrap();
             let mut ev_cached = tracefold_model::parse_event_slice(&mut y).unwrap();
             let as_received = format!("{ev_full:?}");
             let (mut seen_full, mut seen_cached) = (None, None);
-            let o_full = apply(&hook, &mut full, &mut ev_full, offset as i64, &mut m_full, &mut |e| {
+            let o_full = apply(&hook, &mut full, &mut ev_full, &arena_full, offset as i64, &mut m_full, &mut |e| {
                 seen_full = Some(format!("{e:?}"));
             });
             {
                 let mut z = text.as_bytes().to_vec();
                 let mut probe = tracefold_model::parse_event_slice(&mut z).unwrap();
                 let mut m = Vec::new();
-                taken += usize::from(apply_cached(&mut cached, &mut probe, &mut m, &mut |_| {}).is_some());
+                let arena = bumpalo::Bump::new();
+                taken += usize::from(apply_cached(&mut cached, &mut probe, &arena, &mut m, &mut |_| {}).is_some());
                 cached.recycle(&mut m);
             }
             cached.recycle(&mut m_cached);
-            let o_cached = apply(&hook, &mut cached, &mut ev_cached, offset as i64, &mut m_cached, &mut |e| {
-                seen_cached = Some(format!("{e:?}"));
-            });
+            let o_cached =
+                apply(&hook, &mut cached, &mut ev_cached, &arena_cached, offset as i64, &mut m_cached, &mut |e| {
+                    seen_cached = Some(format!("{e:?}"));
+                });
             assert_eq!(o_full, o_cached, "{text}");
             if o_full == Some(Outcome::Resolved) {
                 // Both paths show the late-maps hook the event before any frame changed.
