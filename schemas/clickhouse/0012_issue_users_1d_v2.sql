@@ -24,11 +24,12 @@ FROM {db}.aggregates
 ARRAY JOIN users AS user
 GROUP BY project, issue_id, day;
 
--- Backfill: the states of `issue_users_1d`, merged per issue and day (the same sketches of the
--- same rows; faster than building them again from the base table). The view exists already,
--- so nothing inserted meanwhile is missed; a row counted twice (by both, or by a re-run of a
--- half-applied migration) adds hashes already in the sketch, which changes nothing.
+-- Backfill: the states of `issue_users_1d`, copied row by row (the same sketches of the same
+-- rows; faster than building them again from the base table). Streamed, not grouped: the
+-- table's merges fold the rows of one issue and day, so the backfill never holds every state
+-- in memory at once. The view exists already, so nothing inserted meanwhile is missed; a row
+-- counted twice (by both, or by a re-run of a half-applied migration) adds hashes already in
+-- the sketch, which changes nothing.
 INSERT INTO {db}.issue_users_1d_v2 (project, issue_id, day, users_state)
-SELECT project, issue_id, day, uniqCombinedMergeState(users_state) AS users_state
-FROM {db}.issue_users_1d
-GROUP BY project, issue_id, day;
+SELECT project, issue_id, day, users_state
+FROM {db}.issue_users_1d;

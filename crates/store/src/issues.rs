@@ -959,7 +959,8 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
     let materialized = top_in_session(&session, db, &c, q, aliases, &mut made).await;
     // The session's end drops the tables too (after the server's `session_timeout`).
     for table in made.into_iter().rev() {
-        let _ = session.query(&format!("DROP TEMPORARY TABLE IF EXISTS {table}")).execute().await;
+        let drop = format!("DROP TEMPORARY TABLE IF EXISTS {table}");
+        let _ = in_session(|| session.query(&drop).execute()).await;
     }
     let (rows, hour_start) = match materialized {
         Some(done) => done,
@@ -1017,12 +1018,15 @@ async fn top_in_session(
     }
     from.push(&format!(" FROM {RANKED_TABLE}"));
     let members = if aliases == Aliases::Some {
-        // The ranked issues' aliases, and the ranked issues that have some (unless one is
-        // itself an alias: only one level is followed, as in the ranking).
+        // The ranked issues' aliases, the ranked issues that have some (unless one is itself
+        // an alias: only one level is followed, as in the ranking), and the ranked issues that
+        // are aliases (in a chain A -> B -> C, a ranked B holds A's rows, its own are C's: read
+        // apart, as the single query's fold reads them, not as B's plain rows).
         let mut m = Sql::default();
         m.push(&format!(
-            "SELECT project, issue_id, canon FROM (\
+            "SELECT DISTINCT project, issue_id, canon FROM (\
              SELECT project, issue_id, canon FROM {MAP_TABLE} WHERE (project, canon) IN (SELECT project, issue_id FROM {RANKED_TABLE}) \
+             UNION ALL SELECT project, issue_id, canon FROM {MAP_TABLE} WHERE (project, issue_id) IN (SELECT project, issue_id FROM {RANKED_TABLE}) \
              UNION ALL SELECT DISTINCT project, c AS issue_id, toString('') AS canon FROM (SELECT project, canon AS c FROM {MAP_TABLE} \
              WHERE (project, canon) IN (SELECT project, issue_id FROM {RANKED_TABLE}) \
              AND (project, canon) NOT IN (SELECT project, issue_id FROM {MAP_TABLE})))"
