@@ -354,21 +354,7 @@ pub(crate) fn fold_in(
     s.push("SELECT project, issue_id, ").push(plain).push(" FROM (").sql(&inner(None)).push(")");
     s.push(" WHERE (project, issue_id) NOT IN (").sql(&sets.apart).push(") UNION ALL ");
     let members = inner(Some(&sets.filter));
-    // The aggregates are named `f_<name>` where they are computed: an alias equal to a column
-    // they read would be substituted into the other aggregates (ClickHouse 18.16).
-    s.push("SELECT project, cid AS issue_id");
-    for (_, name) in aggs {
-        s.push(&format!(", f_{name} AS {name}"));
-    }
-    s.push(" FROM (SELECT project, cid");
-    for (expr, name) in aggs {
-        s.push(&format!(", {expr} AS f_{name}"));
-    }
-    s.push(&format!(" FROM (SELECT project, issue_id, canon, {cols}, if(canon = '', issue_id, canon) AS cid FROM ("))
-        .sql(&members)
-        .push(") ANY LEFT JOIN (")
-        .sql(&sets.map)
-        .push(") USING (project, issue_id)) GROUP BY project, cid)");
+    s.sql(&fold_once(&members, &sets.map, &format!("canon, {cols}"), aggs));
     s
 }
 
@@ -381,6 +367,8 @@ pub(crate) fn fold_in(
 /// rows (tens of thousands at most), not over the tables' rows.
 pub(crate) fn fold_once(inner: &Sql, map: &Sql, cols: &str, aggs: &[(&str, &str)]) -> Sql {
     let mut s = Sql::default();
+    // The aggregates are named `f_<name>` where they are computed: an alias equal to a column
+    // they read would be substituted into the other aggregates (ClickHouse 18.16).
     s.push("SELECT project, cid AS issue_id");
     for (_, name) in aggs {
         s.push(&format!(", f_{name} AS {name}"));

@@ -28,8 +28,6 @@
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::time::Duration;
-use tracefold_model::aggregate::DEFAULT_MAX_USERS;
-use tracefold_model::{AggregateRecord, BatchRef, UserSet};
 use tracefold_store::aggregates::Watermarks;
 use tracefold_store::rows::AggregateRow;
 use tracefold_writer::batch::Batch;
@@ -42,8 +40,12 @@ fn main() {
     let mode = args.get(1).map_or("insert", String::as_str);
     let n: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let sample = SAMPLE_EVENTS.lines().next().expect("a fixture event");
-    let payloads: Vec<Vec<u8>> =
-        (0..n).map(|i| serde_json::to_vec(&record(i, 1_795_671_540, sample)).expect("encodes")).collect();
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            serde_json::to_vec(&tracefold_writer::bench::record(i, 1_795_671_540, "tracefold.events", sample))
+                .expect("encodes")
+        })
+        .collect();
     let bytes: usize = payloads.iter().map(Vec::len).sum();
     let url = sink();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
@@ -82,47 +84,6 @@ fn run(mode: &str, payloads: &[Vec<u8>], rt: &tokio::runtime::Runtime, client: &
         done += rows.len();
     }
     done
-}
-
-/// Record `i` of `bench-writer` (crates/devtools/src/bench/writer.rs), with `i` for its
-/// offset so that every record passes the replay check.
-fn record(i: u64, now: i64, sample: &str) -> AggregateRecord {
-    let mut users = UserSet::default();
-    for u in 0..(i % 7) {
-        // Any well-spread 64-bit values (the benchmark's are xxh3 hashes).
-        let h = (i * 31 + u).wrapping_add(0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        users.insert(h ^ (h >> 31), DEFAULT_MAX_USERS);
-    }
-    AggregateRecord {
-        v: 1,
-        batch: BatchRef {
-            epoch: "bench".into(),
-            topic: "tracefold.events".into(),
-            partition: (i % 6) as i32,
-            first_offset: i as i64,
-            last_offset: i as i64,
-            index: 0,
-            count: 1,
-        },
-        project: ["web", "api", "billing"][(i % 3) as usize].into(),
-        issue_id: format!("{:032x}", i % 2000),
-        minute: (now - (i % 60) as i64 * 60).div_euclid(60) * 60,
-        release: format!("r{}", i % 4),
-        environment: ["production", "staging"][(i % 2) as usize].into(),
-        count: 1 + i % 50,
-        users,
-        first_seen_ms: now * 1000,
-        last_seen_ms: now * 1000,
-        title: format!("TypeError: thing {} failed", i % 2000),
-        culprit: "app.js in handler".into(),
-        exc_type: "TypeError".into(),
-        level: "error".into(),
-        platform: "javascript".into(),
-        grouping_version: "v1".into(),
-        sample: if i.is_multiple_of(20) { sample.to_owned() } else { String::new() },
-        breakdown: Default::default(),
-        merged_from: Vec::new(),
-    }
 }
 
 /// A local HTTP server that reads every request's body and answers 200: the INSERTs' bytes

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod metrics;
 pub mod outcomes;

@@ -3,7 +3,6 @@
 use crate::gen;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::{Duration, Instant};
-use tracefold_model::aggregate::{UserSet, DEFAULT_MAX_USERS};
 use tracefold_runtime::config::ClickHouseConfig;
 
 /// What `bench-writer` sends, and where.
@@ -245,7 +244,7 @@ async fn send_wave(
 ) -> anyhow::Result<()> {
     let mut futs = Vec::with_capacity(n as usize);
     for i in from..from + n {
-        let r = record(i, now, &topics.events, sample);
+        let r = tracefold_writer::bench::record(i, now, &topics.events, sample);
         let payload = serde_json::to_vec(&r)?;
         futs.push(
             producer
@@ -268,45 +267,6 @@ async fn wait_stored(client: &tracefold_store::Client, db: &str, want: u64, time
             return Ok(stored);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Record `i` of the benchmark: one of 2,000 issues over three projects, `i % 7` users, a
-/// sample in one record of twenty.
-fn record(i: u64, now: i64, events_topic: &str, sample: &str) -> tracefold_model::AggregateRecord {
-    let mut users = UserSet::default();
-    for u in 0..(i % 7) {
-        users.insert(xxhash_rust::xxh3::xxh3_64(&(i * 31 + u).to_le_bytes()), DEFAULT_MAX_USERS);
-    }
-    tracefold_model::AggregateRecord {
-        v: 1,
-        batch: tracefold_model::BatchRef {
-            epoch: "bench".into(),
-            topic: events_topic.to_owned(),
-            partition: (i % 6) as i32,
-            first_offset: i as i64,
-            last_offset: i as i64,
-            index: 0,
-            count: 1,
-        },
-        project: ["web", "api", "billing"][(i % 3) as usize].into(),
-        issue_id: format!("{:032x}", i % 2000),
-        minute: (now - (i % 60) as i64 * 60).div_euclid(60) * 60,
-        release: format!("r{}", i % 4),
-        environment: ["production", "staging"][(i % 2) as usize].into(),
-        count: 1 + i % 50,
-        users,
-        first_seen_ms: now * 1000,
-        last_seen_ms: now * 1000,
-        title: format!("TypeError: thing {} failed", i % 2000),
-        culprit: "app.js in handler".into(),
-        exc_type: "TypeError".into(),
-        level: "error".into(),
-        platform: "javascript".into(),
-        grouping_version: "v1".into(),
-        sample: if i.is_multiple_of(20) { sample.to_owned() } else { String::new() },
-        breakdown: Default::default(),
-        merged_from: Vec::new(),
     }
 }
 
