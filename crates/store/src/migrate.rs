@@ -1356,7 +1356,11 @@ mod tests {
                 // A backfill either builds states (the functions below), or copies the state
                 // columns of another sketch table row by row (0012: streamed, not grouped), which
                 // the target's merges union as they union any state: idempotent as well.
-                let copies_states = toks.iter().any(|t| matches!(t, Tok::Word(w) if w.ends_with("_state")));
+                // A copy: state columns selected bare (no function applied, not after `(`), and
+                // no GROUP BY (which would merge them with a function the list above names).
+                let bare_state = |w: &[Tok]| matches!(&w[1], Tok::Word(c) if c.ends_with("_state")) && w[0] != sym("(");
+                let copies_states = toks.windows(2).any(bare_state)
+                    && !toks.windows(2).any(|w| w[0] == word("GROUP") && w[1] == word("BY"));
                 assert!(!states.is_empty() || copies_states, "{st}");
                 for s in states {
                     // (`uniqCombinedState`: a set of hashes, or a HyperLogLog of their maximum
