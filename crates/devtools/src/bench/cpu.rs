@@ -15,8 +15,12 @@ pub struct CpuSnapshot {
     pub stages: BTreeMap<&'static str, u64>,
     /// This whole process, exited threads included.
     pub process: u64,
-    /// The `clickhouse-server` process, when one is found.
+    /// The `clickhouse-server` processes: the one serving the benchmark when `clickhouse_pid`
+    /// names it, else every one on the machine (0 when there is none).
     pub clickhouse: u64,
+    /// The ClickHouse server measured, when it was found ([`clickhouse_pid`]); `None` counts
+    /// every `clickhouse-server` process, another one's background work included.
+    pub clickhouse_pid: Option<u32>,
     /// The whole machine: busy ticks (all but idle and iowait) and all ticks, over every core.
     pub machine_busy: u64,
     /// See `machine_busy`.
@@ -78,9 +82,17 @@ impl CpuSnapshot {
         Self::now_by(stage_of)
     }
 
-    /// Reads the counters now, this process's threads grouped by `stage` of their names.
+    /// Reads the counters now, this process's threads grouped by `stage` of their names, every
+    /// `clickhouse-server` process counted.
     pub fn now_by(stage: fn(&str) -> &'static str) -> Self {
-        let mut s = Self::default();
+        Self::now_by_for(stage, None)
+    }
+
+    /// [`Self::now_by`] with only the ClickHouse server `clickhouse` counted, when given (from
+    /// [`clickhouse_pid`]): another server on the machine, such as a developer's beside a
+    /// scratch one, then stays out of the figure.
+    pub fn now_by_for(stage: fn(&str) -> &'static str, clickhouse: Option<u32>) -> Self {
+        let mut s = Self { clickhouse_pid: clickhouse, ..Self::default() };
         if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
             for e in dir.flatten() {
                 if let Some((name, t)) =
@@ -91,19 +103,14 @@ impl CpuSnapshot {
             }
         }
         s.process = std::fs::read_to_string("/proc/self/stat").ok().and_then(|x| stat_ticks(&x)).map_or(0, |x| x.1);
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for e in dir.flatten() {
-                if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-                    continue;
-                }
-                if let Some((name, t)) =
-                    std::fs::read_to_string(e.path().join("stat")).ok().and_then(|x| stat_ticks(&x))
-                {
-                    // The kernel cuts names to 15 bytes: "clickhouse-serv".
-                    if name.starts_with("clickhouse-serv") {
-                        s.clickhouse += t;
-                    }
-                }
+        if let Some(pid) = clickhouse {
+            s.clickhouse = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|x| stat_ticks(&x))
+                .map_or(0, |x| x.1);
+        } else {
+            for (_, t) in clickhouse_processes() {
+                s.clickhouse += t;
             }
         }
         if let Some((busy, total)) = std::fs::read_to_string("/proc/stat").ok().and_then(|x| machine_ticks(&x)) {
@@ -133,13 +140,86 @@ impl CpuSnapshot {
             self.machine_busy.saturating_sub(start.machine_busy),
             self.machine_total.saturating_sub(start.machine_total),
         );
+        let measured = match self.clickhouse_pid {
+            Some(pid) => format!("the server of the benchmark (pid {pid})"),
+            None => "every clickhouse-server process on the machine".to_owned(),
+        };
         serde_json::json!({
             "stages": stages,
             "process_seconds": secs(process),
             "clickhouse_seconds": secs(self.clickhouse.saturating_sub(start.clickhouse)),
+            "clickhouse_measured": measured,
             "machine_busy_share": if total == 0 { 0.0 } else { busy as f64 / total as f64 },
         })
     }
+}
+
+/// The `clickhouse-server` processes of the machine (pid, user + system ticks).
+fn clickhouse_processes() -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            if let Some((name, t)) = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|x| stat_ticks(&x)) {
+                // The kernel cuts names to 15 bytes: "clickhouse-serv".
+                if name.starts_with("clickhouse-serv") {
+                    out.push((pid, t));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The port of `url` when its host is this machine (`localhost`, `127.x.y.z`, `::1`).
+pub fn local_port(url: &str) -> Option<u16> {
+    let u = reqwest::Url::parse(url).ok()?;
+    let host = u.host_str()?;
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    if local {
+        u.port_or_known_default()
+    } else {
+        None
+    }
+}
+
+/// The inodes of the sockets listening on TCP `port` in a `/proc/net/tcp` or `tcp6` table
+/// (lines `sl local_address rem_address st ... uid timeout inode`, addresses `HEX:PORT` in
+/// hexadecimal, state `0A` listening).
+pub fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && *f.get(3)? == "0A").then(|| f.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// The `clickhouse-server` process that listens on `url`'s port, when `url` is on this machine
+/// and the process's open files can be read; `None` otherwise (the CPU figures then count every
+/// `clickhouse-server` process).
+pub fn clickhouse_pid(url: &str) -> Option<u32> {
+    let port = local_port(url)?;
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        inodes.extend(std::fs::read_to_string(table).map(|t| listening_inodes(&t, port)).unwrap_or_default());
+    }
+    let sockets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    clickhouse_processes().into_iter().map(|(pid, _)| pid).find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| sockets.iter().any(|s| l.as_os_str() == s.as_str()))
+            })
+        })
+    })
 }
 
 /// `VmRSS` and `VmHWM` (the peak so far) of this process, bytes (0 where /proc is not there).
@@ -166,6 +246,30 @@ mod tests {
     }
 
     #[test]
+    fn the_listening_socket_of_a_port() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                   \x20  0: 0100007F:1FBC 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0\n\
+                   \x20  1: 0100007F:1FBC 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0 20 4 30 10 -1\n\
+                   \x20  2: 00000000:1FBD 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(tcp, 8124), vec![4242], "a connection on the port is not its listener");
+        assert_eq!(listening_inodes(tcp, 8125), vec![4444]);
+        assert_eq!(listening_inodes(tcp, 8123), Vec::<u64>::new());
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                    \x20  0: 00000000000000000000000001000000:1FBC 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(tcp6, 8124), vec![77]);
+        assert_eq!(listening_inodes("garbage\nmore garbage", 8124), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn only_a_server_on_this_machine_has_a_local_port() {
+        assert_eq!(local_port("http://127.0.0.1:8124"), Some(8124));
+        assert_eq!(local_port("http://localhost/"), Some(80));
+        assert_eq!(local_port("http://[::1]:8123/x"), Some(8123));
+        assert_eq!(local_port("http://ch.example:8123"), None);
+        assert_eq!(local_port("not a url"), None);
+    }
+
+    #[test]
     fn stages_by_thread_name() {
         assert_eq!(stage_of("grouper"), "grouper");
         assert_eq!(stage_of("rdk:broker1"), "kafka clients");
@@ -179,6 +283,7 @@ mod tests {
     #[test]
     fn since_counts_exited_threads_in_the_process_total() {
         let start = CpuSnapshot { process: 100, ..Default::default() };
+        assert_eq!(start.since(&start)["clickhouse_measured"], "every clickhouse-server process on the machine");
         let mut end = CpuSnapshot { process: 400, machine_busy: 50, machine_total: 100, ..Default::default() };
         end.stages.insert("writer", 100);
         let j = end.since(&start);

@@ -316,7 +316,10 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     let mut g = gen::Generator::new(measured.gen.clone());
     let pool: Vec<gen::Generated> = (0..POOL_EVENTS.min(opts.events as usize)).map(|_| g.next_event()).collect();
     eprintln!("loading {} events straight into Kafka ({} distinct bodies, fresh ids) ...", opts.events, pool.len());
-    let cpu0 = super::cpu::CpuSnapshot::now();
+    // Only the server the pipeline writes to: another one on the machine (a developer's, with
+    // its own merges) would count in the figure otherwise.
+    let ch_pid = super::cpu::clickhouse_pid(&ch.url);
+    let cpu0 = super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid);
     let services0 = running.figures();
     let t0 = Instant::now();
     let s = running.guard(loadgen::run_kafka_pool(&bootstrap, &cfg.topics.events, &measured, &pool)).await?;
@@ -324,7 +327,7 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     let stored =
         running.guard(dev::wait_for_events(&ch, baseline, s.accepted, Duration::from_secs(1800), false)).await?;
     let total_secs = t0.elapsed().as_secs_f64();
-    let cpu = super::cpu::CpuSnapshot::now().since(&cpu0);
+    let cpu = super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid).since(&cpu0);
     let services = running
         .figures()
         .into_iter()

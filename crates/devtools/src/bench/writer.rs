@@ -184,7 +184,9 @@ pub async fn writer(opts: &WriterOptions) -> anyhow::Result<WriterReport> {
         anyhow::ensure!(!writer.is_finished(), "the writer stopped before reading anything");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let (t0, cpu0) = (Instant::now(), super::cpu::CpuSnapshot::now_by(writer_part));
+    // Only the server the writer inserts into (another one on the machine stays out).
+    let ch_pid = super::cpu::clickhouse_pid(&ch.url);
+    let (t0, cpu0) = (Instant::now(), super::cpu::CpuSnapshot::now_by_for(writer_part, ch_pid));
     let join_seconds = t_start.elapsed().as_secs_f64();
     // ClickHouse is asked for its row count (every 20 ms) only once the writer has read every
     // record: the queries would cost both processes CPU in the measured span otherwise.
@@ -193,7 +195,7 @@ pub async fn writer(opts: &WriterOptions) -> anyhow::Result<WriterReport> {
     }
     let stored = wait_stored(&client, &ch.database, records, Duration::from_secs(600)).await?;
     let seconds = t0.elapsed().as_secs_f64();
-    let cpu = super::cpu::CpuSnapshot::now_by(writer_part).since(&cpu0);
+    let cpu = super::cpu::CpuSnapshot::now_by_for(writer_part, ch_pid).since(&cpu0);
     shutdown.trigger();
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracefold_store::client::drop_database(&client, &ch.database).await?;
