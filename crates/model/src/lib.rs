@@ -100,7 +100,7 @@ fn parse_into<'a>(
     if repair {
         json::repair_surrogates(buf);
     }
-    simd_json::fill_tape(buf, buffers, tape).map_err(malformed)?;
+    build_tape(buf, buffers, tape).map_err(malformed)?;
     // The tape reader checks the depth of what it skips (the rest has the event's shape).
     if tape::event(&tape.0, spare, out).is_some() {
         return Ok(());
@@ -108,6 +108,19 @@ fn parse_into<'a>(
     json::tape_depth(&tape.0, json::MAX_DEPTH)?;
     *out = std::mem::replace(tape, simd_json::Tape(Vec::new())).deserialize::<Event<'_>>().map_err(malformed)?;
     Ok(())
+}
+
+/// simd-json's tape of `buf`, out of line: inlined into [`parse_into`], simd-json's second
+/// stage compiled to about 700 to 1,300 instructions an event more than the same call on its
+/// own (the bare parse's), and moved by that much with unrelated changes to this crate
+/// (benches/README.md, "The tape built out of line").
+#[inline(never)]
+fn build_tape<'a>(
+    buf: &'a mut [u8],
+    buffers: &mut simd_json::Buffers,
+    tape: &mut simd_json::Tape<'a>,
+) -> Result<(), simd_json::Error> {
+    simd_json::fill_tape(buf, buffers, tape)
 }
 
 /// A reusable event parser: keeps simd-json's scratch buffers and tape across events, so that

@@ -111,6 +111,70 @@ impl Spare {
     }
 }
 
+/// An optional string node (`None`: another type, serde decides).
+#[inline(always)]
+fn str_of<'a>(n: &Node<'a>) -> Option<Option<Str<'a>>> {
+    match *n {
+        Node::String(s) => Some(Some(Cow::Borrowed(s))),
+        Node::Static(StaticNode::Null) => Some(None),
+        _ => None,
+    }
+}
+
+/// An optional string, or an integer as its decimal text (a user or thread id).
+#[inline(always)]
+fn str_or_number_of<'a>(n: &Node<'a>) -> Option<Option<Str<'a>>> {
+    match *n {
+        Node::String(s) => Some(Some(Cow::Borrowed(s))),
+        Node::Static(StaticNode::Null) => Some(None),
+        Node::Static(StaticNode::I64(v)) => Some(Some(Cow::Owned(v.to_string()))),
+        Node::Static(StaticNode::U64(v)) => Some(Some(Cow::Owned(v.to_string()))),
+        _ => None,
+    }
+}
+
+/// An optional boolean node.
+#[inline(always)]
+fn bool_of(n: &Node<'_>) -> Option<Option<bool>> {
+    match *n {
+        Node::Static(StaticNode::Null) => Some(None),
+        Node::Static(StaticNode::Bool(b)) => Some(Some(b)),
+        _ => None,
+    }
+}
+
+/// `Option<u32>` as serde reads it from simd-json (the same conversion).
+#[inline(always)]
+fn u32_of(n: &Node<'_>) -> Option<Option<u32>> {
+    match *n {
+        Node::Static(StaticNode::Null) => Some(None),
+        Node::Static(s) => s.as_u32().map(Some),
+        _ => None,
+    }
+}
+
+/// The nodes after `value`, a value of an object read as one slice (`body`: the object's
+/// nodes; `tail`: those after `value`'s own node): past everything nested in it. A container
+/// is checked against [`MAX_DEPTH`] as [`Cur::skip`] checks it, `depth` being the objects and
+/// arrays open around it (`None` past the bound: the caller's full check refuses the event).
+#[inline(always)]
+fn skip_value<'t, 'a>(
+    body: &'t [Node<'a>],
+    tail: &'t [Node<'a>],
+    value: &Node<'a>,
+    depth: usize,
+) -> Option<&'t [Node<'a>]> {
+    match *value {
+        Node::Object { count, .. } | Node::Array { count, .. } => {
+            let at = body.len() - tail.len() - 1;
+            let nested = body.get(at..at.checked_add(count)?.checked_add(1)?)?;
+            tape_depth(nested, MAX_DEPTH.checked_sub(depth)?).ok()?;
+            tail.get(count..)
+        }
+        _ => Some(tail),
+    }
+}
+
 /// A position on the tape.
 struct Cur<'t, 'a> {
     nodes: &'t [Node<'a>],
@@ -250,39 +314,16 @@ impl<'a> Cur<'_, 'a> {
     }
 
     fn opt_str(&mut self) -> Option<Option<Str<'a>>> {
-        match self.next()? {
-            Node::String(s) => Some(Some(Cow::Borrowed(s))),
-            Node::Static(StaticNode::Null) => Some(None),
-            _ => None,
-        }
+        str_of(&self.next()?)
     }
 
-    /// A string, or an integer as its decimal text (a user id).
+    /// A string, or an integer as its decimal text (a thread id).
     fn opt_str_or_number(&mut self) -> Option<Option<Str<'a>>> {
-        match self.next()? {
-            Node::String(s) => Some(Some(Cow::Borrowed(s))),
-            Node::Static(StaticNode::Null) => Some(None),
-            Node::Static(StaticNode::I64(v)) => Some(Some(Cow::Owned(v.to_string()))),
-            Node::Static(StaticNode::U64(v)) => Some(Some(Cow::Owned(v.to_string()))),
-            _ => None,
-        }
+        str_or_number_of(&self.next()?)
     }
 
     fn opt_bool(&mut self) -> Option<Option<bool>> {
-        match self.next()? {
-            Node::Static(StaticNode::Null) => Some(None),
-            Node::Static(StaticNode::Bool(b)) => Some(Some(b)),
-            _ => None,
-        }
-    }
-
-    /// `Option<u32>` as serde reads it from simd-json (the same conversion).
-    fn opt_u32(&mut self) -> Option<Option<u32>> {
-        match self.next()? {
-            Node::Static(StaticNode::Null) => Some(None),
-            Node::Static(s) => s.as_u32().map(Some),
-            _ => None,
-        }
+        bool_of(&self.next()?)
     }
 
     /// [`crate::time::deserialize_opt_millis`] on a tape node.
@@ -298,24 +339,34 @@ impl<'a> Cur<'_, 'a> {
     }
 
     /// Tags and headers: `null` or an object of strings, at most [`MAX_TAGS`] pairs kept (the
-    /// rest skipped, whatever their values).
+    /// rest skipped, whatever their values). Read over the object's nodes as one slice, as
+    /// [`Cur::scalars`] reads.
     fn pairs(&mut self) -> Option<Vec<(Str<'a>, Str<'a>)>> {
         if self.null() {
             return Some(Vec::new());
         }
-        let len = self.object()?;
+        let Node::Object { len, count } = *self.nodes.get(self.i)? else { return None };
+        let start = self.i + 1;
+        let end = start.checked_add(count)?;
+        let body = self.nodes.get(start..end)?;
         let mut out = self.spare.pairs();
         out.reserve(len.min(64));
+        let mut rest = body;
         for k in 0..len {
-            let key = self.key()?;
+            let [Node::String(key), value, tail @ ..] = rest else { return None };
+            rest = tail;
             if k < MAX_TAGS {
-                let Node::String(v) = self.next()? else { return None };
-                out.push((Cow::Borrowed(key), Cow::Borrowed(v)));
+                let Node::String(v) = *value else { return None };
+                out.push((Cow::Borrowed(*key), Cow::Borrowed(v)));
             } else {
-                self.skip()?;
+                rest = skip_value(body, tail, value, self.depth + 1)?;
             }
         }
-        self.close(out)
+        if !rest.is_empty() {
+            return None;
+        }
+        self.i = end;
+        Some(out)
     }
 
     /// A custom fingerprint: `null` or an array of strings.
@@ -430,26 +481,19 @@ impl<'a> Cur<'_, 'a> {
     }
 
     fn logentry(&mut self, l: &mut LogEntry<'a>) -> Option<()> {
-        let len = self.object()?;
-        let mut seen = 0u32;
-        for _ in 0..len {
-            let bit = match self.key()? {
+        self.scalars(|key, value| {
+            Some(match key {
                 "message" => {
-                    l.message = self.opt_str()?;
+                    l.message = str_of(value)?;
                     1
                 }
                 "formatted" => {
-                    l.formatted = self.opt_str()?;
+                    l.formatted = str_of(value)?;
                     2
                 }
-                _ => {
-                    self.skip()?;
-                    continue;
-                }
-            };
-            mark(&mut seen, bit)?;
-        }
-        self.close(())
+                _ => 0,
+            })
+        })
     }
 
     fn exception(&mut self, x: &mut Exception<'a>) -> Option<()> {
@@ -527,30 +571,23 @@ impl<'a> Cur<'_, 'a> {
     }
 
     fn mechanism(&mut self, m: &mut Mechanism<'a>) -> Option<()> {
-        let len = self.object()?;
-        let mut seen = 0u32;
-        for _ in 0..len {
-            let bit = match self.key()? {
+        self.scalars(|key, value| {
+            Some(match key {
                 "type" => {
-                    m.ty = self.opt_str()?;
+                    m.ty = str_of(value)?;
                     1
                 }
                 "handled" => {
-                    m.handled = self.opt_bool()?;
+                    m.handled = bool_of(value)?;
                     2
                 }
                 "synthetic" => {
-                    m.synthetic = self.opt_bool()?;
+                    m.synthetic = bool_of(value)?;
                     4
                 }
-                _ => {
-                    self.skip()?;
-                    continue;
-                }
-            };
-            mark(&mut seen, bit)?;
-        }
-        self.close(())
+                _ => 0,
+            })
+        })
     }
 
     fn stacktrace(&mut self, s: &mut Stacktrace<'a>) -> Option<()> {
@@ -568,86 +605,105 @@ impl<'a> Cur<'_, 'a> {
         self.close(())
     }
 
-    fn frame(&mut self, f: &mut Frame<'a>) -> Option<()> {
-        let len = self.object()?;
+    /// An object whose known fields are all scalars (a frame, the most frequent object: about
+    /// 8.6 an event in the fixture; a user, a mechanism, ...), read over its nodes as one
+    /// slice: the loop keeps its place in a register and checks no bound per node but the
+    /// slice pattern's. `field` reads a key's value into its place and answers the key's bit
+    /// (`Some(0)`: a key it does not know, skipped; `None`: serde decides). The same answers
+    /// as reading node by node (the same node functions, duplicate and depth checks); a tape
+    /// whose counts do not add up is left to serde.
+    #[inline(always)]
+    fn scalars(&mut self, mut field: impl FnMut(&'a str, &Node<'a>) -> Option<u32>) -> Option<()> {
+        let Node::Object { len, count } = *self.nodes.get(self.i)? else { return None };
+        let start = self.i + 1;
+        let end = start.checked_add(count)?;
+        let body = self.nodes.get(start..end)?;
+        let mut rest = body;
         let mut seen = 0u32;
         for _ in 0..len {
-            let bit = match self.key()? {
+            let [Node::String(key), value, tail @ ..] = rest else { return None };
+            rest = tail;
+            let bit = field(key, value)?;
+            if bit == 0 {
+                // Inside this object: one level deeper than the cursor.
+                rest = skip_value(body, tail, value, self.depth + 1)?;
+                continue;
+            }
+            mark(&mut seen, bit)?;
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        self.i = end;
+        Some(())
+    }
+
+    fn frame(&mut self, f: &mut Frame<'a>) -> Option<()> {
+        self.scalars(|key, value| {
+            Some(match key {
                 "function" => {
-                    f.function = self.opt_str()?;
+                    f.function = str_of(value)?;
                     1
                 }
                 "filename" => {
-                    f.filename = self.opt_str()?;
+                    f.filename = str_of(value)?;
                     1 << 2
                 }
                 "lineno" => {
-                    f.lineno = self.opt_u32()?;
+                    f.lineno = u32_of(value)?;
                     1 << 5
                 }
                 "colno" => {
-                    f.colno = self.opt_u32()?;
+                    f.colno = u32_of(value)?;
                     1 << 6
                 }
                 "in_app" => {
-                    f.in_app = self.opt_bool()?;
+                    f.in_app = bool_of(value)?;
                     1 << 7
                 }
                 "module" => {
-                    f.module = self.opt_str()?;
+                    f.module = str_of(value)?;
                     1 << 1
                 }
                 "abs_path" => {
-                    f.abs_path = self.opt_str()?;
+                    f.abs_path = str_of(value)?;
                     1 << 3
                 }
                 "package" => {
-                    f.package = self.opt_str()?;
+                    f.package = str_of(value)?;
                     1 << 4
                 }
                 "instruction_addr" => {
-                    f.instruction_addr = self.opt_str()?;
+                    f.instruction_addr = str_of(value)?;
                     1 << 8
                 }
-                _ => {
-                    self.skip()?;
-                    continue;
-                }
-            };
-            mark(&mut seen, bit)?;
-        }
-        self.close(())
+                _ => 0,
+            })
+        })
     }
 
     fn user(&mut self, u: &mut User<'a>) -> Option<()> {
-        let len = self.object()?;
-        let mut seen = 0u32;
-        for _ in 0..len {
-            let bit = match self.key()? {
+        self.scalars(|key, value| {
+            Some(match key {
                 "id" => {
-                    u.id = self.opt_str_or_number()?;
+                    u.id = str_or_number_of(value)?;
                     1
                 }
                 "email" => {
-                    u.email = self.opt_str()?;
+                    u.email = str_of(value)?;
                     2
                 }
                 "username" => {
-                    u.username = self.opt_str()?;
+                    u.username = str_of(value)?;
                     4
                 }
                 "ip_address" => {
-                    u.ip_address = self.opt_str()?;
+                    u.ip_address = str_of(value)?;
                     8
                 }
-                _ => {
-                    self.skip()?;
-                    continue;
-                }
-            };
-            mark(&mut seen, bit)?;
-        }
-        self.close(())
+                _ => 0,
+            })
+        })
     }
 
     fn request(&mut self, r: &mut Request<'a>) -> Option<()> {
@@ -746,30 +802,23 @@ impl<'a> Cur<'_, 'a> {
     }
 
     fn debug_image(&mut self, d: &mut DebugImage<'a>) -> Option<()> {
-        let len = self.object()?;
-        let mut seen = 0u32;
-        for _ in 0..len {
-            let bit = match self.key()? {
+        self.scalars(|key, value| {
+            Some(match key {
                 "type" => {
-                    d.ty = self.opt_str()?;
+                    d.ty = str_of(value)?;
                     1
                 }
                 "code_file" => {
-                    d.code_file = self.opt_str()?;
+                    d.code_file = str_of(value)?;
                     1 << 1
                 }
                 "debug_id" => {
-                    d.debug_id = self.opt_str()?;
+                    d.debug_id = str_of(value)?;
                     1 << 2
                 }
-                _ => {
-                    self.skip()?;
-                    continue;
-                }
-            };
-            mark(&mut seen, bit)?;
-        }
-        self.close(())
+                _ => 0,
+            })
+        })
     }
 
     fn sdk(&mut self, v: &mut Sdk<'a>) -> Option<()> {
@@ -786,27 +835,21 @@ impl<'a> Cur<'_, 'a> {
     /// strings passed in).
     #[allow(clippy::type_complexity)]
     fn two(&mut self, which: impl Fn(&str) -> u32) -> Option<(Option<Str<'a>>, Option<Str<'a>>)> {
-        let len = self.object()?;
         let (mut x, mut y) = (None, None);
-        let mut seen = 0u32;
-        for _ in 0..len {
-            let bit = match which(self.key()?) {
+        self.scalars(|key, value| {
+            Some(match which(key) {
                 1 => {
-                    x = self.opt_str()?;
+                    x = str_of(value)?;
                     1
                 }
                 2 => {
-                    y = self.opt_str()?;
+                    y = str_of(value)?;
                     2
                 }
-                _ => {
-                    self.skip()?;
-                    continue;
-                }
-            };
-            mark(&mut seen, bit)?;
-        }
-        self.close((x, y))
+                _ => 0,
+            })
+        })?;
+        Some((x, y))
     }
 }
 
@@ -1039,6 +1082,98 @@ mod tests {
             format!(r#"{{{id},"message":"m","threads":[],"threads":[]}}"#),
         ] {
             agree(c.as_bytes(), &mut parser).unwrap();
+        }
+    }
+
+    /// The objects read over their nodes as one slice (`Cur::scalars`: frames, users,
+    /// mechanisms, log entries, debug images, contexts, the SDK): values skipped before,
+    /// between and after known fields, at the depth bound and one past it, duplicates, wrong
+    /// types, an object given as an array. The reader answers as serde, or leaves it to serde.
+    #[test]
+    fn objects_of_scalars_read_as_one_slice_answer_as_serde() {
+        let mut parser = crate::EventParser::default();
+        let id = r#""event_id":"0123456789abcdef0123456789abcdef""#;
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        // A frame is six containers deep (event, exception list, exception, stack trace,
+        // frame list, frame): a skipped value in it may nest 58 more.
+        let frame = |body: &str| {
+            format!(
+                r#"{{{id},"exception":[{{"type":"E","stacktrace":{{"frames":[{{"function":"a"}},{body},{{"function":"z"}}]}}}}]}}"#
+            )
+        };
+        let cases = [
+            (frame(r#"{"x":{"y":[1,{"z":2}]},"function":"f","v":[],"lineno":3,"w":{},"colno":4}"#), true),
+            (
+                frame(r#"{"in_app":null,"lineno":null,"module":null,"x":null,"package":"p","instruction_addr":"0x1"}"#),
+                true,
+            ),
+            (frame(&format!(r#"{{"function":"f","x":{},"filename":"a.js"}}"#, deep(58))), true),
+            (frame(&format!(r#"{{"function":"f","x":{},"filename":"a.js"}}"#, deep(59))), false),
+            (frame(r#"{"function":"f","x":{},"function":"g"}"#), false),
+            (frame(r#"{"function":["f"]}"#), false),
+            (frame(r#"["f"]"#), false),
+            (frame(r#"{"lineno":-1}"#), false),
+            (frame(r#"{"lineno":4294967296}"#), false),
+            (frame("{}"), true),
+            (frame("null"), false),
+            (format!(r#"{{{id},"message":"m","user":{{"a":{{"b":[{{}}]}},"id":7,"c":[[]],"email":"e"}}}}"#), true),
+            (format!(r#"{{{id},"message":"m","user":{{"id":7,"email":"e","id":8}}}}"#), false),
+            (format!(r#"{{{id},"message":"m","user":{{"id":[7]}}}}"#), false),
+            // A mechanism is four deep, a browser context three, a debug image four.
+            (
+                format!(r#"{{{id},"exception":[{{"type":"E","mechanism":{{"data":{},"handled":true}}}}]}}"#, deep(60)),
+                true,
+            ),
+            (
+                format!(r#"{{{id},"exception":[{{"type":"E","mechanism":{{"data":{},"handled":true}}}}]}}"#, deep(61)),
+                false,
+            ),
+            (
+                format!(
+                    r#"{{{id},"message":"m","contexts":{{"browser":{{"n":{},"name":"C","version":"1"}}}}}}"#,
+                    deep(61)
+                ),
+                true,
+            ),
+            (
+                format!(
+                    r#"{{{id},"message":"m","contexts":{{"browser":{{"n":{},"name":"C","version":"1"}}}}}}"#,
+                    deep(62)
+                ),
+                false,
+            ),
+            (format!(r#"{{{id},"message":"m","contexts":{{"os":{{"name":"L","name":"W"}}}}}}"#), false),
+            (format!(r#"{{{id},"message":"m","contexts":{{"device":{{"model":"x","family":{{}}}}}}}}"#), false),
+            (format!(r#"{{{id},"message":"m","sdk":{{"packages":[{{"name":"a"}}],"name":"s","version":"1"}}}}"#), true),
+            (format!(r#"{{{id},"logentry":{{"params":[1,[2]],"message":"m %s","formatted":"m x"}}}}"#), true),
+            (
+                format!(
+                    r#"{{{id},"message":"m","debug_meta":{{"images":[{{"x":{},"type":"sourcemap","debug_id":"d"}}]}}}}"#,
+                    deep(60)
+                ),
+                true,
+            ),
+            (
+                format!(
+                    r#"{{{id},"message":"m","debug_meta":{{"images":[{{"x":{},"type":"sourcemap","debug_id":"d"}}]}}}}"#,
+                    deep(61)
+                ),
+                false,
+            ),
+        ];
+        // Tags and headers (`Cur::pairs`, also one slice): past the bound any value is skipped
+        // (tags are two deep), duplicate keys are kept as serde keeps them.
+        let filler = (0..crate::event::MAX_TAGS).map(|i| format!(r#""k{i}":"v""#)).collect::<Vec<_>>().join(",");
+        let tags = |x: &str| format!(r#"{{{id},"message":"m","tags":{{{filler},"x":{x},"y":"z"}}}}"#);
+        let cases = cases.into_iter().chain([
+            (tags(&deep(62)), true),
+            (tags(&deep(63)), false),
+            (tags(r#"{"a":[1,{"b":null}]}"#), true),
+            (format!(r#"{{{id},"message":"m","tags":{{"a":"b","c":{{}}}}}}"#), false),
+            (format!(r#"{{{id},"message":"m","request":{{"headers":{{"a":"b","a":"c"}},"url":"u"}}}}"#), true),
+        ]);
+        for (doc, decides) in cases {
+            assert_eq!(agree(doc.as_bytes(), &mut parser).unwrap(), decides, "{doc}");
         }
     }
 
