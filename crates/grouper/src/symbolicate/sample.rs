@@ -10,7 +10,7 @@
 //! exponent or `-0`, nesting past [`MAX_DEPTH`], two records of one frame, a rewrite over the
 //! bound) is handed to the `Value` path, which answers as it always did.
 
-use super::{Mapped, Stack};
+use super::{Mapped, Original, Stack};
 use std::borrow::Cow;
 use tracefold_model::sample::MAX_SAMPLE_BYTES;
 use tracefold_symbolicate::OriginalFrame;
@@ -44,16 +44,16 @@ struct Node {
 }
 
 /// The sample with the mapped frames written in (see [`super::rewrite_sample`]).
-pub(super) fn rewrite(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
+pub(super) fn rewrite(payload: &[u8], mapped: &[Mapped<'_>]) -> Vec<u8> {
     bytes_path(payload, mapped).unwrap_or_else(|| rewrite_via_value(payload, mapped))
 }
 
-fn bytes_path(p: &[u8], mapped: &[Mapped]) -> Option<Vec<u8>> {
+fn bytes_path(p: &[u8], mapped: &[Mapped<'_>]) -> Option<Vec<u8>> {
     std::str::from_utf8(p).ok()?;
     let mut nodes = Vec::with_capacity(p.len() / 16 + 4);
     index(p, &mut nodes)?;
     let doc = Doc { p, nodes: &nodes };
-    let mut found: Vec<(usize, &Mapped)> = Vec::with_capacity(mapped.len());
+    let mut found: Vec<(usize, &Mapped<'_>)> = Vec::with_capacity(mapped.len());
     for m in mapped {
         if let Some(frame) = doc.frame_of(m) {
             found.push((frame, m));
@@ -83,12 +83,13 @@ fn bytes_path(p: &[u8], mapped: &[Mapped]) -> Option<Vec<u8>> {
 
 /// The original frame to write, with the source context added from the map when there is one
 /// (for this one event of many: grouping needs none of it).
-fn with_context(m: &Mapped) -> Cow<'_, OriginalFrame> {
+fn with_context<'m, 'e>(m: &'m Mapped<'e>) -> Cow<'m, Original<'e>> {
     match (&m.map, m.raw_lineno, m.raw_colno) {
         (Some(map), Some(line), Some(col)) if m.original.context_line.is_none() => {
-            let mut o = m.original.clone();
-            map.add_context(line, col, &mut o);
-            Cow::Owned(o)
+            let mut context = OriginalFrame::default();
+            map.add_context(line, col, &mut context);
+            let OriginalFrame { pre_context, context_line, post_context, .. } = context;
+            Cow::Owned(Original { pre_context, context_line, post_context, ..m.original.clone() })
         }
         _ => Cow::Borrowed(&m.original),
     }
@@ -179,7 +180,7 @@ impl Doc<'_> {
     }
 
     /// The frame object `m` names, by the path the `Value` version follows.
-    fn frame_of(&self, m: &Mapped) -> Option<usize> {
+    fn frame_of(&self, m: &Mapped<'_>) -> Option<usize> {
         let (field, i) = match m.stack {
             Stack::Exception(i) => ("exception", i),
             Stack::Thread(i) => ("threads", i),
@@ -193,7 +194,7 @@ impl Doc<'_> {
 
     /// The frame object written again: its members but the rewritten ones as they are, then the
     /// rewritten ones.
-    fn write_frame(&self, frame: usize, m: &Mapped, out: &mut Vec<u8>) -> Option<()> {
+    fn write_frame(&self, frame: usize, m: &Mapped<'_>, out: &mut Vec<u8>) -> Option<()> {
         let o = with_context(m);
         let rewritten = if o.context_line.is_some() { &REWRITTEN[..] } else { &REWRITTEN[..10] };
         out.push(b'{');
@@ -218,7 +219,7 @@ impl Doc<'_> {
             out.push(b':');
             value.write(out)
         };
-        let file = o.file.as_str();
+        let file = &*o.file;
         let fields: [(&str, Option<&dyn erased::Json>); 10] = [
             ("raw_filename", m.raw_filename.as_ref().map(|s| s as _)),
             ("raw_abs_path", m.raw_abs_path.as_ref().map(|s| s as _)),
@@ -433,7 +434,7 @@ fn number(p: &[u8], i: usize) -> Option<usize> {
 /// there and the whole written again (what the bytes path is checked against; it answers the
 /// documents the bytes path leaves to it).
 #[doc(hidden)]
-pub fn rewrite_via_value(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
+pub fn rewrite_via_value(payload: &[u8], mapped: &[Mapped<'_>]) -> Vec<u8> {
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(payload) else { return payload.to_vec() };
     for m in mapped {
         let (field, i) = match m.stack {
@@ -464,14 +465,15 @@ pub fn rewrite_via_value(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
                 None => frame.remove(k),
             };
         };
-        set(frame, "raw_filename", m.raw_filename.clone().map(Into::into));
-        set(frame, "raw_abs_path", m.raw_abs_path.clone().map(Into::into));
-        set(frame, "raw_function", m.raw_function.clone().map(Into::into));
+        let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(|s| serde_json::Value::from(s.to_owned()));
+        set(frame, "raw_filename", text(&m.raw_filename));
+        set(frame, "raw_abs_path", text(&m.raw_abs_path));
+        set(frame, "raw_function", text(&m.raw_function));
         set(frame, "raw_lineno", m.raw_lineno.map(Into::into));
         set(frame, "raw_colno", m.raw_colno.map(Into::into));
-        set(frame, "filename", Some(o.file.clone().into()));
-        set(frame, "abs_path", Some(o.file.clone().into()));
-        set(frame, "function", o.function.clone().map(Into::into));
+        set(frame, "filename", Some(o.file.to_string().into()));
+        set(frame, "abs_path", Some(o.file.to_string().into()));
+        set(frame, "function", text(&o.function));
         set(frame, "lineno", Some(o.line.into()));
         set(frame, "colno", Some(o.col.into()));
         if o.context_line.is_some() {
@@ -488,7 +490,7 @@ pub fn rewrite_via_value(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
 /// shorter (so the sample bound cuts neither or both), and the payload as it is from both when
 /// it is not JSON. For the fuzz target `batch_builder` and the tests.
 #[doc(hidden)]
-pub fn assert_rewrite_paths_agree(payload: &[u8], mapped: &[Mapped]) {
+pub fn assert_rewrite_paths_agree(payload: &[u8], mapped: &[Mapped<'_>]) {
     let bytes = rewrite(payload, mapped);
     let value = rewrite_via_value(payload, mapped);
     if serde_json::from_slice::<serde_json::Value>(payload).is_err() {
@@ -658,7 +660,7 @@ mod tests {
         })
     }
 
-    fn record() -> impl Strategy<Value = Mapped> {
+    fn record() -> impl Strategy<Value = Mapped<'static>> {
         let opt_text = || proptest::option::of(text());
         let pos = || prop_oneof![6 => Just(Some(1)), 1 => proptest::option::of(0u32..3)];
         let context = proptest::option::of((
@@ -680,11 +682,19 @@ mod tests {
                 Mapped {
                     stack,
                     frame,
-                    original: OriginalFrame { file, line, col, function, pre_context, context_line, post_context },
+                    original: Original {
+                        file: file.into(),
+                        line,
+                        col,
+                        function: function.map(Into::into),
+                        pre_context,
+                        context_line,
+                        post_context,
+                    },
                     map: None,
-                    raw_filename: rf,
-                    raw_abs_path: ra,
-                    raw_function: rfn,
+                    raw_filename: rf.map(Into::into),
+                    raw_abs_path: ra.map(Into::into),
+                    raw_function: rfn.map(Into::into),
                     raw_lineno: rl,
                     raw_colno: rc,
                 }
@@ -693,7 +703,7 @@ mod tests {
 
     /// The bytes path's answer is the `Value` path's as a JSON value, never shorter; on what
     /// is not JSON both give the payload back.
-    fn check(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
+    fn check(payload: &[u8], mapped: &[Mapped<'_>]) -> Vec<u8> {
         assert_rewrite_paths_agree(payload, mapped);
         super::super::rewrite_sample(payload, mapped)
     }
@@ -728,7 +738,7 @@ mod tests {
             let m = Mapped {
                 stack: Stack::Exception(0),
                 frame: 0,
-                original: OriginalFrame { file: "src/é.ts".into(), line: 2, col: 3, ..OriginalFrame::default() },
+                original: Original { file: "src/é.ts".into(), line: 2, col: 3, ..Original::default() },
                 map: None,
                 raw_filename: None,
                 raw_abs_path: None,
@@ -742,11 +752,11 @@ mod tests {
         }
     }
 
-    fn mapped(line: u32, col: u32) -> Mapped {
+    fn mapped(line: u32, col: u32) -> Mapped<'static> {
         Mapped {
             stack: Stack::Exception(0),
             frame: 0,
-            original: OriginalFrame {
+            original: Original {
                 file: "src/app.ts".into(),
                 line: 2,
                 col: 3,
