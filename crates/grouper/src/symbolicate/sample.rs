@@ -54,8 +54,18 @@ fn bytes_path(p: &[u8], mapped: &[Mapped<'_>]) -> Option<Vec<u8>> {
     index(p, &mut nodes)?;
     let doc = Doc { p, nodes: &nodes };
     let mut found: Vec<(usize, &Mapped<'_>)> = Vec::with_capacity(mapped.len());
+    // The records of one stack follow each other: its frames array is found once for them.
+    let mut frames: Option<(Stack, Option<usize>)> = None;
     for m in mapped {
-        if let Some(frame) = doc.frame_of(m) {
+        let list = match frames {
+            Some((stack, list)) if stack == m.stack => list,
+            _ => {
+                let list = doc.frames_of(m.stack);
+                frames = Some((m.stack, list));
+                list
+            }
+        };
+        if let Some(frame) = list.and_then(|l| doc.frame(l, m.frame)) {
             found.push((frame, m));
         }
     }
@@ -179,16 +189,21 @@ impl Doc<'_> {
         text.iter().try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
     }
 
-    /// The frame object `m` names, by the path the `Value` version follows.
-    fn frame_of(&self, m: &Mapped<'_>) -> Option<usize> {
-        let (field, i) = match m.stack {
+    /// The `frames` value of `stack`, by the path the `Value` version follows.
+    fn frames_of(&self, stack: Stack) -> Option<usize> {
+        let (field, i) = match stack {
             Stack::Exception(i) => ("exception", i),
             Stack::Thread(i) => ("threads", i),
         };
         let list = self.member(0, field)?;
         let list = if self.nodes[list].kind == Kind::Object { self.member(list, "values")? } else { list };
         let stacktrace = self.member(self.element(list, i)?, "stacktrace")?;
-        let frame = self.element(self.member(stacktrace, "frames")?, m.frame)?;
+        self.member(stacktrace, "frames")
+    }
+
+    /// Frame object `n` of the `frames` value `frames` (see [`Self::frames_of`]).
+    fn frame(&self, frames: usize, n: usize) -> Option<usize> {
+        let frame = self.element(frames, n)?;
         (self.nodes[frame].kind == Kind::Object).then_some(frame)
     }
 
@@ -215,8 +230,12 @@ impl Doc<'_> {
                 out.push(b',');
             }
             first = false;
-            serde_json::to_writer(&mut *out, key).ok()?;
-            out.push(b':');
+            // The keys are plain ASCII without quotes, backslashes or controls: written as
+            // `serde_json` writes them, without its escaping pass.
+            debug_assert!(key.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'));
+            out.push(b'"');
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
             value.write(out)
         };
         let file = &*o.file;
