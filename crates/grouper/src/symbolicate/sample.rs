@@ -267,12 +267,67 @@ impl Doc<'_> {
 }
 
 mod erased {
-    /// A value written as `serde_json` writes it.
+    use std::borrow::Cow;
+
+    /// A value written as `serde_json` writes it (compact), byte for byte.
     pub(super) trait Json {
         fn write(&self, out: &mut Vec<u8>) -> Option<()>;
     }
 
-    impl<T: serde::Serialize> Json for T {
+    /// A string as `serde_json` writes it: copied as it is when it has nothing to escape (the
+    /// usual source line or name), else through `serde_json` itself.
+    fn string(s: &str, out: &mut Vec<u8>) -> Option<()> {
+        // No early exit: the check is one pass the compiler can vectorize.
+        let escapes = s.bytes().fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+        if escapes {
+            return serde_json::to_writer(out, s).ok();
+        }
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Some(())
+    }
+
+    impl Json for &str {
+        fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+            string(self, out)
+        }
+    }
+
+    impl Json for Cow<'_, str> {
+        fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+            string(self, out)
+        }
+    }
+
+    impl Json for Option<String> {
+        fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+            match self {
+                Some(s) => string(s, out),
+                None => {
+                    out.extend_from_slice(b"null");
+                    Some(())
+                }
+            }
+        }
+    }
+
+    impl Json for Vec<String> {
+        fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+            out.push(b'[');
+            for (i, s) in self.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(s, out)?;
+            }
+            out.push(b']');
+            Some(())
+        }
+    }
+
+    impl Json for u32 {
         fn write(&self, out: &mut Vec<u8>) -> Option<()> {
             serde_json::to_writer(out, self).ok()
         }
@@ -769,6 +824,30 @@ mod tests {
             check(&bytes[..cut % (bytes.len() + 1)], std::slice::from_ref(&m));
             check(&junk, std::slice::from_ref(&m));
         }
+    }
+
+    /// The frame's values are written byte for byte as `serde_json` writes them (what keeps the
+    /// bytes path's sample never shorter than the `Value` path's).
+    #[test]
+    fn values_are_written_as_serde_json_writes_them() {
+        use super::erased::Json;
+        let texts =
+            ["", "plain", "a\"b", "a\\b", "\u{1}\u{8}\u{c}\n\r\t\u{1f}", "\u{7f}é😀\u{2028}", "</script>", "x/y"];
+        let written = |v: &dyn Json| {
+            let mut out = Vec::new();
+            v.write(&mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        for t in texts {
+            assert_eq!(written(&t), serde_json::to_string(t).unwrap());
+            assert_eq!(written(&Cow::Borrowed(t)), serde_json::to_string(t).unwrap());
+            assert_eq!(written(&Some(t.to_owned())), serde_json::to_string(&Some(t)).unwrap());
+            let lines = vec![t.to_owned(), "b".to_owned(), t.to_owned()];
+            assert_eq!(written(&lines), serde_json::to_string(&lines).unwrap());
+        }
+        assert_eq!(written(&None::<String>), "null");
+        assert_eq!(written(&Vec::<String>::new()), "[]");
+        assert_eq!(written(&u32::MAX), serde_json::to_string(&u32::MAX).unwrap());
     }
 
     fn mapped(line: u32, col: u32) -> Mapped<'static> {
