@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
         let mapped = [Stack::Exception(0), Stack::Thread(0)].map(|stack| Mapped {
             stack,
             frame: 0,
-            original: tracefold_symbolicate::OriginalFrame {
+            original: tracefold_grouper::symbolicate::Original {
                 file: "src/é.ts".into(),
                 line: 2,
                 col: 3,

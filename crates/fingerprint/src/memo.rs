@@ -132,27 +132,32 @@ impl FingerprintMemo {
     }
 }
 
+// The tag and the length are written with one `extend_from_slice` (the same bytes as one after
+// the other), and these are inlined: the key is built for every mapped event.
+#[inline(always)]
 fn put_str(buf: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => buf.push(0),
         Some(s) => {
-            buf.push(1);
-            buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            let [a, b, c, d] = (s.len() as u32).to_le_bytes();
+            buf.extend_from_slice(&[1, a, b, c, d]);
             buf.extend_from_slice(s.as_bytes());
         }
     }
 }
 
+#[inline(always)]
 fn put_u32(buf: &mut Vec<u8>, n: Option<u32>) {
     match n {
         None => buf.push(0),
         Some(n) => {
-            buf.push(1);
-            buf.extend_from_slice(&n.to_le_bytes());
+            let [a, b, c, d] = n.to_le_bytes();
+            buf.extend_from_slice(&[1, a, b, c, d]);
         }
     }
 }
 
+#[inline(always)]
 fn put_bool(buf: &mut Vec<u8>, b: Option<bool>) {
     buf.push(match b {
         None => 0,

@@ -6,7 +6,7 @@
 //! recognised downstream by `(partition, first_offset, index)`.
 
 use crate::dedup::{identity, DedupWindow, KeyedIdState};
-use crate::symbolicate::{BatchMaps, Hook, Mapped, Outcome};
+use crate::symbolicate::{BatchMaps, Hook, MappedList, Outcome};
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tracefold_fingerprint::memo::FingerprintMemo;
@@ -147,8 +147,6 @@ struct Work {
     /// The current event's URL as a route (built once, then compared with the bucket's URLs),
     /// and the routes of the batch's URLs so far (each distinct URL's route built once).
     routes: Routes,
-    /// The current event's frames that source maps mapped.
-    mapped: Vec<Mapped>,
     /// The current event's symbolication outcome (when it had minified JavaScript frames).
     outcome: Option<Outcome>,
     /// Secondary fingerprints of mapped events, by what they read (kept across batches: the
@@ -161,13 +159,13 @@ struct Work {
 }
 
 /// The per-event buffers [`plan_event`] writes besides the fingerprint's scratch.
-struct EventOut<'w> {
+struct EventOut<'w, 'e> {
     /// The event's identity, once it is known to be valid.
     ident: &'w mut Option<u128>,
     /// The event's URL as a route, and the batch's routes so far.
     routes: &'w mut Routes,
     /// Frames mapped by source maps.
-    mapped: &'w mut Vec<Mapped>,
+    mapped: &'w mut MappedList<'e>,
     /// The symbolication outcome.
     outcome: &'w mut Option<Outcome>,
     /// Source maps of the batch, when the grouper has an artifact store.
@@ -175,7 +173,7 @@ struct EventOut<'w> {
     /// The batch's secondary fingerprints.
     secondary: &'w mut FingerprintMemo,
     /// Where source maps write the event's mapped strings.
-    arena: &'w bumpalo::Bump,
+    arena: &'e bumpalo::Bump,
 }
 
 impl std::fmt::Debug for Work {
@@ -499,19 +497,15 @@ fn plan(
             panic!("injected fault (panic marker)");
         }
     }
-    let Work { parse_buf, parser, scratch, ident, routes, mapped, outcome, secondary, arena } = work;
+    let Work { parse_buf, parser, scratch, ident, routes, outcome, secondary, arena } = work;
     arena.reset();
     parse_buf.clear();
     parse_buf.extend_from_slice(payload);
     let mut event = Event::default();
     parser.parse_to(parse_buf, &mut event).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
-    let mut maps = maps;
-    match maps.as_mut() {
-        // The last event's mapped frames: their memory serves this event's.
-        Some((_, batch_maps)) => batch_maps.recycle(mapped),
-        None => mapped.clear(),
-    }
-    let out = EventOut { ident, routes, mapped, outcome, maps, secondary, arena };
+    // The event's mapped frames borrow its strings: a list of its own, in its arena.
+    let mut mapped = MappedList::new_in(arena);
+    let out = EventOut { ident, routes, mapped: &mut mapped, outcome, maps, secondary, arena };
     let planned = plan_event(&mut event, scratch, out, opts, open, window, at);
     // The event's lists keep their memory for the next event.
     parser.recycle(event);
@@ -522,7 +516,7 @@ fn plan(
 fn plan_event<'e>(
     event: &mut Event<'e>,
     scratch: &mut Scratch,
-    out: EventOut<'e>,
+    out: EventOut<'_, 'e>,
     opts: &BatchOptions,
     open: Open<'_>,
     window: &DedupWindow,

@@ -18,14 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracefold_model::event::{Event, Frame, Stacktrace};
 use tracefold_symbolicate::fetch::{Found, Symbolicator};
-use tracefold_symbolicate::{
-    locate_frames, map_key, DebugImage, Located, MapKey, MinifiedFrame, OriginalFrame, ParsedMap,
-};
+use tracefold_symbolicate::{locate_frames, map_key, DebugImage, Located, MapKey, MinifiedFrame, ParsedMap};
 
 /// Most files [`BatchMaps`] remembers the map of within a batch (emptied when full).
 pub const MAX_FILES_PER_BATCH: usize = 4096;
-/// Most [`Mapped`] records kept for reuse between events (see [`BatchMaps::recycle`]).
-const MAX_SPARE_MAPPED: usize = 256;
 
 /// Most distinct maps one event may need; frames of further files stay minified (the same
 /// on a replay: the order of frames decides which).
@@ -86,28 +82,53 @@ pub enum Stack {
     Thread(usize),
 }
 
-/// A frame that was mapped: where it is, its original position, and its minified values.
+/// A frame that was mapped: where it is, its original position, and its minified values. It
+/// borrows the event's strings (`'e`): the minified values are the frame's own, moved out of
+/// it, and the mapped file and function are the strings the frame now borrows.
 #[derive(Debug, Clone)]
-pub struct Mapped {
+pub struct Mapped<'e> {
     /// Its stack.
     pub stack: Stack,
     /// Index in the stack's frames.
     pub frame: usize,
     /// The original position (without the source context: that is added from `map` for the
     /// sample only, see [`rewrite_sample`]).
-    pub original: OriginalFrame,
+    pub original: Original<'e>,
     /// The map that mapped it; `None` when `original` already holds all there is to show.
     pub map: Option<Arc<ParsedMap>>,
     /// Minified `filename` (or `abs_path` when there was no filename).
-    pub raw_filename: Option<String>,
+    pub raw_filename: Option<Cow<'e, str>>,
     /// Minified `abs_path`.
-    pub raw_abs_path: Option<String>,
+    pub raw_abs_path: Option<Cow<'e, str>>,
     /// Minified function.
-    pub raw_function: Option<String>,
+    pub raw_function: Option<Cow<'e, str>>,
     /// Minified line.
     pub raw_lineno: Option<u32>,
     /// Minified column.
     pub raw_colno: Option<u32>,
+}
+
+/// An event's [`Mapped`] records, in the event's arena (no allocation of their own).
+pub type MappedList<'e> = bumpalo::collections::Vec<'e, Mapped<'e>>;
+
+/// A mapped frame's original position, as [`OriginalFrame`] with the file and function
+/// borrowed where they can be (the hook borrows them from the event's arena).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Original<'e> {
+    /// Original source file.
+    pub file: Cow<'e, str>,
+    /// 1-based original line.
+    pub line: u32,
+    /// 1-based original column.
+    pub col: u32,
+    /// Original function name.
+    pub function: Option<Cow<'e, str>>,
+    /// Lines before `context_line` (oldest first), when known.
+    pub pre_context: Vec<String>,
+    /// The original line itself, when known.
+    pub context_line: Option<String>,
+    /// Lines after `context_line`.
+    pub post_context: Vec<String>,
 }
 
 /// The maps one batch has used, each with the offset of the first event that used it. A
@@ -127,8 +148,6 @@ pub struct BatchMaps {
     /// cached path's scratch: its second pass reads these instead of checking every frame
     /// again).
     runs: Vec<(Stack, usize, Option<Arc<ParsedMap>>)>,
-    /// Earlier events' [`Mapped`] records, their strings' memory reused.
-    spare: Vec<Mapped>,
     /// Turns [`apply`]'s cached path off, for the tests that compare it with the full one
     /// (always `false` otherwise).
     full_path_only: bool,
@@ -163,18 +182,6 @@ impl BatchMaps {
         self.replay = None;
         self.files.clear();
         self.runs.clear();
-    }
-
-    /// Takes the last event's [`Mapped`] records out of `mapped` (leaving it empty) to reuse
-    /// their memory for the next events' (at most [`MAX_SPARE_MAPPED`] kept).
-    pub fn recycle(&mut self, mapped: &mut Vec<Mapped>) {
-        for mut m in mapped.drain(..) {
-            if self.spare.len() < MAX_SPARE_MAPPED {
-                // A spare record holds no map: evicted maps are not kept alive by it.
-                m.map = None;
-                self.spare.push(m);
-            }
-        }
     }
 
     /// The next batch rebuilds a recorded range: use exactly `recorded` (key hash, first offset).
@@ -241,7 +248,7 @@ pub fn apply<'e>(
     event: &mut Event<'e>,
     arena: &'e bumpalo::Bump,
     offset: i64,
-    mapped: &mut Vec<Mapped>,
+    mapped: &mut MappedList<'e>,
     before_mapping: &mut dyn FnMut(&Event<'_>),
 ) -> Option<Outcome> {
     mapped.clear();
@@ -337,7 +344,7 @@ pub fn apply<'e>(
                 let Some((o, map)) = o else { continue };
                 let at =
                     Place { stack, frame: i, file: &o.file, line: o.line, col: o.col, function: o.function.as_deref() };
-                write_mapped(f, &at, map, arena, &mut batch.spare, mapped);
+                write_mapped(f, &at, map, arena, mapped);
             }
         }
     }
@@ -364,62 +371,51 @@ struct Place<'p> {
 }
 
 /// Writes the mapped position into the frame and records the frame's minified values in a
-/// [`Mapped`] (a spare one's memory reused when there is one).
+/// [`Mapped`]: the frame's own strings moved into it (no copy), the mapped file and function
+/// written once into the event's arena and borrowed by both.
 fn write_mapped<'e>(
     f: &mut Frame<'e>,
     at: &Place<'_>,
     map: Arc<ParsedMap>,
     arena: &'e bumpalo::Bump,
-    spare: &mut Vec<Mapped>,
-    out: &mut Vec<Mapped>,
+    out: &mut MappedList<'e>,
 ) {
-    let mut m = spare.pop().unwrap_or_else(|| Mapped {
+    // One copy of the file for both fields and the record, no allocation of their own.
+    let file: &'e str = arena.alloc_str(at.file);
+    let function: Option<&'e str> = at.function.map(|s| &*arena.alloc_str(s));
+    if out.capacity() == 0 {
+        // One allocation for the usual event's frames.
+        out.reserve(8);
+    }
+    let raw_abs_path = f.abs_path.take();
+    let raw_filename = match f.filename.take() {
+        Some(name) => Some(name),
+        None => raw_abs_path.clone(),
+    };
+    out.push(Mapped {
         stack: at.stack,
         frame: at.frame,
-        original: OriginalFrame::default(),
-        map: None,
-        raw_filename: None,
-        raw_abs_path: None,
-        raw_function: None,
-        raw_lineno: None,
-        raw_colno: None,
+        // No context: `rewrite_sample` adds it from the map for the one event that is a sample.
+        original: Original {
+            file: Cow::Borrowed(file),
+            line: at.line,
+            col: at.col,
+            function: function.map(Cow::Borrowed),
+            ..Original::default()
+        },
+        map: Some(map),
+        raw_filename,
+        raw_abs_path,
+        raw_function: f.function.take(),
+        raw_lineno: f.lineno,
+        raw_colno: f.colno,
     });
-    m.stack = at.stack;
-    m.frame = at.frame;
-    set_str(&mut m.raw_filename, f.filename.as_deref().or(f.abs_path.as_deref()));
-    set_str(&mut m.raw_abs_path, f.abs_path.as_deref());
-    set_str(&mut m.raw_function, f.function.as_deref());
-    (m.raw_lineno, m.raw_colno) = (f.lineno, f.colno);
-    m.original.file.clear();
-    m.original.file.push_str(at.file);
-    (m.original.line, m.original.col) = (at.line, at.col);
-    set_str(&mut m.original.function, at.function);
-    // No context: `rewrite_sample` adds it from the map for the one event that is a sample.
-    m.original.pre_context.clear();
-    m.original.context_line = None;
-    m.original.post_context.clear();
-    m.map = Some(map);
-    // The event borrows the mapped strings from the arena (one copy of the file for both
-    // fields, no allocation of their own).
-    let file: &'e str = arena.alloc_str(at.file);
     f.filename = Some(Cow::Borrowed(file));
     f.abs_path = Some(Cow::Borrowed(file));
     // A minified name says nothing stable: without an original one, none.
-    f.function = at.function.map(|s| -> Cow<'e, str> { Cow::Borrowed(arena.alloc_str(s)) });
+    f.function = function.map(Cow::Borrowed);
     f.lineno = Some(at.line);
     f.colno = Some(at.col);
-    out.push(m);
-}
-
-/// Sets `slot` to `value`, reusing the memory of the string it holds.
-fn set_str(slot: &mut Option<String>, value: Option<&str>) {
-    match (slot.as_mut(), value) {
-        (Some(s), Some(v)) => {
-            s.clear();
-            s.push_str(v);
-        }
-        (_, v) => *slot = v.map(str::to_owned),
-    }
 }
 
 /// [`apply`] for an event without debug images whose every minified frame's file has a map the
@@ -432,7 +428,7 @@ fn apply_cached<'e>(
     batch: &mut BatchMaps,
     event: &mut Event<'e>,
     arena: &'e bumpalo::Bump,
-    mapped: &mut Vec<Mapped>,
+    mapped: &mut MappedList<'e>,
     before_mapping: &mut dyn FnMut(&Event<'_>),
 ) -> Option<Outcome> {
     let project = event.project.as_deref().unwrap_or("");
@@ -506,7 +502,7 @@ fn apply_cached<'e>(
         let Some(pos) = map.position(line, col, f.function.as_deref()) else { continue };
         let at =
             Place { stack, frame: i, file: &pos.file, line: pos.line, col: pos.col, function: pos.function.as_deref() };
-        write_mapped(f, &at, map, arena, &mut batch.spare, mapped);
+        write_mapped(f, &at, map, arena, mapped);
     }
     batch.runs = runs;
     Some(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
@@ -581,7 +577,7 @@ fn replay_fetch(sym: &Symbolicator, keys: &[MapKey]) -> Vec<Found> {
 /// Written on the payload's bytes: the mapped frames' objects are written again and the rest
 /// is copied as it is (the same JSON value as [`rewrite_via_value`], which answers the rare
 /// documents the bytes path leaves to it: see the `sample` module).
-pub fn rewrite_sample(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
+pub fn rewrite_sample(payload: &[u8], mapped: &[Mapped<'_>]) -> Vec<u8> {
     sample::rewrite(payload, mapped)
 }
 
@@ -930,7 +926,6 @@ mod tests {
             .collect();
         let mut full = BatchMaps { full_path_only: true, ..BatchMaps::default() };
         let mut cached = BatchMaps::default();
-        let (mut m_full, mut m_cached) = (Vec::new(), Vec::new());
         let (mut taken, mut resolved) = (0, 0);
         // Three times over: the first time every file is new to the batch, then known.
         for (offset, text) in events.iter().chain(&events).chain(&events).enumerate() {
@@ -940,18 +935,17 @@ mod tests {
             let mut ev_cached = tracefold_model::parse_event_slice(&mut y).unwrap();
             let as_received = format!("{ev_full:?}");
             let (mut seen_full, mut seen_cached) = (None, None);
+            let (mut m_full, mut m_cached) = (MappedList::new_in(&arena_full), MappedList::new_in(&arena_cached));
             let o_full = apply(&hook, &mut full, &mut ev_full, &arena_full, offset as i64, &mut m_full, &mut |e| {
                 seen_full = Some(format!("{e:?}"));
             });
             {
                 let mut z = text.as_bytes().to_vec();
                 let mut probe = tracefold_model::parse_event_slice(&mut z).unwrap();
-                let mut m = Vec::new();
                 let arena = bumpalo::Bump::new();
+                let mut m = MappedList::new_in(&arena);
                 taken += usize::from(apply_cached(&mut cached, &mut probe, &arena, &mut m, &mut |_| {}).is_some());
-                cached.recycle(&mut m);
             }
-            cached.recycle(&mut m_cached);
             let o_cached =
                 apply(&hook, &mut cached, &mut ev_cached, &arena_cached, offset as i64, &mut m_cached, &mut |e| {
                     seen_cached = Some(format!("{e:?}"));
@@ -981,7 +975,7 @@ mod tests {
         let m = Mapped {
             stack: Stack::Exception(0),
             frame: 0,
-            original: OriginalFrame {
+            original: Original {
                 file: "src/app.ts".into(),
                 line: 2,
                 col: 3,

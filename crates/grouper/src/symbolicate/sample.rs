@@ -10,7 +10,7 @@
 //! exponent or `-0`, nesting past [`MAX_DEPTH`], two records of one frame, a rewrite over the
 //! bound) is handed to the `Value` path, which answers as it always did.
 
-use super::{Mapped, Stack};
+use super::{Mapped, Original, Stack};
 use std::borrow::Cow;
 use tracefold_model::sample::MAX_SAMPLE_BYTES;
 use tracefold_symbolicate::OriginalFrame;
@@ -44,18 +44,28 @@ struct Node {
 }
 
 /// The sample with the mapped frames written in (see [`super::rewrite_sample`]).
-pub(super) fn rewrite(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
+pub(super) fn rewrite(payload: &[u8], mapped: &[Mapped<'_>]) -> Vec<u8> {
     bytes_path(payload, mapped).unwrap_or_else(|| rewrite_via_value(payload, mapped))
 }
 
-fn bytes_path(p: &[u8], mapped: &[Mapped]) -> Option<Vec<u8>> {
+fn bytes_path(p: &[u8], mapped: &[Mapped<'_>]) -> Option<Vec<u8>> {
     std::str::from_utf8(p).ok()?;
     let mut nodes = Vec::with_capacity(p.len() / 16 + 4);
     index(p, &mut nodes)?;
     let doc = Doc { p, nodes: &nodes };
-    let mut found: Vec<(usize, &Mapped)> = Vec::with_capacity(mapped.len());
+    let mut found: Vec<(usize, &Mapped<'_>)> = Vec::with_capacity(mapped.len());
+    // The records of one stack follow each other: its frames array is found once for them.
+    let mut frames: Option<(Stack, Option<usize>)> = None;
     for m in mapped {
-        if let Some(frame) = doc.frame_of(m) {
+        let list = match frames {
+            Some((stack, list)) if stack == m.stack => list,
+            _ => {
+                let list = doc.frames_of(m.stack);
+                frames = Some((m.stack, list));
+                list
+            }
+        };
+        if let Some(frame) = list.and_then(|l| doc.frame(l, m.frame)) {
             found.push((frame, m));
         }
     }
@@ -83,12 +93,13 @@ fn bytes_path(p: &[u8], mapped: &[Mapped]) -> Option<Vec<u8>> {
 
 /// The original frame to write, with the source context added from the map when there is one
 /// (for this one event of many: grouping needs none of it).
-fn with_context(m: &Mapped) -> Cow<'_, OriginalFrame> {
+fn with_context<'m, 'e>(m: &'m Mapped<'e>) -> Cow<'m, Original<'e>> {
     match (&m.map, m.raw_lineno, m.raw_colno) {
         (Some(map), Some(line), Some(col)) if m.original.context_line.is_none() => {
-            let mut o = m.original.clone();
-            map.add_context(line, col, &mut o);
-            Cow::Owned(o)
+            let mut context = OriginalFrame::default();
+            map.add_context(line, col, &mut context);
+            let OriginalFrame { pre_context, context_line, post_context, .. } = context;
+            Cow::Owned(Original { pre_context, context_line, post_context, ..m.original.clone() })
         }
         _ => Cow::Borrowed(&m.original),
     }
@@ -178,22 +189,27 @@ impl Doc<'_> {
         text.iter().try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
     }
 
-    /// The frame object `m` names, by the path the `Value` version follows.
-    fn frame_of(&self, m: &Mapped) -> Option<usize> {
-        let (field, i) = match m.stack {
+    /// The `frames` value of `stack`, by the path the `Value` version follows.
+    fn frames_of(&self, stack: Stack) -> Option<usize> {
+        let (field, i) = match stack {
             Stack::Exception(i) => ("exception", i),
             Stack::Thread(i) => ("threads", i),
         };
         let list = self.member(0, field)?;
         let list = if self.nodes[list].kind == Kind::Object { self.member(list, "values")? } else { list };
         let stacktrace = self.member(self.element(list, i)?, "stacktrace")?;
-        let frame = self.element(self.member(stacktrace, "frames")?, m.frame)?;
+        self.member(stacktrace, "frames")
+    }
+
+    /// Frame object `n` of the `frames` value `frames` (see [`Self::frames_of`]).
+    fn frame(&self, frames: usize, n: usize) -> Option<usize> {
+        let frame = self.element(frames, n)?;
         (self.nodes[frame].kind == Kind::Object).then_some(frame)
     }
 
     /// The frame object written again: its members but the rewritten ones as they are, then the
     /// rewritten ones.
-    fn write_frame(&self, frame: usize, m: &Mapped, out: &mut Vec<u8>) -> Option<()> {
+    fn write_frame(&self, frame: usize, m: &Mapped<'_>, out: &mut Vec<u8>) -> Option<()> {
         let o = with_context(m);
         let rewritten = if o.context_line.is_some() { &REWRITTEN[..] } else { &REWRITTEN[..10] };
         out.push(b'{');
@@ -214,11 +230,15 @@ impl Doc<'_> {
                 out.push(b',');
             }
             first = false;
-            serde_json::to_writer(&mut *out, key).ok()?;
-            out.push(b':');
+            // The keys are plain ASCII without quotes, backslashes or controls: written as
+            // `serde_json` writes them, without its escaping pass.
+            debug_assert!(key.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'));
+            out.push(b'"');
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
             value.write(out)
         };
-        let file = o.file.as_str();
+        let file = &*o.file;
         let fields: [(&str, Option<&dyn erased::Json>); 10] = [
             ("raw_filename", m.raw_filename.as_ref().map(|s| s as _)),
             ("raw_abs_path", m.raw_abs_path.as_ref().map(|s| s as _)),
@@ -247,12 +267,67 @@ impl Doc<'_> {
 }
 
 mod erased {
-    /// A value written as `serde_json` writes it.
+    use std::borrow::Cow;
+
+    /// A value written as `serde_json` writes it (compact), byte for byte.
     pub(super) trait Json {
         fn write(&self, out: &mut Vec<u8>) -> Option<()>;
     }
 
-    impl<T: serde::Serialize> Json for T {
+    /// A string as `serde_json` writes it: copied as it is when it has nothing to escape (the
+    /// usual source line or name), else through `serde_json` itself.
+    fn string(s: &str, out: &mut Vec<u8>) -> Option<()> {
+        // No early exit: the check is one pass the compiler can vectorize.
+        let escapes = s.bytes().fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+        if escapes {
+            return serde_json::to_writer(out, s).ok();
+        }
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Some(())
+    }
+
+    impl Json for &str {
+        fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+            string(self, out)
+        }
+    }
+
+    impl Json for Cow<'_, str> {
+        fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+            string(self, out)
+        }
+    }
+
+    impl Json for Option<String> {
+        fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+            match self {
+                Some(s) => string(s, out),
+                None => {
+                    out.extend_from_slice(b"null");
+                    Some(())
+                }
+            }
+        }
+    }
+
+    impl Json for Vec<String> {
+        fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+            out.push(b'[');
+            for (i, s) in self.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(s, out)?;
+            }
+            out.push(b']');
+            Some(())
+        }
+    }
+
+    impl Json for u32 {
         fn write(&self, out: &mut Vec<u8>) -> Option<()> {
             serde_json::to_writer(out, self).ok()
         }
@@ -433,7 +508,7 @@ fn number(p: &[u8], i: usize) -> Option<usize> {
 /// there and the whole written again (what the bytes path is checked against; it answers the
 /// documents the bytes path leaves to it).
 #[doc(hidden)]
-pub fn rewrite_via_value(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
+pub fn rewrite_via_value(payload: &[u8], mapped: &[Mapped<'_>]) -> Vec<u8> {
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(payload) else { return payload.to_vec() };
     for m in mapped {
         let (field, i) = match m.stack {
@@ -464,14 +539,15 @@ pub fn rewrite_via_value(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
                 None => frame.remove(k),
             };
         };
-        set(frame, "raw_filename", m.raw_filename.clone().map(Into::into));
-        set(frame, "raw_abs_path", m.raw_abs_path.clone().map(Into::into));
-        set(frame, "raw_function", m.raw_function.clone().map(Into::into));
+        let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(|s| serde_json::Value::from(s.to_owned()));
+        set(frame, "raw_filename", text(&m.raw_filename));
+        set(frame, "raw_abs_path", text(&m.raw_abs_path));
+        set(frame, "raw_function", text(&m.raw_function));
         set(frame, "raw_lineno", m.raw_lineno.map(Into::into));
         set(frame, "raw_colno", m.raw_colno.map(Into::into));
-        set(frame, "filename", Some(o.file.clone().into()));
-        set(frame, "abs_path", Some(o.file.clone().into()));
-        set(frame, "function", o.function.clone().map(Into::into));
+        set(frame, "filename", Some(o.file.to_string().into()));
+        set(frame, "abs_path", Some(o.file.to_string().into()));
+        set(frame, "function", text(&o.function));
         set(frame, "lineno", Some(o.line.into()));
         set(frame, "colno", Some(o.col.into()));
         if o.context_line.is_some() {
@@ -488,7 +564,7 @@ pub fn rewrite_via_value(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
 /// shorter (so the sample bound cuts neither or both), and the payload as it is from both when
 /// it is not JSON. For the fuzz target `batch_builder` and the tests.
 #[doc(hidden)]
-pub fn assert_rewrite_paths_agree(payload: &[u8], mapped: &[Mapped]) {
+pub fn assert_rewrite_paths_agree(payload: &[u8], mapped: &[Mapped<'_>]) {
     let bytes = rewrite(payload, mapped);
     let value = rewrite_via_value(payload, mapped);
     if serde_json::from_slice::<serde_json::Value>(payload).is_err() {
@@ -658,7 +734,7 @@ mod tests {
         })
     }
 
-    fn record() -> impl Strategy<Value = Mapped> {
+    fn record() -> impl Strategy<Value = Mapped<'static>> {
         let opt_text = || proptest::option::of(text());
         let pos = || prop_oneof![6 => Just(Some(1)), 1 => proptest::option::of(0u32..3)];
         let context = proptest::option::of((
@@ -680,11 +756,19 @@ mod tests {
                 Mapped {
                     stack,
                     frame,
-                    original: OriginalFrame { file, line, col, function, pre_context, context_line, post_context },
+                    original: Original {
+                        file: file.into(),
+                        line,
+                        col,
+                        function: function.map(Into::into),
+                        pre_context,
+                        context_line,
+                        post_context,
+                    },
                     map: None,
-                    raw_filename: rf,
-                    raw_abs_path: ra,
-                    raw_function: rfn,
+                    raw_filename: rf.map(Into::into),
+                    raw_abs_path: ra.map(Into::into),
+                    raw_function: rfn.map(Into::into),
                     raw_lineno: rl,
                     raw_colno: rc,
                 }
@@ -693,7 +777,7 @@ mod tests {
 
     /// The bytes path's answer is the `Value` path's as a JSON value, never shorter; on what
     /// is not JSON both give the payload back.
-    fn check(payload: &[u8], mapped: &[Mapped]) -> Vec<u8> {
+    fn check(payload: &[u8], mapped: &[Mapped<'_>]) -> Vec<u8> {
         assert_rewrite_paths_agree(payload, mapped);
         super::super::rewrite_sample(payload, mapped)
     }
@@ -728,7 +812,7 @@ mod tests {
             let m = Mapped {
                 stack: Stack::Exception(0),
                 frame: 0,
-                original: OriginalFrame { file: "src/é.ts".into(), line: 2, col: 3, ..OriginalFrame::default() },
+                original: Original { file: "src/é.ts".into(), line: 2, col: 3, ..Original::default() },
                 map: None,
                 raw_filename: None,
                 raw_abs_path: None,
@@ -742,11 +826,35 @@ mod tests {
         }
     }
 
-    fn mapped(line: u32, col: u32) -> Mapped {
+    /// The frame's values are written byte for byte as `serde_json` writes them (what keeps the
+    /// bytes path's sample never shorter than the `Value` path's).
+    #[test]
+    fn values_are_written_as_serde_json_writes_them() {
+        use super::erased::Json;
+        let texts =
+            ["", "plain", "a\"b", "a\\b", "\u{1}\u{8}\u{c}\n\r\t\u{1f}", "\u{7f}é😀\u{2028}", "</script>", "x/y"];
+        let written = |v: &dyn Json| {
+            let mut out = Vec::new();
+            v.write(&mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        for t in texts {
+            assert_eq!(written(&t), serde_json::to_string(t).unwrap());
+            assert_eq!(written(&Cow::Borrowed(t)), serde_json::to_string(t).unwrap());
+            assert_eq!(written(&Some(t.to_owned())), serde_json::to_string(&Some(t)).unwrap());
+            let lines = vec![t.to_owned(), "b".to_owned(), t.to_owned()];
+            assert_eq!(written(&lines), serde_json::to_string(&lines).unwrap());
+        }
+        assert_eq!(written(&None::<String>), "null");
+        assert_eq!(written(&Vec::<String>::new()), "[]");
+        assert_eq!(written(&u32::MAX), serde_json::to_string(&u32::MAX).unwrap());
+    }
+
+    fn mapped(line: u32, col: u32) -> Mapped<'static> {
         Mapped {
             stack: Stack::Exception(0),
             frame: 0,
-            original: OriginalFrame {
+            original: Original {
                 file: "src/app.ts".into(),
                 line: 2,
                 col: 3,
