@@ -345,27 +345,17 @@ impl<'a> Cur<'_, 'a> {
         if self.null() {
             return Some(Vec::new());
         }
-        let Node::Object { len, count } = *self.nodes.get(self.i)? else { return None };
-        let start = self.i + 1;
-        let end = start.checked_add(count)?;
-        let body = self.nodes.get(start..end)?;
+        let Node::Object { len, .. } = *self.nodes.get(self.i)? else { return None };
         let mut out = self.spare.pairs();
         out.reserve(len.min(64));
-        let mut rest = body;
-        for k in 0..len {
-            let [Node::String(key), value, tail @ ..] = rest else { return None };
-            rest = tail;
-            if k < MAX_TAGS {
-                let Node::String(v) = *value else { return None };
-                out.push((Cow::Borrowed(*key), Cow::Borrowed(v)));
-            } else {
-                rest = skip_value(body, tail, value, self.depth + 1)?;
+        self.object_slice(|k, key, value| {
+            if k >= MAX_TAGS {
+                return Some(false);
             }
-        }
-        if !rest.is_empty() {
-            return None;
-        }
-        self.i = end;
+            let Node::String(v) = *value else { return None };
+            out.push((Cow::Borrowed(key), Cow::Borrowed(v)));
+            Some(true)
+        })?;
         Some(out)
     }
 
@@ -614,22 +604,36 @@ impl<'a> Cur<'_, 'a> {
     /// whose counts do not add up is left to serde.
     #[inline(always)]
     fn scalars(&mut self, mut field: impl FnMut(&'a str, &Node<'a>) -> Option<u32>) -> Option<()> {
+        let mut seen = 0u32;
+        self.object_slice(|_, key, value| {
+            let bit = field(key, value)?;
+            if bit == 0 {
+                return Some(false);
+            }
+            mark(&mut seen, bit)?;
+            Some(true)
+        })
+    }
+
+    /// The object at the cursor read over its nodes as one slice (what [`Cur::scalars`] and
+    /// [`Cur::pairs`] share): `each(k, key, value)` reads pair `k`'s value (`Some(true)`), or
+    /// has it skipped with the depth check (`Some(false)`); `None` leaves the event to serde,
+    /// as does a tape whose counts do not add up. The cursor moves past the object on success.
+    #[inline(always)]
+    fn object_slice(&mut self, mut each: impl FnMut(usize, &'a str, &Node<'a>) -> Option<bool>) -> Option<()> {
         let Node::Object { len, count } = *self.nodes.get(self.i)? else { return None };
         let start = self.i + 1;
         let end = start.checked_add(count)?;
         let body = self.nodes.get(start..end)?;
         let mut rest = body;
-        let mut seen = 0u32;
-        for _ in 0..len {
+        for k in 0..len {
             let [Node::String(key), value, tail @ ..] = rest else { return None };
-            rest = tail;
-            let bit = field(key, value)?;
-            if bit == 0 {
+            rest = if each(k, key, value)? {
+                tail
+            } else {
                 // Inside this object: one level deeper than the cursor.
-                rest = skip_value(body, tail, value, self.depth + 1)?;
-                continue;
-            }
-            mark(&mut seen, bit)?;
+                skip_value(body, tail, value, self.depth + 1)?
+            };
         }
         if !rest.is_empty() {
             return None;
