@@ -1008,4 +1008,41 @@ mod tests {
         assert_eq!(same["exception"][0]["stacktrace"]["frames"][0]["function"], "a");
         assert_eq!(rewrite_sample(b"[1,", &[m]), b"[1,");
     }
+
+    /// A record whose map has sources: the sample's context is the map's (memoized per
+    /// position), the same JSON value from the bytes path as from the `Value` path, the second
+    /// time from the memo as the first.
+    #[test]
+    fn the_samples_context_comes_from_the_map() {
+        let limits = tracefold_symbolicate::Limits::default();
+        let map = Arc::new(ParsedMap::parse(&A.map(), Some(&A.minified()), &limits).unwrap());
+        let payload = br#"{"exception":[{"type":"E","stacktrace":{"frames":[{"filename":"https://x/main.js","function":"a","lineno":1,"colno":14,"context_line":"x"}]}}]}"#;
+        let m = Mapped {
+            stack: Stack::Exception(0),
+            frame: 0,
+            original: Original {
+                file: "src/app.ts".into(),
+                line: 2,
+                col: 3,
+                function: Some("fail".into()),
+                ..Original::default()
+            },
+            raw_filename: Some("https://x/main.js".into()),
+            raw_abs_path: None,
+            raw_function: Some("a".into()),
+            raw_lineno: Some(1),
+            raw_colno: Some(14),
+            map: Some(map),
+        };
+        for _ in 0..2 {
+            let m = std::slice::from_ref(&m);
+            assert_rewrite_paths_agree(payload, m);
+            let out: serde_json::Value = serde_json::from_slice(&rewrite_sample(payload, m)).unwrap();
+            let f = &out["exception"][0]["stacktrace"]["frames"][0];
+            assert_eq!(f["context_line"], "  throw new Error('x');");
+            assert_eq!(f["pre_context"], serde_json::json!(["function fail() {"]));
+            assert_eq!(f["post_context"], serde_json::json!(["}", ""]));
+            assert_eq!((f["function"].as_str(), f["lineno"].as_u64()), (Some("fail"), Some(2)));
+        }
+    }
 }
