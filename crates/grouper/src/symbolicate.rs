@@ -444,8 +444,10 @@ fn apply_cached<'e>(
         for (i, f) in s.frames.iter().enumerate() {
             let v = view(f);
             // A frame of the file of the minified frame before it passes `is_minified_js`'s test
-            // of the url as that one did: only its line and column are left to check.
-            let same_file = matches!((&last, v.url()), (Some((u, _)), Some(url)) if *u == url);
+            // of the url as that one did: only its line and column are left to check. The url is
+            // read and compared once a frame.
+            let url = v.url();
+            let same_file = matches!((&last, url), (Some((u, _)), Some(url)) if *u == url);
             let minified = if same_file {
                 v.lineno.is_some() && v.colno.is_some()
             } else {
@@ -455,9 +457,9 @@ fn apply_cached<'e>(
                 continue;
             }
             // A minified frame has a url (is_minified_js); frames of one file follow each other.
-            let url = v.url().unwrap_or("");
+            let url = url.unwrap_or("");
             let map = match &last {
-                Some((u, m)) if *u == url => m.clone(),
+                Some((_, m)) if same_file => m.clone(),
                 _ => {
                     let Some(m) = file_map(batch, project, release, &v, url) else {
                         cached = false;
