@@ -252,14 +252,17 @@ pub fn apply<'e>(
     before_mapping: &mut dyn FnMut(&Event<'_>),
 ) -> Option<Outcome> {
     mapped.clear();
-    if !has_minified_js(event) {
-        return None;
-    }
     let images = debug_images(event);
     if images.is_empty() && !batch.full_path_only {
-        if let Some(outcome) = apply_cached(batch, event, arena, mapped, before_mapping) {
-            return Some(outcome);
+        // The cached path finds the minified frames itself: no separate check first.
+        match apply_cached(batch, event, arena, mapped, before_mapping) {
+            Cached::NoMinifiedFrame => return None,
+            Cached::Done(outcome) => return Some(outcome),
+            // It stopped at a minified frame: the full path has one.
+            Cached::Full => {}
         }
+    } else if !has_minified_js(event) {
+        return None;
     }
     let project = event.project.as_deref().unwrap_or("");
     let release = event.release.as_deref().unwrap_or("");
@@ -418,19 +421,31 @@ fn write_mapped<'e>(
     f.colno = Some(at.col);
 }
 
+/// What [`apply_cached`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cached {
+    /// The event has no minified JavaScript frame (nothing was done: [`has_minified_js`] is false).
+    NoMinifiedFrame,
+    /// Mapped as the full path would have.
+    Done(Outcome),
+    /// A file needs the full path; nothing was changed.
+    Full,
+}
+
 /// [`apply`] for an event without debug images whose every minified frame's file has a map the
 /// batch already uses, or none at all: each file's map found by its text (no key built, no
-/// fetch), each position through the map's memo ([`ParsedMap::position`]). `None` when a file
-/// needs the full path (a map not used yet, or more than [`MAX_KEYS_PER_EVENT`] maps); then
-/// nothing was changed. Decides exactly as the full path would (the tests compare them), and
-/// calls `before_mapping` as it does: once, before any frame changes, when a frame has a map.
+/// fetch), each position through the map's memo ([`ParsedMap::position`]). [`Cached::Full`]
+/// when a file needs the full path (a map not used yet, or more than [`MAX_KEYS_PER_EVENT`]
+/// maps); then nothing was changed. Decides exactly as the full path would (the tests compare
+/// them), and calls `before_mapping` as it does: once, before any frame changes, when a frame
+/// has a map.
 fn apply_cached<'e>(
     batch: &mut BatchMaps,
     event: &mut Event<'e>,
     arena: &'e bumpalo::Bump,
     mapped: &mut MappedList<'e>,
     before_mapping: &mut dyn FnMut(&Event<'_>),
-) -> Option<Outcome> {
+) -> Cached {
     let project = event.project.as_deref().unwrap_or("");
     let release = event.release.as_deref().unwrap_or("");
     let mut runs = std::mem::take(&mut batch.runs);
@@ -487,7 +502,13 @@ fn apply_cached<'e>(
     if !cached {
         runs.clear();
         batch.runs = runs;
-        return None;
+        return Cached::Full;
+    }
+    if runs.is_empty() {
+        // No frame passed `is_minified_js` (the frames of a file after the first only skip its
+        // url test, which they pass): what `has_minified_js` would have said.
+        batch.runs = runs;
+        return Cached::NoMinifiedFrame;
     }
     if runs.iter().any(|(_, _, m)| m.is_some()) {
         before_mapping(event);
@@ -507,7 +528,7 @@ fn apply_cached<'e>(
         write_mapped(f, &at, map, arena, mapped);
     }
     batch.runs = runs;
-    Some(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
+    Cached::Done(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
 }
 
 /// The map of `url`'s file for an event without debug images: `Some(None)` when the file has
@@ -913,6 +934,9 @@ mod tests {
             ),
             (None, vec![frame(a, Some("a"), 1, 14)], vec![]),
             (Some("1.0"), many, vec![frame(a, Some("a"), 1, 14)]),
+            // No minified frame: nothing done, on both paths.
+            (Some("1.0"), vec![r#"{"function":"f","filename":"app.py","lineno":3}"#.to_owned()], vec![]),
+            (Some("1.0"), vec![r#"{"function":"f","filename":"app.js","lineno":3}"#.to_owned()], vec![]),
         ];
         let events: Vec<String> = stacks
             .iter()
@@ -946,7 +970,7 @@ mod tests {
                 let mut probe = tracefold_model::parse_event_slice(&mut z).unwrap();
                 let arena = bumpalo::Bump::new();
                 let mut m = MappedList::new_in(&arena);
-                taken += usize::from(apply_cached(&mut cached, &mut probe, &arena, &mut m, &mut |_| {}).is_some());
+                taken += usize::from(apply_cached(&mut cached, &mut probe, &arena, &mut m, &mut |_| {}) != Cached::Full);
             }
             let o_cached =
                 apply(&hook, &mut cached, &mut ev_cached, &arena_cached, offset as i64, &mut m_cached, &mut |e| {
@@ -963,9 +987,10 @@ mod tests {
             assert_eq!(format!("{m_full:?}"), format!("{m_cached:?}"), "{text}");
             assert_eq!(full.first_use(), cached.first_use());
         }
-        // Decided without the full path: the event without a release each time, the two
-        // single-build events once their maps are used (the others have a file without a map).
-        assert_eq!(taken, 7);
+        // Decided without the full path: the event without a release and the two without a
+        // minified frame each time, the two single-build events once their maps are used (the
+        // others have a file without a map).
+        assert_eq!(taken, 13);
         // Mapped: the two builds' events and the mixed one (the last event's mapped file is
         // its 35th, past what one event may map; the one without a release has no key).
         assert_eq!(resolved, 9);
