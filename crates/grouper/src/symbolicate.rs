@@ -18,10 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracefold_model::event::{Event, Frame, Stacktrace};
 use tracefold_symbolicate::fetch::{Found, Symbolicator};
-use tracefold_symbolicate::{locate_frames, map_key, DebugImage, Located, MapKey, MinifiedFrame, ParsedMap};
+use tracefold_symbolicate::{locate_frames, map_key, DebugImage, Located, MapKey, MinifiedFrame, ParsedMap, Position};
 
 /// Most files [`BatchMaps`] remembers the map of within a batch (emptied when full).
 pub const MAX_FILES_PER_BATCH: usize = 4096;
+
+/// Most positions [`BatchMaps`] remembers within a batch in front of the maps' own memos
+/// (emptied when full; about 80 bytes an entry with its function name).
+pub const MAX_POSITIONS_PER_BATCH: usize = 4096;
 
 /// Most distinct maps one event may need; frames of further files stay minified (the same
 /// on a replay: the order of frames decides which).
@@ -148,6 +152,9 @@ pub struct BatchMaps {
     /// cached path's scratch: its second pass reads these instead of checking every frame
     /// again).
     runs: Vec<(Stack, usize, Option<Arc<ParsedMap>>)>,
+    /// The positions the cached path located in this batch, by map, line and column, with the
+    /// reported function they were located for ([`batch_position`]).
+    positions: HashMap<(usize, u32, u32), FrontPosition, std::hash::BuildHasherDefault<PositionHasher>>,
     /// Turns [`apply`]'s cached path off, for the tests that compare it with the full one
     /// (always `false` otherwise).
     full_path_only: bool,
@@ -163,6 +170,66 @@ struct FileMap {
     key: Option<MapKey>,
     /// The key's map once the batch uses it.
     map: Option<Arc<ParsedMap>>,
+}
+
+/// A position [`batch_position`] remembers: what `map.position(line, col, function)` gave.
+#[derive(Debug)]
+struct FrontPosition {
+    map: Arc<ParsedMap>,
+    function: Option<Box<str>>,
+    found: Option<Arc<Position>>,
+}
+
+/// Hashes the key of [`BatchMaps::positions`] (a map's address, a line, a column: integers,
+/// so a multiply and rotate each, no general-purpose hash).
+#[derive(Debug, Default)]
+struct PositionHasher(u64);
+
+impl std::hash::Hasher for PositionHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(26);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// `map.position(line, col, function)` through the batch's table in front of the map's memo:
+/// a position the batch saw with the same reported function costs a probe by integers and one
+/// comparison of the name (no lock, no hash of the name). Exact: the entry holds the map it
+/// was located in and the function it was located for, and both are compared.
+fn batch_position(
+    positions: &mut HashMap<(usize, u32, u32), FrontPosition, std::hash::BuildHasherDefault<PositionHasher>>,
+    map: &Arc<ParsedMap>,
+    line: u32,
+    col: u32,
+    function: Option<&str>,
+) -> Option<Arc<Position>> {
+    let key = (Arc::as_ptr(map) as usize, line, col);
+    if let Some(e) = positions.get(&key) {
+        if Arc::ptr_eq(&e.map, map) && e.function.as_deref() == function {
+            return e.found.clone();
+        }
+    }
+    let found = map.position(line, col, function);
+    if positions.len() >= MAX_POSITIONS_PER_BATCH {
+        positions.clear();
+    }
+    let entry = FrontPosition { map: Arc::clone(map), function: function.map(Into::into), found: found.clone() };
+    positions.insert(key, entry);
+    found
 }
 
 /// The hash of a map key recorded in range metadata.
@@ -182,6 +249,7 @@ impl BatchMaps {
         self.replay = None;
         self.files.clear();
         self.runs.clear();
+        self.positions.clear();
     }
 
     /// The next batch rebuilds a recorded range: use exactly `recorded` (key hash, first offset).
@@ -522,7 +590,7 @@ fn apply_cached<'e>(
         };
         let Some(f) = s.and_then(|s| s.frames.get_mut(i)) else { continue };
         let (Some(line), Some(col)) = (f.lineno, f.colno) else { continue };
-        let Some(pos) = map.position(line, col, f.function.as_deref()) else { continue };
+        let Some(pos) = batch_position(&mut batch.positions, &map, line, col, f.function.as_deref()) else { continue };
         let at =
             Place { stack, frame: i, file: &pos.file, line: pos.line, col: pos.col, function: pos.function.as_deref() };
         write_mapped(f, &at, map, arena, mapped);
@@ -970,7 +1038,8 @@ mod tests {
                 let mut probe = tracefold_model::parse_event_slice(&mut z).unwrap();
                 let arena = bumpalo::Bump::new();
                 let mut m = MappedList::new_in(&arena);
-                taken += usize::from(apply_cached(&mut cached, &mut probe, &arena, &mut m, &mut |_| {}) != Cached::Full);
+                taken +=
+                    usize::from(apply_cached(&mut cached, &mut probe, &arena, &mut m, &mut |_| {}) != Cached::Full);
             }
             let o_cached =
                 apply(&hook, &mut cached, &mut ev_cached, &arena_cached, offset as i64, &mut m_cached, &mut |e| {
@@ -1034,6 +1103,36 @@ mod tests {
         let same: serde_json::Value = serde_json::from_slice(&rewrite_sample(payload, &[moved])).unwrap();
         assert_eq!(same["exception"][0]["stacktrace"]["frames"][0]["function"], "a");
         assert_eq!(rewrite_sample(b"[1,", &[m]), b"[1,");
+    }
+
+    /// The batch's positions answer as the maps do: for two maps, every position near their
+    /// tokens, reported functions that differ at one position, each asked twice (the second time
+    /// from the table); and the table stays within its bound.
+    #[test]
+    fn batch_positions_are_the_maps_positions() {
+        let limits = tracefold_symbolicate::Limits::default();
+        let parse = |b: &Build| Arc::new(ParsedMap::parse(&b.map(), Some(&b.minified()), &limits).unwrap());
+        let (a, b) = (parse(&A), parse(&B));
+        let (fresh_a, fresh_b) = (parse(&A), parse(&B));
+        let mut positions = HashMap::default();
+        let functions = [None, Some(""), Some("a"), Some("b"), Some("Object.a [as run]"), Some("é")];
+        for _ in 0..2 {
+            for (map, fresh) in [(&a, &fresh_a), (&b, &fresh_b)] {
+                for line in 0..3 {
+                    for col in 0..40 {
+                        for f in functions {
+                            let got = batch_position(&mut positions, map, line, col, f);
+                            assert_eq!(got, fresh.position(line, col, f), "{line}:{col} {f:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(positions.len() <= MAX_POSITIONS_PER_BATCH);
+        for col in 0..MAX_POSITIONS_PER_BATCH as u32 + 10 {
+            assert_eq!(batch_position(&mut positions, &a, 1, col, None), fresh_a.position(1, col, None));
+            assert!(positions.len() <= MAX_POSITIONS_PER_BATCH);
+        }
     }
 
     /// A record whose map has sources: the sample's context is the map's (memoized per
