@@ -102,8 +102,11 @@ pub struct ParsedMap {
     /// same crash sites repeat.
     located: Mutex<PositionMemo>,
     /// Source contexts already read, by minified position (see [`ParsedMap::context`]).
-    contexts: Mutex<HashMap<(u32, u32), Option<Arc<SourceContext>>>>,
+    contexts: Mutex<ContextMemo>,
 }
+
+/// Source contexts by minified position (1-based line and column), `None` where there is none.
+type ContextMemo = HashMap<(u32, u32), Option<Arc<SourceContext>>>;
 
 /// Most source contexts memoized per map ([`ParsedMap::context`]); a full memo is emptied.
 /// An entry holds at most `2 * context_lines + 1` lines of at most `max_context_line_bytes`
@@ -290,7 +293,7 @@ impl ParsedMap {
             context_lines: limits.context_lines,
             max_context_line_bytes: limits.max_context_line_bytes,
             located: Mutex::new(PositionMemo::default()),
-            contexts: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(ContextMemo::new()),
         })
     }
 
