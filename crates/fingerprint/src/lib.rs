@@ -315,7 +315,7 @@ fn is_default_marker(s: &str) -> bool {
 }
 
 /// Every part of the event (and of `cfg`) this walk reads must be covered by the key of
-/// [`memo::FingerprintMemo`] (`memo::input_key`), or make it decline the event: two events of
+/// [`memo::FingerprintMemo`] (`memo::walk`), or make it decline the event: two events of
 /// one key must get one fingerprint (its tests compare the memo with this walk).
 fn walk<S: Sink>(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch, sink: &mut S) -> &'static str {
     if !event.fingerprint.is_empty() {

@@ -3,18 +3,23 @@
 //! (the secondary fingerprint, docs/sourcemaps.md "Late maps"); the same crash sites repeat,
 //! so within a batch most of those events read exactly what an earlier one read.
 //!
-//! The key is an xxh3-128 (seeded per memo from the standard library's random source) of
-//! everything [`crate::fingerprint`] can read of an event it accepts: the platform, and per
-//! considered exception its type, whether its mechanism says the type is synthetic, and per
-//! considered frame of its stack the function, module, file name, absolute path, package,
-//! line, column and in-app flag. Exception values are left out, so that events that differ in
-//! their message alone share a key; the memo records whether the fingerprint looked at a value
-//! (no frame of some exception contributed), and such keys are fingerprinted afresh every
-//! time. Events whose fingerprint could read more are declined and fingerprinted as usual: a
-//! client fingerprint, server fingerprint rules in the config, no exception (the message
-//! groups), threads (an exception without a stack may take a thread's), or a key longer than
-//! [`MAX_KEY_BYTES`]. The answer is the fingerprint [`crate::fingerprint`] gives, unless two
-//! different inputs collide in 128 bits (the same assumption as the fingerprint itself).
+//! The key is everything [`crate::fingerprint`] can read of an event it accepts: the platform,
+//! and per considered exception its type, whether its mechanism says the type is synthetic,
+//! and per considered frame of its stack the function, module, file name, absolute path,
+//! package, line, column and in-app flag. Exception values are left out, so that events that
+//! differ in their message alone share a key; the memo records whether the fingerprint looked
+//! at a value (no frame of some exception contributed), and such keys are fingerprinted
+//! afresh every time. Events whose fingerprint could read more are declined and fingerprinted
+//! as usual: a client fingerprint, server fingerprint rules in the config, no exception (the
+//! message groups), threads (an exception without a stack may take a thread's), or a key
+//! longer than [`MAX_KEY_BYTES`].
+//!
+//! Exact: each entry keeps its key's text (the read parts, tagged and length-prefixed), and a
+//! hit is an event whose key text equals it, byte for byte. The table is found by a seeded
+//! word-at-a-time hash of the text (cheaper than xxh3 for these 100 to 300 bytes; it need not
+//! resist crafted collisions): a collision, chance or crafted, costs a comparison and at worst
+//! a fingerprint computed afresh, as without the memo, never a wrong answer. At most
+//! [`MAX_PER_HASH`] entries share a hash.
 
 use crate::limits::{MAX_EXCEPTIONS, MAX_FRAMES_PER_EXCEPTION};
 use crate::{considered_exceptions, considered_frames, fingerprint, fingerprint_and_reads};
@@ -23,8 +28,15 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use tracefold_model::event::Event;
 
-/// Most fingerprints one memo keeps; it is emptied when full (about 40 bytes an entry).
+/// Most fingerprints one memo keeps; it is emptied when full.
 pub const MAX_MEMO_ENTRIES: usize = 4096;
+
+/// Most bytes of key text the entries of one memo keep together; it is emptied when more would
+/// be kept (the usual key of a five-frame minified stack is about 150 bytes).
+pub const MAX_MEMO_KEY_BYTES: usize = 4 << 20;
+
+/// Most entries under one hash (see the module docs); a further one replaces the oldest.
+pub const MAX_PER_HASH: usize = 4;
 
 /// Longest key text built (the event's read parts, length-prefixed); a longer one declines
 /// the event (it is fingerprinted as usual), so the key buffer stays bounded.
@@ -39,7 +51,14 @@ enum Entry {
     ReadsValues,
 }
 
-/// The key is a seeded hash already: its low 64 bits are the table's hash.
+/// One memoized key: its text (what [`walk`] writes for the event) and its fingerprint.
+#[derive(Debug)]
+struct Stored {
+    key: Box<[u8]>,
+    entry: Entry,
+}
+
+/// The table's keys are seeded hashes already: used as they are.
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -52,8 +71,8 @@ impl Hasher for KeyHasher {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -61,13 +80,19 @@ impl Hasher for KeyHasher {
 /// call with another config empties it first.
 #[derive(Debug)]
 pub struct FingerprintMemo {
-    map: HashMap<u128, Entry, BuildHasherDefault<KeyHasher>>,
+    map: HashMap<u64, Vec<Stored>, BuildHasherDefault<KeyHasher>>,
+    /// Entries held, and their key bytes.
+    entries: usize,
+    key_bytes: usize,
     /// The config the entries were computed with.
     cfg: Option<GroupingConfig>,
     seed: u64,
     key: Vec<u8>,
     /// Answers from the memo since creation (for tests and benchmarks).
     hits: u64,
+    /// Every key under one hash (tests of the comparison only).
+    #[cfg(test)]
+    one_hash: bool,
 }
 
 impl std::fmt::Debug for KeyHasher {
@@ -80,10 +105,14 @@ impl Default for FingerprintMemo {
     fn default() -> Self {
         Self {
             map: HashMap::default(),
+            entries: 0,
+            key_bytes: 0,
             cfg: None,
             seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u32),
             key: Vec::new(),
             hits: 0,
+            #[cfg(test)]
+            one_hash: false,
         }
     }
 }
@@ -93,27 +122,48 @@ impl FingerprintMemo {
     /// event of the same key was fingerprinted before.
     pub fn fingerprint(&mut self, event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch) -> Fingerprint {
         if self.cfg.as_ref() != Some(cfg) {
-            self.map.clear();
+            self.clear();
             self.cfg = Some(cfg.clone());
         }
-        let Some(key) = input_key(event, cfg, self.seed, &mut self.key) else {
+        if declined(event, cfg) {
             return fingerprint(event, cfg, scratch);
-        };
-        if let Some(Entry::Fingerprint(fp)) = self.map.get(&key) {
-            self.hits += 1;
-            return *fp;
+        }
+        self.key.clear();
+        if !walk(event, &mut Text(&mut self.key)) {
+            return fingerprint(event, cfg, scratch);
+        }
+        let h = text_hash(&self.key, self.seed);
+        #[cfg(test)]
+        let h = if self.one_hash { 0 } else { h };
+        if let Some(stored) = self.map.get(&h).and_then(|b| b.iter().find(|s| *s.key == *self.key)) {
+            if let Entry::Fingerprint(fp) = stored.entry {
+                self.hits += 1;
+                return fp;
+            }
+            return fingerprint(event, cfg, scratch);
         }
         let (fp, reads_values) = fingerprint_and_reads(event, cfg, scratch);
-        if self.map.len() >= MAX_MEMO_ENTRIES {
-            self.map.clear();
+        let key: Box<[u8]> = self.key.as_slice().into();
+        if self.entries >= MAX_MEMO_ENTRIES || self.key_bytes + key.len() > MAX_MEMO_KEY_BYTES {
+            self.clear();
         }
-        self.map.insert(key, if reads_values { Entry::ReadsValues } else { Entry::Fingerprint(fp) });
+        let bucket = self.map.entry(h).or_default();
+        if bucket.len() >= MAX_PER_HASH {
+            let old = bucket.remove(0);
+            self.entries -= 1;
+            self.key_bytes -= old.key.len();
+        }
+        self.entries += 1;
+        self.key_bytes += key.len();
+        bucket.push(Stored { key, entry: if reads_values { Entry::ReadsValues } else { Entry::Fingerprint(fp) } });
         fp
     }
 
     /// Forgets every entry (a new batch starts).
     pub fn clear(&mut self) {
         self.map.clear();
+        self.entries = 0;
+        self.key_bytes = 0;
     }
 
     /// Fingerprints answered from the memo so far.
@@ -123,99 +173,150 @@ impl FingerprintMemo {
 
     /// Entries held (at most [`MAX_MEMO_ENTRIES`]).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.entries
     }
 
     /// Whether it holds no entry.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.entries == 0
     }
 }
 
-// The tag and the length are written with one `extend_from_slice` (the same bytes as one after
-// the other), and these are inlined: the key is built for every mapped event.
-#[inline(always)]
-fn put_str(buf: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => buf.push(0),
-        Some(s) => {
-            let [a, b, c, d] = (s.len() as u32).to_le_bytes();
-            buf.extend_from_slice(&[1, a, b, c, d]);
-            buf.extend_from_slice(s.as_bytes());
-        }
+/// The table's hash of a key text: eight bytes at a time, multiplied and rotated into the
+/// seeded state, the tail and the length last, the bits spread at the end.
+fn text_hash(text: &[u8], seed: u64) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = seed;
+    let mut words = text.chunks_exact(8);
+    for w in &mut words {
+        let w: [u8; 8] = w.try_into().unwrap_or_default();
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(26);
     }
+    let tail = words.remainder().iter().fold(0u64, |t, &b| t << 8 | u64::from(b));
+    h = (h ^ tail).wrapping_mul(K).rotate_left(26);
+    h = (h ^ text.len() as u64).wrapping_mul(K);
+    h ^= h >> 31;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 29)
 }
 
-#[inline(always)]
-fn put_u32(buf: &mut Vec<u8>, n: Option<u32>) {
-    match n {
-        None => buf.push(0),
-        Some(n) => {
-            let [a, b, c, d] = n.to_le_bytes();
-            buf.extend_from_slice(&[1, a, b, c, d]);
-        }
-    }
-}
-
-#[inline(always)]
-fn put_bool(buf: &mut Vec<u8>, b: Option<bool>) {
-    buf.push(match b {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    });
-}
-
-/// The event's key (see the module docs), built in `buf`; `None` when the memo declines the
-/// event. Its text is unambiguous (every value tagged and length-prefixed, every list
-/// counted; a frame's file name and path are either written, each tagged 0 or 1, or, equal to
-/// the previous frame's of the same stack, replaced by tag 2), so equal keys mean equal read
-/// parts unless the hash collides.
-fn input_key(event: &Event<'_>, cfg: &GroupingConfig, seed: u64, buf: &mut Vec<u8>) -> Option<u128> {
-    if !event.fingerprint.is_empty()
+/// Whether the memo declines the event (see the module docs).
+fn declined(event: &Event<'_>, cfg: &GroupingConfig) -> bool {
+    !event.fingerprint.is_empty()
         || !cfg.fingerprint_rules.is_empty()
         || event.exception.is_empty()
         || !event.threads.is_empty()
-    {
-        return None;
-    }
-    buf.clear();
-    put_str(buf, event.platform.as_deref());
+}
+
+/// What [`walk`] reads of an event, part by part (written as the key's text by [`Text`]).
+trait Parts {
+    fn str(&mut self, s: Option<&str>);
+    fn num(&mut self, n: Option<u32>);
+    fn flag(&mut self, b: Option<bool>);
+    /// A byte of the text's structure (a flag of two values, or the mark of a path equal to
+    /// the previous frame's).
+    fn byte(&mut self, b: u8);
+    /// A list's length.
+    fn count(&mut self, n: u32);
+    /// Whether to go on (false: a text past [`MAX_KEY_BYTES`]).
+    fn ok(&self) -> bool;
+}
+
+/// The event's key (see the module docs), part by part into `parts`; false when `parts` says
+/// stop. The text is unambiguous (every value tagged and length-prefixed, every list counted;
+/// a frame's file name and path are either written, each tagged 0 or 1, or, equal to the
+/// previous frame's of the same stack, replaced by the byte 2), so equal texts mean equal read
+/// parts. Call it only for events the memo does not decline.
+#[inline(always)]
+fn walk<P: Parts>(event: &Event<'_>, parts: &mut P) -> bool {
+    parts.str(event.platform.as_deref());
     let exceptions = considered_exceptions(event);
     debug_assert!(exceptions.len() <= MAX_EXCEPTIONS);
-    buf.extend_from_slice(&(exceptions.len() as u32).to_le_bytes());
+    parts.count(exceptions.len() as u32);
     for exc in exceptions {
-        put_str(buf, exc.ty.as_deref());
-        buf.push(u8::from(exc.mechanism.as_ref().and_then(|m| m.synthetic).unwrap_or(false)));
+        parts.str(exc.ty.as_deref());
+        parts.byte(u8::from(exc.mechanism.as_ref().and_then(|m| m.synthetic).unwrap_or(false)));
         // Without threads the exception's own stack groups it (`exception_stack`).
         let frames = considered_frames(exc.stacktrace.as_ref());
         debug_assert!(frames.len() <= MAX_FRAMES_PER_EXCEPTION);
-        buf.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+        parts.count(frames.len() as u32);
         let mut prev: Option<&tracefold_model::event::Frame<'_>> = None;
         for f in frames {
             // The frames of one stack mostly share their file: a path equal to the previous
-            // frame's is written as a mark, not copied and hashed again.
+            // frame's is a mark, not copied and hashed again.
             let (file, path) = (f.filename.as_deref(), f.abs_path.as_deref());
-            put_str(buf, f.function.as_deref());
-            put_str(buf, f.module.as_deref());
+            parts.str(f.function.as_deref());
+            parts.str(f.module.as_deref());
             match prev {
-                Some(p) if p.filename.as_deref() == file && p.abs_path.as_deref() == path => buf.push(2),
+                Some(p) if p.filename.as_deref() == file && p.abs_path.as_deref() == path => parts.byte(2),
                 _ => {
-                    put_str(buf, file);
-                    put_str(buf, path);
+                    parts.str(file);
+                    parts.str(path);
                 }
             }
             prev = Some(f);
-            put_str(buf, f.package.as_deref());
-            put_u32(buf, f.lineno);
-            put_u32(buf, f.colno);
-            put_bool(buf, f.in_app);
-            if buf.len() > MAX_KEY_BYTES {
-                return None;
+            parts.str(f.package.as_deref());
+            parts.num(f.lineno);
+            parts.num(f.colno);
+            parts.flag(f.in_app);
+            if !parts.ok() {
+                return false;
             }
         }
     }
-    Some(xxhash_rust::xxh3::xxh3_128_with_seed(buf, seed))
+    parts.ok()
+}
+
+/// The key's text, written into a buffer.
+struct Text<'b>(&'b mut Vec<u8>);
+
+impl Parts for Text<'_> {
+    #[inline(always)]
+    fn str(&mut self, s: Option<&str>) {
+        match s {
+            None => self.0.push(0),
+            Some(s) => {
+                let [a, b, c, d] = (s.len() as u32).to_le_bytes();
+                self.0.extend_from_slice(&[1, a, b, c, d]);
+                self.0.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+    #[inline(always)]
+    fn num(&mut self, n: Option<u32>) {
+        match n {
+            None => self.0.push(0),
+            Some(n) => {
+                let [a, b, c, d] = n.to_le_bytes();
+                self.0.extend_from_slice(&[1, a, b, c, d]);
+            }
+        }
+    }
+    #[inline(always)]
+    fn flag(&mut self, b: Option<bool>) {
+        self.0.push(flag_byte(b));
+    }
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.0.push(b);
+    }
+    #[inline(always)]
+    fn count(&mut self, n: u32) {
+        self.0.extend_from_slice(&n.to_le_bytes());
+    }
+    #[inline(always)]
+    fn ok(&self) -> bool {
+        self.0.len() <= MAX_KEY_BYTES
+    }
+}
+
+#[inline(always)]
+fn flag_byte(b: Option<bool>) -> u8 {
+    match b {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    }
 }
 
 #[cfg(test)]
@@ -227,12 +328,14 @@ mod tests {
 
     /// A frame's JSON from a few values per field, so that random events share keys often.
     fn frame_json(pick: &[u8; 8]) -> String {
-        let func = ["null", "\"Wo\"", "\"renderCart\"", "\"\"", "\"main\"", "\"Object.<anonymous>\""];
+        // Values of one length ("main", "niam"; "app.min.js", "app.max.js") differ in their text only.
+        let func = ["null", "\"Wo\"", "\"renderCart\"", "\"\"", "\"main\"", "\"Object.<anonymous>\"", "\"niam\""];
         let file = [
             "null",
             "\"https://app.example.com/static/js/main.057d9a63.js\"",
             "\"app.min.js\"",
             "\"node:internal/process/task_queues\"",
+            "\"app.max.js\"",
             "\"src/cart.ts\"",
         ];
         let module = ["null", "\"app.cart\""];
@@ -352,8 +455,9 @@ mod tests {
             let extras = [r#","threads":[{"id":"1","crashed":true,"stacktrace":{"frames":[{"function":"t"}]}}]"#,
                 r#","fingerprint":["{{ default }}","x"]"#, r#","message":"m""#];
             let extra = extras.get(extra).copied().unwrap_or("");
-            for cfg in configs() {
-                let mut memo = FingerprintMemo::default();
+            // Also with every key under one hash: only the comparison tells the keys apart.
+            for (cfg, one_hash) in configs().into_iter().flat_map(|c| [(c.clone(), false), (c, true)]) {
+                let mut memo = FingerprintMemo { one_hash, ..FingerprintMemo::default() };
                 let (mut fresh_scratch, mut memo_scratch) = (Scratch::default(), Scratch::default());
                 for picks in std::iter::once(base.clone()).chain(changes.iter().map(|c| mutated(&base, *c))) {
                     let json = event_json(picks.0, &picks.1, extra);
@@ -455,5 +559,45 @@ mod tests {
         memo.clear();
         assert_eq!(memo.fingerprint(&e, &cfg, &mut scratch), fingerprint(&e, &cfg, &mut Scratch::default()));
         assert!(memo.is_empty());
+    }
+
+    /// Keys under one hash: each event is answered by the entry of its own key (a hit), never by
+    /// another one's; at most [`MAX_PER_HASH`] entries share a hash, the oldest replaced.
+    #[test]
+    fn a_hash_shared_by_keys_never_answers_for_another() {
+        let cfg = GroupingConfig::default();
+        let (mut memo, mut scratch) =
+            (FingerprintMemo { one_hash: true, ..FingerprintMemo::default() }, Scratch::default());
+        let ev = |func: &str, line: u32| {
+            format!(
+                r#"{{"platform":"javascript","exception":[{{"type":"Error","value":"v","stacktrace":{{"frames":[
+                {{"function":"{func}","filename":"src/cart.ts","lineno":{line},"colno":9,"in_app":true}}]}}}}]}}"#
+            )
+        };
+        // Names of one length on one line: only the names' text tells these keys apart.
+        let jsons: Vec<String> = (0..MAX_PER_HASH as u32 + 2).map(|i| ev(&format!("f{i}"), 3)).collect();
+        let events: Vec<_> = jsons.iter().map(|j| parse_event_str(j).unwrap()).collect();
+        let fresh: Vec<Fingerprint> = events.iter().map(|e| fingerprint(e, &cfg, &mut Scratch::default())).collect();
+        for (e, f) in events.iter().zip(&fresh).take(MAX_PER_HASH) {
+            assert_eq!(memo.fingerprint(e, &cfg, &mut scratch), *f);
+        }
+        assert_eq!((memo.len(), memo.hits()), (MAX_PER_HASH, 0), "one entry per key, none answered for another");
+        for (e, f) in events.iter().zip(&fresh).take(MAX_PER_HASH) {
+            assert_eq!(memo.fingerprint(e, &cfg, &mut scratch), *f);
+        }
+        assert_eq!(memo.hits(), MAX_PER_HASH as u64, "each key's own entry answers it");
+        // More keys: the oldest entries make room, the bound holds, the answers stay right.
+        for (e, f) in events.iter().zip(&fresh).skip(MAX_PER_HASH) {
+            assert_eq!(memo.fingerprint(e, &cfg, &mut scratch), *f);
+            assert_eq!(memo.len(), MAX_PER_HASH);
+        }
+        assert_eq!(memo.fingerprint(&events[0], &cfg, &mut scratch), fresh[0]);
+        assert_eq!(memo.hits(), MAX_PER_HASH as u64, "the oldest was replaced");
+        // A key that is the start of another's text is not its match.
+        let two_json = r#"{"platform":"javascript","exception":[{"type":"Error","stacktrace":{"frames":[
+            {"function":"f0","filename":"src/cart.ts","lineno":3,"colno":9,"in_app":true},
+            {"function":"f0","filename":"src/cart.ts","lineno":3,"colno":9,"in_app":true}]}}]}"#;
+        let two = parse_event_str(two_json).unwrap();
+        assert_eq!(memo.fingerprint(&two, &cfg, &mut scratch), fingerprint(&two, &cfg, &mut Scratch::default()));
     }
 }

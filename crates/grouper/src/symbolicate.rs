@@ -18,10 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracefold_model::event::{Event, Frame, Stacktrace};
 use tracefold_symbolicate::fetch::{Found, Symbolicator};
-use tracefold_symbolicate::{locate_frames, map_key, DebugImage, Located, MapKey, MinifiedFrame, ParsedMap};
+use tracefold_symbolicate::{locate_frames, map_key, DebugImage, Located, MapKey, MinifiedFrame, ParsedMap, Position};
 
 /// Most files [`BatchMaps`] remembers the map of within a batch (emptied when full).
 pub const MAX_FILES_PER_BATCH: usize = 4096;
+
+/// Most positions [`BatchMaps`] remembers within a batch in front of the maps' own memos
+/// (emptied when full; about 80 bytes an entry with its function name).
+pub const MAX_POSITIONS_PER_BATCH: usize = 4096;
 
 /// Most distinct maps one event may need; frames of further files stay minified (the same
 /// on a replay: the order of frames decides which).
@@ -148,6 +152,9 @@ pub struct BatchMaps {
     /// cached path's scratch: its second pass reads these instead of checking every frame
     /// again).
     runs: Vec<(Stack, usize, Option<Arc<ParsedMap>>)>,
+    /// The positions the cached path located in this batch, by map, line and column, with the
+    /// reported function they were located for ([`batch_position`]).
+    positions: HashMap<(usize, u32, u32), FrontPosition, std::hash::BuildHasherDefault<PositionHasher>>,
     /// Turns [`apply`]'s cached path off, for the tests that compare it with the full one
     /// (always `false` otherwise).
     full_path_only: bool,
@@ -163,6 +170,66 @@ struct FileMap {
     key: Option<MapKey>,
     /// The key's map once the batch uses it.
     map: Option<Arc<ParsedMap>>,
+}
+
+/// A position [`batch_position`] remembers: what `map.position(line, col, function)` gave.
+#[derive(Debug)]
+struct FrontPosition {
+    map: Arc<ParsedMap>,
+    function: Option<Box<str>>,
+    found: Option<Arc<Position>>,
+}
+
+/// Hashes the key of [`BatchMaps::positions`] (a map's address, a line, a column: integers,
+/// so a multiply and rotate each, no general-purpose hash).
+#[derive(Debug, Default)]
+struct PositionHasher(u64);
+
+impl std::hash::Hasher for PositionHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(26);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// `map.position(line, col, function)` through the batch's table in front of the map's memo:
+/// a position the batch saw with the same reported function costs a probe by integers and one
+/// comparison of the name (no lock, no hash of the name). Exact: the entry holds the map it
+/// was located in and the function it was located for, and both are compared.
+fn batch_position(
+    positions: &mut HashMap<(usize, u32, u32), FrontPosition, std::hash::BuildHasherDefault<PositionHasher>>,
+    map: &Arc<ParsedMap>,
+    line: u32,
+    col: u32,
+    function: Option<&str>,
+) -> Option<Arc<Position>> {
+    let key = (Arc::as_ptr(map) as usize, line, col);
+    if let Some(e) = positions.get(&key) {
+        if Arc::ptr_eq(&e.map, map) && e.function.as_deref() == function {
+            return e.found.clone();
+        }
+    }
+    let found = map.position(line, col, function);
+    if positions.len() >= MAX_POSITIONS_PER_BATCH {
+        positions.clear();
+    }
+    let entry = FrontPosition { map: Arc::clone(map), function: function.map(Into::into), found: found.clone() };
+    positions.insert(key, entry);
+    found
 }
 
 /// The hash of a map key recorded in range metadata.
@@ -182,6 +249,7 @@ impl BatchMaps {
         self.replay = None;
         self.files.clear();
         self.runs.clear();
+        self.positions.clear();
     }
 
     /// The next batch rebuilds a recorded range: use exactly `recorded` (key hash, first offset).
@@ -252,14 +320,17 @@ pub fn apply<'e>(
     before_mapping: &mut dyn FnMut(&Event<'_>),
 ) -> Option<Outcome> {
     mapped.clear();
-    if !has_minified_js(event) {
-        return None;
-    }
     let images = debug_images(event);
     if images.is_empty() && !batch.full_path_only {
-        if let Some(outcome) = apply_cached(batch, event, arena, mapped, before_mapping) {
-            return Some(outcome);
+        // The cached path finds the minified frames itself: no separate check first.
+        match apply_cached(batch, event, arena, mapped, before_mapping) {
+            Cached::NoMinifiedFrame => return None,
+            Cached::Done(outcome) => return Some(outcome),
+            // It stopped at a minified frame: the full path has one.
+            Cached::Full => {}
         }
+    } else if !has_minified_js(event) {
+        return None;
     }
     let project = event.project.as_deref().unwrap_or("");
     let release = event.release.as_deref().unwrap_or("");
@@ -418,19 +489,31 @@ fn write_mapped<'e>(
     f.colno = Some(at.col);
 }
 
+/// What [`apply_cached`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cached {
+    /// The event has no minified JavaScript frame (nothing was done: [`has_minified_js`] is false).
+    NoMinifiedFrame,
+    /// Mapped as the full path would have.
+    Done(Outcome),
+    /// A file needs the full path; nothing was changed.
+    Full,
+}
+
 /// [`apply`] for an event without debug images whose every minified frame's file has a map the
 /// batch already uses, or none at all: each file's map found by its text (no key built, no
-/// fetch), each position through the map's memo ([`ParsedMap::position`]). `None` when a file
-/// needs the full path (a map not used yet, or more than [`MAX_KEYS_PER_EVENT`] maps); then
-/// nothing was changed. Decides exactly as the full path would (the tests compare them), and
-/// calls `before_mapping` as it does: once, before any frame changes, when a frame has a map.
+/// fetch), each position through the map's memo ([`ParsedMap::position`]). [`Cached::Full`]
+/// when a file needs the full path (a map not used yet, or more than [`MAX_KEYS_PER_EVENT`]
+/// maps); then nothing was changed. Decides exactly as the full path would (the tests compare
+/// them), and calls `before_mapping` as it does: once, before any frame changes, when a frame
+/// has a map.
 fn apply_cached<'e>(
     batch: &mut BatchMaps,
     event: &mut Event<'e>,
     arena: &'e bumpalo::Bump,
     mapped: &mut MappedList<'e>,
     before_mapping: &mut dyn FnMut(&Event<'_>),
-) -> Option<Outcome> {
+) -> Cached {
     let project = event.project.as_deref().unwrap_or("");
     let release = event.release.as_deref().unwrap_or("");
     let mut runs = std::mem::take(&mut batch.runs);
@@ -444,8 +527,10 @@ fn apply_cached<'e>(
         for (i, f) in s.frames.iter().enumerate() {
             let v = view(f);
             // A frame of the file of the minified frame before it passes `is_minified_js`'s test
-            // of the url as that one did: only its line and column are left to check.
-            let same_file = matches!((&last, v.url()), (Some((u, _)), Some(url)) if *u == url);
+            // of the url as that one did: only its line and column are left to check. The url is
+            // read and compared once a frame.
+            let url = v.url();
+            let same_file = matches!((&last, url), (Some((u, _)), Some(url)) if *u == url);
             let minified = if same_file {
                 v.lineno.is_some() && v.colno.is_some()
             } else {
@@ -455,9 +540,9 @@ fn apply_cached<'e>(
                 continue;
             }
             // A minified frame has a url (is_minified_js); frames of one file follow each other.
-            let url = v.url().unwrap_or("");
+            let url = url.unwrap_or("");
             let map = match &last {
-                Some((u, m)) if *u == url => m.clone(),
+                Some((_, m)) if same_file => m.clone(),
                 _ => {
                     let Some(m) = file_map(batch, project, release, &v, url) else {
                         cached = false;
@@ -485,7 +570,13 @@ fn apply_cached<'e>(
     if !cached {
         runs.clear();
         batch.runs = runs;
-        return None;
+        return Cached::Full;
+    }
+    if runs.is_empty() {
+        // No frame passed `is_minified_js` (the frames of a file after the first only skip its
+        // url test, which they pass): what `has_minified_js` would have said.
+        batch.runs = runs;
+        return Cached::NoMinifiedFrame;
     }
     if runs.iter().any(|(_, _, m)| m.is_some()) {
         before_mapping(event);
@@ -499,13 +590,13 @@ fn apply_cached<'e>(
         };
         let Some(f) = s.and_then(|s| s.frames.get_mut(i)) else { continue };
         let (Some(line), Some(col)) = (f.lineno, f.colno) else { continue };
-        let Some(pos) = map.position(line, col, f.function.as_deref()) else { continue };
+        let Some(pos) = batch_position(&mut batch.positions, &map, line, col, f.function.as_deref()) else { continue };
         let at =
             Place { stack, frame: i, file: &pos.file, line: pos.line, col: pos.col, function: pos.function.as_deref() };
         write_mapped(f, &at, map, arena, mapped);
     }
     batch.runs = runs;
-    Some(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
+    Cached::Done(if mapped.is_empty() { Outcome::Missing } else { Outcome::Resolved })
 }
 
 /// The map of `url`'s file for an event without debug images: `Some(None)` when the file has
@@ -911,6 +1002,9 @@ mod tests {
             ),
             (None, vec![frame(a, Some("a"), 1, 14)], vec![]),
             (Some("1.0"), many, vec![frame(a, Some("a"), 1, 14)]),
+            // No minified frame: nothing done, on both paths.
+            (Some("1.0"), vec![r#"{"function":"f","filename":"app.py","lineno":3}"#.to_owned()], vec![]),
+            (Some("1.0"), vec![r#"{"function":"f","filename":"app.js","lineno":3}"#.to_owned()], vec![]),
         ];
         let events: Vec<String> = stacks
             .iter()
@@ -944,7 +1038,8 @@ mod tests {
                 let mut probe = tracefold_model::parse_event_slice(&mut z).unwrap();
                 let arena = bumpalo::Bump::new();
                 let mut m = MappedList::new_in(&arena);
-                taken += usize::from(apply_cached(&mut cached, &mut probe, &arena, &mut m, &mut |_| {}).is_some());
+                taken +=
+                    usize::from(apply_cached(&mut cached, &mut probe, &arena, &mut m, &mut |_| {}) != Cached::Full);
             }
             let o_cached =
                 apply(&hook, &mut cached, &mut ev_cached, &arena_cached, offset as i64, &mut m_cached, &mut |e| {
@@ -961,9 +1056,10 @@ mod tests {
             assert_eq!(format!("{m_full:?}"), format!("{m_cached:?}"), "{text}");
             assert_eq!(full.first_use(), cached.first_use());
         }
-        // Decided without the full path: the event without a release each time, the two
-        // single-build events once their maps are used (the others have a file without a map).
-        assert_eq!(taken, 7);
+        // Decided without the full path: the event without a release and the two without a
+        // minified frame each time, the two single-build events once their maps are used (the
+        // others have a file without a map).
+        assert_eq!(taken, 13);
         // Mapped: the two builds' events and the mixed one (the last event's mapped file is
         // its 35th, past what one event may map; the one without a release has no key).
         assert_eq!(resolved, 9);
@@ -1007,5 +1103,72 @@ mod tests {
         let same: serde_json::Value = serde_json::from_slice(&rewrite_sample(payload, &[moved])).unwrap();
         assert_eq!(same["exception"][0]["stacktrace"]["frames"][0]["function"], "a");
         assert_eq!(rewrite_sample(b"[1,", &[m]), b"[1,");
+    }
+
+    /// The batch's positions answer as the maps do: for two maps, every position near their
+    /// tokens, reported functions that differ at one position, each asked twice (the second time
+    /// from the table); and the table stays within its bound.
+    #[test]
+    fn batch_positions_are_the_maps_positions() {
+        let limits = tracefold_symbolicate::Limits::default();
+        let parse = |b: &Build| Arc::new(ParsedMap::parse(&b.map(), Some(&b.minified()), &limits).unwrap());
+        let (a, b) = (parse(&A), parse(&B));
+        let (fresh_a, fresh_b) = (parse(&A), parse(&B));
+        let mut positions = HashMap::default();
+        let functions = [None, Some(""), Some("a"), Some("b"), Some("Object.a [as run]"), Some("é")];
+        for _ in 0..2 {
+            for (map, fresh) in [(&a, &fresh_a), (&b, &fresh_b)] {
+                for line in 0..3 {
+                    for col in 0..40 {
+                        for f in functions {
+                            let got = batch_position(&mut positions, map, line, col, f);
+                            assert_eq!(got, fresh.position(line, col, f), "{line}:{col} {f:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(positions.len() <= MAX_POSITIONS_PER_BATCH);
+        for col in 0..MAX_POSITIONS_PER_BATCH as u32 + 10 {
+            assert_eq!(batch_position(&mut positions, &a, 1, col, None), fresh_a.position(1, col, None));
+            assert!(positions.len() <= MAX_POSITIONS_PER_BATCH);
+        }
+    }
+
+    /// A record whose map has sources: the sample's context is the map's (memoized per
+    /// position), the same JSON value from the bytes path as from the `Value` path, the second
+    /// time from the memo as the first.
+    #[test]
+    fn the_samples_context_comes_from_the_map() {
+        let limits = tracefold_symbolicate::Limits::default();
+        let map = Arc::new(ParsedMap::parse(&A.map(), Some(&A.minified()), &limits).unwrap());
+        let payload = br#"{"exception":[{"type":"E","stacktrace":{"frames":[{"filename":"https://x/main.js","function":"a","lineno":1,"colno":14,"context_line":"x"}]}}]}"#;
+        let m = Mapped {
+            stack: Stack::Exception(0),
+            frame: 0,
+            original: Original {
+                file: "src/app.ts".into(),
+                line: 2,
+                col: 3,
+                function: Some("fail".into()),
+                ..Original::default()
+            },
+            raw_filename: Some("https://x/main.js".into()),
+            raw_abs_path: None,
+            raw_function: Some("a".into()),
+            raw_lineno: Some(1),
+            raw_colno: Some(14),
+            map: Some(map),
+        };
+        for _ in 0..2 {
+            let m = std::slice::from_ref(&m);
+            assert_rewrite_paths_agree(payload, m);
+            let out: serde_json::Value = serde_json::from_slice(&rewrite_sample(payload, m)).unwrap();
+            let f = &out["exception"][0]["stacktrace"]["frames"][0];
+            assert_eq!(f["context_line"], "  throw new Error('x');");
+            assert_eq!(f["pre_context"], serde_json::json!(["function fail() {"]));
+            assert_eq!(f["post_context"], serde_json::json!(["}", ""]));
+            assert_eq!((f["function"].as_str(), f["lineno"].as_u64()), (Some("fail"), Some(2)));
+        }
     }
 }

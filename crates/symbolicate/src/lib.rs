@@ -101,6 +101,92 @@ pub struct ParsedMap {
     /// token by token, which costs a hundred times the rest of a frame's resolution, and the
     /// same crash sites repeat.
     located: Mutex<PositionMemo>,
+    /// Source contexts already read, by minified position (see [`ParsedMap::context`]).
+    contexts: Mutex<ContextMemo>,
+}
+
+/// Source contexts by minified position (1-based line and column), `None` where there is none.
+type ContextMemo = HashMap<(u32, u32), Option<Arc<SourceContext>>>;
+
+/// Most source contexts memoized per map ([`ParsedMap::context`]); a full memo is emptied.
+/// An entry holds at most `2 * context_lines + 1` lines of at most `max_context_line_bytes`
+/// bytes each, twice (the lines and their JSON, where an escaped control character takes six
+/// bytes): with the default [`Limits`] about 4.5 KiB, at most about 16 KiB, an entry.
+pub const MAX_MEMOIZED_CONTEXTS: usize = 256;
+
+/// The source context of a mapped position, as [`ParsedMap::add_context`] fills it, with the
+/// same three fields as JSON (for a sample's frame), read once per position
+/// ([`ParsedMap::context`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceContext {
+    /// Lines before `context_line` (oldest first).
+    pub pre_context: Vec<String>,
+    /// The original line itself.
+    pub context_line: String,
+    /// Lines after `context_line`.
+    pub post_context: Vec<String>,
+    /// The three as members of a JSON object, written as `serde_json` writes them (compact):
+    /// `"pre_context":[...],"context_line":"...","post_context":[...]`.
+    pub json: String,
+}
+
+impl SourceContext {
+    fn new(pre_context: Vec<String>, context_line: String, post_context: Vec<String>) -> Self {
+        let mut json = String::with_capacity(
+            64 + context_line.len() + pre_context.iter().chain(&post_context).map(|l| l.len() + 3).sum::<usize>(),
+        );
+        let lines = |json: &mut String, lines: &[String]| {
+            json.push('[');
+            for (i, l) in lines.iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json_string(json, l);
+            }
+            json.push(']');
+        };
+        json.push_str("\"pre_context\":");
+        lines(&mut json, &pre_context);
+        json.push_str(",\"context_line\":");
+        json_string(&mut json, &context_line);
+        json.push_str(",\"post_context\":");
+        lines(&mut json, &post_context);
+        Self { pre_context, context_line, post_context, json }
+    }
+}
+
+/// `s` as a JSON string, escaped as `serde_json` escapes it: `"` and `\`, the control
+/// characters with a short escape (`\b`, `\t`, `\n`, `\f`, `\r`) as that, the other control
+/// characters as `\u00xx` (lower-case hex); everything else as it is.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            0x0c => "\\f",
+            b'\r' => "\\r",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `b` is ASCII: `i` and `i + 1` are character boundaries.
+        out.push_str(&s[from..i]);
+        if short.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(short);
+        }
+        from = i + 1;
+    }
+    out.push_str(&s[from..]);
+    out.push('"');
 }
 
 /// Most memoized positions per map; a full memo is emptied (the positions are located
@@ -207,6 +293,7 @@ impl ParsedMap {
             context_lines: limits.context_lines,
             max_context_line_bytes: limits.max_context_line_bytes,
             located: Mutex::new(PositionMemo::default()),
+            contexts: Mutex::new(ContextMemo::new()),
         })
     }
 
@@ -287,6 +374,26 @@ impl ParsedMap {
                 self.fill_context(view, token.get_src_line(), out);
             }
         }
+    }
+
+    /// The source context [`Self::add_context`] gives for the minified position (1-based `line`,
+    /// `col`), with its JSON, memoized per position (at most [`MAX_MEMOIZED_CONTEXTS`] per map,
+    /// emptied when full): a sample of a repeated crash site costs a lookup, not the lines read,
+    /// cut and escaped again. `None` where [`Self::add_context`] leaves the context empty.
+    pub fn context(&self, line: u32, col: u32) -> Option<Arc<SourceContext>> {
+        if let Some(found) = self.contexts.lock().unwrap_or_else(PoisonError::into_inner).get(&(line, col)) {
+            return found.clone();
+        }
+        let mut read = OriginalFrame::default();
+        self.add_context(line, col, &mut read);
+        let OriginalFrame { pre_context, context_line, post_context, .. } = read;
+        let found = context_line.map(|l| Arc::new(SourceContext::new(pre_context, l, post_context)));
+        let mut memo = self.contexts.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() >= MAX_MEMOIZED_CONTEXTS {
+            memo.clear();
+        }
+        memo.insert((line, col), found.clone());
+        found
     }
 
     /// The mapping of a 1-based minified position: its 0-based line and column and the token,

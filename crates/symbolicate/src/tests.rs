@@ -206,3 +206,59 @@ fn memoized_positions_are_those_located_afresh() {
     assert_eq!(m.position(1, 20, Some("a")).map(|p| p.to_original()), fresh().locate(1, 20, Some("a")));
     assert_eq!(m.position(9, 1, Some("a")), None, "no mapping on that line");
 }
+
+/// The memoized source context is what `add_context` fills, at every position of the map, the
+/// second time from the memo and past its bound; its JSON is what `serde_json` writes for the
+/// three fields.
+#[test]
+fn memoized_contexts_are_those_read_afresh() {
+    let limits = Limits { max_context_line_bytes: 12, ..Limits::default() };
+    let m = ParsedMap::parse(&map_json(None, true), None, &limits).unwrap();
+    let fresh = ParsedMap::parse(&map_json(None, true), None, &limits).unwrap();
+    for round in 0..2 {
+        for line in 0..4u32 {
+            for col in 0..40u32 {
+                let got = m.context(line, col);
+                let mut want = OriginalFrame::default();
+                fresh.add_context(line, col, &mut want);
+                match (&got, want.context_line) {
+                    (None, None) => {}
+                    (Some(c), Some(l)) => {
+                        assert_eq!(
+                            (&c.pre_context, &c.context_line, &c.post_context),
+                            (&want.pre_context, &l, &want.post_context)
+                        );
+                        let json = format!(
+                            r#""pre_context":{},"context_line":{},"post_context":{}"#,
+                            serde_json::to_string(&want.pre_context).unwrap(),
+                            serde_json::to_string(&l).unwrap(),
+                            serde_json::to_string(&want.post_context).unwrap()
+                        );
+                        assert_eq!(c.json, json, "{line}:{col}");
+                    }
+                    other => panic!("{line}:{col} round {round}: {other:?}"),
+                }
+            }
+        }
+        assert!(m.contexts.lock().unwrap().len() <= MAX_MEMOIZED_CONTEXTS);
+    }
+    let without = ParsedMap::parse(&map_json(None, false), None, &limits).unwrap();
+    assert_eq!(without.context(1, 20), None, "no sources content");
+    // The bound: a full memo is emptied, and answers stay right.
+    for i in 0..MAX_MEMOIZED_CONTEXTS as u32 + 10 {
+        let _ = m.context(1, 100 + i);
+        assert!(m.contexts.lock().unwrap().len() <= MAX_MEMOIZED_CONTEXTS);
+    }
+    assert_eq!(m.context(1, 20).map(|c| c.context_line.clone()), Some("  throw new …".to_owned()));
+}
+
+proptest! {
+    /// Any string, control characters, quotes, backslashes and non-ASCII included, is written
+    /// as `serde_json` writes it.
+    #[test]
+    fn json_strings_are_written_as_serde_json_writes_them(s in "(\\PC|[\\x00-\\x1f\"\\\\\\x7f])*") {
+        let mut out = String::new();
+        json_string(&mut out, &s);
+        prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+    }
+}

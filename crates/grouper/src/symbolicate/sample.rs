@@ -12,8 +12,9 @@
 
 use super::{Mapped, Original, Stack};
 use std::borrow::Cow;
+use std::sync::Arc;
 use tracefold_model::sample::MAX_SAMPLE_BYTES;
-use tracefold_symbolicate::OriginalFrame;
+use tracefold_symbolicate::SourceContext;
 
 /// Deepest nesting the bytes path takes (`serde_json` itself stops at 128).
 const MAX_DEPTH: usize = 100;
@@ -92,16 +93,26 @@ fn bytes_path(p: &[u8], mapped: &[Mapped<'_>]) -> Option<Vec<u8>> {
 }
 
 /// The original frame to write, with the source context added from the map when there is one
-/// (for this one event of many: grouping needs none of it).
+/// (for this one event of many: grouping needs none of it). The `Value` path's; the bytes path
+/// writes the memoized context's JSON ([`context_of`]).
 fn with_context<'m, 'e>(m: &'m Mapped<'e>) -> Cow<'m, Original<'e>> {
+    match context_of(m) {
+        Some(c) => Cow::Owned(Original {
+            pre_context: c.pre_context.clone(),
+            context_line: Some(c.context_line.clone()),
+            post_context: c.post_context.clone(),
+            ..m.original.clone()
+        }),
+        None => Cow::Borrowed(&m.original),
+    }
+}
+
+/// The source context of the record's position from its map (memoized per position,
+/// [`tracefold_symbolicate::ParsedMap::context`]), unless the record has its own.
+fn context_of(m: &Mapped<'_>) -> Option<Arc<SourceContext>> {
     match (&m.map, m.raw_lineno, m.raw_colno) {
-        (Some(map), Some(line), Some(col)) if m.original.context_line.is_none() => {
-            let mut context = OriginalFrame::default();
-            map.add_context(line, col, &mut context);
-            let OriginalFrame { pre_context, context_line, post_context, .. } = context;
-            Cow::Owned(Original { pre_context, context_line, post_context, ..m.original.clone() })
-        }
-        _ => Cow::Borrowed(&m.original),
+        (Some(map), Some(line), Some(col)) if m.original.context_line.is_none() => map.context(line, col),
+        _ => None,
     }
 }
 
@@ -210,8 +221,11 @@ impl Doc<'_> {
     /// The frame object written again: its members but the rewritten ones as they are, then the
     /// rewritten ones.
     fn write_frame(&self, frame: usize, m: &Mapped<'_>, out: &mut Vec<u8>) -> Option<()> {
-        let o = with_context(m);
-        let rewritten = if o.context_line.is_some() { &REWRITTEN[..] } else { &REWRITTEN[..10] };
+        // The context from the map is written as the JSON it keeps for the position; a record's
+        // own context (none on the grouper's path) field by field.
+        let context = context_of(m);
+        let o = &m.original;
+        let rewritten = if context.is_some() || o.context_line.is_some() { &REWRITTEN[..] } else { &REWRITTEN[..10] };
         out.push(b'{');
         let mut first = true;
         for (k, v) in self.members(frame) {
@@ -256,10 +270,18 @@ impl Doc<'_> {
                 put(key, value)?;
             }
         }
-        if o.context_line.is_some() {
-            put("pre_context", &o.pre_context)?;
-            put("context_line", &o.context_line)?;
-            put("post_context", &o.post_context)?;
+        match &context {
+            Some(c) => {
+                // `filename` was written: the members follow a comma.
+                out.push(b',');
+                out.extend_from_slice(c.json.as_bytes());
+            }
+            None if o.context_line.is_some() => {
+                put("pre_context", &o.pre_context)?;
+                put("context_line", &o.context_line)?;
+                put("post_context", &o.post_context)?;
+            }
+            None => {}
         }
         out.push(b'}');
         Some(())
