@@ -13,7 +13,7 @@ use tracefold_fingerprint::memo::FingerprintMemo;
 use tracefold_fingerprint::{describe, fingerprint, GroupingConfig, Scratch, GROUPING_VERSION};
 use tracefold_model::aggregate::{minute_of, user_hash, AggregateRecord, BatchRef, UserSet, AGGREGATE_FORMAT_VERSION};
 use tracefold_model::breakdown::{Key, Routes, Tally};
-use tracefold_model::sample::bounded_sample;
+use tracefold_model::sample::bounded_sample_owned;
 use tracefold_model::text::prefix;
 use tracefold_model::time::Millis;
 use tracefold_model::{validate, Event, EventParser, Reason, Rejection};
@@ -567,7 +567,7 @@ fn plan_event<'e>(
             };
             tracefold_model::json::repair_surrogates(&mut repaired);
             sample_cut = repaired.len() > tracefold_model::sample::MAX_SAMPLE_BYTES;
-            bounded_sample(&repaired)
+            bounded_sample_owned(repaired)
         };
         let record = AggregateRecord {
             v: AGGREGATE_FORMAT_VERSION,

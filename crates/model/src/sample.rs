@@ -23,6 +23,24 @@ pub fn bounded_sample(payload: &[u8]) -> String {
     bounded_sample_with(payload, MAX_SAMPLE_BYTES)
 }
 
+/// [`bounded_sample`] of bytes the caller owns and gives up: a payload that fits is checked as
+/// UTF-8 in place and becomes the sample without a copy (the grouper builds the bytes for the
+/// sample anyway). The same answer as [`bounded_sample`] for any bytes.
+pub fn bounded_sample_owned(payload: Vec<u8>) -> String {
+    bounded_sample_owned_with(payload, MAX_SAMPLE_BYTES)
+}
+
+/// [`bounded_sample_owned`] with a given bound (tests).
+pub fn bounded_sample_owned_with(payload: Vec<u8>, max: usize) -> String {
+    if payload.len() > max {
+        return bounded_sample_with(&payload, max);
+    }
+    match String::from_utf8(payload) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
 /// [`bounded_sample`] with a given bound (tests).
 pub fn bounded_sample_with(payload: &[u8], max: usize) -> String {
     if payload.len() <= max {
@@ -142,5 +160,27 @@ mod tests {
         assert!(crate::parse_event_str(&s).is_ok());
         // Deterministic.
         assert_eq!(s, bounded_sample(&payload));
+        // The owned form cuts the same way.
+        assert_eq!(s, bounded_sample_owned(payload));
+    }
+
+    proptest::proptest! {
+        /// The owned form answers as the borrowed one for any bytes: valid UTF-8 of any script,
+        /// invalid sequences (replaced the same way), and payloads on both sides of the bound.
+        #[test]
+        fn owned_samples_answer_as_borrowed_ones(
+            text in "\\PC{0,40}",
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            at in 0usize..64,
+            max in 0usize..96,
+        ) {
+            let mut bytes = serde_json::to_vec(&serde_json::json!({"message": text})).unwrap();
+            let at = at.min(bytes.len());
+            bytes.splice(at..at, noise);
+            proptest::prop_assert_eq!(
+                bounded_sample_owned_with(bytes.clone(), max),
+                bounded_sample_with(&bytes, max)
+            );
+        }
     }
 }
