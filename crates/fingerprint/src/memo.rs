@@ -593,7 +593,9 @@ mod tests {
         }
         assert_eq!(memo.fingerprint(&events[0], &cfg, &mut scratch), fresh[0]);
         assert_eq!(memo.hits(), MAX_PER_HASH as u64, "the oldest was replaced");
-        // A key that is the start of another's text is not its match.
+        // An event whose stack begins with a stored event's stack (one more frame) gets its own
+        // answer, not the stored one. (No key can be the start of another's: each part is
+        // written with its length or count first, so the frame count already differs here.)
         let two_json = r#"{"platform":"javascript","exception":[{"type":"Error","stacktrace":{"frames":[
             {"function":"f0","filename":"src/cart.ts","lineno":3,"colno":9,"in_app":true},
             {"function":"f0","filename":"src/cart.ts","lineno":3,"colno":9,"in_app":true}]}}]}"#;

@@ -24,8 +24,14 @@ use tracefold_symbolicate::{locate_frames, map_key, DebugImage, Located, MapKey,
 pub const MAX_FILES_PER_BATCH: usize = 4096;
 
 /// Most positions [`BatchMaps`] remembers within a batch in front of the maps' own memos
-/// (emptied when full; about 80 bytes an entry with its function name).
+/// (emptied when full; about 80 bytes an entry and its function name, at most
+/// [`MAX_REMEMBERED_FUNCTION_BYTES`]: at most about 1.4 MiB).
 pub const MAX_POSITIONS_PER_BATCH: usize = 4096;
+
+/// Longest reported function name [`BatchMaps`]' positions remember; a frame with a longer one
+/// goes to the map's memo each time (real minified names are a few bytes, V8's `Object.a [as
+/// run]` forms a few dozen).
+pub const MAX_REMEMBERED_FUNCTION_BYTES: usize = tracefold_symbolicate::MAX_MEMOIZED_FUNCTION_BYTES;
 
 /// Most distinct maps one event may need; frames of further files stay minified (the same
 /// on a replay: the order of frames decides which).
@@ -224,6 +230,9 @@ fn batch_position(
         }
     }
     let found = map.position(line, col, function);
+    if function.is_some_and(|f| f.len() > MAX_REMEMBERED_FUNCTION_BYTES) {
+        return found;
+    }
     if positions.len() >= MAX_POSITIONS_PER_BATCH {
         positions.clear();
     }
@@ -1133,6 +1142,14 @@ mod tests {
             assert_eq!(batch_position(&mut positions, &a, 1, col, None), fresh_a.position(1, col, None));
             assert!(positions.len() <= MAX_POSITIONS_PER_BATCH);
         }
+        // A name past the bound is answered, not remembered.
+        positions.clear();
+        let long = "ä".repeat(MAX_REMEMBERED_FUNCTION_BYTES);
+        for col in 0..40 {
+            let got = batch_position(&mut positions, &a, 1, col, Some(&long));
+            assert_eq!(got, fresh_a.position(1, col, Some(&long)));
+        }
+        assert!(positions.is_empty());
     }
 
     /// A record whose map has sources: the sample's context is the map's (memoized per

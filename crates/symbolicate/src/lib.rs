@@ -105,14 +105,27 @@ pub struct ParsedMap {
     contexts: Mutex<ContextMemo>,
 }
 
-/// Source contexts by minified position (1-based line and column), `None` where there is none.
-type ContextMemo = HashMap<(u32, u32), Option<Arc<SourceContext>>>;
+/// Source contexts by minified position (1-based line and column), `None` where there is none,
+/// and the bytes they hold.
+#[derive(Default)]
+struct ContextMemo {
+    by_position: HashMap<(u32, u32), Option<Arc<SourceContext>>>,
+    bytes: usize,
+}
 
 /// Most source contexts memoized per map ([`ParsedMap::context`]); a full memo is emptied.
 /// An entry holds at most `2 * context_lines + 1` lines of at most `max_context_line_bytes`
 /// bytes each, twice (the lines and their JSON, where an escaped control character takes six
 /// bytes): with the default [`Limits`] about 4.5 KiB, at most about 16 KiB, an entry.
 pub const MAX_MEMOIZED_CONTEXTS: usize = 256;
+
+/// Most bytes of source context memoized per map ([`ParsedMap::context`]), lines and JSON
+/// counted: a memo that would pass it is emptied first. Many positions can share one context
+/// (every column of a token, control characters escaped six times over), so the count of
+/// entries alone would let one small map hold megabytes; with this bound the memos of the
+/// cache's maps hold at most `MAX_MEMOIZED_CONTEXT_BYTES` plus one entry each, beside the
+/// cache's own byte budget.
+pub const MAX_MEMOIZED_CONTEXT_BYTES: usize = 256 << 10;
 
 /// The source context of a mapped position, as [`ParsedMap::add_context`] fills it, with the
 /// same three fields as JSON (for a sample's frame), read once per position
@@ -152,6 +165,14 @@ impl SourceContext {
         json.push_str(",\"post_context\":");
         lines(&mut json, &post_context);
         Self { pre_context, context_line, post_context, json }
+    }
+
+    /// Bytes the context holds (its lines and its JSON), for the memo's bound.
+    fn bytes(&self) -> usize {
+        self.json.len()
+            + self.context_line.len()
+            + self.pre_context.iter().chain(&self.post_context).map(|l| l.len() + 24).sum::<usize>()
+            + 128
     }
 }
 
@@ -193,6 +214,12 @@ fn json_string(out: &mut String, s: &str) {
 /// again). About 150 bytes an entry (the shared strings included): at most about 150 KiB per
 /// cached map.
 pub const MAX_MEMOIZED_POSITIONS: usize = 1024;
+
+/// Longest reported function name a memoized position keeps ([`ParsedMap::position`]): a
+/// frame with a longer one is located each time (real minified names are a few bytes, V8's
+/// `Object.a [as run]` forms a few dozen), so hostile names cannot fill the memo with their
+/// bytes.
+pub const MAX_MEMOIZED_FUNCTION_BYTES: usize = 256;
 
 /// A minified position located in the original source (file, line, column and function,
 /// no source context), as [`ParsedMap::position`] memoizes it: the strings are shared by every
@@ -293,7 +320,7 @@ impl ParsedMap {
             context_lines: limits.context_lines,
             max_context_line_bytes: limits.max_context_line_bytes,
             located: Mutex::new(PositionMemo::default()),
-            contexts: Mutex::new(ContextMemo::new()),
+            contexts: Mutex::new(ContextMemo::default()),
         })
     }
 
@@ -328,7 +355,8 @@ impl ParsedMap {
 
     /// [`Self::locate`], shared and memoized: the first sight of a position (1-based `line`
     /// and `col`) with a reported function name locates it; later ones cost a hash lookup
-    /// (at most [`MAX_MEMOIZED_POSITIONS`] per map, emptied when full).
+    /// (at most [`MAX_MEMOIZED_POSITIONS`] per map, emptied when full; names past
+    /// [`MAX_MEMOIZED_FUNCTION_BYTES`] are not kept).
     pub fn position(&self, line: u32, col: u32, minified_function: Option<&str>) -> Option<Arc<Position>> {
         let key = memo_key(line, col, minified_function);
         {
@@ -340,6 +368,9 @@ impl ParsedMap {
             }
         }
         let found = self.locate_uncached(line, col, minified_function).map(Arc::new);
+        if minified_function.is_some_and(|f| f.len() > MAX_MEMOIZED_FUNCTION_BYTES) {
+            return found;
+        }
         let mut memo = self.located.lock().unwrap_or_else(PoisonError::into_inner);
         if memo.len() >= MAX_MEMOIZED_POSITIONS {
             memo.clear();
@@ -377,22 +408,27 @@ impl ParsedMap {
     }
 
     /// The source context [`Self::add_context`] gives for the minified position (1-based `line`,
-    /// `col`), with its JSON, memoized per position (at most [`MAX_MEMOIZED_CONTEXTS`] per map,
-    /// emptied when full): a sample of a repeated crash site costs a lookup, not the lines read,
+    /// `col`), with its JSON, memoized per position (at most [`MAX_MEMOIZED_CONTEXTS`] entries
+    /// and [`MAX_MEMOIZED_CONTEXT_BYTES`] per map, emptied when full): a sample of a repeated crash site costs a lookup, not the lines read,
     /// cut and escaped again. `None` where [`Self::add_context`] leaves the context empty.
     pub fn context(&self, line: u32, col: u32) -> Option<Arc<SourceContext>> {
-        if let Some(found) = self.contexts.lock().unwrap_or_else(PoisonError::into_inner).get(&(line, col)) {
+        if let Some(found) = self.contexts.lock().unwrap_or_else(PoisonError::into_inner).by_position.get(&(line, col))
+        {
             return found.clone();
         }
         let mut read = OriginalFrame::default();
         self.add_context(line, col, &mut read);
         let OriginalFrame { pre_context, context_line, post_context, .. } = read;
         let found = context_line.map(|l| Arc::new(SourceContext::new(pre_context, l, post_context)));
+        let bytes = found.as_ref().map_or(0, |c| c.bytes()) + 32;
         let mut memo = self.contexts.lock().unwrap_or_else(PoisonError::into_inner);
-        if memo.len() >= MAX_MEMOIZED_CONTEXTS {
-            memo.clear();
+        if memo.by_position.len() >= MAX_MEMOIZED_CONTEXTS || memo.bytes + bytes > MAX_MEMOIZED_CONTEXT_BYTES {
+            memo.by_position.clear();
+            memo.bytes = 0;
         }
-        memo.insert((line, col), found.clone());
+        if memo.by_position.insert((line, col), found.clone()).is_none() {
+            memo.bytes += bytes;
+        }
         found
     }
 

@@ -240,16 +240,61 @@ fn memoized_contexts_are_those_read_afresh() {
                 }
             }
         }
-        assert!(m.contexts.lock().unwrap().len() <= MAX_MEMOIZED_CONTEXTS);
+        assert!(m.contexts.lock().unwrap().by_position.len() <= MAX_MEMOIZED_CONTEXTS);
     }
     let without = ParsedMap::parse(&map_json(None, false), None, &limits).unwrap();
     assert_eq!(without.context(1, 20), None, "no sources content");
     // The bound: a full memo is emptied, and answers stay right.
     for i in 0..MAX_MEMOIZED_CONTEXTS as u32 + 10 {
         let _ = m.context(1, 100 + i);
-        assert!(m.contexts.lock().unwrap().len() <= MAX_MEMOIZED_CONTEXTS);
+        assert!(m.contexts.lock().unwrap().by_position.len() <= MAX_MEMOIZED_CONTEXTS);
     }
     assert_eq!(m.context(1, 20).map(|c| c.context_line.clone()), Some("  throw new …".to_owned()));
+}
+
+/// A reported name past the bound is located each time, never kept: hostile names cannot
+/// fill the memo with their bytes; the answer is what a fresh map gives.
+#[test]
+fn long_reported_names_are_located_but_not_memoized() {
+    let m = parse(&map_json(None, true));
+    let fresh = parse(&map_json(None, true));
+    let long = "é".repeat(MAX_MEMOIZED_FUNCTION_BYTES);
+    for col in 0..40 {
+        assert_eq!(m.position(1, col, Some(&long)), fresh.position(1, col, Some(&long)));
+    }
+    assert!(m.located.lock().unwrap().is_empty());
+    let _ = m.position(1, 20, Some("a"));
+    assert_eq!(m.located.lock().unwrap().len(), 1, "a short name is kept");
+}
+
+/// Many positions of one token share one large context (every column of the token; lines of
+/// control characters, escaped six times over in the JSON): the memo stays within its byte
+/// bound however many positions are asked, and still answers as a fresh read.
+#[test]
+fn memoized_contexts_stay_within_their_byte_bound() {
+    let line = "\u{1}".repeat(200);
+    let source = [line.as_str(); 11].join("\n");
+    let mut b = SourceMapBuilder::new(Some("main.js"));
+    let src = b.add_source("src/control.ts");
+    b.set_source_contents(src, Some(&source));
+    b.add(0, 0, 5, 0, Some("src/control.ts"), None, false);
+    let mut map = Vec::new();
+    b.into_sourcemap().to_writer(&mut map).unwrap();
+    let m = parse(&map);
+    let fresh = parse(&map);
+    let one = m.context(1, 1).expect("a context");
+    assert!(one.bytes() > 8 << 10, "each entry is large: {}", one.bytes());
+    for col in 1..=MAX_MEMOIZED_CONTEXTS as u32 * 2 {
+        let got = m.context(1, col).expect("a context");
+        let memo = m.contexts.lock().unwrap();
+        assert!(memo.bytes <= MAX_MEMOIZED_CONTEXT_BYTES, "{} bytes at column {col}", memo.bytes);
+        let held: usize = memo.by_position.values().map(|c| c.as_ref().map_or(0, |c| c.bytes()) + 32).sum();
+        assert_eq!(held, memo.bytes, "the count is what the entries hold");
+        drop(memo);
+        let mut want = OriginalFrame::default();
+        fresh.add_context(1, col, &mut want);
+        assert_eq!(Some(&got.context_line), want.context_line.as_ref());
+    }
 }
 
 proptest! {
