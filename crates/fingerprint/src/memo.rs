@@ -208,27 +208,13 @@ fn declined(event: &Event<'_>, cfg: &GroupingConfig) -> bool {
         || !event.threads.is_empty()
 }
 
-/// What [`walk`] reads of an event, part by part (written as the key's text by [`Text`]).
-trait Parts {
-    fn str(&mut self, s: Option<&str>);
-    fn num(&mut self, n: Option<u32>);
-    fn flag(&mut self, b: Option<bool>);
-    /// A byte of the text's structure (a flag of two values, or the mark of a path equal to
-    /// the previous frame's).
-    fn byte(&mut self, b: u8);
-    /// A list's length.
-    fn count(&mut self, n: u32);
-    /// Whether to go on (false: a text past [`MAX_KEY_BYTES`]).
-    fn ok(&self) -> bool;
-}
-
-/// The event's key (see the module docs), part by part into `parts`; false when `parts` says
-/// stop. The text is unambiguous (every value tagged and length-prefixed, every list counted;
+/// The event's key (see the module docs), part by part into `parts`; false when it grows past
+/// [`MAX_KEY_BYTES`]. The text is unambiguous (every value tagged and length-prefixed, every list counted;
 /// a frame's file name and path are either written, each tagged 0 or 1, or, equal to the
 /// previous frame's of the same stack, replaced by the byte 2), so equal texts mean equal read
 /// parts. Call it only for events the memo does not decline.
 #[inline(always)]
-fn walk<P: Parts>(event: &Event<'_>, parts: &mut P) -> bool {
+fn walk(event: &Event<'_>, parts: &mut Text<'_>) -> bool {
     parts.str(event.platform.as_deref());
     let exceptions = considered_exceptions(event);
     debug_assert!(exceptions.len() <= MAX_EXCEPTIONS);
@@ -267,10 +253,11 @@ fn walk<P: Parts>(event: &Event<'_>, parts: &mut P) -> bool {
     parts.ok()
 }
 
-/// The key's text, written into a buffer.
+/// The key's text, written into a buffer part by part: values tagged and length-prefixed,
+/// flags as a byte, lists by their count.
 struct Text<'b>(&'b mut Vec<u8>);
 
-impl Parts for Text<'_> {
+impl Text<'_> {
     #[inline(always)]
     fn str(&mut self, s: Option<&str>) {
         match s {
@@ -296,14 +283,18 @@ impl Parts for Text<'_> {
     fn flag(&mut self, b: Option<bool>) {
         self.0.push(flag_byte(b));
     }
+    /// A byte of the text's structure (a flag of two values, or the mark of a path equal to
+    /// the previous frame's).
     #[inline(always)]
     fn byte(&mut self, b: u8) {
         self.0.push(b);
     }
+    /// A list's length.
     #[inline(always)]
     fn count(&mut self, n: u32) {
         self.0.extend_from_slice(&n.to_le_bytes());
     }
+    /// Whether to go on (false: a text past [`MAX_KEY_BYTES`]).
     #[inline(always)]
     fn ok(&self) -> bool {
         self.0.len() <= MAX_KEY_BYTES

@@ -145,25 +145,13 @@ pub struct SourceContext {
 
 impl SourceContext {
     fn new(pre_context: Vec<String>, context_line: String, post_context: Vec<String>) -> Self {
-        let mut json = String::with_capacity(
-            64 + context_line.len() + pre_context.iter().chain(&post_context).map(|l| l.len() + 3).sum::<usize>(),
+        // `serde_json` writes the values (compact, as a sample's other members are written).
+        let json = format!(
+            r#""pre_context":{},"context_line":{},"post_context":{}"#,
+            serde_json::Value::from(pre_context.clone()),
+            serde_json::Value::from(context_line.as_str()),
+            serde_json::Value::from(post_context.clone())
         );
-        let lines = |json: &mut String, lines: &[String]| {
-            json.push('[');
-            for (i, l) in lines.iter().enumerate() {
-                if i > 0 {
-                    json.push(',');
-                }
-                json_string(json, l);
-            }
-            json.push(']');
-        };
-        json.push_str("\"pre_context\":");
-        lines(&mut json, &pre_context);
-        json.push_str(",\"context_line\":");
-        json_string(&mut json, &context_line);
-        json.push_str(",\"post_context\":");
-        lines(&mut json, &post_context);
         Self { pre_context, context_line, post_context, json }
     }
 
@@ -174,40 +162,6 @@ impl SourceContext {
             + self.pre_context.iter().chain(&self.post_context).map(|l| l.len() + 24).sum::<usize>()
             + 128
     }
-}
-
-/// `s` as a JSON string, escaped as `serde_json` escapes it: `"` and `\`, the control
-/// characters with a short escape (`\b`, `\t`, `\n`, `\f`, `\r`) as that, the other control
-/// characters as `\u00xx` (lower-case hex); everything else as it is.
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    let mut from = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let short = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            0x08 => "\\b",
-            b'\t' => "\\t",
-            b'\n' => "\\n",
-            0x0c => "\\f",
-            b'\r' => "\\r",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        // `b` is ASCII: `i` and `i + 1` are character boundaries.
-        out.push_str(&s[from..i]);
-        if short.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        } else {
-            out.push_str(short);
-        }
-        from = i + 1;
-    }
-    out.push_str(&s[from..]);
-    out.push('"');
 }
 
 /// Most memoized positions per map; a full memo is emptied (the positions are located

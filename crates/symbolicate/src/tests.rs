@@ -296,14 +296,3 @@ fn memoized_contexts_stay_within_their_byte_bound() {
         assert_eq!(Some(&got.context_line), want.context_line.as_ref());
     }
 }
-
-proptest! {
-    /// Any string, control characters, quotes, backslashes and non-ASCII included, is written
-    /// as `serde_json` writes it.
-    #[test]
-    fn json_strings_are_written_as_serde_json_writes_them(s in "(\\PC|[\\x00-\\x1f\"\\\\\\x7f])*") {
-        let mut out = String::new();
-        json_string(&mut out, &s);
-        prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
-    }
-}
