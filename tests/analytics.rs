@@ -363,7 +363,7 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
         ("issue_counts_1d", month),
         ("issue_counts_1h", month),
         ("issue_counts_1m", day),
-        ("issue_users_1d", month),
+        // (Not `issue_users_1d`: unfed since migration 0013.)
         ("issue_users_1d_v2", month),
         ("issue_users_1h", month),
         ("release_users_1d", month),

@@ -5,7 +5,7 @@
 -- day: a granule of 8,192 rows holds the days of more than a thousand issues). The index
 -- granularity of a table cannot be altered on ClickHouse 18.16, hence a new table; queries read
 -- this one. `issue_users_1d` stays (fed as before) for the releases still running during an
--- upgrade; a later migration can drop it and its view.
+-- upgrade; 0013 stops feeding it (drops its view).
 CREATE TABLE IF NOT EXISTS {db}.issue_users_1d_v2
 (
     project     String,

@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "issue_users_1d_v2",
         sql: include_str!("../../../schemas/clickhouse/0012_issue_users_1d_v2.sql"),
     },
+    Migration {
+        version: 13,
+        name: "issue_users_1d_unfed",
+        sql: include_str!("../../../schemas/clickhouse/0013_issue_users_1d_unfed.sql"),
+    },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -103,6 +108,12 @@ const LOW_CARDINALITY: &[&str] = &[
 /// row counted twice does not change (a re-run repeats it).
 pub fn is_backfill(stmt: &str) -> bool {
     stmt.starts_with("INSERT INTO ")
+}
+
+/// Whether a statement drops an object (`DROP TABLE IF EXISTS {db}.name`): a materialized
+/// view that no longer feeds its table (0013). Idempotent: a re-run finds nothing to drop.
+pub fn is_drop(stmt: &str) -> bool {
+    stmt.starts_with("DROP TABLE IF EXISTS ")
 }
 
 /// `{db}.name` -> `{db}.name_all` everywhere in `s`: a backfill on a cluster reads and writes
@@ -891,11 +902,40 @@ mod tests {
         (table, cluster, column_decl(name, ty))
     }
 
-    /// The objects that `stmts` (rendered, without backfills) declare, with the columns that
+    /// `DROP TABLE IF EXISTS tf.name [ON CLUSTER c]`: the object and the cluster.
+    fn parse_drop(sql: &str) -> (String, Option<String>) {
+        let mut c = Cursor { toks: tokens(sql), i: 0, sql: sql.to_owned() };
+        assert!(c.eat("DROP") && c.eat("TABLE"), "not a DROP TABLE: {sql}");
+        assert!(c.eat("IF") && c.eat("EXISTS"), "not idempotent: {sql}");
+        let name = c.object();
+        let cluster = if c.eat("ON") {
+            assert!(c.eat("CLUSTER"), "{sql}");
+            Some(c.ident())
+        } else {
+            None
+        };
+        assert_eq!(c.peek(), None, "trailing tokens in: {sql}");
+        (name, cluster)
+    }
+
+    /// The objects that `stmts` (rendered, without backfills) declare, less those a later
+    /// `DROP` removes, with the columns that
     /// ALTERs add folded into the tables they alter.
     fn declare<'a>(stmts: impl IntoIterator<Item = &'a str>) -> Vec<Ddl> {
         let mut out: Vec<Ddl> = Vec::new();
         for s in stmts {
+            if is_drop(s) {
+                let (name, cluster) = parse_drop(s);
+                let at = out
+                    .iter()
+                    .position(|d| d.name == name)
+                    .unwrap_or_else(|| panic!("{s}: {name} is not declared before"));
+                assert_eq!(out[at].cluster, cluster, "{s}: ON CLUSTER as the object's");
+                // Only views are dropped: a table keeps the rows it holds.
+                assert_eq!(out[at].kind, Kind::MaterializedView, "{s}");
+                out.remove(at);
+                continue;
+            }
             if !is_alter(s) {
                 out.push(parse_ddl(s));
                 continue;
@@ -1317,6 +1357,31 @@ mod tests {
     }
 
     #[test]
+    fn drops_remove_a_view_in_every_flavour() {
+        let st = "DROP TABLE IF EXISTS tf.issue_users_1d_mv";
+        assert!(is_drop(st) && !is_backfill(st) && !is_alter(st));
+        let [(_, plain), (_, modern), (_, cluster), (_, modern_cluster)] = flavours();
+        assert_eq!(flavored(st, "tf", &plain), [st]);
+        assert_eq!(flavored(st, "tf", &modern), [st]);
+        // On every node; a view has no Distributed table to drop.
+        let on_cluster = "DROP TABLE IF EXISTS tf.issue_users_1d_mv ON CLUSTER main";
+        assert_eq!(flavored(st, "tf", &cluster), [on_cluster]);
+        assert_eq!(flavored(st, "tf", &modern_cluster), [on_cluster]);
+        assert_eq!(parse_drop(on_cluster), ("issue_users_1d_mv".to_owned(), Some("main".to_owned())));
+        // Every flavour: the table `issue_users_1d` stays, its view is gone, and no other
+        // view is dropped.
+        for (fname, flavor) in flavours() {
+            let ddls = parsed(&flavor);
+            assert!(ddls.iter().any(|d| d.name == "issue_users_1d" && d.kind == Kind::Table), "{fname}");
+            let views: Vec<&str> =
+                ddls.iter().filter(|d| d.kind == Kind::MaterializedView).map(|d| d.name.as_str()).collect();
+            assert!(!views.contains(&"issue_users_1d_mv"), "{fname}");
+            assert_eq!(views.len(), 10, "{fname}: {views:?}");
+            assert!(ddls.iter().all(|d| d.to.as_deref() != Some("issue_users_1d")), "{fname}: nothing feeds it");
+        }
+    }
+
+    #[test]
     fn statements_split_and_substitute() {
         let s = statements(
             "-- c\nCREATE TABLE {db}.a (x UInt8) -- trailing\nENGINE = Memory;\n\nCREATE VIEW {db}.v AS SELECT 1;\n",
@@ -1325,7 +1390,7 @@ mod tests {
         assert_eq!(s, ["CREATE TABLE tf.a (x UInt8) \nENGINE = Memory", "CREATE VIEW tf.v AS SELECT 1"]);
         for m in MIGRATIONS {
             for st in statements(m.sql, "tf") {
-                assert!(st.contains("IF NOT EXISTS") || is_backfill(&st), "not idempotent: {st}");
+                assert!(st.contains("IF NOT EXISTS") || is_backfill(&st) || is_drop(&st), "not idempotent: {st}");
                 assert!(!st.contains("{db}"));
             }
         }
@@ -1347,7 +1412,7 @@ mod tests {
                 let target = toks[4].to_string();
                 let created = stmts[..i]
                     .iter()
-                    .filter(|s| !is_backfill(s) && !is_alter(s))
+                    .filter(|s| !is_backfill(s) && !is_alter(s) && !is_drop(s))
                     .map(|s| parse_ddl(s))
                     .any(|d| d.kind == Kind::Table && d.name == target);
                 assert!(created, "{st}: {target} is not created earlier in {}", m.name);
@@ -1443,7 +1508,7 @@ mod tests {
             ch.query(&st).execute().await.unwrap();
         }
         let new = migrate(&cfg, |_, _| {}).await.unwrap();
-        assert_eq!(new.applied, [7, 8, 9, 10, 11, 12]);
+        assert_eq!(new.applied, [7, 8, 9, 10, 11, 12, 13]);
         assert_eq!(new.skipped, [1, 2, 3, 4, 5, 6]);
         ch.query(&insert(
             "('p', 'b', '2026-01-01 08:00:00', '早', 'prod', 1, '2026-01-01 08:00:10', '2026-01-01 08:00:10'),              ('p', 'c', '2026-01-03 08:00:00', '3.0', 'prod', 1, '2026-01-03 08:00:10', '2026-01-03 08:00:10')",
@@ -1477,8 +1542,7 @@ mod tests {
         assert_eq!(read().await, want(&[("a", "1.0"), ("b", "早"), ("c", "3.0")]));
 
         // Users per issue and day, and per release and day: the row from before the upgrade
-        // (users 7, 8) backfilled, the later one (8, 9) counted by the views; a re-run of the
-        // backfill changes nothing.
+        // (users 7, 8) backfilled, the later one (8, 9) counted by the views.
         ch.query(&with_users(
             "('p', 'a', '2026-01-01 12:00:00', '1.0', 2, [8, 9], '2026-01-01 12:00:00', '2026-01-01 12:00:00')",
         ))
@@ -1495,7 +1559,6 @@ mod tests {
             .await
             .unwrap()
         };
-        let users = || users_of("issue_users_1d");
         let releases = || async {
             ch.query(&format!(
                 "SELECT concat(release, ' ', toString(day), ' ', toString(uniqCombinedMerge(users_state))) FROM {db}.release_users_1d \
@@ -1507,18 +1570,38 @@ mod tests {
         };
         let want_users = ["a 2026-01-01 3"];
         let want_releases = ["1.0 2026-01-01 3"];
-        assert_eq!(users().await, want_users);
+        // What queries read (0012): backfilled from `issue_users_1d` (user 7 of the row before
+        // the upgrade reaches it only so) and fed by its own view since.
+        assert_eq!(users_of("issue_users_1d_v2").await, want_users);
         assert_eq!(releases().await, want_releases);
+        // `issue_users_1d` is no longer fed (0013): it holds what 0010's backfill put there
+        // (users 7, 8), not the row inserted after the upgrade; its view is gone, the table stays.
+        assert_eq!(users_of("issue_users_1d").await, ["a 2026-01-01 2"]);
+        let objects = || async {
+            ch.query("SELECT name FROM system.tables WHERE database = ? AND name LIKE 'issue_users_1d%' ORDER BY name")
+                .bind(db)
+                .fetch_all::<String>()
+                .await
+                .unwrap()
+        };
+        let want_objects = ["issue_users_1d", "issue_users_1d_v2", "issue_users_1d_v2_mv"];
+        assert_eq!(objects().await, want_objects);
+        // A re-run of 0013 (half-applied, run again) finds nothing to drop.
+        let thirteen = MIGRATIONS.iter().find(|m| m.version == 13).unwrap();
+        for st in statements(thirteen.sql, db).iter().flat_map(|s| flavored(s, db, &flavor)) {
+            ch.query(&st).execute().await.unwrap();
+        }
+        assert_eq!(objects().await, want_objects);
+        // A re-run of 0010's backfill (what a rollback to a release before 0012 runs, with the
+        // view of 0010 again) brings `issue_users_1d` up to date from the base table, and
+        // changes nothing where the states were complete.
         let ten = MIGRATIONS.iter().find(|m| m.version == 10).unwrap();
         for st in statements(ten.sql, db).into_iter().filter(|s| is_backfill(s)) {
             ch.query(&st).execute().await.unwrap();
         }
-        assert_eq!(users().await, want_users);
+        assert_eq!(users_of("issue_users_1d").await, want_users);
         assert_eq!(releases().await, want_releases);
-        // The small-granule copy (0012): the same states, backfilled from `issue_users_1d`
-        // (user 7 of the row before the upgrade is only there) and fed by its own view since;
-        // a re-run of its backfill changes nothing.
-        assert_eq!(users_of("issue_users_1d_v2").await, want_users);
+        // A re-run of 0012's backfill changes nothing.
         let twelve = MIGRATIONS.iter().find(|m| m.version == 12).unwrap();
         for st in statements(twelve.sql, db).into_iter().filter(|s| is_backfill(s)) {
             ch.query(&st).execute().await.unwrap();

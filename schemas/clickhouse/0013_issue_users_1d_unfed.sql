@@ -1,0 +1,11 @@
+-- `issue_users_1d` (0010) is no longer fed: no query reads it since 0012, whose copy
+-- `issue_users_1d_v2` (the same `uniqCombined` states in granules of 256 rows) is what every
+-- query reads, and whose backfill copied the states `issue_users_1d` held. Its view was kept
+-- for releases older than 0012 still running during an upgrade; it costs every insert another
+-- pass over the users array (`ARRAY JOIN`, a `uniqCombined` state per issue and day) and
+-- another part, for a table no query reads. The table stays with the rows it holds (a release
+-- older than 0012 that still reads it sees its users up to this migration; to roll back to one,
+-- recreate the view with the statement of 0010 and refill the days since with its backfill:
+-- deploy/README.md "Upgrade and rollback"), and `tracefold retention` drops its partitions as
+-- they age.
+DROP TABLE IF EXISTS {db}.issue_users_1d_mv;
