@@ -162,15 +162,29 @@ fn write_route(url: &str, out: &mut String) {
     out.truncate(keep);
 }
 
+/// `s.trim()`, answered without decoding a character when `s` begins and ends with a
+/// visible ASCII character (a name or version as sent: the usual case), which `trim` keeps.
+/// Every character `trim` removes is either ASCII and at most a space, or not ASCII; a string
+/// whose last byte is ASCII ends with that character.
+#[inline(always)]
+fn trim(s: &str) -> &str {
+    let visible = |c: &u8| (b'!'..=b'~').contains(c);
+    match s.as_bytes() {
+        [first, .., last] if visible(first) && visible(last) => s,
+        [only] if visible(only) => s,
+        _ => s.trim(),
+    }
+}
+
 /// The browser of `e`: `contexts.browser.name`, plus the major version (what precedes the
 /// first `.` of `contexts.browser.version`) when there is one.
 pub fn browser<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
     let b = e.contexts.as_ref()?.browser.as_ref()?;
-    let head = prefix(b.name.as_deref()?.trim(), MAX_NAME_BYTES);
+    let head = prefix(trim(b.name.as_deref()?), MAX_NAME_BYTES);
     if head.is_empty() {
         return None;
     }
-    let version = b.version.as_deref().unwrap_or("").trim();
+    let version = trim(b.version.as_deref().unwrap_or(""));
     Some(Value { head, tail: major(version) })
 }
 
@@ -191,7 +205,7 @@ fn major(version: &str) -> &str {
 
 /// The operating system of `e`: `contexts.os.name`.
 pub fn os<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
-    let head = prefix(e.contexts.as_ref()?.os.as_ref()?.name.as_deref()?.trim(), MAX_NAME_BYTES);
+    let head = prefix(trim(e.contexts.as_ref()?.os.as_ref()?.name.as_deref()?), MAX_NAME_BYTES);
     (!head.is_empty()).then_some(Value::plain(head))
 }
 
@@ -512,7 +526,33 @@ mod tests {
         }
     }
 
+    /// The shortcut trim answers as `str::trim` on every edge: each ASCII byte at either end
+    /// (the visible ones are kept, the rest decide by `str::trim`), Unicode spaces and other
+    /// characters at either end, one-byte and empty strings.
+    #[test]
+    fn the_shortcut_trim_answers_as_str_trim() {
+        let mut cases: Vec<String> =
+            ["", " ", "a", " a", "a ", "\u{a0}a", "a\u{3000}", "\u{85}", "é", "日本", "a\u{2028}", "\u{feff}a"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+        for c in (0u8..0x80).map(char::from).chain(['\u{a0}', '\u{1680}', '\u{2000}', '\u{202f}', 'é', '🦀']) {
+            cases.push(c.to_string());
+            cases.push(format!("{c}x"));
+            cases.push(format!("x{c}"));
+            cases.push(format!("{c}Chrome 120{c}"));
+        }
+        for s in &cases {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_shortcut_trim_matches_str_trim(s in "[ \t\n\u{b}\u{c}\r\u{85}\u{a0}\u{3000}a-zA-Z0-9~!é日🦀]{0,12}") {
+            prop_assert_eq!(trim(&s), s.trim());
+        }
+
         #[test]
         fn major_versions_match_the_whole_text(v in "[0-9a-z. é🦀]{0,40}") {
             let m = &v[..memchr::memchr2(b'.', b' ', v.as_bytes()).unwrap_or(v.len())];
