@@ -96,15 +96,18 @@ impl<'a> Value<'a> {
         Self { head, tail: "" }
     }
 
-    /// Whether the value's text equals `s`, without building it.
+    /// Whether the value's text equals `s`, without building it. Inlined into
+    /// [`Breakdown::plan`]'s loop over a key's values (up to 11 comparisons an event).
+    #[inline(always)]
     pub fn is(&self, s: &str) -> bool {
-        if self.tail.is_empty() {
-            return self.head == s;
+        let (head, tail, s) = (self.head.as_bytes(), self.tail.as_bytes(), s.as_bytes());
+        if tail.is_empty() {
+            return same(head, s);
         }
-        s.len() == self.head.len() + 1 + self.tail.len()
-            && s.starts_with(self.head)
-            && s.as_bytes()[self.head.len()] == b' '
-            && s.ends_with(self.tail)
+        s.len() == head.len() + 1 + tail.len()
+            && same(&s[..head.len()], head)
+            && s[head.len()] == b' '
+            && same(&s[head.len() + 1..], tail)
     }
 
     /// The value's text.
@@ -117,6 +120,33 @@ impl<'a> Value<'a> {
         s.push(' ');
         s.push_str(self.tail);
         s
+    }
+}
+
+/// `a == b`. Text of at most 16 bytes (names, versions, most values a breakdown compares) is
+/// compared inline as two words that overlap (or two halves below 8 bytes, bytes below 4):
+/// `==` on slices calls `memcmp` for every pair of equal length, several times the cost.
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    fn word(s: &[u8], at: usize) -> u64 {
+        let mut w = [0; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    }
+    fn half(s: &[u8], at: usize) -> u32 {
+        let mut w = [0; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u32::from_le_bytes(w)
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
     }
 }
 
@@ -162,15 +192,29 @@ fn write_route(url: &str, out: &mut String) {
     out.truncate(keep);
 }
 
+/// `s.trim()`, answered without decoding a character when `s` begins and ends with a
+/// visible ASCII character (a name or version as sent: the usual case), which `trim` keeps.
+/// Every character `trim` removes is either ASCII and at most a space, or not ASCII; a string
+/// whose last byte is ASCII ends with that character.
+#[inline(always)]
+fn trim(s: &str) -> &str {
+    let visible = |c: &u8| (b'!'..=b'~').contains(c);
+    match s.as_bytes() {
+        [first, .., last] if visible(first) && visible(last) => s,
+        [only] if visible(only) => s,
+        _ => s.trim(),
+    }
+}
+
 /// The browser of `e`: `contexts.browser.name`, plus the major version (what precedes the
 /// first `.` of `contexts.browser.version`) when there is one.
 pub fn browser<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
     let b = e.contexts.as_ref()?.browser.as_ref()?;
-    let head = prefix(b.name.as_deref()?.trim(), MAX_NAME_BYTES);
+    let head = prefix(trim(b.name.as_deref()?), MAX_NAME_BYTES);
     if head.is_empty() {
         return None;
     }
-    let version = b.version.as_deref().unwrap_or("").trim();
+    let version = trim(b.version.as_deref().unwrap_or(""));
     Some(Value { head, tail: major(version) })
 }
 
@@ -191,7 +235,7 @@ fn major(version: &str) -> &str {
 
 /// The operating system of `e`: `contexts.os.name`.
 pub fn os<'a>(e: &'a Event<'_>) -> Option<Value<'a>> {
-    let head = prefix(e.contexts.as_ref()?.os.as_ref()?.name.as_deref()?.trim(), MAX_NAME_BYTES);
+    let head = prefix(trim(e.contexts.as_ref()?.os.as_ref()?.name.as_deref()?), MAX_NAME_BYTES);
     (!head.is_empty()).then_some(Value::plain(head))
 }
 
@@ -320,7 +364,8 @@ impl Routes {
         let h = xxhash_rust::xxh3::xxh3_64_with_seed(raw.as_bytes(), self.seed);
         if let Some(&i) = self.map.get(&h) {
             let (start, mid, end) = self.entries[i as usize];
-            if &self.arena[start as usize..mid as usize] == raw {
+            // As bytes: a `str` range would check both ends for character boundaries.
+            if self.arena.as_bytes()[start as usize..mid as usize] == *raw.as_bytes() {
                 let route = &self.arena[mid as usize..end as usize];
                 return (!route.is_empty()).then_some(Value::plain(route));
             }
@@ -512,7 +557,33 @@ mod tests {
         }
     }
 
+    /// The shortcut trim answers as `str::trim` on every edge: each ASCII byte at either end
+    /// (the visible ones are kept, the rest decide by `str::trim`), Unicode spaces and other
+    /// characters at either end, one-byte and empty strings.
+    #[test]
+    fn the_shortcut_trim_answers_as_str_trim() {
+        let mut cases: Vec<String> =
+            ["", " ", "a", " a", "a ", "\u{a0}a", "a\u{3000}", "\u{85}", "é", "日本", "a\u{2028}", "\u{feff}a"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+        for c in (0u8..0x80).map(char::from).chain(['\u{a0}', '\u{1680}', '\u{2000}', '\u{202f}', 'é', '🦀']) {
+            cases.push(c.to_string());
+            cases.push(format!("{c}x"));
+            cases.push(format!("x{c}"));
+            cases.push(format!("{c}Chrome 120{c}"));
+        }
+        for s in &cases {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_shortcut_trim_matches_str_trim(s in "[ \t\n\u{b}\u{c}\r\u{85}\u{a0}\u{3000}a-zA-Z0-9~!é日🦀]{0,12}") {
+            prop_assert_eq!(trim(&s), s.trim());
+        }
+
         #[test]
         fn major_versions_match_the_whole_text(v in "[0-9a-z. é🦀]{0,40}") {
             let m = &v[..memchr::memchr2(b'.', b' ', v.as_bytes()).unwrap_or(v.len())];
@@ -528,6 +599,33 @@ mod tests {
             assert!(!v.is(s), "{s}");
         }
         assert!(Value::plain("ü").is("ü"));
+    }
+
+    /// The inline comparison answers as `==` at every length (each branch and its edges) and
+    /// for a difference at every position.
+    #[test]
+    fn short_text_compares_as_equality() {
+        for n in 0..=40usize {
+            let a: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same(&a, &a.clone()), "{n}");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x80;
+                assert!(!same(&a, &b), "{n} at {at}");
+            }
+            let longer = [a.as_slice(), b"x"].concat();
+            assert!(!same(&a, &longer) && !same(&longer, &a), "{n}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn values_compare_as_their_text(head in "[a-c é日🦀]{0,12}", tail in "[0-9.é]{0,5}", s in "[a-c0-9 .é日🦀]{0,20}") {
+            let v = Value { head: &head, tail: &tail };
+            prop_assert_eq!(v.is(&s), v.text() == s);
+            prop_assert!(v.is(&v.text()));
+            prop_assert_eq!(same(head.as_bytes(), s.as_bytes()), head == s);
+        }
     }
 
     #[test]
