@@ -21,6 +21,11 @@ use tracefold_model::event::Frame;
 /// Most arena bytes one frame takes: its normalized location and function, each capped.
 const MAX_FRAME_BYTES: usize = 2 * MAX_COMPONENT_LEN;
 
+/// Most bytes of one frame's hashed components: two components of at most
+/// [`MAX_COMPONENT_LEN`] bytes, each with its tag (at most 8 bytes), the tag's length and the
+/// value's length.
+const MAX_FRAME_ENCODED_BYTES: usize = 2 * (1 + 8 + 4 + MAX_COMPONENT_LEN);
+
 /// What grouping needs to know about a frame, independent of the config.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FrameInfo {
@@ -28,6 +33,9 @@ pub(crate) struct FrameInfo {
     pub module_loc: bool,
     loc: (u32, u32),
     func: (u32, u32),
+    /// The frame's components as the hashing sink writes them (the location's unless it is
+    /// empty, then the function's unless it is empty; `crate::put_component`), in `encoded`.
+    enc: (u32, u32),
     /// Built-in reason not to contribute (SDK, native, eval, runtime start-up).
     pub machinery: Option<&'static str>,
     /// A runtime entry point (`main`, the event loop).
@@ -63,6 +71,8 @@ pub(crate) struct FrameCache {
     keys: FrameKeys,
     infos: Vec<FrameInfo>,
     arena: String,
+    /// The frames' components as hashed (see [`FrameInfo`]); bounded as `arena` is.
+    encoded: Vec<u8>,
     a: String,
     b: String,
     /// Bounds ([`MAX_CACHE_ENTRIES`], [`MAX_CACHE_ARENA_BYTES`]; smaller in tests).
@@ -91,6 +101,7 @@ impl FrameCache {
             keys: FrameKeys::random(),
             infos: Vec::new(),
             arena: String::new(),
+            encoded: Vec::new(),
             a: String::new(),
             b: String::new(),
             max_entries,
@@ -104,17 +115,19 @@ impl FrameCache {
     pub fn make_room(&mut self, frames: usize) {
         if self.infos.len() + frames > self.max_entries
             || self.arena.len() + frames.saturating_mul(MAX_FRAME_BYTES) > self.max_arena
+            || self.encoded.len() + frames.saturating_mul(MAX_FRAME_ENCODED_BYTES) > self.max_arena
         {
             self.map.clear();
             self.infos.clear();
             self.arena.clear();
+            self.encoded.clear();
         }
     }
 
     /// Entries and arena bytes in use (for tests of the bounds).
     #[cfg(test)]
     pub fn usage(&self) -> (usize, usize) {
-        (self.infos.len(), self.arena.len())
+        (self.infos.len(), self.arena.len().max(self.encoded.len()))
     }
 
     pub fn info(&self, i: u32) -> &FrameInfo {
@@ -127,6 +140,12 @@ impl FrameCache {
 
     pub fn func(&self, info: &FrameInfo) -> &str {
         &self.arena[info.func.0 as usize..info.func.1 as usize]
+    }
+
+    /// The frame's components as the hashing sink writes them: the location's (unless it is
+    /// empty), then the function's (unless it is empty).
+    pub fn encoded(&self, info: &FrameInfo) -> &[u8] {
+        &self.encoded[info.enc.0 as usize..info.enc.1 as usize]
     }
 
     /// The index of `frame`'s info, normalizing it on first sight. Never resets the cache
@@ -169,10 +188,19 @@ impl FrameCache {
         let mid = self.arena.len() as u32;
         self.arena.push_str(&self.b);
         let end = self.arena.len() as u32;
+        let enc_start = self.encoded.len() as u32;
+        if !self.a.is_empty() {
+            crate::put_component(&mut self.encoded, if module_loc { "module" } else { "filename" }, &self.a);
+        }
+        if !self.b.is_empty() {
+            crate::put_component(&mut self.encoded, "function", &self.b);
+        }
+        let enc_end = self.encoded.len() as u32;
         FrameInfo {
             module_loc,
             loc: (start, mid),
             func: (mid, end),
+            enc: (enc_start, enc_end),
             machinery: rules::machinery(frame),
             entry: rules::is_entry_point(frame),
             panic_border: rules::is_panic_border(frame),

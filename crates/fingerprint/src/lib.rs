@@ -95,6 +95,18 @@ trait Sink {
     /// The frame at `index` (in the frames of the stack being walked) contributed.
     #[inline]
     fn frame(&mut self, _index: usize) {}
+    /// A frame's location (unless empty) and function (unless empty) contribute, in that
+    /// order; `encoded` is what [`put_component`] writes for them.
+    #[inline]
+    fn add_frame(&mut self, loc_kind: &'static str, loc: &str, func: &str, encoded: &[u8]) {
+        let _ = encoded;
+        if !loc.is_empty() {
+            self.add(loc_kind, loc);
+        }
+        if !func.is_empty() {
+            self.add("function", func);
+        }
+    }
     /// An exception's value was looked at (no frame of its stack contributed), whether or
     /// not it had one: only the hashing sink records it (for [`memo::FingerprintMemo`]).
     #[inline]
@@ -122,14 +134,25 @@ impl HashSink {
     }
 }
 
+/// A component as the hashing sink writes it: length-prefixed and tagged, so that ("ab", "c")
+/// and ("a", "bc") hash differently.
+#[inline]
+pub(crate) fn put_component(buf: &mut Vec<u8>, kind: &'static str, value: &str) {
+    buf.push(kind.len() as u8);
+    buf.extend_from_slice(kind.as_bytes());
+    buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    buf.extend_from_slice(value.as_bytes());
+}
+
 impl Sink for HashSink {
     #[inline]
     fn add(&mut self, kind: &'static str, value: &str) {
-        // Length-prefixed and tagged: ("ab","c") and ("a","bc") hash differently.
-        self.buf.push(kind.len() as u8);
-        self.buf.extend_from_slice(kind.as_bytes());
-        self.buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(value.as_bytes());
+        put_component(&mut self.buf, kind, value);
+    }
+    /// The frame cache wrote the frame's components once ([`cache::FrameCache::encoded`]).
+    #[inline]
+    fn add_frame(&mut self, _: &'static str, _: &str, _: &str, encoded: &[u8]) {
+        self.buf.extend_from_slice(encoded);
     }
     #[inline]
     fn drop_component(&mut self, _: &'static str, _: &str, _: &'static str) {}
@@ -176,6 +199,10 @@ impl Sink for FramesSink {
     #[inline]
     fn add(&mut self, kind: &'static str, value: &str) {
         self.hash.add(kind, value);
+    }
+    #[inline]
+    fn add_frame(&mut self, loc_kind: &'static str, loc: &str, func: &str, encoded: &[u8]) {
+        self.hash.add_frame(loc_kind, loc, func, encoded);
     }
     #[inline]
     fn drop_component(&mut self, _: &'static str, _: &str, _: &'static str) {}
@@ -631,9 +658,7 @@ fn exception_components<S: Sink>(
             }
         }
         prev = Some(i as u32);
-        if !loc.is_empty() {
-            sink.add(loc_kind, loc);
-        }
+        sink.add_frame(loc_kind, loc, func, cache.encoded(info));
         if func.is_empty() {
             if let Some(col) = weak_col {
                 let mut buf = [0u8; 10];
@@ -650,8 +675,6 @@ fn exception_components<S: Sink>(
                     },
                 );
             }
-        } else {
-            sink.add("function", func);
         }
         if sink.wants_drops() && weak_col.is_none() && (frame.lineno.is_some() || frame.colno.is_some()) {
             let at = match (frame.lineno, frame.colno) {
