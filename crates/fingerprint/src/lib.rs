@@ -769,8 +769,14 @@ pub fn describe(event: &Event<'_>) -> IssueMeta {
     let mut buf = String::new();
     if let Some(exc) = event.exception.last() {
         meta.exc_type = limits::prefix(exc.ty.as_deref().unwrap_or(""), MAX_EXC_TYPE_LEN).to_owned();
-        normalize::exception_value(exc.value.as_deref().unwrap_or(""), &mut buf);
+        let value = exc.value.as_deref().unwrap_or("");
+        // Room for the usual output at once (placeholders are a few bytes longer than what
+        // they replace), instead of growing it two or three times.
+        buf.reserve(value.len().min(limits::MAX_MESSAGE_INPUT) + 32);
+        normalize::exception_value(value, &mut buf);
         let first_line = buf.lines().next().unwrap_or("");
+        // The title's three parts in one allocation.
+        meta.title.reserve((meta.exc_type.len() + 2 + first_line.len()).min(MAX_TITLE_LEN));
         limits::push_bounded(&mut meta.title, &meta.exc_type, MAX_TITLE_LEN);
         if !meta.exc_type.is_empty() && !first_line.is_empty() {
             limits::push_bounded(&mut meta.title, ": ", MAX_TITLE_LEN);
