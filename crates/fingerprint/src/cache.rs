@@ -46,6 +46,18 @@ pub(crate) struct FrameInfo {
     pub minified: bool,
 }
 
+impl FrameInfo {
+    /// Whether the normalized location is empty.
+    pub fn loc_is_empty(&self) -> bool {
+        self.loc.0 == self.loc.1
+    }
+
+    /// Whether the normalized function is empty.
+    pub fn func_is_empty(&self) -> bool {
+        self.func.0 == self.func.1
+    }
+}
+
 /// The key is already a hash: use it as is.
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);

@@ -96,10 +96,10 @@ trait Sink {
     #[inline]
     fn frame(&mut self, _index: usize) {}
     /// A frame's location (unless empty) and function (unless empty) contribute, in that
-    /// order; `encoded` is what [`put_component`] writes for them.
+    /// order (what [`cache::FrameCache::encoded`] holds as [`put_component`] writes them).
     #[inline]
-    fn add_frame(&mut self, loc_kind: &'static str, loc: &str, func: &str, encoded: &[u8]) {
-        let _ = encoded;
+    fn add_frame(&mut self, loc_kind: &'static str, cache: &cache::FrameCache, info: &cache::FrameInfo) {
+        let (loc, func) = (cache.loc(info), cache.func(info));
         if !loc.is_empty() {
             self.add(loc_kind, loc);
         }
@@ -151,8 +151,8 @@ impl Sink for HashSink {
     }
     /// The frame cache wrote the frame's components once ([`cache::FrameCache::encoded`]).
     #[inline]
-    fn add_frame(&mut self, _: &'static str, _: &str, _: &str, encoded: &[u8]) {
-        self.buf.extend_from_slice(encoded);
+    fn add_frame(&mut self, _: &'static str, cache: &cache::FrameCache, info: &cache::FrameInfo) {
+        self.buf.extend_from_slice(cache.encoded(info));
     }
     #[inline]
     fn drop_component(&mut self, _: &'static str, _: &str, _: &'static str) {}
@@ -201,8 +201,8 @@ impl Sink for FramesSink {
         self.hash.add(kind, value);
     }
     #[inline]
-    fn add_frame(&mut self, loc_kind: &'static str, loc: &str, func: &str, encoded: &[u8]) {
-        self.hash.add_frame(loc_kind, loc, func, encoded);
+    fn add_frame(&mut self, loc_kind: &'static str, cache: &cache::FrameCache, info: &cache::FrameInfo) {
+        self.hash.add_frame(loc_kind, cache, info);
     }
     #[inline]
     fn drop_component(&mut self, _: &'static str, _: &str, _: &'static str) {}
@@ -635,9 +635,8 @@ fn exception_components<S: Sink>(
             continue;
         }
         let info = cache.info(infos[i]);
-        let (loc, func) = (cache.loc(info), cache.func(info));
         let loc_kind = if info.module_loc { "module" } else { "filename" };
-        if loc.is_empty() && func.is_empty() {
+        if info.loc_is_empty() && info.func_is_empty() {
             if sink.wants_drops() {
                 sink.drop_component("frame", &frame_label(frame), "no usable function, module or file name");
             }
@@ -650,7 +649,10 @@ fn exception_components<S: Sink>(
         if let Some(p) = prev {
             let pi = cache.info(infos[p as usize]);
             let prev_col = if pi.minified { frames[p as usize].colno } else { None };
-            if prev_col == weak_col && cache.loc(pi) == loc && cache.func(pi) == func {
+            // One cache entry has one location and function; two entries may have equal ones.
+            let same = infos[p as usize] == infos[i]
+                || (cache.loc(pi) == cache.loc(info) && cache.func(pi) == cache.func(info));
+            if prev_col == weak_col && same {
                 if sink.wants_drops() {
                     sink.drop_component("frame", &frame_label(frame), "direct recursion collapsed");
                 }
@@ -658,8 +660,8 @@ fn exception_components<S: Sink>(
             }
         }
         prev = Some(i as u32);
-        sink.add_frame(loc_kind, loc, func, cache.encoded(info));
-        if func.is_empty() {
+        sink.add_frame(loc_kind, cache, info);
+        if info.func_is_empty() {
             if let Some(col) = weak_col {
                 let mut buf = [0u8; 10];
                 sink.add("colno", itoa_str(&mut buf, col));
