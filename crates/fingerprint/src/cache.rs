@@ -3,12 +3,13 @@
 //! hashing the raw strings to find it again is several times cheaper than normalizing every
 //! frame of every event.
 //!
-//! Bounded ([`MAX_CACHE_ENTRIES`] entries, [`MAX_CACHE_ARENA_BYTES`] of names), and it only
-//! starts over *between* exceptions: fingerprinting one exception looks up all its frames
-//! first and reads their infos afterwards by index, so a reset in the middle would hand it
-//! other frames' infos. Before the lookups, [`FrameCache::make_room`] resets the cache unless
-//! the exception's frames (at most [`MAX_FRAMES_PER_EXCEPTION`], each at most
-//! `2 * MAX_COMPONENT_LEN` bytes of names) surely fit.
+//! Bounded ([`MAX_CACHE_ENTRIES`] entries, [`MAX_CACHE_ARENA_BYTES`] of names and of the
+//! frames' hashed components together), and it only starts over *between* exceptions:
+//! fingerprinting one exception looks up all its frames first and reads their infos
+//! afterwards by index, so a reset in the middle would hand it other frames' infos. Before
+//! the lookups, [`FrameCache::make_room`] resets the cache unless the exception's frames (at
+//! most [`MAX_FRAMES_PER_EXCEPTION`], each at most `2 * MAX_COMPONENT_LEN` bytes of names
+//! and as many of components with their tags and lengths) surely fit.
 
 #[cfg(doc)]
 use crate::limits::MAX_FRAMES_PER_EXCEPTION;
@@ -126,8 +127,8 @@ impl FrameCache {
     /// [`Self::lookup`] returns stay valid until the next call.
     pub fn make_room(&mut self, frames: usize) {
         if self.infos.len() + frames > self.max_entries
-            || self.arena.len() + frames.saturating_mul(MAX_FRAME_BYTES) > self.max_arena
-            || self.encoded.len() + frames.saturating_mul(MAX_FRAME_ENCODED_BYTES) > self.max_arena
+            || self.arena.len() + self.encoded.len() + frames.saturating_mul(MAX_FRAME_BYTES + MAX_FRAME_ENCODED_BYTES)
+                > self.max_arena
         {
             self.map.clear();
             self.infos.clear();
@@ -139,7 +140,7 @@ impl FrameCache {
     /// Entries and arena bytes in use (for tests of the bounds).
     #[cfg(test)]
     pub fn usage(&self) -> (usize, usize) {
-        (self.infos.len(), self.arena.len().max(self.encoded.len()))
+        (self.infos.len(), self.arena.len() + self.encoded.len())
     }
 
     pub fn info(&self, i: u32) -> &FrameInfo {

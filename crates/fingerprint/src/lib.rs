@@ -927,7 +927,7 @@ mod tests {
     fn frame_cache_resets_never_change_fingerprints() {
         let cfg = GroupingConfig { max_frames: 300, ..GroupingConfig::default() };
         // (entries, arena bytes): the entry bound bites, then the arena bound bites.
-        for (entries, arena, long) in [(300, usize::MAX, false), (100_000, 160 * 1024, true)] {
+        for (entries, arena, long) in [(300, usize::MAX, false), (100_000, 320 * 1024, true)] {
             let mut shared = Scratch::with_cache_limits(entries, arena);
             for n in 0..12 {
                 // More distinct frames in one event than the cache holds, and across events.
