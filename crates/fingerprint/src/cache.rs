@@ -328,6 +328,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// A frame's JavaScript bit and names, as the test keeps them.
+    type Names = (bool, Vec<u8>, Vec<u8>, Vec<u8>);
+
     /// Names that differ in any byte, in length, in where one ends and the next begins, or
     /// in the JavaScript bit get other keys (any collision among these few thousand would
     /// mean a byte or a length is not mixed in: by chance it is about 2^-40).
@@ -342,7 +345,7 @@ mod tests {
                 0x27d4_eb2f_1656_67c5,
             ]),
         ] {
-            let mut seen: HashMap<u64, (bool, Vec<u8>, Vec<u8>, Vec<u8>)> = HashMap::new();
+            let mut seen: HashMap<u64, Names> = HashMap::new();
             let mut put = |js: bool, m: &[u8], f: &[u8], g: &[u8]| {
                 let key = keys.frame(js, m, f, g);
                 let this = (js, m.to_vec(), f.to_vec(), g.to_vec());
