@@ -95,6 +95,18 @@ trait Sink {
     /// The frame at `index` (in the frames of the stack being walked) contributed.
     #[inline]
     fn frame(&mut self, _index: usize) {}
+    /// A frame's location (unless empty) and function (unless empty) contribute, in that
+    /// order (what [`cache::FrameCache::encoded`] holds as [`put_component`] writes them).
+    #[inline]
+    fn add_frame(&mut self, loc_kind: &'static str, cache: &cache::FrameCache, info: &cache::FrameInfo) {
+        let (loc, func) = (cache.loc(info), cache.func(info));
+        if !loc.is_empty() {
+            self.add(loc_kind, loc);
+        }
+        if !func.is_empty() {
+            self.add("function", func);
+        }
+    }
     /// An exception's value was looked at (no frame of its stack contributed), whether or
     /// not it had one: only the hashing sink records it (for [`memo::FingerprintMemo`]).
     #[inline]
@@ -122,14 +134,25 @@ impl HashSink {
     }
 }
 
+/// A component as the hashing sink writes it: length-prefixed and tagged, so that ("ab", "c")
+/// and ("a", "bc") hash differently.
+#[inline]
+pub(crate) fn put_component(buf: &mut Vec<u8>, kind: &'static str, value: &str) {
+    buf.push(kind.len() as u8);
+    buf.extend_from_slice(kind.as_bytes());
+    buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    buf.extend_from_slice(value.as_bytes());
+}
+
 impl Sink for HashSink {
     #[inline]
     fn add(&mut self, kind: &'static str, value: &str) {
-        // Length-prefixed and tagged: ("ab","c") and ("a","bc") hash differently.
-        self.buf.push(kind.len() as u8);
-        self.buf.extend_from_slice(kind.as_bytes());
-        self.buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(value.as_bytes());
+        put_component(&mut self.buf, kind, value);
+    }
+    /// The frame cache wrote the frame's components once ([`cache::FrameCache::encoded`]).
+    #[inline]
+    fn add_frame(&mut self, _: &'static str, cache: &cache::FrameCache, info: &cache::FrameInfo) {
+        self.buf.extend_from_slice(cache.encoded(info));
     }
     #[inline]
     fn drop_component(&mut self, _: &'static str, _: &str, _: &'static str) {}
@@ -176,6 +199,10 @@ impl Sink for FramesSink {
     #[inline]
     fn add(&mut self, kind: &'static str, value: &str) {
         self.hash.add(kind, value);
+    }
+    #[inline]
+    fn add_frame(&mut self, loc_kind: &'static str, cache: &cache::FrameCache, info: &cache::FrameInfo) {
+        self.hash.add_frame(loc_kind, cache, info);
     }
     #[inline]
     fn drop_component(&mut self, _: &'static str, _: &str, _: &'static str) {}
@@ -608,9 +635,8 @@ fn exception_components<S: Sink>(
             continue;
         }
         let info = cache.info(infos[i]);
-        let (loc, func) = (cache.loc(info), cache.func(info));
         let loc_kind = if info.module_loc { "module" } else { "filename" };
-        if loc.is_empty() && func.is_empty() {
+        if info.loc_is_empty() && info.func_is_empty() {
             if sink.wants_drops() {
                 sink.drop_component("frame", &frame_label(frame), "no usable function, module or file name");
             }
@@ -623,7 +649,10 @@ fn exception_components<S: Sink>(
         if let Some(p) = prev {
             let pi = cache.info(infos[p as usize]);
             let prev_col = if pi.minified { frames[p as usize].colno } else { None };
-            if prev_col == weak_col && cache.loc(pi) == loc && cache.func(pi) == func {
+            // One cache entry has one location and function; two entries may have equal ones.
+            let same = infos[p as usize] == infos[i]
+                || (cache.loc(pi) == cache.loc(info) && cache.func(pi) == cache.func(info));
+            if prev_col == weak_col && same {
                 if sink.wants_drops() {
                     sink.drop_component("frame", &frame_label(frame), "direct recursion collapsed");
                 }
@@ -631,10 +660,8 @@ fn exception_components<S: Sink>(
             }
         }
         prev = Some(i as u32);
-        if !loc.is_empty() {
-            sink.add(loc_kind, loc);
-        }
-        if func.is_empty() {
+        sink.add_frame(loc_kind, cache, info);
+        if info.func_is_empty() {
             if let Some(col) = weak_col {
                 let mut buf = [0u8; 10];
                 sink.add("colno", itoa_str(&mut buf, col));
@@ -650,8 +677,6 @@ fn exception_components<S: Sink>(
                     },
                 );
             }
-        } else {
-            sink.add("function", func);
         }
         if sink.wants_drops() && weak_col.is_none() && (frame.lineno.is_some() || frame.colno.is_some()) {
             let at = match (frame.lineno, frame.colno) {
@@ -746,8 +771,14 @@ pub fn describe(event: &Event<'_>) -> IssueMeta {
     let mut buf = String::new();
     if let Some(exc) = event.exception.last() {
         meta.exc_type = limits::prefix(exc.ty.as_deref().unwrap_or(""), MAX_EXC_TYPE_LEN).to_owned();
-        normalize::exception_value(exc.value.as_deref().unwrap_or(""), &mut buf);
+        let value = exc.value.as_deref().unwrap_or("");
+        // Room for the usual output at once (placeholders are a few bytes longer than what
+        // they replace), instead of growing it two or three times.
+        buf.reserve(value.len().min(limits::MAX_MESSAGE_INPUT) + 32);
+        normalize::exception_value(value, &mut buf);
         let first_line = buf.lines().next().unwrap_or("");
+        // The title's three parts in one allocation.
+        meta.title.reserve((meta.exc_type.len() + 2 + first_line.len()).min(MAX_TITLE_LEN));
         limits::push_bounded(&mut meta.title, &meta.exc_type, MAX_TITLE_LEN);
         if !meta.exc_type.is_empty() && !first_line.is_empty() {
             limits::push_bounded(&mut meta.title, ": ", MAX_TITLE_LEN);
@@ -896,7 +927,7 @@ mod tests {
     fn frame_cache_resets_never_change_fingerprints() {
         let cfg = GroupingConfig { max_frames: 300, ..GroupingConfig::default() };
         // (entries, arena bytes): the entry bound bites, then the arena bound bites.
-        for (entries, arena, long) in [(300, usize::MAX, false), (100_000, 160 * 1024, true)] {
+        for (entries, arena, long) in [(300, usize::MAX, false), (100_000, 320 * 1024, true)] {
             let mut shared = Scratch::with_cache_limits(entries, arena);
             for n in 0..12 {
                 // More distinct frames in one event than the cache holds, and across events.

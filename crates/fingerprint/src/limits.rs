@@ -48,8 +48,9 @@ pub const MAX_EXC_TYPE_LEN: usize = 200;
 /// fit, the cache starts over before that exception (never while it is being fingerprinted).
 pub const MAX_CACHE_ENTRIES: usize = 1 << 16;
 
-/// Bytes of normalized names the per-thread frame cache keeps (same policy as
-/// [`MAX_CACHE_ENTRIES`]; a frame takes at most `2 * MAX_COMPONENT_LEN`).
+/// Bytes of normalized names and hashed components the per-thread frame cache keeps (same
+/// policy as [`MAX_CACHE_ENTRIES`]; a frame takes at most `2 * MAX_COMPONENT_LEN` of names and
+/// `2 * (13 + MAX_COMPONENT_LEN)` of components).
 pub const MAX_CACHE_ARENA_BYTES: usize = 8 << 20;
 
 pub use tracefold_model::text::{prefix, push_bounded, truncate};
