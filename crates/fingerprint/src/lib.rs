@@ -55,12 +55,29 @@ impl Fingerprint {
 
     /// [`Fingerprint::to_hex`] written into `buf`, without formatting machinery or allocation.
     pub fn hex_in(self, buf: &mut [u8; 32]) -> &str {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = DIGITS[((self.0 >> (4 * (31 - i))) & 0xf) as usize];
+        // Eight digits at a time in one word (the grouper writes one an event for a mapped
+        // event's secondary fingerprint): about a third of the instructions of a digit by a
+        // table lookup each.
+        for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
+            let word = (self.0 >> (32 * (3 - i))) as u32;
+            chunk.copy_from_slice(&hex8(word));
         }
         std::str::from_utf8(buf).expect("hex digits are ASCII")
     }
+}
+
+/// The eight lowercase hex digits of `x`, most significant first: each nibble spread into a
+/// byte of its own, then `b'0'` added to every byte and `b'a' - b'0' - 10` more to those of
+/// nibbles from 10 up (found without a branch: a nibble plus 6 carries into bit 4 exactly
+/// when it is 10 or more).
+#[inline]
+fn hex8(x: u32) -> [u8; 8] {
+    let x = u64::from(x);
+    let x = ((x & 0xffff_0000) << 16) | (x & 0xffff);
+    let x = ((x & 0x0000_ff00_0000_ff00) << 8) | (x & 0x0000_00ff_0000_00ff);
+    let x = ((x & 0x00f0_00f0_00f0_00f0) << 4) | (x & 0x000f_000f_000f_000f);
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
 /// One component considered for the fingerprint.
