@@ -57,8 +57,9 @@ pub fn identity(project: &str, event_id: &str) -> u128 {
     h.digest128()
 }
 
-/// Hashes map keys that are already 128-bit xxh3 values (identities, bucket and issue keys):
-/// one keyed folded multiply of the key's two halves instead of SipHash over 16 bytes.
+/// Hashes map keys that are already 128-bit or 64-bit xxh3 values (identities, bucket and
+/// issue keys, the source-map hook's file keys): one keyed folded multiply of the key's two
+/// halves (or of the key and a second key) instead of SipHash over 16 or 8 bytes.
 ///
 /// The keys (`k0`, `k1`) are drawn per map from the standard library's random source, so an
 /// attacker who chooses event ids still cannot choose which slots their keys land in: to
@@ -109,6 +110,10 @@ impl Hasher for KeyedIdHasher {
     #[inline]
     fn finish(&self) -> u64 {
         self.h
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.h = fold(n ^ self.k0 ^ self.h, self.k1);
     }
     #[inline]
     fn write_u128(&mut self, n: u128) {
@@ -211,6 +216,17 @@ mod tests {
             m.insert(identity("p", &i.to_string()), i as i64);
         }
         assert!((0..10_000u128).all(|i| m.get(&identity("p", &i.to_string())) == Some(&(i as i64))));
+        // 64-bit keys (the source-map hook's file keys): distinct keys hash apart, another map
+        // places them otherwise, and a map over them finds what it holds.
+        let small: std::collections::HashSet<u64> = (0..1000u64).map(|i| a.hash_one(i)).collect();
+        let high: std::collections::HashSet<u64> = (0..1000u64).map(|i| a.hash_one(i << 40)).collect();
+        assert_eq!((small.len(), high.len()), (1000, 1000));
+        assert!((0..64u64).filter(|&i| a.hash_one(i) == b.hash_one(i)).count() < 64);
+        let mut m: HashMap<u64, u64, KeyedIdState> = HashMap::default();
+        for i in 0..10_000u64 {
+            m.insert(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i);
+        }
+        assert!((0..10_000u64).all(|i| m.get(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) == Some(&i)));
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub struct BatchMaps {
     replay: Option<HashMap<u64, i64>>,
     /// The files of events without debug images seen in this batch, with their key and, once
     /// `used` has it, their map: what [`apply`]'s cached path reads instead of building keys.
-    files: HashMap<u64, FileMap>,
+    /// Keyed by [`file_hash`], an xxh3 value already: hashed by one keyed multiply, not SipHash.
+    files: HashMap<u64, FileMap, crate::dedup::KeyedIdState>,
     /// Per event, each minified frame (its stack and index) with the map of its file (the
     /// cached path's scratch: its second pass reads these instead of checking every frame
     /// again).
