@@ -148,7 +148,6 @@ pub async fn optimize_rollups(client: &Client, database: &str) -> Result<()> {
         "issue_counts_1h",
         "issue_counts_1d",
         "issue_users_1h",
-        "issue_users_1d",
         "issue_users_1d_v2",
         "release_users_1d",
         "issue_samples",
