@@ -966,6 +966,58 @@ mod tests {
         }
     }
 
+    /// A long-lived scratch gives every event the fingerprint a fresh one gives, for frames of
+    /// short names that differ only in their last byte, in where one name ends and the next
+    /// begins, or in the JavaScript bit: the frame cache's key before fp-33 (three seeded xxh3
+    /// calls, the seed `js + 1`) gave ("cab" in JavaScript) and ("cac" elsewhere), and
+    /// ("abb", "", "c") and ("abc", "c", ""), one key, so the second of such a pair took the
+    /// first one's cached components.
+    #[test]
+    fn short_names_never_share_a_cached_frame() {
+        let cfg = GroupingConfig::default();
+        let mut names = vec![String::new()];
+        for len in 1..=3u32 {
+            for n in 0..3usize.pow(len) {
+                let name: String = (0..len).map(|i| char::from(b'a' + (n / 3usize.pow(i) % 3) as u8)).collect();
+                names.push(name);
+            }
+        }
+        let mut shared = Scratch::default();
+        let mut seen = 0;
+        for module in &names {
+            for file in ["", "c"] {
+                for function in &names {
+                    for platform in ["javascript", "python"] {
+                        let frame = Frame {
+                            module: (!module.is_empty()).then(|| module.clone().into()),
+                            filename: (!file.is_empty()).then(|| file.into()),
+                            function: (!function.is_empty()).then(|| function.clone().into()),
+                            in_app: Some(true),
+                            ..Frame::default()
+                        };
+                        let ev = Event {
+                            platform: Some(platform.into()),
+                            exception: vec![Exception {
+                                ty: Some("E".into()),
+                                stacktrace: Some(tracefold_model::event::Stacktrace { frames: vec![frame] }),
+                                ..Exception::default()
+                            }],
+                            ..Event::default()
+                        };
+                        let want = fingerprint(&ev, &cfg, &mut Scratch::default());
+                        assert_eq!(
+                            fingerprint(&ev, &cfg, &mut shared),
+                            want,
+                            "{platform} {module:?} {file:?} {function:?}"
+                        );
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 40 * 2 * 40 * 2);
+    }
+
     /// Only the last exceptions and frames count; extra custom entries and long values are cut.
     #[test]
     fn oversized_events_are_cut_to_the_limits() {
