@@ -241,9 +241,17 @@ impl FrameCache {
 /// hashes this replaced, whose seeds were fixed). `cargo test -p tracefold-fingerprint
 /// frame_key` checks that the key separates names that differ anywhere or are split
 /// otherwise.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub(crate) struct FrameKeys {
     k: [u64; 4],
+}
+
+/// The keys stay secret: a `Scratch` printed with `{:?}` (a log line, a panic message) does not
+/// show them.
+impl std::fmt::Debug for FrameKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameKeys")
+    }
 }
 
 /// The 128-bit product of `a` and `b`, its halves XORed.
