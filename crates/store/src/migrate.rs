@@ -735,6 +735,14 @@ mod tests {
                 t => panic!("expected a name, got {t} in: {}", self.sql),
             }
         }
+        /// `ON CLUSTER c` -> `Some(c)`, nothing -> `None`.
+        fn on_cluster(&mut self) -> Option<String> {
+            if !self.eat("ON") {
+                return None;
+            }
+            assert!(self.eat("CLUSTER"), "ON without CLUSTER in: {}", self.sql);
+            Some(self.ident())
+        }
         /// `tf.name` -> `name`: every object lives in the migrated database.
         fn object(&mut self) -> String {
             let db = self.ident();
@@ -813,12 +821,7 @@ mod tests {
         };
         assert!(c.eat("IF") && c.eat("NOT") && c.eat("EXISTS"), "not idempotent: {sql}");
         let name = c.object();
-        let cluster = if c.eat("ON") {
-            assert!(c.eat("CLUSTER"), "{sql}");
-            Some(c.ident())
-        } else {
-            None
-        };
+        let cluster = c.on_cluster();
         let mut d = Ddl::new(kind.clone(), name, cluster);
         match kind {
             Kind::Table if c.eat("AS") => {
@@ -886,12 +889,7 @@ mod tests {
         let mut c = Cursor { toks: tokens(sql), i: 0, sql: sql.to_owned() };
         assert!(c.eat("ALTER") && c.eat("TABLE"), "not an ALTER TABLE: {sql}");
         let table = c.object();
-        let cluster = if c.eat("ON") {
-            assert!(c.eat("CLUSTER"), "{sql}");
-            Some(c.ident())
-        } else {
-            None
-        };
+        let cluster = c.on_cluster();
         assert!(c.eat("ADD") && c.eat("COLUMN"), "an ALTER that does not add a column: {sql}");
         if c.eat("IF") {
             assert!(c.eat("NOT") && c.eat("EXISTS"), "{sql}");
@@ -908,12 +906,7 @@ mod tests {
         assert!(c.eat("DROP") && c.eat("TABLE"), "not a DROP TABLE: {sql}");
         assert!(c.eat("IF") && c.eat("EXISTS"), "not idempotent: {sql}");
         let name = c.object();
-        let cluster = if c.eat("ON") {
-            assert!(c.eat("CLUSTER"), "{sql}");
-            Some(c.ident())
-        } else {
-            None
-        };
+        let cluster = c.on_cluster();
         assert_eq!(c.peek(), None, "trailing tokens in: {sql}");
         (name, cluster)
     }
