@@ -261,18 +261,11 @@ fn fold(a: u64, b: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
-#[inline(always)]
-fn word(s: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&s[at..at + 8]);
-    u64::from_le_bytes(w)
-}
+use tracefold_model::text::word;
 
 #[inline(always)]
 fn half(s: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&s[at..at + 4]);
-    u64::from(u32::from_le_bytes(w))
+    u64::from(tracefold_model::text::half(s, at))
 }
 
 impl FrameKeys {

@@ -128,16 +128,7 @@ impl<'a> Value<'a> {
 /// `==` on slices calls `memcmp` for every pair of equal length, several times the cost.
 #[inline(always)]
 fn same(a: &[u8], b: &[u8]) -> bool {
-    fn word(s: &[u8], at: usize) -> u64 {
-        let mut w = [0; 8];
-        w.copy_from_slice(&s[at..at + 8]);
-        u64::from_le_bytes(w)
-    }
-    fn half(s: &[u8], at: usize) -> u32 {
-        let mut w = [0; 4];
-        w.copy_from_slice(&s[at..at + 4]);
-        u32::from_le_bytes(w)
-    }
+    use crate::text::{half, word};
     let n = a.len();
     if n != b.len() {
         return false;

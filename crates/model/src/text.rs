@@ -25,6 +25,23 @@ pub fn push_bounded(out: &mut String, add: &str, max: usize) {
     out.push_str(prefix(add, max.saturating_sub(out.len())));
 }
 
+/// The 8 bytes of `s` from `at`, as a little-endian word (callers check `at + 8 <= s.len()`;
+/// shared by the byte comparisons and hashes that read short text a word at a time).
+#[inline(always)]
+pub fn word(s: &[u8], at: usize) -> u64 {
+    let mut w = [0; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// The 4 bytes of `s` from `at`, as a little-endian half word (callers check `at + 4 <= s.len()`).
+#[inline(always)]
+pub fn half(s: &[u8], at: usize) -> u32 {
+    let mut w = [0; 4];
+    w.copy_from_slice(&s[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
