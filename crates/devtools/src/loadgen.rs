@@ -244,6 +244,11 @@ pub struct LoadSummary {
     pub elapsed_secs: f64,
     /// Accepted events per second.
     pub events_per_sec: f64,
+    /// CPU seconds of the load's own Kafka producer (librdkafka's threads it started), straight
+    /// to Kafka only: read before the producer is dropped, since its threads' counters go with
+    /// them. A benchmark of the pipeline subtracts it: in a deployment this is the HTTP
+    /// producer's work, in another process.
+    pub producer_cpu_secs: f64,
 }
 
 /// The one-line summary: counts, rate, and how often the target said to wait.
@@ -503,6 +508,7 @@ async fn run_kafka_with(
     mut next: impl FnMut(u64, &mut Vec<u8>, &mut Vec<u8>),
 ) -> anyhow::Result<LoadSummary> {
     let (mut key, mut payload) = (Vec::with_capacity(64), Vec::with_capacity(4096));
+    let threads_before = crate::bench::cpu::threads();
     let kafka =
         tracefold_runtime::config::KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
     let producer: ThreadedProducer<LoadAcks> = tracefold_runtime::kafka::producer_config(&kafka, 30_000)
@@ -571,6 +577,8 @@ async fn run_kafka_with(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = producer.flush(Duration::from_secs(1));
+    summary.producer_cpu_secs =
+        crate::bench::cpu::new_threads_secs(&threads_before, &crate::bench::cpu::threads(), "rdk:");
     let (ok, _) = producer.context().counts();
     summary.accepted = ok;
     summary.failed = summary.sent - ok;

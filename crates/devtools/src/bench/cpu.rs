@@ -53,6 +53,37 @@ pub fn stage_of(thread: &str) -> &'static str {
     }
 }
 
+/// This process's threads now: thread id -> (name, user + system ticks). What a part of the
+/// process started can be told from the rest by the threads that are new since a reading
+/// before it (see `loadgen`'s producer).
+pub fn threads() -> BTreeMap<u32, (String, u64)> {
+    let mut out = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            if let Some(x) = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|x| stat_ticks(&x)) {
+                out.insert(tid, x);
+            }
+        }
+    }
+    out
+}
+
+/// CPU seconds of the threads of `now` that are not in `before` and whose name starts with
+/// `prefix`: what a part that started them between the two readings used.
+pub fn new_threads_secs(
+    before: &BTreeMap<u32, (String, u64)>,
+    now: &BTreeMap<u32, (String, u64)>,
+    prefix: &str,
+) -> f64 {
+    let ticks: u64 = now
+        .iter()
+        .filter(|(tid, (name, _))| !before.contains_key(tid) && name.starts_with(prefix))
+        .map(|(_, (_, t))| t)
+        .sum();
+    ticks as f64 / TICKS_PER_SEC
+}
+
 /// User + system ticks of a `/proc/.../stat` line; its name (field 2, in parentheses, may hold
 /// spaces and parentheses itself) ends at the last `)`.
 pub fn stat_ticks(stat: &str) -> Option<(String, u64)> {
@@ -237,6 +268,36 @@ mod tests {
         let line = "42 (rdk:ma) in (x)) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 1 0";
         assert_eq!(stat_ticks(line), Some(("rdk:ma) in (x)".to_owned(), 280)));
         assert_eq!(stat_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn new_threads_are_those_absent_before_with_the_prefix() {
+        let m = |v: &[(u32, &str, u64)]| -> BTreeMap<u32, (String, u64)> {
+            v.iter().map(|(t, n, x)| (*t, ((*n).to_owned(), *x))).collect()
+        };
+        let before = m(&[(1, "grouper", 10), (2, "rdk:main", 20)]);
+        let now = m(&[
+            (1, "grouper", 90),
+            (2, "rdk:main", 70),
+            (3, "rdk:broker1", 95),
+            (4, "writer", 40),
+            (5, "rdk:main", 5),
+        ]);
+        // Threads 3 and 5 started in between under librdkafka's names; 2 is older, 4 another's.
+        assert!((new_threads_secs(&before, &now, "rdk:") - 1.0).abs() < 1e-9);
+        assert_eq!(new_threads_secs(&now, &now, "rdk:"), 0.0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_started_thread_is_seen_with_its_name() {
+        let before = threads();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new().name("rdk:probe".into()).spawn(move || rx.recv()).unwrap();
+        let now = threads();
+        assert!(now.iter().any(|(tid, (name, _))| !before.contains_key(tid) && name == "rdk:probe"), "{now:?}");
+        drop(tx);
+        t.join().unwrap().unwrap_err();
     }
 
     #[test]

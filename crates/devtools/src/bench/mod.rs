@@ -8,7 +8,7 @@
 //! Harnesses check their counts after the report is printed: [`WriterReport::check`],
 //! [`PipelineReport::check`].
 
-mod cpu;
+pub(crate) mod cpu;
 mod detector;
 mod ingest;
 mod pipeline;
