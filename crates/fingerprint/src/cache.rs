@@ -88,6 +88,11 @@ pub(crate) struct FrameCache {
     encoded: Vec<u8>,
     a: String,
     b: String,
+    /// Whole stacks the hashing sink walked (see [`Self::stack_key`]): the key of the stack
+    /// and the config's inputs, then where its output is in `stack_out` and how many frames
+    /// contributed. Counted against the same bounds as the frames.
+    stacks: HashMap<u64, (u32, u32, u32), BuildHasherDefault<IdHasher>>,
+    stack_out: Vec<u8>,
     /// Bounds ([`MAX_CACHE_ENTRIES`], [`MAX_CACHE_ARENA_BYTES`]; smaller in tests).
     max_entries: usize,
     max_arena: usize,
@@ -117,6 +122,8 @@ impl FrameCache {
             encoded: Vec::new(),
             a: String::new(),
             b: String::new(),
+            stacks: HashMap::default(),
+            stack_out: Vec::new(),
             max_entries,
             max_arena: max_arena.min(u32::MAX as usize),
         }
@@ -126,21 +133,69 @@ impl FrameCache {
     /// they might not. Call it before looking up one exception's frames: the indices that
     /// [`Self::lookup`] returns stay valid until the next call.
     pub fn make_room(&mut self, frames: usize) {
-        if self.infos.len() + frames > self.max_entries
-            || self.arena.len() + self.encoded.len() + frames.saturating_mul(MAX_FRAME_BYTES + MAX_FRAME_ENCODED_BYTES)
-                > self.max_arena
+        if self.infos.len() + self.stacks.len() + frames > self.max_entries
+            || self.bytes() + frames.saturating_mul(MAX_FRAME_BYTES + MAX_FRAME_ENCODED_BYTES) > self.max_arena
         {
             self.map.clear();
             self.infos.clear();
             self.arena.clear();
             self.encoded.clear();
+            self.stacks.clear();
+            self.stack_out.clear();
+        }
+    }
+
+    /// Bytes counted against the arena bound.
+    fn bytes(&self) -> usize {
+        self.arena.len() + self.encoded.len() + self.stack_out.len()
+    }
+
+    /// The key of a whole stack as the hashing walk reads it when no stack rule applies: the
+    /// number of frames and `max_frames`, then per frame its key in this cache (the
+    /// JavaScript bit and the three names, [`FrameKeys::frame`]), whether it is marked in-app
+    /// (`in_app == Some(true)`, all the walk reads of it) and, in JavaScript, its column (a
+    /// minified frame's column contributes). Each frame is mixed in by one folded multiply
+    /// of the state XORed with the frame's key, and of its flags, both XORed with this
+    /// cache's secret keys; two stacks share a key only when the multiplies collide (about
+    /// 2^-64, as for one frame's key).
+    pub fn stack_key(&self, frames: &[Frame<'_>], js: bool, max_frames: usize) -> u64 {
+        let [k0, k1, k2, k3] = self.keys.k;
+        let mut h = fold(frames.len() as u64 ^ k2, max_frames as u64 ^ k3);
+        for frame in frames {
+            let module = frame.module.as_deref().unwrap_or("");
+            let file = frame.filename.as_deref().or(frame.abs_path.as_deref()).unwrap_or("");
+            let func = frame.function.as_deref().unwrap_or("");
+            let key = self.keys.frame(js, module.as_bytes(), file.as_bytes(), func.as_bytes());
+            let col = if js { frame.colno.map_or(0, |c| u64::from(c) + 1) } else { 0 };
+            let flags = u64::from(frame.in_app == Some(true)) | col << 1;
+            h = fold(h ^ key ^ k0, flags ^ k1);
+        }
+        h
+    }
+
+    /// What the hashing walk of the stack of key `key` wrote, and how many frames
+    /// contributed, if it was remembered.
+    pub fn stack(&self, key: u64) -> Option<(&[u8], usize)> {
+        self.stacks.get(&key).map(|&(s, e, n)| (&self.stack_out[s as usize..e as usize], n as usize))
+    }
+
+    /// Remembers what the hashing walk of the stack of key `key` wrote, when it fits in the
+    /// bounds (else not: remembering is never needed for the answer).
+    pub fn remember_stack(&mut self, key: u64, out: &[u8], contributed: usize) {
+        if self.infos.len() + self.stacks.len() < self.max_entries
+            && self.bytes() + out.len() <= self.max_arena
+            && u32::try_from(contributed).is_ok()
+        {
+            let start = self.stack_out.len() as u32;
+            self.stack_out.extend_from_slice(out);
+            self.stacks.insert(key, (start, self.stack_out.len() as u32, contributed as u32));
         }
     }
 
     /// Entries and arena bytes in use (for tests of the bounds).
     #[cfg(test)]
     pub fn usage(&self) -> (usize, usize) {
-        (self.infos.len(), self.arena.len() + self.encoded.len())
+        (self.infos.len() + self.stacks.len(), self.bytes())
     }
 
     pub fn info(&self, i: u32) -> &FrameInfo {
@@ -282,7 +337,7 @@ impl FrameKeys {
     }
 
     /// The key of the frame of these names.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn frame(&self, js: bool, module: &[u8], file: &[u8], func: &[u8]) -> u64 {
         let [k0, k1, k2, k3] = self.k;
         let (m, f, g) = (module.len() as u64, file.len() as u64, func.len() as u64);

@@ -128,6 +128,25 @@ trait Sink {
     /// not it had one: only the hashing sink records it (for [`memo::FingerprintMemo`]).
     #[inline]
     fn consults_value(&mut self) {}
+    /// Whether a stack's walk may be replayed from the frame cache's memo of whole stacks
+    /// (only the hashing sink: what it records of a walk is the bytes it appended).
+    #[inline]
+    fn replays_stacks(&self) -> bool {
+        false
+    }
+    /// Where the bytes of the next components begin (for [`Sink::written_since`]).
+    #[inline]
+    fn mark(&self) -> usize {
+        0
+    }
+    /// The bytes written since `mark`.
+    #[inline]
+    fn written_since(&self, _mark: usize) -> &[u8] {
+        &[]
+    }
+    /// Writes the bytes a remembered walk wrote.
+    #[inline]
+    fn replay(&mut self, _bytes: &[u8]) {}
 }
 
 /// Collects the tagged, length-prefixed components into one buffer, hashed once at the end
@@ -180,6 +199,22 @@ impl Sink for HashSink {
     #[inline]
     fn consults_value(&mut self) {
         self.consulted_value = true;
+    }
+    #[inline]
+    fn replays_stacks(&self) -> bool {
+        true
+    }
+    #[inline]
+    fn mark(&self) -> usize {
+        self.buf.len()
+    }
+    #[inline]
+    fn written_since(&self, mark: usize) -> &[u8] {
+        &self.buf[mark..]
+    }
+    #[inline]
+    fn replay(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
     }
 }
 
@@ -613,13 +648,60 @@ fn exception_components<S: Sink>(
         }
     }
     let frames = considered_frames(stack);
+    // The indices of the frame cache must stay valid until this exception is done: the cache
+    // may start over here, never during the lookups.
+    scratch.cache.make_room(frames.len());
+    // Without stack rules, the hashing walk reads of a stack only what its key covers (the
+    // frames' names, in-app marks and, in JavaScript, columns; `max_frames`), and what it
+    // writes is the same bytes whenever they are equal: a stack seen before is replayed.
+    let memo = (sink.replays_stacks() && cfg.stack_rules.is_empty())
+        .then(|| scratch.cache.stack_key(frames, js, cfg.max_frames));
+    let remembered = memo.and_then(|key| scratch.cache.stack(key));
+    let contributed = if let Some((bytes, contributed)) = remembered {
+        sink.replay(bytes);
+        contributed
+    } else {
+        let mark = sink.mark();
+        let contributed = stack_components(stack, frames, platform, js, cfg, scratch, sink);
+        if let Some(key) = memo {
+            scratch.cache.remember_stack(key, sink.written_since(mark), contributed);
+        }
+        contributed
+    };
+    if contributed == 0 {
+        sink.consults_value();
+        if let Some(v) = exc.value.as_deref().filter(|v| !v.is_empty()) {
+            normalize::exception_value(v, &mut scratch.a);
+            sink.add("value", &scratch.a);
+        }
+    } else if let Some(v) = exc.value.as_deref() {
+        if sink.wants_drops() {
+            let why = if stand_in.is_some() {
+                "its thread's stack groups the exception; its message does not contribute"
+            } else {
+                "the exception has a stack; its message does not contribute"
+            };
+            sink.drop_component("value", v, why);
+        }
+    }
+}
+
+/// The components of an exception's considered `frames` (of `stack`), and how many frames
+/// contributed.
+#[allow(clippy::too_many_arguments)]
+fn stack_components<S: Sink>(
+    stack: Option<&Stacktrace<'_>>,
+    frames: &[Frame<'_>],
+    platform: Option<&str>,
+    js: bool,
+    cfg: &GroupingConfig,
+    scratch: &mut Scratch,
+    sink: &mut S,
+) -> usize {
     // Where the considered frames begin in the stack (for the frames sink).
     let first_frame = stack.map_or(0, |s| s.frames.len()) - frames.len();
     let mut infos = std::mem::take(&mut scratch.infos);
     infos.clear();
-    // The indices in `infos` must stay valid until this exception is done: the cache may
-    // start over here, never during the lookups.
-    scratch.cache.make_room(frames.len());
     for f in frames {
         infos.push(scratch.cache.lookup(f, js));
     }
@@ -717,22 +799,7 @@ fn exception_components<S: Sink>(
     scratch.in_app = in_app;
     scratch.dropped = dropped;
     scratch.infos = infos;
-    if contributed == 0 {
-        sink.consults_value();
-        if let Some(v) = exc.value.as_deref().filter(|v| !v.is_empty()) {
-            normalize::exception_value(v, &mut scratch.a);
-            sink.add("value", &scratch.a);
-        }
-    } else if let Some(v) = exc.value.as_deref() {
-        if sink.wants_drops() {
-            let why = if stand_in.is_some() {
-                "its thread's stack groups the exception; its message does not contribute"
-            } else {
-                "the exception has a stack; its message does not contribute"
-            };
-            sink.drop_component("value", v, why);
-        }
-    }
+    contributed
 }
 
 /// Formats `n` into `buf` without allocating.
@@ -1016,6 +1083,112 @@ mod tests {
             }
         }
         assert_eq!(seen, 40 * 2 * 40 * 2);
+    }
+
+    /// A stack drawn as picks: per frame (module, file, function, column, in-app) indices.
+    type StackPicks = Vec<(usize, usize, usize, usize, usize)>;
+
+    /// An event of the picks: its platform and stacks (see
+    /// `remembered_stacks_answer_as_the_walk`).
+    fn picked_event(platform: usize, stacks: &[StackPicks]) -> Event<'static> {
+        // Few values per field, so that stacks repeat and nearly repeat; non-ASCII names, a
+        // minified bundle (its frames' columns contribute in JavaScript), empty names.
+        let names = ["", "a", "app.min.js", "\u{e7}a/\u{e9}t\u{e9}.js", "main", "\u{65e5}\u{672c}::\u{95a2}\u{6570}"];
+        let cols = [None, Some(1), Some(17_944), Some(u32::MAX)];
+        let in_app = [None, Some(true), Some(false)];
+        let name = |i: usize| (i > 0).then(|| names[i].into());
+        let exception = stacks
+            .iter()
+            .map(|frames| Exception {
+                ty: Some("E".into()),
+                value: Some("v".into()),
+                stacktrace: Some(tracefold_model::event::Stacktrace {
+                    frames: frames
+                        .iter()
+                        .map(|&(m, f, g, c, a)| Frame {
+                            module: name(m),
+                            filename: name(f),
+                            function: name(g),
+                            colno: cols[c],
+                            in_app: in_app[a],
+                            ..Frame::default()
+                        })
+                        .collect(),
+                }),
+                ..Exception::default()
+            })
+            .collect();
+        let platforms = [Some("javascript"), Some("node"), Some("python"), None];
+        Event { platform: platforms[platform].map(Into::into), exception, ..Event::default() }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// The memo of whole stacks (`FrameCache::stack_key`): one long-lived scratch gives
+        /// every event of a sequence the fingerprint of the walk without the memo (`explain`,
+        /// whose sink never replays) and of a fresh scratch. The events share few names, so
+        /// their stacks repeat and differ in one frame's in-app mark, column, one name, the
+        /// platform or `max_frames` alone: a part the key left out that the walk reads would
+        /// give a remembered stack's answer to another.
+        #[test]
+        fn remembered_stacks_answer_as_the_walk(
+            base in (
+                0usize..4,
+                proptest::collection::vec(
+                    proptest::collection::vec((0usize..6, 0usize..6, 0usize..6, 0usize..4, 0usize..3), 0..5),
+                    1..3,
+                ),
+            ),
+            changes in proptest::collection::vec((0usize..8, 0usize..3, proptest::prelude::any::<usize>(), proptest::prelude::any::<usize>(), 0usize..6), 1..24),
+        ) {
+            let cfgs = [1, 2, 10].map(|max_frames| GroupingConfig { max_frames, ..GroupingConfig::default() });
+            let mut shared = Scratch::default();
+            // The base event, then events that differ from it in one part each, the base
+            // again between them (its stacks are remembered by then).
+            for (what, cfg, i, j, to) in std::iter::once((7, 2, 0, 0, 0)).chain(changes) {
+                let (mut platform, mut stacks) = base.clone();
+                let n = stacks.len();
+                let frames = &mut stacks[i % n];
+                let m = frames.len();
+                match what {
+                    0 => platform = to % 4,
+                    1..=5 if m > 0 => {
+                        let f = &mut frames[j % m];
+                        match what {
+                            1 => f.0 = to,
+                            2 => f.1 = to,
+                            3 => f.2 = to,
+                            4 => f.3 = to % 4,
+                            _ => f.4 = to % 3,
+                        }
+                    }
+                    _ => {}
+                }
+                for (platform, stacks) in [(platform, &stacks), (base.0, &base.1)] {
+                    let ev = picked_event(platform, stacks);
+                    let cfg = &cfgs[cfg];
+                    let got = fingerprint(&ev, cfg, &mut shared);
+                    proptest::prop_assert_eq!(got.to_hex(), explain(&ev, cfg).fingerprint, "{:?}", ev);
+                    proptest::prop_assert_eq!(got, fingerprint(&ev, cfg, &mut Scratch::default()));
+                }
+            }
+        }
+    }
+
+    /// A stack seen before is replayed, and stays within the cache's bounds: the second
+    /// fingerprint of an event reads no frame from the frame cache (no new entry) and equals
+    /// the first.
+    #[test]
+    fn a_stack_seen_before_is_replayed() {
+        let ev = picked_event(0, &[vec![(1, 2, 0, 1, 1), (0, 3, 4, 2, 1), (5, 1, 5, 0, 0)]]);
+        let cfg = GroupingConfig::default();
+        let mut scratch = Scratch::default();
+        let first = fingerprint(&ev, &cfg, &mut scratch);
+        let (entries, bytes) = scratch.cache.usage();
+        assert_eq!(entries, 3 + 1, "three frames and one stack");
+        assert_eq!(fingerprint(&ev, &cfg, &mut scratch), first);
+        assert_eq!(scratch.cache.usage(), (entries, bytes));
+        assert_eq!(first.to_hex(), explain(&ev, &cfg).fingerprint);
     }
 
     /// Only the last exceptions and frames count; extra custom entries and long values are cut.

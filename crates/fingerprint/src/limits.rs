@@ -44,13 +44,15 @@ pub const MAX_CULPRIT_LEN: usize = 200;
 /// Longest exception type kept by [`crate::describe`], in bytes.
 pub const MAX_EXC_TYPE_LEN: usize = 200;
 
-/// Distinct frames the per-thread frame cache keeps. When an exception's frames might not
+/// Distinct frames and whole stacks (`FrameCache::stack_key`) the per-thread frame cache
+/// keeps together. When an exception's frames might not
 /// fit, the cache starts over before that exception (never while it is being fingerprinted).
 pub const MAX_CACHE_ENTRIES: usize = 1 << 16;
 
 /// Bytes of normalized names and hashed components the per-thread frame cache keeps (same
 /// policy as [`MAX_CACHE_ENTRIES`]; a frame takes at most `2 * MAX_COMPONENT_LEN` of names and
-/// `2 * (13 + MAX_COMPONENT_LEN)` of components).
+/// `2 * (13 + MAX_COMPONENT_LEN)` of components; a remembered stack's bytes count too, and
+/// a stack is remembered only when its bytes fit).
 pub const MAX_CACHE_ARENA_BYTES: usize = 8 << 20;
 
 pub use tracefold_model::text::{prefix, push_bounded, truncate};

@@ -6,7 +6,8 @@
 //! The key is everything [`crate::fingerprint`] can read of an event it accepts: the platform,
 //! and per considered exception its type, whether its mechanism says the type is synthetic,
 //! and per considered frame of its stack the function, module, file name, absolute path,
-//! package, line, column and in-app flag. Exception values are left out, so that events that
+//! package, column and in-app flag (without stack rules, only the file the frame cache takes,
+//! no package, and the column only in JavaScript: see `walk`). A frame's line is never read. Exception values are left out, so that events that
 //! differ in their message alone share a key; the memo records whether the fingerprint looked
 //! at a value (no frame of some exception contributed), and such keys are fingerprinted
 //! afresh every time. Events whose fingerprint could read more are declined and fingerprinted
@@ -129,7 +130,7 @@ impl FingerprintMemo {
             return fingerprint(event, cfg, scratch);
         }
         self.key.clear();
-        if !walk(event, &mut Text(&mut self.key)) {
+        if !walk(event, !cfg.stack_rules.is_empty(), &mut Text(&mut self.key)) {
             return fingerprint(event, cfg, scratch);
         }
         let h = text_hash(&self.key, self.seed);
@@ -213,9 +214,17 @@ fn declined(event: &Event<'_>, cfg: &GroupingConfig) -> bool {
 /// a frame's file name and path are either written, each tagged 0 or 1, or, equal to the
 /// previous frame's of the same stack, replaced by the byte 2), so equal texts mean equal read
 /// parts. Call it only for events the memo does not decline.
+///
+/// Without stack rules (`rules` false) a frame's parts are only those the fingerprint reads
+/// then: the file as the frame cache takes it (the file name, else the path), no package
+/// (only stack rules match it), the column only in JavaScript (only a minified frame's
+/// column contributes, and only JavaScript frames are minified; the platform is the text's
+/// first part). A frame's line is never written: nothing the fingerprint computes reads it.
+/// The memo is emptied when the config changes, so one memo's texts are all of one form.
 #[inline(always)]
-fn walk(event: &Event<'_>, parts: &mut Text<'_>) -> bool {
+fn walk(event: &Event<'_>, rules: bool, parts: &mut Text<'_>) -> bool {
     parts.str(event.platform.as_deref());
+    let js = matches!(event.platform.as_deref(), Some("javascript" | "node"));
     let exceptions = considered_exceptions(event);
     debug_assert!(exceptions.len() <= MAX_EXCEPTIONS);
     parts.count(exceptions.len() as u32);
@@ -228,22 +237,31 @@ fn walk(event: &Event<'_>, parts: &mut Text<'_>) -> bool {
         parts.count(frames.len() as u32);
         let mut prev: Option<&tracefold_model::event::Frame<'_>> = None;
         for f in frames {
-            // The frames of one stack mostly share their file: a path equal to the previous
-            // frame's is a mark, not copied and hashed again.
-            let (file, path) = (f.filename.as_deref(), f.abs_path.as_deref());
             parts.str(f.function.as_deref());
             parts.str(f.module.as_deref());
-            match prev {
-                Some(p) if p.filename.as_deref() == file && p.abs_path.as_deref() == path => parts.byte(2),
-                _ => {
-                    parts.str(file);
-                    parts.str(path);
+            // The frames of one stack mostly share their file: a path equal to the previous
+            // frame's is a mark, not copied and hashed again.
+            if rules {
+                let (file, path) = (f.filename.as_deref(), f.abs_path.as_deref());
+                match prev {
+                    Some(p) if p.filename.as_deref() == file && p.abs_path.as_deref() == path => parts.byte(2),
+                    _ => {
+                        parts.str(file);
+                        parts.str(path);
+                    }
+                }
+                parts.str(f.package.as_deref());
+            } else {
+                let file = f.filename.as_deref().or(f.abs_path.as_deref());
+                match prev {
+                    Some(p) if p.filename.as_deref().or(p.abs_path.as_deref()) == file => parts.byte(2),
+                    _ => parts.str(file),
                 }
             }
             prev = Some(f);
-            parts.str(f.package.as_deref());
-            parts.num(f.lineno);
-            parts.num(f.colno);
+            if rules || js {
+                parts.num(f.colno);
+            }
             parts.flag(f.in_app);
             if !parts.ok() {
                 return false;
@@ -449,11 +467,12 @@ mod tests {
             // Also with every key under one hash: only the comparison tells the keys apart.
             for (cfg, one_hash) in configs().into_iter().flat_map(|c| [(c.clone(), false), (c, true)]) {
                 let mut memo = FingerprintMemo { one_hash, ..FingerprintMemo::default() };
-                let (mut fresh_scratch, mut memo_scratch) = (Scratch::default(), Scratch::default());
+                let mut memo_scratch = Scratch::default();
                 for picks in std::iter::once(base.clone()).chain(changes.iter().map(|c| mutated(&base, *c))) {
                     let json = event_json(picks.0, &picks.1, extra);
                     let ev = parse_event_str(&json).expect("generated event parses");
-                    let fresh = fingerprint(&ev, &cfg, &mut fresh_scratch);
+                    // A fresh scratch: no frame or stack of an earlier event remembered.
+                    let fresh = fingerprint(&ev, &cfg, &mut Scratch::default());
                     prop_assert_eq!(memo.fingerprint(&ev, &cfg, &mut memo_scratch), fresh, "{}", json);
                 }
             }
