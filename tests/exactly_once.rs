@@ -266,7 +266,18 @@ struct LastBatch {
 
 #[test]
 fn replayed_batches_and_reread_aggregates_are_counted_once() {
-    serial(async {
+    replayed_and_reread_counted_once(1);
+}
+
+/// The same with two writer loops in one process (`writer.consumers = 2`): each owns one of the
+/// partitions, with its own batch, INSERT in flight and watermarks.
+#[test]
+fn replayed_batches_and_reread_aggregates_are_counted_once_by_two_writer_loops() {
+    replayed_and_reread_counted_once(2);
+}
+
+fn replayed_and_reread_counted_once(writer_consumers: usize) {
+    serial(async move {
         let db = TestDb::new("exactly_once").await;
         let t = topics();
         let broker = DevBroker::start(1, &t, Some(PARTITIONS)).unwrap();
@@ -277,7 +288,8 @@ fn replayed_batches_and_reread_aggregates_are_counted_once() {
         publish(&bootstrap, &t.events, &payloads).await;
 
         let gcfg = grouper_config(&bootstrap);
-        let wcfg = writer_config(&bootstrap, &db);
+        let mut wcfg = writer_config(&bootstrap, &db);
+        wcfg.writer.consumers = writer_consumers;
         let grouper = ServiceThread::grouper(gcfg.clone());
         let writer = ServiceThread::writer(wcfg.clone());
         assert_eq!(db.wait_for_total(truth.total, LONG).await, truth.total);

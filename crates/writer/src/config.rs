@@ -52,6 +52,13 @@ pub struct WriterSection {
     pub insert_timeout_ms: u64,
     /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
     pub listen: String,
+    /// Consumer loops of the aggregates topic in this process, each a member of the group with
+    /// its own partitions, its own batch and its own INSERT in flight. ClickHouse runs an
+    /// INSERT and its materialized views on about one core, so one loop stores at most what one
+    /// core inserts; a second loop lets two INSERTs run at once (`benches/README.md`, "Writer").
+    /// Each loop owns whole partitions, so every partition's batches are still stored in order
+    /// and its watermark means what it did. Like running more writer processes in the group.
+    pub consumers: usize,
     /// Table the writer inserts into and reads its watermarks from: `aggregates`, or
     /// `aggregates_all` on a cluster (the Distributed table of the cluster flavour).
     pub table: String,
@@ -67,6 +74,7 @@ impl Default for WriterSection {
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
             insert_timeout_ms: 30_000,
+            consumers: 1,
             listen: "127.0.0.1:9102".into(),
             table: "aggregates".into(),
         }

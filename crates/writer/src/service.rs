@@ -71,6 +71,63 @@ struct InFlight {
 /// # Errors
 /// Kafka fatal errors; ClickHouse errors are retried, not returned.
 pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
+    tracing::info!(topic = %cfg.topics.aggregates, group = %cfg.writer.group_id, consumers = cfg.writer.consumers.max(1), "writer started");
+    // The outcomes consumer runs beside the aggregates loops, in its own thread and group; any
+    // loop ending ends the others (a failed one makes the process exit non-zero and be
+    // restarted). Their health is part of the writer's: /healthz and the watchdog see a stall
+    // of any loop.
+    let outcomes_health = health.child("writer-outcomes");
+    let extra: Vec<Health> = (1..cfg.writer.consumers.max(1)).map(|i| health.child(&format!("writer-{i}"))).collect();
+    std::thread::scope(|scope| {
+        let mut loops = Vec::with_capacity(extra.len() + 1);
+        // Named, so that CPU profiles tell them from the main loop (`bench-writer`).
+        let outcomes = std::thread::Builder::new().name("writer-outcomes".into()).spawn_scoped(scope, || {
+            let r = tracefold_runtime::telemetry::run_guarded(&outcomes_health, || {
+                crate::outcomes::run(cfg, shutdown, &outcomes_health)
+            });
+            shutdown.trigger();
+            r.context("outcomes consumer")
+        });
+        loops.push(outcomes);
+        for (i, h) in extra.iter().enumerate() {
+            loops.push(std::thread::Builder::new().name(format!("writer-loop-{}", i + 1)).spawn_scoped(
+                scope,
+                move || {
+                    let r = tracefold_runtime::telemetry::run_guarded(h, || run_consumer(cfg, shutdown, h));
+                    shutdown.trigger();
+                    r
+                },
+            ));
+        }
+        // A loop that could not start: the ones already started must end, or the scope would
+        // wait on them.
+        let mut started = Vec::with_capacity(loops.len());
+        let mut result = Ok(());
+        for l in loops {
+            match l {
+                Ok(t) => started.push(t),
+                Err(e) => {
+                    shutdown.trigger();
+                    result = Err(anyhow::Error::new(e).context("cannot start a writer thread"));
+                }
+            }
+        }
+        if result.is_ok() {
+            result = run_consumer(cfg, shutdown, health);
+        }
+        shutdown.trigger();
+        for t in started {
+            let r = t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a writer loop panicked")));
+            result = result.and(r);
+        }
+        tracing::info!("writer stopped");
+        result
+    })
+}
+
+/// One consumer loop of the aggregates topic: reads, decodes and inserts its partitions'
+/// batches until `shutdown` fires, then stores what it holds and commits.
+fn run_consumer(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result<()> {
     let (runtime, rt, client) =
         start_consumer(cfg, &cfg.writer.group_id, &cfg.topics.aggregates, m::EVENTS_LOST_TOTAL)?;
     let mut w = Writer {
@@ -95,26 +152,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
             false
         }
     };
-    tracing::info!(topic = %cfg.topics.aggregates, group = %cfg.writer.group_id, "writer started");
-    // The outcomes consumer runs beside it, in its own thread and group; either loop ending
-    // ends the other (a failed one makes the process exit non-zero and be restarted). Its
-    // health is part of the writer's: /healthz and the watchdog see a stall of either loop.
-    let outcomes_health = health.child("writer-outcomes");
-    std::thread::scope(|scope| {
-        // Named, so that CPU profiles tell it from the main loop (`bench-writer`).
-        let outcomes = std::thread::Builder::new().name("writer-outcomes".into()).spawn_scoped(scope, || {
-            let r = tracefold_runtime::telemetry::run_guarded(&outcomes_health, || {
-                crate::outcomes::run(cfg, shutdown, &outcomes_health)
-            });
-            shutdown.trigger();
-            r
-        })?;
-        let main = runtime.run(&mut w, shutdown, health);
-        shutdown.trigger();
-        let outcomes = outcomes.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the outcomes consumer panicked")));
-        tracing::info!("writer stopped");
-        main.and(outcomes.context("outcomes consumer"))
-    })
+    runtime.run(&mut w, shutdown, health)
 }
 
 /// What each of the writer's loops starts from: a consumer of `topic` in `group` (losses

@@ -105,6 +105,10 @@ pub struct BenchWriterArgs {
     /// Bytes of aggregate JSON per INSERT at most (the writer's `batch_max_bytes`).
     #[arg(long, default_value_t = tracefold_writer::config::WriterSection::default().batch_max_bytes)]
     pub batch_max_bytes: usize,
+    /// The writer's consumer loops (`writer.consumers`: each its own partitions and INSERT in
+    /// flight).
+    #[arg(long, default_value_t = tracefold_writer::config::WriterSection::default().consumers)]
+    pub writer_consumers: usize,
     /// Result format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,

@@ -71,6 +71,7 @@ pub async fn bench_writer(a: &BenchWriterArgs) -> anyhow::Result<()> {
         partitions: a.partitions,
         batch_max_rows: a.batch_max_rows,
         batch_max_bytes: a.batch_max_bytes,
+        consumers: a.writer_consumers,
         clickhouse: a.ch.config(),
     })
     .await?;

@@ -17,6 +17,8 @@ pub struct WriterOptions {
     pub batch_max_rows: usize,
     /// The writer's `batch_max_bytes` (bytes of aggregate JSON per INSERT at most).
     pub batch_max_bytes: usize,
+    /// The writer's consumer loops (`writer.consumers`).
+    pub consumers: usize,
     /// The ClickHouse server; the benchmark makes and drops a scratch database named after
     /// `database` and the process id.
     pub clickhouse: ClickHouseConfig,
@@ -35,6 +37,8 @@ pub struct WriterReport {
     pub batch_max_rows: usize,
     /// The writer's `batch_max_bytes`.
     pub batch_max_bytes: usize,
+    /// The writer's consumer loops.
+    pub consumers: usize,
     /// Partitions of the aggregates topic.
     pub partitions: i32,
     /// Seconds to produce every record to the topic (before the writer starts; not timed).
@@ -73,6 +77,7 @@ impl WriterReport {
         let (records, stored, secs) = (self.records, self.stored, self.seconds);
         serde_json::json!({"records": records, "stored": stored, "seconds": secs, "rows_per_sec": stored as f64 / secs,
             "batch_max_rows": self.batch_max_rows, "batch_max_bytes": self.batch_max_bytes,
+            "writer_consumers": self.consumers,
             "load": "pre-produced", "partitions": self.partitions, "produce_seconds": self.produce_seconds,
             "join_seconds": self.join_seconds, "cpu": self.cpu,
             "writer_cpu_us_per_row": self.writer_us_per_row(),
@@ -170,6 +175,7 @@ pub async fn writer(opts: &WriterOptions) -> anyhow::Result<WriterReport> {
     wcfg.writer.listen = String::new();
     wcfg.writer.batch_max_rows = opts.batch_max_rows;
     wcfg.writer.batch_max_bytes = opts.batch_max_bytes;
+    wcfg.writer.consumers = opts.consumers;
     let shutdown = tracefold_runtime::Shutdown::new();
     let read = tracefold_runtime::telemetry::Health::named("writer");
     let (s, h) = (shutdown.clone(), read.clone());
@@ -205,6 +211,7 @@ pub async fn writer(opts: &WriterOptions) -> anyhow::Result<WriterReport> {
         seconds,
         batch_max_rows: opts.batch_max_rows,
         batch_max_bytes: opts.batch_max_bytes,
+        consumers: opts.consumers,
         partitions: opts.partitions,
         produce_seconds,
         join_seconds,
@@ -295,6 +302,7 @@ mod tests {
             seconds: 2.0,
             batch_max_rows: 1,
             batch_max_bytes: 1,
+            consumers: 1,
             partitions: 12,
             produce_seconds: 1.0,
             join_seconds: 1.0,
