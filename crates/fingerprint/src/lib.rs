@@ -1085,8 +1085,10 @@ mod tests {
         assert_eq!(seen, 40 * 2 * 40 * 2);
     }
 
-    /// A stack drawn as picks: per frame (module, file, function, column, in-app) indices.
-    type StackPicks = Vec<(usize, usize, usize, usize, usize)>;
+    /// A stack drawn as picks: per frame (module, file, function, column, in-app, rest)
+    /// indices; `rest` sets the fields the walk does not read without stack rules (package,
+    /// line, absolute path beside a file name).
+    type StackPicks = Vec<(usize, usize, usize, usize, usize, usize)>;
 
     /// An event of the picks: its platform and stacks (see
     /// `remembered_stacks_answer_as_the_walk`).
@@ -1105,12 +1107,15 @@ mod tests {
                 stacktrace: Some(tracefold_model::event::Stacktrace {
                     frames: frames
                         .iter()
-                        .map(|&(m, f, g, c, a)| Frame {
+                        .map(|&(m, f, g, c, a, r)| Frame {
                             module: name(m),
                             filename: name(f),
                             function: name(g),
                             colno: cols[c],
                             in_app: in_app[a],
+                            package: name(r % 6),
+                            lineno: [None, Some(0), Some(7), Some(u32::MAX)][r % 4],
+                            abs_path: name((r / 2) % 6),
                             ..Frame::default()
                         })
                         .collect(),
@@ -1128,38 +1133,40 @@ mod tests {
         /// every event of a sequence the fingerprint of the walk without the memo (`explain`,
         /// whose sink never replays) and of a fresh scratch. The events share few names, so
         /// their stacks repeat and differ in one frame's in-app mark, column, one name, the
-        /// platform or `max_frames` alone: a part the key left out that the walk reads would
-        /// give a remembered stack's answer to another.
+        /// platform or `max_frames` alone, or in fields the walk does not read today (package,
+        /// line, absolute path): a part the key left out that the walk reads, now or after a
+        /// change of the rules, would give a remembered stack's answer to another.
         #[test]
         fn remembered_stacks_answer_as_the_walk(
             base in (
                 0usize..4,
                 proptest::collection::vec(
-                    proptest::collection::vec((0usize..6, 0usize..6, 0usize..6, 0usize..4, 0usize..3), 0..5),
+                    proptest::collection::vec((0usize..6, 0usize..6, 0usize..6, 0usize..4, 0usize..3, 0usize..12), 0..5),
                     1..3,
                 ),
             ),
-            changes in proptest::collection::vec((0usize..8, 0usize..3, proptest::prelude::any::<usize>(), proptest::prelude::any::<usize>(), 0usize..6), 1..24),
+            changes in proptest::collection::vec((0usize..9, 0usize..3, proptest::prelude::any::<usize>(), proptest::prelude::any::<usize>(), 0usize..12), 1..24),
         ) {
             let cfgs = [1, 2, 10].map(|max_frames| GroupingConfig { max_frames, ..GroupingConfig::default() });
             let mut shared = Scratch::default();
             // The base event, then events that differ from it in one part each, the base
             // again between them (its stacks are remembered by then).
-            for (what, cfg, i, j, to) in std::iter::once((7, 2, 0, 0, 0)).chain(changes) {
+            for (what, cfg, i, j, to) in std::iter::once((8, 2, 0, 0, 0)).chain(changes) {
                 let (mut platform, mut stacks) = base.clone();
                 let n = stacks.len();
                 let frames = &mut stacks[i % n];
                 let m = frames.len();
                 match what {
                     0 => platform = to % 4,
-                    1..=5 if m > 0 => {
+                    1..=6 if m > 0 => {
                         let f = &mut frames[j % m];
                         match what {
-                            1 => f.0 = to,
-                            2 => f.1 = to,
-                            3 => f.2 = to,
+                            1 => f.0 = to % 6,
+                            2 => f.1 = to % 6,
+                            3 => f.2 = to % 6,
                             4 => f.3 = to % 4,
-                            _ => f.4 = to % 3,
+                            5 => f.4 = to % 3,
+                            _ => f.5 = to,
                         }
                     }
                     _ => {}
@@ -1180,7 +1187,7 @@ mod tests {
     /// the first.
     #[test]
     fn a_stack_seen_before_is_replayed() {
-        let ev = picked_event(0, &[vec![(1, 2, 0, 1, 1), (0, 3, 4, 2, 1), (5, 1, 5, 0, 0)]]);
+        let ev = picked_event(0, &[vec![(1, 2, 0, 1, 1, 0), (0, 3, 4, 2, 1, 5), (5, 1, 5, 0, 0, 11)]]);
         let cfg = GroupingConfig::default();
         let mut scratch = Scratch::default();
         let first = fingerprint(&ev, &cfg, &mut scratch);
