@@ -293,7 +293,16 @@ mod tests {
     fn a_started_thread_is_seen_with_its_name() {
         let before = threads();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let t = std::thread::Builder::new().name("rdk:probe".into()).spawn(move || rx.recv()).unwrap();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+        // The thread names itself once it runs: read after it said so.
+        let t = std::thread::Builder::new()
+            .name("rdk:probe".into())
+            .spawn(move || {
+                ready_tx.send(()).unwrap();
+                rx.recv()
+            })
+            .unwrap();
+        ready.recv().unwrap();
         let now = threads();
         assert!(now.iter().any(|(tid, (name, _))| !before.contains_key(tid) && name == "rdk:probe"), "{now:?}");
         drop(tx);
