@@ -162,9 +162,7 @@ impl FrameCache {
         let [k0, k1, k2, k3] = self.keys.k;
         let mut h = fold(frames.len() as u64 ^ k2, max_frames as u64 ^ k3);
         for frame in frames {
-            let module = frame.module.as_deref().unwrap_or("");
-            let file = frame.filename.as_deref().or(frame.abs_path.as_deref()).unwrap_or("");
-            let func = frame.function.as_deref().unwrap_or("");
+            let (module, file, func) = names(frame);
             let key = self.keys.frame(js, module.as_bytes(), file.as_bytes(), func.as_bytes());
             let col = if js { frame.colno.map_or(0, |c| u64::from(c) + 1) } else { 0 };
             let flags = u64::from(frame.in_app == Some(true)) | col << 1;
@@ -219,9 +217,7 @@ impl FrameCache {
     /// The index of `frame`'s info, normalizing it on first sight. Never resets the cache
     /// (see [`Self::make_room`]), so earlier indices stay valid.
     pub fn lookup(&mut self, frame: &Frame<'_>, js: bool) -> u32 {
-        let module = frame.module.as_deref().unwrap_or("");
-        let file = frame.filename.as_deref().or(frame.abs_path.as_deref()).unwrap_or("");
-        let func = frame.function.as_deref().unwrap_or("");
+        let (module, file, func) = names(frame);
         let key = self.keys.frame(js, module.as_bytes(), file.as_bytes(), func.as_bytes());
         if let Some(&i) = self.map.get(&key) {
             return i;
@@ -317,6 +313,18 @@ fn fold(a: u64, b: u64) -> u64 {
 }
 
 use tracefold_model::text::word;
+
+/// The three names a frame is cached by (module, file, function; the file name, else the
+/// path), absent ones empty: one reading for [`FrameCache::lookup`] and
+/// [`FrameCache::stack_key`], since a stack's key must cover what its frames' lookups read.
+#[inline(always)]
+fn names<'a>(frame: &'a Frame<'_>) -> (&'a str, &'a str, &'a str) {
+    (
+        frame.module.as_deref().unwrap_or(""),
+        frame.filename.as_deref().or(frame.abs_path.as_deref()).unwrap_or(""),
+        frame.function.as_deref().unwrap_or(""),
+    )
+}
 
 #[inline(always)]
 fn half(s: &[u8], at: usize) -> u64 {
