@@ -154,31 +154,13 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     // More loops beside this one, each a member of the group: Kafka shares the partitions out.
     // Their health is part of this one's; either loop ending ends the others.
     let healths: Vec<Health> = (1..=extra).map(|i| health.child(&format!("grouper-{i}"))).collect();
-    std::thread::scope(|scope| {
-        let mut others = Vec::with_capacity(healths.len());
-        for h in &healths {
-            let spawned = std::thread::Builder::new().name("grouper".into()).spawn_scoped(scope, move || {
-                let r = tracefold_runtime::telemetry::run_guarded(h, || run_consumer(cfg, shutdown, h, hook.clone()));
-                shutdown.trigger();
-                r
-            });
-            match spawned {
-                Ok(t) => others.push(t),
-                Err(e) => {
-                    // The loops already started must end, or the scope would wait on them.
-                    shutdown.trigger();
-                    return Err(e).context("cannot start a grouper consumer thread");
-                }
-            }
-        }
-        let mut result = run_consumer(cfg, shutdown, health, hook.clone());
-        shutdown.trigger();
-        for t in others {
-            let r = t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a grouper consumer panicked")));
-            result = result.and(r);
-        }
-        result
-    })
+    let others = healths
+        .iter()
+        .map(|h| -> tracefold_runtime::service::Beside<'_> {
+            ("grouper".into(), h, Box::new(move || run_consumer(cfg, shutdown, h, hook.clone())))
+        })
+        .collect();
+    tracefold_runtime::service::run_loops(shutdown, others, || run_consumer(cfg, shutdown, health, hook.clone()))
 }
 
 /// The source-map hook of `[sourcemaps]`, shared by the process's consumer loops; `None` when

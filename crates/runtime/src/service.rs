@@ -120,3 +120,90 @@ pub async fn run_blocking<C: ServiceConfig>(
     shutdown.trigger();
     result
 }
+
+/// A loop that [`run_loops`] runs beside a service's main loop: its thread's name, its health
+/// (a child of the service's, [`Health::child`]) and the loop.
+pub type Beside<'a> = (String, &'a Health, Box<dyn FnOnce() -> anyhow::Result<()> + Send + 'a>);
+
+/// Runs each of `others` on a thread of its own (a panic caught as an error,
+/// [`telemetry::run_guarded`]) and `main` on this one. Any loop ending, done or failed, triggers
+/// `shutdown`, so that the others end too: a service's loops live and die together. A thread
+/// that cannot start ends the ones started (and `main` is not run). Every loop's error is in
+/// the result.
+///
+/// # Errors
+/// The loops' errors, and a thread that could not start.
+pub fn run_loops<'a>(
+    shutdown: &'a Shutdown,
+    others: Vec<Beside<'a>>,
+    main: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    std::thread::scope(|scope| {
+        let mut started = Vec::with_capacity(others.len());
+        let mut result = Ok(());
+        for (name, health, run) in others {
+            let spawned = std::thread::Builder::new().name(name).spawn_scoped(scope, move || {
+                let r = telemetry::run_guarded(health, run);
+                shutdown.trigger();
+                r
+            });
+            match spawned {
+                Ok(t) => started.push(t),
+                Err(e) => {
+                    shutdown.trigger();
+                    result = Err(anyhow::Error::new(e).context("cannot start a loop's thread"));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = main();
+        }
+        shutdown.trigger();
+        for t in started {
+            let r = t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a loop's thread panicked")));
+            result = result.and(r);
+        }
+        result
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Until `shutdown` fires, then `Ok`.
+    fn until(shutdown: &Shutdown) -> anyhow::Result<()> {
+        while !shutdown.is_triggered() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn one_loop_failing_ends_the_others_and_its_error_is_returned() {
+        let shutdown = Shutdown::new();
+        let service = Health::named("svc");
+        let (a, b) = (service.child("svc-1"), service.child("svc-2"));
+        let others: Vec<Beside<'_>> = vec![
+            ("svc-1".into(), &a, Box::new(|| until(&shutdown))),
+            ("svc-2".into(), &b, Box::new(|| anyhow::bail!("loop 2 failed"))),
+        ];
+        let r = run_loops(&shutdown, others, || until(&shutdown));
+        assert!(format!("{:#}", r.unwrap_err()).contains("loop 2 failed"));
+        assert!(shutdown.is_triggered());
+    }
+
+    #[test]
+    fn a_panicking_loop_is_an_error_and_the_main_loop_ending_ends_the_rest() {
+        let shutdown = Shutdown::new();
+        let service = Health::named("svc");
+        let a = service.child("svc-1");
+        let others: Vec<Beside<'_>> = vec![("svc-1".into(), &a, Box::new(|| panic!("boom")))];
+        let r = run_loops(&shutdown, others, || until(&shutdown));
+        assert!(format!("{:#}", r.unwrap_err()).contains("boom"));
+        let (b, done) = (service.child("svc-2"), Shutdown::new());
+        let others: Vec<Beside<'_>> = vec![("svc-2".into(), &b, Box::new(|| until(&done)))];
+        assert!(run_loops(&done, others, || Ok(())).is_ok(), "main done: the other loop is ended, no error");
+    }
+}

@@ -78,51 +78,18 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     // of any loop.
     let outcomes_health = health.child("writer-outcomes");
     let extra: Vec<Health> = (1..cfg.writer.consumers.max(1)).map(|i| health.child(&format!("writer-{i}"))).collect();
-    std::thread::scope(|scope| {
-        let mut loops = Vec::with_capacity(extra.len() + 1);
-        // Named, so that CPU profiles tell them from the main loop (`bench-writer`).
-        let outcomes = std::thread::Builder::new().name("writer-outcomes".into()).spawn_scoped(scope, || {
-            let r = tracefold_runtime::telemetry::run_guarded(&outcomes_health, || {
-                crate::outcomes::run(cfg, shutdown, &outcomes_health)
-            });
-            shutdown.trigger();
-            r.context("outcomes consumer")
-        });
-        loops.push(outcomes);
-        for (i, h) in extra.iter().enumerate() {
-            loops.push(std::thread::Builder::new().name(format!("writer-loop-{}", i + 1)).spawn_scoped(
-                scope,
-                move || {
-                    let r = tracefold_runtime::telemetry::run_guarded(h, || run_consumer(cfg, shutdown, h));
-                    shutdown.trigger();
-                    r
-                },
-            ));
-        }
-        // A loop that could not start: the ones already started must end, or the scope would
-        // wait on them.
-        let mut started = Vec::with_capacity(loops.len());
-        let mut result = Ok(());
-        for l in loops {
-            match l {
-                Ok(t) => started.push(t),
-                Err(e) => {
-                    shutdown.trigger();
-                    result = Err(anyhow::Error::new(e).context("cannot start a writer thread"));
-                }
-            }
-        }
-        if result.is_ok() {
-            result = run_consumer(cfg, shutdown, health);
-        }
-        shutdown.trigger();
-        for t in started {
-            let r = t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a writer loop panicked")));
-            result = result.and(r);
-        }
-        tracing::info!("writer stopped");
-        result
-    })
+    // Named, so that CPU profiles tell them from the main loop (`bench-writer`).
+    let mut others: Vec<tracefold_runtime::service::Beside<'_>> = vec![(
+        "writer-outcomes".into(),
+        &outcomes_health,
+        Box::new(|| crate::outcomes::run(cfg, shutdown, &outcomes_health).context("outcomes consumer")),
+    )];
+    for (i, h) in extra.iter().enumerate() {
+        others.push((format!("writer-loop-{}", i + 1), h, Box::new(move || run_consumer(cfg, shutdown, h))));
+    }
+    let result = tracefold_runtime::service::run_loops(shutdown, others, || run_consumer(cfg, shutdown, health));
+    tracing::info!("writer stopped");
+    result
 }
 
 /// One consumer loop of the aggregates topic: reads, decodes and inserts its partitions'
