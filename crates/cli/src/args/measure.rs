@@ -135,6 +135,10 @@ pub struct BenchPipelineArgs {
     /// The grouper's batch age (ms): what its committed offsets, and so the load, trail by.
     #[arg(long, default_value_t = 500)]
     pub batch_max_age_ms: u64,
+    /// The writer's batch age (ms, `writer.batch_max_age_ms`): with the grouper's, what the
+    /// last events wait after the load ends.
+    #[arg(long, default_value_t = tracefold_writer::config::WriterSection::default().batch_max_age_ms)]
+    pub writer_batch_max_age_ms: u64,
     /// What the lag bound counts: events the grouper has not read (the loosest the embedded
     /// broker's retention allows) or not committed (what a load in another process can see).
     /// Default: `read`; `committed` with `--processes` (the only one it allows).

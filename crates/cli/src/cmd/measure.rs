@@ -94,6 +94,7 @@ pub async fn bench_pipeline(a: &BenchPipelineArgs) -> anyhow::Result<()> {
         partitions: a.partitions,
         max_lag_per_partition: a.max_lag_per_partition,
         batch_max_age_ms: a.batch_max_age_ms,
+        writer_batch_max_age_ms: a.writer_batch_max_age_ms,
         pace_by_commits: a.pace_by.unwrap_or(if a.processes { PaceBy::Committed } else { PaceBy::Read })
             == PaceBy::Committed,
         grouper_consumers: a.grouper_consumers,

@@ -21,6 +21,9 @@ pub struct PipelineOptions {
     pub max_lag_per_partition: i64,
     /// The grouper's batch age, ms (its committed offsets trail the reads by about as much).
     pub batch_max_age_ms: u64,
+    /// The writer's batch age, ms: with the grouper's, what the last events wait after the
+    /// load ends (the run's tail).
+    pub writer_batch_max_age_ms: u64,
     /// Whether the lag bound counts the events the grouper has not read (the loosest pacing
     /// the mock cluster's retention allows in a run without crashes) or not committed (the
     /// bound a load in another process can measure; the commits trail the reads by a batch).
@@ -59,6 +62,11 @@ pub struct PipelineReport {
     pub lag_waited_secs: f64,
     /// Seconds from the first event sent to the last one counted.
     pub total_secs: f64,
+    /// The machine's busy share (all cores, 0 to 1) while the load ran, and after it (the
+    /// tail: the last batches waiting for their age, inserted, counted).
+    pub busy_load_phase: f64,
+    /// See `busy_load_phase`.
+    pub busy_tail: f64,
     /// CPU seconds over the same span, per stage ([`super::cpu::CpuSnapshot::since`]).
     pub cpu: serde_json::Value,
     /// Peak resident set size of the whole process (load generator, embedded broker and the
@@ -104,6 +112,9 @@ impl PipelineReport {
             "load_waited_on_lag_seconds": self.lag_waited_secs,
             "end_to_end_seconds": total,
             "end_to_end_events_per_sec": stored as f64 / total,
+            "tail_seconds": total - produced,
+            "machine_busy_share_load_phase": self.busy_load_phase,
+            "machine_busy_share_tail": self.busy_tail,
             "partitions": self.opts.partitions,
             "issues": self.opts.issues,
             "cpu": self.cpu,
@@ -112,6 +123,7 @@ impl PipelineReport {
             "pipeline_cpu_us_per_event": self.pipeline_cpu_us_per_event(),
             "max_lag_per_partition": self.opts.max_lag_per_partition,
             "batch_max_age_ms": self.opts.batch_max_age_ms,
+            "writer_batch_max_age_ms": self.opts.writer_batch_max_age_ms,
             "grouper_consumers": self.opts.grouper_consumers,
             "paced_by": if self.opts.pace_by_commits { "committed" } else { "read" },
             "peak_rss_bytes": self.peak_rss_bytes,
@@ -174,11 +186,18 @@ impl PipelineReport {
              events stored in ClickHouse {stored}\n\
              load (into Kafka)           {produced:.2}s  {:.0} events/s  (waited {:.2}s on the lag bound)\n\
              end to end                  {total:.2}s  {:.0} events/s\n\
+             tail (load done -> stored)  {:.2}s  (batch ages: grouper {} ms, writer {} ms)\n\
+             machine busy                {:.0}% while loading, {:.0}% in the tail\n\
              peak RSS of {:<16}{:.0} MB\n\
              aggregate rows              {}  ({:.1} events per row)\n",
             accepted as f64 / produced,
             self.lag_waited_secs,
             stored as f64 / total,
+            total - produced,
+            self.opts.batch_max_age_ms,
+            self.opts.writer_batch_max_age_ms,
+            self.busy_load_phase * 100.0,
+            self.busy_tail * 100.0,
             if self.opts.processes { "broker + load" } else { "the process" },
             self.peak_rss_bytes as f64 / 1e6,
             self.aggregate_rows,
@@ -308,6 +327,7 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     // Short batches keep the committed lag (what the load is paced by) close to the read lag.
     cfg.grouper.batch_max_age_ms = opts.batch_max_age_ms;
     cfg.grouper.consumers = opts.grouper_consumers;
+    cfg.writer.batch_max_age_ms = opts.writer_batch_max_age_ms;
     cfg.telemetry.log_level = "warn".into();
     // librdkafka's mock cluster keeps at most 5 MB per partition: stay well inside it.
     let lag_limit = i64::from(opts.partitions) * opts.max_lag_per_partition;
@@ -365,10 +385,14 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
     let t0 = Instant::now();
     let s = running.guard(loadgen::run_kafka_pool(&bootstrap, &cfg.topics.events, &measured, &pool)).await?;
     let produce_secs = t0.elapsed().as_secs_f64();
+    let cpu_loaded = super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid);
     let stored =
         running.guard(dev::wait_for_events(&ch, baseline, s.accepted, Duration::from_secs(1800), false)).await?;
     let total_secs = t0.elapsed().as_secs_f64();
-    let mut cpu = super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid).since(&cpu0);
+    let cpu_end = super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid);
+    let busy = |j: serde_json::Value| j["machine_busy_share"].as_f64().unwrap_or(0.0);
+    let (busy_load_phase, busy_tail) = (busy(cpu_loaded.since(&cpu0)), busy(cpu_end.since(&cpu_loaded)));
+    let mut cpu = cpu_end.since(&cpu0);
     attribute_load_producer(&mut cpu, s.producer_cpu_secs);
     let services = running
         .figures()
@@ -395,6 +419,8 @@ pub async fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineReport> 
         produce_secs,
         lag_waited_secs: s.lag_waited_secs,
         total_secs,
+        busy_load_phase,
+        busy_tail,
         cpu,
         peak_rss_bytes,
         services,
