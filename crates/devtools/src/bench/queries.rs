@@ -72,6 +72,22 @@ pub struct QueriesReport {
     pub server: String,
     /// Every query's times.
     pub queries: Vec<QueryTime>,
+    /// One computation of the precomputed rankings (the writer's rankings loop), run once after
+    /// loading, before the cached `top` is timed.
+    pub refresh: RefreshTime,
+}
+
+/// One computation of the precomputed rankings ([`tracefold_store::rankings::refresh`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RefreshTime {
+    /// Wall-clock seconds (both windows, every project, with the INSERTs).
+    pub secs: f64,
+    /// CPU seconds of the ClickHouse server meanwhile (where it runs on this machine; 0 else).
+    pub clickhouse_cpu_secs: f64,
+    /// Rows written (both windows, every project's top `top_k`).
+    pub rows: u64,
+    /// Issues kept per project and window.
+    pub top_k: u32,
 }
 
 impl QueriesReport {
@@ -93,6 +109,13 @@ impl QueriesReport {
             self.server,
             self.runs
         );
+        out.push_str(&format!(
+            "One computation of the rankings (7 and 30 days, top {} per project): {:.2} s, {:.2} s of ClickHouse CPU, {} rows\n\n",
+            thousands(u64::from(self.refresh.top_k)),
+            self.refresh.secs,
+            self.refresh.clickhouse_cpu_secs,
+            thousands(self.refresh.rows)
+        ));
         out.push_str("| source | query | rows | median ms | max ms |\n|---|---|---:|---:|---:|\n");
         for q in &self.queries {
             out.push_str(&format!(
@@ -225,6 +248,44 @@ async fn run(
             );
         }
     }
+    // The precomputed rankings: one computation, as the writer's loop runs it (its wall time and
+    // the server's CPU), then `top --by users` over 7 and 30 days from it, beside the live
+    // answers (`--fresh`) timed above.
+    let spec = tracefold_store::rankings::RefreshSpec { top_k: 1000, refresh_seconds: 3600, skip_younger_than: 0 };
+    let ch_pid = super::cpu::clickhouse_pid(&ch.url);
+    let (t, cpu0) = (Instant::now(), super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid));
+    let done = tracefold_store::rankings::refresh(client, db, &spec).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid).since(&cpu0);
+    let refresh = RefreshTime {
+        secs,
+        clickhouse_cpu_secs: cpu["clickhouse_seconds"].as_f64().unwrap_or(0.0),
+        rows: done
+            .iter()
+            .map(|d| match d {
+                tracefold_store::rankings::Refreshed::Written { rows, .. } => u64::from(*rows),
+                tracefold_store::rankings::Refreshed::Skipped { .. } => 0,
+            })
+            .sum(),
+        top_k: spec.top_k,
+    };
+    say(format!(
+        "  rankings computed in {secs:.2} s ({:.2} s of ClickHouse CPU), {} rows",
+        refresh.clickhouse_cpu_secs, refresh.rows
+    ));
+    for (since, label) in [(7 * 86_400u64, "7d"), (30 * 86_400, "30d")] {
+        let q = TopQuery { since_secs: since, limit: 20, project: None, by: TopBy::Users };
+        let name = format!("top --since {label} --by users (ranked)");
+        times.push(
+            time(opts, "cli", name, || async {
+                match tracefold_store::rankings::top_cached(client, db, &q).await? {
+                    Ok((rows, _)) => Ok(rows.len()),
+                    Err(why) => anyhow::bail!("the ranking was not read: {why:?}"),
+                }
+            })
+            .await?,
+        );
+    }
     for (since, label) in [(86_400u64, "24h"), (30 * 86_400, "30d")] {
         let q = TopQuery { since_secs: since, limit: 100_000, project: None, by: TopBy::Events };
         let name = format!("top --since {label} --limit 100000");
@@ -282,6 +343,7 @@ async fn run(
         runs: opts.runs,
         server,
         queries: times,
+        refresh,
     })
 }
 
