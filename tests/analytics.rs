@@ -902,3 +902,235 @@ async fn aliases_fold_into_their_canonical_issue() {
         "S's staging events count for P"
     );
 }
+
+/// The precomputed rankings (migration 0014, docs/operations.md "Precomputed rankings"): what
+/// the refresh writes is, per project, exactly the live `top --project P --by users` of that
+/// moment; `top_cached` answers from it while fresh and within `top_k`, as the live query does
+/// over the same data, and declines when stale, beyond `top_k`, or for other rankings and
+/// windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
+    use tracefold_store::issues::{top, TopBy, TopIssue, TopQuery};
+    use tracefold_store::rankings::{refresh, top_cached, NotCached, RefreshSpec, Refreshed};
+    let db = TestDb::new("rankings").await;
+    let t = db.server_now().await;
+    let mut recs = ranking_records(t);
+    // H: ten more users 20 days ago (the 30-day ranking differs from the 7-day one), and a
+    // third project with one issue.
+    recs.push(rec("rank", H, t - 20 * 86_400, "r0", "production", 7, users(60..70), "", 9));
+    recs.push(rec("third", A, t - 2 * 86_400, "r0", "production", 3, users(70..74), "", 10));
+    db.insert_records(&recs).await;
+    let dbn = &db.cfg.database;
+    let client = &db.client;
+    let spec = RefreshSpec { top_k: 3, refresh_seconds: 300, skip_younger_than: 0 };
+    let done = refresh(client, dbn, &spec).await.unwrap();
+    assert_eq!(done.len(), 2);
+    #[derive(clickhouse::Row, serde::Deserialize, Debug, PartialEq)]
+    struct Stored {
+        project: String,
+        issue_id: String,
+        users: u64,
+        events: u64,
+        computed_at: u32,
+    }
+    for d in &done {
+        let Refreshed::Written { window_seconds, computed_at, rows } = *d else { panic!("{d:?}") };
+        let stored: Vec<Stored> = client
+            .query(&format!(
+                "SELECT project, issue_id, users, events, toUInt32(computed_at) AS computed_at FROM {dbn}.issue_rankings \
+                 WHERE window_seconds = ? ORDER BY project, users DESC, events DESC, issue_id"
+            ))
+            .bind(window_seconds)
+            .fetch_all()
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), rows as usize);
+        assert!(stored.iter().all(|s| s.computed_at == computed_at));
+        // Per project: the live answer (asked now, the data unchanged since).
+        let mut live = Vec::new();
+        for p in ["other", "rank", "third"] {
+            let q = TopQuery { since_secs: window_seconds, limit: 3, project: Some(p), by: TopBy::Users };
+            live.extend(top(client, dbn, &q).await.unwrap().into_iter().map(|r| Stored {
+                project: r.project,
+                issue_id: r.issue_id,
+                users: r.users,
+                events: r.count,
+                computed_at,
+            }));
+        }
+        assert_eq!(stored, live, "window {window_seconds}");
+        // Known data: the 7-day list of `rank` is I, F, G (10, 6, 3 users), the 30-day one
+        // H first (12 users).
+        let rank: Vec<(&str, u64)> =
+            stored.iter().filter(|s| s.project == "rank").map(|s| (s.issue_id.as_str(), s.users)).collect();
+        if window_seconds == 7 * 86_400 {
+            assert_eq!(rank, [(I, 10), (F, 6), (G, 3)]);
+        } else {
+            assert_eq!(rank, [(H, 12), (I, 10), (F, 6)]);
+        }
+    }
+    // `top` from the ranking: the same rows as the live answer (asked in one server minute:
+    // the last hour is per minute), for every window, with and without a project.
+    for since_secs in [7 * 86_400, 30 * 86_400] {
+        for (limit, project) in [(3, None), (2, None), (1, Some("rank")), (3, Some("third"))] {
+            let q = TopQuery { since_secs, limit, project, by: TopBy::Users };
+            let mut tries = 0;
+            let (want, got) = loop {
+                let minute = db.server_now().await / 60;
+                let want: Vec<TopIssue> = top(client, dbn, &q).await.unwrap();
+                let got = top_cached(client, dbn, &q).await.unwrap();
+                tries += 1;
+                if db.server_now().await / 60 == minute || tries == 3 {
+                    break (want, got);
+                }
+            };
+            let (rows, ranked) = got.unwrap_or_else(|why| panic!("{q:?}: {why:?}"));
+            assert!(!want.is_empty() && rows.iter().all(|r| r.users_approximate), "{q:?}");
+            assert_eq!(rows, want, "{q:?}");
+            assert_eq!((ranked.refresh_seconds, ranked.top_k), (300, 3));
+            assert!(ranked.age() < 600, "{ranked:?}");
+        }
+    }
+    // Declined: beyond top_k, other windows and rankings.
+    let q = |since_secs, limit, by| TopQuery { since_secs, limit, project: None, by };
+    assert_eq!(
+        top_cached(client, dbn, &q(7 * 86_400, 4, TopBy::Users)).await.unwrap().unwrap_err(),
+        NotCached::BeyondTopK(3)
+    );
+    assert_eq!(top_cached(client, dbn, &q(86_400, 3, TopBy::Users)).await.unwrap().unwrap_err(), NotCached::NotRanked);
+    assert_eq!(
+        top_cached(client, dbn, &q(7 * 86_400, 3, TopBy::Events)).await.unwrap().unwrap_err(),
+        NotCached::NotRanked
+    );
+
+    // New data after the ranking: the cached answer keeps the ranking's numbers (as of
+    // `computed_at`), the live one counts it.
+    db.insert_records(&[rec("rank", E, t - 60, "r2", "production", 5, users(100..120), "", 11)]).await;
+    let q7 = q(7 * 86_400, 3, TopBy::Users);
+    let (cached, _) = top_cached(client, dbn, &q7).await.unwrap().unwrap();
+    assert_eq!(cached.iter().map(|r| (r.issue_id.as_str(), r.users)).collect::<Vec<_>>(), [(I, 10), (F, 6), (A, 4)]);
+    let live = top(client, dbn, &q7).await.unwrap();
+    assert_eq!(live.iter().map(|r| (r.issue_id.as_str(), r.users)).collect::<Vec<_>>(), [(E, 21), (I, 10), (F, 6)]);
+
+    // A second computation (another writer's, at once) and skipping: the reader takes one
+    // whole computation, the newest; a window computed less than `skip_younger_than` ago is
+    // skipped.
+    let both = futures_join(refresh(client, dbn, &spec), refresh(client, dbn, &spec)).await;
+    assert!(both.0.is_ok() && both.1.is_ok(), "{both:?}");
+    let (cached, _) = top_cached(client, dbn, &q7).await.unwrap().unwrap();
+    assert_eq!(cached.iter().map(|r| (r.issue_id.as_str(), r.users)).collect::<Vec<_>>(), [(E, 21), (I, 10), (F, 6)]);
+    let skip = RefreshSpec { skip_younger_than: 3600, ..spec };
+    let skipped = refresh(client, dbn, &skip).await.unwrap();
+    assert!(skipped.iter().all(|d| matches!(d, Refreshed::Skipped { .. })), "{skipped:?}");
+
+    // Stale: a ranking older than twice its refresh interval is not read.
+    // (In a second of its own: of computations in one second, a reader takes any whole one.)
+    let fast = RefreshSpec { refresh_seconds: 1, ..spec };
+    let second = db.server_now().await;
+    while db.server_now().await == second {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    refresh(client, dbn, &fast).await.unwrap();
+    let start = db.server_now().await;
+    while db.server_now().await < start + 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(matches!(top_cached(client, dbn, &q7).await.unwrap(), Err(NotCached::Stale(_))));
+}
+
+/// Two futures at once (the two writers of the test above).
+async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) -> (A::Output, B::Output) {
+    tokio::join!(a, b)
+}
+
+/// `tracefold top --since 7d --by users` reads the fresh ranking and says so (text and JSON);
+/// `--fresh`, another window, or `--limit` beyond `top_k` count now. New data after the
+/// ranking tells the answers apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_on_the_command_line_reads_the_fresh_ranking_unless_told_otherwise() {
+    use tracefold_store::rankings::{refresh, RefreshSpec};
+    let db = TestDb::new("rankings_cli").await;
+    let t = db.server_now().await;
+    db.insert_records(&ranking_records(t)).await;
+    let spec = RefreshSpec { top_k: 3, refresh_seconds: 300, skip_younger_than: 0 };
+    refresh(&db.client, &db.cfg.database, &spec).await.unwrap();
+    db.insert_records(&[rec("rank", E, t - 60, "r2", "production", 5, users(100..120), "", 11)]).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracefold-under-test"))
+            .args(["top", "--project", "rank"])
+            .args(args)
+            .args(["--clickhouse-url", &db.cfg.url, "--database", &db.cfg.database])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        serde_json::from_str(&run(&a)).unwrap()
+    };
+    let first = |rows: &[serde_json::Value]| (rows[0]["issue_id"].as_str().unwrap().to_owned(), num(&rows[0]["users"]));
+    // (`--limit` at most the ranking's `top_k`, 3 here; the default is 20.)
+    let cached = json(&["--since", "7d", "--by", "users", "--limit", "3"]);
+    assert_eq!(first(&cached), (I.to_owned(), 10), "the ranking's answer");
+    assert!(cached.iter().all(|r| r["cached"] == true && r["ranked_at"].is_string() && r["refresh_seconds"] == 300));
+    for live in [
+        json(&["--since", "7d", "--by", "users", "--limit", "3", "--fresh"]),
+        json(&["--since", "7d", "--by", "users", "--limit", "4"]),
+        json(&["--since", "6d", "--by", "users", "--limit", "3"]),
+    ] {
+        assert_eq!(first(&live), (E.to_owned(), 21), "counted now");
+        assert!(live.iter().all(|r| r.get("cached").is_none() && r.get("ranked_at").is_none()));
+    }
+    let text = run(&["--since", "7d", "--by", "users", "--limit", "3"]);
+    assert!(text.contains("ranked at ") && text.contains(" UTC, ") && text.contains("refreshed every 5 min"), "{text}");
+    assert!(text.contains("--fresh to compute now"), "{text}");
+    let fresh = run(&["--since", "7d", "--by", "users", "--limit", "3", "--fresh"]);
+    assert!(!fresh.contains("ranked at"), "{fresh}");
+}
+
+/// A failing rankings refresh (here: its table is missing) is retried and never stops the
+/// writer: aggregates are stored while it fails, and once the table is back the next try
+/// writes the ranking; the writer then stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_rankings_refresh_does_not_stop_the_writer() {
+    use tracefold_runtime::devbroker::DevBroker;
+    use tracefold_tests::ServiceThread;
+    let db = TestDb::new("rankings_fail").await;
+    let dbn = db.cfg.database.clone();
+    let count_rankings = || async {
+        rows(&db, &format!("SELECT count() AS n FROM {dbn}.issue_rankings")).await.first().map_or(0, |r| num(&r["n"]))
+    };
+    db.client.query(&format!("DROP TABLE {dbn}.issue_rankings")).execute().await.unwrap();
+    let broker = DevBroker::start(1, &tracefold_tests::topics(), Some(1)).unwrap();
+    let b = broker.bootstrap_servers();
+    let mut wcfg = tracefold_tests::writer_config(&b, &db);
+    wcfg.rankings.refresh_seconds = 1;
+    let writer = ServiceThread::writer(wcfg);
+    let t = db.server_now().await;
+    let publish = |recs: Vec<AggregateRecord>| {
+        let payloads: Vec<Vec<u8>> = recs.iter().map(|r| serde_json::to_vec(r).unwrap()).collect();
+        let b = b.clone();
+        async move { tracefold_tests::publish(&b, &tracefold_tests::topics().aggregates, &payloads).await }
+    };
+    publish(vec![rec("rank", E, t - 600, "r2", "production", 5, users([1, 2]), "", 1)]).await;
+    let deadline = std::time::Duration::from_secs(60);
+    assert_eq!(db.wait_for_total(5, deadline).await, 5, "stored while the refresh fails");
+    // Failing for a few seconds (tried about once a second), the writer still stores.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    publish(vec![rec("rank", F, t - 600, "r2", "production", 7, users([3]), "", 2)]).await;
+    assert_eq!(db.wait_for_total(12, deadline).await, 12, "stored while the refresh fails");
+    // The table back (the migration's statement): the next try writes the ranking.
+    let sql = tracefold_store::migrate::MIGRATIONS.iter().find(|m| m.version == 14).unwrap().sql;
+    for stmt in tracefold_store::migrate::statements(sql, &dbn) {
+        db.client.query(&stmt).execute().await.unwrap();
+    }
+    let start = std::time::Instant::now();
+    while count_rankings().await == 0 {
+        assert!(start.elapsed() < deadline, "the refresh is tried again and succeeds");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(writer.health.liveness().is_ok(), "{:?}", writer.health.liveness());
+    writer.stop().unwrap();
+}

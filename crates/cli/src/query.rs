@@ -50,6 +50,57 @@ pub fn render_top(rows: &[TopIssue]) -> String {
     out
 }
 
+/// The line under a table answered from a precomputed ranking: when it was ranked, how long
+/// ago, how often rankings are computed, and how to count now instead.
+pub fn ranked_note(r: &tracefold_store::rankings::Ranked) -> String {
+    let at = tracefold_model::time::format_rfc3339(i64::from(r.computed_at) * 1000);
+    // `YYYY-MM-DDTHH:MM:SS.mmmZ`: the time of day (ASCII, so the byte range is a char range).
+    let time = at.get(11..19).unwrap_or(&at);
+    format!(
+        "ranked at {time} UTC, {} ago, refreshed every {}: events and users as of then; --fresh to compute now",
+        span(r.age()),
+        span(r.refresh_seconds)
+    )
+}
+
+/// Seconds as `42 s`, `5 min`, `5 min 30 s`, `2 h`, `2 h 5 min`.
+fn span(secs: u32) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m, s) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, 0) => format!("{m} min"),
+        (0, m, s) => format!("{m} min {s} s"),
+        (h, 0, _) => format!("{h} h"),
+        (h, m, _) => format!("{h} h {m} min"),
+    }
+}
+
+/// One row of `top --format json` answered from a precomputed ranking: the row as the live
+/// query's, with `cached`, `ranked_at` (RFC 3339), `ranked_age_seconds` and `refresh_seconds`.
+#[derive(serde::Serialize)]
+pub struct CachedRow<'a> {
+    #[serde(flatten)]
+    row: &'a TopIssue,
+    cached: bool,
+    ranked_at: String,
+    ranked_age_seconds: u32,
+    refresh_seconds: u32,
+}
+
+/// The rows of `top --format json` answered from a precomputed ranking ([`CachedRow`]).
+pub fn cached_json<'a>(rows: &'a [TopIssue], r: &tracefold_store::rankings::Ranked) -> Vec<CachedRow<'a>> {
+    let at = tracefold_model::time::format_rfc3339(i64::from(r.computed_at) * 1000).replace(".000Z", "Z");
+    rows.iter()
+        .map(|row| CachedRow {
+            row,
+            cached: true,
+            ranked_at: at.clone(),
+            ranked_age_seconds: r.age(),
+            refresh_seconds: r.refresh_seconds,
+        })
+        .collect()
+}
+
 /// Looks up one issue (`project` disambiguates an id seen in several projects).
 ///
 /// # Errors
@@ -271,6 +322,45 @@ mod tests {
         let approx = render_top(&[TopIssue { users_approximate: true, ..row }]);
         assert!(approx.contains("~12,345"), "{approx}");
         assert!(approx.contains(tracefold_store::issues::USERS_SKETCH_ERROR), "{approx}");
+    }
+
+    #[test]
+    fn cached_answers_say_when_they_were_ranked() {
+        let r = tracefold_store::rankings::Ranked {
+            computed_at: 1_795_888_812,
+            now: 1_795_888_907,
+            refresh_seconds: 300,
+            top_k: 1000,
+        };
+        assert_eq!(
+            ranked_note(&r),
+            "ranked at 18:00:12 UTC, 1 min 35 s ago, refreshed every 5 min: events and users as of then; --fresh to compute now"
+        );
+        let row = TopIssue {
+            project: "web".into(),
+            issue_id: "abc".into(),
+            title: "t".into(),
+            culprit: "c".into(),
+            level: "error".into(),
+            count: 3,
+            previous: None,
+            users: 2,
+            users_approximate: true,
+            first_seen: "2026-11-25T00:00:00Z".into(),
+            last_seen: "2026-11-26T05:00:59Z".into(),
+            last_hour: vec![0; 60],
+            merged: Vec::new(),
+        };
+        let v = serde_json::to_value(cached_json(std::slice::from_ref(&row), &r)).unwrap();
+        assert_eq!(v[0]["cached"], true);
+        assert_eq!(v[0]["ranked_at"], "2026-11-28T18:00:12Z");
+        assert_eq!(v[0]["ranked_age_seconds"], 95);
+        assert_eq!(v[0]["refresh_seconds"], 300);
+        assert_eq!(v[0]["issue_id"], "abc");
+        assert_eq!(serde_json::from_value::<TopIssue>(v[0].clone()).unwrap(), row, "the live row's fields, unchanged");
+        assert_eq!(span(7_260), "2 h 1 min");
+        assert_eq!(span(3_600), "1 h");
+        assert_eq!(span(0), "0 s");
     }
 
     #[test]

@@ -288,6 +288,7 @@ impl Pipeline {
             topics: cfg.topics.clone(),
             clickhouse: cfg.clickhouse.clone(),
             writer: cfg.writer.clone(),
+            rankings: tracefold_writer::config::RankingsSection::default(),
             telemetry: cfg.telemetry.clone(),
         };
         let dcfg = tracefold_detector::Config {

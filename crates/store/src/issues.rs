@@ -137,22 +137,22 @@ pub struct TopQuery<'a> {
 /// seconds. `*_up`: the first day start at or after the instant; `*_down`: the day
 /// start at or before it. `aliases`: 1 when the projects asked have an alias row, else 0.
 #[derive(Debug, Clone, Copy, clickhouse::Row, Deserialize)]
-struct Clock {
-    now: u32,
+pub(crate) struct Clock {
+    pub(crate) now: u32,
     now_day: u32,
     from: u32,
     from_day_up: u32,
     from_day_down: u32,
     prev: u32,
     prev_day_up: u32,
-    aliases: u64,
+    pub(crate) aliases: u64,
 }
 
 /// Reads the server's clock and aligns the window `[now - since, now]` and the one before it,
 /// and whether `project` (or any project) has alias rows (as [`aliases`], in the same query).
 /// Windows start no earlier than 1970-01-03 (no data is older; day arithmetic stays in range
 /// in every time zone).
-async fn clock(client: &Client, db: &str, since_secs: u64, project: Option<&str>) -> Result<Clock> {
+pub(crate) async fn clock(client: &Client, db: &str, since_secs: u64, project: Option<&str>) -> Result<Clock> {
     let since = since_secs.min(u64::from(u32::MAX));
     let mut s = Sql::default();
     s.push(
@@ -468,7 +468,12 @@ pub(crate) fn window_sums(parts: &[Sql]) -> Sql {
 ///
 /// With aliases the events (and first seen, for `new`) are folded in one pass ([`fold_once`])
 /// through `at`'s alias map, and the users of the ranking by users through `at`'s sets.
-fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases, at: MapAt) -> Sql {
+///
+/// `limit`: [`Limit::Rows`] keeps the first `q.limit` rows (`top`); [`Limit::PerProject`] the
+/// first `q.limit` of each project (`LIMIT n BY project`, the precomputed rankings of
+/// [`crate::rankings`]: each project's list is what `top --project` answers, since the order is
+/// the same and every count is per issue).
+pub(crate) fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases, at: MapAt, limit: Limit) -> Sql {
     let counts = |filter: Option<&Sql>| {
         let mut parts = counts_parts(db, &tiers(c.from, c.from_day_up, c.now_day, None), 1, q.project, filter);
         if q.by == TopBy::Growth {
@@ -526,7 +531,19 @@ fn ranked_sql(db: &str, c: &Clock, q: &TopQuery<'_>, aliases: Aliases, at: MapAt
             .push(")) USING (project, issue_id)");
     }
     s.push(" ORDER BY ").push(order_by(q.by, "users_all")).push(" LIMIT ").u64(q.limit);
+    if limit == Limit::PerProject {
+        s.push(" BY project");
+    }
     s
+}
+
+/// How [`ranked_sql`] cuts the ranked list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// The first `limit` rows.
+    Rows,
+    /// The first `limit` rows of each project.
+    PerProject,
 }
 
 /// `SELECT project, issue_id, users_n`: distinct affected users per issue since `c.from`, of
@@ -707,7 +724,7 @@ fn rfc3339(secs: u32) -> String {
 ///
 /// `members`: with aliases, what the parts fold (the session's table of the ranked issues'
 /// participants: [`top`]), else the participants' subqueries of [`fold`].
-fn top_sql(
+pub(crate) fn top_sql(
     db: &str,
     c: &Clock,
     q: &TopQuery<'_>,
@@ -833,7 +850,7 @@ const MEMBERS_TABLE: &str = "tracefold_fold_members";
 /// every place (the single query, as a `readonly = 1` user can run it), or the session's
 /// temporary tables, made once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MapAt {
+pub(crate) enum MapAt {
     Subquery,
     Session,
 }
@@ -953,7 +970,7 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
     let (rows, hour_start) = match materialized {
         Some(done) => done,
         None => {
-            let ranked = ranked_sql(db, &c, q, aliases, MapAt::Subquery);
+            let ranked = ranked_sql(db, &c, q, aliases, MapAt::Subquery, Limit::Rows);
             let (sql, hour_start) = top_sql(db, &c, q, &ranked, false, aliases, None);
             (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
         }
@@ -996,7 +1013,7 @@ async fn top_in_session(
         in_session(|| create(PARTICIPANTS_TABLE, &p).query(session).execute()).await?;
         made.push(PARTICIPANTS_TABLE);
     }
-    let ranked = ranked_sql(db, c, q, aliases, MapAt::Session);
+    let ranked = ranked_sql(db, c, q, aliases, MapAt::Session, Limit::Rows);
     in_session(|| create(RANKED_TABLE, &ranked).query(session).execute()).await?;
     made.push(RANKED_TABLE);
     let mut from = Sql::default();

@@ -16,6 +16,7 @@ mod error;
 pub mod issues;
 pub mod migrate;
 pub mod outcomes;
+pub mod rankings;
 pub mod rows;
 mod sql;
 pub mod storage;

@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "issue_users_1d_unfed",
         sql: include_str!("../../../schemas/clickhouse/0013_issue_users_1d_unfed.sql"),
     },
+    Migration {
+        version: 14,
+        name: "issue_rankings",
+        sql: include_str!("../../../schemas/clickhouse/0014_issue_rankings.sql"),
+    },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -999,7 +1004,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 17);
+        assert_eq!(tables.len(), 18);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -1145,7 +1150,7 @@ mod tests {
         for days in [1, 7, 400] {
             let ddls = parsed(&Flavor { modern: true, cluster: None, retention_days: days });
             let ttls: Vec<&Vec<Tok>> = ddls.iter().filter_map(|d| d.ttl.as_ref()).collect();
-            assert_eq!(ttls.len(), 12);
+            assert_eq!(ttls.len(), 13);
             assert!(ttls
                 .iter()
                 .all(|t| t[t.len() - 3..] == [word("INTERVAL"), Tok::Num(days.to_string()), word("DAY")]));
@@ -1501,7 +1506,7 @@ mod tests {
             ch.query(&st).execute().await.unwrap();
         }
         let new = migrate(&cfg, |_, _| {}).await.unwrap();
-        assert_eq!(new.applied, [7, 8, 9, 10, 11, 12, 13]);
+        assert_eq!(new.applied, [7, 8, 9, 10, 11, 12, 13, 14]);
         assert_eq!(new.skipped, [1, 2, 3, 4, 5, 6]);
         ch.query(&insert(
             "('p', 'b', '2026-01-01 08:00:00', '早', 'prod', 1, '2026-01-01 08:00:10', '2026-01-01 08:00:10'),              ('p', 'c', '2026-01-03 08:00:00', '3.0', 'prod', 1, '2026-01-03 08:00:10', '2026-01-03 08:00:10')",

@@ -15,6 +15,8 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     /// Batching, retries and the consumer group.
     pub writer: WriterSection,
+    /// The precomputed rankings of `tracefold top --by users` over long windows.
+    pub rankings: RankingsSection,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -78,6 +80,29 @@ impl Default for WriterSection {
             listen: "127.0.0.1:9102".into(),
             table: "aggregates".into(),
         }
+    }
+}
+
+/// The `[rankings]` section: the loop that computes, off the insert path, each project's top
+/// issues by affected users over 7 and 30 days into `issue_rankings`, which `tracefold top
+/// --since 7d|30d --by users` reads while fresh (docs/operations.md, "Precomputed rankings").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RankingsSection {
+    /// Seconds between computations; 0 disables the loop. A ranking is read while younger than
+    /// twice this (older: `top` counts live).
+    pub refresh_seconds: u64,
+    /// Issues kept per project and window: `top --limit` up to this is answered from the
+    /// ranking, beyond it live.
+    pub top_k: u32,
+    /// Longest a computation may take (ms) before it is abandoned, counted as failed and
+    /// tried again.
+    pub timeout_ms: u64,
+}
+
+impl Default for RankingsSection {
+    fn default() -> Self {
+        Self { refresh_seconds: 300, top_k: 1000, timeout_ms: 120_000 }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod metrics;
 pub mod outcomes;
+pub mod rankings;
 pub mod service;
 
 pub use config::Config;

@@ -25,6 +25,14 @@ pub const OUTCOME_INSERTS_TOTAL: &str = "tracefold_writer_outcome_inserts_total"
 /// before the outcomes consumer read them; each loss is also an ERROR log line.
 pub const OUTCOMES_LOST_TOTAL: &str = "tracefold_writer_outcomes_lost_total";
 
+/// Computations of the precomputed rankings (`issue_rankings`), by `outcome` (`ok`, `skipped`:
+/// another writer computed them a moment ago, `error`: logged and tried again).
+pub const RANKINGS_REFRESH_TOTAL: &str = "tracefold_writer_rankings_refresh_total";
+/// Time one computation of the rankings took, seconds (both windows).
+pub const RANKINGS_REFRESH_SECONDS: &str = "tracefold_writer_rankings_refresh_seconds";
+/// Rows the last computation of the rankings wrote (both windows, every project).
+pub const RANKINGS_ROWS: &str = "tracefold_writer_rankings_rows";
+
 /// Every metric this service emits (for documentation and dashboard checks).
 pub const ALL: &[&str] = &[
     ROWS_INSERTED_TOTAL,
@@ -37,4 +45,7 @@ pub const ALL: &[&str] = &[
     OUTCOME_ROWS_INSERTED_TOTAL,
     OUTCOME_INSERTS_TOTAL,
     OUTCOMES_LOST_TOTAL,
+    RANKINGS_REFRESH_TOTAL,
+    RANKINGS_REFRESH_SECONDS,
+    RANKINGS_ROWS,
 ];

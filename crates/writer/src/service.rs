@@ -77,6 +77,7 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     // restarted). Their health is part of the writer's: /healthz and the watchdog see a stall
     // of any loop.
     let outcomes_health = health.child("writer-outcomes");
+    let rankings_health = health.child("writer-rankings");
     let extra: Vec<Health> = (1..cfg.writer.consumers.max(1)).map(|i| health.child(&format!("writer-{i}"))).collect();
     // Named, so that CPU profiles tell them from the main loop (`bench-writer`).
     let mut others: Vec<tracefold_runtime::service::Beside<'_>> = vec![(
@@ -86,6 +87,17 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     )];
     for (i, h) in extra.iter().enumerate() {
         others.push((format!("writer-loop-{}", i + 1), h, Box::new(move || run_consumer(cfg, shutdown, h))));
+    }
+    // The precomputed rankings (`[rankings]`), off the insert path: a failed computation is
+    // retried inside the loop, which ends only at shutdown.
+    if cfg.rankings.refresh_seconds > 0 {
+        others.push((
+            "writer-rankings".into(),
+            &rankings_health,
+            Box::new(|| crate::rankings::run(cfg, shutdown, &rankings_health)),
+        ));
+    } else {
+        rankings_health.set_stopped();
     }
     let result = tracefold_runtime::service::run_loops(shutdown, others, || run_consumer(cfg, shutdown, health));
     tracing::info!("writer stopped");

@@ -14,6 +14,20 @@ pub async fn top(a: TopArgs) -> anyhow::Result<()> {
     let cfg = a.ch.config();
     let client = tracefold_store::client::client(&cfg);
     let q = TopQuery { since_secs: a.since.as_secs(), limit: a.limit, project: a.project.as_deref(), by: a.by.into() };
+    // `--by users` over 7 or 30 days: the writer's latest ranking while it is fresh (any other
+    // case, a stale or missing ranking, or `--fresh`: counted now, as always).
+    if !a.fresh {
+        if let Ok(Ok((rows, ranked))) = tracefold_store::rankings::top_cached(&client, &cfg.database, &q).await {
+            match a.format {
+                Format::Json => outln!("{}", serde_json::to_string_pretty(&query::cached_json(&rows, &ranked))?),
+                Format::Table => {
+                    out!("{}", query::render_top(&rows));
+                    outln!("{}", query::ranked_note(&ranked));
+                }
+            }
+            return Ok(());
+        }
+    }
     let rows = tracefold_store::issues::top(&client, &cfg.database, &q).await?;
     match a.format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),

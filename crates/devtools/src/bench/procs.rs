@@ -163,6 +163,9 @@ impl ServiceProcesses {
             topics: cfg.topics.clone(),
             clickhouse: clickhouse.clone(),
             writer: tracefold_writer::config::WriterSection { listen: String::new(), ..cfg.writer.clone() },
+            // Off: the pipeline's figures are the insert path's (a ranking's CPU is measured apart,
+            // by bench-queries).
+            rankings: tracefold_writer::config::RankingsSection { refresh_seconds: 0, ..Default::default() },
             telemetry: cfg.telemetry.clone(),
         };
         let dcfg = tracefold_detector::Config {

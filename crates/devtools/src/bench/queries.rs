@@ -72,6 +72,26 @@ pub struct QueriesReport {
     pub server: String,
     /// Every query's times.
     pub queries: Vec<QueryTime>,
+    /// One computation of the precomputed rankings (the writer's rankings loop), run once after
+    /// loading, before the cached `top` is timed.
+    pub refresh: RefreshTime,
+}
+
+/// One computation of the precomputed rankings ([`tracefold_store::rankings::refresh`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RefreshTime {
+    /// Wall-clock seconds (both windows, every project, with the INSERTs).
+    pub secs: f64,
+    /// CPU seconds of the ClickHouse server meanwhile (where it runs on this machine; 0 else):
+    /// the whole server's, so other clients' queries of the same moment are in it.
+    pub clickhouse_cpu_secs: f64,
+    /// CPU seconds (user + system) of the computation's own queries, from the server's
+    /// `system.query_log` (the refresh runs with `log_queries = 1`); 0 when it cannot be read.
+    pub queries_cpu_secs: f64,
+    /// Rows written (both windows, every project's top `top_k`).
+    pub rows: u64,
+    /// Issues kept per project and window.
+    pub top_k: u32,
 }
 
 impl QueriesReport {
@@ -93,6 +113,14 @@ impl QueriesReport {
             self.server,
             self.runs
         );
+        out.push_str(&format!(
+            "One computation of the rankings (7 and 30 days, top {} per project): {:.2} s, {:.2} s of CPU in its queries ({:.2} s of the whole server's meanwhile), {} rows\n\n",
+            thousands(u64::from(self.refresh.top_k)),
+            self.refresh.secs,
+            self.refresh.queries_cpu_secs,
+            self.refresh.clickhouse_cpu_secs,
+            thousands(self.refresh.rows)
+        ));
         out.push_str("| source | query | rows | median ms | max ms |\n|---|---|---:|---:|---:|\n");
         for q in &self.queries {
             out.push_str(&format!(
@@ -225,6 +253,47 @@ async fn run(
             );
         }
     }
+    // The precomputed rankings: one computation, as the writer's loop runs it (its wall time and
+    // the server's CPU), then `top --by users` over 7 and 30 days from it, beside the live
+    // answers (`--fresh`) timed above.
+    let spec = tracefold_store::rankings::RefreshSpec { top_k: 1000, refresh_seconds: 3600, skip_younger_than: 0 };
+    let ch_pid = super::cpu::clickhouse_pid(&ch.url);
+    let logged = client.clone().with_setting("log_queries", "1");
+    let (t, cpu0) = (Instant::now(), super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid));
+    let since = tracefold_store::client::now(client).await?;
+    let done = tracefold_store::rankings::refresh(&logged, db, &spec).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid).since(&cpu0);
+    let refresh = RefreshTime {
+        secs,
+        clickhouse_cpu_secs: cpu["clickhouse_seconds"].as_f64().unwrap_or(0.0),
+        rows: done
+            .iter()
+            .map(|d| match d {
+                tracefold_store::rankings::Refreshed::Written { rows, .. } => u64::from(*rows),
+                tracefold_store::rankings::Refreshed::Skipped { .. } => 0,
+            })
+            .sum(),
+        top_k: spec.top_k,
+        queries_cpu_secs: logged_cpu_secs(client, db, since).await.unwrap_or(0.0),
+    };
+    say(format!(
+        "  rankings computed in {secs:.2} s ({:.2} s of ClickHouse CPU), {} rows",
+        refresh.clickhouse_cpu_secs, refresh.rows
+    ));
+    for (since, label) in [(7 * 86_400u64, "7d"), (30 * 86_400, "30d")] {
+        let q = TopQuery { since_secs: since, limit: 20, project: None, by: TopBy::Users };
+        let name = format!("top --since {label} --by users (ranked)");
+        times.push(
+            time(opts, "cli", name, || async {
+                match tracefold_store::rankings::top_cached(client, db, &q).await? {
+                    Ok((rows, _)) => Ok(rows.len()),
+                    Err(why) => anyhow::bail!("the ranking was not read: {why:?}"),
+                }
+            })
+            .await?,
+        );
+    }
     for (since, label) in [(86_400u64, "24h"), (30 * 86_400, "30d")] {
         let q = TopQuery { since_secs: since, limit: 100_000, project: None, by: TopBy::Events };
         let name = format!("top --since {label} --limit 100000");
@@ -282,6 +351,7 @@ async fn run(
         runs: opts.runs,
         server,
         queries: times,
+        refresh,
     })
 }
 
@@ -328,6 +398,24 @@ async fn ui_pages(
     let _ = stop.send(());
     server.await??;
     Ok(times)
+}
+
+/// CPU seconds (user + system) of the finished queries in `system.query_log` since `since`
+/// (Unix seconds) that name `db`'s tables (the benchmark's database: other clients' queries are
+/// not counted), after flushing the log. `None` when the log cannot be read.
+async fn logged_cpu_secs(client: &tracefold_store::Client, db: &str, since: u32) -> Option<f64> {
+    client.query("SYSTEM FLUSH LOGS").execute().await.ok()?;
+    let mut cursor = client
+        .query(
+            "SELECT toUInt64(sum(arraySum(arrayMap((n, v) -> if(n IN ('UserTimeMicroseconds', 'SystemTimeMicroseconds'), v, 0),              ProfileEvents.Names, ProfileEvents.Values)))) AS us FROM system.query_log              WHERE type = 2 AND event_time >= toDateTime(?) AND position(query, ?) > 0",
+        )
+        .bind(since)
+        .bind(format!("{db}."))
+        .fetch_bytes("TabSeparated")
+        .ok()?;
+    let bytes = cursor.collect().await.ok()?;
+    let us: u64 = std::str::from_utf8(&bytes).ok()?.trim().parse().ok()?;
+    Some(us as f64 / 1e6)
 }
 
 /// Runs `f` once to warm up, then `opts.runs` times, timing each.

@@ -176,6 +176,8 @@ pub async fn writer(opts: &WriterOptions) -> anyhow::Result<WriterReport> {
     wcfg.writer.batch_max_rows = opts.batch_max_rows;
     wcfg.writer.batch_max_bytes = opts.batch_max_bytes;
     wcfg.writer.consumers = opts.consumers;
+    // The insert path alone: no rankings computed while it is measured.
+    wcfg.rankings.refresh_seconds = 0;
     let shutdown = tracefold_runtime::Shutdown::new();
     let read = tracefold_runtime::telemetry::Health::named("writer");
     let (s, h) = (shutdown.clone(), read.clone());

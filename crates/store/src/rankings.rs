@@ -1,0 +1,307 @@
+//! Rankings computed ahead of time (`issue_rankings`, migration 0014): each project's top
+//! issues by affected users over the long windows ([`WINDOWS`]), written every few minutes by
+//! the writer's rankings loop ([`refresh`]) and read by `tracefold top --by users` while fresh
+//! ([`top_cached`]), as PostHog shows cached insight results with their age.
+//!
+//! A ranking is computed by the query of the live `top --by users` itself ([`crate::issues`]'s
+//! `ranked_sql`, cut per project instead of overall), against the server's clock as `top` reads
+//! it: its numbers are what a live `top --project P --limit K --by users` answered at
+//! `computed_at`, for every project P. Every row of one window's computation is written by one
+//! INSERT with one `computed_at` (one partition, one part: atomic) and carries the
+//! computation's row count, so a reader never takes a part of one.
+
+use crate::client::{db, ident};
+use crate::error::{step, Result};
+use crate::issues::{
+    clock, ranked_sql, top_sql, Aliases, Limit, MapAt, TopBy, TopIssue, TopQuery, TopRow, EXACT_USERS_SECS,
+};
+use crate::sql::Sql;
+use clickhouse::Client;
+use serde::{Deserialize, Serialize};
+
+/// The windows ranked ahead of time: 7 and 30 days (`top --since 7d`, `--since 30d`).
+pub const WINDOWS: [u64; 2] = [7 * 86_400, 30 * 86_400];
+
+/// The table of the rankings.
+const TABLE: &str = "issue_rankings";
+
+/// Partitions (hours of `computed_at`) are dropped once they began this long before the hour
+/// of the computation just written: the table holds the current and the previous hour's
+/// computations, and a reader that picked a computation a moment ago still finds its rows.
+const KEEP_SECS: u32 = 3_600;
+
+/// What [`refresh`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshSpec {
+    /// Issues kept per project and window (`rankings.top_k`): `top --limit` up to this is
+    /// answered from the ranking.
+    pub top_k: u32,
+    /// How often the rankings are computed (`rankings.refresh_seconds`), stored with them: a
+    /// ranking is fresh for twice this.
+    pub refresh_seconds: u32,
+    /// A window whose latest complete ranking is younger than this many seconds is not
+    /// computed again (another writer did it a moment ago); 0 computes always.
+    pub skip_younger_than: u32,
+}
+
+/// What [`refresh`] did for one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Computed and written: `rows` rows (every project's list), ranked at `computed_at`.
+    Written {
+        /// The window, seconds.
+        window_seconds: u64,
+        /// The server's clock the window was aligned to (Unix seconds).
+        computed_at: u32,
+        /// Rows written.
+        rows: u32,
+    },
+    /// Not computed: the latest complete ranking is `age` seconds old.
+    Skipped {
+        /// The window, seconds.
+        window_seconds: u64,
+        /// Its age, seconds.
+        age: u32,
+    },
+}
+
+/// One ranked issue as the ranking query answers it.
+#[derive(clickhouse::Row, Deserialize)]
+struct RankedRow {
+    project: String,
+    issue_id: String,
+    events: u64,
+    #[allow(dead_code)]
+    previous: u64,
+    users_all: u64,
+}
+
+/// One row of `issue_rankings`.
+#[derive(clickhouse::Row, Serialize)]
+struct RankingRow<'a> {
+    computed_at: u32,
+    run: u64,
+    window_seconds: u32,
+    project: &'a str,
+    issue_id: &'a str,
+    users: u64,
+    events: u64,
+    users_approximate: u8,
+    top_k: u32,
+    refresh_seconds: u32,
+    run_rows: u32,
+}
+
+/// The latest complete ranking of a window.
+#[derive(clickhouse::Row, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+struct Latest {
+    computed_at: u32,
+    run: u64,
+    top_k: u32,
+    refresh_seconds: u32,
+    now: u32,
+}
+
+/// The latest computation of `window` whose rows are all there, with the server's clock.
+async fn latest(client: &Client, db: &str, window: u64) -> Result<Option<Latest>> {
+    let mut s = Sql::default();
+    s.push(&format!(
+        "SELECT computed_at, run, top_k, refresh_seconds, toUInt32(now()) AS now FROM (\
+         SELECT toUInt32(computed_at) AS computed_at, run, any(top_k) AS top_k, any(refresh_seconds) AS refresh_seconds, \
+         any(run_rows) AS expected, count() AS n FROM {db}.{TABLE} WHERE window_seconds = "
+    ))
+    .u32(u32::try_from(window).unwrap_or(u32::MAX))
+    .push(" GROUP BY computed_at, run) WHERE n = expected ORDER BY computed_at DESC, run LIMIT 1");
+    Ok(s.query(client).fetch_all::<Latest>().await.map_err(step("latest ranking"))?.into_iter().next())
+}
+
+/// A random id of one computation (the process, a counter and the clock, hashed).
+fn run_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.write_i64(tracefold_model::time::now_ms());
+    h.finish()
+}
+
+/// Computes each window of [`WINDOWS`] whose latest complete ranking is not younger than
+/// `spec.skip_younger_than`: every project's top `spec.top_k` issues by users, by the query of
+/// the live `top --by users` (the alias map read by subqueries, as a `readonly` user's `top`:
+/// the same answer), written in one INSERT per window; then drops the partitions of
+/// computations more than an hour older. Several writers computing at once each write a
+/// computation of their own (a run id apart), and readers take one whole computation: harmless.
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer or refuses.
+pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Result<Vec<Refreshed>> {
+    let db = db(database)?;
+    let mut out = Vec::with_capacity(WINDOWS.len());
+    let mut newest = 0u32;
+    for window in WINDOWS {
+        if spec.skip_younger_than > 0 {
+            if let Some(l) = latest(client, db, window).await? {
+                let age = l.now.saturating_sub(l.computed_at);
+                if age < spec.skip_younger_than {
+                    out.push(Refreshed::Skipped { window_seconds: window, age });
+                    continue;
+                }
+            }
+        }
+        let q = TopQuery { since_secs: window, limit: u64::from(spec.top_k), project: None, by: TopBy::Users };
+        let c = clock(client, db, window, None).await?;
+        let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
+        let sql = ranked_sql(db, &c, &q, aliases, MapAt::Subquery, Limit::PerProject);
+        let ranked = sql.query(client).fetch_all::<RankedRow>().await.map_err(step("compute ranking"))?;
+        let rows = u32::try_from(ranked.len()).unwrap_or(u32::MAX);
+        let run = run_id();
+        let approximate = u8::from(window > EXACT_USERS_SECS);
+        let mut ins =
+            client.clone().with_database(db).insert::<RankingRow<'_>>(TABLE).await.map_err(step("insert ranking"))?;
+        for r in &ranked {
+            ins.write(&RankingRow {
+                computed_at: c.now,
+                run,
+                window_seconds: u32::try_from(window).unwrap_or(u32::MAX),
+                project: &r.project,
+                issue_id: &r.issue_id,
+                users: r.users_all,
+                events: r.events,
+                users_approximate: approximate,
+                top_k: spec.top_k,
+                refresh_seconds: spec.refresh_seconds,
+                run_rows: rows,
+            })
+            .await
+            .map_err(step("insert ranking"))?;
+        }
+        ins.end().await.map_err(step("insert ranking"))?;
+        newest = newest.max(c.now);
+        out.push(Refreshed::Written { window_seconds: window, computed_at: c.now, rows });
+    }
+    if newest > 0 {
+        drop_old(client, db, newest).await?;
+    }
+    Ok(out)
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct PartitionRow {
+    partition_id: String,
+}
+
+/// Drops the partitions of `issue_rankings` (hours of `computed_at`) that began more than
+/// [`KEEP_SECS`] before the hour of `newest`. Dropping a partition another writer dropped a
+/// moment ago does nothing.
+async fn drop_old(client: &Client, db: &str, newest: u32) -> Result<()> {
+    let cut = (newest / 3_600) * 3_600 - KEEP_SECS.min((newest / 3_600) * 3_600);
+    let parts = client
+        .query("SELECT DISTINCT partition_id FROM system.parts WHERE database = ? AND table = ? AND active")
+        .bind(db)
+        .bind(TABLE)
+        .fetch_all::<PartitionRow>()
+        .await
+        .map_err(step("list ranking partitions"))?;
+    for p in parts {
+        // An hour's start, in Unix seconds: all digits (checked, as it is formatted in).
+        let Ok(hour) = p.partition_id.parse::<u32>() else { continue };
+        if hour >= cut {
+            continue;
+        }
+        let id = ident("partition", &p.partition_id)?;
+        client
+            .query(&format!("ALTER TABLE {db}.{TABLE} DROP PARTITION ID '{id}'"))
+            .execute()
+            .await
+            .map_err(step(format!("drop ranking partition {id}")))?;
+    }
+    Ok(())
+}
+
+/// A ranking [`top_cached`] answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ranked {
+    /// When it was computed: the server's clock its window was aligned to (Unix seconds).
+    pub computed_at: u32,
+    /// The server's clock when it was read (Unix seconds).
+    pub now: u32,
+    /// How often rankings are computed (`rankings.refresh_seconds` of the writer that did).
+    pub refresh_seconds: u32,
+    /// Issues it kept per project.
+    pub top_k: u32,
+}
+
+impl Ranked {
+    /// Its age when read, seconds.
+    pub fn age(&self) -> u32 {
+        self.now.saturating_sub(self.computed_at)
+    }
+}
+
+/// Why [`top_cached`] did not answer (the live query does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotCached {
+    /// Not a ranking by users over a window of [`WINDOWS`].
+    NotRanked,
+    /// No complete ranking of the window (none computed yet, or the table is missing).
+    Missing,
+    /// The latest is older than twice its refresh interval (seconds old).
+    Stale(u32),
+    /// More issues asked than it kept per project.
+    BeyondTopK(u32),
+}
+
+/// `top --by users` over a window of [`WINDOWS`] from the latest complete ranking, when it is
+/// younger than twice its refresh interval and `q.limit` is at most the issues it kept per
+/// project: the first `q.limit` issues of the projects' lists merged (of `q.project`'s alone
+/// with one), in the live ranking's order (users, then events, project, id): each project's
+/// list holds its top `top_k`, so the first `q.limit <= top_k` of all are among them. Events
+/// and users are the ranking's (as of `computed_at`); title, culprit, level, first and last
+/// seen, the last hour and the merged aliases are read now, by the live query's own SQL.
+///
+/// # Errors
+/// When the database name is not an identifier or ClickHouse does not answer.
+pub async fn top_cached(
+    client: &Client,
+    database: &str,
+    q: &TopQuery<'_>,
+) -> Result<std::result::Result<(Vec<TopIssue>, Ranked), NotCached>> {
+    let db = db(database)?;
+    if q.by != TopBy::Users || !WINDOWS.contains(&q.since_secs) {
+        return Ok(Err(NotCached::NotRanked));
+    }
+    // A database not migrated to 0014 has no table: the live query answers.
+    let Ok(Some(l)) = latest(client, db, q.since_secs).await else { return Ok(Err(NotCached::Missing)) };
+    let ranked = Ranked { computed_at: l.computed_at, now: l.now, refresh_seconds: l.refresh_seconds, top_k: l.top_k };
+    if u64::from(ranked.age()) >= 2 * u64::from(l.refresh_seconds) {
+        return Ok(Err(NotCached::Stale(ranked.age())));
+    }
+    if q.limit > u64::from(l.top_k) {
+        return Ok(Err(NotCached::BeyondTopK(l.top_k)));
+    }
+    let c = clock(client, db, q.since_secs, q.project).await?;
+    let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
+    let mut set = Sql::default();
+    set.push(&format!(
+        "SELECT project, issue_id, events, toUInt64(0) AS previous, users AS users_all FROM {db}.{TABLE} \
+         WHERE window_seconds = "
+    ))
+    .u32(u32::try_from(q.since_secs).unwrap_or(u32::MAX))
+    .push(" AND computed_at = toDateTime(")
+    .u32(l.computed_at)
+    .push(") AND run = ")
+    .u64(l.run);
+    if let Some(p) = q.project {
+        set.push(" AND project = ").str(p);
+    }
+    set.push(" ORDER BY users_all DESC, events DESC, project, issue_id LIMIT ").u64(q.limit);
+    let (sql, hour_start) = top_sql(db, &c, q, &set, true, aliases, None);
+    let rows = sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues from the ranking"))?;
+    let approximate = q.since_secs > EXACT_USERS_SECS;
+    let rows = rows
+        .into_iter()
+        .map(|r| TopIssue { users_approximate: approximate, ..r.into_issue(hour_start, false) })
+        .collect();
+    Ok(Ok((rows, ranked)))
+}
