@@ -300,9 +300,9 @@ mod tests {
         assert!(out.contains("\u{FFFD}[2J\u{FFFD}]0;pwned\u{FFFD}title  \u{FFFD}gnp.exe"), "{out}");
     }
 
-    #[test]
-    fn approximate_users_are_marked_and_the_bound_stated() {
-        let row = TopIssue {
+    /// A plain row of `top` for the rendering tests.
+    fn plain_row() -> TopIssue {
+        TopIssue {
             project: "web".into(),
             issue_id: "abc".into(),
             title: "t".into(),
@@ -310,13 +310,18 @@ mod tests {
             level: "error".into(),
             count: 3,
             previous: None,
-            users: 12_345,
+            users: 0,
             users_approximate: false,
             first_seen: "2026-11-25T00:00:00Z".into(),
             last_seen: "2026-11-26T05:00:59Z".into(),
             last_hour: vec![0; 60],
             merged: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn approximate_users_are_marked_and_the_bound_stated() {
+        let row = TopIssue { users: 12_345, users_approximate: false, ..plain_row() };
         let exact = render_top(std::slice::from_ref(&row));
         assert!(exact.contains(" 12,345 ") && !exact.contains('~'), "{exact}");
         let approx = render_top(&[TopIssue { users_approximate: true, ..row }]);
@@ -336,21 +341,7 @@ mod tests {
             ranked_note(&r),
             "ranked at 18:00:12 UTC, 1 min 35 s ago, refreshed every 5 min: events and users as of then; --fresh to compute now"
         );
-        let row = TopIssue {
-            project: "web".into(),
-            issue_id: "abc".into(),
-            title: "t".into(),
-            culprit: "c".into(),
-            level: "error".into(),
-            count: 3,
-            previous: None,
-            users: 2,
-            users_approximate: true,
-            first_seen: "2026-11-25T00:00:00Z".into(),
-            last_seen: "2026-11-26T05:00:59Z".into(),
-            last_hour: vec![0; 60],
-            merged: Vec::new(),
-        };
+        let row = TopIssue { users: 2, users_approximate: true, ..plain_row() };
         let v = serde_json::to_value(cached_json(std::slice::from_ref(&row), &r)).unwrap();
         assert_eq!(v[0]["cached"], true);
         assert_eq!(v[0]["ranked_at"], "2026-11-28T18:00:12Z");
