@@ -195,7 +195,7 @@ struct PartitionRow {
 /// [`KEEP_SECS`] before the hour of `newest`. Dropping a partition another writer dropped a
 /// moment ago does nothing.
 async fn drop_old(client: &Client, db: &str, newest: u32) -> Result<()> {
-    let cut = (newest / 3_600) * 3_600 - KEEP_SECS.min((newest / 3_600) * 3_600);
+    let cut = (newest / 3_600 * 3_600).saturating_sub(KEEP_SECS);
     let parts = client
         .query("SELECT DISTINCT partition_id FROM system.parts WHERE database = ? AND table = ? AND active")
         .bind(db)
