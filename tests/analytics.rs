@@ -224,6 +224,17 @@ async fn cookbook_queries_issue_commands_and_retention_on_known_data() {
     assert_eq!(got[0].0, D, "{n}");
     assert_eq!(&got[1..], [(A, 4), (B, 1), (C, 1)], "{n}: ties by issue id");
     seen.push(n);
+    // The writer's ranking of the same: empty before it runs, then the same issues and users,
+    // ties by events (C's 7 before B's 3).
+    let (n, sql) = run("top_issues_by_users_7d_ranked");
+    assert!(rows(&db, &sql).await.is_empty(), "{n}: no run yet");
+    let spec = tracefold_store::rankings::RefreshSpec { top_k: 1000, refresh_seconds: 300, skip_younger_than: 0 };
+    tracefold_store::rankings::refresh(&db.client, dbn, &spec).await.unwrap();
+    let ranked = rows(&db, &sql).await;
+    let got_ranked: Vec<(&str, u64)> =
+        ranked.iter().map(|v| (v["issue_id"].as_str().unwrap(), num(&v["users"]))).collect();
+    assert_eq!(got_ranked, [got[0], (A, 4), (C, 1), (B, 1)], "{n}");
+    seen.push(n);
 
     let (n, sql) = run("top_issues_by_growth");
     let r = rows(&db, &sql).await;
@@ -903,14 +914,15 @@ async fn aliases_fold_into_their_canonical_issue() {
     );
 }
 
-/// The precomputed rankings (migration 0014, docs/operations.md "Precomputed rankings"): what
-/// the refresh writes is, per project, exactly the live `top --project P --by users` of that
-/// moment; `top_cached` answers from it while fresh and within `top_k`, as the live query does
-/// over the same data, and declines when stale, beyond `top_k`, or for other rankings and
+/// The precomputed rankings (migrations 0014 and 0015, docs/operations.md "Precomputed
+/// rankings"): what the refresh writes is, per project, exactly the live `top --project P --by
+/// users` of that moment; `top_cached` answers from it while fresh, by users within `top_k` and
+/// by events or users of any length from the lists that were not cut, as the live query does
+/// over the same data, and declines when stale, beyond a cut list, or for other rankings and
 /// windows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
-    use tracefold_store::issues::{top, TopBy, TopIssue, TopQuery};
+    use tracefold_store::issues::{top, TopBy, TopQuery};
     use tracefold_store::rankings::{refresh, top_cached, NotCached, RefreshSpec, Refreshed};
     let db = TestDb::new("rankings").await;
     let t = db.server_now().await;
@@ -934,7 +946,9 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
         computed_at: u32,
     }
     for d in &done {
-        let Refreshed::Written { window_seconds, computed_at, rows } = *d else { panic!("{d:?}") };
+        let Refreshed::Written { window_seconds, computed_at, rows, cut } = *d else { panic!("{d:?}") };
+        // `rank` has 4 or 5 issues in the window, `other` and `third` one each.
+        assert_eq!(cut, 1, "{d:?}");
         let stored: Vec<Stored> = client
             .query(&format!(
                 "SELECT project, issue_id, users, events, toUInt32(computed_at) AS computed_at FROM {dbn}.issue_rankings \
@@ -971,19 +985,18 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
     }
     // `top` from the ranking: the same rows as the live answer (asked in one server minute:
     // the last hour is per minute), for every window, with and without a project.
+    // The lists of `other` and `third` were not cut: by events too, and beyond `top_k`.
     for since_secs in [7 * 86_400, 30 * 86_400] {
-        for (limit, project) in [(3, None), (2, None), (1, Some("rank")), (3, Some("third"))] {
-            let q = TopQuery { since_secs, limit, project, by: TopBy::Users };
-            let mut tries = 0;
-            let (want, got) = loop {
-                let minute = db.server_now().await / 60;
-                let want: Vec<TopIssue> = top(client, dbn, &q).await.unwrap();
-                let got = top_cached(client, dbn, &q).await.unwrap();
-                tries += 1;
-                if db.server_now().await / 60 == minute || tries == 3 {
-                    break (want, got);
-                }
-            };
+        for (limit, project, by) in [
+            (3, None, TopBy::Users),
+            (2, None, TopBy::Users),
+            (1, Some("rank"), TopBy::Users),
+            (3, Some("third"), TopBy::Users),
+            (10, Some("other"), TopBy::Users),
+            (10, Some("third"), TopBy::Events),
+        ] {
+            let q = TopQuery { since_secs, limit, project, by };
+            let (want, got) = cached_and_live(&db, &q).await;
             let (rows, ranked) = got.unwrap_or_else(|why| panic!("{q:?}: {why:?}"));
             assert!(!want.is_empty() && rows.iter().all(|r| r.users_approximate), "{q:?}");
             assert_eq!(rows, want, "{q:?}");
@@ -991,17 +1004,19 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
             assert!(ranked.age() < 600, "{ranked:?}");
         }
     }
-    // Declined: beyond top_k, other windows and rankings.
+    // Declined: beyond a cut list (`rank`'s: by users past 3, by events at all), other windows
+    // and rankings.
     let q = |since_secs, limit, by| TopQuery { since_secs, limit, project: None, by };
-    assert_eq!(
-        top_cached(client, dbn, &q(7 * 86_400, 4, TopBy::Users)).await.unwrap().unwrap_err(),
-        NotCached::BeyondTopK(3)
-    );
-    assert_eq!(top_cached(client, dbn, &q(86_400, 3, TopBy::Users)).await.unwrap().unwrap_err(), NotCached::NotRanked);
-    assert_eq!(
-        top_cached(client, dbn, &q(7 * 86_400, 3, TopBy::Events)).await.unwrap().unwrap_err(),
-        NotCached::NotRanked
-    );
+    for (q, why) in [
+        (q(7 * 86_400, 4, TopBy::Users), NotCached::BeyondTopK(3)),
+        (q(7 * 86_400, 3, TopBy::Events), NotCached::BeyondTopK(3)),
+        (TopQuery { project: Some("rank"), ..q(30 * 86_400, 1, TopBy::Events) }, NotCached::BeyondTopK(3)),
+        (q(86_400, 3, TopBy::Users), NotCached::NotRanked),
+        (q(7 * 86_400, 3, TopBy::Growth), NotCached::NotRanked),
+        (q(7 * 86_400, 3, TopBy::New), NotCached::NotRanked),
+    ] {
+        assert_eq!(top_cached(client, dbn, &q).await.unwrap().unwrap_err(), why, "{q:?}");
+    }
 
     // New data after the ranking: the cached answer keeps the ranking's numbers (as of
     // `computed_at`), the live one counts it.
@@ -1036,6 +1051,53 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert!(matches!(top_cached(client, dbn, &q7).await.unwrap(), Err(NotCached::Stale(_))));
+
+    // Whole lists everywhere (`top_k` above every project's issues): every ranking by events or
+    // users over both windows, of any length, from the ranking, as live.
+    let whole = RefreshSpec { top_k: 100, ..spec };
+    let second = db.server_now().await;
+    while db.server_now().await == second {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let done = refresh(client, dbn, &whole).await.unwrap();
+    assert!(done.iter().all(|d| matches!(d, Refreshed::Written { cut: 0, .. })), "{done:?}");
+    for since_secs in [7 * 86_400, 30 * 86_400] {
+        for by in [TopBy::Events, TopBy::Users] {
+            for (limit, project) in [(100, None), (2, None), (100, Some("rank"))] {
+                let q = TopQuery { since_secs, limit, project, by };
+                let (want, got) = cached_and_live(&db, &q).await;
+                let (rows, ranked) = got.unwrap_or_else(|why| panic!("{q:?}: {why:?}"));
+                assert_eq!(ranked.top_k, 100);
+                assert!(want.len() >= limit.min(3) as usize, "{q:?}: {want:?}");
+                assert_eq!(rows, want, "{q:?}");
+            }
+        }
+    }
+}
+
+/// The live `top` and `top_cached` of `q`, asked in one server minute (the last hour is per
+/// minute) when three tries allow.
+async fn cached_and_live(
+    db: &TestDb,
+    q: &tracefold_store::issues::TopQuery<'_>,
+) -> (
+    Vec<tracefold_store::issues::TopIssue>,
+    std::result::Result<
+        (Vec<tracefold_store::issues::TopIssue>, tracefold_store::rankings::Ranked),
+        tracefold_store::rankings::NotCached,
+    >,
+) {
+    let (client, dbn) = (&db.client, &db.cfg.database);
+    let mut tries = 0;
+    loop {
+        let minute = db.server_now().await / 60;
+        let want = tracefold_store::issues::top(client, dbn, q).await.unwrap();
+        let got = tracefold_store::rankings::top_cached(client, dbn, q).await.unwrap();
+        tries += 1;
+        if db.server_now().await / 60 == minute || tries == 3 {
+            return (want, got);
+        }
+    }
 }
 
 /// Two futures at once (the two writers of the test above).

@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "issue_rankings",
         sql: include_str!("../../../schemas/clickhouse/0014_issue_rankings.sql"),
     },
+    Migration {
+        version: 15,
+        name: "issue_ranking_runs",
+        sql: include_str!("../../../schemas/clickhouse/0015_issue_ranking_runs.sql"),
+    },
 ];
 
 /// Which server the statements are for: one schema source, three flavours.
@@ -263,6 +268,8 @@ fn sharding_key(table: &str) -> &'static str {
         "outcomes" => "cityHash64(project, source)",
         // A release's artifacts (users per day) on one shard (they have no issue).
         "artifacts" | "release_users_1d" => "cityHash64(project, release)",
+        // One row per computation of the rankings (no project: a run holds them all).
+        "issue_ranking_runs" => "cityHash64(window_seconds, run)",
         _ => "cityHash64(project, issue_id)",
     }
 }
@@ -1004,7 +1011,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 18);
+        assert_eq!(tables.len(), 19);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -1104,13 +1111,19 @@ mod tests {
                     let keys: &[&str] = match p.name.as_str() {
                         "outcomes" => &["project", "source"],
                         "artifacts" | "release_users_1d" => &["project", "release"],
+                        "issue_ranking_runs" => &["window_seconds", "run"],
                         _ => &["project", "issue_id"],
                     };
                     let want = format!("cityHash64 ( {} )", keys.join(" , "));
                     assert_eq!(args, ["main", "tf", p.name.as_str(), want.as_str()], "{fname}");
                     for &key in keys {
                         let c = p.columns.iter().find(|c| c.name == key);
-                        assert_eq!(c.map(|c| &c.ty[..]), Some(&[word("String")][..]), "{}.{key}", p.name);
+                        let want = match key {
+                            "window_seconds" => "UInt32",
+                            "run" => "UInt64",
+                            _ => "String",
+                        };
+                        assert_eq!(c.map(|c| &c.ty[..]), Some(&[word(want)][..]), "{}.{key}", p.name);
                     }
                 }
             }
@@ -1150,7 +1163,7 @@ mod tests {
         for days in [1, 7, 400] {
             let ddls = parsed(&Flavor { modern: true, cluster: None, retention_days: days });
             let ttls: Vec<&Vec<Tok>> = ddls.iter().filter_map(|d| d.ttl.as_ref()).collect();
-            assert_eq!(ttls.len(), 13);
+            assert_eq!(ttls.len(), 14);
             assert!(ttls
                 .iter()
                 .all(|t| t[t.len() - 3..] == [word("INTERVAL"), Tok::Num(days.to_string()), word("DAY")]));
@@ -1506,7 +1519,7 @@ mod tests {
             ch.query(&st).execute().await.unwrap();
         }
         let new = migrate(&cfg, |_, _| {}).await.unwrap();
-        assert_eq!(new.applied, [7, 8, 9, 10, 11, 12, 13, 14]);
+        assert_eq!(new.applied, [7, 8, 9, 10, 11, 12, 13, 14, 15]);
         assert_eq!(new.skipped, [1, 2, 3, 4, 5, 6]);
         ch.query(&insert(
             "('p', 'b', '2026-01-01 08:00:00', '早', 'prod', 1, '2026-01-01 08:00:10', '2026-01-01 08:00:10'),              ('p', 'c', '2026-01-03 08:00:00', '3.0', 'prod', 1, '2026-01-03 08:00:10', '2026-01-03 08:00:10')",

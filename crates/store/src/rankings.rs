@@ -1,14 +1,18 @@
-//! Rankings computed ahead of time (`issue_rankings`, migration 0014): each project's top
-//! issues by affected users over the long windows ([`WINDOWS`]), written every few minutes by
-//! the writer's rankings loop ([`refresh`]) and read by `tracefold top --by users` while fresh
+//! Rankings computed ahead of time (`issue_rankings`, migration 0014, and their runs,
+//! `issue_ranking_runs`, 0015): each project's issues of the long windows ([`WINDOWS`]) by
+//! affected users, up to `top_k` of them, written every few minutes by the writer's rankings
+//! loop ([`refresh`]) and read by `tracefold top --by users|events` while fresh
 //! ([`top_cached`]), as PostHog shows cached insight results with their age.
 //!
 //! A ranking is computed by the query of the live `top --by users` itself ([`crate::issues`]'s
 //! `ranked_sql`, cut per project instead of overall), against the server's clock as `top` reads
 //! it: its numbers are what a live `top --project P --limit K --by users` answered at
-//! `computed_at`, for every project P. Every row of one window's computation is written by one
-//! INSERT with one `computed_at` (one partition, one part: atomic) and carries the
-//! computation's row count, so a reader never takes a part of one.
+//! `computed_at`, for every project P. Its rows stream from that query into one INSERT with
+//! one `computed_at` (the writer holds no list); once they are all in, one row of
+//! `issue_ranking_runs` says the run is whole (with its row count and the projects whose list
+//! was cut at `top_k`), so a reader never takes a part of one. A project whose list was not
+//! cut has every issue of the window in it: its ranking by events, of any length, is read from
+//! it too.
 
 use crate::client::{db, ident};
 use crate::error::{step, Result};
@@ -22,8 +26,15 @@ use serde::{Deserialize, Serialize};
 /// The windows ranked ahead of time: 7 and 30 days (`top --since 7d`, `--since 30d`).
 pub const WINDOWS: [u64; 2] = [7 * 86_400, 30 * 86_400];
 
+/// Issues kept per project and window by default (`rankings.top_k`): enough for a whole list
+/// (every issue of the window) in all but the largest projects.
+pub const DEFAULT_TOP_K: u32 = 100_000;
+
 /// The table of the rankings.
 const TABLE: &str = "issue_rankings";
+
+/// The table of the whole computations (one row each, written after its rows).
+const RUNS: &str = "issue_ranking_runs";
 
 /// Partitions (hours of `computed_at`) are dropped once they began this long before the hour
 /// of the computation just written: the table holds the current and the previous hour's
@@ -33,8 +44,9 @@ const KEEP_SECS: u32 = 3_600;
 /// What [`refresh`] computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefreshSpec {
-    /// Issues kept per project and window (`rankings.top_k`): `top --limit` up to this is
-    /// answered from the ranking.
+    /// Issues kept per project and window (`rankings.top_k`): `top --by users --limit` up to
+    /// this is answered from the ranking, and of a project with fewer issues in the window
+    /// every ranking by events or users of any length.
     pub top_k: u32,
     /// How often the rankings are computed (`rankings.refresh_seconds`), stored with them: a
     /// ranking is fresh for twice this.
@@ -54,7 +66,9 @@ pub enum Refreshed {
         /// The server's clock the window was aligned to (Unix seconds).
         computed_at: u32,
         /// Rows written.
-        rows: u32,
+        rows: u64,
+        /// Projects whose list was cut at `top_k`.
+        cut: usize,
     },
     /// Not computed: the latest complete ranking is `age` seconds old.
     Skipped {
@@ -76,7 +90,8 @@ struct RankedRow {
     users_all: u64,
 }
 
-/// One row of `issue_rankings`.
+/// One row of `issue_rankings` (`run_rows` 0: the count is in `issue_ranking_runs`; 0014's
+/// writers put it on every row, and a reader of that version finds no whole run in 0).
 #[derive(clickhouse::Row, Serialize)]
 struct RankingRow<'a> {
     computed_at: u32,
@@ -92,11 +107,24 @@ struct RankingRow<'a> {
     run_rows: u32,
 }
 
-/// The latest complete ranking of a window.
-#[derive(clickhouse::Row, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+/// One row of `issue_ranking_runs`: a whole computation.
+#[derive(clickhouse::Row, Serialize)]
+struct RunRow<'a> {
+    computed_at: u32,
+    run: u64,
+    window_seconds: u32,
+    rows: u64,
+    cut: &'a [String],
+    top_k: u32,
+    refresh_seconds: u32,
+}
+
+/// The latest whole ranking of a window.
+#[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq, Eq)]
 struct Latest {
     computed_at: u32,
     run: u64,
+    cut: Vec<String>,
     top_k: u32,
     refresh_seconds: u32,
     now: u32,
@@ -106,12 +134,11 @@ struct Latest {
 async fn latest(client: &Client, db: &str, window: u64) -> Result<Option<Latest>> {
     let mut s = Sql::default();
     s.push(&format!(
-        "SELECT computed_at, run, top_k, refresh_seconds, toUInt32(now()) AS now FROM (\
-         SELECT toUInt32(computed_at) AS computed_at, run, any(top_k) AS top_k, any(refresh_seconds) AS refresh_seconds, \
-         any(run_rows) AS expected, count() AS n FROM {db}.{TABLE} WHERE window_seconds = "
+        "SELECT toUInt32(computed_at) AS computed_at, run, cut, top_k, refresh_seconds, toUInt32(now()) AS now \
+         FROM {db}.{RUNS} WHERE window_seconds = "
     ))
     .u32(u32::try_from(window).unwrap_or(u32::MAX))
-    .push(" GROUP BY computed_at, run) WHERE n = expected ORDER BY computed_at DESC, run LIMIT 1");
+    .push(" ORDER BY computed_at DESC, run LIMIT 1");
     Ok(s.query(client).fetch_all::<Latest>().await.map_err(step("latest ranking"))?.into_iter().next())
 }
 
@@ -129,14 +156,17 @@ fn run_id() -> u64 {
 /// Computes each window of [`WINDOWS`] whose latest complete ranking is not younger than
 /// `spec.skip_younger_than`: every project's top `spec.top_k` issues by users, by the query of
 /// the live `top --by users` (the alias map read by subqueries, as a `readonly` user's `top`:
-/// the same answer), written in one INSERT per window; then drops the partitions of
-/// computations more than an hour older. Several writers computing at once each write a
-/// computation of their own (a run id apart), and readers take one whole computation: harmless.
+/// the same answer), streamed into one INSERT per window, then its run row; then drops the
+/// partitions of computations more than an hour older. Several writers computing at once each
+/// write a computation of their own (a run id apart), and readers take one whole computation:
+/// harmless. Memory: one row at a time and a count per project.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer or refuses.
 pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Result<Vec<Refreshed>> {
     let db = db(database)?;
+    // (A list of 0 would be taken for a whole one of a project without issues.)
+    let top_k = spec.top_k.max(1);
     let mut out = Vec::with_capacity(WINDOWS.len());
     let mut newest = 0u32;
     for window in WINDOWS {
@@ -149,36 +179,62 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
                 }
             }
         }
-        let q = TopQuery { since_secs: window, limit: u64::from(spec.top_k), project: None, by: TopBy::Users };
+        let q = TopQuery { since_secs: window, limit: u64::from(top_k), project: None, by: TopBy::Users };
         let c = clock(client, db, window, None).await?;
         let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
         let sql = ranked_sql(db, &c, &q, aliases, MapAt::Subquery, Limit::PerProject);
-        let ranked = sql.query(client).fetch_all::<RankedRow>().await.map_err(step("compute ranking"))?;
-        let rows = u32::try_from(ranked.len()).unwrap_or(u32::MAX);
+        let mut ranked = sql.query(client).fetch::<RankedRow>().map_err(step("compute ranking"))?;
         let run = run_id();
+        let window_seconds = u32::try_from(window).unwrap_or(u32::MAX);
         let approximate = u8::from(window > EXACT_USERS_SECS);
         let mut ins =
             client.clone().with_database(db).insert::<RankingRow<'_>>(TABLE).await.map_err(step("insert ranking"))?;
-        for r in &ranked {
+        let mut rows = 0u64;
+        // Rows per project (a project whose list reached `top_k` was cut).
+        let mut per_project: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        while let Some(r) = ranked.next().await.map_err(step("compute ranking"))? {
             ins.write(&RankingRow {
                 computed_at: c.now,
                 run,
-                window_seconds: u32::try_from(window).unwrap_or(u32::MAX),
+                window_seconds,
                 project: &r.project,
                 issue_id: &r.issue_id,
                 users: r.users_all,
                 events: r.events,
                 users_approximate: approximate,
-                top_k: spec.top_k,
+                top_k,
                 refresh_seconds: spec.refresh_seconds,
-                run_rows: rows,
+                run_rows: 0,
             })
             .await
             .map_err(step("insert ranking"))?;
+            rows += 1;
+            match per_project.get_mut(&r.project) {
+                Some(n) => *n += 1,
+                None => {
+                    per_project.insert(r.project, 1);
+                }
+            }
         }
         ins.end().await.map_err(step("insert ranking"))?;
+        let mut cut: Vec<String> = per_project.into_iter().filter(|&(_, n)| n >= top_k).map(|(p, _)| p).collect();
+        cut.sort_unstable();
+        let mut runs =
+            client.clone().with_database(db).insert::<RunRow<'_>>(RUNS).await.map_err(step("insert ranking run"))?;
+        runs.write(&RunRow {
+            computed_at: c.now,
+            run,
+            window_seconds,
+            rows,
+            cut: &cut,
+            top_k,
+            refresh_seconds: spec.refresh_seconds,
+        })
+        .await
+        .map_err(step("insert ranking run"))?;
+        runs.end().await.map_err(step("insert ranking run"))?;
         newest = newest.max(c.now);
-        out.push(Refreshed::Written { window_seconds: window, computed_at: c.now, rows });
+        out.push(Refreshed::Written { window_seconds: window, computed_at: c.now, rows, cut: cut.len() });
     }
     if newest > 0 {
         drop_old(client, db, newest).await?;
@@ -187,20 +243,27 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
 }
 
 #[derive(clickhouse::Row, Deserialize)]
-struct PartitionRow {
+struct TablePartitionRow {
+    table: String,
     partition_id: String,
 }
 
-/// Drops the partitions of `issue_rankings` (hours of `computed_at`) that began more than
-/// [`KEEP_SECS`] before the hour of `newest`. Dropping a partition another writer dropped a
-/// moment ago does nothing.
+/// Drops the partitions of `issue_ranking_runs` and `issue_rankings` (hours of `computed_at`)
+/// that began more than [`KEEP_SECS`] before the hour of `newest`, the runs first (a run's rows
+/// go after it: a reader never finds a run without its rows). Dropping a partition another
+/// writer dropped a moment ago does nothing.
 async fn drop_old(client: &Client, db: &str, newest: u32) -> Result<()> {
     let cut = (newest / 3_600 * 3_600).saturating_sub(KEEP_SECS);
     let parts = client
-        .query("SELECT DISTINCT partition_id FROM system.parts WHERE database = ? AND table = ? AND active")
+        .query(
+            "SELECT DISTINCT table, partition_id FROM system.parts WHERE database = ? AND table IN (?, ?) AND active \
+             ORDER BY table = ?, partition_id",
+        )
         .bind(db)
+        .bind(RUNS)
         .bind(TABLE)
-        .fetch_all::<PartitionRow>()
+        .bind(TABLE)
+        .fetch_all::<TablePartitionRow>()
         .await
         .map_err(step("list ranking partitions"))?;
     for p in parts {
@@ -210,11 +273,12 @@ async fn drop_old(client: &Client, db: &str, newest: u32) -> Result<()> {
             continue;
         }
         let id = ident("partition", &p.partition_id)?;
+        let table = if p.table == RUNS { RUNS } else { TABLE };
         client
-            .query(&format!("ALTER TABLE {db}.{TABLE} DROP PARTITION ID '{id}'"))
+            .query(&format!("ALTER TABLE {db}.{table} DROP PARTITION ID '{id}'"))
             .execute()
             .await
-            .map_err(step(format!("drop ranking partition {id}")))?;
+            .map_err(step(format!("drop ranking partition {id} of {table}")))?;
     }
     Ok(())
 }
@@ -242,23 +306,27 @@ impl Ranked {
 /// Why [`top_cached`] did not answer (the live query does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotCached {
-    /// Not a ranking by users over a window of [`WINDOWS`].
+    /// Not a ranking by users or events over a window of [`WINDOWS`].
     NotRanked,
     /// No complete ranking of the window (none computed yet, or the table is missing).
     Missing,
     /// The latest is older than twice its refresh interval (seconds old).
     Stale(u32),
-    /// More issues asked than it kept per project.
+    /// A list the answer reads was cut at this many issues (`top_k`), and the answer may lie
+    /// beyond it: more issues asked by users, or any ranking by events.
     BeyondTopK(u32),
 }
 
-/// `top --by users` over a window of [`WINDOWS`] from the latest complete ranking, when it is
-/// younger than twice its refresh interval and `q.limit` is at most the issues it kept per
-/// project: the first `q.limit` issues of the projects' lists merged (of `q.project`'s alone
-/// with one), in the live ranking's order (users, then events, project, id): each project's
-/// list holds its top `top_k`, so the first `q.limit <= top_k` of all are among them. Events
-/// and users are the ranking's (as of `computed_at`); title, culprit, level, first and last
-/// seen, the last hour and the merged aliases are read now, by the live query's own SQL.
+/// `top --by users|events` over a window of [`WINDOWS`] from the latest complete ranking, when
+/// it is younger than twice its refresh interval and holds the answer: by users, the first
+/// `q.limit` issues of the projects' lists merged (of `q.project`'s alone with one) in the live
+/// ranking's order (users, then events, project, id), when `q.limit` is at most the issues
+/// kept per project or no list it reads was cut (each list holds its project's top `top_k`, so
+/// the first `q.limit <= top_k` of all are among them); by events (then project, id), when no
+/// list it reads was cut (each then holds every issue of its project with events in the
+/// window). Events and users are the ranking's (as of `computed_at`); title, culprit, level,
+/// first and last seen, the last hour and the merged aliases are read now, by the live query's
+/// own SQL.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
@@ -268,16 +336,20 @@ pub async fn top_cached(
     q: &TopQuery<'_>,
 ) -> Result<std::result::Result<(Vec<TopIssue>, Ranked), NotCached>> {
     let db = db(database)?;
-    if q.by != TopBy::Users || !WINDOWS.contains(&q.since_secs) {
+    if !matches!(q.by, TopBy::Users | TopBy::Events) || !WINDOWS.contains(&q.since_secs) {
         return Ok(Err(NotCached::NotRanked));
     }
-    // A database not migrated to 0014 has no table: the live query answers.
+    // A database not migrated to 0015 has no table: the live query answers.
     let Ok(Some(l)) = latest(client, db, q.since_secs).await else { return Ok(Err(NotCached::Missing)) };
     let ranked = Ranked { computed_at: l.computed_at, now: l.now, refresh_seconds: l.refresh_seconds, top_k: l.top_k };
     if u64::from(ranked.age()) >= 2 * u64::from(l.refresh_seconds) {
         return Ok(Err(NotCached::Stale(ranked.age())));
     }
-    if q.limit > u64::from(l.top_k) {
+    let whole = match q.project {
+        Some(p) => !l.cut.iter().any(|c| c == p),
+        None => l.cut.is_empty(),
+    };
+    if !whole && (q.by == TopBy::Events || q.limit > u64::from(l.top_k)) {
         return Ok(Err(NotCached::BeyondTopK(l.top_k)));
     }
     let c = clock(client, db, q.since_secs, q.project).await?;
@@ -295,13 +367,26 @@ pub async fn top_cached(
     if let Some(p) = q.project {
         set.push(" AND project = ").str(p);
     }
-    set.push(" ORDER BY users_all DESC, events DESC, project, issue_id LIMIT ").u64(q.limit);
-    let (sql, hour_start) = top_sql(db, &c, q, &set, true, aliases, None);
+    let by_events = q.by == TopBy::Events;
+    set.push(if by_events {
+        " ORDER BY events DESC, project, issue_id LIMIT "
+    } else {
+        " ORDER BY users_all DESC, events DESC, project, issue_id LIMIT "
+    })
+    .u64(q.limit);
+    // The users are the set's (as a ranking by users reads them); the order is the ranking's.
+    let uq = TopQuery { by: TopBy::Users, ..*q };
+    let (sql, hour_start) = top_sql(db, &c, &uq, &set, true, aliases, None);
     let rows = sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues from the ranking"))?;
     let approximate = q.since_secs > EXACT_USERS_SECS;
-    let rows = rows
+    let mut rows: Vec<TopIssue> = rows
         .into_iter()
         .map(|r| TopIssue { users_approximate: approximate, ..r.into_issue(hour_start, false) })
         .collect();
+    if by_events {
+        rows.sort_by(|a, b| {
+            b.count.cmp(&a.count).then_with(|| a.project.cmp(&b.project)).then_with(|| a.issue_id.cmp(&b.issue_id))
+        });
+    }
     Ok(Ok((rows, ranked)))
 }

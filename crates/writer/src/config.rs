@@ -85,15 +85,17 @@ impl Default for WriterSection {
 
 /// The `[rankings]` section: the loop that computes, off the insert path, each project's top
 /// issues by affected users over 7 and 30 days into `issue_rankings`, which `tracefold top
-/// --since 7d|30d --by users` reads while fresh (docs/operations.md, "Precomputed rankings").
+/// --since 7d|30d --by users|events` reads while fresh (docs/operations.md, "Precomputed
+/// rankings").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RankingsSection {
     /// Seconds between computations; 0 disables the loop. A ranking is read while younger than
     /// twice this (older: `top` counts live).
     pub refresh_seconds: u64,
-    /// Issues kept per project and window: `top --limit` up to this is answered from the
-    /// ranking, beyond it live.
+    /// Issues kept per project and window (at least 1): `top --by users --limit` up to this
+    /// is answered from the ranking, and for a project with fewer issues in the window every
+    /// `--by users|events` of any `--limit` (its list is whole); else live.
     pub top_k: u32,
     /// Longest a computation may take (ms) before it is abandoned, counted as failed and
     /// tried again.
@@ -102,7 +104,7 @@ pub struct RankingsSection {
 
 impl Default for RankingsSection {
     fn default() -> Self {
-        Self { refresh_seconds: 300, top_k: 1000, timeout_ms: 120_000 }
+        Self { refresh_seconds: 300, top_k: tracefold_store::rankings::DEFAULT_TOP_K, timeout_ms: 120_000 }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The rankings loop: every `rankings.refresh_seconds`, each project's top issues by affected
-//! users over 7 and 30 days are computed into `issue_rankings`
-//! ([`tracefold_store::rankings::refresh`]), off the insert path, for `tracefold top --by users`
-//! to read while fresh. A failed computation is logged, counted and tried again (after 10 s,
+//! users over 7 and 30 days (up to `rankings.top_k`: all of them, in most projects) are
+//! computed into `issue_rankings` ([`tracefold_store::rankings::refresh`]), off the insert
+//! path, for `tracefold top --by users|events` to read while fresh. A failed computation is logged, counted and tried again (after 10 s,
 //! doubling up to the refresh interval); it never ends the loop, so it never stops the writer.
 //! Several writers may run it: a window computed by another writer less than half an interval
 //! ago is skipped, and two computations at once are harmless (readers take one whole).
@@ -75,12 +75,12 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
             Ok(done) => {
                 retry = None;
                 next = started + every;
-                let mut rows = 0u64;
-                let mut written = 0;
+                let (mut rows, mut cut, mut written) = (0u64, 0usize, 0);
                 for d in &done {
                     match *d {
-                        Refreshed::Written { rows: r, .. } => {
-                            rows += u64::from(r);
+                        Refreshed::Written { rows: r, cut: c, .. } => {
+                            rows += r;
+                            cut = cut.max(c);
                             written += 1;
                         }
                         Refreshed::Skipped { window_seconds, age } => {
@@ -94,7 +94,9 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
                     metrics::histogram!(m::RANKINGS_REFRESH_SECONDS).record(started.elapsed().as_secs_f64());
                     metrics::gauge!(m::RANKINGS_ROWS).set(rows as f64);
                 }
-                tracing::info!(outcome, rows, ms = started.elapsed().as_millis() as u64, "rankings refreshed");
+                // `cut`: projects with more issues in a window than `top_k` (their lists answer
+                // `--by users` up to `top_k` only).
+                tracing::info!(outcome, rows, cut, ms = started.elapsed().as_millis() as u64, "rankings refreshed");
             }
             Err(e) => {
                 let delay = retry.map_or(RETRY_INITIAL, |d| d * 2).min(every);

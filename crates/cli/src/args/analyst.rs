@@ -41,8 +41,8 @@ pub struct TopArgs {
     /// window, most events first).
     #[arg(long, value_enum, default_value = "events")]
     pub by: TopByArg,
-    /// Count now, never from the precomputed ranking: `--by users` over 7d or 30d is otherwise
-    /// answered from the writer's latest ranking while it is fresh (docs/operations.md,
+    /// Count now, never from the precomputed ranking: `--by users` or `--by events` over 7d or
+    /// 30d is otherwise answered from the writer's latest ranking while it is fresh (docs/operations.md,
     /// "Precomputed rankings"), and the output says when it was ranked.
     #[arg(long)]
     pub fresh: bool,

@@ -14,8 +14,9 @@ pub async fn top(a: TopArgs) -> anyhow::Result<()> {
     let cfg = a.ch.config();
     let client = tracefold_store::client::client(&cfg);
     let q = TopQuery { since_secs: a.since.as_secs(), limit: a.limit, project: a.project.as_deref(), by: a.by.into() };
-    // `--by users` over 7 or 30 days: the writer's latest ranking while it is fresh (any other
-    // case, a stale or missing ranking, or `--fresh`: counted now, as always).
+    // `--by users|events` over 7 or 30 days: the writer's latest ranking while it is fresh and
+    // holds the answer (any other case, a stale or missing ranking, a list cut short of the
+    // answer, or `--fresh`: counted now, as always).
     if !a.fresh {
         if let Ok(Ok((rows, ranked))) = tracefold_store::rankings::top_cached(&client, &cfg.database, &q).await {
             match a.format {

@@ -253,10 +253,14 @@ async fn run(
             );
         }
     }
-    // The precomputed rankings: one computation, as the writer's loop runs it (its wall time and
-    // the server's CPU), then `top --by users` over 7 and 30 days from it, beside the live
-    // answers (`--fresh`) timed above.
-    let spec = tracefold_store::rankings::RefreshSpec { top_k: 1000, refresh_seconds: 3600, skip_younger_than: 0 };
+    // The precomputed rankings: one computation, as the writer's loop runs it with its default
+    // `top_k` (its wall time and the server's CPU), then `top --by users` over 7 and 30 days and
+    // `--limit 100000` (by events) from it, beside the live answers (`--fresh`) timed here.
+    let spec = tracefold_store::rankings::RefreshSpec {
+        top_k: tracefold_store::rankings::DEFAULT_TOP_K,
+        refresh_seconds: 3600,
+        skip_younger_than: 0,
+    };
     let ch_pid = super::cpu::clickhouse_pid(&ch.url);
     let logged = client.clone().with_setting("log_queries", "1");
     let (t, cpu0) = (Instant::now(), super::cpu::CpuSnapshot::now_by_for(super::cpu::stage_of, ch_pid));
@@ -270,7 +274,7 @@ async fn run(
         rows: done
             .iter()
             .map(|d| match d {
-                tracefold_store::rankings::Refreshed::Written { rows, .. } => u64::from(*rows),
+                tracefold_store::rankings::Refreshed::Written { rows, .. } => *rows,
                 tracefold_store::rankings::Refreshed::Skipped { .. } => 0,
             })
             .sum(),
@@ -281,9 +285,17 @@ async fn run(
         "  rankings computed in {secs:.2} s ({:.2} s of ClickHouse CPU), {} rows",
         refresh.clickhouse_cpu_secs, refresh.rows
     ));
-    for (since, label) in [(7 * 86_400u64, "7d"), (30 * 86_400, "30d")] {
-        let q = TopQuery { since_secs: since, limit: 20, project: None, by: TopBy::Users };
-        let name = format!("top --since {label} --by users (ranked)");
+    for (since, label, limit, by) in [
+        (7 * 86_400u64, "7d", 20, TopBy::Users),
+        (30 * 86_400, "30d", 20, TopBy::Users),
+        (30 * 86_400, "30d", 100_000, TopBy::Events),
+    ] {
+        let q = TopQuery { since_secs: since, limit, project: None, by };
+        let name = if by == TopBy::Users {
+            format!("top --since {label} --by users (ranked)")
+        } else {
+            format!("top --since {label} --limit {limit} (ranked)")
+        };
         times.push(
             time(opts, "cli", name, || async {
                 match tracefold_store::rankings::top_cached(client, db, &q).await? {
