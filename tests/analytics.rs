@@ -951,7 +951,7 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
         assert_eq!(cut, 1, "{d:?}");
         let stored: Vec<Stored> = client
             .query(&format!(
-                "SELECT project, issue_id, users, events, toUInt32(computed_at) AS computed_at FROM {dbn}.issue_rankings \
+                "SELECT project, issue_id, users, events, toUInt32(computed_at) AS computed_at FROM {dbn}.issue_ranking_rows \
                  WHERE window_seconds = ? ORDER BY project, users DESC, events DESC, issue_id"
             ))
             .bind(window_seconds)
@@ -1075,6 +1075,59 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
     }
 }
 
+/// Old rankings are dropped by partition (five minutes of `computed_at`): after a refresh,
+/// what is left is each window's newest run and the one before it (a reader may have picked it
+/// a moment ago), runs and rows alike; older runs and rows of abandoned INSERTs (rows without
+/// a run) are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_rankings_are_dropped_but_the_two_newest_runs_of_each_window_stay() {
+    use tracefold_store::rankings::{refresh, RefreshSpec};
+    let db = TestDb::new("rankings_drop").await;
+    let t = db.server_now().await;
+    db.insert_records(&ranking_records(t)).await;
+    let dbn = &db.cfg.database;
+    // Runs of both windows an hour and ten minutes ago (run ids 1 and 2), and rows without a
+    // run two hours ago (an abandoned INSERT).
+    let mut sql = format!("INSERT INTO {dbn}.issue_ranking_runs VALUES ");
+    let mut rows_sql = format!("INSERT INTO {dbn}.issue_ranking_rows VALUES ");
+    for (i, (ago, run)) in [(3600, 1), (600, 2)].into_iter().enumerate() {
+        for (j, w) in [7 * 86_400, 30 * 86_400].into_iter().enumerate() {
+            let sep = if i + j > 0 { ", " } else { "" };
+            sql.push_str(&format!("{sep}({}, {run}, {w}, 1, [], 3, 300)", t - ago));
+            rows_sql.push_str(&format!("{sep}({}, {run}, {w}, 'rank', '{E}', 1, 1, 1)", t - ago));
+        }
+    }
+    rows_sql.push_str(&format!(", ({}, 3, {}, 'rank', '{E}', 1, 1, 1)", t - 7200, 7 * 86_400));
+    db.client.query(&sql).execute().await.unwrap();
+    db.client.query(&rows_sql).execute().await.unwrap();
+    let runs_of = |table: &'static str| {
+        let db = &db;
+        async move {
+            let q = format!("SELECT DISTINCT run FROM {}.{table} WHERE run < 4 ORDER BY run", db.cfg.database);
+            rows(db, &q).await.iter().map(|r| num(&r["run"])).collect::<Vec<u64>>()
+        }
+    };
+    let spec = RefreshSpec { top_k: 3, refresh_seconds: 300, skip_younger_than: 0 };
+    refresh(&db.client, dbn, &spec).await.unwrap();
+    // The newest runs are this refresh's; the ones before them, ten minutes old, stay.
+    assert_eq!(runs_of("issue_ranking_runs").await, [2]);
+    assert_eq!(runs_of("issue_ranking_rows").await, [2]);
+    let count = |table: &'static str| {
+        let db = &db;
+        async move {
+            let q = format!("SELECT count() AS n FROM {}.{table} WHERE run >= 4", db.cfg.database);
+            num(&rows(db, &q).await[0]["n"])
+        }
+    };
+    assert_eq!(count("issue_ranking_runs").await, 2, "this refresh's runs");
+    assert!(count("issue_ranking_rows").await > 0);
+    // A second refresh: the ten-minute-old runs are now third newest, and go.
+    refresh(&db.client, dbn, &spec).await.unwrap();
+    assert_eq!(runs_of("issue_ranking_runs").await, Vec::<u64>::new());
+    assert_eq!(runs_of("issue_ranking_rows").await, Vec::<u64>::new());
+    assert_eq!(count("issue_ranking_runs").await, 4, "both refreshes' runs");
+}
+
 /// The live `top` and `top_cached` of `q`, asked in one server minute (the last hour is per
 /// minute) when three tries allow.
 async fn cached_and_live(
@@ -1162,9 +1215,12 @@ async fn a_failing_rankings_refresh_does_not_stop_the_writer() {
     let db = TestDb::new("rankings_fail").await;
     let dbn = db.cfg.database.clone();
     let count_rankings = || async {
-        rows(&db, &format!("SELECT count() AS n FROM {dbn}.issue_rankings")).await.first().map_or(0, |r| num(&r["n"]))
+        rows(&db, &format!("SELECT count() AS n FROM {dbn}.issue_ranking_rows"))
+            .await
+            .first()
+            .map_or(0, |r| num(&r["n"]))
     };
-    db.client.query(&format!("DROP TABLE {dbn}.issue_rankings")).execute().await.unwrap();
+    db.client.query(&format!("DROP TABLE {dbn}.issue_ranking_rows")).execute().await.unwrap();
     let broker = DevBroker::start(1, &tracefold_tests::topics(), Some(1)).unwrap();
     let b = broker.bootstrap_servers();
     let mut wcfg = tracefold_tests::writer_config(&b, &db);
@@ -1184,7 +1240,7 @@ async fn a_failing_rankings_refresh_does_not_stop_the_writer() {
     publish(vec![rec("rank", F, t - 600, "r2", "production", 7, users([3]), "", 2)]).await;
     assert_eq!(db.wait_for_total(12, deadline).await, 12, "stored while the refresh fails");
     // The table back (the migration's statement): the next try writes the ranking.
-    let sql = tracefold_store::migrate::MIGRATIONS.iter().find(|m| m.version == 14).unwrap().sql;
+    let sql = tracefold_store::migrate::MIGRATIONS.iter().find(|m| m.version == 15).unwrap().sql;
     for stmt in tracefold_store::migrate::statements(sql, &dbn) {
         db.client.query(&stmt).execute().await.unwrap();
     }

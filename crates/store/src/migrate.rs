@@ -72,8 +72,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 15,
-        name: "issue_ranking_runs",
-        sql: include_str!("../../../schemas/clickhouse/0015_issue_ranking_runs.sql"),
+        name: "issue_ranking_runs_and_rows",
+        sql: include_str!("../../../schemas/clickhouse/0015_issue_ranking_runs_and_rows.sql"),
     },
 ];
 
@@ -1011,7 +1011,7 @@ mod tests {
     fn every_flavour_declares_the_same_tables_with_the_same_structure() {
         let plain = parsed(&Flavor::default());
         let tables: Vec<&Ddl> = plain.iter().filter(|d| d.kind == Kind::Table).collect();
-        assert_eq!(tables.len(), 19);
+        assert_eq!(tables.len(), 20);
         for (fname, flavor) in flavours() {
             let ddls = parsed(&flavor);
             let cluster = flavor.cluster.is_some();
@@ -1163,7 +1163,7 @@ mod tests {
         for days in [1, 7, 400] {
             let ddls = parsed(&Flavor { modern: true, cluster: None, retention_days: days });
             let ttls: Vec<&Vec<Tok>> = ddls.iter().filter_map(|d| d.ttl.as_ref()).collect();
-            assert_eq!(ttls.len(), 14);
+            assert_eq!(ttls.len(), 15);
             assert!(ttls
                 .iter()
                 .all(|t| t[t.len() - 3..] == [word("INTERVAL"), Tok::Num(days.to_string()), word("DAY")]));

@@ -1,5 +1,5 @@
-//! Rankings computed ahead of time (`issue_rankings`, migration 0014, and their runs,
-//! `issue_ranking_runs`, 0015): each project's issues of the long windows ([`WINDOWS`]) by
+//! Rankings computed ahead of time (`issue_ranking_rows` and their runs, `issue_ranking_runs`,
+//! migration 0015): each project's issues of the long windows ([`WINDOWS`]) by
 //! affected users, up to `top_k` of them, written every few minutes by the writer's rankings
 //! loop ([`refresh`]) and read by `tracefold top --by users|events` while fresh
 //! ([`top_cached`]), as PostHog shows cached insight results with their age.
@@ -30,16 +30,18 @@ pub const WINDOWS: [u64; 2] = [7 * 86_400, 30 * 86_400];
 /// (every issue of the window) in all but the largest projects.
 pub const DEFAULT_TOP_K: u32 = 100_000;
 
-/// The table of the rankings.
-const TABLE: &str = "issue_rankings";
+/// The table of the rankings' rows.
+const TABLE: &str = "issue_ranking_rows";
 
 /// The table of the whole computations (one row each, written after its rows).
 const RUNS: &str = "issue_ranking_runs";
 
-/// Partitions (hours of `computed_at`) are dropped once they began this long before the hour
-/// of the computation just written: the table holds the current and the previous hour's
-/// computations, and a reader that picked a computation a moment ago still finds its rows.
-const KEEP_SECS: u32 = 3_600;
+/// Migration 0014's table of rankings, no longer written or read: its partitions are dropped
+/// with the old ones of [`TABLE`].
+const LEGACY: &str = "issue_rankings";
+
+/// The partitions' length (seconds of `computed_at`: `toStartOfFiveMinute`).
+const PARTITION_SECS: u32 = 300;
 
 /// What [`refresh`] computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +92,7 @@ struct RankedRow {
     users_all: u64,
 }
 
-/// One row of `issue_rankings` (`run_rows` 0: the count is in `issue_ranking_runs`; 0014's
-/// writers put it on every row, and a reader of that version finds no whole run in 0).
+/// One row of `issue_ranking_rows`.
 #[derive(clickhouse::Row, Serialize)]
 struct RankingRow<'a> {
     computed_at: u32,
@@ -102,9 +103,6 @@ struct RankingRow<'a> {
     users: u64,
     events: u64,
     users_approximate: u8,
-    top_k: u32,
-    refresh_seconds: u32,
-    run_rows: u32,
 }
 
 /// One row of `issue_ranking_runs`: a whole computation.
@@ -157,7 +155,7 @@ fn run_id() -> u64 {
 /// `spec.skip_younger_than`: every project's top `spec.top_k` issues by users, by the query of
 /// the live `top --by users` (the alias map read by subqueries, as a `readonly` user's `top`:
 /// the same answer), streamed into one INSERT per window, then its run row; then drops the
-/// partitions of computations more than an hour older. Several writers computing at once each
+/// partitions older than every window's second newest run ([`drop_old`]). Several writers computing at once each
 /// write a computation of their own (a run id apart), and readers take one whole computation:
 /// harmless. Memory: one row at a time and a count per project.
 ///
@@ -168,7 +166,7 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
     // (A list of 0 would be taken for a whole one of a project without issues.)
     let top_k = spec.top_k.max(1);
     let mut out = Vec::with_capacity(WINDOWS.len());
-    let mut newest = 0u32;
+    let mut wrote = false;
     for window in WINDOWS {
         if spec.skip_younger_than > 0 {
             if let Some(l) = latest(client, db, window).await? {
@@ -202,9 +200,6 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
                 users: r.users_all,
                 events: r.events,
                 users_approximate: approximate,
-                top_k,
-                refresh_seconds: spec.refresh_seconds,
-                run_rows: 0,
             })
             .await
             .map_err(step("insert ranking"))?;
@@ -233,11 +228,11 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
         .await
         .map_err(step("insert ranking run"))?;
         runs.end().await.map_err(step("insert ranking run"))?;
-        newest = newest.max(c.now);
+        wrote = true;
         out.push(Refreshed::Written { window_seconds: window, computed_at: c.now, rows, cut: cut.len() });
     }
-    if newest > 0 {
-        drop_old(client, db, newest).await?;
+    if wrote {
+        drop_old(client, db).await?;
     }
     Ok(out)
 }
@@ -248,32 +243,57 @@ struct TablePartitionRow {
     partition_id: String,
 }
 
-/// Drops the partitions of `issue_ranking_runs` and `issue_rankings` (hours of `computed_at`)
-/// that began more than [`KEEP_SECS`] before the hour of `newest`, the runs first (a run's rows
-/// go after it: a reader never finds a run without its rows). Dropping a partition another
-/// writer dropped a moment ago does nothing.
-async fn drop_old(client: &Client, db: &str, newest: u32) -> Result<()> {
-    let cut = (newest / 3_600 * 3_600).saturating_sub(KEEP_SECS);
+#[derive(clickhouse::Row, Deserialize)]
+struct KeepRow {
+    keep: u32,
+    windows: u64,
+}
+
+/// Drops the partitions of `issue_ranking_runs` and `issue_ranking_rows` (five minutes of
+/// `computed_at`) older than the one that holds the second newest run of some window (its
+/// newest when it has only one), the runs first (a run's rows go after it: a reader never finds a
+/// run without its rows). What stays: each window's newest run, which readers take, and the
+/// one before it, which a reader may have picked a moment ago; rows of abandoned INSERTs go
+/// with their partition. So do all of migration 0014's `issue_rankings` (hours of
+/// `computed_at` before this version). Dropping a partition another writer dropped a moment
+/// ago does nothing.
+async fn drop_old(client: &Client, db: &str) -> Result<()> {
+    let keep = client
+        .query(&format!(
+            "SELECT toUInt32(min(c)) AS keep, count() AS windows FROM (SELECT window_seconds, min(computed_at) AS c FROM (\
+             SELECT window_seconds, computed_at FROM {db}.{RUNS} ORDER BY window_seconds, computed_at DESC LIMIT 2 BY window_seconds) \
+             GROUP BY window_seconds)"
+        ))
+        .fetch_all::<KeepRow>()
+        .await
+        .map_err(step("oldest ranking kept"))?;
+    let Some(KeepRow { keep, windows: 1.. }) = keep.into_iter().next() else { return Ok(()) };
+    let cut = keep / PARTITION_SECS * PARTITION_SECS;
     let parts = client
         .query(
-            "SELECT DISTINCT table, partition_id FROM system.parts WHERE database = ? AND table IN (?, ?) AND active \
-             ORDER BY table = ?, partition_id",
+            "SELECT DISTINCT table, partition_id FROM system.parts WHERE database = ? AND table IN (?, ?, ?) AND active \
+             ORDER BY table != ?, partition_id",
         )
         .bind(db)
         .bind(RUNS)
         .bind(TABLE)
-        .bind(TABLE)
+        .bind(LEGACY)
+        .bind(RUNS)
         .fetch_all::<TablePartitionRow>()
         .await
         .map_err(step("list ranking partitions"))?;
     for p in parts {
-        // An hour's start, in Unix seconds: all digits (checked, as it is formatted in).
-        let Ok(hour) = p.partition_id.parse::<u32>() else { continue };
-        if hour >= cut {
+        // A partition's start, in Unix seconds: all digits (checked, as it is formatted in).
+        let Ok(start) = p.partition_id.parse::<u32>() else { continue };
+        if start >= cut {
             continue;
         }
         let id = ident("partition", &p.partition_id)?;
-        let table = if p.table == RUNS { RUNS } else { TABLE };
+        let table = match p.table.as_str() {
+            RUNS => RUNS,
+            LEGACY => LEGACY,
+            _ => TABLE,
+        };
         client
             .query(&format!("ALTER TABLE {db}.{table} DROP PARTITION ID '{id}'"))
             .execute()

@@ -84,7 +84,7 @@ impl Default for WriterSection {
 }
 
 /// The `[rankings]` section: the loop that computes, off the insert path, each project's top
-/// issues by affected users over 7 and 30 days into `issue_rankings`, which `tracefold top
+/// issues by affected users over 7 and 30 days into `issue_ranking_rows`, which `tracefold top
 /// --since 7d|30d --by users|events` reads while fresh (docs/operations.md, "Precomputed
 /// rankings").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

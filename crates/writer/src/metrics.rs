@@ -25,7 +25,7 @@ pub const OUTCOME_INSERTS_TOTAL: &str = "tracefold_writer_outcome_inserts_total"
 /// before the outcomes consumer read them; each loss is also an ERROR log line.
 pub const OUTCOMES_LOST_TOTAL: &str = "tracefold_writer_outcomes_lost_total";
 
-/// Computations of the precomputed rankings (`issue_rankings`), by `outcome` (`ok`, `skipped`:
+/// Computations of the precomputed rankings (`issue_ranking_rows`), by `outcome` (`ok`, `skipped`:
 /// another writer computed them a moment ago, `error`: logged and tried again).
 pub const RANKINGS_REFRESH_TOTAL: &str = "tracefold_writer_rankings_refresh_total";
 /// Time one computation of the rankings took, seconds (both windows).
