@@ -829,6 +829,18 @@ async fn aliases_fold_into_their_canonical_issue() {
             }
         }
     }
+    // The precomputed ranking folds the same way: P with S merged into it, by users and by
+    // events, as the live answer.
+    let spec = tracefold_store::rankings::RefreshSpec { top_k: 100, refresh_seconds: 300, skip_younger_than: 0 };
+    tracefold_store::rankings::refresh(client, dbn, &spec).await.unwrap();
+    for by in [TopBy::Users, TopBy::Events] {
+        let q = TopQuery { since_secs: 7 * 86_400, limit: 100, project: Some("fold"), by };
+        let (want, got) = cached_and_live(&db, &q).await;
+        let (rows, _) = got.unwrap_or_else(|why| panic!("{q:?}: {why:?}"));
+        assert_eq!(rows, want, "{q:?}");
+        assert_eq!(summary(&rows), [(P.into(), 19, 3), (X.into(), 7, 1), (Q.into(), 1, 1)], "{q:?}");
+        assert_eq!((rows[0].merged.as_slice(), rows[0].title.as_str()), ([S.to_owned()].as_slice(), "Error 1"));
+    }
 
     // `tracefold issue S` shows P and says S was merged into it; `issue P` names S.
     for asked in [S, P] {
@@ -1089,7 +1101,10 @@ async fn old_rankings_are_dropped_but_the_two_newest_runs_of_each_window_stay() 
     // Runs of both windows an hour and ten minutes ago (run ids 1 and 2), and rows without a
     // run two hours ago (an abandoned INSERT).
     let mut sql = format!("INSERT INTO {dbn}.issue_ranking_runs VALUES ");
-    let mut rows_sql = format!("INSERT INTO {dbn}.issue_ranking_rows VALUES ");
+    let mut rows_sql = format!(
+        "INSERT INTO {dbn}.issue_ranking_rows \
+         (computed_at, run, window_seconds, project, issue_id, users, events, users_approximate) VALUES "
+    );
     for (i, (ago, run)) in [(3600, 1), (600, 2)].into_iter().enumerate() {
         for (j, w) in [7 * 86_400, 30 * 86_400].into_iter().enumerate() {
             let sep = if i + j > 0 { ", " } else { "" };

@@ -7,6 +7,11 @@
 -- the INSERT (the writer never holds a list, however many issues), so their count is known
 -- only once they are all written: it is here, not on every row as 0014 had it.
 --
+-- A row is what `top --by users` shows of an issue at `computed_at` but its last hour: events,
+-- users, title, culprit, level, first and last seen, and the issues merged into it by late
+-- source maps (`merged`), so that reading a list of tens of thousands of issues is one table
+-- read and the last hour's join, not a join with `issues`.
+--
 -- `cut`: the projects whose list reached `top_k` (and so may leave out issues of the window).
 -- A project not in it has every issue with events in the window in its list, so any ranking
 -- of those issues by events or users, of any length, is read from it; a cut list answers only
@@ -47,7 +52,13 @@ CREATE TABLE IF NOT EXISTS {db}.issue_ranking_rows
     issue_id          String,
     users             UInt64,
     events            UInt64,
-    users_approximate UInt8
+    users_approximate UInt8,
+    title             String,
+    culprit           String,
+    level             String,
+    first_seen        UInt32,
+    last_seen         UInt32,
+    merged            Array(String)
 )
 ENGINE = MergeTree
 PARTITION BY toStartOfFiveMinute(computed_at)

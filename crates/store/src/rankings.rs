@@ -18,6 +18,7 @@ use crate::client::{db, ident};
 use crate::error::{step, Result};
 use crate::issues::{
     clock, ranked_sql, top_sql, Aliases, Limit, MapAt, TopBy, TopIssue, TopQuery, TopRow, EXACT_USERS_SECS,
+    META_COLUMNS,
 };
 use crate::sql::Sql;
 use clickhouse::Client;
@@ -81,17 +82,6 @@ pub enum Refreshed {
     },
 }
 
-/// One ranked issue as the ranking query answers it.
-#[derive(clickhouse::Row, Deserialize)]
-struct RankedRow {
-    project: String,
-    issue_id: String,
-    events: u64,
-    #[allow(dead_code)]
-    previous: u64,
-    users_all: u64,
-}
-
 /// One row of `issue_ranking_rows`.
 #[derive(clickhouse::Row, Serialize)]
 struct RankingRow<'a> {
@@ -103,6 +93,12 @@ struct RankingRow<'a> {
     users: u64,
     events: u64,
     users_approximate: u8,
+    title: &'a str,
+    culprit: &'a str,
+    level: &'a str,
+    first_seen: u32,
+    last_seen: u32,
+    merged: &'a [String],
 }
 
 /// One row of `issue_ranking_runs`: a whole computation.
@@ -180,8 +176,11 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
         let q = TopQuery { since_secs: window, limit: u64::from(top_k), project: None, by: TopBy::Users };
         let c = clock(client, db, window, None).await?;
         let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
-        let sql = ranked_sql(db, &c, &q, aliases, MapAt::Subquery, Limit::PerProject);
-        let mut ranked = sql.query(client).fetch::<RankedRow>().map_err(step("compute ranking"))?;
+        // `top --by users`'s own query (as the single query a `readonly` user's `top` runs),
+        // the ranked set cut per project.
+        let ranked = ranked_sql(db, &c, &q, aliases, MapAt::Subquery, Limit::PerProject);
+        let (sql, _) = top_sql(db, &c, &q, &ranked, false, aliases, None, false);
+        let mut ranked = sql.query(client).fetch::<TopRow>().map_err(step("compute ranking"))?;
         let run = run_id();
         let window_seconds = u32::try_from(window).unwrap_or(u32::MAX);
         let approximate = u8::from(window > EXACT_USERS_SECS);
@@ -197,9 +196,15 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
                 window_seconds,
                 project: &r.project,
                 issue_id: &r.issue_id,
-                users: r.users_all,
+                users: r.users,
                 events: r.events,
                 users_approximate: approximate,
+                title: &r.title,
+                culprit: &r.culprit,
+                level: &r.level,
+                first_seen: r.first_seen,
+                last_seen: r.last_seen,
+                merged: &r.merged,
             })
             .await
             .map_err(step("insert ranking"))?;
@@ -344,9 +349,9 @@ pub enum NotCached {
 /// kept per project or no list it reads was cut (each list holds its project's top `top_k`, so
 /// the first `q.limit <= top_k` of all are among them); by events (then project, id), when no
 /// list it reads was cut (each then holds every issue of its project with events in the
-/// window). Events and users are the ranking's (as of `computed_at`); title, culprit, level,
-/// first and last seen, the last hour and the merged aliases are read now, by the live query's
-/// own SQL.
+/// window). Events, users, title, culprit, level, first and last seen and the merged aliases
+/// are the ranking's (as of `computed_at`: one table read); the last hour is read now, by the
+/// live query's own SQL.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
@@ -376,8 +381,8 @@ pub async fn top_cached(
     let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
     let mut set = Sql::default();
     set.push(&format!(
-        "SELECT project, issue_id, events, toUInt64(0) AS previous, users AS users_all FROM {db}.{TABLE} \
-         WHERE window_seconds = "
+        "SELECT project, issue_id, {META_COLUMNS}, events, toUInt64(0) AS previous, users AS users_all, merged \
+         FROM {db}.{TABLE} WHERE window_seconds = "
     ))
     .u32(u32::try_from(q.since_secs).unwrap_or(u32::MAX))
     .push(" AND computed_at = toDateTime(")
@@ -394,9 +399,9 @@ pub async fn top_cached(
         " ORDER BY users_all DESC, events DESC, project, issue_id LIMIT "
     })
     .u64(q.limit);
-    // The users are the set's (as a ranking by users reads them); the order is the ranking's.
+    // The users and metadata are the set's (as of `computed_at`); the order is the ranking's.
     let uq = TopQuery { by: TopBy::Users, ..*q };
-    let (sql, hour_start) = top_sql(db, &c, &uq, &set, true, aliases, None);
+    let (sql, hour_start) = top_sql(db, &c, &uq, &set, true, aliases, None, true);
     let rows = sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues from the ranking"))?;
     let approximate = q.since_secs > EXACT_USERS_SECS;
     let mut rows: Vec<TopIssue> = rows
