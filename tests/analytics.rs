@@ -832,10 +832,9 @@ async fn aliases_fold_into_their_canonical_issue() {
     // The precomputed ranking folds the same way: P with S merged into it, by users and by
     // events, as the live answer.
     let spec = tracefold_store::rankings::RefreshSpec { top_k: 100, refresh_seconds: 300, skip_younger_than: 0 };
-    tracefold_store::rankings::refresh(client, dbn, &spec).await.unwrap();
     for by in [TopBy::Users, TopBy::Events] {
         let q = TopQuery { since_secs: 7 * 86_400, limit: 100, project: Some("fold"), by };
-        let (want, got) = cached_and_live(&db, &q).await;
+        let (want, got) = cached_and_live(&db, &spec, &q).await;
         let (rows, _) = got.unwrap_or_else(|why| panic!("{q:?}: {why:?}"));
         assert_eq!(rows, want, "{q:?}");
         assert_eq!(summary(&rows), [(P.into(), 19, 3), (X.into(), 7, 1), (Q.into(), 1, 1)], "{q:?}");
@@ -1008,7 +1007,7 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
             (10, Some("third"), TopBy::Events),
         ] {
             let q = TopQuery { since_secs, limit, project, by };
-            let (want, got) = cached_and_live(&db, &q).await;
+            let (want, got) = cached_and_live(&db, &spec, &q).await;
             let (rows, ranked) = got.unwrap_or_else(|why| panic!("{q:?}: {why:?}"));
             assert!(!want.is_empty() && rows.iter().all(|r| r.users_approximate), "{q:?}");
             assert_eq!(rows, want, "{q:?}");
@@ -1041,7 +1040,9 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
 
     // A second computation (another writer's, at once) and skipping: the reader takes one
     // whole computation, the newest; a window computed less than `skip_younger_than` ago is
-    // skipped.
+    // skipped. (In a second of their own: of computations in one second, a reader takes any
+    // whole one, and the comparisons above computed some a moment ago.)
+    next_second(&db).await;
     let both = futures_join(refresh(client, dbn, &spec), refresh(client, dbn, &spec)).await;
     assert!(both.0.is_ok() && both.1.is_ok(), "{both:?}");
     let (cached, _) = top_cached(client, dbn, &q7).await.unwrap().unwrap();
@@ -1053,10 +1054,7 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
     // Stale: a ranking older than twice its refresh interval is not read.
     // (In a second of its own: of computations in one second, a reader takes any whole one.)
     let fast = RefreshSpec { refresh_seconds: 1, ..spec };
-    let second = db.server_now().await;
-    while db.server_now().await == second {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    next_second(&db).await;
     refresh(client, dbn, &fast).await.unwrap();
     let start = db.server_now().await;
     while db.server_now().await < start + 3 {
@@ -1067,17 +1065,15 @@ async fn rankings_equal_the_live_top_by_users_and_are_read_while_fresh() {
     // Whole lists everywhere (`top_k` above every project's issues): every ranking by events or
     // users over both windows, of any length, from the ranking, as live.
     let whole = RefreshSpec { top_k: 100, ..spec };
-    let second = db.server_now().await;
-    while db.server_now().await == second {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    next_second(&db).await;
     let done = refresh(client, dbn, &whole).await.unwrap();
     assert!(done.iter().all(|d| matches!(d, Refreshed::Written { cut: 0, .. })), "{done:?}");
+    assert_eq!(top_cached(client, dbn, &q(7 * 86_400, 100, TopBy::Events)).await.unwrap().unwrap().1.top_k, 100);
     for since_secs in [7 * 86_400, 30 * 86_400] {
         for by in [TopBy::Events, TopBy::Users] {
             for (limit, project) in [(100, None), (2, None), (100, Some("rank"))] {
                 let q = TopQuery { since_secs, limit, project, by };
-                let (want, got) = cached_and_live(&db, &q).await;
+                let (want, got) = cached_and_live(&db, &whole, &q).await;
                 let (rows, ranked) = got.unwrap_or_else(|why| panic!("{q:?}: {why:?}"));
                 assert_eq!(ranked.top_k, 100);
                 assert!(want.len() >= limit.min(3) as usize, "{q:?}: {want:?}");
@@ -1143,10 +1139,12 @@ async fn old_rankings_are_dropped_but_the_two_newest_runs_of_each_window_stay() 
     assert_eq!(count("issue_ranking_runs").await, 4, "both refreshes' runs");
 }
 
-/// The live `top` and `top_cached` of `q`, asked in one server minute (the last hour is per
-/// minute) when three tries allow.
+/// The live `top` and `top_cached` of `q` after a refresh with `spec`, all in one server minute
+/// (the last hour is per minute, and the ranking keeps the one of its computation) when three
+/// tries allow.
 async fn cached_and_live(
     db: &TestDb,
+    spec: &tracefold_store::rankings::RefreshSpec,
     q: &tracefold_store::issues::TopQuery<'_>,
 ) -> (
     Vec<tracefold_store::issues::TopIssue>,
@@ -1159,12 +1157,21 @@ async fn cached_and_live(
     let mut tries = 0;
     loop {
         let minute = db.server_now().await / 60;
+        tracefold_store::rankings::refresh(client, dbn, spec).await.unwrap();
         let want = tracefold_store::issues::top(client, dbn, q).await.unwrap();
         let got = tracefold_store::rankings::top_cached(client, dbn, q).await.unwrap();
         tries += 1;
         if db.server_now().await / 60 == minute || tries == 3 {
             return (want, got);
         }
+    }
+}
+
+/// Waits until the server's clock is in the next second.
+async fn next_second(db: &TestDb) {
+    let second = db.server_now().await;
+    while db.server_now().await == second {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

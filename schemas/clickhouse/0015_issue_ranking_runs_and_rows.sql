@@ -7,10 +7,11 @@
 -- the INSERT (the writer never holds a list, however many issues), so their count is known
 -- only once they are all written: it is here, not on every row as 0014 had it.
 --
--- A row is what `top --by users` shows of an issue at `computed_at` but its last hour: events,
--- users, title, culprit, level, first and last seen, and the issues merged into it by late
--- source maps (`merged`), so that reading a list of tens of thousands of issues is one table
--- read and the last hour's join, not a join with `issues`.
+-- A row is what `top --by users` showed of an issue at `computed_at`: events, users, title,
+-- culprit, level, first and last seen, the issues merged into it by late source maps
+-- (`merged`) and its last hour per minute (`minutes`, `minute_counts`: the minutes with events
+-- of the hour up to `computed_at`), so that reading a list of tens of thousands of issues is
+-- one table read, not joins with `issues` and `issue_counts_1m`.
 --
 -- `cut`: the projects whose list reached `top_k` (and so may leave out issues of the window).
 -- A project not in it has every issue with events in the window in its list, so any ranking
@@ -58,7 +59,9 @@ CREATE TABLE IF NOT EXISTS {db}.issue_ranking_rows
     level             String,
     first_seen        UInt32,
     last_seen         UInt32,
-    merged            Array(String)
+    merged            Array(String),
+    minutes           Array(UInt32),
+    minute_counts     Array(UInt64)
 )
 ENGINE = MergeTree
 PARTITION BY toStartOfFiveMinute(computed_at)

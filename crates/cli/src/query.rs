@@ -57,7 +57,7 @@ pub fn ranked_note(r: &tracefold_store::rankings::Ranked) -> String {
     // `YYYY-MM-DDTHH:MM:SS.mmmZ`: the time of day (ASCII, so the byte range is a char range).
     let time = at.get(11..19).unwrap_or(&at);
     format!(
-        "ranked at {time} UTC, {} ago, refreshed every {}: all but the last hour as of then; --fresh to compute now",
+        "ranked at {time} UTC, {} ago, refreshed every {}: the answer as of then; --fresh to compute now",
         span(r.age()),
         span(r.refresh_seconds)
     )
@@ -339,7 +339,7 @@ mod tests {
         };
         assert_eq!(
             ranked_note(&r),
-            "ranked at 18:00:12 UTC, 1 min 35 s ago, refreshed every 5 min: all but the last hour as of then; --fresh to compute now"
+            "ranked at 18:00:12 UTC, 1 min 35 s ago, refreshed every 5 min: the answer as of then; --fresh to compute now"
         );
         let row = TopIssue { users: 2, users_approximate: true, ..plain_row() };
         let v = serde_json::to_value(cached_json(std::slice::from_ref(&row), &r)).unwrap();

@@ -724,11 +724,6 @@ fn rfc3339(secs: u32) -> String {
 ///
 /// `members`: with aliases, what the parts fold (the session's table of the ranked issues'
 /// participants: [`top`]), else the participants' subqueries of [`fold`].
-///
-/// `meta_in_set` (a ranking by users only): `ranked` holds the metadata columns too
-/// ([`META_COLUMNS`] and `merged`, as a precomputed ranking keeps them), so they are not read
-/// again; only the last hour is joined.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn top_sql(
     db: &str,
     c: &Clock,
@@ -737,9 +732,8 @@ pub(crate) fn top_sql(
     materialized: bool,
     aliases: Aliases,
     members: Option<&FoldSets>,
-    meta_in_set: bool,
 ) -> (Sql, u32) {
-    let hour_start = (c.now / 60) * 60 - 59 * 60;
+    let hour_start = hour_start(c.now);
     let project = |s: &mut Sql| {
         if let Some(p) = q.project {
             s.push(" AND project = ").str(p);
@@ -750,73 +744,6 @@ pub(crate) fn top_sql(
         "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts, merged FROM (\
          SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, merged FROM (",
     );
-    let folding = Folding { db, aliases, project: q.project, members };
-    if meta_in_set {
-        // The ranked issues with their users and metadata, as the set holds them.
-        s.push(&format!(
-            "SELECT project, issue_id, {META_COLUMNS}, events, previous, users_all AS users, merged FROM ("
-        ))
-        .sql(ranked)
-        .push("))");
-    } else {
-        push_with_meta(&mut s, c, q, ranked, materialized, &folding);
-    }
-    // The last hour per minute; a canonical issue's and its aliases' minutes together.
-    let hour = |members: Option<&Sql>| {
-        let mut h = minutes_head(db, hour_start);
-        project(&mut h);
-        if let Some(f) = members {
-            h.sql(f);
-        } else if materialized {
-            // The ranked issues' minutes only (the set is a table read, not a computation).
-            h.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(ranked).push("))");
-        }
-        h.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id");
-        h
-    };
-    s.push(") ANY LEFT JOIN (")
-        .sql(&folding.part(&hour, materialized.then_some(ranked), HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
-        .push(") USING (project, issue_id) ORDER BY ")
-        .push(order_by(q.by, "users"));
-    (s, hour_start)
-}
-
-/// How [`top_sql`]'s parts fold aliases: through the session's sets when given ([`fold_in`]),
-/// else by [`fold`]'s subqueries.
-#[derive(Clone, Copy)]
-struct Folding<'a> {
-    db: &'a str,
-    aliases: Aliases,
-    project: Option<&'a str>,
-    members: Option<&'a FoldSets>,
-}
-
-impl Folding<'_> {
-    /// `inner`'s rows per canonical issue (see [`fold`]).
-    fn part(
-        &self,
-        inner: &dyn Fn(Option<&Sql>) -> Sql,
-        only: Option<&Sql>,
-        plain: &str,
-        cols: &str,
-        aggs: &[(&str, &str)],
-    ) -> Sql {
-        match self.members {
-            Some(sets) if self.aliases == Aliases::Some => fold_in(sets, inner, plain, cols, aggs),
-            _ => fold(self.db, self.aliases, self.project, inner, only, plain, cols, aggs),
-        }
-    }
-}
-
-/// The part of [`top_sql`] that joins the ranked issues with their users (a ranking by users:
-/// already in the ranked set) and their metadata (`issues`), up to the last hour's join.
-fn push_with_meta(s: &mut Sql, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materialized: bool, folding: &Folding<'_>) {
-    let Folding { db, aliases, members, .. } = *folding;
-    let project = |s: &mut Sql| {
-        if let Some(p) = q.project {
-            s.push(" AND project = ").str(p);
-        }
-    };
     // The ranked issues with their users (ranking by users: already in the ranked set).
     if q.by == TopBy::Users {
         s.push("SELECT project, issue_id, events, previous, users_all AS users FROM (").sql(ranked).push(")");
@@ -827,6 +754,10 @@ fn push_with_meta(s: &mut Sql, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materi
             .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project, aliases, members))
             .push(") USING (project, issue_id)");
     }
+    let fold_part = |inner: &dyn Fn(Option<&Sql>) -> Sql, only: Option<&Sql>, plain, cols, aggs| match members {
+        Some(sets) if aliases == Aliases::Some => fold_in(sets, inner, plain, cols, aggs),
+        _ => fold(db, aliases, q.project, inner, only, plain, cols, aggs),
+    };
     // Metadata of the ranked issues; of the canonical ones folded over their aliases.
     let meta = |members: Option<&Sql>| {
         let mut m = Sql::default();
@@ -851,8 +782,32 @@ fn push_with_meta(s: &mut Sql, c: &Clock, q: &TopQuery<'_>, ranked: &Sql, materi
     // (The window's issues when ranking by users in one query: every participant's metadata.)
     let meta_only = (q.by != TopBy::Users || materialized).then_some(ranked);
     s.push(") ANY LEFT JOIN (")
-        .sql(&folding.part(&meta, meta_only, META_PLAIN, META_COLUMNS, META_FOLD))
+        .sql(&fold_part(&meta, meta_only, META_PLAIN, META_COLUMNS, META_FOLD))
         .push(") USING (project, issue_id)");
+    // The last hour per minute; a canonical issue's and its aliases' minutes together.
+    let hour = |members: Option<&Sql>| {
+        let mut h = minutes_head(db, hour_start);
+        project(&mut h);
+        if let Some(f) = members {
+            h.sql(f);
+        } else if materialized {
+            // The ranked issues' minutes only (the set is a table read, not a computation).
+            h.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(ranked).push("))");
+        }
+        h.push(" GROUP BY project, issue_id, minute) GROUP BY project, issue_id");
+        h
+    };
+    s.push(") ANY LEFT JOIN (")
+        .sql(&fold_part(&hour, materialized.then_some(ranked), HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
+        .push(") USING (project, issue_id) ORDER BY ")
+        .push(order_by(q.by, "users"));
+    (s, hour_start)
+}
+
+/// The first minute of the last hour that [`top_sql`] reads per minute at the server's clock
+/// `now` (the last hour's 60 minutes end with `now`'s).
+pub(crate) fn hour_start(now: u32) -> u32 {
+    (now / 60 * 60).saturating_sub(59 * 60)
 }
 
 /// The metadata columns of an issue list's rows, per issue.
@@ -1022,7 +977,7 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
         Some(done) => done,
         None => {
             let ranked = ranked_sql(db, &c, q, aliases, MapAt::Subquery, Limit::Rows);
-            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false, aliases, None, false);
+            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false, aliases, None);
             (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
         }
     };
@@ -1101,7 +1056,7 @@ async fn top_in_session(
     };
     // No ranked issue takes part in an alias: the plain query for the rest.
     let rest = if members.is_some() { Aliases::Some } else { Aliases::None };
-    let (sql, hour_start) = top_sql(db, c, q, &from, true, rest, members.as_ref(), false);
+    let (sql, hour_start) = top_sql(db, c, q, &from, true, rest, members.as_ref());
     let rows = in_session(|| sql.query(session).fetch_all::<TopRow>()).await?;
     Some((rows, hour_start))
 }

@@ -17,7 +17,7 @@
 use crate::client::{db, ident};
 use crate::error::{step, Result};
 use crate::issues::{
-    clock, ranked_sql, top_sql, Aliases, Limit, MapAt, TopBy, TopIssue, TopQuery, TopRow, EXACT_USERS_SECS,
+    clock, hour_start, ranked_sql, top_sql, Aliases, Limit, MapAt, TopBy, TopIssue, TopQuery, TopRow, EXACT_USERS_SECS,
     META_COLUMNS,
 };
 use crate::sql::Sql;
@@ -99,6 +99,8 @@ struct RankingRow<'a> {
     first_seen: u32,
     last_seen: u32,
     merged: &'a [String],
+    minutes: &'a [u32],
+    minute_counts: &'a [u64],
 }
 
 /// One row of `issue_ranking_runs`: a whole computation.
@@ -179,7 +181,7 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
         // `top --by users`'s own query (as the single query a `readonly` user's `top` runs),
         // the ranked set cut per project.
         let ranked = ranked_sql(db, &c, &q, aliases, MapAt::Subquery, Limit::PerProject);
-        let (sql, _) = top_sql(db, &c, &q, &ranked, false, aliases, None, false);
+        let (sql, _) = top_sql(db, &c, &q, &ranked, false, aliases, None);
         let mut ranked = sql.query(client).fetch::<TopRow>().map_err(step("compute ranking"))?;
         let run = run_id();
         let window_seconds = u32::try_from(window).unwrap_or(u32::MAX);
@@ -205,6 +207,8 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
                 first_seen: r.first_seen,
                 last_seen: r.last_seen,
                 merged: &r.merged,
+                minutes: &r.minutes,
+                minute_counts: &r.minute_counts,
             })
             .await
             .map_err(step("insert ranking"))?;
@@ -349,9 +353,8 @@ pub enum NotCached {
 /// kept per project or no list it reads was cut (each list holds its project's top `top_k`, so
 /// the first `q.limit <= top_k` of all are among them); by events (then project, id), when no
 /// list it reads was cut (each then holds every issue of its project with events in the
-/// window). Events, users, title, culprit, level, first and last seen and the merged aliases
-/// are the ranking's (as of `computed_at`: one table read); the last hour is read now, by the
-/// live query's own SQL.
+/// window). Every row is the ranking's, as `top` showed it at `computed_at` (events, users,
+/// title, culprit, level, first and last seen, merged aliases, the last hour): one table read.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.
@@ -377,12 +380,10 @@ pub async fn top_cached(
     if !whole && (q.by == TopBy::Events || q.limit > u64::from(l.top_k)) {
         return Ok(Err(NotCached::BeyondTopK(l.top_k)));
     }
-    let c = clock(client, db, q.since_secs, q.project).await?;
-    let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
     let mut set = Sql::default();
     set.push(&format!(
-        "SELECT project, issue_id, {META_COLUMNS}, events, toUInt64(0) AS previous, users AS users_all, merged \
-         FROM {db}.{TABLE} WHERE window_seconds = "
+        "SELECT project, issue_id, {META_COLUMNS}, events, toUInt64(0) AS previous, users, minutes, minute_counts, \
+         merged FROM {db}.{TABLE} WHERE window_seconds = "
     ))
     .u32(u32::try_from(q.since_secs).unwrap_or(u32::MAX))
     .push(" AND computed_at = toDateTime(")
@@ -396,22 +397,15 @@ pub async fn top_cached(
     set.push(if by_events {
         " ORDER BY events DESC, project, issue_id LIMIT "
     } else {
-        " ORDER BY users_all DESC, events DESC, project, issue_id LIMIT "
+        " ORDER BY users DESC, events DESC, project, issue_id LIMIT "
     })
     .u64(q.limit);
-    // The users and metadata are the set's (as of `computed_at`); the order is the ranking's.
-    let uq = TopQuery { by: TopBy::Users, ..*q };
-    let (sql, hour_start) = top_sql(db, &c, &uq, &set, true, aliases, None, true);
-    let rows = sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues from the ranking"))?;
+    let rows = set.query(client).fetch_all::<TopRow>().await.map_err(step("top issues from the ranking"))?;
+    let hour_start = hour_start(l.computed_at);
     let approximate = q.since_secs > EXACT_USERS_SECS;
-    let mut rows: Vec<TopIssue> = rows
+    let rows: Vec<TopIssue> = rows
         .into_iter()
         .map(|r| TopIssue { users_approximate: approximate, ..r.into_issue(hour_start, false) })
         .collect();
-    if by_events {
-        rows.sort_by(|a, b| {
-            b.count.cmp(&a.count).then_with(|| a.project.cmp(&b.project)).then_with(|| a.issue_id.cmp(&b.issue_id))
-        });
-    }
     Ok(Ok((rows, ranked)))
 }

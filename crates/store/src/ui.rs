@@ -430,7 +430,7 @@ fn list_sql(db: &str, c: &ListClock, q: &ListQuery<'_>, aliases: Aliases) -> (Sq
     }
     ranked.push(" ORDER BY ").push(list_order(q.sort)).push(" LIMIT ").u64(q.limit);
 
-    let hour_start = (c.now / 60) * 60 - 59 * 60;
+    let hour_start = crate::issues::hour_start(c.now);
     let mut s = Sql::default();
     s.push(
         "SELECT project, issue_id, title, culprit, level, first_seen, last_seen, events, previous, users, minutes, minute_counts, merged FROM (",
