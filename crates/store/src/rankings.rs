@@ -5,10 +5,11 @@
 //! ([`top_cached`]), as PostHog shows cached insight results with their age.
 //!
 //! A ranking is computed by the query of the live `top --by users` itself ([`crate::issues`]'s
-//! `ranked_sql`, cut per project instead of overall), against the server's clock as `top` reads
-//! it: its numbers are what a live `top --project P --limit K --by users` answered at
-//! `computed_at`, for every project P. Its rows stream from that query into one INSERT with
-//! one `computed_at` (the writer holds no list); once they are all in, one row of
+//! `ranked_sql` cut per project instead of overall, in `top_sql`), against the server's clock
+//! as `top` reads it: its rows are what a live `top --project P --limit K --by users` answered
+//! at `computed_at` (numbers, details and the last hour), for every project P. They stream from
+//! that query into one INSERT with one `computed_at` (the writer holds no list); once they are
+//! all in, one row of
 //! `issue_ranking_runs` says the run is whole (with its row count and the projects whose list
 //! was cut at `top_k`), so a reader never takes a part of one. A project whose list was not
 //! cut has every issue of the window in it: its ranking by events, of any length, is read from
@@ -150,12 +151,13 @@ fn run_id() -> u64 {
 }
 
 /// Computes each window of [`WINDOWS`] whose latest complete ranking is not younger than
-/// `spec.skip_younger_than`: every project's top `spec.top_k` issues by users, by the query of
-/// the live `top --by users` (the alias map read by subqueries, as a `readonly` user's `top`:
-/// the same answer), streamed into one INSERT per window, then its run row; then drops the
-/// partitions older than every window's second newest run ([`drop_old`]). Several writers computing at once each
-/// write a computation of their own (a run id apart), and readers take one whole computation:
-/// harmless. Memory: one row at a time and a count per project.
+/// `spec.skip_younger_than`: every project's top `spec.top_k` issues by users, as the live
+/// `top --by users` shows them (its single query, the alias map read by subqueries, as a
+/// `readonly` user's `top`: the same answer), streamed into one INSERT per window, then its run
+/// row; then drops the partitions older than every window's second newest run ([`drop_old`]).
+/// Several writers computing at once each write a computation of their own (a run id apart),
+/// and readers take one whole computation: harmless. Memory: one row at a time and a count per
+/// project.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer or refuses.

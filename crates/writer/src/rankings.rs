@@ -1,8 +1,9 @@
 //! The rankings loop: every `rankings.refresh_seconds`, each project's top issues by affected
 //! users over 7 and 30 days (up to `rankings.top_k`: all of them, in most projects) are
 //! computed into `issue_ranking_rows` ([`tracefold_store::rankings::refresh`]), off the insert
-//! path, for `tracefold top --by users|events` to read while fresh. A failed computation is logged, counted and tried again (after 10 s,
-//! doubling up to the refresh interval); it never ends the loop, so it never stops the writer.
+//! path, for `tracefold top --by users|events` to read while fresh. A failed computation is
+//! logged, counted and tried again (after 10 s, doubling up to the refresh interval); it never
+//! ends the loop, so it never stops the writer.
 //! Several writers may run it: a window computed by another writer less than half an interval
 //! ago is skipped, and two computations at once are harmless (readers take one whole).
 
