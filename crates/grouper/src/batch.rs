@@ -507,8 +507,9 @@ fn plan(
     let mut mapped = MappedList::new_in(arena);
     let out = EventOut { ident, routes, mapped: &mut mapped, outcome, maps, secondary, arena };
     let planned = plan_event(&mut event, scratch, out, opts, open, window, at);
-    // The event's lists keep their memory for the next event.
-    parser.recycle(event);
+    // The event's lists keep their memory for the next event (taken by reference: the event
+    // is dropped here, not moved into the call).
+    parser.recycle_lists(&mut event);
     planned
 }
 
