@@ -583,8 +583,6 @@ fn plan_event<'e>(
             },
             project: project.to_owned(),
             // The digits without the formatting machinery (`to_hex`'s `format!`: about 900
-            // instructions a new bucket, against about 40 and the allocation).
-            // The digits without the formatting machinery (`to_hex`'s `format!`: about 900
             // instructions a new bucket).
             issue_id: fp.hex_in(&mut [0u8; 32]).to_owned(),
             minute,
