@@ -507,8 +507,9 @@ fn plan(
     let mut mapped = MappedList::new_in(arena);
     let out = EventOut { ident, routes, mapped: &mut mapped, outcome, maps, secondary, arena };
     let planned = plan_event(&mut event, scratch, out, opts, open, window, at);
-    // The event's lists keep their memory for the next event.
-    parser.recycle(event);
+    // The event's lists keep their memory for the next event (taken by reference: the event
+    // is dropped here, not moved into the call).
+    parser.recycle_lists(&mut event);
     planned
 }
 
@@ -581,7 +582,9 @@ fn plan_event<'e>(
                 count: 0,
             },
             project: project.to_owned(),
-            issue_id: fp.to_hex(),
+            // The digits without the formatting machinery (`to_hex`'s `format!`: about 900
+            // instructions a new bucket).
+            issue_id: fp.hex_in(&mut [0u8; 32]).to_owned(),
             minute,
             release: release.to_owned(),
             environment: environment.to_owned(),
@@ -609,7 +612,11 @@ fn plan_event<'e>(
     };
     // A URL's route is read from the batch's memo of routes (written into it the first time
     // the batch sees the URL), then compared as plain text.
-    let tallies = Key::ALL.map(|k| out.routes.value(event, k).map(|v| counted.plan(k, v)));
+    // Key by key in `Key::ALL`'s order, written out: `array::map` was a call of its own (about
+    // 110 instructions an event around the three lookups).
+    let mut tally = |k: Key| out.routes.value(event, k).map(|v| counted.plan(k, v));
+    let [k0, k1, k2] = Key::ALL;
+    let tallies = [tally(k0), tally(k1), tally(k2)];
     Ok(Plan::Count(Planned {
         key,
         bucket,
@@ -626,21 +633,14 @@ fn plan_event<'e>(
 /// length-prefixed), fingerprint and minute. In one shot from a stack buffer when the parts fit
 /// (every valid event: validation bounds them), streamed otherwise: the same value either way.
 fn bucket_key(parts: [&str; 3], fingerprint: u128, minute: i64) -> u128 {
-    let mut buf = [0u8; 512];
     let len = parts.iter().map(|p| 4 + p.len()).sum::<usize>() + 16 + 8;
-    if len <= buf.len() {
-        let mut n = 0;
-        let mut put = |bytes: &[u8]| {
-            buf[n..n + bytes.len()].copy_from_slice(bytes);
-            n += bytes.len();
-        };
-        for p in parts {
-            put(&(p.len() as u32).to_le_bytes());
-            put(p.as_bytes());
-        }
-        put(&fingerprint.to_le_bytes());
-        put(&minute.to_le_bytes());
-        return xxhash_rust::xxh3::xxh3_128(&buf[..len]);
+    // The buffer zeroed is the smaller one that fits (a `memset` of 512 bytes was about 42
+    // instructions an event; most events' parts take well under 128).
+    if len <= 128 {
+        return bucket_key_in(&mut [0u8; 128], parts, fingerprint, minute, len);
+    }
+    if len <= 512 {
+        return bucket_key_in(&mut [0u8; 512], parts, fingerprint, minute, len);
     }
     let mut h = Xxh3::new();
     for part in parts {
@@ -650,6 +650,29 @@ fn bucket_key(parts: [&str; 3], fingerprint: u128, minute: i64) -> u128 {
     h.update(&fingerprint.to_le_bytes());
     h.update(&minute.to_le_bytes());
     h.digest128()
+}
+
+/// [`bucket_key`]'s one shot, in `buf` (`len` bytes, which fit).
+#[inline(always)]
+fn bucket_key_in<const N: usize>(
+    buf: &mut [u8; N],
+    parts: [&str; 3],
+    fingerprint: u128,
+    minute: i64,
+    len: usize,
+) -> u128 {
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        buf[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
+    };
+    for p in parts {
+        put(&(p.len() as u32).to_le_bytes());
+        put(p.as_bytes());
+    }
+    put(&fingerprint.to_le_bytes());
+    put(&minute.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128(&buf[..len])
 }
 
 #[cfg(test)]
@@ -862,7 +885,17 @@ mod tests {
     #[test]
     fn bucket_keys_in_one_shot_are_the_streamed_hash() {
         let long = "r".repeat(600);
-        for parts in [["shop", "1.0", "prod"], ["", "", ""], ["p", long.as_str(), "日本"]] {
+        // Keys of exactly 128 bytes, 129 and 512 (with "p" and "日本": 43 bytes and the
+        // release): each buffer at its bound, and the stream past it.
+        let (at_128, past_128, at_512) = ("r".repeat(85), "r".repeat(86), "r".repeat(469));
+        for parts in [
+            ["shop", "1.0", "prod"],
+            ["", "", ""],
+            ["p", long.as_str(), "日本"],
+            ["p", at_128.as_str(), "日本"],
+            ["p", past_128.as_str(), "日本"],
+            ["p", at_512.as_str(), "日本"],
+        ] {
             let mut h = Xxh3::new();
             for part in parts {
                 h.update(&(part.len() as u32).to_le_bytes());

@@ -434,10 +434,12 @@ impl Breakdown {
     }
 
     /// Counts one event as [`Breakdown::plan`] decided (on this breakdown, unchanged since).
+    #[inline]
     pub fn apply(&mut self, key: Key, t: Tally) {
         self.add_planned(key, t, 1);
     }
 
+    #[inline]
     fn add_planned(&mut self, key: Key, t: Tally, n: u64) {
         let values = self.values_mut(key);
         match t {

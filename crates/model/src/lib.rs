@@ -194,7 +194,14 @@ impl EventParser {
     /// lists, within a bound (a few lists of at most 256 elements each). Dropping the event
     /// instead is always correct; this only saves the allocations.
     pub fn recycle(&mut self, mut event: Event<'_>) {
-        self.spare.keep(&mut event);
+        self.recycle_lists(&mut event);
+    }
+
+    /// [`EventParser::recycle`] of an event the caller goes on owning (and drops where it
+    /// lies): its lists are taken out, left empty, and kept as `recycle` keeps them. The hot
+    /// path's form, without moving the event (about 600 bytes) into the call.
+    pub fn recycle_lists(&mut self, event: &mut Event<'_>) {
+        self.spare.keep(event);
     }
 }
 
