@@ -48,12 +48,14 @@ impl Default for GroupingConfig {
 pub struct Fingerprint(pub u128);
 
 impl Fingerprint {
-    /// 32 lower-case hex digits.
+    /// 32 lower-case hex digits (by [`Fingerprint::hex_in`]: `format!("{:032x}")` costs about
+    /// 900 instructions more, once for every new bucket of the grouper).
     pub fn to_hex(self) -> String {
-        format!("{:032x}", self.0)
+        self.hex_in(&mut [0u8; 32]).to_owned()
     }
 
-    /// [`Fingerprint::to_hex`] written into `buf`, without formatting machinery or allocation.
+    /// The 32 lower-case hex digits written into `buf`, without formatting machinery or
+    /// allocation.
     pub fn hex_in(self, buf: &mut [u8; 32]) -> &str {
         // Eight digits at a time in one word (the grouper writes one an event for a mapped
         // event's secondary fingerprint): about a third of the instructions of a digit by a
@@ -900,15 +902,17 @@ mod tests {
     }
 
     #[test]
-    fn hex_in_is_to_hex() {
+    fn hex_in_and_to_hex_are_the_formatted_digits() {
         let mut buf = [0u8; 32];
         for v in [0u128, 1, 0xf, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 1 << 127, u64::MAX as u128] {
-            assert_eq!(Fingerprint(v).hex_in(&mut buf), Fingerprint(v).to_hex());
+            assert_eq!(Fingerprint(v).hex_in(&mut buf), format!("{v:032x}"));
+            assert_eq!(Fingerprint(v).to_hex(), format!("{v:032x}"));
         }
         let mut x = 0x9e37_79b9_7f4a_7c15_u128;
         for _ in 0..1000 {
             x = x.wrapping_mul(0x2545_f491_4f6c_dd1d_0000_0000_0000_0001).wrapping_add(0x1234_5678_9abc_def1);
-            assert_eq!(Fingerprint(x).hex_in(&mut buf), Fingerprint(x).to_hex());
+            assert_eq!(Fingerprint(x).hex_in(&mut buf), format!("{x:032x}"));
+            assert_eq!(Fingerprint(x).to_hex(), format!("{x:032x}"));
         }
     }
 

@@ -582,9 +582,7 @@ fn plan_event<'e>(
                 count: 0,
             },
             project: project.to_owned(),
-            // The digits without the formatting machinery (`to_hex`'s `format!`: about 900
-            // instructions a new bucket).
-            issue_id: fp.hex_in(&mut [0u8; 32]).to_owned(),
+            issue_id: fp.to_hex(),
             minute,
             release: release.to_owned(),
             environment: environment.to_owned(),
