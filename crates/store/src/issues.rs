@@ -650,7 +650,7 @@ pub const USERS_SKETCH_ERROR: &str =
     "exact up to 8,192 users per issue (but for rare 32-bit hash collisions), 0.3% standard error beyond";
 
 /// The ORDER BY of a ranking (`users`: the name of the users column at that level).
-fn order_by(by: TopBy, users: &str) -> &'static str {
+pub(crate) fn order_by(by: TopBy, users: &str) -> &'static str {
     match (by, users) {
         (TopBy::Events | TopBy::New, _) => "events DESC, project, issue_id",
         (TopBy::Users, "users_all") => "users_all DESC, events DESC, project, issue_id",

@@ -18,8 +18,8 @@
 use crate::client::{db, ident};
 use crate::error::{step, Result};
 use crate::issues::{
-    clock, hour_start, ranked_sql, top_sql, Aliases, Limit, MapAt, TopBy, TopIssue, TopQuery, TopRow, EXACT_USERS_SECS,
-    META_COLUMNS,
+    clock, hour_start, order_by, ranked_sql, top_sql, Aliases, Limit, MapAt, TopBy, TopIssue, TopQuery, TopRow,
+    EXACT_USERS_SECS, META_COLUMNS,
 };
 use crate::sql::Sql;
 use clickhouse::Client;
@@ -184,16 +184,15 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
         // the ranked set cut per project.
         let ranked = ranked_sql(db, &c, &q, aliases, MapAt::Subquery, Limit::PerProject);
         let (sql, _) = top_sql(db, &c, &q, &ranked, false, aliases, None);
-        let mut ranked = sql.query(client).fetch::<TopRow>().map_err(step("compute ranking"))?;
+        let mut cursor = sql.query(client).fetch::<TopRow>().map_err(step("compute ranking"))?;
         let run = run_id();
         let window_seconds = u32::try_from(window).unwrap_or(u32::MAX);
         let approximate = u8::from(window > EXACT_USERS_SECS);
         let mut ins =
             client.clone().with_database(db).insert::<RankingRow<'_>>(TABLE).await.map_err(step("insert ranking"))?;
-        let mut rows = 0u64;
         // Rows per project (a project whose list reached `top_k` was cut).
         let mut per_project: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-        while let Some(r) = ranked.next().await.map_err(step("compute ranking"))? {
+        while let Some(r) = cursor.next().await.map_err(step("compute ranking"))? {
             ins.write(&RankingRow {
                 computed_at: c.now,
                 run,
@@ -214,15 +213,10 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
             })
             .await
             .map_err(step("insert ranking"))?;
-            rows += 1;
-            match per_project.get_mut(&r.project) {
-                Some(n) => *n += 1,
-                None => {
-                    per_project.insert(r.project, 1);
-                }
-            }
+            *per_project.entry(r.project).or_insert(0) += 1;
         }
         ins.end().await.map_err(step("insert ranking"))?;
+        let rows = per_project.values().map(|&n| u64::from(n)).sum();
         let mut cut: Vec<String> = per_project.into_iter().filter(|&(_, n)| n >= top_k).map(|(p, _)| p).collect();
         cut.sort_unstable();
         let mut runs =
@@ -395,13 +389,7 @@ pub async fn top_cached(
     if let Some(p) = q.project {
         set.push(" AND project = ").str(p);
     }
-    let by_events = q.by == TopBy::Events;
-    set.push(if by_events {
-        " ORDER BY events DESC, project, issue_id LIMIT "
-    } else {
-        " ORDER BY users DESC, events DESC, project, issue_id LIMIT "
-    })
-    .u64(q.limit);
+    set.push(" ORDER BY ").push(order_by(q.by, "users")).push(" LIMIT ").u64(q.limit);
     let rows = set.query(client).fetch_all::<TopRow>().await.map_err(step("top issues from the ranking"))?;
     let hour_start = hour_start(l.computed_at);
     let approximate = q.since_secs > EXACT_USERS_SECS;

@@ -42,8 +42,8 @@ pub struct TopArgs {
     #[arg(long, value_enum, default_value = "events")]
     pub by: TopByArg,
     /// Count now, never from the precomputed ranking: `--by users` or `--by events` over 7d or
-    /// 30d is otherwise answered from the writer's latest ranking while it is fresh (docs/operations.md,
-    /// "Precomputed rankings"), and the output says when it was ranked.
+    /// 30d is otherwise answered from the writer's latest ranking while it is fresh
+    /// (docs/operations.md, "Precomputed rankings"), and the output says when it was ranked.
     #[arg(long)]
     pub fresh: bool,
     /// Output format.
