@@ -738,6 +738,24 @@ async fn aliases_fold_into_their_canonical_issue() {
         .await
         .unwrap();
 
+    // The release of the first events: of P's own (r2), or folded with S's (r1, 3 days ago);
+    // the list's reads each issue's own rows, and leaves out an issue without any.
+    let first = |id: &'static str, merged: bool| tracefold_store::ui::first_release(client, dbn, "fold", id, merged);
+    assert_eq!(first(P, false).await.unwrap().as_deref(), Some("r2"));
+    assert_eq!(first(P, true).await.unwrap().as_deref(), Some("r1"));
+    assert_eq!(first(Q, false).await.unwrap().as_deref(), Some("r0"));
+    assert_eq!(first("00000000000000000000000000000000", false).await.unwrap(), None);
+    let mut firsts = tracefold_store::ui::first_releases(
+        client,
+        dbn,
+        &[("fold", P), ("fold", X), ("else", S), ("fold", "00000000000000000000000000000000")],
+    )
+    .await
+    .unwrap();
+    firsts.sort();
+    let want = [("else", S, "r1"), ("fold", P, "r2"), ("fold", X, "r2")];
+    assert_eq!(firsts, want.map(|(p, i, r)| (p.to_owned(), i.to_owned(), r.to_owned())));
+
     // The cookbook's folded query: one row for P and S.
     let sql = cookbook()["top_issues_last_hour_folded"].replace("tracefold.", &format!("{dbn}."));
     let got: Vec<(String, u64)> = rows(&db, &sql)

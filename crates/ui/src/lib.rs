@@ -295,13 +295,7 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
         }
     }
     // The release of each row's first events, one query for the page.
-    let firsts: Vec<(&str, &str, u32)> = rows
-        .iter()
-        .filter_map(|r| {
-            let ms = tracefold_model::time::parse_rfc3339(&r.first_seen)?;
-            Some((r.project.as_str(), r.issue_id.as_str(), u32::try_from(ms.div_euclid(1000)).ok()?))
-        })
-        .collect();
+    let firsts: Vec<(&str, &str)> = rows.iter().map(|r| (r.project.as_str(), r.issue_id.as_str())).collect();
     let first_release: std::collections::HashMap<(String, String), String> =
         match tracefold_store::ui::first_releases(&st.client, db, &firsts).await {
             Ok(f) => f.into_iter().map(|(p, i, r)| ((p, i), r)).collect(),
@@ -533,7 +527,6 @@ async fn issue(
         Ok(s) => s,
         Err(e) => return store_error(&e),
     };
-    let first_seen = summary.first_seen;
     // Without merged issues, the issue's own rows alone (the queries as before aliases existed).
     let merged = !summary.merged.is_empty();
     // An alias (an issue merged into another by a late source map) shows its canonical issue.
@@ -548,8 +541,7 @@ async fn issue(
     };
     let res = resolution(w, q.res.as_deref());
     let series = tracefold_store::ui::series(&st.client, db, &project, &issue_id, res, buckets(w, res), merged).await;
-    let first_release =
-        tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, first_seen, merged).await;
+    let first_release = tracefold_store::ui::first_release(&st.client, db, &project, &issue_id, merged).await;
     let (series, first_release) = match (series, first_release) {
         (Ok(s), Ok(f)) => (s, f),
         (Err(e), _) | (_, Err(e)) => return store_error(&e),
