@@ -716,11 +716,7 @@ fn rfc3339(secs: u32) -> String {
 /// (`issue_counts_1m`). No list of ids is built on the client: users and metadata are read for
 /// the ranked issues only (`IN` the ranked set).
 ///
-/// `ranked` is the ranked set: a SELECT of the temporary table [`top`] filled with
-/// [`ranked_sql`] (`materialized` true: computed once, read in every `IN`, which also keeps
-/// the last hour to the ranked issues), or [`ranked_sql`] itself (`materialized` false: it is
-/// computed again in each `IN`, so metadata when ranking by users is read for the issues with
-/// events in the window and the last hour for every issue of the last hour instead).
+/// `ranked` is the ranked set, read as `from` says ([`RankedFrom`]).
 ///
 /// `members`: with aliases, what the parts fold (the session's table of the ranked issues'
 /// participants: [`top`]), else the participants' subqueries of [`fold`].
@@ -729,7 +725,7 @@ pub(crate) fn top_sql(
     c: &Clock,
     q: &TopQuery<'_>,
     ranked: &Sql,
-    materialized: bool,
+    from: RankedFrom,
     aliases: Aliases,
     members: Option<&FoldSets>,
 ) -> (Sql, u32) {
@@ -751,7 +747,15 @@ pub(crate) fn top_sql(
         s.push("SELECT project, issue_id, events, previous, users_n AS users FROM (")
             .sql(ranked)
             .push(") ANY LEFT JOIN (")
-            .sql(&users_sql(db, c, q.since_secs, Some(ranked), q.project, aliases, members))
+            .sql(&users_sql(
+                db,
+                c,
+                q.since_secs,
+                (from != RankedFrom::Whole).then_some(ranked),
+                q.project,
+                aliases,
+                members,
+            ))
             .push(") USING (project, issue_id)");
     }
     let fold_part = |inner: &dyn Fn(Option<&Sql>) -> Sql, only: Option<&Sql>, plain, cols, aggs| match members {
@@ -766,7 +770,7 @@ pub(crate) fn top_sql(
             m.push("1").sql(f);
         } else {
             m.push("(project, issue_id) IN (SELECT project, issue_id FROM ");
-            if q.by == TopBy::Users && !materialized {
+            if q.by == TopBy::Users && from == RankedFrom::Computed {
                 // The ranked set holds every issue's users: cheaper to take the window's issues.
                 m.push(&format!("{db}.issue_counts_1d WHERE day >= toDate(toDateTime(")).u32(c.from).push("))");
                 project(&mut m);
@@ -780,7 +784,7 @@ pub(crate) fn top_sql(
         m
     };
     // (The window's issues when ranking by users in one query: every participant's metadata.)
-    let meta_only = (q.by != TopBy::Users || materialized).then_some(ranked);
+    let meta_only = (q.by != TopBy::Users || from != RankedFrom::Computed).then_some(ranked);
     s.push(") ANY LEFT JOIN (")
         .sql(&fold_part(&meta, meta_only, META_PLAIN, META_COLUMNS, META_FOLD))
         .push(") USING (project, issue_id)");
@@ -790,7 +794,7 @@ pub(crate) fn top_sql(
         project(&mut h);
         if let Some(f) = members {
             h.sql(f);
-        } else if materialized {
+        } else if from == RankedFrom::Table {
             // The ranked issues' minutes only (the set is a table read, not a computation).
             h.push(" AND (project, issue_id) IN (SELECT project, issue_id FROM (").sql(ranked).push("))");
         }
@@ -798,10 +802,28 @@ pub(crate) fn top_sql(
         h
     };
     s.push(") ANY LEFT JOIN (")
-        .sql(&fold_part(&hour, materialized.then_some(ranked), HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
+        .sql(&fold_part(&hour, (from != RankedFrom::Computed).then_some(ranked), HOUR_COLUMNS, HOUR_COLUMNS, HOUR_FOLD))
         .push(") USING (project, issue_id) ORDER BY ")
         .push(order_by(q.by, "users"));
     (s, hour_start)
+}
+
+/// Where [`top_sql`] reads the ranked set from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RankedFrom {
+    /// [`ranked_sql`] itself, computed again in each `IN`: so metadata when ranking by users is
+    /// read for the issues with events in the window, and the last hour for every issue of the
+    /// last hour, instead.
+    Computed,
+    /// A temporary table [`top`] filled with [`ranked_sql`]: computed once and read in every
+    /// `IN`, which also keeps the last hour to the ranked issues.
+    Table,
+    /// Such a table holding every issue with events in the window (fewer rows than the limit,
+    /// no alias): the users and the last hour are read without the `IN` (they cover the same
+    /// issues, and matching every row against a set of tens of thousands of issues took a
+    /// third of the query). The metadata keep it: the `issues` table holds every issue ever
+    /// seen, not only the window's.
+    Whole,
 }
 
 /// The first minute of the last hour that [`top_sql`] reads per minute at the server's clock
@@ -977,7 +999,7 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
         Some(done) => done,
         None => {
             let ranked = ranked_sql(db, &c, q, aliases, MapAt::Subquery, Limit::Rows);
-            let (sql, hour_start) = top_sql(db, &c, q, &ranked, false, aliases, None);
+            let (sql, hour_start) = top_sql(db, &c, q, &ranked, RankedFrom::Computed, aliases, None);
             (sql.query(client).fetch_all::<TopRow>().await.map_err(step("top issues"))?, hour_start)
         }
     };
@@ -1056,7 +1078,20 @@ async fn top_in_session(
     };
     // No ranked issue takes part in an alias: the plain query for the rest.
     let rest = if members.is_some() { Aliases::Some } else { Aliases::None };
-    let (sql, hour_start) = top_sql(db, c, q, &from, true, rest, members.as_ref());
+    // A whole list (fewer rows than asked for) of every issue with events in the window
+    // (`new` keeps only some of them): the users and the last hour need no filter.
+    let whole = if rest == Aliases::None && q.by != TopBy::New {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct N {
+            n: u64,
+        }
+        let count = format!("SELECT count() AS n FROM {RANKED_TABLE}");
+        in_session(|| session.query(&count).fetch_one::<N>()).await?.n < q.limit
+    } else {
+        false
+    };
+    let read = if whole { RankedFrom::Whole } else { RankedFrom::Table };
+    let (sql, hour_start) = top_sql(db, c, q, &from, read, rest, members.as_ref());
     let rows = in_session(|| sql.query(session).fetch_all::<TopRow>()).await?;
     Some((rows, hour_start))
 }

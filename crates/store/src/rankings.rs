@@ -18,8 +18,8 @@
 use crate::client::{db, ident};
 use crate::error::{step, Result};
 use crate::issues::{
-    clock, hour_start, order_by, ranked_sql, top_sql, Aliases, Limit, MapAt, TopBy, TopIssue, TopQuery, TopRow,
-    EXACT_USERS_SECS, META_COLUMNS,
+    clock, hour_start, order_by, ranked_sql, top_sql, Aliases, Limit, MapAt, RankedFrom, TopBy, TopIssue, TopQuery,
+    TopRow, EXACT_USERS_SECS, META_COLUMNS,
 };
 use crate::sql::Sql;
 use clickhouse::Client;
@@ -183,7 +183,7 @@ pub async fn refresh(client: &Client, database: &str, spec: &RefreshSpec) -> Res
         // `top --by users`'s own query (as the single query a `readonly` user's `top` runs),
         // the ranked set cut per project.
         let ranked = ranked_sql(db, &c, &q, aliases, MapAt::Subquery, Limit::PerProject);
-        let (sql, _) = top_sql(db, &c, &q, &ranked, false, aliases, None);
+        let (sql, _) = top_sql(db, &c, &q, &ranked, RankedFrom::Computed, aliases, None);
         let mut cursor = sql.query(client).fetch::<TopRow>().map_err(step("compute ranking"))?;
         let run = run_id();
         let window_seconds = u32::try_from(window).unwrap_or(u32::MAX);
