@@ -646,3 +646,52 @@ fn chart(html: &str) -> (Vec<u64>, Vec<(usize, String)>) {
         .collect();
     (counts, markers)
 }
+
+/// Without a filter, the list over 7 and 30 days is `tracefold top`'s: from the precomputed
+/// ranking while it is fresh (saying when it was ranked, with a link that counts now), live with
+/// `&fresh=1`, a filter or a window of a day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_over_days_reads_the_precomputed_ranking_and_counts_now_when_asked() {
+    use tracefold_store::rankings::{refresh, RefreshSpec};
+    let db = TestDb::new("ui_ranked").await;
+    let t = db.server_now().await;
+    let (a, b) = (hex(1), hex(2));
+    db.insert_records(&[
+        rec("r", &a, "A failed", t - 2 * 86_400, "r1", 10, &[1], 0),
+        rec("r", &b, "B failed", t - 3600, "r1", 4, &[2, 3], 1),
+    ])
+    .await;
+    let spec = RefreshSpec { top_k: 100, refresh_seconds: 300, skip_younger_than: 0 };
+    refresh(&db.client, &db.cfg.database, &spec).await.unwrap();
+    // After the ranking: B gains 20 events, which the ranking does not hold.
+    db.insert_records(&[rec("r", &b, "B failed", t - 60, "r1", 20, &[4], 2)]).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg =
+        tracefold_ui::Config { clickhouse: db.cfg.clone(), signals: None, operator_token: None, ..Default::default() };
+    let server = tokio::spawn(tracefold_ui::serve(listener, cfg, std::future::pending()));
+    let get = |path: &'static str| async move {
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        r.text().await.unwrap()
+    };
+    let events = |html: &str, id: &str| row_cell(html, id, "events");
+
+    for path in ["/?window=7d", "/?window=30d", "/?window=7d&by=users"] {
+        let html = get(path).await;
+        assert_eq!((events(&html, &a), events(&html, &b)), ("10".into(), "4".into()), "{path}: the ranking's");
+        let note = by_id(&html, "ranked");
+        assert!(note.starts_with("ranked at ") && note.contains(" ago, refreshed every 5 min"), "{path}: {note}");
+        assert!(html.contains("&amp;fresh=1\">Count now</a>"), "{path}");
+    }
+    // Counted now: B's new events.
+    for path in ["/?window=7d&fresh=1", "/?window=24h", "/?window=7d&environment=production"] {
+        let html = get(path).await;
+        assert_eq!(events(&html, &b), "24", "{path}: live");
+        assert!(!html.contains("id=\"ranked\""), "{path}");
+    }
+    let html = get("/?window=7d&fresh=1").await;
+    assert_eq!(events(&html, &a), "10");
+    server.abort();
+}

@@ -53,26 +53,7 @@ pub fn render_top(rows: &[TopIssue]) -> String {
 /// The line under a table answered from a precomputed ranking: when it was ranked, how long
 /// ago, how often rankings are computed, and how to count now instead.
 pub fn ranked_note(r: &tracefold_store::rankings::Ranked) -> String {
-    let at = tracefold_model::time::format_rfc3339(i64::from(r.computed_at) * 1000);
-    // `YYYY-MM-DDTHH:MM:SS.mmmZ`: the time of day (ASCII, so the byte range is a char range).
-    let time = at.get(11..19).unwrap_or(&at);
-    format!(
-        "ranked at {time} UTC, {} ago, refreshed every {}: the answer as of then; --fresh to compute now",
-        span(r.age()),
-        span(r.refresh_seconds)
-    )
-}
-
-/// Seconds as `42 s`, `5 min`, `5 min 30 s`, `2 h`, `2 h 5 min`.
-fn span(secs: u32) -> String {
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    match (h, m, s) {
-        (0, 0, s) => format!("{s} s"),
-        (0, m, 0) => format!("{m} min"),
-        (0, m, s) => format!("{m} min {s} s"),
-        (h, 0, _) => format!("{h} h"),
-        (h, m, _) => format!("{h} h {m} min"),
-    }
+    format!("{}: the answer as of then; --fresh to compute now", r.describe())
 }
 
 /// One row of `top --format json` answered from a precomputed ranking: the row as the live
@@ -349,9 +330,10 @@ mod tests {
         assert_eq!(v[0]["refresh_seconds"], 300);
         assert_eq!(v[0]["issue_id"], "abc");
         assert_eq!(serde_json::from_value::<TopIssue>(v[0].clone()).unwrap(), row, "the live row's fields, unchanged");
-        assert_eq!(span(7_260), "2 h 1 min");
-        assert_eq!(span(3_600), "1 h");
-        assert_eq!(span(0), "0 s");
+        let later = |age: u32| tracefold_store::rankings::Ranked { now: r.computed_at + age, ..r }.describe();
+        assert_eq!(later(7_260), "ranked at 18:00:12 UTC, 2 h 1 min ago, refreshed every 5 min");
+        assert_eq!(later(3_600), "ranked at 18:00:12 UTC, 1 h ago, refreshed every 5 min");
+        assert_eq!(later(0), "ranked at 18:00:12 UTC, 0 s ago, refreshed every 5 min");
     }
 
     #[test]

@@ -326,6 +326,28 @@ impl Ranked {
     pub fn age(&self) -> u32 {
         self.now.saturating_sub(self.computed_at)
     }
+
+    /// When it was ranked, how long ago and how often rankings are computed: `ranked at
+    /// 18:00:12 UTC, 1 min 35 s ago, refreshed every 5 min` (the CLI and the UI say how to count
+    /// now after it).
+    pub fn describe(&self) -> String {
+        let at = tracefold_model::time::format_rfc3339(i64::from(self.computed_at) * 1000);
+        // `YYYY-MM-DDTHH:MM:SS.mmmZ`: the time of day (ASCII, so the byte range is a char range).
+        let time = at.get(11..19).unwrap_or(&at);
+        format!("ranked at {time} UTC, {} ago, refreshed every {}", span(self.age()), span(self.refresh_seconds))
+    }
+}
+
+/// Seconds as `42 s`, `5 min`, `5 min 30 s`, `2 h`, `2 h 5 min`.
+fn span(secs: u32) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m, s) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, 0) => format!("{m} min"),
+        (0, m, s) => format!("{m} min {s} s"),
+        (h, 0, _) => format!("{h} h"),
+        (h, m, _) => format!("{h} h {m} min"),
+    }
 }
 
 /// Why [`top_cached`] did not answer (the live query does).

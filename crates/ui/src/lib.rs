@@ -132,6 +132,8 @@ struct ListParams {
     q: Option<String>,
     // Text, so that a hand-edited link with a bad page number gets the first page, not a 400.
     page: Option<String>,
+    /// `1`: count now, not from the precomputed ranking (as `tracefold top --fresh`).
+    fresh: Option<String>,
 }
 
 /// The issues list's state as read from the URL (empty values: no filter).
@@ -144,6 +146,7 @@ struct ListState<'a> {
     release: Option<&'a str>,
     status: Option<IssueStatus>,
     search: Option<&'a str>,
+    fresh: bool,
 }
 
 impl<'a> ListState<'a> {
@@ -157,6 +160,7 @@ impl<'a> ListState<'a> {
             release: set(&q.release),
             status: set(&q.status).and_then(|s| s.parse().ok()),
             search: set(&q.q),
+            fresh: set(&q.fresh).is_some_and(|v| v == "1" || v == "true"),
         }
     }
 
@@ -179,6 +183,9 @@ impl<'a> ListState<'a> {
         }
         if page > 0 {
             u.push_str(&format!("&page={page}"));
+        }
+        if self.fresh {
+            u.push_str("&fresh=1");
         }
         u
     }
@@ -255,12 +262,26 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
     let limit = PAGE_SIZE * (page + 1) + 1;
     let since_secs = u64::from(w.hours) * 3600;
     let filtered = ls.environment.is_some() || ls.release.is_some() || ls.status.is_some() || ls.search.is_some();
-    // Without a filter, the numbers of `tracefold top`; with one (or by last seen), the
-    // filtered list.
+    // Without a filter, the numbers of `tracefold top`: as it, from the precomputed ranking
+    // when that holds the answer and is fresh (7 and 30 days, by events or users) unless
+    // `&fresh=1`; with a filter (or by last seen), the filtered list.
+    let mut ranked = None;
     let rows = match top_by(ls.sort).filter(|_| !filtered) {
         Some(by) => {
             let tq = TopQuery { since_secs, limit, project: ls.project, by };
-            tracefold_store::issues::top(&st.client, db, &tq).await
+            let cached = if ls.fresh {
+                None
+            } else {
+                // A failed read of the ranking is no answer: the live query answers.
+                tracefold_store::rankings::top_cached(&st.client, db, &tq).await.ok().and_then(Result::ok)
+            };
+            match cached {
+                Some((rows, r)) => {
+                    ranked = Some(r);
+                    Ok(rows)
+                }
+                None => tracefold_store::issues::top(&st.client, db, &tq).await,
+            }
         }
         None => {
             let lq = ListQuery {
@@ -391,6 +412,14 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
         p.raw("</td></tr>");
     }
     p.raw("</tbody></table>");
+    if let Some(r) = ranked {
+        let now = ListState { fresh: true, ..ls };
+        p.raw("<p class=\"c\" id=\"ranked\">")
+            .text(&r.describe())
+            .raw(": the numbers as of then. <a href=\"")
+            .text(&now.url(page))
+            .raw("\">Count now</a></p>");
+    }
     if rows.is_empty() {
         p.raw("<p>No issues in this window");
         if filtered {
@@ -756,20 +785,26 @@ mod tests {
             status: Some("resolved".into()),
             q: Some("\"><script>中文 🙈 100%".into()),
             page: None,
+            fresh: Some("1".into()),
         };
         let ls = ListState::new(&params);
         let url = ls.url(2);
         assert_eq!(
             url,
             "/?by=last_seen&window=7d&project=web&environment=prod%20%26%20co&release=r%401%2F%C3%A9&status=resolved\
-             &q=%22%3E%3Cscript%3E%E4%B8%AD%E6%96%87%20%F0%9F%99%88%20100%25&page=2"
+             &q=%22%3E%3Cscript%3E%E4%B8%AD%E6%96%87%20%F0%9F%99%88%20100%25&page=2&fresh=1"
         );
         let back: ListParams = parse_query(&url[2..]);
         let again = ListState::new(&back);
         assert_eq!(again.url(2), url);
         assert_eq!(back.q.as_deref(), params.q.as_deref());
         // Empty values and unknown statuses are no filter.
-        let none = ListParams { status: Some("deleted".into()), q: Some(String::new()), ..Default::default() };
+        let none = ListParams {
+            status: Some("deleted".into()),
+            q: Some(String::new()),
+            fresh: Some("no".into()),
+            ..Default::default()
+        };
         assert_eq!(ListState::new(&none).url(0), "/?by=events&window=24h");
     }
 

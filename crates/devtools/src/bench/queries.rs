@@ -368,8 +368,9 @@ async fn run(
 }
 
 /// Times the web UI's pages (`tracefold ui`, served in this process on a loopback port): the
-/// issues list in each window, ranked by growth, its deepest page, and the heaviest issue's
-/// page over a day and over 30 days. Each time is the whole answer, rendered HTML included;
+/// issues list in each window, ranked by growth, its deepest page (over 7 and 30 days from the
+/// precomputed ranking, and counted now with `&fresh=1`), and the heaviest issue's page over a
+/// day and over 30 days. Each time is the whole answer, rendered HTML included;
 /// rows are the page's table rows.
 async fn ui_pages(
     opts: &QueriesOptions,
@@ -390,6 +391,9 @@ async fn ui_pages(
     let mut pages: Vec<String> = ["1h", "24h", "7d", "30d"].iter().map(|w| format!("/?window={w}")).collect();
     pages.push("/?window=24h&by=growth".into());
     pages.push(format!("/?window=7d&page={}", tracefold_ui::MAX_PAGES - 1));
+    // The 7- and 30-day lists read the ranking computed above; counted now too.
+    pages.extend(["/?window=7d&fresh=1".to_owned(), "/?window=30d&fresh=1".to_owned()]);
+    pages.push(format!("/?window=7d&page={}&fresh=1", tracefold_ui::MAX_PAGES - 1));
     pages.push(format!("{issue}?window=24h"));
     pages.push(format!("{issue}?window=30d"));
     let mut times = Vec::new();
