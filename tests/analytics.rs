@@ -505,6 +505,29 @@ async fn top_ranks_by_events_users_growth_and_new() {
     }
 }
 
+/// The release of an issue's first events (the UI's list and issue page) is that of its
+/// earliest row, to the second, not the smallest release name of its first minute; per project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_releases_are_those_of_the_earliest_row_of_each_project() {
+    use tracefold_store::ui::{first_release, first_releases};
+    let db = TestDb::new("first_release").await;
+    let m = db.server_now().await / 60 * 60 - 600;
+    db.insert_records(&[
+        rec("one", E, m + 30, "alpha", "production", 1, users([1]), "", 1),
+        rec("one", E, m + 5, "zeta", "production", 1, users([2]), "", 2),
+        rec("one", E, m + 300, "beta", "production", 1, users([2]), "", 3),
+        rec("two", E, m + 40, "r9", "staging", 1, users([3]), "", 4),
+    ])
+    .await;
+    let (client, dbn) = (&db.client, &db.cfg.database);
+    assert_eq!(first_release(client, dbn, "one", E, false).await.unwrap().as_deref(), Some("zeta"));
+    assert_eq!(first_release(client, dbn, "two", E, false).await.unwrap().as_deref(), Some("r9"));
+    let mut got = first_releases(client, dbn, &[("two", E), ("one", E), ("three", E)]).await.unwrap();
+    got.sort();
+    let want = [("one", E, "zeta"), ("two", E, "r9")];
+    assert_eq!(got, want.map(|(p, i, r)| (p.to_owned(), i.to_owned(), r.to_owned())));
+}
+
 /// Late source maps' fast path (docs/sourcemaps.md "Late maps", Queries): without alias rows
 /// every query is the plain one; with some, only the issues they name are folded. Alias rows
 /// that merge no events (an alias without rows into `E`, and two issues of a project without

@@ -714,7 +714,8 @@ fn rfc3339(secs: u32) -> String {
 /// The SQL of [`top`] (one SELECT) for a clock reading: the ranked, LIMITed issues joined
 /// with their metadata (`issues`), distinct users in the window ([`users_sql`]) and last hour
 /// (`issue_counts_1m`). No list of ids is built on the client: users and metadata are read for
-/// the ranked issues only (`IN` the ranked set).
+/// the ranked issues only (`IN` the ranked set; the users not so for a whole list, see
+/// [`RankedFrom::Whole`]).
 ///
 /// `ranked` is the ranked set, read as `from` says ([`RankedFrom`]).
 ///
@@ -983,7 +984,8 @@ pub async fn top(client: &Client, database: &str, q: &TopQuery<'_>) -> Result<Ve
     let c = clock(client, db, q.since_secs, q.project).await?;
     let aliases = if c.aliases == 0 { Aliases::None } else { Aliases::Some };
     // The ranked set is computed once, into a temporary table of an HTTP session of this call
-    // alone, and read from there by the rows, the users and the metadata (ClickHouse 18.16 has
+    // alone, and read from there by the rows, the users, the metadata and the last hour (the
+    // users and the last hour of a whole list need not: `RankedFrom::Whole`; ClickHouse 18.16 has
     // no common table expressions); with aliases, the alias map and the participants too.
     // When that fails (a `readonly = 1` user may not create temporary tables), one query that
     // computes the set in each place gives the same answer.
@@ -1066,13 +1068,7 @@ async fn top_in_session(
         ));
         in_session(|| create(MEMBERS_TABLE, &m).query(session).execute()).await?;
         made.push(MEMBERS_TABLE);
-        #[derive(clickhouse::Row, Deserialize)]
-        struct N {
-            n: u64,
-        }
-        let count = format!("SELECT count() AS n FROM {MEMBERS_TABLE}");
-        let n = in_session(|| session.query(&count).fetch_one::<N>()).await?.n;
-        (n > 0).then(|| table_sets(MEMBERS_TABLE, MEMBERS_TABLE))
+        (table_rows(session, MEMBERS_TABLE).await? > 0).then(|| table_sets(MEMBERS_TABLE, MEMBERS_TABLE))
     } else {
         None
     };
@@ -1080,20 +1076,21 @@ async fn top_in_session(
     let rest = if members.is_some() { Aliases::Some } else { Aliases::None };
     // A whole list (fewer rows than asked for) of every issue with events in the window
     // (`new` keeps only some of them): the users and the last hour need no filter.
-    let whole = if rest == Aliases::None && q.by != TopBy::New {
-        #[derive(clickhouse::Row, Deserialize)]
-        struct N {
-            n: u64,
-        }
-        let count = format!("SELECT count() AS n FROM {RANKED_TABLE}");
-        in_session(|| session.query(&count).fetch_one::<N>()).await?.n < q.limit
-    } else {
-        false
-    };
+    let whole = rest == Aliases::None && q.by != TopBy::New && table_rows(session, RANKED_TABLE).await? < q.limit;
     let read = if whole { RankedFrom::Whole } else { RankedFrom::Table };
     let (sql, hour_start) = top_sql(db, c, q, &from, read, rest, members.as_ref());
     let rows = in_session(|| sql.query(session).fetch_all::<TopRow>()).await?;
     Some((rows, hour_start))
+}
+
+/// The rows of `table`, a temporary table of `session`; `None` as [`in_session`].
+async fn table_rows(session: &Client, table: &str) -> Option<u64> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let count = format!("SELECT count() AS n FROM {table}");
+    Some(in_session(|| session.query(&count).fetch_one::<N>()).await?.n)
 }
 
 /// Most releases (and environments) [`issue_detail`] lists for one issue's window; beyond it

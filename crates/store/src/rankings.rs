@@ -421,3 +421,24 @@ pub async fn top_cached(
         .collect();
     Ok(Ok((rows, ranked)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Ranked;
+
+    #[test]
+    fn a_ranking_says_when_it_was_ranked_how_long_ago_and_how_often() {
+        let r = Ranked { computed_at: 1_795_888_812, now: 1_795_888_812, refresh_seconds: 300, top_k: 1000 };
+        let later =
+            |age: u32, refresh_seconds: u32| Ranked { now: r.computed_at + age, refresh_seconds, ..r }.describe();
+        assert_eq!(later(95, 300), "ranked at 18:00:12 UTC, 1 min 35 s ago, refreshed every 5 min");
+        assert_eq!(later(7_260, 3_600), "ranked at 18:00:12 UTC, 2 h 1 min ago, refreshed every 1 h");
+        assert_eq!(later(0, 330), "ranked at 18:00:12 UTC, 0 s ago, refreshed every 5 min 30 s");
+        assert_eq!(later(42, 60), "ranked at 18:00:12 UTC, 42 s ago, refreshed every 1 min");
+        // A clock read before the ranking's (another server's): no age, not a wrapped one.
+        assert_eq!(
+            Ranked { now: r.computed_at - 5, ..r }.describe(),
+            "ranked at 18:00:12 UTC, 0 s ago, refreshed every 5 min"
+        );
+    }
+}

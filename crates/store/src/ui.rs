@@ -130,10 +130,11 @@ pub async fn release_starts(
     Ok(rows.into_iter().map(|r| (r.release, r.first)).collect())
 }
 
-/// The release of an issue's first events: the release of its earliest stored event (the
-/// aggregate row with the smallest `first_seen`, kept per issue in `issue_first_release`, so
-/// also after the minute rollup's rows are gone). `None` for an issue without rows. `merged`:
-/// the issue has issues merged into it (late source maps): the earliest of theirs and its own.
+/// The release of an issue's first events: the release of its earliest event (the aggregate
+/// row with the smallest `first_seen`, to the second; `argMin` kept per issue in
+/// `issue_first_release`, so also after retention drops the rows; rows tied to the second give
+/// any one of theirs). `None` for an issue without rows. `merged`: the issue has issues merged
+/// into it (late source maps): the earliest of theirs and its own.
 ///
 /// # Errors
 /// When the database name is not an identifier or ClickHouse does not answer.

@@ -272,8 +272,18 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
             let cached = if ls.fresh {
                 None
             } else {
-                // A failed read of the ranking is no answer: the live query answers.
-                tracefold_store::rankings::top_cached(&st.client, db, &tq).await.ok().and_then(Result::ok)
+                // No ranking that answers (or a failed read of it): the live query answers.
+                match tracefold_store::rankings::top_cached(&st.client, db, &tq).await {
+                    Ok(Ok(answer)) => Some(answer),
+                    Ok(Err(why)) => {
+                        tracing::debug!(?why, "issues list counted live");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the ranking failed; issues list counted live");
+                        None
+                    }
+                }
             };
             match cached {
                 Some((rows, r)) => {
@@ -412,6 +422,15 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
         p.raw("</td></tr>");
     }
     p.raw("</tbody></table>");
+    if rows.is_empty() {
+        p.raw("<p>No issues in this window");
+        if filtered {
+            p.raw(" match the filters");
+        }
+        p.raw(".</p>");
+    }
+    // Where the numbers come from: the ranking (and how to count now), or counted now when
+    // asked to although a ranking could have answered.
     if let Some(r) = ranked {
         let now = ListState { fresh: true, ..ls };
         p.raw("<p class=\"c\" id=\"ranked\">")
@@ -419,13 +438,11 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
             .raw(": the numbers as of then. <a href=\"")
             .text(&now.url(page))
             .raw("\">Count now</a></p>");
-    }
-    if rows.is_empty() {
-        p.raw("<p>No issues in this window");
-        if filtered {
-            p.raw(" match the filters");
-        }
-        p.raw(".</p>");
+    } else if ls.fresh && !filtered {
+        let ranked = ListState { fresh: false, ..ls };
+        p.raw("<p class=\"c\" id=\"counted\">Counted now. <a href=\"")
+            .text(&ranked.url(page))
+            .raw("\">The precomputed ranking</a></p>");
     }
     p.raw("<nav>");
     if page > 0 {
