@@ -115,6 +115,11 @@ pub struct BatchBuilder {
     /// per issue per batch is plenty, and the other buckets need not copy the event.
     sampled: HashSet<u128, KeyedIdState>,
     partials: Vec<AggregateRecord>,
+    /// Per partial (same index), the secondary fingerprint last found in or added to its
+    /// `merged_from`: the events of a bucket mapped from minified frames mostly name the
+    /// same issue as received, and a repeat of the last one is already in the list (which
+    /// only grows within a batch), so it is not written as hex and searched again.
+    merged_last: Vec<Option<u128>>,
     rejected: Vec<Rejected>,
     duplicates: Vec<Duplicate>,
     /// Identities of the partition's recent valid events; kept across batches.
@@ -226,6 +231,7 @@ impl BatchBuilder {
             index: HashMap::default(),
             sampled: HashSet::default(),
             partials: Vec::new(),
+            merged_last: Vec::new(),
             rejected: Vec::new(),
             duplicates: Vec::new(),
             window: DedupWindow::new(opts.dedup_window),
@@ -362,6 +368,7 @@ impl BatchBuilder {
                 }
                 let i = self.partials.len();
                 self.partials.push(*record);
+                self.merged_last.push(None);
                 self.index.insert(p.key, i);
                 i
             }
@@ -379,9 +386,14 @@ impl BatchBuilder {
             }
         }
         if let Some(secondary) = p.merged_from {
-            let mut hex = [0u8; 32];
-            if !r.add_merged_from(tracefold_fingerprint::Fingerprint(secondary).hex_in(&mut hex)) {
-                self.merged_from_dropped += 1;
+            let last = &mut self.merged_last[idx];
+            if *last != Some(secondary) {
+                let mut hex = [0u8; 32];
+                if r.add_merged_from(tracefold_fingerprint::Fingerprint(secondary).hex_in(&mut hex)) {
+                    *last = Some(secondary);
+                } else {
+                    self.merged_from_dropped += 1;
+                }
             }
         }
         self.accepted += 1;
@@ -399,6 +411,7 @@ impl BatchBuilder {
         last_offset: i64,
     ) -> BatchOutput {
         let mut records = std::mem::take(&mut self.partials);
+        self.merged_last.clear();
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
         for (i, r) in records.iter_mut().enumerate() {
             r.batch = BatchRef {
@@ -437,6 +450,7 @@ impl BatchBuilder {
     /// Drops what was added since the last finish (the partition was revoked).
     pub fn reset(&mut self) {
         self.partials.clear();
+        self.merged_last.clear();
         self.index.clear();
         self.sampled.clear();
         self.rejected.clear();

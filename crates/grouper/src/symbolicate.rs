@@ -972,6 +972,56 @@ mod tests {
         assert_eq!(out.merged_from_dropped, 2);
     }
 
+    /// The builder skips writing and searching a secondary that repeats the bucket's last one
+    /// (kept per bucket, forgotten at the batch's end): repeats, alternations and ids left out
+    /// count as without the shortcut, and the next batch of the same builder starts afresh.
+    #[test]
+    fn repeated_secondaries_name_and_count_as_each_alone() {
+        let (store, rt) = new_store();
+        let builds: Vec<Build> = (0..10u32)
+            .map(|i| Build {
+                release: "1.0",
+                url: Box::leak(format!("~/static/js/main.{i:08}.js").into_boxed_str()),
+                name: "a",
+                at: 8 * i,
+            })
+            .collect();
+        for b in &builds {
+            upload(&store, &rt, b);
+        }
+        let issues: Vec<String> = builds.iter().map(|b| issues_without_maps(&[b.event(1)]).remove(0)).collect();
+        // The first batch ends on build 0 (its last secondary named); the second starts with
+        // it, once: a memory of it kept past the batch would leave it out.
+        let batches: [&[usize]; 2] =
+            [&[0, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 9, 0, 9], &[0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 1]];
+        let mut b = builder(&store);
+        let mut id = 0u64;
+        for (n, order) in batches.into_iter().enumerate() {
+            let events: Vec<String> = order
+                .iter()
+                .map(|&i| {
+                    id += 1;
+                    builds[i].event(id)
+                })
+                .collect();
+            let out = run(&mut b, &events);
+            assert_eq!(out.records.len(), 1);
+            // The first eight builds named in order of arrival, sorted; the events of the
+            // others each counted as left out.
+            let mut named: Vec<usize> = Vec::new();
+            for &i in order {
+                if !named.contains(&i) && named.len() < tracefold_model::aggregate::MAX_MERGED_FROM {
+                    named.push(i);
+                }
+            }
+            let mut want: Vec<String> = named.iter().map(|&i| issues[i].clone()).collect();
+            want.sort();
+            assert_eq!(out.records[0].merged_from, want, "batch {n}");
+            let left_out = order.iter().filter(|i| !named.contains(i)).count() as u64;
+            assert_eq!(out.merged_from_dropped, left_out, "batch {n}");
+        }
+    }
+
     /// A frame of `url` (a path under https://shop.example) at line 1, `col`, named `function`.
     fn frame(url: &str, function: Option<&str>, line: u32, col: u32) -> String {
         let f = function.map_or(String::new(), |f| format!(r#""function":"{f}","#));

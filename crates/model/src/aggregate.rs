@@ -127,30 +127,60 @@ impl UserSet {
 /// `ip_address`), tagged by which field it came from. `None` for anonymous events.
 pub fn user_hash(user: Option<&crate::event::User<'_>>) -> Option<u64> {
     let u = user?;
-    let (tag, v): (&[u8], &str) = if let Some(id) = u.id.as_deref().filter(|s| !s.is_empty()) {
-        (b"id:", id)
+    let (tag, v): (&Tag, &str) = if let Some(id) = u.id.as_deref().filter(|s| !s.is_empty()) {
+        (&ID_TAG, id)
     } else if let Some(e) = u.email.as_deref().filter(|s| !s.is_empty()) {
-        (b"email:", e)
+        (&EMAIL_TAG, e)
     } else if let Some(n) = u.username.as_deref().filter(|s| !s.is_empty()) {
-        (b"username:", n)
+        (&USERNAME_TAG, n)
     } else if let Some(ip) = u.ip_address.as_deref().filter(|s| !s.is_empty()) {
-        (b"ip:", ip)
+        (&IP_TAG, ip)
     } else {
         return None;
     };
+    let (tag, t) = (&tag.0, tag.1);
+    let v = v.as_bytes();
     // xxh3-64 of `tag | value`: in one shot from a stack buffer when it fits, streamed
-    // otherwise (the same value).
+    // otherwise (the same value). The tag is written as its 16 padded bytes (a fixed-size
+    // store, not a `memcpy` call; the value overwrites the padding, and what is past the
+    // value is not hashed), a value of 8 to 16 bytes (most user ids) as two words that
+    // overlap.
     let mut buf = [0u8; 128];
-    if tag.len() + v.len() <= buf.len() {
-        buf[..tag.len()].copy_from_slice(tag);
-        buf[tag.len()..tag.len() + v.len()].copy_from_slice(v.as_bytes());
-        return Some(xxhash_rust::xxh3::xxh3_64(&buf[..tag.len() + v.len()]));
+    if t + v.len() <= buf.len() {
+        buf[..16].copy_from_slice(tag);
+        let n = v.len();
+        match (v.first_chunk::<8>(), v.last_chunk::<8>()) {
+            (Some(head), Some(tail)) if n <= 16 => {
+                buf[t..t + 8].copy_from_slice(head);
+                buf[t + n - 8..t + n].copy_from_slice(tail);
+            }
+            _ => buf[t..t + n].copy_from_slice(v),
+        }
+        return Some(xxhash_rust::xxh3::xxh3_64(&buf[..t + n]));
     }
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(tag);
-    h.update(v.as_bytes());
+    h.update(&tag[..t]);
+    h.update(v);
     Some(h.digest())
 }
+
+/// A user hash's field tag, padded to 16 bytes, and its length.
+type Tag = ([u8; 16], usize);
+
+const fn tag(t: &[u8]) -> Tag {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < t.len() {
+        out[i] = t[i];
+        i += 1;
+    }
+    (out, t.len())
+}
+
+const ID_TAG: Tag = tag(b"id:");
+const EMAIL_TAG: Tag = tag(b"email:");
+const USERNAME_TAG: Tag = tag(b"username:");
+const IP_TAG: Tag = tag(b"ip:");
 
 /// One partial aggregate on the aggregates topic (JSON), keyed by `project/issue_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -272,6 +302,33 @@ mod tests {
             h.update(want_tag.as_bytes());
             h.update(v.as_bytes());
             assert_eq!(user_hash(Some(&user)), Some(h.digest()), "{id}");
+        }
+        // Every field's tag, every value length around the word copies (7, 8, 16, 17 bytes)
+        // and the one-shot buffer's bound (128 bytes with the tag), multi-byte text too.
+        let streamed = |tag: &str, v: &str| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(tag.as_bytes());
+            h.update(v.as_bytes());
+            h.digest()
+        };
+        for n in (0..=20).chain(115..=130) {
+            for v in ["x".repeat(n), "é".repeat(n / 2), format!("{}ü", "y".repeat(n.saturating_sub(2)))] {
+                let one = |f: usize| {
+                    let mut u = crate::event::User::default();
+                    let s = Some(v.as_str().into());
+                    match f {
+                        0 => u.id = s,
+                        1 => u.email = s,
+                        2 => u.username = s,
+                        _ => u.ip_address = s,
+                    }
+                    user_hash(Some(&u))
+                };
+                for (f, tag) in ["id:", "email:", "username:", "ip:"].into_iter().enumerate() {
+                    let want = (!v.is_empty()).then(|| streamed(tag, &v));
+                    assert_eq!(one(f), want, "{tag} {} bytes", v.len());
+                }
+            }
         }
     }
 

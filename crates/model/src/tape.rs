@@ -94,20 +94,23 @@ impl Spare {
         }
     }
 
+    // Taken out as they are: a list of `'static` elements is a list of `'a` ones (`Vec` and
+    // the event's types are covariant), and the lists were emptied when kept. Only keeping
+    // needs the recast, the other way.
     fn exceptions<'a>(&mut self) -> Vec<Exception<'a>> {
-        recast(std::mem::take(&mut self.exceptions))
+        std::mem::take(&mut self.exceptions)
     }
 
     fn threads<'a>(&mut self) -> Vec<Thread<'a>> {
-        recast(std::mem::take(&mut self.threads))
+        std::mem::take(&mut self.threads)
     }
 
     fn frames<'a>(&mut self) -> Vec<Frame<'a>> {
-        self.frames.pop().map(recast).unwrap_or_default()
+        self.frames.pop().unwrap_or_default()
     }
 
     fn pairs<'a>(&mut self) -> Vec<(Str<'a>, Str<'a>)> {
-        self.pairs.pop().map(recast).unwrap_or_default()
+        self.pairs.pop().unwrap_or_default()
     }
 }
 
