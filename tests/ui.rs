@@ -694,8 +694,10 @@ async fn the_list_over_days_reads_the_precomputed_ranking_and_counts_now_when_as
     let html = get("/?window=7d&fresh=1").await;
     assert_eq!(events(&html, &a), "10");
     assert!(html.contains("id=\"counted\">Counted now. <a href=\"/?by=events&amp;window=7d\">"), "a way back");
-    for path in ["/?window=24h", "/?window=7d&environment=production"] {
-        assert!(!get(path).await.contains("id=\"counted\""), "{path}: not asked to count now");
+    for path in
+        ["/?window=24h", "/?window=7d&environment=production", "/?window=24h&fresh=1", "/?window=7d&by=growth&fresh=1"]
+    {
+        assert!(!get(path).await.contains("id=\"counted\""), "{path}: no ranking to go back to");
     }
     server.abort();
 }

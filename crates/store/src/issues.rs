@@ -714,7 +714,7 @@ fn rfc3339(secs: u32) -> String {
 /// The SQL of [`top`] (one SELECT) for a clock reading: the ranked, LIMITed issues joined
 /// with their metadata (`issues`), distinct users in the window ([`users_sql`]) and last hour
 /// (`issue_counts_1m`). No list of ids is built on the client: users and metadata are read for
-/// the ranked issues only (`IN` the ranked set; the users not so for a whole list, see
+/// the ranked issues only (`IN` the ranked set; the users and the last hour not so for a whole list, see
 /// [`RankedFrom::Whole`]).
 ///
 /// `ranked` is the ranked set, read as `from` says ([`RankedFrom`]).

@@ -438,7 +438,11 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
             .raw(": the numbers as of then. <a href=\"")
             .text(&now.url(page))
             .raw("\">Count now</a></p>");
-    } else if ls.fresh && !filtered {
+    } else if ls.fresh
+        && !filtered
+        && matches!(ls.sort, ListSort::Events | ListSort::Users)
+        && tracefold_store::rankings::WINDOWS.contains(&since_secs)
+    {
         let ranked = ListState { fresh: false, ..ls };
         p.raw("<p class=\"c\" id=\"counted\">Counted now. <a href=\"")
             .text(&ranked.url(page))
