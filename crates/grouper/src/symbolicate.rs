@@ -947,11 +947,9 @@ mod tests {
         assert_eq!(again.records.iter().filter(|r| !r.merged_from.is_empty()).count(), 1, "{again:?}");
     }
 
-    #[test]
-    fn past_eight_secondaries_an_aggregate_leaves_the_others_out_and_counts_them() {
-        let (store, rt) = new_store();
-        // Ten builds of one release whose minified files differ in name: ten secondaries, one
-        // mapped issue.
+    /// Ten builds of one release whose minified files differ in name, uploaded: ten
+    /// secondaries, one mapped issue.
+    fn ten_builds(store: &ArtifactStore, rt: &tokio::runtime::Runtime) -> Vec<Build> {
         let builds: Vec<Build> = (0..10u32)
             .map(|i| Build {
                 release: "1.0",
@@ -961,8 +959,15 @@ mod tests {
             })
             .collect();
         for b in &builds {
-            upload(&store, &rt, b);
+            upload(store, rt, b);
         }
+        builds
+    }
+
+    #[test]
+    fn past_eight_secondaries_an_aggregate_leaves_the_others_out_and_counts_them() {
+        let (store, rt) = new_store();
+        let builds = ten_builds(&store, &rt);
         let events: Vec<String> = builds.iter().enumerate().map(|(i, b)| b.event(i as u64 + 1)).collect();
         let out = run(&mut builder(&store), &events);
         assert_eq!(out.records.len(), 1);
@@ -978,17 +983,7 @@ mod tests {
     #[test]
     fn repeated_secondaries_name_and_count_as_each_alone() {
         let (store, rt) = new_store();
-        let builds: Vec<Build> = (0..10u32)
-            .map(|i| Build {
-                release: "1.0",
-                url: Box::leak(format!("~/static/js/main.{i:08}.js").into_boxed_str()),
-                name: "a",
-                at: 8 * i,
-            })
-            .collect();
-        for b in &builds {
-            upload(&store, &rt, b);
-        }
+        let builds = ten_builds(&store, &rt);
         let issues: Vec<String> = builds.iter().map(|b| issues_without_maps(&[b.event(1)]).remove(0)).collect();
         // The first batch ends on build 0 (its last secondary named); the second starts with
         // it, once: a memory of it kept past the batch would leave it out.
