@@ -364,6 +364,12 @@ pub enum NotCached {
     BeyondTopK(u32),
 }
 
+/// Whether `q` is a ranking the loop computes ahead (by users or events, over a window of
+/// [`WINDOWS`]): the only queries [`top_cached`] may answer.
+pub fn is_ranked(q: &TopQuery<'_>) -> bool {
+    matches!(q.by, TopBy::Users | TopBy::Events) && WINDOWS.contains(&q.since_secs)
+}
+
 /// `top --by users|events` over a window of [`WINDOWS`] from the latest complete ranking, when
 /// it is younger than twice its refresh interval and holds the answer: by users, the first
 /// `q.limit` issues of the projects' lists merged (of `q.project`'s alone with one) in the live
@@ -382,7 +388,7 @@ pub async fn top_cached(
     q: &TopQuery<'_>,
 ) -> Result<std::result::Result<(Vec<TopIssue>, Ranked), NotCached>> {
     let db = db(database)?;
-    if !matches!(q.by, TopBy::Users | TopBy::Events) || !WINDOWS.contains(&q.since_secs) {
+    if !is_ranked(q) {
         return Ok(Err(NotCached::NotRanked));
     }
     // A database not migrated to 0015 has no table: the live query answers.

@@ -266,14 +266,14 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
     // when that holds the answer and is fresh (7 and 30 days, by events or users) unless
     // `&fresh=1`; with a filter (or by last seen), the filtered list.
     let mut ranked = None;
-    let rows = match top_by(ls.sort).filter(|_| !filtered) {
-        Some(by) => {
-            let tq = TopQuery { since_secs, limit, project: ls.project, by };
+    let top_q = top_by(ls.sort).filter(|_| !filtered).map(|by| TopQuery { since_secs, limit, project: ls.project, by });
+    let rows = match &top_q {
+        Some(tq) => {
             let cached = if ls.fresh {
                 None
             } else {
                 // No ranking that answers (or a failed read of it): the live query answers.
-                match tracefold_store::rankings::top_cached(&st.client, db, &tq).await {
+                match tracefold_store::rankings::top_cached(&st.client, db, tq).await {
                     Ok(Ok(answer)) => Some(answer),
                     Ok(Err(why)) => {
                         tracing::debug!(?why, "issues list counted live");
@@ -290,7 +290,7 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
                     ranked = Some(r);
                     Ok(rows)
                 }
-                None => tracefold_store::issues::top(&st.client, db, &tq).await,
+                None => tracefold_store::issues::top(&st.client, db, tq).await,
             }
         }
         None => {
@@ -438,11 +438,7 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
             .raw(": the numbers as of then. <a href=\"")
             .text(&now.url(page))
             .raw("\">Count now</a></p>");
-    } else if ls.fresh
-        && !filtered
-        && matches!(ls.sort, ListSort::Events | ListSort::Users)
-        && tracefold_store::rankings::WINDOWS.contains(&since_secs)
-    {
+    } else if ls.fresh && top_q.as_ref().is_some_and(tracefold_store::rankings::is_ranked) {
         let ranked = ListState { fresh: false, ..ls };
         p.raw("<p class=\"c\" id=\"counted\">Counted now. <a href=\"")
             .text(&ranked.url(page))
