@@ -1233,21 +1233,36 @@ async fn top_on_the_command_line_reads_the_fresh_ranking_unless_told_otherwise()
     let spec = RefreshSpec { top_k: 3, refresh_seconds: 300, skip_younger_than: 0 };
     refresh(&db.client, &db.cfg.database, &spec).await.unwrap();
     db.insert_records(&[rec("rank", E, t - 60, "r2", "production", 5, users(100..120), "", 11)]).await;
-    let run = |args: &[&str]| {
+    // stdout and stderr of `tracefold top --project rank <args>`.
+    let both = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracefold-under-test"))
-            .args(["top", "--project", "rank"])
+            .arg("top")
+            .args(if args.contains(&"--project") { &[][..] } else { &["--project", "rank"][..] })
             .args(args)
             .args(["--clickhouse-url", &db.cfg.url, "--database", &db.cfg.database])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
     };
+    let run = |args: &[&str]| both(args).0;
     let json = |args: &[&str]| -> Vec<serde_json::Value> {
         let mut a = args.to_vec();
         a.extend(["--format", "json"]);
         serde_json::from_str(&run(&a)).unwrap()
     };
+    // The JSON of a ranked answer is only the rows; the note goes to stderr, so that an
+    // empty ranked answer (a project with no issue in the ranking) still says where it came
+    // from. A live answer has none.
+    for (args, rows) in [(&["--limit", "3"][..], 3), (&["--project", "nobody"][..], 0)] {
+        let mut a = vec!["--since", "7d", "--by", "users", "--format", "json"];
+        a.extend(args);
+        let (stdout, stderr) = both(&a);
+        assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&stdout).unwrap().len(), rows, "{stdout}");
+        assert!(stderr.contains("ranked at ") && stderr.contains("--fresh to compute now"), "{stderr}");
+        a.push("--fresh");
+        assert!(!both(&a).1.contains("ranked at"), "counted now");
+    }
     let first = |rows: &[serde_json::Value]| (rows[0]["issue_id"].as_str().unwrap().to_owned(), num(&rows[0]["users"]));
     // (`--limit` at most the ranking's `top_k`, 3 here; the default is 20.)
     let cached = json(&["--since", "7d", "--by", "users", "--limit", "3"]);

@@ -20,7 +20,12 @@ pub async fn top(a: TopArgs) -> anyhow::Result<()> {
     if !a.fresh {
         if let Ok(Ok((rows, ranked))) = tracefold_store::rankings::top_cached(&client, &cfg.database, &q).await {
             match a.format {
-                Format::Json => outln!("{}", serde_json::to_string_pretty(&query::cached_json(&rows, &ranked))?),
+                Format::Json => {
+                    // Each row says it was ranked, and when; an empty list cannot, so the
+                    // note also goes to stderr, beside the JSON rather than in it.
+                    outln!("{}", serde_json::to_string_pretty(&query::cached_json(&rows, &ranked))?);
+                    eprintln!("{}", query::ranked_note(&ranked));
+                }
                 Format::Table => {
                     out!("{}", query::render_top(&rows));
                     outln!("{}", query::ranked_note(&ranked));
