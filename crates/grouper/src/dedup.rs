@@ -22,25 +22,16 @@ use xxhash_rust::xxh3::Xxh3;
 /// (hyphens dropped, ASCII lowercase) so that a UUID and its 32-hex-digit form are one id.
 pub fn identity(project: &str, event_id: &str) -> u128 {
     // The hash of `len(project) as u32 LE | project | normalized id`, in one shot from a stack
-    // buffer when it fits (every valid event), streamed otherwise: the same value either way.
-    let mut buf = [0u8; 256];
-    let head = 4 + project.len();
-    if head + event_id.len() <= buf.len() {
-        buf[..4].copy_from_slice(&(project.len() as u32).to_le_bytes());
-        buf[4..head].copy_from_slice(project.as_bytes());
-        let mut n = head;
-        if event_id.contains('-') {
-            for b in event_id.bytes().filter(|b| *b != b'-') {
-                buf[n] = b.to_ascii_lowercase();
-                n += 1;
-            }
-        } else {
-            n += event_id.len();
-            buf[head..n].copy_from_slice(event_id.as_bytes());
-            buf[head..n].make_ascii_lowercase();
-        }
-        return xxhash_rust::xxh3::xxh3_128(&buf[..n]);
+    // buffer when it fits (every valid event: a 128-byte one for the usual project names, so
+    // that zeroing it is four stores), streamed otherwise: the same value either way.
+    let len = 4 + project.len() + event_id.len();
+    if len <= 128 {
+        return identity_in(&mut [0u8; 128], project, event_id);
     }
+    if len <= 256 {
+        return identity_in(&mut [0u8; 256], project, event_id);
+    }
+    let mut buf = [0u8; 64];
     let mut h = Xxh3::new();
     h.update(&(project.len() as u32).to_le_bytes());
     h.update(project.as_bytes());
@@ -55,6 +46,31 @@ pub fn identity(project: &str, event_id: &str) -> u128 {
     }
     h.update(&buf[..n]);
     h.digest128()
+}
+
+/// [`identity`] in one shot from `buf`, which holds at least `4 + project.len() +
+/// event_id.len()` bytes.
+#[inline(always)]
+fn identity_in(buf: &mut [u8], project: &str, event_id: &str) -> u128 {
+    let head = 4 + project.len();
+    buf[..4].copy_from_slice(&(project.len() as u32).to_le_bytes());
+    buf[4..head].copy_from_slice(project.as_bytes());
+    let id = event_id.as_bytes();
+    // Hyphens found by a fold without an early exit (a few vector instructions over a 32-digit
+    // id) instead of a `memchr` call, which costs more to set up than the id takes to read.
+    let hyphens = id.iter().fold(false, |h, &b| h | (b == b'-'));
+    let mut n = head;
+    if hyphens {
+        for b in id.iter().filter(|b| **b != b'-') {
+            buf[n] = b.to_ascii_lowercase();
+            n += 1;
+        }
+    } else {
+        n += id.len();
+        buf[head..n].copy_from_slice(id);
+        buf[head..n].make_ascii_lowercase();
+    }
+    xxhash_rust::xxh3::xxh3_128(&buf[..n])
 }
 
 /// Hashes map keys that are already 128-bit or 64-bit xxh3 values (identities, bucket and
@@ -252,6 +268,36 @@ mod tests {
             h.update(p.as_bytes());
             h.update(id.replace('-', "").to_ascii_lowercase().as_bytes());
             assert_eq!(identity(p, id), h.digest128(), "{p} {id}");
+        }
+    }
+
+    #[test]
+    fn identities_around_the_buffer_bounds_are_the_streamed_hash() {
+        // Both one-shot buffers (128 and 256 bytes) and the streamed hash, at and around their
+        // bounds, with and without hyphens, upper case and multi-byte text in the id.
+        let streamed = |p: &str, id: &str| {
+            let mut h = Xxh3::new();
+            h.update(&(p.len() as u32).to_le_bytes());
+            h.update(p.as_bytes());
+            h.update(id.replace('-', "").to_ascii_lowercase().as_bytes());
+            h.digest128()
+        };
+        let ids = [
+            "0123456789abcdef0123456789abcdef",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "01234567-89ab-cdef-0123-456789abcdef",
+            "-0123456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcdef-",
+            "--",
+            "ü-Ü-é",
+            "",
+        ];
+        for id in ids {
+            for total in (0usize..8).chain(120..136).chain(248..264) {
+                let Some(plen) = total.checked_sub(4 + id.len()) else { continue };
+                let p = "p".repeat(plen);
+                assert_eq!(identity(&p, id), streamed(&p, id), "{plen} {id}");
+            }
         }
     }
 
