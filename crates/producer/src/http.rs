@@ -590,11 +590,13 @@ fn body_error(e: BodyError) -> ApiError {
     }
 }
 
+/// The request's `Content-Encoding`, lower-case; `None` when absent, empty or `identity`. A
+/// value that is not visible ASCII is kept (lossily) so that it is refused as unsupported (415,
+/// naming it), not taken for no encoding and the compressed bytes read as the body.
 fn content_encoding(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|e| e.trim().to_ascii_lowercase())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase())
         .filter(|e| !e.is_empty() && e != "identity")
 }
 
@@ -1382,6 +1384,28 @@ mod tests {
         // Other errors carry no code.
         let v = serde_json::to_value(ApiError::new(StatusCode::BAD_REQUEST, "x")).unwrap();
         assert!(v.get("code").is_none(), "{v}");
+    }
+
+    /// A `Content-Encoding` that is not ASCII is refused as unsupported and named, not
+    /// ignored: the compressed bytes were read as the body and the client was told its events
+    /// were not UTF-8 or malformed.
+    #[tokio::test]
+    async fn a_content_encoding_that_is_not_ascii_is_unsupported() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_bytes(b"gzip\xe9").unwrap());
+        let e = decode(&headers, Bytes::from_static(b"\x1f\x8b compressed"), 1 << 20).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let body = axum::body::to_bytes(e.into_response().into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("gzip\u{fffd}"), "{v}");
+        // Absent, empty and identity are no encoding.
+        for h in [None, Some(""), Some(" Identity ")] {
+            let mut headers = HeaderMap::new();
+            if let Some(h) = h {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_str(h).unwrap());
+            }
+            assert_eq!(decode(&headers, Bytes::from_static(b"{}"), 1 << 20).await.unwrap(), &b"{}"[..]);
+        }
     }
 
     #[tokio::test]
