@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod outcomes;
 pub mod sentry;
+pub mod server;
 pub mod sourcemaps;
 
 pub use config::Config;
@@ -122,12 +123,12 @@ pub async fn serve(
     });
     tracing::info!(addr = %listener.local_addr()?, "producer listening");
     let s = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            s.wait().await;
-        })
-        .await
-        .context("http server failed")?;
+    let header_timeout = Duration::from_millis(cfg.http.header_timeout_ms);
+    server::serve(listener, app, header_timeout, async move {
+        s.wait().await;
+    })
+    .await
+    .context("http server failed")?;
     health.set_stopped();
     delivering.set_stopped();
     let _ = flusher.await;
