@@ -178,9 +178,20 @@ impl Limiter {
 async fn limit_concurrency(State(st): State<AppState>, req: Request, next: Next) -> Response {
     match st.limiter.try_enter() {
         Ok(permit) => {
-            let resp = next.run(req).await;
-            drop(permit);
-            resp
+            // The request runs to its end in a task of its own (with its slot), whether or not
+            // the client waits for the answer: a client that disconnects while Kafka
+            // acknowledges its events would otherwise drop the handler with the connection,
+            // and events that were queued, and are published, would go uncounted in the
+            // outcomes and metrics (and a source map stored without its row).
+            let run = tokio::spawn(async move {
+                let resp = next.run(req).await;
+                drop(permit);
+                resp
+            });
+            match run.await {
+                Ok(resp) => resp,
+                Err(e) => ApiError::internal(e).into_response(),
+            }
         }
         Err(e) => {
             if let Some(project) = project_of_path(&st, req.uri().path()) {
@@ -1406,6 +1417,63 @@ mod tests {
             }
             assert_eq!(decode(&headers, Bytes::from_static(b"{}"), 1 << 20).await.unwrap(), &b"{}"[..]);
         }
+    }
+
+    /// A client that disconnects while Kafka acknowledges its events: the events are
+    /// published all the same (they were queued), so they must be counted as accepted in the
+    /// outcomes, which the pipeline's counts are reconciled against. The handler used to be
+    /// dropped with the connection, before it counted them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_leaves_while_kafka_acknowledges_still_has_its_events_counted() {
+        use rdkafka::producer::Producer as _;
+        use tokio::io::AsyncWriteExt as _;
+        let mut cfg = Config::default();
+        let broker = tracefold_runtime::devbroker::DevBroker::start(1, &cfg.topics, Some(1)).unwrap();
+        cfg.kafka.bootstrap_servers = broker.bootstrap_servers();
+        let cfg = Arc::new(cfg);
+        let c = cfg.clone();
+        let producer = tokio::task::spawn_blocking(move || crate::kafka_producer(&c)).await.unwrap().unwrap();
+        let projects = Arc::new(Projects::new(&cfg).unwrap());
+        let st = AppState::new(cfg.clone(), producer.clone(), projects);
+        // Every broker answer now takes a second: the request waits for its acknowledgement.
+        broker.cluster().broker_round_trip_time(1, Duration::from_secs(1)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::server::serve(listener, router(st.clone()), Duration::from_secs(30), async {
+            let _ = stopped.await;
+        }));
+
+        let body = r#"{"message":"left early"}"#;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /api/v1/projects/web/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(req.as_bytes()).await.unwrap();
+        // Queued for Kafka: the client goes.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while producer.in_flight_count() == 0 {
+            assert!(Instant::now() < deadline, "the event was never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(client);
+        // The event is delivered; its outcome must follow.
+        let mut accepted = 0;
+        while accepted == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            accepted += st
+                .outcomes
+                .take()
+                .iter()
+                .filter(|o| o.project == "web" && o.outcome == Outcome::Accepted)
+                .map(|o| o.quantity)
+                .sum::<u64>();
+        }
+        assert_eq!(producer.in_flight_count(), 0, "the event was delivered");
+        assert_eq!(accepted, 1, "a delivered event is counted as accepted");
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]
