@@ -1440,9 +1440,14 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(crate::server::serve(listener, router(st.clone()), Duration::from_secs(30), async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(tracefold_runtime::server::serve(
+            listener,
+            router(st.clone()),
+            Duration::from_secs(30),
+            async {
+                let _ = stopped.await;
+            },
+        ));
 
         let body = r#"{"message":"left early"}"#;
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();

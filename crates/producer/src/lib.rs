@@ -10,7 +10,6 @@ pub mod http;
 pub mod metrics;
 pub mod outcomes;
 pub mod sentry;
-pub mod server;
 pub mod sourcemaps;
 
 pub use config::Config;
@@ -143,7 +142,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "producer listening");
     let s = shutdown.clone();
     let header_timeout = Duration::from_millis(cfg.http.header_timeout_ms);
-    server::serve(listener, app, header_timeout, async move {
+    tracefold_runtime::server::serve(listener, app, header_timeout, async move {
         s.wait().await;
     })
     .await

@@ -1,6 +1,7 @@
-//! The producer's HTTP server: the router served on hyper's HTTP/1 connections with a
-//! deadline for every request head, which `axum::serve` does not set (it gives hyper no
-//! timer, so hyper's own 30 s default is off). Without it a client that connects and sends
+//! The HTTP server of every tracefold endpoint (the producer, the UI, the ops endpoints of
+//! each service): a router served on hyper's HTTP/1 connections with a deadline for every
+//! request head, which `axum::serve` does not set (it gives hyper no timer, so hyper's own
+//! 30 s default is off). Without it a client that connects and sends
 //! its request line and headers slowly, or not at all, or keeps an idle connection open,
 //! holds a socket and a task for ever: enough of them exhaust the file descriptors, and a
 //! graceful shutdown waits for them without end.
@@ -12,6 +13,10 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// The request-head deadline of the endpoints without a setting of their own (the UI, the ops
+/// endpoints): hyper's default, 30 s.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets the requests in flight
 /// finish (idle connections close at once). Each request head (request line and headers),
