@@ -475,7 +475,36 @@ pub fn router(state: AppState) -> Router {
                  (source maps: POST /api/{project}/sourcemaps)",
             )
         })
+        .layer(middleware::from_fn(json_refusals))
         .with_state(state)
+}
+
+/// Refusals axum answers itself, before a handler runs, get the JSON body every other refusal
+/// has (`{"error": ...}` saying what is wrong): a method the route does not take (405, an
+/// empty body), a path parameter whose percent-encoding is not UTF-8 (400, plain text).
+async fn json_refusals(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 << 10).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+    let error = match (status, text) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("POST");
+            format!("method {method} is not allowed here; use {allow}")
+        }
+        (_, Ok(text)) if !text.is_empty() => text,
+        _ => status.canonical_reason().unwrap_or("refused").to_owned(),
+    };
+    let mut out = ApiError::new(status, error).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 fn new_event_id() -> String {
@@ -1477,6 +1506,48 @@ mod tests {
         }
         assert_eq!(producer.in_flight_count(), 0, "the event was delivered");
         assert_eq!(accepted, 1, "a delivered event is counted as accepted");
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    /// Requests refused before a handler runs (a method the route does not take, a path whose
+    /// percent-encoding is not UTF-8) get a JSON body that says what is wrong, as every other
+    /// refusal: clients and SDKs read `error` from it.
+    #[tokio::test]
+    async fn refusals_before_a_handler_are_json_that_says_what_is_wrong() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let cfg = Arc::new(Config::default());
+        let producer: EventsProducer =
+            tracefold_runtime::kafka::producer_config_with(&cfg.kafka, 1000, crate::EVENTS_PRODUCER)
+                .create_with_context(crate::delivery::AckContext::default())
+                .unwrap();
+        let st = AppState::new(cfg.clone(), producer, Arc::new(Projects::new(&cfg).unwrap()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server =
+            tokio::spawn(tracefold_runtime::server::serve(listener, router(st), Duration::from_secs(30), async {
+                let _ = stopped.await;
+            }));
+        for (req, status, says) in [
+            ("GET /api/v1/projects/web/events HTTP/1.1", "405", "POST"),
+            ("PUT /api/42/envelope/ HTTP/1.1", "405", "POST"),
+            ("POST /api/v1/projects/%FF/events HTTP/1.1", "400", "UTF-8"),
+            ("POST /api/%C3%28/store/ HTTP/1.1", "400", "UTF-8"),
+            ("GET /nowhere HTTP/1.1", "404", "no such endpoint"),
+        ] {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(format!("{req}\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut resp = String::new();
+            c.read_to_string(&mut resp).await.unwrap();
+            assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{req}: {resp}");
+            assert!(resp.to_ascii_lowercase().contains("content-type: application/json"), "{req}: {resp}");
+            let body = resp.split_once("\r\n\r\n").unwrap().1;
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{req}: {e}: {body:?}"));
+            assert!(v["error"].as_str().is_some_and(|e| e.contains(says)), "{req}: {v}");
+        }
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
     }
