@@ -161,14 +161,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 15m, 1h, 2d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "w" => n * 7 * 86_400,
+    let per: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
         _ => return Err(format!("invalid duration unit {unit:?} in {s:?}: use s, m, h, d or w")),
     };
+    // Checked: an unchecked product wraps in a release build (a huge `--since` silently
+    // became a few seconds) and panics in a debug one.
+    let secs = n.checked_mul(per).ok_or_else(|| format!("duration {s:?} is too large"))?;
     Ok(Duration::from_secs(secs))
 }
 
@@ -184,5 +187,17 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("1y").unwrap_err().contains("unit"));
         assert!(parse_duration("h").is_err());
+    }
+
+    /// A duration whose seconds do not fit in a u64 is an error, not a wrapped (release) or
+    /// panicking (debug) product.
+    #[test]
+    fn durations_too_large_are_errors() {
+        // 307445734561825861 minutes wraps to 44 seconds in u64 arithmetic.
+        let e = parse_duration("307445734561825861m").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(parse_duration("18446744073709551615w").unwrap_err().contains("too large"));
+        assert_eq!(parse_duration("18446744073709551615s"), Ok(Duration::from_secs(u64::MAX)));
+        assert_eq!(parse_duration("307445734561825860m"), Ok(Duration::from_secs(307_445_734_561_825_860 * 60)));
     }
 }

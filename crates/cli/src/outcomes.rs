@@ -108,7 +108,8 @@ pub fn read_dlq(
     let mut remaining = 0i64;
     for p in parts {
         let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        let from = high.saturating_sub(limit as i64).max(low);
+        // A limit past i64::MAX is all of them (a cast would make it negative: none).
+        let from = high.saturating_sub(i64::try_from(limit).unwrap_or(i64::MAX)).max(low);
         if high > from {
             tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(from))?;
             remaining += high - from;
@@ -185,6 +186,29 @@ pub fn render_dlq(entries: &[DlqEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A limit past `i64::MAX` (asking for everything) lists every record; it listed none.
+    #[test]
+    fn a_limit_beyond_i64_lists_every_record() {
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+        let topics = tracefold_runtime::config::TopicsConfig::default();
+        let broker = tracefold_runtime::devbroker::DevBroker::start(1, &topics, Some(1)).unwrap();
+        let kafka = tracefold_runtime::config::KafkaConfig {
+            bootstrap_servers: broker.bootstrap_servers(),
+            ..tracefold_runtime::config::KafkaConfig::default()
+        };
+        let p: ThreadedProducer<DefaultProducerContext> =
+            tracefold_runtime::kafka::producer_config(&kafka, 10_000).create().unwrap();
+        for i in 0..3 {
+            let payload = format!("{{\"bad\":{i}}}");
+            p.send(BaseRecord::<str, str>::to(&topics.dlq).key("k").payload(&payload)).unwrap();
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+        for limit in [2, 3, 1000, usize::MAX, 1 << 63, (1 << 63) - 1] {
+            let got = read_dlq(&kafka, &topics.dlq, limit).unwrap();
+            assert_eq!(got.len(), limit.min(3), "limit {limit}");
+        }
+    }
 
     #[test]
     fn previews_cut_at_characters_and_strip_controls() {

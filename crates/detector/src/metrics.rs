@@ -41,8 +41,8 @@ pub const FUTURE_RECORDS_TOTAL: &str = "tracefold_detector_future_records_total"
 /// the window's `new_issue_digest` counts them.
 pub const STORM_FOLDED_TOTAL: &str = "tracefold_detector_storm_folded_total";
 
-/// Counter: aggregate records the detector could not read and skipped (each also a WARN line;
-/// the writer sends the same record to the DLQ).
+/// Counter: aggregate records the detector could not read, or with implausible values, and
+/// skipped (each also a WARN line; the writer sends the same record to the DLQ).
 pub const UNREADABLE_RECORDS_TOTAL: &str = "tracefold_detector_unreadable_records_total";
 
 /// Gauge: issues whose state the detector holds (active issues; see `evict_idle_min` and

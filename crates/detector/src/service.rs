@@ -342,8 +342,8 @@ impl Strategy for Detector<'_> {
         let now_ms = tracefold_model::time::now_ms();
         // When the grouper produced it: about when its events were received.
         let received_ms = m.timestamp().to_millis().unwrap_or(now_ms);
-        let minute = match m.payload().map(serde_json::from_slice::<AggregateRecord>) {
-            Some(Ok(r)) => {
+        let minute = match read_record(m.payload()) {
+            Ok(r) => {
                 let at = Arrival { partition: m.partition(), received_ms, now_ms };
                 let signals = self.engine.ingest(&r, at);
                 self.resolutions_changed |= signals.iter().any(|s| s.kind == Kind::Regression);
@@ -351,9 +351,9 @@ impl Strategy for Detector<'_> {
                 // The minute it counts in: a future-dated record does not hold commits back.
                 Some(effective_minute(r.minute, received_ms))
             }
-            _ => {
+            Err(why) => {
                 metrics::counter!(crate::metrics::UNREADABLE_RECORDS_TOTAL).increment(1);
-                tracing::warn!(partition = m.partition(), offset = m.offset(), "unreadable aggregate skipped");
+                tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %why, "unreadable aggregate skipped");
                 None
             }
         };
@@ -526,11 +526,69 @@ impl Detector<'_> {
     }
 }
 
+/// The aggregate record of a message's payload, or why it cannot be read: no payload, not an
+/// aggregate record, or values no real record has ([`AggregateRecord::implausible`]: a minute
+/// or time outside 1970 to 2106, an absurd count), which would overflow the engine's
+/// arithmetic. The writer sends the same records to the DLQ.
+fn read_record(payload: Option<&[u8]>) -> Result<AggregateRecord, String> {
+    let payload = payload.ok_or("no payload")?;
+    let r: AggregateRecord = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    match r.implausible() {
+        Some(why) => Err(why),
+        None => Ok(r),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tracefold_model::{AggregateRecord, BatchRef};
     use tracefold_store::rows::AggregateRow;
+
+    /// Records whose values no real record has are unreadable (a counted skip), not fed to
+    /// the engine, whose sums and times they overflowed (a panic in a debug build, wrapped
+    /// counts and times in a release one).
+    #[test]
+    fn records_with_absurd_values_are_unreadable() {
+        let t0: i64 = 1_795_671_540;
+        let good = AggregateRecord {
+            v: 1,
+            batch: BatchRef { count: 1, ..BatchRef::default() },
+            project: "web".into(),
+            issue_id: "a".into(),
+            minute: t0,
+            count: 3,
+            first_seen_ms: t0 * 1000,
+            last_seen_ms: t0 * 1000 + 5,
+            ..AggregateRecord::default()
+        };
+        let bytes = |r: &AggregateRecord| serde_json::to_vec(r).unwrap();
+        assert_eq!(read_record(Some(&bytes(&good))).unwrap(), good);
+        assert!(read_record(None).unwrap_err().contains("no payload"));
+        assert!(read_record(Some(b"{")).is_err());
+        type Spoil = fn(&mut AggregateRecord);
+        let cases: [(&str, Spoil); 4] = [
+            ("minute", |r| r.minute = i64::MIN),
+            ("minute", |r| r.minute = i64::MAX),
+            ("count", |r| r.count = u64::MAX),
+            ("last_seen_ms", |r| r.last_seen_ms = i64::MAX),
+        ];
+        for (word, spoil) in cases {
+            let mut r = good.clone();
+            spoil(&mut r);
+            let why = read_record(Some(&bytes(&r))).unwrap_err();
+            assert!(why.starts_with(word), "{why}");
+        }
+        // Two records whose counts are plausible add up in the engine without overflow.
+        let mut e = Engine::new(crate::engine::EngineConfig::default());
+        let mut big = good.clone();
+        big.count = tracefold_model::aggregate::MAX_RECORD_COUNT;
+        let at = crate::engine::Arrival { partition: 0, received_ms: t0 * 1000 + 59_000, now_ms: t0 * 1000 + 59_000 };
+        for _ in 0..3 {
+            e.ingest(&read_record(Some(&bytes(&big))).unwrap(), at);
+        }
+        let _ = e.advance(t0 * 1000 + 3_600_000);
+    }
 
     /// Each status snapshot replaces the issues with a status of their own: an issue no longer
     /// in it (its status changed to resolved, or its row went) is not held as one any more, and

@@ -241,6 +241,11 @@ impl AggregateRecord {
         format!("{}/{}", self.project, self.issue_id)
     }
 
+    /// [`implausible`] for this record.
+    pub fn implausible(&self) -> Option<String> {
+        implausible(self.minute, self.count, self.first_seen_ms, self.last_seen_ms)
+    }
+
     /// Folds another record of the same (project, issue, minute, release, environment) into
     /// this one: counts add, users union, first/last seen widen, breakdown counts add (within
     /// their bound), merged issues union (within [`MAX_MERGED_FROM`]); the earlier sample
@@ -280,6 +285,37 @@ impl AggregateRecord {
     }
 }
 
+/// Largest event count one aggregate record may carry. A real record counts the events of one
+/// issue in one minute of one grouper batch, far fewer; the bound keeps the sums of any
+/// number of records that can meet in a window far from `u64::MAX`.
+pub const MAX_RECORD_COUNT: u64 = 1 << 40;
+
+/// The last second a stored minute or time can name (ClickHouse's `DateTime` is 32-bit
+/// unsigned seconds: 2106-02-07).
+pub const MAX_RECORD_SECS: i64 = u32::MAX as i64;
+
+/// Why an aggregate record with these values cannot be a real one, if it cannot: a minute,
+/// first seen or last seen before 1970 or after [`MAX_RECORD_SECS`] (the grouper takes events
+/// within days of their receipt, and the writer could only store another time as a wrong
+/// one), or a count over [`MAX_RECORD_COUNT`]. Such a record comes from a corrupt or foreign
+/// producer; its readers refuse it as malformed (the writer: DLQ; the detector: a counted
+/// skip) instead of storing wrong times or overflowing their sums.
+pub fn implausible(minute: i64, count: u64, first_seen_ms: Millis, last_seen_ms: Millis) -> Option<String> {
+    let max_ms = MAX_RECORD_SECS * 1000 + 999;
+    if !(0..=MAX_RECORD_SECS).contains(&minute) {
+        return Some(format!("minute {minute} is outside 1970 to 2106"));
+    }
+    if count > MAX_RECORD_COUNT {
+        return Some(format!("count {count} is more than {MAX_RECORD_COUNT}"));
+    }
+    for (name, ms) in [("first_seen_ms", first_seen_ms), ("last_seen_ms", last_seen_ms)] {
+        if !(0..=max_ms).contains(&ms) {
+            return Some(format!("{name} {ms} is outside 1970 to 2106"));
+        }
+    }
+    None
+}
+
 /// Start of the minute containing `ms`, as Unix seconds.
 pub fn minute_of(ms: Millis) -> i64 {
     ms.div_euclid(60_000) * 60
@@ -290,6 +326,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn implausible_values_are_named() {
+        let (m, ms) = (1_795_671_540, 1_795_671_545_000);
+        assert_eq!(implausible(m, 3, ms, ms), None);
+        assert_eq!(implausible(0, 0, 0, 0), None, "zeros (absent fields) are fine");
+        assert_eq!(implausible(MAX_RECORD_SECS, MAX_RECORD_COUNT, MAX_RECORD_SECS * 1000 + 999, 0), None);
+        for (args, word) in [
+            ((i64::MIN, 3, ms, ms), "minute"),
+            ((-60, 3, ms, ms), "minute"),
+            ((MAX_RECORD_SECS + 1, 3, ms, ms), "minute"),
+            ((m, u64::MAX, ms, ms), "count"),
+            ((m, 3, -1, ms), "first_seen_ms"),
+            ((m, 3, ms, i64::MAX), "last_seen_ms"),
+        ] {
+            let why = implausible(args.0, args.1, args.2, args.3).expect("implausible");
+            assert!(why.starts_with(word), "{why}");
+        }
+    }
 
     #[test]
     fn user_hashes_are_the_streamed_xxh3_of_tag_and_value() {

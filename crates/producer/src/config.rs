@@ -87,6 +87,11 @@ pub struct HttpSection {
     /// The whole request body must arrive within this (ms), else 408: a slow or stalled client
     /// does not hold a request slot for longer.
     pub body_timeout_ms: u64,
+    /// Each request head (request line and headers), and the wait for the next one on a
+    /// kept-alive connection, must arrive within this (ms), else the connection is closed: a
+    /// client that connects and sends nothing, or trickles its headers, holds no socket for
+    /// longer.
+    pub header_timeout_ms: u64,
 }
 
 /// One `[[projects]]` entry.
@@ -146,6 +151,7 @@ impl Default for HttpSection {
             unregistered_burst: 0.0,
             max_concurrent_requests: 256,
             body_timeout_ms: 10_000,
+            header_timeout_ms: 30_000,
         }
     }
 }
@@ -184,6 +190,9 @@ impl Config {
         }
         if h.body_timeout_ms == 0 {
             return Err("http.body_timeout_ms must be at least 1".into());
+        }
+        if h.header_timeout_ms == 0 {
+            return Err("http.header_timeout_ms must be at least 1".into());
         }
         if !(h.unregistered_rate_per_sec >= 0.0 && h.unregistered_burst >= 0.0) {
             return Err("http.unregistered_rate_per_sec and http.unregistered_burst must not be negative".into());
@@ -244,6 +253,9 @@ mod tests {
         let mut c = Config::default();
         c.http.body_timeout_ms = 0;
         assert!(c.check().unwrap_err().contains("body_timeout_ms"));
+        let mut c = Config::default();
+        c.http.header_timeout_ms = 0;
+        assert!(c.check().unwrap_err().contains("header_timeout_ms"));
     }
 }
 

@@ -178,9 +178,20 @@ impl Limiter {
 async fn limit_concurrency(State(st): State<AppState>, req: Request, next: Next) -> Response {
     match st.limiter.try_enter() {
         Ok(permit) => {
-            let resp = next.run(req).await;
-            drop(permit);
-            resp
+            // The request runs to its end in a task of its own (with its slot), whether or not
+            // the client waits for the answer: a client that disconnects while Kafka
+            // acknowledges its events would otherwise drop the handler with the connection,
+            // and events that were queued, and are published, would go uncounted in the
+            // outcomes and metrics (and a source map stored without its row).
+            let run = tokio::spawn(async move {
+                let resp = next.run(req).await;
+                drop(permit);
+                resp
+            });
+            match run.await {
+                Ok(resp) => resp,
+                Err(e) => ApiError::internal(e).into_response(),
+            }
         }
         Err(e) => {
             if let Some(project) = project_of_path(&st, req.uri().path()) {
@@ -464,7 +475,36 @@ pub fn router(state: AppState) -> Router {
                  (source maps: POST /api/{project}/sourcemaps)",
             )
         })
+        .layer(middleware::from_fn(json_refusals))
         .with_state(state)
+}
+
+/// Refusals axum answers itself, before a handler runs, get the JSON body every other refusal
+/// has (`{"error": ...}` saying what is wrong): a method the route does not take (405, an
+/// empty body), a path parameter whose percent-encoding is not UTF-8 (400, plain text).
+async fn json_refusals(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 << 10).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+    let error = match (status, text) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("POST");
+            format!("method {method} is not allowed here; use {allow}")
+        }
+        (_, Ok(text)) if !text.is_empty() => text,
+        _ => status.canonical_reason().unwrap_or("refused").to_owned(),
+    };
+    let mut out = ApiError::new(status, error).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 fn new_event_id() -> String {
@@ -590,11 +630,13 @@ fn body_error(e: BodyError) -> ApiError {
     }
 }
 
+/// The request's `Content-Encoding`, lower-case; `None` when absent, empty or `identity`. A
+/// value that is not visible ASCII is kept (lossily) so that it is refused as unsupported (415,
+/// naming it), not taken for no encoding and the compressed bytes read as the body.
 fn content_encoding(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|e| e.trim().to_ascii_lowercase())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase())
         .filter(|e| !e.is_empty() && e != "identity")
 }
 
@@ -1382,6 +1424,132 @@ mod tests {
         // Other errors carry no code.
         let v = serde_json::to_value(ApiError::new(StatusCode::BAD_REQUEST, "x")).unwrap();
         assert!(v.get("code").is_none(), "{v}");
+    }
+
+    /// A `Content-Encoding` that is not ASCII is refused as unsupported and named, not
+    /// ignored: the compressed bytes were read as the body and the client was told its events
+    /// were not UTF-8 or malformed.
+    #[tokio::test]
+    async fn a_content_encoding_that_is_not_ascii_is_unsupported() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_bytes(b"gzip\xe9").unwrap());
+        let e = decode(&headers, Bytes::from_static(b"\x1f\x8b compressed"), 1 << 20).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let body = axum::body::to_bytes(e.into_response().into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("gzip\u{fffd}"), "{v}");
+        // Absent, empty and identity are no encoding.
+        for h in [None, Some(""), Some(" Identity ")] {
+            let mut headers = HeaderMap::new();
+            if let Some(h) = h {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_str(h).unwrap());
+            }
+            assert_eq!(decode(&headers, Bytes::from_static(b"{}"), 1 << 20).await.unwrap(), &b"{}"[..]);
+        }
+    }
+
+    /// A client that disconnects while Kafka acknowledges its events: the events are
+    /// published all the same (they were queued), so they must be counted as accepted in the
+    /// outcomes, which the pipeline's counts are reconciled against. The handler used to be
+    /// dropped with the connection, before it counted them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_leaves_while_kafka_acknowledges_still_has_its_events_counted() {
+        use rdkafka::producer::Producer as _;
+        use tokio::io::AsyncWriteExt as _;
+        let mut cfg = Config::default();
+        let broker = tracefold_runtime::devbroker::DevBroker::start(1, &cfg.topics, Some(1)).unwrap();
+        cfg.kafka.bootstrap_servers = broker.bootstrap_servers();
+        let cfg = Arc::new(cfg);
+        let c = cfg.clone();
+        let producer = tokio::task::spawn_blocking(move || crate::kafka_producer(&c)).await.unwrap().unwrap();
+        let projects = Arc::new(Projects::new(&cfg).unwrap());
+        let st = AppState::new(cfg.clone(), producer.clone(), projects);
+        // Every broker answer now takes a second: the request waits for its acknowledgement.
+        broker.cluster().broker_round_trip_time(1, Duration::from_secs(1)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(tracefold_runtime::server::serve(
+            listener,
+            router(st.clone()),
+            Duration::from_secs(30),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+
+        let body = r#"{"message":"left early"}"#;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /api/v1/projects/web/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(req.as_bytes()).await.unwrap();
+        // Queued for Kafka: the client goes.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while producer.in_flight_count() == 0 {
+            assert!(Instant::now() < deadline, "the event was never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(client);
+        // The event is delivered; its outcome must follow.
+        let mut accepted = 0;
+        while accepted == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            accepted += st
+                .outcomes
+                .take()
+                .iter()
+                .filter(|o| o.project == "web" && o.outcome == Outcome::Accepted)
+                .map(|o| o.quantity)
+                .sum::<u64>();
+        }
+        assert_eq!(producer.in_flight_count(), 0, "the event was delivered");
+        assert_eq!(accepted, 1, "a delivered event is counted as accepted");
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    /// Requests refused before a handler runs (a method the route does not take, a path whose
+    /// percent-encoding is not UTF-8) get a JSON body that says what is wrong, as every other
+    /// refusal: clients and SDKs read `error` from it.
+    #[tokio::test]
+    async fn refusals_before_a_handler_are_json_that_says_what_is_wrong() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let cfg = Arc::new(Config::default());
+        let producer: EventsProducer =
+            tracefold_runtime::kafka::producer_config_with(&cfg.kafka, 1000, crate::EVENTS_PRODUCER)
+                .create_with_context(crate::delivery::AckContext::default())
+                .unwrap();
+        let st = AppState::new(cfg.clone(), producer, Arc::new(Projects::new(&cfg).unwrap()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server =
+            tokio::spawn(tracefold_runtime::server::serve(listener, router(st), Duration::from_secs(30), async {
+                let _ = stopped.await;
+            }));
+        for (req, status, says) in [
+            ("GET /api/v1/projects/web/events HTTP/1.1", "405", "POST"),
+            ("PUT /api/42/envelope/ HTTP/1.1", "405", "POST"),
+            ("POST /api/v1/projects/%FF/events HTTP/1.1", "400", "UTF-8"),
+            ("POST /api/%C3%28/store/ HTTP/1.1", "400", "UTF-8"),
+            ("GET /nowhere HTTP/1.1", "404", "no such endpoint"),
+        ] {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(format!("{req}\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut resp = String::new();
+            c.read_to_string(&mut resp).await.unwrap();
+            assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{req}: {resp}");
+            assert!(resp.to_ascii_lowercase().contains("content-type: application/json"), "{req}: {resp}");
+            let body = resp.split_once("\r\n\r\n").unwrap().1;
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{req}: {e}: {body:?}"));
+            assert!(v["error"].as_str().is_some_and(|e| e.contains(says)), "{req}: {v}");
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -48,6 +48,25 @@ pub fn kafka_producer(cfg: &Config) -> anyhow::Result<delivery::EventsProducer> 
     Ok(producer)
 }
 
+/// Loads the producer's config as every service does (defaults, the `--config` file, the
+/// `TRACEFOLD__` environment, flags) and checks the values its types allow but the producer
+/// cannot use ([`Config::check`], the `[[projects]]` entries), naming the file in the error:
+/// [`serve`] checks them too but knows no file.
+///
+/// # Errors
+/// The load's error, or `invalid config value in FILE: KEY ...`.
+pub fn load_config(args: &tracefold_runtime::service::ServiceArgs) -> anyhow::Result<Config> {
+    let cfg: Config = args.load()?;
+    if let Err(e) = cfg.check().and_then(|()| auth::Projects::new(&cfg).map(drop)) {
+        let file = args.config.as_ref().map_or_else(|| "the defaults".to_owned(), |p| p.display().to_string());
+        let prefix = tracefold_runtime::config::ENV_PREFIX;
+        let env = std::env::vars().any(|(k, _)| k.starts_with(prefix) && k.len() > prefix.len());
+        let or_env = if env { " or the TRACEFOLD__ environment" } else { "" };
+        anyhow::bail!("invalid config value in {file}{or_env}: {e}");
+    }
+    Ok(cfg)
+}
+
 /// Serves the ingestion endpoint (and `/metrics`, `/healthz`, `/readyz`, ready when every
 /// `health` is) on `listener` until `shutdown` fires, then flushes the producer.
 ///
@@ -122,12 +141,12 @@ pub async fn serve(
     });
     tracing::info!(addr = %listener.local_addr()?, "producer listening");
     let s = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            s.wait().await;
-        })
-        .await
-        .context("http server failed")?;
+    let header_timeout = Duration::from_millis(cfg.http.header_timeout_ms);
+    tracefold_runtime::server::serve(listener, app, header_timeout, async move {
+        s.wait().await;
+    })
+    .await
+    .context("http server failed")?;
     health.set_stopped();
     delivering.set_stopped();
     let _ = flusher.await;
@@ -144,4 +163,35 @@ pub async fn serve(
     .await??;
     tracing::info!("producer stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracefold_runtime::service::ServiceArgs;
+
+    /// A value the producer cannot use is refused at load with its key and its file named
+    /// (the promise for every config error), before anything starts.
+    #[test]
+    fn unusable_values_name_the_key_and_the_file() {
+        let dir = std::env::temp_dir().join(format!("tracefold-producer-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            ("[http]\nmax_concurrent_requests = 0\n", "http.max_concurrent_requests"),
+            ("[backpressure]\nmax_lag_events = 10\ncheck_interval_ms = 0\n", "backpressure.check_interval_ms"),
+            ("[[projects]]\nslug = \"web\"\nkeys = [\"short\"]\n", "projects[0].keys"),
+        ];
+        for (i, (toml, key)) in cases.into_iter().enumerate() {
+            let path = dir.join(format!("producer-{i}.toml"));
+            std::fs::write(&path, toml).unwrap();
+            let args = ServiceArgs { config: Some(path.clone()), ..ServiceArgs::default() };
+            let e = load_config(&args).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(&path.display().to_string()), "{e}");
+        }
+        let path = dir.join("producer-ok.toml");
+        std::fs::write(&path, "[http]\nmax_concurrent_requests = 8\n").unwrap();
+        let args = ServiceArgs { config: Some(path), ..ServiceArgs::default() };
+        assert_eq!(load_config(&args).unwrap().http.max_concurrent_requests, 8);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -15,7 +15,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cfg: tracefold_producer::Config = args.common.load()?;
+    let mut cfg = tracefold_producer::load_config(&args.common)?;
     telemetry::init_logging(cfg.telemetry());
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();

@@ -37,9 +37,13 @@ pub fn decode_body(encoding: Option<&str>, body: &[u8], limit: usize) -> Result<
     match enc.as_str() {
         "" | "identity" => Ok(body.to_vec()),
         "gzip" | "x-gzip" => read_limited(Box::new(GzDecoder::new(body))),
-        // "deflate" is zlib-wrapped by the HTTP spec; some clients send raw deflate.
-        "deflate" => read_limited(Box::new(ZlibDecoder::new(body)))
-            .or_else(|_| read_limited(Box::new(DeflateDecoder::new(body)))),
+        // "deflate" is zlib-wrapped by the HTTP spec; some clients send raw deflate. Only a
+        // body that is not zlib is tried as raw deflate: a zlib body over the limit is 413,
+        // not the raw decoder's complaint about the zlib header.
+        "deflate" => match read_limited(Box::new(ZlibDecoder::new(body))) {
+            Err(BodyError::Corrupt(_)) => read_limited(Box::new(DeflateDecoder::new(body))),
+            r => r,
+        },
         other => Err(BodyError::Unsupported(other.to_owned())),
     }
 }
@@ -261,6 +265,25 @@ mod tests {
         bomb.write_all(&vec![b'a'; 50 << 20]).unwrap();
         let bomb = bomb.finish().unwrap();
         assert_eq!(decode_body(Some("gzip"), &bomb, 1 << 20), Err(BodyError::TooLarge(1 << 20)));
+    }
+
+    /// A deflate body over the limit is 413 (too large), whether zlib-wrapped or raw, never
+    /// 400 (corrupt): the client must learn that the body is too big, not that it is broken.
+    #[test]
+    fn deflate_bombs_are_too_large_not_corrupt() {
+        let big = vec![b'a'; 4 << 20];
+        let mut z = ZlibEncoder::new(Vec::new(), Compression::best());
+        z.write_all(&big).unwrap();
+        let z = z.finish().unwrap();
+        assert_eq!(decode_body(Some("deflate"), &z, 1 << 20), Err(BodyError::TooLarge(1 << 20)));
+        let mut d = flate2::write::DeflateEncoder::new(Vec::new(), Compression::best());
+        d.write_all(&big).unwrap();
+        let d = d.finish().unwrap();
+        assert_eq!(decode_body(Some("deflate"), &d, 1 << 20), Err(BodyError::TooLarge(1 << 20)));
+        // Both still decode within the limit, and garbage is still corrupt.
+        assert_eq!(decode_body(Some("deflate"), &z, 8 << 20).unwrap(), big);
+        assert_eq!(decode_body(Some("deflate"), &d, 8 << 20).unwrap(), big);
+        assert!(matches!(decode_body(Some("deflate"), b"not deflate", 10), Err(BodyError::Corrupt(_))));
     }
 
     proptest::proptest! {

@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod devbroker;
 pub mod failpoint;
 pub mod kafka;
+pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

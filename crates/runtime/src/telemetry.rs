@@ -334,7 +334,10 @@ pub async fn serve_ops(addr: SocketAddr, health: Vec<Health>, shutdown: crate::S
     // The bound address: with port 0 the system picks one, and tests read it from this line.
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    axum::serve(listener, ops_router(health)).with_graceful_shutdown(async move { shutdown.wait().await }).await?;
+    crate::server::serve(listener, ops_router(health), crate::server::DEFAULT_HEADER_TIMEOUT, async move {
+        shutdown.wait().await;
+    })
+    .await?;
     Ok(())
 }
 

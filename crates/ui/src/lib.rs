@@ -82,7 +82,10 @@ pub async fn serve(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(cfg)).with_graceful_shutdown(shutdown).await
+    // A deadline for request heads (axum::serve has none): a client that connects and sends
+    // nothing, or trickles its headers, does not hold a socket for ever.
+    tracefold_runtime::server::serve(listener, router(cfg), tracefold_runtime::server::DEFAULT_HEADER_TIMEOUT, shutdown)
+        .await
 }
 
 /// The chosen window: a name and its length.

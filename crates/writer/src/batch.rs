@@ -18,6 +18,7 @@
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 use std::ops::Range;
+use tracefold_model::aggregate::implausible;
 use tracefold_model::breakdown::{Key, ValueCount};
 use tracefold_model::{AggregateRecord, BatchRef, Breakdown, UserSet};
 use tracefold_store::aggregates::{admit_at, Watermarks};
@@ -191,6 +192,27 @@ impl Batch {
         }
         self.bytes += payload.len();
         Ok(())
+    }
+
+    /// [`Batch::push`], then refuses (and takes back) a record with values no real record has
+    /// ([`tracefold_model::aggregate::implausible`]): a minute or time that ClickHouse's
+    /// 32-bit `DateTime` cannot hold was stored as 1970 without a word, and an absurd count
+    /// summed into every rollup and query of its issue.
+    ///
+    /// # Errors
+    /// Why the payload is not a record (serde_json's reading), or which value is implausible.
+    pub fn push_plausible(&mut self, payload: &[u8], partition: i32, offset: i64) -> Result<(), String> {
+        let mark = (self.text.len(), self.users.len(), self.breakdown.len(), self.merged.len());
+        self.push(payload, partition, offset).map_err(|e| e.to_string())?;
+        let r = &self.entries.last().expect("just pushed").rec;
+        let Some(why) = implausible(r.minute, r.count, r.first_seen_ms, r.last_seen_ms) else { return Ok(()) };
+        self.entries.pop();
+        self.text.truncate(mark.0);
+        self.users.truncate(mark.1);
+        self.breakdown.truncate(mark.2);
+        self.merged.truncate(mark.3);
+        self.bytes -= payload.len();
+        Err(format!("implausible values: {why}"))
     }
 
     /// Adds `r` (read from a message of `bytes` bytes), copied into the batch's buffers.
@@ -1113,6 +1135,41 @@ mod tests {
                 merged_from: (0..self.below(3)).map(|_| self.string()).collect(),
             }
         }
+    }
+
+    /// A record with values no real record has is refused, whichever way it was decoded, and
+    /// leaves nothing behind: the batch is as if it had not come.
+    #[test]
+    fn implausible_records_are_refused_and_leave_nothing() {
+        let good = record(1);
+        let good_bytes = serde_json::to_vec(&good).unwrap();
+        let spoiled: [fn(&mut AggregateRecord); 4] =
+            [|r| r.minute = -60, |r| r.minute = 1 << 40, |r| r.count = u64::MAX, |r| r.first_seen_ms = -1];
+        for (n, spoil) in spoiled.into_iter().enumerate() {
+            let mut r = record(2);
+            spoil(&mut r);
+            // As the grouper writes it (the fast decoder), and with the fields sorted by name
+            // and a duplicate-free detour through a Value (the same decoder, other order).
+            for payload in
+                [serde_json::to_vec(&r).unwrap(), serde_json::to_vec(&serde_json::to_value(&r).unwrap()).unwrap()]
+            {
+                let mut b = Batch::default();
+                b.push_plausible(&good_bytes, 0, 0).unwrap();
+                let before = (b.len(), b.bytes(), b.text.len(), b.users.len(), b.breakdown.len(), b.merged.len());
+                let why = b.push_plausible(&payload, 0, 1).unwrap_err();
+                assert!(why.starts_with("implausible values: "), "case {n}: {why}");
+                assert_eq!(
+                    (b.len(), b.bytes(), b.text.len(), b.users.len(), b.breakdown.len(), b.merged.len()),
+                    before,
+                    "case {n}"
+                );
+                assert_eq!(b.record(0), good);
+            }
+        }
+        // Not a record at all: serde_json's reason, as before.
+        let mut b = Batch::default();
+        assert!(b.push_plausible(b"{", 0, 0).unwrap_err().contains("EOF"));
+        assert_eq!(b.len(), 0);
     }
 
     #[test]

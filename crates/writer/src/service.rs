@@ -192,7 +192,7 @@ impl Strategy for Writer<'_> {
     fn on_message(&mut self, cx: &mut Ctx<'_>, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
         let (p, o) = (msg.partition(), msg.offset());
         let payload = msg.payload().unwrap_or(&[]);
-        match self.pending.push(payload, p, o) {
+        match self.pending.push_plausible(payload, p, o) {
             Ok(()) => {
                 self.oldest.get_or_insert_with(Instant::now);
             }
