@@ -120,6 +120,15 @@ struct Entry {
     bytes: usize,
 }
 
+/// The lengths of a [`Batch`]'s buffers at one moment.
+#[derive(Clone, Copy)]
+struct Mark {
+    text: usize,
+    users: usize,
+    breakdown: usize,
+    merged: usize,
+}
+
 /// The records read since the last INSERT, in the order read.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -175,17 +184,14 @@ impl Batch {
     /// # Errors
     /// serde_json's error for the payload read as an [`AggregateRecord`].
     pub fn push(&mut self, payload: &[u8], partition: i32, offset: i64) -> Result<(), serde_json::Error> {
-        let mark = (self.text.len(), self.users.len(), self.breakdown.len(), self.merged.len());
+        let mark = self.mark();
         let mut de = serde_json::Deserializer::from_slice(payload);
         let decoded = RecordSeed(self).deserialize(&mut de).and_then(|rec| de.end().map(|()| rec));
         match decoded {
             Ok(rec) => self.entries.push(Entry { rec, partition, offset, bytes: payload.len() }),
             Err(_) => {
                 // What was written of it goes; serde_json's reading of the record decides.
-                self.text.truncate(mark.0);
-                self.users.truncate(mark.1);
-                self.breakdown.truncate(mark.2);
-                self.merged.truncate(mark.3);
+                self.rewind(mark);
                 let r = serde_json::from_slice::<AggregateRecord>(payload)?;
                 self.push_record(&r, partition, offset, payload.len());
             }
@@ -202,17 +208,33 @@ impl Batch {
     /// # Errors
     /// Why the payload is not a record (serde_json's reading), or which value is implausible.
     pub fn push_plausible(&mut self, payload: &[u8], partition: i32, offset: i64) -> Result<(), String> {
-        let mark = (self.text.len(), self.users.len(), self.breakdown.len(), self.merged.len());
+        let mark = self.mark();
         self.push(payload, partition, offset).map_err(|e| e.to_string())?;
-        let r = &self.entries.last().expect("just pushed").rec;
+        // `push` answered Ok: the record is the last entry.
+        let Some(r) = self.entries.last().map(|e| &e.rec) else { return Ok(()) };
         let Some(why) = implausible(r.minute, r.count, r.first_seen_ms, r.last_seen_ms) else { return Ok(()) };
         self.entries.pop();
-        self.text.truncate(mark.0);
-        self.users.truncate(mark.1);
-        self.breakdown.truncate(mark.2);
-        self.merged.truncate(mark.3);
+        self.rewind(mark);
         self.bytes -= payload.len();
         Err(format!("implausible values: {why}"))
+    }
+
+    /// Where the batch's buffers end now, for [`Batch::rewind`].
+    fn mark(&self) -> Mark {
+        Mark {
+            text: self.text.len(),
+            users: self.users.len(),
+            breakdown: self.breakdown.len(),
+            merged: self.merged.len(),
+        }
+    }
+
+    /// Drops what was written to the buffers after `m` (a record read in part, or taken back).
+    fn rewind(&mut self, m: Mark) {
+        self.text.truncate(m.text);
+        self.users.truncate(m.users);
+        self.breakdown.truncate(m.breakdown);
+        self.merged.truncate(m.merged);
     }
 
     /// Adds `r` (read from a message of `bytes` bytes), copied into the batch's buffers.
