@@ -45,6 +45,16 @@ const COMMIT_ERRORS: [RDKafkaRespErr; 4] = [
     RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
 ];
 
+/// The services' warnings and errors (and the consumer runtime's notes), in the test's
+/// output: what a failure report needs to say what the services saw.
+fn logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::new("warn,tracefold_runtime::consumer=info");
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_test_writer().try_init();
+    });
+}
+
 /// One test at a time: each runs a cluster, two services and a load on a 2-core machine.
 /// Held across awaits, so an async mutex; it has no poisoning: a test that failed releases it
 /// as it unwinds and the next one runs.
@@ -292,6 +302,7 @@ impl Rig {
     /// (to place a group's coordinator, say).
     async fn start(name: &str, seed: u64, before_services: impl FnOnce(&DevBroker)) -> Self {
         let serial = SERIAL.lock().await;
+        logs();
         let db = TestDb::new(name).await;
         let t = topics();
         let broker = DevBroker::start_with(
@@ -408,9 +419,13 @@ impl Rig {
         let truth = load.finish().await;
         let stored = self.db.wait_for_total(truth.total, Duration::from_secs(120)).await;
         if stored != truth.total {
+            let dlq = self.observer("dlq-observer").fetch_watermarks(&topics().dlq, 0, Duration::from_secs(10));
             panic!(
-                "ClickHouse holds {stored} events, {} were published; source ranges stored: {}",
+                "ClickHouse holds {stored} events, {} were published; DLQ (low, high): {dlq:?}; grouper: {}; writer: {}; \
+                 source ranges stored: {}",
                 truth.total,
+                self.grouper.as_ref().map_or_else(|| "stopped".into(), ServiceThread::describe),
+                self.writer.as_ref().map_or_else(|| "stopped".into(), ServiceThread::describe),
                 self.coverage().await
             );
         }
@@ -424,20 +439,28 @@ impl Rig {
     }
 
     /// Which offsets of each events partition the stored aggregates cover, by their batch
-    /// identities: gaps (offsets no stored batch covers) and batches that overlap.
+    /// identities: gaps (offsets no stored batch covers) and batches that overlap; and the
+    /// batches whose stored rows fall short of what they should hold: fewer distinct records
+    /// than the batch had (a record the writer never stored), or fewer events than offsets in
+    /// the range (events the grouper did not count; every offset of the events topic is one
+    /// event of the test's load, and none goes to the DLQ).
     async fn coverage(&self) -> String {
         #[derive(clickhouse::Row, serde::Deserialize)]
         struct R {
             p: i32,
             f: i64,
             l: i64,
+            recs: u64,
+            rec_count: u32,
+            events: u64,
         }
         let rows: Vec<R> = self
             .db
             .client
             .query(&format!(
-                "SELECT src_partition AS p, src_first_offset AS f, src_last_offset AS l FROM {}.aggregates \
-                 GROUP BY p, f, l ORDER BY p, f, l",
+                "SELECT src_partition AS p, src_first_offset AS f, src_last_offset AS l, \
+                 uniqExact(rec_index) AS recs, max(rec_count) AS rec_count, sum(count) AS events \
+                 FROM {}.aggregates GROUP BY p, f, l ORDER BY p, f, l",
                 self.db.cfg.database
             ))
             .fetch_all()
@@ -463,6 +486,18 @@ impl Rig {
                             .map(|x| format!("{}..={}", x.f, x.l))
                             .collect::<Vec<_>>()
                             .join(" ")
+                    ));
+                }
+                let offsets = u64::try_from(r.l - r.f + 1).unwrap_or(0);
+                if r.recs != u64::from(r.rec_count) || r.events != offsets {
+                    notes.push(format!(
+                        "batch {}..={} short: {} of its {} records stored, {} events for {offsets} offsets; committed: {}",
+                        r.f,
+                        r.l,
+                        r.recs,
+                        r.rec_count,
+                        r.events,
+                        self.history.of(p, r.f - 200, r.l + 1)
                     ));
                 }
                 next = next.max(r.l + 1);

@@ -206,6 +206,14 @@ impl ServiceThread {
         Self { shutdown, health, handle: Some(std::thread::spawn(move || f(s, h))) }
     }
 
+    /// Where the service stands, for a failure report: running or ended, the messages its
+    /// consumer delivered, and what its health check would say.
+    pub fn describe(&self) -> String {
+        let ended = self.handle.as_ref().is_none_or(std::thread::JoinHandle::is_finished);
+        let live = self.health.liveness().err().unwrap_or_else(|| "live".into());
+        format!("{}, {} messages consumed, {live}", if ended { "ended" } else { "running" }, self.health.consumed())
+    }
+
     /// Stops the service (clean drain) and returns its result.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.trigger();
