@@ -238,6 +238,10 @@ pub struct ConsumerRuntime {
     lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Each loss, for strategies that report them further (the grouper's outcome records).
     losses: LossLog,
+    /// Offsets above the log start that the consumer went past without a message (transaction
+    /// markers, compacted or aborted records): not losses, but counted and logged, so that a
+    /// skip is never silent.
+    skipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One gap of messages deleted by retention before the group read them.
@@ -270,6 +274,15 @@ pub fn lost_to_retention(next: i64, low: i64) -> u64 {
     u64::try_from(low.saturating_sub(next)).unwrap_or(0)
 }
 
+/// A gap in the offsets delivered (`expected` was next, `got` came, the log starts at `low`):
+/// how many of its offsets retention deleted (below the log start: lost) and how many the
+/// broker still holds without a message to deliver (skipped).
+pub fn split_gap(expected: i64, got: i64, low: i64) -> (u64, u64) {
+    let lost = lost_to_retention(expected, low.min(got));
+    let gap = u64::try_from(got.saturating_sub(expected)).unwrap_or(0);
+    (lost, gap.saturating_sub(lost))
+}
+
 impl std::fmt::Debug for ConsumerRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsumerRuntime")
@@ -299,6 +312,7 @@ impl ConsumerRuntime {
             lost_metric: "tracefold_kafka_events_lost_total",
             lost: Default::default(),
             losses: Default::default(),
+            skipped: Default::default(),
         })
     }
 
@@ -306,6 +320,13 @@ impl ConsumerRuntime {
     /// stays valid after [`Self::run`] consumed the runtime).
     pub fn lost(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
         self.lost.clone()
+    }
+
+    /// Offsets this runtime went past without a message although the broker still holds the
+    /// log there (transaction markers, compacted or aborted records; also in
+    /// [`SKIPPED_METRIC`]). A handle that stays valid after [`Self::run`] consumed the runtime.
+    pub fn skipped(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.skipped.clone()
     }
 
     /// Every loss this runtime finds, queued (a handle that stays valid after [`Self::run`]
@@ -420,9 +441,10 @@ impl ConsumerRuntime {
                     let (p, o) = (m.partition(), m.offset());
                     if let Some(&expected) = self.next.get(&p) {
                         if o > expected {
-                            let lost =
+                            let (lost, skipped) =
                                 count_lost(&self.consumer, &self.topic, &self.group, p, expected, o, self.lost_metric);
                             self.lost.fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+                            self.skipped.fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
                             if lost > 0 {
                                 let next_timestamp_ms = m.timestamp().to_millis().unwrap_or(0);
                                 let loss = Loss { partition: p, expected, lost, next_timestamp_ms };
@@ -521,9 +543,15 @@ fn expect_committed(
     }
 }
 
+/// The counter of offsets a consumer went past without a message although they lie above the
+/// log start (labels `group`, `topic`, `partition`).
+pub const SKIPPED_METRIC: &str = "tracefold_kafka_offsets_skipped_total";
+
 /// The consumer delivered offset `got` of `partition` where `expected` was next: counts and
-/// logs the offsets retention deleted before they were read (those below the log start) and
-/// returns how many. A gap above the log start is not a loss (transaction markers, compaction).
+/// logs the offsets retention deleted before they were read (those below the log start), and
+/// the rest of the gap, which is not a loss (transaction markers, compacted or aborted records
+/// leave offsets without a message to deliver) but is counted in [`SKIPPED_METRIC`] and logged
+/// all the same. Returns (lost, skipped).
 fn count_lost(
     consumer: &BaseConsumer<GroupContext>,
     topic: &str,
@@ -532,7 +560,7 @@ fn count_lost(
     expected: i64,
     got: i64,
     lost_metric: &'static str,
-) -> u64 {
+) -> (u64, u64) {
     let low = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
         Ok((low, _)) => low,
         Err(e) => {
@@ -542,7 +570,7 @@ fn count_lost(
             got
         }
     };
-    let lost = lost_to_retention(expected, low.min(got));
+    let (lost, skipped) = split_gap(expected, got, low);
     if lost > 0 {
         tracing::error!(
             group,
@@ -557,7 +585,21 @@ fn count_lost(
         metrics::counter!(lost_metric, "topic" => topic.to_owned(), "partition" => partition.to_string())
             .increment(lost);
     }
-    lost
+    if skipped > 0 {
+        tracing::info!(
+            group,
+            topic,
+            partition,
+            next_offset = expected,
+            first_offset_read = got,
+            log_start = low,
+            skipped,
+            "offsets without a message to read (transaction markers, compacted or aborted records): {skipped} skipped, not counted as lost"
+        );
+        metrics::counter!(SKIPPED_METRIC, "group" => group.to_owned(), "topic" => topic.to_owned(), "partition" => partition.to_string())
+            .increment(skipped);
+    }
+    (lost, skipped)
 }
 
 fn pause_all(consumer: &BaseConsumer<GroupContext>) {
@@ -774,12 +816,14 @@ mod tests {
         let rt = ConsumerRuntime::new(&kafka(&bootstrap), group, &topics.events).unwrap();
         let lost = rt.lost();
         let losses = rt.losses();
+        let skipped = rt.skipped();
         rt.run(&mut s, &shutdown, &health).unwrap();
         assert_eq!(
             lost.load(std::sync::atomic::Ordering::Relaxed),
             u64::try_from(low).unwrap(),
             "lost = log start - commit"
         );
+        assert_eq!(skipped.load(std::sync::atomic::Ordering::Relaxed), 0, "the whole gap lies below the log start");
         let gaps = take_losses(&losses);
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert_eq!((gaps[0].partition, gaps[0].expected, gaps[0].lost), (0, 0, u64::try_from(low).unwrap()));
@@ -789,6 +833,31 @@ mod tests {
         assert_eq!(got.first(), Some(&(0, low)));
         assert_eq!(got.last(), Some(&(0, high - 1)));
         assert_eq!(committed(&bootstrap, group, &topics.events, 1), [Offset::Offset(high)]);
+    }
+
+    /// A gap in the offsets is split at the log start: below it retention deleted messages
+    /// (lost), above it the broker holds offsets with nothing to deliver (transaction markers,
+    /// compacted or aborted records: skipped, counted apart). The mock cluster writes neither
+    /// markers nor compacts, so the split is checked here and the runtime's use of it by the
+    /// retention test (nothing skipped there).
+    #[test]
+    fn a_gap_is_lost_below_the_log_start_and_skipped_above_it() {
+        // (expected, got, low) -> (lost, skipped)
+        for (args, want) in [
+            ((10, 10, 0), (0, 0)),
+            ((10, 11, 0), (0, 1)),
+            ((10, 15, 0), (0, 5)),
+            ((10, 15, 12), (2, 3)),
+            ((10, 15, 15), (5, 0)),
+            // The log start read after the gap can lie past the message delivered (retention
+            // moved on meanwhile): the gap is all lost, never more.
+            ((10, 15, 40), (5, 0)),
+            // No overflow at the ends of the range.
+            ((0, i64::MAX, i64::MAX), (u64::try_from(i64::MAX).unwrap(), 0)),
+            ((i64::MIN, i64::MAX, 0), (u64::try_from(i64::MAX).unwrap(), 0)),
+        ] {
+            assert_eq!(split_gap(args.0, args.1, args.2), want, "{args:?}");
+        }
     }
 
     /// A group that never committed starts at the log start and counts nothing as lost.
