@@ -115,9 +115,13 @@ fn set_path(table: &mut toml::Table, path: &str, raw: &str) {
         }
         cur = entry.as_table_mut().expect("just made a table");
     }
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
+    // librdkafka's options are strings whatever they look like (`linger.ms = 5`,
+    // `enable.auto.commit = false`): read as TOML they would be an integer or a boolean,
+    // which the pass-through table refuses.
+    let passthrough = parts.len() > 2 && parts[0] == "kafka" && parts[1] == "librdkafka";
+    let value = (!passthrough)
+        .then(|| toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v")))
+        .flatten()
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
     cur.insert(parts[parts.len() - 1].clone(), value);
 }
@@ -140,16 +144,53 @@ impl Default for KafkaConfig {
     }
 }
 
+/// Pass-through options that tracefold's correctness rests on: the values it accepts (compared
+/// without regard to case) and why. Any other value is refused when the config is loaded.
+const GUARDED: &[(&str, &[&str], &str)] = &[
+    (
+        "enable.idempotence",
+        &["true"],
+        "tracefold's producers must be idempotent: without it a retried request can write an event or an aggregate twice or out of order, and the writer's replay check would then skip records",
+    ),
+    ("acks", &["all", "-1"], "an event is accepted only once every in-sync replica has it (and idempotence needs acks=all)"),
+    ("request.required.acks", &["all", "-1"], "an event is accepted only once every in-sync replica has it (and idempotence needs acks=all)"),
+    (
+        "enable.auto.commit",
+        &["false"],
+        "offsets are committed only after what was read is stored; automatic commits would skip unstored messages after a crash",
+    ),
+    (
+        "enable.auto.offset.store",
+        &["false"],
+        "offsets are stored only after what was read is stored; automatic stores would skip unstored messages after a crash",
+    ),
+    (
+        "auto.offset.reset",
+        &["earliest", "smallest", "beginning"],
+        "a new group starts at the log start; any other reset skips what the topic already holds without counting it",
+    ),
+];
+
 impl KafkaConfig {
     /// Checks every pass-through option with librdkafka (as a client made from this config
     /// would set it): unknown properties, malformed values and values this build of librdkafka
-    /// does not support (such as a `compression.type` whose codec it was built without).
+    /// does not support (such as a `compression.type` whose codec it was built without); and
+    /// refuses values of the options tracefold's counting rests on ([`GUARDED`]: idempotent
+    /// producers with `acks=all`, manual offset commits, new groups from the log start).
     ///
     /// # Errors
     /// The first refused option: its dotted key (`kafka.librdkafka."compression.type"`) and
-    /// librdkafka's reason.
+    /// librdkafka's reason, or why tracefold needs another value.
     pub fn check(&self) -> Result<(), (String, String)> {
         for (k, v) in &self.librdkafka {
+            if let Some((_, allowed, why)) = GUARDED.iter().find(|(g, _, _)| g == k) {
+                if !allowed.iter().any(|a| a.eq_ignore_ascii_case(v.trim())) {
+                    return Err((
+                        format!("kafka.librdkafka.{k:?}"),
+                        format!("{v:?} is not allowed (only {}): {why}", allowed.join(" or ")),
+                    ));
+                }
+            }
             let mut one = rdkafka::ClientConfig::new();
             one.set(k, v);
             if let Err(e) = one.create_native_config() {
@@ -358,6 +399,45 @@ mod tests {
         let mut k = KafkaConfig::default();
         k.librdkafka.insert("compression.codec".into(), "zstd".into());
         assert_eq!(k.check(), Ok(()), "this build has zstd");
+    }
+
+    #[test]
+    fn options_that_would_break_the_counting_are_refused_with_key_file_and_reason() {
+        for (k, bad, good) in [
+            ("enable.idempotence", "false", "true"),
+            ("acks", "1", "all"),
+            ("request.required.acks", "0", "-1"),
+            ("enable.auto.commit", "true", "false"),
+            ("enable.auto.offset.store", "true", "FALSE"),
+            ("auto.offset.reset", "latest", "earliest"),
+            ("auto.offset.reset", "ende", "smallest"),
+        ] {
+            let (_d, p) = write(&format!("[kafka.librdkafka]\n\"{k}\" = \"{bad}\"\n"));
+            let err = load::<Cfg, _>(Some(&p), Vec::new()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("kafka.librdkafka.{k:?}"))
+                    && err.contains("svc.toml")
+                    && err.contains(&format!("{bad:?} is not allowed")),
+                "{err}"
+            );
+            let (_d, p) = write(&format!("[kafka.librdkafka]\n\"{k}\" = \"{good}\"\n"));
+            let c = load::<Cfg, _>(Some(&p), Vec::new()).unwrap_or_else(|e| panic!("{k} = {good}: {e}"));
+            assert_eq!(c.kafka.librdkafka[k], good);
+        }
+        // Through the environment too, where values that look like numbers or booleans stay
+        // the strings librdkafka takes.
+        let env = vec![("TRACEFOLD__KAFKA__LIBRDKAFKA__ENABLE.AUTO.COMMIT".to_owned(), "true".to_owned())];
+        let err = load::<Cfg, _>(None, env).unwrap_err().to_string();
+        assert!(err.contains(r#"kafka.librdkafka."enable.auto.commit""#) && err.contains("is not allowed"), "{err}");
+        let env = vec![
+            ("TRACEFOLD__KAFKA__LIBRDKAFKA__LINGER.MS".to_owned(), "20".to_owned()),
+            ("TRACEFOLD__KAFKA__LIBRDKAFKA__ENABLE.AUTO.COMMIT".to_owned(), "false".to_owned()),
+        ];
+        let c = load::<Cfg, _>(None, env).unwrap();
+        assert_eq!(
+            (c.kafka.librdkafka["linger.ms"].as_str(), c.kafka.librdkafka["enable.auto.commit"].as_str()),
+            ("20", "false")
+        );
     }
 
     #[test]
