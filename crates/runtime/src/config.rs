@@ -115,14 +115,15 @@ fn set_path(table: &mut toml::Table, path: &str, raw: &str) {
         }
         cur = entry.as_table_mut().expect("just made a table");
     }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v"));
     // librdkafka's options are strings whatever they look like (`linger.ms = 5`,
     // `enable.auto.commit = false`): read as TOML they would be an integer or a boolean,
-    // which the pass-through table refuses.
+    // which the pass-through table refuses. A quoted value is still the string it quotes.
     let passthrough = parts.len() > 2 && parts[0] == "kafka" && parts[1] == "librdkafka";
-    let value = (!passthrough)
-        .then(|| toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v")))
-        .flatten()
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let value = match value {
+        Some(v) if !passthrough || v.is_str() => v,
+        _ => toml::Value::String(raw.to_owned()),
+    };
     cur.insert(parts[parts.len() - 1].clone(), value);
 }
 
@@ -432,12 +433,11 @@ mod tests {
         let env = vec![
             ("TRACEFOLD__KAFKA__LIBRDKAFKA__LINGER.MS".to_owned(), "20".to_owned()),
             ("TRACEFOLD__KAFKA__LIBRDKAFKA__ENABLE.AUTO.COMMIT".to_owned(), "false".to_owned()),
+            ("TRACEFOLD__KAFKA__LIBRDKAFKA__BATCH.SIZE".to_owned(), "\"65536\"".to_owned()),
         ];
         let c = load::<Cfg, _>(None, env).unwrap();
-        assert_eq!(
-            (c.kafka.librdkafka["linger.ms"].as_str(), c.kafka.librdkafka["enable.auto.commit"].as_str()),
-            ("20", "false")
-        );
+        let got = |k: &str| c.kafka.librdkafka[k].clone();
+        assert_eq!([got("linger.ms"), got("enable.auto.commit"), got("batch.size")], ["20", "false", "65536"]);
     }
 
     #[test]
