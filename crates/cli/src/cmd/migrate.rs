@@ -11,6 +11,9 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
     let MigrateArgs { ch, cluster, retention_days, print_for } = a;
     if let Some(version) = print_for {
         use tracefold_store::migrate::{flavored, statements, Flavor, MIGRATIONS};
+        // The names checked as `migrate` checks them: printed statements that ClickHouse
+        // refuses (or that do more than create the schema) help no one.
+        tracefold_store::migrate::check_names(&ch.database, cluster.as_deref())?;
         let flavor = Flavor::for_version(&version, cluster, retention_days);
         for m in MIGRATIONS {
             println!("-- {:04}_{}", m.version, m.name);
