@@ -43,3 +43,25 @@ fn gen_and_fingerprint_end_quietly_when_the_reader_goes_away() {
     assert!(status.success(), "fingerprint: {status}, stderr: {stderr}");
     assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "fingerprint: {stderr}");
 }
+
+/// `tracefold migrate --print-for VERSION | head` (the schema for a review, or the first
+/// statements): the statements went through `println!`, which panics on a closed pipe. The
+/// reader here is gone before the command writes anything, so the outcome does not depend on
+/// how much of the output was written before it went away.
+#[test]
+fn migrate_print_for_ends_quietly_when_the_reader_is_gone() {
+    for args in [&["migrate", "--print-for", "23.8"][..], &["migrate", "--print-for", "18.16.1", "--cluster", "c"][..]]
+    {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_tracefold"))
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("tracefold runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {}, stderr: {stderr}", out.status);
+        assert!(stderr.is_empty(), "{args:?} wrote to stderr: {stderr}");
+    }
+}

@@ -4,7 +4,8 @@
 //!
 //! Environment overrides: `TRACEFOLD__SECTION__KEY=value` sets `[section] key = value`
 //! (`__` separates levels; names are lower-cased; the value is read as a TOML value when it
-//! parses as one, else as a string). Example: `TRACEFOLD__CLICKHOUSE__URL=http://ch:8123`.
+//! parses as one and the key takes it, else as a string: `TRACEFOLD__CLICKHOUSE__PASSWORD=123`
+//! is the text `123`). Example: `TRACEFOLD__CLICKHOUSE__URL=http://ch:8123`.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -82,10 +83,12 @@ where
         check_librdkafka(&from_file, &source_name)?;
         return Ok(from_file);
     }
-    let mut table = toml::Table::try_from(&from_file)
+    let base = toml::Table::try_from(&from_file)
         .map_err(|e| ConfigError::Env { vars: String::new(), message: format!("cannot re-serialize config: {e}") })?;
+    let mut table = base.clone();
     for (k, v) in &overrides {
-        set_path(&mut table, &k[ENV_PREFIX.len()..], v);
+        let path = &k[ENV_PREFIX.len()..];
+        set_path(&mut table, path, env_value::<T>(&base, path, v));
     }
     let vars = overrides.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");
     let cfg = T::deserialize(toml::Value::Table(table))
@@ -105,7 +108,35 @@ fn check_librdkafka<T: Serialize>(cfg: &T, source_name: &dyn Fn() -> String) -> 
     kafka.check().map_err(|(key, message)| ConfigError::Value { key, source_name: source_name(), message })
 }
 
-fn set_path(table: &mut toml::Table, path: &str, raw: &str) {
+/// The value of the override `raw` of the key at `path`: as TOML (a number, a boolean, an
+/// array ...) when it parses as such and the key takes it so, else as the text itself. A key of
+/// type string (a password of digits, a database named `true`, a librdkafka option such as
+/// `linger.ms = "5"`) takes the text, where the TOML reading (an integer, a boolean) would be
+/// refused. Whether the key takes a value is asked of `T` with this override alone over `base`
+/// (the defaults and the file, which `T` takes).
+fn env_value<T: DeserializeOwned>(base: &toml::Table, path: &str, raw: &str) -> toml::Value {
+    let text = toml::Value::String(raw.to_owned());
+    let Some(typed) = toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v")) else {
+        return text;
+    };
+    if typed.is_str() {
+        // A quoted value (`"16384"`) is the string it quotes.
+        return typed;
+    }
+    let takes = |v: &toml::Value| {
+        let mut one = base.clone();
+        set_path(&mut one, path, v.clone());
+        T::deserialize(toml::Value::Table(one)).is_ok()
+    };
+    if !takes(&typed) && takes(&text) {
+        text
+    } else {
+        // Taken as TOML, or refused either way: the TOML reading's error names the key.
+        typed
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
     let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
     let mut cur = table;
     for p in &parts[..parts.len() - 1] {
@@ -115,15 +146,6 @@ fn set_path(table: &mut toml::Table, path: &str, raw: &str) {
         }
         cur = entry.as_table_mut().expect("just made a table");
     }
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v"));
-    // librdkafka's options are strings whatever they look like (`linger.ms = 5`,
-    // `enable.auto.commit = false`): read as TOML they would be an integer or a boolean,
-    // which the pass-through table refuses. A quoted value is still the string it quotes.
-    let passthrough = parts.len() > 2 && parts[0] == "kafka" && parts[1] == "librdkafka";
-    let value = match value {
-        Some(v) if !passthrough || v.is_str() => v,
-        _ => toml::Value::String(raw.to_owned()),
-    };
     cur.insert(parts[parts.len() - 1].clone(), value);
 }
 
@@ -438,6 +460,29 @@ mod tests {
         let c = load::<Cfg, _>(None, env).unwrap();
         let got = |k: &str| c.kafka.librdkafka[k].clone();
         assert_eq!([got("linger.ms"), got("enable.auto.commit"), got("batch.size")], ["20", "false", "65536"]);
+    }
+
+    #[test]
+    fn env_values_that_look_like_numbers_or_booleans_set_string_keys() {
+        // A numeric password, a librdkafka option (every one is a string to librdkafka): read
+        // as TOML they are an integer and a boolean, which these string keys refuse.
+        let env = vec![
+            ("TRACEFOLD__CLICKHOUSE__PASSWORD".to_string(), "123456".to_string()),
+            ("TRACEFOLD__CLICKHOUSE__DATABASE".to_string(), "true".to_string()),
+            ("TRACEFOLD__KAFKA__LIBRDKAFKA__LINGER.MS".to_string(), "5".to_string()),
+            ("TRACEFOLD__KAFKA__LIBRDKAFKA__ENABLE.IDEMPOTENCE".to_string(), "true".to_string()),
+            ("TRACEFOLD__BATCH__MAX_EVENTS".to_string(), "700".to_string()),
+        ];
+        let c: Cfg = load(None, env).unwrap();
+        assert_eq!(c.clickhouse.password, "123456");
+        assert_eq!(c.clickhouse.database, "true");
+        assert_eq!(c.kafka.librdkafka["linger.ms"], "5");
+        assert_eq!(c.kafka.librdkafka["enable.idempotence"], "true");
+        assert_eq!(c.batch.max_events, 700, "a number key still takes the number");
+        // A value the key takes neither as TOML nor as text is still refused, naming the variable.
+        let env = vec![("TRACEFOLD__BATCH__MAX_EVENTS".to_string(), "many".to_string())];
+        let err = load::<Cfg, _>(None, env).unwrap_err().to_string();
+        assert!(err.contains("TRACEFOLD__BATCH__MAX_EVENTS") && err.contains("many"), "{err}");
     }
 
     #[test]

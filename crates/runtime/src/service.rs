@@ -37,6 +37,14 @@ pub trait ServiceConfig: DeserializeOwned + Serialize + Default + Send + 'static
     fn listen(&mut self) -> &mut String;
     /// Logging.
     fn telemetry(&self) -> &TelemetryConfig;
+    /// Checks the values the types allow but the service cannot use (a negative span, one
+    /// whose arithmetic would overflow, a zero where at least one is needed).
+    ///
+    /// # Errors
+    /// The dotted key and what is wrong with its value.
+    fn check(&self) -> Result<(), (String, String)> {
+        Ok(())
+    }
 }
 
 /// Implements [`ServiceConfig`] for a config struct with `kafka` and `telemetry` fields, the
@@ -93,7 +101,25 @@ impl ServiceArgs {
         if let Some(l) = &self.listen {
             cfg.listen().clone_from(l);
         }
+        cfg.check().map_err(|(key, message)| crate::config::ConfigError::Value {
+            key,
+            source_name: self.source_name(),
+            message,
+        })?;
         Ok(cfg)
+    }
+
+    /// Where the config came from, for errors: the file, and the environment when some
+    /// `TRACEFOLD__` variable is set.
+    fn source_name(&self) -> String {
+        let prefix = crate::config::ENV_PREFIX;
+        let env = std::env::vars().any(|(k, _)| k.starts_with(prefix) && k.len() > prefix.len());
+        match (&self.config, env) {
+            (Some(p), false) => p.display().to_string(),
+            (Some(p), true) => format!("{} or the TRACEFOLD__ environment", p.display()),
+            (None, true) => "the defaults or the TRACEFOLD__ environment".to_owned(),
+            (None, false) => "the defaults".to_owned(),
+        }
     }
 }
 

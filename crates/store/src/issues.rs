@@ -1518,7 +1518,7 @@ fn users_estimate_sql() -> String {
 }
 
 /// The detail of `issue` (one of [`find_issue`]'s): users, status, the last `window_hours`
-/// hours per hour, by release, environment, browser, OS and URL, the latest sample, each over
+/// hours per hour (at most back to the Unix epoch's hour), by release, environment, browser, OS and URL, the latest sample, each over
 /// the issue and the issues merged into it (users merged: one in both counts once); the
 /// status is the issue's own.
 ///
@@ -1560,6 +1560,10 @@ pub async fn issue_detail(
     users.push(&format!("SELECT {} AS n FROM {db}.aggregates WHERE 1", users_estimate_sql())).sql(&of_issue);
     let users = users.query(client).fetch_one::<N>().await.map_err(step("users"))?.n;
     let now = now(client).await?;
+    // The window reaches back no further than the hour of the Unix epoch (no event is older):
+    // a longer one (`tracefold issue --hours 4294967295`) would overflow the start's arithmetic
+    // and ask for a slot per hour it names.
+    let window_hours = window_hours.min(now / 3600 + 1);
     let start = (now / 3600) * 3600 - (window_hours.saturating_sub(1)) * 3600;
     let mut hours = Sql::default();
     hours
@@ -1752,6 +1756,43 @@ mod tests {
         let retried = super::in_session(one).await;
         held.await.unwrap().unwrap();
         assert_eq!(retried.map(|r| r.n), Some(1));
+    }
+
+    /// With the real ClickHouse: a window longer than the time since the Unix epoch (`tracefold
+    /// issue --hours 4294967295`) reaches back to the epoch's hour, where its arithmetic
+    /// overflowed (a panic, or in a release build a start in the future and a vector of four
+    /// billion slots).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_issue_window_longer_than_the_epoch_reaches_back_to_it() {
+        let cfg = crate::testdb::scratch("longwindow");
+        crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
+        let client = crate::client::database_client(&cfg).unwrap();
+        let summary = super::IssueSummary {
+            project: "p".into(),
+            issue_id: "i".into(),
+            title: String::new(),
+            culprit: String::new(),
+            exc_type: String::new(),
+            level: String::new(),
+            platform: String::new(),
+            grouping_version: String::new(),
+            first_seen: 0,
+            last_seen: 0,
+            count: 0,
+            merged: Vec::new(),
+            asked_alias: None,
+        };
+        let now = crate::client::now(&client).await.unwrap();
+        let mut details = Vec::new();
+        for hours in [u32::MAX, 1_000_000, 24] {
+            details.push(super::issue_detail(&client, &cfg.database, summary.clone(), hours).await);
+        }
+        let _ = crate::client::drop_database(&client, &cfg.database).await;
+        let since_epoch = (now / 3600 + 1) as usize;
+        let lens: Vec<usize> = details.into_iter().map(|d| d.unwrap().hourly.len()).collect();
+        assert!(lens[0] == since_epoch || lens[0] == since_epoch + 1, "{lens:?} {since_epoch}");
+        assert_eq!(lens[1], lens[0]);
+        assert_eq!(lens[2], 24);
     }
 
     #[test]

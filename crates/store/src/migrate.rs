@@ -314,6 +314,20 @@ struct VersionRow {
     version: u32,
 }
 
+/// Checks the names the statements are formatted with: the database and the cluster (each
+/// `[A-Za-z0-9_]+`), so that a name that is not an identifier is refused before any
+/// statement is printed or sent, and not half way through the schema.
+///
+/// # Errors
+/// [`Error::Identifier`] naming `clickhouse.database` or `--cluster`.
+pub fn check_names(database: &str, cluster: Option<&str>) -> Result<()> {
+    ident("clickhouse.database", database)?;
+    if let Some(c) = cluster {
+        ident("--cluster", c)?;
+    }
+    Ok(())
+}
+
 /// Creates the database and applies every migration not yet recorded, calling `progress`
 /// before each one.
 ///
@@ -347,7 +361,8 @@ async fn apply(
     mut progress: impl FnMut(&Migration, bool),
 ) -> Result<Report> {
     let client = client(ch);
-    let db = ident("clickhouse.database", &ch.database)?;
+    check_names(&ch.database, cluster.as_deref())?;
+    let db = ch.database.as_str();
     let server_version = match server_version(&client).await {
         Err(Error::ClickHouse { source, .. }) => {
             return Err(Error::ClickHouse { what: format!("cannot reach ClickHouse at {}", ch.url), source })
@@ -1390,6 +1405,20 @@ mod tests {
             assert_eq!(views.len(), 10, "{fname}: {views:?}");
             assert!(ddls.iter().all(|d| d.to.as_deref() != Some("issue_users_1d")), "{fname}: nothing feeds it");
         }
+    }
+
+    /// A cluster name is formatted into every statement (`ON CLUSTER name`, `Distributed(name,
+    /// ...)`): one that is not an identifier is refused, naming `--cluster`, before ClickHouse
+    /// is asked anything.
+    #[tokio::test]
+    async fn a_cluster_name_that_is_not_an_identifier_is_refused_before_any_statement() {
+        let ch = ClickHouseConfig { url: "http://127.0.0.1:1".into(), ..ClickHouseConfig::default() };
+        for bad in ["my-cluster", "c ON CLUSTER d", "", "c; DROP DATABASE x"] {
+            let e = migrate_with(&ch, Some(bad.into()), 90, |_, _| {}).await.unwrap_err();
+            assert!(matches!(&e, Error::Identifier { what: "--cluster", value } if value == bad), "{bad:?}: {e}");
+        }
+        assert!(check_names("tracefold", Some("prod_1")).is_ok());
+        assert!(matches!(check_names("my-db", None), Err(Error::Identifier { what: "clickhouse.database", .. })));
     }
 
     #[test]

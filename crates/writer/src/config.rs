@@ -108,4 +108,68 @@ impl Default for RankingsSection {
     }
 }
 
-tracefold_runtime::service_config!(Config, listen: writer.listen, clickhouse);
+impl Config {
+    /// Checks the values the types allow but the writer cannot use: a retry delay of 0 (the
+    /// delay doubles from it, so a failing ClickHouse would be asked again at once, for ever: a
+    /// busy loop of requests and WARN lines) and an insert timeout of 0 (every insert would
+    /// time out, and the writer would retry it for ever without storing a row).
+    ///
+    /// # Errors
+    /// The dotted key and what is wrong with its value.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let w = &self.writer;
+        for (key, v) in [
+            ("writer.retry_initial_ms", w.retry_initial_ms),
+            ("writer.retry_max_ms", w.retry_max_ms),
+            ("writer.insert_timeout_ms", w.insert_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err((key.into(), "0: must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl tracefold_runtime::service::ServiceConfig for Config {
+    fn kafka(&mut self) -> &mut KafkaConfig {
+        &mut self.kafka
+    }
+    fn clickhouse(&mut self) -> Option<&mut ClickHouseConfig> {
+        Some(&mut self.clickhouse)
+    }
+    fn listen(&mut self) -> &mut String {
+        &mut self.writer.listen
+    }
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+    fn check(&self) -> Result<(), (String, String)> {
+        Config::check(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracefold_runtime::service::ServiceArgs;
+
+    /// A retry delay or insert timeout of 0 (a busy retry loop, or inserts that never succeed)
+    /// is refused at start, naming the key and the file.
+    #[test]
+    fn zero_retry_delays_and_insert_timeout_name_key_and_file() {
+        let dir = std::env::temp_dir().join(format!("tracefold-writer-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for key in ["retry_initial_ms", "retry_max_ms", "insert_timeout_ms"] {
+            let path = dir.join(format!("writer-{key}.toml"));
+            std::fs::write(&path, format!("[writer]\n{key} = 0\n")).unwrap();
+            let args = ServiceArgs { config: Some(path.clone()), ..ServiceArgs::default() };
+            let err = args.load::<super::Config>().map(drop).map_err(|e| format!("{e:#}"));
+            let _ = std::fs::remove_file(&path);
+            let err = err.expect_err(key);
+            assert!(err.contains(&format!("invalid config value writer.{key} in ")), "{err}");
+            assert!(err.contains(&format!("writer-{key}.toml")), "the file is named: {err}");
+        }
+        let _ = std::fs::remove_dir(&dir);
+        assert!(super::Config::default().check().is_ok());
+    }
+}
