@@ -494,6 +494,7 @@ fn known_metrics() -> BTreeSet<String> {
     all.insert(tracefold_runtime::kafka::ASSIGNED_PARTITIONS.to_owned());
     all.insert(tracefold_runtime::kafka::COMMIT_FAILURES.to_owned());
     all.insert(tracefold_runtime::kafka::DLQ_TRUNCATED.to_owned());
+    all.insert(tracefold_runtime::consumer::SKIPPED_OFFSETS_TOTAL.to_owned());
     all
 }
 
