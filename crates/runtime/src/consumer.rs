@@ -436,7 +436,8 @@ impl ConsumerRuntime {
             if let Some(Ok(m)) = msg.as_ref().filter(|_| !paused) {
                 let p = m.partition();
                 // The gap this partition was sought back over, if any: settled by this message.
-                let reread = self.track.rereads.remove(&p);
+                // (Almost always none: no hash of the partition for every message then.)
+                let reread = if self.track.rereads.is_empty() { None } else { self.track.rereads.remove(&p) };
                 if let Some(&expected) = self.track.next.get(&p) {
                     // When the skipped offsets are read again, this message is not delivered
                     // now: it comes again after them.
