@@ -58,11 +58,10 @@ pub fn kafka_producer(cfg: &Config) -> anyhow::Result<delivery::EventsProducer> 
 pub fn load_config(args: &tracefold_runtime::service::ServiceArgs) -> anyhow::Result<Config> {
     let cfg: Config = args.load()?;
     if let Err(e) = cfg.check().and_then(|()| auth::Projects::new(&cfg).map(drop)) {
-        let file = args.config.as_ref().map_or_else(|| "the defaults".to_owned(), |p| p.display().to_string());
         let prefix = tracefold_runtime::config::ENV_PREFIX;
         let env = std::env::vars().any(|(k, _)| k.starts_with(prefix) && k.len() > prefix.len());
-        let or_env = if env { " or the TRACEFOLD__ environment" } else { "" };
-        anyhow::bail!("invalid config value in {file}{or_env}: {e}");
+        let from = tracefold_runtime::config::source_name(args.config.as_deref(), env);
+        anyhow::bail!("invalid config value in {from}: {e}");
     }
     Ok(cfg)
 }

@@ -64,6 +64,35 @@ where
     T: DeserializeOwned + Serialize + Default,
     I: IntoIterator<Item = (String, String)>,
 {
+    load_checked(path, env, |_: &T| Ok(()))
+}
+
+/// Where a config came from, for its errors: the file, the environment when some `TRACEFOLD__`
+/// variable overrides it, or the defaults.
+pub fn source_name(path: Option<&Path>, env_overrides: bool) -> String {
+    match (path, env_overrides) {
+        (Some(p), false) => p.display().to_string(),
+        (Some(p), true) => format!("{} or the TRACEFOLD__ environment", p.display()),
+        (None, true) => "the defaults or the TRACEFOLD__ environment".to_owned(),
+        (None, false) => "the defaults".to_owned(),
+    }
+}
+
+/// [`load`], then `check` on the loaded config: the values its type allows but the service
+/// cannot use, refused as [`ConfigError::Value`] with the dotted key `check` names and where
+/// the config came from.
+///
+/// # Errors
+/// As [`load`], or `check`'s refusal.
+pub fn load_checked<T, I>(
+    path: Option<&Path>,
+    env: I,
+    check: impl FnOnce(&T) -> Result<(), (String, String)>,
+) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+    I: IntoIterator<Item = (String, String)>,
+{
     let text = match path {
         Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?,
         None => String::new(),
@@ -74,14 +103,14 @@ where
     })?;
     let overrides: Vec<(String, String)> =
         env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len()).collect();
-    let source_name = || match path {
-        Some(p) if overrides.is_empty() => p.display().to_string(),
-        Some(p) => format!("{} or the TRACEFOLD__ environment", p.display()),
-        None => "the TRACEFOLD__ environment".to_owned(),
+    let source_name = || source_name(path, !overrides.is_empty());
+    let checked = |cfg: T| {
+        check_librdkafka(&cfg, &source_name)?;
+        check(&cfg).map_err(|(key, message)| ConfigError::Value { key, source_name: source_name(), message })?;
+        Ok(cfg)
     };
     if overrides.is_empty() {
-        check_librdkafka(&from_file, &source_name)?;
-        return Ok(from_file);
+        return checked(from_file);
     }
     let base = toml::Table::try_from(&from_file)
         .map_err(|e| ConfigError::Env { vars: String::new(), message: format!("cannot re-serialize config: {e}") })?;
@@ -93,8 +122,7 @@ where
     let vars = overrides.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");
     let cfg = T::deserialize(toml::Value::Table(table))
         .map_err(|e| ConfigError::Env { vars, message: e.to_string().trim().replace('\n', " ") })?;
-    check_librdkafka(&cfg, &source_name)?;
-    Ok(cfg)
+    checked(cfg)
 }
 
 /// Checks the `[kafka.librdkafka]` pass-through options of a loaded config (every tracefold

@@ -48,16 +48,24 @@ pub trait ServiceConfig: DeserializeOwned + Serialize + Default + Send + 'static
 }
 
 /// Implements [`ServiceConfig`] for a config struct with `kafka` and `telemetry` fields, the
-/// listen address at `$($listen).+`, and (with `clickhouse`) a `clickhouse` field.
+/// listen address at `$($listen).+`, (with `clickhouse`) a `clickhouse` field, and (with
+/// `check`) the struct's own `check` as [`ServiceConfig::check`].
 #[macro_export]
 macro_rules! service_config {
     ($ty:ty, listen: $($listen:ident).+) => {
-        $crate::service_config!(@impl $ty, None, $($listen).+);
+        $crate::service_config!(@impl $ty, None, [], $($listen).+);
     };
     ($ty:ty, listen: $($listen:ident).+, clickhouse) => {
-        $crate::service_config!(@impl $ty, Some, $($listen).+);
+        $crate::service_config!(@impl $ty, Some, [], $($listen).+);
     };
-    (@impl $ty:ty, $ch:ident, $($listen:ident).+) => {
+    ($ty:ty, listen: $($listen:ident).+, clickhouse, check) => {
+        $crate::service_config!(@impl $ty, Some, [
+            fn check(&self) -> Result<(), (String, String)> {
+                <$ty>::check(self)
+            }
+        ], $($listen).+);
+    };
+    (@impl $ty:ty, $ch:ident, [$($check:tt)*], $($listen:ident).+) => {
         impl $crate::service::ServiceConfig for $ty {
             fn kafka(&mut self) -> &mut $crate::config::KafkaConfig {
                 &mut self.kafka
@@ -71,6 +79,7 @@ macro_rules! service_config {
             fn telemetry(&self) -> &$crate::config::TelemetryConfig {
                 &self.telemetry
             }
+            $($check)*
         }
     };
     (@ch $self:ident, None) => {
@@ -87,7 +96,8 @@ impl ServiceArgs {
     /// # Errors
     /// A config error naming the key and the file.
     pub fn load<C: ServiceConfig>(&self) -> anyhow::Result<C> {
-        let mut cfg: C = crate::config::load(self.config.as_deref(), std::env::vars())?;
+        // The flags below set no value that `check` looks at.
+        let mut cfg: C = crate::config::load_checked(self.config.as_deref(), std::env::vars(), C::check)?;
         if let Some(b) = &self.bootstrap_servers {
             cfg.kafka().bootstrap_servers.clone_from(b);
         }
@@ -101,25 +111,7 @@ impl ServiceArgs {
         if let Some(l) = &self.listen {
             cfg.listen().clone_from(l);
         }
-        cfg.check().map_err(|(key, message)| crate::config::ConfigError::Value {
-            key,
-            source_name: self.source_name(),
-            message,
-        })?;
         Ok(cfg)
-    }
-
-    /// Where the config came from, for errors: the file, and the environment when some
-    /// `TRACEFOLD__` variable is set.
-    fn source_name(&self) -> String {
-        let prefix = crate::config::ENV_PREFIX;
-        let env = std::env::vars().any(|(k, _)| k.starts_with(prefix) && k.len() > prefix.len());
-        match (&self.config, env) {
-            (Some(p), false) => p.display().to_string(),
-            (Some(p), true) => format!("{} or the TRACEFOLD__ environment", p.display()),
-            (None, true) => "the defaults or the TRACEFOLD__ environment".to_owned(),
-            (None, false) => "the defaults".to_owned(),
-        }
     }
 }
 

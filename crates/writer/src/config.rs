@@ -131,23 +131,7 @@ impl Config {
     }
 }
 
-impl tracefold_runtime::service::ServiceConfig for Config {
-    fn kafka(&mut self) -> &mut KafkaConfig {
-        &mut self.kafka
-    }
-    fn clickhouse(&mut self) -> Option<&mut ClickHouseConfig> {
-        Some(&mut self.clickhouse)
-    }
-    fn listen(&mut self) -> &mut String {
-        &mut self.writer.listen
-    }
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-    fn check(&self) -> Result<(), (String, String)> {
-        Config::check(self)
-    }
-}
+tracefold_runtime::service_config!(Config, listen: writer.listen, clickhouse, check);
 
 #[cfg(test)]
 mod tests {
