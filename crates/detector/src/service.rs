@@ -530,7 +530,7 @@ impl Detector<'_> {
 /// aggregate record, or values no real record has ([`AggregateRecord::implausible`]: a minute
 /// or time outside 1970 to 2106, an absurd count), which would overflow the engine's
 /// arithmetic. The writer sends the same records to the DLQ.
-fn read_record(payload: Option<&[u8]>) -> Result<AggregateRecord, String> {
+pub fn read_record(payload: Option<&[u8]>) -> Result<AggregateRecord, String> {
     let payload = payload.ok_or("no payload")?;
     let r: AggregateRecord = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
     match r.implausible() {
