@@ -12,6 +12,7 @@ mod sample;
 pub mod signals;
 pub mod svg;
 
+use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -62,6 +63,11 @@ pub fn router(cfg: Config) -> Router {
         .route("/signals", get(signals_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        // Unknown paths and methods: an error page as every other answer, not an empty body.
+        .fallback(|| async { error_page(StatusCode::NOT_FOUND, "no such page") })
+        .method_not_allowed_fallback(|| async {
+            error_page(StatusCode::METHOD_NOT_ALLOWED, "this page does not take this method")
+        })
         .with_state(state)
 }
 
@@ -241,6 +247,16 @@ fn error_page(status: StatusCode, msg: &str) -> Response {
     html_response(status, p)
 }
 
+/// A request the extractors refused (a query or path that does not decode, a repeated
+/// parameter, a form without its fields, a body over the limit): the rejection's status and
+/// message as an error page with the page's headers, not axum's plain text.
+macro_rules! rejected {
+    ($r:expr) => {{
+        let r = $r;
+        error_page(r.status(), &r.body_text())
+    }};
+}
+
 fn store_error(e: &tracefold_store::Error) -> Response {
     use tracefold_store::Error as E;
     match e {
@@ -257,7 +273,11 @@ fn issue_url(project: &str, issue_id: &str, w: Window) -> String {
     format!("/issues/{}/{}?window={}", url_part(project), url_part(issue_id), w.name)
 }
 
-async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) -> Response {
+async fn issues(State(st): State<Arc<AppState>>, q: Result<Query<ListParams>, QueryRejection>) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return rejected!(r),
+    };
     let ls = ListState::new(&q);
     let w = ls.window;
     let page = q.page.as_deref().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0).min(MAX_PAGES - 1);
@@ -567,9 +587,14 @@ fn top_table(p: &mut Page, id: &'static str, what: &'static str, top: &tracefold
 
 async fn issue(
     State(st): State<Arc<AppState>>,
-    Path((project, issue_id)): Path<(String, String)>,
-    Query(q): Query<IssueParams>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<IssueParams>, QueryRejection>,
 ) -> Response {
+    let (project, issue_id, q) = match (path, q) {
+        (Ok(Path((p, i))), Ok(Query(q))) => (p, i, q),
+        (Err(r), _) => return rejected!(r),
+        (_, Err(r)) => return rejected!(r),
+    };
     let w = window(q.window.as_deref());
     let db = &st.cfg.clickhouse.database;
     let summary = match tracefold_store::issues::resolve_issue(&st.client, db, &issue_id, Some(&project)).await {
@@ -744,9 +769,14 @@ struct StatusForm {
 
 async fn set_status(
     State(st): State<Arc<AppState>>,
-    Path((project, issue_id)): Path<(String, String)>,
-    Form(f): Form<StatusForm>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    f: Result<Form<StatusForm>, FormRejection>,
 ) -> Response {
+    let (project, issue_id, f) = match (path, f) {
+        (Ok(Path((p, i))), Ok(Form(f))) => (p, i, f),
+        (Err(r), _) => return rejected!(r),
+        (_, Err(r)) => return rejected!(r),
+    };
     let Some(expected) = st.cfg.operator_token.as_deref().filter(|t| !t.is_empty()) else {
         return error_page(StatusCode::FORBIDDEN, "status changes are off: start tracefold ui with --operator-token");
     };
@@ -845,6 +875,70 @@ mod tests {
                 .map(|(n, r)| buckets(w(n), r)),
             [60, 24, 31, 8]
         );
+    }
+
+    /// `request` (an HTTP/1.1 request without its `Connection` header and blank line) to the
+    /// UI on `addr`: the status, the head and the body of the answer.
+    async fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap_or((request, ""));
+        c.write_all(format!("{head}\r\nConnection: close\r\n\r\n{body}").as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head[9..12].parse().unwrap(), head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    /// Requests the routes' extractors refuse (a repeated parameter, a path segment that is not
+    /// UTF-8, a form without its fields or of another type) and unknown paths and methods get
+    /// the UI's error page: its status, the reason in words, HTML with the page's security
+    /// headers. They got axum's plain text (400, 415, 422) or an empty body (404, 405). None
+    /// of these reach ClickHouse (there is none here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_requests_and_unknown_pages_get_error_pages() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = Config {
+            clickhouse: ClickHouseConfig { url: "http://127.0.0.1:9".into(), ..Default::default() },
+            operator_token: Some("t".into()),
+            ..Default::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, cfg, async {
+            let _ = stopped.await;
+        }));
+        let form = |ct: &str, body: &str| {
+            format!(
+                "POST /issues/web/abc/status HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let cases = [
+            ("GET /?window=1h&window=7d HTTP/1.1\r\nHost: x".to_owned(), 400, "duplicate field `window`"),
+            ("GET /issues/web/x?res=day&res=hour HTTP/1.1\r\nHost: x".to_owned(), 400, "duplicate field `res`"),
+            ("GET /issues/web/%FF%3Cb%3E HTTP/1.1\r\nHost: x".to_owned(), 400, "Invalid UTF-8"),
+            (form("application/x-www-form-urlencoded", "token=t"), 422, "missing field `status`"),
+            (form("application/json", "{}"), 415, "Content-Type: application/x-www-form-urlencoded"),
+            ("GET /nope/%3Cscript%3E HTTP/1.1\r\nHost: x".to_owned(), 404, "no such page"),
+            ("DELETE / HTTP/1.1\r\nHost: x".to_owned(), 405, "does not take this method"),
+            ("GET /issues/web/abc/status HTTP/1.1\r\nHost: x".to_owned(), 405, "does not take this method"),
+        ];
+        for (request, status, reason) in cases {
+            let (st, head, body) = raw(addr, &request).await;
+            assert_eq!(st, status, "{request}: {head}{body}");
+            assert!(head.contains("content-type: text/html; charset=utf-8"), "{request}: {head}");
+            assert!(head.contains("content-security-policy: default-src 'none'"), "{request}: {head}");
+            assert!(head.contains("x-content-type-options: nosniff"), "{request}: {head}");
+            let mut page = Page::default();
+            page.text(reason);
+            assert!(body.contains(&format!("<h1>{status}</h1>")), "{request}: {body}");
+            assert!(body.contains(&page.finish()) && body.ends_with("</html>"), "{request}: {body}");
+            assert!(!body.contains("<script>") && !body.contains("<b>"), "{body}");
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     fn parse_query(q: &str) -> ListParams {
