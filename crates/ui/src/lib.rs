@@ -559,11 +559,20 @@ fn resolution(w: Window, s: Option<&str>) -> Resolution {
         })
 }
 
-fn kv_table(p: &mut Page, what: &'static str, rows: &[(String, u64)]) {
+/// A breakdown by release or environment; `rest`: the events of the values left out of a
+/// list cut at [`tracefold_store::issues::MAX_BREAKDOWN_ROWS`].
+fn kv_table(p: &mut Page, what: &'static str, rows: &[(String, u64)], rest: Option<u64>) {
     p.raw("<table class=\"breakdown\" data-what=\"").raw(what).raw("\"><thead><tr><th>").raw(what);
     p.raw("</th><th class=\"n\">Events</th></tr></thead><tbody>");
     for (k, n) in rows {
         p.raw("<tr><td class=\"t\">").user(k).raw("</td><td class=\"n\">").num(*n).raw("</td></tr>");
+    }
+    if let Some(n) = rest {
+        p.raw("<tr class=\"rest\"><td class=\"c\">Others (only the first ")
+            .num(tracefold_store::issues::MAX_BREAKDOWN_ROWS)
+            .raw(" are listed)</td><td class=\"n\">")
+            .num(n)
+            .raw("</td></tr>");
     }
     p.raw("</tbody></table>");
 }
@@ -697,6 +706,11 @@ async fn issue(
         Resolution::Day => "day",
     };
     p.raw_svg(&svg::bars(&series.counts, &labels, &markers, unit, 720, 100));
+    if series.more_releases {
+        p.raw("<p class=\"c\" id=\"more-releases\">More releases begin in the window: the first ")
+            .num(tracefold_store::ui::MAX_RELEASE_MARKERS)
+            .raw(" are marked.</p>");
+    }
     p.raw("<h2>Status</h2>");
     for (label, status) in
         [("Resolve", IssueStatus::Resolved), ("Ignore", IssueStatus::Ignored), ("Reopen", IssueStatus::Active)]
@@ -734,9 +748,9 @@ async fn issue(
     }
     p.raw("</tbody></table>");
     p.raw("<h2>Releases</h2>");
-    kv_table(&mut p, "Release", &d.by_release);
+    kv_table(&mut p, "Release", &d.by_release, d.by_release_rest);
     p.raw("<h2>Environments</h2>");
-    kv_table(&mut p, "Environment", &d.by_environment);
+    kv_table(&mut p, "Environment", &d.by_environment, d.by_environment_rest);
     p.raw("<h2>Browsers</h2>");
     top_table(&mut p, "browsers", "Browser", &d.by_browser);
     p.raw("<h2>Operating systems</h2>");
