@@ -838,6 +838,26 @@ mod tests {
         assert!(p.finish().contains("No events with this field in the window."));
     }
 
+    /// A release or environment list cut at its bound ends with a row of the events left out;
+    /// an uncut one has no such row.
+    #[test]
+    fn cut_release_lists_end_with_the_events_of_the_rest() {
+        let rows = vec![("<r1>".to_owned(), 5), ("r2".to_owned(), 3)];
+        let mut p = Page::default();
+        kv_table(&mut p, "Release", &rows, Some(24));
+        let html = p.finish();
+        assert!(html.contains("<bdi>&lt;r1&gt;</bdi></td><td class=\"n\">5</td>"), "{html}");
+        assert!(
+            html.ends_with(
+                "<tr class=\"rest\"><td class=\"c\">Others (only the first 10000 are listed)</td><td class=\"n\">24</td></tr></tbody></table>"
+            ),
+            "{html}"
+        );
+        let mut p = Page::default();
+        kv_table(&mut p, "Environment", &rows, None);
+        assert!(!p.finish().contains("Others"));
+    }
+
     #[test]
     fn list_urls_hold_every_filter_encoded_and_parse_back() {
         let params = ListParams {
