@@ -50,12 +50,20 @@ pub struct Config {
 struct AppState {
     cfg: Config,
     client: tracefold_store::Client,
+    /// Permits for signal reads ([`MAX_SIGNAL_READS`]).
+    signal_reads: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    fn new(cfg: Config) -> Self {
+        let client = tracefold_store::client::client(&cfg.clickhouse);
+        AppState { cfg, client, signal_reads: Arc::new(tokio::sync::Semaphore::new(MAX_SIGNAL_READS)) }
+    }
 }
 
 /// The UI's routes.
 pub fn router(cfg: Config) -> Router {
-    let client = tracefold_store::client::client(&cfg.clickhouse);
-    let state = Arc::new(AppState { cfg, client });
+    let state = Arc::new(AppState::new(cfg));
     Router::new()
         .route("/", get(issues))
         .route("/issues/{project}/{issue_id}", get(issue))
@@ -481,6 +489,11 @@ async fn issues(State(st): State<Arc<AppState>>, q: Result<Query<ListParams>, Qu
 /// Most signals the signals page shows.
 pub const MAX_SIGNALS: usize = 200;
 
+/// Most reads of the signals topic at once: each is a Kafka consumer on a blocking thread for
+/// up to a few seconds. More requests for the signals page meanwhile get a 503 with
+/// `Retry-After` (they made a consumer and a thread each, as many as came in).
+pub const MAX_SIGNAL_READS: usize = 4;
+
 async fn signals_page(State(st): State<Arc<AppState>>) -> Response {
     let Some(src) = st.cfg.signals.clone() else {
         return error_page(
@@ -488,7 +501,17 @@ async fn signals_page(State(st): State<Arc<AppState>>) -> Response {
             "no signals topic configured: start tracefold ui with --bootstrap-servers (tracefold dev does)",
         );
     };
+    let Ok(permit) = st.signal_reads.clone().try_acquire_owned() else {
+        let mut r = error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the signals topic is being read for other requests: reload in a moment",
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("2"));
+        return r;
+    };
+    // The permit goes with the read: a client that leaves does not end the read, nor free it.
     let read = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         signals::recent(&src, "tracefold-ui-signals", MAX_SIGNALS, std::time::Duration::from_secs(2))
     })
     .await;
@@ -856,6 +879,32 @@ mod tests {
         let mut p = Page::default();
         kv_table(&mut p, "Environment", &rows, None);
         assert!(!p.finish().contains("Others"));
+    }
+
+    /// The signals page reads the topic with at most `MAX_SIGNAL_READS` consumers at once:
+    /// while they are all reading, another request gets a 503 with `Retry-After` at once
+    /// (without a consumer or a thread of its own); when a read ends, the page is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn signal_reads_at_once_are_bounded() {
+        let topics = tracefold_runtime::config::TopicsConfig::default();
+        let broker = tracefold_runtime::devbroker::DevBroker::start(1, &topics, Some(1)).unwrap();
+        let kafka = tracefold_runtime::config::KafkaConfig {
+            bootstrap_servers: broker.bootstrap_servers(),
+            ..Default::default()
+        };
+        let st = Arc::new(AppState::new(Config {
+            signals: Some(signals::Source { kafka, topic: topics.signals.clone() }),
+            ..Default::default()
+        }));
+        let reading = st.signal_reads.clone().try_acquire_many_owned(MAX_SIGNAL_READS as u32).unwrap();
+        let busy = signals_page(State(st.clone())).await;
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(st.signal_reads.available_permits(), 0);
+        drop(reading);
+        let served = signals_page(State(st.clone())).await;
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(st.signal_reads.available_permits(), MAX_SIGNAL_READS, "the read gave its permit back");
     }
 
     #[test]
