@@ -1019,6 +1019,8 @@ mod tests {
             assert!(body.contains(&format!("<h1>{status}</h1>")), "{request}: {body}");
             assert!(body.contains(&page.finish()) && body.ends_with("</html>"), "{request}: {body}");
             assert!(!body.contains("<script>") && !body.contains("<b>"), "{body}");
+            // A 405 still names the methods the page takes.
+            assert!(status != 405 || head.contains("\r\nallow: "), "{request}: {head}");
         }
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
