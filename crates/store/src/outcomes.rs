@@ -150,7 +150,7 @@ pub async fn outcomes(
         .len() as u64;
     if series.saturating_mul(u64::from(minutes)) > MAX_OUTCOME_CELLS {
         return Err(crate::Error::TooManyRows {
-            what: "outcomes per minute: (project, outcome, reason) series times minutes of the window",
+            what: "outcome series, a row per (project, outcome, reason) and minute of the window",
             limit: MAX_OUTCOME_CELLS,
         });
     }
