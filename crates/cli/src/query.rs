@@ -136,9 +136,21 @@ pub fn render_issue(d: &IssueDetail) -> String {
     let rows = |v: &[(String, u64)]| -> Vec<Vec<String>> {
         v.iter().map(|(k, n)| vec![if k.is_empty() { "(none)".into() } else { k.clone() }, thousands(*n)]).collect()
     };
+    // A list cut at its bound says how many events the values left out have.
+    let rest = |out: &mut String, what: &str, rest: Option<u64>| {
+        if let Some(n) = rest {
+            out.push_str(&format!(
+                "  ... {} events of other {what} (the first {} listed)\n",
+                thousands(n),
+                thousands(tracefold_store::issues::MAX_BREAKDOWN_ROWS)
+            ));
+        }
+    };
     out.push_str(&table(&[("RELEASE", Align::Left), ("EVENTS", Align::Right)], &rows(&d.by_release), 40));
+    rest(&mut out, "releases", d.by_release_rest);
     out.push('\n');
     out.push_str(&table(&[("ENVIRONMENT", Align::Left), ("EVENTS", Align::Right)], &rows(&d.by_environment), 40));
+    rest(&mut out, "environments", d.by_environment_rest);
     // Browsers, operating systems and URLs: the top values, with their share of the events
     // that have the field (left out when no event has it).
     for (head, top) in [("BROWSER", &d.by_browser), ("OS", &d.by_os), ("URL", &d.by_url)] {
@@ -351,6 +363,8 @@ mod tests {
             hourly: vec![1, 2],
             by_release: vec![(HOSTILE.into(), 2)],
             by_environment: vec![("prod\u{2066}uction".into(), 2)],
+            by_release_rest: Some(12_345),
+            by_environment_rest: None,
             by_browser: tracefold_store::issues::Top { values: vec![("Chrome 120".into(), 2)], total: 3 },
             by_os: tracefold_store::issues::Top::default(),
             by_url: tracefold_store::issues::Top { values: vec![(HOSTILE.into(), 1)], total: 3 },
@@ -367,6 +381,8 @@ mod tests {
         no_controls(&out);
         assert!(out.starts_with("abc  [active] \u{FFFD}[2J\u{FFFD}]0;pwned\u{FFFD}title  \u{FFFD}gnp.exe\n"), "{out}");
         assert!(out.contains("prod\u{FFFD}uction"), "{out}");
+        assert!(out.contains("\n  ... 12,345 events of other releases (the first 10,000 listed)\n"), "{out}");
+        assert!(!out.contains("other environments"), "{out}");
         assert!(out.contains("\n  merged:   s1\u{FFFD}[2J (1,234 events, first seen 2026-11-24T00:00:00Z)\n"), "{out}");
         assert!(out.contains("\n  s1\u{FFFD}[2J was merged into this issue"), "{out}");
         assert!(out.contains("Chrome 120       2  66.7%"), "{out}");

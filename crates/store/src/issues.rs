@@ -1093,8 +1093,10 @@ async fn table_rows(session: &Client, table: &str) -> Option<u64> {
     Some(in_session(|| session.query(&count).fetch_one::<N>()).await?.n)
 }
 
-/// Most releases (and environments) [`issue_detail`] lists for one issue's window; beyond it
-/// the detail fails with [`Error::TooManyRows`] (shorten `--hours`) rather than show part.
+/// Most releases (and environments) [`issue_detail`] lists for one issue's window, those with
+/// most events; beyond it the list is cut there and says so ([`IssueDetail::by_release_rest`]):
+/// releases and environments are event data, so an issue with many (one client can send any)
+/// is still shown.
 pub const MAX_BREAKDOWN_ROWS: u64 = 10_000;
 
 /// Most projects [`find_issue`] returns for one id (ids are fingerprints: the same id in more
@@ -1382,10 +1384,17 @@ pub struct IssueDetail {
     pub users: u64,
     /// Events per hour over the window, oldest first.
     pub hourly: Vec<u64>,
-    /// Events in the window by release, most first.
+    /// Events in the window by release, most first: at most [`MAX_BREAKDOWN_ROWS`].
     pub by_release: Vec<(String, u64)>,
-    /// Events in the window by environment, most first.
+    /// Events in the window by environment, most first: at most [`MAX_BREAKDOWN_ROWS`].
     pub by_environment: Vec<(String, u64)>,
+    /// When more releases than [`MAX_BREAKDOWN_ROWS`] have events in the window: the events of
+    /// those left out of `by_release`. Left out of the JSON when none are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_release_rest: Option<u64>,
+    /// The same for `by_environment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_environment_rest: Option<u64>,
     /// Events in the window by browser: the top [`TOP_VALUES`].
     #[serde(default)]
     pub by_browser: Top,
@@ -1595,14 +1604,27 @@ pub async fn issue_detail(
         .u64(MAX_BREAKDOWN_ROWS + 1);
         s
     };
-    let by_release = breakdown("release").query(client).fetch_all::<KeyCount>().await.map_err(step("by release"))?;
-    let by_environment =
+    let mut by_release =
+        breakdown("release").query(client).fetch_all::<KeyCount>().await.map_err(step("by release"))?;
+    let mut by_environment =
         breakdown("environment").query(client).fetch_all::<KeyCount>().await.map_err(step("by environment"))?;
-    for (what, rows) in [("by release", &by_release), ("by environment", &by_environment)] {
+    // More values than listed: the list is cut, and the events of the rest counted (the
+    // window's events, as the lists sum them, less the listed ones).
+    let mut rests = [None, None];
+    for (rows, rest) in [&mut by_release, &mut by_environment].into_iter().zip(&mut rests) {
         if rows.len() as u64 > MAX_BREAKDOWN_ROWS {
-            return Err(Error::TooManyRows { what, limit: MAX_BREAKDOWN_ROWS });
+            rows.truncate(MAX_BREAKDOWN_ROWS as usize);
+            let mut total = Sql::default();
+            total
+                .push(&format!("SELECT sum(count) AS n FROM {db}.issue_counts_1h WHERE hour >= toDateTime("))
+                .u32(start)
+                .push(")")
+                .sql(&of_issue);
+            let total = total.query(client).fetch_one::<N>().await.map_err(step("events in the window"))?.n;
+            *rest = Some(total.saturating_sub(rows.iter().map(|r| r.count).sum()));
         }
     }
+    let [by_release_rest, by_environment_rest] = rests;
     let [by_browser, by_os, by_url] = breakdowns_of(client, db, start, &of_issue).await?;
     #[derive(clickhouse::Row, Deserialize)]
     struct Sample {
@@ -1623,6 +1645,8 @@ pub async fn issue_detail(
         hourly,
         by_release: by_release.into_iter().map(|k| (k.key, k.count)).collect(),
         by_environment: by_environment.into_iter().map(|k| (k.key, k.count)).collect(),
+        by_release_rest,
+        by_environment_rest,
         by_browser,
         by_os,
         by_url,

@@ -101,13 +101,22 @@ struct MinuteRow {
 /// fails with [`crate::Error::TooManyRows`] instead of showing part of the answer.
 pub const MAX_OUTCOME_ROWS: u64 = 1_000_000;
 
+/// Most entries the per-minute series of one [`outcomes`] answer hold together (series times
+/// minutes of the range: 40 MB of counts): e.g. 115 (project, outcome, reason) series over 30
+/// days, or 3,472 over a day. Beyond it the query fails with [`crate::Error::TooManyRows`]
+/// before the series are made: each series has an entry for every minute of the range, so
+/// without this bound a long `--since` (one series since the epoch is 29 million minutes) or
+/// many projects in the outcomes took memory that no row count bounded.
+pub const MAX_OUTCOME_CELLS: u64 = 5_000_000;
+
 /// Outcomes of the last `since_secs` (by the server's clock; optionally of one project): per
 /// (project, outcome, reason) the total and the per-minute series. Each record counts once
 /// (`FINAL`).
 ///
 /// # Errors
 /// When the database name is not an identifier, ClickHouse does not answer, or the answer
-/// has more than [`MAX_OUTCOME_ROWS`] rows.
+/// has more than [`MAX_OUTCOME_ROWS`] rows or its series more than [`MAX_OUTCOME_CELLS`]
+/// entries.
 pub async fn outcomes(
     client: &Client,
     database: &str,
@@ -133,6 +142,18 @@ pub async fn outcomes(
     if rows.len() as u64 > MAX_OUTCOME_ROWS {
         return Err(crate::Error::TooManyRows { what: "outcomes per minute", limit: MAX_OUTCOME_ROWS });
     }
+    // The series are counted before any is made: each holds an entry per minute of the range.
+    let series = rows
+        .iter()
+        .map(|r| (r.project.as_str(), r.outcome.as_str(), r.reason.as_str()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    if series.saturating_mul(u64::from(minutes)) > MAX_OUTCOME_CELLS {
+        return Err(crate::Error::TooManyRows {
+            what: "outcome series, a row per (project, outcome, reason) and minute of the window",
+            limit: MAX_OUTCOME_CELLS,
+        });
+    }
     let mut by_key: BTreeMap<(String, String, String), OutcomeTotal> = BTreeMap::new();
     for r in rows {
         let t =
@@ -153,4 +174,53 @@ pub async fn outcomes(
     let rank = |o: &str| tracefold_model::Outcome::from_code(o).map_or(usize::MAX, |o| o as usize);
     totals.sort_by(|a, b| (&a.project, rank(&a.outcome), &a.reason).cmp(&(&b.project, rank(&b.outcome), &b.reason)));
     Ok(OutcomeReport { from_minute, minutes, totals })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the real ClickHouse: each series holds an entry per minute of the window, so the
+    /// series times the minutes are bounded, not only the rows read. A window back to the epoch
+    /// (`tracefold outcomes --since 100000d`: 29 million minutes) made two vectors of that
+    /// length from two rows, and `--format json` printed 330 MB per series; 200 projects over
+    /// 30 days, 8.6 million entries from 200 rows. Both are refused with the bound named; a
+    /// project of them, or a day, is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn series_times_minutes_are_bounded_not_only_rows() {
+        let cfg = crate::testdb::scratch("outcome_cells");
+        crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
+        let client = crate::client::database_client(&cfg).unwrap();
+        let now = crate::client::now(&client).await.unwrap();
+        let rows: Vec<OutcomeRow> = (0..200)
+            .map(|i| OutcomeRow {
+                project: format!("p{i}"),
+                minute: now / 60 * 60 - 120,
+                outcome: "accepted".into(),
+                reason: String::new(),
+                source: "s".into(),
+                quantity: 1,
+            })
+            .collect();
+        insert(&client, "outcomes", &rows, Duration::from_secs(30)).await.unwrap();
+        let epoch = outcomes(&client, &cfg.database, u64::MAX, Some("p1")).await;
+        let month = outcomes(&client, &cfg.database, 30 * 86_400, None).await;
+        let one = outcomes(&client, &cfg.database, 30 * 86_400, Some("p1")).await;
+        let day = outcomes(&client, &cfg.database, 86_400, None).await;
+        let _ = crate::client::drop_database(&client, &cfg.database).await;
+        for refused in [epoch.map(|r| r.minutes), month.map(|r| r.minutes)] {
+            match refused {
+                Err(e @ crate::Error::TooManyRows { limit: MAX_OUTCOME_CELLS, .. }) => {
+                    assert!(e.to_string().contains("narrow the window or name a project"), "{e}");
+                }
+                other => panic!("not refused: {other:?}"),
+            }
+        }
+        let one = one.unwrap();
+        assert_eq!((one.totals.len(), one.totals[0].quantity), (1, 1));
+        assert_eq!(one.totals[0].per_minute.len(), one.minutes as usize);
+        let day = day.unwrap();
+        assert_eq!(day.totals.len(), 200);
+        assert!(day.totals.iter().all(|t| t.quantity == 1 && t.per_minute.len() == day.minutes as usize));
+    }
 }

@@ -568,9 +568,10 @@ impl Resolution {
 /// Most bars [`series`] draws.
 pub const MAX_BUCKETS: u32 = 1_440;
 
-/// Most (bar, release) rows [`series`] reads; beyond it the chart fails with
-/// [`crate::Error::TooManyRows`] rather than show part of it.
-pub const MAX_SERIES_ROWS: u64 = 100_000;
+/// Most releases [`series`] marks (the first to begin in the bars); more are cut there and
+/// said ([`Series::more_releases`]): every release of an issue is event data, so the chart of
+/// an issue with many (one client can send any) neither fails nor grows with them.
+pub const MAX_RELEASE_MARKERS: u64 = 1_000;
 
 /// One issue's events over the last `buckets` bars of `res` (the last one the current, partial
 /// one), and where each release's events begin in them.
@@ -581,18 +582,21 @@ pub struct Series {
     /// Events of each bar.
     pub counts: Vec<u64>,
     /// Each release with events in the bars and the index of its first bar, oldest first
-    /// (then by release).
+    /// (then by release): the first [`MAX_RELEASE_MARKERS`].
     pub release_starts: Vec<(String, usize)>,
+    /// More releases than [`MAX_RELEASE_MARKERS`] begin in the bars: the later ones are not in
+    /// `release_starts`.
+    pub more_releases: bool,
 }
 
 /// The events of one issue per `res` over the last `buckets` bars (at most [`MAX_BUCKETS`]),
-/// with each release's first bar: the issue page's chart. One query after reading the
-/// server's clock, from the rollup of that resolution. `merged`: the issue has issues merged
-/// into it (late source maps), whose events count too.
+/// with each release's first bar (at most [`MAX_RELEASE_MARKERS`]): the issue page's chart.
+/// Two queries (the bars, the releases' first bars) after reading the server's clock, from
+/// the rollup of that resolution, each answer bounded whatever the number of releases.
+/// `merged`: the issue has issues merged into it (late source maps), whose events count too.
 ///
 /// # Errors
-/// When the database name is not an identifier, ClickHouse does not answer, or the bars hold
-/// more than [`MAX_SERIES_ROWS`] (bar, release) pairs.
+/// When the database name is not an identifier or ClickHouse does not answer.
 pub async fn series(
     client: &Client,
     database: &str,
@@ -608,10 +612,14 @@ pub async fn series(
         last: u32,
     }
     #[derive(clickhouse::Row, Deserialize)]
-    struct R {
+    struct B {
         t: u32,
-        release: String,
         c: u64,
+    }
+    #[derive(clickhouse::Row, Deserialize)]
+    struct R {
+        release: String,
+        t: u32,
     }
     let db = db(database)?;
     let n = buckets.clamp(1, MAX_BUCKETS);
@@ -634,25 +642,31 @@ pub async fn series(
         Resolution::Hour => ("issue_counts_1h", "hour"),
         Resolution::Day => ("issue_counts_1d", "day"),
     };
-    let mut s = Sql::default();
-    if res == Resolution::Day {
-        s.push(&format!(
-            "SELECT toUInt32(toDateTime(day)) AS t, release, sum(count) AS c FROM {db}.{table} \
-             WHERE day >= toDate(toDateTime("
-        ));
+    // `FROM table WHERE` the bars' rows of the issue and its aliases (late source maps), and
+    // the bar start of a row (`t`).
+    let mut rows = Sql::default();
+    let t = if res == Resolution::Day {
+        rows.push(&format!(" FROM {db}.{table} WHERE day >= toDate(toDateTime(")).u32(c.first).push("))");
+        "toUInt32(toDateTime(day))"
     } else {
-        s.push(&format!(
-            "SELECT toUInt32({col}) AS t, release, sum(count) AS c FROM {db}.{table} WHERE {col} >= toDateTime("
-        ));
-    }
-    s.u32(c.first).push(if res == Resolution::Day { "))" } else { ")" });
-    // The issue's and its aliases' events (late source maps).
-    s.sql(&members(db, project, issue_id, merged));
-    s.push(" GROUP BY t, release ORDER BY t, release LIMIT ").u64(MAX_SERIES_ROWS + 1);
-    let rows = s.query(client).fetch_all::<R>().await.map_err(step("chart"))?;
-    if rows.len() as u64 > MAX_SERIES_ROWS {
-        return Err(crate::Error::TooManyRows { what: "chart bars by release", limit: MAX_SERIES_ROWS });
-    }
+        rows.push(&format!(" FROM {db}.{table} WHERE {col} >= toDateTime(")).u32(c.first).push(")");
+        match res {
+            Resolution::Minute => "toUInt32(minute)",
+            _ => "toUInt32(hour)",
+        }
+    };
+    rows.sql(&members(db, project, issue_id, merged));
+    // One row a bar (and a bar's worth of rows from a clock ahead, which are left out below).
+    let mut bars = Sql::default();
+    bars.push(&format!("SELECT {t} AS t, sum(count) AS c")).sql(&rows);
+    bars.push(" GROUP BY t ORDER BY t LIMIT ").u64(2 * u64::from(n) + 2);
+    let bars = bars.query(client).fetch_all::<B>().await.map_err(step("chart"))?;
+    let mut firsts = Sql::default();
+    firsts.push(&format!("SELECT release, min({t}) AS t")).sql(&rows);
+    firsts.push(" GROUP BY release ORDER BY t, release LIMIT ").u64(MAX_RELEASE_MARKERS + 1);
+    let mut firsts = firsts.query(client).fetch_all::<R>().await.map_err(step("chart releases"))?;
+    let more_releases = firsts.len() as u64 > MAX_RELEASE_MARKERS;
+    firsts.truncate(MAX_RELEASE_MARKERS as usize);
     // Nominal starts (a calendar day of the server is 23 to 25 hours at a daylight-saving
     // change; rows are placed by rounding).
     let starts: Vec<u32> = (0..n).map(|i| c.first + i * res.secs()).collect();
@@ -665,14 +679,84 @@ pub async fn series(
         (i < n).then_some(i as usize)
     };
     let mut counts = vec![0u64; n as usize];
-    let mut release_starts: Vec<(String, usize)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for r in rows {
-        let Some(i) = index(r.t) else { continue };
-        counts[i] += r.c;
-        if seen.insert(r.release.clone()) {
-            release_starts.push((r.release, i));
+    for b in bars {
+        if let Some(i) = index(b.t) {
+            counts[i] += b.c;
         }
     }
-    Ok(Series { starts, counts, release_starts })
+    let release_starts = firsts.into_iter().filter_map(|r| Some((r.release, index(r.t)?))).collect();
+    Ok(Series { starts, counts, release_starts, more_releases })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the real ClickHouse: an issue whose events name more releases and environments than
+    /// are listed (a client can send any) is shown, its lists cut and saying what they left
+    /// out. Both the detail (more than `MAX_BREAKDOWN_ROWS` releases) and the chart (more than
+    /// 100,000 bar and release pairs) failed with `TooManyRows`, so the issue page could not
+    /// be opened at all for any window that held them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_issue_with_more_releases_than_listed_is_shown_cut_not_refused() {
+        use crate::issues::MAX_BREAKDOWN_ROWS;
+        let cfg = crate::testdb::scratch("many_releases");
+        crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
+        let client = crate::client::database_client(&cfg).unwrap();
+        let db = &cfg.database;
+        // 10,001 releases and environments, 12 events each, one an hour over the last 12
+        // hours (120,012 distinct hour and release pairs); and release `big`, 1,000 events in
+        // the oldest of those hours.
+        for q in [
+            format!(
+                "INSERT INTO {db}.issue_counts_1h SELECT 'p', 'i', toStartOfHour(now()) - 3600 * (number % 12), \
+                 concat('r', toString(number % 10001)), concat('e', toString(number % 10001)), 1 FROM numbers(120012)"
+            ),
+            format!(
+                "INSERT INTO {db}.issue_counts_1h SELECT 'p', 'i', toStartOfHour(now()) - 3600 * 11, 'big', 'production', 1000"
+            ),
+        ] {
+            client.query(&q).execute().await.unwrap();
+        }
+        let summary = crate::issues::IssueSummary {
+            project: "p".into(),
+            issue_id: "i".into(),
+            title: String::new(),
+            culprit: String::new(),
+            exc_type: String::new(),
+            level: String::new(),
+            platform: String::new(),
+            grouping_version: String::new(),
+            first_seen: 0,
+            last_seen: 0,
+            count: 0,
+            merged: Vec::new(),
+            asked_alias: None,
+        };
+        let detail = crate::issues::issue_detail(&client, db, summary, 24).await;
+        let chart = series(&client, db, "p", "i", Resolution::Hour, 24, false).await;
+        let _ = crate::client::drop_database(&client, db).await;
+        let d = detail.unwrap();
+        assert_eq!(d.hourly.iter().sum::<u64>(), 121_012);
+        for (rows, rest, top) in
+            [(&d.by_release, d.by_release_rest, "big"), (&d.by_environment, d.by_environment_rest, "production")]
+        {
+            assert_eq!(rows.len() as u64, MAX_BREAKDOWN_ROWS);
+            assert_eq!(rows[0], (top.to_owned(), 1000));
+            assert!(rows[1..].iter().all(|(_, n)| *n == 12));
+            // 10,002 values, 10,000 listed: two of 12 events each left out.
+            assert_eq!(rest, Some(24), "{top}");
+        }
+        let c = chart.unwrap();
+        assert_eq!(c.counts.iter().sum::<u64>(), 121_012);
+        assert_eq!(c.release_starts.len() as u64, MAX_RELEASE_MARKERS);
+        assert!(c.more_releases);
+        // Every release begins in the oldest of the 12 hours (the 13th bar of 24, or the 12th
+        // when the hour turned between the insert and the chart); by name after that.
+        assert_eq!(c.release_starts[0].0, "big");
+        assert_eq!(c.release_starts[1].0, "r0");
+        let first = c.release_starts[0].1;
+        assert!(first == 12 || first == 11, "{first}");
+        assert!(c.release_starts.iter().all(|(_, i)| *i == first));
+    }
 }

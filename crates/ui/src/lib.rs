@@ -12,6 +12,7 @@ mod sample;
 pub mod signals;
 pub mod svg;
 
+use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -49,12 +50,20 @@ pub struct Config {
 struct AppState {
     cfg: Config,
     client: tracefold_store::Client,
+    /// Permits for signal reads ([`MAX_SIGNAL_READS`]).
+    signal_reads: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    fn new(cfg: Config) -> Self {
+        let client = tracefold_store::client::client(&cfg.clickhouse);
+        AppState { cfg, client, signal_reads: Arc::new(tokio::sync::Semaphore::new(MAX_SIGNAL_READS)) }
+    }
 }
 
 /// The UI's routes.
 pub fn router(cfg: Config) -> Router {
-    let client = tracefold_store::client::client(&cfg.clickhouse);
-    let state = Arc::new(AppState { cfg, client });
+    let state = Arc::new(AppState::new(cfg));
     Router::new()
         .route("/", get(issues))
         .route("/issues/{project}/{issue_id}", get(issue))
@@ -62,6 +71,11 @@ pub fn router(cfg: Config) -> Router {
         .route("/signals", get(signals_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        // Unknown paths and methods: an error page as every other answer, not an empty body.
+        .fallback(|| async { error_page(StatusCode::NOT_FOUND, "no such page") })
+        .method_not_allowed_fallback(|| async {
+            error_page(StatusCode::METHOD_NOT_ALLOWED, "this page does not take this method")
+        })
         .with_state(state)
 }
 
@@ -241,6 +255,16 @@ fn error_page(status: StatusCode, msg: &str) -> Response {
     html_response(status, p)
 }
 
+/// A request the extractors refused (a query or path that does not decode, a repeated
+/// parameter, a form without its fields, a body over the limit): the rejection's status and
+/// message as an error page with the page's headers, not axum's plain text.
+macro_rules! rejected {
+    ($r:expr) => {{
+        let r = $r;
+        error_page(r.status(), &r.body_text())
+    }};
+}
+
 fn store_error(e: &tracefold_store::Error) -> Response {
     use tracefold_store::Error as E;
     match e {
@@ -257,7 +281,11 @@ fn issue_url(project: &str, issue_id: &str, w: Window) -> String {
     format!("/issues/{}/{}?window={}", url_part(project), url_part(issue_id), w.name)
 }
 
-async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) -> Response {
+async fn issues(State(st): State<Arc<AppState>>, q: Result<Query<ListParams>, QueryRejection>) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return rejected!(r),
+    };
     let ls = ListState::new(&q);
     let w = ls.window;
     let page = q.page.as_deref().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0).min(MAX_PAGES - 1);
@@ -461,6 +489,11 @@ async fn issues(State(st): State<Arc<AppState>>, Query(q): Query<ListParams>) ->
 /// Most signals the signals page shows.
 pub const MAX_SIGNALS: usize = 200;
 
+/// Most reads of the signals topic at once: each is a Kafka consumer on a blocking thread for
+/// up to a few seconds. More requests for the signals page meanwhile get a 503 with
+/// `Retry-After` (they made a consumer and a thread each, as many as came in).
+pub const MAX_SIGNAL_READS: usize = 4;
+
 async fn signals_page(State(st): State<Arc<AppState>>) -> Response {
     let Some(src) = st.cfg.signals.clone() else {
         return error_page(
@@ -468,7 +501,17 @@ async fn signals_page(State(st): State<Arc<AppState>>) -> Response {
             "no signals topic configured: start tracefold ui with --bootstrap-servers (tracefold dev does)",
         );
     };
+    let Ok(permit) = st.signal_reads.clone().try_acquire_owned() else {
+        let mut r = error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the signals topic is being read for other requests: reload in a moment",
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("2"));
+        return r;
+    };
+    // The permit goes with the read: a client that leaves does not end the read, nor free it.
     let read = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         signals::recent(&src, "tracefold-ui-signals", MAX_SIGNALS, std::time::Duration::from_secs(2))
     })
     .await;
@@ -539,11 +582,20 @@ fn resolution(w: Window, s: Option<&str>) -> Resolution {
         })
 }
 
-fn kv_table(p: &mut Page, what: &'static str, rows: &[(String, u64)]) {
+/// A breakdown by release or environment; `rest`: the events of the values left out of a
+/// list cut at [`tracefold_store::issues::MAX_BREAKDOWN_ROWS`].
+fn kv_table(p: &mut Page, what: &'static str, rows: &[(String, u64)], rest: Option<u64>) {
     p.raw("<table class=\"breakdown\" data-what=\"").raw(what).raw("\"><thead><tr><th>").raw(what);
     p.raw("</th><th class=\"n\">Events</th></tr></thead><tbody>");
     for (k, n) in rows {
         p.raw("<tr><td class=\"t\">").user(k).raw("</td><td class=\"n\">").num(*n).raw("</td></tr>");
+    }
+    if let Some(n) = rest {
+        p.raw("<tr class=\"rest\"><td class=\"c\">Others (only the first ")
+            .num(tracefold_store::issues::MAX_BREAKDOWN_ROWS)
+            .raw(" are listed)</td><td class=\"n\">")
+            .num(n)
+            .raw("</td></tr>");
     }
     p.raw("</tbody></table>");
 }
@@ -567,9 +619,14 @@ fn top_table(p: &mut Page, id: &'static str, what: &'static str, top: &tracefold
 
 async fn issue(
     State(st): State<Arc<AppState>>,
-    Path((project, issue_id)): Path<(String, String)>,
-    Query(q): Query<IssueParams>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<IssueParams>, QueryRejection>,
 ) -> Response {
+    let (project, issue_id, q) = match (path, q) {
+        (Ok(Path((p, i))), Ok(Query(q))) => (p, i, q),
+        (Err(r), _) => return rejected!(r),
+        (_, Err(r)) => return rejected!(r),
+    };
     let w = window(q.window.as_deref());
     let db = &st.cfg.clickhouse.database;
     let summary = match tracefold_store::issues::resolve_issue(&st.client, db, &issue_id, Some(&project)).await {
@@ -672,6 +729,11 @@ async fn issue(
         Resolution::Day => "day",
     };
     p.raw_svg(&svg::bars(&series.counts, &labels, &markers, unit, 720, 100));
+    if series.more_releases {
+        p.raw("<p class=\"c\" id=\"more-releases\">More releases begin in the window: the first ")
+            .num(tracefold_store::ui::MAX_RELEASE_MARKERS)
+            .raw(" are marked.</p>");
+    }
     p.raw("<h2>Status</h2>");
     for (label, status) in
         [("Resolve", IssueStatus::Resolved), ("Ignore", IssueStatus::Ignored), ("Reopen", IssueStatus::Active)]
@@ -709,9 +771,9 @@ async fn issue(
     }
     p.raw("</tbody></table>");
     p.raw("<h2>Releases</h2>");
-    kv_table(&mut p, "Release", &d.by_release);
+    kv_table(&mut p, "Release", &d.by_release, d.by_release_rest);
     p.raw("<h2>Environments</h2>");
-    kv_table(&mut p, "Environment", &d.by_environment);
+    kv_table(&mut p, "Environment", &d.by_environment, d.by_environment_rest);
     p.raw("<h2>Browsers</h2>");
     top_table(&mut p, "browsers", "Browser", &d.by_browser);
     p.raw("<h2>Operating systems</h2>");
@@ -744,9 +806,14 @@ struct StatusForm {
 
 async fn set_status(
     State(st): State<Arc<AppState>>,
-    Path((project, issue_id)): Path<(String, String)>,
-    Form(f): Form<StatusForm>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    f: Result<Form<StatusForm>, FormRejection>,
 ) -> Response {
+    let (project, issue_id, f) = match (path, f) {
+        (Ok(Path((p, i))), Ok(Form(f))) => (p, i, f),
+        (Err(r), _) => return rejected!(r),
+        (_, Err(r)) => return rejected!(r),
+    };
     let Some(expected) = st.cfg.operator_token.as_deref().filter(|t| !t.is_empty()) else {
         return error_page(StatusCode::FORBIDDEN, "status changes are off: start tracefold ui with --operator-token");
     };
@@ -792,6 +859,52 @@ mod tests {
         let mut p = Page::default();
         top_table(&mut p, "os", "Operating system", &tracefold_store::issues::Top::default());
         assert!(p.finish().contains("No events with this field in the window."));
+    }
+
+    /// A release or environment list cut at its bound ends with a row of the events left out;
+    /// an uncut one has no such row.
+    #[test]
+    fn cut_release_lists_end_with_the_events_of_the_rest() {
+        let rows = vec![("<r1>".to_owned(), 5), ("r2".to_owned(), 3)];
+        let mut p = Page::default();
+        kv_table(&mut p, "Release", &rows, Some(24));
+        let html = p.finish();
+        assert!(html.contains("<bdi>&lt;r1&gt;</bdi></td><td class=\"n\">5</td>"), "{html}");
+        assert!(
+            html.ends_with(
+                "<tr class=\"rest\"><td class=\"c\">Others (only the first 10000 are listed)</td><td class=\"n\">24</td></tr></tbody></table>"
+            ),
+            "{html}"
+        );
+        let mut p = Page::default();
+        kv_table(&mut p, "Environment", &rows, None);
+        assert!(!p.finish().contains("Others"));
+    }
+
+    /// The signals page reads the topic with at most `MAX_SIGNAL_READS` consumers at once:
+    /// while they are all reading, another request gets a 503 with `Retry-After` at once
+    /// (without a consumer or a thread of its own); when a read ends, the page is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn signal_reads_at_once_are_bounded() {
+        let topics = tracefold_runtime::config::TopicsConfig::default();
+        let broker = tracefold_runtime::devbroker::DevBroker::start(1, &topics, Some(1)).unwrap();
+        let kafka = tracefold_runtime::config::KafkaConfig {
+            bootstrap_servers: broker.bootstrap_servers(),
+            ..Default::default()
+        };
+        let st = Arc::new(AppState::new(Config {
+            signals: Some(signals::Source { kafka, topic: topics.signals.clone() }),
+            ..Default::default()
+        }));
+        let reading = st.signal_reads.clone().try_acquire_many_owned(MAX_SIGNAL_READS as u32).unwrap();
+        let busy = signals_page(State(st.clone())).await;
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(st.signal_reads.available_permits(), 0);
+        drop(reading);
+        let served = signals_page(State(st.clone())).await;
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(st.signal_reads.available_permits(), MAX_SIGNAL_READS, "the read gave its permit back");
     }
 
     #[test]
@@ -845,6 +958,72 @@ mod tests {
                 .map(|(n, r)| buckets(w(n), r)),
             [60, 24, 31, 8]
         );
+    }
+
+    /// `request` (an HTTP/1.1 request without its `Connection` header and blank line) to the
+    /// UI on `addr`: the status, the head and the body of the answer.
+    async fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap_or((request, ""));
+        c.write_all(format!("{head}\r\nConnection: close\r\n\r\n{body}").as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head[9..12].parse().unwrap(), head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    /// Requests the routes' extractors refuse (a repeated parameter, a path segment that is not
+    /// UTF-8, a form without its fields or of another type) and unknown paths and methods get
+    /// the UI's error page: its status, the reason in words, HTML with the page's security
+    /// headers. They got axum's plain text (400, 415, 422) or an empty body (404, 405). None
+    /// of these reach ClickHouse (there is none here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_requests_and_unknown_pages_get_error_pages() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = Config {
+            clickhouse: ClickHouseConfig { url: "http://127.0.0.1:9".into(), ..Default::default() },
+            operator_token: Some("t".into()),
+            ..Default::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, cfg, async {
+            let _ = stopped.await;
+        }));
+        let form = |ct: &str, body: &str| {
+            format!(
+                "POST /issues/web/abc/status HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let cases = [
+            ("GET /?window=1h&window=7d HTTP/1.1\r\nHost: x".to_owned(), 400, "duplicate field `window`"),
+            ("GET /issues/web/x?res=day&res=hour HTTP/1.1\r\nHost: x".to_owned(), 400, "duplicate field `res`"),
+            ("GET /issues/web/%FF%3Cb%3E HTTP/1.1\r\nHost: x".to_owned(), 400, "Invalid UTF-8"),
+            (form("application/x-www-form-urlencoded", "token=t"), 422, "missing field `status`"),
+            (form("application/json", "{}"), 415, "Content-Type: application/x-www-form-urlencoded"),
+            ("GET /nope/%3Cscript%3E HTTP/1.1\r\nHost: x".to_owned(), 404, "no such page"),
+            ("DELETE / HTTP/1.1\r\nHost: x".to_owned(), 405, "does not take this method"),
+            ("GET /issues/web/abc/status HTTP/1.1\r\nHost: x".to_owned(), 405, "does not take this method"),
+        ];
+        for (request, status, reason) in cases {
+            let (st, head, body) = raw(addr, &request).await;
+            assert_eq!(st, status, "{request}: {head}{body}");
+            assert!(head.contains("content-type: text/html; charset=utf-8"), "{request}: {head}");
+            assert!(head.contains("content-security-policy: default-src 'none'"), "{request}: {head}");
+            assert!(head.contains("x-content-type-options: nosniff"), "{request}: {head}");
+            let mut page = Page::default();
+            page.text(reason);
+            assert!(body.contains(&format!("<h1>{status}</h1>")), "{request}: {body}");
+            assert!(body.contains(&page.finish()) && body.ends_with("</html>"), "{request}: {body}");
+            assert!(!body.contains("<script>") && !body.contains("<b>"), "{body}");
+            // A 405 still names the methods the page takes.
+            assert!(status != 405 || head.contains("\r\nallow: "), "{request}: {head}");
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     fn parse_query(q: &str) -> ListParams {

@@ -16,7 +16,8 @@ fn s(v: &Value) -> Option<String> {
     }
 }
 
-/// Most exceptions and frames shown (the whole event follows as JSON anyway).
+/// Most exceptions and frames shown (the whole event follows as JSON anyway; the page says how
+/// many it left out).
 const MAX_EXCEPTIONS: usize = 16;
 const MAX_FRAMES: usize = 256;
 
@@ -191,6 +192,17 @@ pub fn render(p: &mut Page, json: &str, issue_id: &str, cfg: &GroupingConfig) {
             p.raw("</li>");
         }
         p.raw("</ol>");
+        if frames.len() > MAX_FRAMES {
+            // The outermost frames are left out: said, not hidden.
+            p.raw("<p class=\"c more-frames\">")
+                .num(frames.len() - MAX_FRAMES)
+                .raw(" outer frames not shown (the whole event below has them).</p>");
+        }
+    }
+    if excs.len() > MAX_EXCEPTIONS {
+        p.raw("<p class=\"c\" id=\"more-exceptions\">")
+            .num(excs.len() - MAX_EXCEPTIONS)
+            .raw(" more exceptions not shown (the whole event below has them).</p>");
     }
     let req = &v["request"];
     let ctx = &v["contexts"];
@@ -276,6 +288,33 @@ mod tests {
                 assert!(!h.contains("<x>") && !h.contains("fpm"), "{odd}");
             }
         }
+    }
+
+    /// A stack longer than the page shows (a deep recursion: frames of a few bytes each fit in
+    /// a sample by the thousand) or more exceptions than it shows: the page says how many it
+    /// left out; it cut them in silence, so the stack looked whole.
+    #[test]
+    fn frames_and_exceptions_left_out_are_counted() {
+        let frames: Vec<_> =
+            (0..MAX_FRAMES + 44).map(|i| serde_json::json!({"function": format!("f{i}"), "lineno": i})).collect();
+        let ev = serde_json::json!({"exception": [{"type": "RecursionError", "stacktrace": {"frames": frames}}]});
+        let h = page(&ev.to_string(), "");
+        assert_eq!(items(&h).len(), MAX_FRAMES);
+        // Innermost first: the outermost 44 (f0 to f43) are the ones left out.
+        assert!(h.contains("<bdi>f44</bdi>") && !h.contains("<bdi>f43</bdi>"), "{h}");
+        assert!(h.contains("<p class=\"c more-frames\">44 outer frames not shown"), "{h}");
+        assert!(!h.contains("more-exceptions"));
+        let excs: Vec<_> = (0..MAX_EXCEPTIONS + 3)
+            .map(|i| serde_json::json!({"type": format!("E{i}"), "stacktrace": {"frames": [{"function": "f"}]}}))
+            .collect();
+        let h = page(&serde_json::json!({ "exception": { "values": excs } }).to_string(), "");
+        assert_eq!(h.matches("<h3 ").count(), MAX_EXCEPTIONS);
+        assert!(h.contains("id=\"more-exceptions\">3 more exceptions not shown"), "{h}");
+        assert!(!h.contains("more-frames"), "{h}");
+        // Exactly as many as shown: nothing said.
+        let frames: Vec<_> = (0..MAX_FRAMES).map(|i| serde_json::json!({ "function": format!("f{i}") })).collect();
+        let h = page(&serde_json::json!({"exception": [{"stacktrace": {"frames": frames}}]}).to_string(), "");
+        assert!(!h.contains("more-frames") && !h.contains("not shown"), "{h}");
     }
 
     /// The issue id the grouper gives `json` (default grouping config).

@@ -26,13 +26,19 @@ pub fn recent(src: &Source, group: &str, limit: usize, deadline: Duration) -> an
     let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
     let c: BaseConsumer = tracefold_runtime::kafka::consumer_config(&src.kafka, group).create()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    // The cluster answers for an unknown topic too (with an error and no partitions).
+    let parts: Vec<i32> =
+        md.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()).map(|p| p.id()).collect();
+    if parts.is_empty() {
+        anyhow::bail!("topic {topic} does not exist");
+    }
     let mut tpl = rdkafka::TopicPartitionList::new();
     let mut remaining = 0i64;
-    for p in md.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+    for p in parts {
+        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         if high > low {
             let from = high.saturating_sub(limit_i).max(low);
-            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(from))?;
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(from))?;
             remaining += high - from;
         }
     }
@@ -52,4 +58,25 @@ pub fn recent(src: &Source, group: &str, limit: usize, deadline: Duration) -> an
     all.sort_by(|a, b| (&a.minute, &a.issue_id).cmp(&(&b.minute, &b.issue_id)));
     let start = all.len().saturating_sub(limit);
     Ok(all.split_off(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A topic the cluster does not have is an error naming it, as the doc says (and as
+    /// `tracefold dlq` answers): a typo in `--signals-topic` or `tracefold signals --topic`
+    /// read as an empty topic ("No signals yet."), which looks like a quiet system.
+    #[test]
+    fn an_unknown_topic_is_an_error_not_an_empty_list() {
+        let topics = tracefold_runtime::config::TopicsConfig::default();
+        let broker = tracefold_runtime::devbroker::DevBroker::start(1, &topics, Some(1)).unwrap();
+        let kafka = KafkaConfig { bootstrap_servers: broker.bootstrap_servers(), ..KafkaConfig::default() };
+        let read = |topic: &str| {
+            recent(&Source { kafka: kafka.clone(), topic: topic.into() }, "t", 10, Duration::from_secs(2))
+        };
+        let e = read("tracefold.signal").unwrap_err().to_string();
+        assert!(e.contains("tracefold.signal") && e.contains("does not exist"), "{e}");
+        assert!(read(&topics.signals).unwrap().is_empty(), "the configured topic exists, empty");
+    }
 }
