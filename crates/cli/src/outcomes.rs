@@ -98,12 +98,7 @@ pub fn read_dlq(
     use rdkafka::message::{Headers, Message};
     use tracefold_runtime::kafka::dlq_headers as h;
     let c: BaseConsumer = tracefold_runtime::kafka::consumer_config(kafka, "tracefold-dlq-cli").create()?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let parts: Vec<i32> =
-        md.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()).map(|p| p.id()).collect();
-    if parts.is_empty() {
-        anyhow::bail!("topic {topic} does not exist");
-    }
+    let parts = tracefold_runtime::kafka::partitions_of(c.client(), topic, Duration::from_secs(10))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     let mut remaining = 0i64;
     for p in parts {

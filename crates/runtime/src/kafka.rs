@@ -210,6 +210,33 @@ pub fn check_topics<C: ClientContext>(client: &Client<C>, topics: &[&str], timeo
     Ok(())
 }
 
+/// The partition ids of `topic`, from the cluster's metadata.
+///
+/// # Errors
+/// When the metadata cannot be fetched, the cluster reports an error for the topic (named), or
+/// the topic has no partitions: "topic T does not exist" (a cluster answers for an unknown
+/// topic too, with no partitions), so that a mistyped topic is not read as an empty one.
+pub fn partitions_of<C: ClientContext>(client: &Client<C>, topic: &str, timeout: Duration) -> anyhow::Result<Vec<i32>> {
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| anyhow::anyhow!("cannot fetch metadata of topic {topic}: {e}"))?;
+    let mut parts = Vec::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        match t.error() {
+            Some(e) if t.partitions().is_empty() => {
+                if e != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART {
+                    anyhow::bail!("cannot read topic {topic}: {}", rdkafka::types::RDKafkaErrorCode::from(e));
+                }
+            }
+            _ => parts.extend(t.partitions().iter().map(|p| p.id())),
+        }
+    }
+    if parts.is_empty() {
+        anyhow::bail!("topic {topic} does not exist");
+    }
+    Ok(parts)
+}
+
 /// Consumer lag per partition, from librdkafka's statistics: messages between the
 /// partition's end and the group's committed offset.
 pub const CONSUMER_LAG: &str = "tracefold_kafka_consumer_lag";

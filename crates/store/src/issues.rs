@@ -1610,17 +1610,24 @@ pub async fn issue_detail(
         breakdown("environment").query(client).fetch_all::<KeyCount>().await.map_err(step("by environment"))?;
     // More values than listed: the list is cut, and the events of the rest counted (the
     // window's events, as the lists sum them, less the listed ones).
+    // The window's events are read once, when a list is cut (both lists sum the same rows).
     let mut rests = [None, None];
+    let mut total: Option<u64> = None;
     for (rows, rest) in [&mut by_release, &mut by_environment].into_iter().zip(&mut rests) {
         if rows.len() as u64 > MAX_BREAKDOWN_ROWS {
             rows.truncate(MAX_BREAKDOWN_ROWS as usize);
-            let mut total = Sql::default();
-            total
-                .push(&format!("SELECT sum(count) AS n FROM {db}.issue_counts_1h WHERE hour >= toDateTime("))
-                .u32(start)
-                .push(")")
-                .sql(&of_issue);
-            let total = total.query(client).fetch_one::<N>().await.map_err(step("events in the window"))?.n;
+            let total = match total {
+                Some(n) => n,
+                None => {
+                    let mut q = Sql::default();
+                    q.push(&format!("SELECT sum(count) AS n FROM {db}.issue_counts_1h WHERE hour >= toDateTime("))
+                        .u32(start)
+                        .push(")")
+                        .sql(&of_issue);
+                    let n = q.query(client).fetch_one::<N>().await.map_err(step("events in the window"))?.n;
+                    *total.insert(n)
+                }
+            };
             *rest = Some(total.saturating_sub(rows.iter().map(|r| r.count).sum()));
         }
     }

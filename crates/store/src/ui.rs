@@ -656,14 +656,20 @@ pub async fn series(
         }
     };
     rows.sql(&members(db, project, issue_id, merged));
-    // One row a bar (and a bar's worth of rows from a clock ahead, which are left out below).
+    // One row a bar, and room for as many again from a clock ahead (left out below): the bars
+    // are ordered by time, so no bar of the window is cut off by the limit.
     let mut bars = Sql::default();
     bars.push(&format!("SELECT {t} AS t, sum(count) AS c")).sql(&rows);
     bars.push(" GROUP BY t ORDER BY t LIMIT ").u64(2 * u64::from(n) + 2);
     let bars = bars.query(client).fetch_all::<B>().await.map_err(step("chart"))?;
     let mut firsts = Sql::default();
     firsts.push(&format!("SELECT release, min({t}) AS t")).sql(&rows);
-    firsts.push(" GROUP BY release ORDER BY t, release LIMIT ").u64(MAX_RELEASE_MARKERS + 1);
+    // A release first seen after the window's last bar (a clock ahead) takes no marker's place.
+    firsts
+        .push(" GROUP BY release HAVING t <= ")
+        .u32(c.last + res.secs() / 2)
+        .push(" ORDER BY t, release LIMIT ")
+        .u64(MAX_RELEASE_MARKERS + 1);
     let mut firsts = firsts.query(client).fetch_all::<R>().await.map_err(step("chart releases"))?;
     let more_releases = firsts.len() as u64 > MAX_RELEASE_MARKERS;
     firsts.truncate(MAX_RELEASE_MARKERS as usize);

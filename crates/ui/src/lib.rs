@@ -490,7 +490,8 @@ async fn issues(State(st): State<Arc<AppState>>, q: Result<Query<ListParams>, Qu
 pub const MAX_SIGNALS: usize = 200;
 
 /// Most reads of the signals topic at once: each is a Kafka consumer on a blocking thread for
-/// up to a few seconds. More requests for the signals page meanwhile get a 503 with
+/// about 2 s (with Kafka unreachable, up to 10 s for the metadata and 10 s for each
+/// partition's watermarks). More requests for the signals page meanwhile get a 503 with
 /// `Retry-After` (they made a consumer and a thread each, as many as came in).
 pub const MAX_SIGNAL_READS: usize = 4;
 

@@ -25,13 +25,7 @@ pub fn recent(src: &Source, group: &str, limit: usize, deadline: Duration) -> an
     let topic = src.topic.as_str();
     let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
     let c: BaseConsumer = tracefold_runtime::kafka::consumer_config(&src.kafka, group).create()?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    // The cluster answers for an unknown topic too (with an error and no partitions).
-    let parts: Vec<i32> =
-        md.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()).map(|p| p.id()).collect();
-    if parts.is_empty() {
-        anyhow::bail!("topic {topic} does not exist");
-    }
+    let parts = tracefold_runtime::kafka::partitions_of(c.client(), topic, Duration::from_secs(10))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     let mut remaining = 0i64;
     for p in parts {
