@@ -554,7 +554,9 @@ impl Grouper<'_> {
                 // commit. Rewind, so that these ranges are read again if they are still ours.
                 tracing::warn!(error = %format!("{e:#}"), "cannot record the batch ranges; rewinding");
                 for d in done.iter().filter(|d| !d.replay) {
-                    cx.seek(d.partition, d.first);
+                    if let Err(e) = cx.seek(d.partition, d.first) {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot seek");
+                    }
                     // The window moved past `first`: read it again up to there.
                     if let Some(mut part) = self.parts.remove(&d.partition) {
                         part.builder.clear_window();
