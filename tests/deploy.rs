@@ -495,6 +495,7 @@ fn known_metrics() -> BTreeSet<String> {
     all.insert(tracefold_runtime::kafka::COMMIT_FAILURES.to_owned());
     all.insert(tracefold_runtime::kafka::DLQ_TRUNCATED.to_owned());
     all.insert(tracefold_runtime::consumer::SKIPPED_OFFSETS_TOTAL.to_owned());
+    all.insert(tracefold_runtime::consumer::REDELIVERED_OFFSETS_TOTAL.to_owned());
     all
 }
 

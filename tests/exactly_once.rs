@@ -347,3 +347,57 @@ fn replayed_and_reread_counted_once(writer_consumers: usize) {
         writer.stop().unwrap();
     });
 }
+
+/// A batch whose range commit fails while its partition stays ours (failpoint
+/// `grouper.range_commit_fails`) is read again from its first offset: the grouper seeks back
+/// (through the consumer runtime, which then delivers those offsets again) and rebuilds it.
+/// With `seek_failures` failed seeks back (failpoint `grouper.rewind_seek_fails`): a few are
+/// tried again and the grouper carries on; five in a row stop it (exit non-zero) and its
+/// restart reads the batch again from the last commit. Before, a failed seek was a WARN line:
+/// the grouper read on past the batch, its next range commit passed over it, and its events
+/// were never counted. Either way ClickHouse counts every event once.
+async fn range_commit_fails_then_rewind(name: &str, seek_failures: u32) {
+    let db = TestDb::new(name).await;
+    let broker = DevBroker::start(1, &topics(), Some(PARTITIONS)).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let kafka = Observer::new(&bootstrap);
+    let env = Env::create(name, &bootstrap, &db.cfg.url, &db.cfg.database, GROUPER_TOML, WRITER_TOML);
+    let (events, truth) = generate(2500, 12, 41);
+    let payloads: Vec<Vec<u8>> = events.into_iter().map(|e| e.json.into_bytes()).collect();
+    publish(&bootstrap, EVENTS, &payloads).await;
+    let _writer = env.spawn("writer");
+    let armed = format!("grouper.range_commit_fails=2,grouper.rewind_seek_fails={seek_failures}");
+    let mut grouper = env.spawn_with("grouper", &armed);
+    let line = "failpoint grouper.range_commit_fails reached: injecting a fault";
+    eventually("the range commit failpoint fired", LONG, |_| grouper.logged(line).then_some(())).await;
+    let _restarted;
+    if seek_failures >= 5 {
+        let st = grouper.wait_exit(LONG);
+        assert!(!st.success(), "the grouper stopped: {st}");
+        let stopped = "cannot seek back to a batch whose range was not recorded; stopping";
+        assert!(grouper.logged(stopped), "an ERROR line says why");
+        _restarted = env.spawn("grouper");
+    } else {
+        kafka.wait_caught_up(GROUPER, EVENTS, LONG).await;
+        assert!(!grouper.exited(), "the grouper carried on");
+        _restarted = grouper;
+    }
+    kafka.wait_caught_up(GROUPER, EVENTS, LONG).await;
+    kafka.wait_caught_up(WRITER, AGGREGATES, LONG).await;
+    assert_eq!(db.wait_for_total(truth.total, LONG).await, truth.total, "every event exactly once");
+    assert_eq!(db.per_issue().await, truth.expected(), "per-issue counts and users");
+    if seek_failures < 5 {
+        let failed = _restarted.metric("tracefold_grouper_rewind_seek_failures_total", "");
+        assert_eq!(failed, f64::from(seek_failures), "each failed seek counted");
+    }
+}
+
+#[test]
+fn a_batch_whose_range_commit_failed_is_read_again_after_a_seek_back_that_failed_once() {
+    serial(range_commit_fails_then_rewind("eo_rewind", 1));
+}
+
+#[test]
+fn a_grouper_that_cannot_seek_back_to_an_unrecorded_batch_stops_and_its_restart_counts_it() {
+    serial(range_commit_fails_then_rewind("eo_rewind_stop", 5));
+}

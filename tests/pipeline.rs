@@ -393,3 +393,52 @@ async fn malformed_aggregate_records_go_to_the_dlq_and_the_writer_carries_on() {
     assert_dlq_holds(&read_dlq(&pipeline, bad.len()).await, &topics.aggregates, &expected);
     pipeline.stop().await.unwrap();
 }
+
+/// `tracefold dev --sample-events N --exit | head -1`: the reader is gone when the top issues
+/// are printed. The command used `println!`, which panics on a closed pipe (exit status 101,
+/// the pipeline not drained); now it prints nothing more, stops the pipeline as `--exit` asks,
+/// and exits 0. The reader is gone before anything is written, so the outcome does not depend
+/// on how much was written before it went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_exit_ends_cleanly_when_its_reader_is_gone() {
+    let db = TestDb::new("dev_closed_pipe").await;
+    let dir = std::env::temp_dir().join(format!("tracefold-dev-closed-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let args = [
+        "dev",
+        "--clickhouse-url",
+        &db.cfg.url,
+        "--database",
+        &db.cfg.database,
+        "--listen",
+        "127.0.0.1:0",
+        "--ui-listen",
+        "off",
+        "--partitions",
+        "2",
+        "--sample-events",
+        "300",
+        "--exit",
+    ]
+    .map(str::to_owned);
+    let cwd = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tracefold-under-test"))
+            .args(args)
+            .current_dir(cwd)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("tracefold runs")
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}, stderr: {stderr}", out.status);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    assert!(stderr.contains("sample load:"), "the sample load ran: {stderr}");
+    assert!(stderr.contains("stopping ..."), "the pipeline was stopped, not abandoned: {stderr}");
+}

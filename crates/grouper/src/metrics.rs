@@ -39,6 +39,12 @@ pub const SYMBOLICATION_TOTAL: &str = "tracefold_grouper_symbolication_total";
 /// out is also a WARN log line.
 pub const MERGED_FROM_DROPPED_TOTAL: &str = "tracefold_grouper_merged_from_dropped_total";
 
+/// Counter: failed seeks back to a batch whose range could not be recorded (the range commit
+/// failed while the partition stayed ours). Each is a WARN line; after 5 in a row the loop
+/// stops with an ERROR line and the process exits non-zero, so that the restart reads the
+/// range again from the last commit instead of passing over it.
+pub const REWIND_SEEK_FAILURES_TOTAL: &str = "tracefold_grouper_rewind_seek_failures_total";
+
 /// Every metric this service emits (for documentation and dashboard checks).
 pub const ALL: &[&str] = &[
     EVENTS_TOTAL,
@@ -53,4 +59,5 @@ pub const ALL: &[&str] = &[
     SAMPLES_TRUNCATED_TOTAL,
     SYMBOLICATION_TOTAL,
     MERGED_FROM_DROPPED_TOTAL,
+    REWIND_SEEK_FAILURES_TOTAL,
 ];

@@ -549,12 +549,19 @@ impl Grouper<'_> {
             .map(|d| (d.partition, d.first, encode_pending_with_maps(d.first, d.last, &d.out.maps_used)))
             .collect();
         if !pending.is_empty() {
-            if let Err(e) = cx.commit_ranges(&pending) {
+            let failed = if tracefold_runtime::failpoint::trip("grouper.range_commit_fails") {
+                Err(anyhow::anyhow!("failpoint grouper.range_commit_fails"))
+            } else {
+                cx.commit_ranges(&pending)
+            };
+            if let Err(e) = failed {
                 // Most likely a partition was revoked: its next owner reads from the last
                 // commit. Rewind, so that these ranges are read again if they are still ours.
                 tracing::warn!(error = %format!("{e:#}"), "cannot record the batch ranges; rewinding");
                 for d in done.iter().filter(|d| !d.replay) {
-                    cx.seek(d.partition, d.first);
+                    if !rewind(cx, d.partition, d.first)? {
+                        continue;
+                    }
                     // The window moved past `first`: read it again up to there.
                     if let Some(mut part) = self.parts.remove(&d.partition) {
                         part.builder.clear_window();
@@ -754,6 +761,54 @@ impl Grouper<'_> {
                 Err((e, _)) => return Err(e).context("cannot enqueue an aggregate"),
             }
         }
+    }
+}
+
+/// Seeks of a rewind tried before the loop gives up.
+const REWIND_TRIES: u32 = 5;
+
+/// Seeks `partition` back to `first`, the start of a batch whose range could not be recorded,
+/// so that the range is read again: tried [`REWIND_TRIES`] times. Returns false when the
+/// partition is no longer ours (revoked meanwhile: its next owner reads from the last commit).
+///
+/// # Errors
+/// The partition is still ours and the seek keeps failing. Going on would read past the range
+/// and commit over it (its events never counted); the loop ends instead (the process exits
+/// non-zero and is restarted), and the restart reads the range again from the last commit.
+fn rewind(cx: &mut Ctx<'_>, partition: i32, first: i64) -> anyhow::Result<bool> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let sought = if tracefold_runtime::failpoint::trip_first("grouper.rewind_seek_fails") {
+            Err(anyhow::anyhow!("failpoint grouper.rewind_seek_fails"))
+        } else {
+            cx.seek(partition, first)
+        };
+        let Err(e) = sought else { return Ok(true) };
+        let topic = cx.topic().to_owned();
+        let ours = match cx.consumer().assignment() {
+            Ok(a) => a.find_partition(&topic, partition).is_some(),
+            // Unknown: taken for ours (ending the loop is safe, going on is not).
+            Err(_) => true,
+        };
+        if !ours {
+            tracing::info!(
+                partition,
+                first,
+                "the partition of an unrecorded batch was revoked; its next owner reads it"
+            );
+            return Ok(false);
+        }
+        metrics::counter!(m::REWIND_SEEK_FAILURES_TOTAL).increment(1);
+        if tries >= REWIND_TRIES {
+            tracing::error!(error = %format!("{e:#}"), partition, first, tries, "cannot seek back to a batch whose range was not recorded; stopping, a restart reads it again from the last commit");
+            return Err(e.context(format!(
+                "cannot seek partition {partition} back to offset {first}, the start of a batch whose range was not recorded"
+            )));
+        }
+        tracing::warn!(error = %format!("{e:#}"), partition, first, tries, "cannot seek back to a batch whose range was not recorded; trying again");
+        cx.beat();
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -122,6 +122,9 @@ pub struct Ctx<'a> {
     /// The commits of the partitions being assigned, read once by the loop for its own offset
     /// tracking and handed to [`Strategy::on_assign`] through [`Ctx::committed`].
     assigned: Vec<Committed>,
+    /// The loop's next offset per partition ([`Tracking::next`]): a seek back through
+    /// [`Ctx::seek`] lowers it, so that what the seek reads again is delivered again.
+    next: &'a mut std::collections::HashMap<i32, i64>,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -131,7 +134,8 @@ impl std::fmt::Debug for Ctx<'_> {
 }
 
 impl Ctx<'_> {
-    /// The consumer (for metadata and seeks; never poll it).
+    /// The consumer (for metadata; never poll it, and seek with [`Self::seek`]: the loop does
+    /// not deliver again offsets it delivered that a seek of the consumer's own reads again).
     pub fn consumer(&self) -> &BaseConsumer<GroupContext> {
         self.consumer
     }
@@ -189,13 +193,22 @@ impl Ctx<'_> {
         read_committed(self.consumer, self.topic, partitions)
     }
 
-    /// Moves the read position of `partition` to `offset` (logged, not returned, on failure:
-    /// the partition was revoked meanwhile). Seek back only: a jump forward over offsets the
-    /// broker holds is taken for a skip, and the loop reads them again.
-    pub fn seek(&self, partition: i32, offset: i64) {
-        if let Err(e) = self.consumer.seek(self.topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
-            tracing::warn!(error = %e, partition, offset, "cannot seek");
+    /// Moves the read position of `partition` back to `offset`: the messages from there on are
+    /// delivered again. Seek back only: a jump forward over offsets the broker holds is taken
+    /// for a skip, and the loop reads them again.
+    ///
+    /// # Errors
+    /// The seek failed (the partition was revoked meanwhile, or the consumer did not answer in
+    /// time): the position may be unchanged, and the loop does not deliver again what it
+    /// delivered.
+    pub fn seek(&mut self, partition: i32, offset: i64) -> anyhow::Result<()> {
+        self.consumer
+            .seek(self.topic, partition, Offset::Offset(offset), Duration::from_secs(5))
+            .with_context(|| format!("cannot seek partition {partition} to offset {offset}"))?;
+        if let Some(next) = self.next.get_mut(&partition) {
+            *next = (*next).min(offset);
         }
+        Ok(())
     }
 
     /// Sends a record to the DLQ (non-blocking); [`Self::commit`] waits for its
@@ -252,6 +265,10 @@ struct Tracking {
     /// (first offset skipped, offset delivered after the gap). A gap still there when read
     /// again is real (transaction markers, compaction) and is passed.
     rereads: std::collections::HashMap<i32, (i64, i64)>,
+    /// Per partition, the next offset when the consumer went back to offsets it had delivered
+    /// without a seek of ours (an offset reset, say): until it is back there, nothing is
+    /// delivered again (see [`behind`]).
+    behind: std::collections::HashMap<i32, i64>,
 }
 
 /// One gap of messages deleted by retention before the group read them.
@@ -315,6 +332,7 @@ impl ConsumerRuntime {
                 lost: Default::default(),
                 losses: Default::default(),
                 rereads: std::collections::HashMap::new(),
+                behind: std::collections::HashMap::new(),
             },
         })
     }
@@ -373,6 +391,7 @@ impl ConsumerRuntime {
                     health,
                     topic: &self.topic,
                     assigned: Vec::new(),
+                    next: &mut self.track.next,
                 };
                 strategy.on_shutdown(&mut cx)
             }
@@ -405,6 +424,7 @@ impl ConsumerRuntime {
                 health,
                 topic: &self.topic,
                 assigned: Vec::new(),
+                next: &mut self.track.next,
             };
             for ev in self.consumer.context().take_events() {
                 match ev {
@@ -412,16 +432,18 @@ impl ConsumerRuntime {
                         strategy.on_revoke(&mut cx, &ps);
                         cx.commits.forget(&ps);
                         for p in &ps {
-                            self.track.next.remove(p);
+                            cx.next.remove(p);
                             self.track.rereads.remove(p);
+                            self.track.behind.remove(p);
                         }
                         tracing::info!(partitions = ?ps, "partitions revoked");
                     }
                     RebalanceEvent::Assigned(ps) => {
                         for p in &ps {
                             self.track.rereads.remove(p);
+                            self.track.behind.remove(p);
                         }
-                        cx.assigned = expect_committed(&self.consumer, &self.topic, &ps, &mut self.track.next);
+                        cx.assigned = expect_committed(&self.consumer, &self.topic, &ps, cx.next);
                         if paused {
                             pause_all(&self.consumer);
                         }
@@ -440,10 +462,16 @@ impl ConsumerRuntime {
                 let reread = if self.track.rereads.is_empty() { None } else { self.track.rereads.remove(&p) };
                 if let Some(&expected) = self.track.next.get(&p) {
                     // When the skipped offsets are read again, this message is not delivered
-                    // now: it comes again after them.
-                    deliver = m.offset() <= expected
-                        || gap(&self.consumer, &self.topic, &self.group, &mut self.track, m, expected, reread)
-                            == Gap::Pass;
+                    // now: it comes again after them. One already delivered is not delivered
+                    // again (unless the strategy sought back to it).
+                    deliver = if m.offset() < expected {
+                        behind(&self.topic, &self.group, &mut self.track, p, m.offset(), expected);
+                        false
+                    } else {
+                        m.offset() == expected
+                            || gap(&self.consumer, &self.topic, &self.group, &mut self.track, m, expected, reread)
+                                == Gap::Pass
+                    };
                     if let Some((from, got)) = reread.filter(|&(from, _)| m.offset() == from) {
                         tracing::warn!(
                             group = %self.group,
@@ -463,16 +491,25 @@ impl ConsumerRuntime {
                 health,
                 topic: &self.topic,
                 assigned: Vec::new(),
+                next: &mut self.track.next,
             };
             match msg {
                 Some(Ok(m)) if paused => {
-                    // Assigned during the pause and not paused yet: read it again later.
-                    cx.seek(m.partition(), m.offset());
+                    // Assigned during the pause and not paused yet: read it again later (the
+                    // next offset stays: this message was not delivered).
+                    let (p, o) = (m.partition(), m.offset());
+                    if let Err(e) = self.consumer.seek(&self.topic, p, Offset::Offset(o), Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, partition = p, offset = o, "cannot seek");
+                    }
                     pause_all(&self.consumer);
                 }
-                // Not delivered when the skipped offsets are read again first.
+                // Not delivered when the skipped offsets are read again first, or when it was
+                // delivered already.
                 Some(Ok(m)) if deliver => {
-                    self.track.next.insert(m.partition(), m.offset() + 1);
+                    if !self.track.behind.is_empty() {
+                        self.track.behind.remove(&m.partition());
+                    }
+                    cx.next.insert(m.partition(), m.offset() + 1);
                     health.consumed_one();
                     strategy.on_message(&mut cx, &m)?;
                 }
@@ -614,6 +651,30 @@ fn gap(
     verdict
 }
 
+/// Message `offset` of partition `p` arrived while `expected` was next: the consumer went back
+/// to offsets it had delivered without a seek of ours (an offset reset after the broker's log
+/// was truncated, a seek that timed out and happened anyway). Delivering them again would count
+/// them twice (the grouper's open batch has no way to tell a second delivery from the first), so
+/// they are passed until the consumer is back at `expected`; counted in
+/// [`REDELIVERED_OFFSETS_TOTAL`], with one WARN line per jump back.
+fn behind(topic: &str, group: &str, track: &mut Tracking, p: i32, offset: i64, expected: i64) {
+    metrics::counter!(REDELIVERED_OFFSETS_TOTAL, "group" => group.to_owned()).increment(1);
+    if track.behind.insert(p, expected) != Some(expected) {
+        tracing::warn!(
+            group,
+            topic,
+            partition = p,
+            from = offset,
+            next_offset = expected,
+            "the consumer went back to offsets it had already delivered; not delivering them again"
+        );
+    }
+}
+
+/// Counter: messages of offsets a consumer had already delivered that it delivered again
+/// without a seek of the service's own (label `group`), passed instead of delivered twice.
+pub const REDELIVERED_OFFSETS_TOTAL: &str = "tracefold_kafka_redelivered_offsets_total";
+
 /// Counter: gaps in a partition's offsets above the log start (labels `group`, `outcome`):
 /// `read_again` when the loop sought back to read the skipped offsets, `absent` when the same
 /// gap came back after that (transaction markers, compaction) and was passed.
@@ -710,6 +771,9 @@ mod tests {
         skip: Option<(i32, i64, i64)>,
         /// Stops the loop once it delivered this (partition, offset).
         stop_at: Option<(i32, i64)>,
+        /// After delivering (partition, offset), seek back to the third value with
+        /// [`Ctx::seek`], as the grouper's rewind does (once).
+        rewind: Option<(i32, i64, i64)>,
     }
 
     type BTreeMapOffsets = std::collections::BTreeMap<i32, i64>;
@@ -728,6 +792,7 @@ mod tests {
                 backing_off: false,
                 skip: None,
                 stop_at: None,
+                rewind: None,
             }
         }
 
@@ -768,6 +833,10 @@ mod tests {
             if let Some((p, _, to)) = self.skip.filter(|&(p, o, _)| (p, o) == (msg.partition(), msg.offset())) {
                 self.skip = None;
                 cx.consumer().seek(cx.topic(), p, Offset::Offset(to), Duration::from_secs(5))?;
+            }
+            if let Some((p, _, to)) = self.rewind.filter(|&(p, o, _)| (p, o) == (msg.partition(), msg.offset())) {
+                self.rewind = None;
+                cx.seek(p, to)?;
             }
             self.seen += 1;
             if self.stop_after.is_some_and(|n| self.seen >= n) || self.stop_at == Some((msg.partition(), msg.offset()))
@@ -937,6 +1006,56 @@ mod tests {
         assert_eq!(lost.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing was lost");
         assert_eq!(take_losses(&losses), []);
         assert_eq!(committed(&bootstrap, "runtime-skip", &topics.events, 1), [Offset::Offset(40)]);
+    }
+
+    /// The consumer going back to offsets it had delivered without a seek of ours (an offset
+    /// reset after the broker truncated its log, a timed-out seek that happened anyway): the
+    /// strategy does not see them again, and the loop goes on from where it was. Before, they
+    /// were delivered a second time, and the grouper counted them twice into its open batch (its
+    /// deduplication window only calls an event a copy when it saw it at a smaller offset).
+    #[test]
+    fn offsets_delivered_again_without_a_seek_of_ours_are_not_delivered_twice() {
+        let topics = TopicsConfig::default();
+        let broker = DevBroker::start(1, &topics, Some(1)).unwrap();
+        let bootstrap = broker.bootstrap_servers();
+        publish(&bootstrap, &topics.events, 1, 40);
+        let (shutdown, health) = (Shutdown::new(), Health::named("test"));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Recorder::new(&shutdown, &calls);
+        s.stop_at = Some((0, 39));
+        // After offset 19 the consumer goes back to 10 by itself.
+        s.skip = Some((0, 19, 10));
+        let rt = ConsumerRuntime::new(&kafka(&bootstrap), "runtime-back", &topics.events).unwrap();
+        let lost = rt.lost();
+        rt.run(&mut s, &shutdown, &health).unwrap();
+        let calls = calls.lock().unwrap().clone();
+        let delivered: Vec<i64> =
+            calls.iter().filter_map(|c| if let Call::Message(0, o) = c { Some(*o) } else { None }).collect();
+        assert_eq!(delivered, (0..40).collect::<Vec<_>>(), "every message once, in order");
+        assert_eq!(lost.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing was lost");
+        assert_eq!(committed(&bootstrap, "runtime-back", &topics.events, 1), [Offset::Offset(40)]);
+    }
+
+    /// A seek back of the strategy's own ([`Ctx::seek`], the grouper's rewind) delivers again
+    /// what it reads again.
+    #[test]
+    fn a_seek_back_of_the_strategy_delivers_those_offsets_again() {
+        let topics = TopicsConfig::default();
+        let broker = DevBroker::start(1, &topics, Some(1)).unwrap();
+        let bootstrap = broker.bootstrap_servers();
+        publish(&bootstrap, &topics.events, 1, 30);
+        let (shutdown, health) = (Shutdown::new(), Health::named("test"));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Recorder::new(&shutdown, &calls);
+        s.stop_at = Some((0, 29));
+        s.rewind = Some((0, 19, 10));
+        let rt = ConsumerRuntime::new(&kafka(&bootstrap), "runtime-rewind", &topics.events).unwrap();
+        rt.run(&mut s, &shutdown, &health).unwrap();
+        let calls = calls.lock().unwrap().clone();
+        let delivered: Vec<i64> =
+            calls.iter().filter_map(|c| if let Call::Message(0, o) = c { Some(*o) } else { None }).collect();
+        let want: Vec<i64> = (0..20).chain(10..30).collect();
+        assert_eq!(delivered, want, "10 to 19 again after the seek back");
     }
 
     /// A group that never committed starts at the log start and counts nothing as lost.

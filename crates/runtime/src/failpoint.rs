@@ -1,11 +1,12 @@
 //! Failpoints for crash tests, armed with `TRACEFOLD_FAILPOINTS="name=N,other=M"` (unset in
 //! production; reading it costs one atomic load per call after the first).
 //!
-//! Three kinds:
+//! Four kinds:
 //! - [`hit`]: the process aborts (like SIGKILL: no cleanup, no commit; the exit status is
 //!   SIGABRT) the N-th time it reaches the point;
 //! - [`hit_at`]: the process aborts when a count within one unit of work reaches N;
-//! - [`trip`]: the N-th time the point is reached, the caller injects a fault (and goes on).
+//! - [`trip`]: the N-th time the point is reached, the caller injects a fault (and goes on);
+//! - [`trip_first`]: the first N times the point is reached, the caller injects a fault.
 //!
 //! Each prints `failpoint <name> reached: aborting` (or `...: injecting a fault`) to stderr
 //! first, so that a test can prove the failure it asked for is the one that happened.
@@ -17,6 +18,8 @@
 //! | `grouper.after_produce=N` | hit | the N-th emit, after every record was acknowledged and before the commit past the ranges: a wholly published batch that will be published again |
 //! | `grouper.panic_marker=1` | armed | every event containing `tracefold-failpoint-panic` panics inside the per-event fault barrier |
 //! | `writer.after_insert=N` | hit | the N-th insert, after ClickHouse stored the rows and before the offsets were committed |
+//! | `grouper.range_commit_fails=N` | trip | the N-th emit's commit of its batch ranges fails (the coordinator did not answer) while the partitions stay ours: the grouper must seek back and read the ranges again |
+//! | `grouper.rewind_seek_fails=N` | trip_first | the first N seeks back of such a rewind fail: a few are tried again; when they all fail, the grouper stops (exit non-zero) rather than read past the range |
 //! | `writer.insert_lands_then_fails=N` | trip | the N-th insert landed in ClickHouse but is reported as failed (a timeout after the server stored it): the retry must re-read the watermarks and not insert again |
 
 use std::collections::HashMap;
@@ -75,6 +78,20 @@ pub fn hit_at(name: &str, n: u64) {
 /// the armed time (once; later passes go on normally).
 pub fn trip(name: &str) -> bool {
     let fire = reached(name);
+    if fire {
+        eprintln!("failpoint {name} reached: injecting a fault");
+    }
+    fire
+}
+
+/// Whether the caller must inject its fault now: failpoint `name` is armed with N and this is
+/// one of its first N passes.
+pub fn trip_first(name: &str) -> bool {
+    let points = points();
+    if points.is_empty() {
+        return false;
+    }
+    let fire = points.get(name).is_some_and(|(at, seen)| seen.fetch_add(1, Ordering::SeqCst) < *at);
     if fire {
         eprintln!("failpoint {name} reached: injecting a fault");
     }

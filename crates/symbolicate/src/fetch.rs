@@ -6,7 +6,7 @@
 //! [`Symbolicator::maps`] is synchronous (the grouper's hot path is): it starts the fetches of
 //! the keys it lacks, waits at most until the deadline, and says per key what it found.
 
-use crate::store::{ArtifactKind, ArtifactStore};
+use crate::store::{ArtifactKind, ArtifactStore, StoreError};
 use crate::{Limits, MapCache, MapError, MapKey, ParsedMap};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
@@ -212,15 +212,26 @@ fn prune(negative: &mut HashMap<MapKey, (Instant, Negative)>) {
 
 async fn fetch(shared: &Shared, key: &MapKey) -> Result<Arc<ParsedMap>, Negative> {
     let store = &shared.store;
+    let limits = &shared.opts.limits;
+    // Objects larger than the parser takes are not read at all (the store may hold anything).
     let get = |kind| async move {
+        let max = match kind {
+            ArtifactKind::Map => limits.max_map_bytes,
+            ArtifactKind::Minified => limits.max_minified_bytes,
+        };
+        let max = u64::try_from(max).unwrap_or(u64::MAX);
         match key {
-            MapKey::Url { project, release, url } => store.get(project, release, url, kind).await,
-            MapKey::DebugId { project, id } => store.get_by_debug_id(project, id, kind).await,
+            MapKey::Url { project, release, url } => store.get_at_most(project, release, url, kind, max).await,
+            MapKey::DebugId { project, id } => store.get_by_debug_id_at_most(project, id, kind, max).await,
         }
     };
     let map = match get(ArtifactKind::Map).await {
         Ok(Some(b)) => b,
         Ok(None) => return Err(Negative::Missing),
+        Err(error @ StoreError::TooLarge { .. }) => {
+            tracing::warn!(?key, %error, "uploaded source map is larger than the limit; not read, frames stay minified");
+            return Err(Negative::Malformed);
+        }
         Err(error) => {
             tracing::warn!(?key, %error, "cannot read a source map from the artifact store; frames stay minified");
             return Err(Negative::Missing);
@@ -283,5 +294,31 @@ mod tests {
         // A deadline already past: a key not yet known times out, and its fetch goes on.
         let late = s.maps(&[key("~/other.js")], Instant::now());
         assert!(matches!(late[0], Found::Timeout | Found::Missing), "{late:?}");
+    }
+
+    /// A map in the store larger than `max_map_bytes` (put there by other means than the upload
+    /// endpoint, which refuses it) is not read: the store reports its size before its body. Before,
+    /// the whole object was read into memory and only then refused by the parser, so a huge
+    /// object cost every fetch of it that much memory (the grouper's, up to 4 at once).
+    #[test]
+    fn a_map_larger_than_the_limit_is_refused_without_being_read() {
+        let dir = std::env::temp_dir().join(format!("tracefold-huge-map-{}", std::process::id()));
+        let store = ArtifactStore::from_url(&format!("file://{}", dir.display())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let stored = rt
+            .block_on(store.put("web", "1", "~/huge.js", None, ArtifactKind::Map, Bytes::from_static(MAP.as_bytes())))
+            .unwrap();
+        // Grown to 64 GiB without writing it (a sparse file): reading it would take that much.
+        let huge: u64 = 64 << 30;
+        let file = dir.join(&stored.paths[0]);
+        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(huge).unwrap();
+        let refused = rt.block_on(store.get_at_most("web", "1", "~/huge.js", ArtifactKind::Map, 1 << 20));
+        let bound =
+            matches!(refused, Err(StoreError::TooLarge { size, limit, .. }) if size == huge && limit == 1 << 20);
+        let s = Symbolicator::new(store, FetchOptions::default()).unwrap();
+        let got = s.maps(&[key("~/huge.js")], Instant::now() + Duration::from_secs(600));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(bound, "{refused:?}");
+        assert!(matches!(got[0], Found::Malformed), "{got:?}");
     }
 }

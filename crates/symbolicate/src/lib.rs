@@ -164,6 +164,16 @@ impl SourceContext {
     }
 }
 
+/// Bytes of one parsed mapping segment (`sourcemap::RawToken`), for [`ParsedMap::cost`].
+pub const PARSED_TOKEN_BYTES: usize = std::mem::size_of::<sourcemap::RawToken>();
+
+/// Bytes of one parsed name or source beside its text, for [`ParsedMap::cost`]: its pointer (16)
+/// and its allocation's header and rounding (about 32).
+pub const PARSED_ENTRY_BYTES: usize = 48;
+
+/// Bytes of one source's slot for its contents (`Option<SourceView>`), for [`ParsedMap::cost`].
+pub const PARSED_SOURCE_BYTES: usize = std::mem::size_of::<Option<SourceView>>();
+
 /// Most memoized positions per map; a full memo is emptied (the positions are located
 /// again). About 150 bytes an entry (the shared strings included): at most about 150 KiB per
 /// cached map.
@@ -278,10 +288,19 @@ impl ParsedMap {
         })
     }
 
-    /// Approximate memory cost, for the cache's budget: the map's size in bytes plus the
-    /// minified file's.
+    /// Approximate memory cost, for the cache's budget: the map's size in bytes, what parsing
+    /// made of it (a token per mapping segment, [`PARSED_TOKEN_BYTES`] each; a shared string per
+    /// name and source, [`PARSED_ENTRY_BYTES`] each beside its text), and the minified file's
+    /// size. The parsed form is what the cache holds: a segment is 1 to 5 bytes of JSON (`A,`)
+    /// and 28 bytes parsed, so a map of 64 MiB can hold a gigabyte of tokens, which counting its
+    /// bytes alone would have let the cache keep several of within a 512 MiB budget.
     pub fn cost(&self) -> usize {
-        self.bytes + self.minified.as_ref().map_or(0, |m| m.source().len())
+        let count = |n: u32, each: usize| usize::try_from(n).unwrap_or(usize::MAX).saturating_mul(each);
+        self.bytes
+            .saturating_add(count(self.map.get_token_count(), PARSED_TOKEN_BYTES))
+            .saturating_add(count(self.map.get_name_count(), PARSED_ENTRY_BYTES))
+            .saturating_add(count(self.map.get_source_count(), PARSED_ENTRY_BYTES + PARSED_SOURCE_BYTES))
+            .saturating_add(self.minified.as_ref().map_or(0, |m| m.source().len()))
     }
 
     /// The map's debug id (`debug_id` or `debugId`), lower-case hyphenated, if it has one.

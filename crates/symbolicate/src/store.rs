@@ -78,6 +78,16 @@ pub enum StoreError {
         /// What is wrong.
         why: String,
     },
+    /// The object is larger than the reader's bound: not read.
+    #[error("artifact store object {what} is {size} bytes, more than the {limit} read at most")]
+    TooLarge {
+        /// The object's path.
+        what: String,
+        /// Its size, as the store reports it.
+        size: u64,
+        /// The bound it passed.
+        limit: u64,
+    },
     /// The object store failed (I/O, network); worth a retry.
     #[error("artifact store {what}")]
     Io {
@@ -254,8 +264,15 @@ impl ArtifactStore {
         Ok(out)
     }
 
-    async fn get_path(&self, p: Path) -> Result<Option<Bytes>, StoreError> {
+    /// The object at `p`, if there is one; one larger than `max_bytes` (by the size the store
+    /// reports before its body is read) is refused, so that memory stays bounded whatever the
+    /// store holds (an object put there by other means than the upload endpoint, which bounds
+    /// what it takes).
+    async fn get_path(&self, p: Path, max_bytes: u64) -> Result<Option<Bytes>, StoreError> {
         match self.store.get(&p).await {
+            Ok(r) if r.meta.size > max_bytes => {
+                Err(StoreError::TooLarge { what: p.to_string(), size: r.meta.size, limit: max_bytes })
+            }
             Ok(r) => r.bytes().await.map(Some).map_err(|source| StoreError::Io { what: format!("read {p}"), source }),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(StoreError::Io { what: format!("get {p}"), source }),
@@ -273,9 +290,25 @@ impl ArtifactStore {
         url_key: &str,
         kind: ArtifactKind,
     ) -> Result<Option<Bytes>, StoreError> {
+        self.get_at_most(project, release, url_key, kind, u64::MAX).await
+    }
+
+    /// [`Self::get`], refusing ([`StoreError::TooLarge`], without reading it) an object of
+    /// more than `max_bytes`.
+    ///
+    /// # Errors
+    /// As [`Self::get`], and [`StoreError::TooLarge`].
+    pub async fn get_at_most(
+        &self,
+        project: &str,
+        release: &str,
+        url_key: &str,
+        kind: ArtifactKind,
+        max_bytes: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
         check_project(project)?;
         check_release(release)?;
-        self.get_path(self.url_path(project, release, url_key, kind)).await
+        self.get_path(self.url_path(project, release, url_key, kind), max_bytes).await
     }
 
     /// The `kind` artifact of `debug_id` of `project`, if one was uploaded.
@@ -289,10 +322,25 @@ impl ArtifactStore {
         debug_id: &str,
         kind: ArtifactKind,
     ) -> Result<Option<Bytes>, StoreError> {
+        self.get_by_debug_id_at_most(project, debug_id, kind, u64::MAX).await
+    }
+
+    /// [`Self::get_by_debug_id`], refusing ([`StoreError::TooLarge`], without reading it) an
+    /// object of more than `max_bytes`.
+    ///
+    /// # Errors
+    /// As [`Self::get_by_debug_id`], and [`StoreError::TooLarge`].
+    pub async fn get_by_debug_id_at_most(
+        &self,
+        project: &str,
+        debug_id: &str,
+        kind: ArtifactKind,
+        max_bytes: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
         check_project(project)?;
         let id = crate::normalize_debug_id(debug_id)
             .ok_or_else(|| StoreError::InvalidKey { field: "debug_id", why: format!("{debug_id:?} is not a UUID") })?;
-        self.get_path(self.debug_id_path(project, &id, kind)).await
+        self.get_path(self.debug_id_path(project, &id, kind), max_bytes).await
     }
 }
 

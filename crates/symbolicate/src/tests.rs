@@ -296,3 +296,23 @@ fn memoized_contexts_stay_within_their_byte_bound() {
         assert_eq!(Some(&got.context_line), want.context_line.as_ref());
     }
 }
+
+/// The cache's budget counts what a map is once parsed, not only its bytes: `A,` is two bytes of
+/// JSON and a 28-byte token. Before, a map of a million such segments counted as its 2 MB, and
+/// a cache of 512 MiB could hold maps worth gigabytes.
+#[test]
+fn the_cost_of_a_map_counts_its_parsed_tokens_names_and_sources() {
+    let n = 1_000_000;
+    let mappings = vec!["A"; n].join(",");
+    let names = vec!["\"n\""; 1000].join(",");
+    let map = format!(r#"{{"version":3,"sources":["a.js"],"names":[{names}],"mappings":"{mappings}"}}"#);
+    let parsed = parse(map.as_bytes());
+    let parsed_size = n * PARSED_TOKEN_BYTES + 1000 * PARSED_ENTRY_BYTES;
+    const { assert!(PARSED_TOKEN_BYTES >= 24, "six u32 and a flag") };
+    assert!(parsed.cost() >= map.len() + parsed_size, "cost {} for {} bytes", parsed.cost(), map.len());
+    // A cache whose budget the bytes fit but the parsed map does not keeps none of it.
+    let mut cache = MapCache::new(8, 4 * map.len());
+    let key = MapKey::Url { project: "web".into(), release: "1".into(), url: "~/a.js".into() };
+    cache.insert(key.clone(), std::sync::Arc::new(parsed));
+    assert!(cache.get(&key).is_none(), "a map of {} parsed bytes is not kept in {} bytes", parsed_size, 4 * map.len());
+}

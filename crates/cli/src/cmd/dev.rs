@@ -58,7 +58,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let broker_opts = DevBrokerOptions { brokers: a.brokers, partitions, track_requests: false };
     if a.broker_only {
         let broker = DevBroker::start_with(&cfg.topics, &broker_opts)?;
-        println!("{}", broker.bootstrap_servers());
+        // A reader gone already (`tracefold dev --broker-only | head -0`): the broker runs on.
+        print_out(format_args!("{}\n", broker.bootstrap_servers()))?;
         eprintln!(
             "embedded Kafka running: {} (topics {}, {}, {}); Ctrl-C stops it",
             describe_broker(&broker),
@@ -146,14 +147,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         eprintln!("sample load: {}", loadgen::describe(&summary));
         let stored = wait_for_events(&cfg.clickhouse, before, summary.accepted, Duration::from_secs(120), true).await?;
         let rows = tracefold_store::issues::top_issues(&client, &cfg.clickhouse.database, 2 * 3600, 15, None).await?;
-        println!("\nTop issues (last 2 hours), {stored} sample events stored:\n");
-        print!("{}", query::render_top(&rows));
+        // `tracefold dev --exit | head -1`: once the reader is gone, nothing more is printed and
+        // the pipeline stops as it would have (drained), exit status 0.
+        let open = print_out(format_args!(
+            "\nTop issues (last 2 hours), {stored} sample events stored:\n\n{}",
+            query::render_top(&rows)
+        ))?;
         // The detector judges the records a moment after the writer stored them: its signals
         // for this load are counted once it has taken every record the grouper emitted.
         if !wait_for_detector(Duration::from_secs(30)).await {
             eprintln!("the detector has not judged every sample record after 30 s; signals so far:");
         }
-        println!("\n{}", signals_line(&pipeline.bootstrap_servers(), a.exit));
+        if open {
+            print_out(format_args!("\n{}\n", signals_line(&pipeline.bootstrap_servers(), a.exit)))?;
+        }
         if a.exit {
             pipeline.shutdown.trigger();
         }
@@ -161,6 +168,22 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     pipeline.shutdown.wait().await;
     eprintln!("stopping ...");
     pipeline.stop().await
+}
+
+/// Writes `args` to stdout; false when the reader went away (a closed pipe: `tracefold dev
+/// --exit | head -1`). Unlike `println!` it does not panic then, and unlike `out::outln!` it
+/// does not exit: the pipeline in this process is stopped and drained as usual.
+///
+/// # Errors
+/// Another write error.
+fn print_out(args: std::fmt::Arguments<'_>) -> anyhow::Result<bool> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("cannot write to stdout"),
+    }
 }
 
 /// Starts the web UI on `listen` (unless `off`) until `shutdown`, with the pipeline's grouping
