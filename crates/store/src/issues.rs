@@ -1107,7 +1107,7 @@ pub const MAX_PROJECTS_PER_ID: u64 = 1_000;
 /// An issue as the `issues` table knows it (all time), one per project that has the id:
 /// the canonical issue, its counts folded over the issues merged into it (late source maps,
 /// docs/sourcemaps.md "Late maps").
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IssueSummary {
     /// Project slug.
     pub project: String,
@@ -1798,21 +1798,7 @@ mod tests {
         let cfg = crate::testdb::scratch("longwindow");
         crate::migrate::migrate(&cfg, |_, _| {}).await.expect("ClickHouse is needed for this test");
         let client = crate::client::database_client(&cfg).unwrap();
-        let summary = super::IssueSummary {
-            project: "p".into(),
-            issue_id: "i".into(),
-            title: String::new(),
-            culprit: String::new(),
-            exc_type: String::new(),
-            level: String::new(),
-            platform: String::new(),
-            grouping_version: String::new(),
-            first_seen: 0,
-            last_seen: 0,
-            count: 0,
-            merged: Vec::new(),
-            asked_alias: None,
-        };
+        let summary = super::IssueSummary { project: "p".into(), issue_id: "i".into(), ..Default::default() };
         let now = crate::client::now(&client).await.unwrap();
         let mut details = Vec::new();
         for hours in [u32::MAX, 1_000_000, 24] {

@@ -724,21 +724,7 @@ mod tests {
         ] {
             client.query(&q).execute().await.unwrap();
         }
-        let summary = crate::issues::IssueSummary {
-            project: "p".into(),
-            issue_id: "i".into(),
-            title: String::new(),
-            culprit: String::new(),
-            exc_type: String::new(),
-            level: String::new(),
-            platform: String::new(),
-            grouping_version: String::new(),
-            first_seen: 0,
-            last_seen: 0,
-            count: 0,
-            merged: Vec::new(),
-            asked_alias: None,
-        };
+        let summary = crate::issues::IssueSummary { project: "p".into(), issue_id: "i".into(), ..Default::default() };
         let detail = crate::issues::issue_detail(&client, db, summary, 24).await;
         let chart = series(&client, db, "p", "i", Resolution::Hour, 24, false).await;
         let _ = crate::client::drop_database(&client, db).await;
