@@ -109,6 +109,12 @@ fn find_key(keys: &[String], key: &str) -> Option<usize> {
     bool::from(found).then_some(at as usize)
 }
 
+/// Whether `burst` (already known not negative) can hold an event: 0 (one second's worth) or
+/// at least 1. A bucket of less than one token refuses every request with 413, for ever.
+pub(crate) fn is_usable_burst(burst: f64) -> bool {
+    burst == 0.0 || burst >= 1.0
+}
+
 /// Keys shipped in the example configs and manifests, to be replaced before use.
 fn is_placeholder(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
@@ -150,6 +156,11 @@ impl Projects {
             // `!(x >= 0)` also refuses NaN.
             if !(p.rate_per_sec >= 0.0 && p.key_rate_per_sec >= 0.0 && p.burst >= 0.0 && p.key_burst >= 0.0) {
                 return Err(format!("projects[{i}]: rates and bursts must not be negative"));
+            }
+            for (name, burst) in [("burst", p.burst), ("key_burst", p.key_burst)] {
+                if !is_usable_burst(burst) {
+                    return Err(format!("projects[{i}].{name} = {burst} must be 0 (one second's worth) or at least 1"));
+                }
             }
         }
         Ok(Self {
@@ -521,6 +532,16 @@ mod tests {
         assert!(Projects::new(&cfg).unwrap_err().contains("projects[1].keys"));
         cfg.projects[1].keys = vec!["short".into()];
         assert!(Projects::new(&cfg).unwrap_err().contains("at least 8"));
+        // A burst under one event would refuse every request of the project with 413.
+        cfg.projects[1].keys = vec!["apikey123".into()];
+        cfg.projects[1].rate_per_sec = 10.0;
+        cfg.projects[1].burst = 0.5;
+        assert!(Projects::new(&cfg).unwrap_err().contains("projects[1].burst"));
+        cfg.projects[1].burst = 1.0;
+        cfg.projects[1].key_burst = 0.25;
+        assert!(Projects::new(&cfg).unwrap_err().contains("projects[1].key_burst"));
+        cfg.projects[1].key_burst = 0.0;
+        assert!(Projects::new(&cfg).is_ok());
     }
 
     #[test]
