@@ -115,25 +115,46 @@ impl AppState {
 pub struct QueueRoom {
     messages: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
+    /// The whole room (messages, bytes): a request larger than this can never be queued.
+    capacity: (usize, usize),
+}
+
+/// Why [`QueueRoom::reserve`] found no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRoom {
+    /// Not now: other requests hold it; a retry can pass.
+    Full,
+    /// Never: the request needs more than the whole queue (events, bytes).
+    TooLarge(usize, usize),
 }
 
 impl QueueRoom {
     /// The room of a producer built from `kafka`.
     pub fn new(kafka: &tracefold_runtime::config::KafkaConfig) -> Self {
         let (messages, bytes) = tracefold_runtime::kafka::producer_queue_limits(kafka);
+        // Tokio takes at most u32::MAX permits at once.
+        let messages = messages.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+        let bytes = bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
         Self {
-            messages: Arc::new(Semaphore::new(messages.min(Semaphore::MAX_PERMITS))),
-            bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+            messages: Arc::new(Semaphore::new(messages)),
+            bytes: Arc::new(Semaphore::new(bytes)),
+            capacity: (messages, bytes),
         }
     }
 
-    /// Reserves room for `ready`, or `None` when there is not enough now.
-    fn reserve(&self, ready: &[Ready]) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
-        let n = u32::try_from(ready.len()).ok()?;
+    /// Reserves room for `ready`: [`NoRoom::Full`] when there is not enough now,
+    /// [`NoRoom::TooLarge`] when there never will be.
+    fn reserve(&self, ready: &[Ready]) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), NoRoom> {
         let size: usize = ready.iter().map(|r| r.payload.len() + r.id.len()).sum();
-        let m = self.messages.clone().try_acquire_many_owned(n).ok()?;
-        let b = self.bytes.clone().try_acquire_many_owned(u32::try_from(size).ok()?).ok()?;
-        Some((m, b))
+        if ready.len() > self.capacity.0 || size > self.capacity.1 {
+            return Err(NoRoom::TooLarge(ready.len(), size));
+        }
+        // Both fit in u32: the capacities do.
+        let n = u32::try_from(ready.len()).map_err(|_| NoRoom::TooLarge(ready.len(), size))?;
+        let b = u32::try_from(size).map_err(|_| NoRoom::TooLarge(ready.len(), size))?;
+        let m = self.messages.clone().try_acquire_many_owned(n).map_err(|_| NoRoom::Full)?;
+        let b = self.bytes.clone().try_acquire_many_owned(b).map_err(|_| NoRoom::Full)?;
+        Ok((m, b))
     }
 }
 
@@ -730,12 +751,28 @@ async fn off_thread<T: Send + 'static>(big: bool, f: impl FnOnce() -> T + Send +
 async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
     let topic = &st.cfg.topics.events;
     // Room for the whole request first: nothing is queued unless everything can be.
-    let Some(_room) = st.queue.reserve(ready) else {
-        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
-        return Err(with_retry_after(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Kafka is not keeping up (the producer's queue is full); nothing of this request was queued, retry it",
-        )));
+    let _room = match st.queue.reserve(ready) {
+        Ok(room) => room,
+        Err(NoRoom::Full) => {
+            metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
+            return Err(with_retry_after(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Kafka is not keeping up (the producer's queue is full); nothing of this request was queued, retry it",
+            )));
+        }
+        // A 503 would have the client retry, for ever, what can never pass.
+        Err(NoRoom::TooLarge(events, bytes)) => {
+            metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
+            let (max_events, max_bytes) = st.queue.capacity;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{events} events of {bytes} bytes in one request, more than the producer's Kafka queue holds \
+                     ({max_events} events, {max_bytes} bytes: kafka.librdkafka \"queue.buffering.max.messages\" \
+                     and \"queue.buffering.max.kbytes\"); nothing was queued, send smaller requests"
+                ),
+            ));
+        }
     };
     // One counter for the request's delivery reports: the last one wakes this task once.
     let acks = Acks::new(ready.len());
@@ -1521,6 +1558,30 @@ mod tests {
         assert_eq!(accepted, 1, "a delivered event is counted as accepted");
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    /// A request that needs more room than the producer's Kafka queue has at all gets 413, not
+    /// a 503 that has the client retry for ever what can never pass.
+    #[tokio::test]
+    async fn a_request_larger_than_the_kafka_queue_gets_413_not_503() {
+        let mut cfg = Config::default();
+        cfg.kafka.librdkafka.insert("queue.buffering.max.messages".into(), "2".into());
+        let cfg = Arc::new(cfg);
+        let producer: EventsProducer =
+            tracefold_runtime::kafka::producer_config_with(&cfg.kafka, 1000, crate::EVENTS_PRODUCER)
+                .create_with_context(crate::delivery::AckContext::default())
+                .unwrap();
+        let st = AppState::new(cfg.clone(), producer, Arc::new(Projects::new(&cfg).unwrap()));
+        let ready: Vec<Ready> = (0..3).map(|_| prep(r#"{"message":"x"}"#).unwrap()).collect();
+        let e = publish(&st, &ready).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE, "{}", e.error);
+        assert!(e.error.contains("queue.buffering.max.messages"), "{}", e.error);
+        assert!(e.retry_after_secs.is_none(), "no retry can pass");
+        // Room that is only taken for now is still 503 with Retry-After.
+        let _held = st.queue.reserve(&ready[..2]).unwrap();
+        let e = publish(&st, &ready[..1]).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", e.error);
+        assert!(e.retry_after_secs.is_some());
     }
 
     /// Events refused after the rate limits admitted them (an invalid line in the batch,
