@@ -94,6 +94,16 @@ pub struct Projects {
 pub struct Admitted {
     /// The project's slug.
     pub slug: String,
+    /// The tokens taken for it, given back by [`Projects::give_back`] when its events are
+    /// refused after all.
+    taken: Taken,
+}
+
+/// Tokens taken from buckets: `events` from each bucket named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Taken {
+    ids: [Option<BucketId>; 2],
+    events: usize,
 }
 
 /// Index of `key` among `keys`, compared in constant time against every one of them (no early
@@ -107,6 +117,12 @@ fn find_key(keys: &[String], key: &str) -> Option<usize> {
         found |= eq;
     }
     bool::from(found).then_some(at as usize)
+}
+
+/// Whether `burst` (already known not negative) can hold an event: 0 (one second's worth) or
+/// at least 1. A bucket of less than one token refuses every request with 413, for ever.
+pub(crate) fn is_usable_burst(burst: f64) -> bool {
+    burst == 0.0 || burst >= 1.0
 }
 
 /// Keys shipped in the example configs and manifests, to be replaced before use.
@@ -150,6 +166,11 @@ impl Projects {
             // `!(x >= 0)` also refuses NaN.
             if !(p.rate_per_sec >= 0.0 && p.key_rate_per_sec >= 0.0 && p.burst >= 0.0 && p.key_burst >= 0.0) {
                 return Err(format!("projects[{i}]: rates and bursts must not be negative"));
+            }
+            for (name, burst) in [("burst", p.burst), ("key_burst", p.key_burst)] {
+                if !is_usable_burst(burst) {
+                    return Err(format!("projects[{i}].{name} = {burst} must be 0 (one second's worth) or at least 1"));
+                }
             }
         }
         Ok(Self {
@@ -195,8 +216,8 @@ impl Projects {
                         burst: self.unregistered_burst,
                         scope: "unregistered",
                     };
-                    self.take(&[Some(shared), None], events)?;
-                    Ok(Admitted { slug: s.to_owned() })
+                    let taken = self.take(&[Some(shared), None], events)?;
+                    Ok(Admitted { slug: s.to_owned(), taken })
                 }
                 (Some(s), false) => Err(Refusal::Forbidden(format!("project {s:?} is not registered"))),
                 (None, _) => Err(Refusal::Forbidden(format!("project id {} is not registered", id.unwrap_or(0)))),
@@ -220,8 +241,8 @@ impl Projects {
             burst: p.key_burst,
             scope: "key",
         });
-        self.take(&[Some(project), key], events)?;
-        Ok(Admitted { slug: p.slug.clone() })
+        let taken = self.take(&[Some(project), key], events)?;
+        Ok(Admitted { slug: p.slug.clone(), taken })
     }
 
     /// Admits an artifact upload for the project named by `project` (a slug, or a registered
@@ -247,16 +268,51 @@ impl Projects {
         }
         let Some(k) = key else { return Err(Refusal::MissingKey) };
         match find_key(&p.keys, k) {
-            Some(_) => Ok(Admitted { slug: p.slug.clone() }),
+            Some(_) => Ok(Admitted { slug: p.slug.clone(), taken: Taken::default() }),
             None => Err(Refusal::Forbidden(format!("the key is not valid for project {:?}", p.slug))),
         }
     }
 
+    /// Gives back the tokens taken for `admitted`, whose events were refused after all (invalid,
+    /// backpressure, Kafka not acknowledging): events that were not accepted cost no tokens, so
+    /// that the retry of a refused request is not rate limited for the events it sends again.
+    /// A bucket never holds more than its burst.
+    pub fn give_back(&self, admitted: &Admitted) {
+        let Taken { ids, events } = admitted.taken;
+        if events == 0 || ids.iter().all(Option::is_none) {
+            return;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in ids.into_iter().flatten() {
+            let burst = self.limit_of(id).burst();
+            if let Some(b) = buckets.get_mut(&id) {
+                b.tokens = (b.tokens + events as f64).min(burst);
+            }
+        }
+    }
+
+    /// The limit a bucket id stands for, as the config says.
+    fn limit_of(&self, id: BucketId) -> Limit {
+        match id {
+            BucketId::Project(i) => {
+                let p = &self.projects[i];
+                Limit { id, rate: p.rate_per_sec, burst: p.burst, scope: "project" }
+            }
+            BucketId::Key(i, _) => {
+                let p = &self.projects[i];
+                Limit { id, rate: p.key_rate_per_sec, burst: p.key_burst, scope: "key" }
+            }
+            BucketId::Unregistered => {
+                Limit { id, rate: self.unregistered_rate, burst: self.unregistered_burst, scope: "unregistered" }
+            }
+        }
+    }
+
     /// Takes `events` tokens from every limit, or from none: a refusal costs no tokens.
-    fn take(&self, limits: &[Option<Limit>], events: usize) -> Result<(), Refusal> {
+    fn take(&self, limits: &[Option<Limit>], events: usize) -> Result<Taken, Refusal> {
         let limits: Vec<Limit> = limits.iter().flatten().filter(|l| l.rate > 0.0).copied().collect();
         if events == 0 || limits.is_empty() {
-            return Ok(());
+            return Ok(Taken::default());
         }
         let n = events as f64;
         // A request larger than a bucket's burst could wait forever: 413, not 429.
@@ -276,12 +332,14 @@ impl Projects {
                 return Err(Refusal::RateLimited { retry_after, scope: l.scope });
             }
         }
-        for l in &limits {
+        let mut taken = Taken { ids: [None; 2], events };
+        for (l, slot) in limits.iter().zip(&mut taken.ids) {
             if let Some(b) = buckets.get_mut(&l.id) {
                 b.tokens -= n;
+                *slot = Some(l.id);
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// Token buckets in memory: at most one per registered project, one per configured key,
@@ -417,6 +475,35 @@ mod tests {
         assert!(p.admit(Some("web"), None, Some("webkey123"), 10).is_ok());
     }
 
+    /// Tokens taken for events that are refused after admission (invalid, backpressure, Kafka)
+    /// are given back: a retry of the same events is not rate limited for them.
+    #[test]
+    fn events_refused_after_admission_give_their_tokens_back() {
+        let p = projects(10.0, 4.0);
+        let a = p.admit(Some("web"), None, Some("webkey123"), 4).unwrap();
+        assert!(matches!(p.admit(Some("web"), None, Some("webkey123"), 1), Err(Refusal::RateLimited { .. })));
+        p.give_back(&a);
+        assert!(p.admit(Some("web"), None, Some("webkey123"), 4).is_ok(), "the key's bucket is full again");
+        // The project's bucket got its 4 back too: 6 left after the retry, room for 4 more, not 8.
+        assert!(p.admit(Some("web"), None, Some("webkey456"), 4).is_ok());
+        assert!(matches!(
+            p.admit(Some("web"), None, Some("webkey456"), 4),
+            Err(Refusal::RateLimited { scope: "project", .. })
+        ));
+        // Never over the burst, and nothing to give back for unlimited projects or uploads.
+        let q = projects(10.0, 0.0);
+        let a = q.admit(Some("web"), None, Some("webkey123"), 3).unwrap();
+        q.give_back(&a);
+        q.give_back(&a);
+        assert!(matches!(q.admit(Some("web"), None, Some("webkey123"), 11), Err(Refusal::OverBurst { .. })));
+        assert!(q.admit(Some("web"), None, Some("webkey123"), 10).is_ok());
+        assert!(q.admit(Some("web"), None, Some("webkey123"), 1).is_err(), "10 tokens, not 13");
+        let free = q.admit(Some("api"), None, Some("apikey123"), 5).unwrap();
+        q.give_back(&free);
+        q.give_back(&q.admit_upload("web", Some("webkey123")).unwrap());
+        assert_eq!(q.bucket_count(), 1);
+    }
+
     #[test]
     fn requests_over_a_burst_get_413_not_429() {
         let p = projects(10.0, 0.0);
@@ -521,6 +608,16 @@ mod tests {
         assert!(Projects::new(&cfg).unwrap_err().contains("projects[1].keys"));
         cfg.projects[1].keys = vec!["short".into()];
         assert!(Projects::new(&cfg).unwrap_err().contains("at least 8"));
+        // A burst under one event would refuse every request of the project with 413.
+        cfg.projects[1].keys = vec!["apikey123".into()];
+        cfg.projects[1].rate_per_sec = 10.0;
+        cfg.projects[1].burst = 0.5;
+        assert!(Projects::new(&cfg).unwrap_err().contains("projects[1].burst"));
+        cfg.projects[1].burst = 1.0;
+        cfg.projects[1].key_burst = 0.25;
+        assert!(Projects::new(&cfg).unwrap_err().contains("projects[1].key_burst"));
+        cfg.projects[1].key_burst = 0.0;
+        assert!(Projects::new(&cfg).is_ok());
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl Gate {
         (self.published_events.swap(0, Ordering::Relaxed), self.published_bytes.swap(0, Ordering::Relaxed))
     }
 
-    fn set(&self, state: State) {
+    pub(crate) fn set(&self, state: State) {
         self.refusing.store(state == State::Refusing, Ordering::Relaxed);
     }
 }

@@ -197,6 +197,12 @@ impl Config {
         if !(h.unregistered_rate_per_sec >= 0.0 && h.unregistered_burst >= 0.0) {
             return Err("http.unregistered_rate_per_sec and http.unregistered_burst must not be negative".into());
         }
+        if !crate::auth::is_usable_burst(h.unregistered_burst) {
+            return Err(format!(
+                "http.unregistered_burst = {} must be 0 (one second's worth) or at least 1",
+                h.unregistered_burst
+            ));
+        }
         // A value librdkafka refuses (a codec this build lacks) stops the start, named.
         self.kafka.check().map_err(|(key, why)| format!("{key}: {why}"))?;
         if let Some(v) = self.kafka.librdkafka.get("message.max.bytes") {
@@ -250,6 +256,12 @@ mod tests {
         let mut c = Config::default();
         c.http.unregistered_rate_per_sec = -1.0;
         assert!(c.check().unwrap_err().contains("unregistered_rate_per_sec"));
+        // A bucket of less than one event refuses every request with 413, for ever.
+        let mut c = Config::default();
+        c.http.unregistered_burst = 0.5;
+        assert!(c.check().unwrap_err().contains("http.unregistered_burst"));
+        c.http.unregistered_burst = 1.0;
+        assert_eq!(c.check(), Ok(()));
         let mut c = Config::default();
         c.http.body_timeout_ms = 0;
         assert!(c.check().unwrap_err().contains("body_timeout_ms"));

@@ -27,7 +27,7 @@
 //! `200 {"id": "..."}`; errors `{"error": "...", "details": [{"line": 1, "field": "...",
 //! "reason": "...", "code": "invalid"}]}` with `code` one of [`Reason::code`].
 
-use crate::auth::{request_key, Projects, Refusal};
+use crate::auth::{request_key, Admitted, Projects, Refusal};
 use crate::backpressure::Gate;
 use crate::config::Config;
 use crate::delivery::{Acks, EventsProducer};
@@ -115,25 +115,46 @@ impl AppState {
 pub struct QueueRoom {
     messages: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
+    /// The whole room (messages, bytes): a request larger than this can never be queued.
+    capacity: (usize, usize),
+}
+
+/// Why [`QueueRoom::reserve`] found no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRoom {
+    /// Not now: other requests hold it; a retry can pass.
+    Full,
+    /// Never: the request needs more than the whole queue (events, bytes).
+    TooLarge(usize, usize),
 }
 
 impl QueueRoom {
     /// The room of a producer built from `kafka`.
     pub fn new(kafka: &tracefold_runtime::config::KafkaConfig) -> Self {
         let (messages, bytes) = tracefold_runtime::kafka::producer_queue_limits(kafka);
+        // Tokio takes at most u32::MAX permits at once.
+        let messages = messages.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+        let bytes = bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
         Self {
-            messages: Arc::new(Semaphore::new(messages.min(Semaphore::MAX_PERMITS))),
-            bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+            messages: Arc::new(Semaphore::new(messages)),
+            bytes: Arc::new(Semaphore::new(bytes)),
+            capacity: (messages, bytes),
         }
     }
 
-    /// Reserves room for `ready`, or `None` when there is not enough now.
-    fn reserve(&self, ready: &[Ready]) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
-        let n = u32::try_from(ready.len()).ok()?;
+    /// Reserves room for `ready`: [`NoRoom::Full`] when there is not enough now,
+    /// [`NoRoom::TooLarge`] when there never will be.
+    fn reserve(&self, ready: &[Ready]) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), NoRoom> {
         let size: usize = ready.iter().map(|r| r.payload.len() + r.id.len()).sum();
-        let m = self.messages.clone().try_acquire_many_owned(n).ok()?;
-        let b = self.bytes.clone().try_acquire_many_owned(u32::try_from(size).ok()?).ok()?;
-        Some((m, b))
+        if ready.len() > self.capacity.0 || size > self.capacity.1 {
+            return Err(NoRoom::TooLarge(ready.len(), size));
+        }
+        // Both fit in u32: the capacities do.
+        let n = u32::try_from(ready.len()).map_err(|_| NoRoom::TooLarge(ready.len(), size))?;
+        let b = u32::try_from(size).map_err(|_| NoRoom::TooLarge(ready.len(), size))?;
+        let m = self.messages.clone().try_acquire_many_owned(n).map_err(|_| NoRoom::Full)?;
+        let b = self.bytes.clone().try_acquire_many_owned(b).map_err(|_| NoRoom::Full)?;
+        Ok((m, b))
     }
 }
 
@@ -730,12 +751,28 @@ async fn off_thread<T: Send + 'static>(big: bool, f: impl FnOnce() -> T + Send +
 async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
     let topic = &st.cfg.topics.events;
     // Room for the whole request first: nothing is queued unless everything can be.
-    let Some(_room) = st.queue.reserve(ready) else {
-        metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
-        return Err(with_retry_after(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Kafka is not keeping up (the producer's queue is full); nothing of this request was queued, retry it",
-        )));
+    let _room = match st.queue.reserve(ready) {
+        Ok(room) => room,
+        Err(NoRoom::Full) => {
+            metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
+            return Err(with_retry_after(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Kafka is not keeping up (the producer's queue is full); nothing of this request was queued, retry it",
+            )));
+        }
+        // A 503 would have the client retry, for ever, what can never pass.
+        Err(NoRoom::TooLarge(events, bytes)) => {
+            metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(ready.len() as u64);
+            let (max_events, max_bytes) = st.queue.capacity;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{events} events of {bytes} bytes in one request, more than the producer's Kafka queue holds \
+                     ({max_events} events, {max_bytes} bytes: kafka.librdkafka \"queue.buffering.max.messages\" \
+                     and \"queue.buffering.max.kbytes\"); nothing was queued, send smaller requests"
+                ),
+            ));
+        }
     };
     // One counter for the request's delivery reports: the last one wakes this task once.
     let acks = Acks::new(ready.len());
@@ -908,17 +945,26 @@ async fn ingest_inner(
     let big = bytes.len() > BLOCKING_THRESHOLD;
     let s = st.clone();
     let slug = project.clone();
-    let ready =
+    let (ready, admitted) =
         off_thread(big, move || native_events(&s, &bytes, ndjson, &project, key.as_deref(), now_ms())).await??;
-    check_backpressure(&st, ready.len(), Endpoint::Native)?;
-    publish(&st, &ready).await.map_err(|e| e.with_events(ready.len()))?;
+    check_backpressure(&st, ready.len(), Endpoint::Native).map_err(|e| give_back(&st, &admitted, e))?;
+    publish(&st, &ready).await.map_err(|e| give_back(&st, &admitted, e.with_events(ready.len())))?;
     st.outcomes.record(&slug, Outcome::Accepted, reasons::NONE, ready.len() as u64);
     record_ok(t0);
     Ok(Json(Accepted { accepted: ready.len(), ids: ready.into_iter().map(|r| r.id).collect() }))
 }
 
+/// The tokens taken for a request whose events are refused after admission go back to its
+/// buckets: events that were not accepted do not count against the rate limits, so that the
+/// client's retry is not refused 429 for them.
+fn give_back(st: &AppState, admitted: &Admitted, e: ApiError) -> ApiError {
+    st.projects.give_back(admitted);
+    e
+}
+
 /// The events of a native request, checked: counted (lazily, stopping past
-/// `http.max_events_per_request`: 413), admitted by the rate limits, then each prepared.
+/// `http.max_events_per_request`: 413), admitted by the rate limits, then each prepared; with
+/// the admission (its tokens are given back if the request is refused later).
 fn native_events(
     st: &AppState,
     body: &Bytes,
@@ -926,7 +972,7 @@ fn native_events(
     project: &str,
     key: Option<&str>,
     received: i64,
-) -> Result<Vec<Ready>, ApiError> {
+) -> Result<(Vec<Ready>, Admitted), ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body is not UTF-8: {e}")))?;
     let max_events = st.cfg.http.max_events_per_request;
@@ -957,7 +1003,7 @@ fn native_events(
             "request body is empty; send one JSON event or NDJSON lines",
         ));
     }
-    st.projects.admit(Some(project), None, key, n).map_err(|r| ApiError::from(r).with_events(n))?;
+    let admitted = st.projects.admit(Some(project), None, key, n).map_err(|r| ApiError::from(r).with_events(n))?;
     let max_event = st.max_event_bytes;
     let mut ready = Vec::with_capacity(n);
     let mut details = Vec::new();
@@ -981,9 +1027,9 @@ fn native_events(
         }
     }
     if !details.is_empty() {
-        return Err(refused(details, n));
+        return Err(give_back(st, &admitted, refused(details, n)));
     }
-    Ok(ready)
+    Ok((ready, admitted))
 }
 
 fn project_id(raw: &str) -> Result<u64, ApiError> {
@@ -1051,16 +1097,18 @@ async fn sentry_store(
         let project = st.projects.admit(None, Some(id), key.as_deref(), 0)?;
         let raw = read_raw(&st.cfg, &headers, body).await?;
         let bytes = decode(&headers, raw, st.cfg.http.max_body_bytes).await?;
-        st.projects.admit(None, Some(id), key.as_deref(), 1).map_err(|r| ApiError::from(r).with_events(1))?;
+        let admitted =
+            st.projects.admit(None, Some(id), key.as_deref(), 1).map_err(|r| ApiError::from(r).with_events(1))?;
         let max_event = st.max_event_bytes;
         let big = bytes.len() > BLOCKING_THRESHOLD;
         let slug = project.slug.clone();
         let ready = off_thread(big, move || {
             prepare_sentry(&bytes, &slug, now_ms(), max_event).map_err(|p| refused(vec![p.at(1)], 1))
         })
-        .await??;
-        check_backpressure(&st, 1, Endpoint::Sentry)?;
-        publish(&st, std::slice::from_ref(&ready)).await.map_err(|e| e.with_events(1))?;
+        .await?
+        .map_err(|e| give_back(&st, &admitted, e))?;
+        check_backpressure(&st, 1, Endpoint::Sentry).map_err(|e| give_back(&st, &admitted, e))?;
+        publish(&st, std::slice::from_ref(&ready)).await.map_err(|e| give_back(&st, &admitted, e.with_events(1)))?;
         st.outcomes.record(&project.slug, Outcome::Accepted, reasons::NONE, 1);
         record_ok(t0);
         Ok(Json(SentryAccepted { id: Some(ready.id) }))
@@ -1077,6 +1125,8 @@ struct EnvelopeEvents {
     header_event_id: Option<String>,
     /// Labels of the items that are not events, counted once the envelope is accepted.
     skipped: Vec<&'static str>,
+    /// The admission of its events (their tokens are given back if it is refused later).
+    admitted: Admitted,
 }
 
 async fn sentry_envelope(
@@ -1119,8 +1169,8 @@ async fn sentry_envelope(
         let big = bytes.len() > BLOCKING_THRESHOLD;
         let s = st.clone();
         let out = off_thread(big, move || envelope_events(&s, &bytes, id, &key, now_ms())).await??;
-        check_backpressure(&st, out.ready.len(), Endpoint::Sentry)?;
-        publish(&st, &out.ready).await.map_err(|e| e.with_events(out.ready.len()))?;
+        check_backpressure(&st, out.ready.len(), Endpoint::Sentry).map_err(|e| give_back(&st, &out.admitted, e))?;
+        publish(&st, &out.ready).await.map_err(|e| give_back(&st, &out.admitted, e.with_events(out.ready.len())))?;
         if let Some(slug) = &slug {
             st.outcomes.record(slug, Outcome::Accepted, reasons::NONE, out.ready.len() as u64);
         }
@@ -1158,10 +1208,10 @@ fn envelope_events(st: &AppState, bytes: &[u8], id: u64, key: &str, received: i6
         }
     }
     if !details.is_empty() {
-        return Err(refused(details, events));
+        return Err(give_back(st, &project, refused(details, events)));
     }
     let header_event_id = envelope.header.get("event_id").and_then(|v| v.as_str()).map(str::to_owned);
-    Ok(EnvelopeEvents { ready, header_event_id, skipped })
+    Ok(EnvelopeEvents { ready, header_event_id, skipped, admitted: project })
 }
 
 #[cfg(test)]
@@ -1508,6 +1558,72 @@ mod tests {
         assert_eq!(accepted, 1, "a delivered event is counted as accepted");
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    /// A request that needs more room than the producer's Kafka queue has at all gets 413, not
+    /// a 503 that has the client retry for ever what can never pass.
+    #[tokio::test]
+    async fn a_request_larger_than_the_kafka_queue_gets_413_not_503() {
+        let mut cfg = Config::default();
+        cfg.kafka.librdkafka.insert("queue.buffering.max.messages".into(), "2".into());
+        let cfg = Arc::new(cfg);
+        let producer: EventsProducer =
+            tracefold_runtime::kafka::producer_config_with(&cfg.kafka, 1000, crate::EVENTS_PRODUCER)
+                .create_with_context(crate::delivery::AckContext::default())
+                .unwrap();
+        let st = AppState::new(cfg.clone(), producer, Arc::new(Projects::new(&cfg).unwrap()));
+        let ready: Vec<Ready> = (0..3).map(|_| prep(r#"{"message":"x"}"#).unwrap()).collect();
+        let e = publish(&st, &ready).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE, "{}", e.error);
+        assert!(e.error.contains("queue.buffering.max.messages"), "{}", e.error);
+        assert!(e.retry_after_secs.is_none(), "no retry can pass");
+        // Room that is only taken for now is still 503 with Retry-After.
+        let _held = st.queue.reserve(&ready[..2]).unwrap();
+        let e = publish(&st, &ready[..1]).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", e.error);
+        assert!(e.retry_after_secs.is_some());
+    }
+
+    /// Events refused after the rate limits admitted them (an invalid line in the batch,
+    /// backpressure) cost no tokens: the retry of the same events is not refused 429.
+    #[tokio::test]
+    async fn events_refused_after_admission_cost_no_rate_limit_tokens() {
+        let cfg = Config {
+            projects: vec![crate::config::ProjectConfig {
+                slug: "web".into(),
+                id: Some(1),
+                keys: Vec::new(),
+                rate_per_sec: 10.0,
+                burst: 0.0,
+                key_rate_per_sec: 0.0,
+                key_burst: 0.0,
+            }],
+            ..Config::default()
+        };
+        let cfg = Arc::new(cfg);
+        let producer: EventsProducer =
+            tracefold_runtime::kafka::producer_config_with(&cfg.kafka, 1000, crate::EVENTS_PRODUCER)
+                .create_with_context(crate::delivery::AckContext::default())
+                .unwrap();
+        let st = AppState::new(cfg.clone(), producer, Arc::new(Projects::new(&cfg).unwrap()));
+        let good = "{\"message\":\"x\"}\n".repeat(10);
+        let bad = format!("{}not json\n", "{\"message\":\"x\"}\n".repeat(9));
+        let e = native_events(&st, &Bytes::from(bad), true, "web", None, NOW).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let (ready, _) = native_events(&st, &Bytes::from(good.clone()), true, "web", None, NOW).unwrap();
+        assert_eq!(ready.len(), 10, "the invalid batch took none of the 10 tokens");
+        let Err(e) = native_events(&st, &Bytes::from(good.clone()), true, "web", None, NOW) else {
+            panic!("20 events out of a bucket of 10");
+        };
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS, "the accepted 10 did take their tokens");
+        // A fresh bucket, and a gate that refuses for backpressure.
+        let st = AppState::new(cfg.clone(), st.producer.clone(), Arc::new(Projects::new(&cfg).unwrap()));
+        st.gate.set(crate::backpressure::State::Refusing);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        let r = ingest_inner(st.clone(), "web".into(), None, headers, Body::from(good)).await;
+        assert_eq!(r.unwrap_err().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(st.projects.admit(Some("web"), None, None, 10).is_ok(), "the refused events took no tokens");
     }
 
     /// Requests refused before a handler runs (a method the route does not take, a path whose
