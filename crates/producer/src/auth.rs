@@ -273,10 +273,10 @@ impl Projects {
         }
     }
 
-    /// Gives back the tokens taken for `admitted`, whose events were refused after all (invalid,
-    /// backpressure, Kafka not acknowledging): events that were not accepted cost no tokens, so
-    /// that the retry of a refused request is not rate limited for the events it sends again.
-    /// A bucket never holds more than its burst.
+    /// Gives back the tokens taken for `admitted`, whose events the pipeline refused after all
+    /// (backpressure, Kafka not acknowledging), so that the retry of a refused request is not
+    /// rate limited for the events it sends again. (Events refused as invalid keep theirs: the
+    /// client sent them.) A bucket never holds more than its burst.
     pub fn give_back(&self, admitted: &Admitted) {
         let Taken { ids, events } = admitted.taken;
         if events == 0 || ids.iter().all(Option::is_none) {
@@ -475,7 +475,7 @@ mod tests {
         assert!(p.admit(Some("web"), None, Some("webkey123"), 10).is_ok());
     }
 
-    /// Tokens taken for events that are refused after admission (invalid, backpressure, Kafka)
+    /// Tokens taken for events that the pipeline refuses after admission (backpressure, Kafka)
     /// are given back: a retry of the same events is not rate limited for them.
     #[test]
     fn events_refused_after_admission_give_their_tokens_back() {

@@ -954,9 +954,11 @@ async fn ingest_inner(
     Ok(Json(Accepted { accepted: ready.len(), ids: ready.into_iter().map(|r| r.id).collect() }))
 }
 
-/// The tokens taken for a request whose events are refused after admission go back to its
-/// buckets: events that were not accepted do not count against the rate limits, so that the
-/// client's retry is not refused 429 for them.
+/// The tokens taken for a request whose events are refused after admission for the pipeline's
+/// sake (backpressure, Kafka not acknowledging) go back to its buckets, so that the client's
+/// retry is not refused 429 for events that were never accepted. Events refused as invalid keep
+/// them: the client sent them, and a flood of invalid events is rate limited as valid ones are
+/// (each still costs the producer a parse).
 fn give_back(st: &AppState, admitted: &Admitted, e: ApiError) -> ApiError {
     st.projects.give_back(admitted);
     e
@@ -964,7 +966,7 @@ fn give_back(st: &AppState, admitted: &Admitted, e: ApiError) -> ApiError {
 
 /// The events of a native request, checked: counted (lazily, stopping past
 /// `http.max_events_per_request`: 413), admitted by the rate limits, then each prepared; with
-/// the admission (its tokens are given back if the request is refused later).
+/// the admission (its tokens are given back if the pipeline refuses the request later).
 fn native_events(
     st: &AppState,
     body: &Bytes,
@@ -1026,8 +1028,9 @@ fn native_events(
             check(line_no, line);
         }
     }
+    // Invalid events keep the tokens they took (see `give_back`).
     if !details.is_empty() {
-        return Err(give_back(st, &admitted, refused(details, n)));
+        return Err(refused(details, n));
     }
     Ok((ready, admitted))
 }
@@ -1105,8 +1108,7 @@ async fn sentry_store(
         let ready = off_thread(big, move || {
             prepare_sentry(&bytes, &slug, now_ms(), max_event).map_err(|p| refused(vec![p.at(1)], 1))
         })
-        .await?
-        .map_err(|e| give_back(&st, &admitted, e))?;
+        .await??;
         check_backpressure(&st, 1, Endpoint::Sentry).map_err(|e| give_back(&st, &admitted, e))?;
         publish(&st, std::slice::from_ref(&ready)).await.map_err(|e| give_back(&st, &admitted, e.with_events(1)))?;
         st.outcomes.record(&project.slug, Outcome::Accepted, reasons::NONE, 1);
@@ -1207,8 +1209,9 @@ fn envelope_events(st: &AppState, bytes: &[u8], id: u64, key: &str, received: i6
             Err(p) => details.push(p.at(n + 1)),
         }
     }
+    // Invalid events keep the tokens they took (see `give_back`).
     if !details.is_empty() {
-        return Err(give_back(st, &project, refused(details, events)));
+        return Err(refused(details, events));
     }
     let header_event_id = envelope.header.get("event_id").and_then(|v| v.as_str()).map(str::to_owned);
     Ok(EnvelopeEvents { ready, header_event_id, skipped, admitted: project })
@@ -1584,10 +1587,11 @@ mod tests {
         assert!(e.retry_after_secs.is_some());
     }
 
-    /// Events refused after the rate limits admitted them (an invalid line in the batch,
-    /// backpressure) cost no tokens: the retry of the same events is not refused 429.
+    /// Events the pipeline refuses after the rate limits admitted them (backpressure) cost no
+    /// tokens: the retry of the same events is not refused 429. A batch refused as invalid keeps
+    /// the tokens it took: the client sent it.
     #[tokio::test]
-    async fn events_refused_after_admission_cost_no_rate_limit_tokens() {
+    async fn refused_events_cost_tokens_only_when_invalid() {
         let cfg = Config {
             projects: vec![crate::config::ProjectConfig {
                 slug: "web".into(),
@@ -1610,12 +1614,14 @@ mod tests {
         let bad = format!("{}not json\n", "{\"message\":\"x\"}\n".repeat(9));
         let e = native_events(&st, &Bytes::from(bad), true, "web", None, NOW).unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
-        let (ready, _) = native_events(&st, &Bytes::from(good.clone()), true, "web", None, NOW).unwrap();
-        assert_eq!(ready.len(), 10, "the invalid batch took none of the 10 tokens");
         let Err(e) = native_events(&st, &Bytes::from(good.clone()), true, "web", None, NOW) else {
             panic!("20 events out of a bucket of 10");
         };
-        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS, "the accepted 10 did take their tokens");
+        assert_eq!(
+            e.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "the invalid batch kept its 10 tokens: the client sent it"
+        );
         // A fresh bucket, and a gate that refuses for backpressure.
         let st = AppState::new(cfg.clone(), st.producer.clone(), Arc::new(Projects::new(&cfg).unwrap()));
         st.gate.set(crate::backpressure::State::Refusing);
