@@ -1226,6 +1226,16 @@ mod tests {
 
     const NOW: i64 = 1_795_671_540_000;
 
+    /// The producer's state for `cfg`, with a Kafka producer that is never asked to deliver.
+    fn state_of(cfg: Config) -> AppState {
+        let cfg = Arc::new(cfg);
+        let producer: EventsProducer =
+            tracefold_runtime::kafka::producer_config_with(&cfg.kafka, 1000, crate::EVENTS_PRODUCER)
+                .create_with_context(crate::delivery::AckContext::default())
+                .unwrap();
+        AppState::new(cfg.clone(), producer, Arc::new(Projects::new(&cfg).unwrap()))
+    }
+
     /// An event published as it came is a slice of the request body, not a copy; one whose
     /// lone surrogates were repaired, or that lacked its ids, is a buffer of its own.
     #[test]
@@ -1569,12 +1579,7 @@ mod tests {
     async fn a_request_larger_than_the_kafka_queue_gets_413_not_503() {
         let mut cfg = Config::default();
         cfg.kafka.librdkafka.insert("queue.buffering.max.messages".into(), "2".into());
-        let cfg = Arc::new(cfg);
-        let producer: EventsProducer =
-            tracefold_runtime::kafka::producer_config_with(&cfg.kafka, 1000, crate::EVENTS_PRODUCER)
-                .create_with_context(crate::delivery::AckContext::default())
-                .unwrap();
-        let st = AppState::new(cfg.clone(), producer, Arc::new(Projects::new(&cfg).unwrap()));
+        let st = state_of(cfg);
         let ready: Vec<Ready> = (0..3).map(|_| prep(r#"{"message":"x"}"#).unwrap()).collect();
         let e = publish(&st, &ready).await.unwrap_err();
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE, "{}", e.error);
@@ -1604,12 +1609,7 @@ mod tests {
             }],
             ..Config::default()
         };
-        let cfg = Arc::new(cfg);
-        let producer: EventsProducer =
-            tracefold_runtime::kafka::producer_config_with(&cfg.kafka, 1000, crate::EVENTS_PRODUCER)
-                .create_with_context(crate::delivery::AckContext::default())
-                .unwrap();
-        let st = AppState::new(cfg.clone(), producer, Arc::new(Projects::new(&cfg).unwrap()));
+        let st = state_of(cfg);
         let good = "{\"message\":\"x\"}\n".repeat(10);
         let bad = format!("{}not json\n", "{\"message\":\"x\"}\n".repeat(9));
         let e = native_events(&st, &Bytes::from(bad), true, "web", None, NOW).unwrap_err();
@@ -1623,7 +1623,7 @@ mod tests {
             "the invalid batch kept its 10 tokens: the client sent it"
         );
         // A fresh bucket, and a gate that refuses for backpressure.
-        let st = AppState::new(cfg.clone(), st.producer.clone(), Arc::new(Projects::new(&cfg).unwrap()));
+        let st = AppState::new(st.cfg.clone(), st.producer.clone(), Arc::new(Projects::new(&st.cfg).unwrap()));
         st.gate.set(crate::backpressure::State::Refusing);
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
@@ -1638,12 +1638,7 @@ mod tests {
     #[tokio::test]
     async fn refusals_before_a_handler_are_json_that_says_what_is_wrong() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let cfg = Arc::new(Config::default());
-        let producer: EventsProducer =
-            tracefold_runtime::kafka::producer_config_with(&cfg.kafka, 1000, crate::EVENTS_PRODUCER)
-                .create_with_context(crate::delivery::AckContext::default())
-                .unwrap();
-        let st = AppState::new(cfg.clone(), producer, Arc::new(Projects::new(&cfg).unwrap()));
+        let st = state_of(Config::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
