@@ -140,16 +140,31 @@ impl Outcomes {
         out
     }
 
-    /// Keeps `records` to be sent again with the next flush (bounded by [`MAX_UNSENT`]).
-    pub fn put_back(&self, records: Vec<OutcomeRecord>) {
+    /// Keeps `records` to be sent again with the next flush (bounded by [`MAX_UNSENT`]). Those
+    /// beyond the bound are dropped: counted in `tracefold_producer_outcomes_dropped_total` (by
+    /// their events) and in one WARN line. Returns how many records were dropped.
+    pub fn put_back(&self, records: Vec<OutcomeRecord>) -> usize {
         let mut unsent = self.unsent.lock().expect("not poisoned");
+        let (mut dropped, mut events) = (0usize, 0u64);
         for r in records {
             if unsent.len() < MAX_UNSENT {
                 unsent.push(r);
             } else {
-                metrics::counter!(m::OUTCOMES_DROPPED_TOTAL).increment(r.quantity);
+                dropped += 1;
+                events = events.saturating_add(r.quantity);
             }
         }
+        drop(unsent);
+        if dropped > 0 {
+            metrics::counter!(m::OUTCOMES_DROPPED_TOTAL).increment(events);
+            tracing::warn!(
+                records = dropped,
+                events,
+                max_unsent = MAX_UNSENT,
+                "outcome records dropped: too many wait for Kafka already; those events are missing from the outcomes"
+            );
+        }
+        dropped
     }
 
     /// Publishes what was counted to `topic` and waits for Kafka's acknowledgements; what is
@@ -255,12 +270,12 @@ mod tests {
         let o = Outcomes::new();
         o.record("p", Outcome::Accepted, reasons::NONE, 2);
         let first = o.take();
-        o.put_back(first.clone());
+        assert_eq!(o.put_back(first.clone()), 0);
         o.record("p", Outcome::Accepted, reasons::NONE, 1);
         let again = o.take();
         assert_eq!(&again[..first.len()], &first[..], "the same records, the same sources");
         assert_eq!(again.len(), first.len() + 1);
-        o.put_back(vec![first[0].clone(); MAX_UNSENT + 3]);
+        assert_eq!(o.put_back(vec![first[0].clone(); MAX_UNSENT + 3]), 3, "the three beyond the bound are dropped");
         assert_eq!(o.take().len(), MAX_UNSENT);
     }
 
