@@ -40,13 +40,27 @@ fn points() -> &'static HashMap<String, (u64, AtomicU64)> {
     })
 }
 
-/// Counts a pass through failpoint `name`; true on the pass it is armed for.
-fn reached(name: &str) -> bool {
+/// Counts a pass through failpoint `name`; true when `fires(passes before this one, the armed
+/// value)` says so.
+fn pass(name: &str, fires: impl FnOnce(u64, u64) -> bool) -> bool {
     let points = points();
     if points.is_empty() {
         return false;
     }
-    points.get(name).is_some_and(|(at, seen)| seen.fetch_add(1, Ordering::SeqCst) + 1 == *at)
+    points.get(name).is_some_and(|(at, seen)| fires(seen.fetch_add(1, Ordering::SeqCst), *at))
+}
+
+/// Counts a pass through failpoint `name`; true on the pass it is armed for.
+fn reached(name: &str) -> bool {
+    pass(name, |before, at| before + 1 == at)
+}
+
+/// `fire`, said on stderr when it is true.
+fn injecting(name: &str, fire: bool) -> bool {
+    if fire {
+        eprintln!("failpoint {name} reached: injecting a fault");
+    }
+    fire
 }
 
 fn abort(name: &str) -> ! {
@@ -77,25 +91,13 @@ pub fn hit_at(name: &str, n: u64) {
 /// Whether the caller must inject its fault now: failpoint `name` is armed and reached for
 /// the armed time (once; later passes go on normally).
 pub fn trip(name: &str) -> bool {
-    let fire = reached(name);
-    if fire {
-        eprintln!("failpoint {name} reached: injecting a fault");
-    }
-    fire
+    injecting(name, reached(name))
 }
 
 /// Whether the caller must inject its fault now: failpoint `name` is armed with N and this is
 /// one of its first N passes.
 pub fn trip_first(name: &str) -> bool {
-    let points = points();
-    if points.is_empty() {
-        return false;
-    }
-    let fire = points.get(name).is_some_and(|(at, seen)| seen.fetch_add(1, Ordering::SeqCst) < *at);
-    if fire {
-        eprintln!("failpoint {name} reached: injecting a fault");
-    }
-    fire
+    injecting(name, pass(name, |before, at| before < at))
 }
 
 /// Whether failpoint `name` is armed (for failpoints that inject a fault rather than abort).
