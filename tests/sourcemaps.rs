@@ -151,12 +151,12 @@ async fn uploaded_maps_are_stored_and_recorded_and_bad_ones_are_refused() {
     let store = ArtifactStore::from_url(&store_url).unwrap();
     let get = |url: &'static str, kind| {
         let store = store.clone();
-        async move { store.get("web", RELEASE, url, kind).await.unwrap().map(|b| b.to_vec()) }
+        async move { store.get("web", RELEASE, url, kind, u64::MAX).await.unwrap().map(|b| b.to_vec()) }
     };
     assert_eq!(get("~/static/js/main.js", ArtifactKind::Map).await, Some(map.clone().into_bytes()));
     assert_eq!(get("~/static/js/main.js", ArtifactKind::Minified).await, Some(MINIFIED.as_bytes().to_vec()));
     assert_eq!(get("~/static/js/vendor/日本.js", ArtifactKind::Map).await, Some(lone.clone().into_bytes()));
-    let by_id = store.get_by_debug_id("web", DEBUG_ID, ArtifactKind::Map).await.unwrap();
+    let by_id = store.get_by_debug_id("web", DEBUG_ID, ArtifactKind::Map, u64::MAX).await.unwrap();
     assert_eq!(by_id.as_deref(), Some(map.as_bytes()));
     // What was stored parses and resolves.
     let parsed = tracefold_symbolicate::ParsedMap::parse(&by_id.unwrap(), None, &Limits::default()).unwrap();

@@ -221,8 +221,8 @@ async fn fetch(shared: &Shared, key: &MapKey) -> Result<Arc<ParsedMap>, Negative
         };
         let max = u64::try_from(max).unwrap_or(u64::MAX);
         match key {
-            MapKey::Url { project, release, url } => store.get_at_most(project, release, url, kind, max).await,
-            MapKey::DebugId { project, id } => store.get_by_debug_id_at_most(project, id, kind, max).await,
+            MapKey::Url { project, release, url } => store.get(project, release, url, kind, max).await,
+            MapKey::DebugId { project, id } => store.get_by_debug_id(project, id, kind, max).await,
         }
     };
     let map = match get(ArtifactKind::Map).await {
@@ -312,7 +312,7 @@ mod tests {
         let huge: u64 = 64 << 30;
         let file = dir.join(&stored.paths[0]);
         std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(huge).unwrap();
-        let refused = rt.block_on(store.get_at_most("web", "1", "~/huge.js", ArtifactKind::Map, 1 << 20));
+        let refused = rt.block_on(store.get("web", "1", "~/huge.js", ArtifactKind::Map, 1 << 20));
         let bound =
             matches!(refused, Err(StoreError::TooLarge { size, limit, .. }) if size == huge && limit == 1 << 20);
         let s = Symbolicator::new(store, FetchOptions::default()).unwrap();

@@ -279,26 +279,13 @@ impl ArtifactStore {
         }
     }
 
-    /// The `kind` artifact of `url_key` in `release` of `project`, if one was uploaded.
+    /// The `kind` artifact of `url_key` in `release` of `project`, if one was uploaded; one of
+    /// more than `max_bytes` is refused without being read.
     ///
     /// # Errors
-    /// [`StoreError::Io`] when the store fails (a missing object is `Ok(None)`).
+    /// [`StoreError::Io`] when the store fails (a missing object is `Ok(None)`);
+    /// [`StoreError::TooLarge`] over `max_bytes`.
     pub async fn get(
-        &self,
-        project: &str,
-        release: &str,
-        url_key: &str,
-        kind: ArtifactKind,
-    ) -> Result<Option<Bytes>, StoreError> {
-        self.get_at_most(project, release, url_key, kind, u64::MAX).await
-    }
-
-    /// [`Self::get`], refusing ([`StoreError::TooLarge`], without reading it) an object of
-    /// more than `max_bytes`.
-    ///
-    /// # Errors
-    /// As [`Self::get`], and [`StoreError::TooLarge`].
-    pub async fn get_at_most(
         &self,
         project: &str,
         release: &str,
@@ -311,26 +298,13 @@ impl ArtifactStore {
         self.get_path(self.url_path(project, release, url_key, kind), max_bytes).await
     }
 
-    /// The `kind` artifact of `debug_id` of `project`, if one was uploaded.
+    /// The `kind` artifact of `debug_id` of `project`, if one was uploaded; one of more than
+    /// `max_bytes` is refused without being read.
     ///
     /// # Errors
     /// [`StoreError::InvalidKey`] when `debug_id` is not a UUID; [`StoreError::Io`] when the
-    /// store fails (a missing object is `Ok(None)`).
+    /// store fails (a missing object is `Ok(None)`); [`StoreError::TooLarge`] over `max_bytes`.
     pub async fn get_by_debug_id(
-        &self,
-        project: &str,
-        debug_id: &str,
-        kind: ArtifactKind,
-    ) -> Result<Option<Bytes>, StoreError> {
-        self.get_by_debug_id_at_most(project, debug_id, kind, u64::MAX).await
-    }
-
-    /// [`Self::get_by_debug_id`], refusing ([`StoreError::TooLarge`], without reading it) an
-    /// object of more than `max_bytes`.
-    ///
-    /// # Errors
-    /// As [`Self::get_by_debug_id`], and [`StoreError::TooLarge`].
-    pub async fn get_by_debug_id_at_most(
         &self,
         project: &str,
         debug_id: &str,
@@ -369,13 +343,19 @@ mod tests {
                 stored.paths,
                 [format!("web/1.0/{key}"), "web/debug-id/c0ffee00-1234-4abc-8def-0123456789ab".into()]
             );
-            assert_eq!(s.get("web", "1.0", "~/static/js/main.js", ArtifactKind::Map).await.unwrap(), Some(map.clone()));
-            assert_eq!(s.get_by_debug_id("web", ID, ArtifactKind::Map).await.unwrap(), Some(map));
+            assert_eq!(
+                s.get("web", "1.0", "~/static/js/main.js", ArtifactKind::Map, u64::MAX).await.unwrap(),
+                Some(map.clone())
+            );
+            assert_eq!(s.get_by_debug_id("web", ID, ArtifactKind::Map, u64::MAX).await.unwrap(), Some(map));
             // Other kinds, releases, projects and keys are apart.
-            assert_eq!(s.get("web", "1.0", "~/static/js/main.js", ArtifactKind::Minified).await.unwrap(), None);
-            assert_eq!(s.get("web", "1.1", "~/static/js/main.js", ArtifactKind::Map).await.unwrap(), None);
-            assert_eq!(s.get("api", "1.0", "~/static/js/main.js", ArtifactKind::Map).await.unwrap(), None);
-            assert_eq!(s.get("web", "1.0", "~/static/js/other.js", ArtifactKind::Map).await.unwrap(), None);
+            assert_eq!(
+                s.get("web", "1.0", "~/static/js/main.js", ArtifactKind::Minified, u64::MAX).await.unwrap(),
+                None
+            );
+            assert_eq!(s.get("web", "1.1", "~/static/js/main.js", ArtifactKind::Map, u64::MAX).await.unwrap(), None);
+            assert_eq!(s.get("api", "1.0", "~/static/js/main.js", ArtifactKind::Map, u64::MAX).await.unwrap(), None);
+            assert_eq!(s.get("web", "1.0", "~/static/js/other.js", ArtifactKind::Map, u64::MAX).await.unwrap(), None);
         });
     }
 
@@ -391,7 +371,7 @@ mod tests {
                     3,
                     "{release:?}"
                 );
-                assert_eq!(s.get("web", release, "~/a.js", ArtifactKind::Minified).await.unwrap(), Some(b));
+                assert_eq!(s.get("web", release, "~/a.js", ArtifactKind::Minified, u64::MAX).await.unwrap(), Some(b));
             }
             let m = |r: Result<Stored, StoreError>| match r {
                 Err(StoreError::InvalidKey { field, .. }) => field,
@@ -448,7 +428,7 @@ mod tests {
             // A second store over the same directory reads it.
             let again = ArtifactStore::from_url(&url).unwrap();
             assert_eq!(
-                again.get("web", "1.0", "~/a.js", ArtifactKind::Map).await.unwrap(),
+                again.get("web", "1.0", "~/a.js", ArtifactKind::Map, u64::MAX).await.unwrap(),
                 Some(Bytes::from_static(b"m"))
             );
         });
