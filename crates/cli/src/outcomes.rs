@@ -2,7 +2,7 @@
 //! from ClickHouse (`tracefold-store`'s query); DLQ records are read straight from Kafka.
 
 use serde::Serialize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 pub use tracefold_store::outcomes::{OutcomeReport, OutcomeTotal};
 
 /// Renders outcomes as a terminal table: one row per (project, outcome, reason) with its total
@@ -94,54 +94,34 @@ pub fn read_dlq(
     topic: &str,
     limit: usize,
 ) -> anyhow::Result<Vec<DlqEntry>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     use tracefold_runtime::kafka::dlq_headers as h;
-    let c: BaseConsumer = tracefold_runtime::kafka::consumer_config(kafka, "tracefold-dlq-cli").create()?;
-    let parts = tracefold_runtime::kafka::partitions_of(c.client(), topic, Duration::from_secs(10))?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut remaining = 0i64;
-    for p in parts {
-        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        // A limit past i64::MAX is all of them (a cast would make it negative: none).
-        let from = high.saturating_sub(i64::try_from(limit).unwrap_or(i64::MAX)).max(low);
-        if high > from {
-            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(from))?;
-            remaining += high - from;
-        }
-    }
     let mut all = Vec::new();
-    if remaining > 0 {
-        c.assign(&tpl)?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while remaining > 0 && Instant::now() < deadline {
-            let Some(Ok(m)) = c.poll(Duration::from_millis(200)) else { continue };
-            remaining -= 1;
-            let header = |name: &str| -> String {
-                m.headers()
-                    .and_then(|hs| hs.iter().find(|x| x.key == name).and_then(|x| x.value))
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default()
-            };
-            let payload = m.payload().unwrap_or(&[]);
-            all.push((
-                m.timestamp().to_millis().unwrap_or(0),
-                DlqEntry {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    time: m.timestamp().to_millis().map(tracefold_model::time::format_rfc3339).unwrap_or_default(),
-                    reason: header(h::REASON),
-                    error: header(h::ERROR),
-                    source_topic: header(h::SOURCE_TOPIC),
-                    source_partition: header(h::SOURCE_PARTITION).parse().unwrap_or(-1),
-                    source_offset: header(h::SOURCE_OFFSET).parse().unwrap_or(-1),
-                    payload_bytes: payload.len(),
-                    truncated_from: header(h::TRUNCATED).parse().ok(),
-                    preview: preview(payload, PREVIEW_CHARS),
-                },
-            ));
-        }
-    }
+    tracefold_runtime::kafka::read_last(kafka, "tracefold-dlq-cli", topic, limit, Duration::from_secs(15), |m| {
+        let header = |name: &str| -> String {
+            m.headers()
+                .and_then(|hs| hs.iter().find(|x| x.key == name).and_then(|x| x.value))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let payload = m.payload().unwrap_or(&[]);
+        all.push((
+            m.timestamp().to_millis().unwrap_or(0),
+            DlqEntry {
+                partition: m.partition(),
+                offset: m.offset(),
+                time: m.timestamp().to_millis().map(tracefold_model::time::format_rfc3339).unwrap_or_default(),
+                reason: header(h::REASON),
+                error: header(h::ERROR),
+                source_topic: header(h::SOURCE_TOPIC),
+                source_partition: header(h::SOURCE_PARTITION).parse().unwrap_or(-1),
+                source_offset: header(h::SOURCE_OFFSET).parse().unwrap_or(-1),
+                payload_bytes: payload.len(),
+                truncated_from: header(h::TRUNCATED).parse().ok(),
+                preview: preview(payload, PREVIEW_CHARS),
+            },
+        ));
+    })?;
     all.sort_by_key(|(ts, e)| (*ts, e.partition, e.offset));
     let start = all.len().saturating_sub(limit);
     Ok(all.into_iter().skip(start).map(|(_, e)| e).collect())

@@ -237,6 +237,49 @@ pub fn partitions_of<C: ClientContext>(client: &Client<C>, topic: &str, timeout:
     Ok(parts)
 }
 
+/// Reads the last `limit` messages of each partition of `topic` (fewer where a partition holds
+/// fewer) with a consumer of `group` that commits nothing, handing each to `each`; stops after
+/// `deadline` once they are assigned, whatever is left.
+///
+/// # Errors
+/// Kafka cannot be reached, the topic is unknown or unreadable ([`partitions_of`]), or the
+/// assignment is refused.
+pub fn read_last(
+    kafka: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    limit: usize,
+    deadline: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> anyhow::Result<()> {
+    let c: BaseConsumer = consumer_config(kafka, group).create()?;
+    let parts = partitions_of(c.client(), topic, Duration::from_secs(10))?;
+    // A limit past i64::MAX is all of them (a cast would make it negative: none).
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for p in parts {
+        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        let from = high.saturating_sub(limit).max(low);
+        if high > from {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(from))?;
+            remaining += high - from;
+        }
+    }
+    if remaining == 0 {
+        return Ok(());
+    }
+    c.assign(&tpl)?;
+    let until = std::time::Instant::now() + deadline;
+    while remaining > 0 && std::time::Instant::now() < until {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            remaining -= 1;
+            each(&m);
+        }
+    }
+    Ok(())
+}
+
 /// Consumer lag per partition, from librdkafka's statistics: messages between the
 /// partition's end and the group's committed offset.
 pub const CONSUMER_LAG: &str = "tracefold_kafka_consumer_lag";
