@@ -752,6 +752,12 @@ mod tests {
         Shutdown,
     }
 
+    /// The offsets of partition 0 delivered to a [`Recorder`], in order.
+    fn delivered_on_0(calls: &Mutex<Vec<Call>>) -> Vec<i64> {
+        let calls = calls.lock().unwrap();
+        calls.iter().filter_map(|c| if let Call::Message(0, o) = c { Some(*o) } else { None }).collect()
+    }
+
     /// Records the calls; commits past each message on the next tick; stops the loop once it
     /// saw `stop_after` messages (when set). With `dlq`, sends every message to the DLQ and
     /// checks, right after each commit, that the DLQ holds every record sent before it.
@@ -999,9 +1005,7 @@ mod tests {
         let rt = ConsumerRuntime::new(&kafka(&bootstrap), "runtime-skip", &topics.events).unwrap();
         let (lost, losses) = (rt.lost(), rt.losses());
         rt.run(&mut s, &shutdown, &health).unwrap();
-        let calls = calls.lock().unwrap().clone();
-        let delivered: Vec<i64> =
-            calls.iter().filter_map(|c| if let Call::Message(0, o) = c { Some(*o) } else { None }).collect();
+        let delivered = delivered_on_0(&calls);
         assert_eq!(delivered, (0..40).collect::<Vec<_>>(), "every message once, in order");
         assert_eq!(lost.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing was lost");
         assert_eq!(take_losses(&losses), []);
@@ -1028,9 +1032,7 @@ mod tests {
         let rt = ConsumerRuntime::new(&kafka(&bootstrap), "runtime-back", &topics.events).unwrap();
         let lost = rt.lost();
         rt.run(&mut s, &shutdown, &health).unwrap();
-        let calls = calls.lock().unwrap().clone();
-        let delivered: Vec<i64> =
-            calls.iter().filter_map(|c| if let Call::Message(0, o) = c { Some(*o) } else { None }).collect();
+        let delivered = delivered_on_0(&calls);
         assert_eq!(delivered, (0..40).collect::<Vec<_>>(), "every message once, in order");
         assert_eq!(lost.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing was lost");
         assert_eq!(committed(&bootstrap, "runtime-back", &topics.events, 1), [Offset::Offset(40)]);
@@ -1051,9 +1053,7 @@ mod tests {
         s.rewind = Some((0, 19, 10));
         let rt = ConsumerRuntime::new(&kafka(&bootstrap), "runtime-rewind", &topics.events).unwrap();
         rt.run(&mut s, &shutdown, &health).unwrap();
-        let calls = calls.lock().unwrap().clone();
-        let delivered: Vec<i64> =
-            calls.iter().filter_map(|c| if let Call::Message(0, o) = c { Some(*o) } else { None }).collect();
+        let delivered = delivered_on_0(&calls);
         let want: Vec<i64> = (0..20).chain(10..30).collect();
         assert_eq!(delivered, want, "10 to 19 again after the seek back");
     }
