@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = tracefold_producer::http::check_line(text, "web", NOW);
     }
+    native_body(data);
     // Any bytes, not only UTF-8: the producer repairs escapes in place before parsing.
     if let Ok(ready) = tracefold_producer::http::prepare(data, "web", NOW, 1 << 20) {
         assert!(grouper_reads(&ready.payload), "the grouper reads what the producer publishes");
@@ -37,6 +38,30 @@ fuzz_target!(|data: &[u8]| {
         let _ = tracefold_model::validate(&ev, NOW);
     }
 });
+
+/// A native request's body split into its events: as lines, exactly the non-blank lines of
+/// `str::lines`, trimmed and numbered, refused past the event limit; as one value or lines,
+/// each event a non-blank trimmed piece of the body; refused when the body is not UTF-8.
+fn native_body(data: &[u8]) {
+    const MAX: usize = 50;
+    let text = std::str::from_utf8(data);
+    let want: Vec<(usize, &str)> = text
+        .iter()
+        .flat_map(|t| t.lines().enumerate())
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty())
+        .collect();
+    match tracefold_producer::http::native_lines(data, true, MAX) {
+        Ok(lines) => assert_eq!(lines, want),
+        Err(e) => assert!(text.is_err() || want.is_empty() || want.len() > MAX, "{}", e.error),
+    }
+    if let Ok(events) = tracefold_producer::http::native_lines(data, false, MAX) {
+        assert!(!events.is_empty() && events.len() <= MAX);
+        for (_, e) in events {
+            assert!(!e.is_empty() && e == e.trim() && text.is_ok_and(|t| t.contains(e)));
+        }
+    }
+}
 
 /// A Sentry event payload: when the producer accepts it, it publishes the typed event the
 /// payload maps to, and the grouper reads back that very event (parse(serialize(e)) == e; a

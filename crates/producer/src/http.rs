@@ -918,9 +918,30 @@ fn is_one_value(text: &str) -> bool {
     false
 }
 
-/// The non-blank lines of an NDJSON body, numbered from 1, lazily.
+/// The non-blank lines of an NDJSON body, numbered from 1, trimmed, lazily: what
+/// `text.lines()` gives, found with the `memchr` crate's vector search (the standard library's
+/// byte search behind `str::lines` was 6% of the native check's instructions).
 fn event_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty())
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', text.as_bytes()).map(Some).chain(std::iter::once(None)).enumerate().filter_map(
+        move |(i, newline)| {
+            let end = newline.unwrap_or(text.len());
+            // Both ends are at a newline (ASCII) or at an end of the text: char boundaries.
+            let line = text.get(start..end).unwrap_or_default().trim();
+            start = end + 1;
+            (!line.is_empty()).then_some((i + 1, line))
+        },
+    )
+}
+
+/// `body` as text, or a 400 that says where it stops being UTF-8. Checked with `simdutf8`'s
+/// vector code (the standard library's check was 2.4% of the native check's instructions); the
+/// standard library's check only for the error's position.
+fn body_text(body: &[u8]) -> Result<&str, ApiError> {
+    simdutf8::basic::from_utf8(body).or_else(|_| {
+        std::str::from_utf8(body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body is not UTF-8: {e}")))
+    })
 }
 
 async fn ingest_inner(
@@ -975,36 +996,8 @@ fn native_events(
     key: Option<&str>,
     received: i64,
 ) -> Result<(Vec<Ready>, Admitted), ApiError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body is not UTF-8: {e}")))?;
-    let max_events = st.cfg.http.max_events_per_request;
-    // Without an NDJSON content type, a body that is one JSON value (even pretty-printed) is
-    // one event; otherwise it is read as lines.
-    let single = !ndjson && is_one_value(text);
-    // The lines, found once (one scan of the body) and kept for the checks below; at most
-    // `max_events` of them.
-    let mut lines: Vec<(usize, &str)> = Vec::new();
-    let n = if single {
-        usize::from(!text.trim().is_empty())
-    } else {
-        for line in event_lines(text) {
-            if lines.len() == max_events {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("more than {max_events} events in one request (http.max_events_per_request)"),
-                )
-                .with_outcome_reason(reasons::TOO_MANY_EVENTS));
-            }
-            lines.push(line);
-        }
-        lines.len()
-    };
-    if n == 0 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "request body is empty; send one JSON event or NDJSON lines",
-        ));
-    }
+    let lines = native_lines(body, ndjson, st.cfg.http.max_events_per_request)?;
+    let n = lines.len();
     let admitted = st.projects.admit(Some(project), None, key, n).map_err(|r| ApiError::from(r).with_events(n))?;
     let max_event = st.max_event_bytes;
     let mut ready = Vec::with_capacity(n);
@@ -1021,18 +1014,50 @@ fn native_events(
         Ok(r) => ready.push(r),
         Err(p) => details.push(p.at(line_no)),
     };
-    if single {
-        check(1, text.trim());
-    } else {
-        for (line_no, line) in lines {
-            check(line_no, line);
-        }
+    for (line_no, line) in lines {
+        check(line_no, line);
     }
     // Invalid events keep the tokens they took (see `give_back`).
     if !details.is_empty() {
         return Err(refused(details, n));
     }
     Ok((ready, admitted))
+}
+
+/// The events of a native request's body, each with its line number (1 for a body that is one
+/// value): at least one and at most `max_events` of them, found in one scan of the body.
+/// Without an NDJSON content type (`ndjson`), a body that is one JSON value (even
+/// pretty-printed) is one event; otherwise each non-blank line is one.
+///
+/// # Errors
+/// 400 when the body is not UTF-8 or holds no event, 413 past `max_events`.
+pub fn native_lines(body: &[u8], ndjson: bool, max_events: usize) -> Result<Vec<(usize, &str)>, ApiError> {
+    let text = body_text(body)?;
+    let mut lines: Vec<(usize, &str)> = Vec::new();
+    if !ndjson && is_one_value(text) {
+        let one = text.trim();
+        if !one.is_empty() {
+            lines.push((1, one));
+        }
+    } else {
+        for line in event_lines(text) {
+            if lines.len() == max_events {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("more than {max_events} events in one request (http.max_events_per_request)"),
+                )
+                .with_outcome_reason(reasons::TOO_MANY_EVENTS));
+            }
+            lines.push(line);
+        }
+    }
+    if lines.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "request body is empty; send one JSON event or NDJSON lines",
+        ));
+    }
+    Ok(lines)
 }
 
 fn project_id(raw: &str) -> Result<u64, ApiError> {
@@ -1721,6 +1746,43 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// The body's lines are those of `str::lines`, trimmed, numbered the same, blank ones
+        /// left out: any text, line ends of `\n` and `\r\n`, blank and space-only lines, and
+        /// Unicode spaces (`trim` takes them off as before).
+        #[test]
+        fn event_lines_are_those_of_str_lines(parts in proptest::collection::vec(
+            prop_oneof![text(), Just(String::new()), Just("  ".to_owned()), Just("\u{3000}x\u{a0}".to_owned())], 0..8),
+            ends in proptest::collection::vec(prop_oneof![Just("\n"), Just("\r\n"), Just("\r"), Just("")], 0..8),
+        ) {
+            let mut body = String::new();
+            for (i, p) in parts.iter().enumerate() {
+                body.push_str(p);
+                body.push_str(ends.get(i).copied().unwrap_or("\n"));
+            }
+            let want: Vec<(usize, &str)> =
+                body.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty()).collect();
+            prop_assert_eq!(event_lines(&body).collect::<Vec<_>>(), want);
+        }
+
+        /// The body's UTF-8 check answers as the standard library's, with its error's position:
+        /// any text, cut anywhere (inside a character too), or with a byte that is never UTF-8.
+        #[test]
+        fn body_text_answers_as_str_from_utf8(t in text(), cut in 0usize..200, bad in any::<bool>()) {
+            let mut b = t.into_bytes();
+            b.truncate(cut.min(b.len()));
+            if bad {
+                b.insert(b.len() / 2, 0xff);
+            }
+            match (body_text(&b), std::str::from_utf8(&b)) {
+                (Ok(got), Ok(want)) => prop_assert_eq!(got, want),
+                (Err(got), Err(want)) => {
+                    prop_assert_eq!(got.status(), StatusCode::BAD_REQUEST);
+                    prop_assert_eq!(got.error, format!("request body is not UTF-8: {want}"));
+                }
+                (got, want) => prop_assert!(false, "{:?} against {:?}", got.map(str::len), want.map(str::len)),
+            }
+        }
 
         /// Any text in any field: accepted or refused with a reason, never a panic; accepted
         /// events keep their text and get exactly one project and event id.
