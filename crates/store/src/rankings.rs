@@ -128,11 +128,14 @@ struct Latest {
 }
 
 /// The latest computation of `window` whose rows are all there, with the server's clock.
+/// Runs stamped after the server's clock are not taken: a clock that went back stamped them
+/// (their age would read 0 s until the clock caught up with them, and the loop would skip
+/// every computation until then as "computed a moment ago"); [`drop_old`] drops them.
 async fn latest(client: &Client, db: &str, window: u64) -> Result<Option<Latest>> {
     let mut s = Sql::default();
     s.push(&format!(
         "SELECT toUInt32(computed_at) AS computed_at, run, cut, top_k, refresh_seconds, toUInt32(now()) AS now \
-         FROM {db}.{RUNS} WHERE window_seconds = "
+         FROM {db}.{RUNS} WHERE computed_at <= now() AND window_seconds = "
     ))
     .u32(u32::try_from(window).unwrap_or(u32::MAX))
     .push(" ORDER BY computed_at DESC, run LIMIT 1");
@@ -252,6 +255,7 @@ struct TablePartitionRow {
 struct KeepRow {
     keep: u32,
     windows: u64,
+    now: u32,
 }
 
 /// Drops the partitions of `issue_ranking_runs` and `issue_ranking_rows` (five minutes of
@@ -262,18 +266,27 @@ struct KeepRow {
 /// with their partition. So do all of migration 0014's `issue_rankings` (hours of
 /// `computed_at` before this version). Dropping a partition another writer dropped a moment
 /// ago does nothing.
+///
+/// Runs stamped after the server's clock (by a clock that went back) do not count as newer
+/// than those computed since (else each new run would be dropped as soon as it is written),
+/// and partitions that start more than a partition's length ahead of the clock are dropped:
+/// no writer's clock is that far ahead now, and [`latest`] would take their runs as fresh once
+/// the clock reached them.
 async fn drop_old(client: &Client, db: &str) -> Result<()> {
     let keep = client
         .query(&format!(
-            "SELECT toUInt32(min(c)) AS keep, count() AS windows FROM (SELECT window_seconds, min(computed_at) AS c FROM (\
-             SELECT window_seconds, computed_at FROM {db}.{RUNS} ORDER BY window_seconds, computed_at DESC LIMIT 2 BY window_seconds) \
+            "SELECT toUInt32(min(c)) AS keep, count() AS windows, toUInt32(now()) AS now FROM (\
+             SELECT window_seconds, min(computed_at) AS c FROM (\
+             SELECT window_seconds, computed_at FROM {db}.{RUNS} WHERE computed_at <= now() \
+             ORDER BY window_seconds, computed_at DESC LIMIT 2 BY window_seconds) \
              GROUP BY window_seconds)"
         ))
         .fetch_all::<KeepRow>()
         .await
         .map_err(step("oldest ranking kept"))?;
-    let Some(KeepRow { keep, windows: 1.. }) = keep.into_iter().next() else { return Ok(()) };
+    let Some(KeepRow { keep, windows: 1.., now }) = keep.into_iter().next() else { return Ok(()) };
     let cut = keep / PARTITION_SECS * PARTITION_SECS;
+    let ahead = now.saturating_add(PARTITION_SECS);
     let parts = client
         .query(
             "SELECT DISTINCT table, partition_id FROM system.parts WHERE database = ? AND table IN (?, ?, ?) AND active \
@@ -290,7 +303,7 @@ async fn drop_old(client: &Client, db: &str) -> Result<()> {
     for p in parts {
         // A partition's start, in Unix seconds: all digits (checked, as it is formatted in).
         let Ok(start) = p.partition_id.parse::<u32>() else { continue };
-        if start >= cut {
+        if start >= cut && start <= ahead {
             continue;
         }
         let id = ident("partition", &p.partition_id)?;
