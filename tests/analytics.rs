@@ -1222,6 +1222,28 @@ async fn rankings_stamped_ahead_by_a_clock_that_went_back_do_not_stop_new_ones()
     assert_eq!(num(&rows(&db, &q).await[0]["n"]), 2, "this refresh's runs are kept");
 }
 
+/// A run whose rows are gone (its partition dropped by a refresh between the reader's pick of
+/// the run and its read of the rows: two writers that compute at once make two newer runs, and
+/// the run the reader picked is then third) is not answered as an empty list: the live query
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranking_whose_rows_are_gone_is_not_read_as_an_empty_list() {
+    use tracefold_store::issues::{TopBy, TopQuery};
+    use tracefold_store::rankings::{top_cached, NotCached};
+    let db = TestDb::new("rankings_gone").await;
+    let t = db.server_now().await;
+    db.insert_records(&ranking_records(t)).await;
+    let dbn = &db.cfg.database;
+    // The run as the reader found it: five rows, which are no longer there.
+    let sql = format!("INSERT INTO {dbn}.issue_ranking_runs VALUES ({}, 7, {}, 5, [], 3, 300)", t - 1, 7 * 86_400);
+    db.client.query(&sql).execute().await.unwrap();
+    for project in [None, Some("rank")] {
+        let q7 = TopQuery { since_secs: 7 * 86_400, limit: 3, project, by: TopBy::Users };
+        let got = top_cached(&db.client, dbn, &q7).await.unwrap();
+        assert!(matches!(got, Err(NotCached::Missing)), "{project:?}: {got:?}");
+    }
+}
+
 /// The live `top` and `top_cached` of `q` after a refresh with `spec`, all in one server minute
 /// (the last hour is per minute, and the ranking keeps the one of its computation) when three
 /// tries allow.

@@ -121,6 +121,7 @@ struct RunRow<'a> {
 struct Latest {
     computed_at: u32,
     run: u64,
+    rows: u64,
     cut: Vec<String>,
     top_k: u32,
     refresh_seconds: u32,
@@ -134,7 +135,7 @@ struct Latest {
 async fn latest(client: &Client, db: &str, window: u64) -> Result<Option<Latest>> {
     let mut s = Sql::default();
     s.push(&format!(
-        "SELECT toUInt32(computed_at) AS computed_at, run, cut, top_k, refresh_seconds, toUInt32(now()) AS now \
+        "SELECT toUInt32(computed_at) AS computed_at, run, rows, cut, top_k, refresh_seconds, toUInt32(now()) AS now \
          FROM {db}.{RUNS} WHERE computed_at <= now() AND window_seconds = "
     ))
     .u32(u32::try_from(window).unwrap_or(u32::MAX))
@@ -321,6 +322,23 @@ async fn drop_old(client: &Client, db: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether any row of run `l` of window `window` is there.
+async fn run_has_rows(client: &Client, db: &str, window: u64, l: &Latest) -> Result<bool> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let mut s = Sql::default();
+    s.push(&format!("SELECT count() AS n FROM (SELECT 1 FROM {db}.{TABLE} WHERE window_seconds = "))
+        .u32(u32::try_from(window).unwrap_or(u32::MAX))
+        .push(" AND computed_at = toDateTime(")
+        .u32(l.computed_at)
+        .push(") AND run = ")
+        .u64(l.run)
+        .push(" LIMIT 1)");
+    Ok(s.query(client).fetch_one::<N>().await.map_err(step("rows of the ranking"))?.n > 0)
+}
+
 /// A ranking [`top_cached`] answered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ranked {
@@ -368,7 +386,8 @@ fn span(secs: u32) -> String {
 pub enum NotCached {
     /// Not a ranking by users or events over a window of [`WINDOWS`].
     NotRanked,
-    /// No complete ranking of the window (none computed yet, or the table is missing).
+    /// No complete ranking of the window (none computed yet, the table is missing, or the
+    /// rows of the latest run were dropped while it was read).
     Missing,
     /// The latest is older than twice its refresh interval (seconds old).
     Stale(u32),
@@ -432,6 +451,12 @@ pub async fn top_cached(
     }
     set.push(" ORDER BY ").push(order_by(q.by, "users")).push(" LIMIT ").u64(q.limit);
     let rows = set.query(client).fetch_all::<TopRow>().await.map_err(step("top issues from the ranking"))?;
+    // No row of a run that has some: its rows may be gone (a refresh dropped their partition
+    // after `latest` picked the run, when two newer runs came meanwhile: two writers computing
+    // at once). Not an empty answer, then: the live query answers.
+    if rows.is_empty() && l.rows > 0 && q.limit > 0 && !run_has_rows(client, db, q.since_secs, &l).await? {
+        return Ok(Err(NotCached::Missing));
+    }
     let hour_start = hour_start(l.computed_at);
     let approximate = q.since_secs > EXACT_USERS_SECS;
     let rows: Vec<TopIssue> = rows
