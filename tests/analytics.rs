@@ -1180,6 +1180,70 @@ async fn old_rankings_are_dropped_but_the_two_newest_runs_of_each_window_stay() 
     assert_eq!(count("issue_ranking_runs").await, 4, "both refreshes' runs");
 }
 
+/// A clock that went back (a server whose clock ran an hour ahead, then set right): the runs it
+/// stamped an hour ahead are neither read as fresh (their age would read 0 s for an hour), nor
+/// taken for another writer's computation of a moment ago (which would skip every refresh for
+/// that hour), nor kept in place of the runs computed since (which would drop each new run as
+/// soon as it is written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rankings_stamped_ahead_by_a_clock_that_went_back_do_not_stop_new_ones() {
+    use tracefold_store::issues::{TopBy, TopQuery};
+    use tracefold_store::rankings::{refresh, top_cached, RefreshSpec, Refreshed};
+    let db = TestDb::new("rankings_clock").await;
+    let t = db.server_now().await;
+    db.insert_records(&ranking_records(t)).await;
+    let dbn = &db.cfg.database;
+    // Two runs of each window stamped 50 and 60 minutes ahead (run ids 1 and 2), with a row of
+    // an issue that has no events (so that reading them shows).
+    let mut sql = format!("INSERT INTO {dbn}.issue_ranking_runs VALUES ");
+    let mut rows_sql = format!(
+        "INSERT INTO {dbn}.issue_ranking_rows \
+         (computed_at, run, window_seconds, project, issue_id, users, events, users_approximate) VALUES "
+    );
+    for (i, (ahead, run)) in [(3000, 1), (3600, 2)].into_iter().enumerate() {
+        for (j, w) in [7 * 86_400, 30 * 86_400].into_iter().enumerate() {
+            let sep = if i + j > 0 { ", " } else { "" };
+            sql.push_str(&format!("{sep}({}, {run}, {w}, 1, [], 3, 300)", t + ahead));
+            rows_sql.push_str(&format!("{sep}({}, {run}, {w}, 'rank', 'from-the-future', 1, 1, 1)", t + ahead));
+        }
+    }
+    db.client.query(&sql).execute().await.unwrap();
+    db.client.query(&rows_sql).execute().await.unwrap();
+    // The writers' loop skips windows computed less than half an interval ago.
+    let spec = RefreshSpec { top_k: 3, refresh_seconds: 300, skip_younger_than: 150 };
+    let done = refresh(&db.client, dbn, &spec).await.unwrap();
+    assert!(done.iter().all(|d| matches!(d, Refreshed::Written { .. })), "computed, not skipped: {done:?}");
+    let q7 = TopQuery { since_secs: 7 * 86_400, limit: 3, project: Some("rank"), by: TopBy::Users };
+    let (cached, ranked) = top_cached(&db.client, dbn, &q7).await.unwrap().expect("the new ranking is read");
+    assert!(i64::from(ranked.computed_at) <= db.server_now().await, "{ranked:?}");
+    assert!(!cached.is_empty() && cached.iter().all(|r| r.issue_id != "from-the-future"), "{cached:?}");
+    // What was just computed stays (it is the newest run the clock has reached).
+    let q = format!("SELECT count() AS n FROM {dbn}.issue_ranking_runs WHERE run > 2");
+    assert_eq!(num(&rows(&db, &q).await[0]["n"]), 2, "this refresh's runs are kept");
+}
+
+/// A run whose rows are gone (its partition dropped by a refresh between the reader's pick of
+/// the run and its read of the rows: two writers that compute at once make two newer runs, and
+/// the run the reader picked is then third) is not answered as an empty list: the live query
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranking_whose_rows_are_gone_is_not_read_as_an_empty_list() {
+    use tracefold_store::issues::{TopBy, TopQuery};
+    use tracefold_store::rankings::{top_cached, NotCached};
+    let db = TestDb::new("rankings_gone").await;
+    let t = db.server_now().await;
+    db.insert_records(&ranking_records(t)).await;
+    let dbn = &db.cfg.database;
+    // The run as the reader found it: five rows, which are no longer there.
+    let sql = format!("INSERT INTO {dbn}.issue_ranking_runs VALUES ({}, 7, {}, 5, [], 3, 300)", t - 1, 7 * 86_400);
+    db.client.query(&sql).execute().await.unwrap();
+    for project in [None, Some("rank")] {
+        let q7 = TopQuery { since_secs: 7 * 86_400, limit: 3, project, by: TopBy::Users };
+        let got = top_cached(&db.client, dbn, &q7).await.unwrap();
+        assert!(matches!(got, Err(NotCached::Missing)), "{project:?}: {got:?}");
+    }
+}
+
 /// The live `top` and `top_cached` of `q` after a refresh with `spec`, all in one server minute
 /// (the last hour is per minute, and the ranking keeps the one of its computation) when three
 /// tries allow.

@@ -171,3 +171,103 @@ async fn a_restarted_grouper_recognises_copies_of_what_it_counted_before() {
     grouper.stop().unwrap();
     writer.stop().unwrap();
 }
+
+/// A ClickHouse that accepts connections and never answers (a hung server, or a proxy whose
+/// backend is gone): every request of the writer's insert loop is bounded by
+/// `writer.insert_timeout_ms`, so the loop keeps trying (the watermark read fails, is counted
+/// and tried again after a backoff, with its health beating) instead of hanging in it, and a
+/// shutdown ends within the writer's drain deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_that_never_answers_times_out_each_request_and_the_writer_keeps_trying() {
+    use std::io::Read as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let _serial = SERIAL.lock().await;
+    // Reads each request and never answers; counts the watermark reads it was sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let watermark_reads = Arc::new(AtomicUsize::new(0));
+    let reads = watermark_reads.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let reads = reads.clone();
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+                if seen.windows(16).any(|w| w == b"src_first_offset") {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+            }
+            held.push(s);
+        }
+    });
+    let broker = DevBroker::start(1, &topics(), Some(1)).unwrap();
+    let b = broker.bootstrap_servers();
+    let mut cfg = tracefold_writer::Config { kafka: kafka(&b), ..Default::default() };
+    cfg.clickhouse.url = format!("http://{addr}");
+    cfg.clickhouse.database = "hunta_never_answers".into();
+    cfg.writer.batch_max_age_ms = 100;
+    cfg.writer.retry_initial_ms = 100;
+    cfg.writer.retry_max_ms = 200;
+    cfg.writer.insert_timeout_ms = 500;
+    cfg.writer.listen = String::new();
+    cfg.rankings.refresh_seconds = 0;
+    let writer = ServiceThread::writer(cfg);
+    let rec = tracefold_model::AggregateRecord {
+        v: 1,
+        batch: tracefold_model::BatchRef {
+            epoch: "x".into(),
+            topic: "e".into(),
+            partition: 0,
+            first_offset: 0,
+            last_offset: 0,
+            index: 0,
+            count: 1,
+        },
+        project: "p".into(),
+        issue_id: "i".into(),
+        minute: 1_795_671_540,
+        release: String::new(),
+        environment: String::new(),
+        count: 1,
+        users: Default::default(),
+        first_seen_ms: 1_795_671_540_000,
+        last_seen_ms: 1_795_671_540_000,
+        title: String::new(),
+        culprit: String::new(),
+        exc_type: String::new(),
+        level: String::new(),
+        platform: String::new(),
+        grouping_version: String::new(),
+        sample: String::new(),
+        breakdown: Default::default(),
+        merged_from: Vec::new(),
+    };
+    publish(&b, &topics().aggregates, &[serde_json::to_vec(&rec).unwrap()]).await;
+    // Tried, timed out, and tried again (well within the loop's liveness deadline).
+    let start = Instant::now();
+    while watermark_reads.load(Ordering::SeqCst) < 3 {
+        if start.elapsed() > Duration::from_secs(40) {
+            let why = writer.describe();
+            // Not joined: a writer hung in a request would never stop.
+            std::mem::forget(writer);
+            panic!("the watermark read is tried again after a timeout: {watermark_reads:?} reads; {why}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(writer.health.liveness().is_ok(), "{:?}", writer.health.liveness());
+    // A shutdown ends (the drain gives up on a ClickHouse that never answers after 20 s).
+    let stopped = tokio::task::spawn_blocking(move || writer.stop());
+    let stopped = tokio::time::timeout(Duration::from_secs(60), stopped).await;
+    assert!(stopped.is_ok(), "the writer stops although ClickHouse never answers");
+}

@@ -161,6 +161,11 @@ pub async fn insert(
     token: Option<&str>,
 ) -> Result<()> {
     let table = ident("writer.table", table)?;
+    // Into a `Distributed` table (the cluster flavour's `*_all`), the INSERT returns once the
+    // shards stored the rows, not once they were queued on this node: the watermarks read
+    // through the same table (after a restart, or before the retry of an insert whose outcome
+    // was not learnt) must see every row that was acknowledged, or a batch is stored twice.
+    let sync = table.ends_with("_all").then_some(("insert_distributed_sync", "1"));
     // Samples first, in their own INSERT: a crash between the two inserts leaves samples
     // without their aggregate rows, and the replay that follows inserts them again, which
     // `issue_samples` (latest per issue and hour) collapses. No sample is lost that way.
@@ -170,6 +175,9 @@ pub async fn insert(
         let written = async {
             let mut ins =
                 client.insert::<SampleRow<'_>>(samples_table).await?.with_timeouts(Some(timeout), Some(timeout));
+            if let Some((k, v)) = sync {
+                ins = ins.with_setting(k, v);
+            }
             for row in &samples {
                 ins.write(row).await?;
             }
@@ -186,6 +194,9 @@ pub async fn insert(
         let written = async {
             let mut ins =
                 client.insert::<AliasRow<'_>>(aliases_table(table)).await?.with_timeouts(Some(timeout), Some(timeout));
+            if let Some((k, v)) = sync {
+                ins = ins.with_setting(k, v);
+            }
             for row in &aliases {
                 ins.write(row).await?;
             }
@@ -198,6 +209,9 @@ pub async fn insert(
         let mut ins = client.insert::<AggregateRow<'_>>(table).await?.with_timeouts(Some(timeout), Some(timeout));
         if let Some(t) = token {
             ins = ins.with_setting("insert_deduplication_token", t);
+        }
+        if let Some((k, v)) = sync {
+            ins = ins.with_setting(k, v);
         }
         for row in rows {
             ins.write(row).await?;
@@ -362,6 +376,54 @@ mod tests {
         };
         assert_eq!(read.unwrap(), [fact(&s1), fact(&s2)], "one row per fact, however often it was written");
         assert_eq!(events.unwrap(), 4, "the aggregate rows went in as well (twice: no watermark here)");
+    }
+
+    /// An insert into the `Distributed` table of the cluster flavour (`aggregates_all`) is
+    /// synchronous (`insert_distributed_sync=1`): by default ClickHouse acknowledges it once the
+    /// rows are queued on the node the writer talks to, and a read of the watermarks through the
+    /// same table right after (a restart, or the retry of an insert that timed out) does not see
+    /// them yet, so the batch would be stored twice (seen on 18.16: an acknowledged INSERT into a
+    /// `Distributed` table over another server was invisible to a `SELECT count()` through it
+    /// for a moment; with the setting it was visible at once). Here: the settings each INSERT
+    /// is sent with, as a server that records them sees them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inserts_into_a_distributed_table_wait_until_the_shards_stored_them() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(300)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 8192];
+                // The whole request: its body is streamed, so read until it pauses.
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    req.extend_from_slice(&buf[..n]);
+                }
+                let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_owned();
+                log.lock().unwrap().push(line);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        let client = Client::default().with_url(format!("http://{addr}")).with_validation(false);
+        let mut with_sample = rec(0, 0, 0);
+        with_sample.sample = "{}".into();
+        with_sample.merged_from = vec!["1".repeat(32)];
+        let recs = [with_sample];
+        let rows: Vec<AggregateRow<'_>> = recs.iter().map(|r| AggregateRow::new(r, "a", 0, 0)).collect();
+        let t = Duration::from_secs(30);
+        insert(&client, "aggregates_all", &rows, t, None).await.unwrap();
+        insert(&client, "aggregates", &rows, t, None).await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 6, "{seen:#?}");
+        for (i, line) in seen.iter().enumerate() {
+            let distributed = i < 3;
+            assert!(line.contains("_all") == distributed, "{line}");
+            assert_eq!(line.contains("insert_distributed_sync=1"), distributed, "{line}");
+        }
     }
 
     fn rec(p: i32, first: i64, index: u32) -> AggregateRecord {

@@ -401,7 +401,8 @@ async fn apply(
             continue;
         }
         for stmt in statements(m.sql, db).iter().flat_map(|st| flavored(st, db, &flavor)) {
-            if let Some((table, column)) = added_column(&stmt, db).filter(|_| !stmt.contains("IF NOT EXISTS")) {
+            let added = added_column(&stmt, db).filter(|_| !stmt.contains("IF NOT EXISTS"));
+            if let Some((table, column)) = added {
                 // A re-run of a half-applied migration on a server without `ADD COLUMN IF NOT
                 // EXISTS`: the column (or a Nested column's subcolumns) may be there already.
                 // On a cluster this asks the node the client talks to.
@@ -409,12 +410,19 @@ async fn apply(
                     continue;
                 }
             }
-            client.query(&stmt).execute().await.map_err(step(format!(
+            let done = client.query(&stmt).execute().await.map_err(step(format!(
                 "migration {:04}_{} failed at: {}",
                 m.version,
                 m.name,
                 first_line(&stmt)
-            )))?;
+            )));
+            match (done, added) {
+                (Ok(()), _) => {}
+                // Another `migrate` running at once added the column between the check above
+                // and this statement: what the statement was for is done.
+                (Err(_), Some((table, column))) if column_exists(&client, db, table, column).await? => {}
+                (Err(e), _) => return Err(e),
+            }
         }
         client
             .query(&format!("INSERT INTO {db}.schema_migrations (version, name) VALUES (?, ?)"))
@@ -1501,6 +1509,45 @@ mod tests {
             }
         }
         assert_eq!(seen, 4, "the backfills of migrations 0008, 0010 and 0012");
+    }
+
+    /// `tracefold migrate` run several times at once (a Job and an init container, two
+    /// operators): each ends without an error and the schema is whole. On 18.16, which lacks
+    /// `ADD COLUMN IF NOT EXISTS`, two runs that both found 0009's column missing both send the
+    /// `ALTER`, and ClickHouse refuses the second ("column with this name already exists").
+    /// A race: before the fix, 20 rounds of 6 runs hit it in most runs of this test.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_runs_each_succeed() {
+        for round in 0..20 {
+            let cfg = crate::testdb::scratch("concurrent");
+            let scratch = ScratchDb(cfg.clone());
+            apply(&scratch.0, None, 90, &MIGRATIONS[..8], |_, _| {}).await.unwrap_or_else(|e| {
+                panic!("ClickHouse at {} is needed for this test (scripts/clickhouse-local.sh start): {e:#}", cfg.url)
+            });
+            let runs: Vec<_> = (0..6)
+                .map(|_| {
+                    let cfg = cfg.clone();
+                    tokio::spawn(async move { apply(&cfg, None, 90, &MIGRATIONS[..9], |_, _| {}).await })
+                })
+                .collect();
+            for r in runs {
+                let r = r.await.unwrap();
+                assert!(r.is_ok(), "round {round}: {:#}", error_chain(r.unwrap_err()));
+            }
+            let again = migrate(&cfg, |_, _| {}).await.unwrap();
+            assert_eq!(again.skipped, (1..=9).collect::<Vec<u32>>(), "round {round}");
+        }
+    }
+
+    /// An error with its sources, for a failure message.
+    fn error_chain(e: Error) -> String {
+        let mut out = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            out.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        out
     }
 
     /// A database made by an older version (migrations 1 to 6, with data) upgrades: the new

@@ -121,6 +121,7 @@ struct RunRow<'a> {
 struct Latest {
     computed_at: u32,
     run: u64,
+    rows: u64,
     cut: Vec<String>,
     top_k: u32,
     refresh_seconds: u32,
@@ -128,11 +129,14 @@ struct Latest {
 }
 
 /// The latest computation of `window` whose rows are all there, with the server's clock.
+/// Runs stamped after the server's clock are not taken: a clock that went back stamped them
+/// (their age would read 0 s until the clock caught up with them, and the loop would skip
+/// every computation until then as "computed a moment ago"); [`drop_old`] drops them.
 async fn latest(client: &Client, db: &str, window: u64) -> Result<Option<Latest>> {
     let mut s = Sql::default();
     s.push(&format!(
-        "SELECT toUInt32(computed_at) AS computed_at, run, cut, top_k, refresh_seconds, toUInt32(now()) AS now \
-         FROM {db}.{RUNS} WHERE window_seconds = "
+        "SELECT toUInt32(computed_at) AS computed_at, run, rows, cut, top_k, refresh_seconds, toUInt32(now()) AS now \
+         FROM {db}.{RUNS} WHERE computed_at <= now() AND window_seconds = "
     ))
     .u32(u32::try_from(window).unwrap_or(u32::MAX))
     .push(" ORDER BY computed_at DESC, run LIMIT 1");
@@ -252,6 +256,7 @@ struct TablePartitionRow {
 struct KeepRow {
     keep: u32,
     windows: u64,
+    now: u32,
 }
 
 /// Drops the partitions of `issue_ranking_runs` and `issue_ranking_rows` (five minutes of
@@ -262,18 +267,27 @@ struct KeepRow {
 /// with their partition. So do all of migration 0014's `issue_rankings` (hours of
 /// `computed_at` before this version). Dropping a partition another writer dropped a moment
 /// ago does nothing.
+///
+/// Runs stamped after the server's clock (by a clock that went back) do not count as newer
+/// than those computed since (else each new run would be dropped as soon as it is written),
+/// and partitions that start more than a partition's length ahead of the clock are dropped:
+/// no writer's clock is that far ahead now, and [`latest`] would take their runs as fresh once
+/// the clock reached them.
 async fn drop_old(client: &Client, db: &str) -> Result<()> {
     let keep = client
         .query(&format!(
-            "SELECT toUInt32(min(c)) AS keep, count() AS windows FROM (SELECT window_seconds, min(computed_at) AS c FROM (\
-             SELECT window_seconds, computed_at FROM {db}.{RUNS} ORDER BY window_seconds, computed_at DESC LIMIT 2 BY window_seconds) \
+            "SELECT toUInt32(min(c)) AS keep, count() AS windows, toUInt32(now()) AS now FROM (\
+             SELECT window_seconds, min(computed_at) AS c FROM (\
+             SELECT window_seconds, computed_at FROM {db}.{RUNS} WHERE computed_at <= now() \
+             ORDER BY window_seconds, computed_at DESC LIMIT 2 BY window_seconds) \
              GROUP BY window_seconds)"
         ))
         .fetch_all::<KeepRow>()
         .await
         .map_err(step("oldest ranking kept"))?;
-    let Some(KeepRow { keep, windows: 1.. }) = keep.into_iter().next() else { return Ok(()) };
+    let Some(KeepRow { keep, windows: 1.., now }) = keep.into_iter().next() else { return Ok(()) };
     let cut = keep / PARTITION_SECS * PARTITION_SECS;
+    let ahead = now.saturating_add(PARTITION_SECS);
     let parts = client
         .query(
             "SELECT DISTINCT table, partition_id FROM system.parts WHERE database = ? AND table IN (?, ?, ?) AND active \
@@ -290,7 +304,7 @@ async fn drop_old(client: &Client, db: &str) -> Result<()> {
     for p in parts {
         // A partition's start, in Unix seconds: all digits (checked, as it is formatted in).
         let Ok(start) = p.partition_id.parse::<u32>() else { continue };
-        if start >= cut {
+        if start >= cut && start <= ahead {
             continue;
         }
         let id = ident("partition", &p.partition_id)?;
@@ -306,6 +320,23 @@ async fn drop_old(client: &Client, db: &str) -> Result<()> {
             .map_err(step(format!("drop ranking partition {id} of {table}")))?;
     }
     Ok(())
+}
+
+/// Whether any row of run `l` of window `window` is there.
+async fn run_has_rows(client: &Client, db: &str, window: u64, l: &Latest) -> Result<bool> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let mut s = Sql::default();
+    s.push(&format!("SELECT count() AS n FROM (SELECT 1 FROM {db}.{TABLE} WHERE window_seconds = "))
+        .u32(u32::try_from(window).unwrap_or(u32::MAX))
+        .push(" AND computed_at = toDateTime(")
+        .u32(l.computed_at)
+        .push(") AND run = ")
+        .u64(l.run)
+        .push(" LIMIT 1)");
+    Ok(s.query(client).fetch_one::<N>().await.map_err(step("rows of the ranking"))?.n > 0)
 }
 
 /// A ranking [`top_cached`] answered from.
@@ -355,7 +386,8 @@ fn span(secs: u32) -> String {
 pub enum NotCached {
     /// Not a ranking by users or events over a window of [`WINDOWS`].
     NotRanked,
-    /// No complete ranking of the window (none computed yet, or the table is missing).
+    /// No complete ranking of the window (none computed yet, the table is missing, or the
+    /// rows of the latest run were dropped while it was read).
     Missing,
     /// The latest is older than twice its refresh interval (seconds old).
     Stale(u32),
@@ -419,6 +451,12 @@ pub async fn top_cached(
     }
     set.push(" ORDER BY ").push(order_by(q.by, "users")).push(" LIMIT ").u64(q.limit);
     let rows = set.query(client).fetch_all::<TopRow>().await.map_err(step("top issues from the ranking"))?;
+    // No row of a run that has some: its rows may be gone (a refresh dropped their partition
+    // after `latest` picked the run, when two newer runs came meanwhile: two writers computing
+    // at once). Not an empty answer, then: the live query answers.
+    if rows.is_empty() && l.rows > 0 && q.limit > 0 && !run_has_rows(client, db, q.since_secs, &l).await? {
+        return Ok(Err(NotCached::Missing));
+    }
     let hour_start = hour_start(l.computed_at);
     let approximate = q.since_secs > EXACT_USERS_SECS;
     let rows: Vec<TopIssue> = rows

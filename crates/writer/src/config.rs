@@ -50,7 +50,8 @@ pub struct WriterSection {
     pub retry_initial_ms: u64,
     /// Longest retry delay (ms).
     pub retry_max_ms: u64,
-    /// Timeout of one insert (ms).
+    /// Timeout of one insert (ms), and of each other request of the insert loop (the read of
+    /// its watermarks; the server's version at start, up to 20 s).
     pub insert_timeout_ms: u64,
     /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
     pub listen: String,

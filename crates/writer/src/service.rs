@@ -8,6 +8,8 @@
 //! - Offsets are committed only after ClickHouse acknowledged the insert.
 //! - When an insert fails its outcome is unknown: the partitions are paused, and after a
 //!   backoff the watermarks are read again from ClickHouse and the batch is filtered anew.
+//! - Every request to ClickHouse is bounded by `writer.insert_timeout_ms` (a server that
+//!   accepts connections and never answers fails it, as a refused connection does).
 //! - Inserts are pipelined: a batch's INSERT runs on the writer's runtime thread while the
 //!   loop reads and decodes the next batch; at most one INSERT is in flight, and the next
 //!   batch is filtered and inserted only once the one before has been stored and committed.
@@ -27,6 +29,10 @@ use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 use tracefold_store::aggregates::{load_watermarks, Watermarks};
 use tracefold_store::rows::AggregateRow;
+
+/// Longest wait for the server's version at start (at most `insert_timeout_ms`): well within
+/// the loop's liveness deadline, as the loop does not beat before it runs.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The state of the writer loop.
 struct Writer<'a> {
@@ -123,10 +129,19 @@ fn run_consumer(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::R
         in_flight: None,
         failed_rows: None,
     };
-    w.dedup_tokens = match w.rt.block_on(tracefold_store::client::server_version(&w.client)) {
+    // Bounded as every request of the loop (a server that accepts and never answers would hold
+    // the loop here for ever, before its first heartbeat).
+    let timeout = Duration::from_millis(cfg.writer.insert_timeout_ms).min(VERSION_TIMEOUT);
+    let version = w.rt.block_on(async {
+        match tokio::time::timeout(timeout, tracefold_store::client::server_version(&w.client)).await {
+            Ok(r) => r.map_err(anyhow::Error::new),
+            Err(_) => Err(anyhow::anyhow!("no answer within {} ms", timeout.as_millis())),
+        }
+    });
+    w.dedup_tokens = match version {
         Ok(v) => tracefold_store::client::major_version(&v) >= 22,
         Err(e) => {
-            let error = format!("{:#}", anyhow::Error::new(e));
+            let error = format!("{e:#}");
             tracing::warn!(%error, "cannot read the ClickHouse version; inserts go without deduplication tokens");
             false
         }
@@ -274,11 +289,11 @@ impl Writer<'_> {
             tracing::info_span!("insert", group = %self.cfg.writer.group_id, rows = self.pending.len()).entered();
         let db = self.cfg.clickhouse.database.clone();
         let agg_topic = self.cfg.topics.aggregates.clone();
+        let timeout = Duration::from_millis(self.cfg.writer.insert_timeout_ms);
         for p in self.pending.partitions() {
             if !self.watermarks.contains_key(&p) {
-                let wm = self
-                    .rt
-                    .block_on(load_watermarks(&self.client, &db, &self.cfg.writer.table, &agg_topic, p))
+                let read = load_watermarks(&self.client, &db, &self.cfg.writer.table, &agg_topic, p);
+                let wm = bounded(&self.rt, cx, timeout, read)
                     .with_context(|| format!("cannot read watermarks of partition {p}"))?;
                 self.watermarks.insert(p, wm);
             }
@@ -399,6 +414,35 @@ impl Writer<'_> {
         let max = tracefold_runtime::kafka::message_max_bytes(&self.cfg.kafka);
         cx.send_dlq(DlqRecord::new(payload, &self.cfg.topics.aggregates, p, o, Reason::Malformed, reason, max))
     }
+}
+
+/// Runs the request `fut` on `rt` for at most `timeout` (a server that accepts the connection
+/// and never answers would hold the loop for ever: the client sets no timeout of its own on
+/// queries), beating the loop's health each second while it waits.
+///
+/// # Errors
+/// The request failed, or did not answer within `timeout`.
+fn bounded<T, E>(
+    rt: &tokio::runtime::Runtime,
+    cx: &Ctx<'_>,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    rt.block_on(async {
+        tokio::pin!(fut);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = &mut fut => break r.map_err(anyhow::Error::new),
+                () = &mut deadline => break Err(anyhow::anyhow!("no answer within {} ms", timeout.as_millis())),
+                () = tokio::time::sleep(Duration::from_secs(1)) => cx.beat(),
+            }
+        }
+    })
 }
 
 /// One INSERT of `rows` (samples first, see [`tracefold_store::aggregates::insert`]), with the
