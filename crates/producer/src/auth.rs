@@ -356,33 +356,42 @@ impl Projects {
 /// `?sentry_key=KEY` is KEY), and with none anywhere the request has no key.
 pub fn request_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let sentry_scheme = |a: &&str| a.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("sentry "));
     let from_auth = header("x-sentry-auth")
         .and_then(sentry_auth_key)
-        .or_else(|| header("authorization").filter(|a| a.starts_with("Sentry ")).and_then(sentry_auth_key));
+        .or_else(|| header("authorization").filter(sentry_scheme).and_then(sentry_auth_key));
     let from_query = || {
         query.and_then(|q| {
             q.split('&').filter_map(|kv| kv.strip_prefix("sentry_key=")).map(str::trim).find(|k| !k.is_empty())
         })
     };
+    let bearer = || {
+        header("authorization")
+            .and_then(|a| a.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &a[7..]))
+            .map(str::trim)
+    };
     from_auth.or_else(|| {
         from_query()
             .or_else(|| header("x-tracefold-key").map(str::trim).filter(|k| !k.is_empty()))
-            .or_else(|| {
-                header("authorization").and_then(|a| a.strip_prefix("Bearer ")).map(str::trim).filter(|k| !k.is_empty())
-            })
+            .or_else(|| bearer().filter(|k| !k.is_empty()))
             .map(str::to_owned)
     })
 }
 
-/// `Sentry sentry_version=7, sentry_client=x/1.0, sentry_key=abc, sentry_secret=...` -> `abc`;
-/// an empty `sentry_key` is no key.
+/// `Sentry sentry_version=7, sentry_client=x/1.0, sentry_key=abc, sentry_secret=...` -> `abc`.
+/// Read as Sentry reads it: the scheme in any case (`sentry`), spaces around items, names and
+/// values ignored; the last non-empty `sentry_key` counts, and an empty one is no key.
 pub fn sentry_auth_key(header: &str) -> Option<String> {
-    let body = header.trim().strip_prefix("Sentry").unwrap_or(header).trim();
+    let h = header.trim();
+    let body = match h.get(..6) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("sentry") && !h[6..].starts_with('_') => &h[6..],
+        _ => h,
+    };
     body.split(',')
-        .map(str::trim)
-        .filter_map(|kv| kv.strip_prefix("sentry_key="))
-        .map(str::trim)
-        .find(|k| !k.is_empty())
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(name, _)| name.trim() == "sentry_key")
+        .map(|(_, value)| value.trim())
+        .rfind(|v| !v.is_empty())
         .map(str::to_owned)
 }
 
@@ -687,5 +696,26 @@ mod tests {
         // An empty key in X-Sentry-Auth does not hide `Authorization: Sentry sentry_key=...`.
         let h = headers(&[("x-sentry-auth", "Sentry sentry_key="), ("authorization", "Sentry sentry_key=webkey456")]);
         assert_eq!(request_key(&h, None).as_deref(), Some("webkey456"));
+    }
+
+    /// `X-Sentry-Auth` as Sentry reads it: the scheme in any case, spaces around names and
+    /// values, the items in any order; a header without the scheme is read as before.
+    #[test]
+    fn sentry_auth_headers_in_the_forms_sdks_send() {
+        for h in [
+            "Sentry sentry_key=abc12345",
+            "sentry sentry_version=7,sentry_key=abc12345",
+            "SENTRY  sentry_key = abc12345 , sentry_version=7",
+            "Sentry sentry_version=7, sentry_client=sentry.java/7.0.0, sentry_key=abc12345, sentry_secret=s3cr3t",
+            "sentry_key=abc12345, sentry_version=7",
+            "Sentry sentry_key=, sentry_key=abc12345",
+        ] {
+            assert_eq!(sentry_auth_key(h).as_deref(), Some("abc12345"), "{h:?}");
+        }
+        for h in ["Sentry sentry_key=", "Sentry sentry_version=7", "", "Sentry", "sentry_keys=abc12345", "Sentryé"] {
+            assert_eq!(sentry_auth_key(h), None, "{h:?}");
+        }
+        let lower = headers(&[("authorization", "sentry sentry_key=abc12345")]);
+        assert_eq!(request_key(&lower, None).as_deref(), Some("abc12345"));
     }
 }
