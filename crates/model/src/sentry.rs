@@ -111,6 +111,27 @@ fn exception(e: &Value) -> Result<Exception<'_>, SentryError> {
     })
 }
 
+/// One value of Sentry's `fingerprint` as the string it stands for, as Sentry reads it: a
+/// string as it is, an integer as its decimal text (`1` and `"1"` are one value), a float with
+/// no fraction as that integer (`3.0` is `3`; other floats as their JSON text, not truncated
+/// as Sentry does, so that `3.5` and `3` stay two values), `true` and `false` as `True` and
+/// `False`; `null` is no value. An array or object (Sentry drops those) is its JSON text: two
+/// fingerprints that differ only there stay two issues.
+fn fingerprint_value(v: &Value) -> Option<Str<'_>> {
+    /// Floats from here on are not all integers (2^53).
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match v {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Null => None,
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "True" } else { "False" })),
+        Value::Number(n) => Some(Cow::Owned(match n.as_f64() {
+            Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < EXACT => (f as i64).to_string(),
+            _ => n.to_string(),
+        })),
+        other => Some(Cow::Owned(other.to_string())),
+    }
+}
+
 fn name_version(v: Option<&Value>) -> Option<NameVersion<'_>> {
     let v = v?;
     let nv = NameVersion { name: str_field(v, "name"), version: str_field(v, "version") };
@@ -172,7 +193,7 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
         }
     }
     let fingerprint = match sentry.get("fingerprint").and_then(Value::as_array) {
-        Some(fp) => fp.iter().filter_map(Value::as_str).map(Cow::Borrowed).collect(),
+        Some(fp) => fp.iter().filter_map(fingerprint_value).collect(),
         None => Vec::new(),
     };
     let user = sentry
@@ -416,6 +437,31 @@ mod tests {
         let odd = json!({"message": "m", "timestamp": [1], "user": 5, "contexts": {"os": 3}});
         let ev = map(&odd, None).unwrap();
         assert_eq!((ev.timestamp, ev.user, ev.contexts), (None, None, None));
+    }
+
+    /// Numbers and booleans in a fingerprint are values, as Sentry reads them: `["order", 1]`
+    /// and `["order", 2]` are two fingerprints (they were both `["order"]`, one issue), and
+    /// `[42]` is a custom fingerprint (it was none: the default grouping).
+    #[test]
+    fn fingerprint_values_that_are_not_strings_are_kept() {
+        let fp = |v: Value| {
+            let payload = json!({"message": "m", "fingerprint": v});
+            map(&payload, None).unwrap().fingerprint.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(fp(json!(["order", 1])), ["order", "1"]);
+        assert_ne!(fp(json!(["order", 1])), fp(json!(["order", 2])));
+        assert_eq!(fp(json!([42])), ["42"]);
+        assert_eq!(fp(json!([-22, 18_446_744_073_709_551_615u64])), ["-22", "18446744073709551615"]);
+        assert_eq!(fp(json!([3.0, 3.5, -0.0, 1e300])), ["3", "3.5", "0", "1e+300"]);
+        assert_eq!(fp(json!([true, false, null, "{{ default }}"])), ["True", "False", "{{ default }}"]);
+        assert_eq!(fp(json!(["a", {"k": 1}, [1, "x"]])), ["a", r#"{"k":1}"#, r#"[1,"x"]"#]);
+        assert_eq!(fp(json!([null])), Vec::<String>::new());
+        assert_eq!(fp(json!("not a list")), Vec::<String>::new());
+        // What the producer publishes reads back as the same event.
+        let payload = json!({"message": "m", "fingerprint": ["{{ default }}", 7, true, 2.5]});
+        let ev = map(&payload, None).unwrap();
+        let text = serde_json::to_string(&ev).unwrap();
+        assert_eq!(crate::parse_event_str(&text).unwrap(), ev);
     }
 
     /// Seconds read from text are the nearest double, whichever parser reads them: serde_json
