@@ -111,6 +111,21 @@ fn exception(e: &Value) -> Result<Exception<'_>, SentryError> {
     })
 }
 
+/// The event's level: a string as it is (validation checks it), or a Python logging level
+/// number as its name (`40` is `error`), which Sentry reads (Python clients send
+/// `logging.ERROR`); any other number as its decimal text (refused by validation, as before).
+fn level(sentry: &Value) -> Option<Str<'_>> {
+    let name = match sentry.get("level").and_then(Value::as_u64) {
+        Some(10) => "debug",
+        Some(20) => "info",
+        Some(30) => "warning",
+        Some(40) => "error",
+        Some(50) => "fatal",
+        _ => return str_field(sentry, "level"),
+    };
+    Some(Cow::Borrowed(name))
+}
+
 /// One value of Sentry's `fingerprint` as the string it stands for, as Sentry reads it: a
 /// string as it is, an integer as its decimal text (`1` and `"1"` are one value), a float with
 /// no fraction as that integer (`3.0` is `3`; other floats as their JSON text, not truncated
@@ -243,7 +258,7 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
         project: project.map(Cow::Borrowed),
         timestamp,
         platform: str_field(sentry, "platform"),
-        level: str_field(sentry, "level"),
+        level: level(sentry),
         release: str_field(sentry, "release"),
         environment: str_field(sentry, "environment"),
         logger: str_field(sentry, "logger"),
@@ -437,6 +452,23 @@ mod tests {
         let odd = json!({"message": "m", "timestamp": [1], "user": 5, "contexts": {"os": 3}});
         let ev = map(&odd, None).unwrap();
         assert_eq!((ev.timestamp, ev.user, ev.contexts), (None, None, None));
+    }
+
+    /// A Python logging level number is the level it names, as Sentry reads it: the event is
+    /// accepted at that level instead of refused for a level of `"40"`.
+    #[test]
+    fn python_level_numbers_are_their_names() {
+        let level = |v: Value| map(&json!({"message": "m", "level": v}), None).unwrap().level.map(|l| l.into_owned());
+        for (n, name) in [(10, "debug"), (20, "info"), (30, "warning"), (40, "error"), (50, "fatal")] {
+            assert_eq!(level(json!(n)).as_deref(), Some(name));
+            let payload = json!({"event_id": "0123456789abcdef0123456789abcdef", "message": "m", "level": n});
+            let ev = map(&payload, Some("web")).unwrap();
+            assert_eq!(crate::validate(&ev, 1_795_671_540_000).unwrap().level.as_str(), name);
+        }
+        // Anything else as before: strings as they are, other numbers as text (refused).
+        assert_eq!(level(json!("warning")).as_deref(), Some("warning"));
+        assert_eq!(level(json!(45)).as_deref(), Some("45"));
+        assert_eq!(level(json!(true)), None);
     }
 
     /// Numbers and booleans in a fingerprint are values, as Sentry reads them: `["order", 1]`
