@@ -395,11 +395,12 @@ pub fn sentry_auth_key(header: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The key in a DSN (`https://KEY@host/ID`), as envelope headers carry it.
+/// The key in a DSN (`https://KEY@host/ID`), as envelope headers carry it; an empty one
+/// (`https://@host/ID`) is no key.
 pub fn dsn_key(dsn: &str) -> Option<String> {
     let rest = dsn.split_once("://")?.1;
     let (user, _) = rest.split_once('@')?;
-    Some(user.split(':').next().unwrap_or(user).to_owned())
+    Some(user.split(':').next().unwrap_or(user)).filter(|k| !k.is_empty()).map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -693,6 +694,10 @@ mod tests {
             ("authorization", "Bearer webkey123"),
         ]);
         assert_eq!(request_key(&h, None).as_deref(), Some("webkey123"));
+        // A DSN without a key in an envelope header is no key (401), not a wrong one (403).
+        assert_eq!(dsn_key("https://@o1.ingest.example.com/42"), None);
+        assert_eq!(dsn_key("https://:secret@o1.ingest.example.com/42"), None);
+        assert_eq!(dsn_key("https://abc12345:secret@o1.ingest.example.com/42").as_deref(), Some("abc12345"));
         // An empty key in X-Sentry-Auth does not hide `Authorization: Sentry sentry_key=...`.
         let h = headers(&[("x-sentry-auth", "Sentry sentry_key="), ("authorization", "Sentry sentry_key=webkey456")]);
         assert_eq!(request_key(&h, None).as_deref(), Some("webkey456"));
