@@ -147,6 +147,21 @@ fn fingerprint_value(v: &Value) -> Option<Str<'_>> {
     }
 }
 
+/// The values of a Sentry list interface (`exception`, `threads`) in each form Sentry reads:
+/// `{"values": [...]}`, a bare list, or one value given as the object itself (`{"type": ...}`,
+/// as older clients send one exception); `{}` and anything else are none.
+fn values(v: Option<&Value>) -> &[Value] {
+    match v {
+        Some(Value::Array(a)) => a,
+        Some(one @ Value::Object(m)) => match m.get("values") {
+            Some(list) => list.as_array().map_or(&[], Vec::as_slice),
+            None if m.is_empty() => &[],
+            None => std::slice::from_ref(one),
+        },
+        _ => &[],
+    }
+}
+
 fn name_version(v: Option<&Value>) -> Option<NameVersion<'_>> {
     let v = v?;
     let nv = NameVersion { name: str_field(v, "name"), version: str_field(v, "version") };
@@ -187,17 +202,9 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
         .filter(|l| l.is_object())
         .map(|l| LogEntry { message: str_field(l, "message"), formatted: str_field(l, "formatted") })
         .filter(|l| *l != LogEntry::default());
-    let exceptions: &[Value] = match sentry.get("exception") {
-        Some(Value::Object(m)) => m.get("values").and_then(Value::as_array).map_or(&[], Vec::as_slice),
-        Some(Value::Array(a)) => a,
-        _ => &[],
-    };
-    // Threads: `{"values": [...]}` (or a bare list), the first MAX_THREADS objects.
-    let threads: &[Value] = match sentry.get("threads") {
-        Some(Value::Object(m)) => m.get("values").and_then(Value::as_array).map_or(&[], Vec::as_slice),
-        Some(Value::Array(a)) => a,
-        _ => &[],
-    };
+    let exceptions = values(sentry.get("exception").or_else(|| sentry.get("sentry.interfaces.Exception")));
+    // Threads: as exceptions, the first MAX_THREADS objects.
+    let threads = values(sentry.get("threads"));
     let mut mapped_threads = Vec::with_capacity(threads.len().min(MAX_THREADS));
     for t in threads {
         if mapped_threads.len() == MAX_THREADS {
@@ -452,6 +459,39 @@ mod tests {
         let odd = json!({"message": "m", "timestamp": [1], "user": 5, "contexts": {"os": 3}});
         let ev = map(&odd, None).unwrap();
         assert_eq!((ev.timestamp, ev.user, ev.contexts), (None, None, None));
+    }
+
+    /// One exception given as the `exception` object itself (older clients; Sentry reads it as
+    /// a list of one), or under the legacy `sentry.interfaces.Exception` key, is that exception:
+    /// it was no exception at all (the event grouped by its message, or refused without one).
+    #[test]
+    fn one_exception_as_an_object_is_a_list_of_one() {
+        let one = json!({"type": "ZeroDivisionError", "value": "division by zero",
+            "stacktrace": {"frames": [{"function": "divide", "module": "calc"}]}});
+        for key in ["exception", "sentry.interfaces.Exception"] {
+            let mut payload = json!({"message": "m"});
+            payload[key] = one.clone();
+            let ev = map(&payload, None).unwrap();
+            assert_eq!(ev.exception.len(), 1, "{key}");
+            assert_eq!(ev.exception[0].ty.as_deref(), Some("ZeroDivisionError"));
+            assert_eq!(ev.exception[0].stacktrace.as_ref().unwrap().frames[0].function.as_deref(), Some("divide"));
+        }
+        // Without a message it is an event (it was refused: no exception, no message).
+        let bare = json!({"event_id": "0123456789abcdef0123456789abcdef", "exception": one});
+        crate::validate(&map(&bare, Some("web")).unwrap(), 1_795_671_540_000).unwrap();
+        // The other forms as before; `{}` and `{"values": null}` are none.
+        assert_eq!(
+            map(&json!({"exception": {"values": [one.clone(), one.clone()]}}), None).unwrap().exception.len(),
+            2
+        );
+        assert_eq!(map(&json!({"exception": [one.clone()]}), None).unwrap().exception.len(), 1);
+        for none in [json!({}), json!({"values": null}), json!("E"), json!(null)] {
+            assert!(map(&json!({"message": "m", "exception": none}), None).unwrap().exception.is_empty());
+        }
+        // A thread as the object itself, too.
+        let threads = json!({"message": "m", "threads": {"id": 7, "crashed": true}});
+        let t = map(&threads, None).unwrap();
+        assert_eq!((t.threads.len(), t.threads[0].crashed), (1, Some(true)));
     }
 
     /// A Python logging level number is the level it names, as Sentry reads it: the event is
