@@ -990,6 +990,25 @@ mod tests {
         assert_ne!(with_rules(&rules(&[r#"["later"]"#])), fp(&base));
     }
 
+    /// A Sentry exception without a stack whose stack came at the event's top level groups by
+    /// that stack (the mapping keeps it as the current thread's), as Sentry moves it into the
+    /// exception: two different crash sites with one type and value are two issues.
+    #[test]
+    fn a_sentry_top_level_stack_groups_a_stackless_exception() {
+        let sentry = |func: &str, line: u32| {
+            serde_json::json!({
+                "exception": {"values": [{"type": "RuntimeException", "value": "failed"}]},
+                "stacktrace": {"frames": [{"function": "main", "module": "App"}, {"function": func, "module": "App", "lineno": line}]}
+            })
+        };
+        let fp_of = |v: &serde_json::Value| {
+            let ev = tracefold_model::sentry::map(v, Some("web")).unwrap();
+            fingerprint(&ev, &GroupingConfig::default(), &mut Scratch::default())
+        };
+        assert_ne!(fp_of(&sentry("charge", 10)), fp_of(&sentry("refund", 10)));
+        assert_eq!(fp_of(&sentry("charge", 10)), fp_of(&sentry("charge", 99)));
+    }
+
     #[test]
     fn message_events_group_by_parameterized_message() {
         let a = fp(r#"{"message":"user 42 not found"}"#);

@@ -214,6 +214,19 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
             mapped_threads.push(t);
         }
     }
+    // A stack at the top level (`stacktrace`, as SDKs attach one to a message event, or the
+    // legacy `sentry.interfaces.Stacktrace`) is the stack of the thread that captured the
+    // event: the model has threads, not a top-level stack, so it becomes a `current` thread
+    // after the others rather than being left out. Grouping reads it as any current thread's:
+    // for an exception without a stack of its own (as Sentry moves such a stack into the
+    // exception). A frame position out of range leaves it out, as before (the event is not
+    // refused for a part it was accepted without).
+    let top = sentry.get("stacktrace").or_else(|| sentry.get("sentry.interfaces.Stacktrace"));
+    if let Some(stack) = stacktrace(top).ok().flatten().filter(|s| !s.frames.is_empty()) {
+        if mapped_threads.len() < MAX_THREADS {
+            mapped_threads.push(Thread { current: Some(true), stacktrace: Some(stack), ..Thread::default() });
+        }
+    }
     let fingerprint = match sentry.get("fingerprint").and_then(Value::as_array) {
         Some(fp) => fp.iter().filter_map(fingerprint_value).collect(),
         None => Vec::new(),
@@ -492,6 +505,31 @@ mod tests {
         let threads = json!({"message": "m", "threads": {"id": 7, "crashed": true}});
         let t = map(&threads, None).unwrap();
         assert_eq!((t.threads.len(), t.threads[0].crashed), (1, Some(true)));
+    }
+
+    /// A top-level `stacktrace` (a message event with a stack attached, or an exception whose
+    /// stack the client sent beside it) is kept as the current thread's stack: it was left out,
+    /// so the event's stack was lost, and an exception without a stack of its own grouped by
+    /// its type and value instead of that stack.
+    #[test]
+    fn a_top_level_stacktrace_is_the_current_threads() {
+        let frames =
+            json!({"frames": [{"function": "main", "module": "app"}, {"function": "report", "module": "app.log"}]});
+        let msg = json!({"message": "disk full", "stacktrace": frames});
+        let ev = map(&msg, None).unwrap();
+        assert_eq!(ev.threads.len(), 1);
+        assert_eq!(ev.threads[0].current, Some(true));
+        assert_eq!(ev.threads[0].stacktrace.as_ref().unwrap().frames[1].function.as_deref(), Some("report"));
+        let legacy = json!({"message": "m", "sentry.interfaces.Stacktrace": frames, "threads": [{"id": 1}]});
+        let ev = map(&legacy, None).unwrap();
+        assert_eq!((ev.threads.len(), ev.threads[1].current), (2, Some(true)));
+        // Read back as the same event; no frames or a bad position: no thread, still accepted.
+        let text = serde_json::to_string(&map(&msg, None).unwrap()).unwrap();
+        assert_eq!(crate::parse_event_str(&text).unwrap(), map(&msg, None).unwrap());
+        for odd in [json!({"frames": []}), json!("x"), json!({"frames": [{"lineno": 5_000_000_000u64}]})] {
+            let payload = json!({"message": "m", "stacktrace": odd});
+            assert!(map(&payload, None).unwrap().threads.is_empty());
+        }
     }
 
     /// A Python logging level number is the level it names, as Sentry reads it: the event is
