@@ -400,14 +400,27 @@ fn is_default_marker(s: &str) -> bool {
 /// one key must get one fingerprint (its tests compare the memo with this walk).
 fn walk<S: Sink>(event: &Event<'_>, cfg: &GroupingConfig, scratch: &mut Scratch, sink: &mut S) -> &'static str {
     if !event.fingerprint.is_empty() {
+        if is_only_default(&event.fingerprint) {
+            return default_components(event, cfg, scratch, sink);
+        }
         custom_components("custom", &event.fingerprint, event, cfg, scratch, sink);
         return "custom";
     }
     if let Some(rule) = cfg.fingerprint_rules.iter().find(|r| r.matcher.matches(event)) {
+        if is_only_default(&rule.fingerprint) {
+            return default_components(event, cfg, scratch, sink);
+        }
         custom_components("rule", &rule.fingerprint, event, cfg, scratch, sink);
         return "rule";
     }
     default_components(event, cfg, scratch, sink)
+}
+
+/// Whether a client or rule fingerprint is `["{{ default }}"]` alone: the default grouping
+/// itself, as in Sentry (an SDK or a `before_send` that sets it, or a rule that only stops
+/// later rules, keeps the event in the issue it has without it).
+fn is_only_default<T: AsRef<str>>(values: &[T]) -> bool {
+    matches!(values, [one] if is_default_marker(limits::prefix(one.as_ref(), MAX_FINGERPRINT_ENTRY_LEN)))
 }
 
 /// A client or rule fingerprint: its first [`MAX_FINGERPRINT_ENTRIES`] values, each cut to
@@ -943,6 +956,57 @@ mod tests {
         let other = js("renderCheckout", 1, 1, "00000000", "x");
         let other_custom = fp(&other.replacen('{', "{\"fingerprint\":[\"checkout-down\"],", 1));
         assert_eq!(only_custom, other_custom);
+    }
+
+    /// `fingerprint: ["{{ default }}"]` alone is the default grouping, as in Sentry: the event
+    /// is in the issue it has without it (it was in one of its own, the same bug split in two
+    /// by whether a code path set the fingerprint). The same for a rule's fingerprint.
+    #[test]
+    fn a_fingerprint_of_only_default_is_the_default_grouping() {
+        let base = js("renderCart", 10, 20, "3f9a2c1b", "m");
+        let with = |fpv: &str| base.replacen('{', &format!("{{\"fingerprint\":{fpv},"), 1);
+        for only in [r#"["{{ default }}"]"#, r#"["{{default}}"]"#, r#"[" {{ default }} "]"#] {
+            assert_eq!(fp(&with(only)), fp(&base), "{only}");
+        }
+        let msg = r#"{"message":"user 42 not found"}"#;
+        assert_eq!(fp(&msg.replacen('{', r#"{"fingerprint":["{{ default }}"],"#, 1)), fp(msg));
+        // With anything beside it, it still splices.
+        assert_ne!(fp(&with(r#"["{{ default }}","checkout"]"#)), fp(&base));
+        assert_ne!(fp(&with(r#"["default"]"#)), fp(&base));
+        let only = with(r#"["{{ default }}"]"#);
+        let ev = parse_event_str(&only).unwrap();
+        assert_eq!(explain(&ev, &GroupingConfig::default()).basis, "exception");
+        // A rule of only {{ default }}: the default grouping, and later rules do not match.
+        let rules = |fps: &[&str]| GroupingConfig {
+            fingerprint_rules: fps
+                .iter()
+                .map(|f| toml::from_str(&format!("match = {{ type = \"TypeError\" }}\nfingerprint = {f}")).unwrap())
+                .collect(),
+            ..GroupingConfig::default()
+        };
+        let plain = parse_event_str(&base).unwrap();
+        let with_rules = |cfg: &GroupingConfig| fingerprint(&plain, cfg, &mut Scratch::default());
+        assert_eq!(with_rules(&rules(&[r#"["{{ default }}"]"#, r#"["later"]"#])), fp(&base));
+        assert_ne!(with_rules(&rules(&[r#"["later"]"#])), fp(&base));
+    }
+
+    /// A Sentry exception without a stack whose stack came at the event's top level groups by
+    /// that stack (the mapping keeps it as the current thread's), as Sentry moves it into the
+    /// exception: two different crash sites with one type and value are two issues.
+    #[test]
+    fn a_sentry_top_level_stack_groups_a_stackless_exception() {
+        let sentry = |func: &str, line: u32| {
+            serde_json::json!({
+                "exception": {"values": [{"type": "RuntimeException", "value": "failed"}]},
+                "stacktrace": {"frames": [{"function": "main", "module": "App"}, {"function": func, "module": "App", "lineno": line}]}
+            })
+        };
+        let fp_of = |v: &serde_json::Value| {
+            let ev = tracefold_model::sentry::map(v, Some("web")).unwrap();
+            fingerprint(&ev, &GroupingConfig::default(), &mut Scratch::default())
+        };
+        assert_ne!(fp_of(&sentry("charge", 10)), fp_of(&sentry("refund", 10)));
+        assert_eq!(fp_of(&sentry("charge", 10)), fp_of(&sentry("charge", 99)));
     }
 
     #[test]

@@ -111,6 +111,57 @@ fn exception(e: &Value) -> Result<Exception<'_>, SentryError> {
     })
 }
 
+/// The event's level: a string as it is (validation checks it), or a Python logging level
+/// number as its name (`40` is `error`), which Sentry reads (Python clients send
+/// `logging.ERROR`); any other number as its decimal text (refused by validation, as before).
+fn level(sentry: &Value) -> Option<Str<'_>> {
+    let name = match sentry.get("level").and_then(Value::as_u64) {
+        Some(10) => "debug",
+        Some(20) => "info",
+        Some(30) => "warning",
+        Some(40) => "error",
+        Some(50) => "fatal",
+        _ => return str_field(sentry, "level"),
+    };
+    Some(Cow::Borrowed(name))
+}
+
+/// One value of Sentry's `fingerprint` as the string it stands for, as Sentry reads it: a
+/// string as it is, an integer as its decimal text (`1` and `"1"` are one value), a float with
+/// no fraction as that integer (`3.0` is `3`; other floats as their JSON text, not truncated
+/// as Sentry does, so that `3.5` and `3` stay two values), `true` and `false` as `True` and
+/// `False`; `null` is no value. An array or object (Sentry drops those) is its JSON text: two
+/// fingerprints that differ only there stay two issues.
+fn fingerprint_value(v: &Value) -> Option<Str<'_>> {
+    /// Floats from here on are not all integers (2^53).
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match v {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Null => None,
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "True" } else { "False" })),
+        Value::Number(n) => Some(Cow::Owned(match n.as_f64() {
+            Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < EXACT => (f as i64).to_string(),
+            _ => n.to_string(),
+        })),
+        other => Some(Cow::Owned(other.to_string())),
+    }
+}
+
+/// The values of a Sentry list interface (`exception`, `threads`) in each form Sentry reads:
+/// `{"values": [...]}`, a bare list, or one value given as the object itself (`{"type": ...}`,
+/// as older clients send one exception); `{}` and anything else are none.
+fn values(v: Option<&Value>) -> &[Value] {
+    match v {
+        Some(Value::Array(a)) => a,
+        Some(one @ Value::Object(m)) => match m.get("values") {
+            Some(list) => list.as_array().map_or(&[], Vec::as_slice),
+            None if m.is_empty() => &[],
+            None => std::slice::from_ref(one),
+        },
+        _ => &[],
+    }
+}
+
 fn name_version(v: Option<&Value>) -> Option<NameVersion<'_>> {
     let v = v?;
     let nv = NameVersion { name: str_field(v, "name"), version: str_field(v, "version") };
@@ -151,17 +202,9 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
         .filter(|l| l.is_object())
         .map(|l| LogEntry { message: str_field(l, "message"), formatted: str_field(l, "formatted") })
         .filter(|l| *l != LogEntry::default());
-    let exceptions: &[Value] = match sentry.get("exception") {
-        Some(Value::Object(m)) => m.get("values").and_then(Value::as_array).map_or(&[], Vec::as_slice),
-        Some(Value::Array(a)) => a,
-        _ => &[],
-    };
-    // Threads: `{"values": [...]}` (or a bare list), the first MAX_THREADS objects.
-    let threads: &[Value] = match sentry.get("threads") {
-        Some(Value::Object(m)) => m.get("values").and_then(Value::as_array).map_or(&[], Vec::as_slice),
-        Some(Value::Array(a)) => a,
-        _ => &[],
-    };
+    let exceptions = values(sentry.get("exception").or_else(|| sentry.get("sentry.interfaces.Exception")));
+    // Threads: as exceptions, the first MAX_THREADS objects.
+    let threads = values(sentry.get("threads"));
     let mut mapped_threads = Vec::with_capacity(threads.len().min(MAX_THREADS));
     for t in threads {
         if mapped_threads.len() == MAX_THREADS {
@@ -171,8 +214,21 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
             mapped_threads.push(t);
         }
     }
+    // A stack at the top level (`stacktrace`, as SDKs attach one to a message event, or the
+    // legacy `sentry.interfaces.Stacktrace`) is the stack of the thread that captured the
+    // event: the model has threads, not a top-level stack, so it becomes a `current` thread
+    // after the others rather than being left out. Grouping reads it as any current thread's:
+    // for an exception without a stack of its own (as Sentry moves such a stack into the
+    // exception). A frame position out of range leaves it out, as before (the event is not
+    // refused for a part it was accepted without).
+    let top = sentry.get("stacktrace").or_else(|| sentry.get("sentry.interfaces.Stacktrace"));
+    if let Some(stack) = stacktrace(top).ok().flatten().filter(|s| !s.frames.is_empty()) {
+        if mapped_threads.len() < MAX_THREADS {
+            mapped_threads.push(Thread { current: Some(true), stacktrace: Some(stack), ..Thread::default() });
+        }
+    }
     let fingerprint = match sentry.get("fingerprint").and_then(Value::as_array) {
-        Some(fp) => fp.iter().filter_map(Value::as_str).map(Cow::Borrowed).collect(),
+        Some(fp) => fp.iter().filter_map(fingerprint_value).collect(),
         None => Vec::new(),
     };
     let user = sentry
@@ -222,7 +278,7 @@ pub fn map<'a>(sentry: &'a Value, project: Option<&'a str>) -> Result<Event<'a>,
         project: project.map(Cow::Borrowed),
         timestamp,
         platform: str_field(sentry, "platform"),
-        level: str_field(sentry, "level"),
+        level: level(sentry),
         release: str_field(sentry, "release"),
         environment: str_field(sentry, "environment"),
         logger: str_field(sentry, "logger"),
@@ -416,6 +472,106 @@ mod tests {
         let odd = json!({"message": "m", "timestamp": [1], "user": 5, "contexts": {"os": 3}});
         let ev = map(&odd, None).unwrap();
         assert_eq!((ev.timestamp, ev.user, ev.contexts), (None, None, None));
+    }
+
+    /// One exception given as the `exception` object itself (older clients; Sentry reads it as
+    /// a list of one), or under the legacy `sentry.interfaces.Exception` key, is that exception:
+    /// it was no exception at all (the event grouped by its message, or refused without one).
+    #[test]
+    fn one_exception_as_an_object_is_a_list_of_one() {
+        let one = json!({"type": "ZeroDivisionError", "value": "division by zero",
+            "stacktrace": {"frames": [{"function": "divide", "module": "calc"}]}});
+        for key in ["exception", "sentry.interfaces.Exception"] {
+            let mut payload = json!({"message": "m"});
+            payload[key] = one.clone();
+            let ev = map(&payload, None).unwrap();
+            assert_eq!(ev.exception.len(), 1, "{key}");
+            assert_eq!(ev.exception[0].ty.as_deref(), Some("ZeroDivisionError"));
+            assert_eq!(ev.exception[0].stacktrace.as_ref().unwrap().frames[0].function.as_deref(), Some("divide"));
+        }
+        // Without a message it is an event (it was refused: no exception, no message).
+        let bare = json!({"event_id": "0123456789abcdef0123456789abcdef", "exception": one});
+        crate::validate(&map(&bare, Some("web")).unwrap(), 1_795_671_540_000).unwrap();
+        // The other forms as before; `{}` and `{"values": null}` are none.
+        assert_eq!(
+            map(&json!({"exception": {"values": [one.clone(), one.clone()]}}), None).unwrap().exception.len(),
+            2
+        );
+        assert_eq!(map(&json!({"exception": [one.clone()]}), None).unwrap().exception.len(), 1);
+        for none in [json!({}), json!({"values": null}), json!("E"), json!(null)] {
+            assert!(map(&json!({"message": "m", "exception": none}), None).unwrap().exception.is_empty());
+        }
+        // A thread as the object itself, too.
+        let threads = json!({"message": "m", "threads": {"id": 7, "crashed": true}});
+        let t = map(&threads, None).unwrap();
+        assert_eq!((t.threads.len(), t.threads[0].crashed), (1, Some(true)));
+    }
+
+    /// A top-level `stacktrace` (a message event with a stack attached, or an exception whose
+    /// stack the client sent beside it) is kept as the current thread's stack: it was left out,
+    /// so the event's stack was lost, and an exception without a stack of its own grouped by
+    /// its type and value instead of that stack.
+    #[test]
+    fn a_top_level_stacktrace_is_the_current_threads() {
+        let frames =
+            json!({"frames": [{"function": "main", "module": "app"}, {"function": "report", "module": "app.log"}]});
+        let msg = json!({"message": "disk full", "stacktrace": frames});
+        let ev = map(&msg, None).unwrap();
+        assert_eq!(ev.threads.len(), 1);
+        assert_eq!(ev.threads[0].current, Some(true));
+        assert_eq!(ev.threads[0].stacktrace.as_ref().unwrap().frames[1].function.as_deref(), Some("report"));
+        let legacy = json!({"message": "m", "sentry.interfaces.Stacktrace": frames, "threads": [{"id": 1}]});
+        let ev = map(&legacy, None).unwrap();
+        assert_eq!((ev.threads.len(), ev.threads[1].current), (2, Some(true)));
+        // Read back as the same event; no frames or a bad position: no thread, still accepted.
+        let text = serde_json::to_string(&map(&msg, None).unwrap()).unwrap();
+        assert_eq!(crate::parse_event_str(&text).unwrap(), map(&msg, None).unwrap());
+        for odd in [json!({"frames": []}), json!("x"), json!({"frames": [{"lineno": 5_000_000_000u64}]})] {
+            let payload = json!({"message": "m", "stacktrace": odd});
+            assert!(map(&payload, None).unwrap().threads.is_empty());
+        }
+    }
+
+    /// A Python logging level number is the level it names, as Sentry reads it: the event is
+    /// accepted at that level instead of refused for a level of `"40"`.
+    #[test]
+    fn python_level_numbers_are_their_names() {
+        let level = |v: Value| map(&json!({"message": "m", "level": v}), None).unwrap().level.map(|l| l.into_owned());
+        for (n, name) in [(10, "debug"), (20, "info"), (30, "warning"), (40, "error"), (50, "fatal")] {
+            assert_eq!(level(json!(n)).as_deref(), Some(name));
+            let payload = json!({"event_id": "0123456789abcdef0123456789abcdef", "message": "m", "level": n});
+            let ev = map(&payload, Some("web")).unwrap();
+            assert_eq!(crate::validate(&ev, 1_795_671_540_000).unwrap().level.as_str(), name);
+        }
+        // Anything else as before: strings as they are, other numbers as text (refused).
+        assert_eq!(level(json!("warning")).as_deref(), Some("warning"));
+        assert_eq!(level(json!(45)).as_deref(), Some("45"));
+        assert_eq!(level(json!(true)), None);
+    }
+
+    /// Numbers and booleans in a fingerprint are values, as Sentry reads them: `["order", 1]`
+    /// and `["order", 2]` are two fingerprints (they were both `["order"]`, one issue), and
+    /// `[42]` is a custom fingerprint (it was none: the default grouping).
+    #[test]
+    fn fingerprint_values_that_are_not_strings_are_kept() {
+        let fp = |v: Value| {
+            let payload = json!({"message": "m", "fingerprint": v});
+            map(&payload, None).unwrap().fingerprint.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(fp(json!(["order", 1])), ["order", "1"]);
+        assert_ne!(fp(json!(["order", 1])), fp(json!(["order", 2])));
+        assert_eq!(fp(json!([42])), ["42"]);
+        assert_eq!(fp(json!([-22, 18_446_744_073_709_551_615u64])), ["-22", "18446744073709551615"]);
+        assert_eq!(fp(json!([3.0, 3.5, -0.0, 1e300])), ["3", "3.5", "0", "1e+300"]);
+        assert_eq!(fp(json!([true, false, null, "{{ default }}"])), ["True", "False", "{{ default }}"]);
+        assert_eq!(fp(json!(["a", {"k": 1}, [1, "x"]])), ["a", r#"{"k":1}"#, r#"[1,"x"]"#]);
+        assert_eq!(fp(json!([null])), Vec::<String>::new());
+        assert_eq!(fp(json!("not a list")), Vec::<String>::new());
+        // What the producer publishes reads back as the same event.
+        let payload = json!({"message": "m", "fingerprint": ["{{ default }}", 7, true, 2.5]});
+        let ev = map(&payload, None).unwrap();
+        let text = serde_json::to_string(&ev).unwrap();
+        assert_eq!(crate::parse_event_str(&text).unwrap(), ev);
     }
 
     /// Seconds read from text are the nearest double, whichever parser reads them: serde_json

@@ -350,35 +350,57 @@ impl Projects {
 }
 
 /// The public key of a request: `X-Sentry-Auth` (`sentry_key=`), the `sentry_key` query
-/// parameter, `X-Tracefold-Key`, or `Authorization: Bearer`.
+/// parameter, `X-Tracefold-Key`, or `Authorization: Bearer`, the first of them that has one.
+/// An empty value is no value, as for Sentry (`sentry_key=` with nothing after it is a
+/// missing key): it does not hide a key given in a later place (a header `sentry_key=` and
+/// `?sentry_key=KEY` is KEY), and with none anywhere the request has no key.
 pub fn request_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(auth) = header("x-sentry-auth").or_else(|| header("authorization").filter(|a| a.starts_with("Sentry ")))
-    {
-        if let Some(k) = sentry_auth_key(auth) {
-            return Some(k);
-        }
-    }
-    if let Some(k) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("sentry_key="))) {
-        return Some(k.to_owned());
-    }
-    if let Some(k) = header("x-tracefold-key") {
-        return Some(k.trim().to_owned());
-    }
-    header("authorization").and_then(|a| a.strip_prefix("Bearer ")).map(|k| k.trim().to_owned())
+    let sentry_scheme = |a: &&str| a.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("sentry "));
+    let from_auth = header("x-sentry-auth")
+        .and_then(sentry_auth_key)
+        .or_else(|| header("authorization").filter(sentry_scheme).and_then(sentry_auth_key));
+    let from_query = || {
+        query.and_then(|q| {
+            q.split('&').filter_map(|kv| kv.strip_prefix("sentry_key=")).map(str::trim).find(|k| !k.is_empty())
+        })
+    };
+    let bearer = || {
+        header("authorization")
+            .and_then(|a| a.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &a[7..]))
+            .map(str::trim)
+    };
+    from_auth.or_else(|| {
+        from_query()
+            .or_else(|| header("x-tracefold-key").map(str::trim).filter(|k| !k.is_empty()))
+            .or_else(|| bearer().filter(|k| !k.is_empty()))
+            .map(str::to_owned)
+    })
 }
 
 /// `Sentry sentry_version=7, sentry_client=x/1.0, sentry_key=abc, sentry_secret=...` -> `abc`.
+/// Read as Sentry reads it: the scheme in any case (`sentry`), spaces around items, names and
+/// values ignored; the last non-empty `sentry_key` counts, and an empty one is no key.
 pub fn sentry_auth_key(header: &str) -> Option<String> {
-    let body = header.trim().strip_prefix("Sentry").unwrap_or(header).trim();
-    body.split(',').map(str::trim).find_map(|kv| kv.strip_prefix("sentry_key=")).map(|k| k.trim().to_owned())
+    let h = header.trim();
+    let body = match h.get(..6) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("sentry") && !h[6..].starts_with('_') => &h[6..],
+        _ => h,
+    };
+    body.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(name, _)| name.trim() == "sentry_key")
+        .map(|(_, value)| value.trim())
+        .rfind(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
-/// The key in a DSN (`https://KEY@host/ID`), as envelope headers carry it.
+/// The key in a DSN (`https://KEY@host/ID`), as envelope headers carry it; an empty one
+/// (`https://@host/ID`) is no key.
 pub fn dsn_key(dsn: &str) -> Option<String> {
     let rest = dsn.split_once("://")?.1;
     let (user, _) = rest.split_once('@')?;
-    Some(user.split(':').next().unwrap_or(user).to_owned())
+    Some(user.split(':').next().unwrap_or(user)).filter(|k| !k.is_empty()).map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -636,5 +658,69 @@ mod tests {
         b.insert("authorization", "Bearer tok12345".parse().unwrap());
         assert_eq!(request_key(&b, None).as_deref(), Some("tok12345"));
         assert_eq!(dsn_key("https://abc12345@o1.ingest.example.com/42").as_deref(), Some("abc12345"));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, value.parse().unwrap());
+        }
+        h
+    }
+
+    /// An empty `sentry_key=` is no key, as for Sentry: it does not hide the key the query
+    /// string (or another header) carries, so the request is admitted, not refused 403.
+    #[test]
+    fn an_empty_sentry_key_hides_no_other_key() {
+        let p = projects(0.0, 0.0);
+        let auth = headers(&[("x-sentry-auth", "Sentry sentry_version=7, sentry_key=, sentry_client=raven-js/3.27")]);
+        let key = request_key(&auth, Some("sentry_version=7&sentry_key=webkey123"));
+        assert_eq!(key.as_deref(), Some("webkey123"));
+        assert_eq!(p.admit(None, Some(1), key.as_deref(), 1).unwrap().slug, "web");
+        // Nothing anywhere: a missing key (401), not a wrong one (403).
+        assert_eq!(request_key(&auth, None), None);
+        assert_eq!(
+            p.admit(None, Some(1), request_key(&auth, Some("sentry_key=")).as_deref(), 1),
+            Err(Refusal::MissingKey)
+        );
+        // Empty values in the query, X-Tracefold-Key and Bearer are skipped too.
+        assert_eq!(
+            request_key(&HeaderMap::new(), Some("sentry_key=&sentry_key=webkey456")).as_deref(),
+            Some("webkey456")
+        );
+        let h = headers(&[
+            ("x-sentry-auth", "Sentry sentry_key= "),
+            ("x-tracefold-key", " "),
+            ("authorization", "Bearer webkey123"),
+        ]);
+        assert_eq!(request_key(&h, None).as_deref(), Some("webkey123"));
+        // A DSN without a key in an envelope header is no key (401), not a wrong one (403).
+        assert_eq!(dsn_key("https://@o1.ingest.example.com/42"), None);
+        assert_eq!(dsn_key("https://:secret@o1.ingest.example.com/42"), None);
+        assert_eq!(dsn_key("https://abc12345:secret@o1.ingest.example.com/42").as_deref(), Some("abc12345"));
+        // An empty key in X-Sentry-Auth does not hide `Authorization: Sentry sentry_key=...`.
+        let h = headers(&[("x-sentry-auth", "Sentry sentry_key="), ("authorization", "Sentry sentry_key=webkey456")]);
+        assert_eq!(request_key(&h, None).as_deref(), Some("webkey456"));
+    }
+
+    /// `X-Sentry-Auth` as Sentry reads it: the scheme in any case, spaces around names and
+    /// values, the items in any order; a header without the scheme is read as before.
+    #[test]
+    fn sentry_auth_headers_in_the_forms_sdks_send() {
+        for h in [
+            "Sentry sentry_key=abc12345",
+            "sentry sentry_version=7,sentry_key=abc12345",
+            "SENTRY  sentry_key = abc12345 , sentry_version=7",
+            "Sentry sentry_version=7, sentry_client=sentry.java/7.0.0, sentry_key=abc12345, sentry_secret=s3cr3t",
+            "sentry_key=abc12345, sentry_version=7",
+            "Sentry sentry_key=, sentry_key=abc12345",
+        ] {
+            assert_eq!(sentry_auth_key(h).as_deref(), Some("abc12345"), "{h:?}");
+        }
+        for h in ["Sentry sentry_key=", "Sentry sentry_version=7", "", "Sentry", "sentry_keys=abc12345", "Sentryé"] {
+            assert_eq!(sentry_auth_key(h), None, "{h:?}");
+        }
+        let lower = headers(&[("authorization", "sentry sentry_key=abc12345")]);
+        assert_eq!(request_key(&lower, None).as_deref(), Some("abc12345"));
     }
 }

@@ -55,7 +55,7 @@ use tracefold_model::json::repair_surrogates;
 use tracefold_model::outcome::reasons;
 use tracefold_model::reject::{Reason, Rejection};
 use tracefold_model::time::now_ms;
-use tracefold_model::validate::is_project_slug;
+use tracefold_model::validate::{is_event_id, is_project_slug};
 use tracefold_model::Outcome;
 use tracefold_model::{validate, Event, EventParser, ParseError};
 use tracing::Instrument as _;
@@ -1075,12 +1075,27 @@ fn project_id(raw: &str) -> Result<u64, ApiError> {
 /// [`Problem`] with the reason: over `max_event` bytes (as sent or as published), nested
 /// deeper than [`tracefold_model::json::MAX_DEPTH`], malformed, or invalid (with the field).
 pub fn prepare_sentry(payload: &[u8], slug: &str, received_ms: i64, max_event: usize) -> Result<Ready, Problem> {
+    prepare_sentry_in(payload, slug, received_ms, max_event, None)
+}
+
+/// [`prepare_sentry`], with the id an event without one of its own gets (the envelope's
+/// `event_id`) instead of a new one.
+fn prepare_sentry_in(
+    payload: &[u8],
+    slug: &str,
+    received_ms: i64,
+    max_event: usize,
+    envelope_id: Option<&str>,
+) -> Result<Ready, Problem> {
     if payload.len() > max_event {
         return Err(Problem::too_large(payload.len(), max_event));
     }
     let sentry = read_event(payload)?;
-    let ev = tracefold_model::sentry::map(&sentry, Some(slug))
+    let mut ev = tracefold_model::sentry::map(&sentry, Some(slug))
         .map_err(|e| Problem::new(Reason::Malformed, None, e.to_string()))?;
+    if ev.event_id.is_none() {
+        ev.event_id = envelope_id.map(|id| Cow::Owned(id.replace('-', "")));
+    }
     publishable(ev, received_ms, max_event)
 }
 
@@ -1226,10 +1241,16 @@ fn envelope_events(st: &AppState, bytes: &[u8], id: u64, key: &str, received: i6
     // Counted once the envelope is accepted (a refused one is retried and would count twice).
     let skipped: Vec<&'static str> =
         envelope.items.iter().filter(|i| i.ty != "event").map(|i| item_label(&i.ty)).collect();
+    let header_event_id = envelope.header.get("event_id").and_then(|v| v.as_str()).map(str::to_owned);
+    // The envelope's event id is its event's (as Sentry reads it): an event item without an
+    // `event_id` of its own takes it, so that a re-sent envelope is the same event again
+    // (deduplicated), not a new one under a new id. Only for an envelope of one event (as SDKs
+    // send): events of one envelope never share an id.
+    let envelope_id = header_event_id.as_deref().filter(|id| events == 1 && is_event_id(id));
     let mut ready = Vec::with_capacity(events);
     let mut details = Vec::new();
     for (n, item) in envelope.items.iter().enumerate().filter(|(_, i)| i.ty == "event") {
-        match prepare_sentry(item.payload, &project.slug, received, st.max_event_bytes) {
+        match prepare_sentry_in(item.payload, &project.slug, received, st.max_event_bytes, envelope_id) {
             Ok(r) => ready.push(r),
             Err(p) => details.push(p.at(n + 1)),
         }
@@ -1238,7 +1259,6 @@ fn envelope_events(st: &AppState, bytes: &[u8], id: u64, key: &str, received: i6
     if !details.is_empty() {
         return Err(refused(details, events));
     }
-    let header_event_id = envelope.header.get("event_id").and_then(|v| v.as_str()).map(str::to_owned);
     Ok(EnvelopeEvents { ready, header_event_id, skipped, admitted: project })
 }
 
@@ -1292,6 +1312,46 @@ mod tests {
             };
             assert_eq!(without_id(&prep(l).unwrap()), without_id(r));
         }
+    }
+
+    /// An event item without an `event_id` of its own has the envelope's (as Sentry reads an
+    /// envelope): the envelope sent again is the same event again, which the grouper counts
+    /// once, not a new event under a new id each time.
+    #[test]
+    fn an_event_without_an_id_has_its_envelopes_id() {
+        let cfg = Config {
+            projects: vec![crate::config::ProjectConfig {
+                slug: "web".into(),
+                id: Some(1),
+                keys: vec!["webkey123".into()],
+                rate_per_sec: 0.0,
+                burst: 0.0,
+                key_rate_per_sec: 0.0,
+                key_burst: 0.0,
+            }],
+            ..Config::default()
+        };
+        let st = state_of(cfg);
+        let ids = |body: &str| -> Vec<String> {
+            let out = envelope_events(&st, body.as_bytes(), 1, "webkey123", NOW).unwrap();
+            out.ready.iter().map(|r| json(r)["event_id"].as_str().unwrap().to_owned()).collect()
+        };
+        let uuid = "9ec79c33-ec99-42ab-8353-589fcb2e04dc";
+        let one = format!("{{\"event_id\":\"{uuid}\"}}\n{{\"type\":\"event\"}}\n{{\"message\":\"m\"}}\n");
+        assert_eq!(ids(&one), ["9ec79c33ec9942ab8353589fcb2e04dc"]);
+        assert_eq!(ids(&one), ids(&one), "sent again: the same id");
+        // The event's own id wins; an envelope id that is not one is not used.
+        let own = format!(
+            "{{\"event_id\":\"{uuid}\"}}\n{{\"type\":\"event\"}}\n{{\"event_id\":\"0123456789abcdef0123456789abcdef\",\"message\":\"m\"}}\n"
+        );
+        assert_eq!(ids(&own), ["0123456789abcdef0123456789abcdef"]);
+        let bad = "{\"event_id\":\"nope\"}\n{\"type\":\"event\"}\n{\"message\":\"m\"}\n";
+        assert_ne!(ids(bad), ids(bad), "no usable id: a new one each time");
+        // Two events never share the envelope's id.
+        let two = format!("{{\"event_id\":\"{uuid}\"}}\n{{\"type\":\"event\"}}\n{{\"message\":\"a\"}}\n{{\"type\":\"event\"}}\n{{\"message\":\"b\"}}\n");
+        let got = ids(&two);
+        assert_ne!(got[0], got[1]);
+        assert!(!got.contains(&"9ec79c33ec9942ab8353589fcb2e04dc".to_owned()));
     }
 
     fn prep(line: &str) -> Result<Ready, Problem> {

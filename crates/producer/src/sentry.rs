@@ -129,7 +129,8 @@ pub struct Envelope<'a> {
 }
 
 /// Parses an envelope: a JSON header line, then items, each a JSON header line and a payload
-/// of `length` bytes (or up to the next newline when the header has no length).
+/// of `length` bytes (or up to the next newline when the header has no length). Whitespace
+/// before an item header (an empty line between items) is skipped.
 ///
 /// # Errors
 /// [`Rejection`] with what is malformed and the item's position: [`Reason::TooDeep`] for a
@@ -145,7 +146,9 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, Rejection> {
     let mut items = Vec::new();
     while !rest.iter().all(u8::is_ascii_whitespace) {
         let n = items.len();
-        let (ih, after) = split_line(rest);
+        // Blank lines (and other whitespace) before an item header are skipped, as Sentry's
+        // parser skips them: an envelope with an empty line between items is not refused.
+        let (ih, after) = split_line(rest.trim_ascii_start());
         let ih = parse_header(ih).map_err(|e| at(e, format!("item {n} header")))?;
         let ty = ih
             .get("type")
@@ -231,6 +234,26 @@ mod tests {
         assert_eq!(e.items[0].payload.len(), 10);
         assert_eq!(e.items[1].payload, br#"{"message":"hello","level":"error"}"#);
         assert_eq!(e.items[2].payload, br#"{"started":"2020-02-07T14:16:00Z"}"#);
+    }
+
+    /// An empty line between items (after a payload with or without a length, before the first
+    /// item) is skipped, as Sentry's parser skips whitespace before an item header: the
+    /// envelope was refused 400 as malformed and its event lost.
+    #[test]
+    fn blank_lines_between_items_are_skipped() {
+        let body = b"{\"event_id\":\"9ec79c33ec9942ab8353589fcb2e04dc\"}\n\n\
+{\"type\":\"attachment\",\"length\":5}\nhello\n\n\r\n\
+{\"type\":\"event\"}\n{\"message\":\"hello\"}\n\n\
+{\"type\":\"session\",\"length\":2}\n{}\n\n";
+        let e = parse_envelope(body).unwrap();
+        let types: Vec<&str> = e.items.iter().map(|i| i.ty.as_str()).collect();
+        assert_eq!(types, ["attachment", "event", "session"]);
+        assert_eq!(e.items[0].payload, b"hello");
+        assert_eq!(e.items[1].payload, br#"{"message":"hello"}"#);
+        assert_eq!(e.items[2].payload, b"{}");
+        // A payload's own bytes are never skipped: a length counts from the header's newline.
+        let e = parse_envelope(b"{}\n{\"type\":\"attachment\",\"length\":3}\n\n a\n").unwrap();
+        assert_eq!(e.items[0].payload, b"\n a");
     }
 
     #[test]
