@@ -358,11 +358,16 @@ impl Pipeline {
         let (s, h) = (shutdown.clone(), ph.clone());
         let producer = tokio::spawn(async move {
             let r = serving.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the producer task ended abnormally: {e}")));
-            if let Err(e) = &r {
-                let why = format!("{e:#}");
-                tracing::error!(service = "producer", error = %why, "service failed; stopping");
-                h.set_dead(&why);
-                s.trigger();
+            // (An error of a stop already under way, such as its last flush, is the stop's
+            // result, as before: the other services' drains are not cut short by the watchdog.)
+            match &r {
+                Err(e) if !s.is_triggered() => {
+                    let why = format!("{e:#}");
+                    tracing::error!(service = "producer", error = %why, "service failed; stopping");
+                    h.set_dead(&why);
+                    s.trigger();
+                }
+                _ => {}
             }
             r
         });
