@@ -879,3 +879,74 @@ async fn the_writer_makes_good_a_failed_last_commit() {
     rig.wait_caught_up(&rig.wcfg.writer.group_id, &t.aggregates, Duration::from_secs(20)).await;
     rig.writer.take().expect("writer").stop().expect("the writer stops cleanly");
 }
+
+/// A grouper told to stop while Kafka does not acknowledge its aggregates (the aggregates
+/// partition's leader is down; the events and the group coordinator are on a broker that is
+/// up) stops within a bound, with an error, and commits nothing past the batch it could not
+/// deliver: the next start rebuilds it from its recorded range. It used to wait for the
+/// acknowledgement for ever, beating (so `/healthz` said ok), deaf to SIGTERM and to a second
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouper_stops_when_told_while_kafka_does_not_acknowledge_its_aggregates() {
+    let _one = SERIAL.lock().await;
+    logs();
+    let t = topics();
+    let opts = DevBrokerOptions { brokers: 2, partitions: Some(1), track_requests: false };
+    let broker = DevBroker::start_with(&t, &opts).expect("embedded Kafka");
+    let bootstrap = broker.bootstrap_servers();
+    let cfg = grouper_config(&bootstrap);
+    let group = cfg.grouper.group_id.clone();
+    let cluster = broker.cluster();
+    cluster.coordinator(MockCoordinator::Group(group.clone()), 1).expect("place the coordinator");
+    for topic in [&t.events, &t.dlq, &t.outcomes] {
+        let partitions = broker.leaders(topic, Duration::from_secs(10)).expect("leaders").len();
+        for p in 0..partitions as i32 {
+            cluster.partition_leader(topic, p, Some(1)).expect("move a leader");
+        }
+    }
+    cluster.partition_leader(&t.aggregates, 0, Some(2)).expect("move a leader");
+    let committed = || -> i64 {
+        let reader: BaseConsumer =
+            tracefold_runtime::kafka::consumer_config(&kafka(&bootstrap), &group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&t.events, 0);
+        let got = reader.committed_offsets(tpl, Duration::from_secs(10)).expect("the group's commits");
+        match got.find_partition(&t.events, 0).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        }
+    };
+    let grouper = ServiceThread::grouper(cfg);
+    let (events, _) = generate(200, 5, 41);
+    let payloads: Vec<Vec<u8>> = events.iter().map(|e| e.json.clone().into_bytes()).collect();
+    // A first batch goes through: the grouper runs, and commits past it.
+    publish(&bootstrap, &t.events, &payloads[..100]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed() != 100 {
+        assert!(Instant::now() < deadline, "the first batch was not committed: {}", grouper.describe());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The aggregates' leader goes down; the second batch is read and emitted, never acknowledged.
+    cluster.broker_down(2).expect("broker down");
+    publish(&bootstrap, &t.events, &payloads[100..]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while grouper.health.consumed() < 200 {
+        assert!(Instant::now() < deadline, "the second batch was not read: {}", grouper.describe());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Past the batch's age (300 ms): emitted, waiting for Kafka.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(grouper.health.liveness().is_ok(), "waiting on Kafka is not a stall: {}", grouper.describe());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(grouper.stop().map_err(|e| format!("{e:#}")));
+    });
+    // A guard, not a timing assertion: the stop ends (about 30 s of waiting for Kafka), or
+    // (before) never.
+    let stopped = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(150))).await.unwrap();
+    let _ = cluster.broker_up(2);
+    let result = stopped.expect("the grouper did not stop while Kafka did not acknowledge");
+    let e = result.expect_err("an unfinished drain is an error (exit non-zero)");
+    assert!(e.contains("did not acknowledge") && e.contains("rebuilds"), "{e}");
+    assert_eq!(committed(), 100, "nothing committed past the unacknowledged batch");
+}

@@ -973,6 +973,43 @@ async fn a_codec_librdkafka_refuses_stops_the_start_with_the_key_named() {
     assert!(!health.is_ready());
 }
 
+/// Requests whose deliveries get no report within `http.delivery_timeout_ms` (librdkafka's
+/// `message.timeout.ms` set longer, Kafka down) are answered 503 and count as failed
+/// deliveries for `/healthz` too: it turns unhealthy, naming the delivery loop. It used to see
+/// no failure (none was reported) and answer ok while every request failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_deliveries_time_out_unreported_turn_healthz_unhealthy() {
+    let health = Health::default();
+    // The loops' liveness deadline, short for the test (60 s in services).
+    health.set_deadline(Duration::from_secs(3));
+    let s = server_health(health, Vec::new(), |cfg| {
+        cfg.http.delivery_timeout_ms = 1000;
+        cfg.kafka.librdkafka.insert("message.timeout.ms".into(), "600000".into());
+    })
+    .await;
+    let (url, c) = (format!("{}/api/v1/projects/web/events", s.url), reqwest::Client::new());
+    let healthz = || async {
+        let r = c.get(format!("{}/healthz", s.url)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (status, _, body) = send(&url, &[], GOOD).await;
+    assert_eq!(status, 200, "{body}");
+    s.broker.cluster().broker_down(1).unwrap();
+    let mut unhealthy = None;
+    for _ in 0..30 {
+        let (status, _, body) = send(&url, &[], GOOD).await;
+        assert_eq!(status, 503, "Kafka is down: {body}");
+        let (code, text) = healthz().await;
+        if code == 503 && text.contains("producer-delivery: no progress") {
+            unhealthy = Some(text);
+            break;
+        }
+    }
+    s.broker.cluster().broker_up(1).unwrap();
+    assert!(unhealthy.is_some(), "/healthz stays ok while every request's delivery times out unreported");
+    s.shutdown.trigger();
+}
+
 /// Deliveries that keep failing (Kafka down for longer than `http.delivery_timeout_ms`) are
 /// answered 503, counted, and turn `/healthz` unhealthy, naming the delivery loop; once Kafka
 /// is back and delivers again, `/healthz` is healthy again.

@@ -442,3 +442,27 @@ async fn dev_exit_ends_cleanly_when_its_reader_is_gone() {
     assert!(stderr.contains("sample load:"), "the sample load ran: {stderr}");
     assert!(stderr.contains("stopping ..."), "the pipeline was stopped, not abandoned: {stderr}");
 }
+
+/// A pipeline whose producer cannot start (here a value it refuses, `http.max_concurrent_requests
+/// = 0`, which `tracefold dev` does not check before) stops, and its health names the producer
+/// and why. The producer's error used to wait in its task: the pipeline ran on with no ingest,
+/// `tracefold dev` printed "running" and its watchdog exited 70 a minute later with "producer:
+/// no progress", the reason never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_cannot_start_stops_the_pipeline_and_says_why() {
+    let db = TestDb::new("dev_producer_fails").await;
+    let mut cfg = DevConfig { clickhouse: db.cfg.clone(), ..DevConfig::default() };
+    cfg.http.max_concurrent_requests = 0;
+    let pipeline = Pipeline::start(cfg, "127.0.0.1:0", Some(1), true).await.expect("pipeline starts");
+    // A guard, not a timing assertion: the pipeline stops at once, or (before) never.
+    let stopped = tokio::time::timeout(Duration::from_secs(30), pipeline.shutdown.wait()).await;
+    let problems: Vec<String> =
+        pipeline.healths().iter().flat_map(tracefold_runtime::telemetry::Health::problems).collect();
+    assert!(stopped.is_ok(), "the pipeline runs on without its producer: {problems:?}");
+    assert!(
+        problems.iter().any(|p| p.starts_with("producer: died:") && p.contains("http.max_concurrent_requests")),
+        "{problems:?}"
+    );
+    let e = pipeline.stop().await.expect_err("the producer's error is the pipeline's");
+    assert!(format!("{e:#}").contains("http.max_concurrent_requests"), "{e:#}");
+}

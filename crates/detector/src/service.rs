@@ -63,6 +63,75 @@ async fn read_statuses(cfg: &Config) -> anyhow::Result<Vec<Status>> {
     Ok(tracefold_store::detector::statuses(&client, &cfg.clickhouse.database).await?)
 }
 
+/// How long the detector waits for one read of ClickHouse: the statuses and the signal
+/// deliveries at start-up, each status refresh, each lookup of the issues its records wait for.
+/// The client has no deadline of its own: a server that takes the connection and never answers
+/// (stopped, or a query stuck on a lock) held the read for ever.
+pub const CLICKHOUSE_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `work` on `rt` until it ends, `limit` passes (an error), or `stop` fires (`None`);
+/// calls `beat` every second meanwhile (a wait for ClickHouse is not a stall of the loop).
+fn bounded<T, E>(
+    rt: &tokio::runtime::Runtime,
+    limit: Duration,
+    stop: Option<&Shutdown>,
+    beat: &dyn Fn(),
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<Option<T>>
+where
+    anyhow::Error: From<E>,
+{
+    rt.block_on(async {
+        tokio::pin!(work);
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        let stopped = async {
+            match stop {
+                Some(s) => s.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                r = &mut work => return Ok(Some(r?)),
+                () = &mut stopped => return Ok(None),
+                () = &mut deadline => anyhow::bail!("ClickHouse did not answer within {} ms", limit.as_millis()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => beat(),
+            }
+        }
+    })
+}
+
+/// Reads the issue statuses every `every` on `rt` (each read bounded by `limit`: a read that
+/// hangs is given up and tried again, instead of ending the refreshes for the rest of the
+/// process's life) and sends each snapshot on the channel; ends when the receiver is gone.
+fn spawn_status_refresh(
+    rt: &tokio::runtime::Runtime,
+    cfg: Config,
+    every: Duration,
+    limit: Duration,
+) -> (tokio::task::JoinHandle<()>, std::sync::mpsc::Receiver<Vec<Status>>) {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<Status>>();
+    let task = rt.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let read = tokio::time::timeout(limit, read_statuses(&cfg))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("ClickHouse did not answer within {} ms", limit.as_millis())));
+            match read {
+                Ok(statuses) => {
+                    if tx.send(statuses).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read issue statuses; retrying"),
+            }
+        }
+    });
+    (task, rx)
+}
+
 /// Hands new resolutions and reopenings to the engine. A resolution already handed over is not
 /// handed over again (its regression may have fired since); a new `resolve` (a later time or
 /// another release) is. The issues with every other status replace the engine's issues with a
@@ -178,7 +247,13 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let mut engine = Engine::new(cfg.detector.engine.clone()).with_lookups();
     let mut applied = Applied::new();
-    let statuses = rt.block_on(read_statuses(cfg)).context("cannot read the issue statuses from ClickHouse")?;
+    let beat = || health.beat();
+    // A stop requested while ClickHouse does not answer ends the start-up (it waited for ever).
+    let Some(statuses) = bounded(&rt, CLICKHOUSE_READ_TIMEOUT, Some(shutdown), &beat, read_statuses(cfg))
+        .context("cannot read the issue statuses from ClickHouse")?
+    else {
+        return Ok(());
+    };
     let _ = apply_statuses(&mut engine, &mut applied, statuses);
     metrics::gauge!(RESOLVED_ISSUES).set(engine.resolved_count() as f64);
     // No watermark until records arrive.
@@ -219,26 +294,21 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         Notifier::start_recorded(cfg.detector.channels.clone(), cfg.detector.retry, Some(recorder.clone()))
             .with_rate_limit(&cfg.detector.rate_limit)
     };
-    rt.block_on(deliveries::redeliver(&cfg.clickhouse, &mut notifier, &recorder, &on_topic, max_age))
-        .context("cannot read the signal deliveries from ClickHouse (is the schema migrated?)")?;
+    let redelivered = bounded(
+        &rt,
+        CLICKHOUSE_READ_TIMEOUT,
+        Some(shutdown),
+        &beat,
+        deliveries::redeliver(&cfg.clickhouse, &mut notifier, &recorder, &on_topic, max_age),
+    )
+    .context("cannot read the signal deliveries from ClickHouse (is the schema migrated?)")?;
+    if redelivered.is_none() {
+        return Ok(());
+    }
     drop((recorder, on_topic));
     // Statuses are read on the runtime, off the consumer loop, which takes what was read.
-    let (status_tx, status_rx) = std::sync::mpsc::channel::<Vec<Status>>();
     let refresh = Duration::from_millis(cfg.detector.status_refresh_ms.max(1));
-    let status_cfg = cfg.clone();
-    let status_task = rt.spawn(async move {
-        loop {
-            tokio::time::sleep(refresh).await;
-            match read_statuses(&status_cfg).await {
-                Ok(statuses) => {
-                    if status_tx.send(statuses).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read issue statuses; retrying"),
-            }
-        }
-    });
+    let (status_task, status_rx) = spawn_status_refresh(&rt, cfg.clone(), refresh, CLICKHOUSE_READ_TIMEOUT);
     tracing::info!(group = %cfg.detector.group_id, channels = cfg.detector.channels.len(), "detector started");
     let mut d = Detector {
         cfg,
@@ -387,7 +457,7 @@ impl Detector<'_> {
     /// to come needs.
     fn evaluate(&mut self, cx: &mut Ctx<'_>, ack: Duration) -> anyhow::Result<()> {
         let now_ms = tracefold_model::time::now_ms();
-        self.restore_waiting();
+        self.restore_waiting(cx);
         let signals = self.engine.advance(now_ms);
         self.emit(signals);
         let digests = self.storm.close(now_ms);
@@ -458,12 +528,16 @@ impl Detector<'_> {
     /// Reads what ClickHouse knows of the issues whose records wait, and hands it to the engine
     /// (with the signals those records cause). After 30 s of failures, the waiting records are
     /// taken as of known issues without history.
-    fn restore_waiting(&mut self) {
+    fn restore_waiting(&mut self, cx: &Ctx<'_>) {
         let lookups = self.engine.lookups();
         if lookups.is_empty() {
             return;
         }
-        let restored = match self.rt.block_on(look_up(&self.client, self.cfg, &lookups, &self.sent)) {
+        // Bounded: a lookup that hangs is a failure like one that errs (and after 30 s of them
+        // the records are taken as known), not a loop stuck until the watchdog ends the process.
+        let work = look_up(&self.client, self.cfg, &lookups, &self.sent);
+        let read = bounded(self.rt, CLICKHOUSE_READ_TIMEOUT, None, &|| cx.beat(), work);
+        let restored = match read.map(Option::unwrap_or_default) {
             Ok(r) => {
                 self.lookups_failing_since = None;
                 let known = r.iter().filter(|(_, _, x)| x.known).count() as u64;
@@ -697,5 +771,115 @@ mod tests {
         assert_eq!(spikes, [(Kind::Spike, "2026-11-25T10:50:00Z", 400)]);
         assert!((35.0..=45.0).contains(&signals[0].baseline_per_minute), "{}", signals[0].baseline_per_minute);
         assert_eq!(signals[0].first_seen, "2026-11-25T09:46:00Z", "the bug's first seen, as s");
+    }
+
+    /// A "ClickHouse" on a local port that takes every connection and answers none of the
+    /// first `silent` (it holds them open, as a stopped server or a query stuck on a lock
+    /// does), then answers each request with an empty `200` (no rows).
+    fn stuck_clickhouse(silent: usize) -> String {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for (i, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { continue };
+                if i < silent {
+                    held.push(conn);
+                    continue;
+                }
+                std::thread::spawn(move || {
+                    // The request head, then its body (Content-Length), then the answer.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                });
+            }
+        });
+        url
+    }
+
+    fn config_at(url: String) -> Config {
+        Config {
+            clickhouse: tracefold_runtime::config::ClickHouseConfig {
+                url,
+                database: "tftest_detector_stuck".into(),
+                ..Default::default()
+            },
+            ..Config::default()
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    }
+
+    /// A status read that never gets an answer is given up and tried again: the refreshes go on
+    /// once ClickHouse answers. Unbounded, the first such read held the refresh task for the
+    /// rest of the process's life, silently: an issue resolved after that never regressed.
+    #[test]
+    fn a_status_read_that_never_answers_does_not_end_the_refreshes() {
+        let rt = runtime();
+        let cfg = config_at(stuck_clickhouse(1));
+        let (_task, statuses) = spawn_status_refresh(&rt, cfg, Duration::from_millis(10), Duration::from_millis(300));
+        // A guard, not a timing assertion: the second read is answered at once.
+        let got = statuses.recv_timeout(Duration::from_secs(30));
+        assert!(got.as_ref().is_ok_and(Vec::is_empty), "no status read after the stuck one: {got:?}");
+    }
+
+    /// A wait for ClickHouse (a lookup, a start-up read) ends with an error after its limit, and
+    /// the loop beats meanwhile.
+    #[test]
+    fn a_read_that_never_answers_is_an_error_after_the_limit_and_the_loop_beats_meanwhile() {
+        let rt = runtime();
+        let cfg = config_at(stuck_clickhouse(usize::MAX));
+        let beats = std::sync::atomic::AtomicUsize::new(0);
+        let beat = || {
+            beats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let r = bounded(&rt, Duration::from_millis(1500), None, &beat, read_statuses(&cfg));
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(e.contains("ClickHouse did not answer within 1500 ms"), "{e}");
+        assert!(beats.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    }
+
+    /// A stop requested while ClickHouse does not answer the start-up reads ends the detector
+    /// (without an error: it was asked to stop). It used to wait for the answer for ever, until
+    /// the watchdog ended the process with code 70 a minute later.
+    #[test]
+    fn a_stop_while_clickhouse_does_not_answer_at_start_ends_the_detector() {
+        let cfg = config_at(stuck_clickhouse(usize::MAX));
+        let (shutdown, health) = (Shutdown::new(), Health::named("detector"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, h) = (shutdown.clone(), health.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(run(&cfg, &s, &h).map_err(|e| format!("{e:#}")));
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        shutdown.trigger();
+        // A guard, not a timing assertion: the detector ends at once, or (before) never.
+        let ended = rx.recv_timeout(Duration::from_secs(20));
+        assert_eq!(ended, Ok(Ok(())), "the detector did not end when told to stop");
     }
 }

@@ -312,6 +312,10 @@ impl Pipeline {
             clickhouse: cfg.clickhouse.clone(),
             telemetry: cfg.telemetry.clone(),
         };
+        // Bound before any service starts: an address in use is an error with nothing running.
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let http_addr = listener.local_addr()?;
         let mut threads = Vec::new();
         type Service = Box<dyn FnOnce(Shutdown, Health) -> anyhow::Result<()> + Send>;
         let services: [(&'static str, Health, Service); 3] = [
@@ -343,12 +347,30 @@ impl Pipeline {
                 r
             })?);
         }
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let http_addr = listener.local_addr()?;
         let mut healths = vec![gh, wh, dh];
-        let producer =
+        let serving =
             tokio::spawn(tracefold_producer::serve(pcfg, listener, shutdown.clone(), ph.clone(), healths.clone()));
+        // The producer failing (at start: a config value it cannot use, its Kafka producer) is
+        // a service failing like the others: marked dead (`/healthz`, the watchdog, which
+        // prints why) and the rest stopped. Unwatched, its error waited in the task until the
+        // end while the pipeline ran on with no ingest and `tracefold dev` exited 70 a minute
+        // later with "producer: no progress", the reason never shown.
+        let (s, h) = (shutdown.clone(), ph.clone());
+        let producer = tokio::spawn(async move {
+            let r = serving.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the producer task ended abnormally: {e}")));
+            // (An error of a stop already under way, such as its last flush, is the stop's
+            // result, as before: the other services' drains are not cut short by the watchdog.)
+            match &r {
+                Err(e) if !s.is_triggered() => {
+                    let why = format!("{e:#}");
+                    tracing::error!(service = "producer", error = %why, "service failed; stopping");
+                    h.set_dead(&why);
+                    s.trigger();
+                }
+                _ => {}
+            }
+            r
+        });
         healths.push(ph);
         Ok(Self { broker, cfg, shutdown, http_addr, migrations: report, threads, producer, healths })
     }

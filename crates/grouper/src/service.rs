@@ -42,6 +42,10 @@ const PRIME_STALL: Duration = Duration::from_secs(30);
 /// Room kept under the broker's message limit for an aggregate's key and record overhead.
 const AGGREGATE_HEADROOM: usize = 1024;
 
+/// How long a grouper that is stopping still waits for Kafka to acknowledge the aggregates in
+/// flight before it gives up (exit non-zero, nothing committed past them).
+const STOP_ACK_WAIT: Duration = Duration::from_secs(30);
+
 /// Encodes a pending batch range as commit metadata.
 pub fn encode_pending(first: i64, last: i64) -> String {
     format!("{METADATA_PREFIX}{first}:{last}")
@@ -593,14 +597,26 @@ impl Grouper<'_> {
             return Ok(());
         }
         if wait {
-            // Wait for every acknowledgement; the producer retries until delivered.
+            // Wait for every acknowledgement; the producer retries until delivered. Once the
+            // service is stopping, for at most STOP_ACK_WAIT more: a stop must end while Kafka
+            // does not acknowledge (it waited for ever, deaf to SIGTERM). Nothing is committed
+            // past the batch then: the next start rebuilds it from its recorded range.
+            let mut stopping_since: Option<Instant> = None;
             loop {
                 // Waiting for Kafka is not a stall of this loop: restarting would not help.
                 cx.beat();
                 match self.producer.flush(Duration::from_secs(10)) {
                     Ok(()) => break,
                     Err(e) => {
-                        tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(), "waiting for Kafka to acknowledge aggregates")
+                        let in_flight = self.producer.in_flight_count();
+                        tracing::warn!(error = %e, in_flight, "waiting for Kafka to acknowledge aggregates");
+                        if cx.stopping() && stopping_since.get_or_insert_with(Instant::now).elapsed() >= STOP_ACK_WAIT {
+                            anyhow::bail!(
+                                "stopping: Kafka did not acknowledge {in_flight} aggregate records within {} s ({e}); \
+                                 nothing was committed past their batches, the next start rebuilds them",
+                                STOP_ACK_WAIT.as_secs()
+                            );
+                        }
                     }
                 }
             }

@@ -805,7 +805,15 @@ async fn publish(st: &AppState, ready: &[Ready]) -> Result<(), ApiError> {
     metrics::histogram!(m::KAFKA_SECONDS).record(queued.elapsed().as_secs_f64());
     let failed = match waited {
         Ok(()) => acks.failed(),
-        Err(_) => ready.len(),
+        Err(_) => {
+            // No delivery report within the deadline (librdkafka's `message.timeout.ms` set
+            // longer than `http.delivery_timeout_ms`, or reports that stopped coming): a failed
+            // delivery for the producer's health too, which otherwise saw no failure and stayed
+            // healthy while every request was answered 503.
+            let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+            rdkafka::producer::Producer::context(&st.producer).progress.failed(&timed_out);
+            ready.len()
+        }
     };
     if failed > 0 {
         metrics::counter!(m::EVENTS_TOTAL, "outcome" => "failed").increment(failed as u64);

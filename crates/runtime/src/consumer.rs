@@ -125,6 +125,8 @@ pub struct Ctx<'a> {
     /// The loop's next offset per partition ([`Tracking::next`]): a seek back through
     /// [`Ctx::seek`] lowers it, so that what the seek reads again is delivered again.
     next: &'a mut std::collections::HashMap<i32, i64>,
+    /// The service's shutdown signal ([`Ctx::stopping`]).
+    shutdown: &'a Shutdown,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -148,6 +150,13 @@ impl Ctx<'_> {
     /// A liveness beat: waiting on Kafka or a sink is progress of a kind.
     pub fn beat(&self) {
         self.health.beat();
+    }
+
+    /// Whether the service was asked to stop (also during [`Strategy::on_shutdown`]): a
+    /// strategy that waits on Kafka or a sink without end while running bounds that wait once
+    /// it is stopping, and leaves what it did not finish (uncommitted) to the next start.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_triggered()
     }
 
     /// Commits `offsets` (partition, next offset to read): first waits for the DLQ to
@@ -392,6 +401,7 @@ impl ConsumerRuntime {
                     topic: &self.topic,
                     assigned: Vec::new(),
                     next: &mut self.track.next,
+                    shutdown,
                 };
                 strategy.on_shutdown(&mut cx)
             }
@@ -425,6 +435,7 @@ impl ConsumerRuntime {
                 topic: &self.topic,
                 assigned: Vec::new(),
                 next: &mut self.track.next,
+                shutdown,
             };
             for ev in self.consumer.context().take_events() {
                 match ev {
@@ -492,6 +503,7 @@ impl ConsumerRuntime {
                 topic: &self.topic,
                 assigned: Vec::new(),
                 next: &mut self.track.next,
+                shutdown,
             };
             match msg {
                 Some(Ok(m)) if paused => {

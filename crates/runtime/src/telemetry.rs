@@ -331,6 +331,15 @@ pub fn ops_router(health: Vec<Health>) -> Router {
 pub async fn serve_ops(addr: SocketAddr, health: Vec<Health>, shutdown: crate::Shutdown) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    serve_ops_on(listener, health, shutdown).await
+}
+
+/// Serves [`ops_router`] on a bound `listener` until `shutdown` fires.
+async fn serve_ops_on(
+    listener: tokio::net::TcpListener,
+    health: Vec<Health>,
+    shutdown: crate::Shutdown,
+) -> anyhow::Result<()> {
     // The bound address: with port 0 the system picks one, and tests read it from this line.
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
@@ -342,21 +351,30 @@ pub async fn serve_ops(addr: SocketAddr, health: Vec<Health>, shutdown: crate::S
 }
 
 /// Serves the ops endpoints on `listen` in the background (nothing when it is empty), for
-/// services that have no HTTP server of their own.
+/// services that have no HTTP server of their own; the address of the endpoints (`None`
+/// when `listen` is empty). The address is bound before this returns, so that a service whose
+/// ops address is taken does not start: it would run with no `/healthz` for its supervisor
+/// and no `/metrics`, which is how every drop is counted. Call it inside a Tokio runtime.
 ///
 /// # Errors
-/// When `listen` is not a socket address.
-pub fn spawn_ops(listen: &str, health: Health, shutdown: crate::Shutdown) -> anyhow::Result<()> {
+/// When `listen` is not a socket address, or it cannot be bound (in use, not local): the
+/// error names the address.
+pub fn spawn_ops(listen: &str, health: Health, shutdown: crate::Shutdown) -> anyhow::Result<Option<SocketAddr>> {
     if listen.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let addr: SocketAddr = listen.parse().map_err(|e| anyhow::anyhow!("invalid listen address {listen:?}: {e}"))?;
+    let bound = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /metrics, /healthz and /readyz (--listen): {e}"))?;
+    let local = bound.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = serve_ops(addr, vec![health], shutdown).await {
+        if let Err(e) = serve_ops_on(bound, vec![health], shutdown).await {
             tracing::error!(error = %e, "ops endpoint failed");
         }
     });
-    Ok(())
+    Ok(Some(local))
 }
 
 #[cfg(test)]
@@ -443,6 +461,24 @@ mod tests {
         two.beat();
         let ok = get(addr, "/healthz").await;
         assert!(ok.starts_with("HTTP/1.1 200"), "every loop beat: {ok}");
+    }
+
+    /// A service whose ops address is taken does not start without its `/healthz` and
+    /// `/metrics`: the error names the address (it used to log an ERROR line from a task and
+    /// run on, with nothing for its supervisor to probe).
+    #[tokio::test]
+    async fn an_ops_address_in_use_is_an_error_naming_it() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = spawn_ops(&addr.to_string(), Health::named("grouper"), crate::Shutdown::new()).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains(&format!("cannot listen on {addr}")) && e.contains("/healthz"), "{e}");
+        // A free address is served once the call returns.
+        let shutdown = crate::Shutdown::new();
+        let served = spawn_ops("127.0.0.1:0", Health::named("grouper"), shutdown.clone()).unwrap().unwrap();
+        assert!(get(served, "/healthz").await.starts_with("HTTP/1.1 200"));
+        shutdown.trigger();
+        assert_eq!(spawn_ops("", Health::named("grouper"), shutdown).unwrap(), None, "no address: no endpoint");
     }
 
     #[tokio::test]
