@@ -235,7 +235,42 @@ fn a_retried_insert_that_had_landed_is_not_stored_twice() {
             rows,
             "stored: what the writer counts as inserted plus the landed insert"
         );
+        // ...and said so: the views may lack what a failed INSERT stored in the base table.
+        assert_eq!(
+            writer.metric("tracefold_writer_failed_insert_rows_stored_total", ""),
+            landed as f64,
+            "the rows the failed insert had stored are counted"
+        );
+        assert!(writer.logged("an insert reported as failed had stored these rows in the base table"));
         assert!(!writer.exited(), "the writer carried on");
+    });
+}
+
+#[test]
+fn a_writer_whose_insert_task_panicked_stops_and_its_restart_stores_the_batch() {
+    serial(async {
+        let db = TestDb::new("eo_panic").await;
+        let broker = DevBroker::start(1, &topics(), Some(PARTITIONS)).unwrap();
+        let bootstrap = broker.bootstrap_servers();
+        let kafka = Observer::new(&bootstrap);
+        let env = Env::create("eo_panic", &bootstrap, &db.cfg.url, &db.cfg.database, GROUPER_TOML, WRITER_TOML);
+        let (events, truth) = generate(2500, 12, 37);
+        let payloads: Vec<Vec<u8>> = events.into_iter().map(|e| e.json.into_bytes()).collect();
+        publish(&bootstrap, EVENTS, &payloads).await;
+        // The second INSERT's task panics before it stores anything, taking its batch with it.
+        let mut writer = env.spawn_with("writer", "writer.insert_task_panics=2");
+        let _grouper = env.spawn("grouper");
+        // The loop ends (it went on, and committed the next batches past the lost one).
+        let status = writer.wait_exit(LONG);
+        assert!(!status.success(), "the writer stopped with an error: {status}");
+        assert!(writer.logged("failpoint writer.insert_task_panics reached"));
+        assert!(writer.logged("the insert task ended abnormally"), "the reason is logged");
+        // Its restart reads the lost batch again from the last commit.
+        let _writer = env.spawn("writer");
+        kafka.wait_caught_up(GROUPER, EVENTS, LONG).await;
+        kafka.wait_caught_up(WRITER, AGGREGATES, LONG).await;
+        assert_eq!(db.wait_for_total(truth.total, LONG).await, truth.total, "every event exactly once");
+        assert_eq!(db.per_issue().await, truth.expected(), "per-issue counts and users");
     });
 }
 

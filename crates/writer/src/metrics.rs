@@ -4,6 +4,11 @@
 pub const ROWS_INSERTED_TOTAL: &str = "tracefold_writer_rows_inserted_total";
 /// Aggregate records skipped because ClickHouse already held them (replays).
 pub const ROWS_DUPLICATE_TOTAL: &str = "tracefold_writer_rows_duplicate_total";
+/// Aggregate records a retry found stored by an INSERT that had been reported as failed: the base
+/// table holds them, but ClickHouse writes the materialized views one by one after it, so a
+/// view whose push failed (a server killed mid-insert, a memory limit, too many parts) may not;
+/// each is also a WARN line. See the reliability section of docs/operations.md.
+pub const FAILED_INSERT_ROWS_STORED_TOTAL: &str = "tracefold_writer_failed_insert_rows_stored_total";
 /// Inserts, by `outcome` (`ok`, `error`).
 pub const INSERTS_TOTAL: &str = "tracefold_writer_inserts_total";
 /// Insert latency, seconds.
@@ -37,6 +42,7 @@ pub const RANKINGS_ROWS: &str = "tracefold_writer_rankings_rows";
 pub const ALL: &[&str] = &[
     ROWS_INSERTED_TOTAL,
     ROWS_DUPLICATE_TOTAL,
+    FAILED_INSERT_ROWS_STORED_TOTAL,
     INSERTS_TOTAL,
     INSERT_SECONDS,
     INSERT_ROWS,

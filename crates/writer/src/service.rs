@@ -58,7 +58,18 @@ struct Writer<'a> {
     in_flight: Option<InFlight>,
     /// Rows of the batch whose INSERT failed last (for the log line of the failure).
     failed_rows: Option<usize>,
+    /// An INSERT failed since the last batch was filtered: the next filter, against watermarks
+    /// read afresh, tells how many of its rows it had stored all the same.
+    after_failure: bool,
+    /// The INSERT task ended abnormally (a panic): its batch and offsets are gone, so the loop
+    /// must end before anything later is committed (the restart reads them again).
+    task_died: Option<String>,
 }
+
+/// The INSERT task ended abnormally: the loop ends (see [`Writer::task_died`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the insert task ended abnormally ({0}); its rows were not given back: stopping, so that nothing past them is committed (the restart reads them again)")]
+struct InsertTaskDied(String);
 
 /// A batch being inserted: its rows (given back when the INSERT ends, so that a failed one
 /// can be tried again), the offsets to commit and the watermarks to keep once it is stored.
@@ -128,6 +139,8 @@ fn run_consumer(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::R
         retry_delay: None,
         in_flight: None,
         failed_rows: None,
+        after_failure: false,
+        task_died: None,
     };
     // Bounded as every request of the loop (a server that accepts and never answers would hold
     // the loop here for ever, before its first heartbeat).
@@ -188,6 +201,11 @@ impl Strategy for Writer<'_> {
         // The INSERT in flight ends first (stored and committed where the group still lets
         // us, or given back to `pending` when it failed).
         if let Err(e) = self.settle(cx, true) {
+            if e.is::<InsertTaskDied>() {
+                // `task_died` ends the loop at its next tick, before any commit.
+                tracing::error!(error = %format!("{e:#}"), "insert task ended abnormally while partitions were revoked");
+                return;
+            }
             let rows = self.failed_rows.take().unwrap_or(0);
             metrics::counter!(m::INSERTS_TOTAL, "outcome" => "error").increment(1);
             tracing::warn!(error = %format!("{e:#}"), rows, "insert failed while partitions were revoked; what is still ours is tried again");
@@ -218,9 +236,12 @@ impl Strategy for Writer<'_> {
     }
 
     fn on_tick(&mut self, cx: &mut Ctx<'_>) -> anyhow::Result<Step> {
+        if let Some(e) = self.task_died.take() {
+            return Err(InsertTaskDied(e).into());
+        }
         if self.in_flight.as_ref().is_some_and(|f| f.task.is_finished()) {
             if let Err(e) = self.settle(cx, false) {
-                return Ok(self.failed(e));
+                return self.failed(e);
             }
         }
         let max_age = Duration::from_millis(self.cfg.writer.batch_max_age_ms);
@@ -239,7 +260,7 @@ impl Strategy for Writer<'_> {
                 }
                 Ok(Step::Continue)
             }
-            Err(e) => Ok(self.failed(e)),
+            Err(e) => self.failed(e),
         }
     }
 
@@ -250,7 +271,13 @@ impl Strategy for Writer<'_> {
             && Instant::now() < deadline
         {
             cx.beat();
-            let failed = self.try_flush(cx, true).is_err();
+            if let Some(e) = self.task_died.take() {
+                return Err(InsertTaskDied(e).into());
+            }
+            let failed = match self.try_flush(cx, true) {
+                Err(e) if e.is::<InsertTaskDied>() => return Err(e),
+                r => r.is_err(),
+            };
             if failed {
                 // The outcome is unknown: read the watermarks again before the next try.
                 self.watermarks.clear();
@@ -265,8 +292,12 @@ impl Strategy for Writer<'_> {
 
 impl Writer<'_> {
     /// A failed INSERT: counted and logged, the watermarks forgotten (its outcome is unknown:
-    /// they are read again before the next try), and the loop told to back off.
-    fn failed(&mut self, e: anyhow::Error) -> Step {
+    /// they are read again before the next try), and the loop told to back off. An INSERT task
+    /// that ended abnormally ends the loop instead.
+    fn failed(&mut self, e: anyhow::Error) -> anyhow::Result<Step> {
+        if e.is::<InsertTaskDied>() {
+            return Err(e);
+        }
         let delay = match self.retry_delay {
             None => Duration::from_millis(self.cfg.writer.retry_initial_ms),
             Some(d) => (d * 2).min(Duration::from_millis(self.cfg.writer.retry_max_ms)),
@@ -277,7 +308,7 @@ impl Writer<'_> {
         let rows = self.failed_rows.take().unwrap_or(self.pending.len());
         tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, rows, "insert failed; pausing and retrying");
         self.watermarks.clear();
-        Step::Backoff(delay)
+        Ok(Step::Backoff(delay))
     }
 
     /// Settles the INSERT in flight, then starts one of the pending rows that ClickHouse does
@@ -308,6 +339,17 @@ impl Writer<'_> {
             }
         }
         let duplicates = batch.len() - keep.len();
+        if std::mem::take(&mut self.after_failure) && duplicates > 0 {
+            // Not silent: the views may be short of these rows (they are not inserted again).
+            metrics::counter!(m::FAILED_INSERT_ROWS_STORED_TOTAL).increment(duplicates as u64);
+            tracing::warn!(
+                rows = duplicates,
+                "an insert reported as failed had stored these rows in the base table; they are not inserted again. \
+                 ClickHouse writes the materialized views one by one after the base table: if the failure was one \
+                 of them (not a timeout or a lost connection), the derived tables lack these rows' counts \
+                 (docs/operations.md, Reliability)"
+            );
+        }
         let offsets = std::mem::take(&mut self.next_offsets);
         self.oldest = None;
         let rows = keep.len();
@@ -362,12 +404,16 @@ impl Writer<'_> {
             let poll = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), task).await });
             match poll {
                 Ok(Ok(done)) => break done,
-                Ok(Err(e)) => anyhow::bail!("the insert task ended abnormally: {e}"),
+                Ok(Err(e)) => {
+                    self.task_died = Some(e.to_string());
+                    return Err(InsertTaskDied(e.to_string()).into());
+                }
                 Err(_) => {}
             }
         };
         if let Err(e) = result {
             self.failed_rows = Some(batch.len());
+            self.after_failure = true;
             // Given back, oldest first, for the next try.
             let newer = std::mem::replace(&mut self.pending, batch);
             self.pending.append(&newer);
@@ -454,6 +500,11 @@ async fn insert_rows(
     timeout: Duration,
     token: Option<&str>,
 ) -> anyhow::Result<()> {
+    // Crash tests: the INSERT task panics before anything is stored (a bug in the rows' encoding
+    // would): the loop must end, not commit past the batch the task took with it.
+    if tracefold_runtime::failpoint::trip("writer.insert_task_panics") {
+        panic!("failpoint writer.insert_task_panics");
+    }
     tracefold_store::aggregates::insert(client, table, rows, timeout, token).await.context("insert into aggregates")?;
     // Crash tests: die after ClickHouse stored the rows, before the offsets are committed.
     tracefold_runtime::failpoint::hit("writer.after_insert");
