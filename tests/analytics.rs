@@ -1137,21 +1137,13 @@ async fn old_rankings_are_dropped_but_the_two_newest_runs_of_each_window_stay() 
     let dbn = &db.cfg.database;
     // Runs of both windows an hour and ten minutes ago (run ids 1 and 2), and rows without a
     // run two hours ago (an abandoned INSERT).
-    let mut sql = format!("INSERT INTO {dbn}.issue_ranking_runs VALUES ");
-    let mut rows_sql = format!(
-        "INSERT INTO {dbn}.issue_ranking_rows \
-         (computed_at, run, window_seconds, project, issue_id, users, events, users_approximate) VALUES "
+    insert_ranking_runs(&db, &[(t - 3600, 1), (t - 600, 2)], E).await;
+    let abandoned = format!(
+        "INSERT INTO {dbn}.issue_ranking_rows {RANKING_ROW_COLUMNS} VALUES ({}, 3, {}, 'rank', '{E}', 1, 1, 1)",
+        t - 7200,
+        7 * 86_400
     );
-    for (i, (ago, run)) in [(3600, 1), (600, 2)].into_iter().enumerate() {
-        for (j, w) in [7 * 86_400, 30 * 86_400].into_iter().enumerate() {
-            let sep = if i + j > 0 { ", " } else { "" };
-            sql.push_str(&format!("{sep}({}, {run}, {w}, 1, [], 3, 300)", t - ago));
-            rows_sql.push_str(&format!("{sep}({}, {run}, {w}, 'rank', '{E}', 1, 1, 1)", t - ago));
-        }
-    }
-    rows_sql.push_str(&format!(", ({}, 3, {}, 'rank', '{E}', 1, 1, 1)", t - 7200, 7 * 86_400));
-    db.client.query(&sql).execute().await.unwrap();
-    db.client.query(&rows_sql).execute().await.unwrap();
+    db.client.query(&abandoned).execute().await.unwrap();
     let runs_of = |table: &'static str| {
         let db = &db;
         async move {
@@ -1195,20 +1187,7 @@ async fn rankings_stamped_ahead_by_a_clock_that_went_back_do_not_stop_new_ones()
     let dbn = &db.cfg.database;
     // Two runs of each window stamped 50 and 60 minutes ahead (run ids 1 and 2), with a row of
     // an issue that has no events (so that reading them shows).
-    let mut sql = format!("INSERT INTO {dbn}.issue_ranking_runs VALUES ");
-    let mut rows_sql = format!(
-        "INSERT INTO {dbn}.issue_ranking_rows \
-         (computed_at, run, window_seconds, project, issue_id, users, events, users_approximate) VALUES "
-    );
-    for (i, (ahead, run)) in [(3000, 1), (3600, 2)].into_iter().enumerate() {
-        for (j, w) in [7 * 86_400, 30 * 86_400].into_iter().enumerate() {
-            let sep = if i + j > 0 { ", " } else { "" };
-            sql.push_str(&format!("{sep}({}, {run}, {w}, 1, [], 3, 300)", t + ahead));
-            rows_sql.push_str(&format!("{sep}({}, {run}, {w}, 'rank', 'from-the-future', 1, 1, 1)", t + ahead));
-        }
-    }
-    db.client.query(&sql).execute().await.unwrap();
-    db.client.query(&rows_sql).execute().await.unwrap();
+    insert_ranking_runs(&db, &[(t + 3000, 1), (t + 3600, 2)], "from-the-future").await;
     // The writers' loop skips windows computed less than half an interval ago.
     let spec = RefreshSpec { top_k: 3, refresh_seconds: 300, skip_younger_than: 150 };
     let done = refresh(&db.client, dbn, &spec).await.unwrap();
@@ -1242,6 +1221,27 @@ async fn a_ranking_whose_rows_are_gone_is_not_read_as_an_empty_list() {
         let got = top_cached(&db.client, dbn, &q7).await.unwrap();
         assert!(matches!(got, Err(NotCached::Missing)), "{project:?}: {got:?}");
     }
+}
+
+/// The columns of `issue_ranking_rows` the tests write.
+const RANKING_ROW_COLUMNS: &str =
+    "(computed_at, run, window_seconds, project, issue_id, users, events, users_approximate)";
+
+/// Whole runs of both ranked windows (7 and 30 days), one for each `(computed_at, run)`, each
+/// with one row: `issue_id` of project `rank`.
+async fn insert_ranking_runs(db: &TestDb, runs: &[(i64, u64)], issue_id: &str) {
+    let dbn = &db.cfg.database;
+    let mut sql = format!("INSERT INTO {dbn}.issue_ranking_runs VALUES ");
+    let mut rows_sql = format!("INSERT INTO {dbn}.issue_ranking_rows {RANKING_ROW_COLUMNS} VALUES ");
+    for (i, (at, run)) in runs.iter().enumerate() {
+        for (j, w) in [7 * 86_400, 30 * 86_400].into_iter().enumerate() {
+            let sep = if i + j > 0 { ", " } else { "" };
+            sql.push_str(&format!("{sep}({at}, {run}, {w}, 1, [], 3, 300)"));
+            rows_sql.push_str(&format!("{sep}({at}, {run}, {w}, 'rank', '{issue_id}', 1, 1, 1)"));
+        }
+    }
+    db.client.query(&sql).execute().await.unwrap();
+    db.client.query(&rows_sql).execute().await.unwrap();
 }
 
 /// The live `top` and `top_cached` of `q` after a refresh with `spec`, all in one server minute

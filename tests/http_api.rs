@@ -973,6 +973,23 @@ async fn a_codec_librdkafka_refuses_stops_the_start_with_the_key_named() {
     assert!(!health.is_ready());
 }
 
+/// Sends an event at a time while Kafka is down (each answered 503) until the producer's
+/// `/healthz` (at `base`) names the delivery loop as making no progress, for at most `tries`
+/// requests: that answer's text, or `None`.
+async fn send_until_delivery_unhealthy(url: &str, base: &str, tries: usize) -> Option<String> {
+    let c = reqwest::Client::new();
+    for _ in 0..tries {
+        let (status, _, body) = send(url, &[], GOOD).await;
+        assert_eq!(status, 503, "Kafka is down: {body}");
+        let r = c.get(format!("{base}/healthz")).send().await.unwrap();
+        let (code, text) = (r.status().as_u16(), r.text().await.unwrap());
+        if code == 503 && text.contains("producer-delivery: no progress") {
+            return Some(text);
+        }
+    }
+    None
+}
+
 /// Requests whose deliveries get no report within `http.delivery_timeout_ms` (librdkafka's
 /// `message.timeout.ms` set longer, Kafka down) are answered 503 and count as failed
 /// deliveries for `/healthz` too: it turns unhealthy, naming the delivery loop. It used to see
@@ -987,24 +1004,11 @@ async fn requests_whose_deliveries_time_out_unreported_turn_healthz_unhealthy() 
         cfg.kafka.librdkafka.insert("message.timeout.ms".into(), "600000".into());
     })
     .await;
-    let (url, c) = (format!("{}/api/v1/projects/web/events", s.url), reqwest::Client::new());
-    let healthz = || async {
-        let r = c.get(format!("{}/healthz", s.url)).send().await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
+    let url = format!("{}/api/v1/projects/web/events", s.url);
     let (status, _, body) = send(&url, &[], GOOD).await;
     assert_eq!(status, 200, "{body}");
     s.broker.cluster().broker_down(1).unwrap();
-    let mut unhealthy = None;
-    for _ in 0..30 {
-        let (status, _, body) = send(&url, &[], GOOD).await;
-        assert_eq!(status, 503, "Kafka is down: {body}");
-        let (code, text) = healthz().await;
-        if code == 503 && text.contains("producer-delivery: no progress") {
-            unhealthy = Some(text);
-            break;
-        }
-    }
+    let unhealthy = send_until_delivery_unhealthy(&url, &s.url, 30).await;
     s.broker.cluster().broker_up(1).unwrap();
     assert!(unhealthy.is_some(), "/healthz stays ok while every request's delivery times out unreported");
     s.shutdown.trigger();
@@ -1028,16 +1032,7 @@ async fn deliveries_that_keep_failing_turn_healthz_unhealthy_until_kafka_deliver
     assert_eq!(status, 200, "{body}");
     assert_eq!(healthz().await.0, 200);
     s.broker.cluster().broker_down(1).unwrap();
-    let mut unhealthy = None;
-    for _ in 0..60 {
-        let (status, _, body) = send(&url, &[], GOOD).await;
-        assert_eq!(status, 503, "Kafka is down: {body}");
-        let (code, text) = healthz().await;
-        if code == 503 && text.contains("producer-delivery: no progress") {
-            unhealthy = Some(text);
-            break;
-        }
-    }
+    let unhealthy = send_until_delivery_unhealthy(&url, &s.url, 60).await;
     let text = unhealthy.expect("/healthz turns unhealthy while every delivery fails");
     assert!(text.contains(r#""status":"unhealthy""#), "{text}");
     let metrics = c.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();

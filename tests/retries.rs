@@ -237,21 +237,10 @@ async fn a_clickhouse_that_never_answers_times_out_each_request_and_the_writer_k
         project: "p".into(),
         issue_id: "i".into(),
         minute: 1_795_671_540,
-        release: String::new(),
-        environment: String::new(),
         count: 1,
-        users: Default::default(),
         first_seen_ms: 1_795_671_540_000,
         last_seen_ms: 1_795_671_540_000,
-        title: String::new(),
-        culprit: String::new(),
-        exc_type: String::new(),
-        level: String::new(),
-        platform: String::new(),
-        grouping_version: String::new(),
-        sample: String::new(),
-        breakdown: Default::default(),
-        merged_from: Vec::new(),
+        ..Default::default()
     };
     publish(&b, &topics().aggregates, &[serde_json::to_vec(&rec).unwrap()]).await;
     // Tried, timed out, and tried again (well within the loop's liveness deadline).
