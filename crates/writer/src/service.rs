@@ -20,7 +20,7 @@ use crate::metrics as m;
 use anyhow::Context as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tracefold_model::Reason;
 use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
@@ -58,9 +58,10 @@ struct Writer<'a> {
     in_flight: Option<InFlight>,
     /// Rows of the batch whose INSERT failed last (for the log line of the failure).
     failed_rows: Option<usize>,
-    /// An INSERT failed since the last batch was filtered: the next filter, against watermarks
-    /// read afresh, tells how many of its rows it had stored all the same.
-    after_failure: bool,
+    /// The rows (aggregates partition and offset) the INSERT that failed last was to store,
+    /// until the next filter, against watermarks read afresh, tells how many of them it had
+    /// stored all the same (not the batch's other copies: those were never part of it).
+    failed_rows_sent: HashSet<(i32, i64)>,
     /// The INSERT task ended abnormally (a panic): its batch and offsets are gone, so the loop
     /// must end before anything later is committed (the restart reads them again).
     task_died: Option<String>,
@@ -74,7 +75,7 @@ struct InsertTaskDied(String);
 /// A batch being inserted: its rows (given back when the INSERT ends, so that a failed one
 /// can be tried again), the offsets to commit and the watermarks to keep once it is stored.
 struct InFlight {
-    task: tokio::task::JoinHandle<(Batch, anyhow::Result<()>)>,
+    task: tokio::task::JoinHandle<(Batch, Vec<usize>, anyhow::Result<()>)>,
     offsets: HashMap<i32, i64>,
     watermarks: HashMap<i32, Watermarks>,
     rows: usize,
@@ -139,7 +140,7 @@ fn run_consumer(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::R
         retry_delay: None,
         in_flight: None,
         failed_rows: None,
-        after_failure: false,
+        failed_rows_sent: HashSet::new(),
         task_died: None,
     };
     // Bounded as every request of the loop (a server that accepts and never answers would hold
@@ -333,17 +334,21 @@ impl Writer<'_> {
         let mut wms = self.watermarks.clone();
         let batch = std::mem::replace(&mut self.pending, self.spare.take().unwrap_or_default());
         let mut keep = Vec::with_capacity(batch.len());
+        let failed_sent = std::mem::take(&mut self.failed_rows_sent);
+        let mut stored_by_failed = 0usize;
         for i in 0..batch.len() {
             if batch.admit(i, wms.get_mut(&batch.source(i).0).expect("loaded above")) {
                 keep.push(i);
+            } else if failed_sent.contains(&batch.source(i)) {
+                stored_by_failed += 1;
             }
         }
         let duplicates = batch.len() - keep.len();
-        if std::mem::take(&mut self.after_failure) && duplicates > 0 {
+        if stored_by_failed > 0 {
             // Not silent: the views may be short of these rows (they are not inserted again).
-            metrics::counter!(m::FAILED_INSERT_ROWS_STORED_TOTAL).increment(duplicates as u64);
+            metrics::counter!(m::FAILED_INSERT_ROWS_STORED_TOTAL).increment(stored_by_failed as u64);
             tracing::warn!(
-                rows = duplicates,
+                rows = stored_by_failed,
                 "an insert reported as failed had stored these rows in the base table; they are not inserted again. \
                  ClickHouse writes the materialized views one by one after the base table: if the failure was one \
                  of them (not a timeout or a lost connection), the derived tables lack these rows' counts \
@@ -375,7 +380,7 @@ impl Writer<'_> {
                 let rows: Vec<AggregateRow<'_>> = keep.iter().map(|&i| batch.row(i, &agg_topic)).collect();
                 insert_rows(&client, &table, &rows, timeout, token.as_deref()).await
             };
-            (batch, result)
+            (batch, keep, result)
         });
         self.in_flight = Some(InFlight { task, offsets, watermarks: wms, rows, duplicates, started: Instant::now() });
         if wait {
@@ -396,7 +401,7 @@ impl Writer<'_> {
             return Ok(());
         }
         let mut f = self.in_flight.take().expect("checked above");
-        let (batch, result) = loop {
+        let (batch, sent, result) = loop {
             // Waiting for ClickHouse is not a stall of this loop.
             cx.beat();
             let task = &mut f.task;
@@ -413,7 +418,7 @@ impl Writer<'_> {
         };
         if let Err(e) = result {
             self.failed_rows = Some(batch.len());
-            self.after_failure = true;
+            self.failed_rows_sent = sent.iter().map(|&i| batch.source(i)).collect();
             // Given back, oldest first, for the next try.
             let newer = std::mem::replace(&mut self.pending, batch);
             self.pending.append(&newer);
