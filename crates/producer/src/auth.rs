@@ -356,20 +356,15 @@ impl Projects {
 /// `?sentry_key=KEY` is KEY), and with none anywhere the request has no key.
 pub fn request_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let sentry_scheme = |a: &&str| a.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("sentry "));
     let from_auth = header("x-sentry-auth")
         .and_then(sentry_auth_key)
-        .or_else(|| header("authorization").filter(sentry_scheme).and_then(sentry_auth_key));
+        .or_else(|| header("authorization").filter(|a| scheme(a, "sentry ").is_some()).and_then(sentry_auth_key));
     let from_query = || {
         query.and_then(|q| {
             q.split('&').filter_map(|kv| kv.strip_prefix("sentry_key=")).map(str::trim).find(|k| !k.is_empty())
         })
     };
-    let bearer = || {
-        header("authorization")
-            .and_then(|a| a.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &a[7..]))
-            .map(str::trim)
-    };
+    let bearer = || header("authorization").and_then(|a| scheme(a, "bearer ")).map(str::trim);
     from_auth.or_else(|| {
         from_query()
             .or_else(|| header("x-tracefold-key").map(str::trim).filter(|k| !k.is_empty()))
@@ -383,16 +378,20 @@ pub fn request_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
 /// values ignored; the last non-empty `sentry_key` counts, and an empty one is no key.
 pub fn sentry_auth_key(header: &str) -> Option<String> {
     let h = header.trim();
-    let body = match h.get(..6) {
-        Some(scheme) if scheme.eq_ignore_ascii_case("sentry") && !h[6..].starts_with('_') => &h[6..],
-        _ => h,
-    };
+    let body = scheme(h, "sentry").filter(|rest| !rest.starts_with('_')).unwrap_or(h);
     body.split(',')
         .filter_map(|kv| kv.split_once('='))
         .filter(|(name, _)| name.trim() == "sentry_key")
         .map(|(_, value)| value.trim())
         .rfind(|v| !v.is_empty())
         .map(str::to_owned)
+}
+
+/// What follows the authentication scheme `prefix` (ASCII, matched in any case, as HTTP schemes
+/// are) at the start of `header`, or `None` when it does not start with it.
+fn scheme<'a>(header: &'a str, prefix: &str) -> Option<&'a str> {
+    header.get(..prefix.len()).filter(|p| p.eq_ignore_ascii_case(prefix))?;
+    header.get(prefix.len()..)
 }
 
 /// The key in a DSN (`https://KEY@host/ID`), as envelope headers carry it; an empty one
