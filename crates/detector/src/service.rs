@@ -47,6 +47,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracefold_model::AggregateRecord;
 use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
+use tracefold_runtime::service::wait_bounded;
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 use tracefold_store::detector::StatusRow as Status;
@@ -68,40 +69,6 @@ async fn read_statuses(cfg: &Config) -> anyhow::Result<Vec<Status>> {
 /// The client has no deadline of its own: a server that takes the connection and never answers
 /// (stopped, or a query stuck on a lock) held the read for ever.
 pub const CLICKHOUSE_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `work` on `rt` until it ends, `limit` passes (an error), or `stop` fires (`None`);
-/// calls `beat` every second meanwhile (a wait for ClickHouse is not a stall of the loop).
-fn bounded<T, E>(
-    rt: &tokio::runtime::Runtime,
-    limit: Duration,
-    stop: Option<&Shutdown>,
-    beat: &dyn Fn(),
-    work: impl std::future::Future<Output = Result<T, E>>,
-) -> anyhow::Result<Option<T>>
-where
-    anyhow::Error: From<E>,
-{
-    rt.block_on(async {
-        tokio::pin!(work);
-        let deadline = tokio::time::sleep(limit);
-        tokio::pin!(deadline);
-        let stopped = async {
-            match stop {
-                Some(s) => s.wait().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(stopped);
-        loop {
-            tokio::select! {
-                r = &mut work => return Ok(Some(r?)),
-                () = &mut stopped => return Ok(None),
-                () = &mut deadline => anyhow::bail!("ClickHouse did not answer within {} ms", limit.as_millis()),
-                () = tokio::time::sleep(Duration::from_secs(1)) => beat(),
-            }
-        }
-    })
-}
 
 /// Reads the issue statuses every `every` on `rt` (each read bounded by `limit`: a read that
 /// hangs is given up and tried again, instead of ending the refreshes for the rest of the
@@ -249,8 +216,9 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
     let mut applied = Applied::new();
     let beat = || health.beat();
     // A stop requested while ClickHouse does not answer ends the start-up (it waited for ever).
-    let Some(statuses) = bounded(&rt, CLICKHOUSE_READ_TIMEOUT, Some(shutdown), &beat, read_statuses(cfg))
-        .context("cannot read the issue statuses from ClickHouse")?
+    let Some(statuses) =
+        wait_bounded(&rt, "ClickHouse", CLICKHOUSE_READ_TIMEOUT, Some(shutdown), &beat, read_statuses(cfg))
+            .context("cannot read the issue statuses from ClickHouse")?
     else {
         return Ok(());
     };
@@ -294,8 +262,9 @@ pub fn run(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::Result
         Notifier::start_recorded(cfg.detector.channels.clone(), cfg.detector.retry, Some(recorder.clone()))
             .with_rate_limit(&cfg.detector.rate_limit)
     };
-    let redelivered = bounded(
+    let redelivered = wait_bounded(
         &rt,
+        "ClickHouse",
         CLICKHOUSE_READ_TIMEOUT,
         Some(shutdown),
         &beat,
@@ -536,7 +505,7 @@ impl Detector<'_> {
         // Bounded: a lookup that hangs is a failure like one that errs (and after 30 s of them
         // the records are taken as known), not a loop stuck until the watchdog ends the process.
         let work = look_up(&self.client, self.cfg, &lookups, &self.sent);
-        let read = bounded(self.rt, CLICKHOUSE_READ_TIMEOUT, None, &|| cx.beat(), work);
+        let read = wait_bounded(self.rt, "ClickHouse", CLICKHOUSE_READ_TIMEOUT, None, &|| cx.beat(), work);
         let restored = match read.map(Option::unwrap_or_default) {
             Ok(r) => {
                 self.lookups_failing_since = None;
@@ -858,7 +827,7 @@ mod tests {
         let beat = || {
             beats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         };
-        let r = bounded(&rt, Duration::from_millis(1500), None, &beat, read_statuses(&cfg));
+        let r = wait_bounded(&rt, "ClickHouse", Duration::from_millis(1500), None, &beat, read_statuses(&cfg));
         let e = format!("{:#}", r.unwrap_err());
         assert!(e.contains("ClickHouse did not answer within 1500 ms"), "{e}");
         assert!(beats.load(std::sync::atomic::Ordering::Relaxed) >= 1);

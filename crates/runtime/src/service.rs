@@ -186,6 +186,47 @@ pub fn run_loops<'a>(
     })
 }
 
+/// Runs `work` (a request to `server`, e.g. ClickHouse) on `rt` from a loop's blocking thread
+/// until it ends, `limit` passes (an error: "`server` did not answer within ... ms"), or `stop`
+/// fires (`Ok(None)`); calls `beat` every second meanwhile, since a wait for a server is not a
+/// stall of the loop. For the requests of clients that set no deadline of their own: a server
+/// that takes the connection and never answers would hold the loop for ever.
+///
+/// # Errors
+/// `work`'s error, or `limit` passed.
+pub fn wait_bounded<T, E>(
+    rt: &tokio::runtime::Runtime,
+    server: &str,
+    limit: std::time::Duration,
+    stop: Option<&Shutdown>,
+    beat: &dyn Fn(),
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<Option<T>>
+where
+    anyhow::Error: From<E>,
+{
+    rt.block_on(async {
+        tokio::pin!(work);
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        let stopped = async {
+            match stop {
+                Some(s) => s.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                r = &mut work => return Ok(Some(r?)),
+                () = &mut stopped => return Ok(None),
+                () = &mut deadline => anyhow::bail!("{server} did not answer within {} ms", limit.as_millis()),
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => beat(),
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

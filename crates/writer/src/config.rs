@@ -51,7 +51,7 @@ pub struct WriterSection {
     /// Longest retry delay (ms).
     pub retry_max_ms: u64,
     /// Timeout of one insert (ms), and of each other request of the insert loop (the read of
-    /// its watermarks; the server's version at start, up to 20 s).
+    /// its watermarks, the server's version at start).
     pub insert_timeout_ms: u64,
     /// Address of `/metrics`, `/healthz`, `/readyz`; empty for none.
     pub listen: String,

@@ -25,14 +25,11 @@ use std::time::{Duration, Instant};
 use tracefold_model::Reason;
 use tracefold_runtime::consumer::{ConsumerRuntime, Ctx, Step, Strategy};
 use tracefold_runtime::kafka::DlqRecord;
+use tracefold_runtime::service::wait_bounded;
 use tracefold_runtime::telemetry::Health;
 use tracefold_runtime::Shutdown;
 use tracefold_store::aggregates::{load_watermarks, Watermarks};
 use tracefold_store::rows::AggregateRow;
-
-/// Longest wait for the server's version at start (at most `insert_timeout_ms`): well within
-/// the loop's liveness deadline, as the loop does not beat before it runs.
-const VERSION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The state of the writer loop.
 struct Writer<'a> {
@@ -144,16 +141,12 @@ fn run_consumer(cfg: &Config, shutdown: &Shutdown, health: &Health) -> anyhow::R
         task_died: None,
     };
     // Bounded as every request of the loop (a server that accepts and never answers would hold
-    // the loop here for ever, before its first heartbeat).
-    let timeout = Duration::from_millis(cfg.writer.insert_timeout_ms).min(VERSION_TIMEOUT);
-    let version = w.rt.block_on(async {
-        match tokio::time::timeout(timeout, tracefold_store::client::server_version(&w.client)).await {
-            Ok(r) => r.map_err(anyhow::Error::new),
-            Err(_) => Err(anyhow::anyhow!("no answer within {} ms", timeout.as_millis())),
-        }
-    });
-    w.dedup_tokens = match version {
-        Ok(v) => tracefold_store::client::major_version(&v) >= 22,
+    // the start here for ever), beating meanwhile; a stop ends the start.
+    let timeout = Duration::from_millis(cfg.writer.insert_timeout_ms);
+    let version = tracefold_store::client::server_version(&w.client);
+    w.dedup_tokens = match wait_bounded(&w.rt, "ClickHouse", timeout, Some(shutdown), &|| health.beat(), version) {
+        Ok(Some(v)) => tracefold_store::client::major_version(&v) >= 22,
+        Ok(None) => return Ok(()),
         Err(e) => {
             let error = format!("{e:#}");
             tracing::warn!(%error, "cannot read the ClickHouse version; inserts go without deduplication tokens");
@@ -325,7 +318,8 @@ impl Writer<'_> {
         for p in self.pending.partitions() {
             if !self.watermarks.contains_key(&p) {
                 let read = load_watermarks(&self.client, &db, &self.cfg.writer.table, &agg_topic, p);
-                let wm = bounded(&self.rt, cx, timeout, read)
+                let wm = wait_bounded(&self.rt, "ClickHouse", timeout, None, &|| cx.beat(), read)
+                    .and_then(|w| w.context("stopped"))
                     .with_context(|| format!("cannot read watermarks of partition {p}"))?;
                 self.watermarks.insert(p, wm);
             }
@@ -465,35 +459,6 @@ impl Writer<'_> {
         let max = tracefold_runtime::kafka::message_max_bytes(&self.cfg.kafka);
         cx.send_dlq(DlqRecord::new(payload, &self.cfg.topics.aggregates, p, o, Reason::Malformed, reason, max))
     }
-}
-
-/// Runs the request `fut` on `rt` for at most `timeout` (a server that accepts the connection
-/// and never answers would hold the loop for ever: the client sets no timeout of its own on
-/// queries), beating the loop's health each second while it waits.
-///
-/// # Errors
-/// The request failed, or did not answer within `timeout`.
-fn bounded<T, E>(
-    rt: &tokio::runtime::Runtime,
-    cx: &Ctx<'_>,
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<T, E>>,
-) -> anyhow::Result<T>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    rt.block_on(async {
-        tokio::pin!(fut);
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                r = &mut fut => break r.map_err(anyhow::Error::new),
-                () = &mut deadline => break Err(anyhow::anyhow!("no answer within {} ms", timeout.as_millis())),
-                () = tokio::time::sleep(Duration::from_secs(1)) => cx.beat(),
-            }
-        }
-    })
 }
 
 /// One INSERT of `rows` (samples first, see [`tracefold_store::aggregates::insert`]), with the
