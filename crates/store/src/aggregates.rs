@@ -165,7 +165,14 @@ pub async fn insert(
     // shards stored the rows, not once they were queued on this node: the watermarks read
     // through the same table (after a restart, or before the retry of an insert whose outcome
     // was not learnt) must see every row that was acknowledged, or a batch is stored twice.
-    let sync = table.ends_with("_all").then_some(("insert_distributed_sync", "1"));
+    // The setting on the client, so that every INSERT below has it.
+    let synced;
+    let client = if table.ends_with("_all") {
+        synced = client.clone().with_setting("insert_distributed_sync", "1");
+        &synced
+    } else {
+        client
+    };
     // Samples first, in their own INSERT: a crash between the two inserts leaves samples
     // without their aggregate rows, and the replay that follows inserts them again, which
     // `issue_samples` (latest per issue and hour) collapses. No sample is lost that way.
@@ -175,9 +182,6 @@ pub async fn insert(
         let written = async {
             let mut ins =
                 client.insert::<SampleRow<'_>>(samples_table).await?.with_timeouts(Some(timeout), Some(timeout));
-            if let Some((k, v)) = sync {
-                ins = ins.with_setting(k, v);
-            }
             for row in &samples {
                 ins.write(row).await?;
             }
@@ -194,9 +198,6 @@ pub async fn insert(
         let written = async {
             let mut ins =
                 client.insert::<AliasRow<'_>>(aliases_table(table)).await?.with_timeouts(Some(timeout), Some(timeout));
-            if let Some((k, v)) = sync {
-                ins = ins.with_setting(k, v);
-            }
             for row in &aliases {
                 ins.write(row).await?;
             }
@@ -209,9 +210,6 @@ pub async fn insert(
         let mut ins = client.insert::<AggregateRow<'_>>(table).await?.with_timeouts(Some(timeout), Some(timeout));
         if let Some(t) = token {
             ins = ins.with_setting("insert_deduplication_token", t);
-        }
-        if let Some((k, v)) = sync {
-            ins = ins.with_setting(k, v);
         }
         for row in rows {
             ins.write(row).await?;
