@@ -1279,6 +1279,23 @@ mod tests {
 
     const NOW: i64 = 1_795_671_540_000;
 
+    /// A config of one project, `web` (Sentry id 1), with `keys` and a rate limit of
+    /// `rate_per_sec` (0: none) and no burst.
+    fn web_project(keys: &[&str], rate_per_sec: f64) -> Config {
+        Config {
+            projects: vec![crate::config::ProjectConfig {
+                slug: "web".into(),
+                id: Some(1),
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+                rate_per_sec,
+                burst: 0.0,
+                key_rate_per_sec: 0.0,
+                key_burst: 0.0,
+            }],
+            ..Config::default()
+        }
+    }
+
     /// The producer's state for `cfg`, with a Kafka producer that is never asked to deliver.
     fn state_of(cfg: Config) -> AppState {
         let cfg = Arc::new(cfg);
@@ -1327,19 +1344,7 @@ mod tests {
     /// once, not a new event under a new id each time.
     #[test]
     fn an_event_without_an_id_has_its_envelopes_id() {
-        let cfg = Config {
-            projects: vec![crate::config::ProjectConfig {
-                slug: "web".into(),
-                id: Some(1),
-                keys: vec!["webkey123".into()],
-                rate_per_sec: 0.0,
-                burst: 0.0,
-                key_rate_per_sec: 0.0,
-                key_burst: 0.0,
-            }],
-            ..Config::default()
-        };
-        let st = state_of(cfg);
+        let st = state_of(web_project(&["webkey123"], 0.0));
         let ids = |body: &str| -> Vec<String> {
             let out = envelope_events(&st, body.as_bytes(), 1, "webkey123", NOW).unwrap();
             out.ready.iter().map(|r| json(r)["event_id"].as_str().unwrap().to_owned()).collect()
@@ -1690,19 +1695,7 @@ mod tests {
     /// the tokens it took: the client sent it.
     #[tokio::test]
     async fn refused_events_cost_tokens_only_when_invalid() {
-        let cfg = Config {
-            projects: vec![crate::config::ProjectConfig {
-                slug: "web".into(),
-                id: Some(1),
-                keys: Vec::new(),
-                rate_per_sec: 10.0,
-                burst: 0.0,
-                key_rate_per_sec: 0.0,
-                key_burst: 0.0,
-            }],
-            ..Config::default()
-        };
-        let st = state_of(cfg);
+        let st = state_of(web_project(&[], 10.0));
         let good = "{\"message\":\"x\"}\n".repeat(10);
         let bad = format!("{}not json\n", "{\"message\":\"x\"}\n".repeat(9));
         let e = native_events(&st, &Bytes::from(bad), true, "web", None, NOW).unwrap_err();
